@@ -1,0 +1,266 @@
+//! The cluster key and the tickets signed with it.
+//!
+//! The key is 32 random bytes kept hex-encoded in a file. With no `--cluster-key-file`, every
+//! server uses the per-user default `$HOME/.pairfs/cluster.key` (like Erlang's cookie): the
+//! first server that finds none creates it with mode 0600, atomically, so servers started at the
+//! same moment agree on one key. A cluster spread over several hosts copies that one file.
+
+use crate::protocol::{err, KeyProof, Ticket, TicketOp, Version, WireError};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// How long a ticket minted by the name server stays valid.
+pub const TICKET_TTL_MS: u64 = 30_000;
+/// Accepted clock difference for a registration proof.
+pub const PROOF_SKEW_MS: u64 = 5 * 60 * 1000;
+/// The user name tickets carry when the name server itself acts.
+pub const NM_USER: &str = "@nm";
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// `n` random bytes, hex-encoded.
+pub fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    // getrandom only fails when the OS has no entropy source at all.
+    if getrandom::getrandom(&mut b).is_err() {
+        let t = now_ms().to_le_bytes();
+        for (i, x) in b.iter_mut().enumerate() {
+            *x = t[i % 8] ^ (i as u8);
+        }
+    }
+    hex::encode(b)
+}
+
+/// The default key file: `$HOME/.pairfs/cluster.key`.
+pub fn default_key_path() -> PathBuf {
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+    PathBuf::from(home).join(".pairfs").join("cluster.key")
+}
+
+/// The shared secret of a cluster.
+#[derive(Clone)]
+pub struct ClusterKey {
+    key: Vec<u8>,
+}
+
+impl std::fmt::Debug for ClusterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterKey(..)")
+    }
+}
+
+impl ClusterKey {
+    /// A key from raw bytes (tests).
+    pub fn from_bytes(key: &[u8]) -> ClusterKey {
+        ClusterKey { key: key.to_vec() }
+    }
+
+    /// Reads the key at `path`, creating it (mode 0600, atomically) if it does not exist.
+    pub fn load_or_create(path: &Path) -> std::io::Result<ClusterKey> {
+        if let Ok(k) = Self::read(path) {
+            return Ok(k);
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        // Write a complete temp file, then hard-link it into place: link fails if another server
+        // won the race, and then we read the winner's key.
+        let tmp = path.with_extension(format!("tmp.{}", random_hex(6)));
+        {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(random_hex(32).as_bytes())?;
+            f.write_all(b"\n")?;
+            f.sync_all()?;
+        }
+        let linked = std::fs::hard_link(&tmp, path);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        Self::read(path)
+    }
+
+    fn read(path: &Path) -> std::io::Result<ClusterKey> {
+        let text = std::fs::read_to_string(path)?;
+        let key = hex::decode(text.trim()).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{} is not a hex cluster key", path.display()),
+            )
+        })?;
+        if key.len() < 16 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: cluster key shorter than 16 bytes", path.display()),
+            ));
+        }
+        Ok(ClusterKey { key })
+    }
+
+    /// Hex HMAC-SHA256 of `data`.
+    pub fn mac_hex(&self, data: &[u8]) -> String {
+        let mut m = HmacSha256::new_from_slice(&self.key).expect("HMAC accepts any key length");
+        m.update(data);
+        hex::encode(m.finalize().into_bytes())
+    }
+
+    /// Constant-time check of a hex MAC over `data`.
+    pub fn verify_hex(&self, data: &[u8], mac_hex: &str) -> bool {
+        let Ok(mac) = hex::decode(mac_hex) else {
+            return false;
+        };
+        let mut m = HmacSha256::new_from_slice(&self.key).expect("HMAC accepts any key length");
+        m.update(data);
+        m.verify_slice(&mac).is_ok()
+    }
+
+    /// Mints a single-use ticket valid for [`TICKET_TTL_MS`].
+    pub fn mint(
+        &self,
+        user: &str,
+        file: &str,
+        op: TicketOp,
+        ss: &str,
+        min_version: Option<Version>,
+    ) -> Ticket {
+        let mut t = Ticket {
+            user: user.to_string(),
+            file: file.to_string(),
+            op,
+            ss: ss.to_string(),
+            exp_ms: now_ms() + TICKET_TTL_MS,
+            nonce: random_hex(16),
+            min_version,
+            mac: String::new(),
+        };
+        t.mac = self.mac_hex(t.signing_string().as_bytes());
+        t
+    }
+
+    /// A registration proof for server `name`.
+    pub fn proof(&self, name: &str) -> KeyProof {
+        let ts_ms = now_ms();
+        let nonce = random_hex(16);
+        let mac = self.mac_hex(proof_string(name, ts_ms, &nonce).as_bytes());
+        KeyProof { ts_ms, nonce, mac }
+    }
+
+    /// Checks a registration proof.
+    pub fn check_proof(&self, name: &str, p: &KeyProof) -> Result<(), WireError> {
+        if now_ms().abs_diff(p.ts_ms) > PROOF_SKEW_MS {
+            return Err(err::unauthorized("registration proof too old or from the future"));
+        }
+        if !self.verify_hex(proof_string(name, p.ts_ms, &p.nonce).as_bytes(), &p.mac) {
+            return Err(err::unauthorized("server does not hold this cluster's key"));
+        }
+        Ok(())
+    }
+}
+
+fn proof_string(name: &str, ts_ms: u64, nonce: &str) -> String {
+    format!("register\n{name}\n{ts_ms}\n{nonce}")
+}
+
+/// The storage server's ticket checker: verifies MAC, expiry, server, file and op, and refuses
+/// a nonce seen before (until the ticket would have expired anyway). Bounded: nonces are pruned
+/// as they expire, and a flood beyond `max_live` live nonces is refused with LIMIT.
+pub struct TicketChecker {
+    key: ClusterKey,
+    ss: String,
+    seen: Mutex<HashMap<String, u64>>,
+    max_live: usize,
+}
+
+impl TicketChecker {
+    /// A checker for server `ss`.
+    pub fn new(key: ClusterKey, ss: &str) -> TicketChecker {
+        TicketChecker {
+            key,
+            ss: ss.to_string(),
+            seen: Mutex::new(HashMap::new()),
+            max_live: 1_000_000,
+        }
+    }
+
+    /// Accepts the ticket once for `file` and `op`, or says why not.
+    pub fn check(&self, t: &Ticket, file: &str, op: TicketOp) -> Result<(), WireError> {
+        if !self.key.verify_hex(t.signing_string().as_bytes(), &t.mac) {
+            return Err(err::unauthorized("invalid ticket signature"));
+        }
+        let now = now_ms();
+        if t.exp_ms < now {
+            return Err(err::unauthorized("ticket expired"));
+        }
+        if t.ss != self.ss {
+            return Err(err::unauthorized("ticket is for another storage server"));
+        }
+        if t.file != file || t.op != op {
+            return Err(err::unauthorized("ticket does not cover this request"));
+        }
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= self.max_live / 2 {
+            seen.retain(|_, exp| *exp >= now);
+        }
+        if seen.len() >= self.max_live {
+            return Err(err::limit("too many live tickets"));
+        }
+        if seen.insert(t.nonce.clone(), t.exp_ms).is_some() {
+            return Err(err::unauthorized("ticket already used (replay)"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticket_is_single_use_and_bound() {
+        let k = ClusterKey::from_bytes(b"0123456789abcdef0123");
+        let c = TicketChecker::new(k.clone(), "ss1");
+        let t = k.mint("alice", "a.txt", TicketOp::Read, "ss1", None);
+        assert!(c.check(&t, "b.txt", TicketOp::Read).is_err());
+        assert!(c.check(&t, "a.txt", TicketOp::Write).is_err());
+        assert!(c.check(&t, "a.txt", TicketOp::Read).is_ok());
+        assert!(c.check(&t, "a.txt", TicketOp::Read).is_err(), "replay");
+        let mut forged = k.mint("alice", "a.txt", TicketOp::Read, "ss1", None);
+        forged.user = "mallory".into();
+        assert!(c.check(&forged, "a.txt", TicketOp::Read).is_err());
+        let other = ClusterKey::from_bytes(b"another key 0123456789");
+        let t2 = other.mint("alice", "a.txt", TicketOp::Read, "ss1", None);
+        assert!(c.check(&t2, "a.txt", TicketOp::Read).is_err());
+    }
+
+    #[test]
+    fn key_file_created_once() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("k");
+        let a = ClusterKey::load_or_create(&p).unwrap();
+        let b = ClusterKey::load_or_create(&p).unwrap();
+        assert_eq!(a.key, b.key);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}

@@ -1,0 +1,109 @@
+//! Durable, atomic file replacement: temp file -> fsync -> rename -> fsync(dir).
+//!
+//! Temp files live in a separate directory on the same file system as the target (for a
+//! storage server, `<storage>/tmp/`), so no temp file is ever visible beside the real ones.
+//! A crash at any instant leaves the target either wholly old or wholly new.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh, unique temp path inside `tmp_dir`.
+pub fn temp_path(tmp_dir: &Path) -> PathBuf {
+    let n = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
+    tmp_dir.join(format!("t{}-{}-{}", std::process::id(), n, crate::auth::random_hex(4)))
+}
+
+/// Fsyncs a directory, making renames and unlinks inside it durable.
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Atomically replaces `target` with the bytes `write` produces, durably, using a temp file in
+/// `tmp_dir` (same file system). Creates `target`'s parent directories if needed. On error the
+/// target is untouched and the temp file is removed.
+pub fn replace_with<F>(tmp_dir: &Path, target: &Path, write: F) -> io::Result<()>
+where
+    F: FnOnce(&mut File) -> io::Result<()>,
+{
+    let tmp = temp_path(tmp_dir);
+    let result = (|| {
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        write(&mut f)?;
+        f.flush()?;
+        f.sync_all()?;
+        drop(f);
+        let parent = target.parent().unwrap_or_else(|| Path::new("."));
+        create_dirs_durable(parent)?;
+        fs::rename(&tmp, target)?;
+        fsync_dir(parent)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// [`replace_with`] for a byte slice.
+pub fn replace(tmp_dir: &Path, target: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace_with(tmp_dir, target, |f| f.write_all(bytes))
+}
+
+/// Removes `path` (if present) and fsyncs its directory. Returns whether it existed.
+pub fn remove(path: &Path) -> io::Result<bool> {
+    match fs::remove_file(path) {
+        Ok(()) => {
+            fsync_dir(path.parent().unwrap_or_else(|| Path::new(".")))?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates `dir` and missing parents, fsyncing each parent whose entry list changed.
+pub fn create_dirs_durable(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_dirs_durable(parent)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    fsync_dir(dir.parent().unwrap_or_else(|| Path::new(".")))
+}
+
+/// True for the error a full disk (or quota) gives, so callers can answer LIMIT.
+pub fn is_disk_full(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replace_is_whole_and_leaves_no_temp() {
+        let d = tempfile::tempdir().unwrap();
+        let tmp = d.path().join("tmp");
+        fs::create_dir(&tmp).unwrap();
+        let target = d.path().join("files/x/y.txt");
+        replace(&tmp, &target, b"one").unwrap();
+        replace(&tmp, &target, b"two").unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"two");
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
+        let failed = replace_with(&tmp, &target, |_| Err(io::Error::other("boom")));
+        assert!(failed.is_err());
+        assert_eq!(fs::read(&target).unwrap(), b"two");
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
+        assert!(remove(&target).unwrap());
+        assert!(!remove(&target).unwrap());
+    }
+}

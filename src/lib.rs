@@ -1,0 +1,13 @@
+//! pairfs: a small replicated file system.
+//!
+//! A name server (`nm`) owns the namespace, users, access rights and placement; storage servers
+//! (`ss`) hold file content durably; a client (`client`) speaks to both. See ARCHITECTURE.md
+//! for the bird's-eye view and the invariants.
+
+#![deny(missing_docs)]
+
+pub mod auth;
+pub mod durable;
+pub mod logging;
+pub mod names;
+pub mod protocol;

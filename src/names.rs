@@ -1,0 +1,147 @@
+//! File, folder and user names: what is allowed and the one canonical spelling.
+//!
+//! Users type `a.txt` for a file in the root and `/docs/sub/a.txt` for one in a folder; a
+//! leading `/` on a root file is accepted too. The canonical form drops the leading `/`
+//! (`a.txt`, `docs/sub/a.txt`) and is what the name server indexes, tickets carry, and storage
+//! servers map under `<storage>/files/`. Nothing canonical can escape that directory.
+
+use crate::protocol::{err, WireError};
+
+/// Longest path component, in bytes (the common file-system limit).
+pub const MAX_COMPONENT_BYTES: usize = 255;
+/// Longest whole name, in bytes.
+pub const MAX_PATH_BYTES: usize = 1024;
+/// Deepest folder nesting.
+pub const MAX_DEPTH: usize = 32;
+/// Longest user name, in bytes.
+pub const MAX_USER_BYTES: usize = 64;
+
+/// Validates a file name and returns its canonical form.
+pub fn canonical_file(name: &str) -> Result<String, WireError> {
+    if name.is_empty() {
+        return Err(err::invalid("file name is empty"));
+    }
+    if name.ends_with('/') {
+        return Err(err::invalid(format!("'{}' names a folder, not a file", show(name))));
+    }
+    canonical_path(name)
+}
+
+/// Validates a folder name (`/p`, `/p/`, `p`) and returns its canonical form; the root is "".
+pub fn canonical_folder(name: &str) -> Result<String, WireError> {
+    let trimmed = name.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return if name.starts_with('/') {
+            Ok(String::new())
+        } else {
+            Err(err::invalid("folder name is empty"))
+        };
+    }
+    canonical_path(trimmed)
+}
+
+fn canonical_path(name: &str) -> Result<String, WireError> {
+    if name.len() > MAX_PATH_BYTES {
+        return Err(err::invalid(format!("name longer than {MAX_PATH_BYTES} bytes")));
+    }
+    let rel = name.strip_prefix('/').unwrap_or(name);
+    let mut depth = 0;
+    for comp in rel.split('/') {
+        depth += 1;
+        if comp.is_empty() {
+            return Err(err::invalid(format!("'{}' has an empty path component", show(name))));
+        }
+        if comp == "." || comp == ".." {
+            return Err(err::invalid(format!("'{}': '.' and '..' are not allowed", show(name))));
+        }
+        if comp.len() > MAX_COMPONENT_BYTES {
+            return Err(err::invalid(format!(
+                "path component longer than {MAX_COMPONENT_BYTES} bytes"
+            )));
+        }
+        if comp.chars().any(|c| c.is_control()) {
+            return Err(err::invalid("names may not contain NUL or control characters"));
+        }
+    }
+    if depth > MAX_DEPTH {
+        return Err(err::invalid(format!("more than {MAX_DEPTH} levels of folders")));
+    }
+    Ok(rel.to_string())
+}
+
+/// How a canonical name is shown to users: root files bare, nested ones with a leading `/`.
+pub fn display(canonical: &str) -> String {
+    if canonical.contains('/') {
+        format!("/{canonical}")
+    } else {
+        canonical.to_string()
+    }
+}
+
+/// The canonical folder holding a canonical file ("" for the root).
+pub fn parent(canonical: &str) -> &str {
+    canonical.rsplit_once('/').map(|(p, _)| p).unwrap_or("")
+}
+
+/// Validates a user name: 1–64 bytes of letters, digits, `.`, `_`, `-`.
+pub fn validate_user(user: &str) -> Result<(), WireError> {
+    if user.is_empty() || user.len() > MAX_USER_BYTES {
+        return Err(err::invalid(format!("user name must be 1 to {MAX_USER_BYTES} bytes")));
+    }
+    if !user
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(err::invalid(format!(
+            "user name '{}' may only contain letters, digits, '.', '_' and '-'",
+            show(user)
+        )));
+    }
+    Ok(())
+}
+
+/// A name made safe to echo in an error message (control characters escaped, length capped).
+pub fn show(name: &str) -> String {
+    let mut s: String = name.chars().take(80).flat_map(char::escape_debug).collect();
+    if name.chars().count() > 80 {
+        s.push('…');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_forms() {
+        assert_eq!(canonical_file("a.txt").unwrap(), "a.txt");
+        assert_eq!(canonical_file("/a.txt").unwrap(), "a.txt");
+        assert_eq!(canonical_file("/docs/sub/a.txt").unwrap(), "docs/sub/a.txt");
+        assert_eq!(canonical_folder("/docs/").unwrap(), "docs");
+        assert_eq!(canonical_folder("/docs").unwrap(), "docs");
+        assert_eq!(canonical_folder("/").unwrap(), "");
+        assert_eq!(display("a.txt"), "a.txt");
+        assert_eq!(display("docs/a.txt"), "/docs/a.txt");
+        assert_eq!(parent("docs/sub/a.txt"), "docs/sub");
+    }
+
+    #[test]
+    fn escapes_are_refused() {
+        for bad in [
+            "", "..", "../x", "/a/../b", "a//b", "a\0b", "a\nb", "/", "a/", "./a", "/etc/..",
+        ] {
+            assert!(canonical_file(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(canonical_file(&"x".repeat(256)).is_err());
+        assert!(canonical_file(&"x".repeat(255)).is_ok());
+    }
+
+    #[test]
+    fn users() {
+        assert!(validate_user("alice_1.b-c").is_ok());
+        for bad in ["", "@nm", "a b", "a/b", "ä"] {
+            assert!(validate_user(bad).is_err());
+        }
+    }
+}

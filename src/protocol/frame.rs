@@ -1,0 +1,372 @@
+//! Framing: how a [`Message`] and its optional raw body travel on a byte stream.
+//!
+//! A frame is one header line of JSON terminated by `\n`, then exactly `len` raw body bytes:
+//!
+//! ```text
+//! {"v":1,"op":"CHUNK","len":5,"crc":3363354025}\nhello
+//! ```
+//!
+//! * `v` is [`PROTOCOL_VERSION`]; any other value is refused.
+//! * `len` (default 0) is the body length; `crc` is the CRC32C of the body, required when
+//!   `len > 0`. File content is never put inside the JSON.
+//! * The header line is at most [`MAX_HEADER_BYTES`] including its `\n`; a body is at most
+//!   [`MAX_BODY_BYTES`]. Larger content travels as a sequence of CHUNK frames.
+//!
+//! Decoding is pure: [`decode`] looks at a buffer and returns `Ok(None)` when the frame is not
+//! complete yet, which is the normal case on a non-blocking socket, not an error.
+
+use super::error::{ErrorCode, WireError};
+use super::message::{Message, PROTOCOL_VERSION};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+/// Largest header line accepted, including the newline.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Largest body of one frame.
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// Body size used for CHUNK frames carrying file content.
+pub const CHUNK_BYTES: usize = 1024 * 1024;
+/// Most entries in one FILE_BATCH frame (keeps the header under its cap for long names too).
+pub const FILE_BATCH_MAX: usize = 100;
+
+/// A decoded frame: the message and its body (empty when the header declared none).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Frame {
+    /// The message.
+    pub msg: Message,
+    /// Raw body bytes.
+    pub body: Vec<u8>,
+}
+
+/// Why a byte stream could not be decoded. Every variant is the peer's fault; the connection
+/// should be answered with an ERR (where possible) and closed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    /// No newline within [`MAX_HEADER_BYTES`].
+    #[error("header line longer than {MAX_HEADER_BYTES} bytes")]
+    HeaderTooLong,
+    /// The header is not a JSON object we understand.
+    #[error("malformed header: {0}")]
+    BadHeader(String),
+    /// A protocol version we do not speak.
+    #[error("unsupported protocol version {0}")]
+    BadVersion(u64),
+    /// Declared body above [`MAX_BODY_BYTES`].
+    #[error("declared body of {0} bytes exceeds the limit of {MAX_BODY_BYTES}")]
+    BodyTooLarge(u64),
+    /// Body bytes do not match the declared CRC32C.
+    #[error("body checksum mismatch")]
+    BadChecksum,
+}
+
+impl From<FrameError> for WireError {
+    fn from(e: FrameError) -> WireError {
+        let code = match e {
+            FrameError::BodyTooLarge(_) | FrameError::HeaderTooLong => ErrorCode::Limit,
+            _ => ErrorCode::Invalid,
+        };
+        WireError::new(code, e.to_string())
+    }
+}
+
+/// Appends the encoding of `msg` with `body` to `out`.
+pub fn encode_into(out: &mut Vec<u8>, msg: &Message, body: &[u8]) {
+    let mut value = serde_json::to_value(msg).unwrap_or(serde_json::Value::Null);
+    if let serde_json::Value::Object(map) = &mut value {
+        map.insert("v".into(), PROTOCOL_VERSION.into());
+        if !body.is_empty() {
+            map.insert("len".into(), (body.len() as u64).into());
+            map.insert("crc".into(), crc32c::crc32c(body).into());
+        }
+    }
+    // serde_json never emits a raw newline inside a JSON document, so the line is unambiguous.
+    let _ = serde_json::to_writer(&mut *out, &value);
+    out.push(b'\n');
+    out.extend_from_slice(body);
+}
+
+/// Encodes one frame into a fresh buffer.
+pub fn encode(msg: &Message, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128 + body.len());
+    encode_into(&mut out, msg, body);
+    out
+}
+
+/// Tries to take one whole frame off the front of `buf`.
+///
+/// Returns `Ok(None)` when more bytes are needed (nothing is consumed), `Ok(Some(frame))` after
+/// removing the frame's bytes from `buf`, and `Err` when the bytes can never form a valid frame.
+pub fn decode(buf: &mut Vec<u8>) -> Result<Option<Frame>, FrameError> {
+    let scan = buf.len().min(MAX_HEADER_BYTES);
+    let Some(nl) = buf[..scan].iter().position(|&b| b == b'\n') else {
+        return if buf.len() >= MAX_HEADER_BYTES {
+            Err(FrameError::HeaderTooLong)
+        } else {
+            Ok(None)
+        };
+    };
+    let (msg, len, crc) = parse_header(&buf[..nl])?;
+    let total = nl + 1 + len;
+    if buf.len() < total {
+        return Ok(None);
+    }
+    let body = buf[nl + 1..total].to_vec();
+    if len > 0 && crc32c::crc32c(&body) != crc.unwrap_or(0) {
+        return Err(FrameError::BadChecksum);
+    }
+    buf.drain(..total);
+    Ok(Some(Frame { msg, body }))
+}
+
+/// Parses a header line (without its newline) into the message, body length and CRC.
+fn parse_header(line: &[u8]) -> Result<(Message, usize, Option<u32>), FrameError> {
+    let mut value: serde_json::Value =
+        serde_json::from_slice(line).map_err(|e| FrameError::BadHeader(e.to_string()))?;
+    let map = value
+        .as_object_mut()
+        .ok_or_else(|| FrameError::BadHeader("header is not a JSON object".into()))?;
+    let v = map.remove("v").and_then(|v| v.as_u64()).unwrap_or(0);
+    if v != u64::from(PROTOCOL_VERSION) {
+        return Err(FrameError::BadVersion(v));
+    }
+    let len = match map.remove("len") {
+        None => 0,
+        Some(l) => l
+            .as_u64()
+            .ok_or_else(|| FrameError::BadHeader("len is not a number".into()))?,
+    };
+    if len > MAX_BODY_BYTES as u64 {
+        return Err(FrameError::BodyTooLarge(len));
+    }
+    let crc = match map.remove("crc") {
+        None if len > 0 => return Err(FrameError::BadHeader("body without crc".into())),
+        None => None,
+        Some(c) => Some(
+            c.as_u64()
+                .and_then(|c| u32::try_from(c).ok())
+                .ok_or_else(|| FrameError::BadHeader("crc is not a u32".into()))?,
+        ),
+    };
+    let msg: Message =
+        serde_json::from_value(value).map_err(|e| FrameError::BadHeader(e.to_string()))?;
+    Ok((msg, len as usize, crc))
+}
+
+/// Errors of a blocking [`Connection`].
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    /// The socket failed or timed out.
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    /// The peer sent bytes that are not a frame.
+    #[error("protocol: {0}")]
+    Frame(#[from] FrameError),
+    /// The peer closed the connection before a whole frame arrived.
+    #[error("connection closed by peer")]
+    Closed,
+}
+
+impl From<ConnError> for WireError {
+    fn from(e: ConnError) -> WireError {
+        match e {
+            ConnError::Frame(f) => f.into(),
+            ConnError::Io(ref io)
+                if matches!(
+                    io.kind(),
+                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+                ) =>
+            {
+                WireError::new(ErrorCode::Timeout, format!("peer did not answer in time ({e})"))
+            }
+            other => WireError::new(ErrorCode::Unavailable, other.to_string()),
+        }
+    }
+}
+
+/// A blocking framed connection: owns the socket and the read buffer, so partial frames are
+/// never lost between calls. Used by the storage server, the client, and the name server's
+/// worker threads (the name server's event loop uses [`decode`] directly).
+pub struct Connection {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Connection {
+    /// Wraps an accepted or connected stream.
+    pub fn new(stream: TcpStream) -> Connection {
+        let _ = stream.set_nodelay(true);
+        Connection {
+            stream,
+            buf: Vec::with_capacity(8 * 1024),
+        }
+    }
+
+    /// Connects to `addr` (first resolved address) within `timeout`.
+    pub fn connect(addr: &str, timeout: Duration) -> io::Result<Connection> {
+        let sa: SocketAddr = addr.to_socket_addrs()?.next().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("cannot resolve {addr}"))
+        })?;
+        let stream = TcpStream::connect_timeout(&sa, timeout)?;
+        Ok(Connection::new(stream))
+    }
+
+    /// The socket, for timeouts and shutdown.
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// Sets both read and write timeouts (`None` blocks forever).
+    pub fn set_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        self.stream.set_read_timeout(t)?;
+        self.stream.set_write_timeout(t)
+    }
+
+    /// Writes one frame.
+    pub fn send(&mut self, msg: &Message, body: &[u8]) -> io::Result<()> {
+        let bytes = encode(msg, body);
+        self.stream.write_all(&bytes)
+    }
+
+    /// Reads one frame; `Ok(None)` on a clean end of stream between frames.
+    pub fn recv(&mut self) -> Result<Option<Frame>, ConnError> {
+        loop {
+            if let Some(f) = decode(&mut self.buf)? {
+                return Ok(Some(f));
+            }
+            let mut chunk = [0u8; 64 * 1024];
+            let n = match self.stream.read(&mut chunk) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if n == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ConnError::Closed)
+                };
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Reads one frame, treating end of stream as an error.
+    pub fn recv_some(&mut self) -> Result<Frame, ConnError> {
+        self.recv()?.ok_or(ConnError::Closed)
+    }
+
+    /// Sends a request and reads one reply; an ERR reply becomes `Err(WireError)`.
+    pub fn call(&mut self, msg: &Message, body: &[u8]) -> Result<Frame, WireError> {
+        self.send(msg, body).map_err(ConnError::from)?;
+        let f = self.recv_some()?;
+        let msg = f.msg.into_result()?;
+        Ok(Frame { msg, body: f.body })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::message::Version;
+    use proptest::prelude::*;
+
+    fn sample(i: u8) -> Message {
+        match i % 4 {
+            0 => Message::Create {
+                file: "a.txt".into(),
+            },
+            1 => Message::Chunk {},
+            2 => Message::ReadOk {
+                size: 7,
+                version: Version {
+                    epoch: 1,
+                    counter: 3,
+                },
+                checksum: 42,
+            },
+            _ => Message::Err {
+                code: ErrorCode::NotFound,
+                msg: "no \"such\"\nfile".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn incomplete_is_none_not_error() {
+        let bytes = encode(&Message::Chunk {}, b"hello");
+        for cut in 0..bytes.len() {
+            let mut buf = bytes[..cut].to_vec();
+            assert_eq!(decode(&mut buf), Ok(None));
+            assert_eq!(buf.len(), cut, "nothing consumed");
+        }
+    }
+
+    #[test]
+    fn endless_line_is_refused() {
+        let mut buf = vec![b'x'; MAX_HEADER_BYTES];
+        assert_eq!(decode(&mut buf), Err(FrameError::HeaderTooLong));
+    }
+
+    #[test]
+    fn huge_body_is_refused_before_reading_it() {
+        let mut buf = br#"{"v":1,"op":"CHUNK","len":99999999999,"crc":1}"#.to_vec();
+        buf.push(b'\n');
+        assert!(matches!(
+            decode(&mut buf),
+            Err(FrameError::BodyTooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn flipped_body_byte_is_refused() {
+        let mut bytes = encode(&Message::Chunk {}, b"hello");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        assert_eq!(decode(&mut bytes), Err(FrameError::BadChecksum));
+    }
+
+    #[test]
+    fn wrong_version_is_refused() {
+        let mut buf = b"{\"v\":9,\"op\":\"DONE\"}\n".to_vec();
+        assert_eq!(decode(&mut buf), Err(FrameError::BadVersion(9)));
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip_under_any_split(
+            kinds in proptest::collection::vec(0u8..4, 1..6),
+            bodies in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 6),
+            splits in proptest::collection::vec(1usize..50, 1..40),
+        ) {
+            let mut wire = Vec::new();
+            let mut expected = Vec::new();
+            for (i, k) in kinds.iter().enumerate() {
+                let m = sample(*k);
+                encode_into(&mut wire, &m, &bodies[i]);
+                expected.push(Frame { msg: m, body: bodies[i].clone() });
+            }
+            let mut buf = Vec::new();
+            let mut got = Vec::new();
+            let mut pos = 0;
+            let mut s = splits.iter().cycle();
+            while pos < wire.len() {
+                let n = (*s.next().unwrap_or(&1)).min(wire.len() - pos);
+                buf.extend_from_slice(&wire[pos..pos + n]);
+                pos += n;
+                while let Some(f) = decode(&mut buf).unwrap() {
+                    got.push(f);
+                }
+            }
+            prop_assert!(buf.is_empty());
+            prop_assert_eq!(got, expected);
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
+            let mut buf = bytes;
+            // Either a clean error, a need for more bytes, or (rarely) a real frame.
+            let _ = decode(&mut buf);
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! The wire protocol: messages, framing and error codes. Pure code with no I/O policy, shared
+//! by every component.
+
+pub mod error;
+pub mod frame;
+pub mod message;
+
+pub use error::{err, ErrorCode, WireError};
+pub use frame::{decode, encode, Connection, Frame, FrameError};
+pub use message::*;
