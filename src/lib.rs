@@ -7,7 +7,10 @@
 #![deny(missing_docs)]
 
 pub mod auth;
+pub mod client;
 pub mod durable;
 pub mod logging;
 pub mod names;
+pub mod nm;
 pub mod protocol;
+pub mod ss;

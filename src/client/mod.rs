@@ -1,0 +1,1 @@
+//! The command-line client: parsing, talking to the name and storage servers, rendering.

@@ -1,0 +1,1 @@
+//! The name server: namespace, users, access rights, placement, and (later) replication.

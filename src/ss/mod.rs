@@ -1,0 +1,1 @@
+//! The storage server: durable file content, sentence editing, and its link to the name server.
