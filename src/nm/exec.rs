@@ -38,7 +38,11 @@ pub fn run_script(script: &[u8], limits: &ExecLimits) -> Result<ExecResult, Wire
     result
 }
 
-fn run_in(dir: &std::path::Path, script: &[u8], limits: &ExecLimits) -> Result<ExecResult, WireError> {
+fn run_in(
+    dir: &std::path::Path,
+    script: &[u8],
+    limits: &ExecLimits,
+) -> Result<ExecResult, WireError> {
     let path = dir.join("script.sh");
     std::fs::write(&path, script).map_err(|e| err::internal(e.to_string()))?;
     let mut child = Command::new("sh")
