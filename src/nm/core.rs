@@ -1258,3 +1258,634 @@ impl Core {
         .to_string()
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::protocol::ErrorCode;
+
+    const KEY: &[u8] = b"0123456789abcdef0123";
+
+    fn core() -> Core {
+        Core::new(
+            CoreConfig {
+                heartbeat_interval_ms: 100,
+                heartbeat_timeout_ms: 300,
+                exec_enabled: true,
+            },
+            ClusterKey::from_bytes(KEY),
+            Loaded::default(),
+        )
+    }
+
+    fn send(c: &mut Core, conn: ConnId, msg: Message, now: u64) -> Vec<Effect> {
+        c.on_frame(conn, Frame { msg, body: vec![] }, now);
+        c.take_effects()
+    }
+
+    fn st(file: &str, counter: u64, owner: Option<&str>) -> FileState {
+        FileState {
+            file: file.into(),
+            version: Version { epoch: 1, counter },
+            checksum: counter as u32,
+            size: counter,
+            words: 1,
+            chars: counter,
+            modified_ms: 5,
+            owner: owner.map(str::to_string),
+        }
+    }
+
+    fn register(c: &mut Core, conn: ConnId, name: &str, files: Vec<FileState>) -> Vec<Effect> {
+        c.on_connect(conn);
+        let proof = ClusterKey::from_bytes(KEY).proof(name);
+        let e = send(
+            c,
+            conn,
+            Message::Register {
+                name: name.into(),
+                host: "127.0.0.1".into(),
+                client_port: 7000 + conn as u16,
+                backup_of: None,
+                proof,
+                file_count: files.len() as u64,
+            },
+            0,
+        );
+        assert!(e.is_empty());
+        if !files.is_empty() {
+            assert!(send(c, conn, Message::FileBatch { files }, 0).is_empty());
+        }
+        send(c, conn, Message::RegisterEnd {}, 0)
+    }
+
+    fn hello(c: &mut Core, conn: ConnId, user: &str) {
+        c.on_connect(conn);
+        let e = send(c, conn, Message::Hello { user: user.into() }, 0);
+        assert!(matches!(
+            &e[..],
+            [Effect::Reply {
+                msg: Message::Welcome { .. },
+                ..
+            }]
+        ));
+    }
+
+    fn only_reply(e: Vec<Effect>) -> Message {
+        match &e[..] {
+            [Effect::Reply { msg, .. }] => msg.clone(),
+            other => panic!("expected one reply, got {other:?}"),
+        }
+    }
+
+    fn only_job(e: Vec<Effect>) -> Job {
+        match &e[..] {
+            [Effect::Job(j)] => j.clone(),
+            other => panic!("expected one job, got {other:?}"),
+        }
+    }
+
+    fn code(m: Message) -> ErrorCode {
+        match m {
+            Message::Err { code, .. } => code,
+            other => panic!("expected ERR, got {other:?}"),
+        }
+    }
+
+    /// Creates `file` as `user` through the whole job round trip.
+    fn create(c: &mut Core, conn: ConnId, file: &str) -> String {
+        let job = only_job(send(c, conn, Message::Create { file: file.into() }, 10));
+        let JobKind::SsCall {
+            msg: Message::SsCreate { ticket, .. },
+            ..
+        } = &job.kind
+        else {
+            panic!("not an SS_CREATE: {job:?}");
+        };
+        let ss = ticket.ss.clone();
+        c.on_job_result(job.id, Ok(JobOutput::State(st(file, 1, None))), 20);
+        assert_eq!(only_reply(c.take_effects()), Message::Done {});
+        ss
+    }
+
+    #[test]
+    fn placement_picks_the_live_primary_with_fewest_files() {
+        let mut c = core();
+        assert_eq!(
+            only_reply(register(&mut c, 1, "ss1", vec![st("x.txt", 1, None)])),
+            Message::Registered {
+                epoch: 1,
+                heartbeat_interval_ms: 100
+            }
+        );
+        register(&mut c, 2, "ss2", vec![]);
+        register(&mut c, 3, "ss2_backup", vec![]);
+        hello(&mut c, 10, "alice");
+        assert_eq!(create(&mut c, 10, "a.txt"), "ss2");
+        // ss1 and ss2 hold one each now; the tie goes to the first name.
+        assert_eq!(create(&mut c, 10, "b.txt"), "ss1");
+        c.on_close(1, 30);
+        c.on_close(2, 30);
+        let m = only_reply(send(
+            &mut c,
+            10,
+            Message::Create {
+                file: "c.txt".into(),
+            },
+            40,
+        ));
+        assert_eq!(
+            code(m),
+            ErrorCode::Unavailable,
+            "backups never get new files"
+        );
+    }
+
+    #[test]
+    fn create_refuses_duplicates_and_folders() {
+        let mut c = core();
+        register(&mut c, 1, "ss1", vec![]);
+        hello(&mut c, 10, "alice");
+        create(&mut c, 10, "a.txt");
+        let m = only_reply(send(
+            &mut c,
+            10,
+            Message::Create {
+                file: "a.txt".into(),
+            },
+            0,
+        ));
+        assert_eq!(code(m), ErrorCode::Conflict);
+        let m = only_reply(send(
+            &mut c,
+            10,
+            Message::Create {
+                file: "/d/a.txt".into(),
+            },
+            0,
+        ));
+        assert_eq!(code(m), ErrorCode::NotFound);
+        let m = only_reply(send(
+            &mut c,
+            10,
+            Message::Create {
+                file: "../a".into(),
+            },
+            0,
+        ));
+        assert_eq!(code(m), ErrorCode::Invalid);
+        assert!(c
+            .take_batch()
+            .iter()
+            .any(|o| matches!(o, StoreOp::PutFile(f, _) if f == "a.txt")));
+    }
+
+    #[test]
+    fn access_rules() {
+        let mut c = core();
+        register(&mut c, 1, "ss1", vec![]);
+        hello(&mut c, 10, "alice");
+        hello(&mut c, 11, "bob");
+        create(&mut c, 10, "a.txt");
+        let locate = |mode| Message::Locate {
+            file: "a.txt".into(),
+            mode,
+        };
+        assert_eq!(
+            code(only_reply(send(&mut c, 11, locate(AccessMode::Read), 0))),
+            ErrorCode::Unauthorized
+        );
+        let m = only_reply(send(
+            &mut c,
+            11,
+            Message::Info {
+                file: "nope".into(),
+            },
+            0,
+        ));
+        assert_eq!(code(m), ErrorCode::NotFound);
+        // Only the owner changes access, and never their own.
+        let add = |user: &str, write| Message::AddAccess {
+            file: "a.txt".into(),
+            user: user.into(),
+            write,
+        };
+        assert_eq!(
+            code(only_reply(send(&mut c, 11, add("bob", true), 0))),
+            ErrorCode::Unauthorized
+        );
+        assert_eq!(
+            code(only_reply(send(&mut c, 10, add("alice", true), 0))),
+            ErrorCode::Invalid
+        );
+        assert_eq!(
+            only_reply(send(&mut c, 10, add("bob", false), 0)),
+            Message::AccessGranted { new_user: false }
+        );
+        assert_eq!(
+            only_reply(send(&mut c, 10, add("carol", false), 0)),
+            Message::AccessGranted { new_user: true }
+        );
+        // Read but not write.
+        assert!(matches!(
+            only_reply(send(&mut c, 11, locate(AccessMode::Read), 50)),
+            Message::Located { .. }
+        ));
+        assert_eq!(
+            code(only_reply(send(&mut c, 11, locate(AccessMode::Write), 0))),
+            ErrorCode::Unauthorized
+        );
+        assert_eq!(
+            code(only_reply(send(
+                &mut c,
+                11,
+                Message::Undo {
+                    file: "a.txt".into()
+                },
+                0
+            ))),
+            ErrorCode::Unauthorized
+        );
+        assert_eq!(
+            code(only_reply(send(
+                &mut c,
+                11,
+                Message::Delete {
+                    file: "a.txt".into()
+                },
+                0
+            ))),
+            ErrorCode::Unauthorized
+        );
+        // INFO lists the owner first, then the others by name; the last access is recorded.
+        let Message::InfoReply { info } = only_reply(send(
+            &mut c,
+            11,
+            Message::Info {
+                file: "a.txt".into(),
+            },
+            0,
+        )) else {
+            panic!()
+        };
+        let who: Vec<(&str, bool)> = info
+            .access
+            .iter()
+            .map(|a| (a.user.as_str(), a.write))
+            .collect();
+        assert_eq!(who, vec![("alice", true), ("bob", false), ("carol", false)]);
+        assert_eq!(info.accessed_by.as_deref(), Some("bob"));
+        assert_eq!(info.replicas[0].state, "current");
+        // bob sees the file in VIEW; a stranger sees it only with -a.
+        hello(&mut c, 12, "dave");
+        let view = |all| Message::View { all, long: false };
+        let Message::FileList { files } = only_reply(send(&mut c, 12, view(false), 0)) else {
+            panic!()
+        };
+        assert!(files.is_empty());
+        let Message::FileList { files } = only_reply(send(&mut c, 12, view(true), 0)) else {
+            panic!()
+        };
+        assert_eq!(files.len(), 1);
+        // Removing.
+        let rem = |user: &str| Message::RemAccess {
+            file: "a.txt".into(),
+            user: user.into(),
+        };
+        assert_eq!(
+            code(only_reply(send(&mut c, 10, rem("alice"), 0))),
+            ErrorCode::Invalid
+        );
+        assert_eq!(
+            code(only_reply(send(&mut c, 10, rem("dave"), 0))),
+            ErrorCode::NotFound
+        );
+        assert_eq!(
+            only_reply(send(&mut c, 10, rem("bob"), 0)),
+            Message::Done {}
+        );
+        assert_eq!(
+            code(only_reply(send(&mut c, 11, locate(AccessMode::Read), 0))),
+            ErrorCode::Unauthorized
+        );
+        let Message::Users { users } = only_reply(send(&mut c, 12, Message::ListUsers {}, 0))
+        else {
+            panic!()
+        };
+        assert_eq!(users, vec!["alice", "bob", "dave"]);
+    }
+
+    #[test]
+    fn down_server_means_no_live_copy() {
+        let mut c = core();
+        register(&mut c, 1, "ss1", vec![st("a.txt", 3, Some("alice"))]);
+        hello(&mut c, 10, "alice");
+        c.tick(299);
+        assert!(c.take_effects().is_empty());
+        assert_eq!(c.next_deadline_ms(), Some(300));
+        c.tick(300);
+        assert_eq!(c.take_effects(), vec![Effect::Close { conn: 1 }]);
+        let m = only_reply(send(
+            &mut c,
+            10,
+            Message::Locate {
+                file: "a.txt".into(),
+                mode: AccessMode::Read,
+            },
+            400,
+        ));
+        assert_eq!(code(m), ErrorCode::Unavailable);
+        let Message::InfoReply { info } = only_reply(send(
+            &mut c,
+            10,
+            Message::Info {
+                file: "a.txt".into(),
+            },
+            0,
+        )) else {
+            panic!()
+        };
+        assert_eq!(info.replicas[0].state, "down");
+        // It comes back and registers again.
+        c.on_close(1, 400);
+        register(&mut c, 2, "ss1", vec![st("a.txt", 3, Some("alice"))]);
+        assert!(matches!(
+            only_reply(send(
+                &mut c,
+                10,
+                Message::Locate {
+                    file: "a.txt".into(),
+                    mode: AccessMode::Read
+                },
+                500
+            )),
+            Message::Located { .. }
+        ));
+    }
+
+    #[test]
+    fn registration_reconciles_the_index() {
+        let mut c = core();
+        register(
+            &mut c,
+            1,
+            "ss1",
+            vec![
+                st("keep.txt", 2, Some("alice")),
+                st("gone.txt", 1, Some("alice")),
+            ],
+        );
+        c.on_close(1, 10);
+        c.take_batch();
+        // Back with keep.txt newer, gone.txt absent, and a file nobody knew.
+        register(
+            &mut c,
+            2,
+            "ss1",
+            vec![st("keep.txt", 5, Some("alice")), st("new.txt", 1, None)],
+        );
+        assert_eq!(c.files["keep.txt"].version.counter, 5);
+        assert!(!c.files.contains_key("gone.txt"));
+        assert_eq!(c.files["new.txt"].owner, ADOPTED_OWNER);
+        let batch = c.take_batch();
+        assert!(batch.contains(&StoreOp::DelFile("gone.txt".into())));
+        // An older copy never rolls the record back.
+        c.on_close(2, 20);
+        register(
+            &mut c,
+            3,
+            "ss1",
+            vec![st("keep.txt", 4, None), st("new.txt", 1, None)],
+        );
+        assert_eq!(c.files["keep.txt"].version.counter, 5);
+        assert_eq!(c.servers["ss1"].files, 2);
+    }
+
+    #[test]
+    fn registration_needs_the_key_and_a_free_name() {
+        let mut c = core();
+        register(&mut c, 1, "ss1", vec![]);
+        c.on_connect(2);
+        let proof = ClusterKey::from_bytes(b"some other key 0123456").proof("ss2");
+        let reg = |name: &str, proof| Message::Register {
+            name: name.into(),
+            host: "h".into(),
+            client_port: 1,
+            backup_of: None,
+            proof,
+            file_count: 0,
+        };
+        let e = send(&mut c, 2, reg("ss2", proof), 0);
+        assert_eq!(e.len(), 2);
+        assert!(matches!(
+            &e[0],
+            Effect::Reply {
+                msg: Message::Err {
+                    code: ErrorCode::Unauthorized,
+                    ..
+                },
+                ..
+            }
+        ));
+        assert_eq!(e[1], Effect::Close { conn: 2 });
+        c.on_connect(3);
+        let e = send(
+            &mut c,
+            3,
+            reg("ss1", ClusterKey::from_bytes(KEY).proof("ss1")),
+            0,
+        );
+        assert!(matches!(
+            &e[0],
+            Effect::Reply {
+                msg: Message::Err {
+                    code: ErrorCode::Conflict,
+                    ..
+                },
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn changed_and_removed_update_the_record() {
+        let mut c = core();
+        register(&mut c, 1, "ss1", vec![st("a.txt", 1, Some("alice"))]);
+        let e = send(
+            &mut c,
+            1,
+            Message::Changed {
+                id: 7,
+                state: st("a.txt", 2, None),
+            },
+            5,
+        );
+        assert_eq!(only_reply(e), Message::ChangedAck { id: 7 });
+        assert_eq!(c.files["a.txt"].version.counter, 2);
+        assert_eq!(c.files["a.txt"].owner, "alice");
+        let e = send(
+            &mut c,
+            1,
+            Message::Removed {
+                id: 8,
+                file: "a.txt".into(),
+            },
+            5,
+        );
+        assert_eq!(only_reply(e), Message::ChangedAck { id: 8 });
+        assert!(c.files.is_empty());
+        let e = send(&mut c, 1, Message::Heartbeat { seq: 3 }, 250);
+        assert_eq!(only_reply(e), Message::HeartbeatAck { seq: 3 });
+        assert_eq!(c.next_deadline_ms(), Some(550));
+    }
+
+    #[test]
+    fn operations_on_one_file_are_serialised() {
+        let mut c = core();
+        register(&mut c, 1, "ss1", vec![]);
+        hello(&mut c, 10, "alice");
+        hello(&mut c, 11, "bob");
+        // Two creates race: the second waits, then finds the name taken.
+        let j1 = only_job(send(
+            &mut c,
+            10,
+            Message::Create {
+                file: "a.txt".into(),
+            },
+            0,
+        ));
+        assert!(c.is_busy(10));
+        assert!(send(
+            &mut c,
+            11,
+            Message::Create {
+                file: "a.txt".into()
+            },
+            0
+        )
+        .is_empty());
+        assert!(c.is_busy(11));
+        // Other files are not held up.
+        hello(&mut c, 12, "carol");
+        let other = only_job(send(
+            &mut c,
+            12,
+            Message::Create {
+                file: "b.txt".into(),
+            },
+            0,
+        ));
+        assert!(matches!(other.kind, JobKind::SsCall { .. }));
+        c.on_job_result(j1.id, Ok(JobOutput::State(st("a.txt", 1, None))), 1);
+        let e = c.take_effects();
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert_eq!(
+            e[0],
+            Effect::Reply {
+                conn: 10,
+                msg: Message::Done {},
+                body: vec![]
+            }
+        );
+        assert!(matches!(
+            &e[1],
+            Effect::Reply {
+                conn: 11,
+                msg: Message::Err {
+                    code: ErrorCode::Conflict,
+                    ..
+                },
+                ..
+            }
+        ));
+        assert!(!c.is_busy(11));
+        // A delete waits behind an undo and runs after it.
+        let undo = only_job(send(
+            &mut c,
+            10,
+            Message::Undo {
+                file: "a.txt".into(),
+            },
+            2,
+        ));
+        hello(&mut c, 13, "alice");
+        assert!(send(
+            &mut c,
+            13,
+            Message::Delete {
+                file: "a.txt".into()
+            },
+            2
+        )
+        .is_empty());
+        c.on_job_result(undo.id, Err(err::no_undo("nothing to undo")), 3);
+        let e = c.take_effects();
+        assert!(matches!(
+            &e[0],
+            Effect::Reply {
+                conn: 10,
+                msg: Message::Err {
+                    code: ErrorCode::NoUndo,
+                    ..
+                },
+                ..
+            }
+        ));
+        let Effect::Job(del) = &e[1] else {
+            panic!("{e:?}")
+        };
+        c.on_job_result(del.id, Ok(JobOutput::Done), 4);
+        assert_eq!(only_reply(c.take_effects()), Message::Done {});
+        assert!(c.files.is_empty());
+        assert!(!c.busy_files.contains_key("a.txt"));
+    }
+
+    #[test]
+    fn exec_is_a_job_unless_disabled() {
+        let mut c = core();
+        register(&mut c, 1, "ss1", vec![st("s.sh", 1, Some("alice"))]);
+        hello(&mut c, 10, "alice");
+        let j = only_job(send(
+            &mut c,
+            10,
+            Message::Exec {
+                file: "s.sh".into(),
+            },
+            0,
+        ));
+        assert!(matches!(j.kind, JobKind::Exec { .. }));
+        c.on_job_result(
+            j.id,
+            Ok(JobOutput::Exec {
+                output: b"hi\n".to_vec(),
+                exit_code: Some(0),
+                truncated: false,
+            }),
+            5,
+        );
+        match &c.take_effects()[..] {
+            [Effect::Reply {
+                msg:
+                    Message::ExecOutput {
+                        exit_code: Some(0), ..
+                    },
+                body,
+                ..
+            }] => {
+                assert_eq!(body, b"hi\n")
+            }
+            other => panic!("{other:?}"),
+        }
+        c.cfg.exec_enabled = false;
+        let m = only_reply(send(
+            &mut c,
+            10,
+            Message::Exec {
+                file: "s.sh".into(),
+            },
+            0,
+        ));
+        assert_eq!(code(m), ErrorCode::Unauthorized);
+    }
+}
