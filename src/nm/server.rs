@@ -575,3 +575,263 @@ pub fn log_listen(addr: std::net::SocketAddr, started: Instant) {
     log::info!(target: ev::NM_LISTEN, addr = addr.to_string(), ms = started.elapsed().as_millis() as u64;
         "name server listening on {addr}");
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use crate::auth::ClusterKey;
+    use crate::nm::{start, Config};
+    use crate::protocol::{
+        AccessMode, Connection, ErrorCode, FileState, Message, Version, WireError,
+    };
+    use std::net::TcpListener;
+    use std::time::Duration;
+
+    fn state(file: &str, counter: u64, owner: Option<String>) -> FileState {
+        FileState {
+            file: file.into(),
+            version: Version { epoch: 1, counter },
+            checksum: 0,
+            size: 0,
+            words: 0,
+            chars: 0,
+            modified_ms: 1,
+            owner,
+        }
+    }
+
+    /// A storage server that answers the name server's requests from memory.
+    fn fake_ss(script: &'static [u8]) -> u16 {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let mut c = Connection::new(s.unwrap());
+                while let Ok(Some(f)) = c.recv() {
+                    match f.msg {
+                        Message::SsCreate { file, owner, .. } => {
+                            let st = state(&file, 1, Some(owner));
+                            c.send(&Message::FileStateReply { state: st }, &[]).unwrap();
+                        }
+                        Message::SsDelete { .. } => c.send(&Message::Done {}, &[]).unwrap(),
+                        Message::Read { .. } => {
+                            let ok = Message::ReadOk {
+                                size: script.len() as u64,
+                                version: Version::default(),
+                                checksum: 0,
+                            };
+                            c.send(&ok, &[]).unwrap();
+                            c.send(&Message::Chunk {}, script).unwrap();
+                            c.send(&Message::End {}, &[]).unwrap();
+                        }
+                        _ => c.send(&Message::Done {}, &[]).unwrap(),
+                    }
+                }
+            }
+        });
+        port
+    }
+
+    fn client(addr: std::net::SocketAddr, user: &str) -> Connection {
+        let mut c = Connection::connect(&addr.to_string(), Duration::from_secs(5)).unwrap();
+        c.set_timeout(Some(Duration::from_secs(20))).unwrap();
+        let r = c.call(&Message::Hello { user: user.into() }, &[]).unwrap();
+        assert!(matches!(r.msg, Message::Welcome { .. }));
+        c
+    }
+
+    fn call(c: &mut Connection, m: Message) -> Result<Message, WireError> {
+        c.call(&m, &[]).map(|f| f.msg)
+    }
+
+    #[test]
+    fn end_to_end_with_a_fake_storage_server_and_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config {
+            port: 0,
+            http_port: 0,
+            data_dir: dir.path().join("nm"),
+            cluster_key_file: dir.path().join("key"),
+            heartbeat_interval_ms: 50,
+            heartbeat_timeout_ms: 60_000,
+            ..Config::default()
+        };
+        let ss_port = fake_ss(b"echo hi\n");
+        let started = start(&cfg).unwrap();
+        let addr = started.addr;
+        let shutdown = started.shutdown.clone();
+        let loop_thread = std::thread::spawn(move || started.server.run());
+
+        let key = ClusterKey::load_or_create(&cfg.cluster_key_file).unwrap();
+        let mut ss = Connection::connect(&addr.to_string(), Duration::from_secs(5)).unwrap();
+        ss.set_timeout(Some(Duration::from_secs(20))).unwrap();
+        let reg = Message::Register {
+            name: "ss1".into(),
+            host: "127.0.0.1".into(),
+            client_port: ss_port,
+            backup_of: None,
+            proof: key.proof("ss1"),
+            file_count: 1,
+        };
+        ss.send(&reg, &[]).unwrap();
+        let files = vec![state("old.txt", 4, None)];
+        ss.send(&Message::FileBatch { files }, &[]).unwrap();
+        let r = call(&mut ss, Message::RegisterEnd {}).unwrap();
+        assert!(matches!(r, Message::Registered { epoch: 1, .. }));
+        let r = call(&mut ss, Message::Heartbeat { seq: 1 }).unwrap();
+        assert_eq!(r, Message::HeartbeatAck { seq: 1 });
+
+        let mut alice = client(addr, "alice");
+        assert_eq!(
+            call(
+                &mut alice,
+                Message::Create {
+                    file: "a.txt".into()
+                }
+            )
+            .unwrap(),
+            Message::Done {}
+        );
+        assert_eq!(
+            call(
+                &mut alice,
+                Message::Create {
+                    file: "s.sh".into()
+                }
+            )
+            .unwrap(),
+            Message::Done {}
+        );
+        let e = call(
+            &mut alice,
+            Message::Create {
+                file: "a.txt".into(),
+            },
+        )
+        .unwrap_err();
+        assert_eq!(e.code, ErrorCode::Conflict);
+        let r = call(
+            &mut alice,
+            Message::Locate {
+                file: "a.txt".into(),
+                mode: AccessMode::Write,
+            },
+        )
+        .unwrap();
+        let Message::Located {
+            ss: name,
+            addr: ss_addr,
+            ticket,
+        } = r
+        else {
+            panic!("{r:?}")
+        };
+        assert_eq!((name.as_str(), ticket.file.as_str()), ("ss1", "a.txt"));
+        assert_eq!(ss_addr, format!("127.0.0.1:{ss_port}"));
+        alice
+            .send(
+                &Message::Exec {
+                    file: "s.sh".into(),
+                },
+                &[],
+            )
+            .unwrap();
+        let f = alice.recv_some().unwrap();
+        assert!(
+            matches!(
+                f.msg,
+                Message::ExecOutput {
+                    exit_code: Some(0),
+                    ..
+                }
+            ),
+            "{f:?}"
+        );
+        assert_eq!(f.body, b"hi\n");
+        assert_eq!(
+            call(
+                &mut alice,
+                Message::Delete {
+                    file: "s.sh".into()
+                }
+            )
+            .unwrap(),
+            Message::Done {}
+        );
+        let mut bob = client(addr, "bob");
+        let e = call(
+            &mut bob,
+            Message::Delete {
+                file: "a.txt".into(),
+            },
+        )
+        .unwrap_err();
+        assert_eq!(e.code, ErrorCode::Unauthorized);
+        let r = call(
+            &mut alice,
+            Message::AddAccess {
+                file: "a.txt".into(),
+                user: "bob".into(),
+                write: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(r, Message::AccessGranted { new_user: false });
+        // A malformed frame gets an ERR and the connection closes; others are unaffected.
+        let mut junk = std::net::TcpStream::connect(addr).unwrap();
+        std::io::Write::write_all(&mut junk, b"not json\n").unwrap();
+        let mut junk = Connection::new(junk);
+        let f = junk.recv_some().unwrap();
+        assert!(matches!(
+            f.msg,
+            Message::Err {
+                code: ErrorCode::Invalid,
+                ..
+            }
+        ));
+        assert!(junk.recv().unwrap().is_none());
+
+        shutdown.trigger();
+        loop_thread.join().unwrap().unwrap();
+
+        // Everything durable survives a restart.
+        let started = start(&cfg).unwrap();
+        let addr = started.addr;
+        let shutdown = started.shutdown.clone();
+        let loop_thread = std::thread::spawn(move || started.server.run());
+        let mut bob = client(addr, "bob");
+        let Message::FileList { files } = call(
+            &mut bob,
+            Message::View {
+                all: true,
+                long: false,
+            },
+        )
+        .unwrap() else {
+            panic!()
+        };
+        let names: Vec<&str> = files.iter().map(|f| f.file.as_str()).collect();
+        assert_eq!(names, vec!["a.txt", "old.txt"]);
+        let Message::InfoReply { info } = call(
+            &mut bob,
+            Message::Info {
+                file: "a.txt".into(),
+            },
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(info.owner, "alice");
+        assert_eq!(
+            info.replicas[0].state, "down",
+            "servers start down until they register"
+        );
+        assert_eq!(info.accessed_by.as_deref(), Some("alice"));
+        let Message::Users { users } = call(&mut bob, Message::ListUsers {}).unwrap() else {
+            panic!()
+        };
+        assert_eq!(users, vec!["admin", "alice", "bob"]);
+        shutdown.trigger();
+        loop_thread.join().unwrap().unwrap();
+    }
+}
