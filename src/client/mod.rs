@@ -273,3 +273,6 @@ fn write_session(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
