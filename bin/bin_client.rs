@@ -6,7 +6,7 @@ use pairfs::client::{self, Options};
 /// The pairfs client: reads commands from a terminal (with a prompt) or a pipe and prints the
 /// results. Exit status: 0 all commands succeeded, 1 some failed, 2 usage or connection error.
 #[derive(Parser, Debug)]
-#[command(name = "bin_client", version, about)]
+#[command(name = "bin_client", version)]
 struct Args {
     /// Name server host.
     #[arg(long, default_value = "127.0.0.1")]
@@ -35,7 +35,20 @@ fn os_user() -> String {
 
 fn main() {
     pairfs::logging::init_client();
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            std::process::exit(0);
+        }
+        Err(e) => {
+            // One clear line for a bad flag or value, as for every pairfs binary.
+            let text = e.to_string();
+            eprintln!("{}", text.lines().next().unwrap_or("bad arguments"));
+            std::process::exit(2);
+        }
+    };
     let opts = Options {
         nm_host: args.nm_host,
         nm_port: args.nm_port,

@@ -149,27 +149,36 @@ impl Session {
     }
 
     /// The live name-server connection, reconnecting (with retries for a few seconds) when
-    /// there is none or the server closed the old one while we were idle.
+    /// there is none or the server closed the old one while we were idle. When an idle
+    /// connection turns out closed and no new one comes up, the command reports the lost
+    /// connection; the next command tries again and reports "cannot connect" if it fails.
     fn nm(&mut self) -> Result<&mut Connection, CmdError> {
+        let mut dropped = false;
         if self.nm.as_ref().is_some_and(peer_closed) {
             self.nm = None;
+            dropped = true;
         }
         if self.nm.is_none() {
-            self.nm = Some(self.reconnect()?);
+            match self.reconnect() {
+                Ok(c) => self.nm = Some(c),
+                // The connection this command would have used is gone and no new one came up.
+                Err(HelloError::Unreachable(_)) if dropped => return Err(CmdError::lost_nm()),
+                Err(e) => return Err(e.into_inner()),
+            }
         }
         self.nm.as_mut().ok_or_else(CmdError::lost_nm)
     }
 
     /// Connects and says HELLO again, retrying for [`RECONNECT_WINDOW_MS`] with backoff while
     /// the name server is unreachable (it may be restarting).
-    fn reconnect(&self) -> Result<Connection, CmdError> {
+    fn reconnect(&self) -> Result<Connection, HelloError> {
         let deadline = Instant::now() + Duration::from_millis(RECONNECT_WINDOW_MS);
         let mut pause = Duration::from_millis(RECONNECT_FIRST_PAUSE_MS);
         loop {
             match self.hello() {
                 Ok(c) => return Ok(c),
-                Err(HelloError::Refused(e)) => return Err(e),
-                Err(HelloError::Unreachable(e)) => {
+                Err(e @ HelloError::Refused(_)) => return Err(e),
+                Err(e) => {
                     if Instant::now() + pause > deadline {
                         return Err(e);
                     }
@@ -419,9 +428,10 @@ fn peer_closed(c: &Connection) -> bool {
         return true;
     }
     let mut probe = [0u8; 1];
+    // Bytes nobody asked for (the name server never sends unsolicited frames) would be taken
+    // for the next reply, so a connection holding any is as good as closed.
     let closed = match s.peek(&mut probe) {
-        Ok(0) => true,
-        Ok(_) => false,
+        Ok(_) => true,
         Err(e) => e.kind() != io::ErrorKind::WouldBlock,
     };
     closed || s.set_nonblocking(false).is_err()
