@@ -1,1 +1,3 @@
 //! The storage server: durable file content, sentence editing, and its link to the name server.
+
+pub mod document;
