@@ -2,3 +2,5 @@
 
 pub mod document;
 pub mod store;
+pub mod sessions;
+pub mod nmlink;
