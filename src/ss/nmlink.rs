@@ -204,7 +204,12 @@ fn session(
         .ok_or_else(|| err::unavailable("name server closed the link during registration"))?;
     let epoch = match reply.msg.into_result()? {
         Message::Registered { epoch, .. } => epoch,
-        other => return Err(err::invalid(format!("unexpected {} to REGISTER", other.op_name()))),
+        other => {
+            return Err(err::invalid(format!(
+                "unexpected {} to REGISTER",
+                other.op_name()
+            )))
+        }
     };
     store.epoch().store(epoch, Ordering::SeqCst);
     registered.store(true, Ordering::SeqCst);
@@ -215,7 +220,9 @@ fn session(
     let interval = Duration::from_millis(cfg.heartbeat_interval_ms.max(1));
     let read_timeout = Duration::from_millis((cfg.heartbeat_interval_ms * 3).max(2_000));
     let stream = conn.stream().try_clone().map_err(io_err)?;
-    stream.set_read_timeout(Some(read_timeout)).map_err(io_err)?;
+    stream
+        .set_read_timeout(Some(read_timeout))
+        .map_err(io_err)?;
     let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
     let (dead_tx, dead_rx) = bounded::<String>(1);
     let reader_pending = pending.clone();
@@ -236,7 +243,8 @@ fn session(
             let now = Instant::now();
             if now >= next_hb {
                 seq += 1;
-                conn.send(&Message::Heartbeat { seq }, &[]).map_err(io_err)?;
+                conn.send(&Message::Heartbeat { seq }, &[])
+                    .map_err(io_err)?;
                 next_hb = now + interval;
             }
             let wait = next_hb
@@ -273,14 +281,19 @@ fn reader(mut conn: Connection, pending: Pending, dead: Sender<String>) {
         match conn.recv() {
             Ok(Some(f)) => match f.msg {
                 Message::ChangedAck { id } => {
-                    let reply = pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                    let reply = pending
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&id);
                     if let Some(r) = reply {
                         let _ = r.send(());
                     }
                 }
                 Message::HeartbeatAck { .. } => {}
                 Message::Err { code, msg } => break format!("name server said {code}: {msg}"),
-                other => log::debug!(target: ev::SS_NM_LINK, "ignoring {} on the link", other.op_name()),
+                other => {
+                    log::debug!(target: ev::SS_NM_LINK, "ignoring {} on the link", other.op_name())
+                }
             },
             Ok(None) => break "name server closed the link".to_string(),
             Err(e) => break format!("link read failed: {e}"),

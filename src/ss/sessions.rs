@@ -90,7 +90,10 @@ mod tests {
         let a = s.open("f", 0).unwrap();
         let b = s.open("f", 2).unwrap();
         let c = s.open("f", 1).unwrap();
-        assert_eq!(s.open("f", 2).unwrap_err().code, crate::protocol::ErrorCode::Locked);
+        assert_eq!(
+            s.open("f", 2).unwrap_err().code,
+            crate::protocol::ErrorCode::Locked
+        );
         let other = s.open("g", 2).unwrap();
         // Sentence 0 split into three: sessions above 0 move by two.
         s.shift_after("f", a, 0, 3);

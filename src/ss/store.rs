@@ -455,7 +455,9 @@ impl Store {
                     out.push(meta.state(&file));
                     names_seen.insert(file);
                 }
-                Err(e) => log::warn!(target: ev::SS_SCAN, file = file.as_str(); "cannot scan {file}: {e}"),
+                Err(e) => {
+                    log::warn!(target: ev::SS_SCAN, file = file.as_str(); "cannot scan {file}: {e}")
+                }
             }
         }
         let mut metas = Vec::new();
@@ -523,8 +525,17 @@ mod tests {
     fn create_write_undo_delete() {
         let (d, s) = store();
         let m = s.create("docs/a.txt", "alice", 3).unwrap();
-        assert_eq!(m.version, Version { epoch: 3, counter: 1 });
-        assert!(matches!(s.create("docs/a.txt", "bob", 3), Err(StoreError::Exists(_))));
+        assert_eq!(
+            m.version,
+            Version {
+                epoch: 3,
+                counter: 1
+            }
+        );
+        assert!(matches!(
+            s.create("docs/a.txt", "bob", 3),
+            Err(StoreError::Exists(_))
+        ));
         let m1 = commit(&s, "docs/a.txt", "one.");
         let m2 = commit(&s, "docs/a.txt", "one. two.");
         assert!(m2.version > m1.version);
@@ -533,14 +544,26 @@ mod tests {
         assert_eq!(fs::read_dir(d.path().join("undo")).unwrap().count(), 2);
         let u = s.undo("docs/a.txt", 3).unwrap();
         assert!(u.version > m2.version, "versions only go up");
-        assert_eq!(fs::read_to_string(s.content_path("docs/a.txt")).unwrap(), "one.");
+        assert_eq!(
+            fs::read_to_string(s.content_path("docs/a.txt")).unwrap(),
+            "one."
+        );
         s.undo("docs/a.txt", 3).unwrap();
-        assert_eq!(fs::read_to_string(s.content_path("docs/a.txt")).unwrap(), "");
-        assert!(matches!(s.undo("docs/a.txt", 3), Err(StoreError::NoUndo(_))));
+        assert_eq!(
+            fs::read_to_string(s.content_path("docs/a.txt")).unwrap(),
+            ""
+        );
+        assert!(matches!(
+            s.undo("docs/a.txt", 3),
+            Err(StoreError::NoUndo(_))
+        ));
         assert_eq!(fs::read_dir(d.path().join("undo")).unwrap().count(), 0);
         commit(&s, "docs/a.txt", "x.");
         s.delete("docs/a.txt").unwrap();
-        assert!(matches!(s.delete("docs/a.txt"), Err(StoreError::NotFound(_))));
+        assert!(matches!(
+            s.delete("docs/a.txt"),
+            Err(StoreError::NotFound(_))
+        ));
         assert_eq!(fs::read_dir(d.path().join("undo")).unwrap().count(), 0);
         assert!(s.scan().unwrap().is_empty());
     }
@@ -554,10 +577,16 @@ mod tests {
         }
         let (m, _) = s.current("a").unwrap();
         assert_eq!(m.undo.len(), UNDO_DEPTH);
-        assert_eq!(fs::read_dir(d.path().join("undo")).unwrap().count(), UNDO_DEPTH);
+        assert_eq!(
+            fs::read_dir(d.path().join("undo")).unwrap().count(),
+            UNDO_DEPTH
+        );
         s.undo("a", 1).unwrap();
         let last = UNDO_DEPTH + 3;
-        assert_eq!(fs::read_to_string(s.content_path("a")).unwrap(), format!("v{last}."));
+        assert_eq!(
+            fs::read_to_string(s.content_path("a")).unwrap(),
+            format!("v{last}.")
+        );
     }
 
     #[test]
