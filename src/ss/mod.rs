@@ -176,3 +176,7 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), SsError> {
     log::info!(target: ev::SHUTDOWN, "stopped");
     Ok(())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod server_tests;

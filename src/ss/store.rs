@@ -507,6 +507,7 @@ fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) -> io::Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
