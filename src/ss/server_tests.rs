@@ -74,21 +74,32 @@ struct Cluster {
     ss: Running,
 }
 
-fn cluster(lock_timeout_ms: u64) -> Cluster {
-    let dir = tempfile::tempdir().unwrap();
-    let nm = fake_nm();
-    let key = ClusterKey::from_bytes(b"test cluster key 0123456789");
-    let ss = start(Config {
-        nm_addr: nm.addr.clone(),
+fn config(dir: &std::path::Path, nm_addr: &str, key: &ClusterKey) -> Config {
+    Config {
+        nm_addr: nm_addr.to_string(),
         host: "127.0.0.1".into(),
         client_port: 0,
-        storage: dir.path().join("s"),
+        storage: dir.join("s"),
         name: "ss1".into(),
         backup_of: None,
         heartbeat_interval_ms: 50,
         key: key.clone(),
-        lock_timeout_ms,
+        lock_timeout_ms: 60_000,
         max_connections: 16,
+    }
+}
+
+fn test_key() -> ClusterKey {
+    ClusterKey::from_bytes(b"test cluster key 0123456789")
+}
+
+fn cluster(lock_timeout_ms: u64) -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let nm = fake_nm();
+    let key = test_key();
+    let ss = start(Config {
+        lock_timeout_ms,
+        ..config(dir.path(), &nm.addr, &key)
     })
     .unwrap();
     nm.registered.recv_timeout(WAIT).unwrap();
@@ -425,4 +436,132 @@ fn hand_edits_are_adopted_on_access_and_reported() {
                 counter: 1
             }
     );
+}
+
+#[test]
+fn concurrent_sessions_on_one_file_all_commit() {
+    let cl = Arc::new(cluster(60_000));
+    cl.create("a.txt");
+    const N: u64 = 8;
+    for i in 0..N {
+        cl.write("a.txt", i, 0, &format!("s{i}."));
+    }
+    let mut sessions = Vec::new();
+    for i in 0..N {
+        let (mut c, r) = cl.begin("a.txt", i);
+        r.unwrap();
+        // Every other session splits its sentence in two, shifting the ones after it.
+        let text = if i % 2 == 0 {
+            format!("x{i}. y{i}")
+        } else {
+            format!("z{i}")
+        };
+        cl.edit(&mut c, 0, &text).unwrap();
+        sessions.push(c);
+    }
+    let barrier = Arc::new(std::sync::Barrier::new(N as usize));
+    let handles: Vec<_> = sessions
+        .into_iter()
+        .map(|mut c| {
+            let (cl, barrier) = (cl.clone(), barrier.clone());
+            thread::spawn(move || {
+                barrier.wait();
+                cl.commit(&mut c)
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let text = cl.read("a.txt").unwrap();
+    let want: Vec<String> = (0..N)
+        .map(|i| {
+            if i % 2 == 0 {
+                format!("x{i}. y{i} s{i}.")
+            } else {
+                format!("z{i} s{i}.")
+            }
+        })
+        .collect();
+    assert_eq!(text, want.join(" "));
+}
+
+#[test]
+fn commit_without_the_name_server_is_saved_but_unconfirmed() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port with nobody listening: the link stays down.
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let nm_addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let key = test_key();
+    let ss = start(config(dir.path(), &nm_addr, &key)).unwrap();
+    let cl = Cluster {
+        _dir: dir,
+        nm: fake_nm(),
+        key,
+        ss,
+    };
+    cl.create("a.txt");
+    let (mut c, r) = cl.begin("a.txt", 0);
+    r.unwrap();
+    cl.edit(&mut c, 0, "Kept.").unwrap();
+    let e = cl.ask(&mut c, Message::Commit {}).unwrap_err();
+    assert_eq!(e.code, ErrorCode::Unavailable);
+    assert!(
+        e.msg
+            .starts_with("change saved on ss1 but not yet confirmed"),
+        "{}",
+        e.msg
+    );
+    assert_eq!(cl.read("a.txt").unwrap(), "Kept.");
+}
+
+#[test]
+fn restart_registers_every_file_in_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = dir.path().join("s/files/docs");
+    std::fs::create_dir_all(&files).unwrap();
+    for i in 0..250 {
+        std::fs::write(files.join(format!("f{i}.txt")), format!("file {i}.")).unwrap();
+    }
+    let nm = fake_nm();
+    let key = test_key();
+    let ss = start(config(dir.path(), &nm.addr, &key)).unwrap();
+    let list = nm.registered.recv_timeout(WAIT).unwrap();
+    assert_eq!(list.len(), 250);
+    assert!(list.iter().all(|f| f.owner.is_none() && f.words == 2));
+    let first = list
+        .iter()
+        .find(|f| f.file == "docs/f7.txt")
+        .unwrap()
+        .clone();
+    ss.shutdown();
+    let ss = start(config(dir.path(), &nm.addr, &key)).unwrap();
+    let again = nm.registered.recv_timeout(WAIT).unwrap();
+    assert_eq!(again.len(), 250);
+    let same = again.iter().find(|f| f.file == "docs/f7.txt").unwrap();
+    assert_eq!(
+        same.version, first.version,
+        "an unchanged file keeps its version"
+    );
+    drop(ss);
+}
+
+#[test]
+fn connections_beyond_the_cap_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let nm = fake_nm();
+    let key = test_key();
+    let ss = start(Config {
+        max_connections: 2,
+        ..config(dir.path(), &nm.addr, &key)
+    })
+    .unwrap();
+    let addr = ss.addr().to_string();
+    let _a = Connection::connect(&addr, WAIT).unwrap();
+    let _b = Connection::connect(&addr, WAIT).unwrap();
+    let mut c = Connection::connect(&addr, WAIT).unwrap();
+    c.set_timeout(Some(WAIT)).unwrap();
+    let f = c.recv().unwrap().unwrap();
+    assert_eq!(f.msg.into_result().unwrap_err().code, ErrorCode::Limit);
 }

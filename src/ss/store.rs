@@ -417,8 +417,12 @@ impl Store {
         if !existed {
             return Err(StoreError::NotFound(names::display(file)));
         }
+        // Forget the file's mutex only when nobody but the map and this caller holds it, so
+        // two callers never serialise on different mutexes for one name.
         let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-        locks.remove(file);
+        if locks.get(file).is_some_and(|l| Arc::strong_count(l) <= 2) {
+            locks.remove(file);
+        }
         Ok(())
     }
 
