@@ -371,8 +371,14 @@ impl Store {
             owner: old.owner,
             undo,
         };
-        // Should this fail, the content already changed: the next access or scan adopts it.
-        self.write_meta(file, &meta)?;
+        // Should this fail, the content already changed: the next access or scan adopts it,
+        // so the error must not claim the file is unchanged.
+        self.write_meta(file, &meta).map_err(|e| StoreError::Io {
+            file: file.to_string(),
+            source: io::Error::other(format!(
+                "content saved but its bookkeeping was not ({e}); it is adopted on next access"
+            )),
+        })?;
         for b in dropped.iter().chain(pop.iter()) {
             let _ = fs::remove_file(self.undo.join(b));
         }
