@@ -176,7 +176,7 @@ fn session(
     let mut conn = Connection::connect(&cfg.nm_addr, Duration::from_millis(2_000))
         .map_err(|e| err::unavailable(format!("connect to {}: {e}", cfg.nm_addr)))?;
     conn.set_timeout(Some(io_timeout)).map_err(io_err)?;
-    let files = store.scan()?;
+    let files = store.list()?;
     conn.send(
         &Message::Register {
             name: cfg.name.clone(),

@@ -442,11 +442,26 @@ impl Store {
         self.write_with(file, meta, None, Some(blob))
     }
 
-    /// Walks `files/` and `meta/`: adopts new or changed content, removes unfinished creates
-    /// and unreferenced undo blobs, and returns the state of every file. Stats every file but
-    /// reads only those whose size or mtime changed.
+    /// The startup scan: walks `files/` and `meta/`, adopts new or changed content, removes
+    /// unfinished creates and unreferenced undo blobs, and returns the state of every file.
+    /// Stats every file but reads only those whose size or mtime changed. Run it before
+    /// serving: the clean-up would race with creates and commits in progress.
     pub fn scan(&self) -> Result<Vec<FileState>, StoreError> {
         let started = Instant::now();
+        let out = self.walk_states(true)?;
+        let ms = started.elapsed().as_millis() as u64;
+        log::info!(target: ev::SS_SCAN, files = out.len() as u64, ms = ms;
+            "scanned {} files in {ms} ms", out.len());
+        Ok(out)
+    }
+
+    /// The state of every file (adopting hand edits), without the clean-up, so it is safe
+    /// while serving (registration after a reconnect uses it).
+    pub fn list(&self) -> Result<Vec<FileState>, StoreError> {
+        self.walk_states(false)
+    }
+
+    fn walk_states(&self, cleanup: bool) -> Result<Vec<FileState>, StoreError> {
         let mut out = Vec::new();
         let mut referenced = HashSet::new();
         let mut names_seen = HashSet::new();
@@ -470,6 +485,9 @@ impl Store {
                 }
             }
         }
+        if !cleanup {
+            return Ok(out);
+        }
         let mut metas = Vec::new();
         walk(&self.meta, &self.meta, &mut metas).map_err(|e| self.io("meta/", e))?;
         for m in metas {
@@ -488,9 +506,6 @@ impl Store {
                 }
             }
         }
-        let ms = started.elapsed().as_millis() as u64;
-        log::info!(target: ev::SS_SCAN, files = out.len() as u64, ms = ms;
-            "scanned {} files in {ms} ms", out.len());
         Ok(out)
     }
 }
@@ -630,6 +645,19 @@ mod tests {
         let again = s.scan().unwrap();
         let a = again.iter().find(|f| f.file == "a.txt").unwrap();
         assert_eq!(a.version, list[0].version);
+    }
+
+    #[test]
+    fn live_listing_leaves_blobs_and_metas_alone() {
+        let (d, s) = store();
+        s.create("a.txt", "alice", 1).unwrap();
+        // What a commit or create in progress looks like from outside: a blob not yet
+        // referenced, a meta whose content is not written yet.
+        fs::write(d.path().join("undo/inflight"), "x").unwrap();
+        fs::write(d.path().join("meta/b.txt.meta"), "{}").unwrap();
+        assert_eq!(s.list().unwrap().len(), 1);
+        assert!(d.path().join("undo/inflight").exists());
+        assert!(d.path().join("meta/b.txt.meta").exists());
     }
 
     #[test]
