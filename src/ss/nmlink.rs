@@ -140,19 +140,29 @@ fn link_loop(
     registered: Arc<AtomicBool>,
 ) {
     let mut backoff_ms = BACKOFF_MIN_MS;
+    // Failures in a row; only the first of a streak is logged at WARN, so a name server that
+    // stays down does not flood the log.
+    let mut failures = 0u64;
     while !stop.load(Ordering::SeqCst) {
         let mut was_registered = false;
         let res = session(&cfg, &store, &rx, &stop, &registered, &mut was_registered);
         registered.store(false, Ordering::SeqCst);
+        if was_registered {
+            backoff_ms = BACKOFF_MIN_MS;
+            failures = 0;
+        }
         match res {
             Ok(()) => break,
             Err(e) => {
-                log::warn!(target: ev::SS_NM_LINK, nm = cfg.nm_addr.as_str(), retry_ms = backoff_ms;
+                failures += 1;
+                let level = if failures == 1 {
+                    log::Level::Warn
+                } else {
+                    log::Level::Debug
+                };
+                log::log!(target: ev::SS_NM_LINK, level, nm = cfg.nm_addr.as_str(), retry_ms = backoff_ms, failures = failures;
                     "name server link down: {e}; retrying in {backoff_ms} ms");
             }
-        }
-        if was_registered {
-            backoff_ms = BACKOFF_MIN_MS;
         }
         // Wait out the backoff, answering reports at once: they cannot be delivered now.
         let until = Instant::now() + Duration::from_millis(backoff_ms);

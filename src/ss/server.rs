@@ -323,6 +323,8 @@ fn write_session(
         let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
         let (text, meta, adopted) = shared.store.load_text(file)?;
         report_adopted(shared, adopted, || meta.state(file));
+        // A stale copy must not take writes either (the name server may set min_version).
+        check_fresh(shared, t, meta.version)?;
         let doc = Document::parse(&text);
         doc.check_open(i)?;
         let id = shared.sessions.open(file, i)?;
