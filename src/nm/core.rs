@@ -198,6 +198,8 @@ pub struct CoreConfig {
     pub heartbeat_timeout_ms: u64,
     /// Whether EXEC is allowed.
     pub exec_enabled: bool,
+    /// The `--replication` mode, reported in status until pairs act on it.
+    pub replication: &'static str,
 }
 
 /// Runtime state of a storage server.
@@ -1246,6 +1248,7 @@ impl Core {
             })
             .collect();
         serde_json::json!({
+            "replication": self.cfg.replication,
             "servers": servers,
             "totals": {
                 "files": self.files.len(),
@@ -1273,6 +1276,7 @@ mod tests {
                 heartbeat_interval_ms: 100,
                 heartbeat_timeout_ms: 300,
                 exec_enabled: true,
+                replication: "async",
             },
             ClusterKey::from_bytes(KEY),
             Loaded::default(),

@@ -79,3 +79,31 @@ fn respond(s: &mut TcpStream, status: &str, ctype: &str, body: &str) -> std::io:
     s.write_all(body.as_bytes())?;
     s.flush()
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        let mut s = TcpStream::connect(addr).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn health_status_and_unknown_paths() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let snap: Snapshot = Arc::new(Mutex::new(r#"{"servers":[]}"#.to_string()));
+        spawn(l, snap.clone()).unwrap();
+        let h = get(addr, "/health");
+        assert!(h.starts_with("HTTP/1.1 200 OK\r\n"), "{h}");
+        assert!(h.ends_with("\r\n\r\nok\n"));
+        *snap.lock().unwrap() = r#"{"servers":[1]}"#.to_string();
+        assert!(get(addr, "/status").ends_with(r#"{"servers":[1]}"#));
+        assert!(get(addr, "/nope").starts_with("HTTP/1.1 404"));
+    }
+}

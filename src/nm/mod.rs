@@ -130,6 +130,10 @@ pub fn start(cfg: &Config) -> Result<Started, NmError> {
             heartbeat_interval_ms: cfg.heartbeat_interval_ms,
             heartbeat_timeout_ms: cfg.heartbeat_timeout_ms,
             exec_enabled: cfg.exec_enabled,
+            replication: match cfg.replication {
+                ReplicationMode::Async => "async",
+                ReplicationMode::Sync => "sync",
+            },
         },
         key,
         loaded,
