@@ -3,6 +3,20 @@
 //! `core` decides, `store` makes decisions durable, `server` runs the mio event loop, `worker`
 //! makes blocking calls to storage servers, `exec` runs EXEC scripts, `http` serves status.
 //! [`start`] wires them together; `bin_nm` parses flags and calls [`run`].
+//!
+//! Choices made where the behaviour contract is silent:
+//!
+//! * A client's requests are answered strictly in order: while one waits on a storage server
+//!   (CREATE, DELETE, UNDO, EXEC), the connection's next frame stays unread in its buffer.
+//! * Granting access to a user never seen does not make them "seen": `LIST` shows users who
+//!   said HELLO (and owners of adopted files), so a mistyped grantee does not appear there.
+//! * A file adopted from a storage server that does not know its owner belongs to `admin`.
+//! * A storage server silent for `--heartbeat-timeout-ms` is marked down and its link is
+//!   closed, so it must register again (and be reconciled) before it serves anything.
+//! * A DELETE whose copy is already gone from the storage server (NOT_FOUND) still removes
+//!   the record: the user's intent is met.
+//! * Until folders exist, files can only be created in the root; a nested name is NOT_FOUND
+//!   with a message saying so.
 
 pub mod core;
 pub mod exec;
