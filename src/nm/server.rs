@@ -27,6 +27,8 @@ const FIRST_CONN: usize = 2;
 pub const MAX_INPUT_BYTES: usize = frame::MAX_HEADER_BYTES + frame::MAX_BODY_BYTES + 64 * 1024;
 /// Most output queued for one connection before it is dropped as stalled.
 pub const MAX_OUTPUT_BYTES: usize = 64 * 1024 * 1024;
+/// Unsent reply bytes above which a connection's further requests wait.
+pub const PAUSE_OUTPUT_BYTES: usize = 4 * 1024 * 1024;
 /// Batches waiting for room in the store channel before the loop stops reading new requests.
 pub const MAX_BACKLOG_BATCHES: usize = 4096;
 /// How long shutdown waits for in-flight jobs before giving up on them.
@@ -54,6 +56,8 @@ struct Conn {
     input: Vec<u8>,
     /// Replies waiting for their sequence number to become durable.
     held: VecDeque<(u64, Vec<u8>)>,
+    /// Bytes in `held`.
+    held_bytes: usize,
     output: Vec<u8>,
     written: usize,
     /// Close once everything released has been written.
@@ -291,6 +295,7 @@ impl Server {
                             stream,
                             input: Vec::new(),
                             held: VecDeque::new(),
+                            held_bytes: 0,
                             output: Vec::new(),
                             written: 0,
                             closing: false,
@@ -365,6 +370,10 @@ impl Server {
             if c.closing {
                 return;
             }
+            if c.held_bytes + (c.output.len() - c.written) > PAUSE_OUTPUT_BYTES {
+                // The peer is not reading its answers: stop producing more until it does.
+                return;
+            }
             match decode(&mut c.input) {
                 Ok(Some(f)) => self.core.on_frame(id, f, now_ms()),
                 Ok(None) => {
@@ -385,7 +394,9 @@ impl Server {
                     c.input.clear();
                     let we: WireError = e.into();
                     let seq = self.assigned_seq;
-                    c.held.push_back((seq, encode(&Message::err(we), &[])));
+                    let bytes = encode(&Message::err(we), &[]);
+                    c.held_bytes += bytes.len();
+                    c.held.push_back((seq, bytes));
                     c.closing = true;
                     return;
                 }
@@ -433,7 +444,9 @@ impl Server {
                     Effect::Reply { conn, msg, body } => {
                         busy_changed = true;
                         if let Some(c) = self.conns.get_mut(&conn) {
-                            c.held.push_back((self.assigned_seq, encode(&msg, &body)));
+                            let bytes = encode(&msg, &body);
+                            c.held_bytes += bytes.len();
+                            c.held.push_back((self.assigned_seq, bytes));
                         }
                     }
                     Effect::Close { conn } => {
@@ -507,6 +520,7 @@ impl Server {
             if let Some(c) = self.conns.get_mut(&id) {
                 while c.held.front().is_some_and(|(s, _)| *s <= committed) {
                     if let Some((_, bytes)) = c.held.pop_front() {
+                        c.held_bytes -= bytes.len();
                         c.output.extend_from_slice(&bytes);
                     }
                 }
