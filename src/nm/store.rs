@@ -45,6 +45,9 @@ pub enum StoreError {
         /// Why.
         msg: String,
     },
+    /// Another process (usually another name server) has the database open.
+    #[error("{0} is in use by another name server")]
+    InUse(String),
     /// Creating the data directory failed.
     #[error("data directory: {0}")]
     Io(#[from] std::io::Error),
@@ -86,7 +89,14 @@ impl Store {
     /// Opens (or creates) the database under `dir` and makes sure every table exists.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir)?;
-        let db = Database::create(dir.join(DB_FILE)).map_err(dberr)?;
+        let path = dir.join(DB_FILE);
+        let db = match Database::create(&path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(StoreError::InUse(path.display().to_string()))
+            }
+            Err(e) => return Err(dberr(e)),
+        };
         let mut txn = db.begin_write().map_err(dberr)?;
         txn.set_durability(Durability::Immediate);
         {
