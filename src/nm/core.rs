@@ -26,6 +26,9 @@ pub const EPOCH: u64 = 1;
 pub const MAX_WAITING_PER_FILE: usize = 32;
 /// Most files a registering server may announce (bounds the registration buffer).
 pub const MAX_REGISTER_FILES: u64 = 10_000_000;
+/// Time a new connection has to say HELLO or finish registering before it is closed, so idle
+/// sockets cannot hold connection slots.
+pub const INTRODUCTION_TIMEOUT_MS: u64 = 60_000;
 /// Owner given to files adopted from a storage server that does not know their owner.
 pub const ADOPTED_OWNER: &str = "admin";
 
@@ -265,6 +268,8 @@ pub struct Core {
     /// Files with an NM-initiated operation in flight, and the requests waiting behind it.
     busy_files: HashMap<String, VecDeque<Pending>>,
     jobs: HashMap<JobId, InFlight>,
+    /// Connections that have not finished HELLO or registration, with their deadline.
+    introducing: HashMap<ConnId, u64>,
     next_job: JobId,
     out: Vec<Effect>,
     batch: Vec<StoreOp>,
@@ -309,6 +314,7 @@ impl Core {
             peers: HashMap::new(),
             busy_files: HashMap::new(),
             jobs: HashMap::new(),
+            introducing: HashMap::new(),
             next_job: 1,
             out: Vec::new(),
             batch: Vec::new(),
@@ -337,13 +343,16 @@ impl Core {
     }
 
     /// A new connection was accepted.
-    pub fn on_connect(&mut self, conn: ConnId) {
+    pub fn on_connect(&mut self, conn: ConnId, now_ms: u64) {
         self.peers.insert(conn, Peer::Unknown);
+        self.introducing
+            .insert(conn, now_ms + INTRODUCTION_TIMEOUT_MS);
     }
 
     /// A connection closed (by the peer, an error, or us).
     pub fn on_close(&mut self, conn: ConnId, now_ms: u64) {
         let _ = now_ms;
+        self.introducing.remove(&conn);
         if let Some(Peer::Server { name }) = self.peers.remove(&conn) {
             if let Some(s) = self.servers.get_mut(&name) {
                 if s.conn == Some(conn) {
@@ -360,17 +369,31 @@ impl Core {
 
     /// The earliest time [`Core::tick`] has something to do.
     pub fn next_deadline_ms(&self) -> Option<u64> {
-        self.servers
+        let heartbeats = self
+            .servers
             .values()
             .filter(|s| s.up)
             .filter_map(|s| s.last_heartbeat_ms)
-            .map(|t| t + self.cfg.heartbeat_timeout_ms)
-            .min()
+            .map(|t| t + self.cfg.heartbeat_timeout_ms);
+        heartbeats.chain(self.introducing.values().copied()).min()
     }
 
     /// Declares down every server silent for longer than the heartbeat timeout, and closes its
     /// link so it must register again.
     pub fn tick(&mut self, now_ms: u64) {
+        let late: Vec<ConnId> = self
+            .introducing
+            .iter()
+            .filter(|(_, d)| now_ms >= **d)
+            .map(|(c, _)| *c)
+            .collect();
+        for conn in late {
+            self.introducing.remove(&conn);
+            self.refuse_and_close(
+                conn,
+                err::timeout("no HELLO or registration in time; closing"),
+            );
+        }
         let timeout = self.cfg.heartbeat_timeout_ms;
         for (name, s) in self.servers.iter_mut() {
             let silent = s.last_heartbeat_ms.is_some_and(|t| now_ms >= t + timeout);
@@ -555,6 +578,7 @@ impl Core {
         if let Err(e) = names::validate_user(&user) {
             return self.refuse_and_close(conn, e);
         }
+        self.introducing.remove(&conn);
         self.add_user(&user);
         log::info!(target: ev::NM_CLIENT_CONNECT, user = user.as_str(); "client {user} connected");
         self.peers.insert(
@@ -601,6 +625,7 @@ impl Core {
                 files: files_before,
             },
         );
+        self.introducing.remove(&conn);
         let (adopted, updated, removed) = self.reconcile(&name, files, now_ms);
         self.peers.insert(conn, Peer::Server { name: name.clone() });
         let held = self.servers.get(&name).map(|s| s.files).unwrap_or(0);
@@ -1302,7 +1327,7 @@ mod tests {
     }
 
     fn register(c: &mut Core, conn: ConnId, name: &str, files: Vec<FileState>) -> Vec<Effect> {
-        c.on_connect(conn);
+        c.on_connect(conn, 0);
         let proof = ClusterKey::from_bytes(KEY).proof(name);
         let e = send(
             c,
@@ -1325,7 +1350,7 @@ mod tests {
     }
 
     fn hello(c: &mut Core, conn: ConnId, user: &str) {
-        c.on_connect(conn);
+        c.on_connect(conn, 0);
         let e = send(c, conn, Message::Hello { user: user.into() }, 0);
         assert!(matches!(
             &e[..],
@@ -1670,7 +1695,7 @@ mod tests {
     fn registration_needs_the_key_and_a_free_name() {
         let mut c = core();
         register(&mut c, 1, "ss1", vec![]);
-        c.on_connect(2);
+        c.on_connect(2, 0);
         let proof = ClusterKey::from_bytes(b"some other key 0123456").proof("ss2");
         let reg = |name: &str, proof| Message::Register {
             name: name.into(),
@@ -1693,7 +1718,7 @@ mod tests {
             }
         ));
         assert_eq!(e[1], Effect::Close { conn: 2 });
-        c.on_connect(3);
+        c.on_connect(3, 0);
         let e = send(
             &mut c,
             3,
@@ -1710,6 +1735,29 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn silent_new_connections_are_closed() {
+        let mut c = core();
+        c.on_connect(5, 1000);
+        hello(&mut c, 6, "alice");
+        assert_eq!(c.next_deadline_ms(), Some(1000 + INTRODUCTION_TIMEOUT_MS));
+        c.tick(1000 + INTRODUCTION_TIMEOUT_MS);
+        let e = c.take_effects();
+        assert!(matches!(
+            &e[0],
+            Effect::Reply {
+                conn: 5,
+                msg: Message::Err {
+                    code: ErrorCode::Timeout,
+                    ..
+                },
+                ..
+            }
+        ));
+        assert_eq!(e[1], Effect::Close { conn: 5 });
+        assert_eq!(c.next_deadline_ms(), None);
     }
 
     #[test]

@@ -302,7 +302,7 @@ impl Server {
                             read_paused: false,
                         },
                     );
-                    self.core.on_connect(id);
+                    self.core.on_connect(id, now_ms());
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
