@@ -444,7 +444,7 @@ impl Server {
                     Effect::Reply { conn, msg, body } => {
                         busy_changed = true;
                         if let Some(c) = self.conns.get_mut(&conn) {
-                            let bytes = encode(&msg, &body);
+                            let bytes = encode_bounded(&msg, &body);
                             c.held_bytes += bytes.len();
                             c.held.push_back((self.assigned_seq, bytes));
                         }
@@ -560,6 +560,20 @@ impl Server {
             self.drop_conn(id);
         }
     }
+}
+
+/// Encodes a reply; one whose header would exceed what a peer accepts becomes a LIMIT error,
+/// so the peer gets a clear answer rather than a frame it must refuse.
+fn encode_bounded(msg: &Message, body: &[u8]) -> Vec<u8> {
+    let bytes = encode(msg, body);
+    if bytes.len() - body.len() > frame::MAX_HEADER_BYTES {
+        let e = err::limit(format!(
+            "the answer to this request is larger than the {} byte frame limit",
+            frame::MAX_HEADER_BYTES
+        ));
+        return encode(&Message::err(e), &[]);
+    }
+    bytes
 }
 
 /// Starts the store thread for `store`, returning its channels.
