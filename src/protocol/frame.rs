@@ -21,9 +21,8 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-/// Largest header line accepted, including the newline. Large enough for a VIEW or LIST of
-/// tens of thousands of entries, which travel in one header.
-pub const MAX_HEADER_BYTES: usize = 4 * 1024 * 1024;
+/// Largest header line accepted, including the newline.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Largest body of one frame.
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// Body size used for CHUNK frames carrying file content.
