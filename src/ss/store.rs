@@ -532,7 +532,6 @@ fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) -> io::Result<()> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
