@@ -49,7 +49,7 @@ struct Args {
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=MAX_OPS))]
     ops: u64,
     /// Wall-clock budget of one row in seconds; a row that runs out stops early and says so.
-    #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u64).range(1..=600))]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
     row_budget_s: u64,
     /// Directory holding the bin_nm and bin_ss binaries (default: this program's directory,
     /// i.e. target/release when run by `make bench`).
