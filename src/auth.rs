@@ -168,7 +168,9 @@ impl ClusterKey {
     /// Checks a registration proof.
     pub fn check_proof(&self, name: &str, p: &KeyProof) -> Result<(), WireError> {
         if now_ms().abs_diff(p.ts_ms) > PROOF_SKEW_MS {
-            return Err(err::unauthorized("registration proof too old or from the future"));
+            return Err(err::unauthorized(
+                "registration proof too old or from the future",
+            ));
         }
         if !self.verify_hex(proof_string(name, p.ts_ms, &p.nonce).as_bytes(), &p.mac) {
             return Err(err::unauthorized("server does not hold this cluster's key"));

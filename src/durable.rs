@@ -14,7 +14,12 @@ static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 /// A fresh, unique temp path inside `tmp_dir`.
 pub fn temp_path(tmp_dir: &Path) -> PathBuf {
     let n = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
-    tmp_dir.join(format!("t{}-{}-{}", std::process::id(), n, crate::auth::random_hex(4)))
+    tmp_dir.join(format!(
+        "t{}-{}-{}",
+        std::process::id(),
+        n,
+        crate::auth::random_hex(4)
+    ))
 }
 
 /// Fsyncs a directory, making renames and unlinks inside it durable.

@@ -22,7 +22,10 @@ pub fn canonical_file(name: &str) -> Result<String, WireError> {
         return Err(err::invalid("file name is empty"));
     }
     if name.ends_with('/') {
-        return Err(err::invalid(format!("'{}' names a folder, not a file", show(name))));
+        return Err(err::invalid(format!(
+            "'{}' names a folder, not a file",
+            show(name)
+        )));
     }
     canonical_path(name)
 }
@@ -42,17 +45,25 @@ pub fn canonical_folder(name: &str) -> Result<String, WireError> {
 
 fn canonical_path(name: &str) -> Result<String, WireError> {
     if name.len() > MAX_PATH_BYTES {
-        return Err(err::invalid(format!("name longer than {MAX_PATH_BYTES} bytes")));
+        return Err(err::invalid(format!(
+            "name longer than {MAX_PATH_BYTES} bytes"
+        )));
     }
     let rel = name.strip_prefix('/').unwrap_or(name);
     let mut depth = 0;
     for comp in rel.split('/') {
         depth += 1;
         if comp.is_empty() {
-            return Err(err::invalid(format!("'{}' has an empty path component", show(name))));
+            return Err(err::invalid(format!(
+                "'{}' has an empty path component",
+                show(name)
+            )));
         }
         if comp == "." || comp == ".." {
-            return Err(err::invalid(format!("'{}': '.' and '..' are not allowed", show(name))));
+            return Err(err::invalid(format!(
+                "'{}': '.' and '..' are not allowed",
+                show(name)
+            )));
         }
         if comp.len() > MAX_COMPONENT_BYTES {
             return Err(err::invalid(format!(
@@ -60,11 +71,15 @@ fn canonical_path(name: &str) -> Result<String, WireError> {
             )));
         }
         if comp.chars().any(|c| c.is_control()) {
-            return Err(err::invalid("names may not contain NUL or control characters"));
+            return Err(err::invalid(
+                "names may not contain NUL or control characters",
+            ));
         }
     }
     if depth > MAX_DEPTH {
-        return Err(err::invalid(format!("more than {MAX_DEPTH} levels of folders")));
+        return Err(err::invalid(format!(
+            "more than {MAX_DEPTH} levels of folders"
+        )));
     }
     Ok(rel.to_string())
 }
@@ -86,7 +101,9 @@ pub fn parent(canonical: &str) -> &str {
 /// Validates a user name: 1–64 bytes of letters, digits, `.`, `_`, `-`.
 pub fn validate_user(user: &str) -> Result<(), WireError> {
     if user.is_empty() || user.len() > MAX_USER_BYTES {
-        return Err(err::invalid(format!("user name must be 1 to {MAX_USER_BYTES} bytes")));
+        return Err(err::invalid(format!(
+            "user name must be 1 to {MAX_USER_BYTES} bytes"
+        )));
     }
     if !user
         .chars()

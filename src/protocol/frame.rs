@@ -177,7 +177,10 @@ impl From<ConnError> for WireError {
                     io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
                 ) =>
             {
-                WireError::new(ErrorCode::Timeout, format!("peer did not answer in time ({e})"))
+                WireError::new(
+                    ErrorCode::Timeout,
+                    format!("peer did not answer in time ({e})"),
+                )
             }
             other => WireError::new(ErrorCode::Unavailable, other.to_string()),
         }
@@ -205,7 +208,10 @@ impl Connection {
     /// Connects to `addr` (first resolved address) within `timeout`.
     pub fn connect(addr: &str, timeout: Duration) -> io::Result<Connection> {
         let sa: SocketAddr = addr.to_socket_addrs()?.next().ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, format!("cannot resolve {addr}"))
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("cannot resolve {addr}"),
+            )
         })?;
         let stream = TcpStream::connect_timeout(&sa, timeout)?;
         Ok(Connection::new(stream))
@@ -312,10 +318,7 @@ mod tests {
     fn huge_body_is_refused_before_reading_it() {
         let mut buf = br#"{"v":1,"op":"CHUNK","len":99999999999,"crc":1}"#.to_vec();
         buf.push(b'\n');
-        assert!(matches!(
-            decode(&mut buf),
-            Err(FrameError::BodyTooLarge(_))
-        ));
+        assert!(matches!(decode(&mut buf), Err(FrameError::BodyTooLarge(_))));
     }
 
     #[test]

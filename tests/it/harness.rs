@@ -12,6 +12,7 @@
 
 #![allow(dead_code)]
 
+use pairfs::protocol::{AccessMode, FileState, Ticket, WireError};
 use pairfs::protocol::{Connection, Frame, Message};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -148,6 +149,34 @@ impl Log {
             let now = Instant::now();
             if now >= deadline {
                 return None;
+            }
+            s = self.cv.wait_timeout(s, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Waits until at least `n` lines with `event` satisfying `pred` exist at or after `since`.
+    pub fn wait_count(
+        &self,
+        since: Mark,
+        event: &str,
+        pred: &dyn Fn(&Value) -> bool,
+        n: usize,
+        timeout: Duration,
+    ) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.state.lock().unwrap();
+        loop {
+            let from = since.0.saturating_sub(s.first).min(s.lines.len());
+            let have = s.lines[from..]
+                .iter()
+                .filter(|v| v["event"] == event && pred(v))
+                .count();
+            if have >= n {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
             }
             s = self.cv.wait_timeout(s, deadline - now).unwrap().0;
         }
@@ -473,6 +502,12 @@ impl Cluster {
 
     /// Starts storage server `name` (waits for `ss_listen`, not for registration).
     pub fn add_ss(&mut self, name: &str) {
+        let key = self.key_file.clone();
+        self.add_ss_with_key(name, &key);
+    }
+
+    /// Starts storage server `name` with its own cluster key file (waits for `ss_listen`).
+    pub fn add_ss_with_key(&mut self, name: &str, key_file: &Path) {
         let mut args: Vec<String> = vec![
             "--username".into(),
             name.into(),
@@ -487,7 +522,7 @@ impl Cluster {
             "--storage".into(),
             path_str(&self.storage(name)),
             "--cluster-key-file".into(),
-            path_str(&self.key_file),
+            path_str(key_file),
             "--heartbeat-interval-ms".into(),
             HEARTBEAT_INTERVAL_MS.to_string(),
         ];
@@ -581,7 +616,11 @@ impl Cluster {
         assert!(!p.is_running(), "restart({name}) while it is still running");
         let since = p.log.mark();
         p.launch();
-        let event = if name == "nm" { "nm_listen" } else { "ss_listen" };
+        let event = if name == "nm" {
+            "nm_listen"
+        } else {
+            "ss_listen"
+        };
         let addr = wait_listen(p, since, event);
         p.addr = addr;
         if name == "nm" {
@@ -748,12 +787,19 @@ impl Client {
     fn command(&self) -> Command {
         let (host, port) = self.nm_addr.rsplit_once(':').unwrap();
         let mut cmd = Command::new(bin("bin_client"));
-        cmd.args(["--nm-host", host, "--nm-port", port, "--username", &self.user])
-            .args(&self.extra)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args([
+            "--nm-host",
+            host,
+            "--nm-port",
+            port,
+            "--username",
+            &self.user,
+        ])
+        .args(&self.extra)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
         cmd
     }
 
@@ -789,7 +835,10 @@ impl Client {
                 unsafe {
                     libc::kill(pid as libc::pid_t, libc::SIGKILL);
                 }
-                panic!("bin_client ({}) did not finish within {timeout:?}", self.user);
+                panic!(
+                    "bin_client ({}) did not finish within {timeout:?}",
+                    self.user
+                );
             }
         }
     }
@@ -799,17 +848,22 @@ impl Client {
         let mut child = self.command().spawn().expect("start bin_client");
         let stdin = child.stdin.take();
         let out = child.stdout.take().unwrap();
-        let lines = Arc::new((Mutex::new(Vec::<String>::new()), Condvar::new()));
+        let lines = Arc::new((Mutex::new(SessionOut::default()), Condvar::new()));
         let l2 = lines.clone();
         let reader = thread::spawn(move || {
-            let mut r = BufReader::new(out);
+            let mut r = out;
+            let mut buf = [0u8; 8192];
             loop {
-                let mut buf = Vec::new();
-                match r.read_until(b'\n', &mut buf) {
+                match r.read(&mut buf) {
                     Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        let s = String::from_utf8_lossy(&buf).trim_end_matches('\n').to_string();
-                        l2.0.lock().unwrap().push(s);
+                    Ok(n) => {
+                        let mut o = l2.0.lock().unwrap();
+                        o.raw.push_str(&String::from_utf8_lossy(&buf[..n]));
+                        while let Some(i) = o.raw[o.cut..].find('\n') {
+                            let line = o.raw[o.cut..o.cut + i].to_string();
+                            o.lines.push(line);
+                            o.cut += i + 1;
+                        }
                         l2.1.notify_all();
                     }
                 }
@@ -830,11 +884,22 @@ impl Client {
     }
 }
 
+/// What an interactive client printed so far.
+#[derive(Default)]
+struct SessionOut {
+    /// Everything, including a last line without its newline yet (STREAM words).
+    raw: String,
+    /// Complete lines.
+    lines: Vec<String>,
+    /// Byte offset in `raw` after the last complete line.
+    cut: usize,
+}
+
 /// A client kept running, fed line by line (for concurrent write sessions).
 pub struct Session {
     child: Option<Child>,
     stdin: Option<ChildStdin>,
-    lines: Arc<(Mutex<Vec<String>>, Condvar)>,
+    lines: Arc<(Mutex<SessionOut>, Condvar)>,
     seen: usize,
     reader: Option<thread::JoinHandle<()>>,
 }
@@ -852,10 +917,10 @@ impl Session {
     pub fn expect(&mut self, pred: impl Fn(&str) -> bool, what: &str) -> String {
         let deadline = Instant::now() + CLIENT_WAIT;
         let (m, cv) = &*self.lines;
-        let mut lines = m.lock().unwrap();
+        let mut out = m.lock().unwrap();
         loop {
-            while self.seen < lines.len() {
-                let l = lines[self.seen].clone();
+            while self.seen < out.lines.len() {
+                let l = out.lines[self.seen].clone();
                 self.seen += 1;
                 if pred(&l) {
                     return l;
@@ -863,9 +928,29 @@ impl Session {
             }
             let now = Instant::now();
             if now >= deadline {
-                panic!("client printed no {what} within {CLIENT_WAIT:?}; output:\n{lines:#?}");
+                panic!(
+                    "client printed no {what} within {CLIENT_WAIT:?}; output:\n{}",
+                    out.raw
+                );
             }
-            lines = cv.wait_timeout(lines, deadline - now).unwrap().0;
+            out = cv.wait_timeout(out, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Waits until the raw output (complete lines or not) contains `needle`.
+    pub fn expect_raw(&mut self, needle: &str) {
+        let deadline = Instant::now() + CLIENT_WAIT;
+        let (m, cv) = &*self.lines;
+        let mut out = m.lock().unwrap();
+        while !out.raw.contains(needle) {
+            let now = Instant::now();
+            if now >= deadline {
+                panic!(
+                    "client printed no {needle:?} within {CLIENT_WAIT:?}; output:\n{}",
+                    out.raw
+                );
+            }
+            out = cv.wait_timeout(out, deadline - now).unwrap().0;
         }
     }
 
@@ -897,13 +982,13 @@ impl Session {
         if let Some(r) = self.reader.take() {
             let _ = r.join();
         }
-        let lines = self.lines.0.lock().unwrap().clone();
-        (code, lines)
+        let raw = self.lines.0.lock().unwrap().raw.clone();
+        (code, raw.lines().map(str::to_string).collect())
     }
 
-    /// Every output line so far.
-    pub fn output(&self) -> Vec<String> {
-        self.lines.0.lock().unwrap().clone()
+    /// Everything printed so far.
+    pub fn output(&self) -> String {
+        self.lines.0.lock().unwrap().raw.clone()
     }
 }
 
@@ -914,4 +999,113 @@ impl Drop for Session {
             let _ = c.wait();
         }
     }
+}
+
+/// A raw name-server session for `user` at `nm_addr` (HELLO answered by WELCOME).
+pub fn hello(nm_addr: &str, user: &str) -> Result<Connection, WireError> {
+    let mut c = Connection::connect(nm_addr, Duration::from_secs(5))
+        .map_err(|e| WireError::new(pairfs::protocol::ErrorCode::Unavailable, e.to_string()))?;
+    c.set_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| WireError::new(pairfs::protocol::ErrorCode::Unavailable, e.to_string()))?;
+    c.call(&Message::Hello { user: user.into() }, &[])?;
+    Ok(c)
+}
+
+/// LOCATE on an open name-server session: the storage server's address and a ticket.
+pub fn locate(
+    nm: &mut Connection,
+    file: &str,
+    mode: AccessMode,
+) -> Result<(String, Ticket), WireError> {
+    let f = nm.call(
+        &Message::Locate {
+            file: file.into(),
+            mode,
+        },
+        &[],
+    )?;
+    match f.msg {
+        Message::Located { addr, ticket, .. } => Ok((addr, ticket)),
+        other => panic!("LOCATE answered {other:?}"),
+    }
+}
+
+/// READ through the protocol (LOCATE, then READ at the storage server): the whole content.
+pub fn raw_read(nm_addr: &str, user: &str, file: &str) -> Result<Vec<u8>, WireError> {
+    let mut nm = hello(nm_addr, user)?;
+    let (addr, ticket) = locate(&mut nm, file, AccessMode::Read)?;
+    read_with_ticket(&addr, file, ticket)
+}
+
+/// READ at a storage server with a given ticket.
+pub fn read_with_ticket(addr: &str, file: &str, ticket: Ticket) -> Result<Vec<u8>, WireError> {
+    let mut ss = Connection::connect(addr, Duration::from_secs(5))
+        .map_err(|e| WireError::new(pairfs::protocol::ErrorCode::Unavailable, e.to_string()))?;
+    ss.set_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| WireError::new(pairfs::protocol::ErrorCode::Unavailable, e.to_string()))?;
+    let f = ss.call(
+        &Message::Read {
+            file: file.into(),
+            ticket,
+        },
+        &[],
+    )?;
+    let Message::ReadOk { size, .. } = f.msg else {
+        panic!("READ answered {:?}", f.msg);
+    };
+    let mut content = Vec::with_capacity(size as usize);
+    loop {
+        let f = ss.recv_some().map_err(WireError::from)?;
+        match f.msg.into_result()? {
+            Message::Chunk {} => content.extend_from_slice(&f.body),
+            Message::End {} => break,
+            other => panic!("READ stream carried {other:?}"),
+        }
+    }
+    assert_eq!(content.len() as u64, size, "READ_OK size vs bytes sent");
+    Ok(content)
+}
+
+/// One WRITE session through the protocol: open sentence `sentence`, apply `edits`, commit.
+pub fn raw_write(
+    nm_addr: &str,
+    user: &str,
+    file: &str,
+    sentence: u64,
+    edits: &[(u64, &str)],
+) -> Result<FileState, WireError> {
+    let mut nm = hello(nm_addr, user)?;
+    let (addr, ticket) = locate(&mut nm, file, AccessMode::Write)?;
+    let mut ss = Connection::connect(&addr, Duration::from_secs(5))
+        .map_err(|e| WireError::new(pairfs::protocol::ErrorCode::Unavailable, e.to_string()))?;
+    ss.set_timeout(Some(Duration::from_secs(20)))
+        .map_err(|e| WireError::new(pairfs::protocol::ErrorCode::Unavailable, e.to_string()))?;
+    ss.call(
+        &Message::WriteBegin {
+            file: file.into(),
+            sentence,
+            ticket,
+        },
+        &[],
+    )?;
+    for (k, text) in edits {
+        ss.call(
+            &Message::Edit {
+                word_index: *k,
+                text: text.to_string(),
+            },
+            &[],
+        )?;
+    }
+    match ss.call(&Message::Commit {}, &[])?.msg {
+        Message::Committed { state } => Ok(state),
+        other => panic!("COMMIT answered {other:?}"),
+    }
+}
+
+/// CREATE through the protocol.
+pub fn raw_create(nm_addr: &str, user: &str, file: &str) -> Result<(), WireError> {
+    let mut nm = hello(nm_addr, user)?;
+    nm.call(&Message::Create { file: file.into() }, &[])?;
+    Ok(())
 }
