@@ -444,13 +444,15 @@ impl Builder {
 
 /// A running cluster in its own temp dir.
 pub struct Cluster {
-    dir: tempfile::TempDir,
     key_file: PathBuf,
     /// The name server.
     pub nm: Proc,
     /// Storage servers by name.
     pub ss: BTreeMap<String, Proc>,
     ss_args: Vec<String>,
+    /// Declared last so it is removed only after every process was killed (fields drop in
+    /// order).
+    dir: tempfile::TempDir,
 }
 
 impl Cluster {
