@@ -1,1 +1,58 @@
-fn main() {}
+//! `bin_client`: the pairfs command-line client. Flags, logging, and a call into the library.
+
+use clap::Parser;
+use pairfs::client::{self, Options};
+
+/// The pairfs client: reads commands from a terminal (with a prompt) or a pipe and prints the
+/// results. Exit status: 0 all commands succeeded, 1 some failed, 2 usage or connection error.
+#[derive(Parser, Debug)]
+#[command(name = "bin_client", version)]
+struct Args {
+    /// Name server host.
+    #[arg(long, default_value = "127.0.0.1")]
+    nm_host: String,
+    /// Name server port.
+    #[arg(long, default_value_t = 5000)]
+    nm_port: u16,
+    /// User to act as (default: the OS user).
+    #[arg(long)]
+    username: Option<String>,
+}
+
+/// The OS user: `$USER`, else the passwd entry of the real uid, else `user`.
+fn os_user() -> String {
+    if let Ok(u) = std::env::var("USER") {
+        if !u.is_empty() {
+            return u;
+        }
+    }
+    nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| "user".to_string())
+}
+
+fn main() {
+    pairfs::logging::init_client();
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            std::process::exit(0);
+        }
+        Err(e) => {
+            // One clear line for a bad flag or value, as for every pairfs binary.
+            let text = e.to_string();
+            eprintln!("{}", text.lines().next().unwrap_or("bad arguments"));
+            std::process::exit(2);
+        }
+    };
+    let opts = Options {
+        nm_host: args.nm_host,
+        nm_port: args.nm_port,
+        username: args.username.unwrap_or_else(os_user),
+    };
+    std::process::exit(client::run(&opts));
+}

@@ -1,1 +1,97 @@
-fn main() {}
+//! `bin_ss`: a pairfs storage server. Parses flags, sets up logging and signals, and runs
+//! `pairfs::ss::run` until SIGTERM or SIGINT.
+
+use anyhow::Context;
+use clap::Parser;
+use pairfs::{auth, logging, ss};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// A pairfs storage server: holds file content durably and serves it to clients.
+#[derive(Parser, Debug)]
+#[command(name = "bin_ss", version)]
+struct Args {
+    /// Host of the name server.
+    #[arg(long, default_value = "127.0.0.1")]
+    nm_host: String,
+    /// Port of the name server.
+    #[arg(long, default_value_t = 5000)]
+    nm_port: u16,
+    /// Host to listen on for clients (also advertised to the name server).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on for clients; 0 picks any free port.
+    #[arg(long, default_value_t = 6001)]
+    client_port: u16,
+    /// Storage directory (content under files/, bookkeeping beside it).
+    #[arg(long, default_value = "./storage_ss1")]
+    storage: PathBuf,
+    /// This server's name; a name ending in `_backup` is the backup of the name before it.
+    #[arg(long, default_value = "ss1")]
+    username: String,
+    /// Name of the primary server this one backs up.
+    #[arg(long)]
+    backup_of: Option<String>,
+    /// Milliseconds between heartbeats to the name server.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    heartbeat_interval_ms: u64,
+    /// Cluster key file (created with mode 0600 if missing); default ~/.pairfs/cluster.key.
+    #[arg(long)]
+    cluster_key_file: Option<PathBuf>,
+    /// Milliseconds a write session may stay idle before its sentence lock is released.
+    #[arg(long, default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(1..))]
+    lock_timeout_ms: u64,
+    /// Most client connections served at once.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    max_connections: u64,
+}
+
+fn main() {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            if e.use_stderr() {
+                let text = e.to_string();
+                let first = text.lines().next().unwrap_or("invalid arguments");
+                eprintln!("bin_ss: {first}");
+                std::process::exit(2);
+            }
+            let _ = e.print();
+            std::process::exit(0);
+        }
+    };
+    logging::init_server();
+    if let Err(e) = serve(args) {
+        log::error!(target: logging::ev::SHUTDOWN, "storage server failed: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn serve(args: Args) -> anyhow::Result<()> {
+    pairfs::names::validate_user(&args.username)
+        .map_err(|e| anyhow::anyhow!("--username: {}", e.msg))?;
+    let key_path = args.cluster_key_file.unwrap_or_else(auth::default_key_path);
+    let key = auth::ClusterKey::load_or_create(&key_path)
+        .with_context(|| format!("cluster key {}", key_path.display()))?;
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for sig in signal_hook::consts::TERM_SIGNALS {
+        // A second signal while the first is being handled exits at once.
+        signal_hook::flag::register_conditional_shutdown(*sig, 1, Arc::clone(&shutdown))?;
+        signal_hook::flag::register(*sig, Arc::clone(&shutdown))?;
+    }
+    let cfg = ss::Config {
+        nm_addr: format!("{}:{}", args.nm_host, args.nm_port),
+        host: args.host,
+        client_port: args.client_port,
+        storage: args.storage,
+        name: args.username,
+        backup_of: args.backup_of,
+        heartbeat_interval_ms: args.heartbeat_interval_ms,
+        key,
+        lock_timeout_ms: args.lock_timeout_ms,
+        max_connections: args.max_connections as usize,
+    };
+    ss::run(cfg, shutdown)?;
+    Ok(())
+}

@@ -1,1 +1,182 @@
 //! The storage server: durable file content, sentence editing, and its link to the name server.
+//!
+//! [`start`] opens the storage directory, scans it, binds the client port, starts the name
+//! server link and the accept thread, and returns a [`Running`] handle; [`run`] does the same
+//! and then waits for a shutdown flag (set by a signal), as `bin_ss` needs.
+
+pub mod document;
+pub mod nmlink;
+pub mod server;
+pub mod sessions;
+pub mod store;
+
+use crate::auth::{ClusterKey, TicketChecker};
+use crate::logging::ev;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+/// How long shutdown waits for commits in progress.
+pub const SHUTDOWN_WAIT_MS: u64 = 10_000;
+/// How often [`run`] looks at its shutdown flag.
+const SHUTDOWN_POLL_MS: u64 = 50;
+
+/// Everything a storage server is started with (the flags of `bin_ss`).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `host:port` of the name server.
+    pub nm_addr: String,
+    /// Host to listen on for clients (and to advertise).
+    pub host: String,
+    /// Client port; 0 picks a free one.
+    pub client_port: u16,
+    /// The storage directory.
+    pub storage: PathBuf,
+    /// This server's name.
+    pub name: String,
+    /// The primary this server backs up, if any.
+    pub backup_of: Option<String>,
+    /// Heartbeat period.
+    pub heartbeat_interval_ms: u64,
+    /// The cluster key.
+    pub key: ClusterKey,
+    /// Idle limit of a write session before its lock is released.
+    pub lock_timeout_ms: u64,
+    /// Most client connections served at once.
+    pub max_connections: usize,
+}
+
+/// Why a storage server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SsError {
+    /// The storage directory could not be opened or scanned.
+    #[error("storage: {0}")]
+    Store(#[from] store::StoreError),
+    /// The client port could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address asked for.
+        addr: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A thread could not be started.
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A started storage server.
+pub struct Running {
+    addr: SocketAddr,
+    shared: Arc<server::Shared>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    /// The bound client address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Whether the name server link is registered right now.
+    pub fn is_registered(&self) -> bool {
+        self.shared.link.is_registered()
+    }
+
+    /// Stops accepting, waits (bounded) for commits in progress, and stops the link.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking accept so it sees the flag.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(500));
+        if let Some(h) = self.accept.take() {
+            let _ = h.join();
+        }
+        let deadline = Instant::now() + Duration::from_millis(SHUTDOWN_WAIT_MS);
+        while self.shared.inflight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.accept.is_some() {
+            self.stop();
+        }
+    }
+}
+
+/// Starts a storage server and returns once its client port is listening.
+pub fn start(cfg: Config) -> Result<Running, SsError> {
+    let store = Arc::new(store::Store::open(&cfg.storage, &cfg.name)?);
+    store.scan()?;
+    let want = format!("{}:{}", cfg.host, cfg.client_port);
+    let listener = TcpListener::bind(&want).map_err(|source| SsError::Listen {
+        addr: want.clone(),
+        source,
+    })?;
+    let addr = listener.local_addr().map_err(|source| SsError::Listen {
+        addr: want.clone(),
+        source,
+    })?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let link = nmlink::NmLink::start(
+        nmlink::LinkConfig {
+            nm_addr: cfg.nm_addr.clone(),
+            name: cfg.name.clone(),
+            host: cfg.host.clone(),
+            client_port: addr.port(),
+            backup_of: cfg.backup_of.clone(),
+            key: cfg.key.clone(),
+            heartbeat_interval_ms: cfg.heartbeat_interval_ms,
+        },
+        store.clone(),
+        stop.clone(),
+    );
+    let shared = Arc::new(server::Shared {
+        store,
+        sessions: sessions::Sessions::new(),
+        checker: TicketChecker::new(cfg.key.clone(), &cfg.name),
+        link,
+        lock_timeout_ms: cfg.lock_timeout_ms,
+        max_connections: cfg.max_connections.max(1),
+        conns: AtomicUsize::new(0),
+        inflight: AtomicUsize::new(0),
+        stop,
+    });
+    let s2 = shared.clone();
+    let accept = thread::Builder::new()
+        .name("ss-accept".into())
+        .spawn(move || server::accept_loop(listener, s2))
+        .map_err(SsError::Thread)?;
+    log::info!(target: ev::SS_LISTEN, addr = addr.to_string(), ss = cfg.name.as_str();
+        "storage server {} listening on {addr}", cfg.name);
+    Ok(Running {
+        addr,
+        shared,
+        accept: Some(accept),
+    })
+}
+
+/// Runs a storage server until `shutdown` is set, then stops it cleanly.
+pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), SsError> {
+    let running = start(cfg)?;
+    while !shutdown.load(Ordering::SeqCst) {
+        thread::sleep(Duration::from_millis(SHUTDOWN_POLL_MS));
+    }
+    log::info!(target: ev::SHUTDOWN, "stopping: no new connections; finishing commits in progress");
+    running.shutdown();
+    log::info!(target: ev::SHUTDOWN, "stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod server_tests;

@@ -1,0 +1,447 @@
+//! Command lines to [`Command`]s. Pure: no I/O, so every command and every error is unit
+//! tested here.
+//!
+//! Words are split on whitespace and the command word is case-insensitive; file and user
+//! arguments are passed on as typed (the name server validates and canonicalises names).
+
+use crate::protocol::{err, WireError};
+
+/// One parsed client command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `CREATE f`.
+    Create {
+        /// File name.
+        file: String,
+    },
+    /// `READ f`.
+    Read {
+        /// File name.
+        file: String,
+    },
+    /// `WRITE f i`: opens a write session on sentence `i`.
+    Write {
+        /// File name.
+        file: String,
+        /// 0-based sentence index.
+        sentence: u64,
+    },
+    /// `UNDO f`.
+    Undo {
+        /// File name.
+        file: String,
+    },
+    /// `DELETE f`.
+    Delete {
+        /// File name.
+        file: String,
+    },
+    /// `INFO f`.
+    Info {
+        /// File name.
+        file: String,
+    },
+    /// `VIEW` with `-a`, `-l`, `-al`/`-la`.
+    View {
+        /// Every file, not only accessible ones.
+        all: bool,
+        /// The long table.
+        long: bool,
+    },
+    /// `STREAM f`.
+    Stream {
+        /// File name.
+        file: String,
+    },
+    /// `LIST`: every user.
+    List,
+    /// `ADDACCESS -R|-W f u`.
+    AddAccess {
+        /// File name.
+        file: String,
+        /// Grantee.
+        user: String,
+        /// `-W` (read and write) rather than `-R`.
+        write: bool,
+    },
+    /// `REMACCESS f u`.
+    RemAccess {
+        /// File name.
+        file: String,
+        /// User losing access.
+        user: String,
+    },
+    /// `EXEC f`.
+    Exec {
+        /// File name.
+        file: String,
+    },
+    /// `HELP`.
+    Help,
+    /// `EXIT`.
+    Exit,
+    /// A command of the contract that this cluster does not serve yet (the upper-cased word).
+    Unsupported(String),
+}
+
+/// One line typed inside a write session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EditLine {
+    /// `k text…`: insert `text` before word `k`.
+    Edit {
+        /// 0-based word index.
+        word_index: u64,
+        /// The words to insert, as typed after the index.
+        text: String,
+    },
+    /// `ETIRW`: commit.
+    Etirw,
+}
+
+/// Commands of later work: recognised so the user gets a clear answer, not "unknown".
+const UNSUPPORTED: &[&str] = &[
+    "CREATEFOLDER",
+    "MOVE",
+    "VIEWFOLDER",
+    "CHECKPOINT",
+    "VIEWCHECKPOINT",
+    "REVERT",
+    "LISTCHECKPOINTS",
+    "RACC",
+    "REQUESTACCESS",
+    "VIEWACCR",
+    "VIEWACCESSREQUESTS",
+    "APPROVEACCR",
+    "DISACCR",
+    "UPLOAD",
+    "DOWNLOAD",
+    "STATUS",
+    "RECOVER",
+    "FSCK",
+];
+
+/// The usage line of each supported command, as `ERROR [INVALID]: usage: …` prints it.
+pub fn usage(word: &str) -> &'static str {
+    match word {
+        "CREATE" => "CREATE <file>",
+        "READ" => "READ <file>",
+        "WRITE" => "WRITE <file> <sentence_index>",
+        "UNDO" => "UNDO <file>",
+        "DELETE" => "DELETE <file>",
+        "INFO" => "INFO <file>",
+        "VIEW" => "VIEW [-a] [-l] (or -al)",
+        "STREAM" => "STREAM <file>",
+        "LIST" => "LIST",
+        "ADDACCESS" => "ADDACCESS -R|-W <file> <user>",
+        "REMACCESS" => "REMACCESS <file> <user>",
+        "EXEC" => "EXEC <file>",
+        "HELP" => "HELP",
+        "EXIT" => "EXIT",
+        _ => "HELP",
+    }
+}
+
+fn usage_err(word: &str) -> WireError {
+    err::invalid(format!("usage: {}", usage(word)))
+}
+
+/// Parses one command line. `Ok(None)` for a blank line, which is ignored.
+pub fn parse_line(line: &str) -> Result<Option<Command>, WireError> {
+    let mut words = line.split_whitespace();
+    let Some(first) = words.next() else {
+        return Ok(None);
+    };
+    let args: Vec<&str> = words.collect();
+    let word = first.to_ascii_uppercase();
+    let one_file = |make: fn(String) -> Command| match args.as_slice() {
+        [f] => Ok(make((*f).to_string())),
+        _ => Err(usage_err(&word)),
+    };
+    let no_args = |c: Command| {
+        if args.is_empty() {
+            Ok(c)
+        } else {
+            Err(usage_err(&word))
+        }
+    };
+    let cmd = match word.as_str() {
+        "CREATE" => one_file(|file| Command::Create { file }),
+        "READ" => one_file(|file| Command::Read { file }),
+        "UNDO" => one_file(|file| Command::Undo { file }),
+        "DELETE" => one_file(|file| Command::Delete { file }),
+        "INFO" => one_file(|file| Command::Info { file }),
+        "STREAM" => one_file(|file| Command::Stream { file }),
+        "EXEC" => one_file(|file| Command::Exec { file }),
+        "WRITE" => match args.as_slice() {
+            [f, i] => i
+                .parse::<u64>()
+                .map(|sentence| Command::Write {
+                    file: (*f).to_string(),
+                    sentence,
+                })
+                .map_err(|_| usage_err(&word)),
+            _ => Err(usage_err(&word)),
+        },
+        "VIEW" => parse_view(&args).ok_or_else(|| usage_err(&word)),
+        "LIST" => no_args(Command::List),
+        "HELP" => no_args(Command::Help),
+        "EXIT" => no_args(Command::Exit),
+        "ADDACCESS" => match args.as_slice() {
+            [flag, f, u] => {
+                let write = match flag.to_ascii_uppercase().as_str() {
+                    "-R" => Ok(false),
+                    "-W" => Ok(true),
+                    _ => Err(usage_err(&word)),
+                }?;
+                Ok(Command::AddAccess {
+                    file: (*f).to_string(),
+                    user: (*u).to_string(),
+                    write,
+                })
+            }
+            _ => Err(usage_err(&word)),
+        },
+        "REMACCESS" => match args.as_slice() {
+            [f, u] => Ok(Command::RemAccess {
+                file: (*f).to_string(),
+                user: (*u).to_string(),
+            }),
+            _ => Err(usage_err(&word)),
+        },
+        "ETIRW" => Err(err::invalid("ETIRW is only valid inside a WRITE session")),
+        w if UNSUPPORTED.contains(&w) => Ok(Command::Unsupported(word.clone())),
+        _ => Err(err::invalid(format!(
+            "unknown command '{}' (type HELP)",
+            crate::names::show(first)
+        ))),
+    }?;
+    Ok(Some(cmd))
+}
+
+/// VIEW's flags: any of `-a`, `-l`, `-al`, `-la`, alone or together; `None` for anything else.
+fn parse_view(args: &[&str]) -> Option<Command> {
+    let (mut all, mut long) = (false, false);
+    for a in args {
+        let letters = a.strip_prefix('-')?;
+        if letters.is_empty() {
+            return None;
+        }
+        for c in letters.chars() {
+            match c.to_ascii_lowercase() {
+                'a' => all = true,
+                'l' => long = true,
+                _ => return None,
+            }
+        }
+    }
+    Some(Command::View { all, long })
+}
+
+/// The message for a line inside a write session that is neither an edit nor `ETIRW`.
+pub const EDIT_FORMAT_MSG: &str = "expected '<word_index> <text>' or ETIRW";
+
+/// Parses one line typed inside a write session. `Ok(None)` for a blank line.
+pub fn parse_edit(line: &str) -> Result<Option<EditLine>, WireError> {
+    let trimmed = line.trim();
+    if trimmed.is_empty() {
+        return Ok(None);
+    }
+    if trimmed.eq_ignore_ascii_case("ETIRW") {
+        return Ok(Some(EditLine::Etirw));
+    }
+    let (index, rest) = trimmed
+        .split_once(char::is_whitespace)
+        .ok_or_else(|| err::invalid(EDIT_FORMAT_MSG))?;
+    let word_index = index
+        .parse::<u64>()
+        .map_err(|_| err::invalid(EDIT_FORMAT_MSG))?;
+    let text = rest.trim_start();
+    if text.is_empty() {
+        return Err(err::invalid(EDIT_FORMAT_MSG));
+    }
+    Ok(Some(EditLine::Edit {
+        word_index,
+        text: text.to_string(),
+    }))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests fail loudly by design.
+mod tests {
+    use super::*;
+
+    fn ok(line: &str) -> Command {
+        parse_line(line).unwrap().unwrap()
+    }
+
+    fn err_text(line: &str) -> String {
+        parse_line(line).unwrap_err().to_string()
+    }
+
+    fn f(s: &str) -> String {
+        s.to_string()
+    }
+
+    #[test]
+    fn blank_lines_are_ignored() {
+        assert_eq!(parse_line("").unwrap(), None);
+        assert_eq!(parse_line("   \t ").unwrap(), None);
+    }
+
+    #[test]
+    fn single_file_commands_in_any_case() {
+        assert_eq!(ok("CREATE a.txt"), Command::Create { file: f("a.txt") });
+        assert_eq!(ok("create a.txt"), Command::Create { file: f("a.txt") });
+        assert_eq!(
+            ok("  Read   /d/a.txt "),
+            Command::Read {
+                file: f("/d/a.txt")
+            }
+        );
+        assert_eq!(ok("undo a"), Command::Undo { file: f("a") });
+        assert_eq!(ok("DELETE a"), Command::Delete { file: f("a") });
+        assert_eq!(ok("info a"), Command::Info { file: f("a") });
+        assert_eq!(ok("stream a"), Command::Stream { file: f("a") });
+        assert_eq!(ok("Exec s.sh"), Command::Exec { file: f("s.sh") });
+    }
+
+    #[test]
+    fn file_names_keep_their_case() {
+        assert_eq!(ok("read A.TXT"), Command::Read { file: f("A.TXT") });
+    }
+
+    #[test]
+    fn write_takes_a_sentence_index() {
+        assert_eq!(
+            ok("WRITE a.txt 3"),
+            Command::Write {
+                file: f("a.txt"),
+                sentence: 3
+            }
+        );
+        let usage = "ERROR [INVALID]: usage: WRITE <file> <sentence_index>";
+        assert_eq!(err_text("WRITE a.txt"), usage);
+        assert_eq!(err_text("WRITE a.txt -1"), usage);
+        assert_eq!(err_text("WRITE a.txt x"), usage);
+        assert_eq!(err_text("WRITE a.txt 1 2"), usage);
+    }
+
+    #[test]
+    fn view_flags() {
+        let v = |all, long| Command::View { all, long };
+        assert_eq!(ok("VIEW"), v(false, false));
+        assert_eq!(ok("view -a"), v(true, false));
+        assert_eq!(ok("VIEW -l"), v(false, true));
+        assert_eq!(ok("VIEW -al"), v(true, true));
+        assert_eq!(ok("VIEW -la"), v(true, true));
+        assert_eq!(ok("VIEW -a -l"), v(true, true));
+        assert_eq!(ok("VIEW -AL"), v(true, true));
+        let usage = "ERROR [INVALID]: usage: VIEW [-a] [-l] (or -al)";
+        assert_eq!(err_text("VIEW -x"), usage);
+        assert_eq!(err_text("VIEW a"), usage);
+        assert_eq!(err_text("VIEW -"), usage);
+    }
+
+    #[test]
+    fn no_argument_commands() {
+        assert_eq!(ok("LIST"), Command::List);
+        assert_eq!(ok("help"), Command::Help);
+        assert_eq!(ok("exit"), Command::Exit);
+        assert_eq!(err_text("LIST x"), "ERROR [INVALID]: usage: LIST");
+        assert_eq!(err_text("EXIT now"), "ERROR [INVALID]: usage: EXIT");
+        assert_eq!(err_text("HELP me"), "ERROR [INVALID]: usage: HELP");
+    }
+
+    #[test]
+    fn access_commands() {
+        assert_eq!(
+            ok("ADDACCESS -R a.txt bob"),
+            Command::AddAccess {
+                file: f("a.txt"),
+                user: f("bob"),
+                write: false
+            }
+        );
+        assert_eq!(
+            ok("addaccess -w a.txt bob"),
+            Command::AddAccess {
+                file: f("a.txt"),
+                user: f("bob"),
+                write: true
+            }
+        );
+        let usage = "ERROR [INVALID]: usage: ADDACCESS -R|-W <file> <user>";
+        assert_eq!(err_text("ADDACCESS -X a.txt bob"), usage);
+        assert_eq!(err_text("ADDACCESS a.txt bob"), usage);
+        assert_eq!(
+            ok("REMACCESS a.txt bob"),
+            Command::RemAccess {
+                file: f("a.txt"),
+                user: f("bob")
+            }
+        );
+        assert_eq!(
+            err_text("REMACCESS a.txt"),
+            "ERROR [INVALID]: usage: REMACCESS <file> <user>"
+        );
+    }
+
+    #[test]
+    fn wrong_argument_counts_print_usage() {
+        assert_eq!(err_text("CREATE"), "ERROR [INVALID]: usage: CREATE <file>");
+        assert_eq!(err_text("READ a b"), "ERROR [INVALID]: usage: READ <file>");
+        assert_eq!(err_text("UNDO"), "ERROR [INVALID]: usage: UNDO <file>");
+        assert_eq!(err_text("DELETE"), "ERROR [INVALID]: usage: DELETE <file>");
+        assert_eq!(err_text("INFO"), "ERROR [INVALID]: usage: INFO <file>");
+        assert_eq!(err_text("STREAM"), "ERROR [INVALID]: usage: STREAM <file>");
+        assert_eq!(err_text("EXEC a b"), "ERROR [INVALID]: usage: EXEC <file>");
+    }
+
+    #[test]
+    fn later_commands_are_recognised_as_unsupported() {
+        for w in UNSUPPORTED {
+            assert_eq!(
+                ok(&format!("{} x y", w.to_lowercase())),
+                Command::Unsupported(w.to_string())
+            );
+        }
+        assert_eq!(ok("status"), Command::Unsupported(f("STATUS")));
+    }
+
+    #[test]
+    fn unknown_commands() {
+        assert_eq!(
+            err_text("frobnicate a"),
+            "ERROR [INVALID]: unknown command 'frobnicate' (type HELP)"
+        );
+        assert_eq!(
+            err_text("ETIRW"),
+            "ERROR [INVALID]: ETIRW is only valid inside a WRITE session"
+        );
+    }
+
+    #[test]
+    fn edit_lines() {
+        assert_eq!(
+            parse_edit("0 Hello world.").unwrap(),
+            Some(EditLine::Edit {
+                word_index: 0,
+                text: f("Hello world.")
+            })
+        );
+        assert_eq!(
+            parse_edit("  12   more  words ").unwrap(),
+            Some(EditLine::Edit {
+                word_index: 12,
+                text: f("more  words")
+            })
+        );
+        assert_eq!(parse_edit("etirw").unwrap(), Some(EditLine::Etirw));
+        assert_eq!(parse_edit(" ETIRW ").unwrap(), Some(EditLine::Etirw));
+        assert_eq!(parse_edit("").unwrap(), None);
+        let msg = "ERROR [INVALID]: expected '<word_index> <text>' or ETIRW";
+        for bad in ["hello world", "3", "-1 x", "x 3", "3.5 x", "EXIT"] {
+            assert_eq!(parse_edit(bad).unwrap_err().to_string(), msg, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,428 @@
+//! The client's exact output strings (SPEC §2). Pure: every function returns text and is unit
+//! tested; `session.rs` only writes what these return.
+
+use crate::protocol::{FileInfo, FileSummary};
+use std::time::{Duration, UNIX_EPOCH};
+
+/// `CREATE` succeeded.
+pub const CREATED: &str = "File Created Successfully!";
+/// `UNDO` succeeded.
+pub const UNDONE: &str = "Undo Successful!";
+/// `DELETE` succeeded.
+pub const DELETED: &str = "File deleted successfully!";
+/// `ADDACCESS` succeeded.
+pub const GRANTED: &str = "Access granted successfully!";
+/// `REMACCESS` succeeded.
+pub const REMOVED: &str = "Access removed successfully!";
+/// `ETIRW` committed.
+pub const WRITTEN: &str = "Write Successful!";
+/// `VIEW` found nothing.
+pub const NO_FILES: &str = "No files found.";
+/// A storage server connection broke in the middle of a STREAM.
+pub const STREAM_BROKEN: &str = "Error: Connection closed unexpectedly";
+/// The name server connection broke while a command was in flight.
+pub const LOST_NM: &str = "ERROR [UNAVAILABLE]: lost connection to the name server";
+
+/// The note after `ADDACCESS` for a grantee the cluster has never seen.
+pub fn new_user_note(user: &str) -> String {
+    format!(
+        "Note: user '{}' has not connected yet; the grant applies when they do.",
+        crate::names::show(user)
+    )
+}
+
+/// A Unix-milliseconds time as `2026-11-22 10:00:00 UTC`.
+pub fn time(ms: u64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms);
+    // RFC 3339 gives `2026-11-22T10:00:00Z`; users read the spaced form.
+    let s = humantime::format_rfc3339_seconds(t).to_string();
+    format!("{} UTC", s.trim_end_matches('Z').replacen('T', " ", 1))
+}
+
+/// `<time> by <user>`, or `never` when nobody accessed the file yet.
+pub fn last_access(ms: Option<u64>, by: Option<&str>) -> String {
+    match (ms, by) {
+        (Some(ms), Some(user)) => format!("{} by {user}", time(ms)),
+        (Some(ms), None) => time(ms),
+        (None, _) => "never".to_string(),
+    }
+}
+
+/// The lines INFO prints, each ending with a newline.
+pub fn info(i: &FileInfo) -> String {
+    let access: Vec<String> = i
+        .access
+        .iter()
+        .map(|a| format!("{} ({})", a.user, if a.write { "RW" } else { "R" }))
+        .collect();
+    let replicas: Vec<String> = i
+        .replicas
+        .iter()
+        .map(|r| format!("{} ({})", r.ss, r.state))
+        .collect();
+    let mut out = String::new();
+    out.push_str(&format!("File: {}\n", i.file));
+    out.push_str(&format!("Owner: {}\n", i.owner));
+    out.push_str(&format!("Created: {}\n", time(i.created_ms)));
+    out.push_str(&format!("Last Modified: {}\n", time(i.modified_ms)));
+    out.push_str(&format!("Size: {} bytes\n", i.size));
+    out.push_str(&format!("Words: {}\n", i.words));
+    out.push_str(&format!("Characters: {}\n", i.chars));
+    out.push_str(&format!("Access: {}\n", access.join(", ")));
+    out.push_str(&format!(
+        "Last Accessed: {}\n",
+        last_access(i.accessed_ms, i.accessed_by.as_deref())
+    ));
+    out.push_str(&format!("Version: {}\n", i.version));
+    out.push_str(&format!("Replicas: {}\n", replicas.join(", ")));
+    out
+}
+
+/// One `--> name` line per entry (VIEW's files, LIST's users).
+pub fn arrows<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
+    names
+        .into_iter()
+        .map(|n| format!("--> {n}\n"))
+        .collect::<String>()
+}
+
+/// VIEW's output: `--> name` lines, the long table, or `No files found.`.
+pub fn view(files: &[FileSummary], long: bool) -> String {
+    if files.is_empty() {
+        format!("{NO_FILES}\n")
+    } else if long {
+        view_long(files)
+    } else {
+        arrows(files.iter().map(|f| f.file.as_str()))
+    }
+}
+
+/// `VIEW -l`: a table bordered with `+`, `-` and `|`, one header row and one row per file:
+///
+/// ```text
+/// +----------+-------+-------+--------------------------------+-------+
+/// | Filename | Words | Chars | Last Access                    | Owner |
+/// +----------+-------+-------+--------------------------------+-------+
+/// | a.txt    |     3 |    14 | 2026-11-22 10:00:00 UTC by bob | alice |
+/// | b.txt    |     0 |     0 | never                          | bob   |
+/// +----------+-------+-------+--------------------------------+-------+
+/// ```
+///
+/// Each column is as wide as its widest cell (in characters), with one space of padding on
+/// each side; text is left-aligned and the counts are right-aligned.
+pub fn view_long(files: &[FileSummary]) -> String {
+    let header = ["Filename", "Words", "Chars", "Last Access", "Owner"];
+    let right = [false, true, true, false, false];
+    let rows: Vec<[String; 5]> = files
+        .iter()
+        .map(|f| {
+            [
+                f.file.clone(),
+                f.words.to_string(),
+                f.chars.to_string(),
+                last_access(f.accessed_ms, f.accessed_by.as_deref()),
+                f.owner.clone(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(|h| h.chars().count());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let border: String = widths
+        .iter()
+        .map(|w| format!("+{}", "-".repeat(w + 2)))
+        .collect::<String>()
+        + "+\n";
+    let line = |cells: &[String]| -> String {
+        let mut s = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            let pad = " ".repeat(widths[i] - cell.chars().count());
+            if right[i] {
+                s.push_str(&format!("| {pad}{cell} "));
+            } else {
+                s.push_str(&format!("| {cell}{pad} "));
+            }
+        }
+        s + "|\n"
+    };
+    let mut out = border.clone();
+    out.push_str(&line(&header.map(String::from)));
+    out.push_str(&border);
+    for row in &rows {
+        out.push_str(&line(row));
+    }
+    out.push_str(&border);
+    out
+}
+
+/// EXEC's output: the bytes as they are, plus a newline only when missing and non-empty.
+pub fn exec_output(output: &[u8]) -> Vec<u8> {
+    let mut out = output.to_vec();
+    if !out.is_empty() && !out.ends_with(b"\n") {
+        out.push(b'\n');
+    }
+    out
+}
+
+/// HELP: every command with a one-line description.
+pub fn help() -> String {
+    const LINES: &[(&str, &str)] = &[
+        (
+            "CREATE <file>",
+            "create an empty file; you become its owner",
+        ),
+        ("READ <file>", "print a file's content"),
+        (
+            "WRITE <file> <sentence_index>",
+            "edit one sentence: lines '<word_index> <text>', then ETIRW to commit",
+        ),
+        ("UNDO <file>", "restore the content before the last change"),
+        ("DELETE <file>", "delete a file you own"),
+        (
+            "INFO <file>",
+            "show a file's details, access list and copies",
+        ),
+        (
+            "VIEW [-a] [-l]",
+            "list files you can access (-a: all files, -l: details)",
+        ),
+        ("STREAM <file>", "print a file word by word"),
+        ("LIST", "list every user"),
+        (
+            "ADDACCESS -R|-W <file> <user>",
+            "grant read (-R) or read and write (-W)",
+        ),
+        ("REMACCESS <file> <user>", "remove a user's access"),
+        (
+            "EXEC <file>",
+            "run a file as a shell script on the name server",
+        ),
+        ("CREATEFOLDER /p", "create a folder (not supported yet)"),
+        (
+            "MOVE <file> /p",
+            "move a file into a folder (not supported yet)",
+        ),
+        ("VIEWFOLDER /p", "list a folder (not supported yet)"),
+        (
+            "CHECKPOINT <file> <tag>",
+            "save a named checkpoint (not supported yet)",
+        ),
+        (
+            "VIEWCHECKPOINT <file> <tag>",
+            "print a checkpoint (not supported yet)",
+        ),
+        (
+            "REVERT <file> <tag>",
+            "restore a checkpoint (not supported yet)",
+        ),
+        (
+            "LISTCHECKPOINTS <file>",
+            "list checkpoints (not supported yet)",
+        ),
+        (
+            "RACC <file> R|W|RW",
+            "request access from the owner (not supported yet)",
+        ),
+        (
+            "VIEWACCR",
+            "list pending access requests (not supported yet)",
+        ),
+        (
+            "APPROVEACCR <id> / DISACCR <id>",
+            "answer a request (not supported yet)",
+        ),
+        (
+            "UPLOAD <local> <file>",
+            "upload a local file (not supported yet)",
+        ),
+        (
+            "DOWNLOAD <file> <local>",
+            "download to a local file (not supported yet)",
+        ),
+        (
+            "STATUS",
+            "show servers, pairs and replication (not supported yet)",
+        ),
+        ("RECOVER <ss>", "start a recovery sync (not supported yet)"),
+        ("FSCK [<file>]", "check every copy (not supported yet)"),
+        ("HELP", "show this list"),
+        ("EXIT", "leave the client"),
+    ];
+    let width = LINES.iter().map(|(c, _)| c.len()).max().unwrap_or(0);
+    LINES
+        .iter()
+        .map(|(c, d)| format!("{c:width$}  {d}\n"))
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Tests fail loudly by design.
+mod tests {
+    use super::*;
+    use crate::protocol::{AccessEntry, ReplicaInfo, Version};
+
+    // 2026-11-22 10:00:00 UTC.
+    const T: u64 = 1_795_341_600_000;
+
+    #[test]
+    fn times_read_as_utc() {
+        assert_eq!(time(T), "2026-11-22 10:00:00 UTC");
+        assert_eq!(time(T + 999), "2026-11-22 10:00:00 UTC");
+        assert_eq!(time(0), "1970-01-01 00:00:00 UTC");
+    }
+
+    #[test]
+    fn info_lines() {
+        let i = FileInfo {
+            file: "a.txt".into(),
+            owner: "alice".into(),
+            created_ms: T,
+            modified_ms: T + 60_000,
+            size: 14,
+            words: 3,
+            chars: 14,
+            access: vec![
+                AccessEntry {
+                    user: "alice".into(),
+                    write: true,
+                },
+                AccessEntry {
+                    user: "bob".into(),
+                    write: false,
+                },
+            ],
+            accessed_ms: Some(T + 120_000),
+            accessed_by: Some("bob".into()),
+            version: Version {
+                epoch: 1,
+                counter: 4,
+            },
+            checksum: 7,
+            replicas: vec![
+                ReplicaInfo {
+                    ss: "ss1".into(),
+                    state: "current".into(),
+                },
+                ReplicaInfo {
+                    ss: "ss1_backup".into(),
+                    state: "stale".into(),
+                },
+            ],
+        };
+        assert_eq!(
+            info(&i),
+            "File: a.txt\n\
+             Owner: alice\n\
+             Created: 2026-11-22 10:00:00 UTC\n\
+             Last Modified: 2026-11-22 10:01:00 UTC\n\
+             Size: 14 bytes\n\
+             Words: 3\n\
+             Characters: 14\n\
+             Access: alice (RW), bob (R)\n\
+             Last Accessed: 2026-11-22 10:02:00 UTC by bob\n\
+             Version: 1.4\n\
+             Replicas: ss1 (current), ss1_backup (stale)\n"
+        );
+        let never = FileInfo {
+            accessed_ms: None,
+            accessed_by: None,
+            ..i
+        };
+        assert!(info(&never).contains("\nLast Accessed: never\n"));
+    }
+
+    fn summary(file: &str, owner: &str, words: u64, chars: u64, acc: Option<u64>) -> FileSummary {
+        FileSummary {
+            file: file.into(),
+            owner: owner.into(),
+            words,
+            chars,
+            accessed_ms: acc,
+            accessed_by: acc.map(|_| "bob".to_string()),
+        }
+    }
+
+    #[test]
+    fn view_short_and_empty() {
+        let files = vec![
+            summary("a.txt", "alice", 3, 14, None),
+            summary("/d/b.txt", "bob", 0, 0, None),
+        ];
+        assert_eq!(view(&files, false), "--> a.txt\n--> /d/b.txt\n");
+        assert_eq!(view(&[], false), "No files found.\n");
+        assert_eq!(view(&[], true), "No files found.\n");
+    }
+
+    #[test]
+    fn view_long_table() {
+        let files = vec![
+            summary("a.txt", "alice", 3, 14, Some(T)),
+            summary("b.txt", "bob", 0, 0, None),
+        ];
+        assert_eq!(
+            view(&files, true),
+            "+----------+-------+-------+--------------------------------+-------+\n\
+             | Filename | Words | Chars | Last Access                    | Owner |\n\
+             +----------+-------+-------+--------------------------------+-------+\n\
+             | a.txt    |     3 |    14 | 2026-11-22 10:00:00 UTC by bob | alice |\n\
+             | b.txt    |     0 |     0 | never                          | bob   |\n\
+             +----------+-------+-------+--------------------------------+-------+\n"
+        );
+    }
+
+    #[test]
+    fn view_long_widens_for_long_names_and_counts() {
+        let files = vec![summary("a-rather-long-name.txt", "al", 1234567, 0, None)];
+        let t = view_long(&files);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 5);
+        assert!(lines
+            .iter()
+            .all(|l| l.chars().count() == lines[0].chars().count()));
+        assert!(lines[3].starts_with("| a-rather-long-name.txt | 1234567 |"));
+    }
+
+    #[test]
+    fn exec_output_gets_a_final_newline_only_when_missing() {
+        assert_eq!(exec_output(b"hi"), b"hi\n");
+        assert_eq!(exec_output(b"hi\n"), b"hi\n");
+        assert_eq!(exec_output(b""), b"");
+    }
+
+    #[test]
+    fn help_lists_every_command() {
+        let h = help();
+        for w in [
+            "CREATE",
+            "READ",
+            "WRITE",
+            "UNDO",
+            "DELETE",
+            "INFO",
+            "VIEW",
+            "STREAM",
+            "LIST",
+            "ADDACCESS",
+            "REMACCESS",
+            "EXEC",
+            "HELP",
+            "EXIT",
+            "STATUS",
+            "FSCK",
+        ] {
+            assert!(h.lines().any(|l| l.starts_with(w)), "{w}");
+        }
+    }
+
+    #[test]
+    fn messages() {
+        assert_eq!(
+            new_user_note("bob"),
+            "Note: user 'bob' has not connected yet; the grant applies when they do."
+        );
+        assert_eq!(arrows(["alice", "bob"]), "--> alice\n--> bob\n");
+    }
+}

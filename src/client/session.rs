@@ -1,0 +1,550 @@
+//! The client's I/O: one connection to the name server (reconnected on demand) and a fresh
+//! connection to a storage server for each READ, STREAM or WRITE session.
+//!
+//! Every wait has a limit: connects, replies and streamed words all carry timeouts (the
+//! constants below), so a stalled server turns into an error line, never a hung client.
+
+use super::parse::Command;
+use super::render;
+use crate::protocol::frame::ConnError;
+use crate::protocol::{err, AccessMode, Connection, Frame, Message, Ticket, WireError};
+use std::fmt;
+use std::io::{self, Write};
+use std::time::{Duration, Instant};
+
+/// How long one TCP connect may take.
+pub const CONNECT_TIMEOUT_MS: u64 = 3_000;
+/// How long the name server may take to answer an ordinary request.
+pub const NM_REPLY_TIMEOUT_MS: u64 = 60_000;
+/// How long the name server may take to answer EXEC (it runs the script first; its own
+/// wall-clock limit, `--exec-timeout-s`, is normally far below this).
+pub const EXEC_REPLY_TIMEOUT_MS: u64 = 600_000;
+/// How long a storage server may stay silent (between chunks, words or replies).
+pub const SS_REPLY_TIMEOUT_MS: u64 = 30_000;
+/// How long the next command keeps trying to reconnect after the name server went away.
+pub const RECONNECT_WINDOW_MS: u64 = 5_000;
+/// First pause between reconnect attempts; it doubles up to [`RECONNECT_MAX_PAUSE_MS`].
+pub const RECONNECT_FIRST_PAUSE_MS: u64 = 100;
+/// Longest pause between reconnect attempts.
+pub const RECONNECT_MAX_PAUSE_MS: u64 = 1_000;
+
+/// A failed command: the exact line to print, and whether it was a connection failure (which
+/// makes the client exit with status 2 rather than 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CmdError {
+    /// The line to print (without newline).
+    pub text: String,
+    /// True when the name server could not be reached or the connection to it broke.
+    pub connection: bool,
+}
+
+impl fmt::Display for CmdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl From<WireError> for CmdError {
+    fn from(e: WireError) -> CmdError {
+        CmdError {
+            text: e.to_string(),
+            connection: false,
+        }
+    }
+}
+
+impl From<io::Error> for CmdError {
+    /// Only output errors reach this conversion (network errors are mapped where they occur).
+    fn from(e: io::Error) -> CmdError {
+        err::internal(format!("cannot write output: {e}")).into()
+    }
+}
+
+impl CmdError {
+    fn lost_nm() -> CmdError {
+        CmdError {
+            text: render::LOST_NM.to_string(),
+            connection: true,
+        }
+    }
+
+    fn text(text: &str) -> CmdError {
+        CmdError {
+            text: text.to_string(),
+            connection: false,
+        }
+    }
+}
+
+/// Why HELLO failed: worth retrying (the server is not there) or not (it refused us).
+enum HelloError {
+    Unreachable(CmdError),
+    Refused(CmdError),
+}
+
+impl HelloError {
+    fn into_inner(self) -> CmdError {
+        match self {
+            HelloError::Unreachable(e) | HelloError::Refused(e) => e,
+        }
+    }
+}
+
+/// A client's session with the name server as one user.
+pub struct Session {
+    nm_addr: String,
+    user: String,
+    nm: Option<Connection>,
+}
+
+impl Session {
+    /// Connects to the name server at `host:port` and says HELLO as `user` (one attempt).
+    pub fn connect(host: &str, port: u16, user: &str) -> Result<Session, CmdError> {
+        let mut s = Session {
+            nm_addr: format!("{host}:{port}"),
+            user: user.to_string(),
+            nm: None,
+        };
+        let conn = s.hello().map_err(HelloError::into_inner)?;
+        s.nm = Some(conn);
+        Ok(s)
+    }
+
+    /// One connect and HELLO/WELCOME exchange.
+    fn hello(&self) -> Result<Connection, HelloError> {
+        let cannot = |reason: String| {
+            HelloError::Unreachable(CmdError {
+                text: err::unavailable(format!(
+                    "cannot connect to name server at {} ({reason})",
+                    self.nm_addr
+                ))
+                .to_string(),
+                connection: true,
+            })
+        };
+        let mut c = Connection::connect(&self.nm_addr, Duration::from_millis(CONNECT_TIMEOUT_MS))
+            .map_err(|e| cannot(e.to_string()))?;
+        c.set_timeout(Some(Duration::from_millis(NM_REPLY_TIMEOUT_MS)))
+            .map_err(|e| cannot(e.to_string()))?;
+        let hello = Message::Hello {
+            user: self.user.clone(),
+        };
+        match c.call(&hello, b"") {
+            Ok(Frame {
+                msg: Message::Welcome { .. },
+                ..
+            }) => Ok(c),
+            Ok(f) => Err(HelloError::Refused(
+                unexpected(&f.msg, "the name server").into(),
+            )),
+            // The name server refused us (a bad user name): retrying will not help.
+            Err(e) if e.code != crate::protocol::ErrorCode::Unavailable => {
+                Err(HelloError::Refused(CmdError {
+                    text: e.to_string(),
+                    connection: true,
+                }))
+            }
+            Err(e) => Err(cannot(e.msg)),
+        }
+    }
+
+    /// The live name-server connection, reconnecting (with retries for a few seconds) when
+    /// there is none or the server closed the old one while we were idle. When an idle
+    /// connection turns out closed and no new one comes up, the command reports the lost
+    /// connection; the next command tries again and reports "cannot connect" if it fails.
+    fn nm(&mut self) -> Result<&mut Connection, CmdError> {
+        let mut dropped = false;
+        if self.nm.as_ref().is_some_and(peer_closed) {
+            self.nm = None;
+            dropped = true;
+        }
+        if self.nm.is_none() {
+            match self.reconnect() {
+                Ok(c) => self.nm = Some(c),
+                // The connection this command would have used is gone and no new one came up.
+                Err(HelloError::Unreachable(_)) if dropped => return Err(CmdError::lost_nm()),
+                Err(e) => return Err(e.into_inner()),
+            }
+        }
+        self.nm.as_mut().ok_or_else(CmdError::lost_nm)
+    }
+
+    /// Connects and says HELLO again, retrying for [`RECONNECT_WINDOW_MS`] with backoff while
+    /// the name server is unreachable (it may be restarting).
+    fn reconnect(&self) -> Result<Connection, HelloError> {
+        let deadline = Instant::now() + Duration::from_millis(RECONNECT_WINDOW_MS);
+        let mut pause = Duration::from_millis(RECONNECT_FIRST_PAUSE_MS);
+        loop {
+            match self.hello() {
+                Ok(c) => return Ok(c),
+                Err(e @ HelloError::Refused(_)) => return Err(e),
+                Err(e) => {
+                    if Instant::now() + pause > deadline {
+                        return Err(e);
+                    }
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(RECONNECT_MAX_PAUSE_MS));
+                }
+            }
+        }
+    }
+
+    /// Sends one request to the name server and reads its reply. A broken connection is
+    /// dropped (the next command reconnects) and reported as lost.
+    fn call_nm(&mut self, msg: &Message, timeout_ms: u64) -> Result<Frame, CmdError> {
+        let conn = self.nm()?;
+        let _ = conn.set_timeout(Some(Duration::from_millis(timeout_ms)));
+        let result = match conn.send(msg, b"") {
+            Err(_) => Err(CmdError::lost_nm()),
+            Ok(()) => match conn.recv_some() {
+                Ok(f) => Ok(f),
+                Err(ConnError::Frame(e)) => Err(WireError::from(e).into()),
+                Err(ConnError::Io(e))
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+                    ) =>
+                {
+                    Err(err::timeout("the name server did not answer in time").into())
+                }
+                Err(_) => Err(CmdError::lost_nm()),
+            },
+        };
+        match result {
+            Ok(f) => {
+                let msg = f.msg.into_result()?;
+                Ok(Frame { msg, body: f.body })
+            }
+            Err(e) => {
+                // After a failed exchange the stream may hold half a reply: never reuse it.
+                self.nm = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs one name-server or storage-server command and writes its output to `out`.
+    /// `WRITE`, `HELP`, `EXIT` and unsupported commands are handled by the caller.
+    pub fn execute(&mut self, cmd: &Command, out: &mut dyn Write) -> Result<(), CmdError> {
+        let t = NM_REPLY_TIMEOUT_MS;
+        match cmd {
+            Command::Create { file } => {
+                self.expect_done(&Message::Create { file: file.clone() })?;
+                writeln!(out, "{}", render::CREATED)?;
+            }
+            Command::Undo { file } => {
+                self.expect_done(&Message::Undo { file: file.clone() })?;
+                writeln!(out, "{}", render::UNDONE)?;
+            }
+            Command::Delete { file } => {
+                self.expect_done(&Message::Delete { file: file.clone() })?;
+                writeln!(out, "{}", render::DELETED)?;
+            }
+            Command::RemAccess { file, user } => {
+                self.expect_done(&Message::RemAccess {
+                    file: file.clone(),
+                    user: user.clone(),
+                })?;
+                writeln!(out, "{}", render::REMOVED)?;
+            }
+            Command::Info { file } => {
+                match self.call_nm(&Message::Info { file: file.clone() }, t)?.msg {
+                    Message::InfoReply { info } => out.write_all(render::info(&info).as_bytes())?,
+                    m => return Err(unexpected(&m, "the name server").into()),
+                }
+            }
+            Command::View { all, long } => {
+                let req = Message::View {
+                    all: *all,
+                    long: *long,
+                };
+                match self.call_nm(&req, t)?.msg {
+                    Message::FileList { files } => {
+                        out.write_all(render::view(&files, *long).as_bytes())?
+                    }
+                    m => return Err(unexpected(&m, "the name server").into()),
+                }
+            }
+            Command::List => match self.call_nm(&Message::ListUsers {}, t)?.msg {
+                Message::Users { users } => {
+                    out.write_all(render::arrows(users.iter().map(String::as_str)).as_bytes())?
+                }
+                m => return Err(unexpected(&m, "the name server").into()),
+            },
+            Command::AddAccess { file, user, write } => {
+                let req = Message::AddAccess {
+                    file: file.clone(),
+                    user: user.clone(),
+                    write: *write,
+                };
+                match self.call_nm(&req, t)?.msg {
+                    Message::AccessGranted { new_user } => {
+                        writeln!(out, "{}", render::GRANTED)?;
+                        if new_user {
+                            writeln!(out, "{}", render::new_user_note(user))?;
+                        }
+                    }
+                    m => return Err(unexpected(&m, "the name server").into()),
+                }
+            }
+            Command::Exec { file } => {
+                let f =
+                    self.call_nm(&Message::Exec { file: file.clone() }, EXEC_REPLY_TIMEOUT_MS)?;
+                match f.msg {
+                    Message::ExecOutput { truncated, .. } => {
+                        out.write_all(&render::exec_output(&f.body))?;
+                        if truncated {
+                            writeln!(out, "(output truncated)")?;
+                        }
+                    }
+                    m => return Err(unexpected(&m, "the name server").into()),
+                }
+            }
+            Command::Read { file } => self.read(file, out)?,
+            Command::Stream { file } => self.stream(file, out)?,
+            Command::Write { .. } | Command::Help | Command::Exit | Command::Unsupported(_) => {
+                return Err(err::internal("command not handled by the session").into())
+            }
+        }
+        Ok(())
+    }
+
+    fn expect_done(&mut self, req: &Message) -> Result<(), CmdError> {
+        match self.call_nm(req, NM_REPLY_TIMEOUT_MS)?.msg {
+            Message::Done {} => Ok(()),
+            m => Err(unexpected(&m, "the name server").into()),
+        }
+    }
+
+    /// LOCATE: where the file lives and a ticket to use it there, already connected.
+    fn locate(&mut self, file: &str, mode: AccessMode) -> Result<(SsLink, Ticket), CmdError> {
+        let req = Message::Locate {
+            file: file.to_string(),
+            mode,
+        };
+        match self.call_nm(&req, NM_REPLY_TIMEOUT_MS)?.msg {
+            Message::Located { ss, addr, ticket } => Ok((SsLink::connect(&ss, &addr)?, ticket)),
+            m => Err(unexpected(&m, "the name server").into()),
+        }
+    }
+
+    /// READ: the bytes exactly, then a newline; the whole content's CRC is checked at the end.
+    fn read(&mut self, file: &str, out: &mut dyn Write) -> Result<(), CmdError> {
+        let (mut link, ticket) = self.locate(file, AccessMode::Read)?;
+        let req = Message::Read {
+            file: ticket.file.clone(),
+            ticket,
+        };
+        let (size, checksum) = match link.call(&req)? {
+            Message::ReadOk { size, checksum, .. } => (size, checksum),
+            m => return Err(unexpected(&m, &link.describe()).into()),
+        };
+        let mut got: u64 = 0;
+        let mut crc: u32 = 0;
+        let outcome = loop {
+            match link.recv() {
+                Ok(f) => match f.msg {
+                    Message::Chunk {} => {
+                        out.write_all(&f.body)?;
+                        crc = crc32c::crc32c_append(crc, &f.body);
+                        got += f.body.len() as u64;
+                    }
+                    Message::End {} => break Ok(()),
+                    Message::Err { code, msg } => break Err(WireError { code, msg }),
+                    m => break Err(unexpected(&m, &link.describe())),
+                },
+                Err(e) => break Err(e),
+            }
+        };
+        if got > 0 || outcome.is_ok() {
+            out.write_all(b"\n")?;
+        }
+        outcome?;
+        if got != size || crc != checksum {
+            return Err(err::internal(format!(
+                "the content from {} failed its check ({got} of {size} bytes)",
+                link.ss
+            ))
+            .into());
+        }
+        Ok(())
+    }
+
+    /// STREAM: each word as it arrives, space-separated and flushed, then a newline.
+    fn stream(&mut self, file: &str, out: &mut dyn Write) -> Result<(), CmdError> {
+        let (mut link, ticket) = self.locate(file, AccessMode::Stream)?;
+        let req = Message::Stream {
+            file: ticket.file.clone(),
+            ticket,
+        };
+        if link.conn.send(&req, b"").is_err() {
+            return Err(CmdError::text(render::STREAM_BROKEN));
+        }
+        let mut words = 0u64;
+        let outcome = loop {
+            match link.conn.recv() {
+                Ok(Some(f)) => match f.msg {
+                    Message::Word { word } => {
+                        if words > 0 {
+                            out.write_all(b" ")?;
+                        }
+                        out.write_all(word.as_bytes())?;
+                        out.flush()?;
+                        words += 1;
+                    }
+                    Message::End {} => break Ok(()),
+                    Message::Err { code, msg } => break Err(WireError { code, msg }.into()),
+                    m => break Err(unexpected(&m, &link.describe()).into()),
+                },
+                Ok(None) | Err(_) => break Err(CmdError::text(render::STREAM_BROKEN)),
+            }
+        };
+        if words > 0 || outcome.is_ok() {
+            out.write_all(b"\n")?;
+        }
+        outcome
+    }
+
+    /// WRITE f i: opens a write session on the storage server holding `file`.
+    pub fn begin_write(&mut self, file: &str, sentence: u64) -> Result<WriteSession, CmdError> {
+        let (mut link, ticket) = self.locate(file, AccessMode::Write)?;
+        let req = Message::WriteBegin {
+            file: ticket.file.clone(),
+            sentence,
+            ticket,
+        };
+        match link.call(&req)? {
+            Message::WriteOpened { text } => Ok(WriteSession { link, text }),
+            m => Err(unexpected(&m, &link.describe()).into()),
+        }
+    }
+}
+
+/// Whether the peer has closed `c` (checked without blocking and without consuming bytes), so
+/// an idle client notices a restarted name server before sending into a dead connection.
+fn peer_closed(c: &Connection) -> bool {
+    let s = c.stream();
+    if s.set_nonblocking(true).is_err() {
+        return true;
+    }
+    let mut probe = [0u8; 1];
+    // Bytes nobody asked for (the name server never sends unsolicited frames) would be taken
+    // for the next reply, so a connection holding any is as good as closed.
+    let closed = match s.peek(&mut probe) {
+        Ok(_) => true,
+        Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+    };
+    closed || s.set_nonblocking(false).is_err()
+}
+
+fn unexpected(m: &Message, from: &str) -> WireError {
+    err::internal(format!("unexpected reply {} from {from}", m.op_name()))
+}
+
+/// A connection to one storage server.
+struct SsLink {
+    ss: String,
+    addr: String,
+    conn: Connection,
+}
+
+impl SsLink {
+    fn connect(ss: &str, addr: &str) -> Result<SsLink, WireError> {
+        let conn =
+            Connection::connect(addr, Duration::from_millis(CONNECT_TIMEOUT_MS)).map_err(|e| {
+                err::unavailable(format!(
+                    "cannot connect to storage server {ss} at {addr} ({e})"
+                ))
+            })?;
+        conn.set_timeout(Some(Duration::from_millis(SS_REPLY_TIMEOUT_MS)))
+            .map_err(|e| err::unavailable(format!("storage server {ss}: {e}")))?;
+        Ok(SsLink {
+            ss: ss.to_string(),
+            addr: addr.to_string(),
+            conn,
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("storage server {} at {}", self.ss, self.addr)
+    }
+
+    fn broken(&self, e: ConnError) -> WireError {
+        match e {
+            ConnError::Frame(f) => f.into(),
+            ConnError::Io(ref io)
+                if matches!(
+                    io.kind(),
+                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+                ) =>
+            {
+                err::timeout(format!("{} did not answer in time", self.describe()))
+            }
+            _ => err::unavailable(format!("lost connection to {}", self.describe())),
+        }
+    }
+
+    /// Reads one frame; end of stream is an error here.
+    fn recv(&mut self) -> Result<Frame, WireError> {
+        match self.conn.recv_some() {
+            Ok(f) => Ok(f),
+            Err(e) => Err(self.broken(e)),
+        }
+    }
+
+    /// Sends a request and reads one reply; ERR becomes `Err`.
+    fn call(&mut self, msg: &Message) -> Result<Message, WireError> {
+        if let Err(e) = self.conn.send(msg, b"") {
+            return Err(self.broken(ConnError::Io(e)));
+        }
+        self.recv()?.msg.into_result()
+    }
+}
+
+/// Why an EDIT failed.
+#[derive(Debug)]
+pub enum EditError {
+    /// The storage server refused this edit; the session goes on.
+    Refused(WireError),
+    /// The connection broke; the session is over.
+    Broken(WireError),
+}
+
+/// An open write session on one sentence. Dropping it closes the connection, which abandons
+/// the session and releases the sentence lock on the storage server.
+pub struct WriteSession {
+    link: SsLink,
+    text: String,
+}
+
+impl WriteSession {
+    /// The sentence's text when the session opened (empty for a new sentence slot).
+    pub fn opened_text(&self) -> &str {
+        &self.text
+    }
+
+    /// Inserts `text` before word `word_index`; returns the sentence as edited so far.
+    pub fn edit(&mut self, word_index: u64, text: &str) -> Result<String, EditError> {
+        let req = Message::Edit {
+            word_index,
+            text: text.to_string(),
+        };
+        if let Err(e) = self.link.conn.send(&req, b"") {
+            return Err(EditError::Broken(self.link.broken(ConnError::Io(e))));
+        }
+        let reply = self.link.recv().map_err(EditError::Broken)?;
+        match reply.msg {
+            Message::Sentence { text } => Ok(text),
+            Message::Err { code, msg } => Err(EditError::Refused(WireError { code, msg })),
+            m => Err(EditError::Broken(unexpected(&m, &self.link.describe()))),
+        }
+    }
+
+    /// ETIRW: commits the session (consumes it whatever the outcome).
+    pub fn commit(mut self) -> Result<(), WireError> {
+        match self.link.call(&Message::Commit {})? {
+            Message::Committed { .. } => Ok(()),
+            m => Err(unexpected(&m, &self.link.describe())),
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! The client loop against scripted name and storage servers on loopback: exact output lines,
+//! exit statuses, write sessions, streams and reconnects.
+
+#![allow(clippy::unwrap_used)] // Tests fail loudly by design.
+
+use super::*;
+use crate::protocol::*;
+use std::net::TcpListener;
+use std::thread;
+
+/// Frames to send in answer to one request.
+type Replies = Vec<(Message, Vec<u8>)>;
+
+/// Replies to one request, and whether to close the connection after sending them.
+type Handler = dyn Fn(&Message) -> (Replies, bool) + Send + Sync;
+
+/// Serves connections one after another with `handler` until the test process ends.
+fn serve(handler: Box<Handler>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let mut c = Connection::new(stream);
+            while let Ok(Some(f)) = c.recv() {
+                let (replies, close) = handler(&f.msg);
+                for (m, body) in replies {
+                    let _ = c.send(&m, &body);
+                }
+                if close {
+                    break;
+                }
+            }
+        }
+    });
+    port
+}
+
+fn ticket(file: &str) -> Ticket {
+    Ticket {
+        user: "alice".into(),
+        file: file.into(),
+        op: TicketOp::Read,
+        ss: "ss1".into(),
+        exp_ms: 0,
+        nonce: "00".into(),
+        min_version: None,
+        mac: "00".into(),
+    }
+}
+
+fn one(m: Message) -> (Replies, bool) {
+    (vec![(m, Vec::new())], false)
+}
+
+fn close() -> (Replies, bool) {
+    (Vec::new(), true)
+}
+
+fn wire_err(code: ErrorCode, msg: &str) -> (Replies, bool) {
+    one(Message::Err {
+        code,
+        msg: msg.into(),
+    })
+}
+
+/// A name server that knows one storage server at `ss_port` (0: none).
+fn fake_nm(ss_port: u16) -> u16 {
+    serve(Box::new(move |m| match m {
+        Message::Hello { user } => one(Message::Welcome { user: user.clone() }),
+        Message::Create { file } if file == "dup" => wire_err(ErrorCode::Conflict, "dup exists"),
+        Message::Create { .. } | Message::Delete { .. } | Message::RemAccess { .. } => {
+            one(Message::Done {})
+        }
+        Message::Undo { .. } => wire_err(ErrorCode::NoUndo, "nothing to undo"),
+        Message::AddAccess { user, .. } => one(Message::AccessGranted {
+            new_user: user == "newbie",
+        }),
+        Message::ListUsers {} => one(Message::Users {
+            users: vec!["alice".into(), "bob".into()],
+        }),
+        Message::View { .. } => one(Message::FileList { files: vec![] }),
+        Message::Exec { .. } => (
+            vec![(
+                Message::ExecOutput {
+                    exit_code: Some(0),
+                    truncated: false,
+                },
+                b"hi".to_vec(),
+            )],
+            false,
+        ),
+        Message::Info { file } if file == "gone" => close(),
+        Message::Locate { file, .. } => one(Message::Located {
+            ss: "ss1".into(),
+            addr: format!("127.0.0.1:{ss_port}"),
+            ticket: ticket(file),
+        }),
+        _ => wire_err(ErrorCode::Invalid, "unexpected"),
+    }))
+}
+
+/// A storage server holding `hello world.` in every file; file `cut` breaks streams.
+fn fake_ss() -> u16 {
+    serve(Box::new(|m| match m {
+        Message::Read { .. } => {
+            let content = b"hello world.";
+            let ok = Message::ReadOk {
+                size: content.len() as u64,
+                version: Version::default(),
+                checksum: crc32c::crc32c(content),
+            };
+            let replies = vec![
+                (ok, vec![]),
+                (Message::Chunk {}, content[..5].to_vec()),
+                (Message::Chunk {}, content[5..].to_vec()),
+                (Message::End {}, vec![]),
+            ];
+            (replies, false)
+        }
+        Message::Stream { file, .. } => {
+            let mut r: Replies = ["hello", "world."]
+                .iter()
+                .map(|w| {
+                    (
+                        Message::Word {
+                            word: w.to_string(),
+                        },
+                        vec![],
+                    )
+                })
+                .collect();
+            if file == "cut" {
+                // One word, then the connection drops without END.
+                r.truncate(1);
+                return (r, true);
+            }
+            r.push((Message::End {}, vec![]));
+            (r, false)
+        }
+        Message::WriteBegin { .. } => one(Message::WriteOpened {
+            text: String::new(),
+        }),
+        Message::Edit { word_index, text } => {
+            if *word_index > 0 {
+                wire_err(ErrorCode::Invalid, "Word index out of range")
+            } else {
+                one(Message::Sentence { text: text.clone() })
+            }
+        }
+        Message::Commit {} => one(Message::Committed {
+            state: FileState {
+                file: "a".into(),
+                version: Version::default(),
+                checksum: 0,
+                size: 0,
+                words: 0,
+                chars: 0,
+                modified_ms: 0,
+                owner: None,
+            },
+        }),
+        _ => close(),
+    }))
+}
+
+fn opts(port: u16) -> Options {
+    Options {
+        nm_host: "127.0.0.1".into(),
+        nm_port: port,
+        username: "alice".into(),
+    }
+}
+
+fn run_script(port: u16, script: &str) -> (String, i32) {
+    let mut input = PipedLines::new(script.as_bytes());
+    let mut out = Vec::new();
+    let status = run_with(&opts(port), &mut input, &mut out);
+    (String::from_utf8(out).unwrap(), status)
+}
+
+#[test]
+fn name_server_commands_print_the_contract_lines() {
+    let nm = fake_nm(0);
+    let (out, status) = run_script(
+        nm,
+        "create a.txt\n\nADDACCESS -W a.txt bob\nADDACCESS -R a.txt newbie\n\
+         REMACCESS a.txt bob\nDELETE a.txt\nLIST\nVIEW -l\nEXEC s.sh\nEXIT\nLIST\n",
+    );
+    assert_eq!(
+        out,
+        "File Created Successfully!\n\
+         Access granted successfully!\n\
+         Access granted successfully!\n\
+         Note: user 'newbie' has not connected yet; the grant applies when they do.\n\
+         Access removed successfully!\n\
+         File deleted successfully!\n\
+         --> alice\n--> bob\n\
+         No files found.\n\
+         hi\n"
+    );
+    assert_eq!(status, 0);
+}
+
+#[test]
+fn failures_print_errors_and_exit_1() {
+    let nm = fake_nm(0);
+    let (out, status) = run_script(nm, "CREATE dup\nUNDO a\nfoo\nSTATUS\nREAD\n");
+    assert_eq!(
+        out,
+        "ERROR [CONFLICT]: dup exists\n\
+         ERROR [NO_UNDO]: nothing to undo\n\
+         ERROR [INVALID]: unknown command 'foo' (type HELP)\n\
+         ERROR [UNAVAILABLE]: STATUS is not supported by this cluster yet\n\
+         ERROR [INVALID]: usage: READ <file>\n"
+    );
+    assert_eq!(status, 1);
+}
+
+#[test]
+fn read_and_stream_go_to_the_storage_server() {
+    let nm = fake_nm(fake_ss());
+    let (out, status) = run_script(nm, "READ a\nSTREAM a\n");
+    assert_eq!(out, "hello world.\nhello world.\n");
+    assert_eq!(status, 0);
+}
+
+#[test]
+fn a_stream_cut_short_reports_the_broken_connection() {
+    let nm = fake_nm(fake_ss());
+    let (out, status) = run_script(nm, "STREAM cut\n");
+    assert_eq!(out, "hello\nError: Connection closed unexpectedly\n");
+    assert_eq!(status, 1);
+}
+
+#[test]
+fn write_session_edits_and_commits() {
+    let nm = fake_nm(fake_ss());
+    let (out, status) = run_script(
+        nm,
+        "WRITE a 0\n0 Hello there.\nnonsense\n3 x\netirw\nREAD a\n",
+    );
+    assert_eq!(
+        out,
+        "Sentence: Hello there.\n\
+         ERROR [INVALID]: expected '<word_index> <text>' or ETIRW\n\
+         ERROR [INVALID]: Word index out of range\n\
+         Write Successful!\n\
+         hello world.\n"
+    );
+    assert_eq!(status, 1);
+}
+
+#[test]
+fn end_of_input_inside_a_write_session_abandons_it() {
+    let nm = fake_nm(fake_ss());
+    let (out, status) = run_script(nm, "WRITE a 0\n0 Hello.\n");
+    assert_eq!(
+        out,
+        "Sentence: Hello.\n\
+         ERROR [INVALID]: input ended inside a WRITE session; the edits were abandoned\n"
+    );
+    assert_eq!(status, 1);
+}
+
+#[test]
+fn no_name_server_exits_2() {
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let (out, status) = run_script(port, "LIST\n");
+    assert!(
+        out.starts_with(&format!(
+            "ERROR [UNAVAILABLE]: cannot connect to name server at 127.0.0.1:{port} ("
+        )),
+        "{out}"
+    );
+    assert_eq!(out.lines().count(), 1);
+    assert_eq!(status, 2);
+}
+
+#[test]
+fn a_dropped_connection_fails_one_command_and_the_next_reconnects() {
+    let nm = fake_nm(0);
+    let (out, status) = run_script(nm, "INFO gone\nLIST\n");
+    assert_eq!(
+        out,
+        "ERROR [UNAVAILABLE]: lost connection to the name server\n--> alice\n--> bob\n"
+    );
+    assert_eq!(status, 2);
+}
+
+#[test]
+fn over_long_lines_are_refused_and_skipped() {
+    let nm = fake_nm(0);
+    let script = format!("{}\nLIST\n", "x".repeat(MAX_LINE_BYTES + 10));
+    let (out, status) = run_script(nm, &script);
+    assert_eq!(
+        out,
+        format!("ERROR [LIMIT]: line longer than {MAX_LINE_BYTES} bytes\n--> alice\n--> bob\n")
+    );
+    assert_eq!(status, 1);
+}

@@ -1,0 +1,317 @@
+//! The storage server's link to the name server: registration with the full file list,
+//! heartbeats, and CHANGED/REMOVED reports from committers.
+//!
+//! One writer thread owns the connection and a reader thread takes the acknowledgements off
+//! it, so a heartbeat is never queued behind a wait for an ack. Committers talk to the writer
+//! through a bounded channel; each report carries its own reply channel, matched to the
+//! `CHANGED_ACK` by id. On any failure the link logs `ss_nm_link`, drops the waiting reports
+//! (their committers are told at once; the re-registration carries every file's state anyway),
+//! and reconnects with backoff from 100 ms to 2 s, forever.
+
+use crate::auth::ClusterKey;
+use crate::logging::ev;
+use crate::protocol::frame::FILE_BATCH_MAX;
+use crate::protocol::{err, Connection, FileState, Message, WireError};
+use crate::ss::store::Store;
+use crossbeam_channel::{bounded, select, Receiver, Sender};
+use std::collections::HashMap;
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Reports that may wait for the link at once; beyond it committers get UNAVAILABLE.
+pub const REPORT_QUEUE_CAP: usize = 1024;
+/// How long connecting, registering and single writes may take.
+const IO_TIMEOUT_MS: u64 = 30_000;
+/// First and largest reconnect delay.
+const BACKOFF_MIN_MS: u64 = 100;
+const BACKOFF_MAX_MS: u64 = 2_000;
+/// How often the writer looks at the stop flag while idle.
+const STOP_POLL_MS: u64 = 200;
+
+/// What the link needs to know about its server.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// `host:port` of the name server.
+    pub nm_addr: String,
+    /// This server's name.
+    pub name: String,
+    /// Host clients connect to.
+    pub host: String,
+    /// The bound client port.
+    pub client_port: u16,
+    /// The primary this server backs up, if any.
+    pub backup_of: Option<String>,
+    /// The cluster key (for the registration proof).
+    pub key: ClusterKey,
+    /// Heartbeat period.
+    pub heartbeat_interval_ms: u64,
+}
+
+enum Report {
+    Changed(FileState),
+    Removed(String),
+}
+
+struct Queued {
+    report: Report,
+    reply: Option<Sender<()>>,
+}
+
+type Pending = Arc<Mutex<HashMap<u64, Sender<()>>>>;
+
+/// The handle committers use; cheap to share.
+pub struct NmLink {
+    tx: Sender<Queued>,
+    name: String,
+    registered: Arc<AtomicBool>,
+}
+
+impl NmLink {
+    /// Starts the link thread. It stops when `stop` is set.
+    pub fn start(cfg: LinkConfig, store: Arc<Store>, stop: Arc<AtomicBool>) -> NmLink {
+        let (tx, rx) = bounded(REPORT_QUEUE_CAP);
+        let registered = Arc::new(AtomicBool::new(false));
+        let name = cfg.name.clone();
+        let reg = registered.clone();
+        let spawned = thread::Builder::new()
+            .name("nm-link".into())
+            .spawn(move || link_loop(cfg, store, rx, stop, reg));
+        if let Err(e) = spawned {
+            log::error!(target: ev::SS_NM_LINK, "cannot start the name server link: {e}");
+        }
+        NmLink {
+            tx,
+            name,
+            registered,
+        }
+    }
+
+    /// Whether the link is registered right now.
+    pub fn is_registered(&self) -> bool {
+        self.registered.load(Ordering::SeqCst)
+    }
+
+    /// Reports a file's new state and waits up to `wait` for the name server to make it
+    /// durable. On failure the change stays on disk and is reconciled at re-registration.
+    pub fn changed(&self, state: FileState, wait: Duration) -> Result<(), WireError> {
+        let deadline = Instant::now() + wait;
+        let file = crate::names::display(&state.file);
+        let (reply, ack) = bounded(1);
+        let q = Queued {
+            report: Report::Changed(state),
+            reply: Some(reply),
+        };
+        let ok = self.tx.send_deadline(q, deadline).is_ok() && ack.recv_deadline(deadline).is_ok();
+        if ok {
+            Ok(())
+        } else {
+            let ss = &self.name;
+            Err(err::unavailable(format!(
+                "change saved on {ss} but not yet confirmed by the name server; it is reconciled when {ss} re-registers ({file})"
+            )))
+        }
+    }
+
+    /// Reports a file's new state without waiting (a hand edit adopted on access).
+    pub fn changed_nowait(&self, state: FileState) {
+        let _ = self.tx.try_send(Queued {
+            report: Report::Changed(state),
+            reply: None,
+        });
+    }
+
+    /// Reports that a file vanished from disk, without waiting.
+    pub fn removed_nowait(&self, file: &str) {
+        let _ = self.tx.try_send(Queued {
+            report: Report::Removed(file.to_string()),
+            reply: None,
+        });
+    }
+}
+
+fn link_loop(
+    cfg: LinkConfig,
+    store: Arc<Store>,
+    rx: Receiver<Queued>,
+    stop: Arc<AtomicBool>,
+    registered: Arc<AtomicBool>,
+) {
+    let mut backoff_ms = BACKOFF_MIN_MS;
+    // Failures in a row; only the first of a streak is logged at WARN, so a name server that
+    // stays down does not flood the log.
+    let mut failures = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        let mut was_registered = false;
+        let res = session(&cfg, &store, &rx, &stop, &registered, &mut was_registered);
+        registered.store(false, Ordering::SeqCst);
+        if was_registered {
+            backoff_ms = BACKOFF_MIN_MS;
+            failures = 0;
+        }
+        match res {
+            Ok(()) => break,
+            Err(e) => {
+                failures += 1;
+                let level = if failures == 1 {
+                    log::Level::Warn
+                } else {
+                    log::Level::Debug
+                };
+                log::log!(target: ev::SS_NM_LINK, level, nm = cfg.nm_addr.as_str(), retry_ms = backoff_ms, failures = failures;
+                    "name server link down: {e}; retrying in {backoff_ms} ms");
+            }
+        }
+        // Wait out the backoff, answering reports at once: they cannot be delivered now.
+        let until = Instant::now() + Duration::from_millis(backoff_ms);
+        while let Ok(q) = rx.recv_deadline(until) {
+            drop(q);
+        }
+        backoff_ms = (backoff_ms * 2).min(BACKOFF_MAX_MS);
+    }
+}
+
+/// One connection's life: register, then heartbeats and reports until something fails.
+fn session(
+    cfg: &LinkConfig,
+    store: &Store,
+    rx: &Receiver<Queued>,
+    stop: &AtomicBool,
+    registered: &AtomicBool,
+    was_registered: &mut bool,
+) -> Result<(), WireError> {
+    let io_timeout = Duration::from_millis(IO_TIMEOUT_MS);
+    let mut conn = Connection::connect(&cfg.nm_addr, Duration::from_millis(2_000))
+        .map_err(|e| err::unavailable(format!("connect to {}: {e}", cfg.nm_addr)))?;
+    conn.set_timeout(Some(io_timeout)).map_err(io_err)?;
+    let files = store.list()?;
+    conn.send(
+        &Message::Register {
+            name: cfg.name.clone(),
+            host: cfg.host.clone(),
+            client_port: cfg.client_port,
+            backup_of: cfg.backup_of.clone(),
+            proof: cfg.key.proof(&cfg.name),
+            file_count: files.len() as u64,
+        },
+        &[],
+    )
+    .map_err(io_err)?;
+    for batch in files.chunks(FILE_BATCH_MAX) {
+        conn.send(
+            &Message::FileBatch {
+                files: batch.to_vec(),
+            },
+            &[],
+        )
+        .map_err(io_err)?;
+    }
+    conn.send(&Message::RegisterEnd {}, &[]).map_err(io_err)?;
+    let reply = conn
+        .recv()?
+        .ok_or_else(|| err::unavailable("name server closed the link during registration"))?;
+    let epoch = match reply.msg.into_result()? {
+        Message::Registered { epoch, .. } => epoch,
+        other => {
+            return Err(err::invalid(format!(
+                "unexpected {} to REGISTER",
+                other.op_name()
+            )))
+        }
+    };
+    store.epoch().store(epoch, Ordering::SeqCst);
+    registered.store(true, Ordering::SeqCst);
+    *was_registered = true;
+    log::info!(target: ev::SS_NM_LINK, nm = cfg.nm_addr.as_str(), epoch = epoch, files = files.len() as u64;
+        "registered with the name server at {} (epoch {epoch}, {} files)", cfg.nm_addr, files.len());
+
+    let interval = Duration::from_millis(cfg.heartbeat_interval_ms.max(1));
+    let read_timeout = Duration::from_millis((cfg.heartbeat_interval_ms * 3).max(2_000));
+    let stream = conn.stream().try_clone().map_err(io_err)?;
+    stream
+        .set_read_timeout(Some(read_timeout))
+        .map_err(io_err)?;
+    let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+    let (dead_tx, dead_rx) = bounded::<String>(1);
+    let reader_pending = pending.clone();
+    let reader_stream = stream.try_clone().map_err(io_err)?;
+    thread::Builder::new()
+        .name("nm-link-reader".into())
+        .spawn(move || reader(Connection::new(reader_stream), reader_pending, dead_tx))
+        .map_err(io_err)?;
+
+    let result = (|| {
+        let mut seq = 0u64;
+        let mut next_id = 0u64;
+        let mut next_hb = Instant::now();
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= next_hb {
+                seq += 1;
+                conn.send(&Message::Heartbeat { seq }, &[])
+                    .map_err(io_err)?;
+                next_hb = now + interval;
+            }
+            let wait = next_hb
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(STOP_POLL_MS));
+            select! {
+                recv(rx) -> q => {
+                    let Ok(q) = q else { return Ok(()) };
+                    next_id += 1;
+                    if let Some(reply) = q.reply {
+                        pending.lock().unwrap_or_else(|p| p.into_inner()).insert(next_id, reply);
+                    }
+                    let msg = match q.report {
+                        Report::Changed(state) => Message::Changed { id: next_id, state },
+                        Report::Removed(file) => Message::Removed { id: next_id, file },
+                    };
+                    conn.send(&msg, &[]).map_err(io_err)?;
+                }
+                recv(dead_rx) -> why => {
+                    return Err(err::unavailable(why.unwrap_or_else(|_| "reader stopped".into())));
+                }
+                default(wait) => {}
+            }
+        }
+    })();
+    let _ = stream.shutdown(Shutdown::Both);
+    pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    result
+}
+
+/// Takes acknowledgements off the link until it fails, then says why on `dead`.
+fn reader(mut conn: Connection, pending: Pending, dead: Sender<String>) {
+    let why = loop {
+        match conn.recv() {
+            Ok(Some(f)) => match f.msg {
+                Message::ChangedAck { id } => {
+                    let reply = pending
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&id);
+                    if let Some(r) = reply {
+                        let _ = r.send(());
+                    }
+                }
+                Message::HeartbeatAck { .. } => {}
+                Message::Err { code, msg } => break format!("name server said {code}: {msg}"),
+                other => {
+                    log::debug!(target: ev::SS_NM_LINK, "ignoring {} on the link", other.op_name())
+                }
+            },
+            Ok(None) => break "name server closed the link".to_string(),
+            Err(e) => break format!("link read failed: {e}"),
+        }
+    };
+    let _ = dead.try_send(why);
+}
+
+fn io_err(e: std::io::Error) -> WireError {
+    err::unavailable(format!("name server link: {e}"))
+}
