@@ -204,6 +204,12 @@ pub fn mentions(v: &Value, who: &str) -> bool {
         .any(|w| w == who || w.trim_end_matches('.') == who)
 }
 
+/// True if a name-server log line says `ss` registered (refusals share the event name but are
+/// logged at WARN or ERROR).
+pub fn registered(v: &Value, ss: &str) -> bool {
+    v["event"] == "nm_ss_register" && v["level"] == "INFO" && mentions(v, ss)
+}
+
 /// One server process (name server or storage server) and how to start it again.
 pub struct Proc {
     /// `nm`, `ss1`, ...
@@ -594,7 +600,7 @@ impl Cluster {
 
     /// Waits for the name server to log that `ss` registered (at or after `since`).
     pub fn wait_registered(&self, ss: &str, since: Mark) -> Value {
-        self.wait_event_since("nm", since, "nm_ss_register", |v| mentions(v, ss), WAIT)
+        self.wait_event_since("nm", since, "nm_ss_register", |v| registered(v, ss), WAIT)
     }
 
     /// SIGKILL `name` and reap it.

@@ -106,11 +106,23 @@ fn name_server_survives_bad_input() {
         .unwrap();
     still_serving(&c, "nm-after-hello.txt");
     // A bad user name is refused.
-    let reply = send_and_drain(&addr, b"{\"v\":1,\"op\":\"HELLO\",\"user\":\"../x\\n\"}\n");
+    let mut nm = c.nm_conn();
+    let f = call_raw(
+        &mut nm,
+        &pairfs::protocol::Message::Hello {
+            user: "../x\n".into(),
+        },
+    );
     assert!(
-        String::from_utf8_lossy(&reply).contains("INVALID"),
+        matches!(
+            f.msg,
+            pairfs::protocol::Message::Err {
+                code: pairfs::protocol::ErrorCode::Invalid,
+                ..
+            }
+        ),
         "{:?}",
-        String::from_utf8_lossy(&reply)
+        f.msg
     );
 }
 
