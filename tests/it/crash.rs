@@ -181,6 +181,54 @@ fn storage_server_restart_keeps_everything() {
 }
 
 #[test]
+fn a_silent_storage_server_is_declared_down_and_comes_back() {
+    let c = Cluster::start();
+    c.client("alice")
+        .run("CREATE a.txt\nWRITE a.txt 0\n0 Alive.\nETIRW\n")
+        .assert_code(0);
+    let since = c.mark("nm");
+    // Frozen, its connection stays open: only the missed heartbeats can tell.
+    c.signal("ss1", libc::SIGSTOP);
+    c.wait_event_since(
+        "nm",
+        since,
+        "heartbeat_monitor_failure",
+        |v| mentions(v, "ss1"),
+        WAIT,
+    );
+    c.client("alice")
+        .run("READ a.txt\n")
+        .assert_contains("ERROR [UNAVAILABLE]:")
+        .assert_code(1);
+    let back = c.mark("nm");
+    c.signal("ss1", libc::SIGCONT);
+    c.wait_registered("ss1", back);
+    c.client("alice")
+        .run("READ a.txt\n")
+        .assert_lines(&["Alive."]);
+}
+
+#[test]
+fn a_killed_storage_server_is_declared_down_at_once() {
+    let mut c = Cluster::start();
+    c.client("alice").run("CREATE a.txt\n").assert_code(0);
+    let since = c.mark("nm");
+    c.kill9("ss1");
+    c.wait_event_since(
+        "nm",
+        since,
+        "heartbeat_monitor_failure",
+        |v| mentions(v, "ss1"),
+        WAIT,
+    );
+    c.client("alice")
+        .run("READ a.txt\nCREATE b.txt\n")
+        .assert_contains("ERROR [UNAVAILABLE]: no live copy of a.txt")
+        .assert_contains("ERROR [UNAVAILABLE]: no storage server available")
+        .assert_code(1);
+}
+
+#[test]
 fn ten_thousand_hand_placed_files_are_adopted_and_listed() {
     let n = 10_000;
     let mut b = Cluster::builder();

@@ -608,6 +608,11 @@ impl Cluster {
         self.proc_mut(name).kill9();
     }
 
+    /// Sends `sig` (e.g. SIGSTOP, SIGCONT) to `name` by PID.
+    pub fn signal(&self, name: &str, sig: i32) {
+        self.proc(name).signal(sig);
+    }
+
     /// SIGTERM `name` and wait (bounded) for it to exit; returns its exit code.
     pub fn term(&mut self, name: &str) -> Option<i32> {
         let p = self.proc_mut(name);
