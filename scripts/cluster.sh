@@ -32,9 +32,11 @@ alive() {
 # Waits until log $2 has a line with event $3 (at least $4 of them), or fails loudly if the
 # process in pidfile $1 died or the wait ran out.
 wait_event() {
-    local pidfile=$1 log=$2 event=$3 count=${4:-1} i
+    local pidfile=$1 log=$2 event=$3 count=${4:-1} i n
     for ((i = 0; i < READY_WAIT_S * 10; i++)); do
-        if [ "$(grep -c "\"event\":\"$event\"" "$log" 2>/dev/null || true)" -ge "$count" ]; then
+        # The log may not exist yet: the background shell creates it.
+        n=$(grep -c "\"event\":\"$event\"" "$log" 2>/dev/null || true)
+        if [ "${n:-0}" -ge "$count" ]; then
             return 0
         fi
         if ! alive "$pidfile"; then
