@@ -239,14 +239,20 @@ fn ten_thousand_hand_placed_files_are_adopted_and_listed() {
         want.push(format!("--> {name}"));
     }
     let c = b.start();
+    // Registration carried every file (the name server logs how many the server holds).
+    let reg = c.wait_registered("ss1", Mark(0));
+    if let Some(files) = reg["files"].as_u64() {
+        assert_eq!(files, n as u64, "registration: {reg}");
+    }
+    c.client("admin")
+        .run("READ f09999.txt\nINFO f00000.txt\n")
+        .assert_contains("file 9999.\n")
+        .assert_contains("Owner: admin")
+        .assert_contains("Words: 2")
+        .assert_code(0);
     let out = c.client("admin").run("VIEW -a\n");
     out.assert_code(0);
     let got: Vec<&str> = out.lines();
     assert_eq!(got.len(), n, "VIEW -a listed {} files", got.len());
     assert_eq!(got, want.iter().map(String::as_str).collect::<Vec<_>>());
-    c.client("admin")
-        .run("READ f09999.txt\nINFO f00000.txt\n")
-        .assert_contains("file 9999.\n")
-        .assert_contains("Owner: admin")
-        .assert_contains("Words: 2");
 }
