@@ -1,1 +1,13 @@
+//! End-to-end tests through the real binaries: one test binary (one link) whose modules each
+//! cover one area of the behaviour contract (SPEC.md). `harness.rs` starts the processes.
 
+// Tests fail loudly by design: an unwrap here is an assertion.
+#![allow(clippy::unwrap_used)]
+
+mod harness;
+
+mod auth;
+mod commands;
+mod crash;
+mod robustness;
+mod write;

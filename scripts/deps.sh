@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what building and testing pairfs needs beyond rustup's toolchain: the rustfmt and
+# clippy components, and a C linker (rustc links through `cc`). Quiet when all is present.
+set -euo pipefail
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo not found: install the Rust toolchain first (https://rustup.rs)" >&2
+    exit 1
+fi
+
+for comp in rustfmt clippy; do
+    probe="cargo-fmt"
+    [ "$comp" = clippy ] && probe="cargo-clippy"
+    if ! command -v "$probe" >/dev/null 2>&1 || ! "$probe" --version >/dev/null 2>&1; then
+        echo "installing the $comp component"
+        rustup component add "$comp"
+    fi
+done
+
+if ! command -v cc >/dev/null 2>&1; then
+    echo "no C linker (cc) found: installing build-essential"
+    sudo=""
+    if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "apt-get not available: install a C compiler (cc) by hand" >&2
+        exit 1
+    fi
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q build-essential
+fi

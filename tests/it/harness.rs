@@ -1,0 +1,1124 @@
+//! The end-to-end test harness: starts the real `bin_nm`, `bin_ss` and `bin_client` binaries
+//! in a temp dir, follows their JSON logs, and lets a test read like a scenario:
+//!
+//! ```ignore
+//! let c = Cluster::start();
+//! let out = c.client("alice").run("CREATE a.txt\nREAD a.txt\n");
+//! out.assert_lines(&["File Created Successfully!", ""]);
+//! ```
+//!
+//! Every wait has a deadline and panics with the last log lines of the process concerned.
+//! Processes are stopped by PID only; dropping the `Cluster` SIGKILLs whatever is left.
+
+#![allow(dead_code)]
+
+use pairfs::protocol::{AccessMode, FileState, Ticket, WireError};
+use pairfs::protocol::{Connection, Frame, Message};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The default deadline for a server to become ready or an event to appear.
+pub const WAIT: Duration = Duration::from_secs(20);
+/// The default deadline for one piped client run.
+pub const CLIENT_WAIT: Duration = Duration::from_secs(30);
+/// Heartbeat interval the harness gives every server, in ms.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 100;
+/// Heartbeat timeout the harness gives the name server, in ms.
+pub const HEARTBEAT_TIMEOUT_MS: u64 = 1000;
+/// How many log lines a failure message shows.
+const TAIL_LINES: usize = 25;
+/// Most log lines kept per process (older ones are dropped; marks stay valid).
+const MAX_LOG_LINES: usize = 200_000;
+
+/// A binary built by cargo for this package.
+pub fn bin(name: &str) -> PathBuf {
+    match name {
+        "bin_nm" => PathBuf::from(env!("CARGO_BIN_EXE_bin_nm")),
+        "bin_ss" => PathBuf::from(env!("CARGO_BIN_EXE_bin_ss")),
+        "bin_client" => PathBuf::from(env!("CARGO_BIN_EXE_bin_client")),
+        other => panic!("unknown binary {other}"),
+    }
+}
+
+/// The JSON lines one process wrote, shared with the thread reading its stdout. It survives
+/// restarts of the process, so a [`Mark`] taken before a restart stays meaningful.
+#[derive(Default)]
+pub struct Log {
+    state: Mutex<LogState>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+struct LogState {
+    /// Index of `lines[0]` in the whole history (lines before it were dropped).
+    first: usize,
+    lines: Vec<Value>,
+    /// Lines on stdout that were not JSON objects (the servers must print none).
+    non_json: Vec<String>,
+    /// Standard error, kept for failure messages.
+    stderr: Vec<String>,
+    /// Readers currently attached (one per incarnation's stdout).
+    open_readers: usize,
+}
+
+impl LogState {
+    fn end(&self) -> usize {
+        self.first + self.lines.len()
+    }
+}
+
+/// A position in a process's log: waits "since" a mark see only later lines.
+#[derive(Debug, Clone, Copy)]
+pub struct Mark(pub usize);
+
+impl Log {
+    fn push(&self, v: Value) {
+        let mut s = self.state.lock().unwrap();
+        s.lines.push(v);
+        if s.lines.len() > MAX_LOG_LINES {
+            let drop = s.lines.len() - MAX_LOG_LINES / 2;
+            s.lines.drain(..drop);
+            s.first += drop;
+        }
+        self.cv.notify_all();
+    }
+
+    /// The current end of the log.
+    pub fn mark(&self) -> Mark {
+        Mark(self.state.lock().unwrap().end())
+    }
+
+    /// Every parsed line from `since` on.
+    pub fn lines_since(&self, since: Mark) -> Vec<Value> {
+        let s = self.state.lock().unwrap();
+        let from = since.0.saturating_sub(s.first).min(s.lines.len());
+        s.lines[from..].to_vec()
+    }
+
+    /// Lines of stdout that were not JSON.
+    pub fn non_json(&self) -> Vec<String> {
+        self.state.lock().unwrap().non_json.clone()
+    }
+
+    /// The last lines (stdout and stderr) for a failure message.
+    pub fn tail(&self) -> String {
+        let s = self.state.lock().unwrap();
+        let mut out = String::new();
+        let from = s.lines.len().saturating_sub(TAIL_LINES);
+        for l in &s.lines[from..] {
+            out.push_str(&format!("    {l}\n"));
+        }
+        let from = s.stderr.len().saturating_sub(10);
+        for l in &s.stderr[from..] {
+            out.push_str(&format!("    stderr: {l}\n"));
+        }
+        for l in s.non_json.iter().rev().take(5) {
+            out.push_str(&format!("    non-JSON stdout: {l}\n"));
+        }
+        out
+    }
+
+    /// Waits for a line with `event` at or after `since` that satisfies `pred`; returns it or
+    /// `None` when `timeout` passes first.
+    pub fn find(
+        &self,
+        since: Mark,
+        event: &str,
+        pred: &dyn Fn(&Value) -> bool,
+        timeout: Duration,
+    ) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.state.lock().unwrap();
+        let mut next = since.0;
+        loop {
+            let from = next.saturating_sub(s.first).min(s.lines.len());
+            if let Some(v) = s.lines[from..]
+                .iter()
+                .find(|v| v["event"] == event && pred(v))
+            {
+                return Some(v.clone());
+            }
+            next = s.end();
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            s = self.cv.wait_timeout(s, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Waits until at least `n` lines with `event` satisfying `pred` exist at or after `since`.
+    pub fn wait_count(
+        &self,
+        since: Mark,
+        event: &str,
+        pred: &dyn Fn(&Value) -> bool,
+        n: usize,
+        timeout: Duration,
+    ) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.state.lock().unwrap();
+        loop {
+            let from = since.0.saturating_sub(s.first).min(s.lines.len());
+            let have = s.lines[from..]
+                .iter()
+                .filter(|v| v["event"] == event && pred(v))
+                .count();
+            if have >= n {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            s = self.cv.wait_timeout(s, deadline - now).unwrap().0;
+        }
+    }
+
+    /// How many lines with `event` satisfying `pred` exist at or after `since`.
+    pub fn count(&self, since: Mark, event: &str, pred: &dyn Fn(&Value) -> bool) -> usize {
+        self.lines_since(since)
+            .iter()
+            .filter(|v| v["event"] == event && pred(v))
+            .count()
+    }
+}
+
+/// True if a log line names `who` in its `ss`, `name`, `user` or `file` field, or as a whole
+/// word of its message (so `ss1` does not match `ss10`).
+pub fn mentions(v: &Value, who: &str) -> bool {
+    for k in ["ss", "name", "server", "user", "file"] {
+        if v[k] == who {
+            return true;
+        }
+    }
+    let msg = v["msg"].as_str().unwrap_or("");
+    msg.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.' || c == '/'))
+        .any(|w| w == who || w.trim_end_matches('.') == who)
+}
+
+/// True if a name-server log line says `ss` registered (refusals share the event name but are
+/// logged at WARN or ERROR).
+pub fn registered(v: &Value, ss: &str) -> bool {
+    v["event"] == "nm_ss_register" && v["level"] == "INFO" && mentions(v, ss)
+}
+
+/// One server process (name server or storage server) and how to start it again.
+pub struct Proc {
+    /// `nm`, `ss1`, ...
+    pub name: String,
+    bin: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+    /// The log across all incarnations.
+    pub log: Arc<Log>,
+    /// The bound address of the current incarnation (`host:port`).
+    pub addr: String,
+}
+
+impl Proc {
+    fn spawn(name: &str, bin: PathBuf, args: Vec<String>, log: Arc<Log>) -> Proc {
+        let mut p = Proc {
+            name: name.to_string(),
+            bin,
+            args,
+            child: None,
+            log,
+            addr: String::new(),
+        };
+        p.launch();
+        p
+    }
+
+    fn launch(&mut self) {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env_remove("RUST_LOG");
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {} ({:?}): {e}", self.name, self.bin));
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        self.log.state.lock().unwrap().open_readers += 1;
+        let log = self.log.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(v) if v.is_object() => log.push(v),
+                    _ => {
+                        log.state.lock().unwrap().non_json.push(line);
+                        log.cv.notify_all();
+                    }
+                }
+            }
+            log.state.lock().unwrap().open_readers -= 1;
+            log.cv.notify_all();
+        });
+        let log = self.log.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                let mut s = log.state.lock().unwrap();
+                if s.stderr.len() < 10_000 {
+                    s.stderr.push(line);
+                }
+            }
+        });
+        self.child = Some(child);
+    }
+
+    /// The PID of the running incarnation.
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .unwrap_or_else(|| panic!("{} is not running", self.name))
+            .id()
+    }
+
+    /// True if a process was started and has not been reaped yet.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            None => false,
+            Some(c) => c.try_wait().map(|s| s.is_none()).unwrap_or(false),
+        }
+    }
+
+    /// Sends `sig` to the process by PID.
+    pub fn signal(&self, sig: i32) {
+        let pid = self.pid() as libc::pid_t;
+        // SAFETY: kill(2) with a PID we spawned and have not reaped yet.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+
+    /// Waits (bounded) for the process to exit and returns its exit code (`None` if killed by
+    /// a signal).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let mut child = self
+            .child
+            .take()
+            .unwrap_or_else(|| panic!("{} is not running", self.name));
+        let pid = child.id();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        match rx.recv_timeout(timeout) {
+            Ok(status) => status.expect("wait").code(),
+            Err(_) => {
+                // SAFETY: the PID is still ours: the waiting thread has not reaped it.
+                unsafe {
+                    libc::kill(pid as libc::pid_t, libc::SIGKILL);
+                }
+                panic!(
+                    "{} (pid {pid}) did not exit within {timeout:?}; last log lines:\n{}",
+                    self.name,
+                    self.log.tail()
+                );
+            }
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        if self.child.is_some() {
+            self.signal(libc::SIGKILL);
+            let _ = self.wait_exit(WAIT);
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // Kill by PID (our own child), then reap so no zombie is left behind.
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// How to build a cluster.
+pub struct Builder {
+    storage_servers: Vec<String>,
+    nm_args: Vec<String>,
+    ss_args: Vec<String>,
+    seeds: Vec<(String, String, Vec<u8>)>,
+    wait_register: bool,
+}
+
+impl Builder {
+    /// Storage servers to start, by name (default `ss1`).
+    pub fn servers(mut self, names: &[&str]) -> Builder {
+        self.storage_servers = names.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// Extra flags for the name server.
+    pub fn nm_args(mut self, args: &[&str]) -> Builder {
+        self.nm_args.extend(args.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// Extra flags for every storage server.
+    pub fn ss_args(mut self, args: &[&str]) -> Builder {
+        self.ss_args.extend(args.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// A file put under `<storage>/files/` of `ss` by hand before it starts (to be adopted).
+    pub fn seed(mut self, ss: &str, rel: &str, bytes: &[u8]) -> Builder {
+        self.seeds
+            .push((ss.to_string(), rel.to_string(), bytes.to_vec()));
+        self
+    }
+
+    /// Do not wait for the storage servers to register (for tests of refusals).
+    pub fn no_register_wait(mut self) -> Builder {
+        self.wait_register = false;
+        self
+    }
+
+    /// Starts the name server, then every storage server, and waits until all are registered.
+    pub fn start(self) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("pairfs-it-")
+            .tempdir()
+            .expect("temp dir");
+        let key_file = dir.path().join("cluster.key");
+        let nm_log = Arc::new(Log::default());
+        let mut nm_args: Vec<String> = vec![
+            "--host".into(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            "0".into(),
+            "--http-port".into(),
+            "0".into(),
+            "--data".into(),
+            path_str(&dir.path().join("nm")),
+            "--cluster-key-file".into(),
+            path_str(&key_file),
+            "--heartbeat-interval-ms".into(),
+            HEARTBEAT_INTERVAL_MS.to_string(),
+            "--heartbeat-timeout-ms".into(),
+            HEARTBEAT_TIMEOUT_MS.to_string(),
+        ];
+        nm_args.extend(self.nm_args.iter().cloned());
+        let mut nm = Proc::spawn("nm", bin("bin_nm"), nm_args, nm_log);
+        nm.addr = wait_listen(&nm, Mark(0), "nm_listen");
+        // Pin the port for restarts, so storage servers and clients find the name server again.
+        let port = port_of(&nm.addr);
+        let i = nm.args.iter().position(|a| a == "--port").unwrap();
+        nm.args[i + 1] = port.to_string();
+
+        let mut c = Cluster {
+            dir,
+            key_file,
+            nm,
+            ss: BTreeMap::new(),
+            ss_args: self.ss_args.clone(),
+        };
+        for (ss, rel, bytes) in &self.seeds {
+            let p = c.storage(ss).join("files").join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, bytes).unwrap();
+        }
+        let since = c.nm.log.mark();
+        for name in &self.storage_servers {
+            c.add_ss(name);
+        }
+        if self.wait_register {
+            for name in &self.storage_servers {
+                c.wait_registered(name, since);
+            }
+        }
+        c
+    }
+}
+
+/// A running cluster in its own temp dir.
+pub struct Cluster {
+    key_file: PathBuf,
+    /// The name server.
+    pub nm: Proc,
+    /// Storage servers by name.
+    pub ss: BTreeMap<String, Proc>,
+    ss_args: Vec<String>,
+    /// Declared last so it is removed only after every process was killed (fields drop in
+    /// order).
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// A cluster with a name server and one storage server `ss1`.
+    pub fn start() -> Cluster {
+        Cluster::builder().start()
+    }
+
+    /// A builder (default: one storage server `ss1`).
+    pub fn builder() -> Builder {
+        Builder {
+            storage_servers: vec!["ss1".into()],
+            nm_args: vec![],
+            ss_args: vec![],
+            seeds: vec![],
+            wait_register: true,
+        }
+    }
+
+    /// The cluster's temp dir.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The cluster key file all servers use.
+    pub fn key_file(&self) -> &Path {
+        &self.key_file
+    }
+
+    /// The cluster key itself (for minting tickets in protocol tests).
+    pub fn key(&self) -> pairfs::auth::ClusterKey {
+        pairfs::auth::ClusterKey::load_or_create(&self.key_file).expect("cluster key")
+    }
+
+    /// The storage directory of `ss` (whether or not it runs).
+    pub fn storage(&self, ss: &str) -> PathBuf {
+        self.dir.path().join(ss)
+    }
+
+    /// The name server's `host:port`.
+    pub fn nm_addr(&self) -> &str {
+        &self.nm.addr
+    }
+
+    /// The client port address of `ss`.
+    pub fn ss_addr(&self, ss: &str) -> &str {
+        &self.proc(ss).addr
+    }
+
+    /// Starts storage server `name` (waits for `ss_listen`, not for registration).
+    pub fn add_ss(&mut self, name: &str) {
+        let key = self.key_file.clone();
+        self.add_ss_with_key(name, &key);
+    }
+
+    /// Starts storage server `name` with its own cluster key file (waits for `ss_listen`).
+    pub fn add_ss_with_key(&mut self, name: &str, key_file: &Path) {
+        let mut args: Vec<String> = vec![
+            "--username".into(),
+            name.into(),
+            "--host".into(),
+            "127.0.0.1".into(),
+            "--client-port".into(),
+            "0".into(),
+            "--nm-host".into(),
+            "127.0.0.1".into(),
+            "--nm-port".into(),
+            port_of(&self.nm.addr).to_string(),
+            "--storage".into(),
+            path_str(&self.storage(name)),
+            "--cluster-key-file".into(),
+            path_str(key_file),
+            "--heartbeat-interval-ms".into(),
+            HEARTBEAT_INTERVAL_MS.to_string(),
+        ];
+        args.extend(self.ss_args.iter().cloned());
+        let mut p = Proc::spawn(name, bin("bin_ss"), args, Arc::new(Log::default()));
+        p.addr = wait_listen(&p, Mark(0), "ss_listen");
+        self.ss.insert(name.to_string(), p);
+    }
+
+    /// The process called `name` (`nm` or a storage server).
+    pub fn proc(&self, name: &str) -> &Proc {
+        if name == "nm" {
+            return &self.nm;
+        }
+        self.ss
+            .get(name)
+            .unwrap_or_else(|| panic!("no process called {name}"))
+    }
+
+    fn proc_mut(&mut self, name: &str) -> &mut Proc {
+        if name == "nm" {
+            return &mut self.nm;
+        }
+        self.ss
+            .get_mut(name)
+            .unwrap_or_else(|| panic!("no process called {name}"))
+    }
+
+    /// The log of `name`.
+    pub fn log(&self, name: &str) -> &Log {
+        &self.proc(name).log
+    }
+
+    /// The current end of `name`'s log.
+    pub fn mark(&self, name: &str) -> Mark {
+        self.log(name).mark()
+    }
+
+    /// Waits for `event` from `name` (any time since it first started) matching `pred`.
+    pub fn wait_event(
+        &self,
+        name: &str,
+        event: &str,
+        pred: impl Fn(&Value) -> bool,
+        timeout: Duration,
+    ) -> Value {
+        self.wait_event_since(name, Mark(0), event, pred, timeout)
+    }
+
+    /// Waits for `event` from `name` logged at or after `since`, matching `pred`.
+    pub fn wait_event_since(
+        &self,
+        name: &str,
+        since: Mark,
+        event: &str,
+        pred: impl Fn(&Value) -> bool,
+        timeout: Duration,
+    ) -> Value {
+        let log = self.log(name);
+        log.find(since, event, &pred, timeout).unwrap_or_else(|| {
+            panic!(
+                "{name} logged no matching {event} within {timeout:?}; last log lines:\n{}",
+                log.tail()
+            )
+        })
+    }
+
+    /// Waits for the name server to log that `ss` registered (at or after `since`).
+    pub fn wait_registered(&self, ss: &str, since: Mark) -> Value {
+        self.wait_event_since("nm", since, "nm_ss_register", |v| registered(v, ss), WAIT)
+    }
+
+    /// SIGKILL `name` and reap it.
+    pub fn kill9(&mut self, name: &str) {
+        self.proc_mut(name).kill9();
+    }
+
+    /// Sends `sig` (e.g. SIGSTOP, SIGCONT) to `name` by PID.
+    pub fn signal(&self, name: &str, sig: i32) {
+        self.proc(name).signal(sig);
+    }
+
+    /// SIGTERM `name` and wait (bounded) for it to exit; returns its exit code.
+    pub fn term(&mut self, name: &str) -> Option<i32> {
+        let p = self.proc_mut(name);
+        p.signal(libc::SIGTERM);
+        p.wait_exit(WAIT)
+    }
+
+    /// Starts `name` again with the same flags (it must have exited) and waits until it is
+    /// ready: the name server logs `nm_listen` and every running storage server has registered
+    /// again; a storage server logs `ss_listen` and has registered.
+    pub fn restart(&mut self, name: &str) {
+        let nm_since = self.nm.log.mark();
+        let p = self.proc_mut(name);
+        assert!(!p.is_running(), "restart({name}) while it is still running");
+        let since = p.log.mark();
+        p.launch();
+        let event = if name == "nm" {
+            "nm_listen"
+        } else {
+            "ss_listen"
+        };
+        let addr = wait_listen(p, since, event);
+        p.addr = addr;
+        if name == "nm" {
+            let names: Vec<String> = self.ss.keys().cloned().collect();
+            for ss in names {
+                if self.ss.get_mut(&ss).unwrap().is_running() {
+                    self.wait_registered(&ss, nm_since);
+                }
+            }
+        } else {
+            self.wait_registered(name, nm_since);
+        }
+    }
+
+    /// A client for `user`.
+    pub fn client(&self, user: &str) -> Client {
+        Client {
+            nm_addr: self.nm.addr.clone(),
+            user: user.to_string(),
+            extra: vec![],
+        }
+    }
+
+    /// A raw protocol connection to the name server (5 s timeouts).
+    pub fn nm_conn(&self) -> Connection {
+        raw_conn(&self.nm.addr)
+    }
+
+    /// A raw protocol connection to storage server `ss` (5 s timeouts).
+    pub fn ss_conn(&self, ss: &str) -> Connection {
+        raw_conn(self.ss_addr(ss))
+    }
+
+    /// A raw name-server session that said HELLO as `user`.
+    pub fn nm_session(&self, user: &str) -> Connection {
+        let mut c = self.nm_conn();
+        let f = c
+            .call(&Message::Hello { user: user.into() }, &[])
+            .expect("HELLO");
+        assert!(
+            matches!(f.msg, Message::Welcome { .. }),
+            "HELLO answered {:?}",
+            f.msg
+        );
+        c
+    }
+}
+
+/// A blocking connection with 5 s timeouts.
+pub fn raw_conn(addr: &str) -> Connection {
+    let c = Connection::connect(addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    c.set_timeout(Some(Duration::from_secs(5))).unwrap();
+    c
+}
+
+/// Sends a request on a raw connection and returns the reply frame (ERR included).
+pub fn call_raw(c: &mut Connection, msg: &Message) -> Frame {
+    c.send(msg, &[]).expect("send");
+    c.recv_some().expect("reply")
+}
+
+fn wait_listen(p: &Proc, since: Mark, event: &str) -> String {
+    let v = p
+        .log
+        .find(since, event, &|v| v["addr"].is_string(), WAIT)
+        .unwrap_or_else(|| {
+            panic!(
+                "{} did not log {event} with an addr within {WAIT:?}; last log lines:\n{}",
+                p.name,
+                p.log.tail()
+            )
+        });
+    v["addr"].as_str().unwrap().to_string()
+}
+
+fn port_of(addr: &str) -> u16 {
+    addr.rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {addr}"))
+}
+
+fn path_str(p: &Path) -> String {
+    p.to_str().expect("utf-8 temp path").to_string()
+}
+
+/// A `bin_client` invocation for one user.
+pub struct Client {
+    nm_addr: String,
+    user: String,
+    extra: Vec<String>,
+}
+
+/// What a piped client run produced.
+#[derive(Debug)]
+pub struct Output {
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+    /// Exit status (`None` if killed by a signal).
+    pub code: Option<i32>,
+}
+
+impl Output {
+    /// The stdout lines.
+    pub fn lines(&self) -> Vec<&str> {
+        self.stdout.lines().collect()
+    }
+
+    /// Asserts stdout is exactly these lines.
+    pub fn assert_lines(&self, expected: &[&str]) -> &Output {
+        assert_eq!(
+            self.lines(),
+            expected,
+            "client output differs; stderr:\n{}",
+            self.stderr
+        );
+        self
+    }
+
+    /// Asserts stdout contains `needle`.
+    pub fn assert_contains(&self, needle: &str) -> &Output {
+        assert!(
+            self.stdout.contains(needle),
+            "client stdout lacks {needle:?}; stdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    /// Asserts stdout does not contain `needle`.
+    pub fn assert_lacks(&self, needle: &str) -> &Output {
+        assert!(
+            !self.stdout.contains(needle),
+            "client stdout has {needle:?}; stdout:\n{}",
+            self.stdout
+        );
+        self
+    }
+
+    /// Asserts the exit status.
+    pub fn assert_code(&self, code: i32) -> &Output {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "exit status; stdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+impl Client {
+    /// Adds raw command-line flags (replacing none of the defaults).
+    pub fn arg(mut self, a: &str) -> Client {
+        self.extra.push(a.to_string());
+        self
+    }
+
+    fn command(&self) -> Command {
+        let (host, port) = self.nm_addr.rsplit_once(':').unwrap();
+        let mut cmd = Command::new(bin("bin_client"));
+        cmd.args([
+            "--nm-host",
+            host,
+            "--nm-port",
+            port,
+            "--username",
+            &self.user,
+        ])
+        .args(&self.extra)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// Runs the client with `input` piped to stdin and waits (bounded) for it to exit.
+    pub fn run(&self, input: &str) -> Output {
+        self.run_timeout(input, CLIENT_WAIT)
+    }
+
+    /// Like [`Client::run`] with an explicit deadline.
+    pub fn run_timeout(&self, input: &str, timeout: Duration) -> Output {
+        let mut child = self.command().spawn().expect("start bin_client");
+        let pid = child.id();
+        let mut stdin = child.stdin.take().unwrap();
+        let input = input.to_string();
+        thread::spawn(move || {
+            let _ = stdin.write_all(input.as_bytes());
+        });
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        match rx.recv_timeout(timeout) {
+            Ok(out) => {
+                let out = out.expect("client output");
+                Output {
+                    stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                    stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+                    code: out.status.code(),
+                }
+            }
+            Err(_) => {
+                // SAFETY: our own child, not reaped yet (its waiter is still blocked).
+                unsafe {
+                    libc::kill(pid as libc::pid_t, libc::SIGKILL);
+                }
+                panic!(
+                    "bin_client ({}) did not finish within {timeout:?}",
+                    self.user
+                );
+            }
+        }
+    }
+
+    /// Starts an interactive (piped) client whose output is read line by line.
+    pub fn spawn(&self) -> Session {
+        let mut child = self.command().spawn().expect("start bin_client");
+        let stdin = child.stdin.take();
+        let out = child.stdout.take().unwrap();
+        let lines = Arc::new((Mutex::new(SessionOut::default()), Condvar::new()));
+        let l2 = lines.clone();
+        let reader = thread::spawn(move || {
+            let mut r = out;
+            let mut buf = [0u8; 8192];
+            loop {
+                match r.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let mut o = l2.0.lock().unwrap();
+                        o.raw.push_str(&String::from_utf8_lossy(&buf[..n]));
+                        while let Some(i) = o.raw[o.cut..].find('\n') {
+                            let line = o.raw[o.cut..o.cut + i].to_string();
+                            o.lines.push(line);
+                            o.cut += i + 1;
+                        }
+                        l2.1.notify_all();
+                    }
+                }
+            }
+        });
+        let mut err = child.stderr.take().unwrap();
+        thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = err.read_to_end(&mut sink);
+        });
+        Session {
+            child: Some(child),
+            stdin,
+            lines,
+            seen: 0,
+            reader: Some(reader),
+        }
+    }
+}
+
+/// What an interactive client printed so far.
+#[derive(Default)]
+struct SessionOut {
+    /// Everything, including a last line without its newline yet (STREAM words).
+    raw: String,
+    /// Complete lines.
+    lines: Vec<String>,
+    /// Byte offset in `raw` after the last complete line.
+    cut: usize,
+}
+
+/// A client kept running, fed line by line (for concurrent write sessions).
+pub struct Session {
+    child: Option<Child>,
+    stdin: Option<ChildStdin>,
+    lines: Arc<(Mutex<SessionOut>, Condvar)>,
+    seen: usize,
+    reader: Option<thread::JoinHandle<()>>,
+}
+
+impl Session {
+    /// Sends one line.
+    pub fn send(&mut self, line: &str) {
+        let s = self.stdin.as_mut().expect("stdin already closed");
+        writeln!(s, "{line}").expect("write to client");
+        s.flush().unwrap();
+    }
+
+    /// Waits for the next output line not yet consumed that satisfies `pred` (lines before it
+    /// are consumed too) and returns it.
+    pub fn expect(&mut self, pred: impl Fn(&str) -> bool, what: &str) -> String {
+        let deadline = Instant::now() + CLIENT_WAIT;
+        let (m, cv) = &*self.lines;
+        let mut out = m.lock().unwrap();
+        loop {
+            while self.seen < out.lines.len() {
+                let l = out.lines[self.seen].clone();
+                self.seen += 1;
+                if pred(&l) {
+                    return l;
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                panic!(
+                    "client printed no {what} within {CLIENT_WAIT:?}; output:\n{}",
+                    out.raw
+                );
+            }
+            out = cv.wait_timeout(out, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Waits until the raw output (complete lines or not) contains `needle`.
+    pub fn expect_raw(&mut self, needle: &str) {
+        let deadline = Instant::now() + CLIENT_WAIT;
+        let (m, cv) = &*self.lines;
+        let mut out = m.lock().unwrap();
+        while !out.raw.contains(needle) {
+            let now = Instant::now();
+            if now >= deadline {
+                panic!(
+                    "client printed no {needle:?} within {CLIENT_WAIT:?}; output:\n{}",
+                    out.raw
+                );
+            }
+            out = cv.wait_timeout(out, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Waits for a line starting with `prefix`.
+    pub fn expect_prefix(&mut self, prefix: &str) -> String {
+        self.expect(|l| l.starts_with(prefix), prefix)
+    }
+
+    /// Closes stdin and waits (bounded) for the exit status; returns every output line.
+    pub fn finish(mut self) -> (Option<i32>, Vec<String>) {
+        drop(self.stdin.take());
+        let mut child = self.child.take().expect("client already finished");
+        let pid = child.id();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        let code = match rx.recv_timeout(CLIENT_WAIT) {
+            Ok(s) => s.expect("wait client").code(),
+            Err(_) => {
+                // SAFETY: our own child, not reaped yet.
+                unsafe {
+                    libc::kill(pid as libc::pid_t, libc::SIGKILL);
+                }
+                panic!("interactive client did not exit after end of input");
+            }
+        };
+        // The process is gone, so its stdout is at EOF and the reader ends.
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        let raw = self.lines.0.lock().unwrap().raw.clone();
+        (code, raw.lines().map(str::to_string).collect())
+    }
+
+    /// Everything printed so far.
+    pub fn output(&self) -> String {
+        self.lines.0.lock().unwrap().raw.clone()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A raw name-server session for `user` at `nm_addr` (HELLO answered by WELCOME).
+pub fn hello(nm_addr: &str, user: &str) -> Result<Connection, WireError> {
+    let mut c = Connection::connect(nm_addr, Duration::from_secs(5))
+        .map_err(|e| WireError::new(pairfs::protocol::ErrorCode::Unavailable, e.to_string()))?;
+    c.set_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| WireError::new(pairfs::protocol::ErrorCode::Unavailable, e.to_string()))?;
+    c.call(&Message::Hello { user: user.into() }, &[])?;
+    Ok(c)
+}
+
+/// LOCATE on an open name-server session: the storage server's address and a ticket.
+pub fn locate(
+    nm: &mut Connection,
+    file: &str,
+    mode: AccessMode,
+) -> Result<(String, Ticket), WireError> {
+    let f = nm.call(
+        &Message::Locate {
+            file: file.into(),
+            mode,
+        },
+        &[],
+    )?;
+    match f.msg {
+        Message::Located { addr, ticket, .. } => Ok((addr, ticket)),
+        other => panic!("LOCATE answered {other:?}"),
+    }
+}
+
+/// READ through the protocol (LOCATE, then READ at the storage server): the whole content.
+pub fn raw_read(nm_addr: &str, user: &str, file: &str) -> Result<Vec<u8>, WireError> {
+    let mut nm = hello(nm_addr, user)?;
+    let (addr, ticket) = locate(&mut nm, file, AccessMode::Read)?;
+    read_with_ticket(&addr, file, ticket)
+}
+
+/// READ at a storage server with a given ticket.
+pub fn read_with_ticket(addr: &str, file: &str, ticket: Ticket) -> Result<Vec<u8>, WireError> {
+    let mut ss = Connection::connect(addr, Duration::from_secs(5))
+        .map_err(|e| WireError::new(pairfs::protocol::ErrorCode::Unavailable, e.to_string()))?;
+    ss.set_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| WireError::new(pairfs::protocol::ErrorCode::Unavailable, e.to_string()))?;
+    let f = ss.call(
+        &Message::Read {
+            file: file.into(),
+            ticket,
+        },
+        &[],
+    )?;
+    let Message::ReadOk { size, .. } = f.msg else {
+        panic!("READ answered {:?}", f.msg);
+    };
+    let mut content = Vec::with_capacity(size as usize);
+    loop {
+        let f = ss.recv_some().map_err(WireError::from)?;
+        match f.msg.into_result()? {
+            Message::Chunk {} => content.extend_from_slice(&f.body),
+            Message::End {} => break,
+            other => panic!("READ stream carried {other:?}"),
+        }
+    }
+    assert_eq!(content.len() as u64, size, "READ_OK size vs bytes sent");
+    Ok(content)
+}
+
+/// One WRITE session through the protocol: open sentence `sentence`, apply `edits`, commit.
+pub fn raw_write(
+    nm_addr: &str,
+    user: &str,
+    file: &str,
+    sentence: u64,
+    edits: &[(u64, &str)],
+) -> Result<FileState, WireError> {
+    let mut nm = hello(nm_addr, user)?;
+    let (addr, ticket) = locate(&mut nm, file, AccessMode::Write)?;
+    let mut ss = Connection::connect(&addr, Duration::from_secs(5))
+        .map_err(|e| WireError::new(pairfs::protocol::ErrorCode::Unavailable, e.to_string()))?;
+    ss.set_timeout(Some(Duration::from_secs(20)))
+        .map_err(|e| WireError::new(pairfs::protocol::ErrorCode::Unavailable, e.to_string()))?;
+    ss.call(
+        &Message::WriteBegin {
+            file: file.into(),
+            sentence,
+            ticket,
+        },
+        &[],
+    )?;
+    for (k, text) in edits {
+        ss.call(
+            &Message::Edit {
+                word_index: *k,
+                text: text.to_string(),
+            },
+            &[],
+        )?;
+    }
+    match ss.call(&Message::Commit {}, &[])?.msg {
+        Message::Committed { state } => Ok(state),
+        other => panic!("COMMIT answered {other:?}"),
+    }
+}
+
+/// CREATE through the protocol.
+pub fn raw_create(nm_addr: &str, user: &str, file: &str) -> Result<(), WireError> {
+    let mut nm = hello(nm_addr, user)?;
+    nm.call(&Message::Create { file: file.into() }, &[])?;
+    Ok(())
+}

@@ -1,0 +1,285 @@
+//! WRITE semantics (SPEC §3): sentences, word indexes, locks, concurrent sessions, atomic
+//! visibility to readers.
+
+use crate::harness::*;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+
+#[test]
+fn delimiters_inside_tokens_split_sentences() {
+    let c = Cluster::start();
+    let alice = c.client("alice");
+    alice
+        .run("CREATE a.txt\nWRITE a.txt 0\n0 e.g. wow\nETIRW\nREAD a.txt\n")
+        .assert_contains("Sentence: e.g. wow\n")
+        .assert_contains("e.g. wow\n")
+        .assert_code(0);
+    // Three sentences now: `e.`, `g.`, and the unfinished `wow`.
+    alice
+        .run("WRITE a.txt 1\n1 hmm\nETIRW\nREAD a.txt\n")
+        .assert_contains("Sentence: g. hmm\n")
+        .assert_contains("Write Successful!\n")
+        .assert_contains("e.g. hmm wow\n");
+    alice
+        .run("WRITE a.txt 2\n0 x\nETIRW\nREAD a.txt\n")
+        .assert_contains("Sentence: x hmm wow\n")
+        .assert_contains("e.g. x hmm wow\n");
+    // The last sentence is unfinished, so index == count is out of range.
+    alice
+        .run("WRITE a.txt 3\n")
+        .assert_contains("ERROR [INVALID]: Sentence index out of range")
+        .assert_code(1);
+}
+
+#[test]
+fn sentence_index_rules() {
+    let c = Cluster::start();
+    let alice = c.client("alice");
+    alice.run("CREATE a.txt\n").assert_code(0);
+    // An empty file has exactly one slot, index 0.
+    alice
+        .run("WRITE a.txt 1\n")
+        .assert_lines(&["ERROR [INVALID]: Sentence index out of range"])
+        .assert_code(1);
+    alice
+        .run("WRITE a.txt 0\n0 Hello world.\nETIRW\n")
+        .assert_code(0);
+    // Appending at index == count after a finished sentence.
+    alice
+        .run("WRITE a.txt 1\n0 Second one!\nETIRW\nREAD a.txt\n")
+        .assert_contains("Hello world. Second one!\n")
+        .assert_code(0);
+    alice
+        .run("WRITE a.txt 5\n")
+        .assert_contains("ERROR [INVALID]: Sentence index out of range");
+    // Inserting in the middle and at the end of an existing sentence.
+    alice
+        .run("WRITE a.txt 0\n1 big\n3 again\nETIRW\nREAD a.txt\n")
+        .assert_contains("Sentence: Hello big world.\n")
+        .assert_contains("Sentence: Hello big world. again\n")
+        .assert_contains("Hello big world. again Second one!\n");
+}
+
+#[test]
+fn bad_word_index_keeps_the_session() {
+    let c = Cluster::start();
+    let out = c
+        .client("alice")
+        .run("CREATE a.txt\nWRITE a.txt 0\n0 One two.\n5 nope\nx y\n2 three\nETIRW\nREAD a.txt\n");
+    out.assert_contains("ERROR [INVALID]: Word index out of range\n")
+        .assert_contains("ERROR [INVALID]: expected '<word_index> <text>' or ETIRW")
+        .assert_contains("Sentence: One two. three\n")
+        .assert_contains("Write Successful!\n")
+        .assert_contains("One two. three\n");
+}
+
+#[test]
+fn newlines_and_spacing_outside_the_sentence_are_kept() {
+    let text = "Line one.\nLine   two.\n\n  Line three.\n";
+    let c = Cluster::builder()
+        .seed("ss1", "n.txt", text.as_bytes())
+        .start();
+    // A hand-placed file is adopted; its owner is `admin`.
+    c.client("admin")
+        .run("WRITE n.txt 1\n0 Big\nETIRW\n")
+        .assert_code(0);
+    let got = raw_read(c.nm_addr(), "admin", "n.txt").expect("read");
+    assert_eq!(
+        String::from_utf8(got).unwrap(),
+        "Line one.\nBig Line two.\n\n  Line three.\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(c.storage("ss1").join("files/n.txt")).unwrap(),
+        "Line one.\nBig Line two.\n\n  Line three.\n"
+    );
+}
+
+#[test]
+fn locked_sentence_other_sentences_writable_and_both_commit() {
+    let c = Cluster::start();
+    c.client("alice")
+        .run("CREATE a.txt\nWRITE a.txt 0\n0 First.\nETIRW\nWRITE a.txt 1\n0 Second.\nETIRW\nADDACCESS -W a.txt bob\n")
+        .assert_code(0);
+    let mut a = c.client("alice").spawn();
+    a.send("WRITE a.txt 0");
+    a.send("0 Alice's");
+    a.expect_prefix("Sentence: Alice's First.");
+    // Same sentence: locked. The lock holder's other work is unaffected.
+    c.client("bob")
+        .run("WRITE a.txt 0\n")
+        .assert_contains("ERROR [LOCKED]: Sentence is locked by another writer")
+        .assert_code(1);
+    // The owner cannot delete or undo under an open session either.
+    c.client("alice")
+        .run("DELETE a.txt\n")
+        .assert_contains("ERROR [LOCKED]:");
+    c.client("alice")
+        .run("UNDO a.txt\n")
+        .assert_contains("ERROR [LOCKED]:");
+    // Readers see the committed content, not the session's private copy.
+    c.client("bob")
+        .run("READ a.txt\n")
+        .assert_lines(&["First. Second."]);
+    // Another sentence is writable, in a session open at the same time.
+    let mut b = c.client("bob").spawn();
+    b.send("WRITE a.txt 1");
+    b.send("0 Bob's");
+    b.expect_prefix("Sentence: Bob's Second.");
+    b.send("ETIRW");
+    b.expect_prefix("Write Successful!");
+    a.send("ETIRW");
+    a.expect_prefix("Write Successful!");
+    assert_eq!(a.finish().0, Some(0));
+    assert_eq!(b.finish().0, Some(0));
+    c.client("alice")
+        .run("READ a.txt\n")
+        .assert_lines(&["Alice's First. Bob's Second."]);
+    // The lock is released by ETIRW.
+    c.client("bob")
+        .run("WRITE a.txt 0\n0 Now\nETIRW\n")
+        .assert_code(0);
+}
+
+#[test]
+fn abandoned_session_releases_the_lock_and_writes_nothing() {
+    let c = Cluster::start();
+    c.client("alice")
+        .run("CREATE a.txt\nWRITE a.txt 0\n0 Keep.\nETIRW\n")
+        .assert_code(0);
+    let mut a = c.client("alice").spawn();
+    a.send("WRITE a.txt 0");
+    a.send("0 Lost");
+    a.expect_prefix("Sentence: Lost Keep.");
+    // End of input inside a session abandons it (a failure).
+    assert_eq!(a.finish().0, Some(1));
+    c.client("alice")
+        .run("READ a.txt\nWRITE a.txt 0\n0 Yes\nETIRW\n")
+        .assert_contains("Keep.\n")
+        .assert_contains("Write Successful!")
+        .assert_code(0);
+}
+
+#[test]
+fn concurrent_sessions_on_different_sentences_all_commit() {
+    let c = Cluster::start();
+    let n = 6u64;
+    raw_create(c.nm_addr(), "alice", "m.txt").unwrap();
+    for i in 0..n {
+        raw_write(c.nm_addr(), "alice", "m.txt", i, &[(0, &format!("S{i}."))]).unwrap();
+    }
+    // Every session opens before any commits, then they commit in reverse order.
+    let mut sessions = Vec::new();
+    for i in 0..n {
+        let mut s = c.client("alice").spawn();
+        s.send(&format!("WRITE m.txt {i}"));
+        s.send(&format!("0 edit{i}"));
+        s.expect_prefix(&format!("Sentence: edit{i} S{i}."));
+        sessions.push(s);
+    }
+    // Commit in an order that is neither the opening order nor its reverse.
+    let order: Vec<usize> = (0..n as usize)
+        .step_by(2)
+        .chain((1..n as usize).step_by(2))
+        .collect();
+    for i in order {
+        sessions[i].send("ETIRW");
+        sessions[i].expect_prefix("Write Successful!");
+    }
+    for s in sessions {
+        assert_eq!(s.finish().0, Some(0));
+    }
+    let want: Vec<String> = (0..n).map(|i| format!("edit{i} S{i}.")).collect();
+    let got = String::from_utf8(raw_read(c.nm_addr(), "alice", "m.txt").unwrap()).unwrap();
+    assert_eq!(got, want.join(" "));
+}
+
+#[test]
+fn concurrent_commits_from_threads_lose_nothing() {
+    let c = Cluster::start();
+    let n = 8u64;
+    raw_create(c.nm_addr(), "alice", "t.txt").unwrap();
+    for i in 0..n {
+        raw_write(c.nm_addr(), "alice", "t.txt", i, &[(0, &format!("S{i}."))]).unwrap();
+    }
+    let addr = c.nm_addr().to_string();
+    let rounds = 5;
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let addr = addr.clone();
+            thread::spawn(move || {
+                for r in 0..rounds {
+                    raw_write(&addr, "alice", "t.txt", i, &[(0, &format!("r{r}"))])
+                        .unwrap_or_else(|e| panic!("writer {i} round {r}: {e}"));
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let got = String::from_utf8(raw_read(&addr, "alice", "t.txt").unwrap()).unwrap();
+    let prefix: Vec<String> = (0..rounds).rev().map(|r| format!("r{r}")).collect();
+    let want: Vec<String> = (0..n)
+        .map(|i| format!("{} S{i}.", prefix.join(" ")))
+        .collect();
+    assert_eq!(got, want.join(" "));
+}
+
+#[test]
+fn readers_see_old_or_new_never_a_mix() {
+    let c = Cluster::start();
+    raw_create(c.nm_addr(), "alice", "big.txt").unwrap();
+    // About 200 KB in sentences of about 20 KB, so every commit rewrites a large file.
+    let mut base = Vec::new();
+    for s in 0..10 {
+        let words: Vec<String> = (0..2500).map(|w| format!("s{s}w{w}")).collect();
+        let sentence = format!("{}.", words.join(" "));
+        raw_write(c.nm_addr(), "alice", "big.txt", s, &[(0, &sentence)]).unwrap();
+        base.push(sentence);
+    }
+    let base = base.join(" ");
+    let commits = 20;
+    let mut versions = HashSet::new();
+    versions.insert(base.clone());
+    // Versions after each commit: the writer prepends k0, then k1 before it, ...
+    let mut cur = base.clone();
+    for k in 0..commits {
+        cur = format!("k{k} {cur}");
+        versions.insert(cur.clone());
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let addr = c.nm_addr().to_string();
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let addr = addr.clone();
+            let stop = stop.clone();
+            let versions = versions.clone();
+            thread::spawn(move || {
+                let mut reads = 0;
+                while !stop.load(Ordering::Relaxed) || reads == 0 {
+                    let got = raw_read(&addr, "alice", "big.txt").expect("read");
+                    let got = String::from_utf8(got).expect("utf-8");
+                    assert!(
+                        versions.contains(&got),
+                        "a read returned content that is no committed version ({} bytes, starts {:?})",
+                        got.len(),
+                        &got[..got.len().min(60)]
+                    );
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    for k in 0..commits {
+        raw_write(&addr, "alice", "big.txt", 0, &[(0, &format!("k{k}"))]).unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        assert!(r.join().unwrap() > 0);
+    }
+    let got = String::from_utf8(raw_read(&addr, "alice", "big.txt").unwrap()).unwrap();
+    assert_eq!(got, cur);
+}
