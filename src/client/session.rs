@@ -194,21 +194,31 @@ impl Session {
     fn call_nm(&mut self, msg: &Message, timeout_ms: u64) -> Result<Frame, CmdError> {
         let conn = self.nm()?;
         let _ = conn.set_timeout(Some(Duration::from_millis(timeout_ms)));
-        let result = match conn.send(msg, b"") {
+        if conn.send(msg, b"").is_err() {
+            self.nm = None;
+            return Err(CmdError::lost_nm());
+        }
+        self.recv_nm(timeout_ms)
+    }
+
+    /// Reads the next frame of a reply from the name server (the first one after
+    /// [`Session::call_nm`], or a further page of a paged listing).
+    fn recv_nm(&mut self, timeout_ms: u64) -> Result<Frame, CmdError> {
+        // The rest of a reply comes on the connection the request went out on, never a new one.
+        let conn = self.nm.as_mut().ok_or_else(CmdError::lost_nm)?;
+        let _ = conn.set_timeout(Some(Duration::from_millis(timeout_ms)));
+        let result: Result<Frame, CmdError> = match conn.recv_some() {
+            Ok(f) => Ok(f),
+            Err(ConnError::Frame(e)) => Err(WireError::from(e).into()),
+            Err(ConnError::Io(e))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+                ) =>
+            {
+                Err(err::timeout("the name server did not answer in time").into())
+            }
             Err(_) => Err(CmdError::lost_nm()),
-            Ok(()) => match conn.recv_some() {
-                Ok(f) => Ok(f),
-                Err(ConnError::Frame(e)) => Err(WireError::from(e).into()),
-                Err(ConnError::Io(e))
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
-                    ) =>
-                {
-                    Err(err::timeout("the name server did not answer in time").into())
-                }
-                Err(_) => Err(CmdError::lost_nm()),
-            },
         };
         match result {
             Ok(f) => {
@@ -258,19 +268,39 @@ impl Session {
                     all: *all,
                     long: *long,
                 };
-                match self.call_nm(&req, t)?.msg {
-                    Message::FileList { files } => {
-                        out.write_all(render::view(&files, *long).as_bytes())?
+                let mut reply = self.call_nm(&req, t)?.msg;
+                let mut files = Vec::new();
+                loop {
+                    match reply {
+                        Message::FileList { files: page, more } => {
+                            files.extend(page);
+                            if !more {
+                                break;
+                            }
+                        }
+                        m => return Err(unexpected(&m, "the name server").into()),
                     }
-                    m => return Err(unexpected(&m, "the name server").into()),
+                    reply = self.recv_nm(t)?.msg;
                 }
+                out.write_all(render::view(&files, *long).as_bytes())?
             }
-            Command::List => match self.call_nm(&Message::ListUsers {}, t)?.msg {
-                Message::Users { users } => {
-                    out.write_all(render::arrows(users.iter().map(String::as_str)).as_bytes())?
+            Command::List => {
+                let mut reply = self.call_nm(&Message::ListUsers {}, t)?.msg;
+                let mut users = Vec::new();
+                loop {
+                    match reply {
+                        Message::Users { users: page, more } => {
+                            users.extend(page);
+                            if !more {
+                                break;
+                            }
+                        }
+                        m => return Err(unexpected(&m, "the name server").into()),
+                    }
+                    reply = self.recv_nm(t)?.msg;
                 }
-                m => return Err(unexpected(&m, "the name server").into()),
-            },
+                out.write_all(render::arrows(users.iter().map(String::as_str)).as_bytes())?
+            }
             Command::AddAccess { file, user, write } => {
                 let req = Message::AddAccess {
                     file: file.clone(),

@@ -78,8 +78,12 @@ fn fake_nm(ss_port: u16) -> u16 {
         }),
         Message::ListUsers {} => one(Message::Users {
             users: vec!["alice".into(), "bob".into()],
+            more: false,
         }),
-        Message::View { .. } => one(Message::FileList { files: vec![] }),
+        Message::View { .. } => one(Message::FileList {
+            files: vec![],
+            more: false,
+        }),
         Message::Exec { .. } => (
             vec![(
                 Message::ExecOutput {

@@ -8,6 +8,7 @@
 use crate::auth::{ClusterKey, NM_USER};
 use crate::logging::ev;
 use crate::names;
+use crate::protocol::frame;
 use crate::protocol::{
     err, AccessEntry, AccessMode, FileInfo, FileState, FileSummary, Frame, Message, ReplicaInfo,
     TicketOp, Version, WireError,
@@ -790,11 +791,27 @@ impl Core {
                     })
                     .collect();
                 files.sort_by(|a, b| a.file.cmp(&b.file));
-                self.reply(conn, Message::FileList { files });
+                // JSON escaping at most doubles a string; 160 bytes cover keys and numbers.
+                let pages = frame::paginate(files, |f| {
+                    2 * (f.file.len()
+                        + f.owner.len()
+                        + f.accessed_by.as_ref().map_or(0, String::len))
+                        + 160
+                });
+                let last = pages.len() - 1;
+                for (i, files) in pages.into_iter().enumerate() {
+                    let more = i < last;
+                    self.reply(conn, Message::FileList { files, more });
+                }
             }
             Message::ListUsers {} => {
-                let users = self.users.iter().cloned().collect();
-                self.reply(conn, Message::Users { users });
+                let users: Vec<String> = self.users.iter().cloned().collect();
+                let pages = frame::paginate(users, |u| 2 * u.len() + 4);
+                let last = pages.len() - 1;
+                for (i, users) in pages.into_iter().enumerate() {
+                    let more = i < last;
+                    self.reply(conn, Message::Users { users, more });
+                }
             }
             Message::AddAccess {
                 file,
@@ -1569,11 +1586,11 @@ mod tests {
         // bob sees the file in VIEW; a stranger sees it only with -a.
         hello(&mut c, 12, "dave");
         let view = |all| Message::View { all, long: false };
-        let Message::FileList { files } = only_reply(send(&mut c, 12, view(false), 0)) else {
+        let Message::FileList { files, .. } = only_reply(send(&mut c, 12, view(false), 0)) else {
             panic!()
         };
         assert!(files.is_empty());
-        let Message::FileList { files } = only_reply(send(&mut c, 12, view(true), 0)) else {
+        let Message::FileList { files, .. } = only_reply(send(&mut c, 12, view(true), 0)) else {
             panic!()
         };
         assert_eq!(files.len(), 1);
@@ -1598,7 +1615,7 @@ mod tests {
             code(only_reply(send(&mut c, 11, locate(AccessMode::Read), 0))),
             ErrorCode::Unauthorized
         );
-        let Message::Users { users } = only_reply(send(&mut c, 12, Message::ListUsers {}, 0))
+        let Message::Users { users, .. } = only_reply(send(&mut c, 12, Message::ListUsers {}, 0))
         else {
             panic!()
         };

@@ -828,7 +828,7 @@ mod tests {
         let shutdown = started.shutdown.clone();
         let loop_thread = std::thread::spawn(move || started.server.run());
         let mut bob = client(addr, "bob");
-        let Message::FileList { files } = call(
+        let Message::FileList { files, .. } = call(
             &mut bob,
             Message::View {
                 all: true,
@@ -855,7 +855,7 @@ mod tests {
             "servers start down until they register"
         );
         assert_eq!(info.accessed_by.as_deref(), Some("alice"));
-        let Message::Users { users } = call(&mut bob, Message::ListUsers {}).unwrap() else {
+        let Message::Users { users, .. } = call(&mut bob, Message::ListUsers {}).unwrap() else {
             panic!()
         };
         assert_eq!(users, vec!["admin", "alice", "bob"]);

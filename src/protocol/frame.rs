@@ -29,6 +29,28 @@ pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 pub const CHUNK_BYTES: usize = 1024 * 1024;
 /// Most entries in one FILE_BATCH frame (keeps the header under its cap for long names too).
 pub const FILE_BATCH_MAX: usize = 100;
+/// Header bytes one page of a paged listing (FILE_LIST, USERS) may fill; well under
+/// [`MAX_HEADER_BYTES`] even when its last row is the longest a name allows.
+pub const PAGE_BUDGET_BYTES: usize = 32 * 1024;
+
+/// Splits `rows` into pages whose estimated encoded size stays within [`PAGE_BUDGET_BYTES`];
+/// always at least one page (possibly empty), so a listing always gets an answer.
+pub fn paginate<T>(rows: Vec<T>, size_of: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
+    let mut pages = vec![Vec::new()];
+    let mut used = 0;
+    for row in rows {
+        let n = size_of(&row);
+        if used + n > PAGE_BUDGET_BYTES && !pages.last().is_some_and(Vec::is_empty) {
+            pages.push(Vec::new());
+            used = 0;
+        }
+        used += n;
+        if let Some(p) = pages.last_mut() {
+            p.push(row);
+        }
+    }
+    pages
+}
 
 /// A decoded frame: the message and its body (empty when the header declared none).
 #[derive(Debug, Clone, PartialEq)]
@@ -333,6 +355,21 @@ mod tests {
     fn wrong_version_is_refused() {
         let mut buf = b"{\"v\":9,\"op\":\"DONE\"}\n".to_vec();
         assert_eq!(decode(&mut buf), Err(FrameError::BadVersion(9)));
+    }
+
+    #[test]
+    fn pages_stay_under_the_budget_and_keep_order() {
+        let rows: Vec<String> = (0..10_000).map(|i| format!("file-{i:05}.txt")).collect();
+        let pages = paginate(rows.clone(), |r| r.len() + 100);
+        assert!(pages.len() > 1);
+        for p in &pages {
+            assert!(p.iter().map(|r| r.len() + 100).sum::<usize>() <= PAGE_BUDGET_BYTES);
+        }
+        assert_eq!(pages.concat(), rows);
+        assert_eq!(
+            paginate(Vec::<String>::new(), |_| 1),
+            vec![Vec::<String>::new()]
+        );
     }
 
     proptest! {

@@ -6,7 +6,7 @@
 //! ```text
 //! client -> nm : HELLO                          <- WELCOME
 //! client -> nm : CREATE | DELETE | UNDO | REMACCESS        <- DONE | ERR
-//! client -> nm : INFO <- INFO_REPLY;  VIEW <- FILE_LIST;  LIST_USERS <- USERS
+//! client -> nm : INFO <- INFO_REPLY;  VIEW <- FILE_LIST+;  LIST_USERS <- USERS+ (paged)
 //! client -> nm : ADD_ACCESS                     <- ACCESS_GRANTED | ERR
 //! client -> nm : EXEC                           <- EXEC_OUTPUT (body = output) | ERR
 //! client -> nm : LOCATE                         <- LOCATED (ss address + ticket) | ERR
@@ -295,17 +295,24 @@ pub enum Message {
         /// `-l`: the long table (the reply is the same; the client renders).
         long: bool,
     },
-    /// Reply to VIEW, sorted by display name.
+    /// Reply to VIEW, sorted by display name. A long list comes as several FILE_LIST frames
+    /// (each under the header cap); every one but the last has `more: true`.
     FileList {
-        /// Rows.
+        /// Rows of this page.
         files: Vec<FileSummary>,
+        /// Another FILE_LIST frame follows.
+        #[serde(default)]
+        more: bool,
     },
     /// LIST.
     ListUsers {},
-    /// Reply to LIST, sorted.
+    /// Reply to LIST, sorted; paged like FILE_LIST.
     Users {
-        /// Every user ever seen.
+        /// Users of this page.
         users: Vec<String>,
+        /// Another USERS frame follows.
+        #[serde(default)]
+        more: bool,
     },
     /// ADDACCESS -R|-W f u.
     AddAccess {
