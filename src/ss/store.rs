@@ -27,12 +27,15 @@ use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+/// Threads a scan uses to adopt files.
+const SCAN_THREADS: usize = 4;
 /// Most undo steps kept per file (SPEC asks for at least 10).
 pub const UNDO_DEPTH: usize = 16;
 
@@ -228,6 +231,26 @@ impl Store {
         durable::replace(&self.tmp, &self.meta_path(file), &bytes).map_err(|e| self.io(file, e))
     }
 
+    /// Writes bookkeeping atomically but without fsync. Scans use it: adopting 10,000 files
+    /// with two fsyncs each takes far too long, and losing such a record in a crash only
+    /// means the file is adopted again. The scan syncs the file system once at its end.
+    fn write_meta_relaxed(&self, file: &str, meta: &Meta) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(meta).map_err(|e| self.io(file, io::Error::other(e)))?;
+        let target = self.meta_path(file);
+        let tmp = durable::temp_path(&self.tmp);
+        let res = (|| {
+            fs::write(&tmp, &bytes)?;
+            if let Some(parent) = target.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            fs::rename(&tmp, &target)
+        })();
+        if res.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        res.map_err(|e| self.io(file, e))
+    }
+
     /// Reads the content and computes checksum and counts (what adoption and commits record).
     fn facts(&self, file: &str) -> Result<ContentFacts, StoreError> {
         let path = self.content_path(file);
@@ -254,7 +277,7 @@ impl Store {
     }
 
     /// Takes content that disagrees with its bookkeeping (or has none) as a new version.
-    fn adopt(&self, file: &str, old: Option<Meta>) -> Result<Meta, StoreError> {
+    fn adopt(&self, file: &str, old: Option<Meta>, durable: bool) -> Result<Meta, StoreError> {
         let f = self.facts(file)?;
         let meta = Meta {
             version: self.next_version(old.as_ref()),
@@ -267,8 +290,16 @@ impl Store {
             owner: old.as_ref().and_then(|m| m.owner.clone()),
             undo: old.map(|m| m.undo).unwrap_or_default(),
         };
-        self.write_meta(file, &meta)?;
-        log::info!(target: ev::SS_ADOPT, file = file, version = meta.version.to_string();
+        // A scan may adopt thousands of files: it logs them per file at debug level and
+        // once in summary; an access logs its one adoption at info.
+        let level = if durable {
+            self.write_meta(file, &meta)?;
+            log::Level::Info
+        } else {
+            self.write_meta_relaxed(file, &meta)?;
+            log::Level::Debug
+        };
+        log::log!(target: ev::SS_ADOPT, level, file = file, version = meta.version.to_string();
             "adopted {file} as version {}", meta.version);
         Ok(meta)
     }
@@ -276,6 +307,11 @@ impl Store {
     /// The current bookkeeping of `file`, adopting the content first if it was changed by
     /// hand. Returns whether it adopted (the caller reports the change). Caller holds the lock.
     pub fn current(&self, file: &str) -> Result<(Meta, bool), StoreError> {
+        self.current_with(file, true)
+    }
+
+    /// [`Store::current`], with the adopted record written durably or not (scans).
+    fn current_with(&self, file: &str, durable: bool) -> Result<(Meta, bool), StoreError> {
         let md = match fs::metadata(self.content_path(file)) {
             Ok(md) if md.is_file() => md,
             Ok(_) => return Err(StoreError::NotFound(names::display(file))),
@@ -286,7 +322,7 @@ impl Store {
         };
         match self.read_meta(file) {
             Some(m) if m.size == md.len() && m.mtime_ns == mtime_ns(&md) => Ok((m, false)),
-            old => Ok((self.adopt(file, old)?, true)),
+            old => Ok((self.adopt(file, old, durable)?, true)),
         }
     }
 
@@ -480,29 +516,63 @@ impl Store {
         self.walk_states(false)
     }
 
-    fn walk_states(&self, cleanup: bool) -> Result<Vec<FileState>, StoreError> {
-        let mut out = Vec::new();
-        let mut referenced = HashSet::new();
-        let mut names_seen = HashSet::new();
-        let mut content = Vec::new();
-        walk(&self.files, &self.files, &mut content).map_err(|e| self.io("files/", e))?;
-        for file in content {
-            if names::canonical_file(&file).ok().as_deref() != Some(file.as_str()) {
-                log::warn!(target: ev::SS_ADOPT, file = file.as_str(); "ignoring {file}: not a valid file name");
-                continue;
-            }
-            let lock = self.file_lock(&file);
+    /// The bookkeeping of each of `files`, adopting as needed (relaxed; see the walk).
+    fn states_of(&self, files: &[String]) -> Vec<(String, Meta, bool)> {
+        let mut out = Vec::with_capacity(files.len());
+        for file in files {
+            let lock = self.file_lock(file);
             let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
-            match self.current(&file) {
-                Ok((meta, _)) => {
-                    referenced.extend(meta.undo.iter().cloned());
-                    out.push(meta.state(&file));
-                    names_seen.insert(file);
-                }
+            match self.current_with(file, false) {
+                Ok((meta, adopted)) => out.push((file.clone(), meta, adopted)),
                 Err(e) => {
                     log::warn!(target: ev::SS_SCAN, file = file.as_str(); "cannot scan {file}: {e}")
                 }
             }
+        }
+        out
+    }
+
+    fn walk_states(&self, cleanup: bool) -> Result<Vec<FileState>, StoreError> {
+        let mut out = Vec::new();
+        let mut referenced = HashSet::new();
+        let mut names_seen = HashSet::new();
+        let mut adopted_count = 0u64;
+        let mut content = Vec::new();
+        walk(&self.files, &self.files, &mut content).map_err(|e| self.io("files/", e))?;
+        content.retain(|file| {
+            let ok = names::canonical_file(file).ok().as_deref() == Some(file.as_str());
+            if !ok {
+                log::warn!(target: ev::SS_ADOPT, file = file.as_str(); "ignoring {file}: not a valid file name");
+            }
+            ok
+        });
+        // Adopting means creating a record per file, which is latency-bound on a busy disk:
+        // a few threads overlap those waits.
+        let per_thread = content.len().div_ceil(SCAN_THREADS).max(1);
+        // A thread that died must fail the scan: a short list would make the name server
+        // forget files this server holds.
+        let results: Option<Vec<Vec<(String, Meta, bool)>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = content
+                .chunks(per_thread)
+                .map(|chunk| scope.spawn(move || self.states_of(chunk)))
+                .collect();
+            handles.into_iter().map(|h| h.join().ok()).collect()
+        });
+        let results =
+            results.ok_or_else(|| self.io("files/", io::Error::other("a scan thread failed")))?;
+        for (file, meta, adopted) in results.into_iter().flatten() {
+            adopted_count += u64::from(adopted);
+            referenced.extend(meta.undo.iter().cloned());
+            out.push(meta.state(&file));
+            names_seen.insert(file);
+        }
+        if adopted_count > 0 {
+            log::info!(target: ev::SS_ADOPT, files = adopted_count;
+                "adopted {adopted_count} files that were new or changed on disk");
+            // One sync for every record the walk wrote (see write_meta_relaxed).
+            let synced = File::open(&self.meta)
+                .and_then(|d| nix::unistd::syncfs(d.as_raw_fd()).map_err(io::Error::from));
+            synced.map_err(|e| self.io("meta/", e))?;
         }
         if !cleanup {
             return Ok(out);
