@@ -1,1 +1,646 @@
-fn main() {}
+//! `pairfs_bench`: how fast pairfs makes changes durable, compared with the disk itself.
+//!
+//! It measures a baseline first (the raw durable write every pairfs change is built on: temp
+//! file, 64 bytes, fsync, rename, fsync of the directory), then starts its own cluster (one name
+//! server, one storage server, release binaries, temp dirs under `$TMPDIR`) and drives CREATE and
+//! WRITE through the wire protocol exactly as the client does. Every row runs a fixed number of
+//! operations per writer (`--ops`) inside a wall-clock budget (`--row-budget-s`), so the whole
+//! run stays bounded. It prints one table; the last column divides each row's throughput by
+//! the 1-writer baseline measured in the same run, so numbers from different machines compare.
+//!
+//! The servers are stopped by PID when the program ends, also on error or panic.
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Parser;
+use pairfs::protocol::{AccessMode, Connection, ErrorCode, Message};
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::Barrier;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Most operations one writer may be asked for, so a typo cannot start an hour-long run.
+const MAX_OPS: u64 = 100_000;
+/// How long a server gets to print its listen line, or the name server to see the storage server.
+const START_TIMEOUT_MS: u64 = 30_000;
+/// How long a stopping server gets after SIGTERM before it is killed.
+const STOP_TIMEOUT_MS: u64 = 5_000;
+/// Connect and read/write timeout of every protocol connection.
+const IO_TIMEOUT_MS: u64 = 30_000;
+/// Bytes written per raw durable write.
+const RAW_WRITE_BYTES: usize = 64;
+/// Server log events forwarded to the waiting bench; others are only written to the log file.
+const WATCHED_EVENTS: [&str; 3] = ["nm_listen", "ss_listen", "nm_ss_register"];
+/// Capacity of each server's watched-event channel; the reader drops events beyond it rather
+/// than stop draining the server's stdout.
+const EVENT_QUEUE_CAP: usize = 64;
+
+/// Flags.
+#[derive(Parser, Debug)]
+#[command(
+    name = "pairfs_bench",
+    about = "Benchmark pairfs against a raw durable write"
+)]
+struct Args {
+    /// Operations per writer or client in each row.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=MAX_OPS))]
+    ops: u64,
+    /// Wall-clock budget of one row in seconds; a row that runs out stops early and says so.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    row_budget_s: u64,
+    /// Directory holding the bin_nm and bin_ss binaries (default: this program's directory,
+    /// i.e. target/release when run by `make bench`).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Measure only the raw durable-write baseline, without starting a cluster.
+    #[arg(long)]
+    raw_only: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("pairfs_bench: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Runs every row and prints the table; returns false when some operation failed.
+fn run(args: &Args) -> Result<bool> {
+    let mut tmp = TempDir::new()?;
+    let mut rows = Vec::new();
+    let result = run_rows(args, tmp.path(), &mut rows);
+    print_table(args, &rows);
+    let clean = rows.iter().all(|r| r.errors == 0);
+    if result.is_err() || !clean {
+        tmp.keep = true;
+        eprintln!("pairfs_bench: logs kept in {}", tmp.path().display());
+    }
+    result.map(|()| clean)
+}
+
+/// Fills `rows` as it goes, so a failure half-way still prints what was measured.
+fn run_rows(args: &Args, tmp: &Path, rows: &mut Vec<Row>) -> Result<()> {
+    let budget = Duration::from_secs(args.row_budget_s);
+    let raw_dir = tmp.join("raw");
+    fs::create_dir_all(raw_dir.join("tmp")).context("creating the raw-write directory")?;
+    for writers in [1, 16] {
+        rows.push(raw_row(&raw_dir, writers, args.ops, budget));
+    }
+    if args.raw_only {
+        return Ok(());
+    }
+    let bin_dir = match &args.bin_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()
+            .context("finding this program's path")?
+            .parent()
+            .map(Path::to_path_buf)
+            .ok_or_else(|| anyhow!("this program's path has no parent directory"))?,
+    };
+    let cluster = Cluster::start(&bin_dir, tmp)?;
+    for clients in [1, 4, 16] {
+        rows.push(create_row(&cluster.nm_addr, clients, args.ops, budget));
+    }
+    for clients in [1, 4, 16] {
+        rows.push(write_row(&cluster.nm_addr, clients, args.ops, budget));
+    }
+    drop(cluster);
+    Ok(())
+}
+
+// ----- measurement -----
+
+/// One line of the table.
+struct Row {
+    /// What was measured.
+    what: &'static str,
+    /// Concurrent writers or clients.
+    workers: usize,
+    /// Latency of every completed operation, in microseconds, sorted.
+    lat_us: Vec<u64>,
+    /// Wall time from the common start to the last worker's end.
+    wall: Duration,
+    /// Failed operations (each ends its worker).
+    errors: u64,
+    /// The first failure, for the note under the table.
+    first_error: Option<String>,
+    /// Whether some worker stopped because the row's budget ran out.
+    out_of_budget: bool,
+}
+
+impl Row {
+    fn ops_per_s(&self) -> f64 {
+        let s = self.wall.as_secs_f64();
+        if s > 0.0 {
+            self.lat_us.len() as f64 / s
+        } else {
+            0.0
+        }
+    }
+
+    /// The p-th percentile latency in milliseconds (nearest rank).
+    fn percentile_ms(&self, p: f64) -> f64 {
+        if self.lat_us.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((p / 100.0) * self.lat_us.len() as f64).ceil() as usize;
+        let idx = rank.clamp(1, self.lat_us.len()) - 1;
+        self.lat_us[idx] as f64 / 1000.0
+    }
+}
+
+/// What one worker thread reports.
+#[derive(Default)]
+struct WorkerReport {
+    lat_us: Vec<u64>,
+    error: Option<String>,
+    out_of_budget: bool,
+}
+
+/// Runs `workers` threads; each runs `setup` (not timed), waits for the others, then runs `op`
+/// up to `ops` times until the budget ends or an op fails.
+fn measure<S, Setup, Op>(
+    what: &'static str,
+    workers: usize,
+    ops: u64,
+    budget: Duration,
+    setup: Setup,
+    op: Op,
+) -> Row
+where
+    Setup: Fn(usize) -> Result<S> + Sync,
+    Op: Fn(&mut S, usize, u64) -> Result<()> + Sync,
+{
+    let barrier = Barrier::new(workers + 1);
+    let (reports, wall) = thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|w| {
+                let (barrier, setup, op) = (&barrier, &setup, &op);
+                scope.spawn(move || {
+                    let state = setup(w);
+                    // Every thread reaches the barrier, even after a failed setup, so none waits
+                    // forever.
+                    barrier.wait();
+                    let mut report = WorkerReport {
+                        lat_us: Vec::with_capacity(ops as usize),
+                        ..WorkerReport::default()
+                    };
+                    let mut state = match state {
+                        Ok(s) => s,
+                        Err(e) => {
+                            report.error = Some(format!("setup: {e:#}"));
+                            return report;
+                        }
+                    };
+                    let deadline = Instant::now() + budget;
+                    for j in 0..ops {
+                        let t0 = Instant::now();
+                        if t0 >= deadline {
+                            report.out_of_budget = true;
+                            break;
+                        }
+                        if let Err(e) = op(&mut state, w, j) {
+                            report.error = Some(format!("{e:#}"));
+                            break;
+                        }
+                        report.lat_us.push(t0.elapsed().as_micros() as u64);
+                    }
+                    report
+                })
+            })
+            .collect();
+        barrier.wait();
+        let start = Instant::now();
+        let reports: Vec<WorkerReport> = handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| WorkerReport {
+                    error: Some("worker panicked".into()),
+                    ..WorkerReport::default()
+                })
+            })
+            .collect();
+        (reports, start.elapsed())
+    });
+    let mut row = Row {
+        what,
+        workers,
+        lat_us: Vec::new(),
+        wall,
+        errors: 0,
+        first_error: None,
+        out_of_budget: false,
+    };
+    for r in reports {
+        row.lat_us.extend(r.lat_us);
+        row.out_of_budget |= r.out_of_budget;
+        if let Some(e) = r.error {
+            row.errors += 1;
+            row.first_error.get_or_insert(e);
+        }
+    }
+    row.lat_us.sort_unstable();
+    row
+}
+
+/// The baseline: each writer durably replaces its own file, as a storage server does per change.
+fn raw_row(dir: &Path, writers: usize, ops: u64, budget: Duration) -> Row {
+    let tmp_dir = dir.join("tmp");
+    let payload = [b'x'; RAW_WRITE_BYTES];
+    measure(
+        "raw durable write (64 B)",
+        writers,
+        ops,
+        budget,
+        |w| Ok(dir.join(format!("raw{writers}_{w}"))),
+        |target, _, _| {
+            pairfs::durable::replace(&tmp_dir, target, &payload)
+                .with_context(|| format!("durable write of {}", target.display()))
+        },
+    )
+}
+
+/// CREATE of a fresh file per op, each client on its own name-server connection.
+fn create_row(nm_addr: &str, clients: usize, ops: u64, budget: Duration) -> Row {
+    measure(
+        "CREATE",
+        clients,
+        ops,
+        budget,
+        |w| nm_session(nm_addr, &format!("bench{w}")),
+        |nm, w, j| create(nm, &format!("c{clients}_{w}_{j}.txt")),
+    )
+}
+
+/// One sentence appended per op (LOCATE, WRITE_BEGIN, EDIT, COMMIT), each client on its own file.
+fn write_row(nm_addr: &str, clients: usize, ops: u64, budget: Duration) -> Row {
+    measure(
+        "WRITE (append 1 sentence)",
+        clients,
+        ops,
+        budget,
+        |w| {
+            let mut nm = nm_session(nm_addr, &format!("bench{w}"))?;
+            let file = format!("w{clients}_{w}.txt");
+            create(&mut nm, &file)?;
+            Ok((nm, file))
+        },
+        |(nm, file), _, j| append_sentence(nm, file, j),
+    )
+}
+
+// ----- protocol -----
+
+fn io_timeout() -> Duration {
+    Duration::from_millis(IO_TIMEOUT_MS)
+}
+
+/// Connects to the name server and says HELLO.
+fn nm_session(addr: &str, user: &str) -> Result<Connection> {
+    let mut c = Connection::connect(addr, io_timeout())
+        .with_context(|| format!("connecting to the name server at {addr}"))?;
+    c.set_timeout(Some(io_timeout()))?;
+    match c.call(&Message::Hello { user: user.into() }, &[])?.msg {
+        Message::Welcome { .. } => Ok(c),
+        other => bail!("HELLO answered with {}", other.op_name()),
+    }
+}
+
+fn create(nm: &mut Connection, file: &str) -> Result<()> {
+    match nm.call(&Message::Create { file: file.into() }, &[])?.msg {
+        Message::Done {} => Ok(()),
+        other => bail!("CREATE {file} answered with {}", other.op_name()),
+    }
+}
+
+/// Appends sentence `j` (the file holds exactly `j` finished sentences before the call).
+fn append_sentence(nm: &mut Connection, file: &str, j: u64) -> Result<()> {
+    let locate = Message::Locate {
+        file: file.into(),
+        mode: AccessMode::Write,
+    };
+    let (addr, ticket) = match nm.call(&locate, &[])?.msg {
+        Message::Located { addr, ticket, .. } => (addr, ticket),
+        other => bail!("LOCATE {file} answered with {}", other.op_name()),
+    };
+    let mut ss = Connection::connect(&addr, io_timeout())
+        .with_context(|| format!("connecting to the storage server at {addr}"))?;
+    ss.set_timeout(Some(io_timeout()))?;
+    let begin = Message::WriteBegin {
+        file: file.into(),
+        sentence: j,
+        ticket,
+    };
+    match ss.call(&begin, &[])?.msg {
+        Message::WriteOpened { .. } => {}
+        other => bail!("WRITE_BEGIN {file} {j} answered with {}", other.op_name()),
+    }
+    let edit = Message::Edit {
+        word_index: 0,
+        text: format!("Sentence number {j}."),
+    };
+    match ss.call(&edit, &[])?.msg {
+        Message::Sentence { .. } => {}
+        other => bail!("EDIT answered with {}", other.op_name()),
+    }
+    match ss.call(&Message::Commit {}, &[])?.msg {
+        Message::Committed { .. } => Ok(()),
+        other => bail!("COMMIT answered with {}", other.op_name()),
+    }
+}
+
+// ----- cluster -----
+
+/// A name server and a storage server started for this run; dropping it stops both by PID.
+struct Cluster {
+    /// Fields drop in order: the storage server stops first, so it never sees its name server
+    /// vanish; both are held only to be stopped.
+    _ss: Server,
+    _nm: Server,
+    nm_addr: String,
+}
+
+impl Cluster {
+    fn start(bin_dir: &Path, tmp: &Path) -> Result<Cluster> {
+        let nm_bin = bin_dir.join("bin_nm");
+        let ss_bin = bin_dir.join("bin_ss");
+        for b in [&nm_bin, &ss_bin] {
+            if !b.is_file() {
+                bail!(
+                    "{} not found: build the release binaries first (cargo build --release)",
+                    b.display()
+                );
+            }
+        }
+        let key = tmp.join("cluster.key");
+        let mut nm = Server::spawn(
+            "nm",
+            tmp,
+            Command::new(&nm_bin)
+                .args(["--host", "127.0.0.1", "--port", "0", "--http-port", "0"])
+                .arg("--data")
+                .arg(tmp.join("nm_data"))
+                .arg("--cluster-key-file")
+                .arg(&key),
+        )?;
+        let nm_addr = nm.wait_event("nm_listen")?;
+        let (nm_host, nm_port) = nm_addr
+            .rsplit_once(':')
+            .ok_or_else(|| anyhow!("nm_listen address {nm_addr:?} has no port"))?;
+        let mut ss = Server::spawn(
+            "ss",
+            tmp,
+            Command::new(&ss_bin)
+                .args(["--nm-host", nm_host, "--nm-port", nm_port])
+                .args(["--host", "127.0.0.1", "--client-port", "0"])
+                .args(["--username", "ss1"])
+                .arg("--storage")
+                .arg(tmp.join("storage_ss1"))
+                .arg("--cluster-key-file")
+                .arg(&key),
+        )?;
+        let cluster_result = ss
+            .wait_event("ss_listen")
+            .and_then(|_| nm.wait_event("nm_ss_register"));
+        let cluster = Cluster {
+            _ss: ss,
+            _nm: nm,
+            nm_addr,
+        };
+        cluster_result?;
+        cluster.warm_up()?;
+        Ok(cluster)
+    }
+
+    /// Creates one file, retrying while the name server still reports no storage server, so
+    /// the first measured op does not pay for registration finishing.
+    fn warm_up(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
+        let mut nm = nm_session(&self.nm_addr, "bench")?;
+        loop {
+            let reply = nm.call(
+                &Message::Create {
+                    file: "warmup.txt".into(),
+                },
+                &[],
+            );
+            match reply {
+                Ok(_) => return Ok(()),
+                Err(e) if e.code == ErrorCode::Unavailable && Instant::now() < deadline => {
+                    thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(anyhow!("warm-up CREATE failed: {e}")),
+            }
+        }
+    }
+}
+
+/// A child server whose stdout log lines are copied to a file and whose watched events are
+/// forwarded to the bench.
+struct Server {
+    name: &'static str,
+    child: Child,
+    events: Receiver<(String, String)>,
+    log_path: PathBuf,
+}
+
+impl Server {
+    fn spawn(name: &'static str, tmp: &Path, cmd: &mut Command) -> Result<Server> {
+        let log_path = tmp.join(format!("{name}.log"));
+        let err_path = tmp.join(format!("{name}.stderr"));
+        let log = File::create(&log_path)?;
+        let stderr = File::create(&err_path)?;
+        let mut child = cmd
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr))
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow!("{name} has no stdout pipe"))?;
+        let (tx, rx) = mpsc::sync_channel(EVENT_QUEUE_CAP);
+        thread::Builder::new()
+            .name(format!("{name}-log"))
+            .spawn(move || forward_log(stdout, log, tx))
+            .context("starting the log reader")?;
+        Ok(Server {
+            name,
+            child,
+            events: rx,
+            log_path,
+        })
+    }
+
+    /// Waits for the next `event` line and returns its `addr` field (empty if absent).
+    fn wait_event(&mut self, event: &str) -> Result<String> {
+        let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok((e, addr)) if e == event => return Ok(addr),
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => bail!(
+                    "{} did not log {event} within {START_TIMEOUT_MS} ms; see {}",
+                    self.name,
+                    self.log_path.display()
+                ),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = self.exit_status_within(Duration::from_millis(STOP_TIMEOUT_MS));
+                    bail!(
+                        "{} closed its output before logging {event} ({}); see {}",
+                        self.name,
+                        status.map_or("still running".to_string(), |s| s.to_string()),
+                        self.log_path.display()
+                    );
+                }
+            }
+        }
+    }
+
+    /// The child's exit status if it exits within `wait`.
+    fn exit_status_within(&mut self, wait: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + wait;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(s)) => return Some(s),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(10)),
+                _ => return None,
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    /// SIGTERM by PID, then SIGKILL by PID if it has not exited in time.
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        if self
+            .exit_status_within(Duration::from_millis(STOP_TIMEOUT_MS))
+            .is_some()
+        {
+            return;
+        }
+        eprintln!("pairfs_bench: {} ignored SIGTERM; killing it", self.name);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Copies every stdout line to the log file and forwards watched events; keeps draining until
+/// the server closes stdout, so the server never blocks on a full pipe.
+fn forward_log(stdout: impl std::io::Read, mut log: File, tx: SyncSender<(String, String)>) {
+    let mut reader = BufReader::new(stdout);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let _ = log.write_all(&line);
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line) else {
+            continue;
+        };
+        let event = v.get("event").and_then(|e| e.as_str()).unwrap_or_default();
+        if WATCHED_EVENTS.contains(&event) {
+            let addr = v.get("addr").and_then(|a| a.as_str()).unwrap_or_default();
+            let _ = tx.try_send((event.to_string(), addr.to_string()));
+        }
+    }
+}
+
+/// A unique directory under `$TMPDIR`, removed at the end unless kept for its logs.
+struct TempDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl TempDir {
+    fn new() -> Result<TempDir> {
+        let path = std::env::temp_dir().join(format!(
+            "pairfs-bench-{}-{}",
+            std::process::id(),
+            pairfs::auth::random_hex(4)
+        ));
+        fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(TempDir { path, keep: false })
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+// ----- output -----
+
+fn print_table(args: &Args, rows: &[Row]) {
+    let base = rows
+        .iter()
+        .find(|r| r.what.starts_with("raw") && r.workers == 1)
+        .map(Row::ops_per_s)
+        .filter(|b| *b > 0.0);
+    println!(
+        "pairfs_bench: {} ops per writer/client, row budget {} s, temp dir under {}",
+        args.ops,
+        args.row_budget_s,
+        std::env::temp_dir().display()
+    );
+    println!();
+    println!("| what | writers/clients | ops/s | p50 ms | p99 ms | ratio vs raw 1-writer |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let ratio = base.map_or("-".to_string(), |b| format!("{:.3}", r.ops_per_s() / b));
+        println!(
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {} |",
+            r.what,
+            r.workers,
+            r.ops_per_s(),
+            r.percentile_ms(50.0),
+            r.percentile_ms(99.0),
+            ratio
+        );
+    }
+    for r in rows {
+        if r.out_of_budget {
+            println!(
+                "note: {} x{} ran out of its budget after {} ops",
+                r.what,
+                r.workers,
+                r.lat_us.len()
+            );
+        }
+        if let Some(e) = &r.first_error {
+            println!(
+                "note: {} x{}: {} of {} workers failed; first error: {e}",
+                r.what, r.workers, r.errors, r.workers
+            );
+        }
+    }
+}

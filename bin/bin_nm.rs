@@ -1,1 +1,101 @@
-fn main() {}
+//! `bin_nm`: the pairfs name server. Parses flags and runs `pairfs::nm::run`.
+
+use clap::{Parser, ValueEnum};
+use pairfs::nm::{self, Config, ReplicationMode};
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Replication {
+    /// Answer once the primary has the change; the backup follows.
+    Async,
+    /// Answer once both copies are durable.
+    Sync,
+}
+
+/// The pairfs name server: namespace, access rights, placement and storage-server liveness.
+#[derive(Parser, Debug)]
+#[command(name = "bin_nm", version, about)]
+struct Cli {
+    /// Address to listen on for clients and storage servers.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0 picks any free port; the bound address is logged as nm_listen).
+    #[arg(long, default_value_t = 5000)]
+    port: u16,
+    /// Directory holding the name server's durable state.
+    #[arg(long, default_value = "./nm_data")]
+    data: PathBuf,
+    /// Port of the HTTP status endpoint (/health, /status); 0 turns it off.
+    #[arg(long, default_value_t = 5080)]
+    http_port: u16,
+    /// Heartbeat interval storage servers are told to use, in milliseconds.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    heartbeat_interval_ms: u64,
+    /// Silence after which a storage server is declared down, in milliseconds.
+    #[arg(long, default_value_t = 15000, value_parser = clap::value_parser!(u64).range(1..))]
+    heartbeat_timeout_ms: u64,
+    /// Replication mode: async answers after the primary, sync after both copies.
+    #[arg(long, value_enum, default_value_t = Replication::Async)]
+    replication: Replication,
+    /// Worker threads for calls to storage servers and EXEC.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
+    workers: u64,
+    /// Capacity of the worker job queue.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    queue_cap: u64,
+    /// Wall-clock limit of an EXEC script, in seconds.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    exec_timeout_s: u64,
+    /// Refuse EXEC.
+    #[arg(long)]
+    no_exec: bool,
+    /// Cluster key file (default: $HOME/.pairfs/cluster.key, created if missing).
+    #[arg(long)]
+    cluster_key_file: Option<PathBuf>,
+    /// Most simultaneous connections.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    max_connections: u64,
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                std::process::exit(0);
+            }
+            let text = e.to_string();
+            let line = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("bin_nm: {}", line.trim_start_matches("error: "));
+            std::process::exit(2);
+        }
+    };
+    pairfs::logging::init_server();
+    let cfg = Config {
+        host: cli.host,
+        port: cli.port,
+        data_dir: cli.data,
+        http_port: cli.http_port,
+        heartbeat_interval_ms: cli.heartbeat_interval_ms,
+        heartbeat_timeout_ms: cli.heartbeat_timeout_ms,
+        replication: match cli.replication {
+            Replication::Async => ReplicationMode::Async,
+            Replication::Sync => ReplicationMode::Sync,
+        },
+        workers: cli.workers as usize,
+        queue_cap: cli.queue_cap as usize,
+        exec_timeout_s: cli.exec_timeout_s,
+        exec_enabled: !cli.no_exec,
+        cluster_key_file: cli
+            .cluster_key_file
+            .unwrap_or_else(pairfs::auth::default_key_path),
+        max_connections: cli.max_connections as usize,
+    };
+    if let Err(e) = nm::run(&cfg) {
+        log::error!(target: pairfs::logging::ev::SHUTDOWN, "name server failed: {e}");
+        eprintln!("bin_nm: {e}");
+        std::process::exit(1);
+    }
+}

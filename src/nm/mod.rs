@@ -1,3 +1,232 @@
 //! The name server: namespace, users, access rights, placement, and (later) replication.
+//!
+//! `core` decides, `store` makes decisions durable, `server` runs the mio event loop, `worker`
+//! makes blocking calls to storage servers, `exec` runs EXEC scripts, `http` serves status.
+//! [`start`] wires them together; `bin_nm` parses flags and calls [`run`].
+//!
+//! Choices made where the behaviour contract is silent:
+//!
+//! * A client's requests are answered strictly in order: while one waits on a storage server
+//!   (CREATE, DELETE, UNDO, EXEC), the connection's next frame stays unread in its buffer.
+//! * Granting access to a user never seen does not make them "seen": `LIST` shows users who
+//!   said HELLO (and owners of adopted files), so a mistyped grantee does not appear there.
+//! * A file adopted from a storage server that does not know its owner belongs to `admin`.
+//! * A storage server silent for `--heartbeat-timeout-ms` is marked down and its link is
+//!   closed, so it must register again (and be reconciled) before it serves anything.
+//! * A DELETE whose copy is already gone from the storage server (NOT_FOUND) still removes
+//!   the record: the user's intent is met.
+//! * Until folders exist, files can only be created in the root; a nested name is NOT_FOUND
+//!   with a message saying so.
 
+pub mod core;
 pub mod exec;
+pub mod http;
+pub mod server;
+pub mod store;
+pub mod worker;
+
+use crate::auth::ClusterKey;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// Batches the store channel holds before the loop keeps them in its own backlog.
+pub const STORE_CHANNEL_CAP: usize = 1024;
+
+/// How changes reach a pair's backup (recorded now, acted on once pairs exist).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicationMode {
+    /// Answer once the primary has the change.
+    Async,
+    /// Answer once both copies are durable.
+    Sync,
+}
+
+/// Everything `bin_nm`'s flags set.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on.
+    pub host: String,
+    /// Port (0 = any free port).
+    pub port: u16,
+    /// Directory of the durable state.
+    pub data_dir: PathBuf,
+    /// Status HTTP port (0 = off).
+    pub http_port: u16,
+    /// Heartbeat interval storage servers are told to use.
+    pub heartbeat_interval_ms: u64,
+    /// Silence after which a storage server is down.
+    pub heartbeat_timeout_ms: u64,
+    /// Replication mode.
+    pub replication: ReplicationMode,
+    /// Worker threads.
+    pub workers: usize,
+    /// Job queue capacity.
+    pub queue_cap: usize,
+    /// EXEC wall-clock limit in seconds.
+    pub exec_timeout_s: u64,
+    /// Whether EXEC is allowed.
+    pub exec_enabled: bool,
+    /// The cluster key file (created if missing).
+    pub cluster_key_file: PathBuf,
+    /// Most simultaneous connections.
+    pub max_connections: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            host: "127.0.0.1".into(),
+            port: 5000,
+            data_dir: PathBuf::from("./nm_data"),
+            http_port: 5080,
+            heartbeat_interval_ms: 5000,
+            heartbeat_timeout_ms: 15000,
+            replication: ReplicationMode::Async,
+            workers: 4,
+            queue_cap: 1000,
+            exec_timeout_s: 10,
+            exec_enabled: true,
+            cluster_key_file: crate::auth::default_key_path(),
+            max_connections: 1024,
+        }
+    }
+}
+
+/// Why the name server could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum NmError {
+    /// Binding, key file or thread start-up failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The failure.
+        source: std::io::Error,
+    },
+    /// The durable store failed.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// The loop stopped on an error.
+    #[error(transparent)]
+    Server(#[from] server::ServerError),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NmError {
+    let what = what.into();
+    move |source| NmError::Io { what, source }
+}
+
+/// A started name server, not yet running its loop.
+pub struct Started {
+    /// The bound client/server address.
+    pub addr: SocketAddr,
+    /// The bound HTTP address, if enabled.
+    pub http_addr: Option<SocketAddr>,
+    /// Stops the loop cleanly.
+    pub shutdown: server::Shutdown,
+    /// The loop; call [`server::Server::run`].
+    pub server: server::Server,
+}
+
+/// Opens the store, binds the listeners and starts the store thread and worker pool.
+pub fn start(cfg: &Config) -> Result<Started, NmError> {
+    let t0 = Instant::now();
+    let key = ClusterKey::load_or_create(&cfg.cluster_key_file).map_err(io_err(format!(
+        "cluster key file {}",
+        cfg.cluster_key_file.display()
+    )))?;
+    let db = store::Store::open(&cfg.data_dir)?;
+    let loaded = db.load()?;
+    let core = core::Core::new(
+        core::CoreConfig {
+            heartbeat_interval_ms: cfg.heartbeat_interval_ms,
+            heartbeat_timeout_ms: cfg.heartbeat_timeout_ms,
+            exec_enabled: cfg.exec_enabled,
+            replication: match cfg.replication {
+                ReplicationMode::Async => "async",
+                ReplicationMode::Sync => "sync",
+            },
+        },
+        key,
+        loaded,
+    );
+    let listener = std::net::TcpListener::bind((cfg.host.as_str(), cfg.port))
+        .map_err(io_err(format!("listen on {}:{}", cfg.host, cfg.port)))?;
+    let addr = listener.local_addr().map_err(io_err("local address"))?;
+    let (snapshot, http_addr) = if cfg.http_port != 0 {
+        let l = std::net::TcpListener::bind((cfg.host.as_str(), cfg.http_port)).map_err(io_err(
+            format!("HTTP listen on {}:{}", cfg.host, cfg.http_port),
+        ))?;
+        let a = l.local_addr().map_err(io_err("local address"))?;
+        let snap = Arc::new(Mutex::new(String::from("{}")));
+        http::spawn(l, snap.clone()).map_err(io_err("start HTTP thread"))?;
+        log::info!("status HTTP endpoint on http://{a}/status");
+        (Some(snap), Some(a))
+    } else {
+        (None, None)
+    };
+    let mut srv = server::Server::new(listener, core, cfg.max_connections, snapshot)
+        .map_err(io_err("event loop"))?;
+    let waker = srv.waker();
+    let (store_tx, store_rx, store_thread) =
+        server::spawn_store(db, waker.clone(), STORE_CHANNEL_CAP)
+            .map_err(io_err("start store thread"))?;
+    let queue_cap = cfg.queue_cap.max(1);
+    let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(queue_cap);
+    let (results_tx, results_rx) = crossbeam_channel::bounded(queue_cap + cfg.workers.max(1) + 1);
+    let w = waker.clone();
+    worker::spawn(
+        cfg.workers,
+        jobs_rx,
+        results_tx,
+        cfg.exec_timeout_s,
+        Arc::new(move || {
+            let _ = w.wake();
+        }),
+    )
+    .map_err(io_err("start workers"))?;
+    srv.attach(server::Links {
+        store_tx,
+        store_rx,
+        jobs_tx,
+        results_rx,
+        store_thread: Some(store_thread),
+    });
+    server::log_listen(addr, t0);
+    Ok(Started {
+        addr,
+        http_addr,
+        shutdown: srv.shutdown_handle(),
+        server: srv,
+    })
+}
+
+/// Runs a name server until SIGTERM or SIGINT (a second signal exits at once).
+pub fn run(cfg: &Config) -> Result<(), NmError> {
+    let started = start(cfg)?;
+    let shutdown = started.shutdown.clone();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .map_err(io_err("install signal handlers"))?;
+    std::thread::Builder::new()
+        .name("nm-signals".into())
+        .spawn(move || {
+            let mut seen = 0;
+            for sig in signals.forever() {
+                seen += 1;
+                if seen == 1 {
+                    log::info!(target: crate::logging::ev::SHUTDOWN, signal = sig; "signal {sig}: stopping");
+                    shutdown.trigger();
+                } else {
+                    std::process::exit(1);
+                }
+            }
+        })
+        .map_err(io_err("start signal thread"))?;
+    started.server.run()?;
+    Ok(())
+}

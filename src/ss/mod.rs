@@ -178,5 +178,4 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), SsError> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod server_tests;

@@ -218,6 +218,16 @@ fn authorise(shared: &Shared, file: &str, t: &Ticket, op: TicketOp) -> Result<()
     })
 }
 
+/// A file deleted by hand is reported to the name server when an access finds it gone.
+fn vanished<'a>(shared: &'a Shared, file: &'a str) -> impl FnOnce(StoreError) -> Fail + 'a {
+    move |e| {
+        if matches!(e, StoreError::NotFound(_)) && shared.store.forget_vanished(file) {
+            shared.link.removed_nowait(file);
+        }
+        Fail::from(e)
+    }
+}
+
 /// A hand edit found on access is a new version the name server must hear about.
 fn report_adopted(shared: &Shared, adopted: bool, state: impl FnOnce() -> FileState) {
     if adopted {
@@ -241,7 +251,10 @@ fn check_fresh(
 
 fn read(shared: &Shared, conn: &mut Connection, file: &str, t: &Ticket) -> Result<(), Fail> {
     authorise(shared, file, t, TicketOp::Read)?;
-    let (mut f, meta, adopted) = shared.store.snapshot(file)?;
+    let (mut f, meta, adopted) = shared
+        .store
+        .snapshot(file)
+        .map_err(vanished(shared, file))?;
     report_adopted(shared, adopted, || meta.state(file));
     check_fresh(shared, t, meta.version)?;
     conn.send(
@@ -274,7 +287,10 @@ fn stream_words(
     t: &Ticket,
 ) -> Result<(), Fail> {
     authorise(shared, file, t, TicketOp::Stream)?;
-    let (mut f, meta, adopted) = shared.store.snapshot(file)?;
+    let (mut f, meta, adopted) = shared
+        .store
+        .snapshot(file)
+        .map_err(vanished(shared, file))?;
     report_adopted(shared, adopted, || meta.state(file));
     check_fresh(shared, t, meta.version)?;
     let mut bytes = Vec::new();
@@ -321,7 +337,14 @@ fn write_session(
     let (id, words) = {
         let lock = shared.store.file_lock(file);
         let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
-        let (text, meta, adopted) = shared.store.load_text(file)?;
+        let (text, meta, adopted) = match shared.store.load_text(file) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                // forget_vanished takes the file lock itself.
+                drop(_g);
+                return Err(vanished(shared, file)(e));
+            }
+        };
         report_adopted(shared, adopted, || meta.state(file));
         // A stale copy must not take writes either (the name server may set min_version).
         check_fresh(shared, t, meta.version)?;
@@ -353,6 +376,8 @@ fn write_session(
                 ) =>
             {
                 let ms = shared.lock_timeout_ms;
+                // Release before answering, so the sentence is free once the writer hears.
+                drop(guard);
                 log::info!(target: ev::SS_REFUSED, file = file, reason = "idle"; "write session on {file} idle for {ms} ms; lock released");
                 let e = err::timeout(format!("write session idle for {ms} ms; the sentence lock was released and nothing was written"));
                 let _ = conn.send(&Message::err(e), &[]);

@@ -16,6 +16,7 @@ struct FakeNm {
     addr: String,
     registered: Receiver<Vec<FileState>>,
     changed: Receiver<FileState>,
+    removed: Receiver<String>,
 }
 
 fn fake_nm() -> FakeNm {
@@ -23,10 +24,11 @@ fn fake_nm() -> FakeNm {
     let addr = l.local_addr().unwrap().to_string();
     let (reg_tx, registered) = unbounded();
     let (ch_tx, changed) = unbounded();
+    let (rm_tx, removed) = unbounded();
     thread::spawn(move || {
         for s in l.incoming() {
             let Ok(s) = s else { break };
-            let (reg_tx, ch_tx) = (reg_tx.clone(), ch_tx.clone());
+            let (reg_tx, ch_tx, rm_tx) = (reg_tx.clone(), ch_tx.clone(), rm_tx.clone());
             thread::spawn(move || {
                 let mut c = Connection::new(s);
                 let mut list = Vec::new();
@@ -48,7 +50,10 @@ fn fake_nm() -> FakeNm {
                             let _ = ch_tx.send(state);
                             Some(Message::ChangedAck { id })
                         }
-                        Message::Removed { id, .. } => Some(Message::ChangedAck { id }),
+                        Message::Removed { id, file } => {
+                            let _ = rm_tx.send(file);
+                            Some(Message::ChangedAck { id })
+                        }
                         _ => None,
                     };
                     if let Some(m) = reply {
@@ -64,6 +69,7 @@ fn fake_nm() -> FakeNm {
         addr,
         registered,
         changed,
+        removed,
     }
 }
 
@@ -564,4 +570,13 @@ fn connections_beyond_the_cap_are_refused() {
     c.set_timeout(Some(WAIT)).unwrap();
     let f = c.recv().unwrap().unwrap();
     assert_eq!(f.msg.into_result().unwrap_err().code, ErrorCode::Limit);
+}
+
+#[test]
+fn a_file_removed_by_hand_is_reported_on_access() {
+    let cl = cluster(60_000);
+    cl.create("gone.txt");
+    std::fs::remove_file(cl._dir.path().join("s/files/gone.txt")).unwrap();
+    assert_eq!(cl.read("gone.txt").unwrap_err().code, ErrorCode::NotFound);
+    assert_eq!(cl.nm.removed.recv_timeout(WAIT).unwrap(), "gone.txt");
 }

@@ -432,6 +432,25 @@ impl Store {
         Ok(())
     }
 
+    /// Drops the bookkeeping of a file whose content vanished (deleted by hand). Returns
+    /// whether there was any, i.e. whether the name server should hear about it.
+    pub fn forget_vanished(&self, file: &str) -> bool {
+        let lock = self.file_lock(file);
+        let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.content_path(file).exists() {
+            return false;
+        }
+        let Some(meta) = self.read_meta(file) else {
+            return false;
+        };
+        let _ = durable::remove(&self.meta_path(file));
+        for b in meta.undo {
+            let _ = fs::remove_file(self.undo.join(b));
+        }
+        log::info!(target: ev::SS_ADOPT, file = file; "{file} was removed by hand; forgetting it");
+        true
+    }
+
     /// UNDO: the newest undo blob becomes the content as a new version. Caller holds the lock.
     pub fn undo(&self, file: &str, epoch: u64) -> Result<Meta, StoreError> {
         self.epoch.fetch_max(epoch, Ordering::SeqCst);
@@ -532,7 +551,6 @@ fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) -> io::Result<()> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -658,6 +676,20 @@ mod tests {
         assert_eq!(s.list().unwrap().len(), 1);
         assert!(d.path().join("undo/inflight").exists());
         assert!(d.path().join("meta/b.txt.meta").exists());
+    }
+
+    #[test]
+    fn a_file_removed_by_hand_is_forgotten() {
+        let (d, s) = store();
+        s.create("a.txt", "alice", 1).unwrap();
+        commit(&s, "a.txt", "one.");
+        assert!(!s.forget_vanished("a.txt"));
+        fs::remove_file(s.content_path("a.txt")).unwrap();
+        assert!(matches!(s.current("a.txt"), Err(StoreError::NotFound(_))));
+        assert!(s.forget_vanished("a.txt"));
+        assert!(!s.forget_vanished("a.txt"));
+        assert_eq!(fs::read_dir(d.path().join("undo")).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(d.path().join("meta")).unwrap().count(), 0);
     }
 
     #[test]

@@ -1,0 +1,865 @@
+//! The name server's event loop: one mio `Poll`, one `Waker`, the core, and nothing blocking.
+//!
+//! Disk writes happen on the store thread and calls to storage servers on the worker pool; both
+//! report back over channels and wake the loop. Every reply is tagged with the store sequence
+//! number current when it was produced and leaves only once that sequence is durable, so no
+//! client ever sees state a crash could take back.
+
+use super::core::{ConnId, Core, Effect, Job, StoreOp};
+use super::store::{Batch, Committed, Store};
+use super::worker::JobResult;
+use crate::logging::ev;
+use crate::protocol::{decode, encode, err, frame, Message, WireError};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+const FIRST_CONN: usize = 2;
+
+/// Most unprocessed input kept per connection: one largest frame plus some slack.
+pub const MAX_INPUT_BYTES: usize = frame::MAX_HEADER_BYTES + frame::MAX_BODY_BYTES + 64 * 1024;
+/// Most output queued for one connection before it is dropped as stalled.
+pub const MAX_OUTPUT_BYTES: usize = 64 * 1024 * 1024;
+/// Unsent reply bytes above which a connection's further requests wait.
+pub const PAUSE_OUTPUT_BYTES: usize = 4 * 1024 * 1024;
+/// Batches waiting for room in the store channel before the loop stops reading new requests.
+pub const MAX_BACKLOG_BATCHES: usize = 4096;
+/// How long shutdown waits for in-flight jobs before giving up on them.
+pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
+/// How often the status snapshot is refreshed.
+pub const SNAPSHOT_EVERY_MS: u64 = 1_000;
+
+/// Asks a running loop to stop; cheap to clone and safe to use from a signal thread.
+#[derive(Clone)]
+pub struct Shutdown {
+    flag: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
+
+impl Shutdown {
+    /// Requests a clean stop.
+    pub fn trigger(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+    }
+}
+
+struct Conn {
+    stream: TcpStream,
+    input: Vec<u8>,
+    /// Replies waiting for their sequence number to become durable.
+    held: VecDeque<(u64, Vec<u8>)>,
+    /// Bytes in `held`.
+    held_bytes: usize,
+    output: Vec<u8>,
+    written: usize,
+    /// Close once everything released has been written.
+    closing: bool,
+    /// Reading stopped because the input buffer is full; resume when it drains.
+    read_paused: bool,
+}
+
+/// The channels and threads the loop talks to.
+pub struct Links {
+    /// Batches to the store thread.
+    pub store_tx: Sender<Batch>,
+    /// Commit reports from the store thread.
+    pub store_rx: Receiver<Committed>,
+    /// Jobs to the worker pool.
+    pub jobs_tx: Sender<Job>,
+    /// Results from the worker pool.
+    pub results_rx: Receiver<JobResult>,
+    /// The store thread, joined at shutdown so the last batch is flushed.
+    pub store_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The event loop and everything it owns.
+pub struct Server {
+    poll: Poll,
+    waker: Arc<Waker>,
+    listener: Option<TcpListener>,
+    core: Core,
+    conns: HashMap<ConnId, Conn>,
+    next_conn: usize,
+    max_connections: usize,
+    assigned_seq: u64,
+    committed_seq: u64,
+    backlog: VecDeque<Batch>,
+    stop: Arc<AtomicBool>,
+    snapshot: Option<Arc<Mutex<String>>>,
+    links: Option<Links>,
+}
+
+/// Errors that end the loop.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A socket or poll failure.
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    /// The store could not commit; continuing would answer clients with non-durable state.
+    #[error("store failed: {0}")]
+    Store(String),
+}
+
+fn now_ms() -> u64 {
+    crate::auth::now_ms()
+}
+
+impl Server {
+    /// A loop around a bound listener; `links` are attached with [`Server::attach`].
+    pub fn new(
+        listener: std::net::TcpListener,
+        core: Core,
+        max_connections: usize,
+        snapshot: Option<Arc<Mutex<String>>>,
+    ) -> io::Result<Server> {
+        listener.set_nonblocking(true)?;
+        let mut listener = TcpListener::from_std(listener);
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        Ok(Server {
+            poll,
+            waker,
+            listener: Some(listener),
+            core,
+            conns: HashMap::new(),
+            next_conn: FIRST_CONN,
+            max_connections,
+            assigned_seq: 0,
+            committed_seq: 0,
+            backlog: VecDeque::new(),
+            stop: Arc::new(AtomicBool::new(false)),
+            snapshot,
+            links: None,
+        })
+    }
+
+    /// The loop's waker, for threads reporting back.
+    pub fn waker(&self) -> Arc<Waker> {
+        self.waker.clone()
+    }
+
+    /// A handle that stops the loop cleanly.
+    pub fn shutdown_handle(&self) -> Shutdown {
+        Shutdown {
+            flag: self.stop.clone(),
+            waker: self.waker.clone(),
+        }
+    }
+
+    /// Connects the loop to the store thread and worker pool.
+    pub fn attach(&mut self, links: Links) {
+        self.links = Some(links);
+    }
+
+    /// Runs until shutdown is requested, then flushes the store.
+    pub fn run(mut self) -> Result<(), ServerError> {
+        let mut events = Events::with_capacity(1024);
+        let mut next_snapshot_ms = 0u64;
+        let mut stop_deadline: Option<u64> = None;
+        loop {
+            let now = now_ms();
+            if self.snapshot.is_some() && now >= next_snapshot_ms {
+                self.publish_snapshot(now);
+                next_snapshot_ms = now + SNAPSHOT_EVERY_MS;
+            }
+            let mut deadline = self.core.next_deadline_ms();
+            if self.snapshot.is_some() {
+                deadline = Some(deadline.map_or(next_snapshot_ms, |d| d.min(next_snapshot_ms)));
+            }
+            if let Some(d) = stop_deadline {
+                deadline = Some(deadline.map_or(d, |x| x.min(d)));
+            }
+            let timeout = deadline.map(|d| Duration::from_millis(d.saturating_sub(now_ms()) + 1));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e.into());
+                }
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(),
+                    WAKER => {}
+                    Token(t) => {
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.read(t);
+                        }
+                        if event.is_writable() {
+                            self.flush(t);
+                        }
+                    }
+                }
+            }
+            self.drain_threads()?;
+            self.core.tick(now_ms());
+            self.pump_all();
+            self.settle();
+
+            if self.stop.load(Ordering::SeqCst) && stop_deadline.is_none() {
+                log::info!(target: ev::SHUTDOWN, "shutting down: no new connections");
+                if let Some(mut l) = self.listener.take() {
+                    let _ = self.poll.registry().deregister(&mut l);
+                }
+                stop_deadline = Some(now_ms() + SHUTDOWN_GRACE_MS);
+            }
+            if let Some(d) = stop_deadline {
+                let idle = self.core.jobs_in_flight() == 0
+                    && self.backlog.is_empty()
+                    && self.committed_seq >= self.assigned_seq;
+                if idle || now_ms() >= d {
+                    break;
+                }
+            }
+        }
+        self.finish()
+    }
+
+    /// Flushes the store and releases what can be released before returning.
+    fn finish(mut self) -> Result<(), ServerError> {
+        if let Some(mut links) = self.links.take() {
+            while let Some(b) = self.backlog.pop_front() {
+                if links.store_tx.send(b).is_err() {
+                    break;
+                }
+            }
+            let (tx, _) = crossbeam_channel::bounded(1);
+            drop(std::mem::replace(&mut links.store_tx, tx));
+            if let Some(h) = links.store_thread.take() {
+                let _ = h.join();
+            }
+            for c in links.store_rx.try_iter() {
+                if let Committed::Upto { seq, .. } = c {
+                    self.committed_seq = self.committed_seq.max(seq);
+                }
+            }
+        }
+        self.release_all();
+        log::info!(target: ev::SHUTDOWN, seq = self.committed_seq; "name server stopped; store flushed");
+        Ok(())
+    }
+
+    fn publish_snapshot(&mut self, now: u64) {
+        if let Some(s) = &self.snapshot {
+            let json = self.core.status_json(now);
+            if let Ok(mut g) = s.lock() {
+                *g = json;
+            }
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            let Some(listener) = self.listener.as_ref() else {
+                return;
+            };
+            match listener.accept() {
+                Ok((mut stream, _)) => {
+                    if self.conns.len() >= self.max_connections {
+                        let bytes = encode(
+                            &Message::err(err::limit(format!(
+                                "too many connections (limit {})",
+                                self.max_connections
+                            ))),
+                            &[],
+                        );
+                        let _ = stream.write(&bytes);
+                        continue;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    let id = self.next_conn;
+                    self.next_conn += 1;
+                    if self
+                        .poll
+                        .registry()
+                        .register(
+                            &mut stream,
+                            Token(id),
+                            Interest::READABLE | Interest::WRITABLE,
+                        )
+                        .is_err()
+                    {
+                        continue;
+                    }
+                    self.conns.insert(
+                        id,
+                        Conn {
+                            stream,
+                            input: Vec::new(),
+                            held: VecDeque::new(),
+                            held_bytes: 0,
+                            output: Vec::new(),
+                            written: 0,
+                            closing: false,
+                            read_paused: false,
+                        },
+                    );
+                    self.core.on_connect(id, now_ms());
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // Running out of descriptors and the like: try again on the next event.
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Reads until WouldBlock or the input cap; EOF or an error closes the connection.
+    fn read(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let mut chunk = [0u8; 64 * 1024];
+        let alive = loop {
+            if c.input.len() >= MAX_INPUT_BYTES {
+                c.read_paused = true;
+                break true;
+            }
+            let room = (MAX_INPUT_BYTES - c.input.len()).min(chunk.len());
+            match c.stream.read(&mut chunk[..room]) {
+                Ok(0) => break false,
+                Ok(n) => c.input.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    c.read_paused = false;
+                    break true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break false,
+            }
+        };
+        if !alive {
+            self.drop_conn(id);
+        }
+    }
+
+    fn drop_conn(&mut self, id: ConnId) {
+        if let Some(mut c) = self.conns.remove(&id) {
+            let _ = self.poll.registry().deregister(&mut c.stream);
+            self.core.on_close(id, now_ms());
+        }
+    }
+
+    /// Feeds buffered frames to the core for every connection that is not waiting on a job.
+    fn pump_all(&mut self) {
+        if self.backlog.len() >= MAX_BACKLOG_BATCHES {
+            // The store is behind: stop taking new requests until it catches up.
+            return;
+        }
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            self.pump(id);
+        }
+    }
+
+    fn pump(&mut self, id: ConnId) {
+        loop {
+            if self.core.is_busy(id) {
+                return;
+            }
+            let Some(c) = self.conns.get_mut(&id) else {
+                return;
+            };
+            if c.closing {
+                return;
+            }
+            if c.held_bytes + (c.output.len() - c.written) > PAUSE_OUTPUT_BYTES {
+                // The peer is not reading its answers: stop producing more until it does.
+                return;
+            }
+            match decode(&mut c.input) {
+                Ok(Some(f)) => self.core.on_frame(id, f, now_ms()),
+                Ok(None) => {
+                    if c.read_paused {
+                        self.read(id);
+                        if self
+                            .conns
+                            .get(&id)
+                            .is_some_and(|c| c.read_paused || c.input.is_empty())
+                        {
+                            return;
+                        }
+                        continue;
+                    }
+                    return;
+                }
+                Err(e) => {
+                    c.input.clear();
+                    let we: WireError = e.into();
+                    let seq = self.assigned_seq;
+                    let bytes = encode(&Message::err(we), &[]);
+                    c.held_bytes += bytes.len();
+                    c.held.push_back((seq, bytes));
+                    c.closing = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Collects commit reports and job results.
+    fn drain_threads(&mut self) -> Result<(), ServerError> {
+        let Some(links) = self.links.as_ref() else {
+            return Ok(());
+        };
+        let reports: Vec<Committed> = links.store_rx.try_iter().collect();
+        let results: Vec<JobResult> = links.results_rx.try_iter().collect();
+        for r in reports {
+            match r {
+                Committed::Upto { seq, .. } => self.committed_seq = self.committed_seq.max(seq),
+                Committed::Failed(msg) => {
+                    log::error!(target: ev::NM_STORE_COMMIT, "store commit failed: {msg}");
+                    return Err(ServerError::Store(msg));
+                }
+            }
+        }
+        let now = now_ms();
+        for (id, out) in results {
+            self.core.on_job_result(id, out, now);
+        }
+        Ok(())
+    }
+
+    /// Applies effects until none are left, ships the batch, releases durable replies.
+    fn settle(&mut self) {
+        loop {
+            let batch = self.core.take_batch();
+            if !batch.is_empty() {
+                self.ship(batch);
+            }
+            let effects = self.core.take_effects();
+            if effects.is_empty() {
+                break;
+            }
+            let mut busy_changed = false;
+            for e in effects {
+                match e {
+                    Effect::Reply { conn, msg, body } => {
+                        busy_changed = true;
+                        if let Some(c) = self.conns.get_mut(&conn) {
+                            let bytes = encode_bounded(&msg, &body);
+                            c.held_bytes += bytes.len();
+                            c.held.push_back((self.assigned_seq, bytes));
+                        }
+                    }
+                    Effect::Close { conn } => {
+                        if let Some(c) = self.conns.get_mut(&conn) {
+                            c.closing = true;
+                        }
+                    }
+                    Effect::Job(job) => self.dispatch(job),
+                }
+            }
+            if busy_changed {
+                self.pump_all();
+            }
+        }
+        self.push_backlog();
+        self.release_all();
+    }
+
+    fn ship(&mut self, ops: Vec<StoreOp>) {
+        self.assigned_seq += 1;
+        self.backlog.push_back(Batch {
+            seq: self.assigned_seq,
+            ops,
+        });
+        self.push_backlog();
+    }
+
+    fn push_backlog(&mut self) {
+        let Some(links) = self.links.as_ref() else {
+            // No store attached (tests of the loop alone): treat batches as durable.
+            if let Some(b) = self.backlog.back() {
+                self.committed_seq = b.seq;
+            }
+            self.backlog.clear();
+            return;
+        };
+        while let Some(b) = self.backlog.pop_front() {
+            match links.store_tx.try_send(b) {
+                Ok(()) => {}
+                Err(TrySendError::Full(b)) | Err(TrySendError::Disconnected(b)) => {
+                    self.backlog.push_front(b);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn dispatch(&mut self, job: Job) {
+        let id = job.id;
+        let refused = match self.links.as_ref() {
+            Some(l) => match l.jobs_tx.try_send(job) {
+                Ok(()) => None,
+                Err(TrySendError::Full(_)) => Some(err::limit(
+                    "the name server is busy: job queue full, try again",
+                )),
+                Err(TrySendError::Disconnected(_)) => {
+                    Some(err::unavailable("the name server is shutting down"))
+                }
+            },
+            None => Some(err::internal("no worker pool")),
+        };
+        if let Some(e) = refused {
+            self.core.on_job_result(id, Err(e), now_ms());
+        }
+    }
+
+    fn release_all(&mut self) {
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        let committed = self.committed_seq;
+        for id in ids {
+            if let Some(c) = self.conns.get_mut(&id) {
+                while c.held.front().is_some_and(|(s, _)| *s <= committed) {
+                    if let Some((_, bytes)) = c.held.pop_front() {
+                        c.held_bytes -= bytes.len();
+                        c.output.extend_from_slice(&bytes);
+                    }
+                }
+            }
+            self.flush(id);
+        }
+    }
+
+    /// Writes what is buffered until WouldBlock; closes a finished closing connection.
+    fn flush(&mut self, id: ConnId) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        while c.written < c.output.len() {
+            match c.stream.write(&c.output[c.written..]) {
+                Ok(0) => {
+                    self.drop_conn(id);
+                    return;
+                }
+                Ok(n) => c.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.drop_conn(id);
+                    return;
+                }
+            }
+        }
+        if c.written == c.output.len() {
+            c.output.clear();
+            c.written = 0;
+            if c.closing && c.held.is_empty() {
+                self.drop_conn(id);
+            }
+        } else if c.output.len() - c.written > MAX_OUTPUT_BYTES {
+            // A peer that stopped reading is not allowed to pin unbounded memory.
+            self.drop_conn(id);
+        }
+    }
+}
+
+/// Encodes a reply; one whose header would exceed what a peer accepts becomes a LIMIT error,
+/// so the peer gets a clear answer rather than a frame it must refuse.
+fn encode_bounded(msg: &Message, body: &[u8]) -> Vec<u8> {
+    let bytes = encode(msg, body);
+    if bytes.len() - body.len() > frame::MAX_HEADER_BYTES {
+        let e = err::limit(format!(
+            "the answer to this request is larger than the {} byte frame limit",
+            frame::MAX_HEADER_BYTES
+        ));
+        return encode(&Message::err(e), &[]);
+    }
+    bytes
+}
+
+/// Starts the store thread for `store`, returning its channels.
+pub fn spawn_store(
+    store: Store,
+    waker: Arc<Waker>,
+    cap: usize,
+) -> io::Result<(
+    Sender<Batch>,
+    Receiver<Committed>,
+    std::thread::JoinHandle<()>,
+)> {
+    let (btx, brx) = crossbeam_channel::bounded(cap);
+    let (rtx, rrx) = crossbeam_channel::bounded(cap + 8);
+    let h = std::thread::Builder::new()
+        .name("nm-store".into())
+        .spawn(move || {
+            store.run(brx, rtx, || {
+                let _ = waker.wake();
+            })
+        })?;
+    Ok((btx, rrx, h))
+}
+
+/// Logs the bound address so tests and scripts can find the server.
+pub fn log_listen(addr: std::net::SocketAddr, started: Instant) {
+    log::info!(target: ev::NM_LISTEN, addr = addr.to_string(), ms = started.elapsed().as_millis() as u64;
+        "name server listening on {addr}");
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use crate::auth::ClusterKey;
+    use crate::nm::{start, Config};
+    use crate::protocol::{
+        AccessMode, Connection, ErrorCode, FileState, Message, Version, WireError,
+    };
+    use std::net::TcpListener;
+    use std::time::Duration;
+
+    fn state(file: &str, counter: u64, owner: Option<String>) -> FileState {
+        FileState {
+            file: file.into(),
+            version: Version { epoch: 1, counter },
+            checksum: 0,
+            size: 0,
+            words: 0,
+            chars: 0,
+            modified_ms: 1,
+            owner,
+        }
+    }
+
+    /// A storage server that answers the name server's requests from memory.
+    fn fake_ss(script: &'static [u8]) -> u16 {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let mut c = Connection::new(s.unwrap());
+                while let Ok(Some(f)) = c.recv() {
+                    match f.msg {
+                        Message::SsCreate { file, owner, .. } => {
+                            let st = state(&file, 1, Some(owner));
+                            c.send(&Message::FileStateReply { state: st }, &[]).unwrap();
+                        }
+                        Message::SsDelete { .. } => c.send(&Message::Done {}, &[]).unwrap(),
+                        Message::Read { .. } => {
+                            let ok = Message::ReadOk {
+                                size: script.len() as u64,
+                                version: Version::default(),
+                                checksum: 0,
+                            };
+                            c.send(&ok, &[]).unwrap();
+                            c.send(&Message::Chunk {}, script).unwrap();
+                            c.send(&Message::End {}, &[]).unwrap();
+                        }
+                        _ => c.send(&Message::Done {}, &[]).unwrap(),
+                    }
+                }
+            }
+        });
+        port
+    }
+
+    fn client(addr: std::net::SocketAddr, user: &str) -> Connection {
+        let mut c = Connection::connect(&addr.to_string(), Duration::from_secs(5)).unwrap();
+        c.set_timeout(Some(Duration::from_secs(20))).unwrap();
+        let r = c.call(&Message::Hello { user: user.into() }, &[]).unwrap();
+        assert!(matches!(r.msg, Message::Welcome { .. }));
+        c
+    }
+
+    fn call(c: &mut Connection, m: Message) -> Result<Message, WireError> {
+        c.call(&m, &[]).map(|f| f.msg)
+    }
+
+    #[test]
+    fn end_to_end_with_a_fake_storage_server_and_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config {
+            port: 0,
+            http_port: 0,
+            data_dir: dir.path().join("nm"),
+            cluster_key_file: dir.path().join("key"),
+            heartbeat_interval_ms: 50,
+            heartbeat_timeout_ms: 60_000,
+            ..Config::default()
+        };
+        let ss_port = fake_ss(b"echo hi\n");
+        let started = start(&cfg).unwrap();
+        let addr = started.addr;
+        let shutdown = started.shutdown.clone();
+        let loop_thread = std::thread::spawn(move || started.server.run());
+
+        let key = ClusterKey::load_or_create(&cfg.cluster_key_file).unwrap();
+        let mut ss = Connection::connect(&addr.to_string(), Duration::from_secs(5)).unwrap();
+        ss.set_timeout(Some(Duration::from_secs(20))).unwrap();
+        let reg = Message::Register {
+            name: "ss1".into(),
+            host: "127.0.0.1".into(),
+            client_port: ss_port,
+            backup_of: None,
+            proof: key.proof("ss1"),
+            file_count: 1,
+        };
+        ss.send(&reg, &[]).unwrap();
+        let files = vec![state("old.txt", 4, None)];
+        ss.send(&Message::FileBatch { files }, &[]).unwrap();
+        let r = call(&mut ss, Message::RegisterEnd {}).unwrap();
+        assert!(matches!(r, Message::Registered { epoch: 1, .. }));
+        let r = call(&mut ss, Message::Heartbeat { seq: 1 }).unwrap();
+        assert_eq!(r, Message::HeartbeatAck { seq: 1 });
+
+        let mut alice = client(addr, "alice");
+        assert_eq!(
+            call(
+                &mut alice,
+                Message::Create {
+                    file: "a.txt".into()
+                }
+            )
+            .unwrap(),
+            Message::Done {}
+        );
+        assert_eq!(
+            call(
+                &mut alice,
+                Message::Create {
+                    file: "s.sh".into()
+                }
+            )
+            .unwrap(),
+            Message::Done {}
+        );
+        let e = call(
+            &mut alice,
+            Message::Create {
+                file: "a.txt".into(),
+            },
+        )
+        .unwrap_err();
+        assert_eq!(e.code, ErrorCode::Conflict);
+        let r = call(
+            &mut alice,
+            Message::Locate {
+                file: "a.txt".into(),
+                mode: AccessMode::Write,
+            },
+        )
+        .unwrap();
+        let Message::Located {
+            ss: name,
+            addr: ss_addr,
+            ticket,
+        } = r
+        else {
+            panic!("{r:?}")
+        };
+        assert_eq!((name.as_str(), ticket.file.as_str()), ("ss1", "a.txt"));
+        assert_eq!(ss_addr, format!("127.0.0.1:{ss_port}"));
+        alice
+            .send(
+                &Message::Exec {
+                    file: "s.sh".into(),
+                },
+                &[],
+            )
+            .unwrap();
+        let f = alice.recv_some().unwrap();
+        assert!(
+            matches!(
+                f.msg,
+                Message::ExecOutput {
+                    exit_code: Some(0),
+                    ..
+                }
+            ),
+            "{f:?}"
+        );
+        assert_eq!(f.body, b"hi\n");
+        assert_eq!(
+            call(
+                &mut alice,
+                Message::Delete {
+                    file: "s.sh".into()
+                }
+            )
+            .unwrap(),
+            Message::Done {}
+        );
+        let mut bob = client(addr, "bob");
+        let e = call(
+            &mut bob,
+            Message::Delete {
+                file: "a.txt".into(),
+            },
+        )
+        .unwrap_err();
+        assert_eq!(e.code, ErrorCode::Unauthorized);
+        let r = call(
+            &mut alice,
+            Message::AddAccess {
+                file: "a.txt".into(),
+                user: "bob".into(),
+                write: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(r, Message::AccessGranted { new_user: false });
+        // A malformed frame gets an ERR and the connection closes; others are unaffected.
+        let mut junk = std::net::TcpStream::connect(addr).unwrap();
+        std::io::Write::write_all(&mut junk, b"not json\n").unwrap();
+        let mut junk = Connection::new(junk);
+        let f = junk.recv_some().unwrap();
+        assert!(matches!(
+            f.msg,
+            Message::Err {
+                code: ErrorCode::Invalid,
+                ..
+            }
+        ));
+        assert!(junk.recv().unwrap().is_none());
+
+        shutdown.trigger();
+        loop_thread.join().unwrap().unwrap();
+
+        // Everything durable survives a restart.
+        let started = start(&cfg).unwrap();
+        let addr = started.addr;
+        let shutdown = started.shutdown.clone();
+        let loop_thread = std::thread::spawn(move || started.server.run());
+        let mut bob = client(addr, "bob");
+        let Message::FileList { files } = call(
+            &mut bob,
+            Message::View {
+                all: true,
+                long: false,
+            },
+        )
+        .unwrap() else {
+            panic!()
+        };
+        let names: Vec<&str> = files.iter().map(|f| f.file.as_str()).collect();
+        assert_eq!(names, vec!["a.txt", "old.txt"]);
+        let Message::InfoReply { info } = call(
+            &mut bob,
+            Message::Info {
+                file: "a.txt".into(),
+            },
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(info.owner, "alice");
+        assert_eq!(
+            info.replicas[0].state, "down",
+            "servers start down until they register"
+        );
+        assert_eq!(info.accessed_by.as_deref(), Some("alice"));
+        let Message::Users { users } = call(&mut bob, Message::ListUsers {}).unwrap() else {
+            panic!()
+        };
+        assert_eq!(users, vec!["admin", "alice", "bob"]);
+        shutdown.trigger();
+        loop_thread.join().unwrap().unwrap();
+    }
+}

@@ -1,0 +1,304 @@
+//! The name server's durable state: a redb database under `--data`, written by one store thread
+//! that group-commits.
+//!
+//! This is the one place the tables are specified. Keys are strings; values are JSON.
+//!
+//! | table     | key              | value                                   |
+//! |-----------|------------------|-----------------------------------------|
+//! | `users`   | user name        | `{}`                                    |
+//! | `files`   | canonical name   | `core::FileRecord`                      |
+//! | `servers` | server name      | `core::ServerRecord`                    |
+//! | `meta`    | `schema`         | `"1"`                                   |
+//!
+//! The event loop sends numbered batches of [`StoreOp`]s over a bounded channel. The store
+//! thread takes one batch (blocking), then every batch already waiting, writes them all in ONE
+//! write transaction with `Durability::Immediate`, commits, and reports the highest committed
+//! sequence number back; so many concurrent clients share one fsync.
+
+use super::core::{FileRecord, Loaded, ServerRecord, StoreOp};
+use crossbeam_channel::{Receiver, Sender};
+use redb::{Database, Durability, ReadableTable, TableDefinition};
+use std::path::Path;
+use std::time::Instant;
+
+const USERS: TableDefinition<&str, &str> = TableDefinition::new("users");
+const FILES: TableDefinition<&str, &str> = TableDefinition::new("files");
+const SERVERS: TableDefinition<&str, &str> = TableDefinition::new("servers");
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+
+/// The database file name inside `--data`.
+pub const DB_FILE: &str = "nm.redb";
+/// Most batches taken into one transaction (bounds one transaction's size).
+pub const MAX_BATCHES_PER_TXN: usize = 1024;
+
+/// Errors of the durable store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed.
+    #[error("database: {0}")]
+    Db(Box<redb::Error>),
+    /// A stored value is not the JSON we wrote.
+    #[error("corrupt record {key}: {msg}")]
+    Corrupt {
+        /// The key.
+        key: String,
+        /// Why.
+        msg: String,
+    },
+    /// Another process (usually another name server) has the database open.
+    #[error("{0} is in use by another name server")]
+    InUse(String),
+    /// Creating the data directory failed.
+    #[error("data directory: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn dberr<E: Into<redb::Error>>(e: E) -> StoreError {
+    StoreError::Db(Box::new(e.into()))
+}
+
+/// A numbered batch of changes.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Sequence number; batches are sent in increasing order.
+    pub seq: u64,
+    /// The changes.
+    pub ops: Vec<StoreOp>,
+}
+
+/// What the store thread reports after each transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Committed {
+    /// Every batch up to `seq` is durable; `batches` went into this one transaction.
+    Upto {
+        /// Highest durable sequence number.
+        seq: u64,
+        /// Batches in the transaction.
+        batches: usize,
+    },
+    /// The transaction failed; nothing after the last reported sequence is durable.
+    Failed(String),
+}
+
+/// The open database.
+pub struct Store {
+    db: Database,
+}
+
+impl Store {
+    /// Opens (or creates) the database under `dir` and makes sure every table exists.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(DB_FILE);
+        let db = match Database::create(&path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(StoreError::InUse(path.display().to_string()))
+            }
+            Err(e) => return Err(dberr(e)),
+        };
+        let mut txn = db.begin_write().map_err(dberr)?;
+        txn.set_durability(Durability::Immediate);
+        {
+            txn.open_table(USERS).map_err(dberr)?;
+            txn.open_table(FILES).map_err(dberr)?;
+            txn.open_table(SERVERS).map_err(dberr)?;
+            let mut meta = txn.open_table(META).map_err(dberr)?;
+            meta.insert("schema", "1").map_err(dberr)?;
+        }
+        txn.commit().map_err(dberr)?;
+        Ok(Store { db })
+    }
+
+    /// Reads every table into memory.
+    pub fn load(&self) -> Result<Loaded, StoreError> {
+        let txn = self.db.begin_read().map_err(dberr)?;
+        let mut loaded = Loaded::default();
+        let users = txn.open_table(USERS).map_err(dberr)?;
+        for item in users.iter().map_err(dberr)? {
+            let (k, _) = item.map_err(dberr)?;
+            loaded.users.insert(k.value().to_string());
+        }
+        let files = txn.open_table(FILES).map_err(dberr)?;
+        for item in files.iter().map_err(dberr)? {
+            let (k, v) = item.map_err(dberr)?;
+            let rec: FileRecord = parse(k.value(), v.value())?;
+            loaded.files.insert(k.value().to_string(), rec);
+        }
+        let servers = txn.open_table(SERVERS).map_err(dberr)?;
+        for item in servers.iter().map_err(dberr)? {
+            let (k, v) = item.map_err(dberr)?;
+            let rec: ServerRecord = parse(k.value(), v.value())?;
+            loaded.servers.insert(k.value().to_string(), rec);
+        }
+        Ok(loaded)
+    }
+
+    /// Writes `batches` in one durable transaction.
+    pub fn commit(&self, batches: &[Batch]) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(dberr)?;
+        txn.set_durability(Durability::Immediate);
+        {
+            let mut users = txn.open_table(USERS).map_err(dberr)?;
+            let mut files = txn.open_table(FILES).map_err(dberr)?;
+            let mut servers = txn.open_table(SERVERS).map_err(dberr)?;
+            for op in batches.iter().flat_map(|b| b.ops.iter()) {
+                match op {
+                    StoreOp::PutUser(u) => {
+                        users.insert(u.as_str(), "{}").map_err(dberr)?;
+                    }
+                    StoreOp::PutFile(f, rec) => {
+                        let v = to_json(f, rec)?;
+                        files.insert(f.as_str(), v.as_str()).map_err(dberr)?;
+                    }
+                    StoreOp::DelFile(f) => {
+                        files.remove(f.as_str()).map_err(dberr)?;
+                    }
+                    StoreOp::PutServer(n, rec) => {
+                        let v = to_json(n, rec)?;
+                        servers.insert(n.as_str(), v.as_str()).map_err(dberr)?;
+                    }
+                }
+            }
+        }
+        txn.commit().map_err(dberr)?;
+        Ok(())
+    }
+
+    /// Runs the group-commit loop until `batches` is disconnected and drained. `notify` is
+    /// called after each report (the loop's `Waker`).
+    pub fn run(self, batches: Receiver<Batch>, results: Sender<Committed>, notify: impl Fn()) {
+        while let Ok(first) = batches.recv() {
+            let mut group = vec![first];
+            while group.len() < MAX_BATCHES_PER_TXN {
+                match batches.try_recv() {
+                    Ok(b) => group.push(b),
+                    Err(_) => break,
+                }
+            }
+            let start = Instant::now();
+            let seq = group.iter().map(|b| b.seq).max().unwrap_or(0);
+            let report = match self.commit(&group) {
+                Ok(()) => {
+                    let ms = start.elapsed().as_millis() as u64;
+                    log::debug!(target: crate::logging::ev::NM_STORE_COMMIT,
+                        batch = group.len(), ms = ms, seq = seq;
+                        "committed {} batches up to {seq}", group.len());
+                    Committed::Upto {
+                        seq,
+                        batches: group.len(),
+                    }
+                }
+                Err(e) => Committed::Failed(e.to_string()),
+            };
+            let failed = matches!(report, Committed::Failed(_));
+            let _ = results.send(report);
+            notify();
+            if failed {
+                return;
+            }
+        }
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(key: &str, value: &str) -> Result<T, StoreError> {
+    serde_json::from_str(value).map_err(|e| StoreError::Corrupt {
+        key: key.to_string(),
+        msg: e.to_string(),
+    })
+}
+
+fn to_json<T: serde::Serialize>(key: &str, value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt {
+        key: key.to_string(),
+        msg: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::protocol::Version;
+    use std::collections::BTreeMap;
+
+    fn rec(owner: &str) -> FileRecord {
+        FileRecord {
+            owner: owner.into(),
+            ss: "ss1".into(),
+            version: Version {
+                epoch: 1,
+                counter: 2,
+            },
+            checksum: 7,
+            size: 3,
+            words: 1,
+            chars: 3,
+            created_ms: 10,
+            modified_ms: 20,
+            access: BTreeMap::from([("bob".to_string(), true)]),
+            accessed_ms: Some(30),
+            accessed_by: Some("bob".into()),
+        }
+    }
+
+    #[test]
+    fn batches_survive_reopen() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(d.path()).unwrap();
+            s.commit(&[
+                Batch {
+                    seq: 1,
+                    ops: vec![
+                        StoreOp::PutUser("alice".into()),
+                        StoreOp::PutFile("a.txt".into(), rec("alice")),
+                        StoreOp::PutFile("b.txt".into(), rec("alice")),
+                    ],
+                },
+                Batch {
+                    seq: 2,
+                    ops: vec![
+                        StoreOp::DelFile("b.txt".into()),
+                        StoreOp::PutServer(
+                            "ss1".into(),
+                            ServerRecord {
+                                host: "127.0.0.1".into(),
+                                client_port: 6001,
+                                backup_of: None,
+                            },
+                        ),
+                    ],
+                },
+            ])
+            .unwrap();
+        }
+        let s = Store::open(d.path()).unwrap();
+        let l = s.load().unwrap();
+        assert_eq!(l.users.iter().collect::<Vec<_>>(), vec!["alice"]);
+        assert_eq!(l.files.len(), 1);
+        assert_eq!(l.files["a.txt"], rec("alice"));
+        assert_eq!(l.servers["ss1"].client_port, 6001);
+    }
+
+    #[test]
+    fn waiting_batches_share_one_transaction() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let (btx, brx) = crossbeam_channel::bounded(16);
+        let (rtx, rrx) = crossbeam_channel::bounded(16);
+        for seq in 1..=5 {
+            btx.send(Batch {
+                seq,
+                ops: vec![StoreOp::PutUser(format!("u{seq}"))],
+            })
+            .unwrap();
+        }
+        drop(btx);
+        s.run(brx, rtx, || {});
+        let reports: Vec<Committed> = rrx.try_iter().collect();
+        assert_eq!(reports, vec![Committed::Upto { seq: 5, batches: 5 }]);
+        let s = Store::open(d.path()).unwrap();
+        assert_eq!(s.load().unwrap().users.len(), 5);
+    }
+}

@@ -1,0 +1,136 @@
+//! The worker pool: threads that make the name server's blocking calls to storage servers (and
+//! run EXEC), so the event loop never blocks.
+//!
+//! Jobs arrive over a bounded channel (`--queue-cap`); each result goes back over a channel and
+//! the loop's `Waker`. The result channel never fills: it holds at most one result per queued
+//! or running job.
+
+use super::core::{Job, JobId, JobKind, JobOutput};
+use super::exec::{self, ExecLimits};
+use crate::protocol::{err, Connection, Message, WireError};
+use crossbeam_channel::{Receiver, Sender};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Time allowed to connect to a storage server.
+pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
+/// Time allowed for a storage server to answer one frame.
+pub const CALL_TIMEOUT_MS: u64 = 15_000;
+/// Largest script EXEC fetches.
+pub const MAX_SCRIPT_BYTES: u64 = 1024 * 1024;
+/// Output cap for EXEC.
+pub const EXEC_OUTPUT_BYTES: usize = 1024 * 1024;
+/// Process cap for EXEC.
+pub const EXEC_MAX_PROCESSES: u64 = 64;
+
+/// A job's result as it returns to the loop.
+pub type JobResult = (JobId, Result<JobOutput, WireError>);
+
+/// Starts `workers` threads taking jobs from `jobs`; each result is sent on `results` and then
+/// `notify` is called.
+pub fn spawn(
+    workers: usize,
+    jobs: Receiver<Job>,
+    results: Sender<JobResult>,
+    exec_timeout_s: u64,
+    notify: Arc<dyn Fn() + Send + Sync>,
+) -> std::io::Result<()> {
+    let limits = ExecLimits {
+        timeout: Duration::from_secs(exec_timeout_s),
+        max_output_bytes: EXEC_OUTPUT_BYTES,
+        cpu_seconds: exec_timeout_s.max(1),
+        max_processes: EXEC_MAX_PROCESSES,
+    };
+    for i in 0..workers.max(1) {
+        let jobs = jobs.clone();
+        let results = results.clone();
+        let notify = notify.clone();
+        let limits = limits.clone();
+        std::thread::Builder::new()
+            .name(format!("nm-worker-{i}"))
+            .spawn(move || {
+                while let Ok(job) = jobs.recv() {
+                    let out = run(&job.kind, &limits);
+                    if results.send((job.id, out)).is_err() {
+                        return;
+                    }
+                    notify();
+                }
+            })?;
+    }
+    Ok(())
+}
+
+/// Runs one job, blocking.
+pub fn run(kind: &JobKind, limits: &ExecLimits) -> Result<JobOutput, WireError> {
+    match kind {
+        JobKind::SsCall { addr, msg } => {
+            let mut conn = connect(addr)?;
+            match conn.call(msg, &[])?.msg {
+                Message::FileStateReply { state } => Ok(JobOutput::State(state)),
+                Message::Done {} => Ok(JobOutput::Done),
+                other => Err(err::internal(format!(
+                    "storage server answered {} unexpectedly",
+                    other.op_name()
+                ))),
+            }
+        }
+        JobKind::Exec { addr, msg } => {
+            let script = fetch(addr, msg)?;
+            let r = exec::run_script(&script, limits)?;
+            Ok(JobOutput::Exec {
+                output: r.output,
+                exit_code: r.exit_code,
+                truncated: r.truncated,
+            })
+        }
+    }
+}
+
+fn connect(addr: &str) -> Result<Connection, WireError> {
+    let conn = Connection::connect(addr, Duration::from_millis(CONNECT_TIMEOUT_MS))
+        .map_err(|e| err::unavailable(format!("cannot reach storage server at {addr}: {e}")))?;
+    conn.set_timeout(Some(Duration::from_millis(CALL_TIMEOUT_MS)))
+        .map_err(|e| err::internal(e.to_string()))?;
+    Ok(conn)
+}
+
+/// Reads a whole (small) file with a READ request.
+fn fetch(addr: &str, msg: &Message) -> Result<Vec<u8>, WireError> {
+    let mut conn = connect(addr)?;
+    let size = match conn.call(msg, &[])?.msg {
+        Message::ReadOk { size, .. } => size,
+        other => {
+            return Err(err::internal(format!(
+                "storage server answered {} to READ",
+                other.op_name()
+            )))
+        }
+    };
+    if size > MAX_SCRIPT_BYTES {
+        return Err(err::limit(format!(
+            "script of {size} bytes exceeds the EXEC limit of {MAX_SCRIPT_BYTES} bytes"
+        )));
+    }
+    let mut script = Vec::with_capacity(size as usize);
+    loop {
+        let f = conn.recv_some()?;
+        match f.msg.into_result()? {
+            Message::Chunk {} => {
+                if script.len() as u64 + f.body.len() as u64 > size {
+                    return Err(err::internal(
+                        "storage server sent more bytes than announced",
+                    ));
+                }
+                script.extend_from_slice(&f.body);
+            }
+            Message::End {} => return Ok(script),
+            other => {
+                return Err(err::internal(format!(
+                    "storage server sent {} inside a READ",
+                    other.op_name()
+                )))
+            }
+        }
+    }
+}
