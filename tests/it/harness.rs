@@ -147,7 +147,8 @@ impl Log {
             }
             next = s.end();
             let now = Instant::now();
-            if now >= deadline {
+            // A process whose stdout is closed logs nothing more: fail now, not at the deadline.
+            if now >= deadline || s.open_readers == 0 {
                 return None;
             }
             s = self.cv.wait_timeout(s, deadline - now).unwrap().0;
@@ -175,7 +176,7 @@ impl Log {
                 return true;
             }
             let now = Instant::now();
-            if now >= deadline {
+            if now >= deadline || s.open_readers == 0 {
                 return false;
             }
             s = self.cv.wait_timeout(s, deadline - now).unwrap().0;
@@ -592,7 +593,7 @@ impl Cluster {
         let log = self.log(name);
         log.find(since, event, &pred, timeout).unwrap_or_else(|| {
             panic!(
-                "{name} logged no matching {event} within {timeout:?}; last log lines:\n{}",
+                "{name} logged no matching {event} within {timeout:?} (or exited first); last log lines:\n{}",
                 log.tail()
             )
         })
@@ -702,7 +703,7 @@ fn wait_listen(p: &Proc, since: Mark, event: &str) -> String {
         .find(since, event, &|v| v["addr"].is_string(), WAIT)
         .unwrap_or_else(|| {
             panic!(
-                "{} did not log {event} with an addr within {WAIT:?}; last log lines:\n{}",
+                "{} did not log {event} with an addr within {WAIT:?} (or exited first); last log lines:\n{}",
                 p.name,
                 p.log.tail()
             )

@@ -214,3 +214,57 @@ fn client_prints_no_log_lines() {
     out.assert_lines(&["File Created Successfully!", ""]);
     assert!(out.stderr.is_empty(), "stderr: {}", out.stderr);
 }
+
+/// Retries `f` until it returns true or `WAIT` passes (for conditions only the server knows,
+/// such as having noticed closed connections).
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {WAIT:?}"
+        );
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn connection_caps_refuse_the_excess_and_recover() {
+    let c = Cluster::builder()
+        .nm_args(&["--max-connections", "8"])
+        .ss_args(&["--max-connections", "3"])
+        .start();
+    c.client("alice")
+        .run("CREATE a.txt\nWRITE a.txt 0\n0 Capped.\nETIRW\n")
+        .assert_code(0);
+    let ss = c.ss_addr("ss1").to_string();
+    let held: Vec<TcpStream> = (0..3).map(|_| sock(&ss)).collect();
+    // The fourth is answered with LIMIT (or closed) rather than left hanging.
+    eventually(
+        "a connection over the storage server's cap is refused",
+        || {
+            let reply = send_and_drain(&ss, b"");
+            reply.is_empty() || String::from_utf8_lossy(&reply).contains("LIMIT")
+        },
+    );
+    drop(held);
+    eventually(
+        "the storage server serves again once connections close",
+        || raw_read(c.nm_addr(), "alice", "a.txt").is_ok(),
+    );
+    // The name server: a flood of idle connections beyond its cap leaves it serving once
+    // they are gone, and the storage server's link (opened first) is never dropped.
+    let nm = c.nm_addr().to_string();
+    let flood: Vec<TcpStream> = (0..20)
+        .filter_map(|_| TcpStream::connect(&nm).ok())
+        .collect();
+    drop(flood);
+    eventually("the name server serves again after a flood", || {
+        raw_read(c.nm_addr(), "alice", "a.txt").is_ok()
+    });
+    assert_eq!(
+        c.log("nm")
+            .count(Mark(0), "heartbeat_monitor_failure", &|_| true),
+        0
+    );
+}

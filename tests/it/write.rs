@@ -283,3 +283,61 @@ fn readers_see_old_or_new_never_a_mix() {
     let got = String::from_utf8(raw_read(&addr, "alice", "big.txt").unwrap()).unwrap();
     assert_eq!(got, cur);
 }
+
+#[test]
+fn an_idle_session_loses_its_lock() {
+    let c = Cluster::builder()
+        .ss_args(&["--lock-timeout-ms", "300"])
+        .start();
+    c.client("alice")
+        .run("CREATE a.txt\nWRITE a.txt 0\n0 Base.\nETIRW\n")
+        .assert_code(0);
+    let since = c.mark("ss1");
+    let mut a = c.client("alice").spawn();
+    a.send("WRITE a.txt 0");
+    a.send("0 Idle");
+    a.expect_prefix("Sentence: Idle Base.");
+    // The storage server says when it released the idle lock.
+    c.wait_event_since(
+        "ss1",
+        since,
+        "ss_refused",
+        |v| v["reason"] == "idle" || v["msg"].as_str().unwrap_or("").contains("idle"),
+        WAIT,
+    );
+    c.client("alice")
+        .run("WRITE a.txt 0\n0 Fresh\nETIRW\n")
+        .assert_contains("Write Successful!")
+        .assert_code(0);
+    // The idle session's commit fails; its edits never reach the file.
+    a.send("ETIRW");
+    a.expect_prefix("ERROR [");
+    drop(a);
+    c.client("alice")
+        .run("READ a.txt\n")
+        .assert_lines(&["Fresh Base."]);
+}
+
+#[test]
+fn a_hand_edit_is_adopted_at_access() {
+    let c = Cluster::start();
+    c.client("alice")
+        .run("CREATE h.txt\nWRITE h.txt 0\n0 Before.\nETIRW\n")
+        .assert_code(0);
+    std::fs::write(
+        c.storage("ss1").join("files/h.txt"),
+        "Edited by hand, longer now.",
+    )
+    .unwrap();
+    c.client("alice")
+        .run("READ h.txt\nINFO h.txt\n")
+        .assert_contains("Edited by hand, longer now.\n")
+        .assert_contains("Size: 27 bytes")
+        .assert_contains("Words: 5")
+        .assert_code(0);
+    // And it is editable like any other version.
+    c.client("alice")
+        .run("WRITE h.txt 1\n0 Yes.\nETIRW\nREAD h.txt\n")
+        .assert_contains("Edited by hand, longer now. Yes.\n")
+        .assert_code(0);
+}
