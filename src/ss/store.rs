@@ -3,17 +3,19 @@
 //!
 //! ```text
 //! DIR/files/<canonical name>        content, exactly the file's bytes
-//! DIR/meta/<canonical name>.meta    bookkeeping JSON (see [`Meta`])
+//! DIR/meta/<canonical name>         bookkeeping JSON (see [`Meta`]); the same relative path as
+//!                                  the content, so a name maps to exactly one record and no
+//!                                  file name can collide with another's record
 //! DIR/undo/<blob id>                earlier contents referenced by undo stacks
 //! DIR/tmp/                          temp files for atomic replacement; emptied at startup
 //! ```
 //!
 //! A content change (1) hard-links the current content into `undo/<new blob id>` (the old
 //! inode survives the rename, so nothing is copied), (2) replaces the content atomically,
-//! (3) replaces the `.meta` atomically. A crash between (2) and (3) leaves content whose size
+//! (3) replaces the record atomically. A crash between (2) and (3) leaves content whose size
 //! or mtime disagrees with its bookkeeping, which the startup scan adopts as a new version, like
-//! a hand edit. CREATE writes the `.meta` first; a `.meta` without content is an unfinished
-//! create and the scan removes it. Undo blobs referenced by no `.meta` are removed too.
+//! a hand edit. CREATE writes the record first; a record without content is an unfinished
+//! create and the scan removes it. Undo blobs referenced by no record are removed too.
 //!
 //! Callers that combine several steps (a commit reads, edits and writes) hold the file's mutex
 //! from [`Store::file_lock`] for the whole sequence; the methods that say so require it.
@@ -86,7 +88,7 @@ impl From<StoreError> for WireError {
     }
 }
 
-/// Per-file bookkeeping, stored as JSON in `meta/<name>.meta`.
+/// Per-file bookkeeping, stored as JSON in `meta/<name>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Meta {
     /// Current version.
@@ -204,7 +206,7 @@ impl Store {
     }
 
     fn meta_path(&self, file: &str) -> PathBuf {
-        self.meta.join(format!("{file}.meta"))
+        self.meta.join(file)
     }
 
     fn io(&self, file: &str, source: io::Error) -> StoreError {
@@ -580,9 +582,7 @@ impl Store {
         let mut metas = Vec::new();
         walk(&self.meta, &self.meta, &mut metas).map_err(|e| self.io("meta/", e))?;
         for m in metas {
-            let Some(file) = m.strip_suffix(".meta") else {
-                continue;
-            };
+            let file = m.as_str();
             if !names_seen.contains(file) && !self.content_path(file).exists() {
                 let _ = durable::remove(&self.meta.join(&m));
             }
@@ -712,7 +712,7 @@ mod tests {
         // A hand-placed file, a hand edit, an unfinished create, a stray blob and a temp file.
         fs::write(d.path().join("files/new.txt"), "by hand").unwrap();
         fs::write(d.path().join("files/a.txt"), "edited by hand, longer.").unwrap();
-        fs::write(d.path().join("meta/ghost.txt.meta"), "{}").unwrap();
+        fs::write(d.path().join("meta/ghost.txt"), "{}").unwrap();
         fs::write(d.path().join("undo/stray"), "x").unwrap();
         fs::write(d.path().join("tmp/t1"), "x").unwrap();
         let s = Store::open(d.path(), "ss1").unwrap();
@@ -726,7 +726,7 @@ mod tests {
         assert_eq!(list[0].words, 4);
         assert_eq!(list[1].file, "new.txt");
         assert_eq!(list[1].owner, None);
-        assert!(!d.path().join("meta/ghost.txt.meta").exists());
+        assert!(!d.path().join("meta/ghost.txt").exists());
         assert!(!d.path().join("undo/stray").exists());
         assert_eq!(fs::read_dir(d.path().join("undo")).unwrap().count(), 1);
         // A second scan finds nothing new: versions stay.
