@@ -163,6 +163,7 @@ fn fake_ss() -> u16 {
                 modified_ms: 0,
                 owner: None,
             },
+            copies: None,
         }),
         _ => close(),
     }))

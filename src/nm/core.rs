@@ -638,6 +638,7 @@ impl Core {
             Message::Registered {
                 epoch: EPOCH,
                 heartbeat_interval_ms: self.cfg.heartbeat_interval_ms,
+                backup: false,
             },
         );
     }
@@ -739,7 +740,7 @@ impl Core {
                         None => self.adopt(name, &file, &state, now_ms),
                     }
                 }
-                self.reply(conn, Message::ChangedAck { id });
+                self.reply(conn, Message::ChangedAck { id, copies: None });
             }
             Message::Removed { id, file } => {
                 if let Ok(file) = names::canonical_file(&file) {
@@ -749,7 +750,7 @@ impl Core {
                             "{file} vanished from {name}");
                     }
                 }
-                self.reply(conn, Message::ChangedAck { id });
+                self.reply(conn, Message::ChangedAck { id, copies: None });
             }
             other => self.refuse_and_close(
                 conn,
@@ -990,6 +991,11 @@ impl Core {
             AccessMode::Stream => {
                 Self::need_read(rec, user, &canon)?;
                 TicketOp::Stream
+            }
+            AccessMode::Upload => {
+                return Err(err::unavailable(
+                    "UPLOAD is not supported by this cluster yet",
+                ));
             }
             AccessMode::Write => {
                 Self::need_write(rec, user, &canon)?;
@@ -1422,7 +1428,8 @@ mod tests {
             only_reply(register(&mut c, 1, "ss1", vec![st("x.txt", 1, None)])),
             Message::Registered {
                 epoch: 1,
-                heartbeat_interval_ms: 100
+                heartbeat_interval_ms: 100,
+                backup: false,
             }
         );
         register(&mut c, 2, "ss2", vec![]);
@@ -1790,7 +1797,13 @@ mod tests {
             },
             5,
         );
-        assert_eq!(only_reply(e), Message::ChangedAck { id: 7 });
+        assert_eq!(
+            only_reply(e),
+            Message::ChangedAck {
+                id: 7,
+                copies: None
+            }
+        );
         assert_eq!(c.files["a.txt"].version.counter, 2);
         assert_eq!(c.files["a.txt"].owner, "alice");
         let e = send(
@@ -1802,7 +1815,13 @@ mod tests {
             },
             5,
         );
-        assert_eq!(only_reply(e), Message::ChangedAck { id: 8 });
+        assert_eq!(
+            only_reply(e),
+            Message::ChangedAck {
+                id: 8,
+                copies: None
+            }
+        );
         assert!(c.files.is_empty());
         let e = send(&mut c, 1, Message::Heartbeat { seq: 3 }, 250);
         assert_eq!(only_reply(e), Message::HeartbeatAck { seq: 3 });

@@ -20,7 +20,17 @@
 //! nm -> ss     : SS_CREATE | SS_UNDO            <- FILE_STATE | ERR
 //! nm -> ss     : SS_DELETE                      <- DONE | ERR
 //! nm -> ss     : READ (user "@nm", for EXEC)    <- READ_OK, CHUNK*, END
+//! client -> nm : STATUS                         <- STATUS_REPLY
+//! client -> ss : UPLOAD, CHUNK*, END            <- COMMITTED | ERR
+//! nm -> target : PEEK_FILE                      <- HELD
+//! nm -> source : GET_FILE_CONTENT               <- FILE_CONTENT, CHUNK*, END, (CHUNK*, END)*
+//! nm -> target : PUT_FILE_CONTENT, CHUNK*, END, (CHUNK*, END)*   <- FILE_STATE_REPLY | ERR
+//! nm -> target : SS_DELETE (delete replication) <- DONE | ERR
 //! ```
+//!
+//! A replication worker relays GET_FILE_CONTENT's stream into PUT_FILE_CONTENT chunk by chunk,
+//! so no process holds a whole file. In `--replication sync` mode a change whose backup is
+//! down is answered with DONE_DEGRADED (or COMMITTED with `copies`) instead of DONE.
 //!
 //! Every request to a storage server carries a [`Ticket`] signed with the cluster key by the
 //! name server; the storage server checks it and never trusts the sender otherwise.
@@ -100,6 +110,12 @@ pub enum TicketOp {
     Delete,
     /// NM-initiated undo.
     Undo,
+    /// Replication: the name server reads a file's content and history from its source.
+    Fetch,
+    /// Replication: the name server installs a copy on its target (or asks what it holds).
+    Store,
+    /// A client replaces a file's content with an upload.
+    Upload,
 }
 
 /// An authorisation minted by the name server for exactly one request to one storage server.
@@ -164,6 +180,8 @@ pub enum AccessMode {
     Stream,
     /// WRITE.
     Write,
+    /// UPLOAD (write access; a missing file is created, owned by the uploader).
+    Upload,
 }
 
 /// One access-list entry as INFO shows it.
@@ -234,6 +252,70 @@ pub struct FileSummary {
     /// Who accessed last.
     #[serde(default)]
     pub accessed_by: Option<String>,
+}
+
+/// One entry of a file's undo history as it travels in a replication transfer. A history
+/// entry holds the content the file had at `version`; copies name entries by version, so a
+/// target can say which it already holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UndoDesc {
+    /// The version whose content this entry restores.
+    pub version: Version,
+    /// Bytes.
+    pub size: u64,
+    /// CRC32C of the bytes.
+    pub checksum: u32,
+}
+
+/// One storage server as STATUS shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    /// Name.
+    pub name: String,
+    /// `host:port`.
+    pub addr: String,
+    /// Reachable and heartbeating.
+    pub up: bool,
+    /// `primary`, `backup` or `unpaired`.
+    pub role: String,
+    /// Files the name server places on (or replicates to) it.
+    pub files: u64,
+    /// Unix milliseconds of the last heartbeat, if any.
+    #[serde(default)]
+    pub last_heartbeat_ms: Option<u64>,
+}
+
+/// One primary/backup pair as STATUS shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairStatus {
+    /// The primary's name.
+    pub primary: String,
+    /// The backup's name, if one ever registered.
+    #[serde(default)]
+    pub backup: Option<String>,
+    /// `ACTIVE`, `SYNCING`, `BACKUP_DOWN`, `PRIMARY_DOWN`, `UNPAIRED`, ...
+    pub state: String,
+    /// The pair's epoch.
+    pub epoch: u64,
+    /// Replication jobs owed to the backup.
+    pub lag_jobs: u64,
+    /// Bytes owed to the backup (sizes of the files those jobs carry).
+    pub lag_bytes: u64,
+    /// Age in ms of the oldest change the backup does not hold yet (0 when none).
+    pub lag_ms: u64,
+}
+
+/// A replication job that ran out of attempts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedJob {
+    /// Canonical file.
+    pub file: String,
+    /// Target server.
+    pub target: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last error.
+    pub error: String,
 }
 
 /// Every message. Serialized with an `op` field in SCREAMING_SNAKE_CASE (`{"op":"READ",...}`);
@@ -364,6 +446,30 @@ pub enum Message {
         ticket: Ticket,
     },
 
+    /// STATUS.
+    Status {},
+    /// Reply to STATUS.
+    StatusReply {
+        /// Every storage server, by name.
+        servers: Vec<ServerStatus>,
+        /// Every pair (and every unpaired primary), by primary name.
+        pairs: Vec<PairStatus>,
+        /// Replication jobs not yet done (pending or running).
+        queue_depth: u64,
+        /// Jobs out of attempts, waiting for their target to come back.
+        failed: Vec<FailedJob>,
+        /// `async` or `sync`.
+        replication: String,
+    },
+    /// Success of a change in `--replication sync` mode when the backup could not take it:
+    /// the change is durable on `copies` of `total` copies and owed to the rest.
+    DoneDegraded {
+        /// Copies holding the change.
+        copies: u32,
+        /// Copies the file should have.
+        total: u32,
+    },
+
     // ----- client (or nm) -> ss -----
     /// Read a whole file; answered by READ_OK, then CHUNK frames (bodies of at most
     /// `frame::CHUNK_BYTES`), then END.
@@ -432,6 +538,22 @@ pub enum Message {
     Committed {
         /// The file's new state.
         state: FileState,
+        /// In sync mode with the backup down: copies holding the change (of 2).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        copies: Option<u32>,
+    },
+
+    /// Replace a file's content with `size` bytes that follow in CHUNK frames, then END. Answered
+    /// by COMMITTED once durable on the storage server and recorded by the name server.
+    Upload {
+        /// Canonical file name.
+        file: String,
+        /// Bytes that follow.
+        size: u64,
+        /// CRC32C of all the bytes.
+        checksum: u32,
+        /// Authorisation (op `upload`).
+        ticket: Ticket,
     },
 
     // ----- nm -> ss -----
@@ -460,6 +582,57 @@ pub enum Message {
         /// Epoch to stamp on the new version.
         epoch: u64,
         /// Authorisation (op `undo`).
+        ticket: Ticket,
+    },
+    /// Replication, step 1 (to the target): what do you hold of `file`?
+    PeekFile {
+        /// Canonical file name.
+        file: String,
+        /// Authorisation (op `store`).
+        ticket: Ticket,
+    },
+    /// Reply to PEEK_FILE.
+    Held {
+        /// The target's state of the file, if it has it.
+        #[serde(default)]
+        state: Option<FileState>,
+        /// Versions of the undo history it holds.
+        blobs: Vec<Version>,
+    },
+    /// Replication, step 2 (to the source): send the file's content and the history entries
+    /// the target lacks. Answered by FILE_CONTENT, then the content as CHUNK* END, then each
+    /// entry of `sent` in order as CHUNK* END.
+    GetFileContent {
+        /// Canonical file name.
+        file: String,
+        /// History versions the target already holds (not sent again).
+        have: Vec<Version>,
+        /// Authorisation (op `fetch`).
+        ticket: Ticket,
+    },
+    /// Reply to GET_FILE_CONTENT (and the head of PUT_FILE_CONTENT's stream).
+    FileContent {
+        /// The state of the content that follows.
+        state: FileState,
+        /// The whole undo history, oldest first.
+        undo: Vec<UndoDesc>,
+        /// The history entries whose bytes follow the content, in this order.
+        sent: Vec<Version>,
+    },
+    /// Replication, step 3 (to the target): install this copy. The frame is followed by the
+    /// content as CHUNK* END, then each entry of `sent` as CHUNK* END. The target verifies every
+    /// checksum before its atomic rename, ignores a version older than its own (answering its
+    /// own state), and answers FILE_STATE_REPLY with the state it now holds.
+    PutFileContent {
+        /// Canonical file name.
+        file: String,
+        /// State of the content that follows.
+        state: FileState,
+        /// The whole undo history, oldest first.
+        undo: Vec<UndoDesc>,
+        /// History entries whose bytes follow, in order.
+        sent: Vec<Version>,
+        /// Authorisation (op `store`).
         ticket: Ticket,
     },
     /// A file's state after an NM-initiated change.
@@ -498,6 +671,9 @@ pub enum Message {
         epoch: u64,
         /// Heartbeat interval the name server expects, in ms.
         heartbeat_interval_ms: u64,
+        /// True while this server is a backup: it then refuses client writes.
+        #[serde(default)]
+        backup: bool,
     },
     /// Liveness, every heartbeat interval.
     Heartbeat {
@@ -523,10 +699,14 @@ pub enum Message {
         /// Canonical file name.
         file: String,
     },
-    /// Reply to CHANGED / REMOVED once durable on the name server.
+    /// Reply to CHANGED / REMOVED once durable on the name server (in sync mode: once the
+    /// backup holds it too, or the change is durably owed to a backup that is down).
     ChangedAck {
         /// The id acknowledged.
         id: u64,
+        /// In sync mode with the backup down: copies holding the change (of 2).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        copies: Option<u32>,
     },
 }
 

@@ -290,7 +290,7 @@ fn reader(mut conn: Connection, pending: Pending, dead: Sender<String>) {
     let why = loop {
         match conn.recv() {
             Ok(Some(f)) => match f.msg {
-                Message::ChangedAck { id } => {
+                Message::ChangedAck { id, .. } => {
                     let reply = pending
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())

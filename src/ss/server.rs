@@ -406,7 +406,10 @@ fn write_session(
                 let res = commit(shared, file, id, &buf);
                 drop(guard);
                 let reply = match res {
-                    Ok(state) => Message::Committed { state },
+                    Ok(state) => Message::Committed {
+                        state,
+                        copies: None,
+                    },
                     Err(e) => Message::err(e),
                 };
                 conn.send(&reply, &[])?;

@@ -43,16 +43,17 @@ fn fake_nm() -> FakeNm {
                             Some(Message::Registered {
                                 epoch: 7,
                                 heartbeat_interval_ms: 50,
+                                backup: false,
                             })
                         }
                         Message::Heartbeat { seq } => Some(Message::HeartbeatAck { seq }),
                         Message::Changed { id, state } => {
                             let _ = ch_tx.send(state);
-                            Some(Message::ChangedAck { id })
+                            Some(Message::ChangedAck { id, copies: None })
                         }
                         Message::Removed { id, file } => {
                             let _ = rm_tx.send(file);
-                            Some(Message::ChangedAck { id })
+                            Some(Message::ChangedAck { id, copies: None })
                         }
                         _ => None,
                     };
@@ -174,7 +175,7 @@ impl Cluster {
 
     fn commit(&self, c: &mut Connection) -> FileState {
         match self.ask(c, Message::Commit {}).unwrap() {
-            Message::Committed { state } => state,
+            Message::Committed { state, .. } => state,
             other => panic!("{other:?}"),
         }
     }

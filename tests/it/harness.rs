@@ -1112,7 +1112,7 @@ pub fn raw_write(
         )?;
     }
     match ss.call(&Message::Commit {}, &[])?.msg {
-        Message::Committed { state } => Ok(state),
+        Message::Committed { state, .. } => Ok(state),
         other => panic!("COMMIT answered {other:?}"),
     }
 }
