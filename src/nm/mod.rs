@@ -21,6 +21,7 @@
 pub mod core;
 pub mod exec;
 pub mod http;
+pub mod replication;
 pub mod server;
 pub mod store;
 pub mod worker;
@@ -148,8 +149,9 @@ pub fn start(cfg: &Config) -> Result<Started, NmError> {
                 ReplicationMode::Async => "async",
                 ReplicationMode::Sync => "sync",
             },
+            max_repl_in_flight: cfg.queue_cap.max(1) + cfg.workers.max(1),
         },
-        key,
+        key.clone(),
         loaded,
     );
     let listener = std::net::TcpListener::bind((cfg.host.as_str(), cfg.port))
@@ -175,22 +177,39 @@ pub fn start(cfg: &Config) -> Result<Started, NmError> {
             .map_err(io_err("start store thread"))?;
     let queue_cap = cfg.queue_cap.max(1);
     let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(queue_cap);
-    let (results_tx, results_rx) = crossbeam_channel::bounded(queue_cap + cfg.workers.max(1) + 1);
+    let (repl_tx, repl_rx) = crossbeam_channel::bounded(queue_cap);
+    // Room for one result per queued or running job of both pools.
+    let (results_tx, results_rx) =
+        crossbeam_channel::bounded(2 * (queue_cap + cfg.workers.max(1)) + 2);
     let w = waker.clone();
+    let notify: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+        let _ = w.wake();
+    });
     worker::spawn(
         cfg.workers,
         jobs_rx,
-        results_tx,
+        results_tx.clone(),
         cfg.exec_timeout_s,
-        Arc::new(move || {
-            let _ = w.wake();
-        }),
+        key.clone(),
+        "worker",
+        notify.clone(),
     )
     .map_err(io_err("start workers"))?;
+    worker::spawn(
+        cfg.workers,
+        repl_rx,
+        results_tx,
+        cfg.exec_timeout_s,
+        key,
+        "replicator",
+        notify,
+    )
+    .map_err(io_err("start replication workers"))?;
     srv.attach(server::Links {
         store_tx,
         store_rx,
         jobs_tx,
+        repl_tx,
         results_rx,
         store_thread: Some(store_thread),
     });

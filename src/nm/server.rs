@@ -74,6 +74,8 @@ pub struct Links {
     pub store_rx: Receiver<Committed>,
     /// Jobs to the worker pool.
     pub jobs_tx: Sender<Job>,
+    /// Replication jobs to the replication workers (`--queue-cap`).
+    pub repl_tx: Sender<Job>,
     /// Results from the worker pool.
     pub results_rx: Receiver<JobResult>,
     /// The store thread, joined at shutdown so the last batch is flushed.
@@ -496,7 +498,16 @@ impl Server {
 
     fn dispatch(&mut self, job: Job) {
         let id = job.id;
+        let replicate = matches!(job.kind, super::core::JobKind::Replicate(_));
         let refused = match self.links.as_ref() {
+            Some(l) if replicate => match l.repl_tx.try_send(job) {
+                Ok(()) => None,
+                // Backpressure: the job stays in the table and is dispatched again shortly.
+                Err(_) => {
+                    self.core.on_dispatch_full(id, now_ms());
+                    None
+                }
+            },
             Some(l) => match l.jobs_tx.try_send(job) {
                 Ok(()) => None,
                 Err(TrySendError::Full(_)) => Some(err::limit(

@@ -8,6 +8,8 @@
 //! | `users`   | user name        | `{}`                                    |
 //! | `files`   | canonical name   | `core::FileRecord`                      |
 //! | `servers` | server name      | `core::ServerRecord`                    |
+//! | `pairs`   | primary name     | backup name (JSON string)               |
+//! | `jobs`    | `target\nfile`   | `replication::ReplJob`                  |
 //! | `meta`    | `schema`         | `"1"`                                   |
 //!
 //! The event loop sends numbered batches of [`StoreOp`]s over a bounded channel. The store
@@ -16,6 +18,7 @@
 //! sequence number back; so many concurrent clients share one fsync.
 
 use super::core::{FileRecord, Loaded, ServerRecord, StoreOp};
+use super::replication::ReplJob;
 use crossbeam_channel::{Receiver, Sender};
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 use std::path::Path;
@@ -25,6 +28,8 @@ const USERS: TableDefinition<&str, &str> = TableDefinition::new("users");
 const FILES: TableDefinition<&str, &str> = TableDefinition::new("files");
 const SERVERS: TableDefinition<&str, &str> = TableDefinition::new("servers");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+const PAIRS: TableDefinition<&str, &str> = TableDefinition::new("pairs");
+const JOBS: TableDefinition<&str, &str> = TableDefinition::new("jobs");
 
 /// The database file name inside `--data`.
 pub const DB_FILE: &str = "nm.redb";
@@ -103,6 +108,8 @@ impl Store {
             txn.open_table(USERS).map_err(dberr)?;
             txn.open_table(FILES).map_err(dberr)?;
             txn.open_table(SERVERS).map_err(dberr)?;
+            txn.open_table(PAIRS).map_err(dberr)?;
+            txn.open_table(JOBS).map_err(dberr)?;
             let mut meta = txn.open_table(META).map_err(dberr)?;
             meta.insert("schema", "1").map_err(dberr)?;
         }
@@ -131,6 +138,18 @@ impl Store {
             let rec: ServerRecord = parse(k.value(), v.value())?;
             loaded.servers.insert(k.value().to_string(), rec);
         }
+        let pairs = txn.open_table(PAIRS).map_err(dberr)?;
+        for item in pairs.iter().map_err(dberr)? {
+            let (k, v) = item.map_err(dberr)?;
+            let backup: String = parse(k.value(), v.value())?;
+            loaded.pairs.insert(k.value().to_string(), backup);
+        }
+        let jobs = txn.open_table(JOBS).map_err(dberr)?;
+        for item in jobs.iter().map_err(dberr)? {
+            let (k, v) = item.map_err(dberr)?;
+            let job: ReplJob = parse(k.value(), v.value())?;
+            loaded.jobs.insert(k.value().to_string(), job);
+        }
         Ok(loaded)
     }
 
@@ -142,6 +161,8 @@ impl Store {
             let mut users = txn.open_table(USERS).map_err(dberr)?;
             let mut files = txn.open_table(FILES).map_err(dberr)?;
             let mut servers = txn.open_table(SERVERS).map_err(dberr)?;
+            let mut pairs = txn.open_table(PAIRS).map_err(dberr)?;
+            let mut jobs = txn.open_table(JOBS).map_err(dberr)?;
             for op in batches.iter().flat_map(|b| b.ops.iter()) {
                 match op {
                     StoreOp::PutUser(u) => {
@@ -157,6 +178,18 @@ impl Store {
                     StoreOp::PutServer(n, rec) => {
                         let v = to_json(n, rec)?;
                         servers.insert(n.as_str(), v.as_str()).map_err(dberr)?;
+                    }
+                    StoreOp::PutPair(p, b) => {
+                        let v = to_json(p, b)?;
+                        pairs.insert(p.as_str(), v.as_str()).map_err(dberr)?;
+                    }
+                    StoreOp::PutJob(j) => {
+                        let k = j.key();
+                        let v = to_json(&k, j)?;
+                        jobs.insert(k.as_str(), v.as_str()).map_err(dberr)?;
+                    }
+                    StoreOp::DelJob(k) => {
+                        jobs.remove(k.as_str()).map_err(dberr)?;
                     }
                 }
             }
@@ -239,6 +272,7 @@ mod tests {
             access: BTreeMap::from([("bob".to_string(), true)]),
             accessed_ms: Some(30),
             accessed_by: Some("bob".into()),
+            backup_version: None,
         }
     }
 

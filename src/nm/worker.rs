@@ -7,6 +7,8 @@
 
 use super::core::{Job, JobId, JobKind, JobOutput};
 use super::exec::{self, ExecLimits};
+use super::replication;
+use crate::auth::ClusterKey;
 use crate::protocol::{err, Connection, Message, WireError};
 use crossbeam_channel::{Receiver, Sender};
 use std::sync::Arc;
@@ -33,6 +35,8 @@ pub fn spawn(
     jobs: Receiver<Job>,
     results: Sender<JobResult>,
     exec_timeout_s: u64,
+    key: ClusterKey,
+    name: &str,
     notify: Arc<dyn Fn() + Send + Sync>,
 ) -> std::io::Result<()> {
     let limits = ExecLimits {
@@ -46,11 +50,12 @@ pub fn spawn(
         let results = results.clone();
         let notify = notify.clone();
         let limits = limits.clone();
+        let key = key.clone();
         std::thread::Builder::new()
-            .name(format!("nm-worker-{i}"))
+            .name(format!("nm-{name}-{i}"))
             .spawn(move || {
                 while let Ok(job) = jobs.recv() {
-                    let out = run(&job.kind, &limits);
+                    let out = run(&job.kind, &limits, &key);
                     if results.send((job.id, out)).is_err() {
                         return;
                     }
@@ -62,8 +67,9 @@ pub fn spawn(
 }
 
 /// Runs one job, blocking.
-pub fn run(kind: &JobKind, limits: &ExecLimits) -> Result<JobOutput, WireError> {
+pub fn run(kind: &JobKind, limits: &ExecLimits, key: &ClusterKey) -> Result<JobOutput, WireError> {
     match kind {
+        JobKind::Replicate(t) => replication::run(t, key).map(JobOutput::Replicated),
         JobKind::SsCall { addr, msg } => {
             let mut conn = connect(addr)?;
             match conn.call(msg, &[])?.msg {
