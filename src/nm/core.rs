@@ -321,8 +321,8 @@ pub struct Core {
     pairs: BTreeMap<String, String>,
     /// Replication jobs by key (durable; the channel only dispatches them).
     repl: BTreeMap<String, ReplJob>,
-    /// Replication jobs handed to the workers: job id to key.
-    running: HashMap<JobId, String>,
+    /// Replication jobs handed to the workers: job id to key and what was dispatched.
+    running: HashMap<JobId, (String, Want)>,
     /// Keys of `running`, so one key is never dispatched twice at once.
     running_keys: HashSet<String>,
     /// Sync-mode answers waiting for a job, by job key.
@@ -1332,8 +1332,8 @@ impl Core {
 
     /// A worker finished (or the job could not be queued).
     pub fn on_job_result(&mut self, id: JobId, result: Result<JobOutput, WireError>, now_ms: u64) {
-        if let Some(key) = self.running.remove(&id) {
-            self.on_repl_result(key, result, now_ms);
+        if let Some((key, sent)) = self.running.remove(&id) {
+            self.on_repl_result(key, sent, result, now_ms);
             return self.pump_replication(now_ms);
         }
         let Some(flight) = self.jobs.remove(&id) else {
@@ -1612,7 +1612,7 @@ impl Core {
         let version = rec.version;
         let primary = rec.ss.clone();
         let target = self.backup_for(&primary)?;
-        log::debug!(target: ev::NM_REPLICATION_CHECK, file = file, ss = target.as_str();
+        log::info!(target: ev::NM_REPLICATION_CHECK, file = file, ss = target.as_str();
             "file={file} primary={primary} replica={target}");
         if rec.backup_version == Some(version) {
             return Some(target);
@@ -1797,7 +1797,7 @@ impl Core {
             log::info!(target: ev::REPLICATION_WORKER_QUEUED, file = t.file.as_str(),
                 ss = t.target.0.as_str(), queued = self.running.len() as u64 + 1;
                 "file={} replica={} queued={}", t.file, t.target.0, self.running.len() + 1);
-            self.running.insert(id, k.clone());
+            self.running.insert(id, (k.clone(), t.want));
             self.running_keys.insert(k);
             self.out.push(Effect::Job(Job {
                 id,
@@ -1821,7 +1821,7 @@ impl Core {
     /// The worker channel had no room for a replication job: it waits in the table and is
     /// dispatched again shortly, without counting as an attempt. False if `id` is not one.
     pub fn on_dispatch_full(&mut self, id: JobId, now_ms: u64) -> bool {
-        let Some(key) = self.running.remove(&id) else {
+        let Some((key, _)) = self.running.remove(&id) else {
             return false;
         };
         self.running_keys.remove(&key);
@@ -1832,7 +1832,13 @@ impl Core {
     }
 
     /// A replication job came back.
-    fn on_repl_result(&mut self, key: String, result: Result<JobOutput, WireError>, now_ms: u64) {
+    fn on_repl_result(
+        &mut self,
+        key: String,
+        sent: Want,
+        result: Result<JobOutput, WireError>,
+        now_ms: u64,
+    ) {
         self.running_keys.remove(&key);
         let Some(job) = self.repl.get(&key).cloned() else {
             return;
@@ -1853,6 +1859,10 @@ impl Core {
                     Want::Content { version } if state.version >= version => {
                         self.repl.remove(&key);
                         self.batch.push(StoreOp::DelJob(key.clone()));
+                        self.settle_waits(&key, Some(Some(state.version)), false);
+                    }
+                    // A newer change landed while the copy ran: the row owes it, due now.
+                    Want::Content { .. } if sent != job.want => {
                         self.settle_waits(&key, Some(Some(state.version)), false);
                     }
                     Want::Content { version } => self.repl_failed(
@@ -2727,5 +2737,422 @@ mod tests {
             0,
         ));
         assert_eq!(code(m), ErrorCode::Unauthorized);
+    }
+
+    // ----- replication -----
+
+    fn register_as(
+        c: &mut Core,
+        conn: ConnId,
+        name: &str,
+        backup_of: Option<&str>,
+        files: Vec<FileState>,
+    ) -> Vec<Effect> {
+        c.on_connect(conn, 0);
+        let proof = ClusterKey::from_bytes(KEY).proof(name);
+        let reg = Message::Register {
+            name: name.into(),
+            host: "127.0.0.1".into(),
+            client_port: 7000 + conn as u16,
+            backup_of: backup_of.map(str::to_string),
+            proof,
+            file_count: files.len() as u64,
+        };
+        assert!(send(c, conn, reg, 0).is_empty());
+        if !files.is_empty() {
+            assert!(send(c, conn, Message::FileBatch { files }, 0).is_empty());
+        }
+        send(c, conn, Message::RegisterEnd {}, 0)
+    }
+
+    fn repl_jobs(e: &[Effect]) -> Vec<(JobId, Transfer)> {
+        e.iter()
+            .filter_map(|x| match x {
+                Effect::Job(Job {
+                    id,
+                    kind: JobKind::Replicate(t),
+                }) => Some((*id, t.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn sync_core() -> Core {
+        let mut c = core();
+        c.cfg.replication = "sync";
+        c
+    }
+
+    fn copied(file: &str, counter: u64) -> Result<JobOutput, WireError> {
+        Ok(JobOutput::Replicated(Outcome::Copied {
+            state: st(file, counter, None),
+            skipped: false,
+            bytes: counter,
+        }))
+    }
+
+    #[test]
+    fn pairing_works_in_both_start_orders() {
+        // Backup first, by name.
+        let mut c = core();
+        let e = register(&mut c, 1, "ss1_backup", vec![]);
+        assert!(matches!(
+            only_reply(e),
+            Message::Registered { backup: true, .. }
+        ));
+        assert!(c
+            .take_batch()
+            .contains(&StoreOp::PutPair("ss1".into(), "ss1_backup".into())));
+        let e = register(&mut c, 2, "ss1", vec![]);
+        assert!(matches!(
+            only_reply(e),
+            Message::Registered { backup: false, .. }
+        ));
+        assert_eq!(c.pairs.get("ss1").map(String::as_str), Some("ss1_backup"));
+        // Primary first, backup by flag.
+        let mut c = core();
+        register(&mut c, 1, "alpha", vec![]);
+        let e = register_as(&mut c, 2, "beta", Some("alpha"), vec![]);
+        assert!(matches!(
+            only_reply(e),
+            Message::Registered { backup: true, .. }
+        ));
+        assert_eq!(c.pairs.get("alpha").map(String::as_str), Some("beta"));
+        // New files go to the primary only; a lone primary is UNPAIRED in STATUS.
+        register(&mut c, 3, "gamma", vec![]);
+        hello(&mut c, 10, "alice");
+        assert_eq!(create(&mut c, 10, "a.txt"), "alpha");
+        assert_eq!(create(&mut c, 10, "b.txt"), "gamma");
+        assert_eq!(create(&mut c, 10, "c.txt"), "alpha");
+        let Message::StatusReply { pairs, servers, .. } =
+            only_reply(send(&mut c, 10, Message::Status {}, 50))
+        else {
+            panic!()
+        };
+        let states: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|p| (p.primary.as_str(), p.state.as_str()))
+            .collect();
+        assert_eq!(states, vec![("alpha", "SYNCING"), ("gamma", "UNPAIRED")]);
+        let beta = servers.iter().find(|s| s.name == "beta").unwrap();
+        assert_eq!((beta.role.as_str(), beta.files), ("backup", 2));
+    }
+
+    #[test]
+    fn jobs_coalesce_per_file_and_carry_the_latest_version() {
+        let mut c = core();
+        register(&mut c, 1, "ss1", vec![st("a.txt", 1, Some("alice"))]);
+        register(&mut c, 2, "ss1_backup", vec![st("a.txt", 1, Some("alice"))]);
+        assert!(c.repl.is_empty(), "the backup already holds a.txt");
+        // Fill the in-flight cap with other files so a.txt's job waits in the table.
+        c.cfg.max_repl_in_flight = 1;
+        c.take_batch();
+        for n in 2..=11 {
+            let e = send(
+                &mut c,
+                1,
+                Message::Changed {
+                    id: n,
+                    state: st("a.txt", n, None),
+                },
+                100 + n,
+            );
+            assert!(e.iter().any(|x| matches!(
+                x,
+                Effect::Reply {
+                    msg: Message::ChangedAck { copies: None, .. },
+                    ..
+                }
+            )));
+        }
+        assert_eq!(c.repl.len(), 1);
+        let job = &c.repl[&job_key("ss1_backup", "a.txt")];
+        assert_eq!(
+            job.want,
+            Want::Content {
+                version: st("a.txt", 11, None).version
+            }
+        );
+        assert_eq!(job.since_ms, 102, "lag counts from the oldest owed change");
+        let puts = c
+            .take_batch()
+            .iter()
+            .filter(|o| matches!(o, StoreOp::PutJob(_)))
+            .count();
+        assert_eq!(puts, 10, "every change writes its job in its own batch");
+        c.tick(200);
+        let jobs = repl_jobs(&c.take_effects());
+        assert_eq!(jobs.len(), 1);
+        let (id, t) = &jobs[0];
+        assert_eq!(t.source.as_ref().unwrap().0, "ss1");
+        assert_eq!(t.target.0, "ss1_backup");
+        // A write lands while the copy runs: the job stays for the newer version.
+        send(
+            &mut c,
+            1,
+            Message::Changed {
+                id: 99,
+                state: st("a.txt", 12, None),
+            },
+            210,
+        );
+        c.on_job_result(*id, copied("a.txt", 11), 220);
+        assert_eq!(
+            c.files["a.txt"].backup_version,
+            Some(st("a.txt", 11, None).version)
+        );
+        let jobs = repl_jobs(&c.take_effects());
+        assert_eq!(jobs.len(), 1, "the newer version is sent next");
+        c.on_job_result(jobs[0].0, copied("a.txt", 12), 230);
+        assert!(c.repl.is_empty());
+        assert!(c
+            .take_batch()
+            .contains(&StoreOp::DelJob(job_key("ss1_backup", "a.txt"))));
+    }
+
+    #[test]
+    fn failed_attempts_back_off_then_fail_then_retry_when_the_target_returns() {
+        let mut c = core();
+        // Backoff runs for minutes of simulated time; heartbeats are not under test here.
+        c.cfg.heartbeat_timeout_ms = 1 << 40;
+        register(&mut c, 1, "ss1", vec![st("a.txt", 1, Some("alice"))]);
+        let mut jobs = repl_jobs(&register(&mut c, 2, "ss1_backup", vec![]));
+        let key = job_key("ss1_backup", "a.txt");
+        let mut now = 10;
+        for attempt in 1..=replication::MAX_ATTEMPTS {
+            assert_eq!(jobs.len(), 1, "attempt {attempt}");
+            c.on_job_result(jobs[0].0, Err(err::unavailable("refused")), now);
+            let j = c.repl[&key].clone();
+            assert_eq!(j.attempts, attempt);
+            if attempt < replication::MAX_ATTEMPTS {
+                assert_eq!(j.next_ms, now + replication::backoff_ms(attempt));
+                // Not due before its time.
+                c.tick(j.next_ms - 1);
+                assert!(repl_jobs(&c.take_effects()).is_empty());
+                now = j.next_ms;
+                c.tick(now);
+                jobs = repl_jobs(&c.take_effects());
+            }
+        }
+        let j = c.repl[&key].clone();
+        assert_eq!(j.state, JobState::Failed);
+        assert_eq!(j.last_error.as_deref(), Some("refused"));
+        c.tick(now + 100_000);
+        assert!(repl_jobs(&c.take_effects()).is_empty());
+        assert_eq!(c.next_repl_deadline_ms(), None);
+        hello(&mut c, 10, "alice");
+        let Message::StatusReply { failed, .. } =
+            only_reply(send(&mut c, 10, Message::Status {}, now))
+        else {
+            panic!()
+        };
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].error, "refused");
+        // The target comes back: the job is PENDING again and runs.
+        c.on_close(2, now);
+        let e = register(&mut c, 3, "ss1_backup", vec![]);
+        let jobs = repl_jobs(&e);
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(c.repl[&key].state, JobState::Pending);
+        c.on_job_result(jobs[0].0, copied("a.txt", 1), now);
+        assert!(c.repl.is_empty());
+    }
+
+    #[test]
+    fn a_joining_backup_is_reconciled_with_its_primary() {
+        let mut c = core();
+        register(
+            &mut c,
+            1,
+            "ss1",
+            vec![
+                st("same.txt", 2, Some("alice")),
+                st("stale.txt", 3, Some("alice")),
+                st("missing.txt", 1, Some("alice")),
+            ],
+        );
+        c.take_batch();
+        let e = register(
+            &mut c,
+            2,
+            "ss1_backup",
+            vec![
+                st("same.txt", 2, None),
+                st("stale.txt", 2, None),
+                st("stray.txt", 1, None),
+            ],
+        );
+        let mut owed: Vec<(String, Want)> =
+            c.repl.values().map(|j| (j.file.clone(), j.want)).collect();
+        owed.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            owed,
+            vec![
+                (
+                    "missing.txt".into(),
+                    Want::Content {
+                        version: st("x", 1, None).version
+                    }
+                ),
+                (
+                    "stale.txt".into(),
+                    Want::Content {
+                        version: st("x", 3, None).version
+                    }
+                ),
+                ("stray.txt".into(), Want::Delete),
+            ]
+        );
+        assert_eq!(repl_jobs(&e).len(), 3);
+        assert!(
+            !c.files.contains_key("stray.txt"),
+            "a backup's files are never adopted"
+        );
+        assert_eq!(
+            c.files["same.txt"].backup_version,
+            Some(st("x", 2, None).version)
+        );
+        hello(&mut c, 10, "alice");
+        let info = |c: &mut Core, f: &str| {
+            let Message::InfoReply { info } =
+                only_reply(send(c, 10, Message::Info { file: f.into() }, 0))
+            else {
+                panic!()
+            };
+            info.replicas
+                .iter()
+                .map(|r| format!("{}:{}", r.ss, r.state))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(info(&mut c, "same.txt"), "ss1:current ss1_backup:current");
+        assert_eq!(
+            info(&mut c, "missing.txt"),
+            "ss1:current ss1_backup:missing"
+        );
+        c.on_close(2, 5);
+        assert_eq!(info(&mut c, "same.txt"), "ss1:current ss1_backup:down");
+    }
+
+    #[test]
+    fn sync_mode_answers_after_the_backup_or_degraded() {
+        let mut c = sync_core();
+        register(&mut c, 1, "ss1", vec![st("a.txt", 1, Some("alice"))]);
+        register(&mut c, 2, "ss1_backup", vec![st("a.txt", 1, None)]);
+        c.take_effects();
+        // CHANGED waits for the backup's copy.
+        let e = send(
+            &mut c,
+            1,
+            Message::Changed {
+                id: 5,
+                state: st("a.txt", 2, None),
+            },
+            10,
+        );
+        assert!(e.iter().all(|x| !matches!(x, Effect::Reply { .. })));
+        c.tick(10);
+        let jobs = repl_jobs(&c.take_effects());
+        c.on_job_result(jobs[0].0, copied("a.txt", 2), 20);
+        assert_eq!(
+            only_reply(c.take_effects()),
+            Message::ChangedAck {
+                id: 5,
+                copies: None
+            }
+        );
+        // A failed attempt answers degraded; the job stays owed.
+        send(
+            &mut c,
+            1,
+            Message::Changed {
+                id: 6,
+                state: st("a.txt", 3, None),
+            },
+            30,
+        );
+        c.tick(30);
+        let jobs = repl_jobs(&c.take_effects());
+        c.on_job_result(jobs[0].0, Err(err::unavailable("disk full")), 40);
+        assert_eq!(
+            only_reply(c.take_effects()),
+            Message::ChangedAck {
+                id: 6,
+                copies: Some(1)
+            }
+        );
+        assert_eq!(c.repl.len(), 1);
+        // A client's CREATE waits too, and is released degraded when the backup goes down.
+        hello(&mut c, 10, "alice");
+        let job = only_job(send(
+            &mut c,
+            10,
+            Message::Create {
+                file: "b.txt".into(),
+            },
+            50,
+        ));
+        c.on_job_result(job.id, Ok(JobOutput::State(st("b.txt", 1, None))), 60);
+        assert!(c
+            .take_effects()
+            .iter()
+            .all(|x| !matches!(x, Effect::Reply { .. })));
+        assert!(c.is_busy(10));
+        c.on_close(2, 70);
+        assert_eq!(
+            only_reply(c.take_effects()),
+            Message::DoneDegraded {
+                copies: 1,
+                total: 2
+            }
+        );
+        assert!(!c.is_busy(10));
+        // With the backup down a DELETE is answered degraded at once; the delete is owed.
+        let job = only_job(send(
+            &mut c,
+            10,
+            Message::Delete {
+                file: "b.txt".into(),
+            },
+            80,
+        ));
+        c.on_job_result(job.id, Ok(JobOutput::Done), 90);
+        assert_eq!(
+            only_reply(c.take_effects()),
+            Message::DoneDegraded {
+                copies: 1,
+                total: 2
+            }
+        );
+        assert_eq!(c.repl[&job_key("ss1_backup", "b.txt")].want, Want::Delete);
+    }
+
+    #[test]
+    fn upload_creates_a_missing_file_then_locates_it() {
+        let mut c = core();
+        register(&mut c, 1, "ss1", vec![]);
+        register(&mut c, 2, "ss1_backup", vec![]);
+        hello(&mut c, 10, "alice");
+        hello(&mut c, 11, "bob");
+        let up = |f: &str| Message::Locate {
+            file: f.into(),
+            mode: AccessMode::Upload,
+        };
+        let job = only_job(send(&mut c, 10, up("u.bin"), 5));
+        c.on_job_result(job.id, Ok(JobOutput::State(st("u.bin", 1, None))), 6);
+        let Message::Located { ss, ticket, .. } = only_reply(c.take_effects()) else {
+            panic!()
+        };
+        assert_eq!((ss.as_str(), ticket.op), ("ss1", TicketOp::Upload));
+        assert_eq!(c.files["u.bin"].owner, "alice");
+        // Existing file: located at once; write access needed.
+        assert!(matches!(
+            only_reply(send(&mut c, 10, up("u.bin"), 7)),
+            Message::Located { .. }
+        ));
+        assert_eq!(
+            code(only_reply(send(&mut c, 11, up("u.bin"), 7))),
+            ErrorCode::Unauthorized
+        );
     }
 }

@@ -316,6 +316,47 @@ mod tests {
     }
 
     #[test]
+    fn pairs_and_replication_jobs_survive_reopen() {
+        use crate::nm::replication::{JobState, ReplJob, Want};
+        let d = tempfile::tempdir().unwrap();
+        let job = |file: &str, want| ReplJob {
+            target: "ss1_backup".into(),
+            file: file.into(),
+            want,
+            attempts: 3,
+            next_ms: 99,
+            last_error: Some("refused".into()),
+            state: JobState::Pending,
+            since_ms: 7,
+        };
+        let content = Want::Content {
+            version: Version {
+                epoch: 1,
+                counter: 4,
+            },
+        };
+        {
+            let s = Store::open(d.path()).unwrap();
+            let ops = vec![
+                StoreOp::PutPair("ss1".into(), "ss1_backup".into()),
+                StoreOp::PutFile("a.txt".into(), rec("alice")),
+                StoreOp::PutJob(job("a.txt", content)),
+                StoreOp::PutJob(job("b.txt", Want::Delete)),
+                StoreOp::PutJob(job("c.txt", Want::Delete)),
+                StoreOp::DelJob(job("c.txt", Want::Delete).key()),
+            ];
+            s.commit(&[Batch { seq: 1, ops }]).unwrap();
+        }
+        let l = Store::open(d.path()).unwrap().load().unwrap();
+        assert_eq!(l.pairs["ss1"], "ss1_backup");
+        let jobs: Vec<&ReplJob> = l.jobs.values().collect();
+        assert_eq!(
+            jobs,
+            vec![&job("a.txt", content), &job("b.txt", Want::Delete)]
+        );
+    }
+
+    #[test]
     fn waiting_batches_share_one_transaction() {
         let d = tempfile::tempdir().unwrap();
         let s = Store::open(d.path()).unwrap();
