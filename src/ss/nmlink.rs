@@ -115,14 +115,6 @@ impl NmLink {
         }
     }
 
-    /// Reports a file's new state without waiting (a hand edit adopted on access).
-    pub fn changed_nowait(&self, state: FileState) {
-        let _ = self.tx.try_send(Queued {
-            report: Report::Changed(state),
-            reply: None,
-        });
-    }
-
     /// Reports that a file vanished from disk, without waiting.
     pub fn removed_nowait(&self, file: &str) {
         let _ = self.tx.try_send(Queued {

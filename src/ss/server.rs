@@ -228,10 +228,15 @@ fn vanished<'a>(shared: &'a Shared, file: &'a str) -> impl FnOnce(StoreError) ->
     }
 }
 
-/// A hand edit found on access is a new version the name server must hear about.
+/// A hand edit found on access is a new version the name server must hear about, and hear
+/// about before the access is answered: a client that reads the adopted bytes and then asks
+/// INFO must see the same version. If the name server does not confirm in time the access
+/// still proceeds; the adoption is on disk and is reconciled when this server re-registers.
 fn report_adopted(shared: &Shared, adopted: bool, state: impl FnOnce() -> FileState) {
     if adopted {
-        shared.link.changed_nowait(state());
+        let _ = shared
+            .link
+            .changed(state(), Duration::from_millis(CHANGED_ACK_TIMEOUT_MS));
     }
 }
 
