@@ -363,6 +363,9 @@ fn write_session(
         file,
         id,
     };
+    // The sentence as it stood when the session opened: at commit it tells which words other
+    // sessions' commits have since joined onto the front of this sentence.
+    let base = words.clone();
     let mut buf = EditBuffer::new(words);
     conn.send(&Message::WriteOpened { text: buf.text() }, &[])?;
     conn.set_timeout(Some(Duration::from_millis(shared.lock_timeout_ms.max(1))))?;
@@ -408,7 +411,7 @@ fn write_session(
                 conn.send(&reply, &[])?;
             }
             Message::Commit {} => {
-                let res = commit(shared, file, id, &buf);
+                let res = commit(shared, file, id, &base, &buf);
                 drop(guard);
                 let reply = match res {
                     Ok(state) => Message::Committed {
@@ -432,7 +435,18 @@ fn write_session(
 }
 
 /// Applies a session's sentence to the file's current content, durably, then reports it.
-fn commit(shared: &Shared, file: &str, id: u64, buf: &EditBuffer) -> Result<FileState, WireError> {
+///
+/// `base` is the sentence's words when the session opened. While the session held its lock,
+/// another session's commit may have left its own sentence without a final delimiter, and its
+/// tail then joined the front of this sentence (see document.rs). Those joined words are kept:
+/// the sentence becomes `joined ++ edited`, never just `edited`, so no committed word is lost.
+fn commit(
+    shared: &Shared,
+    file: &str,
+    id: u64,
+    base: &[String],
+    buf: &EditBuffer,
+) -> Result<FileState, WireError> {
     let _inflight = Inflight::new(&shared.inflight);
     let state = {
         let lock = shared.store.file_lock(file);
@@ -447,7 +461,8 @@ fn commit(shared: &Shared, file: &str, id: u64, buf: &EditBuffer) -> Result<File
         if i > count {
             return Err(err::invalid("Sentence index out of range"));
         }
-        let (new, n) = doc.replace(i, buf.words());
+        let words = rebase(&doc.words(i), base, buf.words())?;
+        let (new, n) = doc.replace(i, &words);
         if new == text {
             // Nothing changed: no new version, no undo step.
             return Ok(meta.state(file));
@@ -465,6 +480,29 @@ fn commit(shared: &Shared, file: &str, id: u64, buf: &EditBuffer) -> Result<File
         .link
         .changed(state.clone(), Duration::from_millis(CHANGED_ACK_TIMEOUT_MS))?;
     Ok(state)
+}
+
+/// The words a session's sentence should end up with, given the words the sentence holds now
+/// (`current`), held when the session opened (`base`), and the session's edited words.
+/// Under the sentence lock the only change others can make is joining words onto the front.
+fn rebase(
+    current: &[String],
+    base: &[String],
+    edited: &[String],
+) -> Result<Vec<String>, WireError> {
+    if current == base {
+        return Ok(edited.to_vec());
+    }
+    match current.len().checked_sub(base.len()) {
+        Some(joined) if current[joined..] == *base => {
+            let mut words = current[..joined].to_vec();
+            words.extend_from_slice(edited);
+            Ok(words)
+        }
+        _ => Err(err::conflict(
+            "the sentence changed under this write session; nothing was written",
+        )),
+    }
 }
 
 fn create(
