@@ -26,6 +26,8 @@ use std::time::Duration;
 pub const IDLE_TIMEOUT_MS: u64 = 60_000;
 /// How long a commit waits for the name server's acknowledgement.
 pub const CHANGED_ACK_TIMEOUT_MS: u64 = 10_000;
+/// Longest piece of a single token STREAM sends in one WORD frame.
+pub const MAX_STREAM_WORD_BYTES: usize = 16 * 1024;
 /// Delay between two streamed words.
 pub const STREAM_WORD_INTERVAL_MS: u64 = 100;
 /// Largest sentence a write session may build, in bytes.
@@ -298,21 +300,49 @@ fn stream_words(
         .map_err(vanished(shared, file))?;
     report_adopted(shared, adopted, || meta.state(file));
     check_fresh(shared, t, meta.version)?;
-    let mut bytes = Vec::new();
-    f.read_to_end(&mut bytes)
-        .map_err(|e| err::internal(format!("reading {file}: {e}")))?;
-    let text = String::from_utf8_lossy(&bytes);
-    for (k, word) in text.split_whitespace().enumerate() {
-        if k > 0 {
+    // Words are cut from the file as it is read, so a large file streams in bounded memory.
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::new(&mut f);
+    let mut word: Vec<u8> = Vec::new();
+    let mut sent_any = false;
+    let mut send_word = |conn: &mut Connection, word: &mut Vec<u8>| -> Result<(), Fail> {
+        if word.is_empty() {
+            return Ok(());
+        }
+        if sent_any {
             thread::sleep(Duration::from_millis(STREAM_WORD_INTERVAL_MS));
         }
-        conn.send(
-            &Message::Word {
-                word: word.to_string(),
-            },
-            &[],
-        )?;
+        sent_any = true;
+        let w = String::from_utf8_lossy(word).into_owned();
+        word.clear();
+        conn.send(&Message::Word { word: w }, &[])?;
+        Ok(())
+    };
+    loop {
+        let chunk = reader
+            .fill_buf()
+            .map_err(|e| err::internal(format!("reading {file}: {e}")))?;
+        if chunk.is_empty() {
+            break;
+        }
+        let n = chunk.len();
+        for &b in chunk {
+            if b.is_ascii_whitespace() {
+                send_word(conn, &mut word)?;
+            } else {
+                word.push(b);
+                // A WORD frame must fit under the header cap: an endless token goes in pieces
+                // (cut at a character boundary where the bytes are UTF-8).
+                if word.len() >= MAX_STREAM_WORD_BYTES && (b & 0xC0) != 0x80 {
+                    let last = word.pop();
+                    send_word(conn, &mut word)?;
+                    word.extend(last);
+                }
+            }
+        }
+        reader.consume(n);
     }
+    send_word(conn, &mut word)?;
     conn.send(&Message::End {}, &[])?;
     Ok(())
 }
