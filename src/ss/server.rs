@@ -24,6 +24,8 @@ use std::time::Duration;
 
 /// Idle time allowed between requests outside a write session.
 pub const IDLE_TIMEOUT_MS: u64 = 60_000;
+/// How long a new connection has to deliver its whole first request.
+pub const FIRST_FRAME_TIMEOUT_MS: u64 = 5_000;
 /// How long a commit waits for the name server's acknowledgement.
 pub const CHANGED_ACK_TIMEOUT_MS: u64 = 10_000;
 /// Longest piece of a single token STREAM sends in one WORD frame.
@@ -149,6 +151,9 @@ fn serve(stream: TcpStream, slot: ConnSlot) {
         .map(|a| a.to_string())
         .unwrap_or_default();
     let mut conn = Connection::new(stream);
+    // A new connection must deliver its first (ticketed) request quickly: a peer that opens
+    // sockets and trickles bytes cannot keep connection slots from real clients for long.
+    let mut frame_ms = FIRST_FRAME_TIMEOUT_MS;
     loop {
         if shared.stop.load(Ordering::SeqCst) {
             break;
@@ -159,7 +164,9 @@ fn serve(stream: TcpStream, slot: ConnSlot) {
         {
             break;
         }
-        let frame = match conn.recv() {
+        let deadline = std::time::Instant::now() + Duration::from_millis(frame_ms);
+        frame_ms = IDLE_TIMEOUT_MS;
+        let frame = match conn.recv_by(deadline) {
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(ConnError::Frame(fe)) => {
