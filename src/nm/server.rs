@@ -873,4 +873,200 @@ mod tests {
         shutdown.trigger();
         loop_thread.join().unwrap().unwrap();
     }
+
+    type Disk =
+        std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (FileState, Vec<u8>)>>>;
+
+    /// A storage server that serves and installs replication transfers from memory, and
+    /// reports every installed file on `installed`.
+    fn repl_ss(disk: Disk, installed: crossbeam_channel::Sender<FileState>) -> u16 {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let disk = disk.clone();
+                let installed = installed.clone();
+                std::thread::spawn(move || {
+                    let mut c = Connection::new(s.unwrap());
+                    while let Ok(Some(f)) = c.recv() {
+                        match f.msg {
+                            Message::PeekFile { file, .. } => {
+                                let state = disk.lock().unwrap().get(&file).map(|x| x.0.clone());
+                                c.send(
+                                    &Message::Held {
+                                        state,
+                                        blobs: vec![],
+                                    },
+                                    &[],
+                                )
+                                .unwrap();
+                            }
+                            Message::GetFileContent { file, .. } => {
+                                let (state, bytes) = disk.lock().unwrap()[&file].clone();
+                                let head = Message::FileContent {
+                                    state,
+                                    undo: vec![],
+                                    sent: vec![],
+                                };
+                                c.send(&head, &[]).unwrap();
+                                for piece in bytes.chunks(3) {
+                                    c.send(&Message::Chunk {}, piece).unwrap();
+                                }
+                                c.send(&Message::End {}, &[]).unwrap();
+                            }
+                            Message::PutFileContent { file, state, .. } => {
+                                let mut bytes = Vec::new();
+                                loop {
+                                    let f = c.recv_some().unwrap();
+                                    match f.msg {
+                                        Message::Chunk {} => bytes.extend_from_slice(&f.body),
+                                        _ => break,
+                                    }
+                                }
+                                disk.lock().unwrap().insert(file, (state.clone(), bytes));
+                                c.send(
+                                    &Message::FileStateReply {
+                                        state: state.clone(),
+                                    },
+                                    &[],
+                                )
+                                .unwrap();
+                                installed.send(state).unwrap();
+                            }
+                            Message::SsDelete { file, .. } => {
+                                disk.lock().unwrap().remove(&file);
+                                c.send(&Message::Done {}, &[]).unwrap();
+                                installed.send(state(&file, 0, None)).unwrap();
+                            }
+                            _ => c.send(&Message::Done {}, &[]).unwrap(),
+                        }
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    fn register_fake(
+        addr: std::net::SocketAddr,
+        key: &ClusterKey,
+        name: &str,
+        port: u16,
+        files: Vec<FileState>,
+    ) -> Connection {
+        let mut ss = Connection::connect(&addr.to_string(), Duration::from_secs(5)).unwrap();
+        ss.set_timeout(Some(Duration::from_secs(20))).unwrap();
+        let reg = Message::Register {
+            name: name.into(),
+            host: "127.0.0.1".into(),
+            client_port: port,
+            backup_of: None,
+            proof: key.proof(name),
+            file_count: files.len() as u64,
+        };
+        ss.send(&reg, &[]).unwrap();
+        if !files.is_empty() {
+            ss.send(&Message::FileBatch { files }, &[]).unwrap();
+        }
+        let r = call(&mut ss, Message::RegisterEnd {}).unwrap();
+        assert!(matches!(r, Message::Registered { .. }), "{r:?}");
+        ss
+    }
+
+    #[test]
+    fn workers_relay_content_to_the_backup_and_jobs_survive_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config {
+            port: 0,
+            http_port: 0,
+            data_dir: dir.path().join("nm"),
+            cluster_key_file: dir.path().join("key"),
+            heartbeat_interval_ms: 50,
+            heartbeat_timeout_ms: 60_000,
+            ..Config::default()
+        };
+        let key = ClusterKey::load_or_create(&cfg.cluster_key_file).unwrap();
+        let primary: Disk = Default::default();
+        let backup: Disk = Default::default();
+        let a1 = state("a.txt", 1, Some("alice".into()));
+        primary
+            .lock()
+            .unwrap()
+            .insert("a.txt".into(), (a1.clone(), b"hello world".to_vec()));
+        let (ptx, _prx) = crossbeam_channel::unbounded();
+        let (btx, brx) = crossbeam_channel::unbounded();
+        let p_port = repl_ss(primary.clone(), ptx);
+        let b_port = repl_ss(backup.clone(), btx);
+
+        let started = start(&cfg).unwrap();
+        let addr = started.addr;
+        let shutdown = started.shutdown.clone();
+        let loop_thread = std::thread::spawn(move || started.server.run());
+        let _p = register_fake(addr, &key, "ss1", p_port, vec![a1.clone()]);
+        // The backup joins later and gets a full initial sync, streamed in pieces.
+        let _b = register_fake(addr, &key, "ss1_backup", b_port, vec![]);
+        let got = brx.recv_timeout(Duration::from_secs(20)).unwrap();
+        assert_eq!(got.version, a1.version);
+        assert_eq!(backup.lock().unwrap()["a.txt"].1, b"hello world");
+        let mut alice = client(addr, "alice");
+        let Message::StatusReply { pairs, .. } = call(&mut alice, Message::Status {}).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(pairs[0].backup.as_deref(), Some("ss1_backup"));
+        shutdown.trigger();
+        loop_thread.join().unwrap().unwrap();
+        drop(_b);
+        drop(_p);
+
+        // Restart without the backup; a change is owed to it durably; the backup returns.
+        let started = start(&cfg).unwrap();
+        let addr = started.addr;
+        let shutdown = started.shutdown.clone();
+        let loop_thread = std::thread::spawn(move || started.server.run());
+        let a2 = state("a.txt", 2, Some("alice".into()));
+        primary
+            .lock()
+            .unwrap()
+            .insert("a.txt".into(), (a2.clone(), b"second".to_vec()));
+        let mut p = register_fake(addr, &key, "ss1", p_port, vec![a1.clone()]);
+        let r = call(
+            &mut p,
+            Message::Changed {
+                id: 1,
+                state: a2.clone(),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            Message::ChangedAck {
+                id: 1,
+                copies: None
+            }
+        );
+        let mut alice = client(addr, "alice");
+        let Message::StatusReply {
+            pairs, queue_depth, ..
+        } = call(&mut alice, Message::Status {}).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((pairs[0].state.as_str(), queue_depth), ("BACKUP_DOWN", 1));
+        shutdown.trigger();
+        loop_thread.join().unwrap().unwrap();
+        drop(p);
+
+        let started = start(&cfg).unwrap();
+        let addr = started.addr;
+        let shutdown = started.shutdown.clone();
+        let loop_thread = std::thread::spawn(move || started.server.run());
+        let _p = register_fake(addr, &key, "ss1", p_port, vec![a2.clone()]);
+        let _b = register_fake(addr, &key, "ss1_backup", b_port, vec![a1.clone()]);
+        let got = brx.recv_timeout(Duration::from_secs(20)).unwrap();
+        assert_eq!(got.version, a2.version);
+        assert_eq!(backup.lock().unwrap()["a.txt"].1, b"second");
+        shutdown.trigger();
+        loop_thread.join().unwrap().unwrap();
+    }
 }
