@@ -37,10 +37,10 @@ struct Cli {
     /// Replication mode: async answers after the primary, sync after both copies.
     #[arg(long, value_enum, default_value_t = Replication::Async)]
     replication: Replication,
-    /// Worker threads for calls to storage servers and EXEC.
+    /// Worker threads for calls to storage servers and EXEC, and as many replication workers.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
     workers: u64,
-    /// Capacity of the worker job queue.
+    /// Capacity of each worker job queue (replication jobs beyond it wait in the database).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     queue_cap: u64,
     /// Wall-clock limit of an EXEC script, in seconds.

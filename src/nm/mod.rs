@@ -1,7 +1,10 @@
-//! The name server: namespace, users, access rights, placement, and (later) replication.
+//! The name server: namespace, users, access rights, placement, pairs and replication.
 //!
 //! `core` decides, `store` makes decisions durable, `server` runs the mio event loop, `worker`
-//! makes blocking calls to storage servers, `exec` runs EXEC scripts, `http` serves status.
+//! makes blocking calls to storage servers (two pools of `--workers` threads: one for client
+//! operations and EXEC, one for replication, each fed by a `--queue-cap` channel),
+//! `replication` holds the job rows and the relay a replication worker runs, `exec` runs EXEC
+//! scripts, `http` serves status.
 //! [`start`] wires them together; `bin_nm` parses flags and calls [`run`].
 //!
 //! Choices made where the behaviour contract is silent:
@@ -17,6 +20,16 @@
 //!   the record: the user's intent is met.
 //! * Until folders exist, files can only be created in the root; a nested name is NOT_FOUND
 //!   with a message saying so.
+//! * A pair is recorded when its backup first registers (named `X_backup` or with
+//!   `--backup-of X`), or when `X` registers while such a server is known; a primary keeps its
+//!   first backup. A backup's own file list never creates records: it is compared with its
+//!   primary's records and owed what it lacks (and the removal of what the pair does not know).
+//! * Replication jobs owe a backup what the name server records; access rights, owners of
+//!   records and the namespace live on the name server and need no job. A job's row is written
+//!   in the same batch as the change it follows, so a crash never loses an owed change.
+//! * In sync mode a change waits for the backup's job; a failed attempt or a backup going down
+//!   answers at once, degraded (`1 of 2 copies`), with the job still owed. UPLOAD's implicit
+//!   create answers with the upload's location, not a sync wait: the upload is the change.
 
 pub mod core;
 pub mod exec;
