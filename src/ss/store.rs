@@ -1218,4 +1218,57 @@ mod tests {
         f.read_to_string(&mut text).unwrap();
         assert_eq!(text, "old.");
     }
+
+    proptest::proptest! {
+        #[test]
+        fn counter_matches_whole_content_counts(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            ascii in proptest::collection::vec(0u8..3, 0..300),
+            cut in 0usize..300,
+        ) {
+            // Mix raw bytes with spaces and multi-byte text so cut sequences are common.
+            let mut content = Vec::new();
+            for (k, b) in bytes.iter().enumerate() {
+                match ascii.get(k) {
+                    Some(0) => content.push(b' '),
+                    Some(1) => content.extend_from_slice("é€".as_bytes()),
+                    _ => content.push(*b),
+                }
+            }
+            let cut = cut.min(content.len());
+            let mut c = ContentCounter::new();
+            c.update(&content[..cut]);
+            c.update(&content[cut..]);
+            let f = c.finish(0);
+            let text = String::from_utf8_lossy(&content);
+            proptest::prop_assert_eq!(f.words, crate::ss::document::count_words(&text));
+            proptest::prop_assert_eq!(f.chars, crate::ss::document::count_chars(&text));
+            proptest::prop_assert_eq!(f.checksum, crc32c::crc32c(&content));
+            proptest::prop_assert_eq!(f.size, content.len() as u64);
+        }
+    }
+
+    #[test]
+    fn history_entries_are_named_by_version() {
+        let (_d, s) = store();
+        let created = s.create("a", "alice", 1).unwrap();
+        commit(&s, "a", "one.");
+        let (m, _) = s.current("a").unwrap();
+        assert_eq!(
+            m.undo,
+            vec![blob_id("a", created.version, created.checksum)]
+        );
+        assert_eq!(
+            parse_blob_id(&m.undo[0]),
+            Some((created.version, created.checksum))
+        );
+        assert_ne!(
+            blob_id("a", created.version, 0),
+            blob_id("b", created.version, 0)
+        );
+        let (held, blobs) = s.held("a").unwrap().unwrap();
+        assert_eq!(held, m);
+        assert_eq!(blobs, vec![created.version]);
+        assert!(s.held("nope").unwrap().is_none());
+    }
 }
