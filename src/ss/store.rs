@@ -298,13 +298,19 @@ pub fn parse_blob_id(id: &str) -> Option<(Version, u32)> {
     Some((version, crc))
 }
 
-/// Copies `from` into `to` in bounded pieces, feeding each piece to `counter`.
+/// Largest piece [`copy_counting`] reads at once.
+const COPY_BUF_BYTES: usize = 256 * 1024;
+
+/// Copies `from` into `to` in bounded pieces, feeding each piece to `counter`. `size_hint`
+/// (the expected length) keeps the buffer small for small files: a scan adopts thousands.
 pub fn copy_counting(
     from: &mut impl Read,
     to: &mut impl Write,
     counter: &mut ContentCounter,
+    size_hint: u64,
 ) -> io::Result<()> {
-    let mut buf = vec![0u8; 256 * 1024];
+    let len = usize::try_from(size_hint).map_or(COPY_BUF_BYTES, |n| n.clamp(1, COPY_BUF_BYTES));
+    let mut buf = vec![0u8; len];
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) => return Ok(()),
@@ -453,7 +459,8 @@ impl Store {
         let mut f = File::open(&path).map_err(|e| self.io(file, e))?;
         let md = f.metadata().map_err(|e| self.io(file, e))?;
         let mut counter = ContentCounter::new();
-        copy_counting(&mut f, &mut io::sink(), &mut counter).map_err(|e| self.io(file, e))?;
+        copy_counting(&mut f, &mut io::sink(), &mut counter, md.len() + 1)
+            .map_err(|e| self.io(file, e))?;
         Ok(counter.finish(mtime_ns(&md)))
     }
 
