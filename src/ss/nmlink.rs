@@ -227,8 +227,12 @@ fn session(
     let reply = conn
         .recv()?
         .ok_or_else(|| err::unavailable("name server closed the link during registration"))?;
-    let (epoch, backup) = match reply.msg.into_result()? {
-        Message::Registered { epoch, backup, .. } => (epoch, backup),
+    let (epoch, nm_interval_ms, backup) = match reply.msg.into_result()? {
+        Message::Registered {
+            epoch,
+            heartbeat_interval_ms,
+            backup,
+        } => (epoch, heartbeat_interval_ms, backup),
         other => {
             return Err(err::invalid(format!(
                 "unexpected {} to REGISTER",
@@ -243,8 +247,15 @@ fn session(
     log::info!(target: ev::SS_NM_LINK, nm = cfg.nm_addr.as_str(), epoch = epoch, files = files.len() as u64;
         "registered with the name server at {} (epoch {epoch}, {} files)", cfg.nm_addr, files.len());
 
-    let interval = Duration::from_millis(cfg.heartbeat_interval_ms.max(1));
-    let read_timeout = Duration::from_millis((cfg.heartbeat_interval_ms * 3).max(2_000));
+    // Heartbeat at the shorter of our own interval and the one the name server expects, so a
+    // name server with a short timeout never declares a healthy server down.
+    let interval_ms = match nm_interval_ms {
+        0 => cfg.heartbeat_interval_ms,
+        nm => cfg.heartbeat_interval_ms.min(nm),
+    }
+    .max(1);
+    let interval = Duration::from_millis(interval_ms);
+    let read_timeout = Duration::from_millis((interval_ms * 3).max(2_000));
     let stream = conn.stream().try_clone().map_err(io_err)?;
     stream
         .set_read_timeout(Some(read_timeout))
