@@ -91,6 +91,8 @@ fn serve(args: Args) -> anyhow::Result<()> {
         key,
         lock_timeout_ms: args.lock_timeout_ms,
         max_connections: args.max_connections as usize,
+        // Test hook only (see ss::Config::fault_flip_put); read once, at start.
+        fault_flip_put: std::env::var("PAIRFS_FAULT_FLIP_PUT").is_ok_and(|v| v == "1"),
     };
     ss::run(cfg, shutdown)?;
     Ok(())

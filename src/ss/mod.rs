@@ -47,6 +47,10 @@ pub struct Config {
     pub lock_timeout_ms: u64,
     /// Most client connections served at once.
     pub max_connections: usize,
+    /// Test hook: flip one byte of the first PUT_FILE_CONTENT received, before verification,
+    /// so the rejection and retry of a corrupted transfer can be tested end to end.
+    /// `bin_ss` sets it from the environment variable `PAIRFS_FAULT_FLIP_PUT=1`.
+    pub fault_flip_put: bool,
 }
 
 /// Why a storage server could not start.
@@ -150,6 +154,7 @@ pub fn start(cfg: Config) -> Result<Running, SsError> {
         conns: AtomicUsize::new(0),
         inflight: AtomicUsize::new(0),
         stop,
+        fault_flip_put: AtomicBool::new(cfg.fault_flip_put),
     });
     let s2 = shared.clone();
     let accept = thread::Builder::new()

@@ -57,16 +57,18 @@ enum Report {
 
 struct Queued {
     report: Report,
-    reply: Option<Sender<()>>,
+    reply: Option<Sender<Option<u32>>>,
 }
 
-type Pending = Arc<Mutex<HashMap<u64, Sender<()>>>>;
+/// Reports waiting for their ack, by id; the ack carries the sync-mode copy count.
+type Pending = Arc<Mutex<HashMap<u64, Sender<Option<u32>>>>>;
 
 /// The handle committers use; cheap to share.
 pub struct NmLink {
     tx: Sender<Queued>,
     name: String,
     registered: Arc<AtomicBool>,
+    backup: Arc<AtomicBool>,
 }
 
 impl NmLink {
@@ -74,11 +76,15 @@ impl NmLink {
     pub fn start(cfg: LinkConfig, store: Arc<Store>, stop: Arc<AtomicBool>) -> NmLink {
         let (tx, rx) = bounded(REPORT_QUEUE_CAP);
         let registered = Arc::new(AtomicBool::new(false));
+        let backup = Arc::new(AtomicBool::new(false));
         let name = cfg.name.clone();
-        let reg = registered.clone();
+        let flags = Flags {
+            registered: registered.clone(),
+            backup: backup.clone(),
+        };
         let spawned = thread::Builder::new()
             .name("nm-link".into())
-            .spawn(move || link_loop(cfg, store, rx, stop, reg));
+            .spawn(move || link_loop(cfg, store, rx, stop, flags));
         if let Err(e) = spawned {
             log::error!(target: ev::SS_NM_LINK, "cannot start the name server link: {e}");
         }
@@ -86,7 +92,14 @@ impl NmLink {
             tx,
             name,
             registered,
+            backup,
         }
+    }
+
+    /// Whether the name server said, at the last registration, that this server is a backup
+    /// (it then refuses client writes).
+    pub fn is_backup(&self) -> bool {
+        self.backup.load(Ordering::SeqCst)
     }
 
     /// Whether the link is registered right now.
@@ -96,7 +109,8 @@ impl NmLink {
 
     /// Reports a file's new state and waits up to `wait` for the name server to make it
     /// durable. On failure the change stays on disk and is reconciled at re-registration.
-    pub fn changed(&self, state: FileState, wait: Duration) -> Result<(), WireError> {
+    /// Returns the copy count the ack carried (sync mode with the backup down).
+    pub fn changed(&self, state: FileState, wait: Duration) -> Result<Option<u32>, WireError> {
         let deadline = Instant::now() + wait;
         let file = crate::names::display(&state.file);
         let (reply, ack) = bounded(1);
@@ -104,9 +118,12 @@ impl NmLink {
             report: Report::Changed(state),
             reply: Some(reply),
         };
-        let ok = self.tx.send_deadline(q, deadline).is_ok() && ack.recv_deadline(deadline).is_ok();
-        if ok {
-            Ok(())
+        let copies = match self.tx.send_deadline(q, deadline) {
+            Ok(()) => ack.recv_deadline(deadline).ok(),
+            Err(_) => None,
+        };
+        if let Some(copies) = copies {
+            Ok(copies)
         } else {
             let ss = &self.name;
             Err(err::unavailable(format!(
@@ -124,12 +141,18 @@ impl NmLink {
     }
 }
 
+/// What the link thread tells the handles about the current registration.
+struct Flags {
+    registered: Arc<AtomicBool>,
+    backup: Arc<AtomicBool>,
+}
+
 fn link_loop(
     cfg: LinkConfig,
     store: Arc<Store>,
     rx: Receiver<Queued>,
     stop: Arc<AtomicBool>,
-    registered: Arc<AtomicBool>,
+    flags: Flags,
 ) {
     let mut backoff_ms = BACKOFF_MIN_MS;
     // Failures in a row; only the first of a streak is logged at WARN, so a name server that
@@ -137,8 +160,8 @@ fn link_loop(
     let mut failures = 0u64;
     while !stop.load(Ordering::SeqCst) {
         let mut was_registered = false;
-        let res = session(&cfg, &store, &rx, &stop, &registered, &mut was_registered);
-        registered.store(false, Ordering::SeqCst);
+        let res = session(&cfg, &store, &rx, &stop, &flags, &mut was_registered);
+        flags.registered.store(false, Ordering::SeqCst);
         if was_registered {
             backoff_ms = BACKOFF_MIN_MS;
             failures = 0;
@@ -171,7 +194,7 @@ fn session(
     store: &Store,
     rx: &Receiver<Queued>,
     stop: &AtomicBool,
-    registered: &AtomicBool,
+    flags: &Flags,
     was_registered: &mut bool,
 ) -> Result<(), WireError> {
     let io_timeout = Duration::from_millis(IO_TIMEOUT_MS);
@@ -204,12 +227,12 @@ fn session(
     let reply = conn
         .recv()?
         .ok_or_else(|| err::unavailable("name server closed the link during registration"))?;
-    let (epoch, nm_interval_ms) = match reply.msg.into_result()? {
+    let (epoch, nm_interval_ms, backup) = match reply.msg.into_result()? {
         Message::Registered {
             epoch,
             heartbeat_interval_ms,
-            ..
-        } => (epoch, heartbeat_interval_ms),
+            backup,
+        } => (epoch, heartbeat_interval_ms, backup),
         other => {
             return Err(err::invalid(format!(
                 "unexpected {} to REGISTER",
@@ -218,7 +241,8 @@ fn session(
         }
     };
     store.epoch().store(epoch, Ordering::SeqCst);
-    registered.store(true, Ordering::SeqCst);
+    flags.backup.store(backup, Ordering::SeqCst);
+    flags.registered.store(true, Ordering::SeqCst);
     *was_registered = true;
     log::info!(target: ev::SS_NM_LINK, nm = cfg.nm_addr.as_str(), epoch = epoch, files = files.len() as u64;
         "registered with the name server at {} (epoch {epoch}, {} files)", cfg.nm_addr, files.len());
@@ -293,13 +317,13 @@ fn reader(mut conn: Connection, pending: Pending, dead: Sender<String>) {
     let why = loop {
         match conn.recv() {
             Ok(Some(f)) => match f.msg {
-                Message::ChangedAck { id, .. } => {
+                Message::ChangedAck { id, copies } => {
                     let reply = pending
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .remove(&id);
                     if let Some(r) = reply {
-                        let _ = r.send(());
+                        let _ = r.send(copies);
                     }
                 }
                 Message::HeartbeatAck { .. } => {}

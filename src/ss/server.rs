@@ -1,5 +1,12 @@
 //! The client port: one thread per connection (at most `max_connections`), each serving
-//! READ, STREAM, write sessions and the name server's SS_CREATE / SS_DELETE / SS_UNDO.
+//! READ, STREAM, write sessions, UPLOAD, the name server's SS_CREATE / SS_DELETE / SS_UNDO,
+//! and replication: PEEK_FILE and PUT_FILE_CONTENT on a target, GET_FILE_CONTENT on a source.
+//!
+//! While the name server says this server is a backup, client writes (WRITE_BEGIN, UPLOAD,
+//! SS_CREATE, SS_UNDO) are refused; reads, deletes and replication stay allowed.
+//!
+//! A request whose body follows in CHUNK frames (UPLOAD, PUT_FILE_CONTENT) is always read to
+//! its END before it is answered, even when it is refused, so the connection stays in step.
 //!
 //! Every request carries a ticket checked here; nothing else about the peer is trusted.
 //! Malformed input gets an ERR where possible and the connection is closed; a request that
@@ -10,12 +17,15 @@ use crate::auth::TicketChecker;
 use crate::logging::ev;
 use crate::names;
 use crate::protocol::frame::{ConnError, CHUNK_BYTES};
-use crate::protocol::{err, Connection, FileState, Message, Ticket, TicketOp, WireError};
+use crate::protocol::{
+    err, Connection, FileState, Message, Ticket, TicketOp, UndoDesc, Version, WireError,
+};
 use crate::ss::document::{Document, EditBuffer};
 use crate::ss::nmlink::NmLink;
 use crate::ss::sessions::Sessions;
-use crate::ss::store::{Store, StoreError};
-use std::io::{self, Read};
+use crate::ss::store::{ContentCounter, Store, StoreError, TempFile, UNDO_DEPTH};
+use std::fs::File;
+use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -55,11 +65,17 @@ pub struct Shared {
     pub inflight: AtomicUsize,
     /// Set when the server is stopping.
     pub stop: Arc<AtomicBool>,
+    /// Test hook (`PAIRFS_FAULT_FLIP_PUT`): while set, the next PUT_FILE_CONTENT carrying any
+    /// bytes gets one byte flipped before verification, so it must be rejected.
+    pub fault_flip_put: AtomicBool,
 }
 
 /// Why a request ended badly: answer with an ERR and go on, or close the connection.
 enum Fail {
     Reply(WireError),
+    /// The peer broke the protocol mid-stream: answer, then close (its stream cannot be
+    /// followed any further).
+    ReplyClose(WireError),
     Close,
 }
 
@@ -196,6 +212,23 @@ fn serve(stream: TcpStream, slot: ConnSlot) {
                 epoch,
                 ticket,
             } => undo(shared, &mut conn, &file, epoch, &ticket),
+            Message::PeekFile { file, ticket } => peek(shared, &mut conn, &file, &ticket),
+            Message::GetFileContent { file, have, ticket } => {
+                get_content(shared, &mut conn, &file, &have, &ticket)
+            }
+            Message::PutFileContent {
+                file,
+                state,
+                undo,
+                sent,
+                ticket,
+            } => put_content(shared, &mut conn, &file, &state, &undo, &sent, &ticket),
+            Message::Upload {
+                file,
+                size,
+                checksum,
+                ticket,
+            } => upload(shared, &mut conn, &file, size, checksum, &ticket),
             other => Err(Fail::Reply(err::invalid(format!(
                 "unexpected {} on a storage server's client port",
                 other.op_name()
@@ -208,9 +241,24 @@ fn serve(stream: TcpStream, slot: ConnSlot) {
                     break;
                 }
             }
+            Err(Fail::ReplyClose(e)) => {
+                let _ = conn.send(&Message::err(e), &[]);
+                break;
+            }
             Err(Fail::Close) => break,
         }
     }
+}
+
+/// Refuses a client write while this server is a backup.
+fn refuse_on_backup(shared: &Shared) -> Result<(), WireError> {
+    if shared.link.is_backup() {
+        let ss = shared.store.name();
+        return Err(err::unauthorized(format!(
+            "{ss} is a backup; writes go to its primary"
+        )));
+    }
+    Ok(())
 }
 
 /// Checks the name and the ticket for one request.
@@ -375,6 +423,7 @@ fn write_session(
     t: &Ticket,
 ) -> Result<(), Fail> {
     authorise(shared, file, t, TicketOp::Write)?;
+    refuse_on_backup(shared)?;
     let i = usize::try_from(sentence).map_err(|_| err::invalid("Sentence index out of range"))?;
     let (id, words) = {
         let lock = shared.store.file_lock(file);
@@ -451,10 +500,7 @@ fn write_session(
                 let res = commit(shared, file, id, &base, &buf);
                 drop(guard);
                 let reply = match res {
-                    Ok(state) => Message::Committed {
-                        state,
-                        copies: None,
-                    },
+                    Ok((state, copies)) => Message::Committed { state, copies },
                     Err(e) => Message::err(e),
                 };
                 conn.send(&reply, &[])?;
@@ -477,13 +523,14 @@ fn write_session(
 /// another session's commit may have left its own sentence without a final delimiter, and its
 /// tail then joined the front of this sentence (see document.rs). Those joined words are kept:
 /// the sentence becomes `joined ++ edited`, never just `edited`, so no committed word is lost.
+/// Returns the new state and the copy count the name server's ack carried.
 fn commit(
     shared: &Shared,
     file: &str,
     id: u64,
     base: &[String],
     buf: &EditBuffer,
-) -> Result<FileState, WireError> {
+) -> Result<(FileState, Option<u32>), WireError> {
     let _inflight = Inflight::new(&shared.inflight);
     let state = {
         let lock = shared.store.file_lock(file);
@@ -502,7 +549,7 @@ fn commit(
         let (new, n) = doc.replace(i, &words);
         if new == text {
             // Nothing changed: no new version, no undo step.
-            return Ok(meta.state(file));
+            return Ok((meta.state(file), None));
         }
         let meta = shared.store.write_content(file, meta, new.as_bytes())?;
         if i < count {
@@ -513,10 +560,10 @@ fn commit(
             "committed {file} version {}", meta.version);
         meta.state(file)
     };
-    shared
+    let copies = shared
         .link
         .changed(state.clone(), Duration::from_millis(CHANGED_ACK_TIMEOUT_MS))?;
-    Ok(state)
+    Ok((state, copies))
 }
 
 /// The words a session's sentence should end up with, given the words the sentence holds now
@@ -551,6 +598,7 @@ fn create(
     t: &Ticket,
 ) -> Result<(), Fail> {
     authorise(shared, file, t, TicketOp::Create)?;
+    refuse_on_backup(shared)?;
     names::validate_user(owner)?;
     let _inflight = Inflight::new(&shared.inflight);
     let meta = shared.store.create(file, owner, epoch)?;
@@ -592,6 +640,7 @@ fn undo(
     t: &Ticket,
 ) -> Result<(), Fail> {
     authorise(shared, file, t, TicketOp::Undo)?;
+    refuse_on_backup(shared)?;
     let _inflight = Inflight::new(&shared.inflight);
     let meta = {
         let lock = shared.store.file_lock(file);
@@ -612,5 +661,342 @@ fn undo(
         },
         &[],
     )?;
+    Ok(())
+}
+
+/// Most history entries a transfer may describe (a copy keeps [`UNDO_DEPTH`]; a little slack
+/// lets a peer with a deeper history still be understood, its oldest entries dropped).
+const MAX_TRANSFER_UNDO: usize = 4 * UNDO_DEPTH;
+
+/// PEEK_FILE: what this copy holds of a file, so a transfer sends only what is missing.
+fn peek(shared: &Shared, conn: &mut Connection, file: &str, t: &Ticket) -> Result<(), Fail> {
+    authorise(shared, file, t, TicketOp::Store)?;
+    let held = shared.store.held(file)?;
+    let (state, blobs) = match held {
+        Some((meta, blobs)) => (Some(meta.state(file)), blobs),
+        None => (None, Vec::new()),
+    };
+    conn.send(&Message::Held { state, blobs }, &[])?;
+    Ok(())
+}
+
+/// Sends what `from` yields, at most `limit` bytes, as CHUNK frames and an END.
+fn send_part(conn: &mut Connection, from: &mut File, limit: u64) -> Result<(), Fail> {
+    let mut from = from.take(limit);
+    let mut buf = vec![0u8; CHUNK_BYTES];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // The header is out; the peer sees an END-less close and retries.
+            Err(_) => return Err(Fail::Close),
+        };
+        conn.send(&Message::Chunk {}, &buf[..n])?;
+    }
+    conn.send(&Message::End {}, &[])?;
+    Ok(())
+}
+
+/// GET_FILE_CONTENT: the content and the history entries the target lacks, from fds opened
+/// under the file lock, so one consistent version goes out even if a commit follows.
+fn get_content(
+    shared: &Shared,
+    conn: &mut Connection,
+    file: &str,
+    have: &[Version],
+    t: &Ticket,
+) -> Result<(), Fail> {
+    authorise(shared, file, t, TicketOp::Fetch)?;
+    let mut tr = shared
+        .store
+        .open_transfer(file, have)
+        .map_err(vanished(shared, file))?;
+    report_adopted(shared, tr.adopted, || tr.meta.state(file));
+    check_fresh(shared, t, tr.meta.version)?;
+    let sent: Vec<Version> = tr.entries.iter().map(|(v, _)| *v).collect();
+    conn.send(
+        &Message::FileContent {
+            state: tr.meta.state(file),
+            undo: tr.undo.clone(),
+            sent,
+        },
+        &[],
+    )?;
+    send_part(conn, &mut tr.content, tr.meta.size)?;
+    for (v, f) in tr.entries.iter_mut() {
+        let size = tr
+            .undo
+            .iter()
+            .find(|d| d.version == *v)
+            .map_or(0, |d| d.size);
+        send_part(conn, f, size)?;
+    }
+    log::info!(target: ev::SS_COMMIT, file = file, version = tr.meta.version.to_string(), bytes = tr.meta.size, entries = tr.entries.len() as u64;
+        "sent {file} version {} for replication", tr.meta.version);
+    Ok(())
+}
+
+/// One received part of a stream (CHUNK* END).
+struct Received {
+    /// The temp file holding the bytes (None when they were only drained).
+    temp: Option<TempFile>,
+    /// Checksum and size (and counts, when asked for) of the bytes.
+    counter: ContentCounter,
+    /// A local failure (disk full, ...) met while storing; the part was still read to END.
+    error: Option<StoreError>,
+}
+
+/// Reads one part (CHUNK* END) of at most `limit` bytes, into a synced temp file when `keep`,
+/// else only counting. `flip` is the fault hook: it flips the first byte it sees.
+fn recv_part(
+    shared: &Shared,
+    conn: &mut Connection,
+    file: &str,
+    limit: u64,
+    keep: bool,
+    mut counter: ContentCounter,
+    flip: &mut bool,
+) -> Result<Received, Fail> {
+    let mut temp = None;
+    let mut out: Option<File> = None;
+    let mut error = None;
+    if keep {
+        match shared.store.temp_file() {
+            Ok((t, f)) => {
+                temp = Some(t);
+                out = Some(f);
+            }
+            Err(e) => error = Some(e),
+        }
+    }
+    loop {
+        let frame = match conn.recv() {
+            Ok(Some(f)) => f,
+            Err(ConnError::Frame(fe)) => return Err(Fail::ReplyClose(fe.into())),
+            Ok(None) | Err(_) => return Err(Fail::Close),
+        };
+        match frame.msg {
+            Message::Chunk {} => {
+                let mut body = frame.body;
+                if *flip && !body.is_empty() {
+                    body[0] ^= 0x01;
+                    *flip = false;
+                    log::warn!(target: ev::SS_REFUSED, file = file, reason = "fault";
+                        "test hook PAIRFS_FAULT_FLIP_PUT: flipped one byte of {file}");
+                }
+                if counter.size() + body.len() as u64 > limit {
+                    return Err(Fail::ReplyClose(err::invalid(format!(
+                        "more than the {limit} bytes declared for {}",
+                        names::display(file)
+                    ))));
+                }
+                counter.update(&body);
+                if let Some(f) = out.as_mut() {
+                    if let Err(e) = f.write_all(&body) {
+                        error = Some(shared.store.io_error(file, e));
+                        out = None;
+                    }
+                }
+            }
+            Message::End {} => break,
+            other => {
+                return Err(Fail::ReplyClose(err::invalid(format!(
+                    "expected CHUNK or END, not {}",
+                    other.op_name()
+                ))))
+            }
+        }
+    }
+    if let Some(f) = out {
+        if let Err(e) = f.sync_all() {
+            error = Some(shared.store.io_error(file, e));
+        }
+    }
+    Ok(Received {
+        temp,
+        counter,
+        error,
+    })
+}
+
+/// Checks a received part against the size and checksum it was declared with.
+fn verify(r: &Received, what: &str, size: u64, checksum: u32) -> Result<(), WireError> {
+    if r.counter.size() != size || r.counter.checksum() != checksum {
+        return Err(err::invalid(format!(
+            "{what}: received {} bytes with checksum {:08x}, declared {size} bytes with checksum {checksum:08x}; nothing was installed",
+            r.counter.size(),
+            r.counter.checksum()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the head of a PUT_FILE_CONTENT before its stream is read.
+fn check_put(
+    shared: &Shared,
+    file: &str,
+    state: &FileState,
+    undo: &[UndoDesc],
+    sent: &[Version],
+    t: &Ticket,
+) -> Result<(), WireError> {
+    authorise(shared, file, t, TicketOp::Store)?;
+    if state.file != file {
+        return Err(err::invalid("PUT_FILE_CONTENT names two different files"));
+    }
+    if undo.len() > MAX_TRANSFER_UNDO {
+        return Err(err::limit(format!(
+            "a transfer may describe at most {MAX_TRANSFER_UNDO} history entries"
+        )));
+    }
+    if sent.iter().any(|v| !undo.iter().any(|d| d.version == *v)) {
+        return Err(err::invalid("a sent history entry is not in the history"));
+    }
+    Ok(())
+}
+
+/// PUT_FILE_CONTENT: receives a copy into `tmp/`, verifies every checksum and size, and
+/// installs it unless this copy is already at that version or newer. Nothing is installed
+/// unless everything verified; a cut stream leaves no temp file (the guards remove them).
+fn put_content(
+    shared: &Shared,
+    conn: &mut Connection,
+    file: &str,
+    state: &FileState,
+    undo: &[UndoDesc],
+    sent: &[Version],
+    t: &Ticket,
+) -> Result<(), Fail> {
+    let head = check_put(shared, file, state, undo, sent, t);
+    // A copy already this new only needs the stream drained (jobs may be retried or
+    // reordered); install_copy checks again under the lock.
+    let held = match &head {
+        Ok(()) => shared.store.held(file).ok().flatten().map(|(m, _)| m),
+        Err(_) => None,
+    };
+    let newer_here = held.as_ref().is_some_and(|m| m.version >= state.version);
+    let keep = head.is_ok() && !newer_here;
+    let mut flip = keep && shared.fault_flip_put.swap(false, Ordering::SeqCst);
+    let content = recv_part(
+        shared,
+        conn,
+        file,
+        state.size,
+        keep,
+        ContentCounter::bytes_only(),
+        &mut flip,
+    )?;
+    let mut entries = Vec::with_capacity(sent.len());
+    for v in sent {
+        let limit = undo.iter().find(|d| d.version == *v).map_or(0, |d| d.size);
+        let r = recv_part(
+            shared,
+            conn,
+            file,
+            limit,
+            keep,
+            ContentCounter::bytes_only(),
+            &mut flip,
+        )?;
+        entries.push((*v, r));
+    }
+    if flip {
+        // Nothing to flip in this transfer: keep the hook armed for the next one.
+        shared.fault_flip_put.store(true, Ordering::SeqCst);
+    }
+    head?;
+    if let Some(meta) = held.filter(|_| newer_here) {
+        conn.send(
+            &Message::FileStateReply {
+                state: meta.state(file),
+            },
+            &[],
+        )?;
+        return Ok(());
+    }
+    if let Some(e) = content.error {
+        return Err(e.into());
+    }
+    verify(&content, &names::display(file), state.size, state.checksum).inspect_err(|e| {
+        log::warn!(target: ev::SS_REFUSED, file = file, reason = "checksum"; "refused a copy of {file}: {}", e.msg);
+    })?;
+    let mut paths = Vec::with_capacity(entries.len());
+    for (v, r) in &entries {
+        if let Some(e) = &r.error {
+            return Err(Fail::Reply(err::limit(e.to_string())));
+        }
+        let d = undo.iter().find(|d| d.version == *v);
+        let (size, crc) = d.map_or((0, 0), |d| (d.size, d.checksum));
+        verify(r, &format!("history entry {v} of {}", names::display(file)), size, crc)
+            .inspect_err(|e| {
+                log::warn!(target: ev::SS_REFUSED, file = file, reason = "checksum"; "refused a copy of {file}: {}", e.msg);
+            })?;
+        let temp = r
+            .temp
+            .as_ref()
+            .ok_or_else(|| err::internal("no temp file"))?;
+        paths.push((*v, temp.path().to_path_buf()));
+    }
+    let temp = content
+        .temp
+        .as_ref()
+        .ok_or_else(|| err::internal("no temp file"))?;
+    let _inflight = Inflight::new(&shared.inflight);
+    let (meta, installed) = shared
+        .store
+        .install_copy(state, undo, temp.path(), &paths)?;
+    if installed {
+        log::info!(target: ev::SS_COMMIT, file = file, version = meta.version.to_string(), bytes = meta.size, entries = paths.len() as u64;
+            "installed a copy of {file} version {}", meta.version);
+    }
+    conn.send(
+        &Message::FileStateReply {
+            state: meta.state(file),
+        },
+        &[],
+    )?;
+    Ok(())
+}
+
+/// UPLOAD: `size` bytes into a temp file, counted and checked as they arrive, then installed
+/// as a new version (the old content becomes a history entry) and confirmed by the name
+/// server before COMMITTED.
+fn upload(
+    shared: &Shared,
+    conn: &mut Connection,
+    file: &str,
+    size: u64,
+    checksum: u32,
+    t: &Ticket,
+) -> Result<(), Fail> {
+    let head = authorise(shared, file, t, TicketOp::Upload).and_then(|()| refuse_on_backup(shared));
+    let r = recv_part(
+        shared,
+        conn,
+        file,
+        size,
+        head.is_ok(),
+        ContentCounter::new(),
+        &mut false,
+    )?;
+    head?;
+    if let Some(e) = r.error {
+        return Err(e.into());
+    }
+    verify(&r, &names::display(file), size, checksum)?;
+    let temp = r.temp.ok_or_else(|| err::internal("no temp file"))?;
+    let facts = r.counter.finish(0);
+    let state = {
+        let _inflight = Inflight::new(&shared.inflight);
+        let meta = shared.store.upload(file, &t.user, temp.path(), &facts)?;
+        log::info!(target: ev::SS_COMMIT, file = file, version = meta.version.to_string(), bytes = meta.size;
+            "uploaded {file} version {}", meta.version);
+        meta.state(file)
+    };
+    let copies = shared
+        .link
+        .changed(state.clone(), Duration::from_millis(CHANGED_ACK_TIMEOUT_MS))?;
+    conn.send(&Message::Committed { state, copies }, &[])?;
     Ok(())
 }

@@ -32,8 +32,14 @@ fn fake_nm() -> FakeNm {
             thread::spawn(move || {
                 let mut c = Connection::new(s);
                 let mut list = Vec::new();
+                let mut backup = false;
                 while let Ok(Some(f)) = c.recv() {
                     let reply = match f.msg {
+                        Message::Register { name, .. } => {
+                            // Like the real name server's naming rule: X_backup backs up X.
+                            backup = name.ends_with("_backup");
+                            None
+                        }
                         Message::FileBatch { files } => {
                             list.extend(files);
                             None
@@ -43,7 +49,7 @@ fn fake_nm() -> FakeNm {
                             Some(Message::Registered {
                                 epoch: 7,
                                 heartbeat_interval_ms: 50,
-                                backup: false,
+                                backup,
                             })
                         }
                         Message::Heartbeat { seq } => Some(Message::HeartbeatAck { seq }),
@@ -93,6 +99,7 @@ fn config(dir: &std::path::Path, nm_addr: &str, key: &ClusterKey) -> Config {
         key: key.clone(),
         lock_timeout_ms: 60_000,
         max_connections: 16,
+        fault_flip_put: false,
     }
 }
 
@@ -580,4 +587,507 @@ fn a_file_removed_by_hand_is_reported_on_access() {
     std::fs::remove_file(cl._dir.path().join("s/files/gone.txt")).unwrap();
     assert_eq!(cl.read("gone.txt").unwrap_err().code, ErrorCode::NotFound);
     assert_eq!(cl.nm.removed.recv_timeout(WAIT).unwrap(), "gone.txt");
+}
+
+// ----- replication and upload -----
+
+/// A second storage server on the same fake name server and key.
+struct Peer {
+    dir: tempfile::TempDir,
+    name: String,
+    key: ClusterKey,
+    ss: Running,
+}
+
+fn peer(cl: &Cluster, name: &str, fault_flip_put: bool) -> Peer {
+    let dir = tempfile::tempdir().unwrap();
+    let ss = start(Config {
+        name: name.into(),
+        fault_flip_put,
+        ..config(dir.path(), &cl.nm.addr, &cl.key)
+    })
+    .unwrap();
+    cl.nm.registered.recv_timeout(WAIT).unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while !ss.is_registered() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "peer never registered"
+        );
+        thread::yield_now();
+    }
+    Peer {
+        dir,
+        name: name.into(),
+        key: cl.key.clone(),
+        ss,
+    }
+}
+
+impl Peer {
+    fn conn(&self) -> Connection {
+        let c = Connection::connect(&self.ss.addr().to_string(), WAIT).unwrap();
+        c.set_timeout(Some(WAIT)).unwrap();
+        c
+    }
+
+    fn ticket(&self, file: &str, op: TicketOp) -> Ticket {
+        let user = if matches!(op, TicketOp::Store | TicketOp::Fetch) {
+            "@nm"
+        } else {
+            "alice"
+        };
+        self.key.mint(user, file, op, &self.name, None)
+    }
+
+    fn root(&self) -> std::path::PathBuf {
+        self.dir.path().join("s")
+    }
+}
+
+fn ask(c: &mut Connection, m: Message) -> Result<Message, WireError> {
+    c.send(&m, &[]).unwrap();
+    c.recv().unwrap().unwrap().msg.into_result()
+}
+
+fn peek(dst: &Peer, file: &str) -> (Option<FileState>, Vec<Version>) {
+    let mut c = dst.conn();
+    let t = dst.ticket(file, TicketOp::Store);
+    match ask(
+        &mut c,
+        Message::PeekFile {
+            file: file.into(),
+            ticket: t,
+        },
+    )
+    .unwrap()
+    {
+        Message::Held { state, blobs } => (state, blobs),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// What a replication worker does: PEEK the target, GET from the source with what the target
+/// has, and relay the stream frame by frame into PUT on the target. Returns the entries sent
+/// and the target's answer.
+fn relay(
+    cl: &Cluster,
+    dst: &Peer,
+    file: &str,
+) -> (Vec<Version>, usize, Result<FileState, WireError>) {
+    let (_, have) = peek(dst, file);
+    let mut src = cl.conn();
+    let t = cl.key.mint("@nm", file, TicketOp::Fetch, "ss1", None);
+    let (state, undo, sent) = match ask(
+        &mut src,
+        Message::GetFileContent {
+            file: file.into(),
+            have,
+            ticket: t,
+        },
+    )
+    .unwrap()
+    {
+        Message::FileContent { state, undo, sent } => (state, undo, sent),
+        other => panic!("{other:?}"),
+    };
+    let mut out = dst.conn();
+    out.send(
+        &Message::PutFileContent {
+            file: file.into(),
+            state,
+            undo,
+            sent: sent.clone(),
+            ticket: dst.ticket(file, TicketOp::Store),
+        },
+        &[],
+    )
+    .unwrap();
+    let mut chunks = 0;
+    for _ in 0..=sent.len() {
+        loop {
+            let f = src.recv().unwrap().unwrap();
+            assert!(f.body.len() <= crate::protocol::frame::CHUNK_BYTES);
+            let end = matches!(f.msg, Message::End {});
+            chunks += usize::from(!end);
+            out.send(&f.msg, &f.body).unwrap();
+            if end {
+                break;
+            }
+        }
+    }
+    let reply = out.recv().unwrap().unwrap().msg.into_result();
+    let reply = reply.map(|m| match m {
+        Message::FileStateReply { state } => state,
+        other => panic!("{other:?}"),
+    });
+    (sent, chunks, reply)
+}
+
+fn upload(c: &mut Connection, file: &str, bytes: &[u8], t: Ticket) -> Result<Message, WireError> {
+    c.send(
+        &Message::Upload {
+            file: file.into(),
+            size: bytes.len() as u64,
+            checksum: crc32c::crc32c(bytes),
+            ticket: t,
+        },
+        &[],
+    )
+    .unwrap();
+    for piece in bytes.chunks(crate::protocol::frame::CHUNK_BYTES) {
+        c.send(&Message::Chunk {}, piece).unwrap();
+    }
+    c.send(&Message::End {}, &[]).unwrap();
+    c.recv().unwrap().unwrap().msg.into_result()
+}
+
+fn dir_names(p: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(p)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+fn big_text(n: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n);
+    let mut i = 0u64;
+    while out.len() < n {
+        out.extend_from_slice(format!("word{i} é ").as_bytes());
+        i += 1;
+    }
+    out.truncate(n);
+    out
+}
+
+#[test]
+fn replication_relays_content_and_missing_history_only() {
+    let cl = cluster(60_000);
+    let dst = peer(&cl, "ss1_backup", false);
+    let src_root = cl._dir.path().join("s");
+    cl.create("a.txt");
+    cl.write("a.txt", 0, 0, "one.");
+    cl.write("a.txt", 1, 0, "two.");
+    let big = big_text(5 * 1024 * 1024 + 123);
+    let mut c = cl.conn();
+    let up = upload(&mut c, "a.txt", &big, cl.ticket("a.txt", TicketOp::Upload)).unwrap();
+    let Message::Committed { state: up, .. } = up else {
+        panic!("{up:?}")
+    };
+    assert_eq!(peek(&dst, "a.txt"), (None, Vec::new()));
+
+    let (sent, chunks, got) = relay(&cl, &dst, "a.txt");
+    assert_eq!(sent.len(), 3, "create, one, two: all missing");
+    assert!(
+        chunks >= 6,
+        "several MiB travel as several chunks ({chunks})"
+    );
+    let got = got.unwrap();
+    assert_eq!(got, up, "the backup serves the primary's state");
+    assert_eq!(
+        std::fs::read(dst.root().join("files/a.txt")).unwrap(),
+        big,
+        "content byte for byte"
+    );
+    assert_eq!(
+        dir_names(&dst.root().join("undo")),
+        dir_names(&src_root.join("undo"))
+    );
+    assert!(dir_names(&dst.root().join("tmp")).is_empty());
+
+    // Again: idempotent, nothing new sent.
+    let (sent, _, again) = relay(&cl, &dst, "a.txt");
+    assert!(sent.is_empty());
+    assert_eq!(again.unwrap(), up);
+
+    // One more change: only its one new history entry travels.
+    let mut c = cl.conn();
+    let small = b"small again.".to_vec();
+    upload(
+        &mut c,
+        "a.txt",
+        &small,
+        cl.ticket("a.txt", TicketOp::Upload),
+    )
+    .unwrap();
+    let (sent, _, got) = relay(&cl, &dst, "a.txt");
+    assert_eq!(sent, vec![up.version]);
+    let got = got.unwrap();
+    assert_eq!(
+        std::fs::read(dst.root().join("files/a.txt")).unwrap(),
+        small
+    );
+    assert_eq!(
+        dir_names(&dst.root().join("undo")),
+        dir_names(&src_root.join("undo"))
+    );
+
+    // The backup's history works like the primary's once it is promoted (here: read it).
+    let (held, blobs) = peek(&dst, "a.txt");
+    assert_eq!(held.unwrap(), got);
+    assert_eq!(blobs.len(), 4);
+}
+
+fn put(
+    dst: &Peer,
+    c: &mut Connection,
+    state: &FileState,
+    bytes: &[u8],
+) -> Result<Message, WireError> {
+    c.send(
+        &Message::PutFileContent {
+            file: state.file.clone(),
+            state: state.clone(),
+            undo: Vec::new(),
+            sent: Vec::new(),
+            ticket: dst.ticket(&state.file, TicketOp::Store),
+        },
+        &[],
+    )
+    .unwrap();
+    for piece in bytes.chunks(1000) {
+        c.send(&Message::Chunk {}, piece).unwrap();
+    }
+    c.send(&Message::End {}, &[]).unwrap();
+    c.recv().unwrap().unwrap().msg.into_result()
+}
+
+fn state_of(file: &str, counter: u64, bytes: &[u8]) -> FileState {
+    let text = String::from_utf8_lossy(bytes);
+    FileState {
+        file: file.into(),
+        version: Version { epoch: 7, counter },
+        checksum: crc32c::crc32c(bytes),
+        size: bytes.len() as u64,
+        words: crate::ss::document::count_words(&text),
+        chars: crate::ss::document::count_chars(&text),
+        modified_ms: 1,
+        owner: Some("alice".into()),
+    }
+}
+
+#[test]
+fn put_ignores_older_versions_and_rejects_corruption() {
+    let cl = cluster(60_000);
+    let dst = peer(&cl, "ss1_backup", false);
+    let mut c = dst.conn();
+    let v5 = state_of("b.txt", 5, b"version five.");
+    let Message::FileStateReply { state } = put(&dst, &mut c, &v5, b"version five.").unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(state, v5);
+    // An older version arriving late is drained and answered with what is held.
+    let v3 = state_of("b.txt", 3, b"three.");
+    let Message::FileStateReply { state } = put(&dst, &mut c, &v3, b"three.").unwrap() else {
+        panic!()
+    };
+    assert_eq!(state, v5);
+    assert_eq!(
+        std::fs::read(dst.root().join("files/b.txt")).unwrap(),
+        b"version five."
+    );
+    // A stream whose bytes disagree with its checksum installs nothing; the connection stays
+    // usable for the retry.
+    let v6 = state_of("b.txt", 6, b"six!");
+    let e = put(&dst, &mut c, &v6, b"sIx!").unwrap_err();
+    assert_eq!(e.code, ErrorCode::Invalid);
+    let e = put(&dst, &mut c, &state_of("b.txt", 6, b"sixty"), b"six").unwrap_err();
+    assert_eq!(e.code, ErrorCode::Invalid, "short stream");
+    assert_eq!(peek(&dst, "b.txt").0.unwrap(), v5);
+    assert!(dir_names(&dst.root().join("tmp")).is_empty());
+    let Message::FileStateReply { state } = put(&dst, &mut c, &v6, b"six!").unwrap() else {
+        panic!()
+    };
+    assert_eq!(state, v6);
+}
+
+#[test]
+fn fault_hook_corrupts_only_the_first_put() {
+    let cl = cluster(60_000);
+    let dst = peer(&cl, "ss1_backup", true);
+    let mut c = dst.conn();
+    let v1 = state_of("c.txt", 1, b"hello.");
+    let e = put(&dst, &mut c, &v1, b"hello.").unwrap_err();
+    assert_eq!(e.code, ErrorCode::Invalid);
+    assert!(peek(&dst, "c.txt").0.is_none());
+    let Message::FileStateReply { state } = put(&dst, &mut c, &v1, b"hello.").unwrap() else {
+        panic!()
+    };
+    assert_eq!(state, v1);
+}
+
+#[test]
+fn a_transfer_cut_mid_body_leaves_nothing() {
+    let cl = cluster(60_000);
+    let dst = peer(&cl, "ss1_backup", false);
+    let body = vec![b'x'; 3 * 1024 * 1024];
+    let st = state_of("d.txt", 2, &body);
+    {
+        let mut c = dst.conn();
+        c.send(
+            &Message::PutFileContent {
+                file: "d.txt".into(),
+                state: st.clone(),
+                undo: Vec::new(),
+                sent: Vec::new(),
+                ticket: dst.ticket("d.txt", TicketOp::Store),
+            },
+            &[],
+        )
+        .unwrap();
+        c.send(&Message::Chunk {}, &body[..1024 * 1024]).unwrap();
+        // Wait until the temp file exists, then die.
+        let deadline = std::time::Instant::now() + WAIT;
+        while dir_names(&dst.root().join("tmp")).is_empty() {
+            assert!(std::time::Instant::now() < deadline);
+            thread::yield_now();
+        }
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while !dir_names(&dst.root().join("tmp")).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "temp file left behind"
+        );
+        thread::yield_now();
+    }
+    assert!(peek(&dst, "d.txt").0.is_none());
+    assert!(!dst.root().join("files/d.txt").exists());
+}
+
+#[test]
+fn upload_takes_binary_bytes_and_keeps_history() {
+    let cl = cluster(60_000);
+    cl.create("bin.dat");
+    let mut bytes: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
+    bytes.extend_from_slice(&[0xe2, 0x82]); // a cut UTF-8 sequence at the very end
+    let mut c = cl.conn();
+    let r = upload(
+        &mut c,
+        "bin.dat",
+        &bytes,
+        cl.ticket("bin.dat", TicketOp::Upload),
+    )
+    .unwrap();
+    let Message::Committed { state, copies } = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!(copies, None);
+    let text = String::from_utf8_lossy(&bytes);
+    assert_eq!(state.size, bytes.len() as u64);
+    assert_eq!(state.checksum, crc32c::crc32c(&bytes));
+    assert_eq!(state.words, crate::ss::document::count_words(&text));
+    assert_eq!(state.chars, crate::ss::document::count_chars(&text));
+    assert_eq!(cl.nm.changed.recv_timeout(WAIT).unwrap(), state);
+    assert_eq!(
+        std::fs::read(cl._dir.path().join("s/files/bin.dat")).unwrap(),
+        bytes
+    );
+    // A bad checksum changes nothing, and the connection goes on.
+    let mut wrong = bytes.clone();
+    wrong[0] ^= 1;
+    c.send(
+        &Message::Upload {
+            file: "bin.dat".into(),
+            size: wrong.len() as u64,
+            checksum: crc32c::crc32c(&bytes),
+            ticket: cl.ticket("bin.dat", TicketOp::Upload),
+        },
+        &[],
+    )
+    .unwrap();
+    c.send(&Message::Chunk {}, &wrong).unwrap();
+    c.send(&Message::End {}, &[]).unwrap();
+    let e = c.recv().unwrap().unwrap().msg.into_result().unwrap_err();
+    assert_eq!(e.code, ErrorCode::Invalid);
+    // Upload of a file the server does not hold yet creates it, owned by the uploader.
+    let r = upload(
+        &mut c,
+        "new.bin",
+        b"\x00\x01",
+        cl.ticket("new.bin", TicketOp::Upload),
+    );
+    let Message::Committed { state, .. } = r.unwrap() else {
+        panic!()
+    };
+    assert_eq!(state.owner.as_deref(), Some("alice"));
+    // UNDO goes back to the empty file the upload replaced.
+    let mut c = cl.conn();
+    let t = cl.ticket("bin.dat", TicketOp::Undo);
+    let r = cl.ask(
+        &mut c,
+        Message::SsUndo {
+            file: "bin.dat".into(),
+            epoch: 7,
+            ticket: t,
+        },
+    );
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(cl.read("bin.dat").unwrap(), "");
+}
+
+#[test]
+fn a_backup_refuses_client_writes() {
+    let cl = cluster(60_000);
+    let dst = peer(&cl, "ss1_backup", false);
+    let mut c = dst.conn();
+    let v1 = state_of("e.txt", 1, b"held.");
+    put(&dst, &mut c, &v1, b"held.").unwrap();
+    let refused = |r: Result<Message, WireError>| {
+        let e = r.unwrap_err();
+        assert_eq!(e.code, ErrorCode::Unauthorized);
+        assert_eq!(e.msg, "ss1_backup is a backup; writes go to its primary");
+    };
+    refused(ask(
+        &mut c,
+        Message::WriteBegin {
+            file: "e.txt".into(),
+            sentence: 0,
+            ticket: dst.ticket("e.txt", TicketOp::Write),
+        },
+    ));
+    refused(upload(
+        &mut c,
+        "e.txt",
+        b"new bytes",
+        dst.ticket("e.txt", TicketOp::Upload),
+    ));
+    refused(ask(
+        &mut c,
+        Message::SsCreate {
+            file: "f.txt".into(),
+            owner: "alice".into(),
+            epoch: 7,
+            ticket: dst.ticket("f.txt", TicketOp::Create),
+        },
+    ));
+    refused(ask(
+        &mut c,
+        Message::SsUndo {
+            file: "e.txt".into(),
+            epoch: 7,
+            ticket: dst.ticket("e.txt", TicketOp::Undo),
+        },
+    ));
+    // Reads and deletes stay allowed.
+    let r = ask(
+        &mut c,
+        Message::Read {
+            file: "e.txt".into(),
+            ticket: dst.ticket("e.txt", TicketOp::Read),
+        },
+    );
+    assert!(matches!(r, Ok(Message::ReadOk { size: 5, .. })), "{r:?}");
+    let mut c = dst.conn();
+    let r = ask(
+        &mut c,
+        Message::SsDelete {
+            file: "e.txt".into(),
+            ticket: dst.ticket("e.txt", TicketOp::Delete),
+        },
+    );
+    assert!(matches!(r, Ok(Message::Done {})), "{r:?}");
 }

@@ -10,6 +10,12 @@
 //! DIR/tmp/                          temp files for atomic replacement; emptied at startup
 //! ```
 //!
+//! A history entry (undo blob) holds the content its file had at some version, and is named
+//! after that version: `<file hash>-<epoch>.<counter>-<crc32c hex>`, where the file hash is
+//! the first 16 hex digits of SHA-256 of the canonical name (see [`blob_id`]). Both copies of
+//! a replicated file therefore name its history alike, and a target can say which entries it
+//! already holds (PEEK_FILE) so a transfer sends only the missing ones.
+//!
 //! A content change (1) hard-links the current content into `undo/<new blob id>` (the old
 //! inode survives the rename, so nothing is copied), (2) replaces the content atomically,
 //! (3) replaces the record atomically. A crash between (2) and (3) leaves content whose size
@@ -23,12 +29,12 @@
 use crate::durable;
 use crate::logging::ev;
 use crate::names;
-use crate::protocol::{err, FileState, Version, WireError};
-use crate::ss::document;
+use crate::protocol::{err, FileState, UndoDesc, Version, WireError};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -64,6 +70,9 @@ pub enum StoreError {
     /// Editing a file whose content is not UTF-8.
     #[error("file is not text")]
     NotText,
+    /// A transfer lacks history entries this copy does not hold either.
+    #[error("transfer of {0} is missing history entries")]
+    Incomplete(String),
     /// Any other local I/O failure.
     #[error("storage i/o on {file}: {source}")]
     Io {
@@ -82,7 +91,7 @@ impl From<StoreError> for WireError {
             StoreError::Exists(_) => err::conflict(msg),
             StoreError::NoUndo(_) => err::no_undo(msg),
             StoreError::DiskFull { .. } => err::limit(msg),
-            StoreError::NotText => err::invalid(msg),
+            StoreError::NotText | StoreError::Incomplete(_) => err::invalid(msg),
             StoreError::Io { .. } => err::internal(msg),
         }
     }
@@ -130,12 +139,202 @@ impl Meta {
 }
 
 /// Facts about content computed from its bytes.
-struct ContentFacts {
-    checksum: u32,
+#[derive(Debug, Clone)]
+pub struct ContentFacts {
+    /// CRC32C of the content.
+    pub checksum: u32,
+    /// Bytes.
+    pub size: u64,
+    /// Mtime of the file the facts were taken from, in nanoseconds (0 for a stream).
+    pub mtime_ns: i128,
+    /// Whitespace-separated words.
+    pub words: u64,
+    /// Characters of the content read as UTF-8, invalid sequences counting one each.
+    pub chars: u64,
+}
+
+/// Checksum, size, words and characters of content computed as its bytes stream past, so no
+/// file is ever held whole in memory. The counts equal `document::count_words` and
+/// `document::count_chars` over `String::from_utf8_lossy` of the whole content, so text and
+/// binary content are counted alike however the bytes are split into chunks.
+#[derive(Debug, Default)]
+pub struct ContentCounter {
+    crc: u32,
     size: u64,
-    mtime_ns: i128,
     words: u64,
     chars: u64,
+    in_word: bool,
+    /// False when only checksum and size are wanted (a replicated copy carries its counts).
+    bytes_only: bool,
+    /// The start of a UTF-8 sequence cut by a chunk boundary (at most 3 bytes).
+    carry: Vec<u8>,
+}
+
+impl ContentCounter {
+    /// A counter that has seen nothing.
+    pub fn new() -> ContentCounter {
+        ContentCounter::default()
+    }
+
+    /// A counter of checksum and size only, for content whose counts are known already.
+    pub fn bytes_only() -> ContentCounter {
+        ContentCounter {
+            bytes_only: true,
+            ..ContentCounter::default()
+        }
+    }
+
+    /// Bytes seen so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// CRC32C of the bytes seen so far.
+    pub fn checksum(&self) -> u32 {
+        self.crc
+    }
+
+    /// Takes the next bytes of the content.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.crc = crc32c::crc32c_append(self.crc, bytes);
+        self.size += bytes.len() as u64;
+        if self.bytes_only {
+            return;
+        }
+        if self.carry.is_empty() {
+            self.decode(bytes);
+        } else {
+            let mut joined = std::mem::take(&mut self.carry);
+            joined.extend_from_slice(bytes);
+            self.decode(&joined);
+        }
+    }
+
+    fn decode(&mut self, mut rest: &[u8]) {
+        loop {
+            match std::str::from_utf8(rest) {
+                Ok(text) => {
+                    self.text(text);
+                    return;
+                }
+                Err(e) => {
+                    let (valid, after) = rest.split_at(e.valid_up_to());
+                    if let Ok(text) = std::str::from_utf8(valid) {
+                        self.text(text);
+                    }
+                    match e.error_len() {
+                        Some(n) => {
+                            self.char('\u{FFFD}');
+                            rest = &after[n..];
+                        }
+                        None => {
+                            self.carry = after.to_vec();
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn text(&mut self, text: &str) {
+        for c in text.chars() {
+            self.char(c);
+        }
+    }
+
+    fn char(&mut self, c: char) {
+        self.chars += 1;
+        if c.is_whitespace() {
+            self.in_word = false;
+        } else if !self.in_word {
+            self.in_word = true;
+            self.words += 1;
+        }
+    }
+
+    /// The facts of everything seen (an unfinished sequence at the end counts as one char).
+    pub fn finish(mut self, mtime_ns: i128) -> ContentFacts {
+        if !self.carry.is_empty() {
+            self.char('\u{FFFD}');
+        }
+        ContentFacts {
+            checksum: self.crc,
+            size: self.size,
+            mtime_ns,
+            words: self.words,
+            chars: self.chars,
+        }
+    }
+}
+
+/// The name of the history entry holding `file`'s content at `version` with `checksum`: a
+/// hash of the name keeps entries of different files apart in the one `undo/` directory, the
+/// version and checksum make the name the same on every copy of the file.
+pub fn blob_id(file: &str, version: Version, checksum: u32) -> String {
+    let h = Sha256::digest(file.as_bytes());
+    format!(
+        "{}-{}.{}-{checksum:08x}",
+        hex::encode(&h[..8]),
+        version.epoch,
+        version.counter
+    )
+}
+
+/// The version and checksum a history entry's name says it holds (None for names of another
+/// form, such as entries written before entries were named by version).
+pub fn parse_blob_id(id: &str) -> Option<(Version, u32)> {
+    let mut parts = id.split('-');
+    let _hash = parts.next()?;
+    let (epoch, counter) = parts.next()?.split_once('.')?;
+    let crc = u32::from_str_radix(parts.next()?, 16).ok()?;
+    if parts.next().is_some() {
+        return None;
+    }
+    let version = Version {
+        epoch: epoch.parse().ok()?,
+        counter: counter.parse().ok()?,
+    };
+    Some((version, crc))
+}
+
+/// Largest piece [`copy_counting`] reads at once.
+const COPY_BUF_BYTES: usize = 256 * 1024;
+
+/// Copies `from` into `to` in bounded pieces, feeding each piece to `counter`. `size_hint`
+/// (the expected length) keeps the buffer small for small files: a scan adopts thousands.
+pub fn copy_counting(
+    from: &mut impl Read,
+    to: &mut impl Write,
+    counter: &mut ContentCounter,
+    size_hint: u64,
+) -> io::Result<()> {
+    let len = usize::try_from(size_hint).map_or(COPY_BUF_BYTES, |n| n.clamp(1, COPY_BUF_BYTES));
+    let mut buf = vec![0u8; len];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        counter.update(&buf[..n]);
+        to.write_all(&buf[..n])?;
+    }
+}
+
+/// A file's content and history opened under its lock, ready to be sent to another copy.
+pub struct Transfer {
+    /// The content.
+    pub content: File,
+    /// The record the content belongs to.
+    pub meta: Meta,
+    /// Whether opening it adopted a hand edit (the name server must hear of it).
+    pub adopted: bool,
+    /// The whole history, oldest first.
+    pub undo: Vec<UndoDesc>,
+    /// The open entries to send, in the order of `undo`.
+    pub entries: Vec<(Version, File)>,
 }
 
 fn mtime_ns(md: &fs::Metadata) -> i128 {
@@ -253,21 +452,16 @@ impl Store {
         res.map_err(|e| self.io(file, e))
     }
 
-    /// Reads the content and computes checksum and counts (what adoption and commits record).
+    /// Reads the content in bounded pieces and computes checksum and counts (what adoption
+    /// and commits record).
     fn facts(&self, file: &str) -> Result<ContentFacts, StoreError> {
         let path = self.content_path(file);
         let mut f = File::open(&path).map_err(|e| self.io(file, e))?;
         let md = f.metadata().map_err(|e| self.io(file, e))?;
-        let mut bytes = Vec::with_capacity(md.len() as usize);
-        f.read_to_end(&mut bytes).map_err(|e| self.io(file, e))?;
-        let text = String::from_utf8_lossy(&bytes);
-        Ok(ContentFacts {
-            checksum: crc32c::crc32c(&bytes),
-            size: bytes.len() as u64,
-            mtime_ns: mtime_ns(&md),
-            words: document::count_words(&text),
-            chars: document::count_chars(&text),
-        })
+        let mut counter = ContentCounter::new();
+        copy_counting(&mut f, &mut io::sink(), &mut counter, md.len() + 1)
+            .map_err(|e| self.io(file, e))?;
+        Ok(counter.finish(mtime_ns(&md)))
     }
 
     fn next_version(&self, old: Option<&Meta>) -> Version {
@@ -349,26 +543,46 @@ impl Store {
     /// Replaces the content of `file` (whose bookkeeping is `old`) with `bytes` as a new
     /// version, saving the old content as an undo step. Caller holds the lock.
     pub fn write_content(&self, file: &str, old: Meta, bytes: &[u8]) -> Result<Meta, StoreError> {
-        self.write_with(file, old, Some(bytes), None)
+        self.write_with(file, old, Some(Source::Bytes(bytes)), None)
     }
 
-    /// The common path of commits and undo: `push_undo` saves the old content first; `pop`
+    /// Saves the current content of `file` (at `old.version`) as a history entry by hard
+    /// link: the old inode survives the rename that follows, so nothing is copied.
+    fn link_history(&self, file: &str, old: &Meta) -> Result<String, StoreError> {
+        let blob = blob_id(file, old.version, old.checksum);
+        let path = self.undo.join(&blob);
+        match fs::hard_link(self.content_path(file), &path) {
+            Ok(()) => {}
+            // A leftover of a change that failed after linking: the same version's content.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let _ = fs::remove_file(&path);
+                fs::hard_link(self.content_path(file), &path).map_err(|e| self.io(file, e))?;
+            }
+            Err(e) => return Err(self.io(file, e)),
+        }
+        durable::fsync_dir(&self.undo).map_err(|e| self.io(file, e))?;
+        Ok(blob)
+    }
+
+    /// The common path of commits, uploads and undo: a `source` of new content saves the old
+    /// content as a history entry first; `pop`
     /// (undo) takes the new content from the newest blob and removes it afterwards.
     fn write_with(
         &self,
         file: &str,
         old: Meta,
-        bytes: Option<&[u8]>,
+        source: Option<Source<'_>>,
         pop: Option<String>,
     ) -> Result<Meta, StoreError> {
         let target = self.content_path(file);
         let mut undo = old.undo.clone();
         let mut new_blob = None;
-        if let Some(bytes) = bytes {
-            let blob = crate::auth::random_hex(12);
-            fs::hard_link(&target, self.undo.join(&blob)).map_err(|e| self.io(file, e))?;
-            durable::fsync_dir(&self.undo).map_err(|e| self.io(file, e))?;
-            let res = durable::replace(&self.tmp, &target, bytes);
+        if let Some(source) = source {
+            let blob = self.link_history(file, &old)?;
+            let res = match source {
+                Source::Bytes(bytes) => durable::replace(&self.tmp, &target, bytes),
+                Source::Temp(tmp, _) => install_temp(tmp, &target),
+            };
             if let Err(e) = res {
                 let _ = fs::remove_file(self.undo.join(&blob));
                 return Err(self.io(file, e));
@@ -389,7 +603,21 @@ impl Store {
         } else {
             Vec::new()
         };
-        let facts = match self.facts(file) {
+        // Facts counted while the bytes arrived are not counted again, only the mtime.
+        let known = match &source {
+            Some(Source::Temp(_, facts)) => Some(*facts),
+            _ => None,
+        };
+        let facts = match known {
+            Some(f) => fs::metadata(&target)
+                .map(|md| ContentFacts {
+                    mtime_ns: mtime_ns(&md),
+                    ..f.clone()
+                })
+                .map_err(|e| self.io(file, e)),
+            None => self.facts(file),
+        };
+        let facts = match facts {
             Ok(f) => f,
             Err(e) => {
                 if let Some(b) = new_blob {
@@ -499,6 +727,184 @@ impl Store {
         self.write_with(file, meta, None, Some(blob))
     }
 
+    /// A fresh temp file in `tmp/` for content arriving from the network; the returned guard
+    /// removes it unless it was installed.
+    pub fn temp_file(&self) -> Result<(TempFile, File), StoreError> {
+        let path = durable::temp_path(&self.tmp);
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| self.io("tmp/", e))?;
+        Ok((TempFile(path), f))
+    }
+
+    /// Maps an I/O error on `file` to a store error (disk full becomes [`StoreError::DiskFull`]).
+    pub fn io_error(&self, file: &str, e: io::Error) -> StoreError {
+        self.io(file, e)
+    }
+
+    /// What this copy holds of `file` (PEEK_FILE): its record, if any, and the versions of
+    /// the history entries it holds.
+    pub fn held(&self, file: &str) -> Result<Option<(Meta, Vec<Version>)>, StoreError> {
+        let lock = self.file_lock(file);
+        let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let meta = match self.current(file) {
+            Ok((m, _)) => m,
+            Err(StoreError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let blobs = meta
+            .undo
+            .iter()
+            .filter(|id| self.undo.join(id).is_file())
+            .filter_map(|id| parse_blob_id(id).map(|(v, _)| v))
+            .collect();
+        Ok(Some((meta, blobs)))
+    }
+
+    /// Opens `file`'s content and the history entries whose versions are not in `have`, under
+    /// the file lock, so what is sent is one consistent version even if a commit follows.
+    pub fn open_transfer(&self, file: &str, have: &[Version]) -> Result<Transfer, StoreError> {
+        let lock = self.file_lock(file);
+        let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (meta, adopted) = self.current(file)?;
+        let content = File::open(self.content_path(file)).map_err(|e| self.io(file, e))?;
+        let mut undo = Vec::new();
+        let mut entries = Vec::new();
+        for id in &meta.undo {
+            // Entries of an older naming cannot be described by version; they stay local.
+            let Some((version, checksum)) = parse_blob_id(id) else {
+                continue;
+            };
+            let Ok(f) = File::open(self.undo.join(id)) else {
+                continue;
+            };
+            let size = f.metadata().map_err(|e| self.io(file, e))?.len();
+            undo.push(UndoDesc {
+                version,
+                size,
+                checksum,
+            });
+            if !have.contains(&version) {
+                entries.push((version, f));
+            }
+        }
+        Ok(Transfer {
+            content,
+            meta,
+            adopted,
+            undo,
+            entries,
+        })
+    }
+
+    /// Installs a copy received from another server (PUT_FILE_CONTENT): the history entries,
+    /// then the content (atomic replace), then the record, all durable. The temp files were
+    /// written, verified and synced by the caller. A copy already at `state.version` or newer
+    /// is left alone (jobs may be retried or reordered); returns the record now held and
+    /// whether anything was installed.
+    pub fn install_copy(
+        &self,
+        state: &FileState,
+        undo: &[UndoDesc],
+        content: &Path,
+        entries: &[(Version, PathBuf)],
+    ) -> Result<(Meta, bool), StoreError> {
+        let file = state.file.as_str();
+        let lock = self.file_lock(file);
+        let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let old = match self.current(file) {
+            Ok((m, _)) => Some(m),
+            Err(StoreError::NotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(m) = &old {
+            if m.version >= state.version {
+                return Ok((m.clone(), false));
+            }
+        }
+        let keep = undo.len().saturating_sub(UNDO_DEPTH);
+        let undo = &undo[keep..];
+        let ids: Vec<String> = undo
+            .iter()
+            .map(|d| blob_id(file, d.version, d.checksum))
+            .collect();
+        // Check before changing anything: every entry is either sent or already here.
+        for (d, id) in undo.iter().zip(&ids) {
+            let sent = entries.iter().any(|(v, _)| *v == d.version);
+            if !sent && !self.undo.join(id).is_file() {
+                return Err(StoreError::Incomplete(names::display(file)));
+            }
+        }
+        for (d, id) in undo.iter().zip(&ids) {
+            if let Some((_, tmp)) = entries.iter().find(|(v, _)| *v == d.version) {
+                fs::rename(tmp, self.undo.join(id)).map_err(|e| self.io(file, e))?;
+            }
+        }
+        durable::fsync_dir(&self.undo).map_err(|e| self.io(file, e))?;
+        let target = self.content_path(file);
+        install_temp(content, &target).map_err(|e| self.io(file, e))?;
+        let md = fs::metadata(&target).map_err(|e| self.io(file, e))?;
+        let meta = Meta {
+            version: state.version,
+            checksum: state.checksum,
+            size: state.size,
+            mtime_ns: mtime_ns(&md),
+            words: state.words,
+            chars: state.chars,
+            modified_ms: state.modified_ms,
+            owner: state
+                .owner
+                .clone()
+                .or_else(|| old.as_ref().and_then(|m| m.owner.clone())),
+            undo: ids,
+        };
+        self.write_meta(file, &meta)?;
+        for b in old.map(|m| m.undo).unwrap_or_default() {
+            if !meta.undo.contains(&b) {
+                let _ = fs::remove_file(self.undo.join(b));
+            }
+        }
+        Ok((meta, true))
+    }
+
+    /// Replaces `file`'s content with an uploaded temp file whose facts were counted as it
+    /// arrived; the old content becomes a history entry. A file this server does not hold is
+    /// created, owned by `owner`.
+    pub fn upload(
+        &self,
+        file: &str,
+        owner: &str,
+        tmp: &Path,
+        facts: &ContentFacts,
+    ) -> Result<Meta, StoreError> {
+        let lock = self.file_lock(file);
+        let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
+        match self.current(file) {
+            Ok((old, _)) => self.write_with(file, old, Some(Source::Temp(tmp, facts)), None),
+            Err(StoreError::NotFound(_)) => {
+                let target = self.content_path(file);
+                install_temp(tmp, &target).map_err(|e| self.io(file, e))?;
+                let md = fs::metadata(&target).map_err(|e| self.io(file, e))?;
+                let meta = Meta {
+                    version: self.next_version(None),
+                    checksum: facts.checksum,
+                    size: facts.size,
+                    mtime_ns: mtime_ns(&md),
+                    words: facts.words,
+                    chars: facts.chars,
+                    modified_ms: crate::auth::now_ms(),
+                    owner: Some(owner.to_string()),
+                    undo: Vec::new(),
+                };
+                self.write_meta(file, &meta)?;
+                Ok(meta)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// The startup scan: walks `files/` and `meta/`, adopts new or changed content, removes
     /// unfinished creates and unreferenced undo blobs, and returns the state of every file.
     /// Stats every file but reads only those whose size or mtime changed. Run it before
@@ -597,6 +1003,40 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// A temp file in `tmp/`, removed when dropped (a no-op once it has been renamed into place),
+/// so a transfer that fails or is cut leaves nothing behind.
+pub struct TempFile(PathBuf);
+
+impl TempFile {
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// Where a content change takes its new bytes from.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    /// Bytes in memory (a commit's edited text).
+    Bytes(&'a [u8]),
+    /// A temp file in `tmp/` already written and synced (an upload or a transfer).
+    Temp(&'a Path, &'a ContentFacts),
+}
+
+/// Renames a synced temp file over `target` and makes the rename durable.
+fn install_temp(tmp: &Path, target: &Path) -> io::Result<()> {
+    let parent = target.parent().unwrap_or_else(|| Path::new("."));
+    durable::create_dirs_durable(parent)?;
+    fs::rename(tmp, target)?;
+    durable::fsync_dir(parent)
 }
 
 /// Collects the regular files under `dir` as `/`-joined paths relative to `base`.
@@ -784,5 +1224,58 @@ mod tests {
         let mut text = String::new();
         f.read_to_string(&mut text).unwrap();
         assert_eq!(text, "old.");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn counter_matches_whole_content_counts(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            ascii in proptest::collection::vec(0u8..3, 0..300),
+            cut in 0usize..300,
+        ) {
+            // Mix raw bytes with spaces and multi-byte text so cut sequences are common.
+            let mut content = Vec::new();
+            for (k, b) in bytes.iter().enumerate() {
+                match ascii.get(k) {
+                    Some(0) => content.push(b' '),
+                    Some(1) => content.extend_from_slice("é€".as_bytes()),
+                    _ => content.push(*b),
+                }
+            }
+            let cut = cut.min(content.len());
+            let mut c = ContentCounter::new();
+            c.update(&content[..cut]);
+            c.update(&content[cut..]);
+            let f = c.finish(0);
+            let text = String::from_utf8_lossy(&content);
+            proptest::prop_assert_eq!(f.words, crate::ss::document::count_words(&text));
+            proptest::prop_assert_eq!(f.chars, crate::ss::document::count_chars(&text));
+            proptest::prop_assert_eq!(f.checksum, crc32c::crc32c(&content));
+            proptest::prop_assert_eq!(f.size, content.len() as u64);
+        }
+    }
+
+    #[test]
+    fn history_entries_are_named_by_version() {
+        let (_d, s) = store();
+        let created = s.create("a", "alice", 1).unwrap();
+        commit(&s, "a", "one.");
+        let (m, _) = s.current("a").unwrap();
+        assert_eq!(
+            m.undo,
+            vec![blob_id("a", created.version, created.checksum)]
+        );
+        assert_eq!(
+            parse_blob_id(&m.undo[0]),
+            Some((created.version, created.checksum))
+        );
+        assert_ne!(
+            blob_id("a", created.version, 0),
+            blob_id("b", created.version, 0)
+        );
+        let (held, blobs) = s.held("a").unwrap().unwrap();
+        assert_eq!(held, m);
+        assert_eq!(blobs, vec![created.version]);
+        assert!(s.held("nope").unwrap().is_none());
     }
 }
