@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Starts or stops the local cluster of `make cluster` / `make stop`: one name server and the
-# storage servers ss1 and ss2, all on loopback, with data, logs and PIDs under ./run/.
+# Starts or stops the local cluster of `make cluster` / `make stop`: one name server and two
+# primary/backup pairs (ss1 with ss1_backup, ss2 with ss2_backup), all on loopback, with data,
+# logs and PIDs under ./run/. A server named `X_backup` is paired with `X` by the name server.
 #
 #   scripts/cluster.sh start   # expects ./bin_nm ./bin_ss ./bin_client (built by `make`)
 #   scripts/cluster.sh stop
@@ -13,8 +14,8 @@ RUN=run
 NM_PORT=5000
 NM_HTTP_PORT=5080
 KEY="$RUN/cluster.key"
-# name:client-port of each storage server.
-SERVERS="ss1:6001 ss2:6002"
+# name:client-port of each storage server (primaries on 600N, their backups on 601N).
+SERVERS="ss1:6001 ss1_backup:6011 ss2:6002 ss2_backup:6012"
 # How long a server may take to log that it is ready, and to exit on SIGTERM.
 READY_WAIT_S=30
 STOP_WAIT_S=15
@@ -87,13 +88,15 @@ start() {
     cat <<MSG
 pairfs is running:
   name server      127.0.0.1:$NM_PORT (status http://127.0.0.1:$NM_HTTP_PORT/status)  log $RUN/nm.log
-  storage servers  ss1 127.0.0.1:6001, ss2 127.0.0.1:6002  logs $RUN/ss1.log, $RUN/ss2.log
-  data             $RUN/nm_data, $RUN/storage_ss1, $RUN/storage_ss2 (key $KEY)
+  pair ss1         ss1 127.0.0.1:6001 -> ss1_backup 127.0.0.1:6011
+  pair ss2         ss2 127.0.0.1:6002 -> ss2_backup 127.0.0.1:6012
+  logs             $RUN/nm.log, $RUN/<server>.log
+  data             $RUN/nm_data, $RUN/storage_<server> (key $KEY)
 
 Connect a client:
   ./bin_client --username alice
 or pipe commands in:
-  printf 'CREATE a.txt\nWRITE a.txt 0\n0 Hello world.\nETIRW\nREAD a.txt\n' | ./bin_client --username alice
+  printf 'CREATE a.txt\nWRITE a.txt 0\n0 Hello world.\nETIRW\nREAD a.txt\nSTATUS\n' | ./bin_client --username alice
 
 Stop it with: make stop
 MSG

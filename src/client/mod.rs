@@ -9,6 +9,7 @@
 pub mod parse;
 pub mod render;
 pub mod session;
+pub mod transfer;
 
 use parse::{parse_edit, parse_line, Command, EditLine};
 use session::{EditError, Session, WriteSession};
@@ -263,7 +264,7 @@ fn write_session(
             },
             Ok(Some(EditLine::Etirw)) => {
                 return match ws.commit() {
-                    Ok(()) => writeln!(out, "{}", render::WRITTEN),
+                    Ok(copies) => writeln!(out, "{}", render::with_copies(render::WRITTEN, copies)),
                     Err(e) => {
                         status.fail(false);
                         writeln!(out, "{e}")

@@ -76,6 +76,22 @@ pub enum Command {
         /// File name.
         file: String,
     },
+    /// `UPLOAD local f`: replace (or create) `f` with a local file's bytes.
+    Upload {
+        /// Path of the local file to send.
+        local: String,
+        /// File name in the cluster.
+        file: String,
+    },
+    /// `DOWNLOAD f local`: save `f`'s bytes to a local file.
+    Download {
+        /// File name in the cluster.
+        file: String,
+        /// Path of the local file to write.
+        local: String,
+    },
+    /// `STATUS`: servers, pairs and replication.
+    Status,
     /// `HELP`.
     Help,
     /// `EXIT`.
@@ -113,9 +129,6 @@ const UNSUPPORTED: &[&str] = &[
     "VIEWACCESSREQUESTS",
     "APPROVEACCR",
     "DISACCR",
-    "UPLOAD",
-    "DOWNLOAD",
-    "STATUS",
     "RECOVER",
     "FSCK",
 ];
@@ -135,6 +148,9 @@ pub fn usage(word: &str) -> &'static str {
         "ADDACCESS" => "ADDACCESS -R|-W <file> <user>",
         "REMACCESS" => "REMACCESS <file> <user>",
         "EXEC" => "EXEC <file>",
+        "UPLOAD" => "UPLOAD <local_path> <file>",
+        "DOWNLOAD" => "DOWNLOAD <file> <local_path>",
+        "STATUS" => "STATUS",
         "HELP" => "HELP",
         "EXIT" => "EXIT",
         _ => "HELP",
@@ -184,6 +200,21 @@ pub fn parse_line(line: &str) -> Result<Option<Command>, WireError> {
         },
         "VIEW" => parse_view(&args).ok_or_else(|| usage_err(&word)),
         "LIST" => no_args(Command::List),
+        "STATUS" => no_args(Command::Status),
+        "UPLOAD" => match args.as_slice() {
+            [l, f] => Ok(Command::Upload {
+                local: (*l).to_string(),
+                file: (*f).to_string(),
+            }),
+            _ => Err(usage_err(&word)),
+        },
+        "DOWNLOAD" => match args.as_slice() {
+            [f, l] => Ok(Command::Download {
+                file: (*f).to_string(),
+                local: (*l).to_string(),
+            }),
+            _ => Err(usage_err(&word)),
+        },
         "HELP" => no_args(Command::Help),
         "EXIT" => no_args(Command::Exit),
         "ADDACCESS" => match args.as_slice() {
@@ -405,7 +436,35 @@ mod tests {
                 Command::Unsupported(w.to_string())
             );
         }
-        assert_eq!(ok("status"), Command::Unsupported(f("STATUS")));
+        assert_eq!(ok("recover ss1"), Command::Unsupported(f("RECOVER")));
+    }
+
+    #[test]
+    fn replication_commands() {
+        assert_eq!(ok("status"), Command::Status);
+        assert_eq!(err_text("STATUS x"), "ERROR [INVALID]: usage: STATUS");
+        assert_eq!(
+            ok("upload ./pic.png /d/pic.png"),
+            Command::Upload {
+                local: f("./pic.png"),
+                file: f("/d/pic.png")
+            }
+        );
+        assert_eq!(
+            ok("DOWNLOAD a.bin /tmp/a.bin"),
+            Command::Download {
+                file: f("a.bin"),
+                local: f("/tmp/a.bin")
+            }
+        );
+        assert_eq!(
+            err_text("UPLOAD a"),
+            "ERROR [INVALID]: usage: UPLOAD <local_path> <file>"
+        );
+        assert_eq!(
+            err_text("DOWNLOAD a b c"),
+            "ERROR [INVALID]: usage: DOWNLOAD <file> <local_path>"
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The client's exact output strings (SPEC §2). Pure: every function returns text and is unit
 //! tested; `session.rs` only writes what these return.
 
-use crate::protocol::{FileInfo, FileSummary};
+use crate::protocol::{FailedJob, FileInfo, FileSummary, PairStatus, ServerStatus};
 use std::time::{Duration, UNIX_EPOCH};
 
 /// `CREATE` succeeded.
@@ -22,6 +22,169 @@ pub const NO_FILES: &str = "No files found.";
 pub const STREAM_BROKEN: &str = "Error: Connection closed unexpectedly";
 /// The name server connection broke while a command was in flight.
 pub const LOST_NM: &str = "ERROR [UNAVAILABLE]: lost connection to the name server";
+
+/// Copies a change should have in a pair (primary and backup).
+pub const PAIR_COPIES: u32 = 2;
+
+/// A success line with the sync-mode copy count appended when the change reached fewer than
+/// all copies: `File Created Successfully! (1 of 2 copies)`. `None` prints the line as is.
+pub fn with_copies(line: &str, copies: Option<(u32, u32)>) -> String {
+    match copies {
+        Some((c, total)) => format!("{line} ({c} of {total} copies)"),
+        None => line.to_string(),
+    }
+}
+
+/// `UPLOAD` succeeded with `bytes` bytes.
+pub fn uploaded(bytes: u64) -> String {
+    format!("Upload Successful! ({bytes} bytes)")
+}
+
+/// `DOWNLOAD` succeeded with `bytes` bytes.
+pub fn downloaded(bytes: u64) -> String {
+    format!("Download Successful! ({bytes} bytes)")
+}
+
+/// Everything STATUS shows, as the name server reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusView<'a> {
+    /// Every storage server.
+    pub servers: &'a [ServerStatus],
+    /// Every pair and unpaired primary.
+    pub pairs: &'a [PairStatus],
+    /// Replication jobs not yet done.
+    pub queue_depth: u64,
+    /// Jobs out of attempts.
+    pub failed: &'a [FailedJob],
+    /// `async` or `sync`.
+    pub replication: &'a str,
+}
+
+/// STATUS's output, three short sections; `now_ms` turns heartbeat times into ages:
+///
+/// ```text
+/// Storage servers:
+///   ss1         UP    primary   3 files  heartbeat 1s ago
+///   ss1_backup  DOWN  backup    3 files  heartbeat 42s ago
+///   ss2         UP    unpaired  0 files  heartbeat never
+/// Pairs:
+///   ss1 -> ss1_backup  BACKUP_DOWN  epoch 1  lag 2 jobs, 8192 bytes, 41.5 s
+///   ss2 (unpaired: 1 copy)  epoch 1
+/// Replication: async, queue depth 2
+/// Failed jobs:
+///   a.txt -> ss1_backup  5 attempts  connection refused
+/// ```
+///
+/// Columns are padded to their widest cell and separated by two spaces. With no failed job the
+/// last section is the single line `Failed jobs: none`; an empty list of servers or pairs shows
+/// `  (none)`. A primary without a backup says `(unpaired: 1 copy)` instead of a state and lag.
+pub fn status(v: &StatusView<'_>, now_ms: u64) -> String {
+    let mut out = String::from("Storage servers:\n");
+    let servers: Vec<Vec<String>> = v
+        .servers
+        .iter()
+        .map(|s| {
+            let heartbeat = match s.last_heartbeat_ms {
+                Some(ms) => format!("heartbeat {}s ago", now_ms.saturating_sub(ms) / 1000),
+                None => "heartbeat never".to_string(),
+            };
+            vec![
+                s.name.clone(),
+                if s.up { "UP" } else { "DOWN" }.to_string(),
+                s.role.clone(),
+                format!("{} files", s.files),
+                heartbeat,
+            ]
+        })
+        .collect();
+    out.push_str(&columns(&servers));
+    out.push_str("Pairs:\n");
+    let (paired, unpaired): (Vec<&PairStatus>, Vec<&PairStatus>) =
+        v.pairs.iter().partition(|p| p.backup.is_some());
+    let rows: Vec<Vec<String>> = paired
+        .iter()
+        .map(|p| {
+            vec![
+                format!("{} -> {}", p.primary, p.backup.as_deref().unwrap_or("")),
+                p.state.clone(),
+                format!("epoch {}", p.epoch),
+                format!(
+                    "lag {} jobs, {} bytes, {:.1} s",
+                    p.lag_jobs,
+                    p.lag_bytes,
+                    p.lag_ms as f64 / 1000.0
+                ),
+            ]
+        })
+        .collect();
+    if v.pairs.is_empty() || !rows.is_empty() {
+        out.push_str(&columns(&rows));
+    }
+    for p in unpaired {
+        out.push_str(&format!(
+            "  {} (unpaired: 1 copy)  epoch {}\n",
+            p.primary, p.epoch
+        ));
+    }
+    out.push_str(&format!(
+        "Replication: {}, queue depth {}\n",
+        v.replication, v.queue_depth
+    ));
+    if v.failed.is_empty() {
+        out.push_str("Failed jobs: none\n");
+    } else {
+        out.push_str("Failed jobs:\n");
+        let rows: Vec<Vec<String>> = v
+            .failed
+            .iter()
+            .map(|j| {
+                vec![
+                    format!("{} -> {}", j.file, j.target),
+                    format!("{} attempts", j.attempts),
+                    j.error.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&columns(&rows));
+    }
+    out
+}
+
+/// Rows indented by two spaces, each column padded to its widest cell (in characters) and
+/// separated by two spaces; the last column is not padded, so no line ends in blanks.
+/// No rows gives `  (none)`.
+fn columns(rows: &[Vec<String>]) -> String {
+    if rows.is_empty() {
+        return "  (none)\n".to_string();
+    }
+    let n = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..n)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let mut line = String::from(" ");
+        for (i, cell) in r.iter().enumerate() {
+            line.push(' ');
+            if i + 1 < r.len() {
+                let pad = widths[i].saturating_sub(cell.chars().count());
+                line.push_str(cell);
+                line.push_str(&" ".repeat(pad + 1));
+            } else {
+                line.push_str(cell);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
 
 /// The note after `ADDACCESS` for a grantee the cluster has never seen.
 pub fn new_user_note(user: &str) -> String {
@@ -235,16 +398,16 @@ pub fn help() -> String {
             "answer a request (not supported yet)",
         ),
         (
-            "UPLOAD <local> <file>",
-            "upload a local file (not supported yet)",
+            "UPLOAD <local_path> <file>",
+            "replace (or create) a file with a local file's bytes",
         ),
         (
-            "DOWNLOAD <file> <local>",
-            "download to a local file (not supported yet)",
+            "DOWNLOAD <file> <local_path>",
+            "save a file's bytes to a local file",
         ),
         (
             "STATUS",
-            "show servers, pairs and replication (not supported yet)",
+            "show servers, pairs, replication lag and failed jobs",
         ),
         ("RECOVER <ss>", "start a recovery sync (not supported yet)"),
         ("FSCK [<file>]", "check every copy (not supported yet)"),
@@ -392,6 +555,117 @@ mod tests {
         assert_eq!(exec_output(b""), b"");
     }
 
+    fn server(name: &str, up: bool, role: &str, files: u64, hb: Option<u64>) -> ServerStatus {
+        ServerStatus {
+            name: name.into(),
+            addr: "127.0.0.1:6001".into(),
+            up,
+            role: role.into(),
+            files,
+            last_heartbeat_ms: hb,
+        }
+    }
+
+    fn pair(primary: &str, backup: Option<&str>, state: &str, lag: (u64, u64, u64)) -> PairStatus {
+        PairStatus {
+            primary: primary.into(),
+            backup: backup.map(str::to_string),
+            state: state.into(),
+            epoch: 1,
+            lag_jobs: lag.0,
+            lag_bytes: lag.1,
+            lag_ms: lag.2,
+        }
+    }
+
+    #[test]
+    fn status_shows_servers_pairs_and_failed_jobs() {
+        let servers = [
+            server("ss1", true, "primary", 3, Some(T - 1_200)),
+            server("ss1_backup", false, "backup", 3, Some(T - 42_000)),
+            server("ss2", true, "unpaired", 0, None),
+        ];
+        let pairs = [
+            pair("ss1", Some("ss1_backup"), "BACKUP_DOWN", (2, 8192, 41_500)),
+            pair("ss2", None, "UNPAIRED", (0, 0, 0)),
+        ];
+        let failed = [FailedJob {
+            file: "a.txt".into(),
+            target: "ss1_backup".into(),
+            attempts: 5,
+            error: "connection refused".into(),
+        }];
+        let v = StatusView {
+            servers: &servers,
+            pairs: &pairs,
+            queue_depth: 2,
+            failed: &failed,
+            replication: "async",
+        };
+        assert_eq!(
+            status(&v, T),
+            "Storage servers:\n\
+             \x20 ss1         UP    primary   3 files  heartbeat 1s ago\n\
+             \x20 ss1_backup  DOWN  backup    3 files  heartbeat 42s ago\n\
+             \x20 ss2         UP    unpaired  0 files  heartbeat never\n\
+             Pairs:\n\
+             \x20 ss1 -> ss1_backup  BACKUP_DOWN  epoch 1  lag 2 jobs, 8192 bytes, 41.5 s\n\
+             \x20 ss2 (unpaired: 1 copy)  epoch 1\n\
+             Replication: async, queue depth 2\n\
+             Failed jobs:\n\
+             \x20 a.txt -> ss1_backup  5 attempts  connection refused\n"
+        );
+    }
+
+    #[test]
+    fn status_of_an_empty_cluster() {
+        let v = StatusView {
+            servers: &[],
+            pairs: &[],
+            queue_depth: 0,
+            failed: &[],
+            replication: "sync",
+        };
+        assert_eq!(
+            status(&v, T),
+            "Storage servers:\n  (none)\nPairs:\n  (none)\n\
+             Replication: sync, queue depth 0\nFailed jobs: none\n"
+        );
+    }
+
+    #[test]
+    fn only_unpaired_primaries() {
+        let servers = [server("ss1", true, "unpaired", 1, Some(T))];
+        let pairs = [pair("ss1", None, "UNPAIRED", (0, 0, 0))];
+        let v = StatusView {
+            servers: &servers,
+            pairs: &pairs,
+            queue_depth: 0,
+            failed: &[],
+            replication: "async",
+        };
+        assert_eq!(
+            status(&v, T),
+            "Storage servers:\n  ss1  UP  unpaired  1 files  heartbeat 0s ago\n\
+             Pairs:\n  ss1 (unpaired: 1 copy)  epoch 1\n\
+             Replication: async, queue depth 0\nFailed jobs: none\n"
+        );
+    }
+
+    #[test]
+    fn sync_mode_copy_counts_and_transfer_lines() {
+        assert_eq!(with_copies(CREATED, None), "File Created Successfully!");
+        assert_eq!(
+            with_copies(CREATED, Some((1, 2))),
+            "File Created Successfully! (1 of 2 copies)"
+        );
+        assert_eq!(
+            with_copies(&uploaded(5), Some((1, 2))),
+            "Upload Successful! (5 bytes) (1 of 2 copies)"
+        );
+        assert_eq!(downloaded(0), "Download Successful! (0 bytes)");
+    }
+
     #[test]
     fn help_lists_every_command() {
         let h = help();
@@ -411,6 +685,8 @@ mod tests {
             "HELP",
             "EXIT",
             "STATUS",
+            "UPLOAD",
+            "DOWNLOAD",
             "FSCK",
         ] {
             assert!(h.lines().any(|l| l.starts_with(w)), "{w}");

@@ -6,11 +6,13 @@
 
 use super::parse::Command;
 use super::render;
-use crate::protocol::frame::ConnError;
+use super::transfer::{self, Progress};
+use crate::protocol::frame::{self, ConnError};
 use crate::protocol::{err, AccessMode, Connection, Frame, Message, Ticket, WireError};
 use std::fmt;
-use std::io::{self, Write};
-use std::time::{Duration, Instant};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How long one TCP connect may take.
 pub const CONNECT_TIMEOUT_MS: u64 = 3_000;
@@ -21,6 +23,12 @@ pub const NM_REPLY_TIMEOUT_MS: u64 = 60_000;
 pub const EXEC_REPLY_TIMEOUT_MS: u64 = 600_000;
 /// How long a storage server may stay silent (between chunks, words or replies).
 pub const SS_REPLY_TIMEOUT_MS: u64 = 30_000;
+/// How long a storage server may take to answer COMMIT or the end of an UPLOAD: it makes the
+/// change durable and, in sync mode, waits for the backup, which for a large upload means
+/// the whole file's replication.
+pub const COMMIT_REPLY_TIMEOUT_MS: u64 = 600_000;
+/// How long to wait for a storage server's refusal after a send to it failed.
+const REFUSAL_WAIT_MS: u64 = 1_000;
 /// How long the next command keeps trying to reconnect after the name server went away.
 pub const RECONNECT_WINDOW_MS: u64 = 5_000;
 /// First pause between reconnect attempts; it doubles up to [`RECONNECT_MAX_PAUSE_MS`].
@@ -239,23 +247,23 @@ impl Session {
         let t = NM_REPLY_TIMEOUT_MS;
         match cmd {
             Command::Create { file } => {
-                self.expect_done(&Message::Create { file: file.clone() })?;
-                writeln!(out, "{}", render::CREATED)?;
+                let copies = self.expect_done(&Message::Create { file: file.clone() })?;
+                writeln!(out, "{}", render::with_copies(render::CREATED, copies))?;
             }
             Command::Undo { file } => {
-                self.expect_done(&Message::Undo { file: file.clone() })?;
-                writeln!(out, "{}", render::UNDONE)?;
+                let copies = self.expect_done(&Message::Undo { file: file.clone() })?;
+                writeln!(out, "{}", render::with_copies(render::UNDONE, copies))?;
             }
             Command::Delete { file } => {
-                self.expect_done(&Message::Delete { file: file.clone() })?;
-                writeln!(out, "{}", render::DELETED)?;
+                let copies = self.expect_done(&Message::Delete { file: file.clone() })?;
+                writeln!(out, "{}", render::with_copies(render::DELETED, copies))?;
             }
             Command::RemAccess { file, user } => {
-                self.expect_done(&Message::RemAccess {
+                let copies = self.expect_done(&Message::RemAccess {
                     file: file.clone(),
                     user: user.clone(),
                 })?;
-                writeln!(out, "{}", render::REMOVED)?;
+                writeln!(out, "{}", render::with_copies(render::REMOVED, copies))?;
             }
             Command::Info { file } => {
                 match self.call_nm(&Message::Info { file: file.clone() }, t)?.msg {
@@ -330,6 +338,27 @@ impl Session {
                     m => return Err(unexpected(&m, "the name server").into()),
                 }
             }
+            Command::Status => match self.call_nm(&Message::Status {}, t)?.msg {
+                Message::StatusReply {
+                    servers,
+                    pairs,
+                    queue_depth,
+                    failed,
+                    replication,
+                } => {
+                    let view = render::StatusView {
+                        servers: &servers,
+                        pairs: &pairs,
+                        queue_depth,
+                        failed: &failed,
+                        replication: &replication,
+                    };
+                    out.write_all(render::status(&view, now_ms()).as_bytes())?
+                }
+                m => return Err(unexpected(&m, "the name server").into()),
+            },
+            Command::Upload { local, file } => self.upload(Path::new(local), file, out)?,
+            Command::Download { file, local } => self.download(file, Path::new(local), out)?,
             Command::Read { file } => self.read(file, out)?,
             Command::Stream { file } => self.stream(file, out)?,
             Command::Write { .. } | Command::Help | Command::Exit | Command::Unsupported(_) => {
@@ -339,9 +368,12 @@ impl Session {
         Ok(())
     }
 
-    fn expect_done(&mut self, req: &Message) -> Result<(), CmdError> {
+    /// Sends a change and reads its success: `None` for DONE, `Some((copies, total))` for
+    /// DONE_DEGRADED (sync mode with the backup down: still a success).
+    fn expect_done(&mut self, req: &Message) -> Result<Option<(u32, u32)>, CmdError> {
         match self.call_nm(req, NM_REPLY_TIMEOUT_MS)?.msg {
-            Message::Done {} => Ok(()),
+            Message::Done {} => Ok(None),
+            Message::DoneDegraded { copies, total } => Ok(Some((copies, total))),
             m => Err(unexpected(&m, "the name server").into()),
         }
     }
@@ -356,6 +388,110 @@ impl Session {
             Message::Located { ss, addr, ticket } => Ok((SsLink::connect(&ss, &addr)?, ticket)),
             m => Err(unexpected(&m, "the name server").into()),
         }
+    }
+
+    /// UPLOAD local f: one pass over the local file for its size and CRC32C, then LOCATE,
+    /// UPLOAD and the bytes again as CHUNK frames, then END. If the file changed meanwhile the
+    /// upload is abandoned before END, so the storage server keeps the old content.
+    fn upload(&mut self, local: &Path, file: &str, out: &mut dyn Write) -> Result<(), CmdError> {
+        let mut f = transfer::open_local(local)?;
+        let (size, checksum) =
+            transfer::scan(&mut f).map_err(|e| transfer::read_failed(local, e))?;
+        let (mut link, ticket) = self.locate(file, AccessMode::Upload)?;
+        let req = Message::Upload {
+            file: ticket.file.clone(),
+            size,
+            checksum,
+            ticket,
+        };
+        if let Err(e) = link.conn.send(&req, b"") {
+            return Err(link.refused_or_broken(e).into());
+        }
+        f.seek(SeekFrom::Start(0))
+            .map_err(|e| transfer::read_failed(local, e))?;
+        let progress = Progress::new(size, "upload");
+        let mut buf = vec![0u8; frame::CHUNK_BYTES];
+        let (mut sent, mut crc) = (0u64, 0u32);
+        while sent < size {
+            let want = (size - sent).min(buf.len() as u64) as usize;
+            let n = transfer::read_full(&mut f, &mut buf[..want])
+                .map_err(|e| transfer::read_failed(local, e))?;
+            if n == 0 {
+                return Err(changed_while_uploading(local).into());
+            }
+            crc = crc32c::crc32c_append(crc, &buf[..n]);
+            if let Err(e) = link.conn.send(&Message::Chunk {}, &buf[..n]) {
+                return Err(link.refused_or_broken(e).into());
+            }
+            sent += n as u64;
+            progress.inc(n as u64);
+        }
+        // A file that grew, or whose bytes changed, is not the file announced in UPLOAD.
+        let grew = transfer::read_full(&mut f, &mut buf[..1])
+            .map_err(|e| transfer::read_failed(local, e))?;
+        if grew > 0 || crc != checksum {
+            return Err(changed_while_uploading(local).into());
+        }
+        if let Err(e) = link.conn.send(&Message::End {}, b"") {
+            return Err(link.refused_or_broken(e).into());
+        }
+        let _ = link
+            .conn
+            .set_timeout(Some(Duration::from_millis(COMMIT_REPLY_TIMEOUT_MS)));
+        let copies = match link.recv()?.msg.into_result()? {
+            Message::Committed { copies, .. } => copies.map(|c| (c, render::PAIR_COPIES)),
+            m => return Err(unexpected(&m, &link.describe()).into()),
+        };
+        drop(progress);
+        writeln!(
+            out,
+            "{}",
+            render::with_copies(&render::uploaded(size), copies)
+        )?;
+        Ok(())
+    }
+
+    /// DOWNLOAD f local: READ into a temporary file beside `local`, checked against READ_OK's
+    /// size and checksum, fsynced and renamed into place. On any failure the temporary file is
+    /// removed and an existing `local` is left as it was.
+    fn download(&mut self, file: &str, local: &Path, out: &mut dyn Write) -> Result<(), CmdError> {
+        let mut tmp = transfer::TempFile::beside(local)?;
+        let (mut link, ticket) = self.locate(file, AccessMode::Read)?;
+        let req = Message::Read {
+            file: ticket.file.clone(),
+            ticket,
+        };
+        let (size, checksum) = match link.call(&req)? {
+            Message::ReadOk { size, checksum, .. } => (size, checksum),
+            m => return Err(unexpected(&m, &link.describe()).into()),
+        };
+        let progress = Progress::new(size, "download");
+        let (mut got, mut crc) = (0u64, 0u32);
+        loop {
+            let f = link.recv()?;
+            match f.msg {
+                Message::Chunk {} => {
+                    got += f.body.len() as u64;
+                    if got > size {
+                        return Err(failed_check(&link.ss, got, size).into());
+                    }
+                    crc = crc32c::crc32c_append(crc, &f.body);
+                    tmp.write_all(&f.body)
+                        .map_err(|e| transfer::write_failed(local, e))?;
+                    progress.inc(f.body.len() as u64);
+                }
+                Message::End {} => break,
+                Message::Err { code, msg } => return Err(WireError { code, msg }.into()),
+                m => return Err(unexpected(&m, &link.describe()).into()),
+            }
+        }
+        if got != size || crc != checksum {
+            return Err(failed_check(&link.ss, got, size).into());
+        }
+        tmp.persist(local)?;
+        drop(progress);
+        writeln!(out, "{}", render::downloaded(size))?;
+        Ok(())
     }
 
     /// READ: the bytes exactly, then a newline; the whole content's CRC is checked at the end.
@@ -391,11 +527,7 @@ impl Session {
         }
         outcome?;
         if got != size || crc != checksum {
-            return Err(err::internal(format!(
-                "the content from {} failed its check ({got} of {size} bytes)",
-                link.ss
-            ))
-            .into());
+            return Err(failed_check(&link.ss, got, size).into());
         }
         Ok(())
     }
@@ -467,6 +599,29 @@ fn peer_closed(c: &Connection) -> bool {
     closed || s.set_nonblocking(false).is_err()
 }
 
+/// Content from a storage server that does not match the size and checksum it announced.
+fn failed_check(ss: &str, got: u64, size: u64) -> WireError {
+    err::internal(format!(
+        "the content from {ss} failed its check ({got} of {size} bytes)"
+    ))
+}
+
+/// The local file is no longer the one whose size and checksum UPLOAD announced.
+fn changed_while_uploading(local: &Path) -> WireError {
+    err::conflict(format!(
+        "local file {} changed while it was being uploaded; nothing was stored",
+        transfer::show(local)
+    ))
+}
+
+/// Unix milliseconds now.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 fn unexpected(m: &Message, from: &str) -> WireError {
     err::internal(format!("unexpected reply {} from {from}", m.op_name()))
 }
@@ -511,6 +666,21 @@ impl SsLink {
                 err::timeout(format!("{} did not answer in time", self.describe()))
             }
             _ => err::unavailable(format!("lost connection to {}", self.describe())),
+        }
+    }
+
+    /// After a failed send: the storage server may have refused the request and closed; its
+    /// ERR (if one arrived) says why better than the broken pipe does.
+    fn refused_or_broken(&mut self, e: io::Error) -> WireError {
+        let _ = self
+            .conn
+            .set_timeout(Some(Duration::from_millis(REFUSAL_WAIT_MS)));
+        match self.conn.recv() {
+            Ok(Some(Frame {
+                msg: Message::Err { code, msg },
+                ..
+            })) => WireError { code, msg },
+            _ => self.broken(ConnError::Io(e)),
         }
     }
 
@@ -570,10 +740,15 @@ impl WriteSession {
         }
     }
 
-    /// ETIRW: commits the session (consumes it whatever the outcome).
-    pub fn commit(mut self) -> Result<(), WireError> {
+    /// ETIRW: commits the session (consumes it whatever the outcome). Returns the sync-mode
+    /// copy count `(copies, total)` when the change reached fewer than all copies.
+    pub fn commit(mut self) -> Result<Option<(u32, u32)>, WireError> {
+        let _ = self
+            .link
+            .conn
+            .set_timeout(Some(Duration::from_millis(COMMIT_REPLY_TIMEOUT_MS)));
         match self.link.call(&Message::Commit {})? {
-            Message::Committed { .. } => Ok(()),
+            Message::Committed { copies, .. } => Ok(copies.map(|c| (c, render::PAIR_COPIES))),
             m => Err(unexpected(&m, &self.link.describe())),
         }
     }

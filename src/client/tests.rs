@@ -69,6 +69,13 @@ fn fake_nm(ss_port: u16) -> u16 {
     serve(Box::new(move |m| match m {
         Message::Hello { user } => one(Message::Welcome { user: user.clone() }),
         Message::Create { file } if file == "dup" => wire_err(ErrorCode::Conflict, "dup exists"),
+        Message::Create { file } | Message::Delete { file } if file == "deg" => {
+            one(Message::DoneDegraded {
+                copies: 1,
+                total: 2,
+            })
+        }
+        Message::Status {} => one(status_reply()),
         Message::Create { .. } | Message::Delete { .. } | Message::RemAccess { .. } => {
             one(Message::Done {})
         }
@@ -104,9 +111,74 @@ fn fake_nm(ss_port: u16) -> u16 {
     }))
 }
 
-/// A storage server holding `hello world.` in every file; file `cut` breaks streams.
+/// A STATUS_REPLY with one pair and one unpaired primary.
+fn status_reply() -> Message {
+    let server = |name: &str, role: &str| ServerStatus {
+        name: name.into(),
+        addr: "127.0.0.1:1".into(),
+        up: true,
+        role: role.into(),
+        files: 1,
+        last_heartbeat_ms: None,
+    };
+    let pair = |primary: &str, backup: Option<&str>| PairStatus {
+        primary: primary.into(),
+        backup: backup.map(str::to_string),
+        state: if backup.is_some() {
+            "ACTIVE"
+        } else {
+            "UNPAIRED"
+        }
+        .into(),
+        epoch: 1,
+        lag_jobs: 0,
+        lag_bytes: 0,
+        lag_ms: 0,
+    };
+    Message::StatusReply {
+        servers: vec![
+            server("ss1", "primary"),
+            server("ss1_backup", "backup"),
+            server("ss2", "unpaired"),
+        ],
+        pairs: vec![pair("ss1", Some("ss1_backup")), pair("ss2", None)],
+        queue_depth: 0,
+        failed: vec![],
+        replication: "sync".into(),
+    }
+}
+
+/// Binary content of `n` bytes (every byte value occurs).
+fn binary(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 7 % 256) as u8).collect()
+}
+
+/// Size of the file `big` on the fake storage server: more than two chunks.
+const BIG_BYTES: usize = frame::CHUNK_BYTES * 2 + 3;
+
+/// READ's answer for `content`, cut into CHUNK frames; `crc` overrides the announced checksum.
+fn read_replies(content: &[u8], crc: Option<u32>) -> Replies {
+    let ok = Message::ReadOk {
+        size: content.len() as u64,
+        version: Version::default(),
+        checksum: crc.unwrap_or_else(|| crc32c::crc32c(content)),
+    };
+    let mut r = vec![(ok, vec![])];
+    for c in content.chunks(frame::CHUNK_BYTES) {
+        r.push((Message::Chunk {}, c.to_vec()));
+    }
+    r.push((Message::End {}, vec![]));
+    r
+}
+
+/// A storage server holding `hello world.` in every file; file `cut` breaks streams, `big`
+/// is binary and several chunks long, `bad` fails its checksum.
 fn fake_ss() -> u16 {
     serve(Box::new(|m| match m {
+        Message::Read { file, .. } if file == "big" => {
+            (read_replies(&binary(BIG_BYTES), None), false)
+        }
+        Message::Read { file, .. } if file == "bad" => (read_replies(b"corrupt", Some(1)), false),
         Message::Read { .. } => {
             let content = b"hello world.";
             let ok = Message::ReadOk {
@@ -169,6 +241,66 @@ fn fake_ss() -> u16 {
     }))
 }
 
+/// What an upload storage server received: the bytes of each completed upload, and how many
+/// uploads were abandoned before END.
+#[derive(Default)]
+struct Uploads {
+    done: Vec<Vec<u8>>,
+    abandoned: usize,
+}
+
+/// A storage server taking UPLOADs; it answers COMMITTED with `copies: Some(1)` for `deg`.
+fn fake_upload_ss(uploads: std::sync::Arc<std::sync::Mutex<Uploads>>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let mut c = Connection::new(stream);
+            let Ok(Some(Frame {
+                msg:
+                    Message::Upload {
+                        file,
+                        size,
+                        checksum,
+                        ..
+                    },
+                ..
+            })) = c.recv()
+            else {
+                continue;
+            };
+            let mut got = Vec::new();
+            let ended = loop {
+                match c.recv() {
+                    Ok(Some(f)) if f.msg == (Message::Chunk {}) => got.extend(f.body),
+                    Ok(Some(f)) if f.msg == (Message::End {}) => break true,
+                    _ => break false,
+                }
+            };
+            if !ended {
+                uploads.lock().unwrap().abandoned += 1;
+                continue;
+            }
+            assert_eq!((got.len() as u64, crc32c::crc32c(&got)), (size, checksum));
+            uploads.lock().unwrap().done.push(got);
+            let state = FileState {
+                file: file.clone(),
+                version: Version::default(),
+                checksum,
+                size,
+                words: 0,
+                chars: 0,
+                modified_ms: 0,
+                owner: None,
+            };
+            let copies = (file == "deg").then_some(1);
+            let _ = c.send(&Message::Committed { state, copies }, b"");
+        }
+    });
+    port
+}
+
 fn opts(port: u16) -> Options {
     Options {
         nm_host: "127.0.0.1".into(),
@@ -210,13 +342,13 @@ fn name_server_commands_print_the_contract_lines() {
 #[test]
 fn failures_print_errors_and_exit_1() {
     let nm = fake_nm(0);
-    let (out, status) = run_script(nm, "CREATE dup\nUNDO a\nfoo\nSTATUS\nREAD\n");
+    let (out, status) = run_script(nm, "CREATE dup\nUNDO a\nfoo\nFSCK\nREAD\n");
     assert_eq!(
         out,
         "ERROR [CONFLICT]: dup exists\n\
          ERROR [NO_UNDO]: nothing to undo\n\
          ERROR [INVALID]: unknown command 'foo' (type HELP)\n\
-         ERROR [UNAVAILABLE]: STATUS is not supported by this cluster yet\n\
+         ERROR [UNAVAILABLE]: FSCK is not supported by this cluster yet\n\
          ERROR [INVALID]: usage: READ <file>\n"
     );
     assert_eq!(status, 1);
@@ -306,4 +438,113 @@ fn over_long_lines_are_refused_and_skipped() {
         format!("ERROR [LIMIT]: line longer than {MAX_LINE_BYTES} bytes\n--> alice\n--> bob\n")
     );
     assert_eq!(status, 1);
+}
+
+#[test]
+fn sync_mode_answers_show_the_copy_count() {
+    let nm = fake_nm(0);
+    let (out, status) = run_script(nm, "CREATE deg\nDELETE deg\nCREATE a\n");
+    assert_eq!(
+        out,
+        "File Created Successfully! (1 of 2 copies)\n\
+         File deleted successfully! (1 of 2 copies)\n\
+         File Created Successfully!\n"
+    );
+    assert_eq!(status, 0);
+}
+
+#[test]
+fn status_renders_the_reply() {
+    let nm = fake_nm(0);
+    let (out, status) = run_script(nm, "STATUS\n");
+    assert_eq!(
+        out,
+        "Storage servers:\n\
+         \x20 ss1         UP  primary   1 files  heartbeat never\n\
+         \x20 ss1_backup  UP  backup    1 files  heartbeat never\n\
+         \x20 ss2         UP  unpaired  1 files  heartbeat never\n\
+         Pairs:\n\
+         \x20 ss1 -> ss1_backup  ACTIVE  epoch 1  lag 0 jobs, 0 bytes, 0.0 s\n\
+         \x20 ss2 (unpaired: 1 copy)  epoch 1\n\
+         Replication: sync, queue depth 0\n\
+         Failed jobs: none\n"
+    );
+    assert_eq!(status, 0);
+}
+
+#[test]
+fn upload_streams_a_binary_file_in_chunks() {
+    let uploads = std::sync::Arc::new(std::sync::Mutex::new(Uploads::default()));
+    let nm = fake_nm(fake_upload_ss(uploads.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("in.bin");
+    let bytes = binary(frame::CHUNK_BYTES + 5);
+    std::fs::write(&local, &bytes).unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, b"").unwrap();
+    let l = local.display();
+    let e = empty.display();
+    let missing = dir.path().join("missing");
+    let (out, status) = run_script(
+        nm,
+        &format!(
+            "UPLOAD {l} a.bin\nUPLOAD {l} deg\nUPLOAD {e} e\nUPLOAD {} a\nUPLOAD {} a\n",
+            missing.display(),
+            dir.path().display()
+        ),
+    );
+    let n = bytes.len();
+    assert_eq!(
+        out,
+        format!(
+            "Upload Successful! ({n} bytes)\n\
+             Upload Successful! ({n} bytes) (1 of 2 copies)\n\
+             Upload Successful! (0 bytes)\n\
+             ERROR [NOT_FOUND]: local file '{}' not found\n\
+             ERROR [INVALID]: local path '{}' is not a regular file\n",
+            missing.display(),
+            dir.path().display()
+        )
+    );
+    assert_eq!(status, 1);
+    let u = uploads.lock().unwrap();
+    assert_eq!(u.done, vec![bytes.clone(), bytes, Vec::new()]);
+    assert_eq!(u.abandoned, 0);
+}
+
+#[test]
+fn download_saves_a_checked_copy_and_keeps_the_old_file_on_failure() {
+    let nm = fake_nm(fake_ss());
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.bin");
+    let kept = dir.path().join("kept.txt");
+    std::fs::write(&kept, b"old").unwrap();
+    let (out, status) = run_script(
+        nm,
+        &format!(
+            "DOWNLOAD big {}\nDOWNLOAD bad {}\nDOWNLOAD a {}\n",
+            big.display(),
+            kept.display(),
+            dir.path().join("no/dir/x").display()
+        ),
+    );
+    assert_eq!(
+        out,
+        format!(
+            "Download Successful! ({BIG_BYTES} bytes)\n\
+             ERROR [INTERNAL]: the content from ss1 failed its check (7 of 7 bytes)\n\
+             ERROR [NOT_FOUND]: local directory '{}' not found\n",
+            dir.path().join("no/dir").display()
+        )
+    );
+    assert_eq!(status, 1);
+    assert_eq!(std::fs::read(&big).unwrap(), binary(BIG_BYTES));
+    assert_eq!(std::fs::read(&kept).unwrap(), b"old");
+    // No temporary file is left behind.
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["big.bin", "kept.txt"]);
 }
