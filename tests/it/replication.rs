@@ -285,17 +285,17 @@ fn a_backup_refuses_client_writes() {
         Message::Err { code, .. } => assert_eq!(code, ErrorCode::Unauthorized),
         other => panic!("WRITE_BEGIN on the backup answered {other:?}"),
     }
+    // An empty upload: the header, then END at once (a server may answer only after END).
     let t = key.mint("alice", "a.txt", TicketOp::Upload, BACKUP, None);
     let mut conn = c.ss_conn(BACKUP);
-    let f = call_raw(
-        &mut conn,
-        &Message::Upload {
-            file: "a.txt".into(),
-            size: 0,
-            checksum: 0,
-            ticket: t,
-        },
-    );
+    let head = Message::Upload {
+        file: "a.txt".into(),
+        size: 0,
+        checksum: 0,
+        ticket: t,
+    };
+    conn.send(&head, &[]).unwrap();
+    let f = call_raw(&mut conn, &Message::End {});
     assert!(
         matches!(
             f.msg,
@@ -426,10 +426,10 @@ fn sync_mode_counts_copies() {
     // Answered only once both copies are durable: no waiting needed.
     assert_eq!(file_on_disk(&c, BACKUP, "a.txt").as_deref(), Some(&b""[..]));
     alice
-        .run("WRITE a.txt 0\n0 Both copies.\nETIRW\n")
+        .run("WRITE a.txt 0\n0 Both sides.\nETIRW\n")
         .assert_contains("Write Successful!\n")
-        .assert_lacks("copies");
-    assert_eq!(file_on_disk(&c, BACKUP, "a.txt").unwrap(), b"Both copies.");
+        .assert_lacks("of 2 copies");
+    assert_eq!(file_on_disk(&c, BACKUP, "a.txt").unwrap(), b"Both sides.");
 
     let m = c.mark("nm");
     c.kill9(BACKUP);
