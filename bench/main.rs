@@ -8,11 +8,17 @@
 //! run stays bounded. It prints one table; the last column divides each row's throughput by
 //! the 1-writer baseline measured in the same run, so numbers from different machines compare.
 //!
+//! A second table follows with the replication rows (see `replication.rs`): a large UPLOAD
+//! until the backup holds it against `cp` and `rsync`, replication lag, and a backup's catch-up.
+//! `--quick` shrinks those rows for a short run.
+//!
 //! The servers are stopped by PID when the program ends, also on error or panic.
+
+mod replication;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
-use pairfs::protocol::{AccessMode, Connection, ErrorCode, Message};
+use pairfs::protocol::{AccessMode, Connection, ErrorCode, FileState, Message};
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -58,6 +64,21 @@ struct Args {
     /// Measure only the raw durable-write baseline, without starting a cluster.
     #[arg(long)]
     raw_only: bool,
+    /// Size of the file the replication UPLOAD row sends, in MiB.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=16_384))]
+    repl_upload_mib: u64,
+    /// Writes in each replication-lag row (made at 100 writes/s overall).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=MAX_OPS))]
+    repl_lag_writes: u64,
+    /// 4 KiB files owed to the returning backup in the catch-up row.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=MAX_OPS))]
+    repl_catchup_files: u64,
+    /// Shrink the replication rows for a quick run: 64 MiB, 200 writes, 1,000 files.
+    #[arg(long)]
+    quick: bool,
+    /// Skip the replication table.
+    #[arg(long)]
+    no_replication: bool,
 }
 
 fn main() -> ExitCode {
@@ -78,7 +99,25 @@ fn run(args: &Args) -> Result<bool> {
     let mut rows = Vec::new();
     let result = run_rows(args, tmp.path(), &mut rows);
     print_table(args, &rows);
-    let clean = rows.iter().all(|r| r.errors == 0);
+    let mut clean = rows.iter().all(|r| r.errors == 0);
+    if result.is_ok() && !args.raw_only && !args.no_replication {
+        let sizes = if args.quick {
+            replication::Sizes {
+                upload_mib: args.repl_upload_mib.min(64),
+                lag_writes: args.repl_lag_writes.min(200),
+                catchup_files: args.repl_catchup_files.min(1000),
+            }
+        } else {
+            replication::Sizes {
+                upload_mib: args.repl_upload_mib,
+                lag_writes: args.repl_lag_writes,
+                catchup_files: args.repl_catchup_files,
+            }
+        };
+        let mut repl = Vec::new();
+        clean &= replication::run(&bin_dir(args)?, tmp.path(), &sizes, &mut repl);
+        replication::print_table(&repl);
+    }
     if result.is_err() || !clean {
         tmp.keep = true;
         eprintln!("pairfs_bench: logs kept in {}", tmp.path().display());
@@ -97,15 +136,7 @@ fn run_rows(args: &Args, tmp: &Path, rows: &mut Vec<Row>) -> Result<()> {
     if args.raw_only {
         return Ok(());
     }
-    let bin_dir = match &args.bin_dir {
-        Some(d) => d.clone(),
-        None => std::env::current_exe()
-            .context("finding this program's path")?
-            .parent()
-            .map(Path::to_path_buf)
-            .ok_or_else(|| anyhow!("this program's path has no parent directory"))?,
-    };
-    let cluster = Cluster::start(&bin_dir, tmp)?;
+    let cluster = Cluster::start(&bin_dir(args)?, tmp)?;
     for clients in [1, 4, 16] {
         rows.push(create_row(&cluster.nm_addr, clients, args.ops, budget));
     }
@@ -114,6 +145,18 @@ fn run_rows(args: &Args, tmp: &Path, rows: &mut Vec<Row>) -> Result<()> {
     }
     drop(cluster);
     Ok(())
+}
+
+/// The directory holding the server binaries.
+fn bin_dir(args: &Args) -> Result<PathBuf> {
+    match &args.bin_dir {
+        Some(d) => Ok(d.clone()),
+        None => std::env::current_exe()
+            .context("finding this program's path")?
+            .parent()
+            .map(Path::to_path_buf)
+            .ok_or_else(|| anyhow!("this program's path has no parent directory")),
+    }
 }
 
 // ----- measurement -----
@@ -293,7 +336,7 @@ fn write_row(nm_addr: &str, clients: usize, ops: u64, budget: Duration) -> Row {
             create(&mut nm, &file)?;
             Ok((nm, file))
         },
-        |(nm, file), _, j| append_sentence(nm, file, j),
+        |(nm, file), _, j| append_sentence(nm, file, j).map(|_| ()),
     )
 }
 
@@ -321,8 +364,9 @@ fn create(nm: &mut Connection, file: &str) -> Result<()> {
     }
 }
 
-/// Appends sentence `j` (the file holds exactly `j` finished sentences before the call).
-fn append_sentence(nm: &mut Connection, file: &str, j: u64) -> Result<()> {
+/// Appends sentence `j` (the file holds exactly `j` finished sentences before the call) and
+/// returns the committed state.
+fn append_sentence(nm: &mut Connection, file: &str, j: u64) -> Result<FileState> {
     let locate = Message::Locate {
         file: file.into(),
         mode: AccessMode::Write,
@@ -352,7 +396,7 @@ fn append_sentence(nm: &mut Connection, file: &str, j: u64) -> Result<()> {
         other => bail!("EDIT answered with {}", other.op_name()),
     }
     match ss.call(&Message::Commit {}, &[])?.msg {
-        Message::Committed { .. } => Ok(()),
+        Message::Committed { state, .. } => Ok(state),
         other => bail!("COMMIT answered with {}", other.op_name()),
     }
 }

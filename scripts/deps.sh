@@ -28,3 +28,16 @@ if ! command -v cc >/dev/null 2>&1; then
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q build-essential
 fi
+
+# `make bench` compares replication with rsync (a local rsync daemon and `rsync -a --fsync`).
+if ! command -v rsync >/dev/null 2>&1; then
+    echo "rsync not found (the replication benchmark compares with it): installing rsync"
+    sudo=""
+    if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "apt-get not available: install rsync by hand" >&2
+        exit 1
+    fi
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q rsync
+fi

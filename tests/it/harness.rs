@@ -217,6 +217,8 @@ pub struct Proc {
     pub name: String,
     bin: PathBuf,
     args: Vec<String>,
+    /// Extra environment variables of every incarnation (test hooks).
+    env: Vec<(String, String)>,
     child: Option<Child>,
     /// The log across all incarnations.
     pub log: Arc<Log>,
@@ -226,10 +228,21 @@ pub struct Proc {
 
 impl Proc {
     fn spawn(name: &str, bin: PathBuf, args: Vec<String>, log: Arc<Log>) -> Proc {
+        Proc::spawn_env(name, bin, args, vec![], log)
+    }
+
+    fn spawn_env(
+        name: &str,
+        bin: PathBuf,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+        log: Arc<Log>,
+    ) -> Proc {
         let mut p = Proc {
             name: name.to_string(),
             bin,
             args,
+            env,
             child: None,
             log,
             addr: String::new(),
@@ -244,7 +257,8 @@ impl Proc {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .env_remove("RUST_LOG");
+            .env_remove("RUST_LOG")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {} ({:?}): {e}", self.name, self.bin));
@@ -358,6 +372,8 @@ pub struct Builder {
     ss_args: Vec<String>,
     seeds: Vec<(String, String, Vec<u8>)>,
     wait_register: bool,
+    per_ss_args: BTreeMap<String, Vec<String>>,
+    per_ss_env: BTreeMap<String, Vec<(String, String)>>,
 }
 
 impl Builder {
@@ -376,6 +392,30 @@ impl Builder {
     /// Extra flags for every storage server.
     pub fn ss_args(mut self, args: &[&str]) -> Builder {
         self.ss_args.extend(args.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// One primary/backup pair: `ss1` and `ss1_backup`, started in that order.
+    pub fn pair(self) -> Builder {
+        self.servers(&["ss1", "ss1_backup"])
+    }
+
+    /// Extra flags for storage server `ss` only (after the flags every server gets).
+    pub fn server_args(mut self, ss: &str, args: &[&str]) -> Builder {
+        self.per_ss_args
+            .entry(ss.to_string())
+            .or_default()
+            .extend(args.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// An environment variable for storage server `ss` only (e.g. a test fault hook); it is
+    /// kept across restarts.
+    pub fn server_env(mut self, ss: &str, key: &str, value: &str) -> Builder {
+        self.per_ss_env
+            .entry(ss.to_string())
+            .or_default()
+            .push((key.to_string(), value.to_string()));
         self
     }
 
@@ -430,6 +470,8 @@ impl Builder {
             nm,
             ss: BTreeMap::new(),
             ss_args: self.ss_args.clone(),
+            per_ss_args: self.per_ss_args.clone(),
+            per_ss_env: self.per_ss_env.clone(),
         };
         for (ss, rel, bytes) in &self.seeds {
             let p = c.storage(ss).join("files").join(rel);
@@ -457,6 +499,8 @@ pub struct Cluster {
     /// Storage servers by name.
     pub ss: BTreeMap<String, Proc>,
     ss_args: Vec<String>,
+    per_ss_args: BTreeMap<String, Vec<String>>,
+    per_ss_env: BTreeMap<String, Vec<(String, String)>>,
     /// Declared last so it is removed only after every process was killed (fields drop in
     /// order).
     dir: tempfile::TempDir,
@@ -476,6 +520,8 @@ impl Cluster {
             ss_args: vec![],
             seeds: vec![],
             wait_register: true,
+            per_ss_args: BTreeMap::new(),
+            per_ss_env: BTreeMap::new(),
         }
     }
 
@@ -509,6 +555,20 @@ impl Cluster {
         &self.proc(ss).addr
     }
 
+    /// Starts storage server `name` with extra flags and environment variables of its own
+    /// (waits for `ss_listen`, not for registration).
+    pub fn add_ss_with(&mut self, name: &str, args: &[&str], env: &[(&str, &str)]) {
+        self.per_ss_args
+            .entry(name.to_string())
+            .or_default()
+            .extend(args.iter().map(|s| s.to_string()));
+        self.per_ss_env
+            .entry(name.to_string())
+            .or_default()
+            .extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self.add_ss(name);
+    }
+
     /// Starts storage server `name` (waits for `ss_listen`, not for registration).
     pub fn add_ss(&mut self, name: &str) {
         let key = self.key_file.clone();
@@ -536,7 +596,9 @@ impl Cluster {
             HEARTBEAT_INTERVAL_MS.to_string(),
         ];
         args.extend(self.ss_args.iter().cloned());
-        let mut p = Proc::spawn(name, bin("bin_ss"), args, Arc::new(Log::default()));
+        args.extend(self.per_ss_args.get(name).into_iter().flatten().cloned());
+        let env = self.per_ss_env.get(name).cloned().unwrap_or_default();
+        let mut p = Proc::spawn_env(name, bin("bin_ss"), args, env, Arc::new(Log::default()));
         p.addr = wait_listen(&p, Mark(0), "ss_listen");
         self.ss.insert(name.to_string(), p);
     }
@@ -1122,4 +1184,108 @@ pub fn raw_create(nm_addr: &str, user: &str, file: &str) -> Result<(), WireError
     let mut nm = hello(nm_addr, user)?;
     nm.call(&Message::Create { file: file.into() }, &[])?;
     Ok(())
+}
+
+/// The bytes of `<storage of ss>/files/<file>`, or `None` if it is not there.
+pub fn file_on_disk(c: &Cluster, ss: &str, file: &str) -> Option<Vec<u8>> {
+    std::fs::read(c.storage(ss).join("files").join(file)).ok()
+}
+
+/// Every regular file under `<storage of ss>/files/`, by path relative to it, with its bytes.
+pub fn files_tree(c: &Cluster, ss: &str) -> BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                out.insert(rel, bytes);
+            }
+        }
+    }
+    let root = c.storage(ss).join("files");
+    let mut out = BTreeMap::new();
+    walk(&root, &root, &mut out);
+    out
+}
+
+/// Polls (files on disk have no event of their own) until `cond` holds or `timeout` passes.
+pub fn poll_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until `file` on `backup`'s disk holds exactly the bytes it holds on `primary`'s
+/// (present on the primary). Panics with both sizes and the name server's log tail.
+pub fn wait_file_replicated(c: &Cluster, primary: &str, backup: &str, file: &str) -> Vec<u8> {
+    let ok = poll_until(WAIT, || {
+        let p = file_on_disk(c, primary, file);
+        p.is_some() && p == file_on_disk(c, backup, file)
+    });
+    let p = file_on_disk(c, primary, file);
+    let b = file_on_disk(c, backup, file);
+    assert!(
+        ok,
+        "{file}: {backup} does not match {primary} within {WAIT:?} (primary {:?} bytes, backup {:?} bytes); nm log:\n{}",
+        p.as_ref().map(Vec::len),
+        b.as_ref().map(Vec::len),
+        c.log("nm").tail()
+    );
+    p.unwrap()
+}
+
+/// Waits until `file` is gone from `ss`'s disk.
+pub fn wait_file_absent(c: &Cluster, ss: &str, file: &str) {
+    assert!(
+        poll_until(WAIT, || file_on_disk(c, ss, file).is_none()),
+        "{file} still on {ss} after {WAIT:?}; nm log:\n{}",
+        c.log("nm").tail()
+    );
+}
+
+/// Waits until the two storage servers' `files/` trees are equal byte for byte.
+pub fn wait_trees_equal(c: &Cluster, primary: &str, backup: &str) {
+    let ok = poll_until(WAIT, || files_tree(c, primary) == files_tree(c, backup));
+    if !ok {
+        let p: Vec<String> = files_tree(c, primary).into_keys().collect();
+        let b: Vec<String> = files_tree(c, backup).into_keys().collect();
+        panic!(
+            "files/ of {primary} and {backup} differ after {WAIT:?}: {p:?} vs {b:?}; nm log:\n{}",
+            c.log("nm").tail()
+        );
+    }
+}
+
+/// Waits for the name server's `replication_worker_success` for `file` at or after `since`
+/// (the event a change's arrival on the backup is logged with), then checks the disks agree.
+pub fn wait_replicated(c: &Cluster, since: Mark, file: &str) -> Vec<u8> {
+    c.wait_event_since(
+        "nm",
+        since,
+        "replication_worker_success",
+        |v| mentions(v, file),
+        WAIT,
+    );
+    wait_file_replicated(c, "ss1", "ss1_backup", file)
+}
+
+/// Peak resident set size (`VmHWM`) of a process in KiB, from `/proc/<pid>/status`.
+pub fn vm_hwm_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in /proc/{pid}/status"))
 }

@@ -9,5 +9,6 @@ mod harness;
 mod auth;
 mod commands;
 mod crash;
+mod replication;
 mod robustness;
 mod write;

@@ -1,0 +1,621 @@
+//! The replication rows of `pairfs_bench` (issue 3), printed as a second table:
+//!
+//! * (a) UPLOAD of one large file (default 1 GiB) through the wire protocol, timed until the
+//!   backup's `files/` holds all of it, against `cp` + fsync of the same file and
+//!   `rsync -a --fsync` to an rsync daemon on 127.0.0.1 that the bench starts and stops by PID;
+//! * (b) replication lag, from the writer's COMMITTED (the moment the client prints
+//!   `Write Successful!`) to the backup holding the bytes, p50/p99 at 100 writes/s overall with
+//!   1 and 16 writers;
+//! * (c) catch-up: many 4 KiB files (default 10,000) owed to a backup that was down, timed from
+//!   its restart until it holds them all, against `rsync -a --fsync` of the same directory.
+//!
+//! "The backup holds the bytes" is read from the backup's disk: a storage server installs a
+//! copy by atomic rename, so a file under `files/` with the expected size is complete (writes
+//! in (b) only append, so the size names the version).
+
+use super::{io_timeout, nm_session, Server, START_TIMEOUT_MS};
+use anyhow::{anyhow, bail, Context, Result};
+use pairfs::protocol::{frame::CHUNK_BYTES, AccessMode, Connection, FileState, Message};
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Overall write rate of the lag rows, per second.
+const LAG_WRITES_PER_S: u64 = 100;
+/// Longest a single write may take to reach the backup before the row counts it as failed.
+const LAG_DEADLINE_MS: u64 = 10_000;
+/// Pause between two looks at the backup's disk while timing lag, in microseconds.
+const LAG_POLL_US: u64 = 100;
+/// Pause between two looks at the backup's disk for the bulk rows, in ms.
+const BULK_POLL_MS: u64 = 5;
+/// Size of each catch-up file.
+const CATCHUP_FILE_BYTES: usize = 4096;
+/// Slowest throughput the bulk rows wait for before giving up, in bytes per second.
+const MIN_BYTES_PER_S: u64 = 2 << 20;
+
+/// Sizes of the replication rows.
+pub(crate) struct Sizes {
+    /// Size of the uploaded file in MiB.
+    pub(crate) upload_mib: u64,
+    /// Writes in each lag row.
+    pub(crate) lag_writes: u64,
+    /// Files owed to the returning backup.
+    pub(crate) catchup_files: u64,
+}
+
+/// One line of the replication table.
+pub(crate) struct ReplRow {
+    what: String,
+    pairfs: String,
+    baseline: String,
+    ratio: String,
+    target: &'static str,
+}
+
+impl ReplRow {
+    fn failed(what: String, target: &'static str, e: &anyhow::Error) -> ReplRow {
+        ReplRow {
+            what,
+            pairfs: format!("error: {e:#}"),
+            baseline: "-".into(),
+            ratio: "-".into(),
+            target,
+        }
+    }
+}
+
+/// Runs the three kinds of rows; a failing row is printed as such and the others still run.
+/// Returns false when some row failed.
+pub(crate) fn run(bin_dir: &Path, tmp: &Path, sizes: &Sizes, rows: &mut Vec<ReplRow>) -> bool {
+    let mut clean = true;
+    let rsync = match RsyncDaemon::start(tmp) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            eprintln!("pairfs_bench: no rsync baseline: {e:#}");
+            None
+        }
+    };
+    let what = format!(
+        "(a) UPLOAD {} MiB until the backup holds it",
+        sizes.upload_mib
+    );
+    match upload_row(bin_dir, tmp, sizes.upload_mib, rsync.as_ref()) {
+        Ok(r) => rows.push(r),
+        Err(e) => {
+            clean = false;
+            rows.push(ReplRow::failed(what, "≥ 0.8× rsync", &e));
+        }
+    }
+    match lag_rows(bin_dir, tmp, sizes.lag_writes) {
+        Ok(mut r) => rows.append(&mut r),
+        Err(e) => {
+            clean = false;
+            rows.push(ReplRow::failed(
+                "(b) replication lag".into(),
+                "p99 ≤ 5 ms",
+                &e,
+            ));
+        }
+    }
+    let what = format!("(c) catch-up of {} × 4 KiB", sizes.catchup_files);
+    match catchup_row(bin_dir, tmp, sizes.catchup_files, rsync.as_ref()) {
+        Ok(r) => rows.push(r),
+        Err(e) => {
+            clean = false;
+            rows.push(ReplRow::failed(what, "faster than rsync", &e));
+        }
+    }
+    clean
+}
+
+/// Prints the second table.
+pub(crate) fn print_table(rows: &[ReplRow]) {
+    println!();
+    println!("| replication | pairfs | baseline | ratio | target |");
+    println!("|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            r.what, r.pairfs, r.baseline, r.ratio, r.target
+        );
+    }
+}
+
+// ----- rows -----
+
+fn upload_row(
+    bin_dir: &Path,
+    tmp: &Path,
+    mib: u64,
+    rsync: Option<&RsyncDaemon>,
+) -> Result<ReplRow> {
+    let dir = tmp.join("upload");
+    fs::create_dir_all(&dir)?;
+    let size = mib << 20;
+    let src = dir.join("big.bin");
+    let checksum = make_file(&src, size)?;
+    let budget = bulk_budget(size);
+
+    // Baselines first, on the same (now cached) source file.
+    let cp_dst = dir.join("cp_copy.bin");
+    let t = Instant::now();
+    let st = Command::new("cp").arg(&src).arg(&cp_dst).status()?;
+    if !st.success() {
+        bail!("cp failed: {st}");
+    }
+    File::open(&cp_dst)?.sync_all()?;
+    File::open(&dir)?.sync_all()?;
+    let cp_s = t.elapsed().as_secs_f64();
+    fs::remove_file(&cp_dst)?;
+    let rsync_s = match rsync {
+        Some(d) => Some(d.push(&src, "upload/")?),
+        None => None,
+    };
+
+    let pair = Pair::start(bin_dir, &dir, &[])?;
+    let t = Instant::now();
+    upload(&pair.nm_addr, "big.bin", &src, size, checksum)?;
+    let upload_s = t.elapsed().as_secs_f64();
+    let backup_file = pair.backup_files().join("big.bin");
+    wait_for(budget, "the backup to hold big.bin", || {
+        fs::metadata(&backup_file).is_ok_and(|m| m.len() == size)
+    })?;
+    let total_s = t.elapsed().as_secs_f64();
+    drop(pair);
+
+    let mb_s = |s: f64| size as f64 / (1 << 20) as f64 / s;
+    let mut baseline = format!("cp+fsync {cp_s:.2} s ({:.0} MiB/s)", mb_s(cp_s));
+    let mut ratio = "-".to_string();
+    if let Some(r) = rsync_s {
+        baseline.push_str(&format!("; rsync {r:.2} s ({:.0} MiB/s)", mb_s(r)));
+        ratio = format!("{:.2}× rsync", r / total_s);
+    }
+    Ok(ReplRow {
+        what: format!("(a) UPLOAD {mib} MiB until the backup holds it"),
+        pairfs: format!(
+            "{total_s:.2} s ({:.0} MiB/s; upload answered at {upload_s:.2} s)",
+            mb_s(total_s)
+        ),
+        baseline,
+        ratio,
+        target: "≥ 0.8× rsync",
+    })
+}
+
+fn lag_rows(bin_dir: &Path, tmp: &Path, writes: u64) -> Result<Vec<ReplRow>> {
+    let dir = tmp.join("lag");
+    fs::create_dir_all(&dir)?;
+    let pair = Pair::start(bin_dir, &dir, &[])?;
+    let mut rows = Vec::new();
+    for writers in [1usize, 16] {
+        let lat_us = lag_measure(&pair, writers, writes)?;
+        let pct = |p: f64| {
+            let rank = ((p / 100.0) * lat_us.len() as f64).ceil() as usize;
+            lat_us[rank.clamp(1, lat_us.len()) - 1] as f64 / 1000.0
+        };
+        rows.push(ReplRow {
+            what: format!(
+                "(b) lag, COMMITTED → backup holds it, {LAG_WRITES_PER_S} writes/s, {writers} writer(s)"
+            ),
+            pairfs: format!(
+                "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} writes)",
+                pct(50.0),
+                pct(99.0),
+                pct(100.0),
+                lat_us.len()
+            ),
+            baseline: "-".into(),
+            ratio: "-".into(),
+            target: "p99 ≤ 5 ms",
+        });
+    }
+    Ok(rows)
+}
+
+/// Each writer appends sentences to its own file on the schedule that makes `writes` writes at
+/// [`LAG_WRITES_PER_S`] overall, and times each until the backup's copy has the new size.
+fn lag_measure(pair: &Pair, writers: usize, writes: u64) -> Result<Vec<u64>> {
+    let per_writer = (writes / writers as u64).max(1);
+    let backup = pair.backup_files();
+    let start = Instant::now() + Duration::from_millis(200);
+    let results: Vec<Result<Vec<u64>>> = thread::scope(|scope| {
+        let handles: Vec<_> = (0..writers)
+            .map(|w| {
+                let backup = &backup;
+                let nm_addr = &pair.nm_addr;
+                scope.spawn(move || -> Result<Vec<u64>> {
+                    let file = format!("lag{writers}_{w}.txt");
+                    let mut nm = nm_session(nm_addr, &format!("lag{w}"))?;
+                    super::create(&mut nm, &file)?;
+                    let on_backup = backup.join(&file);
+                    let mut lat = Vec::with_capacity(per_writer as usize);
+                    for k in 0..per_writer {
+                        let slot = k * writers as u64 + w as u64;
+                        let due = start + Duration::from_micros(slot * 1_000_000 / LAG_WRITES_PER_S);
+                        if let Some(d) = due.checked_duration_since(Instant::now()) {
+                            thread::sleep(d);
+                        }
+                        let state = super::append_sentence(&mut nm, &file, k)?;
+                        let t = Instant::now();
+                        let deadline = t + Duration::from_millis(LAG_DEADLINE_MS);
+                        while !fs::metadata(&on_backup).is_ok_and(|m| m.len() == state.size) {
+                            if Instant::now() >= deadline {
+                                bail!("{file} version {} not on the backup after {LAG_DEADLINE_MS} ms", state.version);
+                            }
+                            thread::sleep(Duration::from_micros(LAG_POLL_US));
+                        }
+                        lat.push(t.elapsed().as_micros() as u64);
+                    }
+                    Ok(lat)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("writer panicked"))))
+            .collect()
+    });
+    let mut all = Vec::new();
+    for r in results {
+        all.extend(r?);
+    }
+    all.sort_unstable();
+    if all.is_empty() {
+        bail!("no write completed");
+    }
+    Ok(all)
+}
+
+fn catchup_row(
+    bin_dir: &Path,
+    tmp: &Path,
+    files: u64,
+    rsync: Option<&RsyncDaemon>,
+) -> Result<ReplRow> {
+    let dir = tmp.join("catchup");
+    fs::create_dir_all(&dir)?;
+    let mut pair = Pair::start(bin_dir, &dir, &[])?;
+    // The backup goes down; while it is down the primary comes to hold `files` files (placed
+    // by hand while the primary is stopped, then adopted at its startup scan), all owed.
+    pair.backup = None;
+    pair.ss1 = None;
+    let primary_files = dir.join("ss1/files");
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut block = vec![0u8; CATCHUP_FILE_BYTES];
+    for i in 0..files {
+        fill(&mut block, &mut seed);
+        fs::write(primary_files.join(format!("c{i:05}.bin")), &block)?;
+    }
+    pair.ss1 = Some(pair.spawn_ss("ss1")?);
+    pair.wait_registered()?;
+    let rsync_s = match rsync {
+        Some(d) => Some(d.push_dir(&primary_files, "catchup/")?),
+        None => None,
+    };
+
+    let t = Instant::now();
+    pair.backup = Some(pair.spawn_ss("ss1_backup")?);
+    let backup_files = pair.backup_files();
+    let want = files + 1; // and the warm-up file
+    let budget = bulk_budget(files * CATCHUP_FILE_BYTES as u64).max(Duration::from_secs(120));
+    wait_for(budget, "the backup to hold every owed file", || {
+        count_files(&backup_files) >= want
+    })?;
+    let pairfs_s = t.elapsed().as_secs_f64();
+    drop(pair);
+    let (baseline, ratio) = match rsync_s {
+        Some(r) => (
+            format!("rsync -a --fsync {r:.2} s"),
+            format!("{:.2}× rsync's speed", r / pairfs_s),
+        ),
+        None => ("rsync not run".into(), "-".into()),
+    };
+    Ok(ReplRow {
+        what: format!("(c) catch-up of {files} × 4 KiB owed to a returning backup"),
+        pairfs: format!("{pairfs_s:.2} s ({:.0} files/s)", files as f64 / pairfs_s),
+        baseline,
+        ratio,
+        target: "faster than rsync",
+    })
+}
+
+// ----- helpers -----
+
+/// A deadline for moving `bytes` at no less than [`MIN_BYTES_PER_S`].
+fn bulk_budget(bytes: u64) -> Duration {
+    Duration::from_secs(30 + bytes / MIN_BYTES_PER_S)
+}
+
+/// Polls `cond` (a file on disk has no event to wait for) until it holds or `budget` passes.
+fn wait_for(budget: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + budget;
+    while !cond() {
+        if Instant::now() >= deadline {
+            bail!("gave up waiting {budget:?} for {what}");
+        }
+        thread::sleep(Duration::from_millis(BULK_POLL_MS));
+    }
+    Ok(())
+}
+
+fn count_files(dir: &Path) -> u64 {
+    fs::read_dir(dir).map_or(0, |rd| rd.flatten().count() as u64)
+}
+
+/// Fills `buf` with xorshift bytes (incompressible, cheap).
+fn fill(buf: &mut [u8], seed: &mut u64) {
+    for chunk in buf.chunks_mut(8) {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        let b = seed.to_le_bytes();
+        chunk.copy_from_slice(&b[..chunk.len()]);
+    }
+}
+
+/// Writes `size` pseudo-random bytes to `path` (1 MiB at a time) and returns their CRC32C.
+fn make_file(path: &Path, size: u64) -> Result<u32> {
+    let mut f = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut block = vec![0u8; CHUNK_BYTES];
+    let mut crc = 0u32;
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(block.len() as u64) as usize;
+        fill(&mut block[..n], &mut seed);
+        crc = crc32c::crc32c_append(crc, &block[..n]);
+        f.write_all(&block[..n])?;
+        left -= n as u64;
+    }
+    f.sync_all()?;
+    Ok(crc)
+}
+
+/// UPLOAD as the client does it: LOCATE for upload, then UPLOAD, the bytes in CHUNK frames,
+/// END, and COMMITTED.
+fn upload(nm_addr: &str, file: &str, src: &Path, size: u64, checksum: u32) -> Result<FileState> {
+    let mut nm = nm_session(nm_addr, "bench")?;
+    let locate = Message::Locate {
+        file: file.into(),
+        mode: AccessMode::Upload,
+    };
+    let (addr, ticket) = match nm.call(&locate, &[])?.msg {
+        Message::Located { addr, ticket, .. } => (addr, ticket),
+        other => bail!("LOCATE for upload answered with {}", other.op_name()),
+    };
+    let mut ss = Connection::connect(&addr, io_timeout())
+        .with_context(|| format!("connecting to the storage server at {addr}"))?;
+    ss.set_timeout(Some(io_timeout()))?;
+    let head = Message::Upload {
+        file: file.into(),
+        size,
+        checksum,
+        ticket,
+    };
+    ss.send(&head, &[])?;
+    let mut f = File::open(src)?;
+    let mut block = vec![0u8; CHUNK_BYTES];
+    loop {
+        let n = f.read(&mut block)?;
+        if n == 0 {
+            break;
+        }
+        ss.send(&Message::Chunk {}, &block[..n])?;
+    }
+    ss.send(&Message::End {}, &[])?;
+    let reply = ss.recv_some().map_err(|e| anyhow!("UPLOAD reply: {e}"))?;
+    match reply
+        .msg
+        .into_result()
+        .map_err(|e| anyhow!("UPLOAD: {e}"))?
+    {
+        Message::Committed { state, .. } => Ok(state),
+        other => bail!("UPLOAD answered with {}", other.op_name()),
+    }
+}
+
+/// A name server with one pair `ss1` / `ss1_backup`; dropping it stops all three by PID.
+struct Pair {
+    /// Fields drop in order: the storage servers stop before their name server.
+    backup: Option<Server>,
+    ss1: Option<Server>,
+    nm: Server,
+    nm_addr: String,
+    dir: PathBuf,
+    ss_bin: PathBuf,
+}
+
+impl Pair {
+    fn start(bin_dir: &Path, dir: &Path, nm_flags: &[&str]) -> Result<Pair> {
+        let nm_bin = bin_dir.join("bin_nm");
+        let ss_bin = bin_dir.join("bin_ss");
+        for b in [&nm_bin, &ss_bin] {
+            if !b.is_file() {
+                bail!(
+                    "{} not found: build the release binaries first",
+                    b.display()
+                );
+            }
+        }
+        let mut nm = Server::spawn(
+            "nm",
+            dir,
+            Command::new(&nm_bin)
+                .args(["--host", "127.0.0.1", "--port", "0", "--http-port", "0"])
+                .args([
+                    "--heartbeat-interval-ms",
+                    "200",
+                    "--heartbeat-timeout-ms",
+                    "2000",
+                ])
+                .args(nm_flags)
+                .arg("--data")
+                .arg(dir.join("nm_data"))
+                .arg("--cluster-key-file")
+                .arg(dir.join("cluster.key")),
+        )?;
+        let nm_addr = nm.wait_event("nm_listen")?;
+        let mut pair = Pair {
+            backup: None,
+            ss1: None,
+            nm,
+            nm_addr,
+            dir: dir.to_path_buf(),
+            ss_bin,
+        };
+        pair.ss1 = Some(pair.spawn_ss("ss1")?);
+        pair.wait_registered()?;
+        pair.backup = Some(pair.spawn_ss("ss1_backup")?);
+        pair.wait_registered()?;
+        pair.wait_active()?;
+        super::create(&mut nm_session(&pair.nm_addr, "bench")?, "warmup.txt")?;
+        Ok(pair)
+    }
+
+    fn spawn_ss(&self, name: &'static str) -> Result<Server> {
+        let (host, port) = self
+            .nm_addr
+            .rsplit_once(':')
+            .ok_or_else(|| anyhow!("nm address {:?} has no port", self.nm_addr))?;
+        fs::create_dir_all(self.dir.join(name).join("files"))?;
+        let mut ss = Server::spawn(
+            name,
+            &self.dir,
+            Command::new(&self.ss_bin)
+                .args(["--nm-host", host, "--nm-port", port])
+                .args(["--host", "127.0.0.1", "--client-port", "0"])
+                .args(["--username", name, "--heartbeat-interval-ms", "200"])
+                .arg("--storage")
+                .arg(self.dir.join(name))
+                .arg("--cluster-key-file")
+                .arg(self.dir.join("cluster.key")),
+        )?;
+        ss.wait_event("ss_listen")?;
+        Ok(ss)
+    }
+
+    fn wait_registered(&mut self) -> Result<()> {
+        self.nm.wait_event("nm_ss_register").map(|_| ())
+    }
+
+    /// Waits until STATUS shows the pair ACTIVE with nothing owed.
+    fn wait_active(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
+        let mut nm = nm_session(&self.nm_addr, "bench")?;
+        loop {
+            let reply = nm.call(&Message::Status {}, &[]);
+            if let Ok(Message::StatusReply { pairs, .. }) = reply.map(|f| f.msg) {
+                if pairs.iter().any(|p| {
+                    p.primary == "ss1"
+                        && p.backup.as_deref() == Some("ss1_backup")
+                        && p.state == "ACTIVE"
+                }) {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!("the pair ss1 → ss1_backup was not ACTIVE within {START_TIMEOUT_MS} ms");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn backup_files(&self) -> PathBuf {
+        self.dir.join("ss1_backup/files")
+    }
+}
+
+/// An rsync daemon on 127.0.0.1 with one writable module, stopped by PID when dropped.
+struct RsyncDaemon {
+    child: Child,
+    port: u16,
+}
+
+impl RsyncDaemon {
+    fn start(tmp: &Path) -> Result<RsyncDaemon> {
+        let root = tmp.join("rsync_dst");
+        fs::create_dir_all(root.join("upload"))?;
+        fs::create_dir_all(root.join("catchup"))?;
+        // A free port: bind to port 0, note it, release it for the daemon.
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let conf = tmp.join("rsyncd.conf");
+        fs::write(
+            &conf,
+            format!(
+                "use chroot = no\nuid = {}\ngid = {}\npid file = {}\n[bench]\n    path = {}\n    read only = false\n",
+                nix::unistd::getuid(),
+                nix::unistd::getgid(),
+                tmp.join("rsyncd.pid").display(),
+                root.display()
+            ),
+        )?;
+        let child = Command::new("rsync")
+            .args(["--daemon", "--no-detach", "--address", "127.0.0.1"])
+            .arg(format!("--port={port}"))
+            .arg(format!("--config={}", conf.display()))
+            .arg(format!("--log-file={}", tmp.join("rsyncd.log").display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context(
+                "starting the rsync daemon (is rsync installed? scripts/deps.sh installs it)",
+            )?;
+        let d = RsyncDaemon { child, port };
+        let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() >= deadline {
+                bail!("the rsync daemon did not listen on port {port}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        Ok(d)
+    }
+
+    /// `rsync -a --fsync src rsync://127.0.0.1:port/bench/<dest>`; returns seconds taken.
+    fn push(&self, src: &Path, dest: &str) -> Result<f64> {
+        let t = Instant::now();
+        let st = Command::new("rsync")
+            .args(["-a", "--fsync"])
+            .arg(src)
+            .arg(format!("rsync://127.0.0.1:{}/bench/{dest}", self.port))
+            .stdout(Stdio::null())
+            .status()
+            .context("running rsync")?;
+        if !st.success() {
+            bail!("rsync failed: {st}");
+        }
+        Ok(t.elapsed().as_secs_f64())
+    }
+
+    /// Like [`RsyncDaemon::push`] for a directory's contents.
+    fn push_dir(&self, dir: &Path, dest: &str) -> Result<f64> {
+        let mut src = dir.as_os_str().to_owned();
+        src.push("/");
+        self.push(Path::new(&src), dest)
+    }
+}
+
+impl Drop for RsyncDaemon {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let deadline = Instant::now() + Duration::from_millis(super::STOP_TIMEOUT_MS);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
