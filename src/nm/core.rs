@@ -1771,11 +1771,19 @@ impl Core {
         self.sync_waits.retain(|_, w| !w.is_empty());
     }
 
-    /// Whether a job could be handed to a worker now (ignoring its due time).
-    fn transfer_for(&self, job: &ReplJob) -> Option<Transfer> {
-        if job.state != JobState::Pending || self.running_keys.contains(&job.key()) {
-            return None;
+    /// Whether a pending job's servers are up (no allocation: this runs over every row).
+    fn ready(&self, job: &ReplJob) -> bool {
+        if !self.is_up(&job.target) {
+            return false;
         }
+        match job.want {
+            Want::Delete => true,
+            Want::Content { .. } => self.files.get(&job.file).is_some_and(|r| self.is_up(&r.ss)),
+        }
+    }
+
+    /// The transfer a ready job describes.
+    fn transfer_for(&self, job: &ReplJob) -> Option<Transfer> {
         let t = self.servers.get(&job.target).filter(|s| s.up)?;
         let target = (job.target.clone(), t.rec.addr());
         let source = match job.want {
@@ -1797,38 +1805,34 @@ impl Core {
     /// Hands due jobs to the workers, up to the in-flight cap; drops content jobs whose file
     /// no longer exists (a delete job replaces them when the record goes).
     pub fn pump_replication(&mut self, now_ms: u64) {
-        let obsolete: Vec<String> = self
-            .repl
-            .iter()
-            .filter(|(k, j)| {
-                matches!(j.want, Want::Content { .. })
-                    && !self.files.contains_key(&j.file)
-                    && !self.running_keys.contains(*k)
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in obsolete {
-            self.repl.remove(&k);
-            self.batch.push(StoreOp::DelJob(k.clone()));
-            self.settle_waits(&k, Some(None), true);
-        }
         let cap = self.cfg.max_repl_in_flight.max(1);
         if self.running.len() >= cap {
             return;
         }
         let mut picked = Vec::new();
+        let mut obsolete = Vec::new();
         for (k, j) in &self.repl {
             if self.running.len() + picked.len() >= cap {
                 break;
             }
-            if j.next_ms > now_ms {
+            if j.state != JobState::Pending || j.next_ms > now_ms || self.running_keys.contains(k) {
                 continue;
             }
-            if let Some(t) = self.transfer_for(j) {
-                picked.push((k.clone(), t));
+            if matches!(j.want, Want::Content { .. }) && !self.files.contains_key(&j.file) {
+                obsolete.push(k.clone());
+            } else if self.ready(j) {
+                picked.push(k.clone());
             }
         }
-        for (k, t) in picked {
+        for k in obsolete {
+            self.repl.remove(&k);
+            self.batch.push(StoreOp::DelJob(k.clone()));
+            self.settle_waits(&k, Some(None), true);
+        }
+        for k in picked {
+            let Some(t) = self.repl.get(&k).and_then(|j| self.transfer_for(j)) else {
+                continue;
+            };
             let id = self.next_job;
             self.next_job += 1;
             log::info!(target: ev::REPLICATION_WORKER_QUEUED, file = t.file.as_str(),
@@ -1849,9 +1853,11 @@ impl Core {
             return None;
         }
         self.repl
-            .values()
-            .filter(|j| self.transfer_for(j).is_some())
-            .map(|j| j.next_ms)
+            .iter()
+            .filter(|(k, j)| {
+                j.state == JobState::Pending && !self.running_keys.contains(*k) && self.ready(j)
+            })
+            .map(|(_, j)| j.next_ms)
             .min()
     }
 
