@@ -31,6 +31,10 @@ pub const MAX_REGISTER_FILES: u64 = 10_000_000;
 /// Time a new connection has to say HELLO or finish registering before it is closed, so idle
 /// sockets cannot hold connection slots.
 pub const INTRODUCTION_TIMEOUT_MS: u64 = 60_000;
+/// Longest a sync-mode answer waits for the backup's copy before it is sent degraded (the job
+/// goes on); below the storage server's 10 s wait for CHANGED_ACK, so a writer is never told
+/// its committed change failed only because the backup is slow.
+pub const SYNC_WAIT_MS: u64 = 5_000;
 /// Owner given to files adopted from a storage server that does not know their owner.
 pub const ADOPTED_OWNER: &str = "admin";
 
@@ -274,6 +278,7 @@ enum Waiter {
 struct SyncWait {
     waiter: Waiter,
     want: Want,
+    deadline_ms: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -443,6 +448,11 @@ impl Core {
         heartbeats
             .chain(self.introducing.values().copied())
             .chain(self.next_repl_deadline_ms())
+            .chain(
+                self.sync_waits
+                    .values()
+                    .flat_map(|w| w.iter().map(|x| x.deadline_ms)),
+            )
             .min()
     }
 
@@ -479,6 +489,7 @@ impl Core {
         for name in down {
             self.target_down(&name);
         }
+        self.expire_waits(now_ms);
         self.pump_replication(now_ms);
     }
 
@@ -851,7 +862,7 @@ impl Core {
                 }
                 let target = self.owe(&file, true, now_ms);
                 let version = self.files.get(&file).map_or(state.version, |r| r.version);
-                self.answer_change(waiter, &file, target, Want::Content { version });
+                self.answer_change(waiter, &file, target, Want::Content { version }, now_ms);
             }
             Message::Removed { id, file } => {
                 let waiter = Waiter::Changed(conn, id);
@@ -864,7 +875,7 @@ impl Core {
                     log::info!(target: ev::NM_FILE_CHANGE, file = file.as_str();
                         "{file} vanished from {name}");
                     let target = self.owe_delete(name, &file, now_ms);
-                    return self.answer_change(waiter, &file, target, Want::Delete);
+                    return self.answer_change(waiter, &file, target, Want::Delete, now_ms);
                 }
                 let ours =
                     rec_ss.is_some_and(|p| self.pairs.get(&p).map(String::as_str) == Some(name));
@@ -1455,7 +1466,7 @@ impl Core {
         };
         match (reply, change) {
             (Ok(_), Some((target, want))) => {
-                self.answer_change(Waiter::Client(conn), &file, target, want)
+                self.answer_change(Waiter::Client(conn), &file, target, want, now_ms)
             }
             (Ok((msg, body)), None) => {
                 self.set_busy(conn, false);
@@ -1642,7 +1653,14 @@ impl Core {
 
     /// Answers a change: at once in async mode (or without a backup); in sync mode once the
     /// backup's job succeeds, or degraded if the backup is down or its attempt fails.
-    fn answer_change(&mut self, waiter: Waiter, file: &str, target: Option<String>, want: Want) {
+    fn answer_change(
+        &mut self,
+        waiter: Waiter,
+        file: &str,
+        target: Option<String>,
+        want: Want,
+        now_ms: u64,
+    ) {
         match target {
             Some(t) if self.sync_mode() => {
                 let key = job_key(&t, file);
@@ -1653,10 +1671,11 @@ impl Core {
                 } else if !self.is_up(&t) || owed == Some(JobState::Failed) {
                     self.release(waiter, false);
                 } else {
-                    self.sync_waits
-                        .entry(key)
-                        .or_default()
-                        .push(SyncWait { waiter, want });
+                    self.sync_waits.entry(key).or_default().push(SyncWait {
+                        waiter,
+                        want,
+                        deadline_ms: now_ms + SYNC_WAIT_MS,
+                    });
                 }
             }
             _ => self.release(waiter, true),
@@ -1724,6 +1743,24 @@ impl Core {
         }
     }
 
+    /// Sync waiters past their deadline are answered degraded; their jobs go on.
+    fn expire_waits(&mut self, now_ms: u64) {
+        let mut late = Vec::new();
+        for waits in self.sync_waits.values_mut() {
+            waits.retain(|w| {
+                let keep = w.deadline_ms > now_ms;
+                if !keep {
+                    late.push(w.waiter);
+                }
+                keep
+            });
+        }
+        self.sync_waits.retain(|_, w| !w.is_empty());
+        for w in late {
+            self.release(w, false);
+        }
+    }
+
     /// Sync waiters on a connection that closed are forgotten.
     fn forget_waiter(&mut self, conn: ConnId) {
         for waits in self.sync_waits.values_mut() {
@@ -1734,11 +1771,19 @@ impl Core {
         self.sync_waits.retain(|_, w| !w.is_empty());
     }
 
-    /// Whether a job could be handed to a worker now (ignoring its due time).
-    fn transfer_for(&self, job: &ReplJob) -> Option<Transfer> {
-        if job.state != JobState::Pending || self.running_keys.contains(&job.key()) {
-            return None;
+    /// Whether a pending job's servers are up (no allocation: this runs over every row).
+    fn ready(&self, job: &ReplJob) -> bool {
+        if !self.is_up(&job.target) {
+            return false;
         }
+        match job.want {
+            Want::Delete => true,
+            Want::Content { .. } => self.files.get(&job.file).is_some_and(|r| self.is_up(&r.ss)),
+        }
+    }
+
+    /// The transfer a ready job describes.
+    fn transfer_for(&self, job: &ReplJob) -> Option<Transfer> {
         let t = self.servers.get(&job.target).filter(|s| s.up)?;
         let target = (job.target.clone(), t.rec.addr());
         let source = match job.want {
@@ -1760,38 +1805,34 @@ impl Core {
     /// Hands due jobs to the workers, up to the in-flight cap; drops content jobs whose file
     /// no longer exists (a delete job replaces them when the record goes).
     pub fn pump_replication(&mut self, now_ms: u64) {
-        let obsolete: Vec<String> = self
-            .repl
-            .iter()
-            .filter(|(k, j)| {
-                matches!(j.want, Want::Content { .. })
-                    && !self.files.contains_key(&j.file)
-                    && !self.running_keys.contains(*k)
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in obsolete {
-            self.repl.remove(&k);
-            self.batch.push(StoreOp::DelJob(k.clone()));
-            self.settle_waits(&k, Some(None), true);
-        }
         let cap = self.cfg.max_repl_in_flight.max(1);
         if self.running.len() >= cap {
             return;
         }
         let mut picked = Vec::new();
+        let mut obsolete = Vec::new();
         for (k, j) in &self.repl {
             if self.running.len() + picked.len() >= cap {
                 break;
             }
-            if j.next_ms > now_ms {
+            if j.state != JobState::Pending || j.next_ms > now_ms || self.running_keys.contains(k) {
                 continue;
             }
-            if let Some(t) = self.transfer_for(j) {
-                picked.push((k.clone(), t));
+            if matches!(j.want, Want::Content { .. }) && !self.files.contains_key(&j.file) {
+                obsolete.push(k.clone());
+            } else if self.ready(j) {
+                picked.push(k.clone());
             }
         }
-        for (k, t) in picked {
+        for k in obsolete {
+            self.repl.remove(&k);
+            self.batch.push(StoreOp::DelJob(k.clone()));
+            self.settle_waits(&k, Some(None), true);
+        }
+        for k in picked {
+            let Some(t) = self.repl.get(&k).and_then(|j| self.transfer_for(j)) else {
+                continue;
+            };
             let id = self.next_job;
             self.next_job += 1;
             log::info!(target: ev::REPLICATION_WORKER_QUEUED, file = t.file.as_str(),
@@ -1812,9 +1853,11 @@ impl Core {
             return None;
         }
         self.repl
-            .values()
-            .filter(|j| self.transfer_for(j).is_some())
-            .map(|j| j.next_ms)
+            .iter()
+            .filter(|(k, j)| {
+                j.state == JobState::Pending && !self.running_keys.contains(*k) && self.ready(j)
+            })
+            .map(|(_, j)| j.next_ms)
             .min()
     }
 
@@ -3125,6 +3168,40 @@ mod tests {
             }
         );
         assert_eq!(c.repl[&job_key("ss1_backup", "b.txt")].want, Want::Delete);
+    }
+
+    #[test]
+    fn a_slow_backup_gets_a_degraded_sync_answer_in_bounded_time() {
+        let mut c = sync_core();
+        c.cfg.heartbeat_timeout_ms = 1 << 40;
+        register(&mut c, 1, "ss1", vec![st("a.txt", 1, Some("alice"))]);
+        register(&mut c, 2, "ss1_backup", vec![st("a.txt", 1, None)]);
+        let e = send(
+            &mut c,
+            1,
+            Message::Changed {
+                id: 9,
+                state: st("a.txt", 2, None),
+            },
+            100,
+        );
+        assert!(e.iter().all(|x| !matches!(x, Effect::Reply { .. })));
+        assert_eq!(c.next_deadline_ms(), Some(100), "the job is due now");
+        c.tick(100);
+        let jobs = repl_jobs(&c.take_effects());
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(c.next_deadline_ms(), Some(100 + SYNC_WAIT_MS));
+        c.tick(100 + SYNC_WAIT_MS);
+        assert_eq!(
+            only_reply(c.take_effects()),
+            Message::ChangedAck {
+                id: 9,
+                copies: Some(1)
+            }
+        );
+        // The copy still completes and clears the job.
+        c.on_job_result(jobs[0].0, copied("a.txt", 2), 100 + SYNC_WAIT_MS + 1);
+        assert!(c.repl.is_empty());
     }
 
     #[test]
