@@ -762,7 +762,7 @@ fn recv_part(
     let mut out: Option<File> = None;
     let mut error = None;
     if keep {
-        match shared.store.temp_file() {
+        match shared.store.temp_file(file) {
             Ok((t, f)) => {
                 temp = Some(t);
                 out = Some(f);
@@ -922,9 +922,9 @@ fn put_content(
         log::warn!(target: ev::SS_REFUSED, file = file, reason = "checksum"; "refused a copy of {file}: {}", e.msg);
     })?;
     let mut paths = Vec::with_capacity(entries.len());
-    for (v, r) in &entries {
-        if let Some(e) = &r.error {
-            return Err(Fail::Reply(err::limit(e.to_string())));
+    for (v, r) in entries.iter_mut() {
+        if let Some(e) = r.error.take() {
+            return Err(e.into());
         }
         let d = undo.iter().find(|d| d.version == *v);
         let (size, crc) = d.map_or((0, 0), |d| (d.size, d.checksum));
