@@ -244,7 +244,7 @@ fn session(
     flags.backup.store(backup, Ordering::SeqCst);
     flags.registered.store(true, Ordering::SeqCst);
     *was_registered = true;
-    log::info!(target: ev::SS_NM_LINK, nm = cfg.nm_addr.as_str(), epoch = epoch, files = files.len() as u64;
+    log::info!(target: ev::SS_NM_LINK, nm = cfg.nm_addr.as_str(), epoch = epoch, files = files.len() as u64, backup = backup;
         "registered with the name server at {} (epoch {epoch}, {} files)", cfg.nm_addr, files.len());
 
     // Heartbeat at the shorter of our own interval and the one the name server expects, so a

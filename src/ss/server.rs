@@ -762,7 +762,7 @@ fn recv_part(
     let mut out: Option<File> = None;
     let mut error = None;
     if keep {
-        match shared.store.temp_file() {
+        match shared.store.temp_file(file) {
             Ok((t, f)) => {
                 temp = Some(t);
                 out = Some(f);
@@ -922,9 +922,9 @@ fn put_content(
         log::warn!(target: ev::SS_REFUSED, file = file, reason = "checksum"; "refused a copy of {file}: {}", e.msg);
     })?;
     let mut paths = Vec::with_capacity(entries.len());
-    for (v, r) in &entries {
-        if let Some(e) = &r.error {
-            return Err(Fail::Reply(err::limit(e.to_string())));
+    for (v, r) in entries.iter_mut() {
+        if let Some(e) = r.error.take() {
+            return Err(e.into());
         }
         let d = undo.iter().find(|d| d.version == *v);
         let (size, crc) = d.map_or((0, 0), |d| (d.size, d.checksum));
@@ -970,7 +970,9 @@ fn upload(
     checksum: u32,
     t: &Ticket,
 ) -> Result<(), Fail> {
-    let head = authorise(shared, file, t, TicketOp::Upload).and_then(|()| refuse_on_backup(shared));
+    let head = authorise(shared, file, t, TicketOp::Upload)
+        .and_then(|()| refuse_on_backup(shared))
+        .and_then(|()| upload_fresh(shared, file, t));
     let r = recv_part(
         shared,
         conn,
@@ -999,4 +1001,20 @@ fn upload(
         .changed(state.clone(), Duration::from_millis(CHANGED_ACK_TIMEOUT_MS))?;
     conn.send(&Message::Committed { state, copies }, &[])?;
     Ok(())
+}
+
+/// A stale copy must not take an upload either: the name server's recorded version (the
+/// ticket's `min_version`) must be here, or the file must be new to both.
+fn upload_fresh(shared: &Shared, file: &str, t: &Ticket) -> Result<(), WireError> {
+    let Some(min) = t.min_version else {
+        return Ok(());
+    };
+    match shared.store.held(file)? {
+        Some((meta, _)) => check_fresh(shared, t, meta.version),
+        None => Err(err::unavailable(format!(
+            "stale copy on {}: {} is missing, need version {min}",
+            shared.store.name(),
+            names::display(file)
+        ))),
+    }
 }

@@ -1003,6 +1003,16 @@ fn upload_takes_binary_bytes_and_keeps_history() {
     c.send(&Message::End {}, &[]).unwrap();
     let e = c.recv().unwrap().unwrap().msg.into_result().unwrap_err();
     assert_eq!(e.code, ErrorCode::Invalid);
+    // A copy older than the name server's record takes no upload (the bytes are drained).
+    let ahead = Version {
+        epoch: 7,
+        counter: state.version.counter + 1,
+    };
+    let t = cl
+        .key
+        .mint("alice", "bin.dat", TicketOp::Upload, "ss1", Some(ahead));
+    let e = upload(&mut c, "bin.dat", b"late", t).unwrap_err();
+    assert_eq!(e.code, ErrorCode::Unavailable);
     // Upload of a file the server does not hold yet creates it, owned by the uploader.
     let r = upload(
         &mut c,

@@ -729,13 +729,14 @@ impl Store {
 
     /// A fresh temp file in `tmp/` for content arriving from the network; the returned guard
     /// removes it unless it was installed.
-    pub fn temp_file(&self) -> Result<(TempFile, File), StoreError> {
+    /// `file` names what the bytes are for, in errors.
+    pub fn temp_file(&self, file: &str) -> Result<(TempFile, File), StoreError> {
         let path = durable::temp_path(&self.tmp);
         let f = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&path)
-            .map_err(|e| self.io("tmp/", e))?;
+            .map_err(|e| self.io(file, e))?;
         Ok((TempFile(path), f))
     }
 
