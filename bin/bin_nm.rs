@@ -72,6 +72,13 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if cli.heartbeat_timeout_ms <= cli.heartbeat_interval_ms {
+        eprintln!(
+            "bin_nm: --heartbeat-timeout-ms ({}) must be longer than --heartbeat-interval-ms ({})",
+            cli.heartbeat_timeout_ms, cli.heartbeat_interval_ms
+        );
+        std::process::exit(2);
+    }
     pairfs::logging::init_server();
     let cfg = Config {
         host: cli.host,

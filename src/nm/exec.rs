@@ -1,7 +1,7 @@
 //! The EXEC sandbox: runs a file's bytes as a `sh` script on the name server's host (SPEC §8).
 //!
-//! The script runs as `/bin/sh script` in a fresh, empty temporary directory that is removed
-//! afterwards, with a cleared environment (only `PATH=/usr/bin:/bin` and `HOME` = that
+//! The script runs as `/bin/sh <script>` in a fresh, empty temporary directory (the script
+//! file itself sits in a second private directory) that is removed afterwards, with a cleared environment (only `PATH=/usr/bin:/bin` and `HOME` = that
 //! directory), standard input from `/dev/null`, and standard output and standard error combined
 //! into one pipe. The child starts its own session (`setsid`), so it and everything it forks
 //! form one process group that can be killed as a whole, and it carries resource limits:
@@ -93,18 +93,23 @@ pub struct ExecResult {
 /// On wall-clock expiry returns `Err` with code TIMEOUT and the message
 /// `EXEC terminated after N s (timeout)`. Failures to set up the sandbox are INTERNAL.
 pub fn run_script(script: &[u8], limits: &ExecLimits) -> Result<ExecResult, WireError> {
+    // The script lives in a private directory of its own, so the directory it runs in is
+    // truly empty when it starts.
     let dir = TempDir::create()?;
-    write_script(&dir.path.join("script"), script)
+    let holder = TempDir::create()?;
+    let script_path = holder.path.join("script");
+    write_script(&script_path, script)
         .map_err(|e| err::internal(format!("EXEC: cannot write the script: {e}")))?;
     let (read_end, write_end) = pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| err::internal(format!("EXEC: cannot create a pipe: {e}")))?;
-    let child = spawn(&dir.path, write_end, limits)
+    let child = spawn(&dir.path, &script_path, write_end, limits)
         .map_err(|e| err::internal(format!("EXEC: cannot start /bin/sh: {e}")))?;
     // `spawn` consumed (and so closed) our copy of the write end: the pipe reports end of file
     // once every process of the script has closed it.
     let deadline = Instant::now() + limits.timeout;
     let outcome = collect(child, read_end, deadline, limits.max_output_bytes);
     drop(dir);
+    drop(holder);
     outcome.map_err(|e| match e {
         CollectError::TimedOut => err::timeout(format!(
             "EXEC terminated after {} s (timeout)",
@@ -160,12 +165,12 @@ fn write_script(path: &Path, script: &[u8]) -> io::Result<()> {
     f.write_all(script)
 }
 
-/// Starts `/bin/sh script` in `dir` with stdout and stderr on `out`, in a new session with the
+/// Starts `/bin/sh <script>` in `dir` with stdout and stderr on `out`, in a new session with the
 /// limits applied.
-fn spawn(dir: &Path, out: OwnedFd, limits: &ExecLimits) -> io::Result<Child> {
+fn spawn(dir: &Path, script: &Path, out: OwnedFd, limits: &ExecLimits) -> io::Result<Child> {
     let err_fd = out.try_clone()?;
     let mut cmd = Command::new("/bin/sh");
-    cmd.arg("script")
+    cmd.arg(script)
         .current_dir(dir)
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
@@ -345,9 +350,9 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(out.contains(&format!("HOME={cwd}\n")), "{out}");
-        // Only the script itself is in the directory, and stdin is empty.
+        // The directory is empty (the script lives elsewhere), and stdin is empty.
         let nums: Vec<&str> = out.lines().rev().take(2).collect();
-        assert_eq!(nums, vec!["0", "1"], "{out}");
+        assert_eq!(nums, vec!["0", "0"], "{out}");
         assert!(!Path::new(&cwd).exists(), "temp dir removed afterwards");
     }
 

@@ -19,7 +19,7 @@ use super::error::{ErrorCode, WireError};
 use super::message::{Message, PROTOCOL_VERSION};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Largest header line accepted, including the newline.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -279,6 +279,41 @@ impl Connection {
         }
     }
 
+    /// Reads one frame that must be complete by `deadline`: unlike a per-read timeout, a peer
+    /// trickling a byte at a time cannot hold the connection past it. `Ok(None)` on a clean end
+    /// of stream between frames; a missed deadline is an `Io` error of kind `TimedOut`.
+    pub fn recv_by(&mut self, deadline: Instant) -> Result<Option<Frame>, ConnError> {
+        loop {
+            if let Some(f) = decode(&mut self.buf)? {
+                return Ok(Some(f));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(
+                    io::Error::new(io::ErrorKind::TimedOut, "frame deadline passed").into(),
+                );
+            }
+            self.stream.set_read_timeout(Some(left))?;
+            let mut chunk = [0u8; 64 * 1024];
+            let n = match self.stream.read(&mut chunk) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // An expired read timeout shows as WouldBlock on Unix: loop to the check above,
+                // which reports the missed deadline as TimedOut.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if n == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ConnError::Closed)
+                };
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
     /// Reads one frame, treating end of stream as an error.
     pub fn recv_some(&mut self) -> Result<Frame, ConnError> {
         self.recv()?.ok_or(ConnError::Closed)
@@ -355,6 +390,36 @@ mod tests {
     fn wrong_version_is_refused() {
         let mut buf = b"{\"v\":9,\"op\":\"DONE\"}\n".to_vec();
         assert_eq!(decode(&mut buf), Err(FrameError::BadVersion(9)));
+    }
+
+    #[test]
+    fn a_trickling_peer_cannot_hold_a_connection_past_the_frame_deadline() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let peer = std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            // One byte every 50 ms: a per-read timeout of 300 ms would never fire.
+            while !stop2.load(std::sync::atomic::Ordering::SeqCst) {
+                if s.write_all(b" ").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let (stream, _) = listener.accept().unwrap();
+        let mut conn = Connection::new(stream);
+        let start = Instant::now();
+        let got = conn.recv_by(start + Duration::from_millis(300));
+        let took = start.elapsed();
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        peer.join().unwrap();
+        assert!(
+            matches!(got, Err(ConnError::Io(ref e)) if e.kind() == io::ErrorKind::TimedOut),
+            "{got:?}"
+        );
+        assert!(took < Duration::from_secs(2), "took {took:?}");
     }
 
     #[test]

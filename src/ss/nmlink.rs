@@ -115,14 +115,6 @@ impl NmLink {
         }
     }
 
-    /// Reports a file's new state without waiting (a hand edit adopted on access).
-    pub fn changed_nowait(&self, state: FileState) {
-        let _ = self.tx.try_send(Queued {
-            report: Report::Changed(state),
-            reply: None,
-        });
-    }
-
     /// Reports that a file vanished from disk, without waiting.
     pub fn removed_nowait(&self, file: &str) {
         let _ = self.tx.try_send(Queued {
@@ -212,8 +204,12 @@ fn session(
     let reply = conn
         .recv()?
         .ok_or_else(|| err::unavailable("name server closed the link during registration"))?;
-    let epoch = match reply.msg.into_result()? {
-        Message::Registered { epoch, .. } => epoch,
+    let (epoch, nm_interval_ms) = match reply.msg.into_result()? {
+        Message::Registered {
+            epoch,
+            heartbeat_interval_ms,
+            ..
+        } => (epoch, heartbeat_interval_ms),
         other => {
             return Err(err::invalid(format!(
                 "unexpected {} to REGISTER",
@@ -227,8 +223,15 @@ fn session(
     log::info!(target: ev::SS_NM_LINK, nm = cfg.nm_addr.as_str(), epoch = epoch, files = files.len() as u64;
         "registered with the name server at {} (epoch {epoch}, {} files)", cfg.nm_addr, files.len());
 
-    let interval = Duration::from_millis(cfg.heartbeat_interval_ms.max(1));
-    let read_timeout = Duration::from_millis((cfg.heartbeat_interval_ms * 3).max(2_000));
+    // Heartbeat at the shorter of our own interval and the one the name server expects, so a
+    // name server with a short timeout never declares a healthy server down.
+    let interval_ms = match nm_interval_ms {
+        0 => cfg.heartbeat_interval_ms,
+        nm => cfg.heartbeat_interval_ms.min(nm),
+    }
+    .max(1);
+    let interval = Duration::from_millis(interval_ms);
+    let read_timeout = Duration::from_millis((interval_ms * 3).max(2_000));
     let stream = conn.stream().try_clone().map_err(io_err)?;
     stream
         .set_read_timeout(Some(read_timeout))

@@ -24,8 +24,12 @@ use std::time::Duration;
 
 /// Idle time allowed between requests outside a write session.
 pub const IDLE_TIMEOUT_MS: u64 = 60_000;
+/// How long a new connection has to deliver its whole first request.
+pub const FIRST_FRAME_TIMEOUT_MS: u64 = 5_000;
 /// How long a commit waits for the name server's acknowledgement.
 pub const CHANGED_ACK_TIMEOUT_MS: u64 = 10_000;
+/// Longest piece of a single token STREAM sends in one WORD frame.
+pub const MAX_STREAM_WORD_BYTES: usize = 16 * 1024;
 /// Delay between two streamed words.
 pub const STREAM_WORD_INTERVAL_MS: u64 = 100;
 /// Largest sentence a write session may build, in bytes.
@@ -147,6 +151,9 @@ fn serve(stream: TcpStream, slot: ConnSlot) {
         .map(|a| a.to_string())
         .unwrap_or_default();
     let mut conn = Connection::new(stream);
+    // A new connection must deliver its first (ticketed) request quickly: a peer that opens
+    // sockets and trickles bytes cannot keep connection slots from real clients for long.
+    let mut frame_ms = FIRST_FRAME_TIMEOUT_MS;
     loop {
         if shared.stop.load(Ordering::SeqCst) {
             break;
@@ -157,7 +164,9 @@ fn serve(stream: TcpStream, slot: ConnSlot) {
         {
             break;
         }
-        let frame = match conn.recv() {
+        let deadline = std::time::Instant::now() + Duration::from_millis(frame_ms);
+        frame_ms = IDLE_TIMEOUT_MS;
+        let frame = match conn.recv_by(deadline) {
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(ConnError::Frame(fe)) => {
@@ -228,10 +237,15 @@ fn vanished<'a>(shared: &'a Shared, file: &'a str) -> impl FnOnce(StoreError) ->
     }
 }
 
-/// A hand edit found on access is a new version the name server must hear about.
+/// A hand edit found on access is a new version the name server must hear about, and hear
+/// about before the access is answered: a client that reads the adopted bytes and then asks
+/// INFO must see the same version. If the name server does not confirm in time the access
+/// still proceeds; the adoption is on disk and is reconciled when this server re-registers.
 fn report_adopted(shared: &Shared, adopted: bool, state: impl FnOnce() -> FileState) {
     if adopted {
-        shared.link.changed_nowait(state());
+        let _ = shared
+            .link
+            .changed(state(), Duration::from_millis(CHANGED_ACK_TIMEOUT_MS));
     }
 }
 
@@ -293,21 +307,49 @@ fn stream_words(
         .map_err(vanished(shared, file))?;
     report_adopted(shared, adopted, || meta.state(file));
     check_fresh(shared, t, meta.version)?;
-    let mut bytes = Vec::new();
-    f.read_to_end(&mut bytes)
-        .map_err(|e| err::internal(format!("reading {file}: {e}")))?;
-    let text = String::from_utf8_lossy(&bytes);
-    for (k, word) in text.split_whitespace().enumerate() {
-        if k > 0 {
+    // Words are cut from the file as it is read, so a large file streams in bounded memory.
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::new(&mut f);
+    let mut word: Vec<u8> = Vec::new();
+    let mut sent_any = false;
+    let mut send_word = |conn: &mut Connection, word: &mut Vec<u8>| -> Result<(), Fail> {
+        if word.is_empty() {
+            return Ok(());
+        }
+        if sent_any {
             thread::sleep(Duration::from_millis(STREAM_WORD_INTERVAL_MS));
         }
-        conn.send(
-            &Message::Word {
-                word: word.to_string(),
-            },
-            &[],
-        )?;
+        sent_any = true;
+        let w = String::from_utf8_lossy(word).into_owned();
+        word.clear();
+        conn.send(&Message::Word { word: w }, &[])?;
+        Ok(())
+    };
+    loop {
+        let chunk = reader
+            .fill_buf()
+            .map_err(|e| err::internal(format!("reading {file}: {e}")))?;
+        if chunk.is_empty() {
+            break;
+        }
+        let n = chunk.len();
+        for &b in chunk {
+            if b.is_ascii_whitespace() {
+                send_word(conn, &mut word)?;
+            } else {
+                word.push(b);
+                // A WORD frame must fit under the header cap: an endless token goes in pieces
+                // (cut at a character boundary where the bytes are UTF-8).
+                if word.len() >= MAX_STREAM_WORD_BYTES && (b & 0xC0) != 0x80 {
+                    let last = word.pop();
+                    send_word(conn, &mut word)?;
+                    word.extend(last);
+                }
+            }
+        }
+        reader.consume(n);
     }
+    send_word(conn, &mut word)?;
     conn.send(&Message::End {}, &[])?;
     Ok(())
 }
@@ -358,6 +400,9 @@ fn write_session(
         file,
         id,
     };
+    // The sentence as it stood when the session opened: at commit it tells which words other
+    // sessions' commits have since joined onto the front of this sentence.
+    let base = words.clone();
     let mut buf = EditBuffer::new(words);
     conn.send(&Message::WriteOpened { text: buf.text() }, &[])?;
     conn.set_timeout(Some(Duration::from_millis(shared.lock_timeout_ms.max(1))))?;
@@ -403,7 +448,7 @@ fn write_session(
                 conn.send(&reply, &[])?;
             }
             Message::Commit {} => {
-                let res = commit(shared, file, id, &buf);
+                let res = commit(shared, file, id, &base, &buf);
                 drop(guard);
                 let reply = match res {
                     Ok(state) => Message::Committed {
@@ -427,7 +472,18 @@ fn write_session(
 }
 
 /// Applies a session's sentence to the file's current content, durably, then reports it.
-fn commit(shared: &Shared, file: &str, id: u64, buf: &EditBuffer) -> Result<FileState, WireError> {
+///
+/// `base` is the sentence's words when the session opened. While the session held its lock,
+/// another session's commit may have left its own sentence without a final delimiter, and its
+/// tail then joined the front of this sentence (see document.rs). Those joined words are kept:
+/// the sentence becomes `joined ++ edited`, never just `edited`, so no committed word is lost.
+fn commit(
+    shared: &Shared,
+    file: &str,
+    id: u64,
+    base: &[String],
+    buf: &EditBuffer,
+) -> Result<FileState, WireError> {
     let _inflight = Inflight::new(&shared.inflight);
     let state = {
         let lock = shared.store.file_lock(file);
@@ -442,7 +498,8 @@ fn commit(shared: &Shared, file: &str, id: u64, buf: &EditBuffer) -> Result<File
         if i > count {
             return Err(err::invalid("Sentence index out of range"));
         }
-        let (new, n) = doc.replace(i, buf.words());
+        let words = rebase(&doc.words(i), base, buf.words())?;
+        let (new, n) = doc.replace(i, &words);
         if new == text {
             // Nothing changed: no new version, no undo step.
             return Ok(meta.state(file));
@@ -460,6 +517,29 @@ fn commit(shared: &Shared, file: &str, id: u64, buf: &EditBuffer) -> Result<File
         .link
         .changed(state.clone(), Duration::from_millis(CHANGED_ACK_TIMEOUT_MS))?;
     Ok(state)
+}
+
+/// The words a session's sentence should end up with, given the words the sentence holds now
+/// (`current`), held when the session opened (`base`), and the session's edited words.
+/// Under the sentence lock the only change others can make is joining words onto the front.
+fn rebase(
+    current: &[String],
+    base: &[String],
+    edited: &[String],
+) -> Result<Vec<String>, WireError> {
+    if current == base {
+        return Ok(edited.to_vec());
+    }
+    match current.len().checked_sub(base.len()) {
+        Some(joined) if current[joined..] == *base => {
+            let mut words = current[..joined].to_vec();
+            words.extend_from_slice(edited);
+            Ok(words)
+        }
+        _ => Err(err::conflict(
+            "the sentence changed under this write session; nothing was written",
+        )),
+    }
 }
 
 fn create(

@@ -97,6 +97,36 @@ fn newlines_and_spacing_outside_the_sentence_are_kept() {
 }
 
 #[test]
+fn words_joined_onto_a_locked_sentence_survive_its_commit() {
+    // X writes after the delimiter of sentence 0, so on commit its tail joins the front of
+    // sentence 1, which Y holds. Y's later commit must keep those words.
+    let c = Cluster::start();
+    c.client("alice")
+        .run("CREATE m.txt\nWRITE m.txt 0\n0 A one. B two. C three.\nETIRW\n")
+        .assert_code(0);
+    let mut x = c.client("alice").spawn();
+    x.send("WRITE m.txt 0");
+    let mut y = c.client("alice").spawn();
+    y.send("WRITE m.txt 1");
+    y.send("0 x");
+    y.expect_prefix("Sentence: x B two.");
+    x.send("2 foo");
+    x.expect_prefix("Sentence: A one. foo");
+    x.send("ETIRW");
+    x.expect_prefix("Write Successful!");
+    c.client("alice")
+        .run("READ m.txt\n")
+        .assert_lines(&["A one. foo B two. C three."]);
+    y.send("ETIRW");
+    y.expect_prefix("Write Successful!");
+    assert_eq!(x.finish().0, Some(0));
+    assert_eq!(y.finish().0, Some(0));
+    c.client("alice")
+        .run("READ m.txt\n")
+        .assert_lines(&["A one. foo x B two. C three."]);
+}
+
+#[test]
 fn locked_sentence_other_sentences_writable_and_both_commit() {
     let c = Cluster::start();
     c.client("alice")
