@@ -68,6 +68,11 @@ pub struct FileRecord {
     /// Who accessed last.
     #[serde(default)]
     pub accessed_by: Option<String>,
+    /// The owning server registered without this file (a hand deletion, or a server started
+    /// on the wrong or an empty `--storage`). The record and its access rights are kept, and
+    /// nothing is deleted from the backup: only the owner's DELETE removes a record.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub primary_missing: bool,
     /// The version the pair's backup is known to hold (`None`: not known to hold it).
     #[serde(default)]
     pub backup_version: Option<Version>,
@@ -75,6 +80,7 @@ pub struct FileRecord {
 
 impl FileRecord {
     fn apply_state(&mut self, s: &FileState) {
+        self.primary_missing = false;
         self.version = s.version;
         self.checksum = s.checksum;
         self.size = s.size;
@@ -755,7 +761,7 @@ impl Core {
     }
 
     /// Brings the index in line with a registering server's file list. Returns counts of
-    /// adopted, updated and removed records.
+    /// adopted, updated, and newly missing records.
     fn reconcile(&mut self, ss: &str, list: Vec<FileState>, now_ms: u64) -> (u64, u64, u64) {
         let (mut adopted, mut updated, mut removed) = (0, 0, 0);
         let mut present = BTreeSet::new();
@@ -772,6 +778,10 @@ impl Core {
                         self.put_file(&file, rec);
                         self.owe(&file, true, now_ms);
                         updated += 1;
+                    } else if rec.primary_missing {
+                        let mut rec = rec.clone();
+                        rec.primary_missing = false;
+                        self.put_file(&file, rec);
                     }
                 }
                 // Another server holds the record; pairs will decide which copy wins.
@@ -789,13 +799,22 @@ impl Core {
             .filter(|(f, r)| r.ss == ss && !present.contains(*f))
             .map(|(f, _)| f.clone())
             .collect();
+        // A file the server no longer lists is marked missing, never deleted: an unmounted disk
+        // or a mistyped `--storage` must not erase the index, access rights, or the backup's
+        // copy. Only the owner's DELETE removes a record.
         for f in gone {
-            if self.busy_files.contains_key(&f) {
-                continue;
+            if let Some(rec) = self.files.get(&f) {
+                if !rec.primary_missing {
+                    let mut rec = rec.clone();
+                    rec.primary_missing = true;
+                    self.put_file(&f, rec);
+                    removed += 1;
+                }
             }
-            self.del_file(&f);
-            self.owe_delete(ss, &f, now_ms);
-            removed += 1;
+        }
+        if removed > 0 {
+            log::warn!(target: ev::NM_SS_REGISTER, ss = ss, missing = removed;
+                "{ss} registered without {removed} file(s) the index places on it; they are marked missing, not deleted");
         }
         (adopted, updated, removed)
     }
@@ -826,6 +845,7 @@ impl Core {
             accessed_ms: None,
             accessed_by: None,
             backup_version: None,
+            primary_missing: false,
         };
         rec.apply_state(st);
         self.put_file(file, rec);
@@ -1050,9 +1070,16 @@ impl Core {
                 }),
         );
         let up = self.servers.get(&rec.ss).is_some_and(|s| s.up);
+        let primary_state = if !up {
+            "down"
+        } else if rec.primary_missing {
+            "missing"
+        } else {
+            "current"
+        };
         let mut replicas = vec![ReplicaInfo {
             ss: rec.ss.clone(),
-            state: if up { "current" } else { "down" }.to_string(),
+            state: primary_state.to_string(),
         }];
         if let Some(b) = self.pairs.get(&rec.ss) {
             let state = if !self.is_up(b) {
@@ -1381,6 +1408,7 @@ impl Core {
                     accessed_ms: None,
                     accessed_by: None,
                     backup_version: None,
+                    primary_missing: false,
                 };
                 self.put_file(&file, rec);
                 log::info!(target: ev::NM_FILE_CHANGE, file = file.as_str(), ss = ss.as_str(),
@@ -2504,10 +2532,12 @@ mod tests {
             vec![st("keep.txt", 5, Some("alice")), st("new.txt", 1, None)],
         );
         assert_eq!(c.files["keep.txt"].version.counter, 5);
-        assert!(!c.files.contains_key("gone.txt"));
+        // A file the server no longer lists is kept, marked missing, never deleted.
+        assert!(c.files["gone.txt"].primary_missing);
+        assert_eq!(c.files["gone.txt"].owner, "alice");
         assert_eq!(c.files["new.txt"].owner, ADOPTED_OWNER);
         let batch = c.take_batch();
-        assert!(batch.contains(&StoreOp::DelFile("gone.txt".into())));
+        assert!(!batch.contains(&StoreOp::DelFile("gone.txt".into())));
         // An older copy never rolls the record back.
         c.on_close(2, 20);
         register(
@@ -2517,7 +2547,21 @@ mod tests {
             vec![st("keep.txt", 4, None), st("new.txt", 1, None)],
         );
         assert_eq!(c.files["keep.txt"].version.counter, 5);
-        assert_eq!(c.servers["ss1"].files, 2);
+        // The missing record still counts as placed on ss1.
+        assert_eq!(c.servers["ss1"].files, 3);
+        // When the server lists the file again (the right disk is back), it is no longer missing.
+        c.on_close(3, 30);
+        register(
+            &mut c,
+            4,
+            "ss1",
+            vec![
+                st("keep.txt", 5, None),
+                st("new.txt", 1, None),
+                st("gone.txt", 1, None),
+            ],
+        );
+        assert!(!c.files["gone.txt"].primary_missing);
     }
 
     #[test]

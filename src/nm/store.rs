@@ -273,6 +273,7 @@ mod tests {
             accessed_ms: Some(30),
             accessed_by: Some("bob".into()),
             backup_version: None,
+            primary_missing: false,
         }
     }
 

@@ -85,7 +85,6 @@ fn binary_blob(len: usize) -> Vec<u8> {
 }
 
 #[test]
-#[ignore = "needs issue 3 (replication) merged"]
 fn every_replicated_operation_reaches_the_backup() {
     let c = pair_cluster();
     let alice = c.client("alice");
@@ -160,7 +159,6 @@ fn every_replicated_operation_reaches_the_backup() {
 }
 
 #[test]
-#[ignore = "needs issue 3 (replication) merged"]
 fn pairing_with_the_primary_first() {
     let c = Cluster::builder().servers(&[PRIMARY, BACKUP]).start();
     wait_paired(&c);
@@ -169,7 +167,6 @@ fn pairing_with_the_primary_first() {
 }
 
 #[test]
-#[ignore = "needs issue 3 (replication) merged"]
 fn pairing_with_the_backup_first() {
     let c = Cluster::builder().servers(&[BACKUP, PRIMARY]).start();
     wait_paired(&c);
@@ -178,7 +175,6 @@ fn pairing_with_the_backup_first() {
 }
 
 #[test]
-#[ignore = "needs issue 3 (replication) merged"]
 fn pairing_by_flag_and_durable_across_restart() {
     // `--backup-of` pairs a server with any name; the pairing survives a name-server restart.
     let mut c = Cluster::builder()
@@ -207,7 +203,6 @@ fn pairing_by_flag_and_durable_across_restart() {
 }
 
 #[test]
-#[ignore = "needs issue 3 (replication) merged"]
 fn a_late_backup_gets_every_file() {
     let mut c = Cluster::builder().servers(&[PRIMARY]).start();
     for i in 0..20 {
@@ -236,7 +231,6 @@ fn a_late_backup_gets_every_file() {
 }
 
 #[test]
-#[ignore = "needs issue 3 (replication) merged"]
 fn new_files_never_land_on_a_backup() {
     // The backup starts first and is the only server for a moment: still no file goes there.
     let c = Cluster::builder().servers(&[BACKUP, PRIMARY]).start();
@@ -263,7 +257,6 @@ fn new_files_never_land_on_a_backup() {
 }
 
 #[test]
-#[ignore = "needs issue 3 (replication) merged"]
 fn a_backup_refuses_client_writes() {
     let c = pair_cluster();
     c.client("alice").run("CREATE a.txt\n").assert_code(0);
@@ -320,7 +313,6 @@ fn a_backup_refuses_client_writes() {
 }
 
 #[test]
-#[ignore = "needs issue 3 (replication) merged"]
 fn nm_sigkill_with_the_backup_down_loses_no_job() {
     let mut c = pair_cluster();
     let alice = c.client("alice");
@@ -351,7 +343,6 @@ fn nm_sigkill_with_the_backup_down_loses_no_job() {
 }
 
 #[test]
-#[ignore = "needs issue 3 (replication) merged"]
 fn a_corrupted_transfer_is_rejected_and_retried() {
     // The file exists (with content) before the backup joins, so the first transfer the
     // backup receives, the one the fault hook corrupts, carries bytes.
@@ -379,7 +370,6 @@ fn a_corrupted_transfer_is_rejected_and_retried() {
 }
 
 #[test]
-#[ignore = "needs issue 3 (replication) merged"]
 fn ten_quick_writes_coalesce() {
     let mut c = pair_cluster();
     c.client("alice").run("CREATE a.txt\n").assert_code(0);
@@ -412,7 +402,6 @@ fn ten_quick_writes_coalesce() {
 }
 
 #[test]
-#[ignore = "needs issue 3 (replication) merged"]
 fn sync_mode_counts_copies() {
     let mut c = Cluster::builder()
         .nm_args(&["--replication", "sync"])
@@ -488,7 +477,6 @@ fn status(c: &Cluster) -> StatusParts {
 }
 
 #[test]
-#[ignore = "needs issue 3 (replication) merged"]
 fn status_shows_the_pair_its_lag_and_the_queue() {
     let mut c = Cluster::builder()
         .servers(&[PRIMARY, BACKUP, "ss2"])
@@ -538,7 +526,6 @@ fn status_shows_the_pair_its_lag_and_the_queue() {
 }
 
 #[test]
-#[ignore = "needs issue 3 (replication) merged"]
 fn a_large_file_replicates_with_bounded_memory() {
     const SIZE: usize = 64 << 20;
     let c = pair_cluster();
