@@ -135,14 +135,6 @@ done
 wait_for events_above "$TMP/nm.log" nm_ss_register 1 || fail "ss1 and ss1_backup did not both register"
 pass "name server on $NM_ADDR, ss1 and ss1_backup registered"
 
-# A name server built without replication (before issue 3) refuses STATUS as a request it does
-# not know; there is nothing to check then, and the script says so rather than pass silently.
-STATUS_OUT=$(printf 'STATUS\n' | client 2>&1) || true
-if printf '%s' "$STATUS_OUT" | grep -qE "STATUS is not a name server request|is not supported by this cluster yet"; then
-    echo "SKIP: this build's name server does not serve replication yet: $STATUS_OUT"
-    exit 0
-fi
-
 wait_for events_above "$TMP/nm.log" replication_assign 0 "ss1_backup" ||
     fail "no replication_assign event pairing ss1 with ss1_backup"
 pass "paired: $(grep -F '"event":"replication_assign"' "$TMP/nm.log" | head -n 1 |

@@ -6,7 +6,7 @@ use pairfs::client::{self, Options};
 /// The pairfs client: reads commands from a terminal (with a prompt) or a pipe and prints the
 /// results. Exit status: 0 all commands succeeded, 1 some failed, 2 usage or connection error.
 #[derive(Parser, Debug)]
-#[command(name = "bin_client", version)]
+#[command(name = "bin_client", version, args_override_self = true)]
 struct Args {
     /// Name server host.
     #[arg(long, default_value = "127.0.0.1")]

@@ -14,7 +14,7 @@ enum Replication {
 
 /// The pairfs name server: namespace, access rights, placement and storage-server liveness.
 #[derive(Parser, Debug)]
-#[command(name = "bin_nm", version, about)]
+#[command(name = "bin_nm", version, about, args_override_self = true)]
 struct Cli {
     /// Address to listen on for clients and storage servers.
     #[arg(long, default_value = "127.0.0.1")]

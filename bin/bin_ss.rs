@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 /// A pairfs storage server: holds file content durably and serves it to clients.
 #[derive(Parser, Debug)]
-#[command(name = "bin_ss", version)]
+#[command(name = "bin_ss", version, args_override_self = true)]
 struct Args {
     /// Host of the name server.
     #[arg(long, default_value = "127.0.0.1")]

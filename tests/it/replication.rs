@@ -3,10 +3,7 @@
 //! backup, read-only backups, a durable queue across a name-server SIGKILL, corrupted transfers
 //! rejected and retried, coalescing, sync mode, STATUS, and bounded memory for a large file.
 //!
-//! Every test runs through the real binaries. They need the name server's, the storage
-//! server's and the client's replication work (issue 3) merged; until then they are ignored
-//! with that reason, so `make test` stays truthful: run them with `cargo test --test it
-//! replication -- --ignored`, and delete the `#[ignore]` lines once that work is on main.
+//! Every test runs through the real binaries.
 
 use crate::harness::*;
 use pairfs::auth::NM_USER;
