@@ -157,30 +157,86 @@ impl ClusterKey {
         t
     }
 
-    /// A registration proof for server `name`.
-    pub fn proof(&self, name: &str) -> KeyProof {
+    /// A registration proof for `claim`: the MAC covers everything the registration asserts,
+    /// so a captured proof cannot register the name at another address or in another role.
+    pub fn proof(&self, claim: &RegisterClaim<'_>) -> KeyProof {
         let ts_ms = now_ms();
         let nonce = random_hex(16);
-        let mac = self.mac_hex(proof_string(name, ts_ms, &nonce).as_bytes());
+        let mac = self.mac_hex(claim.signing_string(ts_ms, &nonce).as_bytes());
         KeyProof { ts_ms, nonce, mac }
     }
 
-    /// Checks a registration proof.
-    pub fn check_proof(&self, name: &str, p: &KeyProof) -> Result<(), WireError> {
+    /// Checks a registration proof's MAC and age (replay is the caller's [`NonceMemory`]).
+    pub fn check_proof(&self, claim: &RegisterClaim<'_>, p: &KeyProof) -> Result<(), WireError> {
         if now_ms().abs_diff(p.ts_ms) > PROOF_SKEW_MS {
             return Err(err::unauthorized(
                 "registration proof too old or from the future",
             ));
         }
-        if !self.verify_hex(proof_string(name, p.ts_ms, &p.nonce).as_bytes(), &p.mac) {
+        if !self.verify_hex(claim.signing_string(p.ts_ms, &p.nonce).as_bytes(), &p.mac) {
             return Err(err::unauthorized("server does not hold this cluster's key"));
         }
         Ok(())
     }
 }
 
-fn proof_string(name: &str, ts_ms: u64, nonce: &str) -> String {
-    format!("register\n{name}\n{ts_ms}\n{nonce}")
+/// What a storage server asserts when it registers; the registration proof signs all of it.
+#[derive(Debug, Clone, Copy)]
+pub struct RegisterClaim<'a> {
+    /// Server name.
+    pub name: &'a str,
+    /// Host clients connect to.
+    pub host: &'a str,
+    /// Port clients connect to.
+    pub client_port: u16,
+    /// The primary it backs up, if any.
+    pub backup_of: Option<&'a str>,
+}
+
+impl RegisterClaim<'_> {
+    fn signing_string(&self, ts_ms: u64, nonce: &str) -> String {
+        format!(
+            "register\n{}\n{}\n{}\n{}\n{ts_ms}\n{nonce}",
+            self.name,
+            self.host,
+            self.client_port,
+            self.backup_of.unwrap_or("-")
+        )
+    }
+}
+
+/// Nonces seen recently, each kept until its expiry: the memory that makes tickets and
+/// registration proofs single-use. Bounded: expired nonces are pruned as the set grows, and a
+/// flood beyond `max_live` live nonces is refused with LIMIT rather than remembered.
+pub struct NonceMemory {
+    seen: Mutex<HashMap<String, u64>>,
+    max_live: usize,
+}
+
+impl NonceMemory {
+    /// A memory holding at most `max_live` unexpired nonces.
+    pub fn new(max_live: usize) -> NonceMemory {
+        NonceMemory {
+            seen: Mutex::new(HashMap::new()),
+            max_live,
+        }
+    }
+
+    /// Records `nonce` (valid until `exp_ms`) the first time; refuses it after that.
+    pub fn use_once(&self, nonce: &str, exp_ms: u64, what: &str) -> Result<(), WireError> {
+        let now = now_ms();
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= self.max_live / 2 {
+            seen.retain(|_, exp| *exp >= now);
+        }
+        if seen.len() >= self.max_live {
+            return Err(err::limit(format!("too many live {what}s")));
+        }
+        if seen.insert(nonce.to_string(), exp_ms).is_some() {
+            return Err(err::unauthorized(format!("{what} already used (replay)")));
+        }
+        Ok(())
+    }
 }
 
 /// The storage server's ticket checker: verifies MAC, expiry, server, file and op, and refuses
@@ -189,8 +245,7 @@ fn proof_string(name: &str, ts_ms: u64, nonce: &str) -> String {
 pub struct TicketChecker {
     key: ClusterKey,
     ss: String,
-    seen: Mutex<HashMap<String, u64>>,
-    max_live: usize,
+    nonces: NonceMemory,
 }
 
 impl TicketChecker {
@@ -199,8 +254,7 @@ impl TicketChecker {
         TicketChecker {
             key,
             ss: ss.to_string(),
-            seen: Mutex::new(HashMap::new()),
-            max_live: 1_000_000,
+            nonces: NonceMemory::new(1_000_000),
         }
     }
 
@@ -219,17 +273,7 @@ impl TicketChecker {
         if t.file != file || t.op != op {
             return Err(err::unauthorized("ticket does not cover this request"));
         }
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() >= self.max_live / 2 {
-            seen.retain(|_, exp| *exp >= now);
-        }
-        if seen.len() >= self.max_live {
-            return Err(err::limit("too many live tickets"));
-        }
-        if seen.insert(t.nonce.clone(), t.exp_ms).is_some() {
-            return Err(err::unauthorized("ticket already used (replay)"));
-        }
-        Ok(())
+        self.nonces.use_once(&t.nonce, t.exp_ms, "ticket")
     }
 }
 

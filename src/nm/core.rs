@@ -6,7 +6,7 @@
 //! Keeping every decision here means tests drive the name server without sockets or disks.
 
 use super::replication::{self, job_key, JobState, Outcome, ReplJob, Transfer, Want};
-use crate::auth::{ClusterKey, NM_USER};
+use crate::auth::{ClusterKey, NonceMemory, RegisterClaim, NM_USER, PROOF_SKEW_MS};
 use crate::logging::ev;
 use crate::names;
 use crate::protocol::frame;
@@ -221,6 +221,9 @@ pub enum Effect {
     Job(Job),
 }
 
+/// Registration proofs remembered at once (each for its few minutes of validity).
+const MAX_LIVE_PROOFS: usize = 100_000;
+
 /// Settings the core decides with.
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
@@ -316,6 +319,8 @@ struct InFlight {
 pub struct Core {
     cfg: CoreConfig,
     key: ClusterKey,
+    /// Registration proofs already used: a captured REGISTER cannot be replayed.
+    proof_nonces: NonceMemory,
     users: BTreeSet<String>,
     files: BTreeMap<String, FileRecord>,
     servers: BTreeMap<String, ServerLive>,
@@ -373,6 +378,7 @@ impl Core {
         Core {
             cfg,
             key,
+            proof_nonces: NonceMemory::new(MAX_LIVE_PROOFS),
             users: loaded.users,
             files: loaded.files,
             servers,
@@ -583,7 +589,20 @@ impl Core {
                         if let Err(e) = names::validate_user(&name) {
                             return self.refuse_and_close(conn, e);
                         }
-                        if let Err(e) = self.key.check_proof(&name, &proof) {
+                        let claim = RegisterClaim {
+                            name: &name,
+                            host: &host,
+                            client_port,
+                            backup_of: backup_of.as_deref(),
+                        };
+                        let checked = self.key.check_proof(&claim, &proof).and_then(|()| {
+                            self.proof_nonces.use_once(
+                                &proof.nonce,
+                                proof.ts_ms + PROOF_SKEW_MS,
+                                "registration proof",
+                            )
+                        });
+                        if let Err(e) = checked {
                             log::warn!(target: ev::NM_SS_REGISTER, ss = name.as_str();
                                 "refused registration of {name}: {}", e.msg);
                             return self.refuse_and_close(conn, e);
@@ -2171,7 +2190,12 @@ mod tests {
 
     fn register(c: &mut Core, conn: ConnId, name: &str, files: Vec<FileState>) -> Vec<Effect> {
         c.on_connect(conn, 0);
-        let proof = ClusterKey::from_bytes(KEY).proof(name);
+        let proof = ClusterKey::from_bytes(KEY).proof(&RegisterClaim {
+            name,
+            host: "127.0.0.1",
+            client_port: 7000 + conn as u16,
+            backup_of: None,
+        });
         let e = send(
             c,
             conn,
@@ -2569,7 +2593,13 @@ mod tests {
         let mut c = core();
         register(&mut c, 1, "ss1", vec![]);
         c.on_connect(2, 0);
-        let proof = ClusterKey::from_bytes(b"some other key 0123456").proof("ss2");
+        let claim = |name| RegisterClaim {
+            name,
+            host: "h",
+            client_port: 1,
+            backup_of: None,
+        };
+        let proof = ClusterKey::from_bytes(b"some other key 0123456").proof(&claim("ss2"));
         let reg = |name: &str, proof| Message::Register {
             name: name.into(),
             host: "h".into(),
@@ -2595,7 +2625,7 @@ mod tests {
         let e = send(
             &mut c,
             3,
-            reg("ss1", ClusterKey::from_bytes(KEY).proof("ss1")),
+            reg("ss1", ClusterKey::from_bytes(KEY).proof(&claim("ss1"))),
             0,
         );
         assert!(matches!(
@@ -2836,7 +2866,12 @@ mod tests {
         files: Vec<FileState>,
     ) -> Vec<Effect> {
         c.on_connect(conn, 0);
-        let proof = ClusterKey::from_bytes(KEY).proof(name);
+        let proof = ClusterKey::from_bytes(KEY).proof(&RegisterClaim {
+            name,
+            host: "127.0.0.1",
+            client_port: 7000 + conn as u16,
+            backup_of,
+        });
         let reg = Message::Register {
             name: name.into(),
             host: "127.0.0.1".into(),

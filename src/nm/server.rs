@@ -709,7 +709,12 @@ mod tests {
             host: "127.0.0.1".into(),
             client_port: ss_port,
             backup_of: None,
-            proof: key.proof("ss1"),
+            proof: key.proof(&crate::auth::RegisterClaim {
+                name: "ss1",
+                host: "127.0.0.1",
+                client_port: ss_port,
+                backup_of: None,
+            }),
             file_count: 1,
         };
         ss.send(&reg, &[]).unwrap();
@@ -961,7 +966,12 @@ mod tests {
             host: "127.0.0.1".into(),
             client_port: port,
             backup_of: None,
-            proof: key.proof(name),
+            proof: key.proof(&crate::auth::RegisterClaim {
+                name,
+                host: "127.0.0.1",
+                client_port: port,
+                backup_of: None,
+            }),
             file_count: files.len() as u64,
         };
         ss.send(&reg, &[]).unwrap();

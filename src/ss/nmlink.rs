@@ -9,6 +9,7 @@
 //! and reconnects with backoff from 100 ms to 2 s, forever.
 
 use crate::auth::ClusterKey;
+use crate::auth::RegisterClaim;
 use crate::logging::ev;
 use crate::protocol::frame::FILE_BATCH_MAX;
 use crate::protocol::{err, Connection, FileState, Message, WireError};
@@ -208,7 +209,12 @@ fn session(
             host: cfg.host.clone(),
             client_port: cfg.client_port,
             backup_of: cfg.backup_of.clone(),
-            proof: cfg.key.proof(&cfg.name),
+            proof: cfg.key.proof(&RegisterClaim {
+                name: &cfg.name,
+                host: &cfg.host,
+                client_port: cfg.client_port,
+                backup_of: cfg.backup_of.as_deref(),
+            }),
             file_count: files.len() as u64,
         },
         &[],

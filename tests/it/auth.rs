@@ -2,7 +2,7 @@
 //! for the right file, operation and server; registration only with the cluster key.
 
 use crate::harness::*;
-use pairfs::auth::ClusterKey;
+use pairfs::auth::{ClusterKey, RegisterClaim};
 use pairfs::protocol::{AccessMode, ErrorCode, Message, TicketOp};
 
 fn setup() -> Cluster {
@@ -147,7 +147,7 @@ fn registration_needs_the_cluster_key() {
             host: "127.0.0.1".into(),
             client_port: 1,
             backup_of: None,
-            proof: wrong.proof("evil"),
+            proof: wrong.proof(&claim("evil", 1)),
             file_count: 0,
         },
     );
@@ -171,14 +171,66 @@ fn registration_needs_the_cluster_key() {
             host: "127.0.0.1".into(),
             client_port: 1,
             backup_of: None,
-            proof: c.key().proof("ss1"),
+            proof: c.key().proof(&claim("ss1", 1)),
             file_count: 0,
         },
     );
     assert!(matches!(f.msg, Message::Err { .. }), "{:?}", f.msg);
+    // Nor does a proof for another address: it signs the host and port it was made for.
+    let mut nm = c.nm_conn();
+    let f = call_raw(
+        &mut nm,
+        &Message::Register {
+            name: "ss9".into(),
+            host: "127.0.0.1".into(),
+            client_port: 2,
+            backup_of: None,
+            proof: c.key().proof(&claim("ss9", 1)),
+            file_count: 0,
+        },
+    );
+    assert!(matches!(f.msg, Message::Err { .. }), "{:?}", f.msg);
+    // A captured, valid REGISTER cannot be replayed: its proof is single-use.
+    let reg = Message::Register {
+        name: "ss9".into(),
+        host: "127.0.0.1".into(),
+        client_port: 1,
+        backup_of: None,
+        proof: c.key().proof(&claim("ss9", 1)),
+        file_count: 0,
+    };
+    let mut first = c.nm_conn();
+    first.send(&reg, &[]).unwrap();
+    first.send(&Message::RegisterEnd {}, &[]).unwrap();
+    let f = first.recv_some().unwrap();
+    assert!(matches!(f.msg, Message::Registered { .. }), "{:?}", f.msg);
+    drop(first);
+    let mut replay = c.nm_conn();
+    let f = call_raw(&mut replay, &reg);
+    assert!(
+        matches!(
+            f.msg,
+            Message::Err {
+                code: ErrorCode::Unauthorized,
+                ..
+            }
+        ),
+        "replayed REGISTER answered {:?}",
+        f.msg
+    );
     c.client("alice")
         .run("VIEW -a\n")
         .assert_lines(&["No files found."]);
+}
+
+/// What a test registration claims: the proof signs all of it.
+fn claim(name: &str, client_port: u16) -> RegisterClaim<'_> {
+    RegisterClaim {
+        name,
+        host: "127.0.0.1",
+        client_port,
+        backup_of: None,
+    }
 }
 
 #[test]
