@@ -187,17 +187,17 @@ fn copy(t: &Transfer, key: &ClusterKey) -> Result<Outcome, WireError> {
     let Some((sname, saddr)) = &t.source else {
         return Err(err::unavailable("no source for the copy"));
     };
-    // 1. What does the target hold already?
-    let mut peek = connect(taddr)?;
+    // 1. What does the target hold already? The same connection later carries the install,
+    // so a job opens two connections, not three.
+    let mut dst = connect(taddr)?;
     let ticket = key.mint(NM_USER, &t.file, TicketOp::Store, tname, None);
-    let held = peek.call(
+    let held = dst.call(
         &Message::PeekFile {
             file: t.file.clone(),
             ticket,
         },
         &[],
     )?;
-    drop(peek);
     let (have, blobs) = match held.msg {
         Message::Held { state, blobs } => (state, blobs),
         other => return Err(unexpected(tname, &other)),
@@ -230,7 +230,6 @@ fn copy(t: &Transfer, key: &ClusterKey) -> Result<Outcome, WireError> {
         return Err(err::limit("transfer carries too many history entries"));
     }
     // 3. Open the target's install stream and relay every frame as it arrives.
-    let mut dst = connect(taddr)?;
     let ticket = key.mint(NM_USER, &t.file, TicketOp::Store, tname, None);
     let put = Message::PutFileContent {
         file: t.file.clone(),

@@ -94,6 +94,12 @@ impl From<FrameError> for WireError {
 
 /// Appends the encoding of `msg` with `body` to `out`.
 pub fn encode_into(out: &mut Vec<u8>, msg: &Message, body: &[u8]) {
+    encode_header(out, msg, body);
+    out.extend_from_slice(body);
+}
+
+/// Appends only the header line (with its newline) of the frame carrying `msg` and `body`.
+fn encode_header(out: &mut Vec<u8>, msg: &Message, body: &[u8]) {
     let mut value = serde_json::to_value(msg).unwrap_or(serde_json::Value::Null);
     if let serde_json::Value::Object(map) = &mut value {
         map.insert("v".into(), PROTOCOL_VERSION.into());
@@ -105,7 +111,6 @@ pub fn encode_into(out: &mut Vec<u8>, msg: &Message, body: &[u8]) {
     // serde_json never emits a raw newline inside a JSON document, so the line is unambiguous.
     let _ = serde_json::to_writer(&mut *out, &value);
     out.push(b'\n');
-    out.extend_from_slice(body);
 }
 
 /// Encodes one frame into a fresh buffer.
@@ -133,12 +138,23 @@ pub fn decode(buf: &mut Vec<u8>) -> Result<Option<Frame>, FrameError> {
     if buf.len() < total {
         return Ok(None);
     }
-    let body = buf[nl + 1..total].to_vec();
-    if len > 0 && crc32c::crc32c(&body) != crc.unwrap_or(0) {
+    if len > 0 && crc32c::crc32c(&buf[nl + 1..total]) != crc.unwrap_or(0) {
         return Err(FrameError::BadChecksum);
     }
+    let body = buf[nl + 1..total].to_vec();
     buf.drain(..total);
     Ok(Some(Frame { msg, body }))
+}
+
+/// The total encoded size of the frame at the front of `buf` once its header line is
+/// complete, so a reader can wait for the whole body without parsing the header again for
+/// every piece that arrives. `None` while the header is incomplete or invalid (then
+/// [`decode`] reports why).
+fn frame_total(buf: &[u8]) -> Option<usize> {
+    let scan = buf.len().min(MAX_HEADER_BYTES);
+    let nl = buf[..scan].iter().position(|&b| b == b'\n')?;
+    let (_, len, _) = parse_header(&buf[..nl]).ok()?;
+    Some(nl + 1 + len)
 }
 
 /// Parses a header line (without its newline) into the message, body length and CRC.
@@ -215,7 +231,14 @@ impl From<ConnError> for WireError {
 pub struct Connection {
     stream: TcpStream,
     buf: Vec<u8>,
+    /// Total size of the frame at the front of `buf` once its header has been read.
+    need: Option<usize>,
 }
+
+/// Most bytes one read asks for while the size of the next frame is not known yet.
+const READ_BYTES: usize = 64 * 1024;
+/// Bodies at least this large are written without copying them behind their header.
+const LARGE_BODY_BYTES: usize = 64 * 1024;
 
 impl Connection {
     /// Wraps an accepted or connected stream.
@@ -224,6 +247,7 @@ impl Connection {
         Connection {
             stream,
             buf: Vec::with_capacity(8 * 1024),
+            need: None,
         }
     }
 
@@ -252,18 +276,58 @@ impl Connection {
 
     /// Writes one frame.
     pub fn send(&mut self, msg: &Message, body: &[u8]) -> io::Result<()> {
-        let bytes = encode(msg, body);
-        self.stream.write_all(&bytes)
+        if body.len() < LARGE_BODY_BYTES {
+            let bytes = encode(msg, body);
+            return self.stream.write_all(&bytes);
+        }
+        // A large body is written from where it lies rather than copied behind its header.
+        let mut head = Vec::with_capacity(128);
+        encode_header(&mut head, msg, body);
+        self.stream.write_all(&head)?;
+        self.stream.write_all(body)
+    }
+
+    /// Reads what the socket has into the buffer: at most the rest of the frame being
+    /// received when its size is known (so a large body arrives in few reads and is never
+    /// followed by bytes that must be moved later), else at most [`READ_BYTES`].
+    fn fill(&mut self) -> io::Result<usize> {
+        let have = self.buf.len();
+        let want = match self.need {
+            Some(total) if total > have => total - have,
+            _ => READ_BYTES,
+        };
+        self.buf.resize(have + want, 0);
+        let res = self.stream.read(&mut self.buf[have..]);
+        let n = *res.as_ref().unwrap_or(&0);
+        self.buf.truncate(have + n);
+        res
+    }
+
+    /// Takes the next frame off the buffer if it is complete, remembering the size of a frame
+    /// whose header has arrived but whose body has not.
+    fn take_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        if let Some(total) = self.need {
+            if self.buf.len() < total {
+                return Ok(None);
+            }
+        }
+        self.need = None;
+        match decode(&mut self.buf)? {
+            Some(f) => Ok(Some(f)),
+            None => {
+                self.need = frame_total(&self.buf);
+                Ok(None)
+            }
+        }
     }
 
     /// Reads one frame; `Ok(None)` on a clean end of stream between frames.
     pub fn recv(&mut self) -> Result<Option<Frame>, ConnError> {
         loop {
-            if let Some(f) = decode(&mut self.buf)? {
+            if let Some(f) = self.take_frame()? {
                 return Ok(Some(f));
             }
-            let mut chunk = [0u8; 64 * 1024];
-            let n = match self.stream.read(&mut chunk) {
+            let n = match self.fill() {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e.into()),
@@ -275,7 +339,6 @@ impl Connection {
                     Err(ConnError::Closed)
                 };
             }
-            self.buf.extend_from_slice(&chunk[..n]);
         }
     }
 
@@ -284,7 +347,7 @@ impl Connection {
     /// of stream between frames; a missed deadline is an `Io` error of kind `TimedOut`.
     pub fn recv_by(&mut self, deadline: Instant) -> Result<Option<Frame>, ConnError> {
         loop {
-            if let Some(f) = decode(&mut self.buf)? {
+            if let Some(f) = self.take_frame()? {
                 return Ok(Some(f));
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -294,8 +357,7 @@ impl Connection {
                 );
             }
             self.stream.set_read_timeout(Some(left))?;
-            let mut chunk = [0u8; 64 * 1024];
-            let n = match self.stream.read(&mut chunk) {
+            let n = match self.fill() {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // An expired read timeout shows as WouldBlock on Unix: loop to the check above,
@@ -310,7 +372,6 @@ impl Connection {
                     Err(ConnError::Closed)
                 };
             }
-            self.buf.extend_from_slice(&chunk[..n]);
         }
     }
 
