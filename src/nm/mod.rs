@@ -1,8 +1,9 @@
 //! The name server: namespace, users, access rights, placement, pairs and replication.
 //!
 //! `core` decides, `store` makes decisions durable, `server` runs the mio event loop, `worker`
-//! makes blocking calls to storage servers (two pools of `--workers` threads: one for client
-//! operations and EXEC, one for replication, each fed by a `--queue-cap` channel),
+//! makes blocking calls to storage servers (two pools, each fed by a `--queue-cap` channel:
+//! [`CLIENT_CALL_WORKERS`] threads for client operations and EXEC, `--workers` threads for
+//! replication),
 //! `replication` holds the job rows and the relay a replication worker runs, `exec` runs EXEC
 //! scripts, `http` serves status.
 //! [`start`] wires them together; `bin_nm` parses flags and calls [`run`].
@@ -56,6 +57,12 @@ pub enum ReplicationMode {
     /// Answer once both copies are durable.
     Sync,
 }
+
+/// Threads making client-initiated calls to storage servers (CREATE, DELETE, UNDO, EXEC's
+/// fetch and run). Each call mostly waits on a storage server's fsyncs, so concurrent clients
+/// need many in flight at once: with only a handful, 16 creating clients queue behind each
+/// other. `--workers` sizes the replication pool, as the behaviour contract says.
+pub const CLIENT_CALL_WORKERS: usize = 32;
 
 /// Everything `bin_nm`'s flags set.
 #[derive(Debug, Clone)]
@@ -199,7 +206,7 @@ pub fn start(cfg: &Config) -> Result<Started, NmError> {
         let _ = w.wake();
     });
     worker::spawn(
-        cfg.workers,
+        CLIENT_CALL_WORKERS,
         jobs_rx,
         results_tx.clone(),
         cfg.exec_timeout_s,
