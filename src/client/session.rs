@@ -241,6 +241,31 @@ impl Session {
         }
     }
 
+    /// Sends a request whose answer comes in pages (VIEW, LIST) and gathers every page.
+    /// `page` takes a reply apart into its rows and whether more pages follow, or hands back a
+    /// reply of the wrong kind.
+    fn paged<T>(
+        &mut self,
+        req: &Message,
+        timeout_ms: u64,
+        page: impl Fn(Message) -> Result<(Vec<T>, bool), Box<Message>>,
+    ) -> Result<Vec<T>, CmdError> {
+        let mut reply = self.call_nm(req, timeout_ms)?.msg;
+        let mut rows = Vec::new();
+        loop {
+            match page(reply) {
+                Ok((part, more)) => {
+                    rows.extend(part);
+                    if !more {
+                        return Ok(rows);
+                    }
+                }
+                Err(m) => return Err(unexpected(&m, "the name server").into()),
+            }
+            reply = self.recv_nm(timeout_ms)?.msg;
+        }
+    }
+
     /// Runs one name-server or storage-server command and writes its output to `out`.
     /// `WRITE`, `HELP`, `EXIT` and unsupported commands are handled by the caller.
     pub fn execute(&mut self, cmd: &Command, out: &mut dyn Write) -> Result<(), CmdError> {
@@ -276,37 +301,17 @@ impl Session {
                     all: *all,
                     long: *long,
                 };
-                let mut reply = self.call_nm(&req, t)?.msg;
-                let mut files = Vec::new();
-                loop {
-                    match reply {
-                        Message::FileList { files: page, more } => {
-                            files.extend(page);
-                            if !more {
-                                break;
-                            }
-                        }
-                        m => return Err(unexpected(&m, "the name server").into()),
-                    }
-                    reply = self.recv_nm(t)?.msg;
-                }
+                let files = self.paged(&req, t, |m| match m {
+                    Message::FileList { files, more } => Ok((files, more)),
+                    m => Err(Box::new(m)),
+                })?;
                 out.write_all(render::view(&files, *long).as_bytes())?
             }
             Command::List => {
-                let mut reply = self.call_nm(&Message::ListUsers {}, t)?.msg;
-                let mut users = Vec::new();
-                loop {
-                    match reply {
-                        Message::Users { users: page, more } => {
-                            users.extend(page);
-                            if !more {
-                                break;
-                            }
-                        }
-                        m => return Err(unexpected(&m, "the name server").into()),
-                    }
-                    reply = self.recv_nm(t)?.msg;
-                }
+                let users = self.paged(&Message::ListUsers {}, t, |m| match m {
+                    Message::Users { users, more } => Ok((users, more)),
+                    m => Err(Box::new(m)),
+                })?;
                 out.write_all(render::arrows(users.iter().map(String::as_str)).as_bytes())?
             }
             Command::AddAccess { file, user, write } => {

@@ -321,48 +321,39 @@ impl Connection {
         }
     }
 
-    /// Reads one frame; `Ok(None)` on a clean end of stream between frames.
+    /// Reads one frame; `Ok(None)` on a clean end of stream between frames. Waits as long as
+    /// the socket's read timeout allows for each read.
     pub fn recv(&mut self) -> Result<Option<Frame>, ConnError> {
-        loop {
-            if let Some(f) = self.take_frame()? {
-                return Ok(Some(f));
-            }
-            let n = match self.fill() {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
-            };
-            if n == 0 {
-                return if self.buf.is_empty() {
-                    Ok(None)
-                } else {
-                    Err(ConnError::Closed)
-                };
-            }
-        }
+        self.recv_until(None)
     }
 
     /// Reads one frame that must be complete by `deadline`: unlike a per-read timeout, a peer
     /// trickling a byte at a time cannot hold the connection past it. `Ok(None)` on a clean end
     /// of stream between frames; a missed deadline is an `Io` error of kind `TimedOut`.
     pub fn recv_by(&mut self, deadline: Instant) -> Result<Option<Frame>, ConnError> {
+        self.recv_until(Some(deadline))
+    }
+
+    fn recv_until(&mut self, deadline: Option<Instant>) -> Result<Option<Frame>, ConnError> {
         loop {
             if let Some(f) = self.take_frame()? {
                 return Ok(Some(f));
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(
-                    io::Error::new(io::ErrorKind::TimedOut, "frame deadline passed").into(),
-                );
+            if let Some(deadline) = deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(
+                        io::Error::new(io::ErrorKind::TimedOut, "frame deadline passed").into(),
+                    );
+                }
+                self.stream.set_read_timeout(Some(left))?;
             }
-            self.stream.set_read_timeout(Some(left))?;
             let n = match self.fill() {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // An expired read timeout shows as WouldBlock on Unix: loop to the check above,
-                // which reports the missed deadline as TimedOut.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                // With a deadline, an expired read timeout (WouldBlock on Unix) loops to the
+                // check above, which reports the missed deadline as TimedOut.
+                Err(e) if deadline.is_some() && e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e.into()),
             };
             if n == 0 {
