@@ -327,19 +327,7 @@ fn read(shared: &Shared, conn: &mut Connection, file: &str, t: &Ticket) -> Resul
         },
         &[],
     )?;
-    let mut buf = vec![0u8; CHUNK_BYTES];
-    loop {
-        let n = match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            // The header is out; the peer sees a short read and an END-less close.
-            Err(_) => return Err(Fail::Close),
-        };
-        conn.send(&Message::Chunk {}, &buf[..n])?;
-    }
-    conn.send(&Message::End {}, &[])?;
-    Ok(())
+    send_part(conn, &mut f, meta.size)
 }
 
 fn stream_words(
