@@ -45,6 +45,19 @@ pub fn random_hex(n: usize) -> String {
     hex::encode(b)
 }
 
+/// The `file` a CHECK_FILES ticket carries: a digest of the request's names and flag, so a
+/// ticket minted for one page cannot authorise a check of another list.
+pub fn check_scope(files: &[String], orphans: bool) -> String {
+    use sha2::Digest;
+    let mut h = Sha256::new();
+    for f in files {
+        h.update(f.as_bytes());
+        h.update(b"\n");
+    }
+    h.update(if orphans { "orphans" } else { "files" });
+    format!("@check:{}", hex::encode(&h.finalize()[..16]))
+}
+
 /// The default key file: `$HOME/.pairfs/cluster.key`.
 pub fn default_key_path() -> PathBuf {
     let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
@@ -296,6 +309,15 @@ mod tests {
         let other = ClusterKey::from_bytes(b"another key 0123456789");
         let t2 = other.mint("alice", "a.txt", TicketOp::Read, "ss1", None);
         assert!(c.check(&t2, "a.txt", TicketOp::Read).is_err());
+    }
+
+    #[test]
+    fn check_scope_binds_the_list() {
+        let a = vec!["a.txt".to_string(), "b.txt".to_string()];
+        let b = vec!["a.txt".to_string()];
+        assert_ne!(check_scope(&a, false), check_scope(&b, false));
+        assert_ne!(check_scope(&a, false), check_scope(&a, true));
+        assert_eq!(check_scope(&a, true), check_scope(&a.clone(), true));
     }
 
     #[test]

@@ -92,6 +92,11 @@ pub enum Command {
     },
     /// `STATUS`: servers, pairs and replication.
     Status,
+    /// `FSCK [f]`: check every copy of one file, or of every file.
+    Fsck {
+        /// One file; `None` for all.
+        file: Option<String>,
+    },
     /// `HELP`.
     Help,
     /// `EXIT`.
@@ -130,7 +135,6 @@ const UNSUPPORTED: &[&str] = &[
     "APPROVEACCR",
     "DISACCR",
     "RECOVER",
-    "FSCK",
 ];
 
 /// The usage line of each supported command, as `ERROR [INVALID]: usage: …` prints it.
@@ -151,6 +155,7 @@ pub fn usage(word: &str) -> &'static str {
         "UPLOAD" => "UPLOAD <local_path> <file>",
         "DOWNLOAD" => "DOWNLOAD <file> <local_path>",
         "STATUS" => "STATUS",
+        "FSCK" => "FSCK [<file>]",
         "HELP" => "HELP",
         "EXIT" => "EXIT",
         _ => "HELP",
@@ -201,6 +206,13 @@ pub fn parse_line(line: &str) -> Result<Option<Command>, WireError> {
         "VIEW" => parse_view(&args).ok_or_else(|| usage_err(&word)),
         "LIST" => no_args(Command::List),
         "STATUS" => no_args(Command::Status),
+        "FSCK" => match args.as_slice() {
+            [] => Ok(Command::Fsck { file: None }),
+            [f] => Ok(Command::Fsck {
+                file: Some((*f).to_string()),
+            }),
+            _ => Err(usage_err(&word)),
+        },
         "UPLOAD" => match args.as_slice() {
             [l, f] => Ok(Command::Upload {
                 local: (*l).to_string(),
@@ -441,6 +453,17 @@ mod tests {
 
     #[test]
     fn replication_commands() {
+        assert_eq!(ok("fsck"), Command::Fsck { file: None });
+        assert_eq!(
+            ok("FSCK /d/a.txt"),
+            Command::Fsck {
+                file: Some(f("/d/a.txt"))
+            }
+        );
+        assert_eq!(
+            err_text("FSCK a b"),
+            "ERROR [INVALID]: usage: FSCK [<file>]"
+        );
         assert_eq!(ok("status"), Command::Status);
         assert_eq!(err_text("STATUS x"), "ERROR [INVALID]: usage: STATUS");
         assert_eq!(

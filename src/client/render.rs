@@ -1,7 +1,9 @@
 //! The client's exact output strings (SPEC §2). Pure: every function returns text and is unit
 //! tested; `session.rs` only writes what these return.
 
-use crate::protocol::{FailedJob, FileInfo, FileSummary, PairStatus, ServerStatus};
+use crate::protocol::{
+    CopyReport, CopyState, FailedJob, FileInfo, FileSummary, FsckFile, PairStatus, ServerStatus,
+};
 use std::time::{Duration, UNIX_EPOCH};
 
 /// `CREATE` succeeded.
@@ -43,6 +45,94 @@ pub fn uploaded(bytes: u64) -> String {
 /// `DOWNLOAD` succeeded with `bytes` bytes.
 pub fn downloaded(bytes: u64) -> String {
     format!("Download Successful! ({bytes} bytes)")
+}
+
+/// One copy in an FSCK line: `ss1 ok (1.4)`, `ss1_backup stale (1.3 < 1.4)`, `ss2 missing`,
+/// `ss1 corrupt (1.4: checksum … on disk, … recorded)`, `ss1 down`, `ss1 quarantined (1.5)`.
+pub fn fsck_copy(c: &CopyReport) -> String {
+    let word = c.state.word();
+    let ver = c.version.map(|v| v.to_string());
+    let detail = match (c.state, ver, c.expected, &c.detail) {
+        (CopyState::Stale, Some(v), Some(e), _) => Some(format!("{v} < {e}")),
+        (_, Some(v), _, Some(d)) => Some(format!("{v}: {d}")),
+        (_, None, _, Some(d)) => Some(d.clone()),
+        (CopyState::Missing, None, Some(e), None) => Some(format!("need {e}")),
+        (_, Some(v), _, None) => Some(v),
+        _ => None,
+    };
+    match detail {
+        Some(d) => format!("{} {word} ({d})", c.ss),
+        None => format!("{} {word}", c.ss),
+    }
+}
+
+/// One FSCK line: `a.txt: ss1 ok (1.4), ss1_backup stale (1.3 < 1.4)`; a quarantined copy of
+/// a file with no record says so: `gone.txt (no record): ss1 quarantined (1.2)`.
+pub fn fsck_line(f: &FsckFile) -> String {
+    let copies: Vec<String> = f.copies.iter().map(fsck_copy).collect();
+    let tag = if f.recorded { "" } else { " (no record)" };
+    format!("{}{tag}: {}", f.file, copies.join(", "))
+}
+
+/// Counts of an FSCK run, accumulated page by page.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FsckTally {
+    /// Files with a record that were checked.
+    pub files: u64,
+    /// Copies per state, in [`FSCK_STATES`] order.
+    pub counts: [u64; 6],
+}
+
+/// The states in the order the summary lists them.
+pub const FSCK_STATES: [CopyState; 6] = [
+    CopyState::Ok,
+    CopyState::Stale,
+    CopyState::Missing,
+    CopyState::Corrupt,
+    CopyState::Down,
+    CopyState::Quarantined,
+];
+
+impl FsckTally {
+    /// Counts one line.
+    pub fn add(&mut self, f: &FsckFile) {
+        self.files += u64::from(f.recorded);
+        for c in &f.copies {
+            if let Some(i) = FSCK_STATES.iter().position(|s| *s == c.state) {
+                self.counts[i] += 1;
+            }
+        }
+    }
+
+    /// Counts quarantined copies that were not listed.
+    pub fn add_quarantined(&mut self, n: u64) {
+        self.counts[5] += n;
+    }
+
+    /// Whether any copy makes FSCK fail (missing, stale, corrupt or quarantined).
+    pub fn failed(&self) -> bool {
+        FSCK_STATES
+            .iter()
+            .zip(self.counts)
+            .any(|(s, n)| s.fails() && n > 0)
+    }
+
+    /// The summary line: `FSCK: 2 files: 3 ok, 1 stale, 0 missing, 0 corrupt, 0 down,
+    /// 0 quarantined`.
+    pub fn summary(&self) -> String {
+        let parts: Vec<String> = FSCK_STATES
+            .iter()
+            .zip(self.counts)
+            .map(|(s, n)| format!("{n} {}", s.word()))
+            .collect();
+        let plural = if self.files == 1 { "" } else { "s" };
+        format!("FSCK: {} file{plural}: {}", self.files, parts.join(", "))
+    }
+}
+
+/// The line for quarantined copies an FSCK page could not list.
+pub fn fsck_unlisted(n: u64) -> String {
+    format!("(and {n} more quarantined copies not listed)")
 }
 
 /// Everything STATUS shows, as the name server reports it.
@@ -410,7 +500,10 @@ pub fn help() -> String {
             "show servers, pairs, replication lag and failed jobs",
         ),
         ("RECOVER <ss>", "start a recovery sync (not supported yet)"),
-        ("FSCK [<file>]", "check every copy (not supported yet)"),
+        (
+            "FSCK [<file>]",
+            "check every copy's version and checksum (exit 1 on a bad copy)",
+        ),
         ("HELP", "show this list"),
         ("EXIT", "leave the client"),
     ];
@@ -691,6 +784,88 @@ mod tests {
         ] {
             assert!(h.lines().any(|l| l.starts_with(w)), "{w}");
         }
+    }
+
+    #[test]
+    fn fsck_lines_and_summary() {
+        use crate::protocol::Version;
+        let v = |epoch, counter| Some(Version { epoch, counter });
+        let copy = |ss: &str, state, version, expected, detail: Option<&str>| CopyReport {
+            ss: ss.into(),
+            state,
+            version,
+            expected,
+            detail: detail.map(str::to_string),
+        };
+        let f = FsckFile {
+            file: "a.txt".into(),
+            recorded: true,
+            copies: vec![
+                copy("ss1", CopyState::Ok, v(1, 4), v(1, 4), None),
+                copy("ss1_backup", CopyState::Stale, v(1, 3), v(1, 4), None),
+            ],
+        };
+        assert_eq!(
+            fsck_line(&f),
+            "a.txt: ss1 ok (1.4), ss1_backup stale (1.3 < 1.4)"
+        );
+        let g = FsckFile {
+            file: "/d/b".into(),
+            recorded: true,
+            copies: vec![
+                copy(
+                    "ss2",
+                    CopyState::Corrupt,
+                    v(1, 2),
+                    v(1, 2),
+                    Some("checksum 1 on disk, 2 recorded"),
+                ),
+                copy("ss2_backup", CopyState::Missing, None, v(1, 2), None),
+                copy("ss3", CopyState::Down, None, v(1, 2), None),
+                copy("ss2", CopyState::Quarantined, v(1, 5), None, None),
+            ],
+        };
+        assert_eq!(
+            fsck_line(&g),
+            "/d/b: ss2 corrupt (1.2: checksum 1 on disk, 2 recorded), ss2_backup missing (need 1.2), \
+             ss3 down, ss2 quarantined (1.5)"
+        );
+        let h = FsckFile {
+            file: "gone".into(),
+            recorded: false,
+            copies: vec![copy("ss1", CopyState::Quarantined, v(2, 1), None, None)],
+        };
+        assert_eq!(fsck_line(&h), "gone (no record): ss1 quarantined (2.1)");
+        let mut t = FsckTally::default();
+        t.add(&f);
+        assert!(t.failed());
+        t.add(&h);
+        assert_eq!(
+            t.summary(),
+            "FSCK: 1 file: 1 ok, 1 stale, 0 missing, 0 corrupt, 0 down, 1 quarantined"
+        );
+        let mut ok = FsckTally::default();
+        ok.add(&FsckFile {
+            file: "x".into(),
+            recorded: true,
+            copies: vec![
+                copy("ss1", CopyState::Ok, v(1, 1), v(1, 1), None),
+                copy(
+                    "ss1_backup",
+                    CopyState::Down,
+                    None,
+                    v(1, 1),
+                    Some("refused"),
+                ),
+            ],
+        });
+        assert!(!ok.failed(), "a down copy alone does not fail FSCK");
+        ok.add_quarantined(2);
+        assert!(ok.failed());
+        assert_eq!(
+            fsck_unlisted(2),
+            "(and 2 more quarantined copies not listed)"
+        );
     }
 
     #[test]

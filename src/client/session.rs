@@ -21,6 +21,9 @@ pub const NM_REPLY_TIMEOUT_MS: u64 = 60_000;
 /// How long the name server may take to answer EXEC (it runs the script first; its own
 /// wall-clock limit, `--exec-timeout-s`, is normally far below this).
 pub const EXEC_REPLY_TIMEOUT_MS: u64 = 600_000;
+/// How long one FSCK page may take: the name server waits for every copy to be read (each
+/// server's check is bounded by the name server's call timeout).
+pub const FSCK_PAGE_TIMEOUT_MS: u64 = 120_000;
 /// How long a storage server may stay silent (between chunks, words or replies).
 pub const SS_REPLY_TIMEOUT_MS: u64 = 30_000;
 /// How long a storage server may take to answer COMMIT or the end of an UPLOAD: it makes the
@@ -362,6 +365,7 @@ impl Session {
                 }
                 m => return Err(unexpected(&m, "the name server").into()),
             },
+            Command::Fsck { file } => self.fsck(file.as_deref(), out)?,
             Command::Upload { local, file } => self.upload(Path::new(local), file, out)?,
             Command::Download { file, local } => self.download(file, Path::new(local), out)?,
             Command::Read { file } => self.read(file, out)?,
@@ -370,6 +374,59 @@ impl Session {
                 return Err(err::internal("command not handled by the session").into())
             }
         }
+        Ok(())
+    }
+
+    /// FSCK: asks for the report page by page (the name server checks one page of files at a
+    /// time), printing each line as it arrives, then the summary. A missing, stale, corrupt or
+    /// quarantined copy makes the command fail with the summary as its error line.
+    fn fsck(&mut self, file: Option<&str>, out: &mut dyn Write) -> Result<(), CmdError> {
+        let mut tally = render::FsckTally::default();
+        let mut after: Option<String> = None;
+        let mut any = false;
+        loop {
+            let req = Message::Fsck {
+                file: file.map(str::to_string),
+                after: after.take(),
+            };
+            let mut reply = self.call_nm(&req, FSCK_PAGE_TIMEOUT_MS)?.msg;
+            let next = loop {
+                match reply {
+                    Message::FsckPage {
+                        files,
+                        more,
+                        unlisted_quarantined,
+                        next,
+                    } => {
+                        for f in &files {
+                            any = true;
+                            tally.add(f);
+                            writeln!(out, "{}", render::fsck_line(f))?;
+                        }
+                        if unlisted_quarantined > 0 {
+                            tally.add_quarantined(unlisted_quarantined);
+                            writeln!(out, "{}", render::fsck_unlisted(unlisted_quarantined))?;
+                        }
+                        if !more {
+                            break next;
+                        }
+                    }
+                    m => return Err(unexpected(&m, "the name server").into()),
+                }
+                reply = self.recv_nm(FSCK_PAGE_TIMEOUT_MS)?.msg;
+            };
+            match next {
+                Some(cursor) if file.is_none() => after = Some(cursor),
+                _ => break,
+            }
+        }
+        if !any {
+            writeln!(out, "{}", render::NO_FILES)?;
+        }
+        if tally.failed() {
+            return Err(CmdError::text(&tally.summary()));
+        }
+        writeln!(out, "{}", tally.summary())?;
         Ok(())
     }
 

@@ -17,6 +17,9 @@ use crate::protocol::{
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
+mod fsck;
+pub use fsck::{judge_copy, Seen};
+
 /// Identifies one connection to the name server (the loop's mio token).
 pub type ConnId = usize;
 /// Identifies one worker job.
@@ -153,7 +156,8 @@ pub struct Loaded {
 /// Blocking work for the worker pool.
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobKind {
-    /// Send `msg` (SS_CREATE, SS_DELETE or SS_UNDO) to the storage server at `addr`.
+    /// Send `msg` (SS_CREATE, SS_DELETE, SS_UNDO or CHECK_FILES) to the storage server at
+    /// `addr`.
     SsCall {
         /// `host:port` of the storage server.
         addr: String,
@@ -189,6 +193,15 @@ pub enum JobOutput {
     Done,
     /// A replication job finished.
     Replicated(Outcome),
+    /// A storage server answered an FSCK check (CHECKED).
+    Checked {
+        /// One entry per file asked about.
+        copies: Vec<crate::protocol::CopyCheck>,
+        /// Quarantined copies of files the server does not hold.
+        orphans: Vec<crate::protocol::QuarantineEntry>,
+        /// Further such copies not listed.
+        more_orphans: u64,
+    },
     /// EXEC ran.
     Exec {
         /// Combined output (capped).
@@ -304,6 +317,11 @@ enum Purpose {
         user: String,
         started_ms: u64,
     },
+    /// One server's check for an FSCK page.
+    Fsck {
+        run: u64,
+        ss: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -343,6 +361,8 @@ pub struct Core {
     running_keys: HashSet<String>,
     /// Sync-mode answers waiting for a job, by job key.
     sync_waits: HashMap<String, Vec<SyncWait>>,
+    /// FSCK pages waiting for their servers' checks.
+    fsck: fsck::Runs,
 }
 
 fn not_found(file: &str) -> WireError {
@@ -394,6 +414,7 @@ impl Core {
             running: HashMap::new(),
             running_keys: HashSet::new(),
             sync_waits: HashMap::new(),
+            fsck: fsck::Runs::default(),
         }
     }
 
@@ -430,6 +451,7 @@ impl Core {
         let _ = now_ms;
         self.introducing.remove(&conn);
         self.forget_waiter(conn);
+        self.fsck.forget(conn);
         if let Some(Peer::Server { name }) = self.peers.remove(&conn) {
             let mut went_down = false;
             if let Some(s) = self.servers.get_mut(&name) {
@@ -954,6 +976,11 @@ impl Core {
                 let m = self.status_reply(now_ms);
                 self.reply(conn, m);
             }
+            Message::Fsck { file, after } => {
+                if let Err(e) = self.fsck(conn, file, after) {
+                    self.fail(conn, e);
+                }
+            }
             Message::Exec { file } => match self.exec(conn, &user, &file, now_ms) {
                 Ok(()) => {}
                 Err(e) => self.fail(conn, e),
@@ -1396,6 +1423,9 @@ impl Core {
         let Some(flight) = self.jobs.remove(&id) else {
             return;
         };
+        if let Purpose::Fsck { run, ss } = flight.purpose {
+            return self.fsck_result(run, ss, result);
+        }
         let conn = flight.conn;
         let file = flight.file.clone();
         // A change owed to a backup: (target, what it must reach), answered by answer_change.

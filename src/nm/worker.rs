@@ -75,6 +75,15 @@ pub fn run(kind: &JobKind, limits: &ExecLimits, key: &ClusterKey) -> Result<JobO
             match conn.call(msg, &[])?.msg {
                 Message::FileStateReply { state } => Ok(JobOutput::State(state)),
                 Message::Done {} => Ok(JobOutput::Done),
+                Message::Checked {
+                    copies,
+                    orphans,
+                    more_orphans,
+                } => Ok(JobOutput::Checked {
+                    copies,
+                    orphans,
+                    more_orphans,
+                }),
                 other => Err(err::internal(format!(
                     "storage server answered {} unexpectedly",
                     other.op_name()

@@ -26,7 +26,12 @@
 //! nm -> source : GET_FILE_CONTENT               <- FILE_CONTENT, CHUNK*, END, (CHUNK*, END)*
 //! nm -> target : PUT_FILE_CONTENT, CHUNK*, END, (CHUNK*, END)*   <- FILE_STATE_REPLY | ERR
 //! nm -> target : SS_DELETE (delete replication) <- DONE | ERR
+//! client -> nm : FSCK (file, or the cursor of the next page) <- FSCK_PAGE | ERR
+//! nm -> ss     : CHECK_FILES (a page of names)  <- CHECKED | ERR
 //! ```
+//!
+//! FSCK is paged by the client: each FSCK_PAGE carries `next`, the cursor to send back for the
+//! following page, so neither side ever holds more than one page of a 10,000-file check.
 //!
 //! A replication worker relays GET_FILE_CONTENT's stream into PUT_FILE_CONTENT chunk by chunk,
 //! so no process holds a whole file. In `--replication sync` mode a change whose backup is
@@ -116,6 +121,9 @@ pub enum TicketOp {
     Store,
     /// A client replaces a file's content with an upload.
     Upload,
+    /// FSCK: the name server asks a copy to recompute checksums of a page of files. The
+    /// ticket's `file` is [`crate::auth::check_scope`] of the request, binding it to that list.
+    Check,
 }
 
 /// An authorisation minted by the name server for exactly one request to one storage server.
@@ -318,6 +326,113 @@ pub struct FailedJob {
     pub error: String,
 }
 
+/// The state of one copy as FSCK reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CopyState {
+    /// The copy holds the recorded version (or a newer one) and its bytes match its checksum.
+    Ok,
+    /// The copy holds an older version than the name server recorded when the check began.
+    Stale,
+    /// The server is up but holds no copy.
+    Missing,
+    /// The bytes on disk do not match the checksum recorded for them (bit rot), or the copy
+    /// holds the recorded version with other content.
+    Corrupt,
+    /// The server could not be asked (down, unreachable, or it failed to answer).
+    Down,
+    /// A copy set aside under the server's `quarantine/` (never served).
+    Quarantined,
+}
+
+impl CopyState {
+    /// The word FSCK prints.
+    pub fn word(self) -> &'static str {
+        match self {
+            CopyState::Ok => "ok",
+            CopyState::Stale => "stale",
+            CopyState::Missing => "missing",
+            CopyState::Corrupt => "corrupt",
+            CopyState::Down => "down",
+            CopyState::Quarantined => "quarantined",
+        }
+    }
+
+    /// Whether this state makes FSCK exit with status 1. A down copy is unknown rather than
+    /// wrong, so it is reported and counted but does not fail the check by itself.
+    pub fn fails(self) -> bool {
+        matches!(
+            self,
+            CopyState::Stale | CopyState::Missing | CopyState::Corrupt | CopyState::Quarantined
+        )
+    }
+}
+
+/// One copy of a file in an FSCK report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyReport {
+    /// Storage server name.
+    pub ss: String,
+    /// The verdict.
+    pub state: CopyState,
+    /// The version the copy holds (for a quarantined copy: the version set aside).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<Version>,
+    /// The version the name server records for the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<Version>,
+    /// Why: the checksums of a corrupt copy, the error of a server that could not be asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// One line of an FSCK report: a file and each of its copies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsckFile {
+    /// Display name (`a.txt`, `/docs/a.txt`).
+    pub file: String,
+    /// False for quarantined copies of a file the name server has no record of.
+    pub recorded: bool,
+    /// The copies, the primary's first.
+    pub copies: Vec<CopyReport>,
+}
+
+/// What a storage server found of one file it was asked to check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyCheck {
+    /// Canonical file name.
+    pub file: String,
+    /// The copy under `files/`, if the server holds one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<HeldCopy>,
+    /// Versions of this file set aside under `quarantine/`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quarantined: Vec<Version>,
+}
+
+/// A held copy as a check found it: the bookkeeping's version and checksum, and the checksum
+/// recomputed from the bytes on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldCopy {
+    /// Version in the server's bookkeeping (after adopting a hand edit, if there was one).
+    pub version: Version,
+    /// CRC32C the bookkeeping records.
+    pub checksum: u32,
+    /// CRC32C of the bytes read from disk now.
+    pub actual: u32,
+    /// Bytes read.
+    pub size: u64,
+}
+
+/// A quarantined copy found while listing a server's whole `quarantine/` directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantineEntry {
+    /// Canonical file name.
+    pub file: String,
+    /// The version set aside.
+    pub version: Version,
+}
+
 /// Every message. Serialized with an `op` field in SCREAMING_SNAKE_CASE (`{"op":"READ",...}`);
 /// the frame adds `v`, and `len`/`crc` when a raw body follows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -468,6 +583,33 @@ pub enum Message {
         copies: u32,
         /// Copies the file should have.
         total: u32,
+    },
+
+    /// FSCK [f]: check every copy of `file`, or of one page of all files starting after the
+    /// cursor `after` (absent for the first page).
+    Fsck {
+        /// One file to check; absent for all.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file: Option<String>,
+        /// The `next` cursor of the previous page.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+    },
+    /// Reply to FSCK: one page of the report, in one or more frames (each under the header
+    /// cap; every one but the last has `more: true`).
+    FsckPage {
+        /// Files of this page, by name; on the last page also quarantined copies of files
+        /// with no record (or held outside their file's pair).
+        files: Vec<FsckFile>,
+        /// Another FSCK_PAGE frame of this page follows.
+        #[serde(default)]
+        more: bool,
+        /// Quarantined copies that exist but did not fit in the listing.
+        #[serde(default)]
+        unlisted_quarantined: u64,
+        /// Cursor for the next page; absent on the last one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<String>,
     },
 
     // ----- client (or nm) -> ss -----
@@ -634,6 +776,29 @@ pub enum Message {
         sent: Vec<Version>,
         /// Authorisation (op `store`).
         ticket: Ticket,
+    },
+    /// FSCK (to every copy): recompute the checksum of each of `files` from disk and list
+    /// their quarantined copies; with `orphans`, also list quarantined copies of files this
+    /// server does not hold.
+    CheckFiles {
+        /// Canonical file names.
+        files: Vec<String>,
+        /// Also list the quarantine entries of files not held here.
+        #[serde(default)]
+        orphans: bool,
+        /// Authorisation (op `check`, user `@nm`, file = the request's scope).
+        ticket: Ticket,
+    },
+    /// Reply to CHECK_FILES.
+    Checked {
+        /// One entry per requested file, in request order.
+        copies: Vec<CopyCheck>,
+        /// Quarantine entries of files not held here (only with `orphans`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        orphans: Vec<QuarantineEntry>,
+        /// Further such entries that did not fit.
+        #[serde(default)]
+        more_orphans: u64,
     },
     /// A file's state after an NM-initiated change.
     FileStateReply {

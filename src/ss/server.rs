@@ -229,6 +229,11 @@ fn serve(stream: TcpStream, slot: ConnSlot) {
                 checksum,
                 ticket,
             } => upload(shared, &mut conn, &file, size, checksum, &ticket),
+            Message::CheckFiles {
+                files,
+                orphans,
+                ticket,
+            } => check_files(shared, &mut conn, &files, orphans, &ticket),
             other => Err(Fail::Reply(err::invalid(format!(
                 "unexpected {} on a storage server's client port",
                 other.op_name()
@@ -655,6 +660,76 @@ fn undo(
 /// Most history entries a transfer may describe (a copy keeps [`UNDO_DEPTH`]; a little slack
 /// lets a peer with a deeper history still be understood, its oldest entries dropped).
 const MAX_TRANSFER_UNDO: usize = 4 * UNDO_DEPTH;
+
+/// Most files one CHECK_FILES may name (the name server sends pages of at most 100).
+pub const MAX_CHECK_FILES: usize = 1_000;
+/// Most quarantine entries one file's check lists, and most orphans one reply lists; the
+/// header of the reply stays under its cap.
+pub const MAX_CHECK_QUARANTINE: usize = 100;
+
+/// CHECK_FILES (FSCK): for each file, the bookkeeping's version and checksum and the checksum
+/// recomputed from disk, and its quarantined versions. A hand edit found here is adopted and
+/// reported like any access; a missing file is only reported (FSCK never changes records).
+fn check_files(
+    shared: &Shared,
+    conn: &mut Connection,
+    files: &[String],
+    orphans: bool,
+    t: &Ticket,
+) -> Result<(), Fail> {
+    if files.len() > MAX_CHECK_FILES {
+        return Err(err::limit(format!("more than {MAX_CHECK_FILES} files in one check")).into());
+    }
+    if t.user != crate::auth::NM_USER {
+        return Err(err::unauthorized("only the name server may run a check").into());
+    }
+    for f in files {
+        if names::canonical_file(f).ok().as_deref() != Some(f.as_str()) {
+            return Err(
+                err::invalid(format!("'{}' is not a canonical file name", names::show(f))).into(),
+            );
+        }
+    }
+    let scope = crate::auth::check_scope(files, orphans);
+    shared
+        .checker
+        .check(t, &scope, TicketOp::Check)
+        .inspect_err(|e| {
+            log::warn!(target: ev::SS_REFUSED, user = t.user.as_str(), reason = e.msg.as_str();
+            "refused a check by {}: {}", t.user, e.msg);
+        })?;
+    let mut copies = Vec::with_capacity(files.len());
+    for file in files {
+        let held = match shared.store.verify(file)? {
+            Some((held, meta, adopted)) => {
+                report_adopted(shared, adopted, || meta.state(file));
+                Some(held)
+            }
+            None => None,
+        };
+        let mut quarantined = shared.store.quarantined(file)?;
+        quarantined.truncate(MAX_CHECK_QUARANTINE);
+        copies.push(crate::protocol::CopyCheck {
+            file: file.clone(),
+            held,
+            quarantined,
+        });
+    }
+    let (orphans, more_orphans) = if orphans {
+        shared.store.quarantine_orphans(MAX_CHECK_QUARANTINE)?
+    } else {
+        (Vec::new(), 0)
+    };
+    conn.send(
+        &Message::Checked {
+            copies,
+            orphans,
+            more_orphans,
+        },
+        &[],
+    )?;
+    Ok(())
+}
 
 /// PEEK_FILE: what this copy holds of a file, so a transfer sends only what is missing.
 fn peek(shared: &Shared, conn: &mut Connection, file: &str, t: &Ticket) -> Result<(), Fail> {

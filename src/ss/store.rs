@@ -8,6 +8,9 @@
 //!                                  file name can collide with another's record
 //! DIR/undo/<blob id>                earlier contents referenced by undo stacks
 //! DIR/tmp/                          temp files for atomic replacement; emptied at startup
+//! DIR/quarantine/<canonical name>.<epoch>-<counter>   a copy set aside (never served), with
+//!                                  optional bookkeeping beside it at `....<epoch>-<counter>.meta`;
+//!                                  a nested name keeps its folders as directories
 //! ```
 //!
 //! A history entry (undo blob) holds the content its file had at some version, and is named
@@ -29,7 +32,7 @@
 use crate::durable;
 use crate::logging::ev;
 use crate::names;
-use crate::protocol::{err, FileState, UndoDesc, Version, WireError};
+use crate::protocol::{err, FileState, HeldCopy, QuarantineEntry, UndoDesc, Version, WireError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
@@ -379,6 +382,7 @@ pub struct Store {
     meta: PathBuf,
     undo: PathBuf,
     tmp: PathBuf,
+    quarantine: PathBuf,
     epoch: Arc<AtomicU64>,
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
@@ -397,6 +401,7 @@ impl Store {
             meta: root.join("meta"),
             undo: root.join("undo"),
             tmp: root.join("tmp"),
+            quarantine: root.join("quarantine"),
             epoch: Arc::new(AtomicU64::new(1)),
             locks: Mutex::new(HashMap::new()),
         };
@@ -942,6 +947,97 @@ impl Store {
         }
     }
 
+    /// FSCK of one copy: adopts a hand edit first (size or mtime changed: a new version, not
+    /// corruption), then reads the bytes and recomputes their checksum, so bit rot (same size
+    /// and mtime, other bytes) shows as a checksum differing from the bookkeeping's. `None`
+    /// when this server holds no copy. Also says whether it adopted (the caller reports it).
+    pub fn verify(&self, file: &str) -> Result<Option<(HeldCopy, Meta, bool)>, StoreError> {
+        let lock = self.file_lock(file);
+        let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (meta, adopted) = match self.current(file) {
+            Ok(x) => x,
+            Err(StoreError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut f = match File::open(self.content_path(file)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.io(file, e)),
+        };
+        let mut counter = ContentCounter::bytes_only();
+        copy_counting(&mut f, &mut io::sink(), &mut counter, meta.size + 1)
+            .map_err(|e| self.io(file, e))?;
+        let held = HeldCopy {
+            version: meta.version,
+            checksum: meta.checksum,
+            actual: counter.checksum(),
+            size: counter.size(),
+        };
+        Ok(Some((held, meta, adopted)))
+    }
+
+    /// Versions of `file` set aside under `quarantine/`, oldest first. The quarantine
+    /// directory may not exist (nothing was ever set aside).
+    pub fn quarantined(&self, file: &str) -> Result<Vec<Version>, StoreError> {
+        let path = self.quarantine.join(file);
+        let (Some(dir), Some(base)) = (path.parent(), path.file_name()) else {
+            return Ok(Vec::new());
+        };
+        let base = base.to_string_lossy();
+        let rd = match fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.io(file, e)),
+        };
+        let mut out = Vec::new();
+        for e in rd {
+            let e = e.map_err(|e| self.io(file, e))?;
+            let name = e.file_name().to_string_lossy().to_string();
+            if let Some((b, v)) = parse_quarantine_name(&name) {
+                if b == base && e.file_type().map(|t| t.is_file()).unwrap_or(false) {
+                    out.push(v);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Quarantine entries of files this server holds no copy of (FSCK lists them apart from
+    /// any file's line), at most `cap`, sorted; plus how many more there are.
+    pub fn quarantine_orphans(
+        &self,
+        cap: usize,
+    ) -> Result<(Vec<QuarantineEntry>, u64), StoreError> {
+        let mut names = Vec::new();
+        match walk(&self.quarantine, &self.quarantine, &mut names) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+            Err(e) => return Err(self.io("quarantine/", e)),
+        }
+        let mut entries: Vec<QuarantineEntry> = names
+            .iter()
+            .filter_map(|rel| {
+                let (dir, leaf) = match rel.rsplit_once('/') {
+                    Some((d, l)) => (Some(d), l),
+                    None => (None, rel.as_str()),
+                };
+                let (base, version) = parse_quarantine_name(leaf)?;
+                let file = match dir {
+                    Some(d) => format!("{d}/{base}"),
+                    None => base.to_string(),
+                };
+                let canonical = names::canonical_file(&file).ok()? == file;
+                (canonical && !self.content_path(&file).is_file())
+                    .then_some(QuarantineEntry { file, version })
+            })
+            .collect();
+        entries.sort_by(|a, b| (&a.file, a.version).cmp(&(&b.file, b.version)));
+        let more = entries.len().saturating_sub(cap) as u64;
+        entries.truncate(cap);
+        Ok((entries, more))
+    }
+
     /// The startup scan: walks `files/` and `meta/`, adopts new or changed content, removes
     /// unfinished creates and unreferenced undo blobs, and returns the state of every file.
     /// Stats every file but reads only those whose size or mtime changed. Run it before
@@ -1077,6 +1173,24 @@ fn install_temp(tmp: &Path, target: &Path) -> io::Result<()> {
 }
 
 /// Collects the regular files under `dir` as `/`-joined paths relative to `base`.
+/// Splits a quarantine entry's leaf name `<base>.<epoch>-<counter>` into its file's base name
+/// and version; `None` for bookkeeping (`.meta`) and anything else.
+pub fn parse_quarantine_name(leaf: &str) -> Option<(&str, Version)> {
+    let (base, v) = leaf.rsplit_once('.')?;
+    let (e, c) = v.split_once('-')?;
+    let all_digits = |x: &str| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit());
+    if base.is_empty() || !all_digits(e) || !all_digits(c) {
+        return None;
+    }
+    Some((
+        base,
+        Version {
+            epoch: e.parse().ok()?,
+            counter: c.parse().ok()?,
+        },
+    ))
+}
+
 fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) -> io::Result<()> {
     for e in fs::read_dir(dir)? {
         let e = e?;
@@ -1178,6 +1292,73 @@ mod tests {
             fs::read_to_string(s.content_path("a")).unwrap(),
             format!("v{last}.")
         );
+    }
+
+    #[test]
+    fn verify_tells_bit_rot_from_a_hand_edit() {
+        let (_d, s) = store();
+        s.create("a.txt", "alice", 1).unwrap();
+        let m = commit(&s, "a.txt", "hello world.");
+        let (h, _, adopted) = s.verify("a.txt").unwrap().unwrap();
+        assert!(!adopted);
+        assert_eq!(
+            (h.version, h.checksum, h.actual),
+            (m.version, m.checksum, m.checksum)
+        );
+        // Bit rot: one byte flipped, size and mtime as before.
+        let p = s.content_path("a.txt");
+        let mtime = fs::metadata(&p).unwrap().modified().unwrap();
+        fs::write(&p, "hello World.").unwrap();
+        File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        let (h, _, adopted) = s.verify("a.txt").unwrap().unwrap();
+        assert!(!adopted, "same size and mtime is not a hand edit");
+        assert_eq!(h.version, m.version);
+        assert_eq!(h.checksum, m.checksum);
+        assert_eq!(h.actual, crc32c::crc32c(b"hello World."));
+        // A hand edit (new size): adopted as a new version, consistent with its bytes.
+        fs::write(&p, "hello there world.").unwrap();
+        let (h, _, adopted) = s.verify("a.txt").unwrap().unwrap();
+        assert!(adopted);
+        assert!(h.version > m.version);
+        assert_eq!(h.checksum, h.actual);
+        assert!(s.verify("nothing").unwrap().is_none());
+    }
+
+    #[test]
+    fn quarantine_entries_are_listed_per_file_and_as_orphans() {
+        let (d, s) = store();
+        assert!(s.quarantined("a.txt").unwrap().is_empty());
+        assert_eq!(s.quarantine_orphans(10).unwrap(), (Vec::new(), 0));
+        s.create("a.txt", "alice", 1).unwrap();
+        let q = d.path().join("quarantine");
+        fs::create_dir_all(q.join("docs")).unwrap();
+        fs::write(q.join("a.txt.1-3"), "x").unwrap();
+        fs::write(q.join("a.txt.1-3.meta"), "{}").unwrap();
+        fs::write(q.join("a.txt.2-1"), "y").unwrap();
+        fs::write(q.join("a.txt.1-3.x"), "not an entry").unwrap();
+        fs::write(q.join("docs/b.md.1-7"), "z").unwrap();
+        let v = |epoch, counter| Version { epoch, counter };
+        assert_eq!(s.quarantined("a.txt").unwrap(), vec![v(1, 3), v(2, 1)]);
+        assert_eq!(s.quarantined("docs/b.md").unwrap(), vec![v(1, 7)]);
+        assert!(s.quarantined("a").unwrap().is_empty());
+        // a.txt is held here, so only docs/b.md's entry is an orphan.
+        let (orphans, more) = s.quarantine_orphans(10).unwrap();
+        assert_eq!(more, 0);
+        assert_eq!(
+            orphans,
+            vec![QuarantineEntry {
+                file: "docs/b.md".into(),
+                version: v(1, 7)
+            }]
+        );
+        assert_eq!(s.quarantine_orphans(0).unwrap().1, 1);
+        assert_eq!(parse_quarantine_name("a.txt.1-3.meta"), None);
+        assert_eq!(parse_quarantine_name(".1-3"), None);
     }
 
     #[test]
