@@ -8,7 +8,13 @@ BINS  := bin_nm bin_ss bin_client
 # Root test scripts are later work; each runs only if it exists.
 ROOT_TESTS := test_replication.sh test_heartbeat.sh
 
-.PHONY: all build deps test cluster stop bench clean
+# `make test` runs a short seeded chaos run; `make chaos` a longer one (CHAOS_ARGS adds flags,
+# e.g. CHAOS_ARGS="--seed 42 --replication async").
+CHAOS_TEST_ARGS := --rounds 6 --seed 7
+CHAOS_ROUNDS ?= 40
+CHAOS_ARGS ?=
+
+.PHONY: all build deps test cluster stop bench chaos clean
 
 all: build
 
@@ -24,6 +30,7 @@ test: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --release -- -D warnings
 	$(CARGO) test --release
+	target/release/pairfs_chaos $(CHAOS_TEST_ARGS)
 	@for t in $(ROOT_TESTS); do \
 		if [ -f "$$t" ]; then echo "== $$t"; bash "./$$t" || exit 1; fi; \
 	done
@@ -38,6 +45,10 @@ stop:
 bench: deps
 	$(CARGO) build --release
 	target/release/pairfs_bench
+
+chaos: deps
+	$(CARGO) build --release
+	target/release/pairfs_chaos --rounds $(CHAOS_ROUNDS) $(CHAOS_ARGS)
 
 clean: stop
 	$(CARGO) clean

@@ -41,3 +41,18 @@ if ! command -v rsync >/dev/null 2>&1; then
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q rsync
 fi
+
+# The chaos run (`make test`, `make chaos`) partitions a storage server with a network namespace
+# (`ip netns`, veth); without `ip` it skips only that fault kind and says so.
+if ! command -v ip >/dev/null 2>&1; then
+    sudo=""
+    if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+    if command -v apt-get >/dev/null 2>&1; then
+        echo "ip not found (the chaos run partitions with network namespaces): installing iproute2"
+        $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q
+        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q iproute2 ||
+            echo "could not install iproute2: the chaos run will skip its partition fault" >&2
+    else
+        echo "ip not found and no apt-get: the chaos run will skip its partition fault" >&2
+    fi
+fi
