@@ -1469,3 +1469,102 @@ fn run(args: &Args, seed: u64) -> Result<bool> {
     );
     Ok(ok)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_replays_the_same_faults_and_covers_every_kind_first() {
+        let a = plan(7, 12, &KINDS);
+        let b = plan(7, 12, &KINDS);
+        let show = |p: &[Fault]| -> Vec<(Kind, String)> {
+            p.iter().map(|f| (f.kind, f.target.clone())).collect()
+        };
+        assert_eq!(show(&a), show(&b));
+        assert_ne!(show(&a), show(&plan(8, 12, &KINDS)));
+        let mut first: Vec<Kind> = a[..KINDS.len()].iter().map(|f| f.kind).collect();
+        first.sort();
+        assert_eq!(first, KINDS.to_vec());
+        for f in &a {
+            match f.kind {
+                Kind::KillPrimary => assert!(f.target == "ss1" || f.target == "ss2"),
+                Kind::KillBackup => assert!(f.target.ends_with("_backup")),
+                Kind::KillNm => assert_eq!(f.target, "nm"),
+                Kind::StopServer => assert!(pair_of(&f.target).is_some()),
+                Kind::Partition => assert_eq!(f.target, PARTITIONED),
+            }
+        }
+        let without: Vec<Kind> = KINDS
+            .iter()
+            .copied()
+            .filter(|k| *k != Kind::Partition)
+            .collect();
+        assert!(plan(7, 50, &without)
+            .iter()
+            .all(|f| f.kind != Kind::Partition));
+    }
+
+    #[test]
+    fn payloads_verify_themselves() {
+        let p = payload("a.txt", 12, 99);
+        assert_eq!(check_payload(&p, "a.txt"), Ok(12));
+        assert_eq!(check_payload(b"", "a.txt"), Ok(0));
+        assert!(check_payload(&p, "b.txt")
+            .unwrap_err()
+            .contains("payload of a.txt"));
+        let mut flipped = p.clone();
+        let last = flipped.len() - 2;
+        flipped[last] ^= 1;
+        assert!(check_payload(&flipped, "a.txt")
+            .unwrap_err()
+            .contains("own checksum"));
+        assert!(check_payload(b"garbage", "a.txt").is_err());
+    }
+
+    #[test]
+    fn lost_writes_are_the_acknowledged_ones_after_what_reads_back() {
+        let s = Slot {
+            name: "a".into(),
+            attempted: AtomicU64::new(10),
+            acked: AtomicU64::new(10),
+            failed: Mutex::new(vec![4, 8]),
+            reported_lost: AtomicU64::new(0),
+        };
+        assert_eq!(s.acked_after(10), 0);
+        assert_eq!(s.acked_after(7), 2, "9 and 10; 8 was never acknowledged");
+        assert_eq!(s.acked_after(3), 5);
+    }
+
+    #[test]
+    fn the_longest_gap_runs_from_the_last_success_before_the_fault() {
+        let t0 = Instant::now() + ms(1_000);
+        let at = |d: i64| {
+            if d >= 0 {
+                t0 + ms(d as u64)
+            } else {
+                t0 - ms((-d) as u64)
+            }
+        };
+        let rec = |d, pair, op, ok| OpRec {
+            at: at(d),
+            pair,
+            op,
+            ok,
+        };
+        let ops = vec![
+            rec(-50, 0, Op::Write, true),
+            rec(-10, 0, Op::Write, true),
+            rec(100, 0, Op::Write, false),
+            rec(400, 0, Op::Write, true),
+            rec(420, 0, Op::Write, true),
+            rec(200, 1, Op::Write, true),
+            rec(300, 0, Op::Read, true),
+        ];
+        assert_eq!(longest_gap(&ops, &[0], Op::Write, t0, at(500)), 410);
+        assert_eq!(longest_gap(&ops, &[0], Op::Write, t0, at(1_000)), 580);
+        // No success after the fault: the gap runs to the end.
+        assert_eq!(longest_gap(&ops, &[1], Op::Read, t0, at(700)), 700);
+    }
+}
