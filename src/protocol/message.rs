@@ -405,6 +405,10 @@ pub struct CopyCheck {
     /// The copy under `files/`, if the server holds one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held: Option<HeldCopy>,
+    /// Why the copy could not be read (an I/O error such as EIO is what a failing disk
+    /// gives); the copy is then corrupt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<String>,
     /// Versions of this file set aside under `quarantine/`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub quarantined: Vec<Version>,

@@ -700,18 +700,20 @@ fn check_files(
         })?;
     let mut copies = Vec::with_capacity(files.len());
     for file in files {
-        let held = match shared.store.verify(file)? {
-            Some((held, meta, adopted)) => {
+        let (held, unreadable) = match shared.store.verify(file) {
+            Ok(Some((held, meta, adopted))) => {
                 report_adopted(shared, adopted, || meta.state(file));
-                Some(held)
+                (Some(held), None)
             }
-            None => None,
+            Ok(None) => (None, None),
+            Err(e) => (None, Some(e.to_string())),
         };
         let mut quarantined = shared.store.quarantined(file)?;
         quarantined.truncate(MAX_CHECK_QUARANTINE);
         copies.push(crate::protocol::CopyCheck {
             file: file.clone(),
             held,
+            unreadable,
             quarantined,
         });
     }

@@ -75,6 +75,8 @@ pub enum Seen<'a> {
     Down(Option<&'a str>),
     /// The server answered; its copy, if it holds one.
     Held(Option<&'a HeldCopy>),
+    /// The server holds a copy it could not read (the I/O error).
+    Unreadable(&'a str),
 }
 
 /// The verdict on one copy. `floor` is the version the name server recorded when the check
@@ -97,6 +99,7 @@ pub fn judge_copy(
     match seen {
         Seen::Down(reason) => report(CopyState::Down, None, reason.map(str::to_string)),
         Seen::Held(None) => report(CopyState::Missing, None, None),
+        Seen::Unreadable(e) => report(CopyState::Corrupt, None, Some(format!("unreadable: {e}"))),
         // Bit rot: the bytes no longer match what the copy's own bookkeeping recorded for them.
         Seen::Held(Some(h)) if h.actual != h.checksum => report(
             CopyState::Corrupt,
@@ -293,7 +296,10 @@ impl Core {
                         for v in check.map(|c| c.quarantined.as_slice()).unwrap_or(&[]) {
                             set_aside.push(quarantined(&ss, *v));
                         }
-                        Seen::Held(check.and_then(|c| c.held.as_ref()))
+                        match check.and_then(|c| c.unreadable.as_deref()) {
+                            Some(e) => Seen::Unreadable(e),
+                            None => Seen::Held(check.and_then(|c| c.held.as_ref())),
+                        }
                     }
                     Some(Err(reason)) => Seen::Down(reason.as_deref()),
                     None => Seen::Down(None),
@@ -419,6 +425,11 @@ mod tests {
         );
         let r = judge_copy("ss1", Seen::Down(Some("refused")), v(4), v(4), 40);
         assert_eq!(r.detail.as_deref(), Some("refused"));
+        let r = judge_copy("ss1", Seen::Unreadable("EIO"), v(4), v(4), 40);
+        assert_eq!(
+            (r.state, r.detail.as_deref()),
+            (CopyState::Corrupt, Some("unreadable: EIO"))
+        );
         assert!(CopyState::Stale.fails() && CopyState::Quarantined.fails());
         assert!(!CopyState::Ok.fails() && !CopyState::Down.fails());
     }
@@ -551,6 +562,7 @@ mod tests {
         CopyCheck {
             file: file.into(),
             held: h,
+            unreadable: None,
             quarantined,
         }
     }
