@@ -92,6 +92,11 @@ pub enum Command {
     },
     /// `STATUS`: servers, pairs and replication.
     Status,
+    /// `RECOVER ss`: start a recovery sync of that storage server now.
+    Recover {
+        /// The storage server's name.
+        ss: String,
+    },
     /// `HELP`.
     Help,
     /// `EXIT`.
@@ -129,7 +134,6 @@ const UNSUPPORTED: &[&str] = &[
     "VIEWACCESSREQUESTS",
     "APPROVEACCR",
     "DISACCR",
-    "RECOVER",
     "FSCK",
 ];
 
@@ -151,6 +155,7 @@ pub fn usage(word: &str) -> &'static str {
         "UPLOAD" => "UPLOAD <local_path> <file>",
         "DOWNLOAD" => "DOWNLOAD <file> <local_path>",
         "STATUS" => "STATUS",
+        "RECOVER" => "RECOVER <storage_server>",
         "HELP" => "HELP",
         "EXIT" => "EXIT",
         _ => "HELP",
@@ -201,6 +206,12 @@ pub fn parse_line(line: &str) -> Result<Option<Command>, WireError> {
         "VIEW" => parse_view(&args).ok_or_else(|| usage_err(&word)),
         "LIST" => no_args(Command::List),
         "STATUS" => no_args(Command::Status),
+        "RECOVER" => match args.as_slice() {
+            [ss] => Ok(Command::Recover {
+                ss: (*ss).to_string(),
+            }),
+            _ => Err(usage_err(&word)),
+        },
         "UPLOAD" => match args.as_slice() {
             [l, f] => Ok(Command::Upload {
                 local: (*l).to_string(),
@@ -436,7 +447,11 @@ mod tests {
                 Command::Unsupported(w.to_string())
             );
         }
-        assert_eq!(ok("recover ss1"), Command::Unsupported(f("RECOVER")));
+        assert_eq!(ok("recover ss1"), Command::Recover { ss: f("ss1") });
+        assert_eq!(
+            err_text("RECOVER"),
+            "ERROR [INVALID]: usage: RECOVER <storage_server>"
+        );
     }
 
     #[test]

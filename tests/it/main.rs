@@ -9,6 +9,7 @@ mod harness;
 mod auth;
 mod commands;
 mod crash;
+mod failover;
 mod replication;
 mod robustness;
 mod write;
