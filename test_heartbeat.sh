@@ -189,9 +189,10 @@ read_ok() {
 wait_for read_ok || fail "READ through the backup never succeeded"
 READ_MS=$(($(now_ms) - KILL_MS))
 wait_for events_above "$TMP/nm.log" failover_complete "$done_before" || fail "no failover_complete"
+PROMOTED_MS=$(($(now_ms) - KILL_MS))
 [ "$READ_MS" -le "$READ_TARGET_MS" ] ||
     fail "READ through the backup succeeded only $READ_MS ms after the kill (target $READ_TARGET_MS ms)"
-pass "READ through the promoted backup succeeded $READ_MS ms after the kill (target $READ_TARGET_MS ms)"
+pass "READ through the backup succeeded $READ_MS ms after the kill (target $READ_TARGET_MS ms); backup promoted (failover_complete) by $PROMOTED_MS ms"
 
 STATUS_OUT=$(printf 'STATUS\n' | client 2>&1) || fail "STATUS failed: $STATUS_OUT"
 printf '%s\n' "$STATUS_OUT" | grep -q "ss1 -> ss1_backup  PRIMARY_DOWN  epoch 2  writer ss1_backup" ||
@@ -231,4 +232,4 @@ Write Successful!"
 wait_for same_on_both "$F" || fail "the write after recovery did not reach the backup"
 pass "the original primary takes writes again and replicates them"
 
-echo "test_heartbeat.sh: all checks passed (detection $DETECT_MS ms, READ after kill $READ_MS ms)"
+echo "test_heartbeat.sh: all checks passed (detection $DETECT_MS ms, READ after kill $READ_MS ms, promoted by $PROMOTED_MS ms)"
