@@ -368,6 +368,7 @@ fn create(nm: &mut Connection, file: &str) -> Result<()> {
 /// returns the committed state.
 fn append_sentence(nm: &mut Connection, file: &str, j: u64) -> Result<FileState> {
     let locate = Message::Locate {
+        avoid: None,
         file: file.into(),
         mode: AccessMode::Write,
     };

@@ -380,6 +380,7 @@ fn make_file(path: &Path, size: u64) -> Result<u32> {
 fn upload(nm_addr: &str, file: &str, src: &Path, size: u64, checksum: u32) -> Result<FileState> {
     let mut nm = nm_session(nm_addr, "bench")?;
     let locate = Message::Locate {
+        avoid: None,
         file: file.into(),
         mode: AccessMode::Upload,
     };

@@ -164,8 +164,26 @@ impl ClusterKey {
             exp_ms: now_ms() + TICKET_TTL_MS,
             nonce: random_hex(16),
             min_version,
+            epoch: None,
             mac: String::new(),
         };
+        t.mac = self.mac_hex(t.signing_string().as_bytes());
+        t
+    }
+
+    /// A ticket for a change, bound to the pair's `epoch`: a server on another epoch (or
+    /// without a write lease) refuses it.
+    pub fn mint_change(
+        &self,
+        user: &str,
+        file: &str,
+        op: TicketOp,
+        ss: &str,
+        min_version: Option<Version>,
+        epoch: u64,
+    ) -> Ticket {
+        let mut t = self.mint(user, file, op, ss, min_version);
+        t.epoch = Some(epoch);
         t.mac = self.mac_hex(t.signing_string().as_bytes());
         t
     }

@@ -51,15 +51,20 @@ pub mod ev {
     pub const REPLICATION_WORKER_ERROR: &str = "replication_worker_error";
     /// A server missed its heartbeats or its connection closed.
     pub const HEARTBEAT_MONITOR_FAILURE: &str = "heartbeat_monitor_failure";
-    /// Failover of a pair began.
+    /// A pair's writer is down: nobody takes its changes until that writer's lease has
+    /// surely ended (fields `pair`, `ss` = the writer, `epoch`, `switch_at_ms`).
     pub const FAILOVER_START: &str = "failover_start";
-    /// Failover of a pair finished.
+    /// The other member writes in a new epoch, or the writer came back first (fields
+    /// `pair`, `ss` = the new writer, `epoch`).
     pub const FAILOVER_COMPLETE: &str = "failover_complete";
-    /// A failed server came back.
+    /// A failed server came back and its files are compared with the records; a copy found
+    /// with unacknowledged changes (fields `file`, `ss`, `version`); the handback began.
     pub const NM_SS_RECOVERY: &str = "nm_ss_recovery";
-    /// Recovery sync jobs were queued.
+    /// Recovery sync jobs were queued (fields `ss`, `queued`, `quarantined`; or `file` for
+    /// one owed copy).
     pub const NM_RECOVERY_SYNC_QUEUED: &str = "nm_recovery_sync_queued";
-    /// A pair is whole again and the original roles are back.
+    /// A pair is whole again and the original primary writes again (fields `pair`, `ss`,
+    /// `epoch`).
     pub const REPLICATION_RECOVER: &str = "replication_recover";
     /// A client session started (field `user`).
     pub const NM_CLIENT_CONNECT: &str = "nm_client_connect";

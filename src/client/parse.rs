@@ -97,6 +97,11 @@ pub enum Command {
         /// One file; `None` for all.
         file: Option<String>,
     },
+    /// `RECOVER ss`: start a recovery sync of that storage server now.
+    Recover {
+        /// The storage server's name.
+        ss: String,
+    },
     /// `HELP`.
     Help,
     /// `EXIT`.
@@ -134,7 +139,6 @@ const UNSUPPORTED: &[&str] = &[
     "VIEWACCESSREQUESTS",
     "APPROVEACCR",
     "DISACCR",
-    "RECOVER",
 ];
 
 /// The usage line of each supported command, as `ERROR [INVALID]: usage: …` prints it.
@@ -156,6 +160,7 @@ pub fn usage(word: &str) -> &'static str {
         "DOWNLOAD" => "DOWNLOAD <file> <local_path>",
         "STATUS" => "STATUS",
         "FSCK" => "FSCK [<file>]",
+        "RECOVER" => "RECOVER <storage_server>",
         "HELP" => "HELP",
         "EXIT" => "EXIT",
         _ => "HELP",
@@ -210,6 +215,12 @@ pub fn parse_line(line: &str) -> Result<Option<Command>, WireError> {
             [] => Ok(Command::Fsck { file: None }),
             [f] => Ok(Command::Fsck {
                 file: Some((*f).to_string()),
+            }),
+            _ => Err(usage_err(&word)),
+        },
+        "RECOVER" => match args.as_slice() {
+            [ss] => Ok(Command::Recover {
+                ss: (*ss).to_string(),
             }),
             _ => Err(usage_err(&word)),
         },
@@ -448,7 +459,11 @@ mod tests {
                 Command::Unsupported(w.to_string())
             );
         }
-        assert_eq!(ok("recover ss1"), Command::Unsupported(f("RECOVER")));
+        assert_eq!(ok("recover ss1"), Command::Recover { ss: f("ss1") });
+        assert_eq!(
+            err_text("RECOVER"),
+            "ERROR [INVALID]: usage: RECOVER <storage_server>"
+        );
     }
 
     #[test]

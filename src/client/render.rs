@@ -42,6 +42,11 @@ pub fn uploaded(bytes: u64) -> String {
     format!("Upload Successful! ({bytes} bytes)")
 }
 
+/// `RECOVER ss` was accepted: `queued` transfers are owed to `ss`.
+pub fn recover_queued(ss: &str, queued: u64) -> String {
+    format!("Recovery of {ss} started: {queued} transfer(s) queued")
+}
+
 /// `DOWNLOAD` succeeded with `bytes` bytes.
 pub fn downloaded(bytes: u64) -> String {
     format!("Download Successful! ({bytes} bytes)")
@@ -158,7 +163,7 @@ pub struct StatusView<'a> {
 ///   ss1_backup  DOWN  backup    3 files  heartbeat 42s ago
 ///   ss2         UP    unpaired  0 files  heartbeat never
 /// Pairs:
-///   ss1 -> ss1_backup  BACKUP_DOWN  epoch 1  lag 2 jobs, 8192 bytes, 41.5 s
+///   ss1 -> ss1_backup  BACKUP_DOWN  epoch 1  writer ss1  lag 2 jobs, 8192 bytes, 41.5 s
 ///   ss2 (unpaired: 1 copy)  epoch 1
 /// Replication: async, queue depth 2
 /// Failed jobs:
@@ -194,17 +199,22 @@ pub fn status(v: &StatusView<'_>, now_ms: u64) -> String {
     let rows: Vec<Vec<String>> = paired
         .iter()
         .map(|p| {
-            vec![
+            let mut row = vec![
                 format!("{} -> {}", p.primary, p.backup.as_deref().unwrap_or("")),
                 p.state.clone(),
                 format!("epoch {}", p.epoch),
+                format!("writer {}", p.writer.as_deref().unwrap_or(&p.primary)),
                 format!(
                     "lag {} jobs, {} bytes, {:.1} s",
                     p.lag_jobs,
                     p.lag_bytes,
                     p.lag_ms as f64 / 1000.0
                 ),
-            ]
+            ];
+            if p.sync_total > 0 {
+                row.push(format!("sync {}/{}", p.sync_done, p.sync_total));
+            }
+            row
         })
         .collect();
     if v.pairs.is_empty() || !rows.is_empty() {
@@ -499,7 +509,10 @@ pub fn help() -> String {
             "STATUS",
             "show servers, pairs, replication lag and failed jobs",
         ),
-        ("RECOVER <ss>", "start a recovery sync (not supported yet)"),
+        (
+            "RECOVER <ss>",
+            "start a recovery sync of a storage server now",
+        ),
         (
             "FSCK [<file>]",
             "check every copy's version and checksum (exit 1 on a bad copy)",
@@ -668,6 +681,9 @@ mod tests {
             lag_jobs: lag.0,
             lag_bytes: lag.1,
             lag_ms: lag.2,
+            writer: None,
+            sync_done: 0,
+            sync_total: 0,
         }
     }
 
@@ -702,7 +718,7 @@ mod tests {
              \x20 ss1_backup  DOWN  backup    3 files  heartbeat 42s ago\n\
              \x20 ss2         UP    unpaired  0 files  heartbeat never\n\
              Pairs:\n\
-             \x20 ss1 -> ss1_backup  BACKUP_DOWN  epoch 1  lag 2 jobs, 8192 bytes, 41.5 s\n\
+             \x20 ss1 -> ss1_backup  BACKUP_DOWN  epoch 1  writer ss1  lag 2 jobs, 8192 bytes, 41.5 s\n\
              \x20 ss2 (unpaired: 1 copy)  epoch 1\n\
              Replication: async, queue depth 2\n\
              Failed jobs:\n\
@@ -780,6 +796,7 @@ mod tests {
             "STATUS",
             "UPLOAD",
             "DOWNLOAD",
+            "RECOVER",
             "FSCK",
         ] {
             assert!(h.lines().any(|l| l.starts_with(w)), "{w}");

@@ -8,7 +8,7 @@ use super::parse::Command;
 use super::render;
 use super::transfer::{self, Progress};
 use crate::protocol::frame::{self, ConnError};
-use crate::protocol::{err, AccessMode, Connection, Frame, Message, Ticket, WireError};
+use crate::protocol::{err, AccessMode, Connection, ErrorCode, Frame, Message, Ticket, WireError};
 use std::fmt;
 use std::io::{self, Seek, SeekFrom, Write};
 use std::path::Path;
@@ -366,6 +366,14 @@ impl Session {
                 m => return Err(unexpected(&m, "the name server").into()),
             },
             Command::Fsck { file } => self.fsck(file.as_deref(), out)?,
+            Command::Recover { ss } => {
+                match self.call_nm(&Message::Recover { ss: ss.clone() }, t)?.msg {
+                    Message::RecoverQueued { queued } => {
+                        writeln!(out, "{}", render::recover_queued(ss, queued))?
+                    }
+                    m => return Err(unexpected(&m, "the name server").into()),
+                }
+            }
             Command::Upload { local, file } => self.upload(Path::new(local), file, out)?,
             Command::Download { file, local } => self.download(file, Path::new(local), out)?,
             Command::Read { file } => self.read(file, out)?,
@@ -442,13 +450,58 @@ impl Session {
 
     /// LOCATE: where the file lives and a ticket to use it there, already connected.
     fn locate(&mut self, file: &str, mode: AccessMode) -> Result<(SsLink, Ticket), CmdError> {
+        let (ss, addr, ticket) = self.locate_avoiding(file, mode, None)?;
+        Ok((SsLink::connect(&ss, &addr)?, ticket))
+    }
+
+    /// LOCATE, asking for a copy other than `avoid` (one that just failed this client).
+    fn locate_avoiding(
+        &mut self,
+        file: &str,
+        mode: AccessMode,
+        avoid: Option<String>,
+    ) -> Result<(String, String, Ticket), CmdError> {
         let req = Message::Locate {
             file: file.to_string(),
             mode,
+            avoid,
         };
         match self.call_nm(&req, NM_REPLY_TIMEOUT_MS)?.msg {
-            Message::Located { ss, addr, ticket } => Ok((SsLink::connect(&ss, &addr)?, ticket)),
+            Message::Located { ss, addr, ticket } => Ok((ss, addr, ticket)),
             m => Err(unexpected(&m, "the name server").into()),
+        }
+    }
+
+    /// Opens a read of `file` (READ, DOWNLOAD, STREAM): LOCATE, connect, send the request
+    /// `make` builds and read the first reply. A copy that cannot be reached or refuses as
+    /// UNAVAILABLE (down, or stale: behind the name server's record) is never read silently;
+    /// the client asks once for the other copy, and reports UNAVAILABLE if there is none.
+    fn open_read(
+        &mut self,
+        file: &str,
+        mode: AccessMode,
+        make: impl Fn(Ticket) -> Message,
+    ) -> Result<(SsLink, Frame), CmdError> {
+        let mut avoid: Option<String> = None;
+        loop {
+            let retry = avoid.is_none();
+            let (ss, addr, ticket) = self.locate_avoiding(file, mode, avoid.clone())?;
+            let opened = SsLink::connect(&ss, &addr).and_then(|mut link| {
+                let req = make(ticket);
+                if let Err(e) = link.conn.send(&req, b"") {
+                    return Err(link.refused_or_broken(e));
+                }
+                let first = link.recv()?;
+                if let Message::Err { code, msg } = first.msg {
+                    return Err(WireError { code, msg });
+                }
+                Ok((link, first))
+            });
+            match opened {
+                Ok(x) => return Ok(x),
+                Err(e) if retry && e.code == ErrorCode::Unavailable => avoid = Some(ss),
+                Err(e) => return Err(e.into()),
+            }
         }
     }
 
@@ -518,12 +571,11 @@ impl Session {
     /// removed and an existing `local` is left as it was.
     fn download(&mut self, file: &str, local: &Path, out: &mut dyn Write) -> Result<(), CmdError> {
         let mut tmp = transfer::TempFile::beside(local)?;
-        let (mut link, ticket) = self.locate(file, AccessMode::Read)?;
-        let req = Message::Read {
+        let (mut link, first) = self.open_read(file, AccessMode::Read, |ticket| Message::Read {
             file: ticket.file.clone(),
             ticket,
-        };
-        let (size, checksum) = match link.call(&req)? {
+        })?;
+        let (size, checksum) = match first.msg {
             Message::ReadOk { size, checksum, .. } => (size, checksum),
             m => return Err(unexpected(&m, &link.describe()).into()),
         };
@@ -558,12 +610,11 @@ impl Session {
 
     /// READ: the bytes exactly, then a newline; the whole content's CRC is checked at the end.
     fn read(&mut self, file: &str, out: &mut dyn Write) -> Result<(), CmdError> {
-        let (mut link, ticket) = self.locate(file, AccessMode::Read)?;
-        let req = Message::Read {
+        let (mut link, first) = self.open_read(file, AccessMode::Read, |ticket| Message::Read {
             file: ticket.file.clone(),
             ticket,
-        };
-        let (size, checksum) = match link.call(&req)? {
+        })?;
+        let (size, checksum) = match first.msg {
             Message::ReadOk { size, checksum, .. } => (size, checksum),
             m => return Err(unexpected(&m, &link.describe()).into()),
         };
@@ -596,17 +647,19 @@ impl Session {
 
     /// STREAM: each word as it arrives, space-separated and flushed, then a newline.
     fn stream(&mut self, file: &str, out: &mut dyn Write) -> Result<(), CmdError> {
-        let (mut link, ticket) = self.locate(file, AccessMode::Stream)?;
-        let req = Message::Stream {
-            file: ticket.file.clone(),
-            ticket,
-        };
-        if link.conn.send(&req, b"").is_err() {
-            return Err(CmdError::text(render::STREAM_BROKEN));
-        }
+        let (mut link, first) =
+            self.open_read(file, AccessMode::Stream, |ticket| Message::Stream {
+                file: ticket.file.clone(),
+                ticket,
+            })?;
         let mut words = 0u64;
+        let mut first = Some(first);
         let outcome = loop {
-            match link.conn.recv() {
+            let next = match first.take() {
+                Some(f) => Ok(Some(f)),
+                None => link.conn.recv(),
+            };
+            match next {
                 Ok(Some(f)) => match f.msg {
                     Message::Word { word } => {
                         if words > 0 {

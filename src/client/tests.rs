@@ -45,6 +45,7 @@ fn ticket(file: &str) -> Ticket {
         exp_ms: 0,
         nonce: "00".into(),
         min_version: None,
+        epoch: None,
         mac: "00".into(),
     }
 }
@@ -134,6 +135,9 @@ fn status_reply() -> Message {
         lag_jobs: 0,
         lag_bytes: 0,
         lag_ms: 0,
+        writer: None,
+        sync_done: 0,
+        sync_total: 0,
     };
     Message::StatusReply {
         servers: vec![
@@ -464,7 +468,7 @@ fn status_renders_the_reply() {
          \x20 ss1_backup  UP  backup    1 files  heartbeat never\n\
          \x20 ss2         UP  unpaired  1 files  heartbeat never\n\
          Pairs:\n\
-         \x20 ss1 -> ss1_backup  ACTIVE  epoch 1  lag 0 jobs, 0 bytes, 0.0 s\n\
+         \x20 ss1 -> ss1_backup  ACTIVE  epoch 1  writer ss1  lag 0 jobs, 0 bytes, 0.0 s\n\
          \x20 ss2 (unpaired: 1 copy)  epoch 1\n\
          Replication: sync, queue depth 0\n\
          Failed jobs: none\n"

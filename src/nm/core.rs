@@ -25,7 +25,8 @@ pub type ConnId = usize;
 /// Identifies one worker job.
 pub type JobId = u64;
 
-/// The epoch stamped on new versions until pairs and failover raise it.
+/// The first epoch of every pair (and the only one of an unpaired server); each change of a
+/// pair's writer (promotion of the backup, return of the primary) raises the pair's epoch.
 pub const EPOCH: u64 = 1;
 /// Requests waiting behind an in-flight operation on one file; more are refused with LIMIT.
 pub const MAX_WAITING_PER_FILE: usize = 32;
@@ -79,6 +80,16 @@ pub struct FileRecord {
     /// The version the pair's backup is known to hold (`None`: not known to hold it).
     #[serde(default)]
     pub backup_version: Option<Version>,
+    /// Set while the primary is behind (the promoted backup took changes it misses): the
+    /// version the primary is known to hold. `None` with `primary_missing` false: the
+    /// primary holds `version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_held: Option<Version>,
+    /// The last version of an earlier epoch, kept when the first change of a newer epoch
+    /// lands: a returning member holding a copy of that earlier epoch newer than this has
+    /// changes the cluster never acknowledged, and the copy is quarantined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch_base: Option<Version>,
 }
 
 impl FileRecord {
@@ -92,12 +103,121 @@ impl FileRecord {
         self.modified_ms = s.modified_ms;
     }
 
+    /// The version `member` is known to hold, if any.
+    fn held(&self, member: Member) -> Option<Version> {
+        match member {
+            Member::Primary if self.primary_missing => None,
+            Member::Primary => Some(self.primary_held.unwrap_or(self.version)),
+            Member::Backup => self.backup_version,
+        }
+    }
+
+    /// Whether `member` holds the current version.
+    fn holds(&self, member: Member) -> bool {
+        self.held(member) == Some(self.version)
+    }
+
+    /// Records that `member` holds `v` (or nothing).
+    fn set_held(&mut self, member: Member, v: Option<Version>) {
+        match member {
+            Member::Primary => {
+                self.primary_missing = v.is_none();
+                self.primary_held = v.filter(|v| *v != self.version);
+            }
+            Member::Backup => self.backup_version = v,
+        }
+    }
+
+    /// A change `s` made by `writer`: the writer holds it, the other member keeps what it held.
+    fn apply_change(&mut self, writer: Member, s: &FileState) {
+        let other = writer.other();
+        let other_held = self.held(other);
+        if s.version.epoch > self.version.epoch {
+            self.epoch_base = Some(self.version);
+        }
+        self.apply_state(s);
+        self.set_held(writer, Some(s.version));
+        self.set_held(other, other_held);
+    }
+
     fn can_read(&self, user: &str) -> bool {
         self.owner == user || self.access.contains_key(user)
     }
 
     fn can_write(&self, user: &str) -> bool {
         self.owner == user || self.access.get(user).copied().unwrap_or(false)
+    }
+}
+
+/// One member of a pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Member {
+    /// The server named by the pair (files are placed on it).
+    Primary,
+    /// Its backup.
+    Backup,
+}
+
+impl Member {
+    /// The other member of the pair.
+    pub fn other(self) -> Member {
+        match self {
+            Member::Primary => Member::Backup,
+            Member::Backup => Member::Primary,
+        }
+    }
+}
+
+/// Where a pair stands in its writer's life; the state STATUS shows is this combined with
+/// which members are up (see [`Core::pair_state_name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Phase {
+    /// The writer takes changes (while it is up); the other member follows.
+    Serving,
+    /// The writer is down: nobody takes changes until its last lease has surely expired,
+    /// then the other member becomes the writer in a new epoch.
+    FailingOver,
+    /// The promoted backup is stepping down for the returning primary, which holds every
+    /// change: no new leases; once the backup's last lease expired (and nothing is owed to
+    /// the primary) the primary writes again in a new epoch.
+    Handback,
+}
+
+/// The durable state of one pair (the `pair_states` table, keyed by the primary's name).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairRecord {
+    /// The writer's phase.
+    pub phase: Phase,
+    /// The pair's epoch: versions written by this writer carry it; tickets for changes carry
+    /// it and a server on another epoch refuses them. At most one member writes per epoch.
+    pub epoch: u64,
+    /// The member that takes changes in this epoch.
+    pub writer: Member,
+    /// Unix ms before which the writer may not change (FAILING_OVER, HANDBACK): by then the
+    /// last lease the old writer was granted has ended.
+    #[serde(default)]
+    pub switch_at_ms: u64,
+    /// Progress of the current catch-up: transfers owed since the pair was last in step
+    /// (kept in memory only; a restarted name server counts afresh).
+    #[serde(skip)]
+    pub sync_total: u64,
+    /// See `sync_total`.
+    #[serde(skip)]
+    pub sync_done: u64,
+}
+
+impl PairRecord {
+    fn new() -> PairRecord {
+        PairRecord {
+            phase: Phase::Serving,
+            epoch: EPOCH,
+            writer: Member::Primary,
+            switch_at_ms: 0,
+            sync_total: 0,
+            sync_done: 0,
+        }
     }
 }
 
@@ -132,6 +252,8 @@ pub enum StoreOp {
     PutServer(String, ServerRecord),
     /// Record a pair: primary, backup.
     PutPair(String, String),
+    /// Insert or replace a pair's state (keyed by the primary).
+    PutPairState(String, PairRecord),
     /// Insert or replace a replication job (keyed by [`ReplJob::key`]).
     PutJob(ReplJob),
     /// Remove a replication job by key.
@@ -149,6 +271,8 @@ pub struct Loaded {
     pub servers: BTreeMap<String, ServerRecord>,
     /// Pairs: primary name to backup name.
     pub pairs: BTreeMap<String, String>,
+    /// Pair states by primary name.
+    pub pair_states: BTreeMap<String, PairRecord>,
     /// Replication jobs by key.
     pub jobs: BTreeMap<String, ReplJob>,
 }
@@ -250,6 +374,21 @@ pub struct CoreConfig {
     pub replication: &'static str,
     /// Most replication jobs handed to the workers at once (queue capacity plus workers).
     pub max_repl_in_flight: usize,
+    /// Unix ms when this name server started: a lease granted by an earlier run of it has
+    /// surely ended one lease length later.
+    pub started_ms: u64,
+}
+
+impl CoreConfig {
+    /// How long a write lease lasts: two thirds of the heartbeat timeout. A storage server
+    /// counts it from the moment it sent the heartbeat that was acknowledged, so it ends no
+    /// later than (when the name server received that heartbeat) + lease; the name server
+    /// declares a server down only a whole timeout after its last heartbeat, and moves the
+    /// writer only after that bound, so two members never hold a lease at once. The third
+    /// left over absorbs clock-rate differences and scheduling delay.
+    pub fn lease_ms(&self) -> u64 {
+        (self.heartbeat_timeout_ms * 2 / 3).max(1)
+    }
 }
 
 /// Runtime state of a storage server.
@@ -260,6 +399,10 @@ struct ServerLive {
     last_heartbeat_ms: Option<u64>,
     conn: Option<ConnId>,
     files: u64,
+    /// The latest heartbeat sequence received (an unsolicited ack names it).
+    last_seq: u64,
+    /// No lease this server was granted lasts beyond this (Unix ms, name server's clock).
+    lease_until_ms: u64,
 }
 
 /// A registration in progress on a connection.
@@ -307,7 +450,10 @@ struct SyncWait {
 enum Purpose {
     Create {
         owner: String,
+        /// The pair (its primary's name).
         ss: String,
+        /// The member that created it (the pair's writer).
+        member: Member,
         /// UPLOAD of a missing file: answer with LOCATED instead of DONE.
         then_upload: bool,
     },
@@ -363,6 +509,8 @@ pub struct Core {
     sync_waits: HashMap<String, Vec<SyncWait>>,
     /// FSCK pages waiting for their servers' checks.
     fsck: fsck::Runs,
+    /// Pair states by primary (durable).
+    pair_states: BTreeMap<String, PairRecord>,
 }
 
 fn not_found(file: &str) -> WireError {
@@ -376,6 +524,11 @@ fn no_live_copy(file: &str) -> WireError {
 impl Core {
     /// A core over the state loaded from the store; every server starts down.
     pub fn new(cfg: CoreConfig, key: ClusterKey, loaded: Loaded) -> Core {
+        let boot_lease_until = cfg.started_ms + cfg.lease_ms();
+        let mut pair_states = loaded.pair_states;
+        for p in loaded.pairs.keys() {
+            pair_states.entry(p.clone()).or_insert_with(PairRecord::new);
+        }
         let mut servers: BTreeMap<String, ServerLive> = loaded
             .servers
             .into_iter()
@@ -386,6 +539,8 @@ impl Core {
                     last_heartbeat_ms: None,
                     conn: None,
                     files: 0,
+                    last_seq: 0,
+                    lease_until_ms: boot_lease_until,
                 };
                 (n, live)
             })
@@ -415,6 +570,7 @@ impl Core {
             running_keys: HashSet::new(),
             sync_waits: HashMap::new(),
             fsck: fsck::Runs::default(),
+            pair_states,
         }
     }
 
@@ -448,7 +604,6 @@ impl Core {
 
     /// A connection closed (by the peer, an error, or us).
     pub fn on_close(&mut self, conn: ConnId, now_ms: u64) {
-        let _ = now_ms;
         self.introducing.remove(&conn);
         self.forget_waiter(conn);
         self.fsck.forget(conn);
@@ -467,6 +622,7 @@ impl Core {
             }
             if went_down {
                 self.target_down(&name);
+                self.advance_pairs(now_ms);
             }
         }
     }
@@ -479,7 +635,13 @@ impl Core {
             .filter(|s| s.up)
             .filter_map(|s| s.last_heartbeat_ms)
             .map(|t| t + self.cfg.heartbeat_timeout_ms);
+        let switches = self
+            .pair_states
+            .values()
+            .filter(|p| p.phase != Phase::Serving)
+            .map(|p| p.switch_at_ms);
         heartbeats
+            .chain(switches)
             .chain(self.introducing.values().copied())
             .chain(self.next_repl_deadline_ms())
             .chain(
@@ -523,6 +685,7 @@ impl Core {
         for name in down {
             self.target_down(&name);
         }
+        self.advance_pairs(now_ms);
         self.expire_waits(now_ms);
         self.pump_replication(now_ms);
     }
@@ -747,6 +910,13 @@ impl Core {
                 .push(StoreOp::PutServer(name.clone(), rec.clone()));
         }
         let files_before = self.servers.get(&name).map(|s| s.files).unwrap_or(0);
+        let was_down = self.servers.get(&name).is_some_and(|s| !s.up);
+        let lease_until_ms = self
+            .servers
+            .get(&name)
+            .map_or(self.cfg.started_ms + self.cfg.lease_ms(), |s| {
+                s.lease_until_ms
+            });
         self.servers.insert(
             name.clone(),
             ServerLive {
@@ -755,6 +925,8 @@ impl Core {
                 last_heartbeat_ms: Some(now_ms),
                 conn: Some(conn),
                 files: files_before,
+                last_seq: 0,
+                lease_until_ms,
             },
         );
         self.introducing.remove(&conn);
@@ -770,21 +942,27 @@ impl Core {
                 self.pair_up(&name, &b);
             }
         }
-        let primary = self
-            .pairs
-            .iter()
-            .find(|(_, b)| **b == name)
-            .map(|(p, _)| p.clone());
-        let backup = primary.is_some() || self.is_backup(&name);
-        let (adopted, updated, removed) = match &primary {
-            Some(p) => {
-                let p = p.clone();
-                self.reconcile_backup(&name, &p, files, now_ms);
+        let (adopted, updated, removed) = match self.membership(&name) {
+            Some((p, m)) => {
+                if was_down {
+                    log::info!(target: ev::NM_SS_RECOVERY, ss = name.as_str(), pair = p.as_str();
+                        "{name} is back; comparing its files with the records of pair {p}");
+                }
+                self.reconcile_member(&p, m, files, now_ms);
                 (0, 0, 0)
             }
-            None if backup => (0, 0, 0),
+            None if self.is_backup(&name) => (0, 0, 0),
             None => self.reconcile(&name, files, now_ms),
         };
+        let epoch = self.epoch_of(&name);
+        let writer = self.may_write(&name);
+        if writer {
+            // REGISTERED grants the first lease, counted by the server from before it sent
+            // REGISTER_END.
+            if let Some(s) = self.servers.get_mut(&name) {
+                s.lease_until_ms = s.lease_until_ms.max(now_ms + self.cfg.lease_ms());
+            }
+        }
         self.peers.insert(conn, Peer::Server { name: name.clone() });
         let held = self.servers.get(&name).map(|s| s.files).unwrap_or(0);
         log::info!(target: ev::NM_SS_REGISTER, ss = name.as_str(), addr = rec.addr(),
@@ -793,11 +971,13 @@ impl Core {
         self.reply(
             conn,
             Message::Registered {
-                epoch: EPOCH,
+                epoch,
                 heartbeat_interval_ms: self.cfg.heartbeat_interval_ms,
-                backup,
+                backup: !writer,
+                lease_ms: self.cfg.lease_ms(),
             },
         );
+        self.advance_pairs(now_ms);
         self.pump_replication(now_ms);
     }
 
@@ -828,7 +1008,7 @@ impl Core {
                 // Another server holds the record; pairs will decide which copy wins.
                 Some(_) => {}
                 None => {
-                    self.adopt(ss, &file, &st, now_ms);
+                    self.adopt(ss, Member::Primary, &file, &st, now_ms);
                     self.owe(&file, false, now_ms);
                     adopted += 1;
                 }
@@ -860,7 +1040,9 @@ impl Core {
         (adopted, updated, removed)
     }
 
-    fn adopt(&mut self, ss: &str, file: &str, st: &FileState, now_ms: u64) {
+    /// Records a file the index did not know, found on `member` of the pair (or unpaired
+    /// server) `ss`.
+    fn adopt(&mut self, ss: &str, member: Member, file: &str, st: &FileState, now_ms: u64) {
         let owner = st
             .owner
             .clone()
@@ -887,8 +1069,12 @@ impl Core {
             accessed_by: None,
             backup_version: None,
             primary_missing: false,
+            primary_held: None,
+            epoch_base: None,
         };
         rec.apply_state(st);
+        rec.set_held(member, Some(st.version));
+        rec.set_held(member.other(), None);
         self.put_file(file, rec);
     }
 
@@ -897,29 +1083,47 @@ impl Core {
             Message::Heartbeat { seq } => {
                 if let Some(s) = self.servers.get_mut(name) {
                     s.last_heartbeat_ms = Some(now_ms);
+                    s.last_seq = seq;
                 }
                 log::debug!(target: ev::NM_HEARTBEAT, ss = name, seq = seq; "heartbeat from {name}");
-                self.reply(conn, Message::HeartbeatAck { seq });
+                self.ack_heartbeat(conn, name, seq, now_ms);
             }
             Message::Changed { id, state } => {
                 let waiter = Waiter::Changed(conn, id);
                 let Ok(file) = names::canonical_file(&state.file) else {
                     return self.release(waiter, true);
                 };
-                if self.is_backup(name) {
-                    // A backup's copy follows its primary; its own reports change nothing.
+                let Some((primary, member)) = self.home_of(name) else {
                     return self.release(waiter, true);
+                };
+                let writer = self.writer_member(&primary);
+                if writer != member {
+                    // Not this pair's writer (a plain backup adopting a hand edit, or a writer
+                    // deposed while a commit was in flight): the change is not acknowledged,
+                    // and the copy is set aside before the current one replaces it.
+                    log::warn!(target: ev::NM_FILE_CHANGE, file = file.as_str(), ss = name;
+                        "refused a change of {file} from {name}, which is not its pair's writer");
+                    if self.files.get(&file).is_some_and(|r| r.ss == primary) {
+                        self.owe_to(&file, name, true, now_ms);
+                    }
+                    return self.reply(
+                        conn,
+                        Message::ChangedAck {
+                            id,
+                            copies: Some(0),
+                        },
+                    );
                 }
                 match self.files.get(&file) {
-                    Some(rec) if rec.ss == name && state.version >= rec.version => {
+                    Some(rec) if rec.ss == primary && state.version >= rec.version => {
                         let mut rec = rec.clone();
-                        rec.apply_state(&state);
+                        rec.apply_change(member, &state);
                         self.put_file(&file, rec);
                         log::info!(target: ev::NM_FILE_CHANGE, file = file.as_str(),
                             version = state.version.to_string(); "{file} changed on {name}");
                     }
                     Some(_) => return self.release(waiter, true),
-                    None => self.adopt(name, &file, &state, now_ms),
+                    None => self.adopt(&primary, member, &file, &state, now_ms),
                 }
                 let target = self.owe(&file, true, now_ms);
                 let version = self.files.get(&file).map_or(state.version, |r| r.version);
@@ -930,25 +1134,27 @@ impl Core {
                 let Ok(file) = names::canonical_file(&file) else {
                     return self.release(waiter, true);
                 };
-                let rec_ss = self.files.get(&file).map(|r| r.ss.clone());
-                if rec_ss.as_deref() == Some(name) {
+                let Some((primary, member)) = self.home_of(name) else {
+                    return self.release(waiter, true);
+                };
+                let Some(rec) = self.files.get(&file).filter(|r| r.ss == primary) else {
+                    return self.release(waiter, true);
+                };
+                if self.writer_member(&primary) == member {
+                    // The writer's copy vanished (a hand deletion): the file is gone, as on an
+                    // unpaired server.
                     self.del_file(&file);
                     log::info!(target: ev::NM_FILE_CHANGE, file = file.as_str();
                         "{file} vanished from {name}");
-                    let target = self.owe_delete(name, &file, now_ms);
+                    let target = self.owe_delete(&primary, &file, now_ms);
                     return self.answer_change(waiter, &file, target, Want::Delete, now_ms);
                 }
-                let ours =
-                    rec_ss.is_some_and(|p| self.pairs.get(&p).map(String::as_str) == Some(name));
-                if ours {
-                    // The backup lost its copy: it is owed again.
-                    if let Some(rec) = self.files.get(&file) {
-                        let mut rec = rec.clone();
-                        rec.backup_version = None;
-                        self.put_file(&file, rec);
-                    }
-                    self.owe(&file, false, now_ms);
-                }
+                // A member lost its copy while the other holds the current one: it is owed
+                // the copy again.
+                let mut rec = rec.clone();
+                rec.set_held(member, None);
+                self.put_file(&file, rec);
+                self.owe_to(&file, name, false, now_ms);
                 self.release(waiter, true);
             }
             other => self.refuse_and_close(
@@ -972,6 +1178,10 @@ impl Core {
                 mode: AccessMode::Upload,
                 ..
             } => self.serialised(conn, user, msg, now_ms),
+            Message::Recover { ss } => match self.recover(&ss, now_ms) {
+                Ok(queued) => self.reply(conn, Message::RecoverQueued { queued }),
+                Err(e) => self.fail(conn, e),
+            },
             Message::Status {} => {
                 let m = self.status_reply(now_ms);
                 self.reply(conn, m);
@@ -1040,10 +1250,12 @@ impl Core {
                     Err(e) => self.fail(conn, e),
                 }
             }
-            Message::Locate { file, mode } => match self.locate(&user, &file, mode, now_ms) {
-                Ok(m) => self.reply(conn, m),
-                Err(e) => self.fail(conn, e),
-            },
+            Message::Locate { file, mode, avoid } => {
+                match self.locate(&user, &file, mode, avoid.as_deref(), now_ms) {
+                    Ok(m) => self.reply(conn, m),
+                    Err(e) => self.fail(conn, e),
+                }
+            }
             Message::Hello { .. } => self.fail(conn, err::invalid("already introduced")),
             other => self.fail(
                 conn,
@@ -1091,12 +1303,82 @@ impl Core {
         }
     }
 
-    /// The live address of the server holding `rec`, or UNAVAILABLE.
-    fn live_addr(&self, rec: &FileRecord, file: &str) -> Result<String, WireError> {
-        match self.servers.get(&rec.ss) {
+    /// The live address of server `name`, or UNAVAILABLE for `file`.
+    fn live_addr_of(&self, name: &str, file: &str) -> Result<String, WireError> {
+        match self.servers.get(name) {
             Some(s) if s.up => Ok(s.rec.addr()),
             _ => Err(no_live_copy(file)),
         }
+    }
+
+    /// The member that takes changes of `rec`'s file now: (name, address, epoch). With
+    /// `need_current` it must also hold the current version (a promoted backup that never
+    /// received a file's latest change cannot take changes of it: that would fork it).
+    fn writer_for(
+        &self,
+        rec: &FileRecord,
+        file: &str,
+        need_current: bool,
+    ) -> Result<(String, String, u64), WireError> {
+        let p = rec.ss.as_str();
+        let Some(st) = self
+            .pair_states
+            .get(p)
+            .filter(|_| self.pairs.contains_key(p))
+        else {
+            return Ok((p.to_string(), self.live_addr_of(p, file)?, EPOCH));
+        };
+        let Some(w) = self.member_name(p, st.writer) else {
+            return Err(no_live_copy(file));
+        };
+        if !self.is_up(&w)
+            && !self
+                .member_name(p, st.writer.other())
+                .is_some_and(|o| self.is_up(&o))
+        {
+            return Err(no_live_copy(file));
+        }
+        if st.phase != Phase::Serving || !self.is_up(&w) {
+            return Err(err::unavailable(format!(
+                "{} cannot take changes for a moment: pair {p} is moving its writer (epoch {})",
+                names::display(file),
+                st.epoch
+            )));
+        }
+        if need_current && !rec.holds(st.writer) {
+            return Err(no_live_copy(file));
+        }
+        let addr = self.live_addr_of(&w, file)?;
+        Ok((w, addr, st.epoch))
+    }
+
+    /// A live member holding `rec`'s current version, the writer first, never `avoid`.
+    fn reader_for(
+        &self,
+        rec: &FileRecord,
+        file: &str,
+        avoid: Option<&str>,
+    ) -> Result<(String, String), WireError> {
+        let p = rec.ss.as_str();
+        if !self.pairs.contains_key(p) {
+            if avoid == Some(p) {
+                return Err(no_live_copy(file));
+            }
+            return Ok((p.to_string(), self.live_addr_of(p, file)?));
+        }
+        let first = self.writer_member(p);
+        for m in [first, first.other()] {
+            let Some(name) = self.member_name(p, m) else {
+                continue;
+            };
+            if Some(name.as_str()) == avoid || !rec.holds(m) {
+                continue;
+            }
+            if let Ok(addr) = self.live_addr_of(&name, file) {
+                return Ok((name, addr));
+            }
+        }
+        Err(no_live_copy(file))
     }
 
     fn info(&self, user: &str, file: &str) -> Result<FileInfo, WireError> {
@@ -1115,30 +1397,22 @@ impl Core {
                     write: *w,
                 }),
         );
-        let up = self.servers.get(&rec.ss).is_some_and(|s| s.up);
-        let primary_state = if !up {
-            "down"
-        } else if rec.primary_missing {
-            "missing"
-        } else {
-            "current"
-        };
-        let mut replicas = vec![ReplicaInfo {
-            ss: rec.ss.clone(),
-            state: primary_state.to_string(),
-        }];
-        if let Some(b) = self.pairs.get(&rec.ss) {
-            let state = if !self.is_up(b) {
+        let mut replicas = Vec::new();
+        for m in [Member::Primary, Member::Backup] {
+            let Some(name) = self.member_name(&rec.ss, m) else {
+                continue;
+            };
+            let state = if !self.is_up(&name) {
                 "down"
             } else {
-                match rec.backup_version {
+                match rec.held(m) {
                     Some(v) if v == rec.version => "current",
                     Some(_) => "stale",
                     None => "missing",
                 }
             };
             replicas.push(ReplicaInfo {
-                ss: b.clone(),
+                ss: name,
                 state: state.to_string(),
             });
         }
@@ -1215,6 +1489,7 @@ impl Core {
         user: &str,
         file: &str,
         mode: AccessMode,
+        avoid: Option<&str>,
         now_ms: u64,
     ) -> Result<Message, WireError> {
         let (canon, rec) = self.lookup(file)?;
@@ -1236,9 +1511,20 @@ impl Core {
                 TicketOp::Write
             }
         };
-        let addr = self.live_addr(rec, &canon)?;
-        let ss = rec.ss.clone();
-        let ticket = self.key.mint(user, &canon, op, &ss, Some(rec.version));
+        let (ss, addr, ticket) = match op {
+            TicketOp::Read | TicketOp::Stream => {
+                let (ss, addr) = self.reader_for(rec, &canon, avoid)?;
+                let ticket = self.key.mint(user, &canon, op, &ss, Some(rec.version));
+                (ss, addr, ticket)
+            }
+            _ => {
+                let (ss, addr, epoch) = self.writer_for(rec, &canon, true)?;
+                let ticket = self
+                    .key
+                    .mint_change(user, &canon, op, &ss, Some(rec.version), epoch);
+                (ss, addr, ticket)
+            }
+        };
         let mut rec = rec.clone();
         rec.accessed_ms = Some(now_ms);
         rec.accessed_by = Some(user.to_string());
@@ -1252,10 +1538,10 @@ impl Core {
         if !self.cfg.exec_enabled {
             return Err(err::unauthorized("EXEC is disabled on this name server"));
         }
-        let addr = self.live_addr(rec, &canon)?;
+        let (ss, addr) = self.reader_for(rec, &canon, None)?;
         let ticket = self
             .key
-            .mint(NM_USER, &canon, TicketOp::Read, &rec.ss, Some(rec.version));
+            .mint(NM_USER, &canon, TicketOp::Read, &ss, Some(rec.version));
         let msg = Message::Read {
             file: canon.clone(),
             ticket,
@@ -1312,7 +1598,7 @@ impl Core {
         if let Message::Locate { mode, .. } = &p.msg {
             if self.files.contains_key(canon) {
                 // UPLOAD of an existing file needs no storage-server call first.
-                let r = self.locate(&p.user, canon, *mode, now_ms);
+                let r = self.locate(&p.user, canon, *mode, None, now_ms);
                 self.set_busy(p.conn, false);
                 return match r {
                     Ok(m) => self.reply(p.conn, m),
@@ -1357,27 +1643,38 @@ impl Core {
                 "Folder not found: /{folder} (folders are not supported yet; create files in the root)"
             )));
         }
-        let ss = self
+        // Pairs are named by their primaries; a pair takes the file if its writer may take
+        // changes now (so CREATE goes on while a pair has one live member).
+        let pick = self
             .servers
             .iter()
-            .filter(|(n, s)| s.up && !self.is_backup(n))
-            .min_by_key(|(n, s)| (s.files, (*n).clone()))
-            .map(|(n, s)| (n.clone(), s.rec.addr()));
-        let Some((ss, addr)) = ss else {
+            .filter(|(n, _)| !self.is_backup(n))
+            .filter_map(|(n, s)| {
+                let (w, epoch) = self.live_writer(n)?;
+                let addr = self.servers.get(&w)?.rec.addr();
+                Some(((s.files, n.clone()), (n.clone(), w, addr, epoch)))
+            })
+            .min_by(|a, b| a.0.cmp(&b.0))
+            .map(|(_, v)| v);
+        let Some((ss, writer, addr, epoch)) = pick else {
             return Err(err::unavailable("no storage server available"));
         };
-        let ticket = self.key.mint(NM_USER, canon, TicketOp::Create, &ss, None);
+        let ticket = self
+            .key
+            .mint_change(NM_USER, canon, TicketOp::Create, &writer, None, epoch);
         let msg = Message::SsCreate {
             file: canon.to_string(),
             owner: p.user.clone(),
-            epoch: EPOCH,
+            epoch,
             ticket,
         };
+        let member = self.membership(&writer).map_or(Member::Primary, |(_, m)| m);
         Ok((
             JobKind::SsCall { addr, msg },
             Purpose::Create {
                 owner: p.user.clone(),
                 ss,
+                member,
                 then_upload: matches!(p.msg, Message::Locate { .. }),
             },
         ))
@@ -1390,10 +1687,10 @@ impl Core {
             &p.user,
             &format!("Only the owner can delete {}", names::display(canon)),
         )?;
-        let addr = self.live_addr(rec, canon)?;
+        let (ss, addr, epoch) = self.writer_for(rec, canon, false)?;
         let ticket = self
             .key
-            .mint(NM_USER, canon, TicketOp::Delete, &rec.ss, None);
+            .mint_change(NM_USER, canon, TicketOp::Delete, &ss, None, epoch);
         let msg = Message::SsDelete {
             file: canon.to_string(),
             ticket,
@@ -1404,11 +1701,13 @@ impl Core {
     fn start_undo(&self, canon: &str, p: &Pending) -> Result<(JobKind, Purpose), WireError> {
         let rec = self.files.get(canon).ok_or_else(|| not_found(canon))?;
         Self::need_write(rec, &p.user, canon)?;
-        let addr = self.live_addr(rec, canon)?;
-        let ticket = self.key.mint(NM_USER, canon, TicketOp::Undo, &rec.ss, None);
+        let (ss, addr, epoch) = self.writer_for(rec, canon, true)?;
+        let ticket = self
+            .key
+            .mint_change(NM_USER, canon, TicketOp::Undo, &ss, None, epoch);
         let msg = Message::SsUndo {
             file: canon.to_string(),
-            epoch: EPOCH,
+            epoch,
             ticket,
         };
         Ok((JobKind::SsCall { addr, msg }, Purpose::Undo))
@@ -1435,11 +1734,12 @@ impl Core {
                 Purpose::Create {
                     owner,
                     ss,
+                    member,
                     then_upload,
                 },
                 Ok(JobOutput::State(st)),
             ) => {
-                let rec = FileRecord {
+                let mut rec = FileRecord {
                     owner,
                     ss: ss.clone(),
                     version: st.version,
@@ -1458,7 +1758,11 @@ impl Core {
                     accessed_by: None,
                     backup_version: None,
                     primary_missing: false,
+                    primary_held: None,
+                    epoch_base: None,
                 };
+                rec.set_held(member, Some(st.version));
+                rec.set_held(member.other(), None);
                 self.put_file(&file, rec);
                 log::info!(target: ev::NM_FILE_CHANGE, file = file.as_str(), ss = ss.as_str(),
                     version = st.version.to_string(); "created {file} on {ss}");
@@ -1468,7 +1772,7 @@ impl Core {
                         Some(Peer::Client { user, .. }) => user.clone(),
                         _ => String::new(),
                     };
-                    self.locate(&user, &file, AccessMode::Upload, now_ms)
+                    self.locate(&user, &file, AccessMode::Upload, None, now_ms)
                         .map(|m| (m, Vec::new()))
                 } else {
                     change = Some((
@@ -1500,7 +1804,8 @@ impl Core {
                 if let Some(rec) = self.files.get(&file) {
                     let mut rec = rec.clone();
                     if st.version >= rec.version {
-                        rec.apply_state(&st);
+                        let writer = self.writer_member(&rec.ss);
+                        rec.apply_change(writer, &st);
                         self.put_file(&file, rec);
                     }
                 }
@@ -1657,6 +1962,289 @@ impl Core {
         self.pairs.get(primary).cloned()
     }
 
+    /// The pair `name` belongs to (named by its primary) and its role in it; `None` when
+    /// it is in no pair.
+    fn membership(&self, name: &str) -> Option<(String, Member)> {
+        if self.pairs.contains_key(name) {
+            return Some((name.to_string(), Member::Primary));
+        }
+        self.pairs
+            .iter()
+            .find(|(_, b)| *b == name)
+            .map(|(p, _)| (p.clone(), Member::Backup))
+    }
+
+    /// Like [`Core::membership`], but a server with no pair that is no backup is the primary
+    /// of its own one-member pair.
+    fn home_of(&self, name: &str) -> Option<(String, Member)> {
+        self.membership(name).or_else(|| {
+            (!self.is_backup(name) && self.servers.contains_key(name))
+                .then(|| (name.to_string(), Member::Primary))
+        })
+    }
+
+    /// The name of member `m` of the pair of `primary`.
+    fn member_name(&self, primary: &str, m: Member) -> Option<String> {
+        match m {
+            Member::Primary => Some(primary.to_string()),
+            Member::Backup => self.pairs.get(primary).cloned(),
+        }
+    }
+
+    /// The member of `primary`'s pair that writes in the current epoch.
+    fn writer_member(&self, primary: &str) -> Member {
+        if !self.pairs.contains_key(primary) {
+            return Member::Primary;
+        }
+        self.pair_states
+            .get(primary)
+            .map_or(Member::Primary, |p| p.writer)
+    }
+
+    /// The epoch server `name` stamps on new versions.
+    fn epoch_of(&self, name: &str) -> u64 {
+        self.membership(name)
+            .and_then(|(p, _)| self.pair_states.get(&p))
+            .map_or(EPOCH, |p| p.epoch)
+    }
+
+    /// The writer of the pair named `primary` if it may take changes now: (name, epoch).
+    fn live_writer(&self, primary: &str) -> Option<(String, u64)> {
+        if !self.pairs.contains_key(primary) {
+            return self.is_up(primary).then(|| (primary.to_string(), EPOCH));
+        }
+        let st = self.pair_states.get(primary)?;
+        let w = self.member_name(primary, st.writer)?;
+        (st.phase == Phase::Serving && self.is_up(&w)).then_some((w, st.epoch))
+    }
+
+    /// Whether server `name` may take changes now (its heartbeat acks renew its lease).
+    fn may_write(&self, name: &str) -> bool {
+        match self.membership(name) {
+            Some((p, _)) => self.live_writer(&p).is_some_and(|(w, _)| w == name),
+            None => !self.is_backup(name) && self.is_up(name),
+        }
+    }
+
+    /// Answers a heartbeat: the epoch, and a renewed lease while the server is its pair's
+    /// writer. The lease the server then holds ends before `now + lease` (it counts from
+    /// when it sent the heartbeat), which is the bound recorded here.
+    fn ack_heartbeat(&mut self, conn: ConnId, name: &str, seq: u64, now_ms: u64) {
+        let writer = self.may_write(name);
+        let lease_ms = self.cfg.lease_ms();
+        if writer {
+            if let Some(s) = self.servers.get_mut(name) {
+                s.lease_until_ms = s.lease_until_ms.max(now_ms + lease_ms);
+            }
+        }
+        let epoch = self.epoch_of(name);
+        self.reply(
+            conn,
+            Message::HeartbeatAck {
+                seq,
+                epoch,
+                writer,
+                lease_ms,
+            },
+        );
+    }
+
+    /// Tells a member at once (unsolicited ack of its latest heartbeat) that it became, or
+    /// stopped being, the writer, instead of waiting for its next heartbeat.
+    fn push_role(&mut self, name: &str) {
+        let Some((conn, seq, last_ms)) = self
+            .servers
+            .get(name)
+            .filter(|s| s.up)
+            .and_then(|s| Some((s.conn?, s.last_seq, s.last_heartbeat_ms?)))
+        else {
+            return;
+        };
+        if seq == 0 {
+            return;
+        }
+        // The lease counts from when heartbeat `seq` was sent, which was before it arrived.
+        self.ack_heartbeat(conn, name, seq, last_ms);
+    }
+
+    fn put_pair_state(&mut self, primary: &str, st: PairRecord) {
+        self.batch
+            .push(StoreOp::PutPairState(primary.to_string(), st.clone()));
+        self.pair_states.insert(primary.to_string(), st);
+    }
+
+    /// Jobs owed to `target` (pending or failed), and whether one of them is running.
+    fn owed_to(&self, target: &str) -> (u64, bool) {
+        let prefix = format!("{target}\n");
+        let n = self.repl.values().filter(|j| j.target == target).count() as u64;
+        let running = self.running_keys.iter().any(|k| k.starts_with(&prefix));
+        (n, running)
+    }
+
+    /// The pair state machine: moves every pair whose members' liveness calls for it.
+    ///
+    /// * SERVING with the writer down → FAILING_OVER (`failover_start`): no member takes
+    ///   changes until the writer's last lease has surely ended.
+    /// * FAILING_OVER: the writer came back first → SERVING, same epoch (nobody else
+    ///   wrote). Past the lease bound with the other member up → that member writes in a
+    ///   new epoch (`failover_complete`).
+    /// * SERVING by the promoted backup with the primary up and owed nothing →
+    ///   HANDBACK: the backup's lease is not renewed.
+    /// * HANDBACK past the backup's lease bound, nothing owed to the primary → the primary
+    ///   writes in a new epoch (`replication_recover`). The backup failing meanwhile, the
+    ///   primary takes over at the same bound as any failover.
+    pub fn advance_pairs(&mut self, now_ms: u64) {
+        let primaries: Vec<String> = self.pairs.keys().cloned().collect();
+        for p in primaries {
+            let Some(b) = self.pairs.get(&p).cloned() else {
+                continue;
+            };
+            let Some(mut st) = self.pair_states.get(&p).cloned() else {
+                continue;
+            };
+            let before = st.clone();
+            let name_of = |m: Member| {
+                if m == Member::Primary {
+                    p.clone()
+                } else {
+                    b.clone()
+                }
+            };
+            let w = name_of(st.writer);
+            let o = name_of(st.writer.other());
+            let lease_end = |c: &Core, n: &str| c.servers.get(n).map_or(0, |s| s.lease_until_ms);
+            let mut pushes: Vec<String> = Vec::new();
+            match st.phase {
+                // A writer never registered (a backup that started first) has no lease and
+                // no files to fail over.
+                Phase::Serving if !self.is_up(&w) && self.servers.contains_key(&w) => {
+                    st.phase = Phase::FailingOver;
+                    // After a restart, members get one heartbeat timeout to register again
+                    // before anyone is promoted.
+                    let boot_grace = self.cfg.started_ms + self.cfg.heartbeat_timeout_ms;
+                    st.switch_at_ms = lease_end(self, &w).max(now_ms).max(boot_grace);
+                    log::warn!(target: ev::FAILOVER_START, pair = p.as_str(), ss = w.as_str(),
+                        epoch = st.epoch, switch_at_ms = st.switch_at_ms;
+                        "pair {p}: writer {w} is down; {o} takes over once {w}'s lease has ended (in {} ms)",
+                        st.switch_at_ms - now_ms);
+                }
+                Phase::Serving if !self.is_up(&w) => {}
+                Phase::Serving => {
+                    let (owed, running) = self.owed_to(&p);
+                    if st.writer == Member::Backup && self.is_up(&p) && owed == 0 && !running {
+                        st.phase = Phase::Handback;
+                        st.switch_at_ms = lease_end(self, &w).max(now_ms);
+                        pushes.push(w.clone());
+                        log::info!(target: ev::NM_SS_RECOVERY, pair = p.as_str(), ss = p.as_str();
+                            "pair {p}: {p} holds every change; {b} stops taking changes, {p} resumes once {b}'s lease has ended");
+                    }
+                }
+                Phase::FailingOver if self.is_up(&w) => {
+                    st.phase = Phase::Serving;
+                    log::info!(target: ev::FAILOVER_COMPLETE, pair = p.as_str(), ss = w.as_str(), epoch = st.epoch;
+                        "pair {p}: {w} came back before the switch and goes on writing (epoch {})", st.epoch);
+                }
+                Phase::FailingOver if now_ms >= st.switch_at_ms && self.is_up(&o) => {
+                    st.phase = Phase::Serving;
+                    st.epoch += 1;
+                    st.writer = st.writer.other();
+                    pushes.push(o.clone());
+                    let role = if st.writer == Member::Backup {
+                        "promoted backup"
+                    } else {
+                        "primary"
+                    };
+                    log::warn!(target: ev::FAILOVER_COMPLETE, pair = p.as_str(), ss = o.as_str(), epoch = st.epoch;
+                        "pair {p}: {o} ({role}) takes changes in epoch {}", st.epoch);
+                }
+                Phase::FailingOver => {}
+                Phase::Handback if !self.is_up(&w) => {
+                    // The promoted backup failed during the handback: the primary takes
+                    // over once that lease has ended, as in any failover.
+                    st.phase = Phase::FailingOver;
+                    log::warn!(target: ev::FAILOVER_START, pair = p.as_str(), ss = w.as_str(), epoch = st.epoch;
+                        "pair {p}: writer {w} is down during the handback");
+                }
+                Phase::Handback if !self.is_up(&o) => {
+                    st.phase = Phase::Serving;
+                    pushes.push(w.clone());
+                    log::warn!(target: ev::NM_SS_RECOVERY, pair = p.as_str(), ss = o.as_str();
+                        "pair {p}: {o} failed during the handback; {w} goes on writing");
+                }
+                Phase::Handback => {
+                    let (owed, running) = self.owed_to(&o);
+                    if now_ms >= st.switch_at_ms && owed == 0 && !running {
+                        st.phase = Phase::Serving;
+                        st.epoch += 1;
+                        st.writer = Member::Primary;
+                        pushes.push(p.clone());
+                        pushes.push(b.clone());
+                        log::info!(target: ev::REPLICATION_RECOVER, pair = p.as_str(), ss = p.as_str(), epoch = st.epoch;
+                            "pair {p}: {p} is the primary again (epoch {}); {b} backs it up", st.epoch);
+                    }
+                }
+            }
+            if st != before {
+                self.put_pair_state(&p, st);
+                for n in pushes {
+                    self.push_role(&n);
+                }
+            }
+        }
+    }
+
+    /// RECOVER ss: compares what `ss` holds, as the name server knows it, with the records of
+    /// its pair and owes it every file it lacks, due now (failed jobs retried at once).
+    /// Returns the jobs owed to it.
+    fn recover(&mut self, ss: &str, now_ms: u64) -> Result<u64, WireError> {
+        names::validate_user(ss)?;
+        if !self.servers.contains_key(ss) {
+            return Err(err::not_found(format!(
+                "No storage server named {}",
+                names::show(ss)
+            )));
+        }
+        let Some((p, m)) = self.membership(ss) else {
+            return Err(err::invalid(format!(
+                "{ss} is in no pair: there is no other copy to recover from"
+            )));
+        };
+        if !self.is_up(ss) {
+            return Err(err::unavailable(format!(
+                "{ss} is down; it is recovered when it registers again"
+            )));
+        }
+        let keys: Vec<String> = self
+            .repl
+            .iter()
+            .filter(|(_, j)| j.target == ss)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in keys {
+            if let Some(j) = self.repl.get_mut(&k) {
+                j.state = JobState::Pending;
+                j.attempts = 0;
+                j.next_ms = now_ms;
+                let j = j.clone();
+                self.batch.push(StoreOp::PutJob(j));
+            }
+        }
+        let files: Vec<String> = self
+            .files
+            .iter()
+            .filter(|(_, r)| r.ss == p && !r.holds(m))
+            .map(|(f, _)| f.clone())
+            .collect();
+        for f in &files {
+            self.owe_to(f, ss, false, now_ms);
+        }
+        let (owed, _) = self.owed_to(ss);
+        log::info!(target: ev::NM_RECOVERY_SYNC_QUEUED, ss = ss, queued = owed;
+            "RECOVER {ss}: {owed} transfers owed to it");
+        self.pump_replication(now_ms);
+        Ok(owed)
+    }
+
     /// Records `primary → backup` unless the primary already has a backup.
     fn pair_up(&mut self, primary: &str, backup: &str) {
         match self.pairs.get(primary) {
@@ -1669,6 +2257,9 @@ impl Core {
                 self.pairs.insert(primary.to_string(), backup.to_string());
                 self.batch
                     .push(StoreOp::PutPair(primary.to_string(), backup.to_string()));
+                if !self.pair_states.contains_key(primary) {
+                    self.put_pair_state(primary, PairRecord::new());
+                }
                 log::info!(target: ev::REPLICATION_ASSIGN, ss = backup;
                     "Paired {primary} → {backup}");
             }
@@ -1678,9 +2269,35 @@ impl Core {
     /// Writes (or rewrites) the job owing `want` of `file` to `target`; the row goes into the
     /// same batch as the change it follows.
     fn upsert_job(&mut self, target: &str, file: &str, want: Want, now_ms: u64) {
+        self.upsert_job_q(target, file, want, false, now_ms);
+    }
+
+    /// [`Core::upsert_job`], optionally setting the target's copy aside first (a quarantine
+    /// still owed stays owed when the row is rewritten).
+    fn upsert_job_q(
+        &mut self,
+        target: &str,
+        file: &str,
+        want: Want,
+        quarantine: bool,
+        now_ms: u64,
+    ) {
         let key = job_key(target, file);
         let since_ms = self.repl.get(&key).map_or(now_ms, |j| j.since_ms);
+        let quarantine = quarantine || self.repl.get(&key).is_some_and(|j| j.quarantine);
+        if !self.repl.contains_key(&key) {
+            if let Some((p, _)) = self.membership(target) {
+                if let Some(st) = self.pair_states.get_mut(&p) {
+                    if st.sync_done >= st.sync_total {
+                        st.sync_done = 0;
+                        st.sync_total = 0;
+                    }
+                    st.sync_total += 1;
+                }
+            }
+        }
         let job = ReplJob {
+            quarantine,
             target: target.to_string(),
             file: file.to_string(),
             want,
@@ -1694,15 +2311,32 @@ impl Core {
         self.repl.insert(key, job);
     }
 
-    /// Owes the backup of `file`'s pair the file's current content. Returns the backup.
+    /// Owes member `target` of `file`'s pair the file's current content (with `quarantine`,
+    /// its own copy is set aside first).
+    fn owe_to(&mut self, file: &str, target: &str, quarantine: bool, now_ms: u64) {
+        let Some(rec) = self.files.get(file) else {
+            return;
+        };
+        let version = rec.version;
+        log::info!(target: ev::NM_RECOVERY_SYNC_QUEUED, file = file, ss = target,
+            version = version.to_string(), quarantine = quarantine;
+            "file={file} owed to {target}{}", if quarantine { " (its copy is quarantined first)" } else { "" });
+        self.upsert_job_q(target, file, Want::Content { version }, quarantine, now_ms);
+    }
+
+    /// Owes the member of `file`'s pair that is not the writer the file's current content.
+    /// Returns that member.
     fn owe(&mut self, file: &str, write: bool, now_ms: u64) -> Option<String> {
         let rec = self.files.get(file)?;
         let version = rec.version;
-        let primary = rec.ss.clone();
-        let target = self.backup_for(&primary)?;
+        let pair = rec.ss.clone();
+        self.backup_for(&pair)?;
+        let follower = self.writer_member(&pair).other();
+        let target = self.member_name(&pair, follower)?;
+        let primary = self.member_name(&pair, follower.other())?;
         log::info!(target: ev::NM_REPLICATION_CHECK, file = file, ss = target.as_str();
             "file={file} primary={primary} replica={target}");
-        if rec.backup_version == Some(version) {
+        if rec.held(follower) == Some(version) {
             return Some(target);
         }
         self.upsert_job(&target, file, Want::Content { version }, now_ms);
@@ -1719,9 +2353,11 @@ impl Core {
         Some(target)
     }
 
-    /// Owes the backup of `primary` the removal of `file`. Returns the backup.
+    /// Owes the member of `primary`'s pair that is not the writer the removal of `file`.
+    /// Returns that member.
     fn owe_delete(&mut self, primary: &str, file: &str, now_ms: u64) -> Option<String> {
-        let target = self.backup_for(primary)?;
+        self.backup_for(primary)?;
+        let target = self.member_name(primary, self.writer_member(primary).other())?;
         self.upsert_job(&target, file, Want::Delete, now_ms);
         log::info!(target: ev::NM_REPLICATION_QUEUED, file = file, ss = target.as_str();
             "file={file} op=DELETE primary={primary} replica={target}");
@@ -1855,8 +2491,40 @@ impl Core {
         }
         match job.want {
             Want::Delete => true,
-            Want::Content { .. } => self.files.get(&job.file).is_some_and(|r| self.is_up(&r.ss)),
+            Want::Content { .. } => self.source_for(job).is_some(),
         }
+    }
+
+    /// Whether a content job's target already holds the file's current version (the job is
+    /// then done; a quarantine it asked for is moot). No allocation.
+    fn target_holds_current(&self, job: &ReplJob) -> bool {
+        let Some(rec) = self.files.get(&job.file) else {
+            return false;
+        };
+        let m = if job.target == rec.ss {
+            Member::Primary
+        } else if self.pairs.get(&rec.ss) == Some(&job.target) {
+            Member::Backup
+        } else {
+            return false;
+        };
+        rec.holds(m)
+    }
+
+    /// The member a content job copies from: up, holding the current version, not the
+    /// target. No allocation when there is none (this runs over every row).
+    fn source_for(&self, job: &ReplJob) -> Option<(&str, &ServerLive)> {
+        let rec = self.files.get(&job.file)?;
+        let p = rec.ss.as_str();
+        let candidates = [
+            (Member::Primary, Some(p)),
+            (Member::Backup, self.pairs.get(p).map(String::as_str)),
+        ];
+        candidates.into_iter().find_map(|(m, n)| {
+            let n = n?;
+            let s = self.servers.get(n)?;
+            (n != job.target && s.up && rec.holds(m)).then_some((n, s))
+        })
     }
 
     /// The transfer a ready job describes.
@@ -1866,9 +2534,8 @@ impl Core {
         let source = match job.want {
             Want::Delete => None,
             Want::Content { .. } => {
-                let rec = self.files.get(&job.file)?;
-                let s = self.servers.get(&rec.ss).filter(|s| s.up)?;
-                Some((rec.ss.clone(), s.rec.addr()))
+                let (n, s) = self.source_for(job)?;
+                Some((n.to_string(), s.rec.addr()))
             }
         };
         Some(Transfer {
@@ -1876,6 +2543,7 @@ impl Core {
             want: job.want,
             source,
             target,
+            quarantine: job.quarantine,
         })
     }
 
@@ -1895,16 +2563,26 @@ impl Core {
             if j.state != JobState::Pending || j.next_ms > now_ms || self.running_keys.contains(k) {
                 continue;
             }
-            if matches!(j.want, Want::Content { .. }) && !self.files.contains_key(&j.file) {
+            if matches!(j.want, Want::Content { .. })
+                && (!self.files.contains_key(&j.file) || self.target_holds_current(j))
+            {
                 obsolete.push(k.clone());
             } else if self.ready(j) {
                 picked.push(k.clone());
             }
         }
         for k in obsolete {
-            self.repl.remove(&k);
+            let Some(j) = self.repl.remove(&k) else {
+                continue;
+            };
             self.batch.push(StoreOp::DelJob(k.clone()));
-            self.settle_waits(&k, Some(None), true);
+            match self.files.get(&j.file).map(|r| r.version) {
+                Some(v) => {
+                    self.job_done(&j.target);
+                    self.settle_waits(&k, Some(Some(v)), false);
+                }
+                None => self.settle_waits(&k, Some(None), true),
+            }
         }
         for k in picked {
             let Some(t) = self.repl.get(&k).and_then(|j| self.transfer_for(j)) else {
@@ -1966,19 +2644,23 @@ impl Core {
         match result {
             Ok(JobOutput::Replicated(Outcome::Copied { state, .. })) => {
                 if let Some(rec) = self.files.get(&job.file) {
-                    if self.pairs.get(&rec.ss) == Some(&job.target)
-                        && rec.backup_version != Some(state.version)
-                        && state.version <= rec.version
-                    {
-                        let mut rec = rec.clone();
-                        rec.backup_version = Some(state.version);
-                        self.put_file(&job.file, rec);
+                    let member = self
+                        .membership(&job.target)
+                        .filter(|(p, _)| *p == rec.ss)
+                        .map(|(_, m)| m);
+                    if let Some(m) = member {
+                        if rec.held(m) != Some(state.version) && state.version <= rec.version {
+                            let mut rec = rec.clone();
+                            rec.set_held(m, Some(state.version));
+                            self.put_file(&job.file, rec);
+                        }
                     }
                 }
                 match job.want {
                     Want::Content { version } if state.version >= version => {
                         self.repl.remove(&key);
                         self.batch.push(StoreOp::DelJob(key.clone()));
+                        self.job_done(&job.target);
                         self.settle_waits(&key, Some(Some(state.version)), false);
                     }
                     // A newer change landed while the copy ran: the row owes it, due now.
@@ -2001,6 +2683,7 @@ impl Core {
                 Want::Delete => {
                     self.repl.remove(&key);
                     self.batch.push(StoreOp::DelJob(key.clone()));
+                    self.job_done(&job.target);
                     self.settle_waits(&key, Some(None), false);
                 }
                 // Created again while the delete ran: the row already owes the content.
@@ -2008,6 +2691,15 @@ impl Core {
             },
             Ok(other) => self.repl_failed(&key, format!("unexpected result {other:?}"), now_ms),
             Err(e) => self.repl_failed(&key, e.msg, now_ms),
+        }
+    }
+
+    /// Counts a finished transfer in its pair's recovery progress.
+    fn job_done(&mut self, target: &str) {
+        if let Some((p, _)) = self.membership(target) {
+            if let Some(st) = self.pair_states.get_mut(&p) {
+                st.sync_done = (st.sync_done + 1).min(st.sync_total);
+            }
         }
     }
 
@@ -2029,13 +2721,28 @@ impl Core {
         self.settle_waits(key, None, true);
     }
 
-    /// A backup (re)registered with `list`: owe it every file of its primary it lacks or holds
-    /// stale, and the removal of files the pair does not know. FAILED jobs of it are retried.
-    fn reconcile_backup(&mut self, backup: &str, primary: &str, list: Vec<FileState>, now_ms: u64) {
+    /// Member `m` of the pair named `primary` (re)registered with `list`. Each file of the
+    /// pair is classified against the record:
+    ///
+    /// * current (version and checksum match): nothing to do;
+    /// * newer, on the writer, in the pair's epoch: a commit whose CHANGED never arrived,
+    ///   adopted as the current version and owed to the other member;
+    /// * diverged (changes the cluster never acknowledged: newer than the record on a
+    ///   non-writer, or from an earlier epoch yet newer than that epoch's last recorded
+    ///   version, or the same version with other bytes): quarantined, then owed the
+    ///   current copy;
+    /// * stale or missing: owed the current copy from the member holding it;
+    /// * unknown to the index: adopted on the writer; set aside (quarantine) on the other.
+    ///
+    /// FAILED jobs of the member are retried at once.
+    fn reconcile_member(&mut self, primary: &str, m: Member, list: Vec<FileState>, now_ms: u64) {
+        let Some(name) = self.member_name(primary, m) else {
+            return;
+        };
         let failed: Vec<String> = self
             .repl
             .iter()
-            .filter(|(_, j)| j.target == backup && j.state == JobState::Failed)
+            .filter(|(_, j)| j.target == name && j.state == JobState::Failed)
             .map(|(k, _)| k.clone())
             .collect();
         for k in failed {
@@ -2047,6 +2754,7 @@ impl Core {
                 self.batch.push(StoreOp::PutJob(j));
             }
         }
+        let writer = self.writer_member(primary) == m;
         let held: HashMap<String, FileState> = list
             .into_iter()
             .filter_map(|st| names::canonical_file(&st.file).ok().map(|f| (f, st)))
@@ -2057,38 +2765,144 @@ impl Core {
             .filter(|(_, r)| r.ss == primary)
             .map(|(f, _)| f.clone())
             .collect();
-        let mut queued = 0u64;
+        let (mut queued, mut quarantined, mut adopted) = (0u64, 0u64, 0u64);
+        let mut missing = 0u64;
         for f in &mine {
-            let Some(rec) = self.files.get(f) else {
+            let Some(rec) = self.files.get(f).cloned() else {
                 continue;
             };
-            let current = held
-                .get(f)
-                .is_some_and(|st| st.version == rec.version && st.checksum == rec.checksum);
-            let known = if current { Some(rec.version) } else { None };
-            if rec.backup_version != known {
-                let mut r = rec.clone();
-                r.backup_version = known;
-                self.put_file(f, r);
-            }
-            let key = job_key(backup, f);
+            let key = job_key(&name, f);
+            let Some(st) = held.get(f) else {
+                // Never deleted because a server forgot it (an unmounted disk must not erase
+                // the index); the copy is owed to it again.
+                if rec.held(m).is_some() {
+                    let mut r = rec.clone();
+                    r.set_held(m, None);
+                    self.put_file(f, r);
+                    missing += 1;
+                }
+                if self.source_exists(&rec, m) {
+                    self.owe_to(f, &name, false, now_ms);
+                    queued += 1;
+                }
+                continue;
+            };
+            let current = st.version == rec.version && st.checksum == rec.checksum;
             if current {
+                if rec.held(m) != Some(rec.version) {
+                    let mut r = rec.clone();
+                    r.set_held(m, Some(rec.version));
+                    self.put_file(f, r);
+                }
                 if self.repl.contains_key(&key) && !self.running_keys.contains(&key) {
                     self.repl.remove(&key);
                     self.batch.push(StoreOp::DelJob(key));
                 }
-            } else if self.owe(f, false, now_ms).is_some() {
-                queued += 1;
+                continue;
             }
+            // A change is only ever made to a copy at the record's version (tickets carry it
+            // as min_version), and the record only moves on by acknowledged changes; so a
+            // copy above the record descends from it: it holds every acknowledged change,
+            // plus commits whose CHANGED never arrived. It becomes the current copy on the
+            // writer (as on an unpaired server), or when it is the only one left holding
+            // the record's changes; otherwise those unacknowledged commits are set aside.
+            let newer = st.version > rec.version;
+            if newer && (writer || !rec.holds(m.other())) {
+                let mut r = rec.clone();
+                r.apply_change(m, st);
+                self.put_file(f, r);
+                if self.repl.contains_key(&key) && !self.running_keys.contains(&key) {
+                    self.repl.remove(&key);
+                    self.batch.push(StoreOp::DelJob(key));
+                }
+                if let Some(other) = self.member_name(primary, m.other()) {
+                    self.owe_to(f, &other, false, now_ms);
+                }
+                adopted += 1;
+                continue;
+            }
+            // Older than the record yet from an earlier epoch past the last version that
+            // epoch ended with: a fork the cluster never acknowledged.
+            let diverged = newer
+                || (st.version == rec.version && st.checksum != rec.checksum)
+                || (st.version.epoch < rec.version.epoch
+                    && rec.epoch_base.is_some_and(|b| st.version > b));
+            let mut r = rec.clone();
+            r.set_held(m, if diverged { None } else { Some(st.version) });
+            if r != rec {
+                self.put_file(f, r);
+            }
+            if diverged {
+                log::warn!(target: ev::NM_SS_RECOVERY, file = f.as_str(), ss = name.as_str(),
+                    version = st.version.to_string(), current = rec.version.to_string();
+                    "{name} holds {f} at {} with changes the cluster never acknowledged (current {}): it is quarantined",
+                    st.version, rec.version);
+                quarantined += 1;
+            }
+            self.owe_to(f, &name, diverged, now_ms);
+            queued += 1;
         }
         let mine: HashSet<String> = mine.into_iter().collect();
-        for f in held.keys() {
-            if !mine.contains(f) && self.owe_delete(primary, f, now_ms).is_some() {
-                queued += 1;
+        for (f, st) in &held {
+            if mine.contains(f) {
+                continue;
+            }
+            match self.files.get(f) {
+                // Another pair holds that name; which copy wins is not decided here.
+                Some(_) => {}
+                None if writer => {
+                    self.adopt(primary, m, f, st, now_ms);
+                    self.owe(f, false, now_ms);
+                    adopted += 1;
+                }
+                None => {
+                    // Deleted while this member was away, or never acknowledged: set aside,
+                    // never silently removed.
+                    self.upsert_job_q(&name, f, Want::Delete, true, now_ms);
+                    queued += 1;
+                }
             }
         }
-        log::info!(target: ev::NM_RECOVERY_SYNC_QUEUED, ss = backup, queued = queued;
-            "{queued} files queued to bring {backup} in line with {primary}");
+        if missing > 0 {
+            log::warn!(target: ev::NM_SS_REGISTER, ss = name.as_str(), missing = missing;
+                "{name} registered without {missing} file(s) of pair {primary}; they are owed to it again, never deleted");
+        }
+        log::info!(target: ev::NM_RECOVERY_SYNC_QUEUED, ss = name.as_str(), queued = queued,
+            quarantined = quarantined, adopted = adopted;
+            "{queued} files queued to bring {name} in line with pair {primary} ({quarantined} quarantined first, {adopted} adopted)");
+    }
+
+    /// Whether the member other than `m` holds `rec`'s current version (the job waits for it
+    /// to be up).
+    fn source_exists(&self, rec: &FileRecord, m: Member) -> bool {
+        rec.holds(m.other())
+    }
+
+    /// The state STATUS shows for a pair: its phase combined with which members are up.
+    ///
+    /// | phase | members | shown |
+    /// |---|---|---|
+    /// | SERVING, primary writes | both up, nothing owed | `ACTIVE` (`SYNCING` while owed) |
+    /// | SERVING, primary writes | backup down | `BACKUP_DOWN` |
+    /// | SERVING, promoted backup writes | primary down | `PRIMARY_DOWN` |
+    /// | SERVING, promoted backup writes | primary up (being caught up) | `RECOVERING` |
+    /// | FAILING_OVER | writer down | `FAILING_OVER` |
+    /// | HANDBACK | both up | `HANDBACK` |
+    /// | any | both down | `DOWN` |
+    pub fn pair_state_name(&self, p: &str, b: &str, st: &PairRecord, owed: bool) -> &'static str {
+        let (pu, bu) = (self.is_up(p), self.is_up(b));
+        if !pu && !bu {
+            return "DOWN";
+        }
+        match (st.phase, st.writer) {
+            (Phase::FailingOver, _) => "FAILING_OVER",
+            (Phase::Handback, _) => "HANDBACK",
+            (Phase::Serving, Member::Primary) if !bu => "BACKUP_DOWN",
+            (Phase::Serving, Member::Primary) if owed => "SYNCING",
+            (Phase::Serving, Member::Primary) => "ACTIVE",
+            (Phase::Serving, Member::Backup) if !pu => "PRIMARY_DOWN",
+            (Phase::Serving, Member::Backup) => "RECOVERING",
+        }
     }
 
     fn status_reply(&self, now_ms: u64) -> Message {
@@ -2099,6 +2913,9 @@ impl Core {
             .map(|(n, s)| {
                 let primary = self.pairs.iter().find(|(_, b)| *b == n).map(|(p, _)| p);
                 let (role, files) = match primary {
+                    Some(p) if self.writer_member(p) == Member::Backup => {
+                        ("backup (promoted)", files_of(p) as u64)
+                    }
                     Some(p) => ("backup", files_of(p) as u64),
                     None if self.is_backup(n) => ("backup", 0),
                     None if self.pairs.contains_key(n) => ("primary", s.files),
@@ -2121,7 +2938,11 @@ impl Core {
             .map(|p| {
                 let backup = self.pairs.get(p).cloned();
                 let owed: Vec<&ReplJob> = match &backup {
-                    Some(b) => self.repl.values().filter(|j| &j.target == b).collect(),
+                    Some(b) => self
+                        .repl
+                        .values()
+                        .filter(|j| &j.target == b || &j.target == p)
+                        .collect(),
                     None => Vec::new(),
                 };
                 let lag_bytes = owed
@@ -2135,21 +2956,27 @@ impl Core {
                     .map(|j| now_ms.saturating_sub(j.since_ms))
                     .max()
                     .unwrap_or(0);
+                let st = self
+                    .pair_states
+                    .get(p)
+                    .cloned()
+                    .unwrap_or_else(PairRecord::new);
                 let state = match &backup {
                     None => "UNPAIRED",
-                    Some(_) if !self.is_up(p) => "PRIMARY_DOWN",
-                    Some(b) if !self.is_up(b) => "BACKUP_DOWN",
-                    Some(_) if !owed.is_empty() => "SYNCING",
-                    Some(_) => "ACTIVE",
+                    Some(b) => self.pair_state_name(p, b, &st, !owed.is_empty()),
                 };
+                let writer = backup.as_ref().and_then(|_| self.member_name(p, st.writer));
                 PairStatus {
                     primary: p.clone(),
                     backup,
                     state: state.to_string(),
-                    epoch: EPOCH,
+                    epoch: st.epoch,
                     lag_jobs: owed.len() as u64,
                     lag_bytes,
                     lag_ms,
+                    writer,
+                    sync_done: st.sync_done,
+                    sync_total: st.sync_total,
                 }
             })
             .collect();
@@ -2184,6 +3011,8 @@ mod tests {
     use super::*;
     use crate::protocol::ErrorCode;
 
+    mod failover;
+
     const KEY: &[u8] = b"0123456789abcdef0123";
 
     fn core() -> Core {
@@ -2194,6 +3023,7 @@ mod tests {
                 exec_enabled: true,
                 replication: "async",
                 max_repl_in_flight: 8,
+                started_ms: 0,
             },
             ClusterKey::from_bytes(KEY),
             Loaded::default(),
@@ -2317,6 +3147,7 @@ mod tests {
                 epoch: 1,
                 heartbeat_interval_ms: 100,
                 backup: false,
+                lease_ms: 200,
             }
         );
         register(&mut c, 2, "ss2", vec![]);
@@ -2389,6 +3220,7 @@ mod tests {
         hello(&mut c, 11, "bob");
         create(&mut c, 10, "a.txt");
         let locate = |mode| Message::Locate {
+            avoid: None,
             file: "a.txt".into(),
             mode,
         };
@@ -2530,6 +3362,7 @@ mod tests {
             &mut c,
             10,
             Message::Locate {
+                avoid: None,
                 file: "a.txt".into(),
                 mode: AccessMode::Read,
             },
@@ -2555,6 +3388,7 @@ mod tests {
                 &mut c,
                 10,
                 Message::Locate {
+                    avoid: None,
                     file: "a.txt".into(),
                     mode: AccessMode::Read
                 },
@@ -2733,7 +3567,15 @@ mod tests {
         );
         assert!(c.files.is_empty());
         let e = send(&mut c, 1, Message::Heartbeat { seq: 3 }, 250);
-        assert_eq!(only_reply(e), Message::HeartbeatAck { seq: 3 });
+        assert_eq!(
+            only_reply(e),
+            Message::HeartbeatAck {
+                seq: 3,
+                epoch: 1,
+                writer: true,
+                lease_ms: 200
+            }
+        );
         assert_eq!(c.next_deadline_ms(), Some(550));
     }
 
@@ -3321,6 +4163,7 @@ mod tests {
         hello(&mut c, 10, "alice");
         hello(&mut c, 11, "bob");
         let up = |f: &str| Message::Locate {
+            avoid: None,
             file: f.into(),
             mode: AccessMode::Upload,
         };

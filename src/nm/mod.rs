@@ -170,6 +170,7 @@ pub fn start(cfg: &Config) -> Result<Started, NmError> {
                 ReplicationMode::Sync => "sync",
             },
             max_repl_in_flight: cfg.queue_cap.max(1) + cfg.workers.max(1),
+            started_ms: crate::auth::now_ms(),
         },
         key.clone(),
         loaded,

@@ -73,6 +73,10 @@ pub struct ReplJob {
     pub state: JobState,
     /// Unix milliseconds of the oldest change this job owes (for lag reporting).
     pub since_ms: u64,
+    /// The target's copy holds changes the cluster never acknowledged: it is moved into the
+    /// target's `quarantine/` before the job's content (or removal) is applied.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quarantine: bool,
 }
 
 impl ReplJob {
@@ -104,6 +108,8 @@ pub struct Transfer {
     pub source: Option<(String, String)>,
     /// Target server name and client address.
     pub target: (String, String),
+    /// Set the target's copy aside first (see [`ReplJob::quarantine`]).
+    pub quarantine: bool,
 }
 
 /// What a finished transfer achieved.
@@ -141,10 +147,10 @@ pub fn run(t: &Transfer, key: &ClusterKey) -> Result<Outcome, WireError> {
     let (tname, taddr) = (&t.target.0, &t.target.1);
     log::info!(target: ev::REPLICATION_WORKER_PROCESS, file = t.file.as_str(), ss = tname.as_str();
         "file={} target={tname} want={:?}", t.file, t.want);
-    let res = match t.want {
+    let res = quarantine(t, key).and_then(|()| match t.want {
         Want::Delete => delete(t, key),
         Want::Content { .. } => copy(t, key),
-    };
+    });
     let ms = start.elapsed().as_millis() as u64;
     match &res {
         Ok(Outcome::Deleted) => {
@@ -162,6 +168,30 @@ pub fn run(t: &Transfer, key: &ClusterKey) -> Result<Outcome, WireError> {
         }
     }
     res
+}
+
+/// SS_QUARANTINE on the target when the job asks for it. The wanted version is kept, so a
+/// retry after a copy that landed does not set the current copy aside.
+fn quarantine(t: &Transfer, key: &ClusterKey) -> Result<(), WireError> {
+    if !t.quarantine {
+        return Ok(());
+    }
+    let (tname, taddr) = (&t.target.0, &t.target.1);
+    let mut conn = connect(taddr)?;
+    let ticket = key.mint(NM_USER, &t.file, TicketOp::Quarantine, tname, None);
+    let keep = match t.want {
+        Want::Content { version } => Some(version),
+        Want::Delete => None,
+    };
+    let msg = Message::SsQuarantine {
+        file: t.file.clone(),
+        keep,
+        ticket,
+    };
+    conn.call(&msg, &[])?;
+    log::warn!(target: ev::REPLICATION_WORKER_PROCESS, file = t.file.as_str(), ss = tname.as_str();
+        "file={} quarantined on {tname}", t.file);
+    Ok(())
 }
 
 fn delete(t: &Transfer, key: &ClusterKey) -> Result<Outcome, WireError> {

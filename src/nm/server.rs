@@ -723,7 +723,14 @@ mod tests {
         let r = call(&mut ss, Message::RegisterEnd {}).unwrap();
         assert!(matches!(r, Message::Registered { epoch: 1, .. }));
         let r = call(&mut ss, Message::Heartbeat { seq: 1 }).unwrap();
-        assert_eq!(r, Message::HeartbeatAck { seq: 1 });
+        assert!(matches!(
+            r,
+            Message::HeartbeatAck {
+                seq: 1,
+                writer: true,
+                ..
+            }
+        ));
 
         let mut alice = client(addr, "alice");
         assert_eq!(
@@ -757,6 +764,7 @@ mod tests {
         let r = call(
             &mut alice,
             Message::Locate {
+                avoid: None,
                 file: "a.txt".into(),
                 mode: AccessMode::Write,
             },

@@ -9,6 +9,7 @@
 //! | `files`   | canonical name   | `core::FileRecord`                      |
 //! | `servers` | server name      | `core::ServerRecord`                    |
 //! | `pairs`   | primary name     | backup name (JSON string)               |
+//! | `pair_states` | primary name | `core::PairRecord` (state, epoch, writer) |
 //! | `jobs`    | `target\nfile`   | `replication::ReplJob`                  |
 //! | `meta`    | `schema`         | `"1"`                                   |
 //!
@@ -17,7 +18,7 @@
 //! write transaction with `Durability::Immediate`, commits, and reports the highest committed
 //! sequence number back; so many concurrent clients share one fsync.
 
-use super::core::{FileRecord, Loaded, ServerRecord, StoreOp};
+use super::core::{FileRecord, Loaded, PairRecord, ServerRecord, StoreOp};
 use super::replication::ReplJob;
 use crossbeam_channel::{Receiver, Sender};
 use redb::{Database, Durability, ReadableTable, TableDefinition};
@@ -30,6 +31,7 @@ const SERVERS: TableDefinition<&str, &str> = TableDefinition::new("servers");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const PAIRS: TableDefinition<&str, &str> = TableDefinition::new("pairs");
 const JOBS: TableDefinition<&str, &str> = TableDefinition::new("jobs");
+const PAIR_STATES: TableDefinition<&str, &str> = TableDefinition::new("pair_states");
 
 /// The database file name inside `--data`.
 pub const DB_FILE: &str = "nm.redb";
@@ -110,6 +112,7 @@ impl Store {
             txn.open_table(SERVERS).map_err(dberr)?;
             txn.open_table(PAIRS).map_err(dberr)?;
             txn.open_table(JOBS).map_err(dberr)?;
+            txn.open_table(PAIR_STATES).map_err(dberr)?;
             let mut meta = txn.open_table(META).map_err(dberr)?;
             meta.insert("schema", "1").map_err(dberr)?;
         }
@@ -144,6 +147,12 @@ impl Store {
             let backup: String = parse(k.value(), v.value())?;
             loaded.pairs.insert(k.value().to_string(), backup);
         }
+        let states = txn.open_table(PAIR_STATES).map_err(dberr)?;
+        for item in states.iter().map_err(dberr)? {
+            let (k, v) = item.map_err(dberr)?;
+            let rec: PairRecord = parse(k.value(), v.value())?;
+            loaded.pair_states.insert(k.value().to_string(), rec);
+        }
         let jobs = txn.open_table(JOBS).map_err(dberr)?;
         for item in jobs.iter().map_err(dberr)? {
             let (k, v) = item.map_err(dberr)?;
@@ -163,6 +172,7 @@ impl Store {
             let mut servers = txn.open_table(SERVERS).map_err(dberr)?;
             let mut pairs = txn.open_table(PAIRS).map_err(dberr)?;
             let mut jobs = txn.open_table(JOBS).map_err(dberr)?;
+            let mut states = txn.open_table(PAIR_STATES).map_err(dberr)?;
             for op in batches.iter().flat_map(|b| b.ops.iter()) {
                 match op {
                     StoreOp::PutUser(u) => {
@@ -182,6 +192,10 @@ impl Store {
                     StoreOp::PutPair(p, b) => {
                         let v = to_json(p, b)?;
                         pairs.insert(p.as_str(), v.as_str()).map_err(dberr)?;
+                    }
+                    StoreOp::PutPairState(p, rec) => {
+                        let v = to_json(p, rec)?;
+                        states.insert(p.as_str(), v.as_str()).map_err(dberr)?;
                     }
                     StoreOp::PutJob(j) => {
                         let k = j.key();
@@ -272,6 +286,8 @@ mod tests {
             access: BTreeMap::from([("bob".to_string(), true)]),
             accessed_ms: Some(30),
             accessed_by: Some("bob".into()),
+            primary_held: None,
+            epoch_base: None,
             backup_version: None,
             primary_missing: false,
         }
@@ -329,6 +345,7 @@ mod tests {
             last_error: Some("refused".into()),
             state: JobState::Pending,
             since_ms: 7,
+            quarantine: false,
         };
         let content = Want::Content {
             version: Version {

@@ -124,6 +124,9 @@ pub enum TicketOp {
     /// FSCK: the name server asks a copy to recompute checksums of a page of files. The
     /// ticket's `file` is [`crate::auth::check_scope`] of the request, binding it to that list.
     Check,
+    /// Recovery: the name server sets a copy with changes the cluster never acknowledged
+    /// aside into the target's `quarantine/` (never served, never overwritten).
+    Quarantine,
 }
 
 /// An authorisation minted by the name server for exactly one request to one storage server.
@@ -146,6 +149,11 @@ pub struct Ticket {
     /// The name server's recorded version of the file; a server holding less refuses to serve.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_version: Option<Version>,
+    /// For a change (write, upload, create, undo, delete by a client): the pair's epoch when
+    /// the ticket was minted. A server on another epoch, or without a live write lease,
+    /// refuses it, so a deposed writer cannot take a change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
     /// Hex HMAC-SHA256 of the fields above.
     pub mac: String,
 }
@@ -159,9 +167,13 @@ impl Ticket {
             None => "-".to_string(),
         };
         let op = serde_json::to_string(&self.op).unwrap_or_default();
+        let epoch = match self.epoch {
+            Some(e) => e.to_string(),
+            None => "-".to_string(),
+        };
         format!(
-            "ticket\n{}\n{}\n{}\n{}\n{}\n{}\n{}",
-            self.user, self.file, op, self.ss, self.exp_ms, self.nonce, mv
+            "ticket\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}",
+            self.user, self.file, op, self.ss, self.exp_ms, self.nonce, mv, epoch
         )
     }
 }
@@ -311,6 +323,15 @@ pub struct PairStatus {
     pub lag_bytes: u64,
     /// Age in ms of the oldest change the backup does not hold yet (0 when none).
     pub lag_ms: u64,
+    /// The member that takes writes now (the backup while it is promoted).
+    #[serde(default)]
+    pub writer: Option<String>,
+    /// Recovery progress: transfers done of those queued since the pair last lost a member.
+    #[serde(default)]
+    pub sync_done: u64,
+    /// Recovery progress: transfers queued since the pair last lost a member.
+    #[serde(default)]
+    pub sync_total: u64,
 }
 
 /// A replication job that ran out of attempts.
@@ -554,6 +575,10 @@ pub enum Message {
         file: String,
         /// What the client will do.
         mode: AccessMode,
+        /// A copy that just failed the client (down, or stale): locate another one if the
+        /// cluster has one, else answer UNAVAILABLE.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        avoid: Option<String>,
     },
     /// Reply to LOCATE.
     Located {
@@ -563,6 +588,17 @@ pub enum Message {
         addr: String,
         /// Authorisation for one request there.
         ticket: Ticket,
+    },
+
+    /// RECOVER ss: start a recovery sync of that server now.
+    Recover {
+        /// The storage server's name.
+        ss: String,
+    },
+    /// Reply to RECOVER: how many transfers were queued.
+    RecoverQueued {
+        /// Jobs owed to the server after the check (new and already owed).
+        queued: u64,
     },
 
     /// STATUS.
@@ -730,6 +766,19 @@ pub enum Message {
         /// Authorisation (op `undo`).
         ticket: Ticket,
     },
+    /// Recovery: move this server's copy of `file` into `quarantine/` unless it is at `keep`
+    /// (the version the cluster wants there), so a copy holding changes the cluster never
+    /// acknowledged is set aside before the current copy replaces it. Answered DONE, also
+    /// when there is no copy.
+    SsQuarantine {
+        /// Canonical file name.
+        file: String,
+        /// A copy at exactly this version is current and stays.
+        #[serde(default)]
+        keep: Option<Version>,
+        /// Authorisation (op `quarantine`).
+        ticket: Ticket,
+    },
     /// Replication, step 1 (to the target): what do you hold of `file`?
     PeekFile {
         /// Canonical file name.
@@ -840,9 +889,14 @@ pub enum Message {
         epoch: u64,
         /// Heartbeat interval the name server expects, in ms.
         heartbeat_interval_ms: u64,
-        /// True while this server is a backup: it then refuses client writes.
+        /// True while this server is not its pair's writer (a plain backup, or a primary
+        /// whose promoted backup serves): it then refuses client writes.
         #[serde(default)]
         backup: bool,
+        /// How long each heartbeat acknowledgement's write lease lasts, counted by the storage
+        /// server from the moment it SENT that heartbeat (0: no lease, no writes).
+        #[serde(default)]
+        lease_ms: u64,
     },
     /// Liveness, every heartbeat interval.
     Heartbeat {
@@ -853,6 +907,16 @@ pub enum Message {
     HeartbeatAck {
         /// The sequence acknowledged.
         seq: u64,
+        /// The pair's current epoch (0: unchanged); new versions are stamped with it.
+        #[serde(default)]
+        epoch: u64,
+        /// Whether this server is its pair's writer now. `true` renews the write lease for
+        /// `lease_ms` from the heartbeat's send time; `false` ends it at once.
+        #[serde(default)]
+        writer: bool,
+        /// Length of the lease this ack grants, in ms.
+        #[serde(default)]
+        lease_ms: u64,
     },
     /// A file changed on the storage server (commit, hand edit adopted at access).
     Changed {

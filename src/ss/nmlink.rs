@@ -7,6 +7,13 @@
 //! `CHANGED_ACK` by id. On any failure the link logs `ss_nm_link`, drops the waiting reports
 //! (their committers are told at once; the re-registration carries every file's state anyway),
 //! and reconnects with backoff from 100 ms to 2 s, forever.
+//!
+//! The link also holds this server's write lease. Each HEARTBEAT_ACK says whether the server
+//! is its pair's writer, the pair's epoch, and the lease length; a writer may take changes
+//! until (the moment it SENT the acknowledged heartbeat) + lease. The lease ends early when
+//! an ack says `writer: false` or the link fails, so a primary cut off from the name server
+//! stops taking changes on its own, at the latest one lease after its last acknowledged
+//! heartbeat, which is before the name server lets the other member write.
 
 use crate::auth::ClusterKey;
 use crate::auth::RegisterClaim;
@@ -15,9 +22,9 @@ use crate::protocol::frame::FILE_BATCH_MAX;
 use crate::protocol::{err, Connection, FileState, Message, WireError};
 use crate::ss::store::Store;
 use crossbeam_channel::{bounded, select, Receiver, Sender};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::Shutdown;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -31,6 +38,59 @@ const BACKOFF_MIN_MS: u64 = 100;
 const BACKOFF_MAX_MS: u64 = 2_000;
 /// How often the writer looks at the stop flag while idle.
 const STOP_POLL_MS: u64 = 200;
+/// Send times remembered for heartbeats not yet acknowledged (older ones cannot renew).
+const SENT_HEARTBEATS_MAX: usize = 64;
+/// How long a change waits for a lease (or epoch) the name server is about to grant: a
+/// ticket can arrive a moment before the REGISTERED or the ack that makes this server the
+/// writer is read off the link.
+pub const LEASE_WAIT_MS: u64 = 1_000;
+/// How often that wait looks again.
+const LEASE_POLL_MS: u64 = 5;
+
+/// The write lease: whether the name server made this server its pair's writer, and until
+/// when (monotonic) that holds without a renewal.
+pub struct Lease {
+    base: Instant,
+    /// Milliseconds after `base` until which changes are accepted; 0: no lease.
+    until_ms: AtomicU64,
+    writer: AtomicBool,
+}
+
+impl Lease {
+    fn new() -> Lease {
+        Lease {
+            base: Instant::now(),
+            until_ms: AtomicU64::new(0),
+            writer: AtomicBool::new(false),
+        }
+    }
+
+    fn ms_at(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.base).as_millis() as u64
+    }
+
+    /// Renews (or ends, with `writer` false) the lease from heartbeat send time `sent`.
+    fn grant(&self, writer: bool, sent: Instant, lease_ms: u64) {
+        if writer && lease_ms > 0 {
+            let until = self.ms_at(sent) + lease_ms;
+            self.until_ms.fetch_max(until, Ordering::SeqCst);
+            self.writer.store(true, Ordering::SeqCst);
+        } else {
+            self.end();
+        }
+    }
+
+    /// Ends the lease at once.
+    fn end(&self) {
+        self.writer.store(false, Ordering::SeqCst);
+        self.until_ms.store(0, Ordering::SeqCst);
+    }
+
+    /// Whether a lease is held right now.
+    fn live(&self) -> bool {
+        self.ms_at(Instant::now()) < self.until_ms.load(Ordering::SeqCst)
+    }
+}
 
 /// What the link needs to know about its server.
 #[derive(Debug, Clone)]
@@ -69,7 +129,9 @@ pub struct NmLink {
     tx: Sender<Queued>,
     name: String,
     registered: Arc<AtomicBool>,
+    /// Whether the name server said this server is not its pair's writer.
     backup: Arc<AtomicBool>,
+    lease: Arc<Lease>,
 }
 
 impl NmLink {
@@ -78,10 +140,12 @@ impl NmLink {
         let (tx, rx) = bounded(REPORT_QUEUE_CAP);
         let registered = Arc::new(AtomicBool::new(false));
         let backup = Arc::new(AtomicBool::new(false));
+        let lease = Arc::new(Lease::new());
         let name = cfg.name.clone();
         let flags = Flags {
             registered: registered.clone(),
             backup: backup.clone(),
+            lease: lease.clone(),
         };
         let spawned = thread::Builder::new()
             .name("nm-link".into())
@@ -94,6 +158,50 @@ impl NmLink {
             name,
             registered,
             backup,
+            lease,
+        }
+    }
+
+    /// Whether this server may take a change minted for `ticket_epoch` now: it must be its
+    /// pair's writer with a live lease, on that epoch (`epoch` is the one it stamps).
+    pub fn check_write(
+        &self,
+        ticket_epoch: Option<u64>,
+        epoch: &AtomicU64,
+    ) -> Result<(), WireError> {
+        let deadline = Instant::now() + Duration::from_millis(LEASE_WAIT_MS);
+        loop {
+            let r = self.check_write_now(ticket_epoch, epoch.load(Ordering::SeqCst));
+            // Only a lease or epoch still to come is waited for; a ticket for an older epoch
+            // never becomes good.
+            let may_come = match &r {
+                Ok(()) => false,
+                Err(_) => !matches!(ticket_epoch, Some(e) if e < epoch.load(Ordering::SeqCst)),
+            };
+            if !may_come || Instant::now() >= deadline {
+                return r;
+            }
+            thread::sleep(Duration::from_millis(LEASE_POLL_MS));
+        }
+    }
+
+    fn check_write_now(&self, ticket_epoch: Option<u64>, epoch: u64) -> Result<(), WireError> {
+        let ss = &self.name;
+        if self.is_backup() {
+            return Err(err::unauthorized(format!(
+                "{ss} is a backup; writes go to its primary"
+            )));
+        }
+        if !self.lease.live() {
+            return Err(err::unavailable(format!(
+                "{ss} holds no write lease from the name server right now (it may be cut off); try again"
+            )));
+        }
+        match ticket_epoch {
+            Some(e) if e != epoch => Err(err::unavailable(format!(
+                "{ss} is on epoch {epoch}; the request was authorised for epoch {e}; try again"
+            ))),
+            _ => Ok(()),
         }
     }
 
@@ -123,6 +231,12 @@ impl NmLink {
             Ok(()) => ack.recv_deadline(deadline).ok(),
             Err(_) => None,
         };
+        if copies == Some(Some(0)) {
+            let ss = &self.name;
+            return Err(err::unavailable(format!(
+                "the name server refused the change of {file}: {ss} is no longer its pair's writer; the copy is set aside and replaced by the current one"
+            )));
+        }
         if let Some(copies) = copies {
             Ok(copies)
         } else {
@@ -146,6 +260,7 @@ impl NmLink {
 struct Flags {
     registered: Arc<AtomicBool>,
     backup: Arc<AtomicBool>,
+    lease: Arc<Lease>,
 }
 
 fn link_loop(
@@ -163,6 +278,8 @@ fn link_loop(
         let mut was_registered = false;
         let res = session(&cfg, &store, &rx, &stop, &flags, &mut was_registered);
         flags.registered.store(false, Ordering::SeqCst);
+        // Cut off from the name server: no more changes until it grants a lease again.
+        flags.lease.end();
         if was_registered {
             backoff_ms = BACKOFF_MIN_MS;
             failures = 0;
@@ -229,16 +346,19 @@ fn session(
         )
         .map_err(io_err)?;
     }
+    // A writer's first lease counts from here, before the name server could have granted it.
+    let register_sent = Instant::now();
     conn.send(&Message::RegisterEnd {}, &[]).map_err(io_err)?;
     let reply = conn
         .recv()?
         .ok_or_else(|| err::unavailable("name server closed the link during registration"))?;
-    let (epoch, nm_interval_ms, backup) = match reply.msg.into_result()? {
+    let (epoch, nm_interval_ms, backup, lease_ms) = match reply.msg.into_result()? {
         Message::Registered {
             epoch,
             heartbeat_interval_ms,
             backup,
-        } => (epoch, heartbeat_interval_ms, backup),
+            lease_ms,
+        } => (epoch, heartbeat_interval_ms, backup, lease_ms),
         other => {
             return Err(err::invalid(format!(
                 "unexpected {} to REGISTER",
@@ -248,6 +368,7 @@ fn session(
     };
     store.epoch().store(epoch, Ordering::SeqCst);
     flags.backup.store(backup, Ordering::SeqCst);
+    flags.lease.grant(!backup, register_sent, lease_ms);
     flags.registered.store(true, Ordering::SeqCst);
     *was_registered = true;
     log::info!(target: ev::SS_NM_LINK, nm = cfg.nm_addr.as_str(), epoch = epoch, files = files.len() as u64, backup = backup;
@@ -267,12 +388,19 @@ fn session(
         .set_read_timeout(Some(read_timeout))
         .map_err(io_err)?;
     let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+    let sent: Sent = Arc::new(Mutex::new(VecDeque::new()));
     let (dead_tx, dead_rx) = bounded::<String>(1);
-    let reader_pending = pending.clone();
+    let grants = Grants {
+        pending: pending.clone(),
+        sent: sent.clone(),
+        lease: flags.lease.clone(),
+        backup: flags.backup.clone(),
+        epoch: store.epoch().clone(),
+    };
     let reader_stream = stream.try_clone().map_err(io_err)?;
     thread::Builder::new()
         .name("nm-link-reader".into())
-        .spawn(move || reader(Connection::new(reader_stream), reader_pending, dead_tx))
+        .spawn(move || reader(Connection::new(reader_stream), grants, dead_tx))
         .map_err(io_err)?;
 
     let result = (|| {
@@ -286,6 +414,14 @@ fn session(
             let now = Instant::now();
             if now >= next_hb {
                 seq += 1;
+                {
+                    // Recorded before sending, so the ack always finds its send time.
+                    let mut sent = sent.lock().unwrap_or_else(|p| p.into_inner());
+                    if sent.len() >= SENT_HEARTBEATS_MAX {
+                        sent.pop_front();
+                    }
+                    sent.push_back((seq, Instant::now()));
+                }
                 conn.send(&Message::Heartbeat { seq }, &[])
                     .map_err(io_err)?;
                 next_hb = now + interval;
@@ -318,13 +454,26 @@ fn session(
     result
 }
 
+/// Heartbeat sequence numbers with their send times.
+type Sent = Arc<Mutex<VecDeque<(u64, Instant)>>>;
+
+/// What the reader updates from acknowledgements.
+struct Grants {
+    pending: Pending,
+    sent: Sent,
+    lease: Arc<Lease>,
+    backup: Arc<AtomicBool>,
+    epoch: Arc<AtomicU64>,
+}
+
 /// Takes acknowledgements off the link until it fails, then says why on `dead`.
-fn reader(mut conn: Connection, pending: Pending, dead: Sender<String>) {
+fn reader(mut conn: Connection, g: Grants, dead: Sender<String>) {
     let why = loop {
         match conn.recv() {
             Ok(Some(f)) => match f.msg {
                 Message::ChangedAck { id, copies } => {
-                    let reply = pending
+                    let reply = g
+                        .pending
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .remove(&id);
@@ -332,7 +481,30 @@ fn reader(mut conn: Connection, pending: Pending, dead: Sender<String>) {
                         let _ = r.send(copies);
                     }
                 }
-                Message::HeartbeatAck { .. } => {}
+                Message::HeartbeatAck {
+                    seq,
+                    epoch,
+                    writer,
+                    lease_ms,
+                } => {
+                    let sent_at = g
+                        .sent
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .iter()
+                        .find(|(s, _)| *s == seq)
+                        .map(|(_, t)| *t);
+                    if epoch > 0 {
+                        // Set before the lease, so a new writer never stamps the old epoch.
+                        g.epoch.fetch_max(epoch, Ordering::SeqCst);
+                    }
+                    g.backup.store(!writer, Ordering::SeqCst);
+                    match sent_at {
+                        Some(t) => g.lease.grant(writer, t, lease_ms),
+                        None if !writer => g.lease.end(),
+                        None => {}
+                    }
+                }
                 Message::Err { code, msg } => break format!("name server said {code}: {msg}"),
                 other => {
                     log::debug!(target: ev::SS_NM_LINK, "ignoring {} on the link", other.op_name())

@@ -213,6 +213,9 @@ fn serve(stream: TcpStream, slot: ConnSlot) {
                 ticket,
             } => undo(shared, &mut conn, &file, epoch, &ticket),
             Message::PeekFile { file, ticket } => peek(shared, &mut conn, &file, &ticket),
+            Message::SsQuarantine { file, keep, ticket } => {
+                quarantine(shared, &mut conn, &file, keep, &ticket)
+            }
             Message::GetFileContent { file, have, ticket } => {
                 get_content(shared, &mut conn, &file, &have, &ticket)
             }
@@ -255,15 +258,10 @@ fn serve(stream: TcpStream, slot: ConnSlot) {
     }
 }
 
-/// Refuses a client write while this server is a backup.
-fn refuse_on_backup(shared: &Shared) -> Result<(), WireError> {
-    if shared.link.is_backup() {
-        let ss = shared.store.name();
-        return Err(err::unauthorized(format!(
-            "{ss} is a backup; writes go to its primary"
-        )));
-    }
-    Ok(())
+/// Refuses a change unless this server is its pair's writer, holds a live write lease, and
+/// is on the epoch the ticket was minted for (see `NmLink::check_write`).
+fn may_change(shared: &Shared, t: &Ticket) -> Result<(), WireError> {
+    shared.link.check_write(t.epoch, shared.store.epoch())
 }
 
 /// Checks the name and the ticket for one request.
@@ -416,7 +414,7 @@ fn write_session(
     t: &Ticket,
 ) -> Result<(), Fail> {
     authorise(shared, file, t, TicketOp::Write)?;
-    refuse_on_backup(shared)?;
+    may_change(shared, t)?;
     let i = usize::try_from(sentence).map_err(|_| err::invalid("Sentence index out of range"))?;
     let (id, words) = {
         let lock = shared.store.file_lock(file);
@@ -490,7 +488,7 @@ fn write_session(
                 conn.send(&reply, &[])?;
             }
             Message::Commit {} => {
-                let res = commit(shared, file, id, &base, &buf);
+                let res = commit(shared, file, id, &base, &buf, t);
                 drop(guard);
                 let reply = match res {
                     Ok((state, copies)) => Message::Committed { state, copies },
@@ -523,11 +521,14 @@ fn commit(
     id: u64,
     base: &[String],
     buf: &EditBuffer,
+    t: &Ticket,
 ) -> Result<(FileState, Option<u32>), WireError> {
     let _inflight = Inflight::new(&shared.inflight);
     let state = {
         let lock = shared.store.file_lock(file);
         let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
+        // The session may have been opened long ago: the lease and epoch must still hold now.
+        may_change(shared, t)?;
         let (text, meta, _) = shared.store.load_text(file)?;
         let i = shared
             .sessions
@@ -591,7 +592,7 @@ fn create(
     t: &Ticket,
 ) -> Result<(), Fail> {
     authorise(shared, file, t, TicketOp::Create)?;
-    refuse_on_backup(shared)?;
+    may_change(shared, t)?;
     names::validate_user(owner)?;
     let _inflight = Inflight::new(&shared.inflight);
     let meta = shared.store.create(file, owner, epoch)?;
@@ -607,6 +608,10 @@ fn create(
 
 fn delete(shared: &Shared, conn: &mut Connection, file: &str, t: &Ticket) -> Result<(), Fail> {
     authorise(shared, file, t, TicketOp::Delete)?;
+    // A client's delete carries the epoch; a replication delete (no epoch) follows the writer.
+    if t.epoch.is_some() {
+        may_change(shared, t)?;
+    }
     let _inflight = Inflight::new(&shared.inflight);
     {
         let lock = shared.store.file_lock(file);
@@ -633,7 +638,7 @@ fn undo(
     t: &Ticket,
 ) -> Result<(), Fail> {
     authorise(shared, file, t, TicketOp::Undo)?;
-    refuse_on_backup(shared)?;
+    may_change(shared, t)?;
     let _inflight = Inflight::new(&shared.inflight);
     let meta = {
         let lock = shared.store.file_lock(file);
@@ -654,6 +659,37 @@ fn undo(
         },
         &[],
     )?;
+    Ok(())
+}
+
+/// SS_QUARANTINE: sets this server's copy of `file` aside into `quarantine/` unless it is at
+/// `keep`. Refused with LOCKED while a write session is open on the file.
+fn quarantine(
+    shared: &Shared,
+    conn: &mut Connection,
+    file: &str,
+    keep: Option<Version>,
+    t: &Ticket,
+) -> Result<(), Fail> {
+    authorise(shared, file, t, TicketOp::Quarantine)?;
+    let _inflight = Inflight::new(&shared.inflight);
+    let moved = {
+        let lock = shared.store.file_lock(file);
+        let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
+        if shared.sessions.any_open(file) {
+            return Err(err::locked(format!(
+                "{} is being written; try again when the write session ends",
+                names::display(file)
+            ))
+            .into());
+        }
+        shared.store.quarantine(file, keep)?
+    };
+    if let Some(path) = moved {
+        log::warn!(target: ev::SS_COMMIT, file = file, path = path.as_str();
+            "{file} set aside as {path}: it holds changes the cluster never acknowledged");
+    }
+    conn.send(&Message::Done {}, &[])?;
     Ok(())
 }
 
@@ -1036,7 +1072,7 @@ fn upload(
     t: &Ticket,
 ) -> Result<(), Fail> {
     let head = authorise(shared, file, t, TicketOp::Upload)
-        .and_then(|()| refuse_on_backup(shared))
+        .and_then(|()| may_change(shared, t))
         .and_then(|()| upload_fresh(shared, file, t));
     let r = recv_part(
         shared,
@@ -1056,6 +1092,8 @@ fn upload(
     let facts = r.counter.finish(0);
     let state = {
         let _inflight = Inflight::new(&shared.inflight);
+        // The body may have taken long to arrive: the lease must still hold now.
+        may_change(shared, t)?;
         let meta = shared.store.upload(file, &t.user, temp.path(), &facts)?;
         log::info!(target: ev::SS_COMMIT, file = file, version = meta.version.to_string(), bytes = meta.size;
             "uploaded {file} version {}", meta.version);

@@ -8,10 +8,21 @@
 //!                                  file name can collide with another's record
 //! DIR/undo/<blob id>                earlier contents referenced by undo stacks
 //! DIR/tmp/                          temp files for atomic replacement; emptied at startup
-//! DIR/quarantine/<canonical name>.<epoch>-<counter>   a copy set aside (never served), with
-//!                                  optional bookkeeping beside it at `....<epoch>-<counter>.meta`;
-//!                                  a nested name keeps its folders as directories
+//! DIR/quarantine/<canonical name>.<epoch>-<counter>
+//!                                   a copy set aside because it holds changes the cluster
+//!                                   never acknowledged; `<epoch>-<counter>` is its version
+//!                                   (0-0 when it had no record). A nested name keeps its
+//!                                   folders as directories. Never served, never overwritten
+//!                                   (a second copy at the same version is not set aside
+//!                                   twice), never scanned or adopted; FSCK lists it.
+//! DIR/quarantine/<canonical name>.<epoch>-<counter>.meta
+//!                                   its bookkeeping JSON (see [`Meta`]), when it had one
 //! ```
+//!
+//! A copy is quarantined (see [`Store::quarantine`]) by renaming its content into
+//! `quarantine/` (same file system, so nothing is copied and a crash leaves it in one place
+//! or the other), writing the bookkeeping beside it durably, then removing the record under
+//! `meta/`; the name server then installs the current copy as for any missing file.
 //!
 //! A history entry (undo blob) holds the content its file had at some version, and is named
 //! after that version: `<file hash>-<epoch>.<counter>-<crc32c hex>`, where the file hash is
@@ -732,6 +743,57 @@ impl Store {
             locks.remove(file);
         }
         Ok(())
+    }
+
+    /// Sets this copy of `file` aside into `quarantine/` unless it is at version `keep`.
+    /// Returns the quarantined content's path relative to the storage directory, or `None`
+    /// when there was nothing to set aside. Caller holds the lock.
+    pub fn quarantine(
+        &self,
+        file: &str,
+        keep: Option<Version>,
+    ) -> Result<Option<String>, StoreError> {
+        let meta = self.read_meta(file);
+        let content = self.content_path(file);
+        let has_content = content.exists();
+        if !has_content && meta.is_none() {
+            return Ok(None);
+        }
+        if meta.as_ref().is_some_and(|m| Some(m.version) == keep) && has_content {
+            return Ok(None);
+        }
+        let v = meta.as_ref().map_or(
+            Version {
+                epoch: 0,
+                counter: 0,
+            },
+            |m| m.version,
+        );
+        let rel = format!("{file}.{}-{}", v.epoch, v.counter);
+        let dest = self.quarantine.join(&rel);
+        let dir = dest
+            .parent()
+            .map_or_else(|| self.quarantine.clone(), Path::to_path_buf);
+        durable::create_dirs_durable(&dir).map_err(|e| self.io(file, e))?;
+        if has_content {
+            if dest.exists() {
+                // The same version was set aside before (a retried job): keep that one.
+                durable::remove(&content).map_err(|e| self.io(file, e))?;
+            } else {
+                fs::rename(&content, &dest).map_err(|e| self.io(file, e))?;
+                durable::fsync_dir(&dir).map_err(|e| self.io(file, e))?;
+                if let Some(parent) = content.parent() {
+                    durable::fsync_dir(parent).map_err(|e| self.io(file, e))?;
+                }
+            }
+        }
+        if let Some(m) = &meta {
+            let bytes = serde_json::to_vec(m).map_err(|e| self.io(file, io::Error::other(e)))?;
+            let meta_dest = self.quarantine.join(format!("{rel}.meta"));
+            durable::replace(&self.tmp, &meta_dest, &bytes).map_err(|e| self.io(file, e))?;
+        }
+        durable::remove(&self.meta_path(file)).map_err(|e| self.io(file, e))?;
+        Ok(Some(format!("quarantine/{rel}")))
     }
 
     /// Drops the bookkeeping of a file whose content vanished (deleted by hand). Returns

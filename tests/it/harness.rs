@@ -1095,6 +1095,7 @@ pub fn locate(
 ) -> Result<(String, Ticket), WireError> {
     let f = nm.call(
         &Message::Locate {
+            avoid: None,
             file: file.into(),
             mode,
         },

@@ -10,6 +10,7 @@ mod auth;
 mod commands;
 mod crash;
 mod fsck;
+mod failover;
 mod replication;
 mod robustness;
 mod write;
