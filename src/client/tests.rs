@@ -346,13 +346,12 @@ fn name_server_commands_print_the_contract_lines() {
 #[test]
 fn failures_print_errors_and_exit_1() {
     let nm = fake_nm(0);
-    let (out, status) = run_script(nm, "CREATE dup\nUNDO a\nfoo\nRECOVER ss1\nREAD\n");
+    let (out, status) = run_script(nm, "CREATE dup\nUNDO a\nfoo\nREAD\n");
     assert_eq!(
         out,
         "ERROR [CONFLICT]: dup exists\n\
          ERROR [NO_UNDO]: nothing to undo\n\
          ERROR [INVALID]: unknown command 'foo' (type HELP)\n\
-         ERROR [UNAVAILABLE]: RECOVER is not supported by this cluster yet\n\
          ERROR [INVALID]: usage: READ <file>\n"
     );
     assert_eq!(status, 1);

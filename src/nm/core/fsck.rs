@@ -442,6 +442,7 @@ mod tests {
                 exec_enabled: true,
                 replication: "async",
                 max_repl_in_flight: 8,
+                started_ms: 0,
             },
             ClusterKey::from_bytes(KEY),
             Loaded::default(),
