@@ -901,6 +901,7 @@ mod tests {
                                     &Message::Held {
                                         state,
                                         blobs: vec![],
+                                        checkpoints: vec![],
                                     },
                                     &[],
                                 )
@@ -912,6 +913,8 @@ mod tests {
                                     state,
                                     undo: vec![],
                                     sent: vec![],
+                                    checkpoints: vec![],
+                                    sent_checkpoints: vec![],
                                 };
                                 c.send(&head, &[]).unwrap();
                                 for piece in bytes.chunks(3) {

@@ -662,7 +662,7 @@ fn peek(dst: &Peer, file: &str) -> (Option<FileState>, Vec<Version>) {
     )
     .unwrap()
     {
-        Message::Held { state, blobs } => (state, blobs),
+        Message::Held { state, blobs, .. } => (state, blobs),
         other => panic!("{other:?}"),
     }
 }
@@ -683,12 +683,15 @@ fn relay(
         Message::GetFileContent {
             file: file.into(),
             have,
+            have_checkpoints: Vec::new(),
             ticket: t,
         },
     )
     .unwrap()
     {
-        Message::FileContent { state, undo, sent } => (state, undo, sent),
+        Message::FileContent {
+            state, undo, sent, ..
+        } => (state, undo, sent),
         other => panic!("{other:?}"),
     };
     let mut out = dst.conn();
@@ -698,6 +701,8 @@ fn relay(
             state,
             undo,
             sent: sent.clone(),
+            checkpoints: Vec::new(),
+            sent_checkpoints: Vec::new(),
             ticket: dst.ticket(file, TicketOp::Store),
         },
         &[],
@@ -842,6 +847,8 @@ fn put(
             state: state.clone(),
             undo: Vec::new(),
             sent: Vec::new(),
+            checkpoints: Vec::new(),
+            sent_checkpoints: Vec::new(),
             ticket: dst.ticket(&state.file, TicketOp::Store),
         },
         &[],
@@ -933,6 +940,8 @@ fn a_transfer_cut_mid_body_leaves_nothing() {
                 state: st.clone(),
                 undo: Vec::new(),
                 sent: Vec::new(),
+                checkpoints: Vec::new(),
+                sent_checkpoints: Vec::new(),
                 ticket: dst.ticket("d.txt", TicketOp::Store),
             },
             &[],

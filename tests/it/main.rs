@@ -7,8 +7,12 @@
 mod harness;
 
 mod auth;
+mod checkpoints;
 mod commands;
 mod crash;
+mod docs_replication;
+mod folders;
 mod replication;
+mod requests;
 mod robustness;
 mod write;
