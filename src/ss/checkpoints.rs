@@ -194,13 +194,23 @@ impl Store {
         file: &str,
         have: &[String],
     ) -> Result<OpenCheckpoints, StoreError> {
-        let list = self.read_index(file);
         let dir = self.ckpt_dir(file);
+        let mut list = Vec::new();
         let mut open = Vec::new();
-        for c in &list {
-            if !have.contains(&c.tag) {
-                let f = File::open(dir.join(&c.tag)).map_err(|e| self.io(file, e))?;
-                open.push((c.tag.clone(), f));
+        // A checkpoint whose bytes are gone (removed by hand) is left out rather than
+        // failing every transfer of the file: the copy gets every checkpoint that exists.
+        for c in self.read_index(file) {
+            if have.contains(&c.tag) {
+                list.push(c);
+                continue;
+            }
+            match File::open(dir.join(&c.tag)) {
+                Ok(f) => {
+                    open.push((c.tag.clone(), f));
+                    list.push(c);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(self.io(file, e)),
             }
         }
         Ok((list, open))

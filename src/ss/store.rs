@@ -1498,4 +1498,80 @@ mod tests {
             1
         );
     }
+
+    #[test]
+    fn a_copy_carries_checkpoints_and_refuses_when_one_is_missing() {
+        let (_a, src) = store();
+        let (_b, dst) = store();
+        src.create("d/a.txt", "alice", 1).unwrap();
+        commit(&src, "d/a.txt", "one.");
+        src.checkpoint("d/a.txt", "v1", "alice", 1).unwrap();
+        commit(&src, "d/a.txt", "one. two.");
+        let mut tr = src.open_transfer("d/a.txt", &[], &[]).unwrap();
+        // What the network would carry, written into the target's tmp/ as put_content does.
+        let to_temp = |f: &mut File| {
+            let (t, mut out) = dst.temp_file("d/a.txt").unwrap();
+            io::copy(f, &mut out).unwrap();
+            out.sync_all().unwrap();
+            t
+        };
+        let content = to_temp(&mut tr.content);
+        let entries: Vec<(Version, TempFile)> = tr
+            .entries
+            .iter_mut()
+            .map(|(v, f)| (*v, to_temp(f)))
+            .collect();
+        let ckpts: Vec<(String, TempFile)> = tr
+            .checkpoint_files
+            .iter_mut()
+            .map(|(t, f)| (t.clone(), to_temp(f)))
+            .collect();
+        let entry_paths: Vec<(Version, PathBuf)> = entries
+            .iter()
+            .map(|(v, t)| (*v, t.path().to_path_buf()))
+            .collect();
+        let ckpt_paths: Vec<(String, PathBuf)> = ckpts
+            .iter()
+            .map(|(tag, t)| (tag.clone(), t.path().to_path_buf()))
+            .collect();
+        let state = tr.meta.state("d/a.txt");
+        // A list naming a checkpoint that was neither sent nor held installs nothing.
+        let mut bogus = tr.checkpoints.clone();
+        bogus.push(CheckpointInfo {
+            tag: "ghost".into(),
+            ..bogus[0].clone()
+        });
+        assert!(matches!(
+            dst.install_copy(
+                &state,
+                &tr.undo,
+                content.path(),
+                &entry_paths,
+                &bogus,
+                &ckpt_paths
+            ),
+            Err(StoreError::Incomplete(_))
+        ));
+        assert!(dst.held("d/a.txt").unwrap().is_none());
+        let (meta, installed) = dst
+            .install_copy(
+                &state,
+                &tr.undo,
+                content.path(),
+                &entry_paths,
+                &tr.checkpoints,
+                &ckpt_paths,
+            )
+            .unwrap();
+        assert!(installed);
+        assert_eq!(meta.version, state.version);
+        assert_eq!(dst.held_checkpoints("d/a.txt"), vec!["v1".to_string()]);
+        let (mut f, info, _, _) = dst.open_checkpoint("d/a.txt", "v1").unwrap();
+        let mut got = String::new();
+        f.read_to_string(&mut got).unwrap();
+        assert_eq!((got.as_str(), &info), ("one.", &tr.checkpoints[0]));
+        // The copy's history works too: UNDO there restores what UNDO on the source would.
+        dst.undo("d/a.txt", 1).unwrap();
+        assert_eq!(text(&dst, "d/a.txt"), "one.");
+    }
 }

@@ -6,7 +6,8 @@
 
 use crate::harness::*;
 use pairfs::auth::NM_USER;
-use pairfs::protocol::{CheckpointInfo, Message, TicketOp};
+use pairfs::names::move_subject;
+use pairfs::protocol::{CheckpointInfo, ErrorCode, Message, TicketOp};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -142,6 +143,40 @@ fn folders_checkpoints_history_and_requests_survive_the_primary() {
     alice
         .run("INFO /docs/a.txt\n")
         .assert_contains("Replicas: ss1 (current), ss1_backup (current)");
+    // While it is a backup, its copy changes only through replication.
+    let key = c.key();
+    let f = "docs/a.txt";
+    for msg in [
+        Message::SsCheckpoint {
+            file: f.into(),
+            tag: "x".into(),
+            creator: "alice".into(),
+            epoch: 1,
+            ticket: key.mint(NM_USER, f, TicketOp::Checkpoint, BACKUP, None),
+        },
+        Message::SsRevert {
+            file: f.into(),
+            tag: "v1".into(),
+            epoch: 1,
+            ticket: key.mint(NM_USER, f, TicketOp::Revert, BACKUP, None),
+        },
+        Message::SsMove {
+            file: f.into(),
+            to: "z.txt".into(),
+            ticket: key.mint(
+                NM_USER,
+                &move_subject(f, "z.txt"),
+                TicketOp::Move,
+                BACKUP,
+                None,
+            ),
+        },
+    ] {
+        match call_raw(&mut c.ss_conn(BACKUP), &msg).msg {
+            Message::Err { code, .. } => assert_eq!(code, ErrorCode::Unauthorized, "{msg:?}"),
+            other => panic!("the backup accepted {msg:?}: {other:?}"),
+        }
+    }
 
     c.kill9(PRIMARY);
     // Requests are name-server state: losing the primary loses none of them.
