@@ -126,6 +126,18 @@ pub fn move_subject(from: &str, to: &str) -> String {
     format!("{from}\t{to}")
 }
 
+/// The subject an SS_MKDIR ticket is minted for: a digest of the folder list, so the signed
+/// string stays short however many folders one call carries, and names exactly that list.
+pub fn mkdir_subject(folders: &[String]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for f in folders {
+        h.update(f.as_bytes());
+        h.update(b"\n");
+    }
+    format!("mkdir\t{}", hex::encode(h.finalize()))
+}
+
 /// The canonical name `file` gets when moved into the canonical `folder` ("" is the root).
 pub fn moved_name(file: &str, folder: &str) -> String {
     let base = file.rsplit_once('/').map_or(file, |(_, b)| b);

@@ -329,6 +329,10 @@ enum Purpose {
     Move {
         to: String,
     },
+    /// Folder directories pushed to a storage server; no client waits.
+    Mkdir {
+        ss: String,
+    },
     Exec {
         user: String,
         started_ms: u64,
@@ -821,6 +825,7 @@ impl Core {
                 backup,
             },
         );
+        self.push_all_folders(&name);
         self.pump_replication(now_ms);
     }
 
@@ -1489,6 +1494,9 @@ impl Core {
         let Some(flight) = self.jobs.remove(&id) else {
             return;
         };
+        if let Purpose::Mkdir { ss } = &flight.purpose {
+            return Self::mkdir_done(ss, result);
+        }
         let conn = flight.conn;
         let file = flight.file.clone();
         let moved_to = match &flight.purpose {
@@ -2346,14 +2354,92 @@ mod tests {
         ));
     }
 
+    /// Replication jobs, and the folder pushes that go with them, no client waits for.
     fn is_repl(e: &Effect) -> bool {
         matches!(
             e,
             Effect::Job(Job {
                 kind: JobKind::Replicate(_),
                 ..
+            }) | Effect::Job(Job {
+                kind: JobKind::SsCall {
+                    msg: Message::SsMkdir { .. },
+                    ..
+                },
+                ..
             })
         )
+    }
+
+    fn mkdirs(e: &[Effect]) -> Vec<(String, Vec<String>, u64)> {
+        e.iter()
+            .filter_map(|x| match x {
+                Effect::Job(Job {
+                    id,
+                    kind:
+                        JobKind::SsCall {
+                            msg: Message::SsMkdir { folders, ticket },
+                            ..
+                        },
+                }) => {
+                    assert_eq!(ticket.file, names::mkdir_subject(folders));
+                    assert_eq!(ticket.op, TicketOp::Mkdir);
+                    Some((ticket.ss.clone(), folders.clone(), *id))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn folders_reach_every_server_now_and_at_registration() {
+        let mut c = core();
+        register_as(&mut c, 1, "ss1", None, vec![]);
+        register_as(&mut c, 2, "ss1_backup", None, vec![]);
+        hello(&mut c, 10, "alice");
+        let e = send(
+            &mut c,
+            10,
+            Message::CreateFolder {
+                folder: "/d".into(),
+            },
+            5,
+        );
+        let pushed: Vec<(String, Vec<String>)> =
+            mkdirs(&e).into_iter().map(|(s, f, _)| (s, f)).collect();
+        assert_eq!(
+            pushed,
+            vec![
+                ("ss1".to_string(), vec!["d".to_string()]),
+                ("ss1_backup".to_string(), vec!["d".to_string()]),
+            ]
+        );
+        // No client waits for the pushes: their results produce nothing.
+        for (_, _, id) in mkdirs(&e) {
+            c.on_job_result(id, Err(err::unavailable("down")), 6);
+        }
+        assert!(c.take_effects().is_empty());
+        send(
+            &mut c,
+            10,
+            Message::CreateFolder {
+                folder: "/d/e".into(),
+            },
+            7,
+        );
+        // A server registering again gets every folder, parents first.
+        c.on_close(2, 8);
+        c.take_effects();
+        let e = register_as(&mut c, 3, "ss1_backup", None, vec![]);
+        let pushed: Vec<(String, Vec<String>)> =
+            mkdirs(&e).into_iter().map(|(s, f, _)| (s, f)).collect();
+        assert_eq!(
+            pushed,
+            vec![(
+                "ss1_backup".to_string(),
+                vec!["d".to_string(), "d/e".to_string()]
+            )]
+        );
     }
 
     /// Replication jobs are checked by the tests that mean to; others look past them.

@@ -7,8 +7,11 @@
 //! `p/child/...` makes the scan jump to the first key after `p/child/`, which is `p/child0`
 //! (`'0'` is the byte after `'/'`). No listing ever visits every file.
 //!
-//! A storage server has no folder entries of its own: a file's directory under `files/` is
-//! made (durably) when a file is placed, installed or moved there, on each copy.
+//! Every storage server, backups too, holds every folder as a directory under `files/`: a new
+//! folder is pushed at once to the servers that are up (SS_MKDIR), and each registration
+//! pushes the whole folder list, so a server that was down, or a backup that joins, catches
+//! up. No reply waits for these calls (the folder is durable in the index first); a file's
+//! directory is also made when a file is placed, installed or moved there.
 
 use super::*;
 use std::ops::Bound;
@@ -108,7 +111,60 @@ impl Core {
             )));
         }
         self.put_folder(&canon, user, now_ms);
+        let up: Vec<String> = self
+            .servers
+            .iter()
+            .filter(|(_, s)| s.up)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for ss in up {
+            self.push_folders(&ss, vec![canon.clone()]);
+        }
         Ok(())
+    }
+
+    /// Sends `folders` (parents first) to storage server `ss` in SS_MKDIR calls of bounded
+    /// size, on the worker pool.
+    pub(super) fn push_folders(&mut self, ss: &str, folders: Vec<String>) {
+        let Some(addr) = self.servers.get(ss).filter(|s| s.up).map(|s| s.rec.addr()) else {
+            return;
+        };
+        for part in frame::paginate(folders, |f| 2 * f.len() + 4) {
+            let subject = names::mkdir_subject(&part);
+            let ticket = self.key.mint(NM_USER, &subject, TicketOp::Mkdir, ss, None);
+            let msg = Message::SsMkdir {
+                folders: part,
+                ticket,
+            };
+            self.new_job(
+                JobKind::SsCall {
+                    addr: addr.clone(),
+                    msg,
+                },
+                InFlight {
+                    conn: ConnId::MAX,
+                    file: String::new(),
+                    purpose: Purpose::Mkdir { ss: ss.to_string() },
+                    serialised: false,
+                },
+            );
+        }
+    }
+
+    /// A registering server gets every folder (the map is ordered, so parents come first).
+    pub(super) fn push_all_folders(&mut self, ss: &str) {
+        if !self.folders.is_empty() {
+            let all: Vec<String> = self.folders.keys().cloned().collect();
+            self.push_folders(ss, all);
+        }
+    }
+
+    /// An SS_MKDIR call finished; a failure is logged (the next registration pushes again).
+    pub(super) fn mkdir_done(ss: &str, result: Result<JobOutput, WireError>) {
+        if let Err(e) = result {
+            log::warn!(target: ev::NM_FILE_CHANGE, ss = ss;
+                "folders not created on {ss}: {}", e.msg);
+        }
     }
 
     fn put_folder(&mut self, canon: &str, owner: &str, now_ms: u64) {

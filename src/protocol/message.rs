@@ -18,7 +18,7 @@
 //! ss -> nm     : CHANGED (a file's new state)   <- CHANGED_ACK (after the nm made it durable)
 //! ss -> nm     : REMOVED (a file vanished from disk) <- CHANGED_ACK
 //! nm -> ss     : SS_CREATE | SS_UNDO            <- FILE_STATE | ERR
-//! nm -> ss     : SS_DELETE | SS_MOVE            <- DONE | ERR
+//! nm -> ss     : SS_DELETE | SS_MOVE | SS_MKDIR  <- DONE | ERR
 //! nm -> ss     : SS_CHECKPOINT | SS_REVERT      <- FILE_STATE | ERR
 //! client -> nm : CREATE_FOLDER | MOVE | CHECKPOINT | REVERT | ANSWER_REQUEST <- DONE | ERR
 //! client -> nm : VIEW_FOLDER <- FOLDER_LIST+;  VIEW_REQUESTS <- REQUESTS+ (paged)
@@ -130,6 +130,9 @@ pub enum TicketOp {
     Revert,
     /// NM-initiated rename of a file; the ticket's file is [`crate::names::move_subject`].
     Move,
+    /// NM-initiated creation of folder directories; the ticket's file is
+    /// [`crate::names::mkdir_subject`].
+    Mkdir,
 }
 
 /// An authorisation minted by the name server for exactly one request to one storage server.
@@ -751,6 +754,15 @@ pub enum Message {
         /// Epoch to stamp on the new version.
         epoch: u64,
         /// Authorisation (op `revert`).
+        ticket: Ticket,
+    },
+    /// Create the directories of these folders under `files/` (they may exist); answered DONE.
+    /// Sent to every storage server, backups too, when a folder is created and at each
+    /// registration, so every copy holds every folder.
+    SsMkdir {
+        /// Canonical folder names, parents before children.
+        folders: Vec<String>,
+        /// Authorisation (op `mkdir`, file = `names::mkdir_subject(folders)`).
         ticket: Ticket,
     },
     /// Rename `file` to `to` with its bookkeeping, history and checkpoints; answered DONE.

@@ -1,5 +1,7 @@
-//! MOVE on a storage server (a child module of `store.rs`): a rename of the content with its
-//! bookkeeping, history entries and checkpoints following it.
+//! Folders and MOVE on a storage server (a child module of `store.rs`). A folder is a
+//! directory under `files/`, made durably when the name server pushes it (SS_MKDIR). A MOVE
+//! is a rename of the content with its bookkeeping, history entries and checkpoints
+//! following it.
 //!
 //! Steps, each durable before the next: (1) the history entries are hard-linked under the new
 //! name's ids and the checkpoints under the new name's directory, (2) the record is written
@@ -13,6 +15,20 @@
 use super::*;
 
 impl Store {
+    /// Creates the directories of canonical `folders` under `files/` (existing ones are fine).
+    /// A file's own name in the way is refused: the index never has a file and a folder of
+    /// one name, so such a file was placed by hand.
+    pub fn make_folders(&self, folders: &[String]) -> Result<(), StoreError> {
+        for f in folders {
+            let dir = self.files.join(f);
+            if dir.is_file() {
+                return Err(StoreError::Exists(names::display(f)));
+            }
+            durable::create_dirs_durable(&dir).map_err(|e| self.io(f, e))?;
+        }
+        Ok(())
+    }
+
     /// Renames `from` to `to` (canonical names). Caller holds both files' locks.
     pub fn move_file(&self, from: &str, to: &str) -> Result<Meta, StoreError> {
         let (meta, _) = self.current(from)?;

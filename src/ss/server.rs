@@ -2,8 +2,8 @@
 //! READ, STREAM, write sessions, UPLOAD, the name server's SS_CREATE / SS_DELETE / SS_UNDO,
 //! and replication: PEEK_FILE and PUT_FILE_CONTENT on a target, GET_FILE_CONTENT on a source.
 //!
-//! It also serves checkpoints (READ_CHECKPOINT, LIST_CHECKPOINTS, SS_CHECKPOINT, SS_REVERT)
-//! and SS_MOVE.
+//! It also serves checkpoints (READ_CHECKPOINT, LIST_CHECKPOINTS, SS_CHECKPOINT, SS_REVERT),
+//! SS_MOVE and SS_MKDIR (allowed on a backup too: it is how folders reach every copy).
 //!
 //! While the name server says this server is a backup, client writes (WRITE_BEGIN, UPLOAD,
 //! SS_CREATE, SS_UNDO, SS_CHECKPOINT, SS_REVERT, SS_MOVE) are refused; reads, deletes and
@@ -265,6 +265,7 @@ fn serve(stream: TcpStream, slot: ConnSlot) {
             Message::SsMove { file, to, ticket } => {
                 move_file(shared, &mut conn, &file, &to, &ticket)
             }
+            Message::SsMkdir { folders, ticket } => mkdir(shared, &mut conn, &folders, &ticket),
             Message::Upload {
                 file,
                 size,
@@ -1285,6 +1286,36 @@ fn move_file(
         shared.store.move_file(file, to)?;
     }
     log::info!(target: ev::SS_COMMIT, file = file, to = to; "moved {file} to {to}");
+    conn.send(&Message::Done {}, &[])?;
+    Ok(())
+}
+
+/// SS_MKDIR: the name server's folders as directories under `files/`, on primaries and
+/// backups alike (every copy holds every folder).
+fn mkdir(
+    shared: &Shared,
+    conn: &mut Connection,
+    folders: &[String],
+    t: &Ticket,
+) -> Result<(), Fail> {
+    for f in folders {
+        if f.is_empty() || names::canonical_folder(f)? != *f {
+            return Err(err::invalid(format!(
+                "'{}' is not a canonical folder name",
+                names::show(f)
+            ))
+            .into());
+        }
+    }
+    shared
+        .checker
+        .check(t, &names::mkdir_subject(folders), TicketOp::Mkdir)
+        .inspect_err(|e| {
+            log::warn!(target: ev::SS_REFUSED, user = t.user.as_str(), reason = e.msg.as_str();
+                "refused SS_MKDIR: {}", e.msg);
+        })?;
+    shared.store.make_folders(folders)?;
+    log::info!(target: ev::SS_COMMIT, folders = folders.len() as u64; "created {} folder(s)", folders.len());
     conn.send(&Message::Done {}, &[])?;
     Ok(())
 }

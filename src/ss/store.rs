@@ -1500,6 +1500,21 @@ mod tests {
     }
 
     #[test]
+    fn folders_are_directories_under_files() {
+        let (_d, s) = store();
+        s.make_folders(&["p".into(), "p/q".into()]).unwrap();
+        s.make_folders(&["p".into()]).unwrap();
+        assert!(s.content_path("p/q").is_dir());
+        s.create("x", "alice", 1).unwrap();
+        assert!(matches!(
+            s.make_folders(&["x".into()]),
+            Err(StoreError::Exists(_))
+        ));
+        // Empty folders are not files: the scan lists only x.
+        assert_eq!(s.scan().unwrap().len(), 1);
+    }
+
+    #[test]
     fn a_copy_carries_checkpoints_and_refuses_when_one_is_missing() {
         let (_a, src) = store();
         let (_b, dst) = store();

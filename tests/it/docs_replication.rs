@@ -240,3 +240,30 @@ fn folders_checkpoints_history_and_requests_survive_the_primary() {
         .assert_contains("| v1 ")
         .assert_contains("| v2 ");
 }
+
+#[test]
+fn every_copy_holds_every_folder_even_empty_ones() {
+    let mut c = Cluster::builder().pair().start();
+    let dir = |c: &Cluster, ss: &str, f: &str| c.storage(ss).join("files").join(f).is_dir();
+    c.client("alice")
+        .run("CREATEFOLDER /e\nCREATEFOLDER /e/f\n")
+        .assert_code(0);
+    assert!(
+        poll_until(WAIT, || [PRIMARY, BACKUP]
+            .iter()
+            .all(|ss| dir(&c, ss, "e/f"))),
+        "/e/f is not a directory on both copies; nm log:\n{}",
+        c.log("nm").tail()
+    );
+    // A server that was down when a folder was made gets it when it registers again.
+    c.kill9(BACKUP);
+    c.client("alice").run("CREATEFOLDER /g\n").assert_code(0);
+    assert!(poll_until(WAIT, || dir(&c, PRIMARY, "g")));
+    assert!(!dir(&c, BACKUP, "g"));
+    c.restart(BACKUP);
+    assert!(
+        poll_until(WAIT, || dir(&c, BACKUP, "g")),
+        "/g did not reach the returning backup; nm log:\n{}",
+        c.log("nm").tail()
+    );
+}
