@@ -71,18 +71,21 @@ pub fn remove(path: &Path) -> io::Result<bool> {
 
 /// Creates `dir` and missing parents, fsyncing each parent whose entry list changed.
 pub fn create_dirs_durable(dir: &Path) -> io::Result<()> {
-    if dir.is_dir() {
+    // A relative name's last parent is "", which means the current directory.
+    if dir.as_os_str().is_empty() || dir.is_dir() {
         return Ok(());
     }
-    if let Some(parent) = dir.parent() {
-        create_dirs_durable(parent)?;
-    }
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    create_dirs_durable(parent)?;
     match fs::create_dir(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
         Err(e) => return Err(e),
     }
-    fsync_dir(dir.parent().unwrap_or_else(|| Path::new(".")))
+    fsync_dir(parent)
 }
 
 /// True for the error a full disk (or quota) gives, so callers can answer LIMIT.
@@ -110,5 +113,24 @@ mod tests {
         assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
         assert!(remove(&target).unwrap());
         assert!(!remove(&target).unwrap());
+    }
+
+    #[test]
+    fn a_relative_single_component_directory_is_created() {
+        let name = format!("pairfs-durable-{}", std::process::id());
+        let rel = Path::new(&name).join("files");
+        // Relative to the current directory, as `--storage s1` is.
+        let abs = std::env::current_dir().unwrap().join(&name);
+        let _cleanup = Cleanup(abs.clone());
+        create_dirs_durable(&rel).unwrap();
+        assert!(abs.join("files").is_dir());
+    }
+
+    struct Cleanup(PathBuf);
+
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
     }
 }

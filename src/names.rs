@@ -98,6 +98,56 @@ pub fn parent(canonical: &str) -> &str {
     canonical.rsplit_once('/').map(|(p, _)| p).unwrap_or("")
 }
 
+/// Longest checkpoint tag, in bytes.
+pub const MAX_TAG_BYTES: usize = 64;
+
+/// Validates a checkpoint tag: 1–64 bytes of letters, digits, `_` and `-`, so a tag is also
+/// a safe file name on a storage server.
+pub fn validate_tag(tag: &str) -> Result<(), WireError> {
+    let ok = !tag.is_empty()
+        && tag.len() <= MAX_TAG_BYTES
+        && tag
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(err::invalid(format!(
+            "checkpoint tag '{}' must be 1 to {MAX_TAG_BYTES} letters, digits, '_' or '-'",
+            show(tag)
+        )))
+    }
+}
+
+/// The subject a MOVE ticket is minted for: both canonical names joined by a tab, which no
+/// name may contain, so the signed string names exactly one (from, to) pair and can never be
+/// mistaken for a file.
+pub fn move_subject(from: &str, to: &str) -> String {
+    format!("{from}\t{to}")
+}
+
+/// The subject an SS_MKDIR ticket is minted for: a digest of the folder list, so the signed
+/// string stays short however many folders one call carries, and names exactly that list.
+pub fn mkdir_subject(folders: &[String]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for f in folders {
+        h.update(f.as_bytes());
+        h.update(b"\n");
+    }
+    format!("mkdir\t{}", hex::encode(h.finalize()))
+}
+
+/// The canonical name `file` gets when moved into the canonical `folder` ("" is the root).
+pub fn moved_name(file: &str, folder: &str) -> String {
+    let base = file.rsplit_once('/').map_or(file, |(_, b)| b);
+    if folder.is_empty() {
+        base.to_string()
+    } else {
+        format!("{folder}/{base}")
+    }
+}
+
 /// Validates a user name: 1–64 bytes of letters, digits, `.`, `_`, `-`.
 pub fn validate_user(user: &str) -> Result<(), WireError> {
     if user.is_empty() || user.len() > MAX_USER_BYTES {
@@ -152,6 +202,20 @@ mod tests {
         }
         assert!(canonical_file(&"x".repeat(256)).is_err());
         assert!(canonical_file(&"x".repeat(255)).is_ok());
+    }
+
+    #[test]
+    fn tags_and_moves() {
+        assert!(validate_tag("v1_final-2").is_ok());
+        assert!(validate_tag(&"a".repeat(64)).is_ok());
+        for bad in ["", "a b", "a/b", "..", "a.b", "ä"] {
+            assert!(validate_tag(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(validate_tag(&"a".repeat(65)).is_err());
+        assert_eq!(moved_name("a.txt", "docs"), "docs/a.txt");
+        assert_eq!(moved_name("docs/a.txt", ""), "a.txt");
+        assert_eq!(moved_name("docs/a.txt", "x/y"), "x/y/a.txt");
+        assert_ne!(move_subject("a", "b/c"), move_subject("a/b", "c"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! Words are split on whitespace and the command word is case-insensitive; file and user
 //! arguments are passed on as typed (the name server validates and canonicalises names).
 
-use crate::protocol::{err, WireError};
+use crate::protocol::{err, AccessKind, WireError};
 
 /// One parsed client command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +102,65 @@ pub enum Command {
         /// The storage server's name.
         ss: String,
     },
+    /// `CREATEFOLDER /p`.
+    CreateFolder {
+        /// Folder name as typed.
+        folder: String,
+    },
+    /// `VIEWFOLDER [/p]` (the root without an argument).
+    ViewFolder {
+        /// Folder name as typed.
+        folder: String,
+    },
+    /// `MOVE f /p`.
+    Move {
+        /// File name.
+        file: String,
+        /// Destination folder.
+        folder: String,
+    },
+    /// `CHECKPOINT f tag`.
+    Checkpoint {
+        /// File name.
+        file: String,
+        /// Tag.
+        tag: String,
+    },
+    /// `VIEWCHECKPOINT f tag`.
+    ViewCheckpoint {
+        /// File name.
+        file: String,
+        /// Tag.
+        tag: String,
+    },
+    /// `REVERT f tag`.
+    Revert {
+        /// File name.
+        file: String,
+        /// Tag.
+        tag: String,
+    },
+    /// `LISTCHECKPOINTS f`.
+    ListCheckpoints {
+        /// File name.
+        file: String,
+    },
+    /// `RACC f R|W|RW` (alias `REQUESTACCESS`).
+    RequestAccess {
+        /// File name.
+        file: String,
+        /// What is asked for.
+        kind: AccessKind,
+    },
+    /// `VIEWACCR` (alias `VIEWACCESSREQUESTS`).
+    ViewRequests,
+    /// `APPROVEACCR id` / `DISACCR id`.
+    AnswerRequest {
+        /// The request id.
+        id: u64,
+        /// APPROVEACCR rather than DISACCR.
+        approve: bool,
+    },
     /// `HELP`.
     Help,
     /// `EXIT`.
@@ -125,21 +184,7 @@ pub enum EditLine {
 }
 
 /// Commands of later work: recognised so the user gets a clear answer, not "unknown".
-const UNSUPPORTED: &[&str] = &[
-    "CREATEFOLDER",
-    "MOVE",
-    "VIEWFOLDER",
-    "CHECKPOINT",
-    "VIEWCHECKPOINT",
-    "REVERT",
-    "LISTCHECKPOINTS",
-    "RACC",
-    "REQUESTACCESS",
-    "VIEWACCR",
-    "VIEWACCESSREQUESTS",
-    "APPROVEACCR",
-    "DISACCR",
-];
+const UNSUPPORTED: &[&str] = &[];
 
 /// The usage line of each supported command, as `ERROR [INVALID]: usage: …` prints it.
 pub fn usage(word: &str) -> &'static str {
@@ -161,6 +206,17 @@ pub fn usage(word: &str) -> &'static str {
         "STATUS" => "STATUS",
         "FSCK" => "FSCK [<file>]",
         "RECOVER" => "RECOVER <storage_server>",
+        "CREATEFOLDER" => "CREATEFOLDER /<folder>",
+        "VIEWFOLDER" => "VIEWFOLDER [/<folder>]",
+        "MOVE" => "MOVE <file> /<folder>",
+        "CHECKPOINT" => "CHECKPOINT <file> <tag>",
+        "VIEWCHECKPOINT" => "VIEWCHECKPOINT <file> <tag>",
+        "REVERT" => "REVERT <file> <tag>",
+        "LISTCHECKPOINTS" => "LISTCHECKPOINTS <file>",
+        "RACC" | "REQUESTACCESS" => "RACC <file> R|W|RW",
+        "VIEWACCR" | "VIEWACCESSREQUESTS" => "VIEWACCR",
+        "APPROVEACCR" => "APPROVEACCR <id>",
+        "DISACCR" => "DISACCR <id>",
         "HELP" => "HELP",
         "EXIT" => "EXIT",
         _ => "HELP",
@@ -260,6 +316,69 @@ pub fn parse_line(line: &str) -> Result<Option<Command>, WireError> {
                 file: (*f).to_string(),
                 user: (*u).to_string(),
             }),
+            _ => Err(usage_err(&word)),
+        },
+        "CREATEFOLDER" => match args.as_slice() {
+            [p] => Ok(Command::CreateFolder {
+                folder: (*p).to_string(),
+            }),
+            _ => Err(usage_err(&word)),
+        },
+        "VIEWFOLDER" => match args.as_slice() {
+            [] => Ok(Command::ViewFolder {
+                folder: "/".to_string(),
+            }),
+            [p] => Ok(Command::ViewFolder {
+                folder: (*p).to_string(),
+            }),
+            _ => Err(usage_err(&word)),
+        },
+        "MOVE" => match args.as_slice() {
+            [f, p] => Ok(Command::Move {
+                file: (*f).to_string(),
+                folder: (*p).to_string(),
+            }),
+            _ => Err(usage_err(&word)),
+        },
+        "CHECKPOINT" | "VIEWCHECKPOINT" | "REVERT" => match args.as_slice() {
+            [f, t] => {
+                let (file, tag) = ((*f).to_string(), (*t).to_string());
+                Ok(match word.as_str() {
+                    "CHECKPOINT" => Command::Checkpoint { file, tag },
+                    "REVERT" => Command::Revert { file, tag },
+                    _ => Command::ViewCheckpoint { file, tag },
+                })
+            }
+            _ => Err(usage_err(&word)),
+        },
+        "LISTCHECKPOINTS" => one_file(|file| Command::ListCheckpoints { file }),
+        "RACC" | "REQUESTACCESS" => match args.as_slice() {
+            [f, k] => {
+                let kind = match k.to_ascii_uppercase().as_str() {
+                    "R" => Ok(AccessKind::R),
+                    "W" => Ok(AccessKind::W),
+                    "RW" => Ok(AccessKind::RW),
+                    _ => Err(usage_err(&word)),
+                }?;
+                Ok(Command::RequestAccess {
+                    file: (*f).to_string(),
+                    kind,
+                })
+            }
+            _ => Err(usage_err(&word)),
+        },
+        "VIEWACCR" | "VIEWACCESSREQUESTS" => no_args(Command::ViewRequests),
+        "APPROVEACCR" | "DISACCR" => match args.as_slice() {
+            // `#3` as VIEWACCR and RACC print it, or plain `3`.
+            [id] => id
+                .strip_prefix('#')
+                .unwrap_or(id)
+                .parse::<u64>()
+                .map(|id| Command::AnswerRequest {
+                    id,
+                    approve: word == "APPROVEACCR",
+                })
+                .map_err(|_| usage_err(&word)),
             _ => Err(usage_err(&word)),
         },
         "ETIRW" => Err(err::invalid("ETIRW is only valid inside a WRITE session")),
@@ -449,6 +568,95 @@ mod tests {
         assert_eq!(err_text("INFO"), "ERROR [INVALID]: usage: INFO <file>");
         assert_eq!(err_text("STREAM"), "ERROR [INVALID]: usage: STREAM <file>");
         assert_eq!(err_text("EXEC a b"), "ERROR [INVALID]: usage: EXEC <file>");
+    }
+
+    #[test]
+    fn folder_checkpoint_and_request_commands() {
+        assert_eq!(
+            ok("createfolder /docs/"),
+            Command::CreateFolder {
+                folder: f("/docs/")
+            }
+        );
+        assert_eq!(ok("VIEWFOLDER"), Command::ViewFolder { folder: f("/") });
+        assert_eq!(ok("VIEWFOLDER /d"), Command::ViewFolder { folder: f("/d") });
+        assert_eq!(
+            ok("MOVE a.txt /d"),
+            Command::Move {
+                file: f("a.txt"),
+                folder: f("/d")
+            }
+        );
+        assert_eq!(
+            ok("checkpoint a.txt v1"),
+            Command::Checkpoint {
+                file: f("a.txt"),
+                tag: f("v1")
+            }
+        );
+        assert_eq!(
+            ok("VIEWCHECKPOINT a.txt v1"),
+            Command::ViewCheckpoint {
+                file: f("a.txt"),
+                tag: f("v1")
+            }
+        );
+        assert_eq!(
+            ok("REVERT a.txt v1"),
+            Command::Revert {
+                file: f("a.txt"),
+                tag: f("v1")
+            }
+        );
+        assert_eq!(
+            ok("LISTCHECKPOINTS a.txt"),
+            Command::ListCheckpoints { file: f("a.txt") }
+        );
+        for (line, kind) in [
+            ("RACC a.txt r", AccessKind::R),
+            ("REQUESTACCESS a.txt W", AccessKind::W),
+            ("racc a.txt rw", AccessKind::RW),
+        ] {
+            assert_eq!(
+                ok(line),
+                Command::RequestAccess {
+                    file: f("a.txt"),
+                    kind
+                }
+            );
+        }
+        assert_eq!(ok("VIEWACCR"), Command::ViewRequests);
+        assert_eq!(ok("viewaccessrequests"), Command::ViewRequests);
+        assert_eq!(
+            ok("APPROVEACCR #3"),
+            Command::AnswerRequest {
+                id: 3,
+                approve: true
+            }
+        );
+        assert_eq!(
+            ok("DISACCR 4"),
+            Command::AnswerRequest {
+                id: 4,
+                approve: false
+            }
+        );
+        assert_eq!(
+            err_text("RACC a.txt X"),
+            "ERROR [INVALID]: usage: RACC <file> R|W|RW"
+        );
+        assert_eq!(
+            err_text("APPROVEACCR x"),
+            "ERROR [INVALID]: usage: APPROVEACCR <id>"
+        );
+        assert_eq!(
+            err_text("MOVE a.txt"),
+            "ERROR [INVALID]: usage: MOVE <file> /<folder>"
+        );
+        assert_eq!(
+            err_text("CHECKPOINT a.txt"),
+            "ERROR [INVALID]: usage: CHECKPOINT <file> <tag>"
+        );
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! tested; `session.rs` only writes what these return.
 
 use crate::protocol::{
-    CopyReport, CopyState, FailedJob, FileInfo, FileSummary, FsckFile, PairStatus, ServerStatus,
+    AccessRequest, CheckpointInfo, CopyReport, CopyState, FailedJob, FileInfo, FileSummary,
+    FolderEntry, FsckFile, PairStatus, ServerStatus,
 };
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -16,6 +17,16 @@ pub const DELETED: &str = "File deleted successfully!";
 pub const GRANTED: &str = "Access granted successfully!";
 /// `REMACCESS` succeeded.
 pub const REMOVED: &str = "Access removed successfully!";
+/// `CREATEFOLDER` succeeded.
+pub const FOLDER_CREATED: &str = "Folder created successfully!";
+/// `MOVE` succeeded.
+pub const MOVED: &str = "File moved successfully!";
+/// `VIEWFOLDER` of an empty folder.
+pub const EMPTY_FOLDER: &str = "(empty)";
+/// `LISTCHECKPOINTS` of a file without checkpoints.
+pub const NO_CHECKPOINTS: &str = "No checkpoints.";
+/// `VIEWACCR` with nothing pending.
+pub const NO_REQUESTS: &str = "No pending access requests.";
 /// `ETIRW` committed.
 pub const WRITTEN: &str = "Write Successful!";
 /// `VIEW` found nothing.
@@ -35,6 +46,94 @@ pub fn with_copies(line: &str, copies: Option<(u32, u32)>) -> String {
         Some((c, total)) => format!("{line} ({c} of {total} copies)"),
         None => line.to_string(),
     }
+}
+
+/// `CHECKPOINT` succeeded.
+pub fn checkpoint_created(tag: &str) -> String {
+    format!("Checkpoint '{tag}' created successfully!")
+}
+
+/// `REVERT` succeeded.
+pub fn reverted(tag: &str) -> String {
+    format!("Reverted to checkpoint '{tag}' successfully!")
+}
+
+/// `RACC` succeeded.
+pub fn request_created(id: u64) -> String {
+    format!("Access request created with ID #{id}")
+}
+
+/// `APPROVEACCR` (`approved`) or `DISACCR` succeeded.
+pub fn request_answered(id: u64, approved: bool) -> String {
+    if approved {
+        format!("Access request #{id} approved; access granted successfully!")
+    } else {
+        format!("Access request #{id} denied.")
+    }
+}
+
+/// VIEWFOLDER: `[DIR] name` for each folder, then `--> name` for each file, or `(empty)`.
+pub fn folder(entries: &[FolderEntry]) -> String {
+    if entries.is_empty() {
+        return format!("{EMPTY_FOLDER}\n");
+    }
+    entries
+        .iter()
+        .map(|e| {
+            if e.dir {
+                format!("[DIR] {}\n", e.name)
+            } else {
+                format!("--> {}\n", e.name)
+            }
+        })
+        .collect()
+}
+
+/// LISTCHECKPOINTS: a bordered table of Tag, Creator, Created, Size (bytes), oldest first.
+pub fn checkpoints(list: &[CheckpointInfo]) -> String {
+    if list.is_empty() {
+        return format!("{NO_CHECKPOINTS}\n");
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|c| {
+            vec![
+                c.tag.clone(),
+                c.creator.clone(),
+                time(c.created_ms),
+                c.size.to_string(),
+            ]
+        })
+        .collect();
+    bordered(
+        &["Tag", "Creator", "Created", "Size"],
+        &[false, false, false, true],
+        &rows,
+    )
+}
+
+/// VIEWACCR: a bordered table of ID, Requester, File, Type, Date, by id.
+pub fn requests(list: &[AccessRequest]) -> String {
+    if list.is_empty() {
+        return format!("{NO_REQUESTS}\n");
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|r| {
+            vec![
+                format!("#{}", r.id),
+                r.user.clone(),
+                r.file.clone(),
+                r.kind.as_str().to_string(),
+                time(r.created_ms),
+            ]
+        })
+        .collect();
+    bordered(
+        &["ID", "Requester", "File", "Type", "Date"],
+        &[false, false, false, false, false],
+        &rows,
+    )
 }
 
 /// `UPLOAD` succeeded with `bytes` bytes.
@@ -374,12 +473,10 @@ pub fn view(files: &[FileSummary], long: bool) -> String {
 /// Each column is as wide as its widest cell (in characters), with one space of padding on
 /// each side; text is left-aligned and the counts are right-aligned.
 pub fn view_long(files: &[FileSummary]) -> String {
-    let header = ["Filename", "Words", "Chars", "Last Access", "Owner"];
-    let right = [false, true, true, false, false];
-    let rows: Vec<[String; 5]> = files
+    let rows: Vec<Vec<String>> = files
         .iter()
         .map(|f| {
-            [
+            vec![
                 f.file.clone(),
                 f.words.to_string(),
                 f.chars.to_string(),
@@ -388,8 +485,18 @@ pub fn view_long(files: &[FileSummary]) -> String {
             ]
         })
         .collect();
-    let mut widths = header.map(|h| h.chars().count());
-    for row in &rows {
+    bordered(
+        &["Filename", "Words", "Chars", "Last Access", "Owner"],
+        &[false, true, true, false, false],
+        &rows,
+    )
+}
+
+/// A table bordered with `+`, `-` and `|` (see [`view_long`]); `right` says which columns
+/// are right-aligned. Every row has as many cells as `header`.
+fn bordered(header: &[&str], right: &[bool], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
@@ -403,7 +510,7 @@ pub fn view_long(files: &[FileSummary]) -> String {
         let mut s = String::new();
         for (i, cell) in cells.iter().enumerate() {
             let pad = " ".repeat(widths[i] - cell.chars().count());
-            if right[i] {
+            if right.get(i).copied().unwrap_or(false) {
                 s.push_str(&format!("| {pad}{cell} "));
             } else {
                 s.push_str(&format!("| {cell}{pad} "));
@@ -412,9 +519,10 @@ pub fn view_long(files: &[FileSummary]) -> String {
         s + "|\n"
     };
     let mut out = border.clone();
-    out.push_str(&line(&header.map(String::from)));
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    out.push_str(&line(&header));
     out.push_str(&border);
-    for row in &rows {
+    for row in rows {
         out.push_str(&line(row));
     }
     out.push_str(&border);
@@ -463,39 +571,36 @@ pub fn help() -> String {
             "EXEC <file>",
             "run a file as a shell script on the name server",
         ),
-        ("CREATEFOLDER /p", "create a folder (not supported yet)"),
+        ("CREATEFOLDER /p", "create a folder (its parent must exist)"),
         (
             "MOVE <file> /p",
-            "move a file into a folder (not supported yet)",
+            "move a file into a folder (/ is the root)",
         ),
-        ("VIEWFOLDER /p", "list a folder (not supported yet)"),
+        ("VIEWFOLDER /p", "list a folder's folders and files"),
         (
             "CHECKPOINT <file> <tag>",
-            "save a named checkpoint (not supported yet)",
+            "save the current content as a named checkpoint",
         ),
         (
             "VIEWCHECKPOINT <file> <tag>",
-            "print a checkpoint (not supported yet)",
+            "print a checkpoint's content",
         ),
         (
             "REVERT <file> <tag>",
-            "restore a checkpoint (not supported yet)",
+            "restore a checkpoint's content (undoable)",
         ),
-        (
-            "LISTCHECKPOINTS <file>",
-            "list checkpoints (not supported yet)",
-        ),
+        ("LISTCHECKPOINTS <file>", "list a file's checkpoints"),
         (
             "RACC <file> R|W|RW",
-            "request access from the owner (not supported yet)",
+            "ask the owner for access (alias REQUESTACCESS)",
         ),
         (
             "VIEWACCR",
-            "list pending access requests (not supported yet)",
+            "list pending requests on your files (VIEWACCESSREQUESTS)",
         ),
         (
             "APPROVEACCR <id> / DISACCR <id>",
-            "answer a request (not supported yet)",
+            "grant or refuse a request",
         ),
         (
             "UPLOAD <local_path> <file>",

@@ -374,9 +374,100 @@ impl Session {
                     m => return Err(unexpected(&m, "the name server").into()),
                 }
             }
+            Command::CreateFolder { folder } => {
+                let req = Message::CreateFolder {
+                    folder: folder.clone(),
+                };
+                let copies = self.expect_done(&req)?;
+                writeln!(
+                    out,
+                    "{}",
+                    render::with_copies(render::FOLDER_CREATED, copies)
+                )?;
+            }
+            Command::ViewFolder { folder } => {
+                let req = Message::ViewFolder {
+                    folder: folder.clone(),
+                };
+                let entries = self.paged(&req, t, |m| match m {
+                    Message::FolderList { entries, more } => Ok((entries, more)),
+                    m => Err(Box::new(m)),
+                })?;
+                out.write_all(render::folder(&entries).as_bytes())?
+            }
+            Command::Move { file, folder } => {
+                let req = Message::Move {
+                    file: file.clone(),
+                    folder: folder.clone(),
+                };
+                let copies = self.expect_done(&req)?;
+                writeln!(out, "{}", render::with_copies(render::MOVED, copies))?;
+            }
+            Command::Checkpoint { file, tag } => {
+                let req = Message::Checkpoint {
+                    file: file.clone(),
+                    tag: tag.clone(),
+                };
+                let copies = self.expect_done(&req)?;
+                let line = render::checkpoint_created(tag);
+                writeln!(out, "{}", render::with_copies(&line, copies))?;
+            }
+            Command::Revert { file, tag } => {
+                let req = Message::Revert {
+                    file: file.clone(),
+                    tag: tag.clone(),
+                };
+                let copies = self.expect_done(&req)?;
+                writeln!(
+                    out,
+                    "{}",
+                    render::with_copies(&render::reverted(tag), copies)
+                )?;
+            }
+            Command::ViewCheckpoint { file, tag } => self.read_from(file, Some(tag), out)?,
+            Command::ListCheckpoints { file } => {
+                let (mut link, ticket) = self.locate(file, AccessMode::Read)?;
+                let req = Message::ListCheckpoints {
+                    file: ticket.file.clone(),
+                    ticket,
+                };
+                match link.call(&req)? {
+                    Message::CheckpointList { checkpoints } => {
+                        out.write_all(render::checkpoints(&checkpoints).as_bytes())?
+                    }
+                    m => return Err(unexpected(&m, &link.describe()).into()),
+                }
+            }
+            Command::RequestAccess { file, kind } => {
+                let req = Message::RequestAccess {
+                    file: file.clone(),
+                    kind: *kind,
+                };
+                match self.call_nm(&req, t)?.msg {
+                    Message::RequestCreated { id } => {
+                        writeln!(out, "{}", render::request_created(id))?
+                    }
+                    m => return Err(unexpected(&m, "the name server").into()),
+                }
+            }
+            Command::ViewRequests => {
+                let requests = self.paged(&Message::ViewRequests {}, t, |m| match m {
+                    Message::Requests { requests, more } => Ok((requests, more)),
+                    m => Err(Box::new(m)),
+                })?;
+                out.write_all(render::requests(&requests).as_bytes())?
+            }
+            Command::AnswerRequest { id, approve } => {
+                let req = Message::AnswerRequest {
+                    id: *id,
+                    approve: *approve,
+                };
+                self.expect_done(&req)?;
+                writeln!(out, "{}", render::request_answered(*id, *approve))?;
+            }
             Command::Upload { local, file } => self.upload(Path::new(local), file, out)?,
             Command::Download { file, local } => self.download(file, Path::new(local), out)?,
-            Command::Read { file } => self.read(file, out)?,
+            Command::Read { file } => self.read_from(file, None, out)?,
             Command::Stream { file } => self.stream(file, out)?,
             Command::Write { .. } | Command::Help | Command::Exit | Command::Unsupported(_) => {
                 return Err(err::internal("command not handled by the session").into())
@@ -608,11 +699,25 @@ impl Session {
         Ok(())
     }
 
-    /// READ: the bytes exactly, then a newline; the whole content's CRC is checked at the end.
-    fn read(&mut self, file: &str, out: &mut dyn Write) -> Result<(), CmdError> {
-        let (mut link, first) = self.open_read(file, AccessMode::Read, |ticket| Message::Read {
-            file: ticket.file.clone(),
-            ticket,
+    /// READ (or, with a tag, VIEWCHECKPOINT): the bytes exactly, then a newline; the whole
+    /// content's CRC is checked at the end. A copy that is down or behind is left for the
+    /// pair's other member (see [`Session::open_read`]).
+    fn read_from(
+        &mut self,
+        file: &str,
+        tag: Option<&str>,
+        out: &mut dyn Write,
+    ) -> Result<(), CmdError> {
+        let (mut link, first) = self.open_read(file, AccessMode::Read, |ticket| match tag {
+            None => Message::Read {
+                file: ticket.file.clone(),
+                ticket,
+            },
+            Some(tag) => Message::ReadCheckpoint {
+                file: ticket.file.clone(),
+                tag: tag.to_string(),
+                ticket,
+            },
         })?;
         let (size, checksum) = match first.msg {
             Message::ReadOk { size, checksum, .. } => (size, checksum),

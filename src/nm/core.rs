@@ -5,14 +5,24 @@
 //! batch of [`StoreOp`]s that must be durable before any reply produced alongside it is sent.
 //! Keeping every decision here means tests drive the name server without sockets or disks.
 
+#[path = "checkpoints.rs"]
+mod checkpoints;
+#[path = "folders.rs"]
+mod folders;
+#[path = "requests.rs"]
+mod requests;
+
+pub use folders::FolderRecord;
+
 use super::replication::{self, job_key, JobState, Outcome, ReplJob, Transfer, Want};
 use crate::auth::{ClusterKey, NonceMemory, RegisterClaim, NM_USER, PROOF_SKEW_MS};
 use crate::logging::ev;
 use crate::names;
 use crate::protocol::frame;
 use crate::protocol::{
-    err, AccessEntry, AccessMode, FailedJob, FileInfo, FileState, FileSummary, Frame, Message,
-    PairStatus, ReplicaInfo, ServerStatus, TicketOp, Version, WireError,
+    err, AccessEntry, AccessMode, AccessRequest, FailedJob, FileInfo, FileState, FileSummary,
+    FolderEntry, Frame, Message, PairStatus, ReplicaInfo, ServerStatus, TicketOp, Version,
+    WireError,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -258,6 +268,14 @@ pub enum StoreOp {
     PutJob(ReplJob),
     /// Remove a replication job by key.
     DelJob(String),
+    /// Insert or replace a folder record.
+    PutFolder(String, FolderRecord),
+    /// Insert or replace a pending access request.
+    PutRequest(AccessRequest),
+    /// Remove an access request (answered, or its file deleted).
+    DelRequest(u64),
+    /// The next access-request id (the counter only rises).
+    PutNextRequest(u64),
 }
 
 /// The durable state as loaded at startup.
@@ -275,6 +293,12 @@ pub struct Loaded {
     pub pair_states: BTreeMap<String, PairRecord>,
     /// Replication jobs by key.
     pub jobs: BTreeMap<String, ReplJob>,
+    /// Folders by canonical name.
+    pub folders: BTreeMap<String, FolderRecord>,
+    /// Pending access requests by id.
+    pub requests: BTreeMap<u64, AccessRequest>,
+    /// The next access-request id (0 when none was ever given).
+    pub next_request: u64,
 }
 
 /// Blocking work for the worker pool.
@@ -459,6 +483,15 @@ enum Purpose {
     },
     Delete,
     Undo,
+    Checkpoint,
+    Revert,
+    Move {
+        to: String,
+    },
+    /// Folder directories pushed to a storage server; no client waits.
+    Mkdir {
+        ss: String,
+    },
     Exec {
         user: String,
         started_ms: u64,
@@ -511,6 +544,12 @@ pub struct Core {
     fsck: fsck::Runs,
     /// Pair states by primary (durable).
     pair_states: BTreeMap<String, PairRecord>,
+    /// Folders by canonical name (durable); with `files`, the namespace's ordered index.
+    folders: BTreeMap<String, FolderRecord>,
+    /// Pending access requests by id (durable).
+    requests: BTreeMap<u64, AccessRequest>,
+    /// The next access-request id (durable; only rises).
+    next_request: u64,
 }
 
 fn not_found(file: &str) -> WireError {
@@ -550,7 +589,17 @@ impl Core {
                 s.files += 1;
             }
         }
+        let next_request = loaded
+            .requests
+            .keys()
+            .next_back()
+            .map_or(1, |id| id + 1)
+            .max(loaded.next_request)
+            .max(1);
         Core {
+            folders: loaded.folders,
+            requests: loaded.requests,
+            next_request,
             cfg,
             key,
             proof_nonces: NonceMemory::new(MAX_LIVE_PROOFS),
@@ -978,6 +1027,7 @@ impl Core {
             },
         );
         self.advance_pairs(now_ms);
+        self.push_all_folders(&name);
         self.pump_replication(now_ms);
     }
 
@@ -1075,6 +1125,10 @@ impl Core {
         rec.apply_state(st);
         rec.set_held(member, Some(st.version));
         rec.set_held(member.other(), None);
+        // A file found in a folder the index does not know brings its folders with it, so
+        // every file's parent exists.
+        let owner = rec.owner.clone();
+        self.ensure_folders(names::parent(file), &owner, now_ms);
         self.put_file(file, rec);
     }
 
@@ -1171,8 +1225,47 @@ impl Core {
 
     fn client_request(&mut self, conn: ConnId, user: String, msg: Message, now_ms: u64) {
         match msg {
-            Message::Create { .. } | Message::Delete { .. } | Message::Undo { .. } => {
-                self.serialised(conn, user, msg, now_ms)
+            Message::Create { .. }
+            | Message::Delete { .. }
+            | Message::Undo { .. }
+            | Message::Move { .. }
+            | Message::Checkpoint { .. }
+            | Message::Revert { .. } => self.serialised(conn, user, msg, now_ms),
+            Message::CreateFolder { folder } => match self.create_folder(&user, &folder, now_ms) {
+                Ok(()) => self.reply(conn, Message::Done {}),
+                Err(e) => self.fail(conn, e),
+            },
+            Message::ViewFolder { folder } => match self.view_folder(&folder) {
+                Ok(entries) => {
+                    let pages = frame::paginate(entries, |e| 2 * e.name.len() + 32);
+                    let last = pages.len() - 1;
+                    for (i, entries) in pages.into_iter().enumerate() {
+                        let more = i < last;
+                        self.reply(conn, Message::FolderList { entries, more });
+                    }
+                }
+                Err(e) => self.fail(conn, e),
+            },
+            Message::RequestAccess { file, kind } => {
+                match self.request_access(&user, &file, kind, now_ms) {
+                    Ok(id) => self.reply(conn, Message::RequestCreated { id }),
+                    Err(e) => self.fail(conn, e),
+                }
+            }
+            Message::ViewRequests {} => {
+                let requests = self.view_requests(&user);
+                let pages = frame::paginate(requests, |r| 2 * (r.user.len() + r.file.len()) + 96);
+                let last = pages.len() - 1;
+                for (i, requests) in pages.into_iter().enumerate() {
+                    let more = i < last;
+                    self.reply(conn, Message::Requests { requests, more });
+                }
+            }
+            Message::AnswerRequest { id, approve } => {
+                match self.answer_request(&user, id, approve) {
+                    Ok(()) => self.reply(conn, Message::Done {}),
+                    Err(e) => self.fail(conn, e),
+                }
             }
             Message::Locate {
                 mode: AccessMode::Upload,
@@ -1569,6 +1662,9 @@ impl Core {
             Message::Create { file }
             | Message::Delete { file }
             | Message::Undo { file }
+            | Message::Move { file, .. }
+            | Message::Checkpoint { file, .. }
+            | Message::Revert { file, .. }
             | Message::Locate { file, .. } => file.clone(),
             _ => return,
         };
@@ -1610,11 +1706,18 @@ impl Core {
             Message::Create { .. } | Message::Locate { .. } => self.start_create(canon, &p),
             Message::Delete { .. } => self.start_delete(canon, &p),
             Message::Undo { .. } => self.start_undo(canon, &p),
+            Message::Move { .. } => self.start_move(canon, &p),
+            Message::Checkpoint { .. } => self.start_checkpoint(canon, &p),
+            Message::Revert { .. } => self.start_revert(canon, &p),
             _ => Err(err::internal("not a serialised request")),
         };
         match started {
             Ok((kind, purpose)) => {
                 self.busy_files.entry(canon.to_string()).or_default();
+                if let Purpose::Move { to } = &purpose {
+                    // The new name is taken while the move runs: a CREATE of it waits.
+                    self.busy_files.entry(to.clone()).or_default();
+                }
                 self.set_busy(p.conn, true);
                 self.new_job(
                     kind,
@@ -1637,12 +1740,7 @@ impl Core {
         if self.files.contains_key(canon) {
             return Err(err::conflict("File already exists"));
         }
-        let folder = names::parent(canon);
-        if !folder.is_empty() {
-            return Err(err::not_found(format!(
-                "Folder not found: /{folder} (folders are not supported yet; create files in the root)"
-            )));
-        }
+        self.check_new_file_name(canon)?;
         // Pairs are named by their primaries; a pair takes the file if its writer may take
         // changes now (so CREATE goes on while a pair has one live member).
         let pick = self
@@ -1725,8 +1823,15 @@ impl Core {
         if let Purpose::Fsck { run, ss } = flight.purpose {
             return self.fsck_result(run, ss, result);
         }
+        if let Purpose::Mkdir { ss } = &flight.purpose {
+            return Self::mkdir_done(ss, result);
+        }
         let conn = flight.conn;
         let file = flight.file.clone();
+        let moved_to = match &flight.purpose {
+            Purpose::Move { to } => Some(to.clone()),
+            _ => None,
+        };
         // A change owed to a backup: (target, what it must reach), answered by answer_change.
         let mut change: Option<(Option<String>, Want)> = None;
         let reply: Result<(Message, Vec<u8>), WireError> = match (flight.purpose, result) {
@@ -1784,8 +1889,17 @@ impl Core {
                     Ok((Message::Done {}, Vec::new()))
                 }
             }
+            (Purpose::Move { to }, Ok(_)) => {
+                let target = self.finish_move(&file, &to, now_ms);
+                log::info!(target: ev::NM_FILE_CHANGE, file = file.as_str(), to = to.as_str();
+                    "moved {file} to {to}");
+                let version = self.files.get(&to).map(|r| r.version).unwrap_or_default();
+                change = Some((target, Want::Content { version }));
+                Ok((Message::Done {}, Vec::new()))
+            }
             (Purpose::Delete, Ok(_)) => {
                 let ss = self.files.get(&file).map(|r| r.ss.clone());
+                self.drop_requests_for(&file);
                 self.del_file(&file);
                 log::info!(target: ev::NM_FILE_CHANGE, file = file.as_str(); "deleted {file}");
                 let target = ss.and_then(|ss| self.owe_delete(&ss, &file, now_ms));
@@ -1795,12 +1909,21 @@ impl Core {
             (Purpose::Delete, Err(e)) if e.code == crate::protocol::ErrorCode::NotFound => {
                 // The copy is already gone; the record follows it.
                 let ss = self.files.get(&file).map(|r| r.ss.clone());
+                self.drop_requests_for(&file);
                 self.del_file(&file);
                 let target = ss.and_then(|ss| self.owe_delete(&ss, &file, now_ms));
                 change = Some((target, Want::Delete));
                 Ok((Message::Done {}, Vec::new()))
             }
-            (Purpose::Undo, Ok(JobOutput::State(st))) => {
+            (
+                p @ (Purpose::Undo | Purpose::Checkpoint | Purpose::Revert),
+                Ok(JobOutput::State(st)),
+            ) => {
+                let what = match p {
+                    Purpose::Checkpoint => "checkpointed",
+                    Purpose::Revert => "reverted",
+                    _ => "undid the last change of",
+                };
                 if let Some(rec) = self.files.get(&file) {
                     let mut rec = rec.clone();
                     if st.version >= rec.version {
@@ -1810,7 +1933,7 @@ impl Core {
                     }
                 }
                 log::info!(target: ev::NM_FILE_CHANGE, file = file.as_str(),
-                    version = st.version.to_string(); "undid the last change of {file}");
+                    version = st.version.to_string(); "{what} {file}");
                 let target = self.owe(&file, true, now_ms);
                 let version = self.files.get(&file).map_or(st.version, |r| r.version);
                 change = Some((target, Want::Content { version }));
@@ -1861,6 +1984,9 @@ impl Core {
         }
         if flight.serialised {
             self.next_for_file(&file, now_ms);
+            if let Some(to) = moved_to {
+                self.next_for_file(&to, now_ms);
+            }
         }
         self.pump_replication(now_ms);
     }
@@ -3088,14 +3214,92 @@ mod tests {
         ));
     }
 
+    /// Replication jobs, and the folder pushes that go with them, no client waits for.
     fn is_repl(e: &Effect) -> bool {
         matches!(
             e,
             Effect::Job(Job {
                 kind: JobKind::Replicate(_),
                 ..
+            }) | Effect::Job(Job {
+                kind: JobKind::SsCall {
+                    msg: Message::SsMkdir { .. },
+                    ..
+                },
+                ..
             })
         )
+    }
+
+    fn mkdirs(e: &[Effect]) -> Vec<(String, Vec<String>, u64)> {
+        e.iter()
+            .filter_map(|x| match x {
+                Effect::Job(Job {
+                    id,
+                    kind:
+                        JobKind::SsCall {
+                            msg: Message::SsMkdir { folders, ticket },
+                            ..
+                        },
+                }) => {
+                    assert_eq!(ticket.file, names::mkdir_subject(folders));
+                    assert_eq!(ticket.op, TicketOp::Mkdir);
+                    Some((ticket.ss.clone(), folders.clone(), *id))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn folders_reach_every_server_now_and_at_registration() {
+        let mut c = core();
+        register_as(&mut c, 1, "ss1", None, vec![]);
+        register_as(&mut c, 2, "ss1_backup", None, vec![]);
+        hello(&mut c, 10, "alice");
+        let e = send(
+            &mut c,
+            10,
+            Message::CreateFolder {
+                folder: "/d".into(),
+            },
+            5,
+        );
+        let pushed: Vec<(String, Vec<String>)> =
+            mkdirs(&e).into_iter().map(|(s, f, _)| (s, f)).collect();
+        assert_eq!(
+            pushed,
+            vec![
+                ("ss1".to_string(), vec!["d".to_string()]),
+                ("ss1_backup".to_string(), vec!["d".to_string()]),
+            ]
+        );
+        // No client waits for the pushes: their results produce nothing.
+        for (_, _, id) in mkdirs(&e) {
+            c.on_job_result(id, Err(err::unavailable("down")), 6);
+        }
+        assert!(c.take_effects().is_empty());
+        send(
+            &mut c,
+            10,
+            Message::CreateFolder {
+                folder: "/d/e".into(),
+            },
+            7,
+        );
+        // A server registering again gets every folder, parents first.
+        c.on_close(2, 8);
+        c.take_effects();
+        let e = register_as(&mut c, 3, "ss1_backup", None, vec![]);
+        let pushed: Vec<(String, Vec<String>)> =
+            mkdirs(&e).into_iter().map(|(s, f, _)| (s, f)).collect();
+        assert_eq!(
+            pushed,
+            vec![(
+                "ss1_backup".to_string(),
+                vec!["d".to_string(), "d/e".to_string()]
+            )]
+        );
     }
 
     /// Replication jobs are checked by the tests that mean to; others look past them.
@@ -4183,5 +4387,340 @@ mod tests {
             code(only_reply(send(&mut c, 11, up("u.bin"), 7))),
             ErrorCode::Unauthorized
         );
+    }
+
+    fn folder(c: &mut Core, conn: ConnId, f: &str) -> Message {
+        only_reply(send(c, conn, Message::CreateFolder { folder: f.into() }, 5))
+    }
+
+    fn listing(c: &mut Core, conn: ConnId, f: &str) -> Result<Vec<(String, bool)>, ErrorCode> {
+        match only_reply(send(c, conn, Message::ViewFolder { folder: f.into() }, 5)) {
+            Message::FolderList { entries, more } => {
+                assert!(!more);
+                Ok(entries.into_iter().map(|e| (e.name, e.dir)).collect())
+            }
+            other => Err(code(other)),
+        }
+    }
+
+    fn entry(name: &str, dir: bool) -> (String, bool) {
+        (name.to_string(), dir)
+    }
+
+    #[test]
+    fn folders_nest_need_their_parent_and_list_one_level() {
+        let mut c = core();
+        register(&mut c, 1, "ss1", vec![]);
+        hello(&mut c, 10, "alice");
+        assert_eq!(folder(&mut c, 10, "/d"), Message::Done {});
+        assert_eq!(code(folder(&mut c, 10, "/d/")), ErrorCode::Conflict);
+        assert_eq!(code(folder(&mut c, 10, "/x/y")), ErrorCode::NotFound);
+        assert_eq!(code(folder(&mut c, 10, "/")), ErrorCode::Conflict);
+        assert_eq!(code(folder(&mut c, 10, "/a/../b")), ErrorCode::Invalid);
+        assert_eq!(folder(&mut c, 10, "/d/s"), Message::Done {});
+        assert!(c
+            .take_batch()
+            .iter()
+            .any(|op| matches!(op, StoreOp::PutFolder(f, r) if f == "d/s" && r.owner == "alice")));
+        create(&mut c, 10, "/d/a.txt");
+        create(&mut c, 10, "/d/s/deep.txt");
+        create(&mut c, 10, "top.txt");
+        // A file needs its folder; a folder and a file never share a name.
+        let m = only_reply(send(
+            &mut c,
+            10,
+            Message::Create {
+                file: "/x/a".into(),
+            },
+            5,
+        ));
+        assert_eq!(code(m), ErrorCode::NotFound);
+        let m = only_reply(send(
+            &mut c,
+            10,
+            Message::Create {
+                file: "/d/s".into(),
+            },
+            5,
+        ));
+        assert_eq!(code(m), ErrorCode::Conflict);
+        assert_eq!(code(folder(&mut c, 10, "/d/a.txt")), ErrorCode::Conflict);
+        assert_eq!(
+            listing(&mut c, 10, "/d/"),
+            Ok(vec![entry("s", true), entry("a.txt", false)])
+        );
+        assert_eq!(listing(&mut c, 10, "/d"), listing(&mut c, 10, "/d/"));
+        assert_eq!(
+            listing(&mut c, 10, "/"),
+            Ok(vec![entry("d", true), entry("top.txt", false)])
+        );
+        assert_eq!(
+            listing(&mut c, 10, "/d/s"),
+            Ok(vec![entry("deep.txt", false)])
+        );
+        assert_eq!(folder(&mut c, 10, "/e"), Message::Done {});
+        assert_eq!(listing(&mut c, 10, "/e"), Ok(vec![]));
+        assert_eq!(listing(&mut c, 10, "/nope"), Err(ErrorCode::NotFound));
+    }
+
+    #[test]
+    fn adopted_files_bring_their_folders() {
+        let mut c = core();
+        register(&mut c, 1, "ss1", vec![st("a/b/c.txt", 1, Some("bob"))]);
+        hello(&mut c, 10, "alice");
+        assert_eq!(listing(&mut c, 10, "/a"), Ok(vec![entry("b", true)]));
+        assert_eq!(listing(&mut c, 10, "/a/b"), Ok(vec![entry("c.txt", false)]));
+    }
+
+    #[test]
+    fn move_checks_rights_folder_and_name_then_follows_the_rename() {
+        let mut c = core();
+        register_as(&mut c, 1, "ss1", None, vec![]);
+        register_as(&mut c, 2, "ss1_backup", None, vec![]);
+        hello(&mut c, 10, "alice");
+        hello(&mut c, 11, "bob");
+        create(&mut c, 10, "a.txt");
+        create(&mut c, 10, "b.txt");
+        assert_eq!(folder(&mut c, 10, "/d"), Message::Done {});
+        create(&mut c, 10, "/d/b.txt");
+        let mv = |file: &str, folder: &str| Message::Move {
+            file: file.into(),
+            folder: folder.into(),
+        };
+        let add = Message::AddAccess {
+            file: "a.txt".into(),
+            user: "bob".into(),
+            write: false,
+        };
+        only_reply(send(&mut c, 10, add, 5));
+        for (user, file, to, want) in [
+            (11, "a.txt", "/d", ErrorCode::Unauthorized),
+            (10, "a.txt", "/nope", ErrorCode::NotFound),
+            (10, "a.txt", "/", ErrorCode::Conflict),
+            (10, "b.txt", "/d/", ErrorCode::Conflict),
+            (10, "gone.txt", "/d", ErrorCode::NotFound),
+        ] {
+            let m = only_reply(send(&mut c, user, mv(file, to), 5));
+            assert_eq!(code(m), want, "MOVE {file} {to}");
+        }
+        let job = only_job(send(&mut c, 10, mv("a.txt", "/d/"), 5));
+        let JobKind::SsCall {
+            msg: Message::SsMove { file, to, ticket },
+            ..
+        } = &job.kind
+        else {
+            panic!("not an SS_MOVE: {job:?}");
+        };
+        assert_eq!((file.as_str(), to.as_str()), ("a.txt", "d/a.txt"));
+        assert_eq!(ticket.file, names::move_subject("a.txt", "d/a.txt"));
+        assert_eq!(ticket.op, TicketOp::Move);
+        // The new name is taken while the move runs: a CREATE of it waits, then conflicts.
+        assert!(send(
+            &mut c,
+            11,
+            Message::Create {
+                file: "/d/a.txt".into()
+            },
+            6
+        )
+        .is_empty());
+        let before = c.files["a.txt"].clone();
+        c.on_job_result(job.id, Ok(JobOutput::Done), 7);
+        let e = c.take_effects();
+        let replies: Vec<&Message> = e
+            .iter()
+            .filter_map(|x| match x {
+                Effect::Reply { msg, .. } => Some(msg),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(replies.len(), 2, "{e:?}");
+        assert_eq!(replies[0], &Message::Done {});
+        assert_eq!(code(replies[1].clone()), ErrorCode::Conflict);
+        assert!(!c.files.contains_key("a.txt"));
+        let after = &c.files["d/a.txt"];
+        assert_eq!(
+            (&after.owner, &after.access, after.version),
+            (&before.owner, &before.access, before.version)
+        );
+        // The backup is owed the old name's removal and the file under its new name.
+        assert_eq!(c.repl[&job_key("ss1_backup", "a.txt")].want, Want::Delete);
+        assert_eq!(
+            c.repl[&job_key("ss1_backup", "d/a.txt")].want,
+            Want::Content {
+                version: after.version
+            }
+        );
+    }
+
+    #[test]
+    fn checkpoint_and_revert_need_write_access_and_a_valid_tag() {
+        let mut c = core();
+        register_as(&mut c, 1, "ss1", None, vec![]);
+        register_as(&mut c, 2, "ss1_backup", None, vec![]);
+        hello(&mut c, 10, "alice");
+        hello(&mut c, 11, "bob");
+        create(&mut c, 10, "a.txt");
+        let add = Message::AddAccess {
+            file: "a.txt".into(),
+            user: "bob".into(),
+            write: false,
+        };
+        only_reply(send(&mut c, 10, add, 5));
+        let cp = |tag: &str| Message::Checkpoint {
+            file: "a.txt".into(),
+            tag: tag.into(),
+        };
+        let rv = |tag: &str| Message::Revert {
+            file: "a.txt".into(),
+            tag: tag.into(),
+        };
+        assert_eq!(
+            code(only_reply(send(&mut c, 11, cp("v1"), 5))),
+            ErrorCode::Unauthorized
+        );
+        assert_eq!(
+            code(only_reply(send(&mut c, 11, rv("v1"), 5))),
+            ErrorCode::Unauthorized
+        );
+        for bad in ["a b", "", "x/y", &"t".repeat(65)] {
+            assert_eq!(
+                code(only_reply(send(&mut c, 10, cp(bad), 5))),
+                ErrorCode::Invalid
+            );
+        }
+        let job = only_job(send(&mut c, 10, cp("v1"), 5));
+        assert!(matches!(
+            &job.kind,
+            JobKind::SsCall { msg: Message::SsCheckpoint { tag, creator, .. }, .. }
+                if tag == "v1" && creator == "alice"
+        ));
+        c.on_job_result(job.id, Ok(JobOutput::State(st("a.txt", 2, None))), 8);
+        assert_eq!(only_reply(c.take_effects()), Message::Done {});
+        let v = c.files["a.txt"].version;
+        assert_eq!(v.counter, 2);
+        // The checkpoint is a new version: the ordinary content job carries it.
+        assert_eq!(
+            c.repl[&job_key("ss1_backup", "a.txt")].want,
+            Want::Content { version: v }
+        );
+        let job = only_job(send(&mut c, 10, rv("v1"), 9));
+        assert!(matches!(
+            &job.kind,
+            JobKind::SsCall { msg: Message::SsRevert { tag, .. }, .. } if tag == "v1"
+        ));
+        c.on_job_result(job.id, Ok(JobOutput::State(st("a.txt", 3, None))), 10);
+        assert_eq!(only_reply(c.take_effects()), Message::Done {});
+        // REVERT changes content only: bob keeps exactly his read access.
+        assert_eq!(c.files["a.txt"].access.get("bob"), Some(&false));
+    }
+
+    #[test]
+    fn access_requests_grant_exactly_what_was_asked_and_ids_never_repeat() {
+        let mut c = core();
+        register(&mut c, 1, "ss1", vec![]);
+        hello(&mut c, 10, "alice");
+        hello(&mut c, 11, "bob");
+        hello(&mut c, 12, "carol");
+        hello(&mut c, 13, "dave");
+        create(&mut c, 10, "a.txt");
+        let racc = |kind| Message::RequestAccess {
+            file: "a.txt".into(),
+            kind,
+        };
+        let answer = |id, approve| Message::AnswerRequest { id, approve };
+        use crate::protocol::AccessKind;
+        assert_eq!(
+            only_reply(send(&mut c, 11, racc(AccessKind::R), 5)),
+            Message::RequestCreated { id: 1 }
+        );
+        assert_eq!(
+            code(only_reply(send(&mut c, 11, racc(AccessKind::RW), 5))),
+            ErrorCode::Conflict,
+            "a second pending request of the same user"
+        );
+        assert_eq!(
+            code(only_reply(send(&mut c, 10, racc(AccessKind::R), 5))),
+            ErrorCode::Invalid,
+            "the owner cannot request"
+        );
+        let m = only_reply(send(
+            &mut c,
+            12,
+            Message::RequestAccess {
+                file: "nope".into(),
+                kind: AccessKind::R,
+            },
+            5,
+        ));
+        assert_eq!(code(m), ErrorCode::NotFound);
+        assert_eq!(
+            only_reply(send(&mut c, 12, racc(AccessKind::W), 6)),
+            Message::RequestCreated { id: 2 }
+        );
+        assert_eq!(
+            only_reply(send(&mut c, 13, racc(AccessKind::RW), 6)),
+            Message::RequestCreated { id: 3 }
+        );
+        let pending =
+            |c: &mut Core, conn| match only_reply(send(c, conn, Message::ViewRequests {}, 7)) {
+                Message::Requests { requests, .. } => requests
+                    .into_iter()
+                    .map(|r| (r.id, r.user, r.kind))
+                    .collect::<Vec<_>>(),
+                other => panic!("{other:?}"),
+            };
+        assert!(pending(&mut c, 11).is_empty(), "bob owns nothing");
+        assert_eq!(
+            pending(&mut c, 10),
+            vec![
+                (1, "bob".to_string(), AccessKind::R),
+                (2, "carol".to_string(), AccessKind::W),
+                (3, "dave".to_string(), AccessKind::RW),
+            ]
+        );
+        assert_eq!(
+            code(only_reply(send(&mut c, 11, answer(1, true), 8))),
+            ErrorCode::Unauthorized
+        );
+        for id in [1, 2] {
+            assert_eq!(
+                only_reply(send(&mut c, 10, answer(id, true), 8)),
+                Message::Done {}
+            );
+        }
+        assert_eq!(
+            only_reply(send(&mut c, 10, answer(3, false), 8)),
+            Message::Done {}
+        );
+        let access = &c.files["a.txt"].access;
+        assert_eq!(access.get("bob"), Some(&false), "R grants read only");
+        assert_eq!(access.get("carol"), Some(&true), "W grants read and write");
+        assert_eq!(access.get("dave"), None, "a refused request grants nothing");
+        assert_eq!(
+            code(only_reply(send(&mut c, 10, answer(1, true), 8))),
+            ErrorCode::NotFound,
+            "an answered request is gone"
+        );
+        assert_eq!(
+            code(only_reply(send(&mut c, 11, racc(AccessKind::R), 9))),
+            ErrorCode::Conflict,
+            "bob already has read access"
+        );
+        assert_eq!(
+            only_reply(send(&mut c, 11, racc(AccessKind::RW), 9)),
+            Message::RequestCreated { id: 4 }
+        );
+        assert!(c.take_batch().contains(&StoreOp::PutNextRequest(5)));
+        // A restarted core continues the counter from what was stored.
+        let loaded = Loaded {
+            requests: c.requests.clone(),
+            next_request: 5,
+            ..Loaded::default()
+        };
+        let mut c2 = Core::new(c.cfg.clone(), ClusterKey::from_bytes(KEY), loaded);
+        assert_eq!(c2.next_request, 5);
+        c2.drop_requests_for("a.txt");
+        assert!(c2.requests.is_empty());
     }
 }

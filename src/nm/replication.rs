@@ -228,8 +228,12 @@ fn copy(t: &Transfer, key: &ClusterKey) -> Result<Outcome, WireError> {
         },
         &[],
     )?;
-    let (have, blobs) = match held.msg {
-        Message::Held { state, blobs } => (state, blobs),
+    let (have, blobs, have_checkpoints) = match held.msg {
+        Message::Held {
+            state,
+            blobs,
+            checkpoints,
+        } => (state, blobs, checkpoints),
         other => return Err(unexpected(tname, &other)),
     };
     if let Some(st) = have {
@@ -248,15 +252,25 @@ fn copy(t: &Transfer, key: &ClusterKey) -> Result<Outcome, WireError> {
         &Message::GetFileContent {
             file: t.file.clone(),
             have: blobs,
+            have_checkpoints,
             ticket,
         },
         &[],
     )?;
-    let (state, undo, sent) = match head.msg {
-        Message::FileContent { state, undo, sent } => (state, undo, sent),
+    let (state, undo, sent, checkpoints, sent_checkpoints) = match head.msg {
+        Message::FileContent {
+            state,
+            undo,
+            sent,
+            checkpoints,
+            sent_checkpoints,
+        } => (state, undo, sent, checkpoints, sent_checkpoints),
         other => return Err(unexpected(sname, &other)),
     };
-    if sent.len() > MAX_HISTORY_ENTRIES || undo.len() > MAX_HISTORY_ENTRIES {
+    if sent.len() > MAX_HISTORY_ENTRIES
+        || undo.len() > MAX_HISTORY_ENTRIES
+        || checkpoints.len() > MAX_HISTORY_ENTRIES
+    {
         return Err(err::limit("transfer carries too many history entries"));
     }
     // 3. Open the target's install stream and relay every frame as it arrives.
@@ -266,12 +280,16 @@ fn copy(t: &Transfer, key: &ClusterKey) -> Result<Outcome, WireError> {
         state: state.clone(),
         undo,
         sent: sent.clone(),
+        checkpoints,
+        sent_checkpoints: sent_checkpoints.clone(),
         ticket,
     };
     dst.send(&put, &[])
         .map_err(|e| err::unavailable(format!("sending to {tname}: {e}")))?;
     let mut bytes = 0u64;
-    let mut streams_left = 1 + sent.len();
+    // The content, then each history entry, then each checkpoint the target lacks.
+    let extra_parts = sent.len() + sent_checkpoints.len();
+    let mut streams_left = 1 + extra_parts;
     while streams_left > 0 {
         let f = src.recv_some()?;
         match f.msg.into_result()? {
@@ -284,7 +302,7 @@ fn copy(t: &Transfer, key: &ClusterKey) -> Result<Outcome, WireError> {
                 streams_left -= 1;
                 dst.send(&Message::End {}, &[])
                     .map_err(|e| err::unavailable(format!("sending to {tname}: {e}")))?;
-                if streams_left == sent.len() {
+                if streams_left == extra_parts {
                     log::info!(target: ev::REPLICATION_WORKER_FETCHED, file = t.file.as_str(),
                         ss = sname.as_str(), version = state.version.to_string(), bytes = bytes;
                         "file={} size={bytes} from {sname}", t.file);

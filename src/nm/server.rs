@@ -909,6 +909,7 @@ mod tests {
                                     &Message::Held {
                                         state,
                                         blobs: vec![],
+                                        checkpoints: vec![],
                                     },
                                     &[],
                                 )
@@ -920,6 +921,8 @@ mod tests {
                                     state,
                                     undo: vec![],
                                     sent: vec![],
+                                    checkpoints: vec![],
+                                    sent_checkpoints: vec![],
                                 };
                                 c.send(&head, &[]).unwrap();
                                 for piece in bytes.chunks(3) {

@@ -11,15 +11,23 @@
 //! | `pairs`   | primary name     | backup name (JSON string)               |
 //! | `pair_states` | primary name | `core::PairRecord` (state, epoch, writer) |
 //! | `jobs`    | `target\nfile`   | `replication::ReplJob`                  |
+//! | `folders` | canonical name   | `core::FolderRecord`                    |
+//! | `requests`| id, 20 digits    | `protocol::AccessRequest`               |
 //! | `meta`    | `schema`         | `"1"`                                   |
+//! | `meta`    | `next_request`   | the next access-request id (decimal)    |
+//!
+//! Folder keys sort like file keys, so a folder's children (files in `files`, subfolders in
+//! `folders`) are one key range each. Request ids are zero-padded so keys sort by id; the
+//! counter only rises, so an id is never reused, even after its request is answered.
 //!
 //! The event loop sends numbered batches of [`StoreOp`]s over a bounded channel. The store
 //! thread takes one batch (blocking), then every batch already waiting, writes them all in ONE
 //! write transaction with `Durability::Immediate`, commits, and reports the highest committed
 //! sequence number back; so many concurrent clients share one fsync.
 
-use super::core::{FileRecord, Loaded, PairRecord, ServerRecord, StoreOp};
+use super::core::{FileRecord, FolderRecord, Loaded, PairRecord, ServerRecord, StoreOp};
 use super::replication::ReplJob;
+use crate::protocol::AccessRequest;
 use crossbeam_channel::{Receiver, Sender};
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 use std::path::Path;
@@ -32,6 +40,14 @@ const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const PAIRS: TableDefinition<&str, &str> = TableDefinition::new("pairs");
 const JOBS: TableDefinition<&str, &str> = TableDefinition::new("jobs");
 const PAIR_STATES: TableDefinition<&str, &str> = TableDefinition::new("pair_states");
+const FOLDERS: TableDefinition<&str, &str> = TableDefinition::new("folders");
+const REQUESTS: TableDefinition<&str, &str> = TableDefinition::new("requests");
+/// The `meta` key of the access-request counter.
+const NEXT_REQUEST: &str = "next_request";
+
+fn request_key(id: u64) -> String {
+    format!("{id:020}")
+}
 
 /// The database file name inside `--data`.
 pub const DB_FILE: &str = "nm.redb";
@@ -113,6 +129,8 @@ impl Store {
             txn.open_table(PAIRS).map_err(dberr)?;
             txn.open_table(JOBS).map_err(dberr)?;
             txn.open_table(PAIR_STATES).map_err(dberr)?;
+            txn.open_table(FOLDERS).map_err(dberr)?;
+            txn.open_table(REQUESTS).map_err(dberr)?;
             let mut meta = txn.open_table(META).map_err(dberr)?;
             meta.insert("schema", "1").map_err(dberr)?;
         }
@@ -159,6 +177,22 @@ impl Store {
             let job: ReplJob = parse(k.value(), v.value())?;
             loaded.jobs.insert(k.value().to_string(), job);
         }
+        let folders = txn.open_table(FOLDERS).map_err(dberr)?;
+        for item in folders.iter().map_err(dberr)? {
+            let (k, v) = item.map_err(dberr)?;
+            let rec: FolderRecord = parse(k.value(), v.value())?;
+            loaded.folders.insert(k.value().to_string(), rec);
+        }
+        let requests = txn.open_table(REQUESTS).map_err(dberr)?;
+        for item in requests.iter().map_err(dberr)? {
+            let (k, v) = item.map_err(dberr)?;
+            let r: AccessRequest = parse(k.value(), v.value())?;
+            loaded.requests.insert(r.id, r);
+        }
+        let meta = txn.open_table(META).map_err(dberr)?;
+        if let Some(v) = meta.get(NEXT_REQUEST).map_err(dberr)? {
+            loaded.next_request = parse(NEXT_REQUEST, v.value())?;
+        }
         Ok(loaded)
     }
 
@@ -173,6 +207,9 @@ impl Store {
             let mut pairs = txn.open_table(PAIRS).map_err(dberr)?;
             let mut jobs = txn.open_table(JOBS).map_err(dberr)?;
             let mut states = txn.open_table(PAIR_STATES).map_err(dberr)?;
+            let mut folders = txn.open_table(FOLDERS).map_err(dberr)?;
+            let mut requests = txn.open_table(REQUESTS).map_err(dberr)?;
+            let mut meta = txn.open_table(META).map_err(dberr)?;
             for op in batches.iter().flat_map(|b| b.ops.iter()) {
                 match op {
                     StoreOp::PutUser(u) => {
@@ -204,6 +241,22 @@ impl Store {
                     }
                     StoreOp::DelJob(k) => {
                         jobs.remove(k.as_str()).map_err(dberr)?;
+                    }
+                    StoreOp::PutFolder(f, rec) => {
+                        let v = to_json(f, rec)?;
+                        folders.insert(f.as_str(), v.as_str()).map_err(dberr)?;
+                    }
+                    StoreOp::PutRequest(r) => {
+                        let k = request_key(r.id);
+                        let v = to_json(&k, r)?;
+                        requests.insert(k.as_str(), v.as_str()).map_err(dberr)?;
+                    }
+                    StoreOp::DelRequest(id) => {
+                        requests.remove(request_key(*id).as_str()).map_err(dberr)?;
+                    }
+                    StoreOp::PutNextRequest(n) => {
+                        let v = n.to_string();
+                        meta.insert(NEXT_REQUEST, v.as_str()).map_err(dberr)?;
                     }
                 }
             }
@@ -372,6 +425,43 @@ mod tests {
             jobs,
             vec![&job("a.txt", content), &job("b.txt", Want::Delete)]
         );
+    }
+
+    #[test]
+    fn folders_requests_and_the_request_counter_survive_reopen() {
+        use crate::protocol::AccessKind;
+        let d = tempfile::tempdir().unwrap();
+        let req = |id| AccessRequest {
+            id,
+            user: "bob".into(),
+            file: "a.txt".into(),
+            kind: AccessKind::RW,
+            created_ms: 5,
+        };
+        let folder = FolderRecord {
+            owner: "alice".into(),
+            created_ms: 3,
+        };
+        {
+            let s = Store::open(d.path()).unwrap();
+            let ops = vec![
+                StoreOp::PutFolder("docs".into(), folder.clone()),
+                StoreOp::PutFolder("docs/sub".into(), folder.clone()),
+                StoreOp::PutRequest(req(1)),
+                StoreOp::PutRequest(req(2)),
+                StoreOp::DelRequest(1),
+                StoreOp::PutNextRequest(3),
+            ];
+            s.commit(&[Batch { seq: 1, ops }]).unwrap();
+        }
+        let l = Store::open(d.path()).unwrap().load().unwrap();
+        assert_eq!(
+            l.folders.keys().collect::<Vec<_>>(),
+            vec!["docs", "docs/sub"]
+        );
+        assert_eq!(l.folders["docs"], folder);
+        assert_eq!(l.requests.values().collect::<Vec<_>>(), vec![&req(2)]);
+        assert_eq!(l.next_request, 3);
     }
 
     #[test]

@@ -18,13 +18,21 @@
 //! ss -> nm     : CHANGED (a file's new state)   <- CHANGED_ACK (after the nm made it durable)
 //! ss -> nm     : REMOVED (a file vanished from disk) <- CHANGED_ACK
 //! nm -> ss     : SS_CREATE | SS_UNDO            <- FILE_STATE | ERR
-//! nm -> ss     : SS_DELETE                      <- DONE | ERR
+//! nm -> ss     : SS_DELETE | SS_MOVE | SS_MKDIR  <- DONE | ERR
+//! nm -> ss     : SS_CHECKPOINT | SS_REVERT      <- FILE_STATE | ERR
+//! client -> nm : CREATE_FOLDER | MOVE | CHECKPOINT | REVERT | ANSWER_REQUEST <- DONE | ERR
+//! client -> nm : VIEW_FOLDER <- FOLDER_LIST+;  VIEW_REQUESTS <- REQUESTS+ (paged)
+//! client -> nm : REQUEST_ACCESS                 <- REQUEST_CREATED | ERR
+//! client -> ss : READ_CHECKPOINT                <- READ_OK, CHUNK*, END | ERR
+//! client -> ss : LIST_CHECKPOINTS               <- CHECKPOINT_LIST | ERR
 //! nm -> ss     : READ (user "@nm", for EXEC)    <- READ_OK, CHUNK*, END
 //! client -> nm : STATUS                         <- STATUS_REPLY
 //! client -> ss : UPLOAD, CHUNK*, END            <- COMMITTED | ERR
 //! nm -> target : PEEK_FILE                      <- HELD
 //! nm -> source : GET_FILE_CONTENT               <- FILE_CONTENT, CHUNK*, END, (CHUNK*, END)*
 //! nm -> target : PUT_FILE_CONTENT, CHUNK*, END, (CHUNK*, END)*   <- FILE_STATE_REPLY | ERR
+//!                (the repeated parts: history entries in `sent` order, then checkpoints in
+//!                `sent_checkpoints` order)
 //! nm -> target : SS_DELETE (delete replication) <- DONE | ERR
 //! client -> nm : FSCK (file, or the cursor of the next page) <- FSCK_PAGE | ERR
 //! nm -> ss     : CHECK_FILES (a page of names)  <- CHECKED | ERR
@@ -127,6 +135,15 @@ pub enum TicketOp {
     /// Recovery: the name server sets a copy with changes the cluster never acknowledged
     /// aside into the target's `quarantine/` (never served, never overwritten).
     Quarantine,
+    /// NM-initiated checkpoint of a file's current content.
+    Checkpoint,
+    /// NM-initiated revert of a file's content to a checkpoint.
+    Revert,
+    /// NM-initiated rename of a file; the ticket's file is [`crate::names::move_subject`].
+    Move,
+    /// NM-initiated creation of folder directories; the ticket's file is
+    /// [`crate::names::mkdir_subject`].
+    Mkdir,
 }
 
 /// An authorisation minted by the name server for exactly one request to one storage server.
@@ -285,6 +302,72 @@ pub struct UndoDesc {
     pub size: u64,
     /// CRC32C of the bytes.
     pub checksum: u32,
+}
+
+/// One checkpoint of a file (LISTCHECKPOINTS, and the head of a replication transfer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointInfo {
+    /// The tag (`[A-Za-z0-9_-]{1,64}`, unique per file).
+    pub tag: String,
+    /// Who made it.
+    pub creator: String,
+    /// Unix milliseconds of its creation.
+    pub created_ms: u64,
+    /// Bytes.
+    pub size: u64,
+    /// CRC32C of the bytes.
+    pub checksum: u32,
+}
+
+/// One entry of a folder listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FolderEntry {
+    /// The last component of the entry's name.
+    pub name: String,
+    /// True for a folder, false for a file.
+    pub dir: bool,
+}
+
+/// What an access request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AccessKind {
+    /// Read access.
+    R,
+    /// Write access; the access model pairs write with read, so approval grants both.
+    W,
+    /// Read and write access.
+    RW,
+}
+
+impl AccessKind {
+    /// Whether approving the request grants write access (W and RW do).
+    pub fn grants_write(self) -> bool {
+        !matches!(self, AccessKind::R)
+    }
+
+    /// The spelling users type and see.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessKind::R => "R",
+            AccessKind::W => "W",
+            AccessKind::RW => "RW",
+        }
+    }
+}
+
+/// A pending access request as VIEWACCR shows it (and as the `requests` table stores it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessRequest {
+    /// Unique id, never reused.
+    pub id: u64,
+    /// Who asks.
+    pub user: String,
+    /// Canonical file name.
+    pub file: String,
+    /// What is asked for.
+    pub kind: AccessKind,
+    /// Unix milliseconds of the request.
+    pub created_ms: u64,
 }
 
 /// One storage server as STATUS shows it.
@@ -651,6 +734,75 @@ pub enum Message {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         next: Option<String>,
     },
+    /// CREATEFOLDER /p.
+    CreateFolder {
+        /// Folder name as typed.
+        folder: String,
+    },
+    /// VIEWFOLDER /p.
+    ViewFolder {
+        /// Folder name as typed (`/` is the root).
+        folder: String,
+    },
+    /// Reply to VIEWFOLDER: folders first, then files, each in name order; paged like
+    /// FILE_LIST.
+    FolderList {
+        /// Entries of this page.
+        entries: Vec<FolderEntry>,
+        /// Another FOLDER_LIST frame follows.
+        #[serde(default)]
+        more: bool,
+    },
+    /// MOVE f /p.
+    Move {
+        /// File name.
+        file: String,
+        /// Destination folder (`/p` and `/p/` alike; `/` is the root).
+        folder: String,
+    },
+    /// CHECKPOINT f tag.
+    Checkpoint {
+        /// File name.
+        file: String,
+        /// Tag.
+        tag: String,
+    },
+    /// REVERT f tag.
+    Revert {
+        /// File name.
+        file: String,
+        /// Tag.
+        tag: String,
+    },
+    /// RACC f R|W|RW.
+    RequestAccess {
+        /// File name.
+        file: String,
+        /// What is asked for.
+        kind: AccessKind,
+    },
+    /// Reply to REQUEST_ACCESS.
+    RequestCreated {
+        /// The new request's id.
+        id: u64,
+    },
+    /// VIEWACCR: the pending requests on the caller's files.
+    ViewRequests {},
+    /// Reply to VIEW_REQUESTS, by id; paged like FILE_LIST.
+    Requests {
+        /// Requests of this page (file names in display form).
+        requests: Vec<AccessRequest>,
+        /// Another REQUESTS frame follows.
+        #[serde(default)]
+        more: bool,
+    },
+    /// APPROVEACCR id (`approve`) / DISACCR id.
+    AnswerRequest {
+        /// The request.
+        id: u64,
+        /// Grant what was asked (true) or refuse it.
+        approve: bool,
+    },
 
     // ----- client (or nm) -> ss -----
     /// Read a whole file; answered by READ_OK, then CHUNK frames (bodies of at most
@@ -738,7 +890,71 @@ pub enum Message {
         ticket: Ticket,
     },
 
+    /// VIEWCHECKPOINT: read a checkpoint's bytes; answered like READ (READ_OK, CHUNK*, END).
+    ReadCheckpoint {
+        /// Canonical file name.
+        file: String,
+        /// Tag.
+        tag: String,
+        /// Authorisation (op `read`).
+        ticket: Ticket,
+    },
+    /// LISTCHECKPOINTS: answered by CHECKPOINT_LIST.
+    ListCheckpoints {
+        /// Canonical file name.
+        file: String,
+        /// Authorisation (op `read`).
+        ticket: Ticket,
+    },
+    /// Reply to LIST_CHECKPOINTS, oldest first.
+    CheckpointList {
+        /// The checkpoints.
+        checkpoints: Vec<CheckpointInfo>,
+    },
+
     // ----- nm -> ss -----
+    /// Save the file's current content as checkpoint `tag` (a new version, same content).
+    SsCheckpoint {
+        /// Canonical file name.
+        file: String,
+        /// Tag.
+        tag: String,
+        /// Who asked.
+        creator: String,
+        /// Epoch to stamp on the new version.
+        epoch: u64,
+        /// Authorisation (op `checkpoint`).
+        ticket: Ticket,
+    },
+    /// Replace the file's content with checkpoint `tag` (a new version; undoable).
+    SsRevert {
+        /// Canonical file name.
+        file: String,
+        /// Tag.
+        tag: String,
+        /// Epoch to stamp on the new version.
+        epoch: u64,
+        /// Authorisation (op `revert`).
+        ticket: Ticket,
+    },
+    /// Create the directories of these folders under `files/` (they may exist); answered DONE.
+    /// Sent to every storage server, backups too, when a folder is created and at each
+    /// registration, so every copy holds every folder.
+    SsMkdir {
+        /// Canonical folder names, parents before children.
+        folders: Vec<String>,
+        /// Authorisation (op `mkdir`, file = `names::mkdir_subject(folders)`).
+        ticket: Ticket,
+    },
+    /// Rename `file` to `to` with its bookkeeping, history and checkpoints; answered DONE.
+    SsMove {
+        /// Canonical current name.
+        file: String,
+        /// Canonical new name.
+        to: String,
+        /// Authorisation (op `move`, file = `names::move_subject(file, to)`).
+        ticket: Ticket,
+    },
     /// Create an empty file owned by `owner`.
     SsCreate {
         /// Canonical file name.
@@ -793,6 +1009,9 @@ pub enum Message {
         state: Option<FileState>,
         /// Versions of the undo history it holds.
         blobs: Vec<Version>,
+        /// Tags of the checkpoints it holds.
+        #[serde(default)]
+        checkpoints: Vec<String>,
     },
     /// Replication, step 2 (to the source): send the file's content and the history entries
     /// the target lacks. Answered by FILE_CONTENT, then the content as CHUNK* END, then each
@@ -802,6 +1021,9 @@ pub enum Message {
         file: String,
         /// History versions the target already holds (not sent again).
         have: Vec<Version>,
+        /// Checkpoint tags the target already holds (not sent again).
+        #[serde(default)]
+        have_checkpoints: Vec<String>,
         /// Authorisation (op `fetch`).
         ticket: Ticket,
     },
@@ -813,6 +1035,12 @@ pub enum Message {
         undo: Vec<UndoDesc>,
         /// The history entries whose bytes follow the content, in this order.
         sent: Vec<Version>,
+        /// Every checkpoint of the file.
+        #[serde(default)]
+        checkpoints: Vec<CheckpointInfo>,
+        /// The checkpoints whose bytes follow the history entries, in this order.
+        #[serde(default)]
+        sent_checkpoints: Vec<String>,
     },
     /// Replication, step 3 (to the target): install this copy. The frame is followed by the
     /// content as CHUNK* END, then each entry of `sent` as CHUNK* END. The target verifies every
@@ -827,6 +1055,12 @@ pub enum Message {
         undo: Vec<UndoDesc>,
         /// History entries whose bytes follow, in order.
         sent: Vec<Version>,
+        /// Every checkpoint of the file.
+        #[serde(default)]
+        checkpoints: Vec<CheckpointInfo>,
+        /// Checkpoints whose bytes follow the history entries, in order.
+        #[serde(default)]
+        sent_checkpoints: Vec<String>,
         /// Authorisation (op `store`).
         ticket: Ticket,
     },

@@ -2,8 +2,12 @@
 //! READ, STREAM, write sessions, UPLOAD, the name server's SS_CREATE / SS_DELETE / SS_UNDO,
 //! and replication: PEEK_FILE and PUT_FILE_CONTENT on a target, GET_FILE_CONTENT on a source.
 //!
+//! It also serves checkpoints (READ_CHECKPOINT, LIST_CHECKPOINTS, SS_CHECKPOINT, SS_REVERT),
+//! SS_MOVE and SS_MKDIR (allowed on a backup too: it is how folders reach every copy).
+//!
 //! While the name server says this server is a backup, client writes (WRITE_BEGIN, UPLOAD,
-//! SS_CREATE, SS_UNDO) are refused; reads, deletes and replication stay allowed.
+//! SS_CREATE, SS_UNDO, SS_CHECKPOINT, SS_REVERT, SS_MOVE) are refused; reads, deletes and
+//! replication stay allowed.
 //!
 //! A request whose body follows in CHUNK frames (UPLOAD, PUT_FILE_CONTENT) is always read to
 //! its END before it is answered, even when it is refused, so the connection stays in step.
@@ -18,12 +22,13 @@ use crate::logging::ev;
 use crate::names;
 use crate::protocol::frame::{ConnError, CHUNK_BYTES};
 use crate::protocol::{
-    err, Connection, FileState, Message, Ticket, TicketOp, UndoDesc, Version, WireError,
+    err, CheckpointInfo, Connection, FileState, Message, Ticket, TicketOp, UndoDesc, Version,
+    WireError,
 };
 use crate::ss::document::{Document, EditBuffer};
 use crate::ss::nmlink::NmLink;
 use crate::ss::sessions::Sessions;
-use crate::ss::store::{ContentCounter, Store, StoreError, TempFile, UNDO_DEPTH};
+use crate::ss::store::{ContentCounter, Store, StoreError, TempFile, MAX_CHECKPOINTS, UNDO_DEPTH};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -216,16 +221,54 @@ fn serve(stream: TcpStream, slot: ConnSlot) {
             Message::SsQuarantine { file, keep, ticket } => {
                 quarantine(shared, &mut conn, &file, keep, &ticket)
             }
-            Message::GetFileContent { file, have, ticket } => {
-                get_content(shared, &mut conn, &file, &have, &ticket)
-            }
+            Message::GetFileContent {
+                file,
+                have,
+                have_checkpoints,
+                ticket,
+            } => get_content(shared, &mut conn, &file, &have, &have_checkpoints, &ticket),
             Message::PutFileContent {
                 file,
                 state,
                 undo,
                 sent,
+                checkpoints,
+                sent_checkpoints,
                 ticket,
-            } => put_content(shared, &mut conn, &file, &state, &undo, &sent, &ticket),
+            } => {
+                let head = PutHead {
+                    file: &file,
+                    state: &state,
+                    undo: &undo,
+                    sent: &sent,
+                    checkpoints: &checkpoints,
+                    sent_checkpoints: &sent_checkpoints,
+                };
+                put_content(shared, &mut conn, &head, &ticket)
+            }
+            Message::ReadCheckpoint { file, tag, ticket } => {
+                read_checkpoint(shared, &mut conn, &file, &tag, &ticket)
+            }
+            Message::ListCheckpoints { file, ticket } => {
+                list_checkpoints(shared, &mut conn, &file, &ticket)
+            }
+            Message::SsCheckpoint {
+                file,
+                tag,
+                creator,
+                epoch,
+                ticket,
+            } => checkpoint(shared, &mut conn, &file, &tag, &creator, epoch, &ticket),
+            Message::SsRevert {
+                file,
+                tag,
+                epoch,
+                ticket,
+            } => revert(shared, &mut conn, &file, &tag, epoch, &ticket),
+            Message::SsMove { file, to, ticket } => {
+                move_file(shared, &mut conn, &file, &to, &ticket)
+            }
+            Message::SsMkdir { folders, ticket } => mkdir(shared, &mut conn, &folders, &ticket),
             Message::Upload {
                 file,
                 size,
@@ -773,11 +816,22 @@ fn check_files(
 fn peek(shared: &Shared, conn: &mut Connection, file: &str, t: &Ticket) -> Result<(), Fail> {
     authorise(shared, file, t, TicketOp::Store)?;
     let held = shared.store.held(file)?;
-    let (state, blobs) = match held {
-        Some((meta, blobs)) => (Some(meta.state(file)), blobs),
-        None => (None, Vec::new()),
+    let (state, blobs, checkpoints) = match held {
+        Some((meta, blobs)) => (
+            Some(meta.state(file)),
+            blobs,
+            shared.store.held_checkpoints(file),
+        ),
+        None => (None, Vec::new(), Vec::new()),
     };
-    conn.send(&Message::Held { state, blobs }, &[])?;
+    conn.send(
+        &Message::Held {
+            state,
+            blobs,
+            checkpoints,
+        },
+        &[],
+    )?;
     Ok(())
 }
 
@@ -806,21 +860,26 @@ fn get_content(
     conn: &mut Connection,
     file: &str,
     have: &[Version],
+    have_checkpoints: &[String],
     t: &Ticket,
 ) -> Result<(), Fail> {
     authorise(shared, file, t, TicketOp::Fetch)?;
     let mut tr = shared
         .store
-        .open_transfer(file, have)
+        .open_transfer(file, have, have_checkpoints)
         .map_err(vanished(shared, file))?;
     report_adopted(shared, tr.adopted, || tr.meta.state(file));
     check_fresh(shared, t, tr.meta.version)?;
     let sent: Vec<Version> = tr.entries.iter().map(|(v, _)| *v).collect();
+    let sent_checkpoints: Vec<String> =
+        tr.checkpoint_files.iter().map(|(t, _)| t.clone()).collect();
     conn.send(
         &Message::FileContent {
             state: tr.meta.state(file),
             undo: tr.undo.clone(),
             sent,
+            checkpoints: tr.checkpoints.clone(),
+            sent_checkpoints,
         },
         &[],
     )?;
@@ -831,6 +890,14 @@ fn get_content(
             .iter()
             .find(|d| d.version == *v)
             .map_or(0, |d| d.size);
+        send_part(conn, f, size)?;
+    }
+    for (tag, f) in tr.checkpoint_files.iter_mut() {
+        let size = tr
+            .checkpoints
+            .iter()
+            .find(|c| c.tag == *tag)
+            .map_or(0, |c| c.size);
         send_part(conn, f, size)?;
     }
     log::info!(target: ev::SS_COMMIT, file = file, version = tr.meta.version.to_string(), bytes = tr.meta.size, entries = tr.entries.len() as u64;
@@ -933,16 +1000,40 @@ fn verify(r: &Received, what: &str, size: u64, checksum: u32) -> Result<(), Wire
     Ok(())
 }
 
+/// The head of a PUT_FILE_CONTENT.
+struct PutHead<'a> {
+    file: &'a str,
+    state: &'a FileState,
+    undo: &'a [UndoDesc],
+    sent: &'a [Version],
+    checkpoints: &'a [CheckpointInfo],
+    sent_checkpoints: &'a [String],
+}
+
 /// Checks the head of a PUT_FILE_CONTENT before its stream is read.
-fn check_put(
-    shared: &Shared,
-    file: &str,
-    state: &FileState,
-    undo: &[UndoDesc],
-    sent: &[Version],
-    t: &Ticket,
-) -> Result<(), WireError> {
+fn check_put(shared: &Shared, h: &PutHead<'_>, t: &Ticket) -> Result<(), WireError> {
+    let PutHead {
+        file,
+        state,
+        undo,
+        sent,
+        ..
+    } = *h;
     authorise(shared, file, t, TicketOp::Store)?;
+    if h.checkpoints.len() > MAX_CHECKPOINTS {
+        return Err(err::limit(format!(
+            "a transfer may describe at most {MAX_CHECKPOINTS} checkpoints"
+        )));
+    }
+    for c in h.checkpoints {
+        names::validate_tag(&c.tag)?;
+    }
+    if h.sent_checkpoints
+        .iter()
+        .any(|tag| !h.checkpoints.iter().any(|c| c.tag == *tag))
+    {
+        return Err(err::invalid("a sent checkpoint is not in the list"));
+    }
     if state.file != file {
         return Err(err::invalid("PUT_FILE_CONTENT names two different files"));
     }
@@ -963,13 +1054,17 @@ fn check_put(
 fn put_content(
     shared: &Shared,
     conn: &mut Connection,
-    file: &str,
-    state: &FileState,
-    undo: &[UndoDesc],
-    sent: &[Version],
+    h: &PutHead<'_>,
     t: &Ticket,
 ) -> Result<(), Fail> {
-    let head = check_put(shared, file, state, undo, sent, t);
+    let PutHead {
+        file,
+        state,
+        undo,
+        sent,
+        ..
+    } = *h;
+    let head = check_put(shared, h, t);
     // A copy already this new only needs the stream drained (jobs may be retried or
     // reordered); install_copy checks again under the lock.
     let held = match &head {
@@ -1001,6 +1096,24 @@ fn put_content(
             &mut flip,
         )?;
         entries.push((*v, r));
+    }
+    let mut ckpts = Vec::with_capacity(h.sent_checkpoints.len());
+    for tag in h.sent_checkpoints {
+        let limit = h
+            .checkpoints
+            .iter()
+            .find(|c| c.tag == *tag)
+            .map_or(0, |c| c.size);
+        let r = recv_part(
+            shared,
+            conn,
+            file,
+            limit,
+            keep,
+            ContentCounter::bytes_only(),
+            &mut flip,
+        )?;
+        ckpts.push((tag.clone(), r));
     }
     if flip {
         // Nothing to flip in this transfer: keep the hook armed for the next one.
@@ -1039,14 +1152,32 @@ fn put_content(
             .ok_or_else(|| err::internal("no temp file"))?;
         paths.push((*v, temp.path().to_path_buf()));
     }
+    let mut ckpt_paths = Vec::with_capacity(ckpts.len());
+    for (tag, r) in ckpts.iter_mut() {
+        if let Some(e) = r.error.take() {
+            return Err(e.into());
+        }
+        let c = h.checkpoints.iter().find(|c| c.tag == *tag);
+        let (size, crc) = c.map_or((0, 0), |c| (c.size, c.checksum));
+        verify(r, &format!("checkpoint '{tag}' of {}", names::display(file)), size, crc)
+            .inspect_err(|e| {
+                log::warn!(target: ev::SS_REFUSED, file = file, reason = "checksum"; "refused a copy of {file}: {}", e.msg);
+            })?;
+        let temp = r
+            .temp
+            .as_ref()
+            .ok_or_else(|| err::internal("no temp file"))?;
+        ckpt_paths.push((tag.clone(), temp.path().to_path_buf()));
+    }
     let temp = content
         .temp
         .as_ref()
         .ok_or_else(|| err::internal("no temp file"))?;
     let _inflight = Inflight::new(&shared.inflight);
-    let (meta, installed) = shared
-        .store
-        .install_copy(state, undo, temp.path(), &paths)?;
+    let (meta, installed) =
+        shared
+            .store
+            .install_copy(state, undo, temp.path(), &paths, h.checkpoints, &ckpt_paths)?;
     if installed {
         log::info!(target: ev::SS_COMMIT, file = file, version = meta.version.to_string(), bytes = meta.size, entries = paths.len() as u64;
             "installed a copy of {file} version {}", meta.version);
@@ -1120,4 +1251,186 @@ fn upload_fresh(shared: &Shared, file: &str, t: &Ticket) -> Result<(), WireError
             names::display(file)
         ))),
     }
+}
+
+/// VIEWCHECKPOINT: the checkpoint's bytes, framed like READ.
+fn read_checkpoint(
+    shared: &Shared,
+    conn: &mut Connection,
+    file: &str,
+    tag: &str,
+    t: &Ticket,
+) -> Result<(), Fail> {
+    authorise(shared, file, t, TicketOp::Read)?;
+    names::validate_tag(tag)?;
+    let (mut f, info, meta, adopted) = shared
+        .store
+        .open_checkpoint(file, tag)
+        .map_err(vanished(shared, file))?;
+    report_adopted(shared, adopted, || meta.state(file));
+    check_fresh(shared, t, meta.version)?;
+    conn.send(
+        &Message::ReadOk {
+            size: info.size,
+            version: meta.version,
+            checksum: info.checksum,
+        },
+        &[],
+    )?;
+    send_part(conn, &mut f, info.size)
+}
+
+/// LISTCHECKPOINTS: the file's checkpoints, oldest first.
+fn list_checkpoints(
+    shared: &Shared,
+    conn: &mut Connection,
+    file: &str,
+    t: &Ticket,
+) -> Result<(), Fail> {
+    authorise(shared, file, t, TicketOp::Read)?;
+    let (checkpoints, meta, adopted) = shared
+        .store
+        .checkpoints(file)
+        .map_err(vanished(shared, file))?;
+    report_adopted(shared, adopted, || meta.state(file));
+    check_fresh(shared, t, meta.version)?;
+    conn.send(&Message::CheckpointList { checkpoints }, &[])?;
+    Ok(())
+}
+
+/// SS_CHECKPOINT: a checkpoint of the committed content (open write sessions do not matter:
+/// their edits are not in the file until they commit).
+fn checkpoint(
+    shared: &Shared,
+    conn: &mut Connection,
+    file: &str,
+    tag: &str,
+    creator: &str,
+    epoch: u64,
+    t: &Ticket,
+) -> Result<(), Fail> {
+    authorise(shared, file, t, TicketOp::Checkpoint)?;
+    refuse_on_backup(shared)?;
+    names::validate_tag(tag)?;
+    names::validate_user(creator)?;
+    let _inflight = Inflight::new(&shared.inflight);
+    let meta = shared.store.checkpoint(file, tag, creator, epoch)?;
+    log::info!(target: ev::SS_COMMIT, file = file, version = meta.version.to_string(), tag = tag;
+        "checkpoint '{tag}' of {file}");
+    conn.send(
+        &Message::FileStateReply {
+            state: meta.state(file),
+        },
+        &[],
+    )?;
+    Ok(())
+}
+
+/// SS_REVERT: refused while a write session is open, like UNDO.
+fn revert(
+    shared: &Shared,
+    conn: &mut Connection,
+    file: &str,
+    tag: &str,
+    epoch: u64,
+    t: &Ticket,
+) -> Result<(), Fail> {
+    authorise(shared, file, t, TicketOp::Revert)?;
+    refuse_on_backup(shared)?;
+    names::validate_tag(tag)?;
+    let _inflight = Inflight::new(&shared.inflight);
+    let meta = {
+        let lock = shared.store.file_lock(file);
+        let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
+        if shared.sessions.any_open(file) {
+            return Err(err::locked(format!(
+                "{} is being written; try again when the write session ends",
+                names::display(file)
+            ))
+            .into());
+        }
+        shared.store.revert(file, tag, epoch)?
+    };
+    log::info!(target: ev::SS_COMMIT, file = file, version = meta.version.to_string(), tag = tag;
+        "reverted {file} to checkpoint '{tag}'");
+    conn.send(
+        &Message::FileStateReply {
+            state: meta.state(file),
+        },
+        &[],
+    )?;
+    Ok(())
+}
+
+/// SS_MOVE: both names canonical, the ticket minted for exactly this pair, no open write
+/// session on the file. The two locks are taken in name order, so two moves never deadlock.
+fn move_file(
+    shared: &Shared,
+    conn: &mut Connection,
+    file: &str,
+    to: &str,
+    t: &Ticket,
+) -> Result<(), Fail> {
+    for name in [file, to] {
+        if names::canonical_file(name)? != name {
+            return Err(err::invalid(format!("'{name}' is not a canonical file name")).into());
+        }
+    }
+    shared
+        .checker
+        .check(t, &names::move_subject(file, to), TicketOp::Move)
+        .inspect_err(|e| {
+            log::warn!(target: ev::SS_REFUSED, file = file, user = t.user.as_str(), reason = e.msg.as_str();
+                "refused MOVE of {file} to {to}: {}", e.msg);
+        })?;
+    refuse_on_backup(shared)?;
+    let _inflight = Inflight::new(&shared.inflight);
+    {
+        let (first, second) = if file < to { (file, to) } else { (to, file) };
+        let l1 = shared.store.file_lock(first);
+        let _g1 = l1.lock().unwrap_or_else(|p| p.into_inner());
+        let l2 = shared.store.file_lock(second);
+        let _g2 = l2.lock().unwrap_or_else(|p| p.into_inner());
+        if shared.sessions.any_open(file) {
+            return Err(err::locked(format!(
+                "{} is being written; try again when the write session ends",
+                names::display(file)
+            ))
+            .into());
+        }
+        shared.store.move_file(file, to)?;
+    }
+    log::info!(target: ev::SS_COMMIT, file = file, to = to; "moved {file} to {to}");
+    conn.send(&Message::Done {}, &[])?;
+    Ok(())
+}
+
+/// SS_MKDIR: the name server's folders as directories under `files/`, on primaries and
+/// backups alike (every copy holds every folder).
+fn mkdir(
+    shared: &Shared,
+    conn: &mut Connection,
+    folders: &[String],
+    t: &Ticket,
+) -> Result<(), Fail> {
+    for f in folders {
+        if f.is_empty() || names::canonical_folder(f)? != *f {
+            return Err(err::invalid(format!(
+                "'{}' is not a canonical folder name",
+                names::show(f)
+            ))
+            .into());
+        }
+    }
+    shared
+        .checker
+        .check(t, &names::mkdir_subject(folders), TicketOp::Mkdir)
+        .inspect_err(|e| {
+            log::warn!(target: ev::SS_REFUSED, user = t.user.as_str(), reason = e.msg.as_str();
+                "refused SS_MKDIR: {}", e.msg);
+        })?;
+    shared.store.make_folders(folders)?;
+    log::info!(target: ev::SS_COMMIT, folders = folders.len() as u64; "created {} folder(s)", folders.len());
+    conn.send(&Message::Done {}, &[])?;
+    Ok(())
 }

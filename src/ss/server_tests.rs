@@ -678,7 +678,7 @@ fn peek(dst: &Peer, file: &str) -> (Option<FileState>, Vec<Version>) {
     )
     .unwrap()
     {
-        Message::Held { state, blobs } => (state, blobs),
+        Message::Held { state, blobs, .. } => (state, blobs),
         other => panic!("{other:?}"),
     }
 }
@@ -699,12 +699,15 @@ fn relay(
         Message::GetFileContent {
             file: file.into(),
             have,
+            have_checkpoints: Vec::new(),
             ticket: t,
         },
     )
     .unwrap()
     {
-        Message::FileContent { state, undo, sent } => (state, undo, sent),
+        Message::FileContent {
+            state, undo, sent, ..
+        } => (state, undo, sent),
         other => panic!("{other:?}"),
     };
     let mut out = dst.conn();
@@ -714,6 +717,8 @@ fn relay(
             state,
             undo,
             sent: sent.clone(),
+            checkpoints: Vec::new(),
+            sent_checkpoints: Vec::new(),
             ticket: dst.ticket(file, TicketOp::Store),
         },
         &[],
@@ -858,6 +863,8 @@ fn put(
             state: state.clone(),
             undo: Vec::new(),
             sent: Vec::new(),
+            checkpoints: Vec::new(),
+            sent_checkpoints: Vec::new(),
             ticket: dst.ticket(&state.file, TicketOp::Store),
         },
         &[],
@@ -949,6 +956,8 @@ fn a_transfer_cut_mid_body_leaves_nothing() {
                 state: st.clone(),
                 undo: Vec::new(),
                 sent: Vec::new(),
+                checkpoints: Vec::new(),
+                sent_checkpoints: Vec::new(),
                 ticket: dst.ticket("d.txt", TicketOp::Store),
             },
             &[],

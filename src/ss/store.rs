@@ -7,6 +7,9 @@
 //!                                  the content, so a name maps to exactly one record and no
 //!                                  file name can collide with another's record
 //! DIR/undo/<blob id>                earlier contents referenced by undo stacks
+//! DIR/checkpoints/<file hash>/      a file's checkpoints (see `checkpoints.rs`): `index.json`
+//!                                  (tag, creator, created, size, checksum of each) and one
+//!                                  file per tag holding that checkpoint's bytes
 //! DIR/tmp/                          temp files for atomic replacement; emptied at startup
 //! DIR/quarantine/<canonical name>.<epoch>-<counter>
 //!                                   a copy set aside because it holds changes the cluster
@@ -18,6 +21,9 @@
 //! DIR/quarantine/<canonical name>.<epoch>-<counter>.meta
 //!                                   its bookkeeping JSON (see [`Meta`]), when it had one
 //! ```
+//!
+//! The file hash is the first 16 hex digits of SHA-256 of the canonical name ([`file_hash`]):
+//! a name maps to one directory whatever its folders, and no name can collide with another's.
 //!
 //! A copy is quarantined (see [`Store::quarantine`]) by renaming its content into
 //! `quarantine/` (same file system, so nothing is copied and a crash leaves it in one place
@@ -43,7 +49,9 @@
 use crate::durable;
 use crate::logging::ev;
 use crate::names;
-use crate::protocol::{err, FileState, HeldCopy, QuarantineEntry, UndoDesc, Version, WireError};
+use crate::protocol::{
+    err, CheckpointInfo, FileState, HeldCopy, QuarantineEntry, UndoDesc, Version, WireError,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
@@ -55,6 +63,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+#[path = "checkpoints.rs"]
+mod checkpoints;
+#[path = "moves.rs"]
+mod moves;
+
+pub use checkpoints::MAX_CHECKPOINTS;
 
 /// Threads a scan uses to adopt files.
 const SCAN_THREADS: usize = 4;
@@ -87,6 +102,25 @@ pub enum StoreError {
     /// A transfer lacks history entries this copy does not hold either.
     #[error("transfer of {0} is missing history entries")]
     Incomplete(String),
+    /// CHECKPOINT with a tag the file already has.
+    #[error("checkpoint '{tag}' already exists for {file}")]
+    CheckpointExists {
+        /// The file.
+        file: String,
+        /// The tag.
+        tag: String,
+    },
+    /// A tag the file has no checkpoint for.
+    #[error("no checkpoint '{tag}' for {file}")]
+    NoCheckpoint {
+        /// The file.
+        file: String,
+        /// The tag.
+        tag: String,
+    },
+    /// The file holds the most checkpoints allowed.
+    #[error("{0} already has {MAX_CHECKPOINTS} checkpoints")]
+    TooManyCheckpoints(String),
     /// Any other local I/O failure.
     #[error("storage i/o on {file}: {source}")]
     Io {
@@ -104,6 +138,9 @@ impl From<StoreError> for WireError {
             StoreError::NotFound(_) => err::not_found(msg),
             StoreError::Exists(_) => err::conflict(msg),
             StoreError::NoUndo(_) => err::no_undo(msg),
+            StoreError::CheckpointExists { .. } => err::conflict(msg),
+            StoreError::NoCheckpoint { .. } => err::not_found(msg),
+            StoreError::TooManyCheckpoints(_) => err::limit(msg),
             StoreError::DiskFull { .. } => err::limit(msg),
             StoreError::NotText | StoreError::Incomplete(_) => err::invalid(msg),
             StoreError::Io { .. } => err::internal(msg),
@@ -317,13 +354,19 @@ impl ContentCounter {
 /// hash of the name keeps entries of different files apart in the one `undo/` directory, the
 /// version and checksum make the name the same on every copy of the file.
 pub fn blob_id(file: &str, version: Version, checksum: u32) -> String {
-    let h = Sha256::digest(file.as_bytes());
     format!(
         "{}-{}.{}-{checksum:08x}",
-        hex::encode(&h[..8]),
+        file_hash(file),
         version.epoch,
         version.counter
     )
+}
+
+/// The first 16 hex digits of SHA-256 of a canonical name: how history entries and the
+/// checkpoint directory of a file are named.
+pub fn file_hash(file: &str) -> String {
+    let h = Sha256::digest(file.as_bytes());
+    hex::encode(&h[..8])
 }
 
 /// The version and checksum a history entry's name says it holds (None for names of another
@@ -380,6 +423,10 @@ pub struct Transfer {
     pub undo: Vec<UndoDesc>,
     /// The open entries to send, in the order of `undo`.
     pub entries: Vec<(Version, File)>,
+    /// Every checkpoint of the file.
+    pub checkpoints: Vec<CheckpointInfo>,
+    /// The open checkpoints to send (those the target lacks), in the order of `checkpoints`.
+    pub checkpoint_files: Vec<(String, File)>,
 }
 
 fn mtime_ns(md: &fs::Metadata) -> i128 {
@@ -392,6 +439,7 @@ pub struct Store {
     files: PathBuf,
     meta: PathBuf,
     undo: PathBuf,
+    ckpt: PathBuf,
     tmp: PathBuf,
     quarantine: PathBuf,
     epoch: Arc<AtomicU64>,
@@ -411,12 +459,13 @@ impl Store {
             files: root.join("files"),
             meta: root.join("meta"),
             undo: root.join("undo"),
+            ckpt: root.join("checkpoints"),
             tmp: root.join("tmp"),
             quarantine: root.join("quarantine"),
             epoch: Arc::new(AtomicU64::new(1)),
             locks: Mutex::new(HashMap::new()),
         };
-        for d in [&s.files, &s.meta, &s.undo, &s.tmp] {
+        for d in [&s.files, &s.meta, &s.undo, &s.ckpt, &s.tmp] {
             durable::create_dirs_durable(d).map_err(io_err)?;
         }
         for e in fs::read_dir(&s.tmp).map_err(io_err)? {
@@ -733,6 +782,8 @@ impl Store {
         for b in meta.map(|m| m.undo).unwrap_or_default() {
             let _ = fs::remove_file(self.undo.join(b));
         }
+        // A later file of the same name starts clean: no history, no checkpoints.
+        self.remove_checkpoints(file);
         if !existed {
             return Err(StoreError::NotFound(names::display(file)));
         }
@@ -811,6 +862,7 @@ impl Store {
         for b in meta.undo {
             let _ = fs::remove_file(self.undo.join(b));
         }
+        self.remove_checkpoints(file);
         log::info!(target: ev::SS_ADOPT, file = file; "{file} was removed by hand; forgetting it");
         true
     }
@@ -864,7 +916,13 @@ impl Store {
 
     /// Opens `file`'s content and the history entries whose versions are not in `have`, under
     /// the file lock, so what is sent is one consistent version even if a commit follows.
-    pub fn open_transfer(&self, file: &str, have: &[Version]) -> Result<Transfer, StoreError> {
+    /// Checkpoints whose tags are in `have_checkpoints` are described but not opened.
+    pub fn open_transfer(
+        &self,
+        file: &str,
+        have: &[Version],
+        have_checkpoints: &[String],
+    ) -> Result<Transfer, StoreError> {
         let lock = self.file_lock(file);
         let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
         let (meta, adopted) = self.current(file)?;
@@ -889,12 +947,15 @@ impl Store {
                 entries.push((version, f));
             }
         }
+        let (checkpoints, checkpoint_files) = self.open_checkpoints(file, have_checkpoints)?;
         Ok(Transfer {
             content,
             meta,
             adopted,
             undo,
             entries,
+            checkpoints,
+            checkpoint_files,
         })
     }
 
@@ -903,12 +964,15 @@ impl Store {
     /// written, verified and synced by the caller. A copy already at `state.version` or newer
     /// is left alone (jobs may be retried or reordered); returns the record now held and
     /// whether anything was installed.
+    /// `checkpoints` is the source's whole list; `checkpoint_files` the received ones.
     pub fn install_copy(
         &self,
         state: &FileState,
         undo: &[UndoDesc],
         content: &Path,
         entries: &[(Version, PathBuf)],
+        checkpoints: &[CheckpointInfo],
+        checkpoint_files: &[(String, PathBuf)],
     ) -> Result<(Meta, bool), StoreError> {
         let file = state.file.as_str();
         let lock = self.file_lock(file);
@@ -936,6 +1000,7 @@ impl Store {
                 return Err(StoreError::Incomplete(names::display(file)));
             }
         }
+        self.check_checkpoints_complete(file, checkpoints, checkpoint_files)?;
         let mut renamed = false;
         for (d, id) in undo.iter().zip(&ids) {
             if let Some((_, tmp)) = entries.iter().find(|(v, _)| *v == d.version) {
@@ -947,6 +1012,7 @@ impl Store {
         if renamed {
             durable::fsync_dir(&self.undo).map_err(|e| self.io(file, e))?;
         }
+        self.install_checkpoints(file, checkpoints, checkpoint_files)?;
         let target = self.content_path(file);
         install_temp(content, &target).map_err(|e| self.io(file, e))?;
         let md = fs::metadata(&target).map_err(|e| self.io(file, e))?;
@@ -1188,6 +1254,8 @@ impl Store {
                 let _ = durable::remove(&self.meta.join(&m));
             }
         }
+        let hashes: HashSet<String> = names_seen.iter().map(|f| file_hash(f)).collect();
+        self.remove_stray_checkpoints(&hashes);
         if let Ok(rd) = fs::read_dir(&self.undo) {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().to_string();
@@ -1564,5 +1632,206 @@ mod tests {
         assert_eq!(held, m);
         assert_eq!(blobs, vec![created.version]);
         assert!(s.held("nope").unwrap().is_none());
+    }
+
+    fn text(s: &Store, f: &str) -> String {
+        fs::read_to_string(s.content_path(f)).unwrap()
+    }
+
+    #[test]
+    fn checkpoints_are_kept_listed_reverted_and_deleted_with_the_file() {
+        let (d, s) = store();
+        s.create("a.txt", "alice", 1).unwrap();
+        let m1 = commit(&s, "a.txt", "one.");
+        let c1 = s.checkpoint("a.txt", "v1", "bob", 1).unwrap();
+        assert!(c1.version > m1.version, "a checkpoint is a new version");
+        assert_eq!(c1.checksum, m1.checksum);
+        assert!(matches!(
+            s.checkpoint("a.txt", "v1", "bob", 1),
+            Err(StoreError::CheckpointExists { .. })
+        ));
+        commit(&s, "a.txt", "one. two.");
+        let (list, _, _) = s.checkpoints("a.txt").unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(
+            (list[0].tag.as_str(), list[0].creator.as_str()),
+            ("v1", "bob")
+        );
+        assert_eq!(list[0].size, 4);
+        let (mut f, info, _, _) = s.open_checkpoint("a.txt", "v1").unwrap();
+        let mut got = String::new();
+        f.read_to_string(&mut got).unwrap();
+        assert_eq!((got.as_str(), info.checksum), ("one.", m1.checksum));
+        assert!(matches!(
+            s.open_checkpoint("a.txt", "nope"),
+            Err(StoreError::NoCheckpoint { .. })
+        ));
+        // REVERT is a content change like any other: a new version, undoable.
+        let before = s.current("a.txt").unwrap().0;
+        let r = s.revert("a.txt", "v1", 1).unwrap();
+        assert!(r.version > before.version);
+        assert_eq!(text(&s, "a.txt"), "one.");
+        s.undo("a.txt", 1).unwrap();
+        assert_eq!(text(&s, "a.txt"), "one. two.");
+        // The checkpoint's bytes did not change when the content did.
+        let (mut f, _, _, _) = s.open_checkpoint("a.txt", "v1").unwrap();
+        got.clear();
+        f.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "one.");
+        assert!(s.scan().unwrap().len() == 1);
+        assert_eq!(s.held_checkpoints("a.txt"), vec!["v1".to_string()]);
+        // DELETE takes history and checkpoints; a new file of that name starts clean.
+        s.delete("a.txt").unwrap();
+        assert_eq!(
+            fs::read_dir(d.path().join("checkpoints")).unwrap().count(),
+            0
+        );
+        s.create("a.txt", "carol", 1).unwrap();
+        assert!(s.checkpoints("a.txt").unwrap().0.is_empty());
+        assert!(matches!(s.undo("a.txt", 1), Err(StoreError::NoUndo(_))));
+    }
+
+    #[test]
+    fn at_least_64_checkpoints_per_file_then_a_limit() {
+        let (_d, s) = store();
+        s.create("a.txt", "alice", 1).unwrap();
+        for i in 0..MAX_CHECKPOINTS {
+            s.checkpoint("a.txt", &format!("t{i}"), "alice", 1).unwrap();
+        }
+        const { assert!(MAX_CHECKPOINTS >= 64) };
+        assert!(matches!(
+            s.checkpoint("a.txt", "one-more", "alice", 1),
+            Err(StoreError::TooManyCheckpoints(_))
+        ));
+    }
+
+    #[test]
+    fn move_renames_content_record_history_and_checkpoints() {
+        let (d, s) = store();
+        s.create("a.txt", "alice", 1).unwrap();
+        commit(&s, "a.txt", "one.");
+        s.checkpoint("a.txt", "v1", "alice", 1).unwrap();
+        let before = commit(&s, "a.txt", "one. two.");
+        s.create("d/b.txt", "alice", 1).unwrap();
+        assert!(matches!(
+            s.move_file("a.txt", "d/b.txt"),
+            Err(StoreError::Exists(_))
+        ));
+        let moved = s.move_file("a.txt", "d/a.txt").unwrap();
+        assert_eq!(
+            (moved.version, moved.checksum, &moved.owner),
+            (before.version, before.checksum, &before.owner)
+        );
+        assert!(!s.content_path("a.txt").exists());
+        assert_eq!(text(&s, "d/a.txt"), "one. two.");
+        let (meta, adopted) = s.current("d/a.txt").unwrap();
+        assert!(!adopted, "a rename keeps the content's mtime");
+        assert_eq!(meta.undo.len(), 2);
+        assert!(meta
+            .undo
+            .iter()
+            .all(|id| id.starts_with(&file_hash("d/a.txt"))));
+        assert_eq!(fs::read_dir(d.path().join("undo")).unwrap().count(), 2);
+        assert_eq!(s.held_checkpoints("d/a.txt"), vec!["v1".to_string()]);
+        assert!(s.held_checkpoints("a.txt").is_empty());
+        s.undo("d/a.txt", 1).unwrap();
+        assert_eq!(text(&s, "d/a.txt"), "one.");
+        let names: Vec<String> = s.scan().unwrap().into_iter().map(|f| f.file).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert_eq!(
+            fs::read_dir(d.path().join("checkpoints")).unwrap().count(),
+            1
+        );
+    }
+
+    #[test]
+    fn folders_are_directories_under_files() {
+        let (_d, s) = store();
+        s.make_folders(&["p".into(), "p/q".into()]).unwrap();
+        s.make_folders(&["p".into()]).unwrap();
+        assert!(s.content_path("p/q").is_dir());
+        s.create("x", "alice", 1).unwrap();
+        assert!(matches!(
+            s.make_folders(&["x".into()]),
+            Err(StoreError::Exists(_))
+        ));
+        // Empty folders are not files: the scan lists only x.
+        assert_eq!(s.scan().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_copy_carries_checkpoints_and_refuses_when_one_is_missing() {
+        let (_a, src) = store();
+        let (_b, dst) = store();
+        src.create("d/a.txt", "alice", 1).unwrap();
+        commit(&src, "d/a.txt", "one.");
+        src.checkpoint("d/a.txt", "v1", "alice", 1).unwrap();
+        commit(&src, "d/a.txt", "one. two.");
+        let mut tr = src.open_transfer("d/a.txt", &[], &[]).unwrap();
+        // What the network would carry, written into the target's tmp/ as put_content does.
+        let to_temp = |f: &mut File| {
+            let (t, mut out) = dst.temp_file("d/a.txt").unwrap();
+            io::copy(f, &mut out).unwrap();
+            out.sync_all().unwrap();
+            t
+        };
+        let content = to_temp(&mut tr.content);
+        let entries: Vec<(Version, TempFile)> = tr
+            .entries
+            .iter_mut()
+            .map(|(v, f)| (*v, to_temp(f)))
+            .collect();
+        let ckpts: Vec<(String, TempFile)> = tr
+            .checkpoint_files
+            .iter_mut()
+            .map(|(t, f)| (t.clone(), to_temp(f)))
+            .collect();
+        let entry_paths: Vec<(Version, PathBuf)> = entries
+            .iter()
+            .map(|(v, t)| (*v, t.path().to_path_buf()))
+            .collect();
+        let ckpt_paths: Vec<(String, PathBuf)> = ckpts
+            .iter()
+            .map(|(tag, t)| (tag.clone(), t.path().to_path_buf()))
+            .collect();
+        let state = tr.meta.state("d/a.txt");
+        // A list naming a checkpoint that was neither sent nor held installs nothing.
+        let mut bogus = tr.checkpoints.clone();
+        bogus.push(CheckpointInfo {
+            tag: "ghost".into(),
+            ..bogus[0].clone()
+        });
+        assert!(matches!(
+            dst.install_copy(
+                &state,
+                &tr.undo,
+                content.path(),
+                &entry_paths,
+                &bogus,
+                &ckpt_paths
+            ),
+            Err(StoreError::Incomplete(_))
+        ));
+        assert!(dst.held("d/a.txt").unwrap().is_none());
+        let (meta, installed) = dst
+            .install_copy(
+                &state,
+                &tr.undo,
+                content.path(),
+                &entry_paths,
+                &tr.checkpoints,
+                &ckpt_paths,
+            )
+            .unwrap();
+        assert!(installed);
+        assert_eq!(meta.version, state.version);
+        assert_eq!(dst.held_checkpoints("d/a.txt"), vec!["v1".to_string()]);
+        let (mut f, info, _, _) = dst.open_checkpoint("d/a.txt", "v1").unwrap();
+        let mut got = String::new();
+        f.read_to_string(&mut got).unwrap();
+        assert_eq!((got.as_str(), &info), ("one.", &tr.checkpoints[0]));
+        // The copy's history works too: UNDO there restores what UNDO on the source would.
+        dst.undo("d/a.txt", 1).unwrap();
+        assert_eq!(text(&dst, "d/a.txt"), "one.");
     }
 }

@@ -7,10 +7,14 @@
 mod harness;
 
 mod auth;
+mod checkpoints;
 mod commands;
 mod crash;
-mod fsck;
+mod docs_replication;
 mod failover;
+mod folders;
+mod fsck;
 mod replication;
+mod requests;
 mod robustness;
 mod write;

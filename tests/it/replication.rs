@@ -26,7 +26,7 @@ fn held(c: &Cluster, ss: &str, file: &str) -> (Option<FileState>, Vec<Version>) 
         },
     );
     match f.msg {
-        Message::Held { state, blobs } => (state, blobs),
+        Message::Held { state, blobs, .. } => (state, blobs),
         other => panic!("PEEK_FILE on {ss} answered {other:?}"),
     }
 }

@@ -1,0 +1,298 @@
+//! Folders and MOVE: decisions of the core (a child module of `core.rs`, so it shares the
+//! core's state and stays free of I/O).
+//!
+//! Folders are entries of the namespace in their own durable table (`folders`, see
+//! `store.rs`). Folder and file names share one canonical form, and both maps are ordered, so
+//! listing a folder is a range scan over each map that skips whole subtrees: a key
+//! `p/child/...` makes the scan jump to the first key after `p/child/`, which is `p/child0`
+//! (`'0'` is the byte after `'/'`). No listing ever visits every file.
+//!
+//! Every storage server, backups too, holds every folder as a directory under `files/`: a new
+//! folder is pushed at once to the servers that are up (SS_MKDIR), and each registration
+//! pushes the whole folder list, so a server that was down, or a backup that joins, catches
+//! up. No reply waits for these calls (the folder is durable in the index first); a file's
+//! directory is also made when a file is placed, installed or moved there.
+
+use super::*;
+use std::ops::Bound;
+
+/// One folder (stored as JSON in the `folders` table).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FolderRecord {
+    /// Who created it (`admin` for folders found under adopted files).
+    pub owner: String,
+    /// Unix milliseconds of its creation.
+    pub created_ms: u64,
+}
+
+/// The last components of the keys of `map` directly under `prefix` (`""` or `"p/"`), in
+/// order: one range scan that jumps over every deeper subtree.
+fn children<V>(map: &BTreeMap<String, V>, prefix: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut start = prefix.to_string();
+    loop {
+        let mut jump = None;
+        let range = map.range::<str, _>((Bound::Included(start.as_str()), Bound::Unbounded));
+        for (k, _) in range {
+            let Some(rest) = k.strip_prefix(prefix) else {
+                break;
+            };
+            match rest.split_once('/') {
+                None => out.push(rest.to_string()),
+                Some((child, _)) => {
+                    jump = Some(format!("{prefix}{child}0"));
+                    break;
+                }
+            }
+        }
+        match jump {
+            Some(j) => start = j,
+            None => return out,
+        }
+    }
+}
+
+fn shown_folder(canon: &str) -> String {
+    format!("/{canon}")
+}
+
+impl Core {
+    /// Whether the canonical folder exists ("" is the root, which always does).
+    pub(super) fn folder_exists(&self, folder: &str) -> bool {
+        folder.is_empty() || self.folders.contains_key(folder)
+    }
+
+    /// A new file may take `canon` only if its folder exists and no folder has that name.
+    pub(super) fn check_new_file_name(&self, canon: &str) -> Result<(), WireError> {
+        let folder = names::parent(canon);
+        if !self.folder_exists(folder) {
+            return Err(err::not_found(format!(
+                "Folder not found: {} (create it with CREATEFOLDER first)",
+                shown_folder(folder)
+            )));
+        }
+        if self.folders.contains_key(canon) {
+            return Err(err::conflict(format!(
+                "{} is a folder",
+                shown_folder(canon)
+            )));
+        }
+        Ok(())
+    }
+
+    /// CREATEFOLDER: the parent must exist; the name must be free of files and folders.
+    pub(super) fn create_folder(
+        &mut self,
+        user: &str,
+        folder: &str,
+        now_ms: u64,
+    ) -> Result<(), WireError> {
+        let canon = names::canonical_folder(folder)?;
+        if canon.is_empty() {
+            return Err(err::conflict("Folder already exists: / (the root)"));
+        }
+        if self.folders.contains_key(&canon) {
+            return Err(err::conflict(format!(
+                "Folder already exists: {}",
+                shown_folder(&canon)
+            )));
+        }
+        if self.files.contains_key(&canon) {
+            return Err(err::conflict(format!(
+                "a file named {} exists",
+                names::display(&canon)
+            )));
+        }
+        let parent = names::parent(&canon);
+        if !self.folder_exists(parent) {
+            return Err(err::not_found(format!(
+                "Parent folder not found: {} (create it first)",
+                shown_folder(parent)
+            )));
+        }
+        self.put_folder(&canon, user, now_ms);
+        let up: Vec<String> = self
+            .servers
+            .iter()
+            .filter(|(_, s)| s.up)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for ss in up {
+            self.push_folders(&ss, vec![canon.clone()]);
+        }
+        Ok(())
+    }
+
+    /// Sends `folders` (parents first) to storage server `ss` in SS_MKDIR calls of bounded
+    /// size, on the worker pool.
+    pub(super) fn push_folders(&mut self, ss: &str, folders: Vec<String>) {
+        let Some(addr) = self.servers.get(ss).filter(|s| s.up).map(|s| s.rec.addr()) else {
+            return;
+        };
+        for part in frame::paginate(folders, |f| 2 * f.len() + 4) {
+            let subject = names::mkdir_subject(&part);
+            let ticket = self.key.mint(NM_USER, &subject, TicketOp::Mkdir, ss, None);
+            let msg = Message::SsMkdir {
+                folders: part,
+                ticket,
+            };
+            self.new_job(
+                JobKind::SsCall {
+                    addr: addr.clone(),
+                    msg,
+                },
+                InFlight {
+                    conn: ConnId::MAX,
+                    file: String::new(),
+                    purpose: Purpose::Mkdir { ss: ss.to_string() },
+                    serialised: false,
+                },
+            );
+        }
+    }
+
+    /// A registering server gets every folder (the map is ordered, so parents come first).
+    pub(super) fn push_all_folders(&mut self, ss: &str) {
+        if !self.folders.is_empty() {
+            let all: Vec<String> = self.folders.keys().cloned().collect();
+            self.push_folders(ss, all);
+        }
+    }
+
+    /// An SS_MKDIR call finished; a failure is logged (the next registration pushes again).
+    pub(super) fn mkdir_done(ss: &str, result: Result<JobOutput, WireError>) {
+        if let Err(e) = result {
+            log::warn!(target: ev::NM_FILE_CHANGE, ss = ss;
+                "folders not created on {ss}: {}", e.msg);
+        }
+    }
+
+    fn put_folder(&mut self, canon: &str, owner: &str, now_ms: u64) {
+        let rec = FolderRecord {
+            owner: owner.to_string(),
+            created_ms: now_ms,
+        };
+        self.batch
+            .push(StoreOp::PutFolder(canon.to_string(), rec.clone()));
+        self.folders.insert(canon.to_string(), rec);
+        log::info!(target: ev::NM_FILE_CHANGE, file = canon, user = owner;
+            "created folder /{canon}");
+    }
+
+    /// Creates `folder` and every missing ancestor (for files adopted from a storage server).
+    pub(super) fn ensure_folders(&mut self, folder: &str, owner: &str, now_ms: u64) {
+        if self.folder_exists(folder) {
+            return;
+        }
+        self.ensure_folders(names::parent(folder), owner, now_ms);
+        self.put_folder(folder, owner, now_ms);
+    }
+
+    /// VIEWFOLDER: subfolders, then files, directly under the folder.
+    pub(super) fn view_folder(&self, folder: &str) -> Result<Vec<FolderEntry>, WireError> {
+        let canon = names::canonical_folder(folder)?;
+        if !self.folder_exists(&canon) {
+            return Err(err::not_found(format!(
+                "Folder not found: {}",
+                shown_folder(&canon)
+            )));
+        }
+        let prefix = if canon.is_empty() {
+            String::new()
+        } else {
+            format!("{canon}/")
+        };
+        let dirs = children(&self.folders, &prefix)
+            .into_iter()
+            .map(|name| FolderEntry { name, dir: true });
+        let files = children(&self.files, &prefix)
+            .into_iter()
+            .map(|name| FolderEntry { name, dir: false });
+        Ok(dirs.chain(files).collect())
+    }
+
+    /// MOVE f /p: write access, an existing destination folder, a free new name.
+    pub(super) fn start_move(
+        &self,
+        canon: &str,
+        p: &Pending,
+    ) -> Result<(JobKind, Purpose), WireError> {
+        let Message::Move { folder, .. } = &p.msg else {
+            return Err(err::internal("not a MOVE"));
+        };
+        let rec = self.files.get(canon).ok_or_else(|| not_found(canon))?;
+        Self::need_write(rec, &p.user, canon)?;
+        let dest = names::canonical_folder(folder)?;
+        if !self.folder_exists(&dest) {
+            return Err(err::not_found(format!(
+                "Folder not found: {}",
+                shown_folder(&dest)
+            )));
+        }
+        let to = names::moved_name(canon, &dest);
+        if to == canon {
+            return Err(err::conflict(format!(
+                "{} is already in {}",
+                names::display(canon),
+                shown_folder(&dest)
+            )));
+        }
+        if self.files.contains_key(&to) || self.folders.contains_key(&to) {
+            return Err(err::conflict(format!(
+                "{} already exists",
+                names::display(&to)
+            )));
+        }
+        if self.busy_files.contains_key(&to) {
+            return Err(err::locked(format!(
+                "another operation on {} is in progress; try again",
+                names::display(&to)
+            )));
+        }
+        let addr = self.live_addr(rec, canon)?;
+        let subject = names::move_subject(canon, &to);
+        let ticket = self
+            .key
+            .mint(NM_USER, &subject, TicketOp::Move, &rec.ss, None);
+        let msg = Message::SsMove {
+            file: canon.to_string(),
+            to: to.clone(),
+            ticket,
+        };
+        Ok((JobKind::SsCall { addr, msg }, Purpose::Move { to }))
+    }
+
+    /// The storage server renamed the file: the record (owner, access, version) moves with
+    /// it, and the backup is owed the delete of the old name and the whole file (content,
+    /// history, checkpoints) under the new one. Returns the backup, if any.
+    pub(super) fn finish_move(&mut self, from: &str, to: &str, now_ms: u64) -> Option<String> {
+        let mut rec = self.files.get(from).cloned()?;
+        let ss = rec.ss.clone();
+        self.del_file(from);
+        rec.backup_version = None;
+        self.put_file(to, rec);
+        self.rename_requests(from, to);
+        self.owe_delete(&ss, from, now_ms);
+        self.owe(to, false, now_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::children;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn children_skip_subtrees() {
+        let map: BTreeMap<String, ()> = [
+            "a.txt", "d", "d!x", "d/a", "d/b/c", "d/b/d", "d/c", "d0", "e/f",
+        ]
+        .iter()
+        .map(|k| (k.to_string(), ()))
+        .collect();
+        assert_eq!(children(&map, ""), vec!["a.txt", "d", "d!x", "d0"]);
+        assert_eq!(children(&map, "d/"), vec!["a", "c"]);
+        assert_eq!(children(&map, "d/b/"), vec!["c", "d"]);
+        assert!(children(&map, "x/").is_empty());
+    }
+}

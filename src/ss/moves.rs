@@ -1,0 +1,95 @@
+//! Folders and MOVE on a storage server (a child module of `store.rs`). A folder is a
+//! directory under `files/`, made durably when the name server pushes it (SS_MKDIR). A MOVE
+//! is a rename of the content with its bookkeeping, history entries and checkpoints
+//! following it.
+//!
+//! Steps, each durable before the next: (1) the history entries are hard-linked under the new
+//! name's ids and the checkpoints under the new name's directory, (2) the record is written
+//! under the new name, (3) the content is renamed (one atomic rename), (4) the old record,
+//! links and checkpoint directory are removed. A crash before (3) leaves the file whole under
+//! its old name and a record without content under the new one, which the scan removes with
+//! the unreferenced links; after (3) it leaves the file whole under its new name and leftovers
+//! of the old one, which the scan removes too. Renaming keeps the content's mtime, so the
+//! moved record still matches its content and nothing is adopted.
+
+use super::*;
+
+impl Store {
+    /// Creates the directories of canonical `folders` under `files/` (existing ones are fine).
+    /// A file's own name in the way is refused: the index never has a file and a folder of
+    /// one name, so such a file was placed by hand.
+    pub fn make_folders(&self, folders: &[String]) -> Result<(), StoreError> {
+        for f in folders {
+            let dir = self.files.join(f);
+            if dir.is_file() {
+                return Err(StoreError::Exists(names::display(f)));
+            }
+            durable::create_dirs_durable(&dir).map_err(|e| self.io(f, e))?;
+        }
+        Ok(())
+    }
+
+    /// Renames `from` to `to` (canonical names). Caller holds both files' locks.
+    pub fn move_file(&self, from: &str, to: &str) -> Result<Meta, StoreError> {
+        let (meta, _) = self.current(from)?;
+        if self.content_path(to).exists() || self.meta_path(to).exists() {
+            return Err(StoreError::Exists(names::display(to)));
+        }
+        let mut ids = Vec::with_capacity(meta.undo.len());
+        let mut linked = Vec::new();
+        for id in &meta.undo {
+            let new_id = match parse_blob_id(id) {
+                Some((v, crc)) => blob_id(to, v, crc),
+                None => id.clone(),
+            };
+            if new_id != *id {
+                let dst = self.undo.join(&new_id);
+                let _ = fs::remove_file(&dst);
+                fs::hard_link(self.undo.join(id), &dst).map_err(|e| self.io(from, e))?;
+                linked.push((id.clone(), new_id.clone()));
+            }
+            ids.push(new_id);
+        }
+        if !linked.is_empty() {
+            durable::fsync_dir(&self.undo).map_err(|e| self.io(from, e))?;
+        }
+        self.link_checkpoints(from, to)?;
+        let moved = Meta {
+            undo: ids,
+            ..meta.clone()
+        };
+        let undo_links = |s: &Store| {
+            for (_, new_id) in &linked {
+                let _ = fs::remove_file(s.undo.join(new_id));
+            }
+        };
+        if let Err(e) = self.write_meta(to, &moved) {
+            undo_links(self);
+            self.remove_checkpoints(to);
+            return Err(e);
+        }
+        let src = self.content_path(from);
+        let dst = self.content_path(to);
+        let renamed = (|| {
+            let parent = dst.parent().unwrap_or_else(|| Path::new("."));
+            durable::create_dirs_durable(parent)?;
+            fs::rename(&src, &dst)?;
+            durable::fsync_dir(parent)?;
+            durable::fsync_dir(src.parent().unwrap_or_else(|| Path::new(".")))
+        })();
+        if let Err(e) = renamed {
+            if !dst.exists() {
+                let _ = durable::remove(&self.meta_path(to));
+                undo_links(self);
+                self.remove_checkpoints(to);
+            }
+            return Err(self.io(from, e));
+        }
+        let _ = durable::remove(&self.meta_path(from));
+        for (old_id, _) in &linked {
+            let _ = fs::remove_file(self.undo.join(old_id));
+        }
+        self.remove_checkpoints(from);
+        Ok(moved)
+    }
+}

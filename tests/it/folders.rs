@@ -1,0 +1,179 @@
+//! Folders and MOVE (SPEC §2, issue 5) through the real binaries: nested folders whose
+//! parents must exist, listings, MOVE into folders (`/p` and `/p/` alike) keeping owner,
+//! access, version and history, and every refusal.
+
+use crate::harness::*;
+
+#[test]
+fn folders_nest_and_list_their_entries() {
+    let c = Cluster::start();
+    let alice = c.client("alice");
+    alice
+        .run(
+            "CREATEFOLDER /docs\nCREATEFOLDER /docs/sub/\nCREATE /docs/a.txt\nCREATE /docs/sub/b.txt\n\
+             CREATE top.txt\nCREATEFOLDER /empty\nVIEWFOLDER /docs\nVIEWFOLDER /docs/\nVIEWFOLDER /\n\
+             VIEWFOLDER /empty\nVIEWFOLDER /docs/sub\n",
+        )
+        .assert_lines(&[
+            "Folder created successfully!",
+            "Folder created successfully!",
+            "File Created Successfully!",
+            "File Created Successfully!",
+            "File Created Successfully!",
+            "Folder created successfully!",
+            "[DIR] sub",
+            "--> a.txt",
+            "[DIR] sub",
+            "--> a.txt",
+            "[DIR] docs",
+            "[DIR] empty",
+            "--> top.txt",
+            "(empty)",
+            "--> b.txt",
+        ])
+        .assert_code(0);
+    // The content lives at the folder's path on the storage server.
+    assert_eq!(file_on_disk(&c, "ss1", "docs/sub/b.txt"), Some(Vec::new()));
+    // Anyone may list a folder; VIEW shows nested files with their folder.
+    c.client("bob")
+        .run("VIEWFOLDER /docs\nVIEW -a\n")
+        .assert_lines(&[
+            "[DIR] sub",
+            "--> a.txt",
+            "--> /docs/a.txt",
+            "--> /docs/sub/b.txt",
+            "--> top.txt",
+        ]);
+}
+
+#[test]
+fn folder_errors_are_clear() {
+    let c = Cluster::start();
+    let alice = c.client("alice");
+    alice.run("CREATEFOLDER /d\nCREATE f.txt\n").assert_code(0);
+    let out = alice.run(
+        "CREATEFOLDER /x/y\nCREATEFOLDER /d\nCREATEFOLDER /f.txt\nCREATEFOLDER /a/../b\n\
+         CREATE /nope/a.txt\nCREATE /d\nVIEWFOLDER /nope\nCREATEFOLDER\n",
+    );
+    out.assert_lines(&[
+        "ERROR [NOT_FOUND]: Parent folder not found: /x (create it first)",
+        "ERROR [CONFLICT]: Folder already exists: /d",
+        "ERROR [CONFLICT]: a file named f.txt exists",
+        "ERROR [INVALID]: '/a/../b': '.' and '..' are not allowed",
+        "ERROR [NOT_FOUND]: Folder not found: /nope (create it with CREATEFOLDER first)",
+        "ERROR [CONFLICT]: /d is a folder",
+        "ERROR [NOT_FOUND]: Folder not found: /nope",
+        "ERROR [INVALID]: usage: CREATEFOLDER /<folder>",
+    ])
+    .assert_code(1);
+}
+
+#[test]
+fn move_keeps_owner_access_version_and_history() {
+    let c = Cluster::start();
+    let alice = c.client("alice");
+    alice
+        .run(
+            "CREATEFOLDER /p\nCREATE a.txt\nWRITE a.txt 0\n0 One.\nETIRW\nWRITE a.txt 1\n0 Two.\nETIRW\n\
+             ADDACCESS -R a.txt bob\n",
+        )
+        .assert_code(0);
+    let info = |file: &str| {
+        let out = alice.run(&format!("INFO {file}\n"));
+        out.assert_code(0);
+        out.lines()
+            .into_iter()
+            .filter(|l| {
+                l.starts_with("Owner:") || l.starts_with("Access:") || l.starts_with("Version:")
+            })
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let before = info("a.txt");
+    // `/p` and `/p/` name the same folder.
+    alice
+        .run("MOVE a.txt /p/\nREAD a.txt\nREAD /p/a.txt\n")
+        .assert_lines(&[
+            "File moved successfully!",
+            "ERROR [NOT_FOUND]: File not found: a.txt",
+            "One. Two.",
+        ]);
+    assert_eq!(info("/p/a.txt"), before);
+    assert_eq!(file_on_disk(&c, "ss1", "a.txt"), None);
+    assert_eq!(
+        file_on_disk(&c, "ss1", "p/a.txt"),
+        Some(b"One. Two.".to_vec())
+    );
+    c.client("bob")
+        .run("READ /p/a.txt\n")
+        .assert_lines(&["One. Two."]);
+    // The history followed the file.
+    alice
+        .run("UNDO /p/a.txt\nREAD /p/a.txt\nMOVE /p/a.txt /\nREAD a.txt\n")
+        .assert_lines(&[
+            "Undo Successful!",
+            "One.",
+            "File moved successfully!",
+            "One.",
+        ])
+        .assert_code(0);
+}
+
+#[test]
+fn move_refusals() {
+    let c = Cluster::start();
+    let alice = c.client("alice");
+    alice
+        .run("CREATEFOLDER /p\nCREATE a.txt\nCREATE /p/a.txt\nCREATE b.txt\nADDACCESS -R b.txt bob\n")
+        .assert_code(0);
+    alice
+        .run("MOVE a.txt /missing\nMOVE a.txt /p\nMOVE /p/a.txt /p\nMOVE nope.txt /p\nMOVE a.txt\n")
+        .assert_lines(&[
+            "ERROR [NOT_FOUND]: Folder not found: /missing",
+            "ERROR [CONFLICT]: /p/a.txt already exists",
+            "ERROR [CONFLICT]: /p/a.txt is already in /p",
+            "ERROR [NOT_FOUND]: File not found: nope.txt",
+            "ERROR [INVALID]: usage: MOVE <file> /<folder>",
+        ])
+        .assert_code(1);
+    c.client("bob")
+        .run("MOVE b.txt /p\n")
+        .assert_lines(&["ERROR [UNAUTHORIZED]: User bob has no write access to b.txt"]);
+    // Nothing moved.
+    assert!(file_on_disk(&c, "ss1", "a.txt").is_some());
+    assert!(file_on_disk(&c, "ss1", "b.txt").is_some());
+}
+
+#[test]
+fn a_file_being_written_cannot_move() {
+    let c = Cluster::start();
+    let alice = c.client("alice");
+    alice.run("CREATEFOLDER /p\nCREATE a.txt\n").assert_code(0);
+    let mut w = alice.spawn();
+    w.send("WRITE a.txt 0");
+    w.send("0 Held.");
+    w.expect_prefix("Sentence:");
+    alice
+        .run("MOVE a.txt /p\n")
+        .assert_contains("ERROR [LOCKED]:")
+        .assert_code(1);
+    w.send("ETIRW");
+    w.expect_prefix("Write Successful!");
+    drop(w.finish());
+    alice
+        .run("MOVE a.txt /p\nREAD /p/a.txt\n")
+        .assert_lines(&["File moved successfully!", "Held."]);
+}
+
+#[test]
+fn folders_survive_a_name_server_restart() {
+    let mut c = Cluster::start();
+    c.client("alice")
+        .run("CREATEFOLDER /p\nCREATEFOLDER /p/q\nCREATE /p/q/a.txt\n")
+        .assert_code(0);
+    c.kill9("nm");
+    c.restart("nm");
+    c.client("alice")
+        .run("VIEWFOLDER /p\nVIEWFOLDER /p/q\n")
+        .assert_lines(&["[DIR] q", "--> a.txt"]);
+}
