@@ -1,7 +1,8 @@
 //! CHECKPOINT and REVERT as the name server decides them (a child module of `core.rs`).
 //!
 //! Checkpoints live on the storage servers beside each file's bookkeeping; the name server
-//! checks rights and the tag, then asks the file's primary. Both answers are a new version
+//! checks rights and the tag, then asks the pair's current writer (the primary, or the
+//! promoted backup during a failover) with a change ticket carrying the pair's epoch. Both answers are a new version
 //! (a checkpoint changes the file's bookkeeping, a revert its content), so the ordinary
 //! content job carries them to the backup, and a retried or reordered job stays idempotent.
 
@@ -20,15 +21,15 @@ impl Core {
         names::validate_tag(tag)?;
         let rec = self.files.get(canon).ok_or_else(|| not_found(canon))?;
         Self::need_write(rec, &p.user, canon)?;
-        let addr = self.live_addr(rec, canon)?;
+        let (ss, addr, epoch) = self.writer_for(rec, canon, true)?;
         let ticket = self
             .key
-            .mint(NM_USER, canon, TicketOp::Checkpoint, &rec.ss, None);
+            .mint_change(NM_USER, canon, TicketOp::Checkpoint, &ss, None, epoch);
         let msg = Message::SsCheckpoint {
             file: canon.to_string(),
             tag: tag.clone(),
             creator: p.user.clone(),
-            epoch: EPOCH,
+            epoch,
             ticket,
         };
         Ok((JobKind::SsCall { addr, msg }, Purpose::Checkpoint))
@@ -46,14 +47,14 @@ impl Core {
         names::validate_tag(tag)?;
         let rec = self.files.get(canon).ok_or_else(|| not_found(canon))?;
         Self::need_write(rec, &p.user, canon)?;
-        let addr = self.live_addr(rec, canon)?;
+        let (ss, addr, epoch) = self.writer_for(rec, canon, true)?;
         let ticket = self
             .key
-            .mint(NM_USER, canon, TicketOp::Revert, &rec.ss, None);
+            .mint_change(NM_USER, canon, TicketOp::Revert, &ss, None, epoch);
         let msg = Message::SsRevert {
             file: canon.to_string(),
             tag: tag.clone(),
-            epoch: EPOCH,
+            epoch,
             ticket,
         };
         Ok((JobKind::SsCall { addr, msg }, Purpose::Revert))

@@ -249,11 +249,11 @@ impl Core {
                 names::display(&to)
             )));
         }
-        let addr = self.live_addr(rec, canon)?;
+        let (ss, addr, epoch) = self.writer_for(rec, canon, true)?;
         let subject = names::move_subject(canon, &to);
         let ticket = self
             .key
-            .mint(NM_USER, &subject, TicketOp::Move, &rec.ss, None);
+            .mint_change(NM_USER, &subject, TicketOp::Move, &ss, None, epoch);
         let msg = Message::SsMove {
             file: canon.to_string(),
             to: to.clone(),
@@ -269,7 +269,12 @@ impl Core {
         let mut rec = self.files.get(from).cloned()?;
         let ss = rec.ss.clone();
         self.del_file(from);
-        rec.backup_version = None;
+        // Only the writer that renamed it holds the file under its new name; the other member
+        // is owed it whole.
+        let writer = self.writer_member(&ss);
+        let version = rec.version;
+        rec.set_held(writer, Some(version));
+        rec.set_held(writer.other(), None);
         self.put_file(to, rec);
         self.rename_requests(from, to);
         self.owe_delete(&ss, from, now_ms);

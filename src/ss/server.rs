@@ -1310,7 +1310,7 @@ fn checkpoint(
     t: &Ticket,
 ) -> Result<(), Fail> {
     authorise(shared, file, t, TicketOp::Checkpoint)?;
-    refuse_on_backup(shared)?;
+    may_change(shared, t)?;
     names::validate_tag(tag)?;
     names::validate_user(creator)?;
     let _inflight = Inflight::new(&shared.inflight);
@@ -1336,7 +1336,7 @@ fn revert(
     t: &Ticket,
 ) -> Result<(), Fail> {
     authorise(shared, file, t, TicketOp::Revert)?;
-    refuse_on_backup(shared)?;
+    may_change(shared, t)?;
     names::validate_tag(tag)?;
     let _inflight = Inflight::new(&shared.inflight);
     let meta = {
@@ -1383,7 +1383,7 @@ fn move_file(
             log::warn!(target: ev::SS_REFUSED, file = file, user = t.user.as_str(), reason = e.msg.as_str();
                 "refused MOVE of {file} to {to}: {}", e.msg);
         })?;
-    refuse_on_backup(shared)?;
+    may_change(shared, t)?;
     let _inflight = Inflight::new(&shared.inflight);
     {
         let (first, second) = if file < to { (file, to) } else { (to, file) };
