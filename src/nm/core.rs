@@ -2099,9 +2099,9 @@ impl Core {
                         st.switch_at_ms - now_ms);
                 }
                 Phase::Serving if !self.is_up(&w) => {}
-                Phase::Serving => {
+                Phase::Serving if st.writer == Member::Backup && self.is_up(&p) => {
                     let (owed, running) = self.owed_to(&p);
-                    if st.writer == Member::Backup && self.is_up(&p) && owed == 0 && !running {
+                    if owed == 0 && !running {
                         st.phase = Phase::Handback;
                         st.switch_at_ms = lease_end(self, &w).max(now_ms);
                         pushes.push(w.clone());
@@ -2109,6 +2109,7 @@ impl Core {
                             "pair {p}: {p} holds every change; {b} stops taking changes, {p} resumes once {b}'s lease has ended");
                     }
                 }
+                Phase::Serving => {}
                 Phase::FailingOver if self.is_up(&w) => {
                     st.phase = Phase::Serving;
                     log::info!(target: ev::FAILOVER_COMPLETE, pair = p.as_str(), ss = w.as_str(), epoch = st.epoch;
@@ -2141,9 +2142,9 @@ impl Core {
                     log::warn!(target: ev::NM_SS_RECOVERY, pair = p.as_str(), ss = o.as_str();
                         "pair {p}: {o} failed during the handback; {w} goes on writing");
                 }
-                Phase::Handback => {
+                Phase::Handback if now_ms >= st.switch_at_ms => {
                     let (owed, running) = self.owed_to(&o);
-                    if now_ms >= st.switch_at_ms && owed == 0 && !running {
+                    if owed == 0 && !running {
                         st.phase = Phase::Serving;
                         st.epoch += 1;
                         st.writer = Member::Primary;
@@ -2153,6 +2154,7 @@ impl Core {
                             "pair {p}: {p} is the primary again (epoch {}); {b} backs it up", st.epoch);
                     }
                 }
+                Phase::Handback => {}
             }
             if st != before {
                 self.put_pair_state(&p, st);
