@@ -1058,12 +1058,15 @@ impl Core {
 
     fn server_message(&mut self, conn: ConnId, name: &str, msg: Message, now_ms: u64) {
         match msg {
-            Message::Heartbeat { seq } => {
+            Message::Heartbeat { seq, writer } => {
                 if let Some(s) = self.servers.get_mut(name) {
                     s.last_heartbeat_ms = Some(now_ms);
                     s.last_seq = seq;
                 }
                 log::debug!(target: ev::NM_HEARTBEAT, ss = name, seq = seq; "heartbeat from {name}");
+                if !writer {
+                    self.stepped_down(name, now_ms);
+                }
                 self.ack_heartbeat(conn, name, seq, now_ms);
             }
             Message::Changed { id, state } => {
@@ -2163,6 +2166,27 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// A handing-back writer says it holds no lease any more: its lease bound is now, so the
+    /// primary need not wait for the lease to run out. (A change it committed just before
+    /// may still be on its way; if it arrives after the switch it is refused, unacknowledged,
+    /// and the copy is quarantined, so nothing acknowledged depends on this shortcut.)
+    fn stepped_down(&mut self, name: &str, now_ms: u64) {
+        let Some((p, m)) = self.membership(name) else {
+            return;
+        };
+        let Some(st) = self.pair_states.get_mut(&p) else {
+            return;
+        };
+        if st.phase != Phase::Handback || st.writer != m || st.switch_at_ms <= now_ms {
+            return;
+        }
+        st.switch_at_ms = now_ms;
+        if let Some(s) = self.servers.get_mut(name) {
+            s.lease_until_ms = now_ms;
+        }
+        self.advance_pairs(now_ms);
     }
 
     /// RECOVER ss: compares what `ss` holds, as the name server knows it, with the records of
@@ -3538,7 +3562,15 @@ mod tests {
             }
         );
         assert!(c.files.is_empty());
-        let e = send(&mut c, 1, Message::Heartbeat { seq: 3 }, 250);
+        let e = send(
+            &mut c,
+            1,
+            Message::Heartbeat {
+                seq: 3,
+                writer: false,
+            },
+            250,
+        );
         assert_eq!(
             only_reply(e),
             Message::HeartbeatAck {

@@ -509,7 +509,9 @@ impl Sim {
             let seq = s.seq;
             s.sent.insert(seq, self.now);
             if !partitioned {
-                self.frame(conn, Message::Heartbeat { seq });
+                // Like `Lease::stepped_down`: false once a `writer: false` ack was applied.
+                let writer = self.ss[i].writer;
+                self.frame(conn, Message::Heartbeat { seq, writer });
             }
         }
         self.c.tick(self.now);
