@@ -1134,12 +1134,15 @@ impl Core {
 
     fn server_message(&mut self, conn: ConnId, name: &str, msg: Message, now_ms: u64) {
         match msg {
-            Message::Heartbeat { seq } => {
+            Message::Heartbeat { seq, writer } => {
                 if let Some(s) = self.servers.get_mut(name) {
                     s.last_heartbeat_ms = Some(now_ms);
                     s.last_seq = seq;
                 }
                 log::debug!(target: ev::NM_HEARTBEAT, ss = name, seq = seq; "heartbeat from {name}");
+                if !writer {
+                    self.stepped_down(name, now_ms);
+                }
                 self.ack_heartbeat(conn, name, seq, now_ms);
             }
             Message::Changed { id, state } => {
@@ -2255,9 +2258,9 @@ impl Core {
                         st.switch_at_ms - now_ms);
                 }
                 Phase::Serving if !self.is_up(&w) => {}
-                Phase::Serving => {
+                Phase::Serving if st.writer == Member::Backup && self.is_up(&p) => {
                     let (owed, running) = self.owed_to(&p);
-                    if st.writer == Member::Backup && self.is_up(&p) && owed == 0 && !running {
+                    if owed == 0 && !running {
                         st.phase = Phase::Handback;
                         st.switch_at_ms = lease_end(self, &w).max(now_ms);
                         pushes.push(w.clone());
@@ -2265,6 +2268,7 @@ impl Core {
                             "pair {p}: {p} holds every change; {b} stops taking changes, {p} resumes once {b}'s lease has ended");
                     }
                 }
+                Phase::Serving => {}
                 Phase::FailingOver if self.is_up(&w) => {
                     st.phase = Phase::Serving;
                     log::info!(target: ev::FAILOVER_COMPLETE, pair = p.as_str(), ss = w.as_str(), epoch = st.epoch;
@@ -2297,9 +2301,9 @@ impl Core {
                     log::warn!(target: ev::NM_SS_RECOVERY, pair = p.as_str(), ss = o.as_str();
                         "pair {p}: {o} failed during the handback; {w} goes on writing");
                 }
-                Phase::Handback => {
+                Phase::Handback if now_ms >= st.switch_at_ms => {
                     let (owed, running) = self.owed_to(&o);
-                    if now_ms >= st.switch_at_ms && owed == 0 && !running {
+                    if owed == 0 && !running {
                         st.phase = Phase::Serving;
                         st.epoch += 1;
                         st.writer = Member::Primary;
@@ -2309,6 +2313,7 @@ impl Core {
                             "pair {p}: {p} is the primary again (epoch {}); {b} backs it up", st.epoch);
                     }
                 }
+                Phase::Handback => {}
             }
             if st != before {
                 self.put_pair_state(&p, st);
@@ -2317,6 +2322,27 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// A handing-back writer says it holds no lease any more: its lease bound is now, so the
+    /// primary need not wait for the lease to run out. (A change it committed just before
+    /// may still be on its way; if it arrives after the switch it is refused, unacknowledged,
+    /// and the copy is quarantined, so nothing acknowledged depends on this shortcut.)
+    fn stepped_down(&mut self, name: &str, now_ms: u64) {
+        let Some((p, m)) = self.membership(name) else {
+            return;
+        };
+        let Some(st) = self.pair_states.get_mut(&p) else {
+            return;
+        };
+        if st.phase != Phase::Handback || st.writer != m || st.switch_at_ms <= now_ms {
+            return;
+        }
+        st.switch_at_ms = now_ms;
+        if let Some(s) = self.servers.get_mut(name) {
+            s.lease_until_ms = now_ms;
+        }
+        self.advance_pairs(now_ms);
     }
 
     /// RECOVER ss: compares what `ss` holds, as the name server knows it, with the records of
@@ -3770,7 +3796,15 @@ mod tests {
             }
         );
         assert!(c.files.is_empty());
-        let e = send(&mut c, 1, Message::Heartbeat { seq: 3 }, 250);
+        let e = send(
+            &mut c,
+            1,
+            Message::Heartbeat {
+                seq: 3,
+                writer: false,
+            },
+            250,
+        );
         assert_eq!(
             only_reply(e),
             Message::HeartbeatAck {

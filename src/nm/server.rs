@@ -722,7 +722,14 @@ mod tests {
         ss.send(&Message::FileBatch { files }, &[]).unwrap();
         let r = call(&mut ss, Message::RegisterEnd {}).unwrap();
         assert!(matches!(r, Message::Registered { epoch: 1, .. }));
-        let r = call(&mut ss, Message::Heartbeat { seq: 1 }).unwrap();
+        let r = call(
+            &mut ss,
+            Message::Heartbeat {
+                seq: 1,
+                writer: false,
+            },
+        )
+        .unwrap();
         assert!(matches!(
             r,
             Message::HeartbeatAck {

@@ -1136,6 +1136,11 @@ pub enum Message {
     Heartbeat {
         /// Increasing sequence number.
         seq: u64,
+        /// `false` once the sender applied an ack saying it is not the writer (acks arrive
+        /// in order, so no earlier grant can renew its lease after that): a writer told to
+        /// step down says so, and the name server need not wait for its lease to run out.
+        #[serde(default)]
+        writer: bool,
     },
     /// Reply to HEARTBEAT.
     HeartbeatAck {

@@ -54,6 +54,10 @@ pub struct Lease {
     /// Milliseconds after `base` until which changes are accepted; 0: no lease.
     until_ms: AtomicU64,
     writer: AtomicBool,
+    /// Set when the name server said `writer: false` and that was applied. Acks arrive in
+    /// order on one connection, so no earlier grant can renew the lease after it; this, not
+    /// a lease that merely ran out, is what the next heartbeat reports as stepped down.
+    stepped_down: AtomicBool,
 }
 
 impl Lease {
@@ -62,6 +66,7 @@ impl Lease {
             base: Instant::now(),
             until_ms: AtomicU64::new(0),
             writer: AtomicBool::new(false),
+            stepped_down: AtomicBool::new(false),
         }
     }
 
@@ -75,8 +80,10 @@ impl Lease {
             let until = self.ms_at(sent) + lease_ms;
             self.until_ms.fetch_max(until, Ordering::SeqCst);
             self.writer.store(true, Ordering::SeqCst);
+            self.stepped_down.store(false, Ordering::SeqCst);
         } else {
             self.end();
+            self.stepped_down.store(true, Ordering::SeqCst);
         }
     }
 
@@ -422,7 +429,8 @@ fn session(
                     }
                     sent.push_back((seq, Instant::now()));
                 }
-                conn.send(&Message::Heartbeat { seq }, &[])
+                let writer = !flags.lease.stepped_down.load(Ordering::SeqCst);
+                conn.send(&Message::Heartbeat { seq, writer }, &[])
                     .map_err(io_err)?;
                 next_hb = now + interval;
             }
@@ -501,7 +509,7 @@ fn reader(mut conn: Connection, g: Grants, dead: Sender<String>) {
                     g.backup.store(!writer, Ordering::SeqCst);
                     match sent_at {
                         Some(t) => g.lease.grant(writer, t, lease_ms),
-                        None if !writer => g.lease.end(),
+                        None if !writer => g.lease.grant(false, Instant::now(), 0),
                         None => {}
                     }
                 }

@@ -53,7 +53,7 @@ fn fake_nm() -> FakeNm {
                                 lease_ms: 60_000,
                             })
                         }
-                        Message::Heartbeat { seq } => Some(Message::HeartbeatAck {
+                        Message::Heartbeat { seq, .. } => Some(Message::HeartbeatAck {
                             seq,
                             epoch: 0,
                             writer: !backup,

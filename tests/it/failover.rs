@@ -18,6 +18,12 @@ fn pair_with_a_file() -> Cluster {
         .run("CREATE a.txt\nWRITE a.txt 0\n0 Before the failure.\nETIRW\n")
         .assert_code(0);
     wait_file_replicated(&c, PRIMARY, BACKUP, "a.txt");
+    // The bytes land before the name server hears the job succeeded; wait for that too.
+    assert!(
+        poll_until(WAIT, || pair_line(&c).contains("ACTIVE")),
+        "the pair never became ACTIVE: {}",
+        pair_line(&c)
+    );
     c
 }
 

@@ -509,7 +509,9 @@ impl Sim {
             let seq = s.seq;
             s.sent.insert(seq, self.now);
             if !partitioned {
-                self.frame(conn, Message::Heartbeat { seq });
+                // Like `Lease::stepped_down`: false once a `writer: false` ack was applied.
+                let writer = self.ss[i].writer;
+                self.frame(conn, Message::Heartbeat { seq, writer });
             }
         }
         self.c.tick(self.now);
@@ -727,4 +729,198 @@ fn a_fixed_seed_replays_the_same_run() {
         (sim.log.clone(), sim.c.pair_states["ss1"].epoch)
     };
     assert_eq!(run(42), run(42));
+}
+
+impl Sim {
+    /// SIGKILL of member `i`: its connection closes at once.
+    fn kill(&mut self, i: usize) {
+        self.ss[i].alive = false;
+        self.ss[i].writer = false;
+        self.ss[i].lease_until = 0;
+        self.ss[i].linked = false;
+        let conn = self.ss[i].conn;
+        self.c.on_close(conn, self.now);
+        self.pump();
+    }
+
+    /// Lets `ms` pass in heartbeat-sized steps.
+    fn advance(&mut self, ms: u64) {
+        let end = self.now + ms;
+        while self.now < end {
+            self.now = (self.now + 10).min(end);
+            self.heartbeats();
+            self.check();
+        }
+    }
+
+    fn run_jobs(&mut self) {
+        while !self.jobs.is_empty() {
+            self.run_job(0);
+        }
+    }
+
+    /// LOCATE as the client: the server named, or the error code.
+    fn locate(&mut self, file: &str, mode: AccessMode) -> Result<(String, Ticket), ErrorCode> {
+        let client = self.client;
+        self.c.on_frame(
+            client,
+            Frame {
+                msg: Message::Locate {
+                    file: file.into(),
+                    mode,
+                    avoid: None,
+                },
+                body: vec![],
+            },
+            self.now,
+        );
+        let r = self.c.take_effects().into_iter().find_map(|e| match e {
+            Effect::Reply { conn, msg, .. } if conn == client => Some(msg),
+            _ => None,
+        });
+        self.pump();
+        match r {
+            Some(Message::Located { ss, ticket, .. }) => Ok((ss, ticket)),
+            Some(Message::Err { code, .. }) => Err(code),
+            other => panic!("LOCATE answered {other:?}"),
+        }
+    }
+
+    fn pair(&self) -> PairRecord {
+        self.c.pair_states["ss1"].clone()
+    }
+}
+
+/// A pair holding `a.txt` on both members, the primary writing in epoch 1.
+fn settled_pair() -> Sim {
+    let mut sim = Sim::new(7, "async");
+    sim.create("a.txt");
+    sim.run_jobs();
+    sim.advance(200);
+    assert_eq!(sim.pair().writer, Member::Primary);
+    assert!(sim.c.files["a.txt"].holds(Member::Backup));
+    sim
+}
+
+#[test]
+fn promotion_waits_for_the_old_writer_lease_then_raises_the_epoch() {
+    let mut sim = settled_pair();
+    let killed = sim.now;
+    sim.kill(0);
+    let st = sim.pair();
+    assert_eq!(st.phase, Phase::FailingOver);
+    // The last lease ss1 was granted ends at most one lease after its last heartbeat.
+    assert!(
+        st.switch_at_ms > killed && st.switch_at_ms <= killed + 200,
+        "{st:?}"
+    );
+    // Reads go on from the backup at once; changes wait for the switch.
+    assert_eq!(
+        sim.locate("a.txt", AccessMode::Read).unwrap().0,
+        "ss1_backup"
+    );
+    assert_eq!(
+        sim.locate("a.txt", AccessMode::Write).unwrap_err(),
+        ErrorCode::Unavailable
+    );
+    sim.advance(st.switch_at_ms - sim.now - 1);
+    assert_eq!(sim.pair().phase, Phase::FailingOver);
+    sim.advance(20);
+    let st = sim.pair();
+    assert_eq!(
+        (st.phase, st.epoch, st.writer),
+        (Phase::Serving, 2, Member::Backup)
+    );
+    let (ss, ticket) = sim.locate("a.txt", AccessMode::Write).unwrap();
+    assert_eq!((ss.as_str(), ticket.epoch), ("ss1_backup", Some(2)));
+    sim.write("a.txt");
+    let v = sim.acked["a.txt"].last().copied().unwrap();
+    assert_eq!(v.epoch, 2, "the promoted backup stamps the new epoch");
+    // The change is owed to the primary, which returns, catches up and resumes.
+    assert!(sim.c.repl.contains_key(&job_key("ss1", "a.txt")));
+    sim.ss[0].alive = true;
+    sim.register(0);
+    sim.run_jobs();
+    sim.advance(300);
+    let st = sim.pair();
+    assert_eq!(
+        (st.phase, st.epoch, st.writer),
+        (Phase::Serving, 3, Member::Primary)
+    );
+    assert_eq!(sim.ss[0].files["a.txt"].version, v);
+}
+
+#[test]
+fn a_file_the_promoted_backup_lacks_is_unavailable_never_stale() {
+    let mut sim = settled_pair();
+    sim.write("a.txt");
+    // The copy to the backup never ran; then the primary dies.
+    assert!(!sim.c.files["a.txt"].holds(Member::Backup));
+    sim.jobs.clear();
+    sim.kill(0);
+    sim.advance(400);
+    assert_eq!(sim.pair().writer, Member::Backup);
+    assert_eq!(
+        sim.locate("a.txt", AccessMode::Read).unwrap_err(),
+        ErrorCode::Unavailable
+    );
+    assert_eq!(
+        sim.locate("a.txt", AccessMode::Write).unwrap_err(),
+        ErrorCode::Unavailable
+    );
+    // New files still go to the pair's live member.
+    sim.create("new.txt");
+    assert!(sim.ss[1].files.contains_key("new.txt"));
+    // The primary returns with the only current copy: readable again at once.
+    sim.ss[0].alive = true;
+    sim.register(0);
+    assert_eq!(sim.locate("a.txt", AccessMode::Read).unwrap().0, "ss1");
+}
+
+#[test]
+fn a_change_from_a_deposed_writer_is_refused_and_its_copy_quarantined() {
+    let mut sim = settled_pair();
+    sim.kill(0);
+    sim.advance(400);
+    sim.write("a.txt");
+    sim.ss[0].alive = true;
+    sim.register(0);
+    sim.run_jobs();
+    sim.advance(400);
+    assert_eq!(sim.pair().writer, Member::Primary);
+    // The old writer reports a commit it made in its epoch: not acknowledged.
+    let rec = sim.c.files["a.txt"].clone();
+    let stale = Copy {
+        version: Version {
+            epoch: 2,
+            counter: rec.version.counter + 1,
+        },
+        chain: vec![],
+    };
+    let conn = sim.ss[1].conn;
+    sim.c.on_frame(
+        conn,
+        Frame {
+            msg: Message::Changed {
+                id: 99,
+                state: stale.state("a.txt"),
+            },
+            body: vec![],
+        },
+        sim.now,
+    );
+    let e = sim.c.take_effects();
+    assert!(e.iter().any(|e| matches!(
+        e,
+        Effect::Reply {
+            msg: Message::ChangedAck {
+                id: 99,
+                copies: Some(0)
+            },
+            ..
+        }
+    )));
+    let job = &sim.c.repl[&job_key("ss1_backup", "a.txt")];
+    assert!(job.quarantine, "{job:?}");
+    assert_eq!(sim.c.files["a.txt"], rec, "the record is untouched");
 }
