@@ -8,7 +8,8 @@
 //! fault chosen from the seed, waits for the name server to detect it
 //! (`heartbeat_monitor_failure`), keeps it a little longer (`--hold-ms`), heals it, waits by
 //! condition until the cluster has settled (every server UP, no replication owed), then pauses
-//! the workload and checks that every acknowledged write is readable with its content.
+//! the workload and checks that every acknowledged write is readable with its content, and
+//! runs FSCK, which must find every copy (the backups' too) current and intact.
 //!
 //! Fault kinds: SIGKILL of a primary, of a backup, of the name server; SIGSTOP of a storage
 //! server until it is declared down, then SIGCONT; and a network partition between `ss2` and
@@ -18,8 +19,8 @@
 //!
 //! It prints its seed first; `--seed N` replays the same faults on the same targets. At the
 //! end it prints one table per fault kind and exits 1 if any acknowledged write was lost in
-//! sync mode, any payload read back wrong, a fault was not detected or the cluster did not
-//! settle; 2 if the cluster could not be started. Every process is stopped by PID at the end,
+//! sync mode, any payload read back wrong, FSCK found a bad copy, a fault was not detected or
+//! the cluster did not settle; 2 if the cluster could not be started. Every process is stopped by PID at the end,
 //! also on error or panic, and the namespace is removed.
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -995,6 +996,22 @@ impl Workload {
         self.pause.store(false, Ordering::SeqCst);
     }
 
+    /// FSCK of the settled cluster: every copy of every file, the backups' included, must be
+    /// current and intact. `Some(report)` when it is not.
+    fn fsck(&self) -> Result<Option<String>> {
+        let mut session =
+            Session::connect(&self.host, self.port, USER).map_err(|e| anyhow!("fsck: {e}"))?;
+        let mut out = Vec::new();
+        match session.execute(&Cmd::Fsck { file: None }, &mut out) {
+            Ok(()) => Ok(None),
+            Err(e) => {
+                let mut report = String::from_utf8_lossy(&out).into_owned();
+                report.push_str(&e.text);
+                Ok(Some(report))
+            }
+        }
+    }
+
     /// The round-end check (workload paused): every file reads back a correct payload at
     /// least as new as its last acknowledged write. Returns acknowledged writes lost.
     fn verify(&self) -> Result<u64> {
@@ -1059,6 +1076,8 @@ struct RoundResult {
     catch_up_ms: u64,
     lag_jobs: u64,
     lag_ms: u64,
+    /// FSCK's report when it found a copy missing, stale, corrupt or quarantined.
+    fsck: Option<String>,
 }
 
 /// The longest stretch without a successful `op` on `pairs` from the last success before
@@ -1153,6 +1172,7 @@ fn run_round(c: &mut Cluster, w: &Workload, f: &Fault, args: &Args) -> Result<Ro
         ops.clear();
     }
     r.lost = w.verify()?;
+    r.fsck = w.fsck()?;
     r.acked = w.acked_round.swap(0, Ordering::SeqCst);
     r.stale_reads = w.stale_reads.swap(0, Ordering::SeqCst);
     w.resume();
@@ -1394,6 +1414,13 @@ fn run(args: &Args, seed: u64) -> Result<bool> {
                 break;
             }
         };
+        if let Some(report) = &r.fsck {
+            println!(
+                "round {}: FSCK found bad copies after the cluster settled:\n{report}",
+                i + 1
+            );
+            ok = false;
+        }
         let detect = match (f.kind, r.detect_ms) {
             (Kind::KillNm, _) => "n/a".to_string(),
             (_, Some(d)) => format!("{d} ms"),

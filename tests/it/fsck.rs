@@ -5,6 +5,8 @@
 //! thousands of files. Every test runs through the real binaries.
 
 use crate::harness::*;
+use pairfs::auth::{check_scope, NM_USER};
+use pairfs::protocol::{ErrorCode, Message, TicketOp};
 use std::fs;
 use std::path::Path;
 
@@ -212,6 +214,83 @@ fn quarantined_copies_are_reported() {
     c.client("alice")
         .run("READ a.txt\n")
         .assert_lines(&["Kept."]);
+}
+
+#[test]
+fn a_check_needs_a_name_server_ticket_for_exactly_its_list() {
+    let c = Cluster::start();
+    c.client("alice").run("CREATE a.txt\n").assert_code(0);
+    let files = vec!["a.txt".to_string()];
+    let call = |ticket| {
+        let mut conn = c.ss_conn(PRIMARY);
+        call_raw(
+            &mut conn,
+            &Message::CheckFiles {
+                files: files.clone(),
+                orphans: false,
+                ticket,
+            },
+        )
+        .msg
+    };
+    let code = |m: Message| match m {
+        Message::Err { code, .. } => code,
+        other => panic!("expected ERR, got {other:?}"),
+    };
+    let key = c.key();
+    // A ticket for another list, a user's ticket, and a replay are refused.
+    let other = key.mint(
+        NM_USER,
+        &check_scope(&[], true),
+        TicketOp::Check,
+        PRIMARY,
+        None,
+    );
+    assert_eq!(code(call(other)), ErrorCode::Unauthorized);
+    let user = key.mint(
+        "alice",
+        &check_scope(&files, false),
+        TicketOp::Check,
+        PRIMARY,
+        None,
+    );
+    assert_eq!(code(call(user)), ErrorCode::Unauthorized);
+    let good = key.mint(
+        NM_USER,
+        &check_scope(&files, false),
+        TicketOp::Check,
+        PRIMARY,
+        None,
+    );
+    match call(good.clone()) {
+        Message::Checked { copies, .. } => {
+            assert_eq!(copies.len(), 1);
+            let h = copies[0].held.unwrap();
+            assert_eq!(h.checksum, h.actual);
+        }
+        other => panic!("CHECK_FILES answered {other:?}"),
+    }
+    assert_eq!(code(call(good)), ErrorCode::Unauthorized, "replayed");
+    // A name that escapes the storage directory is refused before anything is read.
+    let bad = vec!["../x".to_string()];
+    let t = key.mint(
+        NM_USER,
+        &check_scope(&bad, false),
+        TicketOp::Check,
+        PRIMARY,
+        None,
+    );
+    let mut conn = c.ss_conn(PRIMARY);
+    let m = call_raw(
+        &mut conn,
+        &Message::CheckFiles {
+            files: bad,
+            orphans: false,
+            ticket: t,
+        },
+    )
+    .msg;
+    assert_eq!(code(m), ErrorCode::Invalid);
 }
 
 /// Files of the paging test; `PAIRFS_FSCK_FILES=10000` runs it at the contract's scale (a

@@ -755,6 +755,48 @@ mod tests {
     }
 
     #[test]
+    fn an_overlong_cursor_is_refused() {
+        let mut c = core();
+        register(&mut c, 1, "ss1", vec![st("a.txt", 1)]);
+        client(&mut c, 9);
+        let e = send(
+            &mut c,
+            9,
+            Message::Fsck {
+                file: None,
+                after: Some("x".repeat(MAX_CURSOR_BYTES + 1)),
+            },
+        );
+        assert!(checks(&e).is_empty());
+        assert!(matches!(
+            &e[..],
+            [Effect::Reply {
+                msg: Message::Err {
+                    code: crate::protocol::ErrorCode::Invalid,
+                    ..
+                },
+                ..
+            }]
+        ));
+        // A cursor past the last name is an empty last page, still answered.
+        let e = send(
+            &mut c,
+            9,
+            Message::Fsck {
+                file: None,
+                after: Some("zzz".into()),
+            },
+        );
+        let jobs = checks(&e);
+        assert_eq!(jobs.len(), 1, "the last page asks for orphans");
+        assert!(jobs[0].2.is_empty() && jobs[0].3);
+        c.on_job_result(jobs[0].0, answer(vec![], vec![]), 20);
+        let p = pages(&c.take_effects());
+        assert_eq!(p.len(), 1);
+        assert!(p[0].0.is_empty() && p[0].3.is_none());
+    }
+
+    #[test]
     fn a_closed_client_drops_its_page() {
         let mut c = core();
         register(&mut c, 1, "ss1", vec![st("a.txt", 1)]);
