@@ -189,16 +189,6 @@ fn run_line(
     let printed = match cmd {
         Command::Exit => return false,
         Command::Help => out.write_all(render::help().as_bytes()),
-        Command::Unsupported(word) => {
-            status.fail(false);
-            writeln!(
-                out,
-                "{}",
-                crate::protocol::err::unavailable(format!(
-                    "{word} is not supported by this cluster yet"
-                ))
-            )
-        }
         Command::Write { file, sentence } => match session.begin_write(&file, sentence) {
             Ok(ws) => write_session(ws, input, out, status),
             Err(e) => {

@@ -165,8 +165,6 @@ pub enum Command {
     Help,
     /// `EXIT`.
     Exit,
-    /// A command of the contract that this cluster does not serve yet (the upper-cased word).
-    Unsupported(String),
 }
 
 /// One line typed inside a write session.
@@ -182,9 +180,6 @@ pub enum EditLine {
     /// `ETIRW`: commit.
     Etirw,
 }
-
-/// Commands of later work: recognised so the user gets a clear answer, not "unknown".
-const UNSUPPORTED: &[&str] = &[];
 
 /// The usage line of each supported command, as `ERROR [INVALID]: usage: …` prints it.
 pub fn usage(word: &str) -> &'static str {
@@ -382,7 +377,6 @@ pub fn parse_line(line: &str) -> Result<Option<Command>, WireError> {
             _ => Err(usage_err(&word)),
         },
         "ETIRW" => Err(err::invalid("ETIRW is only valid inside a WRITE session")),
-        w if UNSUPPORTED.contains(&w) => Ok(Command::Unsupported(word.clone())),
         _ => Err(err::invalid(format!(
             "unknown command '{}' (type HELP)",
             crate::names::show(first)
@@ -660,13 +654,7 @@ mod tests {
     }
 
     #[test]
-    fn later_commands_are_recognised_as_unsupported() {
-        for w in UNSUPPORTED {
-            assert_eq!(
-                ok(&format!("{} x y", w.to_lowercase())),
-                Command::Unsupported(w.to_string())
-            );
-        }
+    fn recover_takes_one_server() {
         assert_eq!(ok("recover ss1"), Command::Recover { ss: f("ss1") });
         assert_eq!(
             err_text("RECOVER"),

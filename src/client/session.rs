@@ -469,7 +469,7 @@ impl Session {
             Command::Download { file, local } => self.download(file, Path::new(local), out)?,
             Command::Read { file } => self.read_from(file, None, out)?,
             Command::Stream { file } => self.stream(file, out)?,
-            Command::Write { .. } | Command::Help | Command::Exit | Command::Unsupported(_) => {
+            Command::Write { .. } | Command::Help | Command::Exit => {
                 return Err(err::internal("command not handled by the session").into())
             }
         }
