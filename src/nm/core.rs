@@ -3008,9 +3008,16 @@ impl Core {
                     adopted += 1;
                 }
                 None => {
-                    // Deleted while this member was away, or never acknowledged: set aside,
-                    // never silently removed.
-                    self.upsert_job_q(&name, f, Want::Delete, true, now_ms);
+                    // An acknowledged DELETE or MOVE made while this member was away left a
+                    // row owing it the removal: that row does it. Otherwise the copy was never
+                    // acknowledged: set aside, never silently removed.
+                    let owed = self
+                        .repl
+                        .get(&job_key(&name, f))
+                        .is_some_and(|j| j.want == Want::Delete && !j.quarantine);
+                    if !owed {
+                        self.upsert_job_q(&name, f, Want::Delete, true, now_ms);
+                    }
                     queued += 1;
                 }
             }

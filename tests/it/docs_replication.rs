@@ -267,3 +267,128 @@ fn every_copy_holds_every_folder_even_empty_ones() {
         c.log("nm").tail()
     );
 }
+
+/// Issue 5 after issue 4: with the primary SIGKILLed, every folder, checkpoint and access
+/// request command works through the client on the promoted backup, and what changed there
+/// (a revert and its undo, a new checkpoint, a new folder, a move, an approval) reaches the
+/// original primary when it returns, which then takes such changes again itself.
+#[test]
+fn folders_checkpoints_and_requests_fail_over_and_come_back() {
+    let mut c = Cluster::builder().pair().start();
+    c.wait_event(
+        "nm",
+        "replication_assign",
+        |v| v["msg"].as_str().is_some_and(|m| m.contains("Paired ss1")),
+        WAIT,
+    );
+    let alice = c.client("alice");
+    alice
+        .run(
+            "CREATEFOLDER /docs\nCREATEFOLDER /docs/sub\nCREATE /docs/a.txt\n\
+             WRITE /docs/a.txt 0\n0 Draft one.\nETIRW\nCHECKPOINT /docs/a.txt v1\n\
+             WRITE /docs/a.txt 1\n0 Draft two.\nETIRW\nCHECKPOINT /docs/a.txt v2\n\
+             REVERT /docs/a.txt v1\n\
+             CREATE b.txt\nWRITE b.txt 0\n0 Bee.\nETIRW\nCHECKPOINT b.txt b0\nMOVE b.txt /docs/sub\n\
+             CREATE /docs/del.txt\nWRITE /docs/del.txt 0\n0 Doomed.\nETIRW\n",
+        )
+        .assert_code(0);
+    c.client("bob")
+        .run("RACC /docs/a.txt RW\n")
+        .assert_lines(&["Access request created with ID #1"]);
+    wait_same(&c, &["docs/a.txt", "docs/sub/b.txt", "docs/del.txt"]);
+
+    let since = c.mark("nm");
+    c.kill9(PRIMARY);
+    c.wait_event_since(
+        "nm",
+        since,
+        "failover_complete",
+        |v| v["pair"] == PRIMARY,
+        WAIT,
+    );
+    alice
+        .run(
+            "VIEWFOLDER /docs\nVIEWCHECKPOINT /docs/a.txt v2\nREVERT /docs/a.txt v2\n\
+             READ /docs/a.txt\nUNDO /docs/a.txt\nREAD /docs/a.txt\nCHECKPOINT /docs/a.txt v3\n\
+             CREATEFOLDER /docs/new\nMOVE /docs/sub/b.txt /docs/new/\nVIEWFOLDER /docs/new\n\
+             VIEWCHECKPOINT /docs/new/b.txt b0\nAPPROVEACCR 1\nDELETE /docs/del.txt\n",
+        )
+        .assert_lines(&[
+            "[DIR] sub",
+            "--> a.txt",
+            "--> del.txt",
+            "Draft one. Draft two.",
+            "Reverted to checkpoint 'v2' successfully!",
+            "Draft one. Draft two.",
+            "Undo Successful!",
+            "Draft one.",
+            "Checkpoint 'v3' created successfully!",
+            "Folder created successfully!",
+            "File moved successfully!",
+            "--> b.txt",
+            "Bee.",
+            "Access request #1 approved; access granted successfully!",
+            "File deleted successfully!",
+        ])
+        .assert_code(0);
+    c.client("bob")
+        .run("WRITE /docs/a.txt 1\n0 Bob was here.\nETIRW\n")
+        .assert_contains("Write Successful!")
+        .assert_code(0);
+
+    // The primary returns and receives everything the promoted backup took.
+    let since = c.mark("nm");
+    c.restart(PRIMARY);
+    c.wait_event_since(
+        "nm",
+        since,
+        "replication_recover",
+        |v| v["pair"] == PRIMARY,
+        WAIT,
+    );
+    wait_same(&c, &["docs/a.txt", "docs/new/b.txt"]);
+    wait_file_absent(&c, PRIMARY, "docs/sub/b.txt");
+    wait_file_absent(&c, PRIMARY, "docs/del.txt");
+    // What was moved away or deleted while it was down is removed, not set aside: those
+    // changes were acknowledged.
+    assert!(
+        tree(&c.storage(PRIMARY).join("quarantine")).is_empty(),
+        "{:?}",
+        tree(&c.storage(PRIMARY).join("quarantine"))
+            .into_keys()
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        file_on_disk(&c, PRIMARY, "docs/a.txt").unwrap(),
+        b"Draft one. Bob was here."
+    );
+    assert_eq!(
+        file_on_disk(&c, PRIMARY, "docs/new/b.txt").unwrap(),
+        b"Bee."
+    );
+    assert!(c.storage(PRIMARY).join("files/docs/new").is_dir());
+    let tags: Vec<String> = checkpoints_on(&c, PRIMARY, "docs/a.txt")
+        .into_iter()
+        .map(|c| c.tag)
+        .collect();
+    assert_eq!(tags, vec!["v1", "v2", "v3"]);
+    assert_eq!(
+        checkpoint_on(&c, PRIMARY, "docs/a.txt", "v3"),
+        b"Draft one."
+    );
+
+    // Writing again on the original primary: a checkpoint and a revert there replicate back.
+    alice
+        .run("CHECKPOINT /docs/a.txt v4\nREVERT /docs/a.txt v2\nREAD /docs/a.txt\n")
+        .assert_lines(&[
+            "Checkpoint 'v4' created successfully!",
+            "Reverted to checkpoint 'v2' successfully!",
+            "Draft one. Draft two.",
+        ])
+        .assert_code(0);
+    wait_same(&c, &["docs/a.txt", "docs/new/b.txt"]);
+    assert_eq!(
+        file_on_disk(&c, BACKUP, "docs/a.txt").unwrap(),
+        b"Draft one. Draft two."
+    );
+}
