@@ -2,7 +2,9 @@
 //! them on a pair, checks the backup's storage directory holds exactly what the primary
 //! would serve, SIGKILLs the primary, and checks every one of them through the backup: its
 //! own client port, then a fresh name server over a copy of its storage directory (which
-//! must serve VIEWFOLDER, LISTCHECKPOINTS, VIEWCHECKPOINT, REVERT and UNDO alike).
+//! must serve VIEWFOLDER, LISTCHECKPOINTS, VIEWCHECKPOINT, REVERT and UNDO alike). A second
+//! scenario runs the same commands through the client while the backup is promoted, and
+//! checks the returning primary receives every change made there.
 
 use crate::harness::*;
 use pairfs::auth::NM_USER;
