@@ -510,6 +510,10 @@ struct InFlight {
     purpose: Purpose,
     /// Whether this job holds its file's per-file slot.
     serialised: bool,
+    /// For a change sent to a pair member: that server and the epoch its ticket carries. A
+    /// result that arrives after the pair's epoch moved on is not credited (see
+    /// [`Core::fenced_result`]).
+    fence: Option<(String, u64)>,
 }
 
 /// The name server's state machine.
@@ -554,6 +558,24 @@ pub struct Core {
 
 fn not_found(file: &str) -> WireError {
     err::not_found(format!("File not found: {}", names::display(file)))
+}
+
+/// The server and epoch a change call's ticket was minted for (tickets of unpaired servers
+/// carry no epoch and need no fence).
+fn change_fence(kind: &JobKind) -> Option<(String, u64)> {
+    let JobKind::SsCall { msg, .. } = kind else {
+        return None;
+    };
+    let t = match msg {
+        Message::SsCreate { ticket, .. }
+        | Message::SsDelete { ticket, .. }
+        | Message::SsUndo { ticket, .. }
+        | Message::SsCheckpoint { ticket, .. }
+        | Message::SsRevert { ticket, .. }
+        | Message::SsMove { ticket, .. } => ticket,
+        _ => return None,
+    };
+    t.epoch.map(|e| (t.ss.clone(), e))
 }
 
 fn no_live_copy(file: &str) -> WireError {
@@ -1653,6 +1675,7 @@ impl Core {
                     started_ms: now_ms,
                 },
                 serialised: false,
+                fence: None,
             },
         );
         Ok(())
@@ -1722,6 +1745,7 @@ impl Core {
                     self.busy_files.entry(to.clone()).or_default();
                 }
                 self.set_busy(p.conn, true);
+                let fence = change_fence(&kind);
                 self.new_job(
                     kind,
                     InFlight {
@@ -1729,6 +1753,7 @@ impl Core {
                         file: canon.to_string(),
                         purpose,
                         serialised: true,
+                        fence,
                     },
                 );
             }
@@ -1828,6 +1853,22 @@ impl Core {
         }
         if let Purpose::Mkdir { ss } = &flight.purpose {
             return Self::mkdir_done(ss, result);
+        }
+        if let Some((ss, epoch)) = &flight.fence {
+            let moved_on = self
+                .membership(ss)
+                .and_then(|(p, m)| Some((self.pair_states.get(&p)?, m)))
+                .filter(|(st, _)| st.epoch != *epoch);
+            // Set aside only while the other member holds the record's version; were it the
+            // only copy descending from the record, it is kept and credited as usual.
+            let other_current = moved_on.is_some_and(|(_, m)| {
+                self.files
+                    .get(&flight.file)
+                    .map_or(true, |rec| rec.holds(m.other()))
+            });
+            if other_current && result.is_ok() {
+                return self.fenced_result(flight, now_ms);
+            }
         }
         let conn = flight.conn;
         let file = flight.file.clone();
@@ -1995,6 +2036,56 @@ impl Core {
     }
 
     /// Starts the next waiting request on a file whose operation just finished.
+    /// A change a member made under an epoch that has since ended (its answer arrived after
+    /// a failover or handback moved the writer): crediting it to whoever writes now would
+    /// record a version that member lacks. The client hears it was not applied, the record
+    /// stays as it was, and the member that made it is owed the record's state with its own
+    /// copy set aside first (it holds a change the cluster never acknowledged).
+    fn fenced_result(&mut self, flight: InFlight, now_ms: u64) {
+        let Some((ss, epoch)) = flight.fence.clone() else {
+            return;
+        };
+        let mut touched = vec![flight.file.clone()];
+        if let Purpose::Move { to } = &flight.purpose {
+            touched.push(to.clone());
+        }
+        let member = self.membership(&ss).map(|(_, m)| m);
+        log::warn!(target: ev::NM_SS_RECOVERY, file = flight.file.as_str(), ss = ss.as_str(), epoch = epoch;
+            "{ss} answered a change of {} made in epoch {epoch}, which has ended; it is not applied and that copy is set aside",
+            flight.file);
+        for f in &touched {
+            let want = match self.files.get(f).cloned() {
+                Some(mut rec) => {
+                    // Not current there until the job has repaired it.
+                    if let Some(m) = member {
+                        rec.set_held(m, None);
+                        self.put_file(f, rec.clone());
+                    }
+                    Want::Content {
+                        version: rec.version,
+                    }
+                }
+                None => Want::Delete,
+            };
+            self.upsert_job_q(&ss, f, want, true, now_ms);
+        }
+        self.set_busy(flight.conn, false);
+        self.fail(
+            flight.conn,
+            err::unavailable(format!(
+                "{} changed writers while the change to {} ran; it was not applied: try again",
+                names::display(&flight.file),
+                names::display(&flight.file)
+            )),
+        );
+        if flight.serialised {
+            for f in &touched {
+                self.next_for_file(f, now_ms);
+            }
+        }
+        self.pump_replication(now_ms);
+    }
+
     fn next_for_file(&mut self, file: &str, now_ms: u64) {
         let mut waiting = self.busy_files.remove(file).unwrap_or_default();
         while let Some(p) = waiting.pop_front() {

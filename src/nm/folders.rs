@@ -146,6 +146,7 @@ impl Core {
                     file: String::new(),
                     purpose: Purpose::Mkdir { ss: ss.to_string() },
                     serialised: false,
+                    fence: None,
                 },
             );
         }

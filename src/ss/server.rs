@@ -693,6 +693,9 @@ fn undo(
             ))
             .into());
         }
+        // The lease may have ended while the lock was awaited: check again just before the
+        // change, so a writer that lost its epoch meanwhile makes none.
+        may_change(shared, t)?;
         shared.store.undo(file, epoch)?
     };
     log::info!(target: ev::SS_COMMIT, file = file, version = meta.version.to_string(); "undid the last change of {file}");
@@ -1349,6 +1352,7 @@ fn revert(
             ))
             .into());
         }
+        may_change(shared, t)?;
         shared.store.revert(file, tag, epoch)?
     };
     log::info!(target: ev::SS_COMMIT, file = file, version = meta.version.to_string(), tag = tag;
@@ -1398,6 +1402,7 @@ fn move_file(
             ))
             .into());
         }
+        may_change(shared, t)?;
         shared.store.move_file(file, to)?;
     }
     log::info!(target: ev::SS_COMMIT, file = file, to = to; "moved {file} to {to}");

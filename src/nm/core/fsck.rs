@@ -203,6 +203,7 @@ impl Core {
                     file: String::new(),
                     purpose: Purpose::Fsck { run: id, ss },
                     serialised: false,
+                    fence: None,
                 },
             );
         }

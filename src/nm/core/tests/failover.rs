@@ -924,3 +924,78 @@ fn a_change_from_a_deposed_writer_is_refused_and_its_copy_quarantined() {
     assert!(job.quarantine, "{job:?}");
     assert_eq!(sim.c.files["a.txt"], rec, "the record is untouched");
 }
+
+#[test]
+fn a_change_answered_after_its_epoch_ended_is_not_credited_to_the_new_writer() {
+    let mut sim = settled_pair();
+    let rec = sim.c.files["a.txt"].clone();
+    // UNDO is sent to the primary in epoch 1; its answer is held back.
+    let client = sim.client;
+    sim.c.on_frame(
+        client,
+        Frame {
+            msg: Message::Undo {
+                file: "a.txt".into(),
+            },
+            body: vec![],
+        },
+        sim.now,
+    );
+    let (id, ticket_epoch) = sim
+        .c
+        .take_effects()
+        .into_iter()
+        .find_map(|e| match e {
+            Effect::Job(Job {
+                id,
+                kind:
+                    JobKind::SsCall {
+                        msg: Message::SsUndo { ticket, .. },
+                        ..
+                    },
+            }) => Some((id, ticket.epoch)),
+            _ => None,
+        })
+        .expect("UNDO became a storage-server call");
+    assert_eq!(ticket_epoch, Some(1));
+    // The primary is lost and the backup promoted before the answer arrives.
+    sim.kill(0);
+    sim.advance(400);
+    assert_eq!(sim.pair().writer, Member::Backup);
+    assert_eq!(sim.pair().epoch, 2);
+    let made = Copy {
+        version: Version {
+            epoch: 1,
+            counter: rec.version.counter + 1,
+        },
+        chain: vec![],
+    };
+    sim.c
+        .on_job_result(id, Ok(JobOutput::State(made.state("a.txt"))), sim.now);
+    let answer = sim.c.take_effects().into_iter().find_map(|e| match e {
+        Effect::Reply { conn, msg, .. } if conn == client => Some(msg),
+        _ => None,
+    });
+    assert!(
+        matches!(
+            answer,
+            Some(Message::Err {
+                code: ErrorCode::Unavailable,
+                ..
+            })
+        ),
+        "{answer:?}"
+    );
+    let now = &sim.c.files["a.txt"];
+    assert_eq!(now.version, rec.version, "the record keeps its version");
+    assert!(
+        now.holds(Member::Backup),
+        "the promoted backup stays current"
+    );
+    assert!(
+        !now.holds(Member::Primary),
+        "the primary is not current until repaired"
+    );
+    let job = &sim.c.repl[&job_key("ss1", "a.txt")];
+    assert!(job.quarantine, "{job:?}");
+}
