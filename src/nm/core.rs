@@ -2527,7 +2527,13 @@ impl Core {
     ) {
         let key = job_key(target, file);
         let since_ms = self.repl.get(&key).map_or(now_ms, |j| j.since_ms);
-        let quarantine = quarantine || self.repl.get(&key).is_some_and(|j| j.quarantine);
+        // A new file's versions start again at 1: content owed where the removal of an older
+        // file of that name is still owed would look older than the copy the target holds and
+        // be skipped. The target's copy is set aside first, so the new content installs.
+        let replaces_removal = matches!(want, Want::Content { .. })
+            && self.repl.get(&key).is_some_and(|j| j.want == Want::Delete);
+        let quarantine =
+            quarantine || replaces_removal || self.repl.get(&key).is_some_and(|j| j.quarantine);
         if !self.repl.contains_key(&key) {
             if let Some((p, _)) = self.membership(target) {
                 if let Some(st) = self.pair_states.get_mut(&p) {

@@ -999,3 +999,62 @@ fn a_change_answered_after_its_epoch_ended_is_not_credited_to_the_new_writer() {
     let job = &sim.c.repl[&job_key("ss1", "a.txt")];
     assert!(job.quarantine, "{job:?}");
 }
+
+#[test]
+fn a_file_created_again_before_its_removal_reached_the_backup_replaces_the_old_copy() {
+    let mut sim = settled_pair();
+    let client = sim.client;
+    // Two changes, so the backup's copy of the old file is ahead of a new file's first version.
+    sim.write("a.txt");
+    sim.run_jobs();
+    // The primary deletes it (the simulated servers know no SS_DELETE: answered here).
+    sim.c.on_frame(
+        client,
+        Frame {
+            msg: Message::Delete {
+                file: "a.txt".into(),
+            },
+            body: vec![],
+        },
+        sim.now,
+    );
+    let id = sim
+        .c
+        .take_effects()
+        .into_iter()
+        .find_map(|e| match e {
+            Effect::Job(Job {
+                id,
+                kind:
+                    JobKind::SsCall {
+                        msg: Message::SsDelete { .. },
+                        ..
+                    },
+            }) => Some(id),
+            _ => None,
+        })
+        .expect("DELETE became a storage-server call");
+    sim.ss[0].files.remove("a.txt");
+    sim.acked.remove("a.txt");
+    sim.c.on_job_result(id, Ok(JobOutput::Done), sim.now);
+    sim.pump();
+    let key = job_key("ss1_backup", "a.txt");
+    assert_eq!(sim.c.repl[&key].want, Want::Delete);
+    sim.create("a.txt");
+    let job = &sim.c.repl[&key];
+    assert!(
+        matches!(job.want, Want::Content { .. }) && job.quarantine,
+        "the old copy must be set aside for the new file: {job:?}"
+    );
+    sim.run_jobs();
+    sim.advance(200);
+    sim.run_jobs();
+    let rec = &sim.c.files["a.txt"];
+    assert!(
+        rec.holds(Member::Backup),
+        "{rec:?} {:?} {:?} {:?}",
+        sim.c.repl,
+        sim.ss[1].files,
+        sim.log
+    );
+}
