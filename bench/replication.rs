@@ -13,7 +13,7 @@
 //! copy by atomic rename, so a file under `files/` with the expected size is complete (writes
 //! in (b) only append, so the size names the version).
 
-use super::{io_timeout, nm_session, Server, START_TIMEOUT_MS};
+use super::{io_timeout, nm_session, ReplRowKind, Server, START_TIMEOUT_MS};
 use anyhow::{anyhow, bail, Context, Result};
 use pairfs::protocol::{frame::CHUNK_BYTES, AccessMode, Connection, FileState, Message};
 use std::fs::{self, File};
@@ -45,6 +45,8 @@ pub(crate) struct Sizes {
     pub(crate) lag_writes: u64,
     /// Files owed to the returning backup.
     pub(crate) catchup_files: u64,
+    /// The rows to run.
+    pub(crate) rows: Vec<ReplRowKind>,
 }
 
 /// One line of the replication table.
@@ -83,30 +85,36 @@ pub(crate) fn run(bin_dir: &Path, tmp: &Path, sizes: &Sizes, rows: &mut Vec<Repl
         "(a) UPLOAD {} MiB until the backup holds it",
         sizes.upload_mib
     );
-    match upload_row(bin_dir, tmp, sizes.upload_mib, rsync.as_ref()) {
-        Ok(r) => rows.push(r),
-        Err(e) => {
-            clean = false;
-            rows.push(ReplRow::failed(what, "≥ 0.8× rsync", &e));
+    if sizes.rows.contains(&ReplRowKind::Upload) {
+        match upload_row(bin_dir, tmp, sizes.upload_mib, rsync.as_ref()) {
+            Ok(r) => rows.push(r),
+            Err(e) => {
+                clean = false;
+                rows.push(ReplRow::failed(what, "≥ 0.8× rsync", &e));
+            }
         }
     }
-    match lag_rows(bin_dir, tmp, sizes.lag_writes) {
-        Ok(mut r) => rows.append(&mut r),
-        Err(e) => {
-            clean = false;
-            rows.push(ReplRow::failed(
-                "(b) replication lag".into(),
-                "p99 ≤ 5 ms",
-                &e,
-            ));
+    if sizes.rows.contains(&ReplRowKind::Lag) {
+        match lag_rows(bin_dir, tmp, sizes.lag_writes) {
+            Ok(mut r) => rows.append(&mut r),
+            Err(e) => {
+                clean = false;
+                rows.push(ReplRow::failed(
+                    "(b) replication lag".into(),
+                    "p99 ≤ 5 ms",
+                    &e,
+                ));
+            }
         }
     }
     let what = format!("(c) catch-up of {} × 4 KiB", sizes.catchup_files);
-    match catchup_row(bin_dir, tmp, sizes.catchup_files, rsync.as_ref()) {
-        Ok(r) => rows.push(r),
-        Err(e) => {
-            clean = false;
-            rows.push(ReplRow::failed(what, "faster than rsync", &e));
+    if sizes.rows.contains(&ReplRowKind::Catchup) {
+        match catchup_row(bin_dir, tmp, sizes.catchup_files, rsync.as_ref()) {
+            Ok(r) => rows.push(r),
+            Err(e) => {
+                clean = false;
+                rows.push(ReplRow::failed(what, "faster than rsync", &e));
+            }
         }
     }
     clean

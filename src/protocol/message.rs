@@ -635,6 +635,12 @@ pub enum Message {
         /// Authorisation (op `store`).
         ticket: Ticket,
     },
+    /// Replication of many files at once (to the target): the frames that follow, until an
+    /// END, are PUT_FILE_CONTENT copies, each with its stream (at most 64). The target
+    /// receives and verifies each as PUT_FILE_CONTENT does, then installs all together (each
+    /// kind of sync once for the batch) and answers one FILE_STATE_REPLY or ERR per copy, in
+    /// order. Each copy carries its own ticket; the batch itself changes nothing.
+    PutBatch {},
     /// A file's state after an NM-initiated change.
     FileStateReply {
         /// The state.

@@ -1101,3 +1101,128 @@ fn a_backup_refuses_client_writes() {
     );
     assert!(matches!(r, Ok(Message::Done {})), "{r:?}");
 }
+
+/// Sends one PUT_FILE_CONTENT of a batch (its head and stream), without reading an answer.
+fn put_in_batch(dst: &Peer, c: &mut Connection, state: &FileState, bytes: &[u8]) {
+    c.send(
+        &Message::PutFileContent {
+            file: state.file.clone(),
+            state: state.clone(),
+            undo: Vec::new(),
+            sent: Vec::new(),
+            ticket: dst.ticket(&state.file, TicketOp::Store),
+        },
+        &[],
+    )
+    .unwrap();
+    for piece in bytes.chunks(1000) {
+        c.send(&Message::Chunk {}, piece).unwrap();
+    }
+    c.send(&Message::End {}, &[]).unwrap();
+}
+
+#[test]
+fn a_batch_installs_each_good_copy_and_answers_each_in_order() {
+    let cl = cluster(60_000);
+    let dst = peer(&cl, "ss1_backup", false);
+    let mut c = dst.conn();
+    let held = state_of("held.txt", 5, b"five.");
+    assert!(put(&dst, &mut c, &held, b"five.").is_ok());
+    let a = state_of("a.txt", 1, b"alpha.");
+    let nested = state_of("d/e/b.txt", 2, b"beta.");
+    let bad = state_of("bad.txt", 1, b"good bytes.");
+    let older = state_of("held.txt", 3, b"three.");
+    c.send(&Message::PutBatch {}, &[]).unwrap();
+    put_in_batch(&dst, &mut c, &a, b"alpha.");
+    put_in_batch(&dst, &mut c, &bad, b"bad bytes!!");
+    put_in_batch(&dst, &mut c, &nested, b"beta.");
+    put_in_batch(&dst, &mut c, &older, b"three.");
+    // A copy whose ticket is for another file is refused on its own, after its stream.
+    c.send(
+        &Message::PutFileContent {
+            file: "x.txt".into(),
+            state: state_of("x.txt", 1, b"x"),
+            undo: Vec::new(),
+            sent: Vec::new(),
+            ticket: dst.ticket("y.txt", TicketOp::Store),
+        },
+        &[],
+    )
+    .unwrap();
+    c.send(&Message::Chunk {}, b"x").unwrap();
+    c.send(&Message::End {}, &[]).unwrap();
+    c.send(&Message::End {}, &[]).unwrap();
+    let mut replies = Vec::new();
+    for _ in 0..5 {
+        replies.push(c.recv().unwrap().unwrap().msg.into_result());
+    }
+    assert!(matches!(&replies[0], Ok(Message::FileStateReply { state }) if *state == a));
+    assert_eq!(replies[1].as_ref().unwrap_err().code, ErrorCode::Invalid);
+    assert!(
+        matches!(&replies[2], Ok(Message::FileStateReply { state }) if *state == nested),
+        "{:?}",
+        replies[2]
+    );
+    assert!(
+        matches!(&replies[3], Ok(Message::FileStateReply { state }) if *state == held),
+        "an older copy is answered with the newer one held"
+    );
+    assert_eq!(
+        replies[4].as_ref().unwrap_err().code,
+        ErrorCode::Unauthorized
+    );
+    let root = dst.root();
+    assert_eq!(std::fs::read(root.join("files/a.txt")).unwrap(), b"alpha.");
+    assert_eq!(
+        std::fs::read(root.join("files/d/e/b.txt")).unwrap(),
+        b"beta."
+    );
+    assert_eq!(
+        std::fs::read(root.join("files/held.txt")).unwrap(),
+        b"five."
+    );
+    assert!(!root.join("files/bad.txt").exists());
+    assert!(!root.join("files/x.txt").exists());
+    assert_eq!(peek(&dst, "a.txt").0.unwrap(), a);
+    assert_eq!(peek(&dst, "d/e/b.txt").0.unwrap(), nested);
+    assert!(
+        dir_names(&root.join("tmp")).is_empty(),
+        "temp files left behind"
+    );
+    // The connection goes on after the batch.
+    let v2 = state_of("a.txt", 2, b"alpha two.");
+    assert!(put(&dst, &mut c, &v2, b"alpha two.").is_ok());
+}
+
+#[test]
+fn a_batch_refuses_anything_but_copies_and_is_bounded() {
+    let cl = cluster(60_000);
+    let dst = peer(&cl, "ss1_backup", false);
+    let mut c = dst.conn();
+    c.send(&Message::PutBatch {}, &[]).unwrap();
+    c.send(&Message::Status {}, &[]).unwrap();
+    let e = c.recv().unwrap().unwrap().msg.into_result().unwrap_err();
+    assert_eq!(e.code, ErrorCode::Invalid);
+    let mut c = dst.conn();
+    c.send(&Message::PutBatch {}, &[]).unwrap();
+    for i in 0..crate::ss::server::MAX_BATCH_COPIES {
+        let st = state_of(&format!("f{i}"), 1, b"z");
+        put_in_batch(&dst, &mut c, &st, b"z");
+    }
+    // One copy too many: its head alone is refused (the server stops reading there).
+    let st = state_of("last", 1, b"z");
+    c.send(
+        &Message::PutFileContent {
+            file: st.file.clone(),
+            state: st.clone(),
+            undo: Vec::new(),
+            sent: Vec::new(),
+            ticket: dst.ticket(&st.file, TicketOp::Store),
+        },
+        &[],
+    )
+    .unwrap();
+    let e = c.recv().unwrap().unwrap().msg.into_result().unwrap_err();
+    assert_eq!(e.code, ErrorCode::Limit);
+    assert!(dir_names(&dst.root().join("files")).is_empty());
+}
