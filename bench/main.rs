@@ -529,6 +529,18 @@ struct Server {
 }
 
 impl Server {
+    /// Peak resident set size so far (`VmHWM` in /proc/PID/status), in KiB.
+    fn peak_rss_kib(&self) -> Result<u64> {
+        let pid = self.child.id();
+        let status = fs::read_to_string(format!("/proc/{pid}/status"))
+            .with_context(|| format!("reading /proc/{pid}/status of {}", self.name))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .ok_or_else(|| anyhow!("no VmHWM for {}", self.name))
+    }
+
     fn spawn(name: &'static str, tmp: &Path, cmd: &mut Command) -> Result<Server> {
         let log_path = tmp.join(format!("{name}.log"));
         let err_path = tmp.join(format!("{name}.stderr"));

@@ -173,6 +173,13 @@ fn upload_row(
         fs::metadata(&backup_file).is_ok_and(|m| m.len() == size)
     })?;
     let total_s = t.elapsed().as_secs_f64();
+    let kib_mib = |kib: u64| kib as f64 / 1024.0;
+    let rss = format!(
+        "peak RSS: nm {:.1} MiB, ss1 {:.1} MiB, ss1_backup {:.1} MiB",
+        kib_mib(pair.nm.peak_rss_kib()?),
+        kib_mib(pair.ss1.as_ref().map_or(Ok(0), Server::peak_rss_kib)?),
+        kib_mib(pair.backup.as_ref().map_or(Ok(0), Server::peak_rss_kib)?),
+    );
     drop(pair);
 
     let mb_s = |s: f64| size as f64 / (1 << 20) as f64 / s;
@@ -185,7 +192,7 @@ fn upload_row(
     Ok(ReplRow {
         what: format!("(a) UPLOAD {mib} MiB until the backup holds it"),
         pairfs: format!(
-            "{total_s:.2} s ({:.0} MiB/s; upload answered at {upload_s:.2} s)",
+            "{total_s:.2} s ({:.0} MiB/s; upload answered at {upload_s:.2} s; {rss})",
             mb_s(total_s)
         ),
         baseline,

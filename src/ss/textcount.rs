@@ -208,6 +208,32 @@ const fn build() -> [u16; 2 * SEQS * 256] {
     t
 }
 
+/// Lanes [`TextCount::update`] runs side by side over a long piece.
+const LANES: usize = 4;
+/// Shortest lane worth splitting a piece for.
+const LANE_MIN_BYTES: usize = 1024;
+
+/// Runs the table over `bytes` from `row`: the end row, characters and words completed.
+fn run(mut row: usize, bytes: &[u8]) -> (usize, u64, u64) {
+    let (mut chars, mut words) = (0u64, 0u64);
+    for &b in bytes {
+        let e = TABLE[row + b as usize];
+        row = (e & ROW_MASK) as usize;
+        chars += u64::from((e >> CHARS_SHIFT) & 3);
+        words += u64::from(e >> WORDS_SHIFT);
+    }
+    (row, chars, words)
+}
+
+/// The row after the ASCII byte `b`, whatever came before it.
+fn lane_start(b: u8) -> usize {
+    let space = matches!(b, b' ' | b'\t'..=b'\r');
+    row(State {
+        seq: Seq::Start,
+        in_word: !space,
+    }) as usize
+}
+
 /// The running word and character counts of a byte stream.
 #[derive(Debug, Clone)]
 pub struct TextCount {
@@ -238,17 +264,70 @@ impl TextCount {
 
     /// Takes the next bytes.
     pub fn update(&mut self, bytes: &[u8]) {
-        let mut r = self.row as usize;
-        let (mut chars, mut words) = (0u64, 0u64);
-        for &b in bytes {
-            let e = TABLE[r + b as usize];
-            r = (e & ROW_MASK) as usize;
-            chars += u64::from((e >> CHARS_SHIFT) & 3);
-            words += u64::from(e >> WORDS_SHIFT);
+        if bytes.len() < LANE_MIN_BYTES * LANES {
+            let (r, chars, words) = run(self.row as usize, bytes);
+            self.advance(r, chars, words);
+            return;
         }
+        // One lane is one chain of dependent table loads; a few lanes over separate parts of
+        // the bytes keep the processor busy while each load is in flight. A lane starts just
+        // after an ASCII byte, where the state is known without looking further back: the
+        // decoder is between characters, inside a word exactly when that byte is not a space.
+        // The ASCII byte itself is counted from the previous lane's end state, so the result
+        // is exactly that of one lane over all the bytes.
+        let len = bytes.len();
+        let mut sync = [len; LANES];
+        let mut from = 0;
+        for (k, cut) in sync.iter_mut().enumerate().skip(1) {
+            let at = (k * len / LANES).max(from);
+            *cut = bytes[at..]
+                .iter()
+                .position(u8::is_ascii)
+                .map_or(len, |p| at + p);
+            from = (*cut + 1).min(len);
+        }
+        let lane = |k: usize| -> &[u8] {
+            let start = if k == 0 { 0 } else { (sync[k] + 1).min(len) };
+            let end = if k + 1 < LANES { sync[k + 1] } else { len };
+            &bytes[start.min(end)..end]
+        };
+        let lanes = [lane(0), lane(1), lane(2), lane(3)];
+        let mut rows = [self.row as usize, 0, 0, 0];
+        for k in 1..LANES {
+            rows[k] = bytes.get(sync[k]).map_or(0, |&b| lane_start(b));
+        }
+        let mut chars = [0u64; LANES];
+        let mut words = [0u64; LANES];
+        let common = lanes.iter().map(|l| l.len()).min().unwrap_or(0);
+        for i in 0..common {
+            for k in 0..LANES {
+                let e = TABLE[rows[k] + lanes[k][i] as usize];
+                rows[k] = (e & ROW_MASK) as usize;
+                chars[k] += u64::from((e >> CHARS_SHIFT) & 3);
+                words[k] += u64::from(e >> WORDS_SHIFT);
+            }
+        }
+        let mut r = self.row as usize;
+        for k in 0..LANES {
+            if k > 0 {
+                let Some(&b) = bytes.get(sync[k]) else { break };
+                let e = TABLE[r + b as usize];
+                debug_assert_eq!((e & ROW_MASK) as usize, lane_start(b));
+                chars[k] += u64::from((e >> CHARS_SHIFT) & 3);
+                words[k] += u64::from(e >> WORDS_SHIFT);
+            }
+            let (end, c, w) = run(rows[k], &lanes[k][common..]);
+            r = end;
+            chars[k] += c;
+            words[k] += w;
+        }
+        self.advance(r, chars.iter().sum(), words.iter().sum());
+    }
+
+    fn advance(&mut self, row: usize, chars: u64, words: u64) {
+        self.row = row as u16;
         self.chars += chars;
         self.words += words;
-        self.row = r as u16;
     }
 
     /// The final counts: a sequence cut off by the end counts as one (non-space) character.
@@ -305,6 +384,57 @@ mod tests {
                     bytes.extend_from_slice(tail);
                     assert_eq!(counts(&bytes), reference(&bytes), "{bytes:02x?}");
                 }
+            }
+        }
+    }
+
+    /// xorshift bytes, with `ascii_every` forcing an ASCII byte now and then (0: never).
+    fn noise(n: usize, seed: u64, ascii_every: usize) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let b = (x >> 24) as u8;
+                if ascii_every > 0 && i % ascii_every == 0 {
+                    b & 0x7F
+                } else {
+                    b
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn lanes_count_exactly_like_one_pass() {
+        let mut cases = vec![
+            noise(100_000, 7, 0),
+            noise(50_000, 9, 0).iter().map(|b| b | 0x80).collect(),
+            noise(9_000, 11, 3),
+            "é€ \u{3000}word 𝄞.".repeat(2_000).into_bytes(),
+        ];
+        // No ASCII byte at all after the first lane: one lane does everything.
+        let mut no_ascii = b"ab ".to_vec();
+        no_ascii.extend(std::iter::repeat(0xFFu8).take(20_000));
+        cases.push(no_ascii);
+        // ASCII bytes only near the end, and a sequence cut at every lane boundary.
+        let mut late = vec![0xE2u8; 30_000];
+        late.extend_from_slice(b" x y");
+        cases.push(late);
+        for (n, bytes) in cases.iter().enumerate() {
+            assert_eq!(counts(bytes), reference(bytes), "case {n}");
+            // The same bytes in pieces of every kind of size.
+            for piece in [1usize, 4095, 4096, 4097, 65_536] {
+                let mut t = TextCount::new();
+                for p in bytes.chunks(piece) {
+                    t.update(p);
+                }
+                assert_eq!(
+                    t.finish(),
+                    reference(bytes),
+                    "case {n} in pieces of {piece}"
+                );
             }
         }
     }
