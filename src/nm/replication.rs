@@ -32,6 +32,9 @@ pub const MAX_HISTORY_ENTRIES: usize = 10_000;
 /// Most copies a worker sends in one PUT_BATCH (the storage server takes at most 64). A
 /// batch holds each of its files' results until all are installed, so it is kept modest.
 pub const BATCH_MAX: usize = 64;
+/// Jobs that must be waiting in the worker channel before a worker batches them: fewer are
+/// copied sooner one by one by the idle workers.
+pub const BATCH_MIN_WAITING: usize = 16;
 
 /// What the target of a job must end up with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

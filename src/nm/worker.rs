@@ -67,8 +67,8 @@ pub fn spawn(
     Ok(())
 }
 
-/// Runs `first` and, when it is a copy, up to [`replication::BATCH_MAX`] - 1 further jobs
-/// already waiting in `jobs`: copies between the same two servers go in one batch (a backup
+/// Runs `first` and, when it is a copy and at least [`replication::BATCH_MIN_WAITING`] jobs
+/// are waiting behind it, up to [`replication::BATCH_MAX`] - 1 of them: copies between the same two servers go in one batch (a backup
 /// catching up on thousands of small files pays a few syncs per file instead of four, and two
 /// connections per batch instead of per file); the others run one by one. Only jobs that are
 /// waiting anyway are taken, so a lone change is never delayed.
@@ -83,7 +83,10 @@ fn run_some(
     };
     let mut batch: Vec<(JobId, replication::Transfer)> = Vec::new();
     let mut others = Vec::new();
-    if matches!(lead.want, replication::Want::Content { .. }) && lead.source.is_some() {
+    // A batch answers all its jobs at its end: worth it for a backlog, not for a few changes
+    // that other workers can copy at once, in parallel.
+    let backlog = jobs.len() >= replication::BATCH_MIN_WAITING;
+    if backlog && matches!(lead.want, replication::Want::Content { .. }) && lead.source.is_some() {
         batch.push((first.id, lead.clone()));
         while batch.len() + others.len() < replication::BATCH_MAX {
             let Ok(next) = jobs.try_recv() else { break };
