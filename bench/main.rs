@@ -79,6 +79,36 @@ struct Args {
     /// Skip the replication table.
     #[arg(long)]
     no_replication: bool,
+    /// Keep the temp directory (server logs and data) and print its path.
+    #[arg(long)]
+    keep: bool,
+    /// Only the replication table: skip the CREATE / WRITE rows (the raw baseline still runs).
+    #[arg(long)]
+    replication_only: bool,
+    /// Which replication rows to run, comma-separated: upload, lag, catchup (default: all).
+    #[arg(long, value_delimiter = ',', default_values_t = [ReplRowKind::Upload, ReplRowKind::Lag, ReplRowKind::Catchup])]
+    repl_rows: Vec<ReplRowKind>,
+}
+
+/// The kinds of replication rows `--repl-rows` selects.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum ReplRowKind {
+    /// (a) the large UPLOAD against cp and rsync.
+    Upload,
+    /// (b) replication lag with 1 and 16 writers.
+    Lag,
+    /// (c) the returning backup's catch-up against rsync.
+    Catchup,
+}
+
+impl std::fmt::Display for ReplRowKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ReplRowKind::Upload => "upload",
+            ReplRowKind::Lag => "lag",
+            ReplRowKind::Catchup => "catchup",
+        })
+    }
 }
 
 fn main() -> ExitCode {
@@ -106,19 +136,21 @@ fn run(args: &Args) -> Result<bool> {
                 upload_mib: args.repl_upload_mib.min(64),
                 lag_writes: args.repl_lag_writes.min(200),
                 catchup_files: args.repl_catchup_files.min(1000),
+                rows: args.repl_rows.clone(),
             }
         } else {
             replication::Sizes {
                 upload_mib: args.repl_upload_mib,
                 lag_writes: args.repl_lag_writes,
                 catchup_files: args.repl_catchup_files,
+                rows: args.repl_rows.clone(),
             }
         };
         let mut repl = Vec::new();
         clean &= replication::run(&bin_dir(args)?, tmp.path(), &sizes, &mut repl);
         replication::print_table(&repl);
     }
-    if result.is_err() || !clean {
+    if result.is_err() || !clean || args.keep {
         tmp.keep = true;
         eprintln!("pairfs_bench: logs kept in {}", tmp.path().display());
     }
@@ -133,7 +165,7 @@ fn run_rows(args: &Args, tmp: &Path, rows: &mut Vec<Row>) -> Result<()> {
     for writers in [1, 16] {
         rows.push(raw_row(&raw_dir, writers, args.ops, budget));
     }
-    if args.raw_only {
+    if args.raw_only || args.replication_only {
         return Ok(());
     }
     let cluster = Cluster::start(&bin_dir(args)?, tmp)?;
@@ -498,6 +530,18 @@ struct Server {
 }
 
 impl Server {
+    /// Peak resident set size so far (`VmHWM` in /proc/PID/status), in KiB.
+    fn peak_rss_kib(&self) -> Result<u64> {
+        let pid = self.child.id();
+        let status = fs::read_to_string(format!("/proc/{pid}/status"))
+            .with_context(|| format!("reading /proc/{pid}/status of {}", self.name))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .ok_or_else(|| anyhow!("no VmHWM for {}", self.name))
+    }
+
     fn spawn(name: &'static str, tmp: &Path, cmd: &mut Command) -> Result<Server> {
         let log_path = tmp.join(format!("{name}.log"));
         let err_path = tmp.join(format!("{name}.stderr"));

@@ -13,7 +13,7 @@
 //! copy by atomic rename, so a file under `files/` with the expected size is complete (writes
 //! in (b) only append, so the size names the version).
 
-use super::{io_timeout, nm_session, Server, START_TIMEOUT_MS};
+use super::{io_timeout, nm_session, ReplRowKind, Server, START_TIMEOUT_MS};
 use anyhow::{anyhow, bail, Context, Result};
 use pairfs::protocol::{frame::CHUNK_BYTES, AccessMode, Connection, FileState, Message};
 use std::fs::{self, File};
@@ -45,6 +45,8 @@ pub(crate) struct Sizes {
     pub(crate) lag_writes: u64,
     /// Files owed to the returning backup.
     pub(crate) catchup_files: u64,
+    /// The rows to run.
+    pub(crate) rows: Vec<ReplRowKind>,
 }
 
 /// One line of the replication table.
@@ -83,30 +85,36 @@ pub(crate) fn run(bin_dir: &Path, tmp: &Path, sizes: &Sizes, rows: &mut Vec<Repl
         "(a) UPLOAD {} MiB until the backup holds it",
         sizes.upload_mib
     );
-    match upload_row(bin_dir, tmp, sizes.upload_mib, rsync.as_ref()) {
-        Ok(r) => rows.push(r),
-        Err(e) => {
-            clean = false;
-            rows.push(ReplRow::failed(what, "≥ 0.8× rsync", &e));
+    if sizes.rows.contains(&ReplRowKind::Upload) {
+        match upload_row(bin_dir, tmp, sizes.upload_mib, rsync.as_ref()) {
+            Ok(r) => rows.push(r),
+            Err(e) => {
+                clean = false;
+                rows.push(ReplRow::failed(what, "≥ 0.8× rsync", &e));
+            }
         }
     }
-    match lag_rows(bin_dir, tmp, sizes.lag_writes) {
-        Ok(mut r) => rows.append(&mut r),
-        Err(e) => {
-            clean = false;
-            rows.push(ReplRow::failed(
-                "(b) replication lag".into(),
-                "p99 ≤ 5 ms",
-                &e,
-            ));
+    if sizes.rows.contains(&ReplRowKind::Lag) {
+        match lag_rows(bin_dir, tmp, sizes.lag_writes) {
+            Ok(mut r) => rows.append(&mut r),
+            Err(e) => {
+                clean = false;
+                rows.push(ReplRow::failed(
+                    "(b) replication lag".into(),
+                    "p99 ≤ 5 ms",
+                    &e,
+                ));
+            }
         }
     }
     let what = format!("(c) catch-up of {} × 4 KiB", sizes.catchup_files);
-    match catchup_row(bin_dir, tmp, sizes.catchup_files, rsync.as_ref()) {
-        Ok(r) => rows.push(r),
-        Err(e) => {
-            clean = false;
-            rows.push(ReplRow::failed(what, "faster than rsync", &e));
+    if sizes.rows.contains(&ReplRowKind::Catchup) {
+        match catchup_row(bin_dir, tmp, sizes.catchup_files, rsync.as_ref()) {
+            Ok(r) => rows.push(r),
+            Err(e) => {
+                clean = false;
+                rows.push(ReplRow::failed(what, "faster than rsync", &e));
+            }
         }
     }
     clean
@@ -165,6 +173,13 @@ fn upload_row(
         fs::metadata(&backup_file).is_ok_and(|m| m.len() == size)
     })?;
     let total_s = t.elapsed().as_secs_f64();
+    let kib_mib = |kib: u64| kib as f64 / 1024.0;
+    let rss = format!(
+        "peak RSS: nm {:.1} MiB, ss1 {:.1} MiB, ss1_backup {:.1} MiB",
+        kib_mib(pair.nm.peak_rss_kib()?),
+        kib_mib(pair.ss1.as_ref().map_or(Ok(0), Server::peak_rss_kib)?),
+        kib_mib(pair.backup.as_ref().map_or(Ok(0), Server::peak_rss_kib)?),
+    );
     drop(pair);
 
     let mb_s = |s: f64| size as f64 / (1 << 20) as f64 / s;
@@ -177,7 +192,7 @@ fn upload_row(
     Ok(ReplRow {
         what: format!("(a) UPLOAD {mib} MiB until the backup holds it"),
         pairfs: format!(
-            "{total_s:.2} s ({:.0} MiB/s; upload answered at {upload_s:.2} s)",
+            "{total_s:.2} s ({:.0} MiB/s; upload answered at {upload_s:.2} s; {rss})",
             mb_s(total_s)
         ),
         baseline,

@@ -88,6 +88,41 @@ pub fn create_dirs_durable(dir: &Path) -> io::Result<()> {
     fsync_dir(parent)
 }
 
+/// Most threads [`sync_files`] uses.
+const SYNC_THREADS: usize = 32;
+
+/// Fsyncs every file, a few at a time on threads of their own: a journaling file system
+/// commits concurrent fsyncs together, so many small files become durable in far fewer disk
+/// flushes than one after another. One result per file, in order.
+pub fn sync_files<'a>(files: impl IntoIterator<Item = &'a File>) -> Vec<io::Result<()>> {
+    let files: Vec<&File> = files.into_iter().collect();
+    if files.len() <= 1 {
+        return files.iter().map(|f| f.sync_all()).collect();
+    }
+    let per = files.len().div_ceil(SYNC_THREADS);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = files
+            .chunks(per)
+            .map(|part| {
+                let h = std::thread::Builder::new()
+                    .name("sync".into())
+                    .spawn_scoped(scope, move || {
+                        part.iter().map(|f| f.sync_all()).collect::<Vec<_>>()
+                    });
+                (part, h)
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|(part, h)| match h.map(|h| h.join()) {
+                Ok(Ok(r)) => r,
+                // No thread to be had (or it died): sync that part here.
+                _ => part.iter().map(|f| f.sync_all()).collect(),
+            })
+            .collect()
+    })
+}
+
 /// True for the error a full disk (or quota) gives, so callers can answer LIMIT.
 pub fn is_disk_full(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))

@@ -29,6 +29,12 @@ pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
 pub const FRAME_TIMEOUT_MS: u64 = 30_000;
 /// Most history entries one transfer may carry (bounds a malformed header's effect).
 pub const MAX_HISTORY_ENTRIES: usize = 10_000;
+/// Most copies a worker sends in one PUT_BATCH (the storage server takes at most 64). A
+/// batch holds each of its files' results until all are installed, so it is kept modest.
+pub const BATCH_MAX: usize = 64;
+/// Jobs that must be waiting in the worker channel before a worker batches them: fewer are
+/// copied sooner one by one by the idle workers.
+pub const BATCH_MIN_WAITING: usize = 16;
 
 /// What the target of a job must end up with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -220,97 +226,22 @@ fn copy(t: &Transfer, key: &ClusterKey) -> Result<Outcome, WireError> {
     // 1. What does the target hold already? The same connection later carries the install,
     // so a job opens two connections, not three.
     let mut dst = connect(taddr)?;
-    let ticket = key.mint(NM_USER, &t.file, TicketOp::Store, tname, None);
-    let held = dst.call(
-        &Message::PeekFile {
-            file: t.file.clone(),
-            ticket,
-        },
-        &[],
-    )?;
-    let (have, blobs, have_checkpoints) = match held.msg {
-        Message::Held {
-            state,
-            blobs,
-            checkpoints,
-        } => (state, blobs, checkpoints),
-        other => return Err(unexpected(tname, &other)),
-    };
-    if let Some(st) = have {
-        if st.version >= version {
+    dst.send(&peek_msg(t, key), &[])
+        .map_err(|e| sending(tname, e))?;
+    let lacks = match held_reply(&mut dst, tname, version)?? {
+        Held::Current(state) => {
             return Ok(Outcome::Copied {
-                state: st,
+                state,
                 skipped: true,
                 bytes: 0,
-            });
+            })
         }
-    }
-    // 2. Ask the source for the content and the history entries the target lacks.
+        Held::Lacks(lacks) => lacks,
+    };
+    // 2. Ask the source for the content and the history entries the target lacks, and
+    // 3. relay every frame into the target's install stream as it arrives.
     let mut src = connect(saddr)?;
-    let ticket = key.mint(NM_USER, &t.file, TicketOp::Fetch, sname, None);
-    let head = src.call(
-        &Message::GetFileContent {
-            file: t.file.clone(),
-            have: blobs,
-            have_checkpoints,
-            ticket,
-        },
-        &[],
-    )?;
-    let (state, undo, sent, checkpoints, sent_checkpoints) = match head.msg {
-        Message::FileContent {
-            state,
-            undo,
-            sent,
-            checkpoints,
-            sent_checkpoints,
-        } => (state, undo, sent, checkpoints, sent_checkpoints),
-        other => return Err(unexpected(sname, &other)),
-    };
-    if sent.len() > MAX_HISTORY_ENTRIES
-        || undo.len() > MAX_HISTORY_ENTRIES
-        || checkpoints.len() > MAX_HISTORY_ENTRIES
-    {
-        return Err(err::limit("transfer carries too many history entries"));
-    }
-    // 3. Open the target's install stream and relay every frame as it arrives.
-    let ticket = key.mint(NM_USER, &t.file, TicketOp::Store, tname, None);
-    let put = Message::PutFileContent {
-        file: t.file.clone(),
-        state: state.clone(),
-        undo,
-        sent: sent.clone(),
-        checkpoints,
-        sent_checkpoints: sent_checkpoints.clone(),
-        ticket,
-    };
-    dst.send(&put, &[])
-        .map_err(|e| err::unavailable(format!("sending to {tname}: {e}")))?;
-    let mut bytes = 0u64;
-    // The content, then each history entry, then each checkpoint the target lacks.
-    let extra_parts = sent.len() + sent_checkpoints.len();
-    let mut streams_left = 1 + extra_parts;
-    while streams_left > 0 {
-        let f = src.recv_some()?;
-        match f.msg.into_result()? {
-            Message::Chunk {} => {
-                bytes += f.body.len() as u64;
-                dst.send(&Message::Chunk {}, &f.body)
-                    .map_err(|e| err::unavailable(format!("sending to {tname}: {e}")))?;
-            }
-            Message::End {} => {
-                streams_left -= 1;
-                dst.send(&Message::End {}, &[])
-                    .map_err(|e| err::unavailable(format!("sending to {tname}: {e}")))?;
-                if streams_left == extra_parts {
-                    log::info!(target: ev::REPLICATION_WORKER_FETCHED, file = t.file.as_str(),
-                        ss = sname.as_str(), version = state.version.to_string(), bytes = bytes;
-                        "file={} size={bytes} from {sname}", t.file);
-                }
-            }
-            other => return Err(unexpected(sname, &other)),
-        }
-    }
+    let bytes = relay(t, key, &mut src, sname, &mut dst, tname, lacks)?;
     drop(src);
     let reply = dst.recv_some()?;
     match reply.msg.into_result()? {
@@ -321,6 +252,348 @@ fn copy(t: &Transfer, key: &ClusterKey) -> Result<Outcome, WireError> {
         }),
         other => Err(unexpected(tname, &other)),
     }
+}
+
+/// What PEEK_FILE said the target holds.
+enum Held {
+    /// The wanted version or a newer one.
+    Current(FileState),
+    /// Something older (or nothing): what it holds that a copy need not send again.
+    Lacks(Lacks),
+}
+
+/// What a target that lacks the wanted version holds already, so the source sends only the
+/// rest.
+struct Lacks {
+    /// The history versions it holds.
+    blobs: Vec<Version>,
+    /// The tags of the checkpoints it holds.
+    checkpoints: Vec<String>,
+}
+
+fn peek_msg(t: &Transfer, key: &ClusterKey) -> Message {
+    Message::PeekFile {
+        file: t.file.clone(),
+        ticket: key.mint(NM_USER, &t.file, TicketOp::Store, &t.target.0, None),
+    }
+}
+
+fn sending(who: &str, e: std::io::Error) -> WireError {
+    err::unavailable(format!("sending to {who}: {e}"))
+}
+
+/// Reads one reply: the outer error means the connection is broken (nothing more can be read
+/// from it), the inner one is an ERR answering this request alone.
+fn reply(conn: &mut Connection) -> Result<Result<Message, WireError>, WireError> {
+    let f = conn.recv_some()?;
+    Ok(f.msg.into_result())
+}
+
+/// Reads one HELD reply and compares it with the wanted `version` (errors as [`reply`]).
+fn held_reply(
+    dst: &mut Connection,
+    tname: &str,
+    version: Version,
+) -> Result<Result<Held, WireError>, WireError> {
+    Ok(match reply(dst)? {
+        Ok(Message::Held {
+            state: Some(st), ..
+        }) if st.version >= version => Ok(Held::Current(st)),
+        Ok(Message::Held {
+            blobs, checkpoints, ..
+        }) => Ok(Held::Lacks(Lacks { blobs, checkpoints })),
+        Ok(other) => return Err(unexpected(tname, &other)),
+        Err(e) => Err(e),
+    })
+}
+
+/// Why a relay failed: the source refused the file before anything went to the target (both
+/// connections stay in step), or a connection broke (or the stream went wrong) midway.
+enum RelayFail {
+    Refused(WireError),
+    Broken(WireError),
+}
+
+impl From<RelayFail> for WireError {
+    fn from(f: RelayFail) -> WireError {
+        match f {
+            RelayFail::Refused(e) | RelayFail::Broken(e) => e,
+        }
+    }
+}
+
+/// The GET_FILE_CONTENT asking the source for `t`'s content and the history entries and
+/// checkpoints the target lacks (it holds those in `lacks`).
+fn get_msg(t: &Transfer, key: &ClusterKey, sname: &str, lacks: Lacks) -> Message {
+    Message::GetFileContent {
+        file: t.file.clone(),
+        have: lacks.blobs,
+        have_checkpoints: lacks.checkpoints,
+        ticket: key.mint(NM_USER, &t.file, TicketOp::Fetch, sname, None),
+    }
+}
+
+/// GET_FILE_CONTENT from the source, relayed frame by frame into a PUT_FILE_CONTENT to the
+/// target (whose answer the caller reads). Returns the content bytes relayed.
+fn relay(
+    t: &Transfer,
+    key: &ClusterKey,
+    src: &mut Connection,
+    sname: &str,
+    dst: &mut Connection,
+    tname: &str,
+    lacks: Lacks,
+) -> Result<u64, RelayFail> {
+    src.send(&get_msg(t, key, sname, lacks), &[])
+        .map_err(|e| RelayFail::Broken(sending(sname, e)))?;
+    relay_reply(t, key, src, sname, dst, tname)
+}
+
+/// Reads the source's answer to a GET_FILE_CONTENT already sent and relays it frame by frame
+/// into a PUT_FILE_CONTENT to the target. An error before the PUT_FILE_CONTENT went out
+/// leaves both connections in step (the source refused); one after it does not.
+fn relay_reply(
+    t: &Transfer,
+    key: &ClusterKey,
+    src: &mut Connection,
+    sname: &str,
+    dst: &mut Connection,
+    tname: &str,
+) -> Result<u64, RelayFail> {
+    use RelayFail::{Broken, Refused};
+    let (state, undo, sent, checkpoints, sent_checkpoints) =
+        match reply(src).map_err(Broken)?.map_err(Refused)? {
+            Message::FileContent {
+                state,
+                undo,
+                sent,
+                checkpoints,
+                sent_checkpoints,
+            } => (state, undo, sent, checkpoints, sent_checkpoints),
+            other => return Err(Broken(unexpected(sname, &other))),
+        };
+    if sent.len() > MAX_HISTORY_ENTRIES
+        || undo.len() > MAX_HISTORY_ENTRIES
+        || checkpoints.len() > MAX_HISTORY_ENTRIES
+    {
+        // The source is about to stream what this side will not read.
+        return Err(Broken(err::limit(
+            "transfer carries too many history entries",
+        )));
+    }
+    let ticket = key.mint(NM_USER, &t.file, TicketOp::Store, tname, None);
+    let put = Message::PutFileContent {
+        file: t.file.clone(),
+        state: state.clone(),
+        undo,
+        sent: sent.clone(),
+        checkpoints,
+        sent_checkpoints: sent_checkpoints.clone(),
+        ticket,
+    };
+    dst.send(&put, &[]).map_err(|e| Broken(sending(tname, e)))?;
+    let mut bytes = 0u64;
+    // The content, then each history entry, then each checkpoint the target lacks.
+    let extra_parts = sent.len() + sent_checkpoints.len();
+    let mut streams_left = 1 + extra_parts;
+    while streams_left > 0 {
+        let f = src.recv_some().map_err(|e| Broken(e.into()))?;
+        match f.msg.into_result().map_err(Broken)? {
+            Message::Chunk {} => {
+                bytes += f.body.len() as u64;
+                dst.send(&Message::Chunk {}, &f.body)
+                    .map_err(|e| Broken(sending(tname, e)))?;
+            }
+            Message::End {} => {
+                streams_left -= 1;
+                dst.send(&Message::End {}, &[])
+                    .map_err(|e| Broken(sending(tname, e)))?;
+                if streams_left == extra_parts {
+                    log::info!(target: ev::REPLICATION_WORKER_FETCHED, file = t.file.as_str(),
+                        ss = sname, version = state.version.to_string(), bytes = bytes;
+                        "file={} size={bytes} from {sname}", t.file);
+                }
+            }
+            other => return Err(Broken(unexpected(sname, &other))),
+        }
+    }
+    Ok(bytes)
+}
+
+/// Whether two jobs can share one batch: both plain copies between the same two servers. A
+/// job that must set the target's copy aside first runs on its own, so its SS_QUARANTINE is
+/// answered before any of its content is sent.
+pub fn batchable(a: &Transfer, b: &Transfer) -> bool {
+    matches!(a.want, Want::Content { .. })
+        && matches!(b.want, Want::Content { .. })
+        && !a.quarantine
+        && !b.quarantine
+        && a.source.is_some()
+        && a.source == b.source
+        && a.target == b.target
+}
+
+/// Runs many content jobs between one source and one target (see [`batchable`]) over two
+/// connections: every PEEK_FILE sent at once, then the copies the target lacks relayed one
+/// after another inside one PUT_BATCH, which the target installs together. Logs the worker
+/// events of each file as [`run`] does; one result per job, in order. A failure of the
+/// connection fails every job not decided yet (each is retried on its own schedule).
+pub fn run_batch(ts: &[Transfer], key: &ClusterKey) -> Vec<Result<Outcome, WireError>> {
+    let start = Instant::now();
+    for t in ts {
+        log::info!(target: ev::REPLICATION_WORKER_PROCESS, file = t.file.as_str(), ss = t.target.0.as_str();
+            "file={} target={} want={:?} (batch of {})", t.file, t.target.0, t.want, ts.len());
+    }
+    let mut results: Vec<Option<Result<Outcome, WireError>>> = ts.iter().map(|_| None).collect();
+    let bytes = batch(ts, key, &mut results);
+    let ms = start.elapsed().as_millis() as u64;
+    let results: Vec<Result<Outcome, WireError>> = results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(err::internal("job left undecided"))))
+        .collect();
+    for ((t, r), b) in ts.iter().zip(&results).zip(bytes) {
+        let tname = t.target.0.as_str();
+        match r {
+            Ok(Outcome::Copied { state, .. }) => {
+                log::info!(target: ev::REPLICATION_WORKER_SUCCESS, file = t.file.as_str(),
+                    ss = tname, version = state.version.to_string(), bytes = b, ms = ms;
+                    "file={} replicated to {tname}", t.file);
+            }
+            Ok(Outcome::Deleted) => {}
+            Err(e) => {
+                log::warn!(target: ev::REPLICATION_WORKER_ERROR, file = t.file.as_str(),
+                    ss = tname, ms = ms; "file={} to {tname} ({}): {}", t.file, t.target.1, e.msg);
+            }
+        }
+    }
+    results
+}
+
+/// The body of [`run_batch`]: fills `results`, returns the bytes relayed per job.
+fn batch(
+    ts: &[Transfer],
+    key: &ClusterKey,
+    results: &mut [Option<Result<Outcome, WireError>>],
+) -> Vec<u64> {
+    let mut bytes = vec![0u64; ts.len()];
+    let fail_rest = |results: &mut [Option<Result<Outcome, WireError>>], e: &WireError| {
+        for r in results.iter_mut().filter(|r| r.is_none()) {
+            *r = Some(Err(e.clone()));
+        }
+    };
+    let (Some(first), Some((sname, saddr))) =
+        (ts.first(), ts.first().and_then(|t| t.source.as_ref()))
+    else {
+        fail_rest(results, &err::unavailable("no source for the copy"));
+        return bytes;
+    };
+    let (tname, taddr) = (&first.target.0, &first.target.1);
+    let mut dst = match connect(taddr) {
+        Ok(c) => c,
+        Err(e) => {
+            fail_rest(results, &e);
+            return bytes;
+        }
+    };
+    // 1. Every PEEK at once: replies are small (a bounded batch of them fits the socket
+    // buffers), so the target never waits for us to read while we still write.
+    for t in ts {
+        if let Err(e) = dst.send(&peek_msg(t, key), &[]) {
+            fail_rest(results, &sending(tname, e));
+            return bytes;
+        }
+    }
+    let mut lacks = Vec::new();
+    for (i, t) in ts.iter().enumerate() {
+        let Want::Content { version } = t.want else {
+            results[i] = Some(Err(err::internal("not a content job")));
+            continue;
+        };
+        match held_reply(&mut dst, tname, version) {
+            Ok(Ok(Held::Current(state))) => {
+                results[i] = Some(Ok(Outcome::Copied {
+                    state,
+                    skipped: true,
+                    bytes: 0,
+                }))
+            }
+            Ok(Ok(Held::Lacks(l))) => lacks.push((i, l)),
+            // An ERR answers one PEEK; the connection goes on.
+            Ok(Err(e)) => results[i] = Some(Err(e)),
+            Err(e) => {
+                fail_rest(results, &e);
+                return bytes;
+            }
+        }
+    }
+    if lacks.is_empty() {
+        return bytes;
+    }
+    // 2. The copies, relayed one after another into one PUT_BATCH.
+    let mut src = match connect(saddr) {
+        Ok(c) => c,
+        Err(e) => {
+            fail_rest(results, &e);
+            return bytes;
+        }
+    };
+    if let Err(e) = dst.send(&Message::PutBatch {}, &[]) {
+        fail_rest(results, &sending(tname, e));
+        return bytes;
+    }
+    // Every GET at once too (requests are small, so they never wait for us to read), then
+    // each answer relayed as it comes: the source streams one file after another without
+    // waiting for a round trip per file.
+    let mut asked = Vec::with_capacity(lacks.len());
+    for (i, l) in lacks {
+        if let Err(e) = src.send(&get_msg(&ts[i], key, sname, l), &[]) {
+            fail_rest(results, &sending(sname, e));
+            return bytes;
+        }
+        asked.push(i);
+    }
+    let mut put = Vec::new();
+    for i in asked {
+        match relay_reply(&ts[i], key, &mut src, sname, &mut dst, tname) {
+            Ok(n) => {
+                bytes[i] = n;
+                put.push(i);
+            }
+            // The source refused this file before anything went to the target: go on.
+            Err(RelayFail::Refused(e)) => results[i] = Some(Err(e)),
+            Err(RelayFail::Broken(e)) => {
+                fail_rest(results, &e);
+                return bytes;
+            }
+        }
+    }
+    drop(src);
+    if let Err(e) = dst.send(&Message::End {}, &[]) {
+        fail_rest(results, &sending(tname, e));
+        return bytes;
+    }
+    // 3. One answer per copy sent, in order.
+    for i in put {
+        match reply(&mut dst) {
+            Ok(Ok(Message::FileStateReply { state })) => {
+                results[i] = Some(Ok(Outcome::Copied {
+                    state,
+                    skipped: false,
+                    bytes: bytes[i],
+                }))
+            }
+            Ok(Ok(other)) => {
+                fail_rest(results, &unexpected(tname, &other));
+                return bytes;
+            }
+            Ok(Err(e)) => results[i] = Some(Err(e)),
+            Err(e) => {
+                fail_rest(results, &e);
+                return bytes;
+            }
+        }
+    }
+    bytes
 }
 
 #[cfg(test)]

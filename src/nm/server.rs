@@ -961,6 +961,9 @@ mod tests {
                                 c.send(&Message::Done {}, &[]).unwrap();
                                 installed.send(state(&file, 0, None)).unwrap();
                             }
+                            // A batch's copies are answered one by one as they arrive, which
+                            // is the order the worker reads the answers in after the END.
+                            Message::PutBatch {} | Message::End {} => {}
                             _ => c.send(&Message::Done {}, &[]).unwrap(),
                         }
                     }

@@ -55,15 +55,67 @@ pub fn spawn(
             .name(format!("nm-{name}-{i}"))
             .spawn(move || {
                 while let Ok(job) = jobs.recv() {
-                    let out = run(&job.kind, &limits, &key);
-                    if results.send((job.id, out)).is_err() {
-                        return;
+                    for (id, out) in run_some(job, &jobs, &limits, &key) {
+                        if results.send((id, out)).is_err() {
+                            return;
+                        }
                     }
                     notify();
                 }
             })?;
     }
     Ok(())
+}
+
+/// Runs `first` and, when it is a copy that may be batched (see [`replication::batchable`]) and
+/// at least [`replication::BATCH_MIN_WAITING`] jobs are waiting behind it, up to
+/// [`replication::BATCH_MAX`] - 1 of them: copies between the same two servers go in one batch
+/// (a backup catching up on thousands of small files pays a few syncs per file instead of
+/// four, and two connections per batch instead of per file); the others run one by one. Only
+/// jobs that are waiting anyway are taken, so a lone change is never delayed.
+fn run_some(
+    first: Job,
+    jobs: &Receiver<Job>,
+    limits: &ExecLimits,
+    key: &ClusterKey,
+) -> Vec<JobResult> {
+    let JobKind::Replicate(lead) = &first.kind else {
+        return vec![(first.id, run(&first.kind, limits, key))];
+    };
+    let mut batch: Vec<(JobId, replication::Transfer)> = Vec::new();
+    let mut others = Vec::new();
+    // A batch answers all its jobs at its end: worth it for a backlog, not for a few changes
+    // that other workers can copy at once, in parallel.
+    let backlog = jobs.len() >= replication::BATCH_MIN_WAITING;
+    if backlog && replication::batchable(lead, lead) {
+        batch.push((first.id, lead.clone()));
+        while batch.len() + others.len() < replication::BATCH_MAX {
+            let Ok(next) = jobs.try_recv() else { break };
+            match next.kind {
+                JobKind::Replicate(t) if replication::batchable(lead, &t) => {
+                    batch.push((next.id, t))
+                }
+                _ => others.push(next),
+            }
+        }
+    } else {
+        others.push(first);
+    }
+    let mut out = Vec::with_capacity(batch.len() + others.len());
+    if batch.len() == 1 {
+        let (id, t) = &batch[0];
+        out.push((*id, replication::run(t, key).map(JobOutput::Replicated)));
+    } else if !batch.is_empty() {
+        let ts: Vec<replication::Transfer> = batch.iter().map(|(_, t)| t.clone()).collect();
+        let rs = replication::run_batch(&ts, key);
+        for ((id, _), r) in batch.iter().zip(rs) {
+            out.push((*id, r.map(JobOutput::Replicated)));
+        }
+    }
+    for job in others {
+        out.push((job.id, run(&job.kind, limits, key)));
+    }
+    out
 }
 
 /// Runs one job, blocking.

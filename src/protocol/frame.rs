@@ -237,6 +237,8 @@ pub struct Connection {
 
 /// Most bytes one read asks for while the size of the next frame is not known yet.
 const READ_BYTES: usize = 64 * 1024;
+/// Most bytes one read asks for while a body of known size arrives.
+const MAX_READ_BYTES: usize = 256 * 1024;
 /// Bodies at least this large are written without copying them behind their header.
 const LARGE_BODY_BYTES: usize = 64 * 1024;
 
@@ -289,11 +291,14 @@ impl Connection {
 
     /// Reads what the socket has into the buffer: at most the rest of the frame being
     /// received when its size is known (so a large body arrives in few reads and is never
-    /// followed by bytes that must be moved later), else at most [`READ_BYTES`].
+    /// followed by bytes that must be moved later; at most [`MAX_READ_BYTES`] at a time), else
+    /// at most [`READ_BYTES`].
     fn fill(&mut self) -> io::Result<usize> {
         let have = self.buf.len();
+        // The room a read gets is zeroed first, and whatever the read leaves unfilled is
+        // zeroed again by the next one: capping it keeps that linear in the body's size.
         let want = match self.need {
-            Some(total) if total > have => total - have,
+            Some(total) if total > have => (total - have).min(MAX_READ_BYTES),
             _ => READ_BYTES,
         };
         self.buf.resize(have + want, 0);

@@ -33,6 +33,8 @@
 //! nm -> target : PUT_FILE_CONTENT, CHUNK*, END, (CHUNK*, END)*   <- FILE_STATE_REPLY | ERR
 //!                (the repeated parts: history entries in `sent` order, then checkpoints in
 //!                `sent_checkpoints` order)
+//! nm -> target : PUT_BATCH, (PUT_FILE_CONTENT and its parts)*, END
+//!                                               <- (FILE_STATE_REPLY | ERR) per copy, in order
 //! nm -> target : SS_DELETE (delete replication) <- DONE | ERR
 //! client -> nm : FSCK (file, or the cursor of the next page) <- FSCK_PAGE | ERR
 //! nm -> ss     : CHECK_FILES (a page of names)  <- CHECKED | ERR
@@ -1087,6 +1089,12 @@ pub enum Message {
         #[serde(default)]
         more_orphans: u64,
     },
+    /// Replication of many files at once (to the target): the frames that follow, until an
+    /// END, are PUT_FILE_CONTENT copies, each with its stream (at most 64). The target
+    /// receives and verifies each as PUT_FILE_CONTENT does, then installs all together (each
+    /// kind of sync once for the batch) and answers one FILE_STATE_REPLY or ERR per copy, in
+    /// order. Each copy carries its own ticket; the batch itself changes nothing.
+    PutBatch {},
     /// A file's state after an NM-initiated change.
     FileStateReply {
         /// The state.

@@ -9,6 +9,7 @@ pub mod nmlink;
 pub mod server;
 pub mod sessions;
 pub mod store;
+pub mod textcount;
 
 use crate::auth::{ClusterKey, TicketChecker};
 use crate::logging::ev;

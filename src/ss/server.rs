@@ -28,10 +28,14 @@ use crate::protocol::{
 use crate::ss::document::{Document, EditBuffer};
 use crate::ss::nmlink::NmLink;
 use crate::ss::sessions::Sessions;
-use crate::ss::store::{ContentCounter, Store, StoreError, TempFile, MAX_CHECKPOINTS, UNDO_DEPTH};
+use crate::ss::store::{
+    ContentCounter, CopyIn, Store, StoreError, TempFile, MAX_CHECKPOINTS, UNDO_DEPTH,
+};
+use crate::ss::textcount::TextCount;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -280,6 +284,7 @@ fn serve(stream: TcpStream, slot: ConnSlot) {
                 orphans,
                 ticket,
             } => check_files(shared, &mut conn, &files, orphans, &ticket),
+            Message::PutBatch {} => put_batch(shared, &mut conn),
             other => Err(Fail::Reply(err::invalid(format!(
                 "unexpected {} on a storage server's client port",
                 other.op_name()
@@ -912,27 +917,103 @@ fn get_content(
 struct Received {
     /// The temp file holding the bytes (None when they were only drained).
     temp: Option<TempFile>,
+    /// The temp file still open when its sync was left to the caller (a batch syncs all its
+    /// files together).
+    unsynced: Option<File>,
     /// Checksum and size (and counts, when asked for) of the bytes.
     counter: ContentCounter,
     /// A local failure (disk full, ...) met while storing; the part was still read to END.
     error: Option<StoreError>,
 }
 
-/// Reads one part (CHUNK* END) of at most `limit` bytes, into a synced temp file when `keep`,
-/// else only counting. `flip` is the fault hook: it flips the first byte it sees.
+/// Parts at least this large have their words and characters counted on a thread of their
+/// own, beside the thread that receives and writes them (counting is the costliest step of
+/// an upload of binary content; smaller parts are not worth a thread).
+const COUNT_THREAD_MIN_BYTES: u64 = 4 << 20;
+/// Chunks that may wait for the counting thread: bounds the memory an upload takes when the
+/// counter is slower than the network.
+const COUNT_QUEUE_CHUNKS: usize = 4;
+/// After this many bytes written to a temp file, their writeback is started, so the final
+/// fsync finds little left to write and the disk works while the network does.
+const WRITEBACK_BYTES: u64 = 8 << 20;
+
+/// How [`recv_part`] treats the bytes it receives.
+#[derive(Clone, Copy)]
+struct Keep {
+    /// Store them in a temp file (else only count them).
+    store: bool,
+    /// Sync that file before returning (else the caller must).
+    sync: bool,
+}
+
+/// Reads one part (CHUNK* END) of at most `limit` bytes, into a temp file when `keep.store`
+/// (synced when `keep.sync`), else only counting. `flip` is the fault hook: it flips the first
+/// byte it sees.
 fn recv_part(
     shared: &Shared,
     conn: &mut Connection,
     file: &str,
     limit: u64,
-    keep: bool,
+    keep: Keep,
     mut counter: ContentCounter,
     flip: &mut bool,
+) -> Result<Received, Fail> {
+    let text = if limit >= COUNT_THREAD_MIN_BYTES {
+        counter.take_text()
+    } else {
+        None
+    };
+    let Some(mut text) = text else {
+        return recv_into(shared, conn, file, limit, keep, counter, flip, None);
+    };
+    thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(COUNT_QUEUE_CHUNKS);
+        let counting =
+            thread::Builder::new()
+                .name("ss-count".into())
+                .spawn_scoped(scope, move || {
+                    for body in rx {
+                        text.update(&body);
+                    }
+                    text
+                });
+        let counting = match counting {
+            Ok(h) => h,
+            // No thread to be had: count on this one.
+            Err(_) => {
+                counter.put_text(TextCount::new());
+                return recv_into(shared, conn, file, limit, keep, counter, flip, None);
+            }
+        };
+        let r = recv_into(shared, conn, file, limit, keep, counter, flip, Some(tx));
+        // The sender is gone (dropped with `recv_into`), so the thread ends after the last
+        // chunk; it counted while the temp file was being synced.
+        let text = counting
+            .join()
+            .map_err(|_| Fail::Reply(err::internal("the counting thread failed")))?;
+        r.map(|mut r| {
+            r.counter.put_text(text);
+            r
+        })
+    })
+}
+
+/// The receive loop of [`recv_part`]; each chunk also goes to `count` when given.
+#[allow(clippy::too_many_arguments)]
+fn recv_into(
+    shared: &Shared,
+    conn: &mut Connection,
+    file: &str,
+    limit: u64,
+    keep: Keep,
+    mut counter: ContentCounter,
+    flip: &mut bool,
+    count: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
 ) -> Result<Received, Fail> {
     let mut temp = None;
     let mut out: Option<File> = None;
     let mut error = None;
-    if keep {
+    if keep.store {
         match shared.store.temp_file(file) {
             Ok((t, f)) => {
                 temp = Some(t);
@@ -941,6 +1022,8 @@ fn recv_part(
             Err(e) => error = Some(e),
         }
     }
+    let mut written = 0u64;
+    let mut flushed = 0u64;
     loop {
         let frame = match conn.recv() {
             Ok(Some(f)) => f,
@@ -964,9 +1047,23 @@ fn recv_part(
                 }
                 counter.update(&body);
                 if let Some(f) = out.as_mut() {
-                    if let Err(e) = f.write_all(&body) {
-                        error = Some(shared.store.io_error(file, e));
-                        out = None;
+                    match f.write_all(&body) {
+                        Ok(()) => {
+                            written += body.len() as u64;
+                            if written - flushed >= WRITEBACK_BYTES {
+                                start_writeback(f, flushed, written - flushed);
+                                flushed = written;
+                            }
+                        }
+                        Err(e) => {
+                            error = Some(shared.store.io_error(file, e));
+                            out = None;
+                        }
+                    }
+                }
+                if let Some(tx) = &count {
+                    if tx.send(body).is_err() {
+                        return Err(Fail::Reply(err::internal("the counting thread failed")));
                     }
                 }
             }
@@ -979,16 +1076,34 @@ fn recv_part(
             }
         }
     }
+    drop(count);
+    let mut unsynced = None;
     if let Some(f) = out {
-        if let Err(e) = f.sync_all() {
+        if !keep.sync {
+            unsynced = Some(f);
+        } else if let Err(e) = f.sync_all() {
             error = Some(shared.store.io_error(file, e));
         }
     }
     Ok(Received {
         temp,
+        unsynced,
         counter,
         error,
     })
+}
+
+/// Asks the kernel to start writing `len` bytes at `offset` of `f` to disk, without waiting:
+/// only a hint (the fsync at the end is what makes the bytes durable), so a failure is ignored.
+fn start_writeback(f: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: sync_file_range only reads its integer arguments; `f` keeps the fd open for
+    // the duration of the call.
+    let _ =
+        unsafe { libc::sync_file_range(f.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE) };
 }
 
 /// Checks a received part against the size and checksum it was declared with.
@@ -1051,15 +1166,40 @@ fn check_put(shared: &Shared, h: &PutHead<'_>, t: &Ticket) -> Result<(), WireErr
     Ok(())
 }
 
-/// PUT_FILE_CONTENT: receives a copy into `tmp/`, verifies every checksum and size, and
-/// installs it unless this copy is already at that version or newer. Nothing is installed
-/// unless everything verified; a cut stream leaves no temp file (the guards remove them).
-fn put_content(
+/// Most copies one PUT_BATCH may carry (bounds the temp files and open files it holds).
+pub const MAX_BATCH_COPIES: usize = 64;
+
+/// A copy received by PUT_FILE_CONTENT, read to its END.
+enum Arrived {
+    /// This server holds that version or a newer one already: its state.
+    Held(FileState),
+    /// The received parts, still to be verified and installed (boxed: a batch holds many
+    /// answers that are only a state).
+    Staged(Box<Staged>),
+}
+
+/// The parts of a received copy.
+struct Staged {
+    state: FileState,
+    undo: Vec<UndoDesc>,
+    content: Received,
+    entries: Vec<(Version, Received)>,
+    /// Every checkpoint of the file at the source.
+    checkpoints: Vec<CheckpointInfo>,
+    /// The checkpoints sent, by tag.
+    ckpts: Vec<(String, Received)>,
+}
+
+/// Reads a PUT_FILE_CONTENT's stream (content, then each sent history entry, then each sent
+/// checkpoint) into `tmp/`, synced when `sync`. A refused head still has its stream read, so
+/// the connection stays in step; the refusal is then a [`Fail::Reply`].
+fn receive_copy(
     shared: &Shared,
     conn: &mut Connection,
     h: &PutHead<'_>,
     t: &Ticket,
-) -> Result<(), Fail> {
+    sync: bool,
+) -> Result<Arrived, Fail> {
     let PutHead {
         file,
         state,
@@ -1069,14 +1209,17 @@ fn put_content(
     } = *h;
     let head = check_put(shared, h, t);
     // A copy already this new only needs the stream drained (jobs may be retried or
-    // reordered); install_copy checks again under the lock.
+    // reordered); install_copies checks again under the lock.
     let held = match &head {
         Ok(()) => shared.store.held(file).ok().flatten().map(|(m, _)| m),
         Err(_) => None,
     };
     let newer_here = held.as_ref().is_some_and(|m| m.version >= state.version);
-    let keep = head.is_ok() && !newer_here;
-    let mut flip = keep && shared.fault_flip_put.swap(false, Ordering::SeqCst);
+    let keep = Keep {
+        store: head.is_ok() && !newer_here,
+        sync,
+    };
+    let mut flip = keep.store && shared.fault_flip_put.swap(false, Ordering::SeqCst);
     let content = recv_part(
         shared,
         conn,
@@ -1100,6 +1243,10 @@ fn put_content(
         )?;
         entries.push((*v, r));
     }
+    // A file may send up to MAX_CHECKPOINTS checkpoints: in a batch, leaving each open until
+    // the install could hold thousands of files open, so each is synced as it arrives (the
+    // install syncs their directory per file anyway).
+    let ckpt_keep = Keep { sync: true, ..keep };
     let mut ckpts = Vec::with_capacity(h.sent_checkpoints.len());
     for tag in h.sent_checkpoints {
         let limit = h
@@ -1112,7 +1259,7 @@ fn put_content(
             conn,
             file,
             limit,
-            keep,
+            ckpt_keep,
             ContentCounter::bytes_only(),
             &mut flip,
         )?;
@@ -1124,73 +1271,256 @@ fn put_content(
     }
     head?;
     if let Some(meta) = held.filter(|_| newer_here) {
-        conn.send(
-            &Message::FileStateReply {
-                state: meta.state(file),
-            },
-            &[],
-        )?;
-        return Ok(());
+        return Ok(Arrived::Held(meta.state(file)));
     }
-    if let Some(e) = content.error {
+    Ok(Arrived::Staged(Box::new(Staged {
+        state: state.clone(),
+        undo: undo.to_vec(),
+        content,
+        entries,
+        checkpoints: h.checkpoints.to_vec(),
+        ckpts,
+    })))
+}
+
+/// The temp files of one staged copy, as [`Store::install_copies`] takes them.
+struct TempPaths<'a> {
+    /// The copy's index among the staged ones.
+    i: usize,
+    content: PathBuf,
+    entries: Vec<(Version, PathBuf)>,
+    ckpts: Vec<(String, PathBuf)>,
+    /// Those still to be synced.
+    unsynced: Vec<&'a File>,
+}
+
+/// Verifies every part of each staged copy against the size and checksum it was declared
+/// with, syncs the temp files left unsynced (all together), and installs the copies that
+/// verified, in one [`Store::install_copies`]. Nothing of a copy is installed unless all of
+/// it verified. One result per copy, in order.
+fn install_staged(shared: &Shared, staged: &mut [Staged]) -> Vec<Result<FileState, WireError>> {
+    let mut results: Vec<Option<Result<FileState, WireError>>> =
+        staged.iter().map(|_| None).collect();
+    for (i, st) in staged.iter_mut().enumerate() {
+        if let Err(e) = check_staged(st) {
+            if e.code != crate::protocol::ErrorCode::Internal {
+                log::warn!(target: ev::SS_REFUSED, file = st.state.file.as_str(), reason = "checksum";
+                    "refused a copy of {}: {}", st.state.file, e.msg);
+            }
+            results[i] = Some(Err(e));
+        }
+    }
+    // The temp files left unsynced are synced by the install, together with its records.
+    let mut paths: Vec<TempPaths<'_>> = Vec::new();
+    for (i, st) in staged.iter().enumerate() {
+        if results[i].is_some() {
+            continue;
+        }
+        let (Some(content), Some(entries), Some(ckpts)) = (
+            st.content.temp.as_ref().map(|t| t.path().to_path_buf()),
+            st.entries
+                .iter()
+                .map(|(v, r)| r.temp.as_ref().map(|t| (*v, t.path().to_path_buf())))
+                .collect::<Option<Vec<_>>>(),
+            st.ckpts
+                .iter()
+                .map(|(tag, r)| {
+                    r.temp
+                        .as_ref()
+                        .map(|t| (tag.clone(), t.path().to_path_buf()))
+                })
+                .collect::<Option<Vec<_>>>(),
+        ) else {
+            results[i] = Some(Err(err::internal("no temp file")));
+            continue;
+        };
+        let unsynced = std::iter::once(&st.content)
+            .chain(st.entries.iter().map(|(_, r)| r))
+            .chain(st.ckpts.iter().map(|(_, r)| r))
+            .filter_map(|r| r.unsynced.as_ref())
+            .collect();
+        paths.push(TempPaths {
+            i,
+            content,
+            entries,
+            ckpts,
+            unsynced,
+        });
+    }
+    let copies: Vec<CopyIn<'_>> = paths
+        .iter()
+        .map(|p| CopyIn {
+            state: &staged[p.i].state,
+            undo: &staged[p.i].undo,
+            content: &p.content,
+            entries: &p.entries,
+            checkpoints: &staged[p.i].checkpoints,
+            checkpoint_files: &p.ckpts,
+            unsynced: &p.unsynced,
+        })
+        .collect();
+    let installed = {
+        let _inflight = Inflight::new(&shared.inflight);
+        shared.store.install_copies(&copies)
+    };
+    for (p, r) in paths.iter().zip(installed) {
+        let file = staged[p.i].state.file.as_str();
+        results[p.i] = Some(match r {
+            Ok((meta, installed)) => {
+                if installed {
+                    log::info!(target: ev::SS_COMMIT, file = file, version = meta.version.to_string(), bytes = meta.size, entries = p.entries.len() as u64;
+                        "installed a copy of {file} version {}", meta.version);
+                }
+                Ok(meta.state(file))
+            }
+            Err(e) => Err(e.into()),
+        });
+    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(err::internal("copy left undecided"))))
+        .collect()
+}
+
+/// The local errors and checksum checks of one staged copy's parts.
+fn check_staged(st: &mut Staged) -> Result<(), WireError> {
+    let file = st.state.file.as_str();
+    if let Some(e) = st.content.error.take() {
         return Err(e.into());
     }
-    verify(&content, &names::display(file), state.size, state.checksum).inspect_err(|e| {
-        log::warn!(target: ev::SS_REFUSED, file = file, reason = "checksum"; "refused a copy of {file}: {}", e.msg);
-    })?;
-    let mut paths = Vec::with_capacity(entries.len());
-    for (v, r) in entries.iter_mut() {
-        if let Some(e) = r.error.take() {
-            return Err(e.into());
-        }
-        let d = undo.iter().find(|d| d.version == *v);
-        let (size, crc) = d.map_or((0, 0), |d| (d.size, d.checksum));
-        verify(r, &format!("history entry {v} of {}", names::display(file)), size, crc)
-            .inspect_err(|e| {
-                log::warn!(target: ev::SS_REFUSED, file = file, reason = "checksum"; "refused a copy of {file}: {}", e.msg);
-            })?;
-        let temp = r
-            .temp
-            .as_ref()
-            .ok_or_else(|| err::internal("no temp file"))?;
-        paths.push((*v, temp.path().to_path_buf()));
-    }
-    let mut ckpt_paths = Vec::with_capacity(ckpts.len());
-    for (tag, r) in ckpts.iter_mut() {
-        if let Some(e) = r.error.take() {
-            return Err(e.into());
-        }
-        let c = h.checkpoints.iter().find(|c| c.tag == *tag);
-        let (size, crc) = c.map_or((0, 0), |c| (c.size, c.checksum));
-        verify(r, &format!("checkpoint '{tag}' of {}", names::display(file)), size, crc)
-            .inspect_err(|e| {
-                log::warn!(target: ev::SS_REFUSED, file = file, reason = "checksum"; "refused a copy of {file}: {}", e.msg);
-            })?;
-        let temp = r
-            .temp
-            .as_ref()
-            .ok_or_else(|| err::internal("no temp file"))?;
-        ckpt_paths.push((tag.clone(), temp.path().to_path_buf()));
-    }
-    let temp = content
-        .temp
-        .as_ref()
-        .ok_or_else(|| err::internal("no temp file"))?;
-    let _inflight = Inflight::new(&shared.inflight);
-    let (meta, installed) =
-        shared
-            .store
-            .install_copy(state, undo, temp.path(), &paths, h.checkpoints, &ckpt_paths)?;
-    if installed {
-        log::info!(target: ev::SS_COMMIT, file = file, version = meta.version.to_string(), bytes = meta.size, entries = paths.len() as u64;
-            "installed a copy of {file} version {}", meta.version);
-    }
-    conn.send(
-        &Message::FileStateReply {
-            state: meta.state(file),
-        },
-        &[],
+    verify(
+        &st.content,
+        &names::display(file),
+        st.state.size,
+        st.state.checksum,
     )?;
+    for (v, r) in st.entries.iter_mut() {
+        if let Some(e) = r.error.take() {
+            return Err(e.into());
+        }
+        let d = st.undo.iter().find(|d| d.version == *v);
+        let (size, crc) = d.map_or((0, 0), |d| (d.size, d.checksum));
+        verify(
+            r,
+            &format!("history entry {v} of {}", names::display(file)),
+            size,
+            crc,
+        )?;
+    }
+    for (tag, r) in st.ckpts.iter_mut() {
+        if let Some(e) = r.error.take() {
+            return Err(e.into());
+        }
+        let c = st.checkpoints.iter().find(|c| c.tag == *tag);
+        let (size, crc) = c.map_or((0, 0), |c| (c.size, c.checksum));
+        verify(
+            r,
+            &format!("checkpoint '{tag}' of {}", names::display(file)),
+            size,
+            crc,
+        )?;
+    }
+    Ok(())
+}
+
+/// PUT_FILE_CONTENT: receives a copy into `tmp/`, verifies every checksum and size, and
+/// installs it unless this copy is already at that version or newer. Nothing is installed
+/// unless everything verified; a cut stream leaves no temp file (the guards remove them).
+fn put_content(
+    shared: &Shared,
+    conn: &mut Connection,
+    h: &PutHead<'_>,
+    t: &Ticket,
+) -> Result<(), Fail> {
+    let state = match receive_copy(shared, conn, h, t, true)? {
+        Arrived::Held(state) => state,
+        Arrived::Staged(st) => install_staged(shared, &mut [*st])
+            .pop()
+            .unwrap_or_else(|| Err(err::internal("copy left undecided")))?,
+    };
+    conn.send(&Message::FileStateReply { state }, &[])?;
+    Ok(())
+}
+
+/// PUT_BATCH: PUT_FILE_CONTENT copies until END, installed together (see
+/// [`Store::install_copies`]): many small files cost a few syncs each instead of four, and
+/// one connection. Answered with one FILE_STATE_REPLY or ERR per copy, in order, after all
+/// are installed.
+fn put_batch(shared: &Shared, conn: &mut Connection) -> Result<(), Fail> {
+    let mut arrived: Vec<Result<Arrived, WireError>> = Vec::new();
+    loop {
+        let frame = match conn.recv() {
+            Ok(Some(f)) => f,
+            Err(ConnError::Frame(fe)) => return Err(Fail::ReplyClose(fe.into())),
+            Ok(None) | Err(_) => return Err(Fail::Close),
+        };
+        match frame.msg {
+            Message::PutFileContent {
+                file,
+                state,
+                undo,
+                sent,
+                checkpoints,
+                sent_checkpoints,
+                ticket,
+            } => {
+                if arrived.len() >= MAX_BATCH_COPIES {
+                    return Err(Fail::ReplyClose(err::limit(format!(
+                        "a PUT_BATCH may carry at most {MAX_BATCH_COPIES} copies"
+                    ))));
+                }
+                let head = PutHead {
+                    file: &file,
+                    state: &state,
+                    undo: &undo,
+                    sent: &sent,
+                    checkpoints: &checkpoints,
+                    sent_checkpoints: &sent_checkpoints,
+                };
+                match receive_copy(shared, conn, &head, &ticket, false) {
+                    Ok(a) => arrived.push(Ok(a)),
+                    Err(Fail::Reply(e)) => arrived.push(Err(e)),
+                    Err(other) => return Err(other),
+                }
+            }
+            Message::End {} => break,
+            other => {
+                return Err(Fail::ReplyClose(err::invalid(format!(
+                    "expected PUT_FILE_CONTENT or END in a PUT_BATCH, not {}",
+                    other.op_name()
+                ))))
+            }
+        }
+    }
+    // Each copy's answer: known now (held already, refused), or from the install (None).
+    let mut staged = Vec::new();
+    let mut slots = Vec::with_capacity(arrived.len());
+    for a in arrived {
+        slots.push(match a {
+            Ok(Arrived::Staged(st)) => {
+                staged.push(*st);
+                None
+            }
+            Ok(Arrived::Held(state)) => Some(Ok(state)),
+            Err(e) => Some(Err(e)),
+        });
+    }
+    let mut installed = install_staged(shared, &mut staged).into_iter();
+    // Temp files of refused copies go before the answers do.
+    drop(staged);
+    for slot in slots {
+        let reply = match slot {
+            Some(r) => r,
+            None => installed
+                .next()
+                .unwrap_or_else(|| Err(err::internal("copy left undecided"))),
+        };
+        let msg = match reply {
+            Ok(state) => Message::FileStateReply { state },
+            Err(e) => Message::err(e),
+        };
+        conn.send(&msg, &[])?;
+    }
     Ok(())
 }
 
@@ -1213,7 +1543,10 @@ fn upload(
         conn,
         file,
         size,
-        head.is_ok(),
+        Keep {
+            store: head.is_ok(),
+            sync: true,
+        },
         ContentCounter::new(),
         &mut false,
     )?;

@@ -52,9 +52,10 @@ use crate::names;
 use crate::protocol::{
     err, CheckpointInfo, FileState, HeldCopy, QuarantineEntry, UndoDesc, Version, WireError,
 };
+use crate::ss::textcount::TextCount;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
@@ -207,32 +208,29 @@ pub struct ContentFacts {
 /// Checksum, size, words and characters of content computed as its bytes stream past, so no
 /// file is ever held whole in memory. The counts equal `document::count_words` and
 /// `document::count_chars` over `String::from_utf8_lossy` of the whole content, so text and
-/// binary content are counted alike however the bytes are split into chunks.
+/// binary content are counted alike however the bytes are split into chunks (see
+/// [`TextCount`]).
 #[derive(Debug, Default)]
 pub struct ContentCounter {
     crc: u32,
     size: u64,
-    words: u64,
-    chars: u64,
-    in_word: bool,
-    /// False when only checksum and size are wanted (a replicated copy carries its counts).
-    bytes_only: bool,
-    /// The start of a UTF-8 sequence cut by a chunk boundary (at most 3 bytes).
-    carry: Vec<u8>,
+    /// None when only checksum and size are wanted (a replicated copy carries its counts), or
+    /// while the text is being counted elsewhere (see [`ContentCounter::take_text`]).
+    text: Option<TextCount>,
 }
 
 impl ContentCounter {
     /// A counter that has seen nothing.
     pub fn new() -> ContentCounter {
-        ContentCounter::default()
+        ContentCounter {
+            text: Some(TextCount::new()),
+            ..ContentCounter::default()
+        }
     }
 
     /// A counter of checksum and size only, for content whose counts are known already.
     pub fn bytes_only() -> ContentCounter {
-        ContentCounter {
-            bytes_only: true,
-            ..ContentCounter::default()
-        }
+        ContentCounter::default()
     }
 
     /// Bytes seen so far.
@@ -249,103 +247,31 @@ impl ContentCounter {
     pub fn update(&mut self, bytes: &[u8]) {
         self.crc = crc32c::crc32c_append(self.crc, bytes);
         self.size += bytes.len() as u64;
-        if self.bytes_only {
-            return;
-        }
-        if self.carry.is_empty() {
-            self.decode(bytes);
-        } else {
-            let mut joined = std::mem::take(&mut self.carry);
-            joined.extend_from_slice(bytes);
-            self.decode(&joined);
+        if let Some(t) = self.text.as_mut() {
+            t.update(bytes);
         }
     }
 
-    /// Counts `bytes` as `String::from_utf8_lossy` would read them (each maximal invalid
-    /// subsequence is one U+FFFD), byte by byte: binary content is mostly invalid UTF-8, and
-    /// restarting a validator after every bad byte made counting the slowest step of an
-    /// upload. An incomplete sequence at the end waits in `carry` for the next bytes.
-    fn decode(&mut self, bytes: &[u8]) {
-        let mut i = 0;
-        while i < bytes.len() {
-            let b = bytes[i];
-            if b.is_ascii() {
-                // `char::is_whitespace` on ASCII is exactly these six bytes.
-                self.word_step(matches!(b, b' ' | b'\t'..=b'\r'));
-                i += 1;
-                continue;
-            }
-            // Continuation bytes after the lead byte, and the range of the first of them
-            // (the ranges exclude overlong forms, surrogates and values above U+10FFFF).
-            let (more, lo, hi) = match b {
-                0xC2..=0xDF => (1, 0x80, 0xBF),
-                0xE0 => (2, 0xA0, 0xBF),
-                0xE1..=0xEC | 0xEE..=0xEF => (2, 0x80, 0xBF),
-                0xED => (2, 0x80, 0x9F),
-                0xF0 => (3, 0x90, 0xBF),
-                0xF1..=0xF3 => (3, 0x80, 0xBF),
-                0xF4 => (3, 0x80, 0x8F),
-                _ => {
-                    self.char('\u{FFFD}');
-                    i += 1;
-                    continue;
-                }
-            };
-            let mut seen = 1;
-            let mut valid = true;
-            while seen <= more {
-                let Some(&c) = bytes.get(i + seen) else {
-                    self.carry = bytes[i..].to_vec();
-                    return;
-                };
-                let (l, h) = if seen == 1 { (lo, hi) } else { (0x80, 0xBF) };
-                if !(l..=h).contains(&c) {
-                    valid = false;
-                    break;
-                }
-                seen += 1;
-            }
-            if !valid {
-                // The valid prefix is one replacement; the byte that broke it starts afresh.
-                self.char('\u{FFFD}');
-                i += seen;
-                continue;
-            }
-            let c = std::str::from_utf8(&bytes[i..i + seen])
-                .ok()
-                .and_then(|t| t.chars().next())
-                .unwrap_or('\u{FFFD}');
-            self.char(c);
-            i += seen;
-        }
+    /// Takes the word and character counting out, so another thread can do it while this one
+    /// receives and writes (the caller feeds it the same bytes and puts it back).
+    pub fn take_text(&mut self) -> Option<TextCount> {
+        self.text.take()
     }
 
-    /// One character: `space` says whether it is whitespace.
-    fn word_step(&mut self, space: bool) {
-        self.chars += 1;
-        if space {
-            self.in_word = false;
-        } else if !self.in_word {
-            self.in_word = true;
-            self.words += 1;
-        }
-    }
-
-    fn char(&mut self, c: char) {
-        self.word_step(c.is_whitespace());
+    /// Puts back the counting taken by [`ContentCounter::take_text`].
+    pub fn put_text(&mut self, text: TextCount) {
+        self.text = Some(text);
     }
 
     /// The facts of everything seen (an unfinished sequence at the end counts as one char).
-    pub fn finish(mut self, mtime_ns: i128) -> ContentFacts {
-        if !self.carry.is_empty() {
-            self.char('\u{FFFD}');
-        }
+    pub fn finish(self, mtime_ns: i128) -> ContentFacts {
+        let (words, chars) = self.text.as_ref().map_or((0, 0), TextCount::finish);
         ContentFacts {
             checksum: self.crc,
             size: self.size,
             mtime_ns,
-            words: self.words,
-            chars: self.chars,
+            words,
+            chars,
         }
     }
 }
@@ -960,7 +886,7 @@ impl Store {
     }
 
     /// Installs a copy received from another server (PUT_FILE_CONTENT): the history entries,
-    /// then the content (atomic replace), then the record, all durable. The temp files were
+    /// then the checkpoints, then the content (atomic replace), then the record, all durable. The temp files were
     /// written, verified and synced by the caller. A copy already at `state.version` or newer
     /// is left alone (jobs may be retried or reordered); returns the record now held and
     /// whether anything was installed.
@@ -974,69 +900,283 @@ impl Store {
         checkpoints: &[CheckpointInfo],
         checkpoint_files: &[(String, PathBuf)],
     ) -> Result<(Meta, bool), StoreError> {
-        let file = state.file.as_str();
-        let lock = self.file_lock(file);
-        let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let copy = CopyIn {
+            state,
+            undo,
+            content,
+            entries,
+            checkpoints,
+            checkpoint_files,
+            unsynced: &[],
+        };
+        self.install_copies(&[copy])
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Incomplete(names::display(&state.file))))
+    }
+
+    /// [`Store::install_copy`] for many files at once (PUT_BATCH), with the same guarantees per
+    /// file but each kind of sync done once for all: every record is written to a temp file,
+    /// and those and the copies' unsynced temp files are synced together; then the history
+    /// entries are renamed and `undo/` synced once, each copy's checkpoints installed (only a
+    /// file that has some costs syncs of its own), every content renamed and each content
+    /// directory synced once, and only then the records renamed and each record directory
+    /// synced once. A record is renamed into place only after its content is durable, so a
+    /// crash leaves each file old, or new content that the next scan adopts (as after a crash
+    /// between content and record of a single change). Every file's lock is held throughout,
+    /// taken in name order. One result per copy, in order; a failure of one file leaves the
+    /// others unaffected unless a shared directory could not be synced.
+    pub fn install_copies(&self, copies: &[CopyIn<'_>]) -> Vec<Result<(Meta, bool), StoreError>> {
+        let mut order: Vec<&str> = copies.iter().map(|c| c.state.file.as_str()).collect();
+        order.sort_unstable();
+        order.dedup();
+        let locks: Vec<Arc<Mutex<()>>> = order.iter().map(|f| self.file_lock(f)).collect();
+        let _guards: Vec<_> = locks
+            .iter()
+            .map(|l| l.lock().unwrap_or_else(|p| p.into_inner()))
+            .collect();
+        let mut results: Vec<Option<Result<(Meta, bool), StoreError>>> =
+            copies.iter().map(|_| None).collect();
+        // 1. Decide per file: already as new here, incomplete, or to install with this record
+        // (staged in a temp file; renaming keeps the content's mtime, so it is known now).
+        let mut plans: Vec<Planned> = Vec::new();
+        for (i, c) in copies.iter().enumerate() {
+            let file = c.state.file.as_str();
+            // A name repeated in one batch installs only its first copy; the next would need
+            // the first one's record, which is not written yet.
+            if copies[..i].iter().any(|p| p.state.file == file) {
+                results[i] = Some(Err(StoreError::Incomplete(names::display(file))));
+                continue;
+            }
+            match self.plan_copy(c) {
+                Ok(Plan::Held(m)) => results[i] = Some(Ok((m, false))),
+                Ok(Plan::Install(old, ids)) => match self.stage_record(c, old.as_ref(), ids) {
+                    Ok((meta, temp, f)) => plans.push(Planned {
+                        i,
+                        old,
+                        meta,
+                        temp,
+                        file: f,
+                    }),
+                    Err(e) => results[i] = Some(Err(e)),
+                },
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        // 2. Every temp file of the batch synced at once.
+        let mut owners = Vec::new();
+        let mut open: Vec<&File> = Vec::new();
+        for p in &plans {
+            for f in copies[p.i]
+                .unsynced
+                .iter()
+                .copied()
+                .chain(std::iter::once(&p.file))
+            {
+                owners.push(p.i);
+                open.push(f);
+            }
+        }
+        for (i, r) in owners.into_iter().zip(durable::sync_files(open)) {
+            if let Err(e) = r {
+                if results[i].is_none() {
+                    results[i] = Some(Err(self.io(&copies[i].state.file, e)));
+                }
+            }
+        }
+        plans.retain(|p| results[p.i].is_none());
+        // 3. History entries, then one sync of `undo/`.
+        let mut renamed = false;
+        plans.retain(|p| {
+            let c = &copies[p.i];
+            let keep = c.undo.len().saturating_sub(UNDO_DEPTH);
+            for (d, id) in c.undo[keep..].iter().zip(&p.meta.undo) {
+                if let Some((_, tmp)) = c.entries.iter().find(|(v, _)| *v == d.version) {
+                    if let Err(e) = fs::rename(tmp, self.undo.join(id)) {
+                        results[p.i] = Some(Err(self.io(&c.state.file, e)));
+                        return false;
+                    }
+                    renamed = true;
+                }
+            }
+            true
+        });
+        // Only a rename changed the directory; with none there is nothing to make durable.
+        if renamed {
+            if let Err(e) = durable::fsync_dir(&self.undo) {
+                return self.fail_rest(copies, results, e);
+            }
+        }
+        // 4. Each copy's checkpoints (found complete in step 1), before its content as for a
+        // single copy: one whose checkpoints cannot be installed keeps its old content.
+        plans.retain(|p| {
+            let c = &copies[p.i];
+            let file = c.state.file.as_str();
+            match self.install_checkpoints(file, c.checkpoints, c.checkpoint_files) {
+                Ok(()) => true,
+                Err(e) => {
+                    results[p.i] = Some(Err(e));
+                    false
+                }
+            }
+        });
+        // 5. Contents, then one sync of each directory they went to.
+        let mut dirs = BTreeSet::new();
+        plans.retain(|p| {
+            let c = &copies[p.i];
+            let target = self.content_path(&c.state.file);
+            let parent = target
+                .parent()
+                .unwrap_or_else(|| Path::new("."))
+                .to_path_buf();
+            let res =
+                durable::create_dirs_durable(&parent).and_then(|()| fs::rename(c.content, &target));
+            match res {
+                Ok(()) => {
+                    dirs.insert(parent);
+                    true
+                }
+                Err(e) => {
+                    results[p.i] = Some(Err(self.io(&c.state.file, e)));
+                    false
+                }
+            }
+        });
+        for d in &dirs {
+            if let Err(e) = durable::fsync_dir(d) {
+                return self.fail_rest(copies, results, e);
+            }
+        }
+        // 6. Records, then one sync of each directory they went to.
+        let mut meta_dirs = BTreeSet::new();
+        plans.retain(|p| {
+            let file = copies[p.i].state.file.as_str();
+            let target = self.meta_path(file);
+            let parent = target
+                .parent()
+                .unwrap_or_else(|| Path::new("."))
+                .to_path_buf();
+            let res = durable::create_dirs_durable(&parent)
+                .and_then(|()| fs::rename(p.temp.path(), &target));
+            match res {
+                Ok(()) => {
+                    meta_dirs.insert(parent);
+                    true
+                }
+                Err(e) => {
+                    results[p.i] = Some(Err(content_saved(file, self.io(file, e))));
+                    false
+                }
+            }
+        });
+        let dir_sync = meta_dirs.iter().try_for_each(|d| durable::fsync_dir(d));
+        for p in plans {
+            let file = copies[p.i].state.file.as_str();
+            if let Err(e) = &dir_sync {
+                let e = io::Error::new(e.kind(), e.to_string());
+                results[p.i] = Some(Err(content_saved(file, self.io(file, e))));
+                continue;
+            }
+            // 7. History entries the new record no longer names.
+            for b in p.old.iter().flat_map(|m| m.undo.iter()) {
+                if !p.meta.undo.contains(b) {
+                    let _ = fs::remove_file(self.undo.join(b));
+                }
+            }
+            results[p.i] = Some(Ok((p.meta, true)));
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(StoreError::Io {
+                        file: String::new(),
+                        source: io::Error::other("copy left undecided"),
+                    })
+                })
+            })
+            .collect()
+    }
+
+    /// The record a copy installs, written (not yet synced) to a temp file.
+    fn stage_record(
+        &self,
+        c: &CopyIn<'_>,
+        old: Option<&Meta>,
+        ids: Vec<String>,
+    ) -> Result<(Meta, TempFile, File), StoreError> {
+        let file = c.state.file.as_str();
+        let md = fs::metadata(c.content).map_err(|e| self.io(file, e))?;
+        let meta = Meta {
+            version: c.state.version,
+            checksum: c.state.checksum,
+            size: c.state.size,
+            mtime_ns: mtime_ns(&md),
+            words: c.state.words,
+            chars: c.state.chars,
+            modified_ms: c.state.modified_ms,
+            owner: c
+                .state
+                .owner
+                .clone()
+                .or_else(|| old.and_then(|m| m.owner.clone())),
+            undo: ids,
+        };
+        let bytes = serde_json::to_vec(&meta).map_err(|e| self.io(file, io::Error::other(e)))?;
+        let (tmp, mut f) = self.temp_file(file)?;
+        f.write_all(&bytes).map_err(|e| self.io(file, e))?;
+        Ok((meta, tmp, f))
+    }
+
+    /// What installing `c` takes (caller holds the file's lock): nothing if this copy is as new
+    /// already, else the old record and the names of the history entries the new one lists.
+    fn plan_copy(&self, c: &CopyIn<'_>) -> Result<Plan, StoreError> {
+        let file = c.state.file.as_str();
         let old = match self.current(file) {
             Ok((m, _)) => Some(m),
             Err(StoreError::NotFound(_)) => None,
             Err(e) => return Err(e),
         };
         if let Some(m) = &old {
-            if m.version >= state.version {
-                return Ok((m.clone(), false));
+            if m.version >= c.state.version {
+                return Ok(Plan::Held(m.clone()));
             }
         }
-        let keep = undo.len().saturating_sub(UNDO_DEPTH);
-        let undo = &undo[keep..];
+        let keep = c.undo.len().saturating_sub(UNDO_DEPTH);
+        let undo = &c.undo[keep..];
         let ids: Vec<String> = undo
             .iter()
             .map(|d| blob_id(file, d.version, d.checksum))
             .collect();
         // Check before changing anything: every entry is either sent or already here.
         for (d, id) in undo.iter().zip(&ids) {
-            let sent = entries.iter().any(|(v, _)| *v == d.version);
+            let sent = c.entries.iter().any(|(v, _)| *v == d.version);
             if !sent && !self.undo.join(id).is_file() {
                 return Err(StoreError::Incomplete(names::display(file)));
             }
         }
-        self.check_checkpoints_complete(file, checkpoints, checkpoint_files)?;
-        let mut renamed = false;
-        for (d, id) in undo.iter().zip(&ids) {
-            if let Some((_, tmp)) = entries.iter().find(|(v, _)| *v == d.version) {
-                fs::rename(tmp, self.undo.join(id)).map_err(|e| self.io(file, e))?;
-                renamed = true;
-            }
-        }
-        // Only a rename changed the directory; with none there is nothing to make durable.
-        if renamed {
-            durable::fsync_dir(&self.undo).map_err(|e| self.io(file, e))?;
-        }
-        self.install_checkpoints(file, checkpoints, checkpoint_files)?;
-        let target = self.content_path(file);
-        install_temp(content, &target).map_err(|e| self.io(file, e))?;
-        let md = fs::metadata(&target).map_err(|e| self.io(file, e))?;
-        let meta = Meta {
-            version: state.version,
-            checksum: state.checksum,
-            size: state.size,
-            mtime_ns: mtime_ns(&md),
-            words: state.words,
-            chars: state.chars,
-            modified_ms: state.modified_ms,
-            owner: state
-                .owner
-                .clone()
-                .or_else(|| old.as_ref().and_then(|m| m.owner.clone())),
-            undo: ids,
-        };
-        self.write_meta(file, &meta)?;
-        for b in old.map(|m| m.undo).unwrap_or_default() {
-            if !meta.undo.contains(&b) {
-                let _ = fs::remove_file(self.undo.join(b));
-            }
-        }
-        Ok((meta, true))
+        self.check_checkpoints_complete(file, c.checkpoints, c.checkpoint_files)?;
+        Ok(Plan::Install(old, ids))
+    }
+
+    /// Ends [`Store::install_copies`] after a directory sync failed: every copy not decided
+    /// yet fails with that error.
+    fn fail_rest(
+        &self,
+        copies: &[CopyIn<'_>],
+        results: Vec<Option<Result<(Meta, bool), StoreError>>>,
+        e: io::Error,
+    ) -> Vec<Result<(Meta, bool), StoreError>> {
+        results
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| match r {
+                Some(r) => r,
+                None => {
+                    let file = copies[i].state.file.as_str();
+                    Err(self.io(file, io::Error::new(e.kind(), e.to_string())))
+                }
+            })
+            .collect()
     }
 
     /// Replaces `file`'s content with an uploaded temp file whose facts were counted as it
@@ -1282,6 +1422,58 @@ impl TempFile {
 impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// One received copy for [`Store::install_copies`]: its state, history and checkpoints as
+/// the source described them, and the temp files holding its content and the entries and
+/// checkpoints sent.
+pub struct CopyIn<'a> {
+    /// The state of the content.
+    pub state: &'a FileState,
+    /// The whole history, oldest first.
+    pub undo: &'a [UndoDesc],
+    /// The temp file holding the content.
+    pub content: &'a Path,
+    /// The temp files holding the history entries that were sent.
+    pub entries: &'a [(Version, PathBuf)],
+    /// Every checkpoint of the file at the source.
+    pub checkpoints: &'a [CheckpointInfo],
+    /// The temp files holding the checkpoints that were sent, by tag.
+    pub checkpoint_files: &'a [(String, PathBuf)],
+    /// The temp files among these not synced yet (the install syncs them with its own).
+    pub unsynced: &'a [&'a File],
+}
+
+/// A copy [`Store::install_copies`] is installing.
+struct Planned {
+    /// Its index among the copies.
+    i: usize,
+    /// The record it replaces.
+    old: Option<Meta>,
+    /// The record it installs.
+    meta: Meta,
+    /// That record's temp file, and the file open for syncing.
+    temp: TempFile,
+    file: File,
+}
+
+/// What installing one copy takes.
+enum Plan {
+    /// This copy is as new already: its record.
+    Held(Meta),
+    /// Install over the old record (if any), listing these history entries.
+    Install(Option<Meta>, Vec<String>),
+}
+
+/// The error of a copy whose content is in place but whose record is not: the next access or
+/// scan adopts the content, so the error must not claim the file is unchanged.
+fn content_saved(file: &str, e: StoreError) -> StoreError {
+    StoreError::Io {
+        file: file.to_string(),
+        source: io::Error::other(format!(
+            "content saved but its bookkeeping was not ({e}); it is adopted on next access"
+        )),
     }
 }
 

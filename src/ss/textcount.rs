@@ -1,0 +1,451 @@
+//! Words and characters of content as its bytes stream past, with one table lookup per byte.
+//!
+//! The counts equal `document::count_words` and `document::count_chars` over
+//! `String::from_utf8_lossy` of the whole content (each maximal invalid subsequence is one
+//! U+FFFD), however the bytes are split into pieces. Uploads count every byte they receive,
+//! and binary content is mostly invalid UTF-8: a byte-by-byte decoder with a branch per case
+//! mispredicts on nearly every byte of such content and was the slowest step of an upload. Here
+//! the decoder is a state machine whose table is computed at compile time from a readable
+//! step function ([`step`]); the hot loop has no branches but the loop's own.
+//!
+//! A state is (where we are inside a UTF-8 sequence, whether the last character was part of a
+//! word). Sequences whose lead byte could start a non-ASCII whitespace character (U+0085,
+//! U+00A0, U+1680, U+2000..=U+200A, U+2028, U+2029, U+202F, U+205F, U+3000) get states of
+//! their own, so whitespace is known when a sequence completes without decoding it.
+
+/// Where the decoder is inside a UTF-8 sequence.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+enum Seq {
+    /// Between characters.
+    Start = 0,
+    /// One more continuation byte (80..=BF) ends an ordinary character.
+    Need1,
+    /// Two more continuation bytes.
+    Need2,
+    /// Three more continuation bytes.
+    Need3,
+    /// After E0: two more, the first in A0..=BF (no overlong forms).
+    E0,
+    /// After ED: two more, the first in 80..=9F (no surrogates).
+    Ed,
+    /// After F0: three more, the first in 90..=BF (no overlong forms).
+    F0,
+    /// After F4: three more, the first in 80..=8F (nothing above U+10FFFF).
+    F4,
+    /// After C2: one more; 85 and A0 make whitespace.
+    C2,
+    /// After E1: two more; 9A may lead to U+1680.
+    E1,
+    /// After E2: two more; 80 and 81 may lead to U+2000..=U+205F whitespace.
+    E2,
+    /// After E3: two more; 80 may lead to U+3000.
+    E3,
+    /// After E1 9A: 80 makes U+1680.
+    E19a,
+    /// After E2 80: 80..=8A, A8, A9, AF make whitespace.
+    E280,
+    /// After E2 81: 9F makes U+205F.
+    E281,
+    /// After E3 80: 80 makes U+3000.
+    E380,
+}
+
+/// Number of [`Seq`] values.
+const SEQS: usize = 16;
+/// Every [`Seq`], indexed by its discriminant.
+const ALL_SEQS: [Seq; SEQS] = [
+    Seq::Start,
+    Seq::Need1,
+    Seq::Need2,
+    Seq::Need3,
+    Seq::E0,
+    Seq::Ed,
+    Seq::F0,
+    Seq::F4,
+    Seq::C2,
+    Seq::E1,
+    Seq::E2,
+    Seq::E3,
+    Seq::E19a,
+    Seq::E280,
+    Seq::E281,
+    Seq::E380,
+];
+
+/// One decoder state: the sequence position and whether we are inside a word.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct State {
+    seq: Seq,
+    in_word: bool,
+}
+
+/// What one byte does: the next state, and the characters and words it completes.
+#[derive(Clone, Copy)]
+struct Step {
+    next: State,
+    chars: u16,
+    words: u16,
+}
+
+impl Step {
+    /// A character ends here; `space` says whether it is whitespace.
+    const fn emit(mut self, space: bool) -> Step {
+        self.chars += 1;
+        if space {
+            self.next.in_word = false;
+        } else if !self.next.in_word {
+            self.next.in_word = true;
+            self.words += 1;
+        }
+        self
+    }
+
+    const fn goto(mut self, seq: Seq) -> Step {
+        self.next.seq = seq;
+        self
+    }
+}
+
+/// Whether `b` may continue a sequence in position `seq` (not [`Seq::Start`]).
+const fn continues(seq: Seq, b: u8) -> bool {
+    match seq {
+        Seq::E0 => matches!(b, 0xA0..=0xBF),
+        Seq::Ed => matches!(b, 0x80..=0x9F),
+        Seq::F0 => matches!(b, 0x90..=0xBF),
+        Seq::F4 => matches!(b, 0x80..=0x8F),
+        _ => matches!(b, 0x80..=0xBF),
+    }
+}
+
+/// `b` read between characters.
+const fn start(s: Step, b: u8) -> Step {
+    match b {
+        // `char::is_whitespace` on ASCII is exactly these six bytes.
+        b' ' | b'\t'..=b'\r' => s.goto(Seq::Start).emit(true),
+        0x00..=0x7F => s.goto(Seq::Start).emit(false),
+        0xC2 => s.goto(Seq::C2),
+        0xC3..=0xDF => s.goto(Seq::Need1),
+        0xE0 => s.goto(Seq::E0),
+        0xE1 => s.goto(Seq::E1),
+        0xE2 => s.goto(Seq::E2),
+        0xE3 => s.goto(Seq::E3),
+        0xE4..=0xEC | 0xEE | 0xEF => s.goto(Seq::Need2),
+        0xED => s.goto(Seq::Ed),
+        0xF0 => s.goto(Seq::F0),
+        0xF1..=0xF3 => s.goto(Seq::Need3),
+        0xF4 => s.goto(Seq::F4),
+        // A stray continuation byte, C0, C1, F5..=FF: one replacement character each.
+        _ => s.goto(Seq::Start).emit(false),
+    }
+}
+
+/// The decoder's rule: what byte `b` does in state `st`.
+const fn step(st: State, b: u8) -> Step {
+    let s = Step {
+        next: st,
+        chars: 0,
+        words: 0,
+    };
+    if matches!(st.seq, Seq::Start) {
+        return start(s, b);
+    }
+    if !continues(st.seq, b) {
+        // The sequence so far is one replacement character; `b` starts afresh.
+        return start(s.goto(Seq::Start).emit(false), b);
+    }
+    match st.seq {
+        Seq::Need1 => s.goto(Seq::Start).emit(false),
+        Seq::C2 => s.goto(Seq::Start).emit(matches!(b, 0x85 | 0xA0)),
+        Seq::E19a | Seq::E380 => s.goto(Seq::Start).emit(b == 0x80),
+        Seq::E280 => s
+            .goto(Seq::Start)
+            .emit(matches!(b, 0x80..=0x8A | 0xA8 | 0xA9 | 0xAF)),
+        Seq::E281 => s.goto(Seq::Start).emit(b == 0x9F),
+        Seq::E1 if b == 0x9A => s.goto(Seq::E19a),
+        Seq::E2 if b == 0x80 => s.goto(Seq::E280),
+        Seq::E2 if b == 0x81 => s.goto(Seq::E281),
+        Seq::E3 if b == 0x80 => s.goto(Seq::E380),
+        Seq::Need2 | Seq::E0 | Seq::Ed | Seq::E1 | Seq::E2 | Seq::E3 => s.goto(Seq::Need1),
+        Seq::Need3 | Seq::F0 | Seq::F4 => s.goto(Seq::Need2),
+        Seq::Start => s,
+    }
+}
+
+/// Index of a state's row in [`TABLE`]: rows are 256 entries long, so a row index plus a byte
+/// is an entry index.
+const fn row(st: State) -> u16 {
+    (((st.seq as u16) << 1) | st.in_word as u16) << 8
+}
+
+/// Bits of an entry holding the next state's row.
+const ROW_MASK: u16 = 0x1FFF;
+/// Shift of an entry's character count (0..=2, two bits).
+const CHARS_SHIFT: u16 = 13;
+/// Shift of an entry's word count (0 or 1, one bit).
+const WORDS_SHIFT: u16 = 15;
+
+/// Every (state, byte) entry: the next state's row, the characters and words completed.
+static TABLE: [u16; 2 * SEQS * 256] = build();
+
+const fn build() -> [u16; 2 * SEQS * 256] {
+    let mut t = [0u16; 2 * SEQS * 256];
+    let mut i = 0;
+    while i < 2 * SEQS {
+        let st = State {
+            seq: ALL_SEQS[i >> 1],
+            in_word: i & 1 == 1,
+        };
+        let mut b = 0;
+        while b < 256 {
+            let s = step(st, b as u8);
+            t[row(st) as usize + b] =
+                row(s.next) | (s.chars << CHARS_SHIFT) | (s.words << WORDS_SHIFT);
+            b += 1;
+        }
+        i += 1;
+    }
+    t
+}
+
+/// Lanes [`TextCount::update`] runs side by side over a long piece.
+const LANES: usize = 4;
+/// Shortest lane worth splitting a piece for.
+const LANE_MIN_BYTES: usize = 1024;
+
+/// Runs the table over `bytes` from `row`: the end row, characters and words completed.
+fn run(mut row: usize, bytes: &[u8]) -> (usize, u64, u64) {
+    let (mut chars, mut words) = (0u64, 0u64);
+    for &b in bytes {
+        let e = TABLE[row + b as usize];
+        row = (e & ROW_MASK) as usize;
+        chars += u64::from((e >> CHARS_SHIFT) & 3);
+        words += u64::from(e >> WORDS_SHIFT);
+    }
+    (row, chars, words)
+}
+
+/// The row after the ASCII byte `b`, whatever came before it.
+fn lane_start(b: u8) -> usize {
+    let space = matches!(b, b' ' | b'\t'..=b'\r');
+    row(State {
+        seq: Seq::Start,
+        in_word: !space,
+    }) as usize
+}
+
+/// The running word and character counts of a byte stream.
+#[derive(Debug, Clone)]
+pub struct TextCount {
+    /// Row of the current state in [`TABLE`].
+    row: u16,
+    words: u64,
+    chars: u64,
+}
+
+impl Default for TextCount {
+    fn default() -> TextCount {
+        TextCount::new()
+    }
+}
+
+impl TextCount {
+    /// Counts of an empty stream.
+    pub fn new() -> TextCount {
+        TextCount {
+            row: row(State {
+                seq: Seq::Start,
+                in_word: false,
+            }),
+            words: 0,
+            chars: 0,
+        }
+    }
+
+    /// Takes the next bytes.
+    pub fn update(&mut self, bytes: &[u8]) {
+        if bytes.len() < LANE_MIN_BYTES * LANES {
+            let (r, chars, words) = run(self.row as usize, bytes);
+            self.advance(r, chars, words);
+            return;
+        }
+        // One lane is one chain of dependent table loads; a few lanes over separate parts of
+        // the bytes keep the processor busy while each load is in flight. A lane starts just
+        // after an ASCII byte, where the state is known without looking further back: the
+        // decoder is between characters, inside a word exactly when that byte is not a space.
+        // The ASCII byte itself is counted from the previous lane's end state, so the result
+        // is exactly that of one lane over all the bytes.
+        let len = bytes.len();
+        let mut sync = [len; LANES];
+        let mut from = 0;
+        for (k, cut) in sync.iter_mut().enumerate().skip(1) {
+            let at = (k * len / LANES).max(from);
+            *cut = bytes[at..]
+                .iter()
+                .position(u8::is_ascii)
+                .map_or(len, |p| at + p);
+            from = (*cut + 1).min(len);
+        }
+        let lane = |k: usize| -> &[u8] {
+            let start = if k == 0 { 0 } else { (sync[k] + 1).min(len) };
+            let end = if k + 1 < LANES { sync[k + 1] } else { len };
+            &bytes[start.min(end)..end]
+        };
+        let lanes = [lane(0), lane(1), lane(2), lane(3)];
+        let mut rows = [self.row as usize, 0, 0, 0];
+        for k in 1..LANES {
+            rows[k] = bytes.get(sync[k]).map_or(0, |&b| lane_start(b));
+        }
+        let mut chars = [0u64; LANES];
+        let mut words = [0u64; LANES];
+        let common = lanes.iter().map(|l| l.len()).min().unwrap_or(0);
+        for i in 0..common {
+            for k in 0..LANES {
+                let e = TABLE[rows[k] + lanes[k][i] as usize];
+                rows[k] = (e & ROW_MASK) as usize;
+                chars[k] += u64::from((e >> CHARS_SHIFT) & 3);
+                words[k] += u64::from(e >> WORDS_SHIFT);
+            }
+        }
+        let mut r = self.row as usize;
+        for k in 0..LANES {
+            if k > 0 {
+                let Some(&b) = bytes.get(sync[k]) else { break };
+                let e = TABLE[r + b as usize];
+                debug_assert_eq!((e & ROW_MASK) as usize, lane_start(b));
+                chars[k] += u64::from((e >> CHARS_SHIFT) & 3);
+                words[k] += u64::from(e >> WORDS_SHIFT);
+            }
+            let (end, c, w) = run(rows[k], &lanes[k][common..]);
+            r = end;
+            chars[k] += c;
+            words[k] += w;
+        }
+        self.advance(r, chars.iter().sum(), words.iter().sum());
+    }
+
+    fn advance(&mut self, row: usize, chars: u64, words: u64) {
+        self.row = row as u16;
+        self.chars += chars;
+        self.words += words;
+    }
+
+    /// The final counts: a sequence cut off by the end counts as one (non-space) character.
+    pub fn finish(&self) -> (u64, u64) {
+        let (mut words, mut chars) = (self.words, self.chars);
+        let seq = ALL_SEQS[(self.row >> 9) as usize];
+        let in_word = (self.row >> 8) & 1 == 1;
+        if seq != Seq::Start {
+            chars += 1;
+            if !in_word {
+                words += 1;
+            }
+        }
+        (words, chars)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(bytes: &[u8]) -> (u64, u64) {
+        let mut t = TextCount::new();
+        t.update(bytes);
+        t.finish()
+    }
+
+    fn reference(bytes: &[u8]) -> (u64, u64) {
+        let text = String::from_utf8_lossy(bytes);
+        (
+            crate::ss::document::count_words(&text),
+            crate::ss::document::count_chars(&text),
+        )
+    }
+
+    #[test]
+    fn every_whitespace_character_is_known() {
+        for c in (0u32..=0x10FFFF).filter_map(char::from_u32) {
+            let mut buf = [0u8; 4];
+            let enc = c.encode_utf8(&mut buf).as_bytes();
+            let mut with = b"a".to_vec();
+            with.extend_from_slice(enc);
+            with.extend_from_slice(b"b");
+            assert_eq!(counts(&with), reference(&with), "U+{:04X}", c as u32);
+        }
+    }
+
+    #[test]
+    fn every_two_byte_pair_matches_lossy_decoding() {
+        for a in 0..=255u8 {
+            for b in 0..=255u8 {
+                for tail in [&b""[..], b" ", b"x", b"\x80", b"\xbf\xbf"] {
+                    let mut bytes = vec![a, b];
+                    bytes.extend_from_slice(tail);
+                    assert_eq!(counts(&bytes), reference(&bytes), "{bytes:02x?}");
+                }
+            }
+        }
+    }
+
+    /// xorshift bytes, with `ascii_every` forcing an ASCII byte now and then (0: never).
+    fn noise(n: usize, seed: u64, ascii_every: usize) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let b = (x >> 24) as u8;
+                if ascii_every > 0 && i % ascii_every == 0 {
+                    b & 0x7F
+                } else {
+                    b
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn lanes_count_exactly_like_one_pass() {
+        let mut cases = vec![
+            noise(100_000, 7, 0),
+            noise(50_000, 9, 0).iter().map(|b| b | 0x80).collect(),
+            noise(9_000, 11, 3),
+            "é€ \u{3000}word 𝄞.".repeat(2_000).into_bytes(),
+        ];
+        // No ASCII byte at all after the first lane: one lane does everything.
+        let mut no_ascii = b"ab ".to_vec();
+        no_ascii.extend(std::iter::repeat(0xFFu8).take(20_000));
+        cases.push(no_ascii);
+        // ASCII bytes only near the end, and a sequence cut at every lane boundary.
+        let mut late = vec![0xE2u8; 30_000];
+        late.extend_from_slice(b" x y");
+        cases.push(late);
+        for (n, bytes) in cases.iter().enumerate() {
+            assert_eq!(counts(bytes), reference(bytes), "case {n}");
+            // The same bytes in pieces of every kind of size.
+            for piece in [1usize, 4095, 4096, 4097, 65_536] {
+                let mut t = TextCount::new();
+                for p in bytes.chunks(piece) {
+                    t.update(p);
+                }
+                assert_eq!(
+                    t.finish(),
+                    reference(bytes),
+                    "case {n} in pieces of {piece}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn long_runs_count_like_lossy_decoding() {
+        let bytes = vec![b'a'; (1 << 16) + 3];
+        assert_eq!(counts(&bytes), (1, (1 << 16) + 3));
+        let spaced: Vec<u8> = (0..200_000)
+            .map(|i| if i % 2 == 0 { b'x' } else { b' ' })
+            .collect();
+        assert_eq!(counts(&spaced), reference(&spaced));
+    }
+}
