@@ -1221,7 +1221,8 @@ impl Core {
                 };
                 if self.writer_member(&primary) == member {
                     // The writer's copy vanished (a hand deletion): the file is gone, as on an
-                    // unpaired server.
+                    // unpaired server, and its pending access requests go with it.
+                    self.drop_requests_for(&file);
                     self.del_file(&file);
                     log::info!(target: ev::NM_FILE_CHANGE, file = file.as_str();
                         "{file} vanished from {name}");
@@ -4543,6 +4544,19 @@ mod tests {
 
     fn entry(name: &str, dir: bool) -> (String, bool) {
         (name.to_string(), dir)
+    }
+
+    #[test]
+    fn a_folder_cannot_take_the_name_of_a_file_being_created() {
+        let mut c = core();
+        register(&mut c, 1, "ss1", vec![]);
+        hello(&mut c, 10, "alice");
+        hello(&mut c, 11, "bob");
+        let job = only_job(send(&mut c, 10, Message::Create { file: "x".into() }, 10));
+        assert_eq!(code(folder(&mut c, 11, "/x")), ErrorCode::Locked);
+        c.on_job_result(job.id, Ok(JobOutput::State(st("x", 1, None))), 20);
+        assert_eq!(only_reply(c.take_effects()), Message::Done {});
+        assert_eq!(code(folder(&mut c, 11, "/x")), ErrorCode::Conflict);
     }
 
     #[test]

@@ -103,6 +103,13 @@ impl Core {
                 names::display(&canon)
             )));
         }
+        if self.busy_files.contains_key(&canon) {
+            // A CREATE or MOVE to that name is in flight.
+            return Err(err::locked(format!(
+                "another operation on {} is in progress; try again",
+                names::display(&canon)
+            )));
+        }
         let parent = names::parent(&canon);
         if !self.folder_exists(parent) {
             return Err(err::not_found(format!(
