@@ -23,21 +23,11 @@ TEST_NAME=repl
 source scripts/test_lib.sh
 
 # ---------------------------------------------------------------- build and start
-cargo build --release --quiet --bin bin_nm --bin bin_ss --bin bin_client
-
-KEY="$TMP/cluster.key"
-start nm "$BIN/bin_nm" --port 0 --http-port 0 --data "$TMP/nm_data" \
-    --heartbeat-interval-ms "$HEARTBEAT_MS" --heartbeat-timeout-ms "$HEARTBEAT_TIMEOUT_MS" \
-    --cluster-key-file "$KEY"
-wait_for events_above "$TMP/nm.log" nm_listen 0 || fail "the name server did not log nm_listen"
-NM_ADDR=$(logged_addr "$TMP/nm.log" nm_listen)
-NM_PORT=${NM_ADDR##*:}
-[ -n "$NM_PORT" ] || fail "no address in the name server's nm_listen line"
+build_bins
+start_nm
 
 for ss in ss1 ss1_backup; do
-    start "$ss" "$BIN/bin_ss" --nm-port "$NM_PORT" --client-port 0 --username "$ss" \
-        --storage "$TMP/storage_$ss" --heartbeat-interval-ms "$HEARTBEAT_MS" \
-        --cluster-key-file "$KEY"
+    start_ss "$ss" 0
 done
 for ss in ss1 ss1_backup; do
     wait_for events_above "$TMP/$ss.log" ss_listen 0 || fail "$ss did not log ss_listen"

@@ -1,8 +1,9 @@
 # Shared by test_replication.sh and test_heartbeat.sh (sourced, never run): the temporary
 # directory, servers started in the background and stopped by PID when the script exits (with
 # their last log lines on failure), pass/fail lines, and waits that poll a condition with a
-# deadline (WAIT_S) instead of sleeping to synchronise. The sourcing script sets WAIT_S,
-# STOP_WAIT_S and TEST_NAME (the temporary directory's prefix) first.
+# deadline (WAIT_S) instead of sleeping to synchronise, and starting the name server and
+# storage servers of one test cluster. The sourcing script sets WAIT_S, STOP_WAIT_S,
+# HEARTBEAT_MS, HEARTBEAT_TIMEOUT_MS and TEST_NAME (the temporary directory's prefix) first.
 
 BIN=target/release
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/pairfs_${TEST_NAME}.XXXXXX")
@@ -99,3 +100,29 @@ expect_client() {
     [ "$out" = "$2" ] || fail "client '$1' printed '$out', expected '$2'"
 }
 
+
+# Builds the three binaries the scripts run.
+build_bins() {
+    cargo build --release --quiet --bin bin_nm --bin bin_ss --bin bin_client
+}
+
+# Starts the name server with its own cluster key ($KEY) and the script's heartbeat settings,
+# waits until it listens, and sets NM_ADDR and NM_PORT from its nm_listen line.
+start_nm() {
+    KEY="$TMP/cluster.key"
+    start nm "$BIN/bin_nm" --port 0 --http-port 0 --data "$TMP/nm_data" \
+        --heartbeat-interval-ms "$HEARTBEAT_MS" --heartbeat-timeout-ms "$HEARTBEAT_TIMEOUT_MS" \
+        --cluster-key-file "$KEY"
+    wait_for events_above "$TMP/nm.log" nm_listen 0 || fail "the name server did not log nm_listen"
+    NM_ADDR=$(logged_addr "$TMP/nm.log" nm_listen)
+    NM_PORT=${NM_ADDR##*:}
+    [ -n "$NM_PORT" ] || fail "no address in the name server's nm_listen line"
+}
+
+# Starts storage server $1 on client port $2 (0: any free one) with its storage in $TMP.
+start_ss() {
+    local ss=$1 port=$2
+    start "$ss" "$BIN/bin_ss" --nm-port "$NM_PORT" --client-port "$port" --username "$ss" \
+        --storage "$TMP/storage_$ss" --heartbeat-interval-ms "$HEARTBEAT_MS" \
+        --cluster-key-file "$KEY"
+}

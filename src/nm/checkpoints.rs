@@ -2,9 +2,10 @@
 //!
 //! Checkpoints live on the storage servers beside each file's bookkeeping; the name server
 //! checks rights and the tag, then asks the pair's current writer (the primary, or the
-//! promoted backup during a failover) with a change ticket carrying the pair's epoch. Both answers are a new version
-//! (a checkpoint changes the file's bookkeeping, a revert its content), so the ordinary
-//! content job carries them to the backup, and a retried or reordered job stays idempotent.
+//! promoted backup during a failover) with a change ticket carrying the pair's epoch, as for
+//! UNDO ([`Core::change_call`]). Both answers are a new version (a checkpoint changes the
+//! file's bookkeeping, a revert its content), so the ordinary content job carries them to the
+//! backup, and a retried or reordered job stays idempotent.
 
 use super::*;
 
@@ -19,12 +20,7 @@ impl Core {
             return Err(err::internal("not a CHECKPOINT"));
         };
         names::validate_tag(tag)?;
-        let rec = self.files.get(canon).ok_or_else(|| not_found(canon))?;
-        Self::need_write(rec, &p.user, canon)?;
-        let (ss, addr, epoch) = self.writer_for(rec, canon, true)?;
-        let ticket = self
-            .key
-            .mint_change(NM_USER, canon, TicketOp::Checkpoint, &ss, None, epoch);
+        let (addr, epoch, ticket) = self.change_call(canon, &p.user, TicketOp::Checkpoint)?;
         let msg = Message::SsCheckpoint {
             file: canon.to_string(),
             tag: tag.clone(),
@@ -45,12 +41,7 @@ impl Core {
             return Err(err::internal("not a REVERT"));
         };
         names::validate_tag(tag)?;
-        let rec = self.files.get(canon).ok_or_else(|| not_found(canon))?;
-        Self::need_write(rec, &p.user, canon)?;
-        let (ss, addr, epoch) = self.writer_for(rec, canon, true)?;
-        let ticket = self
-            .key
-            .mint_change(NM_USER, canon, TicketOp::Revert, &ss, None, epoch);
+        let (addr, epoch, ticket) = self.change_call(canon, &p.user, TicketOp::Revert)?;
         let msg = Message::SsRevert {
             file: canon.to_string(),
             tag: tag.clone(),

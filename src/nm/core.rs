@@ -1825,13 +1825,23 @@ impl Core {
         Ok((JobKind::SsCall { addr, msg }, Purpose::Delete))
     }
 
-    fn start_undo(&self, canon: &str, p: &Pending) -> Result<(JobKind, Purpose), WireError> {
+    /// A change of `canon` by `user` (write access needed) that its pair's writer must make
+    /// on the current version: the writer's address, the epoch, and a change ticket for `op`.
+    fn change_call(
+        &self,
+        canon: &str,
+        user: &str,
+        op: TicketOp,
+    ) -> Result<(String, u64, crate::protocol::Ticket), WireError> {
         let rec = self.files.get(canon).ok_or_else(|| not_found(canon))?;
-        Self::need_write(rec, &p.user, canon)?;
+        Self::need_write(rec, user, canon)?;
         let (ss, addr, epoch) = self.writer_for(rec, canon, true)?;
-        let ticket = self
-            .key
-            .mint_change(NM_USER, canon, TicketOp::Undo, &ss, None, epoch);
+        let ticket = self.key.mint_change(NM_USER, canon, op, &ss, None, epoch);
+        Ok((addr, epoch, ticket))
+    }
+
+    fn start_undo(&self, canon: &str, p: &Pending) -> Result<(JobKind, Purpose), WireError> {
+        let (addr, epoch, ticket) = self.change_call(canon, &p.user, TicketOp::Undo)?;
         let msg = Message::SsUndo {
             file: canon.to_string(),
             epoch,
@@ -3270,9 +3280,9 @@ mod tests {
 
     mod failover;
 
-    const KEY: &[u8] = b"0123456789abcdef0123";
+    pub(super) const KEY: &[u8] = b"0123456789abcdef0123";
 
-    fn core() -> Core {
+    pub(super) fn core() -> Core {
         Core::new(
             CoreConfig {
                 heartbeat_interval_ms: 100,
@@ -3287,12 +3297,12 @@ mod tests {
         )
     }
 
-    fn send(c: &mut Core, conn: ConnId, msg: Message, now: u64) -> Vec<Effect> {
+    pub(super) fn send(c: &mut Core, conn: ConnId, msg: Message, now: u64) -> Vec<Effect> {
         c.on_frame(conn, Frame { msg, body: vec![] }, now);
         c.take_effects()
     }
 
-    fn st(file: &str, counter: u64, owner: Option<&str>) -> FileState {
+    pub(super) fn st(file: &str, counter: u64, owner: Option<&str>) -> FileState {
         FileState {
             file: file.into(),
             version: Version { epoch: 1, counter },
@@ -3305,7 +3315,12 @@ mod tests {
         }
     }
 
-    fn register(c: &mut Core, conn: ConnId, name: &str, files: Vec<FileState>) -> Vec<Effect> {
+    pub(super) fn register(
+        c: &mut Core,
+        conn: ConnId,
+        name: &str,
+        files: Vec<FileState>,
+    ) -> Vec<Effect> {
         c.on_connect(conn, 0);
         let proof = ClusterKey::from_bytes(KEY).proof(&RegisterClaim {
             name,
@@ -3327,13 +3342,14 @@ mod tests {
             0,
         );
         assert!(e.is_empty());
-        if !files.is_empty() {
+        for chunk in files.chunks(frame::FILE_BATCH_MAX) {
+            let files = chunk.to_vec();
             assert!(send(c, conn, Message::FileBatch { files }, 0).is_empty());
         }
         send(c, conn, Message::RegisterEnd {}, 0)
     }
 
-    fn hello(c: &mut Core, conn: ConnId, user: &str) {
+    pub(super) fn hello(c: &mut Core, conn: ConnId, user: &str) {
         c.on_connect(conn, 0);
         let e = send(c, conn, Message::Hello { user: user.into() }, 0);
         assert!(matches!(

@@ -1107,7 +1107,10 @@ fn start_writeback(f: &File, offset: u64, len: u64) {
 }
 
 /// Checks a received part against the size and checksum it was declared with.
-fn verify(r: &Received, what: &str, size: u64, checksum: u32) -> Result<(), WireError> {
+fn verify(r: &mut Received, what: &str, size: u64, checksum: u32) -> Result<(), WireError> {
+    if let Some(e) = r.error.take() {
+        return Err(e.into());
+    }
     if r.counter.size() != size || r.counter.checksum() != checksum {
         return Err(err::invalid(format!(
             "{what}: received {} bytes with checksum {:08x}, declared {size} bytes with checksum {checksum:08x}; nothing was installed",
@@ -1385,19 +1388,13 @@ fn install_staged(shared: &Shared, staged: &mut [Staged]) -> Vec<Result<FileStat
 /// The local errors and checksum checks of one staged copy's parts.
 fn check_staged(st: &mut Staged) -> Result<(), WireError> {
     let file = st.state.file.as_str();
-    if let Some(e) = st.content.error.take() {
-        return Err(e.into());
-    }
     verify(
-        &st.content,
+        &mut st.content,
         &names::display(file),
         st.state.size,
         st.state.checksum,
     )?;
     for (v, r) in st.entries.iter_mut() {
-        if let Some(e) = r.error.take() {
-            return Err(e.into());
-        }
         let d = st.undo.iter().find(|d| d.version == *v);
         let (size, crc) = d.map_or((0, 0), |d| (d.size, d.checksum));
         verify(
@@ -1408,9 +1405,6 @@ fn check_staged(st: &mut Staged) -> Result<(), WireError> {
         )?;
     }
     for (tag, r) in st.ckpts.iter_mut() {
-        if let Some(e) = r.error.take() {
-            return Err(e.into());
-        }
         let c = st.checkpoints.iter().find(|c| c.tag == *tag);
         let (size, crc) = c.map_or((0, 0), |c| (c.size, c.checksum));
         verify(
@@ -1551,10 +1545,8 @@ fn upload(
         &mut false,
     )?;
     head?;
-    if let Some(e) = r.error {
-        return Err(e.into());
-    }
-    verify(&r, &names::display(file), size, checksum)?;
+    let mut r = r;
+    verify(&mut r, &names::display(file), size, checksum)?;
     let temp = r.temp.ok_or_else(|| err::internal("no temp file"))?;
     let facts = r.counter.finish(0);
     let state = {

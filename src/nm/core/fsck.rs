@@ -382,9 +382,8 @@ fn quarantined(ss: &str, version: Version) -> CopyReport {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use super::super::tests::{core, hello, register};
     use super::*;
-
-    const KEY: &[u8] = b"0123456789abcdef0123";
 
     fn v(counter: u64) -> Version {
         Version { epoch: 1, counter }
@@ -435,71 +434,16 @@ mod tests {
         assert!(!CopyState::Ok.fails() && !CopyState::Down.fails());
     }
 
-    fn core() -> Core {
-        Core::new(
-            CoreConfig {
-                heartbeat_interval_ms: 100,
-                heartbeat_timeout_ms: 300,
-                exec_enabled: true,
-                replication: "async",
-                max_repl_in_flight: 8,
-                started_ms: 0,
-            },
-            ClusterKey::from_bytes(KEY),
-            Loaded::default(),
-        )
-    }
-
     fn send(c: &mut Core, conn: ConnId, msg: Message) -> Vec<Effect> {
-        c.on_frame(conn, Frame { msg, body: vec![] }, 10);
-        c.take_effects()
+        super::super::tests::send(c, conn, msg, 10)
     }
 
     fn st(file: &str, counter: u64) -> FileState {
-        FileState {
-            file: file.into(),
-            version: v(counter),
-            checksum: counter as u32,
-            size: counter,
-            words: 1,
-            chars: counter,
-            modified_ms: 5,
-            owner: Some("alice".into()),
-        }
-    }
-
-    fn register(c: &mut Core, conn: ConnId, name: &str, files: Vec<FileState>) {
-        c.on_connect(conn, 0);
-        let proof = ClusterKey::from_bytes(KEY).proof(&RegisterClaim {
-            name,
-            host: "127.0.0.1",
-            client_port: 7000 + conn as u16,
-            backup_of: None,
-        });
-        let reg = Message::Register {
-            name: name.into(),
-            host: "127.0.0.1".into(),
-            client_port: 7000 + conn as u16,
-            backup_of: None,
-            proof,
-            file_count: files.len() as u64,
-        };
-        send(c, conn, reg);
-        for chunk in files.chunks(frame::FILE_BATCH_MAX) {
-            send(
-                c,
-                conn,
-                Message::FileBatch {
-                    files: chunk.to_vec(),
-                },
-            );
-        }
-        send(c, conn, Message::RegisterEnd {});
+        super::super::tests::st(file, counter, Some("alice"))
     }
 
     fn client(c: &mut Core, conn: ConnId) {
-        c.on_connect(conn, 0);
-        send(c, conn, Message::Hello { user: "bob".into() });
+        hello(c, conn, "bob");
     }
 
     /// The CHECK_FILES jobs among effects: (job, server address, files, orphans).
