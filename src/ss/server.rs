@@ -312,6 +312,18 @@ fn may_change(shared: &Shared, t: &Ticket) -> Result<(), WireError> {
     shared.link.check_write(t.epoch, shared.store.epoch())
 }
 
+/// A name-server change of `file` (DELETE, UNDO, REVERT, MOVE, quarantine) is refused with
+/// LOCKED while a write session is open on it; called with the file's lock held.
+fn refuse_if_writing(shared: &Shared, file: &str) -> Result<(), WireError> {
+    if shared.sessions.any_open(file) {
+        return Err(err::locked(format!(
+            "{} is being written; try again when the write session ends",
+            names::display(file)
+        )));
+    }
+    Ok(())
+}
+
 /// Checks the name and the ticket for one request.
 fn authorise(shared: &Shared, file: &str, t: &Ticket, op: TicketOp) -> Result<(), WireError> {
     let canonical = names::canonical_file(file)?;
@@ -664,13 +676,7 @@ fn delete(shared: &Shared, conn: &mut Connection, file: &str, t: &Ticket) -> Res
     {
         let lock = shared.store.file_lock(file);
         let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
-        if shared.sessions.any_open(file) {
-            return Err(err::locked(format!(
-                "{} is being written; try again when the write session ends",
-                names::display(file)
-            ))
-            .into());
-        }
+        refuse_if_writing(shared, file)?;
         shared.store.delete(file)?;
     }
     log::info!(target: ev::SS_COMMIT, file = file; "deleted {file}");
@@ -691,13 +697,7 @@ fn undo(
     let meta = {
         let lock = shared.store.file_lock(file);
         let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
-        if shared.sessions.any_open(file) {
-            return Err(err::locked(format!(
-                "{} is being written; try again when the write session ends",
-                names::display(file)
-            ))
-            .into());
-        }
+        refuse_if_writing(shared, file)?;
         // The lease may have ended while the lock was awaited: check again just before the
         // change, so a writer that lost its epoch meanwhile makes none.
         may_change(shared, t)?;
@@ -727,13 +727,7 @@ fn quarantine(
     let moved = {
         let lock = shared.store.file_lock(file);
         let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
-        if shared.sessions.any_open(file) {
-            return Err(err::locked(format!(
-                "{} is being written; try again when the write session ends",
-                names::display(file)
-            ))
-            .into());
-        }
+        refuse_if_writing(shared, file)?;
         shared.store.quarantine(file, keep)?
     };
     if let Some(path) = moved {
@@ -1670,13 +1664,7 @@ fn revert(
     let meta = {
         let lock = shared.store.file_lock(file);
         let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
-        if shared.sessions.any_open(file) {
-            return Err(err::locked(format!(
-                "{} is being written; try again when the write session ends",
-                names::display(file)
-            ))
-            .into());
-        }
+        refuse_if_writing(shared, file)?;
         may_change(shared, t)?;
         shared.store.revert(file, tag, epoch)?
     };
@@ -1720,13 +1708,7 @@ fn move_file(
         let _g1 = l1.lock().unwrap_or_else(|p| p.into_inner());
         let l2 = shared.store.file_lock(second);
         let _g2 = l2.lock().unwrap_or_else(|p| p.into_inner());
-        if shared.sessions.any_open(file) {
-            return Err(err::locked(format!(
-                "{} is being written; try again when the write session ends",
-                names::display(file)
-            ))
-            .into());
-        }
+        refuse_if_writing(shared, file)?;
         may_change(shared, t)?;
         shared.store.move_file(file, to)?;
     }
