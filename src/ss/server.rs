@@ -18,6 +18,7 @@
 //! connection stays usable.
 
 use crate::auth::TicketChecker;
+use crate::durable;
 use crate::logging::ev;
 use crate::names;
 use crate::protocol::frame::{ConnError, CHUNK_BYTES};
@@ -840,7 +841,10 @@ fn peek(shared: &Shared, conn: &mut Connection, file: &str, t: &Ticket) -> Resul
 /// Sends what `from` yields, at most `limit` bytes, as CHUNK frames and an END.
 fn send_part(conn: &mut Connection, from: &mut File, limit: u64) -> Result<(), Fail> {
     let mut from = from.take(limit);
-    let mut buf = vec![0u8; CHUNK_BYTES];
+    // No bigger than the part: a catch-up sends thousands of small files, and zeroing a whole
+    // chunk's buffer for each cost more than sending it.
+    let mut buf =
+        vec![0u8; usize::try_from(limit).map_or(CHUNK_BYTES, |l| l.clamp(1, CHUNK_BYTES))];
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) => break,
@@ -936,12 +940,24 @@ const WRITEBACK_BYTES: u64 = 8 << 20;
 struct Keep {
     /// Store them in a temp file (else only count them).
     store: bool,
-    /// Sync that file before returning (else the caller must).
-    sync: bool,
+    /// Who makes that file durable.
+    sync: SyncBy,
+}
+
+/// Who makes a received temp file durable.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SyncBy {
+    /// [`recv_part`], with an fsync before it returns.
+    Now,
+    /// The caller, with the file left open ([`Received::unsynced`]) for an fsync.
+    Caller,
+    /// The caller, with one `syncfs` for the whole batch ([`durable::FsSync`]): the file is
+    /// closed at once, so a batch holds no descriptor per file.
+    FileSystem,
 }
 
 /// Reads one part (CHUNK* END) of at most `limit` bytes, into a temp file when `keep.store`
-/// (synced when `keep.sync`), else only counting. `flip` is the fault hook: it flips the first
+/// (made durable as `keep.sync` says), else only counting. `flip` is the fault hook: it flips the first
 /// byte it sees.
 fn recv_part(
     shared: &Shared,
@@ -1073,10 +1089,14 @@ fn recv_into(
     drop(count);
     let mut unsynced = None;
     if let Some(f) = out {
-        if !keep.sync {
-            unsynced = Some(f);
-        } else if let Err(e) = f.sync_all() {
-            error = Some(shared.store.io_error(file, e));
+        match keep.sync {
+            SyncBy::Caller => unsynced = Some(f),
+            SyncBy::FileSystem => {}
+            SyncBy::Now => {
+                if let Err(e) = f.sync_all() {
+                    error = Some(shared.store.io_error(file, e));
+                }
+            }
         }
     }
     Ok(Received {
@@ -1195,7 +1215,7 @@ fn receive_copy(
     conn: &mut Connection,
     h: &PutHead<'_>,
     t: &Ticket,
-    sync: bool,
+    sync: SyncBy,
 ) -> Result<Arrived, Fail> {
     let PutHead {
         file,
@@ -1243,7 +1263,10 @@ fn receive_copy(
     // A file may send up to MAX_CHECKPOINTS checkpoints: in a batch, leaving each open until
     // the install could hold thousands of files open, so each is synced as it arrives (the
     // install syncs their directory per file anyway).
-    let ckpt_keep = Keep { sync: true, ..keep };
+    let ckpt_keep = Keep {
+        sync: SyncBy::Now,
+        ..keep
+    };
     let mut ckpts = Vec::with_capacity(h.sent_checkpoints.len());
     for tag in h.sent_checkpoints {
         let limit = h
@@ -1295,7 +1318,11 @@ struct TempPaths<'a> {
 /// with, syncs the temp files left unsynced (all together), and installs the copies that
 /// verified, in one [`Store::install_copies`]. Nothing of a copy is installed unless all of
 /// it verified. One result per copy, in order.
-fn install_staged(shared: &Shared, staged: &mut [Staged]) -> Vec<Result<FileState, WireError>> {
+fn install_staged(
+    shared: &Shared,
+    staged: &mut [Staged],
+    window: Option<&durable::FsSync>,
+) -> Vec<Result<FileState, WireError>> {
     let mut results: Vec<Option<Result<FileState, WireError>>> =
         staged.iter().map(|_| None).collect();
     for (i, st) in staged.iter_mut().enumerate() {
@@ -1358,7 +1385,7 @@ fn install_staged(shared: &Shared, staged: &mut [Staged]) -> Vec<Result<FileStat
         .collect();
     let installed = {
         let _inflight = Inflight::new(&shared.inflight);
-        shared.store.install_copies(&copies)
+        shared.store.install_copies(&copies, window)
     };
     for (p, r) in paths.iter().zip(installed) {
         let file = staged[p.i].state.file.as_str();
@@ -1420,9 +1447,9 @@ fn put_content(
     h: &PutHead<'_>,
     t: &Ticket,
 ) -> Result<(), Fail> {
-    let state = match receive_copy(shared, conn, h, t, true)? {
+    let state = match receive_copy(shared, conn, h, t, SyncBy::Now)? {
         Arrived::Held(state) => state,
-        Arrived::Staged(st) => install_staged(shared, &mut [*st])
+        Arrived::Staged(st) => install_staged(shared, &mut [*st], None)
             .pop()
             .unwrap_or_else(|| Err(err::internal("copy left undecided")))?,
     };
@@ -1435,6 +1462,21 @@ fn put_content(
 /// one connection. Answered with one FILE_STATE_REPLY or ERR per copy, in order, after all
 /// are installed.
 fn put_batch(shared: &Shared, conn: &mut Connection) -> Result<(), Fail> {
+    // Begun before the first copy is written, so its one sync covers (and reports the
+    // write-back errors of) every file of the batch.
+    let window = match shared.store.sync_window() {
+        Ok(w) => w,
+        Err(e) => {
+            log::warn!(target: ev::SS_REFUSED, reason = "sync";
+                "no syncfs window for a batch ({e}); its files are synced one by one");
+            None
+        }
+    };
+    let sync_by = if window.is_some() {
+        SyncBy::FileSystem
+    } else {
+        SyncBy::Caller
+    };
     let mut arrived: Vec<Result<Arrived, WireError>> = Vec::new();
     loop {
         let frame = match conn.recv() {
@@ -1465,7 +1507,7 @@ fn put_batch(shared: &Shared, conn: &mut Connection) -> Result<(), Fail> {
                     checkpoints: &checkpoints,
                     sent_checkpoints: &sent_checkpoints,
                 };
-                match receive_copy(shared, conn, &head, &ticket, false) {
+                match receive_copy(shared, conn, &head, &ticket, sync_by) {
                     Ok(a) => arrived.push(Ok(a)),
                     Err(Fail::Reply(e)) => arrived.push(Err(e)),
                     Err(other) => return Err(other),
@@ -1493,7 +1535,7 @@ fn put_batch(shared: &Shared, conn: &mut Connection) -> Result<(), Fail> {
             Err(e) => Some(Err(e)),
         });
     }
-    let mut installed = install_staged(shared, &mut staged).into_iter();
+    let mut installed = install_staged(shared, &mut staged, window.as_ref()).into_iter();
     // Temp files of refused copies go before the answers do.
     drop(staged);
     for slot in slots {
@@ -1533,7 +1575,7 @@ fn upload(
         size,
         Keep {
             store: head.is_ok(),
-            sync: true,
+            sync: SyncBy::Now,
         },
         ContentCounter::new(),
         &mut false,

@@ -816,6 +816,13 @@ impl Store {
         Ok((TempFile(path), f))
     }
 
+    /// A `syncfs` window on the file system holding this store (see [`durable::FsSync`]),
+    /// for a batch of copies to begin before it writes any of them; `None` where `syncfs`
+    /// cannot report write-back errors.
+    pub fn sync_window(&self) -> io::Result<Option<durable::FsSync>> {
+        durable::FsSync::begin(&self.tmp)
+    }
+
     /// Maps an I/O error on `file` to a store error (disk full becomes [`StoreError::DiskFull`]).
     pub fn io_error(&self, file: &str, e: io::Error) -> StoreError {
         self.io(file, e)
@@ -909,7 +916,7 @@ impl Store {
             checkpoint_files,
             unsynced: &[],
         };
-        self.install_copies(&[copy])
+        self.install_copies(&[copy], None)
             .pop()
             .unwrap_or_else(|| Err(StoreError::Incomplete(names::display(&state.file))))
     }
@@ -925,7 +932,17 @@ impl Store {
     /// between content and record of a single change). Every file's lock is held throughout,
     /// taken in name order. One result per copy, in order; a failure of one file leaves the
     /// others unaffected unless a shared directory could not be synced.
-    pub fn install_copies(&self, copies: &[CopyIn<'_>]) -> Vec<Result<(Meta, bool), StoreError>> {
+    ///
+    /// With a `window` (begun before any of the copies' temp files was written, which the
+    /// caller then left closed and unsynced), each of those kinds of sync is one `syncfs` of
+    /// the store's file system instead: the temp files and records, then the history
+    /// entries' renames, then the contents' renames, then the records' renames. A failed
+    /// `syncfs` fails every copy not decided yet (it cannot say which file it was).
+    pub fn install_copies(
+        &self,
+        copies: &[CopyIn<'_>],
+        window: Option<&durable::FsSync>,
+    ) -> Vec<Result<(Meta, bool), StoreError>> {
         let mut order: Vec<&str> = copies.iter().map(|c| c.state.file.as_str()).collect();
         order.sort_unstable();
         order.dedup();
@@ -963,9 +980,14 @@ impl Store {
             }
         }
         // 2. Every temp file of the batch synced at once.
+        if let Some(w) = window {
+            if let Err(e) = w.sync() {
+                return self.fail_rest(copies, results, e);
+            }
+        }
         let mut owners = Vec::new();
         let mut open: Vec<&File> = Vec::new();
-        for p in &plans {
+        for p in plans.iter().filter(|_| window.is_none()) {
             for f in copies[p.i]
                 .unsynced
                 .iter()
@@ -1002,7 +1024,7 @@ impl Store {
         });
         // Only a rename changed the directory; with none there is nothing to make durable.
         if renamed {
-            if let Err(e) = durable::fsync_dir(&self.undo) {
+            if let Err(e) = window.map_or_else(|| durable::fsync_dir(&self.undo), |w| w.sync()) {
                 return self.fail_rest(copies, results, e);
             }
         }
@@ -1041,10 +1063,13 @@ impl Store {
                 }
             }
         });
-        for d in &dirs {
-            if let Err(e) = durable::fsync_dir(d) {
-                return self.fail_rest(copies, results, e);
-            }
+        let synced = match window {
+            Some(w) if !dirs.is_empty() => w.sync(),
+            Some(_) => Ok(()),
+            None => dirs.iter().try_for_each(|d| durable::fsync_dir(d)),
+        };
+        if let Err(e) = synced {
+            return self.fail_rest(copies, results, e);
         }
         // 6. Records, then one sync of each directory they went to.
         let mut meta_dirs = BTreeSet::new();
@@ -1068,7 +1093,11 @@ impl Store {
                 }
             }
         });
-        let dir_sync = meta_dirs.iter().try_for_each(|d| durable::fsync_dir(d));
+        let dir_sync = match window {
+            Some(w) if !meta_dirs.is_empty() => w.sync(),
+            Some(_) => Ok(()),
+            None => meta_dirs.iter().try_for_each(|d| durable::fsync_dir(d)),
+        };
         for p in plans {
             let file = copies[p.i].state.file.as_str();
             if let Err(e) = &dir_sync {
@@ -2025,5 +2054,102 @@ mod tests {
         // The copy's history works too: UNDO there restores what UNDO on the source would.
         dst.undo("d/a.txt", 1).unwrap();
         assert_eq!(text(&dst, "d/a.txt"), "one.");
+    }
+
+    /// A batch of copies with history, in two folders, installed with a `syncfs` window and
+    /// (as on kernels before 5.8) without one: every copy lands with its record and history,
+    /// and a store opened afresh (as after a restart) serves the same.
+    #[test]
+    fn a_batch_installs_alike_with_and_without_a_syncfs_window() {
+        let (_a, src) = store();
+        let files = ["p/a.txt", "q/r/b.txt", "c.txt"];
+        for f in files {
+            src.create(f, "alice", 1).unwrap();
+            commit(&src, f, "one.");
+            commit(&src, f, &format!("one. {f}."));
+        }
+        for windowed in [true, false] {
+            let (b, dst) = store();
+            let window = if windowed {
+                let w = dst.sync_window().unwrap();
+                assert!(
+                    w.is_some(),
+                    "this kernel's syncfs reports write-back errors"
+                );
+                w
+            } else {
+                None
+            };
+            let mut held = Vec::new();
+            for f in files {
+                let mut tr = src.open_transfer(f, &[], &[]).unwrap();
+                // Written into tmp/ as a PUT_BATCH does: left open and unsynced without a
+                // window, closed with one.
+                let to_temp = |from: &mut File, open: &mut Vec<File>| {
+                    let (t, mut out) = dst.temp_file(f).unwrap();
+                    io::copy(from, &mut out).unwrap();
+                    if !windowed {
+                        open.push(out);
+                    }
+                    t
+                };
+                let mut open = Vec::new();
+                let content = to_temp(&mut tr.content, &mut open);
+                let entries: Vec<(Version, TempFile)> = tr
+                    .entries
+                    .iter_mut()
+                    .map(|(v, e)| (*v, to_temp(e, &mut open)))
+                    .collect();
+                assert_eq!(entries.len(), 2, "{f} sends its history");
+                held.push((tr, content, entries, open));
+            }
+            let paths: Vec<(PathBuf, Vec<(Version, PathBuf)>)> = held
+                .iter()
+                .map(|(_, c, es, _)| {
+                    let es = es.iter().map(|(v, t)| (*v, t.path().to_path_buf()));
+                    (c.path().to_path_buf(), es.collect())
+                })
+                .collect();
+            let states: Vec<FileState> = files
+                .iter()
+                .zip(&held)
+                .map(|(f, (tr, ..))| tr.meta.state(f))
+                .collect();
+            let unsynced: Vec<Vec<&File>> = held
+                .iter()
+                .map(|(.., open)| open.iter().collect())
+                .collect();
+            let copies: Vec<CopyIn<'_>> = held
+                .iter()
+                .enumerate()
+                .map(|(i, (tr, ..))| CopyIn {
+                    state: &states[i],
+                    undo: &tr.undo,
+                    content: &paths[i].0,
+                    entries: &paths[i].1,
+                    checkpoints: &[],
+                    checkpoint_files: &[],
+                    unsynced: &unsynced[i],
+                })
+                .collect();
+            let results = dst.install_copies(&copies, window.as_ref());
+            assert_eq!(results.len(), files.len());
+            for r in results {
+                assert!(r.unwrap().1, "installed");
+            }
+            drop(copies);
+            drop(held);
+            let again = Store::open(b.path(), "ss1").unwrap();
+            for f in files {
+                assert_eq!(text(&again, f), format!("one. {f}."));
+                let (meta, adopted) = again.current(f).unwrap();
+                assert!(!adopted, "{f} has its record");
+                assert_eq!(meta.version, src.current(f).unwrap().0.version);
+                assert_eq!(meta.undo.len(), 2);
+                again.undo(f, 1).unwrap();
+                assert_eq!(text(&again, f), "one.");
+            }
+            assert_eq!(fs::read_dir(b.path().join("tmp")).unwrap().count(), 0);
+        }
     }
 }
