@@ -1786,6 +1786,7 @@ impl Core {
         let Some((ss, writer, addr, epoch)) = pick else {
             return Err(err::unavailable("no storage server available"));
         };
+        self.refuse_if_removing(&writer, canon)?;
         let ticket = self
             .key
             .mint_change(NM_USER, canon, TicketOp::Create, &writer, None, epoch);
@@ -2771,6 +2772,39 @@ impl Core {
         rec.holds(m)
     }
 
+    /// Whether a removal owed to `job.target` is moot: its pair holds a record of that name
+    /// again and the target holds that file. Every change rewrites the row owed to the
+    /// member that is not the writer, so a Delete row survives a new file of its name only
+    /// on the writer (a backup promoted while the removal waited in backoff), where the
+    /// file was made by a CREATE or MOVE that succeeded only because the old copy was gone.
+    /// Applying the row then would remove the new file. No allocation.
+    fn removal_moot(&self, job: &ReplJob) -> bool {
+        let Some(rec) = self.files.get(&job.file) else {
+            return false;
+        };
+        let m = if job.target == rec.ss {
+            Member::Primary
+        } else if self.pairs.get(&rec.ss) == Some(&job.target) {
+            Member::Backup
+        } else {
+            return false;
+        };
+        rec.held(m).is_some()
+    }
+
+    /// A LOCKED error when a removal of an older `file` is being applied on `writer` now: a
+    /// CREATE or MOVE of that name there must wait for it, or the removal, arriving second,
+    /// would take the new file.
+    fn refuse_if_removing(&self, writer: &str, file: &str) -> Result<(), WireError> {
+        if self.running_keys.contains(&job_key(writer, file)) {
+            return Err(err::locked(format!(
+                "an older {} is still being removed from {writer}; try again",
+                names::display(file)
+            )));
+        }
+        Ok(())
+    }
+
     /// The member a content job copies from: up, holding the current version, not the
     /// target. No allocation when there is none (this runs over every row).
     fn source_for(&self, job: &ReplJob) -> Option<(&str, &ServerLive)> {
@@ -2827,6 +2861,12 @@ impl Core {
                 && (!self.files.contains_key(&j.file) || self.target_holds_current(j))
             {
                 obsolete.push(k.clone());
+            } else if j.want == Want::Delete && self.removal_moot(j) {
+                obsolete.push(k.clone());
+            } else if j.want == Want::Delete && self.busy_files.contains_key(&j.file) {
+                // A CREATE or MOVE of that name may be on its way to the target: the removal
+                // waits for it, then is moot if it made the name again there.
+                continue;
             } else if self.ready(j) {
                 picked.push(k.clone());
             }
@@ -2836,12 +2876,18 @@ impl Core {
                 continue;
             };
             self.batch.push(StoreOp::DelJob(k.clone()));
-            match self.files.get(&j.file).map(|r| r.version) {
-                Some(v) => {
+            match (j.want, self.files.get(&j.file).map(|r| r.version)) {
+                (Want::Delete, _) => {
+                    log::info!(target: ev::REPLICATION_WORKER_PROCESS, file = j.file.as_str(), ss = j.target.as_str();
+                        "file={} was made again on {}: the removal of the older file is moot", j.file, j.target);
+                    self.job_done(&j.target);
+                    self.settle_waits(&k, Some(None), false);
+                }
+                (_, Some(v)) => {
                     self.job_done(&j.target);
                     self.settle_waits(&k, Some(Some(v)), false);
                 }
-                None => self.settle_waits(&k, Some(None), true),
+                (_, None) => self.settle_waits(&k, Some(None), true),
             }
         }
         for k in picked {
@@ -3110,6 +3156,16 @@ impl Core {
             match self.files.get(f) {
                 // Another pair holds that name; which copy wins is not decided here.
                 Some(_) => {}
+                // An acknowledged DELETE made while this member was the backup, owed to it
+                // still: the row removes the copy; adopting it would bring the file back.
+                None if writer
+                    && self
+                        .repl
+                        .get(&job_key(&name, f))
+                        .is_some_and(|j| j.want == Want::Delete) =>
+                {
+                    queued += 1;
+                }
                 None if writer => {
                     self.adopt(primary, m, f, st, now_ms);
                     self.owe(f, false, now_ms);
