@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 mod fsck;
-pub use fsck::{judge_copy, Seen};
+pub use fsck::{judge_copy, Lineage, Seen};
 
 /// Identifies one connection to the name server (the loop's mio token).
 pub type ConnId = usize;
@@ -1182,7 +1182,15 @@ impl Core {
                     // and the copy is set aside before the current one replaces it.
                     log::warn!(target: ev::NM_FILE_CHANGE, file = file.as_str(), ss = name;
                         "refused a change of {file} from {name}, which is not its pair's writer");
-                    if self.files.get(&file).is_some_and(|r| r.ss == primary) {
+                    if let Some(rec) = self.files.get(&file).filter(|r| r.ss == primary) {
+                        // Its copy is no longer the record's: reads must not go there until
+                        // the job has set it aside and installed the current one (unless it
+                        // is the only copy left descending from the record, as in recovery).
+                        if rec.holds(member.other()) && rec.held(member).is_some() {
+                            let mut rec = rec.clone();
+                            rec.set_held(member, None);
+                            self.put_file(&file, rec);
+                        }
                         self.owe_to(&file, name, true, now_ms);
                     }
                     return self.reply(

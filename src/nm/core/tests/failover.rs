@@ -922,7 +922,14 @@ fn a_change_from_a_deposed_writer_is_refused_and_its_copy_quarantined() {
     )));
     let job = &sim.c.repl[&job_key("ss1_backup", "a.txt")];
     assert!(job.quarantine, "{job:?}");
-    assert_eq!(sim.c.files["a.txt"], rec, "the record is untouched");
+    let now = &sim.c.files["a.txt"];
+    assert_eq!(
+        (now.version, now.checksum),
+        (rec.version, rec.checksum),
+        "the record keeps its version"
+    );
+    // Its copy is not the record's any more: no read goes there until it is repaired.
+    assert!(!now.holds(Member::Backup), "{now:?}");
 }
 
 #[test]
