@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 mod fsck;
+mod jobtable;
 pub use fsck::{judge_copy, Lineage, Seen};
 
 /// Identifies one connection to the name server (the loop's mio token).
@@ -537,11 +538,10 @@ pub struct Core {
     /// Pairs: primary name to backup name (durable).
     pairs: BTreeMap<String, String>,
     /// Replication jobs by key (durable; the channel only dispatches them).
-    repl: BTreeMap<String, ReplJob>,
-    /// Replication jobs handed to the workers: job id to key and what was dispatched.
+    repl: jobtable::JobTable,
+    /// Replication jobs handed to the workers: job id to key and what was dispatched (their
+    /// keys are marked running in `repl`, so one key is never dispatched twice at once).
     running: HashMap<JobId, (String, Want)>,
-    /// Keys of `running`, so one key is never dispatched twice at once.
-    running_keys: HashSet<String>,
     /// Sync-mode answers waiting for a job, by job key.
     sync_waits: HashMap<String, Vec<SyncWait>>,
     /// FSCK pages waiting for their servers' checks.
@@ -636,9 +636,8 @@ impl Core {
             out: Vec::new(),
             batch: Vec::new(),
             pairs: loaded.pairs,
-            repl: loaded.jobs.into_values().map(|j| (j.key(), j)).collect(),
+            repl: jobtable::JobTable::new(loaded.jobs.into_values()),
             running: HashMap::new(),
-            running_keys: HashSet::new(),
             sync_waits: HashMap::new(),
             fsck: fsck::Runs::default(),
             pair_states,
@@ -802,6 +801,12 @@ impl Core {
             }
             if let Some(s) = self.servers.get_mut(&rec.ss) {
                 s.files += 1;
+            }
+        }
+        // The change may give a parked job of this file a source.
+        for m in [Member::Primary, Member::Backup] {
+            if let Some(n) = self.member_name(&rec.ss, m) {
+                self.repl.unpark(&job_key(&n, file));
             }
         }
         self.batch
@@ -1050,6 +1055,8 @@ impl Core {
         );
         self.advance_pairs(now_ms);
         self.push_all_folders(&name);
+        // A server is up again: jobs parked for want of a source may have one now.
+        self.repl.unpark_all();
         self.pump_replication(now_ms);
     }
 
@@ -2315,10 +2322,7 @@ impl Core {
 
     /// Jobs owed to `target` (pending or failed), and whether one of them is running.
     fn owed_to(&self, target: &str) -> (u64, bool) {
-        let prefix = format!("{target}\n");
-        let n = self.repl.values().filter(|j| j.target == target).count() as u64;
-        let running = self.running_keys.iter().any(|k| k.starts_with(&prefix));
-        (n, running)
+        (self.repl.owed_to(target), self.repl.running_for(target))
     }
 
     /// The pair state machine: moves every pair whose members' liveness calls for it.
@@ -2477,18 +2481,13 @@ impl Core {
                 "{ss} is down; it is recovered when it registers again"
             )));
         }
-        let keys: Vec<String> = self
-            .repl
-            .iter()
-            .filter(|(_, j)| j.target == ss)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in keys {
-            if let Some(j) = self.repl.get_mut(&k) {
+        for k in self.repl.keys_for(ss) {
+            let j = self.repl.update(&k, |j| {
                 j.state = JobState::Pending;
                 j.attempts = 0;
                 j.next_ms = now_ms;
-                let j = j.clone();
+            });
+            if let Some(j) = j {
                 self.batch.push(StoreOp::PutJob(j));
             }
         }
@@ -2804,7 +2803,7 @@ impl Core {
     /// CREATE or MOVE of that name there must wait for it, or the removal, arriving second,
     /// would take the new file.
     fn refuse_if_removing(&self, writer: &str, file: &str) -> Result<(), WireError> {
-        if self.running_keys.contains(&job_key(writer, file)) {
+        if self.repl.is_running(&job_key(writer, file)) {
             return Err(err::locked(format!(
                 "an older {} is still being removed from {writer}; try again",
                 names::display(file)
@@ -2850,7 +2849,9 @@ impl Core {
     }
 
     /// Hands due jobs to the workers, up to the in-flight cap; drops content jobs whose file
-    /// no longer exists (a delete job replaces them when the record goes).
+    /// no longer exists (a delete job replaces them when the record goes). Visits only the
+    /// due rows of targets that are up (see `jobtable.rs`), so rows owed to a down server
+    /// cost nothing here.
     pub fn pump_replication(&mut self, now_ms: u64) {
         let cap = self.cfg.max_repl_in_flight.max(1);
         if self.running.len() >= cap {
@@ -2858,26 +2859,41 @@ impl Core {
         }
         let mut picked = Vec::new();
         let mut obsolete = Vec::new();
-        for (k, j) in &self.repl {
-            if self.running.len() + picked.len() >= cap {
-                break;
+        let mut sourceless = Vec::new();
+        let mut later = Vec::new();
+        let targets: Vec<&String> = self.repl.targets().filter(|t| self.is_up(t)).collect();
+        'targets: for target in targets {
+            for k in self.repl.due_for(target, now_ms) {
+                if self.running.len() + picked.len() >= cap {
+                    break 'targets;
+                }
+                let Some(j) = self.repl.get(k) else {
+                    continue;
+                };
+                if matches!(j.want, Want::Content { .. })
+                    && (!self.files.contains_key(&j.file) || self.target_holds_current(j))
+                {
+                    obsolete.push(k.clone());
+                } else if j.want == Want::Delete && self.removal_moot(j) {
+                    obsolete.push(k.clone());
+                } else if j.want == Want::Delete && self.busy_files.contains_key(&j.file) {
+                    // A CREATE or MOVE of that name may be on its way to the target: the
+                    // removal waits for it, then is moot if it made the name again there.
+                    later.push(k.clone());
+                } else if self.ready(j) {
+                    picked.push(k.clone());
+                } else {
+                    sourceless.push(k.clone());
+                }
             }
-            if j.state != JobState::Pending || j.next_ms > now_ms || self.running_keys.contains(k) {
-                continue;
-            }
-            if matches!(j.want, Want::Content { .. })
-                && (!self.files.contains_key(&j.file) || self.target_holds_current(j))
-            {
-                obsolete.push(k.clone());
-            } else if j.want == Want::Delete && self.removal_moot(j) {
-                obsolete.push(k.clone());
-            } else if j.want == Want::Delete && self.busy_files.contains_key(&j.file) {
-                // A CREATE or MOVE of that name may be on its way to the target: the removal
-                // waits for it, then is moot if it made the name again there.
-                continue;
-            } else if self.ready(j) {
-                picked.push(k.clone());
-            }
+        }
+        for k in sourceless {
+            self.repl.park(&k);
+        }
+        for k in later {
+            self.repl.update(&k, |j| {
+                j.next_ms = now_ms + replication::CHANNEL_FULL_RETRY_MS;
+            });
         }
         for k in obsolete {
             let Some(j) = self.repl.remove(&k) else {
@@ -2908,7 +2924,7 @@ impl Core {
                 ss = t.target.0.as_str(), queued = self.running.len() as u64 + 1;
                 "file={} replica={} queued={}", t.file, t.target.0, self.running.len() + 1);
             self.running.insert(id, (k.clone(), t.want));
-            self.running_keys.insert(k);
+            self.repl.set_running(&k, true);
             self.out.push(Effect::Job(Job {
                 id,
                 kind: JobKind::Replicate(t),
@@ -2916,17 +2932,15 @@ impl Core {
         }
     }
 
-    /// The earliest time a waiting job becomes due (only jobs that could run).
+    /// The earliest time a waiting job becomes due (only jobs whose target is up).
     fn next_repl_deadline_ms(&self) -> Option<u64> {
         if self.running.len() >= self.cfg.max_repl_in_flight.max(1) {
             return None;
         }
         self.repl
-            .iter()
-            .filter(|(k, j)| {
-                j.state == JobState::Pending && !self.running_keys.contains(*k) && self.ready(j)
-            })
-            .map(|(_, j)| j.next_ms)
+            .targets()
+            .filter(|t| self.is_up(t))
+            .filter_map(|t| self.repl.first_due(t))
             .min()
     }
 
@@ -2936,10 +2950,10 @@ impl Core {
         let Some((key, _)) = self.running.remove(&id) else {
             return false;
         };
-        self.running_keys.remove(&key);
-        if let Some(j) = self.repl.get_mut(&key) {
+        self.repl.update(&key, |j| {
             j.next_ms = now_ms + replication::CHANNEL_FULL_RETRY_MS;
-        }
+        });
+        self.repl.set_running(&key, false);
         true
     }
 
@@ -2951,7 +2965,7 @@ impl Core {
         result: Result<JobOutput, WireError>,
         now_ms: u64,
     ) {
-        self.running_keys.remove(&key);
+        self.repl.set_running(&key, false);
         let Some(job) = self.repl.get(&key).cloned() else {
             return;
         };
@@ -3018,7 +3032,7 @@ impl Core {
     }
 
     fn repl_failed(&mut self, key: &str, error: String, now_ms: u64) {
-        if let Some(j) = self.repl.get_mut(key) {
+        let j = self.repl.update(key, |j| {
             j.attempts += 1;
             j.last_error = Some(error);
             if j.attempts >= replication::MAX_ATTEMPTS {
@@ -3029,7 +3043,8 @@ impl Core {
             } else {
                 j.next_ms = now_ms + replication::backoff_ms(j.attempts);
             }
-            let j = j.clone();
+        });
+        if let Some(j) = j {
             self.batch.push(StoreOp::PutJob(j));
         }
         self.settle_waits(key, None, true);
@@ -3055,16 +3070,21 @@ impl Core {
         };
         let failed: Vec<String> = self
             .repl
-            .iter()
-            .filter(|(_, j)| j.target == name && j.state == JobState::Failed)
-            .map(|(k, _)| k.clone())
+            .keys_for(&name)
+            .into_iter()
+            .filter(|k| {
+                self.repl
+                    .get(k)
+                    .is_some_and(|j| j.state == JobState::Failed)
+            })
             .collect();
         for k in failed {
-            if let Some(j) = self.repl.get_mut(&k) {
+            let j = self.repl.update(&k, |j| {
                 j.state = JobState::Pending;
                 j.attempts = 0;
                 j.next_ms = now_ms;
-                let j = j.clone();
+            });
+            if let Some(j) = j {
                 self.batch.push(StoreOp::PutJob(j));
             }
         }
@@ -3108,7 +3128,7 @@ impl Core {
                     r.set_held(m, Some(rec.version));
                     self.put_file(f, r);
                 }
-                if self.repl.contains_key(&key) && !self.running_keys.contains(&key) {
+                if self.repl.contains_key(&key) && !self.repl.is_running(&key) {
                     self.repl.remove(&key);
                     self.batch.push(StoreOp::DelJob(key));
                 }
@@ -3125,7 +3145,7 @@ impl Core {
                 let mut r = rec.clone();
                 r.apply_change(m, st);
                 self.put_file(f, r);
-                if self.repl.contains_key(&key) && !self.running_keys.contains(&key) {
+                if self.repl.contains_key(&key) && !self.repl.is_running(&key) {
                     self.repl.remove(&key);
                     self.batch.push(StoreOp::DelJob(key));
                 }
@@ -3343,6 +3363,7 @@ mod tests {
     use crate::protocol::ErrorCode;
 
     mod failover;
+    mod jobindex;
 
     pub(super) const KEY: &[u8] = b"0123456789abcdef0123";
 
