@@ -2097,11 +2097,11 @@ impl Core {
             self.upsert_job_q(&ss, f, want, true, now_ms);
         }
         self.set_busy(flight.conn, false);
+        let pair = self.membership(&ss).map_or_else(|| ss.clone(), |(p, _)| p);
         self.fail(
             flight.conn,
             err::unavailable(format!(
-                "{} changed writers while the change to {} ran; it was not applied: try again",
-                names::display(&flight.file),
+                "pair {pair} changed writers while the change to {} ran; it was not applied: try again",
                 names::display(&flight.file)
             )),
         );

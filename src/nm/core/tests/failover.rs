@@ -983,15 +983,13 @@ fn a_change_answered_after_its_epoch_ended_is_not_credited_to_the_new_writer() {
         Effect::Reply { conn, msg, .. } if conn == client => Some(msg),
         _ => None,
     });
-    assert!(
-        matches!(
-            answer,
-            Some(Message::Err {
-                code: ErrorCode::Unavailable,
-                ..
-            })
-        ),
-        "{answer:?}"
+    let Some(Message::Err { code, msg }) = answer else {
+        panic!("{answer:?}");
+    };
+    assert_eq!(code, ErrorCode::Unavailable);
+    assert_eq!(
+        msg,
+        "pair ss1 changed writers while the change to a.txt ran; it was not applied: try again"
     );
     let now = &sim.c.files["a.txt"];
     assert_eq!(now.version, rec.version, "the record keeps its version");
