@@ -1021,7 +1021,8 @@ pub enum Message {
         state: Option<FileState>,
         /// Versions of the undo history it holds.
         blobs: Vec<Version>,
-        /// Tags of the checkpoints it holds.
+        /// The checkpoints it holds, each `<tag>:<checksum hex>` (a tag reused for other
+        /// bytes is not held).
         #[serde(default)]
         checkpoints: Vec<String>,
     },

@@ -1988,7 +1988,7 @@ mod tests {
         f.read_to_string(&mut got).unwrap();
         assert_eq!(got, "one.");
         assert!(s.scan().unwrap().len() == 1);
-        assert_eq!(s.held_checkpoints("a.txt"), vec!["v1".to_string()]);
+        assert_eq!(held_tags(&s, "a.txt"), vec!["v1".to_string()]);
         // DELETE takes history and checkpoints; a new file of that name starts clean.
         s.delete("a.txt").unwrap();
         assert_eq!(
@@ -2041,7 +2041,7 @@ mod tests {
             .iter()
             .all(|id| id.starts_with(&file_hash("d/a.txt"))));
         assert_eq!(fs::read_dir(d.path().join("undo")).unwrap().count(), 2);
-        assert_eq!(s.held_checkpoints("d/a.txt"), vec!["v1".to_string()]);
+        assert_eq!(held_tags(&s, "d/a.txt"), vec!["v1".to_string()]);
         assert!(s.held_checkpoints("a.txt").is_empty());
         s.undo("d/a.txt", 1).unwrap();
         assert_eq!(text(&s, "d/a.txt"), "one.");
@@ -2066,6 +2066,48 @@ mod tests {
         ));
         // Empty folders are not files: the scan lists only x.
         assert_eq!(s.scan().unwrap().len(), 1);
+    }
+
+    /// The tags of a copy's held checkpoints (PEEK_FILE adds each one's checksum).
+    fn held_tags(s: &Store, file: &str) -> Vec<String> {
+        s.held_checkpoints(file)
+            .into_iter()
+            .map(|h| h.split_once(':').map_or(h.clone(), |(t, _)| t.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_tag_made_again_for_other_bytes_is_sent_again() {
+        let (_a, src) = store();
+        let (_b, dst) = store();
+        for s in [&src, &dst] {
+            s.create("a.txt", "alice", 1).unwrap();
+            commit(s, "a.txt", "old bytes.");
+            s.checkpoint("a.txt", "v1", "alice", 1).unwrap();
+        }
+        let held = dst.held_checkpoints("a.txt");
+        assert_eq!(src.held_checkpoints("a.txt"), held);
+        // Held with the same bytes: not sent.
+        let tr = src.open_transfer("a.txt", &[], &held).unwrap();
+        assert!(tr.checkpoint_files.is_empty());
+        drop(tr);
+        // Deleted and made again while the target was away, tagged v1 again.
+        src.delete("a.txt").unwrap();
+        src.create("a.txt", "alice", 2).unwrap();
+        commit(&src, "a.txt", "new bytes!");
+        src.checkpoint("a.txt", "v1", "alice", 2).unwrap();
+        let tr = src.open_transfer("a.txt", &[], &held).unwrap();
+        let sent: Vec<&str> = tr
+            .checkpoint_files
+            .iter()
+            .map(|(t, _)| t.as_str())
+            .collect();
+        assert_eq!(sent, vec!["v1"], "the target's v1 holds other bytes");
+        // And a target never takes a list naming its old v1 as the new one without the bytes.
+        assert!(matches!(
+            dst.check_checkpoints_complete("a.txt", &tr.checkpoints, &[]),
+            Err(StoreError::Incomplete(_))
+        ));
     }
 
     #[test]
@@ -2134,7 +2176,7 @@ mod tests {
             .unwrap();
         assert!(installed);
         assert_eq!(meta.version, state.version);
-        assert_eq!(dst.held_checkpoints("d/a.txt"), vec!["v1".to_string()]);
+        assert_eq!(held_tags(&dst, "d/a.txt"), vec!["v1".to_string()]);
         let (mut f, info, _, _) = dst.open_checkpoint("d/a.txt", "v1").unwrap();
         let mut got = String::new();
         f.read_to_string(&mut got).unwrap();
