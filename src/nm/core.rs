@@ -2870,11 +2870,13 @@ impl Core {
                 let Some(j) = self.repl.get(k) else {
                     continue;
                 };
-                if matches!(j.want, Want::Content { .. })
-                    && (!self.files.contains_key(&j.file) || self.target_holds_current(j))
-                {
-                    obsolete.push(k.clone());
-                } else if j.want == Want::Delete && self.removal_moot(j) {
+                let moot = match j.want {
+                    Want::Content { .. } => {
+                        !self.files.contains_key(&j.file) || self.target_holds_current(j)
+                    }
+                    Want::Delete => self.removal_moot(j),
+                };
+                if moot {
                     obsolete.push(k.clone());
                 } else if j.want == Want::Delete && self.busy_files.contains_key(&j.file) {
                     // A CREATE or MOVE of that name may be on its way to the target: the
