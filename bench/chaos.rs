@@ -1018,7 +1018,11 @@ impl Workload {
             .ok_or_else(|| anyhow!("fsck printed no summary: {report}"))?;
         let count = |state: &str| fsck_count(summary, state);
         let quarantined = count("quarantined");
-        let bad = count("stale") + count("missing") + count("corrupt") + count("down");
+        let bad = count("stale")
+            + count("missing")
+            + count("corrupt")
+            + count("diverged")
+            + count("down");
         let fails_otherwise = outcome.is_err() && quarantined == 0;
         Ok(((bad > 0 || fails_otherwise).then_some(report), quarantined))
     }
@@ -1534,7 +1538,7 @@ mod tests {
 
     #[test]
     fn fsck_counts_come_from_the_summary() {
-        let line = "ERROR [CONFLICT]: FSCK: 8 files: 16 ok, 0 stale, 2 missing, 0 corrupt, 0 down, 1 quarantined";
+        let line = "ERROR [CONFLICT]: FSCK: 8 files: 16 ok, 0 stale, 2 missing, 0 corrupt, 0 diverged, 0 down, 1 quarantined";
         assert_eq!(super::fsck_count(line, "quarantined"), 1);
         assert_eq!(super::fsck_count(line, "missing"), 2);
         assert_eq!(super::fsck_count(line, "stale"), 0);

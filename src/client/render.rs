@@ -152,7 +152,8 @@ pub fn downloaded(bytes: u64) -> String {
 }
 
 /// One copy in an FSCK line: `ss1 ok (1.4)`, `ss1_backup stale (1.3 < 1.4)`, `ss2 missing`,
-/// `ss1 corrupt (1.4: checksum … on disk, … recorded)`, `ss1 down`, `ss1 quarantined (1.5)`.
+/// `ss1 corrupt (1.4: checksum … on disk, … recorded)`, `ss1_backup diverged (1.5: …)`,
+/// `ss1 down`, `ss1 quarantined (1.5)`.
 pub fn fsck_copy(c: &CopyReport) -> String {
     let word = c.state.word();
     let ver = c.version.map(|v| v.to_string());
@@ -184,15 +185,16 @@ pub struct FsckTally {
     /// Files with a record that were checked.
     pub files: u64,
     /// Copies per state, in [`FSCK_STATES`] order.
-    pub counts: [u64; 6],
+    pub counts: [u64; 7],
 }
 
 /// The states in the order the summary lists them.
-pub const FSCK_STATES: [CopyState; 6] = [
+pub const FSCK_STATES: [CopyState; 7] = [
     CopyState::Ok,
     CopyState::Stale,
     CopyState::Missing,
     CopyState::Corrupt,
+    CopyState::Diverged,
     CopyState::Down,
     CopyState::Quarantined,
 ];
@@ -210,10 +212,10 @@ impl FsckTally {
 
     /// Counts quarantined copies that were not listed.
     pub fn add_quarantined(&mut self, n: u64) {
-        self.counts[5] += n;
+        self.counts[6] += n;
     }
 
-    /// Whether any copy makes FSCK fail (missing, stale, corrupt or quarantined).
+    /// Whether any copy makes FSCK fail (missing, stale, corrupt, diverged or quarantined).
     pub fn failed(&self) -> bool {
         FSCK_STATES
             .iter()
@@ -221,8 +223,8 @@ impl FsckTally {
             .any(|(s, n)| s.fails() && n > 0)
     }
 
-    /// The summary line: `FSCK: 2 files: 3 ok, 1 stale, 0 missing, 0 corrupt, 0 down,
-    /// 0 quarantined`.
+    /// The summary line: `FSCK: 2 files: 3 ok, 1 stale, 0 missing, 0 corrupt, 0 diverged,
+    /// 0 down, 0 quarantined`.
     pub fn summary(&self) -> String {
         let parts: Vec<String> = FSCK_STATES
             .iter()
@@ -964,7 +966,7 @@ mod tests {
         t.add(&h);
         assert_eq!(
             t.summary(),
-            "FSCK: 1 file: 1 ok, 1 stale, 0 missing, 0 corrupt, 0 down, 1 quarantined"
+            "FSCK: 1 file: 1 ok, 1 stale, 0 missing, 0 corrupt, 0 diverged, 0 down, 1 quarantined"
         );
         let mut ok = FsckTally::default();
         ok.add(&FsckFile {

@@ -28,7 +28,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 mod fsck;
-pub use fsck::{judge_copy, Seen};
+mod jobtable;
+pub use fsck::{judge_copy, Lineage, Seen};
 
 /// Identifies one connection to the name server (the loop's mio token).
 pub type ConnId = usize;
@@ -537,11 +538,10 @@ pub struct Core {
     /// Pairs: primary name to backup name (durable).
     pairs: BTreeMap<String, String>,
     /// Replication jobs by key (durable; the channel only dispatches them).
-    repl: BTreeMap<String, ReplJob>,
-    /// Replication jobs handed to the workers: job id to key and what was dispatched.
+    repl: jobtable::JobTable,
+    /// Replication jobs handed to the workers: job id to key and what was dispatched (their
+    /// keys are marked running in `repl`, so one key is never dispatched twice at once).
     running: HashMap<JobId, (String, Want)>,
-    /// Keys of `running`, so one key is never dispatched twice at once.
-    running_keys: HashSet<String>,
     /// Sync-mode answers waiting for a job, by job key.
     sync_waits: HashMap<String, Vec<SyncWait>>,
     /// FSCK pages waiting for their servers' checks.
@@ -636,9 +636,8 @@ impl Core {
             out: Vec::new(),
             batch: Vec::new(),
             pairs: loaded.pairs,
-            repl: loaded.jobs.into_values().map(|j| (j.key(), j)).collect(),
+            repl: jobtable::JobTable::new(loaded.jobs.into_values()),
             running: HashMap::new(),
-            running_keys: HashSet::new(),
             sync_waits: HashMap::new(),
             fsck: fsck::Runs::default(),
             pair_states,
@@ -802,6 +801,12 @@ impl Core {
             }
             if let Some(s) = self.servers.get_mut(&rec.ss) {
                 s.files += 1;
+            }
+        }
+        // The change may give a parked job of this file a source.
+        for m in [Member::Primary, Member::Backup] {
+            if let Some(n) = self.member_name(&rec.ss, m) {
+                self.repl.unpark(&job_key(&n, file));
             }
         }
         self.batch
@@ -1050,6 +1055,8 @@ impl Core {
         );
         self.advance_pairs(now_ms);
         self.push_all_folders(&name);
+        // A server is up again: jobs parked for want of a source may have one now.
+        self.repl.unpark_all();
         self.pump_replication(now_ms);
     }
 
@@ -1182,7 +1189,15 @@ impl Core {
                     // and the copy is set aside before the current one replaces it.
                     log::warn!(target: ev::NM_FILE_CHANGE, file = file.as_str(), ss = name;
                         "refused a change of {file} from {name}, which is not its pair's writer");
-                    if self.files.get(&file).is_some_and(|r| r.ss == primary) {
+                    if let Some(rec) = self.files.get(&file).filter(|r| r.ss == primary) {
+                        // Its copy is no longer the record's: reads must not go there until
+                        // the job has set it aside and installed the current one (unless it
+                        // is the only copy left descending from the record, as in recovery).
+                        if rec.holds(member.other()) && rec.held(member).is_some() {
+                            let mut rec = rec.clone();
+                            rec.set_held(member, None);
+                            self.put_file(&file, rec);
+                        }
                         self.owe_to(&file, name, true, now_ms);
                     }
                     return self.reply(
@@ -1786,6 +1801,7 @@ impl Core {
         let Some((ss, writer, addr, epoch)) = pick else {
             return Err(err::unavailable("no storage server available"));
         };
+        self.refuse_if_removing(&writer, canon)?;
         let ticket = self
             .key
             .mint_change(NM_USER, canon, TicketOp::Create, &writer, None, epoch);
@@ -2081,11 +2097,11 @@ impl Core {
             self.upsert_job_q(&ss, f, want, true, now_ms);
         }
         self.set_busy(flight.conn, false);
+        let pair = self.membership(&ss).map_or_else(|| ss.clone(), |(p, _)| p);
         self.fail(
             flight.conn,
             err::unavailable(format!(
-                "{} changed writers while the change to {} ran; it was not applied: try again",
-                names::display(&flight.file),
+                "pair {pair} changed writers while the change to {} ran; it was not applied: try again",
                 names::display(&flight.file)
             )),
         );
@@ -2306,10 +2322,7 @@ impl Core {
 
     /// Jobs owed to `target` (pending or failed), and whether one of them is running.
     fn owed_to(&self, target: &str) -> (u64, bool) {
-        let prefix = format!("{target}\n");
-        let n = self.repl.values().filter(|j| j.target == target).count() as u64;
-        let running = self.running_keys.iter().any(|k| k.starts_with(&prefix));
-        (n, running)
+        (self.repl.owed_to(target), self.repl.running_for(target))
     }
 
     /// The pair state machine: moves every pair whose members' liveness calls for it.
@@ -2468,18 +2481,13 @@ impl Core {
                 "{ss} is down; it is recovered when it registers again"
             )));
         }
-        let keys: Vec<String> = self
-            .repl
-            .iter()
-            .filter(|(_, j)| j.target == ss)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in keys {
-            if let Some(j) = self.repl.get_mut(&k) {
+        for k in self.repl.keys_for(ss) {
+            let j = self.repl.update(&k, |j| {
                 j.state = JobState::Pending;
                 j.attempts = 0;
                 j.next_ms = now_ms;
-                let j = j.clone();
+            });
+            if let Some(j) = j {
                 self.batch.push(StoreOp::PutJob(j));
             }
         }
@@ -2771,6 +2779,39 @@ impl Core {
         rec.holds(m)
     }
 
+    /// Whether a removal owed to `job.target` is moot: its pair holds a record of that name
+    /// again and the target holds that file. Every change rewrites the row owed to the
+    /// member that is not the writer, so a Delete row survives a new file of its name only
+    /// on the writer (a backup promoted while the removal waited in backoff), where the
+    /// file was made by a CREATE or MOVE that succeeded only because the old copy was gone.
+    /// Applying the row then would remove the new file. No allocation.
+    fn removal_moot(&self, job: &ReplJob) -> bool {
+        let Some(rec) = self.files.get(&job.file) else {
+            return false;
+        };
+        let m = if job.target == rec.ss {
+            Member::Primary
+        } else if self.pairs.get(&rec.ss) == Some(&job.target) {
+            Member::Backup
+        } else {
+            return false;
+        };
+        rec.held(m).is_some()
+    }
+
+    /// A LOCKED error when a removal of an older `file` is being applied on `writer` now: a
+    /// CREATE or MOVE of that name there must wait for it, or the removal, arriving second,
+    /// would take the new file.
+    fn refuse_if_removing(&self, writer: &str, file: &str) -> Result<(), WireError> {
+        if self.repl.is_running(&job_key(writer, file)) {
+            return Err(err::locked(format!(
+                "an older {} is still being removed from {writer}; try again",
+                names::display(file)
+            )));
+        }
+        Ok(())
+    }
+
     /// The member a content job copies from: up, holding the current version, not the
     /// target. No allocation when there is none (this runs over every row).
     fn source_for(&self, job: &ReplJob) -> Option<(&str, &ServerLive)> {
@@ -2808,7 +2849,9 @@ impl Core {
     }
 
     /// Hands due jobs to the workers, up to the in-flight cap; drops content jobs whose file
-    /// no longer exists (a delete job replaces them when the record goes).
+    /// no longer exists (a delete job replaces them when the record goes). Visits only the
+    /// due rows of targets that are up (see `jobtable.rs`), so rows owed to a down server
+    /// cost nothing here.
     pub fn pump_replication(&mut self, now_ms: u64) {
         let cap = self.cfg.max_repl_in_flight.max(1);
         if self.running.len() >= cap {
@@ -2816,32 +2859,61 @@ impl Core {
         }
         let mut picked = Vec::new();
         let mut obsolete = Vec::new();
-        for (k, j) in &self.repl {
-            if self.running.len() + picked.len() >= cap {
-                break;
+        let mut sourceless = Vec::new();
+        let mut later = Vec::new();
+        let targets: Vec<&String> = self.repl.targets().filter(|t| self.is_up(t)).collect();
+        'targets: for target in targets {
+            for k in self.repl.due_for(target, now_ms) {
+                if self.running.len() + picked.len() >= cap {
+                    break 'targets;
+                }
+                let Some(j) = self.repl.get(k) else {
+                    continue;
+                };
+                let moot = match j.want {
+                    Want::Content { .. } => {
+                        !self.files.contains_key(&j.file) || self.target_holds_current(j)
+                    }
+                    Want::Delete => self.removal_moot(j),
+                };
+                if moot {
+                    obsolete.push(k.clone());
+                } else if j.want == Want::Delete && self.busy_files.contains_key(&j.file) {
+                    // A CREATE or MOVE of that name may be on its way to the target: the
+                    // removal waits for it, then is moot if it made the name again there.
+                    later.push(k.clone());
+                } else if self.ready(j) {
+                    picked.push(k.clone());
+                } else {
+                    sourceless.push(k.clone());
+                }
             }
-            if j.state != JobState::Pending || j.next_ms > now_ms || self.running_keys.contains(k) {
-                continue;
-            }
-            if matches!(j.want, Want::Content { .. })
-                && (!self.files.contains_key(&j.file) || self.target_holds_current(j))
-            {
-                obsolete.push(k.clone());
-            } else if self.ready(j) {
-                picked.push(k.clone());
-            }
+        }
+        for k in sourceless {
+            self.repl.park(&k);
+        }
+        for k in later {
+            self.repl.update(&k, |j| {
+                j.next_ms = now_ms + replication::CHANNEL_FULL_RETRY_MS;
+            });
         }
         for k in obsolete {
             let Some(j) = self.repl.remove(&k) else {
                 continue;
             };
             self.batch.push(StoreOp::DelJob(k.clone()));
-            match self.files.get(&j.file).map(|r| r.version) {
-                Some(v) => {
+            match (j.want, self.files.get(&j.file).map(|r| r.version)) {
+                (Want::Delete, _) => {
+                    log::info!(target: ev::REPLICATION_WORKER_PROCESS, file = j.file.as_str(), ss = j.target.as_str();
+                        "file={} was made again on {}: the removal of the older file is moot", j.file, j.target);
+                    self.job_done(&j.target);
+                    self.settle_waits(&k, Some(None), false);
+                }
+                (_, Some(v)) => {
                     self.job_done(&j.target);
                     self.settle_waits(&k, Some(Some(v)), false);
                 }
-                None => self.settle_waits(&k, Some(None), true),
+                (_, None) => self.settle_waits(&k, Some(None), true),
             }
         }
         for k in picked {
@@ -2854,7 +2926,7 @@ impl Core {
                 ss = t.target.0.as_str(), queued = self.running.len() as u64 + 1;
                 "file={} replica={} queued={}", t.file, t.target.0, self.running.len() + 1);
             self.running.insert(id, (k.clone(), t.want));
-            self.running_keys.insert(k);
+            self.repl.set_running(&k, true);
             self.out.push(Effect::Job(Job {
                 id,
                 kind: JobKind::Replicate(t),
@@ -2862,17 +2934,15 @@ impl Core {
         }
     }
 
-    /// The earliest time a waiting job becomes due (only jobs that could run).
+    /// The earliest time a waiting job becomes due (only jobs whose target is up).
     fn next_repl_deadline_ms(&self) -> Option<u64> {
         if self.running.len() >= self.cfg.max_repl_in_flight.max(1) {
             return None;
         }
         self.repl
-            .iter()
-            .filter(|(k, j)| {
-                j.state == JobState::Pending && !self.running_keys.contains(*k) && self.ready(j)
-            })
-            .map(|(_, j)| j.next_ms)
+            .targets()
+            .filter(|t| self.is_up(t))
+            .filter_map(|t| self.repl.first_due(t))
             .min()
     }
 
@@ -2882,10 +2952,10 @@ impl Core {
         let Some((key, _)) = self.running.remove(&id) else {
             return false;
         };
-        self.running_keys.remove(&key);
-        if let Some(j) = self.repl.get_mut(&key) {
+        self.repl.update(&key, |j| {
             j.next_ms = now_ms + replication::CHANNEL_FULL_RETRY_MS;
-        }
+        });
+        self.repl.set_running(&key, false);
         true
     }
 
@@ -2897,7 +2967,7 @@ impl Core {
         result: Result<JobOutput, WireError>,
         now_ms: u64,
     ) {
-        self.running_keys.remove(&key);
+        self.repl.set_running(&key, false);
         let Some(job) = self.repl.get(&key).cloned() else {
             return;
         };
@@ -2964,7 +3034,7 @@ impl Core {
     }
 
     fn repl_failed(&mut self, key: &str, error: String, now_ms: u64) {
-        if let Some(j) = self.repl.get_mut(key) {
+        let j = self.repl.update(key, |j| {
             j.attempts += 1;
             j.last_error = Some(error);
             if j.attempts >= replication::MAX_ATTEMPTS {
@@ -2975,7 +3045,8 @@ impl Core {
             } else {
                 j.next_ms = now_ms + replication::backoff_ms(j.attempts);
             }
-            let j = j.clone();
+        });
+        if let Some(j) = j {
             self.batch.push(StoreOp::PutJob(j));
         }
         self.settle_waits(key, None, true);
@@ -3001,16 +3072,21 @@ impl Core {
         };
         let failed: Vec<String> = self
             .repl
-            .iter()
-            .filter(|(_, j)| j.target == name && j.state == JobState::Failed)
-            .map(|(k, _)| k.clone())
+            .keys_for(&name)
+            .into_iter()
+            .filter(|k| {
+                self.repl
+                    .get(k)
+                    .is_some_and(|j| j.state == JobState::Failed)
+            })
             .collect();
         for k in failed {
-            if let Some(j) = self.repl.get_mut(&k) {
+            let j = self.repl.update(&k, |j| {
                 j.state = JobState::Pending;
                 j.attempts = 0;
                 j.next_ms = now_ms;
-                let j = j.clone();
+            });
+            if let Some(j) = j {
                 self.batch.push(StoreOp::PutJob(j));
             }
         }
@@ -3054,7 +3130,7 @@ impl Core {
                     r.set_held(m, Some(rec.version));
                     self.put_file(f, r);
                 }
-                if self.repl.contains_key(&key) && !self.running_keys.contains(&key) {
+                if self.repl.contains_key(&key) && !self.repl.is_running(&key) {
                     self.repl.remove(&key);
                     self.batch.push(StoreOp::DelJob(key));
                 }
@@ -3071,7 +3147,7 @@ impl Core {
                 let mut r = rec.clone();
                 r.apply_change(m, st);
                 self.put_file(f, r);
-                if self.repl.contains_key(&key) && !self.running_keys.contains(&key) {
+                if self.repl.contains_key(&key) && !self.repl.is_running(&key) {
                     self.repl.remove(&key);
                     self.batch.push(StoreOp::DelJob(key));
                 }
@@ -3110,6 +3186,16 @@ impl Core {
             match self.files.get(f) {
                 // Another pair holds that name; which copy wins is not decided here.
                 Some(_) => {}
+                // An acknowledged DELETE made while this member was the backup, owed to it
+                // still: the row removes the copy; adopting it would bring the file back.
+                None if writer
+                    && self
+                        .repl
+                        .get(&job_key(&name, f))
+                        .is_some_and(|j| j.want == Want::Delete) =>
+                {
+                    queued += 1;
+                }
                 None if writer => {
                     self.adopt(primary, m, f, st, now_ms);
                     self.owe(f, false, now_ms);
@@ -3279,6 +3365,7 @@ mod tests {
     use crate::protocol::ErrorCode;
 
     mod failover;
+    mod jobindex;
 
     pub(super) const KEY: &[u8] = b"0123456789abcdef0123";
 

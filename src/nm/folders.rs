@@ -258,6 +258,7 @@ impl Core {
             )));
         }
         let (ss, addr, epoch) = self.writer_for(rec, canon, true)?;
+        self.refuse_if_removing(&ss, &to)?;
         let subject = names::move_subject(canon, &to);
         let ticket = self
             .key

@@ -436,15 +436,20 @@ pub struct FailedJob {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CopyState {
-    /// The copy holds the recorded version (or a newer one) and its bytes match its checksum.
+    /// The copy holds the recorded version (or a newer one on the writer, a change being
+    /// reported that recovery adopts) and its bytes match its checksum.
     Ok,
     /// The copy holds an older version than the name server recorded when the check began.
     Stale,
     /// The server is up but holds no copy.
     Missing,
-    /// The bytes on disk do not match the checksum recorded for them (bit rot), or the copy
-    /// holds the recorded version with other content.
+    /// The bytes on disk do not match the checksum recorded for them (bit rot).
     Corrupt,
+    /// The copy holds changes the cluster never acknowledged: the recorded version with other
+    /// content, a version above the record on a member that recovery does not take it from,
+    /// or a fork from an earlier epoch. Recovery sets it aside and installs the current copy;
+    /// it is never served as current.
+    Diverged,
     /// The server could not be asked (down, unreachable, or it failed to answer).
     Down,
     /// A copy set aside under the server's `quarantine/` (never served).
@@ -459,6 +464,7 @@ impl CopyState {
             CopyState::Stale => "stale",
             CopyState::Missing => "missing",
             CopyState::Corrupt => "corrupt",
+            CopyState::Diverged => "diverged",
             CopyState::Down => "down",
             CopyState::Quarantined => "quarantined",
         }
@@ -469,7 +475,11 @@ impl CopyState {
     pub fn fails(self) -> bool {
         matches!(
             self,
-            CopyState::Stale | CopyState::Missing | CopyState::Corrupt | CopyState::Quarantined
+            CopyState::Stale
+                | CopyState::Missing
+                | CopyState::Corrupt
+                | CopyState::Diverged
+                | CopyState::Quarantined
         )
     }
 }
@@ -1011,7 +1021,8 @@ pub enum Message {
         state: Option<FileState>,
         /// Versions of the undo history it holds.
         blobs: Vec<Version>,
-        /// Tags of the checkpoints it holds.
+        /// The checkpoints it holds, each `<tag>:<checksum hex>` (a tag reused for other
+        /// bytes is not held).
         #[serde(default)]
         checkpoints: Vec<String>,
     },

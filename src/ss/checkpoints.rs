@@ -177,13 +177,15 @@ impl Store {
         }
     }
 
-    /// Tags of the checkpoints this copy holds (PEEK_FILE).
+    /// The checkpoints this copy holds (PEEK_FILE), each as `<tag>:<checksum hex>`: a file
+    /// deleted and made again may reuse a tag for other bytes, so a transfer skips only a
+    /// checkpoint held with the same tag *and* checksum (tags have no `:`).
     pub fn held_checkpoints(&self, file: &str) -> Vec<String> {
         let dir = self.ckpt_dir(file);
         self.read_index(file)
             .into_iter()
             .filter(|c| dir.join(&c.tag).is_file())
-            .map(|c| c.tag)
+            .map(|c| held_entry(&c))
             .collect()
     }
 
@@ -200,7 +202,7 @@ impl Store {
         // A checkpoint whose bytes are gone (removed by hand) is left out rather than
         // failing every transfer of the file: the copy gets every checkpoint that exists.
         for c in self.read_index(file) {
-            if have.contains(&c.tag) {
+            if have.contains(&held_entry(&c)) {
                 list.push(c);
                 continue;
             }
@@ -224,9 +226,14 @@ impl Store {
         received: &[(String, PathBuf)],
     ) -> Result<(), StoreError> {
         let dir = self.ckpt_dir(file);
+        let here = self.read_index(file);
         for c in list {
             let sent = received.iter().any(|(t, _)| *t == c.tag);
-            if !sent && !dir.join(&c.tag).is_file() {
+            let held = here
+                .iter()
+                .any(|h| h.tag == c.tag && h.checksum == c.checksum)
+                && dir.join(&c.tag).is_file();
+            if !sent && !held {
                 return Err(StoreError::Incomplete(names::display(file)));
             }
         }
@@ -284,4 +291,9 @@ impl Store {
         }
         durable::fsync_dir(&new).map_err(|e| self.io(to, e))
     }
+}
+
+/// How PEEK_FILE names a held checkpoint: `<tag>:<checksum hex>`.
+fn held_entry(c: &CheckpointInfo) -> String {
+    format!("{}:{:08x}", c.tag, c.checksum)
 }

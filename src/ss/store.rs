@@ -19,7 +19,11 @@
 //!                                   (a second copy at the same version is not set aside
 //!                                   twice), never scanned or adopted; FSCK lists it.
 //! DIR/quarantine/<canonical name>.<epoch>-<counter>.meta
-//!                                   its bookkeeping JSON (see [`Meta`]), when it had one
+//!                                   its bookkeeping JSON (see [`Meta`]) plus `file`, its
+//!                                   full name. A leaf too long to take the suffix within a
+//!                                   component's 255 bytes is cut on a char boundary and
+//!                                   given `~<file hash>` ([`quarantine_base`]); its `.meta`
+//!                                   is always written, so listings show the full name
 //! ```
 //!
 //! The file hash is the first 16 hex digits of SHA-256 of the canonical name ([`file_hash`]):
@@ -746,7 +750,7 @@ impl Store {
             },
             |m| m.version,
         );
-        let rel = format!("{file}.{}-{}", v.epoch, v.counter);
+        let rel = quarantine_rel(file, v);
         let dest = self.quarantine.join(&rel);
         let dir = dest
             .parent()
@@ -764,8 +768,18 @@ impl Store {
                 }
             }
         }
-        if let Some(m) = &meta {
-            let bytes = serde_json::to_vec(m).map_err(|e| self.io(file, io::Error::other(e)))?;
+        // The bookkeeping, with the file's full name (a long leaf is cut in the entry's name).
+        let shortened = quarantine_base(file) != leaf_of(file);
+        if meta.is_some() || shortened {
+            let mut doc = match &meta {
+                Some(m) => serde_json::to_value(m),
+                None => Ok(serde_json::Value::Object(Default::default())),
+            }
+            .map_err(|e| self.io(file, io::Error::other(e)))?;
+            if let Some(o) = doc.as_object_mut() {
+                o.insert("file".into(), serde_json::Value::String(file.to_string()));
+            }
+            let bytes = serde_json::to_vec(&doc).map_err(|e| self.io(file, io::Error::other(e)))?;
             let meta_dest = self.quarantine.join(format!("{rel}.meta"));
             durable::replace(&self.tmp, &meta_dest, &bytes).map_err(|e| self.io(file, e))?;
         }
@@ -1281,6 +1295,7 @@ impl Store {
             return Ok(Vec::new());
         };
         let base = base.to_string_lossy();
+        let short = quarantine_base(file);
         let rd = match fs::read_dir(dir) {
             Ok(rd) => rd,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -1291,7 +1306,8 @@ impl Store {
             let e = e.map_err(|e| self.io(file, e))?;
             let name = e.file_name().to_string_lossy().to_string();
             if let Some((b, v)) = parse_quarantine_name(&name) {
-                if b == base && e.file_type().map(|t| t.is_file()).unwrap_or(false) {
+                if (b == base || b == short) && e.file_type().map(|t| t.is_file()).unwrap_or(false)
+                {
                     out.push(v);
                 }
             }
@@ -1324,6 +1340,14 @@ impl Store {
                     Some(d) => format!("{d}/{base}"),
                     None => base.to_string(),
                 };
+                // A cut leaf: the full name is in the entry's bookkeeping.
+                let file = match is_cut_base(base) {
+                    true => self
+                        .quarantined_name(rel)
+                        .filter(|f| quarantine_rel(f, version) == *rel)
+                        .unwrap_or(file),
+                    false => file,
+                };
                 let canonical = names::canonical_file(&file).ok()? == file;
                 (canonical && !self.content_path(&file).is_file())
                     .then_some(QuarantineEntry { file, version })
@@ -1333,6 +1357,13 @@ impl Store {
         let more = entries.len().saturating_sub(cap) as u64;
         entries.truncate(cap);
         Ok((entries, more))
+    }
+
+    /// The full file name a quarantine entry's bookkeeping (`<rel>.meta`) records.
+    fn quarantined_name(&self, rel: &str) -> Option<String> {
+        let bytes = fs::read(self.quarantine.join(format!("{rel}.meta"))).ok()?;
+        let doc: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+        doc.get("file")?.as_str().map(str::to_string)
     }
 
     /// The startup scan: walks `files/` and `meta/`, adopts new or changed content, removes
@@ -1524,6 +1555,49 @@ fn install_temp(tmp: &Path, target: &Path) -> io::Result<()> {
 }
 
 /// Collects the regular files under `dir` as `/`-joined paths relative to `base`.
+/// Bytes a quarantine entry's name may add to its file's leaf: `.<epoch>-<counter>.meta` with
+/// both numbers at their longest (20 digits each).
+const QUARANTINE_SUFFIX_MAX: usize = 47;
+
+fn leaf_of(file: &str) -> &str {
+    file.rsplit('/').next().unwrap_or(file)
+}
+
+/// The base name of `file`'s quarantine entries: its leaf, or, when the leaf and the longest
+/// suffix would pass a component's 255 bytes, the leaf cut on a char boundary, `~` and the
+/// file hash (so two long names never share entries; the `.meta` keeps the full name).
+pub fn quarantine_base(file: &str) -> String {
+    let leaf = leaf_of(file);
+    if leaf.len() + QUARANTINE_SUFFIX_MAX <= names::MAX_COMPONENT_BYTES {
+        return leaf.to_string();
+    }
+    let mut cut = names::MAX_COMPONENT_BYTES - QUARANTINE_SUFFIX_MAX - 17;
+    while !leaf.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}~{}", &leaf[..cut], file_hash(file))
+}
+
+/// Whether a quarantine base name is a cut one (see [`quarantine_base`]).
+fn is_cut_base(base: &str) -> bool {
+    base.len() > 17
+        && base.len() <= names::MAX_COMPONENT_BYTES - QUARANTINE_SUFFIX_MAX
+        && base.as_bytes()[base.len() - 17] == b'~'
+        && base[base.len() - 16..]
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit())
+}
+
+/// Where `file`'s copy at `v` is set aside, relative to `quarantine/`: its folders, then
+/// `<base>.<epoch>-<counter>` (see [`quarantine_base`]).
+pub fn quarantine_rel(file: &str, v: Version) -> String {
+    let base = quarantine_base(file);
+    match file.rsplit_once('/') {
+        Some((dir, _)) => format!("{dir}/{base}.{}-{}", v.epoch, v.counter),
+        None => format!("{base}.{}-{}", v.epoch, v.counter),
+    }
+}
+
 /// Splits a quarantine entry's leaf name `<base>.<epoch>-<counter>` into its file's base name
 /// and version; `None` for bookkeeping (`.meta`) and anything else.
 pub fn parse_quarantine_name(leaf: &str) -> Option<(&str, Version)> {
@@ -1710,6 +1784,49 @@ mod tests {
         assert_eq!(s.quarantine_orphans(0).unwrap().1, 1);
         assert_eq!(parse_quarantine_name("a.txt.1-3.meta"), None);
         assert_eq!(parse_quarantine_name(".1-3"), None);
+    }
+
+    #[test]
+    fn a_long_name_is_quarantined_under_a_name_that_fits() {
+        let (d, s) = store();
+        // 250 bytes, multi-byte characters across the cut: "é" is two bytes.
+        let leaf = format!("{}{}.txt", "é".repeat(100), "x".repeat(46));
+        assert_eq!(leaf.len(), 250);
+        for file in [leaf.clone(), format!("docs/{leaf}")] {
+            s.create(&file, "alice", 1).unwrap();
+            commit(&s, &file, "unacknowledged.");
+            let v = s.read_meta(&file).unwrap().version;
+            let rel = s.quarantine(&file, None).unwrap().expect("set aside");
+            let leaf_on_disk = rel.rsplit('/').next().unwrap();
+            assert!(leaf_on_disk.len() + ".meta".len() <= 255, "{rel}");
+            assert!(d.path().join(&rel).is_file(), "{rel}");
+            let meta = fs::read(d.path().join(format!("{rel}.meta"))).unwrap();
+            let doc: serde_json::Value = serde_json::from_slice(&meta).unwrap();
+            assert_eq!(doc["file"], file.as_str());
+            // Listed under the original name, per file and as an orphan.
+            assert_eq!(s.quarantined(&file).unwrap(), vec![v]);
+            let (orphans, _) = s.quarantine_orphans(10).unwrap();
+            assert!(
+                orphans.contains(&QuarantineEntry {
+                    file: file.clone(),
+                    version: v
+                }),
+                "{orphans:?}"
+            );
+            // A later file of that name set aside too: both listed.
+            s.create(&file, "alice", 1).unwrap();
+            assert!(s.quarantine(&file, None).unwrap().is_some());
+            assert_eq!(s.quarantined(&file).unwrap().len(), 2);
+        }
+        // Short names keep their plain form.
+        let v2 = Version {
+            epoch: 2,
+            counter: 3,
+        };
+        assert_eq!(quarantine_rel("docs/a.txt", v2), "docs/a.txt.2-3");
+        // Two long names that share their first 190 bytes do not share entries.
+        let other = format!("{}{}.md", "é".repeat(100), "x".repeat(47));
+        assert_ne!(quarantine_base(&leaf), quarantine_base(&other));
     }
 
     #[test]
@@ -1900,7 +2017,7 @@ mod tests {
         f.read_to_string(&mut got).unwrap();
         assert_eq!(got, "one.");
         assert!(s.scan().unwrap().len() == 1);
-        assert_eq!(s.held_checkpoints("a.txt"), vec!["v1".to_string()]);
+        assert_eq!(held_tags(&s, "a.txt"), vec!["v1".to_string()]);
         // DELETE takes history and checkpoints; a new file of that name starts clean.
         s.delete("a.txt").unwrap();
         assert_eq!(
@@ -1953,7 +2070,7 @@ mod tests {
             .iter()
             .all(|id| id.starts_with(&file_hash("d/a.txt"))));
         assert_eq!(fs::read_dir(d.path().join("undo")).unwrap().count(), 2);
-        assert_eq!(s.held_checkpoints("d/a.txt"), vec!["v1".to_string()]);
+        assert_eq!(held_tags(&s, "d/a.txt"), vec!["v1".to_string()]);
         assert!(s.held_checkpoints("a.txt").is_empty());
         s.undo("d/a.txt", 1).unwrap();
         assert_eq!(text(&s, "d/a.txt"), "one.");
@@ -1978,6 +2095,48 @@ mod tests {
         ));
         // Empty folders are not files: the scan lists only x.
         assert_eq!(s.scan().unwrap().len(), 1);
+    }
+
+    /// The tags of a copy's held checkpoints (PEEK_FILE adds each one's checksum).
+    fn held_tags(s: &Store, file: &str) -> Vec<String> {
+        s.held_checkpoints(file)
+            .into_iter()
+            .map(|h| h.split_once(':').map_or(h.clone(), |(t, _)| t.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_tag_made_again_for_other_bytes_is_sent_again() {
+        let (_a, src) = store();
+        let (_b, dst) = store();
+        for s in [&src, &dst] {
+            s.create("a.txt", "alice", 1).unwrap();
+            commit(s, "a.txt", "old bytes.");
+            s.checkpoint("a.txt", "v1", "alice", 1).unwrap();
+        }
+        let held = dst.held_checkpoints("a.txt");
+        assert_eq!(src.held_checkpoints("a.txt"), held);
+        // Held with the same bytes: not sent.
+        let tr = src.open_transfer("a.txt", &[], &held).unwrap();
+        assert!(tr.checkpoint_files.is_empty());
+        drop(tr);
+        // Deleted and made again while the target was away, tagged v1 again.
+        src.delete("a.txt").unwrap();
+        src.create("a.txt", "alice", 2).unwrap();
+        commit(&src, "a.txt", "new bytes!");
+        src.checkpoint("a.txt", "v1", "alice", 2).unwrap();
+        let tr = src.open_transfer("a.txt", &[], &held).unwrap();
+        let sent: Vec<&str> = tr
+            .checkpoint_files
+            .iter()
+            .map(|(t, _)| t.as_str())
+            .collect();
+        assert_eq!(sent, vec!["v1"], "the target's v1 holds other bytes");
+        // And a target never takes a list naming its old v1 as the new one without the bytes.
+        assert!(matches!(
+            dst.check_checkpoints_complete("a.txt", &tr.checkpoints, &[]),
+            Err(StoreError::Incomplete(_))
+        ));
     }
 
     #[test]
@@ -2046,7 +2205,7 @@ mod tests {
             .unwrap();
         assert!(installed);
         assert_eq!(meta.version, state.version);
-        assert_eq!(dst.held_checkpoints("d/a.txt"), vec!["v1".to_string()]);
+        assert_eq!(held_tags(&dst, "d/a.txt"), vec!["v1".to_string()]);
         let (mut f, info, _, _) = dst.open_checkpoint("d/a.txt", "v1").unwrap();
         let mut got = String::new();
         f.read_to_string(&mut got).unwrap();

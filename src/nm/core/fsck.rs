@@ -79,15 +79,29 @@ pub enum Seen<'a> {
     Unreadable(&'a str),
 }
 
+/// What recovery would make of a copy that is not at the record: the last version of the
+/// epoch before the record's (`FileRecord::epoch_base`), and whether a copy above the record
+/// is adopted as current (it is on the writer, or on the only member left holding the
+/// record's changes; elsewhere it is set aside). See `Core::reconcile_member`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lineage {
+    /// The version the epoch before the record's ended with.
+    pub epoch_base: Option<Version>,
+    /// A copy above the record is adopted as current, not set aside.
+    pub adopts_newer: bool,
+}
+
 /// The verdict on one copy. `floor` is the version the name server recorded when the check
 /// began, `rec_version`/`rec_checksum` what it records now (a change may have landed while the
-/// copy was read, so a copy at least at `floor` is not stale).
+/// copy was read, so a copy at least at `floor` is not stale). A copy recovery would set aside
+/// (see [`Lineage`]) is `diverged`, whatever its version.
 pub fn judge_copy(
     ss: &str,
     seen: Seen<'_>,
     floor: Version,
     rec_version: Version,
     rec_checksum: u32,
+    lineage: Lineage,
 ) -> CopyReport {
     let report = |state, version: Option<Version>, detail: Option<String>| CopyReport {
         ss: ss.to_string(),
@@ -109,14 +123,37 @@ pub fn judge_copy(
                 h.actual, h.checksum
             )),
         ),
+        // From an earlier epoch, past the version that epoch ended with: a fork.
+        Seen::Held(Some(h))
+            if h.version.epoch < rec_version.epoch
+                && lineage.epoch_base.is_some_and(|b| h.version > b) =>
+        {
+            report(
+                CopyState::Diverged,
+                Some(h.version),
+                Some(format!(
+                    "epoch {} ended at {}: changes never acknowledged",
+                    h.version.epoch,
+                    lineage.epoch_base.unwrap_or_default()
+                )),
+            )
+        }
         Seen::Held(Some(h)) if h.version < floor => report(CopyState::Stale, Some(h.version), None),
         // The recorded version with other content: the copies diverged.
         Seen::Held(Some(h)) if h.version == rec_version && h.checksum != rec_checksum => report(
-            CopyState::Corrupt,
+            CopyState::Diverged,
             Some(h.version),
             Some(format!(
                 "checksum {:08x}, the name server records {:08x}",
                 h.checksum, rec_checksum
+            )),
+        ),
+        // Above the record where recovery would not adopt it: changes never acknowledged.
+        Seen::Held(Some(h)) if h.version > rec_version && !lineage.adopts_newer => report(
+            CopyState::Diverged,
+            Some(h.version),
+            Some(format!(
+                "newer than the recorded {rec_version}: changes never acknowledged"
             )),
         ),
         Seen::Held(Some(h)) => report(CopyState::Ok, Some(h.version), None),
@@ -124,6 +161,20 @@ pub fn judge_copy(
 }
 
 impl Core {
+    /// What recovery would make of `ss`'s copy of `rec` (see [`Lineage`]).
+    fn lineage(&self, rec: &FileRecord, ss: &str) -> Lineage {
+        let m = if ss == rec.ss {
+            Member::Primary
+        } else {
+            Member::Backup
+        };
+        let paired = self.pairs.contains_key(&rec.ss);
+        Lineage {
+            epoch_base: rec.epoch_base,
+            adopts_newer: !paired || self.writer_member(&rec.ss) == m || !rec.holds(m.other()),
+        }
+    }
+
     /// The servers that should hold a copy of `rec`: its primary, then the pair's backup.
     fn copy_holders(&self, rec: &FileRecord) -> Vec<String> {
         let mut v = vec![rec.ss.clone()];
@@ -305,7 +356,15 @@ impl Core {
                     Some(Err(reason)) => Seen::Down(reason.as_deref()),
                     None => Seen::Down(None),
                 };
-                copies.push(judge_copy(&ss, seen, *floor, rec.version, rec.checksum));
+                let lineage = self.lineage(rec, &ss);
+                copies.push(judge_copy(
+                    &ss,
+                    seen,
+                    *floor,
+                    rec.version,
+                    rec.checksum,
+                    lineage,
+                ));
             }
             copies.extend(set_aside);
             files.push(FsckFile {
@@ -400,32 +459,62 @@ mod tests {
 
     #[test]
     fn judging_one_copy() {
+        const W: Lineage = Lineage {
+            epoch_base: None,
+            adopts_newer: true,
+        };
         fn judge(h: Option<HeldCopy>) -> CopyState {
-            judge_copy("ss1", Seen::Held(h.as_ref()), v(4), v(4), 40).state
+            judge_copy("ss1", Seen::Held(h.as_ref()), v(4), v(4), 40, W).state
         }
         assert_eq!(judge(Some(held(4, 40, 40))), CopyState::Ok);
         assert_eq!(judge(Some(held(3, 30, 30))), CopyState::Stale);
         assert_eq!(judge(None), CopyState::Missing);
-        let down = judge_copy("ss1", Seen::Down(None), v(4), v(4), 40);
+        let down = judge_copy("ss1", Seen::Down(None), v(4), v(4), 40, W);
         assert_eq!(down.state, CopyState::Down);
         // Bit rot: bookkeeping right, bytes wrong; at any version.
         assert_eq!(judge(Some(held(4, 40, 41))), CopyState::Corrupt);
         assert_eq!(judge(Some(held(3, 30, 31))), CopyState::Corrupt);
         // Same version, other content than recorded: diverged.
-        assert_eq!(judge(Some(held(4, 44, 44))), CopyState::Corrupt);
-        // Newer than the record (a change the name server is hearing about now): current.
+        assert_eq!(judge(Some(held(4, 44, 44))), CopyState::Diverged);
+        // Newer than the record on the writer (a change the name server is hearing about
+        // now, adopted by recovery): current.
         assert_eq!(judge(Some(held(5, 50, 50))), CopyState::Ok);
+        // Newer than the record where recovery sets it aside: diverged.
+        let b = Lineage {
+            epoch_base: None,
+            adopts_newer: false,
+        };
+        let r = judge_copy("b", Seen::Held(Some(&held(5, 50, 50))), v(4), v(4), 40, b);
+        assert_eq!((r.state, r.version), (CopyState::Diverged, Some(v(5))));
+        assert_eq!(
+            judge_copy("b", Seen::Held(Some(&held(4, 40, 40))), v(4), v(4), 40, b).state,
+            CopyState::Ok
+        );
+        // A fork from an earlier epoch past the version it ended with: diverged, not stale.
+        let base = Lineage {
+            epoch_base: Some(v(3)),
+            adopts_newer: false,
+        };
+        let e2 = Version {
+            epoch: 2,
+            counter: 1,
+        };
+        let r = judge_copy("b", Seen::Held(Some(&held(4, 40, 40))), e2, e2, 20, base);
+        assert_eq!(r.state, CopyState::Diverged);
+        let r = judge_copy("b", Seen::Held(Some(&held(3, 30, 30))), e2, e2, 20, base);
+        assert_eq!(r.state, CopyState::Stale);
+        assert!(CopyState::Diverged.fails());
         // A change landed while the copy was read: at the floor is not stale.
-        let r = judge_copy("ss1", Seen::Held(Some(&held(4, 40, 40))), v(4), v(5), 50);
+        let r = judge_copy("ss1", Seen::Held(Some(&held(4, 40, 40))), v(4), v(5), 50, W);
         assert_eq!(r.state, CopyState::Ok);
-        let r = judge_copy("b", Seen::Held(Some(&held(2, 20, 20))), v(4), v(5), 50);
+        let r = judge_copy("b", Seen::Held(Some(&held(2, 20, 20))), v(4), v(5), 50, W);
         assert_eq!(
             (r.state, r.version, r.expected),
             (CopyState::Stale, Some(v(2)), Some(v(5)))
         );
-        let r = judge_copy("ss1", Seen::Down(Some("refused")), v(4), v(4), 40);
+        let r = judge_copy("ss1", Seen::Down(Some("refused")), v(4), v(4), 40, W);
         assert_eq!(r.detail.as_deref(), Some("refused"));
-        let r = judge_copy("ss1", Seen::Unreadable("EIO"), v(4), v(4), 40);
+        let r = judge_copy("ss1", Seen::Unreadable("EIO"), v(4), v(4), 40, W);
         assert_eq!(
             (r.state, r.detail.as_deref()),
             (CopyState::Corrupt, Some("unreadable: EIO"))

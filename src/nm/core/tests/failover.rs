@@ -922,7 +922,14 @@ fn a_change_from_a_deposed_writer_is_refused_and_its_copy_quarantined() {
     )));
     let job = &sim.c.repl[&job_key("ss1_backup", "a.txt")];
     assert!(job.quarantine, "{job:?}");
-    assert_eq!(sim.c.files["a.txt"], rec, "the record is untouched");
+    let now = &sim.c.files["a.txt"];
+    assert_eq!(
+        (now.version, now.checksum),
+        (rec.version, rec.checksum),
+        "the record keeps its version"
+    );
+    // Its copy is not the record's any more: no read goes there until it is repaired.
+    assert!(!now.holds(Member::Backup), "{now:?}");
 }
 
 #[test]
@@ -976,15 +983,13 @@ fn a_change_answered_after_its_epoch_ended_is_not_credited_to_the_new_writer() {
         Effect::Reply { conn, msg, .. } if conn == client => Some(msg),
         _ => None,
     });
-    assert!(
-        matches!(
-            answer,
-            Some(Message::Err {
-                code: ErrorCode::Unavailable,
-                ..
-            })
-        ),
-        "{answer:?}"
+    let Some(Message::Err { code, msg }) = answer else {
+        panic!("{answer:?}");
+    };
+    assert_eq!(code, ErrorCode::Unavailable);
+    assert_eq!(
+        msg,
+        "pair ss1 changed writers while the change to a.txt ran; it was not applied: try again"
     );
     let now = &sim.c.files["a.txt"];
     assert_eq!(now.version, rec.version, "the record keeps its version");
@@ -1057,4 +1062,164 @@ fn a_file_created_again_before_its_removal_reached_the_backup_replaces_the_old_c
         sim.ss[1].files,
         sim.log
     );
+}
+
+impl Sim {
+    /// DELETE of `file` by the client, answered by the writer at once (the simulated servers
+    /// know no SS_DELETE, so it is applied here).
+    fn delete(&mut self, file: &str) {
+        let client = self.client;
+        self.c.on_frame(
+            client,
+            Frame {
+                msg: Message::Delete { file: file.into() },
+                body: vec![],
+            },
+            self.now,
+        );
+        let (id, addr) = self
+            .c
+            .take_effects()
+            .into_iter()
+            .find_map(|e| match e {
+                Effect::Job(Job {
+                    id,
+                    kind:
+                        JobKind::SsCall {
+                            addr,
+                            msg: Message::SsDelete { .. },
+                        },
+                }) => Some((id, addr)),
+                _ => None,
+            })
+            .expect("DELETE became a storage-server call");
+        let i = self.addr_to(&addr).expect("a live writer");
+        self.ss[i].files.remove(file);
+        self.acked.remove(file);
+        self.c.on_job_result(id, Ok(JobOutput::Done), self.now);
+        self.pump();
+    }
+}
+
+impl Sim {
+    /// Waits for the removal of `file` owed to the backup to be dispatched and fails it as a
+    /// lost answer would (the removal itself is applied).
+    fn lose_removal_answer(&mut self, file: &str) {
+        for _ in 0..1000 {
+            if let Some(k) = self.jobs.iter().position(|(_, t)| t.file == file) {
+                let (id, t) = self.jobs.remove(k);
+                assert_eq!(t.want, Want::Delete);
+                self.ss[1].files.remove(file);
+                self.c
+                    .on_job_result(id, Err(err::unavailable("connection reset")), self.now);
+                self.pump();
+                return;
+            }
+            self.advance(10);
+        }
+        panic!("the removal of {file} was never dispatched");
+    }
+}
+
+#[test]
+fn an_old_removal_owed_to_a_promoted_backup_never_removes_a_file_created_there() {
+    let mut sim = settled_pair();
+    sim.delete("a.txt");
+    let key = job_key("ss1_backup", "a.txt");
+    assert_eq!(sim.c.repl[&key].want, Want::Delete);
+    // The removal reaches the backup three times but its answers are lost: the row waits in
+    // backoff (800 ms now).
+    for _ in 0..3 {
+        sim.lose_removal_answer("a.txt");
+    }
+    assert_eq!(sim.c.repl[&key].attempts, 3);
+    // The primary dies; the backup is promoted and a new a.txt is created on it.
+    sim.kill(0);
+    sim.advance(400);
+    assert_eq!(sim.pair().writer, Member::Backup);
+    assert!(sim.jobs.is_empty(), "{:?}", sim.jobs);
+    sim.create("a.txt");
+    assert!(sim.ss[1].files.contains_key("a.txt"));
+    // Long past the old row's backoff, the new file is still there.
+    for _ in 0..10 {
+        sim.advance(500);
+        sim.run_jobs();
+    }
+    assert!(
+        sim.ss[1].files.contains_key("a.txt"),
+        "the new a.txt was removed by the old row"
+    );
+    assert!(!sim.c.repl.contains_key(&key), "{:?}", sim.c.repl);
+}
+
+#[test]
+fn a_create_waits_for_an_old_removal_running_on_its_writer() {
+    let mut sim = settled_pair();
+    sim.delete("a.txt");
+    sim.lose_removal_answer("a.txt");
+    sim.kill(0);
+    sim.advance(400);
+    assert_eq!(sim.pair().writer, Member::Backup);
+    // The retried removal is on its way to the promoted backup when the CREATE comes.
+    let key = job_key("ss1_backup", "a.txt");
+    assert!(
+        sim.jobs.iter().any(|(_, t)| t.file == "a.txt"),
+        "{:?}",
+        sim.c.repl
+    );
+    let client = sim.client;
+    sim.c.on_frame(
+        client,
+        Frame {
+            msg: Message::Create {
+                file: "a.txt".into(),
+            },
+            body: vec![],
+        },
+        sim.now,
+    );
+    let answer = sim.c.take_effects().into_iter().find_map(|e| match e {
+        Effect::Reply { conn, msg, .. } if conn == client => Some(msg),
+        _ => None,
+    });
+    assert!(
+        matches!(
+            answer,
+            Some(Message::Err {
+                code: ErrorCode::Locked,
+                ..
+            })
+        ),
+        "{answer:?}"
+    );
+    sim.run_jobs();
+    assert!(!sim.c.repl.contains_key(&key));
+    sim.create("a.txt");
+    sim.advance(2000);
+    sim.run_jobs();
+    assert!(sim.ss[1].files.contains_key("a.txt"));
+}
+
+#[test]
+fn a_promoted_backup_returning_with_a_removed_file_does_not_bring_it_back() {
+    let mut sim = settled_pair();
+    sim.delete("a.txt");
+    // The removal never reaches the backup.
+    let (id, _) = sim.jobs.remove(0);
+    sim.c
+        .on_job_result(id, Err(err::unavailable("connection refused")), sim.now);
+    sim.kill(0);
+    sim.advance(400);
+    assert_eq!(sim.pair().writer, Member::Backup);
+    // The promoted backup restarts, still holding the removed file, and registers as writer.
+    sim.kill(1);
+    sim.ss[1].alive = true;
+    sim.register(1);
+    assert!(
+        !sim.c.files.contains_key("a.txt"),
+        "a removed file was adopted again"
+    );
+    sim.advance(2000);
+    sim.run_jobs();
+    assert!(!sim.ss[1].files.contains_key("a.txt"));
 }
