@@ -233,12 +233,6 @@ pub struct Connection {
     buf: Vec<u8>,
     /// Total size of the frame at the front of `buf` once its header has been read.
     need: Option<usize>,
-    /// How far `buf`'s allocation holds bytes written by an earlier read or zeroing (its
-    /// length may be shorter): [`Connection::fill`] zeroes only room beyond it.
-    init: usize,
-    /// `buf`'s capacity when `init` was measured; another means it moved, and `init` is
-    /// forgotten.
-    init_cap: usize,
 }
 
 /// Most bytes one read asks for while the size of the next frame is not known yet.
@@ -256,8 +250,6 @@ impl Connection {
             stream,
             buf: Vec::with_capacity(8 * 1024),
             need: None,
-            init: 0,
-            init_cap: 0,
         }
     }
 
@@ -303,31 +295,13 @@ impl Connection {
     /// at most [`READ_BYTES`].
     fn fill(&mut self) -> io::Result<usize> {
         let have = self.buf.len();
+        // The room a read gets is zeroed first, and whatever the read leaves unfilled is
+        // zeroed again by the next one: capping it keeps that linear in the body's size.
         let want = match self.need {
             Some(total) if total > have => (total - have).min(MAX_READ_BYTES),
             _ => READ_BYTES,
         };
-        let end = have + want;
-        self.buf.reserve(want);
-        if self.buf.capacity() != self.init_cap {
-            self.init_cap = self.buf.capacity();
-            self.init = have;
-        }
-        // The room a read gets must hold initialised bytes: only room no earlier read or
-        // zeroing reached is zeroed, so each byte of the buffer is zeroed once, not once per
-        // read (a stream of small frames asked for READ_BYTES of fresh zeroes per frame).
-        let init = self.init.max(have);
-        if init < end {
-            // SAFETY: bytes `have..init` of the allocation were initialised by an earlier
-            // fill (zeroed or read into) and the allocation has not moved since (its
-            // capacity is unchanged); truncating and draining never de-initialise bytes.
-            unsafe { self.buf.set_len(init) };
-            self.buf.resize(end, 0);
-        } else {
-            // SAFETY: as above, for bytes `have..end`.
-            unsafe { self.buf.set_len(end) };
-        }
-        self.init = init.max(end);
+        self.buf.resize(have + want, 0);
         let res = self.stream.read(&mut self.buf[have..]);
         let n = *res.as_ref().unwrap_or(&0);
         self.buf.truncate(have + n);
