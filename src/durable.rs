@@ -142,8 +142,10 @@ impl FsSync {
         File::open(dir).map(|f| Some(FsSync(f)))
     }
 
-    /// Writes back every dirty page and the journal of the file system and waits: all data
-    /// and metadata changes made before the call are durable when it returns `Ok`.
+    /// Writes back every dirty page of the file system and waits: every byte written before
+    /// the call is durable when it returns `Ok`. Renames are not counted on: before Linux
+    /// 5.17 `syncfs` dropped the result of the file system's journal commit, so the caller
+    /// makes them durable by fsyncing their directories.
     pub fn sync(&self) -> io::Result<()> {
         use std::os::fd::AsRawFd;
         nix::unistd::syncfs(self.0.as_raw_fd()).map_err(io::Error::from)

@@ -948,10 +948,10 @@ impl Store {
     /// others unaffected unless a shared directory could not be synced.
     ///
     /// With a `window` (begun before any of the copies' temp files was written, which the
-    /// caller then left closed and unsynced), each of those kinds of sync is one `syncfs` of
-    /// the store's file system instead: the temp files and records, then the history
-    /// entries' renames, then the contents' renames, then the records' renames. A failed
-    /// `syncfs` fails every copy not decided yet (it cannot say which file it was).
+    /// caller then left closed and unsynced), the temp files and records are made durable by
+    /// one `syncfs` of the store's file system instead of an fsync each; a failed `syncfs`
+    /// fails every copy not decided yet (it cannot say which file it was). The renames are
+    /// always made durable by directory fsyncs (see ARCHITECTURE.md, "Batched installs").
     pub fn install_copies(
         &self,
         copies: &[CopyIn<'_>],
@@ -994,7 +994,7 @@ impl Store {
             }
         }
         // 2. Every temp file of the batch synced at once.
-        if let Some(w) = window {
+        if let Some(w) = window.filter(|_| !plans.is_empty()) {
             if let Err(e) = w.sync() {
                 return self.fail_rest(copies, results, e);
             }
@@ -1038,7 +1038,7 @@ impl Store {
         });
         // Only a rename changed the directory; with none there is nothing to make durable.
         if renamed {
-            if let Err(e) = window.map_or_else(|| durable::fsync_dir(&self.undo), |w| w.sync()) {
+            if let Err(e) = durable::fsync_dir(&self.undo) {
                 return self.fail_rest(copies, results, e);
             }
         }
@@ -1077,11 +1077,7 @@ impl Store {
                 }
             }
         });
-        let synced = match window {
-            Some(w) if !dirs.is_empty() => w.sync(),
-            Some(_) => Ok(()),
-            None => dirs.iter().try_for_each(|d| durable::fsync_dir(d)),
-        };
+        let synced = dirs.iter().try_for_each(|d| durable::fsync_dir(d));
         if let Err(e) = synced {
             return self.fail_rest(copies, results, e);
         }
@@ -1107,11 +1103,7 @@ impl Store {
                 }
             }
         });
-        let dir_sync = match window {
-            Some(w) if !meta_dirs.is_empty() => w.sync(),
-            Some(_) => Ok(()),
-            None => meta_dirs.iter().try_for_each(|d| durable::fsync_dir(d)),
-        };
+        let dir_sync = meta_dirs.iter().try_for_each(|d| durable::fsync_dir(d));
         for p in plans {
             let file = copies[p.i].state.file.as_str();
             if let Err(e) = &dir_sync {
