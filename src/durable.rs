@@ -133,8 +133,8 @@ pub struct FsSync(File);
 
 impl FsSync {
     /// Begins a window on the file system holding `dir`, or `None` when this kernel's
-    /// `syncfs` does not report write-back errors (before Linux 5.8): the caller then fsyncs
-    /// each file.
+    /// `syncfs` may not report every error (before Linux 5.17: 5.8 added page write-back
+    /// errors, 5.17 the file system's own sync result): the caller then fsyncs each file.
     pub fn begin(dir: &Path) -> io::Result<Option<FsSync>> {
         if !syncfs_reports_errors() {
             return Ok(None);
@@ -152,13 +152,13 @@ impl FsSync {
     }
 }
 
-/// Whether `syncfs(2)` reports write-back errors: Linux 5.8 and later.
+/// Whether `syncfs(2)` reports write-back errors: Linux 5.17 and later (5.8 reports page write-back errors, 5.17 also the file system's own sync result).
 fn syncfs_reports_errors() -> bool {
     static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *OK.get_or_init(|| {
         fs::read_to_string("/proc/sys/kernel/osrelease")
             .ok()
-            .and_then(|r| kernel_at_least(&r, (5, 8)))
+            .and_then(|r| kernel_at_least(&r, (5, 17)))
             .unwrap_or(false)
     })
 }

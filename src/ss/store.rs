@@ -2208,7 +2208,7 @@ mod tests {
     }
 
     /// A batch of copies with history, in two folders, installed with a `syncfs` window and
-    /// (as on kernels before 5.8) without one: every copy lands with its record and history,
+    /// (as on kernels before 5.17) without one: every copy lands with its record and history,
     /// and a store opened afresh (as after a restart) serves the same.
     #[test]
     fn a_batch_installs_alike_with_and_without_a_syncfs_window() {
