@@ -756,21 +756,14 @@ impl Store {
             .parent()
             .map_or_else(|| self.quarantine.clone(), Path::to_path_buf);
         durable::create_dirs_durable(&dir).map_err(|e| self.io(file, e))?;
-        if has_content {
-            if dest.exists() {
-                // The same version was set aside before (a retried job): keep that one.
-                durable::remove(&content).map_err(|e| self.io(file, e))?;
-            } else {
-                fs::rename(&content, &dest).map_err(|e| self.io(file, e))?;
-                durable::fsync_dir(&dir).map_err(|e| self.io(file, e))?;
-                if let Some(parent) = content.parent() {
-                    durable::fsync_dir(parent).map_err(|e| self.io(file, e))?;
-                }
-            }
-        }
-        // The bookkeeping, with the file's full name (a long leaf is cut in the entry's name).
+        // The same version was set aside before (a retried job): that entry and its
+        // bookkeeping are kept as they are.
+        let kept = has_content && dest.exists();
+        let meta_dest = self.quarantine.join(format!("{rel}.meta"));
+        // The bookkeeping first, with the file's full name (a long leaf is cut in the entry's
+        // name): a crash before the content moves leaves the entry's name known.
         let shortened = quarantine_base(file) != leaf_of(file);
-        if meta.is_some() || shortened {
+        if (meta.is_some() || shortened) && !(kept && meta_dest.exists()) {
             let mut doc = match &meta {
                 Some(m) => serde_json::to_value(m),
                 None => Ok(serde_json::Value::Object(Default::default())),
@@ -780,8 +773,16 @@ impl Store {
                 o.insert("file".into(), serde_json::Value::String(file.to_string()));
             }
             let bytes = serde_json::to_vec(&doc).map_err(|e| self.io(file, io::Error::other(e)))?;
-            let meta_dest = self.quarantine.join(format!("{rel}.meta"));
             durable::replace(&self.tmp, &meta_dest, &bytes).map_err(|e| self.io(file, e))?;
+        }
+        if kept {
+            durable::remove(&content).map_err(|e| self.io(file, e))?;
+        } else if has_content {
+            fs::rename(&content, &dest).map_err(|e| self.io(file, e))?;
+            durable::fsync_dir(&dir).map_err(|e| self.io(file, e))?;
+            if let Some(parent) = content.parent() {
+                durable::fsync_dir(parent).map_err(|e| self.io(file, e))?;
+            }
         }
         durable::remove(&self.meta_path(file)).map_err(|e| self.io(file, e))?;
         Ok(Some(format!("quarantine/{rel}")))
@@ -1298,8 +1299,10 @@ impl Store {
             let e = e.map_err(|e| self.io(file, e))?;
             let name = e.file_name().to_string_lossy().to_string();
             if let Some((b, v)) = parse_quarantine_name(&name) {
-                if (b == base || b == short) && e.file_type().map(|t| t.is_file()).unwrap_or(false)
-                {
+                // `base`: an entry named before long leaves were cut, unless it has the form
+                // of another file's cut name.
+                let ours = b == short || (b == base && !is_cut_base(b));
+                if ours && e.file_type().map(|t| t.is_file()).unwrap_or(false) {
                     out.push(v);
                 }
             }
@@ -1560,7 +1563,7 @@ fn leaf_of(file: &str) -> &str {
 /// file hash (so two long names never share entries; the `.meta` keeps the full name).
 pub fn quarantine_base(file: &str) -> String {
     let leaf = leaf_of(file);
-    if leaf.len() + QUARANTINE_SUFFIX_MAX <= names::MAX_COMPONENT_BYTES {
+    if leaf.len() <= QUARANTINE_UNCUT_MAX {
         return leaf.to_string();
     }
     let mut cut = names::MAX_COMPONENT_BYTES - QUARANTINE_SUFFIX_MAX - 17;
@@ -1570,9 +1573,14 @@ pub fn quarantine_base(file: &str) -> String {
     format!("{}~{}", &leaf[..cut], file_hash(file))
 }
 
+/// Longest leaf kept whole in a quarantine entry's name. A cut base is its leaf's first
+/// 188–191 bytes (cut on a char boundary) plus `~` and 16 hex digits, so it is always longer
+/// than this: no file's whole leaf can equal another file's cut base.
+const QUARANTINE_UNCUT_MAX: usize = names::MAX_COMPONENT_BYTES - QUARANTINE_SUFFIX_MAX - 17 - 3;
+
 /// Whether a quarantine base name is a cut one (see [`quarantine_base`]).
 fn is_cut_base(base: &str) -> bool {
-    base.len() > 17
+    base.len() > QUARANTINE_UNCUT_MAX
         && base.len() <= names::MAX_COMPONENT_BYTES - QUARANTINE_SUFFIX_MAX
         && base.as_bytes()[base.len() - 17] == b'~'
         && base[base.len() - 16..]
@@ -1819,6 +1827,15 @@ mod tests {
         // Two long names that share their first 190 bytes do not share entries.
         let other = format!("{}{}.md", "é".repeat(100), "x".repeat(47));
         assert_ne!(quarantine_base(&leaf), quarantine_base(&other));
+        // A file named like another's cut name (which it can only be if no longer than a
+        // cut name) is cut itself, so it never sees the other file's entries.
+        let mimic = quarantine_base(&leaf);
+        assert!(mimic.len() <= names::MAX_COMPONENT_BYTES);
+        assert_ne!(quarantine_base(&mimic), mimic);
+        s.create(&mimic, "mallory", 1).unwrap();
+        assert_eq!(s.quarantined(&mimic).unwrap(), vec![]);
+        // Every whole leaf kept is shorter than any cut base.
+        assert!(QUARANTINE_UNCUT_MAX < mimic.len());
     }
 
     #[test]
