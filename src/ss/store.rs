@@ -20,8 +20,8 @@
 //!                                   twice), never scanned or adopted; FSCK lists it.
 //! DIR/quarantine/<canonical name>.<epoch>-<counter>.meta
 //!                                   its bookkeeping JSON (see [`Meta`]) plus `file`, its
-//!                                   full name. A leaf too long to take the suffix within a
-//!                                   component's 255 bytes is cut on a char boundary and
+//!                                   full name. A leaf over 188 bytes (too long to take the
+//!                                   suffix within 255 bytes) is cut on a char boundary and
 //!                                   given `~<file hash>` ([`quarantine_base`]); its `.meta`
 //!                                   is always written, so listings show the full name
 //! ```
@@ -1558,8 +1558,9 @@ fn leaf_of(file: &str) -> &str {
     file.rsplit('/').next().unwrap_or(file)
 }
 
-/// The base name of `file`'s quarantine entries: its leaf, or, when the leaf and the longest
-/// suffix would pass a component's 255 bytes, the leaf cut on a char boundary, `~` and the
+/// The base name of `file`'s quarantine entries: its leaf, or, when the leaf is longer than
+/// [`QUARANTINE_UNCUT_MAX`] (about what the longest suffix leaves of a component's 255
+/// bytes), the leaf cut on a char boundary, `~` and the
 /// file hash (so two long names never share entries; the `.meta` keeps the full name).
 pub fn quarantine_base(file: &str) -> String {
     let leaf = leaf_of(file);
