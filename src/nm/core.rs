@@ -819,6 +819,13 @@ impl Core {
             if let Some(s) = self.servers.get_mut(&rec.ss) {
                 s.files = s.files.saturating_sub(1);
             }
+            // A parked content row of the file is moot now: back in the index, the pump drops
+            // it at once instead of counting it as owed until a server registers.
+            for m in [Member::Primary, Member::Backup] {
+                if let Some(n) = self.member_name(&rec.ss, m) {
+                    self.repl.unpark(&job_key(&n, file));
+                }
+            }
             self.batch.push(StoreOp::DelFile(file.to_string()));
         }
     }
@@ -2886,7 +2893,7 @@ impl Core {
     /// Hands due jobs to the workers, up to the in-flight cap; drops content jobs whose file
     /// no longer exists (a delete job replaces them when the record goes). Visits only the
     /// due rows of targets that are up (see `jobtable.rs`), so rows owed to a down server
-    /// cost nothing here.
+    /// cost nothing here (and a moot one waits for its server to register to be dropped).
     pub fn pump_replication(&mut self, now_ms: u64) {
         let cap = self.cfg.max_repl_in_flight.max(1);
         if self.running.len() >= cap {

@@ -1425,3 +1425,34 @@ fn a_move_onto_a_name_its_writer_is_owed_the_removal_of_runs_that_removal_first(
     assert!(sim.c.files.contains_key("d/a.txt") && !sim.c.files.contains_key("a.txt"));
     assert!(sim.ss[1].files.contains_key("d/a.txt") && !sim.ss[1].files.contains_key("a.txt"));
 }
+
+#[test]
+fn deleting_a_file_drops_the_parked_copy_its_writer_was_owed() {
+    let mut sim = settled_pair();
+    sim.write("a.txt");
+    // The copy to the backup fails; then the primary dies and the backup is promoted, owed
+    // the copy with no source up: the row is parked.
+    for _ in 0..100 {
+        if !sim.jobs.is_empty() {
+            break;
+        }
+        sim.advance(10);
+    }
+    assert!(!sim.jobs.is_empty(), "the copy was never dispatched");
+    let (id, _) = sim.jobs.remove(0);
+    sim.c
+        .on_job_result(id, Err(err::unavailable("connection reset")), sim.now);
+    sim.pump();
+    sim.kill(0);
+    sim.advance(400);
+    assert_eq!(sim.pair().writer, Member::Backup);
+    let key = job_key("ss1_backup", "a.txt");
+    assert!(sim.c.repl.contains_key(&key));
+    assert_eq!(sim.c.repl.owed_to("ss1_backup"), 1);
+    assert!(sim.c.next_repl_deadline_ms().is_none(), "{:?}", sim.c.repl);
+    // The file is deleted: nothing is owed to the writer any more, at once.
+    sim.delete("a.txt");
+    assert!(!sim.c.repl.contains_key(&key), "{:?}", sim.c.repl);
+    assert_eq!(sim.c.repl.owed_to("ss1_backup"), 0);
+    assert!(sim.c.repl.contains_key(&job_key("ss1", "a.txt")));
+}
