@@ -819,6 +819,13 @@ impl Core {
             if let Some(s) = self.servers.get_mut(&rec.ss) {
                 s.files = s.files.saturating_sub(1);
             }
+            // A parked content row of the file is moot now: back in the index, the pump drops
+            // it at once instead of counting it as owed until a server registers.
+            for m in [Member::Primary, Member::Backup] {
+                if let Some(n) = self.member_name(&rec.ss, m) {
+                    self.repl.unpark(&job_key(&n, file));
+                }
+            }
             self.batch.push(StoreOp::DelFile(file.to_string()));
         }
     }
@@ -1745,10 +1752,10 @@ impl Core {
             }
         }
         let started = match &p.msg {
-            Message::Create { .. } | Message::Locate { .. } => self.start_create(canon, &p),
+            Message::Create { .. } | Message::Locate { .. } => self.start_create(canon, &p, now_ms),
             Message::Delete { .. } => self.start_delete(canon, &p),
             Message::Undo { .. } => self.start_undo(canon, &p),
-            Message::Move { .. } => self.start_move(canon, &p),
+            Message::Move { .. } => self.start_move(canon, &p, now_ms),
             Message::Checkpoint { .. } => self.start_checkpoint(canon, &p),
             Message::Revert { .. } => self.start_revert(canon, &p),
             _ => Err(err::internal("not a serialised request")),
@@ -1774,13 +1781,23 @@ impl Core {
                 );
             }
             Err(e) => {
+                let locked = e.code == crate::protocol::ErrorCode::Locked;
                 self.set_busy(p.conn, false);
                 self.fail(p.conn, e);
+                if locked {
+                    // An old removal in the way may have been made due now.
+                    self.pump_replication(now_ms);
+                }
             }
         }
     }
 
-    fn start_create(&self, canon: &str, p: &Pending) -> Result<(JobKind, Purpose), WireError> {
+    fn start_create(
+        &mut self,
+        canon: &str,
+        p: &Pending,
+        now_ms: u64,
+    ) -> Result<(JobKind, Purpose), WireError> {
         if self.files.contains_key(canon) {
             return Err(err::conflict("File already exists"));
         }
@@ -1801,7 +1818,7 @@ impl Core {
         let Some((ss, writer, addr, epoch)) = pick else {
             return Err(err::unavailable("no storage server available"));
         };
-        self.refuse_if_removing(&writer, canon)?;
+        self.refuse_if_removing(&writer, canon, now_ms)?;
         let ticket = self
             .key
             .mint_change(NM_USER, canon, TicketOp::Create, &writer, None, epoch);
@@ -2799,17 +2816,42 @@ impl Core {
         rec.held(m).is_some()
     }
 
-    /// A LOCKED error when a removal of an older `file` is being applied on `writer` now: a
-    /// CREATE or MOVE of that name there must wait for it, or the removal, arriving second,
-    /// would take the new file.
-    fn refuse_if_removing(&self, writer: &str, file: &str) -> Result<(), WireError> {
-        if self.repl.is_running(&job_key(writer, file)) {
-            return Err(err::locked(format!(
-                "an older {} is still being removed from {writer}; try again",
-                names::display(file)
-            )));
+    /// A LOCKED error when `writer` is owed the removal of an older `file` (a backup promoted
+    /// before its removal landed): a CREATE or MOVE of that name there must wait for it. While
+    /// the removal runs, it would take the new file if it arrived second; while it waits (in
+    /// backoff, or FAILED until the member registers again) the old copy is still there and
+    /// the storage server would answer EXISTS. A waiting removal is made due now (a FAILED
+    /// one with its attempts reset), so it runs at once and a retry finds the name free.
+    fn refuse_if_removing(
+        &mut self,
+        writer: &str,
+        file: &str,
+        now_ms: u64,
+    ) -> Result<(), WireError> {
+        let key = job_key(writer, file);
+        let running = self.repl.is_running(&key);
+        let waiting = !running && self.repl.get(&key).is_some_and(|j| j.want == Want::Delete);
+        if !running && !waiting {
+            return Ok(());
         }
-        Ok(())
+        if waiting {
+            let j = self.repl.update(&key, |j| {
+                if j.state == JobState::Failed {
+                    j.state = JobState::Pending;
+                    j.attempts = 0;
+                }
+                j.next_ms = j.next_ms.min(now_ms);
+            });
+            if let Some(j) = j {
+                log::info!(target: ev::REPLICATION_WORKER_QUEUED, file = file, ss = writer;
+                    "file={file} is made again on {writer}: the removal of the older file it is owed runs now");
+                self.batch.push(StoreOp::PutJob(j));
+            }
+        }
+        Err(err::locked(format!(
+            "an older {} is still being removed from {writer}; try again",
+            names::display(file)
+        )))
     }
 
     /// The member a content job copies from: up, holding the current version, not the
@@ -2851,7 +2893,7 @@ impl Core {
     /// Hands due jobs to the workers, up to the in-flight cap; drops content jobs whose file
     /// no longer exists (a delete job replaces them when the record goes). Visits only the
     /// due rows of targets that are up (see `jobtable.rs`), so rows owed to a down server
-    /// cost nothing here.
+    /// cost nothing here (and a moot one waits for its server to register to be dropped).
     pub fn pump_replication(&mut self, now_ms: u64) {
         let cap = self.cfg.max_repl_in_flight.max(1);
         if self.running.len() >= cap {

@@ -221,9 +221,10 @@ impl Core {
 
     /// MOVE f /p: write access, an existing destination folder, a free new name.
     pub(super) fn start_move(
-        &self,
+        &mut self,
         canon: &str,
         p: &Pending,
+        now_ms: u64,
     ) -> Result<(JobKind, Purpose), WireError> {
         let Message::Move { folder, .. } = &p.msg else {
             return Err(err::internal("not a MOVE"));
@@ -258,7 +259,7 @@ impl Core {
             )));
         }
         let (ss, addr, epoch) = self.writer_for(rec, canon, true)?;
-        self.refuse_if_removing(&ss, &to)?;
+        self.refuse_if_removing(&ss, &to, now_ms)?;
         let subject = names::move_subject(canon, &to);
         let ticket = self
             .key

@@ -8,7 +8,12 @@
 //!
 //! A content row whose file has no source up is *parked* (left out of the index) when a pump
 //! finds it so; it is put back when any server registers, or when its file's record changes
-//! (`Core::put_file`), the two things that can give it a source.
+//! (`Core::put_file`), the two things that can give it a source, or goes (`Core::del_file`),
+//! so the pump drops it at once instead of counting it as owed.
+//!
+//! A moot row owed to a down target is left in the table until the target registers (the
+//! pump never visits it): see "job rows are indexed" in ARCHITECTURE.md for why only its
+//! count in STATUS lags.
 
 use super::replication::{JobState, ReplJob};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};

@@ -331,7 +331,7 @@ impl Sim {
             .position(|s| addr.ends_with(&format!(":{}", s.port)))
     }
 
-    /// A name-server call (SS_CREATE only in this simulation).
+    /// A name-server call (SS_CREATE, SS_MKDIR and SS_MOVE in this simulation).
     fn ss_call(&mut self, addr: &str, msg: Message) -> Result<JobOutput, WireError> {
         let Some(i) = self.addr_to(addr) else {
             return Err(err::unavailable("nobody listens there"));
@@ -363,6 +363,20 @@ impl Sim {
                 let st = copy.state(&file);
                 self.ss[i].files.insert(file, copy);
                 Ok(JobOutput::State(st))
+            }
+            Message::SsMkdir { .. } => Ok(JobOutput::Done),
+            Message::SsMove { file, to, ticket } => {
+                if !s.may_write(now, ticket.epoch) {
+                    return Err(err::unavailable("no lease"));
+                }
+                if s.files.contains_key(&to) {
+                    return Err(err::conflict("exists"));
+                }
+                let Some(copy) = s.files.remove(&file) else {
+                    return Err(err::not_found("no such file"));
+                };
+                s.files.insert(to, copy);
+                Ok(JobOutput::Done)
             }
             other => panic!("unexpected call {other:?}"),
         }
@@ -1138,6 +1152,19 @@ fn an_old_removal_owed_to_a_promoted_backup_never_removes_a_file_created_there()
     sim.advance(400);
     assert_eq!(sim.pair().writer, Member::Backup);
     assert!(sim.jobs.is_empty(), "{:?}", sim.jobs);
+    // The CREATE waits for the old removal, which runs at once; the retry makes the file.
+    assert!(
+        matches!(
+            sim.create_answer("a.txt"),
+            Some(Message::Err {
+                code: ErrorCode::Locked,
+                ..
+            })
+        ),
+        "{:?}",
+        sim.c.repl
+    );
+    sim.run_jobs();
     sim.create("a.txt");
     assert!(sim.ss[1].files.contains_key("a.txt"));
     // Long past the old row's backoff, the new file is still there.
@@ -1222,4 +1249,210 @@ fn a_promoted_backup_returning_with_a_removed_file_does_not_bring_it_back() {
     sim.advance(2000);
     sim.run_jobs();
     assert!(!sim.ss[1].files.contains_key("a.txt"));
+}
+
+impl Sim {
+    /// CREATE of `file` by the client: the client's answer.
+    fn create_answer(&mut self, file: &str) -> Option<Message> {
+        self.ask(Message::Create { file: file.into() })
+    }
+
+    /// A serialised request from the client: its answer.
+    fn ask(&mut self, msg: Message) -> Option<Message> {
+        let client = self.client;
+        self.c
+            .on_frame(client, Frame { msg, body: vec![] }, self.now);
+        let mut answer = None;
+        // Storage-server calls are answered (and their replies read) as `pump` would.
+        loop {
+            let effects = self.c.take_effects();
+            if effects.is_empty() {
+                return answer;
+            }
+            for e in effects {
+                match e {
+                    Effect::Reply { conn, msg, .. } if conn == client => answer = Some(msg),
+                    Effect::Reply { conn, msg, .. } => self.deliver(conn, msg),
+                    Effect::Job(Job {
+                        id,
+                        kind: JobKind::Replicate(t),
+                    }) => self.jobs.push((id, t)),
+                    Effect::Job(Job {
+                        id,
+                        kind: JobKind::SsCall { addr, msg },
+                    }) => {
+                        let r = self.ss_call(&addr, msg);
+                        self.c.on_job_result(id, r, self.now);
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+    }
+
+    /// Waits for the removal of `file` owed to the backup to be dispatched and fails it
+    /// without applying it (the backup could not remove it).
+    fn fail_removal(&mut self, file: &str) {
+        for _ in 0..10_000 {
+            if let Some(k) = self.jobs.iter().position(|(_, t)| t.file == file) {
+                let (id, t) = self.jobs.remove(k);
+                assert_eq!(t.want, Want::Delete);
+                self.c
+                    .on_job_result(id, Err(err::internal("disk error")), self.now);
+                self.pump();
+                return;
+            }
+            self.advance(10);
+        }
+        panic!("the removal of {file} was never dispatched");
+    }
+}
+
+/// DELETE while the backup is down leaves a removal owed to it; it returns still holding the
+/// old copy and the removal fails `failures` times there, then the primary dies and the
+/// backup is promoted. A CREATE of that name meets the old copy on the promoted backup: it
+/// must answer LOCKED and run the removal at once, never EXISTS, and the retry must make
+/// the file.
+fn create_on_a_promoted_backup_owed_a_waiting_removal(failures: u32) {
+    let mut sim = settled_pair();
+    sim.kill(1);
+    sim.delete("a.txt");
+    let key = job_key("ss1_backup", "a.txt");
+    assert_eq!(sim.c.repl[&key].want, Want::Delete);
+    sim.ss[1].alive = true;
+    sim.register(1);
+    for _ in 0..failures {
+        sim.fail_removal("a.txt");
+    }
+    let j = &sim.c.repl[&key];
+    assert_eq!(j.attempts, failures, "{j:?}");
+    sim.kill(0);
+    sim.advance(400);
+    assert_eq!(sim.pair().writer, Member::Backup);
+    assert!(
+        sim.jobs.is_empty(),
+        "the removal must still be waiting: {:?}",
+        sim.jobs
+    );
+    assert!(
+        sim.ss[1].files.contains_key("a.txt"),
+        "the old copy is there"
+    );
+    let answer = sim.create_answer("a.txt");
+    assert!(
+        matches!(
+            answer,
+            Some(Message::Err {
+                code: ErrorCode::Locked,
+                ..
+            })
+        ),
+        "{answer:?} {:?}",
+        sim.c.repl
+    );
+    // The removal was made due and dispatched at once.
+    assert_eq!(sim.c.repl[&key].state, JobState::Pending);
+    assert!(
+        sim.jobs.iter().any(|(_, t)| t.file == "a.txt"),
+        "{:?}",
+        sim.c.repl
+    );
+    sim.run_jobs();
+    assert!(!sim.c.repl.contains_key(&key), "{:?}", sim.c.repl);
+    assert!(!sim.ss[1].files.contains_key("a.txt"));
+    let answer = sim.create_answer("a.txt");
+    assert!(matches!(answer, Some(Message::Done {})), "{answer:?}");
+    let epoch = sim.pair().epoch;
+    let copy = &sim.ss[1].files["a.txt"];
+    assert_eq!(copy.version.epoch, epoch, "a new file, not the old bytes");
+    assert!(sim.c.files.contains_key("a.txt"));
+}
+
+#[test]
+fn a_create_runs_an_old_removal_waiting_in_backoff_on_its_writer() {
+    // Three failures: the row waits 800 ms, past the promotion.
+    create_on_a_promoted_backup_owed_a_waiting_removal(3);
+}
+
+#[test]
+fn a_create_runs_an_old_removal_that_failed_on_its_writer() {
+    create_on_a_promoted_backup_owed_a_waiting_removal(replication::MAX_ATTEMPTS);
+}
+
+#[test]
+fn a_move_onto_a_name_its_writer_is_owed_the_removal_of_runs_that_removal_first() {
+    let mut sim = settled_pair();
+    let ok = sim.ask(Message::CreateFolder {
+        folder: "/d".into(),
+    });
+    assert!(matches!(ok, Some(Message::Done {})), "{ok:?}");
+    sim.create("d/a.txt");
+    sim.run_jobs();
+    assert!(sim.ss[1].files.contains_key("d/a.txt"));
+    // d/a.txt is deleted while the backup is down; its removal fails there three times.
+    sim.kill(1);
+    sim.delete("d/a.txt");
+    sim.ss[1].alive = true;
+    sim.register(1);
+    for _ in 0..3 {
+        sim.fail_removal("d/a.txt");
+    }
+    sim.kill(0);
+    sim.advance(400);
+    assert_eq!(sim.pair().writer, Member::Backup);
+    assert!(sim.jobs.is_empty(), "{:?}", sim.jobs);
+    let mv = || Message::Move {
+        file: "a.txt".into(),
+        folder: "/d".into(),
+    };
+    let answer = sim.ask(mv());
+    assert!(
+        matches!(
+            answer,
+            Some(Message::Err {
+                code: ErrorCode::Locked,
+                ..
+            })
+        ),
+        "{answer:?} {:?}",
+        sim.c.repl
+    );
+    sim.run_jobs();
+    let key = job_key("ss1_backup", "d/a.txt");
+    assert!(!sim.c.repl.contains_key(&key), "{:?}", sim.c.repl);
+    let answer = sim.ask(mv());
+    assert!(matches!(answer, Some(Message::Done {})), "{answer:?}");
+    assert!(sim.c.files.contains_key("d/a.txt") && !sim.c.files.contains_key("a.txt"));
+    assert!(sim.ss[1].files.contains_key("d/a.txt") && !sim.ss[1].files.contains_key("a.txt"));
+}
+
+#[test]
+fn deleting_a_file_drops_the_parked_copy_its_writer_was_owed() {
+    let mut sim = settled_pair();
+    sim.write("a.txt");
+    // The copy to the backup fails; then the primary dies and the backup is promoted, owed
+    // the copy with no source up: the row is parked.
+    for _ in 0..100 {
+        if !sim.jobs.is_empty() {
+            break;
+        }
+        sim.advance(10);
+    }
+    assert!(!sim.jobs.is_empty(), "the copy was never dispatched");
+    let (id, _) = sim.jobs.remove(0);
+    sim.c
+        .on_job_result(id, Err(err::unavailable("connection reset")), sim.now);
+    sim.pump();
+    sim.kill(0);
+    sim.advance(400);
+    assert_eq!(sim.pair().writer, Member::Backup);
+    let key = job_key("ss1_backup", "a.txt");
+    assert!(sim.c.repl.contains_key(&key));
+    assert_eq!(sim.c.repl.owed_to("ss1_backup"), 1);
+    assert!(sim.c.next_repl_deadline_ms().is_none(), "{:?}", sim.c.repl);
+    // The file is deleted: nothing is owed to the writer any more, at once.
+    sim.delete("a.txt");
+    assert!(!sim.c.repl.contains_key(&key), "{:?}", sim.c.repl);
+    assert_eq!(sim.c.repl.owed_to("ss1_backup"), 0);
+    assert!(sim.c.repl.contains_key(&job_key("ss1", "a.txt")));
 }
