@@ -230,7 +230,60 @@ fn serve(stream: TcpStream, slot: ConnSlot) {
                 have,
                 have_checkpoints,
                 ticket,
-            } => get_content(shared, &mut conn, &file, &have, &have_checkpoints, &ticket),
+            } => get_content(
+                shared,
+                &mut conn,
+                &file,
+                &have,
+                &have_checkpoints,
+                None,
+                &ticket,
+            ),
+            Message::GetFileDelta {
+                file,
+                have,
+                have_checkpoints,
+                avg_bits,
+                count,
+                ticket,
+            } => delta::parse_request(avg_bits, count, &frame.body).and_then(|(p, index)| {
+                get_content(
+                    shared,
+                    &mut conn,
+                    &file,
+                    &have,
+                    &have_checkpoints,
+                    Some((p, &index)),
+                    &ticket,
+                )
+            }),
+            Message::Signature {
+                file,
+                avg_bits,
+                ticket,
+            } => delta::signature(shared, &mut conn, &file, avg_bits, &ticket),
+            Message::PutFileDelta {
+                file,
+                state,
+                undo,
+                sent,
+                checkpoints,
+                sent_checkpoints,
+                basis,
+                basis_checksum,
+                ticket,
+            } => {
+                let head = PutHead {
+                    file: &file,
+                    state: &state,
+                    undo: &undo,
+                    sent: &sent,
+                    checkpoints: &checkpoints,
+                    sent_checkpoints: &sent_checkpoints,
+                    basis: Some((basis, basis_checksum)),
+                };
+                put_content(shared, &mut conn, &head, &ticket)
+            }
             Message::PutFileContent {
                 file,
                 state,
@@ -247,6 +300,7 @@ fn serve(stream: TcpStream, slot: ConnSlot) {
                     sent: &sent,
                     checkpoints: &checkpoints,
                     sent_checkpoints: &sent_checkpoints,
+                    basis: None,
                 };
                 put_content(shared, &mut conn, &head, &ticket)
             }
@@ -863,6 +917,7 @@ fn get_content(
     file: &str,
     have: &[Version],
     have_checkpoints: &[String],
+    ops: Option<(crate::delta::Params, &crate::delta::Index)>,
     t: &Ticket,
 ) -> Result<(), Fail> {
     authorise(shared, file, t, TicketOp::Fetch)?;
@@ -885,7 +940,11 @@ fn get_content(
         },
         &[],
     )?;
-    send_part(conn, &mut tr.content, tr.meta.size)?;
+    match ops {
+        // The target rebuilds the content from its old copy.
+        Some((p, index)) => delta::send_ops(conn, file, &mut tr.content, tr.meta.size, p, index)?,
+        None => send_part(conn, &mut tr.content, tr.meta.size)?,
+    }
     for (v, f) in tr.entries.iter_mut() {
         let size = tr
             .undo
@@ -1123,6 +1182,9 @@ struct PutHead<'a> {
     sent: &'a [Version],
     checkpoints: &'a [CheckpointInfo],
     sent_checkpoints: &'a [String],
+    /// The version and checksum of this server's copy that a delta's ops refer to
+    /// (PUT_FILE_DELTA), or None for content sent whole.
+    basis: Option<(Version, u32)>,
 }
 
 /// Checks the head of a PUT_FILE_CONTENT before its stream is read.
@@ -1162,6 +1224,8 @@ fn check_put(shared: &Shared, h: &PutHead<'_>, t: &Ticket) -> Result<(), WireErr
     }
     Ok(())
 }
+
+mod delta;
 
 /// Most copies one PUT_BATCH may carry (bounds the temp files and open files it holds).
 pub const MAX_BATCH_COPIES: usize = 64;
@@ -1217,15 +1281,18 @@ fn receive_copy(
         sync,
     };
     let mut flip = keep.store && shared.fault_flip_put.swap(false, Ordering::SeqCst);
-    let content = recv_part(
-        shared,
-        conn,
-        file,
-        state.size,
-        keep,
-        ContentCounter::bytes_only(),
-        &mut flip,
-    )?;
+    let content = match h.basis {
+        Some(basis) => delta::recv_ops(shared, conn, file, state.size, basis, keep, &mut flip)?,
+        None => recv_part(
+            shared,
+            conn,
+            file,
+            state.size,
+            keep,
+            ContentCounter::bytes_only(),
+            &mut flip,
+        )?,
+    };
     let mut entries = Vec::with_capacity(sent.len());
     for v in sent {
         let limit = undo.iter().find(|d| d.version == *v).map_or(0, |d| d.size);
@@ -1464,6 +1531,7 @@ fn put_batch(shared: &Shared, conn: &mut Connection) -> Result<(), Fail> {
                     sent: &sent,
                     checkpoints: &checkpoints,
                     sent_checkpoints: &sent_checkpoints,
+                    basis: None,
                 };
                 match receive_copy(shared, conn, &head, &ticket, false) {
                     Ok(a) => arrived.push(Ok(a)),

@@ -1147,11 +1147,20 @@ impl Store {
             .iter()
             .map(|d| blob_id(file, d.version, d.checksum))
             .collect();
-        // Check before changing anything: every entry is either sent or already here.
+        // Check before changing anything: every entry is either sent or already here. The
+        // copy held now is the entry of its own version (a delta transfer does not send it):
+        // it is linked in as a change does (harmless if the install then fails: the entry is
+        // named by version and checksum, and no record lists it).
         for (d, id) in undo.iter().zip(&ids) {
             let sent = c.entries.iter().any(|(v, _)| *v == d.version);
             if !sent && !self.undo.join(id).is_file() {
-                return Err(StoreError::Incomplete(names::display(file)));
+                let held = old
+                    .as_ref()
+                    .filter(|m| m.version == d.version && m.checksum == d.checksum);
+                match held {
+                    Some(m) if self.link_history(file, m).is_ok() => {}
+                    _ => return Err(StoreError::Incomplete(names::display(file))),
+                }
             }
         }
         self.check_checkpoints_complete(file, c.checkpoints, c.checkpoint_files)?;
