@@ -15,9 +15,26 @@
 use crate::protocol::frame::CHUNK_BYTES;
 use std::collections::HashMap;
 use std::io::{self, Read};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Stale copies at least this large are caught up by delta; smaller ones are sent whole.
+/// Stale copies at least this large are caught up by delta; smaller ones are sent whole
+/// (the default of `bin_nm --delta-min-bytes`).
 pub const DELTA_MIN_BYTES: u64 = 1 << 20;
+
+/// The threshold in force in this process (see [`set_min_bytes`]).
+static MIN_BYTES: AtomicU64 = AtomicU64::new(DELTA_MIN_BYTES);
+
+/// Sets the size from which a stale copy is caught up by delta; 0 turns delta off. A name
+/// server sets it once at start (`--delta-min-bytes`).
+pub fn set_min_bytes(n: u64) {
+    MIN_BYTES.store(n, Ordering::Relaxed);
+}
+
+/// Whether a stale copy of `size` bytes is caught up by delta.
+pub fn worth_it(size: u64) -> bool {
+    let min = MIN_BYTES.load(Ordering::Relaxed);
+    min > 0 && size >= min
+}
 /// Most chunks a signature may list (bounds its size to 1.25 MiB, one frame body).
 pub const MAX_SIGNATURE_ENTRIES: usize = 65_536;
 /// Bytes of one signature entry: XXH3-128 (16, little endian) and the chunk length (4).

@@ -4,14 +4,14 @@
 
 use super::{connect, relay_reply, reply, sending, unexpected, Lacks, Outcome, Transfer};
 use crate::auth::{ClusterKey, NM_USER};
-use crate::delta::{Params, DELTA_MIN_BYTES, ENTRY_BYTES, MAX_SIGNATURE_ENTRIES};
+use crate::delta::{Params, ENTRY_BYTES, MAX_SIGNATURE_ENTRIES};
 use crate::logging::ev;
 use crate::protocol::{err, Connection, FileState, Message, TicketOp, WireError};
 use std::time::Instant;
 
 /// Whether a target's stale copy is large enough to be caught up by delta.
 pub(super) fn worth_it(held: &FileState) -> bool {
-    held.size >= DELTA_MIN_BYTES
+    crate::delta::worth_it(held.size)
 }
 
 /// Copies `t` to its target (connected as `dst`, which holds the older copy `held` and the
