@@ -159,7 +159,7 @@ pub(super) fn recv_ops(
                                 // Only draining.
                                 continue;
                             };
-                            if offset.checked_add(len).is_none_or(|end| end > *size) {
+                            if !offset.checked_add(len).is_some_and(|end| end <= *size) {
                                 return Err(bad("a copy reaches past the old copy"));
                             }
                             let mut at = offset;
