@@ -1119,9 +1119,9 @@ pub enum Message {
         /// Entries in the body.
         count: u64,
     },
-    /// Delta transfer, step 2 (to the source): GET_FILE_CONTENT whose content part is sent as
-    /// ops rebuilding it from the target's old copy, whose signature is this frame's body.
-    /// Answered as GET_FILE_CONTENT.
+    /// Delta transfer, step 2 (to the source): GET_FILE_CONTENT whose parts (the content, the
+    /// history entries and the checkpoints) are each sent as ops rebuilding it from the
+    /// target's old copy, whose signature is this frame's body. Answered as GET_FILE_CONTENT.
     GetFileDelta {
         /// Canonical file name.
         file: String,
@@ -1137,7 +1137,7 @@ pub enum Message {
         /// Authorisation (op `fetch`).
         ticket: Ticket,
     },
-    /// Delta transfer, step 3 (to the target): PUT_FILE_CONTENT whose content part is ops
+    /// Delta transfer, step 3 (to the target): PUT_FILE_CONTENT whose parts are each ops
     /// against the copy it holds at `basis` (with `basis_checksum`). That copy is also the
     /// history entry of `basis`, so it is not sent. Verified and answered as PUT_FILE_CONTENT.
     PutFileDelta {

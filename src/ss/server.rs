@@ -940,18 +940,14 @@ fn get_content(
         },
         &[],
     )?;
-    match ops {
-        // The target rebuilds the content from its old copy.
-        Some((p, index)) => delta::send_ops(conn, file, &mut tr.content, tr.meta.size, p, index)?,
-        None => send_part(conn, &mut tr.content, tr.meta.size)?,
-    }
+    send_any(conn, file, &mut tr.content, tr.meta.size, ops)?;
     for (v, f) in tr.entries.iter_mut() {
         let size = tr
             .undo
             .iter()
             .find(|d| d.version == *v)
             .map_or(0, |d| d.size);
-        send_part(conn, f, size)?;
+        send_any(conn, file, f, size, ops)?;
     }
     for (tag, f) in tr.checkpoint_files.iter_mut() {
         let size = tr
@@ -959,11 +955,52 @@ fn get_content(
             .iter()
             .find(|c| c.tag == *tag)
             .map_or(0, |c| c.size);
-        send_part(conn, f, size)?;
+        send_any(conn, file, f, size, ops)?;
     }
     log::info!(target: ev::SS_COMMIT, file = file, version = tr.meta.version.to_string(), bytes = tr.meta.size, entries = tr.entries.len() as u64;
         "sent {file} version {} for replication", tr.meta.version);
     Ok(())
+}
+
+/// Sends one part whole, or (`ops`, a GET_FILE_DELTA) as the ops that rebuild it from the
+/// target's old copy: the content and the history entries and checkpoints alike, since the
+/// versions between the target's and the current one are mostly the same bytes.
+fn send_any(
+    conn: &mut Connection,
+    file: &str,
+    f: &mut File,
+    size: u64,
+    ops: Option<(crate::delta::Params, &crate::delta::Index)>,
+) -> Result<(), Fail> {
+    match ops {
+        Some((p, index)) => delta::send_ops(conn, file, f, size, p, index),
+        None => send_part(conn, f, size),
+    }
+}
+
+/// Receives one part sent whole, or (a `basis`, for PUT_FILE_DELTA) as ops against this
+/// server's copy at that version and checksum.
+fn recv_any(
+    shared: &Shared,
+    conn: &mut Connection,
+    file: &str,
+    limit: u64,
+    basis: Option<(Version, u32)>,
+    keep: Keep,
+    flip: &mut bool,
+) -> Result<Received, Fail> {
+    match basis {
+        Some(b) => delta::recv_ops(shared, conn, file, limit, b, keep, flip),
+        None => recv_part(
+            shared,
+            conn,
+            file,
+            limit,
+            keep,
+            ContentCounter::bytes_only(),
+            flip,
+        ),
+    }
 }
 
 /// One received part of a stream (CHUNK* END).
@@ -1281,30 +1318,11 @@ fn receive_copy(
         sync,
     };
     let mut flip = keep.store && shared.fault_flip_put.swap(false, Ordering::SeqCst);
-    let content = match h.basis {
-        Some(basis) => delta::recv_ops(shared, conn, file, state.size, basis, keep, &mut flip)?,
-        None => recv_part(
-            shared,
-            conn,
-            file,
-            state.size,
-            keep,
-            ContentCounter::bytes_only(),
-            &mut flip,
-        )?,
-    };
+    let content = recv_any(shared, conn, file, state.size, h.basis, keep, &mut flip)?;
     let mut entries = Vec::with_capacity(sent.len());
     for v in sent {
         let limit = undo.iter().find(|d| d.version == *v).map_or(0, |d| d.size);
-        let r = recv_part(
-            shared,
-            conn,
-            file,
-            limit,
-            keep,
-            ContentCounter::bytes_only(),
-            &mut flip,
-        )?;
+        let r = recv_any(shared, conn, file, limit, h.basis, keep, &mut flip)?;
         entries.push((*v, r));
     }
     // A file may send up to MAX_CHECKPOINTS checkpoints: in a batch, leaving each open until
@@ -1318,15 +1336,7 @@ fn receive_copy(
             .iter()
             .find(|c| c.tag == *tag)
             .map_or(0, |c| c.size);
-        let r = recv_part(
-            shared,
-            conn,
-            file,
-            limit,
-            ckpt_keep,
-            ContentCounter::bytes_only(),
-            &mut flip,
-        )?;
+        let r = recv_any(shared, conn, file, limit, h.basis, ckpt_keep, &mut flip)?;
         ckpts.push((tag.clone(), r));
     }
     if flip {

@@ -58,6 +58,12 @@ fn upload(c: &Cluster, bytes: &[u8], name: &str) {
 /// re-uploaded with 4 KiB changed in the middle and a sentence inserted near the end.
 /// Returns the new content.
 fn stale_backup() -> (Cluster, Vec<u8>) {
+    stale_backup_by(1)
+}
+
+/// [`stale_backup`] with `changes` re-uploads while the backup is down, each after the first
+/// changing 4 KiB somewhere else.
+fn stale_backup_by(changes: usize) -> (Cluster, Vec<u8>) {
     let mut c = Cluster::builder().pair().start();
     let old = blob(SIZE, 42);
     upload(&c, &old, "big.bin");
@@ -73,6 +79,11 @@ fn stale_backup() -> (Cluster, Vec<u8>) {
         b"An inserted sentence.".iter().copied(),
     );
     upload(&c, &new, "big.bin");
+    for k in 1..changes {
+        let at = SIZE / 8 * k;
+        new[at..at + 4096].copy_from_slice(&blob(4096, 100 + k as u64));
+        upload(&c, &new, "big.bin");
+    }
     (c, new)
 }
 
@@ -144,4 +155,28 @@ fn a_delta_that_does_not_verify_falls_back_to_the_whole_file() {
     // Sent whole: the content and the old version's history entry.
     assert!(ok["bytes"].as_u64().unwrap() >= SIZE as u64);
     assert_eq!(c.log("nm").count(m, "replication_delta", &|_| true), 0);
+}
+
+#[test]
+fn several_changes_while_away_send_each_version_by_delta() {
+    // Three versions the backup lacks: the current content and two history entries, each
+    // rebuilt from the backup's old copy.
+    let (mut c, new) = stale_backup_by(3);
+    let m = c.mark("nm");
+    c.restart(BACKUP);
+    let ev = c.wait_event_since(
+        "nm",
+        m,
+        "replication_delta",
+        |v| mentions(v, "big.bin"),
+        WAIT,
+    );
+    assert_caught_up(&c, &new);
+    let bytes = ev["bytes"].as_u64().unwrap();
+    assert!(
+        bytes < 1 << 20,
+        "{bytes} bytes sent for three 8 MiB versions"
+    );
+    let (_, blobs) = held(&c, BACKUP, "big.bin");
+    assert!(blobs.len() >= 3, "history on the backup: {blobs:?}");
 }
