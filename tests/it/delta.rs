@@ -180,3 +180,95 @@ fn several_changes_while_away_send_each_version_by_delta() {
     let (_, blobs) = held(&c, BACKUP, "big.bin");
     assert!(blobs.len() >= 3, "history on the backup: {blobs:?}");
 }
+
+/// A PUT_FILE_DELTA to the backup against its copy of big.bin (or the copy with
+/// `basis_checksum`) whose content part is `ops`, declaring a new version of `size` bytes
+/// whose checksum is the old one's with bits `flip` flipped; returns the answer.
+fn put_delta(
+    c: &Cluster,
+    ops: &[u8],
+    size: u64,
+    basis_checksum: Option<u32>,
+    flip: u32,
+) -> Message {
+    let (Some(st), _) = held(c, BACKUP, "big.bin") else {
+        panic!("the backup holds no big.bin")
+    };
+    let mut state = st.clone();
+    state.version.counter += 10;
+    state.size = size;
+    state.checksum ^= flip;
+    let ticket = c
+        .key()
+        .mint(NM_USER, "big.bin", TicketOp::Store, BACKUP, None);
+    let mut conn = c.ss_conn(BACKUP);
+    let head = Message::PutFileDelta {
+        file: "big.bin".into(),
+        state,
+        undo: vec![],
+        sent: vec![],
+        checkpoints: vec![],
+        sent_checkpoints: vec![],
+        basis: st.version,
+        basis_checksum: basis_checksum.unwrap_or(st.checksum),
+        ticket,
+    };
+    conn.send(&head, &[]).unwrap();
+    conn.send(&Message::Chunk {}, ops).unwrap();
+    conn.send(&Message::End {}, &[]).unwrap();
+    conn.recv_some().unwrap().msg
+}
+
+fn copy_op(offset: u64, len: u64) -> Vec<u8> {
+    let mut op = vec![1u8];
+    op.extend_from_slice(&offset.to_le_bytes());
+    op.extend_from_slice(&len.to_le_bytes());
+    op
+}
+
+#[test]
+fn malformed_or_mismatched_delta_streams_are_refused_and_change_nothing() {
+    let c = Cluster::builder().pair().start();
+    let old = blob(2 << 20, 5);
+    upload(&c, &old, "big.bin");
+    let ok = poll_until(WAIT, || {
+        file_on_disk(&c, BACKUP, "big.bin").is_some_and(|b| b == old)
+    });
+    assert!(ok, "the backup never held big.bin");
+    let size = old.len() as u64;
+    let before = held(&c, BACKUP, "big.bin");
+    let refused = |m: &Message, needle: &str| match m {
+        Message::Err { msg, .. } => assert!(msg.contains(needle), "{msg}"),
+        other => panic!("a bad delta answered {other:?}"),
+    };
+    // A copy reaching past the old copy.
+    refused(
+        &put_delta(&c, &copy_op(size - 10, 11), size + 1, None, 0),
+        "past the old copy",
+    );
+    // An offset that overflows.
+    refused(
+        &put_delta(&c, &copy_op(u64::MAX, 2), 2, None, 0),
+        "past the old copy",
+    );
+    // More bytes than declared.
+    refused(
+        &put_delta(&c, &copy_op(0, 100), 50, None, 0),
+        "more than the 50 bytes",
+    );
+    // An unknown op, and a literal cut short.
+    refused(&put_delta(&c, &[9, 9, 9], 3, None, 0), "unknown or cut op");
+    refused(
+        &put_delta(&c, &[2, 10, 0, 0, 0, b'x'], 10, None, 0),
+        "runs past its frame",
+    );
+    // Ops against a copy this server does not hold (another checksum): nothing installed.
+    refused(
+        &put_delta(&c, &copy_op(0, size), size, Some(0xdead_beef), 0),
+        "not ",
+    );
+    // Well-formed ops whose result does not match the declared checksum.
+    refused(&put_delta(&c, &copy_op(0, size), size, None, 1), "checksum");
+    assert_eq!(file_on_disk(&c, BACKUP, "big.bin").unwrap(), old);
+    assert_eq!(held(&c, BACKUP, "big.bin"), before);
+}
