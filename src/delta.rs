@@ -123,20 +123,19 @@ pub fn cut(data: &[u8], p: Params) -> usize {
     }
     let end = data.len().min(max);
     let mask = p.mask();
+    // The hash starts 64 bytes before the minimum (it is full there: a byte leaves it after
+    // 64 shifts), and a cut may come right after the minimum.
     let mut h = 0u64;
-    // Start 64 bytes before the minimum so the hash is full there.
-    for (i, b) in data
-        .iter()
-        .enumerate()
-        .take(end)
-        .skip(min.saturating_sub(64))
-    {
+    for b in &data[min.saturating_sub(64)..min - 1] {
         h = (h << 1).wrapping_add(GEAR[usize::from(*b)]);
-        if i + 1 >= min && h & mask == 0 {
-            return i + 1;
-        }
     }
-    end
+    data[min - 1..end]
+        .iter()
+        .position(|b| {
+            h = (h << 1).wrapping_add(GEAR[usize::from(*b)]);
+            h & mask == 0
+        })
+        .map_or(end, |i| min + i)
 }
 
 /// Cuts what `r` yields into chunks and hands each to `f`, in order, holding at most a few
