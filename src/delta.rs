@@ -54,6 +54,9 @@ const OP_LITERAL: u8 = 2;
 const COPY_OP_BYTES: usize = 17;
 /// Bytes of a LITERAL op's head.
 const LITERAL_HEAD_BYTES: usize = 5;
+/// A run of merged copies this long goes out at once, so the target rebuilds while the
+/// source is still cutting (a 1 GiB file unchanged but at its end is not one op at the end).
+const COPY_RUN_BYTES: u64 = 8 << 20;
 
 /// How content is cut: average 2^`avg_bits` bytes, min a quarter of that, max four times.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -317,6 +320,10 @@ impl OpWriter {
                 self.flush_copy(emit)?;
                 self.pending = Some((offset, len));
             }
+        }
+        if self.pending.is_some_and(|(_, l)| l >= COPY_RUN_BYTES) {
+            self.flush_copy(emit)?;
+            self.emit(emit)?;
         }
         Ok(())
     }

@@ -50,7 +50,8 @@ pub mod ev {
     /// A job attempt failed.
     pub const REPLICATION_WORKER_ERROR: &str = "replication_worker_error";
     /// A stale copy was caught up by delta (fields `file`, `ss`, `bytes` = op stream and
-    /// history sent to the target, `size` = the file's size, `signature` = its bytes, `ms`).
+    /// history sent to the target, `size` = the file's size, `signature` = its bytes,
+    /// `signature_ms` = the time the target took to make it, `ms`).
     pub const REPLICATION_DELTA: &str = "replication_delta";
     /// A delta transfer failed and the copy is sent whole instead (fields `file`, `ss`).
     pub const REPLICATION_DELTA_FALLBACK: &str = "replication_delta_fallback";

@@ -43,6 +43,7 @@ pub(super) fn copy(
         } if avg_bits == p.avg_bits => (state, count),
         other => return Err(unexpected(tname, &other)),
     };
+    let signature_ms = start.elapsed().as_millis() as u64;
     if count > MAX_SIGNATURE_ENTRIES as u64 || f.body.len() as u64 != count * ENTRY_BYTES as u64 {
         return Err(err::invalid(format!("{tname} sent a malformed signature")));
     }
@@ -67,7 +68,8 @@ pub(super) fn copy(
         Message::FileStateReply { state } => {
             log::info!(target: ev::REPLICATION_DELTA, file = t.file.as_str(), ss = tname,
                 version = state.version.to_string(), bytes = bytes, size = state.size,
-                signature = f.body.len() as u64, ms = start.elapsed().as_millis() as u64;
+                signature = f.body.len() as u64, signature_ms = signature_ms,
+                ms = start.elapsed().as_millis() as u64;
                 "file={} caught up on {tname} by delta: {bytes} bytes sent for {} (signature {} bytes)",
                 t.file, state.size, f.body.len());
             Ok(Outcome::Copied {

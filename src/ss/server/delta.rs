@@ -2,7 +2,9 @@
 //! target, the op stream of GET_FILE_DELTA on the source, and rebuilding the content of a
 //! PUT_FILE_DELTA from the old copy on the target.
 
-use super::{authorise, report_adopted, Fail, Keep, Received, Shared};
+use super::{
+    authorise, report_adopted, start_writeback, Fail, Keep, Received, Shared, WRITEBACK_BYTES,
+};
 use crate::delta::{self, Index, Op, Params, SigError, ENTRY_BYTES};
 use crate::logging::ev;
 use crate::names;
@@ -124,6 +126,7 @@ pub(super) fn recv_ops(
         }
     }
     let mut buf = Vec::new();
+    let mut flushed = 0u64;
     let bad = |what: &str| {
         Fail::ReplyClose(err::invalid(format!(
             "delta of {}: {what}",
@@ -149,7 +152,9 @@ pub(super) fn recv_ops(
                     }
                     match op {
                         Op::Literal(d) => {
-                            if let Err(e) = emit(d, &mut counter, &mut out, flip, file) {
+                            if let Err(e) =
+                                emit(d, &mut counter, &mut out, &mut flushed, flip, file)
+                            {
                                 error = Some(shared.store.io_error(file, e));
                                 out = None;
                             }
@@ -167,9 +172,9 @@ pub(super) fn recv_ops(
                             while at < end {
                                 let n = (end - at).min(CHUNK_BYTES as u64) as usize;
                                 buf.resize(n, 0);
-                                let r = f
-                                    .read_exact_at(&mut buf, at)
-                                    .and_then(|()| emit(&buf, &mut counter, &mut out, flip, file));
+                                let r = f.read_exact_at(&mut buf, at).and_then(|()| {
+                                    emit(&buf, &mut counter, &mut out, &mut flushed, flip, file)
+                                });
                                 if let Err(e) = r {
                                     error = Some(shared.store.io_error(file, e));
                                     old = None;
@@ -209,11 +214,13 @@ pub(super) fn recv_ops(
     })
 }
 
-/// Counts rebuilt bytes and writes them to the temp file, if any.
+/// Counts rebuilt bytes and writes them to the temp file, if any, starting their writeback
+/// every few MiB as a full transfer does (`flushed`: the bytes whose writeback started).
 fn emit(
     bytes: &[u8],
     counter: &mut ContentCounter,
     out: &mut Option<File>,
+    flushed: &mut u64,
     flip: &mut bool,
     file: &str,
 ) -> io::Result<()> {
@@ -230,8 +237,14 @@ fn emit(
         bytes
     };
     counter.update(bytes);
-    match out.as_mut() {
-        Some(f) => f.write_all(bytes),
-        None => Ok(()),
+    let Some(f) = out.as_mut() else {
+        return Ok(());
+    };
+    f.write_all(bytes)?;
+    let written = counter.size();
+    if written - *flushed >= WRITEBACK_BYTES {
+        start_writeback(f, *flushed, written - *flushed);
+        *flushed = written;
     }
+    Ok(())
 }
