@@ -256,6 +256,11 @@ fn malformed_or_mismatched_delta_streams_are_refused_and_change_nothing() {
         &put_delta(&c, &copy_op(0, 100), 50, None, 0),
         "more than the 50 bytes",
     );
+    // A length that overflows the bytes counted so far (a literal byte, then a copy of
+    // u64::MAX bytes) is more than declared, not a wrapped count.
+    let mut ops = vec![2u8, 1, 0, 0, 0, b'x'];
+    ops.extend_from_slice(&copy_op(0, u64::MAX));
+    refused(&put_delta(&c, &ops, 2, None, 0), "more than the 2 bytes");
     // An unknown op, and a literal cut short.
     refused(&put_delta(&c, &[9, 9, 9], 3, None, 0), "unknown or cut op");
     refused(

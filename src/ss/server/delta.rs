@@ -147,7 +147,12 @@ pub(super) fn recv_ops(
                         Op::Copy { len, .. } => *len,
                         Op::Literal(d) => d.len() as u64,
                     };
-                    if counter.size() + len > limit {
+                    // `len` is the peer's: an overflow is more than declared too.
+                    if !counter
+                        .size()
+                        .checked_add(len)
+                        .is_some_and(|end| end <= limit)
+                    {
                         return Err(bad(&format!("more than the {limit} bytes declared")));
                     }
                     match op {
