@@ -29,7 +29,7 @@ use crate::ss::document::{Document, EditBuffer};
 use crate::ss::nmlink::NmLink;
 use crate::ss::sessions::Sessions;
 use crate::ss::store::{
-    ContentCounter, CopyIn, Store, StoreError, TempFile, MAX_CHECKPOINTS, UNDO_DEPTH,
+    Basis, ContentCounter, CopyIn, Store, StoreError, TempFile, MAX_CHECKPOINTS, UNDO_DEPTH,
 };
 use crate::ss::textcount::TextCount;
 use std::fs::File;
@@ -978,31 +978,6 @@ fn send_any(
     }
 }
 
-/// Receives one part sent whole, or (a `basis`, for PUT_FILE_DELTA) as ops against this
-/// server's copy at that version and checksum.
-fn recv_any(
-    shared: &Shared,
-    conn: &mut Connection,
-    file: &str,
-    limit: u64,
-    basis: Option<(Version, u32)>,
-    keep: Keep,
-    flip: &mut bool,
-) -> Result<Received, Fail> {
-    match basis {
-        Some(b) => delta::recv_ops(shared, conn, file, limit, b, keep, flip),
-        None => recv_part(
-            shared,
-            conn,
-            file,
-            limit,
-            keep,
-            ContentCounter::bytes_only(),
-            flip,
-        ),
-    }
-}
-
 /// One received part of a stream (CHUNK* END).
 struct Received {
     /// The temp file holding the bytes (None when they were only drained).
@@ -1286,6 +1261,8 @@ struct Staged {
     checkpoints: Vec<CheckpointInfo>,
     /// The checkpoints sent, by tag.
     ckpts: Vec<(String, Received)>,
+    /// A delta's verified basis: the content held now, the history entry of its version.
+    basis: Option<Basis>,
 }
 
 /// Reads a PUT_FILE_CONTENT's stream (content, then each sent history entry, then each sent
@@ -1318,11 +1295,46 @@ fn receive_copy(
         sync,
     };
     let mut flip = keep.store && shared.fault_flip_put.swap(false, Ordering::SeqCst);
-    let content = recv_any(shared, conn, file, state.size, h.basis, keep, &mut flip)?;
+    // A delta's ops refer to this server's copy at the basis, opened and verified once for
+    // all its parts; a copy that is not refuses the delta (the first part carries why).
+    let (mut old, mut refused) = (None, None);
+    if let (Some(b), true) = (h.basis, keep.store) {
+        match delta::open_basis(shared, file, b) {
+            Ok(o) => old = Some(o),
+            Err(e) => refused = Some(e),
+        }
+    }
+    let basis = old.as_ref().map(|o| o.basis);
+    // One part sent whole, or (PUT_FILE_DELTA) as ops against the old copy.
+    let mut recv_any = |conn: &mut Connection, limit: u64, keep: Keep, flip: &mut bool| {
+        if h.basis.is_some() {
+            delta::recv_ops(
+                shared,
+                conn,
+                file,
+                limit,
+                old.as_ref(),
+                refused.take(),
+                keep,
+                flip,
+            )
+        } else {
+            recv_part(
+                shared,
+                conn,
+                file,
+                limit,
+                keep,
+                ContentCounter::bytes_only(),
+                flip,
+            )
+        }
+    };
+    let content = recv_any(conn, state.size, keep, &mut flip)?;
     let mut entries = Vec::with_capacity(sent.len());
     for v in sent {
         let limit = undo.iter().find(|d| d.version == *v).map_or(0, |d| d.size);
-        let r = recv_any(shared, conn, file, limit, h.basis, keep, &mut flip)?;
+        let r = recv_any(conn, limit, keep, &mut flip)?;
         entries.push((*v, r));
     }
     // A file may send up to MAX_CHECKPOINTS checkpoints: in a batch, leaving each open until
@@ -1336,7 +1348,7 @@ fn receive_copy(
             .iter()
             .find(|c| c.tag == *tag)
             .map_or(0, |c| c.size);
-        let r = recv_any(shared, conn, file, limit, h.basis, ckpt_keep, &mut flip)?;
+        let r = recv_any(conn, limit, ckpt_keep, &mut flip)?;
         ckpts.push((tag.clone(), r));
     }
     if flip {
@@ -1354,6 +1366,7 @@ fn receive_copy(
         entries,
         checkpoints: h.checkpoints.to_vec(),
         ckpts,
+        basis,
     })))
 }
 
@@ -1431,6 +1444,7 @@ fn install_staged(shared: &Shared, staged: &mut [Staged]) -> Vec<Result<FileStat
             checkpoints: &staged[p.i].checkpoints,
             checkpoint_files: &p.ckpts,
             unsynced: &p.unsynced,
+            basis: staged[p.i].basis,
         })
         .collect();
     let installed = {

@@ -6,7 +6,9 @@
 
 use crate::harness::*;
 use pairfs::auth::NM_USER;
-use pairfs::protocol::{FileState, Message, TicketOp, Version};
+use pairfs::protocol::{FileState, Message, TicketOp, UndoDesc, Version};
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
 const PRIMARY: &str = "ss1";
@@ -101,6 +103,71 @@ fn assert_caught_up(c: &Cluster, new: &[u8]) {
         (b.version, b.checksum, b.size)
     );
     assert_eq!(p_blobs, b_blobs, "undo history differs");
+    // The entries' bytes too: each one is what its name (version and checksum) says, and
+    // what the primary holds under that name.
+    let (p, b) = (history_entries(c, PRIMARY), history_entries(c, BACKUP));
+    for (name, bytes) in &b {
+        let crc = u32::from_str_radix(name.rsplit('-').next().unwrap(), 16).unwrap();
+        assert_eq!(
+            crc32c::crc32c(bytes),
+            crc,
+            "history entry {name} on the backup"
+        );
+        if let Some(pb) = p.get(name) {
+            assert!(
+                pb == bytes,
+                "history entry {name} differs from the primary's"
+            );
+        }
+    }
+}
+
+/// Every history entry under `<storage of ss>/undo/`, by name, with its bytes.
+fn history_entries(c: &Cluster, ss: &str) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(c.storage(ss).join("undo"))
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name, std::fs::read(e.path()).unwrap())
+        })
+        .collect()
+}
+
+/// Replaces a file's bytes with `bytes` of the same length and puts its mtime back, as bit
+/// rot would leave it.
+fn rot(path: &Path, bytes: &[u8]) {
+    let before = std::fs::metadata(path).unwrap();
+    assert_eq!(before.len(), bytes.len() as u64, "rot keeps the size");
+    let mtime = before.modified().unwrap();
+    std::fs::write(path, bytes).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+}
+
+#[test]
+fn a_stale_copy_with_bit_rot_is_not_taken_as_the_history_entry_of_its_version() {
+    let (mut c, new) = stale_backup();
+    // A flipped bit in the backup's old copy, where the new content changed: the rebuilt
+    // content would verify, but the old copy is no longer the version its record names.
+    let path = c.storage(BACKUP).join("files").join("big.bin");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[SIZE / 2 + 100] ^= 0x40;
+    rot(&path, &bytes);
+    let m = c.mark("nm");
+    c.restart(BACKUP);
+    c.wait_event_since(
+        "nm",
+        m,
+        "replication_delta_fallback",
+        |v| mentions(v, "big.bin"),
+        WAIT,
+    );
+    assert_caught_up(&c, &new);
 }
 
 #[test]
@@ -224,6 +291,61 @@ fn copy_op(offset: u64, len: u64) -> Vec<u8> {
     op.extend_from_slice(&offset.to_le_bytes());
     op.extend_from_slice(&len.to_le_bytes());
     op
+}
+
+#[test]
+fn a_copy_sent_whole_without_the_entry_of_the_version_held_is_incomplete() {
+    // Only a delta's verified basis stands for a history entry not sent: a PUT_FILE_CONTENT
+    // naming the backup's own version in its history without sending it is refused.
+    let c = Cluster::builder().pair().start();
+    let old = blob(2 << 20, 5);
+    upload(&c, &old, "big.bin");
+    let ok = poll_until(WAIT, || {
+        file_on_disk(&c, BACKUP, "big.bin").is_some_and(|b| b == old)
+    });
+    assert!(ok, "the backup never held big.bin");
+    let before = held(&c, BACKUP, "big.bin");
+    let st = before.0.clone().unwrap();
+    let new = blob(2 << 20, 6);
+    let mut state = st.clone();
+    state.version.counter += 10;
+    state.checksum = crc32c::crc32c(&new);
+    let ticket = c
+        .key()
+        .mint(NM_USER, "big.bin", TicketOp::Store, BACKUP, None);
+    let mut conn = c.ss_conn(BACKUP);
+    let head = Message::PutFileContent {
+        file: "big.bin".into(),
+        state,
+        undo: vec![UndoDesc {
+            version: st.version,
+            size: st.size,
+            checksum: st.checksum,
+        }],
+        sent: vec![],
+        checkpoints: vec![],
+        sent_checkpoints: vec![],
+        ticket,
+    };
+    conn.send(&head, &[]).unwrap();
+    for part in new.chunks(1 << 20) {
+        conn.send(&Message::Chunk {}, part).unwrap();
+    }
+    conn.send(&Message::End {}, &[]).unwrap();
+    match conn.recv_some().unwrap().msg {
+        Message::Err { msg, .. } => assert!(msg.contains("missing history entries"), "{msg}"),
+        other => panic!("an incomplete copy answered {other:?}"),
+    }
+    assert_eq!(file_on_disk(&c, BACKUP, "big.bin").unwrap(), old);
+    assert_eq!(held(&c, BACKUP, "big.bin"), before);
+    let v = format!(
+        "-{}.{}-{:08x}",
+        st.version.epoch, st.version.counter, st.checksum
+    );
+    assert!(
+        !history_entries(&c, BACKUP).keys().any(|n| n.ends_with(&v)),
+        "the copy held was linked in as a history entry"
+    );
 }
 
 #[test]

@@ -10,6 +10,7 @@ use crate::logging::ev;
 use crate::names;
 use crate::protocol::frame::{ConnError, CHUNK_BYTES};
 use crate::protocol::{err, Connection, Message, Ticket, TicketOp, Version};
+use crate::ss::store::Basis;
 use crate::ss::store::{ContentCounter, StoreError};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -79,50 +80,65 @@ pub(super) fn send_ops(
     Ok(())
 }
 
-/// Reads the content part of a PUT_FILE_DELTA (ops, CHUNK* END) and rebuilds the content into
-/// a temp file from this server's copy, which must still be at `basis`. A copy no longer at
-/// `basis` (or any local failure) still has the stream read, so the connection stays in step,
-/// and is reported in [`Received::error`]; ops that do not fit the old copy or the declared
-/// size break the protocol. `flip` is the fault hook of PUT_FILE_CONTENT, applied to the
-/// rebuilt bytes.
+/// This server's copy a PUT_FILE_DELTA's ops refer to, verified at its basis.
+pub(super) struct OldCopy {
+    /// The copy, open (opened under the file lock with its record).
+    file: File,
+    /// Its size.
+    size: u64,
+    /// What was verified, for the install.
+    pub(super) basis: Basis,
+}
+
+/// Opens and verifies (record and a whole read of its bytes, see [`Store::open_basis`]) the
+/// copy a PUT_FILE_DELTA names as its basis. A hand edit found on the way is reported as on
+/// any access.
+///
+/// [`Store::open_basis`]: crate::ss::store::Store::open_basis
+pub(super) fn open_basis(
+    shared: &Shared,
+    file: &str,
+    basis: (Version, u32),
+) -> Result<OldCopy, StoreError> {
+    let (meta, adopted, opened) = shared.store.open_basis(file, basis)?;
+    report_adopted(shared, adopted, || meta.state(file));
+    let (f, basis) = opened?;
+    Ok(OldCopy {
+        file: f,
+        size: meta.size,
+        basis,
+    })
+}
+
+/// Reads one part of a PUT_FILE_DELTA (ops, CHUNK* END) and rebuilds it into a temp file
+/// from `old`, this server's copy at the basis. Without one (`refused` says why, for the
+/// first part) the stream is still read, so the connection stays in step, and the failure
+/// is reported in [`Received::error`]; ops that do not fit the old copy or the declared size
+/// break the protocol. `flip` is the fault hook of PUT_FILE_CONTENT, applied to the rebuilt
+/// bytes.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn recv_ops(
     shared: &Shared,
     conn: &mut Connection,
     file: &str,
     limit: u64,
-    basis: (Version, u32),
+    old: Option<&OldCopy>,
+    refused: Option<StoreError>,
     keep: Keep,
     flip: &mut bool,
 ) -> Result<Received, Fail> {
     let mut counter = ContentCounter::bytes_only();
-    let mut error = None;
-    let mut old: Option<(File, u64)> = None;
+    let mut error = refused;
+    let mut old = old.map(|o| (&o.file, o.size));
     let mut temp = None;
     let mut out: Option<File> = None;
-    if keep.store {
-        match shared.store.snapshot(file) {
-            Ok((f, meta, _)) if (meta.version, meta.checksum) == basis => {
-                old = Some((f, meta.size));
-            }
-            Ok((_, meta, _)) => {
-                error = Some(StoreError::Io {
-                    file: file.to_string(),
-                    source: io::Error::other(format!(
-                        "the copy here is at version {}, not {} the delta was made against",
-                        meta.version, basis.0
-                    )),
-                });
+    if keep.store && old.is_some() && error.is_none() {
+        match shared.store.temp_file(file) {
+            Ok((t, f)) => {
+                temp = Some(t);
+                out = Some(f);
             }
             Err(e) => error = Some(e),
-        }
-        if error.is_none() {
-            match shared.store.temp_file(file) {
-                Ok((t, f)) => {
-                    temp = Some(t);
-                    out = Some(f);
-                }
-                Err(e) => error = Some(e),
-            }
         }
     }
     let mut buf = Vec::new();
