@@ -54,8 +54,11 @@ const OP_LITERAL: u8 = 2;
 const COPY_OP_BYTES: usize = 17;
 /// Bytes of a LITERAL op's head.
 const LITERAL_HEAD_BYTES: usize = 5;
-/// A run of merged copies this long goes out at once, so the target rebuilds while the
-/// source is still cutting (a 1 GiB file unchanged but at its end is not one op at the end).
+/// Ops buffered since the last frame that rebuild this many bytes go out at once, so the
+/// target rebuilds while the source is still cutting, and a frame follows a frame within the
+/// time of cutting 8 MiB: a 1 GiB file unchanged but at its end is not one op at the end, and
+/// a file of repeated content (every chunk a copy of the first, none adjacent, 17 bytes an
+/// op) is not a single frame after minutes of cutting.
 const COPY_RUN_BYTES: u64 = 8 << 20;
 
 /// How content is cut: average 2^`avg_bits` bytes, min a quarter of that, max four times.
@@ -286,6 +289,8 @@ pub struct OpStats {
 pub struct OpWriter {
     buf: Vec<u8>,
     pending: Option<(u64, u64)>,
+    /// Bytes of output the ops since the last frame rebuild (the pending copy included).
+    covered: u64,
     /// What was encoded so far.
     pub stats: OpStats,
 }
@@ -302,6 +307,7 @@ impl OpWriter {
         OpWriter {
             buf: Vec::with_capacity(CHUNK_BYTES),
             pending: None,
+            covered: 0,
             stats: OpStats::default(),
         }
     }
@@ -314,6 +320,7 @@ impl OpWriter {
         emit: &mut impl FnMut(&[u8]) -> io::Result<()>,
     ) -> io::Result<()> {
         self.stats.copied += len;
+        self.covered += len;
         match &mut self.pending {
             Some((o, l)) if *o + *l == offset => *l += len,
             _ => {
@@ -321,7 +328,7 @@ impl OpWriter {
                 self.pending = Some((offset, len));
             }
         }
-        if self.pending.is_some_and(|(_, l)| l >= COPY_RUN_BYTES) {
+        if self.covered >= COPY_RUN_BYTES {
             self.flush_copy(emit)?;
             self.emit(emit)?;
         }
@@ -346,6 +353,7 @@ impl OpWriter {
             self.buf.push(OP_LITERAL);
             self.buf.extend_from_slice(&(n as u32).to_le_bytes());
             self.buf.extend_from_slice(&data[..n]);
+            self.covered += n as u64;
             data = &data[n..];
         }
         Ok(())
@@ -366,6 +374,8 @@ impl OpWriter {
         };
         if self.buf.len() + COPY_OP_BYTES > CHUNK_BYTES {
             self.emit(emit)?;
+            // This op goes in the next frame.
+            self.covered = len;
         }
         self.buf.push(OP_COPY);
         self.buf.extend_from_slice(&off.to_le_bytes());
@@ -377,6 +387,8 @@ impl OpWriter {
         self.stats.wire += self.buf.len() as u64;
         let r = emit(&self.buf);
         self.buf.clear();
+        // A copy still pending is in no frame yet: only its later growth counts again.
+        self.covered = 0;
         r
     }
 }
@@ -572,6 +584,31 @@ mod tests {
         assert!(decode(&[OP_LITERAL, 10, 0, 0, 0, 1]).any(|r| r.is_err()));
         assert!(decode(&[OP_COPY, 1, 2]).any(|r| r.is_err()));
         assert!(Params::from_wire(3).is_none() && Params::from_wire(16).is_some());
+    }
+
+    #[test]
+    fn repeated_content_still_goes_out_a_frame_every_few_mib() {
+        // Zeros (every chunk a copy of the first, no two copies adjacent) and a repeated
+        // pattern: each frame rebuilds at most COPY_RUN_BYTES and a chunk, however few
+        // bytes its ops take, so the target hears from the source regularly.
+        let mut pattern = data(200_000, 9).repeat(200);
+        pattern.truncate(40 << 20);
+        for new in [vec![0u8; 64 << 20], pattern] {
+            let p = Params::for_size(new.len() as u64);
+            let (bodies, stats) = delta(&new, &new, p);
+            assert_eq!(rebuild(&new, &bodies).expect("rebuild"), new);
+            assert_eq!(stats.literal, 0);
+            for b in &bodies {
+                let covered: u64 = decode(b)
+                    .map(|op| match op.expect("op") {
+                        Op::Copy { len, .. } => len,
+                        Op::Literal(d) => d.len() as u64,
+                    })
+                    .sum();
+                assert!(covered <= COPY_RUN_BYTES + p.max() as u64, "{covered}");
+            }
+            assert!(bodies.len() as u64 >= new.len() as u64 / (COPY_RUN_BYTES + p.max() as u64));
+        }
     }
 
     #[test]
