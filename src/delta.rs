@@ -30,10 +30,26 @@ pub fn set_min_bytes(n: u64) {
     MIN_BYTES.store(n, Ordering::Relaxed);
 }
 
+/// Stale copies larger than this are sent whole at once: the target reads its copy whole
+/// twice (the signature, then the check of the basis) before the first op lands, which must
+/// stay within [`read_wait_ms`], and the signature must stay within its entry cap.
+pub const DELTA_MAX_BYTES: u64 = 16 << 30;
+
+/// The slowest whole-file read of a target's copy a worker waits for, in bytes per ms
+/// (50 MB/s: a disk under load).
+pub const READ_BYTES_PER_MS: u64 = 50_000;
+
 /// Whether a stale copy of `size` bytes is caught up by delta.
 pub fn worth_it(size: u64) -> bool {
     let min = MIN_BYTES.load(Ordering::Relaxed);
-    min > 0 && size >= min
+    min > 0 && size >= min && size <= DELTA_MAX_BYTES
+}
+
+/// How long, beyond the usual frame timeout, a worker waits for a target to read its copy
+/// of `size` bytes whole (the signature before SIGNED, the basis check before the first op
+/// is taken): the read's time at [`READ_BYTES_PER_MS`].
+pub fn read_wait_ms(size: u64) -> u64 {
+    size / READ_BYTES_PER_MS
 }
 /// Most chunks a signature may list (bounds its size to 1.25 MiB, one frame body).
 pub const MAX_SIGNATURE_ENTRIES: usize = 65_536;
@@ -609,6 +625,19 @@ mod tests {
             }
             assert!(bodies.len() as u64 >= new.len() as u64 / (COPY_RUN_BYTES + p.max() as u64));
         }
+    }
+
+    #[test]
+    fn only_sizes_the_target_can_read_in_time_go_by_delta() {
+        assert!(worth_it(DELTA_MIN_BYTES) && worth_it(DELTA_MAX_BYTES));
+        assert!(!worth_it(DELTA_MIN_BYTES - 1) && !worth_it(DELTA_MAX_BYTES + 1));
+        // The largest copy's signature lists about half the entry cap (content that cuts
+        // far more often than average is refused by the cap and goes whole).
+        let p = Params::for_size(DELTA_MAX_BYTES);
+        assert!(DELTA_MAX_BYTES >> p.avg_bits <= MAX_SIGNATURE_ENTRIES as u64 / 2);
+        // A 16 GiB copy is given minutes, a 1 MiB one no more than the frame timeout.
+        assert!(read_wait_ms(DELTA_MAX_BYTES) > 300_000);
+        assert_eq!(read_wait_ms(DELTA_MIN_BYTES), 20);
     }
 
     #[test]

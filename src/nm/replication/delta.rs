@@ -2,12 +2,14 @@
 //! stale copy, relayed to the source inside GET_FILE_DELTA, whose op stream is relayed into a
 //! PUT_FILE_DELTA. Any failure is the caller's cue to send the copy whole.
 
-use super::{connect, relay_reply, reply, sending, unexpected, Lacks, Outcome, Transfer};
+use super::{
+    connect, relay_reply, reply, sending, unexpected, Lacks, Outcome, Transfer, FRAME_TIMEOUT_MS,
+};
 use crate::auth::{ClusterKey, NM_USER};
 use crate::delta::{Params, ENTRY_BYTES, MAX_SIGNATURE_ENTRIES};
 use crate::logging::ev;
 use crate::protocol::{err, Connection, FileState, Message, TicketOp, WireError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Whether a target's stale copy is large enough to be caught up by delta.
 pub(super) fn worth_it(held: &FileState) -> bool {
@@ -27,6 +29,11 @@ pub(super) fn copy(
     let start = Instant::now();
     let (tname, (sname, saddr)) = (t.target.0.as_str(), src);
     let p = Params::for_size(held.size);
+    // The target reads its copy whole before SIGNED and again (the basis check) before it
+    // takes the first op: the wait on it grows with the copy (bounded, see DELTA_MAX_BYTES).
+    let wait_ms = FRAME_TIMEOUT_MS + crate::delta::read_wait_ms(held.size);
+    dst.set_timeout(Some(Duration::from_millis(wait_ms)))
+        .map_err(|e| err::internal(e.to_string()))?;
     // 1. The target's signature of the copy it holds.
     let ask = Message::Signature {
         file: t.file.clone(),
