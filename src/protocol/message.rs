@@ -1122,11 +1122,17 @@ pub enum Message {
     /// Delta transfer, step 2 (to the source): GET_FILE_CONTENT whose parts (the content, the
     /// history entries and the checkpoints) are each sent as ops rebuilding it from the
     /// target's old copy, whose signature is this frame's body. Answered as GET_FILE_CONTENT.
+    /// That copy stands for the history entry of its version (not sent) only if the source's
+    /// entry of that version has the same checksum.
     GetFileDelta {
         /// Canonical file name.
         file: String,
         /// History versions the target already holds (not sent again).
         have: Vec<Version>,
+        /// The version of the target's old copy.
+        basis: Version,
+        /// Its checksum.
+        basis_checksum: u32,
         /// Checkpoint tags the target already holds (not sent again).
         #[serde(default)]
         have_checkpoints: Vec<String>,

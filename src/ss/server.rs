@@ -245,15 +245,22 @@ fn serve(stream: TcpStream, slot: ConnSlot) {
                 have_checkpoints,
                 avg_bits,
                 count,
+                basis,
+                basis_checksum,
                 ticket,
             } => delta::parse_request(avg_bits, count, &frame.body).and_then(|(p, index)| {
+                let ask = DeltaAsk {
+                    params: p,
+                    index: &index,
+                    basis: (basis, basis_checksum),
+                };
                 get_content(
                     shared,
                     &mut conn,
                     &file,
                     &have,
                     &have_checkpoints,
-                    Some((p, &index)),
+                    Some(ask),
                     &ticket,
                 )
             }),
@@ -917,7 +924,7 @@ fn get_content(
     file: &str,
     have: &[Version],
     have_checkpoints: &[String],
-    ops: Option<(crate::delta::Params, &crate::delta::Index)>,
+    delta: Option<DeltaAsk<'_>>,
     t: &Ticket,
 ) -> Result<(), Fail> {
     authorise(shared, file, t, TicketOp::Fetch)?;
@@ -925,6 +932,15 @@ fn get_content(
         .store
         .open_transfer(file, have, have_checkpoints)
         .map_err(vanished(shared, file))?;
+    // The target's old copy stands for the history entry of its version only if this
+    // server's entry of that version is the same bytes (the same checksum); else it is sent
+    // (as ops) like any other.
+    if let Some((v, crc)) = delta.map(|d| d.basis) {
+        if tr.undo.iter().any(|d| d.version == v && d.checksum == crc) {
+            tr.entries.retain(|(e, _)| *e != v);
+        }
+    }
+    let ops = delta.map(|d| (d.params, d.index));
     report_adopted(shared, tr.adopted, || tr.meta.state(file));
     check_fresh(shared, t, tr.meta.version)?;
     let sent: Vec<Version> = tr.entries.iter().map(|(v, _)| *v).collect();
@@ -960,6 +976,17 @@ fn get_content(
     log::info!(target: ev::SS_COMMIT, file = file, version = tr.meta.version.to_string(), bytes = tr.meta.size, entries = tr.entries.len() as u64;
         "sent {file} version {} for replication", tr.meta.version);
     Ok(())
+}
+
+/// What a GET_FILE_DELTA asks beyond a GET_FILE_CONTENT.
+#[derive(Clone, Copy)]
+struct DeltaAsk<'a> {
+    /// How the signature was cut.
+    params: crate::delta::Params,
+    /// The signature of the target's old copy.
+    index: &'a crate::delta::Index,
+    /// That copy's version and checksum.
+    basis: (Version, u32),
 }
 
 /// Sends one part whole, or (`ops`, a GET_FILE_DELTA) as the ops that rebuild it from the

@@ -293,6 +293,44 @@ fn copy_op(offset: u64, len: u64) -> Vec<u8> {
     op
 }
 
+/// The head of the primary's answer to a GET_FILE_DELTA of big.bin against an (empty)
+/// signature of a copy at `basis`: the history it describes and the entries it sends.
+fn delta_head(c: &Cluster, basis: Version, basis_checksum: u32) -> (Vec<UndoDesc>, Vec<Version>) {
+    let ticket = c
+        .key()
+        .mint(NM_USER, "big.bin", TicketOp::Fetch, PRIMARY, None);
+    let mut conn = c.ss_conn(PRIMARY);
+    let get = Message::GetFileDelta {
+        file: "big.bin".into(),
+        have: vec![],
+        basis,
+        basis_checksum,
+        have_checkpoints: vec![],
+        avg_bits: 15,
+        count: 0,
+        ticket,
+    };
+    conn.send(&get, &[]).unwrap();
+    match conn.recv_some().unwrap().msg {
+        Message::FileContent { undo, sent, .. } => (undo, sent),
+        other => panic!("GET_FILE_DELTA answered {other:?}"),
+    }
+}
+
+#[test]
+fn the_source_sends_the_entry_of_the_basis_version_unless_its_checksum_matches() {
+    let (c, _) = stale_backup();
+    let (undo, sent) = delta_head(&c, Version::default(), 0);
+    let v = undo.last().expect("the primary holds history").clone();
+    assert!(sent.contains(&v.version), "{sent:?}");
+    // The target's copy of that version is those bytes: not sent.
+    let (_, sent) = delta_head(&c, v.version, v.checksum);
+    assert!(!sent.contains(&v.version), "{sent:?}");
+    // A copy of that version with other bytes: sent (as ops) like any entry.
+    let (_, sent) = delta_head(&c, v.version, v.checksum ^ 1);
+    assert!(sent.contains(&v.version), "{sent:?}");
+}
+
 #[test]
 fn a_copy_sent_whole_without_the_entry_of_the_version_held_is_incomplete() {
     // Only a delta's verified basis stands for a history entry not sent: a PUT_FILE_CONTENT

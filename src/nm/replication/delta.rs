@@ -55,12 +55,13 @@ pub(super) fn copy(
         return Err(err::invalid(format!("{tname} sent a malformed signature")));
     }
     // 2. The source's op stream against it, relayed into the target's install. The copy the
-    // target holds is the history entry of its own version, so that is not sent either.
-    let mut have = lacks.blobs.clone();
-    have.push(basis.version);
+    // target holds is the history entry of its own version if the source's entry has its
+    // checksum, so that is not sent either.
     let get = Message::GetFileDelta {
         file: t.file.clone(),
-        have,
+        have: lacks.blobs.clone(),
+        basis: basis.version,
+        basis_checksum: basis.checksum,
         have_checkpoints: lacks.checkpoints.clone(),
         avg_bits: p.avg_bits,
         count,
