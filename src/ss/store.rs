@@ -2093,6 +2093,88 @@ mod tests {
     }
 
     #[test]
+    fn a_delta_basis_stands_for_its_entry_only_verified_and_is_unlinked_if_the_install_fails() {
+        let (d, s) = store();
+        s.create("a.txt", "alice", 1).unwrap();
+        let held = commit(&s, "a.txt", "one.");
+        let basis = (held.version, held.checksum);
+        let path = s.content_path("a.txt");
+        let set_bytes = |b: &[u8]| {
+            // Bit rot keeps the size and the mtime: the record still matches.
+            let mtime = fs::metadata(&path).unwrap().modified().unwrap();
+            fs::write(&path, b).unwrap();
+            File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(mtime)
+                .unwrap();
+        };
+        set_bytes(b"onE.");
+        let (_, _, r) = s.open_basis("a.txt", basis).unwrap();
+        assert!(r
+            .unwrap_err()
+            .to_string()
+            .contains("does not match its checksum"));
+        set_bytes(b"one.");
+        let (_, _, r) = s.open_basis("a.txt", basis).unwrap();
+        let (_, verified) = r.unwrap();
+        let mut state = held.state("a.txt");
+        state.version.counter += 5;
+        state.checksum = crc32c::crc32c(b"one. two.");
+        state.size = 9;
+        let undo = [UndoDesc {
+            version: held.version,
+            size: held.size,
+            checksum: held.checksum,
+        }];
+        let entry = d
+            .path()
+            .join("undo")
+            .join(blob_id("a.txt", held.version, held.checksum));
+        fn copy<'a>(
+            state: &'a FileState,
+            undo: &'a [UndoDesc],
+            content: &'a Path,
+            basis: Option<Basis>,
+        ) -> CopyIn<'a> {
+            CopyIn {
+                state,
+                undo,
+                content,
+                entries: &[],
+                checkpoints: &[],
+                checkpoint_files: &[],
+                unsynced: &[],
+                basis,
+            }
+        }
+        // An install that fails after the link (its content a directory, which cannot be
+        // renamed over the file) leaves no entry behind.
+        let dir = d.path().join("tmp").join("a-directory");
+        fs::create_dir_all(&dir).unwrap();
+        assert!(s.install_copies(&[copy(&state, &undo, &dir, Some(verified))])[0].is_err());
+        assert!(!entry.exists(), "an orphan history entry was left");
+        let (t, mut f) = s.temp_file("a.txt").unwrap();
+        f.write_all(b"one. two.").unwrap();
+        f.sync_all().unwrap();
+        // A copy without the verified basis (sent whole) must carry the entry.
+        assert!(matches!(
+            s.install_copies(&[copy(&state, &undo, t.path(), None)])[0],
+            Err(StoreError::Incomplete(_))
+        ));
+        assert!(!entry.exists());
+        let (meta, installed) = s
+            .install_copies(&[copy(&state, &undo, t.path(), Some(verified))])
+            .pop()
+            .unwrap()
+            .unwrap();
+        assert!(installed && meta.version == state.version);
+        assert_eq!(fs::read(&entry).unwrap(), b"one.");
+        assert_eq!(fs::read(&path).unwrap(), b"one. two.");
+    }
+
+    #[test]
     fn a_copy_carries_checkpoints_and_refuses_when_one_is_missing() {
         let (_a, src) = store();
         let (_b, dst) = store();
