@@ -476,8 +476,11 @@ pub fn batchable(a: &Transfer, b: &Transfer) -> bool {
 /// connections: every PEEK_FILE sent at once, then the copies the target lacks relayed one
 /// after another inside one PUT_BATCH, which the target installs together. Logs the worker
 /// events of each file as [`run`] does; one result per job, in order. A failure of the
-/// connection fails every job not decided yet (each is retried on its own schedule).
-pub fn run_batch(ts: &[Transfer], key: &ClusterKey) -> Vec<Result<Outcome, WireError>> {
+/// connection fails every job not decided yet (each is retried on its own schedule). A job
+/// whose target holds a large stale copy is left out (None): the caller runs it on its own
+/// with [`run`], by delta, after handing in the batch's results, so the batch's small files
+/// do not wait behind it.
+pub fn run_batch(ts: &[Transfer], key: &ClusterKey) -> Vec<Option<Result<Outcome, WireError>>> {
     let start = Instant::now();
     for t in ts {
         log::info!(target: ev::REPLICATION_WORKER_PROCESS, file = t.file.as_str(), ss = t.target.0.as_str();
@@ -485,21 +488,22 @@ pub fn run_batch(ts: &[Transfer], key: &ClusterKey) -> Vec<Result<Outcome, WireE
     }
     let mut results: Vec<Option<Result<Outcome, WireError>>> = ts.iter().map(|_| None).collect();
     let mut deferred = Vec::new();
-    let mut bytes = batch(ts, key, &mut results, &mut deferred);
-    for i in deferred {
-        let r = copy(&ts[i], key);
-        if let Ok(Outcome::Copied { bytes: b, .. }) = &r {
-            bytes[i] = *b;
-        }
-        results[i] = Some(r);
-    }
+    let bytes = batch(ts, key, &mut results, &mut deferred);
     let ms = start.elapsed().as_millis() as u64;
-    let results: Vec<Result<Outcome, WireError>> = results
+    let results: Vec<Option<Result<Outcome, WireError>>> = results
         .into_iter()
-        .map(|r| r.unwrap_or_else(|| Err(err::internal("job left undecided"))))
+        .enumerate()
+        .map(|(i, r)| {
+            if deferred.contains(&i) {
+                None
+            } else {
+                Some(r.unwrap_or_else(|| Err(err::internal("job left undecided"))))
+            }
+        })
         .collect();
     for ((t, r), b) in ts.iter().zip(&results).zip(bytes) {
         let tname = t.target.0.as_str();
+        let Some(r) = r else { continue };
         match r {
             Ok(Outcome::Copied { state, .. }) => {
                 log::info!(target: ev::REPLICATION_WORKER_SUCCESS, file = t.file.as_str(),
@@ -520,7 +524,7 @@ pub fn run_batch(ts: &[Transfer], key: &ClusterKey) -> Vec<Result<Outcome, WireE
 const DEFERRED: &str = "deferred to a delta transfer";
 
 /// The body of [`run_batch`]: fills `results`, returns the bytes relayed per job. The jobs
-/// whose target holds a large stale copy are left to [`copy`] (their indices in `deferred`).
+/// whose target holds a large stale copy are left to [`run`] (their indices in `deferred`).
 fn batch(
     ts: &[Transfer],
     key: &ClusterKey,
