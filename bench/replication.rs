@@ -381,12 +381,13 @@ const DELTA_CHANGED_BYTES: u64 = 4096;
 
 fn delta_row(bin_dir: &Path, tmp: &Path, mib: u64) -> Result<ReplRow> {
     let size = mib << 20;
-    let delta = delta_round(bin_dir, &tmp.join("delta"), size, &[])?;
+    let delta = delta_round(bin_dir, &tmp.join("delta"), size, &[], true)?;
     let whole = delta_round(
         bin_dir,
         &tmp.join("delta_off"),
         size,
         &["--delta-min-bytes", "0"],
+        false,
     )?;
     let per = |b: u64| b as f64 / DELTA_CHANGED_BYTES as f64;
     Ok(ReplRow {
@@ -428,8 +429,16 @@ struct Round {
 
 /// A pair holding a `size`-byte file; the backup stops, the file is re-uploaded with
 /// [`DELTA_CHANGED_BYTES`] changed in the middle, the backup restarts: timed until the name
-/// server logs the copy installed, whose bytes it reports. Checks the backup's copy after.
-fn delta_round(bin_dir: &Path, dir: &Path, size: u64, nm_flags: &[&str]) -> Result<Round> {
+/// server logs the copy installed, whose bytes it reports. Checks the backup's copy after,
+/// and that it went by delta exactly when `by_delta` (a delta that fell back would report a
+/// whole copy's figures as the delta's).
+fn delta_round(
+    bin_dir: &Path,
+    dir: &Path,
+    size: u64,
+    nm_flags: &[&str],
+    by_delta: bool,
+) -> Result<Round> {
     use std::os::unix::fs::FileExt;
     fs::create_dir_all(dir)?;
     let src = dir.join("big.bin");
@@ -465,7 +474,14 @@ fn delta_round(bin_dir: &Path, dir: &Path, size: u64, nm_flags: &[&str]) -> Resu
     let job_ms = done.as_ref().and_then(|v| v["ms"].as_u64()).unwrap_or(0);
     let delta_ev = log_events(&pair.nm.log_path, since)
         .into_iter()
-        .find(|v| v["event"] == "replication_delta");
+        .find(|v| v["event"] == "replication_delta" && v["file"] == "big.bin");
+    match (&delta_ev, by_delta) {
+        (None, true) => {
+            bail!("no replication_delta event for big.bin: the delta round sent it whole")
+        }
+        (Some(_), false) => bail!("the whole-copy round went by delta"),
+        _ => {}
+    }
     let field = |k: &str| delta_ev.as_ref().and_then(|v| v[k].as_u64()).unwrap_or(0);
     let (signature, signature_ms) = (field("signature"), field("signature_ms"));
     let got = crc_of(&backup_file)?;
