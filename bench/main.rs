@@ -73,6 +73,9 @@ struct Args {
     /// 4 KiB files owed to the returning backup in the catch-up row.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=MAX_OPS))]
     repl_catchup_files: u64,
+    /// Size of the file the delta catch-up row changes while its backup is down, in MiB.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(2..=16_384))]
+    repl_delta_mib: u64,
     /// Shrink the replication rows for a quick run: 64 MiB, 200 writes, 1,000 files.
     #[arg(long)]
     quick: bool,
@@ -85,8 +88,9 @@ struct Args {
     /// Only the replication table: skip the CREATE / WRITE rows (the raw baseline still runs).
     #[arg(long)]
     replication_only: bool,
-    /// Which replication rows to run, comma-separated: upload, lag, catchup (default: all).
-    #[arg(long, value_delimiter = ',', default_values_t = [ReplRowKind::Upload, ReplRowKind::Lag, ReplRowKind::Catchup])]
+    /// Which replication rows to run, comma-separated: upload, lag, catchup, delta (default:
+    /// all).
+    #[arg(long, value_delimiter = ',', default_values_t = [ReplRowKind::Upload, ReplRowKind::Lag, ReplRowKind::Catchup, ReplRowKind::Delta])]
     repl_rows: Vec<ReplRowKind>,
 }
 
@@ -99,6 +103,9 @@ enum ReplRowKind {
     Lag,
     /// (c) the returning backup's catch-up against rsync.
     Catchup,
+    /// (d) a large file changed while its backup was down: delta catch-up against sending it
+    /// whole.
+    Delta,
 }
 
 impl std::fmt::Display for ReplRowKind {
@@ -107,6 +114,7 @@ impl std::fmt::Display for ReplRowKind {
             ReplRowKind::Upload => "upload",
             ReplRowKind::Lag => "lag",
             ReplRowKind::Catchup => "catchup",
+            ReplRowKind::Delta => "delta",
         })
     }
 }
@@ -136,6 +144,7 @@ fn run(args: &Args) -> Result<bool> {
                 upload_mib: args.repl_upload_mib.min(64),
                 lag_writes: args.repl_lag_writes.min(200),
                 catchup_files: args.repl_catchup_files.min(1000),
+                delta_mib: args.repl_delta_mib.min(64),
                 rows: args.repl_rows.clone(),
             }
         } else {
@@ -143,6 +152,7 @@ fn run(args: &Args) -> Result<bool> {
                 upload_mib: args.repl_upload_mib,
                 lag_writes: args.repl_lag_writes,
                 catchup_files: args.repl_catchup_files,
+                delta_mib: args.repl_delta_mib,
                 rows: args.repl_rows.clone(),
             }
         };

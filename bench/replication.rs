@@ -9,7 +9,13 @@
 //!   `Write Successful!`) to the backup holding the bytes, p50/p99 at 100 writes/s overall with
 //!   1 and 16 writers;
 //! * (c) catch-up: many 4 KiB files (default 10,000) owed to a backup that was down, timed from
-//!   its restart until it holds them all, against `rsync -a --fsync` of the same directory.
+//!   its restart until it holds them all, against `rsync -a --fsync` of the same directory,
+//!   with the bytes sent to the backup ÷ the bytes of the files it lacked;
+//! * (d) delta catch-up: a large file (default 256 MiB) re-uploaded with 4 KiB changed in the
+//!   middle while its backup was down, timed from the backup's restart until the name server
+//!   logs the copy installed, with the bytes sent ÷ the bytes changed, against the same
+//!   catch-up on a second pair whose name server sends stale copies whole
+//!   (`--delta-min-bytes 0`).
 //!
 //! "The backup holds the bytes" is read from the backup's disk: a storage server installs a
 //! copy by atomic rename, so a file under `files/` with the expected size is complete (writes
@@ -47,6 +53,8 @@ pub(crate) struct Sizes {
     pub(crate) lag_writes: u64,
     /// Files owed to the returning backup.
     pub(crate) catchup_files: u64,
+    /// Size of the delta row's file in MiB.
+    pub(crate) delta_mib: u64,
     /// The rows to run.
     pub(crate) rows: Vec<ReplRowKind>,
 }
@@ -116,6 +124,16 @@ pub(crate) fn run(bin_dir: &Path, tmp: &Path, sizes: &Sizes, rows: &mut Vec<Repl
             Err(e) => {
                 clean = false;
                 rows.push(ReplRow::failed(what, "faster than rsync", &e));
+            }
+        }
+    }
+    if sizes.rows.contains(&ReplRowKind::Delta) {
+        match delta_row(bin_dir, tmp, sizes.delta_mib) {
+            Ok(r) => rows.push(r),
+            Err(e) => {
+                clean = false;
+                let what = format!("(d) delta catch-up of {} MiB", sizes.delta_mib);
+                rows.push(ReplRow::failed(what, DELTA_TARGET, &e));
             }
         }
     }
@@ -329,6 +347,7 @@ fn catchup_row(
         None => None,
     };
 
+    let since = log_len(&pair.nm.log_path);
     let t = Instant::now();
     pair.backup = Some(pair.spawn_ss("ss1_backup")?);
     let backup_files = pair.backup_files();
@@ -338,7 +357,18 @@ fn catchup_row(
         count_files(&backup_files) >= want
     })?;
     let pairfs_s = t.elapsed().as_secs_f64();
+    // The worker logs each copy once its target answered, just after the rename we saw.
+    let mut sent = (0, 0);
+    let _ = wait_for(
+        Duration::from_secs(10),
+        "the worker to log every copy",
+        || {
+            sent = copies_logged(&pair.nm.log_path, since, |f| f.starts_with('c'));
+            sent.0 >= files
+        },
+    );
     drop(pair);
+    let owed = files * CATCHUP_FILE_BYTES as u64;
     let (baseline, ratio) = match rsync_s {
         Some(r) => (
             format!("rsync -a --fsync {r:.2} s"),
@@ -348,11 +378,189 @@ fn catchup_row(
     };
     Ok(ReplRow {
         what: format!("(c) catch-up of {files} × 4 KiB owed to a returning backup"),
-        pairfs: format!("{pairfs_s:.2} s ({:.0} files/s)", files as f64 / pairfs_s),
+        pairfs: format!(
+            "{pairfs_s:.2} s ({:.0} files/s); bytes sent ÷ bytes owed: {} ÷ {owed} = {:.2} ({} copies logged)",
+            files as f64 / pairfs_s,
+            sent.1,
+            sent.1 as f64 / owed as f64,
+            sent.0
+        ),
         baseline,
         ratio,
         target: "faster than rsync",
     })
+}
+
+/// What row (d) aims at: a catch-up sends about what changed, not the file.
+const DELTA_TARGET: &str = "bytes sent ÷ changed ≪ size ÷ changed";
+/// Bytes row (d) changes in the middle of its file.
+const DELTA_CHANGED_BYTES: u64 = 4096;
+
+fn delta_row(bin_dir: &Path, tmp: &Path, mib: u64) -> Result<ReplRow> {
+    let size = mib << 20;
+    let delta = delta_round(bin_dir, &tmp.join("delta"), size, &[], true)?;
+    let whole = delta_round(
+        bin_dir,
+        &tmp.join("delta_off"),
+        size,
+        &["--delta-min-bytes", "0"],
+        false,
+    )?;
+    let per = |b: u64| b as f64 / DELTA_CHANGED_BYTES as f64;
+    Ok(ReplRow {
+        what: format!(
+            "(d) catch-up of a {mib} MiB file re-uploaded with {DELTA_CHANGED_BYTES} bytes changed while its backup was down"
+        ),
+        pairfs: format!(
+            "delta: {:.3} s from restart (the copy itself {} ms, of which the signature {} ms), {} bytes sent ({:.1}× the bytes changed; signature {} bytes)",
+            delta.secs, delta.job_ms, delta.signature_ms, delta.bytes, per(delta.bytes), delta.signature
+        ),
+        baseline: format!(
+            "sent whole: {:.3} s (the copy itself {} ms), {} bytes ({:.0}× the bytes changed)",
+            whole.secs,
+            whole.job_ms,
+            whole.bytes,
+            per(whole.bytes)
+        ),
+        ratio: format!(
+            "{:.1}× faster from restart ({:.1}× for the copy), {:.0}× fewer bytes",
+            whole.secs / delta.secs,
+            whole.job_ms as f64 / delta.job_ms.max(1) as f64,
+            whole.bytes as f64 / delta.bytes.max(1) as f64
+        ),
+        target: DELTA_TARGET,
+    })
+}
+
+/// What one catch-up of row (d) took.
+struct Round {
+    /// From the backup's restart until the copy was logged installed.
+    secs: f64,
+    /// The worker's own time for the copy (the job, not the restart and registration).
+    job_ms: u64,
+    bytes: u64,
+    signature: u64,
+    /// The target's time to make the signature.
+    signature_ms: u64,
+}
+
+/// A pair holding a `size`-byte file; the backup stops, the file is re-uploaded with
+/// [`DELTA_CHANGED_BYTES`] changed in the middle, the backup restarts: timed until the name
+/// server logs the copy installed, whose bytes it reports. Checks the backup's copy after,
+/// and that it went by delta exactly when `by_delta` (a delta that fell back would report a
+/// whole copy's figures as the delta's).
+fn delta_round(
+    bin_dir: &Path,
+    dir: &Path,
+    size: u64,
+    nm_flags: &[&str],
+    by_delta: bool,
+) -> Result<Round> {
+    use std::os::unix::fs::FileExt;
+    fs::create_dir_all(dir)?;
+    let src = dir.join("big.bin");
+    let checksum = make_file(&src, size)?;
+    let budget = bulk_budget(size);
+    let mut pair = Pair::start(bin_dir, dir, nm_flags)?;
+    upload(&pair.nm_addr, "big.bin", &src, size, checksum)?;
+    let backup_file = pair.backup_files().join("big.bin");
+    wait_for(budget, "the backup to hold big.bin", || {
+        fs::metadata(&backup_file).is_ok_and(|m| m.len() == size)
+    })?;
+    pair.backup = None;
+    let mut patch = vec![0u8; DELTA_CHANGED_BYTES as usize];
+    fill(&mut patch, &mut 0x5151_u64);
+    File::options()
+        .write(true)
+        .open(&src)?
+        .write_all_at(&patch, size / 2)?;
+    let checksum = crc_of(&src)?;
+    upload(&pair.nm_addr, "big.bin", &src, size, checksum)?;
+    let since = log_len(&pair.nm.log_path);
+    let t = Instant::now();
+    pair.backup = Some(pair.spawn_ss("ss1_backup")?);
+    let mut done = None;
+    wait_for(budget, "the worker to log big.bin installed", || {
+        done = log_events(&pair.nm.log_path, since)
+            .into_iter()
+            .find(|v| v["event"] == "replication_worker_success" && v["file"] == "big.bin");
+        done.is_some()
+    })?;
+    let secs = t.elapsed().as_secs_f64();
+    let bytes = done.as_ref().and_then(|v| v["bytes"].as_u64()).unwrap_or(0);
+    let job_ms = done.as_ref().and_then(|v| v["ms"].as_u64()).unwrap_or(0);
+    let delta_ev = log_events(&pair.nm.log_path, since)
+        .into_iter()
+        .find(|v| v["event"] == "replication_delta" && v["file"] == "big.bin");
+    match (&delta_ev, by_delta) {
+        (None, true) => {
+            bail!("no replication_delta event for big.bin: the delta round sent it whole")
+        }
+        (Some(_), false) => bail!("the whole-copy round went by delta"),
+        _ => {}
+    }
+    let field = |k: &str| delta_ev.as_ref().and_then(|v| v[k].as_u64()).unwrap_or(0);
+    let (signature, signature_ms) = (field("signature"), field("signature_ms"));
+    let got = crc_of(&backup_file)?;
+    if got != checksum {
+        bail!("the backup's big.bin has checksum {got:08x}, not {checksum:08x}");
+    }
+    drop(pair);
+    fs::remove_dir_all(dir)?;
+    Ok(Round {
+        secs,
+        job_ms,
+        bytes,
+        signature,
+        signature_ms,
+    })
+}
+
+/// CRC32C of a file, read 1 MiB at a time.
+fn crc_of(path: &Path) -> Result<u32> {
+    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut buf = vec![0u8; CHUNK_BYTES];
+    let mut crc = 0u32;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(crc);
+        }
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+    }
+}
+
+/// The length of a server's log so far (a mark to read events after).
+fn log_len(path: &Path) -> u64 {
+    fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// The JSON events a server logged after the mark `since`.
+fn log_events(path: &Path, since: u64) -> Vec<serde_json::Value> {
+    use std::io::{BufRead, Seek, SeekFrom};
+    let Ok(mut f) = File::open(path) else {
+        return Vec::new();
+    };
+    if f.seek(SeekFrom::Start(since)).is_err() {
+        return Vec::new();
+    }
+    std::io::BufReader::new(f)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| serde_json::from_str(&l).ok())
+        .collect()
+}
+
+/// The copies the workers logged after `since` for files `which` picks, and the bytes they
+/// sent to their targets.
+fn copies_logged(path: &Path, since: u64, which: impl Fn(&str) -> bool) -> (u64, u64) {
+    log_events(path, since)
+        .iter()
+        .filter(|v| v["event"] == "replication_worker_success")
+        .filter(|v| v["file"].as_str().is_some_and(&which))
+        .fold((0, 0), |(n, b), v| {
+            (n + 1, b + v["bytes"].as_u64().unwrap_or(0))
+        })
 }
 
 // ----- helpers -----

@@ -55,6 +55,10 @@ struct Cli {
     /// Most simultaneous connections.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     max_connections: u64,
+    /// Stale copies at least this large are caught up by delta (only the changed chunks
+    /// travel); smaller ones are sent whole. 0 sends every copy whole.
+    #[arg(long, default_value_t = pairfs::delta::DELTA_MIN_BYTES)]
+    delta_min_bytes: u64,
 }
 
 fn main() {
@@ -80,6 +84,7 @@ fn main() {
         std::process::exit(2);
     }
     pairfs::logging::init_server();
+    pairfs::delta::set_min_bytes(cli.delta_min_bytes);
     let cfg = Config {
         host: cli.host,
         port: cli.port,

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod delta;
 pub mod durable;
 pub mod logging;
 pub mod names;

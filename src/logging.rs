@@ -49,6 +49,12 @@ pub mod ev {
     pub const REPLICATION_WORKER_DELETE_SUCCESS: &str = "replication_worker_delete_success";
     /// A job attempt failed.
     pub const REPLICATION_WORKER_ERROR: &str = "replication_worker_error";
+    /// A stale copy was caught up by delta (fields `file`, `ss`, `bytes` = op stream and
+    /// history sent to the target, `size` = the file's size, `signature` = its bytes,
+    /// `signature_ms` = the time the target took to make it, `ms`).
+    pub const REPLICATION_DELTA: &str = "replication_delta";
+    /// A delta transfer failed and the copy is sent whole instead (fields `file`, `ss`).
+    pub const REPLICATION_DELTA_FALLBACK: &str = "replication_delta_fallback";
     /// A server missed its heartbeats or its connection closed.
     pub const HEARTBEAT_MONITOR_FAILURE: &str = "heartbeat_monitor_failure";
     /// A pair's writer is down: nobody takes its changes until that writer's lease has
@@ -82,6 +88,8 @@ pub mod ev {
     pub const SS_SCAN: &str = "ss_scan";
     /// A storage server committed a change to a file.
     pub const SS_COMMIT: &str = "ss_commit";
+    /// A source sent a file as delta ops (fields `file`, `bytes`, `copied`, `literal`).
+    pub const SS_DELTA_SENT: &str = "ss_delta_sent";
     /// A storage server's link to the name server came up or went down.
     pub const SS_NM_LINK: &str = "ss_nm_link";
     /// A request was refused (bad ticket, malformed frame, limit).
@@ -105,6 +113,8 @@ pub mod ev {
         REPLICATION_WORKER_SUCCESS,
         REPLICATION_WORKER_DELETE_SUCCESS,
         REPLICATION_WORKER_ERROR,
+        REPLICATION_DELTA,
+        REPLICATION_DELTA_FALLBACK,
         HEARTBEAT_MONITOR_FAILURE,
         FAILOVER_START,
         FAILOVER_COMPLETE,
@@ -119,6 +129,7 @@ pub mod ev {
         SS_ADOPT,
         SS_SCAN,
         SS_COMMIT,
+        SS_DELTA_SENT,
         SS_NM_LINK,
         SS_REFUSED,
         SHUTDOWN,

@@ -15,6 +15,8 @@ use crate::protocol::{
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
+mod delta;
+
 /// Delay before the second attempt of a failed job; each further failure doubles it.
 pub const BACKOFF_BASE_MS: u64 = 200;
 /// Longest delay between attempts.
@@ -238,10 +240,21 @@ fn copy(t: &Transfer, key: &ClusterKey) -> Result<Outcome, WireError> {
         }
         Held::Lacks(lacks) => lacks,
     };
+    // A large stale copy: try sending only what changed, else send it whole.
+    if let Some(basis) = lacks.held.as_ref().filter(|h| delta::worth_it(h)) {
+        match delta::copy(t, key, &mut dst, (sname, saddr), basis, &lacks) {
+            Ok(outcome) => return Ok(outcome),
+            Err(e) => {
+                log::warn!(target: ev::REPLICATION_DELTA_FALLBACK, file = t.file.as_str(), ss = tname.as_str();
+                    "file={} to {tname}: delta failed ({}); sending it whole", t.file, e.msg);
+                dst = connect(taddr)?;
+            }
+        }
+    }
     // 2. Ask the source for the content and the history entries the target lacks, and
     // 3. relay every frame into the target's install stream as it arrives.
     let mut src = connect(saddr)?;
-    let bytes = relay(t, key, &mut src, sname, &mut dst, tname, lacks)?;
+    let bytes = relay(t, key, &mut src, sname, &mut dst, tname, lacks, None)?;
     drop(src);
     let reply = dst.recv_some()?;
     match reply.msg.into_result()? {
@@ -265,6 +278,8 @@ enum Held {
 /// What a target that lacks the wanted version holds already, so the source sends only the
 /// rest.
 struct Lacks {
+    /// The state of the older copy it holds, if any.
+    held: Option<FileState>,
     /// The history versions it holds.
     blobs: Vec<Version>,
     /// The tags of the checkpoints it holds.
@@ -300,8 +315,14 @@ fn held_reply(
             state: Some(st), ..
         }) if st.version >= version => Ok(Held::Current(st)),
         Ok(Message::Held {
-            blobs, checkpoints, ..
-        }) => Ok(Held::Lacks(Lacks { blobs, checkpoints })),
+            state,
+            blobs,
+            checkpoints,
+        }) => Ok(Held::Lacks(Lacks {
+            held: state,
+            blobs,
+            checkpoints,
+        })),
         Ok(other) => return Err(unexpected(tname, &other)),
         Err(e) => Err(e),
     })
@@ -335,6 +356,7 @@ fn get_msg(t: &Transfer, key: &ClusterKey, sname: &str, lacks: Lacks) -> Message
 
 /// GET_FILE_CONTENT from the source, relayed frame by frame into a PUT_FILE_CONTENT to the
 /// target (whose answer the caller reads). Returns the content bytes relayed.
+#[allow(clippy::too_many_arguments)]
 fn relay(
     t: &Transfer,
     key: &ClusterKey,
@@ -343,15 +365,18 @@ fn relay(
     dst: &mut Connection,
     tname: &str,
     lacks: Lacks,
+    basis: Option<&FileState>,
 ) -> Result<u64, RelayFail> {
     src.send(&get_msg(t, key, sname, lacks), &[])
         .map_err(|e| RelayFail::Broken(sending(sname, e)))?;
-    relay_reply(t, key, src, sname, dst, tname)
+    relay_reply(t, key, src, sname, dst, tname, basis)
 }
 
 /// Reads the source's answer to a GET_FILE_CONTENT already sent and relays it frame by frame
 /// into a PUT_FILE_CONTENT to the target. An error before the PUT_FILE_CONTENT went out
-/// leaves both connections in step (the source refused); one after it does not.
+/// leaves both connections in step (the source refused); one after it does not. With a
+/// `basis` (the answer to a GET_FILE_DELTA) the content is ops against the target's copy at
+/// that state, relayed in a PUT_FILE_DELTA.
 fn relay_reply(
     t: &Transfer,
     key: &ClusterKey,
@@ -359,6 +384,7 @@ fn relay_reply(
     sname: &str,
     dst: &mut Connection,
     tname: &str,
+    basis: Option<&FileState>,
 ) -> Result<u64, RelayFail> {
     use RelayFail::{Broken, Refused};
     let (state, undo, sent, checkpoints, sent_checkpoints) =
@@ -382,14 +408,27 @@ fn relay_reply(
         )));
     }
     let ticket = key.mint(NM_USER, &t.file, TicketOp::Store, tname, None);
-    let put = Message::PutFileContent {
-        file: t.file.clone(),
-        state: state.clone(),
-        undo,
-        sent: sent.clone(),
-        checkpoints,
-        sent_checkpoints: sent_checkpoints.clone(),
-        ticket,
+    let put = match basis {
+        None => Message::PutFileContent {
+            file: t.file.clone(),
+            state: state.clone(),
+            undo,
+            sent: sent.clone(),
+            checkpoints,
+            sent_checkpoints: sent_checkpoints.clone(),
+            ticket,
+        },
+        Some(b) => Message::PutFileDelta {
+            file: t.file.clone(),
+            state: state.clone(),
+            undo,
+            sent: sent.clone(),
+            checkpoints,
+            sent_checkpoints: sent_checkpoints.clone(),
+            basis: b.version,
+            basis_checksum: b.checksum,
+            ticket,
+        },
     };
     dst.send(&put, &[]).map_err(|e| Broken(sending(tname, e)))?;
     let mut bytes = 0u64;
@@ -437,22 +476,34 @@ pub fn batchable(a: &Transfer, b: &Transfer) -> bool {
 /// connections: every PEEK_FILE sent at once, then the copies the target lacks relayed one
 /// after another inside one PUT_BATCH, which the target installs together. Logs the worker
 /// events of each file as [`run`] does; one result per job, in order. A failure of the
-/// connection fails every job not decided yet (each is retried on its own schedule).
-pub fn run_batch(ts: &[Transfer], key: &ClusterKey) -> Vec<Result<Outcome, WireError>> {
+/// connection fails every job not decided yet (each is retried on its own schedule). A job
+/// whose target holds a large stale copy is left out (None): the caller runs it on its own
+/// with [`run`], by delta, after handing in the batch's results, so the batch's small files
+/// do not wait behind it.
+pub fn run_batch(ts: &[Transfer], key: &ClusterKey) -> Vec<Option<Result<Outcome, WireError>>> {
     let start = Instant::now();
     for t in ts {
         log::info!(target: ev::REPLICATION_WORKER_PROCESS, file = t.file.as_str(), ss = t.target.0.as_str();
             "file={} target={} want={:?} (batch of {})", t.file, t.target.0, t.want, ts.len());
     }
     let mut results: Vec<Option<Result<Outcome, WireError>>> = ts.iter().map(|_| None).collect();
-    let bytes = batch(ts, key, &mut results);
+    let mut deferred = Vec::new();
+    let bytes = batch(ts, key, &mut results, &mut deferred);
     let ms = start.elapsed().as_millis() as u64;
-    let results: Vec<Result<Outcome, WireError>> = results
+    let results: Vec<Option<Result<Outcome, WireError>>> = results
         .into_iter()
-        .map(|r| r.unwrap_or_else(|| Err(err::internal("job left undecided"))))
+        .enumerate()
+        .map(|(i, r)| {
+            if deferred.contains(&i) {
+                None
+            } else {
+                Some(r.unwrap_or_else(|| Err(err::internal("job left undecided"))))
+            }
+        })
         .collect();
     for ((t, r), b) in ts.iter().zip(&results).zip(bytes) {
         let tname = t.target.0.as_str();
+        let Some(r) = r else { continue };
         match r {
             Ok(Outcome::Copied { state, .. }) => {
                 log::info!(target: ev::REPLICATION_WORKER_SUCCESS, file = t.file.as_str(),
@@ -469,11 +520,16 @@ pub fn run_batch(ts: &[Transfer], key: &ClusterKey) -> Vec<Result<Outcome, WireE
     results
 }
 
-/// The body of [`run_batch`]: fills `results`, returns the bytes relayed per job.
+/// What a job left for after the batch holds until then.
+const DEFERRED: &str = "deferred to a delta transfer";
+
+/// The body of [`run_batch`]: fills `results`, returns the bytes relayed per job. The jobs
+/// whose target holds a large stale copy are left to [`run`] (their indices in `deferred`).
 fn batch(
     ts: &[Transfer],
     key: &ClusterKey,
     results: &mut [Option<Result<Outcome, WireError>>],
+    deferred: &mut Vec<usize>,
 ) -> Vec<u64> {
     let mut bytes = vec![0u64; ts.len()];
     let fail_rest = |results: &mut [Option<Result<Outcome, WireError>>], e: &WireError| {
@@ -517,6 +573,11 @@ fn batch(
                     bytes: 0,
                 }))
             }
+            // A large stale copy goes by delta on its own after the batch.
+            Ok(Ok(Held::Lacks(l))) if l.held.as_ref().is_some_and(delta::worth_it) => {
+                results[i] = Some(Err(err::internal(DEFERRED)));
+                deferred.push(i);
+            }
             Ok(Ok(Held::Lacks(l))) => lacks.push((i, l)),
             // An ERR answers one PEEK; the connection goes on.
             Ok(Err(e)) => results[i] = Some(Err(e)),
@@ -554,7 +615,7 @@ fn batch(
     }
     let mut put = Vec::new();
     for i in asked {
-        match relay_reply(&ts[i], key, &mut src, sname, &mut dst, tname) {
+        match relay_reply(&ts[i], key, &mut src, sname, &mut dst, tname, None) {
             Ok(n) => {
                 bytes[i] = n;
                 put.push(i);

@@ -55,12 +55,21 @@ pub fn spawn(
             .name(format!("nm-{name}-{i}"))
             .spawn(move || {
                 while let Ok(job) = jobs.recv() {
-                    for (id, out) in run_some(job, &jobs, &limits, &key) {
+                    let (done, alone) = run_some(job, &jobs, &limits, &key);
+                    for (id, out) in done {
                         if results.send((id, out)).is_err() {
                             return;
                         }
                     }
                     notify();
+                    // A batch's large stale copies, by delta, each answered as it ends.
+                    for (id, t) in alone {
+                        let out = replication::run(&t, &key).map(JobOutput::Replicated);
+                        if results.send((id, out)).is_err() {
+                            return;
+                        }
+                        notify();
+                    }
                 }
             })?;
     }
@@ -72,15 +81,17 @@ pub fn spawn(
 /// [`replication::BATCH_MAX`] - 1 of them: copies between the same two servers go in one batch
 /// (a backup catching up on thousands of small files pays a few syncs per file instead of
 /// four, and two connections per batch instead of per file); the others run one by one. Only
-/// jobs that are waiting anyway are taken, so a lone change is never delayed.
+/// jobs that are waiting anyway are taken, so a lone change is never delayed. Returns the
+/// results, and the batch's jobs left to run on their own after those are handed in (see
+/// [`replication::run_batch`]).
 fn run_some(
     first: Job,
     jobs: &Receiver<Job>,
     limits: &ExecLimits,
     key: &ClusterKey,
-) -> Vec<JobResult> {
+) -> (Vec<JobResult>, Vec<(JobId, replication::Transfer)>) {
     let JobKind::Replicate(lead) = &first.kind else {
-        return vec![(first.id, run(&first.kind, limits, key))];
+        return (vec![(first.id, run(&first.kind, limits, key))], vec![]);
     };
     let mut batch: Vec<(JobId, replication::Transfer)> = Vec::new();
     let mut others = Vec::new();
@@ -102,20 +113,24 @@ fn run_some(
         others.push(first);
     }
     let mut out = Vec::with_capacity(batch.len() + others.len());
+    let mut alone = Vec::new();
     if batch.len() == 1 {
         let (id, t) = &batch[0];
         out.push((*id, replication::run(t, key).map(JobOutput::Replicated)));
     } else if !batch.is_empty() {
         let ts: Vec<replication::Transfer> = batch.iter().map(|(_, t)| t.clone()).collect();
         let rs = replication::run_batch(&ts, key);
-        for ((id, _), r) in batch.iter().zip(rs) {
-            out.push((*id, r.map(JobOutput::Replicated)));
+        for ((id, t), r) in batch.iter().zip(rs) {
+            match r {
+                Some(r) => out.push((*id, r.map(JobOutput::Replicated))),
+                None => alone.push((*id, t.clone())),
+            }
         }
     }
     for job in others {
         out.push((job.id, run(&job.kind, limits, key)));
     }
-    out
+    (out, alone)
 }
 
 /// Runs one job, blocking.

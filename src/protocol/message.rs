@@ -35,6 +35,9 @@
 //!                `sent_checkpoints` order)
 //! nm -> target : PUT_BATCH, (PUT_FILE_CONTENT and its parts)*, END
 //!                                               <- (FILE_STATE_REPLY | ERR) per copy, in order
+//! nm -> target : SIGNATURE (a stale copy >= 1 MiB) <- SIGNED (body = signature) | ERR
+//! nm -> source : GET_FILE_DELTA (body = signature) <- as GET_FILE_CONTENT, content as ops
+//! nm -> target : PUT_FILE_DELTA, as PUT_FILE_CONTENT, content as ops <- FILE_STATE_REPLY | ERR
 //! nm -> target : SS_DELETE (delete replication) <- DONE | ERR
 //! client -> nm : FSCK (file, or the cursor of the next page) <- FSCK_PAGE | ERR
 //! nm -> ss     : CHECK_FILES (a page of names)  <- CHECKED | ERR
@@ -1106,6 +1109,76 @@ pub enum Message {
     /// kind of sync once for the batch) and answers one FILE_STATE_REPLY or ERR per copy, in
     /// order. Each copy carries its own ticket; the batch itself changes nothing.
     PutBatch {},
+    /// Delta transfer, step 1 (to a target holding an older copy of a large file): the
+    /// signature of the copy it holds, cut with average chunk 2^`avg_bits` bytes. Answered by
+    /// SIGNED, whose body is the signature (see `crate::delta`).
+    Signature {
+        /// Canonical file name.
+        file: String,
+        /// Log2 of the average chunk size (15..=20).
+        avg_bits: u32,
+        /// Authorisation (op `store`).
+        ticket: Ticket,
+    },
+    /// Reply to SIGNATURE: the state of the copy the signature (the body: `count` entries of
+    /// XXH3-128 and length) describes.
+    Signed {
+        /// The copy's state.
+        state: FileState,
+        /// Log2 of the average chunk size used.
+        avg_bits: u32,
+        /// Entries in the body.
+        count: u64,
+    },
+    /// Delta transfer, step 2 (to the source): GET_FILE_CONTENT whose parts (the content, the
+    /// history entries and the checkpoints) are each sent as ops rebuilding it from the
+    /// target's old copy, whose signature is this frame's body. Answered as GET_FILE_CONTENT.
+    /// That copy stands for the history entry of its version (not sent) only if the source's
+    /// entry of that version has the same checksum.
+    GetFileDelta {
+        /// Canonical file name.
+        file: String,
+        /// History versions the target already holds (not sent again).
+        have: Vec<Version>,
+        /// The version of the target's old copy.
+        basis: Version,
+        /// Its checksum.
+        basis_checksum: u32,
+        /// Checkpoint tags the target already holds (not sent again).
+        #[serde(default)]
+        have_checkpoints: Vec<String>,
+        /// Log2 of the average chunk size of the signature.
+        avg_bits: u32,
+        /// Entries in the signature.
+        count: u64,
+        /// Authorisation (op `fetch`).
+        ticket: Ticket,
+    },
+    /// Delta transfer, step 3 (to the target): PUT_FILE_CONTENT whose parts are each ops
+    /// against the copy it holds at `basis` (with `basis_checksum`). That copy is also the
+    /// history entry of `basis`, so it is not sent. Verified and answered as PUT_FILE_CONTENT.
+    PutFileDelta {
+        /// Canonical file name.
+        file: String,
+        /// State of the content the ops rebuild.
+        state: FileState,
+        /// The whole undo history, oldest first.
+        undo: Vec<UndoDesc>,
+        /// History entries whose bytes follow, in order.
+        sent: Vec<Version>,
+        /// Every checkpoint of the file.
+        #[serde(default)]
+        checkpoints: Vec<CheckpointInfo>,
+        /// Checkpoints whose bytes follow the history entries, in order.
+        #[serde(default)]
+        sent_checkpoints: Vec<String>,
+        /// The version of the old copy the ops refer to.
+        basis: Version,
+        /// Its checksum.
+        basis_checksum: u32,
+        /// Authorisation (op `store`).
+        ticket: Ticket,
+    },
     /// A file's state after an NM-initiated change.
     FileStateReply {
         /// The state.

@@ -30,7 +30,7 @@ use crate::ss::document::{Document, EditBuffer};
 use crate::ss::nmlink::NmLink;
 use crate::ss::sessions::Sessions;
 use crate::ss::store::{
-    ContentCounter, CopyIn, Store, StoreError, TempFile, MAX_CHECKPOINTS, UNDO_DEPTH,
+    Basis, ContentCounter, CopyIn, Store, StoreError, TempFile, MAX_CHECKPOINTS, UNDO_DEPTH,
 };
 use crate::ss::textcount::TextCount;
 use std::fs::File;
@@ -231,7 +231,67 @@ fn serve(stream: TcpStream, slot: ConnSlot) {
                 have,
                 have_checkpoints,
                 ticket,
-            } => get_content(shared, &mut conn, &file, &have, &have_checkpoints, &ticket),
+            } => get_content(
+                shared,
+                &mut conn,
+                &file,
+                &have,
+                &have_checkpoints,
+                None,
+                &ticket,
+            ),
+            Message::GetFileDelta {
+                file,
+                have,
+                have_checkpoints,
+                avg_bits,
+                count,
+                basis,
+                basis_checksum,
+                ticket,
+            } => delta::parse_request(avg_bits, count, &frame.body).and_then(|(p, index)| {
+                let ask = DeltaAsk {
+                    params: p,
+                    index: &index,
+                    basis: (basis, basis_checksum),
+                };
+                get_content(
+                    shared,
+                    &mut conn,
+                    &file,
+                    &have,
+                    &have_checkpoints,
+                    Some(ask),
+                    &ticket,
+                )
+            }),
+            Message::Signature {
+                file,
+                avg_bits,
+                ticket,
+            } => delta::signature(shared, &mut conn, &file, avg_bits, &ticket),
+            Message::PutFileDelta {
+                file,
+                state,
+                undo,
+                sent,
+                checkpoints,
+                sent_checkpoints,
+                basis,
+                basis_checksum,
+                ticket,
+            } => {
+                let head = PutHead {
+                    file: &file,
+                    state: &state,
+                    undo: &undo,
+                    sent: &sent,
+                    checkpoints: &checkpoints,
+                    sent_checkpoints: &sent_checkpoints,
+                    basis: Some((basis, basis_checksum)),
+                };
+                put_content(shared, &mut conn, &head, &ticket)
+            }
             Message::PutFileContent {
                 file,
                 state,
@@ -248,6 +308,7 @@ fn serve(stream: TcpStream, slot: ConnSlot) {
                     sent: &sent,
                     checkpoints: &checkpoints,
                     sent_checkpoints: &sent_checkpoints,
+                    basis: None,
                 };
                 put_content(shared, &mut conn, &head, &ticket)
             }
@@ -867,6 +928,7 @@ fn get_content(
     file: &str,
     have: &[Version],
     have_checkpoints: &[String],
+    delta: Option<DeltaAsk<'_>>,
     t: &Ticket,
 ) -> Result<(), Fail> {
     authorise(shared, file, t, TicketOp::Fetch)?;
@@ -874,6 +936,15 @@ fn get_content(
         .store
         .open_transfer(file, have, have_checkpoints)
         .map_err(vanished(shared, file))?;
+    // The target's old copy stands for the history entry of its version only if this
+    // server's entry of that version is the same bytes (the same checksum); else it is sent
+    // (as ops) like any other.
+    if let Some((v, crc)) = delta.map(|d| d.basis) {
+        if tr.undo.iter().any(|d| d.version == v && d.checksum == crc) {
+            tr.entries.retain(|(e, _)| *e != v);
+        }
+    }
+    let ops = delta.map(|d| (d.params, d.index));
     report_adopted(shared, tr.adopted, || tr.meta.state(file));
     check_fresh(shared, t, tr.meta.version)?;
     let sent: Vec<Version> = tr.entries.iter().map(|(v, _)| *v).collect();
@@ -889,14 +960,14 @@ fn get_content(
         },
         &[],
     )?;
-    send_part(conn, &mut tr.content, tr.meta.size)?;
+    send_any(conn, file, &mut tr.content, tr.meta.size, ops)?;
     for (v, f) in tr.entries.iter_mut() {
         let size = tr
             .undo
             .iter()
             .find(|d| d.version == *v)
             .map_or(0, |d| d.size);
-        send_part(conn, f, size)?;
+        send_any(conn, file, f, size, ops)?;
     }
     for (tag, f) in tr.checkpoint_files.iter_mut() {
         let size = tr
@@ -904,11 +975,38 @@ fn get_content(
             .iter()
             .find(|c| c.tag == *tag)
             .map_or(0, |c| c.size);
-        send_part(conn, f, size)?;
+        send_any(conn, file, f, size, ops)?;
     }
     log::info!(target: ev::SS_COMMIT, file = file, version = tr.meta.version.to_string(), bytes = tr.meta.size, entries = tr.entries.len() as u64;
         "sent {file} version {} for replication", tr.meta.version);
     Ok(())
+}
+
+/// What a GET_FILE_DELTA asks beyond a GET_FILE_CONTENT.
+#[derive(Clone, Copy)]
+struct DeltaAsk<'a> {
+    /// How the signature was cut.
+    params: crate::delta::Params,
+    /// The signature of the target's old copy.
+    index: &'a crate::delta::Index,
+    /// That copy's version and checksum.
+    basis: (Version, u32),
+}
+
+/// Sends one part whole, or (`ops`, a GET_FILE_DELTA) as the ops that rebuild it from the
+/// target's old copy: the content and the history entries and checkpoints alike, since the
+/// versions between the target's and the current one are mostly the same bytes.
+fn send_any(
+    conn: &mut Connection,
+    file: &str,
+    f: &mut File,
+    size: u64,
+    ops: Option<(crate::delta::Params, &crate::delta::Index)>,
+) -> Result<(), Fail> {
+    match ops {
+        Some((p, index)) => delta::send_ops(conn, file, f, size, p, index),
+        None => send_part(conn, f, size),
+    }
 }
 
 /// One received part of a stream (CHUNK* END).
@@ -1143,6 +1241,9 @@ struct PutHead<'a> {
     sent: &'a [Version],
     checkpoints: &'a [CheckpointInfo],
     sent_checkpoints: &'a [String],
+    /// The version and checksum of this server's copy that a delta's ops refer to
+    /// (PUT_FILE_DELTA), or None for content sent whole.
+    basis: Option<(Version, u32)>,
 }
 
 /// Checks the head of a PUT_FILE_CONTENT before its stream is read.
@@ -1183,6 +1284,8 @@ fn check_put(shared: &Shared, h: &PutHead<'_>, t: &Ticket) -> Result<(), WireErr
     Ok(())
 }
 
+mod delta;
+
 /// Most copies one PUT_BATCH may carry (bounds the temp files and open files it holds).
 pub const MAX_BATCH_COPIES: usize = 64;
 
@@ -1205,6 +1308,8 @@ struct Staged {
     checkpoints: Vec<CheckpointInfo>,
     /// The checkpoints sent, by tag.
     ckpts: Vec<(String, Received)>,
+    /// A delta's verified basis: the content held now, the history entry of its version.
+    basis: Option<Basis>,
 }
 
 /// Reads a PUT_FILE_CONTENT's stream (content, then each sent history entry, then each sent
@@ -1237,27 +1342,46 @@ fn receive_copy(
         sync,
     };
     let mut flip = keep.store && shared.fault_flip_put.swap(false, Ordering::SeqCst);
-    let content = recv_part(
-        shared,
-        conn,
-        file,
-        state.size,
-        keep,
-        ContentCounter::bytes_only(),
-        &mut flip,
-    )?;
+    // A delta's ops refer to this server's copy at the basis, opened and verified once for
+    // all its parts; a copy that is not refuses the delta (the first part carries why).
+    let (mut old, mut refused) = (None, None);
+    if let (Some(b), true) = (h.basis, keep.store) {
+        match delta::open_basis(shared, file, b) {
+            Ok(o) => old = Some(o),
+            Err(e) => refused = Some(e),
+        }
+    }
+    let basis = old.as_ref().map(|o| o.basis);
+    // One part sent whole, or (PUT_FILE_DELTA) as ops against the old copy.
+    let mut recv_any = |conn: &mut Connection, limit: u64, keep: Keep, flip: &mut bool| {
+        if h.basis.is_some() {
+            delta::recv_ops(
+                shared,
+                conn,
+                file,
+                limit,
+                old.as_ref(),
+                refused.take(),
+                keep,
+                flip,
+            )
+        } else {
+            recv_part(
+                shared,
+                conn,
+                file,
+                limit,
+                keep,
+                ContentCounter::bytes_only(),
+                flip,
+            )
+        }
+    };
+    let content = recv_any(conn, state.size, keep, &mut flip)?;
     let mut entries = Vec::with_capacity(sent.len());
     for v in sent {
         let limit = undo.iter().find(|d| d.version == *v).map_or(0, |d| d.size);
-        let r = recv_part(
-            shared,
-            conn,
-            file,
-            limit,
-            keep,
-            ContentCounter::bytes_only(),
-            &mut flip,
-        )?;
+        let r = recv_any(conn, limit, keep, &mut flip)?;
         entries.push((*v, r));
     }
     // A file may send up to MAX_CHECKPOINTS checkpoints: in a batch, leaving each open until
@@ -1274,15 +1398,7 @@ fn receive_copy(
             .iter()
             .find(|c| c.tag == *tag)
             .map_or(0, |c| c.size);
-        let r = recv_part(
-            shared,
-            conn,
-            file,
-            limit,
-            ckpt_keep,
-            ContentCounter::bytes_only(),
-            &mut flip,
-        )?;
+        let r = recv_any(conn, limit, ckpt_keep, &mut flip)?;
         ckpts.push((tag.clone(), r));
     }
     if flip {
@@ -1300,6 +1416,7 @@ fn receive_copy(
         entries,
         checkpoints: h.checkpoints.to_vec(),
         ckpts,
+        basis,
     })))
 }
 
@@ -1381,6 +1498,7 @@ fn install_staged(
             checkpoints: &staged[p.i].checkpoints,
             checkpoint_files: &p.ckpts,
             unsynced: &p.unsynced,
+            basis: staged[p.i].basis,
         })
         .collect();
     let installed = {
@@ -1506,6 +1624,7 @@ fn put_batch(shared: &Shared, conn: &mut Connection) -> Result<(), Fail> {
                     sent: &sent,
                     checkpoints: &checkpoints,
                     sent_checkpoints: &sent_checkpoints,
+                    basis: None,
                 };
                 match receive_copy(shared, conn, &head, &ticket, sync_by) {
                     Ok(a) => arrived.push(Ok(a)),

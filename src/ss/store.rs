@@ -63,6 +63,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -930,6 +931,7 @@ impl Store {
             checkpoints,
             checkpoint_files,
             unsynced: &[],
+            basis: None,
         };
         self.install_copies(&[copy], None)
             .pop()
@@ -958,6 +960,26 @@ impl Store {
         copies: &[CopyIn<'_>],
         window: Option<&durable::FsSync>,
     ) -> Vec<Result<(Meta, bool), StoreError>> {
+        let mut linked = Vec::new();
+        let results = self.install_copies_linking(copies, window, &mut linked);
+        // A basis linked in for a copy that then failed is named by no record: removed, so
+        // it does not pin the old content's space.
+        for (i, path) in linked {
+            if !results.get(i).is_some_and(|r| r.is_ok()) {
+                let _ = fs::remove_file(path);
+            }
+        }
+        results
+    }
+
+    /// The body of [`Store::install_copies`], which holds every file's lock; `linked`
+    /// collects the history entries linked to a delta's basis (copy index, path).
+    fn install_copies_linking(
+        &self,
+        copies: &[CopyIn<'_>],
+        window: Option<&durable::FsSync>,
+        linked: &mut Vec<(usize, PathBuf)>,
+    ) -> Vec<Result<(Meta, bool), StoreError>> {
         let mut order: Vec<&str> = copies.iter().map(|c| c.state.file.as_str()).collect();
         order.sort_unstable();
         order.dedup();
@@ -981,16 +1003,19 @@ impl Store {
             }
             match self.plan_copy(c) {
                 Ok(Plan::Held(m)) => results[i] = Some(Ok((m, false))),
-                Ok(Plan::Install(old, ids)) => match self.stage_record(c, old.as_ref(), ids) {
-                    Ok((meta, temp, f)) => plans.push(Planned {
-                        i,
-                        old,
-                        meta,
-                        temp,
-                        file: f,
-                    }),
-                    Err(e) => results[i] = Some(Err(e)),
-                },
+                Ok(Plan::Install(old, ids, link)) => {
+                    match self.stage_record(c, old.as_ref(), ids) {
+                        Ok((meta, temp, f)) => plans.push(Planned {
+                            i,
+                            old,
+                            meta,
+                            temp,
+                            file: f,
+                            link,
+                        }),
+                        Err(e) => results[i] = Some(Err(e)),
+                    }
+                }
                 Err(e) => results[i] = Some(Err(e)),
             }
         }
@@ -1021,10 +1046,20 @@ impl Store {
             }
         }
         plans.retain(|p| results[p.i].is_none());
-        // 3. History entries, then one sync of `undo/`.
+        // 3. History entries (and a delta's verified basis, linked), then one sync of
+        // `undo/`.
         let mut renamed = false;
         plans.retain(|p| {
             let c = &copies[p.i];
+            if let Some(id) = &p.link {
+                let path = self.undo.join(id);
+                if let Err(e) = fs::hard_link(self.content_path(&c.state.file), &path) {
+                    results[p.i] = Some(Err(self.io(&c.state.file, e)));
+                    return false;
+                }
+                linked.push((p.i, path));
+                renamed = true;
+            }
             let keep = c.undo.len().saturating_sub(UNDO_DEPTH);
             for (d, id) in c.undo[keep..].iter().zip(&p.meta.undo) {
                 if let Some((_, tmp)) = c.entries.iter().find(|(v, _)| *v == d.version) {
@@ -1183,15 +1218,103 @@ impl Store {
             .iter()
             .map(|d| blob_id(file, d.version, d.checksum))
             .collect();
-        // Check before changing anything: every entry is either sent or already here.
+        // Check before changing anything: every entry is either sent or already here, or
+        // (a delta transfer only) is the copy held now, whose bytes the caller verified
+        // against its checksum: step 3 links it in.
+        let mut link = None;
         for (d, id) in undo.iter().zip(&ids) {
             let sent = c.entries.iter().any(|(v, _)| *v == d.version);
             if !sent && !self.undo.join(id).is_file() {
-                return Err(StoreError::Incomplete(names::display(file)));
+                match c.basis {
+                    Some(b)
+                        if (b.version, b.checksum) == (d.version, d.checksum)
+                            && self.basis_in_place(file, old.as_ref(), &b) =>
+                    {
+                        link = Some(id.clone());
+                    }
+                    _ => return Err(StoreError::Incomplete(names::display(file))),
+                }
             }
         }
         self.check_checkpoints_complete(file, c.checkpoints, c.checkpoint_files)?;
-        Ok(Plan::Install(old, ids))
+        Ok(Plan::Install(old, ids, link))
+    }
+
+    /// Whether the content of `file` (whose record is `old`) is still the copy `b` was
+    /// verified from: the same record and the same inode.
+    fn basis_in_place(&self, file: &str, old: Option<&Meta>, b: &Basis) -> bool {
+        old.is_some_and(|m| (m.version, m.checksum) == (b.version, b.checksum))
+            && fs::metadata(self.content_path(file))
+                .is_ok_and(|md| (md.dev(), md.ino()) == (b.dev, b.ino))
+    }
+
+    /// Opens the copy of `file` a delta transfer's ops refer to, under the file lock, and
+    /// verifies it is at `basis` (version and checksum) by its record and by a whole read of
+    /// its bytes: a copy with bit rot must neither rebuild content nor become the history
+    /// entry of its version (which UNDO would restore and peers would refuse). Returns the
+    /// record held and whether it adopted a hand edit, even when the copy does not verify.
+    #[allow(clippy::type_complexity)]
+    pub fn open_basis(
+        &self,
+        file: &str,
+        basis: (Version, u32),
+    ) -> Result<(Meta, bool, Result<(File, Basis), StoreError>), StoreError> {
+        let lock = self.file_lock(file);
+        let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (meta, adopted) = self.current(file)?;
+        let opened = self.verify_basis(file, &meta, basis);
+        Ok((meta, adopted, opened))
+    }
+
+    /// The check of [`Store::open_basis`] (caller holds the lock).
+    fn verify_basis(
+        &self,
+        file: &str,
+        meta: &Meta,
+        basis: (Version, u32),
+    ) -> Result<(File, Basis), StoreError> {
+        let mismatch = |what: String| StoreError::Io {
+            file: file.to_string(),
+            source: io::Error::other(what),
+        };
+        if (meta.version, meta.checksum) != basis {
+            return Err(mismatch(format!(
+                "the copy here is at version {} (checksum {:08x}), not at version {} \
+                 (checksum {:08x}) the delta was made against",
+                meta.version, meta.checksum, basis.0, basis.1
+            )));
+        }
+        let f = File::open(self.content_path(file)).map_err(|e| self.io(file, e))?;
+        let md = f.metadata().map_err(|e| self.io(file, e))?;
+        let mut crc = 0u32;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut at = 0u64;
+        loop {
+            let n = match f.read_at(&mut buf, at) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.io(file, e)),
+            };
+            if n == 0 {
+                break;
+            }
+            crc = crc32c::crc32c_append(crc, &buf[..n]);
+            at += n as u64;
+        }
+        if at != meta.size || crc != meta.checksum {
+            return Err(mismatch(format!(
+                "the copy here does not match its checksum ({crc:08x}, {at} bytes; its record \
+                 says {:08x}, {} bytes)",
+                meta.checksum, meta.size
+            )));
+        }
+        let b = Basis {
+            version: meta.version,
+            checksum: meta.checksum,
+            dev: md.dev(),
+            ino: md.ino(),
+        };
+        Ok((f, b))
     }
 
     /// Ends [`Store::install_copies`] after a directory sync failed: every copy not decided
@@ -1498,6 +1621,22 @@ pub struct CopyIn<'a> {
     pub checkpoint_files: &'a [(String, PathBuf)],
     /// The temp files among these not synced yet (the install syncs them with its own).
     pub unsynced: &'a [&'a File],
+    /// A delta transfer's basis, verified by [`Store::open_basis`]: the content held now is
+    /// the history entry of its version when none was sent. None for a copy sent whole.
+    pub basis: Option<Basis>,
+}
+
+/// The copy a delta transfer was rebuilt from, verified by [`Store::open_basis`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Basis {
+    /// Its version.
+    pub version: Version,
+    /// Its checksum (verified against its bytes).
+    pub checksum: u32,
+    /// The device and inode it was read from, so the install links that file only.
+    pub dev: u64,
+    /// See `dev`.
+    pub ino: u64,
 }
 
 /// A copy [`Store::install_copies`] is installing.
@@ -1511,14 +1650,17 @@ struct Planned {
     /// That record's temp file, and the file open for syncing.
     temp: TempFile,
     file: File,
+    /// The history entry to link to the content held now (a delta's verified basis).
+    link: Option<String>,
 }
 
 /// What installing one copy takes.
 enum Plan {
     /// This copy is as new already: its record.
     Held(Meta),
-    /// Install over the old record (if any), listing these history entries.
-    Install(Option<Meta>, Vec<String>),
+    /// Install over the old record (if any), listing these history entries, one of which
+    /// (a delta transfer's verified basis) is the content held now, linked in at step 3.
+    Install(Option<Meta>, Vec<String>, Option<String>),
 }
 
 /// The error of a copy whose content is in place but whose record is not: the next access or
@@ -2147,6 +2289,88 @@ mod tests {
             dst.check_checkpoints_complete("a.txt", &tr.checkpoints, &[]),
             Err(StoreError::Incomplete(_))
         ));
+    }
+
+    #[test]
+    fn a_delta_basis_stands_for_its_entry_only_verified_and_is_unlinked_if_the_install_fails() {
+        let (d, s) = store();
+        s.create("a.txt", "alice", 1).unwrap();
+        let held = commit(&s, "a.txt", "one.");
+        let basis = (held.version, held.checksum);
+        let path = s.content_path("a.txt");
+        let set_bytes = |b: &[u8]| {
+            // Bit rot keeps the size and the mtime: the record still matches.
+            let mtime = fs::metadata(&path).unwrap().modified().unwrap();
+            fs::write(&path, b).unwrap();
+            File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(mtime)
+                .unwrap();
+        };
+        set_bytes(b"onE.");
+        let (_, _, r) = s.open_basis("a.txt", basis).unwrap();
+        assert!(r
+            .unwrap_err()
+            .to_string()
+            .contains("does not match its checksum"));
+        set_bytes(b"one.");
+        let (_, _, r) = s.open_basis("a.txt", basis).unwrap();
+        let (_, verified) = r.unwrap();
+        let mut state = held.state("a.txt");
+        state.version.counter += 5;
+        state.checksum = crc32c::crc32c(b"one. two.");
+        state.size = 9;
+        let undo = [UndoDesc {
+            version: held.version,
+            size: held.size,
+            checksum: held.checksum,
+        }];
+        let entry = d
+            .path()
+            .join("undo")
+            .join(blob_id("a.txt", held.version, held.checksum));
+        fn copy<'a>(
+            state: &'a FileState,
+            undo: &'a [UndoDesc],
+            content: &'a Path,
+            basis: Option<Basis>,
+        ) -> CopyIn<'a> {
+            CopyIn {
+                state,
+                undo,
+                content,
+                entries: &[],
+                checkpoints: &[],
+                checkpoint_files: &[],
+                unsynced: &[],
+                basis,
+            }
+        }
+        // An install that fails after the link (its content a directory, which cannot be
+        // renamed over the file) leaves no entry behind.
+        let dir = d.path().join("tmp").join("a-directory");
+        fs::create_dir_all(&dir).unwrap();
+        assert!(s.install_copies(&[copy(&state, &undo, &dir, Some(verified))])[0].is_err());
+        assert!(!entry.exists(), "an orphan history entry was left");
+        let (t, mut f) = s.temp_file("a.txt").unwrap();
+        f.write_all(b"one. two.").unwrap();
+        f.sync_all().unwrap();
+        // A copy without the verified basis (sent whole) must carry the entry.
+        assert!(matches!(
+            s.install_copies(&[copy(&state, &undo, t.path(), None)])[0],
+            Err(StoreError::Incomplete(_))
+        ));
+        assert!(!entry.exists());
+        let (meta, installed) = s
+            .install_copies(&[copy(&state, &undo, t.path(), Some(verified))])
+            .pop()
+            .unwrap()
+            .unwrap();
+        assert!(installed && meta.version == state.version);
+        assert_eq!(fs::read(&entry).unwrap(), b"one.");
+        assert_eq!(fs::read(&path).unwrap(), b"one. two.");
     }
 
     #[test]

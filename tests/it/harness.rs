@@ -711,6 +711,15 @@ impl Cluster {
         }
     }
 
+    /// Like [`Cluster::restart`], with an environment variable added for this and every later
+    /// incarnation (a test hook).
+    pub fn restart_with_env(&mut self, name: &str, key: &str, value: &str) {
+        self.proc_mut(name)
+            .env
+            .push((key.to_string(), value.to_string()));
+        self.restart(name);
+    }
+
     /// A client for `user`.
     pub fn client(&self, user: &str) -> Client {
         Client {

@@ -10,6 +10,7 @@ mod auth;
 mod checkpoints;
 mod commands;
 mod crash;
+mod delta;
 mod docs_replication;
 mod failover;
 mod folders;
