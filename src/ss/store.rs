@@ -2352,19 +2352,19 @@ mod tests {
         // renamed over the file) leaves no entry behind.
         let dir = d.path().join("tmp").join("a-directory");
         fs::create_dir_all(&dir).unwrap();
-        assert!(s.install_copies(&[copy(&state, &undo, &dir, Some(verified))])[0].is_err());
+        assert!(s.install_copies(&[copy(&state, &undo, &dir, Some(verified))], None)[0].is_err());
         assert!(!entry.exists(), "an orphan history entry was left");
         let (t, mut f) = s.temp_file("a.txt").unwrap();
         f.write_all(b"one. two.").unwrap();
         f.sync_all().unwrap();
         // A copy without the verified basis (sent whole) must carry the entry.
         assert!(matches!(
-            s.install_copies(&[copy(&state, &undo, t.path(), None)])[0],
+            s.install_copies(&[copy(&state, &undo, t.path(), None)], None)[0],
             Err(StoreError::Incomplete(_))
         ));
         assert!(!entry.exists());
         let (meta, installed) = s
-            .install_copies(&[copy(&state, &undo, t.path(), Some(verified))])
+            .install_copies(&[copy(&state, &undo, t.path(), Some(verified))], None)
             .pop()
             .unwrap()
             .unwrap();
@@ -2523,6 +2523,7 @@ mod tests {
                     checkpoints: &[],
                     checkpoint_files: &[],
                     unsynced: &unsynced[i],
+                    basis: None,
                 })
                 .collect();
             let results = dst.install_copies(&copies, window.as_ref());
