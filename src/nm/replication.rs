@@ -282,7 +282,7 @@ struct Lacks {
     held: Option<FileState>,
     /// The history versions it holds.
     blobs: Vec<Version>,
-    /// The tags of the checkpoints it holds.
+    /// The checkpoints it holds, as `<tag>:<checksum hex>`.
     checkpoints: Vec<String>,
 }
 

@@ -1037,7 +1037,7 @@ pub enum Message {
         file: String,
         /// History versions the target already holds (not sent again).
         have: Vec<Version>,
-        /// Checkpoint tags the target already holds (not sent again).
+        /// Checkpoints the target already holds, as `<tag>:<checksum hex>` (not sent again).
         #[serde(default)]
         have_checkpoints: Vec<String>,
         /// Authorisation (op `fetch`).
@@ -1144,7 +1144,7 @@ pub enum Message {
         basis: Version,
         /// Its checksum.
         basis_checksum: u32,
-        /// Checkpoint tags the target already holds (not sent again).
+        /// Checkpoints the target already holds, as `<tag>:<checksum hex>` (not sent again).
         #[serde(default)]
         have_checkpoints: Vec<String>,
         /// Log2 of the average chunk size of the signature.

@@ -865,7 +865,8 @@ impl Store {
 
     /// Opens `file`'s content and the history entries whose versions are not in `have`, under
     /// the file lock, so what is sent is one consistent version even if a commit follows.
-    /// Checkpoints whose tags are in `have_checkpoints` are described but not opened.
+    /// Checkpoints listed in `have_checkpoints` (`<tag>:<checksum hex>`) are described but
+    /// not opened.
     pub fn open_transfer(
         &self,
         file: &str,
@@ -962,8 +963,8 @@ impl Store {
     ) -> Vec<Result<(Meta, bool), StoreError>> {
         let mut linked = Vec::new();
         let results = self.install_copies_linking(copies, window, &mut linked);
-        // A basis linked in for a copy that then failed is named by no record: removed, so
-        // it does not pin the old content's space.
+        // A basis linked in for a copy that failed before its record was renamed into place
+        // is named by no record: removed, so it does not pin the old content's space.
         for (i, path) in linked {
             if !results.get(i).is_some_and(|r| r.is_ok()) {
                 let _ = fs::remove_file(path);
@@ -1131,6 +1132,9 @@ impl Store {
             match res {
                 Ok(()) => {
                     meta_dirs.insert(parent);
+                    // The record in place names the linked basis: it stays, whatever the
+                    // directory sync below answers.
+                    linked.retain(|(i, _)| *i != p.i);
                     true
                 }
                 Err(e) => {

@@ -225,8 +225,9 @@ pub(super) fn recv_ops(
         } else {
             match keep.sync {
                 SyncBy::Caller => unsynced = Some(f),
-                SyncBy::FileSystem => {}
-                SyncBy::Now => {
+                // A delta is never part of a batch's syncfs window: synced here whatever the
+                // caller asked, so no path can leave a rebuilt copy unsynced.
+                SyncBy::FileSystem | SyncBy::Now => {
                     if let Err(e) = f.sync_all() {
                         error = Some(shared.store.io_error(file, e));
                     }
