@@ -2783,17 +2783,21 @@ impl Core {
     /// Whether a content job's target already holds the file's current version (the job is
     /// then done; a quarantine it asked for is moot). No allocation.
     fn target_holds_current(&self, job: &ReplJob) -> bool {
-        let Some(rec) = self.files.get(&job.file) else {
-            return false;
-        };
+        self.job_member(job).is_some_and(|(rec, m)| rec.holds(m))
+    }
+
+    /// The record of a job's file and which member of its pair the job's target is, if the
+    /// target belongs to that pair. No allocation.
+    fn job_member(&self, job: &ReplJob) -> Option<(&FileRecord, Member)> {
+        let rec = self.files.get(&job.file)?;
         let m = if job.target == rec.ss {
             Member::Primary
         } else if self.pairs.get(&rec.ss) == Some(&job.target) {
             Member::Backup
         } else {
-            return false;
+            return None;
         };
-        rec.holds(m)
+        Some((rec, m))
     }
 
     /// Whether a removal owed to `job.target` is moot: its pair holds a record of that name
@@ -2803,17 +2807,8 @@ impl Core {
     /// file was made by a CREATE or MOVE that succeeded only because the old copy was gone.
     /// Applying the row then would remove the new file. No allocation.
     fn removal_moot(&self, job: &ReplJob) -> bool {
-        let Some(rec) = self.files.get(&job.file) else {
-            return false;
-        };
-        let m = if job.target == rec.ss {
-            Member::Primary
-        } else if self.pairs.get(&rec.ss) == Some(&job.target) {
-            Member::Backup
-        } else {
-            return false;
-        };
-        rec.held(m).is_some()
+        self.job_member(job)
+            .is_some_and(|(rec, m)| rec.held(m).is_some())
     }
 
     /// A LOCKED error when `writer` is owed the removal of an older `file` (a backup promoted

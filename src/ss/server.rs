@@ -1185,24 +1185,42 @@ fn recv_into(
         }
     }
     drop(count);
-    let mut unsynced = None;
-    if let Some(f) = out {
-        match keep.sync {
-            SyncBy::Caller => unsynced = Some(f),
-            SyncBy::FileSystem => {}
-            SyncBy::Now => {
-                if let Err(e) = f.sync_all() {
-                    error = Some(shared.store.io_error(file, e));
+    Ok(Received::settle(
+        shared, file, temp, out, keep.sync, counter, error,
+    ))
+}
+
+impl Received {
+    /// A part read to its END: its temp file `out` (if one was written) made durable as
+    /// `sync` says, unless storing it already failed (then nothing of it is installed).
+    fn settle(
+        shared: &Shared,
+        file: &str,
+        temp: Option<TempFile>,
+        out: Option<File>,
+        sync: SyncBy,
+        counter: ContentCounter,
+        mut error: Option<StoreError>,
+    ) -> Received {
+        let mut unsynced = None;
+        if let Some(f) = out.filter(|_| error.is_none()) {
+            match sync {
+                SyncBy::Caller => unsynced = Some(f),
+                SyncBy::FileSystem => {}
+                SyncBy::Now => {
+                    if let Err(e) = f.sync_all() {
+                        error = Some(shared.store.io_error(file, e));
+                    }
                 }
             }
         }
+        Received {
+            temp,
+            unsynced,
+            counter,
+            error,
+        }
     }
-    Ok(Received {
-        temp,
-        unsynced,
-        counter,
-        error,
-    })
 }
 
 /// Asks the kernel to start writing `len` bytes at `offset` of `f` to disk, without waiting:

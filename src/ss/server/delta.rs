@@ -218,29 +218,15 @@ pub(super) fn recv_ops(
             }
         }
     }
-    let mut unsynced = None;
-    if let Some(f) = out {
-        if error.is_some() {
-            // Nothing of it is installed.
-        } else {
-            match keep.sync {
-                SyncBy::Caller => unsynced = Some(f),
-                // A delta is never part of a batch's syncfs window: synced here whatever the
-                // caller asked, so no path can leave a rebuilt copy unsynced.
-                SyncBy::FileSystem | SyncBy::Now => {
-                    if let Err(e) = f.sync_all() {
-                        error = Some(shared.store.io_error(file, e));
-                    }
-                }
-            }
-        }
-    }
-    Ok(Received {
-        temp,
-        unsynced,
-        counter,
-        error,
-    })
+    // A delta is never part of a batch's syncfs window: synced here unless the caller syncs
+    // it, so no path can leave a rebuilt copy unsynced.
+    let sync = match keep.sync {
+        SyncBy::Caller => SyncBy::Caller,
+        SyncBy::FileSystem | SyncBy::Now => SyncBy::Now,
+    };
+    Ok(Received::settle(
+        shared, file, temp, out, sync, counter, error,
+    ))
 }
 
 /// Counts rebuilt bytes and writes them to the temp file, if any, starting their writeback
