@@ -139,6 +139,12 @@ impl FileRecord {
         }
     }
 
+    /// Only `member` holds a copy, at `v` (a new file, an adopted one, a moved one).
+    fn held_only_by(&mut self, member: Member, v: Version) {
+        self.set_held(member, Some(v));
+        self.set_held(member.other(), None);
+    }
+
     /// A change `s` made by `writer`: the writer holds it, the other member keeps what it held.
     fn apply_change(&mut self, writer: Member, s: &FileState) {
         let other = writer.other();
@@ -804,14 +810,23 @@ impl Core {
             }
         }
         // The change may give a parked job of this file a source.
-        for m in [Member::Primary, Member::Backup] {
-            if let Some(n) = self.member_name(&rec.ss, m) {
-                self.repl.unpark(&job_key(&n, file));
-            }
-        }
+        self.unpark_file(&rec.ss, file);
         self.batch
             .push(StoreOp::PutFile(file.to_string(), rec.clone()));
         self.files.insert(file.to_string(), rec);
+    }
+
+    /// Puts the parked job rows of `file` (owed to either member of `pair`) back in the job
+    /// index. Free when nothing is parked, as on every READ's access-time update.
+    fn unpark_file(&mut self, pair: &str, file: &str) {
+        if !self.repl.has_parked() {
+            return;
+        }
+        for m in [Member::Primary, Member::Backup] {
+            if let Some(n) = self.member_name(pair, m) {
+                self.repl.unpark(&job_key(&n, file));
+            }
+        }
     }
 
     fn del_file(&mut self, file: &str) {
@@ -821,11 +836,7 @@ impl Core {
             }
             // A parked content row of the file is moot now: back in the index, the pump drops
             // it at once instead of counting it as owed until a server registers.
-            for m in [Member::Primary, Member::Backup] {
-                if let Some(n) = self.member_name(&rec.ss, m) {
-                    self.repl.unpark(&job_key(&n, file));
-                }
-            }
+            self.unpark_file(&rec.ss, file);
             self.batch.push(StoreOp::DelFile(file.to_string()));
         }
     }
@@ -1159,8 +1170,7 @@ impl Core {
             epoch_base: None,
         };
         rec.apply_state(st);
-        rec.set_held(member, Some(st.version));
-        rec.set_held(member.other(), None);
+        rec.held_only_by(member, st.version);
         // A file found in a folder the index does not know brings its folders with it, so
         // every file's parent exists.
         let owner = rec.owner.clone();
@@ -1954,8 +1964,7 @@ impl Core {
                     primary_held: None,
                     epoch_base: None,
                 };
-                rec.set_held(member, Some(st.version));
-                rec.set_held(member.other(), None);
+                rec.held_only_by(member, st.version);
                 self.put_file(&file, rec);
                 log::info!(target: ev::NM_FILE_CHANGE, file = file.as_str(), ss = ss.as_str(),
                     version = st.version.to_string(); "created {file} on {ss}");
@@ -2499,14 +2508,7 @@ impl Core {
             )));
         }
         for k in self.repl.keys_for(ss) {
-            let j = self.repl.update(&k, |j| {
-                j.state = JobState::Pending;
-                j.attempts = 0;
-                j.next_ms = now_ms;
-            });
-            if let Some(j) = j {
-                self.batch.push(StoreOp::PutJob(j));
-            }
+            self.retry_job_now(&k, now_ms);
         }
         let files: Vec<String> = self
             .files
@@ -2562,15 +2564,18 @@ impl Core {
         now_ms: u64,
     ) {
         let key = job_key(target, file);
-        let since_ms = self.repl.get(&key).map_or(now_ms, |j| j.since_ms);
+        let old = self
+            .repl
+            .get(&key)
+            .map(|j| (j.since_ms, j.want, j.quarantine));
+        let since_ms = old.map_or(now_ms, |(since, ..)| since);
         // A new file's versions start again at 1: content owed where the removal of an older
         // file of that name is still owed would look older than the copy the target holds and
         // be skipped. The target's copy is set aside first, so the new content installs.
-        let replaces_removal = matches!(want, Want::Content { .. })
-            && self.repl.get(&key).is_some_and(|j| j.want == Want::Delete);
-        let quarantine =
-            quarantine || replaces_removal || self.repl.get(&key).is_some_and(|j| j.quarantine);
-        if !self.repl.contains_key(&key) {
+        let replaces_removal =
+            matches!(want, Want::Content { .. }) && old.is_some_and(|(_, w, _)| w == Want::Delete);
+        let quarantine = quarantine || replaces_removal || old.is_some_and(|(.., q)| q);
+        if old.is_none() {
             if let Some((p, _)) = self.membership(target) {
                 if let Some(st) = self.pair_states.get_mut(&p) {
                     if st.sync_done >= st.sync_total {
@@ -2777,6 +2782,19 @@ impl Core {
         match job.want {
             Want::Delete => true,
             Want::Content { .. } => self.source_for(job).is_some(),
+        }
+    }
+
+    /// Makes a job row due now with a fresh count of attempts (RECOVER, or a FAILED row whose
+    /// target registered again), durably.
+    fn retry_job_now(&mut self, key: &str, now_ms: u64) {
+        let j = self.repl.update(key, |j| {
+            j.state = JobState::Pending;
+            j.attempts = 0;
+            j.next_ms = now_ms;
+        });
+        if let Some(j) = j {
+            self.batch.push(StoreOp::PutJob(j));
         }
     }
 
@@ -3011,11 +3029,7 @@ impl Core {
         match result {
             Ok(JobOutput::Replicated(Outcome::Copied { state, .. })) => {
                 if let Some(rec) = self.files.get(&job.file) {
-                    let member = self
-                        .membership(&job.target)
-                        .filter(|(p, _)| *p == rec.ss)
-                        .map(|(_, m)| m);
-                    if let Some(m) = member {
+                    if let Some((_, m)) = self.job_member(&job) {
                         if rec.held(m) != Some(state.version) && state.version <= rec.version {
                             let mut rec = rec.clone();
                             rec.set_held(m, Some(state.version));
@@ -3118,14 +3132,7 @@ impl Core {
             })
             .collect();
         for k in failed {
-            let j = self.repl.update(&k, |j| {
-                j.state = JobState::Pending;
-                j.attempts = 0;
-                j.next_ms = now_ms;
-            });
-            if let Some(j) = j {
-                self.batch.push(StoreOp::PutJob(j));
-            }
+            self.retry_job_now(&k, now_ms);
         }
         let writer = self.writer_member(primary) == m;
         let held: HashMap<String, FileState> = list

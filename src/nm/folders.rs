@@ -283,8 +283,7 @@ impl Core {
         // is owed it whole.
         let writer = self.writer_member(&ss);
         let version = rec.version;
-        rec.set_held(writer, Some(version));
-        rec.set_held(writer.other(), None);
+        rec.held_only_by(writer, version);
         self.put_file(to, rec);
         self.rename_requests(from, to);
         self.owe_delete(&ss, from, now_ms);

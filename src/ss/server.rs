@@ -1351,7 +1351,7 @@ fn receive_copy(
     // A copy already this new only needs the stream drained (jobs may be retried or
     // reordered); install_copies checks again under the lock.
     let held = match &head {
-        Ok(()) => shared.store.held(file).ok().flatten().map(|(m, _)| m),
+        Ok(()) => shared.store.record(file).ok().flatten(),
         Err(_) => None,
     };
     let newer_here = held.as_ref().is_some_and(|m| m.version >= state.version);
@@ -1744,8 +1744,8 @@ fn upload_fresh(shared: &Shared, file: &str, t: &Ticket) -> Result<(), WireError
     let Some(min) = t.min_version else {
         return Ok(());
     };
-    match shared.store.held(file)? {
-        Some((meta, _)) => check_fresh(shared, t, meta.version),
+    match shared.store.record(file)? {
+        Some(meta) => check_fresh(shared, t, meta.version),
         None => Err(err::unavailable(format!(
             "stale copy on {}: {} is missing, need version {min}",
             shared.store.name(),

@@ -63,7 +63,6 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -849,10 +848,8 @@ impl Store {
     pub fn held(&self, file: &str) -> Result<Option<(Meta, Vec<Version>)>, StoreError> {
         let lock = self.file_lock(file);
         let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
-        let meta = match self.current(file) {
-            Ok((m, _)) => m,
-            Err(StoreError::NotFound(_)) => return Ok(None),
-            Err(e) => return Err(e),
+        let Some(meta) = self.record_locked(file)? else {
+            return Ok(None);
         };
         let blobs = meta
             .undo
@@ -861,6 +858,22 @@ impl Store {
             .filter_map(|id| parse_blob_id(id).map(|(v, _)| v))
             .collect();
         Ok(Some((meta, blobs)))
+    }
+
+    /// `file`'s record as [`Store::held`] finds it, without looking at its history entries.
+    pub fn record(&self, file: &str) -> Result<Option<Meta>, StoreError> {
+        let lock = self.file_lock(file);
+        let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.record_locked(file)
+    }
+
+    /// [`Store::record`] with the file's lock held by the caller.
+    fn record_locked(&self, file: &str) -> Result<Option<Meta>, StoreError> {
+        match self.current(file) {
+            Ok((m, _)) => Ok(Some(m)),
+            Err(StoreError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Opens `file`'s content and the history entries whose versions are not in `have`, under
@@ -914,7 +927,9 @@ impl Store {
     /// written, verified and synced by the caller. A copy already at `state.version` or newer
     /// is left alone (jobs may be retried or reordered); returns the record now held and
     /// whether anything was installed.
-    /// `checkpoints` is the source's whole list; `checkpoint_files` the received ones.
+    /// `checkpoints` is the source's whole list; `checkpoint_files` the received ones. The
+    /// server itself installs through [`Store::install_copies`]; this is the tests' shorthand.
+    #[cfg(test)]
     pub fn install_copy(
         &self,
         state: &FileState,
@@ -1096,15 +1111,8 @@ impl Store {
         let mut dirs = BTreeSet::new();
         plans.retain(|p| {
             let c = &copies[p.i];
-            let target = self.content_path(&c.state.file);
-            let parent = target
-                .parent()
-                .unwrap_or_else(|| Path::new("."))
-                .to_path_buf();
-            let res =
-                durable::create_dirs_durable(&parent).and_then(|()| fs::rename(c.content, &target));
-            match res {
-                Ok(()) => {
+            match place(c.content, &self.content_path(&c.state.file)) {
+                Ok(parent) => {
                     dirs.insert(parent);
                     true
                 }
@@ -1122,15 +1130,8 @@ impl Store {
         let mut meta_dirs = BTreeSet::new();
         plans.retain(|p| {
             let file = copies[p.i].state.file.as_str();
-            let target = self.meta_path(file);
-            let parent = target
-                .parent()
-                .unwrap_or_else(|| Path::new("."))
-                .to_path_buf();
-            let res = durable::create_dirs_durable(&parent)
-                .and_then(|()| fs::rename(p.temp.path(), &target));
-            match res {
-                Ok(()) => {
+            match place(p.temp.path(), &self.meta_path(file)) {
+                Ok(parent) => {
                     meta_dirs.insert(parent);
                     // The record in place names the linked basis: it stays, whatever the
                     // directory sync below answers.
@@ -1290,21 +1291,10 @@ impl Store {
         }
         let f = File::open(self.content_path(file)).map_err(|e| self.io(file, e))?;
         let md = f.metadata().map_err(|e| self.io(file, e))?;
-        let mut crc = 0u32;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut at = 0u64;
-        loop {
-            let n = match f.read_at(&mut buf, at) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(self.io(file, e)),
-            };
-            if n == 0 {
-                break;
-            }
-            crc = crc32c::crc32c_append(crc, &buf[..n]);
-            at += n as u64;
-        }
+        let mut counter = ContentCounter::bytes_only();
+        copy_counting(&mut &f, &mut io::sink(), &mut counter, meta.size + 1)
+            .map_err(|e| self.io(file, e))?;
+        let (crc, at) = (counter.checksum(), counter.size());
         if at != meta.size || crc != meta.checksum {
             return Err(mismatch(format!(
                 "the copy here does not match its checksum ({crc:08x}, {at} bytes; its record \
@@ -1689,10 +1679,17 @@ enum Source<'a> {
 
 /// Renames a synced temp file over `target` and makes the rename durable.
 fn install_temp(tmp: &Path, target: &Path) -> io::Result<()> {
+    durable::fsync_dir(&place(tmp, target)?)
+}
+
+/// Renames a synced temp file over `target`, creating its folders durably, and returns the
+/// directory whose sync makes the rename durable (left to the caller, so a batch syncs each
+/// directory once).
+fn place(tmp: &Path, target: &Path) -> io::Result<PathBuf> {
     let parent = target.parent().unwrap_or_else(|| Path::new("."));
     durable::create_dirs_durable(parent)?;
     fs::rename(tmp, target)?;
-    durable::fsync_dir(parent)
+    Ok(parent.to_path_buf())
 }
 
 /// Collects the regular files under `dir` as `/`-joined paths relative to `base`.

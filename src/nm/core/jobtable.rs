@@ -138,6 +138,11 @@ impl JobTable {
         }
     }
 
+    /// Whether any row is parked.
+    pub(super) fn has_parked(&self) -> bool {
+        !self.parked.is_empty()
+    }
+
     /// Puts a parked row back in the index.
     pub(super) fn unpark(&mut self, key: &str) {
         if self.parked.remove(key) {

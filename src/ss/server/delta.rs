@@ -26,8 +26,7 @@ pub(super) fn signature(
     t: &Ticket,
 ) -> Result<(), Fail> {
     authorise(shared, file, t, TicketOp::Store)?;
-    let p = Params::from_wire(avg_bits)
-        .ok_or_else(|| err::invalid(format!("unsupported average chunk size 2^{avg_bits}")))?;
+    let p = params(avg_bits)?;
     let (f, meta, adopted) = shared.store.snapshot(file)?;
     report_adopted(shared, adopted, || meta.state(file));
     let sig = delta::signature(&mut f.take(meta.size), p).map_err(|e| match e {
@@ -47,14 +46,19 @@ pub(super) fn signature(
     Ok(())
 }
 
+/// The chunking a peer asked for, if this server supports it.
+fn params(avg_bits: u32) -> Result<Params, Fail> {
+    Params::from_wire(avg_bits)
+        .ok_or_else(|| err::invalid(format!("unsupported average chunk size 2^{avg_bits}")).into())
+}
+
 /// The signature a GET_FILE_DELTA carries as its body, read.
 pub(super) fn parse_request(
     avg_bits: u32,
     count: u64,
     body: &[u8],
 ) -> Result<(Params, Index), Fail> {
-    let p = Params::from_wire(avg_bits)
-        .ok_or_else(|| err::invalid(format!("unsupported average chunk size 2^{avg_bits}")))?;
+    let p = params(avg_bits)?;
     let index = Index::parse(body, count).map_err(|e| err::invalid(e.to_string()))?;
     Ok((p, index))
 }
