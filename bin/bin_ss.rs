@@ -93,6 +93,9 @@ fn serve(args: Args) -> anyhow::Result<()> {
         max_connections: args.max_connections as usize,
         // Test hook only (see ss::Config::fault_flip_put); read once, at start.
         fault_flip_put: std::env::var("PAIRFS_FAULT_FLIP_PUT").is_ok_and(|v| v == "1"),
+        fault_stage: pairfs::ss::server::staging::StageFault::from_env(
+            std::env::var("PAIRFS_FAULT_STAGE").ok().as_deref(),
+        ),
     };
     ss::run(cfg, shutdown)?;
     Ok(())

@@ -289,6 +289,11 @@ impl TicketChecker {
         }
     }
 
+    /// The cluster key (a writer mints the tickets it stages uploads on its partner with).
+    pub fn key(&self) -> &ClusterKey {
+        &self.key
+    }
+
     /// Accepts the ticket once for `file` and `op`, or says why not.
     pub fn check(&self, t: &Ticket, file: &str, op: TicketOp) -> Result<(), WireError> {
         if !self.key.verify_hex(t.signing_string().as_bytes(), &t.mac) {

@@ -53,6 +53,10 @@ pub mod ev {
     /// history sent to the target, `size` = the file's size, `signature` = its bytes,
     /// `signature_ms` = the time the target took to make it, `ms`).
     pub const REPLICATION_DELTA: &str = "replication_delta";
+    /// A copy was installed from the upload staged on its target while it arrived, so only
+    /// its history went (fields `file`, `ss`, `version`, `bytes` = history sent, `size`,
+    /// `ms`); or, at WARN, the staged copy could not be used and the file is sent whole.
+    pub const REPLICATION_STAGED: &str = "replication_staged";
     /// A delta transfer failed and the copy is sent whole instead (fields `file`, `ss`).
     pub const REPLICATION_DELTA_FALLBACK: &str = "replication_delta_fallback";
     /// A server missed its heartbeats or its connection closed.
@@ -115,6 +119,7 @@ pub mod ev {
         REPLICATION_WORKER_ERROR,
         REPLICATION_DELTA,
         REPLICATION_DELTA_FALLBACK,
+        REPLICATION_STAGED,
         HEARTBEAT_MONITOR_FAILURE,
         FAILOVER_START,
         FAILOVER_COMPLETE,

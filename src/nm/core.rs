@@ -391,6 +391,8 @@ pub enum Effect {
 
 /// Registration proofs remembered at once (each for its few minutes of validity).
 const MAX_LIVE_PROOFS: usize = 100_000;
+/// Staged uploads remembered at once; more are forgotten (their jobs send the content).
+const MAX_STAGE_HINTS: usize = 1_024;
 
 /// Settings the core decides with.
 #[derive(Debug, Clone)]
@@ -550,6 +552,9 @@ pub struct Core {
     running: HashMap<JobId, (String, Want)>,
     /// Sync-mode answers waiting for a job, by job key.
     sync_waits: HashMap<String, Vec<SyncWait>>,
+    /// Uploads staged on a job's target while they arrived, by job key: the version staged
+    /// and the stage's id there (see `ss/server/staging.rs`; memory only).
+    stages: HashMap<String, (Version, String)>,
     /// FSCK pages waiting for their servers' checks.
     fsck: fsck::Runs,
     /// Pair states by primary (durable).
@@ -645,6 +650,7 @@ impl Core {
             repl: jobtable::JobTable::new(loaded.jobs.into_values()),
             running: HashMap::new(),
             sync_waits: HashMap::new(),
+            stages: HashMap::new(),
             fsck: fsck::Runs::default(),
             pair_states,
         }
@@ -1071,6 +1077,7 @@ impl Core {
                 lease_ms: self.cfg.lease_ms(),
             },
         );
+        self.push_partner(&name);
         self.advance_pairs(now_ms);
         self.push_all_folders(&name);
         // A server is up again: jobs parked for want of a source may have one now.
@@ -1191,7 +1198,7 @@ impl Core {
                 }
                 self.ack_heartbeat(conn, name, seq, now_ms);
             }
-            Message::Changed { id, state } => {
+            Message::Changed { id, state, staged } => {
                 let waiter = Waiter::Changed(conn, id);
                 let Ok(file) = names::canonical_file(&state.file) else {
                     return self.release(waiter, true);
@@ -1238,6 +1245,9 @@ impl Core {
                 }
                 let target = self.owe(&file, true, now_ms);
                 let version = self.files.get(&file).map_or(state.version, |r| r.version);
+                if let (Some(t), Some(s)) = (&target, staged) {
+                    self.note_stage(t, &file, version, state.version, s);
+                }
                 self.answer_change(waiter, &file, target, Want::Content { version }, now_ms);
             }
             Message::Removed { id, file } => {
@@ -2311,6 +2321,8 @@ impl Core {
             }
         }
         let epoch = self.epoch_of(name);
+        // A writer stages its large uploads on its partner while they arrive.
+        let partner = writer.then(|| self.partner_of(name)).flatten();
         self.reply(
             conn,
             Message::HeartbeatAck {
@@ -2318,8 +2330,20 @@ impl Core {
                 epoch,
                 writer,
                 lease_ms,
+                partner,
             },
         );
+    }
+
+    /// The other member of `name`'s pair, if it is up.
+    fn partner_of(&self, name: &str) -> Option<crate::protocol::Partner> {
+        let (primary, member) = self.membership(name)?;
+        let other = self.member_name(&primary, member.other())?;
+        let s = self.servers.get(&other).filter(|s| s.up)?;
+        Some(crate::protocol::Partner {
+            addr: s.rec.addr(),
+            name: other,
+        })
     }
 
     /// Tells a member at once (unsolicited ack of its latest heartbeat) that it became, or
@@ -2744,6 +2768,18 @@ impl Core {
         for k in keys {
             self.settle_waits(&k, None, true);
         }
+        self.push_partner(name);
+    }
+
+    /// Tells the other member of `name`'s pair at once that `name` came up or went down, so
+    /// a writer stages its uploads on a partner only while that partner is up.
+    fn push_partner(&mut self, name: &str) {
+        if let Some(other) = self
+            .membership(name)
+            .and_then(|(p, m)| self.member_name(&p, m.other()))
+        {
+            self.push_role(&other);
+        }
     }
 
     /// Sync waiters past their deadline are answered degraded; their jobs go on.
@@ -2883,6 +2919,31 @@ impl Core {
         })
     }
 
+    /// Remembers that the content of `file` at `version` (the record's, `recorded`) is staged
+    /// on `target` as `s`, for the job that owes it there. Kept in memory only: without it
+    /// the job sends the content, as it always could.
+    fn note_stage(
+        &mut self,
+        target: &str,
+        file: &str,
+        recorded: Version,
+        version: Version,
+        s: crate::protocol::StagedRef,
+    ) {
+        let key = job_key(target, file);
+        let owed = self
+            .repl
+            .get(&key)
+            .is_some_and(|j| j.want == Want::Content { version });
+        if s.ss != target || recorded != version || !owed {
+            return;
+        }
+        if self.stages.len() >= MAX_STAGE_HINTS {
+            self.stages.clear();
+        }
+        self.stages.insert(key, (version, s.id));
+    }
+
     /// The transfer a ready job describes.
     fn transfer_for(&self, job: &ReplJob) -> Option<Transfer> {
         let t = self.servers.get(&job.target).filter(|s| s.up)?;
@@ -2894,12 +2955,18 @@ impl Core {
                 Some((n.to_string(), s.rec.addr()))
             }
         };
+        let stage = self
+            .stages
+            .get(&job.key())
+            .filter(|(v, _)| job.want == Want::Content { version: *v })
+            .map(|(_, id)| id.clone());
         Some(Transfer {
             file: job.file.clone(),
             want: job.want,
             source,
             target,
             quarantine: job.quarantine,
+            stage,
         })
     }
 
@@ -3023,6 +3090,14 @@ impl Core {
         now_ms: u64,
     ) {
         self.repl.set_running(&key, false);
+        // A stage is used by one attempt (which falls back to sending the content itself).
+        if self
+            .stages
+            .get(&key)
+            .is_some_and(|(v, _)| sent == Want::Content { version: *v })
+        {
+            self.stages.remove(&key);
+        }
         let Some(job) = self.repl.get(&key).cloned() else {
             return;
         };
@@ -4017,6 +4092,7 @@ mod tests {
             &mut c,
             1,
             Message::Changed {
+                staged: None,
                 id: 7,
                 state: st("a.txt", 2, None),
             },
@@ -4060,6 +4136,7 @@ mod tests {
         assert_eq!(
             only_reply(e),
             Message::HeartbeatAck {
+                partner: None,
                 seq: 3,
                 epoch: 1,
                 writer: true,
@@ -4336,6 +4413,7 @@ mod tests {
                 &mut c,
                 1,
                 Message::Changed {
+                    staged: None,
                     id: n,
                     state: st("a.txt", n, None),
                 },
@@ -4375,6 +4453,7 @@ mod tests {
             &mut c,
             1,
             Message::Changed {
+                staged: None,
                 id: 99,
                 state: st("a.txt", 12, None),
             },
@@ -4529,6 +4608,7 @@ mod tests {
             &mut c,
             1,
             Message::Changed {
+                staged: None,
                 id: 5,
                 state: st("a.txt", 2, None),
             },
@@ -4550,6 +4630,7 @@ mod tests {
             &mut c,
             1,
             Message::Changed {
+                staged: None,
                 id: 6,
                 state: st("a.txt", 3, None),
             },
@@ -4621,6 +4702,7 @@ mod tests {
             &mut c,
             1,
             Message::Changed {
+                staged: None,
                 id: 9,
                 state: st("a.txt", 2, None),
             },

@@ -118,6 +118,9 @@ pub struct Transfer {
     pub target: (String, String),
     /// Set the target's copy aside first (see [`ReplJob::quarantine`]).
     pub quarantine: bool,
+    /// The id of the upload staged on the target while it arrived, when that is the
+    /// wanted version (see `ss/server/staging.rs`): the content need not be sent.
+    pub stage: Option<String>,
 }
 
 /// What a finished transfer achieved.
@@ -240,6 +243,17 @@ fn copy(t: &Transfer, key: &ClusterKey) -> Result<Outcome, WireError> {
         }
         Held::Lacks(lacks) => lacks,
     };
+    // The upload staged on the target while it arrived: send only the history with it.
+    if let Some(id) = t.stage.as_deref() {
+        match staged_copy(t, key, &mut dst, (sname, saddr), version, id, lacks.clone()) {
+            Ok(outcome) => return Ok(outcome),
+            Err(e) => {
+                log::warn!(target: ev::REPLICATION_STAGED, file = t.file.as_str(), ss = tname.as_str();
+                    "file={} to {tname}: the staged upload could not be used ({}); sending it whole", t.file, e.msg);
+                dst = connect(taddr)?;
+            }
+        }
+    }
     // A large stale copy: try sending only what changed, else send it whole.
     if let Some(basis) = lacks.held.as_ref().filter(|h| delta::worth_it(h)) {
         match delta::copy(t, key, &mut dst, (sname, saddr), basis, &lacks) {
@@ -256,6 +270,11 @@ fn copy(t: &Transfer, key: &ClusterKey) -> Result<Outcome, WireError> {
     let mut src = connect(saddr)?;
     let bytes = relay(t, key, &mut src, sname, &mut dst, tname, lacks, None)?;
     drop(src);
+    installed(&mut dst, tname, bytes)
+}
+
+/// Reads the target's answer to a PUT_FILE_CONTENT: the copy it now holds.
+fn installed(dst: &mut Connection, tname: &str, bytes: u64) -> Result<Outcome, WireError> {
     let reply = dst.recv_some()?;
     match reply.msg.into_result()? {
         Message::FileStateReply { state } => Ok(Outcome::Copied {
@@ -265,6 +284,38 @@ fn copy(t: &Transfer, key: &ClusterKey) -> Result<Outcome, WireError> {
         }),
         other => Err(unexpected(tname, &other)),
     }
+}
+
+/// Copies `t` to a target holding its content staged as `id` (the upload of `version`):
+/// the source sends the history entries and checkpoints the target lacks, and its content
+/// only if the file has moved on since.
+fn staged_copy(
+    t: &Transfer,
+    key: &ClusterKey,
+    dst: &mut Connection,
+    (sname, saddr): (&str, &str),
+    version: Version,
+    id: &str,
+    lacks: Lacks,
+) -> Result<Outcome, WireError> {
+    let start = Instant::now();
+    let tname = t.target.0.as_str();
+    let mut src = connect(saddr)?;
+    let mut get = get_msg(t, key, sname, lacks);
+    if let Message::GetFileContent { staged, .. } = &mut get {
+        *staged = Some(version);
+    }
+    src.send(&get, &[]).map_err(|e| sending(sname, e))?;
+    let bytes = relay_reply(t, key, &mut src, sname, dst, tname, None, Some(id))?;
+    drop(src);
+    let outcome = installed(dst, tname, bytes)?;
+    if let Outcome::Copied { state, .. } = &outcome {
+        log::info!(target: ev::REPLICATION_STAGED, file = t.file.as_str(), ss = tname,
+            version = state.version.to_string(), bytes = bytes, size = state.size,
+            ms = start.elapsed().as_millis() as u64;
+            "file={} installed on {tname} from the upload staged there", t.file);
+    }
+    Ok(outcome)
 }
 
 /// What PEEK_FILE said the target holds.
@@ -277,6 +328,7 @@ enum Held {
 
 /// What a target that lacks the wanted version holds already, so the source sends only the
 /// rest.
+#[derive(Clone)]
 struct Lacks {
     /// The state of the older copy it holds, if any.
     held: Option<FileState>,
@@ -350,6 +402,7 @@ fn get_msg(t: &Transfer, key: &ClusterKey, sname: &str, lacks: Lacks) -> Message
         file: t.file.clone(),
         have: lacks.blobs,
         have_checkpoints: lacks.checkpoints,
+        staged: None,
         ticket: key.mint(NM_USER, &t.file, TicketOp::Fetch, sname, None),
     }
 }
@@ -369,14 +422,16 @@ fn relay(
 ) -> Result<u64, RelayFail> {
     src.send(&get_msg(t, key, sname, lacks), &[])
         .map_err(|e| RelayFail::Broken(sending(sname, e)))?;
-    relay_reply(t, key, src, sname, dst, tname, basis)
+    relay_reply(t, key, src, sname, dst, tname, basis, None)
 }
 
 /// Reads the source's answer to a GET_FILE_CONTENT already sent and relays it frame by frame
 /// into a PUT_FILE_CONTENT to the target. An error before the PUT_FILE_CONTENT went out
 /// leaves both connections in step (the source refused); one after it does not. With a
 /// `basis` (the answer to a GET_FILE_DELTA) the content is ops against the target's copy at
-/// that state, relayed in a PUT_FILE_DELTA.
+/// that state, relayed in a PUT_FILE_DELTA. With `stage` (the GET asked to leave out content
+/// staged on the target under that id) a source that did leave it out has the PUT name it.
+#[allow(clippy::too_many_arguments)]
 fn relay_reply(
     t: &Transfer,
     key: &ClusterKey,
@@ -385,9 +440,10 @@ fn relay_reply(
     dst: &mut Connection,
     tname: &str,
     basis: Option<&FileState>,
+    stage: Option<&str>,
 ) -> Result<u64, RelayFail> {
     use RelayFail::{Broken, Refused};
-    let (state, undo, sent, checkpoints, sent_checkpoints) =
+    let (state, undo, sent, checkpoints, sent_checkpoints, content_staged) =
         match reply(src).map_err(Broken)?.map_err(Refused)? {
             Message::FileContent {
                 state,
@@ -395,9 +451,26 @@ fn relay_reply(
                 sent,
                 checkpoints,
                 sent_checkpoints,
-            } => (state, undo, sent, checkpoints, sent_checkpoints),
+                content_staged,
+            } => (
+                state,
+                undo,
+                sent,
+                checkpoints,
+                sent_checkpoints,
+                content_staged,
+            ),
             other => return Err(Broken(unexpected(sname, &other))),
         };
+    let staged = match (content_staged, stage, basis) {
+        (false, ..) => None,
+        (true, Some(id), None) => Some(id.to_string()),
+        _ => {
+            return Err(Broken(err::internal(format!(
+                "{sname} left out content it was not asked to"
+            ))))
+        }
+    };
     if sent.len() > MAX_HISTORY_ENTRIES
         || undo.len() > MAX_HISTORY_ENTRIES
         || checkpoints.len() > MAX_HISTORY_ENTRIES
@@ -416,6 +489,7 @@ fn relay_reply(
             sent: sent.clone(),
             checkpoints,
             sent_checkpoints: sent_checkpoints.clone(),
+            staged: staged.clone(),
             ticket,
         },
         Some(b) => Message::PutFileDelta {
@@ -434,7 +508,7 @@ fn relay_reply(
     let mut bytes = 0u64;
     // The content, then each history entry, then each checkpoint the target lacks.
     let extra_parts = sent.len() + sent_checkpoints.len();
-    let mut streams_left = 1 + extra_parts;
+    let mut streams_left = usize::from(staged.is_none()) + extra_parts;
     while streams_left > 0 {
         let f = src.recv_some().map_err(|e| Broken(e.into()))?;
         match f.msg.into_result().map_err(Broken)? {
@@ -467,6 +541,8 @@ pub fn batchable(a: &Transfer, b: &Transfer) -> bool {
         && matches!(b.want, Want::Content { .. })
         && !a.quarantine
         && !b.quarantine
+        && a.stage.is_none()
+        && b.stage.is_none()
         && a.source.is_some()
         && a.source == b.source
         && a.target == b.target
@@ -615,7 +691,7 @@ fn batch(
     }
     let mut put = Vec::new();
     for i in asked {
-        match relay_reply(&ts[i], key, &mut src, sname, &mut dst, tname, None) {
+        match relay_reply(&ts[i], key, &mut src, sname, &mut dst, tname, None, None) {
             Ok(n) => {
                 bytes[i] = n;
                 put.push(i);

@@ -925,6 +925,7 @@ mod tests {
                             Message::GetFileContent { file, .. } => {
                                 let (state, bytes) = disk.lock().unwrap()[&file].clone();
                                 let head = Message::FileContent {
+                                    content_staged: false,
                                     state,
                                     undo: vec![],
                                     sent: vec![],
@@ -1064,6 +1065,7 @@ mod tests {
         let r = call(
             &mut p,
             Message::Changed {
+                staged: None,
                 id: 1,
                 state: a2.clone(),
             },

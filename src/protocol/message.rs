@@ -28,11 +28,14 @@
 //! nm -> ss     : READ (user "@nm", for EXEC)    <- READ_OK, CHUNK*, END
 //! client -> nm : STATUS                         <- STATUS_REPLY
 //! client -> ss : UPLOAD, CHUNK*, END            <- COMMITTED | ERR
+//! writer -> its partner : STAGE_UPLOAD, CHUNK*, END <- STAGED | ERR  (relayed while the
+//!                upload arrives; see `ss/staging.rs`)
 //! nm -> target : PEEK_FILE                      <- HELD
 //! nm -> source : GET_FILE_CONTENT               <- FILE_CONTENT, CHUNK*, END, (CHUNK*, END)*
 //! nm -> target : PUT_FILE_CONTENT, CHUNK*, END, (CHUNK*, END)*   <- FILE_STATE_REPLY | ERR
 //!                (the repeated parts: history entries in `sent` order, then checkpoints in
-//!                `sent_checkpoints` order)
+//!                `sent_checkpoints` order; with `staged`, the content part is left out: the
+//!                target installs the upload staged under that id)
 //! nm -> target : PUT_BATCH, (PUT_FILE_CONTENT and its parts)*, END
 //!                                               <- (FILE_STATE_REPLY | ERR) per copy, in order
 //! nm -> target : SIGNATURE (a stale copy >= 1 MiB) <- SIGNED (body = signature) | ERR
@@ -149,6 +152,30 @@ pub enum TicketOp {
     /// NM-initiated creation of folder directories; the ticket's file is
     /// [`crate::names::mkdir_subject`].
     Mkdir,
+    /// A writer streams an upload to its partner as the bytes arrive (STAGE_UPLOAD); the
+    /// partner keeps them aside, served to nobody, until a replication job installs them.
+    /// Minted by the writer itself (every storage server holds the cluster key).
+    Stage,
+}
+
+/// The other member of a pair as its writer learns it from heartbeat acks: where to stage
+/// uploads while they arrive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partner {
+    /// Its name (the `ss` of the tickets it accepts).
+    pub name: String,
+    /// `host:port` of its client port.
+    pub addr: String,
+}
+
+/// An upload's bytes staged on the pair's other member while they arrived (see
+/// [`Message::StageUpload`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedRef {
+    /// The server holding the staged bytes.
+    pub ss: String,
+    /// Their id there.
+    pub id: String,
 }
 
 /// An authorisation minted by the name server for exactly one request to one storage server.
@@ -904,6 +931,24 @@ pub enum Message {
         /// Authorisation (op `upload`).
         ticket: Ticket,
     },
+    /// Writer to its partner while an UPLOAD arrives: keep these `size` bytes (CHUNK* END)
+    /// aside, served to nobody, for the replication job that follows the upload to install
+    /// without sending them again. Answered by STAGED once they are verified and durable.
+    StageUpload {
+        /// Canonical file name.
+        file: String,
+        /// Bytes that follow.
+        size: u64,
+        /// CRC32C of all the bytes.
+        checksum: u32,
+        /// Authorisation (op `stage`, minted by the writer).
+        ticket: Ticket,
+    },
+    /// Reply to STAGE_UPLOAD.
+    Staged {
+        /// The id a PUT_FILE_CONTENT names the staged bytes by.
+        id: String,
+    },
 
     /// VIEWCHECKPOINT: read a checkpoint's bytes; answered like READ (READ_OK, CHUNK*, END).
     ReadCheckpoint {
@@ -1040,6 +1085,10 @@ pub enum Message {
         /// Checkpoints the target already holds, as `<tag>:<checksum hex>` (not sent again).
         #[serde(default)]
         have_checkpoints: Vec<String>,
+        /// The target holds this version's content staged (see [`Message::StageUpload`]):
+        /// if the file is at exactly this version, its content is left out of the answer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        staged: Option<Version>,
         /// Authorisation (op `fetch`).
         ticket: Ticket,
     },
@@ -1057,6 +1106,10 @@ pub enum Message {
         /// The checkpoints whose bytes follow the history entries, in this order.
         #[serde(default)]
         sent_checkpoints: Vec<String>,
+        /// The content is left out (the GET's `staged` version is the current one): the
+        /// first part that follows is the first history entry sent.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        content_staged: bool,
     },
     /// Replication, step 3 (to the target): install this copy. The frame is followed by the
     /// content as CHUNK* END, then each entry of `sent` as CHUNK* END. The target verifies every
@@ -1077,6 +1130,11 @@ pub enum Message {
         /// Checkpoints whose bytes follow the history entries, in order.
         #[serde(default)]
         sent_checkpoints: Vec<String>,
+        /// The content is the upload this server staged under this id (checked against
+        /// `state`'s size and checksum); no content part follows, only the sent history
+        /// entries and checkpoints.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        staged: Option<String>,
         /// Authorisation (op `store`).
         ticket: Ticket,
     },
@@ -1248,6 +1306,10 @@ pub enum Message {
         /// Length of the lease this ack grants, in ms.
         #[serde(default)]
         lease_ms: u64,
+        /// To a writer whose partner is up: where that partner is, so uploads can be staged
+        /// there as they arrive.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        partner: Option<Partner>,
     },
     /// A file changed on the storage server (commit, hand edit adopted at access).
     Changed {
@@ -1255,6 +1317,9 @@ pub enum Message {
         id: u64,
         /// New state.
         state: FileState,
+        /// The new content (an upload's) is staged on the pair's other member too.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        staged: Option<StagedRef>,
     },
     /// A file vanished from the storage server's disk (removed by hand).
     Removed {

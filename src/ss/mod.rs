@@ -52,6 +52,9 @@ pub struct Config {
     /// so the rejection and retry of a corrupted transfer can be tested end to end.
     /// `bin_ss` sets it from the environment variable `PAIRFS_FAULT_FLIP_PUT=1`.
     pub fault_flip_put: bool,
+    /// Test hook for staged uploads received from the partner (`PAIRFS_FAULT_STAGE=forget`
+    /// or `cut` for `bin_ss`; see [`server::staging::StageFault`]).
+    pub fault_stage: Option<server::staging::StageFault>,
 }
 
 /// Why a storage server could not start.
@@ -156,6 +159,7 @@ pub fn start(cfg: Config) -> Result<Running, SsError> {
         inflight: AtomicUsize::new(0),
         stop,
         fault_flip_put: AtomicBool::new(cfg.fault_flip_put),
+        stages: server::staging::Stages::new(cfg.fault_stage),
     });
     let s2 = shared.clone();
     let accept = thread::Builder::new()

@@ -19,7 +19,7 @@ use crate::auth::ClusterKey;
 use crate::auth::RegisterClaim;
 use crate::logging::ev;
 use crate::protocol::frame::FILE_BATCH_MAX;
-use crate::protocol::{err, Connection, FileState, Message, WireError};
+use crate::protocol::{err, Connection, FileState, Message, Partner, StagedRef, WireError};
 use crate::ss::store::Store;
 use crossbeam_channel::{bounded, select, Receiver, Sender};
 use std::collections::{HashMap, VecDeque};
@@ -119,7 +119,7 @@ pub struct LinkConfig {
 }
 
 enum Report {
-    Changed(FileState),
+    Changed(FileState, Option<StagedRef>),
     Removed(String),
 }
 
@@ -139,7 +139,12 @@ pub struct NmLink {
     /// Whether the name server said this server is not its pair's writer.
     backup: Arc<AtomicBool>,
     lease: Arc<Lease>,
+    /// The pair's other member while this server writes and it is up (from heartbeat acks).
+    partner: Partnered,
 }
+
+/// Where the partner is, as the latest heartbeat ack said.
+type Partnered = Arc<Mutex<Option<Partner>>>;
 
 impl NmLink {
     /// Starts the link thread. It stops when `stop` is set.
@@ -148,11 +153,13 @@ impl NmLink {
         let registered = Arc::new(AtomicBool::new(false));
         let backup = Arc::new(AtomicBool::new(false));
         let lease = Arc::new(Lease::new());
+        let partner: Partnered = Arc::new(Mutex::new(None));
         let name = cfg.name.clone();
         let flags = Flags {
             registered: registered.clone(),
             backup: backup.clone(),
             lease: lease.clone(),
+            partner: partner.clone(),
         };
         let spawned = thread::Builder::new()
             .name("nm-link".into())
@@ -166,7 +173,20 @@ impl NmLink {
             registered,
             backup,
             lease,
+            partner,
         }
+    }
+
+    /// The pair's other member, while this server is the writer and the name server last
+    /// said that member is up.
+    pub fn partner(&self) -> Option<Partner> {
+        if self.is_backup() || !self.is_registered() {
+            return None;
+        }
+        self.partner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Whether this server may take a change minted for `ticket_epoch` now: it must be its
@@ -227,11 +247,21 @@ impl NmLink {
     /// durable. On failure the change stays on disk and is reconciled at re-registration.
     /// Returns the copy count the ack carried (sync mode with the backup down).
     pub fn changed(&self, state: FileState, wait: Duration) -> Result<Option<u32>, WireError> {
+        self.changed_staged(state, None, wait)
+    }
+
+    /// [`NmLink::changed`] for content also staged on the partner (see `server/staging.rs`).
+    pub fn changed_staged(
+        &self,
+        state: FileState,
+        staged: Option<StagedRef>,
+        wait: Duration,
+    ) -> Result<Option<u32>, WireError> {
         let deadline = Instant::now() + wait;
         let file = crate::names::display(&state.file);
         let (reply, ack) = bounded(1);
         let q = Queued {
-            report: Report::Changed(state),
+            report: Report::Changed(state, staged),
             reply: Some(reply),
         };
         let copies = match self.tx.send_deadline(q, deadline) {
@@ -268,6 +298,7 @@ struct Flags {
     registered: Arc<AtomicBool>,
     backup: Arc<AtomicBool>,
     lease: Arc<Lease>,
+    partner: Partnered,
 }
 
 fn link_loop(
@@ -287,6 +318,7 @@ fn link_loop(
         flags.registered.store(false, Ordering::SeqCst);
         // Cut off from the name server: no more changes until it grants a lease again.
         flags.lease.end();
+        *flags.partner.lock().unwrap_or_else(|p| p.into_inner()) = None;
         if was_registered {
             backoff_ms = BACKOFF_MIN_MS;
             failures = 0;
@@ -403,6 +435,7 @@ fn session(
         lease: flags.lease.clone(),
         backup: flags.backup.clone(),
         epoch: store.epoch().clone(),
+        partner: flags.partner.clone(),
     };
     let reader_stream = stream.try_clone().map_err(io_err)?;
     thread::Builder::new()
@@ -445,7 +478,7 @@ fn session(
                         pending.lock().unwrap_or_else(|p| p.into_inner()).insert(next_id, reply);
                     }
                     let msg = match q.report {
-                        Report::Changed(state) => Message::Changed { id: next_id, state },
+                        Report::Changed(state, staged) => Message::Changed { id: next_id, state, staged },
                         Report::Removed(file) => Message::Removed { id: next_id, file },
                     };
                     conn.send(&msg, &[]).map_err(io_err)?;
@@ -472,6 +505,7 @@ struct Grants {
     lease: Arc<Lease>,
     backup: Arc<AtomicBool>,
     epoch: Arc<AtomicU64>,
+    partner: Partnered,
 }
 
 /// Takes acknowledgements off the link until it fails, then says why on `dead`.
@@ -494,7 +528,22 @@ fn reader(mut conn: Connection, g: Grants, dead: Sender<String>) {
                     epoch,
                     writer,
                     lease_ms,
+                    partner,
                 } => {
+                    let partner = partner.filter(|_| writer);
+                    let mut known = g.partner.lock().unwrap_or_else(|p| p.into_inner());
+                    if *known != partner {
+                        match &partner {
+                            Some(p) => {
+                                log::info!(target: ev::SS_NM_LINK, partner = p.name.as_str(), addr = p.addr.as_str();
+                                "partner {} is up at {}: large uploads are staged there as they arrive", p.name, p.addr)
+                            }
+                            None => log::info!(target: ev::SS_NM_LINK, partner = "";
+                                "no partner to stage uploads on"),
+                        }
+                        *known = partner;
+                    }
+                    drop(known);
                     let sent_at = g
                         .sent
                         .lock()

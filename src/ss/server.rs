@@ -78,6 +78,8 @@ pub struct Shared {
     /// Test hook (`PAIRFS_FAULT_FLIP_PUT`): while set, the next PUT_FILE_CONTENT carrying any
     /// bytes gets one byte flipped before verification, so it must be rejected.
     pub fault_flip_put: AtomicBool,
+    /// Uploads staged here by this server's partner while they arrived.
+    pub stages: staging::Stages,
 }
 
 /// Why a request ended badly: answer with an ERR and go on, or close the connection.
@@ -230,6 +232,7 @@ fn serve(stream: TcpStream, slot: ConnSlot) {
                 file,
                 have,
                 have_checkpoints,
+                staged,
                 ticket,
             } => get_content(
                 shared,
@@ -237,7 +240,7 @@ fn serve(stream: TcpStream, slot: ConnSlot) {
                 &file,
                 &have,
                 &have_checkpoints,
-                None,
+                Ask::Whole { staged },
                 &ticket,
             ),
             Message::GetFileDelta {
@@ -261,7 +264,7 @@ fn serve(stream: TcpStream, slot: ConnSlot) {
                     &file,
                     &have,
                     &have_checkpoints,
-                    Some(ask),
+                    Ask::Delta(ask),
                     &ticket,
                 )
             }),
@@ -289,6 +292,7 @@ fn serve(stream: TcpStream, slot: ConnSlot) {
                     checkpoints: &checkpoints,
                     sent_checkpoints: &sent_checkpoints,
                     basis: Some((basis, basis_checksum)),
+                    staged: None,
                 };
                 put_content(shared, &mut conn, &head, &ticket)
             }
@@ -299,6 +303,7 @@ fn serve(stream: TcpStream, slot: ConnSlot) {
                 sent,
                 checkpoints,
                 sent_checkpoints,
+                staged,
                 ticket,
             } => {
                 let head = PutHead {
@@ -309,6 +314,7 @@ fn serve(stream: TcpStream, slot: ConnSlot) {
                     checkpoints: &checkpoints,
                     sent_checkpoints: &sent_checkpoints,
                     basis: None,
+                    staged: staged.as_deref(),
                 };
                 put_content(shared, &mut conn, &head, &ticket)
             }
@@ -341,6 +347,12 @@ fn serve(stream: TcpStream, slot: ConnSlot) {
                 checksum,
                 ticket,
             } => upload(shared, &mut conn, &file, size, checksum, &ticket),
+            Message::StageUpload {
+                file,
+                size,
+                checksum,
+                ticket,
+            } => staging::stage_upload(shared, &mut conn, &file, size, checksum, &ticket),
             Message::CheckFiles {
                 files,
                 orphans,
@@ -928,10 +940,14 @@ fn get_content(
     file: &str,
     have: &[Version],
     have_checkpoints: &[String],
-    delta: Option<DeltaAsk<'_>>,
+    ask: Ask<'_>,
     t: &Ticket,
 ) -> Result<(), Fail> {
     authorise(shared, file, t, TicketOp::Fetch)?;
+    let (delta, staged) = match ask {
+        Ask::Whole { staged } => (None, staged),
+        Ask::Delta(d) => (Some(d), None),
+    };
     let mut tr = shared
         .store
         .open_transfer(file, have, have_checkpoints)
@@ -950,6 +966,8 @@ fn get_content(
     let sent: Vec<Version> = tr.entries.iter().map(|(v, _)| *v).collect();
     let sent_checkpoints: Vec<String> =
         tr.checkpoint_files.iter().map(|(t, _)| t.clone()).collect();
+    // The target holds this very version's content staged: it is not sent again.
+    let content_staged = staged == Some(tr.meta.version);
     conn.send(
         &Message::FileContent {
             state: tr.meta.state(file),
@@ -957,10 +975,13 @@ fn get_content(
             sent,
             checkpoints: tr.checkpoints.clone(),
             sent_checkpoints,
+            content_staged,
         },
         &[],
     )?;
-    send_any(conn, file, &mut tr.content, tr.meta.size, ops)?;
+    if !content_staged {
+        send_any(conn, file, &mut tr.content, tr.meta.size, ops)?;
+    }
     for (v, f) in tr.entries.iter_mut() {
         let size = tr
             .undo
@@ -980,6 +1001,16 @@ fn get_content(
     log::info!(target: ev::SS_COMMIT, file = file, version = tr.meta.version.to_string(), bytes = tr.meta.size, entries = tr.entries.len() as u64;
         "sent {file} version {} for replication", tr.meta.version);
     Ok(())
+}
+
+/// How a GET asks for the file's parts.
+#[derive(Clone, Copy)]
+enum Ask<'a> {
+    /// GET_FILE_CONTENT: each part whole, but the content left out when the target holds
+    /// this version staged.
+    Whole { staged: Option<Version> },
+    /// GET_FILE_DELTA: each part as ops.
+    Delta(DeltaAsk<'a>),
 }
 
 /// What a GET_FILE_DELTA asks beyond a GET_FILE_CONTENT.
@@ -1056,7 +1087,8 @@ enum SyncBy {
 
 /// Reads one part (CHUNK* END) of at most `limit` bytes, into a temp file when `keep.store`
 /// (made durable as `keep.sync` says), else only counting. `flip` is the fault hook: it flips the first
-/// byte it sees.
+/// byte it sees. Each chunk also goes to `tee` when given (an upload staged on the partner).
+#[allow(clippy::too_many_arguments)]
 fn recv_part(
     shared: &Shared,
     conn: &mut Connection,
@@ -1065,6 +1097,7 @@ fn recv_part(
     keep: Keep,
     mut counter: ContentCounter,
     flip: &mut bool,
+    tee: Option<&mut staging::Tee>,
 ) -> Result<Received, Fail> {
     let text = if limit >= COUNT_THREAD_MIN_BYTES {
         counter.take_text()
@@ -1072,10 +1105,10 @@ fn recv_part(
         None
     };
     let Some(mut text) = text else {
-        return recv_into(shared, conn, file, limit, keep, counter, flip, None);
+        return recv_into(shared, conn, file, limit, keep, counter, flip, None, tee);
     };
     thread::scope(|scope| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(COUNT_QUEUE_CHUNKS);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Arc<Vec<u8>>>(COUNT_QUEUE_CHUNKS);
         let counting =
             thread::Builder::new()
                 .name("ss-count".into())
@@ -1090,10 +1123,20 @@ fn recv_part(
             // No thread to be had: count on this one.
             Err(_) => {
                 counter.put_text(TextCount::new());
-                return recv_into(shared, conn, file, limit, keep, counter, flip, None);
+                return recv_into(shared, conn, file, limit, keep, counter, flip, None, tee);
             }
         };
-        let r = recv_into(shared, conn, file, limit, keep, counter, flip, Some(tx));
+        let r = recv_into(
+            shared,
+            conn,
+            file,
+            limit,
+            keep,
+            counter,
+            flip,
+            Some(tx),
+            tee,
+        );
         // The sender is gone (dropped with `recv_into`), so the thread ends after the last
         // chunk; it counted while the temp file was being synced.
         let text = counting
@@ -1106,7 +1149,7 @@ fn recv_part(
     })
 }
 
-/// The receive loop of [`recv_part`]; each chunk also goes to `count` when given.
+/// The receive loop of [`recv_part`]; each chunk also goes to `count` and `tee` when given.
 #[allow(clippy::too_many_arguments)]
 fn recv_into(
     shared: &Shared,
@@ -1116,7 +1159,8 @@ fn recv_into(
     keep: Keep,
     mut counter: ContentCounter,
     flip: &mut bool,
-    count: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    count: Option<std::sync::mpsc::SyncSender<Arc<Vec<u8>>>>,
+    mut tee: Option<&mut staging::Tee>,
 ) -> Result<Received, Fail> {
     let mut temp = None;
     let mut out: Option<File> = None;
@@ -1169,13 +1213,26 @@ fn recv_into(
                         }
                     }
                 }
+                if count.is_none() && tee.is_none() {
+                    continue;
+                }
+                // Shared, not copied, with the counting thread and the partner's relay.
+                let body = Arc::new(body);
+                if let Some(t) = tee.as_deref_mut() {
+                    t.push(&body);
+                }
                 if let Some(tx) = &count {
                     if tx.send(body).is_err() {
                         return Err(Fail::Reply(err::internal("the counting thread failed")));
                     }
                 }
             }
-            Message::End {} => break,
+            Message::End {} => {
+                if let Some(t) = tee.as_deref_mut() {
+                    t.end();
+                }
+                break;
+            }
             other => {
                 return Err(Fail::ReplyClose(err::invalid(format!(
                     "expected CHUNK or END, not {}",
@@ -1191,6 +1248,16 @@ fn recv_into(
 }
 
 impl Received {
+    /// No part at all (a staged content that is not installed).
+    fn nothing() -> Received {
+        Received {
+            temp: None,
+            unsynced: None,
+            counter: ContentCounter::bytes_only(),
+            error: None,
+        }
+    }
+
     /// A part read to its END: its temp file `out` (if one was written) made durable as
     /// `sync` says, unless storing it already failed (then nothing of it is installed).
     fn settle(
@@ -1262,6 +1329,8 @@ struct PutHead<'a> {
     /// The version and checksum of this server's copy that a delta's ops refer to
     /// (PUT_FILE_DELTA), or None for content sent whole.
     basis: Option<(Version, u32)>,
+    /// The id of the upload staged here that is the content (no content part follows).
+    staged: Option<&'a str>,
 }
 
 /// Checks the head of a PUT_FILE_CONTENT before its stream is read.
@@ -1303,6 +1372,7 @@ fn check_put(shared: &Shared, h: &PutHead<'_>, t: &Ticket) -> Result<(), WireErr
 }
 
 mod delta;
+pub mod staging;
 
 /// Most copies one PUT_BATCH may carry (bounds the temp files and open files it holds).
 pub const MAX_BATCH_COPIES: usize = 64;
@@ -1347,7 +1417,7 @@ fn receive_copy(
         sent,
         ..
     } = *h;
-    let head = check_put(shared, h, t);
+    let mut head = check_put(shared, h, t);
     // A copy already this new only needs the stream drained (jobs may be retried or
     // reordered); install_copies checks again under the lock.
     let held = match &head {
@@ -1355,6 +1425,14 @@ fn receive_copy(
         Err(_) => None,
     };
     let newer_here = held.as_ref().is_some_and(|m| m.version >= state.version);
+    // Content staged here while it was uploaded to the source stands for the content part.
+    let mut staged = None;
+    if let (Some(id), Ok(()), false) = (h.staged, &head, newer_here) {
+        match shared.stages.take(id, file, state.size, state.checksum) {
+            Ok(r) => staged = Some(r),
+            Err(e) => head = Err(e),
+        }
+    }
     let keep = Keep {
         store: head.is_ok() && !newer_here,
         sync,
@@ -1392,10 +1470,17 @@ fn receive_copy(
                 keep,
                 ContentCounter::bytes_only(),
                 flip,
+                None,
             )
         }
     };
-    let content = recv_any(conn, state.size, keep, &mut flip)?;
+    let content = match staged {
+        Some(r) => r,
+        // A staged content that is not installed (refused, or a copy this new is held
+        // already) has no part in the stream.
+        None if h.staged.is_some() => Received::nothing(),
+        None => recv_any(conn, state.size, keep, &mut flip)?,
+    };
     let mut entries = Vec::with_capacity(sent.len());
     for v in sent {
         let limit = undo.iter().find(|d| d.version == *v).map_or(0, |d| d.size);
@@ -1628,6 +1713,7 @@ fn put_batch(shared: &Shared, conn: &mut Connection) -> Result<(), Fail> {
                 sent,
                 checkpoints,
                 sent_checkpoints,
+                staged,
                 ticket,
             } => {
                 if arrived.len() >= MAX_BATCH_COPIES {
@@ -1643,6 +1729,7 @@ fn put_batch(shared: &Shared, conn: &mut Connection) -> Result<(), Fail> {
                     checkpoints: &checkpoints,
                     sent_checkpoints: &sent_checkpoints,
                     basis: None,
+                    staged: staged.as_deref(),
                 };
                 match receive_copy(shared, conn, &head, &ticket, sync_by) {
                     Ok(a) => arrived.push(Ok(a)),
@@ -1705,6 +1792,11 @@ fn upload(
     let head = authorise(shared, file, t, TicketOp::Upload)
         .and_then(|()| may_change(shared, t))
         .and_then(|()| upload_fresh(shared, file, t));
+    // The partner writes its copy while this one arrives (see `staging.rs`).
+    let mut tee = head
+        .is_ok()
+        .then(|| staging::Tee::start(shared, file, size, checksum, &t.user))
+        .flatten();
     let r = recv_part(
         shared,
         conn,
@@ -1716,6 +1808,7 @@ fn upload(
         },
         ContentCounter::new(),
         &mut false,
+        tee.as_mut(),
     )?;
     head?;
     let mut r = r;
@@ -1731,9 +1824,12 @@ fn upload(
             "uploaded {file} version {}", meta.version);
         meta.state(file)
     };
-    let copies = shared
-        .link
-        .changed(state.clone(), Duration::from_millis(CHANGED_ACK_TIMEOUT_MS))?;
+    let staged = tee.and_then(staging::Tee::finish);
+    let copies = shared.link.changed_staged(
+        state.clone(),
+        staged,
+        Duration::from_millis(CHANGED_ACK_TIMEOUT_MS),
+    )?;
     conn.send(&Message::Committed { state, copies }, &[])?;
     Ok(())
 }

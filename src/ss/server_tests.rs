@@ -54,12 +54,17 @@ fn fake_nm() -> FakeNm {
                             })
                         }
                         Message::Heartbeat { seq, .. } => Some(Message::HeartbeatAck {
+                            partner: None,
                             seq,
                             epoch: 0,
                             writer: !backup,
                             lease_ms: 60_000,
                         }),
-                        Message::Changed { id, state } => {
+                        Message::Changed {
+                            staged: _,
+                            id,
+                            state,
+                        } => {
                             let _ = ch_tx.send(state);
                             Some(Message::ChangedAck { id, copies: None })
                         }
@@ -106,6 +111,7 @@ fn config(dir: &std::path::Path, nm_addr: &str, key: &ClusterKey) -> Config {
         lock_timeout_ms: 60_000,
         max_connections: 16,
         fault_flip_put: false,
+        fault_stage: None,
     }
 }
 
@@ -697,6 +703,7 @@ fn relay(
     let (state, undo, sent) = match ask(
         &mut src,
         Message::GetFileContent {
+            staged: None,
             file: file.into(),
             have,
             have_checkpoints: Vec::new(),
@@ -713,6 +720,7 @@ fn relay(
     let mut out = dst.conn();
     out.send(
         &Message::PutFileContent {
+            staged: None,
             file: file.into(),
             state,
             undo,
@@ -859,6 +867,7 @@ fn put(
 ) -> Result<Message, WireError> {
     c.send(
         &Message::PutFileContent {
+            staged: None,
             file: state.file.clone(),
             state: state.clone(),
             undo: Vec::new(),
@@ -952,6 +961,7 @@ fn a_transfer_cut_mid_body_leaves_nothing() {
         let mut c = dst.conn();
         c.send(
             &Message::PutFileContent {
+                staged: None,
                 file: "d.txt".into(),
                 state: st.clone(),
                 undo: Vec::new(),
@@ -1131,6 +1141,7 @@ fn a_backup_refuses_client_writes() {
 fn put_in_batch(dst: &Peer, c: &mut Connection, state: &FileState, bytes: &[u8]) {
     c.send(
         &Message::PutFileContent {
+            staged: None,
             file: state.file.clone(),
             state: state.clone(),
             undo: Vec::new(),
@@ -1167,6 +1178,7 @@ fn a_batch_installs_each_good_copy_and_answers_each_in_order() {
     // A copy whose ticket is for another file is refused on its own, after its stream.
     c.send(
         &Message::PutFileContent {
+            staged: None,
             file: "x.txt".into(),
             state: state_of("x.txt", 1, b"x"),
             undo: Vec::new(),
@@ -1242,6 +1254,7 @@ fn a_batch_refuses_anything_but_copies_and_is_bounded() {
     let st = state_of("last", 1, b"z");
     c.send(
         &Message::PutFileContent {
+            staged: None,
             file: st.file.clone(),
             state: st.clone(),
             undo: Vec::new(),
@@ -1270,6 +1283,7 @@ fn put_with_checkpoints_in_batch(
 ) {
     c.send(
         &Message::PutFileContent {
+            staged: None,
             file: state.file.clone(),
             state: state.clone(),
             undo: Vec::new(),

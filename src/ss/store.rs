@@ -237,6 +237,16 @@ impl ContentCounter {
         ContentCounter::default()
     }
 
+    /// A counter standing for content of `size` bytes with `checksum` that was counted
+    /// and verified when it arrived (an upload staged by the partner).
+    pub fn known(size: u64, checksum: u32) -> ContentCounter {
+        ContentCounter {
+            crc: checksum,
+            size,
+            text: None,
+        }
+    }
+
     /// Bytes seen so far.
     pub fn size(&self) -> u64 {
         self.size

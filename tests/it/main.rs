@@ -18,4 +18,5 @@ mod fsck;
 mod replication;
 mod requests;
 mod robustness;
+mod staging;
 mod write;

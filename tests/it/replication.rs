@@ -548,10 +548,11 @@ fn a_large_file_replicates_with_bounded_memory() {
     // to move on a busy machine.
     const SIZE: usize = 256 << 20;
     // The peak resident memory each of the name server and both storage servers may reach:
-    // a few tens of MiB (buffers of a few MiB per stream, the counting queue, the database's
-    // cache), far below the file's size.
+    // a few tens of MiB (buffers of a few MiB per stream, the counting and staging queues,
+    // the database's cache), far below the file's size.
     const PEAK_RSS_MIB: u64 = 48;
-    let c = pair_cluster();
+    let mut c = pair_cluster();
+    c.wait_event(PRIMARY, "ss_nm_link", |v| v["partner"] == BACKUP, WAIT);
     let local = c.dir().join("big.bin");
     {
         use std::io::Write;
@@ -564,40 +565,55 @@ fn a_large_file_replicates_with_bounded_memory() {
         f.flush().unwrap();
     }
     let size = std::fs::metadata(&local).unwrap().len();
-    let m = c.mark("nm");
-    c.client("alice")
-        .run_timeout(
-            &format!("UPLOAD {} big.bin\n", local.display()),
-            Duration::from_secs(300),
-        )
-        .assert_contains("Upload Successful!")
-        .assert_code(0);
-    // UPLOAD creates the file first, so an empty copy replicates before the content does:
-    // wait for the success that leaves the backup with every byte (installed by rename).
-    let backup = c.storage(BACKUP).join("files/big.bin");
-    let arrived = poll_until(Duration::from_secs(300), || {
-        std::fs::metadata(&backup).is_ok_and(|m| m.len() == size)
-    });
-    assert!(arrived, "the backup never held all of big.bin");
-    c.wait_event_since(
-        "nm",
-        m,
-        "replication_worker_success",
-        |v| mentions(v, "big.bin") && v["bytes"].as_u64().is_none_or(|b| b == size),
-        WAIT,
-    );
-    assert!(
-        same_bytes(&local, &backup),
-        "backup bytes differ from the upload"
-    );
-    let (p, _) = held(&c, PRIMARY, "big.bin");
-    let (b, _) = held(&c, BACKUP, "big.bin");
-    assert_eq!(p.unwrap().checksum, b.unwrap().checksum);
+    // Both ways a large upload reaches the backup: staged there while it arrives, and (the
+    // stage lost) relayed whole through the name server's worker afterwards.
+    for (name, relayed) in [("big.bin", false), ("big2.bin", true)] {
+        if relayed {
+            c.term(BACKUP);
+            let m = c.mark("nm");
+            c.restart_with_env(BACKUP, "PAIRFS_FAULT_STAGE", "forget");
+            c.wait_registered(BACKUP, m);
+        }
+        let m = c.mark("nm");
+        c.client("alice")
+            .run_timeout(
+                &format!("UPLOAD {} {name}\n", local.display()),
+                Duration::from_secs(300),
+            )
+            .assert_contains("Upload Successful!")
+            .assert_code(0);
+        // UPLOAD creates the file first, so an empty copy replicates before the content
+        // does: wait until the backup holds every byte (installed by rename).
+        let backup = c.storage(BACKUP).join("files").join(name);
+        let arrived = poll_until(Duration::from_secs(300), || {
+            std::fs::metadata(&backup).is_ok_and(|m| m.len() == size)
+        });
+        assert!(arrived, "the backup never held all of {name}");
+        let (event, bytes) = if relayed {
+            ("replication_worker_fetched", size)
+        } else {
+            ("replication_staged", 0)
+        };
+        c.wait_event_since(
+            "nm",
+            m,
+            event,
+            |v| mentions(v, name) && v["level"] == "INFO" && v["bytes"].as_u64() == Some(bytes),
+            WAIT,
+        );
+        assert!(
+            same_bytes(&local, &backup),
+            "backup bytes of {name} differ from the upload"
+        );
+        let (p, _) = held(&c, PRIMARY, name);
+        let (b, _) = held(&c, BACKUP, name);
+        assert_eq!(p.unwrap().checksum, b.unwrap().checksum);
+    }
     for who in ["nm", PRIMARY, BACKUP] {
         let hwm_kib = vm_hwm_kib(c.proc(who).pid());
         assert!(
             hwm_kib < PEAK_RSS_MIB * 1024,
-            "{who} peaked at {hwm_kib} KiB while moving a {size}-byte file (limit {PEAK_RSS_MIB} MiB)"
+            "{who} peaked at {hwm_kib} KiB while moving {size}-byte files (limit {PEAK_RSS_MIB} MiB)"
         );
     }
 }

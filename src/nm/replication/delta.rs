@@ -69,7 +69,7 @@ pub(super) fn copy(
     };
     let mut src = connect(saddr)?;
     src.send(&get, &f.body).map_err(|e| sending(sname, e))?;
-    let bytes = relay_reply(t, key, &mut src, sname, dst, tname, Some(&basis))?;
+    let bytes = relay_reply(t, key, &mut src, sname, dst, tname, Some(&basis), None)?;
     drop(src);
     // 3. The target verified the rebuilt content as it verifies any copy.
     match reply(dst)?? {

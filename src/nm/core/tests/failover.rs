@@ -295,6 +295,7 @@ impl Sim {
                 s.lease_until = if backup { 0 } else { s.sent[&0] + lease_ms };
             }
             Message::HeartbeatAck {
+                partner: _,
                 seq,
                 epoch,
                 writer,
@@ -501,7 +502,14 @@ impl Sim {
         self.next_id += 1;
         let id = self.next_id;
         self.waiting.insert((conn, id), (file.to_string(), v));
-        self.frame(conn, Message::Changed { id, state: st });
+        self.frame(
+            conn,
+            Message::Changed {
+                staged: None,
+                id,
+                state: st,
+            },
+        );
     }
 
     fn create(&mut self, file: &str) {
@@ -916,6 +924,7 @@ fn a_change_from_a_deposed_writer_is_refused_and_its_copy_quarantined() {
         conn,
         Frame {
             msg: Message::Changed {
+                staged: None,
                 id: 99,
                 state: stale.state("a.txt"),
             },

@@ -1,0 +1,383 @@
+//! Staging: a large upload reaches the pair's other member while it arrives, so the backup's
+//! copy is written at the same time as the writer's instead of after it.
+//!
+//! The writer learns its partner from the name server's heartbeat acks. While an UPLOAD of at
+//! least [`STAGE_MIN_BYTES`] arrives, the writer hands each chunk, after writing it to its own
+//! temp file, to a [`Tee`] thread that relays it to the partner in a STAGE_UPLOAD stream. The
+//! partner writes the bytes into its `tmp/`, verifies their size and checksum, makes them
+//! durable and answers STAGED with an id. The stage changes nothing the partner serves: it
+//! sits in [`Stages`] until claimed or expired.
+//!
+//! Nothing about replication's guarantees moves here. The writer reports the stage's id with
+//! its CHANGED; the name server keeps it (in memory only) beside the durable job it writes for
+//! the backup, and the job runs as before, except that when the source still holds exactly the
+//! staged version its content is left out of GET_FILE_CONTENT and the PUT_FILE_CONTENT names
+//! the stage instead. The backup installs the staged file exactly as it installs a received
+//! one, after checking it against the state's size and checksum. A stage that is missing
+//! (the partner restarted, it expired), refused or cut short costs only time: the job sends
+//! the file whole, as it would have without staging.
+//!
+//! The upload never waits on a partner that fails: a partner that cannot be reached, errs or
+//! stops reading for [`TEE_STALL_MS`] is dropped and the upload goes on alone. A partner
+//! slower than the writer's own disk slows the upload down to its pace (bounded by the
+//! [`TEE_QUEUE_CHUNKS`] chunks in flight), as in any chained replication.
+
+use super::{authorise, recv_part, verify, Fail, Keep, Received, Shared, SyncBy};
+use crate::logging::ev;
+use crate::names;
+use crate::protocol::{err, Connection, Message, StagedRef, Ticket, TicketOp, WireError};
+use crate::ss::store::{ContentCounter, TempFile};
+use crossbeam_channel::{bounded, Receiver, Sender};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Uploads at least this large are staged on the partner while they arrive; smaller ones
+/// replicate about as fast after the upload as the stage would take to set up.
+pub const STAGE_MIN_BYTES: u64 = 1 << 20;
+/// Chunks handed to the tee thread and not yet sent to the partner.
+pub const TEE_QUEUE_CHUNKS: usize = 8;
+/// How long the upload waits for room in the tee's queue before dropping the partner.
+pub const TEE_STALL_MS: u64 = 2_000;
+/// How long the writer waits, after its own copy is installed, for the partner to confirm
+/// its stage durable before reporting the upload without it.
+pub const TEE_FINISH_WAIT_MS: u64 = 10_000;
+/// Time allowed to connect to the partner.
+pub const TEE_CONNECT_MS: u64 = 1_000;
+/// Time allowed for one frame to or from the partner.
+pub const TEE_FRAME_MS: u64 = 30_000;
+/// Stages a server keeps at once; a new one evicts the oldest.
+pub const MAX_STAGES: usize = 8;
+/// Stages a server receives at once; more are refused (the uploads replicate afterwards).
+pub const MAX_RECEIVING: usize = 4;
+/// A stage not claimed within this long is removed.
+pub const STAGE_TTL_MS: u64 = 10 * 60 * 1000;
+
+/// Test hooks of the receiving side (`PAIRFS_FAULT_STAGE` of `bin_ss`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StageFault {
+    /// Answer STAGED but keep nothing, as if the server had restarted since.
+    Forget,
+    /// Close the connection after the first chunk, as if the server had died mid-stream.
+    Cut,
+}
+
+impl StageFault {
+    /// The hook named by `PAIRFS_FAULT_STAGE` (`forget` or `cut`).
+    pub fn from_env(v: Option<&str>) -> Option<StageFault> {
+        match v {
+            Some("forget") => Some(StageFault::Forget),
+            Some("cut") => Some(StageFault::Cut),
+            _ => None,
+        }
+    }
+}
+
+/// One upload staged here.
+struct Stage {
+    file: String,
+    size: u64,
+    checksum: u32,
+    /// The durable temp file; dropping the stage removes it.
+    temp: TempFile,
+    at: Instant,
+}
+
+/// The uploads staged on this server, by id.
+pub struct Stages {
+    kept: Mutex<HashMap<String, Stage>>,
+    receiving: AtomicUsize,
+    fault: Option<StageFault>,
+}
+
+/// A receiving slot; dropping it frees the slot.
+struct Slot<'a>(&'a AtomicUsize);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Stages {
+    /// No stages, with the test hook `fault`.
+    pub fn new(fault: Option<StageFault>) -> Stages {
+        Stages {
+            kept: Mutex::new(HashMap::new()),
+            receiving: AtomicUsize::new(0),
+            fault,
+        }
+    }
+
+    fn admit(&self) -> Result<Slot<'_>, WireError> {
+        let n = self.receiving.fetch_add(1, Ordering::SeqCst);
+        let slot = Slot(&self.receiving);
+        if n >= MAX_RECEIVING {
+            return Err(err::limit(format!(
+                "already receiving {MAX_RECEIVING} staged uploads"
+            )));
+        }
+        Ok(slot)
+    }
+
+    /// Keeps a verified, durable stage; returns its id.
+    fn keep(&self, file: &str, size: u64, checksum: u32, temp: TempFile) -> String {
+        let id = crate::auth::random_hex(16);
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        kept.retain(|_, s| s.at.elapsed() < Duration::from_millis(STAGE_TTL_MS));
+        while kept.len() >= MAX_STAGES {
+            let Some(oldest) = kept
+                .iter()
+                .min_by_key(|(_, s)| s.at)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            kept.remove(&oldest);
+        }
+        if self.fault != Some(StageFault::Forget) {
+            let stage = Stage {
+                file: file.to_string(),
+                size,
+                checksum,
+                temp,
+                at: Instant::now(),
+            };
+            kept.insert(id.clone(), stage);
+        }
+        id
+    }
+
+    /// Takes stage `id` as the content of `file` with `size` and `checksum`, or says why it
+    /// cannot stand for it (a stage that does not match is removed all the same).
+    pub(super) fn take(
+        &self,
+        id: &str,
+        file: &str,
+        size: u64,
+        checksum: u32,
+    ) -> Result<Received, WireError> {
+        let stage = {
+            let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+            kept.retain(|_, s| s.at.elapsed() < Duration::from_millis(STAGE_TTL_MS));
+            kept.remove(id)
+        };
+        let Some(s) = stage else {
+            return Err(err::not_found(format!(
+                "no staged upload {id} of {} here",
+                names::display(file)
+            )));
+        };
+        if s.file != file || s.size != size || s.checksum != checksum {
+            return Err(err::invalid(format!(
+                "staged upload {id} holds {} bytes of {} with checksum {:08x}, not {size} bytes of {} with checksum {checksum:08x}",
+                s.size,
+                names::display(&s.file),
+                s.checksum,
+                names::display(file)
+            )));
+        }
+        Ok(Received {
+            temp: Some(s.temp),
+            unsynced: None,
+            counter: ContentCounter::known(size, checksum),
+            error: None,
+        })
+    }
+}
+
+/// STAGE_UPLOAD: receives `size` bytes into `tmp/`, verifies and syncs them, and keeps them
+/// as a stage. A refused request still has its stream read, so the connection stays in step.
+pub(super) fn stage_upload(
+    shared: &Shared,
+    conn: &mut Connection,
+    file: &str,
+    size: u64,
+    checksum: u32,
+    t: &Ticket,
+) -> Result<(), Fail> {
+    let slot = authorise(shared, file, t, TicketOp::Stage).and_then(|()| shared.stages.admit());
+    if shared.stages.fault == Some(StageFault::Cut) {
+        let _ = conn.recv();
+        log::warn!(target: ev::SS_REFUSED, file = file, reason = "fault";
+            "test hook PAIRFS_FAULT_STAGE=cut: closed the stage of {file}");
+        return Err(Fail::Close);
+    }
+    let keep = Keep {
+        store: slot.is_ok(),
+        sync: SyncBy::Now,
+    };
+    let mut r = recv_part(
+        shared,
+        conn,
+        file,
+        size,
+        keep,
+        ContentCounter::bytes_only(),
+        &mut false,
+        None,
+    )?;
+    let _slot = slot?;
+    verify(&mut r, &names::display(file), size, checksum)?;
+    let temp = r.temp.ok_or_else(|| err::internal("no temp file"))?;
+    let id = shared.stages.keep(file, size, checksum, temp);
+    log::info!(target: ev::SS_COMMIT, file = file, bytes = size;
+        "staged {size} bytes of {file} (stage {id}) from {}", t.user);
+    conn.send(&Message::Staged { id }, &[])?;
+    Ok(())
+}
+
+enum TeeMsg {
+    Chunk(Arc<Vec<u8>>),
+    End,
+}
+
+/// The relay of one upload to the partner, on a thread of its own.
+pub(super) struct Tee {
+    tx: Option<Sender<TeeMsg>>,
+    /// The whole upload was handed on, END included.
+    ended: bool,
+    done: Receiver<Result<String, WireError>>,
+    partner: String,
+    file: String,
+}
+
+impl Tee {
+    /// Starts relaying an upload of `file` (`size` bytes with `checksum`, by `user`) to the
+    /// partner, if it is large enough and this server has a partner that is up.
+    pub(super) fn start(
+        shared: &Shared,
+        file: &str,
+        size: u64,
+        checksum: u32,
+        user: &str,
+    ) -> Option<Tee> {
+        if size < STAGE_MIN_BYTES {
+            return None;
+        }
+        let partner = shared.link.partner()?;
+        let ticket = shared
+            .checker
+            .key()
+            .mint(user, file, TicketOp::Stage, &partner.name, None);
+        let head = Message::StageUpload {
+            file: file.to_string(),
+            size,
+            checksum,
+            ticket,
+        };
+        let (tx, rx) = bounded(TEE_QUEUE_CHUNKS);
+        let (done_tx, done) = bounded(1);
+        let addr = partner.addr.clone();
+        let spawned = thread::Builder::new()
+            .name("ss-stage".into())
+            .spawn(move || {
+                let _ = done_tx.send(relay(&addr, &head, &rx));
+            });
+        if let Err(e) = spawned {
+            log::warn!(target: ev::SS_NM_LINK, file = file;
+                "cannot start the stage relay of {file}: {e}; it replicates after the upload");
+            return None;
+        }
+        Some(Tee {
+            tx: Some(tx),
+            ended: false,
+            done,
+            partner: partner.name,
+            file: file.to_string(),
+        })
+    }
+
+    /// Hands on one chunk, already written here. A partner that failed, or has not taken a
+    /// chunk for [`TEE_STALL_MS`], is dropped.
+    pub(super) fn push(&mut self, body: &Arc<Vec<u8>>) {
+        let Some(tx) = &self.tx else { return };
+        let sent = tx.send_timeout(
+            TeeMsg::Chunk(body.clone()),
+            Duration::from_millis(TEE_STALL_MS),
+        );
+        if sent.is_err() {
+            self.tx = None;
+            let why = match self.done.try_recv() {
+                Ok(Err(e)) => e.msg,
+                _ => format!("it took no bytes for {TEE_STALL_MS} ms"),
+            };
+            self.gave_up(&why);
+        }
+    }
+
+    /// The upload's END arrived: the partner may verify and sync its copy now, while this
+    /// server syncs its own.
+    pub(super) fn end(&mut self) {
+        let Some(tx) = self.tx.take() else { return };
+        if tx
+            .send_timeout(TeeMsg::End, Duration::from_millis(TEE_STALL_MS))
+            .is_ok()
+        {
+            self.ended = true;
+        } else {
+            self.gave_up(&format!("it took no bytes for {TEE_STALL_MS} ms"));
+        }
+    }
+
+    /// Waits (at most [`TEE_FINISH_WAIT_MS`]) for the partner to confirm the stage durable:
+    /// its reference, or None if the stage did not make it.
+    pub(super) fn finish(self) -> Option<StagedRef> {
+        if !self.ended {
+            return None;
+        }
+        let result = self
+            .done
+            .recv_timeout(Duration::from_millis(TEE_FINISH_WAIT_MS))
+            .unwrap_or_else(|_| {
+                Err(err::timeout(format!(
+                    "no answer within {TEE_FINISH_WAIT_MS} ms"
+                )))
+            });
+        match result {
+            Ok(id) => Some(StagedRef {
+                ss: self.partner.clone(),
+                id,
+            }),
+            Err(e) => {
+                self.gave_up(&e.msg);
+                None
+            }
+        }
+    }
+
+    fn gave_up(&self, why: &str) {
+        log::warn!(target: ev::SS_REFUSED, file = self.file.as_str(), ss = self.partner.as_str(), reason = "stage";
+            "the upload of {} is not staged on {}: {why}; it replicates after the upload",
+            self.file, self.partner);
+    }
+}
+
+/// The tee thread: STAGE_UPLOAD to `addr`, then every chunk handed on, then END and the
+/// answer. A stream the upload abandons (the channel closes without END) is cut, so the
+/// partner discards it.
+fn relay(addr: &str, head: &Message, rx: &Receiver<TeeMsg>) -> Result<String, WireError> {
+    let mut conn = Connection::connect(addr, Duration::from_millis(TEE_CONNECT_MS))
+        .map_err(|e| err::unavailable(format!("cannot reach {addr}: {e}")))?;
+    conn.set_timeout(Some(Duration::from_millis(TEE_FRAME_MS)))
+        .map_err(|e| err::internal(e.to_string()))?;
+    let sending = |e: std::io::Error| err::unavailable(format!("sending to {addr}: {e}"));
+    conn.send(head, &[]).map_err(sending)?;
+    loop {
+        match rx.recv() {
+            Ok(TeeMsg::Chunk(body)) => conn.send(&Message::Chunk {}, &body).map_err(sending)?,
+            Ok(TeeMsg::End) => break,
+            Err(_) => return Err(err::unavailable("the upload ended before its END")),
+        }
+    }
+    conn.send(&Message::End {}, &[]).map_err(sending)?;
+    match conn.recv_some()?.msg.into_result()? {
+        Message::Staged { id } => Ok(id),
+        other => Err(err::internal(format!(
+            "{addr} answered {} to STAGE_UPLOAD",
+            other.op_name()
+        ))),
+    }
+}
