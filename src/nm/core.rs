@@ -1077,6 +1077,9 @@ impl Core {
                 lease_ms: self.cfg.lease_ms(),
             },
         );
+        // A server empties its `tmp/` at start: no stage noted for it survives.
+        let prefix = job_key(&name, "");
+        self.stages.retain(|k, _| !k.starts_with(&prefix));
         self.push_partner(&name);
         self.advance_pairs(now_ms);
         self.push_all_folders(&name);
@@ -2588,6 +2591,8 @@ impl Core {
         now_ms: u64,
     ) {
         let key = job_key(target, file);
+        // A staged upload stands only for the change that reported it (noted after this).
+        self.stages.remove(&key);
         let old = self
             .repl
             .get(&key)

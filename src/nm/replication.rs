@@ -10,7 +10,7 @@
 use crate::auth::{ClusterKey, NM_USER};
 use crate::logging::ev;
 use crate::protocol::{
-    err, Connection, ErrorCode, FileState, Message, TicketOp, Version, WireError,
+    err, Connection, CopyRef, ErrorCode, FileState, Message, TicketOp, Version, WireError,
 };
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
@@ -301,12 +301,26 @@ fn staged_copy(
     let start = Instant::now();
     let tname = t.target.0.as_str();
     let mut src = connect(saddr)?;
+    // An older copy the target holds (an upload over a file it has) stands for the history
+    // entry of its version, as in a delta: the staged upload replaces it there.
+    let held = lacks
+        .held
+        .clone()
+        .filter(|h| !lacks.blobs.contains(&h.version));
     let mut get = get_msg(t, key, sname, lacks);
-    if let Message::GetFileContent { staged, .. } = &mut get {
+    if let Message::GetFileContent { staged, basis, .. } = &mut get {
         *staged = Some(version);
+        *basis = held.as_ref().map(|h| CopyRef {
+            version: h.version,
+            checksum: h.checksum,
+        });
     }
     src.send(&get, &[]).map_err(|e| sending(sname, e))?;
-    let bytes = relay_reply(t, key, &mut src, sname, dst, tname, None, Some(id))?;
+    let stage = Staging {
+        id,
+        basis: held.as_ref(),
+    };
+    let bytes = relay_reply(t, key, &mut src, sname, dst, tname, None, Some(stage))?;
     drop(src);
     let outcome = installed(dst, tname, bytes)?;
     if let Outcome::Copied { state, .. } = &outcome {
@@ -316,6 +330,15 @@ fn staged_copy(
             "file={} installed on {tname} from the upload staged there", t.file);
     }
     Ok(outcome)
+}
+
+/// What a GET that may leave parts out for a staged upload asked (see [`staged_copy`]).
+#[derive(Clone, Copy)]
+struct Staging<'a> {
+    /// The stage's id on the target.
+    id: &'a str,
+    /// The target's older copy the GET offered as the history entry of its version.
+    basis: Option<&'a FileState>,
 }
 
 /// What PEEK_FILE said the target holds.
@@ -403,6 +426,7 @@ fn get_msg(t: &Transfer, key: &ClusterKey, sname: &str, lacks: Lacks) -> Message
         have: lacks.blobs,
         have_checkpoints: lacks.checkpoints,
         staged: None,
+        basis: None,
         ticket: key.mint(NM_USER, &t.file, TicketOp::Fetch, sname, None),
     }
 }
@@ -440,7 +464,7 @@ fn relay_reply(
     dst: &mut Connection,
     tname: &str,
     basis: Option<&FileState>,
-    stage: Option<&str>,
+    stage: Option<Staging<'_>>,
 ) -> Result<u64, RelayFail> {
     use RelayFail::{Broken, Refused};
     let (state, undo, sent, checkpoints, sent_checkpoints, content_staged) =
@@ -464,13 +488,27 @@ fn relay_reply(
         };
     let staged = match (content_staged, stage, basis) {
         (false, ..) => None,
-        (true, Some(id), None) => Some(id.to_string()),
+        (true, Some(s), None) => Some(s.id.to_string()),
         _ => {
             return Err(Broken(err::internal(format!(
                 "{sname} left out content it was not asked to"
             ))))
         }
     };
+    // The source left out the history entry of the target's own copy when it is the same
+    // bytes: the target then links that copy in (after verifying it).
+    let link = stage
+        .and_then(|s| s.basis)
+        .filter(|b| {
+            !sent.contains(&b.version)
+                && undo
+                    .iter()
+                    .any(|d| d.version == b.version && d.checksum == b.checksum)
+        })
+        .map(|b| CopyRef {
+            version: b.version,
+            checksum: b.checksum,
+        });
     if sent.len() > MAX_HISTORY_ENTRIES
         || undo.len() > MAX_HISTORY_ENTRIES
         || checkpoints.len() > MAX_HISTORY_ENTRIES
@@ -490,6 +528,7 @@ fn relay_reply(
             checkpoints,
             sent_checkpoints: sent_checkpoints.clone(),
             staged: staged.clone(),
+            basis: link,
             ticket,
         },
         Some(b) => Message::PutFileDelta {
@@ -514,7 +553,8 @@ fn relay_reply(
         match f.msg.into_result().map_err(Broken)? {
             Message::Chunk {} => {
                 bytes += f.body.len() as u64;
-                dst.send(&Message::Chunk {}, &f.body)
+                // Relayed with the checksum it arrived with (verified), not recomputed.
+                dst.send_with_crc(&Message::Chunk {}, &f.body, src.body_crc())
                     .map_err(|e| Broken(sending(tname, e)))?;
             }
             Message::End {} => {

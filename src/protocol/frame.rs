@@ -100,12 +100,22 @@ pub fn encode_into(out: &mut Vec<u8>, msg: &Message, body: &[u8]) {
 
 /// Appends only the header line (with its newline) of the frame carrying `msg` and `body`.
 fn encode_header(out: &mut Vec<u8>, msg: &Message, body: &[u8]) {
+    let crc = if body.is_empty() {
+        0
+    } else {
+        crc32c::crc32c(body)
+    };
+    encode_header_with(out, msg, body.len(), crc);
+}
+
+/// [`encode_header`] for a body of `len` bytes whose CRC32C is `crc`.
+fn encode_header_with(out: &mut Vec<u8>, msg: &Message, len: usize, crc: u32) {
     let mut value = serde_json::to_value(msg).unwrap_or(serde_json::Value::Null);
     if let serde_json::Value::Object(map) = &mut value {
         map.insert("v".into(), PROTOCOL_VERSION.into());
-        if !body.is_empty() {
-            map.insert("len".into(), (body.len() as u64).into());
-            map.insert("crc".into(), crc32c::crc32c(body).into());
+        if len > 0 {
+            map.insert("len".into(), (len as u64).into());
+            map.insert("crc".into(), crc.into());
         }
     }
     // serde_json never emits a raw newline inside a JSON document, so the line is unambiguous.
@@ -125,6 +135,12 @@ pub fn encode(msg: &Message, body: &[u8]) -> Vec<u8> {
 /// Returns `Ok(None)` when more bytes are needed (nothing is consumed), `Ok(Some(frame))` after
 /// removing the frame's bytes from `buf`, and `Err` when the bytes can never form a valid frame.
 pub fn decode(buf: &mut Vec<u8>) -> Result<Option<Frame>, FrameError> {
+    Ok(decode_crc(buf)?.map(|(f, _)| f))
+}
+
+/// [`decode`], also returning the CRC32C of the frame's body (verified against it; 0 for
+/// no body).
+fn decode_crc(buf: &mut Vec<u8>) -> Result<Option<(Frame, u32)>, FrameError> {
     let scan = buf.len().min(MAX_HEADER_BYTES);
     let Some(nl) = buf[..scan].iter().position(|&b| b == b'\n') else {
         return if buf.len() >= MAX_HEADER_BYTES {
@@ -143,7 +159,7 @@ pub fn decode(buf: &mut Vec<u8>) -> Result<Option<Frame>, FrameError> {
     }
     let body = buf[nl + 1..total].to_vec();
     buf.drain(..total);
-    Ok(Some(Frame { msg, body }))
+    Ok(Some((Frame { msg, body }, crc.unwrap_or(0))))
 }
 
 /// The total encoded size of the frame at the front of `buf` once its header line is
@@ -233,6 +249,8 @@ pub struct Connection {
     buf: Vec<u8>,
     /// Total size of the frame at the front of `buf` once its header has been read.
     need: Option<usize>,
+    /// CRC32C of the body of the frame last taken off the buffer.
+    body_crc: u32,
 }
 
 /// Most bytes one read asks for while the size of the next frame is not known yet.
@@ -250,6 +268,7 @@ impl Connection {
             stream,
             buf: Vec::with_capacity(8 * 1024),
             need: None,
+            body_crc: 0,
         }
     }
 
@@ -274,6 +293,22 @@ impl Connection {
     pub fn set_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         self.stream.set_read_timeout(t)?;
         self.stream.set_write_timeout(t)
+    }
+
+    /// CRC32C of the body of the frame [`Connection::recv`] last returned, which it was
+    /// verified against (0 for a frame without a body). A relay or a running checksum can
+    /// use it instead of reading the body once more.
+    pub fn body_crc(&self) -> u32 {
+        self.body_crc
+    }
+
+    /// Writes one frame whose body's CRC32C the caller knows already (from the frame it
+    /// arrived in, [`Connection::body_crc`]). A wrong `crc` makes the peer refuse the frame.
+    pub fn send_with_crc(&mut self, msg: &Message, body: &[u8], crc: u32) -> io::Result<()> {
+        let mut head = Vec::with_capacity(128);
+        encode_header_with(&mut head, msg, body.len(), crc);
+        self.stream.write_all(&head)?;
+        self.stream.write_all(body)
     }
 
     /// Writes one frame.
@@ -317,8 +352,11 @@ impl Connection {
             }
         }
         self.need = None;
-        match decode(&mut self.buf)? {
-            Some(f) => Ok(Some(f)),
+        match decode_crc(&mut self.buf)? {
+            Some((f, crc)) => {
+                self.body_crc = crc;
+                Ok(Some(f))
+            }
             None => {
                 self.need = frame_total(&self.buf);
                 Ok(None)
@@ -447,6 +485,36 @@ mod tests {
     fn wrong_version_is_refused() {
         let mut buf = b"{\"v\":9,\"op\":\"DONE\"}\n".to_vec();
         assert_eq!(decode(&mut buf), Err(FrameError::BadVersion(9)));
+    }
+
+    #[test]
+    fn a_relayed_body_keeps_the_checksum_it_arrived_with() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer = std::thread::spawn(move || {
+            let mut c = Connection::new(TcpStream::connect(addr).unwrap());
+            let body = b"relayed bytes".to_vec();
+            c.send(&Message::Chunk {}, &body).unwrap();
+            c.send_with_crc(&Message::Chunk {}, &body, crc32c::crc32c(&body))
+                .unwrap();
+            c.send(&Message::End {}, &[]).unwrap();
+            // A wrong checksum is the peer's to refuse.
+            c.send_with_crc(&Message::Chunk {}, &body, 7).unwrap();
+        });
+        let (stream, _) = listener.accept().unwrap();
+        let mut conn = Connection::new(stream);
+        for _ in 0..2 {
+            let f = conn.recv_some().unwrap();
+            assert_eq!(f.body, b"relayed bytes");
+            assert_eq!(conn.body_crc(), crc32c::crc32c(b"relayed bytes"));
+        }
+        assert_eq!(conn.recv_some().unwrap().msg, Message::End {});
+        assert_eq!(conn.body_crc(), 0);
+        assert!(matches!(
+            conn.recv_some(),
+            Err(ConnError::Frame(FrameError::BadChecksum))
+        ));
+        peer.join().unwrap();
     }
 
     #[test]

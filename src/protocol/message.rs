@@ -168,6 +168,15 @@ pub struct Partner {
     pub addr: String,
 }
 
+/// A copy of a file named by its version and checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyRef {
+    /// Its version.
+    pub version: Version,
+    /// CRC32C of its content.
+    pub checksum: u32,
+}
+
 /// An upload's bytes staged on the pair's other member while they arrived (see
 /// [`Message::StageUpload`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1089,6 +1098,11 @@ pub enum Message {
         /// if the file is at exactly this version, its content is left out of the answer.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         staged: Option<Version>,
+        /// The target's own (older) copy: it stands for the history entry of its version,
+        /// which is then not sent, if this server's entry of that version has the same
+        /// checksum.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        basis: Option<CopyRef>,
         /// Authorisation (op `fetch`).
         ticket: Ticket,
     },
@@ -1135,6 +1149,11 @@ pub enum Message {
         /// entries and checkpoints.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         staged: Option<String>,
+        /// This server's own copy at this version and checksum stands for the history entry
+        /// of that version where it is not sent; its bytes are verified by a whole read before
+        /// it is linked in, and a copy that does not verify refuses the transfer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        basis: Option<CopyRef>,
         /// Authorisation (op `store`).
         ticket: Ticket,
     },

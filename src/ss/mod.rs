@@ -161,6 +161,21 @@ pub fn start(cfg: Config) -> Result<Running, SsError> {
         fault_flip_put: AtomicBool::new(cfg.fault_flip_put),
         stages: server::staging::Stages::new(cfg.fault_stage),
     });
+    let s3 = shared.clone();
+    thread::Builder::new()
+        .name("ss-stage-sweep".into())
+        .spawn(move || {
+            let every = Duration::from_millis(server::staging::STAGE_SWEEP_MS);
+            let mut last = Instant::now();
+            while !s3.stop.load(Ordering::SeqCst) {
+                thread::sleep(Duration::from_millis(SHUTDOWN_POLL_MS));
+                if last.elapsed() >= every {
+                    s3.stages.sweep();
+                    last = Instant::now();
+                }
+            }
+        })
+        .map_err(SsError::Thread)?;
     let s2 = shared.clone();
     let accept = thread::Builder::new()
         .name("ss-accept".into())

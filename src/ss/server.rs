@@ -233,6 +233,7 @@ fn serve(stream: TcpStream, slot: ConnSlot) {
                 have,
                 have_checkpoints,
                 staged,
+                basis,
                 ticket,
             } => get_content(
                 shared,
@@ -240,7 +241,10 @@ fn serve(stream: TcpStream, slot: ConnSlot) {
                 &file,
                 &have,
                 &have_checkpoints,
-                Ask::Whole { staged },
+                Ask::Whole {
+                    staged,
+                    basis: basis.map(|b| (b.version, b.checksum)),
+                },
                 &ticket,
             ),
             Message::GetFileDelta {
@@ -292,6 +296,7 @@ fn serve(stream: TcpStream, slot: ConnSlot) {
                     checkpoints: &checkpoints,
                     sent_checkpoints: &sent_checkpoints,
                     basis: Some((basis, basis_checksum)),
+                    ops: true,
                     staged: None,
                 };
                 put_content(shared, &mut conn, &head, &ticket)
@@ -304,6 +309,7 @@ fn serve(stream: TcpStream, slot: ConnSlot) {
                 checkpoints,
                 sent_checkpoints,
                 staged,
+                basis,
                 ticket,
             } => {
                 let head = PutHead {
@@ -313,7 +319,8 @@ fn serve(stream: TcpStream, slot: ConnSlot) {
                     sent: &sent,
                     checkpoints: &checkpoints,
                     sent_checkpoints: &sent_checkpoints,
-                    basis: None,
+                    basis: basis.map(|b| (b.version, b.checksum)),
+                    ops: false,
                     staged: staged.as_deref(),
                 };
                 put_content(shared, &mut conn, &head, &ticket)
@@ -944,9 +951,9 @@ fn get_content(
     t: &Ticket,
 ) -> Result<(), Fail> {
     authorise(shared, file, t, TicketOp::Fetch)?;
-    let (delta, staged) = match ask {
-        Ask::Whole { staged } => (None, staged),
-        Ask::Delta(d) => (Some(d), None),
+    let (delta, staged, basis) = match ask {
+        Ask::Whole { staged, basis } => (None, staged, basis),
+        Ask::Delta(d) => (Some(d), None, Some(d.basis)),
     };
     let mut tr = shared
         .store
@@ -955,7 +962,7 @@ fn get_content(
     // The target's old copy stands for the history entry of its version only if this
     // server's entry of that version is the same bytes (the same checksum); else it is sent
     // (as ops) like any other.
-    if let Some((v, crc)) = delta.map(|d| d.basis) {
+    if let Some((v, crc)) = basis {
         if tr.undo.iter().any(|d| d.version == v && d.checksum == crc) {
             tr.entries.retain(|(e, _)| *e != v);
         }
@@ -1007,8 +1014,12 @@ fn get_content(
 #[derive(Clone, Copy)]
 enum Ask<'a> {
     /// GET_FILE_CONTENT: each part whole, but the content left out when the target holds
-    /// this version staged.
-    Whole { staged: Option<Version> },
+    /// this version staged, and the history entry of the target's own copy (`basis`) left
+    /// out when it is the same bytes.
+    Whole {
+        staged: Option<Version>,
+        basis: Option<(Version, u32)>,
+    },
     /// GET_FILE_DELTA: each part as ops.
     Delta(DeltaAsk<'a>),
 }
@@ -1185,9 +1196,13 @@ fn recv_into(
         match frame.msg {
             Message::Chunk {} => {
                 let mut body = frame.body;
+                // The frame was verified against this CRC32C: the running checksum combines
+                // it rather than reading the bytes again (the fault hook's flip aside).
+                let mut crc = Some(conn.body_crc());
                 if *flip && !body.is_empty() {
                     body[0] ^= 0x01;
                     *flip = false;
+                    crc = None;
                     log::warn!(target: ev::SS_REFUSED, file = file, reason = "fault";
                         "test hook PAIRFS_FAULT_FLIP_PUT: flipped one byte of {file}");
                 }
@@ -1197,7 +1212,16 @@ fn recv_into(
                         names::display(file)
                     ))));
                 }
-                counter.update(&body);
+                let crc = match crc {
+                    Some(c) => {
+                        counter.update_with_crc(&body, c);
+                        c
+                    }
+                    None => {
+                        counter.update(&body);
+                        crc32c::crc32c(&body)
+                    }
+                };
                 if let Some(f) = out.as_mut() {
                     match f.write_all(&body) {
                         Ok(()) => {
@@ -1219,7 +1243,7 @@ fn recv_into(
                 // Shared, not copied, with the counting thread and the partner's relay.
                 let body = Arc::new(body);
                 if let Some(t) = tee.as_deref_mut() {
-                    t.push(&body);
+                    t.push(&body, crc);
                 }
                 if let Some(tx) = &count {
                     if tx.send(body).is_err() {
@@ -1326,9 +1350,12 @@ struct PutHead<'a> {
     sent: &'a [Version],
     checkpoints: &'a [CheckpointInfo],
     sent_checkpoints: &'a [String],
-    /// The version and checksum of this server's copy that a delta's ops refer to
-    /// (PUT_FILE_DELTA), or None for content sent whole.
+    /// The version and checksum of this server's copy that stands for the history entry of
+    /// its version (verified before it is linked in): the copy a delta's ops refer to
+    /// (PUT_FILE_DELTA), or the one a staged upload replaces.
     basis: Option<(Version, u32)>,
+    /// The parts are ops against the basis (PUT_FILE_DELTA), not bytes.
+    ops: bool,
     /// The id of the upload staged here that is the content (no content part follows).
     staged: Option<&'a str>,
 }
@@ -1433,24 +1460,30 @@ fn receive_copy(
             Err(e) => head = Err(e),
         }
     }
-    let keep = Keep {
+    let mut keep = Keep {
         store: head.is_ok() && !newer_here,
         sync,
     };
-    let mut flip = keep.store && shared.fault_flip_put.swap(false, Ordering::SeqCst);
     // A delta's ops refer to this server's copy at the basis, opened and verified once for
-    // all its parts; a copy that is not refuses the delta (the first part carries why).
+    // all its parts; a copy that is not refuses the delta (the first part carries why). A
+    // copy sent whole with a basis (a staged upload) only links that copy in as its history
+    // entry, and a basis that does not verify refuses the copy.
     let (mut old, mut refused) = (None, None);
     if let (Some(b), true) = (h.basis, keep.store) {
         match delta::open_basis(shared, file, b) {
             Ok(o) => old = Some(o),
-            Err(e) => refused = Some(e),
+            Err(e) if h.ops => refused = Some(e),
+            Err(e) => {
+                head = Err(e.into());
+                keep.store = false;
+            }
         }
     }
+    let mut flip = keep.store && shared.fault_flip_put.swap(false, Ordering::SeqCst);
     let basis = old.as_ref().map(|o| o.basis);
     // One part sent whole, or (PUT_FILE_DELTA) as ops against the old copy.
     let mut recv_any = |conn: &mut Connection, limit: u64, keep: Keep, flip: &mut bool| {
-        if h.basis.is_some() {
+        if h.ops {
             delta::recv_ops(
                 shared,
                 conn,
@@ -1714,6 +1747,7 @@ fn put_batch(shared: &Shared, conn: &mut Connection) -> Result<(), Fail> {
                 checkpoints,
                 sent_checkpoints,
                 staged,
+                basis,
                 ticket,
             } => {
                 if arrived.len() >= MAX_BATCH_COPIES {
@@ -1728,7 +1762,8 @@ fn put_batch(shared: &Shared, conn: &mut Connection) -> Result<(), Fail> {
                     sent: &sent,
                     checkpoints: &checkpoints,
                     sent_checkpoints: &sent_checkpoints,
-                    basis: None,
+                    basis: basis.map(|b| (b.version, b.checksum)),
+                    ops: false,
                     staged: staged.as_deref(),
                 };
                 match receive_copy(shared, conn, &head, &ticket, sync_by) {
@@ -1815,6 +1850,9 @@ fn upload(
     verify(&mut r, &names::display(file), size, checksum)?;
     let temp = r.temp.ok_or_else(|| err::internal("no temp file"))?;
     let facts = r.counter.finish(0);
+    // The partner synced its stage while this copy was synced: its answer comes now, before
+    // the install, so the change is reported the moment it is installed.
+    let staged = tee.and_then(staging::Tee::finish);
     let state = {
         let _inflight = Inflight::new(&shared.inflight);
         // The body may have taken long to arrive: the lease must still hold now.
@@ -1824,7 +1862,6 @@ fn upload(
             "uploaded {file} version {}", meta.version);
         meta.state(file)
     };
-    let staged = tee.and_then(staging::Tee::finish);
     let copies = shared.link.changed_staged(
         state.clone(),
         staged,

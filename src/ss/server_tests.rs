@@ -703,6 +703,7 @@ fn relay(
     let (state, undo, sent) = match ask(
         &mut src,
         Message::GetFileContent {
+            basis: None,
             staged: None,
             file: file.into(),
             have,
@@ -720,6 +721,7 @@ fn relay(
     let mut out = dst.conn();
     out.send(
         &Message::PutFileContent {
+            basis: None,
             staged: None,
             file: file.into(),
             state,
@@ -867,6 +869,7 @@ fn put(
 ) -> Result<Message, WireError> {
     c.send(
         &Message::PutFileContent {
+            basis: None,
             staged: None,
             file: state.file.clone(),
             state: state.clone(),
@@ -961,6 +964,7 @@ fn a_transfer_cut_mid_body_leaves_nothing() {
         let mut c = dst.conn();
         c.send(
             &Message::PutFileContent {
+                basis: None,
                 staged: None,
                 file: "d.txt".into(),
                 state: st.clone(),
@@ -1141,6 +1145,7 @@ fn a_backup_refuses_client_writes() {
 fn put_in_batch(dst: &Peer, c: &mut Connection, state: &FileState, bytes: &[u8]) {
     c.send(
         &Message::PutFileContent {
+            basis: None,
             staged: None,
             file: state.file.clone(),
             state: state.clone(),
@@ -1178,6 +1183,7 @@ fn a_batch_installs_each_good_copy_and_answers_each_in_order() {
     // A copy whose ticket is for another file is refused on its own, after its stream.
     c.send(
         &Message::PutFileContent {
+            basis: None,
             staged: None,
             file: "x.txt".into(),
             state: state_of("x.txt", 1, b"x"),
@@ -1254,6 +1260,7 @@ fn a_batch_refuses_anything_but_copies_and_is_bounded() {
     let st = state_of("last", 1, b"z");
     c.send(
         &Message::PutFileContent {
+            basis: None,
             staged: None,
             file: st.file.clone(),
             state: st.clone(),
@@ -1283,6 +1290,7 @@ fn put_with_checkpoints_in_batch(
 ) {
     c.send(
         &Message::PutFileContent {
+            basis: None,
             staged: None,
             file: state.file.clone(),
             state: state.clone(),

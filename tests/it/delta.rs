@@ -353,6 +353,7 @@ fn a_copy_sent_whole_without_the_entry_of_the_version_held_is_incomplete() {
         .mint(NM_USER, "big.bin", TicketOp::Store, BACKUP, None);
     let mut conn = c.ss_conn(BACKUP);
     let head = Message::PutFileContent {
+        basis: None,
         staged: None,
         file: "big.bin".into(),
         state,

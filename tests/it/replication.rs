@@ -569,10 +569,14 @@ fn a_large_file_replicates_with_bounded_memory() {
     // stage lost) relayed whole through the name server's worker afterwards.
     for (name, relayed) in [("big.bin", false), ("big2.bin", true)] {
         if relayed {
+            let p = c.mark(PRIMARY);
             c.term(BACKUP);
             let m = c.mark("nm");
             c.restart_with_env(BACKUP, "PAIRFS_FAULT_STAGE", "forget");
             c.wait_registered(BACKUP, m);
+            // The writer hears of its partner again (it heard it go down first).
+            c.wait_event_since(PRIMARY, p, "ss_nm_link", |v| v["partner"] == "", WAIT);
+            c.wait_event_since(PRIMARY, p, "ss_nm_link", |v| v["partner"] == BACKUP, WAIT);
         }
         let m = c.mark("nm");
         c.client("alice")
@@ -589,6 +593,16 @@ fn a_large_file_replicates_with_bounded_memory() {
             std::fs::metadata(&backup).is_ok_and(|m| m.len() == size)
         });
         assert!(arrived, "the backup never held all of {name}");
+        if relayed {
+            // Staged, then forgotten by the backup: the job sent the file whole.
+            c.wait_event_since(
+                "nm",
+                m,
+                "replication_staged",
+                |v| mentions(v, name) && v["level"] == "WARN",
+                WAIT,
+            );
+        }
         let (event, bytes) = if relayed {
             ("replication_worker_fetched", size)
         } else {

@@ -39,7 +39,9 @@ use std::time::{Duration, Instant};
 pub const STAGE_MIN_BYTES: u64 = 1 << 20;
 /// Chunks handed to the tee thread and not yet sent to the partner.
 pub const TEE_QUEUE_CHUNKS: usize = 8;
-/// How long the upload waits for room in the tee's queue before dropping the partner.
+/// How long the upload waits for room in the tee's queue before dropping the partner; a
+/// partner the upload has waited for this long in all, and for over a quarter of its time, is
+/// dropped too (it is slower than this server's disk and the upload is better off alone).
 pub const TEE_STALL_MS: u64 = 2_000;
 /// How long the writer waits, after its own copy is installed, for the partner to confirm
 /// its stage durable before reporting the upload without it.
@@ -50,10 +52,16 @@ pub const TEE_CONNECT_MS: u64 = 1_000;
 pub const TEE_FRAME_MS: u64 = 30_000;
 /// Stages a server keeps at once; a new one evicts the oldest.
 pub const MAX_STAGES: usize = 8;
+/// Bytes of stages a server keeps at once; a new one evicts the oldest (the newest is kept
+/// whatever its size).
+pub const MAX_STAGED_BYTES: u64 = 8 << 30;
+/// How often unclaimed stages past their time are removed.
+pub const STAGE_SWEEP_MS: u64 = 5_000;
 /// Stages a server receives at once; more are refused (the uploads replicate afterwards).
 pub const MAX_RECEIVING: usize = 4;
-/// A stage not claimed within this long is removed.
-pub const STAGE_TTL_MS: u64 = 10 * 60 * 1000;
+/// A stage not claimed within this long is removed (its job, if it runs later, sends the file
+/// whole).
+pub const STAGE_TTL_MS: u64 = 5 * 60 * 1000;
 
 /// Test hooks of the receiving side (`PAIRFS_FAULT_STAGE` of `bin_ss`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,12 +130,23 @@ impl Stages {
         Ok(slot)
     }
 
+    /// Removes the stages not claimed in time (their files with them).
+    pub fn sweep(&self) {
+        self.kept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, s| s.at.elapsed() < Duration::from_millis(STAGE_TTL_MS));
+    }
+
     /// Keeps a verified, durable stage; returns its id.
     fn keep(&self, file: &str, size: u64, checksum: u32, temp: TempFile) -> String {
         let id = crate::auth::random_hex(16);
         let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
         kept.retain(|_, s| s.at.elapsed() < Duration::from_millis(STAGE_TTL_MS));
-        while kept.len() >= MAX_STAGES {
+        let bytes = |kept: &HashMap<String, Stage>| kept.values().map(|s| s.size).sum::<u64>();
+        while !kept.is_empty()
+            && (kept.len() >= MAX_STAGES || bytes(&kept).saturating_add(size) > MAX_STAGED_BYTES)
+        {
             let Some(oldest) = kept
                 .iter()
                 .min_by_key(|(_, s)| s.at)
@@ -198,7 +217,11 @@ pub(super) fn stage_upload(
     checksum: u32,
     t: &Ticket,
 ) -> Result<(), Fail> {
-    let slot = authorise(shared, file, t, TicketOp::Stage).and_then(|()| shared.stages.admit());
+    // Refused at once, and the connection closed: the writer's relay sees it on its next
+    // chunk and the upload goes on alone rather than at this server's pace for nothing.
+    let slot = authorise(shared, file, t, TicketOp::Stage)
+        .and_then(|()| shared.stages.admit())
+        .map_err(Fail::ReplyClose)?;
     if shared.stages.fault == Some(StageFault::Cut) {
         let _ = conn.recv();
         log::warn!(target: ev::SS_REFUSED, file = file, reason = "fault";
@@ -206,7 +229,7 @@ pub(super) fn stage_upload(
         return Err(Fail::Close);
     }
     let keep = Keep {
-        store: slot.is_ok(),
+        store: true,
         sync: SyncBy::Now,
     };
     let mut r = recv_part(
@@ -219,7 +242,7 @@ pub(super) fn stage_upload(
         &mut false,
         None,
     )?;
-    let _slot = slot?;
+    drop(slot);
     verify(&mut r, &names::display(file), size, checksum)?;
     let temp = r.temp.ok_or_else(|| err::internal("no temp file"))?;
     let id = shared.stages.keep(file, size, checksum, temp);
@@ -230,13 +253,19 @@ pub(super) fn stage_upload(
 }
 
 enum TeeMsg {
-    Chunk(Arc<Vec<u8>>),
+    /// A chunk and its CRC32C.
+    Chunk(Arc<Vec<u8>>, u32),
     End,
 }
 
 /// The relay of one upload to the partner, on a thread of its own.
 pub(super) struct Tee {
     tx: Option<Sender<TeeMsg>>,
+    /// The relay's socket once connected, so giving up can cut it at once.
+    socket: Arc<Mutex<Option<std::net::TcpStream>>>,
+    started: Instant,
+    /// Time the upload spent waiting for room in the queue.
+    waited: Duration,
     /// The whole upload was handed on, END included.
     ended: bool,
     done: Receiver<Result<String, WireError>>,
@@ -271,10 +300,12 @@ impl Tee {
         let (tx, rx) = bounded(TEE_QUEUE_CHUNKS);
         let (done_tx, done) = bounded(1);
         let addr = partner.addr.clone();
+        let socket = Arc::new(Mutex::new(None));
+        let sock = socket.clone();
         let spawned = thread::Builder::new()
             .name("ss-stage".into())
             .spawn(move || {
-                let _ = done_tx.send(relay(&addr, &head, &rx));
+                let _ = done_tx.send(relay(&addr, &head, &rx, &sock));
             });
         if let Err(e) = spawned {
             log::warn!(target: ev::SS_NM_LINK, file = file;
@@ -283,6 +314,9 @@ impl Tee {
         }
         Some(Tee {
             tx: Some(tx),
+            socket,
+            started: Instant::now(),
+            waited: Duration::ZERO,
             ended: false,
             done,
             partner: partner.name,
@@ -290,21 +324,43 @@ impl Tee {
         })
     }
 
-    /// Hands on one chunk, already written here. A partner that failed, or has not taken a
-    /// chunk for [`TEE_STALL_MS`], is dropped.
-    pub(super) fn push(&mut self, body: &Arc<Vec<u8>>) {
+    /// Hands on one chunk (with its CRC32C), already written here. A partner that failed,
+    /// or has not taken a chunk for [`TEE_STALL_MS`], is dropped.
+    pub(super) fn push(&mut self, body: &Arc<Vec<u8>>, crc: u32) {
         let Some(tx) = &self.tx else { return };
+        let before = Instant::now();
         let sent = tx.send_timeout(
-            TeeMsg::Chunk(body.clone()),
+            TeeMsg::Chunk(body.clone(), crc),
             Duration::from_millis(TEE_STALL_MS),
         );
-        if sent.is_err() {
-            self.tx = None;
+        self.waited += before.elapsed();
+        let slow = self.waited > Duration::from_millis(TEE_STALL_MS)
+            && self.waited > self.started.elapsed() / 4;
+        if sent.is_err() || slow {
             let why = match self.done.try_recv() {
                 Ok(Err(e)) => e.msg,
-                _ => format!("it took no bytes for {TEE_STALL_MS} ms"),
+                _ if sent.is_err() => format!("it took no bytes for {TEE_STALL_MS} ms"),
+                _ => format!(
+                    "it is slower than this server (the upload waited {} ms for it)",
+                    self.waited.as_millis()
+                ),
             };
+            self.abandon();
             self.gave_up(&why);
+        }
+    }
+
+    /// Stops relaying: the queue is dropped and the socket cut, so the relay thread ends at
+    /// once and the partner discards what it received.
+    fn abandon(&mut self) {
+        self.tx = None;
+        if let Some(s) = self
+            .socket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            let _ = s.shutdown(std::net::Shutdown::Both);
         }
     }
 
@@ -318,14 +374,16 @@ impl Tee {
         {
             self.ended = true;
         } else {
+            self.abandon();
             self.gave_up(&format!("it took no bytes for {TEE_STALL_MS} ms"));
         }
     }
 
     /// Waits (at most [`TEE_FINISH_WAIT_MS`]) for the partner to confirm the stage durable:
     /// its reference, or None if the stage did not make it.
-    pub(super) fn finish(self) -> Option<StagedRef> {
+    pub(super) fn finish(mut self) -> Option<StagedRef> {
         if !self.ended {
+            self.abandon();
             return None;
         }
         let result = self
@@ -342,6 +400,7 @@ impl Tee {
                 id,
             }),
             Err(e) => {
+                self.abandon();
                 self.gave_up(&e.msg);
                 None
             }
@@ -355,19 +414,34 @@ impl Tee {
     }
 }
 
+impl Drop for Tee {
+    /// An upload that ends without [`Tee::finish`] (refused, cut short) cuts its stage too.
+    fn drop(&mut self) {
+        self.abandon();
+    }
+}
+
 /// The tee thread: STAGE_UPLOAD to `addr`, then every chunk handed on, then END and the
 /// answer. A stream the upload abandons (the channel closes without END) is cut, so the
 /// partner discards it.
-fn relay(addr: &str, head: &Message, rx: &Receiver<TeeMsg>) -> Result<String, WireError> {
+fn relay(
+    addr: &str,
+    head: &Message,
+    rx: &Receiver<TeeMsg>,
+    socket: &Mutex<Option<std::net::TcpStream>>,
+) -> Result<String, WireError> {
     let mut conn = Connection::connect(addr, Duration::from_millis(TEE_CONNECT_MS))
         .map_err(|e| err::unavailable(format!("cannot reach {addr}: {e}")))?;
     conn.set_timeout(Some(Duration::from_millis(TEE_FRAME_MS)))
         .map_err(|e| err::internal(e.to_string()))?;
+    *socket.lock().unwrap_or_else(|p| p.into_inner()) = conn.stream().try_clone().ok();
     let sending = |e: std::io::Error| err::unavailable(format!("sending to {addr}: {e}"));
     conn.send(head, &[]).map_err(sending)?;
     loop {
         match rx.recv() {
-            Ok(TeeMsg::Chunk(body)) => conn.send(&Message::Chunk {}, &body).map_err(sending)?,
+            Ok(TeeMsg::Chunk(body, crc)) => conn
+                .send_with_crc(&Message::Chunk {}, &body, crc)
+                .map_err(sending)?,
             Ok(TeeMsg::End) => break,
             Err(_) => return Err(err::unavailable("the upload ended before its END")),
         }
