@@ -1423,7 +1423,7 @@ struct Staged {
     checkpoints: Vec<CheckpointInfo>,
     /// The checkpoints sent, by tag.
     ckpts: Vec<(String, Received)>,
-    /// A delta's verified basis: the content held now, the history entry of its version.
+    /// A verified basis (a delta's, or a staged upload's): the content held now, the history entry of its version.
     basis: Option<Basis>,
 }
 

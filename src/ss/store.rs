@@ -1082,7 +1082,7 @@ impl Store {
             }
         }
         plans.retain(|p| results[p.i].is_none());
-        // 3. History entries (and a delta's verified basis, linked), then one sync of
+        // 3. History entries (and a verified basis, linked), then one sync of
         // `undo/`.
         let mut renamed = false;
         plans.retain(|p| {
@@ -1244,8 +1244,8 @@ impl Store {
             .map(|d| blob_id(file, d.version, d.checksum))
             .collect();
         // Check before changing anything: every entry is either sent or already here, or
-        // (a delta transfer only) is the copy held now, whose bytes the caller verified
-        // against its checksum: step 3 links it in.
+        // (a delta or a staged upload, with a basis) is the copy held now, whose bytes the
+        // caller verified against its checksum: step 3 links it in.
         let mut link = None;
         for (d, id) in undo.iter().zip(&ids) {
             let sent = c.entries.iter().any(|(v, _)| *v == d.version);
@@ -1635,8 +1635,9 @@ pub struct CopyIn<'a> {
     pub checkpoint_files: &'a [(String, PathBuf)],
     /// The temp files among these not synced yet (the install syncs them with its own).
     pub unsynced: &'a [&'a File],
-    /// A delta transfer's basis, verified by [`Store::open_basis`]: the content held now is
-    /// the history entry of its version when none was sent. None for a copy sent whole.
+    /// The basis of a delta or of a staged upload, verified by [`Store::open_basis`]: the
+    /// content held now is the history entry of its version when none was sent. None for a
+    /// copy that must carry every entry the target lacks.
     pub basis: Option<Basis>,
 }
 
@@ -1664,7 +1665,7 @@ struct Planned {
     /// That record's temp file, and the file open for syncing.
     temp: TempFile,
     file: File,
-    /// The history entry to link to the content held now (a delta's verified basis).
+    /// The history entry to link to the content held now (a verified basis).
     link: Option<String>,
 }
 
