@@ -66,6 +66,11 @@ const WATCHED: [&str; 4] = [
 ];
 /// The user every workload session acts as (the owner of the workload's files).
 const USER: &str = "chaos";
+/// Every this many writes of a file is large (over a MiB), so some uploads are staged on the
+/// backup while they arrive and faults strike staging too.
+const LARGE_EVERY: u64 = 8;
+/// Words of a large payload (about 1.3 MiB).
+const LARGE_WORDS: u64 = 200_000;
 /// The storage server placed in its own network namespace for the partition fault.
 const PARTITIONED: &str = "ss2";
 /// The pairs, primary first.
@@ -806,10 +811,15 @@ struct Workload {
     bad: Mutex<Vec<String>>,
 }
 
-/// A payload: a header naming file, sequence and the CRC32C of the body, then the body.
+/// A payload: a header naming file, sequence and the CRC32C of the body, then the body (of
+/// over a MiB for every [`LARGE_EVERY`]-th sequence).
 fn payload(file: &str, seq: u64, salt: u64) -> Vec<u8> {
     let mut rng = Rng(salt ^ seq.wrapping_mul(0x9E37_79B9));
-    let words = 20 + rng.below(200);
+    let words = if seq % LARGE_EVERY == 0 {
+        LARGE_WORDS
+    } else {
+        20 + rng.below(200)
+    };
     let mut body = String::new();
     for _ in 0..words {
         body.push_str(&format!("w{:x} ", rng.next() % 0xffff));
@@ -1583,6 +1593,9 @@ mod tests {
     fn payloads_verify_themselves() {
         let p = payload("a.txt", 12, 99);
         assert_eq!(check_payload(&p, "a.txt"), Ok(12));
+        let large = payload("a.txt", LARGE_EVERY, 99);
+        assert!(large.len() > 1 << 20, "{} bytes", large.len());
+        assert_eq!(check_payload(&large, "a.txt"), Ok(LARGE_EVERY));
         assert_eq!(check_payload(b"", "a.txt"), Ok(0));
         assert!(check_payload(&p, "b.txt")
             .unwrap_err()
