@@ -189,7 +189,7 @@ const ENTRIES: usize = 2 * SEQS * 256;
 /// Bits of a [`Lane`] holding its row; an entry holds there the step to the next row.
 const ROW_MASK: u64 = ENTRIES as u64 - 1;
 /// Bytes a lane takes between two readings of its counts (see [`Lane`]).
-const BLOCK: usize = 128;
+const BLOCK: usize = 248;
 /// Shift of the bits that catch a row step's carries.
 const CARRY_SHIFT: u32 = 13;
 /// Shift of an entry's character count (0..=2).
@@ -324,9 +324,10 @@ fn run_lanes<const N: usize>(rows: &mut [usize; N], lanes: [&[u8]; N]) -> (u64, 
     let mut at = 0;
     while at < n {
         let end = (at + BLOCK / 8).min(n);
-        for i in at..end {
+        let block: [&[u8]; N] = std::array::from_fn(|k| &lanes[k][8 * at..8 * end]);
+        for i in 0..end - at {
             let ch: [&[u8; 8]; N] = std::array::from_fn(|k| {
-                lanes[k][8 * i..8 * i + 8].try_into().expect("eight bytes")
+                block[k][8 * i..8 * i + 8].try_into().expect("eight bytes")
             });
             let x: [u64; N] = std::array::from_fn(|k| u64::from_le_bytes(*ch[k]));
             let ascii = x.iter().fold(0, |a, &x| a | x) & HIGH == 0;
