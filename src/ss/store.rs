@@ -266,16 +266,6 @@ impl ContentCounter {
         }
     }
 
-    /// [`ContentCounter::update`] for bytes whose CRC32C is known already (`crc`, from the
-    /// frame they arrived in): the checksum is combined, not recomputed.
-    pub fn update_with_crc(&mut self, bytes: &[u8], crc: u32) {
-        self.crc = crc32c::crc32c_combine(self.crc, crc, bytes.len());
-        self.size += bytes.len() as u64;
-        if let Some(t) = self.text.as_mut() {
-            t.update(bytes);
-        }
-    }
-
     /// Takes the word and character counting out, so another thread can do it while this one
     /// receives and writes (the caller feeds it the same bytes and puts it back).
     pub fn take_text(&mut self) -> Option<TextCount> {
@@ -2111,8 +2101,7 @@ mod tests {
             let cut2 = cut2.clamp(cut, content.len());
             let mut c = ContentCounter::new();
             c.update(&content[..cut]);
-            // A piece whose checksum is known (a received frame's) is combined, not reread.
-            c.update_with_crc(&content[cut..cut2], crc32c::crc32c(&content[cut..cut2]));
+            c.update(&content[cut..cut2]);
             c.update(&content[cut2..]);
             let f = c.finish(0);
             let text = String::from_utf8_lossy(&content);
