@@ -6,7 +6,7 @@
 
 use crate::harness::*;
 use pairfs::auth::NM_USER;
-use pairfs::protocol::{FileState, Message, TicketOp, UndoDesc, Version};
+use pairfs::protocol::{Message, TicketOp, UndoDesc, Version};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -15,34 +15,6 @@ const PRIMARY: &str = "ss1";
 const BACKUP: &str = "ss1_backup";
 /// The large file's size: above the delta threshold (1 MiB), quick to move.
 const SIZE: usize = 8 << 20;
-
-fn held(c: &Cluster, ss: &str, file: &str) -> (Option<FileState>, Vec<Version>) {
-    let ticket = c.key().mint(NM_USER, file, TicketOp::Store, ss, None);
-    let f = call_raw(
-        &mut c.ss_conn(ss),
-        &Message::PeekFile {
-            file: file.into(),
-            ticket,
-        },
-    );
-    match f.msg {
-        Message::Held { state, blobs, .. } => (state, blobs),
-        other => panic!("PEEK_FILE on {ss} answered {other:?}"),
-    }
-}
-
-/// Pseudo-random bytes (no two chunks alike).
-fn blob(len: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s as u8
-        })
-        .collect()
-}
 
 fn upload(c: &Cluster, bytes: &[u8], name: &str) {
     let local = c.dir().join(format!("{name}.local"));

@@ -1197,6 +1197,46 @@ pub fn raw_create(nm_addr: &str, user: &str, file: &str) -> Result<(), WireError
 }
 
 /// The bytes of `<storage of ss>/files/<file>`, or `None` if it is not there.
+/// What `ss` holds of `file` as a replication peer sees it (PEEK_FILE): its state and the
+/// versions of the history entries it holds.
+pub fn held(
+    c: &Cluster,
+    ss: &str,
+    file: &str,
+) -> (Option<FileState>, Vec<pairfs::protocol::Version>) {
+    let ticket = c.key().mint(
+        pairfs::auth::NM_USER,
+        file,
+        pairfs::protocol::TicketOp::Store,
+        ss,
+        None,
+    );
+    let f = call_raw(
+        &mut c.ss_conn(ss),
+        &Message::PeekFile {
+            file: file.into(),
+            ticket,
+        },
+    );
+    match f.msg {
+        Message::Held { state, blobs, .. } => (state, blobs),
+        other => panic!("PEEK_FILE on {ss} answered {other:?}"),
+    }
+}
+
+/// `len` pseudo-random bytes (xorshift from `seed`; no two chunks alike).
+pub fn blob(len: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s as u8
+        })
+        .collect()
+}
+
 pub fn file_on_disk(c: &Cluster, ss: &str, file: &str) -> Option<Vec<u8>> {
     std::fs::read(c.storage(ss).join("files").join(file)).ok()
 }

@@ -6,30 +6,11 @@
 //! Every test runs through the real binaries.
 
 use crate::harness::*;
-use pairfs::auth::NM_USER;
-use pairfs::protocol::{ErrorCode, FileState, Message, TicketOp, Version};
+use pairfs::protocol::{ErrorCode, Message, TicketOp};
 use std::time::Duration;
 
 const PRIMARY: &str = "ss1";
 const BACKUP: &str = "ss1_backup";
-
-/// What a storage server holds of `file`, asked with PEEK_FILE as the name server's workers
-/// do: its state and the versions of its undo history.
-fn held(c: &Cluster, ss: &str, file: &str) -> (Option<FileState>, Vec<Version>) {
-    let ticket = c.key().mint(NM_USER, file, TicketOp::Store, ss, None);
-    let mut conn = c.ss_conn(ss);
-    let f = call_raw(
-        &mut conn,
-        &Message::PeekFile {
-            file: file.into(),
-            ticket,
-        },
-    );
-    match f.msg {
-        Message::Held { state, blobs, .. } => (state, blobs),
-        other => panic!("PEEK_FILE on {ss} answered {other:?}"),
-    }
-}
 
 /// Asserts the backup would serve `file` exactly as the primary does: same bytes on disk, same
 /// version, checksum, size and owner, same undo history.

@@ -15,35 +15,6 @@ const BACKUP: &str = "ss1_backup";
 /// Above the staging threshold (1 MiB), quick to move.
 const SIZE: usize = 3 << 20;
 
-/// Pseudo-random bytes.
-fn blob(len: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s as u8
-        })
-        .collect()
-}
-
-fn held(c: &Cluster, ss: &str, file: &str) -> (Option<FileState>, Vec<Version>) {
-    let ticket = c.key().mint(NM_USER, file, TicketOp::Store, ss, None);
-    match call_raw(
-        &mut c.ss_conn(ss),
-        &Message::PeekFile {
-            file: file.into(),
-            ticket,
-        },
-    )
-    .msg
-    {
-        Message::Held { state, blobs, .. } => (state, blobs),
-        other => panic!("PEEK_FILE on {ss} answered {other:?}"),
-    }
-}
-
 fn upload(c: &Cluster, bytes: &[u8], name: &str) -> Output {
     let local = c.dir().join(format!("{name}.local"));
     std::fs::write(&local, bytes).unwrap();
