@@ -307,6 +307,12 @@ fn staged_copy(
         .held
         .clone()
         .filter(|h| !lacks.blobs.contains(&h.version));
+    if let Some(h) = &held {
+        // The target reads that copy whole (the basis check) before it answers.
+        let wait_ms = FRAME_TIMEOUT_MS + crate::delta::read_wait_ms(h.size);
+        dst.set_timeout(Some(Duration::from_millis(wait_ms)))
+            .map_err(|e| err::internal(e.to_string()))?;
+    }
     let mut get = get_msg(t, key, sname, lacks);
     if let Message::GetFileContent { staged, basis, .. } = &mut get {
         *staged = Some(version);

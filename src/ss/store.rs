@@ -1263,8 +1263,9 @@ impl Store {
                 .is_ok_and(|md| (md.dev(), md.ino()) == (b.dev, b.ino))
     }
 
-    /// Opens the copy of `file` a delta transfer's ops refer to, under the file lock, and
-    /// verifies it is at `basis` (version and checksum) by its record and by a whole read of
+    /// Opens the copy of `file` a transfer names as its basis (a delta's ops refer to it, a
+    /// staged upload links it in as a history entry), under the file lock, and verifies it
+    /// is at `basis` (version and checksum) by its record and by a whole read of
     /// its bytes: a copy with bit rot must neither rebuild content nor become the history
     /// entry of its version (which UNDO would restore and peers would refuse). Returns the
     /// record held and whether it adopted a hand edit, even when the copy does not verify.
@@ -1295,7 +1296,7 @@ impl Store {
         if (meta.version, meta.checksum) != basis {
             return Err(mismatch(format!(
                 "the copy here is at version {} (checksum {:08x}), not at version {} \
-                 (checksum {:08x}) the delta was made against",
+                 (checksum {:08x}) the transfer names as its basis",
                 meta.version, meta.checksum, basis.0, basis.1
             )));
         }

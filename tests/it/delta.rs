@@ -404,7 +404,7 @@ fn malformed_or_mismatched_delta_streams_are_refused_and_change_nothing() {
     // Ops against a copy this server does not hold (another checksum): nothing installed.
     refused(
         &put_delta(&c, &copy_op(0, size), size, Some(0xdead_beef), 0),
-        "the delta was made against",
+        "the transfer names as its basis",
     );
     // Well-formed ops whose result does not match the declared checksum.
     refused(&put_delta(&c, &copy_op(0, size), size, None, 1), "checksum");
