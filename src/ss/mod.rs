@@ -52,8 +52,8 @@ pub struct Config {
     /// so the rejection and retry of a corrupted transfer can be tested end to end.
     /// `bin_ss` sets it from the environment variable `PAIRFS_FAULT_FLIP_PUT=1`.
     pub fault_flip_put: bool,
-    /// Test hook for staged uploads received from the partner (`PAIRFS_FAULT_STAGE=forget`
-    /// or `cut` for `bin_ss`; see [`server::staging::StageFault`]).
+    /// Test hook for staged uploads received from the partner (`PAIRFS_FAULT_STAGE=forget`,
+    /// `cut` or `refuse` for `bin_ss`; see [`server::staging::StageFault`]).
     pub fault_stage: Option<server::staging::StageFault>,
 }
 

@@ -157,6 +157,28 @@ fn a_backup_that_drops_the_stage_midway_does_not_fail_the_upload() {
 }
 
 #[test]
+fn a_backup_that_refuses_the_stage_is_dropped_at_once_and_says_why() {
+    let c = Cluster::builder()
+        .pair()
+        .server_env(BACKUP, "PAIRFS_FAULT_STAGE", "refuse")
+        .start();
+    partnered(&c);
+    let m = c.mark(PRIMARY);
+    let bytes = blob(SIZE, 6);
+    upload(&c, &bytes, "big.bin");
+    let refused = c.wait_event_since(
+        PRIMARY,
+        m,
+        "ss_refused",
+        |v| mentions(v, "big.bin") && v["reason"] == "stage",
+        WAIT,
+    );
+    let msg = refused["msg"].as_str().unwrap_or_default();
+    assert!(msg.contains("already receiving"), "{msg}");
+    assert_same(&c, "big.bin", &bytes);
+}
+
+#[test]
 fn sync_mode_answers_a_staged_upload_with_both_copies_durable() {
     let c = Cluster::builder()
         .nm_args(&["--replication", "sync"])

@@ -50,6 +50,8 @@ pub const TEE_FINISH_WAIT_MS: u64 = 10_000;
 pub const TEE_CONNECT_MS: u64 = 1_000;
 /// Time allowed for one frame to or from the partner.
 pub const TEE_FRAME_MS: u64 = 30_000;
+/// How long a relay whose send failed waits for the partner's refusal to read.
+const REFUSAL_READ_MS: u64 = 200;
 /// Stages a server keeps at once; a new one evicts the oldest.
 pub const MAX_STAGES: usize = 8;
 /// Bytes of stages a server keeps at once; a new one evicts the oldest (the newest is kept
@@ -70,14 +72,17 @@ pub enum StageFault {
     Forget,
     /// Close the connection after the first chunk, as if the server had died mid-stream.
     Cut,
+    /// Refuse every stage at once, as a server receiving too many does.
+    Refuse,
 }
 
 impl StageFault {
-    /// The hook named by `PAIRFS_FAULT_STAGE` (`forget` or `cut`).
+    /// The hook named by `PAIRFS_FAULT_STAGE` (`forget`, `cut` or `refuse`).
     pub fn from_env(v: Option<&str>) -> Option<StageFault> {
         match v {
             Some("forget") => Some(StageFault::Forget),
             Some("cut") => Some(StageFault::Cut),
+            Some("refuse") => Some(StageFault::Refuse),
             _ => None,
         }
     }
@@ -122,7 +127,7 @@ impl Stages {
     fn admit(&self) -> Result<Slot<'_>, WireError> {
         let n = self.receiving.fetch_add(1, Ordering::SeqCst);
         let slot = Slot(&self.receiving);
-        if n >= MAX_RECEIVING {
+        if n >= MAX_RECEIVING || self.fault == Some(StageFault::Refuse) {
             return Err(err::limit(format!(
                 "already receiving {MAX_RECEIVING} staged uploads"
             )));
@@ -435,18 +440,35 @@ fn relay(
     conn.set_timeout(Some(Duration::from_millis(TEE_FRAME_MS)))
         .map_err(|e| err::internal(e.to_string()))?;
     *socket.lock().unwrap_or_else(|p| p.into_inner()) = conn.stream().try_clone().ok();
-    let sending = |e: std::io::Error| err::unavailable(format!("sending to {addr}: {e}"));
-    conn.send(head, &[]).map_err(sending)?;
+    // A partner that refuses answers ERR and closes: a send that fails then reports its
+    // answer (if one arrived) rather than the broken pipe.
+    let sending = |conn: &mut Connection, e: std::io::Error| {
+        let _ = conn.set_timeout(Some(Duration::from_millis(REFUSAL_READ_MS)));
+        match conn.recv() {
+            Ok(Some(f)) => match f.msg.into_result() {
+                Err(refused) => refused,
+                Ok(m) => err::internal(format!("{addr} answered {}", m.op_name())),
+            },
+            _ => err::unavailable(format!("sending to {addr}: {e}")),
+        }
+    };
+    if let Err(e) = conn.send(head, &[]) {
+        return Err(sending(&mut conn, e));
+    }
     loop {
         match rx.recv() {
-            Ok(TeeMsg::Chunk(body, crc)) => conn
-                .send_with_crc(&Message::Chunk {}, &body, crc)
-                .map_err(sending)?,
+            Ok(TeeMsg::Chunk(body, crc)) => {
+                if let Err(e) = conn.send_with_crc(&Message::Chunk {}, &body, crc) {
+                    return Err(sending(&mut conn, e));
+                }
+            }
             Ok(TeeMsg::End) => break,
             Err(_) => return Err(err::unavailable("the upload ended before its END")),
         }
     }
-    conn.send(&Message::End {}, &[]).map_err(sending)?;
+    if let Err(e) = conn.send(&Message::End {}, &[]) {
+        return Err(sending(&mut conn, e));
+    }
     match conn.recv_some()?.msg.into_result()? {
         Message::Staged { id } => Ok(id),
         other => Err(err::internal(format!(
