@@ -1249,7 +1249,7 @@ impl Core {
                 let target = self.owe(&file, true, now_ms);
                 let version = self.files.get(&file).map_or(state.version, |r| r.version);
                 if let (Some(t), Some(s)) = (&target, staged) {
-                    self.note_stage(t, &file, version, state.version, s);
+                    self.note_stage(t, &file, state.version, s);
                 }
                 self.answer_change(waiter, &file, target, Want::Content { version }, now_ms);
             }
@@ -2338,10 +2338,15 @@ impl Core {
         );
     }
 
+    /// The name of the other member of `name`'s pair.
+    fn partner_name(&self, name: &str) -> Option<String> {
+        let (primary, member) = self.membership(name)?;
+        self.member_name(&primary, member.other())
+    }
+
     /// The other member of `name`'s pair, if it is up.
     fn partner_of(&self, name: &str) -> Option<crate::protocol::Partner> {
-        let (primary, member) = self.membership(name)?;
-        let other = self.member_name(&primary, member.other())?;
+        let other = self.partner_name(name)?;
         let s = self.servers.get(&other).filter(|s| s.up)?;
         Some(crate::protocol::Partner {
             addr: s.rec.addr(),
@@ -2779,10 +2784,7 @@ impl Core {
     /// Tells the other member of `name`'s pair at once that `name` came up or went down, so
     /// a writer stages its uploads on a partner only while that partner is up.
     fn push_partner(&mut self, name: &str) {
-        if let Some(other) = self
-            .membership(name)
-            .and_then(|(p, m)| self.member_name(&p, m.other()))
-        {
+        if let Some(other) = self.partner_name(name) {
             self.push_role(&other);
         }
     }
@@ -2924,14 +2926,13 @@ impl Core {
         })
     }
 
-    /// Remembers that the content of `file` at `version` (the record's, `recorded`) is staged
-    /// on `target` as `s`, for the job that owes it there. Kept in memory only: without it
-    /// the job sends the content, as it always could.
+    /// Remembers that the content of `file` at `version` is staged on `target` as `s`, for
+    /// the job that owes exactly that version there. Kept in memory only: without it the job
+    /// sends the content, as it always could.
     fn note_stage(
         &mut self,
         target: &str,
         file: &str,
-        recorded: Version,
         version: Version,
         s: crate::protocol::StagedRef,
     ) {
@@ -2940,7 +2941,7 @@ impl Core {
             .repl
             .get(&key)
             .is_some_and(|j| j.want == Want::Content { version });
-        if s.ss != target || recorded != version || !owed {
+        if s.ss != target || !owed {
             return;
         }
         if self.stages.len() >= MAX_STAGE_HINTS {

@@ -268,7 +268,7 @@ fn copy(t: &Transfer, key: &ClusterKey) -> Result<Outcome, WireError> {
     // 2. Ask the source for the content and the history entries the target lacks, and
     // 3. relay every frame into the target's install stream as it arrives.
     let mut src = connect(saddr)?;
-    let bytes = relay(t, key, &mut src, sname, &mut dst, tname, lacks, None)?;
+    let bytes = relay(t, key, &mut src, sname, &mut dst, tname, lacks)?;
     drop(src);
     installed(&mut dst, tname, bytes)
 }
@@ -326,7 +326,7 @@ fn staged_copy(
         id,
         basis: held.as_ref(),
     };
-    let bytes = relay_reply(t, key, &mut src, sname, dst, tname, None, Some(stage))?;
+    let bytes = relay_reply(t, key, &mut src, sname, dst, tname, PutAs::Staged(stage))?;
     drop(src);
     let outcome = installed(dst, tname, bytes)?;
     if let Outcome::Copied { state, .. } = &outcome {
@@ -439,7 +439,6 @@ fn get_msg(t: &Transfer, key: &ClusterKey, sname: &str, lacks: Lacks) -> Message
 
 /// GET_FILE_CONTENT from the source, relayed frame by frame into a PUT_FILE_CONTENT to the
 /// target (whose answer the caller reads). Returns the content bytes relayed.
-#[allow(clippy::too_many_arguments)]
 fn relay(
     t: &Transfer,
     key: &ClusterKey,
@@ -448,20 +447,28 @@ fn relay(
     dst: &mut Connection,
     tname: &str,
     lacks: Lacks,
-    basis: Option<&FileState>,
 ) -> Result<u64, RelayFail> {
     src.send(&get_msg(t, key, sname, lacks), &[])
         .map_err(|e| RelayFail::Broken(sending(sname, e)))?;
-    relay_reply(t, key, src, sname, dst, tname, basis, None)
+    relay_reply(t, key, src, sname, dst, tname, PutAs::Whole)
+}
+
+/// What the GET whose answer is relayed asked for, and so how the PUT goes.
+#[derive(Clone, Copy)]
+enum PutAs<'a> {
+    /// Every part whole (PUT_FILE_CONTENT).
+    Whole,
+    /// The answer to a GET_FILE_DELTA: every part is ops against the target's copy at this
+    /// state (PUT_FILE_DELTA).
+    Delta(&'a FileState),
+    /// The GET asked to leave out content staged on the target (see [`staged_copy`]).
+    Staged(Staging<'a>),
 }
 
 /// Reads the source's answer to a GET_FILE_CONTENT already sent and relays it frame by frame
-/// into a PUT_FILE_CONTENT to the target. An error before the PUT_FILE_CONTENT went out
-/// leaves both connections in step (the source refused); one after it does not. With a
-/// `basis` (the answer to a GET_FILE_DELTA) the content is ops against the target's copy at
-/// that state, relayed in a PUT_FILE_DELTA. With `stage` (the GET asked to leave out content
-/// staged on the target under that id) a source that did leave it out has the PUT name it.
-#[allow(clippy::too_many_arguments)]
+/// into a PUT to the target, as `put` says. An error before the PUT went out leaves both
+/// connections in step (the source refused); one after it does not. A source that left out
+/// staged content has the PUT name the stage.
 fn relay_reply(
     t: &Transfer,
     key: &ClusterKey,
@@ -469,8 +476,7 @@ fn relay_reply(
     sname: &str,
     dst: &mut Connection,
     tname: &str,
-    basis: Option<&FileState>,
-    stage: Option<Staging<'_>>,
+    put: PutAs<'_>,
 ) -> Result<u64, RelayFail> {
     use RelayFail::{Broken, Refused};
     let (state, undo, sent, checkpoints, sent_checkpoints, content_staged) =
@@ -492,10 +498,10 @@ fn relay_reply(
             ),
             other => return Err(Broken(unexpected(sname, &other))),
         };
-    let staged = match (content_staged, stage, basis) {
-        (false, ..) => None,
-        (true, Some(s), None) => Some(s.id.to_string()),
-        _ => {
+    let staged = match (content_staged, put) {
+        (false, _) => None,
+        (true, PutAs::Staged(s)) => Some(s.id.to_string()),
+        (true, _) => {
             return Err(Broken(err::internal(format!(
                 "{sname} left out content it was not asked to"
             ))))
@@ -503,8 +509,11 @@ fn relay_reply(
     };
     // The source left out the history entry of the target's own copy when it is the same
     // bytes: the target then links that copy in (after verifying it).
-    let link = stage
-        .and_then(|s| s.basis)
+    let offered = match put {
+        PutAs::Staged(s) => s.basis,
+        _ => None,
+    };
+    let link = offered
         .filter(|b| {
             !sent.contains(&b.version)
                 && undo
@@ -525,8 +534,8 @@ fn relay_reply(
         )));
     }
     let ticket = key.mint(NM_USER, &t.file, TicketOp::Store, tname, None);
-    let put = match basis {
-        None => Message::PutFileContent {
+    let msg = match put {
+        PutAs::Whole | PutAs::Staged(_) => Message::PutFileContent {
             file: t.file.clone(),
             state: state.clone(),
             undo,
@@ -537,7 +546,7 @@ fn relay_reply(
             basis: link,
             ticket,
         },
-        Some(b) => Message::PutFileDelta {
+        PutAs::Delta(b) => Message::PutFileDelta {
             file: t.file.clone(),
             state: state.clone(),
             undo,
@@ -549,7 +558,7 @@ fn relay_reply(
             ticket,
         },
     };
-    dst.send(&put, &[]).map_err(|e| Broken(sending(tname, e)))?;
+    dst.send(&msg, &[]).map_err(|e| Broken(sending(tname, e)))?;
     let mut bytes = 0u64;
     // The content, then each history entry, then each checkpoint the target lacks.
     let extra_parts = sent.len() + sent_checkpoints.len();
@@ -737,7 +746,7 @@ fn batch(
     }
     let mut put = Vec::new();
     for i in asked {
-        match relay_reply(&ts[i], key, &mut src, sname, &mut dst, tname, None, None) {
+        match relay_reply(&ts[i], key, &mut src, sname, &mut dst, tname, PutAs::Whole) {
             Ok(n) => {
                 bytes[i] = n;
                 put.push(i);

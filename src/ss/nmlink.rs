@@ -180,9 +180,8 @@ impl NmLink {
     /// The pair's other member, while this server is the writer and the name server last
     /// said that member is up.
     pub fn partner(&self) -> Option<Partner> {
-        if self.is_backup() || !self.is_registered() {
-            return None;
-        }
+        // Set only from an ack that made this server the writer, and cleared by the next ack
+        // that did not and whenever the link is down.
         self.partner
             .lock()
             .unwrap_or_else(|p| p.into_inner())

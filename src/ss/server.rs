@@ -1197,12 +1197,12 @@ fn recv_into(
             Message::Chunk {} => {
                 let mut body = frame.body;
                 // The frame was verified against this CRC32C: the partner's relay sends it on
-                // rather than reading the bytes again (the fault hook's flip aside).
-                let mut crc = Some(conn.body_crc());
+                // rather than reading the bytes again (the fault hook, which changes the
+                // bytes, is for PUT_FILE_CONTENT only, which has no relay).
+                let crc = conn.body_crc();
                 if *flip && !body.is_empty() {
                     body[0] ^= 0x01;
                     *flip = false;
-                    crc = None;
                     log::warn!(target: ev::SS_REFUSED, file = file, reason = "fault";
                         "test hook PAIRFS_FAULT_FLIP_PUT: flipped one byte of {file}");
                 }
@@ -1213,7 +1213,6 @@ fn recv_into(
                     ))));
                 }
                 counter.update(&body);
-                let crc = crc.unwrap_or_else(|| crc32c::crc32c(&body));
                 if let Some(f) = out.as_mut() {
                     match f.write_all(&body) {
                         Ok(()) => {

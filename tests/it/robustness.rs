@@ -44,22 +44,10 @@ fn still_serving(c: &Cluster, file: &str) {
         .assert_code(0);
 }
 
-fn garbage(seed: u64, n: usize) -> Vec<u8> {
-    // A small xorshift generator: deterministic bytes, the seed printed on failure.
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 fn abuse(c: &Cluster, addr: &str, tag: &str) {
     for seed in 1..=5u64 {
-        let mut bytes = garbage(seed, 3000);
+        // Deterministic bytes (xorshift), the seed printed on failure.
+        let mut bytes = blob(3000, seed);
         bytes.push(b'\n');
         send_and_drain(addr, &bytes);
     }

@@ -3,7 +3,8 @@
 //! PUT_FILE_DELTA. Any failure is the caller's cue to send the copy whole.
 
 use super::{
-    connect, relay_reply, reply, sending, unexpected, Lacks, Outcome, Transfer, FRAME_TIMEOUT_MS,
+    connect, relay_reply, reply, sending, unexpected, Lacks, Outcome, PutAs, Transfer,
+    FRAME_TIMEOUT_MS,
 };
 use crate::auth::{ClusterKey, NM_USER};
 use crate::delta::{Params, ENTRY_BYTES, MAX_SIGNATURE_ENTRIES};
@@ -69,7 +70,7 @@ pub(super) fn copy(
     };
     let mut src = connect(saddr)?;
     src.send(&get, &f.body).map_err(|e| sending(sname, e))?;
-    let bytes = relay_reply(t, key, &mut src, sname, dst, tname, Some(&basis), None)?;
+    let bytes = relay_reply(t, key, &mut src, sname, dst, tname, PutAs::Delta(&basis))?;
     drop(src);
     // 3. The target verified the rebuilt content as it verifies any copy.
     match reply(dst)?? {

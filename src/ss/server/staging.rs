@@ -135,19 +135,22 @@ impl Stages {
         Ok(slot)
     }
 
+    /// The stages, those not claimed in time removed (their files with them).
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Stage>> {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        kept.retain(|_, s| s.at.elapsed() < Duration::from_millis(STAGE_TTL_MS));
+        kept
+    }
+
     /// Removes the stages not claimed in time (their files with them).
     pub fn sweep(&self) {
-        self.kept
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, s| s.at.elapsed() < Duration::from_millis(STAGE_TTL_MS));
+        drop(self.live());
     }
 
     /// Keeps a verified, durable stage; returns its id.
     fn keep(&self, file: &str, size: u64, checksum: u32, temp: TempFile) -> String {
         let id = crate::auth::random_hex(16);
-        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
-        kept.retain(|_, s| s.at.elapsed() < Duration::from_millis(STAGE_TTL_MS));
+        let mut kept = self.live();
         let bytes = |kept: &HashMap<String, Stage>| kept.values().map(|s| s.size).sum::<u64>();
         while !kept.is_empty()
             && (kept.len() >= MAX_STAGES || bytes(&kept).saturating_add(size) > MAX_STAGED_BYTES)
@@ -183,11 +186,7 @@ impl Stages {
         size: u64,
         checksum: u32,
     ) -> Result<Received, WireError> {
-        let stage = {
-            let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
-            kept.retain(|_, s| s.at.elapsed() < Duration::from_millis(STAGE_TTL_MS));
-            kept.remove(id)
-        };
+        let stage = self.live().remove(id);
         let Some(s) = stage else {
             return Err(err::not_found(format!(
                 "no staged upload {id} of {} here",
@@ -213,7 +212,7 @@ impl Stages {
 }
 
 /// STAGE_UPLOAD: receives `size` bytes into `tmp/`, verifies and syncs them, and keeps them
-/// as a stage. A refused request still has its stream read, so the connection stays in step.
+/// as a stage. A refused request is answered at once and the connection closed.
 pub(super) fn stage_upload(
     shared: &Shared,
     conn: &mut Connection,
@@ -350,8 +349,7 @@ impl Tee {
                     self.waited.as_millis()
                 ),
             };
-            self.abandon();
-            self.gave_up(&why);
+            self.give_up(&why);
         }
     }
 
@@ -379,8 +377,7 @@ impl Tee {
         {
             self.ended = true;
         } else {
-            self.abandon();
-            self.gave_up(&format!("it took no bytes for {TEE_STALL_MS} ms"));
+            self.give_up(&format!("it took no bytes for {TEE_STALL_MS} ms"));
         }
     }
 
@@ -388,7 +385,6 @@ impl Tee {
     /// its reference, or None if the stage did not make it.
     pub(super) fn finish(mut self) -> Option<StagedRef> {
         if !self.ended {
-            self.abandon();
             return None;
         }
         let result = self
@@ -405,14 +401,15 @@ impl Tee {
                 id,
             }),
             Err(e) => {
-                self.abandon();
-                self.gave_up(&e.msg);
+                self.give_up(&e.msg);
                 None
             }
         }
     }
 
-    fn gave_up(&self, why: &str) {
+    /// Drops the partner from this upload and says why.
+    fn give_up(&mut self, why: &str) {
+        self.abandon();
         log::warn!(target: ev::SS_REFUSED, file = self.file.as_str(), ss = self.partner.as_str(), reason = "stage";
             "the upload of {} is not staged on {}: {why}; it replicates after the upload",
             self.file, self.partner);
@@ -440,34 +437,21 @@ fn relay(
     conn.set_timeout(Some(Duration::from_millis(TEE_FRAME_MS)))
         .map_err(|e| err::internal(e.to_string()))?;
     *socket.lock().unwrap_or_else(|p| p.into_inner()) = conn.stream().try_clone().ok();
-    // A partner that refuses answers ERR and closes: a send that fails then reports its
-    // answer (if one arrived) rather than the broken pipe.
-    let sending = |conn: &mut Connection, e: std::io::Error| {
-        let _ = conn.set_timeout(Some(Duration::from_millis(REFUSAL_READ_MS)));
-        match conn.recv() {
-            Ok(Some(f)) => match f.msg.into_result() {
-                Err(refused) => refused,
-                Ok(m) => err::internal(format!("{addr} answered {}", m.op_name())),
-            },
-            _ => err::unavailable(format!("sending to {addr}: {e}")),
+    match stream(&mut conn, head, rx) {
+        Ok(true) => {}
+        Ok(false) => return Err(err::unavailable("the upload ended before its END")),
+        // A partner that refuses answers ERR and closes: a send that fails then reports its
+        // answer (if one arrived) rather than the broken pipe.
+        Err(e) => {
+            let _ = conn.set_timeout(Some(Duration::from_millis(REFUSAL_READ_MS)));
+            return Err(match conn.recv() {
+                Ok(Some(f)) => match f.msg.into_result() {
+                    Err(refused) => refused,
+                    Ok(m) => err::internal(format!("{addr} answered {}", m.op_name())),
+                },
+                _ => err::unavailable(format!("sending to {addr}: {e}")),
+            });
         }
-    };
-    if let Err(e) = conn.send(head, &[]) {
-        return Err(sending(&mut conn, e));
-    }
-    loop {
-        match rx.recv() {
-            Ok(TeeMsg::Chunk(body, crc)) => {
-                if let Err(e) = conn.send_with_crc(&Message::Chunk {}, &body, crc) {
-                    return Err(sending(&mut conn, e));
-                }
-            }
-            Ok(TeeMsg::End) => break,
-            Err(_) => return Err(err::unavailable("the upload ended before its END")),
-        }
-    }
-    if let Err(e) = conn.send(&Message::End {}, &[]) {
-        return Err(sending(&mut conn, e));
     }
     match conn.recv_some()?.msg.into_result()? {
         Message::Staged { id } => Ok(id),
@@ -476,4 +460,18 @@ fn relay(
             other.op_name()
         ))),
     }
+}
+
+/// Sends the head, every chunk handed on and END: false if the upload ended without END.
+fn stream(conn: &mut Connection, head: &Message, rx: &Receiver<TeeMsg>) -> std::io::Result<bool> {
+    conn.send(head, &[])?;
+    loop {
+        match rx.recv() {
+            Ok(TeeMsg::Chunk(body, crc)) => conn.send_with_crc(&Message::Chunk {}, &body, crc)?,
+            Ok(TeeMsg::End) => break,
+            Err(_) => return Ok(false),
+        }
+    }
+    conn.send(&Message::End {}, &[])?;
+    Ok(true)
 }
