@@ -249,8 +249,20 @@ pub struct Connection {
     buf: Vec<u8>,
     /// Total size of the frame at the front of `buf` once its header has been read.
     need: Option<usize>,
+    /// A frame with a large body whose header has arrived: the body is read straight into
+    /// its own buffer, with no copy out of `buf` afterwards.
+    large: Option<LargeFrame>,
     /// CRC32C of the body of the frame last taken off the buffer.
     body_crc: u32,
+}
+
+/// A frame of at least [`LARGE_BODY_BYTES`] being received: its header, and its body so far
+/// (allocated once at its declared size).
+struct LargeFrame {
+    msg: Message,
+    crc: u32,
+    len: usize,
+    body: Vec<u8>,
 }
 
 /// Most bytes one read asks for while the size of the next frame is not known yet.
@@ -268,6 +280,7 @@ impl Connection {
             stream,
             buf: Vec::with_capacity(8 * 1024),
             need: None,
+            large: None,
             body_crc: 0,
         }
     }
@@ -324,28 +337,48 @@ impl Connection {
         self.stream.write_all(body)
     }
 
-    /// Reads what the socket has into the buffer: at most the rest of the frame being
-    /// received when its size is known (so a large body arrives in few reads and is never
-    /// followed by bytes that must be moved later; at most [`MAX_READ_BYTES`] at a time), else
-    /// at most [`READ_BYTES`].
-    fn fill(&mut self) -> io::Result<usize> {
-        let have = self.buf.len();
+    /// Reads what the socket has: into the body of the large frame being received, else into
+    /// the buffer, at most the rest of the frame being received when its size is known (so a
+    /// body arrives in few reads and is never followed by bytes that must be moved later; at
+    /// most [`MAX_READ_BYTES`] at a time), else at most [`READ_BYTES`].
+    ///
+    /// `bounded` asks for one read only, so the caller can check its deadline between reads;
+    /// otherwise a large body is read to its end with the socket's own timeout per read, into
+    /// memory that is never zeroed first.
+    fn fill(&mut self, bounded: bool) -> io::Result<usize> {
+        if let Some(l) = self.large.as_mut() {
+            let rest = l.len - l.body.len();
+            if !bounded {
+                return (&self.stream).take(rest as u64).read_to_end(&mut l.body);
+            }
+            return read_zeroed(&mut self.stream, &mut l.body, rest.min(MAX_READ_BYTES));
+        }
         // The room a read gets is zeroed first, and whatever the read leaves unfilled is
         // zeroed again by the next one: capping it keeps that linear in the body's size.
         let want = match self.need {
-            Some(total) if total > have => (total - have).min(MAX_READ_BYTES),
+            Some(total) if total > self.buf.len() => (total - self.buf.len()).min(MAX_READ_BYTES),
             _ => READ_BYTES,
         };
-        self.buf.resize(have + want, 0);
-        let res = self.stream.read(&mut self.buf[have..]);
-        let n = *res.as_ref().unwrap_or(&0);
-        self.buf.truncate(have + n);
-        res
+        read_zeroed(&mut self.stream, &mut self.buf, want)
     }
 
     /// Takes the next frame off the buffer if it is complete, remembering the size of a frame
-    /// whose header has arrived but whose body has not.
+    /// whose header has arrived but whose body has not, and moving a large body's first bytes
+    /// into a buffer of its own.
     fn take_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        if let Some(l) = self.large.take_if(|l| l.body.len() == l.len) {
+            if crc32c::crc32c(&l.body) != l.crc {
+                return Err(FrameError::BadChecksum);
+            }
+            self.body_crc = l.crc;
+            return Ok(Some(Frame {
+                msg: l.msg,
+                body: l.body,
+            }));
+        }
+        if self.large.is_some() {
+            return Ok(None);
+        }
         if let Some(total) = self.need {
             if self.buf.len() < total {
                 return Ok(None);
@@ -359,9 +392,37 @@ impl Connection {
             }
             None => {
                 self.need = frame_total(&self.buf);
+                if let Some(total) = self.need {
+                    self.start_large(total)?;
+                }
                 Ok(None)
             }
         }
+    }
+
+    /// Once the header of a frame of `total` bytes is in the buffer: if its body is large,
+    /// moves the header out as a [`LargeFrame`] with whatever of the body has arrived.
+    fn start_large(&mut self, total: usize) -> Result<(), FrameError> {
+        let Some(nl) = self.buf.iter().position(|&b| b == b'\n') else {
+            return Ok(());
+        };
+        let len = total - nl - 1;
+        if len < LARGE_BODY_BYTES {
+            return Ok(());
+        }
+        let (msg, _, crc) = parse_header(&self.buf[..nl])?;
+        let mut body = Vec::with_capacity(len);
+        let end = self.buf.len().min(total);
+        body.extend_from_slice(&self.buf[nl + 1..end]);
+        self.buf.drain(..end);
+        self.need = None;
+        self.large = Some(LargeFrame {
+            msg,
+            crc: crc.unwrap_or(0),
+            len,
+            body,
+        });
+        Ok(())
     }
 
     /// Reads one frame; `Ok(None)` on a clean end of stream between frames. Waits as long as
@@ -391,7 +452,7 @@ impl Connection {
                 }
                 self.stream.set_read_timeout(Some(left))?;
             }
-            let n = match self.fill() {
+            let n = match self.fill(deadline.is_some()) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // With a deadline, an expired read timeout (WouldBlock on Unix) loops to the
@@ -400,7 +461,7 @@ impl Connection {
                 Err(e) => return Err(e.into()),
             };
             if n == 0 {
-                return if self.buf.is_empty() {
+                return if self.buf.is_empty() && self.large.is_none() {
                     Ok(None)
                 } else {
                     Err(ConnError::Closed)
@@ -421,6 +482,17 @@ impl Connection {
         let msg = f.msg.into_result()?;
         Ok(Frame { msg, body: f.body })
     }
+}
+
+/// One read from `stream` appended to `buf`, into at most `want` bytes of room that are zeroed
+/// first; the room the read leaves unfilled is cut off again.
+fn read_zeroed(stream: &mut TcpStream, buf: &mut Vec<u8>, want: usize) -> io::Result<usize> {
+    let have = buf.len();
+    buf.resize(have + want, 0);
+    let res = stream.read(&mut buf[have..]);
+    let n = *res.as_ref().unwrap_or(&0);
+    buf.truncate(have + n);
+    res
 }
 
 #[cfg(test)]
@@ -515,6 +587,123 @@ mod tests {
             Err(ConnError::Frame(FrameError::BadChecksum))
         ));
         peer.join().unwrap();
+    }
+
+    /// A connected pair: the accepted end as a [`Connection`], and the raw peer socket.
+    fn socket_pair() -> (Connection, TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (stream, _) = listener.accept().unwrap();
+        let conn = Connection::new(stream);
+        // A frame the connection misreads fails the test rather than hanging it.
+        conn.set_timeout(Some(Duration::from_secs(30))).unwrap();
+        (conn, peer)
+    }
+
+    #[test]
+    fn large_and_small_frames_arrive_whole_however_the_bytes_are_cut() {
+        let (mut conn, mut peer) = socket_pair();
+        let bodies: Vec<Vec<u8>> = [
+            5,
+            LARGE_BODY_BYTES,
+            3,
+            3 * MAX_READ_BYTES + 7,
+            0,
+            CHUNK_BYTES,
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (0..n).map(|j| (j * 31 + i) as u8).collect())
+        .collect();
+        let mut wire = Vec::new();
+        for b in &bodies {
+            encode_into(&mut wire, &Message::Chunk {}, b);
+        }
+        let writer = std::thread::spawn(move || {
+            // Pieces of many sizes, so headers and bodies are split at every kind of place.
+            let mut pos = 0;
+            for cut in [1usize, 40, 65_537, 3, 300_000, 17].iter().cycle() {
+                if pos >= wire.len() {
+                    break;
+                }
+                let end = (pos + cut).min(wire.len());
+                peer.write_all(&wire[pos..end]).unwrap();
+                pos = end;
+            }
+            peer
+        });
+        for (i, b) in bodies.iter().enumerate() {
+            // Both ways of reading: to the body's end, and one read at a time by a deadline.
+            let f = if i % 2 == 0 {
+                conn.recv_some().unwrap()
+            } else {
+                conn.recv_by(Instant::now() + Duration::from_secs(30))
+                    .unwrap()
+                    .unwrap()
+            };
+            assert_eq!(f.msg, Message::Chunk {});
+            assert!(f.body == *b, "body {i} of {} bytes differs", b.len());
+            let crc = if b.is_empty() { 0 } else { crc32c::crc32c(b) };
+            assert_eq!(conn.body_crc(), crc);
+        }
+        drop(writer.join().unwrap());
+        assert!(conn.recv().unwrap().is_none(), "a clean end between frames");
+    }
+
+    #[test]
+    fn a_large_body_is_checked_and_a_cut_one_is_an_error() {
+        let body = vec![7u8; 2 * LARGE_BODY_BYTES];
+        let mut bad = encode(&Message::Chunk {}, &body);
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        let (mut conn, mut peer) = socket_pair();
+        peer.write_all(&bad).unwrap();
+        assert!(matches!(
+            conn.recv_some(),
+            Err(ConnError::Frame(FrameError::BadChecksum))
+        ));
+
+        let whole = encode(&Message::Chunk {}, &body);
+        for deadline in [None, Some(Instant::now() + Duration::from_secs(30))] {
+            let (mut conn, mut peer) = socket_pair();
+            peer.write_all(&whole[..whole.len() / 2]).unwrap();
+            drop(peer);
+            let got = match deadline {
+                None => conn.recv(),
+                Some(d) => conn.recv_by(d),
+            };
+            assert!(matches!(got, Err(ConnError::Closed)), "{got:?}");
+        }
+    }
+
+    #[test]
+    fn a_trickled_large_body_cannot_hold_a_connection_past_the_frame_deadline() {
+        let (mut conn, mut peer) = socket_pair();
+        let whole = encode(&Message::Chunk {}, &vec![1u8; 2 * LARGE_BODY_BYTES]);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let trickle = std::thread::spawn(move || {
+            // The header and part of the body at once, then a byte every 50 ms.
+            let _ = peer.write_all(&whole[..LARGE_BODY_BYTES]);
+            for b in &whole[LARGE_BODY_BYTES..] {
+                if stop2.load(std::sync::atomic::Ordering::SeqCst)
+                    || peer.write_all(std::slice::from_ref(b)).is_err()
+                {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let start = Instant::now();
+        let got = conn.recv_by(start + Duration::from_millis(300));
+        let took = start.elapsed();
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        trickle.join().unwrap();
+        assert!(
+            matches!(got, Err(ConnError::Io(ref e)) if e.kind() == io::ErrorKind::TimedOut),
+            "{got:?}"
+        );
+        assert!(took < Duration::from_secs(2), "took {took:?}");
     }
 
     #[test]
