@@ -67,6 +67,9 @@ struct Args {
     /// Size of the file the replication UPLOAD row sends, in MiB.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=16_384))]
     repl_upload_mib: u64,
+    /// Rounds of the replication UPLOAD row; each of its figures is the median of the rounds.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=20))]
+    repl_upload_rounds: u64,
     /// Writes in each replication-lag row (made at 100 writes/s overall).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=MAX_OPS))]
     repl_lag_writes: u64,
@@ -142,6 +145,7 @@ fn run(args: &Args) -> Result<bool> {
         let sizes = if args.quick {
             replication::Sizes {
                 upload_mib: args.repl_upload_mib.min(64),
+                upload_rounds: 1,
                 lag_writes: args.repl_lag_writes.min(200),
                 catchup_files: args.repl_catchup_files.min(1000),
                 delta_mib: args.repl_delta_mib.min(64),
@@ -150,6 +154,7 @@ fn run(args: &Args) -> Result<bool> {
         } else {
             replication::Sizes {
                 upload_mib: args.repl_upload_mib,
+                upload_rounds: args.repl_upload_rounds,
                 lag_writes: args.repl_lag_writes,
                 catchup_files: args.repl_catchup_files,
                 delta_mib: args.repl_delta_mib,
@@ -540,6 +545,29 @@ struct Server {
 }
 
 impl Server {
+    /// CPU time (user + system, all threads) the process has used so far, in seconds, from
+    /// /proc/PID/stat.
+    fn cpu_s(&self) -> Result<f64> {
+        let pid = self.child.id();
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
+            .with_context(|| format!("reading /proc/{pid}/stat of {}", self.name))?;
+        // The fields after the command name (which may hold spaces) start after its ')'.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+        // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+        let (Some(u), Some(s)) = (ticks(11), ticks(12)) else {
+            bail!("no utime/stime in /proc/{pid}/stat of {}", self.name);
+        };
+        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .filter(|&hz| hz > 0)
+            .unwrap_or(100);
+        Ok((u + s) as f64 / hz as f64)
+    }
+
     /// Peak resident set size so far (`VmHWM` in /proc/PID/status), in KiB.
     fn peak_rss_kib(&self) -> Result<u64> {
         let pid = self.child.id();
