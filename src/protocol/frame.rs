@@ -257,7 +257,8 @@ pub struct Connection {
 }
 
 /// A frame of at least [`LARGE_BODY_BYTES`] being received: its header, and its body so far
-/// (allocated once at its declared size).
+/// (allocated once at its declared size, at most [`MAX_BODY_BYTES`]; its pages are touched
+/// only as the bytes arrive).
 struct LargeFrame {
     msg: Message,
     crc: u32,
@@ -439,6 +440,18 @@ impl Connection {
     }
 
     fn recv_until(&mut self, deadline: Option<Instant>) -> Result<Option<Frame>, ConnError> {
+        if deadline.is_none() {
+            return self.recv_loop(None);
+        }
+        // The deadline shortens the socket's read timeout read by read; the caller's own
+        // timeout is put back afterwards, so the next recv() waits as long as it asked.
+        let saved = self.stream.read_timeout()?;
+        let got = self.recv_loop(deadline);
+        self.stream.set_read_timeout(saved)?;
+        got
+    }
+
+    fn recv_loop(&mut self, deadline: Option<Instant>) -> Result<Option<Frame>, ConnError> {
         loop {
             if let Some(f) = self.take_frame()? {
                 return Ok(Some(f));
@@ -674,6 +687,20 @@ mod tests {
             };
             assert!(matches!(got, Err(ConnError::Closed)), "{got:?}");
         }
+    }
+
+    #[test]
+    fn a_frame_deadline_leaves_the_read_timeout_as_it_was() {
+        let (mut conn, mut peer) = socket_pair();
+        let (before, deadline) = (Duration::from_secs(7), Duration::from_millis(300));
+        conn.set_timeout(Some(before)).unwrap();
+        peer.write_all(&encode(&Message::End {}, &[])).unwrap();
+        let f = conn.recv_by(Instant::now() + deadline).unwrap().unwrap();
+        assert_eq!(f.msg, Message::End {});
+        assert_eq!(conn.stream().read_timeout().unwrap(), Some(before));
+        // Also after a missed deadline.
+        assert!(conn.recv_by(Instant::now() + deadline).is_err());
+        assert_eq!(conn.stream().read_timeout().unwrap(), Some(before));
     }
 
     #[test]
