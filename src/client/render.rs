@@ -250,8 +250,11 @@ pub struct StatusView<'a> {
     pub pairs: &'a [PairStatus],
     /// Replication jobs not yet done.
     pub queue_depth: u64,
-    /// Jobs out of attempts.
+    /// Jobs out of attempts (the first ones, when there are many).
     pub failed: &'a [FailedJob],
+    /// How many jobs are out of attempts in all (an older name server sends 0: then
+    /// `failed` is all of them).
+    pub failed_total: u64,
     /// `async` or `sync`.
     pub replication: &'a str,
 }
@@ -334,7 +337,15 @@ pub fn status(v: &StatusView<'_>, now_ms: u64) -> String {
     if v.failed.is_empty() {
         out.push_str("Failed jobs: none\n");
     } else {
-        out.push_str("Failed jobs:\n");
+        let total = v.failed_total.max(v.failed.len() as u64);
+        if total > v.failed.len() as u64 {
+            out.push_str(&format!(
+                "Failed jobs: {total} in all, the first {} listed:\n",
+                v.failed.len()
+            ));
+        } else {
+            out.push_str("Failed jobs:\n");
+        }
         let rows: Vec<Vec<String>> = v
             .failed
             .iter()
@@ -816,6 +827,7 @@ mod tests {
             pairs: &pairs,
             queue_depth: 2,
             failed: &failed,
+            failed_total: 1,
             replication: "async",
         };
         assert_eq!(
@@ -834,12 +846,35 @@ mod tests {
     }
 
     #[test]
+    fn status_says_when_it_lists_only_the_first_failed_jobs() {
+        let failed = [FailedJob {
+            file: "a.txt".into(),
+            target: "ss1_backup".into(),
+            attempts: 5,
+            error: "no space left on device".into(),
+        }];
+        let v = StatusView {
+            servers: &[],
+            pairs: &[],
+            queue_depth: 0,
+            failed: &failed,
+            failed_total: 3000,
+            replication: "async",
+        };
+        assert!(status(&v, T).ends_with(
+            "Failed jobs: 3000 in all, the first 1 listed:\n\
+             \x20 a.txt -> ss1_backup  5 attempts  no space left on device\n"
+        ));
+    }
+
+    #[test]
     fn status_of_an_empty_cluster() {
         let v = StatusView {
             servers: &[],
             pairs: &[],
             queue_depth: 0,
             failed: &[],
+            failed_total: 0,
             replication: "sync",
         };
         assert_eq!(
@@ -858,6 +893,7 @@ mod tests {
             pairs: &pairs,
             queue_depth: 0,
             failed: &[],
+            failed_total: 0,
             replication: "async",
         };
         assert_eq!(

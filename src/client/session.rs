@@ -352,6 +352,7 @@ impl Session {
                     pairs,
                     queue_depth,
                     failed,
+                    failed_total,
                     replication,
                 } => {
                     let view = render::StatusView {
@@ -359,6 +360,7 @@ impl Session {
                         pairs: &pairs,
                         queue_depth,
                         failed: &failed,
+                        failed_total,
                         replication: &replication,
                     };
                     out.write_all(render::status(&view, now_ms()).as_bytes())?

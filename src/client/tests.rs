@@ -148,6 +148,7 @@ fn status_reply() -> Message {
         pairs: vec![pair("ss1", Some("ss1_backup")), pair("ss2", None)],
         queue_depth: 0,
         failed: vec![],
+        failed_total: 0,
         replication: "sync".into(),
     }
 }

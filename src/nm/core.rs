@@ -2184,15 +2184,16 @@ impl Core {
                 })
             })
             .collect();
-        let (pairs, queue_depth, failed, roles) = match self.status_reply(now_ms) {
+        let (pairs, queue_depth, failed, failed_total, roles) = match self.status_reply(now_ms) {
             Message::StatusReply {
                 pairs,
                 queue_depth,
                 failed,
+                failed_total,
                 servers,
                 ..
-            } => (pairs, queue_depth, failed, servers),
-            _ => (Vec::new(), 0, Vec::new(), Vec::new()),
+            } => (pairs, queue_depth, failed, failed_total, servers),
+            _ => (Vec::new(), 0, Vec::new(), 0, Vec::new()),
         };
         serde_json::json!({
             "replication": self.cfg.replication,
@@ -2202,6 +2203,7 @@ impl Core {
             "queue_depth": queue_depth,
             "replication_in_flight": self.running.len(),
             "failed": failed,
+            "failed_total": failed_total,
             "totals": {
                 "files": self.files.len(),
                 "users": self.users.len(),
@@ -3384,7 +3386,36 @@ impl Core {
     }
 
     fn status_reply(&self, now_ms: u64) -> Message {
-        let files_of = |primary: &str| self.files.values().filter(|r| r.ss == primary).count();
+        // One pass over the files and one over the owed jobs, whatever the number of servers.
+        let mut files_of: HashMap<&str, u64> = HashMap::new();
+        for r in self.files.values() {
+            *files_of.entry(r.ss.as_str()).or_default() += 1;
+        }
+        let mut owed_to: HashMap<&str, Owed> = HashMap::new();
+        let (mut queue_depth, mut failed_total, mut failed) = (0u64, 0u64, Vec::new());
+        for j in self.repl.values() {
+            let o = owed_to.entry(j.target.as_str()).or_default();
+            o.jobs += 1;
+            if matches!(j.want, Want::Content { .. }) {
+                o.bytes += self.files.get(&j.file).map_or(0, |r| r.size);
+            }
+            o.oldest_ms = Some(o.oldest_ms.map_or(j.since_ms, |t| t.min(j.since_ms)));
+            match j.state {
+                JobState::Pending => queue_depth += 1,
+                JobState::Failed => {
+                    failed_total += 1;
+                    if failed.len() < STATUS_FAILED_SHOWN {
+                        failed.push(FailedJob {
+                            file: j.file.clone(),
+                            target: j.target.clone(),
+                            attempts: j.attempts,
+                            error: clip(j.last_error.as_deref().unwrap_or_default()),
+                        });
+                    }
+                }
+            }
+        }
+        let files_of = |primary: &str| files_of.get(primary).copied().unwrap_or(0);
         let servers = self
             .servers
             .iter()
@@ -3392,9 +3423,9 @@ impl Core {
                 let primary = self.pairs.iter().find(|(_, b)| *b == n).map(|(p, _)| p);
                 let (role, files) = match primary {
                     Some(p) if self.writer_member(p) == Member::Backup => {
-                        ("backup (promoted)", files_of(p) as u64)
+                        ("backup (promoted)", files_of(p))
                     }
-                    Some(p) => ("backup", files_of(p) as u64),
+                    Some(p) => ("backup", files_of(p)),
                     None if self.is_backup(n) => ("backup", 0),
                     None if self.pairs.contains_key(n) => ("primary", s.files),
                     None => ("unpaired", s.files),
@@ -3415,25 +3446,14 @@ impl Core {
             .filter(|n| !self.is_backup(n) || self.pairs.contains_key(*n))
             .map(|p| {
                 let backup = self.pairs.get(p).cloned();
-                let owed: Vec<&ReplJob> = match &backup {
-                    Some(b) => self
-                        .repl
-                        .values()
-                        .filter(|j| &j.target == b || &j.target == p)
-                        .collect(),
-                    None => Vec::new(),
+                // Jobs owed to either member.
+                let owed = match &backup {
+                    Some(b) => [p.as_str(), b.as_str()]
+                        .iter()
+                        .filter_map(|m| owed_to.get(m))
+                        .fold(Owed::default(), |a, o| a.plus(o)),
+                    None => Owed::default(),
                 };
-                let lag_bytes = owed
-                    .iter()
-                    .filter(|j| matches!(j.want, Want::Content { .. }))
-                    .filter_map(|j| self.files.get(&j.file))
-                    .map(|r| r.size)
-                    .sum();
-                let lag_ms = owed
-                    .iter()
-                    .map(|j| now_ms.saturating_sub(j.since_ms))
-                    .max()
-                    .unwrap_or(0);
                 let st = self
                     .pair_states
                     .get(p)
@@ -3441,7 +3461,7 @@ impl Core {
                     .unwrap_or_else(PairRecord::new);
                 let state = match &backup {
                     None => "UNPAIRED",
-                    Some(b) => self.pair_state_name(p, b, &st, !owed.is_empty()),
+                    Some(b) => self.pair_state_name(p, b, &st, owed.jobs > 0),
                 };
                 let writer = backup.as_ref().and_then(|_| self.member_name(p, st.writer));
                 PairStatus {
@@ -3449,38 +3469,65 @@ impl Core {
                     backup,
                     state: state.to_string(),
                     epoch: st.epoch,
-                    lag_jobs: owed.len() as u64,
-                    lag_bytes,
-                    lag_ms,
+                    lag_jobs: owed.jobs,
+                    lag_bytes: owed.bytes,
+                    lag_ms: owed.oldest_ms.map_or(0, |t| now_ms.saturating_sub(t)),
                     writer,
                     sync_done: st.sync_done,
                     sync_total: st.sync_total,
                 }
             })
             .collect();
-        let failed = self
-            .repl
-            .values()
-            .filter(|j| j.state == JobState::Failed)
-            .map(|j| FailedJob {
-                file: j.file.clone(),
-                target: j.target.clone(),
-                attempts: j.attempts,
-                error: j.last_error.clone().unwrap_or_default(),
-            })
-            .collect();
         Message::StatusReply {
             servers,
             pairs,
-            queue_depth: self
-                .repl
-                .values()
-                .filter(|j| j.state == JobState::Pending)
-                .count() as u64,
+            queue_depth,
             failed,
+            failed_total,
             replication: self.cfg.replication.to_string(),
         }
     }
+}
+
+/// Most FAILED jobs one STATUS lists (it counts them all), so its reply stays one frame.
+pub const STATUS_FAILED_SHOWN: usize = 20;
+/// Most bytes of a FAILED job's error that STATUS shows.
+const STATUS_ERROR_BYTES: usize = 200;
+
+/// The replication jobs owed to one server, as STATUS sums them.
+#[derive(Default)]
+struct Owed {
+    jobs: u64,
+    /// Bytes of the content they carry.
+    bytes: u64,
+    /// When the oldest change among them was made.
+    oldest_ms: Option<u64>,
+}
+
+impl Owed {
+    fn plus(self, o: &Owed) -> Owed {
+        Owed {
+            jobs: self.jobs + o.jobs,
+            bytes: self.bytes + o.bytes,
+            oldest_ms: match (self.oldest_ms, o.oldest_ms) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+        }
+    }
+}
+
+/// `error` cut to at most [`STATUS_ERROR_BYTES`] (at a character boundary), marked with `…`
+/// when cut.
+fn clip(error: &str) -> String {
+    if error.len() <= STATUS_ERROR_BYTES {
+        return error.to_string();
+    }
+    let mut end = STATUS_ERROR_BYTES;
+    while !error.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &error[..end])
 }
 
 #[cfg(test)]
@@ -4477,6 +4524,57 @@ mod tests {
         assert!(c
             .take_batch()
             .contains(&StoreOp::DelJob(job_key("ss1_backup", "a.txt"))));
+    }
+
+    #[test]
+    fn status_lists_a_bounded_number_of_failed_jobs_and_counts_them_all() {
+        let mut c = core();
+        c.cfg.heartbeat_timeout_ms = 1 << 40;
+        let n = 3000;
+        let files: Vec<FileState> = (0..n)
+            .map(|i| {
+                st(
+                    &format!("file-with-a-longish-name-{i:05}.txt"),
+                    1,
+                    Some("alice"),
+                )
+            })
+            .collect();
+        register(&mut c, 1, "ss1", files);
+        register(&mut c, 2, "ss1_backup", vec![]);
+        assert_eq!(c.repl.len(), n);
+        // Every copy ran out of attempts, each with a long error.
+        for key in c.repl.keys_for("ss1_backup") {
+            c.repl.update(&key, |j| {
+                j.state = JobState::Failed;
+                j.attempts = replication::MAX_ATTEMPTS;
+                j.last_error = Some("no space left on device ".repeat(40));
+            });
+        }
+        hello(&mut c, 10, "alice");
+        let reply = only_reply(send(&mut c, 10, Message::Status {}, 50));
+        // The reply is one frame a client can read.
+        let mut wire = frame::encode(&reply, &[]);
+        assert!(frame::decode(&mut wire).unwrap().is_some());
+        let Message::StatusReply {
+            failed,
+            failed_total,
+            queue_depth,
+            pairs,
+            ..
+        } = reply
+        else {
+            panic!()
+        };
+        assert_eq!(failed_total, n as u64);
+        assert_eq!(failed.len(), STATUS_FAILED_SHOWN);
+        assert!(failed
+            .iter()
+            .all(|f| f.error.len() <= STATUS_ERROR_BYTES + '…'.len_utf8()));
+        assert!(failed[0].error.ends_with('…'));
+        assert_eq!(queue_depth, 0);
+        let p = pairs.iter().find(|p| p.primary == "ss1").unwrap();
+        assert_eq!(p.lag_jobs, n as u64);
     }
 
     #[test]

@@ -745,8 +745,12 @@ pub enum Message {
         pairs: Vec<PairStatus>,
         /// Replication jobs not yet done (pending or running).
         queue_depth: u64,
-        /// Jobs out of attempts, waiting for their target to come back.
+        /// Jobs out of attempts, waiting for their target to come back: the first
+        /// [`STATUS_FAILED_SHOWN`](crate::nm::core::STATUS_FAILED_SHOWN) of them.
         failed: Vec<FailedJob>,
+        /// How many jobs are out of attempts in all.
+        #[serde(default)]
+        failed_total: u64,
         /// `async` or `sync`.
         replication: String,
     },

@@ -449,6 +449,7 @@ fn status(c: &Cluster) -> StatusParts {
             queue_depth,
             failed,
             replication,
+            ..
         } => (servers, pairs, queue_depth, failed, replication),
         other => panic!("STATUS answered {other:?}"),
     }
