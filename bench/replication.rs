@@ -5,8 +5,9 @@
 //!   `rsync -a --fsync` to an rsync daemon on 127.0.0.1 that the bench starts and stops by PID,
 //!   and the floor for the two durable copies pairfs makes (two `cp` + fsync of the file, one
 //!   after the other and both at once, whichever is faster; primary and backup share a disk),
-//!   in rounds (default 3) that take turns on the disk, each figure the median of its rounds,
-//!   with the CPU time each storage server spent;
+//!   in rounds (default 3) that take turns on the disk, each figure the median of its rounds
+//!   and each ratio one of medians, with the CPU time each storage server spent and the highest
+//!   peak RSS of any round;
 //! * (b) replication lag, from the writer's COMMITTED (the moment the client prints
 //!   `Write Successful!`) to the backup holding the bytes, p50/p99 at 100 writes/s overall with
 //!   1 and 16 writers;
@@ -27,7 +28,7 @@ use super::{io_timeout, nm_session, ReplRowKind, Server, START_TIMEOUT_MS};
 use anyhow::{anyhow, bail, Context, Result};
 use pairfs::protocol::{frame::CHUNK_BYTES, AccessMode, Connection, FileState, Message};
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -186,13 +187,18 @@ fn upload_row(
     let med = |f: fn(&UploadRound) -> f64| median(rounds.iter().map(f).collect());
     let (cp_s, two_seq_s, two_par_s) =
         (med(|r| r.cp_s), med(|r| r.two_seq_s), med(|r| r.two_par_s));
-    let floor_s = med(|r| r.two_seq_s.min(r.two_par_s));
+    let floor_s = two_seq_s.min(two_par_s);
     let total_s = med(|r| r.total_s);
     let upload_s = med(|r| r.upload_s);
     let (cpu_ss1, cpu_backup) = (med(|r| r.cpu_ss1_s), med(|r| r.cpu_backup_s));
-    let last = rounds
-        .last()
-        .ok_or_else(|| anyhow!("no upload round ran"))?;
+    // The highest peak of any round.
+    let mut rss_mib = [0.0f64; 3];
+    for r in &rounds {
+        for (peak, m) in rss_mib.iter_mut().zip(r.rss_mib) {
+            *peak = peak.max(m);
+        }
+    }
+    fs::remove_file(&src)?;
     let spread = |f: fn(&UploadRound) -> f64| {
         let v: Vec<f64> = rounds.iter().map(f).collect();
         let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
@@ -217,13 +223,16 @@ fn upload_row(
     Ok(ReplRow {
         what: format!("(a) UPLOAD {mib} MiB until the backup holds it"),
         pairfs: format!(
-            "{total_s:.2} s, median of {n} rounds ({}; {:.0} MiB/s; upload answered at {upload_s:.2} s; CPU ss1 {cpu_ss1:.2} s, ss1_backup {cpu_backup:.2} s; peak RSS: nm {:.1} MiB, ss1 {:.1} MiB, ss1_backup {:.1} MiB)",
-            spread(|r| r.total_s),
+            "{total_s:.2} s{} ({:.0} MiB/s; upload answered at {upload_s:.2} s; CPU ss1 {cpu_ss1:.2} s, ss1_backup {cpu_backup:.2} s; peak RSS: nm {:.1} MiB, ss1 {:.1} MiB, ss1_backup {:.1} MiB)",
+            if rounds.len() > 1 {
+                format!(", median of {} rounds ({})", rounds.len(), spread(|r| r.total_s))
+            } else {
+                String::new()
+            },
             mb_s(total_s),
-            last.rss_mib[0],
-            last.rss_mib[1],
-            last.rss_mib[2],
-            n = rounds.len(),
+            rss_mib[0],
+            rss_mib[1],
+            rss_mib[2],
         ),
         baseline,
         ratio,
@@ -257,6 +266,8 @@ fn upload_round(
 ) -> Result<UploadRound> {
     fs::create_dir_all(dir)?;
     let size = fs::metadata(src)?.len();
+    // Every contender reads the source from the page cache, the first as much as the last.
+    io::copy(&mut File::open(src)?, &mut io::sink())?;
     let cp_dst = dir.join("cp_copy.bin");
     let cp_s = timed(|| cp_fsync(src, &cp_dst))?;
     fs::remove_file(&cp_dst)?;
@@ -282,6 +293,9 @@ fn upload_round(
         Some(d) => Some(d.push_fresh(src, "upload")?),
         None => None,
     };
+    if let Some(d) = rsync {
+        d.remove(src, "upload")?;
+    }
 
     let pair = Pair::start(bin_dir, dir, &[])?;
     let cpu = |s: &Option<Server>| s.as_ref().map_or(Ok(0.0), Server::cpu_s);
@@ -948,13 +962,19 @@ impl RsyncDaemon {
     /// [`RsyncDaemon::push`] of one file into `dest/`, with any copy an earlier push left there
     /// removed first (else rsync would find it current and send nothing).
     fn push_fresh(&self, src: &Path, dest: &str) -> Result<f64> {
+        self.remove(src, dest)?;
+        self.push(src, &format!("{dest}/"))
+    }
+
+    /// Removes the copy of `src` a push left in `dest/`, if any.
+    fn remove(&self, src: &Path, dest: &str) -> Result<()> {
         if let Some(name) = src.file_name() {
             let old = self.root.join(dest).join(name);
             if old.exists() {
                 fs::remove_file(&old)?;
             }
         }
-        self.push(src, &format!("{dest}/"))
+        Ok(())
     }
 
     /// Like [`RsyncDaemon::push`] for a directory's contents.
