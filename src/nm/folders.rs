@@ -354,7 +354,8 @@ impl Core {
             } else {
                 self.drop_move_intent(&from);
                 log::info!(target: ev::NM_FILE_CHANGE, file = from.as_str(), to = m.to.as_str();
-                    "the interrupted move of {from} to {} did not happen on {ss}; {from} stays", m.to);
+                    "the interrupted move of {from} to {} is not credited ({ss} holds the old name: {old}, the new: {new}, epoch {} then, {} now); {from} stays",
+                    m.to, m.epoch, self.epoch_of(ss));
             }
             released.push(from);
             released.push(m.to);
