@@ -104,6 +104,8 @@ fn main() {
             .cluster_key_file
             .unwrap_or_else(pairfs::auth::default_key_path),
         max_connections: cli.max_connections as usize,
+        // Test hook only (see nm::worker::NmFault); read once, at start.
+        fault: nm::worker::NmFault::from_env(std::env::var("PAIRFS_FAULT_NM").ok().as_deref()),
     };
     if let Err(e) = nm::run(&cfg) {
         log::error!(target: pairfs::logging::ev::SHUTDOWN, "name server failed: {e}");

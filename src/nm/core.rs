@@ -12,7 +12,7 @@ mod folders;
 #[path = "requests.rs"]
 mod requests;
 
-pub use folders::FolderRecord;
+pub use folders::{FolderRecord, MoveIntent};
 
 use super::replication::{self, job_key, JobState, Outcome, ReplJob, Transfer, Want};
 use crate::auth::{ClusterKey, NonceMemory, RegisterClaim, NM_USER, PROOF_SKEW_MS};
@@ -283,6 +283,10 @@ pub enum StoreOp {
     DelRequest(u64),
     /// The next access-request id (the counter only rises).
     PutNextRequest(u64),
+    /// Record a MOVE about to be sent, keyed by the file's old name.
+    PutMove(String, MoveIntent),
+    /// Remove a MOVE's intent (settled: moved, refused, or found not to have happened).
+    DelMove(String),
 }
 
 /// The durable state as loaded at startup.
@@ -306,6 +310,8 @@ pub struct Loaded {
     pub requests: BTreeMap<u64, AccessRequest>,
     /// The next access-request id (0 when none was ever given).
     pub next_request: u64,
+    /// MOVEs not settled when the name server stopped, by the file's old name.
+    pub moves: BTreeMap<String, MoveIntent>,
 }
 
 /// Blocking work for the worker pool.
@@ -387,6 +393,9 @@ pub enum Effect {
     },
     /// Run a job on the worker pool.
     Job(Job),
+    /// Run a job on the worker pool once everything before it is durable (a MOVE's intent
+    /// must be on disk before the storage server renames the file).
+    DurableJob(Job),
 }
 
 /// Registration proofs remembered at once (each for its few minutes of validity).
@@ -565,6 +574,8 @@ pub struct Core {
     requests: BTreeMap<u64, AccessRequest>,
     /// The next access-request id (durable; only rises).
     next_request: u64,
+    /// MOVEs sent (or about to be) and not yet settled, by the file's old name (durable).
+    moves: BTreeMap<String, MoveIntent>,
 }
 
 fn not_found(file: &str) -> WireError {
@@ -629,7 +640,15 @@ impl Core {
             .map_or(1, |id| id + 1)
             .max(loaded.next_request)
             .max(1);
+        // A MOVE the last run left unsettled keeps both names reserved until the server it
+        // was sent to registers and shows whether it renamed the file.
+        let mut busy_files: HashMap<String, VecDeque<Pending>> = HashMap::new();
+        for (from, m) in &loaded.moves {
+            busy_files.entry(from.clone()).or_default();
+            busy_files.entry(m.to.clone()).or_default();
+        }
         Core {
+            moves: loaded.moves,
             folders: loaded.folders,
             requests: loaded.requests,
             next_request,
@@ -640,7 +659,7 @@ impl Core {
             files: loaded.files,
             servers,
             peers: HashMap::new(),
-            busy_files: HashMap::new(),
+            busy_files,
             jobs: HashMap::new(),
             introducing: HashMap::new(),
             next_job: 1,
@@ -850,8 +869,14 @@ impl Core {
     fn new_job(&mut self, kind: JobKind, flight: InFlight) {
         let id = self.next_job;
         self.next_job += 1;
+        let durable_first = matches!(flight.purpose, Purpose::Move { .. });
         self.jobs.insert(id, flight);
-        self.out.push(Effect::Job(Job { id, kind }));
+        let job = Job { id, kind };
+        self.out.push(if durable_first {
+            Effect::DurableJob(job)
+        } else {
+            Effect::Job(job)
+        });
     }
 
     /// Handles one frame from a connection.
@@ -1042,6 +1067,7 @@ impl Core {
                 self.pair_up(&name, &b);
             }
         }
+        let released = self.resolve_moves(&name, &files, now_ms);
         let (adopted, updated, removed) = match self.membership(&name) {
             Some((p, m)) => {
                 if was_down {
@@ -1085,6 +1111,9 @@ impl Core {
         self.push_all_folders(&name);
         // A server is up again: jobs parked for want of a source may have one now.
         self.repl.unpark_all();
+        for f in released {
+            self.next_for_file(&f, now_ms);
+        }
         self.pump_replication(now_ms);
     }
 
@@ -2069,6 +2098,11 @@ impl Core {
                     output,
                 ))
             }
+            (Purpose::Move { .. }, Err(e)) => {
+                // The storage server refused (or could not be reached): the file stays.
+                self.drop_move_intent(&file);
+                Err(e)
+            }
             (Purpose::Exec { user, .. }, Err(e)) => {
                 log::info!(target: ev::NM_EXEC, file = file.as_str(), user = user.as_str();
                     "EXEC of {file} failed: {}", e.msg);
@@ -2114,6 +2148,7 @@ impl Core {
         let mut touched = vec![flight.file.clone()];
         if let Purpose::Move { to } = &flight.purpose {
             touched.push(to.clone());
+            self.drop_move_intent(&flight.file);
         }
         let member = self.membership(&ss).map(|(_, m)| m);
         log::warn!(target: ev::NM_SS_RECOVERY, file = flight.file.as_str(), ss = ss.as_str(), epoch = epoch;
@@ -4988,7 +5023,18 @@ mod tests {
             let m = only_reply(send(&mut c, user, mv(file, to), 5));
             assert_eq!(code(m), want, "MOVE {file} {to}");
         }
-        let job = only_job(send(&mut c, 10, mv("a.txt", "/d/"), 5));
+        c.take_batch();
+        // The call waits for the move's intent to be durable.
+        let job = match &send(&mut c, 10, mv("a.txt", "/d/"), 5)[..] {
+            [Effect::DurableJob(j)] => j.clone(),
+            other => panic!("expected one job held for the store, got {other:?}"),
+        };
+        assert!(
+            c.take_batch().iter().any(
+                |op| matches!(op, StoreOp::PutMove(f, m) if f == "a.txt" && m.to == "d/a.txt")
+            ),
+            "no intent written"
+        );
         let JobKind::SsCall {
             msg: Message::SsMove { file, to, ticket },
             ..
@@ -5023,6 +5069,8 @@ mod tests {
         assert_eq!(replies[0], &Message::Done {});
         assert_eq!(code(replies[1].clone()), ErrorCode::Conflict);
         assert!(!c.files.contains_key("a.txt"));
+        assert!(c.take_batch().contains(&StoreOp::DelMove("a.txt".into())));
+        assert!(c.moves.is_empty());
         let after = &c.files["d/a.txt"];
         assert_eq!(
             (&after.owner, &after.access, after.version),
@@ -5036,6 +5084,86 @@ mod tests {
                 version: after.version
             }
         );
+    }
+
+    #[test]
+    fn a_move_left_unsettled_is_settled_by_what_its_server_registers_with() {
+        let mut rec = FileRecord {
+            owner: "alice".into(),
+            ss: "ss1".into(),
+            version: Version {
+                epoch: EPOCH,
+                counter: 3,
+            },
+            checksum: 3,
+            size: 3,
+            words: 1,
+            chars: 3,
+            created_ms: 1,
+            modified_ms: 2,
+            access: BTreeMap::from([("bob".to_string(), false)]),
+            accessed_ms: None,
+            accessed_by: None,
+            primary_missing: false,
+            backup_version: None,
+            primary_held: None,
+            epoch_base: None,
+        };
+        rec.held_only_by(Member::Primary, rec.version);
+        let intent = MoveIntent {
+            to: "d/a.txt".into(),
+            ss: "ss1".into(),
+            epoch: EPOCH,
+            record: rec.clone(),
+        };
+        let restarted = || {
+            let mut loaded = Loaded::default();
+            loaded.files.insert("a.txt".into(), rec.clone());
+            loaded.moves.insert("a.txt".into(), intent.clone());
+            loaded.folders.insert(
+                "d".into(),
+                FolderRecord {
+                    owner: "alice".into(),
+                    created_ms: 1,
+                },
+            );
+            let mut c = Core::new(core().cfg.clone(), ClusterKey::from_bytes(KEY), loaded);
+            hello(&mut c, 10, "alice");
+            c
+        };
+        let create_new_name = |c: &mut Core| {
+            send(
+                c,
+                10,
+                Message::Create {
+                    file: "/d/a.txt".into(),
+                },
+                5,
+            )
+        };
+        // Renamed: the record moves whole, and the intent goes in the same batch.
+        let mut c = restarted();
+        assert!(
+            create_new_name(&mut c).is_empty(),
+            "the new name is reserved"
+        );
+        register(&mut c, 1, "ss1", vec![st("d/a.txt", 3, Some("alice"))]);
+        assert!(!c.files.contains_key("a.txt"));
+        assert_eq!(c.files["d/a.txt"].access, rec.access);
+        assert!(c.take_batch().contains(&StoreOp::DelMove("a.txt".into())));
+        assert!(c.moves.is_empty() && !c.busy_files.contains_key("a.txt"));
+        // Not renamed: the record stays, both names are free.
+        let mut c = restarted();
+        register(&mut c, 1, "ss1", vec![st("a.txt", 3, Some("alice"))]);
+        assert_eq!(c.files["a.txt"], rec);
+        assert!(!c.files.contains_key("d/a.txt"));
+        assert!(c.moves.is_empty() && c.busy_files.is_empty());
+        assert!(!create_new_name(&mut c).is_empty(), "the new name is free");
+        // Neither name: nothing is known, the intent and the reservations stay.
+        let mut c = restarted();
+        register(&mut c, 1, "ss1", vec![]);
+        assert!(c.moves.contains_key("a.txt") && c.busy_files.contains_key("d/a.txt"));
+        assert_eq!(c.files["a.txt"].access, rec.access);
     }
 
     #[test]

@@ -25,6 +25,22 @@ pub struct FolderRecord {
     pub created_ms: u64,
 }
 
+/// A MOVE whose storage-server call may have run (stored as JSON in the `moves` table, keyed
+/// by the file's old name). It is durable before SS_MOVE is sent and removed in the batch that
+/// settles the move (the record moved, or the refusal heard), so a name server that dies in
+/// between settles it when that server registers again, by what it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveIntent {
+    /// The new name.
+    pub to: String,
+    /// The server SS_MOVE was sent to (the pair's writer then).
+    pub ss: String,
+    /// The epoch its ticket carried.
+    pub epoch: u64,
+    /// The file's record when the move started (what moves, should the record be gone).
+    pub record: FileRecord,
+}
+
 /// The last components of the keys of `map` directly under `prefix` (`""` or `"p/"`), in
 /// order: one range scan that jumps over every deeper subtree.
 fn children<V>(map: &BTreeMap<String, V>, prefix: &str) -> Vec<String> {
@@ -259,6 +275,7 @@ impl Core {
             )));
         }
         let (ss, addr, epoch) = self.writer_for(rec, canon, true)?;
+        let record = rec.clone();
         self.refuse_if_removing(&ss, &to, now_ms)?;
         let subject = names::move_subject(canon, &to);
         let ticket = self
@@ -269,7 +286,88 @@ impl Core {
             to: to.clone(),
             ticket,
         };
+        let intent = MoveIntent {
+            to: to.clone(),
+            ss,
+            epoch,
+            record,
+        };
+        self.batch
+            .push(StoreOp::PutMove(canon.to_string(), intent.clone()));
+        self.moves.insert(canon.to_string(), intent);
         Ok((JobKind::SsCall { addr, msg }, Purpose::Move { to }))
+    }
+
+    /// Removes the intent of the MOVE of `from` (settled one way or the other).
+    pub(super) fn drop_move_intent(&mut self, from: &str) {
+        if self.moves.remove(from).is_some() {
+            self.batch.push(StoreOp::DelMove(from.to_string()));
+        }
+    }
+
+    /// Settles the MOVEs an earlier run of the name server left unsettled whose SS_MOVE went
+    /// to `ss`, which registers holding `list`: the file under its new name only → the move
+    /// happened and completes as it would have (record, access, requests and the backup's
+    /// rows); under its old name only → it did not happen (its client never heard an answer)
+    /// and is forgotten. Both names → the rename did not complete (the storage server's scan
+    /// removes a half-made move), so the record stays under the old name and the other copy
+    /// is what registration makes of any unknown file. Neither → nothing is known yet: the
+    /// intent and both reservations stay until a registration shows one of them. A move whose
+    /// pair changed writers since is forgotten whatever the server holds: its rename, if any,
+    /// is not credited (the fence of [`Core::fenced_result`]) and that copy is reconciled like
+    /// any other. Returns the names to release once the registration is done.
+    pub(super) fn resolve_moves(
+        &mut self,
+        ss: &str,
+        list: &[FileState],
+        now_ms: u64,
+    ) -> Vec<String> {
+        let open: Vec<(String, MoveIntent)> = self
+            .moves
+            .iter()
+            .filter(|(from, m)| m.ss == ss && !self.move_in_flight(from))
+            .map(|(f, m)| (f.clone(), m.clone()))
+            .collect();
+        if open.is_empty() {
+            return Vec::new();
+        }
+        let held: BTreeSet<String> = list
+            .iter()
+            .filter_map(|st| names::canonical_file(&st.file).ok())
+            .collect();
+        let mut released = Vec::new();
+        for (from, m) in open {
+            let (old, new) = (held.contains(&from), held.contains(&m.to));
+            let same_epoch = self.epoch_of(ss) == m.epoch;
+            if same_epoch && !old && !new {
+                log::warn!(target: ev::NM_FILE_CHANGE, file = from.as_str(), to = m.to.as_str(), ss = ss;
+                    "{ss} holds neither {from} nor {}: the interrupted move stays unsettled", m.to);
+                continue;
+            }
+            if same_epoch && !old && new {
+                if !self.files.contains_key(&from) {
+                    self.put_file(&from, m.record.clone());
+                }
+                self.finish_move(&from, &m.to, now_ms);
+                log::info!(target: ev::NM_FILE_CHANGE, file = from.as_str(), to = m.to.as_str();
+                    "moved {from} to {}: {ss} had renamed it before the name server stopped", m.to);
+            } else {
+                self.drop_move_intent(&from);
+                log::info!(target: ev::NM_FILE_CHANGE, file = from.as_str(), to = m.to.as_str();
+                    "the interrupted move of {from} to {} is not credited ({ss} holds the old name: {old}, the new: {new}, epoch {} then, {} now); {from} stays",
+                    m.to, m.epoch, self.epoch_of(ss));
+            }
+            released.push(from);
+            released.push(m.to);
+        }
+        released
+    }
+
+    /// Whether this run's MOVE of `from` is still waiting for its storage server.
+    fn move_in_flight(&self, from: &str) -> bool {
+        self.jobs
+            .values()
+            .any(|f| f.file == from && matches!(f.purpose, Purpose::Move { .. }))
     }
 
     /// The storage server renamed the file: the record (owner, access, version) moves with
@@ -286,6 +384,7 @@ impl Core {
         rec.held_only_by(writer, version);
         self.put_file(to, rec);
         self.rename_requests(from, to);
+        self.drop_move_intent(from);
         self.owe_delete(&ss, from, now_ms);
         self.owe(to, false, now_ms)
     }

@@ -93,6 +93,9 @@ pub struct Config {
     pub cluster_key_file: PathBuf,
     /// Most simultaneous connections.
     pub max_connections: usize,
+    /// Test hook: exit around a MOVE's storage-server call (`PAIRFS_FAULT_NM` of `bin_nm`;
+    /// see [`worker::NmFault`]).
+    pub fault: Option<worker::NmFault>,
 }
 
 impl Default for Config {
@@ -111,6 +114,7 @@ impl Default for Config {
             exec_enabled: true,
             cluster_key_file: crate::auth::default_key_path(),
             max_connections: 1024,
+            fault: None,
         }
     }
 }
@@ -206,26 +210,28 @@ pub fn start(cfg: &Config) -> Result<Started, NmError> {
     let notify: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
         let _ = w.wake();
     });
+    let pool = worker::Pool {
+        name: "worker",
+        workers: CLIENT_CALL_WORKERS,
+        exec_timeout_s: cfg.exec_timeout_s,
+        fault: cfg.fault,
+    };
     worker::spawn(
-        CLIENT_CALL_WORKERS,
+        pool,
         jobs_rx,
         results_tx.clone(),
-        cfg.exec_timeout_s,
         key.clone(),
-        "worker",
         notify.clone(),
     )
     .map_err(io_err("start workers"))?;
-    worker::spawn(
-        cfg.workers,
-        repl_rx,
-        results_tx,
-        cfg.exec_timeout_s,
-        key,
-        "replicator",
-        notify,
-    )
-    .map_err(io_err("start replication workers"))?;
+    let pool = worker::Pool {
+        name: "replicator",
+        workers: cfg.workers,
+        fault: None,
+        ..pool
+    };
+    worker::spawn(pool, repl_rx, results_tx, key, notify)
+        .map_err(io_err("start replication workers"))?;
     srv.attach(server::Links {
         store_tx,
         store_rx,

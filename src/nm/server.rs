@@ -94,6 +94,8 @@ pub struct Server {
     assigned_seq: u64,
     committed_seq: u64,
     backlog: VecDeque<Batch>,
+    /// Jobs that wait for the batch sequence they were produced with to be durable.
+    held_jobs: VecDeque<(u64, Job)>,
     stop: Arc<AtomicBool>,
     snapshot: Option<Arc<Mutex<String>>>,
     links: Option<Links>,
@@ -139,6 +141,7 @@ impl Server {
             assigned_seq: 0,
             committed_seq: 0,
             backlog: VecDeque::new(),
+            held_jobs: VecDeque::new(),
             stop: Arc::new(AtomicBool::new(false)),
             snapshot,
             links: None,
@@ -432,12 +435,25 @@ impl Server {
     /// Applies effects until none are left, ships the batch, releases durable replies.
     fn settle(&mut self) {
         loop {
+            while self
+                .held_jobs
+                .front()
+                .is_some_and(|(s, _)| *s <= self.committed_seq)
+            {
+                if let Some((_, job)) = self.held_jobs.pop_front() {
+                    self.dispatch(job);
+                }
+            }
             let batch = self.core.take_batch();
             if !batch.is_empty() {
                 self.ship(batch);
             }
             let effects = self.core.take_effects();
-            if effects.is_empty() {
+            let ready = self
+                .held_jobs
+                .front()
+                .is_some_and(|(s, _)| *s <= self.committed_seq);
+            if effects.is_empty() && !ready {
                 break;
             }
             let mut busy_changed = false;
@@ -457,6 +473,7 @@ impl Server {
                         }
                     }
                     Effect::Job(job) => self.dispatch(job),
+                    Effect::DurableJob(job) => self.held_jobs.push_back((self.assigned_seq, job)),
                 }
             }
             if busy_changed {

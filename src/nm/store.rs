@@ -13,6 +13,7 @@
 //! | `jobs`    | `target\nfile`   | `replication::ReplJob`                  |
 //! | `folders` | canonical name   | `core::FolderRecord`                    |
 //! | `requests`| id, 20 digits    | `protocol::AccessRequest`               |
+//! | `moves`   | old canonical name | `core::MoveIntent` (a MOVE not settled) |
 //! | `meta`    | `schema`         | `"1"`                                   |
 //! | `meta`    | `next_request`   | the next access-request id (decimal)    |
 //!
@@ -25,7 +26,9 @@
 //! write transaction with `Durability::Immediate`, commits, and reports the highest committed
 //! sequence number back; so many concurrent clients share one fsync.
 
-use super::core::{FileRecord, FolderRecord, Loaded, PairRecord, ServerRecord, StoreOp};
+use super::core::{
+    FileRecord, FolderRecord, Loaded, MoveIntent, PairRecord, ServerRecord, StoreOp,
+};
 use super::replication::ReplJob;
 use crate::protocol::AccessRequest;
 use crossbeam_channel::{Receiver, Sender};
@@ -42,6 +45,7 @@ const JOBS: TableDefinition<&str, &str> = TableDefinition::new("jobs");
 const PAIR_STATES: TableDefinition<&str, &str> = TableDefinition::new("pair_states");
 const FOLDERS: TableDefinition<&str, &str> = TableDefinition::new("folders");
 const REQUESTS: TableDefinition<&str, &str> = TableDefinition::new("requests");
+const MOVES: TableDefinition<&str, &str> = TableDefinition::new("moves");
 /// The `meta` key of the access-request counter.
 const NEXT_REQUEST: &str = "next_request";
 
@@ -131,6 +135,7 @@ impl Store {
             txn.open_table(PAIR_STATES).map_err(dberr)?;
             txn.open_table(FOLDERS).map_err(dberr)?;
             txn.open_table(REQUESTS).map_err(dberr)?;
+            txn.open_table(MOVES).map_err(dberr)?;
             let mut meta = txn.open_table(META).map_err(dberr)?;
             meta.insert("schema", "1").map_err(dberr)?;
         }
@@ -189,6 +194,12 @@ impl Store {
             let r: AccessRequest = parse(k.value(), v.value())?;
             loaded.requests.insert(r.id, r);
         }
+        let moves = txn.open_table(MOVES).map_err(dberr)?;
+        for item in moves.iter().map_err(dberr)? {
+            let (k, v) = item.map_err(dberr)?;
+            let m: MoveIntent = parse(k.value(), v.value())?;
+            loaded.moves.insert(k.value().to_string(), m);
+        }
         let meta = txn.open_table(META).map_err(dberr)?;
         if let Some(v) = meta.get(NEXT_REQUEST).map_err(dberr)? {
             loaded.next_request = parse(NEXT_REQUEST, v.value())?;
@@ -209,6 +220,7 @@ impl Store {
             let mut states = txn.open_table(PAIR_STATES).map_err(dberr)?;
             let mut folders = txn.open_table(FOLDERS).map_err(dberr)?;
             let mut requests = txn.open_table(REQUESTS).map_err(dberr)?;
+            let mut moves = txn.open_table(MOVES).map_err(dberr)?;
             let mut meta = txn.open_table(META).map_err(dberr)?;
             for op in batches.iter().flat_map(|b| b.ops.iter()) {
                 match op {
@@ -257,6 +269,13 @@ impl Store {
                     StoreOp::PutNextRequest(n) => {
                         let v = n.to_string();
                         meta.insert(NEXT_REQUEST, v.as_str()).map_err(dberr)?;
+                    }
+                    StoreOp::PutMove(f, m) => {
+                        let v = to_json(f, m)?;
+                        moves.insert(f.as_str(), v.as_str()).map_err(dberr)?;
+                    }
+                    StoreOp::DelMove(f) => {
+                        moves.remove(f.as_str()).map_err(dberr)?;
                     }
                 }
             }
@@ -462,6 +481,31 @@ mod tests {
         assert_eq!(l.folders["docs"], folder);
         assert_eq!(l.requests.values().collect::<Vec<_>>(), vec![&req(2)]);
         assert_eq!(l.next_request, 3);
+    }
+
+    #[test]
+    fn move_intents_survive_reopen_until_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let m = |to: &str| MoveIntent {
+            to: to.into(),
+            ss: "ss1".into(),
+            epoch: 2,
+            record: rec("alice"),
+        };
+        {
+            let s = Store::open(d.path()).unwrap();
+            let ops = vec![
+                StoreOp::PutMove("a.txt".into(), m("d/a.txt")),
+                StoreOp::PutMove("b.txt".into(), m("d/b.txt")),
+                StoreOp::DelMove("b.txt".into()),
+            ];
+            s.commit(&[Batch { seq: 1, ops }]).unwrap();
+        }
+        let l = Store::open(d.path()).unwrap().load().unwrap();
+        assert_eq!(
+            l.moves,
+            BTreeMap::from([("a.txt".to_string(), m("d/a.txt"))])
+        );
     }
 
     #[test]

@@ -28,17 +28,70 @@ pub const EXEC_MAX_PROCESSES: u64 = 64;
 /// A job's result as it returns to the loop.
 pub type JobResult = (JobId, Result<JobOutput, WireError>);
 
-/// Starts `workers` threads taking jobs from `jobs`; each result is sent on `results` and then
-/// `notify` is called.
+/// Test hooks that kill the name server around a MOVE's storage-server call
+/// (`PAIRFS_FAULT_NM` of `bin_nm`), so the recovery of its durable intent can be tested end to
+/// end at the instants that matter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NmFault {
+    /// Exit just before SS_MOVE is sent (the intent is durable, nothing renamed).
+    ExitBeforeSsMove,
+    /// Exit just after SS_MOVE succeeded, before the loop hears of it (renamed, nothing
+    /// committed on the name server).
+    ExitAfterSsMove,
+}
+
+impl NmFault {
+    /// The hook named by `PAIRFS_FAULT_NM` (`exit-before-ss-move` or `exit-after-ss-move`).
+    pub fn from_env(v: Option<&str>) -> Option<NmFault> {
+        match v {
+            Some("exit-before-ss-move") => Some(NmFault::ExitBeforeSsMove),
+            Some("exit-after-ss-move") => Some(NmFault::ExitAfterSsMove),
+            _ => None,
+        }
+    }
+
+    /// Exits the process (status 86) when `fault` is the hook for instant `at` of a MOVE.
+    fn exit_at(fault: Option<NmFault>, at: NmFault, msg: &Message) {
+        let Message::SsMove { file, .. } = msg else {
+            return;
+        };
+        if fault == Some(at) {
+            log::warn!(target: crate::logging::ev::NM_FILE_CHANGE, file = file.as_str();
+                "test hook PAIRFS_FAULT_NM={at:?}: exiting at the SS_MOVE of {file}");
+            log::logger().flush();
+            std::process::exit(86);
+        }
+    }
+}
+
+/// The shape of one worker pool.
+#[derive(Debug, Clone, Copy)]
+pub struct Pool {
+    /// Names its threads (`nm-<name>-<i>`).
+    pub name: &'static str,
+    /// Threads.
+    pub workers: usize,
+    /// EXEC wall-clock limit in seconds.
+    pub exec_timeout_s: u64,
+    /// The test hook its calls obey, if any.
+    pub fault: Option<NmFault>,
+}
+
+/// Starts `pool.workers` threads taking jobs from `jobs`; each result is sent on `results` and
+/// then `notify` is called.
 pub fn spawn(
-    workers: usize,
+    pool: Pool,
     jobs: Receiver<Job>,
     results: Sender<JobResult>,
-    exec_timeout_s: u64,
     key: ClusterKey,
-    name: &str,
     notify: Arc<dyn Fn() + Send + Sync>,
 ) -> std::io::Result<()> {
+    let Pool {
+        name,
+        workers,
+        exec_timeout_s,
+        fault,
+    } = pool;
     let limits = ExecLimits {
         timeout: Duration::from_secs(exec_timeout_s),
         max_output_bytes: EXEC_OUTPUT_BYTES,
@@ -55,7 +108,7 @@ pub fn spawn(
             .name(format!("nm-{name}-{i}"))
             .spawn(move || {
                 while let Ok(job) = jobs.recv() {
-                    let (done, alone) = run_some(job, &jobs, &limits, &key);
+                    let (done, alone) = run_some(job, &jobs, &limits, &key, fault);
                     for (id, out) in done {
                         if results.send((id, out)).is_err() {
                             return;
@@ -89,9 +142,13 @@ fn run_some(
     jobs: &Receiver<Job>,
     limits: &ExecLimits,
     key: &ClusterKey,
+    fault: Option<NmFault>,
 ) -> (Vec<JobResult>, Vec<(JobId, replication::Transfer)>) {
     let JobKind::Replicate(lead) = &first.kind else {
-        return (vec![(first.id, run(&first.kind, limits, key))], vec![]);
+        return (
+            vec![(first.id, run(&first.kind, limits, key, fault))],
+            vec![],
+        );
     };
     let mut batch: Vec<(JobId, replication::Transfer)> = Vec::new();
     let mut others = Vec::new();
@@ -128,18 +185,27 @@ fn run_some(
         }
     }
     for job in others {
-        out.push((job.id, run(&job.kind, limits, key)));
+        out.push((job.id, run(&job.kind, limits, key, fault)));
     }
     (out, alone)
 }
 
 /// Runs one job, blocking.
-pub fn run(kind: &JobKind, limits: &ExecLimits, key: &ClusterKey) -> Result<JobOutput, WireError> {
+pub fn run(
+    kind: &JobKind,
+    limits: &ExecLimits,
+    key: &ClusterKey,
+    fault: Option<NmFault>,
+) -> Result<JobOutput, WireError> {
     match kind {
         JobKind::Replicate(t) => replication::run(t, key).map(JobOutput::Replicated),
         JobKind::SsCall { addr, msg } => {
             let mut conn = connect(addr)?;
-            match conn.call(msg, &[])?.msg {
+            NmFault::exit_at(fault, NmFault::ExitBeforeSsMove, msg);
+            // An error answer returns here, so only a successful SS_MOVE reaches the hook.
+            let answer = conn.call(msg, &[])?.msg;
+            NmFault::exit_at(fault, NmFault::ExitAfterSsMove, msg);
+            match answer {
                 Message::FileStateReply { state } => Ok(JobOutput::State(state)),
                 Message::Done {} => Ok(JobOutput::Done),
                 Message::Checked {

@@ -177,3 +177,91 @@ fn folders_survive_a_name_server_restart() {
         .run("VIEWFOLDER /p\nVIEWFOLDER /p/q\n")
         .assert_lines(&["[DIR] q", "--> a.txt"]);
 }
+
+/// A name server killed at `hook` (a `PAIRFS_FAULT_NM` value) while it moves `a.txt`, owned by
+/// alice, readable by bob, with carol's access request pending, from the root of a pair into
+/// `/p`; restarted without the hook, with both members registered again. Returns the cluster.
+fn move_cut_by_a_name_server_crash(hook: &str) -> Cluster {
+    let mut c = Cluster::builder().pair().start();
+    let alice = c.client("alice");
+    alice
+        .run("CREATEFOLDER /p\nCREATE a.txt\nWRITE a.txt 0\n0 Kept whole.\nETIRW\nADDACCESS -R a.txt bob\n")
+        .assert_code(0);
+    c.client("carol")
+        .run("RACC a.txt R\n")
+        .assert_lines(&["Access request created with ID #1"]);
+    wait_file_replicated(&c, "ss1", "ss1_backup", "a.txt");
+    c.kill9("nm");
+    c.restart_with_env("nm", "PAIRFS_FAULT_NM", hook);
+    // The client hears nothing useful: the name server dies under it.
+    alice
+        .run("MOVE a.txt /p\n")
+        .assert_lacks("File moved successfully!");
+    assert_eq!(c.nm.wait_exit(WAIT), Some(86), "{}", c.log("nm").tail());
+    c.clear_env("nm", "PAIRFS_FAULT_NM");
+    c.restart("nm");
+    c
+}
+
+#[test]
+fn a_move_renamed_before_the_name_server_died_keeps_owner_and_access() {
+    let c = move_cut_by_a_name_server_crash("exit-after-ss-move");
+    // The storage server had renamed it: the move completes with the whole record.
+    let alice = c.client("alice");
+    alice
+        .run("INFO /p/a.txt\n")
+        .assert_contains("Owner: alice\n")
+        .assert_contains("Access: alice (RW), bob (R)\n");
+    alice
+        .run("INFO a.txt\n")
+        .assert_lines(&["ERROR [NOT_FOUND]: File not found: a.txt"]);
+    c.client("bob")
+        .run("READ /p/a.txt\n")
+        .assert_lines(&["Kept whole."]);
+    alice
+        .run("VIEWACCR\n")
+        .assert_contains("| #1 | carol ")
+        .assert_contains("| /p/a.txt ");
+    // The backup follows: the file under its new name only.
+    wait_file_absent(&c, "ss1_backup", "a.txt");
+    wait_trees_equal(&c, "ss1", "ss1_backup");
+    assert_eq!(
+        file_on_disk(&c, "ss1_backup", "p/a.txt"),
+        Some(b"Kept whole.".to_vec())
+    );
+    // The new name is settled: it moves on as any file.
+    alice
+        .run("MOVE /p/a.txt /\n")
+        .assert_lines(&["File moved successfully!"]);
+}
+
+#[test]
+fn a_move_cut_before_the_storage_server_renamed_leaves_the_file_in_place() {
+    let c = move_cut_by_a_name_server_crash("exit-before-ss-move");
+    let alice = c.client("alice");
+    alice
+        .run("INFO a.txt\n")
+        .assert_contains("Owner: alice\n")
+        .assert_contains("Access: alice (RW), bob (R)\n");
+    alice
+        .run("INFO /p/a.txt\n")
+        .assert_lines(&["ERROR [NOT_FOUND]: File not found: /p/a.txt"]);
+    c.client("bob")
+        .run("READ a.txt\n")
+        .assert_lines(&["Kept whole."]);
+    alice
+        .run("VIEWACCR\n")
+        .assert_contains("| #1 | carol ")
+        .assert_contains("| a.txt ");
+    // Both names are free again (a CREATE of a reserved name would wait): the new name can be
+    // made and removed, and the move made.
+    alice
+        .run("CREATE /p/a.txt\nDELETE /p/a.txt\nMOVE a.txt /p\n")
+        .assert_lines(&[
+            "File Created Successfully!",
+            "File deleted successfully!",
+            "File moved successfully!",
+        ]);
+    wait_file_absent(&c, "ss1_backup", "a.txt");
+    wait_trees_equal(&c, "ss1", "ss1_backup");
+}

@@ -720,6 +720,12 @@ impl Cluster {
         self.restart(name);
     }
 
+    /// Forgets the environment variable `key` of `name` for its later incarnations (a test
+    /// hook set by [`Cluster::restart_with_env`]).
+    pub fn clear_env(&mut self, name: &str, key: &str) {
+        self.proc_mut(name).env.retain(|(k, _)| k != key);
+    }
+
     /// A client for `user`.
     pub fn client(&self, user: &str) -> Client {
         Client {

@@ -261,14 +261,21 @@ impl Sim {
                         id,
                         kind: JobKind::Replicate(t),
                     }) => self.jobs.push((id, t)),
+                    // The simulated store is always durable: a held job runs at once.
                     Effect::Job(Job {
+                        id,
+                        kind: JobKind::SsCall { addr, msg },
+                    })
+                    | Effect::DurableJob(Job {
                         id,
                         kind: JobKind::SsCall { addr, msg },
                     }) => {
                         let r = self.ss_call(&addr, msg);
                         self.c.on_job_result(id, r, self.now);
                     }
-                    Effect::Job(other) => panic!("unexpected job {other:?}"),
+                    Effect::Job(other) | Effect::DurableJob(other) => {
+                        panic!("unexpected job {other:?}")
+                    }
                 }
             }
         }
@@ -1286,7 +1293,12 @@ impl Sim {
                         id,
                         kind: JobKind::Replicate(t),
                     }) => self.jobs.push((id, t)),
+                    // The simulated store is always durable: a held job runs at once.
                     Effect::Job(Job {
+                        id,
+                        kind: JobKind::SsCall { addr, msg },
+                    })
+                    | Effect::DurableJob(Job {
                         id,
                         kind: JobKind::SsCall { addr, msg },
                     }) => {
