@@ -2526,9 +2526,13 @@ impl Core {
                 Phase::Handback => {}
             }
             if st != before {
+                let epoch = (st.epoch != before.epoch).then_some(st.epoch);
                 self.put_pair_state(&p, st);
                 for n in pushes {
                     self.push_role(&n);
+                }
+                if let Some(epoch) = epoch {
+                    self.forget_moves_before(&p, &b, epoch, now_ms);
                 }
             }
         }
@@ -5159,11 +5163,30 @@ mod tests {
         assert!(!c.files.contains_key("d/a.txt"));
         assert!(c.moves.is_empty() && c.busy_files.is_empty());
         assert!(!create_new_name(&mut c).is_empty(), "the new name is free");
-        // Neither name: nothing is known, the intent and the reservations stay.
+        // Neither name: not credited; the record stays (its copy is owed from the backup).
         let mut c = restarted();
         register(&mut c, 1, "ss1", vec![]);
-        assert!(c.moves.contains_key("a.txt") && c.busy_files.contains_key("d/a.txt"));
+        assert!(c.moves.is_empty() && c.busy_files.is_empty());
         assert_eq!(c.files["a.txt"].access, rec.access);
+        assert!(!c.files.contains_key("d/a.txt"));
+        // The new name at another version is not this move's rename: not credited.
+        let mut c = restarted();
+        register(&mut c, 1, "ss1", vec![st("d/a.txt", 9, Some("alice"))]);
+        assert!(c.moves.is_empty() && c.busy_files.is_empty());
+        assert_eq!(c.files["a.txt"].access, rec.access);
+        // The pair changes writers before ss1 is back (what `advance_pairs` reports at each
+        // new epoch): forgotten, both names free, so the new writer serves the old name.
+        let mut c = restarted();
+        c.take_batch();
+        c.forget_moves_before("ss1", "ss1_backup", EPOCH, 5);
+        assert!(!c.moves.is_empty(), "the move's own epoch keeps it");
+        c.forget_moves_before("ss1", "ss1_backup", EPOCH + 1, 5);
+        assert!(c.moves.is_empty() && c.busy_files.is_empty());
+        assert!(c.take_batch().contains(&StoreOp::DelMove("a.txt".into())));
+        assert!(
+            !create_new_name(&mut c).is_empty(),
+            "the new name is free again"
+        );
     }
 
     #[test]

@@ -306,16 +306,16 @@ impl Core {
     }
 
     /// Settles the MOVEs an earlier run of the name server left unsettled whose SS_MOVE went
-    /// to `ss`, which registers holding `list`: the file under its new name only → the move
-    /// happened and completes as it would have (record, access, requests and the backup's
-    /// rows); under its old name only → it did not happen (its client never heard an answer)
-    /// and is forgotten. Both names → the rename did not complete (the storage server's scan
-    /// removes a half-made move), so the record stays under the old name and the other copy
-    /// is what registration makes of any unknown file. Neither → nothing is known yet: the
-    /// intent and both reservations stay until a registration shows one of them. A move whose
-    /// pair changed writers since is forgotten whatever the server holds: its rename, if any,
-    /// is not credited (the fence of [`Core::fenced_result`]) and that copy is reconciled like
-    /// any other. Returns the names to release once the registration is done.
+    /// to `ss`, which registers holding `list`. The move is credited only when `ss` holds the
+    /// file under its new name alone, at the version and checksum of the record, the record
+    /// is still there and no other record has the new name: then it completes as it would
+    /// have (record, access, requests and the backup's rows). In every other case it is not
+    /// credited and forgotten (its client never heard an answer), and the copies are what
+    /// registration makes of them: old name only, the move did not happen; both names, the
+    /// rename did not complete (the storage server's scan removes a half-made move); neither,
+    /// the copy is owed from the other member as for any missing file; a pair that changed
+    /// writers since, the rename is not credited (the fence of [`Core::fenced_result`]).
+    /// Returns the names to release once the registration is done.
     pub(super) fn resolve_moves(
         &mut self,
         ss: &str,
@@ -331,36 +331,64 @@ impl Core {
         if open.is_empty() {
             return Vec::new();
         }
-        let held: BTreeSet<String> = list
+        let held: BTreeMap<String, &FileState> = list
             .iter()
-            .filter_map(|st| names::canonical_file(&st.file).ok())
+            .filter_map(|st| names::canonical_file(&st.file).ok().map(|f| (f, st)))
             .collect();
         let mut released = Vec::new();
         for (from, m) in open {
-            let (old, new) = (held.contains(&from), held.contains(&m.to));
+            let (old, new) = (held.contains_key(&from), held.get(&m.to));
             let same_epoch = self.epoch_of(ss) == m.epoch;
-            if same_epoch && !old && !new {
-                log::warn!(target: ev::NM_FILE_CHANGE, file = from.as_str(), to = m.to.as_str(), ss = ss;
-                    "{ss} holds neither {from} nor {}: the interrupted move stays unsettled", m.to);
-                continue;
-            }
-            if same_epoch && !old && new {
-                if !self.files.contains_key(&from) {
-                    self.put_file(&from, m.record.clone());
+            let renamed = match (self.files.get(&from), new) {
+                (Some(rec), Some(st)) => {
+                    !old && same_epoch
+                        && !self.files.contains_key(&m.to)
+                        && st.version == rec.version
+                        && st.checksum == rec.checksum
                 }
+                _ => false,
+            };
+            if renamed {
                 self.finish_move(&from, &m.to, now_ms);
                 log::info!(target: ev::NM_FILE_CHANGE, file = from.as_str(), to = m.to.as_str();
                     "moved {from} to {}: {ss} had renamed it before the name server stopped", m.to);
             } else {
                 self.drop_move_intent(&from);
                 log::info!(target: ev::NM_FILE_CHANGE, file = from.as_str(), to = m.to.as_str();
-                    "the interrupted move of {from} to {} is not credited ({ss} holds the old name: {old}, the new: {new}, epoch {} then, {} now); {from} stays",
-                    m.to, m.epoch, self.epoch_of(ss));
+                    "the interrupted move of {from} to {} is not credited ({ss} holds the old name: {old}, the new: {}, epoch {} then, {} now)",
+                    m.to, new.is_some(), m.epoch, self.epoch_of(ss));
             }
             released.push(from);
             released.push(m.to);
         }
         released
+    }
+
+    /// The pair of `primary` and `backup` changed writers (epoch `epoch`): an interrupted
+    /// MOVE sent to either member in an earlier epoch can no longer be credited, so it is
+    /// forgotten and its names released, without waiting for that member to come back.
+    pub(super) fn forget_moves_before(
+        &mut self,
+        primary: &str,
+        backup: &str,
+        epoch: u64,
+        now_ms: u64,
+    ) {
+        let stale: Vec<(String, String)> = self
+            .moves
+            .iter()
+            .filter(|(from, m)| {
+                (m.ss == primary || m.ss == backup) && m.epoch < epoch && !self.move_in_flight(from)
+            })
+            .map(|(f, m)| (f.clone(), m.to.clone()))
+            .collect();
+        for (from, to) in stale {
+            self.drop_move_intent(&from);
+            log::info!(target: ev::NM_FILE_CHANGE, file = from.as_str(), to = to.as_str();
+                "the interrupted move of {from} to {to} is not credited: the pair took epoch {epoch}");
+            self.next_for_file(&from, now_ms);
+            self.next_for_file(&to, now_ms);
+        }
     }
 
     /// Whether this run's MOVE of `from` is still waiting for its storage server.
@@ -374,6 +402,7 @@ impl Core {
     /// it, and the backup is owed the delete of the old name and the whole file (content,
     /// history, checkpoints) under the new one. Returns the backup, if any.
     pub(super) fn finish_move(&mut self, from: &str, to: &str, now_ms: u64) -> Option<String> {
+        self.drop_move_intent(from);
         let mut rec = self.files.get(from).cloned()?;
         let ss = rec.ss.clone();
         self.del_file(from);
@@ -384,7 +413,6 @@ impl Core {
         rec.held_only_by(writer, version);
         self.put_file(to, rec);
         self.rename_requests(from, to);
-        self.drop_move_intent(from);
         self.owe_delete(&ss, from, now_ms);
         self.owe(to, false, now_ms)
     }

@@ -447,7 +447,9 @@ impl Connection {
         // timeout is put back afterwards, so the next recv() waits as long as it asked.
         let saved = self.stream.read_timeout()?;
         let got = self.recv_loop(deadline);
-        self.stream.set_read_timeout(saved)?;
+        // A frame already read is returned even if this fails; the caller's next read
+        // timeout is then what the deadline left, as before.
+        let _ = self.stream.set_read_timeout(saved);
         got
     }
 
