@@ -67,9 +67,10 @@ struct Args {
     /// Size of the file the replication UPLOAD row sends, in MiB.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=16_384))]
     repl_upload_mib: u64,
-    /// Rounds of the replication UPLOAD row; each of its figures is the median of the rounds.
+    /// Rounds of the replication UPLOAD and catch-up rows; each of their figures is the median
+    /// of the rounds.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=20))]
-    repl_upload_rounds: u64,
+    repl_rounds: u64,
     /// Writes in each replication-lag row (made at 100 writes/s overall).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=MAX_OPS))]
     repl_lag_writes: u64,
@@ -145,7 +146,7 @@ fn run(args: &Args) -> Result<bool> {
         let sizes = if args.quick {
             replication::Sizes {
                 upload_mib: args.repl_upload_mib.min(64),
-                upload_rounds: 1,
+                rounds: 1,
                 lag_writes: args.repl_lag_writes.min(200),
                 catchup_files: args.repl_catchup_files.min(1000),
                 delta_mib: args.repl_delta_mib.min(64),
@@ -154,7 +155,7 @@ fn run(args: &Args) -> Result<bool> {
         } else {
             replication::Sizes {
                 upload_mib: args.repl_upload_mib,
-                upload_rounds: args.repl_upload_rounds,
+                rounds: args.repl_rounds,
                 lag_writes: args.repl_lag_writes,
                 catchup_files: args.repl_catchup_files,
                 delta_mib: args.repl_delta_mib,
