@@ -363,6 +363,9 @@ pub enum JobOutput {
         /// Further such copies not listed.
         more_orphans: u64,
     },
+    /// An SS_MOVE's answer was lost, and so were its repeats': the storage server may have
+    /// renamed the file or not (why, for the client).
+    MoveUnsettled(String),
     /// EXEC ran.
     Exec {
         /// Combined output (capped).
@@ -1974,6 +1977,8 @@ impl Core {
         };
         // A change owed to a backup: (target, what it must reach), answered by answer_change.
         let mut change: Option<(Option<String>, Want)> = None;
+        // A MOVE whose outcome is not known keeps its names reserved.
+        let mut unsettled = false;
         let reply: Result<(Message, Vec<u8>), WireError> = match (flight.purpose, result) {
             (
                 Purpose::Create {
@@ -2027,6 +2032,18 @@ impl Core {
                     ));
                     Ok((Message::Done {}, Vec::new()))
                 }
+            }
+            (Purpose::Move { .. }, Ok(JobOutput::MoveUnsettled(why))) => {
+                // Renamed or not, only the server knows: the intent and both names' reservations
+                // stay until it registers again and lists what it holds (`resolve_moves`), or
+                // its pair takes a new epoch (`forget_moves_before`).
+                unsettled = true;
+                log::warn!(target: ev::NM_FILE_CHANGE, file = file.as_str();
+                    "the move of {file} is unsettled: {why}");
+                Err(err::unavailable(format!(
+                    "the move of {} may or may not have been made ({why}); it is settled when its storage server registers again",
+                    names::display(&file)
+                )))
             }
             (Purpose::Move { to }, Ok(_)) => {
                 let target = self.finish_move(&file, &to, now_ms);
@@ -2126,7 +2143,7 @@ impl Core {
                 self.fail(conn, e)
             }
         }
-        if flight.serialised {
+        if flight.serialised && !unsettled {
             self.next_for_file(&file, now_ms);
             if let Some(to) = moved_to {
                 self.next_for_file(&to, now_ms);
@@ -4997,6 +5014,55 @@ mod tests {
     }
 
     #[test]
+    fn a_move_whose_outcome_is_unknown_keeps_its_names_until_its_server_registers() {
+        let mut c = core();
+        c.cfg.heartbeat_timeout_ms = 1 << 40;
+        register_as(&mut c, 1, "ss1", None, vec![]);
+        register_as(&mut c, 2, "ss1_backup", None, vec![]);
+        hello(&mut c, 10, "alice");
+        create(&mut c, 10, "a.txt");
+        assert_eq!(folder(&mut c, 10, "/d"), Message::Done {});
+        let mv = Message::Move {
+            file: "a.txt".into(),
+            folder: "/d".into(),
+        };
+        let job = match &send(&mut c, 10, mv, 5)[..] {
+            [Effect::DurableJob(j)] => j.clone(),
+            other => panic!("expected one held job, got {other:?}"),
+        };
+        let version = c.files["a.txt"].version;
+        c.on_job_result(job.id, Ok(JobOutput::MoveUnsettled("lost".into())), 6);
+        assert_eq!(code(only_reply(c.take_effects())), ErrorCode::Unavailable);
+        assert!(c.moves.contains_key("a.txt"), "the intent stays");
+        // Both names stay reserved: a CREATE of the new name waits.
+        let create_new = Message::Create {
+            file: "/d/a.txt".into(),
+        };
+        assert!(send(&mut c, 10, create_new, 7).is_empty());
+        // ss1 registers again holding the new name: the move is credited, the CREATE refused.
+        c.on_close(1, 8);
+        let mut moved = st("d/a.txt", version.counter, None);
+        moved.version = version;
+        let e = register_as(&mut c, 3, "ss1", None, vec![moved]);
+        assert!(c.moves.is_empty());
+        assert!(!c.files.contains_key("a.txt") && c.files.contains_key("d/a.txt"));
+        let refused = e.iter().any(|x| {
+            matches!(
+                x,
+                Effect::Reply {
+                    conn: 10,
+                    msg: Message::Err {
+                        code: ErrorCode::Conflict,
+                        ..
+                    },
+                    ..
+                }
+            )
+        });
+        assert!(refused, "{e:?}");
+    }
+
+    #[test]
     fn move_checks_rights_folder_and_name_then_follows_the_rename() {
         let mut c = core();
         register_as(&mut c, 1, "ss1", None, vec![]);
@@ -5040,7 +5106,9 @@ mod tests {
             "no intent written"
         );
         let JobKind::SsCall {
-            msg: Message::SsMove { file, to, ticket },
+            msg: Message::SsMove {
+                file, to, ticket, ..
+            },
             ..
         } = &job.kind
         else {

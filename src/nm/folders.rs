@@ -284,6 +284,7 @@ impl Core {
         let msg = Message::SsMove {
             file: canon.to_string(),
             to: to.clone(),
+            version: Some(record.version),
             ticket,
         };
         let intent = MoveIntent {

@@ -9,6 +9,7 @@ use super::core::{Job, JobId, JobKind, JobOutput};
 use super::exec::{self, ExecLimits};
 use super::replication;
 use crate::auth::ClusterKey;
+use crate::protocol::frame::ConnError;
 use crate::protocol::{err, Connection, Message, WireError};
 use crossbeam_channel::{Receiver, Sender};
 use std::sync::Arc;
@@ -38,6 +39,9 @@ pub enum NmFault {
     /// Exit just after SS_MOVE succeeded, before the loop hears of it (renamed, nothing
     /// committed on the name server).
     ExitAfterSsMove,
+    /// Close the connection as soon as SS_MOVE is sent, as if its answer were lost, the
+    /// first time only.
+    CutAfterSsMoveSent,
 }
 
 impl NmFault {
@@ -46,6 +50,7 @@ impl NmFault {
         match v {
             Some("exit-before-ss-move") => Some(NmFault::ExitBeforeSsMove),
             Some("exit-after-ss-move") => Some(NmFault::ExitAfterSsMove),
+            Some("cut-after-ss-move-sent") => Some(NmFault::CutAfterSsMoveSent),
             _ => None,
         }
     }
@@ -199,13 +204,13 @@ pub fn run(
 ) -> Result<JobOutput, WireError> {
     match kind {
         JobKind::Replicate(t) => replication::run(t, key).map(JobOutput::Replicated),
+        JobKind::SsCall {
+            addr,
+            msg: msg @ Message::SsMove { .. },
+        } => run_move(addr, msg, key, fault),
         JobKind::SsCall { addr, msg } => {
             let mut conn = connect(addr)?;
-            NmFault::exit_at(fault, NmFault::ExitBeforeSsMove, msg);
-            // An error answer returns here, so only a successful SS_MOVE reaches the hook.
-            let answer = conn.call(msg, &[])?.msg;
-            NmFault::exit_at(fault, NmFault::ExitAfterSsMove, msg);
-            match answer {
+            match conn.call(msg, &[])?.msg {
                 Message::FileStateReply { state } => Ok(JobOutput::State(state)),
                 Message::Done {} => Ok(JobOutput::Done),
                 Message::Checked {
@@ -232,6 +237,96 @@ pub fn run(
                 truncated: r.truncated,
             })
         }
+    }
+}
+
+/// Times an SS_MOVE whose answer was lost is sent again, and the pause before each.
+const MOVE_REPEATS: u32 = 3;
+const MOVE_REPEAT_PAUSE_MS: u64 = 300;
+
+/// SS_MOVE. A refusal (ERR) or a failed connect means nothing was renamed. A lost answer
+/// (the connection failed after the request went out) means the server may have renamed the
+/// file: the move is sent again with a fresh ticket, which the server answers DONE if it
+/// made it already; if no answer comes, [`JobOutput::MoveUnsettled`] leaves the move to be
+/// settled by what the server lists when it registers again.
+fn run_move(
+    addr: &str,
+    msg: &Message,
+    key: &ClusterKey,
+    fault: Option<NmFault>,
+) -> Result<JobOutput, WireError> {
+    static CUT_ONCE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let mut conn = connect(addr)?;
+    NmFault::exit_at(fault, NmFault::ExitBeforeSsMove, msg);
+    let first = conn.send(msg, &[]).map_err(ConnError::from).and_then(|()| {
+        if fault == Some(NmFault::CutAfterSsMoveSent)
+            && !CUT_ONCE.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            log::warn!(target: crate::logging::ev::NM_FILE_CHANGE,
+                "test hook PAIRFS_FAULT_NM=cut-after-ss-move-sent: closing the SS_MOVE connection");
+            return Err(ConnError::Closed);
+        }
+        conn.recv_some()
+    });
+    let mut lost = match first {
+        Ok(f) => return move_answer(f.msg, fault, msg),
+        Err(e) => e.to_string(),
+    };
+    drop(conn);
+    for attempt in 1..=MOVE_REPEATS {
+        std::thread::sleep(Duration::from_millis(
+            MOVE_REPEAT_PAUSE_MS * u64::from(attempt),
+        ));
+        let again = match msg {
+            Message::SsMove {
+                file,
+                to,
+                version,
+                ticket: t,
+            } => Message::SsMove {
+                file: file.clone(),
+                to: to.clone(),
+                version: *version,
+                ticket: match t.epoch {
+                    Some(epoch) => {
+                        key.mint_change(&t.user, &t.file, t.op, &t.ss, t.min_version, epoch)
+                    }
+                    None => key.mint(&t.user, &t.file, t.op, &t.ss, t.min_version),
+                },
+            },
+            other => other.clone(),
+        };
+        let answer = connect(addr).and_then(|mut c| {
+            c.send(&again, &[])
+                .map_err(ConnError::from)
+                .and_then(|()| c.recv_some())
+                .map_err(|e| err::unavailable(e.to_string()))
+        });
+        match answer {
+            Ok(f) => return move_answer(f.msg, fault, msg),
+            Err(e) => lost = e.msg,
+        }
+    }
+    Ok(JobOutput::MoveUnsettled(format!(
+        "the answer to SS_MOVE was lost and {MOVE_REPEATS} repeats got none ({lost})"
+    )))
+}
+
+/// The storage server's answer to an SS_MOVE: DONE, or its refusal.
+fn move_answer(
+    answer: Message,
+    fault: Option<NmFault>,
+    msg: &Message,
+) -> Result<JobOutput, WireError> {
+    match answer.into_result()? {
+        Message::Done {} => {
+            NmFault::exit_at(fault, NmFault::ExitAfterSsMove, msg);
+            Ok(JobOutput::Done)
+        }
+        other => Err(err::internal(format!(
+            "storage server answered {} to SS_MOVE",
+            other.op_name()
+        ))),
     }
 }
 

@@ -1025,6 +1025,11 @@ pub enum Message {
         file: String,
         /// Canonical new name.
         to: String,
+        /// The version the name server records for the file. A server that holds no `file`
+        /// and holds `to` at this version has made this move already (a repeat after a lost
+        /// answer) and answers DONE again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<Version>,
         /// Authorisation (op `move`, file = `names::move_subject(file, to)`).
         ticket: Ticket,
     },

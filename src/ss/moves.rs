@@ -29,6 +29,20 @@ impl Store {
         Ok(())
     }
 
+    /// Whether a move of `from` to `to` of the file at `version` has been made already: no
+    /// `from`, and `to` at that version. Caller holds both files' locks.
+    pub fn moved_already(
+        &self,
+        from: &str,
+        to: &str,
+        version: Version,
+    ) -> Result<bool, StoreError> {
+        Ok(self.record_locked(from)?.is_none()
+            && self
+                .record_locked(to)?
+                .is_some_and(|m| m.version == version))
+    }
+
     /// Renames `from` to `to` (canonical names). Caller holds both files' locks.
     pub fn move_file(&self, from: &str, to: &str) -> Result<Meta, StoreError> {
         let (meta, _) = self.current(from)?;

@@ -344,9 +344,12 @@ fn serve(stream: TcpStream, slot: ConnSlot) {
                 epoch,
                 ticket,
             } => revert(shared, &mut conn, &file, &tag, epoch, &ticket),
-            Message::SsMove { file, to, ticket } => {
-                move_file(shared, &mut conn, &file, &to, &ticket)
-            }
+            Message::SsMove {
+                file,
+                to,
+                version,
+                ticket,
+            } => move_file(shared, &mut conn, &file, &to, version, &ticket),
             Message::SsMkdir { folders, ticket } => mkdir(shared, &mut conn, &folders, &ticket),
             Message::Upload {
                 file,
@@ -1989,6 +1992,7 @@ fn move_file(
     conn: &mut Connection,
     file: &str,
     to: &str,
+    version: Option<Version>,
     t: &Ticket,
 ) -> Result<(), Fail> {
     for name in [file, to] {
@@ -2013,6 +2017,12 @@ fn move_file(
         let _g2 = l2.lock().unwrap_or_else(|p| p.into_inner());
         refuse_if_writing(shared, file)?;
         may_change(shared, t)?;
+        if version.is_some_and(|v| shared.store.moved_already(file, to, v).unwrap_or(false)) {
+            log::info!(target: ev::SS_COMMIT, file = file, to = to;
+                "{file} was moved to {to} already: the name server repeated a move whose answer it lost");
+            conn.send(&Message::Done {}, &[])?;
+            return Ok(());
+        }
         shared.store.move_file(file, to)?;
     }
     log::info!(target: ev::SS_COMMIT, file = file, to = to; "moved {file} to {to}");

@@ -165,6 +165,7 @@ fn folders_checkpoints_history_and_requests_survive_the_primary() {
         Message::SsMove {
             file: f.into(),
             to: "z.txt".into(),
+            version: None,
             ticket: key.mint(
                 NM_USER,
                 &move_subject(f, "z.txt"),

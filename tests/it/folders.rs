@@ -236,6 +236,41 @@ fn a_move_renamed_before_the_name_server_died_keeps_owner_and_access() {
 }
 
 #[test]
+fn a_move_whose_answer_is_lost_is_sent_again_and_completes() {
+    let mut c = Cluster::builder().pair().start();
+    let alice = c.client("alice");
+    alice
+        .run("CREATEFOLDER /p\nCREATE a.txt\nWRITE a.txt 0\n0 Kept whole.\nETIRW\nADDACCESS -R a.txt bob\n")
+        .assert_code(0);
+    wait_file_replicated(&c, "ss1", "ss1_backup", "a.txt");
+    c.kill9("nm");
+    c.restart_with_env("nm", "PAIRFS_FAULT_NM", "cut-after-ss-move-sent");
+    let since = c.log("ss1").mark();
+    // The first SS_MOVE's answer is lost; the repeat finds the move made and says so.
+    alice
+        .run("MOVE a.txt /p\n")
+        .assert_lines(&["File moved successfully!"]);
+    let repeated = c.log("ss1").lines_since(since).iter().any(|l| {
+        l["msg"]
+            .as_str()
+            .is_some_and(|m| m.contains("was moved to p/a.txt already"))
+    });
+    assert!(repeated, "no repeated SS_MOVE: {}", c.log("ss1").tail());
+    alice
+        .run("INFO /p/a.txt\n")
+        .assert_contains("Owner: alice\n")
+        .assert_contains("Access: alice (RW), bob (R)\n");
+    alice
+        .run("INFO a.txt\n")
+        .assert_lines(&["ERROR [NOT_FOUND]: File not found: a.txt"]);
+    c.client("bob")
+        .run("READ /p/a.txt\n")
+        .assert_lines(&["Kept whole."]);
+    wait_file_absent(&c, "ss1_backup", "a.txt");
+    wait_trees_equal(&c, "ss1", "ss1_backup");
+}
+
+#[test]
 fn a_move_cut_before_the_storage_server_renamed_leaves_the_file_in_place() {
     let c = move_cut_by_a_name_server_crash("exit-before-ss-move");
     let alice = c.client("alice");

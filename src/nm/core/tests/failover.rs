@@ -373,7 +373,9 @@ impl Sim {
                 Ok(JobOutput::State(st))
             }
             Message::SsMkdir { .. } => Ok(JobOutput::Done),
-            Message::SsMove { file, to, ticket } => {
+            Message::SsMove {
+                file, to, ticket, ..
+            } => {
                 if !s.may_write(now, ticket.epoch) {
                     return Err(err::unavailable("no lease"));
                 }
