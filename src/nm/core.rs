@@ -2036,8 +2036,17 @@ impl Core {
             (Purpose::Move { .. }, Ok(JobOutput::MoveUnsettled(why))) => {
                 // Renamed or not, only the server knows: the intent and both names' reservations
                 // stay until it registers again and lists what it holds (`resolve_moves`), or
-                // its pair takes a new epoch (`forget_moves_before`).
-                unsettled = true;
+                // its pair takes a new epoch (`forget_moves_before`). If that epoch has come
+                // already, the move is given up now.
+                let epoch_moved = self
+                    .moves
+                    .get(&file)
+                    .is_some_and(|m| self.epoch_of(&m.ss) != m.epoch);
+                if epoch_moved {
+                    self.abandon_move(&file, now_ms);
+                } else {
+                    unsettled = true;
+                }
                 log::warn!(target: ev::NM_FILE_CHANGE, file = file.as_str();
                     "the move of {file} is unsettled: {why}");
                 Err(err::unavailable(format!(
@@ -2158,20 +2167,12 @@ impl Core {
     /// record a version that member lacks. The client hears it was not applied, the record
     /// stays as it was, and the member that made it is owed the record's state with its own
     /// copy set aside first (it holds a change the cluster never acknowledged).
-    fn fenced_result(&mut self, flight: InFlight, now_ms: u64) {
-        let Some((ss, epoch)) = flight.fence.clone() else {
-            return;
-        };
-        let mut touched = vec![flight.file.clone()];
-        if let Purpose::Move { to } = &flight.purpose {
-            touched.push(to.clone());
-            self.drop_move_intent(&flight.file);
-        }
-        let member = self.membership(&ss).map(|(_, m)| m);
-        log::warn!(target: ev::NM_SS_RECOVERY, file = flight.file.as_str(), ss = ss.as_str(), epoch = epoch;
-            "{ss} answered a change of {} made in epoch {epoch}, which has ended; it is not applied and that copy is set aside",
-            flight.file);
-        for f in &touched {
+    /// `ss` may hold changes to `files` the cluster never took (made in an epoch that has
+    /// ended): its copies are not current until repaired, and it is owed the record's state
+    /// of each (or its removal), with its own copy set aside first.
+    pub(super) fn set_aside_on(&mut self, ss: &str, files: &[String], now_ms: u64) {
+        let member = self.membership(ss).map(|(_, m)| m);
+        for f in files {
             let want = match self.files.get(f).cloned() {
                 Some(mut rec) => {
                     // Not current there until the job has repaired it.
@@ -2185,8 +2186,23 @@ impl Core {
                 }
                 None => Want::Delete,
             };
-            self.upsert_job_q(&ss, f, want, true, now_ms);
+            self.upsert_job_q(ss, f, want, true, now_ms);
         }
+    }
+
+    fn fenced_result(&mut self, flight: InFlight, now_ms: u64) {
+        let Some((ss, epoch)) = flight.fence.clone() else {
+            return;
+        };
+        let mut touched = vec![flight.file.clone()];
+        if let Purpose::Move { to } = &flight.purpose {
+            touched.push(to.clone());
+            self.drop_move_intent(&flight.file);
+        }
+        log::warn!(target: ev::NM_SS_RECOVERY, file = flight.file.as_str(), ss = ss.as_str(), epoch = epoch;
+            "{ss} answered a change of {} made in epoch {epoch}, which has ended; it is not applied and that copy is set aside",
+            flight.file);
+        self.set_aside_on(&ss, &touched, now_ms);
         self.set_busy(flight.conn, false);
         let pair = self.membership(&ss).map_or_else(|| ss.clone(), |(p, _)| p);
         self.fail(
@@ -5031,9 +5047,12 @@ mod tests {
             other => panic!("expected one held job, got {other:?}"),
         };
         let version = c.files["a.txt"].version;
+        c.take_batch();
         c.on_job_result(job.id, Ok(JobOutput::MoveUnsettled("lost".into())), 6);
         assert_eq!(code(only_reply(c.take_effects())), ErrorCode::Unavailable);
         assert!(c.moves.contains_key("a.txt"), "the intent stays");
+        assert!(!c.take_batch().contains(&StoreOp::DelMove("a.txt".into())));
+        assert!(c.busy_files.contains_key("a.txt") && c.busy_files.contains_key("d/a.txt"));
         // Both names stay reserved: a CREATE of the new name waits.
         let create_new = Message::Create {
             file: "/d/a.txt".into(),
@@ -5060,6 +5079,36 @@ mod tests {
             )
         });
         assert!(refused, "{e:?}");
+    }
+
+    #[test]
+    fn an_unsettled_move_given_up_at_a_new_epoch_repairs_its_server() {
+        let mut c = core();
+        c.cfg.heartbeat_timeout_ms = 1 << 40;
+        register_as(&mut c, 1, "ss1", None, vec![]);
+        register_as(&mut c, 2, "ss1_backup", None, vec![]);
+        hello(&mut c, 10, "alice");
+        create(&mut c, 10, "a.txt");
+        assert_eq!(folder(&mut c, 10, "/d"), Message::Done {});
+        let mv = Message::Move {
+            file: "a.txt".into(),
+            folder: "/d".into(),
+        };
+        let [Effect::DurableJob(job)] = &send(&mut c, 10, mv, 5)[..] else {
+            panic!("expected one held job");
+        };
+        c.on_job_result(job.id, Ok(JobOutput::MoveUnsettled("lost".into())), 6);
+        c.take_effects();
+        // The pair takes a new epoch: the move is given up, and ss1, which may have renamed
+        // the file, is owed the old name back and the new name's removal.
+        c.forget_moves_before("ss1", "ss1_backup", EPOCH + 1, 7);
+        assert!(c.moves.is_empty() && c.busy_files.is_empty());
+        assert!(c.files.contains_key("a.txt") && !c.files.contains_key("d/a.txt"));
+        assert!(matches!(
+            c.repl[&job_key("ss1", "a.txt")].want,
+            Want::Content { .. }
+        ));
+        assert_eq!(c.repl[&job_key("ss1", "d/a.txt")].want, Want::Delete);
     }
 
     #[test]
@@ -5237,11 +5286,21 @@ mod tests {
         assert!(c.moves.is_empty() && c.busy_files.is_empty());
         assert_eq!(c.files["a.txt"].access, rec.access);
         assert!(!c.files.contains_key("d/a.txt"));
-        // The new name at another version is not this move's rename: not credited.
+        // The new name at an older version, or at the record's version with other bytes, is
+        // not this move's rename: not credited.
+        let mut other_bytes = st("d/a.txt", 3, Some("alice"));
+        other_bytes.checksum ^= 1;
+        for listed in [st("d/a.txt", 2, Some("alice")), other_bytes] {
+            let mut c = restarted();
+            register(&mut c, 1, "ss1", vec![listed]);
+            assert!(c.moves.is_empty() && c.busy_files.is_empty());
+            assert_eq!(c.files["a.txt"].access, rec.access);
+        }
+        // At a later version (a write the server committed before the move): credited.
         let mut c = restarted();
         register(&mut c, 1, "ss1", vec![st("d/a.txt", 9, Some("alice"))]);
-        assert!(c.moves.is_empty() && c.busy_files.is_empty());
-        assert_eq!(c.files["a.txt"].access, rec.access);
+        assert_eq!(c.files["d/a.txt"].access, rec.access);
+        assert!(!c.files.contains_key("a.txt"));
         // The pair changes writers before ss1 is back (what `advance_pairs` reports at each
         // new epoch): forgotten, both names free, so the new writer serves the old name.
         let mut c = restarted();

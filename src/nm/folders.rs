@@ -341,11 +341,13 @@ impl Core {
             let (old, new) = (held.contains_key(&from), held.get(&m.to));
             let same_epoch = self.epoch_of(ss) == m.epoch;
             let renamed = match (self.files.get(&from), new) {
+                // At the record's version, or past it (a write the server committed before
+                // the move, whose news the name server did not live to hear).
                 (Some(rec), Some(st)) => {
                     !old && same_epoch
                         && !self.files.contains_key(&m.to)
-                        && st.version == rec.version
-                        && st.checksum == rec.checksum
+                        && ((st.version == rec.version && st.checksum == rec.checksum)
+                            || st.version > rec.version)
                 }
                 _ => false,
             };
@@ -384,12 +386,23 @@ impl Core {
             .map(|(f, m)| (f.clone(), m.to.clone()))
             .collect();
         for (from, to) in stale {
-            self.drop_move_intent(&from);
             log::info!(target: ev::NM_FILE_CHANGE, file = from.as_str(), to = to.as_str();
                 "the interrupted move of {from} to {to} is not credited: the pair took epoch {epoch}");
+            self.abandon_move(&from, now_ms);
             self.next_for_file(&from, now_ms);
             self.next_for_file(&to, now_ms);
         }
+    }
+
+    /// Gives up the interrupted MOVE of `from` whose epoch has ended: its server may have
+    /// renamed the file in that epoch, so both names' copies there are set aside and repaired
+    /// from the record, as for any change of an ended epoch (`Core::set_aside_on`).
+    pub(super) fn abandon_move(&mut self, from: &str, now_ms: u64) {
+        let Some(m) = self.moves.get(from).cloned() else {
+            return;
+        };
+        self.drop_move_intent(from);
+        self.set_aside_on(&m.ss, &[from.to_string(), m.to.clone()], now_ms);
     }
 
     /// Whether this run's MOVE of `from` is still waiting for its storage server.

@@ -302,8 +302,17 @@ fn run_move(
                 .and_then(|()| c.recv_some())
                 .map_err(|e| err::unavailable(e.to_string()))
         });
-        match answer {
-            Ok(f) => return move_answer(f.msg, fault, msg),
+        match answer.map(|f| f.msg) {
+            Ok(Message::Done {}) => return move_answer(Message::Done {}, fault, msg),
+            // A refusal of a repeat says nothing of what the first call did (it may have
+            // renamed the file at a version the repeat does not know, or the server's lease
+            // may have lapsed since): the outcome stays unknown.
+            Ok(Message::Err { code, msg: why }) => {
+                return Ok(JobOutput::MoveUnsettled(format!(
+                    "the answer to SS_MOVE was lost and a repeat was refused ({code:?}: {why})"
+                )))
+            }
+            Ok(other) => lost = format!("unexpected {}", other.op_name()),
             Err(e) => lost = e.msg,
         }
     }
