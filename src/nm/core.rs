@@ -5083,32 +5083,47 @@ mod tests {
 
     #[test]
     fn an_unsettled_move_given_up_at_a_new_epoch_repairs_its_server() {
-        let mut c = core();
-        c.cfg.heartbeat_timeout_ms = 1 << 40;
-        register_as(&mut c, 1, "ss1", None, vec![]);
-        register_as(&mut c, 2, "ss1_backup", None, vec![]);
-        hello(&mut c, 10, "alice");
-        create(&mut c, 10, "a.txt");
-        assert_eq!(folder(&mut c, 10, "/d"), Message::Done {});
-        let mv = Message::Move {
-            file: "a.txt".into(),
-            folder: "/d".into(),
-        };
-        let [Effect::DurableJob(job)] = &send(&mut c, 10, mv, 5)[..] else {
-            panic!("expected one held job");
-        };
-        c.on_job_result(job.id, Ok(JobOutput::MoveUnsettled("lost".into())), 6);
-        c.take_effects();
-        // The pair takes a new epoch: the move is given up, and ss1, which may have renamed
-        // the file, is owed the old name back and the new name's removal.
-        c.forget_moves_before("ss1", "ss1_backup", EPOCH + 1, 7);
-        assert!(c.moves.is_empty() && c.busy_files.is_empty());
-        assert!(c.files.contains_key("a.txt") && !c.files.contains_key("d/a.txt"));
-        assert!(matches!(
-            c.repl[&job_key("ss1", "a.txt")].want,
-            Want::Content { .. }
-        ));
-        assert_eq!(c.repl[&job_key("ss1", "d/a.txt")].want, Want::Delete);
+        // `backup_current`: whether the other member holds the record's version to repair
+        // ss1's copies from.
+        for backup_current in [true, false] {
+            let mut c = core();
+            c.cfg.heartbeat_timeout_ms = 1 << 40;
+            register_as(&mut c, 1, "ss1", None, vec![]);
+            register_as(&mut c, 2, "ss1_backup", None, vec![]);
+            hello(&mut c, 10, "alice");
+            create(&mut c, 10, "a.txt");
+            assert_eq!(folder(&mut c, 10, "/d"), Message::Done {});
+            let mut rec = c.files["a.txt"].clone();
+            let v = rec.version;
+            rec.set_held(Member::Backup, backup_current.then_some(v));
+            c.put_file("a.txt", rec);
+            let mv = Message::Move {
+                file: "a.txt".into(),
+                folder: "/d".into(),
+            };
+            let [Effect::DurableJob(job)] = &send(&mut c, 10, mv, 5)[..] else {
+                panic!("expected one held job");
+            };
+            c.on_job_result(job.id, Ok(JobOutput::MoveUnsettled("lost".into())), 6);
+            c.take_effects();
+            // The pair takes a new epoch: the move is given up and both names are free.
+            c.forget_moves_before("ss1", "ss1_backup", EPOCH + 1, 7);
+            assert!(c.moves.is_empty() && c.busy_files.is_empty());
+            assert!(c.files.contains_key("a.txt") && !c.files.contains_key("d/a.txt"));
+            if backup_current {
+                // ss1, which may have renamed the file, is owed the old name back and the
+                // new name's removal.
+                assert!(matches!(
+                    c.repl[&job_key("ss1", "a.txt")].want,
+                    Want::Content { .. }
+                ));
+                assert_eq!(c.repl[&job_key("ss1", "d/a.txt")].want, Want::Delete);
+            } else {
+                // ss1's copy may be the only one: nothing is set aside.
+                assert!(c.files["a.txt"].holds(Member::Primary));
+                assert!(!c.repl.contains_key(&job_key("ss1", "a.txt")));
+            }
+        }
     }
 
     #[test]

@@ -395,14 +395,24 @@ impl Core {
     }
 
     /// Gives up the interrupted MOVE of `from` whose epoch has ended: its server may have
-    /// renamed the file in that epoch, so both names' copies there are set aside and repaired
-    /// from the record, as for any change of an ended epoch (`Core::set_aside_on`).
+    /// renamed the file in that epoch, so, as for any change of an ended epoch, both names'
+    /// copies there are set aside and repaired from the record (`Core::set_aside_on`) when
+    /// the pair's other member holds the record's version to repair them from. Otherwise
+    /// that server's copy may be the only one descending from the record, and it is left to
+    /// reconciliation, as the fence leaves such a copy ([`Core::fenced_result`]).
     pub(super) fn abandon_move(&mut self, from: &str, now_ms: u64) {
         let Some(m) = self.moves.get(from).cloned() else {
             return;
         };
         self.drop_move_intent(from);
-        self.set_aside_on(&m.ss, &[from.to_string(), m.to.clone()], now_ms);
+        let other_current = self.membership(&m.ss).is_some_and(|(_, member)| {
+            self.files
+                .get(from)
+                .map_or(true, |rec| rec.holds(member.other()))
+        });
+        if other_current {
+            self.set_aside_on(&m.ss, &[from.to_string(), m.to.clone()], now_ms);
+        }
     }
 
     /// Whether this run's MOVE of `from` is still waiting for its storage server.

@@ -30,9 +30,9 @@ impl Store {
     }
 
     /// Whether a move of `from` to `to` of the file at `version` has been made already: no
-    /// `from`, and `to` at that version or later (a write committed before the move). The
-    /// name server reserves `to` while its move is unsettled, so nothing else puts a file
-    /// there meanwhile. Caller holds both files' locks.
+    /// `from`, and `to` at exactly that version (the name server reserves `to` while its move
+    /// is unsettled, and sends `version` only when it repeats a move). Caller holds both
+    /// files' locks.
     pub fn moved_already(
         &self,
         from: &str,

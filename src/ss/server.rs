@@ -2015,8 +2015,8 @@ fn move_file(
         let _g1 = l1.lock().unwrap_or_else(|p| p.into_inner());
         let l2 = shared.store.file_lock(second);
         let _g2 = l2.lock().unwrap_or_else(|p| p.into_inner());
-        // Before any other check: a repeat of a move made already changes nothing, so it
-        // needs no lease, and its answer must not depend on one.
+        // A repeat of a move made already (only a repeat carries `version`) changes nothing:
+        // it is answered before the write-session check, under the lease checked above.
         if version.is_some_and(|v| shared.store.moved_already(file, to, v).unwrap_or(false)) {
             log::info!(target: ev::SS_COMMIT, file = file, to = to;
                 "{file} was moved to {to} already: the name server repeated a move whose answer it lost");
