@@ -200,12 +200,7 @@ fn upload_row(
         }
     }
     fs::remove_file(&src)?;
-    let spread = |f: fn(&UploadRound) -> f64| {
-        let v: Vec<f64> = rounds.iter().map(f).collect();
-        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
-        let hi = v.iter().copied().fold(0.0, f64::max);
-        format!("{lo:.2}–{hi:.2} s")
-    };
+    let spread = rounds_note(&rounds.iter().map(|r| r.total_s).collect::<Vec<_>>());
 
     let mb_s = |s: f64| size as f64 / (1 << 20) as f64 / s;
     let mut baseline = format!(
@@ -224,12 +219,7 @@ fn upload_row(
     Ok(ReplRow {
         what: format!("(a) UPLOAD {mib} MiB until the backup holds it"),
         pairfs: format!(
-            "{total_s:.2} s{} ({:.0} MiB/s; upload answered at {upload_s:.2} s; CPU ss1 {cpu_ss1:.2} s, ss1_backup {cpu_backup:.2} s; peak RSS: nm {:.1} MiB, ss1 {:.1} MiB, ss1_backup {:.1} MiB)",
-            if rounds.len() > 1 {
-                format!(", median of {} rounds ({})", rounds.len(), spread(|r| r.total_s))
-            } else {
-                String::new()
-            },
+            "{total_s:.2} s{spread} ({:.0} MiB/s; upload answered at {upload_s:.2} s; CPU ss1 {cpu_ss1:.2} s, ss1_backup {cpu_backup:.2} s; peak RSS: nm {:.1} MiB, ss1 {:.1} MiB, ss1_backup {:.1} MiB)",
             mb_s(total_s),
             rss_mib[0],
             rss_mib[1],
@@ -331,6 +321,16 @@ fn upload_round(
         cpu_backup_s,
         rss_mib,
     })
+}
+
+/// `, median of N rounds (lo–hi s)` for the times of several rounds; nothing for one.
+fn rounds_note(times: &[f64]) -> String {
+    if times.len() < 2 {
+        return String::new();
+    }
+    let lo = times.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = times.iter().copied().fold(0.0, f64::max);
+    format!(", median of {} rounds ({lo:.2}–{hi:.2} s)", times.len())
 }
 
 /// The median of `v` (the mean of the middle two for an even count); NaN for none.
@@ -454,17 +454,7 @@ fn catchup_row(
         }
         None => ("rsync not run".into(), "-".into()),
     };
-    let spread = if rounds.len() > 1 {
-        let v: Vec<f64> = rounds.iter().map(|r| r.pairfs_s).collect();
-        format!(
-            ", median of {} rounds ({:.2}–{:.2} s)",
-            rounds.len(),
-            v.iter().copied().fold(f64::INFINITY, f64::min),
-            v.iter().copied().fold(0.0, f64::max)
-        )
-    } else {
-        String::new()
-    };
+    let spread = rounds_note(&rounds.iter().map(|r| r.pairfs_s).collect::<Vec<_>>());
     Ok(ReplRow {
         what: format!("(c) catch-up of {files} × 4 KiB owed to a returning backup"),
         pairfs: format!(

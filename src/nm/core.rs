@@ -1960,11 +1960,7 @@ impl Core {
                 .filter(|(st, _)| st.epoch != *epoch);
             // Set aside only while the other member holds the record's version; were it the
             // only copy descending from the record, it is kept and credited as usual.
-            let other_current = moved_on.is_some_and(|(_, m)| {
-                self.files
-                    .get(&flight.file)
-                    .map_or(true, |rec| rec.holds(m.other()))
-            });
+            let other_current = moved_on.is_some() && self.partner_holds_record(ss, &flight.file);
             if other_current && result.is_ok() {
                 return self.fenced_result(flight, now_ms);
             }
@@ -2167,6 +2163,16 @@ impl Core {
     /// record a version that member lacks. The client hears it was not applied, the record
     /// stays as it was, and the member that made it is owed the record's state with its own
     /// copy set aside first (it holds a change the cluster never acknowledged).
+    /// Whether the other member of `ss`'s pair holds the record's version of `file` (or
+    /// there is no record), so `ss`'s copy can be repaired from it.
+    pub(super) fn partner_holds_record(&self, ss: &str, file: &str) -> bool {
+        self.membership(ss).is_some_and(|(_, m)| {
+            self.files
+                .get(file)
+                .map_or(true, |rec| rec.holds(m.other()))
+        })
+    }
+
     /// `ss` may hold changes to `files` the cluster never took (made in an epoch that has
     /// ended): its copies are not current until repaired, and it is owed the record's state
     /// of each (or its removal), with its own copy set aside first.
@@ -5029,8 +5035,9 @@ mod tests {
         assert_eq!(listing(&mut c, 10, "/a/b"), Ok(vec![entry("c.txt", false)]));
     }
 
-    #[test]
-    fn a_move_whose_outcome_is_unknown_keeps_its_names_until_its_server_registers() {
+    /// A pair ss1 / ss1_backup (heartbeats not under test) with alice's `a.txt` and a folder
+    /// `/d`, alice connected as 10.
+    fn pair_with_file_and_folder() -> Core {
         let mut c = core();
         c.cfg.heartbeat_timeout_ms = 1 << 40;
         register_as(&mut c, 1, "ss1", None, vec![]);
@@ -5038,6 +5045,12 @@ mod tests {
         hello(&mut c, 10, "alice");
         create(&mut c, 10, "a.txt");
         assert_eq!(folder(&mut c, 10, "/d"), Message::Done {});
+        c
+    }
+
+    #[test]
+    fn a_move_whose_outcome_is_unknown_keeps_its_names_until_its_server_registers() {
+        let mut c = pair_with_file_and_folder();
         let mv = Message::Move {
             file: "a.txt".into(),
             folder: "/d".into(),
@@ -5086,13 +5099,7 @@ mod tests {
         // `backup_current`: whether the other member holds the record's version to repair
         // ss1's copies from.
         for backup_current in [true, false] {
-            let mut c = core();
-            c.cfg.heartbeat_timeout_ms = 1 << 40;
-            register_as(&mut c, 1, "ss1", None, vec![]);
-            register_as(&mut c, 2, "ss1_backup", None, vec![]);
-            hello(&mut c, 10, "alice");
-            create(&mut c, 10, "a.txt");
-            assert_eq!(folder(&mut c, 10, "/d"), Message::Done {});
+            let mut c = pair_with_file_and_folder();
             let mut rec = c.files["a.txt"].clone();
             let v = rec.version;
             rec.set_held(Member::Backup, backup_current.then_some(v));

@@ -405,12 +405,7 @@ impl Core {
             return;
         };
         self.drop_move_intent(from);
-        let other_current = self.membership(&m.ss).is_some_and(|(_, member)| {
-            self.files
-                .get(from)
-                .map_or(true, |rec| rec.holds(member.other()))
-        });
-        if other_current {
+        if self.partner_holds_record(&m.ss, from) {
             self.set_aside_on(&m.ss, &[from.to_string(), m.to.clone()], now_ms);
         }
     }

@@ -256,23 +256,30 @@ fn run_move(
     fault: Option<NmFault>,
 ) -> Result<JobOutput, WireError> {
     static CUT_ONCE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    let mut conn = connect(addr)?;
-    NmFault::exit_at(fault, NmFault::ExitBeforeSsMove, msg);
+    let Message::SsMove {
+        file,
+        to,
+        version,
+        ticket: t,
+    } = msg
+    else {
+        return Err(err::internal(format!(
+            "{} is not an SS_MOVE",
+            msg.op_name()
+        )));
+    };
     // Only a repeat names the version: a first call that found the file already gone must
     // not take some other file at the new name for this move's rename.
-    let first_msg = match msg {
-        Message::SsMove {
-            file, to, ticket, ..
-        } => Message::SsMove {
-            file: file.clone(),
-            to: to.clone(),
-            version: None,
-            ticket: ticket.clone(),
-        },
-        other => other.clone(),
+    let ss_move = |version, ticket| Message::SsMove {
+        file: file.clone(),
+        to: to.clone(),
+        version,
+        ticket,
     };
+    let mut conn = connect(addr)?;
+    NmFault::exit_at(fault, NmFault::ExitBeforeSsMove, msg);
     let first = conn
-        .send(&first_msg, &[])
+        .send(&ss_move(None, t.clone()), &[])
         .map_err(ConnError::from)
         .and_then(|()| {
             if fault == Some(NmFault::CutAfterSsMoveSent)
@@ -293,25 +300,12 @@ fn run_move(
         std::thread::sleep(Duration::from_millis(
             MOVE_REPEAT_PAUSE_MS * u64::from(attempt),
         ));
-        let again = match msg {
-            Message::SsMove {
-                file,
-                to,
-                version,
-                ticket: t,
-            } => Message::SsMove {
-                file: file.clone(),
-                to: to.clone(),
-                version: *version,
-                ticket: match t.epoch {
-                    Some(epoch) => {
-                        key.mint_change(&t.user, &t.file, t.op, &t.ss, t.min_version, epoch)
-                    }
-                    None => key.mint(&t.user, &t.file, t.op, &t.ss, t.min_version),
-                },
-            },
-            other => other.clone(),
+        // A fresh ticket (each is single use) for the same server and epoch.
+        let ticket = match t.epoch {
+            Some(epoch) => key.mint_change(&t.user, &t.file, t.op, &t.ss, t.min_version, epoch),
+            None => key.mint(&t.user, &t.file, t.op, &t.ss, t.min_version),
         };
+        let again = ss_move(*version, ticket);
         let answer = connect(addr).and_then(|mut c| {
             c.send(&again, &[])
                 .map_err(ConnError::from)

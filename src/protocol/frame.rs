@@ -135,42 +135,68 @@ pub fn encode(msg: &Message, body: &[u8]) -> Vec<u8> {
 /// Returns `Ok(None)` when more bytes are needed (nothing is consumed), `Ok(Some(frame))` after
 /// removing the frame's bytes from `buf`, and `Err` when the bytes can never form a valid frame.
 pub fn decode(buf: &mut Vec<u8>) -> Result<Option<Frame>, FrameError> {
-    Ok(decode_crc(buf)?.map(|(f, _)| f))
+    Ok(match decode_front(buf)? {
+        Front::Frame(f, _) => Some(f),
+        Front::NeedHeader | Front::NeedBody(_) => None,
+    })
 }
 
-/// [`decode`], also returning the CRC32C of the frame's body (verified against it; 0 for
-/// no body).
-fn decode_crc(buf: &mut Vec<u8>) -> Result<Option<(Frame, u32)>, FrameError> {
+/// What the front of a read buffer holds.
+enum Front {
+    /// A whole frame, taken off the buffer, with its body's CRC32C (verified against it; 0
+    /// for no body).
+    Frame(Frame, u32),
+    /// Part of a header line.
+    NeedHeader,
+    /// A whole header line whose body has not all arrived (nothing is consumed).
+    NeedBody(Header),
+}
+
+/// A parsed header line.
+struct Header {
+    /// Offset of its newline in the buffer.
+    nl: usize,
+    msg: Message,
+    /// Body length.
+    len: usize,
+    /// The body's CRC32C (0 for no body).
+    crc: u32,
+}
+
+impl Header {
+    /// The frame's encoded size.
+    fn total(&self) -> usize {
+        self.nl + 1 + self.len
+    }
+}
+
+/// [`decode`], saying what is missing when no frame is whole, with the header parsed once.
+fn decode_front(buf: &mut Vec<u8>) -> Result<Front, FrameError> {
     let scan = buf.len().min(MAX_HEADER_BYTES);
     let Some(nl) = buf[..scan].iter().position(|&b| b == b'\n') else {
         return if buf.len() >= MAX_HEADER_BYTES {
             Err(FrameError::HeaderTooLong)
         } else {
-            Ok(None)
+            Ok(Front::NeedHeader)
         };
     };
     let (msg, len, crc) = parse_header(&buf[..nl])?;
-    let total = nl + 1 + len;
+    let h = Header {
+        nl,
+        msg,
+        len,
+        crc: crc.unwrap_or(0),
+    };
+    let total = h.total();
     if buf.len() < total {
-        return Ok(None);
+        return Ok(Front::NeedBody(h));
     }
-    if len > 0 && crc32c::crc32c(&buf[nl + 1..total]) != crc.unwrap_or(0) {
+    if len > 0 && crc32c::crc32c(&buf[nl + 1..total]) != h.crc {
         return Err(FrameError::BadChecksum);
     }
     let body = buf[nl + 1..total].to_vec();
     buf.drain(..total);
-    Ok(Some((Frame { msg, body }, crc.unwrap_or(0))))
-}
-
-/// The total encoded size of the frame at the front of `buf` once its header line is
-/// complete, so a reader can wait for the whole body without parsing the header again for
-/// every piece that arrives. `None` while the header is incomplete or invalid (then
-/// [`decode`] reports why).
-fn frame_total(buf: &[u8]) -> Option<usize> {
-    let scan = buf.len().min(MAX_HEADER_BYTES);
-    let nl = buf[..scan].iter().position(|&b| b == b'\n')?;
-    let (_, len, _) = parse_header(&buf[..nl]).ok()?;
-    Some(nl + 1 + len)
+    Ok(Front::Frame(Frame { msg: h.msg, body }, h.crc))
 }
 
 /// Parses a header line (without its newline) into the message, body length and CRC.
@@ -386,44 +412,36 @@ impl Connection {
             }
         }
         self.need = None;
-        match decode_crc(&mut self.buf)? {
-            Some((f, crc)) => {
+        match decode_front(&mut self.buf)? {
+            Front::Frame(f, crc) => {
                 self.body_crc = crc;
                 Ok(Some(f))
             }
-            None => {
-                self.need = frame_total(&self.buf);
-                if let Some(total) = self.need {
-                    self.start_large(total)?;
-                }
+            Front::NeedHeader => Ok(None),
+            Front::NeedBody(h) if h.len >= LARGE_BODY_BYTES => {
+                self.start_large(h);
+                Ok(None)
+            }
+            Front::NeedBody(h) => {
+                self.need = Some(h.total());
                 Ok(None)
             }
         }
     }
 
-    /// Once the header of a frame of `total` bytes is in the buffer: if its body is large,
-    /// moves the header out as a [`LargeFrame`] with whatever of the body has arrived.
-    fn start_large(&mut self, total: usize) -> Result<(), FrameError> {
-        let Some(nl) = self.buf.iter().position(|&b| b == b'\n') else {
-            return Ok(());
-        };
-        let len = total - nl - 1;
-        if len < LARGE_BODY_BYTES {
-            return Ok(());
-        }
-        let (msg, _, crc) = parse_header(&self.buf[..nl])?;
-        let mut body = Vec::with_capacity(len);
-        let end = self.buf.len().min(total);
-        body.extend_from_slice(&self.buf[nl + 1..end]);
+    /// Moves the header of a frame with a large body out of the buffer as a [`LargeFrame`],
+    /// with whatever of the body has arrived.
+    fn start_large(&mut self, h: Header) {
+        let mut body = Vec::with_capacity(h.len);
+        let end = self.buf.len().min(h.total());
+        body.extend_from_slice(&self.buf[h.nl + 1..end]);
         self.buf.drain(..end);
-        self.need = None;
         self.large = Some(LargeFrame {
-            msg,
-            crc: crc.unwrap_or(0),
-            len,
+            msg: h.msg,
+            crc: h.crc,
+            len: h.len,
             body,
         });
-        Ok(())
     }
 
     /// Reads one frame; `Ok(None)` on a clean end of stream between frames. Waits as long as

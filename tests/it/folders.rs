@@ -178,15 +178,36 @@ fn folders_survive_a_name_server_restart() {
         .assert_lines(&["[DIR] q", "--> a.txt"]);
 }
 
+/// alice's `a.txt` ("Kept whole.", readable by bob) beside an empty folder `/p`.
+fn a_shared_file_and_a_folder(c: &Cluster) {
+    c.client("alice")
+        .run("CREATEFOLDER /p\nCREATE a.txt\nWRITE a.txt 0\n0 Kept whole.\nETIRW\nADDACCESS -R a.txt bob\n")
+        .assert_code(0);
+}
+
+/// The file of [`a_shared_file_and_a_folder`] is named `at` with its owner and access, and
+/// `gone` names nothing.
+fn assert_record_at(c: &Cluster, at: &str, gone: &str) {
+    let alice = c.client("alice");
+    alice
+        .run(&format!("INFO {at}\n"))
+        .assert_contains("Owner: alice\n")
+        .assert_contains("Access: alice (RW), bob (R)\n");
+    alice
+        .run(&format!("INFO {gone}\n"))
+        .assert_lines(&[format!("ERROR [NOT_FOUND]: File not found: {gone}").as_str()]);
+    c.client("bob")
+        .run(&format!("READ {at}\n"))
+        .assert_lines(&["Kept whole."]);
+}
+
 /// A name server killed at `hook` (a `PAIRFS_FAULT_NM` value) while it moves `a.txt`, owned by
 /// alice, readable by bob, with carol's access request pending, from the root of a pair into
 /// `/p`; restarted without the hook, with both members registered again. Returns the cluster.
 fn move_cut_by_a_name_server_crash(hook: &str) -> Cluster {
     let mut c = Cluster::builder().pair().start();
+    a_shared_file_and_a_folder(&c);
     let alice = c.client("alice");
-    alice
-        .run("CREATEFOLDER /p\nCREATE a.txt\nWRITE a.txt 0\n0 Kept whole.\nETIRW\nADDACCESS -R a.txt bob\n")
-        .assert_code(0);
     c.client("carol")
         .run("RACC a.txt R\n")
         .assert_lines(&["Access request created with ID #1"]);
@@ -207,17 +228,8 @@ fn move_cut_by_a_name_server_crash(hook: &str) -> Cluster {
 fn a_move_renamed_before_the_name_server_died_keeps_owner_and_access() {
     let c = move_cut_by_a_name_server_crash("exit-after-ss-move");
     // The storage server had renamed it: the move completes with the whole record.
+    assert_record_at(&c, "/p/a.txt", "a.txt");
     let alice = c.client("alice");
-    alice
-        .run("INFO /p/a.txt\n")
-        .assert_contains("Owner: alice\n")
-        .assert_contains("Access: alice (RW), bob (R)\n");
-    alice
-        .run("INFO a.txt\n")
-        .assert_lines(&["ERROR [NOT_FOUND]: File not found: a.txt"]);
-    c.client("bob")
-        .run("READ /p/a.txt\n")
-        .assert_lines(&["Kept whole."]);
     alice
         .run("VIEWACCR\n")
         .assert_contains("| #1 | carol ")
@@ -238,10 +250,8 @@ fn a_move_renamed_before_the_name_server_died_keeps_owner_and_access() {
 #[test]
 fn a_move_whose_answer_is_lost_is_sent_again_and_completes() {
     let mut c = Cluster::builder().pair().start();
+    a_shared_file_and_a_folder(&c);
     let alice = c.client("alice");
-    alice
-        .run("CREATEFOLDER /p\nCREATE a.txt\nWRITE a.txt 0\n0 Kept whole.\nETIRW\nADDACCESS -R a.txt bob\n")
-        .assert_code(0);
     wait_file_replicated(&c, "ss1", "ss1_backup", "a.txt");
     c.kill9("nm");
     c.restart_with_env("nm", "PAIRFS_FAULT_NM", "cut-after-ss-move-sent");
@@ -266,16 +276,7 @@ fn a_move_whose_answer_is_lost_is_sent_again_and_completes() {
         "no repeated SS_MOVE: {}",
         c.log("ss1").tail()
     );
-    alice
-        .run("INFO /p/a.txt\n")
-        .assert_contains("Owner: alice\n")
-        .assert_contains("Access: alice (RW), bob (R)\n");
-    alice
-        .run("INFO a.txt\n")
-        .assert_lines(&["ERROR [NOT_FOUND]: File not found: a.txt"]);
-    c.client("bob")
-        .run("READ /p/a.txt\n")
-        .assert_lines(&["Kept whole."]);
+    assert_record_at(&c, "/p/a.txt", "a.txt");
     wait_file_absent(&c, "ss1_backup", "a.txt");
     wait_trees_equal(&c, "ss1", "ss1_backup");
 }
@@ -283,17 +284,8 @@ fn a_move_whose_answer_is_lost_is_sent_again_and_completes() {
 #[test]
 fn a_move_cut_before_the_storage_server_renamed_leaves_the_file_in_place() {
     let c = move_cut_by_a_name_server_crash("exit-before-ss-move");
+    assert_record_at(&c, "a.txt", "/p/a.txt");
     let alice = c.client("alice");
-    alice
-        .run("INFO a.txt\n")
-        .assert_contains("Owner: alice\n")
-        .assert_contains("Access: alice (RW), bob (R)\n");
-    alice
-        .run("INFO /p/a.txt\n")
-        .assert_lines(&["ERROR [NOT_FOUND]: File not found: /p/a.txt"]);
-    c.client("bob")
-        .run("READ a.txt\n")
-        .assert_lines(&["Kept whole."]);
     alice
         .run("VIEWACCR\n")
         .assert_contains("| #1 | carol ")
