@@ -19,6 +19,10 @@ struct Cli {
     /// Address to listen on for clients and storage servers.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
+    /// Address clients and storage servers reach this server at, when --host is a wildcard
+    /// (0.0.0.0, ::) or not reachable as given; logged with nm_listen.
+    #[arg(long)]
+    advertise_host: Option<String>,
     /// Port to listen on (0 picks any free port; the bound address is logged as nm_listen).
     #[arg(long, default_value_t = 5000)]
     port: u16,
@@ -87,6 +91,7 @@ fn main() {
     pairfs::delta::set_min_bytes(cli.delta_min_bytes);
     let cfg = Config {
         host: cli.host,
+        advertise_host: cli.advertise_host,
         port: cli.port,
         data_dir: cli.data,
         http_port: cli.http_port,

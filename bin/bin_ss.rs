@@ -18,9 +18,14 @@ struct Args {
     /// Port of the name server.
     #[arg(long, default_value_t = 5000)]
     nm_port: u16,
-    /// Host to listen on for clients (also advertised to the name server).
+    /// Host to listen on for clients (also advertised to the name server unless
+    /// --advertise-host is given; a wildcard such as 0.0.0.0 is replaced by the address the
+    /// name server sees this server register from).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
+    /// Address clients and the partner reach this server at, when --host is not one.
+    #[arg(long)]
+    advertise_host: Option<String>,
     /// Port to listen on for clients; 0 picks any free port.
     #[arg(long, default_value_t = 6001)]
     client_port: u16,
@@ -81,8 +86,9 @@ fn serve(args: Args) -> anyhow::Result<()> {
         signal_hook::flag::register(*sig, Arc::clone(&shutdown))?;
     }
     let cfg = ss::Config {
-        nm_addr: format!("{}:{}", args.nm_host, args.nm_port),
+        nm_addr: pairfs::addr::join(&args.nm_host, args.nm_port),
         host: args.host,
+        advertise_host: args.advertise_host,
         client_port: args.client_port,
         storage: args.storage,
         name: args.username,

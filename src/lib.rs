@@ -6,6 +6,7 @@
 
 #![deny(missing_docs)]
 
+pub mod addr;
 pub mod auth;
 pub mod client;
 pub mod delta;

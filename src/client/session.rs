@@ -112,7 +112,7 @@ impl Session {
     /// Connects to the name server at `host:port` and says HELLO as `user` (one attempt).
     pub fn connect(host: &str, port: u16, user: &str) -> Result<Session, CmdError> {
         let mut s = Session {
-            nm_addr: format!("{host}:{port}"),
+            nm_addr: crate::addr::join(host, port),
             user: user.to_string(),
             nm: None,
         };

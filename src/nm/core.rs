@@ -15,6 +15,7 @@ mod requests;
 pub use folders::{FolderRecord, MoveIntent};
 
 use super::replication::{self, job_key, JobState, Outcome, ReplJob, Transfer, Want};
+use crate::addr;
 use crate::auth::{ClusterKey, NonceMemory, RegisterClaim, NM_USER, PROOF_SKEW_MS};
 use crate::logging::ev;
 use crate::names;
@@ -252,7 +253,7 @@ pub struct ServerRecord {
 
 impl ServerRecord {
     fn addr(&self) -> String {
-        format!("{}:{}", self.host, self.client_port)
+        addr::join(&self.host, self.client_port)
     }
 }
 
@@ -552,6 +553,8 @@ pub struct Core {
     jobs: HashMap<JobId, InFlight>,
     /// Connections that have not finished HELLO or registration, with their deadline.
     introducing: HashMap<ConnId, u64>,
+    /// The address each connection came from (set by the event loop after `on_connect`).
+    peer_ips: HashMap<ConnId, std::net::IpAddr>,
     next_job: JobId,
     out: Vec<Effect>,
     batch: Vec<StoreOp>,
@@ -665,6 +668,7 @@ impl Core {
             busy_files,
             jobs: HashMap::new(),
             introducing: HashMap::new(),
+            peer_ips: HashMap::new(),
             next_job: 1,
             out: Vec::new(),
             batch: Vec::new(),
@@ -706,9 +710,17 @@ impl Core {
             .insert(conn, now_ms + INTRODUCTION_TIMEOUT_MS);
     }
 
+    /// The address a new connection came from, as the listener saw it. A storage server that
+    /// listens on a wildcard address is reached at the address its registration came from
+    /// (`crate::addr::reachable_host`).
+    pub fn on_peer_ip(&mut self, conn: ConnId, ip: std::net::IpAddr) {
+        self.peer_ips.insert(conn, ip);
+    }
+
     /// A connection closed (by the peer, an error, or us).
     pub fn on_close(&mut self, conn: ConnId, now_ms: u64) {
         self.introducing.remove(&conn);
+        self.peer_ips.remove(&conn);
         self.forget_waiter(conn);
         self.fsck.forget(conn);
         if let Some(Peer::Server { name }) = self.peers.remove(&conn) {
@@ -920,6 +932,20 @@ impl Core {
                                 "refused registration of {name}: {}", e.msg);
                             return self.refuse_and_close(conn, e);
                         }
+                        let from = self.peer_ips.get(&conn).copied();
+                        let host = match addr::reachable_host(&name, &host, from) {
+                            addr::Reachable::AsGiven => host,
+                            addr::Reachable::Corrected(seen) => {
+                                log::info!(target: ev::NM_SS_REGISTER, ss = name.as_str(), advertised = host.as_str(), host = seen.as_str();
+                                    "{name} advertises {host}; clients will reach it at {seen}, the address its registration came from");
+                                seen
+                            }
+                            addr::Reachable::Refused(why) => {
+                                log::warn!(target: ev::NM_SS_REGISTER, ss = name.as_str(), advertised = host.as_str();
+                                    "refused registration of {name}: {why}");
+                                return self.refuse_and_close(conn, err::invalid(why));
+                            }
+                        };
                         if self
                             .servers
                             .get(&name)

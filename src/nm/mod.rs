@@ -69,6 +69,8 @@ pub const CLIENT_CALL_WORKERS: usize = 32;
 pub struct Config {
     /// Address to listen on.
     pub host: String,
+    /// Address peers reach this server at, when `host` is not one (a wildcard); only logged.
+    pub advertise_host: Option<String>,
     /// Port (0 = any free port).
     pub port: u16,
     /// Directory of the durable state.
@@ -102,6 +104,7 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             host: "127.0.0.1".into(),
+            advertise_host: None,
             port: 5000,
             data_dir: PathBuf::from("./nm_data"),
             http_port: 5080,
@@ -179,13 +182,17 @@ pub fn start(cfg: &Config) -> Result<Started, NmError> {
         key.clone(),
         loaded,
     );
-    let listener = std::net::TcpListener::bind((cfg.host.as_str(), cfg.port))
-        .map_err(io_err(format!("listen on {}:{}", cfg.host, cfg.port)))?;
+    let host = crate::addr::bare(&cfg.host);
+    let listener = std::net::TcpListener::bind((host, cfg.port)).map_err(io_err(format!(
+        "listen on {}",
+        crate::addr::join(host, cfg.port)
+    )))?;
     let addr = listener.local_addr().map_err(io_err("local address"))?;
     let (snapshot, http_addr) = if cfg.http_port != 0 {
-        let l = std::net::TcpListener::bind((cfg.host.as_str(), cfg.http_port)).map_err(io_err(
-            format!("HTTP listen on {}:{}", cfg.host, cfg.http_port),
-        ))?;
+        let l = std::net::TcpListener::bind((host, cfg.http_port)).map_err(io_err(format!(
+            "HTTP listen on {}",
+            crate::addr::join(host, cfg.http_port)
+        )))?;
         let a = l.local_addr().map_err(io_err("local address"))?;
         let snap = Arc::new(Mutex::new(String::from("{}")));
         http::spawn(l, snap.clone()).map_err(io_err("start HTTP thread"))?;
@@ -240,7 +247,7 @@ pub fn start(cfg: &Config) -> Result<Started, NmError> {
         results_rx,
         store_thread: Some(store_thread),
     });
-    server::log_listen(addr, t0);
+    server::log_listen(addr, cfg.advertise_host.as_deref(), t0);
     Ok(Started {
         addr,
         http_addr,

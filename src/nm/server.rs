@@ -267,7 +267,7 @@ impl Server {
                 return;
             };
             match listener.accept() {
-                Ok((mut stream, _)) => {
+                Ok((mut stream, peer)) => {
                     if self.conns.len() >= self.max_connections {
                         let bytes = encode(
                             &Message::err(err::limit(format!(
@@ -308,6 +308,7 @@ impl Server {
                         },
                     );
                     self.core.on_connect(id, now_ms());
+                    self.core.on_peer_ip(id, peer.ip());
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -626,10 +627,25 @@ pub fn spawn_store(
     Ok((btx, rrx, h))
 }
 
-/// Logs the bound address so tests and scripts can find the server.
-pub fn log_listen(addr: std::net::SocketAddr, started: Instant) {
-    log::info!(target: ev::NM_LISTEN, addr = addr.to_string(), ms = started.elapsed().as_millis() as u64;
-        "name server listening on {addr}");
+/// Logs the bound address so tests and scripts can find the server, and the address peers
+/// should use (`--advertise-host`): a wildcard bind is no address a peer can connect to.
+pub fn log_listen(addr: std::net::SocketAddr, advertise: Option<&str>, started: Instant) {
+    let ms = started.elapsed().as_millis() as u64;
+    match advertise {
+        Some(host) => {
+            let reach = crate::addr::join(host, addr.port());
+            log::info!(target: ev::NM_LISTEN, addr = addr.to_string(), advertise = reach.as_str(), ms = ms;
+                "name server listening on {addr}; peers reach it at {reach}");
+        }
+        None if addr.ip().is_unspecified() => {
+            log::info!(target: ev::NM_LISTEN, addr = addr.to_string(), ms = ms;
+                "name server listening on {addr} (every interface); peers reach it at this machine's address (--nm-host), --advertise-host names it");
+        }
+        None => {
+            log::info!(target: ev::NM_LISTEN, addr = addr.to_string(), ms = ms;
+                "name server listening on {addr}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -30,8 +30,12 @@ const SHUTDOWN_POLL_MS: u64 = 50;
 pub struct Config {
     /// `host:port` of the name server.
     pub nm_addr: String,
-    /// Host to listen on for clients (and to advertise).
+    /// Host to listen on for clients.
     pub host: String,
+    /// Host to advertise to the name server (which hands it to clients and the partner);
+    /// `None` advertises `host`. A wildcard advertised is replaced by the name server with
+    /// the address the registration comes from (`crate::addr`).
+    pub advertise_host: Option<String>,
     /// Client port; 0 picks a free one.
     pub client_port: u16,
     /// The storage directory.
@@ -125,7 +129,7 @@ impl Drop for Running {
 pub fn start(cfg: Config) -> Result<Running, SsError> {
     let store = Arc::new(store::Store::open(&cfg.storage, &cfg.name)?);
     store.scan()?;
-    let want = format!("{}:{}", cfg.host, cfg.client_port);
+    let want = crate::addr::join(&cfg.host, cfg.client_port);
     let listener = TcpListener::bind(&want).map_err(|source| SsError::Listen {
         addr: want.clone(),
         source,
@@ -139,7 +143,7 @@ pub fn start(cfg: Config) -> Result<Running, SsError> {
         nmlink::LinkConfig {
             nm_addr: cfg.nm_addr.clone(),
             name: cfg.name.clone(),
-            host: cfg.host.clone(),
+            host: crate::addr::bare(cfg.advertise_host.as_deref().unwrap_or(&cfg.host)).to_string(),
             client_port: addr.port(),
             backup_of: cfg.backup_of.clone(),
             key: cfg.key.clone(),

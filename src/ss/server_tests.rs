@@ -102,6 +102,7 @@ fn config(dir: &std::path::Path, nm_addr: &str, key: &ClusterKey) -> Config {
     Config {
         nm_addr: nm_addr.to_string(),
         host: "127.0.0.1".into(),
+        advertise_host: None,
         client_port: 0,
         storage: dir.join("s"),
         name: "ss1".into(),
