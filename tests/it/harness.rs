@@ -12,6 +12,7 @@
 
 #![allow(dead_code)]
 
+pub use crate::netns::Hosts;
 use pairfs::protocol::{AccessMode, FileState, Ticket, WireError};
 use pairfs::protocol::{Connection, Frame, Message};
 use serde_json::Value;
@@ -220,6 +221,8 @@ pub struct Proc {
     /// Extra environment variables of every incarnation (test hooks).
     env: Vec<(String, String)>,
     child: Option<Child>,
+    /// The network namespace (test host) it runs in, if any (`crate::netns`).
+    netns: Option<String>,
     /// The log across all incarnations.
     pub log: Arc<Log>,
     /// The bound address of the current incarnation (`host:port`).
@@ -227,15 +230,12 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn spawn(name: &str, bin: PathBuf, args: Vec<String>, log: Arc<Log>) -> Proc {
-        Proc::spawn_env(name, bin, args, vec![], log)
-    }
-
     fn spawn_env(
         name: &str,
         bin: PathBuf,
         args: Vec<String>,
         env: Vec<(String, String)>,
+        netns: Option<String>,
         log: Arc<Log>,
     ) -> Proc {
         let mut p = Proc {
@@ -244,6 +244,7 @@ impl Proc {
             args,
             env,
             child: None,
+            netns,
             log,
             addr: String::new(),
         };
@@ -252,7 +253,7 @@ impl Proc {
     }
 
     fn launch(&mut self) {
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = in_netns(self.netns.as_deref(), &self.bin);
         cmd.args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -374,9 +375,19 @@ pub struct Builder {
     wait_register: bool,
     per_ss_args: BTreeMap<String, Vec<String>>,
     per_ss_env: BTreeMap<String, Vec<(String, String)>>,
+    hosts: Option<Hosts>,
 }
 
 impl Builder {
+    /// Runs every process on a test host of its own (`crate::netns`): the name server and
+    /// each storage server listen on `0.0.0.0` of their own host and are reached at its
+    /// address, and clients run on a host of their own. Raw connections from the test process
+    /// ([`Cluster::nm_conn`], [`Cluster::ss_conn`]) cannot reach them.
+    pub fn on_hosts(mut self, hosts: Hosts) -> Builder {
+        self.hosts = Some(hosts);
+        self
+    }
+
     /// Storage servers to start, by name (default `ss1`).
     pub fn servers(mut self, names: &[&str]) -> Builder {
         self.storage_servers = names.iter().map(|s| s.to_string()).collect();
@@ -457,8 +468,23 @@ impl Builder {
             HEARTBEAT_TIMEOUT_MS.to_string(),
         ];
         nm_args.extend(self.nm_args.iter().cloned());
-        let mut nm = Proc::spawn("nm", bin("bin_nm"), nm_args, nm_log);
-        nm.addr = wait_listen(&nm, Mark(0), "nm_listen");
+        let mut hosts = self.hosts;
+        let nm_netns = hosts.as_mut().map(|h| {
+            h.add("nm");
+            // Every interface of its own host, as a server other machines reach would be.
+            nm_args.extend(["--host".to_string(), "0.0.0.0".to_string()]);
+            h.netns("nm")
+        });
+        let mut nm = Proc::spawn_env("nm", bin("bin_nm"), nm_args, vec![], nm_netns, nm_log);
+        nm.addr = reachable(
+            hosts.as_ref(),
+            "nm",
+            &wait_listen(&nm, Mark(0), "nm_listen"),
+        );
+        let client_netns = hosts.as_mut().map(|h| {
+            h.add("client");
+            h.netns("client")
+        });
         // Pin the port for restarts, so storage servers and clients find the name server again.
         let port = port_of(&nm.addr);
         let i = nm.args.iter().position(|a| a == "--port").unwrap();
@@ -472,6 +498,8 @@ impl Builder {
             ss_args: self.ss_args.clone(),
             per_ss_args: self.per_ss_args.clone(),
             per_ss_env: self.per_ss_env.clone(),
+            hosts,
+            client_netns,
         };
         for (ss, rel, bytes) in &self.seeds {
             let p = c.storage(ss).join("files").join(rel);
@@ -501,6 +529,11 @@ pub struct Cluster {
     ss_args: Vec<String>,
     per_ss_args: BTreeMap<String, Vec<String>>,
     per_ss_env: BTreeMap<String, Vec<(String, String)>>,
+    /// The test hosts every process runs on, if the cluster spans several (dropped after the
+    /// processes: fields drop in order).
+    hosts: Option<Hosts>,
+    /// The client's own host's namespace, with `hosts`.
+    client_netns: Option<String>,
     /// Declared last so it is removed only after every process was killed (fields drop in
     /// order).
     dir: tempfile::TempDir,
@@ -522,6 +555,7 @@ impl Cluster {
             wait_register: true,
             per_ss_args: BTreeMap::new(),
             per_ss_env: BTreeMap::new(),
+            hosts: None,
         }
     }
 
@@ -595,11 +629,27 @@ impl Cluster {
             "--heartbeat-interval-ms".into(),
             HEARTBEAT_INTERVAL_MS.to_string(),
         ];
+        let netns = self.hosts.as_mut().map(|h| {
+            h.add(name);
+            let nm_host = h.addr("nm");
+            args.extend([
+                "--host".into(),
+                "0.0.0.0".into(),
+                "--nm-host".into(),
+                nm_host,
+            ]);
+            h.netns(name)
+        });
         args.extend(self.ss_args.iter().cloned());
         args.extend(self.per_ss_args.get(name).into_iter().flatten().cloned());
         let env = self.per_ss_env.get(name).cloned().unwrap_or_default();
-        let mut p = Proc::spawn_env(name, bin("bin_ss"), args, env, Arc::new(Log::default()));
-        p.addr = wait_listen(&p, Mark(0), "ss_listen");
+        let log = Arc::new(Log::default());
+        let mut p = Proc::spawn_env(name, bin("bin_ss"), args, env, netns, log);
+        p.addr = reachable(
+            self.hosts.as_ref(),
+            name,
+            &wait_listen(&p, Mark(0), "ss_listen"),
+        );
         self.ss.insert(name.to_string(), p);
     }
 
@@ -699,6 +749,8 @@ impl Cluster {
         };
         let addr = wait_listen(p, since, event);
         p.addr = addr;
+        let addr = reachable(self.hosts.as_ref(), name, &self.proc(name).addr);
+        self.proc_mut(name).addr = addr;
         if name == "nm" {
             let names: Vec<String> = self.ss.keys().cloned().collect();
             for ss in names {
@@ -732,6 +784,7 @@ impl Cluster {
             nm_addr: self.nm.addr.clone(),
             user: user.to_string(),
             extra: vec![],
+            netns: self.client_netns.clone(),
         }
     }
 
@@ -774,6 +827,28 @@ pub fn call_raw(c: &mut Connection, msg: &Message) -> Frame {
     c.recv_some().expect("reply")
 }
 
+/// A command that runs `program` in network namespace `netns` (`ip netns exec`, which execs,
+/// so the child's PID is the program's), or directly.
+fn in_netns(netns: Option<&str>, program: &Path) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+/// The address peers use for process `name` that logged `bound`: with test hosts, its host's
+/// address and the bound port (it listens on a wildcard); otherwise `bound` itself.
+fn reachable(hosts: Option<&Hosts>, name: &str, bound: &str) -> String {
+    match hosts {
+        Some(h) => pairfs::addr::join(&h.addr(name), port_of(bound)),
+        None => bound.to_string(),
+    }
+}
+
 fn wait_listen(p: &Proc, since: Mark, event: &str) -> String {
     let v = p
         .log
@@ -804,6 +879,8 @@ pub struct Client {
     nm_addr: String,
     user: String,
     extra: Vec<String>,
+    /// The test host it runs on, when the cluster spans several.
+    netns: Option<String>,
 }
 
 /// What a piped client run produced.
@@ -877,7 +954,7 @@ impl Client {
 
     fn command(&self) -> Command {
         let (host, port) = self.nm_addr.rsplit_once(':').unwrap();
-        let mut cmd = Command::new(bin("bin_client"));
+        let mut cmd = in_netns(self.netns.as_deref(), &bin("bin_client"));
         cmd.args([
             "--nm-host",
             host,

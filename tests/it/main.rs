@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod harness;
+mod netns;
 
 mod auth;
 mod checkpoints;
@@ -16,6 +17,7 @@ mod failover;
 mod folders;
 mod fsck;
 mod hosts;
+mod multihost;
 mod replication;
 mod requests;
 mod robustness;
