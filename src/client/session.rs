@@ -568,7 +568,9 @@ impl Session {
     /// Opens a read of `file` (READ, DOWNLOAD, STREAM): LOCATE, connect, send the request
     /// `make` builds and read the first reply. A copy that cannot be reached or refuses as
     /// UNAVAILABLE (down, or stale: behind the name server's record) is never read silently;
-    /// the client asks once for the other copy, and reports UNAVAILABLE if there is none.
+    /// the client asks once for the other copy, and reports UNAVAILABLE if there is none. A
+    /// copy whose server refuses with LIMIT (all its connection slots taken) is treated the
+    /// same way.
     fn open_read(
         &mut self,
         file: &str,
@@ -592,7 +594,10 @@ impl Session {
             });
             match opened {
                 Ok(x) => return Ok(x),
-                Err(e) if retry && e.code == ErrorCode::Unavailable => avoid = Some(ss),
+                // LIMIT: that copy's server has no free connection slot; the other may.
+                Err(e) if retry && matches!(e.code, ErrorCode::Unavailable | ErrorCode::Limit) => {
+                    avoid = Some(ss)
+                }
                 Err(e) => return Err(e.into()),
             }
         }
