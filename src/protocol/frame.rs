@@ -705,6 +705,38 @@ mod tests {
     }
 
     #[test]
+    fn budget_grants_within_its_size_and_always_one_frame() {
+        let b = FrameBudget::new(10);
+        assert!(b.try_take(6));
+        assert!(!b.try_take(6), "over the budget while another holds some");
+        assert!(b.try_take(4));
+        b.give(10);
+        assert_eq!(b.used(), 0);
+        assert!(
+            b.try_take(50),
+            "a frame larger than the budget passes alone"
+        );
+        assert!(!b.try_take(1));
+        let b2 = b.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            b2.give(50);
+        });
+        assert!(b.take_by(5, Instant::now() + Duration::from_secs(10)));
+        t.join().unwrap_or_else(|_| panic!("giver panicked"));
+        assert!(!b.take_by(6, Instant::now() + Duration::from_millis(20)));
+    }
+
+    #[test]
+    fn front_frame_size_reads_only_the_header() {
+        let bytes = encode(&Message::Chunk {}, &[7u8; 100]);
+        let nl = bytes.iter().position(|&b| b == b'\n').unwrap_or(0);
+        assert_eq!(front_frame_size(&bytes[..nl]), Ok(None));
+        assert_eq!(front_frame_size(&bytes[..nl + 3]), Ok(Some(bytes.len())));
+        assert!(front_frame_size(b"junk\n").is_err());
+    }
+
+    #[test]
     fn incomplete_is_none_not_error() {
         let bytes = encode(&Message::Chunk {}, b"hello");
         for cut in 0..bytes.len() {
