@@ -44,7 +44,7 @@ const RSS_LIMIT_MIB: u64 = 256;
 /// How long a client command may take (or keep being retried) before it counts as locked out.
 const LOCKOUT_LIMIT: Duration = Duration::from_secs(20);
 /// The idle timeout given to servers in attack (b), when they know the flag.
-const ATTACK_IDLE_S: &str = "2";
+const ATTACK_IDLE_S: &str = "5";
 /// Cap on the time one step of waiting for a log line takes.
 const WAIT: Duration = Duration::from_secs(20);
 

@@ -578,9 +578,14 @@ impl Session {
         make: impl Fn(Ticket) -> Message,
     ) -> Result<(SsLink, Frame), CmdError> {
         let mut avoid: Option<String> = None;
+        let mut full: Option<WireError> = None;
         loop {
             let retry = avoid.is_none();
-            let (ss, addr, ticket) = self.locate_avoiding(file, mode, avoid.clone())?;
+            let (ss, addr, ticket) = match self.locate_avoiding(file, mode, avoid.clone()) {
+                Ok(x) => x,
+                // No other copy to try: "that server is full" says more than "no other copy".
+                Err(e) => return Err(full.map_or(e, CmdError::from)),
+            };
             let opened = SsLink::connect(&ss, &addr).and_then(|mut link| {
                 let req = make(ticket);
                 if let Err(e) = link.conn.send(&req, b"") {
@@ -596,6 +601,9 @@ impl Session {
                 Ok(x) => return Ok(x),
                 // LIMIT: that copy's server has no free connection slot; the other may.
                 Err(e) if retry && matches!(e.code, ErrorCode::Unavailable | ErrorCode::Limit) => {
+                    if e.code == ErrorCode::Limit {
+                        full = Some(e);
+                    }
                     avoid = Some(ss)
                 }
                 Err(e) => return Err(e.into()),

@@ -356,3 +356,34 @@ fn a_trickling_http_reader_delays_nobody_and_is_cut_off() {
     }
     assert!(cut, "the trickling connection was never closed");
 }
+
+#[test]
+fn read_from_a_full_server_without_a_partner_says_limit() {
+    let c = Cluster::builder()
+        .ss_args(&["--max-connections", "1"])
+        .start();
+    c.client("alice")
+        .run("CREATE solo.txt\nWRITE solo.txt 0\n0 Alone.\nETIRW\n")
+        .assert_code(0);
+    let _held = connect(c.ss_addr("ss1")).unwrap();
+    assert!(
+        poll_until(Duration::from_secs(5), || {
+            let mut p = raw_conn(c.ss_addr("ss1"));
+            matches!(
+                p.recv(),
+                Ok(Some(pairfs::protocol::Frame {
+                    msg: Message::Err {
+                        code: ErrorCode::Limit,
+                        ..
+                    },
+                    ..
+                }))
+            )
+        }),
+        "ss1 did not fill up"
+    );
+    c.client("alice")
+        .run("READ solo.txt\n")
+        .assert_contains("ERROR [LIMIT]: too many connections")
+        .assert_code(1);
+}
