@@ -8,7 +8,7 @@ BINS  := bin_nm bin_ss bin_client
 # Root test scripts are later work; each runs only if it exists.
 ROOT_TESTS := test_replication.sh test_heartbeat.sh
 
-# `make test` runs a short seeded chaos run and the attack replay (pairfs_attack, ~40 s); `make chaos` a longer one (CHAOS_ARGS adds flags,
+# `make test` runs a short seeded chaos run and the attack replay (pairfs_attack, ~30 s); `make chaos` a longer one (CHAOS_ARGS adds flags,
 # e.g. CHAOS_ARGS="--seed 42 --replication async").
 CHAOS_TEST_ARGS := --rounds 6 --seed 7
 CHAOS_ROUNDS ?= 40
