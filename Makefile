@@ -8,13 +8,13 @@ BINS  := bin_nm bin_ss bin_client
 # Root test scripts are later work; each runs only if it exists.
 ROOT_TESTS := test_replication.sh test_heartbeat.sh
 
-# `make test` runs a short seeded chaos run; `make chaos` a longer one (CHAOS_ARGS adds flags,
+# `make test` runs a short seeded chaos run and the attack replay (pairfs_attack, ~30 s); `make chaos` a longer one (CHAOS_ARGS adds flags,
 # e.g. CHAOS_ARGS="--seed 42 --replication async").
 CHAOS_TEST_ARGS := --rounds 6 --seed 7
 CHAOS_ROUNDS ?= 40
 CHAOS_ARGS ?=
 
-.PHONY: all build deps test cluster stop bench chaos clean
+.PHONY: all build deps test cluster stop bench chaos attack clean
 
 all: build
 
@@ -31,6 +31,7 @@ test: deps
 	$(CARGO) clippy --all-targets --release -- -D warnings
 	$(CARGO) test --release
 	target/release/pairfs_chaos $(CHAOS_TEST_ARGS)
+	target/release/pairfs_attack
 	@for t in $(ROOT_TESTS); do \
 		if [ -f "$$t" ]; then echo "== $$t"; bash "./$$t" || exit 1; fi; \
 	done
@@ -49,6 +50,11 @@ bench: deps
 chaos: deps
 	$(CARGO) build --release
 	target/release/pairfs_chaos --rounds $(CHAOS_ROUNDS) $(CHAOS_ARGS)
+
+# Hostile socket and input patterns against a local cluster (also part of `make test`).
+attack: deps
+	$(CARGO) build --release
+	target/release/pairfs_attack
 
 clean: stop
 	$(CARGO) clean

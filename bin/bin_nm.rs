@@ -56,9 +56,15 @@ struct Cli {
     /// Cluster key file (default: $HOME/.pairfs/cluster.key, created if missing).
     #[arg(long)]
     cluster_key_file: Option<PathBuf>,
-    /// Most simultaneous connections.
+    /// Most simultaneous client connections (lowered at start to fit the descriptor limit,
+    /// whose soft value is raised to the hard one); 16 more slots are kept for storage servers.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     max_connections: u64,
+    /// Seconds a connection may stay idle, or take to deliver one frame, before it is closed;
+    /// fractions allowed (e.g. 0.3). Registered storage servers are exempt; the client
+    /// reconnects transparently on its next command.
+    #[arg(long, default_value = "60", value_parser = pairfs::limits::parse_seconds_ms)]
+    idle_timeout_s: u64,
     /// Stale copies at least this large are caught up by delta (only the changed chunks
     /// travel); smaller ones are sent whole. 0 sends every copy whole.
     #[arg(long, default_value_t = pairfs::delta::DELTA_MIN_BYTES)]
@@ -109,6 +115,7 @@ fn main() {
             .cluster_key_file
             .unwrap_or_else(pairfs::auth::default_key_path),
         max_connections: cli.max_connections as usize,
+        idle_timeout_ms: cli.idle_timeout_s,
         // Test hook only (see nm::worker::NmFault); read once, at start.
         fault: nm::worker::NmFault::from_env(std::env::var("PAIRFS_FAULT_NM").ok().as_deref()),
     };

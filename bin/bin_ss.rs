@@ -47,9 +47,15 @@ struct Args {
     /// Milliseconds a write session may stay idle before its sentence lock is released.
     #[arg(long, default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(1..))]
     lock_timeout_ms: u64,
-    /// Most client connections served at once.
+    /// Most client connections served at once (lowered at start to fit the descriptor limit,
+    /// whose soft value is raised to the hard one).
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65_536))]
     max_connections: u64,
+    /// Seconds a connection may stay idle between requests (outside a write session, which
+    /// --lock-timeout-ms governs) or take to deliver one frame, before it is closed;
+    /// fractions allowed (e.g. 0.3).
+    #[arg(long, default_value = "60", value_parser = pairfs::limits::parse_seconds_ms)]
+    idle_timeout_s: u64,
 }
 
 fn main() {
@@ -97,6 +103,7 @@ fn serve(args: Args) -> anyhow::Result<()> {
         key,
         lock_timeout_ms: args.lock_timeout_ms,
         max_connections: args.max_connections as usize,
+        idle_timeout_ms: args.idle_timeout_s,
         // Test hook only (see ss::Config::fault_flip_put); read once, at start.
         fault_flip_put: std::env::var("PAIRFS_FAULT_FLIP_PUT").is_ok_and(|v| v == "1"),
         fault_stage: pairfs::ss::server::staging::StageFault::from_env(

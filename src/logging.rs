@@ -100,6 +100,15 @@ pub mod ev {
     pub const SS_REFUSED: &str = "ss_refused";
     /// A server is shutting down on a signal.
     pub const SHUTDOWN: &str = "shutdown";
+    /// Accepting failed for want of file descriptors (EMFILE/ENFILE); logged once per burst
+    /// (fields `server`, `refused` = connections closed unserved so far in the burst).
+    pub const ACCEPT_FD_EXHAUSTED: &str = "accept_fd_exhausted";
+    /// A connection was closed for idling or for not finishing a frame in time (fields
+    /// `reason` = `idle` | `frame_deadline` | `reserve`, `idle_ms`).
+    pub const CONN_DROPPED: &str = "conn_dropped";
+    /// The connection cap chosen at start, from `--max-connections` and the descriptor limit
+    /// (fields `max_connections`, `nofile`).
+    pub const CONN_LIMIT: &str = "conn_limit";
 
     /// Every event name above, for documentation and tests.
     pub const ALL: &[&str] = &[
@@ -138,6 +147,9 @@ pub mod ev {
         SS_NM_LINK,
         SS_REFUSED,
         SHUTDOWN,
+        ACCEPT_FD_EXHAUSTED,
+        CONN_DROPPED,
+        CONN_LIMIT,
     ];
 }
 

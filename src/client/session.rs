@@ -568,7 +568,9 @@ impl Session {
     /// Opens a read of `file` (READ, DOWNLOAD, STREAM): LOCATE, connect, send the request
     /// `make` builds and read the first reply. A copy that cannot be reached or refuses as
     /// UNAVAILABLE (down, or stale: behind the name server's record) is never read silently;
-    /// the client asks once for the other copy, and reports UNAVAILABLE if there is none.
+    /// the client asks once for the other copy, and reports UNAVAILABLE if there is none. A
+    /// copy whose server refuses with LIMIT (all its connection slots taken) is treated the
+    /// same way.
     fn open_read(
         &mut self,
         file: &str,
@@ -576,9 +578,14 @@ impl Session {
         make: impl Fn(Ticket) -> Message,
     ) -> Result<(SsLink, Frame), CmdError> {
         let mut avoid: Option<String> = None;
+        let mut full: Option<WireError> = None;
         loop {
             let retry = avoid.is_none();
-            let (ss, addr, ticket) = self.locate_avoiding(file, mode, avoid.clone())?;
+            let (ss, addr, ticket) = match self.locate_avoiding(file, mode, avoid.clone()) {
+                Ok(x) => x,
+                // No other copy to try: "that server is full" says more than "no other copy".
+                Err(e) => return Err(full.map_or(e, CmdError::from)),
+            };
             let opened = SsLink::connect(&ss, &addr).and_then(|mut link| {
                 let req = make(ticket);
                 if let Err(e) = link.conn.send(&req, b"") {
@@ -592,7 +599,13 @@ impl Session {
             });
             match opened {
                 Ok(x) => return Ok(x),
-                Err(e) if retry && e.code == ErrorCode::Unavailable => avoid = Some(ss),
+                // LIMIT: that copy's server has no free connection slot; the other may.
+                Err(e) if retry && matches!(e.code, ErrorCode::Unavailable | ErrorCode::Limit) => {
+                    if e.code == ErrorCode::Limit {
+                        full = Some(e);
+                    }
+                    avoid = Some(ss)
+                }
                 Err(e) => return Err(e.into()),
             }
         }

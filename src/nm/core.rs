@@ -698,6 +698,12 @@ impl Core {
         matches!(self.peers.get(&conn), Some(Peer::Client { busy: true, .. }))
     }
 
+    /// True for a registered storage server's connection: its liveness is judged by its
+    /// heartbeats, never by idling.
+    pub fn is_storage_server(&self, conn: ConnId) -> bool {
+        matches!(self.peers.get(&conn), Some(Peer::Server { .. }))
+    }
+
     /// Jobs handed out and not yet answered.
     pub fn jobs_in_flight(&self) -> usize {
         self.jobs.len()

@@ -1,18 +1,35 @@
 //! A tiny HTTP/1.1 endpoint for operators: `GET /health` answers `ok`, `GET /status` answers
 //! the JSON snapshot the event loop publishes about once a second.
 //!
-//! It serves one request per connection from its own thread, with bounded request size and
-//! read timeouts, and never touches the name server's state: only the published snapshot.
+//! It serves one request per connection, each connection on a thread of its own (at most
+//! [`MAX_CONNECTIONS`] at once; beyond that a connection gets `503` at once), with a bounded
+//! request size and a total deadline of [`DEADLINE_MS`] for the request to arrive and the
+//! answer to be written, so a slow or stalled reader delays nobody else. It never touches the
+//! name server's state: only the published snapshot.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Largest request head read.
 pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
-/// Time a client has to send its request.
-pub const READ_TIMEOUT_MS: u64 = 2_000;
+/// Time a connection has, from accept, to send its request and take the whole answer.
+pub const DEADLINE_MS: u64 = 5_000;
+/// Connections served at once.
+pub const MAX_CONNECTIONS: usize = 32;
+/// How long a connection refused for being over [`MAX_CONNECTIONS`] may take its `503`.
+const REFUSE_WRITE_MS: u64 = 100;
+
+/// Counts one connection being served for as long as it lives.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// The latest status JSON, replaced by the event loop.
 pub type Snapshot = Arc<Mutex<String>>;
@@ -22,32 +39,81 @@ pub fn spawn(listener: TcpListener, snapshot: Snapshot) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("nm-http".into())
         .spawn(move || {
+            let busy = Arc::new(AtomicUsize::new(0));
             for stream in listener.incoming() {
-                match stream {
-                    Ok(s) => {
-                        let _ = serve(s, &snapshot);
+                let mut s = match stream {
+                    Ok(s) => s,
+                    Err(e) => {
+                        if crate::limits::is_fd_exhaustion(&e) {
+                            // The queued connection stays queued: wait for descriptors.
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        continue;
                     }
-                    Err(_) => continue,
+                };
+                if busy.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                    busy.fetch_sub(1, Ordering::SeqCst);
+                    let by = Instant::now() + Duration::from_millis(REFUSE_WRITE_MS);
+                    let _ = respond(
+                        &mut s,
+                        by,
+                        "503 Service Unavailable",
+                        "text/plain",
+                        "busy\n",
+                    );
+                    continue;
                 }
+                let slot = Slot(busy.clone());
+                let snap = snapshot.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("nm-http-conn".into())
+                    .spawn(move || {
+                        let _slot = slot;
+                        let _ = serve(s, &snap);
+                    });
+                // A thread that cannot start drops its connection (and slot) with it.
+                drop(spawned);
             }
         })?;
     Ok(())
 }
 
+/// The time left until `deadline`, as a socket timeout (never zero, which would mean none);
+/// a passed deadline is a `TimedOut` error.
+fn left(deadline: Instant) -> std::io::Result<Option<Duration>> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "HTTP connection deadline passed",
+        ));
+    }
+    Ok(Some(left))
+}
+
 fn serve(mut s: TcpStream, snapshot: &Snapshot) -> std::io::Result<()> {
-    s.set_read_timeout(Some(Duration::from_millis(READ_TIMEOUT_MS)))?;
-    s.set_write_timeout(Some(Duration::from_millis(READ_TIMEOUT_MS)))?;
+    let deadline = Instant::now() + Duration::from_millis(DEADLINE_MS);
+    let result = serve_by(&mut s, snapshot, deadline);
+    let _ = s.shutdown(std::net::Shutdown::Both);
+    result
+}
+
+fn serve_by(s: &mut TcpStream, snapshot: &Snapshot, deadline: Instant) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") && !buf.windows(2).any(|w| w == b"\n\n") {
         if buf.len() >= MAX_REQUEST_BYTES {
             return respond(
-                &mut s,
+                s,
+                deadline,
                 "431 Request Header Fields Too Large",
                 "text/plain",
                 "too large\n",
             );
         }
+        // Each read may wait only for what is left of the connection's deadline, so a
+        // trickle of bytes cannot stretch it.
+        s.set_read_timeout(left(deadline)?)?;
         let n = s.read(&mut chunk)?;
         if n == 0 {
             break;
@@ -58,25 +124,47 @@ fn serve(mut s: TcpStream, snapshot: &Snapshot) -> std::io::Result<()> {
     let mut parts = head.lines().next().unwrap_or("").split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     if method != "GET" {
-        return respond(&mut s, "405 Method Not Allowed", "text/plain", "GET only\n");
+        return respond(
+            s,
+            deadline,
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET only\n",
+        );
     }
     match path {
-        "/health" => respond(&mut s, "200 OK", "text/plain", "ok\n"),
+        "/health" => respond(s, deadline, "200 OK", "text/plain", "ok\n"),
         "/status" => {
             let body = snapshot.lock().map(|g| g.clone()).unwrap_or_default();
-            respond(&mut s, "200 OK", "application/json", &body)
+            respond(s, deadline, "200 OK", "application/json", &body)
         }
-        _ => respond(&mut s, "404 Not Found", "text/plain", "not found\n"),
+        _ => respond(s, deadline, "404 Not Found", "text/plain", "not found\n"),
     }
 }
 
-fn respond(s: &mut TcpStream, status: &str, ctype: &str, body: &str) -> std::io::Result<()> {
-    let head = format!(
+fn respond(
+    s: &mut TcpStream,
+    deadline: Instant,
+    status: &str,
+    ctype: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    let mut out = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    s.write_all(head.as_bytes())?;
-    s.write_all(body.as_bytes())?;
+    out.push_str(body);
+    // Written a piece at a time, each write bounded by what is left of the deadline, so a
+    // reader that takes its answer slowly is cut off when the deadline passes.
+    let mut rest = out.as_bytes();
+    while !rest.is_empty() {
+        s.set_write_timeout(left(deadline)?)?;
+        let n = s.write(&rest[..rest.len().min(16 * 1024)])?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        rest = &rest[n..];
+    }
     s.flush()
 }
 

@@ -93,8 +93,11 @@ pub struct Config {
     pub exec_enabled: bool,
     /// The cluster key file (created if missing).
     pub cluster_key_file: PathBuf,
-    /// Most simultaneous connections.
+    /// Most simultaneous connections (lowered at start to fit the descriptor limit).
     pub max_connections: usize,
+    /// Idle time (and time for one frame to arrive) after which a connection is closed;
+    /// registered storage servers are exempt (see [`server`]).
+    pub idle_timeout_ms: u64,
     /// Test hook: exit around a MOVE's storage-server call (`PAIRFS_FAULT_NM` of `bin_nm`;
     /// see [`worker::NmFault`]).
     pub fault: Option<worker::NmFault>,
@@ -117,6 +120,7 @@ impl Default for Config {
             exec_enabled: true,
             cluster_key_file: crate::auth::default_key_path(),
             max_connections: 1024,
+            idle_timeout_ms: server::DEFAULT_IDLE_TIMEOUT_MS,
             fault: None,
         }
     }
@@ -201,8 +205,23 @@ pub fn start(cfg: &Config) -> Result<Started, NmError> {
     } else {
         (None, None)
     };
-    let mut srv = server::Server::new(listener, core, cfg.max_connections, snapshot)
+    // Descriptors besides connections: the store, every worker's storage-server sockets,
+    // EXEC's pipes, the HTTP endpoint's connections, log output, and the reserve slots.
+    let headroom = 32
+        + CLIENT_CALL_WORKERS as u64
+        + 2 * cfg.workers as u64
+        + http::MAX_CONNECTIONS as u64
+        + server::SERVER_RESERVE_SLOTS as u64;
+    let max_connections = crate::limits::cap_connections(
+        "name server",
+        cfg.max_connections,
+        crate::limits::raise_nofile(),
+        headroom,
+        1,
+    );
+    let mut srv = server::Server::new(listener, core, max_connections, snapshot)
         .map_err(io_err("event loop"))?;
+    srv.set_idle_timeout_ms(cfg.idle_timeout_ms);
     let waker = srv.waker();
     let (store_tx, store_rx, store_thread) =
         server::spawn_store(db, waker.clone(), STORE_CHANNEL_CAP)

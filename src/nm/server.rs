@@ -4,11 +4,39 @@
 //! report back over channels and wake the loop. Every reply is tagged with the store sequence
 //! number current when it was produced and leaves only once that sequence is durable, so no
 //! client ever sees state a crash could take back.
+//!
+//! No socket pattern may wedge or bloat the loop:
+//!
+//! * Accepting never loses its readiness event. When `accept` fails for want of descriptors
+//!   (EMFILE/ENFILE), a spare descriptor kept for the purpose is closed, the pending
+//!   connection is accepted, told `ERROR [LIMIT]` and closed, and the spare is reopened, until
+//!   the queue is empty; if even that fails, accepting is retried on a timer (part of the
+//!   loop's next deadline, never a busy loop). Each burst is logged once (`accept_fd_exhausted`).
+//! * A connection idle past `--idle-timeout-s` is closed, as is one whose frame has not
+//!   arrived whole within that time of its first byte. "Idle" means no bytes from the peer
+//!   while no request of its own is being worked on. A registered storage server is never
+//!   idle-dropped (its heartbeats and `--heartbeat-timeout-ms` judge it). A client's idle
+//!   connection being closed costs it nothing: the client notices the close before its next
+//!   command and reconnects transparently.
+//! * Beyond `--max-connections` there are [`SERVER_RESERVE_SLOTS`] more slots that only a
+//!   storage server may keep: a connection accepted into one must send REGISTER (proving the
+//!   cluster key) as its first frame within [`RESERVE_FIRST_FRAME_MS`], or it is told
+//!   `ERROR [LIMIT]` and closed. So idle or abusive clients cannot keep a storage server from
+//!   registering and heartbeating.
+//! * Each connection buffers up to [`FREE_INPUT_BYTES`] freely (any header, small bodies);
+//!   a larger frame is read on only once the shared [`FRAME_BUDGET_BYTES`] budget grants its
+//!   whole size, which comes back when the frame is decoded or the connection closes. A
+//!   connection that cannot get budget is not read until it can (backpressure) and is
+//!   dropped by its frame deadline if it never completes. Unfinished frames therefore hold at
+//!   most `FRAME_BUDGET_BYTES + connections × FREE_INPUT_BYTES` (about 132 MiB at 1,024
+//!   connections).
 
 use super::core::{ConnId, Core, Effect, Job, StoreOp};
 use super::store::{Batch, Committed, Store};
 use super::worker::JobResult;
+use crate::limits;
 use crate::logging::ev;
+use crate::protocol::frame::{FrameBudget, FRAME_BUDGET_BYTES};
 use crate::protocol::{decode, encode, err, frame, Message, WireError};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::net::{TcpListener, TcpStream};
@@ -23,8 +51,22 @@ const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
 const FIRST_CONN: usize = 2;
 
-/// Most unprocessed input kept per connection: one largest frame plus some slack.
-pub const MAX_INPUT_BYTES: usize = frame::MAX_HEADER_BYTES + frame::MAX_BODY_BYTES + 64 * 1024;
+/// Input a connection may buffer without asking the frame budget: a largest header plus a
+/// little, so requests without large bodies never wait for budget.
+pub const FREE_INPUT_BYTES: usize = frame::MAX_HEADER_BYTES + 4 * 1024;
+/// Slots beyond `--max-connections` kept for storage servers (see the module docs).
+pub const SERVER_RESERVE_SLOTS: usize = 16;
+/// How long a connection in a reserve slot has to send its REGISTER.
+pub const RESERVE_FIRST_FRAME_MS: u64 = 5_000;
+/// Default for `--idle-timeout-s`, in milliseconds.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// Pause before accepting again when descriptors ran out and no spare could be used.
+pub const ACCEPT_RETRY_MS: u64 = 50;
+/// Longest pause between two sweeps for idle connections.
+const MAX_SWEEP_EVERY_MS: u64 = 1_000;
+/// An emptied input buffer above this capacity is given back, so idle connections hold
+/// almost nothing.
+const KEEP_INPUT_CAPACITY: usize = 16 * 1024;
 /// Most output queued for one connection before it is dropped as stalled.
 pub const MAX_OUTPUT_BYTES: usize = 64 * 1024 * 1024;
 /// Unsent reply bytes above which a connection's further requests wait.
@@ -64,6 +106,17 @@ struct Conn {
     closing: bool,
     /// Reading stopped because the input buffer is full; resume when it drains.
     read_paused: bool,
+    /// Last time bytes arrived (or a request of its own was being worked on).
+    active_ms: u64,
+    /// When the unfinished frame at the front of `input` began arriving.
+    frame_started_ms: Option<u64>,
+    /// Encoded size of the front frame when it exceeds [`FREE_INPUT_BYTES`] (0 otherwise or
+    /// not yet known).
+    want: usize,
+    /// Bytes of the frame budget granted to the front frame (0 or `want`).
+    granted: usize,
+    /// Accepted into a storage-server reserve slot and not yet registered.
+    reserve: bool,
 }
 
 /// The channels and threads the loop talks to.
@@ -91,6 +144,16 @@ pub struct Server {
     conns: HashMap<ConnId, Conn>,
     next_conn: usize,
     max_connections: usize,
+    /// Connections in reserve slots (a subset of `conns`).
+    reserve_conns: usize,
+    idle_timeout_ms: u64,
+    budget: Arc<FrameBudget>,
+    /// A descriptor held only to be closed when accept runs out of them.
+    spare_fd: Option<std::fs::File>,
+    /// Connections refused for want of descriptors in the current burst (0: none).
+    fd_refused: u64,
+    /// When to try accepting again after running out of descriptors.
+    accept_retry_ms: Option<u64>,
     assigned_seq: u64,
     committed_seq: u64,
     backlog: VecDeque<Batch>,
@@ -138,6 +201,12 @@ impl Server {
             conns: HashMap::new(),
             next_conn: FIRST_CONN,
             max_connections,
+            reserve_conns: 0,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            budget: FrameBudget::new(FRAME_BUDGET_BYTES),
+            spare_fd: open_spare(),
+            fd_refused: 0,
+            accept_retry_ms: None,
             assigned_seq: 0,
             committed_seq: 0,
             backlog: VecDeque::new(),
@@ -146,6 +215,12 @@ impl Server {
             snapshot,
             links: None,
         })
+    }
+
+    /// Sets how long a connection may idle (and a frame may take to arrive) before it is
+    /// closed.
+    pub fn set_idle_timeout_ms(&mut self, ms: u64) {
+        self.idle_timeout_ms = ms.max(1);
     }
 
     /// The loop's waker, for threads reporting back.
@@ -171,13 +246,29 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         let mut next_snapshot_ms = 0u64;
         let mut stop_deadline: Option<u64> = None;
+        let sweep_every = (self.idle_timeout_ms / 4).clamp(1, MAX_SWEEP_EVERY_MS);
+        let mut next_sweep_ms = now_ms() + sweep_every;
         loop {
             let now = now_ms();
             if self.snapshot.is_some() && now >= next_snapshot_ms {
                 self.publish_snapshot(now);
                 next_snapshot_ms = now + SNAPSHOT_EVERY_MS;
             }
-            let mut deadline = self.core.next_deadline_ms();
+            if now >= next_sweep_ms {
+                self.sweep_idle(now);
+                next_sweep_ms = now + sweep_every;
+            }
+            if self.accept_retry_ms.is_some_and(|t| now >= t) {
+                self.accept();
+            }
+            let mut deadline = Some(
+                self.core
+                    .next_deadline_ms()
+                    .map_or(next_sweep_ms, |d| d.min(next_sweep_ms)),
+            );
+            if let Some(t) = self.accept_retry_ms {
+                deadline = deadline.map(|d| d.min(t));
+            }
             if self.snapshot.is_some() {
                 deadline = Some(deadline.map_or(next_snapshot_ms, |d| d.min(next_snapshot_ms)));
             }
@@ -261,78 +352,248 @@ impl Server {
         }
     }
 
+    /// Accepts until the queue is empty. Running out of descriptors never leaves a
+    /// connection queued without a retry: see the module docs.
     fn accept(&mut self) {
+        self.accept_retry_ms = None;
         loop {
             let Some(listener) = self.listener.as_ref() else {
                 return;
             };
             match listener.accept() {
-                Ok((mut stream, peer)) => {
-                    if self.conns.len() >= self.max_connections {
-                        let bytes = encode(
-                            &Message::err(err::limit(format!(
-                                "too many connections (limit {})",
-                                self.max_connections
-                            ))),
-                            &[],
-                        );
-                        let _ = stream.write(&bytes);
-                        continue;
+                Ok((stream, peer)) => {
+                    if self.fd_refused > 0 && self.spare_fd.is_some() {
+                        log::info!(target: ev::ACCEPT_FD_EXHAUSTED, server = "nm", refused = self.fd_refused;
+                            "descriptors available again; {} connections were refused", self.fd_refused);
+                        self.fd_refused = 0;
                     }
-                    let _ = stream.set_nodelay(true);
-                    let id = self.next_conn;
-                    self.next_conn += 1;
-                    if self
-                        .poll
-                        .registry()
-                        .register(
-                            &mut stream,
-                            Token(id),
-                            Interest::READABLE | Interest::WRITABLE,
-                        )
-                        .is_err()
-                    {
-                        continue;
-                    }
-                    self.conns.insert(
-                        id,
-                        Conn {
-                            stream,
-                            input: Vec::new(),
-                            held: VecDeque::new(),
-                            held_bytes: 0,
-                            output: Vec::new(),
-                            written: 0,
-                            closing: false,
-                            read_paused: false,
-                        },
-                    );
-                    self.core.on_connect(id, now_ms());
-                    self.core.on_peer_ip(id, peer.ip());
+                    self.admit(stream, peer.ip());
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // Running out of descriptors and the like: try again on the next event.
-                Err(_) => return,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+                Err(e) if limits::is_fd_exhaustion(&e) => {
+                    if self.fd_refused == 0 {
+                        log::warn!(target: ev::ACCEPT_FD_EXHAUSTED, server = "nm", error = e.to_string();
+                            "cannot accept: {e}; refusing connections until descriptors free up");
+                    }
+                    if !self.shed_one() {
+                        self.accept_retry_ms = Some(now_ms() + ACCEPT_RETRY_MS);
+                        return;
+                    }
+                }
+                Err(e) => {
+                    log::warn!(target: ev::ACCEPT_FD_EXHAUSTED, server = "nm", error = e.to_string();
+                        "accept failed: {e}; retrying");
+                    self.accept_retry_ms = Some(now_ms() + ACCEPT_RETRY_MS);
+                    return;
+                }
             }
         }
     }
 
-    /// Reads until WouldBlock or the input cap; EOF or an error closes the connection.
+    /// Out of descriptors: closes the spare to accept one pending connection, tells it why
+    /// and closes it, then takes the spare back. False when no connection could be taken.
+    fn shed_one(&mut self) -> bool {
+        self.fd_refused += 1;
+        if self.spare_fd.take().is_none() {
+            self.spare_fd = open_spare();
+            return false;
+        }
+        let accepted = self.listener.as_ref().map(|l| l.accept());
+        let took = match accepted {
+            Some(Ok((mut stream, _))) => {
+                let bytes = encode(
+                    &Message::err(err::limit(
+                        "the name server is out of file descriptors; try again shortly",
+                    )),
+                    &[],
+                );
+                let _ = stream.write(&bytes);
+                true
+            }
+            _ => false,
+        };
+        self.spare_fd = open_spare();
+        took
+    }
+
+    /// Takes an accepted connection into a client slot, a storage-server reserve slot, or
+    /// refuses it with LIMIT.
+    fn admit(&mut self, mut stream: TcpStream, peer: std::net::IpAddr) {
+        let normal = self.conns.len() - self.reserve_conns;
+        let reserve = if normal < self.max_connections {
+            false
+        } else if self.reserve_conns < SERVER_RESERVE_SLOTS {
+            true
+        } else {
+            let bytes = encode(
+                &Message::err(err::limit(format!(
+                    "too many connections (limit {})",
+                    self.max_connections
+                ))),
+                &[],
+            );
+            let _ = stream.write(&bytes);
+            return;
+        };
+        let _ = stream.set_nodelay(true);
+        let id = self.next_conn;
+        self.next_conn += 1;
+        if self
+            .poll
+            .registry()
+            .register(
+                &mut stream,
+                Token(id),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .is_err()
+        {
+            return;
+        }
+        let now = now_ms();
+        self.conns.insert(
+            id,
+            Conn {
+                stream,
+                input: Vec::new(),
+                held: VecDeque::new(),
+                held_bytes: 0,
+                output: Vec::new(),
+                written: 0,
+                closing: false,
+                read_paused: false,
+                active_ms: now,
+                frame_started_ms: None,
+                want: 0,
+                granted: 0,
+                reserve,
+            },
+        );
+        if reserve {
+            self.reserve_conns += 1;
+        }
+        self.core.on_connect(id, now);
+        self.core.on_peer_ip(id, peer);
+    }
+
+    /// Closes connections idle past the timeout, or whose frame is overdue (module docs).
+    fn sweep_idle(&mut self, now: u64) {
+        let idle = self.idle_timeout_ms;
+        let mut drop_idle = Vec::new();
+        let mut drop_frame = Vec::new();
+        let mut drop_reserve = Vec::new();
+        for (&id, c) in self.conns.iter_mut() {
+            if self.core.is_storage_server(id) {
+                continue;
+            }
+            if self.core.is_busy(id) || !c.held.is_empty() {
+                // Its own request is being worked on: that is not idling.
+                c.active_ms = now;
+                continue;
+            }
+            let limit = if c.reserve {
+                idle.min(RESERVE_FIRST_FRAME_MS)
+            } else {
+                idle
+            };
+            if c.frame_started_ms
+                .is_some_and(|t| now.saturating_sub(t) >= limit)
+            {
+                drop_frame.push(id);
+            } else if now.saturating_sub(c.active_ms) >= limit {
+                if c.reserve {
+                    drop_reserve.push(id);
+                } else {
+                    drop_idle.push(id);
+                }
+            }
+        }
+        if drop_idle.is_empty() && drop_frame.is_empty() && drop_reserve.is_empty() {
+            return;
+        }
+        log::info!(target: ev::CONN_DROPPED, idle = drop_idle.len() as u64,
+            frame_deadline = drop_frame.len() as u64, reserve = drop_reserve.len() as u64, idle_ms = idle;
+            "closed {} idle connections, {} with an overdue frame, {} unregistered in reserve slots",
+            drop_idle.len(), drop_frame.len(), drop_reserve.len());
+        let notices = [
+            (drop_idle, format!("connection idle for {idle} ms; closed")),
+            (
+                drop_frame,
+                format!("a frame did not arrive whole within {idle} ms; closed"),
+            ),
+            (
+                drop_reserve,
+                "too many connections: only a storage server may use this slot".to_string(),
+            ),
+        ];
+        for (ids, why) in notices {
+            let e = if why.starts_with("too many") {
+                err::limit(why)
+            } else {
+                err::timeout(why)
+            };
+            let bytes = encode(&Message::err(e), &[]);
+            for id in ids {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    // Best effort: the peer learns why, if its socket has room.
+                    if c.written == c.output.len() {
+                        let _ = c.stream.write(&bytes);
+                    }
+                }
+                self.drop_conn(id);
+            }
+        }
+    }
+
+    /// Reads until WouldBlock or the input cap; EOF or an error closes the connection. The
+    /// cap is [`FREE_INPUT_BYTES`], or the front frame's size once the budget granted it.
     fn read(&mut self, id: ConnId) {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
         let mut chunk = [0u8; 64 * 1024];
+        let now = now_ms();
         let alive = loop {
-            if c.input.len() >= MAX_INPUT_BYTES {
+            let cap = if c.granted > 0 {
+                c.granted
+            } else {
+                FREE_INPUT_BYTES
+            };
+            if c.input.len() >= cap {
                 c.read_paused = true;
-                break true;
+                if c.granted > 0 {
+                    break true;
+                }
+                if c.want == 0 {
+                    c.want = match frame::front_frame_size(&c.input) {
+                        Ok(Some(total)) if total > c.input.len() => total,
+                        // A whole frame or a bad header is buffered: decoding comes first.
+                        _ => break true,
+                    };
+                }
+                if !self.budget.try_take(c.want) {
+                    // Not read until budget frees: its bytes wait in the kernel, not here.
+                    break true;
+                }
+                c.granted = c.want;
+                c.input.reserve_exact(c.granted - c.input.len());
+                continue;
             }
-            let room = (MAX_INPUT_BYTES - c.input.len()).min(chunk.len());
+            if c.input.capacity() == 0 {
+                c.input.reserve_exact(FREE_INPUT_BYTES);
+            }
+            let room = (cap - c.input.len()).min(chunk.len());
             match c.stream.read(&mut chunk[..room]) {
                 Ok(0) => break false,
-                Ok(n) => c.input.extend_from_slice(&chunk[..n]),
+                Ok(n) => {
+                    c.input.extend_from_slice(&chunk[..n]);
+                    c.active_ms = now;
+                    if c.frame_started_ms.is_none() {
+                        c.frame_started_ms = Some(now);
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     c.read_paused = false;
                     break true;
@@ -346,8 +607,31 @@ impl Server {
         }
     }
 
+    /// After a frame was taken off `c.input`: returns the front frame's budget and memory
+    /// the buffer no longer needs, and restarts the frame clock for what remains.
+    fn after_frame(budget: &FrameBudget, c: &mut Conn, now: u64) {
+        budget.give(c.granted);
+        c.granted = 0;
+        c.want = 0;
+        if c.input.is_empty() {
+            c.frame_started_ms = None;
+            if c.input.capacity() > KEEP_INPUT_CAPACITY {
+                c.input = Vec::new();
+            }
+        } else {
+            c.frame_started_ms = Some(now);
+            if c.input.capacity() > 2 * FREE_INPUT_BYTES && c.input.len() <= FREE_INPUT_BYTES {
+                c.input.shrink_to(FREE_INPUT_BYTES);
+            }
+        }
+    }
+
     fn drop_conn(&mut self, id: ConnId) {
         if let Some(mut c) = self.conns.remove(&id) {
+            self.budget.give(c.granted);
+            if c.reserve {
+                self.reserve_conns -= 1;
+            }
             let _ = self.poll.registry().deregister(&mut c.stream);
             self.core.on_close(id, now_ms());
         }
@@ -381,7 +665,31 @@ impl Server {
                 return;
             }
             match decode(&mut c.input) {
-                Ok(Some(f)) => self.core.on_frame(id, f, now_ms()),
+                Ok(Some(f)) => {
+                    let now = now_ms();
+                    Self::after_frame(&self.budget, c, now);
+                    if c.reserve {
+                        if !matches!(f.msg, Message::Register { .. }) {
+                            // A reserve slot is for storage servers only.
+                            let bytes = encode(
+                                &Message::err(err::limit(format!(
+                                    "too many connections (limit {})",
+                                    self.max_connections
+                                ))),
+                                &[],
+                            );
+                            c.held_bytes += bytes.len();
+                            c.held.push_back((self.assigned_seq, bytes));
+                            c.closing = true;
+                            return;
+                        }
+                        // Registering proves the cluster key (or is refused and closed);
+                        // the slot then stays its own, idle rules of a server apply.
+                        c.reserve = false;
+                        self.reserve_conns -= 1;
+                    }
+                    self.core.on_frame(id, f, now);
+                }
                 Ok(None) => {
                     if c.read_paused {
                         self.read(id);
@@ -589,6 +897,11 @@ impl Server {
             self.drop_conn(id);
         }
     }
+}
+
+/// A descriptor to give up when accept runs out of them (`/dev/null`, opened read-only).
+fn open_spare() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
 }
 
 /// Encodes a reply; one whose header would exceed what a peer accepts becomes a LIMIT error,

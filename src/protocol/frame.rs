@@ -14,11 +14,18 @@
 //!
 //! Decoding is pure: [`decode`] looks at a buffer and returns `Ok(None)` when the frame is not
 //! complete yet, which is the normal case on a non-blocking socket, not an error.
+//!
+//! Unfinished frames cost memory on the receiving side, so a server shares one
+//! [`FrameBudget`] among all its connections: a body larger than what a connection may buffer
+//! freely is read only once the budget grants its whole size, and the grant is returned when
+//! the frame is taken off (or the connection goes). A peer that cannot get budget is simply
+//! not read (backpressure) until budget frees or its deadline drops it.
 
 use super::error::{ErrorCode, WireError};
 use super::message::{Message, PROTOCOL_VERSION};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// Largest header line accepted, including the newline.
@@ -50,6 +57,112 @@ pub fn paginate<T>(rows: Vec<T>, size_of: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
         }
     }
     pages
+}
+
+/// Bytes of unfinished frames a server may hold for all its connections together, beyond
+/// what each connection buffers freely (headers and small bodies).
+pub const FRAME_BUDGET_BYTES: usize = 64 * 1024 * 1024;
+
+/// A shared allowance of bytes for frame bodies being received. Cheap to share (`Arc`);
+/// usable from many threads (blocking [`FrameBudget::take_by`]) or one event loop
+/// ([`FrameBudget::try_take`]).
+#[derive(Debug)]
+pub struct FrameBudget {
+    total: usize,
+    used: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl FrameBudget {
+    /// A budget of `total` bytes.
+    pub fn new(total: usize) -> Arc<FrameBudget> {
+        Arc::new(FrameBudget {
+            total,
+            used: Mutex::new(0),
+            freed: Condvar::new(),
+        })
+    }
+
+    /// The budget's size.
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    /// Bytes granted and not yet returned.
+    pub fn used(&self) -> usize {
+        *self.used.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Grants `n` bytes if they are free now. A request larger than the whole budget is
+    /// granted only when nothing else holds any, so one largest frame always gets through.
+    pub fn try_take(&self, n: usize) -> bool {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        Self::grant(self.total, &mut used, n)
+    }
+
+    fn grant(total: usize, used: &mut usize, n: usize) -> bool {
+        if *used + n <= total || *used == 0 {
+            *used += n;
+            return true;
+        }
+        false
+    }
+
+    /// Grants `n` bytes, waiting for them until `deadline`; false if they did not free up.
+    pub fn take_by(&self, n: usize, deadline: Instant) -> bool {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if Self::grant(self.total, &mut used, n) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            used = match self.freed.wait_timeout(used, left) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+
+    /// Returns `n` granted bytes.
+    pub fn give(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        *used = used.saturating_sub(n);
+        self.freed.notify_all();
+    }
+}
+
+/// Bytes granted from a [`FrameBudget`], returned when dropped.
+#[derive(Debug)]
+struct Grant {
+    budget: Arc<FrameBudget>,
+    n: usize,
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        self.budget.give(self.n);
+    }
+}
+
+/// The encoded size of the frame at the front of `buf` once its header line has arrived
+/// (`Ok(None)` before), without consuming anything: what a receiver must be ready to hold.
+pub fn front_frame_size(buf: &[u8]) -> Result<Option<usize>, FrameError> {
+    let scan = buf.len().min(MAX_HEADER_BYTES);
+    let Some(nl) = buf[..scan].iter().position(|&b| b == b'\n') else {
+        return if buf.len() >= MAX_HEADER_BYTES {
+            Err(FrameError::HeaderTooLong)
+        } else {
+            Ok(None)
+        };
+    };
+    let (_, len, _) = parse_header(&buf[..nl])?;
+    Ok(Some(nl + 1 + len))
 }
 
 /// A decoded frame: the message and its body (empty when the header declared none).
@@ -280,6 +393,8 @@ pub struct Connection {
     large: Option<LargeFrame>,
     /// CRC32C of the body of the frame last taken off the buffer.
     body_crc: u32,
+    /// Where large bodies get their memory from (servers); `None` reads them unmetered.
+    budget: Option<Arc<FrameBudget>>,
 }
 
 /// A frame of at least [`LARGE_BODY_BYTES`] being received: its header, and its body so far
@@ -290,7 +405,12 @@ struct LargeFrame {
     crc: u32,
     len: usize,
     body: Vec<u8>,
+    /// The body's share of the connection's budget, returned once the frame is taken off.
+    _grant: Option<Grant>,
 }
+
+/// How long a body waits for budget when the caller gave no deadline.
+const BUDGET_WAIT_MS: u64 = 30_000;
 
 /// Most bytes one read asks for while the size of the next frame is not known yet.
 const READ_BYTES: usize = 64 * 1024;
@@ -309,7 +429,14 @@ impl Connection {
             need: None,
             large: None,
             body_crc: 0,
+            budget: None,
         }
+    }
+
+    /// Meters large bodies against `budget`: one is read only once its size is granted
+    /// (waiting until the receive deadline, else failing with `TimedOut`).
+    pub fn set_budget(&mut self, budget: Arc<FrameBudget>) {
+        self.budget = Some(budget);
     }
 
     /// Connects to `addr` (first resolved address) within `timeout`.
@@ -392,10 +519,10 @@ impl Connection {
     /// Takes the next frame off the buffer if it is complete, remembering the size of a frame
     /// whose header has arrived but whose body has not, and moving a large body's first bytes
     /// into a buffer of its own.
-    fn take_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+    fn take_frame(&mut self, deadline: Option<Instant>) -> Result<Option<Frame>, ConnError> {
         if let Some(l) = self.large.take_if(|l| l.body.len() == l.len) {
             if crc32c::crc32c(&l.body) != l.crc {
-                return Err(FrameError::BadChecksum);
+                return Err(FrameError::BadChecksum.into());
             }
             self.body_crc = l.crc;
             return Ok(Some(Frame {
@@ -419,7 +546,28 @@ impl Connection {
             }
             Front::NeedHeader => Ok(None),
             Front::NeedBody(h) if h.len >= LARGE_BODY_BYTES => {
-                self.start_large(h);
+                let grant = match self.budget.clone() {
+                    None => None,
+                    Some(b) => {
+                        // Not reading while waiting is the backpressure: the peer's sends
+                        // stall in its socket buffers, not in this process's memory.
+                        let until = deadline.unwrap_or_else(|| {
+                            Instant::now() + Duration::from_millis(BUDGET_WAIT_MS)
+                        });
+                        if !b.take_by(h.len, until) {
+                            return Err(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                "no memory budget for the frame's body in time",
+                            )
+                            .into());
+                        }
+                        Some(Grant {
+                            budget: b,
+                            n: h.len,
+                        })
+                    }
+                };
+                self.start_large(h, grant);
                 Ok(None)
             }
             Front::NeedBody(h) => {
@@ -431,7 +579,7 @@ impl Connection {
 
     /// Moves the header of a frame with a large body out of the buffer as a [`LargeFrame`],
     /// with whatever of the body has arrived.
-    fn start_large(&mut self, h: Header) {
+    fn start_large(&mut self, h: Header, grant: Option<Grant>) {
         let mut body = Vec::with_capacity(h.len);
         let end = self.buf.len().min(h.total());
         body.extend_from_slice(&self.buf[h.nl + 1..end]);
@@ -441,6 +589,7 @@ impl Connection {
             crc: h.crc,
             len: h.len,
             body,
+            _grant: grant,
         });
     }
 
@@ -473,7 +622,7 @@ impl Connection {
 
     fn recv_loop(&mut self, deadline: Option<Instant>) -> Result<Option<Frame>, ConnError> {
         loop {
-            if let Some(f) = self.take_frame()? {
+            if let Some(f) = self.take_frame(deadline)? {
                 return Ok(Some(f));
             }
             if let Some(deadline) = deadline {
@@ -553,6 +702,38 @@ mod tests {
                 msg: "no \"such\"\nfile".into(),
             },
         }
+    }
+
+    #[test]
+    fn budget_grants_within_its_size_and_always_one_frame() {
+        let b = FrameBudget::new(10);
+        assert!(b.try_take(6));
+        assert!(!b.try_take(6), "over the budget while another holds some");
+        assert!(b.try_take(4));
+        b.give(10);
+        assert_eq!(b.used(), 0);
+        assert!(
+            b.try_take(50),
+            "a frame larger than the budget passes alone"
+        );
+        assert!(!b.try_take(1));
+        let b2 = b.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            b2.give(50);
+        });
+        assert!(b.take_by(5, Instant::now() + Duration::from_secs(10)));
+        t.join().unwrap_or_else(|_| panic!("giver panicked"));
+        assert!(!b.take_by(6, Instant::now() + Duration::from_millis(20)));
+    }
+
+    #[test]
+    fn front_frame_size_reads_only_the_header() {
+        let bytes = encode(&Message::Chunk {}, &[7u8; 100]);
+        let nl = bytes.iter().position(|&b| b == b'\n').unwrap_or(0);
+        assert_eq!(front_frame_size(&bytes[..nl]), Ok(None));
+        assert_eq!(front_frame_size(&bytes[..nl + 3]), Ok(Some(bytes.len())));
+        assert!(front_frame_size(b"junk\n").is_err());
     }
 
     #[test]

@@ -22,6 +22,11 @@ use std::time::{Duration, Instant};
 
 /// How long shutdown waits for commits in progress.
 pub const SHUTDOWN_WAIT_MS: u64 = 10_000;
+/// Descriptors kept free for everything but client connections.
+const SS_FD_HEADROOM: u64 = 64;
+/// Descriptors one client connection may use: its socket and the files it reads or writes.
+const SS_FDS_PER_CONN: u64 = 3;
+
 /// How often [`run`] looks at its shutdown flag.
 const SHUTDOWN_POLL_MS: u64 = 50;
 
@@ -50,8 +55,11 @@ pub struct Config {
     pub key: ClusterKey,
     /// Idle limit of a write session before its lock is released.
     pub lock_timeout_ms: u64,
-    /// Most client connections served at once.
+    /// Most client connections served at once (lowered at start to fit the descriptor limit).
     pub max_connections: usize,
+    /// Idle time allowed between requests outside a write session or stream, and the time a
+    /// frame may take to arrive, before the connection is closed.
+    pub idle_timeout_ms: u64,
     /// Test hook: flip one byte of the first PUT_FILE_CONTENT received, before verification,
     /// so the rejection and retry of a corrupted transfer can be tested end to end.
     /// `bin_ss` sets it from the environment variable `PAIRFS_FAULT_FLIP_PUT=1`.
@@ -158,7 +166,19 @@ pub fn start(cfg: Config) -> Result<Running, SsError> {
         checker: TicketChecker::new(cfg.key.clone(), &cfg.name),
         link,
         lock_timeout_ms: cfg.lock_timeout_ms,
-        max_connections: cfg.max_connections.max(1),
+        // Each connection may hold a file or two open besides its socket; the rest of the
+        // process (store, link, logs, stages) gets a fixed headroom.
+        max_connections: crate::limits::cap_connections(
+            "storage server",
+            cfg.max_connections.max(1),
+            crate::limits::raise_nofile(),
+            SS_FD_HEADROOM,
+            SS_FDS_PER_CONN,
+        ),
+        idle_timeout_ms: cfg.idle_timeout_ms.max(1),
+        budget: crate::protocol::frame::FrameBudget::new(
+            crate::protocol::frame::FRAME_BUDGET_BYTES,
+        ),
         conns: AtomicUsize::new(0),
         inflight: AtomicUsize::new(0),
         stop,

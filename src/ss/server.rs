@@ -12,6 +12,15 @@
 //! A request whose body follows in CHUNK frames (UPLOAD, PUT_FILE_CONTENT) is always read to
 //! its END before it is answered, even when it is refused, so the connection stays in step.
 //!
+//! A connection idle past `--idle-timeout-s` between requests is closed (a write session is
+//! governed by `--lock-timeout-ms` instead, and a stream keeps its connection busy); each
+//! frame must arrive whole within that time too, and a new connection's first one within
+//! [`FIRST_FRAME_TIMEOUT_MS`]. Large frame bodies draw on one budget shared by all connections
+//! (`protocol::frame::FrameBudget`): a connection waits, unread, for its body's budget, so
+//! many half-sent large frames hold at most [`crate::protocol::frame::FRAME_BUDGET_BYTES`]
+//! plus a small buffer each. When accept runs out of descriptors it waits
+//! [`ACCEPT_RETRY_MS`] and tries again, logging `accept_fd_exhausted` once per burst.
+//!
 //! Every request carries a ticket checked here; nothing else about the peer is trusted.
 //! Malformed input gets an ERR where possible and the connection is closed; a request that
 //! fails for a reason of its own (a missing file, a locked sentence) gets an ERR and the
@@ -42,10 +51,11 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-/// Idle time allowed between requests outside a write session.
-pub const IDLE_TIMEOUT_MS: u64 = 60_000;
-/// How long a new connection has to deliver its whole first request.
+/// How long a new connection has to deliver its whole first request (at most the idle
+/// timeout).
 pub const FIRST_FRAME_TIMEOUT_MS: u64 = 5_000;
+/// Pause before accepting again after running out of descriptors.
+pub const ACCEPT_RETRY_MS: u64 = 50;
 /// How long a commit waits for the name server's acknowledgement.
 pub const CHANGED_ACK_TIMEOUT_MS: u64 = 10_000;
 /// Longest piece of a single token STREAM sends in one WORD frame.
@@ -69,6 +79,10 @@ pub struct Shared {
     pub lock_timeout_ms: u64,
     /// Most connections served at once.
     pub max_connections: usize,
+    /// Idle limit between requests (and for one frame to arrive).
+    pub idle_timeout_ms: u64,
+    /// Memory for large frame bodies, shared by all connections.
+    pub budget: Arc<crate::protocol::frame::FrameBudget>,
     /// Connections being served now.
     pub conns: AtomicUsize,
     /// Commits (and undos, deletes) in progress; shutdown waits for them.
@@ -136,17 +150,34 @@ impl Drop for Inflight<'_> {
 
 /// Accepts connections until `shared.stop` is set (the caller then connects once to wake it).
 pub fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    // Connections refused for want of descriptors in the current burst (0: none).
+    let mut fd_refused = 0u64;
     for stream in listener.incoming() {
         if shared.stop.load(Ordering::SeqCst) {
             break;
         }
         let stream = match stream {
             Ok(s) => s,
+            Err(e) if crate::limits::is_fd_exhaustion(&e) => {
+                if fd_refused == 0 {
+                    log::warn!(target: ev::ACCEPT_FD_EXHAUSTED, server = "ss", error = e.to_string();
+                        "cannot accept: {e}; retrying every {ACCEPT_RETRY_MS} ms");
+                }
+                fd_refused += 1;
+                // The connection stays queued; accept blocks, so waiting is no busy loop.
+                thread::sleep(Duration::from_millis(ACCEPT_RETRY_MS));
+                continue;
+            }
             Err(e) => {
                 log::warn!(target: ev::SS_REFUSED, "accept failed: {e}");
                 continue;
             }
         };
+        if fd_refused > 0 {
+            log::info!(target: ev::ACCEPT_FD_EXHAUSTED, server = "ss", refused = fd_refused;
+                "descriptors available again after {fd_refused} failed accepts");
+            fd_refused = 0;
+        }
         if shared.conns.fetch_add(1, Ordering::SeqCst) >= shared.max_connections {
             shared.conns.fetch_sub(1, Ordering::SeqCst);
             refuse_busy(stream, shared.max_connections);
@@ -179,21 +210,23 @@ fn serve(stream: TcpStream, slot: ConnSlot) {
         .map(|a| a.to_string())
         .unwrap_or_default();
     let mut conn = Connection::new(stream);
+    conn.set_budget(shared.budget.clone());
+    let idle_ms = shared.idle_timeout_ms;
     // A new connection must deliver its first (ticketed) request quickly: a peer that opens
     // sockets and trickles bytes cannot keep connection slots from real clients for long.
-    let mut frame_ms = FIRST_FRAME_TIMEOUT_MS;
+    let mut frame_ms = FIRST_FRAME_TIMEOUT_MS.min(idle_ms);
     loop {
         if shared.stop.load(Ordering::SeqCst) {
             break;
         }
         if conn
-            .set_timeout(Some(Duration::from_millis(IDLE_TIMEOUT_MS)))
+            .set_timeout(Some(Duration::from_millis(idle_ms)))
             .is_err()
         {
             break;
         }
         let deadline = std::time::Instant::now() + Duration::from_millis(frame_ms);
-        frame_ms = IDLE_TIMEOUT_MS;
+        frame_ms = idle_ms;
         let frame = match conn.recv_by(deadline) {
             Ok(Some(f)) => f,
             Ok(None) => break,

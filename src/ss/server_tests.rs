@@ -111,6 +111,7 @@ fn config(dir: &std::path::Path, nm_addr: &str, key: &ClusterKey) -> Config {
         key: key.clone(),
         lock_timeout_ms: 60_000,
         max_connections: 16,
+        idle_timeout_ms: 60_000,
         fault_flip_put: false,
         fault_stage: None,
     }

@@ -18,6 +18,7 @@ mod folders;
 mod fsck;
 mod hosts;
 mod multihost;
+mod overload;
 mod replication;
 mod requests;
 mod robustness;
