@@ -436,11 +436,11 @@ fn append_sentence(nm: &mut Connection, file: &str, j: u64) -> Result<FileState>
         Message::WriteOpened { .. } => {}
         other => bail!("WRITE_BEGIN {file} {j} answered with {}", other.op_name()),
     }
-    let edit = Message::Edit {
-        word_index: 0,
-        text: format!("Sentence number {j}."),
-    };
-    match ss.call(&edit, &[])?.msg {
+    let edit = Message::Edit { word_index: 0 };
+    match ss
+        .call(&edit, format!("Sentence number {j}.").as_bytes())?
+        .msg
+    {
         Message::Sentence { .. } => {}
         other => bail!("EDIT answered with {}", other.op_name()),
     }

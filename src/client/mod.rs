@@ -16,7 +16,9 @@ use session::{EditError, Session, WriteSession};
 use std::io::{self, BufRead, IsTerminal, Read, Write};
 
 /// Longest input line accepted, in bytes; a longer line is refused with LIMIT and skipped.
-pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+/// Room for an edit line carrying the longest sentence a write session may hold (one frame
+/// body) plus its word index.
+pub const MAX_LINE_BYTES: usize = crate::protocol::frame::MAX_BODY_BYTES + 64;
 
 /// Prompt in normal mode (terminal only).
 pub const PROMPT: &str = "> ";
@@ -73,7 +75,9 @@ impl<R: BufRead> LineSource for PipedLines<R> {
                         Ok(_) => {}
                     }
                 }
-                Some(Err(format!("line longer than {MAX_LINE_BYTES} bytes")))
+                Some(Err(format!(
+                    "line too long: more than {MAX_LINE_BYTES} bytes, the limit; it was skipped"
+                )))
             }
             Ok(_) => {
                 while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {

@@ -768,11 +768,11 @@ impl Session {
             };
             match next {
                 Ok(Some(f)) => match f.msg {
-                    Message::Word { word } => {
+                    Message::Word {} => {
                         if words > 0 {
                             out.write_all(b" ")?;
                         }
-                        out.write_all(word.as_bytes())?;
+                        out.write_all(&f.body)?;
                         out.flush()?;
                         words += 1;
                     }
@@ -797,8 +797,15 @@ impl Session {
             sentence,
             ticket,
         };
-        match link.call(&req)? {
-            Message::WriteOpened { text } => Ok(WriteSession { link, text }),
+        if let Err(e) = link.conn.send(&req, b"") {
+            return Err(link.broken(ConnError::Io(e)).into());
+        }
+        let reply = link.recv()?;
+        match reply.msg.into_result()? {
+            Message::WriteOpened {} => Ok(WriteSession {
+                text: body_text(reply.body),
+                link,
+            }),
             m => Err(unexpected(&m, &link.describe()).into()),
         }
     }
@@ -819,6 +826,11 @@ fn peer_closed(c: &Connection) -> bool {
         Err(e) => e.kind() != io::ErrorKind::WouldBlock,
     };
     closed || s.set_nonblocking(false).is_err()
+}
+
+/// Sentence text from a frame body (storage servers send UTF-8; anything else is shown lossily).
+fn body_text(body: Vec<u8>) -> String {
+    String::from_utf8(body).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// Content from a storage server that does not match the size and checksum it announced.
@@ -945,18 +957,17 @@ impl WriteSession {
         &self.text
     }
 
-    /// Inserts `text` before word `word_index`; returns the sentence as edited so far.
+    /// Inserts `text` before word `word_index`; returns the sentence as edited so far. This
+    /// is the one way an edit line reaches a storage server: the text travels in the frame
+    /// body, so an edit is limited only by the sentence limit the storage server names.
     pub fn edit(&mut self, word_index: u64, text: &str) -> Result<String, EditError> {
-        let req = Message::Edit {
-            word_index,
-            text: text.to_string(),
-        };
-        if let Err(e) = self.link.conn.send(&req, b"") {
-            return Err(EditError::Broken(self.link.broken(ConnError::Io(e))));
+        let req = Message::Edit { word_index };
+        if let Err(e) = self.link.conn.send(&req, text.as_bytes()) {
+            return Err(EditError::Broken(self.link.refused_or_broken(e)));
         }
         let reply = self.link.recv().map_err(EditError::Broken)?;
         match reply.msg {
-            Message::Sentence { text } => Ok(text),
+            Message::Sentence {} => Ok(body_text(reply.body)),
             Message::Err { code, msg } => Err(EditError::Refused(WireError { code, msg })),
             m => Err(EditError::Broken(unexpected(&m, &self.link.describe()))),
         }

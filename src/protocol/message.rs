@@ -13,6 +13,7 @@
 //! client -> ss : READ                           <- READ_OK, CHUNK*, END | ERR
 //! client -> ss : STREAM                         <- WORD* (one every 100 ms), END | ERR
 //! client -> ss : WRITE_BEGIN <- WRITE_OPENED; (EDIT <- SENTENCE | ERR)*; COMMIT <- COMMITTED | ERR
+//!                (WORD, WRITE_OPENED, EDIT and SENTENCE carry their text in the body)
 //! ss -> nm     : REGISTER, FILE_BATCH*, REGISTER_END          <- REGISTERED | ERR
 //! ss -> nm     : HEARTBEAT                      <- HEARTBEAT_ACK
 //! ss -> nm     : CHANGED (a file's new state)   <- CHANGED_ACK (after the nm made it durable)
@@ -888,11 +889,9 @@ pub enum Message {
         /// Authorisation.
         ticket: Ticket,
     },
-    /// One streamed word.
-    Word {
-        /// The word.
-        word: String,
-    },
+    /// One streamed word, in the body (a word may be as long as a sentence, so it never
+    /// travels in the header).
+    Word {},
     /// Open a write session on sentence `sentence`; the connection then carries EDITs and a
     /// COMMIT. Closing the connection abandons the session and releases the lock.
     WriteBegin {
@@ -903,23 +902,18 @@ pub enum Message {
         /// Authorisation.
         ticket: Ticket,
     },
-    /// Reply to WRITE_BEGIN.
-    WriteOpened {
-        /// The sentence's current text (empty for a new sentence slot).
-        text: String,
-    },
-    /// Insert the words of `text` before word `word_index` of the sentence being edited.
+    /// Reply to WRITE_BEGIN; the body is the sentence's current text (empty for a new
+    /// sentence slot). Sentence text always travels in the body, never in the header, so any
+    /// sentence up to the body limit can be edited (see `ss::server::MAX_SENTENCE_BYTES`).
+    WriteOpened {},
+    /// Insert the words of the body (UTF-8) before word `word_index` of the sentence being
+    /// edited.
     Edit {
         /// 0-based, `0..=word count`.
         word_index: u64,
-        /// Words to insert.
-        text: String,
     },
-    /// Reply to EDIT: the sentence as edited so far.
-    Sentence {
-        /// Single-space-joined words.
-        text: String,
-    },
+    /// Reply to EDIT; the body is the sentence as edited so far (single-space-joined words).
+    Sentence {},
     /// ETIRW: commit the session.
     Commit {},
     /// Reply to COMMIT, sent once the change is durable on the storage server and recorded by

@@ -1181,13 +1181,7 @@ pub fn raw_write(
         &[],
     )?;
     for (k, text) in edits {
-        ss.call(
-            &Message::Edit {
-                word_index: *k,
-                text: text.to_string(),
-            },
-            &[],
-        )?;
+        ss.call(&Message::Edit { word_index: *k }, text.as_bytes())?;
     }
     match ss.call(&Message::Commit {}, &[])?.msg {
         Message::Committed { state, .. } => Ok(state),
