@@ -399,10 +399,9 @@ fn nm_session(addr: &str, user: &str) -> Result<Connection> {
     let mut c = Connection::connect(addr, io_timeout())
         .with_context(|| format!("connecting to the name server at {addr}"))?;
     c.set_timeout(Some(io_timeout()))?;
-    match c.call(&Message::Hello { user: user.into() }, &[])?.msg {
-        Message::Welcome { .. } => Ok(c),
-        other => bail!("HELLO answered with {}", other.op_name()),
-    }
+    let key = pairfs::identity::UserKey::load_or_create(&pairfs::identity::default_key_path(user))?;
+    pairfs::identity::handshake(&mut c, user, &key)?;
+    Ok(c)
 }
 
 fn create(nm: &mut Connection, file: &str) -> Result<()> {

@@ -59,6 +59,51 @@ struct Cli {
     /// travel); smaller ones are sent whole. 0 sends every copy whole.
     #[arg(long, default_value_t = pairfs::delta::DELTA_MIN_BYTES)]
     delta_min_bytes: u64,
+    /// Forget the key user NAME is bound to (its next session binds a new one), then exit.
+    /// Works on the store under --data while no name server runs on it.
+    #[arg(long, value_name = "NAME")]
+    reset_user: Option<String>,
+}
+
+/// `--reset-user`: unbinds `user`'s key in the store under `data`; the exit status.
+fn reset_user(data: &std::path::Path, user: &str) -> i32 {
+    use pairfs::nm::store::{Store, StoreError, DB_FILE};
+    if let Err(e) = pairfs::names::validate_user(user) {
+        eprintln!("bin_nm: {}", e.msg);
+        return 2;
+    }
+    if !data.join(DB_FILE).exists() {
+        eprintln!("bin_nm: no name server store under {}", data.display());
+        return 1;
+    }
+    let store = match Store::open(data) {
+        Ok(s) => s,
+        Err(StoreError::InUse(_)) => {
+            eprintln!(
+                "bin_nm: the store under {} is in use by a running name server; stop it first",
+                data.display()
+            );
+            return 1;
+        }
+        Err(e) => {
+            eprintln!("bin_nm: {e}");
+            return 1;
+        }
+    };
+    match store.reset_user(user) {
+        Ok(true) => {
+            println!("user {user} reset: its next session binds a new key");
+            0
+        }
+        Ok(false) => {
+            eprintln!("bin_nm: no user {user} in {}", data.display());
+            1
+        }
+        Err(e) => {
+            eprintln!("bin_nm: {e}");
+            1
+        }
+    }
 }
 
 fn main() {
@@ -82,6 +127,9 @@ fn main() {
             cli.heartbeat_timeout_ms, cli.heartbeat_interval_ms
         );
         std::process::exit(2);
+    }
+    if let Some(user) = &cli.reset_user {
+        std::process::exit(reset_user(&cli.data, user));
     }
     pairfs::logging::init_server();
     pairfs::delta::set_min_bytes(cli.delta_min_bytes);

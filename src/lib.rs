@@ -10,6 +10,7 @@ pub mod auth;
 pub mod client;
 pub mod delta;
 pub mod durable;
+pub mod identity;
 pub mod logging;
 pub mod names;
 pub mod nm;

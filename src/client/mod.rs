@@ -37,6 +37,8 @@ pub struct Options {
     pub nm_port: u16,
     /// The user to act as.
     pub username: String,
+    /// The user's key file (`None`: `identity::default_key_path`), created on first use.
+    pub user_key_file: Option<std::path::PathBuf>,
 }
 
 /// Where command lines come from.
@@ -148,14 +150,31 @@ pub fn run(opts: &Options) -> i32 {
 
 /// Runs the client on any line source and output; returns the exit status.
 pub fn run_with(opts: &Options, input: &mut dyn LineSource, out: &mut dyn Write) -> i32 {
-    let mut session = match Session::connect(&opts.nm_host, opts.nm_port, &opts.username) {
-        Ok(s) => s,
+    let key_file = opts
+        .user_key_file
+        .clone()
+        .unwrap_or_else(|| crate::identity::default_key_path(&opts.username));
+    // The name is checked first (the name server refuses it the same way), so a bad one
+    // never names a key file.
+    let key = match crate::names::validate_user(&opts.username)
+        .and_then(|()| crate::identity::UserKey::load_or_create(&key_file))
+    {
+        Ok(k) => k,
         Err(e) => {
             let _ = writeln!(out, "{e}");
             let _ = out.flush();
             return 2;
         }
     };
+    let mut session =
+        match Session::connect_with_key(&opts.nm_host, opts.nm_port, &opts.username, key) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = writeln!(out, "{e}");
+                let _ = out.flush();
+                return 2;
+            }
+        };
     let mut status = Status::default();
     while let Some(line) = input.next_line(PROMPT) {
         let ok = run_line(&mut session, line, input, out, &mut status);

@@ -7,6 +7,7 @@
 use super::parse::Command;
 use super::render;
 use super::transfer::{self, Progress};
+use crate::identity::{self, UserKey};
 use crate::protocol::frame::{self, ConnError};
 use crate::protocol::{err, AccessMode, Connection, ErrorCode, Frame, Message, Ticket, WireError};
 use std::fmt;
@@ -105,15 +106,31 @@ impl HelloError {
 pub struct Session {
     nm_addr: String,
     user: String,
+    /// The user's key, proved at every (re)connect (see `crate::identity`).
+    key: UserKey,
     nm: Option<Connection>,
 }
 
 impl Session {
-    /// Connects to the name server at `host:port` and says HELLO as `user` (one attempt).
+    /// Connects to the name server at `host:port` and says HELLO as `user`, proving the key
+    /// in its default key file (created on first use; one attempt).
     pub fn connect(host: &str, port: u16, user: &str) -> Result<Session, CmdError> {
+        crate::names::validate_user(user)?;
+        let key = UserKey::load_or_create(&identity::default_key_path(user))?;
+        Session::connect_with_key(host, port, user, key)
+    }
+
+    /// [`Session::connect`] proving `key`.
+    pub fn connect_with_key(
+        host: &str,
+        port: u16,
+        user: &str,
+        key: UserKey,
+    ) -> Result<Session, CmdError> {
         let mut s = Session {
             nm_addr: format!("{host}:{port}"),
             user: user.to_string(),
+            key,
             nm: None,
         };
         let conn = s.hello().map_err(HelloError::into_inner)?;
@@ -121,7 +138,7 @@ impl Session {
         Ok(s)
     }
 
-    /// One connect and HELLO/WELCOME exchange.
+    /// One connect and HELLO, CHALLENGE, PROVE, WELCOME exchange.
     fn hello(&self) -> Result<Connection, HelloError> {
         let cannot = |reason: String| {
             HelloError::Unreachable(CmdError {
@@ -137,18 +154,10 @@ impl Session {
             .map_err(|e| cannot(e.to_string()))?;
         c.set_timeout(Some(Duration::from_millis(NM_REPLY_TIMEOUT_MS)))
             .map_err(|e| cannot(e.to_string()))?;
-        let hello = Message::Hello {
-            user: self.user.clone(),
-        };
-        match c.call(&hello, b"") {
-            Ok(Frame {
-                msg: Message::Welcome { .. },
-                ..
-            }) => Ok(c),
-            Ok(f) => Err(HelloError::Refused(
-                unexpected(&f.msg, "the name server").into(),
-            )),
-            // The name server refused us (a bad user name): retrying will not help.
+        match identity::handshake(&mut c, &self.user, &self.key) {
+            Ok(()) => Ok(c),
+            // The name server refused us (a bad user name, another key): retrying will not
+            // help.
             Err(e) if e.code != crate::protocol::ErrorCode::Unavailable => {
                 Err(HelloError::Refused(CmdError {
                     text: e.to_string(),

@@ -68,7 +68,10 @@ fn wire_err(code: ErrorCode, msg: &str) -> (Replies, bool) {
 /// A name server that knows one storage server at `ss_port` (0: none).
 fn fake_nm(ss_port: u16) -> u16 {
     serve(Box::new(move |m, _| match m {
-        Message::Hello { user } => one(Message::Welcome { user: user.clone() }),
+        Message::Hello { .. } => one(Message::Challenge { nonce: "00".into() }),
+        Message::Prove { .. } => one(Message::Welcome {
+            user: "alice".into(),
+        }),
         Message::Create { file } if file == "dup" => wire_err(ErrorCode::Conflict, "dup exists"),
         Message::Create { file } | Message::Delete { file } if file == "deg" => {
             one(Message::DoneDegraded {
@@ -297,18 +300,20 @@ fn fake_upload_ss(uploads: std::sync::Arc<std::sync::Mutex<Uploads>>) -> u16 {
     port
 }
 
-fn opts(port: u16) -> Options {
+fn opts(port: u16, key_dir: &std::path::Path) -> Options {
     Options {
         nm_host: "127.0.0.1".into(),
         nm_port: port,
         username: "alice".into(),
+        user_key_file: Some(key_dir.join("alice.key")),
     }
 }
 
 fn run_script(port: u16, script: &str) -> (String, i32) {
     let mut input = PipedLines::new(script.as_bytes());
     let mut out = Vec::new();
-    let status = run_with(&opts(port), &mut input, &mut out);
+    let keys = tempfile::tempdir().unwrap();
+    let status = run_with(&opts(port, keys.path()), &mut input, &mut out);
     (String::from_utf8(out).unwrap(), status)
 }
 

@@ -4,7 +4,7 @@
 //! Conversations (each arrow is one frame; `*` means repeated):
 //!
 //! ```text
-//! client -> nm : HELLO                          <- WELCOME
+//! client -> nm : HELLO <- CHALLENGE; PROVE      <- WELCOME | ERR (see `crate::identity`)
 //! client -> nm : CREATE | DELETE | UNDO | REMACCESS        <- DONE | ERR
 //! client -> nm : INFO <- INFO_REPLY;  VIEW <- FILE_LIST+;  LIST_USERS <- USERS+ (paged)
 //! client -> nm : ADD_ACCESS                     <- ACCESS_GRANTED | ERR
@@ -610,12 +610,26 @@ pub enum Message {
     },
 
     // ----- client -> nm -----
-    /// First frame of a client session: who is speaking. The name server records the user.
+    /// First frame of a client session: who is speaking. Answered by CHALLENGE.
     Hello {
         /// User name (validated by `names::validate_user`).
         user: String,
     },
-    /// Reply to HELLO.
+    /// Reply to HELLO: the nonce the client must sign to prove its user key.
+    Challenge {
+        /// 32 random bytes, hex.
+        nonce: String,
+    },
+    /// Answer to CHALLENGE: the user's ed25519 public key and its signature over
+    /// `identity::signed_bytes(user, nonce)`. A user with no key recorded is bound to `key`
+    /// (durably, before WELCOME); otherwise `key` must be the recorded one.
+    Prove {
+        /// Public key, 32 bytes hex.
+        key: String,
+        /// Signature, 64 bytes hex.
+        sig: String,
+    },
+    /// Reply to PROVE: the session is open.
     Welcome {
         /// The user as recorded.
         user: String,
