@@ -15,6 +15,7 @@ mod docs_replication;
 mod failover;
 mod folders;
 mod fsck;
+mod identity;
 mod replication;
 mod requests;
 mod robustness;
