@@ -406,6 +406,39 @@ mod tests {
     }
 
     #[test]
+    fn user_keys_survive_reopen_and_reset() {
+        let d = tempfile::tempdir().unwrap();
+        let batch = |seq, ops| Batch { seq, ops };
+        {
+            let s = Store::open(d.path()).unwrap();
+            s.commit(&[
+                batch(1, vec![StoreOp::PutUser("old".into())]),
+                batch(
+                    2,
+                    vec![
+                        StoreOp::PutUserKey("alice".into(), "k1".into()),
+                        // Seeing a bound user again never drops its key.
+                        StoreOp::PutUser("alice".into()),
+                    ],
+                ),
+            ])
+            .unwrap();
+        }
+        let s = Store::open(d.path()).unwrap();
+        let l = s.load().unwrap();
+        assert_eq!(l.users.iter().collect::<Vec<_>>(), vec!["alice", "old"]);
+        assert_eq!(
+            l.user_keys,
+            BTreeMap::from([("alice".to_string(), "k1".to_string())])
+        );
+        assert!(s.reset_user("alice").unwrap());
+        assert!(!s.reset_user("nobody").unwrap());
+        let l = s.load().unwrap();
+        assert!(l.user_keys.is_empty());
+        assert!(l.users.contains("alice"));
+    }
+
+    #[test]
     fn batches_survive_reopen() {
         let d = tempfile::tempdir().unwrap();
         {
