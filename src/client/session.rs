@@ -970,6 +970,14 @@ impl WriteSession {
     /// is the one way an edit line reaches a storage server: the text travels in the frame
     /// body, so an edit is limited only by the sentence limit the storage server names.
     pub fn edit(&mut self, word_index: u64, text: &str) -> Result<String, EditError> {
+        // One frame body carries the edit; the storage server could only refuse it by closing.
+        if text.len() > frame::MAX_BODY_BYTES {
+            return Err(EditError::Refused(err::limit(format!(
+                "sentence too long: the edit alone is {} bytes, limit {}",
+                text.len(),
+                frame::MAX_BODY_BYTES
+            ))));
+        }
         let req = Message::Edit { word_index };
         if let Err(e) = self.link.conn.send(&req, text.as_bytes()) {
             return Err(EditError::Broken(self.link.refused_or_broken(e)));

@@ -288,6 +288,31 @@ fn a_one_megabyte_sentence_is_written_read_and_edited() {
         text.len() + "inserted ".len() + long_edit.len() + 1
     );
 
+    // An edit that alone passes the limit is refused in the same terms; the session goes on.
+    let too_long = "x".repeat((4 << 20) + 1);
+    alice
+        .run_timeout(
+            &format!("WRITE big.txt 0\n0 {too_long}\n0 fine\nETIRW\n"),
+            Duration::from_secs(60),
+        )
+        .assert_contains(&format!(
+            "ERROR [LIMIT]: sentence too long: the edit alone is {} bytes, limit {}\n",
+            too_long.len(),
+            4 << 20
+        ))
+        .assert_contains("Write Successful!")
+        .assert_code(1);
+    // An edit that makes the sentence pass the limit is refused by the storage server.
+    let near = "y".repeat((4 << 20) - 10);
+    alice
+        .run_timeout(
+            &format!("WRITE big.txt 0\n0 {near}\nETIRW\n"),
+            Duration::from_secs(60),
+        )
+        .assert_contains("ERROR [LIMIT]: sentence too long: ")
+        .assert_contains(&format!("bytes, limit {}\n", 4 << 20))
+        .assert_code(1);
+
     // Past the limit, WRITE says how long the sentence is and what the limit is.
     let huge = one_sentence(5 << 20);
     std::fs::write(&local, &huge).unwrap();
