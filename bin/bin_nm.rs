@@ -60,13 +60,16 @@ struct Cli {
     #[arg(long, default_value_t = pairfs::delta::DELTA_MIN_BYTES)]
     delta_min_bytes: u64,
     /// Forget the key user NAME is bound to (its next session binds a new one), then exit.
-    /// Works on the store under --data while no name server runs on it.
+    /// Changes the store under --data directly when no name server holds it; otherwise asks
+    /// the name server at --host/--port, proving the cluster key.
     #[arg(long, value_name = "NAME")]
     reset_user: Option<String>,
 }
 
-/// `--reset-user`: unbinds `user`'s key in the store under `data`; the exit status.
-fn reset_user(data: &std::path::Path, user: &str) -> i32 {
+/// `--reset-user`: unbinds `user`'s key in the store under `cli.data`, or through the name
+/// server holding it; the exit status.
+fn reset_user(cli: &Cli, user: &str) -> i32 {
+    let data = cli.data.as_path();
     use pairfs::nm::store::{Store, StoreError, DB_FILE};
     if let Err(e) = pairfs::names::validate_user(user) {
         eprintln!("bin_nm: {}", e.msg);
@@ -79,11 +82,29 @@ fn reset_user(data: &std::path::Path, user: &str) -> i32 {
     let store = match Store::open(data) {
         Ok(s) => s,
         Err(StoreError::InUse(_)) => {
-            eprintln!(
-                "bin_nm: the store under {} is in use by a running name server; stop it first",
-                data.display()
-            );
-            return 1;
+            // A running name server holds the store: it makes the change itself.
+            let key_file = cli
+                .cluster_key_file
+                .clone()
+                .unwrap_or_else(pairfs::auth::default_key_path);
+            let key = match pairfs::auth::ClusterKey::load_or_create(&key_file) {
+                Ok(k) => k,
+                Err(e) => {
+                    eprintln!("bin_nm: cluster key {}: {e}", key_file.display());
+                    return 1;
+                }
+            };
+            let addr = format!("{}:{}", cli.host, cli.port);
+            return match pairfs::identity::reset_online(&addr, &key, user) {
+                Ok(()) => {
+                    println!("user {user} reset by the name server at {addr}: its next session binds a new key");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("bin_nm: the store under {} is in use by a running name server, which refused the reset: {e}", data.display());
+                    1
+                }
+            };
         }
         Err(e) => {
             eprintln!("bin_nm: {e}");
@@ -129,7 +150,7 @@ fn main() {
         std::process::exit(2);
     }
     if let Some(user) = &cli.reset_user {
-        std::process::exit(reset_user(&cli.data, user));
+        std::process::exit(reset_user(&cli, user));
     }
     pairfs::logging::init_server();
     pairfs::delta::set_min_bytes(cli.delta_min_bytes);

@@ -16,13 +16,16 @@
 //!   WELCOME is sent; from then on only that key is accepted. The name server stores only
 //!   public keys, which is why ed25519 is used rather than an HMAC: a copy of the name server's
 //!   database lets nobody act as a user.
-//! * **Reset.** `bin_nm --reset-user NAME --data DIR`, on a stopped name server, forgets the
-//!   name's key; the next session binds a new one.
+//! * **Reset.** `bin_nm --reset-user NAME --data DIR` forgets the name's key; the next session
+//!   binds a new one. On a stopped name server it changes the store directly; while a name
+//!   server holds the store (redb's lock says so) it sends RESET_USER, proved with the
+//!   cluster key, to the name server at `--host`/`--port`.
 //!
 //! What this does not protect against: anyone who can read a user's key file (the OS account
 //! itself, root) can act as that user; traffic is not encrypted.
 
-use crate::protocol::{err, Connection, Message, WireError};
+use crate::auth::ClusterKey;
+use crate::protocol::{err, Connection, KeyProof, Message, WireError};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -204,6 +207,50 @@ pub fn verify(public_hex: &str, user: &str, nonce: &str, sig_hex: &str) -> bool 
     };
     key.verify(&signed_bytes(user, nonce), &Signature::from_bytes(&sig))
         .is_ok()
+}
+
+/// What the cluster-key MAC of a RESET_USER covers.
+pub fn reset_signing_string(user: &str, ts_ms: u64, nonce: &str) -> String {
+    format!("reset-user\n{user}\n{ts_ms}\n{nonce}")
+}
+
+/// A RESET_USER proof for `user`, made with the cluster key.
+pub fn reset_proof(key: &ClusterKey, user: &str) -> KeyProof {
+    let ts_ms = crate::auth::now_ms();
+    let nonce = crate::auth::random_hex(16);
+    let mac = key.mac_hex(reset_signing_string(user, ts_ms, &nonce).as_bytes());
+    KeyProof { ts_ms, nonce, mac }
+}
+
+/// Checks a RESET_USER proof's MAC and age (replay is the caller's `NonceMemory`).
+pub fn check_reset_proof(key: &ClusterKey, user: &str, p: &KeyProof) -> Result<(), WireError> {
+    if crate::auth::now_ms().abs_diff(p.ts_ms) > crate::auth::PROOF_SKEW_MS {
+        return Err(err::unauthorized("reset proof too old or from the future"));
+    }
+    if !key.verify_hex(
+        reset_signing_string(user, p.ts_ms, &p.nonce).as_bytes(),
+        &p.mac,
+    ) {
+        return Err(err::unauthorized(
+            "resetting a user needs this cluster's key",
+        ));
+    }
+    Ok(())
+}
+
+/// Asks the name server at `addr` to forget `user`'s key, proving `key`.
+pub fn reset_online(addr: &str, key: &ClusterKey, user: &str) -> Result<(), WireError> {
+    let timeout = std::time::Duration::from_secs(10);
+    let mut c = Connection::connect(addr, timeout).map_err(|e| {
+        err::unavailable(format!("cannot connect to the name server at {addr} ({e})"))
+    })?;
+    c.set_timeout(Some(timeout))
+        .map_err(|e| err::unavailable(e.to_string()))?;
+    let msg = Message::ResetUser {
+        user: user.into(),
+        proof: reset_proof(key, user),
+    };
+    c.call(&msg, b"").map(|_| ())
 }
 
 /// The refusal a session gets when `user` is bound to another key.

@@ -78,8 +78,9 @@ pub mod ev {
     pub const REPLICATION_RECOVER: &str = "replication_recover";
     /// A client session started (field `user`).
     pub const NM_CLIENT_CONNECT: &str = "nm_client_connect";
-    /// A user name was bound to its first key, or a session was refused for proving another
-    /// key or none (fields `user`, `outcome`: `bound` or `refused`).
+    /// A user name was bound to its first key, a session was refused for proving another key
+    /// or none, or an operator reset the user (fields `user`, `outcome`: `bound`, `refused`
+    /// or `reset`).
     pub const NM_USER_KEY: &str = "nm_user_key";
     /// A client request was answered with an error (fields `user`, `code`).
     pub const NM_REQUEST_ERROR: &str = "nm_request_error";

@@ -264,6 +264,8 @@ pub enum StoreOp {
     PutUser(String),
     /// Record a user bound to a public key (hex).
     PutUserKey(String, String),
+    /// Forget the key a user is bound to (it binds again at its next session).
+    ResetUserKey(String),
     /// Insert or replace a file record.
     PutFile(String, FileRecord),
     /// Remove a file record.
@@ -910,6 +912,7 @@ impl Core {
                 self.peers.insert(conn, Peer::Unknown);
                 match msg {
                     Message::Hello { user } => self.hello(conn, user),
+                    Message::ResetUser { user, proof } => self.reset_user(conn, &user, &proof),
                     Message::Register {
                         name,
                         host,
@@ -1040,6 +1043,35 @@ impl Core {
             },
         );
         self.reply(conn, Message::Challenge { nonce });
+    }
+
+    /// RESET_USER from an operator holding the cluster key: the user's next session binds
+    /// a new key. Answered (after the change is durable) and closed either way.
+    fn reset_user(&mut self, conn: ConnId, user: &str, proof: &crate::protocol::KeyProof) {
+        let checked = names::validate_user(user)
+            .and_then(|()| identity::check_reset_proof(&self.key, user, proof))
+            .and_then(|()| {
+                self.proof_nonces
+                    .use_once(&proof.nonce, proof.ts_ms + PROOF_SKEW_MS, "reset proof")
+            })
+            .and_then(|()| {
+                if self.users.contains(user) {
+                    Ok(())
+                } else {
+                    Err(err::not_found(format!("no user {user}")))
+                }
+            });
+        if let Err(e) = checked {
+            return self.refuse_and_close(conn, e);
+        }
+        self.introducing.remove(&conn);
+        if self.user_keys.remove(user).is_some() {
+            self.batch.push(StoreOp::ResetUserKey(user.to_string()));
+        }
+        log::info!(target: ev::NM_USER_KEY, user = user, outcome = "reset";
+            "user {user} reset: its next session binds a new key");
+        self.reply(conn, Message::Done {});
+        self.out.push(Effect::Close { conn });
     }
 
     /// PROVE: checks the signature, binds a user with no key yet (trust on first use, made

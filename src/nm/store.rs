@@ -233,6 +233,9 @@ impl Store {
                             users.insert(u.as_str(), "{}").map_err(dberr)?;
                         }
                     }
+                    StoreOp::ResetUserKey(u) => {
+                        users.insert(u.as_str(), "{}").map_err(dberr)?;
+                    }
                     StoreOp::PutUserKey(u, key) => {
                         let rec = UserRecord {
                             key: Some(key.clone()),

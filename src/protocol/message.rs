@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! client -> nm : HELLO <- CHALLENGE; PROVE      <- WELCOME | ERR (see `crate::identity`)
+//! operator -> nm : RESET_USER (cluster-key proof) <- DONE | ERR, then closed
 //! client -> nm : CREATE | DELETE | UNDO | REMACCESS        <- DONE | ERR
 //! client -> nm : INFO <- INFO_REPLY;  VIEW <- FILE_LIST+;  LIST_USERS <- USERS+ (paged)
 //! client -> nm : ADD_ACCESS                     <- ACCESS_GRANTED | ERR
@@ -628,6 +629,15 @@ pub enum Message {
         key: String,
         /// Signature, 64 bytes hex.
         sig: String,
+    },
+    /// First and only frame of an operator's connection: forget the key `user` is bound to,
+    /// proved with the cluster key (`identity::reset_signing_string`). Answered by DONE once
+    /// durable, or ERR; the connection is then closed.
+    ResetUser {
+        /// The user to unbind.
+        user: String,
+        /// Cluster-key proof.
+        proof: KeyProof,
     },
     /// Reply to PROVE: the session is open.
     Welcome {

@@ -29,10 +29,13 @@ fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
 }
 
-/// `bin_nm --reset-user user --data <the cluster's nm data>`: exit status and output.
-fn reset_user(c: &Cluster, user: &str) -> (Option<i32>, String) {
+/// `bin_nm --reset-user user --data <the cluster's nm data>` (with the name server's port and
+/// `key_file` for a reset through a running name server): exit status and output.
+fn reset_user(c: &Cluster, user: &str, key_file: &Path) -> (Option<i32>, String) {
+    let port = c.nm_addr().rsplit_once(':').unwrap().1.to_string();
     let out = Command::new(bin("bin_nm"))
         .args(["--reset-user", user, "--data", path(&c.dir().join("nm"))])
+        .args(["--port", &port, "--cluster-key-file", path(key_file)])
         .output()
         .expect("run bin_nm --reset-user");
     let text = format!(
@@ -100,27 +103,57 @@ fn another_key_is_refused_until_the_user_is_reset() {
         .assert_contains("a.txt")
         .assert_code(0);
 
-    // A running name server holds its store: the reset says so and changes nothing.
-    let (code, text) = reset_user(&c, "alice");
+    // While the name server runs, the reset goes through it and needs the cluster key.
+    let wrong_key = c.dir().join("wrong.key");
+    let (code, text) = reset_user(&c, "alice", &wrong_key);
     assert_eq!(code, Some(1), "{text}");
-    assert!(text.contains("in use by a running name server"), "{text}");
-
-    c.term("nm").expect("nm exits on SIGTERM");
-    let (code, text) = reset_user(&c, "nobody");
+    assert!(text.contains("UNAUTHORIZED"), "{text}");
+    impostor
+        .run("LIST\n")
+        .assert_lines(&[OTHER_KEY])
+        .assert_code(2);
+    let (code, text) = reset_user(&c, "nobody", c.key_file());
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("no user nobody"), "{text}");
-    let (code, text) = reset_user(&c, "alice");
+    let m = c.mark("nm");
+    let (code, text) = reset_user(&c, "alice", c.key_file());
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("user alice reset"), "{text}");
-    c.restart("nm");
+    c.wait_event_since(
+        "nm",
+        m,
+        "nm_user_key",
+        |v| v["user"] == "alice" && v["outcome"] == "reset",
+        WAIT,
+    );
 
     // The next session binds its key; from then on the old key is the stranger.
     impostor
         .run("VIEW -a\n")
         .assert_contains("a.txt")
         .assert_code(0);
-    let out = alice.run("LIST\n");
-    out.assert_lines(&[OTHER_KEY]).assert_code(2);
+    alice
+        .run("LIST\n")
+        .assert_lines(&[OTHER_KEY])
+        .assert_code(2);
+
+    // On a stopped name server the reset changes the store itself.
+    c.term("nm").expect("nm exits on SIGTERM");
+    let (code, text) = reset_user(&c, "nobody", c.key_file());
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("no user nobody"), "{text}");
+    let (code, text) = reset_user(&c, "alice", c.key_file());
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("user alice reset"), "{text}");
+    c.restart("nm");
+    alice
+        .run("VIEW -a\n")
+        .assert_contains("a.txt")
+        .assert_code(0);
+    impostor
+        .run("LIST\n")
+        .assert_lines(&[OTHER_KEY])
+        .assert_code(2);
 }
 
 #[test]
