@@ -630,12 +630,10 @@ impl Cluster {
     fn status(&self) -> Result<(Vec<ServerStatus>, Vec<PairStatus>, u64)> {
         let mut c = Connection::connect(&self.nm_addr, ms(STATUS_TIMEOUT_MS))?;
         c.set_timeout(Some(ms(STATUS_TIMEOUT_MS)))?;
-        c.call(
-            &Message::Hello {
-                user: "chaos".into(),
-            },
-            &[],
-        )?;
+        let key = pairfs::identity::UserKey::load_or_create(&pairfs::identity::default_key_path(
+            "chaos",
+        ))?;
+        pairfs::identity::handshake(&mut c, "chaos", &key)?;
         match c.call(&Message::Status {}, &[])?.msg {
             Message::StatusReply {
                 servers,

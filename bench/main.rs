@@ -399,10 +399,9 @@ fn nm_session(addr: &str, user: &str) -> Result<Connection> {
     let mut c = Connection::connect(addr, io_timeout())
         .with_context(|| format!("connecting to the name server at {addr}"))?;
     c.set_timeout(Some(io_timeout()))?;
-    match c.call(&Message::Hello { user: user.into() }, &[])?.msg {
-        Message::Welcome { .. } => Ok(c),
-        other => bail!("HELLO answered with {}", other.op_name()),
-    }
+    let key = pairfs::identity::UserKey::load_or_create(&pairfs::identity::default_key_path(user))?;
+    pairfs::identity::handshake(&mut c, user, &key)?;
+    Ok(c)
 }
 
 fn create(nm: &mut Connection, file: &str) -> Result<()> {
@@ -436,11 +435,11 @@ fn append_sentence(nm: &mut Connection, file: &str, j: u64) -> Result<FileState>
         Message::WriteOpened { .. } => {}
         other => bail!("WRITE_BEGIN {file} {j} answered with {}", other.op_name()),
     }
-    let edit = Message::Edit {
-        word_index: 0,
-        text: format!("Sentence number {j}."),
-    };
-    match ss.call(&edit, &[])?.msg {
+    let edit = Message::Edit { word_index: 0 };
+    match ss
+        .call(&edit, format!("Sentence number {j}.").as_bytes())?
+        .msg
+    {
         Message::Sentence { .. } => {}
         other => bail!("EDIT answered with {}", other.op_name()),
     }

@@ -17,6 +17,10 @@ struct Args {
     /// User to act as (default: the OS user).
     #[arg(long)]
     username: Option<String>,
+    /// The user's key file (default: $XDG_CONFIG_HOME/pairfs/users/<user>.key, else
+    /// $HOME/.config/pairfs/users/<user>.key; created on first use).
+    #[arg(long, value_name = "PATH")]
+    user_key_file: Option<std::path::PathBuf>,
 }
 
 /// The OS user: `$USER`, else the passwd entry of the real uid, else `user`.
@@ -53,6 +57,7 @@ fn main() {
         nm_host: args.nm_host,
         nm_port: args.nm_port,
         username: args.username.unwrap_or_else(os_user),
+        user_key_file: args.user_key_file,
     };
     std::process::exit(client::run(&opts));
 }

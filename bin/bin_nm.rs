@@ -69,6 +69,72 @@ struct Cli {
     /// travel); smaller ones are sent whole. 0 sends every copy whole.
     #[arg(long, default_value_t = pairfs::delta::DELTA_MIN_BYTES)]
     delta_min_bytes: u64,
+    /// Forget the key user NAME is bound to (its next session binds a new one), then exit.
+    /// Changes the store under --data directly when no name server holds it; otherwise asks
+    /// the name server at --host/--port, proving the cluster key.
+    #[arg(long, value_name = "NAME")]
+    reset_user: Option<String>,
+}
+
+/// `--reset-user`: unbinds `user`'s key in the store under `cli.data`, or through the name
+/// server holding it; the exit status.
+fn reset_user(cli: &Cli, user: &str) -> i32 {
+    let data = cli.data.as_path();
+    use pairfs::nm::store::{Store, StoreError, DB_FILE};
+    if let Err(e) = pairfs::names::validate_user(user) {
+        eprintln!("bin_nm: {}", e.msg);
+        return 2;
+    }
+    if !data.join(DB_FILE).exists() {
+        eprintln!("bin_nm: no name server store under {}", data.display());
+        return 1;
+    }
+    let store = match Store::open(data) {
+        Ok(s) => s,
+        Err(StoreError::InUse(_)) => {
+            // A running name server holds the store: it makes the change itself.
+            let key_file = cli
+                .cluster_key_file
+                .clone()
+                .unwrap_or_else(pairfs::auth::default_key_path);
+            let key = match pairfs::auth::ClusterKey::load_or_create(&key_file) {
+                Ok(k) => k,
+                Err(e) => {
+                    eprintln!("bin_nm: cluster key {}: {e}", key_file.display());
+                    return 1;
+                }
+            };
+            let addr = format!("{}:{}", cli.host, cli.port);
+            return match pairfs::identity::reset_online(&addr, &key, user) {
+                Ok(()) => {
+                    println!("user {user} reset by the name server at {addr}: its next session binds a new key");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("bin_nm: the store under {} is in use by a running name server, which refused the reset: {e}", data.display());
+                    1
+                }
+            };
+        }
+        Err(e) => {
+            eprintln!("bin_nm: {e}");
+            return 1;
+        }
+    };
+    match store.reset_user(user) {
+        Ok(true) => {
+            println!("user {user} reset: its next session binds a new key");
+            0
+        }
+        Ok(false) => {
+            eprintln!("bin_nm: no user {user} in {}", data.display());
+            1
+        }
+        Err(e) => {
+            eprintln!("bin_nm: {e}");
+            1
+        }
+    }
 }
 
 fn main() {
@@ -92,6 +158,9 @@ fn main() {
             cli.heartbeat_timeout_ms, cli.heartbeat_interval_ms
         );
         std::process::exit(2);
+    }
+    if let Some(user) = &cli.reset_user {
+        std::process::exit(reset_user(&cli, user));
     }
     pairfs::logging::init_server();
     pairfs::delta::set_min_bytes(cli.delta_min_bytes);

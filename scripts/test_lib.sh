@@ -89,8 +89,9 @@ start() {
     PID_OF[$name]=$!
 }
 
+# The client's user key lives in the temp dir, not in the real home.
 client() {
-    "$BIN/bin_client" --nm-port "$NM_PORT" --username alice
+    XDG_CONFIG_HOME="$TMP/config" "$BIN/bin_client" --nm-port "$NM_PORT" --username alice
 }
 
 # Runs client commands $1 and fails unless the output is exactly $2.

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod client;
 pub mod delta;
 pub mod durable;
+pub mod identity;
 pub mod limits;
 pub mod logging;
 pub mod names;

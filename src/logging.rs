@@ -78,6 +78,10 @@ pub mod ev {
     pub const REPLICATION_RECOVER: &str = "replication_recover";
     /// A client session started (field `user`).
     pub const NM_CLIENT_CONNECT: &str = "nm_client_connect";
+    /// A user name was bound to its first key, a session was refused for proving another key
+    /// or none, or an operator reset the user (fields `user`, `outcome`: `bound`, `refused`
+    /// or `reset`).
+    pub const NM_USER_KEY: &str = "nm_user_key";
     /// A client request was answered with an error (fields `user`, `code`).
     pub const NM_REQUEST_ERROR: &str = "nm_request_error";
     /// A file was created, deleted, undone or changed (fields `file`, `version`).
@@ -136,6 +140,7 @@ pub mod ev {
         NM_RECOVERY_SYNC_QUEUED,
         REPLICATION_RECOVER,
         NM_CLIENT_CONNECT,
+        NM_USER_KEY,
         NM_REQUEST_ERROR,
         NM_FILE_CHANGE,
         NM_STORE_COMMIT,

@@ -70,10 +70,12 @@ fn canonical_path(name: &str) -> Result<String, WireError> {
                 "path component longer than {MAX_COMPONENT_BYTES} bytes"
             )));
         }
-        if comp.chars().any(|c| c.is_control()) {
-            return Err(err::invalid(
-                "names may not contain NUL or control characters",
-            ));
+        if let Some(c) = comp.chars().find(|&c| forbidden(c)) {
+            return Err(err::invalid(format!(
+                "'{}' contains U+{:04X}; names may not contain control, format or bidi characters",
+                show(name),
+                c as u32
+            )));
         }
     }
     if depth > MAX_DEPTH {
@@ -82,6 +84,47 @@ fn canonical_path(name: &str) -> Result<String, WireError> {
         )));
     }
     Ok(rel.to_string())
+}
+
+/// Unicode general category Cf (format characters), as of Unicode 15.1: invisible
+/// characters that change how text around them is shown (the bidi embeddings, overrides and
+/// isolates U+202A–U+202E and U+2066–U+2069, the marks U+200E/U+200F and U+061C, zero-width
+/// spaces and joiners, tag characters). Kept as an explicit table so the refused set is
+/// visible here and needs no Unicode-database crate; new Cf characters in later Unicode
+/// versions are rare and would be added here.
+const FORMAT_RANGES: &[(u32, u32)] = &[
+    (0x00AD, 0x00AD),
+    (0x0600, 0x0605),
+    (0x061C, 0x061C),
+    (0x06DD, 0x06DD),
+    (0x070F, 0x070F),
+    (0x0890, 0x0891),
+    (0x08E2, 0x08E2),
+    (0x180E, 0x180E),
+    (0x200B, 0x200F),
+    (0x202A, 0x202E),
+    (0x2060, 0x2064),
+    (0x2066, 0x206F),
+    (0xFEFF, 0xFEFF),
+    (0xFFF9, 0xFFFB),
+    (0x110BD, 0x110BD),
+    (0x110CD, 0x110CD),
+    (0x13430, 0x1343F),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0001, 0xE0001),
+    (0xE0020, 0xE007F),
+];
+
+/// Whether `c` may not appear in a file or folder name: control characters (category Cc),
+/// format characters (Cf, which include every bidi control, so a name cannot make a listing
+/// show other names reversed or hidden), and the line and paragraph separators U+2028/U+2029.
+pub fn forbidden(c: char) -> bool {
+    let u = c as u32;
+    c.is_control()
+        || u == 0x2028
+        || u == 0x2029
+        || FORMAT_RANGES.iter().any(|&(lo, hi)| (lo..=hi).contains(&u))
 }
 
 /// How a canonical name is shown to users: root files bare, nested ones with a leading `/`.
@@ -202,6 +245,34 @@ mod tests {
         }
         assert!(canonical_file(&"x".repeat(256)).is_err());
         assert!(canonical_file(&"x".repeat(255)).is_ok());
+    }
+
+    #[test]
+    fn format_and_bidi_characters_are_refused() {
+        for (bad, code) in [
+            ("evil\u{202E}txt.exe", "U+202E"),
+            ("a\u{200B}b", "U+200B"),
+            ("a\u{2066}b", "U+2066"),
+            ("a\u{200F}b", "U+200F"),
+            ("a\u{061C}b", "U+061C"),
+            ("a\u{2028}b", "U+2028"),
+            ("a\u{FEFF}b", "U+FEFF"),
+            ("a\u{7}b", "U+0007"),
+            ("a\u{85}b", "U+0085"),
+            ("a\u{E0041}b", "U+E0041"),
+        ] {
+            let e = canonical_file(bad).unwrap_err();
+            assert!(e.msg.contains(code), "{bad:?}: {}", e.msg);
+            assert!(canonical_folder(&format!("/d/{bad}")).is_err());
+        }
+        for good in [
+            "caf\u{e9}.txt",
+            "\u{65e5}\u{672c}.txt",
+            "a\u{2010}b",
+            "\u{5d0}\u{5d1}.txt",
+        ] {
+            assert!(canonical_file(good).is_ok(), "{good:?} refused");
+        }
     }
 
     #[test]

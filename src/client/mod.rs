@@ -16,7 +16,9 @@ use session::{EditError, Session, WriteSession};
 use std::io::{self, BufRead, IsTerminal, Read, Write};
 
 /// Longest input line accepted, in bytes; a longer line is refused with LIMIT and skipped.
-pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+/// Room for an edit line carrying the longest sentence a write session may hold (one frame
+/// body) plus its word index.
+pub const MAX_LINE_BYTES: usize = crate::protocol::frame::MAX_BODY_BYTES + 64;
 
 /// Prompt in normal mode (terminal only).
 pub const PROMPT: &str = "> ";
@@ -35,6 +37,8 @@ pub struct Options {
     pub nm_port: u16,
     /// The user to act as.
     pub username: String,
+    /// The user's key file (`None`: `identity::default_key_path`), created on first use.
+    pub user_key_file: Option<std::path::PathBuf>,
 }
 
 /// Where command lines come from.
@@ -73,7 +77,9 @@ impl<R: BufRead> LineSource for PipedLines<R> {
                         Ok(_) => {}
                     }
                 }
-                Some(Err(format!("line longer than {MAX_LINE_BYTES} bytes")))
+                Some(Err(format!(
+                    "line too long: more than {MAX_LINE_BYTES} bytes, the limit; it was skipped"
+                )))
             }
             Ok(_) => {
                 while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
@@ -144,14 +150,31 @@ pub fn run(opts: &Options) -> i32 {
 
 /// Runs the client on any line source and output; returns the exit status.
 pub fn run_with(opts: &Options, input: &mut dyn LineSource, out: &mut dyn Write) -> i32 {
-    let mut session = match Session::connect(&opts.nm_host, opts.nm_port, &opts.username) {
-        Ok(s) => s,
+    let key_file = opts
+        .user_key_file
+        .clone()
+        .unwrap_or_else(|| crate::identity::default_key_path(&opts.username));
+    // The name is checked first (the name server refuses it the same way), so a bad one
+    // never names a key file.
+    let key = match crate::names::validate_user(&opts.username)
+        .and_then(|()| crate::identity::UserKey::load_or_create(&key_file))
+    {
+        Ok(k) => k,
         Err(e) => {
             let _ = writeln!(out, "{e}");
             let _ = out.flush();
             return 2;
         }
     };
+    let mut session =
+        match Session::connect_with_key(&opts.nm_host, opts.nm_port, &opts.username, key) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = writeln!(out, "{e}");
+                let _ = out.flush();
+                return 2;
+            }
+        };
     let mut status = Status::default();
     while let Some(line) = input.next_line(PROMPT) {
         let ok = run_line(&mut session, line, input, out, &mut status);

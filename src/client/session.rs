@@ -7,6 +7,7 @@
 use super::parse::Command;
 use super::render;
 use super::transfer::{self, Progress};
+use crate::identity::{self, UserKey};
 use crate::protocol::frame::{self, ConnError};
 use crate::protocol::{err, AccessMode, Connection, ErrorCode, Frame, Message, Ticket, WireError};
 use std::fmt;
@@ -105,15 +106,31 @@ impl HelloError {
 pub struct Session {
     nm_addr: String,
     user: String,
+    /// The user's key, proved at every (re)connect (see `crate::identity`).
+    key: UserKey,
     nm: Option<Connection>,
 }
 
 impl Session {
-    /// Connects to the name server at `host:port` and says HELLO as `user` (one attempt).
+    /// Connects to the name server at `host:port` and says HELLO as `user`, proving the key
+    /// in its default key file (created on first use; one attempt).
     pub fn connect(host: &str, port: u16, user: &str) -> Result<Session, CmdError> {
+        crate::names::validate_user(user)?;
+        let key = UserKey::load_or_create(&identity::default_key_path(user))?;
+        Session::connect_with_key(host, port, user, key)
+    }
+
+    /// [`Session::connect`] proving `key`.
+    pub fn connect_with_key(
+        host: &str,
+        port: u16,
+        user: &str,
+        key: UserKey,
+    ) -> Result<Session, CmdError> {
         let mut s = Session {
             nm_addr: crate::addr::join(host, port),
             user: user.to_string(),
+            key,
             nm: None,
         };
         let conn = s.hello().map_err(HelloError::into_inner)?;
@@ -121,7 +138,7 @@ impl Session {
         Ok(s)
     }
 
-    /// One connect and HELLO/WELCOME exchange.
+    /// One connect and HELLO, CHALLENGE, PROVE, WELCOME exchange.
     fn hello(&self) -> Result<Connection, HelloError> {
         let cannot = |reason: String| {
             HelloError::Unreachable(CmdError {
@@ -137,18 +154,10 @@ impl Session {
             .map_err(|e| cannot(e.to_string()))?;
         c.set_timeout(Some(Duration::from_millis(NM_REPLY_TIMEOUT_MS)))
             .map_err(|e| cannot(e.to_string()))?;
-        let hello = Message::Hello {
-            user: self.user.clone(),
-        };
-        match c.call(&hello, b"") {
-            Ok(Frame {
-                msg: Message::Welcome { .. },
-                ..
-            }) => Ok(c),
-            Ok(f) => Err(HelloError::Refused(
-                unexpected(&f.msg, "the name server").into(),
-            )),
-            // The name server refused us (a bad user name): retrying will not help.
+        match identity::handshake(&mut c, &self.user, &self.key) {
+            Ok(()) => Ok(c),
+            // The name server refused us (a bad user name, another key): retrying will not
+            // help.
             Err(e) if e.code != crate::protocol::ErrorCode::Unavailable => {
                 Err(HelloError::Refused(CmdError {
                     text: e.to_string(),
@@ -781,11 +790,11 @@ impl Session {
             };
             match next {
                 Ok(Some(f)) => match f.msg {
-                    Message::Word { word } => {
+                    Message::Word {} => {
                         if words > 0 {
                             out.write_all(b" ")?;
                         }
-                        out.write_all(word.as_bytes())?;
+                        out.write_all(&f.body)?;
                         out.flush()?;
                         words += 1;
                     }
@@ -810,8 +819,15 @@ impl Session {
             sentence,
             ticket,
         };
-        match link.call(&req)? {
-            Message::WriteOpened { text } => Ok(WriteSession { link, text }),
+        if let Err(e) = link.conn.send(&req, b"") {
+            return Err(link.broken(ConnError::Io(e)).into());
+        }
+        let reply = link.recv()?;
+        match reply.msg.into_result()? {
+            Message::WriteOpened {} => Ok(WriteSession {
+                text: body_text(reply.body),
+                link,
+            }),
             m => Err(unexpected(&m, &link.describe()).into()),
         }
     }
@@ -832,6 +848,11 @@ fn peer_closed(c: &Connection) -> bool {
         Err(e) => e.kind() != io::ErrorKind::WouldBlock,
     };
     closed || s.set_nonblocking(false).is_err()
+}
+
+/// Sentence text from a frame body (storage servers send UTF-8; anything else is shown lossily).
+fn body_text(body: Vec<u8>) -> String {
+    String::from_utf8(body).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// Content from a storage server that does not match the size and checksum it announced.
@@ -958,18 +979,25 @@ impl WriteSession {
         &self.text
     }
 
-    /// Inserts `text` before word `word_index`; returns the sentence as edited so far.
+    /// Inserts `text` before word `word_index`; returns the sentence as edited so far. This
+    /// is the one way an edit line reaches a storage server: the text travels in the frame
+    /// body, so an edit is limited only by the sentence limit the storage server names.
     pub fn edit(&mut self, word_index: u64, text: &str) -> Result<String, EditError> {
-        let req = Message::Edit {
-            word_index,
-            text: text.to_string(),
-        };
-        if let Err(e) = self.link.conn.send(&req, b"") {
-            return Err(EditError::Broken(self.link.broken(ConnError::Io(e))));
+        // One frame body carries the edit; the storage server could only refuse it by closing.
+        if text.len() > frame::MAX_BODY_BYTES {
+            return Err(EditError::Refused(err::limit(format!(
+                "sentence too long: the edit alone is {} bytes, limit {}",
+                text.len(),
+                frame::MAX_BODY_BYTES
+            ))));
+        }
+        let req = Message::Edit { word_index };
+        if let Err(e) = self.link.conn.send(&req, text.as_bytes()) {
+            return Err(EditError::Broken(self.link.refused_or_broken(e)));
         }
         let reply = self.link.recv().map_err(EditError::Broken)?;
         match reply.msg {
-            Message::Sentence { text } => Ok(text),
+            Message::Sentence {} => Ok(body_text(reply.body)),
             Message::Err { code, msg } => Err(EditError::Refused(WireError { code, msg })),
             m => Err(EditError::Broken(unexpected(&m, &self.link.describe()))),
         }

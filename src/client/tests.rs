@@ -12,7 +12,7 @@ use std::thread;
 type Replies = Vec<(Message, Vec<u8>)>;
 
 /// Replies to one request, and whether to close the connection after sending them.
-type Handler = dyn Fn(&Message) -> (Replies, bool) + Send + Sync;
+type Handler = dyn Fn(&Message, &[u8]) -> (Replies, bool) + Send + Sync;
 
 /// Serves connections one after another with `handler` until the test process ends.
 fn serve(handler: Box<Handler>) -> u16 {
@@ -23,7 +23,7 @@ fn serve(handler: Box<Handler>) -> u16 {
             let Ok(stream) = stream else { return };
             let mut c = Connection::new(stream);
             while let Ok(Some(f)) = c.recv() {
-                let (replies, close) = handler(&f.msg);
+                let (replies, close) = handler(&f.msg, &f.body);
                 for (m, body) in replies {
                     let _ = c.send(&m, &body);
                 }
@@ -67,8 +67,11 @@ fn wire_err(code: ErrorCode, msg: &str) -> (Replies, bool) {
 
 /// A name server that knows one storage server at `ss_port` (0: none).
 fn fake_nm(ss_port: u16) -> u16 {
-    serve(Box::new(move |m| match m {
-        Message::Hello { user } => one(Message::Welcome { user: user.clone() }),
+    serve(Box::new(move |m, _| match m {
+        Message::Hello { .. } => one(Message::Challenge { nonce: "00".into() }),
+        Message::Prove { .. } => one(Message::Welcome {
+            user: "alice".into(),
+        }),
         Message::Create { file } if file == "dup" => wire_err(ErrorCode::Conflict, "dup exists"),
         Message::Create { file } | Message::Delete { file } if file == "deg" => {
             one(Message::DoneDegraded {
@@ -179,7 +182,7 @@ fn read_replies(content: &[u8], crc: Option<u32>) -> Replies {
 /// A storage server holding `hello world.` in every file; file `cut` breaks streams, `big`
 /// is binary and several chunks long, `bad` fails its checksum.
 fn fake_ss() -> u16 {
-    serve(Box::new(|m| match m {
+    serve(Box::new(|m, body| match m {
         Message::Read { file, .. } if file == "big" => {
             (read_replies(&binary(BIG_BYTES), None), false)
         }
@@ -202,14 +205,7 @@ fn fake_ss() -> u16 {
         Message::Stream { file, .. } => {
             let mut r: Replies = ["hello", "world."]
                 .iter()
-                .map(|w| {
-                    (
-                        Message::Word {
-                            word: w.to_string(),
-                        },
-                        vec![],
-                    )
-                })
+                .map(|w| (Message::Word {}, w.as_bytes().to_vec()))
                 .collect();
             if file == "cut" {
                 // One word, then the connection drops without END.
@@ -219,14 +215,12 @@ fn fake_ss() -> u16 {
             r.push((Message::End {}, vec![]));
             (r, false)
         }
-        Message::WriteBegin { .. } => one(Message::WriteOpened {
-            text: String::new(),
-        }),
-        Message::Edit { word_index, text } => {
+        Message::WriteBegin { .. } => one(Message::WriteOpened {}),
+        Message::Edit { word_index } => {
             if *word_index > 0 {
                 wire_err(ErrorCode::Invalid, "Word index out of range")
             } else {
-                one(Message::Sentence { text: text.clone() })
+                (vec![(Message::Sentence {}, body.to_vec())], false)
             }
         }
         Message::Commit {} => one(Message::Committed {
@@ -306,18 +300,20 @@ fn fake_upload_ss(uploads: std::sync::Arc<std::sync::Mutex<Uploads>>) -> u16 {
     port
 }
 
-fn opts(port: u16) -> Options {
+fn opts(port: u16, key_dir: &std::path::Path) -> Options {
     Options {
         nm_host: "127.0.0.1".into(),
         nm_port: port,
         username: "alice".into(),
+        user_key_file: Some(key_dir.join("alice.key")),
     }
 }
 
 fn run_script(port: u16, script: &str) -> (String, i32) {
     let mut input = PipedLines::new(script.as_bytes());
     let mut out = Vec::new();
-    let status = run_with(&opts(port), &mut input, &mut out);
+    let keys = tempfile::tempdir().unwrap();
+    let status = run_with(&opts(port, keys.path()), &mut input, &mut out);
     (String::from_utf8(out).unwrap(), status)
 }
 
@@ -439,7 +435,7 @@ fn over_long_lines_are_refused_and_skipped() {
     let (out, status) = run_script(nm, &script);
     assert_eq!(
         out,
-        format!("ERROR [LIMIT]: line longer than {MAX_LINE_BYTES} bytes\n--> alice\n--> bob\n")
+        format!("ERROR [LIMIT]: line too long: more than {MAX_LINE_BYTES} bytes, the limit; it was skipped\n--> alice\n--> bob\n")
     );
     assert_eq!(status, 1);
 }

@@ -17,6 +17,7 @@ pub use folders::{FolderRecord, MoveIntent};
 use super::replication::{self, job_key, JobState, Outcome, ReplJob, Transfer, Want};
 use crate::addr;
 use crate::auth::{ClusterKey, NonceMemory, RegisterClaim, NM_USER, PROOF_SKEW_MS};
+use crate::identity;
 use crate::logging::ev;
 use crate::names;
 use crate::protocol::frame;
@@ -260,8 +261,12 @@ impl ServerRecord {
 /// A change to the durable state; the store applies a batch of them in one transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreOp {
-    /// Record a user.
+    /// Record a user (a no-op for one already recorded, so it never drops a bound key).
     PutUser(String),
+    /// Record a user bound to a public key (hex).
+    PutUserKey(String, String),
+    /// Forget the key a user is bound to (it binds again at its next session).
+    ResetUserKey(String),
     /// Insert or replace a file record.
     PutFile(String, FileRecord),
     /// Remove a file record.
@@ -295,6 +300,9 @@ pub enum StoreOp {
 pub struct Loaded {
     /// Every user ever seen.
     pub users: BTreeSet<String>,
+    /// The public key each bound user proved at first use (see `crate::identity`); users
+    /// recorded without one bind at their next session.
+    pub user_keys: BTreeMap<String, String>,
     /// The file index by canonical name.
     pub files: BTreeMap<String, FileRecord>,
     /// Storage servers ever registered.
@@ -463,9 +471,19 @@ struct Registering {
 #[derive(Debug)]
 enum Peer {
     Unknown,
-    Client { user: String, busy: bool },
+    /// Said HELLO; must answer the challenge `nonce` with a PROVE.
+    Challenged {
+        user: String,
+        nonce: String,
+    },
+    Client {
+        user: String,
+        busy: bool,
+    },
     Registering(Box<Registering>),
-    Server { name: String },
+    Server {
+        name: String,
+    },
 }
 
 /// A client request that needs a storage server, possibly waiting for its file.
@@ -545,6 +563,8 @@ pub struct Core {
     /// Registration proofs already used: a captured REGISTER cannot be replayed.
     proof_nonces: NonceMemory,
     users: BTreeSet<String>,
+    /// Bound users' public keys (durable; see `crate::identity`).
+    user_keys: HashMap<String, String>,
     files: BTreeMap<String, FileRecord>,
     servers: BTreeMap<String, ServerLive>,
     peers: HashMap<ConnId, Peer>,
@@ -662,6 +682,7 @@ impl Core {
             key,
             proof_nonces: NonceMemory::new(MAX_LIVE_PROOFS),
             users: loaded.users,
+            user_keys: loaded.user_keys.into_iter().collect(),
             files: loaded.files,
             servers,
             peers: HashMap::new(),
@@ -909,6 +930,7 @@ impl Core {
                 self.peers.insert(conn, Peer::Unknown);
                 match msg {
                     Message::Hello { user } => self.hello(conn, user),
+                    Message::ResetUser { user, proof } => self.reset_user(conn, &user, &proof),
                     Message::Register {
                         name,
                         host,
@@ -991,6 +1013,16 @@ impl Core {
                     ),
                 }
             }
+            Peer::Challenged { user, nonce } => {
+                self.peers.insert(conn, Peer::Unknown);
+                match msg {
+                    Message::Prove { key, sig } => self.prove(conn, user, &nonce, key, &sig),
+                    other => self.refuse_and_close(
+                        conn,
+                        err::invalid(format!("expected PROVE, got {}", other.op_name())),
+                    ),
+                }
+            }
             Peer::Client { user, busy } => {
                 self.peers.insert(
                     conn,
@@ -1029,9 +1061,77 @@ impl Core {
         }
     }
 
+    /// HELLO: the user must now prove its key (see `crate::identity`).
     fn hello(&mut self, conn: ConnId, user: String) {
         if let Err(e) = names::validate_user(&user) {
             return self.refuse_and_close(conn, e);
+        }
+        let nonce = crate::auth::random_hex(identity::NONCE_BYTES);
+        self.peers.insert(
+            conn,
+            Peer::Challenged {
+                user,
+                nonce: nonce.clone(),
+            },
+        );
+        self.reply(conn, Message::Challenge { nonce });
+    }
+
+    /// RESET_USER from an operator holding the cluster key: the user's next session binds
+    /// a new key. Answered (after the change is durable) and closed either way.
+    fn reset_user(&mut self, conn: ConnId, user: &str, proof: &crate::protocol::KeyProof) {
+        let checked = names::validate_user(user)
+            .and_then(|()| identity::check_reset_proof(&self.key, user, proof))
+            .and_then(|()| {
+                self.proof_nonces
+                    .use_once(&proof.nonce, proof.ts_ms + PROOF_SKEW_MS, "reset proof")
+            })
+            .and_then(|()| {
+                if self.users.contains(user) {
+                    Ok(())
+                } else {
+                    Err(err::not_found(format!("no user {user}")))
+                }
+            });
+        if let Err(e) = checked {
+            return self.refuse_and_close(conn, e);
+        }
+        self.introducing.remove(&conn);
+        if self.user_keys.remove(user).is_some() {
+            self.batch.push(StoreOp::ResetUserKey(user.to_string()));
+        }
+        log::info!(target: ev::NM_USER_KEY, user = user, outcome = "reset";
+            "user {user} reset: its next session binds a new key");
+        self.reply(conn, Message::Done {});
+        self.out.push(Effect::Close { conn });
+    }
+
+    /// PROVE: checks the signature, binds a user with no key yet (trust on first use, made
+    /// durable before the WELCOME goes out, as every reply waits for the batch before it),
+    /// and refuses a key other than the bound one.
+    fn prove(&mut self, conn: ConnId, user: String, nonce: &str, key: String, sig: &str) {
+        if !identity::verify(&key, &user, nonce, sig) {
+            log::warn!(target: ev::NM_USER_KEY, user = user.as_str(), outcome = "refused";
+                "refused {user}: the proof of its key does not verify");
+            return self.refuse_and_close(
+                conn,
+                err::unauthorized(format!("the proof of {user}'s key does not verify")),
+            );
+        }
+        match self.user_keys.get(&user) {
+            Some(bound) if *bound == key => {}
+            Some(_) => {
+                log::warn!(target: ev::NM_USER_KEY, user = user.as_str(), outcome = "refused";
+                    "refused {user}: another key than the one it is bound to");
+                return self.refuse_and_close(conn, identity::other_key(&user));
+            }
+            None => {
+                self.users.insert(user.clone());
+                self.user_keys.insert(user.clone(), key.clone());
+                self.batch.push(StoreOp::PutUserKey(user.clone(), key));
+                log::info!(target: ev::NM_USER_KEY, user = user.as_str(), outcome = "bound";
+                    "user {user} bound to its first key");
+            }
         }
         self.introducing.remove(&conn);
         self.add_user(&user);
@@ -1484,7 +1584,9 @@ impl Core {
                     Err(e) => self.fail(conn, e),
                 }
             }
-            Message::Hello { .. } => self.fail(conn, err::invalid("already introduced")),
+            Message::Hello { .. } | Message::Prove { .. } => {
+                self.fail(conn, err::invalid("already introduced"))
+            }
             other => self.fail(
                 conn,
                 err::invalid(format!("{} is not a name server request", other.op_name())),
@@ -3718,15 +3820,123 @@ mod tests {
         send(c, conn, Message::RegisterEnd {}, 0)
     }
 
-    pub(super) fn hello(c: &mut Core, conn: ConnId, user: &str) {
+    /// The key a test user proves: one per name, so names never share a binding.
+    pub(super) fn user_key(user: &str) -> identity::UserKey {
+        let mut seed = [0u8; 32];
+        for (i, b) in user.bytes().enumerate() {
+            seed[i % 32] ^= b.wrapping_add(i as u8);
+        }
+        identity::UserKey::from_seed(seed)
+    }
+
+    /// HELLO, then PROVE with `key`: the effects of the PROVE.
+    pub(super) fn hello_with(
+        c: &mut Core,
+        conn: ConnId,
+        user: &str,
+        key: &identity::UserKey,
+    ) -> Vec<Effect> {
         c.on_connect(conn, 0);
         let e = send(c, conn, Message::Hello { user: user.into() }, 0);
+        let nonce = match &e[..] {
+            [Effect::Reply {
+                msg: Message::Challenge { nonce },
+                ..
+            }] => nonce.clone(),
+            other => panic!("HELLO answered {other:?}"),
+        };
+        let prove = Message::Prove {
+            key: key.public_hex(),
+            sig: key.prove(user, &nonce),
+        };
+        send(c, conn, prove, 0)
+    }
+
+    pub(super) fn hello(c: &mut Core, conn: ConnId, user: &str) {
+        let e = hello_with(c, conn, user, &user_key(user));
         assert!(matches!(
             &e[..],
             [Effect::Reply {
                 msg: Message::Welcome { .. },
                 ..
             }]
+        ));
+    }
+
+    #[test]
+    fn a_user_binds_its_first_key_and_only_that_key_opens_sessions() {
+        let mut c = core();
+        let alice = user_key("alice");
+        hello(&mut c, 1, "alice");
+        assert!(c
+            .take_batch()
+            .contains(&StoreOp::PutUserKey("alice".into(), alice.public_hex())));
+        // The same key again: welcome, nothing new to store.
+        hello(&mut c, 2, "alice");
+        assert!(c.take_batch().is_empty());
+        // Another key: refused with the reset hint, and the connection closed.
+        let e = hello_with(&mut c, 3, "alice", &user_key("mallory"));
+        match &e[..] {
+            [Effect::Reply {
+                msg: Message::Err { code, msg },
+                ..
+            }, Effect::Close { conn: 3 }] => {
+                assert_eq!(*code, ErrorCode::Unauthorized);
+                assert_eq!(
+                    msg,
+                    "alice is registered with another key (reset it with bin_nm --reset-user alice)"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // A signature over another nonce is refused too.
+        c.on_connect(4, 0);
+        send(
+            &mut c,
+            4,
+            Message::Hello {
+                user: "alice".into(),
+            },
+            0,
+        );
+        let e = send(
+            &mut c,
+            4,
+            Message::Prove {
+                key: alice.public_hex(),
+                sig: alice.prove("alice", "not-the-nonce"),
+            },
+            0,
+        );
+        assert!(matches!(
+            &e[..],
+            [
+                Effect::Reply {
+                    msg: Message::Err {
+                        code: ErrorCode::Unauthorized,
+                        ..
+                    },
+                    ..
+                },
+                Effect::Close { .. }
+            ]
+        ));
+        // A request before PROVE is refused.
+        c.on_connect(5, 0);
+        send(&mut c, 5, Message::Hello { user: "bob".into() }, 0);
+        let e = send(&mut c, 5, Message::ListUsers {}, 0);
+        assert!(matches!(
+            &e[..],
+            [
+                Effect::Reply {
+                    msg: Message::Err {
+                        code: ErrorCode::Invalid,
+                        ..
+                    },
+                    ..
+                },
+                Effect::Close { .. }
+            ]
         ));
     }
 

@@ -5,7 +5,7 @@
 //!
 //! | table     | key              | value                                   |
 //! |-----------|------------------|-----------------------------------------|
-//! | `users`   | user name        | `{}`                                    |
+//! | `users`   | user name        | `UserRecord`: `{"key":"<ed25519 public key, hex>"}`, or `{}` before the user is bound (see `crate::identity`) |
 //! | `files`   | canonical name   | `core::FileRecord`                      |
 //! | `servers` | server name      | `core::ServerRecord`                    |
 //! | `pairs`   | primary name     | backup name (JSON string)               |
@@ -149,7 +149,11 @@ impl Store {
         let mut loaded = Loaded::default();
         let users = txn.open_table(USERS).map_err(dberr)?;
         for item in users.iter().map_err(dberr)? {
-            let (k, _) = item.map_err(dberr)?;
+            let (k, v) = item.map_err(dberr)?;
+            let rec: UserRecord = parse(k.value(), v.value())?;
+            if let Some(key) = rec.key {
+                loaded.user_keys.insert(k.value().to_string(), key);
+            }
             loaded.users.insert(k.value().to_string());
         }
         let files = txn.open_table(FILES).map_err(dberr)?;
@@ -225,7 +229,19 @@ impl Store {
             for op in batches.iter().flat_map(|b| b.ops.iter()) {
                 match op {
                     StoreOp::PutUser(u) => {
+                        if users.get(u.as_str()).map_err(dberr)?.is_none() {
+                            users.insert(u.as_str(), "{}").map_err(dberr)?;
+                        }
+                    }
+                    StoreOp::ResetUserKey(u) => {
                         users.insert(u.as_str(), "{}").map_err(dberr)?;
+                    }
+                    StoreOp::PutUserKey(u, key) => {
+                        let rec = UserRecord {
+                            key: Some(key.clone()),
+                        };
+                        let v = to_json(u, &rec)?;
+                        users.insert(u.as_str(), v.as_str()).map_err(dberr)?;
                     }
                     StoreOp::PutFile(f, rec) => {
                         let v = to_json(f, rec)?;
@@ -320,6 +336,33 @@ impl Store {
     }
 }
 
+/// A row of the `users` table.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct UserRecord {
+    /// The public key the user is bound to; absent until its first session proves one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+}
+
+impl Store {
+    /// Forgets the key `user` is bound to, so its next session binds a new one. Returns
+    /// whether the user is known at all. Used offline by `bin_nm --reset-user`.
+    pub fn reset_user(&self, user: &str) -> Result<bool, StoreError> {
+        let mut txn = self.db.begin_write().map_err(dberr)?;
+        txn.set_durability(Durability::Immediate);
+        let known = {
+            let mut users = txn.open_table(USERS).map_err(dberr)?;
+            let known = users.get(user).map_err(dberr)?.is_some();
+            if known {
+                users.insert(user, "{}").map_err(dberr)?;
+            }
+            known
+        };
+        txn.commit().map_err(dberr)?;
+        Ok(known)
+    }
+}
+
 fn parse<T: serde::de::DeserializeOwned>(key: &str, value: &str) -> Result<T, StoreError> {
     serde_json::from_str(value).map_err(|e| StoreError::Corrupt {
         key: key.to_string(),
@@ -363,6 +406,39 @@ mod tests {
             backup_version: None,
             primary_missing: false,
         }
+    }
+
+    #[test]
+    fn user_keys_survive_reopen_and_reset() {
+        let d = tempfile::tempdir().unwrap();
+        let batch = |seq, ops| Batch { seq, ops };
+        {
+            let s = Store::open(d.path()).unwrap();
+            s.commit(&[
+                batch(1, vec![StoreOp::PutUser("old".into())]),
+                batch(
+                    2,
+                    vec![
+                        StoreOp::PutUserKey("alice".into(), "k1".into()),
+                        // Seeing a bound user again never drops its key.
+                        StoreOp::PutUser("alice".into()),
+                    ],
+                ),
+            ])
+            .unwrap();
+        }
+        let s = Store::open(d.path()).unwrap();
+        let l = s.load().unwrap();
+        assert_eq!(l.users.iter().collect::<Vec<_>>(), vec!["alice", "old"]);
+        assert_eq!(
+            l.user_keys,
+            BTreeMap::from([("alice".to_string(), "k1".to_string())])
+        );
+        assert!(s.reset_user("alice").unwrap());
+        assert!(!s.reset_user("nobody").unwrap());
+        let l = s.load().unwrap();
+        assert!(l.user_keys.is_empty());
+        assert!(l.users.contains("alice"));
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! Conversations (each arrow is one frame; `*` means repeated):
 //!
 //! ```text
-//! client -> nm : HELLO                          <- WELCOME
+//! client -> nm : HELLO <- CHALLENGE; PROVE      <- WELCOME | ERR (see `crate::identity`)
+//! operator -> nm : RESET_USER (cluster-key proof) <- DONE | ERR, then closed
 //! client -> nm : CREATE | DELETE | UNDO | REMACCESS        <- DONE | ERR
 //! client -> nm : INFO <- INFO_REPLY;  VIEW <- FILE_LIST+;  LIST_USERS <- USERS+ (paged)
 //! client -> nm : ADD_ACCESS                     <- ACCESS_GRANTED | ERR
@@ -13,6 +14,7 @@
 //! client -> ss : READ                           <- READ_OK, CHUNK*, END | ERR
 //! client -> ss : STREAM                         <- WORD* (one every 100 ms), END | ERR
 //! client -> ss : WRITE_BEGIN <- WRITE_OPENED; (EDIT <- SENTENCE | ERR)*; COMMIT <- COMMITTED | ERR
+//!                (WORD, WRITE_OPENED, EDIT and SENTENCE carry their text in the body)
 //! ss -> nm     : REGISTER, FILE_BATCH*, REGISTER_END          <- REGISTERED | ERR
 //! ss -> nm     : HEARTBEAT                      <- HEARTBEAT_ACK
 //! ss -> nm     : CHANGED (a file's new state)   <- CHANGED_ACK (after the nm made it durable)
@@ -609,12 +611,35 @@ pub enum Message {
     },
 
     // ----- client -> nm -----
-    /// First frame of a client session: who is speaking. The name server records the user.
+    /// First frame of a client session: who is speaking. Answered by CHALLENGE.
     Hello {
         /// User name (validated by `names::validate_user`).
         user: String,
     },
-    /// Reply to HELLO.
+    /// Reply to HELLO: the nonce the client must sign to prove its user key.
+    Challenge {
+        /// 32 random bytes, hex.
+        nonce: String,
+    },
+    /// Answer to CHALLENGE: the user's ed25519 public key and its signature over
+    /// `identity::signed_bytes(user, nonce)`. A user with no key recorded is bound to `key`
+    /// (durably, before WELCOME); otherwise `key` must be the recorded one.
+    Prove {
+        /// Public key, 32 bytes hex.
+        key: String,
+        /// Signature, 64 bytes hex.
+        sig: String,
+    },
+    /// First and only frame of an operator's connection: forget the key `user` is bound to,
+    /// proved with the cluster key (`identity::reset_signing_string`). Answered by DONE once
+    /// durable, or ERR; the connection is then closed.
+    ResetUser {
+        /// The user to unbind.
+        user: String,
+        /// Cluster-key proof.
+        proof: KeyProof,
+    },
+    /// Reply to PROVE: the session is open.
     Welcome {
         /// The user as recorded.
         user: String,
@@ -888,11 +913,9 @@ pub enum Message {
         /// Authorisation.
         ticket: Ticket,
     },
-    /// One streamed word.
-    Word {
-        /// The word.
-        word: String,
-    },
+    /// One streamed word, in the body (a word may be as long as a sentence, so it never
+    /// travels in the header).
+    Word {},
     /// Open a write session on sentence `sentence`; the connection then carries EDITs and a
     /// COMMIT. Closing the connection abandons the session and releases the lock.
     WriteBegin {
@@ -903,23 +926,18 @@ pub enum Message {
         /// Authorisation.
         ticket: Ticket,
     },
-    /// Reply to WRITE_BEGIN.
-    WriteOpened {
-        /// The sentence's current text (empty for a new sentence slot).
-        text: String,
-    },
-    /// Insert the words of `text` before word `word_index` of the sentence being edited.
+    /// Reply to WRITE_BEGIN; the body is the sentence's current text (empty for a new
+    /// sentence slot). Sentence text always travels in the body, never in the header, so any
+    /// sentence up to the body limit can be edited (see `ss::server::MAX_SENTENCE_BYTES`).
+    WriteOpened {},
+    /// Insert the words of the body (UTF-8) before word `word_index` of the sentence being
+    /// edited.
     Edit {
         /// 0-based, `0..=word count`.
         word_index: u64,
-        /// Words to insert.
-        text: String,
     },
-    /// Reply to EDIT: the sentence as edited so far.
-    Sentence {
-        /// Single-space-joined words.
-        text: String,
-    },
+    /// Reply to EDIT; the body is the sentence as edited so far (single-space-joined words).
+    Sentence {},
     /// ETIRW: commit the session.
     Commit {},
     /// Reply to COMMIT, sent once the change is durable on the storage server and recorded by

@@ -62,8 +62,16 @@ pub const CHANGED_ACK_TIMEOUT_MS: u64 = 10_000;
 pub const MAX_STREAM_WORD_BYTES: usize = 16 * 1024;
 /// Delay between two streamed words.
 pub const STREAM_WORD_INTERVAL_MS: u64 = 100;
-/// Largest sentence a write session may build, in bytes.
-pub const MAX_SENTENCE_BYTES: usize = 1024 * 1024;
+/// Largest sentence a write session may open or build, in bytes: the sentence travels in one
+/// frame body (WRITE_OPENED, SENTENCE), so it is the body limit.
+pub const MAX_SENTENCE_BYTES: usize = crate::protocol::frame::MAX_BODY_BYTES;
+
+/// The error for a sentence of `n` bytes over [`MAX_SENTENCE_BYTES`], in the user's terms.
+fn sentence_too_long(n: usize) -> WireError {
+    err::limit(format!(
+        "sentence too long: {n} bytes, limit {MAX_SENTENCE_BYTES}"
+    ))
+}
 
 /// Everything the connection threads share.
 pub struct Shared {
@@ -538,7 +546,7 @@ fn stream_words(
         sent_any = true;
         let w = String::from_utf8_lossy(word).into_owned();
         word.clear();
-        conn.send(&Message::Word { word: w }, &[])?;
+        conn.send(&Message::Word {}, w.as_bytes())?;
         Ok(())
     };
     loop {
@@ -609,8 +617,13 @@ fn write_session(
         check_fresh(shared, t, meta.version)?;
         let doc = Document::parse(&text);
         doc.check_open(i)?;
+        let words = doc.words(i);
+        let n = joined_len(&words);
+        if n > MAX_SENTENCE_BYTES {
+            return Err(sentence_too_long(n).into());
+        }
         let id = shared.sessions.open(file, i)?;
-        (id, doc.words(i))
+        (id, words)
     };
     let guard = SessionGuard {
         sessions: &shared.sessions,
@@ -621,7 +634,7 @@ fn write_session(
     // sessions' commits have since joined onto the front of this sentence.
     let base = words.clone();
     let mut buf = EditBuffer::new(words);
-    conn.send(&Message::WriteOpened { text: buf.text() }, &[])?;
+    conn.send(&Message::WriteOpened {}, buf.text().as_bytes())?;
     conn.set_timeout(Some(Duration::from_millis(shared.lock_timeout_ms.max(1))))?;
     loop {
         let frame = match conn.recv() {
@@ -648,21 +661,28 @@ fn write_session(
             Err(_) => return Err(Fail::Close),
         };
         match frame.msg {
-            Message::Edit { word_index, text } => {
-                let used: usize = buf.words().iter().map(|w| w.len() + 1).sum();
-                let res = if used + text.len() > MAX_SENTENCE_BYTES {
-                    Err(err::limit(format!(
-                        "a sentence may hold at most {MAX_SENTENCE_BYTES} bytes"
-                    )))
-                } else {
-                    let k = usize::try_from(word_index).unwrap_or(usize::MAX);
-                    buf.insert(k, &text)
+            Message::Edit { word_index } => {
+                let res = match std::str::from_utf8(&frame.body) {
+                    Err(_) => Err(err::invalid("edit text is not valid UTF-8")),
+                    Ok(text) => {
+                        // The sentence after this edit: its words joined by single spaces.
+                        let grown = (buf.words().iter().map(String::len))
+                            .chain(text.split_whitespace().map(str::len))
+                            .map(|n| n + 1)
+                            .sum::<usize>()
+                            .saturating_sub(1);
+                        if grown > MAX_SENTENCE_BYTES {
+                            Err(sentence_too_long(grown))
+                        } else {
+                            let k = usize::try_from(word_index).unwrap_or(usize::MAX);
+                            buf.insert(k, text)
+                        }
+                    }
                 };
-                let reply = match res {
-                    Ok(()) => Message::Sentence { text: buf.text() },
-                    Err(e) => Message::err(e),
-                };
-                conn.send(&reply, &[])?;
+                match res {
+                    Ok(()) => conn.send(&Message::Sentence {}, buf.text().as_bytes())?,
+                    Err(e) => conn.send(&Message::err(e), &[])?,
+                }
             }
             Message::Commit {} => {
                 let res = commit(shared, file, id, &base, &buf, t);
@@ -683,6 +703,15 @@ fn write_session(
             }
         }
     }
+}
+
+/// Bytes of `words` joined by single spaces (the sentence as WRITE_OPENED and SENTENCE carry it).
+fn joined_len(words: &[String]) -> usize {
+    words
+        .iter()
+        .map(|w| w.len() + 1)
+        .sum::<usize>()
+        .saturating_sub(1)
 }
 
 /// Applies a session's sentence to the file's current content, durably, then reports it.

@@ -424,6 +424,7 @@ fn exit_codes_and_usage_errors() {
     drop(closed);
     let out = std::process::Command::new(bin("bin_client"))
         .args(["--nm-port", &port.to_string(), "--username", "alice"])
+        .env("XDG_CONFIG_HOME", config_home())
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();

@@ -785,6 +785,7 @@ impl Cluster {
             user: user.to_string(),
             extra: vec![],
             netns: self.client_netns.clone(),
+            env: vec![],
         }
     }
 
@@ -798,19 +799,31 @@ impl Cluster {
         raw_conn(self.ss_addr(ss))
     }
 
-    /// A raw name-server session that said HELLO as `user`.
+    /// A raw name-server session that said HELLO as `user` and proved its key.
     pub fn nm_session(&self, user: &str) -> Connection {
         let mut c = self.nm_conn();
-        let f = c
-            .call(&Message::Hello { user: user.into() }, &[])
-            .expect("HELLO");
-        assert!(
-            matches!(f.msg, Message::Welcome { .. }),
-            "HELLO answered {:?}",
-            f.msg
-        );
+        pairfs::identity::handshake(&mut c, user, &user_key(user)).expect("HELLO");
         c
     }
+}
+
+/// The config directory (`XDG_CONFIG_HOME`) every client of the test process uses, under
+/// cargo's temp dir for tests: user keys never go to the real home, and a user name has one
+/// key in every test (each cluster's name server binds it afresh). A test that needs another
+/// key for a name gives that client its own directory with [`Client::env`].
+pub fn config_home() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("it-config");
+    std::fs::create_dir_all(&dir).expect("test config dir");
+    dir
+}
+
+/// `user`'s key in [`config_home`], the one its `bin_client` runs prove (created on first use).
+pub fn user_key(user: &str) -> pairfs::identity::UserKey {
+    let path = config_home()
+        .join("pairfs")
+        .join("users")
+        .join(format!("{user}.key"));
+    pairfs::identity::UserKey::load_or_create(&path).expect("user key")
 }
 
 /// A blocking connection with 5 s timeouts.
@@ -881,6 +894,7 @@ pub struct Client {
     extra: Vec<String>,
     /// The test host it runs on, when the cluster spans several.
     netns: Option<String>,
+    env: Vec<(String, String)>,
 }
 
 /// What a piped client run produced.
@@ -952,6 +966,12 @@ impl Client {
         self
     }
 
+    /// Sets an environment variable of the client (e.g. another `XDG_CONFIG_HOME`).
+    pub fn env(mut self, key: &str, value: &str) -> Client {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
     fn command(&self) -> Command {
         let (host, port) = self.nm_addr.rsplit_once(':').unwrap();
         let mut cmd = in_netns(self.netns.as_deref(), &bin("bin_client"));
@@ -965,6 +985,8 @@ impl Client {
         ])
         .args(&self.extra)
         .env_remove("RUST_LOG")
+        .env("XDG_CONFIG_HOME", config_home())
+        .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -1175,7 +1197,7 @@ pub fn hello(nm_addr: &str, user: &str) -> Result<Connection, WireError> {
         .map_err(|e| WireError::new(pairfs::protocol::ErrorCode::Unavailable, e.to_string()))?;
     c.set_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| WireError::new(pairfs::protocol::ErrorCode::Unavailable, e.to_string()))?;
-    c.call(&Message::Hello { user: user.into() }, &[])?;
+    pairfs::identity::handshake(&mut c, user, &user_key(user))?;
     Ok(c)
 }
 
@@ -1258,13 +1280,7 @@ pub fn raw_write(
         &[],
     )?;
     for (k, text) in edits {
-        ss.call(
-            &Message::Edit {
-                word_index: *k,
-                text: text.to_string(),
-            },
-            &[],
-        )?;
+        ss.call(&Message::Edit { word_index: *k }, text.as_bytes())?;
     }
     match ss.call(&Message::Commit {}, &[])?.msg {
         Message::Committed { state, .. } => Ok(state),

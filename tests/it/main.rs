@@ -17,6 +17,7 @@ mod failover;
 mod folders;
 mod fsck;
 mod hosts;
+mod identity;
 mod multihost;
 mod overload;
 mod replication;

@@ -147,17 +147,7 @@ impl Sim {
             });
         }
         s.client = s.conn();
-        s.c.on_connect(s.client, s.now);
-        s.c.on_frame(
-            s.client,
-            Frame {
-                msg: Message::Hello {
-                    user: "alice".into(),
-                },
-                body: vec![],
-            },
-            s.now,
-        );
+        hello(&mut s.c, s.client, "alice");
         s.c.take_effects();
         for i in 0..2 {
             s.register(i);
