@@ -17,6 +17,10 @@ struct Args {
     /// User to act as (default: the OS user).
     #[arg(long)]
     username: Option<String>,
+    /// How long (seconds) a change waits for a storage pair to finish a failover before it
+    /// fails; 0 fails at once. Default: one failover with the cluster's own settings.
+    #[arg(long)]
+    wait_s: Option<u64>,
 }
 
 /// The OS user: `$USER`, else the passwd entry of the real uid, else `user`.
@@ -53,6 +57,7 @@ fn main() {
         nm_host: args.nm_host,
         nm_port: args.nm_port,
         username: args.username.unwrap_or_else(os_user),
+        wait: args.wait_s.map(std::time::Duration::from_secs),
     };
     std::process::exit(client::run(&opts));
 }

@@ -68,7 +68,10 @@ fn wire_err(code: ErrorCode, msg: &str) -> (Replies, bool) {
 /// A name server that knows one storage server at `ss_port` (0: none).
 fn fake_nm(ss_port: u16) -> u16 {
     serve(Box::new(move |m| match m {
-        Message::Hello { user } => one(Message::Welcome { user: user.clone() }),
+        Message::Hello { user } => one(Message::Welcome {
+            user: user.clone(),
+            lease_ms: None,
+        }),
         Message::Create { file } if file == "dup" => wire_err(ErrorCode::Conflict, "dup exists"),
         Message::Create { file } | Message::Delete { file } if file == "deg" => {
             one(Message::DoneDegraded {
@@ -311,6 +314,7 @@ fn opts(port: u16) -> Options {
         nm_host: "127.0.0.1".into(),
         nm_port: port,
         username: "alice".into(),
+        wait: None,
     }
 }
 
