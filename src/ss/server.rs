@@ -634,6 +634,11 @@ fn write_session(
             Message::Commit {} => {
                 let res = commit(shared, file, id, &base, &buf, t);
                 drop(guard);
+                if res.is_ok() && exit_after_commit() {
+                    log::warn!(target: ev::SS_REFUSED, file = file, reason = "fault";
+                        "test hook PAIRFS_FAULT_SS=exit-after-commit: exiting before answering the commit of {file}");
+                    std::process::exit(1);
+                }
                 let reply = match res {
                     Ok((state, copies)) => Message::Committed { state, copies },
                     Err(e) => Message::err(e),
@@ -650,6 +655,14 @@ fn write_session(
             }
         }
     }
+}
+
+/// Test hook (`PAIRFS_FAULT_SS=exit-after-commit` of `bin_ss`): the server exits once a
+/// commit is durable (and, in sync mode, on the backup) but before it answers the client, so a
+/// client's handling of a lost commit answer can be tested end to end.
+fn exit_after_commit() -> bool {
+    static HOOK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HOOK.get_or_init(|| std::env::var("PAIRFS_FAULT_SS").is_ok_and(|v| v == "exit-after-commit"))
 }
 
 /// Applies a session's sentence to the file's current content, durably, then reports it.

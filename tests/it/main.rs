@@ -17,6 +17,7 @@ mod folders;
 mod fsck;
 mod replication;
 mod requests;
+mod ride_through;
 mod robustness;
 mod staging;
 mod write;
