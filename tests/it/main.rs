@@ -20,4 +20,5 @@ mod requests;
 mod ride_through;
 mod robustness;
 mod staging;
+mod terminal;
 mod write;
