@@ -8,6 +8,7 @@ mod harness;
 
 mod auth;
 mod checkpoints;
+mod cluster_script;
 mod commands;
 mod crash;
 mod delta;
