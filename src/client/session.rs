@@ -3,6 +3,28 @@
 //!
 //! Every wait has a limit: connects, replies and streamed words all carry timeouts (the
 //! constants below), so a stalled server turns into an error line, never a hung client.
+//!
+//! # Riding through a failover
+//!
+//! A change that meets a pair between writers waits (one note on stderr, doubling pauses from
+//! [`FAILOVER_FIRST_PAUSE_MS`] to [`FAILOVER_MAX_PAUSE_MS`]) and is tried again, for at most
+//! [`failover_bound`] of the lease length the name server announced in WELCOME, or the
+//! user's `--wait-s`. A retry never applies a change twice; the rule per command:
+//!
+//! * CREATE, DELETE, UNDO, REVERT, CHECKPOINT, MOVE, CREATEFOLDER, ADDACCESS, REMACCESS,
+//!   APPROVE/DISAPPROVE: sent again only when the name server answered that the pair is moving
+//!   its writer ([`crate::protocol::MOVING_WRITER`]): it refused before touching any copy, so
+//!   the earlier try did nothing. Any other answer ends the command as before; a connection to
+//!   the name server lost mid-request is reported, not retried (the change may have been made;
+//!   for CREATE a retry would meet CONFLICT for a file that is ours, for UNDO it would undo
+//!   twice), and the user sees the state with INFO.
+//! * UPLOAD: LOCATE is retried while the pair moves its writer, and a writer that cannot be
+//!   reached before any byte was sent is asked for again; once the upload started, a lost
+//!   connection is reported (the content is whole or absent, never mixed).
+//! * WRITE: opening the sentence (LOCATE, connect, WRITE_BEGIN) changes nothing, so it is
+//!   retried on every UNAVAILABLE from the pair. An open session survives its writer's death
+//!   (see [`WriteSession`]): edits are replayed on the new writer, and a commit whose answer
+//!   was lost is recognised from the file's version and the sentence's text, never repeated.
 
 use super::parse::Command;
 use super::render;
