@@ -55,7 +55,7 @@ fn lines_pasted_at_once_on_a_terminal_all_run() {
         }
     });
     let mut seen = Vec::new();
-    let mut wait_for = |needle: &str, seen: &mut Vec<u8>| {
+    let wait_for = |needle: &str, seen: &mut Vec<u8>| {
         let deadline = Instant::now() + CLIENT_WAIT;
         while !String::from_utf8_lossy(seen).contains(needle) {
             let left = deadline.saturating_duration_since(Instant::now());
