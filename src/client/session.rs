@@ -19,8 +19,11 @@
 //!   for CREATE a retry would meet CONFLICT for a file that is ours, for UNDO it would undo
 //!   twice), and the user sees the state with INFO.
 //! * UPLOAD: LOCATE is retried while the pair moves its writer, and a writer that cannot be
-//!   reached before any byte was sent is asked for again; once the upload started, a lost
-//!   connection is reported (the content is whole or absent, never mixed).
+//!   reached before any byte was sent is asked for again. A connection lost while the bytes
+//!   go out is reported (nothing was stored: the content is whole or absent, never mixed). An
+//!   answer lost after END is looked up in the name server's record: a version other than the
+//!   ticket's holding this content's checksum means it landed (reported as done); otherwise it
+//!   is sent again (at most [`MAX_UPLOAD_TRIES`] times in all).
 //! * WRITE: opening the sentence (LOCATE, connect, WRITE_BEGIN) changes nothing, so it is
 //!   retried on every UNAVAILABLE from the pair. An open session survives its writer's death
 //!   (see [`WriteSession`]): edits are replayed on the new writer, and a commit whose answer
@@ -700,11 +703,33 @@ impl Session {
     /// UPLOAD and the bytes again as CHUNK frames, then END. If the file changed meanwhile the
     /// upload is abandoned before END, so the storage server keeps the old content.
     fn upload(&mut self, local: &Path, file: &str, out: &mut dyn Write) -> Result<(), CmdError> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.upload_once(local, file, out)? {
+                Uploaded::Done => return Ok(()),
+                Uploaded::Lost(e) if tries >= MAX_UPLOAD_TRIES => return Err(e.into()),
+                Uploaded::Lost(_) => {}
+            }
+        }
+    }
+
+    /// One UPLOAD. Its answer lost with the writer, the name server's record tells whether it
+    /// landed: a version other than the ticket's with this content's checksum means it did
+    /// (reported as done, never sent again); otherwise nothing was recorded and it is
+    /// [`Uploaded::Lost`], for the caller to send again.
+    fn upload_once(
+        &mut self,
+        local: &Path,
+        file: &str,
+        out: &mut dyn Write,
+    ) -> Result<Uploaded, CmdError> {
         let mut f = transfer::open_local(local)?;
         let (size, checksum) =
             transfer::scan(&mut f).map_err(|e| transfer::read_failed(local, e))?;
         let mut wait = FailoverWait::new(self.failover_wait());
         let (mut link, ticket) = self.locate_change(file, AccessMode::Upload, &mut wait)?;
+        let start = ticket.min_version;
         let req = Message::Upload {
             file: ticket.file.clone(),
             size,
@@ -745,9 +770,30 @@ impl Session {
         let _ = link
             .conn
             .set_timeout(Some(Duration::from_millis(COMMIT_REPLY_TIMEOUT_MS)));
-        let copies = match link.recv()?.msg.into_result()? {
-            Message::Committed { copies, .. } => copies.map(|c| (c, render::PAIR_COPIES)),
-            m => return Err(unexpected(&m, &link.describe()).into()),
+        let copies = match link.recv() {
+            Ok(f) => match f.msg.into_result()? {
+                Message::Committed { copies, .. } => copies.map(|c| (c, render::PAIR_COPIES)),
+                m => return Err(unexpected(&m, &link.describe()).into()),
+            },
+            Err(e) if e.code == ErrorCode::Unavailable => {
+                let info = match self
+                    .call_nm(
+                        &Message::Info {
+                            file: file.to_string(),
+                        },
+                        NM_REPLY_TIMEOUT_MS,
+                    )?
+                    .msg
+                {
+                    Message::InfoReply { info } => info,
+                    m => return Err(unexpected(&m, "the name server").into()),
+                };
+                if start.is_some_and(|v| v == info.version) || info.checksum != checksum {
+                    return Ok(Uploaded::Lost(e));
+                }
+                None
+            }
+            Err(e) => return Err(e.into()),
         };
         drop(progress);
         writeln!(
@@ -755,7 +801,7 @@ impl Session {
             "{}",
             render::with_copies(&render::uploaded(size), copies)
         )?;
-        Ok(())
+        Ok(Uploaded::Done)
     }
 
     /// DOWNLOAD f local: READ into a temporary file beside `local`, checked against READ_OK's
@@ -930,6 +976,17 @@ impl Session {
             }
         }
     }
+}
+
+/// How often one UPLOAD is sent when its answers are lost with their writers.
+const MAX_UPLOAD_TRIES: u32 = 3;
+
+/// What one UPLOAD came to.
+enum Uploaded {
+    /// Stored, and reported.
+    Done,
+    /// The answer was lost and the name server has not recorded the content: not stored.
+    Lost(WireError),
 }
 
 /// A sentence opened for writing: the connection holding its lock, its text, and the file's

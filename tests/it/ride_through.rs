@@ -199,6 +199,43 @@ fn a_commit_whose_answer_is_lost_is_applied_once() {
 }
 
 #[test]
+fn an_upload_whose_answer_is_lost_is_applied_once() {
+    let c = Cluster::builder()
+        .pair()
+        .nm_args(&["--replication", "sync"])
+        .server_env(PRIMARY, "PAIRFS_FAULT_SS", "exit-after-upload")
+        .start();
+    c.wait_event("nm", "replication_assign", |v| mentions(v, BACKUP), WAIT);
+    c.client("alice").run("CREATE u.txt\n").assert_code(0);
+    wait_file_replicated(&c, PRIMARY, BACKUP, "u.txt");
+    let local = c.dir().join("u.local");
+    std::fs::write(&local, "Uploaded once.").unwrap();
+    let since = c.mark(PRIMARY);
+    let out = c
+        .client("alice")
+        .run(&format!("UPLOAD {} u.txt\n", local.display()));
+    c.wait_event_since(
+        PRIMARY,
+        since,
+        "ss_refused",
+        |v| v["reason"] == "fault",
+        WAIT,
+    );
+    out.assert_code(0);
+    assert_eq!(out.stdout, "Upload Successful! (14 bytes)\n");
+    // One change in the history: one UNDO reaches the empty file, a second has nothing left.
+    let undo = c
+        .client("alice")
+        .run("READ u.txt\nUNDO u.txt\nREAD u.txt\nUNDO u.txt\n");
+    // (UNDO may report `(1 of 2 copies)`: the old primary is down in sync mode.)
+    let lines = undo.lines();
+    assert_eq!(lines[0], "Uploaded once.", "{}", undo.stdout);
+    assert!(lines[1].starts_with("Undo Successful!"), "{}", undo.stdout);
+    assert_eq!(lines[2], "", "{}", undo.stdout);
+    assert!(lines[3].starts_with("ERROR [NO_UNDO]"), "{}", undo.stdout);
+}
+
+#[test]
 fn a_write_that_cannot_open_skips_its_edit_lines() {
     let c = Cluster::start();
     let out = c
