@@ -12,6 +12,12 @@
 //! runs FSCK, which must find every copy (the backups' too) current and intact; copies set
 //! aside in `quarantine/` (changes no client was told of) are counted, not failed.
 //!
+//! Beside them, one thread per pair holds WRITE sessions across the faults: each session
+//! inserts a unique token, waits [`SESSION_HOLD_MS`], finishes its sentence and commits, so a
+//! fault often strikes an open session and the client replays it on the new writer. At the
+//! end every token is counted in its file: sessions committed, failed clearly (an error line),
+//! and applied twice (a token found more than once), which must be 0.
+//!
 //! Fault kinds: SIGKILL of a primary, of a backup, of the name server; SIGSTOP of a storage
 //! server until it is declared down, then SIGCONT; and a network partition between `ss2` and
 //! the name server: `ss2` runs in its own network namespace joined to the host by a veth pair,
@@ -27,7 +33,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use pairfs::client::parse::Command as Cmd;
-use pairfs::client::session::Session;
+use pairfs::client::session::{EditError, Session, WriteSession};
 use pairfs::protocol::{Connection, Message, PairStatus, ServerStatus};
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -64,6 +70,9 @@ const WATCHED: [&str; 4] = [
     "nm_ss_register",
     "heartbeat_monitor_failure",
 ];
+/// How long a WRITE session of the workload stays open between its two edits.
+const SESSION_HOLD_MS: u64 = 150;
+
 /// The user every workload session acts as (the owner of the workload's files).
 const USER: &str = "chaos";
 /// Every this many writes of a file is large (over a MiB), so some uploads are staged on the
@@ -807,6 +816,10 @@ struct Workload {
     stale_reads: AtomicU64,
     /// Payloads that read back wrong, with what was wrong.
     bad: Mutex<Vec<String>>,
+    /// The file each WRITE-session thread writes, by thread.
+    session_files: Vec<String>,
+    /// Tokens of the WRITE sessions, by thread, with whether the session committed.
+    sessions: Vec<Mutex<Vec<(String, bool)>>>,
 }
 
 /// A payload: a header naming file, sequence and the CRC32C of the body, then the body (of
@@ -983,6 +996,99 @@ impl Workload {
             }
         }
         self.idle[pair].store(true, Ordering::SeqCst);
+    }
+
+    /// One WRITE-session thread (idle flag `PAIRS.len() + t`): sessions on sentence 0 of its
+    /// file, each inserting the token `c{t}s{n}`, held open for [`SESSION_HOLD_MS`], then
+    /// `done.` after the token and ETIRW; the outcome of each is recorded.
+    fn run_sessions(&self, t: usize) {
+        let idle = &self.idle[PAIRS.len() + t];
+        let file = &self.session_files[t];
+        let mut session: Option<Session> = None;
+        let mut n = 0u64;
+        while !self.stop.load(Ordering::SeqCst) {
+            if self.pause.load(Ordering::SeqCst) {
+                idle.store(true, Ordering::SeqCst);
+                thread::sleep(Duration::from_millis(2));
+                continue;
+            }
+            idle.store(false, Ordering::SeqCst);
+            if self.pause.load(Ordering::SeqCst) {
+                continue;
+            }
+            let s = match session.as_mut() {
+                Some(s) => s,
+                None => match Session::connect(&self.host, self.port, USER) {
+                    Ok(s) => session.insert(s),
+                    Err(_) => {
+                        thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
+                },
+            };
+            n += 1;
+            let token = format!("c{t}s{n}");
+            let outcome = s.begin_write(file, 0).and_then(|mut ws| {
+                let edit = |ws: &mut WriteSession, s: &mut Session, k: u64, text: &str| {
+                    ws.edit(s, k, text).map(|_| ()).map_err(|e| match e {
+                        EditError::Refused(e) | EditError::Broken(e) => e,
+                    })
+                };
+                edit(&mut ws, s, 0, &token)?;
+                thread::sleep(ms(SESSION_HOLD_MS));
+                edit(&mut ws, s, 1, "done.")?;
+                ws.commit(s).map(|_| ())
+            });
+            if let Err(e) = &outcome {
+                if e.connection {
+                    session = None;
+                }
+            }
+            self.sessions[t]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((token, outcome.is_ok()));
+            if self.op_interval_ms > 0 {
+                thread::sleep(ms(self.op_interval_ms));
+            }
+        }
+        idle.store(true, Ordering::SeqCst);
+    }
+
+    /// Counts the WRITE sessions' tokens in their files (cluster settled, workload stopped):
+    /// (committed, failed clearly, applied twice, committed but missing).
+    fn count_sessions(&self) -> Result<(u64, u64, u64, u64)> {
+        let mut session =
+            Session::connect(&self.host, self.port, USER).map_err(|e| anyhow!("sessions: {e}"))?;
+        let (mut committed, mut failed, mut twice, mut missing) = (0, 0, 0, 0);
+        for (t, file) in self.session_files.iter().enumerate() {
+            let mut out = Vec::new();
+            session
+                .execute(&Cmd::Read { file: file.clone() }, &mut out)
+                .map_err(|e| anyhow!("READ {file}: {e}"))?;
+            let text = String::from_utf8_lossy(&out);
+            let mut seen: BTreeMap<&str, u64> = BTreeMap::new();
+            for w in text.split_whitespace() {
+                *seen.entry(w).or_default() += 1;
+            }
+            let tokens = self.sessions[t].lock().unwrap_or_else(|p| p.into_inner());
+            for (token, ok) in tokens.iter() {
+                let found = seen.get(token.as_str()).copied().unwrap_or(0);
+                if found > 1 {
+                    eprintln!("TWICE: {file} holds {token} {found} times");
+                    twice += 1;
+                }
+                if *ok {
+                    committed += 1;
+                    if found == 0 {
+                        missing += 1;
+                    }
+                } else {
+                    failed += 1;
+                }
+            }
+        }
+        Ok((committed, failed, twice, missing))
     }
 
     /// Pauses the workload and waits until no operation is in flight.
@@ -1249,6 +1355,19 @@ fn create_files(host: &str, port: u16, per_pair: u64) -> Result<Vec<Vec<String>>
     Ok(by_pair)
 }
 
+/// Creates one file per WRITE-session thread.
+fn create_session_files(host: &str, port: u16) -> Result<Vec<String>> {
+    let mut s = Session::connect(host, port, USER).map_err(|e| anyhow!("{e}"))?;
+    (0..PAIRS.len())
+        .map(|t| {
+            let name = format!("chaos_sessions_{t}.txt");
+            s.execute(&Cmd::Create { file: name.clone() }, &mut std::io::sink())
+                .map_err(|e| anyhow!("CREATE {name}: {e}"))?;
+            Ok(name)
+        })
+        .collect()
+}
+
 #[derive(Default)]
 struct Row {
     rounds: u64,
@@ -1387,6 +1506,7 @@ fn run(args: &Args, seed: u64) -> Result<bool> {
         .map(|(h, p)| (h.to_string(), p.parse::<u16>().unwrap_or(0)))
         .ok_or_else(|| anyhow!("bad nm address"))?;
     let files = create_files(&host, port, args.files_per_pair)?;
+    let session_files = create_session_files(&host, port)?;
     let work = Arc::new(Workload {
         host,
         port,
@@ -1408,18 +1528,28 @@ fn run(args: &Args, seed: u64) -> Result<bool> {
             .collect(),
         stop: AtomicBool::new(false),
         pause: AtomicBool::new(false),
-        idle: (0..PAIRS.len()).map(|_| AtomicBool::new(false)).collect(),
+        idle: (0..2 * PAIRS.len())
+            .map(|_| AtomicBool::new(false))
+            .collect(),
         ops: Mutex::new(Vec::new()),
         acked_round: AtomicU64::new(0),
         stale_reads: AtomicU64::new(0),
         bad: Mutex::new(Vec::new()),
+        sessions: (0..session_files.len())
+            .map(|_| Mutex::new(Vec::new()))
+            .collect(),
+        session_files,
     });
-    let threads: Vec<_> = (0..PAIRS.len())
+    let mut threads: Vec<_> = (0..PAIRS.len())
         .map(|p| {
             let w = work.clone();
             thread::spawn(move || w.run(p, seed))
         })
         .collect();
+    threads.extend((0..PAIRS.len()).map(|t| {
+        let w = work.clone();
+        thread::spawn(move || w.run_sessions(t))
+    }));
     let mut rows: BTreeMap<Kind, Row> = BTreeMap::new();
     let mut quarantined = 0;
     let mut ok = true;
@@ -1491,6 +1621,26 @@ fn run(args: &Args, seed: u64) -> Result<bool> {
         let _ = t.join();
     }
     print_table(&rows, &skipped, &args.replication);
+    match work.count_sessions() {
+        Ok((committed, failed, twice, missing)) => {
+            println!(
+                "write sessions held across faults: {committed} committed, {failed} failed \
+                 clearly, {twice} applied twice, {missing} committed but missing"
+            );
+            if twice > 0 {
+                println!("FAIL: {twice} write session(s) applied twice");
+                ok = false;
+            }
+            if args.replication == "sync" && missing > 0 {
+                println!("FAIL: {missing} committed write session(s) lost in sync mode");
+                ok = false;
+            }
+        }
+        Err(e) => {
+            println!("FAIL: the write sessions could not be counted: {e:#}");
+            ok = false;
+        }
+    }
     println!(
         "quarantined copies at the end: {quarantined} (changes a dying writer saved but no client \
          was told of, set aside by recovery; see FSCK)"

@@ -21,6 +21,10 @@ struct Args {
     /// $HOME/.config/pairfs/users/<user>.key; created on first use).
     #[arg(long, value_name = "PATH")]
     user_key_file: Option<std::path::PathBuf>,
+    /// How long (seconds) a change waits for a storage pair to finish a failover before it
+    /// fails; 0 fails at once. Default: one failover with the cluster's own settings.
+    #[arg(long)]
+    wait_s: Option<u64>,
 }
 
 /// The OS user: `$USER`, else the passwd entry of the real uid, else `user`.
@@ -58,6 +62,7 @@ fn main() {
         nm_port: args.nm_port,
         username: args.username.unwrap_or_else(os_user),
         user_key_file: args.user_key_file,
+        wait: args.wait_s.map(std::time::Duration::from_secs),
     };
     std::process::exit(client::run(&opts));
 }

@@ -6,28 +6,57 @@
 #   scripts/cluster.sh start   # expects ./bin_nm ./bin_ss ./bin_client (built by `make`)
 #   scripts/cluster.sh stop
 #
-# Processes are only ever stopped by the PIDs recorded in run/*.pid.
+# Processes are only ever stopped by the PIDs recorded in run/*.pid. Each PID file holds the
+# PID and the process's start time (field 22 of /proc/PID/stat, fixed at fork), so a PID reused
+# by another process after a crash is never taken for a server.
+#
+# Environment overrides (for tests, or a second cluster beside the usual one):
+#   PAIRFS_RUN_DIR (./run), PAIRFS_BIN_DIR (.), PAIRFS_NM_PORT (5000),
+#   PAIRFS_NM_HTTP_PORT (5080), PAIRFS_SERVERS ("ss1:6001 ss1_backup:6011 ss2:6002 ss2_backup:6012")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-RUN=run
-NM_PORT=5000
-NM_HTTP_PORT=5080
+RUN=${PAIRFS_RUN_DIR:-run}
+BIN=${PAIRFS_BIN_DIR:-.}
+NM_PORT=${PAIRFS_NM_PORT:-5000}
+NM_HTTP_PORT=${PAIRFS_NM_HTTP_PORT:-5080}
 KEY="$RUN/cluster.key"
 # name:client-port of each storage server (primaries on 600N, their backups on 601N).
-SERVERS="ss1:6001 ss1_backup:6011 ss2:6002 ss2_backup:6012"
+SERVERS=${PAIRFS_SERVERS:-"ss1:6001 ss1_backup:6011 ss2:6002 ss2_backup:6012"}
 # How long a server may take to log that it is ready, and to exit on SIGTERM.
 READY_WAIT_S=30
 STOP_WAIT_S=15
 
-# True when the PID in file $1 is a live pairfs process (guards against a reused PID).
+# The start time of process $1 (clock ticks since boot; empty if it is gone). The command
+# name in /proc/PID/stat may hold spaces and parentheses, so fields are counted after its end.
+started() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+    stat=${stat##*) }
+    # After the name: state is field 3, start time field 22.
+    set -- $stat
+    echo "${20:-}"
+}
+
+# Launches "$@" in the background with output to log $2... and records its PID and start time
+# in pidfile $1. The start time is read at once: it is fixed at fork, before the exec.
+launch() {
+    local pidfile=$1 log=$2 pid
+    shift 2
+    nohup "$@" </dev/null >"$log" 2>&1 &
+    pid=$!
+    echo "$pid $(started "$pid")" >"$pidfile"
+}
+
+# True when the process recorded in pidfile $1 is alive: its PID exists and has the recorded
+# start time (so a PID reused since is not taken for it).
 alive() {
-    local pidfile=$1 pid
+    local pidfile=$1 pid at
     [ -f "$pidfile" ] || return 1
-    pid=$(cat "$pidfile")
-    [ -n "$pid" ] || return 1
+    read -r pid at <"$pidfile" || true
+    [ -n "${pid:-}" ] || return 1
     kill -0 "$pid" 2>/dev/null || return 1
-    grep -q 'bin_' "/proc/$pid/cmdline" 2>/dev/null || return 1
+    [ -z "${at:-}" ] || [ "$(started "$pid")" = "$at" ]
 }
 
 # Waits until log $2 has a line with event $3 (at least $4 of them), or fails loudly if the
@@ -54,7 +83,7 @@ wait_event() {
 
 start() {
     for b in bin_nm bin_ss bin_client; do
-        [ -x "./$b" ] || { echo "ERROR: ./$b missing: run 'make' first" >&2; exit 1; }
+        [ -x "$BIN/$b" ] || { echo "ERROR: $BIN/$b missing: run 'make' first" >&2; exit 1; }
     done
     mkdir -p "$RUN"
     local running=""
@@ -67,19 +96,17 @@ start() {
         return 0
     fi
 
-    nohup ./bin_nm --port "$NM_PORT" --http-port "$NM_HTTP_PORT" --data "$RUN/nm_data" \
-        --cluster-key-file "$KEY" </dev/null >"$RUN/nm.log" 2>&1 &
-    echo $! >"$RUN/nm.pid"
+    launch "$RUN/nm.pid" "$RUN/nm.log" "$BIN/bin_nm" --port "$NM_PORT" \
+        --http-port "$NM_HTTP_PORT" --data "$RUN/nm_data" --cluster-key-file "$KEY"
     wait_event "$RUN/nm.pid" "$RUN/nm.log" nm_listen
 
     local n=0 entry name port
     for entry in $SERVERS; do
         name=${entry%%:*}
         port=${entry##*:}
-        nohup ./bin_ss --username "$name" --client-port "$port" --nm-port "$NM_PORT" \
-            --storage "$RUN/storage_$name" --cluster-key-file "$KEY" \
-            </dev/null >"$RUN/$name.log" 2>&1 &
-        echo $! >"$RUN/$name.pid"
+        launch "$RUN/$name.pid" "$RUN/$name.log" "$BIN/bin_ss" --username "$name" \
+            --client-port "$port" --nm-port "$NM_PORT" --storage "$RUN/storage_$name" \
+            --cluster-key-file "$KEY"
         wait_event "$RUN/$name.pid" "$RUN/$name.log" ss_listen
         n=$((n + 1))
     done
@@ -88,8 +115,7 @@ start() {
     cat <<MSG
 pairfs is running:
   name server      127.0.0.1:$NM_PORT (status http://127.0.0.1:$NM_HTTP_PORT/status)  log $RUN/nm.log
-  pair ss1         ss1 127.0.0.1:6001 -> ss1_backup 127.0.0.1:6011
-  pair ss2         ss2 127.0.0.1:6002 -> ss2_backup 127.0.0.1:6012
+  servers          $SERVERS (name:port; X_backup is X's backup)
   logs             $RUN/nm.log, $RUN/<server>.log
   data             $RUN/nm_data, $RUN/storage_<server> (key $KEY)
 
@@ -113,7 +139,7 @@ stop() {
             rm -f "$f"
             continue
         fi
-        pid=$(cat "$f")
+        read -r pid _ <"$f" || true
         kill -TERM "$pid"
         for ((i = 0; i < STOP_WAIT_S * 10; i++)); do
             kill -0 "$pid" 2>/dev/null || break

@@ -260,9 +260,14 @@ pub fn other_key(user: &str) -> WireError {
     ))
 }
 
-/// Says HELLO as `user` on `conn` and proves `key`: HELLO, CHALLENGE, PROVE, WELCOME. Any
-/// refusal comes back as the name server's error; a broken connection as UNAVAILABLE.
-pub fn handshake(conn: &mut Connection, user: &str, key: &UserKey) -> Result<(), WireError> {
+/// Says HELLO as `user` on `conn` and proves `key`: HELLO, CHALLENGE, PROVE, WELCOME; returns
+/// the lease length WELCOME announces (what a client waits out in a failover). Any refusal
+/// comes back as the name server's error; a broken connection as UNAVAILABLE.
+pub fn handshake(
+    conn: &mut Connection,
+    user: &str,
+    key: &UserKey,
+) -> Result<Option<u64>, WireError> {
     let hello = Message::Hello { user: user.into() };
     let nonce = match conn.call(&hello, b"")?.msg {
         Message::Challenge { nonce } => nonce,
@@ -278,7 +283,7 @@ pub fn handshake(conn: &mut Connection, user: &str, key: &UserKey) -> Result<(),
         sig: key.prove(user, &nonce),
     };
     match conn.call(&prove, b"")?.msg {
-        Message::Welcome { .. } => Ok(()),
+        Message::Welcome { lease_ms, .. } => Ok(lease_ms),
         other => Err(err::internal(format!(
             "unexpected reply {} to PROVE",
             other.op_name()

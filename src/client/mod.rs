@@ -39,6 +39,9 @@ pub struct Options {
     pub username: String,
     /// The user's key file (`None`: `identity::default_key_path`), created on first use.
     pub user_key_file: Option<std::path::PathBuf>,
+    /// How long a change waits out a failover (`--wait-s`); `None`: one failover with the
+    /// cluster's own settings, as the name server announces them.
+    pub wait: Option<std::time::Duration>,
 }
 
 /// Where command lines come from.
@@ -46,6 +49,12 @@ pub trait LineSource {
     /// The next line without its newline, `None` at end of input. `prompt` is shown only by
     /// interactive sources.
     fn next_line(&mut self, prompt: &str) -> Option<Result<String, String>>;
+
+    /// Whether a person types the lines (a WRITE that cannot open then just returns to the
+    /// prompt; from a pipe its edit lines are skipped up to `ETIRW`).
+    fn interactive(&self) -> bool {
+        false
+    }
 }
 
 /// Lines from a pipe or file: no prompts, lossy UTF-8, each line capped at
@@ -121,6 +130,10 @@ impl LineSource for TerminalLines {
             Err(_) => None,
         }
     }
+
+    fn interactive(&self) -> bool {
+        true
+    }
 }
 
 /// The exit status being accumulated over a run.
@@ -168,7 +181,10 @@ pub fn run_with(opts: &Options, input: &mut dyn LineSource, out: &mut dyn Write)
     };
     let mut session =
         match Session::connect_with_key(&opts.nm_host, opts.nm_port, &opts.username, key) {
-            Ok(s) => s,
+            Ok(mut s) => {
+                s.set_failover_wait(opts.wait);
+                s
+            }
             Err(e) => {
                 let _ = writeln!(out, "{e}");
                 let _ = out.flush();
@@ -213,9 +229,12 @@ fn run_line(
         Command::Exit => return false,
         Command::Help => out.write_all(render::help().as_bytes()),
         Command::Write { file, sentence } => match session.begin_write(&file, sentence) {
-            Ok(ws) => write_session(ws, input, out, status),
+            Ok(ws) => write_session(session, ws, input, out, status),
             Err(e) => {
                 status.fail(e.connection);
+                if !input.interactive() {
+                    skip_session_body(input);
+                }
                 writeln!(out, "{e}")
             }
         },
@@ -230,8 +249,21 @@ fn run_line(
     printed.is_ok()
 }
 
+/// Consumes the edit lines of a WRITE that could not open, up to and including its `ETIRW`
+/// (or the end of input), so they are not run as commands.
+fn skip_session_body(input: &mut dyn LineSource) {
+    while let Some(line) = input.next_line(WRITE_PROMPT) {
+        if let Ok(l) = line {
+            if matches!(parse_edit(&l), Ok(Some(EditLine::Etirw))) {
+                return;
+            }
+        }
+    }
+}
+
 /// The lines of an open write session, until ETIRW, a broken connection, or end of input.
 fn write_session(
+    session: &mut Session,
     mut ws: WriteSession,
     input: &mut dyn LineSource,
     out: &mut dyn Write,
@@ -263,23 +295,29 @@ fn write_session(
                 status.fail(false);
                 writeln!(out, "{e}")?;
             }
-            Ok(Some(EditLine::Edit { word_index, text })) => match ws.edit(word_index, &text) {
-                Ok(sentence) => writeln!(out, "Sentence: {sentence}")?,
-                Err(EditError::Refused(e)) => {
-                    status.fail(false);
-                    writeln!(out, "{e}")?;
+            Ok(Some(EditLine::Edit { word_index, text })) => {
+                match ws.edit(session, word_index, &text) {
+                    Ok(sentence) => writeln!(out, "Sentence: {sentence}")?,
+                    Err(EditError::Refused(e)) => {
+                        status.fail(e.connection);
+                        writeln!(out, "{e}")?;
+                    }
+                    Err(EditError::Broken(e)) => {
+                        status.fail(e.connection);
+                        // The session is gone with its connection; back to normal mode, past the
+                        // rest of its edit lines when they come from a pipe.
+                        if !input.interactive() {
+                            skip_session_body(input);
+                        }
+                        return writeln!(out, "{e}");
+                    }
                 }
-                Err(EditError::Broken(e)) => {
-                    status.fail(false);
-                    // The session is gone with its connection; back to normal mode.
-                    return writeln!(out, "{e}");
-                }
-            },
+            }
             Ok(Some(EditLine::Etirw)) => {
-                return match ws.commit() {
+                return match ws.commit(session) {
                     Ok(copies) => writeln!(out, "{}", render::with_copies(render::WRITTEN, copies)),
                     Err(e) => {
-                        status.fail(false);
+                        status.fail(e.connection);
                         writeln!(out, "{e}")
                     }
                 };

@@ -3,6 +3,31 @@
 //!
 //! Every wait has a limit: connects, replies and streamed words all carry timeouts (the
 //! constants below), so a stalled server turns into an error line, never a hung client.
+//!
+//! # Riding through a failover
+//!
+//! A change that meets a pair between writers waits (one note on stderr, doubling pauses from
+//! [`FAILOVER_FIRST_PAUSE_MS`] to [`FAILOVER_MAX_PAUSE_MS`]) and is tried again, for at most
+//! [`failover_bound`] of the lease length the name server announced in WELCOME, or the
+//! user's `--wait-s`. A retry never applies a change twice; the rule per command:
+//!
+//! * CREATE, DELETE, UNDO, REVERT, CHECKPOINT, MOVE, CREATEFOLDER, ADDACCESS, REMACCESS,
+//!   APPROVE/DISAPPROVE: sent again only when the name server answered that the pair is moving
+//!   its writer ([`crate::protocol::MOVING_WRITER`]): it refused before touching any copy, so
+//!   the earlier try did nothing. Any other answer ends the command as before; a connection to
+//!   the name server lost mid-request is reported, not retried (the change may have been made;
+//!   for CREATE a retry would meet CONFLICT for a file that is ours, for UNDO it would undo
+//!   twice), and the user sees the state with INFO.
+//! * UPLOAD: LOCATE is retried while the pair moves its writer, and a writer that cannot be
+//!   reached before any byte was sent is asked for again. A connection lost while the bytes
+//!   go out is reported (nothing was stored: the content is whole or absent, never mixed). An
+//!   answer lost after END is looked up in the name server's record: a version other than the
+//!   ticket's holding this content's checksum means it landed (reported as done); otherwise it
+//!   is sent again (at most [`MAX_UPLOAD_TRIES`] times in all).
+//! * WRITE: opening the sentence (LOCATE, connect, WRITE_BEGIN) changes nothing, so it is
+//!   retried on every UNAVAILABLE from the pair. An open session survives its writer's death
+//!   (see [`WriteSession`]): edits are replayed on the new writer, and a commit whose answer
+//!   was lost is recognised from the file's version and the sentence's text, never repeated.
 
 use super::parse::Command;
 use super::render;
@@ -39,6 +64,23 @@ pub const RECONNECT_WINDOW_MS: u64 = 5_000;
 pub const RECONNECT_FIRST_PAUSE_MS: u64 = 100;
 /// Longest pause between reconnect attempts.
 pub const RECONNECT_MAX_PAUSE_MS: u64 = 1_000;
+/// First pause between tries of a change while a pair moves its writer; it doubles up to
+/// [`FAILOVER_MAX_PAUSE_MS`].
+pub const FAILOVER_FIRST_PAUSE_MS: u64 = 100;
+/// Longest pause between tries of a change while a pair moves its writer.
+pub const FAILOVER_MAX_PAUSE_MS: u64 = 1_000;
+/// How long a change waits for a failover when the name server did not say its lease length.
+pub const DEFAULT_FAILOVER_WAIT_MS: u64 = 30_000;
+/// Room over the failover bound for the promotion itself (register, catch-up, new lease).
+const FAILOVER_SLACK_MS: u64 = 2_000;
+
+/// How long one failover can keep a pair from taking changes, from the lease length the name
+/// server announced: detecting the dead writer takes up to the heartbeat timeout (1.5 leases:
+/// the lease is two thirds of it), the old lease must then have ended (one more lease), and
+/// the promotion takes a moment.
+pub fn failover_bound(lease_ms: u64) -> Duration {
+    Duration::from_millis(lease_ms.saturating_mul(5) / 2 + FAILOVER_SLACK_MS)
+}
 
 /// A failed command: the exact line to print, and whether it was a connection failure (which
 /// makes the client exit with status 2 rather than 1).
@@ -109,6 +151,10 @@ pub struct Session {
     /// The user's key, proved at every (re)connect (see `crate::identity`).
     key: UserKey,
     nm: Option<Connection>,
+    /// The lease length the name server announced in WELCOME.
+    lease_ms: Option<u64>,
+    /// How long a change waits out a failover, when set by the user (`--wait-s`).
+    wait: Option<Duration>,
 }
 
 impl Session {
@@ -132,14 +178,32 @@ impl Session {
             user: user.to_string(),
             key,
             nm: None,
+            lease_ms: None,
+            wait: None,
         };
-        let conn = s.hello().map_err(HelloError::into_inner)?;
+        let (conn, lease_ms) = s.hello().map_err(HelloError::into_inner)?;
         s.nm = Some(conn);
+        s.lease_ms = lease_ms;
         Ok(s)
     }
 
-    /// One connect and HELLO, CHALLENGE, PROVE, WELCOME exchange.
-    fn hello(&self) -> Result<Connection, HelloError> {
+    /// Sets how long a change waits out a failover (`None`: one failover with the cluster's
+    /// own settings, from WELCOME; zero: fail at once).
+    pub fn set_failover_wait(&mut self, wait: Option<Duration>) {
+        self.wait = wait;
+    }
+
+    /// How long a change waits out a failover.
+    fn failover_wait(&self) -> Duration {
+        self.wait.unwrap_or_else(|| match self.lease_ms {
+            Some(l) => failover_bound(l),
+            None => Duration::from_millis(DEFAULT_FAILOVER_WAIT_MS),
+        })
+    }
+
+    /// One connect and HELLO, CHALLENGE, PROVE, WELCOME exchange; the connection and the
+    /// announced lease length.
+    fn hello(&self) -> Result<(Connection, Option<u64>), HelloError> {
         let cannot = |reason: String| {
             HelloError::Unreachable(CmdError {
                 text: err::unavailable(format!(
@@ -155,7 +219,7 @@ impl Session {
         c.set_timeout(Some(Duration::from_millis(NM_REPLY_TIMEOUT_MS)))
             .map_err(|e| cannot(e.to_string()))?;
         match identity::handshake(&mut c, &self.user, &self.key) {
-            Ok(()) => Ok(c),
+            Ok(lease_ms) => Ok((c, lease_ms)),
             // The name server refused us (a bad user name, another key): retrying will not
             // help.
             Err(e) if e.code != crate::protocol::ErrorCode::Unavailable => {
@@ -180,7 +244,10 @@ impl Session {
         }
         if self.nm.is_none() {
             match self.reconnect() {
-                Ok(c) => self.nm = Some(c),
+                Ok((c, lease_ms)) => {
+                    self.nm = Some(c);
+                    self.lease_ms = lease_ms.or(self.lease_ms);
+                }
                 // The connection this command would have used is gone and no new one came up.
                 Err(HelloError::Unreachable(_)) if dropped => return Err(CmdError::lost_nm()),
                 Err(e) => return Err(e.into_inner()),
@@ -191,7 +258,7 @@ impl Session {
 
     /// Connects and says HELLO again, retrying for [`RECONNECT_WINDOW_MS`] with backoff while
     /// the name server is unreachable (it may be restarting).
-    fn reconnect(&self) -> Result<Connection, HelloError> {
+    fn reconnect(&self) -> Result<(Connection, Option<u64>), HelloError> {
         let deadline = Instant::now() + Duration::from_millis(RECONNECT_WINDOW_MS);
         let mut pause = Duration::from_millis(RECONNECT_FIRST_PAUSE_MS);
         loop {
@@ -332,7 +399,7 @@ impl Session {
                     user: user.clone(),
                     write: *write,
                 };
-                match self.call_nm(&req, t)?.msg {
+                match self.call_change(&req)?.msg {
                     Message::AccessGranted { new_user } => {
                         writeln!(out, "{}", render::GRANTED)?;
                         if new_user {
@@ -543,10 +610,45 @@ impl Session {
     /// Sends a change and reads its success: `None` for DONE, `Some((copies, total))` for
     /// DONE_DEGRADED (sync mode with the backup down: still a success).
     fn expect_done(&mut self, req: &Message) -> Result<Option<(u32, u32)>, CmdError> {
-        match self.call_nm(req, NM_REPLY_TIMEOUT_MS)?.msg {
+        match self.call_change(req)?.msg {
             Message::Done {} => Ok(None),
             Message::DoneDegraded { copies, total } => Ok(Some((copies, total))),
             m => Err(unexpected(&m, "the name server").into()),
+        }
+    }
+
+    /// Sends a change to the name server, waiting out a failover: an answer that the pair is
+    /// moving its writer means nothing was applied, so the same request is sent again (with
+    /// backoff) until it is answered otherwise or the wait is spent.
+    fn call_change(&mut self, req: &Message) -> Result<Frame, CmdError> {
+        let mut wait = FailoverWait::new(self.failover_wait());
+        loop {
+            match self.call_nm(req, NM_REPLY_TIMEOUT_MS) {
+                Err(e) if moving_writer(&e.text) && wait.pause(&pair_in(&e.text)) => {}
+                r => return r,
+            }
+        }
+    }
+
+    /// LOCATE for a change (WRITE, UPLOAD), connected, waiting out a failover within `wait`:
+    /// the pair moving its writer, or its writer unreachable before anything was sent to it,
+    /// means nothing was applied, so the client asks again. Any other answer ends the wait.
+    fn locate_change(
+        &mut self,
+        file: &str,
+        mode: AccessMode,
+        wait: &mut FailoverWait,
+    ) -> Result<(SsLink, Ticket), CmdError> {
+        loop {
+            let (ss, addr, ticket) = match self.locate_avoiding(file, mode, None) {
+                Err(e) if moving_writer(&e.text) && wait.pause(&pair_in(&e.text)) => continue,
+                r => r?,
+            };
+            match SsLink::connect(&ss, &addr) {
+                Ok(link) => return Ok((link, ticket)),
+                Err(e) if wait.pause(&format!("storage server {ss}")) => log::debug!("{e}"),
+                Err(e) => return Err(e.into()),
+            }
         }
     }
 
@@ -624,10 +726,33 @@ impl Session {
     /// UPLOAD and the bytes again as CHUNK frames, then END. If the file changed meanwhile the
     /// upload is abandoned before END, so the storage server keeps the old content.
     fn upload(&mut self, local: &Path, file: &str, out: &mut dyn Write) -> Result<(), CmdError> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.upload_once(local, file, out)? {
+                Uploaded::Done => return Ok(()),
+                Uploaded::Lost(e) if tries >= MAX_UPLOAD_TRIES => return Err(e.into()),
+                Uploaded::Lost(_) => {}
+            }
+        }
+    }
+
+    /// One UPLOAD. Its answer lost with the writer, the name server's record tells whether it
+    /// landed: a version other than the ticket's with this content's checksum means it did
+    /// (reported as done, never sent again); otherwise nothing was recorded and it is
+    /// [`Uploaded::Lost`], for the caller to send again.
+    fn upload_once(
+        &mut self,
+        local: &Path,
+        file: &str,
+        out: &mut dyn Write,
+    ) -> Result<Uploaded, CmdError> {
         let mut f = transfer::open_local(local)?;
         let (size, checksum) =
             transfer::scan(&mut f).map_err(|e| transfer::read_failed(local, e))?;
-        let (mut link, ticket) = self.locate(file, AccessMode::Upload)?;
+        let mut wait = FailoverWait::new(self.failover_wait());
+        let (mut link, ticket) = self.locate_change(file, AccessMode::Upload, &mut wait)?;
+        let start = ticket.min_version;
         let req = Message::Upload {
             file: ticket.file.clone(),
             size,
@@ -668,9 +793,30 @@ impl Session {
         let _ = link
             .conn
             .set_timeout(Some(Duration::from_millis(COMMIT_REPLY_TIMEOUT_MS)));
-        let copies = match link.recv()?.msg.into_result()? {
-            Message::Committed { copies, .. } => copies.map(|c| (c, render::PAIR_COPIES)),
-            m => return Err(unexpected(&m, &link.describe()).into()),
+        let copies = match link.recv() {
+            Ok(f) => match f.msg.into_result()? {
+                Message::Committed { copies, .. } => copies.map(|c| (c, render::PAIR_COPIES)),
+                m => return Err(unexpected(&m, &link.describe()).into()),
+            },
+            Err(e) if e.code == ErrorCode::Unavailable => {
+                let info = match self
+                    .call_nm(
+                        &Message::Info {
+                            file: file.to_string(),
+                        },
+                        NM_REPLY_TIMEOUT_MS,
+                    )?
+                    .msg
+                {
+                    Message::InfoReply { info } => info,
+                    m => return Err(unexpected(&m, "the name server").into()),
+                };
+                if start.is_some_and(|v| v == info.version) || info.checksum != checksum {
+                    return Ok(Uploaded::Lost(e));
+                }
+                None
+            }
+            Err(e) => return Err(e.into()),
         };
         drop(progress);
         writeln!(
@@ -678,7 +824,7 @@ impl Session {
             "{}",
             render::with_copies(&render::uploaded(size), copies)
         )?;
-        Ok(())
+        Ok(Uploaded::Done)
     }
 
     /// DOWNLOAD f local: READ into a temporary file beside `local`, checked against READ_OK's
@@ -811,25 +957,116 @@ impl Session {
         outcome
     }
 
-    /// WRITE f i: opens a write session on the storage server holding `file`.
+    /// WRITE f i: opens a write session on the writer of `file`'s pair, waiting out a failover.
     pub fn begin_write(&mut self, file: &str, sentence: u64) -> Result<WriteSession, CmdError> {
-        let (mut link, ticket) = self.locate(file, AccessMode::Write)?;
-        let req = Message::WriteBegin {
-            file: ticket.file.clone(),
+        let opened = self.open_sentence(file, sentence)?;
+        Ok(WriteSession {
+            file: file.to_string(),
             sentence,
-            ticket,
-        };
-        if let Err(e) = link.conn.send(&req, b"") {
-            return Err(link.broken(ConnError::Io(e)).into());
+            text: opened.text.clone(),
+            version: opened.version,
+            link: Some(opened.link),
+            edits: Vec::new(),
+        })
+    }
+
+    /// LOCATE and WRITE_BEGIN, tried again while the pair moves its writer: opening a sentence
+    /// changes nothing, so a writer that is unreachable, drops the connection or answers
+    /// UNAVAILABLE is simply asked again (through a fresh LOCATE) until the wait is spent.
+    fn open_sentence(&mut self, file: &str, sentence: u64) -> Result<Opened, CmdError> {
+        let mut wait = FailoverWait::new(self.failover_wait());
+        loop {
+            let (mut link, ticket) = self.locate_change(file, AccessMode::Write, &mut wait)?;
+            let version = ticket.min_version;
+            let req = Message::WriteBegin {
+                file: ticket.file.clone(),
+                sentence,
+                ticket,
+            };
+            match link.call_body(&req) {
+                Ok((Message::WriteOpened {}, body)) => {
+                    return Ok(Opened {
+                        link,
+                        text: body_text(body),
+                        version,
+                    })
+                }
+                Ok((m, _)) => return Err(unexpected(&m, &link.describe()).into()),
+                Err(e)
+                    if e.code == ErrorCode::Unavailable
+                        && wait.pause(&format!("storage server {}", link.ss)) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
-        let reply = link.recv()?;
-        match reply.msg.into_result()? {
-            Message::WriteOpened {} => Ok(WriteSession {
-                text: body_text(reply.body),
-                link,
-            }),
-            m => Err(unexpected(&m, &link.describe()).into()),
+    }
+}
+
+/// How often one UPLOAD is sent when its answers are lost with their writers.
+const MAX_UPLOAD_TRIES: u32 = 3;
+
+/// What one UPLOAD came to.
+enum Uploaded {
+    /// Stored, and reported.
+    Done,
+    /// The answer was lost and the name server has not recorded the content: not stored.
+    Lost(WireError),
+}
+
+/// A sentence opened for writing: the connection holding its lock, its text, and the file's
+/// version the name server recorded when the ticket was minted.
+struct Opened {
+    link: SsLink,
+    text: String,
+    version: Option<crate::protocol::Version>,
+}
+
+/// True when `text` (a printed error) says a pair is moving its writer: nothing was applied.
+fn moving_writer(text: &str) -> bool {
+    let unavailable = format!("ERROR [{}]", ErrorCode::Unavailable);
+    text.starts_with(&unavailable) && text.contains(crate::protocol::MOVING_WRITER)
+}
+
+/// The pair named in a "pair p is moving its writer" answer (for the note on stderr).
+fn pair_in(text: &str) -> String {
+    text.split(crate::protocol::MOVING_WRITER)
+        .next()
+        .and_then(|head| head.rsplit_once("pair "))
+        .map(|(_, p)| format!("pair {}", p.trim()))
+        .unwrap_or_else(|| "the storage pair".to_string())
+}
+
+/// The wait of one change for a failover: a deadline, a doubling pause, and the one note on
+/// stderr (standard output carries only the command's own result, so scripts keep theirs).
+pub struct FailoverWait {
+    deadline: Instant,
+    pause: Duration,
+    noted: bool,
+}
+
+impl FailoverWait {
+    /// A wait of at most `bound`; a zero bound never waits.
+    pub fn new(bound: Duration) -> FailoverWait {
+        FailoverWait {
+            deadline: Instant::now() + bound,
+            pause: Duration::from_millis(FAILOVER_FIRST_PAUSE_MS),
+            noted: false,
         }
+    }
+
+    /// Sleeps before the next try, noting once on stderr who is awaited; false (without
+    /// sleeping) when the wait is spent.
+    pub fn pause(&mut self, who: &str) -> bool {
+        let now = Instant::now();
+        if now >= self.deadline {
+            return false;
+        }
+        if !self.noted {
+            self.noted = true;
+            eprintln!("waiting for {who} to finish failover…");
+        }
+        std::thread::sleep(self.pause.min(self.deadline - now));
+        self.pause = (self.pause * 2).min(Duration::from_millis(FAILOVER_MAX_PAUSE_MS));
+        true
     }
 }
 
@@ -950,10 +1187,16 @@ impl SsLink {
 
     /// Sends a request and reads one reply; ERR becomes `Err`.
     fn call(&mut self, msg: &Message) -> Result<Message, WireError> {
+        self.call_body(msg).map(|(m, _)| m)
+    }
+
+    /// [`SsLink::call`], keeping the reply's body (a sentence's text travels there).
+    fn call_body(&mut self, msg: &Message) -> Result<(Message, Vec<u8>), WireError> {
         if let Err(e) = self.conn.send(msg, b"") {
             return Err(self.broken(ConnError::Io(e)));
         }
-        self.recv()?.msg.into_result()
+        let f = self.recv()?;
+        Ok((f.msg.into_result()?, f.body))
     }
 }
 
@@ -961,16 +1204,37 @@ impl SsLink {
 #[derive(Debug)]
 pub enum EditError {
     /// The storage server refused this edit; the session goes on.
-    Refused(WireError),
-    /// The connection broke; the session is over.
-    Broken(WireError),
+    Refused(CmdError),
+    /// The session is over: its connection broke and it could not be opened again.
+    Broken(CmdError),
 }
+
+/// How often one session opens its sentence again after losing its writer.
+const MAX_REOPENS: u32 = 4;
 
 /// An open write session on one sentence. Dropping it closes the connection, which abandons
 /// the session and releases the sentence lock on the storage server.
+///
+/// The session keeps every accepted edit with the sentence it produced, so a writer lost
+/// before the commit costs nothing: [`WriteSession::edit`] and [`WriteSession::commit`] open
+/// the same sentence on the pair's new writer (waiting out the failover), check that it
+/// still reads as it did when the session began, and replay the edits, each of which must
+/// produce the sentence it produced before. A sentence changed meanwhile ends the session with
+/// CONFLICT and nothing applied. A writer lost after COMMIT was sent leaves the outcome
+/// unknown; the client then looks at the file: the name server's version unchanged since the
+/// session began, or the sentence still reading as it began, means the commit did not land
+/// and it is replayed; the sentence reading as committed means it landed (reported as
+/// written, never committed again); anything else is CONFLICT.
 pub struct WriteSession {
-    link: SsLink,
+    file: String,
+    sentence: u64,
+    link: Option<SsLink>,
+    /// The sentence's text when the session opened (empty for a new sentence slot).
     text: String,
+    /// The file's version recorded by the name server when the session opened.
+    version: Option<crate::protocol::Version>,
+    /// Accepted edits: word index, text, and the sentence as it read after the edit.
+    edits: Vec<(u64, String, String)>,
 }
 
 impl WriteSession {
@@ -979,40 +1243,178 @@ impl WriteSession {
         &self.text
     }
 
-    /// Inserts `text` before word `word_index`; returns the sentence as edited so far. This
-    /// is the one way an edit line reaches a storage server: the text travels in the frame
-    /// body, so an edit is limited only by the sentence limit the storage server names.
-    pub fn edit(&mut self, word_index: u64, text: &str) -> Result<String, EditError> {
+    /// Inserts `text` before word `word_index`; returns the sentence as edited so far. A lost
+    /// writer is replaced (see the type's docs) and the edit sent again. This is the one way
+    /// an edit line reaches a storage server: the text travels in the frame body, so an edit
+    /// is limited only by the sentence limit the storage server names.
+    pub fn edit(
+        &mut self,
+        session: &mut Session,
+        word_index: u64,
+        text: &str,
+    ) -> Result<String, EditError> {
         // One frame body carries the edit; the storage server could only refuse it by closing.
         if text.len() > frame::MAX_BODY_BYTES {
-            return Err(EditError::Refused(err::limit(format!(
-                "sentence too long: the edit alone is {} bytes, limit {}",
-                text.len(),
-                frame::MAX_BODY_BYTES
-            ))));
+            return Err(EditError::Refused(
+                err::limit(format!(
+                    "sentence too long: the edit alone is {} bytes, limit {}",
+                    text.len(),
+                    frame::MAX_BODY_BYTES
+                ))
+                .into(),
+            ));
         }
-        let req = Message::Edit { word_index };
-        if let Err(e) = self.link.conn.send(&req, text.as_bytes()) {
-            return Err(EditError::Broken(self.link.refused_or_broken(e)));
-        }
-        let reply = self.link.recv().map_err(EditError::Broken)?;
-        match reply.msg {
-            Message::Sentence {} => Ok(body_text(reply.body)),
-            Message::Err { code, msg } => Err(EditError::Refused(WireError { code, msg })),
-            m => Err(EditError::Broken(unexpected(&m, &self.link.describe()))),
+        let mut reopens = 0;
+        loop {
+            let sent = match self.link.as_mut() {
+                Some(link) => send_edit(link, word_index, text),
+                None => Err(err::unavailable("the session has no writer")),
+            };
+            match sent {
+                Ok(Ok(sentence)) => {
+                    self.edits
+                        .push((word_index, text.to_string(), sentence.clone()));
+                    return Ok(sentence);
+                }
+                Ok(Err(refused)) => return Err(EditError::Refused(refused.into())),
+                Err(e) if e.code == ErrorCode::Unavailable && reopens < MAX_REOPENS => {
+                    reopens += 1;
+                    self.link = None;
+                    let opened = self.reopen(session).map_err(EditError::Broken)?;
+                    self.replay(opened).map_err(EditError::Broken)?;
+                }
+                Err(e) => return Err(EditError::Broken(e.into())),
+            }
         }
     }
 
     /// ETIRW: commits the session (consumes it whatever the outcome). Returns the sync-mode
     /// copy count `(copies, total)` when the change reached fewer than all copies.
-    pub fn commit(mut self) -> Result<Option<(u32, u32)>, WireError> {
-        let _ = self
-            .link
-            .conn
-            .set_timeout(Some(Duration::from_millis(COMMIT_REPLY_TIMEOUT_MS)));
-        match self.link.call(&Message::Commit {})? {
-            Message::Committed { copies, .. } => Ok(copies.map(|c| (c, render::PAIR_COPIES))),
-            m => Err(unexpected(&m, &self.link.describe())),
+    pub fn commit(mut self, session: &mut Session) -> Result<Option<(u32, u32)>, CmdError> {
+        let mut reopens = 0;
+        loop {
+            let link = match self.link.as_mut() {
+                Some(link) => link,
+                None => {
+                    let opened = self.reopen(session)?;
+                    self.replay(opened)?;
+                    continue;
+                }
+            };
+            let _ = link
+                .conn
+                .set_timeout(Some(Duration::from_millis(COMMIT_REPLY_TIMEOUT_MS)));
+            let answer = match link.conn.send(&Message::Commit {}, b"") {
+                Ok(()) => link.recv(),
+                Err(e) => Err(link.broken(ConnError::Io(e))),
+            };
+            match answer {
+                Ok(f) => {
+                    return match f.msg.into_result()? {
+                        Message::Committed { copies, .. } => {
+                            Ok(copies.map(|c| (c, render::PAIR_COPIES)))
+                        }
+                        m => Err(unexpected(&m, &link.describe()).into()),
+                    }
+                }
+                // The answer is lost: the commit may or may not have landed.
+                Err(e) if e.code == ErrorCode::Unavailable && reopens < MAX_REOPENS => {
+                    reopens += 1;
+                    self.link = None;
+                    let opened = self.reopen(session)?;
+                    if self.landed(&opened)? {
+                        return Ok(None);
+                    }
+                    self.replay(opened)?;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
+    }
+
+    /// Opens the session's sentence again on the pair's current writer.
+    fn reopen(&self, session: &mut Session) -> Result<Opened, CmdError> {
+        session
+            .open_sentence(&self.file, self.sentence)
+            .map_err(|e| match e.text.split_once("]: ") {
+                // The sentence is gone or taken: it changed under the session.
+                Some((code, why))
+                    if code.ends_with(ErrorCode::Invalid.as_str())
+                        || code.ends_with(ErrorCode::Locked.as_str()) =>
+                {
+                    self.conflict(why).into()
+                }
+                _ => e,
+            })
+    }
+
+    /// Whether a commit whose answer was lost landed, judged on the sentence just opened
+    /// again (see the type's docs). Err CONFLICT when it cannot be told.
+    fn landed(&self, opened: &Opened) -> Result<bool, CmdError> {
+        if opened.version.is_some() && opened.version == self.version {
+            return Ok(false);
+        }
+        if opened.text == self.text {
+            return Ok(false);
+        }
+        let committed = self
+            .edits
+            .last()
+            .map_or(self.text.as_str(), |(_, _, s)| s.as_str());
+        // The committed sentence may have split in several; the reopened one is the first.
+        let first = crate::ss::document::Document::parse(committed)
+            .words(0)
+            .join(" ");
+        if opened.text == first || opened.text.starts_with(committed) {
+            return Ok(true);
+        }
+        Err(self
+            .conflict("it reads differently now and the commit's answer was lost")
+            .into())
+    }
+
+    /// Replays the session's edits on a sentence opened again; each must give the sentence it
+    /// gave before.
+    fn replay(&mut self, opened: Opened) -> Result<(), CmdError> {
+        if opened.text != self.text {
+            return Err(self.conflict("another writer changed it").into());
+        }
+        let mut link = opened.link;
+        for (k, text, before) in &self.edits {
+            match send_edit(&mut link, *k, text) {
+                Ok(Ok(now)) if now == *before => {}
+                Ok(_) => return Err(self.conflict("an edit no longer applies").into()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.link = Some(link);
+        Ok(())
+    }
+
+    /// The error that ends a session whose sentence changed while its writer failed over.
+    fn conflict(&self, why: &str) -> WireError {
+        err::conflict(format!(
+            "sentence {} of {} changed while its writer failed over ({why}); this session's edits were not applied",
+            self.sentence, self.file
+        ))
+    }
+}
+
+/// Sends one EDIT and reads its answer: Ok(Ok(sentence)), Ok(Err(refusal)), or Err when the
+/// connection broke.
+fn send_edit(
+    link: &mut SsLink,
+    word_index: u64,
+    text: &str,
+) -> Result<Result<String, WireError>, WireError> {
+    let req = Message::Edit { word_index };
+    if let Err(e) = link.conn.send(&req, text.as_bytes()) {
+        return Err(link.refused_or_broken(e));
+    }
+    let reply = link.recv()?;
+    match reply.msg {
+        Message::Sentence {} => Ok(Ok(body_text(reply.body))),
+        Message::Err { code, msg } => Ok(Err(WireError { code, msg })),
+        m => Err(unexpected(&m, &link.describe())),
     }
 }

@@ -71,6 +71,7 @@ fn fake_nm(ss_port: u16) -> u16 {
         Message::Hello { .. } => one(Message::Challenge { nonce: "00".into() }),
         Message::Prove { .. } => one(Message::Welcome {
             user: "alice".into(),
+            lease_ms: None,
         }),
         Message::Create { file } if file == "dup" => wire_err(ErrorCode::Conflict, "dup exists"),
         Message::Create { file } | Message::Delete { file } if file == "deg" => {
@@ -306,6 +307,7 @@ fn opts(port: u16, key_dir: &std::path::Path) -> Options {
         nm_port: port,
         username: "alice".into(),
         user_key_file: Some(key_dir.join("alice.key")),
+        wait: None,
     }
 }
 
@@ -547,4 +549,72 @@ fn download_saves_a_checked_copy_and_keeps_the_old_file_on_failure() {
         .collect();
     names.sort();
     assert_eq!(names, vec!["big.bin", "kept.txt"]);
+}
+
+/// A name server whose pair is between writers for the first `refusals` CREATEs.
+fn failing_over_nm(refusals: usize) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let creates = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = creates.clone();
+    let port = serve(Box::new(move |m, _| match m {
+        Message::Hello { .. } => one(Message::Challenge { nonce: "00".into() }),
+        Message::Prove { .. } => one(Message::Welcome {
+            user: "alice".into(),
+            lease_ms: Some(100),
+        }),
+        Message::Create { .. } if seen.fetch_add(1, Ordering::SeqCst) < refusals => wire_err(
+            ErrorCode::Unavailable,
+            &format!("a.txt cannot take changes for a moment: pair ss1 {MOVING_WRITER} (epoch 2)"),
+        ),
+        Message::Create { .. } => one(Message::Done {}),
+        Message::Delete { .. } => wire_err(ErrorCode::Unavailable, "no live copy of a.txt"),
+        _ => close(),
+    }));
+    (port, creates)
+}
+
+#[test]
+fn a_change_refused_during_a_failover_is_sent_again_until_it_is_taken() {
+    let (nm, creates) = failing_over_nm(3);
+    let (out, status) = run_script(nm, "CREATE a.txt\n");
+    assert_eq!(out, "File Created Successfully!\n");
+    assert_eq!(status, 0);
+    assert_eq!(creates.load(std::sync::atomic::Ordering::SeqCst), 4);
+}
+
+#[test]
+fn other_unavailable_answers_and_a_spent_wait_fail_at_once() {
+    // "No live copy" is not a failover: one try.
+    let (nm, _) = failing_over_nm(0);
+    let (out, status) = run_script(nm, "DELETE a.txt\n");
+    assert_eq!(out, "ERROR [UNAVAILABLE]: no live copy of a.txt\n");
+    assert_eq!(status, 1);
+    // The lease of 100 ms bounds the wait at 2.25 s; a pair that never finishes fails.
+    let (nm, creates) = failing_over_nm(usize::MAX);
+    let started = std::time::Instant::now();
+    let (out, status) = run_script(nm, "CREATE a.txt\n");
+    assert!(out.contains(MOVING_WRITER), "{out}");
+    assert_eq!(status, 1);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert!(creates.load(std::sync::atomic::Ordering::SeqCst) > 1);
+    // A zero wait fails at once.
+    let (nm, creates) = failing_over_nm(1);
+    let keys = tempfile::tempdir().unwrap();
+    let mut o = opts(nm, keys.path());
+    o.wait = Some(std::time::Duration::ZERO);
+    let mut input = PipedLines::new("CREATE a.txt\n".as_bytes());
+    let mut out = Vec::new();
+    assert_eq!(run_with(&o, &mut input, &mut out), 1);
+    assert_eq!(creates.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[test]
+fn the_failover_bound_covers_detection_the_old_lease_and_slack() {
+    use super::session::failover_bound;
+    // Defaults: a 15 s heartbeat timeout gives a 10 s lease.
+    assert_eq!(
+        failover_bound(10_000),
+        std::time::Duration::from_millis(27_000)
+    );
+    assert_eq!(failover_bound(0), std::time::Duration::from_millis(2_000));
 }

@@ -1143,7 +1143,8 @@ impl Core {
                 busy: false,
             },
         );
-        self.reply(conn, Message::Welcome { user });
+        let lease_ms = Some(self.cfg.lease_ms());
+        self.reply(conn, Message::Welcome { user, lease_ms });
     }
 
     // ----- storage servers -----
@@ -1670,8 +1671,9 @@ impl Core {
         }
         if st.phase != Phase::Serving || !self.is_up(&w) {
             return Err(err::unavailable(format!(
-                "{} cannot take changes for a moment: pair {p} is moving its writer (epoch {})",
+                "{} cannot take changes for a moment: pair {p} {} (epoch {})",
                 names::display(file),
+                crate::protocol::MOVING_WRITER,
                 st.epoch
             )));
         }

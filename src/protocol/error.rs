@@ -73,6 +73,10 @@ impl WireError {
     }
 }
 
+/// The words in an UNAVAILABLE answer that say a pair is between writers and the change was
+/// not applied: a client waits out the failover and tries again (see `client::session`).
+pub const MOVING_WRITER: &str = "is moving its writer";
+
 /// Shorthand constructors, so call sites read `err::not_found("...")`.
 pub mod err {
     use super::{ErrorCode, WireError};

@@ -643,6 +643,10 @@ pub enum Message {
     Welcome {
         /// The user as recorded.
         user: String,
+        /// The cluster's write-lease length (ms): a client sizes its wait for a failover from
+        /// it. Absent from an older name server.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lease_ms: Option<u64>,
     },
     /// CREATE f.
     Create {

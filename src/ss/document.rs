@@ -11,6 +11,15 @@
 //! Bytes between sentences (spaces, newlines) belong to no sentence and are kept exactly by
 //! [`Document::replace`], so an edit never reflows the rest of a file.
 //!
+//! # Rendering
+//!
+//! An edited sentence is written with single spaces between its words, and a delimiter inside
+//! a token starts a new word: inserting `e.g. done.` gives the words `e.`, `g.`, `done.` and
+//! reads back `e. g. done.` (SPEC §3). The word indexes of the session count those split
+//! words, so what `Sentence:` shows is what the indexes refer to. A sentence that touches its
+//! neighbour with no whitespace between (`g.` in a stored `e.g.`) is set apart from it by one
+//! space when it is written, so an edit never glues two sentences into one token.
+//!
 //! Slot `count` (one past the last sentence) is the new-sentence slot. It can be opened only
 //! when the file is empty or its last sentence is finished: appending to an unfinished sentence
 //! would silently extend it, which is what opening that sentence itself is for.
@@ -127,12 +136,20 @@ impl Document {
         let old_count = self.sentence_count();
         match self.sentences.get(i) {
             Some(range) => {
-                let mut out = String::with_capacity(
-                    self.text.len() - (range.end - range.start) + joined.len(),
-                );
-                out.push_str(&self.text[..range.start]);
+                let (before, after) = (&self.text[..range.start], &self.text[range.end..]);
+                // A neighbour glued to this sentence (`e.g.`) is set apart by one space.
+                let glued_before = !joined.is_empty() && ends_in_word(before);
+                let glued_after = !joined.is_empty() && starts_with_word(after);
+                let mut out = String::with_capacity(before.len() + joined.len() + after.len() + 2);
+                out.push_str(before);
+                if glued_before {
+                    out.push(' ');
+                }
                 out.push_str(&joined);
-                out.push_str(&self.text[range.end..]);
+                if glued_after {
+                    out.push(' ');
+                }
+                out.push_str(after);
                 // The region can never swallow the previous sentence (it ends in a delimiter)
                 // and can join at most the next one, so the new count is >= old_count - 1.
                 let n = (count_sentences(&out) + 1).saturating_sub(old_count);
@@ -160,6 +177,35 @@ impl Document {
     }
 }
 
+/// True when `text` ends in a non-whitespace character.
+fn ends_in_word(text: &str) -> bool {
+    text.chars().next_back().is_some_and(|c| !c.is_whitespace())
+}
+
+/// True when `text` starts with a non-whitespace character.
+fn starts_with_word(text: &str) -> bool {
+    text.chars().next().is_some_and(|c| !c.is_whitespace())
+}
+
+/// The whitespace-split words of `text`, each further split after every delimiter that has
+/// more characters behind it (`e.g.` gives `e.` and `g.`): every delimiter ends a sentence,
+/// so it also ends a word.
+pub fn split_words(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split_whitespace().flat_map(|token| {
+        let mut parts = Vec::new();
+        let mut start = 0;
+        for (idx, c) in token.char_indices() {
+            let end = idx + c.len_utf8();
+            if is_delimiter(c) && end < token.len() {
+                parts.push(token[start..end].to_string());
+                start = end;
+            }
+        }
+        parts.push(token[start..].to_string());
+        parts
+    })
+}
+
 /// Counts sentences without keeping their ranges.
 fn count_sentences(text: &str) -> usize {
     Document::parse(text).sentence_count()
@@ -178,14 +224,14 @@ impl EditBuffer {
         EditBuffer { words }
     }
 
-    /// Inserts the whitespace-split words of `text` before word `k` (`0..=len`).
+    /// Inserts the words of `text` ([`split_words`]) before word `k` (`0..=len`).
     ///
     /// Err `INVALID "Word index out of range"` otherwise, leaving the buffer unchanged.
     pub fn insert(&mut self, k: usize, text: &str) -> Result<(), WireError> {
         if k > self.words.len() {
             return Err(err::invalid("Word index out of range"));
         }
-        let new_words = text.split_whitespace().map(str::to_string);
+        let new_words = split_words(text);
         // splice keeps this one move of the tail, whatever the number of inserted words.
         self.words.splice(k..k, new_words);
         Ok(())
@@ -236,6 +282,47 @@ mod tests {
         assert_eq!(sentences("Wow!!"), ["Wow!", "!"]);
         assert_eq!(sentences("Is it? Yes. No!"), ["Is it?", "Yes.", "No!"]);
         assert_eq!(sentences("a.b"), ["a.", "b"]);
+    }
+
+    /// Runs one session: opens sentence `i` of `text`, inserts `edits`, and commits.
+    fn session(text: &str, i: usize, edits: &[(usize, &str)]) -> String {
+        let d = Document::parse(text);
+        let mut buf = EditBuffer::new(d.words(i));
+        for (k, t) in edits {
+            buf.insert(*k, t).expect("edit in range");
+        }
+        d.replace(i, buf.words()).0
+    }
+
+    #[test]
+    fn a_delimiter_inside_a_token_is_rendered_as_a_sentence_end() {
+        let mut buf = EditBuffer::new(Vec::new());
+        buf.insert(0, "e.g. done.").expect("edit");
+        assert_eq!(buf.text(), "e. g. done.");
+        assert_eq!(buf.words(), w(&["e.", "g.", "done."]));
+        assert_eq!(session("", 0, &[(0, "e.g. done.")]), "e. g. done.");
+        assert_eq!(session("", 0, &[(0, "Really?No!Yes")]), "Really? No! Yes");
+        assert_eq!(session("", 0, &[(0, "Wow!!")]), "Wow! !");
+        // Word indexes count the split words, as `Sentence:` shows them.
+        assert_eq!(
+            session("", 0, &[(0, "e.g. done."), (1, "X")]),
+            "e. X g. done."
+        );
+    }
+
+    #[test]
+    fn editing_either_half_of_a_stored_token_keeps_the_halves_apart() {
+        // A file uploaded with `e.g.` glued: each half is its own sentence.
+        assert_eq!(session("e.g. done.", 1, &[(0, "X")]), "e. X g. done.");
+        assert_eq!(session("e.g. done.", 0, &[(1, "X")]), "e. X g. done.");
+        assert_eq!(session("e.g. done.", 0, &[(0, "X")]), "X e. g. done.");
+        assert_eq!(
+            session("Is it?Yes!No.", 1, &[(0, "Oh")]),
+            "Is it? Oh Yes! No."
+        );
+        assert_eq!(session("a.b", 1, &[(1, "c")]), "a. b c");
+        // Untouched neighbours keep their bytes.
+        assert_eq!(session("e.g.\nnext.", 1, &[(0, "X")]), "e. X g.\nnext.");
     }
 
     #[test]
@@ -398,9 +485,16 @@ mod tests {
             let new_count = Document::parse(&out).sentence_count();
             if i < count {
                 let r = d.sentences[i].clone();
+                // A glued neighbour is set apart by exactly one space; nothing else changes.
+                let pad_before = usize::from(!joined.is_empty() && ends_in_word(&text[..r.start]));
+                let pad_after = usize::from(!joined.is_empty() && starts_with_word(&text[r.end..]));
+                let at = r.start + pad_before;
                 prop_assert_eq!(&out[..r.start], &text[..r.start]);
-                prop_assert_eq!(&out[r.start..r.start + joined.len()], joined.as_str());
-                prop_assert_eq!(&out[r.start + joined.len()..], &text[r.end..]);
+                prop_assert_eq!(&out[r.start..at], &" "[..pad_before]);
+                prop_assert_eq!(&out[at..at + joined.len()], joined.as_str());
+                let tail = at + joined.len();
+                prop_assert_eq!(&out[tail..tail + pad_after], &" "[..pad_after]);
+                prop_assert_eq!(&out[tail + pad_after..], &text[r.end..]);
                 prop_assert_eq!(new_count, count - 1 + n);
             } else {
                 prop_assert!(out.starts_with(&text));
@@ -421,8 +515,17 @@ mod tests {
             prop_assume!(d.sentence_count() > 0);
             let i = pick % d.sentence_count();
             let words = d.words(i);
-            prop_assume!(text[d.sentences[i].clone()] == words.join(" "));
-            prop_assert_eq!(d.replace(i, &words), (text.clone(), 1));
+            let r = d.sentences[i].clone();
+            prop_assume!(text[r.clone()] == words.join(" "));
+            // Identity but for one space that sets a glued neighbour apart.
+            let (before, after) = (&text[..r.start], &text[r.end..]);
+            let expected = format!(
+                "{before}{}{}{}{after}",
+                if ends_in_word(before) { " " } else { "" },
+                &text[r.clone()],
+                if starts_with_word(after) { " " } else { "" },
+            );
+            prop_assert_eq!(d.replace(i, &words), (expected, 1));
         }
 
         #[test]
@@ -455,7 +558,11 @@ mod tests {
             let res = buf.insert(k, &text);
             if k <= start.len() {
                 prop_assert!(res.is_ok());
-                prop_assert_eq!(buf.words().len() as u64, start.len() as u64 + count_words(&text));
+                let added = split_words(&text).count() as u64;
+                prop_assert!(added >= count_words(&text));
+                prop_assert_eq!(buf.words().len() as u64, start.len() as u64 + added);
+                prop_assert_eq!(buf.words()[k..k + added as usize].concat(),
+                    text.split_whitespace().collect::<String>());
                 prop_assert_eq!(&buf.words()[..k], &start[..k]);
                 prop_assert_eq!(&buf.words()[buf.words().len() - (start.len() - k)..], &start[k..]);
             } else {

@@ -687,6 +687,11 @@ fn write_session(
             Message::Commit {} => {
                 let res = commit(shared, file, id, &base, &buf, t);
                 drop(guard);
+                if res.is_ok() && fault_hook() == Some("exit-after-commit") {
+                    log::warn!(target: ev::SS_REFUSED, file = file, reason = "fault";
+                        "test hook PAIRFS_FAULT_SS=exit-after-commit: exiting before answering the commit of {file}");
+                    std::process::exit(1);
+                }
                 let reply = match res {
                     Ok((state, copies)) => Message::Committed { state, copies },
                     Err(e) => Message::err(e),
@@ -712,6 +717,16 @@ fn joined_len(words: &[String]) -> usize {
         .map(|w| w.len() + 1)
         .sum::<usize>()
         .saturating_sub(1)
+}
+
+/// Test hook (`PAIRFS_FAULT_SS` of `bin_ss`): with `exit-after-commit` (a WRITE session's
+/// commit) or `exit-after-upload` (an UPLOAD), the server exits once the change is durable
+/// (and, in sync mode, on the backup) but before it answers the client, so a client's
+/// handling of a lost answer can be tested end to end.
+fn fault_hook() -> Option<&'static str> {
+    static HOOK: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    HOOK.get_or_init(|| std::env::var("PAIRFS_FAULT_SS").ok())
+        .as_deref()
 }
 
 /// Applies a session's sentence to the file's current content, durably, then reports it.
@@ -1923,6 +1938,11 @@ fn upload(
         staged,
         Duration::from_millis(CHANGED_ACK_TIMEOUT_MS),
     )?;
+    if fault_hook() == Some("exit-after-upload") {
+        log::warn!(target: ev::SS_REFUSED, file = file, reason = "fault";
+            "test hook PAIRFS_FAULT_SS=exit-after-upload: exiting before answering the upload of {file}");
+        std::process::exit(1);
+    }
     conn.send(&Message::Committed { state, copies }, &[])?;
     Ok(())
 }

@@ -9,6 +9,7 @@ mod netns;
 
 mod auth;
 mod checkpoints;
+mod cluster_script;
 mod commands;
 mod crash;
 mod delta;
@@ -22,6 +23,8 @@ mod multihost;
 mod overload;
 mod replication;
 mod requests;
+mod ride_through;
 mod robustness;
 mod staging;
+mod terminal;
 mod write;

@@ -11,26 +11,60 @@ use std::thread;
 fn delimiters_inside_tokens_split_sentences() {
     let c = Cluster::start();
     let alice = c.client("alice");
+    // Every delimiter ends a sentence and the edited sentence is rendered with single spaces.
     alice
         .run("CREATE a.txt\nWRITE a.txt 0\n0 e.g. wow\nETIRW\nREAD a.txt\n")
-        .assert_contains("Sentence: e.g. wow\n")
-        .assert_contains("e.g. wow\n")
+        .assert_contains("Sentence: e. g. wow\n")
+        .assert_contains("\ne. g. wow\n")
         .assert_code(0);
     // Three sentences now: `e.`, `g.`, and the unfinished `wow`.
     alice
         .run("WRITE a.txt 1\n1 hmm\nETIRW\nREAD a.txt\n")
         .assert_contains("Sentence: g. hmm\n")
         .assert_contains("Write Successful!\n")
-        .assert_contains("e.g. hmm wow\n");
+        .assert_contains("\ne. g. hmm wow\n");
     alice
         .run("WRITE a.txt 2\n0 x\nETIRW\nREAD a.txt\n")
         .assert_contains("Sentence: x hmm wow\n")
-        .assert_contains("e.g. x hmm wow\n");
+        .assert_contains("\ne. g. x hmm wow\n");
     // The last sentence is unfinished, so index == count is out of range.
     alice
         .run("WRITE a.txt 3\n")
         .assert_contains("ERROR [INVALID]: Sentence index out of range")
         .assert_code(1);
+    // `?` and `!` inside a token end sentences too; word indexes count the split words.
+    alice
+        .run("CREATE q.txt\nWRITE q.txt 0\n0 Really?Yes!No.\n1 so\nETIRW\nREAD q.txt\n")
+        .assert_contains("Sentence: Really? Yes! No.\n")
+        .assert_contains("Sentence: Really? so Yes! No.\n")
+        .assert_contains("\nReally? so Yes! No.\n")
+        .assert_code(0);
+}
+
+#[test]
+fn editing_either_half_of_a_stored_token_sets_the_halves_apart() {
+    let c = Cluster::start();
+    let alice = c.client("alice");
+    // UPLOAD stores bytes as they are, so `e.g.` stays glued until a sentence of it is edited.
+    let local = c.dir().join("eg.local");
+    std::fs::write(&local, "e.g. done.\n").unwrap();
+    alice
+        .run(&format!(
+            "UPLOAD {} a.txt\nUPLOAD {} b.txt\n",
+            local.display(),
+            local.display()
+        ))
+        .assert_code(0);
+    alice
+        .run("WRITE a.txt 1\n0 X\nETIRW\nREAD a.txt\n")
+        .assert_contains("Sentence: X g.\n")
+        .assert_contains("\ne. X g. done.\n")
+        .assert_code(0);
+    alice
+        .run("WRITE b.txt 0\n1 X\nETIRW\nREAD b.txt\n")
+        .assert_contains("Sentence: e. X\n")
+        .assert_contains("\ne. X g. done.\n")
+        .assert_code(0);
 }
 
 #[test]
