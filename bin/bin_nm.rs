@@ -49,6 +49,9 @@ struct Cli {
     /// Refuse EXEC.
     #[arg(long)]
     no_exec: bool,
+    /// Account EXEC scripts run as when the server runs as root (default: nobody).
+    #[arg(long)]
+    exec_user: Option<String>,
     /// Cluster key file (default: $HOME/.pairfs/cluster.key, created if missing).
     #[arg(long)]
     cluster_key_file: Option<PathBuf>,
@@ -100,6 +103,7 @@ fn main() {
         queue_cap: cli.queue_cap as usize,
         exec_timeout_s: cli.exec_timeout_s,
         exec_enabled: !cli.no_exec,
+        exec_user: cli.exec_user,
         cluster_key_file: cli
             .cluster_key_file
             .unwrap_or_else(pairfs::auth::default_key_path),

@@ -86,6 +86,9 @@ pub mod ev {
     pub const NM_STORE_COMMIT: &str = "nm_store_commit";
     /// EXEC ran a script (fields `file`, `user`, `exit`, `ms`).
     pub const NM_EXEC: &str = "nm_exec";
+    /// How EXEC scripts are isolated, logged once at startup (field `mode`; at WARN with field
+    /// `missing` when isolation is incomplete).
+    pub const NM_EXEC_ISOLATION: &str = "nm_exec_isolation";
     /// A storage server adopted a file created or edited by hand.
     pub const SS_ADOPT: &str = "ss_adopt";
     /// A storage server's startup scan finished (fields `files`, `ms`).
@@ -131,6 +134,7 @@ pub mod ev {
         NM_FILE_CHANGE,
         NM_STORE_COMMIT,
         NM_EXEC,
+        NM_EXEC_ISOLATION,
         SS_ADOPT,
         SS_SCAN,
         SS_COMMIT,

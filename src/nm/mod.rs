@@ -89,6 +89,8 @@ pub struct Config {
     pub exec_timeout_s: u64,
     /// Whether EXEC is allowed.
     pub exec_enabled: bool,
+    /// The account EXEC scripts run as when the server runs as root (default `nobody`).
+    pub exec_user: Option<String>,
     /// The cluster key file (created if missing).
     pub cluster_key_file: PathBuf,
     /// Most simultaneous connections.
@@ -112,6 +114,7 @@ impl Default for Config {
             queue_cap: 1000,
             exec_timeout_s: 10,
             exec_enabled: true,
+            exec_user: None,
             cluster_key_file: crate::auth::default_key_path(),
             max_connections: 1024,
             fault: None,
@@ -133,6 +136,9 @@ pub enum NmError {
     /// The durable store failed.
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    /// The EXEC sandbox could not be prepared (`--exec-user`).
+    #[error(transparent)]
+    Sandbox(#[from] exec::SandboxError),
     /// The loop stopped on an error.
     #[error(transparent)]
     Server(#[from] server::ServerError),
@@ -162,6 +168,12 @@ pub fn start(cfg: &Config) -> Result<Started, NmError> {
         "cluster key file {}",
         cfg.cluster_key_file.display()
     )))?;
+    // Decided before any thread starts, and logged once.
+    let sandbox = if cfg.exec_enabled {
+        exec::Sandbox::probe(cfg.exec_user.as_deref())?
+    } else {
+        exec::Sandbox::disabled()
+    };
     let db = store::Store::open(&cfg.data_dir)?;
     let loaded = db.load()?;
     let core = core::Core::new(
@@ -214,10 +226,11 @@ pub fn start(cfg: &Config) -> Result<Started, NmError> {
         name: "worker",
         workers: CLIENT_CALL_WORKERS,
         exec_timeout_s: cfg.exec_timeout_s,
+        sandbox: Arc::new(sandbox),
         fault: cfg.fault,
     };
     worker::spawn(
-        pool,
+        pool.clone(),
         jobs_rx,
         results_tx.clone(),
         key.clone(),
