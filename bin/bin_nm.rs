@@ -86,6 +86,9 @@ fn main() {
         );
         std::process::exit(2);
     }
+    // Whatever this server creates (stored files, records, its database, a default key) is
+    // for its own user only: files 0600, directories 0700.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     pairfs::logging::init_server();
     pairfs::delta::set_min_bytes(cli.delta_min_bytes);
     let cfg = Config {
@@ -114,6 +117,6 @@ fn main() {
     if let Err(e) = nm::run(&cfg) {
         log::error!(target: pairfs::logging::ev::SHUTDOWN, "name server failed: {e}");
         eprintln!("bin_nm: {e}");
-        std::process::exit(1);
+        std::process::exit(e.exit_code());
     }
 }

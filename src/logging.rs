@@ -91,6 +91,9 @@ pub mod ev {
     pub const NM_EXEC_ISOLATION: &str = "nm_exec_isolation";
     /// A storage server adopted a file created or edited by hand.
     pub const SS_ADOPT: &str = "ss_adopt";
+    /// A storage server narrowed its storage directory's mode to 0700 at startup (fields
+    /// `dir`, `was`).
+    pub const SS_STORAGE_MODE: &str = "ss_storage_mode";
     /// A storage server's startup scan finished (fields `files`, `ms`).
     pub const SS_SCAN: &str = "ss_scan";
     /// A storage server committed a change to a file.
@@ -136,6 +139,7 @@ pub mod ev {
         NM_EXEC,
         NM_EXEC_ISOLATION,
         SS_ADOPT,
+        SS_STORAGE_MODE,
         SS_SCAN,
         SS_COMMIT,
         SS_DELTA_SENT,

@@ -136,6 +136,9 @@ pub enum NmError {
     /// The durable store failed.
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    /// The cluster key file is missing and cannot be created, unreadable, or open to others.
+    #[error(transparent)]
+    Key(#[from] crate::auth::KeyFileError),
     /// The EXEC sandbox could not be prepared (`--exec-user`).
     #[error(transparent)]
     Sandbox(#[from] exec::SandboxError),
@@ -147,6 +150,17 @@ pub enum NmError {
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NmError {
     let what = what.into();
     move |source| NmError::Io { what, source }
+}
+
+impl NmError {
+    /// The exit status for this failure: 2 for a configuration the operator must fix (an
+    /// unprotected key file, a bad `--exec-user`), 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            NmError::Key(crate::auth::KeyFileError::Unprotected { .. }) | NmError::Sandbox(_) => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// A started name server, not yet running its loop.
@@ -164,10 +178,7 @@ pub struct Started {
 /// Opens the store, binds the listeners and starts the store thread and worker pool.
 pub fn start(cfg: &Config) -> Result<Started, NmError> {
     let t0 = Instant::now();
-    let key = ClusterKey::load_or_create(&cfg.cluster_key_file).map_err(io_err(format!(
-        "cluster key file {}",
-        cfg.cluster_key_file.display()
-    )))?;
+    let key = ClusterKey::load_or_create(&cfg.cluster_key_file)?;
     // Decided before any thread starts, and logged once.
     let sandbox = if cfg.exec_enabled {
         exec::Sandbox::probe(cfg.exec_user.as_deref())?
