@@ -53,6 +53,9 @@ struct Cli {
     /// Refuse EXEC.
     #[arg(long)]
     no_exec: bool,
+    /// Account EXEC scripts run as when the server runs as root (default: nobody).
+    #[arg(long)]
+    exec_user: Option<String>,
     /// Cluster key file (default: $HOME/.pairfs/cluster.key, created if missing).
     #[arg(long)]
     cluster_key_file: Option<PathBuf>,
@@ -159,6 +162,9 @@ fn main() {
         );
         std::process::exit(2);
     }
+    // Whatever this server creates (stored files, records, its database, a default key) is
+    // for its own user only: files 0600, directories 0700.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     if let Some(user) = &cli.reset_user {
         std::process::exit(reset_user(&cli, user));
     }
@@ -180,6 +186,7 @@ fn main() {
         queue_cap: cli.queue_cap as usize,
         exec_timeout_s: cli.exec_timeout_s,
         exec_enabled: !cli.no_exec,
+        exec_user: cli.exec_user,
         cluster_key_file: cli
             .cluster_key_file
             .unwrap_or_else(pairfs::auth::default_key_path),
@@ -191,6 +198,6 @@ fn main() {
     if let Err(e) = nm::run(&cfg) {
         log::error!(target: pairfs::logging::ev::SHUTDOWN, "name server failed: {e}");
         eprintln!("bin_nm: {e}");
-        std::process::exit(1);
+        std::process::exit(e.exit_code());
     }
 }

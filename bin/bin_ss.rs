@@ -1,7 +1,6 @@
 //! `bin_ss`: a pairfs storage server. Parses flags, sets up logging and signals, and runs
 //! `pairfs::ss::run` until SIGTERM or SIGINT.
 
-use anyhow::Context;
 use clap::Parser;
 use pairfs::{auth, logging, ss};
 use std::path::PathBuf;
@@ -72,9 +71,17 @@ fn main() {
             std::process::exit(0);
         }
     };
+    // Whatever this server creates (stored files, records, its database, a default key) is
+    // for its own user only: files 0600, directories 0700.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     logging::init_server();
     if let Err(e) = serve(args) {
         log::error!(target: logging::ev::SHUTDOWN, "storage server failed: {e:#}");
+        // A key file open to others is the operator's to fix: say how, and exit 2.
+        if let Some(k @ auth::KeyFileError::Unprotected { .. }) = e.downcast_ref() {
+            eprintln!("bin_ss: {k}");
+            std::process::exit(2);
+        }
         std::process::exit(1);
     }
 }
@@ -83,8 +90,7 @@ fn serve(args: Args) -> anyhow::Result<()> {
     pairfs::names::validate_user(&args.username)
         .map_err(|e| anyhow::anyhow!("--username: {}", e.msg))?;
     let key_path = args.cluster_key_file.unwrap_or_else(auth::default_key_path);
-    let key = auth::ClusterKey::load_or_create(&key_path)
-        .with_context(|| format!("cluster key {}", key_path.display()))?;
+    let key = auth::ClusterKey::load_or_create(&key_path)?;
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in signal_hook::consts::TERM_SIGNALS {
         // A second signal while the first is being handled exits at once.

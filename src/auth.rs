@@ -4,13 +4,16 @@
 //! server uses the per-user default `$HOME/.pairfs/cluster.key` (like Erlang's cookie): the
 //! first server that finds none creates it with mode 0600, atomically, so servers started at the
 //! same moment agree on one key. A cluster spread over several hosts copies that one file.
+//!
+//! A key file that group or others may read or write is refused at startup
+//! ([`KeyFileError::Unprotected`]), with the `chmod` that fixes it.
 
 use crate::protocol::{err, KeyProof, Ticket, TicketOp, Version, WireError};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::collections::HashMap;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -64,6 +67,38 @@ pub fn default_key_path() -> PathBuf {
     PathBuf::from(home).join(".pairfs").join("cluster.key")
 }
 
+/// Why a cluster key file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    /// Group or others may read or write the file.
+    #[error(
+        "cluster key file {path} has mode {mode:04o}: it must not be accessible by group or \
+         others; run: chmod 600 {path}"
+    )]
+    Unprotected {
+        /// The file.
+        path: String,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The file does not hold a usable key.
+    #[error("cluster key file {path} {what}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// Reading or creating the file failed.
+    #[error("cluster key file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The failure.
+        source: std::io::Error,
+    },
+}
+
 /// The shared secret of a cluster.
 #[derive(Clone)]
 pub struct ClusterKey {
@@ -82,13 +117,27 @@ impl ClusterKey {
         ClusterKey { key: key.to_vec() }
     }
 
-    /// Reads the key at `path`, creating it (mode 0600, atomically) if it does not exist.
-    pub fn load_or_create(path: &Path) -> std::io::Result<ClusterKey> {
-        if let Ok(k) = Self::read(path) {
-            return Ok(k);
+    /// Reads the key at `path`, creating it (mode 0600, atomically; a missing directory is
+    /// created 0700) if it does not exist. A key file that group or others may read or write is
+    /// refused, like ssh refuses an unprotected private key: whoever holds the key can mint
+    /// tickets for every file of the cluster.
+    pub fn load_or_create(path: &Path) -> Result<ClusterKey, KeyFileError> {
+        let io = |source| KeyFileError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        match Self::read(path) {
+            Ok(k) => return Ok(k),
+            Err(KeyFileError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io)?;
         }
         // Write a complete temp file, then hard-link it into place: link fails if another server
         // won the race, and then we read the winner's key.
@@ -98,34 +147,49 @@ impl ClusterKey {
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(random_hex(32).as_bytes())?;
-            f.write_all(b"\n")?;
-            f.sync_all()?;
+                .open(&tmp)
+                .map_err(io)?;
+            // The mode given to open is filtered by the umask; 0600 is meant exactly.
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(io)?;
+            f.write_all(random_hex(32).as_bytes()).map_err(io)?;
+            f.write_all(b"\n").map_err(io)?;
+            f.sync_all().map_err(io)?;
         }
         let linked = std::fs::hard_link(&tmp, path);
         let _ = std::fs::remove_file(&tmp);
         match linked {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
+            Err(e) => return Err(io(e)),
         }
         Self::read(path)
     }
 
-    fn read(path: &Path) -> std::io::Result<ClusterKey> {
-        let text = std::fs::read_to_string(path)?;
-        let key = hex::decode(text.trim()).map_err(|_| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{} is not a hex cluster key", path.display()),
-            )
-        })?;
+    fn read(path: &Path) -> Result<ClusterKey, KeyFileError> {
+        let shown = || path.display().to_string();
+        let io = |source| KeyFileError::Io {
+            path: shown(),
+            source,
+        };
+        let mut f = std::fs::File::open(path).map_err(io)?;
+        // The mode of the file actually opened (no window between a check and the read).
+        let mode = f.metadata().map_err(io)?.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            return Err(KeyFileError::Unprotected {
+                path: shown(),
+                mode,
+            });
+        }
+        let mut text = String::new();
+        f.read_to_string(&mut text).map_err(io)?;
+        let invalid = |what: &str| KeyFileError::Invalid {
+            path: shown(),
+            what: what.to_string(),
+        };
+        let key = hex::decode(text.trim()).map_err(|_| invalid("is not a hex cluster key"))?;
         if key.len() < 16 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{}: cluster key shorter than 16 bytes", path.display()),
-            ));
+            return Err(invalid("holds a cluster key shorter than 16 bytes"));
         }
         Ok(ClusterKey { key })
     }
@@ -353,5 +417,43 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&p).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn missing_key_directory_is_created_private() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("home/.pairfs/cluster.key");
+        ClusterKey::load_or_create(&p).unwrap();
+        for (path, want) in [(p.parent().unwrap(), 0o700), (p.as_path(), 0o600)] {
+            let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, want, "{}", path.display());
+        }
+    }
+
+    #[test]
+    fn key_file_open_to_group_or_others_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("k");
+        ClusterKey::load_or_create(&p).unwrap();
+        for mode in [0o644, 0o666, 0o640, 0o604, 0o620, 0o602] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = ClusterKey::load_or_create(&p).unwrap_err();
+            assert!(
+                matches!(e, KeyFileError::Unprotected { .. }),
+                "{mode:o}: {e}"
+            );
+            let shown = p.display();
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "cluster key file {shown} has mode {mode:04o}: it must not be accessible by \
+                     group or others; run: chmod 600 {shown}"
+                )
+            );
+        }
+        for mode in [0o600, 0o400] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            ClusterKey::load_or_create(&p).unwrap();
+        }
     }
 }

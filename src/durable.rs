@@ -3,13 +3,41 @@
 //! Temp files live in a separate directory on the same file system as the target (for a
 //! storage server, `<storage>/tmp/`), so no temp file is ever visible beside the real ones.
 //! A crash at any instant leaves the target either wholly old or wholly new.
+//!
+//! Everything created here is private to the server's user: files 0600, directories 0700
+//! (stored data is no other local account's business).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Mode of every file the servers create (before the umask, which can only narrow it).
+pub const FILE_MODE: u32 = 0o600;
+/// Mode of every directory the servers create.
+pub const DIR_MODE: u32 = 0o700;
+
+/// Creates a new file for writing with [`FILE_MODE`]; fails if `path` exists.
+pub fn create_new(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .open(path)
+}
+
+/// Creates directory `dir` (not its parents) with [`DIR_MODE`].
+pub fn create_dir(dir: &Path) -> io::Result<()> {
+    DirBuilder::new().mode(DIR_MODE).create(dir)
+}
+
+/// Creates `dir` and missing parents with [`DIR_MODE`], without fsync.
+pub fn create_dir_all(dir: &Path) -> io::Result<()> {
+    DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir)
+}
 
 /// A fresh, unique temp path inside `tmp_dir`.
 pub fn temp_path(tmp_dir: &Path) -> PathBuf {
@@ -36,7 +64,7 @@ where
 {
     let tmp = temp_path(tmp_dir);
     let result = (|| {
-        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        let mut f = create_new(&tmp)?;
         write(&mut f)?;
         f.flush()?;
         f.sync_all()?;
@@ -80,7 +108,7 @@ pub fn create_dirs_durable(dir: &Path) -> io::Result<()> {
         _ => Path::new("."),
     };
     create_dirs_durable(parent)?;
-    match fs::create_dir(dir) {
+    match create_dir(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
         Err(e) => return Err(e),

@@ -90,8 +90,14 @@ pub mod ev {
     pub const NM_STORE_COMMIT: &str = "nm_store_commit";
     /// EXEC ran a script (fields `file`, `user`, `exit`, `ms`).
     pub const NM_EXEC: &str = "nm_exec";
+    /// How EXEC scripts are isolated, logged once at startup (field `mode`; at WARN with field
+    /// `missing` when isolation is incomplete).
+    pub const NM_EXEC_ISOLATION: &str = "nm_exec_isolation";
     /// A storage server adopted a file created or edited by hand.
     pub const SS_ADOPT: &str = "ss_adopt";
+    /// A storage server narrowed its storage directory's mode to 0700 at startup (fields
+    /// `dir`, `was`).
+    pub const SS_STORAGE_MODE: &str = "ss_storage_mode";
     /// A storage server's startup scan finished (fields `files`, `ms`).
     pub const SS_SCAN: &str = "ss_scan";
     /// A storage server committed a change to a file.
@@ -145,7 +151,9 @@ pub mod ev {
         NM_FILE_CHANGE,
         NM_STORE_COMMIT,
         NM_EXEC,
+        NM_EXEC_ISOLATION,
         SS_ADOPT,
+        SS_STORAGE_MODE,
         SS_SCAN,
         SS_COMMIT,
         SS_DELTA_SENT,

@@ -91,6 +91,8 @@ pub struct Config {
     pub exec_timeout_s: u64,
     /// Whether EXEC is allowed.
     pub exec_enabled: bool,
+    /// The account EXEC scripts run as when the server runs as root (default `nobody`).
+    pub exec_user: Option<String>,
     /// The cluster key file (created if missing).
     pub cluster_key_file: PathBuf,
     /// Most simultaneous connections (lowered at start to fit the descriptor limit).
@@ -118,6 +120,7 @@ impl Default for Config {
             queue_cap: 1000,
             exec_timeout_s: 10,
             exec_enabled: true,
+            exec_user: None,
             cluster_key_file: crate::auth::default_key_path(),
             max_connections: 1024,
             idle_timeout_ms: server::DEFAULT_IDLE_TIMEOUT_MS,
@@ -140,6 +143,12 @@ pub enum NmError {
     /// The durable store failed.
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    /// The cluster key file is missing and cannot be created, unreadable, or open to others.
+    #[error(transparent)]
+    Key(#[from] crate::auth::KeyFileError),
+    /// The EXEC sandbox could not be prepared (`--exec-user`).
+    #[error(transparent)]
+    Sandbox(#[from] exec::SandboxError),
     /// The loop stopped on an error.
     #[error(transparent)]
     Server(#[from] server::ServerError),
@@ -148,6 +157,17 @@ pub enum NmError {
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NmError {
     let what = what.into();
     move |source| NmError::Io { what, source }
+}
+
+impl NmError {
+    /// The exit status for this failure: 2 for a configuration the operator must fix (an
+    /// unprotected key file, a bad `--exec-user`), 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            NmError::Key(crate::auth::KeyFileError::Unprotected { .. }) | NmError::Sandbox(_) => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// A started name server, not yet running its loop.
@@ -165,10 +185,13 @@ pub struct Started {
 /// Opens the store, binds the listeners and starts the store thread and worker pool.
 pub fn start(cfg: &Config) -> Result<Started, NmError> {
     let t0 = Instant::now();
-    let key = ClusterKey::load_or_create(&cfg.cluster_key_file).map_err(io_err(format!(
-        "cluster key file {}",
-        cfg.cluster_key_file.display()
-    )))?;
+    let key = ClusterKey::load_or_create(&cfg.cluster_key_file)?;
+    // Decided before any thread starts, and logged once.
+    let sandbox = if cfg.exec_enabled {
+        exec::Sandbox::probe(cfg.exec_user.as_deref())?
+    } else {
+        exec::Sandbox::disabled()
+    };
     let db = store::Store::open(&cfg.data_dir)?;
     let loaded = db.load()?;
     let core = core::Core::new(
@@ -240,10 +263,11 @@ pub fn start(cfg: &Config) -> Result<Started, NmError> {
         name: "worker",
         workers: CLIENT_CALL_WORKERS,
         exec_timeout_s: cfg.exec_timeout_s,
+        sandbox: Arc::new(sandbox),
         fault: cfg.fault,
     };
     worker::spawn(
-        pool,
+        pool.clone(),
         jobs_rx,
         results_tx.clone(),
         key.clone(),

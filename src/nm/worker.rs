@@ -26,6 +26,15 @@ pub const EXEC_OUTPUT_BYTES: usize = 1024 * 1024;
 /// Process cap for EXEC.
 pub const EXEC_MAX_PROCESSES: u64 = 64;
 
+/// What EXEC jobs run under: the limits and the sandbox chosen at startup.
+#[derive(Debug, Clone)]
+pub struct ExecSetup {
+    /// Resource and time limits.
+    pub limits: ExecLimits,
+    /// How scripts are isolated.
+    pub sandbox: Arc<exec::Sandbox>,
+}
+
 /// A job's result as it returns to the loop.
 pub type JobResult = (JobId, Result<JobOutput, WireError>);
 
@@ -70,7 +79,7 @@ impl NmFault {
 }
 
 /// The shape of one worker pool.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Pool {
     /// Names its threads (`nm-<name>-<i>`).
     pub name: &'static str,
@@ -78,6 +87,8 @@ pub struct Pool {
     pub workers: usize,
     /// EXEC wall-clock limit in seconds.
     pub exec_timeout_s: u64,
+    /// How EXEC scripts are isolated (decided once at startup).
+    pub sandbox: Arc<exec::Sandbox>,
     /// The test hook its calls obey, if any.
     pub fault: Option<NmFault>,
 }
@@ -95,25 +106,30 @@ pub fn spawn(
         name,
         workers,
         exec_timeout_s,
+        sandbox,
         fault,
     } = pool;
-    let limits = ExecLimits {
-        timeout: Duration::from_secs(exec_timeout_s),
-        max_output_bytes: EXEC_OUTPUT_BYTES,
-        cpu_seconds: exec_timeout_s.max(1),
-        max_processes: EXEC_MAX_PROCESSES,
+    let setup = ExecSetup {
+        limits: ExecLimits {
+            timeout: Duration::from_secs(exec_timeout_s),
+            max_output_bytes: EXEC_OUTPUT_BYTES,
+            cpu_seconds: exec_timeout_s.max(1),
+            max_processes: EXEC_MAX_PROCESSES,
+            ..ExecLimits::default()
+        },
+        sandbox,
     };
     for i in 0..workers.max(1) {
         let jobs = jobs.clone();
         let results = results.clone();
         let notify = notify.clone();
-        let limits = limits.clone();
+        let setup = setup.clone();
         let key = key.clone();
         std::thread::Builder::new()
             .name(format!("nm-{name}-{i}"))
             .spawn(move || {
                 while let Ok(job) = jobs.recv() {
-                    let (done, alone) = run_some(job, &jobs, &limits, &key, fault);
+                    let (done, alone) = run_some(job, &jobs, &setup, &key, fault);
                     for (id, out) in done {
                         if results.send((id, out)).is_err() {
                             return;
@@ -145,13 +161,13 @@ pub fn spawn(
 fn run_some(
     first: Job,
     jobs: &Receiver<Job>,
-    limits: &ExecLimits,
+    setup: &ExecSetup,
     key: &ClusterKey,
     fault: Option<NmFault>,
 ) -> (Vec<JobResult>, Vec<(JobId, replication::Transfer)>) {
     let JobKind::Replicate(lead) = &first.kind else {
         return (
-            vec![(first.id, run(&first.kind, limits, key, fault))],
+            vec![(first.id, run(&first.kind, setup, key, fault))],
             vec![],
         );
     };
@@ -190,7 +206,7 @@ fn run_some(
         }
     }
     for job in others {
-        out.push((job.id, run(&job.kind, limits, key, fault)));
+        out.push((job.id, run(&job.kind, setup, key, fault)));
     }
     (out, alone)
 }
@@ -198,7 +214,7 @@ fn run_some(
 /// Runs one job, blocking.
 pub fn run(
     kind: &JobKind,
-    limits: &ExecLimits,
+    setup: &ExecSetup,
     key: &ClusterKey,
     fault: Option<NmFault>,
 ) -> Result<JobOutput, WireError> {
@@ -230,7 +246,7 @@ pub fn run(
         }
         JobKind::Exec { addr, msg } => {
             let script = fetch(addr, msg)?;
-            let r = exec::run_script(&script, limits)?;
+            let r = exec::run_script(&script, &setup.limits, &setup.sandbox)?;
             Ok(JobOutput::Exec {
                 output: r.output,
                 exit_code: r.exit_code,

@@ -369,6 +369,22 @@ pub struct Transfer {
     pub checkpoint_files: Vec<(String, File)>,
 }
 
+/// Makes the storage root 0700 when group or others may enter it (a directory created by an
+/// older version, or by hand, with 0755): that alone puts everything under it out of their
+/// reach, whatever the modes of the files inside.
+fn tighten_root(root: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(root)?.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        fs::set_permissions(root, fs::Permissions::from_mode(durable::DIR_MODE))?;
+        log::warn!(target: crate::logging::ev::SS_STORAGE_MODE,
+            dir = root.display().to_string(), was = format!("{mode:04o}");
+            "storage directory {} had mode {mode:04o}; changed to 0700 so that only this \
+             server's user can reach the stored files", root.display());
+    }
+    Ok(())
+}
+
 fn mtime_ns(md: &fs::Metadata) -> i128 {
     i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec())
 }
@@ -405,6 +421,8 @@ impl Store {
             epoch: Arc::new(AtomicU64::new(1)),
             locks: Mutex::new(HashMap::new()),
         };
+        durable::create_dirs_durable(root).map_err(io_err)?;
+        tighten_root(root).map_err(io_err)?;
         for d in [&s.files, &s.meta, &s.undo, &s.ckpt, &s.tmp] {
             durable::create_dirs_durable(d).map_err(io_err)?;
         }
@@ -476,9 +494,9 @@ impl Store {
         let target = self.meta_path(file);
         let tmp = durable::temp_path(&self.tmp);
         let res = (|| {
-            fs::write(&tmp, &bytes)?;
+            durable::create_new(&tmp)?.write_all(&bytes)?;
             if let Some(parent) = target.parent() {
-                fs::create_dir_all(parent)?;
+                durable::create_dir_all(parent)?;
             }
             fs::rename(&tmp, &target)
         })();
@@ -833,11 +851,7 @@ impl Store {
     /// `file` names what the bytes are for, in errors.
     pub fn temp_file(&self, file: &str) -> Result<(TempFile, File), StoreError> {
         let path = durable::temp_path(&self.tmp);
-        let f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| self.io(file, e))?;
+        let f = durable::create_new(&path).map_err(|e| self.io(file, e))?;
         Ok((TempFile(path), f))
     }
 

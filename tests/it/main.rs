@@ -14,6 +14,7 @@ mod commands;
 mod crash;
 mod delta;
 mod docs_replication;
+mod exec_sandbox;
 mod failover;
 mod folders;
 mod fsck;
