@@ -124,6 +124,7 @@ fn cluster_script_starts_and_stops_three_times_on_a_loaded_machine() {
                 "--username",
                 "alice",
             ])
+            .env("XDG_CONFIG_HOME", crate::harness::config_home())
             .env_remove("RUST_LOG")
             .stdin(std::process::Stdio::null())
             .output()

@@ -37,6 +37,7 @@ fn lines_pasted_at_once_on_a_terminal_all_run() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_bin_client"))
         .args(["--nm-host", host, "--nm-port", port, "--username", "alice"])
         .env("TERM", "xterm")
+        .env("XDG_CONFIG_HOME", config_home())
         .env_remove("RUST_LOG")
         .stdin(Stdio::from(slave.try_clone().unwrap()))
         .stdout(Stdio::from(slave.try_clone().unwrap()))
