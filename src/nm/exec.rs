@@ -896,6 +896,9 @@ unsafe fn ns_init(plan: &NsPlan, spec: &ShellSpec<'_>, script: &[u8], out: RawFd
             0,
         );
         libc::setsid();
+        // The name server's umask (0077) would make the new root unreadable to the script's
+        // user; the modes below are meant as given.
+        libc::umask(0);
         if plan.user_ns {
             let ok = write_file(c"/proc/self/setgroups", b"deny", 0, 0)
                 && write_file(c"/proc/self/uid_map", plan.uid_map.as_bytes(), 0, 0)
@@ -1041,6 +1044,8 @@ unsafe fn shell(spec: &ShellSpec<'_>, out: RawFd, rep: RawFd) -> ! {
             fail(rep, Stage::Stdio);
         }
         close_all_but(rep);
+        // Files the script creates in its private directory need no protection from others.
+        libc::umask(0o022);
         check(libc::chdir(spec.cwd.as_ptr()), rep, Stage::Chdir);
         for (resource, value) in spec.limits.list {
             let lim = libc::rlimit {
