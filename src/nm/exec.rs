@@ -84,6 +84,10 @@ pub const TMP_BYTES: u64 = 64 * 1024 * 1024;
 /// The account scripts run as when the name server runs as root and no `--exec-user` is given.
 pub const DEFAULT_EXEC_USER: &str = "nobody";
 
+/// The uid and gid scripts run as when the server is root and `nobody` is not in the user
+/// database: the kernel's overflow ids, which own nothing.
+const OVERFLOW_ID: u32 = 65534;
+
 /// How long to wait for the shell to exit after its output pipe closed, when it closed the
 /// pipe early (`exec >&-`) but keeps running; bounded anyway by the wall-clock limit.
 const REAP_POLL_INTERVAL_MS: u64 = 5;
@@ -232,7 +236,15 @@ impl Sandbox {
         exec_user: Option<&str>,
     ) -> Result<(Sandbox, Option<String>), SandboxError> {
         let drop_to = if root {
-            Some(lookup_user(exec_user.unwrap_or(DEFAULT_EXEC_USER))?)
+            match (
+                exec_user,
+                lookup_user(exec_user.unwrap_or(DEFAULT_EXEC_USER)),
+            ) {
+                (_, Ok(ids)) => Some(ids),
+                // A system without a `nobody` entry still has the kernel's overflow ids.
+                (None, Err(SandboxError::NoSuchUser(_))) => Some((OVERFLOW_ID, OVERFLOW_ID)),
+                (_, Err(e)) => return Err(e),
+            }
         } else {
             None
         };

@@ -403,3 +403,38 @@ fn storage_dir_of_an_older_version_is_tightened_at_startup() {
         .run("READ old.txt\n")
         .assert_contains("Old file.");
 }
+
+#[test]
+fn unknown_or_root_exec_user_is_refused_at_startup() {
+    if !nix::unistd::geteuid().is_root() {
+        println!("SKIPPED: --exec-user is used only by a name server running as root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let nm_data = dir.path().join("nm");
+    let key = dir.path().join("cluster.key");
+    for (user, want) in [
+        ("no_such_user_x", "--exec-user no_such_user_x: no such user"),
+        ("root", "--exec-user root: scripts must not run as root"),
+    ] {
+        let (code, err) = run_to_exit(
+            "bin_nm",
+            &[
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--http-port",
+                "0",
+                "--data",
+                nm_data.to_str().unwrap(),
+                "--cluster-key-file",
+                key.to_str().unwrap(),
+                "--exec-user",
+                user,
+            ],
+        );
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains(want), "{err}");
+    }
+}
