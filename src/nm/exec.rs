@@ -84,6 +84,10 @@ pub const TMP_BYTES: u64 = 64 * 1024 * 1024;
 /// The account scripts run as when the name server runs as root and no `--exec-user` is given.
 pub const DEFAULT_EXEC_USER: &str = "nobody";
 
+/// The uid and gid scripts run as when the server is root and `nobody` is not in the user
+/// database: the kernel's overflow ids, which own nothing.
+const OVERFLOW_ID: u32 = 65534;
+
 /// How long to wait for the shell to exit after its output pipe closed, when it closed the
 /// pipe early (`exec >&-`) but keeps running; bounded anyway by the wall-clock limit.
 const REAP_POLL_INTERVAL_MS: u64 = 5;
@@ -232,7 +236,15 @@ impl Sandbox {
         exec_user: Option<&str>,
     ) -> Result<(Sandbox, Option<String>), SandboxError> {
         let drop_to = if root {
-            Some(lookup_user(exec_user.unwrap_or(DEFAULT_EXEC_USER))?)
+            match (
+                exec_user,
+                lookup_user(exec_user.unwrap_or(DEFAULT_EXEC_USER)),
+            ) {
+                (_, Ok(ids)) => Some(ids),
+                // A system without a `nobody` entry still has the kernel's overflow ids.
+                (None, Err(SandboxError::NoSuchUser(_))) => Some((OVERFLOW_ID, OVERFLOW_ID)),
+                (_, Err(e)) => return Err(e),
+            }
         } else {
             None
         };
@@ -896,6 +908,9 @@ unsafe fn ns_init(plan: &NsPlan, spec: &ShellSpec<'_>, script: &[u8], out: RawFd
             0,
         );
         libc::setsid();
+        // The name server's umask (0077) would make the new root unreadable to the script's
+        // user; the modes below are meant as given.
+        libc::umask(0);
         if plan.user_ns {
             let ok = write_file(c"/proc/self/setgroups", b"deny", 0, 0)
                 && write_file(c"/proc/self/uid_map", plan.uid_map.as_bytes(), 0, 0)
@@ -1041,6 +1056,8 @@ unsafe fn shell(spec: &ShellSpec<'_>, out: RawFd, rep: RawFd) -> ! {
             fail(rep, Stage::Stdio);
         }
         close_all_but(rep);
+        // Files the script creates in its private directory need no protection from others.
+        libc::umask(0o022);
         check(libc::chdir(spec.cwd.as_ptr()), rep, Stage::Chdir);
         for (resource, value) in spec.limits.list {
             let lim = libc::rlimit {

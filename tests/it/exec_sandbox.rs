@@ -17,13 +17,37 @@ fn isolation(c: &Cluster) -> String {
     v["mode"].as_str().unwrap_or_default().to_string()
 }
 
-/// True (after printing why) when scripts are not isolated here.
+/// Whether this process may create the namespaces the sandbox uses (as root, or inside an
+/// unprivileged user namespace), found by trying it in a child.
+fn namespaces_possible() -> bool {
+    use std::os::unix::process::CommandExt;
+    let mut flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWNET;
+    if !nix::unistd::geteuid().is_root() {
+        flags |= libc::CLONE_NEWUSER;
+    }
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args(["-c", "exit 0"]);
+    // SAFETY: unshare(2) is a single system call, async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::unshare(flags) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.status().is_ok_and(|s| s.success())
+}
+
+/// True (after printing why) where namespaces cannot be created; otherwise asserts that the
+/// name server isolates scripts with them.
 fn skip_without_namespaces(c: &Cluster) -> bool {
     let mode = isolation(c);
-    if mode == "limits_only" {
-        println!("SKIPPED: the name server cannot create namespaces here (mode {mode})");
+    if !namespaces_possible() {
+        println!("SKIPPED: this process cannot create namespaces (name server mode {mode})");
         return true;
     }
+    assert_ne!(mode, "limits_only", "{}", c.log("nm").tail());
     false
 }
 
@@ -205,9 +229,13 @@ fn exec_timeout_kills_processes_that_left_the_session() {
 fn exec_isolation_is_logged_once_at_startup() {
     let c = Cluster::start();
     let mode = isolation(&c);
-    if nix::unistd::geteuid().is_root() && mode == "limits_only" {
-        println!("SKIPPED: root without namespaces here");
-        return;
+    if namespaces_possible() {
+        let want = if nix::unistd::geteuid().is_root() {
+            "namespaces"
+        } else {
+            "user_namespace"
+        };
+        assert_eq!(mode, want);
     }
     assert!(
         ["namespaces", "user_namespace", "limits_only"].contains(&mode.as_str()),
@@ -374,4 +402,39 @@ fn storage_dir_of_an_older_version_is_tightened_at_startup() {
     c.client("admin")
         .run("READ old.txt\n")
         .assert_contains("Old file.");
+}
+
+#[test]
+fn unknown_or_root_exec_user_is_refused_at_startup() {
+    if !nix::unistd::geteuid().is_root() {
+        println!("SKIPPED: --exec-user is used only by a name server running as root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let nm_data = dir.path().join("nm");
+    let key = dir.path().join("cluster.key");
+    for (user, want) in [
+        ("no_such_user_x", "--exec-user no_such_user_x: no such user"),
+        ("root", "--exec-user root: scripts must not run as root"),
+    ] {
+        let (code, err) = run_to_exit(
+            "bin_nm",
+            &[
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--http-port",
+                "0",
+                "--data",
+                nm_data.to_str().unwrap(),
+                "--cluster-key-file",
+                key.to_str().unwrap(),
+                "--exec-user",
+                user,
+            ],
+        );
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains(want), "{err}");
+    }
 }
