@@ -10,8 +10,9 @@
 //! host the server advertises and the address its registration arrives from
 //! ([`reachable_host`]). A wildcard (`0.0.0.0`, `::`) is never an address a peer can use: it
 //! is replaced by the address the registration came from. A loopback address is usable only by
-//! peers on the same machine, so it is refused when the registration comes from elsewhere: a
-//! client given it would connect to itself.
+//! peers on the same machine, so it is refused when the registration comes from another
+//! machine (neither over loopback nor from the address it connected to): a client given it
+//! would connect to itself.
 
 use std::net::IpAddr;
 
@@ -59,10 +60,30 @@ pub enum Reachable {
     Refused(String),
 }
 
-/// Judges the host a storage server named `name` advertises, given the address its
-/// registration arrived from (`None` when the transport has no IP address, as in tests).
-pub fn reachable_host(name: &str, advertised: &str, from: Option<IpAddr>) -> Reachable {
-    let from = from.map(canonical);
+/// Where a registration came from, as the name server's socket saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    /// The peer's address.
+    pub peer: IpAddr,
+    /// The name server's own address on that connection.
+    pub local: IpAddr,
+}
+
+impl Origin {
+    /// True when the peer runs on the name server's own machine: it came over loopback, or
+    /// from the very address it connected to (the kernel's choice of source address for a
+    /// connection to one of the machine's own addresses).
+    fn same_host(&self) -> bool {
+        let peer = canonical(self.peer);
+        peer.is_loopback() || peer == canonical(self.local)
+    }
+}
+
+/// Judges the host a storage server named `name` advertises, given where its registration
+/// arrived from (`None` when that is not known, as in unit tests of the core).
+pub fn reachable_host(name: &str, advertised: &str, from: Option<Origin>) -> Reachable {
+    let same_host = from.is_some_and(|o| o.same_host());
+    let from = from.map(|o| canonical(o.peer));
     if is_wildcard(advertised) {
         return match from {
             Some(ip) if !ip.is_unspecified() => Reachable::Corrected(ip.to_string()),
@@ -72,8 +93,8 @@ pub fn reachable_host(name: &str, advertised: &str, from: Option<IpAddr>) -> Rea
             )),
         };
     }
-    if is_loopback(advertised) {
-        if let Some(ip) = from.filter(|ip| !ip.is_loopback()) {
+    if is_loopback(advertised) && !same_host {
+        if let Some(ip) = from {
             return Reachable::Refused(format!(
                 "{name} advertises the loopback address {advertised} but registers from {ip}, \
                  so no other machine could reach it; start it with --advertise-host set to an \
@@ -99,6 +120,13 @@ fn canonical(ip: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn origin(peer: &str, local: &str) -> Origin {
+        Origin {
+            peer: peer.parse().unwrap(),
+            local: local.parse().unwrap(),
+        }
+    }
 
     #[test]
     fn ipv6_hosts_are_bracketed_once() {
@@ -131,17 +159,17 @@ mod tests {
 
     #[test]
     fn a_wildcard_becomes_the_address_the_registration_came_from() {
-        let from: IpAddr = "10.1.0.3".parse().unwrap();
+        let from = origin("10.1.0.3", "10.1.0.1");
         assert_eq!(
             reachable_host("ss1", "0.0.0.0", Some(from)),
             Reachable::Corrected("10.1.0.3".into())
         );
-        let v6: IpAddr = "fd00::3".parse().unwrap();
+        let v6 = origin("fd00::3", "fd00::1");
         assert_eq!(
             reachable_host("ss1", "::", Some(v6)),
             Reachable::Corrected("fd00::3".into())
         );
-        let mapped: IpAddr = "::ffff:10.1.0.3".parse().unwrap();
+        let mapped = origin("::ffff:10.1.0.3", "::ffff:10.1.0.1");
         assert_eq!(
             reachable_host("ss1", "::", Some(mapped)),
             Reachable::Corrected("10.1.0.3".into())
@@ -154,10 +182,16 @@ mod tests {
 
     #[test]
     fn loopback_is_refused_only_from_another_machine() {
-        let here: IpAddr = "127.0.0.1".parse().unwrap();
-        let there: IpAddr = "10.1.0.3".parse().unwrap();
+        let here = origin("127.0.0.1", "127.0.0.1");
+        // Connecting to one of its own machine's addresses, a peer comes from that address.
+        let own = origin("10.1.0.1", "10.1.0.1");
+        let there = origin("10.1.0.3", "10.1.0.1");
         assert_eq!(
             reachable_host("ss1", "127.0.0.1", Some(here)),
+            Reachable::AsGiven
+        );
+        assert_eq!(
+            reachable_host("ss1", "localhost", Some(own)),
             Reachable::AsGiven
         );
         match reachable_host("ss1", "127.0.0.1", Some(there)) {

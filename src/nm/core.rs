@@ -574,7 +574,7 @@ pub struct Core {
     /// Connections that have not finished HELLO or registration, with their deadline.
     introducing: HashMap<ConnId, u64>,
     /// The address each connection came from (set by the event loop after `on_connect`).
-    peer_ips: HashMap<ConnId, std::net::IpAddr>,
+    peer_ips: HashMap<ConnId, addr::Origin>,
     next_job: JobId,
     out: Vec<Effect>,
     batch: Vec<StoreOp>,
@@ -737,11 +737,11 @@ impl Core {
             .insert(conn, now_ms + INTRODUCTION_TIMEOUT_MS);
     }
 
-    /// The address a new connection came from, as the listener saw it. A storage server that
+    /// Where a new connection came from and which of this server's addresses it reached. A storage server that
     /// listens on a wildcard address is reached at the address its registration came from
     /// (`crate::addr::reachable_host`).
-    pub fn on_peer_ip(&mut self, conn: ConnId, ip: std::net::IpAddr) {
-        self.peer_ips.insert(conn, ip);
+    pub fn on_peer_addr(&mut self, conn: ConnId, origin: addr::Origin) {
+        self.peer_ips.insert(conn, origin);
     }
 
     /// A connection closed (by the peer, an error, or us).

@@ -421,6 +421,10 @@ impl Server {
     /// Takes an accepted connection into a client slot, a storage-server reserve slot, or
     /// refuses it with LIMIT.
     fn admit(&mut self, mut stream: TcpStream, peer: std::net::IpAddr) {
+        let origin = stream.local_addr().ok().map(|local| crate::addr::Origin {
+            peer,
+            local: local.ip(),
+        });
         let normal = self.conns.len() - self.reserve_conns;
         let reserve = if normal < self.max_connections {
             false
@@ -475,7 +479,9 @@ impl Server {
             self.reserve_conns += 1;
         }
         self.core.on_connect(id, now);
-        self.core.on_peer_ip(id, peer);
+        if let Some(origin) = origin {
+            self.core.on_peer_addr(id, origin);
+        }
     }
 
     /// Closes connections idle past the timeout, or whose frame is overdue (module docs).
