@@ -300,15 +300,7 @@ fn folders_checkpoints_and_requests_fail_over_and_come_back() {
         .assert_lines(&["Access request created with ID #1"]);
     wait_same(&c, &["docs/a.txt", "docs/sub/b.txt", "docs/del.txt"]);
 
-    let since = c.mark("nm");
-    c.kill9(PRIMARY);
-    c.wait_event_since(
-        "nm",
-        since,
-        "failover_complete",
-        |v| v["pair"] == PRIMARY,
-        WAIT,
-    );
+    c.kill_and_promote(PRIMARY);
     alice
         .run(
             "VIEWFOLDER /docs\nVIEWCHECKPOINT /docs/a.txt v2\nREVERT /docs/a.txt v2\n\

@@ -733,6 +733,20 @@ impl Cluster {
         p.wait_exit(WAIT)
     }
 
+    /// SIGKILLs the primary `primary` and waits until the name server has promoted its
+    /// backup (`failover_complete` for its pair).
+    pub fn kill_and_promote(&mut self, primary: &str) {
+        let since = self.mark("nm");
+        self.kill9(primary);
+        self.wait_event_since(
+            "nm",
+            since,
+            "failover_complete",
+            |v| v["pair"] == primary,
+            WAIT,
+        );
+    }
+
     /// Starts `name` again with the same flags (it must have exited) and waits until it is
     /// ready: the name server logs `nm_listen` and every running storage server has registered
     /// again; a storage server logs `ss_listen` and has registered.

@@ -17,15 +17,7 @@ fn every_address_is_usable(c: &mut Cluster) {
         .assert_code(0)
         .assert_contains("Reached at a real address.");
     wait_file_replicated(c, PRIMARY, BACKUP, "a.txt");
-    let since = c.mark("nm");
-    c.kill9(PRIMARY);
-    c.wait_event_since(
-        "nm",
-        since,
-        "failover_complete",
-        |v| v["pair"] == PRIMARY,
-        WAIT,
-    );
+    c.kill_and_promote(PRIMARY);
     let read = poll_until(Duration::from_secs(10), || {
         c.client("alice").run("READ a.txt\n").code == Some(0)
     });

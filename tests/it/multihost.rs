@@ -85,15 +85,7 @@ fn a_pair_on_three_hosts_serves_a_client_on_a_fourth_through_a_failover() {
         .assert_contains("0 stale, 0 missing, 0 corrupt");
 
     // The primary's host loses its server: reads and writes go through the backup's host.
-    let since = c.mark("nm");
-    c.kill9(PRIMARY);
-    c.wait_event_since(
-        "nm",
-        since,
-        "failover_complete",
-        |v| v["pair"] == PRIMARY,
-        WAIT,
-    );
+    c.kill_and_promote(PRIMARY);
     let read = poll_until(Duration::from_secs(10), || {
         c.client("alice").run("READ a.txt\n").code == Some(0)
     });

@@ -145,19 +145,11 @@ fn a_writer_lost_just_before_etirw_commits_once() {
 #[test]
 fn a_sentence_changed_during_the_failover_ends_the_session_with_conflict() {
     let mut c = pair_with_a_file(Cluster::builder());
-    let since = c.mark("nm");
     let mut s = c.client("alice").spawn();
     s.send("WRITE a.txt 0");
     s.send("0 Mine:");
     s.expect_prefix("Sentence: Mine:");
-    c.kill9(PRIMARY);
-    c.wait_event_since(
-        "nm",
-        since,
-        "failover_complete",
-        |v| v["pair"] == PRIMARY,
-        WAIT,
-    );
+    c.kill_and_promote(PRIMARY);
     // The lock died with the old writer: another writer takes the sentence on the new one.
     c.client("alice")
         .run("WRITE a.txt 0\n0 Theirs:\nETIRW\n")
