@@ -745,7 +745,8 @@ fn claim_user(bins: &Path) -> Outcome {
 fn long_sentence(bins: &Path) -> Outcome {
     let c = Cluster::start(bins, &Opts::default())?;
     let local = c.dir.join("long.txt");
-    let text: String = (0..20_000).map(|i| format!("w{} ", i % 10)).collect();
+    // 34,000 words of 3 bytes: about 100 KB, past the 64 KiB a frame header may hold.
+    let text: String = (0..34_000).map(|i| format!("w{} ", i % 10)).collect();
     std::fs::write(&local, format!("{}end.", text))?;
     let (_, out) = c.client(
         "alice",
