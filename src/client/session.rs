@@ -1021,9 +1021,23 @@ struct Opened {
 }
 
 /// True when `text` (a printed error) says a pair is moving its writer: nothing was applied.
+///
+/// The name server's answer ends `pair <server> is moving its writer (epoch <n>)`, after the
+/// file's name; only that ending counts, so a file name that happens to hold the words
+/// elsewhere in some other answer is never taken for it.
 fn moving_writer(text: &str) -> bool {
     let unavailable = format!("ERROR [{}]", ErrorCode::Unavailable);
-    text.starts_with(&unavailable) && text.contains(crate::protocol::MOVING_WRITER)
+    text.starts_with(&unavailable)
+        && text.rsplit_once(": pair ").is_some_and(|(_, tail)| {
+            tail.split_once(' ').is_some_and(|(server, rest)| {
+                !server.is_empty()
+                    && rest
+                        .strip_prefix(crate::protocol::MOVING_WRITER)
+                        .and_then(|r| r.strip_prefix(" (epoch "))
+                        .and_then(|r| r.strip_suffix(')'))
+                        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            })
+        })
 }
 
 /// The pair named in a "pair p is moving its writer" answer (for the note on stderr).
@@ -1349,12 +1363,18 @@ impl WriteSession {
     }
 
     /// Whether a commit whose answer was lost landed, judged on the sentence just opened
-    /// again (see the type's docs). Err CONFLICT when it cannot be told.
+    /// again (see the type's docs). Err CONFLICT when it cannot be told, so the session is
+    /// never committed twice.
+    ///
+    /// The name server's version is the authority: unchanged since the session opened, it
+    /// holds no record of the commit, so the cluster's copy does not have it (a copy the dead
+    /// writer saved without reporting it is set aside by recovery) and replaying is right.
+    /// Changed, something was committed; the sentence's text then says whether it was this
+    /// session. A commit whose first sentence reads as the sentence did before (an edit that
+    /// added whole sentences after it) leaves that text unchanged either way: that case is
+    /// refused, not guessed.
     fn landed(&self, opened: &Opened) -> Result<bool, CmdError> {
         if opened.version.is_some() && opened.version == self.version {
-            return Ok(false);
-        }
-        if opened.text == self.text {
             return Ok(false);
         }
         let committed = self
@@ -1365,6 +1385,16 @@ impl WriteSession {
         let first = crate::ss::document::Document::parse(committed)
             .words(0)
             .join(" ");
+        if opened.text == self.text {
+            if first == self.text {
+                return Err(self
+                    .conflict(
+                        "the commit's answer was lost and the sentence reads the same whether                          or not it landed; nothing was sent again: READ the file to check",
+                    )
+                    .into());
+            }
+            return Ok(false);
+        }
         if opened.text == first || opened.text.starts_with(committed) {
             return Ok(true);
         }
@@ -1416,5 +1446,26 @@ fn send_edit(
         Message::Sentence {} => Ok(Ok(body_text(reply.body))),
         Message::Err { code, msg } => Ok(Err(WireError { code, msg })),
         m => Err(unexpected(&m, &link.describe())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_name_servers_moving_writer_answer_is_waited_out() {
+        let m = crate::protocol::MOVING_WRITER;
+        assert!(moving_writer(&format!(
+            "ERROR [UNAVAILABLE]: a.txt cannot take changes for a moment: pair ss1 {m} (epoch 2)"
+        )));
+        // The words inside a file name in another answer, or another code, are not it.
+        assert!(!moving_writer(&format!(
+            "ERROR [UNAVAILABLE]: the move of x: pair b {m} may or may not have been made"
+        )));
+        assert!(!moving_writer(&format!(
+            "ERROR [CONFLICT]: a.txt cannot take changes for a moment: pair ss1 {m} (epoch 2)"
+        )));
+        assert!(!moving_writer("ERROR [UNAVAILABLE]: no live copy of a.txt"));
     }
 }

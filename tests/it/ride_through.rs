@@ -191,6 +191,32 @@ fn a_commit_whose_answer_is_lost_is_applied_once() {
 }
 
 #[test]
+fn a_lost_commit_answer_that_cannot_be_told_is_never_committed_again() {
+    // The edit adds a whole sentence after sentence 0: committed, sentence 0 still reads as
+    // it did, so its text cannot tell whether the commit landed. The client must not replay.
+    let c = pair_with_a_file(
+        Cluster::builder()
+            .nm_args(&["--replication", "sync"])
+            .server_env(PRIMARY, "PAIRFS_FAULT_SS", "exit-after-commit"),
+    );
+    let since = c.mark(PRIMARY);
+    let out = c
+        .client("alice")
+        .run("WRITE a.txt 0\n3 Added once.\nETIRW\n");
+    c.wait_event_since(
+        PRIMARY,
+        since,
+        "ss_refused",
+        |v| v["reason"] == "fault",
+        WAIT,
+    );
+    out.assert_code(1);
+    assert!(out.stdout.contains("ERROR [CONFLICT]"), "{}", out.stdout);
+    assert!(out.stdout.contains("READ the file"), "{}", out.stdout);
+    assert_eq!(read_a(&c), "Before the failure. Added once.\n");
+}
+
+#[test]
 fn an_upload_whose_answer_is_lost_is_applied_once() {
     let c = Cluster::builder()
         .pair()
