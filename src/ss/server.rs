@@ -665,9 +665,11 @@ fn write_session(
                 let res = match std::str::from_utf8(&frame.body) {
                     Err(_) => Err(err::invalid("edit text is not valid UTF-8")),
                     Ok(text) => {
-                        // The sentence after this edit: its words joined by single spaces.
+                        // The sentence after this edit: its words joined by single spaces,
+                        // counted as the insert splits them (a delimiter inside a token
+                        // starts a new word, so `...` renders as `. . .`).
                         let grown = (buf.words().iter().map(String::len))
-                            .chain(text.split_whitespace().map(str::len))
+                            .chain(crate::ss::document::split_words(text).map(|w| w.len()))
                             .map(|n| n + 1)
                             .sum::<usize>()
                             .saturating_sub(1);

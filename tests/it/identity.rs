@@ -346,6 +346,18 @@ fn a_one_megabyte_sentence_is_written_read_and_edited() {
         .assert_contains(&format!("bytes, limit {}\n", 4 << 20))
         .assert_code(1);
 
+    // Delimiters count as the sentence renders them: 3 MiB of dots become 6 MiB (`. . .`),
+    // past the limit, though the edit's own bytes are not.
+    let dots = ".".repeat(3 << 20);
+    alice
+        .run_timeout(
+            &format!("WRITE big.txt 0\n0 {dots}\nETIRW\n"),
+            Duration::from_secs(60),
+        )
+        .assert_contains("ERROR [LIMIT]: sentence too long: ")
+        .assert_contains(&format!("bytes, limit {}\n", 4 << 20))
+        .assert_code(1);
+
     // Past the limit, WRITE says how long the sentence is and what the limit is.
     let huge = one_sentence(5 << 20);
     std::fs::write(&local, &huge).unwrap();
