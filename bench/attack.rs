@@ -12,6 +12,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
+use pairfs::identity::UserKey;
 use pairfs::protocol::{Connection, ErrorCode, Message};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -578,9 +579,28 @@ fn idle(bins: &Path) -> Outcome {
     ))
 }
 
+/// Says who it is on `s` as `user` (HELLO, then PROVE when challenged), so the frame that
+/// follows is an introduced client's and may be granted frame budget; a name server that
+/// welcomes at once (an older release) is fine too.
+fn introduce(s: &TcpStream, user: &str, key: &UserKey) -> Result<()> {
+    let mut conn = Connection::new(s.try_clone()?);
+    conn.set_timeout(Some(Duration::from_secs(5)))?;
+    let hello = Message::Hello { user: user.into() };
+    let reply = conn.call(&hello, b"").map_err(|e| anyhow!("HELLO: {e}"))?;
+    if let Message::Challenge { nonce } = reply.msg {
+        let prove = Message::Prove {
+            key: key.public_hex(),
+            sig: key.prove(user, &nonce),
+        };
+        conn.call(&prove, b"").map_err(|e| anyhow!("PROVE: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Opens `n` connections to `addr`, each sending a 4 MiB frame's header and as much of its
-/// body (short of its end) as the socket takes without waiting.
-fn half_sent(addr: &str, n: usize) -> Vec<TcpStream> {
+/// body (short of its end) as the socket takes without waiting; with `key`, each first
+/// introduces itself as a user of its own.
+fn half_sent(addr: &str, n: usize, key: Option<&UserKey>) -> Vec<TcpStream> {
     let header = format!(
         "{{\"v\":1,\"op\":\"CHUNK\",\"len\":{},\"crc\":1}}\n",
         4 * 1024 * 1024
@@ -595,6 +615,11 @@ fn half_sent(addr: &str, n: usize) -> Vec<TcpStream> {
         let Some(mut s) = connect(addr, Duration::from_millis(300)) else {
             continue;
         };
+        if let Some(key) = key {
+            if introduce(&s, &format!("flood{}", held.len()), key).is_err() {
+                continue;
+            }
+        }
         if s.write_all(header.as_bytes()).is_err() || s.set_nonblocking(true).is_err() {
             continue;
         }
@@ -628,12 +653,15 @@ fn frames(bins: &Path, frames: usize) -> Outcome {
     let nm_pid = c.nm.pid();
     let ss_pid = c.ss.first().map_or(0, |s| s.1.pid());
     let before = rss_mib(nm_pid);
-    let held_nm = half_sent(&c.nm_addr, frames);
+    // Introduced clients: a stranger's large frame is refused at once, so only users who
+    // proved a key can hold frame budget at all.
+    let key = UserKey::from_seed([7; 32]);
+    let held_nm = half_sent(&c.nm_addr, frames, Some(&key));
     let nm_peak = peak_rss(nm_pid, Duration::from_secs(2));
     let served = time_until_served(&c, LOCKOUT_LIMIT).is_some();
     drop(held_nm);
     let n_ss = frames / 4;
-    let held_ss = half_sent(&c.ss_addr("ss1"), n_ss);
+    let held_ss = half_sent(&c.ss_addr("ss1"), n_ss, None);
     let ss_peak = peak_rss(ss_pid, Duration::from_secs(2));
     drop(held_ss);
     Ok((

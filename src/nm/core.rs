@@ -719,6 +719,15 @@ impl Core {
         matches!(self.peers.get(&conn), Some(Peer::Client { busy: true, .. }))
     }
 
+    /// True once `conn` proved who it is: a client past WELCOME, or a storage server whose
+    /// registration proof was checked. Only such peers may hold frame budget.
+    pub fn is_introduced(&self, conn: ConnId) -> bool {
+        matches!(
+            self.peers.get(&conn),
+            Some(Peer::Client { .. } | Peer::Registering(_) | Peer::Server { .. })
+        )
+    }
+
     /// True for a registered storage server's connection: its liveness is judged by its
     /// heartbeats, never by idling.
     pub fn is_storage_server(&self, conn: ConnId) -> bool {

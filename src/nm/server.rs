@@ -579,6 +579,16 @@ impl Server {
                         _ => break true,
                     };
                 }
+                if !self.core.is_introduced(id) {
+                    // Budget is for peers that proved who they are: a stranger holding it
+                    // with half-sent frames would starve everyone's large frames.
+                    let e = err::limit(format!(
+                        "a frame of {} bytes before HELLO or REGISTER completed (at most {FREE_INPUT_BYTES})",
+                        c.want
+                    ));
+                    let _ = c.stream.write(&encode(&Message::err(e), &[]));
+                    break false;
+                }
                 if !self.budget.try_take(c.want) {
                     // Not read until budget frees: its bytes wait in the kernel, not here.
                     break true;

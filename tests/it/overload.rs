@@ -217,12 +217,18 @@ fn big_header() -> Vec<u8> {
 }
 
 /// Opens `n` connections to `addr`, each sending a 4 MiB frame's header and as much of the
-/// body (short of its end) as the socket takes without waiting.
-fn half_sent_frames(addr: &str, n: usize) -> Vec<TcpStream> {
+/// body (short of its end) as the socket takes without waiting; with `users`, each first
+/// proves a user of its own to the name server (only introduced peers may hold budget).
+fn half_sent_frames(addr: &str, n: usize, users: bool) -> Vec<TcpStream> {
     let body = vec![b'x'; 4 * 1024 * 1024 - 1];
     let mut held = Vec::new();
-    for _ in 0..n {
+    for i in 0..n {
         let Some(mut s) = connect(addr) else { continue };
+        if users {
+            let user = format!("flood{i}");
+            let mut conn = pairfs::protocol::Connection::new(s.try_clone().unwrap());
+            pairfs::identity::handshake(&mut conn, &user, &user_key(&user)).unwrap();
+        }
         s.write_all(&big_header()).unwrap();
         s.set_nonblocking(true).unwrap();
         let mut sent = 0;
@@ -243,8 +249,8 @@ fn half_sent_large_frames_stay_within_the_budget() {
     let c = Cluster::start();
     let nm_pid = c.nm.pid();
     let ss_pid = c.proc("ss1").pid();
-    let held = half_sent_frames(c.nm_addr(), 150);
-    let held_ss = half_sent_frames(c.ss_addr("ss1"), 60);
+    let held = half_sent_frames(c.nm_addr(), 150, true);
+    let held_ss = half_sent_frames(c.ss_addr("ss1"), 60, false);
     // The servers read what they were sent in their own time: take the largest figure seen
     // over a second. Unmetered, 150 (and 60) half-sent 4 MiB frames would hold well over
     // 300 (200) MiB.
@@ -264,6 +270,36 @@ fn half_sent_large_frames_stay_within_the_budget() {
         .assert_code(0);
     drop(held);
     drop(held_ss);
+}
+
+#[test]
+fn a_stranger_cannot_hold_frame_budget() {
+    let c = Cluster::start();
+    // Before HELLO completes, a frame larger than a connection buffers freely is refused at
+    // once: frame budget is only for peers that proved who they are.
+    let mut s = connect(c.nm_addr()).unwrap();
+    let header = big_header();
+    s.write_all(&header).unwrap();
+    // Exactly what the server buffers before it must ask for budget: nothing is left unread
+    // when it closes, so its answer is not lost to a reset.
+    let free = pairfs::nm::server::FREE_INPUT_BYTES - header.len();
+    s.write_all(&vec![b'x'; free]).unwrap();
+    let mut conn = pairfs::protocol::Connection::new(s);
+    let f = conn.recv_some().expect("an answer before the close");
+    assert!(
+        matches!(
+            f.msg,
+            Message::Err {
+                code: ErrorCode::Limit,
+                ..
+            }
+        ),
+        "{f:?}"
+    );
+    // An introduced client's large frames still get budget (the rest of the cluster works).
+    c.client("alice")
+        .run("CREATE s.txt\nREAD s.txt\n")
+        .assert_code(0);
 }
 
 #[test]
