@@ -7,7 +7,8 @@
 //! # Riding through a failover
 //!
 //! A change that meets a pair between writers waits (one note on stderr, doubling pauses from
-//! [`FAILOVER_FIRST_PAUSE_MS`] to [`FAILOVER_MAX_PAUSE_MS`]) and is tried again, for at most
+//! [`FAILOVER_FIRST_PAUSE_MS`] to [`FAILOVER_MAX_PAUSE_MS`], or an eighth of the lease when
+//! that is shorter) and is tried again, for at most
 //! [`failover_bound`] of the lease length the name server announced in WELCOME, or the
 //! user's `--wait-s`. A retry never applies a change twice; the rule per command:
 //!
@@ -67,8 +68,11 @@ pub const RECONNECT_MAX_PAUSE_MS: u64 = 1_000;
 /// First pause between tries of a change while a pair moves its writer; it doubles up to
 /// [`FAILOVER_MAX_PAUSE_MS`].
 pub const FAILOVER_FIRST_PAUSE_MS: u64 = 100;
-/// Longest pause between tries of a change while a pair moves its writer.
+/// Longest pause between tries of a change while a pair moves its writer (an eighth of the
+/// lease, when that is shorter).
 pub const FAILOVER_MAX_PAUSE_MS: u64 = 1_000;
+/// The longest pause is never made shorter than this, however short the lease.
+pub const FAILOVER_MIN_PAUSE_MS: u64 = 25;
 /// How long a change waits for a failover when the name server did not say its lease length.
 pub const DEFAULT_FAILOVER_WAIT_MS: u64 = 30_000;
 /// Room over the failover bound for the promotion itself (register, catch-up, new lease).
@@ -191,6 +195,17 @@ impl Session {
     /// own settings, from WELCOME; zero: fail at once).
     pub fn set_failover_wait(&mut self, wait: Option<Duration>) {
         self.wait = wait;
+    }
+
+    /// A failover wait for one change: bounded by [`Session::failover_wait`], its pauses
+    /// growing to at most an eighth of the lease (within [`FAILOVER_MIN_PAUSE_MS`] and
+    /// [`FAILOVER_MAX_PAUSE_MS`]), so a cluster with short heartbeats is tried again soon
+    /// after its promotion rather than up to a second later.
+    fn new_failover_wait(&self) -> FailoverWait {
+        let max_ms = self.lease_ms.map_or(FAILOVER_MAX_PAUSE_MS, |l| {
+            (l / 8).clamp(FAILOVER_MIN_PAUSE_MS, FAILOVER_MAX_PAUSE_MS)
+        });
+        FailoverWait::new(self.failover_wait(), Duration::from_millis(max_ms))
     }
 
     /// How long a change waits out a failover.
@@ -621,7 +636,7 @@ impl Session {
     /// moving its writer means nothing was applied, so the same request is sent again (with
     /// backoff) until it is answered otherwise or the wait is spent.
     fn call_change(&mut self, req: &Message) -> Result<Frame, CmdError> {
-        let mut wait = FailoverWait::new(self.failover_wait());
+        let mut wait = self.new_failover_wait();
         loop {
             match self.call_nm(req, NM_REPLY_TIMEOUT_MS) {
                 Err(e) if moving_writer(&e.text) && wait.pause(&pair_in(&e.text)) => {}
@@ -750,7 +765,7 @@ impl Session {
         let mut f = transfer::open_local(local)?;
         let (size, checksum) =
             transfer::scan(&mut f).map_err(|e| transfer::read_failed(local, e))?;
-        let mut wait = FailoverWait::new(self.failover_wait());
+        let mut wait = self.new_failover_wait();
         let (mut link, ticket) = self.locate_change(file, AccessMode::Upload, &mut wait)?;
         let start = ticket.min_version;
         let req = Message::Upload {
@@ -974,7 +989,7 @@ impl Session {
     /// changes nothing, so a writer that is unreachable, drops the connection or answers
     /// UNAVAILABLE is simply asked again (through a fresh LOCATE) until the wait is spent.
     fn open_sentence(&mut self, file: &str, sentence: u64) -> Result<Opened, CmdError> {
-        let mut wait = FailoverWait::new(self.failover_wait());
+        let mut wait = self.new_failover_wait();
         loop {
             let (mut link, ticket) = self.locate_change(file, AccessMode::Write, &mut wait)?;
             let version = ticket.min_version;
@@ -1054,15 +1069,18 @@ fn pair_in(text: &str) -> String {
 pub struct FailoverWait {
     deadline: Instant,
     pause: Duration,
+    max_pause: Duration,
     noted: bool,
 }
 
 impl FailoverWait {
-    /// A wait of at most `bound`; a zero bound never waits.
-    pub fn new(bound: Duration) -> FailoverWait {
+    /// A wait of at most `bound` whose pauses double up to `max_pause`; a zero bound never
+    /// waits.
+    pub fn new(bound: Duration, max_pause: Duration) -> FailoverWait {
         FailoverWait {
             deadline: Instant::now() + bound,
-            pause: Duration::from_millis(FAILOVER_FIRST_PAUSE_MS),
+            pause: Duration::from_millis(FAILOVER_FIRST_PAUSE_MS).min(max_pause),
+            max_pause,
             noted: false,
         }
     }
@@ -1079,7 +1097,7 @@ impl FailoverWait {
             eprintln!("waiting for {who} to finish failover…");
         }
         std::thread::sleep(self.pause.min(self.deadline - now));
-        self.pause = (self.pause * 2).min(Duration::from_millis(FAILOVER_MAX_PAUSE_MS));
+        self.pause = (self.pause * 2).min(self.max_pause);
         true
     }
 }
