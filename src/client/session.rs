@@ -15,7 +15,9 @@
 //! * CREATE, DELETE, UNDO, REVERT, CHECKPOINT, MOVE, CREATEFOLDER, ADDACCESS, REMACCESS,
 //!   APPROVE/DISAPPROVE: sent again only when the name server answered that the pair is moving
 //!   its writer ([`crate::protocol::MOVING_WRITER`]): it refused before touching any copy, so
-//!   the earlier try did nothing. Any other answer ends the command as before; a connection to
+//!   the earlier try did nothing; or that the pair changed writers while the change ran
+//!   ([`crate::protocol::NOT_APPLIED_TRY_AGAIN`]): the copy it reached was set aside and
+//!   nothing was applied. Any other answer ends the command as before; a connection to
 //!   the name server lost mid-request is reported, not retried (the change may have been made;
 //!   for CREATE a retry would meet CONFLICT for a file that is ours, for UNDO it would undo
 //!   twice), and the user sees the state with INFO.
@@ -1035,15 +1037,27 @@ struct Opened {
     version: Option<crate::protocol::Version>,
 }
 
-/// True when `text` (a printed error) says a pair is moving its writer: nothing was applied.
+/// True when `text` (a printed error) says a pair is between writers and nothing was
+/// applied: the pair is moving its writer, or it changed writers while the change ran.
 ///
-/// The name server's answer ends `pair <server> is moving its writer (epoch <n>)`, after the
-/// file's name; only that ending counts, so a file name that happens to hold the words
-/// elsewhere in some other answer is never taken for it.
+/// The first answer ends `pair <server> is moving its writer (epoch <n>)`, after the file's
+/// name; the second begins `pair <server> changed writers while` and ends
+/// [`crate::protocol::NOT_APPLIED_TRY_AGAIN`]. Only those shapes count, so a file name that
+/// happens to hold the words in some other answer is never taken for them.
 fn moving_writer(text: &str) -> bool {
-    let unavailable = format!("ERROR [{}]", ErrorCode::Unavailable);
-    text.starts_with(&unavailable)
-        && text.rsplit_once(": pair ").is_some_and(|(_, tail)| {
+    let Some(msg) = text.strip_prefix(&format!("ERROR [{}]: ", ErrorCode::Unavailable)) else {
+        return false;
+    };
+    let changed_writers = msg
+        .strip_prefix("pair ")
+        .and_then(|m| m.split_once(' '))
+        .is_some_and(|(server, rest)| {
+            !server.is_empty()
+                && rest.starts_with("changed writers while ")
+                && rest.ends_with(crate::protocol::NOT_APPLIED_TRY_AGAIN)
+        });
+    changed_writers
+        || msg.rsplit_once(": pair ").is_some_and(|(_, tail)| {
             tail.split_once(' ').is_some_and(|(server, rest)| {
                 !server.is_empty()
                     && rest
@@ -1057,9 +1071,14 @@ fn moving_writer(text: &str) -> bool {
 
 /// The pair named in a "pair p is moving its writer" answer (for the note on stderr).
 fn pair_in(text: &str) -> String {
-    text.split(crate::protocol::MOVING_WRITER)
-        .next()
-        .and_then(|head| head.rsplit_once("pair "))
+    let head = match text.split_once(" changed writers while ") {
+        Some((head, _)) => head,
+        None => text
+            .split(crate::protocol::MOVING_WRITER)
+            .next()
+            .unwrap_or(text),
+    };
+    head.rsplit_once("pair ")
         .map(|(_, p)| format!("pair {}", p.trim()))
         .unwrap_or_else(|| "the storage pair".to_string())
 }
@@ -1485,5 +1504,17 @@ mod tests {
             "ERROR [CONFLICT]: a.txt cannot take changes for a moment: pair ss1 {m} (epoch 2)"
         )));
         assert!(!moving_writer("ERROR [UNAVAILABLE]: no live copy of a.txt"));
+        let not_applied = format!(
+            "ERROR [UNAVAILABLE]: pair ss1 changed writers while the change to a.txt ran; {}",
+            crate::protocol::NOT_APPLIED_TRY_AGAIN
+        );
+        assert!(moving_writer(&not_applied));
+        assert_eq!(pair_in(&not_applied), "pair ss1");
+        assert_eq!(
+            pair_in(&format!(
+                "ERROR [UNAVAILABLE]: a.txt cannot take changes for a moment: pair ss1 {m} (epoch 2)"
+            )),
+            "pair ss1"
+        );
     }
 }

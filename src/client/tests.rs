@@ -583,6 +583,33 @@ fn a_change_refused_during_a_failover_is_sent_again_until_it_is_taken() {
 }
 
 #[test]
+fn a_change_the_name_server_did_not_apply_across_a_writer_change_is_sent_again() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let undos = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = undos.clone();
+    let nm = serve(Box::new(move |m, _| match m {
+        Message::Hello { .. } => one(Message::Challenge { nonce: "00".into() }),
+        Message::Prove { .. } => one(Message::Welcome {
+            user: "alice".into(),
+            lease_ms: Some(100),
+        }),
+        Message::Undo { .. } if seen.fetch_add(1, Ordering::SeqCst) == 0 => wire_err(
+            ErrorCode::Unavailable,
+            &format!(
+                "pair ss1 changed writers while the change to a.txt ran; {}",
+                crate::protocol::NOT_APPLIED_TRY_AGAIN
+            ),
+        ),
+        Message::Undo { .. } => one(Message::Done {}),
+        _ => close(),
+    }));
+    let (out, status) = run_script(nm, "UNDO a.txt\n");
+    assert_eq!(out, "Undo Successful!\n");
+    assert_eq!(status, 0);
+    assert_eq!(undos.load(Ordering::SeqCst), 2);
+}
+
+#[test]
 fn other_unavailable_answers_and_a_spent_wait_fail_at_once() {
     // "No live copy" is not a failover: one try.
     let (nm, _) = failing_over_nm(0);

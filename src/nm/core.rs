@@ -2359,8 +2359,9 @@ impl Core {
         self.fail(
             flight.conn,
             err::unavailable(format!(
-                "pair {pair} changed writers while the change to {} ran; it was not applied: try again",
-                names::display(&flight.file)
+                "pair {pair} changed writers while the change to {} ran; {}",
+                names::display(&flight.file),
+                crate::protocol::NOT_APPLIED_TRY_AGAIN
             )),
         );
         if flight.serialised {

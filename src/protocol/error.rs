@@ -77,6 +77,11 @@ impl WireError {
 /// not applied: a client waits out the failover and tries again (see `client::session`).
 pub const MOVING_WRITER: &str = "is moving its writer";
 
+/// How an UNAVAILABLE answer ends when a change reached a writer whose epoch ended while it
+/// ran: the name server set that copy aside and applied nothing, so a client tries again
+/// (the answer begins `pair <name> changed writers while ...`).
+pub const NOT_APPLIED_TRY_AGAIN: &str = "it was not applied: try again";
+
 /// Shorthand constructors, so call sites read `err::not_found("...")`.
 pub mod err {
     use super::{ErrorCode, WireError};

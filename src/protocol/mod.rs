@@ -5,6 +5,6 @@ pub mod error;
 pub mod frame;
 pub mod message;
 
-pub use error::{err, ErrorCode, WireError, MOVING_WRITER};
+pub use error::{err, ErrorCode, WireError, MOVING_WRITER, NOT_APPLIED_TRY_AGAIN};
 pub use frame::{decode, encode, Connection, Frame, FrameError};
 pub use message::*;
