@@ -165,19 +165,16 @@ fn a_sentence_changed_during_the_failover_ends_the_session_with_conflict() {
     assert_eq!(read_a(&c), "Theirs: Before the failure.\n");
 }
 
-#[test]
-fn a_commit_whose_answer_is_lost_is_applied_once() {
-    // Sync replication: the commit is on the backup before the writer answers; the writer
-    // then exits without answering.
+/// Runs `input` as alice against a pair (sync replication) whose primary exits once a
+/// change is durable on both members but before it answers: the commit's answer is lost.
+fn with_the_commit_answer_lost(input: &str) -> (Cluster, Output) {
     let c = pair_with_a_file(
         Cluster::builder()
             .nm_args(&["--replication", "sync"])
             .server_env(PRIMARY, "PAIRFS_FAULT_SS", "exit-after-commit"),
     );
     let since = c.mark(PRIMARY);
-    let out = c
-        .client("alice")
-        .run("WRITE a.txt 1\n0 Exactly once.\nETIRW\n");
+    let out = c.client("alice").run(input);
     c.wait_event_since(
         PRIMARY,
         since,
@@ -185,6 +182,12 @@ fn a_commit_whose_answer_is_lost_is_applied_once() {
         |v| v["reason"] == "fault",
         WAIT,
     );
+    (c, out)
+}
+
+#[test]
+fn a_commit_whose_answer_is_lost_is_applied_once() {
+    let (c, out) = with_the_commit_answer_lost("WRITE a.txt 1\n0 Exactly once.\nETIRW\n");
     out.assert_code(0);
     assert_eq!(out.stdout, "Sentence: Exactly once.\nWrite Successful!\n");
     assert_eq!(read_a(&c), "Before the failure. Exactly once.\n");
@@ -194,22 +197,7 @@ fn a_commit_whose_answer_is_lost_is_applied_once() {
 fn a_lost_commit_answer_that_cannot_be_told_is_never_committed_again() {
     // The edit adds a whole sentence after sentence 0: committed, sentence 0 still reads as
     // it did, so its text cannot tell whether the commit landed. The client must not replay.
-    let c = pair_with_a_file(
-        Cluster::builder()
-            .nm_args(&["--replication", "sync"])
-            .server_env(PRIMARY, "PAIRFS_FAULT_SS", "exit-after-commit"),
-    );
-    let since = c.mark(PRIMARY);
-    let out = c
-        .client("alice")
-        .run("WRITE a.txt 0\n3 Added once.\nETIRW\n");
-    c.wait_event_since(
-        PRIMARY,
-        since,
-        "ss_refused",
-        |v| v["reason"] == "fault",
-        WAIT,
-    );
+    let (c, out) = with_the_commit_answer_lost("WRITE a.txt 0\n3 Added once.\nETIRW\n");
     out.assert_code(1);
     assert!(out.stdout.contains("ERROR [CONFLICT]"), "{}", out.stdout);
     assert!(out.stdout.contains("READ the file"), "{}", out.stdout);
