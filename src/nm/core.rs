@@ -574,7 +574,7 @@ pub struct Core {
     /// Connections that have not finished HELLO or registration, with their deadline.
     introducing: HashMap<ConnId, u64>,
     /// The address each connection came from (set by the event loop after `on_connect`).
-    peer_ips: HashMap<ConnId, addr::Origin>,
+    origins: HashMap<ConnId, addr::Origin>,
     next_job: JobId,
     out: Vec<Effect>,
     batch: Vec<StoreOp>,
@@ -689,7 +689,7 @@ impl Core {
             busy_files,
             jobs: HashMap::new(),
             introducing: HashMap::new(),
-            peer_ips: HashMap::new(),
+            origins: HashMap::new(),
             next_job: 1,
             out: Vec::new(),
             batch: Vec::new(),
@@ -750,13 +750,13 @@ impl Core {
     /// listens on a wildcard address is reached at the address its registration came from
     /// (`crate::addr::reachable_host`).
     pub fn on_peer_addr(&mut self, conn: ConnId, origin: addr::Origin) {
-        self.peer_ips.insert(conn, origin);
+        self.origins.insert(conn, origin);
     }
 
     /// A connection closed (by the peer, an error, or us).
     pub fn on_close(&mut self, conn: ConnId, now_ms: u64) {
         self.introducing.remove(&conn);
-        self.peer_ips.remove(&conn);
+        self.origins.remove(&conn);
         self.forget_waiter(conn);
         self.fsck.forget(conn);
         if let Some(Peer::Server { name }) = self.peers.remove(&conn) {
@@ -969,7 +969,7 @@ impl Core {
                                 "refused registration of {name}: {}", e.msg);
                             return self.refuse_and_close(conn, e);
                         }
-                        let from = self.peer_ips.get(&conn).copied();
+                        let from = self.origins.get(&conn).copied();
                         let host = match addr::reachable_host(&name, &host, from) {
                             addr::Reachable::AsGiven => host,
                             addr::Reachable::Corrected(seen) => {

@@ -747,6 +747,14 @@ impl Cluster {
         );
     }
 
+    /// Waits (up to 10 s) until `user` can READ `file`, as after a failover; panics if never.
+    pub fn wait_readable(&self, user: &str, file: &str) {
+        let read = poll_until(Duration::from_secs(10), || {
+            self.client(user).run(&format!("READ {file}\n")).code == Some(0)
+        });
+        assert!(read, "READ {file} never succeeded");
+    }
+
     /// Starts `name` again with the same flags (it must have exited) and waits until it is
     /// ready: the name server logs `nm_listen` and every running storage server has registered
     /// again; a storage server logs `ss_listen` and has registered.

@@ -302,6 +302,27 @@ fn a_stranger_cannot_hold_frame_budget() {
         .assert_code(0);
 }
 
+/// Waits until storage server `ss` answers a new connection with LIMIT (its slots are
+/// taken).
+fn wait_full(c: &Cluster, ss: &str) {
+    assert!(
+        poll_until(Duration::from_secs(5), || {
+            let mut p = raw_conn(c.ss_addr(ss));
+            matches!(
+                p.recv(),
+                Ok(Some(pairfs::protocol::Frame {
+                    msg: Message::Err {
+                        code: ErrorCode::Limit,
+                        ..
+                    },
+                    ..
+                }))
+            )
+        }),
+        "{ss} did not fill up"
+    );
+}
+
 #[test]
 fn read_uses_the_other_copy_when_a_storage_server_is_full() {
     let c = Cluster::builder()
@@ -315,22 +336,7 @@ fn read_uses_the_other_copy_when_a_storage_server_is_full() {
     // Take both of ss1's slots with silent sockets (each may stay for the first-frame time).
     let _a = connect(c.ss_addr("ss1")).unwrap();
     let _b = connect(c.ss_addr("ss1")).unwrap();
-    assert!(
-        poll_until(Duration::from_secs(5), || {
-            let mut p = raw_conn(c.ss_addr("ss1"));
-            matches!(
-                p.recv(),
-                Ok(Some(pairfs::protocol::Frame {
-                    msg: Message::Err {
-                        code: ErrorCode::Limit,
-                        ..
-                    },
-                    ..
-                }))
-            )
-        }),
-        "ss1 did not fill up"
-    );
+    wait_full(&c, "ss1");
     c.client("alice")
         .run("READ full.txt\n")
         .assert_lines(&["From the other copy."])
@@ -402,22 +408,7 @@ fn read_from_a_full_server_without_a_partner_says_limit() {
         .run("CREATE solo.txt\nWRITE solo.txt 0\n0 Alone.\nETIRW\n")
         .assert_code(0);
     let _held = connect(c.ss_addr("ss1")).unwrap();
-    assert!(
-        poll_until(Duration::from_secs(5), || {
-            let mut p = raw_conn(c.ss_addr("ss1"));
-            matches!(
-                p.recv(),
-                Ok(Some(pairfs::protocol::Frame {
-                    msg: Message::Err {
-                        code: ErrorCode::Limit,
-                        ..
-                    },
-                    ..
-                }))
-            )
-        }),
-        "ss1 did not fill up"
-    );
+    wait_full(&c, "ss1");
     c.client("alice")
         .run("READ solo.txt\n")
         .assert_contains("ERROR [LIMIT]: too many connections")

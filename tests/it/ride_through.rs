@@ -40,6 +40,15 @@ fn read_a(c: &Cluster) -> String {
     out.stdout
 }
 
+/// An interactive alice with sentence `i` of a.txt open and `text` inserted at word 0.
+fn open_with_an_edit(c: &Cluster, i: u64, text: &str) -> Session {
+    let mut s = c.client("alice").spawn();
+    s.send(&format!("WRITE a.txt {i}"));
+    s.send(&format!("0 {text}"));
+    s.expect_prefix(&format!("Sentence: {text}"));
+    s
+}
+
 #[test]
 fn a_write_sent_right_after_a_kill_waits_out_the_failover() {
     let mut c = pair_with_a_file(Cluster::builder());
@@ -111,10 +120,7 @@ fn wait_zero_fails_at_once_during_a_failover() {
 #[test]
 fn a_write_session_open_when_its_writer_dies_commits_once_on_the_backup() {
     let mut c = pair_with_a_file(Cluster::builder());
-    let mut s = c.client("alice").spawn();
-    s.send("WRITE a.txt 1");
-    s.send("0 Typed");
-    s.expect_prefix("Sentence: Typed");
+    let mut s = open_with_an_edit(&c, 1, "Typed");
     c.kill9(PRIMARY);
     s.send("1 before and after.");
     s.expect(
@@ -131,10 +137,7 @@ fn a_write_session_open_when_its_writer_dies_commits_once_on_the_backup() {
 #[test]
 fn a_writer_lost_just_before_etirw_commits_once() {
     let mut c = pair_with_a_file(Cluster::builder());
-    let mut s = c.client("alice").spawn();
-    s.send("WRITE a.txt 1");
-    s.send("0 Only once.");
-    s.expect_prefix("Sentence: Only once.");
+    let mut s = open_with_an_edit(&c, 1, "Only once.");
     c.kill9(PRIMARY);
     s.send("ETIRW");
     s.expect(|l| l == "Write Successful!", "the commit");
@@ -145,10 +148,7 @@ fn a_writer_lost_just_before_etirw_commits_once() {
 #[test]
 fn a_sentence_changed_during_the_failover_ends_the_session_with_conflict() {
     let mut c = pair_with_a_file(Cluster::builder());
-    let mut s = c.client("alice").spawn();
-    s.send("WRITE a.txt 0");
-    s.send("0 Mine:");
-    s.expect_prefix("Sentence: Mine:");
+    let mut s = open_with_an_edit(&c, 0, "Mine:");
     c.kill_and_promote(PRIMARY);
     // The lock died with the old writer: another writer takes the sentence on the new one.
     c.client("alice")
