@@ -12,8 +12,6 @@ use crate::protocol::{err, KeyProof, Ticket, TicketOp, Version, WireError};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -132,37 +130,9 @@ impl ClusterKey {
                 if source.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(io)?;
-        }
-        // Write a complete temp file, then hard-link it into place: link fails if another server
-        // won the race, and then we read the winner's key.
-        let tmp = path.with_extension(format!("tmp.{}", random_hex(6)));
-        {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(io)?;
-            // The mode given to open is filtered by the umask; 0600 is meant exactly.
-            f.set_permissions(std::fs::Permissions::from_mode(0o600))
-                .map_err(io)?;
-            f.write_all(random_hex(32).as_bytes()).map_err(io)?;
-            f.write_all(b"\n").map_err(io)?;
-            f.sync_all().map_err(io)?;
-        }
-        let linked = std::fs::hard_link(&tmp, path);
-        let _ = std::fs::remove_file(&tmp);
-        match linked {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io(e)),
-        }
+        // Another server may create it at the same moment; everyone reads the one linked.
+        let text = format!("{}\n", random_hex(32));
+        crate::durable::create_secret_once(path, text.as_bytes()).map_err(io)?;
         Self::read(path)
     }
 
@@ -172,17 +142,13 @@ impl ClusterKey {
             path: shown(),
             source,
         };
-        let mut f = std::fs::File::open(path).map_err(io)?;
-        // The mode of the file actually opened (no window between a check and the read).
-        let mode = f.metadata().map_err(io)?.permissions().mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(KeyFileError::Unprotected {
+        let text = crate::durable::read_secret(path, 4096).map_err(|e| match e {
+            crate::durable::SecretError::Unprotected(mode) => KeyFileError::Unprotected {
                 path: shown(),
                 mode,
-            });
-        }
-        let mut text = String::new();
-        f.read_to_string(&mut text).map_err(io)?;
+            },
+            crate::durable::SecretError::Io(e) => io(e),
+        })?;
         let invalid = |what: &str| KeyFileError::Invalid {
             path: shown(),
             what: what.to_string(),
@@ -380,6 +346,7 @@ impl TicketChecker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn ticket_is_single_use_and_bound() {

@@ -20,6 +20,62 @@ pub const FILE_MODE: u32 = 0o600;
 /// Mode of every directory the servers create.
 pub const DIR_MODE: u32 = 0o700;
 
+/// What [`read_secret`] found wrong with a secret file.
+#[derive(Debug)]
+pub enum SecretError {
+    /// Group or others may use the file: it holds these permission bits.
+    Unprotected(u32),
+    /// Opening or reading it failed (`NotFound` when there is none).
+    Io(io::Error),
+}
+
+/// Reads a secret file (a key) of at most `max` bytes, refusing one that group or others may
+/// read or write, as ssh refuses an unprotected private key. The mode checked is that of the
+/// file actually opened, so nothing can swap it between the check and the read.
+pub fn read_secret(path: &Path, max: u64) -> Result<String, SecretError> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let f = File::open(path).map_err(SecretError::Io)?;
+    let mode = f.metadata().map_err(SecretError::Io)?.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(SecretError::Unprotected(mode));
+    }
+    let mut text = String::new();
+    (&f).take(max)
+        .read_to_string(&mut text)
+        .map_err(SecretError::Io)?;
+    Ok(text)
+}
+
+/// Creates the secret file `path` holding `contents` unless it exists: missing directories
+/// 0700, the file exactly 0600, whole and synced before it appears (a temp file hard-linked
+/// into place), and its name synced into the directory. `link` fails when another process
+/// won the race, which is success here: every caller then reads the one file that exists.
+pub fn create_secret_once(path: &Path, contents: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(dir) = dir {
+        create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp.{}", crate::auth::random_hex(6)));
+    let written = (|| {
+        let mut f = create_new(&tmp)?;
+        // The mode given to open is filtered by the umask; 0600 is meant exactly.
+        f.set_permissions(fs::Permissions::from_mode(FILE_MODE))?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+        fs::hard_link(&tmp, path)
+    })();
+    let _ = fs::remove_file(&tmp);
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    // The new name must survive a crash, or a peer could hold a key its owner has lost.
+    fsync_dir(dir.unwrap_or(Path::new(".")))
+}
+
 /// Creates a new file for writing with [`FILE_MODE`]; fails if `path` exists.
 pub fn create_new(path: &Path) -> io::Result<File> {
     OpenOptions::new()

@@ -27,8 +27,6 @@
 use crate::auth::ClusterKey;
 use crate::protocol::{err, Connection, KeyProof, Message, WireError};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Bytes in a challenge nonce.
@@ -90,43 +88,12 @@ impl UserKey {
                 path.display()
             ))
         };
-        if let Some(dir) = path.parent() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| fail("create the directory of", e))?;
-        }
         let mut seed = [0u8; 32];
         getrandom::getrandom(&mut seed)
             .map_err(|e| err::internal(format!("no randomness for a user key: {e}")))?;
-        // A complete temp file, hard-linked into place: link fails if another client won the
-        // race, and then we read the winner's key.
-        let tmp = path.with_extension(format!("tmp.{}", crate::auth::random_hex(6)));
-        let written = (|| {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(hex::encode(seed).as_bytes())?;
-            f.write_all(b"\n")?;
-            f.sync_all()?;
-            std::fs::hard_link(&tmp, path)
-        })();
-        let _ = std::fs::remove_file(&tmp);
-        match written {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(fail("create", e)),
-        }
-        if let Some(dir) = path.parent() {
-            // The new name must survive a crash, or the name server could hold a key the
-            // client has lost.
-            if let Ok(d) = std::fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
+        // Another client may create it at the same moment; everyone reads the one linked.
+        let text = format!("{}\n", hex::encode(seed));
+        crate::durable::create_secret_once(path, text.as_bytes()).map_err(|e| fail("create", e))?;
         Self::read(path).map_err(|e| match e {
             ReadError::Missing => fail("read", std::io::ErrorKind::NotFound.into()),
             ReadError::Bad(e) => e,
@@ -134,33 +101,24 @@ impl UserKey {
     }
 
     fn read(path: &Path) -> Result<UserKey, ReadError> {
-        let f = match std::fs::File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ReadError::Missing),
-            Err(e) => {
+        let bad = |why: String| ReadError::Bad(err::invalid(format!("{}: {why}", path.display())));
+        let text = match crate::durable::read_secret(path, 1024) {
+            Ok(text) => text,
+            Err(crate::durable::SecretError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ReadError::Missing)
+            }
+            Err(crate::durable::SecretError::Io(e)) => {
                 return Err(ReadError::Bad(err::internal(format!(
                     "cannot read user key file {}: {e}",
                     path.display()
                 ))))
             }
+            Err(crate::durable::SecretError::Unprotected(mode)) => {
+                return Err(bad(format!(
+                    "user key file is accessible by others (mode {mode:04o}); run chmod 600 on it"
+                )))
+            }
         };
-        let bad = |why: String| ReadError::Bad(err::invalid(format!("{}: {why}", path.display())));
-        let mode = f
-            .metadata()
-            .map_err(|e| bad(e.to_string()))?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
-            return Err(bad(format!(
-                "user key file is accessible by others (mode {:04o}); run chmod 600 on it",
-                mode & 0o7777
-            )));
-        }
-        let mut text = String::new();
-        use std::io::Read;
-        (&f).take(1024)
-            .read_to_string(&mut text)
-            .map_err(|e| bad(e.to_string()))?;
         let seed: [u8; 32] = hex::decode(text.trim())
             .ok()
             .and_then(|b| b.try_into().ok())
@@ -295,6 +253,7 @@ pub fn handshake(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn proofs_bind_key_user_and_nonce() {

@@ -403,13 +403,10 @@ impl Server {
         let accepted = self.listener.as_ref().map(|l| l.accept());
         let took = match accepted {
             Some(Ok((mut stream, _))) => {
-                let bytes = encode(
-                    &Message::err(err::limit(
-                        "the name server is out of file descriptors; try again shortly",
-                    )),
-                    &[],
+                tell(
+                    &mut stream,
+                    err::limit("the name server is out of file descriptors; try again shortly"),
                 );
-                let _ = stream.write(&bytes);
                 true
             }
             _ => false,
@@ -431,14 +428,7 @@ impl Server {
         } else if self.reserve_conns < SERVER_RESERVE_SLOTS {
             true
         } else {
-            let bytes = encode(
-                &Message::err(err::limit(format!(
-                    "too many connections (limit {})",
-                    self.max_connections
-                ))),
-                &[],
-            );
-            let _ = stream.write(&bytes);
+            tell(&mut stream, too_many(self.max_connections));
             return;
         };
         let _ = stream.set_nodelay(true);
@@ -524,22 +514,22 @@ impl Server {
             "closed {} idle connections, {} with an overdue frame, {} unregistered in reserve slots",
             drop_idle.len(), drop_frame.len(), drop_reserve.len());
         let notices = [
-            (drop_idle, format!("connection idle for {idle} ms; closed")),
+            (
+                drop_idle,
+                err::timeout(format!("connection idle for {idle} ms; closed")),
+            ),
             (
                 drop_frame,
-                format!("a frame did not arrive whole within {idle} ms; closed"),
+                err::timeout(format!(
+                    "a frame did not arrive whole within {idle} ms; closed"
+                )),
             ),
             (
                 drop_reserve,
-                "too many connections: only a storage server may use this slot".to_string(),
+                err::limit("too many connections: only a storage server may use this slot"),
             ),
         ];
-        for (ids, why) in notices {
-            let e = if why.starts_with("too many") {
-                err::limit(why)
-            } else {
-                err::timeout(why)
-            };
+        for (ids, e) in notices {
             let bytes = encode(&Message::err(e), &[]);
             for id in ids {
                 if let Some(c) = self.conns.get_mut(&id) {
@@ -586,7 +576,7 @@ impl Server {
                         "a frame of {} bytes before HELLO or REGISTER completed (at most {FREE_INPUT_BYTES})",
                         c.want
                     ));
-                    let _ = c.stream.write(&encode(&Message::err(e), &[]));
+                    tell(&mut c.stream, e);
                     break false;
                 }
                 if !self.budget.try_take(c.want) {
@@ -687,13 +677,7 @@ impl Server {
                     if c.reserve {
                         if !matches!(f.msg, Message::Register { .. }) {
                             // A reserve slot is for storage servers only.
-                            let bytes = encode(
-                                &Message::err(err::limit(format!(
-                                    "too many connections (limit {})",
-                                    self.max_connections
-                                ))),
-                                &[],
-                            );
+                            let bytes = encode(&Message::err(too_many(self.max_connections)), &[]);
                             c.held_bytes += bytes.len();
                             c.held.push_back((self.assigned_seq, bytes));
                             c.closing = true;
@@ -954,6 +938,17 @@ pub fn spawn_store(
             })
         })?;
     Ok((btx, rrx, h))
+}
+
+/// The answer to a connection beyond the cap of `max` connections.
+fn too_many(max: usize) -> WireError {
+    err::limit(format!("too many connections (limit {max})"))
+}
+
+/// Tells a peer about to be closed why, best effort: one non-blocking write of an ERR frame
+/// (if its socket has no room, it learns only that it was closed).
+fn tell(stream: &mut TcpStream, e: WireError) {
+    let _ = stream.write(&encode(&Message::err(e), &[]));
 }
 
 /// Logs the bound address so tests and scripts can find the server, and the address peers
