@@ -29,6 +29,25 @@
 //! sync mode, any payload read back wrong, FSCK found a bad copy, a fault was not detected or
 //! the cluster did not settle; 2 if the cluster could not be started. Every process is stopped by PID at the end,
 //! also on error or panic, and the namespace is removed.
+//!
+//! # How it waits, counts and cleans up
+//!
+//! The main thread draws each round's fault and target from a SplitMix64 sequence seeded by
+//! `--seed`. Waits are on conditions with deadlines: each server's stdout is followed by a
+//! thread that keeps the watched events, so a fault's detection is the name server's
+//! `heartbeat_monitor_failure` line and a restart's end is `nm_ss_register`; "settled" is a
+//! STATUS in which every server is UP, both pairs are formed and no job is owed. The only
+//! sleeps are the experiment's own durations (how long a fault is held, how long the workload
+//! runs between rounds). A write's sequence number is acknowledged or recorded as failed;
+//! since writes to one file are sequential, the acknowledged writes lost are those
+//! acknowledged after the sequence the file reads back.
+//!
+//! The partition runs `ss2` under `ip netns exec` (which execs, so its PID is the server's);
+//! the name server listens on the host end's address, which the other servers and the
+//! workload reach locally, and the partition sets the namespace's end down. Every child is
+//! stopped by PID when the program ends (also on error or panic, through `Drop`), the
+//! namespace is deleted after them, and namespaces left by a killed run (whose PID is gone)
+//! are removed at the next start.
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;

@@ -1,16 +1,76 @@
 //! Delta transfer of a stale copy: content-defined chunks, signatures and copy/literal ops.
+//! This module is the pure part; the worker's relay is `nm/replication/delta.rs`, the storage
+//! server's side `ss/server/delta.rs`, and both point here.
 //!
 //! A target holding an older copy of a large file sends a *signature* of it: its content cut
-//! into chunks at content-defined boundaries (a gear rolling hash, so an insertion moves only
-//! the boundaries next to it), each described by its length and XXH3-128. The source cuts its
-//! current content the same way and sends a stream of *ops*: "copy these bytes of your old
-//! copy" for every chunk the signature lists, the bytes themselves for the rest. The target
-//! rebuilds the content from its old copy and the literals, then verifies size and checksum as
-//! for a full transfer; any mismatch makes the worker fall back to a full transfer.
+//! into chunks at content-defined boundaries (a gear rolling hash whose high bits pick a cut,
+//! so an insertion moves only the boundaries next to it), each described by its length and
+//! XXH3-128. The source cuts its current content the same way and sends a stream of *ops*:
+//! "copy these bytes of your old copy" for every chunk the signature lists, the bytes
+//! themselves for the rest. The target rebuilds the content from its old copy and the
+//! literals, then verifies size and checksum as for a full transfer; any mismatch makes the
+//! worker fall back to a full transfer.
+//!
+//! # When
+//!
+//! When PEEK_FILE shows the target holding an older copy of at least `--delta-min-bytes`
+//! ([`DELTA_MIN_BYTES`]; smaller copies are sent whole, 0 turns delta off) and at most
+//! [`DELTA_MAX_BYTES`] ([`worth_it`]): the target reads its copy whole twice before the first
+//! op lands (the signature, the basis check), the worker waits on it the frame timeout plus
+//! [`read_wait_ms`] (the copy's size at 50 MB/s), and a larger copy goes whole at once
+//! without that read.
+//!
+//! # The exchange
+//!
+//! 1. The worker asks the target for a SIGNATURE of its copy: chunks of average 2^15 = 32 KiB,
+//!    growing with the file so a signature stays under 32k chunks ([`Params::for_size`]; min
+//!    a quarter of the average, max four times), [`ENTRY_BYTES`] a chunk, at most
+//!    [`MAX_SIGNATURE_ENTRIES`] chunks (else the copy goes whole), so the signature is one
+//!    frame body of at most 1.25 MiB. SIGNED names the state (version, checksum) it
+//!    describes. XXH3-128 is not collision-resistant against a crafted input: the CRC32C
+//!    check of the rebuilt content stands behind it, and only the crafter's own file is at
+//!    risk.
+//! 2. The worker passes it as the body of GET_FILE_DELTA (a GET_FILE_CONTENT that also names
+//!    the target's copy by version and checksum: that copy stands for the history entry of
+//!    its version, so the source does not send that entry when its own entry of that version
+//!    has the same checksum, and sends it as ops otherwise). The source cuts its current
+//!    content and streams ops instead of the content part: COPY (offset and length in the old
+//!    copy; adjacent copies merge) and LITERAL, each frame body holding whole ops. A frame
+//!    goes out once its ops rebuild 8 MiB however few bytes they take, so the target rebuilds
+//!    while the source still cuts and a file of repeated content still sends a frame every
+//!    8 MiB.
+//! 3. The worker relays the stream into PUT_FILE_DELTA (PUT_FILE_CONTENT naming the basis
+//!    version and checksum; every part of it is ops). The target opens its copy under the
+//!    file lock and refuses unless it is still at the basis by its record and by a whole read
+//!    of its bytes against the basis checksum (bit rot must not rebuild content nor become a
+//!    history entry). It rebuilds the content into `tmp/` by positioned reads of the old copy
+//!    and the literals (an op reaching past the old copy or the declared size breaks the
+//!    protocol), verifies size and CRC32C and installs exactly as for a full copy. Only for a
+//!    PUT_FILE_DELTA, and only with that verified basis, the install links the copy it
+//!    replaces in as the history entry of its own version when the source did not send it,
+//!    next to the renames of the received entries, and removes that link if the install
+//!    fails; a copy sent whole must carry every entry the target lacks.
+//!
+//! The history entries and checkpoints the target lacks go the same way, each as ops against
+//! the same old copy (the versions between the target's and the current one are mostly the
+//! same bytes), so ten changes to a large file while its backup was away cost about ten times
+//! the changed chunks, not ten times the file. A success is logged `replication_delta` with
+//! the bytes sent and the signature's size. In a batch, jobs whose target holds a large stale
+//! copy leave the batch and run this way on their own.
+//!
+//! # Failure
+//!
+//! Any failure (an old server without these messages, a signature refused, a copy that
+//! changed since its signature, rebuilt content that does not verify, a broken connection) is
+//! logged `replication_delta_fallback` and the same job sends the file whole at once, so a
+//! wrong copy is never installed. A failed delta costs what it did before failing plus the
+//! whole transfer: at worst the target's two whole reads of its copy, the signature's frame,
+//! the source's cut of every part and the op stream, and the target's rebuild into `tmp/`.
 //!
 //! Everything here is pure and bounded: a chunk is at most [`Params::max`] bytes, a signature
 //! at most [`MAX_SIGNATURE_ENTRIES`] entries, and an op stream travels in frame bodies of at
-//! most [`CHUNK_BYTES`] that each hold whole ops.
+//! most [`CHUNK_BYTES`] that each hold whole ops. Every process stays bounded: a chunk buffer
+//! of at most twice the largest chunk, one op frame, the signature and its hash index.
 
 use crate::protocol::frame::CHUNK_BYTES;
 use std::collections::HashMap;

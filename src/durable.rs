@@ -208,11 +208,31 @@ pub fn sync_files<'a>(files: impl IntoIterator<Item = &'a File>) -> Vec<io::Resu
 }
 
 /// A window in which every write to one file system is made durable by one `syncfs(2)`
-/// instead of an fsync per file (see ARCHITECTURE.md, "Batched installs"). Begun (its
-/// descriptor opened) before the first byte it must cover is written: the kernel reports to
-/// `syncfs` every write-back error on the file system since the descriptor was opened, so an
-/// error on any file written inside the window, by the time [`FsSync::sync`] returns, fails
-/// that call.
+/// instead of an fsync per file (a storage server's batched install of replicated copies
+/// uses it; the store's install docs give the order). Begun (its descriptor opened) before
+/// the first byte it must cover is written: the kernel reports to `syncfs` every write-back
+/// error on the file system since the descriptor was opened, so an error on any file written
+/// inside the window, by the time [`FsSync::sync`] returns, fails that call.
+///
+/// Why this is as durable as the fsyncs it replaces:
+///
+/// * `syncfs` writes back every dirty page of the file system and waits, so every byte
+///   written before the call is on disk when it returns 0: a superset of the per-file
+///   fsyncs (a storage server's `tmp/`, `files/`, `meta/` and `undo/` are on one file
+///   system, since renames between them must be).
+/// * Errors are not lost. Since Linux 5.8 a page write-back error is also recorded in the
+///   super block (`s_wb_err`), and `syncfs` reports every such error since its descriptor
+///   was opened. The window is per batch, so one batch's `syncfs` consuming an error cannot
+///   hide it from another batch in flight. An error on an unrelated file of the same file
+///   system may fail a batch needlessly; it is then retried.
+/// * Renames are made durable by directory fsyncs, not by `syncfs`: until Linux 5.17
+///   `syncfs` dropped the file system's own `->sync_fs` result (the journal commit that
+///   holds the renames), so only a directory fsync reports a rename that failed to reach
+///   the disk.
+///
+/// The cost: `syncfs` also waits for every other dirty file on the disk, so a single copy
+/// (a lone change, where lag matters) still fsyncs its own files, and a batch on a disk
+/// shared with heavy writers waits for their dirty pages too.
 pub struct FsSync(File);
 
 impl FsSync {

@@ -1,11 +1,92 @@
-//! Replication jobs: what the name server owes a backup, how a failed attempt backs off, and the
-//! blocking relay a worker runs to copy one file from a primary to its backup.
+//! Replication jobs: what the name server owes a pair's other member, how a failed attempt
+//! backs off, and the blocking relay a worker runs to copy files from one member to the other.
 //!
-//! The `jobs` table (see `store.rs`) is the truth, as in garage's resync queue: one row per
-//! (target, file), holding the latest thing the target must reach. Coalescing is the key
-//! itself: ten writes to one file overwrite one row, and one transfer carries the latest
-//! content. The worker channel only dispatches rows that are due; a full channel leaves them
-//! in the table.
+//! # Jobs are rows, the channel only dispatches
+//!
+//! The `jobs` table (see `store.rs`) is the truth, as in garage's resync queue: one row
+//! ([`ReplJob`]) per (target, file), holding the latest thing the target must reach
+//! ([`Want`]: a version, or the file gone), the attempts, the next attempt time, the last
+//! error, [`JobState`] (PENDING/FAILED), and when the oldest change it owes happened. A change
+//! the other member must follow writes its row in the SAME store batch as the change itself,
+//! so a name-server SIGKILL never loses an owed change. Coalescing is the key itself: ten
+//! writes to one file overwrite one row, and one transfer carries the latest content.
+//!
+//! Due rows are dispatched over a bounded crossbeam channel (`--queue-cap`) to `--workers`
+//! replication threads; a full channel leaves them in the table (backpressure, never a drop;
+//! retried after [`CHANNEL_FULL_RETRY_MS`]). A failed attempt backs off ([`BACKOFF_BASE_MS`]
+//! doubling to [`BACKOFF_MAX_MS`], [`MAX_ATTEMPTS`] attempts, [`backoff_ms`]), then the row is
+//! FAILED and shown by STATUS; a target's FAILED rows go back to PENDING when it registers
+//! again. `RECOVER ss` retries every row owed to `ss` at once and queues every file the name
+//! server does not know it to hold current; it does not re-read the server's disk (a
+//! re-registration does). STATUS shows a catch-up as `sync done/total` (in memory only).
+//!
+//! # A transfer is a relay
+//!
+//! [`run`] asks the target what it holds (PEEK_FILE: version, checksum, the history entries
+//! and the checkpoints as `<tag>:<checksum hex>`), asks the source for the content and the
+//! history entries and checkpoints the target lacks (GET_FILE_CONTENT), and relays that stream
+//! frame by frame into PUT_FILE_CONTENT: no process holds a whole file, and the name server
+//! writes none of it to disk. This relay (with PUT_BATCH and the delta messages) and EXEC are
+//! the only places content passes through the name server. The target receives into `tmp/`,
+//! verifies every CRC32C and size, ignores a version not newer than its own (so jobs are
+//! idempotent and may be reordered or retried), then installs history entries, checkpoints,
+//! content and record, each durably (the order and its crash analysis are the storage
+//! server's store's). History entries are named by the version whose content they hold, so
+//! both copies name them alike and PEEK_FILE can say which are held. A checkpoint tag made
+//! again for other bytes is sent again; the target refuses a list naming a tag it holds with
+//! other bytes unless they are sent (a member away during a DELETE may still hold the old
+//! file's checkpoints). The source is the member holding the current copy: the primary, or
+//! during a failover the promoted backup (changes on it are rows owed to the primary, same
+//! table, same relay).
+//!
+//! A job with `quarantine: true` first sends SS_QUARANTINE (keep = the wanted version, so a
+//! retry never sets the current copy aside), which moves the target's copy to `quarantine/`,
+//! then installs the current copy; such a job always runs alone. Two ways the bytes may not
+//! cross: a large upload was staged on the target while it arrived (the PUT names the stage,
+//! see `crate::ss::server::staging`), or the target holds a large stale copy, caught up by
+//! delta (`replication/delta.rs`, see [`crate::delta`]). Either failing, the same job sends
+//! the file whole.
+//!
+//! # Many small copies travel in batches
+//!
+//! A worker that takes a copy job while at least [`BATCH_MIN_WAITING`] more wait in the
+//! channel (a backlog, such as a returning backup's catch-up) also takes the copy jobs waiting
+//! between the same two servers ([`batchable`]; up to [`BATCH_MAX`] in all). Nothing is ever
+//! held back to wait for others: a few changes are copied one by one by idle workers in
+//! parallel. [`run_batch`] uses two connections: every PEEK_FILE at once, every
+//! GET_FILE_CONTENT at once, and each answer relayed into one PUT_BATCH (the copies'
+//! PUT_FILE_CONTENT frames until an END, each with its checkpoints as a single transfer
+//! carries them). The target verifies each copy as a single transfer and installs the batch
+//! with each kind of sync done once (one `syncfs` on Linux 5.17+; the store's install module
+//! gives the order and why durability is unchanged). It answers one FILE_STATE_REPLY or ERR
+//! per copy, in order, and each job's row is settled by its own answer. Jobs whose target
+//! holds a large stale copy leave the batch: the worker hands in the batch's results first,
+//! then runs each of them by delta on its own.
+//!
+//! # Sync mode
+//!
+//! `--replication sync` answers a change once the other member holds it; if that member is
+//! down or its copy fails (or takes over 5 s) the answer says `(1 of 2 copies)` and the row
+//! carries the debt.
+//!
+//! # What replicates how
+//!
+//! * A checkpoint and a revert are new versions, so the ordinary content job owes them; a
+//!   transfer carries the checkpoints the target lacks after the history entries, and
+//!   PUT_FILE_CONTENT installs them (verified, renamed, then the source's index) before the
+//!   content.
+//! * A MOVE is owed as two rows: a removal of the old name and the whole file (content,
+//!   history, checkpoints, owner, version) under the new one. Both are the usual idempotent
+//!   kinds, so a retried or reordered job converges on the writer's state; the price is that
+//!   a move re-sends the file's bytes, and that until both rows ran the target holds the file
+//!   under the old name, the new one, or (briefly) both.
+//! * Folders reach every copy by push, not by rows: SS_MKDIR is idempotent and each
+//!   registration repeats the whole list, so nothing needs to be owed durably.
+//! * Access rights, owners, folders and access requests live only on the name server (the
+//!   authority every ticket is minted from); storage servers' records carry content,
+//!   versions, history, checkpoints and owner. A storage server's failover changes which copy
+//!   serves a file, never who may use it. (Surviving the name server's own disk is a
+//!   different failure, outside this design.)
 
 use crate::auth::{ClusterKey, NM_USER};
 use crate::logging::ev;

@@ -24,7 +24,9 @@
 //! The event loop sends numbered batches of [`StoreOp`]s over a bounded channel. The store
 //! thread takes one batch (blocking), then every batch already waiting, writes them all in ONE
 //! write transaction with `Durability::Immediate`, commits, and reports the highest committed
-//! sequence number back; so many concurrent clients share one fsync.
+//! sequence number back; so many concurrent clients share one fsync (16 clients changing at
+//! once pay for about one fsync, not 16). The event loop releases each reply once the batch
+//! it depends on is committed (see `server.rs`).
 
 use super::core::{
     FileRecord, FolderRecord, Loaded, MoveIntent, PairRecord, ServerRecord, StoreOp,

@@ -994,7 +994,7 @@ impl Store {
     /// caller then left closed and unsynced), the temp files and records are made durable by
     /// one `syncfs` of the store's file system instead of an fsync each; a failed `syncfs`
     /// fails every copy not decided yet (it cannot say which file it was). The renames are
-    /// always made durable by directory fsyncs (see ARCHITECTURE.md, "Batched installs").
+    /// always made durable by directory fsyncs (see [`durable::FsSync`]).
     pub fn install_copies(
         &self,
         copies: &[CopyIn<'_>],

@@ -20,6 +20,20 @@
 //! word). Sequences whose lead byte could start a non-ASCII whitespace character (U+0085,
 //! U+00A0, U+1680, U+2000..=U+200A, U+2028, U+2029, U+202F, U+205F, U+3000) get states of
 //! their own, so whitespace is known when a sequence completes without decoding it.
+//!
+//! # Where it runs: counting content as it arrives
+//!
+//! An UPLOAD's words and characters are counted while its bytes arrive, on a thread beside the
+//! one that receives and writes, for parts of 4 MiB or more (`COUNT_THREAD_MIN_BYTES` in the
+//! server's upload path): a bounded queue of 4 chunks lies between them (`COUNT_QUEUE_CHUNKS`),
+//! and the chunks are shared with the staging relay, not copied. The relay re-sends each chunk
+//! with the CRC32C its frame was verified against instead of computing it again. Large temp
+//! files have their writeback started every 8 MiB (`WRITEBACK_BYTES`, `sync_file_range`), so
+//! the final fsync has little left. A frame body of 64 KiB or more is read from the socket
+//! straight into a buffer of its own (`protocol::frame`), allocated once at its declared size
+//! and never zeroed (`read_to_end` on the socket limited to the body; a read bounded by a
+//! deadline reads once at a time): the bytes are neither zeroed beforehand nor copied out of a
+//! shared buffer afterwards.
 
 /// Where the decoder is inside a UTF-8 sequence.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

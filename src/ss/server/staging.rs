@@ -1,26 +1,66 @@
 //! Staging: a large upload reaches the pair's other member while it arrives, so the backup's
-//! copy is written at the same time as the writer's instead of after it.
+//! copy is written at the same time as the writer's instead of after it (replicating an upload
+//! after it was answered writes the two copies one after the other; staging writes them at
+//! once, as a chained write does).
 //!
-//! The writer learns its partner from the name server's heartbeat acks. While an UPLOAD of at
+//! # The writer's side
+//!
+//! The writer learns its partner from the name server: every HEARTBEAT_ACK carries `partner`
+//! while the partner is up, and the name server pushes an ack at once when the partner
+//! registers or goes down (the writer logs `ss_nm_link` with `partner`). While an UPLOAD of at
 //! least [`STAGE_MIN_BYTES`] arrives, the writer hands each chunk, after writing it to its own
-//! temp file, to a [`Tee`] thread that relays it to the partner in a STAGE_UPLOAD stream. The
-//! partner writes the bytes into its `tmp/`, verifies their size and checksum, makes them
-//! durable and answers STAGED with an id. The stage changes nothing the partner serves: it
-//! sits in [`Stages`] until claimed or expired.
+//! temp file, to a `Tee` thread that streams it to the partner as STAGE_UPLOAD (a ticket of
+//! op `stage` the writer mints itself with the cluster key, for the partner's name),
+//! re-sending each chunk with the CRC32C its frame arrived with. When the upload's END
+//! arrives the relay sends END too, so the partner verifies size and CRC32C and fsyncs while
+//! the writer fsyncs its own copy. The writer waits for STAGED (at most
+//! [`TEE_FINISH_WAIT_MS`]) before it installs its copy, so its CHANGED still follows the
+//! install at once, and reports the stage id with the CHANGED (`staged`).
 //!
-//! Nothing about replication's guarantees moves here. The writer reports the stage's id with
-//! its CHANGED; the name server keeps it (in memory only) beside the durable job it writes for
-//! the backup, and the job runs as before, except that when the source still holds exactly the
-//! staged version its content is left out of GET_FILE_CONTENT and the PUT_FILE_CONTENT names
-//! the stage instead. The backup installs the staged file exactly as it installs a received
-//! one, after checking it against the state's size and checksum. A stage that is missing
-//! (the partner restarted, it expired), refused or cut short costs only time: the job sends
-//! the file whole, as it would have without staging.
+//! # The partner's side
 //!
-//! The upload never waits on a partner that fails: a partner that cannot be reached, errs or
-//! stops reading for [`TEE_STALL_MS`] is dropped and the upload goes on alone. A partner
-//! slower than the writer's own disk slows the upload down to its pace (bounded by the
-//! [`TEE_QUEUE_CHUNKS`] chunks in flight), as in any chained replication.
+//! The partner writes the bytes into its `tmp/`, verifies them, makes them durable and
+//! answers STAGED with an id. The stage changes nothing the partner serves: it sits in
+//! [`Stages`], served to nobody, until claimed or expired. A partner keeps at most
+//! [`MAX_STAGES`] stages and [`MAX_STAGED_BYTES`] of them (a new one evicts the oldest),
+//! receives at most [`MAX_RECEIVING`] at once (more are refused), and removes a stage not
+//! claimed within [`STAGE_TTL_MS`] (checked every [`STAGE_SWEEP_MS`]); `tmp/` is emptied at
+//! every start.
+//!
+//! # The job, unchanged
+//!
+//! Nothing about replication's guarantees moves here. The job's row is written in the same
+//! batch as the change, as always; the name server only remembers the stage id in memory
+//! beside it, and forgets it whenever that row is rewritten or its target registers again.
+//! When the job runs, the worker sends GET_FILE_CONTENT with `staged` = the version, and with
+//! `basis` = the target's own older copy if it holds one. A source still at exactly that
+//! version leaves the content out (`FILE_CONTENT.content_staged`), leaves out the history
+//! entry of the basis version when its bytes have the basis checksum, and sends only the
+//! other history entries and checkpoints the target lacks. The worker relays them into a
+//! PUT_FILE_CONTENT naming the stage (`staged`, no content part) and, where the entry was
+//! left out, the basis. The target takes the stage, checks it is the same file with the
+//! state's size and checksum, verifies the basis by a whole read under the file lock as a
+//! delta does (else it refuses the copy), and installs exactly as a received copy, linking
+//! its old copy in as that history entry (`replication_staged`, `bytes` = history sent: 0 for
+//! an upload over a file the backup held current).
+//!
+//! # A missing stage costs time, never correctness
+//!
+//! A partner that is down or unreachable is not staged on. One that refuses (it answers at
+//! once and closes), errs, cuts the stream, takes no chunk for [`TEE_STALL_MS`], or makes the
+//! upload wait for it over [`TEE_STALL_MS`] in all and over a quarter of the upload's time (it
+//! is slower than the writer's disk) is dropped, its socket cut, and the upload goes on alone
+//! (`ss_refused` `reason=stage` on the writer). So the backup can slow an upload by at most
+//! about a quarter, never stop it; a partner slower than that is replicated afterwards, as
+//! for any change. Short of that, a partner slower than the writer's own disk slows the
+//! upload to its pace (bounded by the [`TEE_QUEUE_CHUNKS`] chunks in flight), as in any
+//! chained replication. In async mode the upload's answer therefore also waits for the
+//! staged copy to be durable, which is written at the same time as the writer's.
+//!
+//! A stage the target no longer holds (it restarted, the stage expired, the name server
+//! restarted and forgot the id) makes the PUT fail with NOT_FOUND, logged
+//! `replication_staged` at WARN, and the same job sends the file whole (the history entries
+//! it had relayed cross again).
 
 use super::{authorise, recv_part, verify, Fail, Keep, Received, Shared, SyncBy};
 use crate::logging::ev;
