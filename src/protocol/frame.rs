@@ -153,6 +153,9 @@ impl Drop for Grant {
 /// The encoded size of the frame at the front of `buf` once its header line has arrived
 /// (`Ok(None)` before), without consuming anything: what a receiver must be ready to hold.
 pub fn front_frame_size(buf: &[u8]) -> Result<Option<usize>, FrameError> {
+    if buf.first() == Some(&crate::tls::HANDSHAKE_BYTE) {
+        return Err(FrameError::TlsHello);
+    }
     let scan = buf.len().min(MAX_HEADER_BYTES);
     let Some(nl) = buf[..scan].iter().position(|&b| b == b'\n') else {
         return if buf.len() >= MAX_HEADER_BYTES {
@@ -193,12 +196,16 @@ pub enum FrameError {
     /// Body bytes do not match the declared CRC32C.
     #[error("body checksum mismatch")]
     BadChecksum,
+    /// A TLS handshake arrived where a frame was expected.
+    #[error("TLS: a TLS handshake reached a server running without --tls-dir; start it with --tls-dir, or drop --tls-dir on the connecting side")]
+    TlsHello,
 }
 
 impl From<FrameError> for WireError {
     fn from(e: FrameError) -> WireError {
         let code = match e {
             FrameError::BodyTooLarge(_) | FrameError::HeaderTooLong => ErrorCode::Limit,
+            FrameError::TlsHello => ErrorCode::Unavailable,
             _ => ErrorCode::Invalid,
         };
         WireError::new(code, e.to_string())
@@ -285,6 +292,10 @@ impl Header {
 
 /// [`decode`], saying what is missing when no frame is whole, with the header parsed once.
 fn decode_front(buf: &mut Vec<u8>) -> Result<Front, FrameError> {
+    if buf.first() == Some(&crate::tls::HANDSHAKE_BYTE) {
+        // No header starts with it: a TLS client dialled a plain server.
+        return Err(FrameError::TlsHello);
+    }
     let scan = buf.len().min(MAX_HEADER_BYTES);
     let Some(nl) = buf[..scan].iter().position(|&b| b == b'\n') else {
         return if buf.len() >= MAX_HEADER_BYTES {
@@ -384,7 +395,7 @@ impl From<ConnError> for WireError {
 /// never lost between calls. Used by the storage server, the client, and the name server's
 /// worker threads (the name server's event loop uses [`decode`] directly).
 pub struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
     /// Total size of the frame at the front of `buf` once its header has been read.
     need: Option<usize>,
@@ -395,6 +406,105 @@ pub struct Connection {
     body_crc: u32,
     /// Where large bodies get their memory from (servers); `None` reads them unmetered.
     budget: Option<Arc<FrameBudget>>,
+}
+
+/// The byte stream under a [`Connection`]: the socket itself, or TLS over it. Either way the
+/// TCP socket stays reachable ([`Connection::stream`]) for timeouts, shutdown and clones that
+/// abort a blocked call.
+enum Stream {
+    Plain(TcpStream),
+    Client(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+    Server(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Client(t) => t.get_ref(),
+            Stream::Server(t) => t.get_ref(),
+        }
+    }
+}
+
+/// A peer that closes without TLS's close_notify ends the stream like a plain close: every
+/// frame carries its own length and checksum, so a cut-off frame is caught by the framing.
+fn clean_eof(r: io::Result<usize>) -> io::Result<usize> {
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
+        r => r,
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Client(t) => clean_eof(t.read(buf)),
+            Stream::Server(t) => clean_eof(t.read(buf)),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Client(t) => t.write(buf),
+            Stream::Server(t) => t.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Client(t) => t.flush(),
+            Stream::Server(t) => t.flush(),
+        }
+    }
+}
+
+/// Runs a blocking TLS handshake on `sock` within `timeout` (the socket's own timeouts are
+/// put back afterwards).
+fn handshake<C, D>(conn: &mut C, sock: &mut TcpStream, timeout: Duration) -> io::Result<()>
+where
+    C: std::ops::DerefMut<Target = rustls::ConnectionCommon<D>>,
+    D: rustls::SideData,
+{
+    let saved = (sock.read_timeout()?, sock.write_timeout()?);
+    sock.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+    sock.set_write_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+    let deadline = Instant::now() + timeout;
+    let mut res = Ok(());
+    while conn.is_handshaking() {
+        if Instant::now() >= deadline {
+            res = Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "TLS handshake did not finish in time",
+            ));
+            break;
+        }
+        match conn.complete_io(sock) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                res = Err(e);
+                break;
+            }
+        }
+    }
+    if res.is_ok() {
+        // Anything still queued (the client's Finished) goes out now.
+        while conn.wants_write() {
+            if let Err(e) = conn.write_tls(sock) {
+                res = Err(e);
+                break;
+            }
+        }
+    }
+    let _ = sock.set_read_timeout(saved.0);
+    let _ = sock.set_write_timeout(saved.1);
+    res
 }
 
 /// A frame of at least [`LARGE_BODY_BYTES`] being received: its header, and its body so far
@@ -420,9 +530,13 @@ const MAX_READ_BYTES: usize = 256 * 1024;
 const LARGE_BODY_BYTES: usize = 64 * 1024;
 
 impl Connection {
-    /// Wraps an accepted or connected stream.
+    /// Wraps an accepted or connected stream, speaking plain TCP.
     pub fn new(stream: TcpStream) -> Connection {
         let _ = stream.set_nodelay(true);
+        Connection::over(Stream::Plain(stream))
+    }
+
+    fn over(stream: Stream) -> Connection {
         Connection {
             stream,
             buf: Vec::with_capacity(8 * 1024),
@@ -439,27 +553,122 @@ impl Connection {
         self.budget = Some(budget);
     }
 
-    /// Connects to `addr` (first resolved address) within `timeout`.
+    /// Connects to `addr` (first resolved address) within `timeout`: over TLS when this
+    /// process runs with TLS ([`crate::tls::install`]), else plain TCP.
     pub fn connect(addr: &str, timeout: Duration) -> io::Result<Connection> {
+        match crate::tls::installed() {
+            Some(t) => Connection::connect_tls(addr, timeout, t.client_config(), &t.ca_path()),
+            None => Ok(Connection::new(Connection::dial(addr, timeout)?)),
+        }
+    }
+
+    fn dial(addr: &str, timeout: Duration) -> io::Result<TcpStream> {
         let sa: SocketAddr = addr.to_socket_addrs()?.next().ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("cannot resolve {addr}"),
             )
         })?;
-        let stream = TcpStream::connect_timeout(&sa, timeout)?;
-        Ok(Connection::new(stream))
+        TcpStream::connect_timeout(&sa, timeout)
     }
 
-    /// The socket, for timeouts and shutdown.
+    /// Connects to `addr` over TLS with `config`, verifying the server's certificate names
+    /// [`crate::tls::CLUSTER_NAME`]; the handshake must finish within `timeout`. A failed
+    /// handshake says why in words (`ca` is named when the certificate is not the cluster's).
+    pub fn connect_tls(
+        addr: &str,
+        timeout: Duration,
+        config: Arc<rustls::ClientConfig>,
+        ca: &std::path::Path,
+    ) -> io::Result<Connection> {
+        let mut sock = Connection::dial(addr, timeout)?;
+        let _ = sock.set_nodelay(true);
+        let mut tls = rustls::ClientConnection::new(config, crate::tls::cluster_name())
+            .map_err(io::Error::other)?;
+        handshake(&mut tls, &mut sock, timeout).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                crate::tls::describe_handshake(&e, addr, ca),
+            )
+        })?;
+        Ok(Connection::over(Stream::Client(Box::new(
+            rustls::StreamOwned::new(tls, sock),
+        ))))
+    }
+
+    /// Takes an accepted stream: over TLS when this process runs with TLS (the handshake must
+    /// finish within `timeout`), else plain. A peer speaking plain frames to a TLS server is
+    /// told `ERROR [UNAVAILABLE]: TLS: ...` in a plain frame and refused.
+    pub fn accept(stream: TcpStream, timeout: Duration, server: &str) -> io::Result<Connection> {
+        match crate::tls::installed().and_then(|t| t.server_config()) {
+            Some(cfg) => Connection::accept_tls(stream, timeout, cfg, server),
+            None => Ok(Connection::new(stream)),
+        }
+    }
+
+    /// [`Connection::accept`] with an explicit TLS configuration.
+    pub fn accept_tls(
+        mut sock: TcpStream,
+        timeout: Duration,
+        config: Arc<rustls::ServerConfig>,
+        server: &str,
+    ) -> io::Result<Connection> {
+        let _ = sock.set_nodelay(true);
+        let saved = sock.read_timeout()?;
+        sock.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+        let mut first = [0u8; 1];
+        let peeked = sock.peek(&mut first);
+        sock.set_read_timeout(saved)?;
+        if peeked? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        if first[0] != crate::tls::HANDSHAKE_BYTE {
+            refuse_plain(&mut sock, server);
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a plain connection to a TLS-only server",
+            ));
+        }
+        let mut tls = rustls::ServerConnection::new(config).map_err(io::Error::other)?;
+        handshake(&mut tls, &mut sock, timeout)?;
+        Ok(Connection::over(Stream::Server(Box::new(
+            rustls::StreamOwned::new(tls, sock),
+        ))))
+    }
+
+    /// Whether this connection runs over TLS.
+    pub fn is_tls(&self) -> bool {
+        !matches!(self.stream, Stream::Plain(_))
+    }
+
+    /// The TCP socket (under TLS, if any), for timeouts, shutdown and clones that abort.
     pub fn stream(&self) -> &TcpStream {
-        &self.stream
+        self.stream.tcp()
     }
 
     /// Sets both read and write timeouts (`None` blocks forever).
     pub fn set_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        self.stream.set_read_timeout(t)?;
-        self.stream.set_write_timeout(t)
+        self.stream.tcp().set_read_timeout(t)?;
+        self.stream.tcp().set_write_timeout(t)
+    }
+
+    /// Whether bytes already received wait here (in the frame buffer or decrypted by TLS),
+    /// so the socket's readiness alone does not tell whether a frame can be read.
+    pub fn has_buffered_input(&mut self) -> bool {
+        if !self.buf.is_empty() || self.large.is_some() {
+            return true;
+        }
+        match &mut self.stream {
+            Stream::Plain(_) => false,
+            Stream::Client(t) => t
+                .conn
+                .process_new_packets()
+                .is_ok_and(|s| s.plaintext_bytes_to_read() > 0),
+            Stream::Server(t) => t
+                .conn
+                .process_new_packets()
+                .is_ok_and(|s| s.plaintext_bytes_to_read() > 0),
+        }
     }
 
     /// CRC32C of the body of the frame [`Connection::recv`] last returned, which it was
@@ -475,20 +684,23 @@ impl Connection {
         let mut head = Vec::with_capacity(128);
         encode_header_with(&mut head, msg, body.len(), crc);
         self.stream.write_all(&head)?;
-        self.stream.write_all(body)
+        self.stream.write_all(body)?;
+        self.stream.flush()
     }
 
     /// Writes one frame.
     pub fn send(&mut self, msg: &Message, body: &[u8]) -> io::Result<()> {
         if body.len() < LARGE_BODY_BYTES {
             let bytes = encode(msg, body);
-            return self.stream.write_all(&bytes);
+            self.stream.write_all(&bytes)?;
+            return self.stream.flush();
         }
         // A large body is written from where it lies rather than copied behind its header.
         let mut head = Vec::with_capacity(128);
         encode_header(&mut head, msg, body);
         self.stream.write_all(&head)?;
-        self.stream.write_all(body)
+        self.stream.write_all(body)?;
+        self.stream.flush()
     }
 
     /// Reads what the socket has: into the body of the large frame being received, else into
@@ -503,7 +715,9 @@ impl Connection {
         if let Some(l) = self.large.as_mut() {
             let rest = l.len - l.body.len();
             if !bounded {
-                return (&self.stream).take(rest as u64).read_to_end(&mut l.body);
+                return (&mut self.stream)
+                    .take(rest as u64)
+                    .read_to_end(&mut l.body);
             }
             return read_zeroed(&mut self.stream, &mut l.body, rest.min(MAX_READ_BYTES));
         }
@@ -612,11 +826,11 @@ impl Connection {
         }
         // The deadline shortens the socket's read timeout read by read; the caller's own
         // timeout is put back afterwards, so the next recv() waits as long as it asked.
-        let saved = self.stream.read_timeout()?;
+        let saved = self.stream.tcp().read_timeout()?;
         let got = self.recv_loop(deadline);
         // A frame already read is returned even if this fails; the caller's next read
         // timeout is then what the deadline left, as before.
-        let _ = self.stream.set_read_timeout(saved);
+        let _ = self.stream.tcp().set_read_timeout(saved);
         got
     }
 
@@ -632,7 +846,7 @@ impl Connection {
                         io::Error::new(io::ErrorKind::TimedOut, "frame deadline passed").into(),
                     );
                 }
-                self.stream.set_read_timeout(Some(left))?;
+                self.stream.tcp().set_read_timeout(Some(left))?;
             }
             let n = match self.fill(deadline.is_some()) {
                 Ok(n) => n,
@@ -666,9 +880,32 @@ impl Connection {
     }
 }
 
+/// Tells a peer that sent plain bytes to a TLS-only `server` why it is refused, in a plain
+/// frame: what it sent is read first (bounded), so closing does not reset the connection
+/// before the peer reads the answer.
+fn refuse_plain(sock: &mut TcpStream, server: &str) {
+    let _ = sock.set_read_timeout(Some(Duration::from_millis(200)));
+    let _ = sock.set_write_timeout(Some(Duration::from_millis(1_000)));
+    let mut scratch = [0u8; 16 * 1024];
+    let _ = sock.read(&mut scratch);
+    let _ = sock.write_all(&encode(
+        &Message::err(crate::tls::plain_refused(server)),
+        &[],
+    ));
+    let _ = sock.shutdown(std::net::Shutdown::Write);
+    // Wait (briefly) for the peer to read the answer and close its end.
+    let until = Instant::now() + Duration::from_millis(1_000);
+    while Instant::now() < until {
+        match sock.read(&mut scratch) {
+            Ok(n) if n > 0 => continue,
+            _ => break,
+        }
+    }
+}
+
 /// One read from `stream` appended to `buf`, into at most `want` bytes of room that are zeroed
 /// first; the room the read leaves unfilled is cut off again.
-fn read_zeroed(stream: &mut TcpStream, buf: &mut Vec<u8>, want: usize) -> io::Result<usize> {
+fn read_zeroed(stream: &mut impl Read, buf: &mut Vec<u8>, want: usize) -> io::Result<usize> {
     let have = buf.len();
     buf.resize(have + want, 0);
     let res = stream.read(&mut buf[have..]);
