@@ -1253,4 +1253,135 @@ mod tests {
             let _ = decode(&mut buf);
         }
     }
+
+    /// A cluster TLS directory and its loaded settings.
+    fn tls_dir() -> (tempfile::TempDir, crate::tls::Tls) {
+        let d = tempfile::tempdir().unwrap();
+        crate::tls::init_dir(d.path(), &[]).unwrap();
+        let t = crate::tls::Tls::load_server(d.path()).unwrap();
+        (d, t)
+    }
+
+    /// A TLS server on loopback echoing every frame back; its port.
+    fn tls_echo(server: Arc<rustls::ServerConfig>) -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(s) = s else { return };
+                let cfg = server.clone();
+                std::thread::spawn(move || {
+                    let Ok(mut c) = Connection::accept_tls(s, Duration::from_secs(5), cfg, "test")
+                    else {
+                        return;
+                    };
+                    while let Ok(Some(f)) = c.recv() {
+                        if c.send(&f.msg, &f.body).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn tls_carries_small_and_large_frames_both_ways() {
+        let (d, t) = tls_dir();
+        let addr = tls_echo(t.server_config().unwrap());
+        let mut c = Connection::connect_tls(
+            &addr.to_string(),
+            Duration::from_secs(5),
+            t.client_config(),
+            &t.ca_path(),
+        )
+        .unwrap();
+        assert!(c.is_tls());
+        c.set_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.send(&sample(0), b"hi").unwrap();
+        let f = c.recv_some().unwrap();
+        assert_eq!((f.msg, f.body.as_slice()), (sample(0), &b"hi"[..]));
+        let big: Vec<u8> = (0..MAX_BODY_BYTES)
+            .map(|i| (i * 7 + i / 251) as u8)
+            .collect();
+        for _ in 0..2 {
+            c.send(&Message::Chunk {}, &big).unwrap();
+            let f = c.recv_some().unwrap();
+            assert_eq!(f.msg, Message::Chunk {});
+            assert!(f.body == big, "large body changed on the way");
+            assert_eq!(c.body_crc(), crc32c::crc32c(&big));
+        }
+        drop(d);
+    }
+
+    #[test]
+    fn a_server_certificate_from_another_ca_is_refused_naming_the_ca_file() {
+        let (_d, theirs) = tls_dir();
+        let (_e, ours) = tls_dir();
+        let addr = tls_echo(theirs.server_config().unwrap());
+        let e = Connection::connect_tls(
+            &addr.to_string(),
+            Duration::from_secs(5),
+            ours.client_config(),
+            &ours.ca_path(),
+        )
+        .err()
+        .expect("a certificate of another CA must be refused");
+        let text = e.to_string();
+        assert!(text.starts_with("TLS:"), "{text}");
+        assert!(
+            text.contains(&ours.ca_path().display().to_string()),
+            "{text}"
+        );
+        assert!(text.contains("not accepted"), "{text}");
+    }
+
+    #[test]
+    fn a_plain_client_of_a_tls_server_is_told_quickly() {
+        let (_d, t) = tls_dir();
+        let addr = tls_echo(t.server_config().unwrap());
+        let t0 = Instant::now();
+        let mut c = Connection::new(TcpStream::connect(addr).unwrap());
+        c.set_timeout(Some(Duration::from_secs(10))).unwrap();
+        let e = c.call(&sample(0), &[]).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Unavailable, "{e}");
+        assert!(
+            e.msg.starts_with("TLS:") && e.msg.contains("--tls-dir"),
+            "{e}"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    }
+
+    #[test]
+    fn a_tls_client_of_a_plain_server_is_told_quickly() {
+        let (_d, t) = tls_dir();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            let mut c = Connection::new(s);
+            c.set_timeout(Some(Duration::from_secs(10))).unwrap();
+            // What a plain server does with bytes that are no frame: answer ERR, close.
+            match c.recv() {
+                Err(ConnError::Frame(fe)) => {
+                    assert_eq!(fe, FrameError::TlsHello);
+                    let _ = c.send(&Message::err(fe.into()), &[]);
+                }
+                other => panic!("a TLS hello must be refused at once, got {other:?}"),
+            }
+        });
+        let t0 = Instant::now();
+        let e = Connection::connect_tls(
+            &addr.to_string(),
+            Duration::from_secs(10),
+            t.client_config(),
+            &t.ca_path(),
+        )
+        .err()
+        .expect("a plain server cannot finish a TLS handshake");
+        let text = e.to_string();
+        assert!(text.contains("without --tls-dir"), "{text}");
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    }
 }
