@@ -339,7 +339,7 @@ pub fn describe_handshake(e: &std::io::Error, peer: &str, ca: &Path) -> String {
             ca.display()
         ),
         Some(rustls::Error::InvalidMessage(_)) => format!(
-            "TLS: {peer} answered without TLS: it runs without --tls-dir (start it with --tls-dir, or drop --tls-dir here)"
+            "TLS: {peer} answered without TLS: it runs without --tls-dir (start it with --tls-dir, or drop --tls-dir here), or it refused this connection before TLS (at its connection limit)"
         ),
         Some(other) => format!("TLS: handshake with {peer} failed: {other}"),
         None if e.kind() == std::io::ErrorKind::UnexpectedEof
