@@ -394,6 +394,15 @@ impl From<ConnError> for WireError {
 /// A blocking framed connection: owns the socket and the read buffer, so partial frames are
 /// never lost between calls. Used by the storage server, the client, and the name server's
 /// worker threads (the name server's event loop uses [`decode`] directly).
+///
+/// The bytes travel over plain TCP or TLS ([`crate::tls`]): [`Connection::connect`] and
+/// [`Connection::accept`] pick by the process's TLS settings, installed once at start, so
+/// no call site carries them; tests use [`Connection::connect_tls`] and
+/// [`Connection::accept_tls`]. Either way [`Connection::stream`] is the TCP socket itself,
+/// for timeouts, shutdown and clones that abort a blocked call. Under TLS a large body is
+/// still written from where it lies, but rustls encrypts it into records of its own (one
+/// copy, which encryption needs anyway), and received records are decrypted into the frame
+/// buffer as before.
 pub struct Connection {
     stream: Stream,
     buf: Vec<u8>,
