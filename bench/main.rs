@@ -396,8 +396,21 @@ fn io_timeout() -> Duration {
 
 /// Connects to the name server and says HELLO.
 fn nm_session(addr: &str, user: &str) -> Result<Connection> {
-    let mut c = Connection::connect(addr, io_timeout())
-        .with_context(|| format!("connecting to the name server at {addr}"))?;
+    nm_session_tls(addr, user, None)
+}
+
+/// Connects to `addr`, over TLS with `tls` (a cluster started with `--tls-dir`).
+fn dial(addr: &str, tls: Option<&pairfs::tls::Tls>) -> std::io::Result<Connection> {
+    match tls {
+        Some(t) => Connection::connect_tls(addr, io_timeout(), t.client_config(), &t.ca_path()),
+        None => Connection::connect(addr, io_timeout()),
+    }
+}
+
+/// [`nm_session`] over TLS with `tls`, if given.
+fn nm_session_tls(addr: &str, user: &str, tls: Option<&pairfs::tls::Tls>) -> Result<Connection> {
+    let mut c =
+        dial(addr, tls).with_context(|| format!("connecting to the name server at {addr}"))?;
     c.set_timeout(Some(io_timeout()))?;
     let key = pairfs::identity::UserKey::load_or_create(&pairfs::identity::default_key_path(user))?;
     pairfs::identity::handshake(&mut c, user, &key)?;

@@ -7,7 +7,8 @@
 //!   after the other and both at once, whichever is faster; primary and backup share a disk),
 //!   in rounds (default 3) that take turns on the disk, each figure the median of its rounds
 //!   and each ratio one of medians, with the CPU time each storage server spent and the highest
-//!   peak RSS of any round;
+//!   peak RSS of any round; each round then uploads the file once more to a pair whose every
+//!   link runs over TLS (`--tls-dir`), printed beside the plain figure with the ratio;
 //! * (b) replication lag, from the writer's COMMITTED (the moment the client prints
 //!   `Write Successful!`) to the backup holding the bytes, p50/p99 at 100 writes/s overall with
 //!   1 and 16 writers;
@@ -24,7 +25,7 @@
 //! copy by atomic rename, so a file under `files/` with the expected size is complete (writes
 //! in (b) only append, so the size names the version).
 
-use super::{io_timeout, nm_session, ReplRowKind, Server, START_TIMEOUT_MS};
+use super::{dial, io_timeout, nm_session_tls, ReplRowKind, Server, START_TIMEOUT_MS};
 use anyhow::{anyhow, bail, Context, Result};
 use pairfs::protocol::{frame::CHUNK_BYTES, AccessMode, Connection, FileState, Message};
 use std::fs::{self, File};
@@ -192,6 +193,7 @@ fn upload_row(
     let total_s = med(|r| r.total_s);
     let upload_s = med(|r| r.upload_s);
     let (cpu_ss1, cpu_backup) = (med(|r| r.cpu_ss1_s), med(|r| r.cpu_backup_s));
+    let (tls_s, tls_cpu) = (med(|r| r.tls_total_s), med(|r| r.tls_cpu_s));
     // The highest peak of any round.
     let mut rss_mib = [0.0f64; 3];
     for r in &rounds {
@@ -219,11 +221,14 @@ fn upload_row(
     Ok(ReplRow {
         what: format!("(a) UPLOAD {mib} MiB until the backup holds it"),
         pairfs: format!(
-            "{total_s:.2} s{spread} ({:.0} MiB/s; upload answered at {upload_s:.2} s; CPU ss1 {cpu_ss1:.2} s, ss1_backup {cpu_backup:.2} s; peak RSS: nm {:.1} MiB, ss1 {:.1} MiB, ss1_backup {:.1} MiB)",
+            "{total_s:.2} s{spread} ({:.0} MiB/s; upload answered at {upload_s:.2} s; CPU ss1 {cpu_ss1:.2} s, ss1_backup {cpu_backup:.2} s; peak RSS: nm {:.1} MiB, ss1 {:.1} MiB, ss1_backup {:.1} MiB); with TLS on every link {tls_s:.2} s ({:.0} MiB/s, {:.2}× the plain time; CPU of both servers {tls_cpu:.2} s vs {:.2} s plain)",
             mb_s(total_s),
             rss_mib[0],
             rss_mib[1],
             rss_mib[2],
+            mb_s(tls_s),
+            tls_s / total_s,
+            cpu_ss1 + cpu_backup,
         ),
         baseline,
         ratio,
@@ -246,6 +251,10 @@ struct UploadRound {
     cpu_backup_s: f64,
     /// Peak RSS of nm, ss1 and ss1_backup, in MiB.
     rss_mib: [f64; 3],
+    /// `total_s` with every link over TLS.
+    tls_total_s: f64,
+    /// CPU time of both storage servers meanwhile, with TLS.
+    tls_cpu_s: f64,
 }
 
 fn upload_round(
@@ -292,7 +301,7 @@ fn upload_round(
     let cpu = |s: &Option<Server>| s.as_ref().map_or(Ok(0.0), Server::cpu_s);
     let (cpu_ss1, cpu_backup) = (cpu(&pair.ss1)?, cpu(&pair.backup)?);
     let t = Instant::now();
-    upload(&pair.nm_addr, "big.bin", src, size, checksum)?;
+    upload(&pair, "big.bin", src, size, checksum)?;
     let upload_s = t.elapsed().as_secs_f64();
     let backup_file = pair.backup_files().join("big.bin");
     wait_for(bulk_budget(size), "the backup to hold big.bin", || {
@@ -310,7 +319,26 @@ fn upload_round(
     drop(pair);
     // The next round starts on an empty disk again.
     fs::remove_dir_all(dir)?;
+
+    // The same upload with every link over TLS, on an empty disk of its own.
+    fs::create_dir_all(dir)?;
+    let pair = Pair::start_with(bin_dir, dir, &[], true)?;
+    let (tls_ss1, tls_backup) = (cpu(&pair.ss1)?, cpu(&pair.backup)?);
+    let t = Instant::now();
+    upload(&pair, "big.bin", src, size, checksum)?;
+    let backup_file = pair.backup_files().join("big.bin");
+    wait_for(
+        bulk_budget(size),
+        "the backup to hold big.bin (TLS)",
+        || fs::metadata(&backup_file).is_ok_and(|m| m.len() == size),
+    )?;
+    let tls_total_s = t.elapsed().as_secs_f64();
+    let tls_cpu_s = cpu(&pair.ss1)? - tls_ss1 + cpu(&pair.backup)? - tls_backup;
+    drop(pair);
+    fs::remove_dir_all(dir)?;
     Ok(UploadRound {
+        tls_total_s,
+        tls_cpu_s,
         cp_s,
         two_seq_s,
         two_par_s,
@@ -386,7 +414,7 @@ fn lag_measure(pair: &Pair, writers: usize, writes: u64) -> Result<Vec<u64>> {
                 let nm_addr = &pair.nm_addr;
                 scope.spawn(move || -> Result<Vec<u64>> {
                     let file = format!("lag{writers}_{w}.txt");
-                    let mut nm = nm_session(nm_addr, &format!("lag{w}"))?;
+                    let mut nm = nm_session_tls(nm_addr, &format!("lag{w}"), None)?;
                     super::create(&mut nm, &file)?;
                     let on_backup = backup.join(&file);
                     let mut lat = Vec::with_capacity(per_writer as usize);
@@ -608,7 +636,7 @@ fn delta_round(
     let checksum = make_file(&src, size)?;
     let budget = bulk_budget(size);
     let mut pair = Pair::start(bin_dir, dir, nm_flags)?;
-    upload(&pair.nm_addr, "big.bin", &src, size, checksum)?;
+    upload(&pair, "big.bin", &src, size, checksum)?;
     let backup_file = pair.backup_files().join("big.bin");
     wait_for(budget, "the backup to hold big.bin", || {
         fs::metadata(&backup_file).is_ok_and(|m| m.len() == size)
@@ -621,7 +649,7 @@ fn delta_round(
         .open(&src)?
         .write_all_at(&patch, size / 2)?;
     let checksum = crc_of(&src)?;
-    upload(&pair.nm_addr, "big.bin", &src, size, checksum)?;
+    upload(&pair, "big.bin", &src, size, checksum)?;
     let since = log_len(&pair.nm.log_path);
     let t = Instant::now();
     pair.backup = Some(pair.spawn_ss("ss1_backup")?);
@@ -781,8 +809,8 @@ fn make_file(path: &Path, size: u64) -> Result<u32> {
 
 /// UPLOAD as the client does it: LOCATE for upload, then UPLOAD, the bytes in CHUNK frames,
 /// END, and COMMITTED.
-fn upload(nm_addr: &str, file: &str, src: &Path, size: u64, checksum: u32) -> Result<FileState> {
-    let mut nm = nm_session(nm_addr, "bench")?;
+fn upload(pair: &Pair, file: &str, src: &Path, size: u64, checksum: u32) -> Result<FileState> {
+    let mut nm = nm_session_tls(&pair.nm_addr, "bench", pair.tls.as_ref())?;
     let locate = Message::Locate {
         avoid: None,
         file: file.into(),
@@ -792,7 +820,7 @@ fn upload(nm_addr: &str, file: &str, src: &Path, size: u64, checksum: u32) -> Re
         Message::Located { addr, ticket, .. } => (addr, ticket),
         other => bail!("LOCATE for upload answered with {}", other.op_name()),
     };
-    let mut ss = Connection::connect(&addr, io_timeout())
+    let mut ss = dial(&addr, pair.tls.as_ref())
         .with_context(|| format!("connecting to the storage server at {addr}"))?;
     ss.set_timeout(Some(io_timeout()))?;
     let head = Message::Upload {
@@ -832,10 +860,28 @@ struct Pair {
     nm_addr: String,
     dir: PathBuf,
     ss_bin: PathBuf,
+    /// The cluster's TLS settings when every link runs over TLS.
+    tls: Option<pairfs::tls::Tls>,
 }
 
 impl Pair {
     fn start(bin_dir: &Path, dir: &Path, nm_flags: &[&str]) -> Result<Pair> {
+        Pair::start_with(bin_dir, dir, nm_flags, false)
+    }
+
+    /// [`Pair::start`], with every link over TLS when `tls` (a CA made in `dir/tls`).
+    fn start_with(bin_dir: &Path, dir: &Path, nm_flags: &[&str], tls: bool) -> Result<Pair> {
+        let tls = if tls {
+            let d = dir.join("tls");
+            pairfs::tls::init_dir(&d, &[])?;
+            Some(pairfs::tls::Tls::load_client(&d)?)
+        } else {
+            None
+        };
+        let tls_args: Vec<std::ffi::OsString> = match &tls {
+            Some(t) => vec!["--tls-dir".into(), t.dir().into()],
+            None => vec![],
+        };
         let nm_bin = bin_dir.join("bin_nm");
         let ss_bin = bin_dir.join("bin_ss");
         for b in [&nm_bin, &ss_bin] {
@@ -858,6 +904,7 @@ impl Pair {
                     "2000",
                 ])
                 .args(nm_flags)
+                .args(&tls_args)
                 .arg("--data")
                 .arg(dir.join("nm_data"))
                 .arg("--cluster-key-file")
@@ -871,13 +918,14 @@ impl Pair {
             nm_addr,
             dir: dir.to_path_buf(),
             ss_bin,
+            tls,
         };
         pair.ss1 = Some(pair.spawn_ss("ss1")?);
         pair.wait_registered()?;
         pair.backup = Some(pair.spawn_ss("ss1_backup")?);
         pair.wait_registered()?;
         pair.wait_active()?;
-        super::create(&mut nm_session(&pair.nm_addr, "bench")?, "warmup.txt")?;
+        super::create(&mut pair.session()?, "warmup.txt")?;
         Ok(pair)
     }
 
@@ -897,7 +945,12 @@ impl Pair {
                 .arg("--storage")
                 .arg(self.dir.join(name))
                 .arg("--cluster-key-file")
-                .arg(self.dir.join("cluster.key")),
+                .arg(self.dir.join("cluster.key"))
+                .args(
+                    self.tls
+                        .iter()
+                        .flat_map(|t| [std::ffi::OsString::from("--tls-dir"), t.dir().into()]),
+                ),
         )?;
         ss.wait_event("ss_listen")?;
         Ok(ss)
@@ -910,7 +963,7 @@ impl Pair {
     /// Waits until STATUS shows the pair ACTIVE with nothing owed.
     fn wait_active(&self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_millis(START_TIMEOUT_MS);
-        let mut nm = nm_session(&self.nm_addr, "bench")?;
+        let mut nm = self.session()?;
         loop {
             let reply = nm.call(&Message::Status {}, &[]);
             if let Ok(Message::StatusReply { pairs, .. }) = reply.map(|f| f.msg) {
@@ -927,6 +980,11 @@ impl Pair {
             }
             thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// A name-server session as the bench user.
+    fn session(&self) -> Result<Connection> {
+        nm_session_tls(&self.nm_addr, "bench", self.tls.as_ref())
     }
 
     fn backup_files(&self) -> PathBuf {

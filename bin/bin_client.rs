@@ -25,6 +25,10 @@ struct Args {
     /// fails; 0 fails at once. Default: one failover with the cluster's own settings.
     #[arg(long)]
     wait_s: Option<u64>,
+    /// Speak only TLS, verifying servers against the cluster's ca.pem in DIR (default:
+    /// $PAIRFS_TLS_DIR when set). Needed when the cluster runs with --tls-dir.
+    #[arg(long, value_name = "DIR")]
+    tls_dir: Option<std::path::PathBuf>,
 }
 
 /// The OS user: `$USER`, else the passwd entry of the real uid, else `user`.
@@ -57,6 +61,22 @@ fn main() {
             std::process::exit(2);
         }
     };
+    let tls_dir = args.tls_dir.clone().or_else(|| {
+        std::env::var_os(pairfs::tls::TLS_DIR_ENV)
+            .filter(|v| !v.is_empty())
+            .map(std::path::PathBuf::from)
+    });
+    if let Some(dir) = tls_dir {
+        match pairfs::tls::Tls::load_client(&dir) {
+            Ok(t) => {
+                pairfs::tls::install(t);
+            }
+            Err(e) => {
+                eprintln!("ERROR [INVALID]: TLS: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
     let opts = Options {
         nm_host: args.nm_host,
         nm_port: args.nm_port,

@@ -77,6 +77,50 @@ struct Cli {
     /// the name server at --host/--port, proving the cluster key.
     #[arg(long, value_name = "NAME")]
     reset_user: Option<String>,
+    /// Serve and dial only TLS, with the cluster CA and server certificate in DIR (ca.pem,
+    /// server.pem, server.key 0600) made by --init-tls.
+    #[arg(long, value_name = "DIR")]
+    tls_dir: Option<PathBuf>,
+    /// Make a cluster CA and a server certificate in DIR (created 0700), then exit. Refuses
+    /// a DIR that already holds a CA.
+    #[arg(long, value_name = "DIR")]
+    init_tls: Option<PathBuf>,
+    /// Extra name (DNS name or IP address) for the server certificate made by --init-tls;
+    /// repeatable. Peers verify the fixed cluster name, so none is needed.
+    #[arg(long, value_name = "NAME")]
+    tls_san: Vec<String>,
+}
+
+/// `--init-tls`: makes the cluster's TLS files in `dir`; the exit status.
+fn init_tls(dir: &std::path::Path, names: &[String]) -> i32 {
+    use pairfs::tls;
+    match tls::init_dir(dir, names) {
+        Ok(()) => {
+            let d = dir.display();
+            println!(
+                "made a cluster CA and a server certificate in {d} (name {}):",
+                tls::CLUSTER_NAME
+            );
+            println!(
+                "  {d}/{}  every client and server (--tls-dir on each)",
+                tls::CA_FILE
+            );
+            println!(
+                "  {d}/{} + {d}/{}  every server (keep the key 0600)",
+                tls::SERVER_CERT_FILE,
+                tls::SERVER_KEY_FILE
+            );
+            println!(
+                "  {d}/{}  issues certificates: keep it off the other machines",
+                tls::CA_KEY_FILE
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("ERROR [INVALID]: TLS: {e}");
+            1
+        }
+    }
 }
 
 /// `--reset-user`: unbinds `user`'s key in the store under `cli.data`, or through the name
@@ -165,6 +209,20 @@ fn main() {
     // Whatever this server creates (stored files, records, its database, a default key) is
     // for its own user only: files 0600, directories 0700.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    if let Some(dir) = &cli.init_tls {
+        std::process::exit(init_tls(dir, &cli.tls_san));
+    }
+    if let Some(dir) = &cli.tls_dir {
+        match pairfs::tls::Tls::load_server(dir) {
+            Ok(t) => {
+                pairfs::tls::install(t);
+            }
+            Err(e) => {
+                eprintln!("bin_nm: TLS: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
     if let Some(user) = &cli.reset_user {
         std::process::exit(reset_user(&cli, user));
     }

@@ -55,6 +55,10 @@ struct Args {
     /// fractions allowed (e.g. 0.3).
     #[arg(long, default_value = "60", value_parser = pairfs::limits::parse_seconds_ms)]
     idle_timeout_s: u64,
+    /// Serve and dial only TLS, with the cluster's ca.pem, server.pem and server.key (0600)
+    /// in DIR (made by bin_nm --init-tls on the name server's machine).
+    #[arg(long, value_name = "DIR")]
+    tls_dir: Option<PathBuf>,
 }
 
 fn main() {
@@ -75,6 +79,18 @@ fn main() {
     // for its own user only: files 0600, directories 0700.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     logging::init_server();
+    if let Some(dir) = &args.tls_dir {
+        match pairfs::tls::Tls::load_server(dir) {
+            Ok(t) => {
+                pairfs::tls::install(t);
+            }
+            Err(e) => {
+                log::error!(target: logging::ev::SHUTDOWN, "storage server failed: TLS: {e}");
+                eprintln!("bin_ss: TLS: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
     if let Err(e) = serve(args) {
         log::error!(target: logging::ev::SHUTDOWN, "storage server failed: {e:#}");
         // A key file open to others is the operator's to fix: say how, and exit 2.

@@ -18,3 +18,4 @@ pub mod names;
 pub mod nm;
 pub mod protocol;
 pub mod ss;
+pub mod tls;

@@ -119,9 +119,13 @@ pub mod ev {
     /// The connection cap chosen at start, from `--max-connections` and the descriptor limit
     /// (fields `max_connections`, `nofile`).
     pub const CONN_LIMIT: &str = "conn_limit";
+    /// A server listens beyond loopback without `--tls-dir`: its links are plain TCP (fields
+    /// `server`, `addr`). Logged once at start.
+    pub const TLS_OFF: &str = "tls_off";
 
     /// Every event name above, for documentation and tests.
     pub const ALL: &[&str] = &[
+        TLS_OFF,
         NM_LISTEN,
         SS_LISTEN,
         NM_SS_REGISTER,

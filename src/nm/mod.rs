@@ -38,6 +38,7 @@ pub mod http;
 pub mod replication;
 pub mod server;
 pub mod store;
+pub mod transport;
 pub mod worker;
 
 use crate::auth::ClusterKey;
@@ -215,6 +216,7 @@ pub fn start(cfg: &Config) -> Result<Started, NmError> {
         crate::addr::join(host, cfg.port)
     )))?;
     let addr = listener.local_addr().map_err(io_err("local address"))?;
+    crate::tls::warn_if_plain("name server", addr);
     let (snapshot, http_addr) = if cfg.http_port != 0 {
         let l = std::net::TcpListener::bind((host, cfg.http_port)).map_err(io_err(format!(
             "HTTP listen on {}",

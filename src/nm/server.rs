@@ -45,6 +45,7 @@
 
 use super::core::{ConnId, Core, Effect, Job, StoreOp};
 use super::store::{Batch, Committed, Store};
+use super::transport::Transport;
 use super::worker::JobResult;
 use crate::limits;
 use crate::logging::ev;
@@ -106,7 +107,7 @@ impl Shutdown {
 }
 
 struct Conn {
-    stream: TcpStream,
+    stream: Transport,
     input: Vec<u8>,
     /// Replies waiting for their sequence number to become durable.
     held: VecDeque<(u64, Vec<u8>)>,
@@ -174,6 +175,8 @@ pub struct Server {
     stop: Arc<AtomicBool>,
     snapshot: Option<Arc<Mutex<String>>>,
     links: Option<Links>,
+    /// TLS for accepted connections (`None`: plain TCP).
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Errors that end the loop.
@@ -226,7 +229,14 @@ impl Server {
             stop: Arc::new(AtomicBool::new(false)),
             snapshot,
             links: None,
+            tls: crate::tls::installed().and_then(|t| t.server_config()),
         })
+    }
+
+    /// Serves only TLS with `config` (`None`: plain TCP). By default the process's TLS
+    /// settings apply ([`crate::tls::installed`]).
+    pub fn set_tls(&mut self, config: Option<Arc<rustls::ServerConfig>>) {
+        self.tls = config;
     }
 
     /// Sets how long a connection may idle (and a frame may take to arrive) before it is
@@ -446,11 +456,12 @@ impl Server {
         let _ = stream.set_nodelay(true);
         let id = self.next_conn;
         self.next_conn += 1;
+        let mut stream = Transport::new(stream, self.tls.clone());
         if self
             .poll
             .registry()
             .register(
-                &mut stream,
+                stream.sock_mut(),
                 Token(id),
                 Interest::READABLE | Interest::WRITABLE,
             )
@@ -650,7 +661,7 @@ impl Server {
             if c.reserve {
                 self.reserve_conns -= 1;
             }
-            let _ = self.poll.registry().deregister(&mut c.stream);
+            let _ = self.poll.registry().deregister(c.stream.sock_mut());
             self.core.on_close(id, now_ms());
         }
     }
@@ -883,6 +894,14 @@ impl Server {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
+        match c.stream.flush_tls() {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => {
+                self.drop_conn(id);
+                return;
+            }
+        }
         while c.written < c.output.len() {
             match c.stream.write(&c.output[c.written..]) {
                 Ok(0) => {
@@ -901,7 +920,8 @@ impl Server {
         if c.written == c.output.len() {
             c.output.clear();
             c.written = 0;
-            if c.closing && c.held.is_empty() {
+            // Under TLS the last records may still wait for the socket.
+            if c.closing && c.held.is_empty() && !c.stream.has_pending_output() {
                 self.drop_conn(id);
             }
         } else if c.output.len() - c.written > MAX_OUTPUT_BYTES {
@@ -959,7 +979,7 @@ fn too_many(max: usize) -> WireError {
 
 /// Tells a peer about to be closed why, best effort: one non-blocking write of an ERR frame
 /// (if its socket has no room, it learns only that it was closed).
-fn tell(stream: &mut TcpStream, e: WireError) {
+fn tell(stream: &mut impl Write, e: WireError) {
     let _ = stream.write(&encode(&Message::err(e), &[]));
 }
 

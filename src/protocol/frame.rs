@@ -153,6 +153,9 @@ impl Drop for Grant {
 /// The encoded size of the frame at the front of `buf` once its header line has arrived
 /// (`Ok(None)` before), without consuming anything: what a receiver must be ready to hold.
 pub fn front_frame_size(buf: &[u8]) -> Result<Option<usize>, FrameError> {
+    if buf.first() == Some(&crate::tls::HANDSHAKE_BYTE) {
+        return Err(FrameError::TlsHello);
+    }
     let scan = buf.len().min(MAX_HEADER_BYTES);
     let Some(nl) = buf[..scan].iter().position(|&b| b == b'\n') else {
         return if buf.len() >= MAX_HEADER_BYTES {
@@ -193,12 +196,16 @@ pub enum FrameError {
     /// Body bytes do not match the declared CRC32C.
     #[error("body checksum mismatch")]
     BadChecksum,
+    /// A TLS handshake arrived where a frame was expected.
+    #[error("TLS: a TLS handshake reached a server running without --tls-dir; start it with --tls-dir, or drop --tls-dir on the connecting side")]
+    TlsHello,
 }
 
 impl From<FrameError> for WireError {
     fn from(e: FrameError) -> WireError {
         let code = match e {
             FrameError::BodyTooLarge(_) | FrameError::HeaderTooLong => ErrorCode::Limit,
+            FrameError::TlsHello => ErrorCode::Unavailable,
             _ => ErrorCode::Invalid,
         };
         WireError::new(code, e.to_string())
@@ -285,6 +292,10 @@ impl Header {
 
 /// [`decode`], saying what is missing when no frame is whole, with the header parsed once.
 fn decode_front(buf: &mut Vec<u8>) -> Result<Front, FrameError> {
+    if buf.first() == Some(&crate::tls::HANDSHAKE_BYTE) {
+        // No header starts with it: a TLS client dialled a plain server.
+        return Err(FrameError::TlsHello);
+    }
     let scan = buf.len().min(MAX_HEADER_BYTES);
     let Some(nl) = buf[..scan].iter().position(|&b| b == b'\n') else {
         return if buf.len() >= MAX_HEADER_BYTES {
@@ -383,8 +394,17 @@ impl From<ConnError> for WireError {
 /// A blocking framed connection: owns the socket and the read buffer, so partial frames are
 /// never lost between calls. Used by the storage server, the client, and the name server's
 /// worker threads (the name server's event loop uses [`decode`] directly).
+///
+/// The bytes travel over plain TCP or TLS ([`crate::tls`]): [`Connection::connect`] and
+/// [`Connection::accept`] pick by the process's TLS settings, installed once at start, so
+/// no call site carries them; tests use [`Connection::connect_tls`] and
+/// [`Connection::accept_tls`]. Either way [`Connection::stream`] is the TCP socket itself,
+/// for timeouts, shutdown and clones that abort a blocked call. Under TLS a large body is
+/// still written from where it lies, but rustls encrypts it into records of its own (one
+/// copy, which encryption needs anyway), and received records are decrypted into the frame
+/// buffer as before.
 pub struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
     /// Total size of the frame at the front of `buf` once its header has been read.
     need: Option<usize>,
@@ -395,6 +415,105 @@ pub struct Connection {
     body_crc: u32,
     /// Where large bodies get their memory from (servers); `None` reads them unmetered.
     budget: Option<Arc<FrameBudget>>,
+}
+
+/// The byte stream under a [`Connection`]: the socket itself, or TLS over it. Either way the
+/// TCP socket stays reachable ([`Connection::stream`]) for timeouts, shutdown and clones that
+/// abort a blocked call.
+enum Stream {
+    Plain(TcpStream),
+    Client(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+    Server(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Client(t) => t.get_ref(),
+            Stream::Server(t) => t.get_ref(),
+        }
+    }
+}
+
+/// A peer that closes without TLS's close_notify ends the stream like a plain close: every
+/// frame carries its own length and checksum, so a cut-off frame is caught by the framing.
+fn clean_eof(r: io::Result<usize>) -> io::Result<usize> {
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
+        r => r,
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Client(t) => clean_eof(t.read(buf)),
+            Stream::Server(t) => clean_eof(t.read(buf)),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Client(t) => t.write(buf),
+            Stream::Server(t) => t.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Client(t) => t.flush(),
+            Stream::Server(t) => t.flush(),
+        }
+    }
+}
+
+/// Runs a blocking TLS handshake on `sock` within `timeout` (the socket's own timeouts are
+/// put back afterwards).
+fn handshake<C, D>(conn: &mut C, sock: &mut TcpStream, timeout: Duration) -> io::Result<()>
+where
+    C: std::ops::DerefMut<Target = rustls::ConnectionCommon<D>>,
+    D: rustls::SideData,
+{
+    let saved = (sock.read_timeout()?, sock.write_timeout()?);
+    sock.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+    sock.set_write_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+    let deadline = Instant::now() + timeout;
+    let mut res = Ok(());
+    while conn.is_handshaking() {
+        if Instant::now() >= deadline {
+            res = Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "TLS handshake did not finish in time",
+            ));
+            break;
+        }
+        match conn.complete_io(sock) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                res = Err(e);
+                break;
+            }
+        }
+    }
+    if res.is_ok() {
+        // Anything still queued (the client's Finished) goes out now.
+        while conn.wants_write() {
+            if let Err(e) = conn.write_tls(sock) {
+                res = Err(e);
+                break;
+            }
+        }
+    }
+    let _ = sock.set_read_timeout(saved.0);
+    let _ = sock.set_write_timeout(saved.1);
+    res
 }
 
 /// A frame of at least [`LARGE_BODY_BYTES`] being received: its header, and its body so far
@@ -420,9 +539,13 @@ const MAX_READ_BYTES: usize = 256 * 1024;
 const LARGE_BODY_BYTES: usize = 64 * 1024;
 
 impl Connection {
-    /// Wraps an accepted or connected stream.
+    /// Wraps an accepted or connected stream, speaking plain TCP.
     pub fn new(stream: TcpStream) -> Connection {
         let _ = stream.set_nodelay(true);
+        Connection::over(Stream::Plain(stream))
+    }
+
+    fn over(stream: Stream) -> Connection {
         Connection {
             stream,
             buf: Vec::with_capacity(8 * 1024),
@@ -439,27 +562,122 @@ impl Connection {
         self.budget = Some(budget);
     }
 
-    /// Connects to `addr` (first resolved address) within `timeout`.
+    /// Connects to `addr` (first resolved address) within `timeout`: over TLS when this
+    /// process runs with TLS ([`crate::tls::install`]), else plain TCP.
     pub fn connect(addr: &str, timeout: Duration) -> io::Result<Connection> {
+        match crate::tls::installed() {
+            Some(t) => Connection::connect_tls(addr, timeout, t.client_config(), &t.ca_path()),
+            None => Ok(Connection::new(Connection::dial(addr, timeout)?)),
+        }
+    }
+
+    fn dial(addr: &str, timeout: Duration) -> io::Result<TcpStream> {
         let sa: SocketAddr = addr.to_socket_addrs()?.next().ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("cannot resolve {addr}"),
             )
         })?;
-        let stream = TcpStream::connect_timeout(&sa, timeout)?;
-        Ok(Connection::new(stream))
+        TcpStream::connect_timeout(&sa, timeout)
     }
 
-    /// The socket, for timeouts and shutdown.
+    /// Connects to `addr` over TLS with `config`, verifying the server's certificate names
+    /// [`crate::tls::CLUSTER_NAME`]; the handshake must finish within `timeout`. A failed
+    /// handshake says why in words (`ca` is named when the certificate is not the cluster's).
+    pub fn connect_tls(
+        addr: &str,
+        timeout: Duration,
+        config: Arc<rustls::ClientConfig>,
+        ca: &std::path::Path,
+    ) -> io::Result<Connection> {
+        let mut sock = Connection::dial(addr, timeout)?;
+        let _ = sock.set_nodelay(true);
+        let mut tls = rustls::ClientConnection::new(config, crate::tls::cluster_name())
+            .map_err(io::Error::other)?;
+        handshake(&mut tls, &mut sock, timeout).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                crate::tls::describe_handshake(&e, addr, ca),
+            )
+        })?;
+        Ok(Connection::over(Stream::Client(Box::new(
+            rustls::StreamOwned::new(tls, sock),
+        ))))
+    }
+
+    /// Takes an accepted stream: over TLS when this process runs with TLS (the handshake must
+    /// finish within `timeout`), else plain. A peer speaking plain frames to a TLS server is
+    /// told `ERROR [UNAVAILABLE]: TLS: ...` in a plain frame and refused.
+    pub fn accept(stream: TcpStream, timeout: Duration, server: &str) -> io::Result<Connection> {
+        match crate::tls::installed().and_then(|t| t.server_config()) {
+            Some(cfg) => Connection::accept_tls(stream, timeout, cfg, server),
+            None => Ok(Connection::new(stream)),
+        }
+    }
+
+    /// [`Connection::accept`] with an explicit TLS configuration.
+    pub fn accept_tls(
+        mut sock: TcpStream,
+        timeout: Duration,
+        config: Arc<rustls::ServerConfig>,
+        server: &str,
+    ) -> io::Result<Connection> {
+        let _ = sock.set_nodelay(true);
+        let saved = sock.read_timeout()?;
+        sock.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+        let mut first = [0u8; 1];
+        let peeked = sock.peek(&mut first);
+        sock.set_read_timeout(saved)?;
+        if peeked? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        if first[0] != crate::tls::HANDSHAKE_BYTE {
+            refuse_plain(&mut sock, server);
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a plain connection to a TLS-only server",
+            ));
+        }
+        let mut tls = rustls::ServerConnection::new(config).map_err(io::Error::other)?;
+        handshake(&mut tls, &mut sock, timeout)?;
+        Ok(Connection::over(Stream::Server(Box::new(
+            rustls::StreamOwned::new(tls, sock),
+        ))))
+    }
+
+    /// Whether this connection runs over TLS.
+    pub fn is_tls(&self) -> bool {
+        !matches!(self.stream, Stream::Plain(_))
+    }
+
+    /// The TCP socket (under TLS, if any), for timeouts, shutdown and clones that abort.
     pub fn stream(&self) -> &TcpStream {
-        &self.stream
+        self.stream.tcp()
     }
 
     /// Sets both read and write timeouts (`None` blocks forever).
     pub fn set_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        self.stream.set_read_timeout(t)?;
-        self.stream.set_write_timeout(t)
+        self.stream.tcp().set_read_timeout(t)?;
+        self.stream.tcp().set_write_timeout(t)
+    }
+
+    /// Whether bytes already received wait here (in the frame buffer or decrypted by TLS),
+    /// so the socket's readiness alone does not tell whether a frame can be read.
+    pub fn has_buffered_input(&mut self) -> bool {
+        if !self.buf.is_empty() || self.large.is_some() {
+            return true;
+        }
+        match &mut self.stream {
+            Stream::Plain(_) => false,
+            Stream::Client(t) => t
+                .conn
+                .process_new_packets()
+                .is_ok_and(|s| s.plaintext_bytes_to_read() > 0),
+            Stream::Server(t) => t
+                .conn
+                .process_new_packets()
+                .is_ok_and(|s| s.plaintext_bytes_to_read() > 0),
+        }
     }
 
     /// CRC32C of the body of the frame [`Connection::recv`] last returned, which it was
@@ -475,20 +693,23 @@ impl Connection {
         let mut head = Vec::with_capacity(128);
         encode_header_with(&mut head, msg, body.len(), crc);
         self.stream.write_all(&head)?;
-        self.stream.write_all(body)
+        self.stream.write_all(body)?;
+        self.stream.flush()
     }
 
     /// Writes one frame.
     pub fn send(&mut self, msg: &Message, body: &[u8]) -> io::Result<()> {
         if body.len() < LARGE_BODY_BYTES {
             let bytes = encode(msg, body);
-            return self.stream.write_all(&bytes);
+            self.stream.write_all(&bytes)?;
+            return self.stream.flush();
         }
         // A large body is written from where it lies rather than copied behind its header.
         let mut head = Vec::with_capacity(128);
         encode_header(&mut head, msg, body);
         self.stream.write_all(&head)?;
-        self.stream.write_all(body)
+        self.stream.write_all(body)?;
+        self.stream.flush()
     }
 
     /// Reads what the socket has: into the body of the large frame being received, else into
@@ -503,7 +724,9 @@ impl Connection {
         if let Some(l) = self.large.as_mut() {
             let rest = l.len - l.body.len();
             if !bounded {
-                return (&self.stream).take(rest as u64).read_to_end(&mut l.body);
+                return (&mut self.stream)
+                    .take(rest as u64)
+                    .read_to_end(&mut l.body);
             }
             return read_zeroed(&mut self.stream, &mut l.body, rest.min(MAX_READ_BYTES));
         }
@@ -612,11 +835,11 @@ impl Connection {
         }
         // The deadline shortens the socket's read timeout read by read; the caller's own
         // timeout is put back afterwards, so the next recv() waits as long as it asked.
-        let saved = self.stream.read_timeout()?;
+        let saved = self.stream.tcp().read_timeout()?;
         let got = self.recv_loop(deadline);
         // A frame already read is returned even if this fails; the caller's next read
         // timeout is then what the deadline left, as before.
-        let _ = self.stream.set_read_timeout(saved);
+        let _ = self.stream.tcp().set_read_timeout(saved);
         got
     }
 
@@ -632,7 +855,7 @@ impl Connection {
                         io::Error::new(io::ErrorKind::TimedOut, "frame deadline passed").into(),
                     );
                 }
-                self.stream.set_read_timeout(Some(left))?;
+                self.stream.tcp().set_read_timeout(Some(left))?;
             }
             let n = match self.fill(deadline.is_some()) {
                 Ok(n) => n,
@@ -666,9 +889,32 @@ impl Connection {
     }
 }
 
+/// Tells a peer that sent plain bytes to a TLS-only `server` why it is refused, in a plain
+/// frame: what it sent is read first (bounded), so closing does not reset the connection
+/// before the peer reads the answer.
+fn refuse_plain(sock: &mut TcpStream, server: &str) {
+    let _ = sock.set_read_timeout(Some(Duration::from_millis(200)));
+    let _ = sock.set_write_timeout(Some(Duration::from_millis(1_000)));
+    let mut scratch = [0u8; 16 * 1024];
+    let _ = sock.read(&mut scratch);
+    let _ = sock.write_all(&encode(
+        &Message::err(crate::tls::plain_refused(server)),
+        &[],
+    ));
+    let _ = sock.shutdown(std::net::Shutdown::Write);
+    // Wait (briefly) for the peer to read the answer and close its end.
+    let until = Instant::now() + Duration::from_millis(1_000);
+    while Instant::now() < until {
+        match sock.read(&mut scratch) {
+            Ok(n) if n > 0 => continue,
+            _ => break,
+        }
+    }
+}
+
 /// One read from `stream` appended to `buf`, into at most `want` bytes of room that are zeroed
 /// first; the room the read leaves unfilled is cut off again.
-fn read_zeroed(stream: &mut TcpStream, buf: &mut Vec<u8>, want: usize) -> io::Result<usize> {
+fn read_zeroed(stream: &mut impl Read, buf: &mut Vec<u8>, want: usize) -> io::Result<usize> {
     let have = buf.len();
     buf.resize(have + want, 0);
     let res = stream.read(&mut buf[have..]);
@@ -1015,5 +1261,136 @@ mod tests {
             // Either a clean error, a need for more bytes, or (rarely) a real frame.
             let _ = decode(&mut buf);
         }
+    }
+
+    /// A cluster TLS directory and its loaded settings.
+    fn tls_dir() -> (tempfile::TempDir, crate::tls::Tls) {
+        let d = tempfile::tempdir().unwrap();
+        crate::tls::init_dir(d.path(), &[]).unwrap();
+        let t = crate::tls::Tls::load_server(d.path()).unwrap();
+        (d, t)
+    }
+
+    /// A TLS server on loopback echoing every frame back; its port.
+    fn tls_echo(server: Arc<rustls::ServerConfig>) -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(s) = s else { return };
+                let cfg = server.clone();
+                std::thread::spawn(move || {
+                    let Ok(mut c) = Connection::accept_tls(s, Duration::from_secs(5), cfg, "test")
+                    else {
+                        return;
+                    };
+                    while let Ok(Some(f)) = c.recv() {
+                        if c.send(&f.msg, &f.body).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn tls_carries_small_and_large_frames_both_ways() {
+        let (d, t) = tls_dir();
+        let addr = tls_echo(t.server_config().unwrap());
+        let mut c = Connection::connect_tls(
+            &addr.to_string(),
+            Duration::from_secs(5),
+            t.client_config(),
+            &t.ca_path(),
+        )
+        .unwrap();
+        assert!(c.is_tls());
+        c.set_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.send(&sample(0), b"hi").unwrap();
+        let f = c.recv_some().unwrap();
+        assert_eq!((f.msg, f.body.as_slice()), (sample(0), &b"hi"[..]));
+        let big: Vec<u8> = (0..MAX_BODY_BYTES)
+            .map(|i| (i * 7 + i / 251) as u8)
+            .collect();
+        for _ in 0..2 {
+            c.send(&Message::Chunk {}, &big).unwrap();
+            let f = c.recv_some().unwrap();
+            assert_eq!(f.msg, Message::Chunk {});
+            assert!(f.body == big, "large body changed on the way");
+            assert_eq!(c.body_crc(), crc32c::crc32c(&big));
+        }
+        drop(d);
+    }
+
+    #[test]
+    fn a_server_certificate_from_another_ca_is_refused_naming_the_ca_file() {
+        let (_d, theirs) = tls_dir();
+        let (_e, ours) = tls_dir();
+        let addr = tls_echo(theirs.server_config().unwrap());
+        let e = Connection::connect_tls(
+            &addr.to_string(),
+            Duration::from_secs(5),
+            ours.client_config(),
+            &ours.ca_path(),
+        )
+        .err()
+        .expect("a certificate of another CA must be refused");
+        let text = e.to_string();
+        assert!(text.starts_with("TLS:"), "{text}");
+        assert!(
+            text.contains(&ours.ca_path().display().to_string()),
+            "{text}"
+        );
+        assert!(text.contains("not accepted"), "{text}");
+    }
+
+    #[test]
+    fn a_plain_client_of_a_tls_server_is_told_quickly() {
+        let (_d, t) = tls_dir();
+        let addr = tls_echo(t.server_config().unwrap());
+        let t0 = Instant::now();
+        let mut c = Connection::new(TcpStream::connect(addr).unwrap());
+        c.set_timeout(Some(Duration::from_secs(10))).unwrap();
+        let e = c.call(&sample(0), &[]).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Unavailable, "{e}");
+        assert!(
+            e.msg.starts_with("TLS:") && e.msg.contains("--tls-dir"),
+            "{e}"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    }
+
+    #[test]
+    fn a_tls_client_of_a_plain_server_is_told_quickly() {
+        let (_d, t) = tls_dir();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            let mut c = Connection::new(s);
+            c.set_timeout(Some(Duration::from_secs(10))).unwrap();
+            // What a plain server does with bytes that are no frame: answer ERR, close.
+            match c.recv() {
+                Err(ConnError::Frame(fe)) => {
+                    assert_eq!(fe, FrameError::TlsHello);
+                    let _ = c.send(&Message::err(fe.into()), &[]);
+                }
+                other => panic!("a TLS hello must be refused at once, got {other:?}"),
+            }
+        });
+        let t0 = Instant::now();
+        let e = Connection::connect_tls(
+            &addr.to_string(),
+            Duration::from_secs(10),
+            t.client_config(),
+            &t.ca_path(),
+        )
+        .err()
+        .expect("a plain server cannot finish a TLS handshake");
+        let text = e.to_string();
+        assert!(text.contains("without --tls-dir"), "{text}");
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
     }
 }

@@ -146,6 +146,7 @@ pub fn start(cfg: Config) -> Result<Running, SsError> {
         addr: want.clone(),
         source,
     })?;
+    crate::tls::warn_if_plain("storage server", addr);
     let stop = Arc::new(AtomicBool::new(false));
     let link = nmlink::NmLink::start(
         nmlink::LinkConfig {

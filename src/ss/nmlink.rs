@@ -1,10 +1,12 @@
 //! The storage server's link to the name server: registration with the full file list,
 //! heartbeats, and CHANGED/REMOVED reports from committers.
 //!
-//! One writer thread owns the connection and a reader thread takes the acknowledgements off
-//! it, so a heartbeat is never queued behind a wait for an ack. Committers talk to the writer
-//! through a bounded channel; each report carries its own reply channel, matched to the
-//! `CHANGED_ACK` by id. On any failure the link logs `ss_nm_link`, drops the waiting reports
+//! After registration one I/O thread owns the connection: a TLS stream cannot be split into
+//! a reading and a writing half, so the same thread writes and reads. It waits in `poll(2)` on
+//! the socket and on a wake-up socket pair; the link thread hands it heartbeats and reports
+//! through a channel and wakes it, so a frame leaves at once and is never queued behind a
+//! wait for an ack. Committers talk to the link thread through a bounded channel; each report
+//! carries its own reply channel, matched to the `CHANGED_ACK` by id. On any failure the link logs `ss_nm_link`, drops the waiting reports
 //! (their committers are told at once; the re-registration carries every file's state anyway),
 //! and reconnects with backoff from 100 ms to 2 s, forever.
 //!
@@ -23,7 +25,10 @@ use crate::protocol::{err, Connection, FileState, Message, Partner, StagedRef, W
 use crate::ss::store::Store;
 use crossbeam_channel::{bounded, select, Receiver, Sender};
 use std::collections::{HashMap, VecDeque};
+use std::io::{Read, Write};
 use std::net::Shutdown;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -425,6 +430,18 @@ fn session(
     stream
         .set_read_timeout(Some(read_timeout))
         .map_err(io_err)?;
+    let (wake_rx, wake_tx) = UnixStream::pair().map_err(io_err)?;
+    wake_rx.set_nonblocking(true).map_err(io_err)?;
+    wake_tx.set_nonblocking(true).map_err(io_err)?;
+    let (out_tx, out_rx) = crossbeam_channel::unbounded::<Message>();
+    let send = |msg: Message| -> Result<(), WireError> {
+        out_tx
+            .send(msg)
+            .map_err(|_| err::unavailable("name server link: the I/O thread stopped"))?;
+        // A full wake-up pipe already has a wake-up waiting.
+        let _ = (&wake_tx).write(&[1]);
+        Ok(())
+    };
     let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
     let sent: Sent = Arc::new(Mutex::new(VecDeque::new()));
     let (dead_tx, dead_rx) = bounded::<String>(1);
@@ -436,10 +453,14 @@ fn session(
         epoch: store.epoch().clone(),
         partner: flags.partner.clone(),
     };
-    let reader_stream = stream.try_clone().map_err(io_err)?;
+    let io = LinkIo {
+        out: out_rx,
+        wake: wake_rx,
+        read_timeout,
+    };
     thread::Builder::new()
-        .name("nm-link-reader".into())
-        .spawn(move || reader(Connection::new(reader_stream), grants, dead_tx))
+        .name("nm-link-io".into())
+        .spawn(move || io.run(conn, grants, dead_tx))
         .map_err(io_err)?;
 
     let result = (|| {
@@ -462,8 +483,7 @@ fn session(
                     sent.push_back((seq, Instant::now()));
                 }
                 let writer = !flags.lease.stepped_down.load(Ordering::SeqCst);
-                conn.send(&Message::Heartbeat { seq, writer }, &[])
-                    .map_err(io_err)?;
+                send(Message::Heartbeat { seq, writer })?;
                 next_hb = now + interval;
             }
             let wait = next_hb
@@ -480,7 +500,7 @@ fn session(
                         Report::Changed(state, staged) => Message::Changed { id: next_id, state, staged },
                         Report::Removed(file) => Message::Removed { id: next_id, file },
                     };
-                    conn.send(&msg, &[]).map_err(io_err)?;
+                    send(msg)?;
                 }
                 recv(dead_rx) -> why => {
                     return Err(err::unavailable(why.unwrap_or_else(|_| "reader stopped".into())));
@@ -507,10 +527,76 @@ struct Grants {
     partner: Partnered,
 }
 
-/// Takes acknowledgements off the link until it fails, then says why on `dead`.
-fn reader(mut conn: Connection, g: Grants, dead: Sender<String>) {
-    let why = loop {
-        match conn.recv() {
+/// The I/O thread's inputs besides the connection.
+struct LinkIo {
+    /// Frames to send.
+    out: Receiver<Message>,
+    /// Readable when `out` got frames.
+    wake: UnixStream,
+    /// Silence from the name server after which the link is dead.
+    read_timeout: Duration,
+}
+
+impl LinkIo {
+    /// Sends what the link thread queues and takes acknowledgements off the link until it
+    /// fails (or the link thread shuts the socket), then says why on `dead`.
+    fn run(self, mut conn: Connection, g: Grants, dead: Sender<String>) {
+        let why = self.serve(&mut conn, &g).err().unwrap_or_default();
+        let _ = dead.try_send(why);
+    }
+
+    fn serve(&self, conn: &mut Connection, g: &Grants) -> Result<(), String> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout};
+        let mut heard = Instant::now();
+        loop {
+            while let Ok(msg) = self.out.try_recv() {
+                conn.send(&msg, &[])
+                    .map_err(|e| format!("link write failed: {e}"))?;
+            }
+            // Frames already received (buffered here or decrypted by TLS) are taken first:
+            // the socket's readiness does not show them.
+            while conn.has_buffered_input() {
+                on_frame(conn.recv(), g)?;
+                heard = Instant::now();
+            }
+            let left = self.read_timeout.saturating_sub(heard.elapsed());
+            if left.is_zero() {
+                return Err("link read failed: the name server sent nothing in time".into());
+            }
+            let (sock_ready, woken) = {
+                let mut fds = [
+                    PollFd::new(conn.stream().as_fd(), PollFlags::POLLIN),
+                    PollFd::new(self.wake.as_fd(), PollFlags::POLLIN),
+                ];
+                let ms = PollTimeout::try_from(left.as_millis().max(1) as u64)
+                    .unwrap_or(PollTimeout::MAX);
+                match nix::poll::poll(&mut fds, ms) {
+                    Ok(_) => {}
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(format!("link poll failed: {e}")),
+                }
+                let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+                (ready(&fds[0]), ready(&fds[1]))
+            };
+            if woken {
+                let mut sink = [0u8; 256];
+                while matches!((&self.wake).read(&mut sink), Ok(n) if n > 0) {}
+            }
+            if sock_ready {
+                on_frame(conn.recv(), g)?;
+                heard = Instant::now();
+            }
+        }
+    }
+}
+
+/// Applies one frame read off the link; `Err` says why the link is over.
+fn on_frame(
+    got: Result<Option<crate::protocol::Frame>, crate::protocol::frame::ConnError>,
+    g: &Grants,
+) -> Result<(), String> {
+    {
+        match got {
             Ok(Some(f)) => match f.msg {
                 Message::ChangedAck { id, copies } => {
                     let reply = g
@@ -561,16 +647,18 @@ fn reader(mut conn: Connection, g: Grants, dead: Sender<String>) {
                         None => {}
                     }
                 }
-                Message::Err { code, msg } => break format!("name server said {code}: {msg}"),
+                Message::Err { code, msg } => {
+                    return Err(format!("name server said {code}: {msg}"))
+                }
                 other => {
                     log::debug!(target: ev::SS_NM_LINK, "ignoring {} on the link", other.op_name())
                 }
             },
-            Ok(None) => break "name server closed the link".to_string(),
-            Err(e) => break format!("link read failed: {e}"),
+            Ok(None) => return Err("name server closed the link".to_string()),
+            Err(e) => return Err(format!("link read failed: {e}")),
         }
-    };
-    let _ = dead.try_send(why);
+    }
+    Ok(())
 }
 
 fn io_err(e: std::io::Error) -> WireError {

@@ -217,9 +217,12 @@ fn serve(stream: TcpStream, slot: ConnSlot) {
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    let mut conn = Connection::new(stream);
-    conn.set_budget(shared.budget.clone());
     let idle_ms = shared.idle_timeout_ms;
+    let first_ms = Duration::from_millis(FIRST_FRAME_TIMEOUT_MS.min(idle_ms));
+    let Ok(mut conn) = Connection::accept(stream, first_ms, "storage server") else {
+        return;
+    };
+    conn.set_budget(shared.budget.clone());
     // A new connection must deliver its first (ticketed) request quickly: a peer that opens
     // sockets and trickles bytes cannot keep connection slots from real clients for long.
     let mut frame_ms = FIRST_FRAME_TIMEOUT_MS.min(idle_ms);

@@ -376,9 +376,17 @@ pub struct Builder {
     per_ss_args: BTreeMap<String, Vec<String>>,
     per_ss_env: BTreeMap<String, Vec<(String, String)>>,
     hosts: Option<Hosts>,
+    tls: bool,
 }
 
 impl Builder {
+    /// Runs the cluster with TLS: `bin_nm --init-tls` makes `<dir>/tls`, and every process
+    /// started (clients included) gets `--tls-dir` pointing at it.
+    pub fn tls(mut self) -> Builder {
+        self.tls = true;
+        self
+    }
+
     /// Runs every process on a test host of its own (`crate::netns`): the name server and
     /// each storage server listen on `0.0.0.0` of their own host and are reached at its
     /// address, and clients run on a host of their own. Raw connections from the test process
@@ -467,6 +475,21 @@ impl Builder {
             "--heartbeat-timeout-ms".into(),
             HEARTBEAT_TIMEOUT_MS.to_string(),
         ];
+        let tls_dir = self.tls.then(|| {
+            let d = dir.path().join("tls");
+            let out = Command::new(bin("bin_nm"))
+                .arg("--init-tls")
+                .arg(&d)
+                .output()
+                .expect("run bin_nm --init-tls");
+            assert!(
+                out.status.success(),
+                "bin_nm --init-tls failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            nm_args.extend(["--tls-dir".to_string(), path_str(&d)]);
+            d
+        });
         nm_args.extend(self.nm_args.iter().cloned());
         let mut hosts = self.hosts;
         let nm_netns = hosts.as_mut().map(|h| {
@@ -500,6 +523,7 @@ impl Builder {
             per_ss_env: self.per_ss_env.clone(),
             hosts,
             client_netns,
+            tls_dir,
         };
         for (ss, rel, bytes) in &self.seeds {
             let p = c.storage(ss).join("files").join(rel);
@@ -534,6 +558,8 @@ pub struct Cluster {
     hosts: Option<Hosts>,
     /// The client's own host's namespace, with `hosts`.
     client_netns: Option<String>,
+    /// The cluster's TLS directory when it runs with TLS.
+    tls_dir: Option<PathBuf>,
     /// Declared last so it is removed only after every process was killed (fields drop in
     /// order).
     dir: tempfile::TempDir,
@@ -556,6 +582,7 @@ impl Cluster {
             per_ss_args: BTreeMap::new(),
             per_ss_env: BTreeMap::new(),
             hosts: None,
+            tls: false,
         }
     }
 
@@ -629,6 +656,9 @@ impl Cluster {
             "--heartbeat-interval-ms".into(),
             HEARTBEAT_INTERVAL_MS.to_string(),
         ];
+        if let Some(d) = &self.tls_dir {
+            args.extend(["--tls-dir".to_string(), path_str(d)]);
+        }
         let netns = self.hosts.as_mut().map(|h| {
             h.add(name);
             let nm_host = h.addr("nm");
@@ -800,8 +830,17 @@ impl Cluster {
         self.proc_mut(name).env.retain(|(k, _)| k != key);
     }
 
-    /// A client for `user`.
+    /// A client for `user` (with `--tls-dir` when the cluster runs with TLS).
     pub fn client(&self, user: &str) -> Client {
+        let c = self.plain_client(user);
+        match &self.tls_dir {
+            Some(d) => c.arg("--tls-dir").arg(&path_str(d)),
+            None => c,
+        }
+    }
+
+    /// A client for `user` without `--tls-dir`, whatever the cluster runs.
+    pub fn plain_client(&self, user: &str) -> Client {
         Client {
             nm_addr: self.nm.addr.clone(),
             user: user.to_string(),
@@ -809,6 +848,11 @@ impl Cluster {
             netns: self.client_netns.clone(),
             env: vec![],
         }
+    }
+
+    /// The cluster's TLS directory, when it runs with TLS.
+    pub fn tls_dir(&self) -> Option<&Path> {
+        self.tls_dir.as_deref()
     }
 
     /// A raw protocol connection to the name server (5 s timeouts).

@@ -28,4 +28,5 @@ mod ride_through;
 mod robustness;
 mod staging;
 mod terminal;
+mod tls;
 mod write;

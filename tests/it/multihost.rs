@@ -1,6 +1,7 @@
 //! The whole story on several hosts (README "Running on several hosts"): the name server,
 //! both members of a pair and the client each on a test host of its own (a network namespace
-//! with its own address, `crate::netns`), every server listening on `0.0.0.0`. Pairing, every
+//! with its own address, `crate::netns`), every server listening on `0.0.0.0`, every link over
+//! TLS (`--tls-dir` on every process, clients included). Pairing, every
 //! command, a SIGKILL of the primary, reads and writes through the backup, the primary's
 //! return. Needs root; prints SKIPPED with the reason elsewhere.
 
@@ -18,8 +19,12 @@ fn cluster_on_hosts() -> Option<Cluster> {
             return None;
         }
     };
-    let c = Cluster::builder().pair().on_hosts(hosts).start();
+    let c = Cluster::builder().pair().tls().on_hosts(hosts).start();
     c.wait_event("nm", "replication_assign", |v| mentions(v, BACKUP), WAIT);
+    // Listening beyond loopback with TLS on: no server warns that its links are plain.
+    for p in ["nm", PRIMARY, BACKUP] {
+        assert_eq!(c.log(p).count(Mark(0), "tls_off", &|_| true), 0, "{p}");
+    }
     Some(c)
 }
 
