@@ -69,9 +69,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-#[path = "checkpoints.rs"]
 mod checkpoints;
-#[path = "moves.rs"]
 mod moves;
 
 pub use checkpoints::MAX_CHECKPOINTS;

@@ -1473,6 +1473,8 @@ fn check_put(shared: &Shared, h: &PutHead<'_>, t: &Ticket) -> Result<(), WireErr
 
 mod delta;
 pub mod staging;
+#[cfg(test)]
+mod tests;
 
 /// Most copies one PUT_BATCH may carry (bounds the temp files and open files it holds).
 pub const MAX_BATCH_COPIES: usize = 64;

@@ -1,4 +1,4 @@
-//! Checkpoints on a storage server (a child module of `store.rs`, whose layout section says
+//! Checkpoints on a storage server (a child module of `store`, whose layout section says
 //! where they live): `DIR/checkpoints/<file hash>/` holds `index.json` and one file per tag.
 //!
 //! A checkpoint is a hard link to the content as it was: content is only ever replaced by a

@@ -1,4 +1,4 @@
-//! Folders and MOVE on a storage server (a child module of `store.rs`). A folder is a
+//! Folders and MOVE on a storage server (a child module of `store`). A folder is a
 //! directory under `files/`, made durably when the name server pushes it (SS_MKDIR). A MOVE
 //! is a rename of the content with its bookkeeping, history entries and checkpoints
 //! following it.

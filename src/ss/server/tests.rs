@@ -1,6 +1,7 @@
 //! In-process tests of the storage server against a tiny fake name server.
 
 use super::*;
+use crate::ss::*;
 use crate::protocol::{
     CheckpointInfo, Connection, ErrorCode, FileState, Message, Ticket, TicketOp, Version, WireError,
 };
