@@ -1,10 +1,10 @@
 //! In-process tests of the storage server against a tiny fake name server.
 
 use super::*;
-use crate::ss::*;
 use crate::protocol::{
     CheckpointInfo, Connection, ErrorCode, FileState, Message, Ticket, TicketOp, Version, WireError,
 };
+use crate::ss::*;
 use crossbeam_channel::{unbounded, Receiver};
 use std::io::Write;
 use std::net::TcpListener;
