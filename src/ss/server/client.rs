@@ -3,6 +3,43 @@
 //! reading checkpoints (READ_CHECKPOINT, LIST_CHECKPOINTS).
 
 use super::*;
+use crate::protocol::frame::Frame;
+
+/// Routes a client operation to its handler. Called by `dispatch::serve` with the frames it routes here.
+pub(super) fn handle(shared: &Shared, conn: &mut Connection, frame: Frame) -> Result<(), Fail> {
+    match frame.msg {
+        Message::Read { file, ticket } => read(shared, conn, &file, &ticket),
+        Message::Stream { file, ticket } => stream_words(shared, conn, &file, &ticket),
+        Message::WriteBegin {
+            file,
+            sentence,
+            ticket,
+        } => write_session(shared, conn, &file, sentence, &ticket),
+        Message::SsCreate {
+            file,
+            owner,
+            epoch,
+            ticket,
+        } => create(shared, conn, &file, &owner, epoch, &ticket),
+        Message::SsDelete { file, ticket } => delete(shared, conn, &file, &ticket),
+        Message::SsUndo {
+            file,
+            epoch,
+            ticket,
+        } => undo(shared, conn, &file, epoch, &ticket),
+        Message::ReadCheckpoint { file, tag, ticket } => {
+            read_checkpoint(shared, conn, &file, &tag, &ticket)
+        }
+        Message::ListCheckpoints { file, ticket } => list_checkpoints(shared, conn, &file, &ticket),
+        Message::Upload {
+            file,
+            size,
+            checksum,
+            ticket,
+        } => upload(shared, conn, &file, size, checksum, &ticket),
+        other => Err(unexpected(&other)),
+    }
+}
 
 pub(super) fn read(
     shared: &Shared,

@@ -48,7 +48,7 @@ pub fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-pub(super) fn refuse_busy(stream: TcpStream, max: usize) {
+fn refuse_busy(stream: TcpStream, max: usize) {
     log::warn!(target: ev::SS_REFUSED, reason = "connections"; "refusing a connection: {max} already open");
     let mut conn = Connection::new(stream);
     let _ = conn.set_timeout(Some(Duration::from_millis(1_000)));
@@ -58,7 +58,9 @@ pub(super) fn refuse_busy(stream: TcpStream, max: usize) {
     let _ = conn.send(&Message::err(e), &[]);
 }
 
-pub(super) fn serve(stream: TcpStream, slot: ConnSlot) {
+/// Serves one connection until it closes, fails, idles out or the server stops: each frame
+/// goes to the handler of its family, and a failure is answered as [`Fail`] says.
+fn serve(stream: TcpStream, slot: ConnSlot) {
     let shared = &slot.0;
     let peer = stream
         .peer_addr()
@@ -92,175 +94,32 @@ pub(super) fn serve(stream: TcpStream, slot: ConnSlot) {
             }
             Err(_) => break,
         };
-        let result = match frame.msg {
-            Message::Read { file, ticket } => read(shared, &mut conn, &file, &ticket),
-            Message::Stream { file, ticket } => stream_words(shared, &mut conn, &file, &ticket),
-            Message::WriteBegin {
-                file,
-                sentence,
-                ticket,
-            } => write_session(shared, &mut conn, &file, sentence, &ticket),
-            Message::SsCreate {
-                file,
-                owner,
-                epoch,
-                ticket,
-            } => create(shared, &mut conn, &file, &owner, epoch, &ticket),
-            Message::SsDelete { file, ticket } => delete(shared, &mut conn, &file, &ticket),
-            Message::SsUndo {
-                file,
-                epoch,
-                ticket,
-            } => undo(shared, &mut conn, &file, epoch, &ticket),
-            Message::PeekFile { file, ticket } => peek(shared, &mut conn, &file, &ticket),
-            Message::SsQuarantine { file, keep, ticket } => {
-                quarantine(shared, &mut conn, &file, keep, &ticket)
+        let result = match &frame.msg {
+            Message::Read { .. }
+            | Message::Stream { .. }
+            | Message::WriteBegin { .. }
+            | Message::Upload { .. }
+            | Message::ReadCheckpoint { .. }
+            | Message::ListCheckpoints { .. }
+            | Message::SsCreate { .. }
+            | Message::SsDelete { .. }
+            | Message::SsUndo { .. } => client::handle(shared, &mut conn, frame),
+            Message::PeekFile { .. }
+            | Message::SsQuarantine { .. }
+            | Message::CheckFiles { .. }
+            | Message::SsCheckpoint { .. }
+            | Message::SsRevert { .. }
+            | Message::SsMove { .. }
+            | Message::SsMkdir { .. } => nm::handle(shared, &mut conn, frame),
+            Message::GetFileContent { .. } | Message::GetFileDelta { .. } => {
+                send::handle(shared, &mut conn, frame)
             }
-            Message::GetFileContent {
-                file,
-                have,
-                have_checkpoints,
-                staged,
-                basis,
-                ticket,
-            } => get_content(
-                shared,
-                &mut conn,
-                &file,
-                &have,
-                &have_checkpoints,
-                Ask::Whole {
-                    staged,
-                    basis: basis.map(|b| (b.version, b.checksum)),
-                },
-                &ticket,
-            ),
-            Message::GetFileDelta {
-                file,
-                have,
-                have_checkpoints,
-                avg_bits,
-                count,
-                basis,
-                basis_checksum,
-                ticket,
-            } => delta::parse_request(avg_bits, count, &frame.body).and_then(|(p, index)| {
-                let ask = DeltaAsk {
-                    params: p,
-                    index: &index,
-                    basis: (basis, basis_checksum),
-                };
-                get_content(
-                    shared,
-                    &mut conn,
-                    &file,
-                    &have,
-                    &have_checkpoints,
-                    Ask::Delta(ask),
-                    &ticket,
-                )
-            }),
-            Message::Signature {
-                file,
-                avg_bits,
-                ticket,
-            } => delta::signature(shared, &mut conn, &file, avg_bits, &ticket),
-            Message::PutFileDelta {
-                file,
-                state,
-                undo,
-                sent,
-                checkpoints,
-                sent_checkpoints,
-                basis,
-                basis_checksum,
-                ticket,
-            } => {
-                let head = PutHead {
-                    file: &file,
-                    state: &state,
-                    undo: &undo,
-                    sent: &sent,
-                    checkpoints: &checkpoints,
-                    sent_checkpoints: &sent_checkpoints,
-                    basis: Some((basis, basis_checksum)),
-                    ops: true,
-                    staged: None,
-                };
-                put_content(shared, &mut conn, &head, &ticket)
-            }
-            Message::PutFileContent {
-                file,
-                state,
-                undo,
-                sent,
-                checkpoints,
-                sent_checkpoints,
-                staged,
-                basis,
-                ticket,
-            } => {
-                let head = PutHead {
-                    file: &file,
-                    state: &state,
-                    undo: &undo,
-                    sent: &sent,
-                    checkpoints: &checkpoints,
-                    sent_checkpoints: &sent_checkpoints,
-                    basis: basis.map(|b| (b.version, b.checksum)),
-                    ops: false,
-                    staged: staged.as_deref(),
-                };
-                put_content(shared, &mut conn, &head, &ticket)
-            }
-            Message::ReadCheckpoint { file, tag, ticket } => {
-                read_checkpoint(shared, &mut conn, &file, &tag, &ticket)
-            }
-            Message::ListCheckpoints { file, ticket } => {
-                list_checkpoints(shared, &mut conn, &file, &ticket)
-            }
-            Message::SsCheckpoint {
-                file,
-                tag,
-                creator,
-                epoch,
-                ticket,
-            } => checkpoint(shared, &mut conn, &file, &tag, &creator, epoch, &ticket),
-            Message::SsRevert {
-                file,
-                tag,
-                epoch,
-                ticket,
-            } => revert(shared, &mut conn, &file, &tag, epoch, &ticket),
-            Message::SsMove {
-                file,
-                to,
-                version,
-                ticket,
-            } => move_file(shared, &mut conn, &file, &to, version, &ticket),
-            Message::SsMkdir { folders, ticket } => mkdir(shared, &mut conn, &folders, &ticket),
-            Message::Upload {
-                file,
-                size,
-                checksum,
-                ticket,
-            } => upload(shared, &mut conn, &file, size, checksum, &ticket),
-            Message::StageUpload {
-                file,
-                size,
-                checksum,
-                ticket,
-            } => staging::stage_upload(shared, &mut conn, &file, size, checksum, &ticket),
-            Message::CheckFiles {
-                files,
-                orphans,
-                ticket,
-            } => check_files(shared, &mut conn, &files, orphans, &ticket),
-            Message::PutBatch {} => put_batch(shared, &mut conn),
-            other => Err(Fail::Reply(err::invalid(format!(
-                "unexpected {} on a storage server's client port",
-                other.op_name()
-            )))),
+            Message::Signature { .. }
+            | Message::PutFileContent { .. }
+            | Message::PutFileDelta { .. }
+            | Message::PutBatch { .. }
+            | Message::StageUpload { .. } => recv::handle(shared, &mut conn, frame),
+            other => Err(unexpected(other)),
         };
         match result {
             Ok(()) => {}
@@ -352,4 +211,12 @@ pub(super) fn check_fresh(
         ))),
         _ => Ok(()),
     }
+}
+
+/// The answer to a message a storage server's client port does not serve.
+pub(super) fn unexpected(m: &Message) -> Fail {
+    Fail::Reply(err::invalid(format!(
+        "unexpected {} on a storage server's client port",
+        m.op_name()
+    )))
 }

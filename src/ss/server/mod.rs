@@ -25,6 +25,12 @@
 //! Malformed input gets an ERR where possible and the connection is closed; a request that
 //! fails for a reason of its own (a missing file, a locked sentence) gets an ERR and the
 //! connection stays usable.
+//!
+//! Modules: `dispatch` accepts, runs each connection's loop and routes a frame by its family
+//! (with the ticket and state checks the handlers share); `client` serves client operations,
+//! `nm` the commands only a name server sends, `send` the source end of replication and
+//! `recv` the target end (with `delta` for delta transfers and [`staging`] for uploads
+//! staged by the partner).
 
 use crate::auth::TicketChecker;
 use crate::durable;
@@ -50,6 +56,26 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
+
+mod client;
+mod delta;
+mod dispatch;
+mod nm;
+mod recv;
+mod send;
+pub mod staging;
+#[cfg(test)]
+mod tests;
+
+pub use dispatch::accept_loop;
+pub use nm::{MAX_CHECK_FILES, MAX_CHECK_QUARANTINE};
+pub use recv::MAX_BATCH_COPIES;
+// What the child modules take from their siblings.
+use dispatch::{
+    authorise, check_fresh, may_change, refuse_if_writing, report_adopted, unexpected, vanished,
+};
+use recv::{recv_part, start_writeback, verify, Keep, Received, SyncBy, WRITEBACK_BYTES};
+use send::send_part;
 
 /// How long a new connection has to deliver its whole first request (at most the idle
 /// timeout).
@@ -155,22 +181,3 @@ impl Drop for Inflight<'_> {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
-
-mod client;
-mod delta;
-mod dispatch;
-mod nm;
-mod recv;
-mod send;
-pub mod staging;
-#[cfg(test)]
-mod tests;
-
-use client::*;
-pub use dispatch::accept_loop;
-use dispatch::*;
-use nm::*;
-pub use nm::{MAX_CHECK_FILES, MAX_CHECK_QUARANTINE};
-pub use recv::MAX_BATCH_COPIES;
-use recv::*;
-use send::*;

@@ -2,6 +2,43 @@
 //! SS_CHECKPOINT, SS_REVERT, SS_MOVE, SS_MKDIR.
 
 use super::*;
+use crate::protocol::frame::Frame;
+
+/// Routes a name-server command to its handler. Called by `dispatch::serve` with the frames it routes here.
+pub(super) fn handle(shared: &Shared, conn: &mut Connection, frame: Frame) -> Result<(), Fail> {
+    match frame.msg {
+        Message::PeekFile { file, ticket } => peek(shared, conn, &file, &ticket),
+        Message::SsQuarantine { file, keep, ticket } => {
+            quarantine(shared, conn, &file, keep, &ticket)
+        }
+        Message::SsCheckpoint {
+            file,
+            tag,
+            creator,
+            epoch,
+            ticket,
+        } => checkpoint(shared, conn, &file, &tag, &creator, epoch, &ticket),
+        Message::SsRevert {
+            file,
+            tag,
+            epoch,
+            ticket,
+        } => revert(shared, conn, &file, &tag, epoch, &ticket),
+        Message::SsMove {
+            file,
+            to,
+            version,
+            ticket,
+        } => move_file(shared, conn, &file, &to, version, &ticket),
+        Message::SsMkdir { folders, ticket } => mkdir(shared, conn, &folders, &ticket),
+        Message::CheckFiles {
+            files,
+            orphans,
+            ticket,
+        } => check_files(shared, conn, &files, orphans, &ticket),
+        other => Err(unexpected(&other)),
+    }
+}
 
 /// SS_QUARANTINE: sets this server's copy of `file` aside into `quarantine/` unless it is at
 /// `keep`. Refused with LOCKED while a write session is open on the file.

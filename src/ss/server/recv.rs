@@ -3,6 +3,74 @@
 //! store.
 
 use super::*;
+use crate::protocol::frame::Frame;
+
+/// Routes a transfer into this server (or its source's SIGNATURE request) to its handler. Called by `dispatch::serve` with the frames it routes here.
+pub(super) fn handle(shared: &Shared, conn: &mut Connection, frame: Frame) -> Result<(), Fail> {
+    match frame.msg {
+        Message::Signature {
+            file,
+            avg_bits,
+            ticket,
+        } => delta::signature(shared, conn, &file, avg_bits, &ticket),
+        Message::PutFileDelta {
+            file,
+            state,
+            undo,
+            sent,
+            checkpoints,
+            sent_checkpoints,
+            basis,
+            basis_checksum,
+            ticket,
+        } => {
+            let head = PutHead {
+                file: &file,
+                state: &state,
+                undo: &undo,
+                sent: &sent,
+                checkpoints: &checkpoints,
+                sent_checkpoints: &sent_checkpoints,
+                basis: Some((basis, basis_checksum)),
+                ops: true,
+                staged: None,
+            };
+            put_content(shared, conn, &head, &ticket)
+        }
+        Message::PutFileContent {
+            file,
+            state,
+            undo,
+            sent,
+            checkpoints,
+            sent_checkpoints,
+            staged,
+            basis,
+            ticket,
+        } => {
+            let head = PutHead {
+                file: &file,
+                state: &state,
+                undo: &undo,
+                sent: &sent,
+                checkpoints: &checkpoints,
+                sent_checkpoints: &sent_checkpoints,
+                basis: basis.map(|b| (b.version, b.checksum)),
+                ops: false,
+                staged: staged.as_deref(),
+            };
+            put_content(shared, conn, &head, &ticket)
+        }
+        Message::StageUpload {
+            file,
+            size,
+            checksum,
+            ticket,
+        } => staging::stage_upload(shared, conn, &file, size, checksum, &ticket),
+        Message::PutBatch {} => put_batch(shared, conn),
+        other => Err(unexpected(&other)),
+    }
+}
 
 /// Most history entries a transfer may describe (a copy keeps [`UNDO_DEPTH`]; a little slack
 /// lets a peer with a deeper history still be understood, its oldest entries dropped).

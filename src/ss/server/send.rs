@@ -2,6 +2,58 @@
 //! its history entries and checkpoints in CHUNK frames.
 
 use super::*;
+use crate::protocol::frame::Frame;
+
+/// Routes a request for a copy (this server is the source) to its handler. Called by `dispatch::serve` with the frames it routes here.
+pub(super) fn handle(shared: &Shared, conn: &mut Connection, frame: Frame) -> Result<(), Fail> {
+    match frame.msg {
+        Message::GetFileContent {
+            file,
+            have,
+            have_checkpoints,
+            staged,
+            basis,
+            ticket,
+        } => get_content(
+            shared,
+            conn,
+            &file,
+            &have,
+            &have_checkpoints,
+            Ask::Whole {
+                staged,
+                basis: basis.map(|b| (b.version, b.checksum)),
+            },
+            &ticket,
+        ),
+        Message::GetFileDelta {
+            file,
+            have,
+            have_checkpoints,
+            avg_bits,
+            count,
+            basis,
+            basis_checksum,
+            ticket,
+        } => delta::parse_request(avg_bits, count, &frame.body).and_then(|(p, index)| {
+            let ask = DeltaAsk {
+                params: p,
+                index: &index,
+                basis: (basis, basis_checksum),
+            };
+            get_content(
+                shared,
+                conn,
+                &file,
+                &have,
+                &have_checkpoints,
+                Ask::Delta(ask),
+                &ticket,
+            )
+        }),
+        other => Err(unexpected(&other)),
+    }
+}
 
 /// Sends what `from` yields, at most `limit` bytes, as CHUNK frames and an END.
 pub(super) fn send_part(conn: &mut Connection, from: &mut File, limit: u64) -> Result<(), Fail> {
