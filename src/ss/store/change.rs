@@ -24,17 +24,17 @@ pub(super) enum Source<'a> {
 }
 
 /// Renames a synced temp file over `target` and makes the rename durable.
-pub(super) fn install_temp(tmp: &Path, target: &Path) -> io::Result<()> {
-    durable::fsync_dir(&place(tmp, target)?)
+pub(super) fn install_temp(fs: &dyn Fs, tmp: &Path, target: &Path) -> io::Result<()> {
+    fs.sync_dir(&place(fs, tmp, target)?)
 }
 
 /// Renames a synced temp file over `target`, creating its folders durably, and returns the
 /// directory whose sync makes the rename durable (left to the caller, so a batch syncs each
 /// directory once).
-pub(super) fn place(tmp: &Path, target: &Path) -> io::Result<PathBuf> {
+pub(super) fn place(fs: &dyn Fs, tmp: &Path, target: &Path) -> io::Result<PathBuf> {
     let parent = target.parent().unwrap_or_else(|| Path::new("."));
-    durable::create_dirs_durable(parent)?;
-    fs::rename(tmp, target)?;
+    fs.create_dirs_durable(parent)?;
+    fs.rename(tmp, target)?;
     Ok(parent.to_path_buf())
 }
 
@@ -50,16 +50,18 @@ impl Store {
     pub(super) fn link_history(&self, file: &str, old: &Meta) -> Result<String, StoreError> {
         let blob = blob_id(file, old.version, old.checksum);
         let path = self.undo.join(&blob);
-        match fs::hard_link(self.content_path(file), &path) {
+        match self.fs.hard_link(&self.content_path(file), &path) {
             Ok(()) => {}
             // A leftover of a change that failed after linking: the same version's content.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                let _ = fs::remove_file(&path);
-                fs::hard_link(self.content_path(file), &path).map_err(|e| self.io(file, e))?;
+                let _ = self.fs.remove_file(&path);
+                self.fs
+                    .hard_link(&self.content_path(file), &path)
+                    .map_err(|e| self.io(file, e))?;
             }
             Err(e) => return Err(self.io(file, e)),
         }
-        durable::fsync_dir(&self.undo).map_err(|e| self.io(file, e))?;
+        self.fs.sync_dir(&self.undo).map_err(|e| self.io(file, e))?;
         Ok(blob)
     }
 
@@ -79,22 +81,23 @@ impl Store {
         if let Some(source) = source {
             let blob = self.link_history(file, &old)?;
             let res = match source {
-                Source::Bytes(bytes) => durable::replace(&self.tmp, &target, bytes),
-                Source::Temp(tmp, _) => install_temp(tmp, &target),
+                Source::Bytes(bytes) => self.fs.replace(&self.tmp, &target, bytes),
+                Source::Temp(tmp, _) => install_temp(&*self.fs, tmp, &target),
             };
             if let Err(e) = res {
-                let _ = fs::remove_file(self.undo.join(&blob));
+                let _ = self.fs.remove_file(&self.undo.join(&blob));
                 return Err(self.io(file, e));
             }
             undo.push(blob.clone());
             new_blob = Some(blob);
         } else if let Some(blob) = &pop {
             let src = self.undo.join(blob);
-            durable::replace_with(&self.tmp, &target, |out| {
-                let mut inp = File::open(&src)?;
-                io::copy(&mut inp, out).map(|_| ())
-            })
-            .map_err(|e| self.io(file, e))?;
+            self.fs
+                .replace_with(&self.tmp, &target, &mut |out| {
+                    let mut inp = self.fs.open(&src)?;
+                    io::copy(&mut inp, out).map(|_| ())
+                })
+                .map_err(|e| self.io(file, e))?;
             undo.retain(|b| b != blob);
         }
         let dropped: Vec<String> = if undo.len() > UNDO_DEPTH {
@@ -108,7 +111,9 @@ impl Store {
             _ => None,
         };
         let facts = match known {
-            Some(f) => fs::metadata(&target)
+            Some(f) => self
+                .fs
+                .metadata(&target)
                 .map(|md| ContentFacts {
                     mtime_ns: mtime_ns(&md),
                     ..f.clone()
@@ -120,7 +125,7 @@ impl Store {
             Ok(f) => f,
             Err(e) => {
                 if let Some(b) = new_blob {
-                    let _ = fs::remove_file(self.undo.join(b));
+                    let _ = self.fs.remove_file(&self.undo.join(b));
                 }
                 return Err(e);
             }
@@ -145,7 +150,7 @@ impl Store {
             )),
         })?;
         for b in dropped.iter().chain(pop.iter()) {
-            let _ = fs::remove_file(self.undo.join(b));
+            let _ = self.fs.remove_file(&self.undo.join(b));
         }
         Ok(meta)
     }
@@ -170,8 +175,10 @@ impl Store {
             undo: Vec::new(),
         };
         self.write_meta(file, &meta)?;
-        durable::replace(&self.tmp, &target, b"").map_err(|e| self.io(file, e))?;
-        let md = fs::metadata(&target).map_err(|e| self.io(file, e))?;
+        self.fs
+            .replace(&self.tmp, &target, b"")
+            .map_err(|e| self.io(file, e))?;
+        let md = self.fs.metadata(&target).map_err(|e| self.io(file, e))?;
         meta.mtime_ns = mtime_ns(&md);
         self.write_meta(file, &meta)?;
         Ok(meta)
@@ -180,10 +187,15 @@ impl Store {
     /// DELETE: content, bookkeeping and undo blobs. Caller holds the lock.
     pub fn delete(&self, file: &str) -> Result<(), StoreError> {
         let meta = self.read_meta(file);
-        let existed = durable::remove(&self.content_path(file)).map_err(|e| self.io(file, e))?;
-        durable::remove(&self.meta_path(file)).map_err(|e| self.io(file, e))?;
+        let existed = self
+            .fs
+            .remove(&self.content_path(file))
+            .map_err(|e| self.io(file, e))?;
+        self.fs
+            .remove(&self.meta_path(file))
+            .map_err(|e| self.io(file, e))?;
         for b in meta.map(|m| m.undo).unwrap_or_default() {
-            let _ = fs::remove_file(self.undo.join(b));
+            let _ = self.fs.remove_file(&self.undo.join(b));
         }
         // A later file of the same name starts clean: no history, no checkpoints.
         self.remove_checkpoints(file);
@@ -225,8 +237,8 @@ impl Store {
             Ok((old, _)) => self.write_with(file, old, Some(Source::Temp(tmp, facts)), None),
             Err(StoreError::NotFound(_)) => {
                 let target = self.content_path(file);
-                install_temp(tmp, &target).map_err(|e| self.io(file, e))?;
-                let md = fs::metadata(&target).map_err(|e| self.io(file, e))?;
+                install_temp(&*self.fs, tmp, &target).map_err(|e| self.io(file, e))?;
+                let md = self.fs.metadata(&target).map_err(|e| self.io(file, e))?;
                 let meta = Meta {
                     version: self.next_version(None),
                     checksum: facts.checksum,

@@ -105,7 +105,7 @@ impl Store {
     /// `file` names what the bytes are for, in errors.
     pub fn temp_file(&self, file: &str) -> Result<(TempFile, File), StoreError> {
         let path = durable::temp_path(&self.tmp);
-        let f = durable::create_new(&path).map_err(|e| self.io(file, e))?;
+        let f = self.fs.create_new(&path).map_err(|e| self.io(file, e))?;
         Ok((TempFile(path), f))
     }
 
@@ -129,7 +129,10 @@ impl Store {
         let lock = self.file_lock(file);
         let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
         let (meta, adopted) = self.current(file)?;
-        let content = File::open(self.content_path(file)).map_err(|e| self.io(file, e))?;
+        let content = self
+            .fs
+            .open(&self.content_path(file))
+            .map_err(|e| self.io(file, e))?;
         let mut undo = Vec::new();
         let mut entries = Vec::new();
         for id in &meta.undo {
@@ -137,7 +140,7 @@ impl Store {
             let Some((version, checksum)) = parse_blob_id(id) else {
                 continue;
             };
-            let Ok(f) = File::open(self.undo.join(id)) else {
+            let Ok(f) = self.fs.open(&self.undo.join(id)) else {
                 continue;
             };
             let size = f.metadata().map_err(|e| self.io(file, e))?.len();
@@ -222,7 +225,7 @@ impl Store {
         // is named by no record: removed, so it does not pin the old content's space.
         for (i, path) in linked {
             if !results.get(i).is_some_and(|r| r.is_ok()) {
-                let _ = fs::remove_file(path);
+                let _ = self.fs.remove_file(&path);
             }
         }
         results
@@ -309,7 +312,7 @@ impl Store {
             let c = &copies[p.i];
             if let Some(id) = &p.link {
                 let path = self.undo.join(id);
-                if let Err(e) = fs::hard_link(self.content_path(&c.state.file), &path) {
+                if let Err(e) = self.fs.hard_link(&self.content_path(&c.state.file), &path) {
                     results[p.i] = Some(Err(self.io(&c.state.file, e)));
                     return false;
                 }
@@ -319,7 +322,7 @@ impl Store {
             let keep = c.undo.len().saturating_sub(UNDO_DEPTH);
             for (d, id) in c.undo[keep..].iter().zip(&p.meta.undo) {
                 if let Some((_, tmp)) = c.entries.iter().find(|(v, _)| *v == d.version) {
-                    if let Err(e) = fs::rename(tmp, self.undo.join(id)) {
+                    if let Err(e) = self.fs.rename(tmp, &self.undo.join(id)) {
                         results[p.i] = Some(Err(self.io(&c.state.file, e)));
                         return false;
                     }
@@ -330,7 +333,7 @@ impl Store {
         });
         // Only a rename changed the directory; with none there is nothing to make durable.
         if renamed {
-            if let Err(e) = durable::fsync_dir(&self.undo) {
+            if let Err(e) = self.fs.sync_dir(&self.undo) {
                 return self.fail_rest(copies, results, e);
             }
         }
@@ -351,7 +354,7 @@ impl Store {
         let mut dirs = BTreeSet::new();
         plans.retain(|p| {
             let c = &copies[p.i];
-            match place(c.content, &self.content_path(&c.state.file)) {
+            match place(&*self.fs, c.content, &self.content_path(&c.state.file)) {
                 Ok(parent) => {
                     dirs.insert(parent);
                     true
@@ -362,7 +365,7 @@ impl Store {
                 }
             }
         });
-        let synced = dirs.iter().try_for_each(|d| durable::fsync_dir(d));
+        let synced = dirs.iter().try_for_each(|d| self.fs.sync_dir(d));
         if let Err(e) = synced {
             return self.fail_rest(copies, results, e);
         }
@@ -370,7 +373,7 @@ impl Store {
         let mut meta_dirs = BTreeSet::new();
         plans.retain(|p| {
             let file = copies[p.i].state.file.as_str();
-            match place(p.temp.path(), &self.meta_path(file)) {
+            match place(&*self.fs, p.temp.path(), &self.meta_path(file)) {
                 Ok(parent) => {
                     meta_dirs.insert(parent);
                     // The record in place names the linked basis: it stays, whatever the
@@ -384,7 +387,7 @@ impl Store {
                 }
             }
         });
-        let dir_sync = meta_dirs.iter().try_for_each(|d| durable::fsync_dir(d));
+        let dir_sync = meta_dirs.iter().try_for_each(|d| self.fs.sync_dir(d));
         for p in plans {
             let file = copies[p.i].state.file.as_str();
             if let Err(e) = &dir_sync {
@@ -395,7 +398,7 @@ impl Store {
             // 7. History entries the new record no longer names.
             for b in p.old.iter().flat_map(|m| m.undo.iter()) {
                 if !p.meta.undo.contains(b) {
-                    let _ = fs::remove_file(self.undo.join(b));
+                    let _ = self.fs.remove_file(&self.undo.join(b));
                 }
             }
             results[p.i] = Some(Ok((p.meta, true)));
@@ -421,7 +424,7 @@ impl Store {
         ids: Vec<String>,
     ) -> Result<(Meta, TempFile, File), StoreError> {
         let file = c.state.file.as_str();
-        let md = fs::metadata(c.content).map_err(|e| self.io(file, e))?;
+        let md = self.fs.metadata(c.content).map_err(|e| self.io(file, e))?;
         let meta = Meta {
             version: c.state.version,
             checksum: c.state.checksum,
@@ -489,7 +492,9 @@ impl Store {
     /// verified from: the same record and the same inode.
     pub(super) fn basis_in_place(&self, file: &str, old: Option<&Meta>, b: &Basis) -> bool {
         old.is_some_and(|m| (m.version, m.checksum) == (b.version, b.checksum))
-            && fs::metadata(self.content_path(file))
+            && self
+                .fs
+                .metadata(&self.content_path(file))
                 .is_ok_and(|md| (md.dev(), md.ino()) == (b.dev, b.ino))
     }
 
@@ -530,7 +535,10 @@ impl Store {
                 meta.version, meta.checksum, basis.0, basis.1
             )));
         }
-        let f = File::open(self.content_path(file)).map_err(|e| self.io(file, e))?;
+        let f = self
+            .fs
+            .open(&self.content_path(file))
+            .map_err(|e| self.io(file, e))?;
         let md = f.metadata().map_err(|e| self.io(file, e))?;
         let mut counter = ContentCounter::bytes_only();
         copy_counting(&mut &f, &mut io::sink(), &mut counter, meta.size + 1)

@@ -124,13 +124,13 @@ pub fn parse_quarantine_name(leaf: &str) -> Option<(&str, Version)> {
     ))
 }
 
-pub(super) fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) -> io::Result<()> {
-    for e in fs::read_dir(dir)? {
+pub(super) fn walk(fs: &dyn Fs, base: &Path, dir: &Path, out: &mut Vec<String>) -> io::Result<()> {
+    for e in fs.read_dir(dir)? {
         let e = e?;
         let ft = e.file_type()?;
         let p = e.path();
         if ft.is_dir() {
-            walk(base, &p, out)?;
+            walk(fs, base, &p, out)?;
         } else if ft.is_file() {
             if let Ok(rel) = p.strip_prefix(base) {
                 let parts: Vec<String> = rel

@@ -47,6 +47,14 @@
 //! a hand edit. CREATE writes the record first; a record without content is an unfinished
 //! create and the scan removes it. Undo blobs referenced by no record are removed too.
 //!
+//! Every atomic replacement is [`Fs::replace_with`]: a temp file in `tmp/` is written and
+//! fsynced, renamed over the target, and the target's directory fsynced. So a content change
+//! makes these durable calls, in order: link into `undo/`, fsync `undo/`; fsync the new
+//! content, rename it over `files/<name>`, fsync its directory; fsync the new record, rename
+//! it over `meta/<name>`, fsync its directory. CREATE makes three replacements: the record,
+//! the empty content, then the record again with the content's mtime. All of them go through
+//! the store's [`Fs`] (see [`vfs`]), which a test backend can record or fault.
+//!
 //! Callers that combine several steps (a commit reads, edits and writes) hold the file's mutex
 //! from [`Store::file_lock`] for the whole sequence; the methods that say so require it.
 //!
@@ -84,6 +92,7 @@ mod record;
 mod scan;
 #[cfg(test)]
 mod tests;
+pub mod vfs;
 
 pub use checkpoints::MAX_CHECKPOINTS;
 pub use install::{Basis, CopyIn, TempFile, Transfer};
@@ -91,6 +100,7 @@ pub use layout::{
     blob_id, file_hash, parse_blob_id, parse_quarantine_name, quarantine_base, quarantine_rel,
 };
 pub use record::{copy_counting, ContentCounter, ContentFacts, Meta};
+pub use vfs::{Fs, OsFs};
 // What the submodules take from their siblings.
 use change::{content_saved, place, Source};
 use layout::{is_cut_base, leaf_of, tighten_root, walk};
@@ -182,12 +192,19 @@ pub struct Store {
     quarantine: PathBuf,
     epoch: Arc<AtomicU64>,
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Where the file-system calls go (see [`vfs`]).
+    fs: Arc<dyn Fs>,
 }
 
 impl Store {
     /// Opens (creating if needed) the layout under `root` for server `name`, and empties
     /// `tmp/`. Does not scan; call [`Store::scan`].
     pub fn open(root: &Path, name: &str) -> Result<Store, StoreError> {
+        Store::open_on(Arc::new(OsFs), root, name)
+    }
+
+    /// [`Store::open`] with its file-system calls going to `fs`.
+    pub fn open_on(fs: Arc<dyn Fs>, root: &Path, name: &str) -> Result<Store, StoreError> {
         let io_err = |source| StoreError::Io {
             file: root.display().to_string(),
             source,
@@ -202,18 +219,19 @@ impl Store {
             quarantine: root.join("quarantine"),
             epoch: Arc::new(AtomicU64::new(1)),
             locks: Mutex::new(HashMap::new()),
+            fs,
         };
-        durable::create_dirs_durable(root).map_err(io_err)?;
+        s.fs.create_dirs_durable(root).map_err(io_err)?;
         tighten_root(root).map_err(io_err)?;
         for d in [&s.files, &s.meta, &s.undo, &s.ckpt, &s.tmp] {
-            durable::create_dirs_durable(d).map_err(io_err)?;
+            s.fs.create_dirs_durable(d).map_err(io_err)?;
         }
-        for e in fs::read_dir(&s.tmp).map_err(io_err)? {
+        for e in s.fs.read_dir(&s.tmp).map_err(io_err)? {
             let p = e.map_err(io_err)?.path();
             if p.is_dir() {
-                let _ = fs::remove_dir_all(&p);
+                let _ = s.fs.remove_dir_all(&p);
             } else {
-                let _ = fs::remove_file(&p);
+                let _ = s.fs.remove_file(&p);
             }
         }
         Ok(s)

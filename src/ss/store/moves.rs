@@ -24,7 +24,9 @@ impl Store {
             if dir.is_file() {
                 return Err(StoreError::Exists(names::display(f)));
             }
-            durable::create_dirs_durable(&dir).map_err(|e| self.io(f, e))?;
+            self.fs
+                .create_dirs_durable(&dir)
+                .map_err(|e| self.io(f, e))?;
         }
         Ok(())
     }
@@ -60,14 +62,16 @@ impl Store {
             };
             if new_id != *id {
                 let dst = self.undo.join(&new_id);
-                let _ = fs::remove_file(&dst);
-                fs::hard_link(self.undo.join(id), &dst).map_err(|e| self.io(from, e))?;
+                let _ = self.fs.remove_file(&dst);
+                self.fs
+                    .hard_link(&self.undo.join(id), &dst)
+                    .map_err(|e| self.io(from, e))?;
                 linked.push((id.clone(), new_id.clone()));
             }
             ids.push(new_id);
         }
         if !linked.is_empty() {
-            durable::fsync_dir(&self.undo).map_err(|e| self.io(from, e))?;
+            self.fs.sync_dir(&self.undo).map_err(|e| self.io(from, e))?;
         }
         self.link_checkpoints(from, to)?;
         let moved = Meta {
@@ -76,7 +80,7 @@ impl Store {
         };
         let undo_links = |s: &Store| {
             for (_, new_id) in &linked {
-                let _ = fs::remove_file(s.undo.join(new_id));
+                let _ = self.fs.remove_file(&s.undo.join(new_id));
             }
         };
         if let Err(e) = self.write_meta(to, &moved) {
@@ -88,22 +92,23 @@ impl Store {
         let dst = self.content_path(to);
         let renamed = (|| {
             let parent = dst.parent().unwrap_or_else(|| Path::new("."));
-            durable::create_dirs_durable(parent)?;
-            fs::rename(&src, &dst)?;
-            durable::fsync_dir(parent)?;
-            durable::fsync_dir(src.parent().unwrap_or_else(|| Path::new(".")))
+            self.fs.create_dirs_durable(parent)?;
+            self.fs.rename(&src, &dst)?;
+            self.fs.sync_dir(parent)?;
+            self.fs
+                .sync_dir(src.parent().unwrap_or_else(|| Path::new(".")))
         })();
         if let Err(e) = renamed {
             if !dst.exists() {
-                let _ = durable::remove(&self.meta_path(to));
+                let _ = self.fs.remove(&self.meta_path(to));
                 undo_links(self);
                 self.remove_checkpoints(to);
             }
             return Err(self.io(from, e));
         }
-        let _ = durable::remove(&self.meta_path(from));
+        let _ = self.fs.remove(&self.meta_path(from));
         for (old_id, _) in &linked {
-            let _ = fs::remove_file(self.undo.join(old_id));
+            let _ = self.fs.remove_file(&self.undo.join(old_id));
         }
         self.remove_checkpoints(from);
         Ok(moved)

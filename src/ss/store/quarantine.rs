@@ -32,7 +32,9 @@ impl Store {
         let dir = dest
             .parent()
             .map_or_else(|| self.quarantine.clone(), Path::to_path_buf);
-        durable::create_dirs_durable(&dir).map_err(|e| self.io(file, e))?;
+        self.fs
+            .create_dirs_durable(&dir)
+            .map_err(|e| self.io(file, e))?;
         // The same version was set aside before (a retried job): that entry and its
         // bookkeeping are kept as they are.
         let kept = has_content && dest.exists();
@@ -50,18 +52,24 @@ impl Store {
                 o.insert("file".into(), serde_json::Value::String(file.to_string()));
             }
             let bytes = serde_json::to_vec(&doc).map_err(|e| self.io(file, io::Error::other(e)))?;
-            durable::replace(&self.tmp, &meta_dest, &bytes).map_err(|e| self.io(file, e))?;
+            self.fs
+                .replace(&self.tmp, &meta_dest, &bytes)
+                .map_err(|e| self.io(file, e))?;
         }
         if kept {
-            durable::remove(&content).map_err(|e| self.io(file, e))?;
+            self.fs.remove(&content).map_err(|e| self.io(file, e))?;
         } else if has_content {
-            fs::rename(&content, &dest).map_err(|e| self.io(file, e))?;
-            durable::fsync_dir(&dir).map_err(|e| self.io(file, e))?;
+            self.fs
+                .rename(&content, &dest)
+                .map_err(|e| self.io(file, e))?;
+            self.fs.sync_dir(&dir).map_err(|e| self.io(file, e))?;
             if let Some(parent) = content.parent() {
-                durable::fsync_dir(parent).map_err(|e| self.io(file, e))?;
+                self.fs.sync_dir(parent).map_err(|e| self.io(file, e))?;
             }
         }
-        durable::remove(&self.meta_path(file)).map_err(|e| self.io(file, e))?;
+        self.fs
+            .remove(&self.meta_path(file))
+            .map_err(|e| self.io(file, e))?;
         Ok(Some(format!("quarantine/{rel}")))
     }
 
@@ -74,7 +82,7 @@ impl Store {
         };
         let base = base.to_string_lossy();
         let short = quarantine_base(file);
-        let rd = match fs::read_dir(dir) {
+        let rd = match self.fs.read_dir(dir) {
             Ok(rd) => rd,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(self.io(file, e)),
@@ -103,7 +111,7 @@ impl Store {
         cap: usize,
     ) -> Result<(Vec<QuarantineEntry>, u64), StoreError> {
         let mut names = Vec::new();
-        match walk(&self.quarantine, &self.quarantine, &mut names) {
+        match walk(&*self.fs, &self.quarantine, &self.quarantine, &mut names) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
             Err(e) => return Err(self.io("quarantine/", e)),
@@ -141,7 +149,10 @@ impl Store {
 
     /// The full file name a quarantine entry's bookkeeping (`<rel>.meta`) records.
     pub(super) fn quarantined_name(&self, rel: &str) -> Option<String> {
-        let bytes = fs::read(self.quarantine.join(format!("{rel}.meta"))).ok()?;
+        let bytes = self
+            .fs
+            .read(&self.quarantine.join(format!("{rel}.meta")))
+            .ok()?;
         let doc: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
         doc.get("file")?.as_str().map(str::to_string)
     }

@@ -171,13 +171,15 @@ pub(super) fn mtime_ns(md: &fs::Metadata) -> i128 {
 
 impl Store {
     pub(super) fn read_meta(&self, file: &str) -> Option<Meta> {
-        let bytes = fs::read(self.meta_path(file)).ok()?;
+        let bytes = self.fs.read(&self.meta_path(file)).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 
     pub(super) fn write_meta(&self, file: &str, meta: &Meta) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(meta).map_err(|e| self.io(file, io::Error::other(e)))?;
-        durable::replace(&self.tmp, &self.meta_path(file), &bytes).map_err(|e| self.io(file, e))
+        self.fs
+            .replace(&self.tmp, &self.meta_path(file), &bytes)
+            .map_err(|e| self.io(file, e))
     }
 
     /// Writes bookkeeping atomically but without fsync. Scans use it: adopting 10,000 files
@@ -188,14 +190,14 @@ impl Store {
         let target = self.meta_path(file);
         let tmp = durable::temp_path(&self.tmp);
         let res = (|| {
-            durable::create_new(&tmp)?.write_all(&bytes)?;
+            self.fs.create_new(&tmp)?.write_all(&bytes)?;
             if let Some(parent) = target.parent() {
-                durable::create_dir_all(parent)?;
+                self.fs.create_dir_all(parent)?;
             }
-            fs::rename(&tmp, &target)
+            self.fs.rename(&tmp, &target)
         })();
         if res.is_err() {
-            let _ = fs::remove_file(&tmp);
+            let _ = self.fs.remove_file(&tmp);
         }
         res.map_err(|e| self.io(file, e))
     }
@@ -214,14 +216,20 @@ impl Store {
         let lock = self.file_lock(file);
         let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
         let (meta, adopted) = self.current(file)?;
-        let f = File::open(self.content_path(file)).map_err(|e| self.io(file, e))?;
+        let f = self
+            .fs
+            .open(&self.content_path(file))
+            .map_err(|e| self.io(file, e))?;
         Ok((f, meta, adopted))
     }
 
     /// The content as text with its bookkeeping. Caller holds the lock.
     pub fn load_text(&self, file: &str) -> Result<(String, Meta, bool), StoreError> {
         let (meta, adopted) = self.current(file)?;
-        let bytes = fs::read(self.content_path(file)).map_err(|e| self.io(file, e))?;
+        let bytes = self
+            .fs
+            .read(&self.content_path(file))
+            .map_err(|e| self.io(file, e))?;
         let text = String::from_utf8(bytes).map_err(|_| StoreError::NotText)?;
         Ok((text, meta, adopted))
     }

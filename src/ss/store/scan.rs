@@ -11,7 +11,7 @@ impl Store {
     /// and commits record).
     pub(super) fn facts(&self, file: &str) -> Result<ContentFacts, StoreError> {
         let path = self.content_path(file);
-        let mut f = File::open(&path).map_err(|e| self.io(file, e))?;
+        let mut f = self.fs.open(&path).map_err(|e| self.io(file, e))?;
         let md = f.metadata().map_err(|e| self.io(file, e))?;
         let mut counter = ContentCounter::new();
         copy_counting(&mut f, &mut io::sink(), &mut counter, md.len() + 1)
@@ -64,7 +64,7 @@ impl Store {
         file: &str,
         durable: bool,
     ) -> Result<(Meta, bool), StoreError> {
-        let md = match fs::metadata(self.content_path(file)) {
+        let md = match self.fs.metadata(&self.content_path(file)) {
             Ok(md) if md.is_file() => md,
             Ok(_) => return Err(StoreError::NotFound(names::display(file))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -89,9 +89,9 @@ impl Store {
         let Some(meta) = self.read_meta(file) else {
             return false;
         };
-        let _ = durable::remove(&self.meta_path(file));
+        let _ = self.fs.remove(&self.meta_path(file));
         for b in meta.undo {
-            let _ = fs::remove_file(self.undo.join(b));
+            let _ = self.fs.remove_file(&self.undo.join(b));
         }
         self.remove_checkpoints(file);
         log::info!(target: ev::SS_ADOPT, file = file; "{file} was removed by hand; forgetting it");
@@ -110,7 +110,7 @@ impl Store {
             Err(StoreError::NotFound(_)) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let mut f = match File::open(self.content_path(file)) {
+        let mut f = match self.fs.open(&self.content_path(file)) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.io(file, e)),
@@ -168,7 +168,8 @@ impl Store {
         let mut names_seen = HashSet::new();
         let mut adopted_count = 0u64;
         let mut content = Vec::new();
-        walk(&self.files, &self.files, &mut content).map_err(|e| self.io("files/", e))?;
+        walk(&*self.fs, &self.files, &self.files, &mut content)
+            .map_err(|e| self.io("files/", e))?;
         content.retain(|file| {
             let ok = names::canonical_file(file).ok().as_deref() == Some(file.as_str());
             if !ok {
@@ -200,7 +201,9 @@ impl Store {
             log::info!(target: ev::SS_ADOPT, files = adopted_count;
                 "adopted {adopted_count} files that were new or changed on disk");
             // One sync for every record the walk wrote (see write_meta_relaxed).
-            let synced = File::open(&self.meta)
+            let synced = self
+                .fs
+                .open(&self.meta)
                 .and_then(|d| nix::unistd::syncfs(d.as_raw_fd()).map_err(io::Error::from));
             synced.map_err(|e| self.io("meta/", e))?;
         }
@@ -208,20 +211,20 @@ impl Store {
             return Ok(out);
         }
         let mut metas = Vec::new();
-        walk(&self.meta, &self.meta, &mut metas).map_err(|e| self.io("meta/", e))?;
+        walk(&*self.fs, &self.meta, &self.meta, &mut metas).map_err(|e| self.io("meta/", e))?;
         for m in metas {
             let file = m.as_str();
             if !names_seen.contains(file) && !self.content_path(file).exists() {
-                let _ = durable::remove(&self.meta.join(&m));
+                let _ = self.fs.remove(&self.meta.join(&m));
             }
         }
         let hashes: HashSet<String> = names_seen.iter().map(|f| file_hash(f)).collect();
         self.remove_stray_checkpoints(&hashes);
-        if let Ok(rd) = fs::read_dir(&self.undo) {
+        if let Ok(rd) = self.fs.read_dir(&self.undo) {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().to_string();
                 if !referenced.contains(&name) {
-                    let _ = fs::remove_file(e.path());
+                    let _ = self.fs.remove_file(&e.path());
                 }
             }
         }

@@ -767,3 +767,123 @@ fn a_batch_installs_alike_with_and_without_a_syncfs_window() {
         assert_eq!(fs::read_dir(b.path().join("tmp")).unwrap().count(), 0);
     }
 }
+
+/// A file system that records, relative to the storage directory, the calls that decide what
+/// survives a power cut (temp files are all `tmp`, history entries all `undo/*`).
+struct Recording {
+    root: PathBuf,
+    log: Mutex<Vec<String>>,
+}
+
+impl Recording {
+    fn rel(&self, p: &Path) -> String {
+        let r = p.strip_prefix(&self.root).unwrap_or(p).to_string_lossy();
+        if r.starts_with("tmp/") {
+            "tmp".into()
+        } else if r.starts_with("undo/") {
+            "undo/*".into()
+        } else {
+            r.into_owned()
+        }
+    }
+    fn note(&self, what: String) {
+        self.log.lock().unwrap().push(what);
+    }
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.log.lock().unwrap())
+    }
+}
+
+impl Fs for Recording {
+    fn create_new(&self, path: &Path) -> io::Result<File> {
+        self.note(format!("create {}", self.rel(path)));
+        OsFs.create_new(path)
+    }
+    fn open(&self, path: &Path) -> io::Result<File> {
+        OsFs.open(path)
+    }
+    fn sync_file(&self, f: &File) -> io::Result<()> {
+        self.note("sync file".into());
+        OsFs.sync_file(f)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.note(format!("rename {} -> {}", self.rel(from), self.rel(to)));
+        OsFs.rename(from, to)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.note(format!("sync dir {}", self.rel(dir)));
+        OsFs.sync_dir(dir)
+    }
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.note(format!("link {} -> {}", self.rel(from), self.rel(to)));
+        OsFs.hard_link(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.note(format!("remove {}", self.rel(path)));
+        OsFs.remove_file(path)
+    }
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.note(format!("remove dir {}", self.rel(dir)));
+        OsFs.remove_dir_all(dir)
+    }
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        OsFs.read(path)
+    }
+    fn metadata(&self, path: &Path) -> io::Result<fs::Metadata> {
+        OsFs.metadata(path)
+    }
+    fn read_dir(&self, dir: &Path) -> io::Result<fs::ReadDir> {
+        OsFs.read_dir(dir)
+    }
+    fn create_dir(&self, dir: &Path) -> io::Result<()> {
+        self.note(format!("mkdir {}", self.rel(dir)));
+        OsFs.create_dir(dir)
+    }
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        OsFs.create_dir_all(dir)
+    }
+}
+
+/// One atomic replacement of `target` as `Fs::replace_with` makes it.
+fn replaced(target: &str) -> Vec<String> {
+    let dir = target.rsplit_once('/').map_or(".", |(d, _)| d);
+    vec![
+        "create tmp".into(),
+        "sync file".into(),
+        format!("rename tmp -> {target}"),
+        format!("sync dir {dir}"),
+    ]
+}
+
+#[test]
+fn create_and_a_content_change_make_the_durable_calls_in_the_documented_order() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().canonicalize().unwrap();
+    let rec = Arc::new(Recording {
+        root: root.clone(),
+        log: Mutex::new(Vec::new()),
+    });
+    let s = Store::open_on(rec.clone(), &root, "ss1").unwrap();
+    rec.take();
+
+    // CREATE: the record, then the empty content, then the record with the content's mtime.
+    s.create("a", "alice", 1).unwrap();
+    let want: Vec<String> = [replaced("meta/a"), replaced("files/a"), replaced("meta/a")].concat();
+    assert_eq!(rec.take(), want);
+
+    // A content change: (1) the old content linked into undo/ and undo/ synced, (2) the
+    // content replaced, (3) the record replaced.
+    let lock = s.file_lock("a");
+    let _g = lock.lock().unwrap();
+    let (m, _) = s.current("a").unwrap();
+    assert!(rec.take().is_empty(), "reading the record changes nothing");
+    s.write_content("a", m, b"Hello.").unwrap();
+    let want: Vec<String> = [
+        vec!["link files/a -> undo/*".to_string(), "sync dir undo".into()],
+        replaced("files/a"),
+        replaced("meta/a"),
+    ]
+    .concat();
+    assert_eq!(rec.take(), want);
+    assert_eq!(text(&s, "a"), "Hello.");
+}
