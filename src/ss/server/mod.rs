@@ -32,6 +32,8 @@
 //! `recv` the target end (with `delta` for delta transfers and [`staging`] for uploads
 //! staged by the partner).
 
+// These imports serve the child modules too: each takes them, and the items below, with
+// `use super::*`.
 use crate::auth::TicketChecker;
 use crate::durable;
 use crate::logging::ev;

@@ -63,6 +63,8 @@
 //! `install` (received copies and stages), `scan` (adoption, the startup scan, verification),
 //! `quarantine`, `checkpoints` and `moves` (folders and MOVE).
 
+// These imports serve the child modules too: each takes them, and the items below, with
+// `use super::*`.
 use crate::durable;
 use crate::logging::ev;
 use crate::names;
