@@ -160,7 +160,7 @@ impl Store {
         let lock = self.file_lock(file);
         let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
         let target = self.content_path(file);
-        if target.exists() {
+        if self.fs.exists(&target) {
             return Err(StoreError::Exists(names::display(file)));
         }
         let mut meta = Meta {

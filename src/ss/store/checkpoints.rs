@@ -171,7 +171,7 @@ impl Store {
     /// Removes every checkpoint of `file` (DELETE, a file gone by hand).
     pub(super) fn remove_checkpoints(&self, file: &str) {
         let dir = self.ckpt_dir(file);
-        if dir.exists() && self.fs.remove_dir_all(&dir).is_ok() {
+        if self.fs.exists(&dir) && self.fs.remove_dir_all(&dir).is_ok() {
             let _ = self.fs.sync_dir(&self.ckpt);
         }
     }
@@ -196,7 +196,7 @@ impl Store {
         let dir = self.ckpt_dir(file);
         self.read_index(file)
             .into_iter()
-            .filter(|c| dir.join(&c.tag).is_file())
+            .filter(|c| self.fs.is_file(&dir.join(&c.tag)))
             .map(|c| held_entry(&c))
             .collect()
     }
@@ -244,7 +244,7 @@ impl Store {
             let held = here
                 .iter()
                 .any(|h| h.tag == c.tag && h.checksum == c.checksum)
-                && dir.join(&c.tag).is_file();
+                && self.fs.is_file(&dir.join(&c.tag));
             if !sent && !held {
                 return Err(StoreError::Incomplete(names::display(file)));
             }
@@ -294,10 +294,10 @@ impl Store {
     pub(super) fn link_checkpoints(&self, from: &str, to: &str) -> Result<(), StoreError> {
         let old = self.ckpt_dir(from);
         let new = self.ckpt_dir(to);
-        if !old.is_dir() {
+        if !self.fs.is_dir(&old) {
             return Ok(());
         }
-        if new.exists() {
+        if self.fs.exists(&new) {
             self.fs.remove_dir_all(&new).map_err(|e| self.io(to, e))?;
         }
         self.fs

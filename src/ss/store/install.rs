@@ -472,7 +472,7 @@ impl Store {
         let mut link = None;
         for (d, id) in undo.iter().zip(&ids) {
             let sent = c.entries.iter().any(|(v, _)| *v == d.version);
-            if !sent && !self.undo.join(id).is_file() {
+            if !sent && !self.fs.is_file(&self.undo.join(id)) {
                 match c.basis {
                     Some(b)
                         if (b.version, b.checksum) == (d.version, d.checksum)

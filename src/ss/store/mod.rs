@@ -230,7 +230,7 @@ impl Store {
         }
         for e in s.fs.read_dir(&s.tmp).map_err(io_err)? {
             let p = e.map_err(io_err)?.path();
-            if p.is_dir() {
+            if s.fs.is_dir(&p) {
                 let _ = s.fs.remove_dir_all(&p);
             } else {
                 let _ = s.fs.remove_file(&p);

@@ -21,7 +21,7 @@ impl Store {
     pub fn make_folders(&self, folders: &[String]) -> Result<(), StoreError> {
         for f in folders {
             let dir = self.files.join(f);
-            if dir.is_file() {
+            if self.fs.is_file(&dir) {
                 return Err(StoreError::Exists(names::display(f)));
             }
             self.fs
@@ -50,7 +50,7 @@ impl Store {
     /// Renames `from` to `to` (canonical names). Caller holds both files' locks.
     pub fn move_file(&self, from: &str, to: &str) -> Result<Meta, StoreError> {
         let (meta, _) = self.current(from)?;
-        if self.content_path(to).exists() || self.meta_path(to).exists() {
+        if self.fs.exists(&self.content_path(to)) || self.fs.exists(&self.meta_path(to)) {
             return Err(StoreError::Exists(names::display(to)));
         }
         let mut ids = Vec::with_capacity(meta.undo.len());
@@ -99,7 +99,7 @@ impl Store {
                 .sync_dir(src.parent().unwrap_or_else(|| Path::new(".")))
         })();
         if let Err(e) = renamed {
-            if !dst.exists() {
+            if !self.fs.exists(&dst) {
                 let _ = self.fs.remove(&self.meta_path(to));
                 undo_links(self);
                 self.remove_checkpoints(to);

@@ -13,7 +13,7 @@ impl Store {
     ) -> Result<Option<String>, StoreError> {
         let meta = self.read_meta(file);
         let content = self.content_path(file);
-        let has_content = content.exists();
+        let has_content = self.fs.exists(&content);
         if !has_content && meta.is_none() {
             return Ok(None);
         }
@@ -37,12 +37,12 @@ impl Store {
             .map_err(|e| self.io(file, e))?;
         // The same version was set aside before (a retried job): that entry and its
         // bookkeeping are kept as they are.
-        let kept = has_content && dest.exists();
+        let kept = has_content && self.fs.exists(&dest);
         let meta_dest = self.quarantine.join(format!("{rel}.meta"));
         // The bookkeeping first, with the file's full name (a long leaf is cut in the entry's
         // name): a crash before the content moves leaves the entry's name known.
         let shortened = quarantine_base(file) != leaf_of(file);
-        if (meta.is_some() || shortened) && !(kept && meta_dest.exists()) {
+        if (meta.is_some() || shortened) && !(kept && self.fs.exists(&meta_dest)) {
             let mut doc = match &meta {
                 Some(m) => serde_json::to_value(m),
                 None => Ok(serde_json::Value::Object(Default::default())),
@@ -137,7 +137,7 @@ impl Store {
                     false => file,
                 };
                 let canonical = names::canonical_file(&file).ok()? == file;
-                (canonical && !self.content_path(&file).is_file())
+                (canonical && !self.fs.is_file(&self.content_path(&file)))
                     .then_some(QuarantineEntry { file, version })
             })
             .collect();

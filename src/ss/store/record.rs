@@ -245,7 +245,7 @@ impl Store {
         let blobs = meta
             .undo
             .iter()
-            .filter(|id| self.undo.join(id).is_file())
+            .filter(|id| self.fs.is_file(&self.undo.join(id)))
             .filter_map(|id| parse_blob_id(id).map(|(v, _)| v))
             .collect();
         Ok(Some((meta, blobs)))

@@ -83,7 +83,7 @@ impl Store {
     pub fn forget_vanished(&self, file: &str) -> bool {
         let lock = self.file_lock(file);
         let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
-        if self.content_path(file).exists() {
+        if self.fs.exists(&self.content_path(file)) {
             return false;
         }
         let Some(meta) = self.read_meta(file) else {
@@ -214,7 +214,7 @@ impl Store {
         walk(&*self.fs, &self.meta, &self.meta, &mut metas).map_err(|e| self.io("meta/", e))?;
         for m in metas {
             let file = m.as_str();
-            if !names_seen.contains(file) && !self.content_path(file).exists() {
+            if !names_seen.contains(file) && !self.fs.exists(&self.content_path(file)) {
                 let _ = self.fs.remove(&self.meta.join(&m));
             }
         }

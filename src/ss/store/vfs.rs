@@ -61,6 +61,21 @@ pub trait Fs: Send + Sync {
     /// Creates `dir` and missing parents, private to this user, without fsync.
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
 
+    /// Whether `path` exists (following symbolic links), as `Path::exists`.
+    fn exists(&self, path: &Path) -> bool {
+        self.metadata(path).is_ok()
+    }
+
+    /// Whether `path` is a regular file (following symbolic links), as `Path::is_file`.
+    fn is_file(&self, path: &Path) -> bool {
+        self.metadata(path).is_ok_and(|m| m.is_file())
+    }
+
+    /// Whether `path` is a directory (following symbolic links), as `Path::is_dir`.
+    fn is_dir(&self, path: &Path) -> bool {
+        self.metadata(path).is_ok_and(|m| m.is_dir())
+    }
+
     /// Atomically replaces `target` with the bytes `write` produces, durably: a temp file in
     /// `tmp_dir` (same file system) is written and fsynced, `target`'s folders are made
     /// durably if missing, the temp file is renamed over `target`, and `target`'s directory is
@@ -109,7 +124,7 @@ pub trait Fs: Send + Sync {
     /// Creates `dir` and missing parents, fsyncing each parent whose entry list changed.
     fn create_dirs_durable(&self, dir: &Path) -> io::Result<()> {
         // A relative name's last parent is "", which means the current directory.
-        if dir.as_os_str().is_empty() || self.metadata(dir).is_ok_and(|m| m.is_dir()) {
+        if dir.as_os_str().is_empty() || self.is_dir(dir) {
             return Ok(());
         }
         let parent = match dir.parent() {
