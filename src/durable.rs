@@ -115,7 +115,7 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
 /// Atomically replaces `target` with the bytes `write` produces, durably, using a temp file in
 /// `tmp_dir` (same file system). Creates `target`'s parent directories if needed. On error the
 /// target is untouched and the temp file is removed. The sequence is
-/// [`Fs::replace_with`](crate::ss::store::Fs::replace_with), run on the real file system.
+/// [`crate::ss::store::Fs::replace_with`], run on the real file system.
 pub fn replace_with<F>(tmp_dir: &Path, target: &Path, write: F) -> io::Result<()>
 where
     F: FnOnce(&mut File) -> io::Result<()>,
