@@ -7,6 +7,7 @@
 //! Everything created here is private to the server's user: files 0600, directories 0700
 //! (stored data is no other local account's business).
 
+use crate::ss::store::{Fs, OsFs};
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -113,63 +114,32 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
 
 /// Atomically replaces `target` with the bytes `write` produces, durably, using a temp file in
 /// `tmp_dir` (same file system). Creates `target`'s parent directories if needed. On error the
-/// target is untouched and the temp file is removed.
+/// target is untouched and the temp file is removed. The sequence is
+/// [`crate::ss::store::Fs::replace_with`], run on the real file system.
 pub fn replace_with<F>(tmp_dir: &Path, target: &Path, write: F) -> io::Result<()>
 where
     F: FnOnce(&mut File) -> io::Result<()>,
 {
-    let tmp = temp_path(tmp_dir);
-    let result = (|| {
-        let mut f = create_new(&tmp)?;
-        write(&mut f)?;
-        f.flush()?;
-        f.sync_all()?;
-        drop(f);
-        let parent = target.parent().unwrap_or_else(|| Path::new("."));
-        create_dirs_durable(parent)?;
-        fs::rename(&tmp, target)?;
-        fsync_dir(parent)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    let mut write = Some(write);
+    OsFs.replace_with(tmp_dir, target, &mut |f| match write.take() {
+        Some(w) => w(f),
+        None => Ok(()),
+    })
 }
 
 /// [`replace_with`] for a byte slice.
 pub fn replace(tmp_dir: &Path, target: &Path, bytes: &[u8]) -> io::Result<()> {
-    replace_with(tmp_dir, target, |f| f.write_all(bytes))
+    OsFs.replace(tmp_dir, target, bytes)
 }
 
 /// Removes `path` (if present) and fsyncs its directory. Returns whether it existed.
 pub fn remove(path: &Path) -> io::Result<bool> {
-    match fs::remove_file(path) {
-        Ok(()) => {
-            fsync_dir(path.parent().unwrap_or_else(|| Path::new(".")))?;
-            Ok(true)
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
-    }
+    OsFs.remove(path)
 }
 
 /// Creates `dir` and missing parents, fsyncing each parent whose entry list changed.
 pub fn create_dirs_durable(dir: &Path) -> io::Result<()> {
-    // A relative name's last parent is "", which means the current directory.
-    if dir.as_os_str().is_empty() || dir.is_dir() {
-        return Ok(());
-    }
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    create_dirs_durable(parent)?;
-    match create_dir(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
-        Err(e) => return Err(e),
-    }
-    fsync_dir(parent)
+    OsFs.create_dirs_durable(dir)
 }
 
 /// Most threads [`sync_files`] uses.

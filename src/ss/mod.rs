@@ -226,6 +226,3 @@ pub fn run(cfg: Config, shutdown: Arc<AtomicBool>) -> Result<(), SsError> {
     log::info!(target: ev::SHUTDOWN, "stopped");
     Ok(())
 }
-
-#[cfg(test)]
-mod server_tests;

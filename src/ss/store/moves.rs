@@ -1,4 +1,4 @@
-//! Folders and MOVE on a storage server (a child module of `store.rs`). A folder is a
+//! Folders and MOVE on a storage server (a child module of `store`). A folder is a
 //! directory under `files/`, made durably when the name server pushes it (SS_MKDIR). A MOVE
 //! is a rename of the content with its bookkeeping, history entries and checkpoints
 //! following it.
@@ -21,10 +21,12 @@ impl Store {
     pub fn make_folders(&self, folders: &[String]) -> Result<(), StoreError> {
         for f in folders {
             let dir = self.files.join(f);
-            if dir.is_file() {
+            if self.fs.is_file(&dir) {
                 return Err(StoreError::Exists(names::display(f)));
             }
-            durable::create_dirs_durable(&dir).map_err(|e| self.io(f, e))?;
+            self.fs
+                .create_dirs_durable(&dir)
+                .map_err(|e| self.io(f, e))?;
         }
         Ok(())
     }
@@ -48,7 +50,7 @@ impl Store {
     /// Renames `from` to `to` (canonical names). Caller holds both files' locks.
     pub fn move_file(&self, from: &str, to: &str) -> Result<Meta, StoreError> {
         let (meta, _) = self.current(from)?;
-        if self.content_path(to).exists() || self.meta_path(to).exists() {
+        if self.fs.exists(&self.content_path(to)) || self.fs.exists(&self.meta_path(to)) {
             return Err(StoreError::Exists(names::display(to)));
         }
         let mut ids = Vec::with_capacity(meta.undo.len());
@@ -60,14 +62,16 @@ impl Store {
             };
             if new_id != *id {
                 let dst = self.undo.join(&new_id);
-                let _ = fs::remove_file(&dst);
-                fs::hard_link(self.undo.join(id), &dst).map_err(|e| self.io(from, e))?;
+                let _ = self.fs.remove_file(&dst);
+                self.fs
+                    .hard_link(&self.undo.join(id), &dst)
+                    .map_err(|e| self.io(from, e))?;
                 linked.push((id.clone(), new_id.clone()));
             }
             ids.push(new_id);
         }
         if !linked.is_empty() {
-            durable::fsync_dir(&self.undo).map_err(|e| self.io(from, e))?;
+            self.fs.sync_dir(&self.undo).map_err(|e| self.io(from, e))?;
         }
         self.link_checkpoints(from, to)?;
         let moved = Meta {
@@ -76,7 +80,7 @@ impl Store {
         };
         let undo_links = |s: &Store| {
             for (_, new_id) in &linked {
-                let _ = fs::remove_file(s.undo.join(new_id));
+                let _ = self.fs.remove_file(&s.undo.join(new_id));
             }
         };
         if let Err(e) = self.write_meta(to, &moved) {
@@ -88,22 +92,23 @@ impl Store {
         let dst = self.content_path(to);
         let renamed = (|| {
             let parent = dst.parent().unwrap_or_else(|| Path::new("."));
-            durable::create_dirs_durable(parent)?;
-            fs::rename(&src, &dst)?;
-            durable::fsync_dir(parent)?;
-            durable::fsync_dir(src.parent().unwrap_or_else(|| Path::new(".")))
+            self.fs.create_dirs_durable(parent)?;
+            self.fs.rename(&src, &dst)?;
+            self.fs.sync_dir(parent)?;
+            self.fs
+                .sync_dir(src.parent().unwrap_or_else(|| Path::new(".")))
         })();
         if let Err(e) = renamed {
-            if !dst.exists() {
-                let _ = durable::remove(&self.meta_path(to));
+            if !self.fs.exists(&dst) {
+                let _ = self.fs.remove(&self.meta_path(to));
                 undo_links(self);
                 self.remove_checkpoints(to);
             }
             return Err(self.io(from, e));
         }
-        let _ = durable::remove(&self.meta_path(from));
+        let _ = self.fs.remove(&self.meta_path(from));
         for (old_id, _) in &linked {
-            let _ = fs::remove_file(self.undo.join(old_id));
+            let _ = self.fs.remove_file(&self.undo.join(old_id));
         }
         self.remove_checkpoints(from);
         Ok(moved)

@@ -4,6 +4,7 @@ use super::*;
 use crate::protocol::{
     CheckpointInfo, Connection, ErrorCode, FileState, Message, Ticket, TicketOp, Version, WireError,
 };
+use crate::ss::*;
 use crossbeam_channel::{unbounded, Receiver};
 use std::io::Write;
 use std::net::TcpListener;

@@ -1,4 +1,4 @@
-//! Checkpoints on a storage server (a child module of `store.rs`, whose layout section says
+//! Checkpoints on a storage server (a child module of `store`, whose layout section says
 //! where they live): `DIR/checkpoints/<file hash>/` holds `index.json` and one file per tag.
 //!
 //! A checkpoint is a hard link to the content as it was: content is only ever replaced by a
@@ -31,7 +31,8 @@ impl Store {
     }
 
     fn read_index(&self, file: &str) -> Vec<CheckpointInfo> {
-        fs::read(self.ckpt_dir(file).join(INDEX))
+        self.fs
+            .read(&self.ckpt_dir(file).join(INDEX))
             .ok()
             .and_then(|b| serde_json::from_slice::<Index>(&b).ok())
             .map(|i| i.checkpoints)
@@ -43,7 +44,8 @@ impl Store {
             checkpoints: checkpoints.to_vec(),
         };
         let bytes = serde_json::to_vec(&index).map_err(|e| self.io(file, io::Error::other(e)))?;
-        durable::replace(&self.tmp, &self.ckpt_dir(file).join(INDEX), &bytes)
+        self.fs
+            .replace(&self.tmp, &self.ckpt_dir(file).join(INDEX), &bytes)
             .map_err(|e| self.io(file, e))
     }
 
@@ -79,18 +81,22 @@ impl Store {
             return Err(StoreError::TooManyCheckpoints(names::display(file)));
         }
         let dir = self.ckpt_dir(file);
-        durable::create_dirs_durable(&dir).map_err(|e| self.io(file, e))?;
+        self.fs
+            .create_dirs_durable(&dir)
+            .map_err(|e| self.io(file, e))?;
         let path = dir.join(tag);
-        match fs::hard_link(self.content_path(file), &path) {
+        match self.fs.hard_link(&self.content_path(file), &path) {
             Ok(()) => {}
             // Left by a checkpoint that crashed before its index was written.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                fs::remove_file(&path).map_err(|e| self.io(file, e))?;
-                fs::hard_link(self.content_path(file), &path).map_err(|e| self.io(file, e))?;
+                self.fs.remove_file(&path).map_err(|e| self.io(file, e))?;
+                self.fs
+                    .hard_link(&self.content_path(file), &path)
+                    .map_err(|e| self.io(file, e))?;
             }
             Err(e) => return Err(self.io(file, e)),
         }
-        durable::fsync_dir(&dir).map_err(|e| self.io(file, e))?;
+        self.fs.sync_dir(&dir).map_err(|e| self.io(file, e))?;
         list.push(CheckpointInfo {
             tag: tag.to_string(),
             creator: creator.to_string(),
@@ -118,7 +124,10 @@ impl Store {
         let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
         let (meta, adopted) = self.current(file)?;
         let info = self.find_checkpoint(file, tag)?;
-        let f = File::open(self.ckpt_dir(file).join(tag)).map_err(|e| self.io(file, e))?;
+        let f = self
+            .fs
+            .open(&self.ckpt_dir(file).join(tag))
+            .map_err(|e| self.io(file, e))?;
         Ok((f, info, meta, adopted))
     }
 
@@ -140,10 +149,13 @@ impl Store {
         let info = self.find_checkpoint(file, tag)?;
         let (tmp, mut out) = self.temp_file(file)?;
         let mut counter = ContentCounter::new();
-        let copied = File::open(self.ckpt_dir(file).join(tag)).and_then(|mut from| {
-            copy_counting(&mut from, &mut out, &mut counter, info.size)?;
-            out.sync_all()
-        });
+        let copied = self
+            .fs
+            .open(&self.ckpt_dir(file).join(tag))
+            .and_then(|mut from| {
+                copy_counting(&mut from, &mut out, &mut counter, info.size)?;
+                out.sync_all()
+            });
         copied.map_err(|e| self.io(file, e))?;
         drop(out);
         let facts = counter.finish(0);
@@ -159,20 +171,20 @@ impl Store {
     /// Removes every checkpoint of `file` (DELETE, a file gone by hand).
     pub(super) fn remove_checkpoints(&self, file: &str) {
         let dir = self.ckpt_dir(file);
-        if dir.exists() && fs::remove_dir_all(&dir).is_ok() {
-            let _ = durable::fsync_dir(&self.ckpt);
+        if self.fs.exists(&dir) && self.fs.remove_dir_all(&dir).is_ok() {
+            let _ = self.fs.sync_dir(&self.ckpt);
         }
     }
 
     /// The scan's clean-up: checkpoint directories of no file present.
     pub(super) fn remove_stray_checkpoints(&self, hashes: &HashSet<String>) {
-        let Ok(rd) = fs::read_dir(&self.ckpt) else {
+        let Ok(rd) = self.fs.read_dir(&self.ckpt) else {
             return;
         };
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
             if !hashes.contains(&name) {
-                let _ = fs::remove_dir_all(e.path());
+                let _ = self.fs.remove_dir_all(&e.path());
             }
         }
     }
@@ -184,7 +196,7 @@ impl Store {
         let dir = self.ckpt_dir(file);
         self.read_index(file)
             .into_iter()
-            .filter(|c| dir.join(&c.tag).is_file())
+            .filter(|c| self.fs.is_file(&dir.join(&c.tag)))
             .map(|c| held_entry(&c))
             .collect()
     }
@@ -206,7 +218,7 @@ impl Store {
                 list.push(c);
                 continue;
             }
-            match File::open(dir.join(&c.tag)) {
+            match self.fs.open(&dir.join(&c.tag)) {
                 Ok(f) => {
                     open.push((c.tag.clone(), f));
                     list.push(c);
@@ -232,7 +244,7 @@ impl Store {
             let held = here
                 .iter()
                 .any(|h| h.tag == c.tag && h.checksum == c.checksum)
-                && dir.join(&c.tag).is_file();
+                && self.fs.is_file(&dir.join(&c.tag));
             if !sent && !held {
                 return Err(StoreError::Incomplete(names::display(file)));
             }
@@ -254,19 +266,23 @@ impl Store {
             self.remove_checkpoints(file);
             return Ok(());
         }
-        durable::create_dirs_durable(&dir).map_err(|e| self.io(file, e))?;
+        self.fs
+            .create_dirs_durable(&dir)
+            .map_err(|e| self.io(file, e))?;
         for (tag, tmp) in received {
-            fs::rename(tmp, dir.join(tag)).map_err(|e| self.io(file, e))?;
+            self.fs
+                .rename(tmp, &dir.join(tag))
+                .map_err(|e| self.io(file, e))?;
         }
         if !received.is_empty() {
-            durable::fsync_dir(&dir).map_err(|e| self.io(file, e))?;
+            self.fs.sync_dir(&dir).map_err(|e| self.io(file, e))?;
         }
         self.write_index(file, list)?;
-        if let Ok(rd) = fs::read_dir(&dir) {
+        if let Ok(rd) = self.fs.read_dir(&dir) {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().to_string();
                 if name != INDEX && !list.iter().any(|c| c.tag == name) {
-                    let _ = fs::remove_file(e.path());
+                    let _ = self.fs.remove_file(&e.path());
                 }
             }
         }
@@ -278,18 +294,22 @@ impl Store {
     pub(super) fn link_checkpoints(&self, from: &str, to: &str) -> Result<(), StoreError> {
         let old = self.ckpt_dir(from);
         let new = self.ckpt_dir(to);
-        if !old.is_dir() {
+        if !self.fs.is_dir(&old) {
             return Ok(());
         }
-        if new.exists() {
-            fs::remove_dir_all(&new).map_err(|e| self.io(to, e))?;
+        if self.fs.exists(&new) {
+            self.fs.remove_dir_all(&new).map_err(|e| self.io(to, e))?;
         }
-        durable::create_dirs_durable(&new).map_err(|e| self.io(to, e))?;
-        for e in fs::read_dir(&old).map_err(|e| self.io(from, e))? {
+        self.fs
+            .create_dirs_durable(&new)
+            .map_err(|e| self.io(to, e))?;
+        for e in self.fs.read_dir(&old).map_err(|e| self.io(from, e))? {
             let e = e.map_err(|e| self.io(from, e))?;
-            fs::hard_link(e.path(), new.join(e.file_name())).map_err(|e| self.io(to, e))?;
+            self.fs
+                .hard_link(&e.path(), &new.join(e.file_name()))
+                .map_err(|e| self.io(to, e))?;
         }
-        durable::fsync_dir(&new).map_err(|e| self.io(to, e))
+        self.fs.sync_dir(&new).map_err(|e| self.io(to, e))
     }
 }
 

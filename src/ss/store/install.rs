@@ -1,0 +1,583 @@
+//! Installing received copies: temp files for transfers, one copy or a batch of them
+//! (content, history entries, checkpoints, record) and a delta's basis.
+
+use super::*;
+
+/// A file's content and history opened under its lock, ready to be sent to another copy.
+pub struct Transfer {
+    /// The content.
+    pub content: File,
+    /// The record the content belongs to.
+    pub meta: Meta,
+    /// Whether opening it adopted a hand edit (the name server must hear of it).
+    pub adopted: bool,
+    /// The whole history, oldest first.
+    pub undo: Vec<UndoDesc>,
+    /// The open entries to send, in the order of `undo`.
+    pub entries: Vec<(Version, File)>,
+    /// Every checkpoint of the file.
+    pub checkpoints: Vec<CheckpointInfo>,
+    /// The open checkpoints to send (those the target lacks), in the order of `checkpoints`.
+    pub checkpoint_files: Vec<(String, File)>,
+}
+
+/// A temp file in `tmp/`, removed when dropped (a no-op once it has been renamed into place),
+/// so a transfer that fails or is cut leaves nothing behind.
+pub struct TempFile(PathBuf);
+
+impl TempFile {
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// One received copy for [`Store::install_copies`]: its state, history and checkpoints as
+/// the source described them, and the temp files holding its content and the entries and
+/// checkpoints sent.
+pub struct CopyIn<'a> {
+    /// The state of the content.
+    pub state: &'a FileState,
+    /// The whole history, oldest first.
+    pub undo: &'a [UndoDesc],
+    /// The temp file holding the content.
+    pub content: &'a Path,
+    /// The temp files holding the history entries that were sent.
+    pub entries: &'a [(Version, PathBuf)],
+    /// Every checkpoint of the file at the source.
+    pub checkpoints: &'a [CheckpointInfo],
+    /// The temp files holding the checkpoints that were sent, by tag.
+    pub checkpoint_files: &'a [(String, PathBuf)],
+    /// The temp files among these not synced yet (the install syncs them with its own).
+    pub unsynced: &'a [&'a File],
+    /// The basis of a delta or of a staged upload, verified by [`Store::open_basis`]: the
+    /// content held now is the history entry of its version when none was sent. None for a
+    /// copy that must carry every entry the target lacks.
+    pub basis: Option<Basis>,
+}
+
+/// The copy a delta transfer was rebuilt from, verified by [`Store::open_basis`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Basis {
+    /// Its version.
+    pub version: Version,
+    /// Its checksum (verified against its bytes).
+    pub checksum: u32,
+    /// The device and inode it was read from, so the install links that file only.
+    pub dev: u64,
+    /// See `dev`.
+    pub ino: u64,
+}
+
+/// A copy [`Store::install_copies`] is installing.
+pub(super) struct Planned {
+    /// Its index among the copies.
+    i: usize,
+    /// The record it replaces.
+    old: Option<Meta>,
+    /// The record it installs.
+    meta: Meta,
+    /// That record's temp file, and the file open for syncing.
+    temp: TempFile,
+    file: File,
+    /// The history entry to link to the content held now (a verified basis).
+    link: Option<String>,
+}
+
+/// What installing one copy takes.
+pub(super) enum Plan {
+    /// This copy is as new already: its record.
+    Held(Meta),
+    /// Install over the old record (if any), listing these history entries, one of which
+    /// (a delta transfer's verified basis) is the content held now, linked in at step 3.
+    Install(Option<Meta>, Vec<String>, Option<String>),
+}
+
+impl Store {
+    /// A fresh temp file in `tmp/` for content arriving from the network; the returned guard
+    /// removes it unless it was installed.
+    /// `file` names what the bytes are for, in errors.
+    pub fn temp_file(&self, file: &str) -> Result<(TempFile, File), StoreError> {
+        let path = durable::temp_path(&self.tmp);
+        let f = self.fs.create_new(&path).map_err(|e| self.io(file, e))?;
+        Ok((TempFile(path), f))
+    }
+
+    /// A `syncfs` window on the file system holding this store (see [`durable::FsSync`]),
+    /// for a batch of copies to begin before it writes any of them; `None` where `syncfs`
+    /// cannot report write-back errors.
+    pub fn sync_window(&self) -> io::Result<Option<durable::FsSync>> {
+        durable::FsSync::begin(&self.tmp)
+    }
+
+    /// Opens `file`'s content and the history entries whose versions are not in `have`, under
+    /// the file lock, so what is sent is one consistent version even if a commit follows.
+    /// Checkpoints listed in `have_checkpoints` (`<tag>:<checksum hex>`) are described but
+    /// not opened.
+    pub fn open_transfer(
+        &self,
+        file: &str,
+        have: &[Version],
+        have_checkpoints: &[String],
+    ) -> Result<Transfer, StoreError> {
+        let lock = self.file_lock(file);
+        let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (meta, adopted) = self.current(file)?;
+        let content = self
+            .fs
+            .open(&self.content_path(file))
+            .map_err(|e| self.io(file, e))?;
+        let mut undo = Vec::new();
+        let mut entries = Vec::new();
+        for id in &meta.undo {
+            // Entries of an older naming cannot be described by version; they stay local.
+            let Some((version, checksum)) = parse_blob_id(id) else {
+                continue;
+            };
+            let Ok(f) = self.fs.open(&self.undo.join(id)) else {
+                continue;
+            };
+            let size = f.metadata().map_err(|e| self.io(file, e))?.len();
+            undo.push(UndoDesc {
+                version,
+                size,
+                checksum,
+            });
+            if !have.contains(&version) {
+                entries.push((version, f));
+            }
+        }
+        let (checkpoints, checkpoint_files) = self.open_checkpoints(file, have_checkpoints)?;
+        Ok(Transfer {
+            content,
+            meta,
+            adopted,
+            undo,
+            entries,
+            checkpoints,
+            checkpoint_files,
+        })
+    }
+
+    /// Installs a copy received from another server (PUT_FILE_CONTENT): the history entries,
+    /// then the checkpoints, then the content (atomic replace), then the record, all durable. The temp files were
+    /// written, verified and synced by the caller. A copy already at `state.version` or newer
+    /// is left alone (jobs may be retried or reordered); returns the record now held and
+    /// whether anything was installed.
+    /// `checkpoints` is the source's whole list; `checkpoint_files` the received ones. The
+    /// server itself installs through [`Store::install_copies`]; this is the tests' shorthand.
+    #[cfg(test)]
+    pub fn install_copy(
+        &self,
+        state: &FileState,
+        undo: &[UndoDesc],
+        content: &Path,
+        entries: &[(Version, PathBuf)],
+        checkpoints: &[CheckpointInfo],
+        checkpoint_files: &[(String, PathBuf)],
+    ) -> Result<(Meta, bool), StoreError> {
+        let copy = CopyIn {
+            state,
+            undo,
+            content,
+            entries,
+            checkpoints,
+            checkpoint_files,
+            unsynced: &[],
+            basis: None,
+        };
+        self.install_copies(&[copy], None)
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Incomplete(names::display(&state.file))))
+    }
+
+    /// [`Store::install_copy`] for many files at once (PUT_BATCH), with the same guarantees per
+    /// file but each kind of sync done once for all: every record is written to a temp file,
+    /// and those and the copies' unsynced temp files are synced together; then the history
+    /// entries are renamed and `undo/` synced once, each copy's checkpoints installed (only a
+    /// file that has some costs syncs of its own), every content renamed and each content
+    /// directory synced once, and only then the records renamed and each record directory
+    /// synced once. A record is renamed into place only after its content is durable, so a
+    /// crash leaves each file old, or new content that the next scan adopts (as after a crash
+    /// between content and record of a single change). Every file's lock is held throughout,
+    /// taken in name order. One result per copy, in order; a failure of one file leaves the
+    /// others unaffected unless a shared directory could not be synced.
+    ///
+    /// With a `window` (begun before any of the copies' temp files was written, which the
+    /// caller then left closed and unsynced), the temp files and records are made durable by
+    /// one `syncfs` of the store's file system instead of an fsync each; a failed `syncfs`
+    /// fails every copy not decided yet (it cannot say which file it was). The renames are
+    /// always made durable by directory fsyncs (see [`durable::FsSync`]).
+    pub fn install_copies(
+        &self,
+        copies: &[CopyIn<'_>],
+        window: Option<&durable::FsSync>,
+    ) -> Vec<Result<(Meta, bool), StoreError>> {
+        let mut linked = Vec::new();
+        let results = self.install_copies_linking(copies, window, &mut linked);
+        // A basis linked in for a copy that failed before its record was renamed into place
+        // is named by no record: removed, so it does not pin the old content's space.
+        for (i, path) in linked {
+            if !results.get(i).is_some_and(|r| r.is_ok()) {
+                let _ = self.fs.remove_file(&path);
+            }
+        }
+        results
+    }
+
+    /// The body of [`Store::install_copies`], which holds every file's lock; `linked`
+    /// collects the history entries linked to a delta's basis (copy index, path).
+    pub(super) fn install_copies_linking(
+        &self,
+        copies: &[CopyIn<'_>],
+        window: Option<&durable::FsSync>,
+        linked: &mut Vec<(usize, PathBuf)>,
+    ) -> Vec<Result<(Meta, bool), StoreError>> {
+        let mut order: Vec<&str> = copies.iter().map(|c| c.state.file.as_str()).collect();
+        order.sort_unstable();
+        order.dedup();
+        let locks: Vec<Arc<Mutex<()>>> = order.iter().map(|f| self.file_lock(f)).collect();
+        let _guards: Vec<_> = locks
+            .iter()
+            .map(|l| l.lock().unwrap_or_else(|p| p.into_inner()))
+            .collect();
+        let mut results: Vec<Option<Result<(Meta, bool), StoreError>>> =
+            copies.iter().map(|_| None).collect();
+        // 1. Decide per file: already as new here, incomplete, or to install with this record
+        // (staged in a temp file; renaming keeps the content's mtime, so it is known now).
+        let mut plans: Vec<Planned> = Vec::new();
+        for (i, c) in copies.iter().enumerate() {
+            let file = c.state.file.as_str();
+            // A name repeated in one batch installs only its first copy; the next would need
+            // the first one's record, which is not written yet.
+            if copies[..i].iter().any(|p| p.state.file == file) {
+                results[i] = Some(Err(StoreError::Incomplete(names::display(file))));
+                continue;
+            }
+            match self.plan_copy(c) {
+                Ok(Plan::Held(m)) => results[i] = Some(Ok((m, false))),
+                Ok(Plan::Install(old, ids, link)) => {
+                    match self.stage_record(c, old.as_ref(), ids) {
+                        Ok((meta, temp, f)) => plans.push(Planned {
+                            i,
+                            old,
+                            meta,
+                            temp,
+                            file: f,
+                            link,
+                        }),
+                        Err(e) => results[i] = Some(Err(e)),
+                    }
+                }
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        // 2. Every temp file of the batch synced at once.
+        if let Some(w) = window.filter(|_| !plans.is_empty()) {
+            if let Err(e) = w.sync() {
+                return self.fail_rest(copies, results, e);
+            }
+        }
+        let mut owners = Vec::new();
+        let mut open: Vec<&File> = Vec::new();
+        for p in plans.iter().filter(|_| window.is_none()) {
+            for f in copies[p.i]
+                .unsynced
+                .iter()
+                .copied()
+                .chain(std::iter::once(&p.file))
+            {
+                owners.push(p.i);
+                open.push(f);
+            }
+        }
+        for (i, r) in owners.into_iter().zip(durable::sync_files(open)) {
+            if let Err(e) = r {
+                if results[i].is_none() {
+                    results[i] = Some(Err(self.io(&copies[i].state.file, e)));
+                }
+            }
+        }
+        plans.retain(|p| results[p.i].is_none());
+        // 3. History entries (and a verified basis, linked), then one sync of
+        // `undo/`.
+        let mut renamed = false;
+        plans.retain(|p| {
+            let c = &copies[p.i];
+            if let Some(id) = &p.link {
+                let path = self.undo.join(id);
+                if let Err(e) = self.fs.hard_link(&self.content_path(&c.state.file), &path) {
+                    results[p.i] = Some(Err(self.io(&c.state.file, e)));
+                    return false;
+                }
+                linked.push((p.i, path));
+                renamed = true;
+            }
+            let keep = c.undo.len().saturating_sub(UNDO_DEPTH);
+            for (d, id) in c.undo[keep..].iter().zip(&p.meta.undo) {
+                if let Some((_, tmp)) = c.entries.iter().find(|(v, _)| *v == d.version) {
+                    if let Err(e) = self.fs.rename(tmp, &self.undo.join(id)) {
+                        results[p.i] = Some(Err(self.io(&c.state.file, e)));
+                        return false;
+                    }
+                    renamed = true;
+                }
+            }
+            true
+        });
+        // Only a rename changed the directory; with none there is nothing to make durable.
+        if renamed {
+            if let Err(e) = self.fs.sync_dir(&self.undo) {
+                return self.fail_rest(copies, results, e);
+            }
+        }
+        // 4. Each copy's checkpoints (found complete in step 1), before its content as for a
+        // single copy: one whose checkpoints cannot be installed keeps its old content.
+        plans.retain(|p| {
+            let c = &copies[p.i];
+            let file = c.state.file.as_str();
+            match self.install_checkpoints(file, c.checkpoints, c.checkpoint_files) {
+                Ok(()) => true,
+                Err(e) => {
+                    results[p.i] = Some(Err(e));
+                    false
+                }
+            }
+        });
+        // 5. Contents, then one sync of each directory they went to.
+        let mut dirs = BTreeSet::new();
+        plans.retain(|p| {
+            let c = &copies[p.i];
+            match place(&*self.fs, c.content, &self.content_path(&c.state.file)) {
+                Ok(parent) => {
+                    dirs.insert(parent);
+                    true
+                }
+                Err(e) => {
+                    results[p.i] = Some(Err(self.io(&c.state.file, e)));
+                    false
+                }
+            }
+        });
+        let synced = dirs.iter().try_for_each(|d| self.fs.sync_dir(d));
+        if let Err(e) = synced {
+            return self.fail_rest(copies, results, e);
+        }
+        // 6. Records, then one sync of each directory they went to.
+        let mut meta_dirs = BTreeSet::new();
+        plans.retain(|p| {
+            let file = copies[p.i].state.file.as_str();
+            match place(&*self.fs, p.temp.path(), &self.meta_path(file)) {
+                Ok(parent) => {
+                    meta_dirs.insert(parent);
+                    // The record in place names the linked basis: it stays, whatever the
+                    // directory sync below answers.
+                    linked.retain(|(i, _)| *i != p.i);
+                    true
+                }
+                Err(e) => {
+                    results[p.i] = Some(Err(content_saved(file, self.io(file, e))));
+                    false
+                }
+            }
+        });
+        let dir_sync = meta_dirs.iter().try_for_each(|d| self.fs.sync_dir(d));
+        for p in plans {
+            let file = copies[p.i].state.file.as_str();
+            if let Err(e) = &dir_sync {
+                let e = io::Error::new(e.kind(), e.to_string());
+                results[p.i] = Some(Err(content_saved(file, self.io(file, e))));
+                continue;
+            }
+            // 7. History entries the new record no longer names.
+            for b in p.old.iter().flat_map(|m| m.undo.iter()) {
+                if !p.meta.undo.contains(b) {
+                    let _ = self.fs.remove_file(&self.undo.join(b));
+                }
+            }
+            results[p.i] = Some(Ok((p.meta, true)));
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(StoreError::Io {
+                        file: String::new(),
+                        source: io::Error::other("copy left undecided"),
+                    })
+                })
+            })
+            .collect()
+    }
+
+    /// The record a copy installs, written (not yet synced) to a temp file.
+    pub(super) fn stage_record(
+        &self,
+        c: &CopyIn<'_>,
+        old: Option<&Meta>,
+        ids: Vec<String>,
+    ) -> Result<(Meta, TempFile, File), StoreError> {
+        let file = c.state.file.as_str();
+        let md = self.fs.metadata(c.content).map_err(|e| self.io(file, e))?;
+        let meta = Meta {
+            version: c.state.version,
+            checksum: c.state.checksum,
+            size: c.state.size,
+            mtime_ns: mtime_ns(&md),
+            words: c.state.words,
+            chars: c.state.chars,
+            modified_ms: c.state.modified_ms,
+            owner: c
+                .state
+                .owner
+                .clone()
+                .or_else(|| old.and_then(|m| m.owner.clone())),
+            undo: ids,
+        };
+        let bytes = serde_json::to_vec(&meta).map_err(|e| self.io(file, io::Error::other(e)))?;
+        let (tmp, mut f) = self.temp_file(file)?;
+        f.write_all(&bytes).map_err(|e| self.io(file, e))?;
+        Ok((meta, tmp, f))
+    }
+
+    /// What installing `c` takes (caller holds the file's lock): nothing if this copy is as new
+    /// already, else the old record and the names of the history entries the new one lists.
+    pub(super) fn plan_copy(&self, c: &CopyIn<'_>) -> Result<Plan, StoreError> {
+        let file = c.state.file.as_str();
+        let old = match self.current(file) {
+            Ok((m, _)) => Some(m),
+            Err(StoreError::NotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(m) = &old {
+            if m.version >= c.state.version {
+                return Ok(Plan::Held(m.clone()));
+            }
+        }
+        let keep = c.undo.len().saturating_sub(UNDO_DEPTH);
+        let undo = &c.undo[keep..];
+        let ids: Vec<String> = undo
+            .iter()
+            .map(|d| blob_id(file, d.version, d.checksum))
+            .collect();
+        // Check before changing anything: every entry is either sent or already here, or
+        // (a delta or a staged upload, with a basis) is the copy held now, whose bytes the
+        // caller verified against its checksum: step 3 links it in.
+        let mut link = None;
+        for (d, id) in undo.iter().zip(&ids) {
+            let sent = c.entries.iter().any(|(v, _)| *v == d.version);
+            if !sent && !self.fs.is_file(&self.undo.join(id)) {
+                match c.basis {
+                    Some(b)
+                        if (b.version, b.checksum) == (d.version, d.checksum)
+                            && self.basis_in_place(file, old.as_ref(), &b) =>
+                    {
+                        link = Some(id.clone());
+                    }
+                    _ => return Err(StoreError::Incomplete(names::display(file))),
+                }
+            }
+        }
+        self.check_checkpoints_complete(file, c.checkpoints, c.checkpoint_files)?;
+        Ok(Plan::Install(old, ids, link))
+    }
+
+    /// Whether the content of `file` (whose record is `old`) is still the copy `b` was
+    /// verified from: the same record and the same inode.
+    pub(super) fn basis_in_place(&self, file: &str, old: Option<&Meta>, b: &Basis) -> bool {
+        old.is_some_and(|m| (m.version, m.checksum) == (b.version, b.checksum))
+            && self
+                .fs
+                .metadata(&self.content_path(file))
+                .is_ok_and(|md| (md.dev(), md.ino()) == (b.dev, b.ino))
+    }
+
+    /// Opens the copy of `file` a transfer names as its basis (a delta's ops refer to it, a
+    /// staged upload links it in as a history entry), under the file lock, and verifies it
+    /// is at `basis` (version and checksum) by its record and by a whole read of
+    /// its bytes: a copy with bit rot must neither rebuild content nor become the history
+    /// entry of its version (which UNDO would restore and peers would refuse). Returns the
+    /// record held and whether it adopted a hand edit, even when the copy does not verify.
+    #[allow(clippy::type_complexity)]
+    pub fn open_basis(
+        &self,
+        file: &str,
+        basis: (Version, u32),
+    ) -> Result<(Meta, bool, Result<(File, Basis), StoreError>), StoreError> {
+        let lock = self.file_lock(file);
+        let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (meta, adopted) = self.current(file)?;
+        let opened = self.verify_basis(file, &meta, basis);
+        Ok((meta, adopted, opened))
+    }
+
+    /// The check of [`Store::open_basis`] (caller holds the lock).
+    pub(super) fn verify_basis(
+        &self,
+        file: &str,
+        meta: &Meta,
+        basis: (Version, u32),
+    ) -> Result<(File, Basis), StoreError> {
+        let mismatch = |what: String| StoreError::Io {
+            file: file.to_string(),
+            source: io::Error::other(what),
+        };
+        if (meta.version, meta.checksum) != basis {
+            return Err(mismatch(format!(
+                "the copy here is at version {} (checksum {:08x}), not at version {} \
+                 (checksum {:08x}) the transfer names as its basis",
+                meta.version, meta.checksum, basis.0, basis.1
+            )));
+        }
+        let f = self
+            .fs
+            .open(&self.content_path(file))
+            .map_err(|e| self.io(file, e))?;
+        let md = f.metadata().map_err(|e| self.io(file, e))?;
+        let mut counter = ContentCounter::bytes_only();
+        copy_counting(&mut &f, &mut io::sink(), &mut counter, meta.size + 1)
+            .map_err(|e| self.io(file, e))?;
+        let (crc, at) = (counter.checksum(), counter.size());
+        if at != meta.size || crc != meta.checksum {
+            return Err(mismatch(format!(
+                "the copy here does not match its checksum ({crc:08x}, {at} bytes; its record \
+                 says {:08x}, {} bytes)",
+                meta.checksum, meta.size
+            )));
+        }
+        let b = Basis {
+            version: meta.version,
+            checksum: meta.checksum,
+            dev: md.dev(),
+            ino: md.ino(),
+        };
+        Ok((f, b))
+    }
+
+    /// Ends [`Store::install_copies`] after a directory sync failed: every copy not decided
+    /// yet fails with that error.
+    pub(super) fn fail_rest(
+        &self,
+        copies: &[CopyIn<'_>],
+        results: Vec<Option<Result<(Meta, bool), StoreError>>>,
+        e: io::Error,
+    ) -> Vec<Result<(Meta, bool), StoreError>> {
+        results
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| match r {
+                Some(r) => r,
+                None => {
+                    let file = copies[i].state.file.as_str();
+                    Err(self.io(file, io::Error::new(e.kind(), e.to_string())))
+                }
+            })
+            .collect()
+    }
+}

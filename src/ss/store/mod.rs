@@ -1,0 +1,276 @@
+//! The storage server's on-disk layout and every change to it. This module is the one place
+//! the layout is specified:
+//!
+//! ```text
+//! DIR/files/<canonical name>        content, exactly the file's bytes
+//! DIR/meta/<canonical name>         bookkeeping JSON (see [`Meta`]); the same relative path as
+//!                                  the content, so a name maps to exactly one record and no
+//!                                  file name can collide with another's record
+//! DIR/undo/<blob id>                earlier contents referenced by undo stacks
+//! DIR/checkpoints/<file hash>/      a file's checkpoints (see `checkpoints`): `index.json`
+//!                                  (tag, creator, created, size, checksum of each) and one
+//!                                  file per tag holding that checkpoint's bytes
+//! DIR/tmp/                          temp files for atomic replacement; emptied at startup
+//! DIR/quarantine/<canonical name>.<epoch>-<counter>
+//!                                   a copy set aside because it holds changes the cluster
+//!                                   never acknowledged; `<epoch>-<counter>` is its version
+//!                                   (0-0 when it had no record). A nested name keeps its
+//!                                   folders as directories. Never served, never overwritten
+//!                                   (a second copy at the same version is not set aside
+//!                                   twice), never scanned or adopted; FSCK lists it.
+//! DIR/quarantine/<canonical name>.<epoch>-<counter>.meta
+//!                                   its bookkeeping JSON (see [`Meta`]) plus `file`, its
+//!                                   full name. A leaf over 188 bytes (too long to take the
+//!                                   suffix within 255 bytes) is cut on a char boundary and
+//!                                   given `~<file hash>` ([`quarantine_base`]); its `.meta`
+//!                                   is always written, so listings show the full name
+//! ```
+//!
+//! The file hash is the first 16 hex digits of SHA-256 of the canonical name ([`file_hash`]):
+//! a name maps to one directory whatever its folders, and no name can collide with another's.
+//!
+//! A copy is quarantined (see [`Store::quarantine`]) by renaming its content into
+//! `quarantine/` (same file system, so nothing is copied and a crash leaves it in one place
+//! or the other), writing the bookkeeping beside it durably, then removing the record under
+//! `meta/`; the name server then installs the current copy as for any missing file.
+//!
+//! A history entry (undo blob) holds the content its file had at some version, and is named
+//! after that version: `<file hash>-<epoch>.<counter>-<crc32c hex>`, where the file hash is
+//! the first 16 hex digits of SHA-256 of the canonical name (see [`blob_id`]). Both copies of
+//! a replicated file therefore name its history alike, and a target can say which entries it
+//! already holds (PEEK_FILE) so a transfer sends only the missing ones.
+//!
+//! A content change (1) hard-links the current content into `undo/<new blob id>` (the old
+//! inode survives the rename, so nothing is copied), (2) replaces the content atomically,
+//! (3) replaces the record atomically. A crash between (2) and (3) leaves content whose size
+//! or mtime disagrees with its bookkeeping, which the startup scan adopts as a new version, like
+//! a hand edit. CREATE writes the record first; a record without content is an unfinished
+//! create and the scan removes it. Undo blobs referenced by no record are removed too.
+//!
+//! Every atomic replacement is [`Fs::replace_with`]: a temp file in `tmp/` is written and
+//! fsynced, renamed over the target, and the target's directory fsynced. So a content change
+//! makes these durable calls, in order: link into `undo/`, fsync `undo/`; fsync the new
+//! content, rename it over `files/<name>`, fsync its directory; fsync the new record, rename
+//! it over `meta/<name>`, fsync its directory. CREATE makes three replacements: the record,
+//! the empty content, then the record again with the content's mtime. All of them go through
+//! the store's [`Fs`] (see [`vfs`]), which a test backend can record or fault.
+//!
+//! Callers that combine several steps (a commit reads, edits and writes) hold the file's mutex
+//! from [`Store::file_lock`] for the whole sequence; the methods that say so require it.
+//!
+//! Modules: `layout` (paths and names), `record` ([`Meta`] and reading a file with it),
+//! `change` (the change protocol above: content changes, CREATE, DELETE, history entries),
+//! `install` (received copies and stages), `scan` (adoption, the startup scan, verification),
+//! `quarantine`, `checkpoints` and `moves` (folders and MOVE).
+
+// These imports serve the child modules too: each takes them, and the items below, with
+// `use super::*`.
+use crate::durable;
+use crate::logging::ev;
+use crate::names;
+use crate::protocol::{
+    err, CheckpointInfo, FileState, HeldCopy, QuarantineEntry, UndoDesc, Version, WireError,
+};
+use crate::ss::textcount::TextCount;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+mod change;
+mod checkpoints;
+mod install;
+mod layout;
+mod moves;
+mod quarantine;
+mod record;
+mod scan;
+#[cfg(test)]
+mod tests;
+pub mod vfs;
+
+pub use checkpoints::MAX_CHECKPOINTS;
+pub use install::{Basis, CopyIn, TempFile, Transfer};
+pub use layout::{
+    blob_id, file_hash, parse_blob_id, parse_quarantine_name, quarantine_base, quarantine_rel,
+};
+pub use record::{copy_counting, ContentCounter, ContentFacts, Meta};
+pub use vfs::{Fs, OsFs};
+// What the submodules take from their siblings.
+use change::{content_saved, place, Source};
+use layout::{is_cut_base, leaf_of, tighten_root, walk};
+use record::mtime_ns;
+
+/// Most undo steps kept per file (SPEC asks for at least 10).
+pub const UNDO_DEPTH: usize = 16;
+
+/// Errors of the store, mapped to wire errors at the server boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The file does not exist here.
+    #[error("file {0} not found")]
+    NotFound(String),
+    /// CREATE of a file that exists.
+    #[error("file {0} already exists")]
+    Exists(String),
+    /// UNDO with an empty stack.
+    #[error("nothing to undo for {0}")]
+    NoUndo(String),
+    /// The disk (or quota) is full; the old content is intact.
+    #[error("disk full on {ss}; {file} is unchanged")]
+    DiskFull {
+        /// This server.
+        ss: String,
+        /// The file whose change failed.
+        file: String,
+    },
+    /// Editing a file whose content is not UTF-8.
+    #[error("file is not text")]
+    NotText,
+    /// A transfer lacks history entries this copy does not hold either.
+    #[error("transfer of {0} is missing history entries")]
+    Incomplete(String),
+    /// CHECKPOINT with a tag the file already has.
+    #[error("checkpoint '{tag}' already exists for {file}")]
+    CheckpointExists {
+        /// The file.
+        file: String,
+        /// The tag.
+        tag: String,
+    },
+    /// A tag the file has no checkpoint for.
+    #[error("no checkpoint '{tag}' for {file}")]
+    NoCheckpoint {
+        /// The file.
+        file: String,
+        /// The tag.
+        tag: String,
+    },
+    /// The file holds the most checkpoints allowed.
+    #[error("{0} already has {MAX_CHECKPOINTS} checkpoints")]
+    TooManyCheckpoints(String),
+    /// Any other local I/O failure.
+    #[error("storage i/o on {file}: {source}")]
+    Io {
+        /// The file concerned (or a directory).
+        file: String,
+        /// The cause.
+        source: io::Error,
+    },
+}
+
+impl From<StoreError> for WireError {
+    fn from(e: StoreError) -> WireError {
+        let msg = e.to_string();
+        match e {
+            StoreError::NotFound(_) => err::not_found(msg),
+            StoreError::Exists(_) => err::conflict(msg),
+            StoreError::NoUndo(_) => err::no_undo(msg),
+            StoreError::CheckpointExists { .. } => err::conflict(msg),
+            StoreError::NoCheckpoint { .. } => err::not_found(msg),
+            StoreError::TooManyCheckpoints(_) => err::limit(msg),
+            StoreError::DiskFull { .. } => err::limit(msg),
+            StoreError::NotText | StoreError::Incomplete(_) => err::invalid(msg),
+            StoreError::Io { .. } => err::internal(msg),
+        }
+    }
+}
+
+/// The storage directory and the per-file mutexes that serialise changes.
+pub struct Store {
+    name: String,
+    files: PathBuf,
+    meta: PathBuf,
+    undo: PathBuf,
+    ckpt: PathBuf,
+    tmp: PathBuf,
+    quarantine: PathBuf,
+    epoch: Arc<AtomicU64>,
+    locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Where the file-system calls go (see [`vfs`]).
+    fs: Arc<dyn Fs>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the layout under `root` for server `name`, and empties
+    /// `tmp/`. Does not scan; call [`Store::scan`].
+    pub fn open(root: &Path, name: &str) -> Result<Store, StoreError> {
+        Store::open_on(Arc::new(OsFs), root, name)
+    }
+
+    /// [`Store::open`] with its file-system calls going to `fs`.
+    pub fn open_on(fs: Arc<dyn Fs>, root: &Path, name: &str) -> Result<Store, StoreError> {
+        let io_err = |source| StoreError::Io {
+            file: root.display().to_string(),
+            source,
+        };
+        let s = Store {
+            name: name.to_string(),
+            files: root.join("files"),
+            meta: root.join("meta"),
+            undo: root.join("undo"),
+            ckpt: root.join("checkpoints"),
+            tmp: root.join("tmp"),
+            quarantine: root.join("quarantine"),
+            epoch: Arc::new(AtomicU64::new(1)),
+            locks: Mutex::new(HashMap::new()),
+            fs,
+        };
+        s.fs.create_dirs_durable(root).map_err(io_err)?;
+        tighten_root(root).map_err(io_err)?;
+        for d in [&s.files, &s.meta, &s.undo, &s.ckpt, &s.tmp] {
+            s.fs.create_dirs_durable(d).map_err(io_err)?;
+        }
+        for e in s.fs.read_dir(&s.tmp).map_err(io_err)? {
+            let p = e.map_err(io_err)?.path();
+            if s.fs.is_dir(&p) {
+                let _ = s.fs.remove_dir_all(&p);
+            } else {
+                let _ = s.fs.remove_file(&p);
+            }
+        }
+        Ok(s)
+    }
+
+    /// The epoch new versions are stamped with; the name server link updates it.
+    pub fn epoch(&self) -> &Arc<AtomicU64> {
+        &self.epoch
+    }
+
+    /// This server's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The mutex serialising changes of `file`. Entries are dropped on delete.
+    pub fn file_lock(&self, file: &str) -> Arc<Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(file.to_string()).or_default().clone()
+    }
+
+    fn io(&self, file: &str, source: io::Error) -> StoreError {
+        if durable::is_disk_full(&source) {
+            StoreError::DiskFull {
+                ss: self.name.clone(),
+                file: names::display(file),
+            }
+        } else {
+            StoreError::Io {
+                file: file.to_string(),
+                source,
+            }
+        }
+    }
+
+    /// Maps an I/O error on `file` to a store error (disk full becomes [`StoreError::DiskFull`]).
+    pub fn io_error(&self, file: &str, e: io::Error) -> StoreError {
+        self.io(file, e)
+    }
+}

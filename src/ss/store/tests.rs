@@ -1,0 +1,889 @@
+//! Unit tests of the store: changes, history, adoption, quarantine, checkpoints, moves and
+//! installs of received copies.
+
+use super::layout::QUARANTINE_UNCUT_MAX;
+use super::*;
+
+fn store() -> (tempfile::TempDir, Store) {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(d.path(), "ss1").unwrap();
+    (d, s)
+}
+
+fn commit(s: &Store, f: &str, text: &str) -> Meta {
+    let (_, meta, _) = s.load_text(f).unwrap();
+    s.write_content(f, meta, text.as_bytes()).unwrap()
+}
+
+#[test]
+fn create_write_undo_delete() {
+    let (d, s) = store();
+    let m = s.create("docs/a.txt", "alice", 3).unwrap();
+    assert_eq!(
+        m.version,
+        Version {
+            epoch: 3,
+            counter: 1
+        }
+    );
+    assert!(matches!(
+        s.create("docs/a.txt", "bob", 3),
+        Err(StoreError::Exists(_))
+    ));
+    let m1 = commit(&s, "docs/a.txt", "one.");
+    let m2 = commit(&s, "docs/a.txt", "one. two.");
+    assert!(m2.version > m1.version);
+    assert_eq!(m2.words, 2);
+    assert_eq!(m2.undo.len(), 2);
+    assert_eq!(fs::read_dir(d.path().join("undo")).unwrap().count(), 2);
+    let u = s.undo("docs/a.txt", 3).unwrap();
+    assert!(u.version > m2.version, "versions only go up");
+    assert_eq!(
+        fs::read_to_string(s.content_path("docs/a.txt")).unwrap(),
+        "one."
+    );
+    s.undo("docs/a.txt", 3).unwrap();
+    assert_eq!(
+        fs::read_to_string(s.content_path("docs/a.txt")).unwrap(),
+        ""
+    );
+    assert!(matches!(
+        s.undo("docs/a.txt", 3),
+        Err(StoreError::NoUndo(_))
+    ));
+    assert_eq!(fs::read_dir(d.path().join("undo")).unwrap().count(), 0);
+    commit(&s, "docs/a.txt", "x.");
+    s.delete("docs/a.txt").unwrap();
+    assert!(matches!(
+        s.delete("docs/a.txt"),
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(fs::read_dir(d.path().join("undo")).unwrap().count(), 0);
+    assert!(s.scan().unwrap().is_empty());
+}
+
+#[test]
+fn undo_depth_is_bounded() {
+    let (d, s) = store();
+    s.create("a", "alice", 1).unwrap();
+    for i in 0..(UNDO_DEPTH + 5) {
+        commit(&s, "a", &format!("v{i}."));
+    }
+    let (m, _) = s.current("a").unwrap();
+    assert_eq!(m.undo.len(), UNDO_DEPTH);
+    assert_eq!(
+        fs::read_dir(d.path().join("undo")).unwrap().count(),
+        UNDO_DEPTH
+    );
+    s.undo("a", 1).unwrap();
+    let last = UNDO_DEPTH + 3;
+    assert_eq!(
+        fs::read_to_string(s.content_path("a")).unwrap(),
+        format!("v{last}.")
+    );
+}
+
+#[test]
+fn verify_tells_bit_rot_from_a_hand_edit() {
+    let (_d, s) = store();
+    s.create("a.txt", "alice", 1).unwrap();
+    let m = commit(&s, "a.txt", "hello world.");
+    let (h, _, adopted) = s.verify("a.txt").unwrap().unwrap();
+    assert!(!adopted);
+    assert_eq!(
+        (h.version, h.checksum, h.actual),
+        (m.version, m.checksum, m.checksum)
+    );
+    // Bit rot: one byte flipped, size and mtime as before.
+    let p = s.content_path("a.txt");
+    let mtime = fs::metadata(&p).unwrap().modified().unwrap();
+    fs::write(&p, "hello World.").unwrap();
+    File::options()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let (h, _, adopted) = s.verify("a.txt").unwrap().unwrap();
+    assert!(!adopted, "same size and mtime is not a hand edit");
+    assert_eq!(h.version, m.version);
+    assert_eq!(h.checksum, m.checksum);
+    assert_eq!(h.actual, crc32c::crc32c(b"hello World."));
+    // A hand edit (new size): adopted as a new version, consistent with its bytes.
+    fs::write(&p, "hello there world.").unwrap();
+    let (h, _, adopted) = s.verify("a.txt").unwrap().unwrap();
+    assert!(adopted);
+    assert!(h.version > m.version);
+    assert_eq!(h.checksum, h.actual);
+    assert!(s.verify("nothing").unwrap().is_none());
+}
+
+#[test]
+fn quarantine_entries_are_listed_per_file_and_as_orphans() {
+    let (d, s) = store();
+    assert!(s.quarantined("a.txt").unwrap().is_empty());
+    assert_eq!(s.quarantine_orphans(10).unwrap(), (Vec::new(), 0));
+    s.create("a.txt", "alice", 1).unwrap();
+    let q = d.path().join("quarantine");
+    fs::create_dir_all(q.join("docs")).unwrap();
+    fs::write(q.join("a.txt.1-3"), "x").unwrap();
+    fs::write(q.join("a.txt.1-3.meta"), "{}").unwrap();
+    fs::write(q.join("a.txt.2-1"), "y").unwrap();
+    fs::write(q.join("a.txt.1-3.x"), "not an entry").unwrap();
+    fs::write(q.join("docs/b.md.1-7"), "z").unwrap();
+    let v = |epoch, counter| Version { epoch, counter };
+    assert_eq!(s.quarantined("a.txt").unwrap(), vec![v(1, 3), v(2, 1)]);
+    assert_eq!(s.quarantined("docs/b.md").unwrap(), vec![v(1, 7)]);
+    assert!(s.quarantined("a").unwrap().is_empty());
+    // a.txt is held here, so only docs/b.md's entry is an orphan.
+    let (orphans, more) = s.quarantine_orphans(10).unwrap();
+    assert_eq!(more, 0);
+    assert_eq!(
+        orphans,
+        vec![QuarantineEntry {
+            file: "docs/b.md".into(),
+            version: v(1, 7)
+        }]
+    );
+    assert_eq!(s.quarantine_orphans(0).unwrap().1, 1);
+    assert_eq!(parse_quarantine_name("a.txt.1-3.meta"), None);
+    assert_eq!(parse_quarantine_name(".1-3"), None);
+}
+
+#[test]
+fn a_long_name_is_quarantined_under_a_name_that_fits() {
+    let (d, s) = store();
+    // 250 bytes, multi-byte characters across the cut: "é" is two bytes.
+    let leaf = format!("{}{}.txt", "é".repeat(100), "x".repeat(46));
+    assert_eq!(leaf.len(), 250);
+    for file in [leaf.clone(), format!("docs/{leaf}")] {
+        s.create(&file, "alice", 1).unwrap();
+        commit(&s, &file, "unacknowledged.");
+        let v = s.read_meta(&file).unwrap().version;
+        let rel = s.quarantine(&file, None).unwrap().expect("set aside");
+        let leaf_on_disk = rel.rsplit('/').next().unwrap();
+        assert!(leaf_on_disk.len() + ".meta".len() <= 255, "{rel}");
+        assert!(d.path().join(&rel).is_file(), "{rel}");
+        let meta = fs::read(d.path().join(format!("{rel}.meta"))).unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&meta).unwrap();
+        assert_eq!(doc["file"], file.as_str());
+        // Listed under the original name, per file and as an orphan.
+        assert_eq!(s.quarantined(&file).unwrap(), vec![v]);
+        let (orphans, _) = s.quarantine_orphans(10).unwrap();
+        assert!(
+            orphans.contains(&QuarantineEntry {
+                file: file.clone(),
+                version: v
+            }),
+            "{orphans:?}"
+        );
+        // A later file of that name set aside too: both listed.
+        s.create(&file, "alice", 1).unwrap();
+        assert!(s.quarantine(&file, None).unwrap().is_some());
+        assert_eq!(s.quarantined(&file).unwrap().len(), 2);
+    }
+    // Short names keep their plain form.
+    let v2 = Version {
+        epoch: 2,
+        counter: 3,
+    };
+    assert_eq!(quarantine_rel("docs/a.txt", v2), "docs/a.txt.2-3");
+    // Two long names that share their first 190 bytes do not share entries.
+    let other = format!("{}{}.md", "é".repeat(100), "x".repeat(47));
+    assert_ne!(quarantine_base(&leaf), quarantine_base(&other));
+    // A file named like another's cut name (which it can only be if no longer than a
+    // cut name) is cut itself, so it never sees the other file's entries.
+    let mimic = quarantine_base(&leaf);
+    assert!(mimic.len() <= names::MAX_COMPONENT_BYTES);
+    assert_ne!(quarantine_base(&mimic), mimic);
+    s.create(&mimic, "mallory", 1).unwrap();
+    assert_eq!(s.quarantined(&mimic).unwrap(), vec![]);
+    // Every whole leaf kept is shorter than any cut base.
+    assert!(QUARANTINE_UNCUT_MAX < mimic.len());
+}
+
+#[test]
+fn scan_adopts_hand_edits_and_cleans_up() {
+    let (d, s) = store();
+    s.create("a.txt", "alice", 1).unwrap();
+    let m = commit(&s, "a.txt", "hello world.");
+    drop(s);
+    // A hand-placed file, a hand edit, an unfinished create, a stray blob and a temp file.
+    fs::write(d.path().join("files/new.txt"), "by hand").unwrap();
+    fs::write(d.path().join("files/a.txt"), "edited by hand, longer.").unwrap();
+    fs::write(d.path().join("meta/ghost.txt"), "{}").unwrap();
+    fs::write(d.path().join("undo/stray"), "x").unwrap();
+    fs::write(d.path().join("tmp/t1"), "x").unwrap();
+    let s = Store::open(d.path(), "ss1").unwrap();
+    assert_eq!(fs::read_dir(d.path().join("tmp")).unwrap().count(), 0);
+    let mut list = s.scan().unwrap();
+    list.sort_by(|a, b| a.file.cmp(&b.file));
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0].file, "a.txt");
+    assert!(list[0].version > m.version);
+    assert_eq!(list[0].owner.as_deref(), Some("alice"));
+    assert_eq!(list[0].words, 4);
+    assert_eq!(list[1].file, "new.txt");
+    assert_eq!(list[1].owner, None);
+    assert!(!d.path().join("meta/ghost.txt").exists());
+    assert!(!d.path().join("undo/stray").exists());
+    assert_eq!(fs::read_dir(d.path().join("undo")).unwrap().count(), 1);
+    // A second scan finds nothing new: versions stay.
+    let again = s.scan().unwrap();
+    let a = again.iter().find(|f| f.file == "a.txt").unwrap();
+    assert_eq!(a.version, list[0].version);
+}
+
+#[test]
+fn live_listing_leaves_blobs_and_metas_alone() {
+    let (d, s) = store();
+    s.create("a.txt", "alice", 1).unwrap();
+    // What a commit or create in progress looks like from outside: a blob not yet
+    // referenced, a meta whose content is not written yet.
+    fs::write(d.path().join("undo/inflight"), "x").unwrap();
+    fs::write(d.path().join("meta/b.txt.meta"), "{}").unwrap();
+    assert_eq!(s.list().unwrap().len(), 1);
+    assert!(d.path().join("undo/inflight").exists());
+    assert!(d.path().join("meta/b.txt.meta").exists());
+}
+
+#[test]
+fn a_file_removed_by_hand_is_forgotten() {
+    let (d, s) = store();
+    s.create("a.txt", "alice", 1).unwrap();
+    commit(&s, "a.txt", "one.");
+    assert!(!s.forget_vanished("a.txt"));
+    fs::remove_file(s.content_path("a.txt")).unwrap();
+    assert!(matches!(s.current("a.txt"), Err(StoreError::NotFound(_))));
+    assert!(s.forget_vanished("a.txt"));
+    assert!(!s.forget_vanished("a.txt"));
+    assert_eq!(fs::read_dir(d.path().join("undo")).unwrap().count(), 0);
+    assert_eq!(fs::read_dir(d.path().join("meta")).unwrap().count(), 0);
+}
+
+#[test]
+fn access_adopts_a_changed_file() {
+    let (_d, s) = store();
+    s.create("a.txt", "alice", 1).unwrap();
+    fs::write(s.content_path("a.txt"), "changed.").unwrap();
+    let (m, adopted) = s.current("a.txt").unwrap();
+    assert!(adopted);
+    assert_eq!(m.size, 8);
+    let (_, adopted) = s.current("a.txt").unwrap();
+    assert!(!adopted);
+}
+
+#[test]
+fn snapshot_sees_old_content_after_replace() {
+    let (_d, s) = store();
+    s.create("a.txt", "alice", 1).unwrap();
+    commit(&s, "a.txt", "old.");
+    let (mut f, _, _) = s.snapshot("a.txt").unwrap();
+    commit(&s, "a.txt", "new content.");
+    let mut text = String::new();
+    f.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "old.");
+}
+
+proptest::proptest! {
+    #[test]
+    fn counter_matches_whole_content_counts(
+        bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+        ascii in proptest::collection::vec(0u8..4, 0..300),
+        cut in 0usize..300,
+        cut2 in 0usize..300,
+    ) {
+        // Mix raw bytes with spaces and multi-byte text so cut sequences are common.
+        let mut content = Vec::new();
+        for (k, b) in bytes.iter().enumerate() {
+            match ascii.get(k) {
+                Some(0) => content.push(b' '),
+                Some(1) => content.extend_from_slice("é€".as_bytes()),
+                // Non-ASCII whitespace, a four-byte char, and a lead byte left dangling.
+                Some(2) if b % 4 == 0 => content.extend_from_slice("\u{3000}\u{a0}".as_bytes()),
+                Some(2) if b % 4 == 1 => content.extend_from_slice("𝄞".as_bytes()),
+                Some(2) => content.extend_from_slice(&"𝄞".as_bytes()[..(*b as usize % 3) + 1]),
+                _ => content.push(*b),
+            }
+        }
+        let cut = cut.min(content.len());
+        let cut2 = cut2.clamp(cut, content.len());
+        let mut c = ContentCounter::new();
+        c.update(&content[..cut]);
+        c.update(&content[cut..cut2]);
+        c.update(&content[cut2..]);
+        let f = c.finish(0);
+        let text = String::from_utf8_lossy(&content);
+        proptest::prop_assert_eq!(f.words, crate::ss::document::count_words(&text));
+        proptest::prop_assert_eq!(f.chars, crate::ss::document::count_chars(&text));
+        proptest::prop_assert_eq!(f.checksum, crc32c::crc32c(&content));
+        proptest::prop_assert_eq!(f.size, content.len() as u64);
+    }
+}
+
+#[test]
+fn history_entries_are_named_by_version() {
+    let (_d, s) = store();
+    let created = s.create("a", "alice", 1).unwrap();
+    commit(&s, "a", "one.");
+    let (m, _) = s.current("a").unwrap();
+    assert_eq!(
+        m.undo,
+        vec![blob_id("a", created.version, created.checksum)]
+    );
+    assert_eq!(
+        parse_blob_id(&m.undo[0]),
+        Some((created.version, created.checksum))
+    );
+    assert_ne!(
+        blob_id("a", created.version, 0),
+        blob_id("b", created.version, 0)
+    );
+    let (held, blobs) = s.held("a").unwrap().unwrap();
+    assert_eq!(held, m);
+    assert_eq!(blobs, vec![created.version]);
+    assert!(s.held("nope").unwrap().is_none());
+}
+
+fn text(s: &Store, f: &str) -> String {
+    fs::read_to_string(s.content_path(f)).unwrap()
+}
+
+#[test]
+fn checkpoints_are_kept_listed_reverted_and_deleted_with_the_file() {
+    let (d, s) = store();
+    s.create("a.txt", "alice", 1).unwrap();
+    let m1 = commit(&s, "a.txt", "one.");
+    let c1 = s.checkpoint("a.txt", "v1", "bob", 1).unwrap();
+    assert!(c1.version > m1.version, "a checkpoint is a new version");
+    assert_eq!(c1.checksum, m1.checksum);
+    assert!(matches!(
+        s.checkpoint("a.txt", "v1", "bob", 1),
+        Err(StoreError::CheckpointExists { .. })
+    ));
+    commit(&s, "a.txt", "one. two.");
+    let (list, _, _) = s.checkpoints("a.txt").unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(
+        (list[0].tag.as_str(), list[0].creator.as_str()),
+        ("v1", "bob")
+    );
+    assert_eq!(list[0].size, 4);
+    let (mut f, info, _, _) = s.open_checkpoint("a.txt", "v1").unwrap();
+    let mut got = String::new();
+    f.read_to_string(&mut got).unwrap();
+    assert_eq!((got.as_str(), info.checksum), ("one.", m1.checksum));
+    assert!(matches!(
+        s.open_checkpoint("a.txt", "nope"),
+        Err(StoreError::NoCheckpoint { .. })
+    ));
+    // REVERT is a content change like any other: a new version, undoable.
+    let before = s.current("a.txt").unwrap().0;
+    let r = s.revert("a.txt", "v1", 1).unwrap();
+    assert!(r.version > before.version);
+    assert_eq!(text(&s, "a.txt"), "one.");
+    s.undo("a.txt", 1).unwrap();
+    assert_eq!(text(&s, "a.txt"), "one. two.");
+    // The checkpoint's bytes did not change when the content did.
+    let (mut f, _, _, _) = s.open_checkpoint("a.txt", "v1").unwrap();
+    got.clear();
+    f.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "one.");
+    assert!(s.scan().unwrap().len() == 1);
+    assert_eq!(held_tags(&s, "a.txt"), vec!["v1".to_string()]);
+    // DELETE takes history and checkpoints; a new file of that name starts clean.
+    s.delete("a.txt").unwrap();
+    assert_eq!(
+        fs::read_dir(d.path().join("checkpoints")).unwrap().count(),
+        0
+    );
+    s.create("a.txt", "carol", 1).unwrap();
+    assert!(s.checkpoints("a.txt").unwrap().0.is_empty());
+    assert!(matches!(s.undo("a.txt", 1), Err(StoreError::NoUndo(_))));
+}
+
+#[test]
+fn at_least_64_checkpoints_per_file_then_a_limit() {
+    let (_d, s) = store();
+    s.create("a.txt", "alice", 1).unwrap();
+    for i in 0..MAX_CHECKPOINTS {
+        s.checkpoint("a.txt", &format!("t{i}"), "alice", 1).unwrap();
+    }
+    const { assert!(MAX_CHECKPOINTS >= 64) };
+    assert!(matches!(
+        s.checkpoint("a.txt", "one-more", "alice", 1),
+        Err(StoreError::TooManyCheckpoints(_))
+    ));
+}
+
+#[test]
+fn move_renames_content_record_history_and_checkpoints() {
+    let (d, s) = store();
+    s.create("a.txt", "alice", 1).unwrap();
+    commit(&s, "a.txt", "one.");
+    s.checkpoint("a.txt", "v1", "alice", 1).unwrap();
+    let before = commit(&s, "a.txt", "one. two.");
+    s.create("d/b.txt", "alice", 1).unwrap();
+    assert!(matches!(
+        s.move_file("a.txt", "d/b.txt"),
+        Err(StoreError::Exists(_))
+    ));
+    let moved = s.move_file("a.txt", "d/a.txt").unwrap();
+    assert_eq!(
+        (moved.version, moved.checksum, &moved.owner),
+        (before.version, before.checksum, &before.owner)
+    );
+    assert!(!s.content_path("a.txt").exists());
+    assert_eq!(text(&s, "d/a.txt"), "one. two.");
+    let (meta, adopted) = s.current("d/a.txt").unwrap();
+    assert!(!adopted, "a rename keeps the content's mtime");
+    assert_eq!(meta.undo.len(), 2);
+    assert!(meta
+        .undo
+        .iter()
+        .all(|id| id.starts_with(&file_hash("d/a.txt"))));
+    assert_eq!(fs::read_dir(d.path().join("undo")).unwrap().count(), 2);
+    assert_eq!(held_tags(&s, "d/a.txt"), vec!["v1".to_string()]);
+    assert!(s.held_checkpoints("a.txt").is_empty());
+    s.undo("d/a.txt", 1).unwrap();
+    assert_eq!(text(&s, "d/a.txt"), "one.");
+    let names: Vec<String> = s.scan().unwrap().into_iter().map(|f| f.file).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert_eq!(
+        fs::read_dir(d.path().join("checkpoints")).unwrap().count(),
+        1
+    );
+}
+
+#[test]
+fn folders_are_directories_under_files() {
+    let (_d, s) = store();
+    s.make_folders(&["p".into(), "p/q".into()]).unwrap();
+    s.make_folders(&["p".into()]).unwrap();
+    assert!(s.content_path("p/q").is_dir());
+    s.create("x", "alice", 1).unwrap();
+    assert!(matches!(
+        s.make_folders(&["x".into()]),
+        Err(StoreError::Exists(_))
+    ));
+    // Empty folders are not files: the scan lists only x.
+    assert_eq!(s.scan().unwrap().len(), 1);
+}
+
+/// The tags of a copy's held checkpoints (PEEK_FILE adds each one's checksum).
+fn held_tags(s: &Store, file: &str) -> Vec<String> {
+    s.held_checkpoints(file)
+        .into_iter()
+        .map(|h| h.split_once(':').map_or(h.clone(), |(t, _)| t.to_string()))
+        .collect()
+}
+
+#[test]
+fn a_tag_made_again_for_other_bytes_is_sent_again() {
+    let (_a, src) = store();
+    let (_b, dst) = store();
+    for s in [&src, &dst] {
+        s.create("a.txt", "alice", 1).unwrap();
+        commit(s, "a.txt", "old bytes.");
+        s.checkpoint("a.txt", "v1", "alice", 1).unwrap();
+    }
+    let held = dst.held_checkpoints("a.txt");
+    assert_eq!(src.held_checkpoints("a.txt"), held);
+    // Held with the same bytes: not sent.
+    let tr = src.open_transfer("a.txt", &[], &held).unwrap();
+    assert!(tr.checkpoint_files.is_empty());
+    drop(tr);
+    // Deleted and made again while the target was away, tagged v1 again.
+    src.delete("a.txt").unwrap();
+    src.create("a.txt", "alice", 2).unwrap();
+    commit(&src, "a.txt", "new bytes!");
+    src.checkpoint("a.txt", "v1", "alice", 2).unwrap();
+    let tr = src.open_transfer("a.txt", &[], &held).unwrap();
+    let sent: Vec<&str> = tr
+        .checkpoint_files
+        .iter()
+        .map(|(t, _)| t.as_str())
+        .collect();
+    assert_eq!(sent, vec!["v1"], "the target's v1 holds other bytes");
+    // And a target never takes a list naming its old v1 as the new one without the bytes.
+    assert!(matches!(
+        dst.check_checkpoints_complete("a.txt", &tr.checkpoints, &[]),
+        Err(StoreError::Incomplete(_))
+    ));
+}
+
+#[test]
+fn a_delta_basis_stands_for_its_entry_only_verified_and_is_unlinked_if_the_install_fails() {
+    let (d, s) = store();
+    s.create("a.txt", "alice", 1).unwrap();
+    let held = commit(&s, "a.txt", "one.");
+    let basis = (held.version, held.checksum);
+    let path = s.content_path("a.txt");
+    let set_bytes = |b: &[u8]| {
+        // Bit rot keeps the size and the mtime: the record still matches.
+        let mtime = fs::metadata(&path).unwrap().modified().unwrap();
+        fs::write(&path, b).unwrap();
+        File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+    };
+    set_bytes(b"onE.");
+    let (_, _, r) = s.open_basis("a.txt", basis).unwrap();
+    assert!(r
+        .unwrap_err()
+        .to_string()
+        .contains("does not match its checksum"));
+    set_bytes(b"one.");
+    let (_, _, r) = s.open_basis("a.txt", basis).unwrap();
+    let (_, verified) = r.unwrap();
+    let mut state = held.state("a.txt");
+    state.version.counter += 5;
+    state.checksum = crc32c::crc32c(b"one. two.");
+    state.size = 9;
+    let undo = [UndoDesc {
+        version: held.version,
+        size: held.size,
+        checksum: held.checksum,
+    }];
+    let entry = d
+        .path()
+        .join("undo")
+        .join(blob_id("a.txt", held.version, held.checksum));
+    fn copy<'a>(
+        state: &'a FileState,
+        undo: &'a [UndoDesc],
+        content: &'a Path,
+        basis: Option<Basis>,
+    ) -> CopyIn<'a> {
+        CopyIn {
+            state,
+            undo,
+            content,
+            entries: &[],
+            checkpoints: &[],
+            checkpoint_files: &[],
+            unsynced: &[],
+            basis,
+        }
+    }
+    // An install that fails after the link (its content a directory, which cannot be
+    // renamed over the file) leaves no entry behind.
+    let dir = d.path().join("tmp").join("a-directory");
+    fs::create_dir_all(&dir).unwrap();
+    assert!(s.install_copies(&[copy(&state, &undo, &dir, Some(verified))], None)[0].is_err());
+    assert!(!entry.exists(), "an orphan history entry was left");
+    let (t, mut f) = s.temp_file("a.txt").unwrap();
+    f.write_all(b"one. two.").unwrap();
+    f.sync_all().unwrap();
+    // A copy without the verified basis (sent whole) must carry the entry.
+    assert!(matches!(
+        s.install_copies(&[copy(&state, &undo, t.path(), None)], None)[0],
+        Err(StoreError::Incomplete(_))
+    ));
+    assert!(!entry.exists());
+    let (meta, installed) = s
+        .install_copies(&[copy(&state, &undo, t.path(), Some(verified))], None)
+        .pop()
+        .unwrap()
+        .unwrap();
+    assert!(installed && meta.version == state.version);
+    assert_eq!(fs::read(&entry).unwrap(), b"one.");
+    assert_eq!(fs::read(&path).unwrap(), b"one. two.");
+}
+
+#[test]
+fn a_copy_carries_checkpoints_and_refuses_when_one_is_missing() {
+    let (_a, src) = store();
+    let (_b, dst) = store();
+    src.create("d/a.txt", "alice", 1).unwrap();
+    commit(&src, "d/a.txt", "one.");
+    src.checkpoint("d/a.txt", "v1", "alice", 1).unwrap();
+    commit(&src, "d/a.txt", "one. two.");
+    let mut tr = src.open_transfer("d/a.txt", &[], &[]).unwrap();
+    // What the network would carry, written into the target's tmp/ as put_content does.
+    let to_temp = |f: &mut File| {
+        let (t, mut out) = dst.temp_file("d/a.txt").unwrap();
+        io::copy(f, &mut out).unwrap();
+        out.sync_all().unwrap();
+        t
+    };
+    let content = to_temp(&mut tr.content);
+    let entries: Vec<(Version, TempFile)> = tr
+        .entries
+        .iter_mut()
+        .map(|(v, f)| (*v, to_temp(f)))
+        .collect();
+    let ckpts: Vec<(String, TempFile)> = tr
+        .checkpoint_files
+        .iter_mut()
+        .map(|(t, f)| (t.clone(), to_temp(f)))
+        .collect();
+    let entry_paths: Vec<(Version, PathBuf)> = entries
+        .iter()
+        .map(|(v, t)| (*v, t.path().to_path_buf()))
+        .collect();
+    let ckpt_paths: Vec<(String, PathBuf)> = ckpts
+        .iter()
+        .map(|(tag, t)| (tag.clone(), t.path().to_path_buf()))
+        .collect();
+    let state = tr.meta.state("d/a.txt");
+    // A list naming a checkpoint that was neither sent nor held installs nothing.
+    let mut bogus = tr.checkpoints.clone();
+    bogus.push(CheckpointInfo {
+        tag: "ghost".into(),
+        ..bogus[0].clone()
+    });
+    assert!(matches!(
+        dst.install_copy(
+            &state,
+            &tr.undo,
+            content.path(),
+            &entry_paths,
+            &bogus,
+            &ckpt_paths
+        ),
+        Err(StoreError::Incomplete(_))
+    ));
+    assert!(dst.held("d/a.txt").unwrap().is_none());
+    let (meta, installed) = dst
+        .install_copy(
+            &state,
+            &tr.undo,
+            content.path(),
+            &entry_paths,
+            &tr.checkpoints,
+            &ckpt_paths,
+        )
+        .unwrap();
+    assert!(installed);
+    assert_eq!(meta.version, state.version);
+    assert_eq!(held_tags(&dst, "d/a.txt"), vec!["v1".to_string()]);
+    let (mut f, info, _, _) = dst.open_checkpoint("d/a.txt", "v1").unwrap();
+    let mut got = String::new();
+    f.read_to_string(&mut got).unwrap();
+    assert_eq!((got.as_str(), &info), ("one.", &tr.checkpoints[0]));
+    // The copy's history works too: UNDO there restores what UNDO on the source would.
+    dst.undo("d/a.txt", 1).unwrap();
+    assert_eq!(text(&dst, "d/a.txt"), "one.");
+}
+
+/// A batch of copies with history, in two folders, installed with a `syncfs` window and
+/// (as on kernels before 5.17) without one: every copy lands with its record and history,
+/// and a store opened afresh (as after a restart) serves the same.
+#[test]
+fn a_batch_installs_alike_with_and_without_a_syncfs_window() {
+    let (_a, src) = store();
+    let files = ["p/a.txt", "q/r/b.txt", "c.txt"];
+    for f in files {
+        src.create(f, "alice", 1).unwrap();
+        commit(&src, f, "one.");
+        commit(&src, f, &format!("one. {f}."));
+    }
+    for windowed in [true, false] {
+        let (b, dst) = store();
+        let window = if windowed {
+            let w = dst.sync_window().unwrap();
+            assert!(
+                w.is_some(),
+                "this kernel's syncfs reports write-back errors"
+            );
+            w
+        } else {
+            None
+        };
+        let mut held = Vec::new();
+        for f in files {
+            let mut tr = src.open_transfer(f, &[], &[]).unwrap();
+            // Written into tmp/ as a PUT_BATCH does: left open and unsynced without a
+            // window, closed with one.
+            let to_temp = |from: &mut File, open: &mut Vec<File>| {
+                let (t, mut out) = dst.temp_file(f).unwrap();
+                io::copy(from, &mut out).unwrap();
+                if !windowed {
+                    open.push(out);
+                }
+                t
+            };
+            let mut open = Vec::new();
+            let content = to_temp(&mut tr.content, &mut open);
+            let entries: Vec<(Version, TempFile)> = tr
+                .entries
+                .iter_mut()
+                .map(|(v, e)| (*v, to_temp(e, &mut open)))
+                .collect();
+            assert_eq!(entries.len(), 2, "{f} sends its history");
+            held.push((tr, content, entries, open));
+        }
+        let paths: Vec<(PathBuf, Vec<(Version, PathBuf)>)> = held
+            .iter()
+            .map(|(_, c, es, _)| {
+                let es = es.iter().map(|(v, t)| (*v, t.path().to_path_buf()));
+                (c.path().to_path_buf(), es.collect())
+            })
+            .collect();
+        let states: Vec<FileState> = files
+            .iter()
+            .zip(&held)
+            .map(|(f, (tr, ..))| tr.meta.state(f))
+            .collect();
+        let unsynced: Vec<Vec<&File>> = held
+            .iter()
+            .map(|(.., open)| open.iter().collect())
+            .collect();
+        let copies: Vec<CopyIn<'_>> = held
+            .iter()
+            .enumerate()
+            .map(|(i, (tr, ..))| CopyIn {
+                state: &states[i],
+                undo: &tr.undo,
+                content: &paths[i].0,
+                entries: &paths[i].1,
+                checkpoints: &[],
+                checkpoint_files: &[],
+                unsynced: &unsynced[i],
+                basis: None,
+            })
+            .collect();
+        let results = dst.install_copies(&copies, window.as_ref());
+        assert_eq!(results.len(), files.len());
+        for r in results {
+            assert!(r.unwrap().1, "installed");
+        }
+        drop(copies);
+        drop(held);
+        let again = Store::open(b.path(), "ss1").unwrap();
+        for f in files {
+            assert_eq!(text(&again, f), format!("one. {f}."));
+            let (meta, adopted) = again.current(f).unwrap();
+            assert!(!adopted, "{f} has its record");
+            assert_eq!(meta.version, src.current(f).unwrap().0.version);
+            assert_eq!(meta.undo.len(), 2);
+            again.undo(f, 1).unwrap();
+            assert_eq!(text(&again, f), "one.");
+        }
+        assert_eq!(fs::read_dir(b.path().join("tmp")).unwrap().count(), 0);
+    }
+}
+
+/// A file system that records, relative to the storage directory, the calls that decide what
+/// survives a power cut (temp files are all `tmp`, history entries all `undo/*`).
+struct Recording {
+    root: PathBuf,
+    log: Mutex<Vec<String>>,
+}
+
+impl Recording {
+    fn rel(&self, p: &Path) -> String {
+        let r = p.strip_prefix(&self.root).unwrap_or(p).to_string_lossy();
+        if r.starts_with("tmp/") {
+            "tmp".into()
+        } else if r.starts_with("undo/") {
+            "undo/*".into()
+        } else {
+            r.into_owned()
+        }
+    }
+    fn note(&self, what: String) {
+        self.log.lock().unwrap().push(what);
+    }
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.log.lock().unwrap())
+    }
+}
+
+impl Fs for Recording {
+    fn create_new(&self, path: &Path) -> io::Result<File> {
+        self.note(format!("create {}", self.rel(path)));
+        OsFs.create_new(path)
+    }
+    fn open(&self, path: &Path) -> io::Result<File> {
+        OsFs.open(path)
+    }
+    fn sync_file(&self, f: &File) -> io::Result<()> {
+        self.note("sync file".into());
+        OsFs.sync_file(f)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.note(format!("rename {} -> {}", self.rel(from), self.rel(to)));
+        OsFs.rename(from, to)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.note(format!("sync dir {}", self.rel(dir)));
+        OsFs.sync_dir(dir)
+    }
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.note(format!("link {} -> {}", self.rel(from), self.rel(to)));
+        OsFs.hard_link(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.note(format!("remove {}", self.rel(path)));
+        OsFs.remove_file(path)
+    }
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.note(format!("remove dir {}", self.rel(dir)));
+        OsFs.remove_dir_all(dir)
+    }
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        OsFs.read(path)
+    }
+    fn metadata(&self, path: &Path) -> io::Result<fs::Metadata> {
+        OsFs.metadata(path)
+    }
+    fn read_dir(&self, dir: &Path) -> io::Result<fs::ReadDir> {
+        OsFs.read_dir(dir)
+    }
+    fn create_dir(&self, dir: &Path) -> io::Result<()> {
+        self.note(format!("mkdir {}", self.rel(dir)));
+        OsFs.create_dir(dir)
+    }
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        OsFs.create_dir_all(dir)
+    }
+}
+
+/// One atomic replacement of `target` as `Fs::replace_with` makes it.
+fn replaced(target: &str) -> Vec<String> {
+    let dir = target.rsplit_once('/').map_or(".", |(d, _)| d);
+    vec![
+        "create tmp".into(),
+        "sync file".into(),
+        format!("rename tmp -> {target}"),
+        format!("sync dir {dir}"),
+    ]
+}
+
+#[test]
+fn create_and_a_content_change_make_the_durable_calls_in_the_documented_order() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().canonicalize().unwrap();
+    let rec = Arc::new(Recording {
+        root: root.clone(),
+        log: Mutex::new(Vec::new()),
+    });
+    let s = Store::open_on(rec.clone(), &root, "ss1").unwrap();
+    rec.take();
+
+    // CREATE: the record, then the empty content, then the record with the content's mtime.
+    s.create("a", "alice", 1).unwrap();
+    let want: Vec<String> = [replaced("meta/a"), replaced("files/a"), replaced("meta/a")].concat();
+    assert_eq!(rec.take(), want);
+
+    // A content change: (1) the old content linked into undo/ and undo/ synced, (2) the
+    // content replaced, (3) the record replaced.
+    let lock = s.file_lock("a");
+    let _g = lock.lock().unwrap();
+    let (m, _) = s.current("a").unwrap();
+    assert!(rec.take().is_empty(), "reading the record changes nothing");
+    s.write_content("a", m, b"Hello.").unwrap();
+    let want: Vec<String> = [
+        vec!["link files/a -> undo/*".to_string(), "sync dir undo".into()],
+        replaced("files/a"),
+        replaced("meta/a"),
+    ]
+    .concat();
+    assert_eq!(rec.take(), want);
+    assert_eq!(text(&s, "a"), "Hello.");
+}
