@@ -8,6 +8,17 @@
 //! content), so the name server records a change and replication carries the checkpoint to
 //! the backup. A crash after (1) leaves a tag file no index names; the next checkpoint of
 //! that tag replaces it. Checkpoints of names that no longer exist are removed by the scan.
+//!
+//! A file holds at most 256 checkpoints (LIMIT beyond). REVERT copies the checkpoint's bytes
+//! into a temp file, verifies its checksum, and installs them like any content change: a new
+//! version whose old content is an undo entry, so UNDO takes it back (access rights are the
+//! name server's and are not touched).
+//!
+//! DELETE removes the file's undo entries and checkpoint directory on each copy, so a later
+//! file of the same name starts clean. A member away during that may still hold the old
+//! file's checkpoints; PEEK_FILE therefore names each held checkpoint as `<tag>:<checksum>`,
+//! a transfer skips only one held with the same tag and bytes, and a target refuses a list
+//! naming a tag it holds with other bytes unless they are sent.
 
 use super::*;
 

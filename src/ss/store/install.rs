@@ -1,5 +1,57 @@
-//! Installing received copies: temp files for transfers, one copy or a batch of them
-//! (content, history entries, checkpoints, record) and a delta's basis.
+//! Installing received copies: a single PUT_FILE_CONTENT, a PUT_BATCH, a stage (see
+//! `server::staging`) or a delta's rebuilt content (see `crate::delta`).
+//!
+//! # One copy
+//!
+//! A replicated copy is installed history entries first, then checkpoints, then content,
+//! then record, each durably, the record only once its content and directory are durable; a
+//! crash in between is the same case as a crash between content and record of a local
+//! change (the scan adopts the new content as a new version). A version not newer than the
+//! copy held is ignored, so jobs are idempotent and may be reordered or retried.
+//!
+//! # A batch: each kind of sync done once
+//!
+//! The target verifies each copy of a PUT_BATCH as a single transfer, then installs the batch
+//! with each kind of sync done once:
+//!
+//! 1. the records are staged in `tmp/` and made durable together with the copies' temp files
+//!    (contents, history entries, records);
+//! 2. history entries are renamed and `undo/` made durable (once);
+//! 3. each copy's checkpoints are installed (their temp files were synced as they arrived, so
+//!    a batch never holds hundreds open; a file with none costs no sync there);
+//! 4. contents are renamed and each content directory made durable (once per directory);
+//! 5. only then are the records renamed and each record directory made durable.
+//!
+//! Every file's lock is held throughout, taken in name order. It answers one
+//! FILE_STATE_REPLY or ERR per copy, in order; a copy counts as replicated only after the
+//! record directories' fsyncs returned, when its FILE_STATE_REPLY is sent.
+//!
+//! # Batched installs: one `syncfs` for the data
+//!
+//! On Linux 5.17 and later step 1 is one `syncfs(2)` of the storage server's file system
+//! (`durable::FsSync`), not an fsync per temp file; the temp files are closed as soon as they
+//! are written. The rename steps keep their directory fsyncs (`undo/` once, then each content
+//! directory, then each record directory), which were already one per directory per batch. A
+//! backup catching up on 10,000 small files pays one `syncfs` and a few directory syncs per
+//! 64 files instead of two file syncs per file. Why durability is unchanged (the general
+//! argument is on `durable::FsSync`):
+//!
+//! * `syncfs` is a superset of the per-file fsyncs it replaces.
+//! * The window's descriptor is opened when the PUT_BATCH begins, before any of its bytes is
+//!   written, so a failed write-back of any file of the batch fails the `syncfs`, and then
+//!   every copy of the batch not installed yet fails (it cannot say which file it was) and
+//!   its job is retried.
+//! * Renames are made durable by directory fsyncs, never by `syncfs`.
+//! * The order is the one the fsyncs gave: no rename happens before the sync that makes the
+//!   renamed bytes durable returns, and no record is renamed before its content's rename is
+//!   durable; a crash between steps leaves each file old, or new content that the next scan
+//!   adopts.
+//!
+//! On an older kernel (before 5.17, whose `syncfs` may not report every error) the batch
+//! fsyncs its temp files together on a few threads. A single PUT_FILE_CONTENT (a lone change,
+//! where lag matters) still fsyncs its own files: `syncfs` would also wait for every other
+//! dirty file on the disk. The same is the cost of a batch on a disk shared with heavy
+//! writers: its `syncfs` waits for their dirty pages too.
 
 use super::*;
 

@@ -47,6 +47,12 @@
 //! a hand edit. CREATE writes the record first; a record without content is an unfinished
 //! create and the scan removes it. Undo blobs referenced by no record are removed too.
 //!
+//! So nothing is lost and no mix is ever visible: a reader sees the old version or the new
+//! one, never part of each. A replicated copy (one, or a batch of them) is installed history
+//! entries first, then checkpoints, then content, then record, the record only once its
+//! content and directory are durable (see `install.rs`); a crash in between is the same case
+//! as a crash between (2) and (3) above.
+//!
 //! Every atomic replacement is [`Fs::replace_with`]: a temp file in `tmp/` is written and
 //! fsynced, renamed over the target, and the target's directory fsynced. So a content change
 //! makes these durable calls, in order: link into `undo/`, fsync `undo/`; fsync the new
