@@ -16,21 +16,23 @@ pub use folders::{FolderRecord, MoveIntent};
 
 use super::replication::{self, job_key, JobState, Outcome, ReplJob, Transfer, Want};
 use crate::addr;
-use crate::auth::{ClusterKey, NonceMemory, RegisterClaim, NM_USER, PROOF_SKEW_MS};
+use crate::auth::{ClusterKey, Grant, NonceMemory, RegisterClaim, NM_USER, PROOF_SKEW_MS};
 use crate::identity;
 use crate::logging::ev;
 use crate::names;
 use crate::protocol::frame;
 use crate::protocol::{
     err, AccessEntry, AccessMode, AccessRequest, FailedJob, FileInfo, FileState, FileSummary,
-    FolderEntry, Frame, Message, PairStatus, ReplicaInfo, ServerStatus, TicketOp, Version,
+    FolderEntry, Frame, Message, PairStatus, ReplicaInfo, ServerStatus, Ticket, TicketOp, Version,
     WireError,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
+mod clock;
 mod fsck;
 mod jobtable;
+pub use clock::{mono_ms, Entropy, Env, WallClock};
 pub use fsck::{judge_copy, Lineage, Seen};
 
 /// Identifies one connection to the name server (the loop's mio token).
@@ -214,8 +216,9 @@ pub struct PairRecord {
     pub epoch: u64,
     /// The member that takes changes in this epoch.
     pub writer: Member,
-    /// Unix ms before which the writer may not change (FAILING_OVER, HANDBACK): by then the
-    /// last lease the old writer was granted has ended.
+    /// Monotonic ms (this run's clock, see [`clock`]) before which the writer may not change
+    /// (FAILING_OVER, HANDBACK): by then the last lease the old writer was granted has ended.
+    /// Stored, but meaningless to a later run: loading re-derives it from the boot.
     #[serde(default)]
     pub switch_at_ms: u64,
     /// Progress of the current catch-up: transfers owed since the pair was last in step
@@ -428,8 +431,8 @@ pub struct CoreConfig {
     pub replication: &'static str,
     /// Most replication jobs handed to the workers at once (queue capacity plus workers).
     pub max_repl_in_flight: usize,
-    /// Unix ms when this name server started: a lease granted by an earlier run of it has
-    /// surely ended one lease length later.
+    /// Monotonic ms when this name server started (see [`clock`]): a lease granted by an
+    /// earlier run of it has surely ended one lease length later.
     pub started_ms: u64,
 }
 
@@ -455,7 +458,7 @@ struct ServerLive {
     files: u64,
     /// The latest heartbeat sequence received (an unsolicited ack names it).
     last_seq: u64,
-    /// No lease this server was granted lasts beyond this (Unix ms, name server's clock).
+    /// No lease this server was granted lasts beyond this (monotonic ms, see [`clock`]).
     lease_until_ms: u64,
 }
 
@@ -560,6 +563,10 @@ struct InFlight {
 pub struct Core {
     cfg: CoreConfig,
     key: ClusterKey,
+    /// The wall clock and randomness (see [`clock`]).
+    env: Env,
+    /// The latest monotonic time the core was given.
+    now_ms: u64,
     /// Registration proofs already used: a captured REGISTER cannot be replayed.
     proof_nonces: NonceMemory,
     users: BTreeSet<String>,
@@ -631,13 +638,33 @@ fn no_live_copy(file: &str) -> WireError {
 }
 
 impl Core {
-    /// A core over the state loaded from the store; every server starts down.
+    /// A core over the state loaded from the store, on the machine's wall clock and
+    /// randomness from the OS; every server starts down.
     pub fn new(cfg: CoreConfig, key: ClusterKey, loaded: Loaded) -> Core {
+        Core::with_env(cfg, key, loaded, Env::system())
+    }
+
+    /// A core over the state loaded from the store, taking its wall clock and randomness from
+    /// `env`; every server starts down.
+    pub fn with_env(cfg: CoreConfig, key: ClusterKey, loaded: Loaded, env: Env) -> Core {
         let boot_lease_until = cfg.started_ms + cfg.lease_ms();
         let mut pair_states = loaded.pair_states;
         for p in loaded.pairs.keys() {
             pair_states.entry(p.clone()).or_insert_with(PairRecord::new);
         }
+        // A switch the last run waited for was timed on its monotonic clock: every lease that
+        // run granted has ended by one lease length after this boot.
+        for st in pair_states.values_mut() {
+            if st.phase != Phase::Serving {
+                st.switch_at_ms = boot_lease_until;
+            }
+        }
+        // Likewise a job's retry time: what the last run left owed is due now.
+        let started_ms = cfg.started_ms;
+        let jobs = loaded.jobs.into_values().map(move |mut j| {
+            j.next_ms = started_ms;
+            j
+        });
         let mut servers: BTreeMap<String, ServerLive> = loaded
             .servers
             .into_iter()
@@ -674,6 +701,8 @@ impl Core {
             busy_files.entry(m.to.clone()).or_default();
         }
         Core {
+            now_ms: cfg.started_ms,
+            env,
             moves: loaded.moves,
             folders: loaded.folders,
             requests: loaded.requests,
@@ -694,7 +723,7 @@ impl Core {
             out: Vec::new(),
             batch: Vec::new(),
             pairs: loaded.pairs,
-            repl: jobtable::JobTable::new(loaded.jobs.into_values()),
+            repl: jobtable::JobTable::new(jobs),
             running: HashMap::new(),
             sync_waits: HashMap::new(),
             stages: HashMap::new(),
@@ -741,6 +770,7 @@ impl Core {
 
     /// A new connection was accepted.
     pub fn on_connect(&mut self, conn: ConnId, now_ms: u64) {
+        self.at(now_ms);
         self.peers.insert(conn, Peer::Unknown);
         self.introducing
             .insert(conn, now_ms + INTRODUCTION_TIMEOUT_MS);
@@ -755,6 +785,7 @@ impl Core {
 
     /// A connection closed (by the peer, an error, or us).
     pub fn on_close(&mut self, conn: ConnId, now_ms: u64) {
+        self.at(now_ms);
         self.introducing.remove(&conn);
         self.origins.remove(&conn);
         self.forget_waiter(conn);
@@ -807,6 +838,7 @@ impl Core {
     /// Declares down every server silent for longer than the heartbeat timeout, and closes its
     /// link so it must register again.
     pub fn tick(&mut self, now_ms: u64) {
+        self.at(now_ms);
         let late: Vec<ConnId> = self
             .introducing
             .iter()
@@ -840,6 +872,68 @@ impl Core {
         self.advance_pairs(now_ms);
         self.expire_waits(now_ms);
         self.pump_replication(now_ms);
+    }
+
+    /// Notes the monotonic time an event arrived at (it never runs backwards).
+    fn at(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+    }
+
+    /// Unix ms now: only for what is recorded or shown (see [`clock`]).
+    fn wall_ms(&self) -> u64 {
+        self.env.wall_ms(self.now_ms)
+    }
+
+    /// Unix ms at the monotonic time `t`, as seen at monotonic time `now_ms` (a past event,
+    /// for STATUS).
+    fn wall_at(&self, now_ms: u64, t: u64) -> u64 {
+        self.env
+            .wall_ms(now_ms)
+            .saturating_sub(now_ms.saturating_sub(t))
+    }
+
+    /// A ticket for `op` on `file` at `ss`, minted on the core's wall clock and randomness.
+    fn mint(
+        &self,
+        user: &str,
+        file: &str,
+        op: TicketOp,
+        ss: &str,
+        min_version: Option<Version>,
+    ) -> Ticket {
+        self.mint_grant(&Grant {
+            user,
+            file,
+            op,
+            ss,
+            min_version,
+            epoch: None,
+        })
+    }
+
+    /// A ticket for a change, bound to the pair's `epoch`.
+    fn mint_change(
+        &self,
+        user: &str,
+        file: &str,
+        op: TicketOp,
+        ss: &str,
+        min_version: Option<Version>,
+        epoch: u64,
+    ) -> Ticket {
+        self.mint_grant(&Grant {
+            user,
+            file,
+            op,
+            ss,
+            min_version,
+            epoch: Some(epoch),
+        })
+    }
+
+    fn mint_grant(&self, grant: &Grant<'_>) -> Ticket {
+        self.key
+            .mint_at(grant, self.wall_ms(), self.env.random_hex(16))
     }
 
     fn reply(&mut self, conn: ConnId, msg: Message) {
@@ -932,6 +1026,7 @@ impl Core {
 
     /// Handles one frame from a connection.
     pub fn on_frame(&mut self, conn: ConnId, frame: Frame, now_ms: u64) {
+        self.at(now_ms);
         let msg = frame.msg;
         let peer = self.peers.remove(&conn).unwrap_or(Peer::Unknown);
         match peer {
@@ -1075,7 +1170,7 @@ impl Core {
         if let Err(e) = names::validate_user(&user) {
             return self.refuse_and_close(conn, e);
         }
-        let nonce = crate::auth::random_hex(identity::NONCE_BYTES);
+        let nonce = self.env.random_hex(identity::NONCE_BYTES);
         self.peers.insert(
             conn,
             Peer::Challenged {
@@ -1289,7 +1384,7 @@ impl Core {
                 // Another server holds the record; pairs will decide which copy wins.
                 Some(_) => {}
                 None => {
-                    self.adopt(ss, Member::Primary, &file, &st, now_ms);
+                    self.adopt(ss, Member::Primary, &file, &st);
                     self.owe(&file, false, now_ms);
                     adopted += 1;
                 }
@@ -1323,7 +1418,7 @@ impl Core {
 
     /// Records a file the index did not know, found on `member` of the pair (or unpaired
     /// server) `ss`.
-    fn adopt(&mut self, ss: &str, member: Member, file: &str, st: &FileState, now_ms: u64) {
+    fn adopt(&mut self, ss: &str, member: Member, file: &str, st: &FileState) {
         let owner = st
             .owner
             .clone()
@@ -1333,7 +1428,7 @@ impl Core {
         let created_ms = if st.modified_ms > 0 {
             st.modified_ms
         } else {
-            now_ms
+            self.wall_ms()
         };
         let mut rec = FileRecord {
             owner,
@@ -1358,7 +1453,7 @@ impl Core {
         // A file found in a folder the index does not know brings its folders with it, so
         // every file's parent exists.
         let owner = rec.owner.clone();
-        self.ensure_folders(names::parent(file), &owner, now_ms);
+        self.ensure_folders(names::parent(file), &owner);
         self.put_file(file, rec);
     }
 
@@ -1418,7 +1513,7 @@ impl Core {
                             version = state.version.to_string(); "{file} changed on {name}");
                     }
                     Some(_) => return self.release(waiter, true),
-                    None => self.adopt(&primary, member, &file, &state, now_ms),
+                    None => self.adopt(&primary, member, &file, &state),
                 }
                 let target = self.owe(&file, true, now_ms);
                 let version = self.files.get(&file).map_or(state.version, |r| r.version);
@@ -1476,7 +1571,7 @@ impl Core {
             | Message::Move { .. }
             | Message::Checkpoint { .. }
             | Message::Revert { .. } => self.serialised(conn, user, msg, now_ms),
-            Message::CreateFolder { folder } => match self.create_folder(&user, &folder, now_ms) {
+            Message::CreateFolder { folder } => match self.create_folder(&user, &folder) {
                 Ok(()) => self.reply(conn, Message::Done {}),
                 Err(e) => self.fail(conn, e),
             },
@@ -1492,7 +1587,7 @@ impl Core {
                 Err(e) => self.fail(conn, e),
             },
             Message::RequestAccess { file, kind } => {
-                match self.request_access(&user, &file, kind, now_ms) {
+                match self.request_access(&user, &file, kind) {
                     Ok(id) => self.reply(conn, Message::RequestCreated { id }),
                     Err(e) => self.fail(conn, e),
                 }
@@ -1589,7 +1684,7 @@ impl Core {
                 }
             }
             Message::Locate { file, mode, avoid } => {
-                match self.locate(&user, &file, mode, avoid.as_deref(), now_ms) {
+                match self.locate(&user, &file, mode, avoid.as_deref()) {
                     Ok(m) => self.reply(conn, m),
                     Err(e) => self.fail(conn, e),
                 }
@@ -1831,7 +1926,6 @@ impl Core {
         file: &str,
         mode: AccessMode,
         avoid: Option<&str>,
-        now_ms: u64,
     ) -> Result<Message, WireError> {
         let (canon, rec) = self.lookup(file)?;
         let op = match mode {
@@ -1855,19 +1949,17 @@ impl Core {
         let (ss, addr, ticket) = match op {
             TicketOp::Read | TicketOp::Stream => {
                 let (ss, addr) = self.reader_for(rec, &canon, avoid)?;
-                let ticket = self.key.mint(user, &canon, op, &ss, Some(rec.version));
+                let ticket = self.mint(user, &canon, op, &ss, Some(rec.version));
                 (ss, addr, ticket)
             }
             _ => {
                 let (ss, addr, epoch) = self.writer_for(rec, &canon, true)?;
-                let ticket = self
-                    .key
-                    .mint_change(user, &canon, op, &ss, Some(rec.version), epoch);
+                let ticket = self.mint_change(user, &canon, op, &ss, Some(rec.version), epoch);
                 (ss, addr, ticket)
             }
         };
         let mut rec = rec.clone();
-        rec.accessed_ms = Some(now_ms);
+        rec.accessed_ms = Some(self.wall_ms());
         rec.accessed_by = Some(user.to_string());
         self.put_file(&canon, rec);
         Ok(Message::Located { ss, addr, ticket })
@@ -1880,9 +1972,7 @@ impl Core {
             return Err(err::unauthorized("EXEC is disabled on this name server"));
         }
         let (ss, addr) = self.reader_for(rec, &canon, None)?;
-        let ticket = self
-            .key
-            .mint(NM_USER, &canon, TicketOp::Read, &ss, Some(rec.version));
+        let ticket = self.mint(NM_USER, &canon, TicketOp::Read, &ss, Some(rec.version));
         let msg = Message::Read {
             file: canon.clone(),
             ticket,
@@ -1943,7 +2033,7 @@ impl Core {
         if let Message::Locate { mode, .. } = &p.msg {
             if self.files.contains_key(canon) {
                 // UPLOAD of an existing file needs no storage-server call first.
-                let r = self.locate(&p.user, canon, *mode, None, now_ms);
+                let r = self.locate(&p.user, canon, *mode, None);
                 self.set_busy(p.conn, false);
                 return match r {
                     Ok(m) => self.reply(p.conn, m),
@@ -2019,9 +2109,7 @@ impl Core {
             return Err(err::unavailable("no storage server available"));
         };
         self.refuse_if_removing(&writer, canon, now_ms)?;
-        let ticket = self
-            .key
-            .mint_change(NM_USER, canon, TicketOp::Create, &writer, None, epoch);
+        let ticket = self.mint_change(NM_USER, canon, TicketOp::Create, &writer, None, epoch);
         let msg = Message::SsCreate {
             file: canon.to_string(),
             owner: p.user.clone(),
@@ -2048,9 +2136,7 @@ impl Core {
             &format!("Only the owner can delete {}", names::display(canon)),
         )?;
         let (ss, addr, epoch) = self.writer_for(rec, canon, false)?;
-        let ticket = self
-            .key
-            .mint_change(NM_USER, canon, TicketOp::Delete, &ss, None, epoch);
+        let ticket = self.mint_change(NM_USER, canon, TicketOp::Delete, &ss, None, epoch);
         let msg = Message::SsDelete {
             file: canon.to_string(),
             ticket,
@@ -2069,7 +2155,7 @@ impl Core {
         let rec = self.files.get(canon).ok_or_else(|| not_found(canon))?;
         Self::need_write(rec, user, canon)?;
         let (ss, addr, epoch) = self.writer_for(rec, canon, true)?;
-        let ticket = self.key.mint_change(NM_USER, canon, op, &ss, None, epoch);
+        let ticket = self.mint_change(NM_USER, canon, op, &ss, None, epoch);
         Ok((addr, epoch, ticket))
     }
 
@@ -2085,6 +2171,7 @@ impl Core {
 
     /// A worker finished (or the job could not be queued).
     pub fn on_job_result(&mut self, id: JobId, result: Result<JobOutput, WireError>, now_ms: u64) {
+        self.at(now_ms);
         if let Some((key, sent)) = self.running.remove(&id) {
             self.on_repl_result(key, sent, result, now_ms);
             return self.pump_replication(now_ms);
@@ -2130,6 +2217,7 @@ impl Core {
                 },
                 Ok(JobOutput::State(st)),
             ) => {
+                let wall_ms = self.wall_ms();
                 let mut rec = FileRecord {
                     owner,
                     ss: ss.clone(),
@@ -2138,11 +2226,11 @@ impl Core {
                     size: st.size,
                     words: st.words,
                     chars: st.chars,
-                    created_ms: now_ms,
+                    created_ms: wall_ms,
                     modified_ms: if st.modified_ms > 0 {
                         st.modified_ms
                     } else {
-                        now_ms
+                        wall_ms
                     },
                     access: BTreeMap::new(),
                     accessed_ms: None,
@@ -2162,7 +2250,7 @@ impl Core {
                         Some(Peer::Client { user, .. }) => user.clone(),
                         _ => String::new(),
                     };
-                    self.locate(&user, &file, AccessMode::Upload, None, now_ms)
+                    self.locate(&user, &file, AccessMode::Upload, None)
                         .map(|m| (m, Vec::new()))
                 } else {
                     change = Some((
@@ -2399,7 +2487,7 @@ impl Core {
                     "backup_of": s.rec.backup_of,
                     "state": if s.up { "UP" } else { "DOWN" },
                     "files": s.files,
-                    "last_heartbeat_ms": s.last_heartbeat_ms,
+                    "last_heartbeat_ms": s.last_heartbeat_ms.map(|t| self.wall_at(now_ms, t)),
                     "last_heartbeat_age_ms": s.last_heartbeat_ms.map(|t| now_ms.saturating_sub(t)),
                 })
             })
@@ -2618,6 +2706,7 @@ impl Core {
     ///   writes in a new epoch (`replication_recover`). The backup failing meanwhile, the
     ///   primary takes over at the same bound as any failover.
     pub fn advance_pairs(&mut self, now_ms: u64) {
+        self.at(now_ms);
         let primaries: Vec<String> = self.pairs.keys().cloned().collect();
         for p in primaries {
             let Some(b) = self.pairs.get(&p).cloned() else {
@@ -2828,7 +2917,7 @@ impl Core {
             .repl
             .get(&key)
             .map(|j| (j.since_ms, j.want, j.quarantine));
-        let since_ms = old.map_or(now_ms, |(since, ..)| since);
+        let since_ms = old.map_or(self.wall_ms(), |(since, ..)| since);
         // A new file's versions start again at 1: content owed where the removal of an older
         // file of that name is still owed would look older than the copy the target holds and
         // be skipped. The target's copy is set aside first, so the new content installs.
@@ -3207,6 +3296,7 @@ impl Core {
     /// due rows of targets that are up (see `jobtable.rs`), so rows owed to a down server
     /// cost nothing here (and a moot one waits for its server to register to be dropped).
     pub fn pump_replication(&mut self, now_ms: u64) {
+        self.at(now_ms);
         let cap = self.cfg.max_repl_in_flight.max(1);
         if self.running.len() >= cap {
             return;
@@ -3303,6 +3393,7 @@ impl Core {
     /// The worker channel had no room for a replication job: it waits in the table and is
     /// dispatched again shortly, without counting as an attempt. False if `id` is not one.
     pub fn on_dispatch_full(&mut self, id: JobId, now_ms: u64) -> bool {
+        self.at(now_ms);
         let Some((key, _)) = self.running.remove(&id) else {
             return false;
         };
@@ -3548,7 +3639,7 @@ impl Core {
                     queued += 1;
                 }
                 None if writer => {
-                    self.adopt(primary, m, f, st, now_ms);
+                    self.adopt(primary, m, f, st);
                     self.owe(f, false, now_ms);
                     adopted += 1;
                 }
@@ -3660,7 +3751,7 @@ impl Core {
                     up: s.up,
                     role: role.to_string(),
                     files,
-                    last_heartbeat_ms: s.last_heartbeat_ms,
+                    last_heartbeat_ms: s.last_heartbeat_ms.map(|t| self.wall_at(now_ms, t)),
                 }
             })
             .collect();
@@ -3695,7 +3786,9 @@ impl Core {
                     epoch: st.epoch,
                     lag_jobs: owed.jobs,
                     lag_bytes: owed.bytes,
-                    lag_ms: owed.oldest_ms.map_or(0, |t| now_ms.saturating_sub(t)),
+                    lag_ms: owed
+                        .oldest_ms
+                        .map_or(0, |t| self.env.wall_ms(now_ms).saturating_sub(t)),
                     writer,
                     sync_done: st.sync_done,
                     sync_total: st.sync_total,
@@ -3765,8 +3858,10 @@ mod tests {
 
     pub(super) const KEY: &[u8] = b"0123456789abcdef0123";
 
+    /// A core whose wall clock reads the monotonic time it is given (so recorded times are
+    /// the test's times) and whose randomness is seeded.
     pub(super) fn core() -> Core {
-        Core::new(
+        Core::with_env(
             CoreConfig {
                 heartbeat_interval_ms: 100,
                 heartbeat_timeout_ms: 300,
@@ -3777,6 +3872,7 @@ mod tests {
             },
             ClusterKey::from_bytes(KEY),
             Loaded::default(),
+            Env::seeded(0, 0),
         )
     }
 

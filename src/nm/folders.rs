@@ -97,12 +97,7 @@ impl Core {
     }
 
     /// CREATEFOLDER: the parent must exist; the name must be free of files and folders.
-    pub(super) fn create_folder(
-        &mut self,
-        user: &str,
-        folder: &str,
-        now_ms: u64,
-    ) -> Result<(), WireError> {
+    pub(super) fn create_folder(&mut self, user: &str, folder: &str) -> Result<(), WireError> {
         let canon = names::canonical_folder(folder)?;
         if canon.is_empty() {
             return Err(err::conflict("Folder already exists: / (the root)"));
@@ -133,7 +128,7 @@ impl Core {
                 shown_folder(parent)
             )));
         }
-        self.put_folder(&canon, user, now_ms);
+        self.put_folder(&canon, user);
         let up: Vec<String> = self
             .servers
             .iter()
@@ -154,7 +149,7 @@ impl Core {
         };
         for part in frame::paginate(folders, |f| 2 * f.len() + 4) {
             let subject = names::mkdir_subject(&part);
-            let ticket = self.key.mint(NM_USER, &subject, TicketOp::Mkdir, ss, None);
+            let ticket = self.mint(NM_USER, &subject, TicketOp::Mkdir, ss, None);
             let msg = Message::SsMkdir {
                 folders: part,
                 ticket,
@@ -191,10 +186,10 @@ impl Core {
         }
     }
 
-    fn put_folder(&mut self, canon: &str, owner: &str, now_ms: u64) {
+    fn put_folder(&mut self, canon: &str, owner: &str) {
         let rec = FolderRecord {
             owner: owner.to_string(),
-            created_ms: now_ms,
+            created_ms: self.wall_ms(),
         };
         self.batch
             .push(StoreOp::PutFolder(canon.to_string(), rec.clone()));
@@ -204,12 +199,12 @@ impl Core {
     }
 
     /// Creates `folder` and every missing ancestor (for files adopted from a storage server).
-    pub(super) fn ensure_folders(&mut self, folder: &str, owner: &str, now_ms: u64) {
+    pub(super) fn ensure_folders(&mut self, folder: &str, owner: &str) {
         if self.folder_exists(folder) {
             return;
         }
-        self.ensure_folders(names::parent(folder), owner, now_ms);
-        self.put_folder(folder, owner, now_ms);
+        self.ensure_folders(names::parent(folder), owner);
+        self.put_folder(folder, owner);
     }
 
     /// VIEWFOLDER: subfolders, then files, directly under the folder.
@@ -278,9 +273,7 @@ impl Core {
         let record = rec.clone();
         self.refuse_if_removing(&ss, &to, now_ms)?;
         let subject = names::move_subject(canon, &to);
-        let ticket = self
-            .key
-            .mint_change(NM_USER, &subject, TicketOp::Move, &ss, None, epoch);
+        let ticket = self.mint_change(NM_USER, &subject, TicketOp::Move, &ss, None, epoch);
         let msg = Message::SsMove {
             file: canon.to_string(),
             to: to.clone(),

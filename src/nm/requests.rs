@@ -16,7 +16,6 @@ impl Core {
         user: &str,
         file: &str,
         kind: AccessKind,
-        now_ms: u64,
     ) -> Result<u64, WireError> {
         let (canon, rec) = self.lookup(file)?;
         let shown = names::display(&canon);
@@ -53,7 +52,7 @@ impl Core {
             user: user.to_string(),
             file: canon.clone(),
             kind,
-            created_ms: now_ms,
+            created_ms: self.wall_ms(),
         };
         self.batch.push(StoreOp::PutNextRequest(self.next_request));
         self.batch.push(StoreOp::PutRequest(req.clone()));

@@ -226,7 +226,7 @@ impl Core {
             match self.servers.get(&ss) {
                 Some(s) if s.up => {
                     let scope = crate::auth::check_scope(&files, orphans);
-                    let ticket = self.key.mint(NM_USER, &scope, TicketOp::Check, &ss, None);
+                    let ticket = self.mint(NM_USER, &scope, TicketOp::Check, &ss, None);
                     let msg = Message::CheckFiles {
                         files,
                         orphans,

@@ -11,8 +11,15 @@ use crate::protocol::Ticket;
 const HB_MS: u64 = 100;
 const TIMEOUT_MS: u64 = 300;
 
-fn sim_core(replication: &'static str) -> Core {
-    Core::new(
+/// The simulated wall clock at monotonic time 0 (any fixed value: runs must not depend on it).
+const SIM_WALL_BASE_MS: u64 = 1_700_000_000_000;
+
+/// The seeds a run without `PAIRFS_SIM_SEED` tries: fixed, so every run tries the same ones.
+const SIM_SEED_BASE: u64 = 0x5eed_f0a1_1000_0001;
+
+/// A core whose wall clock and randomness come from `seed` alone.
+fn sim_core(replication: &'static str, seed: u64) -> Core {
+    Core::with_env(
         CoreConfig {
             heartbeat_interval_ms: HB_MS,
             heartbeat_timeout_ms: TIMEOUT_MS,
@@ -23,6 +30,7 @@ fn sim_core(replication: &'static str) -> Core {
         },
         ClusterKey::from_bytes(KEY),
         Loaded::default(),
+        Env::seeded(SIM_WALL_BASE_MS, seed),
     )
 }
 
@@ -115,7 +123,7 @@ struct Sim {
 impl Sim {
     fn new(seed: u64, replication: &'static str) -> Sim {
         let mut s = Sim {
-            c: sim_core(replication),
+            c: sim_core(replication, seed),
             now: 1_000,
             rng: Rng(seed | 1),
             ss: Vec::new(),
@@ -726,10 +734,9 @@ fn run_sim(seed: u64, replication: &'static str, steps: usize) {
 fn seeded_simulation_keeps_one_writer_and_every_acknowledged_change() {
     let seeds: Vec<u64> = match std::env::var("PAIRFS_SIM_SEED") {
         Ok(s) => vec![s.parse().expect("PAIRFS_SIM_SEED is a number")],
-        Err(_) => {
-            let base = crate::auth::now_ms();
-            (0..40).map(|i| base.wrapping_add(i * 7919)).collect()
-        }
+        Err(_) => (0..40)
+            .map(|i| SIM_SEED_BASE.wrapping_add(i * 7919))
+            .collect(),
     };
     for seed in seeds {
         println!("simulation seed {seed}");
@@ -821,6 +828,44 @@ fn settled_pair() -> Sim {
     assert_eq!(sim.pair().writer, Member::Primary);
     assert!(sim.c.files["a.txt"].holds(Member::Backup));
     sim
+}
+
+#[test]
+fn a_wall_clock_jump_moves_no_lease() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let mut sim = settled_pair();
+    let jump = std::sync::Arc::new(AtomicU64::new(0));
+    let j = jump.clone();
+    sim.c.env = Env::new(
+        Box::new(move |mono| SIM_WALL_BASE_MS + mono + j.load(Ordering::Relaxed)),
+        Entropy::from_seed(7),
+    );
+    // The writer's heartbeats stop arriving and the wall clock jumps an hour ahead, while
+    // less than a lease of monotonic time passes: the writer keeps its lease.
+    sim.ss[0].partitioned = true;
+    jump.store(3_600_000, Ordering::Relaxed);
+    sim.advance(150);
+    assert!(sim.c.servers["ss1"].up);
+    let st = sim.pair();
+    assert_eq!(
+        (st.phase, st.epoch, st.writer),
+        (Phase::Serving, 1, Member::Primary)
+    );
+    let (ss, ticket) = sim.locate("a.txt", AccessMode::Write).unwrap();
+    assert_eq!(ss, "ss1");
+    // Tickets expire on the storage servers' wall clocks, so they follow the jump.
+    assert_eq!(
+        ticket.exp_ms,
+        SIM_WALL_BASE_MS + sim.now + 3_600_000 + crate::auth::TICKET_TTL_MS
+    );
+    // Only the monotonic time moves the failover: a timeout and a lease later, the backup
+    // writes in a new epoch.
+    sim.advance(TIMEOUT_MS + 200);
+    let st = sim.pair();
+    assert_eq!(
+        (st.phase, st.epoch, st.writer),
+        (Phase::Serving, 2, Member::Backup)
+    );
 }
 
 #[test]
