@@ -1,4 +1,4 @@
-//! Folders and MOVE: decisions of the core (a child module of `core.rs`, so it shares the
+//! Folders and MOVE: decisions of the core (a child module of the core, so it shares the
 //! core's state and stays free of I/O).
 //!
 //! Folders are entries of the namespace in their own durable table (`folders`, see
@@ -15,31 +15,6 @@
 
 use super::*;
 use std::ops::Bound;
-
-/// One folder (stored as JSON in the `folders` table).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FolderRecord {
-    /// Who created it (`admin` for folders found under adopted files).
-    pub owner: String,
-    /// Unix milliseconds of its creation.
-    pub created_ms: u64,
-}
-
-/// A MOVE whose storage-server call may have run (stored as JSON in the `moves` table, keyed
-/// by the file's old name). It is durable before SS_MOVE is sent and removed in the batch that
-/// settles the move (the record moved, or the refusal heard), so a name server that dies in
-/// between settles it when that server registers again, by what it holds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MoveIntent {
-    /// The new name.
-    pub to: String,
-    /// The server SS_MOVE was sent to (the pair's writer then).
-    pub ss: String,
-    /// The epoch its ticket carried.
-    pub epoch: u64,
-    /// The file's record when the move started (what moves, should the record be gone).
-    pub record: FileRecord,
-}
 
 /// The last components of the keys of `map` directly under `prefix` (`""` or `"p/"`), in
 /// order: one range scan that jumps over every deeper subtree.
