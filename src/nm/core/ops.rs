@@ -210,17 +210,8 @@ impl Core {
         if let Purpose::Mkdir { ss } = &flight.purpose {
             return Self::mkdir_done(ss, result);
         }
-        if let Some((ss, epoch)) = &flight.fence {
-            let moved_on = self
-                .membership(ss)
-                .and_then(|(p, m)| Some((self.pair_states.get(&p)?, m)))
-                .filter(|(st, _)| st.epoch != *epoch);
-            // Set aside only while the other member holds the record's version; were it the
-            // only copy descending from the record, it is kept and credited as usual.
-            let other_current = moved_on.is_some() && self.partner_holds_record(ss, &flight.file);
-            if other_current && result.is_ok() {
-                return self.fenced_result(flight, now_ms);
-            }
+        if result.is_ok() && self.fenced_off(&flight) {
+            return self.fenced_result(flight, now_ms);
         }
         let conn = flight.conn;
         let file = flight.file.clone();
@@ -228,11 +219,42 @@ impl Core {
             Purpose::Move { to } => Some(to.clone()),
             _ => None,
         };
-        // A change owed to a backup: (target, what it must reach), answered by answer_change.
-        let mut change: Option<(Option<String>, Want)> = None;
-        // A MOVE whose outcome is not known keeps its names reserved.
-        let mut unsettled = false;
-        let reply: Result<(Message, Vec<u8>), WireError> = match (flight.purpose, result) {
+        let done = self.apply_result(conn, &file, flight.purpose, result, now_ms);
+        self.answer_result(conn, &file, done.reply, done.change, now_ms);
+        if flight.serialised && !done.unsettled {
+            self.next_for_file(&file, now_ms);
+            if let Some(to) = moved_to {
+                self.next_for_file(&to, now_ms);
+            }
+        }
+        self.pump_replication(now_ms);
+    }
+
+    /// Whether a change's result must not be credited: the pair left the epoch its ticket
+    /// carried, and the other member holds the record's version. (Were the answering
+    /// member's copy the only one descending from the record, it is kept and credited as
+    /// usual.)
+    fn fenced_off(&self, flight: &InFlight) -> bool {
+        let Some((ss, epoch)) = &flight.fence else {
+            return false;
+        };
+        let moved_on = self
+            .membership(ss)
+            .and_then(|(p, m)| Some((self.pair_states.get(&p)?, m)))
+            .filter(|(st, _)| st.epoch != *epoch);
+        moved_on.is_some() && self.partner_holds_record(ss, &flight.file)
+    }
+
+    /// Records what a finished operation on `file` did and decides its answer.
+    fn apply_result(
+        &mut self,
+        conn: ConnId,
+        file: &str,
+        purpose: Purpose,
+        result: Result<JobOutput, WireError>,
+        now_ms: u64,
+    ) -> Finished {
+        match (purpose, result) {
             (
                 Purpose::Create {
                     owner,
@@ -242,97 +264,44 @@ impl Core {
                 },
                 Ok(JobOutput::State(st)),
             ) => {
-                let wall_ms = self.wall_ms();
-                let mut rec = FileRecord {
-                    owner,
-                    ss: ss.clone(),
-                    version: st.version,
-                    checksum: st.checksum,
-                    size: st.size,
-                    words: st.words,
-                    chars: st.chars,
-                    created_ms: wall_ms,
-                    modified_ms: if st.modified_ms > 0 {
-                        st.modified_ms
-                    } else {
-                        wall_ms
-                    },
-                    access: BTreeMap::new(),
-                    accessed_ms: None,
-                    accessed_by: None,
-                    backup_version: None,
-                    primary_missing: false,
-                    primary_held: None,
-                    epoch_base: None,
-                };
-                rec.held_only_by(member, st.version);
-                self.put_file(&file, rec);
-                log::info!(target: ev::NM_FILE_CHANGE, file = file.as_str(), ss = ss.as_str(),
-                    version = st.version.to_string(); "created {file} on {ss}");
-                let target = self.owe(&file, false, now_ms);
+                let target = self.record_created(file, owner, &ss, member, &st, now_ms);
                 if then_upload {
                     let user = match self.peers.get(&conn) {
                         Some(Peer::Client { user, .. }) => user.clone(),
                         _ => String::new(),
                     };
-                    self.locate(&user, &file, AccessMode::Upload, None)
-                        .map(|m| (m, Vec::new()))
+                    Finished::answer(
+                        self.locate(&user, file, AccessMode::Upload, None)
+                            .map(|m| (m, Vec::new())),
+                    )
                 } else {
-                    change = Some((
+                    Finished::change(
                         target,
                         Want::Content {
                             version: st.version,
                         },
-                    ));
-                    Ok((Message::Done {}, Vec::new()))
+                    )
                 }
             }
             (Purpose::Move { .. }, Ok(JobOutput::MoveUnsettled(why))) => {
-                // Renamed or not, only the server knows: the intent and both names' reservations
-                // stay until it registers again and lists what it holds (`resolve_moves`), or
-                // its pair takes a new epoch (`forget_moves_before`). If that epoch has come
-                // already, the move is given up now.
-                let epoch_moved = self
-                    .moves
-                    .get(&file)
-                    .is_some_and(|m| self.epoch_of(&m.ss) != m.epoch);
-                if epoch_moved {
-                    self.abandon_move(&file, now_ms);
-                } else {
-                    unsettled = true;
-                }
-                log::warn!(target: ev::NM_FILE_CHANGE, file = file.as_str();
-                    "the move of {file} is unsettled: {why}");
-                Err(err::unavailable(format!(
-                    "the move of {} may or may not have been made ({why}); it is settled when its storage server registers again",
-                    names::display(&file)
-                )))
+                self.move_unsettled(file, &why, now_ms)
             }
             (Purpose::Move { to }, Ok(_)) => {
-                let target = self.finish_move(&file, &to, now_ms);
-                log::info!(target: ev::NM_FILE_CHANGE, file = file.as_str(), to = to.as_str();
+                let target = self.finish_move(file, &to, now_ms);
+                log::info!(target: ev::NM_FILE_CHANGE, file = file, to = to.as_str();
                     "moved {file} to {to}");
                 let version = self.files.get(&to).map(|r| r.version).unwrap_or_default();
-                change = Some((target, Want::Content { version }));
-                Ok((Message::Done {}, Vec::new()))
+                Finished::change(target, Want::Content { version })
             }
             (Purpose::Delete, Ok(_)) => {
-                let ss = self.files.get(&file).map(|r| r.ss.clone());
-                self.drop_requests_for(&file);
-                self.del_file(&file);
-                log::info!(target: ev::NM_FILE_CHANGE, file = file.as_str(); "deleted {file}");
-                let target = ss.and_then(|ss| self.owe_delete(&ss, &file, now_ms));
-                change = Some((target, Want::Delete));
-                Ok((Message::Done {}, Vec::new()))
+                let target = self.record_deleted(file, now_ms);
+                log::info!(target: ev::NM_FILE_CHANGE, file = file; "deleted {file}");
+                Finished::change(target, Want::Delete)
             }
             (Purpose::Delete, Err(e)) if e.code == crate::protocol::ErrorCode::NotFound => {
                 // The copy is already gone; the record follows it.
-                let ss = self.files.get(&file).map(|r| r.ss.clone());
-                self.drop_requests_for(&file);
-                self.del_file(&file);
-                let target = ss.and_then(|ss| self.owe_delete(&ss, &file, now_ms));
-                change = Some((target, Want::Delete));
-                Ok((Message::Done {}, Vec::new()))
+                let target = self.record_deleted(file, now_ms);
+                Finished::change(target, Want::Delete)
             }
             (
                 p @ (Purpose::Undo | Purpose::Checkpoint | Purpose::Revert),
@@ -343,20 +312,10 @@ impl Core {
                     Purpose::Revert => "reverted",
                     _ => "undid the last change of",
                 };
-                if let Some(rec) = self.files.get(&file) {
-                    let mut rec = rec.clone();
-                    if st.version >= rec.version {
-                        let writer = self.writer_member(&rec.ss);
-                        rec.apply_change(writer, &st);
-                        self.put_file(&file, rec);
-                    }
-                }
-                log::info!(target: ev::NM_FILE_CHANGE, file = file.as_str(),
+                let (target, version) = self.record_writer_change(file, &st, now_ms);
+                log::info!(target: ev::NM_FILE_CHANGE, file = file,
                     version = st.version.to_string(); "{what} {file}");
-                let target = self.owe(&file, true, now_ms);
-                let version = self.files.get(&file).map_or(st.version, |r| r.version);
-                change = Some((target, Want::Content { version }));
-                Ok((Message::Done {}, Vec::new()))
+                Finished::change(target, Want::Content { version })
             }
             (
                 Purpose::Exec { user, started_ms },
@@ -367,35 +326,143 @@ impl Core {
                 }),
             ) => {
                 let ms = now_ms.saturating_sub(started_ms);
-                log::info!(target: ev::NM_EXEC, file = file.as_str(), user = user.as_str(),
+                log::info!(target: ev::NM_EXEC, file = file, user = user.as_str(),
                     exit = exit_code.map(i64::from).unwrap_or(-1), ms = ms;
                     "{user} ran {file}");
-                Ok((
+                Finished::answer(Ok((
                     Message::ExecOutput {
                         exit_code,
                         truncated,
                     },
                     output,
-                ))
+                )))
             }
             (Purpose::Move { .. }, Err(e)) => {
                 // The storage server refused (or could not be reached): the file stays.
-                self.drop_move_intent(&file);
-                Err(e)
+                self.drop_move_intent(file);
+                Finished::answer(Err(e))
             }
             (Purpose::Exec { user, .. }, Err(e)) => {
-                log::info!(target: ev::NM_EXEC, file = file.as_str(), user = user.as_str();
+                log::info!(target: ev::NM_EXEC, file = file, user = user.as_str();
                     "EXEC of {file} failed: {}", e.msg);
-                Err(e)
+                Finished::answer(Err(e))
             }
-            (_, Err(e)) => Err(e),
-            (_, Ok(other)) => Err(err::internal(format!(
+            (_, Err(e)) => Finished::answer(Err(e)),
+            (_, Ok(other)) => Finished::answer(Err(err::internal(format!(
                 "unexpected answer from the storage server: {other:?}"
-            ))),
+            )))),
+        }
+    }
+
+    /// A CREATE made `file` on `member` of pair `ss`: the new record (held by that member
+    /// only), and the member owed its content, if any.
+    fn record_created(
+        &mut self,
+        file: &str,
+        owner: String,
+        ss: &str,
+        member: Member,
+        st: &FileState,
+        now_ms: u64,
+    ) -> Option<String> {
+        let wall_ms = self.wall_ms();
+        let mut rec = FileRecord {
+            owner,
+            ss: ss.to_string(),
+            version: st.version,
+            checksum: st.checksum,
+            size: st.size,
+            words: st.words,
+            chars: st.chars,
+            created_ms: wall_ms,
+            modified_ms: if st.modified_ms > 0 {
+                st.modified_ms
+            } else {
+                wall_ms
+            },
+            access: BTreeMap::new(),
+            accessed_ms: None,
+            accessed_by: None,
+            backup_version: None,
+            primary_missing: false,
+            primary_held: None,
+            epoch_base: None,
         };
+        rec.held_only_by(member, st.version);
+        self.put_file(file, rec);
+        log::info!(target: ev::NM_FILE_CHANGE, file = file, ss = ss,
+            version = st.version.to_string(); "created {file} on {ss}");
+        self.owe(file, false, now_ms)
+    }
+
+    /// An SS_MOVE's answer was lost: renamed or not, only the server knows. The intent and
+    /// both names' reservations stay until it registers again and lists what it holds
+    /// (`resolve_moves`), or its pair takes a new epoch (`forget_moves_before`). If that
+    /// epoch has come already, the move is given up now.
+    fn move_unsettled(&mut self, file: &str, why: &str, now_ms: u64) -> Finished {
+        let epoch_moved = self
+            .moves
+            .get(file)
+            .is_some_and(|m| self.epoch_of(&m.ss) != m.epoch);
+        if epoch_moved {
+            self.abandon_move(file, now_ms);
+        }
+        log::warn!(target: ev::NM_FILE_CHANGE, file = file;
+            "the move of {file} is unsettled: {why}");
+        Finished {
+            reply: Err(err::unavailable(format!(
+                "the move of {} may or may not have been made ({why}); it is settled when its storage server registers again",
+                names::display(file)
+            ))),
+            change: None,
+            unsettled: !epoch_moved,
+        }
+    }
+
+    /// `file` is gone from its writer: the record and its access requests go, and the other
+    /// member is owed the removal. Returns that member, if any.
+    fn record_deleted(&mut self, file: &str, now_ms: u64) -> Option<String> {
+        let ss = self.files.get(file).map(|r| r.ss.clone());
+        self.drop_requests_for(file);
+        self.del_file(file);
+        ss.and_then(|ss| self.owe_delete(&ss, file, now_ms))
+    }
+
+    /// The pair's writer made a new version of `file` (UNDO, CHECKPOINT, REVERT): the record
+    /// takes it unless it already holds a newer one. Returns the member owed the change and
+    /// the version it must reach.
+    fn record_writer_change(
+        &mut self,
+        file: &str,
+        st: &FileState,
+        now_ms: u64,
+    ) -> (Option<String>, Version) {
+        if let Some(rec) = self.files.get(file) {
+            let mut rec = rec.clone();
+            if st.version >= rec.version {
+                let writer = self.writer_member(&rec.ss);
+                rec.apply_change(writer, st);
+                self.put_file(file, rec);
+            }
+        }
+        let target = self.owe(file, true, now_ms);
+        let version = self.files.get(file).map_or(st.version, |r| r.version);
+        (target, version)
+    }
+
+    /// Sends a finished operation's answer: after the backup's copy (or degraded) for a change
+    /// in sync mode, at once otherwise.
+    fn answer_result(
+        &mut self,
+        conn: ConnId,
+        file: &str,
+        reply: Result<(Message, Vec<u8>), WireError>,
+        change: Option<(Option<String>, Want)>,
+        now_ms: u64,
+    ) {
         match (reply, change) {
             (Ok(_), Some((target, want))) => {
-                self.answer_change(Waiter::Client(conn), &file, target, want, now_ms)
+                self.answer_change(Waiter::Client(conn), file, target, want, now_ms)
             }
             (Ok((msg, body)), None) => {
                 self.set_busy(conn, false);
@@ -406,21 +473,8 @@ impl Core {
                 self.fail(conn, e)
             }
         }
-        if flight.serialised && !unsettled {
-            self.next_for_file(&file, now_ms);
-            if let Some(to) = moved_to {
-                self.next_for_file(&to, now_ms);
-            }
-        }
-        self.pump_replication(now_ms);
     }
 
-    /// Starts the next waiting request on a file whose operation just finished.
-    /// A change a member made under an epoch that has since ended (its answer arrived after
-    /// a failover or handback moved the writer): crediting it to whoever writes now would
-    /// record a version that member lacks. The client hears it was not applied, the record
-    /// stays as it was, and the member that made it is owed the record's state with its own
-    /// copy set aside first (it holds a change the cluster never acknowledged).
     /// Whether the other member of `ss`'s pair holds the record's version of `file` (or
     /// there is no record), so `ss`'s copy can be repaired from it.
     pub(super) fn partner_holds_record(&self, ss: &str, file: &str) -> bool {
@@ -454,6 +508,11 @@ impl Core {
         }
     }
 
+    /// A change a member made under an epoch that has since ended (its answer arrived after
+    /// a failover or handback moved the writer): crediting it to whoever writes now would
+    /// record a version that member lacks. The client hears it was not applied, the record
+    /// stays as it was, and the member that made it is owed the record's state with its own
+    /// copy set aside first (it holds a change the cluster never acknowledged).
     pub(super) fn fenced_result(&mut self, flight: InFlight, now_ms: u64) {
         let Some((ss, epoch)) = flight.fence.clone() else {
             return;
@@ -485,6 +544,7 @@ impl Core {
         self.pump_replication(now_ms);
     }
 
+    /// Starts the next waiting request on a file whose operation just finished.
     pub(super) fn next_for_file(&mut self, file: &str, now_ms: u64) {
         let mut waiting = self.busy_files.remove(file).unwrap_or_default();
         while let Some(p) = waiting.pop_front() {
@@ -497,6 +557,35 @@ impl Core {
                 q.extend(waiting);
                 return;
             }
+        }
+    }
+}
+
+/// What a finished operation did: its answer, the change then owed to the other member of
+/// its pair (target, what it must reach; answered through `answer_change`), and whether it
+/// is a MOVE whose outcome is unknown (its names stay reserved).
+struct Finished {
+    reply: Result<(Message, Vec<u8>), WireError>,
+    change: Option<(Option<String>, Want)>,
+    unsettled: bool,
+}
+
+impl Finished {
+    /// An answer with no change owed.
+    fn answer(reply: Result<(Message, Vec<u8>), WireError>) -> Finished {
+        Finished {
+            reply,
+            change: None,
+            unsettled: false,
+        }
+    }
+
+    /// DONE once `want` reached `target` (or degraded, in sync mode).
+    fn change(target: Option<String>, want: Want) -> Finished {
+        Finished {
+            reply: Ok((Message::Done {}, Vec::new())),
+            change: Some((target, want)),
+            unsettled: false,
         }
     }
 }
