@@ -13,7 +13,8 @@
 //! [`records`] (what is persisted), [`sessions`] (HELLO/PROVE), [`registry`] (storage servers
 //! and the pair topology), [`namespace`] (client requests, rights, LOCATE), [`folders`],
 //! [`requests`] and [`checkpoints`], [`ops`] (operations started on a storage server and
-//! their results), [`pairs`] (failover and handback), [`queue`] (replication jobs), [`fsck`],
+//! their results), [`pairs`] (failover and handback), [`queue`] (replication jobs), [`removals`] (the rule
+//! that an owed removal never takes a newer file), [`fsck`],
 //! and [`status`].
 
 mod checkpoints;
@@ -28,6 +29,7 @@ mod pairs;
 mod queue;
 mod records;
 mod registry;
+mod removals;
 mod requests;
 mod sessions;
 mod status;

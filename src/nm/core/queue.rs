@@ -6,8 +6,8 @@
 //! `stages`. Invariants:
 //! * one row per (target, file), coalescing every change: the row carries the latest want;
 //! * a key is never dispatched twice at once (it is marked running in `repl`);
-//! * a removal owed to a member never takes a newer file of the same name (see
-//!   `upsert_job_q`, `removal_moot`, `refuse_if_removing`);
+//! * a removal owed to a member never takes a newer file of the same name (the one rule,
+//!   in `removals.rs`);
 //! * retry times (`next_ms`) are monotonic; a job's `since_ms` (STATUS's lag) is wall-clock.
 
 use super::*;
@@ -41,7 +41,7 @@ impl Core {
         // file of that name is still owed would look older than the copy the target holds and
         // be skipped. The target's copy is set aside first, so the new content installs.
         let replaces_removal =
-            matches!(want, Want::Content { .. }) && old.is_some_and(|(_, w, _)| w == Want::Delete);
+            matches!(want, Want::Content { .. }) && self.removal_owed(target, file);
         let quarantine = quarantine || replaces_removal || old.is_some_and(|(.., q)| q);
         if old.is_none() {
             if let Some((p, _)) = self.membership(target) {
@@ -298,55 +298,6 @@ impl Core {
             return None;
         };
         Some((rec, m))
-    }
-
-    /// Whether a removal owed to `job.target` is moot: its pair holds a record of that name
-    /// again and the target holds that file. Every change rewrites the row owed to the
-    /// member that is not the writer, so a Delete row survives a new file of its name only
-    /// on the writer (a backup promoted while the removal waited in backoff), where the
-    /// file was made by a CREATE or MOVE that succeeded only because the old copy was gone.
-    /// Applying the row then would remove the new file. No allocation.
-    pub(super) fn removal_moot(&self, job: &ReplJob) -> bool {
-        self.job_member(job)
-            .is_some_and(|(rec, m)| rec.held(m).is_some())
-    }
-
-    /// A LOCKED error when `writer` is owed the removal of an older `file` (a backup promoted
-    /// before its removal landed): a CREATE or MOVE of that name there must wait for it. While
-    /// the removal runs, it would take the new file if it arrived second; while it waits (in
-    /// backoff, or FAILED until the member registers again) the old copy is still there and
-    /// the storage server would answer EXISTS. A waiting removal is made due now (a FAILED
-    /// one with its attempts reset), so it runs at once and a retry finds the name free.
-    pub(super) fn refuse_if_removing(
-        &mut self,
-        writer: &str,
-        file: &str,
-        now_ms: u64,
-    ) -> Result<(), WireError> {
-        let key = job_key(writer, file);
-        let running = self.repl.is_running(&key);
-        let waiting = !running && self.repl.get(&key).is_some_and(|j| j.want == Want::Delete);
-        if !running && !waiting {
-            return Ok(());
-        }
-        if waiting {
-            let j = self.repl.update(&key, |j| {
-                if j.state == JobState::Failed {
-                    j.state = JobState::Pending;
-                    j.attempts = 0;
-                }
-                j.next_ms = j.next_ms.min(now_ms);
-            });
-            if let Some(j) = j {
-                log::info!(target: ev::REPLICATION_WORKER_QUEUED, file = file, ss = writer;
-                    "file={file} is made again on {writer}: the removal of the older file it is owed runs now");
-                self.batch.push(StoreOp::PutJob(j));
-            }
-        }
-        Err(err::locked(format!(
-            "an older {} is still being removed from {writer}; try again",
-            names::display(file)
-        )))
     }
 
     /// The member a content job copies from: up, holding the current version, not the
@@ -760,12 +711,7 @@ impl Core {
                 Some(_) => {}
                 // An acknowledged DELETE made while this member was the backup, owed to it
                 // still: the row removes the copy; adopting it would bring the file back.
-                None if writer
-                    && self
-                        .repl
-                        .get(&job_key(&name, f))
-                        .is_some_and(|j| j.want == Want::Delete) =>
-                {
+                None if writer && self.removal_owed(&name, f) => {
                     queued += 1;
                 }
                 None if writer => {
