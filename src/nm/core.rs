@@ -237,10 +237,8 @@ pub struct Core {
     now_ms: u64,
     /// Registration proofs already used: a captured REGISTER cannot be replayed.
     proof_nonces: NonceMemory,
-    users: BTreeSet<String>,
-    /// Bound users' public keys (durable; see `crate::identity`).
-    user_keys: HashMap<String, String>,
-    files: BTreeMap<String, FileRecord>,
+    /// Users, files, folders, access requests and unsettled moves (durable).
+    ns: namespace::Namespace,
     servers: BTreeMap<String, ServerLive>,
     peers: HashMap<ConnId, Peer>,
     /// Files with an NM-initiated operation in flight, and the requests waiting behind it.
@@ -269,14 +267,6 @@ pub struct Core {
     fsck: fsck::Runs,
     /// Pair states by primary (durable).
     pair_states: BTreeMap<String, PairRecord>,
-    /// Folders by canonical name (durable); with `files`, the namespace's ordered index.
-    folders: BTreeMap<String, FolderRecord>,
-    /// Pending access requests by id (durable).
-    requests: BTreeMap<u64, AccessRequest>,
-    /// The next access-request id (durable; only rises).
-    next_request: u64,
-    /// MOVEs sent (or about to be) and not yet settled, by the file's old name (durable).
-    moves: BTreeMap<String, MoveIntent>,
 }
 
 fn not_found(file: &str) -> WireError {
@@ -371,16 +361,18 @@ impl Core {
         Core {
             now_ms: cfg.started_ms,
             env,
-            moves: loaded.moves,
-            folders: loaded.folders,
-            requests: loaded.requests,
-            next_request,
+            ns: namespace::Namespace {
+                users: loaded.users,
+                user_keys: loaded.user_keys.into_iter().collect(),
+                files: loaded.files,
+                folders: loaded.folders,
+                requests: loaded.requests,
+                next_request,
+                moves: loaded.moves,
+            },
             cfg,
             key,
             proof_nonces: NonceMemory::new(MAX_LIVE_PROOFS),
-            users: loaded.users,
-            user_keys: loaded.user_keys.into_iter().collect(),
-            files: loaded.files,
             servers,
             peers: HashMap::new(),
             busy_files,
@@ -632,13 +624,13 @@ impl Core {
     }
 
     fn add_user(&mut self, user: &str) {
-        if names::validate_user(user).is_ok() && self.users.insert(user.to_string()) {
+        if names::validate_user(user).is_ok() && self.ns.users.insert(user.to_string()) {
             self.batch.push(StoreOp::PutUser(user.to_string()));
         }
     }
 
     fn put_file(&mut self, file: &str, rec: FileRecord) {
-        let old_ss = self.files.get(file).map(|r| r.ss.clone());
+        let old_ss = self.ns.files.get(file).map(|r| r.ss.clone());
         if old_ss.as_deref() != Some(rec.ss.as_str()) {
             if let Some(s) = old_ss.and_then(|o| self.servers.get_mut(&o)) {
                 s.files = s.files.saturating_sub(1);
@@ -651,7 +643,7 @@ impl Core {
         self.unpark_file(&rec.ss, file);
         self.batch
             .push(StoreOp::PutFile(file.to_string(), rec.clone()));
-        self.files.insert(file.to_string(), rec);
+        self.ns.files.insert(file.to_string(), rec);
     }
 
     /// Puts the parked job rows of `file` (owed to either member of `pair`) back in the job
@@ -668,7 +660,7 @@ impl Core {
     }
 
     fn del_file(&mut self, file: &str) {
-        if let Some(rec) = self.files.remove(file) {
+        if let Some(rec) = self.ns.files.remove(file) {
             if let Some(s) = self.servers.get_mut(&rec.ss) {
                 s.files = s.files.saturating_sub(1);
             }

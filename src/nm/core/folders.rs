@@ -50,7 +50,7 @@ fn shown_folder(canon: &str) -> String {
 impl Core {
     /// Whether the canonical folder exists ("" is the root, which always does).
     pub(super) fn folder_exists(&self, folder: &str) -> bool {
-        folder.is_empty() || self.folders.contains_key(folder)
+        folder.is_empty() || self.ns.folders.contains_key(folder)
     }
 
     /// A new file may take `canon` only if its folder exists and no folder has that name.
@@ -62,7 +62,7 @@ impl Core {
                 shown_folder(folder)
             )));
         }
-        if self.folders.contains_key(canon) {
+        if self.ns.folders.contains_key(canon) {
             return Err(err::conflict(format!(
                 "{} is a folder",
                 shown_folder(canon)
@@ -77,13 +77,13 @@ impl Core {
         if canon.is_empty() {
             return Err(err::conflict("Folder already exists: / (the root)"));
         }
-        if self.folders.contains_key(&canon) {
+        if self.ns.folders.contains_key(&canon) {
             return Err(err::conflict(format!(
                 "Folder already exists: {}",
                 shown_folder(&canon)
             )));
         }
-        if self.files.contains_key(&canon) {
+        if self.ns.files.contains_key(&canon) {
             return Err(err::conflict(format!(
                 "a file named {} exists",
                 names::display(&canon)
@@ -147,8 +147,8 @@ impl Core {
 
     /// A registering server gets every folder (the map is ordered, so parents come first).
     pub(super) fn push_all_folders(&mut self, ss: &str) {
-        if !self.folders.is_empty() {
-            let all: Vec<String> = self.folders.keys().cloned().collect();
+        if !self.ns.folders.is_empty() {
+            let all: Vec<String> = self.ns.folders.keys().cloned().collect();
             self.push_folders(ss, all);
         }
     }
@@ -168,7 +168,7 @@ impl Core {
         };
         self.batch
             .push(StoreOp::PutFolder(canon.to_string(), rec.clone()));
-        self.folders.insert(canon.to_string(), rec);
+        self.ns.folders.insert(canon.to_string(), rec);
         log::info!(target: ev::NM_FILE_CHANGE, file = canon, user = owner;
             "created folder /{canon}");
     }
@@ -196,10 +196,10 @@ impl Core {
         } else {
             format!("{canon}/")
         };
-        let dirs = children(&self.folders, &prefix)
+        let dirs = children(&self.ns.folders, &prefix)
             .into_iter()
             .map(|name| FolderEntry { name, dir: true });
-        let files = children(&self.files, &prefix)
+        let files = children(&self.ns.files, &prefix)
             .into_iter()
             .map(|name| FolderEntry { name, dir: false });
         Ok(dirs.chain(files).collect())
@@ -215,7 +215,7 @@ impl Core {
         let Message::Move { folder, .. } = &p.msg else {
             return Err(err::internal("not a MOVE"));
         };
-        let rec = self.files.get(canon).ok_or_else(|| not_found(canon))?;
+        let rec = self.ns.files.get(canon).ok_or_else(|| not_found(canon))?;
         Self::need_write(rec, &p.user, canon)?;
         let dest = names::canonical_folder(folder)?;
         if !self.folder_exists(&dest) {
@@ -232,7 +232,7 @@ impl Core {
                 shown_folder(&dest)
             )));
         }
-        if self.files.contains_key(&to) || self.folders.contains_key(&to) {
+        if self.ns.files.contains_key(&to) || self.ns.folders.contains_key(&to) {
             return Err(err::conflict(format!(
                 "{} already exists",
                 names::display(&to)
@@ -263,13 +263,13 @@ impl Core {
         };
         self.batch
             .push(StoreOp::PutMove(canon.to_string(), intent.clone()));
-        self.moves.insert(canon.to_string(), intent);
+        self.ns.moves.insert(canon.to_string(), intent);
         Ok((JobKind::SsCall { addr, msg }, Purpose::Move { to }))
     }
 
     /// Removes the intent of the MOVE of `from` (settled one way or the other).
     pub(super) fn drop_move_intent(&mut self, from: &str) {
-        if self.moves.remove(from).is_some() {
+        if self.ns.moves.remove(from).is_some() {
             self.batch.push(StoreOp::DelMove(from.to_string()));
         }
     }
@@ -292,6 +292,7 @@ impl Core {
         now_ms: u64,
     ) -> Vec<String> {
         let open: Vec<(String, MoveIntent)> = self
+            .ns
             .moves
             .iter()
             .filter(|(from, m)| m.ss == ss && !self.move_in_flight(from))
@@ -308,12 +309,12 @@ impl Core {
         for (from, m) in open {
             let (old, new) = (held.contains_key(&from), held.get(&m.to));
             let same_epoch = self.epoch_of(ss) == m.epoch;
-            let renamed = match (self.files.get(&from), new) {
+            let renamed = match (self.ns.files.get(&from), new) {
                 // At the record's version, or past it (a write the server committed before
                 // the move, whose news the name server did not live to hear).
                 (Some(rec), Some(st)) => {
                     !old && same_epoch
-                        && !self.files.contains_key(&m.to)
+                        && !self.ns.files.contains_key(&m.to)
                         && ((st.version == rec.version && st.checksum == rec.checksum)
                             || st.version > rec.version)
                 }
@@ -346,6 +347,7 @@ impl Core {
         now_ms: u64,
     ) {
         let stale: Vec<(String, String)> = self
+            .ns
             .moves
             .iter()
             .filter(|(from, m)| {
@@ -369,7 +371,7 @@ impl Core {
     /// that server's copy may be the only one descending from the record, and it is left to
     /// reconciliation, as the fence leaves such a copy ([`Core::fenced_result`]).
     pub(super) fn abandon_move(&mut self, from: &str, now_ms: u64) {
-        let Some(m) = self.moves.get(from).cloned() else {
+        let Some(m) = self.ns.moves.get(from).cloned() else {
             return;
         };
         self.drop_move_intent(from);
@@ -390,7 +392,7 @@ impl Core {
     /// history, checkpoints) under the new one. Returns the backup, if any.
     pub(super) fn finish_move(&mut self, from: &str, to: &str, now_ms: u64) -> Option<String> {
         self.drop_move_intent(from);
-        let mut rec = self.files.get(from).cloned()?;
+        let mut rec = self.ns.files.get(from).cloned()?;
         let ss = rec.ss.clone();
         self.del_file(from);
         // Only the writer that renamed it holds the file under its new name; the other member

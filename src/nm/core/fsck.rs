@@ -199,7 +199,7 @@ impl Core {
         };
         let mut ask: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (f, _) in &rows {
-            if let Some(rec) = self.files.get(f) {
+            if let Some(rec) = self.ns.files.get(f) {
                 for ss in self.copy_holders(rec) {
                     ask.entry(ss).or_default().push(f.clone());
                 }
@@ -272,6 +272,7 @@ impl Core {
             None => Bound::Unbounded,
         };
         let mut it = self
+            .ns
             .files
             .range::<str, _>((lower, Bound::Unbounded))
             .peekable();
@@ -336,7 +337,7 @@ impl Core {
         let mut files = Vec::with_capacity(run.rows.len());
         for (f, floor) in &run.rows {
             // A file deleted while its copies were checked is no longer part of the report.
-            let Some(rec) = self.files.get(f) else {
+            let Some(rec) = self.ns.files.get(f) else {
                 continue;
             };
             let mut copies = Vec::new();
@@ -386,6 +387,7 @@ impl Core {
             unlisted += a.more_orphans;
             for q in &a.orphans {
                 let shown = self
+                    .ns
                     .files
                     .get(&q.file)
                     .is_some_and(|rec| self.copy_holders(rec).contains(ss));
@@ -400,7 +402,7 @@ impl Core {
         for (f, copies) in orphans {
             files.push(FsckFile {
                 file: names::display(&f),
-                recorded: self.files.contains_key(&f),
+                recorded: self.ns.files.contains_key(&f),
                 copies,
             });
         }

@@ -12,6 +12,25 @@
 
 use super::*;
 
+/// The namespace's durable state: who exists, what files and folders there are, who may do
+/// what with them, and the MOVEs not yet settled.
+pub(super) struct Namespace {
+    /// Every user ever seen.
+    pub(super) users: BTreeSet<String>,
+    /// Bound users' public keys (see `crate::identity`).
+    pub(super) user_keys: HashMap<String, String>,
+    /// Files by canonical name.
+    pub(super) files: BTreeMap<String, FileRecord>,
+    /// Folders by canonical name; with `files`, the namespace's ordered index.
+    pub(super) folders: BTreeMap<String, FolderRecord>,
+    /// Pending access requests by id.
+    pub(super) requests: BTreeMap<u64, AccessRequest>,
+    /// The next access-request id (only rises).
+    pub(super) next_request: u64,
+    /// MOVEs sent (or about to be) and not yet settled, by the file's old name.
+    pub(super) moves: BTreeMap<String, MoveIntent>,
+}
+
 impl Core {
     pub(super) fn client_request(&mut self, conn: ConnId, user: String, msg: Message, now_ms: u64) {
         match msg {
@@ -84,6 +103,7 @@ impl Core {
             },
             Message::View { all, .. } => {
                 let mut files: Vec<FileSummary> = self
+                    .ns
                     .files
                     .iter()
                     .filter(|(_, r)| all || r.can_read(&user))
@@ -111,7 +131,7 @@ impl Core {
                 }
             }
             Message::ListUsers {} => {
-                let users: Vec<String> = self.users.iter().cloned().collect();
+                let users: Vec<String> = self.ns.users.iter().cloned().collect();
                 let pages = frame::paginate(users, |u| 2 * u.len() + 4);
                 let last = pages.len() - 1;
                 for (i, users) in pages.into_iter().enumerate() {
@@ -152,7 +172,7 @@ impl Core {
     /// Looks up a file the user names, with the existence check before the rights check.
     pub(super) fn lookup(&self, file: &str) -> Result<(String, &FileRecord), WireError> {
         let canon = names::canonical_file(file)?;
-        match self.files.get(&canon) {
+        match self.ns.files.get(&canon) {
             Some(r) => Ok((canon, r)),
             None => Err(not_found(&canon)),
         }
@@ -342,7 +362,7 @@ impl Core {
         let mut rec = rec.clone();
         rec.access.insert(grantee.to_string(), write);
         self.put_file(&canon, rec);
-        Ok(!self.users.contains(grantee))
+        Ok(!self.ns.users.contains(grantee))
     }
 
     pub(super) fn rem_access(

@@ -48,7 +48,7 @@ impl Core {
     /// Decides a serialised request now; if it needs a storage server, the file becomes busy.
     pub(super) fn start_serialised(&mut self, canon: &str, p: Pending, now_ms: u64) {
         if let Message::Locate { mode, .. } = &p.msg {
-            if self.files.contains_key(canon) {
+            if self.ns.files.contains_key(canon) {
                 // UPLOAD of an existing file needs no storage-server call first.
                 let r = self.locate(&p.user, canon, *mode, None);
                 self.set_busy(p.conn, false);
@@ -105,7 +105,7 @@ impl Core {
         p: &Pending,
         now_ms: u64,
     ) -> Result<(JobKind, Purpose), WireError> {
-        if self.files.contains_key(canon) {
+        if self.ns.files.contains_key(canon) {
             return Err(err::conflict("File already exists"));
         }
         self.check_new_file_name(canon)?;
@@ -150,7 +150,7 @@ impl Core {
         canon: &str,
         p: &Pending,
     ) -> Result<(JobKind, Purpose), WireError> {
-        let rec = self.files.get(canon).ok_or_else(|| not_found(canon))?;
+        let rec = self.ns.files.get(canon).ok_or_else(|| not_found(canon))?;
         Self::need_owner(
             rec,
             &p.user,
@@ -173,7 +173,7 @@ impl Core {
         user: &str,
         op: TicketOp,
     ) -> Result<(String, u64, crate::protocol::Ticket), WireError> {
-        let rec = self.files.get(canon).ok_or_else(|| not_found(canon))?;
+        let rec = self.ns.files.get(canon).ok_or_else(|| not_found(canon))?;
         Self::need_write(rec, user, canon)?;
         let (ss, addr, epoch) = self.writer_for(rec, canon, true)?;
         let ticket = self.mint_change(NM_USER, canon, op, &ss, None, epoch);
@@ -290,7 +290,12 @@ impl Core {
                 let target = self.finish_move(file, &to, now_ms);
                 log::info!(target: ev::NM_FILE_CHANGE, file = file, to = to.as_str();
                     "moved {file} to {to}");
-                let version = self.files.get(&to).map(|r| r.version).unwrap_or_default();
+                let version = self
+                    .ns
+                    .files
+                    .get(&to)
+                    .map(|r| r.version)
+                    .unwrap_or_default();
                 Finished::change(target, Want::Content { version })
             }
             (Purpose::Delete, Ok(_)) => {
@@ -401,6 +406,7 @@ impl Core {
     /// epoch has come already, the move is given up now.
     fn move_unsettled(&mut self, file: &str, why: &str, now_ms: u64) -> Finished {
         let epoch_moved = self
+            .ns
             .moves
             .get(file)
             .is_some_and(|m| self.epoch_of(&m.ss) != m.epoch);
@@ -422,7 +428,7 @@ impl Core {
     /// `file` is gone from its writer: the record and its access requests go, and the other
     /// member is owed the removal. Returns that member, if any.
     fn record_deleted(&mut self, file: &str, now_ms: u64) -> Option<String> {
-        let ss = self.files.get(file).map(|r| r.ss.clone());
+        let ss = self.ns.files.get(file).map(|r| r.ss.clone());
         self.drop_requests_for(file);
         self.del_file(file);
         ss.and_then(|ss| self.owe_delete(&ss, file, now_ms))
@@ -437,7 +443,7 @@ impl Core {
         st: &FileState,
         now_ms: u64,
     ) -> (Option<String>, Version) {
-        if let Some(rec) = self.files.get(file) {
+        if let Some(rec) = self.ns.files.get(file) {
             let mut rec = rec.clone();
             if st.version >= rec.version {
                 let writer = self.writer_member(&rec.ss);
@@ -446,7 +452,7 @@ impl Core {
             }
         }
         let target = self.owe(file, true, now_ms);
-        let version = self.files.get(file).map_or(st.version, |r| r.version);
+        let version = self.ns.files.get(file).map_or(st.version, |r| r.version);
         (target, version)
     }
 
@@ -479,7 +485,8 @@ impl Core {
     /// there is no record), so `ss`'s copy can be repaired from it.
     pub(super) fn partner_holds_record(&self, ss: &str, file: &str) -> bool {
         self.membership(ss).is_some_and(|(_, m)| {
-            self.files
+            self.ns
+                .files
                 .get(file)
                 .map_or(true, |rec| rec.holds(m.other()))
         })
@@ -491,7 +498,7 @@ impl Core {
     pub(super) fn set_aside_on(&mut self, ss: &str, files: &[String], now_ms: u64) {
         let member = self.membership(ss).map(|(_, m)| m);
         for f in files {
-            let want = match self.files.get(f).cloned() {
+            let want = match self.ns.files.get(f).cloned() {
                 Some(mut rec) => {
                     // Not current there until the job has repaired it.
                     if let Some(m) = member {

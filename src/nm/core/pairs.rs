@@ -175,6 +175,7 @@ impl Core {
             self.retry_job_now(&k, now_ms);
         }
         let files: Vec<String> = self
+            .ns
             .files
             .iter()
             .filter(|(_, r)| r.ss == p && !r.holds(m))

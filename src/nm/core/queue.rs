@@ -72,7 +72,7 @@ impl Core {
     /// Owes member `target` of `file`'s pair the file's current content (with `quarantine`,
     /// its own copy is set aside first).
     pub(super) fn owe_to(&mut self, file: &str, target: &str, quarantine: bool, now_ms: u64) {
-        let Some(rec) = self.files.get(file) else {
+        let Some(rec) = self.ns.files.get(file) else {
             return;
         };
         let version = rec.version;
@@ -85,7 +85,7 @@ impl Core {
     /// Owes the member of `file`'s pair that is not the writer the file's current content.
     /// Returns that member.
     pub(super) fn owe(&mut self, file: &str, write: bool, now_ms: u64) -> Option<String> {
-        let rec = self.files.get(file)?;
+        let rec = self.ns.files.get(file)?;
         let version = rec.version;
         let pair = rec.ss.clone();
         self.backup_for(&pair)?;
@@ -289,7 +289,7 @@ impl Core {
     /// The record of a job's file and which member of its pair the job's target is, if the
     /// target belongs to that pair. No allocation.
     pub(super) fn job_member(&self, job: &ReplJob) -> Option<(&FileRecord, Member)> {
-        let rec = self.files.get(&job.file)?;
+        let rec = self.ns.files.get(&job.file)?;
         let m = if job.target == rec.ss {
             Member::Primary
         } else if self.pairs.get(&rec.ss) == Some(&job.target) {
@@ -303,7 +303,7 @@ impl Core {
     /// The member a content job copies from: up, holding the current version, not the
     /// target. No allocation when there is none (this runs over every row).
     pub(super) fn source_for(&self, job: &ReplJob) -> Option<(&str, &ServerLive)> {
-        let rec = self.files.get(&job.file)?;
+        let rec = self.ns.files.get(&job.file)?;
         let p = rec.ss.as_str();
         let candidates = [
             (Member::Primary, Some(p)),
@@ -391,7 +391,7 @@ impl Core {
                 };
                 let moot = match j.want {
                     Want::Content { .. } => {
-                        !self.files.contains_key(&j.file) || self.target_holds_current(j)
+                        !self.ns.files.contains_key(&j.file) || self.target_holds_current(j)
                     }
                     Want::Delete => self.removal_moot(j),
                 };
@@ -421,7 +421,7 @@ impl Core {
                 continue;
             };
             self.batch.push(StoreOp::DelJob(k.clone()));
-            match (j.want, self.files.get(&j.file).map(|r| r.version)) {
+            match (j.want, self.ns.files.get(&j.file).map(|r| r.version)) {
                 (Want::Delete, _) => {
                     log::info!(target: ev::REPLICATION_WORKER_PROCESS, file = j.file.as_str(), ss = j.target.as_str();
                         "file={} was made again on {}: the removal of the older file is moot", j.file, j.target);
@@ -501,7 +501,7 @@ impl Core {
         };
         match result {
             Ok(JobOutput::Replicated(Outcome::Copied { state, .. })) => {
-                if let Some(rec) = self.files.get(&job.file) {
+                if let Some(rec) = self.ns.files.get(&job.file) {
                     if let Some((_, m)) = self.job_member(&job) {
                         if rec.held(m) != Some(state.version) && state.version <= rec.version {
                             let mut rec = rec.clone();
@@ -619,6 +619,7 @@ impl Core {
             .filter_map(|st| names::canonical_file(&st.file).ok().map(|f| (f, st)))
             .collect();
         let mine: Vec<String> = self
+            .ns
             .files
             .iter()
             .filter(|(_, r)| r.ss == primary)
@@ -627,7 +628,7 @@ impl Core {
         let (mut queued, mut quarantined, mut adopted) = (0u64, 0u64, 0u64);
         let mut missing = 0u64;
         for f in &mine {
-            let Some(rec) = self.files.get(f).cloned() else {
+            let Some(rec) = self.ns.files.get(f).cloned() else {
                 continue;
             };
             let key = job_key(&name, f);
@@ -706,7 +707,7 @@ impl Core {
             if mine.contains(f) {
                 continue;
             }
-            match self.files.get(f) {
+            match self.ns.files.get(f) {
                 // Another pair holds that name; which copy wins is not decided here.
                 Some(_) => {}
                 // An acknowledged DELETE made while this member was the backup, owed to it

@@ -134,7 +134,7 @@ impl Core {
                 continue;
             };
             present.insert(file.clone());
-            match self.files.get(&file) {
+            match self.ns.files.get(&file) {
                 Some(rec) if rec.ss == ss => {
                     if st.version > rec.version {
                         let mut rec = rec.clone();
@@ -158,6 +158,7 @@ impl Core {
             }
         }
         let gone: Vec<String> = self
+            .ns
             .files
             .iter()
             .filter(|(f, r)| r.ss == ss && !present.contains(*f))
@@ -167,7 +168,7 @@ impl Core {
         // or a mistyped `--storage` must not erase the index, access rights, or the backup's
         // copy. Only the owner's DELETE removes a record.
         for f in gone {
-            if let Some(rec) = self.files.get(&f) {
+            if let Some(rec) = self.ns.files.get(&f) {
                 if !rec.primary_missing {
                     let mut rec = rec.clone();
                     rec.primary_missing = true;
@@ -252,7 +253,7 @@ impl Core {
                     // and the copy is set aside before the current one replaces it.
                     log::warn!(target: ev::NM_FILE_CHANGE, file = file.as_str(), ss = name;
                         "refused a change of {file} from {name}, which is not its pair's writer");
-                    if let Some(rec) = self.files.get(&file).filter(|r| r.ss == primary) {
+                    if let Some(rec) = self.ns.files.get(&file).filter(|r| r.ss == primary) {
                         // Its copy is no longer the record's: reads must not go there until
                         // the job has set it aside and installed the current one (unless it
                         // is the only copy left descending from the record, as in recovery).
@@ -271,7 +272,7 @@ impl Core {
                         },
                     );
                 }
-                match self.files.get(&file) {
+                match self.ns.files.get(&file) {
                     Some(rec) if rec.ss == primary && state.version >= rec.version => {
                         let mut rec = rec.clone();
                         rec.apply_change(member, &state);
@@ -283,7 +284,11 @@ impl Core {
                     None => self.adopt(&primary, member, &file, &state),
                 }
                 let target = self.owe(&file, true, now_ms);
-                let version = self.files.get(&file).map_or(state.version, |r| r.version);
+                let version = self
+                    .ns
+                    .files
+                    .get(&file)
+                    .map_or(state.version, |r| r.version);
                 if let (Some(t), Some(s)) = (&target, staged) {
                     self.note_stage(t, &file, state.version, s);
                 }
@@ -297,7 +302,7 @@ impl Core {
                 let Some((primary, member)) = self.home_of(name) else {
                     return self.release(waiter, true);
                 };
-                let Some(rec) = self.files.get(&file).filter(|r| r.ss == primary) else {
+                let Some(rec) = self.ns.files.get(&file).filter(|r| r.ss == primary) else {
                     return self.release(waiter, true);
                 };
                 if self.writer_member(&primary) == member {

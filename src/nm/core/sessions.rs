@@ -41,7 +41,7 @@ impl Core {
                     .use_once(&proof.nonce, proof.ts_ms + PROOF_SKEW_MS, "reset proof")
             })
             .and_then(|()| {
-                if self.users.contains(user) {
+                if self.ns.users.contains(user) {
                     Ok(())
                 } else {
                     Err(err::not_found(format!("no user {user}")))
@@ -51,7 +51,7 @@ impl Core {
             return self.refuse_and_close(conn, e);
         }
         self.introducing.remove(&conn);
-        if self.user_keys.remove(user).is_some() {
+        if self.ns.user_keys.remove(user).is_some() {
             self.batch.push(StoreOp::ResetUserKey(user.to_string()));
         }
         log::info!(target: ev::NM_USER_KEY, user = user, outcome = "reset";
@@ -79,7 +79,7 @@ impl Core {
                 err::unauthorized(format!("the proof of {user}'s key does not verify")),
             );
         }
-        match self.user_keys.get(&user) {
+        match self.ns.user_keys.get(&user) {
             Some(bound) if *bound == key => {}
             Some(_) => {
                 log::warn!(target: ev::NM_USER_KEY, user = user.as_str(), outcome = "refused";
@@ -87,8 +87,8 @@ impl Core {
                 return self.refuse_and_close(conn, identity::other_key(&user));
             }
             None => {
-                self.users.insert(user.clone());
-                self.user_keys.insert(user.clone(), key.clone());
+                self.ns.users.insert(user.clone());
+                self.ns.user_keys.insert(user.clone(), key.clone());
                 self.batch.push(StoreOp::PutUserKey(user.clone(), key));
                 log::info!(target: ev::NM_USER_KEY, user = user.as_str(), outcome = "bound";
                     "user {user} bound to its first key");

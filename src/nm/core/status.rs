@@ -45,8 +45,8 @@ impl Core {
             "failed": failed,
             "failed_total": failed_total,
             "totals": {
-                "files": self.files.len(),
-                "users": self.users.len(),
+                "files": self.ns.files.len(),
+                "users": self.ns.users.len(),
                 "servers_up": self.servers.values().filter(|s| s.up).count(),
                 "servers": self.servers.len(),
                 "jobs_in_flight": self.jobs.len(),
@@ -85,7 +85,7 @@ impl Core {
     pub(super) fn status_reply(&self, now_ms: u64) -> Message {
         // One pass over the files and one over the owed jobs, whatever the number of servers.
         let mut files_of: HashMap<&str, u64> = HashMap::new();
-        for r in self.files.values() {
+        for r in self.ns.files.values() {
             *files_of.entry(r.ss.as_str()).or_default() += 1;
         }
         let mut owed_to: HashMap<&str, Owed> = HashMap::new();
@@ -94,7 +94,7 @@ impl Core {
             let o = owed_to.entry(j.target.as_str()).or_default();
             o.jobs += 1;
             if matches!(j.want, Want::Content { .. }) {
-                o.bytes += self.files.get(&j.file).map_or(0, |r| r.size);
+                o.bytes += self.ns.files.get(&j.file).map_or(0, |r| r.size);
             }
             o.oldest_ms = Some(o.oldest_ms.map_or(j.since_ms, |t| t.min(j.since_ms)));
             match j.state {

@@ -46,7 +46,7 @@ fn checkpoint_and_revert_need_write_access_and_a_valid_tag() {
     ));
     c.on_job_result(job.id, Ok(JobOutput::State(st("a.txt", 2, None))), 8);
     assert_eq!(only_reply(c.take_effects()), Message::Done {});
-    let v = c.files["a.txt"].version;
+    let v = c.ns.files["a.txt"].version;
     assert_eq!(v.counter, 2);
     // The checkpoint is a new version: the ordinary content job carries it.
     assert_eq!(
@@ -61,5 +61,5 @@ fn checkpoint_and_revert_need_write_access_and_a_valid_tag() {
     c.on_job_result(job.id, Ok(JobOutput::State(st("a.txt", 3, None))), 10);
     assert_eq!(only_reply(c.take_effects()), Message::Done {});
     // REVERT changes content only: bob keeps exactly his read access.
-    assert_eq!(c.files["a.txt"].access.get("bob"), Some(&false));
+    assert_eq!(c.ns.files["a.txt"].access.get("bob"), Some(&false));
 }

@@ -560,7 +560,7 @@ impl Sim {
             "two members hold write leases: {writers:?}"
         );
         for (file, versions) in &self.acked {
-            let Some(rec) = self.c.files.get(file) else {
+            let Some(rec) = self.c.ns.files.get(file) else {
                 panic!("acknowledged {file} has no record");
             };
             let Some(&last) = versions.iter().max() else {
@@ -683,7 +683,7 @@ impl Sim {
             "the pair never settled: {:?}\njobs {:?}\nrecords {:?}\ncopies {:?}",
             self.c.pair_states["ss1"],
             self.c.repl.values().collect::<Vec<_>>(),
-            self.c.files,
+            self.c.ns.files,
             self.ss
                 .iter()
                 .map(|s| (s.name, &s.files))
@@ -708,7 +708,7 @@ fn run_sim(seed: u64, replication: &'static str, steps: usize) {
         sim.settle();
         // Whole again: both copies hold every acknowledged change, at the record's version.
         for (file, versions) in &sim.acked {
-            let rec = &sim.c.files[file];
+            let rec = &sim.c.ns.files[file];
             for s in &sim.ss {
                 let copy = &s.files[file];
                 assert_eq!(copy.version, rec.version, "{file} on {}", s.name);
@@ -826,7 +826,7 @@ fn settled_pair() -> Sim {
     sim.run_jobs();
     sim.advance(200);
     assert_eq!(sim.pair().writer, Member::Primary);
-    assert!(sim.c.files["a.txt"].holds(Member::Backup));
+    assert!(sim.c.ns.files["a.txt"].holds(Member::Backup));
     sim
 }
 
@@ -921,7 +921,7 @@ fn a_file_the_promoted_backup_lacks_is_unavailable_never_stale() {
     let mut sim = settled_pair();
     sim.write("a.txt");
     // The copy to the backup never ran; then the primary dies.
-    assert!(!sim.c.files["a.txt"].holds(Member::Backup));
+    assert!(!sim.c.ns.files["a.txt"].holds(Member::Backup));
     sim.jobs.clear();
     sim.kill(0);
     sim.advance(400);
@@ -955,7 +955,7 @@ fn a_change_from_a_deposed_writer_is_refused_and_its_copy_quarantined() {
     sim.advance(400);
     assert_eq!(sim.pair().writer, Member::Primary);
     // The old writer reports a commit it made in its epoch: not acknowledged.
-    let rec = sim.c.files["a.txt"].clone();
+    let rec = sim.c.ns.files["a.txt"].clone();
     let stale = Copy {
         version: Version {
             epoch: 2,
@@ -989,7 +989,7 @@ fn a_change_from_a_deposed_writer_is_refused_and_its_copy_quarantined() {
     )));
     let job = &sim.c.repl[&job_key("ss1_backup", "a.txt")];
     assert!(job.quarantine, "{job:?}");
-    let now = &sim.c.files["a.txt"];
+    let now = &sim.c.ns.files["a.txt"];
     assert_eq!(
         (now.version, now.checksum),
         (rec.version, rec.checksum),
@@ -1002,7 +1002,7 @@ fn a_change_from_a_deposed_writer_is_refused_and_its_copy_quarantined() {
 #[test]
 fn a_change_answered_after_its_epoch_ended_is_not_credited_to_the_new_writer() {
     let mut sim = settled_pair();
-    let rec = sim.c.files["a.txt"].clone();
+    let rec = sim.c.ns.files["a.txt"].clone();
     // UNDO is sent to the primary in epoch 1; its answer is held back.
     let client = sim.client;
     sim.c.on_frame(
@@ -1058,7 +1058,7 @@ fn a_change_answered_after_its_epoch_ended_is_not_credited_to_the_new_writer() {
         msg,
         "pair ss1 changed writers while the change to a.txt ran; it was not applied: try again"
     );
-    let now = &sim.c.files["a.txt"];
+    let now = &sim.c.ns.files["a.txt"];
     assert_eq!(now.version, rec.version, "the record keeps its version");
     assert!(
         now.holds(Member::Backup),
@@ -1121,7 +1121,7 @@ fn a_file_created_again_before_its_removal_reached_the_backup_replaces_the_old_c
     sim.run_jobs();
     sim.advance(200);
     sim.run_jobs();
-    let rec = &sim.c.files["a.txt"];
+    let rec = &sim.c.ns.files["a.txt"];
     assert!(
         rec.holds(Member::Backup),
         "{rec:?} {:?} {:?} {:?}",
@@ -1296,7 +1296,7 @@ fn a_promoted_backup_returning_with_a_removed_file_does_not_bring_it_back() {
     sim.ss[1].alive = true;
     sim.register(1);
     assert!(
-        !sim.c.files.contains_key("a.txt"),
+        !sim.c.ns.files.contains_key("a.txt"),
         "a removed file was adopted again"
     );
     sim.advance(2000);
@@ -1423,7 +1423,7 @@ fn create_on_a_promoted_backup_owed_a_waiting_removal(failures: u32) {
     let epoch = sim.pair().epoch;
     let copy = &sim.ss[1].files["a.txt"];
     assert_eq!(copy.version.epoch, epoch, "a new file, not the old bytes");
-    assert!(sim.c.files.contains_key("a.txt"));
+    assert!(sim.c.ns.files.contains_key("a.txt"));
 }
 
 #[test]
@@ -1480,7 +1480,7 @@ fn a_move_onto_a_name_its_writer_is_owed_the_removal_of_runs_that_removal_first(
     assert!(!sim.c.repl.contains_key(&key), "{:?}", sim.c.repl);
     let answer = sim.ask(mv());
     assert!(matches!(answer, Some(Message::Done {})), "{answer:?}");
-    assert!(sim.c.files.contains_key("d/a.txt") && !sim.c.files.contains_key("a.txt"));
+    assert!(sim.c.ns.files.contains_key("d/a.txt") && !sim.c.ns.files.contains_key("a.txt"));
     assert!(sim.ss[1].files.contains_key("d/a.txt") && !sim.ss[1].files.contains_key("a.txt"));
 }
 

@@ -142,11 +142,11 @@ fn a_move_whose_outcome_is_unknown_keeps_its_names_until_its_server_registers() 
         [Effect::DurableJob(j)] => j.clone(),
         other => panic!("expected one held job, got {other:?}"),
     };
-    let version = c.files["a.txt"].version;
+    let version = c.ns.files["a.txt"].version;
     c.take_batch();
     c.on_job_result(job.id, Ok(JobOutput::MoveUnsettled("lost".into())), 6);
     assert_eq!(code(only_reply(c.take_effects())), ErrorCode::Unavailable);
-    assert!(c.moves.contains_key("a.txt"), "the intent stays");
+    assert!(c.ns.moves.contains_key("a.txt"), "the intent stays");
     assert!(!c.take_batch().contains(&StoreOp::DelMove("a.txt".into())));
     assert!(c.busy_files.contains_key("a.txt") && c.busy_files.contains_key("d/a.txt"));
     // Both names stay reserved: a CREATE of the new name waits.
@@ -159,8 +159,8 @@ fn a_move_whose_outcome_is_unknown_keeps_its_names_until_its_server_registers() 
     let mut moved = st("d/a.txt", version.counter, None);
     moved.version = version;
     let e = register_as(&mut c, 3, "ss1", None, vec![moved]);
-    assert!(c.moves.is_empty());
-    assert!(!c.files.contains_key("a.txt") && c.files.contains_key("d/a.txt"));
+    assert!(c.ns.moves.is_empty());
+    assert!(!c.ns.files.contains_key("a.txt") && c.ns.files.contains_key("d/a.txt"));
     let refused = e.iter().any(|x| {
         matches!(
             x,
@@ -183,7 +183,7 @@ fn an_unsettled_move_given_up_at_a_new_epoch_repairs_its_server() {
     // ss1's copies from.
     for backup_current in [true, false] {
         let mut c = pair_with_file_and_folder();
-        let mut rec = c.files["a.txt"].clone();
+        let mut rec = c.ns.files["a.txt"].clone();
         let v = rec.version;
         rec.set_held(Member::Backup, backup_current.then_some(v));
         c.put_file("a.txt", rec);
@@ -198,8 +198,8 @@ fn an_unsettled_move_given_up_at_a_new_epoch_repairs_its_server() {
         c.take_effects();
         // The pair takes a new epoch: the move is given up and both names are free.
         c.forget_moves_before("ss1", "ss1_backup", EPOCH + 1, 7);
-        assert!(c.moves.is_empty() && c.busy_files.is_empty());
-        assert!(c.files.contains_key("a.txt") && !c.files.contains_key("d/a.txt"));
+        assert!(c.ns.moves.is_empty() && c.busy_files.is_empty());
+        assert!(c.ns.files.contains_key("a.txt") && !c.ns.files.contains_key("d/a.txt"));
         if backup_current {
             // ss1, which may have renamed the file, is owed the old name back and the
             // new name's removal.
@@ -210,7 +210,7 @@ fn an_unsettled_move_given_up_at_a_new_epoch_repairs_its_server() {
             assert_eq!(c.repl[&job_key("ss1", "d/a.txt")].want, Want::Delete);
         } else {
             // ss1's copy may be the only one: nothing is set aside.
-            assert!(c.files["a.txt"].holds(Member::Primary));
+            assert!(c.ns.files["a.txt"].holds(Member::Primary));
             assert!(!c.repl.contains_key(&job_key("ss1", "a.txt")));
         }
     }
@@ -281,7 +281,7 @@ fn move_checks_rights_folder_and_name_then_follows_the_rename() {
         6
     )
     .is_empty());
-    let before = c.files["a.txt"].clone();
+    let before = c.ns.files["a.txt"].clone();
     c.on_job_result(job.id, Ok(JobOutput::Done), 7);
     let e = c.take_effects();
     let replies: Vec<&Message> = e
@@ -294,10 +294,10 @@ fn move_checks_rights_folder_and_name_then_follows_the_rename() {
     assert_eq!(replies.len(), 2, "{e:?}");
     assert_eq!(replies[0], &Message::Done {});
     assert_eq!(code(replies[1].clone()), ErrorCode::Conflict);
-    assert!(!c.files.contains_key("a.txt"));
+    assert!(!c.ns.files.contains_key("a.txt"));
     assert!(c.take_batch().contains(&StoreOp::DelMove("a.txt".into())));
-    assert!(c.moves.is_empty());
-    let after = &c.files["d/a.txt"];
+    assert!(c.ns.moves.is_empty());
+    let after = &c.ns.files["d/a.txt"];
     assert_eq!(
         (&after.owner, &after.access, after.version),
         (&before.owner, &before.access, before.version)
@@ -374,23 +374,23 @@ fn a_move_left_unsettled_is_settled_by_what_its_server_registers_with() {
         "the new name is reserved"
     );
     register(&mut c, 1, "ss1", vec![st("d/a.txt", 3, Some("alice"))]);
-    assert!(!c.files.contains_key("a.txt"));
-    assert_eq!(c.files["d/a.txt"].access, rec.access);
+    assert!(!c.ns.files.contains_key("a.txt"));
+    assert_eq!(c.ns.files["d/a.txt"].access, rec.access);
     assert!(c.take_batch().contains(&StoreOp::DelMove("a.txt".into())));
-    assert!(c.moves.is_empty() && !c.busy_files.contains_key("a.txt"));
+    assert!(c.ns.moves.is_empty() && !c.busy_files.contains_key("a.txt"));
     // Not renamed: the record stays, both names are free.
     let mut c = restarted();
     register(&mut c, 1, "ss1", vec![st("a.txt", 3, Some("alice"))]);
-    assert_eq!(c.files["a.txt"], rec);
-    assert!(!c.files.contains_key("d/a.txt"));
-    assert!(c.moves.is_empty() && c.busy_files.is_empty());
+    assert_eq!(c.ns.files["a.txt"], rec);
+    assert!(!c.ns.files.contains_key("d/a.txt"));
+    assert!(c.ns.moves.is_empty() && c.busy_files.is_empty());
     assert!(!create_new_name(&mut c).is_empty(), "the new name is free");
     // Neither name: not credited; the record stays (its copy is owed from the backup).
     let mut c = restarted();
     register(&mut c, 1, "ss1", vec![]);
-    assert!(c.moves.is_empty() && c.busy_files.is_empty());
-    assert_eq!(c.files["a.txt"].access, rec.access);
-    assert!(!c.files.contains_key("d/a.txt"));
+    assert!(c.ns.moves.is_empty() && c.busy_files.is_empty());
+    assert_eq!(c.ns.files["a.txt"].access, rec.access);
+    assert!(!c.ns.files.contains_key("d/a.txt"));
     // The new name at an older version, or at the record's version with other bytes, is
     // not this move's rename: not credited.
     let mut other_bytes = st("d/a.txt", 3, Some("alice"));
@@ -398,22 +398,22 @@ fn a_move_left_unsettled_is_settled_by_what_its_server_registers_with() {
     for listed in [st("d/a.txt", 2, Some("alice")), other_bytes] {
         let mut c = restarted();
         register(&mut c, 1, "ss1", vec![listed]);
-        assert!(c.moves.is_empty() && c.busy_files.is_empty());
-        assert_eq!(c.files["a.txt"].access, rec.access);
+        assert!(c.ns.moves.is_empty() && c.busy_files.is_empty());
+        assert_eq!(c.ns.files["a.txt"].access, rec.access);
     }
     // At a later version (a write the server committed before the move): credited.
     let mut c = restarted();
     register(&mut c, 1, "ss1", vec![st("d/a.txt", 9, Some("alice"))]);
-    assert_eq!(c.files["d/a.txt"].access, rec.access);
-    assert!(!c.files.contains_key("a.txt"));
+    assert_eq!(c.ns.files["d/a.txt"].access, rec.access);
+    assert!(!c.ns.files.contains_key("a.txt"));
     // The pair changes writers before ss1 is back (what `advance_pairs` reports at each
     // new epoch): forgotten, both names free, so the new writer serves the old name.
     let mut c = restarted();
     c.take_batch();
     c.forget_moves_before("ss1", "ss1_backup", EPOCH, 5);
-    assert!(!c.moves.is_empty(), "the move's own epoch keeps it");
+    assert!(!c.ns.moves.is_empty(), "the move's own epoch keeps it");
     c.forget_moves_before("ss1", "ss1_backup", EPOCH + 1, 5);
-    assert!(c.moves.is_empty() && c.busy_files.is_empty());
+    assert!(c.ns.moves.is_empty() && c.busy_files.is_empty());
     assert!(c.take_batch().contains(&StoreOp::DelMove("a.txt".into())));
     assert!(
         !create_new_name(&mut c).is_empty(),

@@ -327,7 +327,7 @@ fn upload_creates_a_missing_file_then_locates_it() {
         panic!()
     };
     assert_eq!((ss.as_str(), ticket.op), ("ss1", TicketOp::Upload));
-    assert_eq!(c.files["u.bin"].owner, "alice");
+    assert_eq!(c.ns.files["u.bin"].owner, "alice");
     // Existing file: located at once; write access needed.
     assert!(matches!(
         only_reply(send(&mut c, 10, up("u.bin"), 7)),

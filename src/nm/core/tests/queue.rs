@@ -64,7 +64,7 @@ fn jobs_coalesce_per_file_and_carry_the_latest_version() {
     );
     c.on_job_result(*id, copied("a.txt", 11), 220);
     assert_eq!(
-        c.files["a.txt"].backup_version,
+        c.ns.files["a.txt"].backup_version,
         Some(st("a.txt", 11, None).version)
     );
     let jobs = repl_jobs(&c.take_effects());
@@ -169,11 +169,11 @@ fn a_joining_backup_is_reconciled_with_its_primary() {
     );
     assert_eq!(repl_jobs(&e).len(), 3);
     assert!(
-        !c.files.contains_key("stray.txt"),
+        !c.ns.files.contains_key("stray.txt"),
         "a backup's files are never adopted"
     );
     assert_eq!(
-        c.files["same.txt"].backup_version,
+        c.ns.files["same.txt"].backup_version,
         Some(st("x", 2, None).version)
     );
     hello(&mut c, 10, "alice");

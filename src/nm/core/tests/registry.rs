@@ -23,11 +23,11 @@ fn registration_reconciles_the_index() {
         "ss1",
         vec![st("keep.txt", 5, Some("alice")), st("new.txt", 1, None)],
     );
-    assert_eq!(c.files["keep.txt"].version.counter, 5);
+    assert_eq!(c.ns.files["keep.txt"].version.counter, 5);
     // A file the server no longer lists is kept, marked missing, never deleted.
-    assert!(c.files["gone.txt"].primary_missing);
-    assert_eq!(c.files["gone.txt"].owner, "alice");
-    assert_eq!(c.files["new.txt"].owner, ADOPTED_OWNER);
+    assert!(c.ns.files["gone.txt"].primary_missing);
+    assert_eq!(c.ns.files["gone.txt"].owner, "alice");
+    assert_eq!(c.ns.files["new.txt"].owner, ADOPTED_OWNER);
     let batch = c.take_batch();
     assert!(!batch.contains(&StoreOp::DelFile("gone.txt".into())));
     // An older copy never rolls the record back.
@@ -38,7 +38,7 @@ fn registration_reconciles_the_index() {
         "ss1",
         vec![st("keep.txt", 4, None), st("new.txt", 1, None)],
     );
-    assert_eq!(c.files["keep.txt"].version.counter, 5);
+    assert_eq!(c.ns.files["keep.txt"].version.counter, 5);
     // The missing record still counts as placed on ss1.
     assert_eq!(c.servers["ss1"].files, 3);
     // When the server lists the file again (the right disk is back), it is no longer missing.
@@ -53,7 +53,7 @@ fn registration_reconciles_the_index() {
             st("gone.txt", 1, None),
         ],
     );
-    assert!(!c.files["gone.txt"].primary_missing);
+    assert!(!c.ns.files["gone.txt"].primary_missing);
 }
 
 #[test]
@@ -129,8 +129,8 @@ fn changed_and_removed_update_the_record() {
             copies: None
         }
     );
-    assert_eq!(c.files["a.txt"].version.counter, 2);
-    assert_eq!(c.files["a.txt"].owner, "alice");
+    assert_eq!(c.ns.files["a.txt"].version.counter, 2);
+    assert_eq!(c.ns.files["a.txt"].owner, "alice");
     let e = send(
         &mut c,
         1,
@@ -147,7 +147,7 @@ fn changed_and_removed_update_the_record() {
             copies: None
         }
     );
-    assert!(c.files.is_empty());
+    assert!(c.ns.files.is_empty());
     let e = send(
         &mut c,
         1,

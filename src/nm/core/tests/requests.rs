@@ -80,7 +80,7 @@ fn access_requests_grant_exactly_what_was_asked_and_ids_never_repeat() {
         only_reply(send(&mut c, 10, answer(3, false), 8)),
         Message::Done {}
     );
-    let access = &c.files["a.txt"].access;
+    let access = &c.ns.files["a.txt"].access;
     assert_eq!(access.get("bob"), Some(&false), "R grants read only");
     assert_eq!(access.get("carol"), Some(&true), "W grants read and write");
     assert_eq!(access.get("dave"), None, "a refused request grants nothing");
@@ -101,12 +101,12 @@ fn access_requests_grant_exactly_what_was_asked_and_ids_never_repeat() {
     assert!(c.take_batch().contains(&StoreOp::PutNextRequest(5)));
     // A restarted core continues the counter from what was stored.
     let loaded = Loaded {
-        requests: c.requests.clone(),
+        requests: c.ns.requests.clone(),
         next_request: 5,
         ..Loaded::default()
     };
     let mut c2 = Core::new(c.cfg.clone(), ClusterKey::from_bytes(KEY), loaded);
-    assert_eq!(c2.next_request, 5);
+    assert_eq!(c2.ns.next_request, 5);
     c2.drop_requests_for("a.txt");
-    assert!(c2.requests.is_empty());
+    assert!(c2.ns.requests.is_empty());
 }
