@@ -253,16 +253,8 @@ pub struct Core {
     batch: Vec<StoreOp>,
     /// Pairs: primary name to backup name (durable).
     pairs: BTreeMap<String, String>,
-    /// Replication jobs by key (durable; the channel only dispatches them).
-    repl: jobtable::JobTable,
-    /// Replication jobs handed to the workers: job id to key and what was dispatched (their
-    /// keys are marked running in `repl`, so one key is never dispatched twice at once).
-    running: HashMap<JobId, (String, Want)>,
-    /// Sync-mode answers waiting for a job, by job key.
-    sync_waits: HashMap<String, Vec<SyncWait>>,
-    /// Uploads staged on a job's target while they arrived, by job key: the version staged
-    /// and the stage's id there (see `ss/server/staging.rs`; memory only).
-    stages: HashMap<String, (Version, String)>,
+    /// The replication queue: durable jobs, those running, sync waits, staged uploads.
+    q: queue::Queue,
     /// FSCK pages waiting for their servers' checks.
     fsck: fsck::Runs,
     /// Pair states by primary (durable).
@@ -383,10 +375,12 @@ impl Core {
             out: Vec::new(),
             batch: Vec::new(),
             pairs: loaded.pairs,
-            repl: jobtable::JobTable::new(jobs),
-            running: HashMap::new(),
-            sync_waits: HashMap::new(),
-            stages: HashMap::new(),
+            q: queue::Queue {
+                repl: jobtable::JobTable::new(jobs),
+                running: HashMap::new(),
+                sync_waits: HashMap::new(),
+                stages: HashMap::new(),
+            },
             fsck: fsck::Runs::default(),
             pair_states,
         }
@@ -488,7 +482,8 @@ impl Core {
             .chain(self.introducing.values().copied())
             .chain(self.next_repl_deadline_ms())
             .chain(
-                self.sync_waits
+                self.q
+                    .sync_waits
                     .values()
                     .flat_map(|w| w.iter().map(|x| x.deadline_ms)),
             )
@@ -649,12 +644,12 @@ impl Core {
     /// Puts the parked job rows of `file` (owed to either member of `pair`) back in the job
     /// index. Free when nothing is parked, as on every READ's access-time update.
     fn unpark_file(&mut self, pair: &str, file: &str) {
-        if !self.repl.has_parked() {
+        if !self.q.repl.has_parked() {
             return;
         }
         for m in [Member::Primary, Member::Backup] {
             if let Some(n) = self.member_name(pair, m) {
-                self.repl.unpark(&job_key(&n, file));
+                self.q.repl.unpark(&job_key(&n, file));
             }
         }
     }

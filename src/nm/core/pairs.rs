@@ -171,7 +171,7 @@ impl Core {
                 "{ss} is down; it is recovered when it registers again"
             )));
         }
-        for k in self.repl.keys_for(ss) {
+        for k in self.q.repl.keys_for(ss) {
             self.retry_job_now(&k, now_ms);
         }
         let files: Vec<String> = self

@@ -12,6 +12,20 @@
 
 use super::*;
 
+/// The replication queue's state.
+pub(super) struct Queue {
+    /// Replication jobs by key (durable; the channel only dispatches them).
+    pub(super) repl: jobtable::JobTable,
+    /// Replication jobs handed to the workers: job id to key and what was dispatched (their
+    /// keys are marked running in `repl`, so one key is never dispatched twice at once).
+    pub(super) running: HashMap<JobId, (String, Want)>,
+    /// Sync-mode answers waiting for a job, by job key.
+    pub(super) sync_waits: HashMap<String, Vec<SyncWait>>,
+    /// Uploads staged on a job's target while they arrived, by job key: the version staged
+    /// and the stage's id there (see `ss/server/staging.rs`; memory only).
+    pub(super) stages: HashMap<String, (Version, String)>,
+}
+
 impl Core {
     /// Writes (or rewrites) the job owing `want` of `file` to `target`; the row goes into the
     /// same batch as the change it follows.
@@ -31,8 +45,9 @@ impl Core {
     ) {
         let key = job_key(target, file);
         // A staged upload stands only for the change that reported it (noted after this).
-        self.stages.remove(&key);
+        self.q.stages.remove(&key);
         let old = self
+            .q
             .repl
             .get(&key)
             .map(|j| (j.since_ms, j.want, j.quarantine));
@@ -66,7 +81,7 @@ impl Core {
             since_ms,
         };
         self.batch.push(StoreOp::PutJob(job.clone()));
-        self.repl.insert(key, job);
+        self.q.repl.insert(key, job);
     }
 
     /// Owes member `target` of `file`'s pair the file's current content (with `quarantine`,
@@ -98,7 +113,7 @@ impl Core {
             return Some(target);
         }
         self.upsert_job(&target, file, Want::Content { version }, now_ms);
-        let depth = self.repl.len() as u64;
+        let depth = self.q.repl.len() as u64;
         if write {
             log::info!(target: ev::NM_WRITE_REPLICATION_QUEUED, file = file, ss = target.as_str(),
                 version = version.to_string(), queued = depth;
@@ -135,14 +150,14 @@ impl Core {
         match target {
             Some(t) if self.sync_mode() => {
                 let key = job_key(&t, file);
-                let owed = self.repl.get(&key).map(|j| j.state);
+                let owed = self.q.repl.get(&key).map(|j| j.state);
                 if owed.is_none() {
                     // The backup already holds it.
                     self.release(waiter, true);
                 } else if !self.is_up(&t) || owed == Some(JobState::Failed) {
                     self.release(waiter, false);
                 } else {
-                    self.sync_waits.entry(key).or_default().push(SyncWait {
+                    self.q.sync_waits.entry(key).or_default().push(SyncWait {
                         waiter,
                         want,
                         deadline_ms: now_ms + SYNC_WAIT_MS,
@@ -182,7 +197,7 @@ impl Core {
         achieved: Option<Option<Version>>,
         failed: bool,
     ) {
-        let Some(waits) = self.sync_waits.remove(key) else {
+        let Some(waits) = self.q.sync_waits.remove(key) else {
             return;
         };
         let mut keep = Vec::new();
@@ -201,7 +216,7 @@ impl Core {
             }
         }
         if !keep.is_empty() {
-            self.sync_waits.insert(key.to_string(), keep);
+            self.q.sync_waits.insert(key.to_string(), keep);
         }
     }
 
@@ -209,6 +224,7 @@ impl Core {
     pub(super) fn target_down(&mut self, name: &str) {
         let prefix = format!("{name}\n");
         let keys: Vec<String> = self
+            .q
             .sync_waits
             .keys()
             .filter(|k| k.starts_with(&prefix))
@@ -231,7 +247,7 @@ impl Core {
     /// Sync waiters past their deadline are answered degraded; their jobs go on.
     pub(super) fn expire_waits(&mut self, now_ms: u64) {
         let mut late = Vec::new();
-        for waits in self.sync_waits.values_mut() {
+        for waits in self.q.sync_waits.values_mut() {
             waits.retain(|w| {
                 let keep = w.deadline_ms > now_ms;
                 if !keep {
@@ -240,7 +256,7 @@ impl Core {
                 keep
             });
         }
-        self.sync_waits.retain(|_, w| !w.is_empty());
+        self.q.sync_waits.retain(|_, w| !w.is_empty());
         for w in late {
             self.release(w, false);
         }
@@ -248,12 +264,12 @@ impl Core {
 
     /// Sync waiters on a connection that closed are forgotten.
     pub(super) fn forget_waiter(&mut self, conn: ConnId) {
-        for waits in self.sync_waits.values_mut() {
+        for waits in self.q.sync_waits.values_mut() {
             waits.retain(|w| match w.waiter {
                 Waiter::Client(c) | Waiter::Changed(c, _) => c != conn,
             });
         }
-        self.sync_waits.retain(|_, w| !w.is_empty());
+        self.q.sync_waits.retain(|_, w| !w.is_empty());
     }
 
     /// Whether a pending job's servers are up (no allocation: this runs over every row).
@@ -270,7 +286,7 @@ impl Core {
     /// Makes a job row due now with a fresh count of attempts (RECOVER, or a FAILED row whose
     /// target registered again), durably.
     pub(super) fn retry_job_now(&mut self, key: &str, now_ms: u64) {
-        let j = self.repl.update(key, |j| {
+        let j = self.q.repl.update(key, |j| {
             j.state = JobState::Pending;
             j.attempts = 0;
             j.next_ms = now_ms;
@@ -328,16 +344,17 @@ impl Core {
     ) {
         let key = job_key(target, file);
         let owed = self
+            .q
             .repl
             .get(&key)
             .is_some_and(|j| j.want == Want::Content { version });
         if s.ss != target || !owed {
             return;
         }
-        if self.stages.len() >= MAX_STAGE_HINTS {
-            self.stages.clear();
+        if self.q.stages.len() >= MAX_STAGE_HINTS {
+            self.q.stages.clear();
         }
-        self.stages.insert(key, (version, s.id));
+        self.q.stages.insert(key, (version, s.id));
     }
 
     /// The transfer a ready job describes.
@@ -352,6 +369,7 @@ impl Core {
             }
         };
         let stage = self
+            .q
             .stages
             .get(&job.key())
             .filter(|(v, _)| job.want == Want::Content { version: *v })
@@ -373,20 +391,20 @@ impl Core {
     pub fn pump_replication(&mut self, now_ms: u64) {
         self.at(now_ms);
         let cap = self.cfg.max_repl_in_flight.max(1);
-        if self.running.len() >= cap {
+        if self.q.running.len() >= cap {
             return;
         }
         let mut picked = Vec::new();
         let mut obsolete = Vec::new();
         let mut sourceless = Vec::new();
         let mut later = Vec::new();
-        let targets: Vec<&String> = self.repl.targets().filter(|t| self.is_up(t)).collect();
+        let targets: Vec<&String> = self.q.repl.targets().filter(|t| self.is_up(t)).collect();
         'targets: for target in targets {
-            for k in self.repl.due_for(target, now_ms) {
-                if self.running.len() + picked.len() >= cap {
+            for k in self.q.repl.due_for(target, now_ms) {
+                if self.q.running.len() + picked.len() >= cap {
                     break 'targets;
                 }
-                let Some(j) = self.repl.get(k) else {
+                let Some(j) = self.q.repl.get(k) else {
                     continue;
                 };
                 let moot = match j.want {
@@ -409,15 +427,15 @@ impl Core {
             }
         }
         for k in sourceless {
-            self.repl.park(&k);
+            self.q.repl.park(&k);
         }
         for k in later {
-            self.repl.update(&k, |j| {
+            self.q.repl.update(&k, |j| {
                 j.next_ms = now_ms + replication::CHANNEL_FULL_RETRY_MS;
             });
         }
         for k in obsolete {
-            let Some(j) = self.repl.remove(&k) else {
+            let Some(j) = self.q.repl.remove(&k) else {
                 continue;
             };
             self.batch.push(StoreOp::DelJob(k.clone()));
@@ -436,16 +454,16 @@ impl Core {
             }
         }
         for k in picked {
-            let Some(t) = self.repl.get(&k).and_then(|j| self.transfer_for(j)) else {
+            let Some(t) = self.q.repl.get(&k).and_then(|j| self.transfer_for(j)) else {
                 continue;
             };
             let id = self.next_job;
             self.next_job += 1;
             log::info!(target: ev::REPLICATION_WORKER_QUEUED, file = t.file.as_str(),
-                ss = t.target.0.as_str(), queued = self.running.len() as u64 + 1;
-                "file={} replica={} queued={}", t.file, t.target.0, self.running.len() + 1);
-            self.running.insert(id, (k.clone(), t.want));
-            self.repl.set_running(&k, true);
+                ss = t.target.0.as_str(), queued = self.q.running.len() as u64 + 1;
+                "file={} replica={} queued={}", t.file, t.target.0, self.q.running.len() + 1);
+            self.q.running.insert(id, (k.clone(), t.want));
+            self.q.repl.set_running(&k, true);
             self.out.push(Effect::Job(Job {
                 id,
                 kind: JobKind::Replicate(t),
@@ -455,13 +473,14 @@ impl Core {
 
     /// The earliest time a waiting job becomes due (only jobs whose target is up).
     pub(super) fn next_repl_deadline_ms(&self) -> Option<u64> {
-        if self.running.len() >= self.cfg.max_repl_in_flight.max(1) {
+        if self.q.running.len() >= self.cfg.max_repl_in_flight.max(1) {
             return None;
         }
-        self.repl
+        self.q
+            .repl
             .targets()
             .filter(|t| self.is_up(t))
-            .filter_map(|t| self.repl.first_due(t))
+            .filter_map(|t| self.q.repl.first_due(t))
             .min()
     }
 
@@ -469,13 +488,13 @@ impl Core {
     /// dispatched again shortly, without counting as an attempt. False if `id` is not one.
     pub fn on_dispatch_full(&mut self, id: JobId, now_ms: u64) -> bool {
         self.at(now_ms);
-        let Some((key, _)) = self.running.remove(&id) else {
+        let Some((key, _)) = self.q.running.remove(&id) else {
             return false;
         };
-        self.repl.update(&key, |j| {
+        self.q.repl.update(&key, |j| {
             j.next_ms = now_ms + replication::CHANNEL_FULL_RETRY_MS;
         });
-        self.repl.set_running(&key, false);
+        self.q.repl.set_running(&key, false);
         true
     }
 
@@ -487,16 +506,17 @@ impl Core {
         result: Result<JobOutput, WireError>,
         now_ms: u64,
     ) {
-        self.repl.set_running(&key, false);
+        self.q.repl.set_running(&key, false);
         // A stage is used by one attempt (which falls back to sending the content itself).
         if self
+            .q
             .stages
             .get(&key)
             .is_some_and(|(v, _)| sent == Want::Content { version: *v })
         {
-            self.stages.remove(&key);
+            self.q.stages.remove(&key);
         }
-        let Some(job) = self.repl.get(&key).cloned() else {
+        let Some(job) = self.q.repl.get(&key).cloned() else {
             return;
         };
         match result {
@@ -512,7 +532,7 @@ impl Core {
                 }
                 match job.want {
                     Want::Content { version } if state.version >= version => {
-                        self.repl.remove(&key);
+                        self.q.repl.remove(&key);
                         self.batch.push(StoreOp::DelJob(key.clone()));
                         self.job_done(&job.target);
                         self.settle_waits(&key, Some(Some(state.version)), false);
@@ -535,7 +555,7 @@ impl Core {
             }
             Ok(JobOutput::Replicated(Outcome::Deleted)) => match job.want {
                 Want::Delete => {
-                    self.repl.remove(&key);
+                    self.q.repl.remove(&key);
                     self.batch.push(StoreOp::DelJob(key.clone()));
                     self.job_done(&job.target);
                     self.settle_waits(&key, Some(None), false);
@@ -558,7 +578,7 @@ impl Core {
     }
 
     pub(super) fn repl_failed(&mut self, key: &str, error: String, now_ms: u64) {
-        let j = self.repl.update(key, |j| {
+        let j = self.q.repl.update(key, |j| {
             j.attempts += 1;
             j.last_error = Some(error);
             if j.attempts >= replication::MAX_ATTEMPTS {
@@ -601,11 +621,13 @@ impl Core {
             return;
         };
         let failed: Vec<String> = self
+            .q
             .repl
             .keys_for(&name)
             .into_iter()
             .filter(|k| {
-                self.repl
+                self.q
+                    .repl
                     .get(k)
                     .is_some_and(|j| j.state == JobState::Failed)
             })
@@ -654,8 +676,8 @@ impl Core {
                     r.set_held(m, Some(rec.version));
                     self.put_file(f, r);
                 }
-                if self.repl.contains_key(&key) && !self.repl.is_running(&key) {
-                    self.repl.remove(&key);
+                if self.q.repl.contains_key(&key) && !self.q.repl.is_running(&key) {
+                    self.q.repl.remove(&key);
                     self.batch.push(StoreOp::DelJob(key));
                 }
                 continue;
@@ -671,8 +693,8 @@ impl Core {
                 let mut r = rec.clone();
                 r.apply_change(m, st);
                 self.put_file(f, r);
-                if self.repl.contains_key(&key) && !self.repl.is_running(&key) {
-                    self.repl.remove(&key);
+                if self.q.repl.contains_key(&key) && !self.q.repl.is_running(&key) {
+                    self.q.repl.remove(&key);
                     self.batch.push(StoreOp::DelJob(key));
                 }
                 if let Some(other) = self.member_name(primary, m.other()) {
@@ -725,6 +747,7 @@ impl Core {
                     // row owing it the removal: that row does it. Otherwise the copy was never
                     // acknowledged: set aside, never silently removed.
                     let owed = self
+                        .q
                         .repl
                         .get(&job_key(&name, f))
                         .is_some_and(|j| j.want == Want::Delete && !j.quarantine);

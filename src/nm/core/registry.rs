@@ -107,12 +107,12 @@ impl Core {
         );
         // A server empties its `tmp/` at start: no stage noted for it survives.
         let prefix = job_key(&name, "");
-        self.stages.retain(|k, _| !k.starts_with(&prefix));
+        self.q.stages.retain(|k, _| !k.starts_with(&prefix));
         self.push_partner(&name);
         self.advance_pairs(now_ms);
         self.push_all_folders(&name);
         // A server is up again: jobs parked for want of a source may have one now.
-        self.repl.unpark_all();
+        self.q.repl.unpark_all();
         for f in released {
             self.next_for_file(&f, now_ms);
         }
@@ -496,6 +496,6 @@ impl Core {
 
     /// Jobs owed to `target` (pending or failed), and whether one of them is running.
     pub(super) fn owed_to(&self, target: &str) -> (u64, bool) {
-        (self.repl.owed_to(target), self.repl.running_for(target))
+        (self.q.repl.owed_to(target), self.q.repl.running_for(target))
     }
 }

@@ -22,7 +22,8 @@ use super::*;
 impl Core {
     /// Whether a row owes `target` the removal of `file` (waiting, running or FAILED).
     pub(super) fn removal_owed(&self, target: &str, file: &str) -> bool {
-        self.repl
+        self.q
+            .repl
             .get(&job_key(target, file))
             .is_some_and(|j| j.want == Want::Delete)
     }
@@ -51,13 +52,13 @@ impl Core {
         now_ms: u64,
     ) -> Result<(), WireError> {
         let key = job_key(writer, file);
-        let running = self.repl.is_running(&key);
+        let running = self.q.repl.is_running(&key);
         let waiting = !running && self.removal_owed(writer, file);
         if !running && !waiting {
             return Ok(());
         }
         if waiting {
-            let j = self.repl.update(&key, |j| {
+            let j = self.q.repl.update(&key, |j| {
                 if j.state == JobState::Failed {
                     j.state = JobState::Pending;
                     j.attempts = 0;

@@ -41,7 +41,7 @@ impl Core {
             "roles": roles,
             "pairs": pairs,
             "queue_depth": queue_depth,
-            "replication_in_flight": self.running.len(),
+            "replication_in_flight": self.q.running.len(),
             "failed": failed,
             "failed_total": failed_total,
             "totals": {
@@ -90,7 +90,7 @@ impl Core {
         }
         let mut owed_to: HashMap<&str, Owed> = HashMap::new();
         let (mut queue_depth, mut failed_total, mut failed) = (0u64, 0u64, Vec::new());
-        for j in self.repl.values() {
+        for j in self.q.repl.values() {
             let o = owed_to.entry(j.target.as_str()).or_default();
             o.jobs += 1;
             if matches!(j.want, Want::Content { .. }) {
