@@ -241,14 +241,12 @@ pub struct Core {
     ns: namespace::Namespace,
     servers: BTreeMap<String, ServerLive>,
     peers: HashMap<ConnId, Peer>,
-    /// Files with an NM-initiated operation in flight, and the requests waiting behind it.
-    busy_files: HashMap<String, VecDeque<Pending>>,
-    jobs: HashMap<JobId, InFlight>,
+    /// Operations in flight: busy files and their waiting requests, worker jobs.
+    ops: ops::InFlightOps,
     /// Connections that have not finished HELLO or registration, with their deadline.
     introducing: HashMap<ConnId, u64>,
     /// The address each connection came from (set by the event loop after `on_connect`).
     origins: HashMap<ConnId, addr::Origin>,
-    next_job: JobId,
     out: Vec<Effect>,
     batch: Vec<StoreOp>,
     /// Pairs: primary name to backup name (durable).
@@ -367,11 +365,13 @@ impl Core {
             proof_nonces: NonceMemory::new(MAX_LIVE_PROOFS),
             servers,
             peers: HashMap::new(),
-            busy_files,
-            jobs: HashMap::new(),
+            ops: ops::InFlightOps {
+                busy_files,
+                jobs: HashMap::new(),
+                next_job: 1,
+            },
             introducing: HashMap::new(),
             origins: HashMap::new(),
-            next_job: 1,
             out: Vec::new(),
             batch: Vec::new(),
             pairs: loaded.pairs,
@@ -419,7 +419,7 @@ impl Core {
 
     /// Jobs handed out and not yet answered.
     pub fn jobs_in_flight(&self) -> usize {
-        self.jobs.len()
+        self.ops.jobs.len()
     }
 
     /// A new connection was accepted.
@@ -667,10 +667,10 @@ impl Core {
     }
 
     fn new_job(&mut self, kind: JobKind, flight: InFlight) {
-        let id = self.next_job;
-        self.next_job += 1;
+        let id = self.ops.next_job;
+        self.ops.next_job += 1;
         let durable_first = matches!(flight.purpose, Purpose::Move { .. });
-        self.jobs.insert(id, flight);
+        self.ops.jobs.insert(id, flight);
         let job = Job { id, kind };
         self.out.push(if durable_first {
             Effect::DurableJob(job)

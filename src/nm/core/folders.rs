@@ -89,7 +89,7 @@ impl Core {
                 names::display(&canon)
             )));
         }
-        if self.busy_files.contains_key(&canon) {
+        if self.ops.busy_files.contains_key(&canon) {
             // A CREATE or MOVE to that name is in flight.
             return Err(err::locked(format!(
                 "another operation on {} is in progress; try again",
@@ -238,7 +238,7 @@ impl Core {
                 names::display(&to)
             )));
         }
-        if self.busy_files.contains_key(&to) {
+        if self.ops.busy_files.contains_key(&to) {
             return Err(err::locked(format!(
                 "another operation on {} is in progress; try again",
                 names::display(&to)
@@ -382,7 +382,8 @@ impl Core {
 
     /// Whether this run's MOVE of `from` is still waiting for its storage server.
     fn move_in_flight(&self, from: &str) -> bool {
-        self.jobs
+        self.ops
+            .jobs
             .values()
             .any(|f| f.file == from && matches!(f.purpose, Purpose::Move { .. }))
     }

@@ -10,6 +10,16 @@
 
 use super::*;
 
+/// The operations in flight.
+pub(super) struct InFlightOps {
+    /// Files with an NM-initiated operation in flight, and the requests waiting behind it.
+    pub(super) busy_files: HashMap<String, VecDeque<Pending>>,
+    /// Worker jobs handed out and not yet answered.
+    pub(super) jobs: HashMap<JobId, InFlight>,
+    /// The next worker job's id.
+    pub(super) next_job: JobId,
+}
+
 impl Core {
     /// CREATE, DELETE and UNDO: one NM-initiated operation per file at a time; later ones wait
     /// in a small bounded queue and are decided when their turn comes.
@@ -28,7 +38,7 @@ impl Core {
             Ok(c) => c,
             Err(e) => return self.fail(conn, e),
         };
-        if let Some(q) = self.busy_files.get_mut(&canon) {
+        if let Some(q) = self.ops.busy_files.get_mut(&canon) {
             if q.len() >= MAX_WAITING_PER_FILE {
                 return self.fail(
                     conn,
@@ -69,10 +79,10 @@ impl Core {
         };
         match started {
             Ok((kind, purpose)) => {
-                self.busy_files.entry(canon.to_string()).or_default();
+                self.ops.busy_files.entry(canon.to_string()).or_default();
                 if let Purpose::Move { to } = &purpose {
                     // The new name is taken while the move runs: a CREATE of it waits.
-                    self.busy_files.entry(to.clone()).or_default();
+                    self.ops.busy_files.entry(to.clone()).or_default();
                 }
                 self.set_busy(p.conn, true);
                 let fence = change_fence(&kind);
@@ -201,7 +211,7 @@ impl Core {
             self.on_repl_result(key, sent, result, now_ms);
             return self.pump_replication(now_ms);
         }
-        let Some(flight) = self.jobs.remove(&id) else {
+        let Some(flight) = self.ops.jobs.remove(&id) else {
             return;
         };
         if let Purpose::Fsck { run, ss } = flight.purpose {
@@ -553,13 +563,13 @@ impl Core {
 
     /// Starts the next waiting request on a file whose operation just finished.
     pub(super) fn next_for_file(&mut self, file: &str, now_ms: u64) {
-        let mut waiting = self.busy_files.remove(file).unwrap_or_default();
+        let mut waiting = self.ops.busy_files.remove(file).unwrap_or_default();
         while let Some(p) = waiting.pop_front() {
             if !self.peers.contains_key(&p.conn) {
                 continue;
             }
             self.start_serialised(file, p, now_ms);
-            if let Some(q) = self.busy_files.get_mut(file) {
+            if let Some(q) = self.ops.busy_files.get_mut(file) {
                 // A job started: the rest wait for it.
                 q.extend(waiting);
                 return;

@@ -415,7 +415,7 @@ impl Core {
                 };
                 if moot {
                     obsolete.push(k.clone());
-                } else if j.want == Want::Delete && self.busy_files.contains_key(&j.file) {
+                } else if j.want == Want::Delete && self.ops.busy_files.contains_key(&j.file) {
                     // A CREATE or MOVE of that name may be on its way to the target: the
                     // removal waits for it, then is moot if it made the name again there.
                     later.push(k.clone());
@@ -457,8 +457,8 @@ impl Core {
             let Some(t) = self.q.repl.get(&k).and_then(|j| self.transfer_for(j)) else {
                 continue;
             };
-            let id = self.next_job;
-            self.next_job += 1;
+            let id = self.ops.next_job;
+            self.ops.next_job += 1;
             log::info!(target: ev::REPLICATION_WORKER_QUEUED, file = t.file.as_str(),
                 ss = t.target.0.as_str(), queued = self.q.running.len() as u64 + 1;
                 "file={} replica={} queued={}", t.file, t.target.0, self.q.running.len() + 1);

@@ -49,7 +49,7 @@ impl Core {
                 "users": self.ns.users.len(),
                 "servers_up": self.servers.values().filter(|s| s.up).count(),
                 "servers": self.servers.len(),
-                "jobs_in_flight": self.jobs.len(),
+                "jobs_in_flight": self.ops.jobs.len(),
             }
         })
         .to_string()
