@@ -235,22 +235,14 @@ pub struct Core {
     env: Env,
     /// The latest monotonic time the core was given.
     now_ms: u64,
-    /// Registration proofs already used: a captured REGISTER cannot be replayed.
-    proof_nonces: NonceMemory,
+    /// Storage servers, connections and pairs.
+    reg: registry::Registry,
     /// Users, files, folders, access requests and unsettled moves (durable).
     ns: namespace::Namespace,
-    servers: BTreeMap<String, ServerLive>,
-    peers: HashMap<ConnId, Peer>,
     /// Operations in flight: busy files and their waiting requests, worker jobs.
     ops: ops::InFlightOps,
-    /// Connections that have not finished HELLO or registration, with their deadline.
-    introducing: HashMap<ConnId, u64>,
-    /// The address each connection came from (set by the event loop after `on_connect`).
-    origins: HashMap<ConnId, addr::Origin>,
     out: Vec<Effect>,
     batch: Vec<StoreOp>,
-    /// Pairs: primary name to backup name (durable).
-    pairs: BTreeMap<String, String>,
     /// The replication queue: durable jobs, those running, sync waits, staged uploads.
     q: queue::Queue,
     /// FSCK pages waiting for their servers' checks.
@@ -362,19 +354,21 @@ impl Core {
             },
             cfg,
             key,
-            proof_nonces: NonceMemory::new(MAX_LIVE_PROOFS),
-            servers,
-            peers: HashMap::new(),
+            reg: registry::Registry {
+                proof_nonces: NonceMemory::new(MAX_LIVE_PROOFS),
+                servers,
+                peers: HashMap::new(),
+                introducing: HashMap::new(),
+                origins: HashMap::new(),
+                pairs: loaded.pairs,
+            },
             ops: ops::InFlightOps {
                 busy_files,
                 jobs: HashMap::new(),
                 next_job: 1,
             },
-            introducing: HashMap::new(),
-            origins: HashMap::new(),
             out: Vec::new(),
             batch: Vec::new(),
-            pairs: loaded.pairs,
             q: queue::Queue {
                 repl: jobtable::JobTable::new(jobs),
                 running: HashMap::new(),
@@ -399,14 +393,17 @@ impl Core {
     /// True while a client's request is being worked on; its next frame must wait, so replies
     /// stay in request order.
     pub fn is_busy(&self, conn: ConnId) -> bool {
-        matches!(self.peers.get(&conn), Some(Peer::Client { busy: true, .. }))
+        matches!(
+            self.reg.peers.get(&conn),
+            Some(Peer::Client { busy: true, .. })
+        )
     }
 
     /// True once `conn` proved who it is: a client past WELCOME, or a storage server whose
     /// registration proof was checked. Only such peers may hold frame budget.
     pub fn is_introduced(&self, conn: ConnId) -> bool {
         matches!(
-            self.peers.get(&conn),
+            self.reg.peers.get(&conn),
             Some(Peer::Client { .. } | Peer::Registering(_) | Peer::Server { .. })
         )
     }
@@ -414,7 +411,7 @@ impl Core {
     /// True for a registered storage server's connection: its liveness is judged by its
     /// heartbeats, never by idling.
     pub fn is_storage_server(&self, conn: ConnId) -> bool {
-        matches!(self.peers.get(&conn), Some(Peer::Server { .. }))
+        matches!(self.reg.peers.get(&conn), Some(Peer::Server { .. }))
     }
 
     /// Jobs handed out and not yet answered.
@@ -425,8 +422,9 @@ impl Core {
     /// A new connection was accepted.
     pub fn on_connect(&mut self, conn: ConnId, now_ms: u64) {
         self.at(now_ms);
-        self.peers.insert(conn, Peer::Unknown);
-        self.introducing
+        self.reg.peers.insert(conn, Peer::Unknown);
+        self.reg
+            .introducing
             .insert(conn, now_ms + INTRODUCTION_TIMEOUT_MS);
     }
 
@@ -434,19 +432,19 @@ impl Core {
     /// listens on a wildcard address is reached at the address its registration came from
     /// (`crate::addr::reachable_host`).
     pub fn on_peer_addr(&mut self, conn: ConnId, origin: addr::Origin) {
-        self.origins.insert(conn, origin);
+        self.reg.origins.insert(conn, origin);
     }
 
     /// A connection closed (by the peer, an error, or us).
     pub fn on_close(&mut self, conn: ConnId, now_ms: u64) {
         self.at(now_ms);
-        self.introducing.remove(&conn);
-        self.origins.remove(&conn);
+        self.reg.introducing.remove(&conn);
+        self.reg.origins.remove(&conn);
         self.forget_waiter(conn);
         self.fsck.forget(conn);
-        if let Some(Peer::Server { name }) = self.peers.remove(&conn) {
+        if let Some(Peer::Server { name }) = self.reg.peers.remove(&conn) {
             let mut went_down = false;
-            if let Some(s) = self.servers.get_mut(&name) {
+            if let Some(s) = self.reg.servers.get_mut(&name) {
                 if s.conn == Some(conn) {
                     s.conn = None;
                     if s.up {
@@ -467,6 +465,7 @@ impl Core {
     /// The earliest time [`Core::tick`] has something to do.
     pub fn next_deadline_ms(&self) -> Option<u64> {
         let heartbeats = self
+            .reg
             .servers
             .values()
             .filter(|s| s.up)
@@ -479,7 +478,7 @@ impl Core {
             .map(|p| p.switch_at_ms);
         heartbeats
             .chain(switches)
-            .chain(self.introducing.values().copied())
+            .chain(self.reg.introducing.values().copied())
             .chain(self.next_repl_deadline_ms())
             .chain(
                 self.q
@@ -495,13 +494,14 @@ impl Core {
     pub fn tick(&mut self, now_ms: u64) {
         self.at(now_ms);
         let late: Vec<ConnId> = self
+            .reg
             .introducing
             .iter()
             .filter(|(_, d)| now_ms >= **d)
             .map(|(c, _)| *c)
             .collect();
         for conn in late {
-            self.introducing.remove(&conn);
+            self.reg.introducing.remove(&conn);
             self.refuse_and_close(
                 conn,
                 err::timeout("no HELLO or registration in time; closing"),
@@ -509,7 +509,7 @@ impl Core {
         }
         let timeout = self.cfg.heartbeat_timeout_ms;
         let mut down = Vec::new();
-        for (name, s) in self.servers.iter_mut() {
+        for (name, s) in self.reg.servers.iter_mut() {
             let silent = s.last_heartbeat_ms.is_some_and(|t| now_ms >= t + timeout);
             if s.up && silent {
                 s.up = false;
@@ -600,7 +600,7 @@ impl Core {
     }
 
     fn fail(&mut self, conn: ConnId, e: WireError) {
-        if let Some(Peer::Client { user, .. }) = self.peers.get(&conn) {
+        if let Some(Peer::Client { user, .. }) = self.reg.peers.get(&conn) {
             log::info!(target: ev::NM_REQUEST_ERROR, user = user.as_str(), code = e.code.as_str();
                 "{}", e.msg);
         }
@@ -613,7 +613,7 @@ impl Core {
     }
 
     fn set_busy(&mut self, conn: ConnId, value: bool) {
-        if let Some(Peer::Client { busy, .. }) = self.peers.get_mut(&conn) {
+        if let Some(Peer::Client { busy, .. }) = self.reg.peers.get_mut(&conn) {
             *busy = value;
         }
     }
@@ -627,10 +627,10 @@ impl Core {
     fn put_file(&mut self, file: &str, rec: FileRecord) {
         let old_ss = self.ns.files.get(file).map(|r| r.ss.clone());
         if old_ss.as_deref() != Some(rec.ss.as_str()) {
-            if let Some(s) = old_ss.and_then(|o| self.servers.get_mut(&o)) {
+            if let Some(s) = old_ss.and_then(|o| self.reg.servers.get_mut(&o)) {
                 s.files = s.files.saturating_sub(1);
             }
-            if let Some(s) = self.servers.get_mut(&rec.ss) {
+            if let Some(s) = self.reg.servers.get_mut(&rec.ss) {
                 s.files += 1;
             }
         }
@@ -656,7 +656,7 @@ impl Core {
 
     fn del_file(&mut self, file: &str) {
         if let Some(rec) = self.ns.files.remove(file) {
-            if let Some(s) = self.servers.get_mut(&rec.ss) {
+            if let Some(s) = self.reg.servers.get_mut(&rec.ss) {
                 s.files = s.files.saturating_sub(1);
             }
             // A parked content row of the file is moot now: back in the index, the pump drops
@@ -683,10 +683,10 @@ impl Core {
     pub fn on_frame(&mut self, conn: ConnId, frame: Frame, now_ms: u64) {
         self.at(now_ms);
         let msg = frame.msg;
-        let peer = self.peers.remove(&conn).unwrap_or(Peer::Unknown);
+        let peer = self.reg.peers.remove(&conn).unwrap_or(Peer::Unknown);
         match peer {
             Peer::Unknown => {
-                self.peers.insert(conn, Peer::Unknown);
+                self.reg.peers.insert(conn, Peer::Unknown);
                 match msg {
                     Message::Hello { user } => self.hello(conn, user),
                     Message::ResetUser { user, proof } => self.reset_user(conn, &user, &proof),
@@ -708,7 +708,7 @@ impl Core {
                             backup_of: backup_of.as_deref(),
                         };
                         let checked = self.key.check_proof(&claim, &proof).and_then(|()| {
-                            self.proof_nonces.use_once(
+                            self.reg.proof_nonces.use_once(
                                 &proof.nonce,
                                 proof.ts_ms + PROOF_SKEW_MS,
                                 "registration proof",
@@ -719,7 +719,7 @@ impl Core {
                                 "refused registration of {name}: {}", e.msg);
                             return self.refuse_and_close(conn, e);
                         }
-                        let from = self.origins.get(&conn).copied();
+                        let from = self.reg.origins.get(&conn).copied();
                         let host = match addr::reachable_host(&name, &host, from) {
                             addr::Reachable::AsGiven => host,
                             addr::Reachable::Corrected(seen) => {
@@ -734,6 +734,7 @@ impl Core {
                             }
                         };
                         if self
+                            .reg
                             .servers
                             .get(&name)
                             .is_some_and(|s| s.up && s.conn.is_some())
@@ -761,7 +762,9 @@ impl Core {
                             expected: file_count,
                             files: Vec::new(),
                         };
-                        self.peers.insert(conn, Peer::Registering(Box::new(reg)));
+                        self.reg
+                            .peers
+                            .insert(conn, Peer::Registering(Box::new(reg)));
                     }
                     other => self.refuse_and_close(
                         conn,
@@ -773,7 +776,7 @@ impl Core {
                 }
             }
             Peer::Challenged { user, nonce } => {
-                self.peers.insert(conn, Peer::Unknown);
+                self.reg.peers.insert(conn, Peer::Unknown);
                 match msg {
                     Message::Prove { key, sig } => self.prove(conn, user, &nonce, key, &sig),
                     other => self.refuse_and_close(
@@ -783,7 +786,7 @@ impl Core {
                 }
             }
             Peer::Client { user, busy } => {
-                self.peers.insert(
+                self.reg.peers.insert(
                     conn,
                     Peer::Client {
                         user: user.clone(),
@@ -801,7 +804,7 @@ impl Core {
                         );
                     } else {
                         reg.files.extend(files);
-                        self.peers.insert(conn, Peer::Registering(reg));
+                        self.reg.peers.insert(conn, Peer::Registering(reg));
                     }
                 }
                 Message::RegisterEnd {} => self.finish_register(conn, *reg, now_ms),
@@ -814,7 +817,9 @@ impl Core {
                 ),
             },
             Peer::Server { name } => {
-                self.peers.insert(conn, Peer::Server { name: name.clone() });
+                self.reg
+                    .peers
+                    .insert(conn, Peer::Server { name: name.clone() });
                 self.server_message(conn, &name, msg, now_ms);
             }
         }

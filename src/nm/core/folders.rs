@@ -105,6 +105,7 @@ impl Core {
         }
         self.put_folder(&canon, user);
         let up: Vec<String> = self
+            .reg
             .servers
             .iter()
             .filter(|(_, s)| s.up)
@@ -119,7 +120,13 @@ impl Core {
     /// Sends `folders` (parents first) to storage server `ss` in SS_MKDIR calls of bounded
     /// size, on the worker pool.
     pub(super) fn push_folders(&mut self, ss: &str, folders: Vec<String>) {
-        let Some(addr) = self.servers.get(ss).filter(|s| s.up).map(|s| s.rec.addr()) else {
+        let Some(addr) = self
+            .reg
+            .servers
+            .get(ss)
+            .filter(|s| s.up)
+            .map(|s| s.rec.addr())
+        else {
             return;
         };
         for part in frame::paginate(folders, |f| 2 * f.len() + 4) {

@@ -168,7 +168,7 @@ impl Core {
         } else {
             Member::Backup
         };
-        let paired = self.pairs.contains_key(&rec.ss);
+        let paired = self.reg.pairs.contains_key(&rec.ss);
         Lineage {
             epoch_base: rec.epoch_base,
             adopts_newer: !paired || self.writer_member(&rec.ss) == m || !rec.holds(m.other()),
@@ -206,7 +206,7 @@ impl Core {
             }
         }
         if orphans {
-            for (name, s) in &self.servers {
+            for (name, s) in &self.reg.servers {
                 if s.up {
                     ask.entry(name.clone()).or_default();
                 }
@@ -223,7 +223,7 @@ impl Core {
         };
         let mut calls = Vec::new();
         for (ss, files) in ask {
-            match self.servers.get(&ss) {
+            match self.reg.servers.get(&ss) {
                 Some(s) if s.up => {
                     let scope = crate::auth::check_scope(&files, orphans);
                     let ticket = self.mint(NM_USER, &scope, TicketOp::Check, &ss, None);

@@ -210,7 +210,7 @@ impl Core {
 
     /// The live address of server `name`, or UNAVAILABLE for `file`.
     pub(super) fn live_addr_of(&self, name: &str, file: &str) -> Result<String, WireError> {
-        match self.servers.get(name) {
+        match self.reg.servers.get(name) {
             Some(s) if s.up => Ok(s.rec.addr()),
             _ => Err(no_live_copy(file)),
         }
@@ -229,7 +229,7 @@ impl Core {
         let Some(st) = self
             .pair_states
             .get(p)
-            .filter(|_| self.pairs.contains_key(p))
+            .filter(|_| self.reg.pairs.contains_key(p))
         else {
             return Ok((p.to_string(), self.live_addr_of(p, file)?, EPOCH));
         };
@@ -266,7 +266,7 @@ impl Core {
         avoid: Option<&str>,
     ) -> Result<(String, String), WireError> {
         let p = rec.ss.as_str();
-        if !self.pairs.contains_key(p) {
+        if !self.reg.pairs.contains_key(p) {
             if avoid == Some(p) {
                 return Err(no_live_copy(file));
             }

@@ -122,12 +122,13 @@ impl Core {
         // Pairs are named by their primaries; a pair takes the file if its writer may take
         // changes now (so CREATE goes on while a pair has one live member).
         let pick = self
+            .reg
             .servers
             .iter()
             .filter(|(n, _)| !self.is_backup(n))
             .filter_map(|(n, s)| {
                 let (w, epoch) = self.live_writer(n)?;
-                let addr = self.servers.get(&w)?.rec.addr();
+                let addr = self.reg.servers.get(&w)?.rec.addr();
                 Some(((s.files, n.clone()), (n.clone(), w, addr, epoch)))
             })
             .min_by(|a, b| a.0.cmp(&b.0))
@@ -276,7 +277,7 @@ impl Core {
             ) => {
                 let target = self.record_created(file, owner, &ss, member, &st, now_ms);
                 if then_upload {
-                    let user = match self.peers.get(&conn) {
+                    let user = match self.reg.peers.get(&conn) {
                         Some(Peer::Client { user, .. }) => user.clone(),
                         _ => String::new(),
                     };
@@ -565,7 +566,7 @@ impl Core {
     pub(super) fn next_for_file(&mut self, file: &str, now_ms: u64) {
         let mut waiting = self.ops.busy_files.remove(file).unwrap_or_default();
         while let Some(p) = waiting.pop_front() {
-            if !self.peers.contains_key(&p.conn) {
+            if !self.reg.peers.contains_key(&p.conn) {
                 continue;
             }
             self.start_serialised(file, p, now_ms);

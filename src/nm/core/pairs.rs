@@ -24,9 +24,9 @@ impl Core {
     ///   primary takes over at the same bound as any failover.
     pub fn advance_pairs(&mut self, now_ms: u64) {
         self.at(now_ms);
-        let primaries: Vec<String> = self.pairs.keys().cloned().collect();
+        let primaries: Vec<String> = self.reg.pairs.keys().cloned().collect();
         for p in primaries {
-            let Some(b) = self.pairs.get(&p).cloned() else {
+            let Some(b) = self.reg.pairs.get(&p).cloned() else {
                 continue;
             };
             let Some(mut st) = self.pair_states.get(&p).cloned() else {
@@ -42,12 +42,13 @@ impl Core {
             };
             let w = name_of(st.writer);
             let o = name_of(st.writer.other());
-            let lease_end = |c: &Core, n: &str| c.servers.get(n).map_or(0, |s| s.lease_until_ms);
+            let lease_end =
+                |c: &Core, n: &str| c.reg.servers.get(n).map_or(0, |s| s.lease_until_ms);
             let mut pushes: Vec<String> = Vec::new();
             match st.phase {
                 // A writer never registered (a backup that started first) has no lease and
                 // no files to fail over.
-                Phase::Serving if !self.is_up(&w) && self.servers.contains_key(&w) => {
+                Phase::Serving if !self.is_up(&w) && self.reg.servers.contains_key(&w) => {
                     st.phase = Phase::FailingOver;
                     // After a restart, members get one heartbeat timeout to register again
                     // before anyone is promoted.
@@ -144,7 +145,7 @@ impl Core {
             return;
         }
         st.switch_at_ms = now_ms;
-        if let Some(s) = self.servers.get_mut(name) {
+        if let Some(s) = self.reg.servers.get_mut(name) {
             s.lease_until_ms = now_ms;
         }
         self.advance_pairs(now_ms);
@@ -155,7 +156,7 @@ impl Core {
     /// Returns the jobs owed to it.
     pub(super) fn recover(&mut self, ss: &str, now_ms: u64) -> Result<u64, WireError> {
         names::validate_user(ss)?;
-        if !self.servers.contains_key(ss) {
+        if !self.reg.servers.contains_key(ss) {
             return Err(err::not_found(format!(
                 "No storage server named {}",
                 names::show(ss)
@@ -193,14 +194,16 @@ impl Core {
 
     /// Records `primary → backup` unless the primary already has a backup.
     pub(super) fn pair_up(&mut self, primary: &str, backup: &str) {
-        match self.pairs.get(primary) {
+        match self.reg.pairs.get(primary) {
             Some(b) if b == backup => {}
             Some(b) => {
                 log::warn!(target: ev::REPLICATION_ASSIGN, ss = backup;
                     "{backup} wants to back up {primary}, which already has {b}; left unpaired");
             }
             None => {
-                self.pairs.insert(primary.to_string(), backup.to_string());
+                self.reg
+                    .pairs
+                    .insert(primary.to_string(), backup.to_string());
                 self.batch
                     .push(StoreOp::PutPair(primary.to_string(), backup.to_string()));
                 if !self.pair_states.contains_key(primary) {

@@ -308,7 +308,7 @@ impl Core {
         let rec = self.ns.files.get(&job.file)?;
         let m = if job.target == rec.ss {
             Member::Primary
-        } else if self.pairs.get(&rec.ss) == Some(&job.target) {
+        } else if self.reg.pairs.get(&rec.ss) == Some(&job.target) {
             Member::Backup
         } else {
             return None;
@@ -323,11 +323,11 @@ impl Core {
         let p = rec.ss.as_str();
         let candidates = [
             (Member::Primary, Some(p)),
-            (Member::Backup, self.pairs.get(p).map(String::as_str)),
+            (Member::Backup, self.reg.pairs.get(p).map(String::as_str)),
         ];
         candidates.into_iter().find_map(|(m, n)| {
             let n = n?;
-            let s = self.servers.get(n)?;
+            let s = self.reg.servers.get(n)?;
             (n != job.target && s.up && rec.holds(m)).then_some((n, s))
         })
     }
@@ -359,7 +359,7 @@ impl Core {
 
     /// The transfer a ready job describes.
     pub(super) fn transfer_for(&self, job: &ReplJob) -> Option<Transfer> {
-        let t = self.servers.get(&job.target).filter(|s| s.up)?;
+        let t = self.reg.servers.get(&job.target).filter(|s| s.up)?;
         let target = (job.target.clone(), t.rec.addr());
         let source = match job.want {
             Want::Delete => None,

@@ -14,12 +14,29 @@
 
 use super::*;
 
+/// Storage servers, the connections to the name server, and the pairs.
+pub(super) struct Registry {
+    /// Registration proofs already used: a captured REGISTER cannot be replayed.
+    pub(super) proof_nonces: NonceMemory,
+    /// Every storage server ever registered (durable record, runtime state).
+    pub(super) servers: BTreeMap<String, ServerLive>,
+    /// What each connection is (unknown, a session, a registering or registered server).
+    pub(super) peers: HashMap<ConnId, Peer>,
+    /// Connections that have not finished HELLO or registration, with their deadline.
+    pub(super) introducing: HashMap<ConnId, u64>,
+    /// The address each connection came from (set by the event loop after `on_connect`).
+    pub(super) origins: HashMap<ConnId, addr::Origin>,
+    /// Pairs: primary name to backup name (durable).
+    pub(super) pairs: BTreeMap<String, String>,
+}
+
 impl Core {
     pub(super) fn finish_register(&mut self, conn: ConnId, reg: Registering, now_ms: u64) {
         let Registering {
             name, rec, files, ..
         } = reg;
         if self
+            .reg
             .servers
             .get(&name)
             .is_some_and(|s| s.up && s.conn.is_some())
@@ -31,20 +48,21 @@ impl Core {
                 )),
             );
         }
-        let known = self.servers.get(&name).map(|s| s.rec.clone());
+        let known = self.reg.servers.get(&name).map(|s| s.rec.clone());
         if known.as_ref() != Some(&rec) {
             self.batch
                 .push(StoreOp::PutServer(name.clone(), rec.clone()));
         }
-        let files_before = self.servers.get(&name).map(|s| s.files).unwrap_or(0);
-        let was_down = self.servers.get(&name).is_some_and(|s| !s.up);
+        let files_before = self.reg.servers.get(&name).map(|s| s.files).unwrap_or(0);
+        let was_down = self.reg.servers.get(&name).is_some_and(|s| !s.up);
         let lease_until_ms = self
+            .reg
             .servers
             .get(&name)
             .map_or(self.cfg.started_ms + self.cfg.lease_ms(), |s| {
                 s.lease_until_ms
             });
-        self.servers.insert(
+        self.reg.servers.insert(
             name.clone(),
             ServerLive {
                 rec: rec.clone(),
@@ -56,11 +74,12 @@ impl Core {
                 lease_until_ms,
             },
         );
-        self.introducing.remove(&conn);
+        self.reg.introducing.remove(&conn);
         if let Some(p) = Self::declared_primary(&name, &rec) {
             self.pair_up(&p, &name);
         } else {
             let partner = self
+                .reg
                 .servers
                 .iter()
                 .find(|(n, s)| Self::declared_primary(n, &s.rec).as_deref() == Some(name.as_str()))
@@ -87,12 +106,14 @@ impl Core {
         if writer {
             // REGISTERED grants the first lease, counted by the server from before it sent
             // REGISTER_END.
-            if let Some(s) = self.servers.get_mut(&name) {
+            if let Some(s) = self.reg.servers.get_mut(&name) {
                 s.lease_until_ms = s.lease_until_ms.max(now_ms + self.cfg.lease_ms());
             }
         }
-        self.peers.insert(conn, Peer::Server { name: name.clone() });
-        let held = self.servers.get(&name).map(|s| s.files).unwrap_or(0);
+        self.reg
+            .peers
+            .insert(conn, Peer::Server { name: name.clone() });
+        let held = self.reg.servers.get(&name).map(|s| s.files).unwrap_or(0);
         log::info!(target: ev::NM_SS_REGISTER, ss = name.as_str(), addr = rec.addr(),
             files = held, adopted = adopted, updated = updated, removed = removed;
             "storage server {name} registered at {} with {held} files", rec.addr());
@@ -228,7 +249,7 @@ impl Core {
     pub(super) fn server_message(&mut self, conn: ConnId, name: &str, msg: Message, now_ms: u64) {
         match msg {
             Message::Heartbeat { seq, writer } => {
-                if let Some(s) = self.servers.get_mut(name) {
+                if let Some(s) = self.reg.servers.get_mut(name) {
                     s.last_heartbeat_ms = Some(now_ms);
                     s.last_seq = seq;
                 }
@@ -338,7 +359,7 @@ impl Core {
     }
 
     pub(super) fn is_up(&self, name: &str) -> bool {
-        self.servers.get(name).is_some_and(|s| s.up)
+        self.reg.servers.get(name).is_some_and(|s| s.up)
     }
 
     /// The primary `name` backs up, from its flag or its `_backup` name.
@@ -351,8 +372,9 @@ impl Core {
 
     /// True for a server that is (or declares itself) some primary's backup.
     pub(super) fn is_backup(&self, name: &str) -> bool {
-        self.pairs.values().any(|b| b == name)
+        self.reg.pairs.values().any(|b| b == name)
             || self
+                .reg
                 .servers
                 .get(name)
                 .is_some_and(|s| Self::declared_primary(name, &s.rec).is_some())
@@ -361,16 +383,17 @@ impl Core {
 
     /// The backup of the primary holding `file`, if the pair has one.
     pub(super) fn backup_for(&self, primary: &str) -> Option<String> {
-        self.pairs.get(primary).cloned()
+        self.reg.pairs.get(primary).cloned()
     }
 
     /// The pair `name` belongs to (named by its primary) and its role in it; `None` when
     /// it is in no pair.
     pub(super) fn membership(&self, name: &str) -> Option<(String, Member)> {
-        if self.pairs.contains_key(name) {
+        if self.reg.pairs.contains_key(name) {
             return Some((name.to_string(), Member::Primary));
         }
-        self.pairs
+        self.reg
+            .pairs
             .iter()
             .find(|(_, b)| *b == name)
             .map(|(p, _)| (p.clone(), Member::Backup))
@@ -380,7 +403,7 @@ impl Core {
     /// of its own one-member pair.
     pub(super) fn home_of(&self, name: &str) -> Option<(String, Member)> {
         self.membership(name).or_else(|| {
-            (!self.is_backup(name) && self.servers.contains_key(name))
+            (!self.is_backup(name) && self.reg.servers.contains_key(name))
                 .then(|| (name.to_string(), Member::Primary))
         })
     }
@@ -389,13 +412,13 @@ impl Core {
     pub(super) fn member_name(&self, primary: &str, m: Member) -> Option<String> {
         match m {
             Member::Primary => Some(primary.to_string()),
-            Member::Backup => self.pairs.get(primary).cloned(),
+            Member::Backup => self.reg.pairs.get(primary).cloned(),
         }
     }
 
     /// The member of `primary`'s pair that writes in the current epoch.
     pub(super) fn writer_member(&self, primary: &str) -> Member {
-        if !self.pairs.contains_key(primary) {
+        if !self.reg.pairs.contains_key(primary) {
             return Member::Primary;
         }
         self.pair_states
@@ -412,7 +435,7 @@ impl Core {
 
     /// The writer of the pair named `primary` if it may take changes now: (name, epoch).
     pub(super) fn live_writer(&self, primary: &str) -> Option<(String, u64)> {
-        if !self.pairs.contains_key(primary) {
+        if !self.reg.pairs.contains_key(primary) {
             return self.is_up(primary).then(|| (primary.to_string(), EPOCH));
         }
         let st = self.pair_states.get(primary)?;
@@ -435,7 +458,7 @@ impl Core {
         let writer = self.may_write(name);
         let lease_ms = self.cfg.lease_ms();
         if writer {
-            if let Some(s) = self.servers.get_mut(name) {
+            if let Some(s) = self.reg.servers.get_mut(name) {
                 s.lease_until_ms = s.lease_until_ms.max(now_ms + lease_ms);
             }
         }
@@ -463,7 +486,7 @@ impl Core {
     /// The other member of `name`'s pair, if it is up.
     pub(super) fn partner_of(&self, name: &str) -> Option<crate::protocol::Partner> {
         let other = self.partner_name(name)?;
-        let s = self.servers.get(&other).filter(|s| s.up)?;
+        let s = self.reg.servers.get(&other).filter(|s| s.up)?;
         Some(crate::protocol::Partner {
             addr: s.rec.addr(),
             name: other,
@@ -474,6 +497,7 @@ impl Core {
     /// stopped being, the writer, instead of waiting for its next heartbeat.
     pub(super) fn push_role(&mut self, name: &str) {
         let Some((conn, seq, last_ms)) = self
+            .reg
             .servers
             .get(name)
             .filter(|s| s.up)

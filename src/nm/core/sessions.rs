@@ -16,7 +16,7 @@ impl Core {
             return self.refuse_and_close(conn, e);
         }
         let nonce = self.env.random_hex(identity::NONCE_BYTES);
-        self.peers.insert(
+        self.reg.peers.insert(
             conn,
             Peer::Challenged {
                 user,
@@ -37,8 +37,11 @@ impl Core {
         let checked = names::validate_user(user)
             .and_then(|()| identity::check_reset_proof(&self.key, user, proof))
             .and_then(|()| {
-                self.proof_nonces
-                    .use_once(&proof.nonce, proof.ts_ms + PROOF_SKEW_MS, "reset proof")
+                self.reg.proof_nonces.use_once(
+                    &proof.nonce,
+                    proof.ts_ms + PROOF_SKEW_MS,
+                    "reset proof",
+                )
             })
             .and_then(|()| {
                 if self.ns.users.contains(user) {
@@ -50,7 +53,7 @@ impl Core {
         if let Err(e) = checked {
             return self.refuse_and_close(conn, e);
         }
-        self.introducing.remove(&conn);
+        self.reg.introducing.remove(&conn);
         if self.ns.user_keys.remove(user).is_some() {
             self.batch.push(StoreOp::ResetUserKey(user.to_string()));
         }
@@ -94,10 +97,10 @@ impl Core {
                     "user {user} bound to its first key");
             }
         }
-        self.introducing.remove(&conn);
+        self.reg.introducing.remove(&conn);
         self.add_user(&user);
         log::info!(target: ev::NM_CLIENT_CONNECT, user = user.as_str(); "client {user} connected");
-        self.peers.insert(
+        self.reg.peers.insert(
             conn,
             Peer::Client {
                 user: user.clone(),

@@ -10,6 +10,7 @@ impl Core {
     /// A JSON snapshot for `GET /status`: servers and totals.
     pub fn status_json(&self, now_ms: u64) -> String {
         let servers: Vec<serde_json::Value> = self
+            .reg
             .servers
             .iter()
             .map(|(n, s)| {
@@ -47,8 +48,8 @@ impl Core {
             "totals": {
                 "files": self.ns.files.len(),
                 "users": self.ns.users.len(),
-                "servers_up": self.servers.values().filter(|s| s.up).count(),
-                "servers": self.servers.len(),
+                "servers_up": self.reg.servers.values().filter(|s| s.up).count(),
+                "servers": self.reg.servers.len(),
                 "jobs_in_flight": self.ops.jobs.len(),
             }
         })
@@ -114,17 +115,18 @@ impl Core {
         }
         let files_of = |primary: &str| files_of.get(primary).copied().unwrap_or(0);
         let servers = self
+            .reg
             .servers
             .iter()
             .map(|(n, s)| {
-                let primary = self.pairs.iter().find(|(_, b)| *b == n).map(|(p, _)| p);
+                let primary = self.reg.pairs.iter().find(|(_, b)| *b == n).map(|(p, _)| p);
                 let (role, files) = match primary {
                     Some(p) if self.writer_member(p) == Member::Backup => {
                         ("backup (promoted)", files_of(p))
                     }
                     Some(p) => ("backup", files_of(p)),
                     None if self.is_backup(n) => ("backup", 0),
-                    None if self.pairs.contains_key(n) => ("primary", s.files),
+                    None if self.reg.pairs.contains_key(n) => ("primary", s.files),
                     None => ("unpaired", s.files),
                 };
                 ServerStatus {
@@ -138,11 +140,12 @@ impl Core {
             })
             .collect();
         let pairs = self
+            .reg
             .servers
             .keys()
-            .filter(|n| !self.is_backup(n) || self.pairs.contains_key(*n))
+            .filter(|n| !self.is_backup(n) || self.reg.pairs.contains_key(*n))
             .map(|p| {
-                let backup = self.pairs.get(p).cloned();
+                let backup = self.reg.pairs.get(p).cloned();
                 // Jobs owed to either member.
                 let owed = match &backup {
                     Some(b) => [p.as_str(), b.as_str()]
