@@ -97,6 +97,24 @@ pub enum KeyFileError {
     },
 }
 
+/// What a ticket authorises: `op` on `file` at storage server `ss` for `user`, from
+/// `min_version` on, in the pair's `epoch` (a change's ticket) or any (`None`).
+#[derive(Debug, Clone, Copy)]
+pub struct Grant<'a> {
+    /// Who acts.
+    pub user: &'a str,
+    /// The file (or a CHECK_FILES scope).
+    pub file: &'a str,
+    /// The operation.
+    pub op: TicketOp,
+    /// The storage server the ticket is for.
+    pub ss: &'a str,
+    /// The oldest version the server may serve.
+    pub min_version: Option<Version>,
+    /// The pair's epoch a change is bound to.
+    pub epoch: Option<u64>,
+}
+
 /// The shared secret of a cluster.
 #[derive(Clone)]
 pub struct ClusterKey {
@@ -177,7 +195,8 @@ impl ClusterKey {
         m.verify_slice(&mac).is_ok()
     }
 
-    /// Mints a single-use ticket valid for [`TICKET_TTL_MS`].
+    /// Mints a single-use ticket valid for [`TICKET_TTL_MS`] (from the wall clock, with a
+    /// nonce from the OS).
     pub fn mint(
         &self,
         user: &str,
@@ -186,15 +205,30 @@ impl ClusterKey {
         ss: &str,
         min_version: Option<Version>,
     ) -> Ticket {
-        let mut t = Ticket {
-            user: user.to_string(),
-            file: file.to_string(),
+        let grant = Grant {
+            user,
+            file,
             op,
-            ss: ss.to_string(),
-            exp_ms: now_ms() + TICKET_TTL_MS,
-            nonce: random_hex(16),
+            ss,
             min_version,
             epoch: None,
+        };
+        self.mint_at(&grant, now_ms(), random_hex(16))
+    }
+
+    /// Mints `grant` as a ticket valid for [`TICKET_TTL_MS`] after `wall_ms` (Unix ms: the
+    /// storage server checks the expiry on its own clock), carrying `nonce`. The caller
+    /// supplies both, so a caller that owns its clock and randomness mints reproducibly.
+    pub fn mint_at(&self, grant: &Grant<'_>, wall_ms: u64, nonce: String) -> Ticket {
+        let mut t = Ticket {
+            user: grant.user.to_string(),
+            file: grant.file.to_string(),
+            op: grant.op,
+            ss: grant.ss.to_string(),
+            exp_ms: wall_ms + TICKET_TTL_MS,
+            nonce,
+            min_version: grant.min_version,
+            epoch: grant.epoch,
             mac: String::new(),
         };
         t.mac = self.mac_hex(t.signing_string().as_bytes());

@@ -195,7 +195,7 @@ pub fn start(cfg: &Config) -> Result<Started, NmError> {
     };
     let db = store::Store::open(&cfg.data_dir)?;
     let loaded = db.load()?;
-    let core = core::Core::new(
+    let core = core::Core::with_env(
         core::CoreConfig {
             heartbeat_interval_ms: cfg.heartbeat_interval_ms,
             heartbeat_timeout_ms: cfg.heartbeat_timeout_ms,
@@ -205,10 +205,11 @@ pub fn start(cfg: &Config) -> Result<Started, NmError> {
                 ReplicationMode::Sync => "sync",
             },
             max_repl_in_flight: cfg.queue_cap.max(1) + cfg.workers.max(1),
-            started_ms: crate::auth::now_ms(),
+            started_ms: core::mono_ms(),
         },
         key.clone(),
         loaded,
+        core::Env::system(),
     );
     let host = crate::addr::bare(&cfg.host);
     let listener = std::net::TcpListener::bind((host, cfg.port)).map_err(io_err(format!(

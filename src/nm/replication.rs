@@ -153,7 +153,8 @@ pub struct ReplJob {
     pub want: Want,
     /// Failed attempts since the job last changed.
     pub attempts: u32,
-    /// Unix milliseconds before which the job is not dispatched.
+    /// Monotonic ms (the name server's run, see `core::clock`) before which the job is not
+    /// dispatched. Stored, but meaningless to a later run: loading makes the job due at boot.
     pub next_ms: u64,
     /// The last error, if an attempt failed.
     #[serde(default)]

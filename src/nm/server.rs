@@ -190,8 +190,10 @@ pub enum ServerError {
     Store(String),
 }
 
+/// The core's time: monotonic ms since startup (leases and timeouts must not follow the
+/// wall clock; see the core's `clock` module).
 fn now_ms() -> u64 {
-    crate::auth::now_ms()
+    super::core::mono_ms()
 }
 
 impl Server {

@@ -168,7 +168,7 @@ impl Core {
         } else {
             Member::Backup
         };
-        let paired = self.pairs.contains_key(&rec.ss);
+        let paired = self.reg.pairs.contains_key(&rec.ss);
         Lineage {
             epoch_base: rec.epoch_base,
             adopts_newer: !paired || self.writer_member(&rec.ss) == m || !rec.holds(m.other()),
@@ -199,14 +199,14 @@ impl Core {
         };
         let mut ask: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (f, _) in &rows {
-            if let Some(rec) = self.files.get(f) {
+            if let Some(rec) = self.ns.files.get(f) {
                 for ss in self.copy_holders(rec) {
                     ask.entry(ss).or_default().push(f.clone());
                 }
             }
         }
         if orphans {
-            for (name, s) in &self.servers {
+            for (name, s) in &self.reg.servers {
                 if s.up {
                     ask.entry(name.clone()).or_default();
                 }
@@ -223,10 +223,10 @@ impl Core {
         };
         let mut calls = Vec::new();
         for (ss, files) in ask {
-            match self.servers.get(&ss) {
+            match self.reg.servers.get(&ss) {
                 Some(s) if s.up => {
                     let scope = crate::auth::check_scope(&files, orphans);
-                    let ticket = self.key.mint(NM_USER, &scope, TicketOp::Check, &ss, None);
+                    let ticket = self.mint(NM_USER, &scope, TicketOp::Check, &ss, None);
                     let msg = Message::CheckFiles {
                         files,
                         orphans,
@@ -272,6 +272,7 @@ impl Core {
             None => Bound::Unbounded,
         };
         let mut it = self
+            .ns
             .files
             .range::<str, _>((lower, Bound::Unbounded))
             .peekable();
@@ -336,7 +337,7 @@ impl Core {
         let mut files = Vec::with_capacity(run.rows.len());
         for (f, floor) in &run.rows {
             // A file deleted while its copies were checked is no longer part of the report.
-            let Some(rec) = self.files.get(f) else {
+            let Some(rec) = self.ns.files.get(f) else {
                 continue;
             };
             let mut copies = Vec::new();
@@ -386,6 +387,7 @@ impl Core {
             unlisted += a.more_orphans;
             for q in &a.orphans {
                 let shown = self
+                    .ns
                     .files
                     .get(&q.file)
                     .is_some_and(|rec| self.copy_holders(rec).contains(ss));
@@ -400,7 +402,7 @@ impl Core {
         for (f, copies) in orphans {
             files.push(FsckFile {
                 file: names::display(&f),
-                recorded: self.files.contains_key(&f),
+                recorded: self.ns.files.contains_key(&f),
                 copies,
             });
         }

@@ -11,8 +11,15 @@ use crate::protocol::Ticket;
 const HB_MS: u64 = 100;
 const TIMEOUT_MS: u64 = 300;
 
-fn sim_core(replication: &'static str) -> Core {
-    Core::new(
+/// The simulated wall clock at monotonic time 0 (any fixed value: runs must not depend on it).
+const SIM_WALL_BASE_MS: u64 = 1_700_000_000_000;
+
+/// The seeds a run without `PAIRFS_SIM_SEED` tries: fixed, so every run tries the same ones.
+const SIM_SEED_BASE: u64 = 0x5eed_f0a1_1000_0001;
+
+/// A core whose wall clock and randomness come from `seed` alone.
+fn sim_core(replication: &'static str, seed: u64) -> Core {
+    Core::with_env(
         CoreConfig {
             heartbeat_interval_ms: HB_MS,
             heartbeat_timeout_ms: TIMEOUT_MS,
@@ -23,6 +30,7 @@ fn sim_core(replication: &'static str) -> Core {
         },
         ClusterKey::from_bytes(KEY),
         Loaded::default(),
+        Env::seeded(SIM_WALL_BASE_MS, seed),
     )
 }
 
@@ -115,7 +123,7 @@ struct Sim {
 impl Sim {
     fn new(seed: u64, replication: &'static str) -> Sim {
         let mut s = Sim {
-            c: sim_core(replication),
+            c: sim_core(replication, seed),
             now: 1_000,
             rng: Rng(seed | 1),
             ss: Vec::new(),
@@ -552,7 +560,7 @@ impl Sim {
             "two members hold write leases: {writers:?}"
         );
         for (file, versions) in &self.acked {
-            let Some(rec) = self.c.files.get(file) else {
+            let Some(rec) = self.c.ns.files.get(file) else {
                 panic!("acknowledged {file} has no record");
             };
             let Some(&last) = versions.iter().max() else {
@@ -664,7 +672,7 @@ impl Sim {
             self.check();
             let st = &self.c.pair_states["ss1"];
             if self.jobs.is_empty()
-                && self.c.repl.is_empty()
+                && self.c.q.repl.is_empty()
                 && st.phase == Phase::Serving
                 && st.writer == Member::Primary
             {
@@ -674,8 +682,8 @@ impl Sim {
         panic!(
             "the pair never settled: {:?}\njobs {:?}\nrecords {:?}\ncopies {:?}",
             self.c.pair_states["ss1"],
-            self.c.repl.values().collect::<Vec<_>>(),
-            self.c.files,
+            self.c.q.repl.values().collect::<Vec<_>>(),
+            self.c.ns.files,
             self.ss
                 .iter()
                 .map(|s| (s.name, &s.files))
@@ -700,7 +708,7 @@ fn run_sim(seed: u64, replication: &'static str, steps: usize) {
         sim.settle();
         // Whole again: both copies hold every acknowledged change, at the record's version.
         for (file, versions) in &sim.acked {
-            let rec = &sim.c.files[file];
+            let rec = &sim.c.ns.files[file];
             for s in &sim.ss {
                 let copy = &s.files[file];
                 assert_eq!(copy.version, rec.version, "{file} on {}", s.name);
@@ -726,10 +734,9 @@ fn run_sim(seed: u64, replication: &'static str, steps: usize) {
 fn seeded_simulation_keeps_one_writer_and_every_acknowledged_change() {
     let seeds: Vec<u64> = match std::env::var("PAIRFS_SIM_SEED") {
         Ok(s) => vec![s.parse().expect("PAIRFS_SIM_SEED is a number")],
-        Err(_) => {
-            let base = crate::auth::now_ms();
-            (0..40).map(|i| base.wrapping_add(i * 7919)).collect()
-        }
+        Err(_) => (0..40)
+            .map(|i| SIM_SEED_BASE.wrapping_add(i * 7919))
+            .collect(),
     };
     for seed in seeds {
         println!("simulation seed {seed}");
@@ -819,8 +826,46 @@ fn settled_pair() -> Sim {
     sim.run_jobs();
     sim.advance(200);
     assert_eq!(sim.pair().writer, Member::Primary);
-    assert!(sim.c.files["a.txt"].holds(Member::Backup));
+    assert!(sim.c.ns.files["a.txt"].holds(Member::Backup));
     sim
+}
+
+#[test]
+fn a_wall_clock_jump_moves_no_lease() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let mut sim = settled_pair();
+    let jump = std::sync::Arc::new(AtomicU64::new(0));
+    let j = jump.clone();
+    sim.c.env = Env::new(
+        Box::new(move |mono| SIM_WALL_BASE_MS + mono + j.load(Ordering::Relaxed)),
+        Entropy::from_seed(7),
+    );
+    // The writer's heartbeats stop arriving and the wall clock jumps an hour ahead, while
+    // less than a lease of monotonic time passes: the writer keeps its lease.
+    sim.ss[0].partitioned = true;
+    jump.store(3_600_000, Ordering::Relaxed);
+    sim.advance(150);
+    assert!(sim.c.reg.servers["ss1"].up);
+    let st = sim.pair();
+    assert_eq!(
+        (st.phase, st.epoch, st.writer),
+        (Phase::Serving, 1, Member::Primary)
+    );
+    let (ss, ticket) = sim.locate("a.txt", AccessMode::Write).unwrap();
+    assert_eq!(ss, "ss1");
+    // Tickets expire on the storage servers' wall clocks, so they follow the jump.
+    assert_eq!(
+        ticket.exp_ms,
+        SIM_WALL_BASE_MS + sim.now + 3_600_000 + crate::auth::TICKET_TTL_MS
+    );
+    // Only the monotonic time moves the failover: a timeout and a lease later, the backup
+    // writes in a new epoch.
+    sim.advance(TIMEOUT_MS + 200);
+    let st = sim.pair();
+    assert_eq!(
+        (st.phase, st.epoch, st.writer),
+        (Phase::Serving, 2, Member::Backup)
+    );
 }
 
 #[test]
@@ -858,7 +903,7 @@ fn promotion_waits_for_the_old_writer_lease_then_raises_the_epoch() {
     let v = sim.acked["a.txt"].last().copied().unwrap();
     assert_eq!(v.epoch, 2, "the promoted backup stamps the new epoch");
     // The change is owed to the primary, which returns, catches up and resumes.
-    assert!(sim.c.repl.contains_key(&job_key("ss1", "a.txt")));
+    assert!(sim.c.q.repl.contains_key(&job_key("ss1", "a.txt")));
     sim.ss[0].alive = true;
     sim.register(0);
     sim.run_jobs();
@@ -876,7 +921,7 @@ fn a_file_the_promoted_backup_lacks_is_unavailable_never_stale() {
     let mut sim = settled_pair();
     sim.write("a.txt");
     // The copy to the backup never ran; then the primary dies.
-    assert!(!sim.c.files["a.txt"].holds(Member::Backup));
+    assert!(!sim.c.ns.files["a.txt"].holds(Member::Backup));
     sim.jobs.clear();
     sim.kill(0);
     sim.advance(400);
@@ -910,7 +955,7 @@ fn a_change_from_a_deposed_writer_is_refused_and_its_copy_quarantined() {
     sim.advance(400);
     assert_eq!(sim.pair().writer, Member::Primary);
     // The old writer reports a commit it made in its epoch: not acknowledged.
-    let rec = sim.c.files["a.txt"].clone();
+    let rec = sim.c.ns.files["a.txt"].clone();
     let stale = Copy {
         version: Version {
             epoch: 2,
@@ -942,9 +987,9 @@ fn a_change_from_a_deposed_writer_is_refused_and_its_copy_quarantined() {
             ..
         }
     )));
-    let job = &sim.c.repl[&job_key("ss1_backup", "a.txt")];
+    let job = &sim.c.q.repl[&job_key("ss1_backup", "a.txt")];
     assert!(job.quarantine, "{job:?}");
-    let now = &sim.c.files["a.txt"];
+    let now = &sim.c.ns.files["a.txt"];
     assert_eq!(
         (now.version, now.checksum),
         (rec.version, rec.checksum),
@@ -957,7 +1002,7 @@ fn a_change_from_a_deposed_writer_is_refused_and_its_copy_quarantined() {
 #[test]
 fn a_change_answered_after_its_epoch_ended_is_not_credited_to_the_new_writer() {
     let mut sim = settled_pair();
-    let rec = sim.c.files["a.txt"].clone();
+    let rec = sim.c.ns.files["a.txt"].clone();
     // UNDO is sent to the primary in epoch 1; its answer is held back.
     let client = sim.client;
     sim.c.on_frame(
@@ -1013,7 +1058,7 @@ fn a_change_answered_after_its_epoch_ended_is_not_credited_to_the_new_writer() {
         msg,
         "pair ss1 changed writers while the change to a.txt ran; it was not applied: try again"
     );
-    let now = &sim.c.files["a.txt"];
+    let now = &sim.c.ns.files["a.txt"];
     assert_eq!(now.version, rec.version, "the record keeps its version");
     assert!(
         now.holds(Member::Backup),
@@ -1023,7 +1068,7 @@ fn a_change_answered_after_its_epoch_ended_is_not_credited_to_the_new_writer() {
         !now.holds(Member::Primary),
         "the primary is not current until repaired"
     );
-    let job = &sim.c.repl[&job_key("ss1", "a.txt")];
+    let job = &sim.c.q.repl[&job_key("ss1", "a.txt")];
     assert!(job.quarantine, "{job:?}");
 }
 
@@ -1066,9 +1111,9 @@ fn a_file_created_again_before_its_removal_reached_the_backup_replaces_the_old_c
     sim.c.on_job_result(id, Ok(JobOutput::Done), sim.now);
     sim.pump();
     let key = job_key("ss1_backup", "a.txt");
-    assert_eq!(sim.c.repl[&key].want, Want::Delete);
+    assert_eq!(sim.c.q.repl[&key].want, Want::Delete);
     sim.create("a.txt");
-    let job = &sim.c.repl[&key];
+    let job = &sim.c.q.repl[&key];
     assert!(
         matches!(job.want, Want::Content { .. }) && job.quarantine,
         "the old copy must be set aside for the new file: {job:?}"
@@ -1076,11 +1121,11 @@ fn a_file_created_again_before_its_removal_reached_the_backup_replaces_the_old_c
     sim.run_jobs();
     sim.advance(200);
     sim.run_jobs();
-    let rec = &sim.c.files["a.txt"];
+    let rec = &sim.c.ns.files["a.txt"];
     assert!(
         rec.holds(Member::Backup),
         "{rec:?} {:?} {:?} {:?}",
-        sim.c.repl,
+        sim.c.q.repl,
         sim.ss[1].files,
         sim.log
     );
@@ -1148,13 +1193,13 @@ fn an_old_removal_owed_to_a_promoted_backup_never_removes_a_file_created_there()
     let mut sim = settled_pair();
     sim.delete("a.txt");
     let key = job_key("ss1_backup", "a.txt");
-    assert_eq!(sim.c.repl[&key].want, Want::Delete);
+    assert_eq!(sim.c.q.repl[&key].want, Want::Delete);
     // The removal reaches the backup three times but its answers are lost: the row waits in
     // backoff (800 ms now).
     for _ in 0..3 {
         sim.lose_removal_answer("a.txt");
     }
-    assert_eq!(sim.c.repl[&key].attempts, 3);
+    assert_eq!(sim.c.q.repl[&key].attempts, 3);
     // The primary dies; the backup is promoted and a new a.txt is created on it.
     sim.kill(0);
     sim.advance(400);
@@ -1170,7 +1215,7 @@ fn an_old_removal_owed_to_a_promoted_backup_never_removes_a_file_created_there()
             })
         ),
         "{:?}",
-        sim.c.repl
+        sim.c.q.repl
     );
     sim.run_jobs();
     sim.create("a.txt");
@@ -1184,7 +1229,7 @@ fn an_old_removal_owed_to_a_promoted_backup_never_removes_a_file_created_there()
         sim.ss[1].files.contains_key("a.txt"),
         "the new a.txt was removed by the old row"
     );
-    assert!(!sim.c.repl.contains_key(&key), "{:?}", sim.c.repl);
+    assert!(!sim.c.q.repl.contains_key(&key), "{:?}", sim.c.q.repl);
 }
 
 #[test]
@@ -1200,7 +1245,7 @@ fn a_create_waits_for_an_old_removal_running_on_its_writer() {
     assert!(
         sim.jobs.iter().any(|(_, t)| t.file == "a.txt"),
         "{:?}",
-        sim.c.repl
+        sim.c.q.repl
     );
     let client = sim.client;
     sim.c.on_frame(
@@ -1228,7 +1273,7 @@ fn a_create_waits_for_an_old_removal_running_on_its_writer() {
         "{answer:?}"
     );
     sim.run_jobs();
-    assert!(!sim.c.repl.contains_key(&key));
+    assert!(!sim.c.q.repl.contains_key(&key));
     sim.create("a.txt");
     sim.advance(2000);
     sim.run_jobs();
@@ -1251,7 +1296,7 @@ fn a_promoted_backup_returning_with_a_removed_file_does_not_bring_it_back() {
     sim.ss[1].alive = true;
     sim.register(1);
     assert!(
-        !sim.c.files.contains_key("a.txt"),
+        !sim.c.ns.files.contains_key("a.txt"),
         "a removed file was adopted again"
     );
     sim.advance(2000);
@@ -1331,13 +1376,13 @@ fn create_on_a_promoted_backup_owed_a_waiting_removal(failures: u32) {
     sim.kill(1);
     sim.delete("a.txt");
     let key = job_key("ss1_backup", "a.txt");
-    assert_eq!(sim.c.repl[&key].want, Want::Delete);
+    assert_eq!(sim.c.q.repl[&key].want, Want::Delete);
     sim.ss[1].alive = true;
     sim.register(1);
     for _ in 0..failures {
         sim.fail_removal("a.txt");
     }
-    let j = &sim.c.repl[&key];
+    let j = &sim.c.q.repl[&key];
     assert_eq!(j.attempts, failures, "{j:?}");
     sim.kill(0);
     sim.advance(400);
@@ -1361,24 +1406,24 @@ fn create_on_a_promoted_backup_owed_a_waiting_removal(failures: u32) {
             })
         ),
         "{answer:?} {:?}",
-        sim.c.repl
+        sim.c.q.repl
     );
     // The removal was made due and dispatched at once.
-    assert_eq!(sim.c.repl[&key].state, JobState::Pending);
+    assert_eq!(sim.c.q.repl[&key].state, JobState::Pending);
     assert!(
         sim.jobs.iter().any(|(_, t)| t.file == "a.txt"),
         "{:?}",
-        sim.c.repl
+        sim.c.q.repl
     );
     sim.run_jobs();
-    assert!(!sim.c.repl.contains_key(&key), "{:?}", sim.c.repl);
+    assert!(!sim.c.q.repl.contains_key(&key), "{:?}", sim.c.q.repl);
     assert!(!sim.ss[1].files.contains_key("a.txt"));
     let answer = sim.create_answer("a.txt");
     assert!(matches!(answer, Some(Message::Done {})), "{answer:?}");
     let epoch = sim.pair().epoch;
     let copy = &sim.ss[1].files["a.txt"];
     assert_eq!(copy.version.epoch, epoch, "a new file, not the old bytes");
-    assert!(sim.c.files.contains_key("a.txt"));
+    assert!(sim.c.ns.files.contains_key("a.txt"));
 }
 
 #[test]
@@ -1428,14 +1473,14 @@ fn a_move_onto_a_name_its_writer_is_owed_the_removal_of_runs_that_removal_first(
             })
         ),
         "{answer:?} {:?}",
-        sim.c.repl
+        sim.c.q.repl
     );
     sim.run_jobs();
     let key = job_key("ss1_backup", "d/a.txt");
-    assert!(!sim.c.repl.contains_key(&key), "{:?}", sim.c.repl);
+    assert!(!sim.c.q.repl.contains_key(&key), "{:?}", sim.c.q.repl);
     let answer = sim.ask(mv());
     assert!(matches!(answer, Some(Message::Done {})), "{answer:?}");
-    assert!(sim.c.files.contains_key("d/a.txt") && !sim.c.files.contains_key("a.txt"));
+    assert!(sim.c.ns.files.contains_key("d/a.txt") && !sim.c.ns.files.contains_key("a.txt"));
     assert!(sim.ss[1].files.contains_key("d/a.txt") && !sim.ss[1].files.contains_key("a.txt"));
 }
 
@@ -1460,12 +1505,16 @@ fn deleting_a_file_drops_the_parked_copy_its_writer_was_owed() {
     sim.advance(400);
     assert_eq!(sim.pair().writer, Member::Backup);
     let key = job_key("ss1_backup", "a.txt");
-    assert!(sim.c.repl.contains_key(&key));
-    assert_eq!(sim.c.repl.owed_to("ss1_backup"), 1);
-    assert!(sim.c.next_repl_deadline_ms().is_none(), "{:?}", sim.c.repl);
+    assert!(sim.c.q.repl.contains_key(&key));
+    assert_eq!(sim.c.q.repl.owed_to("ss1_backup"), 1);
+    assert!(
+        sim.c.next_repl_deadline_ms().is_none(),
+        "{:?}",
+        sim.c.q.repl
+    );
     // The file is deleted: nothing is owed to the writer any more, at once.
     sim.delete("a.txt");
-    assert!(!sim.c.repl.contains_key(&key), "{:?}", sim.c.repl);
-    assert_eq!(sim.c.repl.owed_to("ss1_backup"), 0);
-    assert!(sim.c.repl.contains_key(&job_key("ss1", "a.txt")));
+    assert!(!sim.c.q.repl.contains_key(&key), "{:?}", sim.c.q.repl);
+    assert_eq!(sim.c.q.repl.owed_to("ss1_backup"), 0);
+    assert!(sim.c.q.repl.contains_key(&job_key("ss1", "a.txt")));
 }

@@ -16,7 +16,6 @@ impl Core {
         user: &str,
         file: &str,
         kind: AccessKind,
-        now_ms: u64,
     ) -> Result<u64, WireError> {
         let (canon, rec) = self.lookup(file)?;
         let shown = names::display(&canon);
@@ -37,6 +36,7 @@ impl Core {
             )));
         }
         if let Some(r) = self
+            .ns
             .requests
             .values()
             .find(|r| r.user == user && r.file == canon)
@@ -46,18 +46,19 @@ impl Core {
                 r.id
             )));
         }
-        let id = self.next_request;
-        self.next_request += 1;
+        let id = self.ns.next_request;
+        self.ns.next_request += 1;
         let req = AccessRequest {
             id,
             user: user.to_string(),
             file: canon.clone(),
             kind,
-            created_ms: now_ms,
+            created_ms: self.wall_ms(),
         };
-        self.batch.push(StoreOp::PutNextRequest(self.next_request));
+        self.batch
+            .push(StoreOp::PutNextRequest(self.ns.next_request));
         self.batch.push(StoreOp::PutRequest(req.clone()));
-        self.requests.insert(id, req);
+        self.ns.requests.insert(id, req);
         log::info!(target: ev::NM_FILE_CHANGE, file = canon.as_str(), user = user, id = id;
             "{user} requests {} access to {canon} (#{id})", kind.as_str());
         Ok(id)
@@ -65,9 +66,10 @@ impl Core {
 
     /// VIEWACCR: the pending requests on files `user` owns, by id, names in display form.
     pub(super) fn view_requests(&self, user: &str) -> Vec<AccessRequest> {
-        self.requests
+        self.ns
+            .requests
             .values()
-            .filter(|r| self.files.get(&r.file).is_some_and(|f| f.owner == user))
+            .filter(|r| self.ns.files.get(&r.file).is_some_and(|f| f.owner == user))
             .map(|r| AccessRequest {
                 file: names::display(&r.file),
                 ..r.clone()
@@ -84,8 +86,8 @@ impl Core {
         approve: bool,
     ) -> Result<(), WireError> {
         let not_pending = || err::not_found(format!("No pending access request #{id}"));
-        let req = self.requests.get(&id).cloned().ok_or_else(not_pending)?;
-        let rec = self.files.get(&req.file).ok_or_else(not_pending)?;
+        let req = self.ns.requests.get(&id).cloned().ok_or_else(not_pending)?;
+        let rec = self.ns.files.get(&req.file).ok_or_else(not_pending)?;
         if rec.owner != user {
             return Err(err::unauthorized(format!(
                 "Only the owner of {} can answer access request #{id}",
@@ -98,7 +100,7 @@ impl Core {
             rec.access.insert(req.user.clone(), write);
             self.put_file(&req.file, rec);
         }
-        self.requests.remove(&id);
+        self.ns.requests.remove(&id);
         self.batch.push(StoreOp::DelRequest(id));
         let verdict = if approve { "approved" } else { "refused" };
         log::info!(target: ev::NM_FILE_CHANGE, file = req.file.as_str(), user = user, id = id;
@@ -109,13 +111,14 @@ impl Core {
     /// A deleted file takes its pending requests with it.
     pub(super) fn drop_requests_for(&mut self, file: &str) {
         let ids: Vec<u64> = self
+            .ns
             .requests
             .values()
             .filter(|r| r.file == file)
             .map(|r| r.id)
             .collect();
         for id in ids {
-            self.requests.remove(&id);
+            self.ns.requests.remove(&id);
             self.batch.push(StoreOp::DelRequest(id));
         }
     }
@@ -123,7 +126,7 @@ impl Core {
     /// A moved file's pending requests follow it.
     pub(super) fn rename_requests(&mut self, from: &str, to: &str) {
         let mut moved = Vec::new();
-        for r in self.requests.values_mut().filter(|r| r.file == from) {
+        for r in self.ns.requests.values_mut().filter(|r| r.file == from) {
             r.file = to.to_string();
             moved.push(r.clone());
         }

@@ -1,4 +1,4 @@
-//! Folders and MOVE: decisions of the core (a child module of `core.rs`, so it shares the
+//! Folders and MOVE: decisions of the core (a child module of the core, so it shares the
 //! core's state and stays free of I/O).
 //!
 //! Folders are entries of the namespace in their own durable table (`folders`, see
@@ -15,31 +15,6 @@
 
 use super::*;
 use std::ops::Bound;
-
-/// One folder (stored as JSON in the `folders` table).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FolderRecord {
-    /// Who created it (`admin` for folders found under adopted files).
-    pub owner: String,
-    /// Unix milliseconds of its creation.
-    pub created_ms: u64,
-}
-
-/// A MOVE whose storage-server call may have run (stored as JSON in the `moves` table, keyed
-/// by the file's old name). It is durable before SS_MOVE is sent and removed in the batch that
-/// settles the move (the record moved, or the refusal heard), so a name server that dies in
-/// between settles it when that server registers again, by what it holds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MoveIntent {
-    /// The new name.
-    pub to: String,
-    /// The server SS_MOVE was sent to (the pair's writer then).
-    pub ss: String,
-    /// The epoch its ticket carried.
-    pub epoch: u64,
-    /// The file's record when the move started (what moves, should the record be gone).
-    pub record: FileRecord,
-}
 
 /// The last components of the keys of `map` directly under `prefix` (`""` or `"p/"`), in
 /// order: one range scan that jumps over every deeper subtree.
@@ -75,7 +50,7 @@ fn shown_folder(canon: &str) -> String {
 impl Core {
     /// Whether the canonical folder exists ("" is the root, which always does).
     pub(super) fn folder_exists(&self, folder: &str) -> bool {
-        folder.is_empty() || self.folders.contains_key(folder)
+        folder.is_empty() || self.ns.folders.contains_key(folder)
     }
 
     /// A new file may take `canon` only if its folder exists and no folder has that name.
@@ -87,7 +62,7 @@ impl Core {
                 shown_folder(folder)
             )));
         }
-        if self.folders.contains_key(canon) {
+        if self.ns.folders.contains_key(canon) {
             return Err(err::conflict(format!(
                 "{} is a folder",
                 shown_folder(canon)
@@ -97,29 +72,24 @@ impl Core {
     }
 
     /// CREATEFOLDER: the parent must exist; the name must be free of files and folders.
-    pub(super) fn create_folder(
-        &mut self,
-        user: &str,
-        folder: &str,
-        now_ms: u64,
-    ) -> Result<(), WireError> {
+    pub(super) fn create_folder(&mut self, user: &str, folder: &str) -> Result<(), WireError> {
         let canon = names::canonical_folder(folder)?;
         if canon.is_empty() {
             return Err(err::conflict("Folder already exists: / (the root)"));
         }
-        if self.folders.contains_key(&canon) {
+        if self.ns.folders.contains_key(&canon) {
             return Err(err::conflict(format!(
                 "Folder already exists: {}",
                 shown_folder(&canon)
             )));
         }
-        if self.files.contains_key(&canon) {
+        if self.ns.files.contains_key(&canon) {
             return Err(err::conflict(format!(
                 "a file named {} exists",
                 names::display(&canon)
             )));
         }
-        if self.busy_files.contains_key(&canon) {
+        if self.ops.busy_files.contains_key(&canon) {
             // A CREATE or MOVE to that name is in flight.
             return Err(err::locked(format!(
                 "another operation on {} is in progress; try again",
@@ -133,8 +103,9 @@ impl Core {
                 shown_folder(parent)
             )));
         }
-        self.put_folder(&canon, user, now_ms);
+        self.put_folder(&canon, user);
         let up: Vec<String> = self
+            .reg
             .servers
             .iter()
             .filter(|(_, s)| s.up)
@@ -149,12 +120,18 @@ impl Core {
     /// Sends `folders` (parents first) to storage server `ss` in SS_MKDIR calls of bounded
     /// size, on the worker pool.
     pub(super) fn push_folders(&mut self, ss: &str, folders: Vec<String>) {
-        let Some(addr) = self.servers.get(ss).filter(|s| s.up).map(|s| s.rec.addr()) else {
+        let Some(addr) = self
+            .reg
+            .servers
+            .get(ss)
+            .filter(|s| s.up)
+            .map(|s| s.rec.addr())
+        else {
             return;
         };
         for part in frame::paginate(folders, |f| 2 * f.len() + 4) {
             let subject = names::mkdir_subject(&part);
-            let ticket = self.key.mint(NM_USER, &subject, TicketOp::Mkdir, ss, None);
+            let ticket = self.mint(NM_USER, &subject, TicketOp::Mkdir, ss, None);
             let msg = Message::SsMkdir {
                 folders: part,
                 ticket,
@@ -177,8 +154,8 @@ impl Core {
 
     /// A registering server gets every folder (the map is ordered, so parents come first).
     pub(super) fn push_all_folders(&mut self, ss: &str) {
-        if !self.folders.is_empty() {
-            let all: Vec<String> = self.folders.keys().cloned().collect();
+        if !self.ns.folders.is_empty() {
+            let all: Vec<String> = self.ns.folders.keys().cloned().collect();
             self.push_folders(ss, all);
         }
     }
@@ -191,25 +168,25 @@ impl Core {
         }
     }
 
-    fn put_folder(&mut self, canon: &str, owner: &str, now_ms: u64) {
+    fn put_folder(&mut self, canon: &str, owner: &str) {
         let rec = FolderRecord {
             owner: owner.to_string(),
-            created_ms: now_ms,
+            created_ms: self.wall_ms(),
         };
         self.batch
             .push(StoreOp::PutFolder(canon.to_string(), rec.clone()));
-        self.folders.insert(canon.to_string(), rec);
+        self.ns.folders.insert(canon.to_string(), rec);
         log::info!(target: ev::NM_FILE_CHANGE, file = canon, user = owner;
             "created folder /{canon}");
     }
 
     /// Creates `folder` and every missing ancestor (for files adopted from a storage server).
-    pub(super) fn ensure_folders(&mut self, folder: &str, owner: &str, now_ms: u64) {
+    pub(super) fn ensure_folders(&mut self, folder: &str, owner: &str) {
         if self.folder_exists(folder) {
             return;
         }
-        self.ensure_folders(names::parent(folder), owner, now_ms);
-        self.put_folder(folder, owner, now_ms);
+        self.ensure_folders(names::parent(folder), owner);
+        self.put_folder(folder, owner);
     }
 
     /// VIEWFOLDER: subfolders, then files, directly under the folder.
@@ -226,10 +203,10 @@ impl Core {
         } else {
             format!("{canon}/")
         };
-        let dirs = children(&self.folders, &prefix)
+        let dirs = children(&self.ns.folders, &prefix)
             .into_iter()
             .map(|name| FolderEntry { name, dir: true });
-        let files = children(&self.files, &prefix)
+        let files = children(&self.ns.files, &prefix)
             .into_iter()
             .map(|name| FolderEntry { name, dir: false });
         Ok(dirs.chain(files).collect())
@@ -245,7 +222,7 @@ impl Core {
         let Message::Move { folder, .. } = &p.msg else {
             return Err(err::internal("not a MOVE"));
         };
-        let rec = self.files.get(canon).ok_or_else(|| not_found(canon))?;
+        let rec = self.ns.files.get(canon).ok_or_else(|| not_found(canon))?;
         Self::need_write(rec, &p.user, canon)?;
         let dest = names::canonical_folder(folder)?;
         if !self.folder_exists(&dest) {
@@ -262,13 +239,13 @@ impl Core {
                 shown_folder(&dest)
             )));
         }
-        if self.files.contains_key(&to) || self.folders.contains_key(&to) {
+        if self.ns.files.contains_key(&to) || self.ns.folders.contains_key(&to) {
             return Err(err::conflict(format!(
                 "{} already exists",
                 names::display(&to)
             )));
         }
-        if self.busy_files.contains_key(&to) {
+        if self.ops.busy_files.contains_key(&to) {
             return Err(err::locked(format!(
                 "another operation on {} is in progress; try again",
                 names::display(&to)
@@ -278,9 +255,7 @@ impl Core {
         let record = rec.clone();
         self.refuse_if_removing(&ss, &to, now_ms)?;
         let subject = names::move_subject(canon, &to);
-        let ticket = self
-            .key
-            .mint_change(NM_USER, &subject, TicketOp::Move, &ss, None, epoch);
+        let ticket = self.mint_change(NM_USER, &subject, TicketOp::Move, &ss, None, epoch);
         let msg = Message::SsMove {
             file: canon.to_string(),
             to: to.clone(),
@@ -295,13 +270,13 @@ impl Core {
         };
         self.batch
             .push(StoreOp::PutMove(canon.to_string(), intent.clone()));
-        self.moves.insert(canon.to_string(), intent);
+        self.ns.moves.insert(canon.to_string(), intent);
         Ok((JobKind::SsCall { addr, msg }, Purpose::Move { to }))
     }
 
     /// Removes the intent of the MOVE of `from` (settled one way or the other).
     pub(super) fn drop_move_intent(&mut self, from: &str) {
-        if self.moves.remove(from).is_some() {
+        if self.ns.moves.remove(from).is_some() {
             self.batch.push(StoreOp::DelMove(from.to_string()));
         }
     }
@@ -324,6 +299,7 @@ impl Core {
         now_ms: u64,
     ) -> Vec<String> {
         let open: Vec<(String, MoveIntent)> = self
+            .ns
             .moves
             .iter()
             .filter(|(from, m)| m.ss == ss && !self.move_in_flight(from))
@@ -340,12 +316,12 @@ impl Core {
         for (from, m) in open {
             let (old, new) = (held.contains_key(&from), held.get(&m.to));
             let same_epoch = self.epoch_of(ss) == m.epoch;
-            let renamed = match (self.files.get(&from), new) {
+            let renamed = match (self.ns.files.get(&from), new) {
                 // At the record's version, or past it (a write the server committed before
                 // the move, whose news the name server did not live to hear).
                 (Some(rec), Some(st)) => {
                     !old && same_epoch
-                        && !self.files.contains_key(&m.to)
+                        && !self.ns.files.contains_key(&m.to)
                         && ((st.version == rec.version && st.checksum == rec.checksum)
                             || st.version > rec.version)
                 }
@@ -378,6 +354,7 @@ impl Core {
         now_ms: u64,
     ) {
         let stale: Vec<(String, String)> = self
+            .ns
             .moves
             .iter()
             .filter(|(from, m)| {
@@ -401,7 +378,7 @@ impl Core {
     /// that server's copy may be the only one descending from the record, and it is left to
     /// reconciliation, as the fence leaves such a copy ([`Core::fenced_result`]).
     pub(super) fn abandon_move(&mut self, from: &str, now_ms: u64) {
-        let Some(m) = self.moves.get(from).cloned() else {
+        let Some(m) = self.ns.moves.get(from).cloned() else {
             return;
         };
         self.drop_move_intent(from);
@@ -412,7 +389,8 @@ impl Core {
 
     /// Whether this run's MOVE of `from` is still waiting for its storage server.
     fn move_in_flight(&self, from: &str) -> bool {
-        self.jobs
+        self.ops
+            .jobs
             .values()
             .any(|f| f.file == from && matches!(f.purpose, Purpose::Move { .. }))
     }
@@ -422,7 +400,7 @@ impl Core {
     /// history, checkpoints) under the new one. Returns the backup, if any.
     pub(super) fn finish_move(&mut self, from: &str, to: &str, now_ms: u64) -> Option<String> {
         self.drop_move_intent(from);
-        let mut rec = self.files.get(from).cloned()?;
+        let mut rec = self.ns.files.get(from).cloned()?;
         let ss = rec.ss.clone();
         self.del_file(from);
         // Only the writer that renamed it holds the file under its new name; the other member

@@ -1,0 +1,775 @@
+//! The replication queue: the durable jobs owing a pair member a file's content or its
+//! removal, dispatching them to the workers, their results, sync-mode waits, and reconciling a
+//! member that registers with what its pair's records say it must hold.
+//!
+//! Uses the core's `repl` (the job table, see `jobtable.rs`), `running`, `sync_waits` and
+//! `stages`. Invariants:
+//! * one row per (target, file), coalescing every change: the row carries the latest want;
+//! * a key is never dispatched twice at once (it is marked running in `repl`);
+//! * a removal owed to a member never takes a newer file of the same name (the one rule,
+//!   in `removals.rs`);
+//! * retry times (`next_ms`) are monotonic; a job's `since_ms` (STATUS's lag) is wall-clock.
+
+use super::*;
+
+/// The replication queue's state.
+pub(super) struct Queue {
+    /// Replication jobs by key (durable; the channel only dispatches them).
+    pub(super) repl: jobtable::JobTable,
+    /// Replication jobs handed to the workers: job id to key and what was dispatched (their
+    /// keys are marked running in `repl`, so one key is never dispatched twice at once).
+    pub(super) running: HashMap<JobId, (String, Want)>,
+    /// Sync-mode answers waiting for a job, by job key.
+    pub(super) sync_waits: HashMap<String, Vec<SyncWait>>,
+    /// Uploads staged on a job's target while they arrived, by job key: the version staged
+    /// and the stage's id there (see `ss/server/staging.rs`; memory only).
+    pub(super) stages: HashMap<String, (Version, String)>,
+}
+
+impl Core {
+    /// Writes (or rewrites) the job owing `want` of `file` to `target`; the row goes into the
+    /// same batch as the change it follows.
+    pub(super) fn upsert_job(&mut self, target: &str, file: &str, want: Want, now_ms: u64) {
+        self.upsert_job_q(target, file, want, false, now_ms);
+    }
+
+    /// [`Core::upsert_job`], optionally setting the target's copy aside first (a quarantine
+    /// still owed stays owed when the row is rewritten).
+    pub(super) fn upsert_job_q(
+        &mut self,
+        target: &str,
+        file: &str,
+        want: Want,
+        quarantine: bool,
+        now_ms: u64,
+    ) {
+        let key = job_key(target, file);
+        // A staged upload stands only for the change that reported it (noted after this).
+        self.q.stages.remove(&key);
+        let old = self
+            .q
+            .repl
+            .get(&key)
+            .map(|j| (j.since_ms, j.want, j.quarantine));
+        let since_ms = old.map_or(self.wall_ms(), |(since, ..)| since);
+        // A new file's versions start again at 1: content owed where the removal of an older
+        // file of that name is still owed would look older than the copy the target holds and
+        // be skipped. The target's copy is set aside first, so the new content installs.
+        let replaces_removal =
+            matches!(want, Want::Content { .. }) && self.removal_owed(target, file);
+        let quarantine = quarantine || replaces_removal || old.is_some_and(|(.., q)| q);
+        if old.is_none() {
+            if let Some((p, _)) = self.membership(target) {
+                if let Some(st) = self.pair_states.get_mut(&p) {
+                    if st.sync_done >= st.sync_total {
+                        st.sync_done = 0;
+                        st.sync_total = 0;
+                    }
+                    st.sync_total += 1;
+                }
+            }
+        }
+        let job = ReplJob {
+            quarantine,
+            target: target.to_string(),
+            file: file.to_string(),
+            want,
+            attempts: 0,
+            next_ms: now_ms,
+            last_error: None,
+            state: JobState::Pending,
+            since_ms,
+        };
+        self.batch.push(StoreOp::PutJob(job.clone()));
+        self.q.repl.insert(key, job);
+    }
+
+    /// Owes member `target` of `file`'s pair the file's current content (with `quarantine`,
+    /// its own copy is set aside first).
+    pub(super) fn owe_to(&mut self, file: &str, target: &str, quarantine: bool, now_ms: u64) {
+        let Some(rec) = self.ns.files.get(file) else {
+            return;
+        };
+        let version = rec.version;
+        log::info!(target: ev::NM_RECOVERY_SYNC_QUEUED, file = file, ss = target,
+            version = version.to_string(), quarantine = quarantine;
+            "file={file} owed to {target}{}", if quarantine { " (its copy is quarantined first)" } else { "" });
+        self.upsert_job_q(target, file, Want::Content { version }, quarantine, now_ms);
+    }
+
+    /// Owes the member of `file`'s pair that is not the writer the file's current content.
+    /// Returns that member.
+    pub(super) fn owe(&mut self, file: &str, write: bool, now_ms: u64) -> Option<String> {
+        let rec = self.ns.files.get(file)?;
+        let version = rec.version;
+        let pair = rec.ss.clone();
+        self.backup_for(&pair)?;
+        let follower = self.writer_member(&pair).other();
+        let target = self.member_name(&pair, follower)?;
+        let primary = self.member_name(&pair, follower.other())?;
+        log::info!(target: ev::NM_REPLICATION_CHECK, file = file, ss = target.as_str();
+            "file={file} primary={primary} replica={target}");
+        if rec.held(follower) == Some(version) {
+            return Some(target);
+        }
+        self.upsert_job(&target, file, Want::Content { version }, now_ms);
+        let depth = self.q.repl.len() as u64;
+        if write {
+            log::info!(target: ev::NM_WRITE_REPLICATION_QUEUED, file = file, ss = target.as_str(),
+                version = version.to_string(), queued = depth;
+                "file={file} op=WRITE primary={primary} replica={target}");
+        } else {
+            log::info!(target: ev::NM_REPLICATION_QUEUED, file = file, ss = target.as_str(),
+                version = version.to_string(), queued = depth;
+                "file={file} op=COPY primary={primary} replica={target}");
+        }
+        Some(target)
+    }
+
+    /// Owes the member of `primary`'s pair that is not the writer the removal of `file`.
+    /// Returns that member.
+    pub(super) fn owe_delete(&mut self, primary: &str, file: &str, now_ms: u64) -> Option<String> {
+        self.backup_for(primary)?;
+        let target = self.member_name(primary, self.writer_member(primary).other())?;
+        self.upsert_job(&target, file, Want::Delete, now_ms);
+        log::info!(target: ev::NM_REPLICATION_QUEUED, file = file, ss = target.as_str();
+            "file={file} op=DELETE primary={primary} replica={target}");
+        Some(target)
+    }
+
+    /// Answers a change: at once in async mode (or without a backup); in sync mode once the
+    /// backup's job succeeds, or degraded if the backup is down or its attempt fails.
+    pub(super) fn answer_change(
+        &mut self,
+        waiter: Waiter,
+        file: &str,
+        target: Option<String>,
+        want: Want,
+        now_ms: u64,
+    ) {
+        match target {
+            Some(t) if self.sync_mode() => {
+                let key = job_key(&t, file);
+                let owed = self.q.repl.get(&key).map(|j| j.state);
+                if owed.is_none() {
+                    // The backup already holds it.
+                    self.release(waiter, true);
+                } else if !self.is_up(&t) || owed == Some(JobState::Failed) {
+                    self.release(waiter, false);
+                } else {
+                    self.q.sync_waits.entry(key).or_default().push(SyncWait {
+                        waiter,
+                        want,
+                        deadline_ms: now_ms + SYNC_WAIT_MS,
+                    });
+                }
+            }
+            _ => self.release(waiter, true),
+        }
+    }
+
+    pub(super) fn release(&mut self, waiter: Waiter, both: bool) {
+        match waiter {
+            Waiter::Client(conn) => {
+                self.set_busy(conn, false);
+                let msg = if both {
+                    Message::Done {}
+                } else {
+                    Message::DoneDegraded {
+                        copies: 1,
+                        total: 2,
+                    }
+                };
+                self.reply(conn, msg);
+            }
+            Waiter::Changed(conn, id) => {
+                let copies = if both { None } else { Some(1) };
+                self.reply(conn, Message::ChangedAck { id, copies });
+            }
+        }
+    }
+
+    /// Releases the sync waiters of `key` that `achieved` satisfies (`None`: the file is gone
+    /// from the target); with `failed`, every waiter is answered degraded.
+    pub(super) fn settle_waits(
+        &mut self,
+        key: &str,
+        achieved: Option<Option<Version>>,
+        failed: bool,
+    ) {
+        let Some(waits) = self.q.sync_waits.remove(key) else {
+            return;
+        };
+        let mut keep = Vec::new();
+        for w in waits {
+            let ok = match (w.want, achieved) {
+                (Want::Content { version }, Some(Some(v))) => v >= version,
+                (Want::Delete, Some(None)) => true,
+                _ => false,
+            };
+            if ok {
+                self.release(w.waiter, true);
+            } else if failed {
+                self.release(w.waiter, false);
+            } else {
+                keep.push(w);
+            }
+        }
+        if !keep.is_empty() {
+            self.q.sync_waits.insert(key.to_string(), keep);
+        }
+    }
+
+    /// A server went down: sync waiters owed to it are answered degraded.
+    pub(super) fn target_down(&mut self, name: &str) {
+        let prefix = format!("{name}\n");
+        let keys: Vec<String> = self
+            .q
+            .sync_waits
+            .keys()
+            .filter(|k| k.starts_with(&prefix))
+            .cloned()
+            .collect();
+        for k in keys {
+            self.settle_waits(&k, None, true);
+        }
+        self.push_partner(name);
+    }
+
+    /// Tells the other member of `name`'s pair at once that `name` came up or went down, so
+    /// a writer stages its uploads on a partner only while that partner is up.
+    pub(super) fn push_partner(&mut self, name: &str) {
+        if let Some(other) = self.partner_name(name) {
+            self.push_role(&other);
+        }
+    }
+
+    /// Sync waiters past their deadline are answered degraded; their jobs go on.
+    pub(super) fn expire_waits(&mut self, now_ms: u64) {
+        let mut late = Vec::new();
+        for waits in self.q.sync_waits.values_mut() {
+            waits.retain(|w| {
+                let keep = w.deadline_ms > now_ms;
+                if !keep {
+                    late.push(w.waiter);
+                }
+                keep
+            });
+        }
+        self.q.sync_waits.retain(|_, w| !w.is_empty());
+        for w in late {
+            self.release(w, false);
+        }
+    }
+
+    /// Sync waiters on a connection that closed are forgotten.
+    pub(super) fn forget_waiter(&mut self, conn: ConnId) {
+        for waits in self.q.sync_waits.values_mut() {
+            waits.retain(|w| match w.waiter {
+                Waiter::Client(c) | Waiter::Changed(c, _) => c != conn,
+            });
+        }
+        self.q.sync_waits.retain(|_, w| !w.is_empty());
+    }
+
+    /// Whether a pending job's servers are up (no allocation: this runs over every row).
+    pub(super) fn ready(&self, job: &ReplJob) -> bool {
+        if !self.is_up(&job.target) {
+            return false;
+        }
+        match job.want {
+            Want::Delete => true,
+            Want::Content { .. } => self.source_for(job).is_some(),
+        }
+    }
+
+    /// Makes a job row due now with a fresh count of attempts (RECOVER, or a FAILED row whose
+    /// target registered again), durably.
+    pub(super) fn retry_job_now(&mut self, key: &str, now_ms: u64) {
+        let j = self.q.repl.update(key, |j| {
+            j.state = JobState::Pending;
+            j.attempts = 0;
+            j.next_ms = now_ms;
+        });
+        if let Some(j) = j {
+            self.batch.push(StoreOp::PutJob(j));
+        }
+    }
+
+    /// Whether a content job's target already holds the file's current version (the job is
+    /// then done; a quarantine it asked for is moot). No allocation.
+    pub(super) fn target_holds_current(&self, job: &ReplJob) -> bool {
+        self.job_member(job).is_some_and(|(rec, m)| rec.holds(m))
+    }
+
+    /// The record of a job's file and which member of its pair the job's target is, if the
+    /// target belongs to that pair. No allocation.
+    pub(super) fn job_member(&self, job: &ReplJob) -> Option<(&FileRecord, Member)> {
+        let rec = self.ns.files.get(&job.file)?;
+        let m = if job.target == rec.ss {
+            Member::Primary
+        } else if self.reg.pairs.get(&rec.ss) == Some(&job.target) {
+            Member::Backup
+        } else {
+            return None;
+        };
+        Some((rec, m))
+    }
+
+    /// The member a content job copies from: up, holding the current version, not the
+    /// target. No allocation when there is none (this runs over every row).
+    pub(super) fn source_for(&self, job: &ReplJob) -> Option<(&str, &ServerLive)> {
+        let rec = self.ns.files.get(&job.file)?;
+        let p = rec.ss.as_str();
+        let candidates = [
+            (Member::Primary, Some(p)),
+            (Member::Backup, self.reg.pairs.get(p).map(String::as_str)),
+        ];
+        candidates.into_iter().find_map(|(m, n)| {
+            let n = n?;
+            let s = self.reg.servers.get(n)?;
+            (n != job.target && s.up && rec.holds(m)).then_some((n, s))
+        })
+    }
+
+    /// Remembers that the content of `file` at `version` is staged on `target` as `s`, for
+    /// the job that owes exactly that version there. Kept in memory only: without it the job
+    /// sends the content, as it always could.
+    pub(super) fn note_stage(
+        &mut self,
+        target: &str,
+        file: &str,
+        version: Version,
+        s: crate::protocol::StagedRef,
+    ) {
+        let key = job_key(target, file);
+        let owed = self
+            .q
+            .repl
+            .get(&key)
+            .is_some_and(|j| j.want == Want::Content { version });
+        if s.ss != target || !owed {
+            return;
+        }
+        if self.q.stages.len() >= MAX_STAGE_HINTS {
+            self.q.stages.clear();
+        }
+        self.q.stages.insert(key, (version, s.id));
+    }
+
+    /// The transfer a ready job describes.
+    pub(super) fn transfer_for(&self, job: &ReplJob) -> Option<Transfer> {
+        let t = self.reg.servers.get(&job.target).filter(|s| s.up)?;
+        let target = (job.target.clone(), t.rec.addr());
+        let source = match job.want {
+            Want::Delete => None,
+            Want::Content { .. } => {
+                let (n, s) = self.source_for(job)?;
+                Some((n.to_string(), s.rec.addr()))
+            }
+        };
+        let stage = self
+            .q
+            .stages
+            .get(&job.key())
+            .filter(|(v, _)| job.want == Want::Content { version: *v })
+            .map(|(_, id)| id.clone());
+        Some(Transfer {
+            file: job.file.clone(),
+            want: job.want,
+            source,
+            target,
+            quarantine: job.quarantine,
+            stage,
+        })
+    }
+
+    /// Hands due jobs to the workers, up to the in-flight cap; drops content jobs whose file
+    /// no longer exists (a delete job replaces them when the record goes). Visits only the
+    /// due rows of targets that are up (see `jobtable.rs`), so rows owed to a down server
+    /// cost nothing here (and a moot one waits for its server to register to be dropped).
+    pub fn pump_replication(&mut self, now_ms: u64) {
+        self.at(now_ms);
+        let cap = self.cfg.max_repl_in_flight.max(1);
+        if self.q.running.len() >= cap {
+            return;
+        }
+        let mut picked = Vec::new();
+        let mut obsolete = Vec::new();
+        let mut sourceless = Vec::new();
+        let mut later = Vec::new();
+        let targets: Vec<&String> = self.q.repl.targets().filter(|t| self.is_up(t)).collect();
+        'targets: for target in targets {
+            for k in self.q.repl.due_for(target, now_ms) {
+                if self.q.running.len() + picked.len() >= cap {
+                    break 'targets;
+                }
+                let Some(j) = self.q.repl.get(k) else {
+                    continue;
+                };
+                let moot = match j.want {
+                    Want::Content { .. } => {
+                        !self.ns.files.contains_key(&j.file) || self.target_holds_current(j)
+                    }
+                    Want::Delete => self.removal_moot(j),
+                };
+                if moot {
+                    obsolete.push(k.clone());
+                } else if j.want == Want::Delete && self.ops.busy_files.contains_key(&j.file) {
+                    // A CREATE or MOVE of that name may be on its way to the target: the
+                    // removal waits for it, then is moot if it made the name again there.
+                    later.push(k.clone());
+                } else if self.ready(j) {
+                    picked.push(k.clone());
+                } else {
+                    sourceless.push(k.clone());
+                }
+            }
+        }
+        for k in sourceless {
+            self.q.repl.park(&k);
+        }
+        for k in later {
+            self.q.repl.update(&k, |j| {
+                j.next_ms = now_ms + replication::CHANNEL_FULL_RETRY_MS;
+            });
+        }
+        for k in obsolete {
+            let Some(j) = self.q.repl.remove(&k) else {
+                continue;
+            };
+            self.batch.push(StoreOp::DelJob(k.clone()));
+            match (j.want, self.ns.files.get(&j.file).map(|r| r.version)) {
+                (Want::Delete, _) => {
+                    log::info!(target: ev::REPLICATION_WORKER_PROCESS, file = j.file.as_str(), ss = j.target.as_str();
+                        "file={} was made again on {}: the removal of the older file is moot", j.file, j.target);
+                    self.job_done(&j.target);
+                    self.settle_waits(&k, Some(None), false);
+                }
+                (_, Some(v)) => {
+                    self.job_done(&j.target);
+                    self.settle_waits(&k, Some(Some(v)), false);
+                }
+                (_, None) => self.settle_waits(&k, Some(None), true),
+            }
+        }
+        for k in picked {
+            let Some(t) = self.q.repl.get(&k).and_then(|j| self.transfer_for(j)) else {
+                continue;
+            };
+            let id = self.ops.next_job;
+            self.ops.next_job += 1;
+            log::info!(target: ev::REPLICATION_WORKER_QUEUED, file = t.file.as_str(),
+                ss = t.target.0.as_str(), queued = self.q.running.len() as u64 + 1;
+                "file={} replica={} queued={}", t.file, t.target.0, self.q.running.len() + 1);
+            self.q.running.insert(id, (k.clone(), t.want));
+            self.q.repl.set_running(&k, true);
+            self.out.push(Effect::Job(Job {
+                id,
+                kind: JobKind::Replicate(t),
+            }));
+        }
+    }
+
+    /// The earliest time a waiting job becomes due (only jobs whose target is up).
+    pub(super) fn next_repl_deadline_ms(&self) -> Option<u64> {
+        if self.q.running.len() >= self.cfg.max_repl_in_flight.max(1) {
+            return None;
+        }
+        self.q
+            .repl
+            .targets()
+            .filter(|t| self.is_up(t))
+            .filter_map(|t| self.q.repl.first_due(t))
+            .min()
+    }
+
+    /// The worker channel had no room for a replication job: it waits in the table and is
+    /// dispatched again shortly, without counting as an attempt. False if `id` is not one.
+    pub fn on_dispatch_full(&mut self, id: JobId, now_ms: u64) -> bool {
+        self.at(now_ms);
+        let Some((key, _)) = self.q.running.remove(&id) else {
+            return false;
+        };
+        self.q.repl.update(&key, |j| {
+            j.next_ms = now_ms + replication::CHANNEL_FULL_RETRY_MS;
+        });
+        self.q.repl.set_running(&key, false);
+        true
+    }
+
+    /// A replication job came back.
+    pub(super) fn on_repl_result(
+        &mut self,
+        key: String,
+        sent: Want,
+        result: Result<JobOutput, WireError>,
+        now_ms: u64,
+    ) {
+        self.q.repl.set_running(&key, false);
+        // A stage is used by one attempt (which falls back to sending the content itself).
+        if self
+            .q
+            .stages
+            .get(&key)
+            .is_some_and(|(v, _)| sent == Want::Content { version: *v })
+        {
+            self.q.stages.remove(&key);
+        }
+        let Some(job) = self.q.repl.get(&key).cloned() else {
+            return;
+        };
+        match result {
+            Ok(JobOutput::Replicated(Outcome::Copied { state, .. })) => {
+                if let Some(rec) = self.ns.files.get(&job.file) {
+                    if let Some((_, m)) = self.job_member(&job) {
+                        if rec.held(m) != Some(state.version) && state.version <= rec.version {
+                            let mut rec = rec.clone();
+                            rec.set_held(m, Some(state.version));
+                            self.put_file(&job.file, rec);
+                        }
+                    }
+                }
+                match job.want {
+                    Want::Content { version } if state.version >= version => {
+                        self.q.repl.remove(&key);
+                        self.batch.push(StoreOp::DelJob(key.clone()));
+                        self.job_done(&job.target);
+                        self.settle_waits(&key, Some(Some(state.version)), false);
+                    }
+                    // A newer change landed while the copy ran: the row owes it, due now.
+                    Want::Content { .. } if sent != job.want => {
+                        self.settle_waits(&key, Some(Some(state.version)), false);
+                    }
+                    Want::Content { version } => self.repl_failed(
+                        &key,
+                        format!(
+                            "target holds {} after the copy, {version} is owed",
+                            state.version
+                        ),
+                        now_ms,
+                    ),
+                    // Deleted while the copy ran: the row already owes the delete.
+                    Want::Delete => {}
+                }
+            }
+            Ok(JobOutput::Replicated(Outcome::Deleted)) => match job.want {
+                Want::Delete => {
+                    self.q.repl.remove(&key);
+                    self.batch.push(StoreOp::DelJob(key.clone()));
+                    self.job_done(&job.target);
+                    self.settle_waits(&key, Some(None), false);
+                }
+                // Created again while the delete ran: the row already owes the content.
+                Want::Content { .. } => {}
+            },
+            Ok(other) => self.repl_failed(&key, format!("unexpected result {other:?}"), now_ms),
+            Err(e) => self.repl_failed(&key, e.msg, now_ms),
+        }
+    }
+
+    /// Counts a finished transfer in its pair's recovery progress.
+    pub(super) fn job_done(&mut self, target: &str) {
+        if let Some((p, _)) = self.membership(target) {
+            if let Some(st) = self.pair_states.get_mut(&p) {
+                st.sync_done = (st.sync_done + 1).min(st.sync_total);
+            }
+        }
+    }
+
+    pub(super) fn repl_failed(&mut self, key: &str, error: String, now_ms: u64) {
+        let j = self.q.repl.update(key, |j| {
+            j.attempts += 1;
+            j.last_error = Some(error);
+            if j.attempts >= replication::MAX_ATTEMPTS {
+                j.state = JobState::Failed;
+                log::warn!(target: ev::REPLICATION_WORKER_ERROR, file = j.file.as_str(),
+                    ss = j.target.as_str(); "file={} to {} FAILED after {} attempts",
+                    j.file, j.target, j.attempts);
+            } else {
+                j.next_ms = now_ms + replication::backoff_ms(j.attempts);
+            }
+        });
+        if let Some(j) = j {
+            self.batch.push(StoreOp::PutJob(j));
+        }
+        self.settle_waits(key, None, true);
+    }
+
+    /// Member `m` of the pair named `primary` (re)registered with `list`. Each file of the
+    /// pair is classified against the record:
+    ///
+    /// * current (version and checksum match): nothing to do;
+    /// * newer, on the writer, in the pair's epoch: a commit whose CHANGED never arrived,
+    ///   adopted as the current version and owed to the other member;
+    /// * diverged (changes the cluster never acknowledged: newer than the record on a
+    ///   non-writer, or from an earlier epoch yet newer than that epoch's last recorded
+    ///   version, or the same version with other bytes): quarantined, then owed the
+    ///   current copy;
+    /// * stale or missing: owed the current copy from the member holding it;
+    /// * unknown to the index: adopted on the writer; set aside (quarantine) on the other.
+    ///
+    /// FAILED jobs of the member are retried at once.
+    pub(super) fn reconcile_member(
+        &mut self,
+        primary: &str,
+        m: Member,
+        list: Vec<FileState>,
+        now_ms: u64,
+    ) {
+        let Some(name) = self.member_name(primary, m) else {
+            return;
+        };
+        let failed: Vec<String> = self
+            .q
+            .repl
+            .keys_for(&name)
+            .into_iter()
+            .filter(|k| {
+                self.q
+                    .repl
+                    .get(k)
+                    .is_some_and(|j| j.state == JobState::Failed)
+            })
+            .collect();
+        for k in failed {
+            self.retry_job_now(&k, now_ms);
+        }
+        let writer = self.writer_member(primary) == m;
+        let held: HashMap<String, FileState> = list
+            .into_iter()
+            .filter_map(|st| names::canonical_file(&st.file).ok().map(|f| (f, st)))
+            .collect();
+        let mine: Vec<String> = self
+            .ns
+            .files
+            .iter()
+            .filter(|(_, r)| r.ss == primary)
+            .map(|(f, _)| f.clone())
+            .collect();
+        let (mut queued, mut quarantined, mut adopted) = (0u64, 0u64, 0u64);
+        let mut missing = 0u64;
+        for f in &mine {
+            let Some(rec) = self.ns.files.get(f).cloned() else {
+                continue;
+            };
+            let key = job_key(&name, f);
+            let Some(st) = held.get(f) else {
+                // Never deleted because a server forgot it (an unmounted disk must not erase
+                // the index); the copy is owed to it again.
+                if rec.held(m).is_some() {
+                    let mut r = rec.clone();
+                    r.set_held(m, None);
+                    self.put_file(f, r);
+                    missing += 1;
+                }
+                if self.source_exists(&rec, m) {
+                    self.owe_to(f, &name, false, now_ms);
+                    queued += 1;
+                }
+                continue;
+            };
+            let current = st.version == rec.version && st.checksum == rec.checksum;
+            if current {
+                if rec.held(m) != Some(rec.version) {
+                    let mut r = rec.clone();
+                    r.set_held(m, Some(rec.version));
+                    self.put_file(f, r);
+                }
+                if self.q.repl.contains_key(&key) && !self.q.repl.is_running(&key) {
+                    self.q.repl.remove(&key);
+                    self.batch.push(StoreOp::DelJob(key));
+                }
+                continue;
+            }
+            // A change is only ever made to a copy at the record's version (tickets carry it
+            // as min_version), and the record only moves on by acknowledged changes; so a
+            // copy above the record descends from it: it holds every acknowledged change,
+            // plus commits whose CHANGED never arrived. It becomes the current copy on the
+            // writer (as on an unpaired server), or when it is the only one left holding
+            // the record's changes; otherwise those unacknowledged commits are set aside.
+            let newer = st.version > rec.version;
+            if newer && (writer || !rec.holds(m.other())) {
+                let mut r = rec.clone();
+                r.apply_change(m, st);
+                self.put_file(f, r);
+                if self.q.repl.contains_key(&key) && !self.q.repl.is_running(&key) {
+                    self.q.repl.remove(&key);
+                    self.batch.push(StoreOp::DelJob(key));
+                }
+                if let Some(other) = self.member_name(primary, m.other()) {
+                    self.owe_to(f, &other, false, now_ms);
+                }
+                adopted += 1;
+                continue;
+            }
+            // Older than the record yet from an earlier epoch past the last version that
+            // epoch ended with: a fork the cluster never acknowledged.
+            let diverged = newer
+                || (st.version == rec.version && st.checksum != rec.checksum)
+                || (st.version.epoch < rec.version.epoch
+                    && rec.epoch_base.is_some_and(|b| st.version > b));
+            let mut r = rec.clone();
+            r.set_held(m, if diverged { None } else { Some(st.version) });
+            if r != rec {
+                self.put_file(f, r);
+            }
+            if diverged {
+                log::warn!(target: ev::NM_SS_RECOVERY, file = f.as_str(), ss = name.as_str(),
+                    version = st.version.to_string(), current = rec.version.to_string();
+                    "{name} holds {f} at {} with changes the cluster never acknowledged (current {}): it is quarantined",
+                    st.version, rec.version);
+                quarantined += 1;
+            }
+            self.owe_to(f, &name, diverged, now_ms);
+            queued += 1;
+        }
+        let mine: HashSet<String> = mine.into_iter().collect();
+        for (f, st) in &held {
+            if mine.contains(f) {
+                continue;
+            }
+            match self.ns.files.get(f) {
+                // Another pair holds that name; which copy wins is not decided here.
+                Some(_) => {}
+                // An acknowledged DELETE made while this member was the backup, owed to it
+                // still: the row removes the copy; adopting it would bring the file back.
+                None if writer && self.removal_owed(&name, f) => {
+                    queued += 1;
+                }
+                None if writer => {
+                    self.adopt(primary, m, f, st);
+                    self.owe(f, false, now_ms);
+                    adopted += 1;
+                }
+                None => {
+                    // An acknowledged DELETE or MOVE made while this member was away left a
+                    // row owing it the removal: that row does it. Otherwise the copy was never
+                    // acknowledged: set aside, never silently removed.
+                    let owed = self
+                        .q
+                        .repl
+                        .get(&job_key(&name, f))
+                        .is_some_and(|j| j.want == Want::Delete && !j.quarantine);
+                    if !owed {
+                        self.upsert_job_q(&name, f, Want::Delete, true, now_ms);
+                    }
+                    queued += 1;
+                }
+            }
+        }
+        if missing > 0 {
+            log::warn!(target: ev::NM_SS_REGISTER, ss = name.as_str(), missing = missing;
+                "{name} registered without {missing} file(s) of pair {primary}; they are owed to it again, never deleted");
+        }
+        log::info!(target: ev::NM_RECOVERY_SYNC_QUEUED, ss = name.as_str(), queued = queued,
+            quarantined = quarantined, adopted = adopted;
+            "{queued} files queued to bring {name} in line with pair {primary} ({quarantined} quarantined first, {adopted} adopted)");
+    }
+
+    /// Whether the member other than `m` holds `rec`'s current version (the job waits for it
+    /// to be up).
+    pub(super) fn source_exists(&self, rec: &FileRecord, m: Member) -> bool {
+        rec.holds(m.other())
+    }
+}

@@ -1,0 +1,302 @@
+//! Every record the name server persists (see `store.rs` for the tables), the durable state
+//! as loaded at startup ([`Loaded`]) and the batch vocabulary ([`StoreOp`]).
+//!
+//! Times in records are wall-clock Unix ms (`created_ms`, `modified_ms`, `accessed_ms`),
+//! except a pair's `switch_at_ms`, which is this run's monotonic time and is re-derived from
+//! the boot when the state is loaded (see [`super::clock`]).
+
+use super::*;
+
+/// Everything the name server records about one file (stored as JSON in the `files` table).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    /// The owner: full rights, the only one who may delete or change access.
+    pub owner: String,
+    /// The storage server holding the file.
+    pub ss: String,
+    /// Current version.
+    pub version: Version,
+    /// CRC32C of the current content.
+    pub checksum: u32,
+    /// Bytes.
+    pub size: u64,
+    /// Words.
+    pub words: u64,
+    /// Characters.
+    pub chars: u64,
+    /// Unix milliseconds of creation.
+    pub created_ms: u64,
+    /// Unix milliseconds of the last content change.
+    pub modified_ms: u64,
+    /// Users other than the owner with access; `true` means read and write.
+    #[serde(default)]
+    pub access: BTreeMap<String, bool>,
+    /// Unix milliseconds of the last READ/STREAM/WRITE.
+    #[serde(default)]
+    pub accessed_ms: Option<u64>,
+    /// Who accessed last.
+    #[serde(default)]
+    pub accessed_by: Option<String>,
+    /// The owning server registered without this file (a hand deletion, or a server started
+    /// on the wrong or an empty `--storage`). The record and its access rights are kept, and
+    /// nothing is deleted from the backup: only the owner's DELETE removes a record.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub primary_missing: bool,
+    /// The version the pair's backup is known to hold (`None`: not known to hold it).
+    #[serde(default)]
+    pub backup_version: Option<Version>,
+    /// Set while the primary is behind (the promoted backup took changes it misses): the
+    /// version the primary is known to hold. `None` with `primary_missing` false: the
+    /// primary holds `version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_held: Option<Version>,
+    /// The last version of an earlier epoch, kept when the first change of a newer epoch
+    /// lands: a returning member holding a copy of that earlier epoch newer than this has
+    /// changes the cluster never acknowledged, and the copy is quarantined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch_base: Option<Version>,
+}
+
+impl FileRecord {
+    pub(super) fn apply_state(&mut self, s: &FileState) {
+        self.primary_missing = false;
+        self.version = s.version;
+        self.checksum = s.checksum;
+        self.size = s.size;
+        self.words = s.words;
+        self.chars = s.chars;
+        self.modified_ms = s.modified_ms;
+    }
+
+    /// The version `member` is known to hold, if any.
+    pub(super) fn held(&self, member: Member) -> Option<Version> {
+        match member {
+            Member::Primary if self.primary_missing => None,
+            Member::Primary => Some(self.primary_held.unwrap_or(self.version)),
+            Member::Backup => self.backup_version,
+        }
+    }
+
+    /// Whether `member` holds the current version.
+    pub(super) fn holds(&self, member: Member) -> bool {
+        self.held(member) == Some(self.version)
+    }
+
+    /// Records that `member` holds `v` (or nothing).
+    pub(super) fn set_held(&mut self, member: Member, v: Option<Version>) {
+        match member {
+            Member::Primary => {
+                self.primary_missing = v.is_none();
+                self.primary_held = v.filter(|v| *v != self.version);
+            }
+            Member::Backup => self.backup_version = v,
+        }
+    }
+
+    /// Only `member` holds a copy, at `v` (a new file, an adopted one, a moved one).
+    pub(super) fn held_only_by(&mut self, member: Member, v: Version) {
+        self.set_held(member, Some(v));
+        self.set_held(member.other(), None);
+    }
+
+    /// A change `s` made by `writer`: the writer holds it, the other member keeps what it held.
+    pub(super) fn apply_change(&mut self, writer: Member, s: &FileState) {
+        let other = writer.other();
+        let other_held = self.held(other);
+        if s.version.epoch > self.version.epoch {
+            self.epoch_base = Some(self.version);
+        }
+        self.apply_state(s);
+        self.set_held(writer, Some(s.version));
+        self.set_held(other, other_held);
+    }
+
+    pub(super) fn can_read(&self, user: &str) -> bool {
+        self.owner == user || self.access.contains_key(user)
+    }
+
+    pub(super) fn can_write(&self, user: &str) -> bool {
+        self.owner == user || self.access.get(user).copied().unwrap_or(false)
+    }
+}
+
+/// One member of a pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Member {
+    /// The server named by the pair (files are placed on it).
+    Primary,
+    /// Its backup.
+    Backup,
+}
+
+impl Member {
+    /// The other member of the pair.
+    pub fn other(self) -> Member {
+        match self {
+            Member::Primary => Member::Backup,
+            Member::Backup => Member::Primary,
+        }
+    }
+}
+
+/// Where a pair stands in its writer's life; the state STATUS shows is this combined with
+/// which members are up (see [`Core::pair_state_name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Phase {
+    /// The writer takes changes (while it is up); the other member follows.
+    Serving,
+    /// The writer is down: nobody takes changes until its last lease has surely expired,
+    /// then the other member becomes the writer in a new epoch.
+    FailingOver,
+    /// The promoted backup is stepping down for the returning primary, which holds every
+    /// change: no new leases; once the backup's last lease expired (and nothing is owed to
+    /// the primary) the primary writes again in a new epoch.
+    Handback,
+}
+
+/// The durable state of one pair (the `pair_states` table, keyed by the primary's name).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairRecord {
+    /// The writer's phase.
+    pub phase: Phase,
+    /// The pair's epoch: versions written by this writer carry it; tickets for changes carry
+    /// it and a server on another epoch refuses them. At most one member writes per epoch.
+    pub epoch: u64,
+    /// The member that takes changes in this epoch.
+    pub writer: Member,
+    /// Monotonic ms (this run's clock, see [`clock`]) before which the writer may not change
+    /// (FAILING_OVER, HANDBACK): by then the last lease the old writer was granted has ended.
+    /// Stored, but meaningless to a later run: loading re-derives it from the boot.
+    #[serde(default)]
+    pub switch_at_ms: u64,
+    /// Progress of the current catch-up: transfers owed since the pair was last in step
+    /// (kept in memory only; a restarted name server counts afresh).
+    #[serde(skip)]
+    pub sync_total: u64,
+    /// See `sync_total`.
+    #[serde(skip)]
+    pub sync_done: u64,
+}
+
+impl PairRecord {
+    pub(super) fn new() -> PairRecord {
+        PairRecord {
+            phase: Phase::Serving,
+            epoch: EPOCH,
+            writer: Member::Primary,
+            switch_at_ms: 0,
+            sync_total: 0,
+            sync_done: 0,
+        }
+    }
+}
+
+/// The durable part of a storage server's registration (the `servers` table).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerRecord {
+    /// Host clients connect to.
+    pub host: String,
+    /// Client port.
+    pub client_port: u16,
+    /// The primary this server backs up, if any.
+    #[serde(default)]
+    pub backup_of: Option<String>,
+}
+
+impl ServerRecord {
+    pub(super) fn addr(&self) -> String {
+        addr::join(&self.host, self.client_port)
+    }
+}
+
+/// A change to the durable state; the store applies a batch of them in one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreOp {
+    /// Record a user (a no-op for one already recorded, so it never drops a bound key).
+    PutUser(String),
+    /// Record a user bound to a public key (hex).
+    PutUserKey(String, String),
+    /// Forget the key a user is bound to (it binds again at its next session).
+    ResetUserKey(String),
+    /// Insert or replace a file record.
+    PutFile(String, FileRecord),
+    /// Remove a file record.
+    DelFile(String),
+    /// Insert or replace a server record.
+    PutServer(String, ServerRecord),
+    /// Record a pair: primary, backup.
+    PutPair(String, String),
+    /// Insert or replace a pair's state (keyed by the primary).
+    PutPairState(String, PairRecord),
+    /// Insert or replace a replication job (keyed by [`ReplJob::key`]).
+    PutJob(ReplJob),
+    /// Remove a replication job by key.
+    DelJob(String),
+    /// Insert or replace a folder record.
+    PutFolder(String, FolderRecord),
+    /// Insert or replace a pending access request.
+    PutRequest(AccessRequest),
+    /// Remove an access request (answered, or its file deleted).
+    DelRequest(u64),
+    /// The next access-request id (the counter only rises).
+    PutNextRequest(u64),
+    /// Record a MOVE about to be sent, keyed by the file's old name.
+    PutMove(String, MoveIntent),
+    /// Remove a MOVE's intent (settled: moved, refused, or found not to have happened).
+    DelMove(String),
+}
+
+/// The durable state as loaded at startup.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Loaded {
+    /// Every user ever seen.
+    pub users: BTreeSet<String>,
+    /// The public key each bound user proved at first use (see `crate::identity`); users
+    /// recorded without one bind at their next session.
+    pub user_keys: BTreeMap<String, String>,
+    /// The file index by canonical name.
+    pub files: BTreeMap<String, FileRecord>,
+    /// Storage servers ever registered.
+    pub servers: BTreeMap<String, ServerRecord>,
+    /// Pairs: primary name to backup name.
+    pub pairs: BTreeMap<String, String>,
+    /// Pair states by primary name.
+    pub pair_states: BTreeMap<String, PairRecord>,
+    /// Replication jobs by key.
+    pub jobs: BTreeMap<String, ReplJob>,
+    /// Folders by canonical name.
+    pub folders: BTreeMap<String, FolderRecord>,
+    /// Pending access requests by id.
+    pub requests: BTreeMap<u64, AccessRequest>,
+    /// The next access-request id (0 when none was ever given).
+    pub next_request: u64,
+    /// MOVEs not settled when the name server stopped, by the file's old name.
+    pub moves: BTreeMap<String, MoveIntent>,
+}
+
+/// One folder (stored as JSON in the `folders` table).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FolderRecord {
+    /// Who created it (`admin` for folders found under adopted files).
+    pub owner: String,
+    /// Unix milliseconds of its creation.
+    pub created_ms: u64,
+}
+
+/// A MOVE whose storage-server call may have run (stored as JSON in the `moves` table, keyed
+/// by the file's old name). It is durable before SS_MOVE is sent and removed in the batch that
+/// settles the move (the record moved, or the refusal heard), so a name server that dies in
+/// between settles it when that server registers again, by what it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveIntent {
+    /// The new name.
+    pub to: String,
+    /// The server SS_MOVE was sent to (the pair's writer then).
+    pub ss: String,
+    /// The epoch its ticket carried.
+    pub epoch: u64,
+    /// The file's record when the move started (what moves, should the record be gone).
+    pub record: FileRecord,
+}

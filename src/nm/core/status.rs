@@ -1,0 +1,233 @@
+//! STATUS and `GET /status`: what the name server shows about servers, pairs and jobs.
+//!
+//! Reads the core's state only. Ages (`last_heartbeat_age_ms`) are monotonic; times shown as
+//! instants (`last_heartbeat_ms`) and a pair's replication lag (from each job's `since_ms`)
+//! are wall-clock Unix ms.
+
+use super::*;
+
+impl Core {
+    /// A JSON snapshot for `GET /status`: servers and totals.
+    pub fn status_json(&self, now_ms: u64) -> String {
+        let servers: Vec<serde_json::Value> = self
+            .reg
+            .servers
+            .iter()
+            .map(|(n, s)| {
+                serde_json::json!({
+                    "name": n,
+                    "addr": s.rec.addr(),
+                    "backup_of": s.rec.backup_of,
+                    "state": if s.up { "UP" } else { "DOWN" },
+                    "files": s.files,
+                    "last_heartbeat_ms": s.last_heartbeat_ms.map(|t| self.wall_at(now_ms, t)),
+                    "last_heartbeat_age_ms": s.last_heartbeat_ms.map(|t| now_ms.saturating_sub(t)),
+                })
+            })
+            .collect();
+        let (pairs, queue_depth, failed, failed_total, roles) = match self.status_reply(now_ms) {
+            Message::StatusReply {
+                pairs,
+                queue_depth,
+                failed,
+                failed_total,
+                servers,
+                ..
+            } => (pairs, queue_depth, failed, failed_total, servers),
+            _ => (Vec::new(), 0, Vec::new(), 0, Vec::new()),
+        };
+        serde_json::json!({
+            "replication": self.cfg.replication,
+            "servers": servers,
+            "roles": roles,
+            "pairs": pairs,
+            "queue_depth": queue_depth,
+            "replication_in_flight": self.q.running.len(),
+            "failed": failed,
+            "failed_total": failed_total,
+            "totals": {
+                "files": self.ns.files.len(),
+                "users": self.ns.users.len(),
+                "servers_up": self.reg.servers.values().filter(|s| s.up).count(),
+                "servers": self.reg.servers.len(),
+                "jobs_in_flight": self.ops.jobs.len(),
+            }
+        })
+        .to_string()
+    }
+
+    /// The state STATUS shows for a pair: its phase combined with which members are up.
+    ///
+    /// | phase | members | shown |
+    /// |---|---|---|
+    /// | SERVING, primary writes | both up, nothing owed | `ACTIVE` (`SYNCING` while owed) |
+    /// | SERVING, primary writes | backup down | `BACKUP_DOWN` |
+    /// | SERVING, promoted backup writes | primary down | `PRIMARY_DOWN` |
+    /// | SERVING, promoted backup writes | primary up (being caught up) | `RECOVERING` |
+    /// | FAILING_OVER | writer down | `FAILING_OVER` |
+    /// | HANDBACK | both up | `HANDBACK` |
+    /// | any | both down | `DOWN` |
+    pub fn pair_state_name(&self, p: &str, b: &str, st: &PairRecord, owed: bool) -> &'static str {
+        let (pu, bu) = (self.is_up(p), self.is_up(b));
+        if !pu && !bu {
+            return "DOWN";
+        }
+        match (st.phase, st.writer) {
+            (Phase::FailingOver, _) => "FAILING_OVER",
+            (Phase::Handback, _) => "HANDBACK",
+            (Phase::Serving, Member::Primary) if !bu => "BACKUP_DOWN",
+            (Phase::Serving, Member::Primary) if owed => "SYNCING",
+            (Phase::Serving, Member::Primary) => "ACTIVE",
+            (Phase::Serving, Member::Backup) if !pu => "PRIMARY_DOWN",
+            (Phase::Serving, Member::Backup) => "RECOVERING",
+        }
+    }
+
+    pub(super) fn status_reply(&self, now_ms: u64) -> Message {
+        // One pass over the files and one over the owed jobs, whatever the number of servers.
+        let mut files_of: HashMap<&str, u64> = HashMap::new();
+        for r in self.ns.files.values() {
+            *files_of.entry(r.ss.as_str()).or_default() += 1;
+        }
+        let mut owed_to: HashMap<&str, Owed> = HashMap::new();
+        let (mut queue_depth, mut failed_total, mut failed) = (0u64, 0u64, Vec::new());
+        for j in self.q.repl.values() {
+            let o = owed_to.entry(j.target.as_str()).or_default();
+            o.jobs += 1;
+            if matches!(j.want, Want::Content { .. }) {
+                o.bytes += self.ns.files.get(&j.file).map_or(0, |r| r.size);
+            }
+            o.oldest_ms = Some(o.oldest_ms.map_or(j.since_ms, |t| t.min(j.since_ms)));
+            match j.state {
+                JobState::Pending => queue_depth += 1,
+                JobState::Failed => {
+                    failed_total += 1;
+                    if failed.len() < STATUS_FAILED_SHOWN {
+                        failed.push(FailedJob {
+                            file: j.file.clone(),
+                            target: j.target.clone(),
+                            attempts: j.attempts,
+                            error: clip(j.last_error.as_deref().unwrap_or_default()),
+                        });
+                    }
+                }
+            }
+        }
+        let files_of = |primary: &str| files_of.get(primary).copied().unwrap_or(0);
+        let servers = self
+            .reg
+            .servers
+            .iter()
+            .map(|(n, s)| {
+                let primary = self.reg.pairs.iter().find(|(_, b)| *b == n).map(|(p, _)| p);
+                let (role, files) = match primary {
+                    Some(p) if self.writer_member(p) == Member::Backup => {
+                        ("backup (promoted)", files_of(p))
+                    }
+                    Some(p) => ("backup", files_of(p)),
+                    None if self.is_backup(n) => ("backup", 0),
+                    None if self.reg.pairs.contains_key(n) => ("primary", s.files),
+                    None => ("unpaired", s.files),
+                };
+                ServerStatus {
+                    name: n.clone(),
+                    addr: s.rec.addr(),
+                    up: s.up,
+                    role: role.to_string(),
+                    files,
+                    last_heartbeat_ms: s.last_heartbeat_ms.map(|t| self.wall_at(now_ms, t)),
+                }
+            })
+            .collect();
+        let pairs = self
+            .reg
+            .servers
+            .keys()
+            .filter(|n| !self.is_backup(n) || self.reg.pairs.contains_key(*n))
+            .map(|p| {
+                let backup = self.reg.pairs.get(p).cloned();
+                // Jobs owed to either member.
+                let owed = match &backup {
+                    Some(b) => [p.as_str(), b.as_str()]
+                        .iter()
+                        .filter_map(|m| owed_to.get(m))
+                        .fold(Owed::default(), |a, o| a.plus(o)),
+                    None => Owed::default(),
+                };
+                let st = self
+                    .pair_states
+                    .get(p)
+                    .cloned()
+                    .unwrap_or_else(PairRecord::new);
+                let state = match &backup {
+                    None => "UNPAIRED",
+                    Some(b) => self.pair_state_name(p, b, &st, owed.jobs > 0),
+                };
+                let writer = backup.as_ref().and_then(|_| self.member_name(p, st.writer));
+                PairStatus {
+                    primary: p.clone(),
+                    backup,
+                    state: state.to_string(),
+                    epoch: st.epoch,
+                    lag_jobs: owed.jobs,
+                    lag_bytes: owed.bytes,
+                    lag_ms: owed
+                        .oldest_ms
+                        .map_or(0, |t| self.env.wall_ms(now_ms).saturating_sub(t)),
+                    writer,
+                    sync_done: st.sync_done,
+                    sync_total: st.sync_total,
+                }
+            })
+            .collect();
+        Message::StatusReply {
+            servers,
+            pairs,
+            queue_depth,
+            failed,
+            failed_total,
+            replication: self.cfg.replication.to_string(),
+        }
+    }
+}
+
+/// Most FAILED jobs one STATUS lists (it counts them all), so its reply stays one frame.
+pub const STATUS_FAILED_SHOWN: usize = 20;
+/// Most bytes of a FAILED job's error that STATUS shows.
+pub(super) const STATUS_ERROR_BYTES: usize = 200;
+
+/// The replication jobs owed to one server, as STATUS sums them.
+#[derive(Default)]
+struct Owed {
+    jobs: u64,
+    /// Bytes of the content they carry.
+    bytes: u64,
+    /// When the oldest change among them was made.
+    oldest_ms: Option<u64>,
+}
+
+impl Owed {
+    fn plus(self, o: &Owed) -> Owed {
+        Owed {
+            jobs: self.jobs + o.jobs,
+            bytes: self.bytes + o.bytes,
+            oldest_ms: match (self.oldest_ms, o.oldest_ms) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+        }
+    }
+}
+
+/// `error` cut to at most [`STATUS_ERROR_BYTES`] (at a character boundary), marked with `…`
+/// when cut.
+fn clip(error: &str) -> String {
+    if error.len() <= STATUS_ERROR_BYTES {
+        return error.to_string();
+    }
+    let mut end = STATUS_ERROR_BYTES;
+    while !error.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &error[..end])
+}

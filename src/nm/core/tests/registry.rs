@@ -1,0 +1,221 @@
+//! Tests of registration, pairing and storage-server reports (`core/registry.rs`).
+
+use super::*;
+
+#[test]
+fn registration_reconciles_the_index() {
+    let mut c = core();
+    register(
+        &mut c,
+        1,
+        "ss1",
+        vec![
+            st("keep.txt", 2, Some("alice")),
+            st("gone.txt", 1, Some("alice")),
+        ],
+    );
+    c.on_close(1, 10);
+    c.take_batch();
+    // Back with keep.txt newer, gone.txt absent, and a file nobody knew.
+    register(
+        &mut c,
+        2,
+        "ss1",
+        vec![st("keep.txt", 5, Some("alice")), st("new.txt", 1, None)],
+    );
+    assert_eq!(c.ns.files["keep.txt"].version.counter, 5);
+    // A file the server no longer lists is kept, marked missing, never deleted.
+    assert!(c.ns.files["gone.txt"].primary_missing);
+    assert_eq!(c.ns.files["gone.txt"].owner, "alice");
+    assert_eq!(c.ns.files["new.txt"].owner, ADOPTED_OWNER);
+    let batch = c.take_batch();
+    assert!(!batch.contains(&StoreOp::DelFile("gone.txt".into())));
+    // An older copy never rolls the record back.
+    c.on_close(2, 20);
+    register(
+        &mut c,
+        3,
+        "ss1",
+        vec![st("keep.txt", 4, None), st("new.txt", 1, None)],
+    );
+    assert_eq!(c.ns.files["keep.txt"].version.counter, 5);
+    // The missing record still counts as placed on ss1.
+    assert_eq!(c.reg.servers["ss1"].files, 3);
+    // When the server lists the file again (the right disk is back), it is no longer missing.
+    c.on_close(3, 30);
+    register(
+        &mut c,
+        4,
+        "ss1",
+        vec![
+            st("keep.txt", 5, None),
+            st("new.txt", 1, None),
+            st("gone.txt", 1, None),
+        ],
+    );
+    assert!(!c.ns.files["gone.txt"].primary_missing);
+}
+
+#[test]
+fn registration_needs_the_key_and_a_free_name() {
+    let mut c = core();
+    register(&mut c, 1, "ss1", vec![]);
+    c.on_connect(2, 0);
+    let claim = |name| RegisterClaim {
+        name,
+        host: "h",
+        client_port: 1,
+        backup_of: None,
+    };
+    let proof = ClusterKey::from_bytes(b"some other key 0123456").proof(&claim("ss2"));
+    let reg = |name: &str, proof| Message::Register {
+        name: name.into(),
+        host: "h".into(),
+        client_port: 1,
+        backup_of: None,
+        proof,
+        file_count: 0,
+    };
+    let e = send(&mut c, 2, reg("ss2", proof), 0);
+    assert_eq!(e.len(), 2);
+    assert!(matches!(
+        &e[0],
+        Effect::Reply {
+            msg: Message::Err {
+                code: ErrorCode::Unauthorized,
+                ..
+            },
+            ..
+        }
+    ));
+    assert_eq!(e[1], Effect::Close { conn: 2 });
+    c.on_connect(3, 0);
+    let e = send(
+        &mut c,
+        3,
+        reg("ss1", ClusterKey::from_bytes(KEY).proof(&claim("ss1"))),
+        0,
+    );
+    assert!(matches!(
+        &e[0],
+        Effect::Reply {
+            msg: Message::Err {
+                code: ErrorCode::Conflict,
+                ..
+            },
+            ..
+        }
+    ));
+}
+
+#[test]
+fn changed_and_removed_update_the_record() {
+    let mut c = core();
+    register(&mut c, 1, "ss1", vec![st("a.txt", 1, Some("alice"))]);
+    let e = send(
+        &mut c,
+        1,
+        Message::Changed {
+            staged: None,
+            id: 7,
+            state: st("a.txt", 2, None),
+        },
+        5,
+    );
+    assert_eq!(
+        only_reply(e),
+        Message::ChangedAck {
+            id: 7,
+            copies: None
+        }
+    );
+    assert_eq!(c.ns.files["a.txt"].version.counter, 2);
+    assert_eq!(c.ns.files["a.txt"].owner, "alice");
+    let e = send(
+        &mut c,
+        1,
+        Message::Removed {
+            id: 8,
+            file: "a.txt".into(),
+        },
+        5,
+    );
+    assert_eq!(
+        only_reply(e),
+        Message::ChangedAck {
+            id: 8,
+            copies: None
+        }
+    );
+    assert!(c.ns.files.is_empty());
+    let e = send(
+        &mut c,
+        1,
+        Message::Heartbeat {
+            seq: 3,
+            writer: false,
+        },
+        250,
+    );
+    assert_eq!(
+        only_reply(e),
+        Message::HeartbeatAck {
+            partner: None,
+            seq: 3,
+            epoch: 1,
+            writer: true,
+            lease_ms: 200
+        }
+    );
+    assert_eq!(c.next_deadline_ms(), Some(550));
+}
+
+#[test]
+fn pairing_works_in_both_start_orders() {
+    // Backup first, by name.
+    let mut c = core();
+    let e = register(&mut c, 1, "ss1_backup", vec![]);
+    assert!(matches!(
+        only_reply(e),
+        Message::Registered { backup: true, .. }
+    ));
+    assert!(c
+        .take_batch()
+        .contains(&StoreOp::PutPair("ss1".into(), "ss1_backup".into())));
+    let e = register(&mut c, 2, "ss1", vec![]);
+    assert!(matches!(
+        only_reply(e),
+        Message::Registered { backup: false, .. }
+    ));
+    assert_eq!(
+        c.reg.pairs.get("ss1").map(String::as_str),
+        Some("ss1_backup")
+    );
+    // Primary first, backup by flag.
+    let mut c = core();
+    register(&mut c, 1, "alpha", vec![]);
+    let e = register_as(&mut c, 2, "beta", Some("alpha"), vec![]);
+    assert!(matches!(
+        only_reply(e),
+        Message::Registered { backup: true, .. }
+    ));
+    assert_eq!(c.reg.pairs.get("alpha").map(String::as_str), Some("beta"));
+    // New files go to the primary only; a lone primary is UNPAIRED in STATUS.
+    register(&mut c, 3, "gamma", vec![]);
+    hello(&mut c, 10, "alice");
+    assert_eq!(create(&mut c, 10, "a.txt"), "alpha");
+    assert_eq!(create(&mut c, 10, "b.txt"), "gamma");
+    assert_eq!(create(&mut c, 10, "c.txt"), "alpha");
+    let Message::StatusReply { pairs, servers, .. } =
+        only_reply(send(&mut c, 10, Message::Status {}, 50))
+    else {
+        panic!()
+    };
+    let states: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|p| (p.primary.as_str(), p.state.as_str()))
+        .collect();
+    assert_eq!(states, vec![("alpha", "SYNCING"), ("gamma", "UNPAIRED")]);
+    let beta = servers.iter().find(|s| s.name == "beta").unwrap();
+    assert_eq!((beta.role.as_str(), beta.files), ("backup", 2));
+}
