@@ -17,5 +17,6 @@ pub mod logging;
 pub mod names;
 pub mod nm;
 pub mod protocol;
+pub mod sim;
 pub mod ss;
 pub mod tls;

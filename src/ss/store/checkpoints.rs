@@ -165,7 +165,7 @@ impl Store {
             .open(&self.ckpt_dir(file).join(tag))
             .and_then(|mut from| {
                 copy_counting(&mut from, &mut out, &mut counter, info.size)?;
-                out.sync_all()
+                self.fs.sync_file(&out)
             });
         copied.map_err(|e| self.io(file, e))?;
         drop(out);

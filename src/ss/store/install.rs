@@ -349,7 +349,7 @@ impl Store {
                 open.push(f);
             }
         }
-        for (i, r) in owners.into_iter().zip(durable::sync_files(open)) {
+        for (i, r) in owners.into_iter().zip(self.fs.sync_files(&open)) {
             if let Err(e) = r {
                 if results[i].is_none() {
                     results[i] = Some(Err(self.io(&copies[i].state.file, e)));

@@ -201,10 +201,7 @@ impl Store {
             log::info!(target: ev::SS_ADOPT, files = adopted_count;
                 "adopted {adopted_count} files that were new or changed on disk");
             // One sync for every record the walk wrote (see write_meta_relaxed).
-            let synced = self
-                .fs
-                .open(&self.meta)
-                .and_then(|d| nix::unistd::syncfs(d.as_raw_fd()).map_err(io::Error::from));
+            let synced = self.fs.sync_fs(&self.meta);
             synced.map_err(|e| self.io("meta/", e))?;
         }
         if !cleanup {

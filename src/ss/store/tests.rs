@@ -806,6 +806,13 @@ impl Fs for Recording {
         self.note("sync file".into());
         OsFs.sync_file(f)
     }
+    fn sync_files(&self, files: &[&File]) -> Vec<io::Result<()>> {
+        files.iter().map(|f| self.sync_file(f)).collect()
+    }
+    fn sync_fs(&self, dir: &Path) -> io::Result<()> {
+        self.note("sync fs".into());
+        OsFs.sync_fs(dir)
+    }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.note(format!("rename {} -> {}", self.rel(from), self.rel(to)));
         OsFs.rename(from, to)

@@ -23,9 +23,10 @@
 //! batch of installs is made durable by one `syncfs` (`durable::FsSync`): passing each chunk
 //! through the trait would cost a copy or a call per chunk for nothing. Only the steps that
 //! make those files durable and put them in place (rename, directory fsync) matter to a
-//! power cut, and those go through the trait where the change protocol performs them. The
-//! other calls made directly are the threaded fsync of a batch's files (`durable::sync_files`),
-//! the removal of a dropped [`super::TempFile`], and narrowing the storage root's mode at
+//! power cut, and those go through the trait where the change protocol performs them, as do
+//! the fsync of a batch's files ([`Fs::sync_files`]) and the scan's one `syncfs`
+//! ([`Fs::sync_fs`]). The calls made directly are the batch installs' `syncfs` window (a
+//! backend that simulates power loss is driven without it), the removal of a dropped [`super::TempFile`], and narrowing the storage root's mode at
 //! open.
 
 use std::fs::{self, File};
@@ -40,6 +41,10 @@ pub trait Fs: Send + Sync {
     fn open(&self, path: &Path) -> io::Result<File>;
     /// Makes a file's content durable (fsync).
     fn sync_file(&self, f: &File) -> io::Result<()>;
+    /// Makes several files' content durable (fsync each); one result per file, in order.
+    fn sync_files(&self, files: &[&File]) -> Vec<io::Result<()>>;
+    /// Makes everything written on the file system holding `dir` durable (`syncfs`).
+    fn sync_fs(&self, dir: &Path) -> io::Result<()>;
     /// Renames `from` to `to` atomically, replacing `to`.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Makes the entries of a directory (renames, links, removals) durable (fsync).
@@ -154,6 +159,14 @@ impl Fs for OsFs {
     }
     fn sync_file(&self, f: &File) -> io::Result<()> {
         f.sync_all()
+    }
+    fn sync_files(&self, files: &[&File]) -> Vec<io::Result<()>> {
+        crate::durable::sync_files(files.iter().copied())
+    }
+    fn sync_fs(&self, dir: &Path) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let d = File::open(dir)?;
+        nix::unistd::syncfs(d.as_raw_fd()).map_err(io::Error::from)
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         fs::rename(from, to)
