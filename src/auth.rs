@@ -319,7 +319,17 @@ impl NonceMemory {
 
     /// Records `nonce` (valid until `exp_ms`) the first time; refuses it after that.
     pub fn use_once(&self, nonce: &str, exp_ms: u64, what: &str) -> Result<(), WireError> {
-        let now = now_ms();
+        self.use_once_at(nonce, exp_ms, what, now_ms())
+    }
+
+    /// [`NonceMemory::use_once`] with the wall clock reading `now` (Unix ms).
+    pub fn use_once_at(
+        &self,
+        nonce: &str,
+        exp_ms: u64,
+        what: &str,
+        now: u64,
+    ) -> Result<(), WireError> {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if seen.len() >= self.max_live / 2 {
             seen.retain(|_, exp| *exp >= now);
@@ -360,10 +370,20 @@ impl TicketChecker {
 
     /// Accepts the ticket once for `file` and `op`, or says why not.
     pub fn check(&self, t: &Ticket, file: &str, op: TicketOp) -> Result<(), WireError> {
+        self.check_at(t, file, op, now_ms())
+    }
+
+    /// [`TicketChecker::check`] with this server's wall clock reading `now` (Unix ms).
+    pub fn check_at(
+        &self,
+        t: &Ticket,
+        file: &str,
+        op: TicketOp,
+        now: u64,
+    ) -> Result<(), WireError> {
         if !self.key.verify_hex(t.signing_string().as_bytes(), &t.mac) {
             return Err(err::unauthorized("invalid ticket signature"));
         }
-        let now = now_ms();
         if t.exp_ms < now {
             return Err(err::unauthorized("ticket expired"));
         }
@@ -373,7 +393,7 @@ impl TicketChecker {
         if t.file != file || t.op != op {
             return Err(err::unauthorized("ticket does not cover this request"));
         }
-        self.nonces.use_once(&t.nonce, t.exp_ms, "ticket")
+        self.nonces.use_once_at(&t.nonce, t.exp_ms, "ticket", now)
     }
 }
 

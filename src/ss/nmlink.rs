@@ -52,11 +52,14 @@ pub const LEASE_WAIT_MS: u64 = 1_000;
 /// How often that wait looks again.
 const LEASE_POLL_MS: u64 = 5;
 
+/// A monotonic clock in milliseconds (since any fixed origin) that the lease counts on.
+pub type MonoClock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
 /// The write lease: whether the name server made this server its pair's writer, and until
-/// when (monotonic) that holds without a renewal.
+/// when (monotonic, on the clock it was given) that holds without a renewal.
 pub struct Lease {
-    base: Instant,
-    /// Milliseconds after `base` until which changes are accepted; 0: no lease.
+    clock: MonoClock,
+    /// Milliseconds on `clock` until which changes are accepted; 0: no lease.
     until_ms: AtomicU64,
     writer: AtomicBool,
     /// Set when the name server said `writer: false` and that was applied. Acks arrive in
@@ -66,23 +69,32 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// A lease on this process's monotonic clock (the storage server's).
     fn new() -> Lease {
+        let base = Instant::now();
+        Lease::with_clock(Arc::new(move || base.elapsed().as_millis() as u64))
+    }
+
+    /// A lease counting on `clock` (a simulation drives it with simulated time).
+    pub fn with_clock(clock: MonoClock) -> Lease {
         Lease {
-            base: Instant::now(),
+            clock,
             until_ms: AtomicU64::new(0),
             writer: AtomicBool::new(false),
             stepped_down: AtomicBool::new(false),
         }
     }
 
-    fn ms_at(&self, t: Instant) -> u64 {
-        t.saturating_duration_since(self.base).as_millis() as u64
+    /// The lease clock's time now.
+    pub fn now_ms(&self) -> u64 {
+        (self.clock)()
     }
 
-    /// Renews (or ends, with `writer` false) the lease from heartbeat send time `sent`.
-    fn grant(&self, writer: bool, sent: Instant, lease_ms: u64) {
+    /// Renews (or ends, with `writer` false) the lease from heartbeat send time `sent_ms`
+    /// (on the lease's clock).
+    pub fn grant(&self, writer: bool, sent_ms: u64, lease_ms: u64) {
         if writer && lease_ms > 0 {
-            let until = self.ms_at(sent) + lease_ms;
+            let until = sent_ms + lease_ms;
             self.until_ms.fetch_max(until, Ordering::SeqCst);
             self.writer.store(true, Ordering::SeqCst);
             self.stepped_down.store(false, Ordering::SeqCst);
@@ -93,14 +105,52 @@ impl Lease {
     }
 
     /// Ends the lease at once.
-    fn end(&self) {
+    pub fn end(&self) {
         self.writer.store(false, Ordering::SeqCst);
         self.until_ms.store(0, Ordering::SeqCst);
     }
 
     /// Whether a lease is held right now.
-    fn live(&self) -> bool {
-        self.ms_at(Instant::now()) < self.until_ms.load(Ordering::SeqCst)
+    pub fn live(&self) -> bool {
+        self.now_ms() < self.until_ms.load(Ordering::SeqCst)
+    }
+
+    /// Whether the last answer applied said `writer: false` (what the next heartbeat
+    /// reports).
+    pub fn stepped_down(&self) -> bool {
+        self.stepped_down.load(Ordering::SeqCst)
+    }
+
+    /// Until when (on the lease's clock) the lease holds; 0 when none is held.
+    pub fn until_ms(&self) -> u64 {
+        self.until_ms.load(Ordering::SeqCst)
+    }
+}
+
+/// The rule a change is admitted by: server `ss` (told it is a backup or not) must hold a
+/// live lease, and a ticket minted for an epoch must be for `epoch`, the one it stamps.
+pub fn write_allowed(
+    ss: &str,
+    backup: bool,
+    lease: &Lease,
+    ticket_epoch: Option<u64>,
+    epoch: u64,
+) -> Result<(), WireError> {
+    if backup {
+        return Err(err::unauthorized(format!(
+            "{ss} is a backup; writes go to its primary"
+        )));
+    }
+    if !lease.live() {
+        return Err(err::unavailable(format!(
+            "{ss} holds no write lease from the name server right now (it may be cut off); try again"
+        )));
+    }
+    match ticket_epoch {
+        Some(e) if e != epoch => Err(err::unavailable(format!(
+            "{ss} is on epoch {epoch}; the request was authorised for epoch {e}; try again"
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -217,23 +267,13 @@ impl NmLink {
     }
 
     fn check_write_now(&self, ticket_epoch: Option<u64>, epoch: u64) -> Result<(), WireError> {
-        let ss = &self.name;
-        if self.is_backup() {
-            return Err(err::unauthorized(format!(
-                "{ss} is a backup; writes go to its primary"
-            )));
-        }
-        if !self.lease.live() {
-            return Err(err::unavailable(format!(
-                "{ss} holds no write lease from the name server right now (it may be cut off); try again"
-            )));
-        }
-        match ticket_epoch {
-            Some(e) if e != epoch => Err(err::unavailable(format!(
-                "{ss} is on epoch {epoch}; the request was authorised for epoch {e}; try again"
-            ))),
-            _ => Ok(()),
-        }
+        write_allowed(
+            &self.name,
+            self.is_backup(),
+            &self.lease,
+            ticket_epoch,
+            epoch,
+        )
     }
 
     /// Whether the name server said, at the last registration, that this server is a backup
@@ -390,7 +430,7 @@ fn session(
         .map_err(io_err)?;
     }
     // A writer's first lease counts from here, before the name server could have granted it.
-    let register_sent = Instant::now();
+    let register_sent = flags.lease.now_ms();
     conn.send(&Message::RegisterEnd {}, &[]).map_err(io_err)?;
     let reply = conn
         .recv()?
@@ -480,9 +520,9 @@ fn session(
                     if sent.len() >= SENT_HEARTBEATS_MAX {
                         sent.pop_front();
                     }
-                    sent.push_back((seq, Instant::now()));
+                    sent.push_back((seq, flags.lease.now_ms()));
                 }
-                let writer = !flags.lease.stepped_down.load(Ordering::SeqCst);
+                let writer = !flags.lease.stepped_down();
                 send(Message::Heartbeat { seq, writer })?;
                 next_hb = now + interval;
             }
@@ -515,7 +555,7 @@ fn session(
 }
 
 /// Heartbeat sequence numbers with their send times.
-type Sent = Arc<Mutex<VecDeque<(u64, Instant)>>>;
+type Sent = Arc<Mutex<VecDeque<(u64, u64)>>>;
 
 /// What the reader updates from acknowledgements.
 struct Grants {
@@ -643,7 +683,7 @@ fn on_frame(
                     g.backup.store(!writer, Ordering::SeqCst);
                     match sent_at {
                         Some(t) => g.lease.grant(writer, t, lease_ms),
-                        None if !writer => g.lease.grant(false, Instant::now(), 0),
+                        None if !writer => g.lease.grant(false, g.lease.now_ms(), 0),
                         None => {}
                     }
                 }
