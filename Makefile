@@ -14,7 +14,11 @@ CHAOS_TEST_ARGS := --rounds 6 --seed 7
 CHAOS_ROUNDS ?= 40
 CHAOS_ARGS ?=
 
-.PHONY: all build deps test cluster stop bench chaos attack clean
+# `make test` runs a short fixed range of the deterministic simulation; `make sim` a long one.
+SIM_TEST_ARGS := --seeds 4..13 --steps 1500
+SIM_ARGS ?= --seeds 1..200 --steps 5000
+
+.PHONY: all build deps test cluster stop bench chaos attack sim clean
 
 all: build
 
@@ -30,6 +34,7 @@ test: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --release -- -D warnings
 	$(CARGO) test --release
+	target/release/pairfs_sim $(SIM_TEST_ARGS)
 	target/release/pairfs_chaos $(CHAOS_TEST_ARGS)
 	target/release/pairfs_attack
 	@for t in $(ROOT_TESTS); do \
@@ -50,6 +55,11 @@ bench: deps
 chaos: deps
 	$(CARGO) build --release
 	target/release/pairfs_chaos --rounds $(CHAOS_ROUNDS) $(CHAOS_ARGS)
+
+# The deterministic whole-cluster simulation (pairfs_sim) over many seeds.
+sim: deps
+	$(CARGO) build --release
+	target/release/pairfs_sim $(SIM_ARGS)
 
 # Hostile socket and input patterns against a local cluster (also part of `make test`).
 attack: deps

@@ -83,3 +83,40 @@ impl Rng {
 pub fn run(cfg: Config) -> std::io::Result<Report> {
     Ok(World::new(cfg)?.run())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(seed: u64, steps: u64, plant: bool) -> Config {
+        Config {
+            seed,
+            steps,
+            plant_skip_dir_fsync: plant,
+            verbose: false,
+        }
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_digest() {
+        let a = run(cfg(4, 600, false)).unwrap();
+        let b = run(cfg(4, 600, false)).unwrap();
+        let c = run(cfg(5, 600, false)).unwrap();
+        assert_eq!(a.digest, b.digest);
+        assert_eq!(a.faults, b.faults);
+        assert_ne!(a.digest, c.digest);
+    }
+
+    #[test]
+    fn skipping_the_directory_fsync_after_a_rename_is_caught_under_power_loss() {
+        let seeds = 4..13;
+        for seed in seeds.clone() {
+            let r = run(cfg(seed, 1500, false)).unwrap();
+            assert!(r.failure.is_none(), "seed {seed}: {:?}", r.failure);
+        }
+        let caught: Vec<u64> = seeds
+            .filter(|s| run(cfg(*s, 1500, true)).unwrap().failure.is_some())
+            .collect();
+        assert!(!caught.is_empty(), "the planted bug went unnoticed");
+    }
+}
