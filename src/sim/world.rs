@@ -363,7 +363,14 @@ impl World {
         );
         self.nm.core = Some(core);
         NM_WALL.with(|c| *c.borrow_mut() = Some(wall));
-        self.log("nm starts".into());
+        let files: Vec<String> = self
+            .nm
+            .persisted
+            .files
+            .iter()
+            .map(|(f, r)| format!("{f}@{}", r.version))
+            .collect();
+        self.log(format!("nm starts with {}", files.join(" ")));
     }
 
     fn sync_nm_wall(&self) {
@@ -395,14 +402,18 @@ impl World {
 
     /// Commits every pending batch, then releases the effects that waited for it.
     fn nm_commit(&mut self) {
+        // Every batch taken is applied before any effect runs: an effect feeds the core,
+        // whose new batches must land after these.
         let pending = std::mem::take(&mut self.nm.pending);
+        let mut released = Vec::new();
         for (batch, effects) in pending {
             for op in batch {
                 apply(&mut self.nm.persisted, op);
             }
-            for e in effects {
-                self.effect(e);
-            }
+            released.extend(effects);
+        }
+        for e in released {
+            self.effect(e);
         }
     }
 
