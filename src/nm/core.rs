@@ -40,6 +40,7 @@ pub use fsck::{judge_copy, Lineage, Seen};
 pub use records::{
     FileRecord, FolderRecord, Loaded, Member, MoveIntent, PairRecord, Phase, ServerRecord, StoreOp,
 };
+use removals::{Meets, Removal};
 #[cfg(test)]
 use status::STATUS_ERROR_BYTES;
 pub use status::STATUS_FAILED_SHOWN;

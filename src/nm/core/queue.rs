@@ -55,8 +55,11 @@ impl Core {
         // A new file's versions start again at 1: content owed where the removal of an older
         // file of that name is still owed would look older than the copy the target holds and
         // be skipped. The target's copy is set aside first, so the new content installs.
-        let replaces_removal =
-            matches!(want, Want::Content { .. }) && self.removal_owed(target, file);
+        let replaces_removal = matches!(want, Want::Content { .. })
+            && self.owed_removal(Meets::Content {
+                member: target,
+                file,
+            }) == Removal::SetAside;
         let quarantine = quarantine || replaces_removal || old.is_some_and(|(.., q)| q);
         if old.is_none() {
             if let Some((p, _)) = self.membership(target) {
@@ -407,17 +410,16 @@ impl Core {
                 let Some(j) = self.q.repl.get(k) else {
                     continue;
                 };
+                let removal = self.owed_removal(Meets::Due(j));
                 let moot = match j.want {
                     Want::Content { .. } => {
                         !self.ns.files.contains_key(&j.file) || self.target_holds_current(j)
                     }
-                    Want::Delete => self.removal_moot(j),
+                    Want::Delete => removal == Removal::Moot,
                 };
                 if moot {
                     obsolete.push(k.clone());
-                } else if j.want == Want::Delete && self.ops.busy_files.contains_key(&j.file) {
-                    // A CREATE or MOVE of that name may be on its way to the target: the
-                    // removal waits for it, then is moot if it made the name again there.
+                } else if removal == Removal::Wait {
                     later.push(k.clone());
                 } else if self.ready(j) {
                     picked.push(k.clone());
@@ -732,9 +734,14 @@ impl Core {
             match self.ns.files.get(f) {
                 // Another pair holds that name; which copy wins is not decided here.
                 Some(_) => {}
-                // An acknowledged DELETE made while this member was the backup, owed to it
-                // still: the row removes the copy; adopting it would bring the file back.
-                None if writer && self.removal_owed(&name, f) => {
+                // An acknowledged DELETE or MOVE made while this member was away (or the
+                // backup) left a row owing it the removal: that row removes the copy plainly;
+                // adopting it would bring the file back.
+                None if self.owed_removal(Meets::Unrecorded {
+                    member: &name,
+                    file: f,
+                }) == Removal::Run =>
+                {
                     queued += 1;
                 }
                 None if writer => {
@@ -743,17 +750,8 @@ impl Core {
                     adopted += 1;
                 }
                 None => {
-                    // An acknowledged DELETE or MOVE made while this member was away left a
-                    // row owing it the removal: that row does it. Otherwise the copy was never
-                    // acknowledged: set aside, never silently removed.
-                    let owed = self
-                        .q
-                        .repl
-                        .get(&job_key(&name, f))
-                        .is_some_and(|j| j.want == Want::Delete && !j.quarantine);
-                    if !owed {
-                        self.upsert_job_q(&name, f, Want::Delete, true, now_ms);
-                    }
+                    // The copy was never acknowledged: set aside, never silently removed.
+                    self.upsert_job_q(&name, f, Want::Delete, true, now_ms);
                     queued += 1;
                 }
             }
