@@ -248,8 +248,8 @@ pub struct Core {
     q: queue::Queue,
     /// FSCK pages waiting for their servers' checks.
     fsck: fsck::Runs,
-    /// Pair states by primary (durable).
-    pair_states: BTreeMap<String, PairRecord>,
+    /// The pairs' states by primary (durable) and their transitions.
+    pairs: pairs::Pairs,
 }
 
 fn not_found(file: &str) -> WireError {
@@ -289,17 +289,7 @@ impl Core {
     /// `env`; every server starts down.
     pub fn with_env(cfg: CoreConfig, key: ClusterKey, loaded: Loaded, env: Env) -> Core {
         let boot_lease_until = cfg.started_ms + cfg.lease_ms();
-        let mut pair_states = loaded.pair_states;
-        for p in loaded.pairs.keys() {
-            pair_states.entry(p.clone()).or_insert_with(PairRecord::new);
-        }
-        // A switch the last run waited for was timed on its monotonic clock: every lease that
-        // run granted has ended by one lease length after this boot.
-        for st in pair_states.values_mut() {
-            if st.phase != Phase::Serving {
-                st.switch_at_ms = boot_lease_until;
-            }
-        }
+        let pairs = pairs::Pairs::load(loaded.pair_states, &loaded.pairs, boot_lease_until);
         // Likewise a job's retry time: what the last run left owed is due now.
         let started_ms = cfg.started_ms;
         let jobs = loaded.jobs.into_values().map(move |mut j| {
@@ -377,7 +367,7 @@ impl Core {
                 stages: HashMap::new(),
             },
             fsck: fsck::Runs::default(),
-            pair_states,
+            pairs,
         }
     }
 
@@ -472,13 +462,8 @@ impl Core {
             .filter(|s| s.up)
             .filter_map(|s| s.last_heartbeat_ms)
             .map(|t| t + self.cfg.heartbeat_timeout_ms);
-        let switches = self
-            .pair_states
-            .values()
-            .filter(|p| p.phase != Phase::Serving)
-            .map(|p| p.switch_at_ms);
         heartbeats
-            .chain(switches)
+            .chain(self.pairs.next_switch_ms())
             .chain(self.reg.introducing.values().copied())
             .chain(self.next_repl_deadline_ms())
             .chain(

@@ -251,7 +251,7 @@ impl Core {
         };
         let moved_on = self
             .membership(ss)
-            .and_then(|(p, m)| Some((self.pair_states.get(&p)?, m)))
+            .and_then(|(p, m)| Some((self.pairs.get(&p)?, m)))
             .filter(|(st, _)| st.epoch != *epoch);
         moved_on.is_some() && self.partner_holds_record(ss, &flight.file)
     }

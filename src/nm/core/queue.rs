@@ -63,13 +63,7 @@ impl Core {
         let quarantine = quarantine || replaces_removal || old.is_some_and(|(.., q)| q);
         if old.is_none() {
             if let Some((p, _)) = self.membership(target) {
-                if let Some(st) = self.pair_states.get_mut(&p) {
-                    if st.sync_done >= st.sync_total {
-                        st.sync_done = 0;
-                        st.sync_total = 0;
-                    }
-                    st.sync_total += 1;
-                }
+                self.pairs.sync_owed(&p);
             }
         }
         let job = ReplJob {
@@ -573,9 +567,7 @@ impl Core {
     /// Counts a finished transfer in its pair's recovery progress.
     pub(super) fn job_done(&mut self, target: &str) {
         if let Some((p, _)) = self.membership(target) {
-            if let Some(st) = self.pair_states.get_mut(&p) {
-                st.sync_done = (st.sync_done + 1).min(st.sync_total);
-            }
+            self.pairs.sync_done(&p);
         }
     }
 

@@ -421,7 +421,7 @@ impl Core {
         if !self.reg.pairs.contains_key(primary) {
             return Member::Primary;
         }
-        self.pair_states
+        self.pairs
             .get(primary)
             .map_or(Member::Primary, |p| p.writer)
     }
@@ -429,7 +429,7 @@ impl Core {
     /// The epoch server `name` stamps on new versions.
     pub(super) fn epoch_of(&self, name: &str) -> u64 {
         self.membership(name)
-            .and_then(|(p, _)| self.pair_states.get(&p))
+            .and_then(|(p, _)| self.pairs.get(&p))
             .map_or(EPOCH, |p| p.epoch)
     }
 
@@ -438,7 +438,7 @@ impl Core {
         if !self.reg.pairs.contains_key(primary) {
             return self.is_up(primary).then(|| (primary.to_string(), EPOCH));
         }
-        let st = self.pair_states.get(primary)?;
+        let st = self.pairs.get(primary)?;
         let w = self.member_name(primary, st.writer)?;
         (st.phase == Phase::Serving && self.is_up(&w)).then_some((w, st.epoch))
     }
@@ -510,12 +510,6 @@ impl Core {
         }
         // The lease counts from when heartbeat `seq` was sent, which was before it arrived.
         self.ack_heartbeat(conn, name, seq, last_ms);
-    }
-
-    pub(super) fn put_pair_state(&mut self, primary: &str, st: PairRecord) {
-        self.batch
-            .push(StoreOp::PutPairState(primary.to_string(), st.clone()));
-        self.pair_states.insert(primary.to_string(), st);
     }
 
     /// Jobs owed to `target` (pending or failed), and whether one of them is running.

@@ -154,11 +154,7 @@ impl Core {
                         .fold(Owed::default(), |a, o| a.plus(o)),
                     None => Owed::default(),
                 };
-                let st = self
-                    .pair_states
-                    .get(p)
-                    .cloned()
-                    .unwrap_or_else(PairRecord::new);
+                let st = self.pairs.get(p).cloned().unwrap_or_else(PairRecord::new);
                 let state = match &backup {
                     None => "UNPAIRED",
                     Some(b) => self.pair_state_name(p, b, &st, owed.jobs > 0),
