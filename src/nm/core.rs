@@ -9,13 +9,16 @@
 //! wall clock and randomness in its [`Env`] (see [`clock`]), so a run is reproducible.
 //!
 //! This file holds the state ([`Core`]), the entry points the event loop calls, and the
-//! buffers every part writes to (effects and the store batch). The decisions live by area:
+//! buffers every part writes to (effects and the store batch). `Core` owns the parts and
+//! routes the flows that cross them (a failover: the pairs part decides, the queue rewrites
+//! rows, the registry tells servers). The decisions live by area:
 //! [`records`] (what is persisted), [`sessions`] (HELLO/PROVE), [`registry`] (storage servers
 //! and the pair topology), [`namespace`] (client requests, rights, LOCATE), [`folders`],
 //! [`requests`] and [`checkpoints`], [`ops`] (operations started on a storage server and
-//! their results), [`pairs`] (failover and handback), [`queue`] (replication jobs), [`removals`] (the rule
-//! that an owed removal never takes a newer file), [`fsck`],
-//! and [`status`].
+//! their results), [`pairs`] (the pair states and their transitions, owned by
+//! `pairs::Pairs`), [`queue`] (replication jobs), [`removals`] (the one decision on what a
+//! removal owed to a member means, so it never takes a newer file), [`fsck`] (pages owned
+//! by `fsck::Runs`), and [`status`].
 
 mod checkpoints;
 mod clock;

@@ -11,6 +11,32 @@
 //!
 //! A page holds at most one request's worth of state per client connection, so a check of
 //! 10,000 files needs no more memory than a check of 100.
+//!
+//! A page holds at most 100 files, 256 MiB of content to read, and names within the header
+//! budget. The core sends one CHECK_FILES job per server holding a copy (the file's primary
+//! and its pair's backup) to the client-call worker pool, with a ticket (op `check`, user
+//! `@nm`) whose `file` is a digest of the page's names (`auth::check_scope`), so it covers
+//! exactly that list. Each storage server, under the file lock, adopts a hand edit as any
+//! access does, then reads the bytes and recomputes the CRC32C, and lists the file's versions
+//! under `quarantine/`. When every server answered or failed, [`judge_copy`] judges each copy
+//! against the record: ok, stale, missing, corrupt, diverged, down, quarantined. A copy at
+//! least at the version recorded when the page was built is not stale (a write may land
+//! during the check).
+//!
+//! # FSCK agrees with recovery
+//!
+//! [`judge_copy`] classifies a copy as reconciliation would: a copy above the record is `ok`
+//! only where recovery adopts it (the writer, or the only member still holding the record's
+//! changes); elsewhere, and for the recorded version with other bytes or a fork from an
+//! earlier epoch past `epoch_base`, it is `diverged` (exit 1).
+//!
+//! FSCK changes nothing: it never deletes a record, repairs a copy or touches `quarantine/`;
+//! the only write it can cause is the adoption of a hand edit, which any access makes.
+//!
+//! Choice: the name server fans out on its worker threads rather than giving the client
+//! tickets to drive the checks itself, so the verdicts are made in the IO-free core against
+//! the live record and a client cannot learn anything a storage server says beyond the
+//! report. FSCK is for anyone and lists every file name, as `VIEW -a` does.
 
 use super::*;
 use crate::protocol::{CopyCheck, CopyReport, CopyState, FsckFile, HeldCopy, QuarantineEntry};

@@ -1,5 +1,6 @@
-//! Operations the name server starts on a storage server for a client (CREATE, DELETE, UNDO,
-//! CHECKPOINT, REVERT, MOVE, EXEC) and what their results do.
+//! Operations in flight: the name server's own calls to storage servers for a client
+//! (CREATE, DELETE, UNDO, CHECKPOINT, REVERT, MOVE, EXEC), the names they hold, the fence on
+//! their answers, and what their results do.
 //!
 //! Uses the core's `busy_files` and `jobs`. Invariants:
 //! * one NM-initiated operation per file at a time; later requests wait in a bounded queue
@@ -7,6 +8,23 @@
 //! * a change's result is credited only if the pair is still in the epoch its ticket carried
 //!   (the fence): a change made under an ended epoch is not applied to the record, and its
 //!   member is owed the record's state with its own copy set aside first.
+//!
+//! A serialised operation reserves its name (a MOVE both names) until it is answered; a
+//! CREATE of a reserved name waits, and a removal row of that name is not dispatched
+//! meanwhile.
+//!
+//! # The fence
+//!
+//! Each call remembers the server and epoch its ticket was minted for. An answer arriving
+//! after that pair's epoch moved on (a failover or handback while the call ran) is not
+//! credited to the new writer while the other member holds the record's version: the client
+//! hears `UNAVAILABLE ... not applied`, the record stays, and the member that made the change
+//! is marked not current and owed the record's state with its copy set aside
+//! (`Core::set_aside_on`). When the other member does not hold the record's version the copy
+//! is left to reconciliation, since it may be the only one descending from the record.
+//! Storage servers also check the lease again under the file lock just before UNDO, REVERT
+//! and MOVE. The same fence holds for a storage server's CHANGED: one from a member that is
+//! not the writer is answered with `copies: 0` (see the registry's quarantine section).
 
 use super::*;
 

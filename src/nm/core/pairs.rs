@@ -1,14 +1,115 @@
-//! The pair state machine: failover, handback, RECOVER and pairing.
+//! Pairs: which member of each pair may take changes, in which epoch, and until when.
+//!
+//! # The part
 //!
 //! [`Pairs`] owns the pairs' durable states (the `pair_states` table) and decides every
 //! transition from them plus what the core tells it of the members ([`Members`]): liveness,
 //! lease bounds and what is owed to them. It writes its changes into the store batch it is
-//! handed and names the members to tell of a new role; the core routes those to the registry
-//! and the namespace. All times here are monotonic (see [`super::clock`]). Invariants:
+//! handed and names the members to tell of their new role; the core routes those to the
+//! registry and the namespace (`forget_moves_before`). All times here are monotonic (see
+//! [`super::clock`]). Invariants:
 //! * at most one member of a pair holds a write lease: the writer moves only once the old
 //!   writer's last lease has surely ended (`switch_at_ms`), and every move raises the epoch;
 //! * the primary resumes after a handback only when nothing is owed to it, so it holds every
 //!   change the promoted backup took.
+//!
+//! # Pairs
+//!
+//! A server named `X_backup`, or registering with `--backup-of X`, is `X`'s backup, whichever
+//! registers first; the pair is recorded durably (`pairs` table) and logged as
+//! `replication_assign` `Paired X → X_backup`. New files are placed on pairs (named by their
+//! primaries): the pair with the fewest files whose writer may take changes, on that writer.
+//! A member that is not its pair's writer is told so (`REGISTERED.backup`, then every
+//! `HEARTBEAT_ACK.writer`) and refuses client changes (WRITE_BEGIN, UPLOAD, SS_CREATE,
+//! SS_UNDO, SS_CHECKPOINT, SS_REVERT, SS_MOVE); the name server never mints a change ticket
+//! for it. The one ticket minted outside that choice, a repeated SS_MOVE's, copies the first
+//! ticket's server and epoch, so a member deposed meanwhile still refuses it: the epoch
+//! changes only after its lease has ended.
+//!
+//! # Per-file holdings
+//!
+//! A file record names its pair (`ss`, the primary's name), the current `version`, and what
+//! each member is known to hold: `backup_version`, and for the primary `primary_held` (set
+//! while it is behind) / `primary_missing`. Reads go to a live member holding the current
+//! version, the writer first; a client that finds a copy down or stale asks once more with
+//! `LOCATE.avoid` and gets the other one or `UNAVAILABLE`.
+//!
+//! # The pair record and its transitions
+//!
+//! The `pair_states` table holds `phase` (SERVING / FAILING_OVER / HANDBACK), `epoch`,
+//! `writer` (primary or backup) and `switch_at_ms`. STATUS combines it with liveness into
+//! ACTIVE, SYNCING, BACKUP_DOWN, FAILING_OVER, PRIMARY_DOWN, RECOVERING, HANDBACK, DOWN
+//! (`Core::pair_state_name`). Every transition is decided by [`Pairs::step`], which
+//! `Core::advance_pairs` runs for each pair on every tick, close and registration:
+//!
+//! * SERVING with the writer down → FAILING_OVER (`failover_start`).
+//! * The writer back first → SERVING, same epoch.
+//! * Past `switch_at_ms` with the other member up → that member writes in epoch + 1
+//!   (`failover_complete`).
+//! * The promoted backup serving while the primary is up and owed nothing → HANDBACK (its
+//!   leases stop, and it is told at once).
+//! * Past the lease bound with nothing owed → the primary writes in epoch + 1
+//!   (`replication_recover`). The bound is cut short when the backup's next heartbeat says it
+//!   applied `writer: false` (acks arrive in order on one connection, so no earlier grant can
+//!   renew its lease after that); a commit it made just before and reports after the switch
+//!   is refused, so it was never acknowledged, and its copy is quarantined.
+//!
+//! # Leases
+//!
+//! Every heartbeat ack says whether the server is its pair's writer, the epoch, and
+//! `lease_ms` = two thirds of `--heartbeat-timeout-ms` (the third left over absorbs
+//! clock-rate differences and scheduling delay). The storage server may take changes until
+//! (the moment it *sent* the acknowledged heartbeat) + lease; REGISTERED grants the first one
+//! from the moment REGISTER_END was sent. It drops the lease at once when an ack says
+//! `writer: false` or its link fails, and in any case when the lease runs out: a primary cut
+//! off from the name server stops taking changes on its own (`ss/nmlink.rs`). The name server
+//! records, per server, `lease_until_ms` = (when it received the heartbeat it acknowledged) +
+//! lease, an upper bound of what the server holds, and never moves the writer before that
+//! bound (`switch_at_ms`). After a name-server restart every server's bound is start + lease,
+//! and nobody is promoted within one heartbeat timeout of the start, so members can
+//! re-register.
+//!
+//! # Epochs in tickets
+//!
+//! Tickets for changes (write, upload, create, undo, client delete, and the name server's
+//! checkpoint, revert and move calls: `ClusterKey::mint_change`) carry the pair's epoch,
+//! inside the MAC. A storage server refuses one unless it is the writer, holds a live lease,
+//! and is on that epoch; a session's COMMIT and an upload's install check again, and UNDO,
+//! REVERT and MOVE check the lease again under the file lock. A ticket a moment ahead of the
+//! server's own state (just promoted) waits up to 1 s for the ack that brings it.
+//!
+//! # A promoted backup takes only what it holds
+//!
+//! CREATE goes to any pair whose writer may take changes. WRITE, UPLOAD and UNDO of a file
+//! need the writer to hold its current version; otherwise the answer is `no live copy of f`,
+//! and the file waits for the member that has it. Changes on the promoted backup are job rows
+//! owed to the primary (same table, same relay, source = the member holding the current
+//! copy).
+//!
+//! # Correctness argument
+//!
+//! 1. *One writer per epoch, at most one writer at a time.* The epoch changes only in
+//!    [`Pairs::step`], together with `writer`, and only at or after `switch_at_ms`, which is
+//!    at or after the end of every lease the previous writer was granted; the new writer gets
+//!    leases only in the new epoch; a storage server takes a change only under a live lease
+//!    and only for a ticket of its own epoch. So at any instant at most one member may take
+//!    changes, and each epoch's versions come from one member.
+//! 2. *Sync mode loses no acknowledged write.* A change is answered when the backup holds it,
+//!    or `(1 of 2 copies)` when the job owing it is recorded durably; in both cases the record
+//!    holds the version and a member holding it. A member is only made writer of a file it
+//!    holds at the recorded version, reads go only to such members, and copies are only
+//!    replaced by newer versions of the same lineage or set aside into quarantine, never
+//!    deleted. An acknowledged change is therefore on every copy that serves the file, or the
+//!    file is unavailable until a member holding it returns.
+//! 3. *Async mode* acknowledges a change when the primary holds it and the record is durable,
+//!    so it loses nothing either: a file whose latest change had not reached the backup when
+//!    the primary failed is unavailable (not stale) until the primary returns, and what async
+//!    mode costs is that availability, bounded by the lag STATUS shows.
+//!
+//! What no mode acknowledges (a commit whose CHANGED never reached the name server, a hand
+//! edit against an old epoch) is kept in quarantine when it conflicts with the current copy,
+//! so nothing is silently overwritten. The seeded simulation in `core/tests/failover.rs` checks (1)
+//! and (2) after every step under random kills, partitions and revivals.
 
 use super::*;
 

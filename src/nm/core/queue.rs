@@ -1,13 +1,17 @@
-//! The replication queue: the durable jobs owing a pair member a file's content or its
-//! removal, dispatching them to the workers, their results, sync-mode waits, and reconciling a
-//! member that registers with what its pair's records say it must hold.
+//! The replication queue as the core sees it: the `jobs` rows owing a pair member a file's
+//! content or its removal (see `nm::replication` for the row, the relay and backoff),
+//! dispatching them to the workers, their results, sync-mode waits, and reconciling a member
+//! that registers with what its pair's records say it must hold.
 //!
-//! Uses the core's `repl` (the job table, see `jobtable.rs`), `running`, `sync_waits` and
-//! `stages`. Invariants:
+//! The rows' in-memory index (by target, then `(next_ms, key)`, only dispatchable rows;
+//! parked rows; why a moot row owed to a down server may wait for its registration; the
+//! measured cost) is described in `jobtable.rs`.
+//!
+//! Uses the core's `repl` (the job table), `running`, `sync_waits` and `stages`. Invariants:
 //! * one row per (target, file), coalescing every change: the row carries the latest want;
 //! * a key is never dispatched twice at once (it is marked running in `repl`);
-//! * a removal owed to a member never takes a newer file of the same name (the one rule,
-//!   in `removals.rs`);
+//! * a removal owed to a member never takes a newer file of the same name (the one rule and
+//!   its proof, in `removals.rs`);
 //! * retry times (`next_ms`) are monotonic; a job's `since_ms` (STATUS's lag) is wall-clock.
 
 use super::*;

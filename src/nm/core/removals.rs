@@ -34,6 +34,19 @@
 //! of the name again can only be left from before a promotion (every change rewrites the row
 //! owed to the member that is not the writer), and dropping it takes nothing; a row whose
 //! name is busy waits, so it never races the call that is making the name there.
+//!
+//! Why a row left on the writer is moot when its member holds the name again: every change
+//! rewrites the row owed to the member that is not the writer (content replacing an owed
+//! removal sets the old copy aside first), so a removal row outlives a new file of its name
+//! only on the writer, a backup promoted while the removal waited in backoff. There the new
+//! file exists only because a CREATE or MOVE succeeded, and a storage server's CREATE refuses
+//! a name it holds, so the old copy was gone already.
+//!
+//! Why the refusal covers every state of the row: while it runs, the removal would take the
+//! new file if it arrived second; while it waits in backoff, or is FAILED (retried otherwise
+//! only when the member registers again), the old copy is still there and the storage server
+//! would answer EXISTS. The refusal makes the row due now (a FAILED one with its attempts
+//! reset), so the removal runs at once and a retried CREATE succeeds.
 
 use super::*;
 
