@@ -327,13 +327,7 @@ impl Core {
             .map_or(1, |id| id + 1)
             .max(loaded.next_request)
             .max(1);
-        // A MOVE the last run left unsettled keeps both names reserved until the server it
-        // was sent to registers and shows whether it renamed the file.
-        let mut busy_files: HashMap<String, VecDeque<Pending>> = HashMap::new();
-        for (from, m) in &loaded.moves {
-            busy_files.entry(from.clone()).or_default();
-            busy_files.entry(m.to.clone()).or_default();
-        }
+        let ops = ops::InFlightOps::load(&loaded.moves);
         Core {
             now_ms: cfg.started_ms,
             env,
@@ -356,11 +350,7 @@ impl Core {
                 origins: HashMap::new(),
                 pairs: loaded.pairs,
             },
-            ops: ops::InFlightOps {
-                busy_files,
-                jobs: HashMap::new(),
-                next_job: 1,
-            },
+            ops,
             out: Vec::new(),
             batch: Vec::new(),
             q: queue::Queue {
@@ -410,7 +400,7 @@ impl Core {
 
     /// Jobs handed out and not yet answered.
     pub fn jobs_in_flight(&self) -> usize {
-        self.ops.jobs.len()
+        self.ops.len()
     }
 
     /// A new connection was accepted.
@@ -656,10 +646,8 @@ impl Core {
     }
 
     fn new_job(&mut self, kind: JobKind, flight: InFlight) {
-        let id = self.ops.next_job;
-        self.ops.next_job += 1;
         let durable_first = matches!(flight.purpose, Purpose::Move { .. });
-        self.ops.jobs.insert(id, flight);
+        let id = self.ops.start(flight);
         let job = Job { id, kind };
         self.out.push(if durable_first {
             Effect::DurableJob(job)

@@ -162,7 +162,7 @@ impl Core {
                 names::display(&canon)
             )));
         }
-        if self.ops.busy_files.contains_key(&canon) {
+        if self.ops.is_busy(&canon) {
             // A CREATE or MOVE to that name is in flight.
             return Err(err::locked(format!(
                 "another operation on {} is in progress; try again",
@@ -318,7 +318,7 @@ impl Core {
                 names::display(&to)
             )));
         }
-        if self.ops.busy_files.contains_key(&to) {
+        if self.ops.is_busy(&to) {
             return Err(err::locked(format!(
                 "another operation on {} is in progress; try again",
                 names::display(&to)
@@ -462,10 +462,7 @@ impl Core {
 
     /// Whether this run's MOVE of `from` is still waiting for its storage server.
     fn move_in_flight(&self, from: &str) -> bool {
-        self.ops
-            .jobs
-            .values()
-            .any(|f| f.file == from && matches!(f.purpose, Purpose::Move { .. }))
+        self.ops.moving(from)
     }
 
     /// The storage server renamed the file: the record (owner, access, version) moves with

@@ -457,8 +457,7 @@ impl Core {
             let Some(t) = self.q.repl.get(&k).and_then(|j| self.transfer_for(j)) else {
                 continue;
             };
-            let id = self.ops.next_job;
-            self.ops.next_job += 1;
+            let id = self.ops.next_id();
             log::info!(target: ev::REPLICATION_WORKER_QUEUED, file = t.file.as_str(),
                 ss = t.target.0.as_str(), queued = self.q.running.len() as u64 + 1;
                 "file={} replica={} queued={}", t.file, t.target.0, self.q.running.len() + 1);

@@ -113,7 +113,7 @@ impl Core {
                     .is_some_and(|(rec, m)| rec.held(m).is_some())
                 {
                     Removal::Moot
-                } else if self.ops.busy_files.contains_key(&job.file) {
+                } else if self.ops.is_busy(&job.file) {
                     Removal::Wait
                 } else {
                     Removal::Run

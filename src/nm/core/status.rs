@@ -50,7 +50,7 @@ impl Core {
                 "users": self.ns.users.len(),
                 "servers_up": self.reg.servers.values().filter(|s| s.up).count(),
                 "servers": self.reg.servers.len(),
-                "jobs_in_flight": self.ops.jobs.len(),
+                "jobs_in_flight": self.ops.len(),
             }
         })
         .to_string()
