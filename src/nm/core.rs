@@ -9,13 +9,16 @@
 //! wall clock and randomness in its [`Env`] (see [`clock`]), so a run is reproducible.
 //!
 //! This file holds the state ([`Core`]), the entry points the event loop calls, and the
-//! buffers every part writes to (effects and the store batch). The decisions live by area:
+//! buffers every part writes to (effects and the store batch). `Core` owns the parts and
+//! routes the flows that cross them (a failover: the pairs part decides, the queue rewrites
+//! rows, the registry tells servers). The decisions live by area:
 //! [`records`] (what is persisted), [`sessions`] (HELLO/PROVE), [`registry`] (storage servers
 //! and the pair topology), [`namespace`] (client requests, rights, LOCATE), [`folders`],
 //! [`requests`] and [`checkpoints`], [`ops`] (operations started on a storage server and
-//! their results), [`pairs`] (failover and handback), [`queue`] (replication jobs), [`removals`] (the rule
-//! that an owed removal never takes a newer file), [`fsck`],
-//! and [`status`].
+//! their results), [`pairs`] (the pair states and their transitions, owned by
+//! `pairs::Pairs`), [`queue`] (replication jobs), [`removals`] (the one decision on what a
+//! removal owed to a member means, so it never takes a newer file), [`fsck`] (pages owned
+//! by `fsck::Runs`), and [`status`].
 
 mod checkpoints;
 mod clock;
@@ -40,6 +43,7 @@ pub use fsck::{judge_copy, Lineage, Seen};
 pub use records::{
     FileRecord, FolderRecord, Loaded, Member, MoveIntent, PairRecord, Phase, ServerRecord, StoreOp,
 };
+use removals::{Meets, Removal};
 #[cfg(test)]
 use status::STATUS_ERROR_BYTES;
 pub use status::STATUS_FAILED_SHOWN;
@@ -247,8 +251,8 @@ pub struct Core {
     q: queue::Queue,
     /// FSCK pages waiting for their servers' checks.
     fsck: fsck::Runs,
-    /// Pair states by primary (durable).
-    pair_states: BTreeMap<String, PairRecord>,
+    /// The pairs' states by primary (durable) and their transitions.
+    pairs: pairs::Pairs,
 }
 
 fn not_found(file: &str) -> WireError {
@@ -288,17 +292,7 @@ impl Core {
     /// `env`; every server starts down.
     pub fn with_env(cfg: CoreConfig, key: ClusterKey, loaded: Loaded, env: Env) -> Core {
         let boot_lease_until = cfg.started_ms + cfg.lease_ms();
-        let mut pair_states = loaded.pair_states;
-        for p in loaded.pairs.keys() {
-            pair_states.entry(p.clone()).or_insert_with(PairRecord::new);
-        }
-        // A switch the last run waited for was timed on its monotonic clock: every lease that
-        // run granted has ended by one lease length after this boot.
-        for st in pair_states.values_mut() {
-            if st.phase != Phase::Serving {
-                st.switch_at_ms = boot_lease_until;
-            }
-        }
+        let pairs = pairs::Pairs::load(loaded.pair_states, &loaded.pairs, boot_lease_until);
         // Likewise a job's retry time: what the last run left owed is due now.
         let started_ms = cfg.started_ms;
         let jobs = loaded.jobs.into_values().map(move |mut j| {
@@ -333,13 +327,7 @@ impl Core {
             .map_or(1, |id| id + 1)
             .max(loaded.next_request)
             .max(1);
-        // A MOVE the last run left unsettled keeps both names reserved until the server it
-        // was sent to registers and shows whether it renamed the file.
-        let mut busy_files: HashMap<String, VecDeque<Pending>> = HashMap::new();
-        for (from, m) in &loaded.moves {
-            busy_files.entry(from.clone()).or_default();
-            busy_files.entry(m.to.clone()).or_default();
-        }
+        let ops = ops::InFlightOps::load(&loaded.moves);
         Core {
             now_ms: cfg.started_ms,
             env,
@@ -362,11 +350,7 @@ impl Core {
                 origins: HashMap::new(),
                 pairs: loaded.pairs,
             },
-            ops: ops::InFlightOps {
-                busy_files,
-                jobs: HashMap::new(),
-                next_job: 1,
-            },
+            ops,
             out: Vec::new(),
             batch: Vec::new(),
             q: queue::Queue {
@@ -376,7 +360,7 @@ impl Core {
                 stages: HashMap::new(),
             },
             fsck: fsck::Runs::default(),
-            pair_states,
+            pairs,
         }
     }
 
@@ -416,7 +400,7 @@ impl Core {
 
     /// Jobs handed out and not yet answered.
     pub fn jobs_in_flight(&self) -> usize {
-        self.ops.jobs.len()
+        self.ops.len()
     }
 
     /// A new connection was accepted.
@@ -471,13 +455,8 @@ impl Core {
             .filter(|s| s.up)
             .filter_map(|s| s.last_heartbeat_ms)
             .map(|t| t + self.cfg.heartbeat_timeout_ms);
-        let switches = self
-            .pair_states
-            .values()
-            .filter(|p| p.phase != Phase::Serving)
-            .map(|p| p.switch_at_ms);
         heartbeats
-            .chain(switches)
+            .chain(self.pairs.next_switch_ms())
             .chain(self.reg.introducing.values().copied())
             .chain(self.next_repl_deadline_ms())
             .chain(
@@ -667,10 +646,8 @@ impl Core {
     }
 
     fn new_job(&mut self, kind: JobKind, flight: InFlight) {
-        let id = self.ops.next_job;
-        self.ops.next_job += 1;
         let durable_first = matches!(flight.purpose, Purpose::Move { .. });
-        self.ops.jobs.insert(id, flight);
+        let id = self.ops.start(flight);
         let job = Job { id, kind };
         self.out.push(if durable_first {
             Effect::DurableJob(job)

@@ -1,5 +1,10 @@
 //! CHECKPOINT and REVERT as the name server decides them (a child module of `core.rs`).
 //!
+//! A tag is `[A-Za-z0-9_-]{1,64}`. VIEWCHECKPOINT and LISTCHECKPOINTS are reads: LOCATE (mode
+//! `read`) then READ_CHECKPOINT (framed like READ) or LIST_CHECKPOINTS on the storage server,
+//! with the read ticket. DELETE also removes the file's pending access requests here, and its
+//! undo entries and checkpoints on each copy, so a later file of the same name starts clean.
+//!
 //! Checkpoints live on the storage servers beside each file's bookkeeping; the name server
 //! checks rights and the tag, then asks the pair's current writer (the primary, or the
 //! promoted backup during a failover) with a change ticket carrying the pair's epoch, as for

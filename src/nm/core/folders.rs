@@ -12,6 +12,79 @@
 //! pushes the whole folder list, so a server that was down, or a backup that joins, catches
 //! up. No reply waits for these calls (the folder is durable in the index first); a file's
 //! directory is also made when a file is placed, installed or moved there.
+//!
+//! CREATEFOLDER: the folder must not exist (as a folder or a file) and its parent must (the
+//! root always does); it is recorded in the `folders` table and the reply waits for that
+//! commit. The push to storage servers is SS_MKDIR with a ticket of op `mkdir` over a digest
+//! of the folder list; each registration pushes the whole list, parents first. The index is
+//! the authority, the directories follow it. A file adopted from a storage server brings its
+//! missing folders with it (owned by the file's owner), so every file's parent folder exists.
+//! Folders and files are both keyed by canonical name, so a folder's children are the keys
+//! starting with `p/`, and VIEWFOLDER touches one key per direct child, never every file.
+//!
+//! # MOVE
+//!
+//! MOVE f /p checks write access, that `/p` exists, and that the new name is free of files
+//! and folders (`/p` and `/p/` are one folder; moving into the folder the file is in is
+//! refused), reserves both names (a CREATE of the new name waits), and a worker sends SS_MOVE
+//! (ticket op `move`, minted for `old\tnew`, a string no file can be named). The storage
+//! server, holding both files' locks and refusing with LOCKED while a write session is open,
+//! links history entries and checkpoints under the new name, writes the record, renames the
+//! content (the atomic step), then removes the old record and links (`ss/store/moves.rs` has
+//! the crash analysis). The record moves with owner, access, version and timestamps; pending
+//! access requests follow it; the other member is owed a removal of the old name and the
+//! whole file under the new one.
+//!
+//! Before SS_MOVE is sent the name server makes a move intent durable (`moves` table: old
+//! name → new name, the server and epoch the ticket names, the record), and the batch that
+//! moves the record, owes the backup its rows, or hears the refusal removes it; the event
+//! loop holds such a job (`Effect::DurableJob`) until its batch is committed.
+//!
+//! # A MOVE survives a name-server crash
+//!
+//! A name server that dies in between keeps both names reserved after its restart and
+//! settles the move when that server registers (`Core::resolve_moves`), before its file list
+//! is reconciled. The move is credited only when that server lists the new name and not the
+//! old, at the record's version and checksum (or a later version: a write it committed
+//! before the move), with the record still there and no other record under the new name:
+//! then it completes as on success (record with owner, access and pending requests moved, a
+//! removal row for the old name and a content row for the new one owed to the backup).
+//! Otherwise the intent is dropped and the copies are reconciled as any others:
+//!
+//! * the old name only: the move did not happen (the client's MOVE died with the name server
+//!   and got no answer; it may be repeated);
+//! * both (a hand-made copy: the storage server's scan removes a half-made move): the record
+//!   stays under the old name and the other copy is an unknown file, so no content is lost
+//!   and no record is guessed;
+//! * neither: the record's copy is owed from the other member as for any missing file.
+//!
+//! When the pair takes a new epoch before that server is back (a failover), the intent is
+//! dropped then (`forget_moves_before`): a rename in the old epoch is never credited (a
+//! fenced result), the new writer serves the old name, and that server's copies of both
+//! names are set aside and repaired as for any change of an ended epoch (`set_aside_on`),
+//! when the other member holds the record's version to repair them from; else they are left
+//! to reconciliation, as the fence leaves a copy that may be the only one descending from the
+//! record. Until it is settled both names stay reserved as during a running move: CREATE of
+//! the new name and other serialised operations on either name wait.
+//!
+//! An answer lost without a crash (the call timed out or its connection failed after the
+//! request went out) is handled the same way: the worker sends SS_MOVE again with a fresh
+//! ticket, up to 3 times (0.3, 0.6, 0.9 s apart). A repeat (only a repeat) carries the
+//! recorded version, and a server that holds no old name and the new one at exactly that
+//! version answers DONE (it made the move already; the repeat takes both file locks, so it
+//! waits for a first call still running, and it needs the lease as any change does). The
+//! repeat's ticket copies the first ticket's server and epoch. A refusal of a repeat says
+//! nothing of what the first call did, so it counts as no answer and the next repeat is
+//! tried. If no repeat is answered with DONE, the client hears UNAVAILABLE ("may or may not
+//! have been made") and the intent stays, settled as above when the server registers again
+//! or its pair takes a new epoch (at once, if that epoch has come already); until then the
+//! names stay reserved (a server that stays registered but cannot be called holds them that
+//! long). A refusal (any ERR) of the first call or a failed connect means nothing was renamed
+//! and drops the intent at once.
+//!
+//! Test hooks: `PAIRFS_FAULT_NM=exit-before-ss-move` / `exit-after-ss-move` makes `bin_nm`
+//! exit around the call; `cut-after-ss-move-sent` closes the first SS_MOVE's connection as
+//! soon as it is sent.
 
 use super::*;
 use std::ops::Bound;
@@ -89,7 +162,7 @@ impl Core {
                 names::display(&canon)
             )));
         }
-        if self.ops.busy_files.contains_key(&canon) {
+        if self.ops.is_busy(&canon) {
             // A CREATE or MOVE to that name is in flight.
             return Err(err::locked(format!(
                 "another operation on {} is in progress; try again",
@@ -245,7 +318,7 @@ impl Core {
                 names::display(&to)
             )));
         }
-        if self.ops.busy_files.contains_key(&to) {
+        if self.ops.is_busy(&to) {
             return Err(err::locked(format!(
                 "another operation on {} is in progress; try again",
                 names::display(&to)
@@ -389,10 +462,7 @@ impl Core {
 
     /// Whether this run's MOVE of `from` is still waiting for its storage server.
     fn move_in_flight(&self, from: &str) -> bool {
-        self.ops
-            .jobs
-            .values()
-            .any(|f| f.file == from && matches!(f.purpose, Purpose::Move { .. }))
+        self.ops.moving(from)
     }
 
     /// The storage server renamed the file: the record (owner, access, version) moves with

@@ -11,6 +11,32 @@
 //!
 //! A page holds at most one request's worth of state per client connection, so a check of
 //! 10,000 files needs no more memory than a check of 100.
+//!
+//! A page holds at most 100 files, 256 MiB of content to read, and names within the header
+//! budget. The core sends one CHECK_FILES job per server holding a copy (the file's primary
+//! and its pair's backup) to the client-call worker pool, with a ticket (op `check`, user
+//! `@nm`) whose `file` is a digest of the page's names (`auth::check_scope`), so it covers
+//! exactly that list. Each storage server, under the file lock, adopts a hand edit as any
+//! access does, then reads the bytes and recomputes the CRC32C, and lists the file's versions
+//! under `quarantine/`. When every server answered or failed, [`judge_copy`] judges each copy
+//! against the record: ok, stale, missing, corrupt, diverged, down, quarantined. A copy at
+//! least at the version recorded when the page was built is not stale (a write may land
+//! during the check).
+//!
+//! # FSCK agrees with recovery
+//!
+//! [`judge_copy`] classifies a copy as reconciliation would: a copy above the record is `ok`
+//! only where recovery adopts it (the writer, or the only member still holding the record's
+//! changes); elsewhere, and for the recorded version with other bytes or a fork from an
+//! earlier epoch past `epoch_base`, it is `diverged` (exit 1).
+//!
+//! FSCK changes nothing: it never deletes a record, repairs a copy or touches `quarantine/`;
+//! the only write it can cause is the adoption of a hand edit, which any access makes.
+//!
+//! Choice: the name server fans out on its worker threads rather than giving the client
+//! tickets to drive the checks itself, so the verdicts are made in the IO-free core against
+//! the live record and a client cannot learn anything a storage server says beyond the
+//! report. FSCK is for anyone and lists every file name, as `VIEW -a` does.
 
 use super::*;
 use crate::protocol::{CopyCheck, CopyReport, CopyState, FsckFile, HeldCopy, QuarantineEntry};
@@ -44,6 +70,91 @@ impl Runs {
     pub(super) fn forget(&mut self, conn: ConnId) {
         self.by_id.retain(|_, r| r.conn != conn);
     }
+
+    /// Opens a page for `conn` over `rows` (with the cursor of the page after it), waiting
+    /// for `asked` servers; the servers in `down` count as answered, down. Returns its id.
+    fn open(
+        &mut self,
+        conn: ConnId,
+        rows: Vec<(String, Version)>,
+        next: Option<String>,
+        down: Vec<String>,
+        asked: usize,
+    ) -> u64 {
+        let id = self.next;
+        self.next += 1;
+        let run = Run {
+            conn,
+            rows,
+            next,
+            waiting: asked,
+            answers: down.into_iter().map(|ss| (ss, Err(None))).collect(),
+        };
+        self.by_id.insert(id, run);
+        id
+    }
+
+    /// Notes server `ss`'s answer (or failure) for page `run`. Whether the page now has
+    /// every answer it waits for (it is not the page of a closed connection).
+    fn answer(&mut self, run: u64, ss: String, result: Result<JobOutput, WireError>) -> bool {
+        let Some(r) = self.by_id.get_mut(&run) else {
+            return false;
+        };
+        let answer = match result {
+            Ok(JobOutput::Checked {
+                copies,
+                orphans,
+                more_orphans,
+            }) => Ok(Answer {
+                copies: copies.into_iter().map(|c| (c.file.clone(), c)).collect(),
+                orphans,
+                more_orphans,
+            }),
+            Ok(other) => Err(Some(format!("unexpected answer from {ss}: {other:?}"))),
+            Err(e) => Err(Some(e.msg)),
+        };
+        r.answers.insert(ss, answer);
+        r.waiting = r.waiting.saturating_sub(1);
+        r.waiting == 0
+    }
+
+    /// Takes a page out to be judged and sent.
+    fn close(&mut self, id: u64) -> Option<Run> {
+        self.by_id.remove(&id)
+    }
+}
+
+/// The next page of the index after `after`: its files with their recorded versions, the
+/// cursor of the page after it, and whether it is the last (which also lists orphans).
+fn page(files: &BTreeMap<String, FileRecord>, after: Option<&str>) -> Result<Page, WireError> {
+    if after.is_some_and(|a| a.len() > MAX_CURSOR_BYTES) {
+        return Err(err::invalid("FSCK cursor too long"));
+    }
+    let lower = match after {
+        Some(a) => Bound::Excluded(a),
+        None => Bound::Unbounded,
+    };
+    let mut it = files.range::<str, _>((lower, Bound::Unbounded)).peekable();
+    let (mut rows, mut bytes, mut header) = (Vec::new(), 0u64, 0usize);
+    while let Some((f, rec)) = it.peek() {
+        let cost = 2 * f.len() + 450;
+        let full = rows.len() >= FSCK_PAGE_FILES
+            || bytes.saturating_add(rec.size) > FSCK_PAGE_BYTES
+            || header + cost > FSCK_PAGE_HEADER_BYTES;
+        if full && !rows.is_empty() {
+            break;
+        }
+        bytes = bytes.saturating_add(rec.size);
+        header += cost;
+        rows.push(((*f).clone(), rec.version));
+        it.next();
+    }
+    let next = match it.peek() {
+        Some(_) => rows.last().map(|(f, _)| f.clone()),
+        None => None,
+    };
+    let last = next.is_none();
+    Ok((rows, next, last))
 }
 
 /// One server's answer to a page's check: by file, and its orphaned quarantine entries.
@@ -195,7 +306,7 @@ impl Core {
                 let (canon, rec) = self.lookup(&f)?;
                 (vec![(canon, rec.version)], None, false)
             }
-            None => self.fsck_page(after.as_deref())?,
+            None => page(&self.ns.files, after.as_deref())?,
         };
         let mut ask: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (f, _) in &rows {
@@ -212,16 +323,8 @@ impl Core {
                 }
             }
         }
-        let id = self.fsck.next;
-        self.fsck.next += 1;
-        let mut run = Run {
-            conn,
-            rows,
-            next,
-            waiting: 0,
-            answers: HashMap::new(),
-        };
         let mut calls = Vec::new();
+        let mut down = Vec::new();
         for (ss, files) in ask {
             match self.reg.servers.get(&ss) {
                 Some(s) if s.up => {
@@ -234,13 +337,10 @@ impl Core {
                     };
                     calls.push((ss, s.rec.addr(), msg));
                 }
-                _ => {
-                    run.answers.insert(ss, Err(None));
-                }
+                _ => down.push(ss),
             }
         }
-        run.waiting = calls.len();
-        self.fsck.by_id.insert(id, run);
+        let id = self.fsck.open(conn, rows, next, down, calls.len());
         if calls.is_empty() {
             self.fsck_finish(id);
             return Ok(());
@@ -261,43 +361,6 @@ impl Core {
         Ok(())
     }
 
-    /// The next page of the index after `after`: its files with their recorded versions, the
-    /// cursor of the page after it, and whether it is the last (which also lists orphans).
-    fn fsck_page(&self, after: Option<&str>) -> Result<Page, WireError> {
-        if after.is_some_and(|a| a.len() > MAX_CURSOR_BYTES) {
-            return Err(err::invalid("FSCK cursor too long"));
-        }
-        let lower = match after {
-            Some(a) => Bound::Excluded(a),
-            None => Bound::Unbounded,
-        };
-        let mut it = self
-            .ns
-            .files
-            .range::<str, _>((lower, Bound::Unbounded))
-            .peekable();
-        let (mut rows, mut bytes, mut header) = (Vec::new(), 0u64, 0usize);
-        while let Some((f, rec)) = it.peek() {
-            let cost = 2 * f.len() + 450;
-            let full = rows.len() >= FSCK_PAGE_FILES
-                || bytes.saturating_add(rec.size) > FSCK_PAGE_BYTES
-                || header + cost > FSCK_PAGE_HEADER_BYTES;
-            if full && !rows.is_empty() {
-                break;
-            }
-            bytes = bytes.saturating_add(rec.size);
-            header += cost;
-            rows.push(((*f).clone(), rec.version));
-            it.next();
-        }
-        let next = match it.peek() {
-            Some(_) => rows.last().map(|(f, _)| f.clone()),
-            None => None,
-        };
-        let last = next.is_none();
-        Ok((rows, next, last))
-    }
-
     /// One server's answer (or failure) for an FSCK page.
     pub(super) fn fsck_result(
         &mut self,
@@ -305,32 +368,14 @@ impl Core {
         ss: String,
         result: Result<JobOutput, WireError>,
     ) {
-        let Some(r) = self.fsck.by_id.get_mut(&run) else {
-            return;
-        };
-        let answer = match result {
-            Ok(JobOutput::Checked {
-                copies,
-                orphans,
-                more_orphans,
-            }) => Ok(Answer {
-                copies: copies.into_iter().map(|c| (c.file.clone(), c)).collect(),
-                orphans,
-                more_orphans,
-            }),
-            Ok(other) => Err(Some(format!("unexpected answer from {ss}: {other:?}"))),
-            Err(e) => Err(Some(e.msg)),
-        };
-        r.answers.insert(ss, answer);
-        r.waiting = r.waiting.saturating_sub(1);
-        if r.waiting == 0 {
+        if self.fsck.answer(run, ss, result) {
             self.fsck_finish(run);
         }
     }
 
     /// Judges every copy of a page whose answers are all in and sends the page.
     fn fsck_finish(&mut self, id: u64) {
-        let Some(run) = self.fsck.by_id.remove(&id) else {
+        let Some(run) = self.fsck.close(id) else {
             return;
         };
         self.set_busy(run.conn, false);

@@ -226,11 +226,7 @@ impl Core {
         need_current: bool,
     ) -> Result<(String, String, u64), WireError> {
         let p = rec.ss.as_str();
-        let Some(st) = self
-            .pair_states
-            .get(p)
-            .filter(|_| self.reg.pairs.contains_key(p))
-        else {
+        let Some(st) = self.pairs.get(p).filter(|_| self.reg.pairs.contains_key(p)) else {
             return Ok((p.to_string(), self.live_addr_of(p, file)?, EPOCH));
         };
         let Some(w) = self.member_name(p, st.writer) else {

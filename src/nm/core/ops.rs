@@ -1,23 +1,148 @@
-//! Operations the name server starts on a storage server for a client (CREATE, DELETE, UNDO,
-//! CHECKPOINT, REVERT, MOVE, EXEC) and what their results do.
+//! Operations in flight: the name server's own calls to storage servers for a client
+//! (CREATE, DELETE, UNDO, CHECKPOINT, REVERT, MOVE, EXEC), the names they hold, the fence on
+//! their answers, and what their results do.
 //!
-//! Uses the core's `busy_files` and `jobs`. Invariants:
+//! [`InFlightOps`] owns the reserved names with their waiting requests and the worker jobs
+//! awaited; the core routes what their answers do to the other parts. Invariants:
 //! * one NM-initiated operation per file at a time; later requests wait in a bounded queue
 //!   ([`super::MAX_WAITING_PER_FILE`]) and are decided when their turn comes;
 //! * a change's result is credited only if the pair is still in the epoch its ticket carried
 //!   (the fence): a change made under an ended epoch is not applied to the record, and its
 //!   member is owed the record's state with its own copy set aside first.
+//!
+//! A serialised operation reserves its name (a MOVE both names) until it is answered; a
+//! CREATE of a reserved name waits, and a removal row of that name is not dispatched
+//! meanwhile.
+//!
+//! # The fence
+//!
+//! Each call remembers the server and epoch its ticket was minted for. An answer arriving
+//! after that pair's epoch moved on (a failover or handback while the call ran) is not
+//! credited to the new writer while the other member holds the record's version: the client
+//! hears `UNAVAILABLE ... not applied`, the record stays, and the member that made the change
+//! is marked not current and owed the record's state with its copy set aside
+//! (`Core::set_aside_on`). When the other member does not hold the record's version the copy
+//! is left to reconciliation, since it may be the only one descending from the record.
+//! Storage servers also check the lease again under the file lock just before UNDO, REVERT
+//! and MOVE. The same fence holds for a storage server's CHANGED: one from a member that is
+//! not the writer is answered with `copies: 0` (see the registry's quarantine section).
 
 use super::*;
 
 /// The operations in flight.
 pub(super) struct InFlightOps {
     /// Files with an NM-initiated operation in flight, and the requests waiting behind it.
-    pub(super) busy_files: HashMap<String, VecDeque<Pending>>,
+    busy_files: HashMap<String, VecDeque<Pending>>,
     /// Worker jobs handed out and not yet answered.
-    pub(super) jobs: HashMap<JobId, InFlight>,
+    jobs: HashMap<JobId, InFlight>,
     /// The next worker job's id.
-    pub(super) next_job: JobId,
+    next_job: JobId,
+}
+
+/// Where a serialised request stands against the operation in flight on its name.
+pub(super) enum Behind {
+    /// The name is free: the request is handed back to be decided now.
+    Free(Box<Pending>),
+    /// The request waits behind the operation (its connection is now busy).
+    Queued(ConnId),
+    /// Too many requests wait on the name already: the request is refused.
+    Full(ConnId),
+}
+
+impl InFlightOps {
+    /// No operation in flight, except that a MOVE the last run left unsettled keeps both its
+    /// names reserved until the server it was sent to registers and shows whether it renamed
+    /// the file.
+    pub(super) fn load(moves: &BTreeMap<String, MoveIntent>) -> InFlightOps {
+        let mut busy_files: HashMap<String, VecDeque<Pending>> = HashMap::new();
+        for (from, m) in moves {
+            busy_files.entry(from.clone()).or_default();
+            busy_files.entry(m.to.clone()).or_default();
+        }
+        InFlightOps {
+            busy_files,
+            jobs: HashMap::new(),
+            next_job: 1,
+        }
+    }
+
+    /// Whether an operation on `name` is in flight (or a MOVE of it is unsettled).
+    pub(super) fn is_busy(&self, name: &str) -> bool {
+        self.busy_files.contains_key(name)
+    }
+
+    /// Whether no name is reserved.
+    #[cfg(test)]
+    pub(super) fn none_busy(&self) -> bool {
+        self.busy_files.is_empty()
+    }
+
+    /// Reserves `name` for the operation starting on it.
+    pub(super) fn reserve(&mut self, name: &str) {
+        self.busy_files.entry(name.to_string()).or_default();
+    }
+
+    /// Queues request `p` on `name` if an operation on it is in flight (bounded by
+    /// [`MAX_WAITING_PER_FILE`]).
+    pub(super) fn wait_behind(&mut self, name: &str, p: Pending) -> Behind {
+        match self.busy_files.get_mut(name) {
+            None => Behind::Free(Box::new(p)),
+            Some(q) if q.len() >= MAX_WAITING_PER_FILE => Behind::Full(p.conn),
+            Some(q) => {
+                let conn = p.conn;
+                q.push_back(p);
+                Behind::Queued(conn)
+            }
+        }
+    }
+
+    /// Frees `name`, handing back the requests that waited on it, oldest first.
+    pub(super) fn release(&mut self, name: &str) -> VecDeque<Pending> {
+        self.busy_files.remove(name).unwrap_or_default()
+    }
+
+    /// If a new operation holds `name` again, the `rest` wait behind it (moved out of
+    /// `rest`). Whether they do.
+    pub(super) fn wait_again(&mut self, name: &str, rest: &mut VecDeque<Pending>) -> bool {
+        match self.busy_files.get_mut(name) {
+            Some(q) => {
+                q.append(rest);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A fresh worker job id.
+    pub(super) fn next_id(&mut self) -> JobId {
+        let id = self.next_job;
+        self.next_job += 1;
+        id
+    }
+
+    /// Notes a worker job handed out for `flight`; returns its id.
+    pub(super) fn start(&mut self, flight: InFlight) -> JobId {
+        let id = self.next_id();
+        self.jobs.insert(id, flight);
+        id
+    }
+
+    /// The operation a worker job answered, if it is still awaited.
+    pub(super) fn finish(&mut self, id: JobId) -> Option<InFlight> {
+        self.jobs.remove(&id)
+    }
+
+    /// Whether a MOVE of `from` handed out in this run is still awaited.
+    pub(super) fn moving(&self, from: &str) -> bool {
+        self.jobs
+            .values()
+            .any(|f| f.file == from && matches!(f.purpose, Purpose::Move { .. }))
+    }
+
+    /// Worker jobs handed out and not yet answered.
+    pub(super) fn len(&self) -> usize {
+        self.jobs.len()
+    }
 }
 
 impl Core {
@@ -38,21 +163,17 @@ impl Core {
             Ok(c) => c,
             Err(e) => return self.fail(conn, e),
         };
-        if let Some(q) = self.ops.busy_files.get_mut(&canon) {
-            if q.len() >= MAX_WAITING_PER_FILE {
-                return self.fail(
-                    conn,
-                    err::limit(format!(
-                        "too many operations waiting on {}",
-                        names::display(&canon)
-                    )),
-                );
-            }
-            q.push_back(Pending { conn, user, msg });
-            self.set_busy(conn, true);
-            return;
+        match self.ops.wait_behind(&canon, Pending { conn, user, msg }) {
+            Behind::Free(p) => self.start_serialised(&canon, *p, now_ms),
+            Behind::Queued(conn) => self.set_busy(conn, true),
+            Behind::Full(conn) => self.fail(
+                conn,
+                err::limit(format!(
+                    "too many operations waiting on {}",
+                    names::display(&canon)
+                )),
+            ),
         }
-        self.start_serialised(&canon, Pending { conn, user, msg }, now_ms);
     }
 
     /// Decides a serialised request now; if it needs a storage server, the file becomes busy.
@@ -79,10 +200,10 @@ impl Core {
         };
         match started {
             Ok((kind, purpose)) => {
-                self.ops.busy_files.entry(canon.to_string()).or_default();
+                self.ops.reserve(canon);
                 if let Purpose::Move { to } = &purpose {
                     // The new name is taken while the move runs: a CREATE of it waits.
-                    self.ops.busy_files.entry(to.clone()).or_default();
+                    self.ops.reserve(to);
                 }
                 self.set_busy(p.conn, true);
                 let fence = change_fence(&kind);
@@ -212,7 +333,7 @@ impl Core {
             self.on_repl_result(key, sent, result, now_ms);
             return self.pump_replication(now_ms);
         }
-        let Some(flight) = self.ops.jobs.remove(&id) else {
+        let Some(flight) = self.ops.finish(id) else {
             return;
         };
         if let Purpose::Fsck { run, ss } = flight.purpose {
@@ -251,7 +372,7 @@ impl Core {
         };
         let moved_on = self
             .membership(ss)
-            .and_then(|(p, m)| Some((self.pair_states.get(&p)?, m)))
+            .and_then(|(p, m)| Some((self.pairs.get(&p)?, m)))
             .filter(|(st, _)| st.epoch != *epoch);
         moved_on.is_some() && self.partner_holds_record(ss, &flight.file)
     }
@@ -564,15 +685,14 @@ impl Core {
 
     /// Starts the next waiting request on a file whose operation just finished.
     pub(super) fn next_for_file(&mut self, file: &str, now_ms: u64) {
-        let mut waiting = self.ops.busy_files.remove(file).unwrap_or_default();
+        let mut waiting = self.ops.release(file);
         while let Some(p) = waiting.pop_front() {
             if !self.reg.peers.contains_key(&p.conn) {
                 continue;
             }
             self.start_serialised(file, p, now_ms);
-            if let Some(q) = self.ops.busy_files.get_mut(file) {
-                // A job started: the rest wait for it.
-                q.extend(waiting);
+            // A job started: the rest wait for it.
+            if self.ops.wait_again(file, &mut waiting) {
                 return;
             }
         }

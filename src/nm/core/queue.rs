@@ -1,13 +1,17 @@
-//! The replication queue: the durable jobs owing a pair member a file's content or its
-//! removal, dispatching them to the workers, their results, sync-mode waits, and reconciling a
-//! member that registers with what its pair's records say it must hold.
+//! The replication queue as the core sees it: the `jobs` rows owing a pair member a file's
+//! content or its removal (see `nm::replication` for the row, the relay and backoff),
+//! dispatching them to the workers, their results, sync-mode waits, and reconciling a member
+//! that registers with what its pair's records say it must hold.
 //!
-//! Uses the core's `repl` (the job table, see `jobtable.rs`), `running`, `sync_waits` and
-//! `stages`. Invariants:
+//! The rows' in-memory index (by target, then `(next_ms, key)`, only dispatchable rows;
+//! parked rows; why a moot row owed to a down server may wait for its registration; the
+//! measured cost) is described in `jobtable.rs`.
+//!
+//! Uses the core's `repl` (the job table), `running`, `sync_waits` and `stages`. Invariants:
 //! * one row per (target, file), coalescing every change: the row carries the latest want;
 //! * a key is never dispatched twice at once (it is marked running in `repl`);
-//! * a removal owed to a member never takes a newer file of the same name (the one rule,
-//!   in `removals.rs`);
+//! * a removal owed to a member never takes a newer file of the same name (the one rule and
+//!   its proof, in `removals.rs`);
 //! * retry times (`next_ms`) are monotonic; a job's `since_ms` (STATUS's lag) is wall-clock.
 
 use super::*;
@@ -55,18 +59,15 @@ impl Core {
         // A new file's versions start again at 1: content owed where the removal of an older
         // file of that name is still owed would look older than the copy the target holds and
         // be skipped. The target's copy is set aside first, so the new content installs.
-        let replaces_removal =
-            matches!(want, Want::Content { .. }) && self.removal_owed(target, file);
+        let replaces_removal = matches!(want, Want::Content { .. })
+            && self.owed_removal(Meets::Content {
+                member: target,
+                file,
+            }) == Removal::SetAside;
         let quarantine = quarantine || replaces_removal || old.is_some_and(|(.., q)| q);
         if old.is_none() {
             if let Some((p, _)) = self.membership(target) {
-                if let Some(st) = self.pair_states.get_mut(&p) {
-                    if st.sync_done >= st.sync_total {
-                        st.sync_done = 0;
-                        st.sync_total = 0;
-                    }
-                    st.sync_total += 1;
-                }
+                self.pairs.sync_owed(&p);
             }
         }
         let job = ReplJob {
@@ -407,17 +408,16 @@ impl Core {
                 let Some(j) = self.q.repl.get(k) else {
                     continue;
                 };
+                let removal = self.owed_removal(Meets::Due(j));
                 let moot = match j.want {
                     Want::Content { .. } => {
                         !self.ns.files.contains_key(&j.file) || self.target_holds_current(j)
                     }
-                    Want::Delete => self.removal_moot(j),
+                    Want::Delete => removal == Removal::Moot,
                 };
                 if moot {
                     obsolete.push(k.clone());
-                } else if j.want == Want::Delete && self.ops.busy_files.contains_key(&j.file) {
-                    // A CREATE or MOVE of that name may be on its way to the target: the
-                    // removal waits for it, then is moot if it made the name again there.
+                } else if removal == Removal::Wait {
                     later.push(k.clone());
                 } else if self.ready(j) {
                     picked.push(k.clone());
@@ -457,8 +457,7 @@ impl Core {
             let Some(t) = self.q.repl.get(&k).and_then(|j| self.transfer_for(j)) else {
                 continue;
             };
-            let id = self.ops.next_job;
-            self.ops.next_job += 1;
+            let id = self.ops.next_id();
             log::info!(target: ev::REPLICATION_WORKER_QUEUED, file = t.file.as_str(),
                 ss = t.target.0.as_str(), queued = self.q.running.len() as u64 + 1;
                 "file={} replica={} queued={}", t.file, t.target.0, self.q.running.len() + 1);
@@ -571,9 +570,7 @@ impl Core {
     /// Counts a finished transfer in its pair's recovery progress.
     pub(super) fn job_done(&mut self, target: &str) {
         if let Some((p, _)) = self.membership(target) {
-            if let Some(st) = self.pair_states.get_mut(&p) {
-                st.sync_done = (st.sync_done + 1).min(st.sync_total);
-            }
+            self.pairs.sync_done(&p);
         }
     }
 
@@ -732,9 +729,14 @@ impl Core {
             match self.ns.files.get(f) {
                 // Another pair holds that name; which copy wins is not decided here.
                 Some(_) => {}
-                // An acknowledged DELETE made while this member was the backup, owed to it
-                // still: the row removes the copy; adopting it would bring the file back.
-                None if writer && self.removal_owed(&name, f) => {
+                // An acknowledged DELETE or MOVE made while this member was away (or the
+                // backup) left a row owing it the removal: that row removes the copy plainly;
+                // adopting it would bring the file back.
+                None if self.owed_removal(Meets::Unrecorded {
+                    member: &name,
+                    file: f,
+                }) == Removal::Run =>
+                {
                     queued += 1;
                 }
                 None if writer => {
@@ -743,17 +745,8 @@ impl Core {
                     adopted += 1;
                 }
                 None => {
-                    // An acknowledged DELETE or MOVE made while this member was away left a
-                    // row owing it the removal: that row does it. Otherwise the copy was never
-                    // acknowledged: set aside, never silently removed.
-                    let owed = self
-                        .q
-                        .repl
-                        .get(&job_key(&name, f))
-                        .is_some_and(|j| j.want == Want::Delete && !j.quarantine);
-                    if !owed {
-                        self.upsert_job_q(&name, f, Want::Delete, true, now_ms);
-                    }
+                    // The copy was never acknowledged: set aside, never silently removed.
+                    self.upsert_job_q(&name, f, Want::Delete, true, now_ms);
                     queued += 1;
                 }
             }

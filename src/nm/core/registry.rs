@@ -1,9 +1,9 @@
-//! Storage servers: registration, reconciling a registering server's file list with the
-//! index, the messages a registered server sends (heartbeats, CHANGED, REMOVED, ...), and the
-//! pair topology derived from the `servers` and `pairs` tables (who backs up whom, which
-//! member writes, at which epoch).
+//! The storage-server registry: registration, reconciling a server's file list with the
+//! index, what a returning member is owed, the messages a registered server sends
+//! (heartbeats, CHANGED, REMOVED, ...), and the pair topology derived from the `servers` and
+//! `pairs` tables (who backs up whom, which member writes, at which epoch).
 //!
-//! Uses the core's `servers`, `pairs`, `peers` and `proof_nonces`. Invariants:
+//! Uses the core's `reg` ([`Registry`]: servers, pairs, peers, proof nonces). Invariants:
 //! * a name is registered by at most one live connection at a time;
 //! * a heartbeat's acknowledgement renews the writer's lease only while the pair is SERVING
 //!   with that server as writer (`may_write`), and `lease_until_ms` (monotonic, see
@@ -11,6 +11,64 @@
 //!   lease;
 //! * files a registering server does not hold keep their records (`primary_missing`), and
 //!   files it holds that the index does not know are adopted.
+//!
+//! # Registration
+//!
+//! A storage server connects, sends REGISTER (with a proof of the cluster key), its whole
+//! file list in FILE_BATCH frames of at most 100 entries, then REGISTER_END. The name server
+//! reconciles its index with the list: a file the server holds at a newer version (a commit
+//! whose CHANGED never reached the name server) updates the record; a file the name server
+//! does not know is adopted (owner from the server's bookkeeping, else `admin`; its missing
+//! folders come with it, owned by the file's owner, so every file's parent folder exists); a
+//! record whose file the server no longer lists is marked missing there, never deleted (an
+//! unmounted disk or a mistyped `--storage` must not erase the index, access rights, or the
+//! other copy; only the owner's DELETE removes a record). Each registration also pushes the
+//! whole folder list, parents first.
+//!
+//! # Reconciling a pair member
+//!
+//! A paired member's file list is compared with its pair's records
+//! (`Core::reconcile_member`, in `queue.rs`): anything missing or stale is owed to it from the member
+//! holding the current copy (a new backup gets a full initial sync); a copy newer than the
+//! record on the writer is a commit whose CHANGED never arrived and becomes current; a copy
+//! with changes the cluster never acknowledged is quarantined first. A backup's own file list
+//! never creates records. A writer registering with a file the index does not know and a
+//! removal row owes it adopts nothing: the row removes the copy (`removals.rs`).
+//!
+//! # Quarantine
+//!
+//! The recorded version only moves by acknowledged changes, and a change is only made to a
+//! copy at the recorded version (the ticket's `min_version`); so a copy above the record
+//! descends from it. On registration a member's copy is:
+//!
+//! * current;
+//! * stale: owed the current copy;
+//! * newer: becomes current on the writer, or when it is the only one left with the record's
+//!   changes; otherwise set aside;
+//! * forked: the same version with other bytes, or from an earlier epoch past `epoch_base`
+//!   (the last version that epoch ended with, kept when the first change of a newer epoch
+//!   lands): set aside.
+//!
+//! A copy set aside, and a file the index does not know on a non-writer, get a job with
+//! `quarantine: true`: the relay first sends SS_QUARANTINE (keep = the wanted version, so a
+//! retry never sets the current copy aside), which moves the content to
+//! `quarantine/<name>.<epoch>-<counter>` with its bookkeeping beside it as `.meta` (layout in
+//! the storage server's store), then installs the current copy. A CHANGED from a member that
+//! is not the writer is answered with `copies: 0` (the committer tells its client the change
+//! failed) and that member is owed the current copy, quarantined first; it is also marked not
+//! current at once (a hand edit on a backup), so no read goes to the diverged copy before the
+//! job has set it aside and installed the current one. A member returning after an
+//! acknowledged DELETE or MOVE it missed finds that removal owed as a plain removal row, not a
+//! quarantine: the change was acknowledged.
+//!
+//! # Recovery and RECOVER
+//!
+//! A returning member is reconciled as above; only what is missing, stale or forked is sent,
+//! from the member holding the current copy; STATUS shows the catch-up as `sync done/total`
+//! (in memory only). `RECOVER ss` retries at once every job owed to `ss` and queues every
+//! file the name server does not know it to hold current; it does not re-read the server's
+//! disk (a re-registration does). FAILED rows of a target go back to PENDING when it
+//! registers again.
 
 use super::*;
 
@@ -421,7 +479,7 @@ impl Core {
         if !self.reg.pairs.contains_key(primary) {
             return Member::Primary;
         }
-        self.pair_states
+        self.pairs
             .get(primary)
             .map_or(Member::Primary, |p| p.writer)
     }
@@ -429,7 +487,7 @@ impl Core {
     /// The epoch server `name` stamps on new versions.
     pub(super) fn epoch_of(&self, name: &str) -> u64 {
         self.membership(name)
-            .and_then(|(p, _)| self.pair_states.get(&p))
+            .and_then(|(p, _)| self.pairs.get(&p))
             .map_or(EPOCH, |p| p.epoch)
     }
 
@@ -438,7 +496,7 @@ impl Core {
         if !self.reg.pairs.contains_key(primary) {
             return self.is_up(primary).then(|| (primary.to_string(), EPOCH));
         }
-        let st = self.pair_states.get(primary)?;
+        let st = self.pairs.get(primary)?;
         let w = self.member_name(primary, st.writer)?;
         (st.phase == Phase::Serving && self.is_up(&w)).then_some((w, st.epoch))
     }
@@ -510,12 +568,6 @@ impl Core {
         }
         // The lease counts from when heartbeat `seq` was sent, which was before it arrived.
         self.ack_heartbeat(conn, name, seq, last_ms);
-    }
-
-    pub(super) fn put_pair_state(&mut self, primary: &str, st: PairRecord) {
-        self.batch
-            .push(StoreOp::PutPairState(primary.to_string(), st.clone()));
-        self.pair_states.insert(primary.to_string(), st);
     }
 
     /// Jobs owed to `target` (pending or failed), and whether one of them is running.

@@ -1,6 +1,14 @@
 //! Access requests (RACC, VIEWACCR, APPROVEACCR, DISACCR): decisions of the core (a child
 //! module of `core.rs`).
 //!
+//! A request needs an existing file, a requester who is not the owner and does not already
+//! have what it asks (else CONFLICT), and no other pending request of that user for that
+//! file. The id counter (`meta.next_request`) is written in the same batch as the request.
+//! Only the file's owner lists and answers requests; approval grants exactly what was asked:
+//! `R` read, `RW` read and write, and `W` read and write too (the access model has no
+//! write-only right, and writing a sentence means reading it). Approval never lowers an
+//! existing grant. Pending requests follow a MOVE and go with a DELETE.
+//!
 //! Requests live only on the name server, in the durable `requests` table, because access
 //! rights do: tickets are minted from the name server's records, so a storage server's
 //! failover cannot lose or change them. Ids come from a durable counter that only rises, so

@@ -50,7 +50,7 @@ impl Core {
                 "users": self.ns.users.len(),
                 "servers_up": self.reg.servers.values().filter(|s| s.up).count(),
                 "servers": self.reg.servers.len(),
-                "jobs_in_flight": self.ops.jobs.len(),
+                "jobs_in_flight": self.ops.len(),
             }
         })
         .to_string()
@@ -154,11 +154,7 @@ impl Core {
                         .fold(Owed::default(), |a, o| a.plus(o)),
                     None => Owed::default(),
                 };
-                let st = self
-                    .pair_states
-                    .get(p)
-                    .cloned()
-                    .unwrap_or_else(PairRecord::new);
+                let st = self.pairs.get(p).cloned().unwrap_or_else(PairRecord::new);
                 let state = match &backup {
                     None => "UNPAIRED",
                     Some(b) => self.pair_state_name(p, b, &st, owed.jobs > 0),

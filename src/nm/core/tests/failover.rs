@@ -670,7 +670,7 @@ impl Sim {
             self.now += 50;
             self.heartbeats();
             self.check();
-            let st = &self.c.pair_states["ss1"];
+            let st = &self.c.pairs.get("ss1").unwrap();
             if self.jobs.is_empty()
                 && self.c.q.repl.is_empty()
                 && st.phase == Phase::Serving
@@ -681,7 +681,7 @@ impl Sim {
         }
         panic!(
             "the pair never settled: {:?}\njobs {:?}\nrecords {:?}\ncopies {:?}",
-            self.c.pair_states["ss1"],
+            self.c.pairs.get("ss1").unwrap(),
             self.c.q.repl.values().collect::<Vec<_>>(),
             self.c.ns.files,
             self.ss
@@ -754,7 +754,7 @@ fn a_fixed_seed_replays_the_same_run() {
         for _ in 0..200 {
             sim.step(&files);
         }
-        (sim.log.clone(), sim.c.pair_states["ss1"].epoch)
+        (sim.log.clone(), sim.c.pairs.get("ss1").unwrap().epoch)
     };
     assert_eq!(run(42), run(42));
 }
@@ -815,7 +815,7 @@ impl Sim {
     }
 
     fn pair(&self) -> PairRecord {
-        self.c.pair_states["ss1"].clone()
+        self.c.pairs.get("ss1").unwrap().clone()
     }
 }
 

@@ -148,7 +148,7 @@ fn a_move_whose_outcome_is_unknown_keeps_its_names_until_its_server_registers() 
     assert_eq!(code(only_reply(c.take_effects())), ErrorCode::Unavailable);
     assert!(c.ns.moves.contains_key("a.txt"), "the intent stays");
     assert!(!c.take_batch().contains(&StoreOp::DelMove("a.txt".into())));
-    assert!(c.ops.busy_files.contains_key("a.txt") && c.ops.busy_files.contains_key("d/a.txt"));
+    assert!(c.ops.is_busy("a.txt") && c.ops.is_busy("d/a.txt"));
     // Both names stay reserved: a CREATE of the new name waits.
     let create_new = Message::Create {
         file: "/d/a.txt".into(),
@@ -198,7 +198,7 @@ fn an_unsettled_move_given_up_at_a_new_epoch_repairs_its_server() {
         c.take_effects();
         // The pair takes a new epoch: the move is given up and both names are free.
         c.forget_moves_before("ss1", "ss1_backup", EPOCH + 1, 7);
-        assert!(c.ns.moves.is_empty() && c.ops.busy_files.is_empty());
+        assert!(c.ns.moves.is_empty() && c.ops.none_busy());
         assert!(c.ns.files.contains_key("a.txt") && !c.ns.files.contains_key("d/a.txt"));
         if backup_current {
             // ss1, which may have renamed the file, is owed the old name back and the
@@ -377,18 +377,18 @@ fn a_move_left_unsettled_is_settled_by_what_its_server_registers_with() {
     assert!(!c.ns.files.contains_key("a.txt"));
     assert_eq!(c.ns.files["d/a.txt"].access, rec.access);
     assert!(c.take_batch().contains(&StoreOp::DelMove("a.txt".into())));
-    assert!(c.ns.moves.is_empty() && !c.ops.busy_files.contains_key("a.txt"));
+    assert!(c.ns.moves.is_empty() && !c.ops.is_busy("a.txt"));
     // Not renamed: the record stays, both names are free.
     let mut c = restarted();
     register(&mut c, 1, "ss1", vec![st("a.txt", 3, Some("alice"))]);
     assert_eq!(c.ns.files["a.txt"], rec);
     assert!(!c.ns.files.contains_key("d/a.txt"));
-    assert!(c.ns.moves.is_empty() && c.ops.busy_files.is_empty());
+    assert!(c.ns.moves.is_empty() && c.ops.none_busy());
     assert!(!create_new_name(&mut c).is_empty(), "the new name is free");
     // Neither name: not credited; the record stays (its copy is owed from the backup).
     let mut c = restarted();
     register(&mut c, 1, "ss1", vec![]);
-    assert!(c.ns.moves.is_empty() && c.ops.busy_files.is_empty());
+    assert!(c.ns.moves.is_empty() && c.ops.none_busy());
     assert_eq!(c.ns.files["a.txt"].access, rec.access);
     assert!(!c.ns.files.contains_key("d/a.txt"));
     // The new name at an older version, or at the record's version with other bytes, is
@@ -398,7 +398,7 @@ fn a_move_left_unsettled_is_settled_by_what_its_server_registers_with() {
     for listed in [st("d/a.txt", 2, Some("alice")), other_bytes] {
         let mut c = restarted();
         register(&mut c, 1, "ss1", vec![listed]);
-        assert!(c.ns.moves.is_empty() && c.ops.busy_files.is_empty());
+        assert!(c.ns.moves.is_empty() && c.ops.none_busy());
         assert_eq!(c.ns.files["a.txt"].access, rec.access);
     }
     // At a later version (a write the server committed before the move): credited.
@@ -413,7 +413,7 @@ fn a_move_left_unsettled_is_settled_by_what_its_server_registers_with() {
     c.forget_moves_before("ss1", "ss1_backup", EPOCH, 5);
     assert!(!c.ns.moves.is_empty(), "the move's own epoch keeps it");
     c.forget_moves_before("ss1", "ss1_backup", EPOCH + 1, 5);
-    assert!(c.ns.moves.is_empty() && c.ops.busy_files.is_empty());
+    assert!(c.ns.moves.is_empty() && c.ops.none_busy());
     assert!(c.take_batch().contains(&StoreOp::DelMove("a.txt".into())));
     assert!(
         !create_new_name(&mut c).is_empty(),

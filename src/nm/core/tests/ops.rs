@@ -100,5 +100,5 @@ fn operations_on_one_file_are_serialised() {
     c.on_job_result(del.id, Ok(JobOutput::Done), 4);
     assert_eq!(only_reply(c.take_effects()), Message::Done {});
     assert!(c.ns.files.is_empty());
-    assert!(!c.ops.busy_files.contains_key("a.txt"));
+    assert!(!c.ops.is_busy("a.txt"));
 }
