@@ -349,6 +349,7 @@ impl Core {
                 introducing: HashMap::new(),
                 origins: HashMap::new(),
                 pairs: loaded.pairs,
+                removed: HashMap::new(),
             },
             ops,
             out: Vec::new(),
@@ -424,6 +425,7 @@ impl Core {
         self.at(now_ms);
         self.reg.introducing.remove(&conn);
         self.reg.origins.remove(&conn);
+        self.reg.removed.remove(&conn);
         self.forget_waiter(conn);
         self.fsck.forget(conn);
         if let Some(Peer::Server { name }) = self.reg.peers.remove(&conn) {

@@ -473,6 +473,7 @@ impl Core {
         let mut rec = self.ns.files.get(from).cloned()?;
         let ss = rec.ss.clone();
         self.del_file(from);
+        self.note_removed(&ss, from);
         // Only the writer that renamed it holds the file under its new name; the other member
         // is owed it whole.
         let writer = self.writer_member(&ss);

@@ -561,6 +561,9 @@ impl Core {
     /// member is owed the removal. Returns that member, if any.
     fn record_deleted(&mut self, file: &str, now_ms: u64) -> Option<String> {
         let ss = self.ns.files.get(file).map(|r| r.ss.clone());
+        if let Some(ss) = &ss {
+            self.note_removed(ss, file);
+        }
         self.drop_requests_for(file);
         self.del_file(file);
         ss.and_then(|ss| self.owe_delete(&ss, file, now_ms))

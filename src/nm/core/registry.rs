@@ -86,9 +86,61 @@ pub(super) struct Registry {
     pub(super) origins: HashMap<ConnId, addr::Origin>,
     /// Pairs: primary name to backup name (durable).
     pub(super) pairs: BTreeMap<String, String>,
+    /// Names removed (DELETE, or the old name of a MOVE) while each registered server's link
+    /// was up, at most [`REMOVED_REMEMBERED`] per link (see [`Removed`]).
+    pub(super) removed: HashMap<ConnId, Removed>,
+}
+
+/// Names removed per link remembered for late CHANGED reports.
+pub(super) const REMOVED_REMEMBERED: usize = 4096;
+
+/// The names removed from a pair while one member's link was up, so that a CHANGED arriving
+/// on that link after the removal does not bring the file back.
+///
+/// A storage server releases the file's lock after a commit and then reports CHANGED on its
+/// link, while the name server's SS_DELETE (or SS_MOVE) travels on a worker's connection: the
+/// removal can take the lock, succeed and be recorded before the report of the commit that
+/// preceded it arrives. That report then finds no record. It describes a state older than
+/// the removal (the removal could only run once the commit released the lock, and a file
+/// created again has a record), so it is acknowledged as applied-then-removed and nothing is
+/// adopted. A report carried by an earlier link never arrives (a link that fails drops its
+/// waiting reports), so remembering per link is enough; a hand-placed file of a removed name
+/// is adopted at the server's next registration instead of by a CHANGED.
+#[derive(Debug, Default)]
+pub(super) struct Removed {
+    order: VecDeque<String>,
+    names: HashSet<String>,
+}
+
+impl Removed {
+    fn note(&mut self, file: &str) {
+        if self.names.insert(file.to_string()) {
+            self.order.push_back(file.to_string());
+            if self.order.len() > REMOVED_REMEMBERED {
+                if let Some(old) = self.order.pop_front() {
+                    self.names.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn contains(&self, file: &str) -> bool {
+        self.names.contains(file)
+    }
 }
 
 impl Core {
+    /// `file` was removed from the pair of `primary`: a late CHANGED of it on either
+    /// member's current link must not bring it back (see [`Removed`]).
+    pub(super) fn note_removed(&mut self, primary: &str, file: &str) {
+        let backup = self.reg.pairs.get(primary).cloned();
+        for m in std::iter::once(primary.to_string()).chain(backup) {
+            if let Some(conn) = self.reg.servers.get(&m).and_then(|s| s.conn) {
+                self.reg.removed.entry(conn).or_default().note(file);
+            }
+        }
+    }
+
     pub(super) fn finish_register(&mut self, conn: ConnId, reg: Registering, now_ms: u64) {
         let Registering {
             name, rec, files, ..
@@ -360,6 +412,11 @@ impl Core {
                             version = state.version.to_string(); "{file} changed on {name}");
                     }
                     Some(_) => return self.release(waiter, true),
+                    None if self.reg.removed.get(&conn).is_some_and(|r| r.contains(&file)) => {
+                        log::info!(target: ev::NM_FILE_CHANGE, file = file.as_str(), ss = name;
+                            "a change of {file} on {name} was reported after {file} was removed; nothing is adopted");
+                        return self.release(waiter, true);
+                    }
                     None => self.adopt(&primary, member, &file, &state),
                 }
                 let target = self.owe(&file, true, now_ms);
