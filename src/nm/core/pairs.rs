@@ -58,6 +58,12 @@ impl Core {
                         epoch = st.epoch, switch_at_ms = st.switch_at_ms;
                         "pair {p}: writer {w} is down; {o} takes over once {w}'s lease has ended (in {} ms)",
                         st.switch_at_ms - now_ms);
+                    self.events.note(
+                        self.env.wall_ms(now_ms),
+                        "FAILOVER_START",
+                        &p,
+                        format!("writer {w} is down; {o} takes over once its lease has ended"),
+                    );
                 }
                 Phase::Serving if !self.is_up(&w) => {}
                 Phase::Serving if st.writer == Member::Backup && self.is_up(&p) => {
@@ -68,6 +74,14 @@ impl Core {
                         pushes.push(w.clone());
                         log::info!(target: ev::NM_SS_RECOVERY, pair = p.as_str(), ss = p.as_str();
                             "pair {p}: {p} holds every change; {b} stops taking changes, {p} resumes once {b}'s lease has ended");
+                        self.events.note(
+                            self.env.wall_ms(now_ms),
+                            "HANDBACK",
+                            &p,
+                            format!(
+                                "{p} holds every change and resumes once {b}'s lease has ended"
+                            ),
+                        );
                     }
                 }
                 Phase::Serving => {}
@@ -75,6 +89,12 @@ impl Core {
                     st.phase = Phase::Serving;
                     log::info!(target: ev::FAILOVER_COMPLETE, pair = p.as_str(), ss = w.as_str(), epoch = st.epoch;
                         "pair {p}: {w} came back before the switch and goes on writing (epoch {})", st.epoch);
+                    self.events.note(
+                        self.env.wall_ms(now_ms),
+                        "FAILOVER_CANCELLED",
+                        &p,
+                        format!("{w} came back before the switch and goes on writing"),
+                    );
                 }
                 Phase::FailingOver if now_ms >= st.switch_at_ms && self.is_up(&o) => {
                     st.phase = Phase::Serving;
@@ -88,6 +108,13 @@ impl Core {
                     };
                     log::warn!(target: ev::FAILOVER_COMPLETE, pair = p.as_str(), ss = o.as_str(), epoch = st.epoch;
                         "pair {p}: {o} ({role}) takes changes in epoch {}", st.epoch);
+                    crate::metrics::nm().failovers.inc();
+                    self.events.note(
+                        self.env.wall_ms(now_ms),
+                        "FAILOVER",
+                        &p,
+                        format!("{o} ({role}) takes changes in epoch {}", st.epoch),
+                    );
                 }
                 Phase::FailingOver => {}
                 Phase::Handback if !self.is_up(&w) => {
@@ -96,12 +123,24 @@ impl Core {
                     st.phase = Phase::FailingOver;
                     log::warn!(target: ev::FAILOVER_START, pair = p.as_str(), ss = w.as_str(), epoch = st.epoch;
                         "pair {p}: writer {w} is down during the handback");
+                    self.events.note(
+                        self.env.wall_ms(now_ms),
+                        "FAILOVER_START",
+                        &p,
+                        format!("writer {w} is down during the handback"),
+                    );
                 }
                 Phase::Handback if !self.is_up(&o) => {
                     st.phase = Phase::Serving;
                     pushes.push(w.clone());
                     log::warn!(target: ev::NM_SS_RECOVERY, pair = p.as_str(), ss = o.as_str();
                         "pair {p}: {o} failed during the handback; {w} goes on writing");
+                    self.events.note(
+                        self.env.wall_ms(now_ms),
+                        "HANDBACK_ABORTED",
+                        &p,
+                        format!("{o} failed during the handback; {w} goes on writing"),
+                    );
                 }
                 Phase::Handback if now_ms >= st.switch_at_ms => {
                     let (owed, running) = self.owed_to(&o);
@@ -113,6 +152,15 @@ impl Core {
                         pushes.push(b.clone());
                         log::info!(target: ev::REPLICATION_RECOVER, pair = p.as_str(), ss = p.as_str(), epoch = st.epoch;
                             "pair {p}: {p} is the primary again (epoch {}); {b} backs it up", st.epoch);
+                        self.events.note(
+                            self.env.wall_ms(now_ms),
+                            "RECOVERED",
+                            &p,
+                            format!(
+                                "{p} is the primary again (epoch {}); {b} backs it up",
+                                st.epoch
+                            ),
+                        );
                     }
                 }
                 Phase::Handback => {}

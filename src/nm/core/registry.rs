@@ -72,6 +72,7 @@ impl Core {
                 files: files_before,
                 last_seq: 0,
                 lease_until_ms,
+                disk: None,
             },
         );
         self.reg.introducing.remove(&conn);
@@ -248,10 +249,13 @@ impl Core {
 
     pub(super) fn server_message(&mut self, conn: ConnId, name: &str, msg: Message, now_ms: u64) {
         match msg {
-            Message::Heartbeat { seq, writer } => {
+            Message::Heartbeat { seq, writer, disk } => {
                 if let Some(s) = self.reg.servers.get_mut(name) {
                     s.last_heartbeat_ms = Some(now_ms);
                     s.last_seq = seq;
+                    if disk.is_some() {
+                        s.disk = disk;
+                    }
                 }
                 log::debug!(target: ev::NM_HEARTBEAT, ss = name, seq = seq; "heartbeat from {name}");
                 if !writer {
