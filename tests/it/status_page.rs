@@ -279,4 +279,14 @@ fn status_page_shows_servers_pairs_and_a_failing_pair_without_reload() {
     })
     .expect("the page never showed the completed failover");
     b.screenshot(&c.dir().join("status_failed_over.png"));
+    // As a phone shows it.
+    let s = b.session.clone();
+    b.call(
+        Some(&s),
+        "Emulation.setDeviceMetricsOverride",
+        json!({ "width": 390, "height": 1400, "deviceScaleFactor": 1, "mobile": true }),
+    );
+    b.wait_shown(WAIT, |v| v["pairs"]["ss1"] == "PRIMARY_DOWN")
+        .expect("the page stopped showing the pair");
+    b.screenshot(&c.dir().join("status_phone.png"));
 }
