@@ -20,6 +20,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::path::Path;
 use std::sync::OnceLock;
+use std::time::Instant;
 
 /// The content type of the exposition.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -125,6 +126,37 @@ impl Nm {
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+
+    /// Counts a frame that is a client request; returns its label and arrival time.
+    pub fn request(&self, msg: &crate::protocol::Message) -> Option<(&'static str, Instant)> {
+        let op = request_op(msg)?;
+        self.ops.get_or_create(&OpLabel { op }).inc();
+        Some((op, Instant::now()))
+    }
+
+    /// Observes the duration of a request answered now (`started` from [`Nm::request`]).
+    pub fn answered(&self, started: Option<(&'static str, Instant)>) {
+        if let Some((op, at)) = started {
+            self.op_duration
+                .get_or_create(&OpLabel { op })
+                .observe(at.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Sets the gauges from a status snapshot, adds the request total to it (the page
+    /// derives operations per second from it) and returns it as JSON text.
+    pub fn publish(&self, mut snapshot: serde_json::Value) -> String {
+        let total = self.ops_total(REQUEST_OPS);
+        if let Some(o) = snapshot.as_object_mut() {
+            o.insert("ops_total".into(), total.into());
+            let depth = o.get("queue_depth").and_then(|d| d.as_i64());
+            self.queue_depth.set(depth.unwrap_or(0));
+            let up = o.get("totals").and_then(|t| t.get("servers_up"));
+            self.servers_up
+                .set(up.and_then(|d| d.as_i64()).unwrap_or(0));
+        }
+        snapshot.to_string()
     }
 
     /// Total client requests counted so far (for the status snapshot's ops per second).

@@ -371,24 +371,8 @@ impl Server {
 
     fn publish_snapshot(&mut self, now: u64) {
         if let Some(s) = &self.snapshot {
-            let mut v = self.core.status_json(now);
-            let m = crate::metrics::nm();
-            let ops_total = m.ops_total(crate::metrics::REQUEST_OPS);
-            if let Some(o) = v.as_object_mut() {
-                o.insert("ops_total".into(), ops_total.into());
-                let depth = o.get("queue_depth").and_then(|d| d.as_i64()).unwrap_or(0);
-                m.queue_depth.set(depth);
-                let up = o
-                    .get("totals")
-                    .and_then(|t| t.get("servers_up"))
-                    .and_then(|d| d.as_i64())
-                    .unwrap_or(0);
-                m.servers_up.set(up);
-            }
-            let json = v.to_string();
-            if let Ok(mut g) = s.lock() {
-                *g = json;
-            }
+            let json = crate::metrics::nm().publish(self.core.status_json(now));
+            *s.lock().unwrap_or_else(|p| p.into_inner()) = json;
         }
     }
 
@@ -730,13 +714,7 @@ impl Server {
                         c.reserve = false;
                         self.reserve_conns -= 1;
                     }
-                    if let Some(op) = crate::metrics::request_op(&f.msg) {
-                        crate::metrics::nm()
-                            .ops
-                            .get_or_create(&crate::metrics::OpLabel { op })
-                            .inc();
-                        c.op_started = Some((op, Instant::now()));
-                    }
+                    c.op_started = crate::metrics::nm().request(&f.msg);
                     self.core.on_frame(id, f, now);
                 }
                 Ok(None) => {
@@ -820,12 +798,7 @@ impl Server {
                     Effect::Reply { conn, msg, body } => {
                         busy_changed = true;
                         if let Some(c) = self.conns.get_mut(&conn) {
-                            if let Some((op, at)) = c.op_started.take() {
-                                crate::metrics::nm()
-                                    .op_duration
-                                    .get_or_create(&crate::metrics::OpLabel { op })
-                                    .observe(at.elapsed().as_secs_f64());
-                            }
+                            crate::metrics::nm().answered(c.op_started.take());
                             let bytes = encode_bounded(&msg, &body);
                             c.held_bytes += bytes.len();
                             c.held.push_back((self.assigned_seq, bytes));
