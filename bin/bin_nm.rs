@@ -29,7 +29,7 @@ struct Cli {
     /// Directory holding the name server's durable state.
     #[arg(long, default_value = "./nm_data")]
     data: PathBuf,
-    /// Port of the HTTP status endpoint (/health, /status); 0 turns it off.
+    /// Port of the HTTP endpoint (/ status page, /status JSON, /metrics Prometheus, /health); 0 turns it off.
     #[arg(long, default_value_t = 5080)]
     http_port: u16,
     /// Heartbeat interval storage servers are told to use, in milliseconds.

@@ -59,6 +59,10 @@ struct Args {
     /// in DIR (made by bin_nm --init-tls on the name server's machine).
     #[arg(long, value_name = "DIR")]
     tls_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics at `http://HOST:PORT/metrics` (off unless given; 0 picks a
+    /// free port).
+    #[arg(long)]
+    http_port: Option<u16>,
 }
 
 fn main() {
@@ -112,6 +116,22 @@ fn serve(args: Args) -> anyhow::Result<()> {
         // A second signal while the first is being handled exits at once.
         signal_hook::flag::register_conditional_shutdown(*sig, 1, Arc::clone(&shutdown))?;
         signal_hook::flag::register(*sig, Arc::clone(&shutdown))?;
+    }
+    if let Some(port) = args.http_port {
+        let host = pairfs::addr::bare(&args.host);
+        let l = std::net::TcpListener::bind((host, port)).map_err(|e| {
+            anyhow::anyhow!("HTTP listen on {}: {e}", pairfs::addr::join(host, port))
+        })?;
+        let a = l.local_addr()?;
+        let storage = args.storage.clone();
+        let routes: pairfs::http::Routes = Arc::new(move |path: &str| {
+            (path == "/metrics").then(|| pairfs::http::Page {
+                content_type: pairfs::metrics::CONTENT_TYPE,
+                body: pairfs::metrics::ss_text(&storage),
+            })
+        });
+        pairfs::http::spawn(l, "ss-http", routes)?;
+        log::info!("metrics HTTP endpoint on http://{a}/metrics");
     }
     let cfg = ss::Config {
         nm_addr: pairfs::addr::join(&args.nm_host, args.nm_port),

@@ -56,3 +56,18 @@ if ! command -v ip >/dev/null 2>&1; then
         echo "ip not found and no apt-get: the chaos run will skip its partition fault" >&2
     fi
 fi
+
+# The status page test renders the name server's page in headless Chromium; without it that
+# test says SKIPPED.
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+    sudo=""
+    if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+    if command -v apt-get >/dev/null 2>&1; then
+        echo "chromium not found (the status page test renders the page in it): installing chromium"
+        { $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q &&
+            $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } ||
+            echo "could not install chromium: the status page test will be SKIPPED" >&2
+    else
+        echo "chromium not found and no apt-get: the status page test will be SKIPPED" >&2
+    fi
+fi

@@ -132,6 +132,8 @@ struct ServerLive {
     last_seq: u64,
     /// No lease this server was granted lasts beyond this (monotonic ms, see [`clock`]).
     lease_until_ms: u64,
+    /// The storage file system's free and used bytes, from the latest heartbeat reporting it.
+    disk: Option<crate::protocol::DiskUsage>,
 }
 
 /// A registration in progress on a connection.
@@ -253,6 +255,8 @@ pub struct Core {
     fsck: fsck::Runs,
     /// The pairs' states by primary (durable) and their transitions.
     pairs: pairs::Pairs,
+    /// The most recent failovers, recoveries and servers going down, for `GET /status`.
+    events: status::Events,
 }
 
 fn not_found(file: &str) -> WireError {
@@ -311,6 +315,7 @@ impl Core {
                     files: 0,
                     last_seq: 0,
                     lease_until_ms: boot_lease_until,
+                    disk: None,
                 };
                 (n, live)
             })
@@ -362,6 +367,7 @@ impl Core {
             },
             fsck: fsck::Runs::default(),
             pairs,
+            events: status::Events::default(),
         }
     }
 
@@ -442,6 +448,12 @@ impl Core {
                 }
             }
             if went_down {
+                self.events.note(
+                    self.env.wall_ms(now_ms),
+                    "SERVER_DOWN",
+                    &name,
+                    format!("{name} is down: its connection closed"),
+                );
                 self.target_down(&name);
                 self.advance_pairs(now_ms);
             }
@@ -503,6 +515,13 @@ impl Core {
             }
         }
         for name in down {
+            crate::metrics::nm().heartbeat_misses.inc();
+            self.events.note(
+                self.env.wall_ms(now_ms),
+                "SERVER_DOWN",
+                &name,
+                format!("{name} is down: no heartbeat for {timeout} ms"),
+            );
             self.target_down(&name);
         }
         self.advance_pairs(now_ms);

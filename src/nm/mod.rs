@@ -5,7 +5,7 @@
 //! [`CLIENT_CALL_WORKERS`] threads for client operations and EXEC, `--workers` threads for
 //! replication),
 //! `replication` holds the job rows and the relay a replication worker runs, `exec` runs EXEC
-//! scripts, `http` serves status.
+//! scripts; [`crate::http`] serves the status page (`page.html`), `/status` and `/metrics`.
 //! [`start`] wires them together; `bin_nm` parses flags and calls [`run`].
 //!
 //! Choices made where the behaviour contract is silent:
@@ -34,7 +34,6 @@
 
 pub mod core;
 pub mod exec;
-pub mod http;
 pub mod replication;
 pub mod server;
 pub mod store;
@@ -46,6 +45,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+/// The operator's status page served at `/`: one self-contained file that polls `/status`.
+const STATUS_PAGE: &str = include_str!("page.html");
 
 /// Batches the store channel holds before the loop keeps them in its own backlog.
 pub const STORE_CHANNEL_CAP: usize = 1024;
@@ -225,7 +227,26 @@ pub fn start(cfg: &Config) -> Result<Started, NmError> {
         )))?;
         let a = l.local_addr().map_err(io_err("local address"))?;
         let snap = Arc::new(Mutex::new(String::from("{}")));
-        http::spawn(l, snap.clone()).map_err(io_err("start HTTP thread"))?;
+        let published = snap.clone();
+        let routes: crate::http::Routes = Arc::new(move |path: &str| {
+            use crate::http::Page;
+            match path {
+                "/" | "/index.html" => Some(Page {
+                    content_type: "text/html; charset=utf-8",
+                    body: STATUS_PAGE.to_string(),
+                }),
+                "/status" => Some(Page {
+                    content_type: "application/json",
+                    body: published.lock().map(|g| g.clone()).unwrap_or_default(),
+                }),
+                "/metrics" => Some(Page {
+                    content_type: crate::metrics::CONTENT_TYPE,
+                    body: crate::metrics::nm().text(),
+                }),
+                _ => None,
+            }
+        });
+        crate::http::spawn(l, "nm-http", routes).map_err(io_err("start HTTP thread"))?;
         log::info!("status HTTP endpoint on http://{a}/status");
         (Some(snap), Some(a))
     } else {
@@ -236,7 +257,7 @@ pub fn start(cfg: &Config) -> Result<Started, NmError> {
     let headroom = 32
         + CLIENT_CALL_WORKERS as u64
         + 2 * cfg.workers as u64
-        + http::MAX_CONNECTIONS as u64
+        + crate::http::MAX_CONNECTIONS as u64
         + server::SERVER_RESERVE_SLOTS as u64;
     let max_connections = crate::limits::cap_connections(
         "name server",

@@ -130,6 +130,8 @@ struct Conn {
     granted: usize,
     /// Accepted into a storage-server reserve slot and not yet registered.
     reserve: bool,
+    /// The client request being answered and when it arrived (for its duration metric).
+    op_started: Option<(&'static str, Instant)>,
 }
 
 /// The channels and threads the loop talks to.
@@ -369,10 +371,8 @@ impl Server {
 
     fn publish_snapshot(&mut self, now: u64) {
         if let Some(s) = &self.snapshot {
-            let json = self.core.status_json(now);
-            if let Ok(mut g) = s.lock() {
-                *g = json;
-            }
+            let json = crate::metrics::nm().publish(self.core.status_json(now));
+            *s.lock().unwrap_or_else(|p| p.into_inner()) = json;
         }
     }
 
@@ -488,6 +488,7 @@ impl Server {
                 want: 0,
                 granted: 0,
                 reserve,
+                op_started: None,
             },
         );
         if reserve {
@@ -713,6 +714,7 @@ impl Server {
                         c.reserve = false;
                         self.reserve_conns -= 1;
                     }
+                    c.op_started = crate::metrics::nm().request(&f.msg);
                     self.core.on_frame(id, f, now);
                 }
                 Ok(None) => {
@@ -796,6 +798,7 @@ impl Server {
                     Effect::Reply { conn, msg, body } => {
                         busy_changed = true;
                         if let Some(c) = self.conns.get_mut(&conn) {
+                            crate::metrics::nm().answered(c.op_started.take());
                             let bytes = encode_bounded(&msg, &body);
                             c.held_bytes += bytes.len();
                             c.held.push_back((self.assigned_seq, bytes));
@@ -1118,6 +1121,7 @@ mod tests {
             Message::Heartbeat {
                 seq: 1,
                 writer: false,
+                disk: None,
             },
         )
         .unwrap();

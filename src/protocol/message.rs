@@ -594,6 +594,15 @@ pub struct QuarantineEntry {
     pub version: Version,
 }
 
+/// A storage server's file system as its heartbeat reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskUsage {
+    /// Bytes free to the storage server's user.
+    pub free: u64,
+    /// Bytes in use on the file system.
+    pub used: u64,
+}
+
 /// Every message. Serialized with an `op` field in SCREAMING_SNAKE_CASE (`{"op":"READ",...}`);
 /// the frame adds `v`, and `len`/`crc` when a raw body follows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1341,6 +1350,10 @@ pub enum Message {
         /// step down says so, and the name server need not wait for its lease to run out.
         #[serde(default)]
         writer: bool,
+        /// The sender's storage file system: bytes free and in use (absent from senders that
+        /// do not report it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        disk: Option<DiskUsage>,
     },
     /// Reply to HEARTBEAT.
     HeartbeatAck {

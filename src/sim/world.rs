@@ -1138,7 +1138,15 @@ impl World {
                     s.sent.pop_front();
                 }
                 let writer = !s.lease.stepped_down();
-                self.send(conn, true, Message::Heartbeat { seq, writer });
+                self.send(
+                    conn,
+                    true,
+                    Message::Heartbeat {
+                        seq,
+                        writer,
+                        disk: None,
+                    },
+                );
             }
             // The link's read timeout: nothing heard for a while breaks it.
             let s = &self.ss[i];

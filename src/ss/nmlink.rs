@@ -21,7 +21,9 @@ use crate::auth::ClusterKey;
 use crate::auth::RegisterClaim;
 use crate::logging::ev;
 use crate::protocol::frame::FILE_BATCH_MAX;
-use crate::protocol::{err, Connection, FileState, Message, Partner, StagedRef, WireError};
+use crate::protocol::{
+    err, Connection, DiskUsage, FileState, Message, Partner, StagedRef, WireError,
+};
 use crate::ss::store::Store;
 use crossbeam_channel::{bounded, select, Receiver, Sender};
 use std::collections::{HashMap, VecDeque};
@@ -523,7 +525,9 @@ fn session(
                     sent.push_back((seq, flags.lease.now_ms()));
                 }
                 let writer = !flags.lease.stepped_down();
-                send(Message::Heartbeat { seq, writer })?;
+                let disk = crate::metrics::disk_free_used(store.content_dir())
+                    .map(|(free, used)| DiskUsage { free, used });
+                send(Message::Heartbeat { seq, writer, disk })?;
                 next_hb = now + interval;
             }
             let wait = next_hb

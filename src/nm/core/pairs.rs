@@ -156,6 +156,8 @@ impl Members<'_> {
 pub(super) struct Moved {
     pub(super) pushes: Vec<String>,
     pub(super) epoch: Option<u64>,
+    /// What the status page's event list says of the move: its kind and a sentence.
+    pub(super) event: Option<(&'static str, String)>,
 }
 
 impl Pairs {
@@ -264,6 +266,7 @@ impl Pairs {
         let (w, o) = (ms.name(wm), ms.name(om));
         let (w_up, o_up) = (ms.up[ix(wm)], ms.up[ix(om)]);
         let mut pushes: Vec<String> = Vec::new();
+        let mut event: Option<(&'static str, String)> = None;
         match st.phase {
             // A writer never registered (a backup that started first) has no lease and
             // no files to fail over.
@@ -274,6 +277,10 @@ impl Pairs {
                     epoch = st.epoch, switch_at_ms = st.switch_at_ms;
                     "pair {p}: writer {w} is down; {o} takes over once {w}'s lease has ended (in {} ms)",
                     st.switch_at_ms - now_ms);
+                event = Some((
+                    "FAILOVER_START",
+                    format!("writer {w} is down; {o} takes over once its lease has ended"),
+                ));
             }
             Phase::Serving if !w_up => {}
             Phase::Serving if st.writer == Member::Backup && ms.up[0] => {
@@ -283,6 +290,10 @@ impl Pairs {
                     pushes.push(w.to_string());
                     log::info!(target: ev::NM_SS_RECOVERY, pair = p, ss = p;
                         "pair {p}: {p} holds every change; {b} stops taking changes, {p} resumes once {b}'s lease has ended");
+                    event = Some((
+                        "HANDBACK",
+                        format!("{p} holds every change and resumes once {b}'s lease has ended"),
+                    ));
                 }
             }
             Phase::Serving => {}
@@ -290,6 +301,10 @@ impl Pairs {
                 st.phase = Phase::Serving;
                 log::info!(target: ev::FAILOVER_COMPLETE, pair = p, ss = w, epoch = st.epoch;
                     "pair {p}: {w} came back before the switch and goes on writing (epoch {})", st.epoch);
+                event = Some((
+                    "FAILOVER_CANCELLED",
+                    format!("{w} came back before the switch and goes on writing"),
+                ));
             }
             Phase::FailingOver if now_ms >= st.switch_at_ms && o_up => {
                 st.phase = Phase::Serving;
@@ -303,6 +318,10 @@ impl Pairs {
                 };
                 log::warn!(target: ev::FAILOVER_COMPLETE, pair = p, ss = o, epoch = st.epoch;
                     "pair {p}: {o} ({role}) takes changes in epoch {}", st.epoch);
+                event = Some((
+                    "FAILOVER",
+                    format!("{o} ({role}) takes changes in epoch {}", st.epoch),
+                ));
             }
             Phase::FailingOver => {}
             Phase::Handback if !w_up => {
@@ -311,12 +330,20 @@ impl Pairs {
                 st.phase = Phase::FailingOver;
                 log::warn!(target: ev::FAILOVER_START, pair = p, ss = w, epoch = st.epoch;
                     "pair {p}: writer {w} is down during the handback");
+                event = Some((
+                    "FAILOVER_START",
+                    format!("writer {w} is down during the handback"),
+                ));
             }
             Phase::Handback if !o_up => {
                 st.phase = Phase::Serving;
                 pushes.push(w.to_string());
                 log::warn!(target: ev::NM_SS_RECOVERY, pair = p, ss = o;
                     "pair {p}: {o} failed during the handback; {w} goes on writing");
+                event = Some((
+                    "HANDBACK_ABORTED",
+                    format!("{o} failed during the handback; {w} goes on writing"),
+                ));
             }
             Phase::Handback if now_ms >= st.switch_at_ms => {
                 if ms.clear[ix(om)] {
@@ -327,6 +354,13 @@ impl Pairs {
                     pushes.push(b.to_string());
                     log::info!(target: ev::REPLICATION_RECOVER, pair = p, ss = p, epoch = st.epoch;
                         "pair {p}: {p} is the primary again (epoch {}); {b} backs it up", st.epoch);
+                    event = Some((
+                        "RECOVERED",
+                        format!(
+                            "{p} is the primary again (epoch {}); {b} backs it up",
+                            st.epoch
+                        ),
+                    ));
                 }
             }
             Phase::Handback => {}
@@ -336,7 +370,11 @@ impl Pairs {
         }
         let epoch = (st.epoch != before.epoch).then_some(st.epoch);
         self.put(p, st, batch);
-        Some(Moved { pushes, epoch })
+        Some(Moved {
+            pushes,
+            epoch,
+            event,
+        })
     }
 }
 
@@ -369,6 +407,13 @@ impl Core {
             };
             for n in moved.pushes {
                 self.push_role(&n);
+            }
+            if let Some((kind, text)) = moved.event {
+                if kind == "FAILOVER" {
+                    crate::metrics::nm().failovers.inc();
+                }
+                let at = self.env.wall_ms(now_ms);
+                self.events.note(at, kind, &p, text);
             }
             if let Some(epoch) = moved.epoch {
                 self.forget_moves_before(&p, &b, epoch, now_ms);

@@ -531,6 +531,11 @@ impl Core {
                 }
                 match job.want {
                     Want::Content { version } if state.version >= version => {
+                        let m = crate::metrics::nm();
+                        m.replication_bytes.inc_by(state.size);
+                        m.replication_lag.observe(
+                            self.env.wall_ms(now_ms).saturating_sub(job.since_ms) as f64 / 1000.0,
+                        );
                         self.q.repl.remove(&key);
                         self.batch.push(StoreOp::DelJob(key.clone()));
                         self.job_done(&job.target);
@@ -554,6 +559,9 @@ impl Core {
             }
             Ok(JobOutput::Replicated(Outcome::Deleted)) => match job.want {
                 Want::Delete => {
+                    crate::metrics::nm().replication_lag.observe(
+                        self.env.wall_ms(now_ms).saturating_sub(job.since_ms) as f64 / 1000.0,
+                    );
                     self.q.repl.remove(&key);
                     self.batch.push(StoreOp::DelJob(key.clone()));
                     self.job_done(&job.target);

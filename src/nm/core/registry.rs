@@ -182,6 +182,7 @@ impl Core {
                 files: files_before,
                 last_seq: 0,
                 lease_until_ms,
+                disk: None,
             },
         );
         self.reg.introducing.remove(&conn);
@@ -358,10 +359,13 @@ impl Core {
 
     pub(super) fn server_message(&mut self, conn: ConnId, name: &str, msg: Message, now_ms: u64) {
         match msg {
-            Message::Heartbeat { seq, writer } => {
+            Message::Heartbeat { seq, writer, disk } => {
                 if let Some(s) = self.reg.servers.get_mut(name) {
                     s.last_heartbeat_ms = Some(now_ms);
                     s.last_seq = seq;
+                    if disk.is_some() {
+                        s.disk = disk;
+                    }
                 }
                 log::debug!(target: ev::NM_HEARTBEAT, ss = name, seq = seq; "heartbeat from {name}");
                 if !writer {
@@ -412,7 +416,12 @@ impl Core {
                             version = state.version.to_string(); "{file} changed on {name}");
                     }
                     Some(_) => return self.release(waiter, true),
-                    None if self.reg.removed.get(&conn).is_some_and(|r| r.contains(&file)) => {
+                    None if self
+                        .reg
+                        .removed
+                        .get(&conn)
+                        .is_some_and(|r| r.contains(&file)) =>
+                    {
                         log::info!(target: ev::NM_FILE_CHANGE, file = file.as_str(), ss = name;
                             "a change of {file} on {name} was reported after {file} was removed; nothing is adopted");
                         return self.release(waiter, true);

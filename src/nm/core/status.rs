@@ -3,12 +3,65 @@
 //! Reads the core's state only. Ages (`last_heartbeat_age_ms`) are monotonic; times shown as
 //! instants (`last_heartbeat_ms`) and a pair's replication lag (from each job's `since_ms`)
 //! are wall-clock Unix ms.
+//!
+//! The snapshot also carries the most recent events ([`Events`]: failovers, handbacks,
+//! servers going down), kept in a small ring so an operator's page can list them.
 
 use super::*;
 
+/// Most recent events the snapshot keeps.
+pub const EVENTS_KEPT: usize = 50;
+
+/// One event shown on the status page.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StatusEvent {
+    /// Unix ms.
+    pub at_ms: u64,
+    /// `FAILOVER_START`, `FAILOVER`, `FAILOVER_CANCELLED`, `HANDBACK`, `HANDBACK_ABORTED`,
+    /// `RECOVERED` or `SERVER_DOWN`.
+    pub kind: &'static str,
+    /// The pair (its primary's name) or server concerned.
+    pub subject: String,
+    pub text: String,
+}
+
+/// The last [`EVENTS_KEPT`] events, oldest first.
+#[derive(Debug, Default)]
+pub struct Events(VecDeque<StatusEvent>);
+
+impl Events {
+    /// Records an event at wall-clock `at_ms`, forgetting the oldest beyond [`EVENTS_KEPT`].
+    pub fn note(&mut self, at_ms: u64, kind: &'static str, subject: &str, text: String) {
+        if self.0.len() >= EVENTS_KEPT {
+            self.0.pop_front();
+        }
+        self.0.push_back(StatusEvent {
+            at_ms,
+            kind,
+            subject: subject.to_string(),
+            text,
+        });
+    }
+}
+
 impl Core {
-    /// A JSON snapshot for `GET /status`: servers and totals.
-    pub fn status_json(&self, now_ms: u64) -> String {
+    /// A JSON snapshot for `GET /status`: servers (with the bytes of the files the name
+    /// server records on each), pairs, the replication queue, recent events and totals.
+    pub fn status_json(&self, now_ms: u64) -> serde_json::Value {
+        let mut bytes_of: HashMap<&str, u64> = HashMap::new();
+        for r in self.ns.files.values() {
+            *bytes_of.entry(r.ss.as_str()).or_default() += r.size;
+        }
+        // A backup holds what its primary holds.
+        let bytes_on = |n: &str| {
+            let p = self
+                .reg
+                .pairs
+                .iter()
+                .find(|(_, b)| *b == n)
+                .map_or(n, |(p, _)| p.as_str());
+            bytes_of.get(p).copied().unwrap_or(0)
+        };
         let servers: Vec<serde_json::Value> = self
             .reg
             .servers
@@ -20,6 +73,9 @@ impl Core {
                     "backup_of": s.rec.backup_of,
                     "state": if s.up { "UP" } else { "DOWN" },
                     "files": s.files,
+                    "bytes": bytes_on(n),
+                    "disk_free": s.disk.map(|d| d.free),
+                    "disk_used": s.disk.map(|d| d.used),
                     "last_heartbeat_ms": s.last_heartbeat_ms.map(|t| self.wall_at(now_ms, t)),
                     "last_heartbeat_age_ms": s.last_heartbeat_ms.map(|t| now_ms.saturating_sub(t)),
                 })
@@ -45,6 +101,8 @@ impl Core {
             "replication_in_flight": self.q.running.len(),
             "failed": failed,
             "failed_total": failed_total,
+            "events": self.events.0,
+            "now_ms": self.env.wall_ms(now_ms),
             "totals": {
                 "files": self.ns.files.len(),
                 "users": self.ns.users.len(),
@@ -53,7 +111,6 @@ impl Core {
                 "jobs_in_flight": self.ops.len(),
             }
         })
-        .to_string()
     }
 
     /// The state STATUS shows for a pair: its phase combined with which members are up.

@@ -249,6 +249,11 @@ impl Store {
         &self.epoch
     }
 
+    /// The directory holding file content (`DIR/files`).
+    pub fn content_dir(&self) -> &Path {
+        &self.files
+    }
+
     /// This server's name.
     pub fn name(&self) -> &str {
         &self.name

@@ -540,7 +540,14 @@ impl Sim {
             if !partitioned {
                 // Like `Lease::stepped_down`: false once a `writer: false` ack was applied.
                 let writer = self.ss[i].writer;
-                self.frame(conn, Message::Heartbeat { seq, writer });
+                self.frame(
+                    conn,
+                    Message::Heartbeat {
+                        seq,
+                        writer,
+                        disk: None,
+                    },
+                );
             }
         }
         self.c.tick(self.now);

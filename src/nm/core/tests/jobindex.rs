@@ -33,7 +33,11 @@ fn rate(c: &mut Core, conn: ConnId, events: u64) -> f64 {
         c.on_frame(
             conn,
             Frame {
-                msg: Message::Heartbeat { seq, writer: true },
+                msg: Message::Heartbeat {
+                    seq,
+                    writer: true,
+                    disk: None,
+                },
                 body: vec![],
             },
             now,

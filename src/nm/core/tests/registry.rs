@@ -154,6 +154,7 @@ fn changed_and_removed_update_the_record() {
         Message::Heartbeat {
             seq: 3,
             writer: false,
+            disk: None,
         },
         250,
     );

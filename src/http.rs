@@ -1,11 +1,13 @@
-//! A tiny HTTP/1.1 endpoint for operators: `GET /health` answers `ok`, `GET /status` answers
-//! the JSON snapshot the event loop publishes about once a second.
+//! A tiny HTTP/1.1 endpoint for operators, shared by the name server (`/`, `/status`,
+//! `/metrics`) and storage servers started with `--http-port` (`/metrics`). `GET /health`
+//! answers `ok`; every other path goes to the server's [`Routes`], which answer from data
+//! already published (a snapshot string, atomics), never from the event loop's state.
 //!
 //! It serves one request per connection, each connection on a thread of its own (at most
 //! [`MAX_CONNECTIONS`] at once; beyond that a connection gets `503` at once), with a bounded
 //! request size and a total deadline of [`DEADLINE_MS`] for the request to arrive and the
 //! answer to be written, so a slow or stalled reader delays nobody else. It never touches the
-//! name server's state: only the published snapshot.
+//! server's state: only what the routes read.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -34,10 +36,22 @@ impl Drop for Slot {
 /// The latest status JSON, replaced by the event loop.
 pub type Snapshot = Arc<Mutex<String>>;
 
-/// Serves requests on `listener` forever from a new thread.
-pub fn spawn(listener: TcpListener, snapshot: Snapshot) -> std::io::Result<()> {
+/// An answer a route gives: content type and body.
+pub struct Page {
+    /// The `Content-Type` header.
+    pub content_type: &'static str,
+    /// The whole body.
+    pub body: String,
+}
+
+/// Answers `GET path` (`None`: 404). Runs on the connection's own thread.
+pub type Routes = Arc<dyn Fn(&str) -> Option<Page> + Send + Sync>;
+
+/// Serves requests on `listener` forever from a new thread named `name`.
+pub fn spawn(listener: TcpListener, name: &str, routes: Routes) -> std::io::Result<()> {
+    let conn_name = format!("{name}-conn");
     std::thread::Builder::new()
-        .name("nm-http".into())
+        .name(name.into())
         .spawn(move || {
             let busy = Arc::new(AtomicUsize::new(0));
             for stream in listener.incoming() {
@@ -64,13 +78,14 @@ pub fn spawn(listener: TcpListener, snapshot: Snapshot) -> std::io::Result<()> {
                     continue;
                 }
                 let slot = Slot(busy.clone());
-                let snap = snapshot.clone();
-                let spawned = std::thread::Builder::new()
-                    .name("nm-http-conn".into())
-                    .spawn(move || {
-                        let _slot = slot;
-                        let _ = serve(s, &snap);
-                    });
+                let routes = routes.clone();
+                let spawned =
+                    std::thread::Builder::new()
+                        .name(conn_name.clone())
+                        .spawn(move || {
+                            let _slot = slot;
+                            let _ = serve(s, &routes);
+                        });
                 // A thread that cannot start drops its connection (and slot) with it.
                 drop(spawned);
             }
@@ -91,14 +106,14 @@ fn left(deadline: Instant) -> std::io::Result<Option<Duration>> {
     Ok(Some(left))
 }
 
-fn serve(mut s: TcpStream, snapshot: &Snapshot) -> std::io::Result<()> {
+fn serve(mut s: TcpStream, routes: &Routes) -> std::io::Result<()> {
     let deadline = Instant::now() + Duration::from_millis(DEADLINE_MS);
-    let result = serve_by(&mut s, snapshot, deadline);
+    let result = serve_by(&mut s, routes, deadline);
     let _ = s.shutdown(std::net::Shutdown::Both);
     result
 }
 
-fn serve_by(s: &mut TcpStream, snapshot: &Snapshot, deadline: Instant) -> std::io::Result<()> {
+fn serve_by(s: &mut TcpStream, routes: &Routes, deadline: Instant) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") && !buf.windows(2).any(|w| w == b"\n\n") {
@@ -132,13 +147,14 @@ fn serve_by(s: &mut TcpStream, snapshot: &Snapshot, deadline: Instant) -> std::i
             "GET only\n",
         );
     }
-    match path {
-        "/health" => respond(s, deadline, "200 OK", "text/plain", "ok\n"),
-        "/status" => {
-            let body = snapshot.lock().map(|g| g.clone()).unwrap_or_default();
-            respond(s, deadline, "200 OK", "application/json", &body)
-        }
-        _ => respond(s, deadline, "404 Not Found", "text/plain", "not found\n"),
+    // The query string is not used by any route.
+    let path = path.split('?').next().unwrap_or("");
+    if path == "/health" {
+        return respond(s, deadline, "200 OK", "text/plain", "ok\n");
+    }
+    match routes(path) {
+        Some(p) => respond(s, deadline, "200 OK", p.content_type, &p.body),
+        None => respond(s, deadline, "404 Not Found", "text/plain", "not found\n"),
     }
 }
 
@@ -186,12 +202,20 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let snap: Snapshot = Arc::new(Mutex::new(r#"{"servers":[]}"#.to_string()));
-        spawn(l, snap.clone()).unwrap();
+        let s2 = snap.clone();
+        let routes: Routes = Arc::new(move |p: &str| {
+            (p == "/status").then(|| Page {
+                content_type: "application/json",
+                body: s2.lock().unwrap().clone(),
+            })
+        });
+        spawn(l, "test-http", routes).unwrap();
         let h = get(addr, "/health");
         assert!(h.starts_with("HTTP/1.1 200 OK\r\n"), "{h}");
         assert!(h.ends_with("\r\n\r\nok\n"));
         *snap.lock().unwrap() = r#"{"servers":[1]}"#.to_string();
         assert!(get(addr, "/status").ends_with(r#"{"servers":[1]}"#));
+        assert!(get(addr, "/status?x=1").ends_with(r#"{"servers":[1]}"#));
         assert!(get(addr, "/nope").starts_with("HTTP/1.1 404"));
     }
 }

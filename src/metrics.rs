@@ -1,0 +1,304 @@
+//! Prometheus metrics (`GET /metrics`, OpenMetrics text) for the name server and storage
+//! servers.
+//!
+//! The name server's metrics live in one process-wide [`Nm`] registry: counters and
+//! histograms are atomics updated where the events already happen (the event loop when a
+//! request arrives or is answered, the core when a failover switches or a heartbeat is
+//! missed or a replication job lands); gauges are set when the loop publishes its status
+//! snapshot, about once a second. No lock is held across I/O: encoding for a scrape runs on
+//! the HTTP connection's thread and only reads the atomics.
+//!
+//! A storage server's metrics ([`ss_text`]) are computed at scrape time from its storage
+//! directory and the file system's free space, on the HTTP thread, away from its loops.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+/// The content type of the exposition.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The label of per-operation metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabel {
+    /// The request's `op` spelling.
+    pub op: &'static str,
+}
+
+type HistogramFamily = Family<OpLabel, Histogram, fn() -> Histogram>;
+
+fn op_histogram() -> Histogram {
+    // 0.5 ms .. ~16 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// The name server's metrics.
+pub struct Nm {
+    registry: Registry,
+    /// Client requests received, by operation.
+    pub ops: Family<OpLabel, Counter>,
+    /// Time from a request's arrival to its first answer, by operation.
+    pub op_duration: HistogramFamily,
+    /// Time from a change being recorded (COMMITTED on the primary) to the backup holding it.
+    pub replication_lag: Histogram,
+    /// Replication jobs waiting to run.
+    pub queue_depth: Gauge,
+    /// Content bytes the replication jobs delivered to backups.
+    pub replication_bytes: Counter,
+    /// Storage servers up.
+    pub servers_up: Gauge,
+    /// Writer switches from one member of a pair to the other.
+    pub failovers: Counter,
+    /// Storage servers marked down for missing their heartbeats.
+    pub heartbeat_misses: Counter,
+}
+
+impl Nm {
+    fn new() -> Nm {
+        let mut registry = Registry::default();
+        let ops = Family::<OpLabel, Counter>::default();
+        let op_duration: HistogramFamily = Family::new_with_constructor(op_histogram);
+        let replication_lag = Histogram::new(exponential_buckets(0.001, 2.0, 18));
+        let queue_depth = Gauge::default();
+        let replication_bytes = Counter::default();
+        let servers_up = Gauge::default();
+        let failovers = Counter::default();
+        let heartbeat_misses = Counter::default();
+        registry.register("pairfs_ops", "Client requests received", ops.clone());
+        registry.register(
+            "pairfs_op_duration_seconds",
+            "Time from a request's arrival to its first answer",
+            op_duration.clone(),
+        );
+        registry.register(
+            "pairfs_replication_lag_seconds",
+            "Time from a change being committed to the backup holding it",
+            replication_lag.clone(),
+        );
+        registry.register(
+            "pairfs_replication_queue_depth",
+            "Replication jobs waiting to run",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "pairfs_replication_bytes",
+            "Content bytes delivered to backups by replication",
+            replication_bytes.clone(),
+        );
+        registry.register(
+            "pairfs_storage_servers_up",
+            "Storage servers up",
+            servers_up.clone(),
+        );
+        registry.register(
+            "pairfs_failovers",
+            "Writer switches between the members of a pair",
+            failovers.clone(),
+        );
+        registry.register(
+            "pairfs_heartbeat_misses",
+            "Storage servers marked down for missing heartbeats",
+            heartbeat_misses.clone(),
+        );
+        Nm {
+            registry,
+            ops,
+            op_duration,
+            replication_lag,
+            queue_depth,
+            replication_bytes,
+            servers_up,
+            failovers,
+            heartbeat_misses,
+        }
+    }
+
+    /// The exposition text.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Counts a frame that is a client request; returns its label and arrival time.
+    pub fn request(&self, msg: &crate::protocol::Message) -> Option<(&'static str, Instant)> {
+        let op = request_op(msg)?;
+        self.ops.get_or_create(&OpLabel { op }).inc();
+        Some((op, Instant::now()))
+    }
+
+    /// Observes the duration of a request answered now (`started` from [`Nm::request`]).
+    pub fn answered(&self, started: Option<(&'static str, Instant)>) {
+        if let Some((op, at)) = started {
+            self.op_duration
+                .get_or_create(&OpLabel { op })
+                .observe(at.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Sets the gauges from a status snapshot, adds the request total to it (the page
+    /// derives operations per second from it) and returns it as JSON text.
+    pub fn publish(&self, mut snapshot: serde_json::Value) -> String {
+        let total = self.ops_total(REQUEST_OPS);
+        if let Some(o) = snapshot.as_object_mut() {
+            o.insert("ops_total".into(), total.into());
+            let depth = o.get("queue_depth").and_then(|d| d.as_i64());
+            self.queue_depth.set(depth.unwrap_or(0));
+            let up = o.get("totals").and_then(|t| t.get("servers_up"));
+            self.servers_up
+                .set(up.and_then(|d| d.as_i64()).unwrap_or(0));
+        }
+        snapshot.to_string()
+    }
+
+    /// Total client requests counted so far (for the status snapshot's ops per second).
+    pub fn ops_total(&self, ops: &[&'static str]) -> u64 {
+        ops.iter()
+            .map(|op| self.ops.get_or_create(&OpLabel { op }).get())
+            .sum()
+    }
+}
+
+/// The process's name server metrics.
+pub fn nm() -> &'static Nm {
+    static NM: OnceLock<Nm> = OnceLock::new();
+    NM.get_or_init(Nm::new)
+}
+
+/// The name of a client request as its metric label, `None` for frames that are not client
+/// requests (storage-server traffic, replies).
+pub fn request_op(msg: &crate::protocol::Message) -> Option<&'static str> {
+    use crate::protocol::Message as M;
+    Some(match msg {
+        M::Hello { .. } => "HELLO",
+        M::Prove { .. } => "PROVE",
+        M::ResetUser { .. } => "RESET_USER",
+        M::Create { .. } => "CREATE",
+        M::Delete { .. } => "DELETE",
+        M::Undo { .. } => "UNDO",
+        M::Info { .. } => "INFO",
+        M::View { .. } => "VIEW",
+        M::ListUsers { .. } => "LIST_USERS",
+        M::AddAccess { .. } => "ADD_ACCESS",
+        M::RemAccess { .. } => "REM_ACCESS",
+        M::Exec { .. } => "EXEC",
+        M::Locate { .. } => "LOCATE",
+        M::Recover { .. } => "RECOVER",
+        M::Status { .. } => "STATUS",
+        M::Fsck { .. } => "FSCK",
+        M::CreateFolder { .. } => "CREATE_FOLDER",
+        M::ViewFolder { .. } => "VIEW_FOLDER",
+        M::Move { .. } => "MOVE",
+        M::Checkpoint { .. } => "CHECKPOINT",
+        M::Revert { .. } => "REVERT",
+        M::RequestAccess { .. } => "REQUEST_ACCESS",
+        M::ViewRequests { .. } => "VIEW_REQUESTS",
+        M::AnswerRequest { .. } => "ANSWER_REQUEST",
+        M::ListCheckpoints { .. } => "LIST_CHECKPOINTS",
+        M::ReadCheckpoint { .. } => "READ_CHECKPOINT",
+        M::Upload { .. } => "UPLOAD",
+        _ => return None,
+    })
+}
+
+/// Every label [`request_op`] gives.
+pub const REQUEST_OPS: &[&str] = &[
+    "HELLO",
+    "PROVE",
+    "RESET_USER",
+    "CREATE",
+    "DELETE",
+    "UNDO",
+    "INFO",
+    "VIEW",
+    "LIST_USERS",
+    "ADD_ACCESS",
+    "REM_ACCESS",
+    "EXEC",
+    "LOCATE",
+    "RECOVER",
+    "STATUS",
+    "FSCK",
+    "CREATE_FOLDER",
+    "VIEW_FOLDER",
+    "MOVE",
+    "CHECKPOINT",
+    "REVERT",
+    "REQUEST_ACCESS",
+    "VIEW_REQUESTS",
+    "ANSWER_REQUEST",
+    "LIST_CHECKPOINTS",
+    "READ_CHECKPOINT",
+    "UPLOAD",
+];
+
+/// Files and bytes under `dir`, recursively (symbolic links are not followed).
+fn usage(dir: &Path) -> (u64, u64) {
+    let (mut files, mut bytes) = (0u64, 0u64);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                files += 1;
+                bytes += e.metadata().map_or(0, |m| m.len());
+            }
+        }
+    }
+    (files, bytes)
+}
+
+/// Bytes free (for an unprivileged user) and in use on the file system holding `path`.
+pub fn disk_free_used(path: &Path) -> Option<(u64, u64)> {
+    let s = nix::sys::statvfs::statvfs(path).ok()?;
+    let frsize = s.fragment_size() as u64;
+    let free = s.blocks_available() as u64 * frsize;
+    let used = (s.blocks() as u64).saturating_sub(s.blocks_free() as u64) * frsize;
+    Some((free, used))
+}
+
+/// A storage server's exposition: files and bytes stored under `storage/files`, and the
+/// file system's free and used bytes.
+pub fn ss_text(storage: &Path) -> String {
+    let mut registry = Registry::default();
+    let (files, bytes) = usage(&storage.join("files"));
+    let (free, used) = disk_free_used(storage).unwrap_or((0, 0));
+    for (name, help, v) in [
+        ("pairfs_ss_files_stored", "Files stored", files),
+        (
+            "pairfs_ss_bytes_stored",
+            "Bytes of file content stored",
+            bytes,
+        ),
+        (
+            "pairfs_ss_disk_free_bytes",
+            "Bytes free on the storage directory's file system",
+            free,
+        ),
+        (
+            "pairfs_ss_disk_used_bytes",
+            "Bytes in use on the storage directory's file system",
+            used,
+        ),
+    ] {
+        let g: Gauge = Gauge::default();
+        g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        registry.register(name, help, g);
+    }
+    let mut out = String::new();
+    let _ = encode(&mut out, &registry);
+    out
+}
