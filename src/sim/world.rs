@@ -19,7 +19,7 @@ use crate::ss::nmlink::{write_allowed, Lease};
 use crate::ss::store::{parse_blob_id, CopyIn, Fs, Store, StoreError};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, VecDeque};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -869,7 +869,21 @@ impl World {
                 let state = tr.meta.state(&t.file);
                 let io = |e: std::io::Error| err::internal(e.to_string());
                 let (content_tmp, mut cf) = target.temp_file(&t.file).map_err(wire)?;
-                let bytes = std::io::copy(&mut tr.content, &mut cf).map_err(io)?;
+                let mut body = Vec::new();
+                tr.content.read_to_end(&mut body).map_err(io)?;
+                // The target verifies what it received, as `ss/server/recv.rs` does.
+                if body.len() as u64 != state.size || crc32c::crc32c(&body) != state.checksum {
+                    return Err(err::internal(format!(
+                        "{}: received {} bytes (crc {:08x}), the state says {} (crc {:08x})",
+                        t.file,
+                        body.len(),
+                        crc32c::crc32c(&body),
+                        state.size,
+                        state.checksum
+                    )));
+                }
+                cf.write_all(&body).map_err(io)?;
+                let bytes = body.len() as u64;
                 cf.flush().map_err(io)?;
                 let mut entry_tmps = Vec::new();
                 let mut files = vec![cf];
