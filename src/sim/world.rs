@@ -1021,6 +1021,12 @@ impl World {
                 if let Op::Create(file) = &op {
                     self.served.retain(|(f, _), _| f != file);
                 }
+                // A commit made while the removal was on its way is ordered before it: its
+                // acknowledgement, arriving after this, no longer sets a floor for reads.
+                if let Op::Delete(file) | Op::Undo(file) = &op {
+                    self.acked.remove(file);
+                    *self.generation.entry(file.clone()).or_default() += 1;
+                }
                 self.report.acked += 1;
                 self.log(format!("client {c} {op:?} -> {}", m.op_name()));
             }
