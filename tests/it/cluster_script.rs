@@ -29,18 +29,43 @@ impl Script {
             .parent()
             .unwrap()
             .to_path_buf();
-        let servers = ["ss1", "ss1_backup", "ss2", "ss2_backup"]
+        let mut script = Script {
+            run: run.to_path_buf(),
+            bin,
+            nm_port: 0,
+            http_port: 0,
+            servers: String::new(),
+        };
+        script.pick_ports();
+        script
+    }
+
+    /// Free ports for every server. A port found free can be taken by another test before
+    /// the script binds it; then the ports are picked again.
+    fn pick_ports(&mut self) {
+        self.servers = ["ss1", "ss1_backup", "ss2", "ss2_backup"]
             .iter()
             .map(|n| format!("{n}:{}", free_port()))
             .collect::<Vec<_>>()
             .join(" ");
-        Script {
-            run: run.to_path_buf(),
-            bin,
-            nm_port: free_port(),
-            http_port: free_port(),
-            servers,
+        self.nm_port = free_port();
+        self.http_port = free_port();
+    }
+
+    /// `start`, with new ports when another process took one of them in the meantime.
+    fn start(&mut self) -> Output {
+        let mut started = self.call("start");
+        for _ in 0..3 {
+            if started.status.success()
+                || !String::from_utf8_lossy(&started.stderr).contains("Address already in use")
+            {
+                break;
+            }
+            self.call("stop");
+            self.pick_ports();
+            started = self.call("start");
         }
+        started
     }
 
     fn call(&self, what: &str) -> Output {
@@ -107,10 +132,10 @@ fn text(o: &Output) -> String {
 #[test]
 fn cluster_script_starts_and_stops_three_times_on_a_loaded_machine() {
     let dir = tempfile::tempdir().unwrap();
-    let script = Script::new(&dir.path().join("run"));
+    let mut script = Script::new(&dir.path().join("run"));
     let _hog = Hog::start(2);
     for round in 0..3 {
-        let started = script.call("start");
+        let started = script.start();
         assert!(
             started.status.success()
                 && String::from_utf8_lossy(&started.stdout).contains("pairfs is running"),

@@ -310,25 +310,29 @@ fn a_stranger_cannot_hold_frame_budget() {
         .assert_code(0);
 }
 
-/// Waits until storage server `ss` answers a new connection with LIMIT (its slots are
-/// taken).
-fn wait_full(c: &Cluster, ss: &str) {
-    assert!(
-        poll_until(Duration::from_secs(5), || {
-            let mut p = raw_conn(c.ss_addr(ss));
-            matches!(
-                p.recv(),
-                Ok(Some(pairfs::protocol::Frame {
-                    msg: Message::Err {
-                        code: ErrorCode::Limit,
-                        ..
-                    },
+/// Takes all `slots` of storage server `ss` with silent sockets and returns them once a new
+/// connection is answered with LIMIT. A connection an earlier command left behind may still
+/// hold a slot for a moment, so a socket of ours can be the one refused: then every socket is
+/// dropped and the slots are taken again.
+fn fill(c: &Cluster, ss: &str, slots: usize) -> Vec<std::net::TcpStream> {
+    let mut held = Vec::new();
+    let full = poll_until(Duration::from_secs(20), || {
+        held = (0..slots).filter_map(|_| connect(c.ss_addr(ss))).collect();
+        let mut p = raw_conn(c.ss_addr(ss));
+        let _ = p.set_timeout(Some(Duration::from_secs(1)));
+        matches!(
+            p.recv(),
+            Ok(Some(pairfs::protocol::Frame {
+                msg: Message::Err {
+                    code: ErrorCode::Limit,
                     ..
-                }))
-            )
-        }),
-        "{ss} did not fill up"
-    );
+                },
+                ..
+            }))
+        )
+    });
+    assert!(full, "{ss} did not fill up");
+    held
 }
 
 #[test]
@@ -342,9 +346,7 @@ fn read_uses_the_other_copy_when_a_storage_server_is_full() {
         .assert_code(0);
     wait_file_replicated(&c, "ss1", "ss1_backup", "full.txt");
     // Take both of ss1's slots with silent sockets (each may stay for the first-frame time).
-    let _a = connect(c.ss_addr("ss1")).unwrap();
-    let _b = connect(c.ss_addr("ss1")).unwrap();
-    wait_full(&c, "ss1");
+    let _held = fill(&c, "ss1", 2);
     c.client("alice")
         .run("READ full.txt\n")
         .assert_lines(&["From the other copy."])
@@ -415,8 +417,7 @@ fn read_from_a_full_server_without_a_partner_says_limit() {
     c.client("alice")
         .run("CREATE solo.txt\nWRITE solo.txt 0\n0 Alone.\nETIRW\n")
         .assert_code(0);
-    let _held = connect(c.ss_addr("ss1")).unwrap();
-    wait_full(&c, "ss1");
+    let _held = fill(&c, "ss1", 1);
     c.client("alice")
         .run("READ solo.txt\n")
         .assert_contains("ERROR [LIMIT]: too many connections")

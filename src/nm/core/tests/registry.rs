@@ -220,3 +220,56 @@ fn pairing_works_in_both_start_orders() {
     let beta = servers.iter().find(|s| s.name == "beta").unwrap();
     assert_eq!((beta.role.as_str(), beta.files), ("backup", 2));
 }
+
+/// The CHANGED of a commit that preceded a DELETE can arrive after the DELETE was recorded
+/// (the report and SS_DELETE travel on different connections): it must not bring the file
+/// back. A name no removal touched is still adopted when a CHANGED reports it.
+#[test]
+fn a_change_reported_after_its_file_was_deleted_brings_nothing_back() {
+    let mut c = core();
+    register(&mut c, 1, "ss1", vec![st("a.txt", 1, Some("alice"))]);
+    hello(&mut c, 10, "alice");
+    let job = only_job(send(
+        &mut c,
+        10,
+        Message::Delete {
+            file: "a.txt".into(),
+        },
+        10,
+    ));
+    c.on_job_result(job.id, Ok(JobOutput::Done), 20);
+    assert_eq!(only_reply(c.take_effects()), Message::Done {});
+    assert!(!c.ns.files.contains_key("a.txt"));
+    let late = Message::Changed {
+        staged: None,
+        id: 7,
+        state: st("a.txt", 2, Some("alice")),
+    };
+    assert_eq!(
+        only_reply(send(&mut c, 1, late.clone(), 30)),
+        Message::ChangedAck {
+            id: 7,
+            copies: None
+        },
+        "the commit preceded the delete, so it is acknowledged"
+    );
+    assert!(
+        !c.ns.files.contains_key("a.txt"),
+        "a late report does not recreate a deleted file"
+    );
+    let other = Message::Changed {
+        staged: None,
+        id: 8,
+        state: st("b.txt", 1, Some("alice")),
+    };
+    send(&mut c, 1, other, 40);
+    assert!(
+        c.ns.files.contains_key("b.txt"),
+        "a file no removal touched is still adopted"
+    );
+    // A new link starts with nothing remembered: what it reports is adopted as before.
+    c.on_close(1, 50);
+    register(&mut c, 2, "ss1", vec![st("b.txt", 1, Some("alice"))]);
+    send(&mut c, 2, late, 60);
+    assert!(c.ns.files.contains_key("a.txt"));
+}
