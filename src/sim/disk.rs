@@ -257,24 +257,6 @@ impl Fs for SimDisk {
         st.dirs.insert(rel, entries);
         Ok(())
     }
-    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
-        fs::hard_link(from, to)
-    }
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
-        fs::remove_file(path)
-    }
-    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
-        fs::remove_dir_all(dir)
-    }
-    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
-        fs::read(path)
-    }
-    fn metadata(&self, path: &Path) -> io::Result<fs::Metadata> {
-        fs::metadata(path)
-    }
-    fn read_dir(&self, dir: &Path) -> io::Result<fs::ReadDir> {
-        fs::read_dir(dir)
-    }
     fn create_dir(&self, dir: &Path) -> io::Result<()> {
         crate::durable::create_dir(dir)?;
         // A new directory has no durable entries, whatever an earlier one of its name had.

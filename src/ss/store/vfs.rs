@@ -34,6 +34,8 @@ use std::io::{self, Write};
 use std::path::Path;
 
 /// The file-system primitives the store uses. See the module docs for what goes through it.
+/// Links, removals, reads, metadata and listings default to the OS; a backend overrides only
+/// what it must see (the durable calls, at least).
 pub trait Fs: Send + Sync {
     /// Creates a new file for writing, private to this user; fails if `path` exists.
     fn create_new(&self, path: &Path) -> io::Result<File>;
@@ -50,17 +52,29 @@ pub trait Fs: Send + Sync {
     /// Makes the entries of a directory (renames, links, removals) durable (fsync).
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Makes `to` a second name of `from`.
-    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()>;
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::hard_link(from, to)
+    }
     /// Removes a file's name.
-    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
     /// Removes a directory and everything under it.
-    fn remove_dir_all(&self, dir: &Path) -> io::Result<()>;
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+        fs::remove_dir_all(dir)
+    }
     /// Reads a whole (small) file.
-    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        fs::read(path)
+    }
     /// The metadata of `path`, following symbolic links.
-    fn metadata(&self, path: &Path) -> io::Result<fs::Metadata>;
+    fn metadata(&self, path: &Path) -> io::Result<fs::Metadata> {
+        fs::metadata(path)
+    }
     /// Lists a directory.
-    fn read_dir(&self, dir: &Path) -> io::Result<fs::ReadDir>;
+    fn read_dir(&self, dir: &Path) -> io::Result<fs::ReadDir> {
+        fs::read_dir(dir)
+    }
     /// Creates directory `dir` (not its parents), private to this user.
     fn create_dir(&self, dir: &Path) -> io::Result<()>;
     /// Creates `dir` and missing parents, private to this user, without fsync.
@@ -173,24 +187,6 @@ impl Fs for OsFs {
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         crate::durable::fsync_dir(dir)
-    }
-    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
-        fs::hard_link(from, to)
-    }
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
-        fs::remove_file(path)
-    }
-    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
-        fs::remove_dir_all(dir)
-    }
-    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
-        fs::read(path)
-    }
-    fn metadata(&self, path: &Path) -> io::Result<fs::Metadata> {
-        fs::metadata(path)
-    }
-    fn read_dir(&self, dir: &Path) -> io::Result<fs::ReadDir> {
-        fs::read_dir(dir)
     }
     fn create_dir(&self, dir: &Path) -> io::Result<()> {
         crate::durable::create_dir(dir)
