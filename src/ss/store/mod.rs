@@ -89,6 +89,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+mod batch;
 mod change;
 mod checkpoints;
 mod install;
@@ -109,7 +110,7 @@ pub use layout::{
 pub use record::{copy_counting, ContentCounter, ContentFacts, Meta};
 pub use vfs::{Fs, OsFs};
 // What the submodules take from their siblings.
-use change::{content_saved, place, Source};
+use change::{content_saved, place, Change, Source};
 use layout::{is_cut_base, leaf_of, tighten_root, walk};
 use record::mtime_ns;
 
@@ -201,6 +202,8 @@ pub struct Store {
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// Where the file-system calls go (see [`vfs`]).
     fs: Arc<dyn Fs>,
+    /// The group commit of changes (see `batch`).
+    batch: batch::Batcher,
 }
 
 impl Store {
@@ -227,6 +230,7 @@ impl Store {
             epoch: Arc::new(AtomicU64::new(1)),
             locks: Mutex::new(HashMap::new()),
             fs,
+            batch: batch::Batcher::default(),
         };
         s.fs.create_dirs_durable(root).map_err(io_err)?;
         tighten_root(root).map_err(io_err)?;

@@ -142,8 +142,13 @@ pub trait Fs: Send + Sync {
 
     /// Creates `dir` and missing parents, fsyncing each parent whose entry list changed.
     fn create_dirs_durable(&self, dir: &Path) -> io::Result<()> {
-        // A relative name's last parent is "", which means the current directory.
-        if dir.as_os_str().is_empty() || self.is_dir(dir) {
+        // A relative name's last parent is "", which means the current directory. The root
+        // and the current directory are taken as there (a backend failing every call must
+        // end the walk up, not loop on ".").
+        if dir.as_os_str().is_empty() || dir == Path::new(".") || dir == Path::new("/") {
+            return Ok(());
+        }
+        if self.is_dir(dir) {
             return Ok(());
         }
         let parent = match dir.parent() {
