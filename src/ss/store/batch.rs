@@ -18,9 +18,11 @@
 //! 2. every job's second rename is made (only for jobs whose first rename is durable), then
 //!    each directory renamed into is fsynced once.
 //!
-//! Then it hands each job its outcome and wakes the waiters; one whose job arrived meanwhile
-//! becomes the next leader. A lone change therefore leads at once and pays no wait, and
-//! under load a batch forms from the jobs that queued while the previous one was syncing.
+//! Once round 0 is done the leader steps down, so a waiter whose job arrived meanwhile leads
+//! the next batch and syncs its files while this one renames; when the rounds are done the
+//! leader hands each job its outcome and wakes the waiters. A lone change therefore leads at
+//! once and pays no wait, and under load a batch forms from the jobs that queued while the
+//! previous one was syncing its files.
 //!
 //! # Why this is as crash-safe as one change at a time
 //!
@@ -38,6 +40,9 @@
 //!   rename of another job made durable early is one its own order allows (its temp file was
 //!   synced in round 0 of its batch), so merging the fsyncs never makes durable a state a
 //!   single change could not have reached.
+//! * Batches overlap only in that order: a batch's round 0 may run while an earlier batch
+//!   renames. A directory fsync of either batch then makes durable renames of the other,
+//!   each of which its own job's order already allowed (the point above).
 //! * Every reply waits for its own job's outcome, which is decided only after its last
 //!   directory fsync returned; a failure of any step fails that job (and every job renamed
 //!   into a directory whose fsync failed), and the caller undoes what it can, as before.
@@ -110,8 +115,15 @@ impl Batcher {
                 let batch = std::mem::take(&mut q.pending);
                 drop(q);
                 let ids: Vec<u64> = batch.iter().map(|(id, _)| *id).collect();
+                let jobs: Vec<Job> = batch.into_iter().map(|(_, j)| j).collect();
+                let mut released = false;
                 let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    run(fs, batch.into_iter().map(|(_, j)| j).collect())
+                    let mut out = sync_round(fs, &jobs);
+                    // The next batch may sync its files while this one renames.
+                    self.release();
+                    released = true;
+                    rename_rounds(fs, &jobs, &mut out);
+                    out
                 }));
                 let outcomes = ran.unwrap_or_else(|_| {
                     let e = io::Error::other("a batch of changes failed");
@@ -122,8 +134,10 @@ impl Batcher {
                         .collect()
                 });
                 q = lock();
+                if !released {
+                    q.leading = false;
+                }
                 q.done.extend(ids.into_iter().zip(outcomes));
-                q.leading = false;
                 self.wake.notify_all();
                 continue;
             }
@@ -132,8 +146,18 @@ impl Batcher {
     }
 }
 
-/// Runs one batch: round 0, then the rename rounds. One outcome per job, in order.
-fn run(fs: &dyn Fs, jobs: Vec<Job>) -> Vec<Outcome> {
+impl Batcher {
+    /// Ends this leader's turn: a waiter whose job is queued may lead the next batch.
+    fn release(&self) {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        q.leading = false;
+        self.wake.notify_all();
+    }
+}
+
+/// Round 0 of a batch: its temp files and the directories named, at once. One outcome per
+/// job, in order.
+fn sync_round(fs: &dyn Fs, jobs: &[Job]) -> Vec<Outcome> {
     let mut out: Vec<Outcome> = jobs
         .iter()
         .map(|_| Outcome {
@@ -181,7 +205,11 @@ fn run(fs: &dyn Fs, jobs: Vec<Job>) -> Vec<Outcome> {
             }
         }
     }
-    // The rename rounds.
+    out
+}
+
+/// The rename rounds of a batch whose round 0 is done.
+fn rename_rounds(fs: &dyn Fs, jobs: &[Job], out: &mut [Outcome]) {
     let rounds = jobs.iter().map(|j| j.renames.len()).max().unwrap_or(0);
     for r in 0..rounds {
         let mut touched: BTreeMap<PathBuf, Vec<usize>> = BTreeMap::new();
@@ -208,5 +236,4 @@ fn run(fs: &dyn Fs, jobs: Vec<Job>) -> Vec<Outcome> {
             }
         }
     }
-    out
 }
