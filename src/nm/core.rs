@@ -297,12 +297,6 @@ impl Core {
     pub fn with_env(cfg: CoreConfig, key: ClusterKey, loaded: Loaded, env: Env) -> Core {
         let boot_lease_until = cfg.started_ms + cfg.lease_ms();
         let pairs = pairs::Pairs::load(loaded.pair_states, &loaded.pairs, boot_lease_until);
-        // Likewise a job's retry time: what the last run left owed is due now.
-        let started_ms = cfg.started_ms;
-        let jobs = loaded.jobs.into_values().map(move |mut j| {
-            j.next_ms = started_ms;
-            j
-        });
         let mut servers: BTreeMap<String, ServerLive> = loaded
             .servers
             .into_iter()
@@ -333,6 +327,7 @@ impl Core {
             .max(loaded.next_request)
             .max(1);
         let ops = ops::InFlightOps::load(&loaded.moves);
+        let q = queue::Queue::load(loaded.jobs.into_values(), cfg.started_ms);
         Core {
             now_ms: cfg.started_ms,
             env,
@@ -359,12 +354,7 @@ impl Core {
             ops,
             out: Vec::new(),
             batch: Vec::new(),
-            q: queue::Queue {
-                repl: jobtable::JobTable::new(jobs),
-                running: HashMap::new(),
-                sync_waits: HashMap::new(),
-                stages: HashMap::new(),
-            },
+            q,
             fsck: fsck::Runs::default(),
             pairs,
             events: status::Events::default(),
@@ -432,7 +422,7 @@ impl Core {
         self.reg.introducing.remove(&conn);
         self.reg.origins.remove(&conn);
         self.reg.removed.remove(&conn);
-        self.forget_waiter(conn);
+        self.q.forget_waiter(conn);
         self.fsck.forget(conn);
         if let Some(Peer::Server { name }) = self.reg.peers.remove(&conn) {
             let mut went_down = false;
@@ -473,12 +463,7 @@ impl Core {
             .chain(self.pairs.next_switch_ms())
             .chain(self.reg.introducing.values().copied())
             .chain(self.next_repl_deadline_ms())
-            .chain(
-                self.q
-                    .sync_waits
-                    .values()
-                    .flat_map(|w| w.iter().map(|x| x.deadline_ms)),
-            )
+            .chain(self.q.next_wait_ms())
             .min()
     }
 
@@ -644,12 +629,12 @@ impl Core {
     /// Puts the parked job rows of `file` (owed to either member of `pair`) back in the job
     /// index. Free when nothing is parked, as on every READ's access-time update.
     fn unpark_file(&mut self, pair: &str, file: &str) {
-        if !self.q.repl.has_parked() {
+        if !self.q.has_parked() {
             return;
         }
         for m in [Member::Primary, Member::Backup] {
             if let Some(n) = self.member_name(pair, m) {
-                self.q.repl.unpark(&job_key(&n, file));
+                self.q.unpark(&job_key(&n, file));
             }
         }
     }

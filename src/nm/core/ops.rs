@@ -329,7 +329,7 @@ impl Core {
     /// A worker finished (or the job could not be queued).
     pub fn on_job_result(&mut self, id: JobId, result: Result<JobOutput, WireError>, now_ms: u64) {
         self.at(now_ms);
-        if let Some((key, sent)) = self.q.running.remove(&id) {
+        if let Some((key, sent)) = self.q.take_running(id) {
             self.on_repl_result(key, sent, result, now_ms);
             return self.pump_replication(now_ms);
         }

@@ -459,8 +459,8 @@ impl Core {
                 "{ss} is down; it is recovered when it registers again"
             )));
         }
-        for k in self.q.repl.keys_for(ss) {
-            self.retry_job_now(&k, now_ms);
+        for k in self.q.keys_for(ss) {
+            self.q.retry_now(&k, now_ms, &mut self.batch);
         }
         let files: Vec<String> = self
             .ns

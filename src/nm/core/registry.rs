@@ -238,13 +238,12 @@ impl Core {
             },
         );
         // A server empties its `tmp/` at start: no stage noted for it survives.
-        let prefix = job_key(&name, "");
-        self.q.stages.retain(|k, _| !k.starts_with(&prefix));
+        self.q.forget_stages_on(&name);
         self.push_partner(&name);
         self.advance_pairs(now_ms);
         self.push_all_folders(&name);
         // A server is up again: jobs parked for want of a source may have one now.
-        self.q.repl.unpark_all();
+        self.q.unpark_all();
         for f in released {
             self.next_for_file(&f, now_ms);
         }
@@ -435,7 +434,7 @@ impl Core {
                     .get(&file)
                     .map_or(state.version, |r| r.version);
                 if let (Some(t), Some(s)) = (&target, staged) {
-                    self.note_stage(t, &file, state.version, s);
+                    self.q.note_stage(t, &file, state.version, s);
                 }
                 self.answer_change(waiter, &file, target, Want::Content { version }, now_ms);
             }
@@ -638,6 +637,6 @@ impl Core {
 
     /// Jobs owed to `target` (pending or failed), and whether one of them is running.
     pub(super) fn owed_to(&self, target: &str) -> (u64, bool) {
-        (self.q.repl.owed_to(target), self.q.repl.running_for(target))
+        self.q.owed_to(target)
     }
 }

@@ -98,7 +98,7 @@ impl Core {
             "roles": roles,
             "pairs": pairs,
             "queue_depth": queue_depth,
-            "replication_in_flight": self.q.running.len(),
+            "replication_in_flight": self.q.in_flight(),
             "failed": failed,
             "failed_total": failed_total,
             "events": self.events.0,
@@ -148,7 +148,7 @@ impl Core {
         }
         let mut owed_to: HashMap<&str, Owed> = HashMap::new();
         let (mut queue_depth, mut failed_total, mut failed) = (0u64, 0u64, Vec::new());
-        for j in self.q.repl.values() {
+        for j in self.q.rows() {
             let o = owed_to.entry(j.target.as_str()).or_default();
             o.jobs += 1;
             if matches!(j.want, Want::Content { .. }) {

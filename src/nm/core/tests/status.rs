@@ -18,10 +18,10 @@ fn status_lists_a_bounded_number_of_failed_jobs_and_counts_them_all() {
         .collect();
     register(&mut c, 1, "ss1", files);
     register(&mut c, 2, "ss1_backup", vec![]);
-    assert_eq!(c.q.repl.len(), n);
+    assert_eq!(c.q.table().len(), n);
     // Every copy ran out of attempts, each with a long error.
-    for key in c.q.repl.keys_for("ss1_backup") {
-        c.q.repl.update(&key, |j| {
+    for key in c.q.table().keys_for("ss1_backup") {
+        c.q.table_mut().update(&key, |j| {
             j.state = JobState::Failed;
             j.attempts = replication::MAX_ATTEMPTS;
             j.last_error = Some("no space left on device ".repeat(40));
