@@ -503,29 +503,12 @@ impl Core {
         now_ms: u64,
     ) -> Option<String> {
         let wall_ms = self.wall_ms();
-        let mut rec = FileRecord {
-            owner,
-            ss: ss.to_string(),
-            version: st.version,
-            checksum: st.checksum,
-            size: st.size,
-            words: st.words,
-            chars: st.chars,
-            created_ms: wall_ms,
-            modified_ms: if st.modified_ms > 0 {
-                st.modified_ms
-            } else {
-                wall_ms
-            },
-            access: BTreeMap::new(),
-            accessed_ms: None,
-            accessed_by: None,
-            backup_version: None,
-            primary_missing: false,
-            primary_held: None,
-            epoch_base: None,
+        let modified_ms = if st.modified_ms > 0 {
+            st.modified_ms
+        } else {
+            wall_ms
         };
-        rec.held_only_by(member, st.version);
+        let rec = FileRecord::first(owner, ss, member, st, wall_ms, modified_ms);
         self.put_file(file, rec);
         log::info!(target: ev::NM_FILE_CHANGE, file = file, ss = ss,
             version = st.version.to_string(); "created {file} on {ss}");

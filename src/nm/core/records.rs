@@ -58,6 +58,39 @@ pub struct FileRecord {
 }
 
 impl FileRecord {
+    /// The first record of a file found as `st` on `member` of pair `ss` (the only member
+    /// known to hold it), owned by `owner`, with the wall-clock times it was created and last
+    /// changed at. Nobody else has access and nobody has read it yet.
+    pub(super) fn first(
+        owner: String,
+        ss: &str,
+        member: Member,
+        st: &FileState,
+        created_ms: u64,
+        modified_ms: u64,
+    ) -> FileRecord {
+        let mut rec = FileRecord {
+            owner,
+            ss: ss.to_string(),
+            version: st.version,
+            checksum: st.checksum,
+            size: st.size,
+            words: st.words,
+            chars: st.chars,
+            created_ms,
+            modified_ms,
+            access: BTreeMap::new(),
+            accessed_ms: None,
+            accessed_by: None,
+            backup_version: None,
+            primary_missing: false,
+            primary_held: None,
+            epoch_base: None,
+        };
+        rec.held_only_by(member, st.version);
+        rec
+    }
+
     pub(super) fn apply_state(&mut self, s: &FileState) {
         self.primary_missing = false;
         self.version = s.version;

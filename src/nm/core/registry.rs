@@ -329,26 +329,7 @@ impl Core {
         } else {
             self.wall_ms()
         };
-        let mut rec = FileRecord {
-            owner,
-            ss: ss.to_string(),
-            version: st.version,
-            checksum: st.checksum,
-            size: st.size,
-            words: st.words,
-            chars: st.chars,
-            created_ms,
-            modified_ms: st.modified_ms,
-            access: BTreeMap::new(),
-            accessed_ms: None,
-            accessed_by: None,
-            backup_version: None,
-            primary_missing: false,
-            primary_held: None,
-            epoch_base: None,
-        };
-        rec.apply_state(st);
-        rec.held_only_by(member, st.version);
+        let rec = FileRecord::first(owner, ss, member, st, created_ms, st.modified_ms);
         // A file found in a folder the index does not know brings its folders with it, so
         // every file's parent exists.
         let owner = rec.owner.clone();
