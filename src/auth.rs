@@ -235,23 +235,6 @@ impl ClusterKey {
         t
     }
 
-    /// A ticket for a change, bound to the pair's `epoch`: a server on another epoch (or
-    /// without a write lease) refuses it.
-    pub fn mint_change(
-        &self,
-        user: &str,
-        file: &str,
-        op: TicketOp,
-        ss: &str,
-        min_version: Option<Version>,
-        epoch: u64,
-    ) -> Ticket {
-        let mut t = self.mint(user, file, op, ss, min_version);
-        t.epoch = Some(epoch);
-        t.mac = self.mac_hex(t.signing_string().as_bytes());
-        t
-    }
-
     /// A registration proof for `claim`: the MAC covers everything the registration asserts,
     /// so a captured proof cannot register the name at another address or in another role.
     pub fn proof(&self, claim: &RegisterClaim<'_>) -> KeyProof {

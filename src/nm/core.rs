@@ -62,6 +62,7 @@ use crate::protocol::{
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 /// Identifies one connection to the name server (the loop's mio token).
 pub type ConnId = usize;
@@ -237,8 +238,8 @@ struct InFlight {
 pub struct Core {
     cfg: CoreConfig,
     key: ClusterKey,
-    /// The wall clock and randomness (see [`clock`]).
-    env: Env,
+    /// The wall clock and randomness (see [`clock`]), shared with the workers that mint.
+    env: Arc<Env>,
     /// The latest monotonic time the core was given.
     now_ms: u64,
     /// Storage servers, connections and pairs.
@@ -330,7 +331,7 @@ impl Core {
         let q = queue::Queue::load(loaded.jobs.into_values(), cfg.started_ms);
         Core {
             now_ms: cfg.started_ms,
-            env,
+            env: Arc::new(env),
             ns: namespace::Namespace {
                 users: loaded.users,
                 user_keys: loaded.user_keys.into_iter().collect(),
@@ -359,6 +360,12 @@ impl Core {
             pairs,
             events: status::Events::default(),
         }
+    }
+
+    /// The wall clock and randomness the core mints tickets with, for a worker that must
+    /// mint a fresh one (a repeated SS_MOVE): every ticket comes from [`Env::mint`].
+    pub fn env(&self) -> Arc<Env> {
+        self.env.clone()
     }
 
     /// Effects produced since the last call.
@@ -572,8 +579,7 @@ impl Core {
     }
 
     fn mint_grant(&self, grant: &Grant<'_>) -> Ticket {
-        self.key
-            .mint_at(grant, self.wall_ms(), self.env.random_hex(16))
+        self.env.mint(&self.key, grant, self.now_ms)
     }
 
     fn reply(&mut self, conn: ConnId, msg: Message) {

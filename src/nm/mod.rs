@@ -266,6 +266,7 @@ pub fn start(cfg: &Config) -> Result<Started, NmError> {
         headroom,
         1,
     );
+    let env = core.env();
     let mut srv = server::Server::new(listener, core, max_connections, snapshot)
         .map_err(io_err("event loop"))?;
     srv.set_idle_timeout_ms(cfg.idle_timeout_ms);
@@ -295,6 +296,7 @@ pub fn start(cfg: &Config) -> Result<Started, NmError> {
         jobs_rx,
         results_tx.clone(),
         key.clone(),
+        env.clone(),
         notify.clone(),
     )
     .map_err(io_err("start workers"))?;
@@ -304,7 +306,7 @@ pub fn start(cfg: &Config) -> Result<Started, NmError> {
         fault: None,
         ..pool
     };
-    worker::spawn(pool, repl_rx, results_tx, key, notify)
+    worker::spawn(pool, repl_rx, results_tx, key, env, notify)
         .map_err(io_err("start replication workers"))?;
     srv.attach(server::Links {
         store_tx,

@@ -72,7 +72,7 @@
 //! # Epochs in tickets
 //!
 //! Tickets for changes (write, upload, create, undo, client delete, and the name server's
-//! checkpoint, revert and move calls: `ClusterKey::mint_change`) carry the pair's epoch,
+//! checkpoint, revert and move calls: `Core::mint_change`) carry the pair's epoch,
 //! inside the MAC. A storage server refuses one unless it is the writer, holds a live lease,
 //! and is on that epoch; a session's COMMIT and an upload's install check again, and UNDO,
 //! REVERT and MOVE check the lease again under the file lock. A ticket a moment ahead of the

@@ -843,10 +843,10 @@ fn a_wall_clock_jump_moves_no_lease() {
     let mut sim = settled_pair();
     let jump = std::sync::Arc::new(AtomicU64::new(0));
     let j = jump.clone();
-    sim.c.env = Env::new(
+    sim.c.env = std::sync::Arc::new(Env::new(
         Box::new(move |mono| SIM_WALL_BASE_MS + mono + j.load(Ordering::Relaxed)),
         Entropy::from_seed(7),
-    );
+    ));
     // The writer's heartbeats stop arriving and the wall clock jumps an hour ahead, while
     // less than a lease of monotonic time passes: the writer keeps its lease.
     sim.ss[0].partitioned = true;
