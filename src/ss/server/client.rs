@@ -145,8 +145,7 @@ pub(super) fn write_session(
     sentence: u64,
     t: &Ticket,
 ) -> Result<(), Fail> {
-    authorise(shared, file, t, TicketOp::Write)?;
-    may_change(shared, t)?;
+    authorise_change(shared, file, t, TicketOp::Write)?;
     let i = usize::try_from(sentence).map_err(|_| err::invalid("Sentence index out of range"))?;
     let (id, words) = {
         let lock = shared.store.file_lock(file);
@@ -361,8 +360,7 @@ pub(super) fn create(
     epoch: u64,
     t: &Ticket,
 ) -> Result<(), Fail> {
-    authorise(shared, file, t, TicketOp::Create)?;
-    may_change(shared, t)?;
+    authorise_change(shared, file, t, TicketOp::Create)?;
     names::validate_user(owner)?;
     let _inflight = Inflight::new(&shared.inflight);
     let meta = shared.store.create(file, owner, epoch)?;
@@ -406,8 +404,7 @@ pub(super) fn undo(
     epoch: u64,
     t: &Ticket,
 ) -> Result<(), Fail> {
-    authorise(shared, file, t, TicketOp::Undo)?;
-    may_change(shared, t)?;
+    authorise_change(shared, file, t, TicketOp::Undo)?;
     let _inflight = Inflight::new(&shared.inflight);
     let meta = {
         let lock = shared.store.file_lock(file);
@@ -439,8 +436,7 @@ pub(super) fn upload(
     checksum: u32,
     t: &Ticket,
 ) -> Result<(), Fail> {
-    let head = authorise(shared, file, t, TicketOp::Upload)
-        .and_then(|()| may_change(shared, t))
+    let head = authorise_change(shared, file, t, TicketOp::Upload)
         .and_then(|()| upload_fresh(shared, file, t));
     // The partner writes its copy while this one arrives (see `staging.rs`).
     let mut tee = head
