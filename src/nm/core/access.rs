@@ -95,3 +95,59 @@ impl Core {
         self.access.dirty.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{core, create, hello, only_reply, register, send};
+    use super::*;
+    use crate::protocol::AccessMode;
+
+    fn read(c: &mut Core, now: u64) {
+        let locate = Message::Locate {
+            avoid: None,
+            file: "a.txt".into(),
+            mode: AccessMode::Read,
+        };
+        let m = only_reply(send(c, 10, locate, now));
+        assert!(matches!(m, Message::Located { .. }), "{m:?}");
+    }
+
+    fn written_access(batch: &[StoreOp]) -> Option<u64> {
+        batch.iter().find_map(|o| match o {
+            StoreOp::PutFile(f, rec) if f == "a.txt" => rec.accessed_ms,
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_read_is_kept_in_memory_until_due_or_the_next_batch() {
+        let mut c = core();
+        c.set_access_flush_ms(1_000);
+        register(&mut c, 1, "ss1", vec![]);
+        hello(&mut c, 10, "alice");
+        create(&mut c, 10, "a.txt");
+        c.take_batch();
+        read(&mut c, 100);
+        // Shown at once, written nowhere.
+        assert_eq!(c.ns.files["a.txt"].accessed_ms, Some(100));
+        assert_eq!(c.ns.files["a.txt"].accessed_by.as_deref(), Some("alice"));
+        assert!(c.take_batch().is_empty());
+        assert_eq!(c.unwritten_access_times(), 1);
+        assert_eq!(c.access_due_ms(), Some(1_100));
+        // A second read inside the interval moves neither the deadline nor the count.
+        read(&mut c, 600);
+        assert_eq!(c.access_due_ms(), Some(1_100));
+        assert_eq!(c.unwritten_access_times(), 1);
+        c.flush_due_access_times(1_099);
+        assert!(c.take_batch().is_empty());
+        c.flush_due_access_times(1_100);
+        assert_eq!(written_access(&c.take_batch()), Some(600));
+        assert_eq!(c.access_due_ms(), None);
+        // The next change's batch carries an access made before it.
+        read(&mut c, 1_200);
+        create(&mut c, 10, "b.txt");
+        assert_eq!(written_access(&c.take_batch()), Some(1_200));
+        assert_eq!(c.unwritten_access_times(), 0);
+        assert_eq!(c.access_due_ms(), None);
+    }
+}
