@@ -10,10 +10,15 @@
 //!
 //! A storage server's metrics ([`ss_text`]) are computed at scrape time from its storage
 //! directory and the file system's free space, on the HTTP thread, away from its loops.
+//!
+//! Both servers show `pairfs_sync_calls_total{kind}`: the fsyncs, directory fsyncs, `syncfs`
+//! calls and durable database commits the process has made (counted in `crate::durable`,
+//! read at scrape time by [`SyncCalls`]).
 
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
@@ -33,6 +38,33 @@ pub struct OpLabel {
 }
 
 type HistogramFamily = Family<OpLabel, Histogram, fn() -> Histogram>;
+
+/// The label of the sync-call counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+/// Encodes `pairfs_sync_calls_total{kind}` from the process's counts at each scrape.
+#[derive(Debug, Default)]
+pub struct SyncCalls;
+
+impl Collector for SyncCalls {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counts = crate::durable::sync_counts();
+        let mut family = encoder.encode_descriptor(
+            "pairfs_sync_calls",
+            "Sync calls made by this process: file fsyncs, directory fsyncs, syncfs, durable database commits",
+            None,
+            ConstCounter::new(0u64).metric_type(),
+        )?;
+        for (kind, v) in counts.by_kind() {
+            let label = KindLabel { kind };
+            ConstCounter::new(v).encode(family.encode_family(&label)?)?;
+        }
+        Ok(())
+    }
+}
 
 fn op_histogram() -> Histogram {
     // 0.5 ms .. ~16 s.
@@ -107,6 +139,7 @@ impl Nm {
             "Storage servers marked down for missing heartbeats",
             heartbeat_misses.clone(),
         );
+        registry.register_collector(Box::new(SyncCalls));
         Nm {
             registry,
             ops,
@@ -298,7 +331,45 @@ pub fn ss_text(storage: &Path) -> String {
         g.set(i64::try_from(v).unwrap_or(i64::MAX));
         registry.register(name, help, g);
     }
+    registry.register_collector(Box::new(SyncCalls));
     let mut out = String::new();
     let _ = encode(&mut out, &registry);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value of `pairfs_sync_calls_total{kind}` in an exposition.
+    fn sync_calls(text: &str, kind: &str) -> u64 {
+        let prefix = format!("pairfs_sync_calls_total{{kind=\"{kind}\"}} ");
+        let line = text.lines().find(|l| l.starts_with(&prefix));
+        let line = line.unwrap_or_else(|| panic!("no {prefix} in {text}"));
+        line[prefix.len()..].trim().parse().unwrap()
+    }
+
+    #[test]
+    fn both_servers_show_the_sync_calls_the_process_made() {
+        let d = tempfile::tempdir().unwrap();
+        let before = ss_text(d.path());
+        let nm_before = nm().text();
+        crate::durable::fsync_dir(d.path()).unwrap();
+        crate::durable::replace(d.path(), &d.path().join("x"), b"x").unwrap();
+        crate::durable::syncfs(d.path()).unwrap();
+        crate::durable::count_store_commit();
+        let after = ss_text(d.path());
+        let nm_after = nm().text();
+        // Other tests of this process may sync too: at least ours are counted.
+        for (b, a) in [(&before, &after), (&nm_before, &nm_after)] {
+            assert!(sync_calls(a, "dir") >= sync_calls(b, "dir") + 2);
+            assert!(sync_calls(a, "file") > sync_calls(b, "file"));
+            assert!(sync_calls(a, "fs") > sync_calls(b, "fs"));
+            assert!(sync_calls(a, "store_commit") > sync_calls(b, "store_commit"));
+        }
+        assert!(
+            after.contains("# TYPE pairfs_sync_calls counter"),
+            "{after}"
+        );
+    }
 }

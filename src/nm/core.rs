@@ -12,7 +12,7 @@
 //! buffers every part writes to (effects and the store batch). `Core` owns the parts and
 //! routes the flows that cross them (a failover: the pairs part decides, the queue rewrites
 //! rows, the registry tells servers). The decisions live by area:
-//! [`records`] (what is persisted), [`sessions`] (HELLO/PROVE), [`registry`] (storage servers
+//! [`records`] (what is persisted), [`access`] (access times, written lazily), [`sessions`] (HELLO/PROVE), [`registry`] (storage servers
 //! and the pair topology), [`namespace`] (client requests, rights, LOCATE), [`folders`],
 //! [`requests`] and [`checkpoints`], [`ops`] (operations started on a storage server and
 //! their results), [`pairs`] (the pair states and their transitions, owned by
@@ -20,6 +20,7 @@
 //! removal owed to a member means, so it never takes a newer file), [`fsck`] (pages owned
 //! by `fsck::Runs`), and [`status`].
 
+mod access;
 mod checkpoints;
 mod clock;
 mod effects;
@@ -37,6 +38,7 @@ mod requests;
 mod sessions;
 mod status;
 
+pub use access::ACCESS_FLUSH_MS;
 pub use clock::{mono_ms, Entropy, Env, WallClock};
 pub use effects::{Effect, Job, JobKind, JobOutput};
 pub use fsck::{judge_copy, Lineage, Seen};
@@ -258,6 +260,8 @@ pub struct Core {
     pairs: pairs::Pairs,
     /// The most recent failovers, recoveries and servers going down, for `GET /status`.
     events: status::Events,
+    /// Access times newer in memory than in the store (see [`access`]).
+    access: access::AccessTimes,
 }
 
 fn not_found(file: &str) -> WireError {
@@ -359,6 +363,7 @@ impl Core {
             fsck: fsck::Runs::default(),
             pairs,
             events: status::Events::default(),
+            access: access::AccessTimes::default(),
         }
     }
 
@@ -373,8 +378,12 @@ impl Core {
         std::mem::take(&mut self.out)
     }
 
-    /// Durable changes produced since the last call.
+    /// Durable changes produced since the last call. Unwritten access times ride along on a
+    /// batch that is shipped anyway (see [`access`]).
     pub fn take_batch(&mut self) -> Vec<StoreOp> {
+        if !self.batch.is_empty() {
+            self.flush_access_times();
+        }
         std::mem::take(&mut self.batch)
     }
 
@@ -470,6 +479,7 @@ impl Core {
             .chain(self.pairs.next_switch_ms())
             .chain(self.reg.introducing.values().copied())
             .chain(self.next_repl_deadline_ms())
+            .chain(self.access_due_ms())
             .chain(self.q.next_wait_ms())
             .min()
     }
@@ -478,6 +488,7 @@ impl Core {
     /// link so it must register again.
     pub fn tick(&mut self, now_ms: u64) {
         self.at(now_ms);
+        self.flush_due_access_times(now_ms);
         let late: Vec<ConnId> = self
             .reg
             .introducing
@@ -633,7 +644,7 @@ impl Core {
     }
 
     /// Puts the parked job rows of `file` (owed to either member of `pair`) back in the job
-    /// index. Free when nothing is parked, as on every READ's access-time update.
+    /// index. Free when nothing is parked.
     fn unpark_file(&mut self, pair: &str, file: &str) {
         if !self.q.has_parked() {
             return;

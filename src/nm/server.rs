@@ -12,10 +12,9 @@
 //! client ever sees state a crash could take back. A job that needs its batch durable before
 //! it runs (a MOVE's intent before SS_MOVE is sent: `Effect::DurableJob`) is held the same way.
 //!
-//! Each event asks the core which replication rows are due and when the next one is; the rows
-//! are indexed in memory (`core/jobtable.rs`), so 100,000 rows owed to a down backup leave the
-//! loop at about 0.95x its speed with none (`cargo test --release --lib jobindex -- --ignored
-//! --nocapture`).
+//! Due replication rows are indexed in memory (`core/jobtable.rs`): 100,000 rows owed to a down
+//! backup leave the loop at about 0.95x its speed with none (`cargo test --release --lib
+//! jobindex -- --ignored --nocapture`). Access times are written lazily (`core/access.rs`).
 //!
 //! No socket pattern may wedge or bloat the loop:
 //!
@@ -77,8 +76,7 @@ pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
 pub const ACCEPT_RETRY_MS: u64 = 50;
 /// Longest pause between two sweeps for idle connections.
 const MAX_SWEEP_EVERY_MS: u64 = 1_000;
-/// An emptied input buffer above this capacity is given back, so idle connections hold
-/// almost nothing.
+/// An emptied input buffer above this capacity is given back: idle connections hold little.
 const KEEP_INPUT_CAPACITY: usize = 16 * 1024;
 /// Most output queued for one connection before it is dropped as stalled.
 pub const MAX_OUTPUT_BYTES: usize = 64 * 1024 * 1024;
@@ -328,6 +326,8 @@ impl Server {
 
             if self.stop.load(Ordering::SeqCst) && stop_deadline.is_none() {
                 log::info!(target: ev::SHUTDOWN, "shutting down: no new connections");
+                self.core.flush_access_times();
+                self.settle();
                 if let Some(mut l) = self.listener.take() {
                     let _ = self.poll.registry().deregister(&mut l);
                 }

@@ -142,6 +142,7 @@ impl Store {
             meta.insert("schema", "1").map_err(dberr)?;
         }
         txn.commit().map_err(dberr)?;
+        crate::durable::count_store_commit();
         Ok(Store { db })
     }
 
@@ -299,6 +300,7 @@ impl Store {
             }
         }
         txn.commit().map_err(dberr)?;
+        crate::durable::count_store_commit();
         Ok(())
     }
 
@@ -361,6 +363,7 @@ impl Store {
             known
         };
         txn.commit().map_err(dberr)?;
+        crate::durable::count_store_commit();
         Ok(known)
     }
 }

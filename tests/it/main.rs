@@ -7,6 +7,7 @@
 mod harness;
 mod netns;
 
+mod access_times;
 mod auth;
 mod checkpoints;
 mod cluster_script;

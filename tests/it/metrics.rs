@@ -46,14 +46,14 @@ pub fn http_get(addr: &str, path: &str) -> (String, String) {
     (head.lines().next().unwrap().to_string(), body.to_string())
 }
 
-fn scrape(addr: &str) -> prometheus_parse::Scrape {
+pub fn scrape(addr: &str) -> prometheus_parse::Scrape {
     let (status, body) = http_get(addr, "/metrics");
     assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
     prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).unwrap()
 }
 
 /// The value of the sample named `metric` whose labels include `labels` (0 when absent).
-fn value(s: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+pub fn value(s: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
     s.samples
         .iter()
         .find(|x| x.metric == metric && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))

@@ -429,10 +429,8 @@ impl Core {
                 (ss, addr, ticket)
             }
         };
-        let mut rec = rec.clone();
-        rec.accessed_ms = Some(self.wall_ms());
-        rec.accessed_by = Some(user.to_string());
-        self.put_file(&canon, rec);
+        // In memory only: a READ writes nothing durable (see `access`).
+        self.touch(&canon, user);
         Ok(Message::Located { ss, addr, ticket })
     }
 
