@@ -23,6 +23,7 @@
 mod access;
 mod checkpoints;
 mod clock;
+mod deletes;
 mod effects;
 mod folders;
 mod fsck;
@@ -43,7 +44,8 @@ pub use clock::{mono_ms, Entropy, Env, WallClock};
 pub use effects::{Effect, Job, JobKind, JobOutput};
 pub use fsck::{judge_copy, Lineage, Seen};
 pub use records::{
-    FileRecord, FolderRecord, Loaded, Member, MoveIntent, PairRecord, Phase, ServerRecord, StoreOp,
+    DeleteIntent, FileRecord, FolderRecord, Loaded, Member, MoveIntent, PairRecord, Phase,
+    ServerRecord, StoreOp,
 };
 use removals::{Meets, Removal};
 #[cfg(test)]
@@ -246,7 +248,7 @@ pub struct Core {
     now_ms: u64,
     /// Storage servers, connections and pairs.
     reg: registry::Registry,
-    /// Users, files, folders, access requests and unsettled moves (durable).
+    /// Users, files, folders, access requests and unsettled moves and deletes (durable).
     ns: namespace::Namespace,
     /// Operations in flight: busy files and their waiting requests, worker jobs.
     ops: ops::InFlightOps,
@@ -344,6 +346,7 @@ impl Core {
                 requests: loaded.requests,
                 next_request,
                 moves: loaded.moves,
+                deletes: loaded.deletes,
             },
             cfg,
             key,
@@ -669,7 +672,7 @@ impl Core {
     }
 
     fn new_job(&mut self, kind: JobKind, flight: InFlight) {
-        let durable_first = matches!(flight.purpose, Purpose::Move { .. });
+        let durable_first = matches!(flight.purpose, Purpose::Move { .. } | Purpose::Delete);
         let id = self.ops.start(flight);
         let job = Job { id, kind };
         self.out.push(if durable_first {

@@ -14,6 +14,7 @@
 //! | `folders` | canonical name   | `core::FolderRecord`                    |
 //! | `requests`| id, 20 digits    | `protocol::AccessRequest`               |
 //! | `moves`   | old canonical name | `core::MoveIntent` (a MOVE not settled) |
+//! | `deletes` | canonical name   | `core::DeleteIntent` (a DELETE not settled) |
 //! | `meta`    | `schema`         | `"1"`                                   |
 //! | `meta`    | `next_request`   | the next access-request id (decimal)    |
 //!
@@ -29,7 +30,7 @@
 //! it depends on is committed (see `server.rs`).
 
 use super::core::{
-    FileRecord, FolderRecord, Loaded, MoveIntent, PairRecord, ServerRecord, StoreOp,
+    DeleteIntent, FileRecord, FolderRecord, Loaded, MoveIntent, PairRecord, ServerRecord, StoreOp,
 };
 use super::replication::ReplJob;
 use crate::protocol::AccessRequest;
@@ -48,6 +49,7 @@ const PAIR_STATES: TableDefinition<&str, &str> = TableDefinition::new("pair_stat
 const FOLDERS: TableDefinition<&str, &str> = TableDefinition::new("folders");
 const REQUESTS: TableDefinition<&str, &str> = TableDefinition::new("requests");
 const MOVES: TableDefinition<&str, &str> = TableDefinition::new("moves");
+const DELETES: TableDefinition<&str, &str> = TableDefinition::new("deletes");
 /// The `meta` key of the access-request counter.
 const NEXT_REQUEST: &str = "next_request";
 
@@ -138,6 +140,7 @@ impl Store {
             txn.open_table(FOLDERS).map_err(dberr)?;
             txn.open_table(REQUESTS).map_err(dberr)?;
             txn.open_table(MOVES).map_err(dberr)?;
+            txn.open_table(DELETES).map_err(dberr)?;
             let mut meta = txn.open_table(META).map_err(dberr)?;
             meta.insert("schema", "1").map_err(dberr)?;
         }
@@ -207,6 +210,12 @@ impl Store {
             let m: MoveIntent = parse(k.value(), v.value())?;
             loaded.moves.insert(k.value().to_string(), m);
         }
+        let deletes = txn.open_table(DELETES).map_err(dberr)?;
+        for item in deletes.iter().map_err(dberr)? {
+            let (k, v) = item.map_err(dberr)?;
+            let d: DeleteIntent = parse(k.value(), v.value())?;
+            loaded.deletes.insert(k.value().to_string(), d);
+        }
         let meta = txn.open_table(META).map_err(dberr)?;
         if let Some(v) = meta.get(NEXT_REQUEST).map_err(dberr)? {
             loaded.next_request = parse(NEXT_REQUEST, v.value())?;
@@ -228,6 +237,7 @@ impl Store {
             let mut folders = txn.open_table(FOLDERS).map_err(dberr)?;
             let mut requests = txn.open_table(REQUESTS).map_err(dberr)?;
             let mut moves = txn.open_table(MOVES).map_err(dberr)?;
+            let mut deletes = txn.open_table(DELETES).map_err(dberr)?;
             let mut meta = txn.open_table(META).map_err(dberr)?;
             for op in batches.iter().flat_map(|b| b.ops.iter()) {
                 match op {
@@ -295,6 +305,13 @@ impl Store {
                     }
                     StoreOp::DelMove(f) => {
                         moves.remove(f.as_str()).map_err(dberr)?;
+                    }
+                    StoreOp::PutDelete(f, d) => {
+                        let v = to_json(f, d)?;
+                        deletes.insert(f.as_str(), v.as_str()).map_err(dberr)?;
+                    }
+                    StoreOp::DelDelete(f) => {
+                        deletes.remove(f.as_str()).map_err(dberr)?;
                     }
                 }
             }
@@ -586,6 +603,31 @@ mod tests {
         assert_eq!(
             l.moves,
             BTreeMap::from([("a.txt".to_string(), m("d/a.txt"))])
+        );
+    }
+
+    #[test]
+    fn delete_intents_survive_reopen_until_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let intent = |counter| DeleteIntent {
+            ss: "ss1".into(),
+            epoch: 2,
+            version: crate::protocol::Version { epoch: 2, counter },
+            checksum: 7,
+        };
+        {
+            let s = Store::open(d.path()).unwrap();
+            let ops = vec![
+                StoreOp::PutDelete("a.txt".into(), intent(3)),
+                StoreOp::PutDelete("b.txt".into(), intent(4)),
+                StoreOp::DelDelete("b.txt".into()),
+            ];
+            s.commit(&[Batch { seq: 1, ops }]).unwrap();
+        }
+        let l = Store::open(d.path()).unwrap().load().unwrap();
+        assert_eq!(
+            l.deletes,
+            BTreeMap::from([("a.txt".to_string(), intent(3))])
         );
     }
 

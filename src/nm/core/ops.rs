@@ -139,6 +139,13 @@ impl InFlightOps {
             .any(|f| f.file == from && matches!(f.purpose, Purpose::Move { .. }))
     }
 
+    /// Whether a DELETE of `file` handed out in this run is still awaited.
+    pub(super) fn deleting(&self, file: &str) -> bool {
+        self.jobs
+            .values()
+            .any(|f| f.file == file && matches!(f.purpose, Purpose::Delete))
+    }
+
     /// Worker jobs handed out and not yet answered.
     pub(super) fn len(&self) -> usize {
         self.jobs.len()
@@ -259,10 +266,12 @@ impl Core {
         };
         self.refuse_if_removing(&writer, canon, now_ms)?;
         let ticket = self.mint_change(NM_USER, canon, TicketOp::Create, &writer, None, epoch);
+        let first = self.pairs.get(&ss).map_or(1, PairRecord::first_counter);
         let msg = Message::SsCreate {
             file: canon.to_string(),
             owner: p.user.clone(),
             epoch,
+            counter: (first > 1).then_some(first),
             ticket,
         };
         let member = self.membership(&writer).map_or(Member::Primary, |(_, m)| m);
@@ -277,8 +286,10 @@ impl Core {
         ))
     }
 
+    /// DELETE f: the owner only. The intent is written in the batch before the call is sent
+    /// (see `deletes.rs`).
     pub(super) fn start_delete(
-        &self,
+        &mut self,
         canon: &str,
         p: &Pending,
     ) -> Result<(JobKind, Purpose), WireError> {
@@ -289,11 +300,21 @@ impl Core {
             &format!("Only the owner can delete {}", names::display(canon)),
         )?;
         let (ss, addr, epoch) = self.writer_for(rec, canon, false)?;
+        let (version, checksum) = (rec.version, rec.checksum);
         let ticket = self.mint_change(NM_USER, canon, TicketOp::Delete, &ss, None, epoch);
         let msg = Message::SsDelete {
             file: canon.to_string(),
             ticket,
         };
+        self.put_delete_intent(
+            canon,
+            DeleteIntent {
+                ss,
+                epoch,
+                version,
+                checksum,
+            },
+        );
         Ok((JobKind::SsCall { addr, msg }, Purpose::Delete))
     }
 
@@ -431,12 +452,14 @@ impl Core {
                 Finished::change(target, Want::Content { version })
             }
             (Purpose::Delete, Ok(_)) => {
+                self.drop_delete_intent(file);
                 let target = self.record_deleted(file, now_ms);
                 log::info!(target: ev::NM_FILE_CHANGE, file = file; "deleted {file}");
                 Finished::change(target, Want::Delete)
             }
             (Purpose::Delete, Err(e)) if e.code == crate::protocol::ErrorCode::NotFound => {
                 // The copy is already gone; the record follows it.
+                self.drop_delete_intent(file);
                 let target = self.record_deleted(file, now_ms);
                 Finished::change(target, Want::Delete)
             }
@@ -477,6 +500,11 @@ impl Core {
             (Purpose::Move { .. }, Err(e)) => {
                 // The storage server refused (or could not be reached): the file stays.
                 self.drop_move_intent(file);
+                Finished::answer(Err(e))
+            }
+            (Purpose::Delete, Err(e)) => {
+                // Refused (or not reached): the file stays.
+                self.drop_delete_intent(file);
                 Finished::answer(Err(e))
             }
             (Purpose::Exec { user, .. }, Err(e)) => {
@@ -546,6 +574,7 @@ impl Core {
         let ss = self.ns.files.get(file).map(|r| r.ss.clone());
         if let Some(ss) = &ss {
             self.note_removed(ss, file);
+            self.retire_name(file);
         }
         self.drop_requests_for(file);
         self.del_file(file);
@@ -646,6 +675,9 @@ impl Core {
         if let Purpose::Move { to } = &flight.purpose {
             touched.push(to.clone());
             self.drop_move_intent(&flight.file);
+        }
+        if matches!(flight.purpose, Purpose::Delete) {
+            self.drop_delete_intent(&flight.file);
         }
         log::warn!(target: ev::NM_SS_RECOVERY, file = flight.file.as_str(), ss = ss.as_str(), epoch = epoch;
             "{ss} answered a change of {} made in epoch {epoch}, which has ended; it is not applied and that copy is set aside",

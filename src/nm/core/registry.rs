@@ -200,6 +200,7 @@ impl Core {
             }
         }
         let released = self.resolve_moves(&name, &files, now_ms);
+        self.resolve_deletes(&name, &files, now_ms);
         let (adopted, updated, removed) = match self.membership(&name) {
             Some((p, m)) => {
                 if was_down {

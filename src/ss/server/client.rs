@@ -19,8 +19,15 @@ pub(super) fn handle(shared: &Shared, conn: &mut Connection, frame: Frame) -> Re
             file,
             owner,
             epoch,
+            counter,
             ticket,
-        } => create(shared, conn, &file, &owner, epoch, &ticket),
+        } => {
+            let first = Version {
+                epoch,
+                counter: counter.unwrap_or(1).max(1),
+            };
+            create(shared, conn, &file, &owner, first, &ticket)
+        }
         Message::SsDelete { file, ticket } => delete(shared, conn, &file, &ticket),
         Message::SsUndo {
             file,
@@ -357,13 +364,13 @@ pub(super) fn create(
     conn: &mut Connection,
     file: &str,
     owner: &str,
-    epoch: u64,
+    first: Version,
     t: &Ticket,
 ) -> Result<(), Fail> {
     authorise_change(shared, file, t, TicketOp::Create)?;
     names::validate_user(owner)?;
     let _inflight = Inflight::new(&shared.inflight);
-    let meta = shared.store.create(file, owner, epoch)?;
+    let meta = shared.store.create_at(file, owner, first)?;
     log::info!(target: ev::SS_COMMIT, file = file, version = meta.version.to_string(); "created {file}");
     conn.send(
         &Message::FileStateReply {

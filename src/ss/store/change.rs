@@ -157,6 +157,12 @@ impl Store {
 
     /// CREATE: bookkeeping first, then the empty content, both durable.
     pub fn create(&self, file: &str, owner: &str, epoch: u64) -> Result<Meta, StoreError> {
+        self.create_at(file, owner, Version { epoch, counter: 1 })
+    }
+
+    /// CREATE with a first version other than `(epoch, 1)`: the name server starts a file
+    /// above every version an earlier file of the same name had in that epoch.
+    pub fn create_at(&self, file: &str, owner: &str, first: Version) -> Result<Meta, StoreError> {
         let lock = self.file_lock(file);
         let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
         let target = self.content_path(file);
@@ -164,7 +170,7 @@ impl Store {
             return Err(StoreError::Exists(names::display(file)));
         }
         let mut meta = Meta {
-            version: Version { epoch, counter: 1 },
+            version: first,
             checksum: crc32c::crc32c(b""),
             size: 0,
             mtime_ns: 0,

@@ -348,7 +348,12 @@ impl Sim {
             return Err(err::unavailable("down"));
         }
         match msg {
-            Message::SsCreate { file, ticket, .. } => {
+            Message::SsCreate {
+                file,
+                counter,
+                ticket,
+                ..
+            } => {
                 if !s.may_write(now, ticket.epoch) {
                     return Err(err::unavailable("no lease"));
                 }
@@ -357,7 +362,7 @@ impl Sim {
                 }
                 let v = Version {
                     epoch: s.epoch,
-                    counter: 1,
+                    counter: counter.unwrap_or(1),
                 };
                 let name = s.name;
                 let w = *self.epoch_writer.entry(s.epoch).or_insert(name);
@@ -1102,7 +1107,7 @@ fn a_file_created_again_before_its_removal_reached_the_backup_replaces_the_old_c
         .take_effects()
         .into_iter()
         .find_map(|e| match e {
-            Effect::Job(Job {
+            Effect::DurableJob(Job {
                 id,
                 kind:
                     JobKind::SsCall {
@@ -1156,7 +1161,7 @@ impl Sim {
             .take_effects()
             .into_iter()
             .find_map(|e| match e {
-                Effect::Job(Job {
+                Effect::DurableJob(Job {
                     id,
                     kind:
                         JobKind::SsCall {
