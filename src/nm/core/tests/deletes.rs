@@ -115,7 +115,7 @@ fn a_delete_left_unsettled_is_settled_by_what_its_server_registers_with() {
         "the record follows the delete"
     );
     assert!(c.ns.deletes.is_empty());
-    assert_eq!(c.q.repl[&job_key("ss1_backup", "a.txt")].want, Want::Delete);
+    assert_eq!(c.q.table()[&job_key("ss1_backup", "a.txt")].want, Want::Delete);
     let batch = c.take_batch();
     assert!(batch.contains(&StoreOp::DelFile("a.txt".into())));
     assert!(batch.contains(&StoreOp::DelDelete("a.txt".into())));
@@ -165,7 +165,7 @@ fn a_delete_left_unsettled_is_settled_by_what_its_server_registers_with() {
     register_as(&mut c, 1, "ss1", None, vec![]);
     assert!(c.ns.files.contains_key("a.txt"));
     assert!(c.ns.deletes.is_empty());
-    assert!(c.q.repl.contains_key(&job_key("ss1", "a.txt")));
+    assert!(c.q.table().contains_key(&job_key("ss1", "a.txt")));
 
     // The pair changed writers but no other copy holds the record: nothing could have
     // changed the file since, so the removal stands.
