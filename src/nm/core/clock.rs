@@ -21,7 +21,7 @@
 //! once (from the OS at startup, from a fixed seed in simulations), so a simulated run is
 //! reproducible from its seed alone.
 
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use std::cell::Cell;
 use std::sync::OnceLock;
