@@ -221,8 +221,7 @@ impl FsSync {
     /// 5.17 `syncfs` dropped the result of the file system's journal commit, so the caller
     /// makes them durable by fsyncing their directories.
     pub fn sync(&self) -> io::Result<()> {
-        use std::os::fd::AsRawFd;
-        nix::unistd::syncfs(self.0.as_raw_fd()).map_err(io::Error::from)
+        nix::unistd::syncfs(&self.0).map_err(io::Error::from)
     }
 }
 

@@ -178,9 +178,8 @@ impl Fs for OsFs {
         crate::durable::sync_files(files.iter().copied())
     }
     fn sync_fs(&self, dir: &Path) -> io::Result<()> {
-        use std::os::fd::AsRawFd;
         let d = File::open(dir)?;
-        nix::unistd::syncfs(d.as_raw_fd()).map_err(io::Error::from)
+        nix::unistd::syncfs(&d).map_err(io::Error::from)
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         fs::rename(from, to)
