@@ -21,6 +21,7 @@ mod fsck;
 mod hosts;
 mod identity;
 mod metrics;
+mod migration;
 mod multihost;
 mod overload;
 mod replication;
