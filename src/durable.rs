@@ -76,9 +76,8 @@ pub fn fsync_file(f: &File) -> io::Result<()> {
 
 /// Makes every write on the file system holding `f` durable (`syncfs`), counted.
 fn syncfs_of(f: &File) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
     SYNC_FS.fetch_add(1, Ordering::Relaxed);
-    nix::unistd::syncfs(f.as_raw_fd()).map_err(io::Error::from)
+    nix::unistd::syncfs(f).map_err(io::Error::from)
 }
 
 /// Makes every write on the file system holding `dir` durable (`syncfs`), counted.

@@ -34,6 +34,7 @@
 
 pub mod core;
 pub mod exec;
+pub mod migrate;
 pub mod replication;
 pub mod server;
 pub mod store;

@@ -35,7 +35,7 @@ use super::core::{
 use super::replication::ReplJob;
 use crate::protocol::AccessRequest;
 use crossbeam_channel::{Receiver, Sender};
-use redb::{Database, Durability, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
 use std::time::Instant;
 
@@ -82,6 +82,9 @@ pub enum StoreError {
     /// Creating the data directory failed.
     #[error("data directory: {0}")]
     Io(#[from] std::io::Error),
+    /// A database of an earlier release could not be migrated (it is left as it was).
+    #[error("migrating the database of an earlier release: {0}")]
+    Migrate(String),
 }
 
 fn dberr<E: Into<redb::Error>>(e: E) -> StoreError {
@@ -117,19 +120,27 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) the database under `dir` and makes sure every table exists.
+    /// Opens (or creates) the database under `dir` and makes sure every table exists. A
+    /// database an earlier release wrote with redb 2 is migrated first (see `migrate.rs`).
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(DB_FILE);
+        let refused = |e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                StoreError::InUse(path.display().to_string())
+            }
+            e => dberr(e),
+        };
         let db = match Database::create(&path) {
             Ok(db) => db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(StoreError::InUse(path.display().to_string()))
+            Err(redb::DatabaseError::UpgradeRequired(2)) => {
+                super::migrate::from_redb2(dir)?;
+                Database::create(&path).map_err(refused)?
             }
-            Err(e) => return Err(dberr(e)),
+            Err(e) => return Err(refused(e)),
         };
         let mut txn = db.begin_write().map_err(dberr)?;
-        txn.set_durability(Durability::Immediate);
+        txn.set_durability(Durability::Immediate).map_err(dberr)?;
         {
             txn.open_table(USERS).map_err(dberr)?;
             txn.open_table(FILES).map_err(dberr)?;
@@ -226,7 +237,7 @@ impl Store {
     /// Writes `batches` in one durable transaction.
     pub fn commit(&self, batches: &[Batch]) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write().map_err(dberr)?;
-        txn.set_durability(Durability::Immediate);
+        txn.set_durability(Durability::Immediate).map_err(dberr)?;
         {
             let mut users = txn.open_table(USERS).map_err(dberr)?;
             let mut files = txn.open_table(FILES).map_err(dberr)?;
@@ -370,7 +381,7 @@ impl Store {
     /// whether the user is known at all. Used offline by `bin_nm --reset-user`.
     pub fn reset_user(&self, user: &str) -> Result<bool, StoreError> {
         let mut txn = self.db.begin_write().map_err(dberr)?;
-        txn.set_durability(Durability::Immediate);
+        txn.set_durability(Durability::Immediate).map_err(dberr)?;
         let known = {
             let mut users = txn.open_table(USERS).map_err(dberr)?;
             let known = users.get(user).map_err(dberr)?.is_some();

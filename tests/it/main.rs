@@ -22,6 +22,7 @@ mod fsck;
 mod hosts;
 mod identity;
 mod metrics;
+mod migration;
 mod multihost;
 mod overload;
 mod replication;

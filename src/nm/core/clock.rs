@@ -27,7 +27,7 @@
 
 use crate::auth::{ClusterKey, Grant};
 use crate::protocol::Ticket;
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;

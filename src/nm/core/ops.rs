@@ -635,7 +635,7 @@ impl Core {
             self.ns
                 .files
                 .get(file)
-                .map_or(true, |rec| rec.holds(m.other()))
+                .is_none_or(|rec| rec.holds(m.other()))
         })
     }
 
