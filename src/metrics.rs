@@ -84,6 +84,9 @@ pub struct Nm {
     pub queue_depth: Gauge,
     /// Content bytes the replication jobs delivered to backups.
     pub replication_bytes: Counter,
+    /// Times the loop went idle with a replication job still undispatched that a request
+    /// it had handled made due (its dispatch then waited for a later wake-up).
+    pub replication_missed_wakeups: Counter,
     /// Storage servers up.
     pub servers_up: Gauge,
     /// Writer switches from one member of a pair to the other.
@@ -101,6 +104,7 @@ impl Nm {
         let queue_depth = Gauge::default();
         let replication_bytes = Counter::default();
         let servers_up = Gauge::default();
+        let replication_missed_wakeups = Counter::default();
         let failovers = Counter::default();
         let heartbeat_misses = Counter::default();
         registry.register("pairfs_ops", "Client requests received", ops.clone());
@@ -125,6 +129,11 @@ impl Nm {
             replication_bytes.clone(),
         );
         registry.register(
+            "pairfs_replication_missed_wakeups",
+            "Times the name server went idle with a replication job due since a request it handled",
+            replication_missed_wakeups.clone(),
+        );
+        registry.register(
             "pairfs_storage_servers_up",
             "Storage servers up",
             servers_up.clone(),
@@ -147,6 +156,7 @@ impl Nm {
             replication_lag,
             queue_depth,
             replication_bytes,
+            replication_missed_wakeups,
             servers_up,
             failovers,
             heartbeat_misses,

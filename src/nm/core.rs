@@ -246,6 +246,9 @@ pub struct Core {
     env: Arc<Env>,
     /// The latest monotonic time the core was given.
     now_ms: u64,
+    /// When the latest request or report since the loop last went idle arrived (see
+    /// [`Core::going_idle`]).
+    frame_since_idle_ms: Option<u64>,
     /// Storage servers, connections and pairs.
     reg: registry::Registry,
     /// Users, files, folders, access requests and unsettled moves and deletes (durable).
@@ -337,6 +340,7 @@ impl Core {
         let q = queue::Queue::load(loaded.jobs.into_values(), cfg.started_ms);
         Core {
             now_ms: cfg.started_ms,
+            frame_since_idle_ms: None,
             env: Arc::new(env),
             ns: namespace::Namespace {
                 users: loaded.users,
@@ -535,6 +539,21 @@ impl Core {
         self.pump_replication(now_ms);
     }
 
+    /// The loop is about to wait for its next event. A replication row due since a request
+    /// handled before now (a CHANGED it owed, a retry it made due) should have been
+    /// dispatched by the pump that follows the requests; one still waiting would sit until
+    /// the loop's next deadline or periodic wake-up instead, and is counted
+    /// (`pairfs_replication_missed_wakeups`). Rows that fell due later by their own timer
+    /// are not: the loop's deadline wakes it for them.
+    pub fn going_idle(&mut self) {
+        let Some(frame_ms) = self.frame_since_idle_ms.take() else {
+            return;
+        };
+        if self.next_repl_deadline_ms().is_some_and(|d| d <= frame_ms) {
+            crate::metrics::nm().replication_missed_wakeups.inc();
+        }
+    }
+
     /// Notes the monotonic time an event arrived at (it never runs backwards).
     fn at(&mut self, now_ms: u64) {
         self.now_ms = self.now_ms.max(now_ms);
@@ -685,6 +704,7 @@ impl Core {
     /// Handles one frame from a connection.
     pub fn on_frame(&mut self, conn: ConnId, frame: Frame, now_ms: u64) {
         self.at(now_ms);
+        self.frame_since_idle_ms = Some(now_ms);
         let msg = frame.msg;
         let peer = self.reg.peers.remove(&conn).unwrap_or(Peer::Unknown);
         match peer {

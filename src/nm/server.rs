@@ -285,21 +285,14 @@ impl Server {
             if self.accept_retry_ms.is_some_and(|t| now >= t) {
                 self.accept();
             }
-            let mut deadline = Some(
-                self.core
-                    .next_deadline_ms()
-                    .map_or(next_sweep_ms, |d| d.min(next_sweep_ms)),
-            );
-            if let Some(t) = self.accept_retry_ms {
-                deadline = deadline.map(|d| d.min(t));
-            }
-            if self.snapshot.is_some() {
-                deadline = Some(deadline.map_or(next_snapshot_ms, |d| d.min(next_snapshot_ms)));
-            }
-            if let Some(d) = stop_deadline {
-                deadline = Some(deadline.map_or(d, |x| x.min(d)));
-            }
-            let timeout = deadline.map(|d| Duration::from_millis(d.saturating_sub(now_ms()) + 1));
+            let snapshot_ms = self.snapshot.as_ref().map(|_| next_snapshot_ms);
+            let deadline = [self.accept_retry_ms, snapshot_ms, stop_deadline]
+                .into_iter()
+                .flatten()
+                .chain(self.core.next_deadline_ms())
+                .fold(next_sweep_ms, u64::min);
+            let timeout = Some(Duration::from_millis(deadline.saturating_sub(now_ms()) + 1));
+            self.core.going_idle();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     return Err(e.into());
@@ -679,6 +672,8 @@ impl Server {
         for id in ids {
             self.pump(id);
         }
+        // Rows those requests made due go to the workers now, not at the next wake-up.
+        self.core.pump_replication(now_ms());
     }
 
     fn pump(&mut self, id: ConnId) {

@@ -810,7 +810,7 @@ impl Core {
     }
 
     /// The earliest time a waiting job becomes due (only jobs whose target is up).
-    pub(super) fn next_repl_deadline_ms(&self) -> Option<u64> {
+    pub fn next_repl_deadline_ms(&self) -> Option<u64> {
         let cap = self.cfg.max_repl_in_flight.max(1);
         self.q.next_due_ms(cap, |t| self.is_up(t))
     }
