@@ -44,6 +44,7 @@ pub use records::{
     FileRecord, FolderRecord, Loaded, Member, MoveIntent, PairRecord, Phase, ServerRecord, StoreOp,
 };
 use removals::{Meets, Removal};
+use status::SetAside;
 #[cfg(test)]
 use status::STATUS_ERROR_BYTES;
 pub use status::STATUS_FAILED_SHOWN;
@@ -255,7 +256,8 @@ pub struct Core {
     fsck: fsck::Runs,
     /// The pairs' states by primary (durable) and their transitions.
     pairs: pairs::Pairs,
-    /// The most recent failovers, recoveries and servers going down, for `GET /status`.
+    /// The most recent failovers, recoveries, servers going down or up and quarantines, for
+    /// `GET /status`.
     events: status::Events,
 }
 
