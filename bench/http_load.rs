@@ -8,11 +8,12 @@
 //! (the order swaps every round) for [`ROUNDS`] rounds; each figure is the median of the rounds
 //! with their spread (min–max), because the machine may be busy with other work.
 
-use super::{create, measure, nm_session, Cluster, Row};
+use super::{create, measure, nm_session, Cluster, Row, Server};
 use anyhow::{anyhow, bail, Result};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -25,8 +26,8 @@ const CLIENTS: usize = 16;
 const FETCHES_PER_S: u64 = 20;
 /// The paths the scraper fetches in turn.
 const PATHS: [&str; 3] = ["/", "/status", "/metrics"];
-/// How long the bench waits for the name server to log its HTTP address.
-const HTTP_ADDR_WAIT_MS: u64 = 10_000;
+/// How long the bench waits for the name server's HTTP endpoint to answer.
+const HTTP_WAIT_MS: u64 = 10_000;
 
 /// What the scraper saw during one row.
 #[derive(Default)]
@@ -42,8 +43,7 @@ struct Scraped {
 
 /// Runs the row pair and prints its table; returns false when some operation failed.
 pub(super) fn run(bin_dir: &Path, tmp: &Path, ops: u64, budget: Duration) -> Result<bool> {
-    let cluster = Cluster::start(bin_dir, tmp)?;
-    let http = http_addr(&cluster._nm.log_path)?;
+    let (cluster, http) = start(bin_dir, tmp)?;
     let mut without: Vec<Row> = Vec::new();
     let mut with: Vec<(Row, Scraped)> = Vec::new();
     for round in 0..ROUNDS {
@@ -88,30 +88,59 @@ fn create_row(nm_addr: &str, tag: &str, ops: u64, budget: Duration) -> Row {
     )
 }
 
-/// The `host:port` the name server logged its status endpoint on.
-fn http_addr(log: &Path) -> Result<String> {
-    let deadline = Instant::now() + Duration::from_millis(HTTP_ADDR_WAIT_MS);
-    let prefix = "status HTTP endpoint on http://";
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        for line in text.lines() {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue;
-            };
-            let msg = v.get("msg").and_then(|m| m.as_str()).unwrap_or_default();
-            if let Some(rest) = msg.strip_prefix(prefix) {
-                let addr = rest.split('/').next().unwrap_or_default();
-                return Ok(addr.to_string());
-            }
-        }
+/// A name server with its HTTP endpoint on a free port (`--http-port 0` turns it off) and one
+/// storage server, as the main table's cluster; returns it and the endpoint's address.
+fn start(bin_dir: &Path, tmp: &Path) -> Result<(Cluster, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port()
+        .to_string();
+    let key = tmp.join("cluster.key");
+    let mut nm = Server::spawn(
+        "nm",
+        tmp,
+        Command::new(bin_dir.join("bin_nm"))
+            .args(["--host", "127.0.0.1", "--port", "0", "--http-port", &port])
+            .arg("--data")
+            .arg(tmp.join("nm_data"))
+            .arg("--cluster-key-file")
+            .arg(&key),
+    )?;
+    let nm_addr = nm.wait_event("nm_listen")?;
+    let (nm_host, nm_port) = nm_addr
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow!("nm_listen address {nm_addr:?} has no port"))?;
+    let mut ss = Server::spawn(
+        "ss",
+        tmp,
+        Command::new(bin_dir.join("bin_ss"))
+            .args(["--nm-host", nm_host, "--nm-port", nm_port])
+            .args(["--host", "127.0.0.1", "--client-port", "0"])
+            .args(["--username", "ss1"])
+            .arg("--storage")
+            .arg(tmp.join("storage_ss1"))
+            .arg("--cluster-key-file")
+            .arg(&key),
+    )?;
+    let registered = ss
+        .wait_event("ss_listen")
+        .and_then(|_| nm.wait_event("nm_ss_register"));
+    let cluster = Cluster {
+        _ss: ss,
+        _nm: nm,
+        nm_addr,
+    };
+    registered?;
+    cluster.warm_up()?;
+    let http = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_millis(HTTP_WAIT_MS);
+    while let Err(e) = get(&http, "/health") {
         if Instant::now() >= deadline {
-            bail!(
-                "the name server logged no HTTP address within {HTTP_ADDR_WAIT_MS} ms; see {}",
-                log.display()
-            );
+            bail!("the name server's HTTP endpoint {http} did not answer: {e:#}");
         }
         thread::sleep(Duration::from_millis(50));
     }
+    Ok((cluster, http))
 }
 
 /// Fetches the paths in turn at [`FETCHES_PER_S`] until `stop`, with a slow client holding a
