@@ -153,7 +153,7 @@ fn scrape(addr: &str, stop: &AtomicBool) -> Scraped {
     let mut i = 0usize;
     while !stop.load(Ordering::SeqCst) {
         // The slow client: a request head never finished; reopened once the server cuts it.
-        let alive = slow.as_mut().is_some_and(|s| still_open(s));
+        let alive = slow.as_mut().is_some_and(still_open);
         if !alive {
             slow = TcpStream::connect(addr).ok().and_then(|mut s| {
                 s.write_all(b"GET /met").ok()?;

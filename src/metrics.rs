@@ -253,10 +253,17 @@ pub const REQUEST_OPS: &[&str] = &[
 /// `files/` is reused.
 pub const USAGE_MAX_AGE_MS: u64 = 5_000;
 
+/// One walk of a storage directory's `files/`.
+struct Walk {
+    dir: PathBuf,
+    at: Instant,
+    /// Files and bytes found.
+    found: (u64, u64),
+}
+
 /// The last walk of a storage directory's `files/`.
 struct UsageCache {
-    /// The directory walked, when, and what it found.
-    last: Mutex<Option<(PathBuf, Instant, (u64, u64))>>,
+    last: Mutex<Option<Walk>>,
     /// Set while a scrape walks; the others take the last figures meanwhile.
     walking: AtomicBool,
 }
@@ -271,11 +278,11 @@ fn cached_usage(dir: &Path, max_age: Duration) -> (u64, u64) {
     let previous = {
         let last = CACHE.last.lock().unwrap_or_else(|e| e.into_inner());
         match &*last {
-            Some((d, at, v)) if d == dir => {
-                if at.elapsed() < max_age {
-                    return *v;
+            Some(w) if w.dir == dir => {
+                if w.at.elapsed() < max_age {
+                    return w.found;
                 }
-                Some(*v)
+                Some(w.found)
             }
             _ => None,
         }
@@ -290,8 +297,11 @@ fn cached_usage(dir: &Path, max_age: Duration) -> (u64, u64) {
         }
     }
     let v = usage(dir);
-    *CACHE.last.lock().unwrap_or_else(|e| e.into_inner()) =
-        Some((dir.to_path_buf(), Instant::now(), v));
+    *CACHE.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(Walk {
+        dir: dir.to_path_buf(),
+        at: Instant::now(),
+        found: v,
+    });
     if won {
         CACHE.walking.store(false, Ordering::Release);
     }
