@@ -21,6 +21,7 @@
 //!
 //! The servers are stopped by PID when the program ends, also on error or panic.
 
+mod http_load;
 mod replication;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -108,6 +109,9 @@ struct Args {
     /// all).
     #[arg(long, value_delimiter = ',', default_values_t = [ReplRowKind::Upload, ReplRowKind::Lag, ReplRowKind::Catchup, ReplRowKind::Delta])]
     repl_rows: Vec<ReplRowKind>,
+    /// Only CREATE with 16 clients without and with a scraper of `/`, `/status`, `/metrics`.
+    #[arg(long)]
+    http_load: bool,
 }
 
 /// The kinds of replication rows `--repl-rows` selects.
@@ -150,6 +154,10 @@ fn main() -> ExitCode {
 /// Runs every row and prints the table; returns false when some operation failed.
 fn run(args: &Args) -> Result<bool> {
     let mut tmp = TempDir::new()?;
+    if args.http_load {
+        let budget = Duration::from_secs(args.row_budget_s);
+        return http_load::run(&bin_dir(args)?, tmp.path(), args.ops, budget);
+    }
     let mut rows = Vec::new();
     let mut syncs = None;
     let result = run_rows(args, tmp.path(), &mut rows, &mut syncs);

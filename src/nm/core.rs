@@ -48,6 +48,7 @@ pub use records::{
     ServerRecord, StoreOp,
 };
 use removals::{Meets, Removal};
+use status::SetAside;
 #[cfg(test)]
 use status::STATUS_ERROR_BYTES;
 pub use status::STATUS_FAILED_SHOWN;
@@ -263,7 +264,8 @@ pub struct Core {
     fsck: fsck::Runs,
     /// The pairs' states by primary (durable) and their transitions.
     pairs: pairs::Pairs,
-    /// The most recent failovers, recoveries and servers going down, for `GET /status`.
+    /// The most recent failovers, recoveries, servers going down or up and quarantines, for
+    /// `GET /status`.
     events: status::Events,
     /// Access times newer in memory than in the store (see [`access`]).
     access: access::AccessTimes,

@@ -643,6 +643,7 @@ impl Core {
     /// ended): its copies are not current until repaired, and it is owed the record's state
     /// of each (or its removal), with its own copy set aside first.
     pub(super) fn set_aside_on(&mut self, ss: &str, files: &[String], now_ms: u64) {
+        let why = SetAside::EndedEpoch;
         let member = self.membership(ss).map(|(_, m)| m);
         for f in files {
             let want = match self.ns.files.get(f).cloned() {
@@ -658,7 +659,7 @@ impl Core {
                 }
                 None => Want::Delete,
             };
-            self.upsert_job_q(ss, f, want, true, now_ms);
+            self.upsert_job_q(ss, f, want, Some(why), now_ms);
         }
     }
 

@@ -470,7 +470,7 @@ impl Core {
             .map(|(f, _)| f.clone())
             .collect();
         for f in &files {
-            self.owe_to(f, ss, false, now_ms);
+            self.owe_to(f, ss, None, now_ms);
         }
         let (owed, _) = self.owed_to(ss);
         log::info!(target: ev::NM_RECOVERY_SYNC_QUEUED, ss = ss, queued = owed;

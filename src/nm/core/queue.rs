@@ -483,17 +483,18 @@ impl Core {
     /// Writes (or rewrites) the job owing `want` of `file` to `target`; the row goes into the
     /// same batch as the change it follows.
     pub(super) fn upsert_job(&mut self, target: &str, file: &str, want: Want, now_ms: u64) {
-        self.upsert_job_q(target, file, want, false, now_ms);
+        self.upsert_job_q(target, file, want, None, now_ms);
     }
 
-    /// [`Core::upsert_job`], optionally setting the target's copy aside first (a quarantine
-    /// still owed stays owed when the row is rewritten).
+    /// [`Core::upsert_job`], optionally setting the target's copy aside first, for the reason
+    /// given (a quarantine still owed stays owed when the row is rewritten). A quarantine not
+    /// owed before is noted in the status page's events.
     pub(super) fn upsert_job_q(
         &mut self,
         target: &str,
         file: &str,
         want: Want,
-        quarantine: bool,
+        set_aside: Option<SetAside>,
         now_ms: u64,
     ) {
         // A new file's versions start again at 1: content owed where the removal of an older
@@ -504,13 +505,21 @@ impl Core {
                 member: target,
                 file,
             }) == Removal::SetAside;
-        let quarantine = quarantine || replaces_removal;
+        let owed_before = self
+            .q
+            .get(&job_key(target, file))
+            .is_some_and(|j| j.quarantine);
+        let why = set_aside.or(replaces_removal.then_some(SetAside::ReplacesRemoval));
+        if let Some(why) = why.filter(|_| !owed_before) {
+            let at = self.wall_ms();
+            self.events.quarantine(at, target, file, why);
+        }
         let wall_ms = self.wall_ms();
         let new = self.q.upsert(
             target,
             file,
             want,
-            quarantine,
+            why.is_some(),
             now_ms,
             wall_ms,
             &mut self.batch,
@@ -522,17 +531,23 @@ impl Core {
         }
     }
 
-    /// Owes member `target` of `file`'s pair the file's current content (with `quarantine`,
-    /// its own copy is set aside first).
-    pub(super) fn owe_to(&mut self, file: &str, target: &str, quarantine: bool, now_ms: u64) {
+    /// Owes member `target` of `file`'s pair the file's current content (with `set_aside`,
+    /// its own copy is set aside first, for that reason).
+    pub(super) fn owe_to(
+        &mut self,
+        file: &str,
+        target: &str,
+        set_aside: Option<SetAside>,
+        now_ms: u64,
+    ) {
         let Some(rec) = self.ns.files.get(file) else {
             return;
         };
         let version = rec.version;
         log::info!(target: ev::NM_RECOVERY_SYNC_QUEUED, file = file, ss = target,
-            version = version.to_string(), quarantine = quarantine;
-            "file={file} owed to {target}{}", if quarantine { " (its copy is quarantined first)" } else { "" });
-        self.upsert_job_q(target, file, Want::Content { version }, quarantine, now_ms);
+            version = version.to_string(), quarantine = set_aside.is_some();
+            "file={file} owed to {target}{}", if set_aside.is_some() { " (its copy is quarantined first)" } else { "" });
+        self.upsert_job_q(target, file, Want::Content { version }, set_aside, now_ms);
     }
 
     /// Owes the member of `file`'s pair that is not the writer the file's current content.
@@ -957,7 +972,7 @@ impl Core {
                     missing += 1;
                 }
                 if self.source_exists(&rec, m) {
-                    self.owe_to(f, &name, false, now_ms);
+                    self.owe_to(f, &name, None, now_ms);
                     queued += 1;
                 }
                 continue;
@@ -985,7 +1000,7 @@ impl Core {
                 self.put_file(f, r);
                 self.q.drop_idle(&key, &mut self.batch);
                 if let Some(other) = self.member_name(primary, m.other()) {
-                    self.owe_to(f, &other, false, now_ms);
+                    self.owe_to(f, &other, None, now_ms);
                 }
                 adopted += 1;
                 continue;
@@ -1008,7 +1023,11 @@ impl Core {
                     st.version, rec.version);
                 quarantined += 1;
             }
-            self.owe_to(f, &name, diverged, now_ms);
+            let why = diverged.then_some(SetAside::Diverged {
+                held: st.version,
+                current: rec.version,
+            });
+            self.owe_to(f, &name, why, now_ms);
             queued += 1;
         }
         let mine: HashSet<String> = mine.into_iter().collect();
@@ -1036,7 +1055,7 @@ impl Core {
                 }
                 None => {
                     // The copy was never acknowledged: set aside, never silently removed.
-                    self.upsert_job_q(&name, f, Want::Delete, true, now_ms);
+                    self.upsert_job_q(&name, f, Want::Delete, Some(SetAside::Unrecorded), now_ms);
                     queued += 1;
                 }
             }

@@ -199,6 +199,14 @@ impl Core {
                 self.pair_up(&name, &b);
             }
         }
+        if was_down {
+            self.events.note(
+                self.env.wall_ms(now_ms),
+                "SERVER_UP",
+                &name,
+                format!("{name} is up again: it registered at {}", rec.addr()),
+            );
+        }
         let released = self.resolve_moves(&name, &files, now_ms);
         self.resolve_deletes(&name, &files, now_ms);
         let (adopted, updated, removed) = match self.membership(&name) {
@@ -378,7 +386,7 @@ impl Core {
                             rec.set_held(member, None);
                             self.put_file(&file, rec);
                         }
-                        self.owe_to(&file, name, true, now_ms);
+                        self.owe_to(&file, name, Some(SetAside::NotWriter), now_ms);
                     }
                     return self.reply(
                         conn,
@@ -446,7 +454,7 @@ impl Core {
                 let mut rec = rec.clone();
                 rec.set_held(member, None);
                 self.put_file(&file, rec);
-                self.owe_to(&file, name, false, now_ms);
+                self.owe_to(&file, name, None, now_ms);
                 self.release(waiter, true);
             }
             other => self.refuse_and_close(

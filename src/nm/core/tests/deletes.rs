@@ -115,7 +115,10 @@ fn a_delete_left_unsettled_is_settled_by_what_its_server_registers_with() {
         "the record follows the delete"
     );
     assert!(c.ns.deletes.is_empty());
-    assert_eq!(c.q.table()[&job_key("ss1_backup", "a.txt")].want, Want::Delete);
+    assert_eq!(
+        c.q.table()[&job_key("ss1_backup", "a.txt")].want,
+        Want::Delete
+    );
     let batch = c.take_batch();
     assert!(batch.contains(&StoreOp::DelFile("a.txt".into())));
     assert!(batch.contains(&StoreOp::DelDelete("a.txt".into())));
