@@ -166,7 +166,7 @@ impl Proc {
     fn exited(&mut self) -> bool {
         self.child
             .as_mut()
-            .map_or(true, |c| c.try_wait().ok().flatten().is_some())
+            .is_none_or(|c| c.try_wait().ok().flatten().is_some())
     }
 
     /// SIGTERM by PID, then SIGKILL if it lingers; reaps it.

@@ -277,7 +277,7 @@ impl Events {
                 e.at >= since
                     && e.proc_name == proc_name
                     && e.event == event
-                    && ss.map_or(true, |s| e.ss.as_deref() == Some(s))
+                    && ss.is_none_or(|s| e.ss.as_deref() == Some(s))
             });
             if let Some(e) = hit {
                 return Some(e.clone());

@@ -72,7 +72,7 @@ pub(crate) struct Workload {
 /// over a MiB for every [`LARGE_EVERY`]-th sequence).
 pub(crate) fn payload(file: &str, seq: u64, salt: u64) -> Vec<u8> {
     let mut rng = Rng(salt ^ seq.wrapping_mul(0x9E37_79B9));
-    let words = if seq % LARGE_EVERY == 0 {
+    let words = if seq.is_multiple_of(LARGE_EVERY) {
         LARGE_WORDS
     } else {
         20 + rng.below(200)

@@ -5,8 +5,15 @@
 //! server, one storage server, release binaries, temp dirs under `$TMPDIR`) and drives CREATE and
 //! WRITE through the wire protocol exactly as the client does. Every row runs a fixed number of
 //! operations per writer (`--ops`) inside a wall-clock budget (`--row-budget-s`), so the whole
-//! run stays bounded. It prints one table; the last column divides each row's throughput by
-//! the 1-writer baseline measured in the same run, so numbers from different machines compare.
+//! run stays bounded. The small-op rows (the raw baselines, CREATE, WRITE, READ) run in
+//! `--rounds` rounds, each measuring every baseline and every pairfs row once, so the baselines
+//! share the machine's state with the figures compared with them; each figure printed is the
+//! median of the rounds, with the spread (lowest and highest). The ratio column divides a
+//! row's throughput by its baseline from the same rounds: the 1-writer raw durable write for a
+//! change, the raw read (`pread` of a file as small, as many readers) for a READ, so numbers
+//! from different machines compare. A last row gives the sync calls per CREATE, WRITE and
+//! READ, counted by the servers themselves (`pairfs_sync_calls_total` on both servers'
+//! `/metrics`, scraped before and after; servers without the counter show `n/a`).
 //!
 //! A second table follows with the replication rows (see `replication.rs`): a large UPLOAD
 //! until the backup holds it against `cp` and `rsync`, replication lag, and a backup's catch-up.
@@ -14,6 +21,7 @@
 //!
 //! The servers are stopped by PID when the program ends, also on error or panic.
 
+mod http_load;
 mod replication;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -38,6 +46,8 @@ const STOP_TIMEOUT_MS: u64 = 5_000;
 const IO_TIMEOUT_MS: u64 = 30_000;
 /// Bytes written per raw durable write.
 const RAW_WRITE_BYTES: usize = 64;
+/// Operations of each kind the sync-call row counts.
+const SYNC_ROW_OPS: u64 = 20;
 /// Server log events forwarded to the waiting bench; others are only written to the log file.
 const WATCHED_EVENTS: [&str; 3] = ["nm_listen", "ss_listen", "nm_ss_register"];
 /// Capacity of each server's watched-event channel; the reader drops events beyond it rather
@@ -61,6 +71,9 @@ struct Args {
     /// i.e. target/release when run by `make bench`).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// Rounds of the small-op rows; each figure is the median of the rounds.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=20))]
+    rounds: u64,
     /// Measure only the raw durable-write baseline, without starting a cluster.
     #[arg(long)]
     raw_only: bool,
@@ -96,6 +109,9 @@ struct Args {
     /// all).
     #[arg(long, value_delimiter = ',', default_values_t = [ReplRowKind::Upload, ReplRowKind::Lag, ReplRowKind::Catchup, ReplRowKind::Delta])]
     repl_rows: Vec<ReplRowKind>,
+    /// Only CREATE with 16 clients without and with a scraper of `/`, `/status`, `/metrics`.
+    #[arg(long)]
+    http_load: bool,
 }
 
 /// The kinds of replication rows `--repl-rows` selects.
@@ -138,10 +154,18 @@ fn main() -> ExitCode {
 /// Runs every row and prints the table; returns false when some operation failed.
 fn run(args: &Args) -> Result<bool> {
     let mut tmp = TempDir::new()?;
+    if args.http_load {
+        let budget = Duration::from_secs(args.row_budget_s);
+        return http_load::run(&bin_dir(args)?, tmp.path(), args.ops, budget);
+    }
     let mut rows = Vec::new();
-    let result = run_rows(args, tmp.path(), &mut rows);
+    let mut syncs = None;
+    let result = run_rows(args, tmp.path(), &mut rows, &mut syncs);
     print_table(args, &rows);
-    let mut clean = rows.iter().all(|r| r.errors == 0);
+    if let Some(s) = &syncs {
+        print_syncs(s);
+    }
+    let mut clean = rows.iter().flatten().all(|r| r.errors == 0);
     if result.is_ok() && !args.raw_only && !args.no_replication {
         let sizes = if args.quick {
             replication::Sizes {
@@ -173,23 +197,57 @@ fn run(args: &Args) -> Result<bool> {
     result.map(|()| clean)
 }
 
-/// Fills `rows` as it goes, so a failure half-way still prints what was measured.
-fn run_rows(args: &Args, tmp: &Path, rows: &mut Vec<Row>) -> Result<()> {
+/// Fills `rows` (one entry per row, holding its rounds) as it goes, so a failure half-way
+/// still prints what was measured.
+fn run_rows(
+    args: &Args,
+    tmp: &Path,
+    rows: &mut Vec<Vec<Row>>,
+    syncs: &mut Option<SyncRow>,
+) -> Result<()> {
     let budget = Duration::from_secs(args.row_budget_s);
     let raw_dir = tmp.join("raw");
     fs::create_dir_all(raw_dir.join("tmp")).context("creating the raw-write directory")?;
-    for writers in [1, 16] {
-        rows.push(raw_row(&raw_dir, writers, args.ops, budget));
+    let only_raw = args.raw_only || args.replication_only;
+    let cluster = if only_raw {
+        None
+    } else {
+        Some(Cluster::start(&bin_dir(args)?, tmp)?)
+    };
+    let rounds = if args.replication_only {
+        1
+    } else {
+        args.rounds
+    };
+    for round in 0..rounds {
+        let mut this = Vec::new();
+        for writers in [1, 16] {
+            this.push(raw_row(&raw_dir, writers, args.ops, budget));
+        }
+        for readers in [1, 16] {
+            this.push(raw_read_row(&raw_dir, readers, args.ops, budget));
+        }
+        if let Some(c) = &cluster {
+            for clients in [1, 4, 16] {
+                this.push(create_row(&c.nm_addr, round, clients, args.ops, budget));
+            }
+            for clients in [1, 4, 16] {
+                this.push(write_row(&c.nm_addr, round, clients, args.ops, budget));
+            }
+            for clients in [1, 16] {
+                this.push(read_row(&c.nm_addr, round, clients, args.ops, budget));
+            }
+        }
+        if rows.is_empty() {
+            rows.extend(this.into_iter().map(|r| vec![r]));
+        } else {
+            for (all, r) in rows.iter_mut().zip(this) {
+                all.push(r);
+            }
+        }
     }
-    if args.raw_only || args.replication_only {
-        return Ok(());
-    }
-    let cluster = Cluster::start(&bin_dir(args)?, tmp)?;
-    for clients in [1, 4, 16] {
-        rows.push(create_row(&cluster.nm_addr, clients, args.ops, budget));
-    }
-    for clients in [1, 4, 16] {
-        rows.push(write_row(&cluster.nm_addr, clients, args.ops, budget));
+    if let Some(c) = &cluster {
+        *syncs = Some(sync_row(c)?);
     }
     drop(cluster);
     Ok(())
@@ -359,20 +417,46 @@ fn raw_row(dir: &Path, writers: usize, ops: u64, budget: Duration) -> Row {
     )
 }
 
+/// The baseline of a READ: each reader `pread`s its own small file (as large as the files
+/// the READ rows read), opened once.
+fn raw_read_row(dir: &Path, readers: usize, ops: u64, budget: Duration) -> Row {
+    use std::os::unix::fs::FileExt;
+    let content = "Sentence number 0.";
+    measure(
+        "raw read (pread, 18 B)",
+        readers,
+        ops,
+        budget,
+        |w| {
+            let path = dir.join(format!("read{readers}_{w}"));
+            fs::write(&path, content).with_context(|| format!("writing {}", path.display()))?;
+            File::open(&path).with_context(|| format!("opening {}", path.display()))
+        },
+        |f, _, _| {
+            let mut buf = [0u8; 64];
+            let n = f.read_at(&mut buf, 0).context("pread")?;
+            if n != content.len() {
+                bail!("pread gave {n} bytes, not {}", content.len());
+            }
+            Ok(())
+        },
+    )
+}
+
 /// CREATE of a fresh file per op, each client on its own name-server connection.
-fn create_row(nm_addr: &str, clients: usize, ops: u64, budget: Duration) -> Row {
+fn create_row(nm_addr: &str, round: u64, clients: usize, ops: u64, budget: Duration) -> Row {
     measure(
         "CREATE",
         clients,
         ops,
         budget,
         |w| nm_session(nm_addr, &format!("bench{w}")),
-        |nm, w, j| create(nm, &format!("c{clients}_{w}_{j}.txt")),
+        move |nm, w, j| create(nm, &format!("c{round}_{clients}_{w}_{j}.txt")),
     )
 }
 
 /// One sentence appended per op (LOCATE, WRITE_BEGIN, EDIT, COMMIT), each client on its own file.
-fn write_row(nm_addr: &str, clients: usize, ops: u64, budget: Duration) -> Row {
+fn write_row(nm_addr: &str, round: u64, clients: usize, ops: u64, budget: Duration) -> Row {
     measure(
         "WRITE (append 1 sentence)",
         clients,
@@ -380,12 +464,87 @@ fn write_row(nm_addr: &str, clients: usize, ops: u64, budget: Duration) -> Row {
         budget,
         |w| {
             let mut nm = nm_session(nm_addr, &format!("bench{w}"))?;
-            let file = format!("w{clients}_{w}.txt");
+            let file = format!("w{round}_{clients}_{w}.txt");
             create(&mut nm, &file)?;
             Ok((nm, file))
         },
         |(nm, file), _, j| append_sentence(nm, file, j).map(|_| ()),
     )
+}
+
+/// A READ per op (LOCATE for reading, then READ from the storage server) of the client's own
+/// file, which holds one sentence as small as the raw read's file.
+fn read_row(nm_addr: &str, round: u64, clients: usize, ops: u64, budget: Duration) -> Row {
+    measure(
+        "READ (18 B)",
+        clients,
+        ops,
+        budget,
+        |w| {
+            let mut nm = nm_session(nm_addr, &format!("bench{w}"))?;
+            let file = format!("r{round}_{clients}_{w}.txt");
+            create(&mut nm, &file)?;
+            append_sentence(&mut nm, &file, 0)?;
+            Ok((nm, file))
+        },
+        |(nm, file), _, _| read(nm, file).map(|_| ()),
+    )
+}
+
+/// Sync calls per operation, counted by the servers (`None` where a server has no counter).
+struct SyncRow {
+    /// (operation, name server's, storage server's) calls per operation.
+    per_op: Vec<(&'static str, Option<f64>, Option<f64>)>,
+}
+
+/// Counts the sync calls of [`SYNC_ROW_OPS`] CREATEs, then as many WRITEs, then as many READs,
+/// one client, by scraping both servers' counters before and after each.
+fn sync_row(c: &Cluster) -> Result<SyncRow> {
+    let mut nm = nm_session(&c.nm_addr, "bench_sync")?;
+    let file = "sync_w.txt";
+    create(&mut nm, file)?;
+    let mut per_op = Vec::new();
+    let n = SYNC_ROW_OPS as f64;
+    let mut phase = |what: &'static str, op: &mut dyn FnMut(u64) -> Result<()>| -> Result<()> {
+        let before = (sync_calls(&c.nm_http), sync_calls(&c.ss_http));
+        for j in 0..SYNC_ROW_OPS {
+            op(j)?;
+        }
+        let after = (sync_calls(&c.nm_http), sync_calls(&c.ss_http));
+        let per = |b: Option<u64>, a: Option<u64>| Some(a?.saturating_sub(b?) as f64 / n);
+        per_op.push((what, per(before.0, after.0), per(before.1, after.1)));
+        Ok(())
+    };
+    let mut nm2 = nm_session(&c.nm_addr, "bench_sync")?;
+    phase("CREATE", &mut |j| {
+        create(&mut nm2, &format!("sync_c{j}.txt"))
+    })?;
+    phase("WRITE", &mut |j| {
+        append_sentence(&mut nm, file, j).map(|_| ())
+    })?;
+    phase("READ", &mut |_| read(&mut nm2, file).map(|_| ()))?;
+    Ok(SyncRow { per_op })
+}
+
+/// The sum of `pairfs_sync_calls_total` over its kinds on the server whose HTTP endpoint is
+/// `addr`; `None` when it cannot be scraped or has no such counter.
+fn sync_calls(addr: &str) -> Option<u64> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(io_timeout())).ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let values: Vec<u64> = text
+        .lines()
+        .filter(|l| l.starts_with("pairfs_sync_calls_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.trim().parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 // ----- protocol -----
@@ -422,6 +581,49 @@ fn create(nm: &mut Connection, file: &str) -> Result<()> {
         Message::Done {} => Ok(()),
         other => bail!("CREATE {file} answered with {}", other.op_name()),
     }
+}
+
+/// READs `file` (LOCATE for reading, then the storage server's READ_OK, chunks and END) and
+/// returns its bytes.
+fn read(nm: &mut Connection, file: &str) -> Result<Vec<u8>> {
+    let locate = Message::Locate {
+        avoid: None,
+        file: file.into(),
+        mode: AccessMode::Read,
+    };
+    let (addr, ticket) = match nm.call(&locate, &[])?.msg {
+        Message::Located { addr, ticket, .. } => (addr, ticket),
+        other => bail!("LOCATE {file} answered with {}", other.op_name()),
+    };
+    let mut ss = Connection::connect(&addr, io_timeout())
+        .with_context(|| format!("connecting to the storage server at {addr}"))?;
+    ss.set_timeout(Some(io_timeout()))?;
+    let size = match ss
+        .call(
+            &Message::Read {
+                file: file.into(),
+                ticket,
+            },
+            &[],
+        )?
+        .msg
+    {
+        Message::ReadOk { size, .. } => size,
+        other => bail!("READ {file} answered with {}", other.op_name()),
+    };
+    let mut bytes = Vec::new();
+    loop {
+        let f = ss.recv_some().map_err(|e| anyhow!("READ {file}: {e}"))?;
+        match f.msg {
+            Message::Chunk {} => bytes.extend_from_slice(&f.body),
+            Message::End {} => break,
+            other => bail!("READ {file} sent {}", other.op_name()),
+        }
+    }
+    if bytes.len() as u64 != size {
+        bail!("READ {file} gave {} bytes of {size}", bytes.len());
+    }
+    Ok(bytes)
 }
 
 /// Appends sentence `j` (the file holds exactly `j` finished sentences before the call) and
@@ -471,6 +673,15 @@ struct Cluster {
     _ss: Server,
     _nm: Server,
     nm_addr: String,
+    /// `host:port` of the name server's and the storage server's HTTP endpoints (`/metrics`).
+    nm_http: String,
+    ss_http: String,
+}
+
+/// A TCP port free on 127.0.0.1 a moment ago (for `--http-port`, where 0 means off).
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
 }
 
 impl Cluster {
@@ -486,11 +697,13 @@ impl Cluster {
             }
         }
         let key = tmp.join("cluster.key");
+        let (nm_http_port, ss_http_port) = (free_port()?, free_port()?);
         let mut nm = Server::spawn(
             "nm",
             tmp,
             Command::new(&nm_bin)
-                .args(["--host", "127.0.0.1", "--port", "0", "--http-port", "0"])
+                .args(["--host", "127.0.0.1", "--port", "0", "--http-port"])
+                .arg(nm_http_port.to_string())
                 .arg("--data")
                 .arg(tmp.join("nm_data"))
                 .arg("--cluster-key-file")
@@ -507,6 +720,8 @@ impl Cluster {
                 .args(["--nm-host", nm_host, "--nm-port", nm_port])
                 .args(["--host", "127.0.0.1", "--client-port", "0"])
                 .args(["--username", "ss1"])
+                .arg("--http-port")
+                .arg(ss_http_port.to_string())
                 .arg("--storage")
                 .arg(tmp.join("storage_ss1"))
                 .arg("--cluster-key-file")
@@ -519,6 +734,8 @@ impl Cluster {
             _ss: ss,
             _nm: nm,
             nm_addr,
+            nm_http: format!("127.0.0.1:{nm_http_port}"),
+            ss_http: format!("127.0.0.1:{ss_http_port}"),
         };
         cluster_result?;
         cluster.warm_up()?;
@@ -740,34 +957,66 @@ impl Drop for TempDir {
 
 // ----- output -----
 
-fn print_table(args: &Args, rows: &[Row]) {
-    let base = rows
-        .iter()
-        .find(|r| r.what.starts_with("raw") && r.workers == 1)
-        .map(Row::ops_per_s)
-        .filter(|b| *b > 0.0);
+/// The median of `v` (the mean of the middle two for an even count); NaN when empty.
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+/// The median throughput of a row's rounds.
+fn median_ops(rounds: &[Row]) -> f64 {
+    median(rounds.iter().map(Row::ops_per_s).collect())
+}
+
+fn print_table(args: &Args, rows: &[Vec<Row>]) {
+    let find = |prefix: &str, workers: usize| {
+        rows.iter()
+            .find(|r| r[0].what.starts_with(prefix) && r[0].workers == workers)
+            .map(|r| median_ops(r))
+            .filter(|b| *b > 0.0)
+    };
+    let raw_write = find("raw durable", 1);
     println!(
-        "pairfs_bench: {} ops per writer/client, row budget {} s, temp dir under {}",
+        "pairfs_bench: {} ops per writer/client, row budget {} s, median of {} rounds, temp dir under {}",
         args.ops,
         args.row_budget_s,
+        rows.first().map_or(0, Vec::len),
         std::env::temp_dir().display()
     );
     println!();
-    println!("| what | writers/clients | ops/s | p50 ms | p99 ms | ratio vs raw 1-writer |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    for r in rows {
-        let ratio = base.map_or("-".to_string(), |b| format!("{:.3}", r.ops_per_s() / b));
+    println!("| what | writers/clients | ops/s (median) | ops/s spread (min–max) | p50 ms | p99 ms | ratio | vs |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---|");
+    for all in rows {
+        let r = &all[0];
+        let ops = median_ops(all);
+        let ops_each: Vec<f64> = all.iter().map(Row::ops_per_s).collect();
+        let lo = ops_each.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = ops_each.iter().copied().fold(0.0, f64::max);
+        let p50 = median(all.iter().map(|r| r.percentile_ms(50.0)).collect());
+        let p99 = median(all.iter().map(|r| r.percentile_ms(99.0)).collect());
+        let (base, vs) = if r.what.starts_with("READ") || r.what.starts_with("raw read") {
+            (
+                find("raw read", r.workers),
+                format!("raw read x{}", r.workers),
+            )
+        } else {
+            (raw_write, "raw durable write x1".to_string())
+        };
+        let ratio = base.map_or("-".to_string(), |b| format!("{:.3}", ops / b));
         println!(
-            "| {} | {} | {:.0} | {:.2} | {:.2} | {} |",
-            r.what,
-            r.workers,
-            r.ops_per_s(),
-            r.percentile_ms(50.0),
-            r.percentile_ms(99.0),
-            ratio
+            "| {} | {} | {:.0} | {:.0}–{:.0} | {:.3} | {:.3} | {} | {} |",
+            r.what, r.workers, ops, lo, hi, p50, p99, ratio, vs
         );
     }
-    for r in rows {
+    for r in rows.iter().flatten() {
         if r.out_of_budget {
             println!(
                 "note: {} x{} ran out of its budget after {} ops",
@@ -782,5 +1031,25 @@ fn print_table(args: &Args, rows: &[Row]) {
                 r.what, r.workers, r.errors, r.workers
             );
         }
+    }
+}
+
+/// Prints the sync calls per operation the servers counted.
+fn print_syncs(s: &SyncRow) {
+    let show = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.2}"));
+    println!();
+    println!(
+        "sync calls per op ({SYNC_ROW_OPS} of each, 1 client, pairfs_sync_calls_total of both servers):"
+    );
+    println!("| op | name server | storage server | total |");
+    println!("|---|---:|---:|---:|");
+    for (what, nm, ss) in &s.per_op {
+        let total = nm.zip(*ss).map(|(a, b)| a + b);
+        println!(
+            "| {what} | {} | {} | {} |",
+            show(*nm),
+            show(*ss),
+            show(total)
+        );
     }
 }

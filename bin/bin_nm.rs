@@ -50,6 +50,10 @@ struct Cli {
     /// Wall-clock limit of an EXEC script, in seconds.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     exec_timeout_s: u64,
+    /// Longest time a file's last access (INFO's Last Accessed) stays only in memory before it
+    /// is written to the database, in milliseconds; a crash loses at most this much of them.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    access_flush_ms: u64,
     /// Refuse EXEC.
     #[arg(long)]
     no_exec: bool,
@@ -250,6 +254,7 @@ fn main() {
             .unwrap_or_else(pairfs::auth::default_key_path),
         max_connections: cli.max_connections as usize,
         idle_timeout_ms: cli.idle_timeout_s,
+        access_flush_ms: cli.access_flush_ms,
         // Test hook only (see nm::worker::NmFault); read once, at start.
         fault: nm::worker::NmFault::from_env(std::env::var("PAIRFS_FAULT_NM").ok().as_deref()),
     };

@@ -9,7 +9,7 @@
 //! ([`KeyFileError::Unprotected`]), with the `chmod` that fixes it.
 
 use crate::protocol::{err, KeyProof, Ticket, TicketOp, Version, WireError};
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -37,7 +37,7 @@ pub fn now_ms() -> u64 {
 pub fn random_hex(n: usize) -> String {
     let mut b = vec![0u8; n];
     // getrandom only fails when the OS has no entropy source at all.
-    if getrandom::getrandom(&mut b).is_err() {
+    if getrandom::fill(&mut b).is_err() {
         let t = now_ms().to_le_bytes();
         for (i, x) in b.iter_mut().enumerate() {
             *x = t[i % 8] ^ (i as u8);
@@ -231,23 +231,6 @@ impl ClusterKey {
             epoch: grant.epoch,
             mac: String::new(),
         };
-        t.mac = self.mac_hex(t.signing_string().as_bytes());
-        t
-    }
-
-    /// A ticket for a change, bound to the pair's `epoch`: a server on another epoch (or
-    /// without a write lease) refuses it.
-    pub fn mint_change(
-        &self,
-        user: &str,
-        file: &str,
-        op: TicketOp,
-        ss: &str,
-        min_version: Option<Version>,
-        epoch: u64,
-    ) -> Ticket {
-        let mut t = self.mint(user, file, op, ss, min_version);
-        t.epoch = Some(epoch);
         t.mac = self.mac_hex(t.signing_string().as_bytes());
         t
     }

@@ -6,6 +6,13 @@
 //!
 //! Everything created here is private to the server's user: files 0600, directories 0700
 //! (stored data is no other local account's business).
+//!
+//! Every sync call the servers make goes through here ([`fsync_file`], [`fsync_dir`],
+//! [`syncfs`]), through the store's `Fs` trait (whose real backend calls these), or through
+//! the name server's database, which reports each durable commit with
+//! [`count_store_commit`]. Each is counted in a process-wide atomic by kind ([`sync_counts`]),
+//! shown on `/metrics` as `pairfs_sync_calls_total{kind="file"|"dir"|"fs"|"store_commit"}`,
+//! so the flushes an operation costs are measured by the servers themselves.
 
 use crate::ss::store::{Fs, OsFs};
 use std::fs::{self, DirBuilder, File, OpenOptions};
@@ -15,6 +22,68 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+static SYNC_FILE: AtomicU64 = AtomicU64::new(0);
+static SYNC_DIR: AtomicU64 = AtomicU64::new(0);
+static SYNC_FS: AtomicU64 = AtomicU64::new(0);
+static STORE_COMMIT: AtomicU64 = AtomicU64::new(0);
+
+/// Sync calls this process has made since it started, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncCounts {
+    /// File fsyncs (`fsync` of a regular file).
+    pub file: u64,
+    /// Directory fsyncs.
+    pub dir: u64,
+    /// `syncfs` calls.
+    pub fs: u64,
+    /// Durable commits of the name server's database (each flushes the disk).
+    pub store_commit: u64,
+}
+
+impl SyncCounts {
+    /// The counts as `(kind label, value)` pairs, in the order `/metrics` shows them.
+    pub fn by_kind(&self) -> [(&'static str, u64); 4] {
+        [
+            ("file", self.file),
+            ("dir", self.dir),
+            ("fs", self.fs),
+            ("store_commit", self.store_commit),
+        ]
+    }
+}
+
+/// The sync calls made so far by this process.
+pub fn sync_counts() -> SyncCounts {
+    SyncCounts {
+        file: SYNC_FILE.load(Ordering::Relaxed),
+        dir: SYNC_DIR.load(Ordering::Relaxed),
+        fs: SYNC_FS.load(Ordering::Relaxed),
+        store_commit: STORE_COMMIT.load(Ordering::Relaxed),
+    }
+}
+
+/// Counts one durable commit of the name server's database (made by the database itself).
+pub fn count_store_commit() {
+    STORE_COMMIT.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Makes a file's content and metadata durable (`fsync`), counted.
+pub fn fsync_file(f: &File) -> io::Result<()> {
+    SYNC_FILE.fetch_add(1, Ordering::Relaxed);
+    f.sync_all()
+}
+
+/// Makes every write on the file system holding `f` durable (`syncfs`), counted.
+fn syncfs_of(f: &File) -> io::Result<()> {
+    SYNC_FS.fetch_add(1, Ordering::Relaxed);
+    nix::unistd::syncfs(f).map_err(io::Error::from)
+}
+
+/// Makes every write on the file system holding `dir` durable (`syncfs`), counted.
+pub fn syncfs(dir: &Path) -> io::Result<()> {
+    syncfs_of(&File::open(dir)?)
+}
 
 /// Mode of every file the servers create (before the umask, which can only narrow it).
 pub const FILE_MODE: u32 = 0o600;
@@ -64,7 +133,7 @@ pub fn create_secret_once(path: &Path, contents: &[u8]) -> io::Result<()> {
         // The mode given to open is filtered by the umask; 0600 is meant exactly.
         f.set_permissions(fs::Permissions::from_mode(FILE_MODE))?;
         f.write_all(contents)?;
-        f.sync_all()?;
+        fsync_file(&f)?;
         fs::hard_link(&tmp, path)
     })();
     let _ = fs::remove_file(&tmp);
@@ -109,7 +178,9 @@ pub fn temp_path(tmp_dir: &Path) -> PathBuf {
 
 /// Fsyncs a directory, making renames and unlinks inside it durable.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    let d = File::open(dir)?;
+    SYNC_DIR.fetch_add(1, Ordering::Relaxed);
+    d.sync_all()
 }
 
 /// Atomically replaces `target` with the bytes `write` produces, durably, using a temp file in
@@ -151,7 +222,7 @@ const SYNC_THREADS: usize = 32;
 pub fn sync_files<'a>(files: impl IntoIterator<Item = &'a File>) -> Vec<io::Result<()>> {
     let files: Vec<&File> = files.into_iter().collect();
     if files.len() <= 1 {
-        return files.iter().map(|f| f.sync_all()).collect();
+        return files.iter().map(|f| fsync_file(f)).collect();
     }
     let per = files.len().div_ceil(SYNC_THREADS);
     std::thread::scope(|scope| {
@@ -161,7 +232,7 @@ pub fn sync_files<'a>(files: impl IntoIterator<Item = &'a File>) -> Vec<io::Resu
                 let h = std::thread::Builder::new()
                     .name("sync".into())
                     .spawn_scoped(scope, move || {
-                        part.iter().map(|f| f.sync_all()).collect::<Vec<_>>()
+                        part.iter().map(|f| fsync_file(f)).collect::<Vec<_>>()
                     });
                 (part, h)
             })
@@ -171,7 +242,7 @@ pub fn sync_files<'a>(files: impl IntoIterator<Item = &'a File>) -> Vec<io::Resu
             .flat_map(|(part, h)| match h.map(|h| h.join()) {
                 Ok(Ok(r)) => r,
                 // No thread to be had (or it died): sync that part here.
-                _ => part.iter().map(|f| f.sync_all()).collect(),
+                _ => part.iter().map(|f| fsync_file(f)).collect(),
             })
             .collect()
     })
@@ -221,8 +292,7 @@ impl FsSync {
     /// 5.17 `syncfs` dropped the result of the file system's journal commit, so the caller
     /// makes them durable by fsyncing their directories.
     pub fn sync(&self) -> io::Result<()> {
-        use std::os::fd::AsRawFd;
-        nix::unistd::syncfs(self.0.as_raw_fd()).map_err(io::Error::from)
+        syncfs_of(&self.0)
     }
 }
 

@@ -89,7 +89,7 @@ impl UserKey {
             ))
         };
         let mut seed = [0u8; 32];
-        getrandom::getrandom(&mut seed)
+        getrandom::fill(&mut seed)
             .map_err(|e| err::internal(format!("no randomness for a user key: {e}")))?;
         // Another client may create it at the same moment; everyone reads the one linked.
         let text = format!("{}\n", hex::encode(seed));

@@ -88,6 +88,10 @@ pub mod ev {
     pub const NM_FILE_CHANGE: &str = "nm_file_change";
     /// The name server's durable store committed a batch (debug; fields `batch`, `ms`).
     pub const NM_STORE_COMMIT: &str = "nm_store_commit";
+    /// The name server's database, written by an earlier release with redb 2, was copied
+    /// into the current format at startup (fields `from`, `tables`, `rows`, `backup` = where
+    /// the old file is kept).
+    pub const NM_STORE_MIGRATED: &str = "nm_store_migrated";
     /// EXEC ran a script (fields `file`, `user`, `exit`, `ms`).
     pub const NM_EXEC: &str = "nm_exec";
     /// How EXEC scripts are isolated, logged once at startup (field `mode`; at WARN with field
@@ -154,6 +158,7 @@ pub mod ev {
         NM_REQUEST_ERROR,
         NM_FILE_CHANGE,
         NM_STORE_COMMIT,
+        NM_STORE_MIGRATED,
         NM_EXEC,
         NM_EXEC_ISOLATION,
         SS_ADOPT,

@@ -12,7 +12,7 @@
 //! buffers every part writes to (effects and the store batch). `Core` owns the parts and
 //! routes the flows that cross them (a failover: the pairs part decides, the queue rewrites
 //! rows, the registry tells servers). The decisions live by area:
-//! [`records`] (what is persisted), [`sessions`] (HELLO/PROVE), [`registry`] (storage servers
+//! [`records`] (what is persisted), [`access`] (access times, written lazily), [`sessions`] (HELLO/PROVE), [`registry`] (storage servers
 //! and the pair topology), [`namespace`] (client requests, rights, LOCATE), [`folders`],
 //! [`requests`] and [`checkpoints`], [`ops`] (operations started on a storage server and
 //! their results), [`pairs`] (the pair states and their transitions, owned by
@@ -20,8 +20,10 @@
 //! removal owed to a member means, so it never takes a newer file), [`fsck`] (pages owned
 //! by `fsck::Runs`), and [`status`].
 
+mod access;
 mod checkpoints;
 mod clock;
+mod deletes;
 mod effects;
 mod folders;
 mod fsck;
@@ -37,13 +39,16 @@ mod requests;
 mod sessions;
 mod status;
 
+pub use access::ACCESS_FLUSH_MS;
 pub use clock::{mono_ms, Entropy, Env, WallClock};
 pub use effects::{Effect, Job, JobKind, JobOutput};
 pub use fsck::{judge_copy, Lineage, Seen};
 pub use records::{
-    FileRecord, FolderRecord, Loaded, Member, MoveIntent, PairRecord, Phase, ServerRecord, StoreOp,
+    DeleteIntent, FileRecord, FolderRecord, Loaded, Member, MoveIntent, PairRecord, Phase,
+    ServerRecord, StoreOp,
 };
 use removals::{Meets, Removal};
+use status::SetAside;
 #[cfg(test)]
 use status::STATUS_ERROR_BYTES;
 pub use status::STATUS_FAILED_SHOWN;
@@ -62,6 +67,7 @@ use crate::protocol::{
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 /// Identifies one connection to the name server (the loop's mio token).
 pub type ConnId = usize;
@@ -237,13 +243,16 @@ struct InFlight {
 pub struct Core {
     cfg: CoreConfig,
     key: ClusterKey,
-    /// The wall clock and randomness (see [`clock`]).
-    env: Env,
+    /// The wall clock and randomness (see [`clock`]), shared with the workers that mint.
+    env: Arc<Env>,
     /// The latest monotonic time the core was given.
     now_ms: u64,
+    /// When the latest request or report since the loop last went idle arrived (see
+    /// [`Core::going_idle`]).
+    frame_since_idle_ms: Option<u64>,
     /// Storage servers, connections and pairs.
     reg: registry::Registry,
-    /// Users, files, folders, access requests and unsettled moves (durable).
+    /// Users, files, folders, access requests and unsettled moves and deletes (durable).
     ns: namespace::Namespace,
     /// Operations in flight: busy files and their waiting requests, worker jobs.
     ops: ops::InFlightOps,
@@ -255,8 +264,11 @@ pub struct Core {
     fsck: fsck::Runs,
     /// The pairs' states by primary (durable) and their transitions.
     pairs: pairs::Pairs,
-    /// The most recent failovers, recoveries and servers going down, for `GET /status`.
+    /// The most recent failovers, recoveries, servers going down or up and quarantines, for
+    /// `GET /status`.
     events: status::Events,
+    /// Access times newer in memory than in the store (see [`access`]).
+    access: access::AccessTimes,
 }
 
 fn not_found(file: &str) -> WireError {
@@ -297,12 +309,6 @@ impl Core {
     pub fn with_env(cfg: CoreConfig, key: ClusterKey, loaded: Loaded, env: Env) -> Core {
         let boot_lease_until = cfg.started_ms + cfg.lease_ms();
         let pairs = pairs::Pairs::load(loaded.pair_states, &loaded.pairs, boot_lease_until);
-        // Likewise a job's retry time: what the last run left owed is due now.
-        let started_ms = cfg.started_ms;
-        let jobs = loaded.jobs.into_values().map(move |mut j| {
-            j.next_ms = started_ms;
-            j
-        });
         let mut servers: BTreeMap<String, ServerLive> = loaded
             .servers
             .into_iter()
@@ -333,9 +339,11 @@ impl Core {
             .max(loaded.next_request)
             .max(1);
         let ops = ops::InFlightOps::load(&loaded.moves);
+        let q = queue::Queue::load(loaded.jobs.into_values(), cfg.started_ms);
         Core {
             now_ms: cfg.started_ms,
-            env,
+            frame_since_idle_ms: None,
+            env: Arc::new(env),
             ns: namespace::Namespace {
                 users: loaded.users,
                 user_keys: loaded.user_keys.into_iter().collect(),
@@ -344,6 +352,7 @@ impl Core {
                 requests: loaded.requests,
                 next_request,
                 moves: loaded.moves,
+                deletes: loaded.deletes,
             },
             cfg,
             key,
@@ -359,16 +368,18 @@ impl Core {
             ops,
             out: Vec::new(),
             batch: Vec::new(),
-            q: queue::Queue {
-                repl: jobtable::JobTable::new(jobs),
-                running: HashMap::new(),
-                sync_waits: HashMap::new(),
-                stages: HashMap::new(),
-            },
+            q,
             fsck: fsck::Runs::default(),
             pairs,
             events: status::Events::default(),
+            access: access::AccessTimes::default(),
         }
+    }
+
+    /// The wall clock and randomness the core mints tickets with, for a worker that must
+    /// mint a fresh one (a repeated SS_MOVE): every ticket comes from [`Env::mint`].
+    pub fn env(&self) -> Arc<Env> {
+        self.env.clone()
     }
 
     /// Effects produced since the last call.
@@ -376,8 +387,12 @@ impl Core {
         std::mem::take(&mut self.out)
     }
 
-    /// Durable changes produced since the last call.
+    /// Durable changes produced since the last call. Unwritten access times ride along on a
+    /// batch that is shipped anyway (see [`access`]).
     pub fn take_batch(&mut self) -> Vec<StoreOp> {
+        if !self.batch.is_empty() {
+            self.flush_access_times();
+        }
         std::mem::take(&mut self.batch)
     }
 
@@ -432,7 +447,7 @@ impl Core {
         self.reg.introducing.remove(&conn);
         self.reg.origins.remove(&conn);
         self.reg.removed.remove(&conn);
-        self.forget_waiter(conn);
+        self.q.forget_waiter(conn);
         self.fsck.forget(conn);
         if let Some(Peer::Server { name }) = self.reg.peers.remove(&conn) {
             let mut went_down = false;
@@ -473,12 +488,8 @@ impl Core {
             .chain(self.pairs.next_switch_ms())
             .chain(self.reg.introducing.values().copied())
             .chain(self.next_repl_deadline_ms())
-            .chain(
-                self.q
-                    .sync_waits
-                    .values()
-                    .flat_map(|w| w.iter().map(|x| x.deadline_ms)),
-            )
+            .chain(self.access_due_ms())
+            .chain(self.q.next_wait_ms())
             .min()
     }
 
@@ -486,6 +497,7 @@ impl Core {
     /// link so it must register again.
     pub fn tick(&mut self, now_ms: u64) {
         self.at(now_ms);
+        self.flush_due_access_times(now_ms);
         let late: Vec<ConnId> = self
             .reg
             .introducing
@@ -527,6 +539,21 @@ impl Core {
         self.advance_pairs(now_ms);
         self.expire_waits(now_ms);
         self.pump_replication(now_ms);
+    }
+
+    /// The loop is about to wait for its next event. A replication row due since a request
+    /// handled before now (a CHANGED it owed, a retry it made due) should have been
+    /// dispatched by the pump that follows the requests; one still waiting would sit until
+    /// the loop's next deadline or periodic wake-up instead, and is counted
+    /// (`pairfs_replication_missed_wakeups`). Rows that fell due later by their own timer
+    /// are not: the loop's deadline wakes it for them.
+    pub fn going_idle(&mut self) {
+        let Some(frame_ms) = self.frame_since_idle_ms.take() else {
+            return;
+        };
+        if self.next_repl_deadline_ms().is_some_and(|d| d <= frame_ms) {
+            crate::metrics::nm().replication_missed_wakeups.inc();
+        }
     }
 
     /// Notes the monotonic time an event arrived at (it never runs backwards).
@@ -587,8 +614,7 @@ impl Core {
     }
 
     fn mint_grant(&self, grant: &Grant<'_>) -> Ticket {
-        self.key
-            .mint_at(grant, self.wall_ms(), self.env.random_hex(16))
+        self.env.mint(&self.key, grant, self.now_ms)
     }
 
     fn reply(&mut self, conn: ConnId, msg: Message) {
@@ -642,14 +668,14 @@ impl Core {
     }
 
     /// Puts the parked job rows of `file` (owed to either member of `pair`) back in the job
-    /// index. Free when nothing is parked, as on every READ's access-time update.
+    /// index. Free when nothing is parked.
     fn unpark_file(&mut self, pair: &str, file: &str) {
-        if !self.q.repl.has_parked() {
+        if !self.q.has_parked() {
             return;
         }
         for m in [Member::Primary, Member::Backup] {
             if let Some(n) = self.member_name(pair, m) {
-                self.q.repl.unpark(&job_key(&n, file));
+                self.q.unpark(&job_key(&n, file));
             }
         }
     }
@@ -667,7 +693,7 @@ impl Core {
     }
 
     fn new_job(&mut self, kind: JobKind, flight: InFlight) {
-        let durable_first = matches!(flight.purpose, Purpose::Move { .. });
+        let durable_first = matches!(flight.purpose, Purpose::Move { .. } | Purpose::Delete);
         let id = self.ops.start(flight);
         let job = Job { id, kind };
         self.out.push(if durable_first {
@@ -680,6 +706,7 @@ impl Core {
     /// Handles one frame from a connection.
     pub fn on_frame(&mut self, conn: ConnId, frame: Frame, now_ms: u64) {
         self.at(now_ms);
+        self.frame_since_idle_ms = Some(now_ms);
         let msg = frame.msg;
         let peer = self.reg.peers.remove(&conn).unwrap_or(Peer::Unknown);
         match peer {

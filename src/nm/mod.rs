@@ -34,6 +34,7 @@
 
 pub mod core;
 pub mod exec;
+pub mod migrate;
 pub mod replication;
 pub mod server;
 pub mod store;
@@ -103,6 +104,9 @@ pub struct Config {
     /// Idle time (and time for one frame to arrive) after which a connection is closed;
     /// registered storage servers are exempt (see [`server`]).
     pub idle_timeout_ms: u64,
+    /// Longest time a file's last access stays only in memory before it is written (see
+    /// `core/access.rs`; a crash loses at most this much of the access times).
+    pub access_flush_ms: u64,
     /// Test hook: exit around a MOVE's storage-server call (`PAIRFS_FAULT_NM` of `bin_nm`;
     /// see [`worker::NmFault`]).
     pub fault: Option<worker::NmFault>,
@@ -127,6 +131,7 @@ impl Default for Config {
             cluster_key_file: crate::auth::default_key_path(),
             max_connections: 1024,
             idle_timeout_ms: server::DEFAULT_IDLE_TIMEOUT_MS,
+            access_flush_ms: core::ACCESS_FLUSH_MS,
             fault: None,
         }
     }
@@ -197,7 +202,7 @@ pub fn start(cfg: &Config) -> Result<Started, NmError> {
     };
     let db = store::Store::open(&cfg.data_dir)?;
     let loaded = db.load()?;
-    let core = core::Core::with_env(
+    let mut core = core::Core::with_env(
         core::CoreConfig {
             heartbeat_interval_ms: cfg.heartbeat_interval_ms,
             heartbeat_timeout_ms: cfg.heartbeat_timeout_ms,
@@ -213,6 +218,7 @@ pub fn start(cfg: &Config) -> Result<Started, NmError> {
         loaded,
         core::Env::system(),
     );
+    core.set_access_flush_ms(cfg.access_flush_ms);
     let host = crate::addr::bare(&cfg.host);
     let listener = std::net::TcpListener::bind((host, cfg.port)).map_err(io_err(format!(
         "listen on {}",
@@ -266,6 +272,7 @@ pub fn start(cfg: &Config) -> Result<Started, NmError> {
         headroom,
         1,
     );
+    let env = core.env();
     let mut srv = server::Server::new(listener, core, max_connections, snapshot)
         .map_err(io_err("event loop"))?;
     srv.set_idle_timeout_ms(cfg.idle_timeout_ms);
@@ -295,6 +302,7 @@ pub fn start(cfg: &Config) -> Result<Started, NmError> {
         jobs_rx,
         results_tx.clone(),
         key.clone(),
+        env.clone(),
         notify.clone(),
     )
     .map_err(io_err("start workers"))?;
@@ -304,7 +312,7 @@ pub fn start(cfg: &Config) -> Result<Started, NmError> {
         fault: None,
         ..pool
     };
-    worker::spawn(pool, repl_rx, results_tx, key, notify)
+    worker::spawn(pool, repl_rx, results_tx, key, env, notify)
         .map_err(io_err("start replication workers"))?;
     srv.attach(server::Links {
         store_tx,

@@ -12,10 +12,9 @@
 //! client ever sees state a crash could take back. A job that needs its batch durable before
 //! it runs (a MOVE's intent before SS_MOVE is sent: `Effect::DurableJob`) is held the same way.
 //!
-//! Each event asks the core which replication rows are due and when the next one is; the rows
-//! are indexed in memory (`core/jobtable.rs`), so 100,000 rows owed to a down backup leave the
-//! loop at about 0.95x its speed with none (`cargo test --release --lib jobindex -- --ignored
-//! --nocapture`).
+//! Due replication rows are indexed in memory (`core/jobtable.rs`): 100,000 rows owed to a down
+//! backup leave the loop at about 0.95x its speed with none (`cargo test --release --lib
+//! jobindex -- --ignored --nocapture`). Access times are written lazily (`core/access.rs`).
 //!
 //! No socket pattern may wedge or bloat the loop:
 //!
@@ -77,8 +76,7 @@ pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
 pub const ACCEPT_RETRY_MS: u64 = 50;
 /// Longest pause between two sweeps for idle connections.
 const MAX_SWEEP_EVERY_MS: u64 = 1_000;
-/// An emptied input buffer above this capacity is given back, so idle connections hold
-/// almost nothing.
+/// An emptied input buffer above this capacity is given back: idle connections hold little.
 const KEEP_INPUT_CAPACITY: usize = 16 * 1024;
 /// Most output queued for one connection before it is dropped as stalled.
 pub const MAX_OUTPUT_BYTES: usize = 64 * 1024 * 1024;
@@ -287,21 +285,14 @@ impl Server {
             if self.accept_retry_ms.is_some_and(|t| now >= t) {
                 self.accept();
             }
-            let mut deadline = Some(
-                self.core
-                    .next_deadline_ms()
-                    .map_or(next_sweep_ms, |d| d.min(next_sweep_ms)),
-            );
-            if let Some(t) = self.accept_retry_ms {
-                deadline = deadline.map(|d| d.min(t));
-            }
-            if self.snapshot.is_some() {
-                deadline = Some(deadline.map_or(next_snapshot_ms, |d| d.min(next_snapshot_ms)));
-            }
-            if let Some(d) = stop_deadline {
-                deadline = Some(deadline.map_or(d, |x| x.min(d)));
-            }
-            let timeout = deadline.map(|d| Duration::from_millis(d.saturating_sub(now_ms()) + 1));
+            let snapshot_ms = self.snapshot.as_ref().map(|_| next_snapshot_ms);
+            let deadline = [self.accept_retry_ms, snapshot_ms, stop_deadline]
+                .into_iter()
+                .flatten()
+                .chain(self.core.next_deadline_ms())
+                .fold(next_sweep_ms, u64::min);
+            let timeout = Some(Duration::from_millis(deadline.saturating_sub(now_ms()) + 1));
+            self.core.going_idle();
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     return Err(e.into());
@@ -328,6 +319,8 @@ impl Server {
 
             if self.stop.load(Ordering::SeqCst) && stop_deadline.is_none() {
                 log::info!(target: ev::SHUTDOWN, "shutting down: no new connections");
+                self.core.flush_access_times();
+                self.settle();
                 if let Some(mut l) = self.listener.take() {
                     let _ = self.poll.registry().deregister(&mut l);
                 }
@@ -679,6 +672,8 @@ impl Server {
         for id in ids {
             self.pump(id);
         }
+        // Rows those requests made due go to the workers now, not at the next wake-up.
+        self.core.pump_replication(now_ms());
     }
 
     fn pump(&mut self, id: ConnId) {

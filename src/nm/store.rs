@@ -14,6 +14,7 @@
 //! | `folders` | canonical name   | `core::FolderRecord`                    |
 //! | `requests`| id, 20 digits    | `protocol::AccessRequest`               |
 //! | `moves`   | old canonical name | `core::MoveIntent` (a MOVE not settled) |
+//! | `deletes` | canonical name   | `core::DeleteIntent` (a DELETE not settled) |
 //! | `meta`    | `schema`         | `"1"`                                   |
 //! | `meta`    | `next_request`   | the next access-request id (decimal)    |
 //!
@@ -29,12 +30,12 @@
 //! it depends on is committed (see `server.rs`).
 
 use super::core::{
-    FileRecord, FolderRecord, Loaded, MoveIntent, PairRecord, ServerRecord, StoreOp,
+    DeleteIntent, FileRecord, FolderRecord, Loaded, MoveIntent, PairRecord, ServerRecord, StoreOp,
 };
 use super::replication::ReplJob;
 use crate::protocol::AccessRequest;
 use crossbeam_channel::{Receiver, Sender};
-use redb::{Database, Durability, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
 use std::time::Instant;
 
@@ -48,6 +49,7 @@ const PAIR_STATES: TableDefinition<&str, &str> = TableDefinition::new("pair_stat
 const FOLDERS: TableDefinition<&str, &str> = TableDefinition::new("folders");
 const REQUESTS: TableDefinition<&str, &str> = TableDefinition::new("requests");
 const MOVES: TableDefinition<&str, &str> = TableDefinition::new("moves");
+const DELETES: TableDefinition<&str, &str> = TableDefinition::new("deletes");
 /// The `meta` key of the access-request counter.
 const NEXT_REQUEST: &str = "next_request";
 
@@ -80,6 +82,9 @@ pub enum StoreError {
     /// Creating the data directory failed.
     #[error("data directory: {0}")]
     Io(#[from] std::io::Error),
+    /// A database of an earlier release could not be migrated (it is left as it was).
+    #[error("migrating the database of an earlier release: {0}")]
+    Migrate(String),
 }
 
 fn dberr<E: Into<redb::Error>>(e: E) -> StoreError {
@@ -115,19 +120,27 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) the database under `dir` and makes sure every table exists.
+    /// Opens (or creates) the database under `dir` and makes sure every table exists. A
+    /// database an earlier release wrote with redb 2 is migrated first (see `migrate.rs`).
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(DB_FILE);
+        let refused = |e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                StoreError::InUse(path.display().to_string())
+            }
+            e => dberr(e),
+        };
         let db = match Database::create(&path) {
             Ok(db) => db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(StoreError::InUse(path.display().to_string()))
+            Err(redb::DatabaseError::UpgradeRequired(2)) => {
+                super::migrate::from_redb2(dir)?;
+                Database::create(&path).map_err(refused)?
             }
-            Err(e) => return Err(dberr(e)),
+            Err(e) => return Err(refused(e)),
         };
         let mut txn = db.begin_write().map_err(dberr)?;
-        txn.set_durability(Durability::Immediate);
+        txn.set_durability(Durability::Immediate).map_err(dberr)?;
         {
             txn.open_table(USERS).map_err(dberr)?;
             txn.open_table(FILES).map_err(dberr)?;
@@ -138,10 +151,12 @@ impl Store {
             txn.open_table(FOLDERS).map_err(dberr)?;
             txn.open_table(REQUESTS).map_err(dberr)?;
             txn.open_table(MOVES).map_err(dberr)?;
+            txn.open_table(DELETES).map_err(dberr)?;
             let mut meta = txn.open_table(META).map_err(dberr)?;
             meta.insert("schema", "1").map_err(dberr)?;
         }
         txn.commit().map_err(dberr)?;
+        crate::durable::count_store_commit();
         Ok(Store { db })
     }
 
@@ -206,6 +221,12 @@ impl Store {
             let m: MoveIntent = parse(k.value(), v.value())?;
             loaded.moves.insert(k.value().to_string(), m);
         }
+        let deletes = txn.open_table(DELETES).map_err(dberr)?;
+        for item in deletes.iter().map_err(dberr)? {
+            let (k, v) = item.map_err(dberr)?;
+            let d: DeleteIntent = parse(k.value(), v.value())?;
+            loaded.deletes.insert(k.value().to_string(), d);
+        }
         let meta = txn.open_table(META).map_err(dberr)?;
         if let Some(v) = meta.get(NEXT_REQUEST).map_err(dberr)? {
             loaded.next_request = parse(NEXT_REQUEST, v.value())?;
@@ -216,7 +237,7 @@ impl Store {
     /// Writes `batches` in one durable transaction.
     pub fn commit(&self, batches: &[Batch]) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write().map_err(dberr)?;
-        txn.set_durability(Durability::Immediate);
+        txn.set_durability(Durability::Immediate).map_err(dberr)?;
         {
             let mut users = txn.open_table(USERS).map_err(dberr)?;
             let mut files = txn.open_table(FILES).map_err(dberr)?;
@@ -227,6 +248,7 @@ impl Store {
             let mut folders = txn.open_table(FOLDERS).map_err(dberr)?;
             let mut requests = txn.open_table(REQUESTS).map_err(dberr)?;
             let mut moves = txn.open_table(MOVES).map_err(dberr)?;
+            let mut deletes = txn.open_table(DELETES).map_err(dberr)?;
             let mut meta = txn.open_table(META).map_err(dberr)?;
             for op in batches.iter().flat_map(|b| b.ops.iter()) {
                 match op {
@@ -295,10 +317,18 @@ impl Store {
                     StoreOp::DelMove(f) => {
                         moves.remove(f.as_str()).map_err(dberr)?;
                     }
+                    StoreOp::PutDelete(f, d) => {
+                        let v = to_json(f, d)?;
+                        deletes.insert(f.as_str(), v.as_str()).map_err(dberr)?;
+                    }
+                    StoreOp::DelDelete(f) => {
+                        deletes.remove(f.as_str()).map_err(dberr)?;
+                    }
                 }
             }
         }
         txn.commit().map_err(dberr)?;
+        crate::durable::count_store_commit();
         Ok(())
     }
 
@@ -351,7 +381,7 @@ impl Store {
     /// whether the user is known at all. Used offline by `bin_nm --reset-user`.
     pub fn reset_user(&self, user: &str) -> Result<bool, StoreError> {
         let mut txn = self.db.begin_write().map_err(dberr)?;
-        txn.set_durability(Durability::Immediate);
+        txn.set_durability(Durability::Immediate).map_err(dberr)?;
         let known = {
             let mut users = txn.open_table(USERS).map_err(dberr)?;
             let known = users.get(user).map_err(dberr)?.is_some();
@@ -361,6 +391,7 @@ impl Store {
             known
         };
         txn.commit().map_err(dberr)?;
+        crate::durable::count_store_commit();
         Ok(known)
     }
 }
@@ -583,6 +614,31 @@ mod tests {
         assert_eq!(
             l.moves,
             BTreeMap::from([("a.txt".to_string(), m("d/a.txt"))])
+        );
+    }
+
+    #[test]
+    fn delete_intents_survive_reopen_until_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let intent = |counter| DeleteIntent {
+            ss: "ss1".into(),
+            epoch: 2,
+            version: crate::protocol::Version { epoch: 2, counter },
+            checksum: 7,
+        };
+        {
+            let s = Store::open(d.path()).unwrap();
+            let ops = vec![
+                StoreOp::PutDelete("a.txt".into(), intent(3)),
+                StoreOp::PutDelete("b.txt".into(), intent(4)),
+                StoreOp::DelDelete("b.txt".into()),
+            ];
+            s.commit(&[Batch { seq: 1, ops }]).unwrap();
+        }
+        let l = Store::open(d.path()).unwrap().load().unwrap();
+        assert_eq!(
+            l.deletes,
+            BTreeMap::from([("a.txt".to_string(), intent(3))])
         );
     }
 

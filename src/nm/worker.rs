@@ -5,10 +5,10 @@
 //! the loop's `Waker`. The result channel never fills: it holds at most one result per queued
 //! or running job.
 
-use super::core::{Job, JobId, JobKind, JobOutput};
+use super::core::{mono_ms, Env, Job, JobId, JobKind, JobOutput};
 use super::exec::{self, ExecLimits};
 use super::replication;
-use crate::auth::ClusterKey;
+use crate::auth::{ClusterKey, Grant};
 use crate::protocol::frame::ConnError;
 use crate::protocol::{err, Connection, Message, WireError};
 use crossbeam_channel::{Receiver, Sender};
@@ -94,12 +94,13 @@ pub struct Pool {
 }
 
 /// Starts `pool.workers` threads taking jobs from `jobs`; each result is sent on `results` and
-/// then `notify` is called.
+/// then `notify` is called. A ticket a worker mints comes from the core's `env`.
 pub fn spawn(
     pool: Pool,
     jobs: Receiver<Job>,
     results: Sender<JobResult>,
     key: ClusterKey,
+    env: Arc<Env>,
     notify: Arc<dyn Fn() + Send + Sync>,
 ) -> std::io::Result<()> {
     let Pool {
@@ -125,11 +126,12 @@ pub fn spawn(
         let notify = notify.clone();
         let setup = setup.clone();
         let key = key.clone();
+        let env = env.clone();
         std::thread::Builder::new()
             .name(format!("nm-{name}-{i}"))
             .spawn(move || {
                 while let Ok(job) = jobs.recv() {
-                    let (done, alone) = run_some(job, &jobs, &setup, &key, fault);
+                    let (done, alone) = run_some(job, &jobs, &setup, &key, &env, fault);
                     for (id, out) in done {
                         if results.send((id, out)).is_err() {
                             return;
@@ -163,11 +165,12 @@ fn run_some(
     jobs: &Receiver<Job>,
     setup: &ExecSetup,
     key: &ClusterKey,
+    env: &Env,
     fault: Option<NmFault>,
 ) -> (Vec<JobResult>, Vec<(JobId, replication::Transfer)>) {
     let JobKind::Replicate(lead) = &first.kind else {
         return (
-            vec![(first.id, run(&first.kind, setup, key, fault))],
+            vec![(first.id, run(&first.kind, setup, key, env, fault))],
             vec![],
         );
     };
@@ -206,7 +209,7 @@ fn run_some(
         }
     }
     for job in others {
-        out.push((job.id, run(&job.kind, setup, key, fault)));
+        out.push((job.id, run(&job.kind, setup, key, env, fault)));
     }
     (out, alone)
 }
@@ -216,6 +219,7 @@ pub fn run(
     kind: &JobKind,
     setup: &ExecSetup,
     key: &ClusterKey,
+    env: &Env,
     fault: Option<NmFault>,
 ) -> Result<JobOutput, WireError> {
     match kind {
@@ -223,7 +227,7 @@ pub fn run(
         JobKind::SsCall {
             addr,
             msg: msg @ Message::SsMove { .. },
-        } => run_move(addr, msg, key, fault),
+        } => run_move(addr, msg, key, env, fault),
         JobKind::SsCall { addr, msg } => {
             let mut conn = connect(addr)?;
             match conn.call(msg, &[])?.msg {
@@ -269,6 +273,7 @@ fn run_move(
     addr: &str,
     msg: &Message,
     key: &ClusterKey,
+    env: &Env,
     fault: Option<NmFault>,
 ) -> Result<JobOutput, WireError> {
     static CUT_ONCE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -317,10 +322,15 @@ fn run_move(
             MOVE_REPEAT_PAUSE_MS * u64::from(attempt),
         ));
         // A fresh ticket (each is single use) for the same server and epoch.
-        let ticket = match t.epoch {
-            Some(epoch) => key.mint_change(&t.user, &t.file, t.op, &t.ss, t.min_version, epoch),
-            None => key.mint(&t.user, &t.file, t.op, &t.ss, t.min_version),
+        let grant = Grant {
+            user: &t.user,
+            file: &t.file,
+            op: t.op,
+            ss: &t.ss,
+            min_version: t.min_version,
+            epoch: t.epoch,
         };
+        let ticket = env.mint(key, &grant, mono_ms());
         let again = ss_move(*version, ticket);
         let answer = connect(addr).and_then(|mut c| {
             c.send(&again, &[])

@@ -1072,6 +1072,10 @@ pub enum Message {
         owner: String,
         /// Epoch to stamp on the first version.
         epoch: u64,
+        /// The first version's counter when it is not 1: a file created again under a name
+        /// deleted in the same epoch starts above every version the old file had.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        counter: Option<u64>,
         /// Authorisation (op `create`, user `@nm`).
         ticket: Ticket,
     },

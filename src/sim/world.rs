@@ -408,7 +408,7 @@ impl World {
         let mut released = Vec::new();
         for (batch, effects) in pending {
             for op in batch {
-                apply(&mut self.nm.persisted, op);
+                self.nm.persisted.apply(op);
             }
             released.extend(effects);
         }
@@ -763,11 +763,16 @@ impl World {
                 file,
                 owner,
                 epoch,
+                counter,
                 ticket,
             } => {
                 let st = self.checked(i, &ticket, &file, TicketOp::Create)?;
                 self.may_write(i, &ticket, &st)?;
-                let m = st.create(&file, &owner, epoch).map_err(wire)?;
+                let first = Version {
+                    epoch,
+                    counter: counter.unwrap_or(1).max(1),
+                };
+                let m = st.create_at(&file, &owner, first).map_err(wire)?;
                 Ok(JobOutput::State(m.state(&file)))
             }
             Message::SsDelete { file, ticket } => {
@@ -1444,57 +1449,4 @@ impl Drop for TempDir {
 thread_local! {
     /// The running name server's wall clock (the core reads it through its `Env`).
     static NM_WALL: std::cell::RefCell<Option<Arc<AtomicU64>>> = const { std::cell::RefCell::new(None) };
-}
-
-/// Applies one store operation to the in-memory copy of the name server's durable state.
-fn apply(l: &mut Loaded, op: StoreOp) {
-    match op {
-        StoreOp::PutUser(u) => {
-            l.users.insert(u);
-        }
-        StoreOp::PutUserKey(u, k) => {
-            l.users.insert(u.clone());
-            l.user_keys.insert(u, k);
-        }
-        StoreOp::ResetUserKey(u) => {
-            l.user_keys.remove(&u);
-        }
-        StoreOp::PutFile(f, r) => {
-            l.files.insert(f, r);
-        }
-        StoreOp::DelFile(f) => {
-            l.files.remove(&f);
-        }
-        StoreOp::PutServer(n, r) => {
-            l.servers.insert(n, r);
-        }
-        StoreOp::PutPair(p, b) => {
-            l.pairs.insert(p, b);
-        }
-        StoreOp::PutPairState(p, r) => {
-            l.pair_states.insert(p, r);
-        }
-        StoreOp::PutJob(j) => {
-            l.jobs.insert(j.key(), j);
-        }
-        StoreOp::DelJob(k) => {
-            l.jobs.remove(&k);
-        }
-        StoreOp::PutFolder(f, r) => {
-            l.folders.insert(f, r);
-        }
-        StoreOp::PutRequest(r) => {
-            l.requests.insert(r.id, r);
-        }
-        StoreOp::DelRequest(id) => {
-            l.requests.remove(&id);
-        }
-        StoreOp::PutNextRequest(n) => l.next_request = n,
-        StoreOp::PutMove(f, m) => {
-            l.moves.insert(f, m);
-        }
-        StoreOp::DelMove(f) => {
-            l.moves.remove(&f);
-        }
-    }
 }

@@ -568,7 +568,7 @@ mod tests {
         ];
         // No ASCII byte at all after the first lane: one lane does everything.
         let mut no_ascii = b"ab ".to_vec();
-        no_ascii.extend(std::iter::repeat(0xFFu8).take(20_000));
+        no_ascii.extend(std::iter::repeat_n(0xFFu8, 20_000));
         cases.push(no_ascii);
         // ASCII bytes only near the end, and a sequence cut at every lane boundary.
         let mut late = vec![0xE2u8; 30_000];
@@ -646,7 +646,7 @@ mod tests {
             // Long enough for the lanes: the content twice over, with more of it after.
             let mut bytes = half.clone();
             bytes.extend_from_slice(&half);
-            bytes.extend(std::iter::repeat(half).take(4).flatten());
+            bytes.extend(std::iter::repeat_n(half, 4).flatten());
             let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
             cuts.push(0);
             cuts.push(bytes.len());
@@ -775,7 +775,7 @@ mod tests {
             x ^= x >> 7;
             x ^= x << 17;
             out.extend_from_slice(words[(x % words.len() as u64) as usize].as_bytes());
-            out.push(if x % 11 == 0 { b'\n' } else { b' ' });
+            out.push(if x.is_multiple_of(11) { b'\n' } else { b' ' });
         }
         out.truncate(n);
         out

@@ -12,7 +12,11 @@ const BACKUP: &str = "ss1_backup";
 
 /// A pair, paired, holding `a.txt` with one sentence on both members.
 fn pair_with_a_file() -> Cluster {
-    let c = Cluster::builder().pair().start();
+    pair_with_a_file_on(Cluster::builder())
+}
+
+fn pair_with_a_file_on(b: Builder) -> Cluster {
+    let c = b.pair().start();
     c.wait_event("nm", "replication_assign", |v| mentions(v, BACKUP), WAIT);
     c.client("alice")
         .run("CREATE a.txt\nWRITE a.txt 0\n0 Before the failure.\nETIRW\n")
@@ -243,7 +247,8 @@ fn a_primary_cut_off_by_sigstop_loses_its_lease_and_its_old_ticket_is_refused() 
 
 #[test]
 fn a_copy_with_changes_never_acknowledged_is_quarantined_not_overwritten() {
-    let mut c = pair_with_a_file();
+    let port = crate::metrics::free_port();
+    let mut c = pair_with_a_file_on(Cluster::builder().nm_args(&["--http-port", &port]));
     let since = c.mark("nm");
     c.kill9(PRIMARY);
     wait_pair_event(&c, since, "failover_complete");
@@ -280,6 +285,25 @@ fn a_copy_with_changes_never_acknowledged_is_quarantined_not_overwritten() {
     c.client("alice")
         .run("READ a.txt\n")
         .assert_lines(&["Before the failure. Acknowledged on the backup."]);
+    // The status page's events (its snapshot is published about once a second) say which
+    // server's copy of which file was set aside, and why.
+    let http = crate::metrics::nm_http(&c);
+    let events = || -> Vec<serde_json::Value> {
+        let (_, body) = crate::metrics::http_get(&http, "/status");
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+        status["events"].as_array().unwrap().clone()
+    };
+    assert!(
+        poll_until(WAIT, || events().iter().any(|e| e["kind"] == "QUARANTINE")),
+        "no QUARANTINE event in {:?}",
+        events()
+    );
+    let events = events();
+    let q = events.iter().find(|e| e["kind"] == "QUARANTINE").unwrap();
+    assert_eq!(q["subject"], PRIMARY, "{q}");
+    assert_eq!(q["files"], serde_json::json!(["a.txt"]), "{q}");
+    assert!(q["at_ms"].as_u64().unwrap() > 0, "{q}");
+    assert!(!q["text"].as_str().unwrap().is_empty(), "{q}");
 }
 
 #[test]

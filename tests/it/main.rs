@@ -7,6 +7,7 @@
 mod harness;
 mod netns;
 
+mod access_times;
 mod auth;
 mod checkpoints;
 mod cluster_script;
@@ -21,6 +22,7 @@ mod fsck;
 mod hosts;
 mod identity;
 mod metrics;
+mod migration;
 mod multihost;
 mod overload;
 mod replication;

@@ -46,14 +46,14 @@ pub fn http_get(addr: &str, path: &str) -> (String, String) {
     (head.lines().next().unwrap().to_string(), body.to_string())
 }
 
-fn scrape(addr: &str) -> prometheus_parse::Scrape {
+pub fn scrape(addr: &str) -> prometheus_parse::Scrape {
     let (status, body) = http_get(addr, "/metrics");
     assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
     prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).unwrap()
 }
 
 /// The value of the sample named `metric` whose labels include `labels` (0 when absent).
-fn value(s: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+pub fn value(s: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
     s.samples
         .iter()
         .find(|x| x.metric == metric && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
@@ -158,4 +158,43 @@ fn page_status_and_metrics_answer_while_a_slow_client_holds_a_connection() {
         );
         let _ = slow.write_all(b"r");
     }
+}
+
+/// Every replication job a change makes due is handed to the workers by the loop's pump
+/// right after the change, never left for a later wake-up (a deadline, a periodic tick): the
+/// name server counts each time it went idle with such a job waiting, and concurrent
+/// writers' changes leave that count at zero.
+#[test]
+fn every_change_is_dispatched_by_its_own_wake_up() {
+    let port = free_port();
+    let c = Cluster::builder()
+        .pair()
+        .nm_args(&["--http-port", &port])
+        .start();
+    let addr = nm_http(&c);
+    let (writers, writes) = (4, 8);
+    std::thread::scope(|s| {
+        for w in 0..writers {
+            let c = &c;
+            s.spawn(move || {
+                let mut script = format!("CREATE wake{w}.txt\n");
+                for i in 0..writes {
+                    script.push_str(&format!("WRITE wake{w}.txt {i}\n0 Change {i}.\nETIRW\n"));
+                }
+                c.client("alice").run(&script).assert_code(0);
+            });
+        }
+    });
+    for w in 0..writers {
+        let bytes = wait_file_replicated(&c, "ss1", "ss1_backup", &format!("wake{w}.txt"));
+        assert!(bytes.ends_with(format!("Change {}.", writes - 1).as_bytes()));
+    }
+    let s = scrape(&addr);
+    assert!(has(&s, "pairfs_replication_missed_wakeups_total"));
+    assert_eq!(
+        value(&s, "pairfs_replication_missed_wakeups_total", &[]),
+        0.0,
+        "replication jobs waited for a later wake-up; nm log:\n{}",
+        c.log("nm").tail()
+    );
 }

@@ -1,8 +1,11 @@
 //! The status page at `/`, rendered by a real headless Chromium driven over the DevTools
 //! protocol (`--remote-debugging-pipe`: NUL-separated JSON messages on descriptors 3 and 4).
 //! One page session stays open: after a primary is SIGKILLed, the page must show its pair
-//! failing within 3 s without being reloaded. Screenshots land in the test's temp directory
-//! (and, when `PAIRFS_SCREENS_DIR` is set, are copied there).
+//! failing within 3 s without being reloaded; when it returns with a copy edited by hand, the
+//! events list the failover, the quarantine of that copy and the recovery. At 1280x800 (a
+//! laptop) and 390x844 (a phone) nothing on the page scrolls sideways. Screenshots at both
+//! sizes land in the test's temp directory (and, when `PAIRFS_SCREENS_DIR` is set, are copied
+//! there).
 //!
 //! Without Chromium (`scripts/deps.sh` installs it where apt is available) the test prints
 //! SKIPPED with the reason.
@@ -152,6 +155,8 @@ impl Browser {
                  .map(e => [e.dataset.pair, e.dataset.state])),\
                servers: [...document.querySelectorAll('[data-server]')].map(e => e.dataset.server),\
                banner: document.getElementById('banner').textContent,\
+               events: [...document.querySelectorAll('[data-event]')]\
+                 .map(e => ({ kind: e.dataset.event, text: e.innerText })),\
                text: document.body.innerText })",
         )
         .as_str()
@@ -160,7 +165,7 @@ impl Browser {
     }
 
     /// Polls the rendered page until `ok` holds; returns what it showed then.
-    fn wait_shown(&mut self, within: Duration, ok: impl Fn(&Value) -> bool) -> Option<Value> {
+    fn wait_shown(&mut self, within: Duration, ok: &impl Fn(&Value) -> bool) -> Option<Value> {
         let t = Instant::now();
         loop {
             let v = self.shown();
@@ -175,12 +180,52 @@ impl Browser {
         }
     }
 
-    fn screenshot(&mut self, to: &Path) {
+    /// Lays the page out as a `width` x `height` viewport (a phone's when `mobile`).
+    fn resize(&mut self, width: u32, height: u32, mobile: bool) {
+        let s = self.session.clone();
+        self.call(
+            Some(&s),
+            "Emulation.setDeviceMetricsOverride",
+            json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile }),
+        );
+    }
+
+    /// Boxes wider than what they show (the page itself, and each table's scroll box), as
+    /// `[what, scrollWidth, clientWidth]`.
+    fn overflowing(&mut self) -> Value {
+        let v = self.eval(
+            "JSON.stringify([['page', document.documentElement.scrollWidth, window.innerWidth]]\
+               .concat([...document.querySelectorAll('.scroll')]\
+                 .map(e => [e.closest('section').querySelector('h2').textContent,\
+                            e.scrollWidth, e.clientWidth]))\
+               .filter(([, sw, cw]) => sw > cw))",
+        );
+        serde_json::from_str(v.as_str().unwrap()).unwrap()
+    }
+
+    /// Screenshots of the viewport at 1280x800 and 390x844 as `{name}_1280.png` and
+    /// `{name}_390.png` (and of the whole phone page as `{name}_390_full.png` when `full`),
+    /// once the page shows what `ok` accepts at each size; nothing may scroll sideways.
+    fn shots(&mut self, dir: &Path, name: &str, full: bool, ok: impl Fn(&Value) -> bool) {
+        for (w, h, mobile) in [(1280, 800, false), (390, 844, true)] {
+            self.resize(w, h, mobile);
+            self.wait_shown(WAIT, &ok)
+                .unwrap_or_else(|| panic!("{name} at {w}x{h}: the page stopped showing it"));
+            let wide = self.overflowing();
+            assert_eq!(wide, json!([]), "{name} at {w}x{h}: scrolls sideways");
+            self.screenshot(&dir.join(format!("{name}_{w}.png")), false);
+            if full && mobile {
+                self.screenshot(&dir.join(format!("{name}_{w}_full.png")), true);
+            }
+        }
+    }
+
+    fn screenshot(&mut self, to: &Path, whole_page: bool) {
         let s = self.session.clone();
         let r = self.call(
             Some(&s),
             "Page.captureScreenshot",
-            json!({ "format": "png" }),
+            json!({ "format": "png", "captureBeyondViewport": whole_page }),
         );
         std::fs::write(to, base64_decode(r["data"].as_str().unwrap())).unwrap();
         println!("screenshot: {}", to.display());
@@ -244,49 +289,96 @@ fn status_page_shows_servers_pairs_and_a_failing_pair_without_reload() {
         .run("CREATE page.txt\nWRITE page.txt 0\n0 Shown on the page.\nETIRW\n")
         .assert_code(0);
     let mut b = Browser::open(&bin, &format!("http://{addr}/"));
+    let dir = c.dir().to_path_buf();
+    let both_active = |v: &Value| {
+        v["pairs"]["ss1"] == "ACTIVE"
+            && v["pairs"]["ss2"] == "ACTIVE"
+            && v["servers"].as_array().is_some_and(|s| s.len() == 4)
+    };
     let healthy = b
-        .wait_shown(WAIT, |v| {
-            v["pairs"]["ss1"] == "ACTIVE"
-                && v["pairs"]["ss2"] == "ACTIVE"
-                && v["servers"].as_array().is_some_and(|s| s.len() == 4)
-        })
+        .wait_shown(WAIT, &both_active)
         .expect("the page never showed both pairs ACTIVE and four servers");
     for s in ["ss1", "ss1_backup", "ss2", "ss2_backup"] {
         assert!(healthy["servers"].as_array().unwrap().contains(&json!(s)));
     }
     assert_eq!(healthy["banner"], "");
-    b.screenshot(&c.dir().join("status.png"));
+    b.shots(&dir, "status_healthy", false, both_active);
 
+    // Back at the laptop's size, a primary fails.
+    b.resize(1280, 800, false);
     c.kill9("ss1");
     let t = Instant::now();
+    let is_failing = |v: &Value| {
+        matches!(
+            v["pairs"]["ss1"].as_str(),
+            Some("FAILING_OVER" | "PRIMARY_DOWN")
+        )
+    };
     let failing = b
-        .wait_shown(Duration::from_secs(3), |v| {
-            matches!(
-                v["pairs"]["ss1"].as_str(),
-                Some("FAILING_OVER" | "PRIMARY_DOWN")
-            )
-        })
+        .wait_shown(Duration::from_secs(3), &is_failing)
         .unwrap_or_else(|| panic!("no failing pair shown within 3 s ({:?})", t.elapsed()));
     assert_eq!(failing["pairs"]["ss2"], "ACTIVE");
     assert!(
         failing["banner"].as_str().unwrap().contains("ss1"),
         "{failing}"
     );
-    b.screenshot(&c.dir().join("status_failing.png"));
+    b.shots(&dir, "status_failing", false, is_failing);
     // The failover completes and the event list says so.
-    b.wait_shown(WAIT, |v| {
+    let failed_over = |v: &Value| {
         v["pairs"]["ss1"] == "PRIMARY_DOWN" && v["text"].as_str().unwrap().contains("FAILOVER")
-    })
-    .expect("the page never showed the completed failover");
-    b.screenshot(&c.dir().join("status_failed_over.png"));
-    // As a phone shows it.
-    let s = b.session.clone();
-    b.call(
-        Some(&s),
-        "Emulation.setDeviceMetricsOverride",
-        json!({ "width": 390, "height": 1400, "deviceScaleFactor": 1, "mobile": true }),
+    };
+    b.wait_shown(WAIT, &failed_over)
+        .expect("the page never showed the completed failover");
+    b.shots(&dir, "status_failed_over", false, failed_over);
+
+    // A change acknowledged on the promoted backup; the old primary's copy is edited by hand
+    // while it is down, so it returns with changes nobody acknowledged: that copy is set
+    // aside, the primary catches up and takes over again, and the events say all of it.
+    c.client("alice")
+        .run("WRITE page.txt 1\n0 Written on the backup.\nETIRW\n")
+        .assert_contains("Write Successful!");
+    std::fs::write(
+        c.storage("ss1").join("files/page.txt"),
+        b"Edited on the old primary while it was down.",
+    )
+    .unwrap();
+    c.restart("ss1");
+    let kinds = |v: &Value| -> Vec<String> {
+        v["events"]
+            .as_array()
+            .map(|e| {
+                e.iter()
+                    .map(|x| x["kind"].as_str().unwrap_or_default().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let recovered = |v: &Value| {
+        let k = kinds(v);
+        v["pairs"]["ss1"] == "ACTIVE"
+            && ["FAILOVER", "QUARANTINE", "SERVER_UP", "RECOVERED"]
+                .iter()
+                .all(|w| k.iter().any(|x| x == w))
+    };
+    let shown = b
+        .wait_shown(WAIT, &recovered)
+        .expect("the page never listed the quarantine and the recovery");
+    let q = shown["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "QUARANTINE")
+        .unwrap()["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(q.contains("ss1:") && q.contains("page.txt"), "{q}");
+    // Newest first: the recovery is listed above the quarantine, which is above the failover.
+    let k = kinds(&shown);
+    let at = |w: &str| k.iter().position(|x| x == w).unwrap();
+    assert!(
+        at("RECOVERED") < at("QUARANTINE") && at("QUARANTINE") < at("FAILOVER"),
+        "{k:?}"
     );
-    b.wait_shown(WAIT, |v| v["pairs"]["ss1"] == "PRIMARY_DOWN")
-        .expect("the page stopped showing the pair");
-    b.screenshot(&c.dir().join("status_phone.png"));
+    b.shots(&dir, "status_recovered", true, recovered);
 }

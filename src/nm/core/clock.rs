@@ -20,10 +20,16 @@
 //! **Randomness** ([`Entropy`]): challenge and ticket nonces come from a generator seeded
 //! once (from the OS at startup, from a fixed seed in simulations), so a simulated run is
 //! reproducible from its seed alone.
+//!
+//! **Tickets** the core grants are minted in one place, [`Env::mint`], on this wall clock
+//! and randomness; so is the fresh ticket of an SS_MOVE a worker repeats after its answer
+//! was lost: the workers are handed the core's `Env` ([`super::Core::env`]).
 
-use hmac::{Hmac, Mac};
+use crate::auth::{ClusterKey, Grant};
+use crate::protocol::Ticket;
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
-use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -35,10 +41,11 @@ pub fn mono_ms() -> u64 {
 }
 
 /// A stream of random bytes: HMAC-SHA256 of a counter under a 32-byte seed, so nonces are
-/// unpredictable without the seed and never repeat within one run.
+/// unpredictable without the seed and never repeat within one run (the counter is shared by
+/// every thread drawing from it).
 pub struct Entropy {
     seed: [u8; 32],
-    counter: Cell<u64>,
+    counter: AtomicU64,
 }
 
 impl Entropy {
@@ -60,7 +67,7 @@ impl Entropy {
     fn from_bytes(seed: [u8; 32]) -> Entropy {
         Entropy {
             seed,
-            counter: Cell::new(0),
+            counter: AtomicU64::new(0),
         }
     }
 
@@ -68,8 +75,7 @@ impl Entropy {
     pub fn hex(&self, n: usize) -> String {
         let mut out = Vec::with_capacity(n);
         while out.len() < n {
-            let i = self.counter.get();
-            self.counter.set(i.wrapping_add(1));
+            let i = self.counter.fetch_add(1, Ordering::Relaxed);
             let mut m =
                 Hmac::<Sha256>::new_from_slice(&self.seed).expect("HMAC accepts any key length");
             m.update(&i.to_le_bytes());
@@ -81,7 +87,7 @@ impl Entropy {
 }
 
 /// The wall clock as a function of the monotonic time the core was last given.
-pub type WallClock = Box<dyn Fn(u64) -> u64 + Send>;
+pub type WallClock = Box<dyn Fn(u64) -> u64 + Send + Sync>;
 
 /// What the core takes from outside besides events: the wall clock and randomness.
 pub struct Env {
@@ -117,6 +123,12 @@ impl Env {
     /// `n` random bytes, hex-encoded.
     pub fn random_hex(&self, n: usize) -> String {
         self.entropy.hex(n)
+    }
+
+    /// `grant` as a ticket under `key`, valid from the wall time at monotonic time `mono_ms`
+    /// and carrying a fresh nonce: how the core and a worker repeating its call mint.
+    pub fn mint(&self, key: &ClusterKey, grant: &Grant<'_>, mono_ms: u64) -> Ticket {
+        key.mint_at(grant, self.wall_ms(mono_ms), self.random_hex(16))
     }
 }
 

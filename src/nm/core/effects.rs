@@ -85,7 +85,7 @@ pub enum Effect {
     },
     /// Run a job on the worker pool.
     Job(Job),
-    /// Run a job on the worker pool once everything before it is durable (a MOVE's intent
-    /// must be on disk before the storage server renames the file).
+    /// Run a job on the worker pool once everything before it is durable (a MOVE's or
+    /// DELETE's intent must be on disk before the storage server renames or removes the file).
     DurableJob(Job),
 }

@@ -472,6 +472,7 @@ impl Core {
         self.drop_move_intent(from);
         let mut rec = self.ns.files.get(from).cloned()?;
         let ss = rec.ss.clone();
+        self.retire_name(from);
         self.del_file(from);
         self.note_removed(&ss, from);
         // Only the writer that renamed it holds the file under its new name; the other member

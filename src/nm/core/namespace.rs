@@ -13,7 +13,7 @@
 use super::*;
 
 /// The namespace's durable state: who exists, what files and folders there are, who may do
-/// what with them, and the MOVEs not yet settled.
+/// what with them, and the MOVEs and DELETEs not yet settled.
 pub(super) struct Namespace {
     /// Every user ever seen.
     pub(super) users: BTreeSet<String>,
@@ -29,6 +29,8 @@ pub(super) struct Namespace {
     pub(super) next_request: u64,
     /// MOVEs sent (or about to be) and not yet settled, by the file's old name.
     pub(super) moves: BTreeMap<String, MoveIntent>,
+    /// DELETEs sent (or about to be) and not yet settled, by the file's name.
+    pub(super) deletes: BTreeMap<String, DeleteIntent>,
 }
 
 impl Core {
@@ -429,10 +431,8 @@ impl Core {
                 (ss, addr, ticket)
             }
         };
-        let mut rec = rec.clone();
-        rec.accessed_ms = Some(self.wall_ms());
-        rec.accessed_by = Some(user.to_string());
-        self.put_file(&canon, rec);
+        // In memory only: a READ writes nothing durable (see `access`).
+        self.touch(&canon, user);
         Ok(Message::Located { ss, addr, ticket })
     }
 

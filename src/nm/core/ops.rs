@@ -139,6 +139,13 @@ impl InFlightOps {
             .any(|f| f.file == from && matches!(f.purpose, Purpose::Move { .. }))
     }
 
+    /// Whether a DELETE of `file` handed out in this run is still awaited.
+    pub(super) fn deleting(&self, file: &str) -> bool {
+        self.jobs
+            .values()
+            .any(|f| f.file == file && matches!(f.purpose, Purpose::Delete))
+    }
+
     /// Worker jobs handed out and not yet answered.
     pub(super) fn len(&self) -> usize {
         self.jobs.len()
@@ -259,10 +266,12 @@ impl Core {
         };
         self.refuse_if_removing(&writer, canon, now_ms)?;
         let ticket = self.mint_change(NM_USER, canon, TicketOp::Create, &writer, None, epoch);
+        let first = self.pairs.get(&ss).map_or(1, PairRecord::first_counter);
         let msg = Message::SsCreate {
             file: canon.to_string(),
             owner: p.user.clone(),
             epoch,
+            counter: (first > 1).then_some(first),
             ticket,
         };
         let member = self.membership(&writer).map_or(Member::Primary, |(_, m)| m);
@@ -277,8 +286,10 @@ impl Core {
         ))
     }
 
+    /// DELETE f: the owner only. The intent is written in the batch before the call is sent
+    /// (see `deletes.rs`).
     pub(super) fn start_delete(
-        &self,
+        &mut self,
         canon: &str,
         p: &Pending,
     ) -> Result<(JobKind, Purpose), WireError> {
@@ -289,11 +300,21 @@ impl Core {
             &format!("Only the owner can delete {}", names::display(canon)),
         )?;
         let (ss, addr, epoch) = self.writer_for(rec, canon, false)?;
+        let (version, checksum) = (rec.version, rec.checksum);
         let ticket = self.mint_change(NM_USER, canon, TicketOp::Delete, &ss, None, epoch);
         let msg = Message::SsDelete {
             file: canon.to_string(),
             ticket,
         };
+        self.put_delete_intent(
+            canon,
+            DeleteIntent {
+                ss,
+                epoch,
+                version,
+                checksum,
+            },
+        );
         Ok((JobKind::SsCall { addr, msg }, Purpose::Delete))
     }
 
@@ -329,7 +350,7 @@ impl Core {
     /// A worker finished (or the job could not be queued).
     pub fn on_job_result(&mut self, id: JobId, result: Result<JobOutput, WireError>, now_ms: u64) {
         self.at(now_ms);
-        if let Some((key, sent)) = self.q.running.remove(&id) {
+        if let Some((key, sent)) = self.q.take_running(id) {
             self.on_repl_result(key, sent, result, now_ms);
             return self.pump_replication(now_ms);
         }
@@ -431,12 +452,14 @@ impl Core {
                 Finished::change(target, Want::Content { version })
             }
             (Purpose::Delete, Ok(_)) => {
+                self.drop_delete_intent(file);
                 let target = self.record_deleted(file, now_ms);
                 log::info!(target: ev::NM_FILE_CHANGE, file = file; "deleted {file}");
                 Finished::change(target, Want::Delete)
             }
             (Purpose::Delete, Err(e)) if e.code == crate::protocol::ErrorCode::NotFound => {
                 // The copy is already gone; the record follows it.
+                self.drop_delete_intent(file);
                 let target = self.record_deleted(file, now_ms);
                 Finished::change(target, Want::Delete)
             }
@@ -479,6 +502,11 @@ impl Core {
                 self.drop_move_intent(file);
                 Finished::answer(Err(e))
             }
+            (Purpose::Delete, Err(e)) => {
+                // Refused (or not reached): the file stays.
+                self.drop_delete_intent(file);
+                Finished::answer(Err(e))
+            }
             (Purpose::Exec { user, .. }, Err(e)) => {
                 log::info!(target: ev::NM_EXEC, file = file, user = user.as_str();
                     "EXEC of {file} failed: {}", e.msg);
@@ -503,29 +531,12 @@ impl Core {
         now_ms: u64,
     ) -> Option<String> {
         let wall_ms = self.wall_ms();
-        let mut rec = FileRecord {
-            owner,
-            ss: ss.to_string(),
-            version: st.version,
-            checksum: st.checksum,
-            size: st.size,
-            words: st.words,
-            chars: st.chars,
-            created_ms: wall_ms,
-            modified_ms: if st.modified_ms > 0 {
-                st.modified_ms
-            } else {
-                wall_ms
-            },
-            access: BTreeMap::new(),
-            accessed_ms: None,
-            accessed_by: None,
-            backup_version: None,
-            primary_missing: false,
-            primary_held: None,
-            epoch_base: None,
+        let modified_ms = if st.modified_ms > 0 {
+            st.modified_ms
+        } else {
+            wall_ms
         };
-        rec.held_only_by(member, st.version);
+        let rec = FileRecord::first(owner, ss, member, st, wall_ms, modified_ms);
         self.put_file(file, rec);
         log::info!(target: ev::NM_FILE_CHANGE, file = file, ss = ss,
             version = st.version.to_string(); "created {file} on {ss}");
@@ -563,6 +574,7 @@ impl Core {
         let ss = self.ns.files.get(file).map(|r| r.ss.clone());
         if let Some(ss) = &ss {
             self.note_removed(ss, file);
+            self.retire_name(file);
         }
         self.drop_requests_for(file);
         self.del_file(file);
@@ -623,7 +635,7 @@ impl Core {
             self.ns
                 .files
                 .get(file)
-                .map_or(true, |rec| rec.holds(m.other()))
+                .is_none_or(|rec| rec.holds(m.other()))
         })
     }
 
@@ -631,6 +643,7 @@ impl Core {
     /// ended): its copies are not current until repaired, and it is owed the record's state
     /// of each (or its removal), with its own copy set aside first.
     pub(super) fn set_aside_on(&mut self, ss: &str, files: &[String], now_ms: u64) {
+        let why = SetAside::EndedEpoch;
         let member = self.membership(ss).map(|(_, m)| m);
         for f in files {
             let want = match self.ns.files.get(f).cloned() {
@@ -646,7 +659,7 @@ impl Core {
                 }
                 None => Want::Delete,
             };
-            self.upsert_job_q(ss, f, want, true, now_ms);
+            self.upsert_job_q(ss, f, want, Some(why), now_ms);
         }
     }
 
@@ -663,6 +676,9 @@ impl Core {
         if let Purpose::Move { to } = &flight.purpose {
             touched.push(to.clone());
             self.drop_move_intent(&flight.file);
+        }
+        if matches!(flight.purpose, Purpose::Delete) {
+            self.drop_delete_intent(&flight.file);
         }
         log::warn!(target: ev::NM_SS_RECOVERY, file = flight.file.as_str(), ss = ss.as_str(), epoch = epoch;
             "{ss} answered a change of {} made in epoch {epoch}, which has ended; it is not applied and that copy is set aside",

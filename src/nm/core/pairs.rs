@@ -72,7 +72,7 @@
 //! # Epochs in tickets
 //!
 //! Tickets for changes (write, upload, create, undo, client delete, and the name server's
-//! checkpoint, revert and move calls: `ClusterKey::mint_change`) carry the pair's epoch,
+//! checkpoint, revert and move calls: `Core::mint_change`) carry the pair's epoch,
 //! inside the MAC. A storage server refuses one unless it is the writer, holds a live lease,
 //! and is on that epoch; a session's COMMIT and an upload's install check again, and UNDO,
 //! REVERT and MOVE check the lease again under the file lock. A ticket a moment ahead of the
@@ -459,8 +459,8 @@ impl Core {
                 "{ss} is down; it is recovered when it registers again"
             )));
         }
-        for k in self.q.repl.keys_for(ss) {
-            self.retry_job_now(&k, now_ms);
+        for k in self.q.keys_for(ss) {
+            self.q.retry_now(&k, now_ms, &mut self.batch);
         }
         let files: Vec<String> = self
             .ns
@@ -470,7 +470,7 @@ impl Core {
             .map(|(f, _)| f.clone())
             .collect();
         for f in &files {
-            self.owe_to(f, ss, false, now_ms);
+            self.owe_to(f, ss, None, now_ms);
         }
         let (owed, _) = self.owed_to(ss);
         log::info!(target: ev::NM_RECOVERY_SYNC_QUEUED, ss = ss, queued = owed;

@@ -1,15 +1,23 @@
-//! The replication queue as the core sees it: the `jobs` rows owing a pair member a file's
-//! content or its removal (see `nm::replication` for the row, the relay and backoff),
-//! dispatching them to the workers, their results, sync-mode waits, and reconciling a member
-//! that registers with what its pair's records say it must hold.
+//! The replication queue: the `jobs` rows owing a pair member a file's content or its removal
+//! (see `nm::replication` for the row, the relay and backoff), dispatching them to the
+//! workers, their results, sync-mode waits, and reconciling a member that registers with
+//! what its pair's records say it must hold.
+//!
+//! # The part
+//!
+//! [`Queue`] owns the rows (the job table), the jobs handed to the workers, the sync-mode
+//! waits and the staged uploads, and decides everything that reads only them: writing a row,
+//! which due rows a pump visits, a dispatch, a retry, a failure's backoff, which waiters a
+//! result or a timeout releases. It writes its durable changes into the store batch it is
+//! handed and returns the waiters to answer; the core decides, per row, what the other parts
+//! say of it (the file's record, the members' liveness, an owed removal) and routes the
+//! answers (`Core::release`) and the recovery progress (`pairs::Pairs`).
 //!
 //! The rows' in-memory index (by target, then `(next_ms, key)`, only dispatchable rows;
 //! parked rows; why a moot row owed to a down server may wait for its registration; the
-//! measured cost) is described in `jobtable.rs`.
-//!
-//! Uses the core's `repl` (the job table), `running`, `sync_waits` and `stages`. Invariants:
+//! measured cost) is described in `jobtable.rs`. Invariants:
 //! * one row per (target, file), coalescing every change: the row carries the latest want;
-//! * a key is never dispatched twice at once (it is marked running in `repl`);
+//! * a key is never dispatched twice at once (it is marked running in the table);
 //! * a removal owed to a member never takes a newer file of the same name (the one rule and
 //!   its proof, in `removals.rs`);
 //! * retry times (`next_ms`) are monotonic; a job's `since_ms` (STATUS's lag) is wall-clock.
@@ -19,43 +27,476 @@ use super::*;
 /// The replication queue's state.
 pub(super) struct Queue {
     /// Replication jobs by key (durable; the channel only dispatches them).
-    pub(super) repl: jobtable::JobTable,
+    repl: jobtable::JobTable,
     /// Replication jobs handed to the workers: job id to key and what was dispatched (their
     /// keys are marked running in `repl`, so one key is never dispatched twice at once).
-    pub(super) running: HashMap<JobId, (String, Want)>,
+    running: HashMap<JobId, (String, Want)>,
     /// Sync-mode answers waiting for a job, by job key.
-    pub(super) sync_waits: HashMap<String, Vec<SyncWait>>,
+    sync_waits: HashMap<String, Vec<SyncWait>>,
     /// Uploads staged on a job's target while they arrived, by job key: the version staged
     /// and the stage's id there (see `ss/server/staging.rs`; memory only).
-    pub(super) stages: HashMap<String, (Version, String)>,
+    stages: HashMap<String, (Version, String)>,
 }
 
-impl Core {
-    /// Writes (or rewrites) the job owing `want` of `file` to `target`; the row goes into the
-    /// same batch as the change it follows.
-    pub(super) fn upsert_job(&mut self, target: &str, file: &str, want: Want, now_ms: u64) {
-        self.upsert_job_q(target, file, want, false, now_ms);
+/// A sync waiter the queue is done with, and whether the backup holds the change (else it is
+/// answered degraded).
+pub(super) type Release = (Waiter, bool);
+
+/// What a due row is, as the core judges it from the other parts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Due {
+    /// Its file is gone or its target already current (a removal: the name is back): dropped.
+    Moot,
+    /// A removal whose name is busy with a call: retried shortly.
+    Later,
+    /// Its servers are up: dispatched.
+    Ready,
+    /// No member holding the content is up: parked until one may be.
+    Sourceless,
+}
+
+/// The due rows a pump visited, by what is done with them.
+#[derive(Default)]
+pub(super) struct DueRows {
+    pub(super) picked: Vec<String>,
+    pub(super) moot: Vec<String>,
+    pub(super) sourceless: Vec<String>,
+    pub(super) later: Vec<String>,
+}
+
+impl Queue {
+    /// The rows loaded from the store, none running. A row's retry time was on the last run's
+    /// monotonic clock: what that run left owed is due at `started_ms`.
+    pub(super) fn load(rows: impl IntoIterator<Item = ReplJob>, started_ms: u64) -> Queue {
+        let rows = rows.into_iter().map(move |mut j| {
+            j.next_ms = started_ms;
+            j
+        });
+        Queue {
+            repl: jobtable::JobTable::new(rows),
+            running: HashMap::new(),
+            sync_waits: HashMap::new(),
+            stages: HashMap::new(),
+        }
     }
 
-    /// [`Core::upsert_job`], optionally setting the target's copy aside first (a quarantine
-    /// still owed stays owed when the row is rewritten).
-    pub(super) fn upsert_job_q(
+    /// The row of `key`.
+    pub(super) fn get(&self, key: &str) -> Option<&ReplJob> {
+        self.repl.get(key)
+    }
+
+    /// Every row (pending or failed).
+    pub(super) fn rows(&self) -> impl Iterator<Item = &ReplJob> {
+        self.repl.values()
+    }
+
+    /// How many rows are owed.
+    pub(super) fn len(&self) -> usize {
+        self.repl.len()
+    }
+
+    /// Whether the row of `key` is with a worker.
+    pub(super) fn is_running(&self, key: &str) -> bool {
+        self.repl.is_running(key)
+    }
+
+    /// Keys of rows owed to `target`.
+    pub(super) fn keys_for(&self, target: &str) -> Vec<String> {
+        self.repl.keys_for(target)
+    }
+
+    /// Keys of `target`'s FAILED rows.
+    pub(super) fn failed_keys_for(&self, target: &str) -> Vec<String> {
+        self.repl
+            .keys_for(target)
+            .into_iter()
+            .filter(|k| {
+                self.repl
+                    .get(k)
+                    .is_some_and(|j| j.state == JobState::Failed)
+            })
+            .collect()
+    }
+
+    /// Rows owed to `target` (pending or failed), and whether one of them is running.
+    pub(super) fn owed_to(&self, target: &str) -> (u64, bool) {
+        (self.repl.owed_to(target), self.repl.running_for(target))
+    }
+
+    /// Jobs with the workers.
+    pub(super) fn in_flight(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Writes (or rewrites) the row owing `want` of `file` to `target`, due at `now_ms`, into
+    /// `batch`. A rewritten row keeps the wall time it has been owed since (else `wall_ms`)
+    /// and a quarantine it still owes. Returns whether the row is new.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn upsert(
         &mut self,
         target: &str,
         file: &str,
         want: Want,
         quarantine: bool,
         now_ms: u64,
-    ) {
+        wall_ms: u64,
+        batch: &mut Vec<StoreOp>,
+    ) -> bool {
         let key = job_key(target, file);
         // A staged upload stands only for the change that reported it (noted after this).
-        self.q.stages.remove(&key);
-        let old = self
-            .q
+        self.stages.remove(&key);
+        let old = self.repl.get(&key).map(|j| (j.since_ms, j.quarantine));
+        let job = ReplJob {
+            quarantine: quarantine || old.is_some_and(|(_, q)| q),
+            target: target.to_string(),
+            file: file.to_string(),
+            want,
+            attempts: 0,
+            next_ms: now_ms,
+            last_error: None,
+            state: JobState::Pending,
+            since_ms: old.map_or(wall_ms, |(since, _)| since),
+        };
+        batch.push(StoreOp::PutJob(job.clone()));
+        self.repl.insert(key, job);
+        old.is_none()
+    }
+
+    /// Makes a row due now with a fresh count of attempts (RECOVER, or a FAILED row whose
+    /// target registered again), durably.
+    pub(super) fn retry_now(&mut self, key: &str, now_ms: u64, batch: &mut Vec<StoreOp>) {
+        let j = self.repl.update(key, |j| {
+            j.state = JobState::Pending;
+            j.attempts = 0;
+            j.next_ms = now_ms;
+        });
+        if let Some(j) = j {
+            batch.push(StoreOp::PutJob(j));
+        }
+    }
+
+    /// Makes a waiting row due by `now_ms` (a FAILED one with its attempts reset); returns
+    /// the row as it is now, to be written.
+    pub(super) fn due_now(&mut self, key: &str, now_ms: u64) -> Option<ReplJob> {
+        self.repl.update(key, |j| {
+            if j.state == JobState::Failed {
+                j.state = JobState::Pending;
+                j.attempts = 0;
+            }
+            j.next_ms = j.next_ms.min(now_ms);
+        })
+    }
+
+    /// Removes the row of `key`, durably; returns it.
+    pub(super) fn drop_row(&mut self, key: &str, batch: &mut Vec<StoreOp>) -> Option<ReplJob> {
+        let j = self.repl.remove(key)?;
+        batch.push(StoreOp::DelJob(key.to_string()));
+        Some(j)
+    }
+
+    /// Removes the row of `key` unless it is with a worker (its result settles it), durably.
+    pub(super) fn drop_idle(&mut self, key: &str, batch: &mut Vec<StoreOp>) {
+        if self.repl.contains_key(key) && !self.repl.is_running(key) {
+            self.drop_row(key, batch);
+        }
+    }
+
+    /// Counts a failed attempt of `key`: backoff, or FAILED after the last attempt, durably.
+    pub(super) fn failed(
+        &mut self,
+        key: &str,
+        error: String,
+        now_ms: u64,
+        batch: &mut Vec<StoreOp>,
+    ) {
+        let j = self.repl.update(key, |j| {
+            j.attempts += 1;
+            j.last_error = Some(error);
+            if j.attempts >= replication::MAX_ATTEMPTS {
+                j.state = JobState::Failed;
+                log::warn!(target: ev::REPLICATION_WORKER_ERROR, file = j.file.as_str(),
+                    ss = j.target.as_str(); "file={} to {} FAILED after {} attempts",
+                    j.file, j.target, j.attempts);
+            } else {
+                j.next_ms = now_ms + replication::backoff_ms(j.attempts);
+            }
+        });
+        if let Some(j) = j {
+            batch.push(StoreOp::PutJob(j));
+        }
+    }
+
+    /// Whether any row is parked.
+    pub(super) fn has_parked(&self) -> bool {
+        self.repl.has_parked()
+    }
+
+    /// Puts the parked row of `key` back in the index.
+    pub(super) fn unpark(&mut self, key: &str) {
+        self.repl.unpark(key);
+    }
+
+    /// Puts every parked row back in the index (a server is up again).
+    pub(super) fn unpark_all(&mut self) {
+        self.repl.unpark_all();
+    }
+
+    /// The due rows of up targets at `now_ms`, sorted by `judge`, until `cap` jobs would be
+    /// with the workers. Visits only the due rows of targets that are up (see `jobtable.rs`).
+    pub(super) fn due_rows(
+        &self,
+        now_ms: u64,
+        cap: usize,
+        up: impl Fn(&str) -> bool,
+        judge: impl Fn(&ReplJob) -> Due,
+    ) -> DueRows {
+        let mut d = DueRows::default();
+        if self.running.len() >= cap {
+            return d;
+        }
+        let targets: Vec<&String> = self.repl.targets().filter(|t| up(t)).collect();
+        'targets: for target in targets {
+            for k in self.repl.due_for(target, now_ms) {
+                if self.running.len() + d.picked.len() >= cap {
+                    break 'targets;
+                }
+                let Some(j) = self.repl.get(k) else {
+                    continue;
+                };
+                let list = match judge(j) {
+                    Due::Moot => &mut d.moot,
+                    Due::Later => &mut d.later,
+                    Due::Ready => &mut d.picked,
+                    Due::Sourceless => &mut d.sourceless,
+                };
+                list.push(k.clone());
+            }
+        }
+        d
+    }
+
+    /// Leaves a row without a source out of the index until something may give it one.
+    pub(super) fn park(&mut self, key: &str) {
+        self.repl.park(key);
+    }
+
+    /// Makes a row due again shortly, without counting an attempt.
+    pub(super) fn delay(&mut self, key: &str, now_ms: u64) {
+        self.repl.update(key, |j| {
+            j.next_ms = now_ms + replication::CHANNEL_FULL_RETRY_MS;
+        });
+    }
+
+    /// The earliest time a waiting row of an up target becomes due, unless the workers are
+    /// full.
+    pub(super) fn next_due_ms(&self, cap: usize, up: impl Fn(&str) -> bool) -> Option<u64> {
+        if self.running.len() >= cap {
+            return None;
+        }
+        self.repl
+            .targets()
+            .filter(|t| up(t))
+            .filter_map(|t| self.repl.first_due(t))
+            .min()
+    }
+
+    /// Notes the row of `key` handed to the workers as job `id`, sending `want`.
+    pub(super) fn dispatch(&mut self, id: JobId, key: &str, want: Want) {
+        self.running.insert(id, (key.to_string(), want));
+        self.repl.set_running(key, true);
+    }
+
+    /// The worker channel had no room for job `id`: its row waits and is dispatched again
+    /// shortly. False if `id` is not a replication job.
+    pub(super) fn channel_full(&mut self, id: JobId, now_ms: u64) -> bool {
+        let Some((key, _)) = self.running.remove(&id) else {
+            return false;
+        };
+        self.delay(&key, now_ms);
+        self.repl.set_running(&key, false);
+        true
+    }
+
+    /// The key and the want dispatched of replication job `id`, if it is one (it is no longer
+    /// with the workers).
+    pub(super) fn take_running(&mut self, id: JobId) -> Option<(String, Want)> {
+        self.running.remove(&id)
+    }
+
+    /// The row of `key` came back from the workers having sent `sent`: no longer running, its
+    /// stage used. Returns the row as it is now (None: it was dropped meanwhile).
+    pub(super) fn returned(&mut self, key: &str, sent: Want) -> Option<ReplJob> {
+        self.repl.set_running(key, false);
+        // A stage is used by one attempt (which falls back to sending the content itself).
+        if self
+            .stages
+            .get(key)
+            .is_some_and(|(v, _)| sent == Want::Content { version: *v })
+        {
+            self.stages.remove(key);
+        }
+        self.repl.get(key).cloned()
+    }
+
+    /// Remembers that the content of `file` at `version` is staged on `target` as `s`, for
+    /// the row that owes exactly that version there. Kept in memory only: without it the job
+    /// sends the content, as it always could.
+    pub(super) fn note_stage(
+        &mut self,
+        target: &str,
+        file: &str,
+        version: Version,
+        s: crate::protocol::StagedRef,
+    ) {
+        let key = job_key(target, file);
+        let owed = self
             .repl
             .get(&key)
-            .map(|j| (j.since_ms, j.want, j.quarantine));
-        let since_ms = old.map_or(self.wall_ms(), |(since, ..)| since);
+            .is_some_and(|j| j.want == Want::Content { version });
+        if s.ss != target || !owed {
+            return;
+        }
+        if self.stages.len() >= MAX_STAGE_HINTS {
+            self.stages.clear();
+        }
+        self.stages.insert(key, (version, s.id));
+    }
+
+    /// The stage a row's transfer may install from.
+    pub(super) fn stage_for(&self, job: &ReplJob) -> Option<String> {
+        self.stages
+            .get(&job.key())
+            .filter(|(v, _)| job.want == Want::Content { version: *v })
+            .map(|(_, id)| id.clone())
+    }
+
+    /// Forgets the stages noted on `target` (a server empties its `tmp/` at start).
+    pub(super) fn forget_stages_on(&mut self, target: &str) {
+        let prefix = job_key(target, "");
+        self.stages.retain(|k, _| !k.starts_with(&prefix));
+    }
+
+    /// Makes `w` wait for the row of `key`.
+    pub(super) fn wait(&mut self, key: String, w: SyncWait) {
+        self.sync_waits.entry(key).or_default().push(w);
+    }
+
+    /// The earliest deadline of a sync wait.
+    pub(super) fn next_wait_ms(&self) -> Option<u64> {
+        self.sync_waits
+            .values()
+            .flat_map(|w| w.iter().map(|x| x.deadline_ms))
+            .min()
+    }
+
+    /// The waiters of `key` that `achieved` satisfies (`None`: the file is gone from the
+    /// target), released with both copies; with `failed`, every other one is released
+    /// degraded; the rest keep waiting.
+    pub(super) fn settle_waits(
+        &mut self,
+        key: &str,
+        achieved: Option<Option<Version>>,
+        failed: bool,
+    ) -> Vec<Release> {
+        let Some(waits) = self.sync_waits.remove(key) else {
+            return Vec::new();
+        };
+        let mut released = Vec::new();
+        let mut keep = Vec::new();
+        for w in waits {
+            let ok = match (w.want, achieved) {
+                (Want::Content { version }, Some(Some(v))) => v >= version,
+                (Want::Delete, Some(None)) => true,
+                _ => false,
+            };
+            if ok {
+                released.push((w.waiter, true));
+            } else if failed {
+                released.push((w.waiter, false));
+            } else {
+                keep.push(w);
+            }
+        }
+        if !keep.is_empty() {
+            self.sync_waits.insert(key.to_string(), keep);
+        }
+        released
+    }
+
+    /// Every waiter on a row owed to `target` (which went down), released degraded.
+    pub(super) fn fail_waits_on(&mut self, target: &str) -> Vec<Waiter> {
+        let prefix = job_key(target, "");
+        let keys: Vec<String> = self
+            .sync_waits
+            .keys()
+            .filter(|k| k.starts_with(&prefix))
+            .cloned()
+            .collect();
+        let mut released = Vec::new();
+        for k in keys {
+            if let Some(waits) = self.sync_waits.remove(&k) {
+                released.extend(waits.into_iter().map(|w| w.waiter));
+            }
+        }
+        released
+    }
+
+    /// Waiters past their deadline at `now_ms`, released degraded (their rows go on).
+    pub(super) fn expire_waits(&mut self, now_ms: u64) -> Vec<Waiter> {
+        let mut late = Vec::new();
+        for waits in self.sync_waits.values_mut() {
+            waits.retain(|w| {
+                let keep = w.deadline_ms > now_ms;
+                if !keep {
+                    late.push(w.waiter);
+                }
+                keep
+            });
+        }
+        self.sync_waits.retain(|_, w| !w.is_empty());
+        late
+    }
+
+    /// Forgets the waiters on a connection that closed.
+    pub(super) fn forget_waiter(&mut self, conn: ConnId) {
+        for waits in self.sync_waits.values_mut() {
+            waits.retain(|w| match w.waiter {
+                Waiter::Client(c) | Waiter::Changed(c, _) => c != conn,
+            });
+        }
+        self.sync_waits.retain(|_, w| !w.is_empty());
+    }
+
+    /// The job table itself, for tests that look at or age its rows.
+    #[cfg(test)]
+    pub(super) fn table(&self) -> &jobtable::JobTable {
+        &self.repl
+    }
+
+    #[cfg(test)]
+    pub(super) fn table_mut(&mut self) -> &mut jobtable::JobTable {
+        &mut self.repl
+    }
+}
+
+impl Core {
+    /// Writes (or rewrites) the job owing `want` of `file` to `target`; the row goes into the
+    /// same batch as the change it follows.
+    pub(super) fn upsert_job(&mut self, target: &str, file: &str, want: Want, now_ms: u64) {
+        self.upsert_job_q(target, file, want, None, now_ms);
+    }
+
+    /// [`Core::upsert_job`], optionally setting the target's copy aside first, for the reason
+    /// given (a quarantine still owed stays owed when the row is rewritten). A quarantine not
+    /// owed before is noted in the status page's events.
+    pub(super) fn upsert_job_q(
+        &mut self,
+        target: &str,
+        file: &str,
+        want: Want,
+        set_aside: Option<SetAside>,
+        now_ms: u64,
+    ) {
         // A new file's versions start again at 1: content owed where the removal of an older
         // file of that name is still owed would look older than the copy the target holds and
         // be skipped. The target's copy is set aside first, so the new content installs.
@@ -64,38 +505,49 @@ impl Core {
                 member: target,
                 file,
             }) == Removal::SetAside;
-        let quarantine = quarantine || replaces_removal || old.is_some_and(|(.., q)| q);
-        if old.is_none() {
+        let owed_before = self
+            .q
+            .get(&job_key(target, file))
+            .is_some_and(|j| j.quarantine);
+        let why = set_aside.or(replaces_removal.then_some(SetAside::ReplacesRemoval));
+        if let Some(why) = why.filter(|_| !owed_before) {
+            let at = self.wall_ms();
+            self.events.quarantine(at, target, file, why);
+        }
+        let wall_ms = self.wall_ms();
+        let new = self.q.upsert(
+            target,
+            file,
+            want,
+            why.is_some(),
+            now_ms,
+            wall_ms,
+            &mut self.batch,
+        );
+        if new {
             if let Some((p, _)) = self.membership(target) {
                 self.pairs.sync_owed(&p);
             }
         }
-        let job = ReplJob {
-            quarantine,
-            target: target.to_string(),
-            file: file.to_string(),
-            want,
-            attempts: 0,
-            next_ms: now_ms,
-            last_error: None,
-            state: JobState::Pending,
-            since_ms,
-        };
-        self.batch.push(StoreOp::PutJob(job.clone()));
-        self.q.repl.insert(key, job);
     }
 
-    /// Owes member `target` of `file`'s pair the file's current content (with `quarantine`,
-    /// its own copy is set aside first).
-    pub(super) fn owe_to(&mut self, file: &str, target: &str, quarantine: bool, now_ms: u64) {
+    /// Owes member `target` of `file`'s pair the file's current content (with `set_aside`,
+    /// its own copy is set aside first, for that reason).
+    pub(super) fn owe_to(
+        &mut self,
+        file: &str,
+        target: &str,
+        set_aside: Option<SetAside>,
+        now_ms: u64,
+    ) {
         let Some(rec) = self.ns.files.get(file) else {
             return;
         };
         let version = rec.version;
         log::info!(target: ev::NM_RECOVERY_SYNC_QUEUED, file = file, ss = target,
-            version = version.to_string(), quarantine = quarantine;
-            "file={file} owed to {target}{}", if quarantine { " (its copy is quarantined first)" } else { "" });
-        self.upsert_job_q(target, file, Want::Content { version }, quarantine, now_ms);
+            version = version.to_string(), quarantine = set_aside.is_some();
+            "file={file} owed to {target}{}", if set_aside.is_some() { " (its copy is quarantined first)" } else { "" });
+        self.upsert_job_q(target, file, Want::Content { version }, set_aside, now_ms);
     }
 
     /// Owes the member of `file`'s pair that is not the writer the file's current content.
@@ -114,7 +566,7 @@ impl Core {
             return Some(target);
         }
         self.upsert_job(&target, file, Want::Content { version }, now_ms);
-        let depth = self.q.repl.len() as u64;
+        let depth = self.q.len() as u64;
         if write {
             log::info!(target: ev::NM_WRITE_REPLICATION_QUEUED, file = file, ss = target.as_str(),
                 version = version.to_string(), queued = depth;
@@ -151,18 +603,22 @@ impl Core {
         match target {
             Some(t) if self.sync_mode() => {
                 let key = job_key(&t, file);
-                let owed = self.q.repl.get(&key).map(|j| j.state);
+                let owed = self.q.get(&key).map(|j| j.state);
                 if owed.is_none() {
                     // The backup already holds it.
                     self.release(waiter, true);
                 } else if !self.is_up(&t) || owed == Some(JobState::Failed) {
                     self.release(waiter, false);
                 } else {
-                    self.q.sync_waits.entry(key).or_default().push(SyncWait {
-                        waiter,
-                        want,
-                        deadline_ms: now_ms + SYNC_WAIT_MS,
-                    });
+                    let deadline_ms = now_ms + SYNC_WAIT_MS;
+                    self.q.wait(
+                        key,
+                        SyncWait {
+                            waiter,
+                            want,
+                            deadline_ms,
+                        },
+                    );
                 }
             }
             _ => self.release(waiter, true),
@@ -190,49 +646,25 @@ impl Core {
         }
     }
 
-    /// Releases the sync waiters of `key` that `achieved` satisfies (`None`: the file is gone
-    /// from the target); with `failed`, every waiter is answered degraded.
+    /// Answers the sync waiters of `key` that `achieved` satisfies (`None`: the file is gone
+    /// from the target); with `failed`, every waiter is answered degraded
+    /// ([`Queue::settle_waits`]).
     pub(super) fn settle_waits(
         &mut self,
         key: &str,
         achieved: Option<Option<Version>>,
         failed: bool,
     ) {
-        let Some(waits) = self.q.sync_waits.remove(key) else {
-            return;
-        };
-        let mut keep = Vec::new();
-        for w in waits {
-            let ok = match (w.want, achieved) {
-                (Want::Content { version }, Some(Some(v))) => v >= version,
-                (Want::Delete, Some(None)) => true,
-                _ => false,
-            };
-            if ok {
-                self.release(w.waiter, true);
-            } else if failed {
-                self.release(w.waiter, false);
-            } else {
-                keep.push(w);
-            }
-        }
-        if !keep.is_empty() {
-            self.q.sync_waits.insert(key.to_string(), keep);
+        for (w, both) in self.q.settle_waits(key, achieved, failed) {
+            self.release(w, both);
         }
     }
 
-    /// A server went down: sync waiters owed to it are answered degraded.
+    /// A server went down: sync waiters owed to it are answered degraded, and its partner is
+    /// told.
     pub(super) fn target_down(&mut self, name: &str) {
-        let prefix = format!("{name}\n");
-        let keys: Vec<String> = self
-            .q
-            .sync_waits
-            .keys()
-            .filter(|k| k.starts_with(&prefix))
-            .cloned()
-            .collect();
-        for k in keys {
-            self.settle_waits(&k, None, true);
+        for w in self.q.fail_waits_on(name) {
+            self.release(w, false);
         }
         self.push_partner(name);
     }
@@ -247,30 +679,9 @@ impl Core {
 
     /// Sync waiters past their deadline are answered degraded; their jobs go on.
     pub(super) fn expire_waits(&mut self, now_ms: u64) {
-        let mut late = Vec::new();
-        for waits in self.q.sync_waits.values_mut() {
-            waits.retain(|w| {
-                let keep = w.deadline_ms > now_ms;
-                if !keep {
-                    late.push(w.waiter);
-                }
-                keep
-            });
-        }
-        self.q.sync_waits.retain(|_, w| !w.is_empty());
-        for w in late {
+        for w in self.q.expire_waits(now_ms) {
             self.release(w, false);
         }
-    }
-
-    /// Sync waiters on a connection that closed are forgotten.
-    pub(super) fn forget_waiter(&mut self, conn: ConnId) {
-        for waits in self.q.sync_waits.values_mut() {
-            waits.retain(|w| match w.waiter {
-                Waiter::Client(c) | Waiter::Changed(c, _) => c != conn,
-            });
-        }
-        self.q.sync_waits.retain(|_, w| !w.is_empty());
     }
 
     /// Whether a pending job's servers are up (no allocation: this runs over every row).
@@ -281,19 +692,6 @@ impl Core {
         match job.want {
             Want::Delete => true,
             Want::Content { .. } => self.source_for(job).is_some(),
-        }
-    }
-
-    /// Makes a job row due now with a fresh count of attempts (RECOVER, or a FAILED row whose
-    /// target registered again), durably.
-    pub(super) fn retry_job_now(&mut self, key: &str, now_ms: u64) {
-        let j = self.q.repl.update(key, |j| {
-            j.state = JobState::Pending;
-            j.attempts = 0;
-            j.next_ms = now_ms;
-        });
-        if let Some(j) = j {
-            self.batch.push(StoreOp::PutJob(j));
         }
     }
 
@@ -333,31 +731,6 @@ impl Core {
         })
     }
 
-    /// Remembers that the content of `file` at `version` is staged on `target` as `s`, for
-    /// the job that owes exactly that version there. Kept in memory only: without it the job
-    /// sends the content, as it always could.
-    pub(super) fn note_stage(
-        &mut self,
-        target: &str,
-        file: &str,
-        version: Version,
-        s: crate::protocol::StagedRef,
-    ) {
-        let key = job_key(target, file);
-        let owed = self
-            .q
-            .repl
-            .get(&key)
-            .is_some_and(|j| j.want == Want::Content { version });
-        if s.ss != target || !owed {
-            return;
-        }
-        if self.q.stages.len() >= MAX_STAGE_HINTS {
-            self.q.stages.clear();
-        }
-        self.q.stages.insert(key, (version, s.id));
-    }
-
     /// The transfer a ready job describes.
     pub(super) fn transfer_for(&self, job: &ReplJob) -> Option<Transfer> {
         let t = self.reg.servers.get(&job.target).filter(|s| s.up)?;
@@ -369,12 +742,7 @@ impl Core {
                 Some((n.to_string(), s.rec.addr()))
             }
         };
-        let stage = self
-            .q
-            .stages
-            .get(&job.key())
-            .filter(|(v, _)| job.want == Want::Content { version: *v })
-            .map(|(_, id)| id.clone());
+        let stage = self.q.stage_for(job);
         Some(Transfer {
             file: job.file.clone(),
             want: job.want,
@@ -387,58 +755,24 @@ impl Core {
 
     /// Hands due jobs to the workers, up to the in-flight cap; drops content jobs whose file
     /// no longer exists (a delete job replaces them when the record goes). Visits only the
-    /// due rows of targets that are up (see `jobtable.rs`), so rows owed to a down server
+    /// due rows of targets that are up ([`Queue::due_rows`]), so rows owed to a down server
     /// cost nothing here (and a moot one waits for its server to register to be dropped).
     pub fn pump_replication(&mut self, now_ms: u64) {
         self.at(now_ms);
         let cap = self.cfg.max_repl_in_flight.max(1);
-        if self.q.running.len() >= cap {
-            return;
+        let due = self
+            .q
+            .due_rows(now_ms, cap, |t| self.is_up(t), |j| self.judge_due(j));
+        for k in due.sourceless {
+            self.q.park(&k);
         }
-        let mut picked = Vec::new();
-        let mut obsolete = Vec::new();
-        let mut sourceless = Vec::new();
-        let mut later = Vec::new();
-        let targets: Vec<&String> = self.q.repl.targets().filter(|t| self.is_up(t)).collect();
-        'targets: for target in targets {
-            for k in self.q.repl.due_for(target, now_ms) {
-                if self.q.running.len() + picked.len() >= cap {
-                    break 'targets;
-                }
-                let Some(j) = self.q.repl.get(k) else {
-                    continue;
-                };
-                let removal = self.owed_removal(Meets::Due(j));
-                let moot = match j.want {
-                    Want::Content { .. } => {
-                        !self.ns.files.contains_key(&j.file) || self.target_holds_current(j)
-                    }
-                    Want::Delete => removal == Removal::Moot,
-                };
-                if moot {
-                    obsolete.push(k.clone());
-                } else if removal == Removal::Wait {
-                    later.push(k.clone());
-                } else if self.ready(j) {
-                    picked.push(k.clone());
-                } else {
-                    sourceless.push(k.clone());
-                }
-            }
+        for k in due.later {
+            self.q.delay(&k, now_ms);
         }
-        for k in sourceless {
-            self.q.repl.park(&k);
-        }
-        for k in later {
-            self.q.repl.update(&k, |j| {
-                j.next_ms = now_ms + replication::CHANNEL_FULL_RETRY_MS;
-            });
-        }
-        for k in obsolete {
-            let Some(j) = self.q.repl.remove(&k) else {
+        for k in due.moot {
+            let Some(j) = self.q.drop_row(&k, &mut self.batch) else {
                 continue;
             };
-            self.batch.push(StoreOp::DelJob(k.clone()));
             match (j.want, self.ns.files.get(&j.file).map(|r| r.version)) {
                 (Want::Delete, _) => {
                     log::info!(target: ev::REPLICATION_WORKER_PROCESS, file = j.file.as_str(), ss = j.target.as_str();
@@ -453,16 +787,16 @@ impl Core {
                 (_, None) => self.settle_waits(&k, Some(None), true),
             }
         }
-        for k in picked {
-            let Some(t) = self.q.repl.get(&k).and_then(|j| self.transfer_for(j)) else {
+        for k in due.picked {
+            let Some(t) = self.q.get(&k).and_then(|j| self.transfer_for(j)) else {
                 continue;
             };
             let id = self.ops.next_id();
+            let queued = self.q.in_flight() + 1;
             log::info!(target: ev::REPLICATION_WORKER_QUEUED, file = t.file.as_str(),
-                ss = t.target.0.as_str(), queued = self.q.running.len() as u64 + 1;
-                "file={} replica={} queued={}", t.file, t.target.0, self.q.running.len() + 1);
-            self.q.running.insert(id, (k.clone(), t.want));
-            self.q.repl.set_running(&k, true);
+                ss = t.target.0.as_str(), queued = queued as u64;
+                "file={} replica={} queued={queued}", t.file, t.target.0);
+            self.q.dispatch(id, &k, t.want);
             self.out.push(Effect::Job(Job {
                 id,
                 kind: JobKind::Replicate(t),
@@ -470,31 +804,37 @@ impl Core {
         }
     }
 
-    /// The earliest time a waiting job becomes due (only jobs whose target is up).
-    pub(super) fn next_repl_deadline_ms(&self) -> Option<u64> {
-        if self.q.running.len() >= self.cfg.max_repl_in_flight.max(1) {
-            return None;
+    /// What a due row is, from its file's record, the owed removal it is, and its servers.
+    fn judge_due(&self, j: &ReplJob) -> Due {
+        let removal = self.owed_removal(Meets::Due(j));
+        let moot = match j.want {
+            Want::Content { .. } => {
+                !self.ns.files.contains_key(&j.file) || self.target_holds_current(j)
+            }
+            Want::Delete => removal == Removal::Moot,
+        };
+        if moot {
+            Due::Moot
+        } else if removal == Removal::Wait {
+            Due::Later
+        } else if self.ready(j) {
+            Due::Ready
+        } else {
+            Due::Sourceless
         }
-        self.q
-            .repl
-            .targets()
-            .filter(|t| self.is_up(t))
-            .filter_map(|t| self.q.repl.first_due(t))
-            .min()
+    }
+
+    /// The earliest time a waiting job becomes due (only jobs whose target is up).
+    pub fn next_repl_deadline_ms(&self) -> Option<u64> {
+        let cap = self.cfg.max_repl_in_flight.max(1);
+        self.q.next_due_ms(cap, |t| self.is_up(t))
     }
 
     /// The worker channel had no room for a replication job: it waits in the table and is
     /// dispatched again shortly, without counting as an attempt. False if `id` is not one.
     pub fn on_dispatch_full(&mut self, id: JobId, now_ms: u64) -> bool {
         self.at(now_ms);
-        let Some((key, _)) = self.q.running.remove(&id) else {
-            return false;
-        };
-        self.q.repl.update(&key, |j| {
-            j.next_ms = now_ms + replication::CHANNEL_FULL_RETRY_MS;
-        });
-        self.q.repl.set_running(&key, false);
-        true
+        self.q.channel_full(id, now_ms)
     }
 
     /// A replication job came back.
@@ -505,17 +845,7 @@ impl Core {
         result: Result<JobOutput, WireError>,
         now_ms: u64,
     ) {
-        self.q.repl.set_running(&key, false);
-        // A stage is used by one attempt (which falls back to sending the content itself).
-        if self
-            .q
-            .stages
-            .get(&key)
-            .is_some_and(|(v, _)| sent == Want::Content { version: *v })
-        {
-            self.q.stages.remove(&key);
-        }
-        let Some(job) = self.q.repl.get(&key).cloned() else {
+        let Some(job) = self.q.returned(&key, sent) else {
             return;
         };
         match result {
@@ -536,8 +866,7 @@ impl Core {
                         m.replication_lag.observe(
                             self.env.wall_ms(now_ms).saturating_sub(job.since_ms) as f64 / 1000.0,
                         );
-                        self.q.repl.remove(&key);
-                        self.batch.push(StoreOp::DelJob(key.clone()));
+                        self.q.drop_row(&key, &mut self.batch);
                         self.job_done(&job.target);
                         self.settle_waits(&key, Some(Some(state.version)), false);
                     }
@@ -562,8 +891,7 @@ impl Core {
                     crate::metrics::nm().replication_lag.observe(
                         self.env.wall_ms(now_ms).saturating_sub(job.since_ms) as f64 / 1000.0,
                     );
-                    self.q.repl.remove(&key);
-                    self.batch.push(StoreOp::DelJob(key.clone()));
+                    self.q.drop_row(&key, &mut self.batch);
                     self.job_done(&job.target);
                     self.settle_waits(&key, Some(None), false);
                 }
@@ -582,22 +910,9 @@ impl Core {
         }
     }
 
+    /// An attempt of `key` failed ([`Queue::failed`]): its sync waiters are answered degraded.
     pub(super) fn repl_failed(&mut self, key: &str, error: String, now_ms: u64) {
-        let j = self.q.repl.update(key, |j| {
-            j.attempts += 1;
-            j.last_error = Some(error);
-            if j.attempts >= replication::MAX_ATTEMPTS {
-                j.state = JobState::Failed;
-                log::warn!(target: ev::REPLICATION_WORKER_ERROR, file = j.file.as_str(),
-                    ss = j.target.as_str(); "file={} to {} FAILED after {} attempts",
-                    j.file, j.target, j.attempts);
-            } else {
-                j.next_ms = now_ms + replication::backoff_ms(j.attempts);
-            }
-        });
-        if let Some(j) = j {
-            self.batch.push(StoreOp::PutJob(j));
-        }
+        self.q.failed(key, error, now_ms, &mut self.batch);
         self.settle_waits(key, None, true);
     }
 
@@ -625,20 +940,8 @@ impl Core {
         let Some(name) = self.member_name(primary, m) else {
             return;
         };
-        let failed: Vec<String> = self
-            .q
-            .repl
-            .keys_for(&name)
-            .into_iter()
-            .filter(|k| {
-                self.q
-                    .repl
-                    .get(k)
-                    .is_some_and(|j| j.state == JobState::Failed)
-            })
-            .collect();
-        for k in failed {
-            self.retry_job_now(&k, now_ms);
+        for k in self.q.failed_keys_for(&name) {
+            self.q.retry_now(&k, now_ms, &mut self.batch);
         }
         let writer = self.writer_member(primary) == m;
         let held: HashMap<String, FileState> = list
@@ -669,7 +972,7 @@ impl Core {
                     missing += 1;
                 }
                 if self.source_exists(&rec, m) {
-                    self.owe_to(f, &name, false, now_ms);
+                    self.owe_to(f, &name, None, now_ms);
                     queued += 1;
                 }
                 continue;
@@ -681,10 +984,7 @@ impl Core {
                     r.set_held(m, Some(rec.version));
                     self.put_file(f, r);
                 }
-                if self.q.repl.contains_key(&key) && !self.q.repl.is_running(&key) {
-                    self.q.repl.remove(&key);
-                    self.batch.push(StoreOp::DelJob(key));
-                }
+                self.q.drop_idle(&key, &mut self.batch);
                 continue;
             }
             // A change is only ever made to a copy at the record's version (tickets carry it
@@ -698,12 +998,9 @@ impl Core {
                 let mut r = rec.clone();
                 r.apply_change(m, st);
                 self.put_file(f, r);
-                if self.q.repl.contains_key(&key) && !self.q.repl.is_running(&key) {
-                    self.q.repl.remove(&key);
-                    self.batch.push(StoreOp::DelJob(key));
-                }
+                self.q.drop_idle(&key, &mut self.batch);
                 if let Some(other) = self.member_name(primary, m.other()) {
-                    self.owe_to(f, &other, false, now_ms);
+                    self.owe_to(f, &other, None, now_ms);
                 }
                 adopted += 1;
                 continue;
@@ -726,7 +1023,11 @@ impl Core {
                     st.version, rec.version);
                 quarantined += 1;
             }
-            self.owe_to(f, &name, diverged, now_ms);
+            let why = diverged.then_some(SetAside::Diverged {
+                held: st.version,
+                current: rec.version,
+            });
+            self.owe_to(f, &name, why, now_ms);
             queued += 1;
         }
         let mine: HashSet<String> = mine.into_iter().collect();
@@ -754,7 +1055,7 @@ impl Core {
                 }
                 None => {
                     // The copy was never acknowledged: set aside, never silently removed.
-                    self.upsert_job_q(&name, f, Want::Delete, true, now_ms);
+                    self.upsert_job_q(&name, f, Want::Delete, Some(SetAside::Unrecorded), now_ms);
                     queued += 1;
                 }
             }

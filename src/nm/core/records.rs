@@ -58,6 +58,39 @@ pub struct FileRecord {
 }
 
 impl FileRecord {
+    /// The first record of a file found as `st` on `member` of pair `ss` (the only member
+    /// known to hold it), owned by `owner`, with the wall-clock times it was created and last
+    /// changed at. Nobody else has access and nobody has read it yet.
+    pub(super) fn first(
+        owner: String,
+        ss: &str,
+        member: Member,
+        st: &FileState,
+        created_ms: u64,
+        modified_ms: u64,
+    ) -> FileRecord {
+        let mut rec = FileRecord {
+            owner,
+            ss: ss.to_string(),
+            version: st.version,
+            checksum: st.checksum,
+            size: st.size,
+            words: st.words,
+            chars: st.chars,
+            created_ms,
+            modified_ms,
+            access: BTreeMap::new(),
+            accessed_ms: None,
+            accessed_by: None,
+            backup_version: None,
+            primary_missing: false,
+            primary_held: None,
+            epoch_base: None,
+        };
+        rec.held_only_by(member, st.version);
+        rec
+    }
+
     pub(super) fn apply_state(&mut self, s: &FileState) {
         self.primary_missing = false;
         self.version = s.version;
@@ -178,6 +211,12 @@ pub struct PairRecord {
     /// See `sync_total`.
     #[serde(skip)]
     pub sync_done: u64,
+    /// The highest version a file of this pair had when its name was given up (DELETE, or
+    /// the old name of a MOVE). A file created in the same epoch starts above it, so a name
+    /// deleted and created again never reuses a version its old file had: a copy of the old
+    /// file still held somewhere is never taken for the new file's copy at the same version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired: Option<Version>,
 }
 
 impl PairRecord {
@@ -189,6 +228,16 @@ impl PairRecord {
             switch_at_ms: 0,
             sync_total: 0,
             sync_done: 0,
+            retired: None,
+        }
+    }
+
+    /// The counter a file created now starts at: 1, or above the highest version a removed
+    /// file of the pair had in the current epoch.
+    pub(super) fn first_counter(&self) -> u64 {
+        match self.retired {
+            Some(v) if v.epoch >= self.epoch => v.counter + 1,
+            _ => 1,
         }
     }
 }
@@ -246,6 +295,10 @@ pub enum StoreOp {
     PutMove(String, MoveIntent),
     /// Remove a MOVE's intent (settled: moved, refused, or found not to have happened).
     DelMove(String),
+    /// Record a DELETE about to be sent, keyed by the file's name.
+    PutDelete(String, DeleteIntent),
+    /// Remove a DELETE's intent (settled: deleted, refused, or found not to have happened).
+    DelDelete(String),
 }
 
 /// The durable state as loaded at startup.
@@ -274,6 +327,70 @@ pub struct Loaded {
     pub next_request: u64,
     /// MOVEs not settled when the name server stopped, by the file's old name.
     pub moves: BTreeMap<String, MoveIntent>,
+    /// DELETEs not settled when the name server stopped, by the file's name.
+    pub deletes: BTreeMap<String, DeleteIntent>,
+}
+
+impl Loaded {
+    /// Applies one store operation to this copy of the durable state, as `store.rs` applies
+    /// it to its tables (an in-memory store, for the simulation and tests).
+    pub fn apply(&mut self, op: StoreOp) {
+        match op {
+            StoreOp::PutUser(u) => {
+                self.users.insert(u);
+            }
+            StoreOp::PutUserKey(u, k) => {
+                self.users.insert(u.clone());
+                self.user_keys.insert(u, k);
+            }
+            StoreOp::ResetUserKey(u) => {
+                self.user_keys.remove(&u);
+            }
+            StoreOp::PutFile(f, r) => {
+                self.files.insert(f, r);
+            }
+            StoreOp::DelFile(f) => {
+                self.files.remove(&f);
+            }
+            StoreOp::PutServer(n, r) => {
+                self.servers.insert(n, r);
+            }
+            StoreOp::PutPair(p, b) => {
+                self.pairs.insert(p, b);
+            }
+            StoreOp::PutPairState(p, r) => {
+                self.pair_states.insert(p, r);
+            }
+            StoreOp::PutJob(j) => {
+                self.jobs.insert(j.key(), j);
+            }
+            StoreOp::DelJob(k) => {
+                self.jobs.remove(&k);
+            }
+            StoreOp::PutFolder(f, r) => {
+                self.folders.insert(f, r);
+            }
+            StoreOp::PutRequest(r) => {
+                self.requests.insert(r.id, r);
+            }
+            StoreOp::DelRequest(id) => {
+                self.requests.remove(&id);
+            }
+            StoreOp::PutNextRequest(n) => self.next_request = n,
+            StoreOp::PutMove(f, m) => {
+                self.moves.insert(f, m);
+            }
+            StoreOp::DelMove(f) => {
+                self.moves.remove(&f);
+            }
+            StoreOp::PutDelete(f, d) => {
+                self.deletes.insert(f, d);
+            }
+            StoreOp::DelDelete(f) => {
+                self.deletes.remove(&f);
+            }
+        }
+    }
 }
 
 /// One folder (stored as JSON in the `folders` table).
@@ -299,4 +416,21 @@ pub struct MoveIntent {
     pub epoch: u64,
     /// The file's record when the move started (what moves, should the record be gone).
     pub record: FileRecord,
+}
+
+/// A DELETE whose storage-server call may have run (stored as JSON in the `deletes` table,
+/// keyed by the file's name). It is durable before SS_DELETE is sent and removed in the batch
+/// that settles the delete (the record removed, or the refusal heard), so a name server that
+/// dies in between settles it when that server registers again, by whether it still holds
+/// the file (see `core/deletes.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteIntent {
+    /// The server SS_DELETE was sent to (the pair's writer then).
+    pub ss: String,
+    /// The epoch its ticket carried.
+    pub epoch: u64,
+    /// The record's version when the delete started.
+    pub version: Version,
+    /// The record's checksum when the delete started.
+    pub checksum: u32,
 }

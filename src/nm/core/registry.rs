@@ -199,7 +199,16 @@ impl Core {
                 self.pair_up(&name, &b);
             }
         }
+        if was_down {
+            self.events.note(
+                self.env.wall_ms(now_ms),
+                "SERVER_UP",
+                &name,
+                format!("{name} is up again: it registered at {}", rec.addr()),
+            );
+        }
         let released = self.resolve_moves(&name, &files, now_ms);
+        self.resolve_deletes(&name, &files, now_ms);
         let (adopted, updated, removed) = match self.membership(&name) {
             Some((p, m)) => {
                 if was_down {
@@ -238,13 +247,12 @@ impl Core {
             },
         );
         // A server empties its `tmp/` at start: no stage noted for it survives.
-        let prefix = job_key(&name, "");
-        self.q.stages.retain(|k, _| !k.starts_with(&prefix));
+        self.q.forget_stages_on(&name);
         self.push_partner(&name);
         self.advance_pairs(now_ms);
         self.push_all_folders(&name);
         // A server is up again: jobs parked for want of a source may have one now.
-        self.q.repl.unpark_all();
+        self.q.unpark_all();
         for f in released {
             self.next_for_file(&f, now_ms);
         }
@@ -330,26 +338,7 @@ impl Core {
         } else {
             self.wall_ms()
         };
-        let mut rec = FileRecord {
-            owner,
-            ss: ss.to_string(),
-            version: st.version,
-            checksum: st.checksum,
-            size: st.size,
-            words: st.words,
-            chars: st.chars,
-            created_ms,
-            modified_ms: st.modified_ms,
-            access: BTreeMap::new(),
-            accessed_ms: None,
-            accessed_by: None,
-            backup_version: None,
-            primary_missing: false,
-            primary_held: None,
-            epoch_base: None,
-        };
-        rec.apply_state(st);
-        rec.held_only_by(member, st.version);
+        let rec = FileRecord::first(owner, ss, member, st, created_ms, st.modified_ms);
         // A file found in a folder the index does not know brings its folders with it, so
         // every file's parent exists.
         let owner = rec.owner.clone();
@@ -397,7 +386,7 @@ impl Core {
                             rec.set_held(member, None);
                             self.put_file(&file, rec);
                         }
-                        self.owe_to(&file, name, true, now_ms);
+                        self.owe_to(&file, name, Some(SetAside::NotWriter), now_ms);
                     }
                     return self.reply(
                         conn,
@@ -435,7 +424,7 @@ impl Core {
                     .get(&file)
                     .map_or(state.version, |r| r.version);
                 if let (Some(t), Some(s)) = (&target, staged) {
-                    self.note_stage(t, &file, state.version, s);
+                    self.q.note_stage(t, &file, state.version, s);
                 }
                 self.answer_change(waiter, &file, target, Want::Content { version }, now_ms);
             }
@@ -465,7 +454,7 @@ impl Core {
                 let mut rec = rec.clone();
                 rec.set_held(member, None);
                 self.put_file(&file, rec);
-                self.owe_to(&file, name, false, now_ms);
+                self.owe_to(&file, name, None, now_ms);
                 self.release(waiter, true);
             }
             other => self.refuse_and_close(
@@ -638,6 +627,6 @@ impl Core {
 
     /// Jobs owed to `target` (pending or failed), and whether one of them is running.
     pub(super) fn owed_to(&self, target: &str) -> (u64, bool) {
-        (self.q.repl.owed_to(target), self.q.repl.running_for(target))
+        self.q.owed_to(target)
     }
 }

@@ -87,7 +87,6 @@ impl Core {
     pub(super) fn owed_removal(&self, meets: Meets<'_>) -> Removal {
         let owed = |member: &str, file: &str| {
             self.q
-                .repl
                 .get(&job_key(member, file))
                 .is_some_and(|j| j.want == Want::Delete)
         };
@@ -96,7 +95,7 @@ impl Core {
             Meets::Content { .. } => Removal::None,
             Meets::NewName { member, file } => {
                 // Any row running to the writer is answered before a new name is made there.
-                if self.q.repl.is_running(&job_key(member, file)) {
+                if self.q.is_running(&job_key(member, file)) {
                     Removal::Refuse { waiting: false }
                 } else if owed(member, file) {
                     Removal::Refuse { waiting: true }
@@ -142,14 +141,7 @@ impl Core {
             _ => return Ok(()),
         };
         if waiting {
-            let j = self.q.repl.update(&job_key(writer, file), |j| {
-                if j.state == JobState::Failed {
-                    j.state = JobState::Pending;
-                    j.attempts = 0;
-                }
-                j.next_ms = j.next_ms.min(now_ms);
-            });
-            if let Some(j) = j {
+            if let Some(j) = self.q.due_now(&job_key(writer, file), now_ms) {
                 log::info!(target: ev::REPLICATION_WORKER_QUEUED, file = file, ss = writer;
                     "file={file} is made again on {writer}: the removal of the older file it is owed runs now");
                 self.batch.push(StoreOp::PutJob(j));

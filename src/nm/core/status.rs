@@ -4,13 +4,23 @@
 //! instants (`last_heartbeat_ms`) and a pair's replication lag (from each job's `since_ms`)
 //! are wall-clock Unix ms.
 //!
-//! The snapshot also carries the most recent events ([`Events`]: failovers, handbacks,
-//! servers going down), kept in a small ring so an operator's page can list them.
+//! The snapshot also carries the most recent events ([`Events`]: failovers, handbacks and
+//! recoveries, servers going down, copies set aside in quarantine), kept in a small ring so
+//! an operator's page can list them. A quarantine is noted when the core decides a member's
+//! copy must be set aside ([`SetAside`] says why), once per copy however often the job owing
+//! it is rewritten; a burst of them (a server registering with many diverged copies) is one
+//! event naming the first few files and counting the rest, so it cannot push the failovers
+//! out of the ring.
 
 use super::*;
 
 /// Most recent events the snapshot keeps.
 pub const EVENTS_KEPT: usize = 50;
+/// Quarantines of one server for one reason noted within this long of the first are one
+/// event (while no other event came between them).
+pub const QUARANTINE_BURST_MS: u64 = 5_000;
+/// Files a quarantine event names; the rest are counted.
+pub const QUARANTINE_FILES_NAMED: usize = 3;
 
 /// One event shown on the status page.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -18,29 +28,153 @@ pub struct StatusEvent {
     /// Unix ms.
     pub at_ms: u64,
     /// `FAILOVER_START`, `FAILOVER`, `FAILOVER_CANCELLED`, `HANDBACK`, `HANDBACK_ABORTED`,
-    /// `RECOVERED` or `SERVER_DOWN`.
+    /// `RECOVERED`, `SERVER_DOWN`, `SERVER_UP` or `QUARANTINE`.
     pub kind: &'static str,
     /// The pair (its primary's name) or server concerned.
     pub subject: String,
     pub text: String,
+    /// For `QUARANTINE`: the files whose copies were set aside (at most
+    /// [`QUARANTINE_FILES_NAMED`], display spelling) and how many in all.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files_total: Option<u64>,
+}
+
+/// Why a member's copy of a file is set aside in its `quarantine/` before the current copy
+/// (or the removal) is installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetAside {
+    /// It registered holding the file with changes the cluster never acknowledged.
+    Diverged { held: Version, current: Version },
+    /// It registered holding a file the index does not know, and is not its pair's writer.
+    Unrecorded,
+    /// It reported a change while not its pair's writer (a hand edit on a backup, or a
+    /// writer deposed while the change ran).
+    NotWriter,
+    /// It answered a change made in an epoch that has since ended.
+    EndedEpoch,
+    /// A new file of that name replaces an older one whose removal it is still owed.
+    ReplacesRemoval,
+}
+
+impl SetAside {
+    /// The reason without per-file detail (shared by a burst).
+    fn reason(self) -> &'static str {
+        match self {
+            SetAside::Diverged { .. } => {
+                "it registered with changes the cluster never acknowledged"
+            }
+            SetAside::Unrecorded => "it registered with a file the index does not know",
+            SetAside::NotWriter => "it reported a change while not its pair's writer",
+            SetAside::EndedEpoch => "it answered a change made in an epoch that has ended",
+            SetAside::ReplacesRemoval => {
+                "a new file of that name replaces one whose removal it was still owed"
+            }
+        }
+    }
+
+    /// The reason with the detail of one copy.
+    fn detail(self) -> String {
+        match self {
+            SetAside::Diverged { held, current } => {
+                format!("{} (it holds {held}, current {current})", self.reason())
+            }
+            _ => self.reason().to_string(),
+        }
+    }
+
+    fn same_reason(self, other: SetAside) -> bool {
+        std::mem::discriminant(&self) == std::mem::discriminant(&other)
+    }
+}
+
+/// The quarantine burst the newest event stands for.
+#[derive(Debug)]
+struct Burst {
+    why: SetAside,
+    first_ms: u64,
 }
 
 /// The last [`EVENTS_KEPT`] events, oldest first.
 #[derive(Debug, Default)]
-pub struct Events(VecDeque<StatusEvent>);
+pub struct Events {
+    ring: VecDeque<StatusEvent>,
+    /// Set while the newest event is a quarantine that later ones may join.
+    burst: Option<Burst>,
+}
 
 impl Events {
     /// Records an event at wall-clock `at_ms`, forgetting the oldest beyond [`EVENTS_KEPT`].
     pub fn note(&mut self, at_ms: u64, kind: &'static str, subject: &str, text: String) {
-        if self.0.len() >= EVENTS_KEPT {
-            self.0.pop_front();
-        }
-        self.0.push_back(StatusEvent {
+        self.push(StatusEvent {
             at_ms,
             kind,
             subject: subject.to_string(),
             text,
+            files: Vec::new(),
+            files_total: None,
         });
+    }
+
+    fn push(&mut self, e: StatusEvent) {
+        self.burst = None;
+        if self.ring.len() >= EVENTS_KEPT {
+            self.ring.pop_front();
+        }
+        self.ring.push_back(e);
+    }
+
+    /// Records that `ss`'s copy of `file` (canonical) is set aside, joining the newest event
+    /// when it is a quarantine of `ss` for the same reason begun within
+    /// [`QUARANTINE_BURST_MS`].
+    pub fn quarantine(&mut self, at_ms: u64, ss: &str, file: &str, why: SetAside) {
+        let shown = names::display(file);
+        if let (Some(b), Some(last)) = (&self.burst, self.ring.back_mut()) {
+            if last.subject == ss
+                && b.why.same_reason(why)
+                && at_ms.saturating_sub(b.first_ms) <= QUARANTINE_BURST_MS
+            {
+                let total = last.files_total.unwrap_or(1) + 1;
+                if last.files.len() < QUARANTINE_FILES_NAMED {
+                    last.files.push(shown);
+                }
+                last.files_total = Some(total);
+                let more = total - last.files.len() as u64;
+                let more = if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                };
+                last.text = format!(
+                    "{} copies set aside in quarantine ({}{more}): {}",
+                    total,
+                    last.files.join(", "),
+                    why.reason()
+                );
+                return;
+            }
+        }
+        self.push(StatusEvent {
+            at_ms,
+            kind: "QUARANTINE",
+            subject: ss.to_string(),
+            text: format!(
+                "its copy of {shown} is set aside in quarantine: {}",
+                why.detail()
+            ),
+            files: vec![shown],
+            files_total: Some(1),
+        });
+        self.burst = Some(Burst {
+            why,
+            first_ms: at_ms,
+        });
+    }
+
+    /// The events, oldest first.
+    pub fn list(&self) -> &VecDeque<StatusEvent> {
+        &self.ring
     }
 }
 
@@ -98,10 +232,10 @@ impl Core {
             "roles": roles,
             "pairs": pairs,
             "queue_depth": queue_depth,
-            "replication_in_flight": self.q.running.len(),
+            "replication_in_flight": self.q.in_flight(),
             "failed": failed,
             "failed_total": failed_total,
-            "events": self.events.0,
+            "events": self.events.list(),
             "now_ms": self.env.wall_ms(now_ms),
             "totals": {
                 "files": self.ns.files.len(),
@@ -148,7 +282,7 @@ impl Core {
         }
         let mut owed_to: HashMap<&str, Owed> = HashMap::new();
         let (mut queue_depth, mut failed_total, mut failed) = (0u64, 0u64, Vec::new());
-        for j in self.q.repl.values() {
+        for j in self.q.rows() {
             let o = owed_to.entry(j.target.as_str()).or_default();
             o.jobs += 1;
             if matches!(j.want, Want::Content { .. }) {

@@ -19,8 +19,15 @@ pub(super) fn handle(shared: &Shared, conn: &mut Connection, frame: Frame) -> Re
             file,
             owner,
             epoch,
+            counter,
             ticket,
-        } => create(shared, conn, &file, &owner, epoch, &ticket),
+        } => {
+            let first = Version {
+                epoch,
+                counter: counter.unwrap_or(1).max(1),
+            };
+            create(shared, conn, &file, &owner, first, &ticket)
+        }
         Message::SsDelete { file, ticket } => delete(shared, conn, &file, &ticket),
         Message::SsUndo {
             file,
@@ -145,8 +152,7 @@ pub(super) fn write_session(
     sentence: u64,
     t: &Ticket,
 ) -> Result<(), Fail> {
-    authorise(shared, file, t, TicketOp::Write)?;
-    may_change(shared, t)?;
+    authorise_change(shared, file, t, TicketOp::Write)?;
     let i = usize::try_from(sentence).map_err(|_| err::invalid("Sentence index out of range"))?;
     let (id, words) = {
         let lock = shared.store.file_lock(file);
@@ -358,14 +364,13 @@ pub(super) fn create(
     conn: &mut Connection,
     file: &str,
     owner: &str,
-    epoch: u64,
+    first: Version,
     t: &Ticket,
 ) -> Result<(), Fail> {
-    authorise(shared, file, t, TicketOp::Create)?;
-    may_change(shared, t)?;
+    authorise_change(shared, file, t, TicketOp::Create)?;
     names::validate_user(owner)?;
     let _inflight = Inflight::new(&shared.inflight);
-    let meta = shared.store.create(file, owner, epoch)?;
+    let meta = shared.store.create_at(file, owner, first)?;
     log::info!(target: ev::SS_COMMIT, file = file, version = meta.version.to_string(); "created {file}");
     conn.send(
         &Message::FileStateReply {
@@ -406,8 +411,7 @@ pub(super) fn undo(
     epoch: u64,
     t: &Ticket,
 ) -> Result<(), Fail> {
-    authorise(shared, file, t, TicketOp::Undo)?;
-    may_change(shared, t)?;
+    authorise_change(shared, file, t, TicketOp::Undo)?;
     let _inflight = Inflight::new(&shared.inflight);
     let meta = {
         let lock = shared.store.file_lock(file);
@@ -439,8 +443,7 @@ pub(super) fn upload(
     checksum: u32,
     t: &Ticket,
 ) -> Result<(), Fail> {
-    let head = authorise(shared, file, t, TicketOp::Upload)
-        .and_then(|()| may_change(shared, t))
+    let head = authorise_change(shared, file, t, TicketOp::Upload)
         .and_then(|()| upload_fresh(shared, file, t));
     // The partner writes its copy while this one arrives (see `staging.rs`).
     let mut tee = head

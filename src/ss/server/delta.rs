@@ -169,10 +169,10 @@ pub(super) fn recv_ops(
                         Op::Literal(d) => d.len() as u64,
                     };
                     // `len` is the peer's: an overflow is more than declared too.
-                    if !counter
+                    if counter
                         .size()
                         .checked_add(len)
-                        .is_some_and(|end| end <= limit)
+                        .is_none_or(|end| end > limit)
                     {
                         return Err(bad(&format!("more than the {limit} bytes declared")));
                     }
@@ -190,7 +190,7 @@ pub(super) fn recv_ops(
                                 // Only draining.
                                 continue;
                             };
-                            if !offset.checked_add(len).is_some_and(|end| end <= *size) {
+                            if offset.checked_add(len).is_none_or(|end| end > *size) {
                                 return Err(bad("a copy reaches past the old copy"));
                             }
                             let mut at = offset;

@@ -177,6 +177,18 @@ pub(super) fn authorise(
     })
 }
 
+/// Checks the name and the ticket of a change, then that this server may take it now
+/// ([`may_change`]).
+pub(super) fn authorise_change(
+    shared: &Shared,
+    file: &str,
+    t: &Ticket,
+    op: TicketOp,
+) -> Result<(), WireError> {
+    authorise(shared, file, t, op)?;
+    may_change(shared, t)
+}
+
 /// A file deleted by hand is reported to the name server when an access finds it gone.
 pub(super) fn vanished<'a>(
     shared: &'a Shared,

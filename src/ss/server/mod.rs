@@ -74,7 +74,8 @@ pub use nm::{MAX_CHECK_FILES, MAX_CHECK_QUARANTINE};
 pub use recv::MAX_BATCH_COPIES;
 // What the child modules take from their siblings.
 use dispatch::{
-    authorise, check_fresh, may_change, refuse_if_writing, report_adopted, unexpected, vanished,
+    authorise, authorise_change, check_fresh, may_change, refuse_if_writing, report_adopted,
+    unexpected, vanished,
 };
 use recv::{recv_part, start_writeback, verify, Keep, Received, SyncBy, WRITEBACK_BYTES};
 use send::send_part;

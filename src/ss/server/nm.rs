@@ -176,8 +176,7 @@ pub(super) fn checkpoint(
     epoch: u64,
     t: &Ticket,
 ) -> Result<(), Fail> {
-    authorise(shared, file, t, TicketOp::Checkpoint)?;
-    may_change(shared, t)?;
+    authorise_change(shared, file, t, TicketOp::Checkpoint)?;
     names::validate_tag(tag)?;
     names::validate_user(creator)?;
     let _inflight = Inflight::new(&shared.inflight);
@@ -202,8 +201,7 @@ pub(super) fn revert(
     epoch: u64,
     t: &Ticket,
 ) -> Result<(), Fail> {
-    authorise(shared, file, t, TicketOp::Revert)?;
-    may_change(shared, t)?;
+    authorise_change(shared, file, t, TicketOp::Revert)?;
     names::validate_tag(tag)?;
     let _inflight = Inflight::new(&shared.inflight);
     let meta = {

@@ -225,7 +225,8 @@ pub(super) fn recv_into(
                 // rather than reading the bytes again (the fault hook, which changes the
                 // bytes, is for PUT_FILE_CONTENT only, which has no relay).
                 let crc = conn.body_crc();
-                if *flip && !body.is_empty() {
+                let flipped = *flip && !body.is_empty();
+                if flipped {
                     body[0] ^= 0x01;
                     *flip = false;
                     log::warn!(target: ev::SS_REFUSED, file = file, reason = "fault";
@@ -237,7 +238,13 @@ pub(super) fn recv_into(
                         names::display(file)
                     ))));
                 }
-                counter.update(&body);
+                // The frame's verified CRC32C extends the running checksum: the bytes are
+                // not read once more for it (unless the fault hook changed them).
+                if flipped {
+                    counter.update(&body);
+                } else {
+                    counter.update_known(&body, crc);
+                }
                 if let Some(f) = out.as_mut() {
                     match f.write_all(&body) {
                         Ok(()) => {

@@ -169,6 +169,7 @@ impl Cluster {
             file: file.into(),
             owner: "alice".into(),
             epoch: 7,
+            counter: None,
             ticket: t,
         };
         match self.ask(&mut c, m).unwrap() {
@@ -549,6 +550,7 @@ fn a_server_cut_off_from_the_name_server_takes_no_changes() {
         file: "a.txt".into(),
         owner: "alice".into(),
         epoch: 7,
+        counter: None,
         ticket: cl.ticket("a.txt", TicketOp::Create),
     };
     let e = cl.ask(&mut c, m).unwrap_err();
@@ -1119,6 +1121,7 @@ fn a_backup_refuses_client_writes() {
             file: "f.txt".into(),
             owner: "alice".into(),
             epoch: 7,
+            counter: None,
             ticket: dst.ticket("f.txt", TicketOp::Create),
         },
     ));

@@ -231,10 +231,17 @@ impl Store {
         }
     }
 
-    /// CREATE: the record and the empty content are staged and made durable by one batch
-    /// (see `batch`), the record renamed into place first: a record without content is an
-    /// unfinished create, which the scan removes.
+    /// CREATE with the first version `(epoch, 1)` (see [`Store::create_at`]).
     pub fn create(&self, file: &str, owner: &str, epoch: u64) -> Result<Meta, StoreError> {
+        self.create_at(file, owner, Version { epoch, counter: 1 })
+    }
+
+    /// CREATE with a given first version (the name server may start a file above every
+    /// version an earlier file of the same name had in that epoch). The record and the empty
+    /// content are staged and made durable by one batch (see `batch`), the record renamed
+    /// into place first: a record without content is an unfinished create, which the scan
+    /// removes.
+    pub fn create_at(&self, file: &str, owner: &str, first: Version) -> Result<Meta, StoreError> {
         let lock = self.file_lock(file);
         let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
         let target = self.content_path(file);
@@ -246,7 +253,7 @@ impl Store {
             // A rename keeps the mtime, so the record can carry it now.
             let md = cf.metadata().map_err(|e| self.io(file, e))?;
             let meta = Meta {
-                version: Version { epoch, counter: 1 },
+                version: first,
                 checksum: crc32c::crc32c(b""),
                 size: 0,
                 mtime_ns: mtime_ns(&md),

@@ -116,6 +116,16 @@ impl ContentCounter {
         }
     }
 
+    /// [`ContentCounter::update`] for bytes whose CRC32C is known already (the frame they
+    /// arrived in was verified against it): the checksum is combined, not computed again.
+    pub fn update_known(&mut self, bytes: &[u8], crc: u32) {
+        self.crc = crc32c::crc32c_combine(self.crc, crc, bytes.len());
+        self.size += bytes.len() as u64;
+        if let Some(t) = self.text.as_mut() {
+            t.update(bytes);
+        }
+    }
+
     /// Takes the word and character counting out, so another thread can do it while this one
     /// receives and writes (the caller feeds it the same bytes and puts it back).
     pub fn take_text(&mut self) -> Option<TextCount> {

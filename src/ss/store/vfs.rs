@@ -177,15 +177,13 @@ impl Fs for OsFs {
         File::open(path)
     }
     fn sync_file(&self, f: &File) -> io::Result<()> {
-        f.sync_all()
+        crate::durable::fsync_file(f)
     }
     fn sync_files(&self, files: &[&File]) -> Vec<io::Result<()>> {
         crate::durable::sync_files(files.iter().copied())
     }
     fn sync_fs(&self, dir: &Path) -> io::Result<()> {
-        use std::os::fd::AsRawFd;
-        let d = File::open(dir)?;
-        nix::unistd::syncfs(d.as_raw_fd()).map_err(io::Error::from)
+        crate::durable::syncfs(dir)
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         fs::rename(from, to)

@@ -50,7 +50,7 @@ fn checkpoint_and_revert_need_write_access_and_a_valid_tag() {
     assert_eq!(v.counter, 2);
     // The checkpoint is a new version: the ordinary content job carries it.
     assert_eq!(
-        c.q.repl[&job_key("ss1_backup", "a.txt")].want,
+        c.q.table()[&job_key("ss1_backup", "a.txt")].want,
         Want::Content { version: v }
     );
     let job = only_job(send(&mut c, 10, rv("v1"), 9));

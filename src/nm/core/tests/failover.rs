@@ -348,7 +348,12 @@ impl Sim {
             return Err(err::unavailable("down"));
         }
         match msg {
-            Message::SsCreate { file, ticket, .. } => {
+            Message::SsCreate {
+                file,
+                counter,
+                ticket,
+                ..
+            } => {
                 if !s.may_write(now, ticket.epoch) {
                     return Err(err::unavailable("no lease"));
                 }
@@ -357,7 +362,7 @@ impl Sim {
                 }
                 let v = Version {
                     epoch: s.epoch,
-                    counter: 1,
+                    counter: counter.unwrap_or(1),
                 };
                 let name = s.name;
                 let w = *self.epoch_writer.entry(s.epoch).or_insert(name);
@@ -679,7 +684,7 @@ impl Sim {
             self.check();
             let st = &self.c.pairs.get("ss1").unwrap();
             if self.jobs.is_empty()
-                && self.c.q.repl.is_empty()
+                && self.c.q.table().is_empty()
                 && st.phase == Phase::Serving
                 && st.writer == Member::Primary
             {
@@ -689,7 +694,7 @@ impl Sim {
         panic!(
             "the pair never settled: {:?}\njobs {:?}\nrecords {:?}\ncopies {:?}",
             self.c.pairs.get("ss1").unwrap(),
-            self.c.q.repl.values().collect::<Vec<_>>(),
+            self.c.q.table().values().collect::<Vec<_>>(),
             self.c.ns.files,
             self.ss
                 .iter()
@@ -843,10 +848,10 @@ fn a_wall_clock_jump_moves_no_lease() {
     let mut sim = settled_pair();
     let jump = std::sync::Arc::new(AtomicU64::new(0));
     let j = jump.clone();
-    sim.c.env = Env::new(
+    sim.c.env = std::sync::Arc::new(Env::new(
         Box::new(move |mono| SIM_WALL_BASE_MS + mono + j.load(Ordering::Relaxed)),
         Entropy::from_seed(7),
-    );
+    ));
     // The writer's heartbeats stop arriving and the wall clock jumps an hour ahead, while
     // less than a lease of monotonic time passes: the writer keeps its lease.
     sim.ss[0].partitioned = true;
@@ -910,7 +915,7 @@ fn promotion_waits_for_the_old_writer_lease_then_raises_the_epoch() {
     let v = sim.acked["a.txt"].last().copied().unwrap();
     assert_eq!(v.epoch, 2, "the promoted backup stamps the new epoch");
     // The change is owed to the primary, which returns, catches up and resumes.
-    assert!(sim.c.q.repl.contains_key(&job_key("ss1", "a.txt")));
+    assert!(sim.c.q.table().contains_key(&job_key("ss1", "a.txt")));
     sim.ss[0].alive = true;
     sim.register(0);
     sim.run_jobs();
@@ -994,7 +999,7 @@ fn a_change_from_a_deposed_writer_is_refused_and_its_copy_quarantined() {
             ..
         }
     )));
-    let job = &sim.c.q.repl[&job_key("ss1_backup", "a.txt")];
+    let job = &sim.c.q.table()[&job_key("ss1_backup", "a.txt")];
     assert!(job.quarantine, "{job:?}");
     let now = &sim.c.ns.files["a.txt"];
     assert_eq!(
@@ -1075,7 +1080,7 @@ fn a_change_answered_after_its_epoch_ended_is_not_credited_to_the_new_writer() {
         !now.holds(Member::Primary),
         "the primary is not current until repaired"
     );
-    let job = &sim.c.q.repl[&job_key("ss1", "a.txt")];
+    let job = &sim.c.q.table()[&job_key("ss1", "a.txt")];
     assert!(job.quarantine, "{job:?}");
 }
 
@@ -1102,7 +1107,7 @@ fn a_file_created_again_before_its_removal_reached_the_backup_replaces_the_old_c
         .take_effects()
         .into_iter()
         .find_map(|e| match e {
-            Effect::Job(Job {
+            Effect::DurableJob(Job {
                 id,
                 kind:
                     JobKind::SsCall {
@@ -1118,9 +1123,9 @@ fn a_file_created_again_before_its_removal_reached_the_backup_replaces_the_old_c
     sim.c.on_job_result(id, Ok(JobOutput::Done), sim.now);
     sim.pump();
     let key = job_key("ss1_backup", "a.txt");
-    assert_eq!(sim.c.q.repl[&key].want, Want::Delete);
+    assert_eq!(sim.c.q.table()[&key].want, Want::Delete);
     sim.create("a.txt");
-    let job = &sim.c.q.repl[&key];
+    let job = &sim.c.q.table()[&key];
     assert!(
         matches!(job.want, Want::Content { .. }) && job.quarantine,
         "the old copy must be set aside for the new file: {job:?}"
@@ -1132,7 +1137,7 @@ fn a_file_created_again_before_its_removal_reached_the_backup_replaces_the_old_c
     assert!(
         rec.holds(Member::Backup),
         "{rec:?} {:?} {:?} {:?}",
-        sim.c.q.repl,
+        sim.c.q.table(),
         sim.ss[1].files,
         sim.log
     );
@@ -1156,7 +1161,7 @@ impl Sim {
             .take_effects()
             .into_iter()
             .find_map(|e| match e {
-                Effect::Job(Job {
+                Effect::DurableJob(Job {
                     id,
                     kind:
                         JobKind::SsCall {
@@ -1200,13 +1205,13 @@ fn an_old_removal_owed_to_a_promoted_backup_never_removes_a_file_created_there()
     let mut sim = settled_pair();
     sim.delete("a.txt");
     let key = job_key("ss1_backup", "a.txt");
-    assert_eq!(sim.c.q.repl[&key].want, Want::Delete);
+    assert_eq!(sim.c.q.table()[&key].want, Want::Delete);
     // The removal reaches the backup three times but its answers are lost: the row waits in
     // backoff (800 ms now).
     for _ in 0..3 {
         sim.lose_removal_answer("a.txt");
     }
-    assert_eq!(sim.c.q.repl[&key].attempts, 3);
+    assert_eq!(sim.c.q.table()[&key].attempts, 3);
     // The primary dies; the backup is promoted and a new a.txt is created on it.
     sim.kill(0);
     sim.advance(400);
@@ -1222,7 +1227,7 @@ fn an_old_removal_owed_to_a_promoted_backup_never_removes_a_file_created_there()
             })
         ),
         "{:?}",
-        sim.c.q.repl
+        sim.c.q.table()
     );
     sim.run_jobs();
     sim.create("a.txt");
@@ -1236,7 +1241,7 @@ fn an_old_removal_owed_to_a_promoted_backup_never_removes_a_file_created_there()
         sim.ss[1].files.contains_key("a.txt"),
         "the new a.txt was removed by the old row"
     );
-    assert!(!sim.c.q.repl.contains_key(&key), "{:?}", sim.c.q.repl);
+    assert!(!sim.c.q.table().contains_key(&key), "{:?}", sim.c.q.table());
 }
 
 #[test]
@@ -1252,7 +1257,7 @@ fn a_create_waits_for_an_old_removal_running_on_its_writer() {
     assert!(
         sim.jobs.iter().any(|(_, t)| t.file == "a.txt"),
         "{:?}",
-        sim.c.q.repl
+        sim.c.q.table()
     );
     let client = sim.client;
     sim.c.on_frame(
@@ -1280,7 +1285,7 @@ fn a_create_waits_for_an_old_removal_running_on_its_writer() {
         "{answer:?}"
     );
     sim.run_jobs();
-    assert!(!sim.c.q.repl.contains_key(&key));
+    assert!(!sim.c.q.table().contains_key(&key));
     sim.create("a.txt");
     sim.advance(2000);
     sim.run_jobs();
@@ -1383,13 +1388,13 @@ fn create_on_a_promoted_backup_owed_a_waiting_removal(failures: u32) {
     sim.kill(1);
     sim.delete("a.txt");
     let key = job_key("ss1_backup", "a.txt");
-    assert_eq!(sim.c.q.repl[&key].want, Want::Delete);
+    assert_eq!(sim.c.q.table()[&key].want, Want::Delete);
     sim.ss[1].alive = true;
     sim.register(1);
     for _ in 0..failures {
         sim.fail_removal("a.txt");
     }
-    let j = &sim.c.q.repl[&key];
+    let j = &sim.c.q.table()[&key];
     assert_eq!(j.attempts, failures, "{j:?}");
     sim.kill(0);
     sim.advance(400);
@@ -1413,17 +1418,17 @@ fn create_on_a_promoted_backup_owed_a_waiting_removal(failures: u32) {
             })
         ),
         "{answer:?} {:?}",
-        sim.c.q.repl
+        sim.c.q.table()
     );
     // The removal was made due and dispatched at once.
-    assert_eq!(sim.c.q.repl[&key].state, JobState::Pending);
+    assert_eq!(sim.c.q.table()[&key].state, JobState::Pending);
     assert!(
         sim.jobs.iter().any(|(_, t)| t.file == "a.txt"),
         "{:?}",
-        sim.c.q.repl
+        sim.c.q.table()
     );
     sim.run_jobs();
-    assert!(!sim.c.q.repl.contains_key(&key), "{:?}", sim.c.q.repl);
+    assert!(!sim.c.q.table().contains_key(&key), "{:?}", sim.c.q.table());
     assert!(!sim.ss[1].files.contains_key("a.txt"));
     let answer = sim.create_answer("a.txt");
     assert!(matches!(answer, Some(Message::Done {})), "{answer:?}");
@@ -1480,11 +1485,11 @@ fn a_move_onto_a_name_its_writer_is_owed_the_removal_of_runs_that_removal_first(
             })
         ),
         "{answer:?} {:?}",
-        sim.c.q.repl
+        sim.c.q.table()
     );
     sim.run_jobs();
     let key = job_key("ss1_backup", "d/a.txt");
-    assert!(!sim.c.q.repl.contains_key(&key), "{:?}", sim.c.q.repl);
+    assert!(!sim.c.q.table().contains_key(&key), "{:?}", sim.c.q.table());
     let answer = sim.ask(mv());
     assert!(matches!(answer, Some(Message::Done {})), "{answer:?}");
     assert!(sim.c.ns.files.contains_key("d/a.txt") && !sim.c.ns.files.contains_key("a.txt"));
@@ -1512,16 +1517,16 @@ fn deleting_a_file_drops_the_parked_copy_its_writer_was_owed() {
     sim.advance(400);
     assert_eq!(sim.pair().writer, Member::Backup);
     let key = job_key("ss1_backup", "a.txt");
-    assert!(sim.c.q.repl.contains_key(&key));
-    assert_eq!(sim.c.q.repl.owed_to("ss1_backup"), 1);
+    assert!(sim.c.q.table().contains_key(&key));
+    assert_eq!(sim.c.q.table().owed_to("ss1_backup"), 1);
     assert!(
         sim.c.next_repl_deadline_ms().is_none(),
         "{:?}",
-        sim.c.q.repl
+        sim.c.q.table()
     );
     // The file is deleted: nothing is owed to the writer any more, at once.
     sim.delete("a.txt");
-    assert!(!sim.c.q.repl.contains_key(&key), "{:?}", sim.c.q.repl);
-    assert_eq!(sim.c.q.repl.owed_to("ss1_backup"), 0);
-    assert!(sim.c.q.repl.contains_key(&job_key("ss1", "a.txt")));
+    assert!(!sim.c.q.table().contains_key(&key), "{:?}", sim.c.q.table());
+    assert_eq!(sim.c.q.table().owed_to("ss1_backup"), 0);
+    assert!(sim.c.q.table().contains_key(&job_key("ss1", "a.txt")));
 }

@@ -204,14 +204,14 @@ fn an_unsettled_move_given_up_at_a_new_epoch_repairs_its_server() {
             // ss1, which may have renamed the file, is owed the old name back and the
             // new name's removal.
             assert!(matches!(
-                c.q.repl[&job_key("ss1", "a.txt")].want,
+                c.q.table()[&job_key("ss1", "a.txt")].want,
                 Want::Content { .. }
             ));
-            assert_eq!(c.q.repl[&job_key("ss1", "d/a.txt")].want, Want::Delete);
+            assert_eq!(c.q.table()[&job_key("ss1", "d/a.txt")].want, Want::Delete);
         } else {
             // ss1's copy may be the only one: nothing is set aside.
             assert!(c.ns.files["a.txt"].holds(Member::Primary));
-            assert!(!c.q.repl.contains_key(&job_key("ss1", "a.txt")));
+            assert!(!c.q.table().contains_key(&job_key("ss1", "a.txt")));
         }
     }
 }
@@ -303,9 +303,12 @@ fn move_checks_rights_folder_and_name_then_follows_the_rename() {
         (&before.owner, &before.access, before.version)
     );
     // The backup is owed the old name's removal and the file under its new name.
-    assert_eq!(c.q.repl[&job_key("ss1_backup", "a.txt")].want, Want::Delete);
     assert_eq!(
-        c.q.repl[&job_key("ss1_backup", "d/a.txt")].want,
+        c.q.table()[&job_key("ss1_backup", "a.txt")].want,
+        Want::Delete
+    );
+    assert_eq!(
+        c.q.table()[&job_key("ss1_backup", "d/a.txt")].want,
         Want::Content {
             version: after.version
         }

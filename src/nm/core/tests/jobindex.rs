@@ -21,7 +21,7 @@ fn owing(rows: usize) -> (Core, ConnId) {
     register(&mut c, 3, "ss1", files);
     c.take_effects();
     c.take_batch();
-    assert_eq!(c.q.repl.len(), rows);
+    assert_eq!(c.q.table().len(), rows);
     (c, 3)
 }
 

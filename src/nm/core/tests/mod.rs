@@ -5,6 +5,7 @@ use super::*;
 use crate::protocol::ErrorCode;
 
 mod checkpoints;
+mod deletes;
 mod failover;
 mod folders;
 mod jobindex;
@@ -177,10 +178,11 @@ pub(super) fn only_reply(e: Vec<Effect>) -> Message {
     }
 }
 
+/// The one job of `e` (held until its batch is durable, or not), replication aside.
 pub(super) fn only_job(e: Vec<Effect>) -> Job {
     let e: Vec<Effect> = e.into_iter().filter(|x| !is_repl(x)).collect();
     match &e[..] {
-        [Effect::Job(j)] => j.clone(),
+        [Effect::Job(j)] | [Effect::DurableJob(j)] => j.clone(),
         other => panic!("expected one job, got {other:?}"),
     }
 }

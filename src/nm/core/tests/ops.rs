@@ -94,7 +94,7 @@ fn operations_on_one_file_are_serialised() {
             ..
         }
     ));
-    let Effect::Job(del) = &e[1] else {
+    let Effect::DurableJob(del) = &e[1] else {
         panic!("{e:?}")
     };
     c.on_job_result(del.id, Ok(JobOutput::Done), 4);

@@ -7,7 +7,7 @@ fn jobs_coalesce_per_file_and_carry_the_latest_version() {
     let mut c = core();
     register(&mut c, 1, "ss1", vec![st("a.txt", 1, Some("alice"))]);
     register(&mut c, 2, "ss1_backup", vec![st("a.txt", 1, Some("alice"))]);
-    assert!(c.q.repl.is_empty(), "the backup already holds a.txt");
+    assert!(c.q.table().is_empty(), "the backup already holds a.txt");
     // Fill the in-flight cap with other files so a.txt's job waits in the table.
     c.cfg.max_repl_in_flight = 1;
     c.take_batch();
@@ -30,8 +30,8 @@ fn jobs_coalesce_per_file_and_carry_the_latest_version() {
             }
         )));
     }
-    assert_eq!(c.q.repl.len(), 1);
-    let job = &c.q.repl[&job_key("ss1_backup", "a.txt")];
+    assert_eq!(c.q.table().len(), 1);
+    let job = &c.q.table()[&job_key("ss1_backup", "a.txt")];
     assert_eq!(
         job.want,
         Want::Content {
@@ -70,7 +70,7 @@ fn jobs_coalesce_per_file_and_carry_the_latest_version() {
     let jobs = repl_jobs(&c.take_effects());
     assert_eq!(jobs.len(), 1, "the newer version is sent next");
     c.on_job_result(jobs[0].0, copied("a.txt", 12), 230);
-    assert!(c.q.repl.is_empty());
+    assert!(c.q.table().is_empty());
     assert!(c
         .take_batch()
         .contains(&StoreOp::DelJob(job_key("ss1_backup", "a.txt"))));
@@ -88,7 +88,7 @@ fn failed_attempts_back_off_then_fail_then_retry_when_the_target_returns() {
     for attempt in 1..=replication::MAX_ATTEMPTS {
         assert_eq!(jobs.len(), 1, "attempt {attempt}");
         c.on_job_result(jobs[0].0, Err(err::unavailable("refused")), now);
-        let j = c.q.repl[&key].clone();
+        let j = c.q.table()[&key].clone();
         assert_eq!(j.attempts, attempt);
         if attempt < replication::MAX_ATTEMPTS {
             assert_eq!(j.next_ms, now + replication::backoff_ms(attempt));
@@ -100,7 +100,7 @@ fn failed_attempts_back_off_then_fail_then_retry_when_the_target_returns() {
             jobs = repl_jobs(&c.take_effects());
         }
     }
-    let j = c.q.repl[&key].clone();
+    let j = c.q.table()[&key].clone();
     assert_eq!(j.state, JobState::Failed);
     assert_eq!(j.last_error.as_deref(), Some("refused"));
     c.tick(now + 100_000);
@@ -118,9 +118,9 @@ fn failed_attempts_back_off_then_fail_then_retry_when_the_target_returns() {
     let e = register(&mut c, 3, "ss1_backup", vec![]);
     let jobs = repl_jobs(&e);
     assert_eq!(jobs.len(), 1);
-    assert_eq!(c.q.repl[&key].state, JobState::Pending);
+    assert_eq!(c.q.table()[&key].state, JobState::Pending);
     c.on_job_result(jobs[0].0, copied("a.txt", 1), now);
-    assert!(c.q.repl.is_empty());
+    assert!(c.q.table().is_empty());
 }
 
 #[test]
@@ -148,7 +148,7 @@ fn a_joining_backup_is_reconciled_with_its_primary() {
         ],
     );
     let mut owed: Vec<(String, Want)> =
-        c.q.repl
+        c.q.table()
             .values()
             .map(|j| (j.file.clone(), j.want))
             .collect();
@@ -251,7 +251,7 @@ fn sync_mode_answers_after_the_backup_or_degraded() {
             copies: Some(1)
         }
     );
-    assert_eq!(c.q.repl.len(), 1);
+    assert_eq!(c.q.table().len(), 1);
     // A client's CREATE waits too, and is released degraded when the backup goes down.
     hello(&mut c, 10, "alice");
     let job = only_job(send(
@@ -294,7 +294,10 @@ fn sync_mode_answers_after_the_backup_or_degraded() {
             total: 2
         }
     );
-    assert_eq!(c.q.repl[&job_key("ss1_backup", "b.txt")].want, Want::Delete);
+    assert_eq!(
+        c.q.table()[&job_key("ss1_backup", "b.txt")].want,
+        Want::Delete
+    );
 }
 
 #[test]
@@ -329,5 +332,5 @@ fn a_slow_backup_gets_a_degraded_sync_answer_in_bounded_time() {
     );
     // The copy still completes and clears the job.
     c.on_job_result(jobs[0].0, copied("a.txt", 2), 100 + SYNC_WAIT_MS + 1);
-    assert!(c.q.repl.is_empty());
+    assert!(c.q.table().is_empty());
 }
