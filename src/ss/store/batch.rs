@@ -11,9 +11,13 @@
 //! batch in progress becomes the leader: it takes every job queued so far (its own included)
 //! and runs them as one batch, in rounds:
 //!
-//! 0. every temp file of every job is fsynced (together, on a few threads, so a journaling
-//!    file system commits them in one flush) while the directories the jobs name (`undo/`)
-//!    are fsynced, each once;
+//! 0. every temp file of every job is fsynced, then each directory the jobs name (`undo/`)
+//!    is fsynced once. All on the leader's thread: the write-back of every file is started
+//!    first, so a journaling file system allocates them all in one transaction, which also
+//!    holds the jobs' `undo/` links; the first fsync commits it and the later ones, the
+//!    directory's included, mostly find their changes committed. (Fsyncs run at the same
+//!    time on threads of their own, the directory's among them, were measured slower: they
+//!    split the same changes over more journal commits, and a lone WRITE paid for it);
 //! 1. every job's first rename is made, then each directory renamed into is fsynced once;
 //! 2. every job's second rename is made (only for jobs whose first rename is durable), then
 //!    each directory renamed into is fsynced once.
@@ -46,6 +50,15 @@
 //! * Every reply waits for its own job's outcome, which is decided only after its last
 //!   directory fsync returned; a failure of any step fails that job (and every job renamed
 //!   into a directory whose fsync failed), and the caller undoes what it can, as before.
+//!
+//! # Which changes are batched
+//!
+//! CREATE is. A content change (commit, upload, undo, revert) runs its job alone on its own
+//! thread ([`commit_alone`]): the same rounds and order, so everything above holds for it as
+//! a batch of one, but no queue. Batched, WRITE with many clients came out slower than
+//! one change at a time: a batch's members all wait for its slowest sync and its renames,
+//! whereas changes syncing on their own threads overlap every step and the journaling file
+//! system still merges their concurrent fsyncs into shared commits.
 //!
 //! Jobs of one batch are of different files: each caller holds its file's lock while it
 //! waits, so two changes of one file never meet in a batch.
@@ -155,7 +168,19 @@ impl Batcher {
     }
 }
 
-/// Round 0 of a batch: its temp files and the directories named, at once. One outcome per
+/// Runs `job` on the caller's thread as a batch of its own: the same rounds, the same
+/// order, no queue (see the module docs for which changes take this path).
+pub(super) fn commit_alone(fs: &dyn Fs, job: Job) -> Outcome {
+    let jobs = [job];
+    let mut out = sync_round(fs, &jobs);
+    rename_rounds(fs, &jobs, &mut out);
+    out.pop().unwrap_or(Outcome {
+        placed: 0,
+        error: Some(io::Error::other("a change had no outcome")),
+    })
+}
+
+/// Round 0 of a batch: its temp files, then the directories named. One outcome per
 /// job, in order.
 fn sync_round(fs: &dyn Fs, jobs: &[Job]) -> Vec<Outcome> {
     let mut out: Vec<Outcome> = jobs
@@ -165,7 +190,7 @@ fn sync_round(fs: &dyn Fs, jobs: &[Job]) -> Vec<Outcome> {
             error: None,
         })
         .collect();
-    // Round 0: the temp files and the directories named, at once.
+    // Round 0: the temp files, then the directories named.
     let files: Vec<(usize, &File)> = jobs
         .iter()
         .enumerate()
@@ -173,24 +198,13 @@ fn sync_round(fs: &dyn Fs, jobs: &[Job]) -> Vec<Outcome> {
         .collect();
     let dirs: BTreeSet<&PathBuf> = jobs.iter().flat_map(|j| j.dirs.iter()).collect();
     let handles: Vec<&File> = files.iter().map(|(_, f)| *f).collect();
-    let sync_dirs = || -> Vec<(&PathBuf, io::Result<()>)> {
-        dirs.iter().map(|d| (*d, fs.sync_dir(d))).collect()
-    };
-    let (synced, dirs_synced) = if dirs.is_empty() || handles.is_empty() {
-        (fs.sync_files(&handles), sync_dirs())
-    } else {
-        std::thread::scope(|scope| {
-            let t = std::thread::Builder::new()
-                .name("sync".into())
-                .spawn_scoped(scope, sync_dirs);
-            let synced = fs.sync_files(&handles);
-            let dirs_synced = match t.map(|h| h.join()) {
-                Ok(Ok(r)) => r,
-                _ => sync_dirs(),
-            };
-            (synced, dirs_synced)
-        })
-    };
+    // The files first, then the directories: the files' fsyncs commit the journal
+    // transaction that also holds the directories' new entries (the `undo/` links), so the
+    // directory fsyncs that follow mostly find them committed; run at the same time they
+    // would split them over more commits.
+    let synced = fs.sync_batch(&handles);
+    let dirs_synced: Vec<(&PathBuf, io::Result<()>)> =
+        dirs.iter().map(|d| (*d, fs.sync_dir(d))).collect();
     for ((i, _), r) in files.iter().zip(synced) {
         if let (Err(e), None) = (r, &out[*i].error) {
             out[*i] = Outcome::failed(0, &e);

@@ -109,7 +109,7 @@ impl Store {
     /// The common path of commits, uploads, reverts and undo: new content saves the old
     /// content as a history entry first; a pop (undo) takes the new content from a history
     /// entry and removes it afterwards. The content and the record are staged in `tmp/` and
-    /// made durable by one batch (see `batch`): content renamed first, record second.
+    /// made durable by one job run alone (see `batch`): content renamed first, record second.
     pub(super) fn write_with(
         &self,
         file: &str,
@@ -283,7 +283,7 @@ impl Store {
                 (content_tmp.clone(), target.clone()),
             ],
         };
-        let done = self.batch.commit(&*self.fs, job);
+        let done = batch::commit_alone(&*self.fs, job);
         if let Some(e) = done.error {
             self.unstage(&[record_tmp, content_tmp], None);
             if done.placed >= 2 {
@@ -362,7 +362,7 @@ impl Store {
                     owner: Some(owner.to_string()),
                     undo: Vec::new(),
                 };
-                // Content first, then the record, in one batch (see `batch`); the uploaded
+                // Content first, then the record, in one job run alone (see `batch`); the uploaded
                 // temp file was synced as it arrived.
                 let (record_tmp, rf) = self.stage_meta(file, &meta)?;
                 let job = batch::Job {
@@ -373,7 +373,7 @@ impl Store {
                         (record_tmp.clone(), self.meta_path(file)),
                     ],
                 };
-                let done = self.batch.commit(&*self.fs, job);
+                let done = batch::commit_alone(&*self.fs, job);
                 match done.error {
                     None => Ok(meta),
                     Some(e) => {
