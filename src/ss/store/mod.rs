@@ -54,17 +54,17 @@
 //! content and directory are durable (see `install.rs`); a crash in between is the same case
 //! as a crash between (2) and (3) above.
 //!
-//! A change (commit, upload, undo, revert, CREATE) makes its durable calls through the
-//! store's group commit (see `batch`), which merges them with other files' changes made at the
-//! same time. The change first writes, without syncing, its new content (a CREATE: an empty
-//! file) and its new record to temp files in `tmp/` (the record carries the content's mtime,
-//! which the rename keeps) and, for a content change, links the old content into `undo/`.
-//! Then, in order: the temp files are fsynced while `undo/` is fsynced; the first rename is
-//! made (a content change: the content over `files/<name>`; a CREATE: the record over
-//! `meta/<name>`) and its directory fsynced; then the second (the record; a CREATE: the
-//! content) and its directory fsynced. Changes batched together share each of those fsyncs:
-//! one per temp file, all at once, and one per directory per step. The change's reply waits for
-//! its last fsync. Other replacements (adoption, quarantine, checkpoints) are
+//! A change (commit, upload, undo, revert, CREATE) makes its durable calls as one job of
+//! the store's group commit (see `batch`): CREATEs made at the same time share a batch, a
+//! content change runs its job alone on its own thread. The change first writes, without
+//! syncing, its new content (a CREATE: an empty file) and its new record to temp files in
+//! `tmp/` (the record carries the content's mtime, which the rename keeps) and, for a content
+//! change, links the old content into `undo/`. Then, in order: the temp files are fsynced,
+//! then `undo/`; the first rename is made (a content change: the content over
+//! `files/<name>`; a CREATE: the record over `meta/<name>`) and its directory fsynced; then
+//! the second (the record; a CREATE: the content) and its directory fsynced. CREATEs batched
+//! together share each of those fsyncs' journal commits and each directory fsync. The
+//! change's reply waits for its last fsync. Other replacements (adoption, quarantine, checkpoints) are
 //! [`Fs::replace_with`]: a temp file written and fsynced, renamed over the target, and the
 //! target's directory fsynced. All of them go through the store's [`Fs`] (see [`vfs`]), which
 //! a test backend can record or fault.
