@@ -64,10 +64,10 @@
 //! `files/<name>`; a CREATE: the record over `meta/<name>`) and its directory fsynced; then
 //! the second (the record; a CREATE: the content) and its directory fsynced. CREATEs batched
 //! together share each of those fsyncs' journal commits and each directory fsync. The
-//! change's reply waits for its last fsync. Other replacements (adoption, quarantine, checkpoints) are
-//! [`Fs::replace_with`]: a temp file written and fsynced, renamed over the target, and the
-//! target's directory fsynced. All of them go through the store's [`Fs`] (see [`vfs`]), which
-//! a test backend can record or fault.
+//! change's reply waits for its last fsync. Other replacements (adoption, quarantine,
+//! checkpoints) are [`Fs::replace_with`]: a temp file written and fsynced, renamed over the
+//! target, and the target's directory fsynced. All of them go through the store's [`Fs`]
+//! (see [`vfs`]), which a test backend can record or fault.
 //!
 //! Callers that combine several steps (a commit reads, edits and writes) hold the file's mutex
 //! from [`Store::file_lock`] for the whole sequence; the methods that say so require it.
