@@ -109,6 +109,7 @@ impl Core {
                 rec.version == d.version
                     && rec.checksum == d.checksum
                     && self
+                        .reg
                         .membership(ss)
                         .map_or(rec.ss == ss, |(p, _)| rec.ss == p)
             });
@@ -134,13 +135,14 @@ impl Core {
         let Some(pair) = self.ns.files.get(file).map(|r| r.ss.clone()) else {
             return;
         };
-        self.note_removed(&pair, file);
+        self.reg.note_removed(&pair, file);
         self.retire_name(file);
         self.drop_requests_for(file);
         self.del_file(file);
         let other = self
+            .reg
             .membership(ss)
-            .and_then(|(p, m)| self.member_name(&p, m.other()));
+            .and_then(|(p, m)| self.reg.member_name(&p, m.other()));
         if let Some(other) = other {
             self.upsert_job(&other, file, Want::Delete, now_ms);
         }
