@@ -505,8 +505,16 @@ impl Core {
                 self.drop_move_intent(file);
                 Finished::answer(Err(e))
             }
+            (Purpose::Delete, Err(e)) if e.code == crate::protocol::ErrorCode::Unavailable => {
+                // Not reached, or its answer lost: the server may have removed the file. The
+                // intent stays, so the server's next registration settles it by what it lists
+                // (see `deletes`); a new DELETE of the name replaces it.
+                log::info!(target: ev::NM_FILE_CHANGE, file = file;
+                    "the delete of {file} has no answer ({}); settled when its server registers", e.msg);
+                Finished::answer(Err(e))
+            }
             (Purpose::Delete, Err(e)) => {
-                // Refused (or not reached): the file stays.
+                // Refused: the file stays.
                 self.drop_delete_intent(file);
                 Finished::answer(Err(e))
             }
