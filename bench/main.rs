@@ -26,7 +26,7 @@ mod replication;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
-use pairfs::protocol::{AccessMode, Connection, ErrorCode, FileState, Message};
+use pairfs::protocol::{AccessMode, Connection, ErrorCode, FileState, Message, Ticket};
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -583,21 +583,32 @@ fn create(nm: &mut Connection, file: &str) -> Result<()> {
     }
 }
 
-/// READs `file` (LOCATE for reading, then the storage server's READ_OK, chunks and END) and
-/// returns its bytes.
-fn read(nm: &mut Connection, file: &str) -> Result<Vec<u8>> {
+/// LOCATEs `file` for `mode` and connects to the storage server it names; returns the
+/// connection and the ticket.
+fn locate_and_connect(
+    nm: &mut Connection,
+    file: &str,
+    mode: AccessMode,
+) -> Result<(Connection, Ticket)> {
     let locate = Message::Locate {
         avoid: None,
         file: file.into(),
-        mode: AccessMode::Read,
+        mode,
     };
     let (addr, ticket) = match nm.call(&locate, &[])?.msg {
         Message::Located { addr, ticket, .. } => (addr, ticket),
         other => bail!("LOCATE {file} answered with {}", other.op_name()),
     };
-    let mut ss = Connection::connect(&addr, io_timeout())
+    let ss = Connection::connect(&addr, io_timeout())
         .with_context(|| format!("connecting to the storage server at {addr}"))?;
     ss.set_timeout(Some(io_timeout()))?;
+    Ok((ss, ticket))
+}
+
+/// READs `file` (LOCATE for reading, then the storage server's READ_OK, chunks and END) and
+/// returns its bytes.
+fn read(nm: &mut Connection, file: &str) -> Result<Vec<u8>> {
+    let (mut ss, ticket) = locate_and_connect(nm, file, AccessMode::Read)?;
     let size = match ss
         .call(
             &Message::Read {
@@ -629,18 +640,7 @@ fn read(nm: &mut Connection, file: &str) -> Result<Vec<u8>> {
 /// Appends sentence `j` (the file holds exactly `j` finished sentences before the call) and
 /// returns the committed state.
 fn append_sentence(nm: &mut Connection, file: &str, j: u64) -> Result<FileState> {
-    let locate = Message::Locate {
-        avoid: None,
-        file: file.into(),
-        mode: AccessMode::Write,
-    };
-    let (addr, ticket) = match nm.call(&locate, &[])?.msg {
-        Message::Located { addr, ticket, .. } => (addr, ticket),
-        other => bail!("LOCATE {file} answered with {}", other.op_name()),
-    };
-    let mut ss = Connection::connect(&addr, io_timeout())
-        .with_context(|| format!("connecting to the storage server at {addr}"))?;
-    ss.set_timeout(Some(io_timeout()))?;
+    let (mut ss, ticket) = locate_and_connect(nm, file, AccessMode::Write)?;
     let begin = Message::WriteBegin {
         file: file.into(),
         sentence: j,

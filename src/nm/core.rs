@@ -12,8 +12,8 @@
 //! buffers every part writes to (effects and the store batch). `Core` owns the parts and
 //! routes the flows that cross them (a failover: the pairs part decides, the queue rewrites
 //! rows, the registry tells servers). The decisions live by area:
-//! [`records`] (what is persisted), [`access`] (access times, written lazily), [`sessions`] (HELLO/PROVE), [`registry`] (storage servers
-//! and the pair topology), [`namespace`] (client requests, rights, LOCATE), [`folders`],
+//! [`records`] (what is persisted), [`access`] (access times, written lazily), [`sessions`] (HELLO/PROVE), [`registry`] (storage servers,
+//! connections and the pair topology, owned by `registry::Registry`), [`namespace`] (client requests, rights, LOCATE), [`folders`],
 //! [`requests`] and [`checkpoints`], [`ops`] (operations started on a storage server and
 //! their results), [`pairs`] (the pair states and their transitions, owned by
 //! `pairs::Pairs`), [`queue`] (replication jobs), [`removals`] (the one decision on what a
@@ -356,15 +356,7 @@ impl Core {
             },
             cfg,
             key,
-            reg: registry::Registry {
-                proof_nonces: NonceMemory::new(MAX_LIVE_PROOFS),
-                servers,
-                peers: HashMap::new(),
-                introducing: HashMap::new(),
-                origins: HashMap::new(),
-                pairs: loaded.pairs,
-                removed: HashMap::new(),
-            },
+            reg: registry::Registry::load(servers, loaded.pairs),
             ops,
             out: Vec::new(),
             batch: Vec::new(),
@@ -399,17 +391,14 @@ impl Core {
     /// True while a client's request is being worked on; its next frame must wait, so replies
     /// stay in request order.
     pub fn is_busy(&self, conn: ConnId) -> bool {
-        matches!(
-            self.reg.peers.get(&conn),
-            Some(Peer::Client { busy: true, .. })
-        )
+        matches!(self.reg.peer(conn), Some(Peer::Client { busy: true, .. }))
     }
 
     /// True once `conn` proved who it is: a client past WELCOME, or a storage server whose
     /// registration proof was checked. Only such peers may hold frame budget.
     pub fn is_introduced(&self, conn: ConnId) -> bool {
         matches!(
-            self.reg.peers.get(&conn),
+            self.reg.peer(conn),
             Some(Peer::Client { .. } | Peer::Registering(_) | Peer::Server { .. })
         )
     }
@@ -417,7 +406,7 @@ impl Core {
     /// True for a registered storage server's connection: its liveness is judged by its
     /// heartbeats, never by idling.
     pub fn is_storage_server(&self, conn: ConnId) -> bool {
-        matches!(self.reg.peers.get(&conn), Some(Peer::Server { .. }))
+        matches!(self.reg.peer(conn), Some(Peer::Server { .. }))
     }
 
     /// Jobs handed out and not yet answered.
@@ -428,65 +417,39 @@ impl Core {
     /// A new connection was accepted.
     pub fn on_connect(&mut self, conn: ConnId, now_ms: u64) {
         self.at(now_ms);
-        self.reg.peers.insert(conn, Peer::Unknown);
-        self.reg
-            .introducing
-            .insert(conn, now_ms + INTRODUCTION_TIMEOUT_MS);
+        self.reg.connect(conn, now_ms + INTRODUCTION_TIMEOUT_MS);
     }
 
     /// Where a new connection came from and which of this server's addresses it reached. A storage server that
     /// listens on a wildcard address is reached at the address its registration came from
     /// (`crate::addr::reachable_host`).
     pub fn on_peer_addr(&mut self, conn: ConnId, origin: addr::Origin) {
-        self.reg.origins.insert(conn, origin);
+        self.reg.set_origin(conn, origin);
     }
 
     /// A connection closed (by the peer, an error, or us).
     pub fn on_close(&mut self, conn: ConnId, now_ms: u64) {
         self.at(now_ms);
-        self.reg.introducing.remove(&conn);
-        self.reg.origins.remove(&conn);
-        self.reg.removed.remove(&conn);
         self.q.forget_waiter(conn);
         self.fsck.forget(conn);
-        if let Some(Peer::Server { name }) = self.reg.peers.remove(&conn) {
-            let mut went_down = false;
-            if let Some(s) = self.reg.servers.get_mut(&name) {
-                if s.conn == Some(conn) {
-                    s.conn = None;
-                    if s.up {
-                        s.up = false;
-                        went_down = true;
-                        log::warn!(target: ev::HEARTBEAT_MONITOR_FAILURE, ss = name.as_str();
-                            "storage server {name} is down (connection closed)");
-                    }
-                }
-            }
-            if went_down {
-                self.events.note(
-                    self.env.wall_ms(now_ms),
-                    "SERVER_DOWN",
-                    &name,
-                    format!("{name} is down: its connection closed"),
-                );
-                self.target_down(&name);
-                self.advance_pairs(now_ms);
-            }
+        if let Some(name) = self.reg.close(conn) {
+            self.events.note(
+                self.env.wall_ms(now_ms),
+                "SERVER_DOWN",
+                &name,
+                format!("{name} is down: its connection closed"),
+            );
+            self.target_down(&name);
+            self.advance_pairs(now_ms);
         }
     }
 
     /// The earliest time [`Core::tick`] has something to do.
     pub fn next_deadline_ms(&self) -> Option<u64> {
-        let heartbeats = self
-            .reg
-            .servers
-            .values()
-            .filter(|s| s.up)
-            .filter_map(|s| s.last_heartbeat_ms)
-            .map(|t| t + self.cfg.heartbeat_timeout_ms);
-        heartbeats
+        self.reg
+            .heartbeat_deadlines(self.cfg.heartbeat_timeout_ms)
             .chain(self.pairs.next_switch_ms())
-            .chain(self.reg.introducing.values().copied())
+            .chain(self.reg.introduction_deadlines())
             .chain(self.next_repl_deadline_ms())
             .chain(self.access_due_ms())
             .chain(self.q.next_wait_ms())
@@ -498,33 +461,20 @@ impl Core {
     pub fn tick(&mut self, now_ms: u64) {
         self.at(now_ms);
         self.flush_due_access_times(now_ms);
-        let late: Vec<ConnId> = self
-            .reg
-            .introducing
-            .iter()
-            .filter(|(_, d)| now_ms >= **d)
-            .map(|(c, _)| *c)
-            .collect();
-        for conn in late {
-            self.reg.introducing.remove(&conn);
+        for conn in self.reg.take_late_introductions(now_ms) {
             self.refuse_and_close(
                 conn,
                 err::timeout("no HELLO or registration in time; closing"),
             );
         }
         let timeout = self.cfg.heartbeat_timeout_ms;
+        let silent = self.reg.take_silent(now_ms, timeout);
         let mut down = Vec::new();
-        for (name, s) in self.reg.servers.iter_mut() {
-            let silent = s.last_heartbeat_ms.is_some_and(|t| now_ms >= t + timeout);
-            if s.up && silent {
-                s.up = false;
-                down.push(name.clone());
-                log::warn!(target: ev::HEARTBEAT_MONITOR_FAILURE, ss = name.as_str(), ms = timeout;
-                    "storage server {name} is down (no heartbeat for {timeout} ms)");
-                if let Some(c) = s.conn.take() {
-                    self.out.push(Effect::Close { conn: c });
-                }
+        for (name, conn) in silent {
+            if let Some(c) = conn {
+                self.out.push(Effect::Close { conn: c });
             }
+            down.push(name);
         }
         for name in down {
             crate::metrics::nm().heartbeat_misses.inc();
@@ -626,7 +576,7 @@ impl Core {
     }
 
     fn fail(&mut self, conn: ConnId, e: WireError) {
-        if let Some(Peer::Client { user, .. }) = self.reg.peers.get(&conn) {
+        if let Some(Peer::Client { user, .. }) = self.reg.peer(conn) {
             log::info!(target: ev::NM_REQUEST_ERROR, user = user.as_str(), code = e.code.as_str();
                 "{}", e.msg);
         }
@@ -639,9 +589,7 @@ impl Core {
     }
 
     fn set_busy(&mut self, conn: ConnId, value: bool) {
-        if let Some(Peer::Client { busy, .. }) = self.reg.peers.get_mut(&conn) {
-            *busy = value;
-        }
+        self.reg.set_busy(conn, value);
     }
 
     fn add_user(&mut self, user: &str) {
@@ -653,12 +601,8 @@ impl Core {
     fn put_file(&mut self, file: &str, rec: FileRecord) {
         let old_ss = self.ns.files.get(file).map(|r| r.ss.clone());
         if old_ss.as_deref() != Some(rec.ss.as_str()) {
-            if let Some(s) = old_ss.and_then(|o| self.reg.servers.get_mut(&o)) {
-                s.files = s.files.saturating_sub(1);
-            }
-            if let Some(s) = self.reg.servers.get_mut(&rec.ss) {
-                s.files += 1;
-            }
+            self.reg
+                .count_file_move(old_ss.as_deref(), Some(rec.ss.as_str()));
         }
         // The change may give a parked job of this file a source.
         self.unpark_file(&rec.ss, file);
@@ -674,7 +618,7 @@ impl Core {
             return;
         }
         for m in [Member::Primary, Member::Backup] {
-            if let Some(n) = self.member_name(pair, m) {
+            if let Some(n) = self.reg.member_name(pair, m) {
                 self.q.unpark(&job_key(&n, file));
             }
         }
@@ -682,9 +626,7 @@ impl Core {
 
     fn del_file(&mut self, file: &str) {
         if let Some(rec) = self.ns.files.remove(file) {
-            if let Some(s) = self.reg.servers.get_mut(&rec.ss) {
-                s.files = s.files.saturating_sub(1);
-            }
+            self.reg.count_file_move(Some(rec.ss.as_str()), None);
             // A parked content row of the file is moot now: back in the index, the pump drops
             // it at once instead of counting it as owed until a server registers.
             self.unpark_file(&rec.ss, file);
@@ -708,10 +650,10 @@ impl Core {
         self.at(now_ms);
         self.frame_since_idle_ms = Some(now_ms);
         let msg = frame.msg;
-        let peer = self.reg.peers.remove(&conn).unwrap_or(Peer::Unknown);
+        let peer = self.reg.take_peer(conn).unwrap_or(Peer::Unknown);
         match peer {
             Peer::Unknown => {
-                self.reg.peers.insert(conn, Peer::Unknown);
+                self.reg.set_peer(conn, Peer::Unknown);
                 match msg {
                     Message::Hello { user } => self.hello(conn, user),
                     Message::ResetUser { user, proof } => self.reset_user(conn, &user, &proof),
@@ -733,7 +675,7 @@ impl Core {
                             backup_of: backup_of.as_deref(),
                         };
                         let checked = self.key.check_proof(&claim, &proof).and_then(|()| {
-                            self.reg.proof_nonces.use_once(
+                            self.reg.use_proof(
                                 &proof.nonce,
                                 proof.ts_ms + PROOF_SKEW_MS,
                                 "registration proof",
@@ -744,7 +686,7 @@ impl Core {
                                 "refused registration of {name}: {}", e.msg);
                             return self.refuse_and_close(conn, e);
                         }
-                        let from = self.reg.origins.get(&conn).copied();
+                        let from = self.reg.origin(conn);
                         let host = match addr::reachable_host(&name, &host, from) {
                             addr::Reachable::AsGiven => host,
                             addr::Reachable::Corrected(seen) => {
@@ -758,12 +700,7 @@ impl Core {
                                 return self.refuse_and_close(conn, err::invalid(why));
                             }
                         };
-                        if self
-                            .reg
-                            .servers
-                            .get(&name)
-                            .is_some_and(|s| s.up && s.conn.is_some())
-                        {
+                        if self.reg.is_connected(&name) {
                             return self.refuse_and_close(
                                 conn,
                                 err::conflict(format!(
@@ -787,9 +724,7 @@ impl Core {
                             expected: file_count,
                             files: Vec::new(),
                         };
-                        self.reg
-                            .peers
-                            .insert(conn, Peer::Registering(Box::new(reg)));
+                        self.reg.set_peer(conn, Peer::Registering(Box::new(reg)));
                     }
                     other => self.refuse_and_close(
                         conn,
@@ -801,7 +736,7 @@ impl Core {
                 }
             }
             Peer::Challenged { user, nonce } => {
-                self.reg.peers.insert(conn, Peer::Unknown);
+                self.reg.set_peer(conn, Peer::Unknown);
                 match msg {
                     Message::Prove { key, sig } => self.prove(conn, user, &nonce, key, &sig),
                     other => self.refuse_and_close(
@@ -811,7 +746,7 @@ impl Core {
                 }
             }
             Peer::Client { user, busy } => {
-                self.reg.peers.insert(
+                self.reg.set_peer(
                     conn,
                     Peer::Client {
                         user: user.clone(),
@@ -829,7 +764,7 @@ impl Core {
                         );
                     } else {
                         reg.files.extend(files);
-                        self.reg.peers.insert(conn, Peer::Registering(reg));
+                        self.reg.set_peer(conn, Peer::Registering(reg));
                     }
                 }
                 Message::RegisterEnd {} => self.finish_register(conn, *reg, now_ms),
@@ -842,9 +777,7 @@ impl Core {
                 ),
             },
             Peer::Server { name } => {
-                self.reg
-                    .peers
-                    .insert(conn, Peer::Server { name: name.clone() });
+                self.reg.set_peer(conn, Peer::Server { name: name.clone() });
                 self.server_message(conn, &name, msg, now_ms);
             }
         }

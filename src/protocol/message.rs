@@ -78,6 +78,15 @@ pub struct Version {
 }
 
 impl Version {
+    /// The first version of a file an SS_CREATE makes in `epoch`: its `counter` when the name
+    /// server gave one (above every version the name had in that epoch), else 1.
+    pub fn first(epoch: u64, counter: Option<u64>) -> Version {
+        Version {
+            epoch,
+            counter: counter.unwrap_or(1).max(1),
+        }
+    }
+
     /// The version after one more change made in `epoch`.
     pub fn next(self, epoch: u64) -> Version {
         Version {

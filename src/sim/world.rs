@@ -768,10 +768,7 @@ impl World {
             } => {
                 let st = self.checked(i, &ticket, &file, TicketOp::Create)?;
                 self.may_write(i, &ticket, &st)?;
-                let first = Version {
-                    epoch,
-                    counter: counter.unwrap_or(1).max(1),
-                };
+                let first = Version::first(epoch, counter);
                 let m = st.create_at(&file, &owner, first).map_err(wire)?;
                 Ok(JobOutput::State(m.state(&file)))
             }

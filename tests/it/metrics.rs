@@ -69,14 +69,20 @@ fn has(s: &prometheus_parse::Scrape, metric: &str) -> bool {
     s.samples.iter().any(|x| x.metric == metric)
 }
 
-#[test]
-fn name_server_metrics_count_operations_and_servers() {
+/// A started pair whose name server serves HTTP on a free port, and that endpoint's address.
+fn pair_with_http() -> (Cluster, String) {
     let port = free_port();
     let c = Cluster::builder()
         .pair()
         .nm_args(&["--http-port", &port])
         .start();
     let addr = nm_http(&c);
+    (c, addr)
+}
+
+#[test]
+fn name_server_metrics_count_operations_and_servers() {
+    let (c, addr) = pair_with_http();
     c.client("alice").run("VIEW\n").assert_code(0);
     let before = scrape(&addr);
     c.client("alice")
@@ -166,12 +172,7 @@ fn page_status_and_metrics_answer_while_a_slow_client_holds_a_connection() {
 /// writers' changes leave that count at zero.
 #[test]
 fn every_change_is_dispatched_by_its_own_wake_up() {
-    let port = free_port();
-    let c = Cluster::builder()
-        .pair()
-        .nm_args(&["--http-port", &port])
-        .start();
-    let addr = nm_http(&c);
+    let (c, addr) = pair_with_http();
     let (writers, writes) = (4, 8);
     std::thread::scope(|s| {
         for w in 0..writers {

@@ -8,7 +8,7 @@
 //! lost with the name server would leave a record no copy will ever match again. Before
 //! SS_DELETE is sent the name server therefore makes a delete intent durable (`deletes`
 //! table: file → the server and epoch the ticket names, the record's version and checksum),
-//! and the batch that removes the record (or hears the refusal) removes it; the event loop
+//! and the batch that removes the record (or hears a refusal) removes it; the event loop
 //! holds the call (`Effect::DurableJob`) until the intent is committed, as for MOVE.
 //!
 //! An intent the last run left is settled when its server registers again
@@ -24,6 +24,10 @@
 //! * the record changed or is gone, or the pair changed writers while the other member holds
 //!   the record's version: the delete is not credited (an answer from an ended epoch never
 //!   is, see the fence in `ops.rs`); a copy the server lacks is owed to it again.
+//!
+//! The same holds within one run when the call ends `UNAVAILABLE` (not reached, or its answer
+//! lost): the server may have removed the file, so the intent stays and is settled at that
+//! server's next registration; a refusal with any other code removes it.
 //!
 //! An intent whose call is still running in this run is left to its answer. The name is not
 //! reserved meanwhile: every other operation on it changes or removes the record, which
@@ -109,6 +113,7 @@ impl Core {
                 rec.version == d.version
                     && rec.checksum == d.checksum
                     && self
+                        .reg
                         .membership(ss)
                         .map_or(rec.ss == ss, |(p, _)| rec.ss == p)
             });
@@ -134,13 +139,14 @@ impl Core {
         let Some(pair) = self.ns.files.get(file).map(|r| r.ss.clone()) else {
             return;
         };
-        self.note_removed(&pair, file);
+        self.reg.note_removed(&pair, file);
         self.retire_name(file);
         self.drop_requests_for(file);
         self.del_file(file);
         let other = self
+            .reg
             .membership(ss)
-            .and_then(|(p, m)| self.member_name(&p, m.other()));
+            .and_then(|(p, m)| self.reg.member_name(&p, m.other()));
         if let Some(other) = other {
             self.upsert_job(&other, file, Want::Delete, now_ms);
         }

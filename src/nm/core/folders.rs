@@ -179,8 +179,7 @@ impl Core {
         self.put_folder(&canon, user);
         let up: Vec<String> = self
             .reg
-            .servers
-            .iter()
+            .servers()
             .filter(|(_, s)| s.up)
             .map(|(n, _)| n.clone())
             .collect();
@@ -193,13 +192,7 @@ impl Core {
     /// Sends `folders` (parents first) to storage server `ss` in SS_MKDIR calls of bounded
     /// size, on the worker pool.
     pub(super) fn push_folders(&mut self, ss: &str, folders: Vec<String>) {
-        let Some(addr) = self
-            .reg
-            .servers
-            .get(ss)
-            .filter(|s| s.up)
-            .map(|s| s.rec.addr())
-        else {
+        let Some(addr) = self.reg.live_server(ss).map(|s| s.rec.addr()) else {
             return;
         };
         for part in frame::paginate(folders, |f| 2 * f.len() + 4) {
@@ -474,7 +467,7 @@ impl Core {
         let ss = rec.ss.clone();
         self.retire_name(from);
         self.del_file(from);
-        self.note_removed(&ss, from);
+        self.reg.note_removed(&ss, from);
         // Only the writer that renamed it holds the file under its new name; the other member
         // is owed it whole.
         let writer = self.writer_member(&ss);

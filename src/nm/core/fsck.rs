@@ -279,7 +279,7 @@ impl Core {
         } else {
             Member::Backup
         };
-        let paired = self.reg.pairs.contains_key(&rec.ss);
+        let paired = self.reg.is_paired(&rec.ss);
         Lineage {
             epoch_base: rec.epoch_base,
             adopts_newer: !paired || self.writer_member(&rec.ss) == m || !rec.holds(m.other()),
@@ -289,7 +289,7 @@ impl Core {
     /// The servers that should hold a copy of `rec`: its primary, then the pair's backup.
     fn copy_holders(&self, rec: &FileRecord) -> Vec<String> {
         let mut v = vec![rec.ss.clone()];
-        v.extend(self.backup_for(&rec.ss));
+        v.extend(self.reg.backup_for(&rec.ss));
         v
     }
 
@@ -317,7 +317,7 @@ impl Core {
             }
         }
         if orphans {
-            for (name, s) in &self.reg.servers {
+            for (name, s) in self.reg.servers() {
                 if s.up {
                     ask.entry(name.clone()).or_default();
                 }
@@ -326,7 +326,7 @@ impl Core {
         let mut calls = Vec::new();
         let mut down = Vec::new();
         for (ss, files) in ask {
-            match self.reg.servers.get(&ss) {
+            match self.reg.server(&ss) {
                 Some(s) if s.up => {
                     let scope = crate::auth::check_scope(&files, orphans);
                     let ticket = self.mint(NM_USER, &scope, TicketOp::Check, &ss, None);

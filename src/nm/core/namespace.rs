@@ -212,7 +212,7 @@ impl Core {
 
     /// The live address of server `name`, or UNAVAILABLE for `file`.
     pub(super) fn live_addr_of(&self, name: &str, file: &str) -> Result<String, WireError> {
-        match self.reg.servers.get(name) {
+        match self.reg.server(name) {
             Some(s) if s.up => Ok(s.rec.addr()),
             _ => Err(no_live_copy(file)),
         }
@@ -228,20 +228,21 @@ impl Core {
         need_current: bool,
     ) -> Result<(String, String, u64), WireError> {
         let p = rec.ss.as_str();
-        let Some(st) = self.pairs.get(p).filter(|_| self.reg.pairs.contains_key(p)) else {
+        let Some(st) = self.pairs.get(p).filter(|_| self.reg.is_paired(p)) else {
             return Ok((p.to_string(), self.live_addr_of(p, file)?, EPOCH));
         };
-        let Some(w) = self.member_name(p, st.writer) else {
+        let Some(w) = self.reg.member_name(p, st.writer) else {
             return Err(no_live_copy(file));
         };
-        if !self.is_up(&w)
+        if !self.reg.is_up(&w)
             && !self
+                .reg
                 .member_name(p, st.writer.other())
-                .is_some_and(|o| self.is_up(&o))
+                .is_some_and(|o| self.reg.is_up(&o))
         {
             return Err(no_live_copy(file));
         }
-        if st.phase != Phase::Serving || !self.is_up(&w) {
+        if st.phase != Phase::Serving || !self.reg.is_up(&w) {
             return Err(err::unavailable(format!(
                 "{} cannot take changes for a moment: pair {p} {} (epoch {})",
                 names::display(file),
@@ -264,7 +265,7 @@ impl Core {
         avoid: Option<&str>,
     ) -> Result<(String, String), WireError> {
         let p = rec.ss.as_str();
-        if !self.reg.pairs.contains_key(p) {
+        if !self.reg.is_paired(p) {
             if avoid == Some(p) {
                 return Err(no_live_copy(file));
             }
@@ -272,7 +273,7 @@ impl Core {
         }
         let first = self.writer_member(p);
         for m in [first, first.other()] {
-            let Some(name) = self.member_name(p, m) else {
+            let Some(name) = self.reg.member_name(p, m) else {
                 continue;
             };
             if Some(name.as_str()) == avoid || !rec.holds(m) {
@@ -303,10 +304,10 @@ impl Core {
         );
         let mut replicas = Vec::new();
         for m in [Member::Primary, Member::Backup] {
-            let Some(name) = self.member_name(&rec.ss, m) else {
+            let Some(name) = self.reg.member_name(&rec.ss, m) else {
                 continue;
             };
-            let state = if !self.is_up(&name) {
+            let state = if !self.reg.is_up(&name) {
                 "down"
             } else {
                 match rec.held(m) {

@@ -251,12 +251,11 @@ impl Core {
         // changes now (so CREATE goes on while a pair has one live member).
         let pick = self
             .reg
-            .servers
-            .iter()
-            .filter(|(n, _)| !self.is_backup(n))
+            .servers()
+            .filter(|(n, _)| !self.reg.is_backup(n))
             .filter_map(|(n, s)| {
                 let (w, epoch) = self.live_writer(n)?;
-                let addr = self.reg.servers.get(&w)?.rec.addr();
+                let addr = self.reg.server(&w)?.rec.addr();
                 Some(((s.files, n.clone()), (n.clone(), w, addr, epoch)))
             })
             .min_by(|a, b| a.0.cmp(&b.0))
@@ -274,7 +273,10 @@ impl Core {
             counter: (first > 1).then_some(first),
             ticket,
         };
-        let member = self.membership(&writer).map_or(Member::Primary, |(_, m)| m);
+        let member = self
+            .reg
+            .membership(&writer)
+            .map_or(Member::Primary, |(_, m)| m);
         Ok((
             JobKind::SsCall { addr, msg },
             Purpose::Create {
@@ -392,6 +394,7 @@ impl Core {
             return false;
         };
         let moved_on = self
+            .reg
             .membership(ss)
             .and_then(|(p, m)| Some((self.pairs.get(&p)?, m)))
             .filter(|(st, _)| st.epoch != *epoch);
@@ -419,7 +422,7 @@ impl Core {
             ) => {
                 let target = self.record_created(file, owner, &ss, member, &st, now_ms);
                 if then_upload {
-                    let user = match self.reg.peers.get(&conn) {
+                    let user = match self.reg.peer(conn) {
                         Some(Peer::Client { user, .. }) => user.clone(),
                         _ => String::new(),
                     };
@@ -502,8 +505,16 @@ impl Core {
                 self.drop_move_intent(file);
                 Finished::answer(Err(e))
             }
+            (Purpose::Delete, Err(e)) if e.code == crate::protocol::ErrorCode::Unavailable => {
+                // Not reached, or its answer lost: the server may have removed the file. The
+                // intent stays, so the server's next registration settles it by what it lists
+                // (see `deletes`); a new DELETE of the name replaces it.
+                log::info!(target: ev::NM_FILE_CHANGE, file = file;
+                    "the delete of {file} has no answer ({}); settled when its server registers", e.msg);
+                Finished::answer(Err(e))
+            }
             (Purpose::Delete, Err(e)) => {
-                // Refused (or not reached): the file stays.
+                // Refused: the file stays.
                 self.drop_delete_intent(file);
                 Finished::answer(Err(e))
             }
@@ -573,7 +584,7 @@ impl Core {
     fn record_deleted(&mut self, file: &str, now_ms: u64) -> Option<String> {
         let ss = self.ns.files.get(file).map(|r| r.ss.clone());
         if let Some(ss) = &ss {
-            self.note_removed(ss, file);
+            self.reg.note_removed(ss, file);
             self.retire_name(file);
         }
         self.drop_requests_for(file);
@@ -631,7 +642,7 @@ impl Core {
     /// Whether the other member of `ss`'s pair holds the record's version of `file` (or
     /// there is no record), so `ss`'s copy can be repaired from it.
     pub(super) fn partner_holds_record(&self, ss: &str, file: &str) -> bool {
-        self.membership(ss).is_some_and(|(_, m)| {
+        self.reg.membership(ss).is_some_and(|(_, m)| {
             self.ns
                 .files
                 .get(file)
@@ -644,7 +655,7 @@ impl Core {
     /// of each (or its removal), with its own copy set aside first.
     pub(super) fn set_aside_on(&mut self, ss: &str, files: &[String], now_ms: u64) {
         let why = SetAside::EndedEpoch;
-        let member = self.membership(ss).map(|(_, m)| m);
+        let member = self.reg.membership(ss).map(|(_, m)| m);
         for f in files {
             let want = match self.ns.files.get(f).cloned() {
                 Some(mut rec) => {
@@ -685,7 +696,10 @@ impl Core {
             flight.file);
         self.set_aside_on(&ss, &touched, now_ms);
         self.set_busy(flight.conn, false);
-        let pair = self.membership(&ss).map_or_else(|| ss.clone(), |(p, _)| p);
+        let pair = self
+            .reg
+            .membership(&ss)
+            .map_or_else(|| ss.clone(), |(p, _)| p);
         self.fail(
             flight.conn,
             err::unavailable(format!(
@@ -706,7 +720,7 @@ impl Core {
     pub(super) fn next_for_file(&mut self, file: &str, now_ms: u64) {
         let mut waiting = self.ops.release(file);
         while let Some(p) = waiting.pop_front() {
-            if !self.reg.peers.contains_key(&p.conn) {
+            if !self.reg.has_peer(p.conn) {
                 continue;
             }
             self.start_serialised(file, p, now_ms);

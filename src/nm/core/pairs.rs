@@ -383,21 +383,14 @@ impl Core {
     /// members of their new roles, and settles the moves a new epoch leaves behind.
     pub fn advance_pairs(&mut self, now_ms: u64) {
         self.at(now_ms);
-        let primaries: Vec<String> = self.reg.pairs.keys().cloned().collect();
-        for p in primaries {
-            let Some(b) = self.reg.pairs.get(&p).cloned() else {
-                continue;
-            };
-            let lease_end = |n: &str| self.reg.servers.get(n).map_or(0, |s| s.lease_until_ms);
+        for (p, b) in self.reg.pairs() {
+            let lease_end = |n: &str| self.reg.lease_end(n);
             let clear = |n: &str| self.owed_to(n) == (0, false);
             let ms = Members {
                 primary: &p,
                 backup: &b,
-                up: [self.is_up(&p), self.is_up(&b)],
-                known: [
-                    self.reg.servers.contains_key(&p),
-                    self.reg.servers.contains_key(&b),
-                ],
+                up: [self.reg.is_up(&p), self.reg.is_up(&b)],
+                known: [self.reg.server(&p).is_some(), self.reg.server(&b).is_some()],
                 lease_end: [lease_end(&p), lease_end(&b)],
                 clear: [clear(&p), clear(&b)],
                 boot_grace_ms: self.cfg.started_ms + self.cfg.heartbeat_timeout_ms,
@@ -426,15 +419,13 @@ impl Core {
     /// may still be on its way; if it arrives after the switch it is refused, unacknowledged,
     /// and the copy is quarantined, so nothing acknowledged depends on this shortcut.)
     pub(super) fn stepped_down(&mut self, name: &str, now_ms: u64) {
-        let Some((p, m)) = self.membership(name) else {
+        let Some((p, m)) = self.reg.membership(name) else {
             return;
         };
         if !self.pairs.step_down(&p, m, now_ms) {
             return;
         }
-        if let Some(s) = self.reg.servers.get_mut(name) {
-            s.lease_until_ms = now_ms;
-        }
+        self.reg.end_lease(name, now_ms);
         self.advance_pairs(now_ms);
     }
 
@@ -443,18 +434,18 @@ impl Core {
     /// Returns the jobs owed to it.
     pub(super) fn recover(&mut self, ss: &str, now_ms: u64) -> Result<u64, WireError> {
         names::validate_user(ss)?;
-        if !self.reg.servers.contains_key(ss) {
+        if self.reg.server(ss).is_none() {
             return Err(err::not_found(format!(
                 "No storage server named {}",
                 names::show(ss)
             )));
         }
-        let Some((p, m)) = self.membership(ss) else {
+        let Some((p, m)) = self.reg.membership(ss) else {
             return Err(err::invalid(format!(
                 "{ss} is in no pair: there is no other copy to recover from"
             )));
         };
-        if !self.is_up(ss) {
+        if !self.reg.is_up(ss) {
             return Err(err::unavailable(format!(
                 "{ss} is down; it is recovered when it registers again"
             )));
@@ -481,16 +472,13 @@ impl Core {
 
     /// Records `primary → backup` unless the primary already has a backup.
     pub(super) fn pair_up(&mut self, primary: &str, backup: &str) {
-        match self.reg.pairs.get(primary) {
-            Some(b) if b == backup => {}
-            Some(b) => {
+        match self.reg.pair_up(primary, backup) {
+            Ok(false) => {}
+            Err(b) => {
                 log::warn!(target: ev::REPLICATION_ASSIGN, ss = backup;
                     "{backup} wants to back up {primary}, which already has {b}; left unpaired");
             }
-            None => {
-                self.reg
-                    .pairs
-                    .insert(primary.to_string(), backup.to_string());
+            Ok(true) => {
                 self.batch
                     .push(StoreOp::PutPair(primary.to_string(), backup.to_string()));
                 self.pairs.ensure(primary, &mut self.batch);

@@ -525,7 +525,7 @@ impl Core {
             &mut self.batch,
         );
         if new {
-            if let Some((p, _)) = self.membership(target) {
+            if let Some((p, _)) = self.reg.membership(target) {
                 self.pairs.sync_owed(&p);
             }
         }
@@ -556,10 +556,10 @@ impl Core {
         let rec = self.ns.files.get(file)?;
         let version = rec.version;
         let pair = rec.ss.clone();
-        self.backup_for(&pair)?;
+        self.reg.backup_for(&pair)?;
         let follower = self.writer_member(&pair).other();
-        let target = self.member_name(&pair, follower)?;
-        let primary = self.member_name(&pair, follower.other())?;
+        let target = self.reg.member_name(&pair, follower)?;
+        let primary = self.reg.member_name(&pair, follower.other())?;
         log::info!(target: ev::NM_REPLICATION_CHECK, file = file, ss = target.as_str();
             "file={file} primary={primary} replica={target}");
         if rec.held(follower) == Some(version) {
@@ -582,8 +582,10 @@ impl Core {
     /// Owes the member of `primary`'s pair that is not the writer the removal of `file`.
     /// Returns that member.
     pub(super) fn owe_delete(&mut self, primary: &str, file: &str, now_ms: u64) -> Option<String> {
-        self.backup_for(primary)?;
-        let target = self.member_name(primary, self.writer_member(primary).other())?;
+        self.reg.backup_for(primary)?;
+        let target = self
+            .reg
+            .member_name(primary, self.writer_member(primary).other())?;
         self.upsert_job(&target, file, Want::Delete, now_ms);
         log::info!(target: ev::NM_REPLICATION_QUEUED, file = file, ss = target.as_str();
             "file={file} op=DELETE primary={primary} replica={target}");
@@ -607,7 +609,7 @@ impl Core {
                 if owed.is_none() {
                     // The backup already holds it.
                     self.release(waiter, true);
-                } else if !self.is_up(&t) || owed == Some(JobState::Failed) {
+                } else if !self.reg.is_up(&t) || owed == Some(JobState::Failed) {
                     self.release(waiter, false);
                 } else {
                     let deadline_ms = now_ms + SYNC_WAIT_MS;
@@ -672,7 +674,7 @@ impl Core {
     /// Tells the other member of `name`'s pair at once that `name` came up or went down, so
     /// a writer stages its uploads on a partner only while that partner is up.
     pub(super) fn push_partner(&mut self, name: &str) {
-        if let Some(other) = self.partner_name(name) {
+        if let Some(other) = self.reg.partner_name(name) {
             self.push_role(&other);
         }
     }
@@ -686,7 +688,7 @@ impl Core {
 
     /// Whether a pending job's servers are up (no allocation: this runs over every row).
     pub(super) fn ready(&self, job: &ReplJob) -> bool {
-        if !self.is_up(&job.target) {
+        if !self.reg.is_up(&job.target) {
             return false;
         }
         match job.want {
@@ -707,7 +709,7 @@ impl Core {
         let rec = self.ns.files.get(&job.file)?;
         let m = if job.target == rec.ss {
             Member::Primary
-        } else if self.reg.pairs.get(&rec.ss) == Some(&job.target) {
+        } else if self.reg.backup_of(&rec.ss) == Some(job.target.as_str()) {
             Member::Backup
         } else {
             return None;
@@ -722,18 +724,18 @@ impl Core {
         let p = rec.ss.as_str();
         let candidates = [
             (Member::Primary, Some(p)),
-            (Member::Backup, self.reg.pairs.get(p).map(String::as_str)),
+            (Member::Backup, self.reg.backup_of(p)),
         ];
         candidates.into_iter().find_map(|(m, n)| {
             let n = n?;
-            let s = self.reg.servers.get(n)?;
+            let s = self.reg.server(n)?;
             (n != job.target && s.up && rec.holds(m)).then_some((n, s))
         })
     }
 
     /// The transfer a ready job describes.
     pub(super) fn transfer_for(&self, job: &ReplJob) -> Option<Transfer> {
-        let t = self.reg.servers.get(&job.target).filter(|s| s.up)?;
+        let t = self.reg.live_server(&job.target)?;
         let target = (job.target.clone(), t.rec.addr());
         let source = match job.want {
             Want::Delete => None,
@@ -762,7 +764,7 @@ impl Core {
         let cap = self.cfg.max_repl_in_flight.max(1);
         let due = self
             .q
-            .due_rows(now_ms, cap, |t| self.is_up(t), |j| self.judge_due(j));
+            .due_rows(now_ms, cap, |t| self.reg.is_up(t), |j| self.judge_due(j));
         for k in due.sourceless {
             self.q.park(&k);
         }
@@ -827,7 +829,7 @@ impl Core {
     /// The earliest time a waiting job becomes due (only jobs whose target is up).
     pub fn next_repl_deadline_ms(&self) -> Option<u64> {
         let cap = self.cfg.max_repl_in_flight.max(1);
-        self.q.next_due_ms(cap, |t| self.is_up(t))
+        self.q.next_due_ms(cap, |t| self.reg.is_up(t))
     }
 
     /// The worker channel had no room for a replication job: it waits in the table and is
@@ -905,7 +907,7 @@ impl Core {
 
     /// Counts a finished transfer in its pair's recovery progress.
     pub(super) fn job_done(&mut self, target: &str) {
-        if let Some((p, _)) = self.membership(target) {
+        if let Some((p, _)) = self.reg.membership(target) {
             self.pairs.sync_done(&p);
         }
     }
@@ -937,7 +939,7 @@ impl Core {
         list: Vec<FileState>,
         now_ms: u64,
     ) {
-        let Some(name) = self.member_name(primary, m) else {
+        let Some(name) = self.reg.member_name(primary, m) else {
             return;
         };
         for k in self.q.failed_keys_for(&name) {
@@ -999,7 +1001,7 @@ impl Core {
                 r.apply_change(m, st);
                 self.put_file(f, r);
                 self.q.drop_idle(&key, &mut self.batch);
-                if let Some(other) = self.member_name(primary, m.other()) {
+                if let Some(other) = self.reg.member_name(primary, m.other()) {
                     self.owe_to(f, &other, None, now_ms);
                 }
                 adopted += 1;

@@ -3,7 +3,20 @@
 //! (heartbeats, CHANGED, REMOVED, ...), and the pair topology derived from the `servers` and
 //! `pairs` tables (who backs up whom, which member writes, at which epoch).
 //!
-//! Uses the core's `reg` ([`Registry`]: servers, pairs, peers, proof nonces). Invariants:
+//! # The part
+//!
+//! [`Registry`] owns the servers (durable records and runtime state: up, link, heartbeat,
+//! lease bound, file count, disk), the pairs' membership (`primary -> backup`), what each
+//! connection is, the introduction deadlines and origins of connections, the used proof
+//! nonces, and the names removed per link. It decides everything that reads only them:
+//! membership and roles by name, who is a backup, a registration's new server state, which
+//! servers fell silent, what a closing link takes down, whether a late CHANGED names a
+//! removed file. It returns what happened (a server that went down, the links to close, a
+//! new pair) and the core routes it: the store batch, events, the pairs' state machine
+//! (`pairs::Pairs`, whose writer and epoch combine with the membership here in
+//! `Core::writer_member`, `Core::live_writer`, `Core::may_write`), the queue and the index.
+//!
+//! Invariants:
 //! * a name is registered by at most one live connection at a time;
 //! * a heartbeat's acknowledgement renews the writer's lease only while the pair is SERVING
 //!   with that server as writer (`may_write`), and `lease_until_ms` (monotonic, see
@@ -75,20 +88,20 @@ use super::*;
 /// Storage servers, the connections to the name server, and the pairs.
 pub(super) struct Registry {
     /// Registration proofs already used: a captured REGISTER cannot be replayed.
-    pub(super) proof_nonces: NonceMemory,
+    proof_nonces: NonceMemory,
     /// Every storage server ever registered (durable record, runtime state).
-    pub(super) servers: BTreeMap<String, ServerLive>,
+    servers: BTreeMap<String, ServerLive>,
     /// What each connection is (unknown, a session, a registering or registered server).
-    pub(super) peers: HashMap<ConnId, Peer>,
+    peers: HashMap<ConnId, Peer>,
     /// Connections that have not finished HELLO or registration, with their deadline.
-    pub(super) introducing: HashMap<ConnId, u64>,
+    introducing: HashMap<ConnId, u64>,
     /// The address each connection came from (set by the event loop after `on_connect`).
-    pub(super) origins: HashMap<ConnId, addr::Origin>,
+    origins: HashMap<ConnId, addr::Origin>,
     /// Pairs: primary name to backup name (durable).
-    pub(super) pairs: BTreeMap<String, String>,
+    pairs: BTreeMap<String, String>,
     /// Names removed (DELETE, or the old name of a MOVE) while each registered server's link
     /// was up, at most [`REMOVED_REMEMBERED`] per link (see [`Removed`]).
-    pub(super) removed: HashMap<ConnId, Removed>,
+    removed: HashMap<ConnId, Removed>,
 }
 
 /// Names removed per link remembered for late CHANGED reports.
@@ -129,28 +142,407 @@ impl Removed {
     }
 }
 
-impl Core {
-    /// `file` was removed from the pair of `primary`: a late CHANGED of it on either
-    /// member's current link must not bring it back (see [`Removed`]).
-    pub(super) fn note_removed(&mut self, primary: &str, file: &str) {
-        let backup = self.reg.pairs.get(primary).cloned();
-        for m in std::iter::once(primary.to_string()).chain(backup) {
-            if let Some(conn) = self.reg.servers.get(&m).and_then(|s| s.conn) {
-                self.reg.removed.entry(conn).or_default().note(file);
+impl Registry {
+    /// The registry as loaded: the durable servers (all down) and pairs, no connections.
+    pub(super) fn load(
+        servers: BTreeMap<String, ServerLive>,
+        pairs: BTreeMap<String, String>,
+    ) -> Self {
+        Registry {
+            proof_nonces: NonceMemory::new(MAX_LIVE_PROOFS),
+            servers,
+            peers: HashMap::new(),
+            introducing: HashMap::new(),
+            origins: HashMap::new(),
+            pairs,
+            removed: HashMap::new(),
+        }
+    }
+
+    // Servers.
+
+    /// Server `name`, up or down.
+    pub(super) fn server(&self, name: &str) -> Option<&ServerLive> {
+        self.servers.get(name)
+    }
+
+    /// Server `name` if it is up.
+    pub(super) fn live_server(&self, name: &str) -> Option<&ServerLive> {
+        self.servers.get(name).filter(|s| s.up)
+    }
+
+    /// Every server ever registered, by name.
+    pub(super) fn servers(&self) -> impl Iterator<Item = (&String, &ServerLive)> {
+        self.servers.iter()
+    }
+
+    pub(super) fn is_up(&self, name: &str) -> bool {
+        self.servers.get(name).is_some_and(|s| s.up)
+    }
+
+    /// True while server `name` is up on a live connection.
+    pub(super) fn is_connected(&self, name: &str) -> bool {
+        self.servers
+            .get(name)
+            .is_some_and(|s| s.up && s.conn.is_some())
+    }
+
+    /// A file record moved from server `from` (if any) to `to` (if any): the per-server file
+    /// counts follow.
+    pub(super) fn count_file_move(&mut self, from: Option<&str>, to: Option<&str>) {
+        if let Some(s) = from.and_then(|o| self.servers.get_mut(o)) {
+            s.files = s.files.saturating_sub(1);
+        }
+        if let Some(s) = to.and_then(|n| self.servers.get_mut(n)) {
+            s.files += 1;
+        }
+    }
+
+    /// Notes a heartbeat from `name`.
+    pub(super) fn heartbeat(
+        &mut self,
+        name: &str,
+        seq: u64,
+        disk: Option<crate::protocol::DiskUsage>,
+        now_ms: u64,
+    ) {
+        if let Some(s) = self.servers.get_mut(name) {
+            s.last_heartbeat_ms = Some(now_ms);
+            s.last_seq = seq;
+            if disk.is_some() {
+                s.disk = disk;
             }
         }
     }
 
+    /// Extends the bound of `name`'s lease to `until_ms` (never shortens it).
+    pub(super) fn renew_lease(&mut self, name: &str, until_ms: u64) {
+        if let Some(s) = self.servers.get_mut(name) {
+            s.lease_until_ms = s.lease_until_ms.max(until_ms);
+        }
+    }
+
+    /// `name` says it holds no lease any more: its lease bound is `now_ms`.
+    pub(super) fn end_lease(&mut self, name: &str, now_ms: u64) {
+        if let Some(s) = self.servers.get_mut(name) {
+            s.lease_until_ms = now_ms;
+        }
+    }
+
+    /// Where `name`'s lease ends at the latest (0 for an unknown server).
+    pub(super) fn lease_end(&self, name: &str) -> u64 {
+        self.servers.get(name).map_or(0, |s| s.lease_until_ms)
+    }
+
+    /// Server `name` registered on `conn` with record `rec`: it is up, its file count and
+    /// lease bound carry over (a new server's lease bound is `first_lease_until_ms`).
+    /// Returns whether the record changed (it must be stored) and whether the server was
+    /// down before.
+    pub(super) fn register(
+        &mut self,
+        name: &str,
+        rec: &ServerRecord,
+        conn: ConnId,
+        first_lease_until_ms: u64,
+        now_ms: u64,
+    ) -> (bool, bool) {
+        let known = self.servers.get(name);
+        let changed = known.map(|s| &s.rec) != Some(rec);
+        let was_down = known.is_some_and(|s| !s.up);
+        let files = known.map_or(0, |s| s.files);
+        let lease_until_ms = known.map_or(first_lease_until_ms, |s| s.lease_until_ms);
+        self.servers.insert(
+            name.to_string(),
+            ServerLive {
+                rec: rec.clone(),
+                up: true,
+                last_heartbeat_ms: Some(now_ms),
+                conn: Some(conn),
+                files,
+                last_seq: 0,
+                lease_until_ms,
+                disk: None,
+            },
+        );
+        self.introducing.remove(&conn);
+        (changed, was_down)
+    }
+
+    /// The deadlines by which each up server's next heartbeat must arrive.
+    pub(super) fn heartbeat_deadlines(&self, timeout_ms: u64) -> impl Iterator<Item = u64> + '_ {
+        self.servers
+            .values()
+            .filter(|s| s.up)
+            .filter_map(|s| s.last_heartbeat_ms)
+            .map(move |t| t + timeout_ms)
+    }
+
+    /// Marks down every up server silent for `timeout_ms` or more, dropping its link.
+    /// Returns each one's name and the connection to close.
+    pub(super) fn take_silent(
+        &mut self,
+        now_ms: u64,
+        timeout_ms: u64,
+    ) -> Vec<(String, Option<ConnId>)> {
+        let mut down = Vec::new();
+        for (name, s) in self.servers.iter_mut() {
+            let silent = s
+                .last_heartbeat_ms
+                .is_some_and(|t| now_ms >= t + timeout_ms);
+            if s.up && silent {
+                s.up = false;
+                log::warn!(target: ev::HEARTBEAT_MONITOR_FAILURE, ss = name.as_str(), ms = timeout_ms;
+                    "storage server {name} is down (no heartbeat for {timeout_ms} ms)");
+                down.push((name.clone(), s.conn.take()));
+            }
+        }
+        down
+    }
+
+    /// What an unsolicited heartbeat ack to `name` needs: its link, its latest heartbeat
+    /// sequence and when that heartbeat arrived; `None` unless it is up and has sent one.
+    pub(super) fn last_heartbeat(&self, name: &str) -> Option<(ConnId, u64, u64)> {
+        self.servers
+            .get(name)
+            .filter(|s| s.up)
+            .and_then(|s| Some((s.conn?, s.last_seq, s.last_heartbeat_ms?)))
+            .filter(|(_, seq, _)| *seq != 0)
+    }
+
+    // Pairs.
+
+    /// The primary `name` backs up, from its flag or its `_backup` name.
+    pub(super) fn declared_primary(name: &str, rec: &ServerRecord) -> Option<String> {
+        rec.backup_of
+            .clone()
+            .or_else(|| name.strip_suffix("_backup").map(str::to_string))
+            .filter(|p| !p.is_empty() && p != name)
+    }
+
+    /// A known server that declares itself the backup of `primary`.
+    pub(super) fn declared_backup(&self, primary: &str) -> Option<String> {
+        self.servers
+            .iter()
+            .find(|(n, s)| Self::declared_primary(n, &s.rec).as_deref() == Some(primary))
+            .map(|(n, _)| n.clone())
+    }
+
+    /// True for a server that is (or declares itself) some primary's backup.
+    pub(super) fn is_backup(&self, name: &str) -> bool {
+        self.pairs.values().any(|b| b == name)
+            || self
+                .servers
+                .get(name)
+                .is_some_and(|s| Self::declared_primary(name, &s.rec).is_some())
+            || name.ends_with("_backup")
+    }
+
+    /// True when `primary` names a pair with a backup.
+    pub(super) fn is_paired(&self, primary: &str) -> bool {
+        self.pairs.contains_key(primary)
+    }
+
+    /// The backup of the primary holding `file`, if the pair has one.
+    pub(super) fn backup_for(&self, primary: &str) -> Option<String> {
+        self.pairs.get(primary).cloned()
+    }
+
+    /// The backup of `primary`'s pair, borrowed.
+    pub(super) fn backup_of(&self, primary: &str) -> Option<&str> {
+        self.pairs.get(primary).map(String::as_str)
+    }
+
+    /// The primary `backup` is the backup of, if it is paired.
+    pub(super) fn primary_of(&self, backup: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|(_, b)| *b == backup)
+            .map(|(p, _)| p.as_str())
+    }
+
+    /// Every pair as (primary, backup), by primary.
+    pub(super) fn pairs(&self) -> Vec<(String, String)> {
+        self.pairs
+            .iter()
+            .map(|(p, b)| (p.clone(), b.clone()))
+            .collect()
+    }
+
+    /// Records `primary → backup` unless the primary already has a backup: `Ok(true)` when
+    /// the pair is new, `Ok(false)` when it was already recorded, `Err` with the other backup.
+    pub(super) fn pair_up(&mut self, primary: &str, backup: &str) -> Result<bool, String> {
+        match self.pairs.get(primary) {
+            Some(b) if b == backup => Ok(false),
+            Some(b) => Err(b.clone()),
+            None => {
+                self.pairs.insert(primary.to_string(), backup.to_string());
+                Ok(true)
+            }
+        }
+    }
+
+    /// The pair `name` belongs to (named by its primary) and its role in it; `None` when
+    /// it is in no pair.
+    pub(super) fn membership(&self, name: &str) -> Option<(String, Member)> {
+        if self.pairs.contains_key(name) {
+            return Some((name.to_string(), Member::Primary));
+        }
+        self.primary_of(name)
+            .map(|p| (p.to_string(), Member::Backup))
+    }
+
+    /// Like [`Registry::membership`], but a server with no pair that is no backup is the
+    /// primary of its own one-member pair.
+    pub(super) fn home_of(&self, name: &str) -> Option<(String, Member)> {
+        self.membership(name).or_else(|| {
+            (!self.is_backup(name) && self.servers.contains_key(name))
+                .then(|| (name.to_string(), Member::Primary))
+        })
+    }
+
+    /// The name of member `m` of the pair of `primary`.
+    pub(super) fn member_name(&self, primary: &str, m: Member) -> Option<String> {
+        match m {
+            Member::Primary => Some(primary.to_string()),
+            Member::Backup => self.pairs.get(primary).cloned(),
+        }
+    }
+
+    /// The name of the other member of `name`'s pair.
+    pub(super) fn partner_name(&self, name: &str) -> Option<String> {
+        let (primary, member) = self.membership(name)?;
+        self.member_name(&primary, member.other())
+    }
+
+    /// The other member of `name`'s pair, if it is up.
+    pub(super) fn partner_of(&self, name: &str) -> Option<crate::protocol::Partner> {
+        let other = self.partner_name(name)?;
+        let s = self.live_server(&other)?;
+        Some(crate::protocol::Partner {
+            addr: s.rec.addr(),
+            name: other,
+        })
+    }
+
+    // Connections.
+
+    /// A new connection, which must introduce itself by `deadline_ms`.
+    pub(super) fn connect(&mut self, conn: ConnId, deadline_ms: u64) {
+        self.peers.insert(conn, Peer::Unknown);
+        self.introducing.insert(conn, deadline_ms);
+    }
+
+    /// Where `conn` came from.
+    pub(super) fn set_origin(&mut self, conn: ConnId, origin: addr::Origin) {
+        self.origins.insert(conn, origin);
+    }
+
+    pub(super) fn origin(&self, conn: ConnId) -> Option<addr::Origin> {
+        self.origins.get(&conn).copied()
+    }
+
+    /// `conn` finished HELLO or registration: it has no introduction deadline any more.
+    pub(super) fn introduced(&mut self, conn: ConnId) {
+        self.introducing.remove(&conn);
+    }
+
+    /// The introduction deadlines of connections still introducing themselves.
+    pub(super) fn introduction_deadlines(&self) -> impl Iterator<Item = u64> + '_ {
+        self.introducing.values().copied()
+    }
+
+    /// Removes and returns the connections whose introduction deadline has passed.
+    pub(super) fn take_late_introductions(&mut self, now_ms: u64) -> Vec<ConnId> {
+        let late: Vec<ConnId> = self
+            .introducing
+            .iter()
+            .filter(|(_, d)| now_ms >= **d)
+            .map(|(c, _)| *c)
+            .collect();
+        for conn in &late {
+            self.introducing.remove(conn);
+        }
+        late
+    }
+
+    /// What `conn` is.
+    pub(super) fn peer(&self, conn: ConnId) -> Option<&Peer> {
+        self.peers.get(&conn)
+    }
+
+    pub(super) fn set_peer(&mut self, conn: ConnId, peer: Peer) {
+        self.peers.insert(conn, peer);
+    }
+
+    /// Takes what `conn` is out, to be put back with [`Registry::set_peer`].
+    pub(super) fn take_peer(&mut self, conn: ConnId) -> Option<Peer> {
+        self.peers.remove(&conn)
+    }
+
+    pub(super) fn has_peer(&self, conn: ConnId) -> bool {
+        self.peers.contains_key(&conn)
+    }
+
+    /// Marks a client connection busy (a request is being worked on) or not.
+    pub(super) fn set_busy(&mut self, conn: ConnId, value: bool) {
+        if let Some(Peer::Client { busy, .. }) = self.peers.get_mut(&conn) {
+            *busy = value;
+        }
+    }
+
+    /// Uses a proof's nonce once: a captured proof cannot be replayed.
+    pub(super) fn use_proof(&self, nonce: &str, exp_ms: u64, what: &str) -> Result<(), WireError> {
+        self.proof_nonces.use_once(nonce, exp_ms, what)
+    }
+
+    /// `conn` closed: forgets it, and marks down the server registered on it. Returns that
+    /// server's name if it went down now.
+    pub(super) fn close(&mut self, conn: ConnId) -> Option<String> {
+        self.introducing.remove(&conn);
+        self.origins.remove(&conn);
+        self.removed.remove(&conn);
+        let Some(Peer::Server { name }) = self.peers.remove(&conn) else {
+            return None;
+        };
+        let s = self.servers.get_mut(&name)?;
+        if s.conn != Some(conn) {
+            return None;
+        }
+        s.conn = None;
+        if !s.up {
+            return None;
+        }
+        s.up = false;
+        log::warn!(target: ev::HEARTBEAT_MONITOR_FAILURE, ss = name.as_str();
+            "storage server {name} is down (connection closed)");
+        Some(name)
+    }
+
+    // Names removed per link.
+
+    /// `file` was removed from the pair of `primary`: a late CHANGED of it on either
+    /// member's current link must not bring it back (see [`Removed`]).
+    pub(super) fn note_removed(&mut self, primary: &str, file: &str) {
+        let backup = self.pairs.get(primary).cloned();
+        for m in std::iter::once(primary.to_string()).chain(backup) {
+            if let Some(conn) = self.servers.get(&m).and_then(|s| s.conn) {
+                self.removed.entry(conn).or_default().note(file);
+            }
+        }
+    }
+
+    /// True when `file` was removed while `conn` was up.
+    pub(super) fn removed_on(&self, conn: ConnId, file: &str) -> bool {
+        self.removed.get(&conn).is_some_and(|r| r.contains(file))
+    }
+}
+
+impl Core {
     pub(super) fn finish_register(&mut self, conn: ConnId, reg: Registering, now_ms: u64) {
         let Registering {
             name, rec, files, ..
         } = reg;
-        if self
-            .reg
-            .servers
-            .get(&name)
-            .is_some_and(|s| s.up && s.conn.is_some())
-        {
+        if self.reg.is_connected(&name) {
             return self.refuse_and_close(
                 conn,
                 err::conflict(format!(
@@ -158,46 +550,16 @@ impl Core {
                 )),
             );
         }
-        let known = self.reg.servers.get(&name).map(|s| s.rec.clone());
-        if known.as_ref() != Some(&rec) {
+        let first_lease = self.cfg.started_ms + self.cfg.lease_ms();
+        let (changed, was_down) = self.reg.register(&name, &rec, conn, first_lease, now_ms);
+        if changed {
             self.batch
                 .push(StoreOp::PutServer(name.clone(), rec.clone()));
         }
-        let files_before = self.reg.servers.get(&name).map(|s| s.files).unwrap_or(0);
-        let was_down = self.reg.servers.get(&name).is_some_and(|s| !s.up);
-        let lease_until_ms = self
-            .reg
-            .servers
-            .get(&name)
-            .map_or(self.cfg.started_ms + self.cfg.lease_ms(), |s| {
-                s.lease_until_ms
-            });
-        self.reg.servers.insert(
-            name.clone(),
-            ServerLive {
-                rec: rec.clone(),
-                up: true,
-                last_heartbeat_ms: Some(now_ms),
-                conn: Some(conn),
-                files: files_before,
-                last_seq: 0,
-                lease_until_ms,
-                disk: None,
-            },
-        );
-        self.reg.introducing.remove(&conn);
-        if let Some(p) = Self::declared_primary(&name, &rec) {
+        if let Some(p) = Registry::declared_primary(&name, &rec) {
             self.pair_up(&p, &name);
-        } else {
-            let partner = self
-                .reg
-                .servers
-                .iter()
-                .find(|(n, s)| Self::declared_primary(n, &s.rec).as_deref() == Some(name.as_str()))
-                .map(|(n, _)| n.clone());
-            if let Some(b) = partner {
-                self.pair_up(&name, &b);
-            }
+        } else if let Some(b) = self.reg.declared_backup(&name) {
+            self.pair_up(&name, &b);
         }
         if was_down {
             self.events.note(
@@ -209,7 +571,7 @@ impl Core {
         }
         let released = self.resolve_moves(&name, &files, now_ms);
         self.resolve_deletes(&name, &files, now_ms);
-        let (adopted, updated, removed) = match self.membership(&name) {
+        let (adopted, updated, removed) = match self.reg.membership(&name) {
             Some((p, m)) => {
                 if was_down {
                     log::info!(target: ev::NM_SS_RECOVERY, ss = name.as_str(), pair = p.as_str();
@@ -218,7 +580,7 @@ impl Core {
                 self.reconcile_member(&p, m, files, now_ms);
                 (0, 0, 0)
             }
-            None if self.is_backup(&name) => (0, 0, 0),
+            None if self.reg.is_backup(&name) => (0, 0, 0),
             None => self.reconcile(&name, files, now_ms),
         };
         let epoch = self.epoch_of(&name);
@@ -226,14 +588,10 @@ impl Core {
         if writer {
             // REGISTERED grants the first lease, counted by the server from before it sent
             // REGISTER_END.
-            if let Some(s) = self.reg.servers.get_mut(&name) {
-                s.lease_until_ms = s.lease_until_ms.max(now_ms + self.cfg.lease_ms());
-            }
+            self.reg.renew_lease(&name, now_ms + self.cfg.lease_ms());
         }
-        self.reg
-            .peers
-            .insert(conn, Peer::Server { name: name.clone() });
-        let held = self.reg.servers.get(&name).map(|s| s.files).unwrap_or(0);
+        self.reg.set_peer(conn, Peer::Server { name: name.clone() });
+        let held = self.reg.server(&name).map_or(0, |s| s.files);
         log::info!(target: ev::NM_SS_REGISTER, ss = name.as_str(), addr = rec.addr(),
             files = held, adopted = adopted, updated = updated, removed = removed;
             "storage server {name} registered at {} with {held} files", rec.addr());
@@ -349,13 +707,7 @@ impl Core {
     pub(super) fn server_message(&mut self, conn: ConnId, name: &str, msg: Message, now_ms: u64) {
         match msg {
             Message::Heartbeat { seq, writer, disk } => {
-                if let Some(s) = self.reg.servers.get_mut(name) {
-                    s.last_heartbeat_ms = Some(now_ms);
-                    s.last_seq = seq;
-                    if disk.is_some() {
-                        s.disk = disk;
-                    }
-                }
+                self.reg.heartbeat(name, seq, disk, now_ms);
                 log::debug!(target: ev::NM_HEARTBEAT, ss = name, seq = seq; "heartbeat from {name}");
                 if !writer {
                     self.stepped_down(name, now_ms);
@@ -367,7 +719,7 @@ impl Core {
                 let Ok(file) = names::canonical_file(&state.file) else {
                     return self.release(waiter, true);
                 };
-                let Some((primary, member)) = self.home_of(name) else {
+                let Some((primary, member)) = self.reg.home_of(name) else {
                     return self.release(waiter, true);
                 };
                 let writer = self.writer_member(&primary);
@@ -405,12 +757,7 @@ impl Core {
                             version = state.version.to_string(); "{file} changed on {name}");
                     }
                     Some(_) => return self.release(waiter, true),
-                    None if self
-                        .reg
-                        .removed
-                        .get(&conn)
-                        .is_some_and(|r| r.contains(&file)) =>
-                    {
+                    None if self.reg.removed_on(conn, &file) => {
                         log::info!(target: ev::NM_FILE_CHANGE, file = file.as_str(), ss = name;
                             "a change of {file} on {name} was reported after {file} was removed; nothing is adopted");
                         return self.release(waiter, true);
@@ -433,7 +780,7 @@ impl Core {
                 let Ok(file) = names::canonical_file(&file) else {
                     return self.release(waiter, true);
                 };
-                let Some((primary, member)) = self.home_of(name) else {
+                let Some((primary, member)) = self.reg.home_of(name) else {
                     return self.release(waiter, true);
                 };
                 let Some(rec) = self.ns.files.get(&file).filter(|r| r.ss == primary) else {
@@ -471,67 +818,9 @@ impl Core {
         self.cfg.replication == "sync"
     }
 
-    pub(super) fn is_up(&self, name: &str) -> bool {
-        self.reg.servers.get(name).is_some_and(|s| s.up)
-    }
-
-    /// The primary `name` backs up, from its flag or its `_backup` name.
-    pub(super) fn declared_primary(name: &str, rec: &ServerRecord) -> Option<String> {
-        rec.backup_of
-            .clone()
-            .or_else(|| name.strip_suffix("_backup").map(str::to_string))
-            .filter(|p| !p.is_empty() && p != name)
-    }
-
-    /// True for a server that is (or declares itself) some primary's backup.
-    pub(super) fn is_backup(&self, name: &str) -> bool {
-        self.reg.pairs.values().any(|b| b == name)
-            || self
-                .reg
-                .servers
-                .get(name)
-                .is_some_and(|s| Self::declared_primary(name, &s.rec).is_some())
-            || name.ends_with("_backup")
-    }
-
-    /// The backup of the primary holding `file`, if the pair has one.
-    pub(super) fn backup_for(&self, primary: &str) -> Option<String> {
-        self.reg.pairs.get(primary).cloned()
-    }
-
-    /// The pair `name` belongs to (named by its primary) and its role in it; `None` when
-    /// it is in no pair.
-    pub(super) fn membership(&self, name: &str) -> Option<(String, Member)> {
-        if self.reg.pairs.contains_key(name) {
-            return Some((name.to_string(), Member::Primary));
-        }
-        self.reg
-            .pairs
-            .iter()
-            .find(|(_, b)| *b == name)
-            .map(|(p, _)| (p.clone(), Member::Backup))
-    }
-
-    /// Like [`Core::membership`], but a server with no pair that is no backup is the primary
-    /// of its own one-member pair.
-    pub(super) fn home_of(&self, name: &str) -> Option<(String, Member)> {
-        self.membership(name).or_else(|| {
-            (!self.is_backup(name) && self.reg.servers.contains_key(name))
-                .then(|| (name.to_string(), Member::Primary))
-        })
-    }
-
-    /// The name of member `m` of the pair of `primary`.
-    pub(super) fn member_name(&self, primary: &str, m: Member) -> Option<String> {
-        match m {
-            Member::Primary => Some(primary.to_string()),
-            Member::Backup => self.reg.pairs.get(primary).cloned(),
-        }
-    }
-
     /// The member of `primary`'s pair that writes in the current epoch.
     pub(super) fn writer_member(&self, primary: &str) -> Member {
-        if !self.reg.pairs.contains_key(primary) {
+        if !self.reg.is_paired(primary) {
             return Member::Primary;
         }
         self.pairs
@@ -541,26 +830,30 @@ impl Core {
 
     /// The epoch server `name` stamps on new versions.
     pub(super) fn epoch_of(&self, name: &str) -> u64 {
-        self.membership(name)
+        self.reg
+            .membership(name)
             .and_then(|(p, _)| self.pairs.get(&p))
             .map_or(EPOCH, |p| p.epoch)
     }
 
     /// The writer of the pair named `primary` if it may take changes now: (name, epoch).
     pub(super) fn live_writer(&self, primary: &str) -> Option<(String, u64)> {
-        if !self.reg.pairs.contains_key(primary) {
-            return self.is_up(primary).then(|| (primary.to_string(), EPOCH));
+        if !self.reg.is_paired(primary) {
+            return self
+                .reg
+                .is_up(primary)
+                .then(|| (primary.to_string(), EPOCH));
         }
         let st = self.pairs.get(primary)?;
-        let w = self.member_name(primary, st.writer)?;
-        (st.phase == Phase::Serving && self.is_up(&w)).then_some((w, st.epoch))
+        let w = self.reg.member_name(primary, st.writer)?;
+        (st.phase == Phase::Serving && self.reg.is_up(&w)).then_some((w, st.epoch))
     }
 
     /// Whether server `name` may take changes now (its heartbeat acks renew its lease).
     pub(super) fn may_write(&self, name: &str) -> bool {
-        match self.membership(name) {
+        match self.reg.membership(name) {
             Some((p, _)) => self.live_writer(&p).is_some_and(|(w, _)| w == name),
-            None => !self.is_backup(name) && self.is_up(name),
+            None => !self.reg.is_backup(name) && self.reg.is_up(name),
         }
     }
 
@@ -571,13 +864,11 @@ impl Core {
         let writer = self.may_write(name);
         let lease_ms = self.cfg.lease_ms();
         if writer {
-            if let Some(s) = self.reg.servers.get_mut(name) {
-                s.lease_until_ms = s.lease_until_ms.max(now_ms + lease_ms);
-            }
+            self.reg.renew_lease(name, now_ms + lease_ms);
         }
         let epoch = self.epoch_of(name);
         // A writer stages its large uploads on its partner while they arrive.
-        let partner = writer.then(|| self.partner_of(name)).flatten();
+        let partner = writer.then(|| self.reg.partner_of(name)).flatten();
         self.reply(
             conn,
             Message::HeartbeatAck {
@@ -590,37 +881,12 @@ impl Core {
         );
     }
 
-    /// The name of the other member of `name`'s pair.
-    pub(super) fn partner_name(&self, name: &str) -> Option<String> {
-        let (primary, member) = self.membership(name)?;
-        self.member_name(&primary, member.other())
-    }
-
-    /// The other member of `name`'s pair, if it is up.
-    pub(super) fn partner_of(&self, name: &str) -> Option<crate::protocol::Partner> {
-        let other = self.partner_name(name)?;
-        let s = self.reg.servers.get(&other).filter(|s| s.up)?;
-        Some(crate::protocol::Partner {
-            addr: s.rec.addr(),
-            name: other,
-        })
-    }
-
     /// Tells a member at once (unsolicited ack of its latest heartbeat) that it became, or
     /// stopped being, the writer, instead of waiting for its next heartbeat.
     pub(super) fn push_role(&mut self, name: &str) {
-        let Some((conn, seq, last_ms)) = self
-            .reg
-            .servers
-            .get(name)
-            .filter(|s| s.up)
-            .and_then(|s| Some((s.conn?, s.last_seq, s.last_heartbeat_ms?)))
-        else {
+        let Some((conn, seq, last_ms)) = self.reg.last_heartbeat(name) else {
             return;
         };
-        if seq == 0 {
-            return;
-        }
         // The lease counts from when heartbeat `seq` was sent, which was before it arrived.
         self.ack_heartbeat(conn, name, seq, last_ms);
     }

@@ -16,7 +16,7 @@ impl Core {
             return self.refuse_and_close(conn, e);
         }
         let nonce = self.env.random_hex(identity::NONCE_BYTES);
-        self.reg.peers.insert(
+        self.reg.set_peer(
             conn,
             Peer::Challenged {
                 user,
@@ -37,11 +37,8 @@ impl Core {
         let checked = names::validate_user(user)
             .and_then(|()| identity::check_reset_proof(&self.key, user, proof))
             .and_then(|()| {
-                self.reg.proof_nonces.use_once(
-                    &proof.nonce,
-                    proof.ts_ms + PROOF_SKEW_MS,
-                    "reset proof",
-                )
+                self.reg
+                    .use_proof(&proof.nonce, proof.ts_ms + PROOF_SKEW_MS, "reset proof")
             })
             .and_then(|()| {
                 if self.ns.users.contains(user) {
@@ -53,7 +50,7 @@ impl Core {
         if let Err(e) = checked {
             return self.refuse_and_close(conn, e);
         }
-        self.reg.introducing.remove(&conn);
+        self.reg.introduced(conn);
         if self.ns.user_keys.remove(user).is_some() {
             self.batch.push(StoreOp::ResetUserKey(user.to_string()));
         }
@@ -97,10 +94,10 @@ impl Core {
                     "user {user} bound to its first key");
             }
         }
-        self.reg.introducing.remove(&conn);
+        self.reg.introduced(conn);
         self.add_user(&user);
         log::info!(target: ev::NM_CLIENT_CONNECT, user = user.as_str(); "client {user} connected");
-        self.reg.peers.insert(
+        self.reg.set_peer(
             conn,
             Peer::Client {
                 user: user.clone(),

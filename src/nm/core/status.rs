@@ -188,18 +188,12 @@ impl Core {
         }
         // A backup holds what its primary holds.
         let bytes_on = |n: &str| {
-            let p = self
-                .reg
-                .pairs
-                .iter()
-                .find(|(_, b)| *b == n)
-                .map_or(n, |(p, _)| p.as_str());
+            let p = self.reg.primary_of(n).unwrap_or(n);
             bytes_of.get(p).copied().unwrap_or(0)
         };
         let servers: Vec<serde_json::Value> = self
             .reg
-            .servers
-            .iter()
+            .servers()
             .map(|(n, s)| {
                 serde_json::json!({
                     "name": n,
@@ -240,8 +234,8 @@ impl Core {
             "totals": {
                 "files": self.ns.files.len(),
                 "users": self.ns.users.len(),
-                "servers_up": self.reg.servers.values().filter(|s| s.up).count(),
-                "servers": self.reg.servers.len(),
+                "servers_up": self.reg.servers().filter(|(_, s)| s.up).count(),
+                "servers": self.reg.servers().count(),
                 "jobs_in_flight": self.ops.len(),
             }
         })
@@ -259,7 +253,7 @@ impl Core {
     /// | HANDBACK | both up | `HANDBACK` |
     /// | any | both down | `DOWN` |
     pub fn pair_state_name(&self, p: &str, b: &str, st: &PairRecord, owed: bool) -> &'static str {
-        let (pu, bu) = (self.is_up(p), self.is_up(b));
+        let (pu, bu) = (self.reg.is_up(p), self.reg.is_up(b));
         if !pu && !bu {
             return "DOWN";
         }
@@ -307,17 +301,16 @@ impl Core {
         let files_of = |primary: &str| files_of.get(primary).copied().unwrap_or(0);
         let servers = self
             .reg
-            .servers
-            .iter()
+            .servers()
             .map(|(n, s)| {
-                let primary = self.reg.pairs.iter().find(|(_, b)| *b == n).map(|(p, _)| p);
+                let primary = self.reg.primary_of(n);
                 let (role, files) = match primary {
                     Some(p) if self.writer_member(p) == Member::Backup => {
                         ("backup (promoted)", files_of(p))
                     }
                     Some(p) => ("backup", files_of(p)),
-                    None if self.is_backup(n) => ("backup", 0),
-                    None if self.reg.pairs.contains_key(n) => ("primary", s.files),
+                    None if self.reg.is_backup(n) => ("backup", 0),
+                    None if self.reg.is_paired(n) => ("primary", s.files),
                     None => ("unpaired", s.files),
                 };
                 ServerStatus {
@@ -332,11 +325,11 @@ impl Core {
             .collect();
         let pairs = self
             .reg
-            .servers
-            .keys()
-            .filter(|n| !self.is_backup(n) || self.reg.pairs.contains_key(*n))
+            .servers()
+            .map(|(n, _)| n)
+            .filter(|n| !self.reg.is_backup(n) || self.reg.is_paired(n))
             .map(|p| {
-                let backup = self.reg.pairs.get(p).cloned();
+                let backup = self.reg.backup_for(p);
                 // Jobs owed to either member.
                 let owed = match &backup {
                     Some(b) => [p.as_str(), b.as_str()]
@@ -350,7 +343,9 @@ impl Core {
                     None => "UNPAIRED",
                     Some(b) => self.pair_state_name(p, b, &st, owed.jobs > 0),
                 };
-                let writer = backup.as_ref().and_then(|_| self.member_name(p, st.writer));
+                let writer = backup
+                    .as_ref()
+                    .and_then(|_| self.reg.member_name(p, st.writer));
                 PairStatus {
                     primary: p.clone(),
                     backup,

@@ -21,13 +21,14 @@ pub(super) fn handle(shared: &Shared, conn: &mut Connection, frame: Frame) -> Re
             epoch,
             counter,
             ticket,
-        } => {
-            let first = Version {
-                epoch,
-                counter: counter.unwrap_or(1).max(1),
-            };
-            create(shared, conn, &file, &owner, first, &ticket)
-        }
+        } => create(
+            shared,
+            conn,
+            &file,
+            &owner,
+            Version::first(epoch, counter),
+            &ticket,
+        ),
         Message::SsDelete { file, ticket } => delete(shared, conn, &file, &ticket),
         Message::SsUndo {
             file,

@@ -105,6 +105,37 @@ fn a_delete_is_sent_only_once_its_intent_is_durable_and_settled_in_one_batch() {
 }
 
 #[test]
+fn a_delete_without_an_answer_keeps_its_intent_until_its_server_registers() {
+    let mut c = pair_with_file_and_folder();
+    c.take_batch();
+    let job = only_job(send(
+        &mut c,
+        10,
+        Message::Delete {
+            file: "a.txt".into(),
+        },
+        5,
+    ));
+    // The connection broke after SS_DELETE went out: the server may have removed the file.
+    c.on_job_result(job.id, Err(err::unavailable("connection reset")), 6);
+    assert!(c.ns.files.contains_key("a.txt"));
+    assert!(c.ns.deletes.contains_key("a.txt"), "the intent stays");
+    assert!(!c.take_batch().contains(&StoreOp::DelDelete("a.txt".into())));
+    // Its link drops and it registers again without the file: the delete it made is credited.
+    c.on_close(1, 7);
+    c.take_effects();
+    register_as(&mut c, 21, "ss1", None, vec![]);
+    assert!(
+        !c.ns.files.contains_key("a.txt"),
+        "the record follows the delete"
+    );
+    assert!(c.ns.deletes.is_empty());
+    let batch = c.take_batch();
+    assert!(batch.contains(&StoreOp::DelFile("a.txt".into())));
+    assert!(batch.contains(&StoreOp::DelDelete("a.txt".into())));
+}
+
+#[test]
 fn a_delete_left_unsettled_is_settled_by_what_its_server_registers_with() {
     // Gone from the server: the delete completes, the backup is owed the removal.
     let mut c = restarted(record(3), None);

@@ -857,7 +857,7 @@ fn a_wall_clock_jump_moves_no_lease() {
     sim.ss[0].partitioned = true;
     jump.store(3_600_000, Ordering::Relaxed);
     sim.advance(150);
-    assert!(sim.c.reg.servers["ss1"].up);
+    assert!(sim.c.reg.is_up("ss1"));
     let st = sim.pair();
     assert_eq!(
         (st.phase, st.epoch, st.writer),

@@ -40,7 +40,7 @@ fn registration_reconciles_the_index() {
     );
     assert_eq!(c.ns.files["keep.txt"].version.counter, 5);
     // The missing record still counts as placed on ss1.
-    assert_eq!(c.reg.servers["ss1"].files, 3);
+    assert_eq!(c.reg.server("ss1").unwrap().files, 3);
     // When the server lists the file again (the right disk is back), it is no longer missing.
     c.on_close(3, 30);
     register(
@@ -188,10 +188,7 @@ fn pairing_works_in_both_start_orders() {
         only_reply(e),
         Message::Registered { backup: false, .. }
     ));
-    assert_eq!(
-        c.reg.pairs.get("ss1").map(String::as_str),
-        Some("ss1_backup")
-    );
+    assert_eq!(c.reg.backup_of("ss1"), Some("ss1_backup"));
     // Primary first, backup by flag.
     let mut c = core();
     register(&mut c, 1, "alpha", vec![]);
@@ -200,7 +197,7 @@ fn pairing_works_in_both_start_orders() {
         only_reply(e),
         Message::Registered { backup: true, .. }
     ));
-    assert_eq!(c.reg.pairs.get("alpha").map(String::as_str), Some("beta"));
+    assert_eq!(c.reg.backup_of("alpha"), Some("beta"));
     // New files go to the primary only; a lone primary is UNPAIRED in STATUS.
     register(&mut c, 3, "gamma", vec![]);
     hello(&mut c, 10, "alice");
