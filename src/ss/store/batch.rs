@@ -160,6 +160,16 @@ impl Batcher {
 }
 
 impl Batcher {
+    /// Jobs waiting for the next batch.
+    #[cfg(test)]
+    pub fn queued(&self) -> usize {
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pending
+            .len()
+    }
+
     /// Ends this leader's turn: a waiter whose job is queued may lead the next batch.
     fn release(&self) {
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());

@@ -199,7 +199,7 @@ impl Store {
             dirs,
             renames: vec![(content_tmp, target), (record_tmp, self.meta_path(file))],
         };
-        let done = self.batch.commit(&*self.fs, job);
+        let done = batch::commit_alone(&*self.fs, job);
         if let Some(e) = done.error {
             if done.placed == 0 {
                 self.unstage(&staged, new_blob.as_deref());
@@ -283,7 +283,7 @@ impl Store {
                 (content_tmp.clone(), target.clone()),
             ],
         };
-        let done = batch::commit_alone(&*self.fs, job);
+        let done = self.batch.commit(&*self.fs, job);
         if let Some(e) = done.error {
             self.unstage(&[record_tmp, content_tmp], None);
             if done.placed >= 2 {

@@ -780,6 +780,8 @@ fn a_batch_installs_alike_with_and_without_a_syncfs_window() {
 struct Recording {
     root: PathBuf,
     log: Mutex<Vec<String>>,
+    /// While true, every file sync waits (after being logged) until it is set false again.
+    hold: (Mutex<bool>, std::sync::Condvar),
 }
 
 impl Recording {
@@ -811,6 +813,11 @@ impl Fs for Recording {
     }
     fn sync_file(&self, f: &File) -> io::Result<()> {
         self.note("sync file".into());
+        let (held, turn) = &self.hold;
+        let mut h = held.lock().unwrap();
+        while *h {
+            h = turn.wait(h).unwrap();
+        }
         OsFs.sync_file(f)
     }
     fn sync_files(&self, files: &[&File]) -> Vec<io::Result<()>> {
@@ -865,6 +872,7 @@ fn create_and_a_content_change_make_the_durable_calls_in_the_documented_order() 
     let rec = Arc::new(Recording {
         root: root.clone(),
         log: Mutex::new(Vec::new()),
+        hold: Default::default(),
     });
     let s = Store::open_on(rec.clone(), &root, "ss1").unwrap();
     rec.take();
@@ -1078,5 +1086,58 @@ fn concurrent_changes_share_syncs_and_a_power_cut_loses_none_they_returned() {
             }
         }
         assert!(changes > 0 && file_syncs > 0, "round {round}: nothing ran");
+    }
+}
+
+/// Waits (up to 10 s) until `done` holds.
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let until = Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < until, "timed out waiting until {what}");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn creates_queued_behind_a_batch_share_the_next_one() {
+    const N: usize = 8;
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().canonicalize().unwrap();
+    let rec = Arc::new(Recording {
+        root: root.clone(),
+        log: Mutex::new(Vec::new()),
+        hold: Default::default(),
+    });
+    let s = Store::open_on(rec.clone(), &root, "ss1").unwrap();
+    s.create("first.txt", "alice", 1).unwrap();
+    rec.take();
+    *rec.hold.0.lock().unwrap() = true;
+    std::thread::scope(|scope| {
+        let s = &s;
+        // The first CREATE leads a batch of its own and stops in its first file sync.
+        let lead = scope.spawn(move || s.create("lead.txt", "alice", 1));
+        wait_until("the first CREATE syncs", || {
+            rec.log.lock().unwrap().iter().any(|l| l == "sync file")
+        });
+        let others: Vec<_> = (0..N)
+            .map(|i| scope.spawn(move || s.create(&format!("f{i}.txt"), "alice", 1)))
+            .collect();
+        wait_until("every other CREATE is queued", || s.batch.queued() == N);
+        *rec.hold.0.lock().unwrap() = false;
+        rec.hold.1.notify_all();
+        lead.join().unwrap().unwrap();
+        for o in others {
+            o.join().unwrap().unwrap();
+        }
+    });
+    let log = rec.take();
+    let count = |what: &str| log.iter().filter(|l| l.starts_with(what)).count();
+    // One at a time, each CREATE syncs meta/ and files/; the eight queued ones share a batch.
+    assert_eq!(count("sync dir meta"), 2, "{log:#?}");
+    assert_eq!(count("sync dir files"), 2, "{log:#?}");
+    assert_eq!(count("sync file"), 2 * (N + 1), "{log:#?}");
+    for i in 0..N {
+        let (text, meta, _) = s.load_text(&format!("f{i}.txt")).unwrap();
+        assert_eq!((text.as_str(), meta.owner.as_deref()), ("", Some("alice")));
     }
 }
