@@ -219,6 +219,8 @@ fn run_rows(
     } else {
         args.rounds
     };
+    // Sync calls of the 16-client CREATE and WRITE rows, summed over the rounds.
+    let mut crowd = Crowd::default();
     for round in 0..rounds {
         let mut this = Vec::new();
         for writers in [1, 16] {
@@ -229,10 +231,20 @@ fn run_rows(
         }
         if let Some(c) = &cluster {
             for clients in [1, 4, 16] {
-                this.push(create_row(&c.nm_addr, round, clients, args.ops, budget));
+                let before = c.sync_calls();
+                let row = create_row(&c.nm_addr, round, clients, args.ops, budget);
+                if clients == 16 {
+                    crowd.add("CREATE", before, c.sync_calls(), row.lat_us.len());
+                }
+                this.push(row);
             }
             for clients in [1, 4, 16] {
-                this.push(write_row(&c.nm_addr, round, clients, args.ops, budget));
+                let before = c.sync_calls();
+                let row = write_row(&c.nm_addr, round, clients, args.ops, budget);
+                if clients == 16 {
+                    crowd.add("WRITE", before, c.sync_calls(), row.lat_us.len());
+                }
+                this.push(row);
             }
             for clients in [1, 16] {
                 this.push(read_row(&c.nm_addr, round, clients, args.ops, budget));
@@ -247,7 +259,9 @@ fn run_rows(
         }
     }
     if let Some(c) = &cluster {
-        *syncs = Some(sync_row(c)?);
+        let mut row = sync_row(c)?;
+        row.crowd = crowd.per_op();
+        *syncs = Some(row);
     }
     drop(cluster);
     Ok(())
@@ -493,8 +507,44 @@ fn read_row(nm_addr: &str, round: u64, clients: usize, ops: u64, budget: Duratio
 
 /// Sync calls per operation, counted by the servers (`None` where a server has no counter).
 struct SyncRow {
-    /// (operation, name server's, storage server's) calls per operation.
+    /// (operation, name server's, storage server's) calls per operation, one client.
     per_op: Vec<(&'static str, Option<f64>, Option<f64>)>,
+    /// The same for the 16-client CREATE and WRITE rows (group commit shares the calls).
+    crowd: Vec<(&'static str, Option<f64>, Option<f64>)>,
+}
+
+/// Both servers' sync calls, read around the 16-client rows.
+type Counts = (Option<u64>, Option<u64>);
+
+/// Sync calls and completed operations of the 16-client rows, per operation kind.
+#[derive(Default)]
+struct Crowd {
+    seen: Vec<(&'static str, Counts, usize)>,
+}
+
+impl Crowd {
+    /// Adds one row's counts: the servers' counters before and after it, and its completed ops.
+    fn add(&mut self, what: &'static str, before: Counts, after: Counts, ops: usize) {
+        let d = |b: Option<u64>, a: Option<u64>| Some(a?.saturating_sub(b?));
+        let delta = (d(before.0, after.0), d(before.1, after.1));
+        match self.seen.iter_mut().find(|(w, _, _)| *w == what) {
+            Some((_, sum, n)) => {
+                sum.0 = sum.0.zip(delta.0).map(|(a, b)| a + b);
+                sum.1 = sum.1.zip(delta.1).map(|(a, b)| a + b);
+                *n += ops;
+            }
+            None => self.seen.push((what, delta, ops)),
+        }
+    }
+
+    /// Calls per operation, per kind.
+    fn per_op(&self) -> Vec<(&'static str, Option<f64>, Option<f64>)> {
+        let per = |c: Option<u64>, n: usize| c.filter(|_| n > 0).map(|c| c as f64 / n as f64);
+        self.seen
+            .iter()
+            .map(|(w, c, n)| (*w, per(c.0, *n), per(c.1, *n)))
+            .collect()
+    }
 }
 
 /// Counts the sync calls of [`SYNC_ROW_OPS`] CREATEs, then as many WRITEs, then as many READs,
@@ -506,11 +556,11 @@ fn sync_row(c: &Cluster) -> Result<SyncRow> {
     let mut per_op = Vec::new();
     let n = SYNC_ROW_OPS as f64;
     let mut phase = |what: &'static str, op: &mut dyn FnMut(u64) -> Result<()>| -> Result<()> {
-        let before = (sync_calls(&c.nm_http), sync_calls(&c.ss_http));
+        let before = c.sync_calls();
         for j in 0..SYNC_ROW_OPS {
             op(j)?;
         }
-        let after = (sync_calls(&c.nm_http), sync_calls(&c.ss_http));
+        let after = c.sync_calls();
         let per = |b: Option<u64>, a: Option<u64>| Some(a?.saturating_sub(b?) as f64 / n);
         per_op.push((what, per(before.0, after.0), per(before.1, after.1)));
         Ok(())
@@ -523,7 +573,10 @@ fn sync_row(c: &Cluster) -> Result<SyncRow> {
         append_sentence(&mut nm, file, j).map(|_| ())
     })?;
     phase("READ", &mut |_| read(&mut nm2, file).map(|_| ()))?;
-    Ok(SyncRow { per_op })
+    Ok(SyncRow {
+        per_op,
+        crowd: Vec::new(),
+    })
 }
 
 /// The sum of `pairfs_sync_calls_total` over its kinds on the server whose HTTP endpoint is
@@ -685,6 +738,11 @@ fn free_port() -> Result<u16> {
 }
 
 impl Cluster {
+    /// Both servers' sync calls so far (name server's, storage server's).
+    fn sync_calls(&self) -> Counts {
+        (sync_calls(&self.nm_http), sync_calls(&self.ss_http))
+    }
+
     fn start(bin_dir: &Path, tmp: &Path) -> Result<Cluster> {
         let nm_bin = bin_dir.join("bin_nm");
         let ss_bin = bin_dir.join("bin_ss");
@@ -1039,7 +1097,7 @@ fn print_syncs(s: &SyncRow) {
     let show = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.2}"));
     println!();
     println!(
-        "sync calls per op ({SYNC_ROW_OPS} of each, 1 client, pairfs_sync_calls_total of both servers):"
+        "sync calls per op ({SYNC_ROW_OPS} of each with 1 client, and the 16-client rows; pairfs_sync_calls_total of both servers):"
     );
     println!("| op | name server | storage server | total |");
     println!("|---|---:|---:|---:|");
@@ -1047,6 +1105,15 @@ fn print_syncs(s: &SyncRow) {
         let total = nm.zip(*ss).map(|(a, b)| a + b);
         println!(
             "| {what} | {} | {} | {} |",
+            show(*nm),
+            show(*ss),
+            show(total)
+        );
+    }
+    for (what, nm, ss) in &s.crowd {
+        let total = nm.zip(*ss).map(|(a, b)| a + b);
+        println!(
+            "| {what}, 16 clients | {} | {} | {} |",
             show(*nm),
             show(*ss),
             show(total)

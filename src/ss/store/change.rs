@@ -23,11 +23,6 @@ pub(super) enum Source<'a> {
     Temp(&'a Path, &'a ContentFacts),
 }
 
-/// Renames a synced temp file over `target` and makes the rename durable.
-pub(super) fn install_temp(fs: &dyn Fs, tmp: &Path, target: &Path) -> io::Result<()> {
-    fs.sync_dir(&place(fs, tmp, target)?)
-}
-
 /// Renames a synced temp file over `target`, creating its folders durably, and returns the
 /// directory whose sync makes the rename durable (left to the caller, so a batch syncs each
 /// directory once).
@@ -38,15 +33,25 @@ pub(super) fn place(fs: &dyn Fs, tmp: &Path, target: &Path) -> io::Result<PathBu
     Ok(parent.to_path_buf())
 }
 
+/// What a content change puts in place of the current content.
+#[derive(Clone, Copy)]
+pub(super) enum Change<'a> {
+    /// New bytes; the current content becomes a history entry.
+    New(Source<'a>),
+    /// The history entry of this id (undo), which is removed once the change is durable.
+    Pop(&'a str),
+}
+
 impl Store {
     /// Replaces the content of `file` (whose bookkeeping is `old`) with `bytes` as a new
     /// version, saving the old content as an undo step. Caller holds the lock.
     pub fn write_content(&self, file: &str, old: Meta, bytes: &[u8]) -> Result<Meta, StoreError> {
-        self.write_with(file, old, Some(Source::Bytes(bytes)), None)
+        self.write_with(file, old, Change::New(Source::Bytes(bytes)))
     }
 
     /// Saves the current content of `file` (at `old.version`) as a history entry by hard
-    /// link: the old inode survives the rename that follows, so nothing is copied.
+    /// link: the old inode survives the rename that follows, so nothing is copied. The link
+    /// is made durable by the caller's batch (`undo/` is one of its directories).
     pub(super) fn link_history(&self, file: &str, old: &Meta) -> Result<String, StoreError> {
         let blob = blob_id(file, old.version, old.checksum);
         let path = self.undo.join(&blob);
@@ -61,107 +66,181 @@ impl Store {
             }
             Err(e) => return Err(self.io(file, e)),
         }
-        self.fs.sync_dir(&self.undo).map_err(|e| self.io(file, e))?;
         Ok(blob)
     }
 
-    /// The common path of commits, uploads and undo: a `source` of new content saves the old
-    /// content as a history entry first; `pop`
-    /// (undo) takes the new content from the newest blob and removes it afterwards.
+    /// A fresh temp file in `tmp/` holding what `write` writes, not synced (a batch syncs
+    /// it); removed again if writing fails.
+    pub(super) fn stage(
+        &self,
+        file: &str,
+        write: &mut dyn FnMut(&mut File) -> io::Result<()>,
+    ) -> Result<(PathBuf, File), StoreError> {
+        let tmp = durable::temp_path(&self.tmp);
+        let mut created = false;
+        let res = (|| {
+            let mut f = self.fs.create_new(&tmp)?;
+            created = true;
+            write(&mut f)?;
+            f.flush()?;
+            Ok(f)
+        })();
+        match res {
+            Ok(f) => Ok((tmp, f)),
+            Err(e) => {
+                if created {
+                    let _ = self.fs.remove_file(&tmp);
+                }
+                Err(self.io(file, e))
+            }
+        }
+    }
+
+    /// [`Store::stage`] for a record.
+    pub(super) fn stage_meta(
+        &self,
+        file: &str,
+        meta: &Meta,
+    ) -> Result<(PathBuf, File), StoreError> {
+        let bytes = serde_json::to_vec(meta).map_err(|e| self.io(file, io::Error::other(e)))?;
+        self.stage(file, &mut |f| f.write_all(&bytes))
+    }
+
+    /// The common path of commits, uploads, reverts and undo: new content saves the old
+    /// content as a history entry first; a pop (undo) takes the new content from a history
+    /// entry and removes it afterwards. The content and the record are staged in `tmp/` and
+    /// made durable by one job run alone (see `batch`): content renamed first, record second.
     pub(super) fn write_with(
         &self,
         file: &str,
         old: Meta,
-        source: Option<Source<'_>>,
-        pop: Option<String>,
+        change: Change<'_>,
     ) -> Result<Meta, StoreError> {
         let target = self.content_path(file);
         let mut undo = old.undo.clone();
+        // What this call staged, removed should the change fail; the history entry it linked.
+        let mut staged: Vec<PathBuf> = Vec::new();
         let mut new_blob = None;
-        if let Some(source) = source {
-            let blob = self.link_history(file, &old)?;
-            let res = match source {
-                Source::Bytes(bytes) => self.fs.replace(&self.tmp, &target, bytes),
-                Source::Temp(tmp, _) => install_temp(&*self.fs, tmp, &target),
-            };
-            if let Err(e) = res {
-                let _ = self.fs.remove_file(&self.undo.join(&blob));
-                return Err(self.io(file, e));
-            }
-            undo.push(blob.clone());
-            new_blob = Some(blob);
-        } else if let Some(blob) = &pop {
-            let src = self.undo.join(blob);
-            self.fs
-                .replace_with(&self.tmp, &target, &mut |out| {
-                    let mut inp = self.fs.open(&src)?;
-                    io::copy(&mut inp, out).map(|_| ())
-                })
-                .map_err(|e| self.io(file, e))?;
-            undo.retain(|b| b != blob);
-        }
-        let dropped: Vec<String> = if undo.len() > UNDO_DEPTH {
-            undo.drain(..undo.len() - UNDO_DEPTH).collect()
-        } else {
-            Vec::new()
-        };
-        // Facts counted while the bytes arrived are not counted again, only the mtime.
-        let known = match &source {
-            Some(Source::Temp(_, facts)) => Some(*facts),
-            _ => None,
-        };
-        let facts = match known {
-            Some(f) => self
-                .fs
-                .metadata(&target)
-                .map(|md| ContentFacts {
-                    mtime_ns: mtime_ns(&md),
-                    ..f.clone()
-                })
-                .map_err(|e| self.io(file, e)),
-            None => self.facts(file),
-        };
-        let facts = match facts {
-            Ok(f) => f,
-            Err(e) => {
-                if let Some(b) = new_blob {
-                    let _ = self.fs.remove_file(&self.undo.join(b));
+        let mut sync = Vec::new();
+        let mut dirs = Vec::new();
+        let prepared = (|| {
+            let (content_tmp, facts) = match change {
+                Change::New(source) => {
+                    let blob = self.link_history(file, &old)?;
+                    new_blob = Some(blob.clone());
+                    undo.push(blob);
+                    dirs.push(self.undo.clone());
+                    match source {
+                        Source::Bytes(bytes) => {
+                            let (p, f) = self.stage(file, &mut |f| f.write_all(bytes))?;
+                            staged.push(p.clone());
+                            let md = f.metadata().map_err(|e| self.io(file, e))?;
+                            sync.push(f);
+                            let mut counter = ContentCounter::new();
+                            counter.update(bytes);
+                            (p, counter.finish(mtime_ns(&md)))
+                        }
+                        // Facts counted while the bytes arrived are not counted again.
+                        Source::Temp(tmp, known) => {
+                            let md = self.fs.metadata(tmp).map_err(|e| self.io(file, e))?;
+                            let facts = ContentFacts {
+                                mtime_ns: mtime_ns(&md),
+                                ..known.clone()
+                            };
+                            (tmp.to_path_buf(), facts)
+                        }
+                    }
                 }
+                Change::Pop(blob) => {
+                    let src = self.undo.join(blob);
+                    let mut counter = ContentCounter::new();
+                    let (p, f) = self.stage(file, &mut |out| {
+                        let mut inp = self.fs.open(&src)?;
+                        let hint = inp.metadata()?.len() + 1;
+                        copy_counting(&mut inp, out, &mut counter, hint)
+                    })?;
+                    staged.push(p.clone());
+                    let md = f.metadata().map_err(|e| self.io(file, e))?;
+                    sync.push(f);
+                    undo.retain(|b| b != blob);
+                    (p, std::mem::take(&mut counter).finish(mtime_ns(&md)))
+                }
+            };
+            let dropped: Vec<String> = if undo.len() > UNDO_DEPTH {
+                undo.drain(..undo.len() - UNDO_DEPTH).collect()
+            } else {
+                Vec::new()
+            };
+            let meta = Meta {
+                version: self.next_version(Some(&old)),
+                checksum: facts.checksum,
+                size: facts.size,
+                mtime_ns: facts.mtime_ns,
+                words: facts.words,
+                chars: facts.chars,
+                modified_ms: crate::auth::now_ms(),
+                owner: old.owner.clone(),
+                undo: std::mem::take(&mut undo),
+            };
+            let (rp, rf) = self.stage_meta(file, &meta)?;
+            staged.push(rp.clone());
+            sync.push(rf);
+            Ok::<_, StoreError>((meta, dropped, content_tmp, rp))
+        })();
+        let (meta, dropped, content_tmp, record_tmp) = match prepared {
+            Ok(x) => x,
+            Err(e) => {
+                self.unstage(&staged, new_blob.as_deref());
                 return Err(e);
             }
         };
-        let meta = Meta {
-            version: self.next_version(Some(&old)),
-            checksum: facts.checksum,
-            size: facts.size,
-            mtime_ns: facts.mtime_ns,
-            words: facts.words,
-            chars: facts.chars,
-            modified_ms: crate::auth::now_ms(),
-            owner: old.owner,
-            undo,
+        let job = batch::Job {
+            sync,
+            dirs,
+            renames: vec![(content_tmp, target), (record_tmp, self.meta_path(file))],
         };
-        // Should this fail, the content already changed: the next access or scan adopts it,
-        // so the error must not claim the file is unchanged.
-        self.write_meta(file, &meta).map_err(|e| StoreError::Io {
-            file: file.to_string(),
-            source: io::Error::other(format!(
-                "content saved but its bookkeeping was not ({e}); it is adopted on next access"
-            )),
-        })?;
-        for b in dropped.iter().chain(pop.iter()) {
+        let done = batch::commit_alone(&*self.fs, job);
+        if let Some(e) = done.error {
+            if done.placed == 0 {
+                self.unstage(&staged, new_blob.as_deref());
+                return Err(self.io(file, e));
+            }
+            // The content already changed: the next access or scan adopts it, so the error
+            // must not claim the file is unchanged.
+            self.unstage(&staged, None);
+            return Err(content_saved(file, self.io(file, e)));
+        }
+        let popped = match change {
+            Change::Pop(blob) => Some(blob.to_string()),
+            Change::New(_) => None,
+        };
+        for b in dropped.iter().chain(popped.iter()) {
             let _ = self.fs.remove_file(&self.undo.join(b));
         }
         Ok(meta)
     }
 
-    /// CREATE: bookkeeping first, then the empty content, both durable.
+    /// Removes the temp files a failed change staged (those renamed away are gone already)
+    /// and the history entry it linked, if any.
+    fn unstage(&self, staged: &[PathBuf], blob: Option<&str>) {
+        for p in staged {
+            let _ = self.fs.remove_file(p);
+        }
+        if let Some(b) = blob {
+            let _ = self.fs.remove_file(&self.undo.join(b));
+        }
+    }
+
+    /// CREATE with the first version `(epoch, 1)` (see [`Store::create_at`]).
     pub fn create(&self, file: &str, owner: &str, epoch: u64) -> Result<Meta, StoreError> {
         self.create_at(file, owner, Version { epoch, counter: 1 })
     }
 
-    /// CREATE with a first version other than `(epoch, 1)`: the name server starts a file
-    /// above every version an earlier file of the same name had in that epoch.
+    /// CREATE with a given first version (the name server may start a file above every
+    /// version an earlier file of the same name had in that epoch). The record and the empty
+    /// content are staged and made durable by one batch (see `batch`), the record renamed
+    /// into place first: a record without content is an unfinished create, which the scan
+    /// removes.
     pub fn create_at(&self, file: &str, owner: &str, first: Version) -> Result<Meta, StoreError> {
         let lock = self.file_lock(file);
         let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -169,24 +248,52 @@ impl Store {
         if self.fs.exists(&target) {
             return Err(StoreError::Exists(names::display(file)));
         }
-        let mut meta = Meta {
-            version: first,
-            checksum: crc32c::crc32c(b""),
-            size: 0,
-            mtime_ns: 0,
-            words: 0,
-            chars: 0,
-            modified_ms: crate::auth::now_ms(),
-            owner: Some(owner.to_string()),
-            undo: Vec::new(),
+        let (content_tmp, cf) = self.stage(file, &mut |_| Ok(()))?;
+        let staged = (|| {
+            // A rename keeps the mtime, so the record can carry it now.
+            let md = cf.metadata().map_err(|e| self.io(file, e))?;
+            let meta = Meta {
+                version: first,
+                checksum: crc32c::crc32c(b""),
+                size: 0,
+                mtime_ns: mtime_ns(&md),
+                words: 0,
+                chars: 0,
+                modified_ms: crate::auth::now_ms(),
+                owner: Some(owner.to_string()),
+                undo: Vec::new(),
+            };
+            let (rp, rf) = self.stage_meta(file, &meta)?;
+            Ok::<_, StoreError>((meta, rp, rf))
+        })();
+        let (meta, record_tmp, rf) = match staged {
+            Ok(x) => x,
+            Err(e) => {
+                self.unstage(&[content_tmp], None);
+                return Err(e);
+            }
         };
-        self.write_meta(file, &meta)?;
-        self.fs
-            .replace(&self.tmp, &target, b"")
-            .map_err(|e| self.io(file, e))?;
-        let md = self.fs.metadata(&target).map_err(|e| self.io(file, e))?;
-        meta.mtime_ns = mtime_ns(&md);
-        self.write_meta(file, &meta)?;
+        let job = batch::Job {
+            // The empty content is synced too: its inode (and mtime) must be durable before
+            // its name is.
+            sync: vec![rf, cf],
+            dirs: Vec::new(),
+            renames: vec![
+                (record_tmp.clone(), self.meta_path(file)),
+                (content_tmp.clone(), target.clone()),
+            ],
+        };
+        let done = self.batch.commit(&*self.fs, job);
+        if let Some(e) = done.error {
+            self.unstage(&[record_tmp, content_tmp], None);
+            if done.placed >= 2 {
+                let _ = self.fs.remove(&target);
+            }
+            if done.placed >= 1 {
+                let _ = self.fs.remove(&self.meta_path(file));
+            }
+            return Err(self.io(file, e));
+        }
         Ok(meta)
     }
 
@@ -224,7 +331,7 @@ impl Store {
         let Some(blob) = meta.undo.last().cloned() else {
             return Err(StoreError::NoUndo(names::display(file)));
         };
-        self.write_with(file, meta, None, Some(blob))
+        self.write_with(file, meta, Change::Pop(&blob))
     }
 
     /// Replaces `file`'s content with an uploaded temp file whose facts were counted as it
@@ -240,11 +347,10 @@ impl Store {
         let lock = self.file_lock(file);
         let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
         match self.current(file) {
-            Ok((old, _)) => self.write_with(file, old, Some(Source::Temp(tmp, facts)), None),
+            Ok((old, _)) => self.write_with(file, old, Change::New(Source::Temp(tmp, facts))),
             Err(StoreError::NotFound(_)) => {
                 let target = self.content_path(file);
-                install_temp(&*self.fs, tmp, &target).map_err(|e| self.io(file, e))?;
-                let md = self.fs.metadata(&target).map_err(|e| self.io(file, e))?;
+                let md = self.fs.metadata(tmp).map_err(|e| self.io(file, e))?;
                 let meta = Meta {
                     version: self.next_version(None),
                     checksum: facts.checksum,
@@ -256,8 +362,29 @@ impl Store {
                     owner: Some(owner.to_string()),
                     undo: Vec::new(),
                 };
-                self.write_meta(file, &meta)?;
-                Ok(meta)
+                // Content first, then the record, in one job run alone (see `batch`); the uploaded
+                // temp file was synced as it arrived.
+                let (record_tmp, rf) = self.stage_meta(file, &meta)?;
+                let job = batch::Job {
+                    sync: vec![rf],
+                    dirs: Vec::new(),
+                    renames: vec![
+                        (tmp.to_path_buf(), target),
+                        (record_tmp.clone(), self.meta_path(file)),
+                    ],
+                };
+                let done = batch::commit_alone(&*self.fs, job);
+                match done.error {
+                    None => Ok(meta),
+                    Some(e) => {
+                        self.unstage(&[record_tmp], None);
+                        if done.placed == 0 {
+                            Err(self.io(file, e))
+                        } else {
+                            Err(content_saved(file, self.io(file, e)))
+                        }
+                    }
+                }
             }
             Err(e) => Err(e),
         }

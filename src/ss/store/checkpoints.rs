@@ -176,7 +176,7 @@ impl Store {
                 io::Error::other(format!("checkpoint '{tag}' is corrupt on {}", self.name)),
             ));
         }
-        self.write_with(file, meta, Some(Source::Temp(tmp.path(), &facts)), None)
+        self.write_with(file, meta, Change::New(Source::Temp(tmp.path(), &facts)))
     }
 
     /// Removes every checkpoint of `file` (DELETE, a file gone by hand).

@@ -44,8 +44,9 @@
 //! inode survives the rename, so nothing is copied), (2) replaces the content atomically,
 //! (3) replaces the record atomically. A crash between (2) and (3) leaves content whose size
 //! or mtime disagrees with its bookkeeping, which the startup scan adopts as a new version, like
-//! a hand edit. CREATE writes the record first; a record without content is an unfinished
-//! create and the scan removes it. Undo blobs referenced by no record are removed too.
+//! a hand edit. CREATE places the record first, then the empty content; a record without
+//! content is an unfinished create and the scan removes it. Undo blobs referenced by no record
+//! are removed too.
 //!
 //! So nothing is lost and no mix is ever visible: a reader sees the old version or the new
 //! one, never part of each. A replicated copy (one, or a batch of them) is installed history
@@ -53,19 +54,27 @@
 //! content and directory are durable (see `install.rs`); a crash in between is the same case
 //! as a crash between (2) and (3) above.
 //!
-//! Every atomic replacement is [`Fs::replace_with`]: a temp file in `tmp/` is written and
-//! fsynced, renamed over the target, and the target's directory fsynced. So a content change
-//! makes these durable calls, in order: link into `undo/`, fsync `undo/`; fsync the new
-//! content, rename it over `files/<name>`, fsync its directory; fsync the new record, rename
-//! it over `meta/<name>`, fsync its directory. CREATE makes three replacements: the record,
-//! the empty content, then the record again with the content's mtime. All of them go through
-//! the store's [`Fs`] (see [`vfs`]), which a test backend can record or fault.
+//! A change (commit, upload, undo, revert, CREATE) makes its durable calls as one job of
+//! the store's group commit (see `batch`): CREATEs made at the same time share a batch, a
+//! content change runs its job alone on its own thread. The change first writes, without
+//! syncing, its new content (a CREATE: an empty file) and its new record to temp files in
+//! `tmp/` (the record carries the content's mtime, which the rename keeps) and, for a content
+//! change, links the old content into `undo/`. Then, in order: the temp files are fsynced,
+//! then `undo/`; the first rename is made (a content change: the content over
+//! `files/<name>`; a CREATE: the record over `meta/<name>`) and its directory fsynced; then
+//! the second (the record; a CREATE: the content) and its directory fsynced. CREATEs batched
+//! together share each of those fsyncs' journal commits and each directory fsync. The
+//! change's reply waits for its last fsync. Other replacements (adoption, quarantine,
+//! checkpoints) are [`Fs::replace_with`]: a temp file written and fsynced, renamed over the
+//! target, and the target's directory fsynced. All of them go through the store's [`Fs`]
+//! (see [`vfs`]), which a test backend can record or fault.
 //!
 //! Callers that combine several steps (a commit reads, edits and writes) hold the file's mutex
 //! from [`Store::file_lock`] for the whole sequence; the methods that say so require it.
 //!
 //! Modules: `layout` (paths and names), `record` ([`Meta`] and reading a file with it),
 //! `change` (the change protocol above: content changes, CREATE, DELETE, history entries),
+//! `batch` (the group commit of changes),
 //! `install` (received copies and stages), `scan` (adoption, the startup scan, verification),
 //! `quarantine`, `checkpoints` and `moves` (folders and MOVE).
 
@@ -89,6 +98,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+mod batch;
 mod change;
 mod checkpoints;
 mod install;
@@ -109,7 +119,7 @@ pub use layout::{
 pub use record::{copy_counting, ContentCounter, ContentFacts, Meta};
 pub use vfs::{Fs, OsFs};
 // What the submodules take from their siblings.
-use change::{content_saved, place, Source};
+use change::{content_saved, place, Change, Source};
 use layout::{is_cut_base, leaf_of, tighten_root, walk};
 use record::mtime_ns;
 
@@ -201,6 +211,8 @@ pub struct Store {
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// Where the file-system calls go (see [`vfs`]).
     fs: Arc<dyn Fs>,
+    /// The group commit of changes (see `batch`).
+    batch: batch::Batcher,
 }
 
 impl Store {
@@ -227,6 +239,7 @@ impl Store {
             epoch: Arc::new(AtomicU64::new(1)),
             locks: Mutex::new(HashMap::new()),
             fs,
+            batch: batch::Batcher::default(),
         };
         s.fs.create_dirs_durable(root).map_err(io_err)?;
         tighten_root(root).map_err(io_err)?;

@@ -780,6 +780,8 @@ fn a_batch_installs_alike_with_and_without_a_syncfs_window() {
 struct Recording {
     root: PathBuf,
     log: Mutex<Vec<String>>,
+    /// While true, every file sync waits (after being logged) until it is set false again.
+    hold: (Mutex<bool>, std::sync::Condvar),
 }
 
 impl Recording {
@@ -811,6 +813,11 @@ impl Fs for Recording {
     }
     fn sync_file(&self, f: &File) -> io::Result<()> {
         self.note("sync file".into());
+        let (held, turn) = &self.hold;
+        let mut h = held.lock().unwrap();
+        while *h {
+            h = turn.wait(h).unwrap();
+        }
         OsFs.sync_file(f)
     }
     fn sync_files(&self, files: &[&File]) -> Vec<io::Result<()>> {
@@ -858,17 +865,6 @@ impl Fs for Recording {
     }
 }
 
-/// One atomic replacement of `target` as `Fs::replace_with` makes it.
-fn replaced(target: &str) -> Vec<String> {
-    let dir = target.rsplit_once('/').map_or(".", |(d, _)| d);
-    vec![
-        "create tmp".into(),
-        "sync file".into(),
-        format!("rename tmp -> {target}"),
-        format!("sync dir {dir}"),
-    ]
-}
-
 #[test]
 fn create_and_a_content_change_make_the_durable_calls_in_the_documented_order() {
     let d = tempfile::tempdir().unwrap();
@@ -876,28 +872,272 @@ fn create_and_a_content_change_make_the_durable_calls_in_the_documented_order() 
     let rec = Arc::new(Recording {
         root: root.clone(),
         log: Mutex::new(Vec::new()),
+        hold: Default::default(),
     });
     let s = Store::open_on(rec.clone(), &root, "ss1").unwrap();
     rec.take();
 
-    // CREATE: the record, then the empty content, then the record with the content's mtime.
+    // CREATE: the empty content and the record staged, both synced, the record renamed into
+    // place and meta/ synced, then the content and files/ synced.
     s.create("a", "alice", 1).unwrap();
-    let want: Vec<String> = [replaced("meta/a"), replaced("files/a"), replaced("meta/a")].concat();
+    let want: Vec<String> = [
+        "create tmp",
+        "create tmp",
+        "sync file",
+        "sync file",
+        "rename tmp -> meta/a",
+        "sync dir meta",
+        "rename tmp -> files/a",
+        "sync dir files",
+    ]
+    .map(String::from)
+    .to_vec();
     assert_eq!(rec.take(), want);
 
-    // A content change: (1) the old content linked into undo/ and undo/ synced, (2) the
-    // content replaced, (3) the record replaced.
+    // A content change: the old content linked into undo/, the content and record staged;
+    // both synced while undo/ is; then the content renamed and files/ synced, then the
+    // record renamed and meta/ synced.
     let lock = s.file_lock("a");
     let _g = lock.lock().unwrap();
     let (m, _) = s.current("a").unwrap();
     assert!(rec.take().is_empty(), "reading the record changes nothing");
     s.write_content("a", m, b"Hello.").unwrap();
+    let mut got = rec.take();
+    assert_eq!(got.len(), 10, "{got:?}");
+    // The syncs of round 0 run at once, in any order.
+    got[3..6].sort();
     let want: Vec<String> = [
-        vec!["link files/a -> undo/*".to_string(), "sync dir undo".into()],
-        replaced("files/a"),
-        replaced("meta/a"),
+        "link files/a -> undo/*",
+        "create tmp",
+        "create tmp",
+        "sync dir undo",
+        "sync file",
+        "sync file",
+        "rename tmp -> files/a",
+        "sync dir files",
+        "rename tmp -> meta/a",
+        "sync dir meta",
     ]
-    .concat();
-    assert_eq!(rec.take(), want);
+    .map(String::from)
+    .to_vec();
+    assert_eq!(got, want);
     assert_eq!(text(&s, "a"), "Hello.");
+}
+
+/// A simulated disk whose power can be cut between any two file-system calls while other
+/// threads are changing the store: once it is off, every call fails.
+struct Gate {
+    disk: Arc<crate::sim::disk::SimDisk>,
+    off: std::sync::RwLock<bool>,
+}
+
+impl Gate {
+    fn on<T>(&self, f: impl FnOnce(&crate::sim::disk::SimDisk) -> io::Result<T>) -> io::Result<T> {
+        let off = self.off.read().unwrap();
+        if *off {
+            return Err(io::Error::other("the power is off"));
+        }
+        f(&self.disk)
+    }
+    fn cut(&self) {
+        let mut off = self.off.write().unwrap();
+        *off = true;
+        self.disk.power_cut().unwrap();
+    }
+}
+
+impl Fs for Gate {
+    fn create_new(&self, path: &Path) -> io::Result<File> {
+        self.on(|d| d.create_new(path))
+    }
+    fn open(&self, path: &Path) -> io::Result<File> {
+        self.on(|d| d.open(path))
+    }
+    fn sync_file(&self, f: &File) -> io::Result<()> {
+        self.on(|d| d.sync_file(f))
+    }
+    fn sync_files(&self, files: &[&File]) -> Vec<io::Result<()>> {
+        match self.on(|d| Ok(d.sync_files(files))) {
+            Ok(r) => r,
+            Err(e) => files
+                .iter()
+                .map(|_| Err(io::Error::other(e.to_string())))
+                .collect(),
+        }
+    }
+    fn sync_fs(&self, dir: &Path) -> io::Result<()> {
+        self.on(|d| d.sync_fs(dir))
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.on(|d| d.rename(from, to))
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.on(|d| d.sync_dir(dir))
+    }
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.on(|d| d.hard_link(from, to))
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.on(|d| d.remove_file(path))
+    }
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.on(|d| d.remove_dir_all(dir))
+    }
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        self.on(|d| d.read(path))
+    }
+    fn metadata(&self, path: &Path) -> io::Result<fs::Metadata> {
+        self.on(|d| d.metadata(path))
+    }
+    fn read_dir(&self, dir: &Path) -> io::Result<fs::ReadDir> {
+        self.on(|d| d.read_dir(dir))
+    }
+    fn create_dir(&self, dir: &Path) -> io::Result<()> {
+        self.on(|d| d.create_dir(dir))
+    }
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.on(|d| d.create_dir_all(dir))
+    }
+}
+
+#[test]
+fn concurrent_changes_share_syncs_and_a_power_cut_loses_none_they_returned() {
+    const THREADS: usize = 8;
+    for round in 0..6u64 {
+        let d = tempfile::tempdir().unwrap();
+        let disk = Arc::new(crate::sim::disk::SimDisk::new(d.path()));
+        let gate = Arc::new(Gate {
+            disk: disk.clone(),
+            off: std::sync::RwLock::new(false),
+        });
+        let root = d.path().join("ss");
+        let s = Store::open_on(gate.clone(), &root, "ss1").unwrap();
+        s.scan().unwrap();
+        // What each thread's calls returned: (text, version) of its file's last change.
+        let acked: Vec<Mutex<Option<(String, Version)>>> =
+            (0..THREADS).map(|_| Mutex::new(None)).collect();
+        let start = std::sync::Barrier::new(THREADS + 1);
+        std::thread::scope(|scope| {
+            for (t, slot) in acked.iter().enumerate() {
+                let (s, start) = (&s, &start);
+                scope.spawn(move || {
+                    start.wait();
+                    let file = format!("d{}/f{t}.txt", t % 3);
+                    let Ok(mut m) = s.create(&file, "alice", 1) else {
+                        return;
+                    };
+                    *slot.lock().unwrap() = Some((String::new(), m.version));
+                    // The content and the history as the store should hold them.
+                    let (mut now, mut history) = (String::new(), Vec::<String>::new());
+                    for k in 1.. {
+                        let text = format!("{t} {k}");
+                        let lock = s.file_lock(&file);
+                        let _g = lock.lock().unwrap();
+                        let res = if k % 4 == 0 {
+                            s.undo(&file, 1)
+                        } else {
+                            s.write_content(&file, m.clone(), text.as_bytes())
+                        };
+                        let Ok(next) = res else { return };
+                        if k % 4 == 0 {
+                            now = history.pop().unwrap_or_default();
+                        } else {
+                            history.push(std::mem::replace(&mut now, text));
+                            if history.len() > UNDO_DEPTH {
+                                history.remove(0);
+                            }
+                        }
+                        *slot.lock().unwrap() = Some((now.clone(), next.version));
+                        m = next;
+                    }
+                });
+            }
+            start.wait();
+            // Let the changes run for a while (longer each round), then cut the power
+            // between two calls, whatever the threads are doing.
+            let until = Instant::now() + std::time::Duration::from_millis(20 + 15 * round);
+            while Instant::now() < until {
+                std::thread::yield_now();
+            }
+            gate.cut();
+        });
+        drop(s);
+        let (file_syncs, _) = disk.syncs();
+        let s = Store::open_on(disk.clone(), &root, "ss1").unwrap();
+        s.scan().unwrap();
+        let mut changes = 0;
+        for (t, slot) in acked.iter().enumerate() {
+            let file = format!("d{}/f{t}.txt", t % 3);
+            let Some((text, version)) = slot.lock().unwrap().clone() else {
+                continue;
+            };
+            changes += 1;
+            let (now, meta, _) = s.load_text(&file).unwrap_or_else(|e| {
+                panic!("round {round}: {file}, returned at {version}, is gone: {e}")
+            });
+            // The last change returned is there, or a later one that was under way.
+            assert!(
+                meta.version >= version,
+                "round {round}: {file} at {} after {version} was returned",
+                meta.version
+            );
+            if meta.version == version {
+                assert_eq!(now, text, "round {round}: {file}");
+            }
+        }
+        assert!(changes > 0 && file_syncs > 0, "round {round}: nothing ran");
+    }
+}
+
+/// Waits (up to 10 s) until `done` holds.
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let until = Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < until, "timed out waiting until {what}");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn creates_queued_behind_a_batch_share_the_next_one() {
+    const N: usize = 8;
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().canonicalize().unwrap();
+    let rec = Arc::new(Recording {
+        root: root.clone(),
+        log: Mutex::new(Vec::new()),
+        hold: Default::default(),
+    });
+    let s = Store::open_on(rec.clone(), &root, "ss1").unwrap();
+    s.create("first.txt", "alice", 1).unwrap();
+    rec.take();
+    *rec.hold.0.lock().unwrap() = true;
+    std::thread::scope(|scope| {
+        let s = &s;
+        // The first CREATE leads a batch of its own and stops in its first file sync.
+        let lead = scope.spawn(move || s.create("lead.txt", "alice", 1));
+        wait_until("the first CREATE syncs", || {
+            rec.log.lock().unwrap().iter().any(|l| l == "sync file")
+        });
+        let others: Vec<_> = (0..N)
+            .map(|i| scope.spawn(move || s.create(&format!("f{i}.txt"), "alice", 1)))
+            .collect();
+        wait_until("every other CREATE is queued", || s.batch.queued() == N);
+        *rec.hold.0.lock().unwrap() = false;
+        rec.hold.1.notify_all();
+        lead.join().unwrap().unwrap();
+        for o in others {
+            o.join().unwrap().unwrap();
+        }
+    });
+    let log = rec.take();
+    let count = |what: &str| log.iter().filter(|l| l.starts_with(what)).count();
+    // One at a time, each CREATE syncs meta/ and files/; the eight queued ones share a batch.
+    assert_eq!(count("sync dir meta"), 2, "{log:#?}");
+    assert_eq!(count("sync dir files"), 2, "{log:#?}");
+    assert_eq!(count("sync file"), 2 * (N + 1), "{log:#?}");
+    for i in 0..N {
+        let (text, meta, _) = s.load_text(&format!("f{i}.txt")).unwrap();
+        assert_eq!((text.as_str(), meta.owner.as_deref()), ("", Some("alice")));
+    }
 }

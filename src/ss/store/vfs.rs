@@ -45,6 +45,12 @@ pub trait Fs: Send + Sync {
     fn sync_file(&self, f: &File) -> io::Result<()>;
     /// Makes several files' content durable (fsync each); one result per file, in order.
     fn sync_files(&self, files: &[&File]) -> Vec<io::Result<()>>;
+    /// Makes a batch of changes' few small temp files durable (fsync each); one result per
+    /// file, in order. By default [`Fs::sync_files`]; the OS backend syncs them in turn on the
+    /// calling thread (`durable::sync_files_in_turn`).
+    fn sync_batch(&self, files: &[&File]) -> Vec<io::Result<()>> {
+        self.sync_files(files)
+    }
     /// Makes everything written on the file system holding `dir` durable (`syncfs`).
     fn sync_fs(&self, dir: &Path) -> io::Result<()>;
     /// Renames `from` to `to` atomically, replacing `to`.
@@ -142,8 +148,13 @@ pub trait Fs: Send + Sync {
 
     /// Creates `dir` and missing parents, fsyncing each parent whose entry list changed.
     fn create_dirs_durable(&self, dir: &Path) -> io::Result<()> {
-        // A relative name's last parent is "", which means the current directory.
-        if dir.as_os_str().is_empty() || self.is_dir(dir) {
+        // A relative name's last parent is "", which means the current directory. The root
+        // and the current directory are taken as there (a backend failing every call must
+        // end the walk up, not loop on ".").
+        if dir.as_os_str().is_empty() || dir == Path::new(".") || dir == Path::new("/") {
+            return Ok(());
+        }
+        if self.is_dir(dir) {
             return Ok(());
         }
         let parent = match dir.parent() {
@@ -176,6 +187,9 @@ impl Fs for OsFs {
     }
     fn sync_files(&self, files: &[&File]) -> Vec<io::Result<()>> {
         crate::durable::sync_files(files.iter().copied())
+    }
+    fn sync_batch(&self, files: &[&File]) -> Vec<io::Result<()>> {
+        crate::durable::sync_files_in_turn(files)
     }
     fn sync_fs(&self, dir: &Path) -> io::Result<()> {
         crate::durable::syncfs(dir)
