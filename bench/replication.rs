@@ -11,7 +11,8 @@
 //!   link runs over TLS (`--tls-dir`), printed beside the plain figure with the ratio;
 //! * (b) replication lag, from the writer's COMMITTED (the moment the client prints
 //!   `Write Successful!`) to the backup holding the bytes, p50/p99 at 100 writes/s overall with
-//!   1 and 16 writers;
+//!   1 and 16 writers, beside a raw durable write made 100 times a second on the same disk
+//!   during the row (a stall of the disk shows in both; a tail of pairfs's own does not);
 //! * (c) catch-up: many 4 KiB files (default 10,000) owed to a backup that was down, timed from
 //!   its restart until it holds them all, against `rsync -a --fsync` of the same directory,
 //!   with the bytes sent to the backup ÷ the bytes of the files it lacked, in rounds as (a);
@@ -40,6 +41,8 @@ use std::time::{Duration, Instant};
 const LAG_WRITES_PER_S: u64 = 100;
 /// Longest a single write may take to reach the backup before the row counts it as failed.
 const LAG_DEADLINE_MS: u64 = 10_000;
+/// Raw durable writes per second the lag rows' disk probe makes beside them.
+const PROBE_WRITES_PER_S: u64 = 100;
 /// Pause between two looks at the backup's disk while timing lag, in microseconds.
 const LAG_POLL_US: u64 = 100;
 /// Pause between two looks at the backup's disk for the bulk rows, in ms.
@@ -377,24 +380,34 @@ fn lag_rows(bin_dir: &Path, tmp: &Path, writes: u64) -> Result<Vec<ReplRow>> {
     let pair = Pair::start(bin_dir, &dir, &[])?;
     let mut rows = Vec::new();
     for writers in [1usize, 16] {
-        let lat_us = lag_measure(&pair, writers, writes)?;
-        let pct = |p: f64| {
-            let rank = ((p / 100.0) * lat_us.len() as f64).ceil() as usize;
-            lat_us[rank.clamp(1, lat_us.len()) - 1] as f64 / 1000.0
+        let probe_dir = dir.join(format!("probe{writers}"));
+        fs::create_dir_all(probe_dir.join("tmp"))?;
+        let (lat_us, probe_us) = lag_measure(&pair, writers, writes, &probe_dir)?;
+        let pct = |v: &[u64], p: f64| {
+            let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+            v[rank.clamp(1, v.len()) - 1] as f64 / 1000.0
         };
+        let (p99, raw_p99) = (pct(&lat_us, 99.0), pct(&probe_us, 99.0));
         rows.push(ReplRow {
             what: format!(
                 "(b) lag, COMMITTED → backup holds it, {LAG_WRITES_PER_S} writes/s, {writers} writer(s)"
             ),
             pairfs: format!(
-                "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} writes)",
-                pct(50.0),
-                pct(99.0),
-                pct(100.0),
+                "p50 {:.2} ms, p99 {p99:.2} ms, max {:.2} ms ({} writes)",
+                pct(&lat_us, 50.0),
+                pct(&lat_us, 100.0),
                 lat_us.len()
             ),
-            baseline: "-".into(),
-            ratio: "-".into(),
+            baseline: format!(
+                "raw durable write at {PROBE_WRITES_PER_S}/s during the row: p50 {:.2} ms, p99 {raw_p99:.2} ms, max {:.2} ms",
+                pct(&probe_us, 50.0),
+                pct(&probe_us, 100.0)
+            ),
+            ratio: if raw_p99 > 0.0 {
+                format!("p99 {:.1}× raw", p99 / raw_p99)
+            } else {
+                "-".into()
+            },
             target: "p99 ≤ 5 ms",
         });
     }
@@ -403,11 +416,38 @@ fn lag_rows(bin_dir: &Path, tmp: &Path, writes: u64) -> Result<Vec<ReplRow>> {
 
 /// Each writer appends sentences to its own file on the schedule that makes `writes` writes at
 /// [`LAG_WRITES_PER_S`] overall, and times each until the backup's copy has the new size.
-fn lag_measure(pair: &Pair, writers: usize, writes: u64) -> Result<Vec<u64>> {
+/// Meanwhile a probe makes a raw durable write (temp file, fsync, rename, directory fsync)
+/// every `1 / PROBE_WRITES_PER_S` s in `probe_dir` on the same disk, so a disk that stalls
+/// during the row shows in the baseline too. Returns the lags and the probe's latencies, both
+/// in microseconds and sorted.
+fn lag_measure(
+    pair: &Pair,
+    writers: usize,
+    writes: u64,
+    probe_dir: &Path,
+) -> Result<(Vec<u64>, Vec<u64>)> {
     let per_writer = (writes / writers as u64).max(1);
     let backup = pair.backup_files();
     let start = Instant::now() + Duration::from_millis(200);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let mut probe_us: Vec<u64> = Vec::new();
     let results: Vec<Result<Vec<u64>>> = thread::scope(|scope| {
+        let (done, probe_us) = (&done, &mut probe_us);
+        scope.spawn(move || {
+            let target = probe_dir.join("probe");
+            let every = Duration::from_micros(1_000_000 / PROBE_WRITES_PER_S);
+            let mut next = start;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(d) = next.checked_duration_since(Instant::now()) {
+                    thread::sleep(d);
+                }
+                next += every;
+                let t = Instant::now();
+                if pairfs::durable::replace(&probe_dir.join("tmp"), &target, b"probe").is_ok() {
+                    probe_us.push(t.elapsed().as_micros() as u64);
+                }
+            }
+        });
         let handles: Vec<_> = (0..writers)
             .map(|w| {
                 let backup = &backup;
@@ -439,20 +479,23 @@ fn lag_measure(pair: &Pair, writers: usize, writes: u64) -> Result<Vec<u64>> {
                 })
             })
             .collect();
-        handles
+        let results = handles
             .into_iter()
             .map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("writer panicked"))))
-            .collect()
+            .collect();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        results
     });
     let mut all = Vec::new();
     for r in results {
         all.extend(r?);
     }
     all.sort_unstable();
-    if all.is_empty() {
+    probe_us.sort_unstable();
+    if all.is_empty() || probe_us.is_empty() {
         bail!("no write completed");
     }
-    Ok(all)
+    Ok((all, probe_us))
 }
 
 fn catchup_row(
