@@ -3,8 +3,9 @@
 //!
 //! # One copy
 //!
-//! A replicated copy is installed history entries first, then checkpoints, then content,
-//! then record, each durably, the record only once its content and directory are durable; a
+//! A replicated copy is installed checkpoints first, then history entries and content (made
+//! durable together), then record, the record only once its content, history entries and
+//! their directories are durable; a
 //! crash in between is the same case as a crash between content and record of a local
 //! change (the scan adopts the new content as a new version). A version not newer than the
 //! copy held is ignored, so jobs are idempotent and may be reordered or retried.
@@ -16,11 +17,19 @@
 //!
 //! 1. the records are staged in `tmp/` and made durable together with the copies' temp files
 //!    (contents, history entries, records);
-//! 2. history entries are renamed and `undo/` made durable (once);
+//! 2. history entries are renamed;
 //! 3. each copy's checkpoints are installed (their temp files were synced as they arrived, so
 //!    a batch never holds hundreds open; a file with none costs no sync there);
-//! 4. contents are renamed and each content directory made durable (once per directory);
+//! 4. contents are renamed, then `undo/` and each content directory made durable (once each);
 //! 5. only then are the records renamed and each record directory made durable.
+//!
+//! A history entry and the content are made durable by the same round of directory syncs: a
+//! crash may keep the new content without the entry, but the record naming the entry is
+//! renamed only after both syncs returned, so no record ever names a missing entry (the new
+//! content without its record is the case above, adopted by the scan). A lone copy thus
+//! waits for three rounds of syncs (its temp files, in turn on its thread with their
+//! write-back started together; `undo/` and its content directory; its record directory), not
+//! four.
 //!
 //! Every file's lock is held throughout, taken in name order. It answers one
 //! FILE_STATE_REPLY or ERR per copy, in order; a copy counts as replicated only after the
@@ -30,8 +39,8 @@
 //!
 //! On Linux 5.17 and later step 1 is one `syncfs(2)` of the storage server's file system
 //! (`durable::FsSync`), not an fsync per temp file; the temp files are closed as soon as they
-//! are written. The rename steps keep their directory fsyncs (`undo/` once, then each content
-//! directory, then each record directory), which were already one per directory per batch. A
+//! are written. The rename steps keep their directory fsyncs (`undo/` and each content directory
+//! once, then each record directory), one per directory per batch. A
 //! backup catching up on 10,000 small files pays one `syncfs` and a few directory syncs per
 //! 64 files instead of two file syncs per file. Why durability is unchanged (the general
 //! argument is on `durable::FsSync`):
@@ -54,6 +63,10 @@
 //! writers: its `syncfs` waits for their dirty pages too.
 
 use super::*;
+
+/// Most temp files an install syncs in turn on its own thread (see [`Fs::sync_batch`]); more
+/// are synced on threads.
+const IN_TURN_MAX: usize = 8;
 
 /// A file's content and history opened under its lock, ready to be sent to another copy.
 pub struct Transfer {
@@ -349,7 +362,14 @@ impl Store {
                 open.push(f);
             }
         }
-        for (i, r) in owners.into_iter().zip(self.fs.sync_files(&open)) {
+        // A few files (a lone copy: content, record, a history entry) are synced in turn on
+        // this thread, their write-back started together; a batch's many on threads.
+        let synced = if open.len() <= IN_TURN_MAX {
+            self.fs.sync_batch(&open)
+        } else {
+            self.fs.sync_files(&open)
+        };
+        for (i, r) in owners.into_iter().zip(synced) {
             if let Err(e) = r {
                 if results[i].is_none() {
                     results[i] = Some(Err(self.io(&copies[i].state.file, e)));
@@ -357,8 +377,8 @@ impl Store {
             }
         }
         plans.retain(|p| results[p.i].is_none());
-        // 3. History entries (and a verified basis, linked), then one sync of
-        // `undo/`.
+        // 3. History entries (and a verified basis, linked); `undo/` is synced with the
+        // contents' directories in step 5.
         let mut renamed = false;
         plans.retain(|p| {
             let c = &copies[p.i];
@@ -383,12 +403,6 @@ impl Store {
             }
             true
         });
-        // Only a rename changed the directory; with none there is nothing to make durable.
-        if renamed {
-            if let Err(e) = self.fs.sync_dir(&self.undo) {
-                return self.fail_rest(copies, results, e);
-            }
-        }
         // 4. Each copy's checkpoints (found complete in step 1), before its content as for a
         // single copy: one whose checkpoints cannot be installed keeps its old content.
         plans.retain(|p| {
@@ -402,8 +416,12 @@ impl Store {
                 }
             }
         });
-        // 5. Contents, then one sync of each directory they went to.
+        // 5. Contents, then one sync of each directory they went to and of `undo/` (only a
+        // rename changed it; with none there is nothing to make durable there).
         let mut dirs = BTreeSet::new();
+        if renamed {
+            dirs.insert(self.undo.clone());
+        }
         plans.retain(|p| {
             let c = &copies[p.i];
             match place(&*self.fs, c.content, &self.content_path(&c.state.file)) {

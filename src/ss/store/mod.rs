@@ -49,9 +49,10 @@
 //! are removed too.
 //!
 //! So nothing is lost and no mix is ever visible: a reader sees the old version or the new
-//! one, never part of each. A replicated copy (one, or a batch of them) is installed history
-//! entries first, then checkpoints, then content, then record, the record only once its
-//! content and directory are durable (see `install.rs`); a crash in between is the same case
+//! one, never part of each. A replicated copy (one, or a batch of them) is installed
+//! checkpoints first, then history entries and content, then record, the record only once its
+//! content, history entries and their directories are durable (see `install.rs`); a crash in
+//! between is the same case
 //! as a crash between (2) and (3) above.
 //!
 //! A change (commit, upload, undo, revert, CREATE) makes its durable calls as one job of
