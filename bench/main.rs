@@ -261,6 +261,7 @@ fn run_rows(
     if let Some(c) = &cluster {
         let mut row = sync_row(c)?;
         row.crowd = crowd.per_op();
+        row.steps = steps_row(c, &raw_dir, args.ops)?;
         *syncs = Some(row);
     }
     drop(cluster);
@@ -511,6 +512,88 @@ struct SyncRow {
     per_op: Vec<(&'static str, Option<f64>, Option<f64>)>,
     /// The same for the 16-client CREATE and WRITE rows (group commit shares the calls).
     crowd: Vec<(&'static str, Option<f64>, Option<f64>)>,
+    /// Where a lone client's time goes: (step, p50 ms), and last the raw durable write's p50
+    /// measured between the same operations.
+    steps: Vec<(&'static str, f64)>,
+}
+
+/// Steps of a lone client's CREATE and WRITE, each timed on its own.
+const STEPS: [&str; 6] = [
+    "CREATE (name server commit, then the storage server's create)",
+    "WRITE: LOCATE at the name server",
+    "WRITE: connect to the storage server",
+    "WRITE: WRITE_BEGIN",
+    "WRITE: EDIT",
+    "WRITE: COMMIT (the storage server's change, CHANGED to the name server, its commit, the ack)",
+];
+
+/// Times each step of `ops` lone CREATEs and WRITEs, a raw durable write after each WRITE
+/// (so the baseline meets the same disk at the same moments). Returns the p50 of each step,
+/// the raw write's last.
+fn steps_row(c: &Cluster, raw_dir: &Path, ops: u64) -> Result<Vec<(&'static str, f64)>> {
+    let mut nm = nm_session(&c.nm_addr, "bench_steps")?;
+    let file = "steps_w.txt";
+    create(&mut nm, file)?;
+    let mut took: Vec<Vec<u64>> = vec![Vec::new(); STEPS.len() + 1];
+    let mut lap = |i: usize, t: &mut Instant| {
+        took[i].push(t.elapsed().as_micros() as u64);
+        *t = Instant::now();
+    };
+    let (raw_tmp, raw_target) = (raw_dir.join("tmp"), raw_dir.join("steps_raw"));
+    for j in 0..ops {
+        let mut t = Instant::now();
+        create(&mut nm, &format!("steps_c{j}.txt"))?;
+        lap(0, &mut t);
+        let locate = Message::Locate {
+            avoid: None,
+            file: file.into(),
+            mode: AccessMode::Write,
+        };
+        let (addr, ticket) = match nm.call(&locate, &[])?.msg {
+            Message::Located { addr, ticket, .. } => (addr, ticket),
+            other => bail!("LOCATE {file} answered with {}", other.op_name()),
+        };
+        lap(1, &mut t);
+        let mut ss = Connection::connect(&addr, io_timeout())?;
+        ss.set_timeout(Some(io_timeout()))?;
+        lap(2, &mut t);
+        let begin = Message::WriteBegin {
+            file: file.into(),
+            sentence: j,
+            ticket,
+        };
+        if !matches!(ss.call(&begin, &[])?.msg, Message::WriteOpened { .. }) {
+            bail!("WRITE_BEGIN {file} {j} refused");
+        }
+        lap(3, &mut t);
+        let edit = Message::Edit { word_index: 0 };
+        let words = format!("Sentence number {j}.");
+        if !matches!(
+            ss.call(&edit, words.as_bytes())?.msg,
+            Message::Sentence { .. }
+        ) {
+            bail!("EDIT refused");
+        }
+        lap(4, &mut t);
+        if !matches!(
+            ss.call(&Message::Commit {}, &[])?.msg,
+            Message::Committed { .. }
+        ) {
+            bail!("COMMIT refused");
+        }
+        lap(5, &mut t);
+        pairfs::durable::replace(&raw_tmp, &raw_target, &[b'x'; RAW_WRITE_BYTES])?;
+        lap(STEPS.len(), &mut t);
+    }
+    let p50 = |v: &mut Vec<u64>| {
+        v.sort_unstable();
+        v.get(v.len().saturating_sub(1) / 2).copied().unwrap_or(0) as f64 / 1000.0
+    };
+    let mut out: Vec<(&'static str, f64)> = Vec::new();
+    for (i, v) in took.iter_mut().enumerate() {
+        out.push((STEPS.get(i).copied().unwrap_or("raw durable write"), p50(v)));
+    }
+    Ok(out)
 }
 
 /// Both servers' sync calls, read around the 16-client rows.
@@ -576,6 +659,7 @@ fn sync_row(c: &Cluster) -> Result<SyncRow> {
     Ok(SyncRow {
         per_op,
         crowd: Vec::new(),
+        steps: Vec::new(),
     })
 }
 
@@ -1118,5 +1202,15 @@ fn print_syncs(s: &SyncRow) {
             show(*ss),
             show(total)
         );
+    }
+    if let Some((_, raw)) = s.steps.last().copied() {
+        println!();
+        println!("where a lone client's time goes (p50 of each step; raw durable write {raw:.3} ms between the same operations):");
+        println!("| step | p50 ms | ÷ raw durable write |");
+        println!("|---|---:|---:|");
+        for (what, ms) in &s.steps[..s.steps.len() - 1] {
+            let ratio = if raw > 0.0 { ms / raw } else { 0.0 };
+            println!("| {what} | {ms:.3} | {ratio:.2} |");
+        }
     }
 }
