@@ -195,6 +195,23 @@ mod tests {
     }
 
     #[test]
+    fn a_file_system_refusing_o_direct_gets_the_same_bytes_through_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("part");
+        let out = File::create(&path).unwrap();
+        let mut w = Writer::new(&path, &out);
+        // As where the open with O_DIRECT failed.
+        w.direct = None;
+        let chunks = [bytes(3 << 20, 9), bytes((6 << 20) + 11, 10)];
+        for c in &chunks {
+            w.push(c).unwrap();
+        }
+        w.finish().unwrap();
+        out.sync_all().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), chunks.concat());
+    }
+
+    #[test]
     fn whole_buffers_only_and_nothing_at_all_are_written_exactly() {
         let chunks = vec![bytes(DIRECT_BUF_BYTES, 7), bytes(DIRECT_BUF_BYTES, 8)];
         assert_eq!(written(&chunks), chunks.concat());
