@@ -3,9 +3,9 @@
 //! A part of at least [`DIRECT_MIN_BYTES`] (an UPLOAD, the partner's stage of it, a copy a
 //! backup receives whole) is not written by the thread that receives it: each chunk, once its
 //! CRC32C is checked, goes (shared, not copied) to a writer thread of its own, which gathers
-//! the chunks into one aligned buffer of [`DIRECT_BUF_BYTES`] and writes every full buffer
-//! with `O_DIRECT` on a second descriptor of the same temp file. So the disk works while the
-//! network does, and the bytes are not copied into the page cache: on a storage server that
+//! the chunks into aligned buffers of [`DIRECT_BUF_BYTES`]; a disk thread writes every full
+//! buffer with `O_DIRECT` on a second descriptor of the same temp file while the writer fills
+//! the other one. So the disk works while the network does and never waits for a copy, and the bytes are not copied into the page cache: on a storage server that
 //! copy (allocating and filling a fresh page per 4 KiB, then writing it back) cost more CPU
 //! than receiving the bytes, and the two servers of a pair write the same bytes at once.
 //!
@@ -23,8 +23,9 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
+use std::thread;
 
 /// Parts at least this large are written by a writer thread with `O_DIRECT`.
 pub(super) const DIRECT_MIN_BYTES: u64 = 4 << 20;
@@ -36,88 +37,161 @@ const DIRECT_ALIGN: usize = 4096;
 /// is slower than the network (the receiving thread then waits, and so does its peer).
 pub(super) const WRITE_QUEUE_CHUNKS: usize = 8;
 
+/// Aligned buffers of one part: one is gathered while the other is written.
+const BUFFERS: usize = 2;
+
 /// The writer thread's body: writes the chunks from `rx` one after the other to `out`, whose
 /// path is `path`, until the sender is dropped. Returns the first error; after an error the
 /// rest is only drained.
+///
+/// This thread gathers the chunks into aligned buffers and a disk thread of its own writes
+/// each full one, so the disk is not idle while a buffer is filled (without a thread to be
+/// had, this one writes them itself).
 pub(super) fn write_all(path: &Path, out: &File, rx: Receiver<Arc<Vec<u8>>>) -> io::Result<()> {
-    let mut w = Writer::new(path, out);
+    let (full_tx, full_rx) = sync_channel::<Aligned>(1);
+    let (free_tx, free_rx) = sync_channel::<Aligned>(BUFFERS);
+    thread::scope(|scope| {
+        let disk = thread::Builder::new()
+            .name("ss-disk".into())
+            .spawn_scoped(scope, move || {
+                let mut disk = Disk::new(path, out);
+                let mut result = Ok(());
+                for mut b in full_rx {
+                    if result.is_ok() {
+                        result = disk.write(&b);
+                    }
+                    b.fill = 0;
+                    // The gathering side may be gone already.
+                    let _ = free_tx.send(b);
+                }
+                result
+            });
+        let Ok(disk) = disk else {
+            return write_inline(path, out, rx);
+        };
+        let mut cur = Some(Aligned::new());
+        let mut spare = Some(Aligned::new());
+        for body in rx {
+            let mut rest = &body[..];
+            while !rest.is_empty() {
+                // The disk thread is gone (it failed): the rest is only drained.
+                let Some(b) = cur.as_mut() else { break };
+                rest = &rest[b.put(rest)..];
+                if b.fill == DIRECT_BUF_BYTES {
+                    let full = cur.take();
+                    if full.is_some_and(|f| full_tx.send(f).is_ok()) {
+                        cur = match spare.take() {
+                            Some(b) => Some(b),
+                            None => free_rx.recv().ok(),
+                        };
+                    }
+                }
+            }
+        }
+        if let Some(b) = cur.filter(|b| b.fill > 0) {
+            let _ = full_tx.send(b);
+        }
+        drop(full_tx);
+        disk.join()
+            .unwrap_or_else(|_| Err(io::Error::other("the disk thread failed")))
+    })
+}
+
+/// [`write_all`] on this thread alone.
+fn write_inline(path: &Path, out: &File, rx: Receiver<Arc<Vec<u8>>>) -> io::Result<()> {
+    let mut disk = Disk::new(path, out);
+    let mut b = Aligned::new();
     let mut result = Ok(());
     for body in rx {
-        if result.is_ok() {
-            result = w.push(&body);
+        let mut rest = &body[..];
+        while result.is_ok() && !rest.is_empty() {
+            rest = &rest[b.put(rest)..];
+            if b.fill == DIRECT_BUF_BYTES {
+                result = disk.write(&b);
+                b.fill = 0;
+            }
         }
     }
-    if result.is_ok() {
-        result = w.finish();
+    if result.is_ok() && b.fill > 0 {
+        result = disk.write(&b);
     }
     result
 }
 
-/// An aligned buffer and the descriptors it is written through.
-struct Writer<'a> {
+/// Room for [`DIRECT_BUF_BYTES`] at an aligned address.
+struct Aligned {
+    raw: Vec<u8>,
+    /// Where the aligned room starts in `raw` (past the end of the alignment where the
+    /// allocation cannot be aligned: then the buffer is written through the cache).
+    start: usize,
+    /// Bytes gathered.
+    fill: usize,
+}
+
+impl Aligned {
+    fn new() -> Aligned {
+        let raw = vec![0u8; DIRECT_BUF_BYTES + DIRECT_ALIGN];
+        let start = raw.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
+        Aligned {
+            raw,
+            start,
+            fill: 0,
+        }
+    }
+
+    /// Copies what fits of `bytes` in; returns how many.
+    fn put(&mut self, bytes: &[u8]) -> usize {
+        let n = bytes.len().min(DIRECT_BUF_BYTES - self.fill);
+        let at = self.start + self.fill;
+        self.raw[at..at + n].copy_from_slice(&bytes[..n]);
+        self.fill += n;
+        n
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.raw[self.start..self.start + self.fill]
+    }
+
+    /// Whole and aligned, so it can be written with `O_DIRECT`.
+    fn direct(&self) -> bool {
+        self.fill == DIRECT_BUF_BYTES && self.start < DIRECT_ALIGN
+    }
+}
+
+/// The temp file, written buffer after buffer from its start.
+struct Disk<'a> {
     /// The temp file as created (buffered writes; its caller's fsync).
     out: &'a File,
     /// The same file opened with `O_DIRECT`; None where the file system refuses it.
     direct: Option<File>,
-    /// Room for [`DIRECT_BUF_BYTES`] at an aligned offset (`start`).
-    raw: Vec<u8>,
-    start: usize,
-    /// Bytes gathered in the buffer.
-    fill: usize,
-    /// Bytes of the file written so far (the offset of the buffer's first byte).
+    /// Bytes of the file written so far (the offset of the next buffer).
     pos: u64,
     /// Bytes written through `out` whose write-back has not been started yet.
     unflushed: u64,
 }
 
-impl<'a> Writer<'a> {
-    fn new(path: &Path, out: &'a File) -> Writer<'a> {
-        let raw = vec![0u8; DIRECT_BUF_BYTES + DIRECT_ALIGN];
-        let start = raw.as_ptr().align_offset(DIRECT_ALIGN);
-        let direct = if start < DIRECT_ALIGN {
-            OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_DIRECT)
-                .open(path)
-                .ok()
-        } else {
-            None
-        };
-        Writer {
+impl<'a> Disk<'a> {
+    fn new(path: &Path, out: &'a File) -> Disk<'a> {
+        let direct = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .ok();
+        Disk {
             out,
             direct,
-            start: start.min(DIRECT_ALIGN),
-            raw,
-            fill: 0,
             pos: 0,
             unflushed: 0,
         }
     }
 
-    /// Gathers `body`, writing each buffer it fills.
-    fn push(&mut self, mut body: &[u8]) -> io::Result<()> {
-        while !body.is_empty() {
-            let n = body.len().min(DIRECT_BUF_BYTES - self.fill);
-            let at = self.start + self.fill;
-            self.raw[at..at + n].copy_from_slice(&body[..n]);
-            self.fill += n;
-            body = &body[n..];
-            if self.fill == DIRECT_BUF_BYTES {
-                self.write_buffer()?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes the full buffer: with `O_DIRECT` when the file system takes it, else (from
-    /// then on) through the page cache.
-    fn write_buffer(&mut self) -> io::Result<()> {
-        let bytes = &self.raw[self.start..self.start + self.fill];
-        if let Some(d) = &self.direct {
-            match d.write_all_at(bytes, self.pos) {
+    /// Writes `b` at the next offset: with `O_DIRECT` when it is whole and the file system
+    /// takes it, else (the last, partial buffer; from a refusal on) through the page cache.
+    fn write(&mut self, b: &Aligned) -> io::Result<()> {
+        if let (true, Some(d)) = (b.direct(), &self.direct) {
+            match d.write_all_at(b.bytes(), self.pos) {
                 Ok(()) => {
-                    self.pos += self.fill as u64;
-                    self.fill = 0;
+                    self.pos += b.fill as u64;
                     return Ok(());
                 }
                 // Refused (EINVAL where the file system cannot write around the cache) or
@@ -125,28 +199,12 @@ impl<'a> Writer<'a> {
                 Err(_) => self.direct = None,
             }
         }
-        self.write_cached()
-    }
-
-    /// Writes what the buffer holds through the page cache, starting its write-back every
-    /// [`super::WRITEBACK_BYTES`].
-    fn write_cached(&mut self) -> io::Result<()> {
-        let bytes = &self.raw[self.start..self.start + self.fill];
-        self.out.write_all_at(bytes, self.pos)?;
-        self.pos += self.fill as u64;
-        self.unflushed += self.fill as u64;
-        self.fill = 0;
+        self.out.write_all_at(b.bytes(), self.pos)?;
+        self.pos += b.fill as u64;
+        self.unflushed += b.fill as u64;
         if self.unflushed >= super::WRITEBACK_BYTES {
             super::start_writeback(self.out, self.pos - self.unflushed, self.unflushed);
             self.unflushed = 0;
-        }
-        Ok(())
-    }
-
-    /// Writes the last, partial buffer (its length is not aligned) through the page cache.
-    fn finish(&mut self) -> io::Result<()> {
-        if self.fill > 0 {
-            self.write_cached()?;
         }
         Ok(())
     }
@@ -155,7 +213,6 @@ impl<'a> Writer<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::mpsc::sync_channel;
 
     /// Runs the writer over `chunks` into a fresh file and returns what the file holds.
     fn written(chunks: &[Vec<u8>]) -> Vec<u8> {
@@ -199,14 +256,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("part");
         let out = File::create(&path).unwrap();
-        let mut w = Writer::new(&path, &out);
+        let mut disk = Disk::new(&path, &out);
         // As where the open with O_DIRECT failed.
-        w.direct = None;
-        let chunks = [bytes(3 << 20, 9), bytes((6 << 20) + 11, 10)];
+        disk.direct = None;
+        let chunks = [bytes(DIRECT_BUF_BYTES, 9), bytes(11, 10)];
         for c in &chunks {
-            w.push(c).unwrap();
+            let mut b = Aligned::new();
+            assert_eq!(b.put(c), c.len());
+            disk.write(&b).unwrap();
         }
-        w.finish().unwrap();
+        out.sync_all().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), chunks.concat());
+    }
+
+    #[test]
+    fn written_on_this_thread_alone_every_byte_lands_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("part");
+        let out = File::create(&path).unwrap();
+        let chunks = [bytes(3 << 20, 11), bytes((6 << 20) + 13, 12)];
+        let (tx, rx) = sync_channel(chunks.len());
+        for c in &chunks {
+            tx.send(Arc::new(c.clone())).unwrap();
+        }
+        drop(tx);
+        write_inline(&path, &out, rx).unwrap();
         out.sync_all().unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), chunks.concat());
     }
