@@ -5,9 +5,10 @@
 //! CRC32C is checked, goes (shared, not copied) to a writer thread of its own, which gathers
 //! the chunks into aligned buffers of [`DIRECT_BUF_BYTES`]; a disk thread writes every full
 //! buffer with `O_DIRECT` on a second descriptor of the same temp file while the writer fills
-//! the other one. So the disk works while the network does and never waits for a copy, and the bytes are not copied into the page cache: on a storage server that
-//! copy (allocating and filling a fresh page per 4 KiB, then writing it back) cost more CPU
-//! than receiving the bytes, and the two servers of a pair write the same bytes at once.
+//! the other one. So the disk works while the network does and never waits for a copy, and
+//! the bytes are not copied into the page cache: on a storage server that copy (allocating
+//! and filling a fresh page per 4 KiB, then writing it back) cost more CPU than receiving the
+//! bytes, and the two servers of a pair write the same bytes at once.
 //!
 //! The last, partial buffer is written through the ordinary descriptor. A file system that
 //! refuses `O_DIRECT` (at open or at a write) gets the same buffers through the ordinary
