@@ -28,8 +28,9 @@
 //! server's upload path): a bounded queue of 4 chunks lies between them (`COUNT_QUEUE_CHUNKS`),
 //! and the chunks are shared with the staging relay, not copied. The relay re-sends each chunk
 //! with the CRC32C its frame was verified against instead of computing it again. Large temp
-//! files have their writeback started every 8 MiB (`WRITEBACK_BYTES`, `sync_file_range`), so
-//! the final fsync has little left. A frame body of 64 KiB or more is read from the socket
+//! files are written by a thread of their own with `O_DIRECT`, beside the page cache (see the
+//! server's `direct.rs`); smaller ones have their writeback started every 8 MiB
+//! (`WRITEBACK_BYTES`, `sync_file_range`), so the final fsync has little left. A frame body of 64 KiB or more is read from the socket
 //! straight into a buffer of its own (`protocol::frame`), allocated once at its declared size
 //! and never zeroed (`read_to_end` on the socket limited to the body; a read bounded by a
 //! deadline reads once at a time): the bytes are neither zeroed beforehand nor copied out of a

@@ -61,6 +61,7 @@ use std::time::Duration;
 
 mod client;
 mod delta;
+mod direct;
 mod dispatch;
 mod nm;
 mod recv;

@@ -124,6 +124,10 @@ pub(super) enum SyncBy {
 /// Reads one part (CHUNK* END) of at most `limit` bytes, into a temp file when `keep.store`
 /// (made durable as `keep.sync` says), else only counting. `flip` is the fault hook: it flips the first
 /// byte it sees. Each chunk also goes to `tee` when given (an upload staged on the partner).
+///
+/// A part of at least [`COUNT_THREAD_MIN_BYTES`] whose words are counted has them counted on
+/// a thread of its own; a stored part of at least [`direct::DIRECT_MIN_BYTES`] is written by
+/// a thread of its own (see `direct.rs`). This thread then only receives, checks and hands on.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn recv_part(
     shared: &Shared,
@@ -135,81 +139,115 @@ pub(super) fn recv_part(
     flip: &mut bool,
     tee: Option<&mut staging::Tee>,
 ) -> Result<Received, Fail> {
+    let (temp, out, error) = if keep.store {
+        match shared.store.temp_file(file) {
+            Ok((t, f)) => (Some(t), Some(f), None),
+            Err(e) => (None, None, Some(e)),
+        }
+    } else {
+        (None, None, None)
+    };
     let text = if limit >= COUNT_THREAD_MIN_BYTES {
         counter.take_text()
     } else {
         None
     };
-    let Some(mut text) = text else {
-        return recv_into(shared, conn, file, limit, keep, counter, flip, None, tee);
-    };
-    thread::scope(|scope| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Arc<Vec<u8>>>(COUNT_QUEUE_CHUNKS);
-        let counting =
-            thread::Builder::new()
-                .name("ss-count".into())
-                .spawn_scoped(scope, move || {
-                    for body in rx {
-                        text.update(&body);
-                    }
-                    text
-                });
-        let counting = match counting {
-            Ok(h) => h,
-            // No thread to be had: count on this one.
-            Err(_) => {
-                counter.put_text(TextCount::new());
-                return recv_into(shared, conn, file, limit, keep, counter, flip, None, tee);
-            }
+    let write_thread = limit >= direct::DIRECT_MIN_BYTES && out.is_some();
+    let received = thread::scope(|scope| -> Result<_, Fail> {
+        let mut sink = Sink {
+            file: out.as_ref(),
+            error,
+            count: None,
+            write: None,
         };
-        let r = recv_into(
-            shared,
-            conn,
-            file,
-            limit,
-            keep,
-            counter,
-            flip,
-            Some(tx),
-            tee,
-        );
-        // The sender is gone (dropped with `recv_into`), so the thread ends after the last
-        // chunk; it counted while the temp file was being synced.
-        let text = counting
-            .join()
-            .map_err(|_| Fail::Reply(err::internal("the counting thread failed")))?;
-        r.map(|mut r| {
-            r.counter.put_text(text);
-            r
-        })
-    })
+        let mut counting = None;
+        if let Some(mut text) = text {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Arc<Vec<u8>>>(COUNT_QUEUE_CHUNKS);
+            let spawned =
+                thread::Builder::new()
+                    .name("ss-count".into())
+                    .spawn_scoped(scope, move || {
+                        for body in rx {
+                            text.update(&body);
+                        }
+                        text
+                    });
+            match spawned {
+                Ok(h) => {
+                    sink.count = Some(tx);
+                    counting = Some(h);
+                }
+                // No thread to be had: count on this one.
+                Err(_) => counter.put_text(TextCount::new()),
+            }
+        }
+        let mut writing = None;
+        if let (true, Some(t), Some(f)) = (write_thread, temp.as_ref(), out.as_ref()) {
+            let (tx, rx) =
+                std::sync::mpsc::sync_channel::<Arc<Vec<u8>>>(direct::WRITE_QUEUE_CHUNKS);
+            let path = t.path();
+            let spawned = thread::Builder::new()
+                .name("ss-write".into())
+                .spawn_scoped(scope, move || direct::write_all(path, f, rx));
+            // No thread to be had: this one writes in place.
+            if let Ok(h) = spawned {
+                sink.file = None;
+                sink.write = Some(tx);
+                writing = Some(h);
+            }
+        }
+        let r = recv_into(shared, conn, file, limit, counter, flip, sink, tee);
+        // The senders are gone (dropped with `recv_into`), so the threads end after the last
+        // chunk; they counted and wrote while this one received.
+        let written = writing.map(|h| h.join());
+        let text = counting.map(|h| h.join());
+        let (mut counter, mut error) = r?;
+        if let Some(text) = text {
+            let text =
+                text.map_err(|_| Fail::Reply(err::internal("the counting thread failed")))?;
+            counter.put_text(text);
+        }
+        match written {
+            None | Some(Ok(Ok(()))) => {}
+            Some(Ok(Err(e))) => {
+                error = error.or_else(|| Some(shared.store.io_error(file, e)));
+            }
+            Some(Err(_)) => return Err(Fail::Reply(err::internal("the writing thread failed"))),
+        }
+        Ok((counter, error))
+    });
+    let (counter, error) = received?;
+    Ok(Received::settle(
+        shared, file, temp, out, keep.sync, counter, error,
+    ))
 }
 
-/// The receive loop of [`recv_part`]; each chunk also goes to `count` and `tee` when given.
+/// Where [`recv_into`] puts the chunks it receives.
+pub(super) struct Sink<'a> {
+    /// The temp file, written in place (None when a writer thread writes it, or nothing is
+    /// stored).
+    pub(super) file: Option<&'a File>,
+    /// A local failure (disk full, ...) met while storing; the part is still read to END.
+    pub(super) error: Option<StoreError>,
+    /// The counting thread.
+    pub(super) count: Option<std::sync::mpsc::SyncSender<Arc<Vec<u8>>>>,
+    /// The writer thread.
+    pub(super) write: Option<std::sync::mpsc::SyncSender<Arc<Vec<u8>>>>,
+}
+
+/// The receive loop of [`recv_part`]: each chunk goes to `sink` and `tee`; returns the
+/// counter and the first local failure.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn recv_into(
     shared: &Shared,
     conn: &mut Connection,
     file: &str,
     limit: u64,
-    keep: Keep,
     mut counter: ContentCounter,
     flip: &mut bool,
-    count: Option<std::sync::mpsc::SyncSender<Arc<Vec<u8>>>>,
+    mut sink: Sink<'_>,
     mut tee: Option<&mut staging::Tee>,
-) -> Result<Received, Fail> {
-    let mut temp = None;
-    let mut out: Option<File> = None;
-    let mut error = None;
-    if keep.store {
-        match shared.store.temp_file(file) {
-            Ok((t, f)) => {
-                temp = Some(t);
-                out = Some(f);
-            }
-            Err(e) => error = Some(e),
-        }
-    }
+) -> Result<(ContentCounter, Option<StoreError>), Fail> {
     let mut written = 0u64;
     let mut flushed = 0u64;
     loop {
@@ -245,7 +283,7 @@ pub(super) fn recv_into(
                 } else {
                     counter.update_known(&body, crc);
                 }
-                if let Some(f) = out.as_mut() {
+                if let Some(mut f) = sink.file {
                     match f.write_all(&body) {
                         Ok(()) => {
                             written += body.len() as u64;
@@ -255,20 +293,26 @@ pub(super) fn recv_into(
                             }
                         }
                         Err(e) => {
-                            error = Some(shared.store.io_error(file, e));
-                            out = None;
+                            sink.error = Some(shared.store.io_error(file, e));
+                            sink.file = None;
                         }
                     }
                 }
-                if count.is_none() && tee.is_none() {
+                if sink.count.is_none() && sink.write.is_none() && tee.is_none() {
                     continue;
                 }
-                // Shared, not copied, with the counting thread and the partner's relay.
+                // Shared, not copied, with the writer and counting threads and the partner's
+                // relay.
                 let body = Arc::new(body);
+                if let Some(tx) = &sink.write {
+                    if tx.send(body.clone()).is_err() {
+                        return Err(Fail::Reply(err::internal("the writing thread failed")));
+                    }
+                }
                 if let Some(t) = tee.as_deref_mut() {
                     t.push(&body, crc);
                 }
-                if let Some(tx) = &count {
+                if let Some(tx) = &sink.count {
                     if tx.send(body).is_err() {
                         return Err(Fail::Reply(err::internal("the counting thread failed")));
                     }
@@ -288,10 +332,7 @@ pub(super) fn recv_into(
             }
         }
     }
-    drop(count);
-    Ok(Received::settle(
-        shared, file, temp, out, keep.sync, counter, error,
-    ))
+    Ok((counter, sink.error))
 }
 
 impl Received {

@@ -8,8 +8,9 @@
 //! The writer learns its partner from the name server: every HEARTBEAT_ACK carries `partner`
 //! while the partner is up, and the name server pushes an ack at once when the partner
 //! registers or goes down (the writer logs `ss_nm_link` with `partner`). While an UPLOAD of at
-//! least [`STAGE_MIN_BYTES`] arrives, the writer hands each chunk, after writing it to its own
-//! temp file, to a `Tee` thread that streams it to the partner as STAGE_UPLOAD (a ticket of
+//! least [`STAGE_MIN_BYTES`] arrives, the writer hands each chunk, as it hands it to the thread
+//! that writes its own temp file (see `direct.rs`; shared, not copied), to a `Tee` thread that
+//! streams it to the partner as STAGE_UPLOAD (a ticket of
 //! op `stage` the writer mints itself with the cluster key, for the partner's name),
 //! re-sending each chunk with the CRC32C its frame arrived with. When the upload's END
 //! arrives the relay sends END too, so the partner verifies size and CRC32C and fsyncs while

@@ -1,0 +1,295 @@
+//! Writing a large received part to its temp file beside the page cache.
+//!
+//! A part of at least [`DIRECT_MIN_BYTES`] (an UPLOAD, the partner's stage of it, a copy a
+//! backup receives whole) is not written by the thread that receives it: each chunk, once its
+//! CRC32C is checked, goes (shared, not copied) to a writer thread of its own, which gathers
+//! the chunks into aligned buffers of [`DIRECT_BUF_BYTES`]; a disk thread writes every full
+//! buffer with `O_DIRECT` on a second descriptor of the same temp file while the writer fills
+//! the other one. So the disk works while the network does and never waits for a copy, and
+//! the bytes are not copied into the page cache: on a storage server that copy (allocating
+//! and filling a fresh page per 4 KiB, then writing it back) cost more CPU than receiving the
+//! bytes, and the two servers of a pair write the same bytes at once.
+//!
+//! The last, partial buffer is written through the ordinary descriptor. A file system that
+//! refuses `O_DIRECT` (at open or at a write) gets the same buffers through the ordinary
+//! descriptor instead, with their write-back started as they are written
+//! ([`super::start_writeback`]). Durability is unchanged: `O_DIRECT` only bypasses the cache,
+//! so the part's temp file is still made durable by the fsync its caller asks for
+//! ([`super::SyncBy`]), after the writer is done; nothing is installed before that.
+//!
+//! A write that fails (disk full) ends the writing, not the receiving: the part is still read
+//! to its END and the error is reported with it, as for a part written in place.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::thread;
+
+/// Parts at least this large are written by a writer thread with `O_DIRECT`.
+pub(super) const DIRECT_MIN_BYTES: u64 = 4 << 20;
+/// Bytes gathered before one `O_DIRECT` write.
+pub(super) const DIRECT_BUF_BYTES: usize = 4 << 20;
+/// Alignment of an `O_DIRECT` write's memory, offset and length.
+const DIRECT_ALIGN: usize = 4096;
+/// Chunks that may wait for the writer thread: bounds the memory a part takes while the disk
+/// is slower than the network (the receiving thread then waits, and so does its peer).
+pub(super) const WRITE_QUEUE_CHUNKS: usize = 8;
+
+/// Aligned buffers of one part: one is gathered while the other is written.
+const BUFFERS: usize = 2;
+
+/// The writer thread's body: writes the chunks from `rx` one after the other to `out`, whose
+/// path is `path`, until the sender is dropped. Returns the first error; after an error the
+/// rest is only drained.
+///
+/// This thread gathers the chunks into aligned buffers and a disk thread of its own writes
+/// each full one, so the disk is not idle while a buffer is filled (without a thread to be
+/// had, this one writes them itself).
+pub(super) fn write_all(path: &Path, out: &File, rx: Receiver<Arc<Vec<u8>>>) -> io::Result<()> {
+    let (full_tx, full_rx) = sync_channel::<Aligned>(1);
+    let (free_tx, free_rx) = sync_channel::<Aligned>(BUFFERS);
+    thread::scope(|scope| {
+        let disk = thread::Builder::new()
+            .name("ss-disk".into())
+            .spawn_scoped(scope, move || {
+                let mut disk = Disk::new(path, out);
+                let mut result = Ok(());
+                for mut b in full_rx {
+                    if result.is_ok() {
+                        result = disk.write(&b);
+                    }
+                    b.fill = 0;
+                    // The gathering side may be gone already.
+                    let _ = free_tx.send(b);
+                }
+                result
+            });
+        let Ok(disk) = disk else {
+            return write_inline(path, out, rx);
+        };
+        let mut cur = Some(Aligned::new());
+        let mut spare = Some(Aligned::new());
+        for body in rx {
+            let mut rest = &body[..];
+            while !rest.is_empty() {
+                // The disk thread is gone (it failed): the rest is only drained.
+                let Some(b) = cur.as_mut() else { break };
+                rest = &rest[b.put(rest)..];
+                if b.fill == DIRECT_BUF_BYTES {
+                    let full = cur.take();
+                    if full.is_some_and(|f| full_tx.send(f).is_ok()) {
+                        cur = match spare.take() {
+                            Some(b) => Some(b),
+                            None => free_rx.recv().ok(),
+                        };
+                    }
+                }
+            }
+        }
+        if let Some(b) = cur.filter(|b| b.fill > 0) {
+            let _ = full_tx.send(b);
+        }
+        drop(full_tx);
+        disk.join()
+            .unwrap_or_else(|_| Err(io::Error::other("the disk thread failed")))
+    })
+}
+
+/// [`write_all`] on this thread alone.
+fn write_inline(path: &Path, out: &File, rx: Receiver<Arc<Vec<u8>>>) -> io::Result<()> {
+    let mut disk = Disk::new(path, out);
+    let mut b = Aligned::new();
+    let mut result = Ok(());
+    for body in rx {
+        let mut rest = &body[..];
+        while result.is_ok() && !rest.is_empty() {
+            rest = &rest[b.put(rest)..];
+            if b.fill == DIRECT_BUF_BYTES {
+                result = disk.write(&b);
+                b.fill = 0;
+            }
+        }
+    }
+    if result.is_ok() && b.fill > 0 {
+        result = disk.write(&b);
+    }
+    result
+}
+
+/// Room for [`DIRECT_BUF_BYTES`] at an aligned address.
+struct Aligned {
+    raw: Vec<u8>,
+    /// Where the aligned room starts in `raw` (past the end of the alignment where the
+    /// allocation cannot be aligned: then the buffer is written through the cache).
+    start: usize,
+    /// Bytes gathered.
+    fill: usize,
+}
+
+impl Aligned {
+    fn new() -> Aligned {
+        let raw = vec![0u8; DIRECT_BUF_BYTES + DIRECT_ALIGN];
+        let start = raw.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
+        Aligned {
+            raw,
+            start,
+            fill: 0,
+        }
+    }
+
+    /// Copies what fits of `bytes` in; returns how many.
+    fn put(&mut self, bytes: &[u8]) -> usize {
+        let n = bytes.len().min(DIRECT_BUF_BYTES - self.fill);
+        let at = self.start + self.fill;
+        self.raw[at..at + n].copy_from_slice(&bytes[..n]);
+        self.fill += n;
+        n
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.raw[self.start..self.start + self.fill]
+    }
+
+    /// Whole and aligned, so it can be written with `O_DIRECT`.
+    fn direct(&self) -> bool {
+        self.fill == DIRECT_BUF_BYTES && self.start < DIRECT_ALIGN
+    }
+}
+
+/// The temp file, written buffer after buffer from its start.
+struct Disk<'a> {
+    /// The temp file as created (buffered writes; its caller's fsync).
+    out: &'a File,
+    /// The same file opened with `O_DIRECT`; None where the file system refuses it.
+    direct: Option<File>,
+    /// Bytes of the file written so far (the offset of the next buffer).
+    pos: u64,
+    /// Bytes written through `out` whose write-back has not been started yet.
+    unflushed: u64,
+}
+
+impl<'a> Disk<'a> {
+    fn new(path: &Path, out: &'a File) -> Disk<'a> {
+        let direct = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .ok();
+        Disk {
+            out,
+            direct,
+            pos: 0,
+            unflushed: 0,
+        }
+    }
+
+    /// Writes `b` at the next offset: with `O_DIRECT` when it is whole and the file system
+    /// takes it, else (the last, partial buffer; from a refusal on) through the page cache.
+    fn write(&mut self, b: &Aligned) -> io::Result<()> {
+        if let (true, Some(d)) = (b.direct(), &self.direct) {
+            match d.write_all_at(b.bytes(), self.pos) {
+                Ok(()) => {
+                    self.pos += b.fill as u64;
+                    return Ok(());
+                }
+                // Refused (EINVAL where the file system cannot write around the cache) or
+                // failed: the ordinary descriptor writes it again below, and says which.
+                Err(_) => self.direct = None,
+            }
+        }
+        self.out.write_all_at(b.bytes(), self.pos)?;
+        self.pos += b.fill as u64;
+        self.unflushed += b.fill as u64;
+        if self.unflushed >= super::WRITEBACK_BYTES {
+            super::start_writeback(self.out, self.pos - self.unflushed, self.unflushed);
+            self.unflushed = 0;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the writer over `chunks` into a fresh file and returns what the file holds.
+    fn written(chunks: &[Vec<u8>]) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("part");
+        let out = File::create(&path).unwrap();
+        let (tx, rx) = sync_channel(WRITE_QUEUE_CHUNKS);
+        std::thread::scope(|s| {
+            let h = s.spawn(|| write_all(&path, &out, rx));
+            for c in chunks {
+                tx.send(Arc::new(c.clone())).unwrap();
+            }
+            drop(tx);
+            h.join().unwrap()
+        })
+        .unwrap();
+        out.sync_all().unwrap();
+        std::fs::read(&path).unwrap()
+    }
+
+    fn bytes(n: usize, seed: u8) -> Vec<u8> {
+        (0..n).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
+    }
+
+    #[test]
+    fn every_byte_lands_in_order_whatever_the_chunk_sizes() {
+        let chunks = vec![
+            bytes(1 << 20, 1),
+            bytes(3 << 20, 2),
+            bytes(12_345, 3),
+            bytes(DIRECT_BUF_BYTES, 4),
+            bytes(1, 5),
+            bytes((5 << 20) + 7, 6),
+        ];
+        let want: Vec<u8> = chunks.concat();
+        assert_eq!(written(&chunks), want);
+    }
+
+    #[test]
+    fn a_file_system_refusing_o_direct_gets_the_same_bytes_through_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("part");
+        let out = File::create(&path).unwrap();
+        let mut disk = Disk::new(&path, &out);
+        // As where the open with O_DIRECT failed.
+        disk.direct = None;
+        let chunks = [bytes(DIRECT_BUF_BYTES, 9), bytes(11, 10)];
+        for c in &chunks {
+            let mut b = Aligned::new();
+            assert_eq!(b.put(c), c.len());
+            disk.write(&b).unwrap();
+        }
+        out.sync_all().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), chunks.concat());
+    }
+
+    #[test]
+    fn written_on_this_thread_alone_every_byte_lands_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("part");
+        let out = File::create(&path).unwrap();
+        let chunks = [bytes(3 << 20, 11), bytes((6 << 20) + 13, 12)];
+        let (tx, rx) = sync_channel(chunks.len());
+        for c in &chunks {
+            tx.send(Arc::new(c.clone())).unwrap();
+        }
+        drop(tx);
+        write_inline(&path, &out, rx).unwrap();
+        out.sync_all().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), chunks.concat());
+    }
+
+    #[test]
+    fn whole_buffers_only_and_nothing_at_all_are_written_exactly() {
+        let chunks = vec![bytes(DIRECT_BUF_BYTES, 7), bytes(DIRECT_BUF_BYTES, 8)];
+        assert_eq!(written(&chunks), chunks.concat());
+        assert!(written(&[]).is_empty());
+    }
+}
