@@ -320,7 +320,7 @@ fn fill(c: &Cluster, ss: &str, slots: usize) -> Vec<std::net::TcpStream> {
         held = (0..slots).filter_map(|_| connect(c.ss_addr(ss))).collect();
         let mut p = raw_conn(c.ss_addr(ss));
         let _ = p.set_timeout(Some(Duration::from_secs(1)));
-        matches!(
+        let refused = matches!(
             p.recv(),
             Ok(Some(pairfs::protocol::Frame {
                 msg: Message::Err {
@@ -329,10 +329,23 @@ fn fill(c: &Cluster, ss: &str, slots: usize) -> Vec<std::net::TcpStream> {
                 },
                 ..
             }))
-        )
+        );
+        // The server is full, but perhaps of a connection on its way out (a client's that just
+        // closed) while one of ours was refused: ours were accepted before the probe, so a
+        // refusal of one has arrived by now (a LIMIT frame, then the close).
+        refused && held.iter().all(still_held)
     });
     assert!(full, "{ss} did not fill up");
     held
+}
+
+/// Whether the server still holds `s` open without having said anything on it.
+fn still_held(s: &std::net::TcpStream) -> bool {
+    let _ = s.set_nonblocking(true);
+    let quiet =
+        matches!(s.peek(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+    let _ = s.set_nonblocking(false);
+    quiet
 }
 
 #[test]
@@ -345,6 +358,15 @@ fn read_uses_the_other_copy_when_a_storage_server_is_full() {
         .run("CREATE full.txt\nWRITE full.txt 0\n0 From the other copy.\nETIRW\n")
         .assert_code(0);
     wait_file_replicated(&c, "ss1", "ss1_backup", "full.txt");
+    // The backup's disk holds it before the name server has settled the job; only then does
+    // it offer the backup's copy.
+    let settled = poll_until(WAIT, || {
+        c.client("alice")
+            .run("STATUS\n")
+            .stdout
+            .contains("queue depth 0")
+    });
+    assert!(settled, "the copy of full.txt was never settled");
     // Take both of ss1's slots with silent sockets (each may stay for the first-frame time).
     let _held = fill(&c, "ss1", 2);
     c.client("alice")
