@@ -115,6 +115,7 @@ fn config(dir: &std::path::Path, nm_addr: &str, key: &ClusterKey) -> Config {
         idle_timeout_ms: 60_000,
         fault_flip_put: false,
         fault_stage: None,
+        journal_checkpoint_ms: 20,
     }
 }
 

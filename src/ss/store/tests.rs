@@ -207,6 +207,8 @@ fn scan_adopts_hand_edits_and_cleans_up() {
     let (d, s) = store();
     s.create("a.txt", "alice", 1).unwrap();
     let m = commit(&s, "a.txt", "hello world.");
+    // A clean stop (a redo would otherwise rewrite the journaled content over the hand edit).
+    s.checkpoint_journal().unwrap();
     drop(s);
     // A hand-placed file, a hand edit, an unfinished create, a stray blob and a temp file.
     fs::write(d.path().join("files/new.txt"), "by hand").unwrap();
@@ -866,7 +868,7 @@ impl Fs for Recording {
 }
 
 #[test]
-fn create_and_a_content_change_make_the_durable_calls_in_the_documented_order() {
+fn without_the_journal_create_and_a_content_change_make_the_durable_calls_in_order() {
     let d = tempfile::tempdir().unwrap();
     let root = d.path().canonicalize().unwrap();
     let rec = Arc::new(Recording {
@@ -874,7 +876,7 @@ fn create_and_a_content_change_make_the_durable_calls_in_the_documented_order() 
         log: Mutex::new(Vec::new()),
         hold: Default::default(),
     });
-    let s = Store::open_on(rec.clone(), &root, "ss1").unwrap();
+    let s = Store::open_unjournaled(rec.clone(), &root, "ss1").unwrap();
     rec.take();
 
     // CREATE: the empty content and the record staged, both synced, the record renamed into
@@ -921,6 +923,66 @@ fn create_and_a_content_change_make_the_durable_calls_in_the_documented_order() 
     .map(String::from)
     .to_vec();
     assert_eq!(got, want);
+    assert_eq!(text(&s, "a"), "Hello.");
+}
+
+#[test]
+fn through_the_journal_a_change_syncs_only_its_entry_and_the_checkpoint_syncs_the_rest() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().canonicalize().unwrap();
+    let rec = Arc::new(Recording {
+        root: root.clone(),
+        log: Mutex::new(Vec::new()),
+        hold: Default::default(),
+    });
+    let s = Store::open_on(rec.clone(), &root, "ss1").unwrap();
+    rec.take();
+    // CREATE: both files staged, the entry synced, then both renamed without a sync.
+    s.create("a", "alice", 1).unwrap();
+    let want: Vec<String> = [
+        "create tmp",
+        "create tmp",
+        "sync file",
+        "rename tmp -> meta/a",
+        "rename tmp -> files/a",
+    ]
+    .map(String::from)
+    .to_vec();
+    assert_eq!(rec.take(), want);
+    // A content change: staged, the entry synced, then the old content linked into undo/
+    // and both renamed, without a sync.
+    let lock = s.file_lock("a");
+    let g = lock.lock().unwrap();
+    let (m, _) = s.current("a").unwrap();
+    s.write_content("a", m, b"Hello.").unwrap();
+    drop(g);
+    let want: Vec<String> = [
+        "create tmp",
+        "create tmp",
+        "sync file",
+        "link files/a -> undo/*",
+        "rename tmp -> files/a",
+        "rename tmp -> meta/a",
+    ]
+    .map(String::from)
+    .to_vec();
+    assert_eq!(rec.take(), want);
+    // The checkpoint: the three paths touched, each directory once, then the log emptied.
+    s.checkpoint_journal().unwrap();
+    let want: Vec<String> = [
+        "sync file",
+        "sync file",
+        "sync file",
+        "sync dir files",
+        "sync dir meta",
+        "sync dir undo",
+        "sync file",
+    ]
+    .map(String::from)
+    .to_vec();
+    assert_eq!(rec.take(), want);
+    s.checkpoint_journal().unwrap();
+    assert!(rec.take().is_empty(), "an empty journal costs nothing");
     assert_eq!(text(&s, "a"), "Hello.");
 }
 
@@ -1099,7 +1161,7 @@ fn wait_until(what: &str, done: impl Fn() -> bool) {
 }
 
 #[test]
-fn creates_queued_behind_a_batch_share_the_next_one() {
+fn without_the_journal_creates_queued_behind_a_batch_share_the_next_one() {
     const N: usize = 8;
     let d = tempfile::tempdir().unwrap();
     let root = d.path().canonicalize().unwrap();
@@ -1108,7 +1170,7 @@ fn creates_queued_behind_a_batch_share_the_next_one() {
         log: Mutex::new(Vec::new()),
         hold: Default::default(),
     });
-    let s = Store::open_on(rec.clone(), &root, "ss1").unwrap();
+    let s = Store::open_unjournaled(rec.clone(), &root, "ss1").unwrap();
     s.create("first.txt", "alice", 1).unwrap();
     rec.take();
     *rec.hold.0.lock().unwrap() = true;
