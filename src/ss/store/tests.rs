@@ -1075,10 +1075,12 @@ fn concurrent_changes_share_syncs_and_a_power_cut_loses_none_they_returned() {
         let root = d.path().join("ss");
         let s = Store::open_on(gate.clone(), &root, "ss1").unwrap();
         s.scan().unwrap();
-        // What each thread's calls returned: (text, version) of its file's last change.
-        let acked: Vec<Mutex<Option<(String, Version)>>> =
-            (0..THREADS).map(|_| Mutex::new(None)).collect();
+        // What each thread's calls returned: (text, version, previous text in its history)
+        // of its file's last change.
+        type Acked = Option<(String, Version, Option<String>)>;
+        let acked: Vec<Mutex<Acked>> = (0..THREADS).map(|_| Mutex::new(None)).collect();
         let start = std::sync::Barrier::new(THREADS + 1);
+        let stop = std::sync::atomic::AtomicBool::new(false);
         std::thread::scope(|scope| {
             for (t, slot) in acked.iter().enumerate() {
                 let (s, start) = (&s, &start);
@@ -1088,7 +1090,7 @@ fn concurrent_changes_share_syncs_and_a_power_cut_loses_none_they_returned() {
                     let Ok(mut m) = s.create(&file, "alice", 1) else {
                         return;
                     };
-                    *slot.lock().unwrap() = Some((String::new(), m.version));
+                    *slot.lock().unwrap() = Some((String::new(), m.version, None));
                     // The content and the history as the store should hold them.
                     let (mut now, mut history) = (String::new(), Vec::<String>::new());
                     for k in 1.. {
@@ -1109,11 +1111,23 @@ fn concurrent_changes_share_syncs_and_a_power_cut_loses_none_they_returned() {
                                 history.remove(0);
                             }
                         }
-                        *slot.lock().unwrap() = Some((now.clone(), next.version));
+                        *slot.lock().unwrap() =
+                            Some((now.clone(), next.version, history.last().cloned()));
                         m = next;
                     }
                 });
             }
+            // Journal checkpoints run meanwhile, so the cut may fall inside one.
+            let stop = &stop;
+            let s2 = &s;
+            scope.spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    if s2.checkpoint_journal().is_err() {
+                        return;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+            });
             start.wait();
             // Let the changes run for a while (longer each round), then cut the power
             // between two calls, whatever the threads are doing.
@@ -1122,6 +1136,7 @@ fn concurrent_changes_share_syncs_and_a_power_cut_loses_none_they_returned() {
                 std::thread::yield_now();
             }
             gate.cut();
+            stop.store(true, Ordering::SeqCst);
         });
         drop(s);
         let (file_syncs, _) = disk.syncs();
@@ -1130,7 +1145,7 @@ fn concurrent_changes_share_syncs_and_a_power_cut_loses_none_they_returned() {
         let mut changes = 0;
         for (t, slot) in acked.iter().enumerate() {
             let file = format!("d{}/f{t}.txt", t % 3);
-            let Some((text, version)) = slot.lock().unwrap().clone() else {
+            let Some((text, version, previous)) = slot.lock().unwrap().clone() else {
                 continue;
             };
             changes += 1;
@@ -1145,6 +1160,15 @@ fn concurrent_changes_share_syncs_and_a_power_cut_loses_none_they_returned() {
             );
             if meta.version == version {
                 assert_eq!(now, text, "round {round}: {file}");
+                // Its history too: the step before it comes back by UNDO.
+                if let Some(previous) = previous {
+                    let lock = s.file_lock(&file);
+                    let _g = lock.lock().unwrap();
+                    s.undo(&file, 1).unwrap_or_else(|e| {
+                        panic!("round {round}: {file}: undo of {version}: {e}")
+                    });
+                    assert_eq!(s.load_text(&file).unwrap().0, previous, "round {round}");
+                }
             }
         }
         assert!(changes > 0 && file_syncs > 0, "round {round}: nothing ran");
