@@ -402,6 +402,22 @@ fn every_other_change_of_a_journaled_file_settles_it_first() {
     assert!(s.load_text(FILE).is_err());
     assert_eq!(s.quarantined(FILE).unwrap().len(), 1);
 
+    // An install of a newer copy from the partner.
+    let (_d, disk, root, s) = journaled();
+    let partner_dir = tempfile::tempdir().unwrap();
+    let partner = Store::open(partner_dir.path(), "ss2").unwrap();
+    let newer = partner.create(FILE, "alice", 2).unwrap();
+    let (t, f) = s.temp_file(FILE).unwrap();
+    disk.sync_file(&f).unwrap();
+    let state = newer.state(FILE);
+    let (_, installed) = s
+        .install_copy(&state, &[], t.path(), &[], &[], &[])
+        .unwrap();
+    assert!(installed);
+    let s = after_cut(&disk, &root, s);
+    let (text, meta, _) = s.load_text(FILE).unwrap();
+    assert_eq!((text.as_str(), meta.version), ("", newer.version));
+
     // A large write takes the direct path.
     let (_d, disk, root, s) = journaled();
     let big = vec![b'x'; JOURNAL_MAX_CONTENT as usize + 1];
