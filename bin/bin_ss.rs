@@ -63,6 +63,11 @@ struct Args {
     /// free port).
     #[arg(long)]
     http_port: Option<u16>,
+    /// How often the store's journal of small changes is checkpointed: at most this long
+    /// after a CREATE or a small WRITE it is durable in place and its journal entry dropped.
+    #[arg(long, default_value_t = pairfs::ss::store::JOURNAL_CHECKPOINT_MS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    journal_checkpoint_ms: u64,
 }
 
 fn main() {
@@ -151,6 +156,7 @@ fn serve(args: Args) -> anyhow::Result<()> {
         fault_stage: pairfs::ss::server::staging::StageFault::from_env(
             std::env::var("PAIRFS_FAULT_STAGE").ok().as_deref(),
         ),
+        journal_checkpoint_ms: args.journal_checkpoint_ms,
     };
     ss::run(cfg, shutdown)?;
     Ok(())

@@ -11,7 +11,8 @@
 //! [`syncfs`]), through the store's `Fs` trait (whose real backend calls these), or through
 //! the name server's database, which reports each durable commit with
 //! [`count_store_commit`]. Each is counted in a process-wide atomic by kind ([`sync_counts`]),
-//! shown on `/metrics` as `pairfs_sync_calls_total{kind="file"|"dir"|"fs"|"store_commit"}`,
+//! shown on `/metrics` as
+//! `pairfs_sync_calls_total{kind="file"|"dir"|"data"|"fs"|"store_commit"}`,
 //! so the flushes an operation costs are measured by the servers themselves.
 
 use crate::ss::store::{Fs, OsFs};
@@ -26,6 +27,7 @@ static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 static SYNC_FILE: AtomicU64 = AtomicU64::new(0);
 static SYNC_DIR: AtomicU64 = AtomicU64::new(0);
+static SYNC_DATA: AtomicU64 = AtomicU64::new(0);
 static SYNC_FS: AtomicU64 = AtomicU64::new(0);
 static STORE_COMMIT: AtomicU64 = AtomicU64::new(0);
 
@@ -36,6 +38,8 @@ pub struct SyncCounts {
     pub file: u64,
     /// Directory fsyncs.
     pub dir: u64,
+    /// `fdatasync` calls (the storage server's journal).
+    pub data: u64,
     /// `syncfs` calls.
     pub fs: u64,
     /// Durable commits of the name server's database (each flushes the disk).
@@ -44,10 +48,11 @@ pub struct SyncCounts {
 
 impl SyncCounts {
     /// The counts as `(kind label, value)` pairs, in the order `/metrics` shows them.
-    pub fn by_kind(&self) -> [(&'static str, u64); 4] {
+    pub fn by_kind(&self) -> [(&'static str, u64); 5] {
         [
             ("file", self.file),
             ("dir", self.dir),
+            ("data", self.data),
             ("fs", self.fs),
             ("store_commit", self.store_commit),
         ]
@@ -59,6 +64,7 @@ pub fn sync_counts() -> SyncCounts {
     SyncCounts {
         file: SYNC_FILE.load(Ordering::Relaxed),
         dir: SYNC_DIR.load(Ordering::Relaxed),
+        data: SYNC_DATA.load(Ordering::Relaxed),
         fs: SYNC_FS.load(Ordering::Relaxed),
         store_commit: STORE_COMMIT.load(Ordering::Relaxed),
     }
@@ -73,6 +79,13 @@ pub fn count_store_commit() {
 pub fn fsync_file(f: &File) -> io::Result<()> {
     SYNC_FILE.fetch_add(1, Ordering::Relaxed);
     f.sync_all()
+}
+
+/// Makes a file's content durable, and of its metadata what reading it back needs (its
+/// size): `fdatasync`, counted.
+pub fn fdatasync_file(f: &File) -> io::Result<()> {
+    SYNC_DATA.fetch_add(1, Ordering::Relaxed);
+    f.sync_data()
 }
 
 /// Makes every write on the file system holding `f` durable (`syncfs`), counted.

@@ -417,6 +417,8 @@ mod tests {
         let m = s.create("a.txt", "alice", 1).unwrap();
         disk.plant_skip_dir_fsync();
         let m = s.write_content("a.txt", m, b"lost").unwrap();
+        // The journal's checkpoint is where the rename is made durable by a directory fsync.
+        s.checkpoint_journal().unwrap();
         drop(s);
         disk.power_cut().unwrap();
         let s = store_on(d.path(), &disk);

@@ -67,6 +67,9 @@ pub struct Config {
     /// Test hook for staged uploads received from the partner (`PAIRFS_FAULT_STAGE=forget`,
     /// `cut` or `refuse` for `bin_ss`; see [`server::staging::StageFault`]).
     pub fault_stage: Option<server::staging::StageFault>,
+    /// Period of the store journal's checkpoint (see `store::journal`): at most this long
+    /// after a small change its journal entry is replaced by the change made durable in place.
+    pub journal_checkpoint_ms: u64,
 }
 
 /// Why a storage server could not start.
@@ -121,6 +124,10 @@ impl Running {
         let deadline = Instant::now() + Duration::from_millis(SHUTDOWN_WAIT_MS);
         while self.shared.inflight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(5));
+        }
+        // A clean stop leaves the journal empty.
+        if let Err(e) = self.shared.store.checkpoint_journal() {
+            log::warn!(target: ev::SHUTDOWN, "journal checkpoint at shutdown failed: {e}");
         }
     }
 }
@@ -196,6 +203,23 @@ pub fn start(cfg: Config) -> Result<Running, SsError> {
                 thread::sleep(Duration::from_millis(SHUTDOWN_POLL_MS));
                 if last.elapsed() >= every {
                     s3.stages.sweep();
+                    last = Instant::now();
+                }
+            }
+        })
+        .map_err(SsError::Thread)?;
+    let s4 = shared.clone();
+    let period = Duration::from_millis(cfg.journal_checkpoint_ms.max(1));
+    thread::Builder::new()
+        .name("ss-journal".into())
+        .spawn(move || {
+            let mut last = Instant::now();
+            while !s4.stop.load(Ordering::SeqCst) {
+                thread::sleep(period.min(Duration::from_millis(SHUTDOWN_POLL_MS)));
+                if last.elapsed() >= period {
+                    if let Err(e) = s4.store.checkpoint_journal() {
+                        log::warn!(target: ev::SS_SCAN, "journal checkpoint failed: {e}");
+                    }
                     last = Instant::now();
                 }
             }

@@ -115,6 +115,7 @@ fn config(dir: &std::path::Path, nm_addr: &str, key: &ClusterKey) -> Config {
         idle_timeout_ms: 60_000,
         fault_flip_put: false,
         fault_stage: None,
+        journal_checkpoint_ms: 20,
     }
 }
 
@@ -1444,4 +1445,50 @@ fn a_batch_installs_each_copys_checkpoints_too() {
         dir_names(&root.join("tmp")).is_empty(),
         "temp files left behind"
     );
+}
+
+/// Bytes in the store's journal logs under a test cluster's directory.
+fn journal_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir.join("s/journal"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+#[test]
+fn the_store_journal_is_checkpointed_in_the_background_and_at_shutdown() {
+    // Every 20 ms (the tests' period): a CREATE's entry is gone soon after.
+    let cl = cluster(60_000);
+    cl.create("j.txt");
+    let deadline = std::time::Instant::now() + WAIT;
+    while journal_bytes(cl._dir.path()) > 0 {
+        assert!(std::time::Instant::now() < deadline, "never checkpointed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // With a period longer than the test, the clean stop empties it.
+    let dir = tempfile::tempdir().unwrap();
+    let nm = fake_nm();
+    let key = test_key();
+    let ss = start(Config {
+        journal_checkpoint_ms: 3_600_000,
+        ..config(dir.path(), &nm.addr, &key)
+    })
+    .unwrap();
+    nm.registered.recv_timeout(WAIT).unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while !ss.is_registered() {
+        assert!(std::time::Instant::now() < deadline, "never registered");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let cl = Cluster {
+        _dir: dir,
+        nm,
+        key,
+        ss,
+    };
+    cl.create("k.txt");
+    assert!(journal_bytes(cl._dir.path()) > 0);
+    let Cluster { _dir: dir, ss, .. } = cl;
+    ss.shutdown();
+    assert_eq!(journal_bytes(dir.path()), 0);
 }

@@ -53,7 +53,9 @@
 //!
 //! # Which changes are batched
 //!
-//! CREATE is. A content change (commit, upload, undo, revert) runs its job alone on its own
+//! A CREATE normally goes through the journal (see `journal`) and comes here only while
+//! the journal is closed after a failed sync; then it is batched. A content change taking
+//! the direct path (a large commit, upload, undo, revert) runs its job alone on its own
 //! thread ([`commit_alone`]): the same rounds and order, so everything above holds for it as
 //! a batch of one, but no queue. Batched, WRITE with many clients came out slower than
 //! one change at a time: a batch's members all wait for its slowest sync and its renames,

@@ -46,7 +46,117 @@ impl Store {
     /// Replaces the content of `file` (whose bookkeeping is `old`) with `bytes` as a new
     /// version, saving the old content as an undo step. Caller holds the lock.
     pub fn write_content(&self, file: &str, old: Meta, bytes: &[u8]) -> Result<Meta, StoreError> {
+        if old.size <= JOURNAL_MAX_CONTENT && bytes.len() as u64 <= JOURNAL_MAX_CONTENT {
+            if let Some(done) = self.write_journaled(file, &old, bytes) {
+                return done;
+            }
+        }
         self.write_with(file, old, Change::New(Source::Bytes(bytes)))
+    }
+
+    /// A small content change through the journal (see `journal`): the new content and record
+    /// staged, one entry appended and made durable, then the old content linked into `undo/`
+    /// and the staged files renamed into place, none of it synced. None when the journal is
+    /// closed or the content on disk is not the one `old` describes: the caller takes the
+    /// direct path. Caller holds the lock.
+    fn write_journaled(
+        &self,
+        file: &str,
+        old: &Meta,
+        bytes: &[u8],
+    ) -> Option<Result<Meta, StoreError>> {
+        let j = self.journal.as_ref()?;
+        let gate = j.enter();
+        let target = self.content_path(file);
+        let old_bytes = self.fs.read(&target).ok()?;
+        if old_bytes.len() as u64 != old.size {
+            return None;
+        }
+        let blob = blob_id(file, old.version, old.checksum);
+        let mut undo = old.undo.clone();
+        undo.push(blob.clone());
+        let dropped: Vec<String> = if undo.len() > UNDO_DEPTH {
+            undo.drain(..undo.len() - UNDO_DEPTH).collect()
+        } else {
+            Vec::new()
+        };
+        let (content_tmp, cf) = match self.stage(file, &mut |f| f.write_all(bytes)) {
+            Ok(x) => x,
+            Err(e) => return Some(Err(e)),
+        };
+        let staged = (|| {
+            let md = cf.metadata().map_err(|e| self.io(file, e))?;
+            let mut counter = ContentCounter::new();
+            counter.update(bytes);
+            let facts = counter.finish(mtime_ns(&md));
+            let meta = Meta {
+                version: self.next_version(Some(old)),
+                checksum: facts.checksum,
+                size: facts.size,
+                mtime_ns: facts.mtime_ns,
+                words: facts.words,
+                chars: facts.chars,
+                modified_ms: crate::auth::now_ms(),
+                owner: old.owner.clone(),
+                undo,
+            };
+            let (rp, _) = self.stage_meta(file, &meta)?;
+            Ok::<_, StoreError>((meta, rp))
+        })();
+        drop(cf);
+        let (meta, record_tmp) = match staged {
+            Ok(x) => x,
+            Err(e) => {
+                self.unstage(&[content_tmp], None);
+                return Some(Err(e));
+            }
+        };
+        let head = journal::Head {
+            file: file.to_string(),
+            meta: meta.clone(),
+            blob: Some(blob.clone()),
+            new_len: bytes.len() as u64,
+            old_len: old_bytes.len() as u64,
+        };
+        let paths = [target.clone(), self.meta_path(file), self.undo.join(&blob)];
+        let appended = journal::encode(&head, bytes, &old_bytes)
+            .and_then(|frame| j.append(&*self.fs, &gate, file, &frame, &paths));
+        match appended {
+            Ok(journal::Appended::Durable) => {}
+            Ok(journal::Appended::Closed) => {
+                self.unstage(&[content_tmp, record_tmp], None);
+                return None;
+            }
+            Err(e) => {
+                self.unstage(&[content_tmp, record_tmp], None);
+                return Some(Err(self.io(file, e)));
+            }
+        }
+        let applied = {
+            let _a = journal::Applying::begin();
+            let r = self
+                .link_history(file, old)
+                .and_then(|_| place(&*self.fs, &content_tmp, &target).map_err(|e| self.io(file, e)))
+                .and_then(|_| {
+                    place(&*self.fs, &record_tmp, &self.meta_path(file))
+                        .map_err(|e| self.io(file, e))
+                });
+            if r.is_ok() {
+                for b in &dropped {
+                    let _ = self.fs.remove_file(&self.undo.join(b));
+                }
+            }
+            r
+        };
+        drop(gate);
+        if let Err(e) = applied {
+            // The entry is durable: a restart redoes the change; until then the next access
+            // adopts what is in place.
+            self.unstage(&[content_tmp, record_tmp], None);
+            return Some(Err(content_saved(file, e)));
+        }
+        self.checkpoint_if_full();
+        Some(Ok(meta))
     }
 
     /// Saves the current content of `file` (at `old.version`) as a history entry by hard
@@ -116,6 +226,7 @@ impl Store {
         old: Meta,
         change: Change<'_>,
     ) -> Result<Meta, StoreError> {
+        self.settle(file)?;
         let target = self.content_path(file);
         let mut undo = old.undo.clone();
         // What this call staged, removed should the change fail; the history entry it linked.
@@ -244,6 +355,8 @@ impl Store {
     pub fn create_at(&self, file: &str, owner: &str, first: Version) -> Result<Meta, StoreError> {
         let lock = self.file_lock(file);
         let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
+        // Held from before the staging (see `journal`); None without a journal.
+        let gate = self.journal.as_ref().map(|j| (j, j.enter()));
         let target = self.content_path(file);
         if self.fs.exists(&target) {
             return Err(StoreError::Exists(names::display(file)));
@@ -273,6 +386,46 @@ impl Store {
                 return Err(e);
             }
         };
+        if let Some((j, gate)) = gate {
+            // One journal entry, then both renames unsynced (see `journal`).
+            let head = journal::Head {
+                file: file.to_string(),
+                meta: meta.clone(),
+                blob: None,
+                new_len: 0,
+                old_len: 0,
+            };
+            let paths = [target.clone(), self.meta_path(file)];
+            let appended = journal::encode(&head, b"", b"")
+                .and_then(|frame| j.append(&*self.fs, &gate, file, &frame, &paths));
+            match appended {
+                Ok(journal::Appended::Durable) => {
+                    let applied = {
+                        let _a = journal::Applying::begin();
+                        place(&*self.fs, &record_tmp, &self.meta_path(file))
+                            .and_then(|_| place(&*self.fs, &content_tmp, &target))
+                    };
+                    drop(gate);
+                    if let Err(e) = applied {
+                        // The entry is durable: a restart redoes the CREATE.
+                        self.unstage(&[record_tmp, content_tmp], None);
+                        return Err(content_saved(file, self.io(file, e)));
+                    }
+                    self.checkpoint_if_full();
+                    return Ok(meta);
+                }
+                // Closed after a failed sync: the direct path below.
+                Ok(journal::Appended::Closed) => drop(gate),
+                Err(e) => {
+                    self.unstage(&[record_tmp, content_tmp], None);
+                    return Err(self.io(file, e));
+                }
+            }
+        }
+        if let Err(e) = self.settle(file) {
+            self.unstage(&[record_tmp, content_tmp], None);
+            return Err(e);
+        }
         let job = batch::Job {
             // The empty content is synced too: its inode (and mtime) must be durable before
             // its name is.
@@ -299,6 +452,7 @@ impl Store {
 
     /// DELETE: content, bookkeeping and undo blobs. Caller holds the lock.
     pub fn delete(&self, file: &str) -> Result<(), StoreError> {
+        self.settle(file)?;
         let meta = self.read_meta(file);
         let existed = self
             .fs
@@ -346,6 +500,7 @@ impl Store {
     ) -> Result<Meta, StoreError> {
         let lock = self.file_lock(file);
         let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.settle(file)?;
         match self.current(file) {
             Ok((old, _)) => self.write_with(file, old, Change::New(Source::Temp(tmp, facts))),
             Err(StoreError::NotFound(_)) => {

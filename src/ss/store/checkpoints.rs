@@ -80,6 +80,8 @@ impl Store {
         self.epoch.fetch_max(epoch, Ordering::SeqCst);
         let lock = self.file_lock(file);
         let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
+        // The checkpoint links the content as it is in place: it must be durable first.
+        self.settle(file)?;
         let (meta, _) = self.current(file)?;
         let mut list = self.read_index(file);
         if list.iter().any(|c| c.tag == tag) {

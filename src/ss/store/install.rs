@@ -312,6 +312,15 @@ impl Store {
             .iter()
             .map(|l| l.lock().unwrap_or_else(|p| p.into_inner()))
             .collect();
+        // A journaled change of any of them is made durable first, or a redo could undo the
+        // install.
+        if let Err(e) = self.settle_all(&order) {
+            let msg = e.to_string();
+            return copies
+                .iter()
+                .map(|c| Err(self.io(&c.state.file, io::Error::other(msg.clone()))))
+                .collect();
+        }
         let mut results: Vec<Option<Result<(Meta, bool), StoreError>>> =
             copies.iter().map(|_| None).collect();
         // 1. Decide per file: already as new here, incomplete, or to install with this record

@@ -11,6 +11,8 @@
 //!                                  (tag, creator, created, size, checksum of each) and one
 //!                                  file per tag holding that checkpoint's bytes
 //! DIR/tmp/                          temp files for atomic replacement; emptied at startup
+//! DIR/journal/<n>.log               the write-ahead journal of small changes (see `journal`):
+//!                                   redone at startup, emptied by each checkpoint
 //! DIR/quarantine/<canonical name>.<epoch>-<counter>
 //!                                   a copy set aside because it holds changes the cluster
 //!                                   never acknowledged; `<epoch>-<counter>` is its version
@@ -55,7 +57,21 @@
 //! between is the same case
 //! as a crash between (2) and (3) above.
 //!
-//! A change (commit, upload, undo, revert, CREATE) makes its durable calls as one job of
+//! A CREATE and a small commit (`write_content`, new and old content each at most
+//! [`JOURNAL_MAX_CONTENT`]) go through the write-ahead journal (see `journal`, which gives
+//! the crash-safety argument): the new content and record are staged in `tmp/` unsynced, ONE
+//! journal entry holding everything needed to redo the change (the record, the new content,
+//! and for a commit the old content and its history entry's id) is appended and made durable
+//! by one `fdatasync` of the log shared with every change appending meanwhile, and only then
+//! are the old content linked into `undo/` and the staged files renamed into place, without
+//! any fsync. A checkpoint (every `--journal-checkpoint-ms`, when the log is large, at clean
+//! shutdown, and before any other change of a file with an entry in the log) fsyncs every
+//! path those changes touched and each directory once, then empties the log durably; startup
+//! redoes every complete entry durably before the scan. Every other change first settles its
+//! file ([`Store::settle`], under the file's lock), so no redo overwrites a newer state.
+//!
+//! Without the journal (a large commit, an upload, undo, revert; and CREATE while the
+//! journal is closed after a failed sync) a change makes its durable calls as one job of
 //! the store's group commit (see `batch`): CREATEs made at the same time share a batch, a
 //! content change runs its job alone on its own thread. The change first writes, without
 //! syncing, its new content (a CREATE: an empty file) and its new record to temp files in
@@ -75,7 +91,8 @@
 //!
 //! Modules: `layout` (paths and names), `record` ([`Meta`] and reading a file with it),
 //! `change` (the change protocol above: content changes, CREATE, DELETE, history entries),
-//! `batch` (the group commit of changes),
+//! `batch` (the group commit of changes), `journal` (the write-ahead journal of small
+//! changes),
 //! `install` (received copies and stages), `scan` (adoption, the startup scan, verification),
 //! `quarantine`, `checkpoints` and `moves` (folders and MOVE).
 
@@ -103,6 +120,9 @@ mod batch;
 mod change;
 mod checkpoints;
 mod install;
+mod journal;
+#[cfg(test)]
+mod journal_tests;
 mod layout;
 mod moves;
 mod quarantine;
@@ -114,6 +134,7 @@ pub mod vfs;
 
 pub use checkpoints::MAX_CHECKPOINTS;
 pub use install::{Basis, CopyIn, TempFile, Transfer};
+pub use journal::{JOURNAL_CHECKPOINT_BYTES, JOURNAL_CHECKPOINT_MS, JOURNAL_MAX_CONTENT};
 pub use layout::{
     blob_id, file_hash, parse_blob_id, parse_quarantine_name, quarantine_base, quarantine_rel,
 };
@@ -210,10 +231,13 @@ pub struct Store {
     quarantine: PathBuf,
     epoch: Arc<AtomicU64>,
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
-    /// Where the file-system calls go (see [`vfs`]).
+    /// Where the file-system calls go (see [`vfs`]), through the journal's guard.
     fs: Arc<dyn Fs>,
     /// The group commit of changes (see `batch`).
     batch: batch::Batcher,
+    /// The write-ahead journal of small changes (see `journal`); None only in tests of the
+    /// direct path.
+    journal: Option<Arc<journal::Journal>>,
 }
 
 impl Store {
@@ -223,13 +247,39 @@ impl Store {
         Store::open_on(Arc::new(OsFs), root, name)
     }
 
-    /// [`Store::open`] with its file-system calls going to `fs`.
+    /// [`Store::open`] with its file-system calls going to `fs`. Empties `tmp/`, then redoes
+    /// every complete entry of the journal (see `journal`) before returning.
     pub fn open_on(fs: Arc<dyn Fs>, root: &Path, name: &str) -> Result<Store, StoreError> {
+        Store::open_with(fs, root, name, true)
+    }
+
+    /// [`Store::open_on`] without a journal: every change takes the direct path (`batch`).
+    #[cfg(test)]
+    pub(crate) fn open_unjournaled(
+        fs: Arc<dyn Fs>,
+        root: &Path,
+        name: &str,
+    ) -> Result<Store, StoreError> {
+        Store::open_with(fs, root, name, false)
+    }
+
+    fn open_with(
+        fs: Arc<dyn Fs>,
+        root: &Path,
+        name: &str,
+        journaled: bool,
+    ) -> Result<Store, StoreError> {
         let io_err = |source| StoreError::Io {
             file: root.display().to_string(),
             source,
         };
-        let s = Store {
+        let guard = Arc::new(journal::Guard {
+            inner: fs,
+            files: root.join("files"),
+            meta: root.join("meta"),
+            journal: std::sync::OnceLock::new(),
+        });
+        let mut s = Store {
             name: name.to_string(),
             files: root.join("files"),
             meta: root.join("meta"),
@@ -239,8 +289,9 @@ impl Store {
             quarantine: root.join("quarantine"),
             epoch: Arc::new(AtomicU64::new(1)),
             locks: Mutex::new(HashMap::new()),
-            fs,
+            fs: guard.clone(),
             batch: batch::Batcher::default(),
+            journal: None,
         };
         s.fs.create_dirs_durable(root).map_err(io_err)?;
         tighten_root(root).map_err(io_err)?;
@@ -254,6 +305,21 @@ impl Store {
             } else {
                 let _ = s.fs.remove_file(&p);
             }
+        }
+        if journaled {
+            let (j, entries, old) =
+                journal::Journal::open(&*s.fs, &root.join("journal")).map_err(io_err)?;
+            for e in &entries {
+                s.redo(e)?;
+            }
+            if !entries.is_empty() {
+                log::info!(target: ev::SS_SCAN, entries = entries.len() as u64;
+                    "redid {} journal entries", entries.len());
+            }
+            j.forget_old(&*s.fs, &old).map_err(io_err)?;
+            let j = Arc::new(j);
+            let _ = guard.journal.set(j.clone());
+            s.journal = Some(j);
         }
         Ok(s)
     }

@@ -49,6 +49,7 @@ impl Store {
 
     /// Renames `from` to `to` (canonical names). Caller holds both files' locks.
     pub fn move_file(&self, from: &str, to: &str) -> Result<Meta, StoreError> {
+        self.settle_all(&[from, to])?;
         let (meta, _) = self.current(from)?;
         if self.fs.exists(&self.content_path(to)) || self.fs.exists(&self.meta_path(to)) {
             return Err(StoreError::Exists(names::display(to)));

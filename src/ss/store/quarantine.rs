@@ -11,6 +11,7 @@ impl Store {
         file: &str,
         keep: Option<Version>,
     ) -> Result<Option<String>, StoreError> {
+        self.settle(file)?;
         let meta = self.read_meta(file);
         let content = self.content_path(file);
         let has_content = self.fs.exists(&content);

@@ -26,6 +26,7 @@ impl Store {
         old: Option<Meta>,
         durable: bool,
     ) -> Result<Meta, StoreError> {
+        self.settle(file)?;
         let f = self.facts(file)?;
         let meta = Meta {
             version: self.next_version(old.as_ref()),
@@ -89,6 +90,9 @@ impl Store {
         let Some(meta) = self.read_meta(file) else {
             return false;
         };
+        if self.settle(file).is_err() {
+            return false;
+        }
         let _ = self.fs.remove(&self.meta_path(file));
         for b in meta.undo {
             let _ = self.fs.remove_file(&self.undo.join(b));

@@ -207,6 +207,8 @@ fn scan_adopts_hand_edits_and_cleans_up() {
     let (d, s) = store();
     s.create("a.txt", "alice", 1).unwrap();
     let m = commit(&s, "a.txt", "hello world.");
+    // A clean stop (a redo would otherwise rewrite the journaled content over the hand edit).
+    s.checkpoint_journal().unwrap();
     drop(s);
     // A hand-placed file, a hand edit, an unfinished create, a stray blob and a temp file.
     fs::write(d.path().join("files/new.txt"), "by hand").unwrap();
@@ -866,7 +868,7 @@ impl Fs for Recording {
 }
 
 #[test]
-fn create_and_a_content_change_make_the_durable_calls_in_the_documented_order() {
+fn without_the_journal_create_and_a_content_change_make_the_durable_calls_in_order() {
     let d = tempfile::tempdir().unwrap();
     let root = d.path().canonicalize().unwrap();
     let rec = Arc::new(Recording {
@@ -874,7 +876,7 @@ fn create_and_a_content_change_make_the_durable_calls_in_the_documented_order() 
         log: Mutex::new(Vec::new()),
         hold: Default::default(),
     });
-    let s = Store::open_on(rec.clone(), &root, "ss1").unwrap();
+    let s = Store::open_unjournaled(rec.clone(), &root, "ss1").unwrap();
     rec.take();
 
     // CREATE: the empty content and the record staged, both synced, the record renamed into
@@ -921,6 +923,66 @@ fn create_and_a_content_change_make_the_durable_calls_in_the_documented_order() 
     .map(String::from)
     .to_vec();
     assert_eq!(got, want);
+    assert_eq!(text(&s, "a"), "Hello.");
+}
+
+#[test]
+fn through_the_journal_a_change_syncs_only_its_entry_and_the_checkpoint_syncs_the_rest() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().canonicalize().unwrap();
+    let rec = Arc::new(Recording {
+        root: root.clone(),
+        log: Mutex::new(Vec::new()),
+        hold: Default::default(),
+    });
+    let s = Store::open_on(rec.clone(), &root, "ss1").unwrap();
+    rec.take();
+    // CREATE: both files staged, the entry synced, then both renamed without a sync.
+    s.create("a", "alice", 1).unwrap();
+    let want: Vec<String> = [
+        "create tmp",
+        "create tmp",
+        "sync file",
+        "rename tmp -> meta/a",
+        "rename tmp -> files/a",
+    ]
+    .map(String::from)
+    .to_vec();
+    assert_eq!(rec.take(), want);
+    // A content change: staged, the entry synced, then the old content linked into undo/
+    // and both renamed, without a sync.
+    let lock = s.file_lock("a");
+    let g = lock.lock().unwrap();
+    let (m, _) = s.current("a").unwrap();
+    s.write_content("a", m, b"Hello.").unwrap();
+    drop(g);
+    let want: Vec<String> = [
+        "create tmp",
+        "create tmp",
+        "sync file",
+        "link files/a -> undo/*",
+        "rename tmp -> files/a",
+        "rename tmp -> meta/a",
+    ]
+    .map(String::from)
+    .to_vec();
+    assert_eq!(rec.take(), want);
+    // The checkpoint: the three paths touched, each directory once, then the log emptied.
+    s.checkpoint_journal().unwrap();
+    let want: Vec<String> = [
+        "sync file",
+        "sync file",
+        "sync file",
+        "sync dir files",
+        "sync dir meta",
+        "sync dir undo",
+        "sync file",
+    ]
+    .map(String::from)
+    .to_vec();
+    assert_eq!(rec.take(), want);
+    s.checkpoint_journal().unwrap();
+    assert!(rec.take().is_empty(), "an empty journal costs nothing");
     assert_eq!(text(&s, "a"), "Hello.");
 }
 
@@ -1013,10 +1075,12 @@ fn concurrent_changes_share_syncs_and_a_power_cut_loses_none_they_returned() {
         let root = d.path().join("ss");
         let s = Store::open_on(gate.clone(), &root, "ss1").unwrap();
         s.scan().unwrap();
-        // What each thread's calls returned: (text, version) of its file's last change.
-        let acked: Vec<Mutex<Option<(String, Version)>>> =
-            (0..THREADS).map(|_| Mutex::new(None)).collect();
+        // What each thread's calls returned: (text, version, previous text in its history)
+        // of its file's last change.
+        type Acked = Option<(String, Version, Option<String>)>;
+        let acked: Vec<Mutex<Acked>> = (0..THREADS).map(|_| Mutex::new(None)).collect();
         let start = std::sync::Barrier::new(THREADS + 1);
+        let stop = std::sync::atomic::AtomicBool::new(false);
         std::thread::scope(|scope| {
             for (t, slot) in acked.iter().enumerate() {
                 let (s, start) = (&s, &start);
@@ -1026,7 +1090,7 @@ fn concurrent_changes_share_syncs_and_a_power_cut_loses_none_they_returned() {
                     let Ok(mut m) = s.create(&file, "alice", 1) else {
                         return;
                     };
-                    *slot.lock().unwrap() = Some((String::new(), m.version));
+                    *slot.lock().unwrap() = Some((String::new(), m.version, None));
                     // The content and the history as the store should hold them.
                     let (mut now, mut history) = (String::new(), Vec::<String>::new());
                     for k in 1.. {
@@ -1047,11 +1111,23 @@ fn concurrent_changes_share_syncs_and_a_power_cut_loses_none_they_returned() {
                                 history.remove(0);
                             }
                         }
-                        *slot.lock().unwrap() = Some((now.clone(), next.version));
+                        *slot.lock().unwrap() =
+                            Some((now.clone(), next.version, history.last().cloned()));
                         m = next;
                     }
                 });
             }
+            // Journal checkpoints run meanwhile, so the cut may fall inside one.
+            let stop = &stop;
+            let s2 = &s;
+            scope.spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    if s2.checkpoint_journal().is_err() {
+                        return;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+            });
             start.wait();
             // Let the changes run for a while (longer each round), then cut the power
             // between two calls, whatever the threads are doing.
@@ -1060,6 +1136,7 @@ fn concurrent_changes_share_syncs_and_a_power_cut_loses_none_they_returned() {
                 std::thread::yield_now();
             }
             gate.cut();
+            stop.store(true, Ordering::SeqCst);
         });
         drop(s);
         let (file_syncs, _) = disk.syncs();
@@ -1068,7 +1145,7 @@ fn concurrent_changes_share_syncs_and_a_power_cut_loses_none_they_returned() {
         let mut changes = 0;
         for (t, slot) in acked.iter().enumerate() {
             let file = format!("d{}/f{t}.txt", t % 3);
-            let Some((text, version)) = slot.lock().unwrap().clone() else {
+            let Some((text, version, previous)) = slot.lock().unwrap().clone() else {
                 continue;
             };
             changes += 1;
@@ -1083,6 +1160,15 @@ fn concurrent_changes_share_syncs_and_a_power_cut_loses_none_they_returned() {
             );
             if meta.version == version {
                 assert_eq!(now, text, "round {round}: {file}");
+                // Its history too: the step before it comes back by UNDO.
+                if let Some(previous) = previous {
+                    let lock = s.file_lock(&file);
+                    let _g = lock.lock().unwrap();
+                    s.undo(&file, 1).unwrap_or_else(|e| {
+                        panic!("round {round}: {file}: undo of {version}: {e}")
+                    });
+                    assert_eq!(s.load_text(&file).unwrap().0, previous, "round {round}");
+                }
             }
         }
         assert!(changes > 0 && file_syncs > 0, "round {round}: nothing ran");
@@ -1099,7 +1185,7 @@ fn wait_until(what: &str, done: impl Fn() -> bool) {
 }
 
 #[test]
-fn creates_queued_behind_a_batch_share_the_next_one() {
+fn without_the_journal_creates_queued_behind_a_batch_share_the_next_one() {
     const N: usize = 8;
     let d = tempfile::tempdir().unwrap();
     let root = d.path().canonicalize().unwrap();
@@ -1108,7 +1194,7 @@ fn creates_queued_behind_a_batch_share_the_next_one() {
         log: Mutex::new(Vec::new()),
         hold: Default::default(),
     });
-    let s = Store::open_on(rec.clone(), &root, "ss1").unwrap();
+    let s = Store::open_unjournaled(rec.clone(), &root, "ss1").unwrap();
     s.create("first.txt", "alice", 1).unwrap();
     rec.take();
     *rec.hold.0.lock().unwrap() = true;

@@ -43,6 +43,11 @@ pub trait Fs: Send + Sync {
     fn open(&self, path: &Path) -> io::Result<File>;
     /// Makes a file's content durable (fsync).
     fn sync_file(&self, f: &File) -> io::Result<()>;
+    /// Makes a file's content (and the size needed to read it) durable: `fdatasync`, the
+    /// journal's flush. By default [`Fs::sync_file`].
+    fn sync_data(&self, f: &File) -> io::Result<()> {
+        self.sync_file(f)
+    }
     /// Makes several files' content durable (fsync each); one result per file, in order.
     fn sync_files(&self, files: &[&File]) -> Vec<io::Result<()>>;
     /// Makes a batch of changes' few small temp files durable (fsync each); one result per
@@ -53,6 +58,13 @@ pub trait Fs: Send + Sync {
     }
     /// Makes everything written on the file system holding `dir` durable (`syncfs`).
     fn sync_fs(&self, dir: &Path) -> io::Result<()>;
+    /// Makes everything written on the file system holding `dir` durable through a window
+    /// opened before those writes (so every write-back error since is reported; see
+    /// `durable::FsSync`). By default [`Fs::sync_fs`].
+    fn sync_fs_window(&self, w: &crate::durable::FsSync, dir: &Path) -> io::Result<()> {
+        let _ = w;
+        self.sync_fs(dir)
+    }
     /// Renames `from` to `to` atomically, replacing `to`.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Makes the entries of a directory (renames, links, removals) durable (fsync).
@@ -185,8 +197,14 @@ impl Fs for OsFs {
     fn sync_file(&self, f: &File) -> io::Result<()> {
         crate::durable::fsync_file(f)
     }
+    fn sync_data(&self, f: &File) -> io::Result<()> {
+        crate::durable::fdatasync_file(f)
+    }
     fn sync_files(&self, files: &[&File]) -> Vec<io::Result<()>> {
         crate::durable::sync_files(files.iter().copied())
+    }
+    fn sync_fs_window(&self, w: &crate::durable::FsSync, _dir: &Path) -> io::Result<()> {
+        w.sync()
     }
     fn sync_batch(&self, files: &[&File]) -> Vec<io::Result<()>> {
         crate::durable::sync_files_in_turn(files)

@@ -1,0 +1,674 @@
+//! The write-ahead journal: a CREATE or a small content change costs one flush.
+//!
+//! A journaled change (CREATE, and a commit's `write_content` whose new and old content are
+//! each at most [`JOURNAL_MAX_CONTENT`]) appends ONE entry to `DIR/journal/<n>.log` holding
+//! everything needed to redo it: the file name, the new [`Meta`] (version, checksum, mtime,
+//! undo list...), the new content, and for a content change the old content and the id of
+//! the history entry it becomes. The entry is framed as `length (u32 LE)`, `crc32c (u32 LE)`
+//! of the payload, payload; a frame that is short or fails its checksum ends the log (a torn
+//! tail: it was never acknowledged). The entry is made durable by one `fdatasync` of the log,
+//! shared by every change appending meanwhile (leader/follower, as in `batch`), and only then
+//! does the change touch the file system: the old content is hard-linked into `undo/`, the
+//! staged content and record (temp files in `tmp/`, written before the append) are renamed
+//! into place, all WITHOUT any fsync. The change returns once its entry is durable and its
+//! renames are made.
+//!
+//! A checkpoint makes the journaled changes durable in place and empties the journal: every
+//! path touched since the last checkpoint (contents, records, history entries; tracked in
+//! memory) is fsynced, then each directory touched, once; then the log is truncated and the
+//! truncation made durable. When many paths were touched and the kernel's `syncfs` reports
+//! every write-back error (Linux 5.17 and later), one `syncfs` through a window opened at the
+//! previous checkpoint replaces the per-file fsyncs (the directories are still fsynced): the
+//! store may share its file system with other programs, whose dirty data `syncfs` also waits
+//! for, so small checkpoints fsync their paths. A checkpoint runs every
+//! `--journal-checkpoint-ms` (a thread of the storage server), when the log passes
+//! [`JOURNAL_CHECKPOINT_BYTES`], at clean shutdown, and whenever a file with an entry in the
+//! current log is about to be changed by anything but a journaled change ([`Store::settle`]).
+//!
+//! At open, before the scan, every complete entry of every log is redone in order, each
+//! durably through the ordinary slow path (history entry from the old bytes, content with the
+//! journaled mtime, record), then a new empty log is made durably and the old ones removed.
+//!
+//! # Why no acknowledged change is lost, and no newer state is overwritten
+//!
+//! * Append first, file system second: an entry is durable before any file-system change of
+//!   its change is made. A power cut before its `fdatasync` returned leaves the file system as
+//!   it was (nothing was renamed yet; staged temp files are in `tmp/`, emptied at open) and
+//!   the change unacknowledged; a torn entry is ignored. After it, whatever subset of the
+//!   unsynced renames, links and bytes survived (another change's directory fsync may even
+//!   have made a rename durable whose bytes were not), the redo rewrites the history entry,
+//!   the content and the record from the entry, durably, so the acknowledged state is
+//!   reached. Redone entries are applied in log order, so the last entry of a file wins.
+//! * Redo is idempotent: it only writes whole files from the entry (each an atomic, durable
+//!   replace) and the log is emptied only after every entry was redone, so a power cut
+//!   during the redo redoes it again.
+//! * Appends and the checkpoint never race: a journaled change holds the journal's gate
+//!   (shared) from before it stages its temp files until its renames are made and its paths
+//!   are tracked; a checkpoint holds it exclusively from before it syncs until the log's
+//!   truncation is durable. So every entry in the log when it is truncated belongs to a
+//!   change whose paths the checkpoint has just made durable, and the `syncfs` window opened
+//!   while the gate is held covers every byte a later change writes.
+//! * No redo overwrites a newer durable state: every other change of a file (DELETE, MOVE,
+//!   quarantine, installs, checkpoints, REVERT, UNDO, UPLOAD, a large write, adoption, the
+//!   removal of a vanished file) first calls [`Store::settle`] under the file's lock, which
+//!   checkpoints when the file has an entry in the log; the file's lock keeps a new entry from
+//!   appearing before that change is made. The store's file-system calls go through a guard
+//!   ([`Guard`]) that refuses a rename, removal or link of a file's content or record while
+//!   the file has an entry in the log, unless the calling thread is applying a journaled
+//!   change: a forgotten settle fails loudly instead of leaving a redo that would undo it.
+//! * A failed `fdatasync` of the log fails the changes waiting for it (their outcome is then
+//!   unknown: the entry may or may not be durable) and closes the journal: changes take the
+//!   direct path (`batch`) until a checkpoint has made everything durable and truncated the
+//!   log again.
+
+use super::*;
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::os::unix::fs::FileExt;
+use std::sync::{Condvar, RwLock, RwLockReadGuard};
+
+/// Largest new or old content a content change may carry in a journal entry; larger changes
+/// take the direct path.
+pub const JOURNAL_MAX_CONTENT: u64 = 1 << 20;
+/// Log size past which the change that appended checkpoints.
+pub const JOURNAL_CHECKPOINT_BYTES: u64 = 64 << 20;
+/// Default checkpoint period of a storage server.
+pub const JOURNAL_CHECKPOINT_MS: u64 = 1000;
+/// Paths tracked beyond which a checkpoint uses one `syncfs` rather than an fsync each.
+const SYNCFS_ABOVE: usize = 64;
+/// Bytes of a frame's header: length and crc32c.
+const FRAME_HEAD: usize = 8;
+/// Largest payload a frame may declare (two contents and a header); a larger one is torn.
+const MAX_PAYLOAD: u64 = 2 * JOURNAL_MAX_CONTENT + (1 << 20);
+
+/// What a journal entry says about its change, besides the bytes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Head {
+    /// The canonical file name.
+    pub file: String,
+    /// The record after the change.
+    pub meta: Meta,
+    /// A content change: the history entry the old content becomes. None for a CREATE.
+    pub blob: Option<String>,
+    /// Bytes of new content following the head.
+    pub new_len: u64,
+    /// Bytes of old content following the new (0 for a CREATE).
+    pub old_len: u64,
+}
+
+/// One decoded entry.
+#[derive(Debug, Clone)]
+pub(super) struct Entry {
+    pub head: Head,
+    pub new: Vec<u8>,
+    pub old: Vec<u8>,
+}
+
+/// The frame of an entry: length, crc32c, then the payload (head length (u32 LE), head JSON,
+/// new content, old content).
+pub(super) fn encode(head: &Head, new: &[u8], old: &[u8]) -> io::Result<Vec<u8>> {
+    let h = serde_json::to_vec(head).map_err(io::Error::other)?;
+    let payload_len = 4 + h.len() + new.len() + old.len();
+    let mut out = Vec::with_capacity(FRAME_HEAD + payload_len);
+    out.extend_from_slice(&(payload_len as u32).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&(h.len() as u32).to_le_bytes());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(new);
+    out.extend_from_slice(old);
+    let crc = crc32c::crc32c(&out[FRAME_HEAD..]);
+    out[4..8].copy_from_slice(&crc.to_le_bytes());
+    Ok(out)
+}
+
+/// The complete entries of a log, in order, up to the first torn or damaged frame.
+pub(super) fn decode(log: &[u8]) -> Vec<Entry> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while log.len() - at >= FRAME_HEAD {
+        let len = u32::from_le_bytes(log[at..at + 4].try_into().unwrap_or_default()) as usize;
+        let crc = u32::from_le_bytes(log[at + 4..at + 8].try_into().unwrap_or_default());
+        let start = at + FRAME_HEAD;
+        if len as u64 > MAX_PAYLOAD || log.len() - start < len {
+            break;
+        }
+        let payload = &log[start..start + len];
+        if crc32c::crc32c(payload) != crc {
+            break;
+        }
+        match parse_payload(payload) {
+            Some(e) => out.push(e),
+            None => break,
+        }
+        at = start + len;
+    }
+    out
+}
+
+fn parse_payload(p: &[u8]) -> Option<Entry> {
+    let hl = u32::from_le_bytes(p.get(..4)?.try_into().ok()?) as usize;
+    let head: Head = serde_json::from_slice(p.get(4..4 + hl)?).ok()?;
+    let rest = p.get(4 + hl..)?;
+    let (nl, ol) = (
+        usize::try_from(head.new_len).ok()?,
+        usize::try_from(head.old_len).ok()?,
+    );
+    if rest.len() != nl.checked_add(ol)? {
+        return None;
+    }
+    Some(Entry {
+        new: rest[..nl].to_vec(),
+        old: rest[nl..].to_vec(),
+        head,
+    })
+}
+
+thread_local! {
+    /// Whether this thread is applying a journaled change (see [`Guard`]).
+    static APPLYING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the calling thread as applying a journaled change while it lives.
+pub(super) struct Applying(());
+
+impl Applying {
+    pub(super) fn begin() -> Applying {
+        APPLYING.with(|a| a.set(true));
+        Applying(())
+    }
+}
+
+impl Drop for Applying {
+    fn drop(&mut self) {
+        APPLYING.with(|a| a.set(false));
+    }
+}
+
+struct State {
+    /// The current log, its path, and the bytes written to it / known durable.
+    log: Arc<File>,
+    len: u64,
+    synced: u64,
+    syncing: bool,
+    /// A sync of the log failed: nothing more is appended until a checkpoint succeeds.
+    broken: bool,
+    /// Files with an entry in the current log.
+    pending: HashSet<String>,
+    /// Paths and directories touched by journaled changes since the last checkpoint.
+    paths: BTreeSet<PathBuf>,
+    dirs: BTreeSet<PathBuf>,
+    /// The `syncfs` window opened at the last checkpoint, if this kernel's `syncfs` reports
+    /// every error.
+    window: Option<durable::FsSync>,
+}
+
+/// The journal of a store (see the module docs).
+pub(super) struct Journal {
+    dir: PathBuf,
+    st: Mutex<State>,
+    wake: Condvar,
+    /// Shared by changes from staging to tracking, exclusive to a checkpoint.
+    gate: RwLock<()>,
+    /// One checkpoint at a time.
+    ckpt: Mutex<()>,
+}
+
+/// How an append ended.
+pub(super) enum Appended {
+    /// The entry is durable.
+    Durable,
+    /// The journal is closed after a failed sync; nothing was written: take the direct path.
+    Closed,
+}
+
+impl Journal {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Opens the journal under `dir` (made durably if missing): returns it, with a new empty
+    /// log made durable, and the complete entries of the logs found, in order, for the caller
+    /// to redo; the old logs are removed by [`Journal::forget_old`] once they are redone.
+    pub(super) fn open(fs: &dyn Fs, dir: &Path) -> io::Result<(Journal, Vec<Entry>, Vec<PathBuf>)> {
+        fs.create_dirs_durable(dir)?;
+        let mut logs: BTreeMap<u64, PathBuf> = BTreeMap::new();
+        for e in fs.read_dir(dir)? {
+            let p = e?.path();
+            let n = p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".log"))
+                .and_then(|n| n.parse::<u64>().ok());
+            match n {
+                Some(n) => {
+                    logs.insert(n, p);
+                }
+                // Not a log (a leftover of something else): ignored.
+                None => continue,
+            }
+        }
+        let mut entries = Vec::new();
+        for p in logs.values() {
+            entries.extend(decode(&fs.read(p)?));
+        }
+        let next = logs.keys().next_back().map_or(0, |n| n + 1);
+        let path = dir.join(format!("{next}.log"));
+        let f = fs.create_new(&path)?;
+        fs.sync_file(&f)?;
+        fs.sync_dir(dir)?;
+        let window = durable::FsSync::begin(dir).ok().flatten();
+        let j = Journal {
+            dir: dir.to_path_buf(),
+            st: Mutex::new(State {
+                log: Arc::new(f),
+                len: 0,
+                synced: 0,
+                syncing: false,
+                broken: false,
+                pending: HashSet::new(),
+                paths: BTreeSet::new(),
+                dirs: BTreeSet::new(),
+                window,
+            }),
+            wake: Condvar::new(),
+            gate: RwLock::new(()),
+            ckpt: Mutex::new(()),
+        };
+        Ok((j, entries, logs.into_values().collect()))
+    }
+
+    /// Removes the logs redone at open, durably.
+    pub(super) fn forget_old(&self, fs: &dyn Fs, old: &[PathBuf]) -> io::Result<()> {
+        if old.is_empty() {
+            return Ok(());
+        }
+        for p in old {
+            fs.remove_file(p)?;
+        }
+        fs.sync_dir(&self.dir)
+    }
+
+    /// Enters the gate for one journaled change (see the module docs).
+    pub(super) fn enter(&self) -> RwLockReadGuard<'_, ()> {
+        self.gate.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `file` has an entry in the current log.
+    pub(super) fn is_pending(&self, file: &str) -> bool {
+        self.lock().pending.contains(file)
+    }
+
+    /// How many files have an entry in the current log.
+    #[cfg(test)]
+    pub(super) fn pending_count(&self) -> usize {
+        self.lock().pending.len()
+    }
+
+    /// Whether the log has grown past [`JOURNAL_CHECKPOINT_BYTES`].
+    pub(super) fn is_full(&self) -> bool {
+        self.lock().len >= JOURNAL_CHECKPOINT_BYTES
+    }
+
+    /// Appends `frame` for `file`, whose change will touch `paths`, and returns once it is
+    /// durable. The caller holds the gate (from [`Journal::enter`]) and the file's lock.
+    pub(super) fn append(
+        &self,
+        fs: &dyn Fs,
+        _gate: &RwLockReadGuard<'_, ()>,
+        file: &str,
+        frame: &[u8],
+        paths: &[PathBuf],
+    ) -> io::Result<Appended> {
+        let mut st = self.lock();
+        if st.broken {
+            return Ok(Appended::Closed);
+        }
+        let at = st.len;
+        st.log.write_all_at(frame, at)?;
+        st.len = at + frame.len() as u64;
+        st.pending.insert(file.to_string());
+        for p in paths {
+            st.paths.insert(p.clone());
+            if let Some(d) = p.parent() {
+                st.dirs.insert(d.to_path_buf());
+            }
+        }
+        let target = st.len;
+        loop {
+            if st.synced >= target {
+                return Ok(Appended::Durable);
+            }
+            if st.broken {
+                return Err(io::Error::other(
+                    "the journal could not be synced; the change may or may not survive a \
+                     restart",
+                ));
+            }
+            if !st.syncing {
+                st.syncing = true;
+                let upto = st.len;
+                let log = st.log.clone();
+                drop(st);
+                let r = fs.sync_data(&log);
+                st = self.lock();
+                st.syncing = false;
+                match r {
+                    Ok(()) => st.synced = st.synced.max(upto),
+                    Err(_) => st.broken = true,
+                }
+                self.wake.notify_all();
+                continue;
+            }
+            st = self.wake.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// The checkpoint (see the module docs). Takes no file lock, so a caller may hold some.
+    pub(super) fn checkpoint(&self, fs: &dyn Fs) -> io::Result<()> {
+        let _one = self.ckpt.lock().unwrap_or_else(|p| p.into_inner());
+        let _excl = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        let (paths, dirs, log, window) = {
+            let mut st = self.lock();
+            if st.len == 0 && !st.broken && st.paths.is_empty() && st.dirs.is_empty() {
+                return Ok(());
+            }
+            (
+                std::mem::take(&mut st.paths),
+                std::mem::take(&mut st.dirs),
+                st.log.clone(),
+                st.window.take(),
+            )
+        };
+        let synced = (|| {
+            match (&window, paths.len() > SYNCFS_ABOVE) {
+                (Some(w), true) => fs.sync_fs_window(w, &self.dir)?,
+                _ => {
+                    let mut open = Vec::with_capacity(paths.len());
+                    for p in &paths {
+                        match fs.open(p) {
+                            Ok(f) => open.push(f),
+                            // Removed since (a removal settles first, so it is durable).
+                            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    let refs: Vec<&File> = open.iter().collect();
+                    for r in fs.sync_files(&refs) {
+                        r?;
+                    }
+                }
+            }
+            for d in &dirs {
+                match fs.sync_dir(d) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            // Every entry's change is durable in place: the log is emptied, durably.
+            log.set_len(0)?;
+            fs.sync_file(&log)
+        })();
+        let mut st = self.lock();
+        match synced {
+            Ok(()) => {
+                st.len = 0;
+                st.synced = 0;
+                st.broken = false;
+                st.pending.clear();
+                // Opened while the gate is held: it covers every byte a later change writes.
+                st.window = durable::FsSync::begin(&self.dir).ok().flatten();
+                Ok(())
+            }
+            Err(e) => {
+                st.paths.extend(paths);
+                st.dirs.extend(dirs);
+                st.window = window;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The store's file-system calls, refusing to rename, remove or link a file's content or
+/// record while the file has an entry in the journal, unless the calling thread is applying a
+/// journaled change (see the module docs): every other change must [`Store::settle`] first.
+pub(super) struct Guard {
+    pub inner: Arc<dyn Fs>,
+    pub files: PathBuf,
+    pub meta: PathBuf,
+    pub journal: std::sync::OnceLock<Arc<Journal>>,
+}
+
+impl Guard {
+    /// The file `path` is the content or record of, if any.
+    fn file_of(&self, path: &Path) -> Option<String> {
+        let rel = path
+            .strip_prefix(&self.files)
+            .or_else(|_| path.strip_prefix(&self.meta))
+            .ok()?;
+        let parts: Vec<String> = rel
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().to_string())
+            .collect();
+        (!parts.is_empty()).then(|| parts.join("/"))
+    }
+
+    fn check(&self, paths: &[&Path]) -> io::Result<()> {
+        if APPLYING.with(|a| a.get()) {
+            return Ok(());
+        }
+        let Some(j) = self.journal.get() else {
+            return Ok(());
+        };
+        for p in paths {
+            if let Some(file) = self.file_of(p) {
+                if j.is_pending(&file) {
+                    debug_assert!(false, "{file} changed with a journal entry not settled");
+                    return Err(io::Error::other(format!(
+                        "{file} has a journal entry not settled; refusing to change it"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Fs for Guard {
+    fn create_new(&self, path: &Path) -> io::Result<File> {
+        self.inner.create_new(path)
+    }
+    fn open(&self, path: &Path) -> io::Result<File> {
+        self.inner.open(path)
+    }
+    fn sync_file(&self, f: &File) -> io::Result<()> {
+        self.inner.sync_file(f)
+    }
+    fn sync_data(&self, f: &File) -> io::Result<()> {
+        self.inner.sync_data(f)
+    }
+    fn sync_files(&self, files: &[&File]) -> Vec<io::Result<()>> {
+        self.inner.sync_files(files)
+    }
+    fn sync_batch(&self, files: &[&File]) -> Vec<io::Result<()>> {
+        self.inner.sync_batch(files)
+    }
+    fn sync_fs(&self, dir: &Path) -> io::Result<()> {
+        self.inner.sync_fs(dir)
+    }
+    fn sync_fs_window(&self, w: &durable::FsSync, dir: &Path) -> io::Result<()> {
+        self.inner.sync_fs_window(w, dir)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.check(&[from, to])?;
+        self.inner.rename(from, to)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.inner.sync_dir(dir)
+    }
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.check(&[from, to])?;
+        self.inner.hard_link(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.check(&[path])?;
+        self.inner.remove_file(path)
+    }
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.inner.remove_dir_all(dir)
+    }
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        self.inner.read(path)
+    }
+    fn metadata(&self, path: &Path) -> io::Result<fs::Metadata> {
+        self.inner.metadata(path)
+    }
+    fn read_dir(&self, dir: &Path) -> io::Result<fs::ReadDir> {
+        self.inner.read_dir(dir)
+    }
+    fn create_dir(&self, dir: &Path) -> io::Result<()> {
+        self.inner.create_dir(dir)
+    }
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.inner.create_dir_all(dir)
+    }
+}
+
+impl Store {
+    /// Makes sure no journal entry of `file` is left to redo, checkpointing if there is one,
+    /// so the change the caller is about to make cannot be undone by a redo. Caller holds
+    /// `file`'s lock (so no new entry appears) and is not inside a journaled change.
+    pub(super) fn settle(&self, file: &str) -> Result<(), StoreError> {
+        self.settle_all(&[file])
+    }
+
+    /// [`Store::settle`] for several files (one checkpoint at most).
+    pub(super) fn settle_all(&self, files: &[&str]) -> Result<(), StoreError> {
+        let Some(j) = &self.journal else {
+            return Ok(());
+        };
+        if files.iter().any(|f| j.is_pending(f)) {
+            j.checkpoint(&*self.fs)
+                .map_err(|e| self.io(files.first().copied().unwrap_or("journal/"), e))?;
+        }
+        Ok(())
+    }
+
+    /// Makes every journaled change durable in place and empties the journal (the storage
+    /// server's checkpoint thread, and clean shutdown).
+    pub fn checkpoint_journal(&self) -> Result<(), StoreError> {
+        match &self.journal {
+            Some(j) => j.checkpoint(&*self.fs).map_err(|e| self.io("journal/", e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Checkpoints when the log has grown past its size; called by a change once it has left
+    /// the gate.
+    pub(super) fn checkpoint_if_full(&self) {
+        if let Some(j) = &self.journal {
+            if j.is_full() {
+                if let Err(e) = j.checkpoint(&*self.fs) {
+                    log::warn!(target: ev::SS_SCAN, "journal checkpoint failed: {e}");
+                }
+            }
+        }
+    }
+
+    /// Redoes one entry found at open, durably through the ordinary slow path.
+    pub(super) fn redo(&self, e: &Entry) -> Result<(), StoreError> {
+        let file = e.head.file.as_str();
+        if names::canonical_file(file).ok().as_deref() != Some(file) {
+            return Err(self.io(file, io::Error::other("journal entry names no valid file")));
+        }
+        if let Some(blob) = &e.head.blob {
+            self.fs
+                .replace(&self.tmp, &self.undo.join(blob), &e.old)
+                .map_err(|err| self.io(file, err))?;
+        }
+        let mut meta = e.head.meta.clone();
+        // Content newer than the entry's was edited by hand after the change (the change's
+        // own content has exactly the entry's mtime; one whose bytes were lost has its
+        // write's mtime or none): it is kept, and the scan adopts it on top of the redone
+        // record, as any hand edit.
+        let path = self.content_path(file);
+        if let Ok(md) = self.fs.metadata(&path) {
+            if md.is_file() && mtime_ns(&md) > meta.mtime_ns {
+                log::info!(target: ev::SS_ADOPT, file = file;
+                    "{file} was edited by hand after its journaled change; keeping the edit");
+                return self.write_meta(file, &meta);
+            }
+        }
+        let mtime = u64::try_from(meta.mtime_ns)
+            .ok()
+            .filter(|n| *n > 0)
+            .map(|n| std::time::UNIX_EPOCH + std::time::Duration::from_nanos(n));
+        let mut got = 0i128;
+        self.fs
+            .replace_with(&self.tmp, &path, &mut |f| {
+                f.write_all(&e.new)?;
+                if let Some(t) = mtime {
+                    f.set_modified(t)?;
+                }
+                got = mtime_ns(&f.metadata()?);
+                Ok(())
+            })
+            .map_err(|err| self.io(file, err))?;
+        // The record must match the content's mtime, or the scan would adopt it anew.
+        meta.mtime_ns = got;
+        self.write_meta(file, &meta)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(file: &str, n: u64) -> Head {
+        Head {
+            file: file.into(),
+            meta: Meta {
+                version: Version {
+                    epoch: 1,
+                    counter: n,
+                },
+                checksum: 0,
+                size: 0,
+                mtime_ns: 0,
+                words: 0,
+                chars: 0,
+                modified_ms: 0,
+                owner: None,
+                undo: Vec::new(),
+            },
+            blob: None,
+            new_len: 3,
+            old_len: 2,
+        }
+    }
+
+    #[test]
+    fn frames_round_trip_and_a_torn_or_damaged_tail_ends_the_log() {
+        let mut log = encode(&head("a", 1), b"new", b"ol").unwrap();
+        log.extend(encode(&head("b", 2), b"xyz", b"pq").unwrap());
+        let got = decode(&log);
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            (got[1].head.file.as_str(), &got[1].new[..]),
+            ("b", &b"xyz"[..])
+        );
+        assert_eq!(got[0].old, b"ol");
+        let third = encode(&head("c", 3), b"new", b"ol").unwrap();
+        for cut in 0..third.len() {
+            let mut torn = log.clone();
+            torn.extend_from_slice(&third[..cut]);
+            assert_eq!(decode(&torn).len(), 2, "cut at {cut}");
+        }
+        let mut bad = log.clone();
+        let n = bad.len();
+        bad[n - 1] ^= 1;
+        assert_eq!(decode(&bad).len(), 1);
+        assert!(decode(&[0xff; 8]).is_empty());
+    }
+}

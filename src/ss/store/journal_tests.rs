@@ -1,0 +1,572 @@
+//! Tests of the journal on the simulated disk: a power cut after every step of journaled
+//! CREATEs and WRITEs, of a checkpoint and of a redo; a torn tail; every other change of a
+//! journaled file settling it first; the flushes a change costs.
+
+use super::*;
+use crate::sim::disk::SimDisk;
+use std::sync::atomic::AtomicBool;
+
+/// A simulated disk whose power is cut before its `n`-th call (counting from 0) once armed;
+/// every call after the cut fails.
+struct Cutter {
+    disk: Arc<SimDisk>,
+    left: Mutex<Option<u64>>,
+    off: AtomicBool,
+    calls: AtomicU64,
+}
+
+impl Cutter {
+    fn new(disk: &Arc<SimDisk>, cut_at: Option<u64>) -> Arc<Cutter> {
+        Arc::new(Cutter {
+            disk: disk.clone(),
+            left: Mutex::new(cut_at),
+            off: AtomicBool::new(false),
+            calls: AtomicU64::new(0),
+        })
+    }
+
+    fn step<T>(&self, f: impl FnOnce(&SimDisk) -> io::Result<T>) -> io::Result<T> {
+        let mut left = self.left.lock().unwrap();
+        if self.off.load(Ordering::SeqCst) {
+            return Err(io::Error::other("the power is off"));
+        }
+        if let Some(n) = left.as_mut() {
+            if *n == 0 {
+                self.off.store(true, Ordering::SeqCst);
+                self.disk.power_cut().unwrap();
+                return Err(io::Error::other("the power is off"));
+            }
+            *n -= 1;
+        }
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        f(&self.disk)
+    }
+}
+
+impl Fs for Cutter {
+    fn create_new(&self, path: &Path) -> io::Result<File> {
+        self.step(|d| d.create_new(path))
+    }
+    fn open(&self, path: &Path) -> io::Result<File> {
+        self.step(|d| d.open(path))
+    }
+    fn sync_file(&self, f: &File) -> io::Result<()> {
+        self.step(|d| d.sync_file(f))
+    }
+    fn sync_data(&self, f: &File) -> io::Result<()> {
+        self.step(|d| d.sync_data(f))
+    }
+    fn sync_files(&self, files: &[&File]) -> Vec<io::Result<()>> {
+        files.iter().map(|f| self.sync_file(f)).collect()
+    }
+    fn sync_fs(&self, dir: &Path) -> io::Result<()> {
+        self.step(|d| d.sync_fs(dir))
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.step(|d| d.rename(from, to))
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.step(|d| d.sync_dir(dir))
+    }
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.step(|d| d.hard_link(from, to))
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.step(|d| d.remove_file(path))
+    }
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.step(|d| d.remove_dir_all(dir))
+    }
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        self.step(|d| d.read(path))
+    }
+    fn metadata(&self, path: &Path) -> io::Result<fs::Metadata> {
+        self.step(|d| d.metadata(path))
+    }
+    fn read_dir(&self, dir: &Path) -> io::Result<fs::ReadDir> {
+        self.step(|d| d.read_dir(dir))
+    }
+    fn create_dir(&self, dir: &Path) -> io::Result<()> {
+        self.step(|d| d.create_dir(dir))
+    }
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.step(|d| d.create_dir_all(dir))
+    }
+}
+
+/// What the store returned for one file: its text, version and history (oldest first).
+#[derive(Debug, Clone, Default)]
+struct Acked {
+    text: String,
+    version: Option<Version>,
+    history: Vec<String>,
+}
+
+const FILE: &str = "d/a.txt";
+
+/// CREATE, three WRITEs with a checkpoint after the second, and a second CREATE; records
+/// what each call returned. Stops at the first error (the power is off).
+fn scenario(s: &Store) -> Acked {
+    let mut a = Acked::default();
+    let Ok(m) = s.create(FILE, "alice", 1) else {
+        return a;
+    };
+    a.version = Some(m.version);
+    for (k, text) in ["one.", "two.", "three."].iter().enumerate() {
+        let lock = s.file_lock(FILE);
+        let _g = lock.lock().unwrap();
+        let Ok((_, meta, _)) = s.load_text(FILE) else {
+            return a;
+        };
+        let Ok(next) = s.write_content(FILE, meta, text.as_bytes()) else {
+            return a;
+        };
+        a.history
+            .push(std::mem::replace(&mut a.text, text.to_string()));
+        a.version = Some(next.version);
+        if k == 1 && s.checkpoint_journal().is_err() {
+            return a;
+        }
+    }
+    let _ = s.create("b.txt", "bob", 1);
+    a
+}
+
+/// Opens the store on the bare disk and checks that what was returned is there, with its
+/// history (taken back by UNDO).
+fn check(root: &Path, disk: &Arc<SimDisk>, a: &Acked, what: &str) {
+    let s = Store::open_on(disk.clone(), root, "ss1").unwrap_or_else(|e| panic!("{what}: {e}"));
+    s.scan().unwrap();
+    let Some(v) = a.version else {
+        return;
+    };
+    let lock = s.file_lock(FILE);
+    let _g = lock.lock().unwrap();
+    let (text, meta, adopted) = s
+        .load_text(FILE)
+        .unwrap_or_else(|e| panic!("{what}: {FILE} returned at {v} is gone: {e}"));
+    assert!(meta.version >= v, "{what}: {} after {v}", meta.version);
+    if meta.version > v {
+        // A change under way when the power went is there whole, or not at all.
+        return;
+    }
+    assert!(!adopted, "{what}: the record does not match its content");
+    assert_eq!(text, a.text, "{what}");
+    for old in a.history.iter().rev() {
+        s.undo(FILE, 1)
+            .unwrap_or_else(|e| panic!("{what}: undo to {old:?}: {e}"));
+        assert_eq!(s.load_text(FILE).unwrap().0, *old, "{what}: history");
+    }
+}
+
+fn fresh() -> (tempfile::TempDir, Arc<SimDisk>, PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    let disk = Arc::new(SimDisk::new(d.path()));
+    let root = d.path().join("ss");
+    (d, disk, root)
+}
+
+#[test]
+fn a_power_cut_after_any_step_of_journaled_changes_and_a_checkpoint_loses_nothing_returned() {
+    // How many calls the scenario makes, counted on a run without a cut.
+    let (_d, disk, root) = fresh();
+    let s = Store::open_on(disk.clone(), &root, "ss1").unwrap();
+    let counter = Cutter::new(&disk, None);
+    drop(s);
+    let s = Store::open_on(counter.clone(), &root, "ss1").unwrap();
+    let opened = counter.calls.load(Ordering::SeqCst);
+    let full = scenario(&s);
+    assert_eq!(full.text, "three.");
+    let total = counter.calls.load(Ordering::SeqCst) - opened;
+    assert!(total > 20, "{total}");
+    for cut in 0..=total {
+        let (_d, disk, root) = fresh();
+        drop(Store::open_on(disk.clone(), &root, "ss1").unwrap());
+        let cutter = Cutter::new(&disk, None);
+        let s = Store::open_on(cutter.clone(), &root, "ss1").unwrap();
+        *cutter.left.lock().unwrap() = Some(cut);
+        let a = scenario(&s);
+        drop(s);
+        if !cutter.off.load(Ordering::SeqCst) {
+            disk.power_cut().unwrap();
+        }
+        check(
+            &root,
+            &disk,
+            &a,
+            &format!("cut before call {cut} of {total}"),
+        );
+    }
+}
+
+#[test]
+fn a_power_cut_during_the_redo_redoes_again() {
+    // The journal holds the last WRITE and the second CREATE when the power goes.
+    let (_d, disk, root) = fresh();
+    let s = Store::open_on(disk.clone(), &root, "ss1").unwrap();
+    let a = scenario(&s);
+    drop(s);
+    disk.power_cut().unwrap();
+    let log_bytes: usize = fs::read_dir(root.join("journal"))
+        .unwrap()
+        .map(|e| fs::read(e.unwrap().path()).unwrap().len())
+        .sum();
+    assert!(log_bytes > 0, "the journal is empty: nothing to redo");
+    // How many calls a whole redo makes.
+    let snapshot = tempfile::tempdir().unwrap();
+    copy_tree(&root, snapshot.path());
+    let counter = Cutter::new(&disk, None);
+    drop(Store::open_on(counter.clone(), &root, "ss1").unwrap());
+    let total = counter.calls.load(Ordering::SeqCst);
+    for cut in 0..total {
+        let (_d2, disk2, root2) = fresh();
+        // The same durable state as `disk` after the cut: a store redone on the copy.
+        copy_tree(snapshot.path(), &root2);
+        sync_all(&disk2, &root2);
+        let cutter = Cutter::new(&disk2, Some(cut));
+        let _ = Store::open_on(cutter.clone(), &root2, "ss1");
+        if !cutter.off.load(Ordering::SeqCst) {
+            disk2.power_cut().unwrap();
+        }
+        check(
+            &root2,
+            &disk2,
+            &a,
+            &format!("redo cut before call {cut} of {total}"),
+        );
+    }
+}
+
+/// Copies the tree at `from` into `to` (plain files and directories).
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let t = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &t);
+        } else {
+            fs::copy(e.path(), &t).unwrap();
+            let mtime = fs::metadata(e.path()).unwrap().modified().unwrap();
+            File::options()
+                .write(true)
+                .open(&t)
+                .unwrap()
+                .set_modified(mtime)
+                .unwrap();
+        }
+    }
+}
+
+/// Makes everything under `root` durable on `disk` (its parents included).
+fn sync_all(disk: &SimDisk, root: &Path) {
+    let mut d = root.to_path_buf();
+    while d.pop() {
+        let _ = disk.sync_dir(&d);
+    }
+    disk.sync_fs(root).unwrap();
+}
+
+#[test]
+fn a_torn_last_entry_is_ignored() {
+    let (_d, disk, root) = fresh();
+    let s = Store::open_on(disk.clone(), &root, "ss1").unwrap();
+    let a = scenario(&s);
+    drop(s);
+    // Half an entry more at the end of the log, durable.
+    let log = fs::read_dir(root.join("journal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .next()
+        .unwrap();
+    let frame = journal::encode(
+        &journal::Head {
+            file: FILE.into(),
+            meta: s_meta(),
+            blob: None,
+            new_len: 5,
+            old_len: 0,
+        },
+        b"torn!",
+        b"",
+    )
+    .unwrap();
+    let mut f = File::options().append(true).open(&log).unwrap();
+    f.write_all(&frame[..frame.len() - 3]).unwrap();
+    disk.sync_file(&f).unwrap();
+    drop(f);
+    disk.power_cut().unwrap();
+    check(&root, &disk, &a, "torn tail");
+}
+
+fn s_meta() -> Meta {
+    Meta {
+        version: Version {
+            epoch: 9,
+            counter: 9,
+        },
+        checksum: crc32c::crc32c(b"torn!"),
+        size: 5,
+        mtime_ns: 0,
+        words: 1,
+        chars: 5,
+        modified_ms: 0,
+        owner: None,
+        undo: Vec::new(),
+    }
+}
+
+/// A store with FILE created and written twice through the journal (its entries not yet
+/// checkpointed).
+fn journaled() -> (tempfile::TempDir, Arc<SimDisk>, PathBuf, Store) {
+    let (d, disk, root) = fresh();
+    let s = Store::open_on(disk.clone(), &root, "ss1").unwrap();
+    s.create(FILE, "alice", 1).unwrap();
+    for text in ["one.", "two."] {
+        let (_, meta, _) = s.load_text(FILE).unwrap();
+        s.write_content(FILE, meta, text.as_bytes()).unwrap();
+    }
+    assert!(s.journal.as_ref().unwrap().is_pending(FILE));
+    (d, disk, root, s)
+}
+
+/// Cuts the power under `s` and opens the store again.
+fn after_cut(disk: &Arc<SimDisk>, root: &Path, s: Store) -> Store {
+    drop(s);
+    disk.power_cut().unwrap();
+    let s = Store::open_on(disk.clone(), root, "ss1").unwrap();
+    s.scan().unwrap();
+    s
+}
+
+#[test]
+fn a_delete_after_a_journaled_write_is_not_undone_by_the_redo() {
+    let (_d, disk, root, s) = journaled();
+    s.delete(FILE).unwrap();
+    let s = after_cut(&disk, &root, s);
+    assert!(matches!(s.load_text(FILE), Err(StoreError::NotFound(_))));
+    assert!(!root.join("meta").join(FILE).exists());
+}
+
+#[test]
+fn every_other_change_of_a_journaled_file_settles_it_first() {
+    // The guard refuses a change made behind the journal's back.
+    let (_d, _disk, _root, s) = journaled();
+    assert!(s.fs.remove_file(&s.content_path(FILE)).is_err());
+    s.checkpoint_journal().unwrap();
+    assert!(!s.journal.as_ref().unwrap().is_pending(FILE));
+
+    // MOVE.
+    let (_d, disk, root, s) = journaled();
+    s.move_file(FILE, "d/b.txt").unwrap();
+    let s = after_cut(&disk, &root, s);
+    assert!(s.load_text(FILE).is_err());
+    assert_eq!(s.load_text("d/b.txt").unwrap().0, "two.");
+
+    // UNDO.
+    let (_d, disk, root, s) = journaled();
+    s.undo(FILE, 1).unwrap();
+    let s = after_cut(&disk, &root, s);
+    assert_eq!(s.load_text(FILE).unwrap().0, "one.");
+
+    // CHECKPOINT, then REVERT.
+    let (_d, disk, root, s) = journaled();
+    s.checkpoint(FILE, "t", "alice", 1).unwrap();
+    let s = after_cut(&disk, &root, s);
+    let (_, info, _, _) = s.open_checkpoint(FILE, "t").unwrap();
+    assert_eq!(info.checksum, crc32c::crc32c(b"two."));
+    {
+        let (_, meta, _) = s.load_text(FILE).unwrap();
+        s.write_content(FILE, meta, b"three.").unwrap();
+    }
+    s.revert(FILE, "t", 1).unwrap();
+    let s = after_cut(&disk, &root, s);
+    assert_eq!(s.load_text(FILE).unwrap().0, "two.");
+
+    // UPLOAD.
+    let (_d, disk, root, s) = journaled();
+    let (t, mut f) = s.temp_file(FILE).unwrap();
+    f.write_all(b"uploaded.").unwrap();
+    disk.sync_file(&f).unwrap();
+    let mut counter = ContentCounter::new();
+    counter.update(b"uploaded.");
+    s.upload(FILE, "alice", t.path(), &counter.finish(0))
+        .unwrap();
+    let s = after_cut(&disk, &root, s);
+    assert_eq!(s.load_text(FILE).unwrap().0, "uploaded.");
+
+    // Quarantine.
+    let (_d, disk, root, s) = journaled();
+    s.quarantine(FILE, None).unwrap();
+    let s = after_cut(&disk, &root, s);
+    assert!(s.load_text(FILE).is_err());
+    assert_eq!(s.quarantined(FILE).unwrap().len(), 1);
+
+    // An install of a newer copy from the partner.
+    let (_d, disk, root, s) = journaled();
+    let partner_dir = tempfile::tempdir().unwrap();
+    let partner = Store::open(partner_dir.path(), "ss2").unwrap();
+    let newer = partner.create(FILE, "alice", 2).unwrap();
+    let (t, f) = s.temp_file(FILE).unwrap();
+    disk.sync_file(&f).unwrap();
+    let state = newer.state(FILE);
+    let (_, installed) = s
+        .install_copy(&state, &[], t.path(), &[], &[], &[])
+        .unwrap();
+    assert!(installed);
+    let s = after_cut(&disk, &root, s);
+    let (text, meta, _) = s.load_text(FILE).unwrap();
+    assert_eq!((text.as_str(), meta.version), ("", newer.version));
+
+    // A large write takes the direct path.
+    let (_d, disk, root, s) = journaled();
+    let big = vec![b'x'; JOURNAL_MAX_CONTENT as usize + 1];
+    let (_, meta, _) = s.load_text(FILE).unwrap();
+    let m = s.write_content(FILE, meta, &big).unwrap();
+    let s = after_cut(&disk, &root, s);
+    let (_, meta, _) = s.load_text(FILE).unwrap();
+    assert_eq!((meta.version, meta.size), (m.version, big.len() as u64));
+
+    // Adoption of a hand edit.
+    let (_d, _disk, _root, s) = journaled();
+    fs::write(s.content_path(FILE), b"by hand.").unwrap();
+    let (text, _, adopted) = s.load_text(FILE).unwrap();
+    assert!(adopted && text == "by hand.");
+
+    // A file removed by hand is forgotten.
+    let (_d, _disk, _root, s) = journaled();
+    fs::remove_file(s.content_path(FILE)).unwrap();
+    assert!(s.forget_vanished(FILE));
+}
+
+#[test]
+fn a_lone_change_costs_one_flush_and_concurrent_ones_share_them() {
+    let (_d, disk, root) = fresh();
+    let s = Store::open_on(disk.clone(), &root, "ss1").unwrap();
+    let before = disk.syncs();
+    s.create("flat.txt", "alice", 1).unwrap();
+    let after = disk.syncs();
+    assert_eq!((after.0 - before.0, after.1 - before.1), (1, 0), "CREATE");
+    let (_, meta, _) = s.load_text("flat.txt").unwrap();
+    s.write_content("flat.txt", meta, b"one.").unwrap();
+    let again = disk.syncs();
+    assert_eq!((again.0 - after.0, again.1 - after.1), (1, 0), "WRITE");
+
+    // CREATEs arriving while the log is being synced share the next sync.
+    const N: usize = 8;
+    let hold = Arc::new(Holding {
+        disk: disk.clone(),
+        held: Mutex::new(true),
+        wake: std::sync::Condvar::new(),
+        syncs: AtomicU64::new(0),
+    });
+    drop(s);
+    let s = Store::open_on(hold.clone(), &root, "ss1").unwrap();
+    let j = s.journal.as_ref().unwrap().clone();
+    std::thread::scope(|scope| {
+        let s = &s;
+        let lead = scope.spawn(move || s.create("lead.txt", "alice", 1));
+        while hold.syncs.load(Ordering::SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+        let others: Vec<_> = (0..N)
+            .map(|i| scope.spawn(move || s.create(&format!("c{i}.txt"), "alice", 1)))
+            .collect();
+        while j.pending_count() < N + 1 {
+            std::thread::yield_now();
+        }
+        *hold.held.lock().unwrap() = false;
+        hold.wake.notify_all();
+        lead.join().unwrap().unwrap();
+        for o in others {
+            o.join().unwrap().unwrap();
+        }
+    });
+    assert_eq!(
+        hold.syncs.load(Ordering::SeqCst),
+        2,
+        "the queued CREATEs share one sync"
+    );
+    let s = after_cut(&disk, &root, s);
+    for i in 0..N {
+        assert_eq!(s.load_text(&format!("c{i}.txt")).unwrap().0, "");
+    }
+}
+
+/// The simulated disk, with the journal's syncs held while `held` is set.
+struct Holding {
+    disk: Arc<SimDisk>,
+    held: Mutex<bool>,
+    wake: std::sync::Condvar,
+    syncs: AtomicU64,
+}
+
+impl Fs for Holding {
+    fn create_new(&self, path: &Path) -> io::Result<File> {
+        self.disk.create_new(path)
+    }
+    fn open(&self, path: &Path) -> io::Result<File> {
+        self.disk.open(path)
+    }
+    fn sync_file(&self, f: &File) -> io::Result<()> {
+        self.disk.sync_file(f)
+    }
+    fn sync_data(&self, f: &File) -> io::Result<()> {
+        self.syncs.fetch_add(1, Ordering::SeqCst);
+        let mut held = self.held.lock().unwrap();
+        while *held {
+            held = self.wake.wait(held).unwrap();
+        }
+        drop(held);
+        self.disk.sync_data(f)
+    }
+    fn sync_files(&self, files: &[&File]) -> Vec<io::Result<()>> {
+        self.disk.sync_files(files)
+    }
+    fn sync_fs(&self, dir: &Path) -> io::Result<()> {
+        self.disk.sync_fs(dir)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.disk.rename(from, to)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.disk.sync_dir(dir)
+    }
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.disk.hard_link(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.disk.remove_file(path)
+    }
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.disk.remove_dir_all(dir)
+    }
+    fn create_dir(&self, dir: &Path) -> io::Result<()> {
+        self.disk.create_dir(dir)
+    }
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.disk.create_dir_all(dir)
+    }
+}
+
+#[test]
+fn a_hand_edit_made_while_the_server_was_down_is_kept_not_redone_over() {
+    let (_d, disk, root, s) = journaled();
+    let (_, before, _) = s.load_text(FILE).unwrap();
+    // A crash (the page cache survives), then the content edited by hand.
+    drop(s);
+    let path = root.join("files").join(FILE);
+    fs::write(&path, b"by hand.").unwrap();
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(1);
+    File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    let s = Store::open_on(disk.clone(), &root, "ss1").unwrap();
+    s.scan().unwrap();
+    let (text, meta, _) = s.load_text(FILE).unwrap();
+    assert_eq!(text, "by hand.");
+    assert!(meta.version > before.version, "adopted as a new version");
+}
