@@ -150,10 +150,8 @@ impl Store {
         };
         drop(gate);
         if let Err(e) = applied {
-            // The entry is durable: a restart redoes the change; until then the next access
-            // adopts what is in place.
             self.unstage(&[content_tmp, record_tmp], None);
-            return Some(Err(content_saved(file, e)));
+            return Some(Err(j.unplaced(file, e)));
         }
         self.checkpoint_if_full();
         Some(Ok(meta))
@@ -407,9 +405,8 @@ impl Store {
                     };
                     drop(gate);
                     if let Err(e) = applied {
-                        // The entry is durable: a restart redoes the CREATE.
                         self.unstage(&[record_tmp, content_tmp], None);
-                        return Err(content_saved(file, self.io(file, e)));
+                        return Err(j.unplaced(file, self.io(file, e)));
                     }
                     self.checkpoint_if_full();
                     return Ok(meta);

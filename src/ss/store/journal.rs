@@ -57,9 +57,22 @@
 //!   the file has an entry in the log, unless the calling thread is applying a journaled
 //!   change: a forgotten settle fails loudly instead of leaving a redo that would undo it.
 //! * A failed `fdatasync` of the log fails the changes waiting for it (their outcome is then
-//!   unknown: the entry may or may not be durable) and closes the journal: changes take the
-//!   direct path (`batch`) until a checkpoint has made everything durable and truncated the
-//!   log again.
+//!   unknown: the entry may or may not be durable, and a restart may redo it; the name server
+//!   then meets a version it never acknowledged and sets it aside, as any change a dying
+//!   writer saved) and closes the journal: changes take the direct path (`batch`) until a
+//!   checkpoint has made everything durable and truncated the log again. A failed append
+//!   (a full disk) cuts the log back to where the frame began, so no part of it is left for
+//!   a redo to read on into.
+//! * A checkpoint whose sync failed keeps the log, and the next checkpoint does not sync the
+//!   same paths again: after a write-back error Linux may drop the pages and mark them clean,
+//!   and a later fsync answers Ok over the lost bytes. It rewrites every entry's change from
+//!   the log instead, durably through the redo path (new temp files, fsynced, renamed), and
+//!   only then truncates the log. The same happens after a change whose entry is durable but
+//!   whose renames failed (its caller is told so): the next checkpoint puts it in place.
+//! * A redo keeps content it finds edited by hand (while the server was down) only when its
+//!   bytes are neither the change's nor those it replaced AND its mtime is later than the
+//!   change's; either alone would take a power cut's leftovers (the change's name without its
+//!   bytes), or older content carrying a later mtime, for an edit and lose the change.
 
 use super::*;
 use std::cell::Cell;
@@ -192,6 +205,11 @@ struct State {
     syncing: bool,
     /// A sync of the log failed: nothing more is appended until a checkpoint succeeds.
     broken: bool,
+    /// A checkpoint's sync failed: the next one rewrites every entry's change from the log
+    /// rather than trusting a second fsync of the same pages (see the module docs).
+    redo_all: bool,
+    /// Where the current log is.
+    path: PathBuf,
     /// Files with an entry in the current log.
     pending: HashSet<String>,
     /// Paths and directories touched by journaled changes since the last checkpoint.
@@ -265,6 +283,8 @@ impl Journal {
                 synced: 0,
                 syncing: false,
                 broken: false,
+                redo_all: false,
+                path: path.clone(),
                 pending: HashSet::new(),
                 paths: BTreeSet::new(),
                 dirs: BTreeSet::new(),
@@ -291,6 +311,19 @@ impl Journal {
     /// Enters the gate for one journaled change (see the module docs).
     pub(super) fn enter(&self) -> RwLockReadGuard<'_, ()> {
         self.gate.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The error of a change whose entry is durable but whose renames failed (`e`): the next
+    /// checkpoint writes every entry's change in place from the log, this one included.
+    pub(super) fn unplaced(&self, file: &str, e: StoreError) -> StoreError {
+        self.lock().redo_all = true;
+        StoreError::Io {
+            file: file.to_string(),
+            source: io::Error::other(format!(
+                "the change is saved in the journal but could not be put in place ({e}); the \
+                 journal's next checkpoint puts it in place"
+            )),
+        }
     }
 
     /// Whether `file` has an entry in the current log.
@@ -324,7 +357,15 @@ impl Journal {
             return Ok(Appended::Closed);
         }
         let at = st.len;
-        st.log.write_all_at(frame, at)?;
+        if let Err(e) = st.log.write_all_at(frame, at) {
+            // Part of the frame may be written: cut it off, or a later, shorter frame would
+            // leave its tail behind for the redo to read on. If even that fails, nothing more
+            // is appended until a checkpoint has emptied the log.
+            if st.log.set_len(at).is_err() {
+                st.broken = true;
+            }
+            return Err(e);
+        }
         st.len = at + frame.len() as u64;
         st.pending.insert(file.to_string());
         for p in paths {
@@ -364,10 +405,15 @@ impl Journal {
     }
 
     /// The checkpoint (see the module docs). Takes no file lock, so a caller may hold some.
-    pub(super) fn checkpoint(&self, fs: &dyn Fs) -> io::Result<()> {
+    /// `redo` rewrites one entry's change durably (after a failed sync, see the module docs).
+    pub(super) fn checkpoint(
+        &self,
+        fs: &dyn Fs,
+        redo: &dyn Fn(&Entry) -> io::Result<()>,
+    ) -> io::Result<()> {
         let _one = self.ckpt.lock().unwrap_or_else(|p| p.into_inner());
         let _excl = self.gate.write().unwrap_or_else(|p| p.into_inner());
-        let (paths, dirs, log, window) = {
+        let (paths, dirs, log, window, redo_all, path) = {
             let mut st = self.lock();
             if st.len == 0 && !st.broken && st.paths.is_empty() && st.dirs.is_empty() {
                 return Ok(());
@@ -377,9 +423,23 @@ impl Journal {
                 std::mem::take(&mut st.dirs),
                 st.log.clone(),
                 st.window.take(),
+                st.redo_all,
+                st.path.clone(),
             )
         };
         let synced = (|| {
+            if redo_all {
+                // An earlier sync of these paths failed: its pages may have been dropped and
+                // marked clean, so a second fsync would answer Ok over lost bytes. Every
+                // entry's change is written again, durably, from the log, which is the only
+                // copy known good.
+                let _a = Applying::begin();
+                for e in decode(&fs.read(&path)?) {
+                    redo(&e)?;
+                }
+                log.set_len(0)?;
+                return fs.sync_file(&log);
+            }
             match (&window, paths.len() > SYNCFS_ABOVE) {
                 (Some(w), true) => fs.sync_fs_window(w, &self.dir)?,
                 _ => {
@@ -415,6 +475,7 @@ impl Journal {
                 st.len = 0;
                 st.synced = 0;
                 st.broken = false;
+                st.redo_all = false;
                 st.pending.clear();
                 // Opened while the gate is held: it covers every byte a later change writes.
                 st.window = durable::FsSync::begin(&self.dir).ok().flatten();
@@ -424,6 +485,7 @@ impl Journal {
                 st.paths.extend(paths);
                 st.dirs.extend(dirs);
                 st.window = window;
+                st.redo_all = true;
                 Err(e)
             }
         }
@@ -549,17 +611,27 @@ impl Store {
             return Ok(());
         };
         if files.iter().any(|f| j.is_pending(f)) {
-            j.checkpoint(&*self.fs)
+            self.run_checkpoint(j)
                 .map_err(|e| self.io(files.first().copied().unwrap_or("journal/"), e))?;
         }
         Ok(())
+    }
+
+    /// One checkpoint of `j`, redoing entries through [`Store::redo`] when it must.
+    fn run_checkpoint(&self, j: &Journal) -> io::Result<()> {
+        j.checkpoint(&*self.fs, &|e| {
+            self.redo(e).map_err(|err| match err {
+                StoreError::Io { source, .. } => source,
+                other => io::Error::other(other.to_string()),
+            })
+        })
     }
 
     /// Makes every journaled change durable in place and empties the journal (the storage
     /// server's checkpoint thread, and clean shutdown).
     pub fn checkpoint_journal(&self) -> Result<(), StoreError> {
         match &self.journal {
-            Some(j) => j.checkpoint(&*self.fs).map_err(|e| self.io("journal/", e)),
+            Some(j) => self.run_checkpoint(j).map_err(|e| self.io("journal/", e)),
             None => Ok(()),
         }
     }
@@ -569,7 +641,7 @@ impl Store {
     pub(super) fn checkpoint_if_full(&self) {
         if let Some(j) = &self.journal {
             if j.is_full() {
-                if let Err(e) = j.checkpoint(&*self.fs) {
+                if let Err(e) = self.run_checkpoint(j) {
                     log::warn!(target: ev::SS_SCAN, "journal checkpoint failed: {e}");
                 }
             }
@@ -588,16 +660,22 @@ impl Store {
                 .map_err(|err| self.io(file, err))?;
         }
         let mut meta = e.head.meta.clone();
-        // Content newer than the entry's was edited by hand after the change (the change's
-        // own content has exactly the entry's mtime; one whose bytes were lost has its
-        // write's mtime or none): it is kept, and the scan adopts it on top of the redone
-        // record, as any hand edit.
+        // Content edited by hand after the change (while the server was down) is kept, and
+        // the scan adopts it on top of the redone record, as any hand edit. It is told by two
+        // things at once: its bytes are neither the change's nor those it replaced, and its
+        // mtime is later than the change's. Either alone is not enough: a power cut may leave
+        // the change's name with none of its bytes (other bytes, the change's mtime), and
+        // content from before the change may carry a later mtime (copied in with its times
+        // from a host whose clock runs ahead); both must be redone.
         let path = self.content_path(file);
         if let Ok(md) = self.fs.metadata(&path) {
             if md.is_file() && mtime_ns(&md) > meta.mtime_ns {
-                log::info!(target: ev::SS_ADOPT, file = file;
-                    "{file} was edited by hand after its journaled change; keeping the edit");
-                return self.write_meta(file, &meta);
+                let now = self.fs.read(&path).map_err(|err| self.io(file, err))?;
+                if now != e.new && (e.head.blob.is_none() || now != e.old) {
+                    log::info!(target: ev::SS_ADOPT, file = file;
+                        "{file} was edited by hand after its journaled change; keeping the edit");
+                    return self.write_meta(file, &meta);
+                }
             }
         }
         let mtime = u64::try_from(meta.mtime_ns)

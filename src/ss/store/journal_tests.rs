@@ -570,3 +570,140 @@ fn a_hand_edit_made_while_the_server_was_down_is_kept_not_redone_over() {
     assert_eq!(text, "by hand.");
     assert!(meta.version > before.version, "adopted as a new version");
 }
+
+#[test]
+fn content_from_before_a_change_with_a_later_mtime_is_redone_over_not_kept() {
+    let (_d, disk, root) = fresh();
+    let s = Store::open_on(disk.clone(), &root, "ss1").unwrap();
+    s.create(FILE, "alice", 1).unwrap();
+    {
+        let (_, meta, _) = s.load_text(FILE).unwrap();
+        s.write_content(FILE, meta, b"old.").unwrap();
+    }
+    s.checkpoint_journal().unwrap();
+    // Content whose mtime is ahead of this clock (copied in with cp -p from a skewed host,
+    // or an NTP step back): adopted as usual.
+    let p = root.join("files").join(FILE);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(3600))
+        .unwrap();
+    let _ = s.load_text(FILE).unwrap();
+    sync_all(&disk, &root);
+    let lock = s.file_lock(FILE);
+    let acked = {
+        let _g = lock.lock().unwrap();
+        let (_, meta, _) = s.load_text(FILE).unwrap();
+        s.write_content(FILE, meta, b"new, acknowledged.").unwrap()
+    };
+    drop(lock);
+    drop(s);
+    disk.power_cut().unwrap();
+    let s = Store::open_on(disk.clone(), &root, "ss1").unwrap();
+    s.scan().unwrap();
+    let (text, meta, _) = s.load_text(FILE).unwrap();
+    assert!(meta.version >= acked.version);
+    assert_eq!(text, "new, acknowledged.");
+}
+
+/// A file system acting as Linux does after a write-back error: the failing fsync reports EIO once, the dirty pages are
+/// marked clean (never written), and a later fsync of the inode returns Ok.
+struct Eio {
+    disk: Arc<SimDisk>,
+    armed: AtomicBool,
+    lost: Mutex<HashSet<u64>>,
+}
+impl Eio {
+    fn ino(f: &File) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        f.metadata().unwrap().ino()
+    }
+}
+impl Fs for Eio {
+    fn create_new(&self, path: &Path) -> io::Result<File> {
+        self.disk.create_new(path)
+    }
+    fn open(&self, path: &Path) -> io::Result<File> {
+        self.disk.open(path)
+    }
+    fn sync_file(&self, f: &File) -> io::Result<()> {
+        self.disk.sync_file(f)
+    }
+    fn sync_files(&self, files: &[&File]) -> Vec<io::Result<()>> {
+        files
+            .iter()
+            .map(|f| {
+                let ino = Self::ino(f);
+                let content = f.metadata().unwrap().len() == 18; // the acknowledged new content
+                if self.lost.lock().unwrap().contains(&ino) {
+                    return Ok(());
+                }
+                if content && self.armed.swap(false, Ordering::SeqCst) {
+                    self.lost.lock().unwrap().insert(ino);
+                    return Err(io::Error::from_raw_os_error(libc::EIO));
+                }
+                self.disk.sync_files(&[f]).pop().unwrap()
+            })
+            .collect()
+    }
+    fn sync_fs(&self, dir: &Path) -> io::Result<()> {
+        self.disk.sync_fs(dir)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.disk.rename(from, to)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.disk.sync_dir(dir)
+    }
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.disk.hard_link(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.disk.remove_file(path)
+    }
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.disk.remove_dir_all(dir)
+    }
+    fn create_dir(&self, dir: &Path) -> io::Result<()> {
+        self.disk.create_dir(dir)
+    }
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.disk.create_dir_all(dir)
+    }
+}
+
+#[test]
+fn a_checkpoint_after_a_failed_sync_rewrites_the_changes_from_the_log() {
+    let (_d, disk, root) = fresh();
+    let eio = Arc::new(Eio {
+        disk: disk.clone(),
+        armed: AtomicBool::new(false),
+        lost: Mutex::new(HashSet::new()),
+    });
+    let s = Store::open_on(eio.clone(), &root, "ss1").unwrap();
+    s.create(FILE, "alice", 1).unwrap();
+    s.checkpoint_journal().unwrap();
+    let acked = {
+        let (_, meta, _) = s.load_text(FILE).unwrap();
+        s.write_content(FILE, meta, b"new, acknowledged.").unwrap()
+    };
+    eio.armed.store(true, Ordering::SeqCst);
+    assert!(
+        s.checkpoint_journal().is_err(),
+        "the first checkpoint sees EIO"
+    );
+    // The retry must not trust a second fsync of the same pages (Linux answers Ok).
+    s.checkpoint_journal().unwrap();
+    drop(s);
+    disk.power_cut().unwrap();
+    let s = Store::open_on(disk.clone(), &root, "ss1").unwrap();
+    s.scan().unwrap();
+    let got = s.load_text(FILE);
+    let (text, meta, _) = got.unwrap();
+    assert_eq!(
+        (text.as_str(), meta.version),
+        ("new, acknowledged.", acked.version)
+    );
+}
