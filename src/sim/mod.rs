@@ -10,7 +10,9 @@
 //! simulated wall clock and seeded [`crate::nm::core::Entropy`] in its `Env`); the storage
 //! server's [`crate::ss::store::Store`] (create, the change protocol of a commit, delete,
 //! undo, quarantine, folders, the startup scan, and replication installs through
-//! `open_transfer` on the source and `install_copies` on the target) over [`disk::SimDisk`];
+//! `open_transfer` on the source and `install_copies` on the target; its journal, with the
+//! redo at open and a checkpoint every 250 simulated ms as `bin_ss`'s thread runs it) over
+//! [`disk::SimDisk`];
 //! the write lease [`crate::ss::nmlink::Lease`] on a simulated clock and its admission rule
 //! [`crate::ss::nmlink::write_allowed`]; the ticket checks
 //! ([`crate::auth::TicketChecker::check_at`], on the server's simulated wall clock); the

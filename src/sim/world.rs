@@ -27,6 +27,8 @@ use std::sync::Arc;
 /// Heartbeat interval and timeout of the simulated cluster (lease: two thirds of the timeout).
 const HB_MS: u64 = 100;
 const TIMEOUT_MS: u64 = 300;
+/// Period of a storage server's journal checkpoint (its background thread in `bin_ss`).
+const CHECKPOINT_MS: u64 = 250;
 /// The simulated wall clock at time 0.
 const WALL_BASE_MS: u64 = 1_700_000_000_000;
 const KEY: &[u8] = b"pairfs simulated cluster key 0123";
@@ -118,6 +120,7 @@ struct Ss {
     seq: u64,
     sent: VecDeque<(u64, u64)>,
     next_hb: u64,
+    next_checkpoint: u64,
     reconnect_at: u64,
     register_sent: u64,
     heard: u64,
@@ -242,6 +245,7 @@ impl World {
                 seq: 0,
                 sent: VecDeque::new(),
                 next_hb: 0,
+                next_checkpoint: 0,
                 reconnect_at: 0,
                 register_sent: 0,
                 heard: 0,
@@ -1169,6 +1173,14 @@ impl World {
                         disk: None,
                     },
                 );
+            }
+            let s = &mut self.ss[i];
+            if let (true, Some(store)) = (self.now >= s.next_checkpoint, &s.store) {
+                s.next_checkpoint = self.now + CHECKPOINT_MS;
+                if let Err(e) = store.checkpoint_journal() {
+                    let msg = format!("{}: journal checkpoint failed: {e}", s.name);
+                    self.log(msg);
+                }
             }
             // The link's read timeout: nothing heard for a while breaks it.
             let s = &self.ss[i];
