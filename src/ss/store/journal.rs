@@ -67,7 +67,9 @@
 //!   same paths again: after a write-back error Linux may drop the pages and mark them clean,
 //!   and a later fsync answers Ok over the lost bytes. It rewrites every entry's change from
 //!   the log instead, durably through the redo path (new temp files, fsynced, renamed), and
-//!   only then truncates the log. The same happens after a change whose entry is durable but
+//!   only then truncates the log: each file's last entry whole (the content and record
+//!   readers see now, rewritten alike), an earlier entry only its history entry, if the last
+//!   record still names it, so no reader meets an older state meanwhile. The same happens after a change whose entry is durable but
 //!   whose renames failed (its caller is told so): the next checkpoint puts it in place.
 //! * A redo keeps content it finds edited by hand (while the server was down) only when its
 //!   bytes are neither the change's nor those it replaced AND its mtime is later than the
@@ -229,6 +231,15 @@ pub(super) struct Journal {
     gate: RwLock<()>,
     /// One checkpoint at a time.
     ckpt: Mutex<()>,
+}
+
+/// What of an entry's change [`Store::redo`] writes again.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Redo {
+    /// History entry, content and record.
+    Whole,
+    /// Only the history entry (a later entry of the same file gives content and record).
+    HistoryOnly,
 }
 
 /// How an append ended.
@@ -409,7 +420,7 @@ impl Journal {
     pub(super) fn checkpoint(
         &self,
         fs: &dyn Fs,
-        redo: &dyn Fn(&Entry) -> io::Result<()>,
+        redo: &dyn Fn(&Entry, Redo) -> io::Result<()>,
     ) -> io::Result<()> {
         let _one = self.ckpt.lock().unwrap_or_else(|p| p.into_inner());
         let _excl = self.gate.write().unwrap_or_else(|p| p.into_inner());
@@ -433,9 +444,24 @@ impl Journal {
                 // marked clean, so a second fsync would answer Ok over lost bytes. Every
                 // entry's change is written again, durably, from the log, which is the only
                 // copy known good.
+                // Readers are about, so only each file's last entry is written whole (its
+                // content and record are what they read now, rewritten alike); an earlier
+                // entry gives only its history entry, if the last record still names it.
                 let _a = Applying::begin();
-                for e in decode(&fs.read(&path)?) {
-                    redo(&e)?;
+                let entries = decode(&fs.read(&path)?);
+                let mut last: HashMap<&str, usize> = HashMap::new();
+                for (i, e) in entries.iter().enumerate() {
+                    last.insert(e.head.file.as_str(), i);
+                }
+                for (i, e) in entries.iter().enumerate() {
+                    let newest = &entries[last[e.head.file.as_str()]];
+                    if i == last[e.head.file.as_str()] {
+                        redo(e, Redo::Whole)?;
+                    } else if let Some(b) = &e.head.blob {
+                        if newest.head.meta.undo.contains(b) {
+                            redo(e, Redo::HistoryOnly)?;
+                        }
+                    }
                 }
                 log.set_len(0)?;
                 return fs.sync_file(&log);
@@ -619,8 +645,8 @@ impl Store {
 
     /// One checkpoint of `j`, redoing entries through [`Store::redo`] when it must.
     fn run_checkpoint(&self, j: &Journal) -> io::Result<()> {
-        j.checkpoint(&*self.fs, &|e| {
-            self.redo(e).map_err(|err| match err {
+        j.checkpoint(&*self.fs, &|e, what| {
+            self.redo(e, what).map_err(|err| match err {
                 StoreError::Io { source, .. } => source,
                 other => io::Error::other(other.to_string()),
             })
@@ -649,7 +675,7 @@ impl Store {
     }
 
     /// Redoes one entry found at open, durably through the ordinary slow path.
-    pub(super) fn redo(&self, e: &Entry) -> Result<(), StoreError> {
+    pub(super) fn redo(&self, e: &Entry, what: Redo) -> Result<(), StoreError> {
         let file = e.head.file.as_str();
         if names::canonical_file(file).ok().as_deref() != Some(file) {
             return Err(self.io(file, io::Error::other("journal entry names no valid file")));
@@ -658,6 +684,9 @@ impl Store {
             self.fs
                 .replace(&self.tmp, &self.undo.join(blob), &e.old)
                 .map_err(|err| self.io(file, err))?;
+        }
+        if what == Redo::HistoryOnly {
+            return Ok(());
         }
         let mut meta = e.head.meta.clone();
         // Content edited by hand after the change (while the server was down) is kept, and

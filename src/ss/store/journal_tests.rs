@@ -707,3 +707,46 @@ fn a_checkpoint_after_a_failed_sync_rewrites_the_changes_from_the_log() {
         ("new, acknowledged.", acked.version)
     );
 }
+
+#[test]
+fn a_rewrite_after_a_failed_sync_puts_each_file_at_its_last_entry_with_its_history() {
+    let (_d, disk, root) = fresh();
+    let eio = Arc::new(Eio {
+        disk: disk.clone(),
+        armed: AtomicBool::new(false),
+        lost: Mutex::new(HashSet::new()),
+    });
+    let s = Store::open_on(eio.clone(), &root, "ss1").unwrap();
+    s.create(FILE, "alice", 1).unwrap();
+    s.checkpoint_journal().unwrap();
+    // Two entries of one file in the log; the second's content (18 bytes) fails its sync.
+    let (_, meta, _) = s.load_text(FILE).unwrap();
+    let first = s.write_content(FILE, meta, b"first one.").unwrap();
+    let acked = s
+        .write_content(FILE, first.clone(), b"new, acknowledged.")
+        .unwrap();
+    eio.armed.store(true, Ordering::SeqCst);
+    assert!(s.checkpoint_journal().is_err());
+    s.checkpoint_journal().unwrap();
+    // In place at once, before any restart: the last entry, both history steps.
+    let (text, meta, _) = s.load_text(FILE).unwrap();
+    assert_eq!(
+        (text.as_str(), meta.version),
+        ("new, acknowledged.", acked.version)
+    );
+    assert_eq!(meta.undo.len(), 2);
+    drop(s);
+    disk.power_cut().unwrap();
+    let s = Store::open_on(disk.clone(), &root, "ss1").unwrap();
+    s.scan().unwrap();
+    let (text, meta, _) = s.load_text(FILE).unwrap();
+    assert_eq!(
+        (text.as_str(), meta.version),
+        ("new, acknowledged.", acked.version)
+    );
+    let lock = s.file_lock(FILE);
+    let _g = lock.lock().unwrap();
+    s.undo(FILE, 1).unwrap();
+    drop(_g);
+    assert_eq!(s.load_text(FILE).unwrap().0, "first one.");
+}
