@@ -222,6 +222,16 @@ pub fn start(cfg: Config) -> Result<Running, SsError> {
                     }
                     last = Instant::now();
                 }
+                // Fail-stop: changes the journal holds could not be made durable in place, and
+                // retrying the same fsync cannot be trusted. The process ends here (its page
+                // cache survives, as after a crash); the next start redoes the journal
+                // durably before it serves, and meanwhile the partner takes over.
+                if s4.store.journal_failed() {
+                    log::error!(target: ev::SHUTDOWN,
+                        "the journal has failed; stopping so that a restart redoes it");
+                    log::logger().flush();
+                    std::process::exit(3);
+                }
             }
         })
         .map_err(SsError::Thread)?;

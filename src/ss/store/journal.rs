@@ -63,14 +63,15 @@
 //!   checkpoint has made everything durable and truncated the log again. A failed append
 //!   (a full disk) cuts the log back to where the frame began, so no part of it is left for
 //!   a redo to read on into.
-//! * A checkpoint whose sync failed keeps the log, and the next checkpoint does not sync the
-//!   same paths again: after a write-back error Linux may drop the pages and mark them clean,
-//!   and a later fsync answers Ok over the lost bytes. It rewrites every entry's change from
-//!   the log instead, durably through the redo path (new temp files, fsynced, renamed), and
-//!   only then truncates the log: each file's last entry whole (the content and record
-//!   readers see now, rewritten alike), an earlier entry only its history entry, if the last
-//!   record still names it, so no reader meets an older state meanwhile. The same happens after a change whose entry is durable but
-//!   whose renames failed (its caller is told so): the next checkpoint puts it in place.
+//! * A checkpoint whose sync failed is not retried, and neither is a change whose entry is
+//!   durable but whose renames failed (its caller is told the change is saved but not in
+//!   place): after a write-back error Linux may drop the pages and mark them clean, so a
+//!   second fsync would answer Ok over lost bytes and the truncation would throw away the
+//!   log, the only copy known good. The journal fails instead (fail-stop, as a database does
+//!   on a failed fsync): every change and checkpoint is refused, the storage server's
+//!   checkpoint thread ends the process (its page cache survives, as after a crash; the
+//!   partner takes over), and the next start redoes the log durably before it serves. So no
+//!   state is ever rewritten while readers are about, and no entry is applied twice.
 //! * A redo keeps content it finds edited by hand (while the server was down) only when its
 //!   bytes are neither the change's nor those it replaced AND its mtime is later than the
 //!   change's; either alone would take a power cut's leftovers (the change's name without its
@@ -207,11 +208,10 @@ struct State {
     syncing: bool,
     /// A sync of the log failed: nothing more is appended until a checkpoint succeeds.
     broken: bool,
-    /// A checkpoint's sync failed: the next one rewrites every entry's change from the log
-    /// rather than trusting a second fsync of the same pages (see the module docs).
-    redo_all: bool,
-    /// Where the current log is.
-    path: PathBuf,
+    /// A checkpoint's sync failed, or a change's entry is durable but not in place: nothing
+    /// more is appended or checkpointed; the storage server stops, and its restart redoes the
+    /// log (see the module docs).
+    failed: bool,
     /// Files with an entry in the current log.
     pending: HashSet<String>,
     /// Paths and directories touched by journaled changes since the last checkpoint.
@@ -231,15 +231,6 @@ pub(super) struct Journal {
     gate: RwLock<()>,
     /// One checkpoint at a time.
     ckpt: Mutex<()>,
-}
-
-/// What of an entry's change [`Store::redo`] writes again.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Redo {
-    /// History entry, content and record.
-    Whole,
-    /// Only the history entry (a later entry of the same file gives content and record).
-    HistoryOnly,
 }
 
 /// How an append ended.
@@ -294,8 +285,7 @@ impl Journal {
                 synced: 0,
                 syncing: false,
                 broken: false,
-                redo_all: false,
-                path: path.clone(),
+                failed: false,
                 pending: HashSet::new(),
                 paths: BTreeSet::new(),
                 dirs: BTreeSet::new(),
@@ -324,17 +314,32 @@ impl Journal {
         self.gate.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The error of a change whose entry is durable but whose renames failed (`e`): the next
-    /// checkpoint writes every entry's change in place from the log, this one included.
+    /// The error of a change whose entry is durable but whose renames failed (`e`): the
+    /// journal fails, so the storage server stops and its restart puts the change in place.
     pub(super) fn unplaced(&self, file: &str, e: StoreError) -> StoreError {
-        self.lock().redo_all = true;
+        self.lock().failed = true;
+        log::error!(target: ev::SS_SCAN, file = file;
+            "{file}: a journaled change could not be put in place ({e}); the journal has failed");
         StoreError::Io {
             file: file.to_string(),
             source: io::Error::other(format!(
                 "the change is saved in the journal but could not be put in place ({e}); the \
-                 journal's next checkpoint puts it in place"
+                 storage server stops, and its restart puts it in place"
             )),
         }
+    }
+
+    /// Whether the journal has failed (see [`State::failed`]).
+    pub(super) fn has_failed(&self) -> bool {
+        self.lock().failed
+    }
+
+    /// The error every change and checkpoint gets once the journal has failed.
+    fn failed_error() -> io::Error {
+        io::Error::other(
+            "the storage server's journal has failed; the server stops, and its restart redoes \
+             the journal",
+        )
     }
 
     /// Whether `file` has an entry in the current log.
@@ -364,6 +369,9 @@ impl Journal {
         paths: &[PathBuf],
     ) -> io::Result<Appended> {
         let mut st = self.lock();
+        if st.failed {
+            return Err(Self::failed_error());
+        }
         if st.broken {
             return Ok(Appended::Closed);
         }
@@ -416,16 +424,14 @@ impl Journal {
     }
 
     /// The checkpoint (see the module docs). Takes no file lock, so a caller may hold some.
-    /// `redo` rewrites one entry's change durably (after a failed sync, see the module docs).
-    pub(super) fn checkpoint(
-        &self,
-        fs: &dyn Fs,
-        redo: &dyn Fn(&Entry, Redo) -> io::Result<()>,
-    ) -> io::Result<()> {
+    pub(super) fn checkpoint(&self, fs: &dyn Fs) -> io::Result<()> {
         let _one = self.ckpt.lock().unwrap_or_else(|p| p.into_inner());
         let _excl = self.gate.write().unwrap_or_else(|p| p.into_inner());
-        let (paths, dirs, log, window, redo_all, path) = {
+        let (paths, dirs, log, window) = {
             let mut st = self.lock();
+            if st.failed {
+                return Err(Self::failed_error());
+            }
             if st.len == 0 && !st.broken && st.paths.is_empty() && st.dirs.is_empty() {
                 return Ok(());
             }
@@ -434,38 +440,9 @@ impl Journal {
                 std::mem::take(&mut st.dirs),
                 st.log.clone(),
                 st.window.take(),
-                st.redo_all,
-                st.path.clone(),
             )
         };
         let synced = (|| {
-            if redo_all {
-                // An earlier sync of these paths failed: its pages may have been dropped and
-                // marked clean, so a second fsync would answer Ok over lost bytes. Every
-                // entry's change is written again, durably, from the log, which is the only
-                // copy known good.
-                // Readers are about, so only each file's last entry is written whole (its
-                // content and record are what they read now, rewritten alike); an earlier
-                // entry gives only its history entry, if the last record still names it.
-                let _a = Applying::begin();
-                let entries = decode(&fs.read(&path)?);
-                let mut last: HashMap<&str, usize> = HashMap::new();
-                for (i, e) in entries.iter().enumerate() {
-                    last.insert(e.head.file.as_str(), i);
-                }
-                for (i, e) in entries.iter().enumerate() {
-                    let newest = &entries[last[e.head.file.as_str()]];
-                    if i == last[e.head.file.as_str()] {
-                        redo(e, Redo::Whole)?;
-                    } else if let Some(b) = &e.head.blob {
-                        if newest.head.meta.undo.contains(b) {
-                            redo(e, Redo::HistoryOnly)?;
-                        }
-                    }
-                }
-                log.set_len(0)?;
-                return fs.sync_file(&log);
-            }
             match (&window, paths.len() > SYNCFS_ABOVE) {
                 (Some(w), true) => fs.sync_fs_window(w, &self.dir)?,
                 _ => {
@@ -501,17 +478,18 @@ impl Journal {
                 st.len = 0;
                 st.synced = 0;
                 st.broken = false;
-                st.redo_all = false;
                 st.pending.clear();
                 // Opened while the gate is held: it covers every byte a later change writes.
                 st.window = durable::FsSync::begin(&self.dir).ok().flatten();
                 Ok(())
             }
             Err(e) => {
-                st.paths.extend(paths);
-                st.dirs.extend(dirs);
-                st.window = window;
-                st.redo_all = true;
+                // Not retried: after a write-back error Linux may drop the pages and mark them
+                // clean, so a second fsync would answer Ok over lost bytes, and the log, the
+                // only copy known good, would be truncated. The server stops instead and its
+                // restart redoes the log (see the module docs).
+                st.failed = true;
+                log::error!(target: ev::SS_SCAN, "journal checkpoint failed ({e}); the journal has failed");
                 Err(e)
             }
         }
@@ -645,12 +623,14 @@ impl Store {
 
     /// One checkpoint of `j`, redoing entries through [`Store::redo`] when it must.
     fn run_checkpoint(&self, j: &Journal) -> io::Result<()> {
-        j.checkpoint(&*self.fs, &|e, what| {
-            self.redo(e, what).map_err(|err| match err {
-                StoreError::Io { source, .. } => source,
-                other => io::Error::other(other.to_string()),
-            })
-        })
+        j.checkpoint(&*self.fs)
+    }
+
+    /// Whether the journal has failed: a checkpoint's sync, or putting a durable change in
+    /// place, failed. Every change is then refused; the storage server must stop, and its
+    /// restart redoes the journal (see the module docs).
+    pub fn journal_failed(&self) -> bool {
+        self.journal.as_ref().is_some_and(|j| j.has_failed())
     }
 
     /// Makes every journaled change durable in place and empties the journal (the storage
@@ -675,7 +655,7 @@ impl Store {
     }
 
     /// Redoes one entry found at open, durably through the ordinary slow path.
-    pub(super) fn redo(&self, e: &Entry, what: Redo) -> Result<(), StoreError> {
+    pub(super) fn redo(&self, e: &Entry) -> Result<(), StoreError> {
         let file = e.head.file.as_str();
         if names::canonical_file(file).ok().as_deref() != Some(file) {
             return Err(self.io(file, io::Error::other("journal entry names no valid file")));
@@ -684,9 +664,6 @@ impl Store {
             self.fs
                 .replace(&self.tmp, &self.undo.join(blob), &e.old)
                 .map_err(|err| self.io(file, err))?;
-        }
-        if what == Redo::HistoryOnly {
-            return Ok(());
         }
         let mut meta = e.head.meta.clone();
         // Content edited by hand after the change (while the server was down) is kept, and

@@ -310,7 +310,7 @@ impl Store {
             let (j, entries, old) =
                 journal::Journal::open(&*s.fs, &root.join("journal")).map_err(io_err)?;
             for e in &entries {
-                s.redo(e, journal::Redo::Whole)?;
+                s.redo(e)?;
             }
             if !entries.is_empty() {
                 log::info!(target: ev::SS_SCAN, entries = entries.len() as u64;
