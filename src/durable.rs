@@ -227,13 +227,16 @@ pub fn create_dirs_durable(dir: &Path) -> io::Result<()> {
     OsFs.create_dirs_durable(dir)
 }
 
+/// Most files [`sync_files`] syncs in turn on the calling thread; more go to threads.
+const IN_TURN_MAX: usize = 8;
+
 /// Fsyncs every file in turn on the calling thread, having first started the write-back of
 /// them all (`sync_file_range`, which makes nothing durable by itself): their blocks are then
 /// allocated in one journal transaction, so the first fsync commits it for all of them and
 /// the others mostly find their changes committed already, without a thread per file and
 /// without concurrent fsyncs splitting the files over several commits. For a few small
-/// files (a storage server's batch of changes). One result per file, in order.
-pub fn sync_files_in_turn(files: &[&File]) -> Vec<io::Result<()>> {
+/// files (a lone copy, a batch of CREATEs). One result per file, in order.
+fn sync_files_in_turn(files: &[&File]) -> Vec<io::Result<()>> {
     if files.len() > 1 {
         for f in files {
             // Only a hint: an error here surfaces again in the fsync below.
@@ -249,13 +252,14 @@ pub fn sync_files_in_turn(files: &[&File]) -> Vec<io::Result<()>> {
 /// Most threads [`sync_files`] uses.
 const SYNC_THREADS: usize = 32;
 
-/// Fsyncs every file, a few at a time on threads of their own: a journaling file system
-/// commits concurrent fsyncs together, so many small files become durable in far fewer disk
-/// flushes than one after another. One result per file, in order.
+/// Fsyncs every file: a few ([`IN_TURN_MAX`]) in turn on the calling thread (see
+/// `sync_files_in_turn`), more a few at a time on threads of their own: a journaling file
+/// system commits concurrent fsyncs together, so many small files become durable in far fewer
+/// disk flushes than one after another. One result per file, in order.
 pub fn sync_files<'a>(files: impl IntoIterator<Item = &'a File>) -> Vec<io::Result<()>> {
     let files: Vec<&File> = files.into_iter().collect();
-    if files.len() <= 1 {
-        return files.iter().map(|f| fsync_file(f)).collect();
+    if files.len() <= IN_TURN_MAX {
+        return sync_files_in_turn(&files);
     }
     let per = files.len().div_ceil(SYNC_THREADS);
     std::thread::scope(|scope| {

@@ -322,7 +322,10 @@ pub(super) fn commit(
             // Nothing changed: no new version, no undo step.
             return Ok((meta.state(file), None));
         }
-        let meta = shared.store.write_content(file, meta, new.as_bytes())?;
+        let meta =
+            shared
+                .store
+                .write_content_over(file, meta, Some(text.as_bytes()), new.as_bytes())?;
         if i < count {
             shared.sessions.shift_after(file, id, i, n);
         }

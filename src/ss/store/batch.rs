@@ -12,12 +12,13 @@
 //! and runs them as one batch, in rounds:
 //!
 //! 0. every temp file of every job is fsynced, then each directory the jobs name (`undo/`)
-//!    is fsynced once. All on the leader's thread: the write-back of every file is started
-//!    first, so a journaling file system allocates them all in one transaction, which also
-//!    holds the jobs' `undo/` links; the first fsync commits it and the later ones, the
-//!    directory's included, mostly find their changes committed. (Fsyncs run at the same
-//!    time on threads of their own, the directory's among them, were measured slower: they
-//!    split the same changes over more journal commits, and a lone WRITE paid for it);
+//!    is fsynced once, by `durable::sync_files`: a few files in turn on the leader's thread,
+//!    the write-back of every one started first, so a journaling file system allocates them
+//!    all in one transaction, which also holds the jobs' `undo/` links; the first fsync
+//!    commits it and the later ones, the directory's included, mostly find their changes
+//!    committed (fsyncs of a few files run at the same time on threads of their own, the
+//!    directory's among them, were measured slower: they split the same changes over more
+//!    journal commits); many files on threads;
 //! 1. every job's first rename is made, then each directory renamed into is fsynced once;
 //! 2. every job's second rename is made (only for jobs whose first rename is durable), then
 //!    each directory renamed into is fsynced once.
@@ -214,7 +215,7 @@ fn sync_round(fs: &dyn Fs, jobs: &[Job]) -> Vec<Outcome> {
     // transaction that also holds the directories' new entries (the `undo/` links), so the
     // directory fsyncs that follow mostly find them committed; run at the same time they
     // would split them over more commits.
-    let synced = fs.sync_batch(&handles);
+    let synced = fs.sync_files(&handles);
     let dirs_synced: Vec<(&PathBuf, io::Result<()>)> =
         dirs.iter().map(|d| (*d, fs.sync_dir(d))).collect();
     for ((i, _), r) in files.iter().zip(synced) {

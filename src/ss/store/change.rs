@@ -42,12 +42,47 @@ pub(super) enum Change<'a> {
     Pop(&'a str),
 }
 
+/// Drops the oldest history ids past [`UNDO_DEPTH`] from `undo` and returns them (their
+/// entries are removed once the change is made).
+fn trim_history(undo: &mut Vec<String>) -> Vec<String> {
+    let over = undo.len().saturating_sub(UNDO_DEPTH);
+    undo.drain(..over).collect()
+}
+
 impl Store {
+    /// The record of a content change of a file whose record was `old`: the next version, the
+    /// new content's `facts`, the owner kept, and `undo` as its history.
+    fn changed_meta(&self, old: &Meta, facts: &ContentFacts, undo: Vec<String>) -> Meta {
+        Meta {
+            version: self.next_version(Some(old)),
+            checksum: facts.checksum,
+            size: facts.size,
+            mtime_ns: facts.mtime_ns,
+            words: facts.words,
+            chars: facts.chars,
+            modified_ms: crate::auth::now_ms(),
+            owner: old.owner.clone(),
+            undo,
+        }
+    }
+
     /// Replaces the content of `file` (whose bookkeeping is `old`) with `bytes` as a new
     /// version, saving the old content as an undo step. Caller holds the lock.
     pub fn write_content(&self, file: &str, old: Meta, bytes: &[u8]) -> Result<Meta, StoreError> {
+        self.write_content_over(file, old, None, bytes)
+    }
+
+    /// [`Store::write_content`] for a caller that has read the current content (`current`,
+    /// under the same hold of the lock), which a journaled change then need not read again.
+    pub fn write_content_over(
+        &self,
+        file: &str,
+        old: Meta,
+        current: Option<&[u8]>,
+        bytes: &[u8],
+    ) -> Result<Meta, StoreError> {
         if old.size <= JOURNAL_MAX_CONTENT && bytes.len() as u64 <= JOURNAL_MAX_CONTENT {
-            if let Some(done) = self.write_journaled(file, &old, bytes) {
+            if let Some(done) = self.write_journaled(file, &old, current, bytes) {
                 return done;
             }
         }
@@ -63,23 +98,27 @@ impl Store {
         &self,
         file: &str,
         old: &Meta,
+        current: Option<&[u8]>,
         bytes: &[u8],
     ) -> Option<Result<Meta, StoreError>> {
         let j = self.journal.as_ref()?;
         let gate = j.enter();
         let target = self.content_path(file);
-        let old_bytes = self.fs.read(&target).ok()?;
+        let read;
+        let old_bytes: &[u8] = match current {
+            Some(b) => b,
+            None => {
+                read = self.fs.read(&target).ok()?;
+                &read
+            }
+        };
         if old_bytes.len() as u64 != old.size {
             return None;
         }
         let blob = blob_id(file, old.version, old.checksum);
         let mut undo = old.undo.clone();
         undo.push(blob.clone());
-        let dropped: Vec<String> = if undo.len() > UNDO_DEPTH {
-            undo.drain(..undo.len() - UNDO_DEPTH).collect()
-        } else {
-            Vec::new()
-        };
+        let dropped = trim_history(&mut undo);
         let (content_tmp, cf) = match self.stage(file, &mut |f| f.write_all(bytes)) {
             Ok(x) => x,
             Err(e) => return Some(Err(e)),
@@ -88,18 +127,7 @@ impl Store {
             let md = cf.metadata().map_err(|e| self.io(file, e))?;
             let mut counter = ContentCounter::new();
             counter.update(bytes);
-            let facts = counter.finish(mtime_ns(&md));
-            let meta = Meta {
-                version: self.next_version(Some(old)),
-                checksum: facts.checksum,
-                size: facts.size,
-                mtime_ns: facts.mtime_ns,
-                words: facts.words,
-                chars: facts.chars,
-                modified_ms: crate::auth::now_ms(),
-                owner: old.owner.clone(),
-                undo,
-            };
+            let meta = self.changed_meta(old, &counter.finish(mtime_ns(&md)), undo);
             let (rp, _) = self.stage_meta(file, &meta)?;
             Ok::<_, StoreError>((meta, rp))
         })();
@@ -119,7 +147,7 @@ impl Store {
             old_len: old_bytes.len() as u64,
         };
         let paths = [target.clone(), self.meta_path(file), self.undo.join(&blob)];
-        let appended = journal::encode(&head, bytes, &old_bytes)
+        let appended = journal::encode(&head, bytes, old_bytes)
             .and_then(|frame| j.append(&*self.fs, &gate, file, &frame, &paths));
         match appended {
             Ok(journal::Appended::Durable) => {}
@@ -275,22 +303,8 @@ impl Store {
                     (p, std::mem::take(&mut counter).finish(mtime_ns(&md)))
                 }
             };
-            let dropped: Vec<String> = if undo.len() > UNDO_DEPTH {
-                undo.drain(..undo.len() - UNDO_DEPTH).collect()
-            } else {
-                Vec::new()
-            };
-            let meta = Meta {
-                version: self.next_version(Some(&old)),
-                checksum: facts.checksum,
-                size: facts.size,
-                mtime_ns: facts.mtime_ns,
-                words: facts.words,
-                chars: facts.chars,
-                modified_ms: crate::auth::now_ms(),
-                owner: old.owner.clone(),
-                undo: std::mem::take(&mut undo),
-            };
+            let dropped = trim_history(&mut undo);
+            let meta = self.changed_meta(&old, &facts, std::mem::take(&mut undo));
             let (rp, rf) = self.stage_meta(file, &meta)?;
             staged.push(rp.clone());
             sync.push(rf);

@@ -64,10 +64,6 @@
 
 use super::*;
 
-/// Most temp files an install syncs in turn on its own thread (see [`Fs::sync_batch`]); more
-/// are synced on threads.
-const IN_TURN_MAX: usize = 8;
-
 /// A file's content and history opened under its lock, ready to be sent to another copy.
 pub struct Transfer {
     /// The content.
@@ -371,14 +367,7 @@ impl Store {
                 open.push(f);
             }
         }
-        // A few files (a lone copy: content, record, a history entry) are synced in turn on
-        // this thread, their write-back started together; a batch's many on threads.
-        let synced = if open.len() <= IN_TURN_MAX {
-            self.fs.sync_batch(&open)
-        } else {
-            self.fs.sync_files(&open)
-        };
-        for (i, r) in owners.into_iter().zip(synced) {
+        for (i, r) in owners.into_iter().zip(self.fs.sync_files(&open)) {
             if let Err(e) = r {
                 if results[i].is_none() {
                     results[i] = Some(Err(self.io(&copies[i].state.file, e)));

@@ -557,9 +557,6 @@ impl Fs for Guard {
     fn sync_files(&self, files: &[&File]) -> Vec<io::Result<()>> {
         self.inner.sync_files(files)
     }
-    fn sync_batch(&self, files: &[&File]) -> Vec<io::Result<()>> {
-        self.inner.sync_batch(files)
-    }
     fn sync_fs(&self, dir: &Path) -> io::Result<()> {
         self.inner.sync_fs(dir)
     }

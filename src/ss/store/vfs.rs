@@ -50,12 +50,6 @@ pub trait Fs: Send + Sync {
     }
     /// Makes several files' content durable (fsync each); one result per file, in order.
     fn sync_files(&self, files: &[&File]) -> Vec<io::Result<()>>;
-    /// Makes a batch of changes' few small temp files durable (fsync each); one result per
-    /// file, in order. By default [`Fs::sync_files`]; the OS backend syncs them in turn on the
-    /// calling thread (`durable::sync_files_in_turn`).
-    fn sync_batch(&self, files: &[&File]) -> Vec<io::Result<()>> {
-        self.sync_files(files)
-    }
     /// Makes everything written on the file system holding `dir` durable (`syncfs`).
     fn sync_fs(&self, dir: &Path) -> io::Result<()>;
     /// Makes everything written on the file system holding `dir` durable through a window
@@ -205,9 +199,6 @@ impl Fs for OsFs {
     }
     fn sync_fs_window(&self, w: &crate::durable::FsSync, _dir: &Path) -> io::Result<()> {
         w.sync()
-    }
-    fn sync_batch(&self, files: &[&File]) -> Vec<io::Result<()>> {
-        crate::durable::sync_files_in_turn(files)
     }
     fn sync_fs(&self, dir: &Path) -> io::Result<()> {
         crate::durable::syncfs(dir)
