@@ -23,6 +23,7 @@
 mod access;
 mod checkpoints;
 mod clock;
+mod creates;
 mod deletes;
 mod effects;
 mod folders;
@@ -44,8 +45,8 @@ pub use clock::{mono_ms, Entropy, Env, WallClock};
 pub use effects::{Effect, Job, JobKind, JobOutput};
 pub use fsck::{judge_copy, Lineage, Seen};
 pub use records::{
-    DeleteIntent, FileRecord, FolderRecord, Loaded, Member, MoveIntent, PairRecord, Phase,
-    ServerRecord, StoreOp,
+    CreateIntent, DeleteIntent, FileRecord, FolderRecord, Loaded, Member, MoveIntent, PairRecord,
+    Phase, ServerRecord, StoreOp,
 };
 use removals::{Meets, Removal};
 use status::SetAside;
@@ -258,6 +259,8 @@ pub struct Core {
     ops: ops::InFlightOps,
     out: Vec<Effect>,
     batch: Vec<StoreOp>,
+    /// How many ops of `batch` may wait for a later batch (see [`Core::lazily`]).
+    lazy_ops: usize,
     /// The replication queue: durable jobs, those running, sync waits, staged uploads.
     q: queue::Queue,
     /// FSCK pages waiting for their servers' checks.
@@ -353,6 +356,7 @@ impl Core {
                 next_request,
                 moves: loaded.moves,
                 deletes: loaded.deletes,
+                creates: loaded.creates,
             },
             cfg,
             key,
@@ -360,6 +364,7 @@ impl Core {
             ops,
             out: Vec::new(),
             batch: Vec::new(),
+            lazy_ops: 0,
             q,
             fsck: fsck::Runs::default(),
             pairs,
@@ -379,12 +384,15 @@ impl Core {
         std::mem::take(&mut self.out)
     }
 
-    /// Durable changes produced since the last call. Unwritten access times ride along on a
-    /// batch that is shipped anyway (see [`access`]).
+    /// Durable changes produced since the last call. Unwritten access times, and changes
+    /// that may wait (see [`creates`]), ride along on a batch that is shipped anyway: a batch
+    /// of nothing else is kept until one is, or until they are due (see [`access`]).
     pub fn take_batch(&mut self) -> Vec<StoreOp> {
-        if !self.batch.is_empty() {
-            self.flush_access_times();
+        if self.batch.len() == self.lazy_ops {
+            return Vec::new();
         }
+        self.flush_access_times();
+        self.lazy_ops = 0;
         std::mem::take(&mut self.batch)
     }
 

@@ -15,6 +15,7 @@
 //! | `requests`| id, 20 digits    | `protocol::AccessRequest`               |
 //! | `moves`   | old canonical name | `core::MoveIntent` (a MOVE not settled) |
 //! | `deletes` | canonical name   | `core::DeleteIntent` (a DELETE not settled) |
+//! | `creates` | canonical name   | `core::CreateIntent` (a CREATE not settled) |
 //! | `meta`    | `schema`         | `"1"`                                   |
 //! | `meta`    | `next_request`   | the next access-request id (decimal)    |
 //!
@@ -30,7 +31,8 @@
 //! it depends on is committed (see `server.rs`).
 
 use super::core::{
-    DeleteIntent, FileRecord, FolderRecord, Loaded, MoveIntent, PairRecord, ServerRecord, StoreOp,
+    CreateIntent, DeleteIntent, FileRecord, FolderRecord, Loaded, MoveIntent, PairRecord,
+    ServerRecord, StoreOp,
 };
 use super::replication::ReplJob;
 use crate::protocol::AccessRequest;
@@ -50,6 +52,7 @@ const FOLDERS: TableDefinition<&str, &str> = TableDefinition::new("folders");
 const REQUESTS: TableDefinition<&str, &str> = TableDefinition::new("requests");
 const MOVES: TableDefinition<&str, &str> = TableDefinition::new("moves");
 const DELETES: TableDefinition<&str, &str> = TableDefinition::new("deletes");
+const CREATES: TableDefinition<&str, &str> = TableDefinition::new("creates");
 /// The `meta` key of the access-request counter.
 const NEXT_REQUEST: &str = "next_request";
 
@@ -152,6 +155,7 @@ impl Store {
             txn.open_table(REQUESTS).map_err(dberr)?;
             txn.open_table(MOVES).map_err(dberr)?;
             txn.open_table(DELETES).map_err(dberr)?;
+            txn.open_table(CREATES).map_err(dberr)?;
             let mut meta = txn.open_table(META).map_err(dberr)?;
             meta.insert("schema", "1").map_err(dberr)?;
         }
@@ -227,6 +231,12 @@ impl Store {
             let d: DeleteIntent = parse(k.value(), v.value())?;
             loaded.deletes.insert(k.value().to_string(), d);
         }
+        let creates = txn.open_table(CREATES).map_err(dberr)?;
+        for item in creates.iter().map_err(dberr)? {
+            let (k, v) = item.map_err(dberr)?;
+            let c: CreateIntent = parse(k.value(), v.value())?;
+            loaded.creates.insert(k.value().to_string(), c);
+        }
         let meta = txn.open_table(META).map_err(dberr)?;
         if let Some(v) = meta.get(NEXT_REQUEST).map_err(dberr)? {
             loaded.next_request = parse(NEXT_REQUEST, v.value())?;
@@ -249,6 +259,7 @@ impl Store {
             let mut requests = txn.open_table(REQUESTS).map_err(dberr)?;
             let mut moves = txn.open_table(MOVES).map_err(dberr)?;
             let mut deletes = txn.open_table(DELETES).map_err(dberr)?;
+            let mut creates = txn.open_table(CREATES).map_err(dberr)?;
             let mut meta = txn.open_table(META).map_err(dberr)?;
             for op in batches.iter().flat_map(|b| b.ops.iter()) {
                 match op {
@@ -323,6 +334,13 @@ impl Store {
                     }
                     StoreOp::DelDelete(f) => {
                         deletes.remove(f.as_str()).map_err(dberr)?;
+                    }
+                    StoreOp::PutCreate(f, c) => {
+                        let v = to_json(f, c)?;
+                        creates.insert(f.as_str(), v.as_str()).map_err(dberr)?;
+                    }
+                    StoreOp::DelCreate(f) => {
+                        creates.remove(f.as_str()).map_err(dberr)?;
                     }
                 }
             }

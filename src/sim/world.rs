@@ -387,6 +387,8 @@ impl World {
     }
 
     /// Takes the core's effects and store batch; commits at once unless the disk is slow.
+    /// A plain job may run before its batch is durable, as `bin_nm` dispatches it at once (a
+    /// CREATE's call overlaps the commit of the record it writes ahead).
     fn nm_pump(&mut self) {
         loop {
             let Some(core) = self.nm.core.as_mut() else {
@@ -397,7 +399,14 @@ impl World {
             if effects.is_empty() && batch.is_empty() {
                 break;
             }
+            let early = self.rng.below(2) == 0;
+            let (now, effects): (Vec<Effect>, Vec<Effect>) = effects
+                .into_iter()
+                .partition(|e| early && matches!(e, Effect::Job(_)));
             self.nm.pending.push((batch, effects));
+            for e in now {
+                self.effect(e);
+            }
             if self.rng.below(4) != 0 {
                 self.nm_commit();
             }

@@ -12,6 +12,9 @@
 //!   however many reads;
 //! * and at clean shutdown, before the store is flushed.
 //!
+//! Store changes that may wait (a CREATE's bookkeeping after its answer, see `creates.rs`)
+//! are shipped by the same rules.
+//!
 //! The bound: a crash (SIGKILL, power loss) loses at most the access times of the last
 //! interval (5 s by default). Access times are the only state kept this way; content,
 //! versions, rights, folders and every other record are durable before their change is
@@ -78,10 +81,18 @@ impl Core {
         }
     }
 
+    /// Store changes that may wait (see [`Core::lazily`]) are shipped within the same bound.
+    pub(super) fn access_due_soon(&mut self) {
+        if self.access.due_ms.is_none() {
+            self.access.due_ms = Some(self.now_ms + self.access.flush_ms);
+        }
+    }
+
     /// Adds every unwritten access time to the store batch now (at shutdown, or riding on a
-    /// batch that is shipped anyway).
+    /// batch that is shipped anyway), and lets changes that could wait ship with it.
     pub fn flush_access_times(&mut self) {
         self.access.due_ms = None;
+        self.lazy_ops = 0;
         for file in std::mem::take(&mut self.access.dirty) {
             // A file deleted since its access has nothing left to write.
             if let Some(rec) = self.ns.files.get(&file) {

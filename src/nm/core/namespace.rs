@@ -31,6 +31,8 @@ pub(super) struct Namespace {
     pub(super) moves: BTreeMap<String, MoveIntent>,
     /// DELETEs sent (or about to be) and not yet settled, by the file's name.
     pub(super) deletes: BTreeMap<String, DeleteIntent>,
+    /// CREATEs not settled (see `creates.rs`).
+    pub(super) creates: BTreeMap<String, CreateIntent>,
 }
 
 impl Core {

@@ -277,6 +277,29 @@ impl Core {
             .reg
             .membership(&writer)
             .map_or(Member::Primary, |(_, m)| m);
+        // The record the create makes is committed while the server creates (`creates.rs`).
+        let version = Version::first(epoch, (first > 1).then_some(first));
+        let wall_ms = self.wall_ms();
+        let st = FileState {
+            file: canon.to_string(),
+            version,
+            checksum: crc32c::crc32c(b""),
+            size: 0,
+            words: 0,
+            chars: 0,
+            modified_ms: wall_ms,
+            owner: Some(p.user.clone()),
+        };
+        let rec = FileRecord::first(p.user.clone(), &ss, member, &st, wall_ms, wall_ms);
+        self.put_create_intent(
+            canon,
+            rec,
+            CreateIntent {
+                ss: writer,
+                epoch,
+                version,
+            },
+        );
         Ok((
             JobKind::SsCall { addr, msg },
             Purpose::Create {
@@ -410,6 +433,9 @@ impl Core {
         result: Result<JobOutput, WireError>,
         now_ms: u64,
     ) -> Finished {
+        if matches!(purpose, Purpose::Create { .. }) && !matches!(result, Ok(JobOutput::State(_))) {
+            self.undo_create_intent(file);
+        }
         match (purpose, result) {
             (
                 Purpose::Create {
@@ -420,7 +446,16 @@ impl Core {
                 },
                 Ok(JobOutput::State(st)),
             ) => {
-                let target = self.record_created(file, owner, &ss, member, &st, now_ms);
+                // As written ahead, what the answer changes may wait for a later batch.
+                let target = if self.created_as_written(file, &ss, &st) {
+                    self.lazily(|c| {
+                        c.drop_create_intent(file);
+                        c.record_created(file, owner, &ss, member, &st, now_ms)
+                    })
+                } else {
+                    self.drop_create_intent(file);
+                    self.record_created(file, owner, &ss, member, &st, now_ms)
+                };
                 if then_upload {
                     let user = match self.reg.peer(conn) {
                         Some(Peer::Client { user, .. }) => user.clone(),
@@ -690,6 +725,9 @@ impl Core {
         }
         if matches!(flight.purpose, Purpose::Delete) {
             self.drop_delete_intent(&flight.file);
+        }
+        if matches!(flight.purpose, Purpose::Create { .. }) {
+            self.undo_create_intent(&flight.file);
         }
         log::warn!(target: ev::NM_SS_RECOVERY, file = flight.file.as_str(), ss = ss.as_str(), epoch = epoch;
             "{ss} answered a change of {} made in epoch {epoch}, which has ended; it is not applied and that copy is set aside",

@@ -299,6 +299,11 @@ pub enum StoreOp {
     PutDelete(String, DeleteIntent),
     /// Remove a DELETE's intent (settled: deleted, refused, or found not to have happened).
     DelDelete(String),
+    /// Record a CREATE about to be sent, keyed by the file's name (written with the record
+    /// the create will make, see `core/creates.rs`).
+    PutCreate(String, CreateIntent),
+    /// Remove a CREATE's intent (settled: created, refused, or found not to have happened).
+    DelCreate(String),
 }
 
 /// The durable state as loaded at startup.
@@ -329,6 +334,8 @@ pub struct Loaded {
     pub moves: BTreeMap<String, MoveIntent>,
     /// DELETEs not settled when the name server stopped, by the file's name.
     pub deletes: BTreeMap<String, DeleteIntent>,
+    /// CREATEs not settled when the name server stopped, by the file's name.
+    pub creates: BTreeMap<String, CreateIntent>,
 }
 
 impl Loaded {
@@ -389,6 +396,12 @@ impl Loaded {
             StoreOp::DelDelete(f) => {
                 self.deletes.remove(&f);
             }
+            StoreOp::PutCreate(f, c) => {
+                self.creates.insert(f, c);
+            }
+            StoreOp::DelCreate(f) => {
+                self.creates.remove(&f);
+            }
         }
     }
 }
@@ -433,4 +446,19 @@ pub struct DeleteIntent {
     pub version: Version,
     /// The record's checksum when the delete started.
     pub checksum: u32,
+}
+
+/// A CREATE whose storage-server call may have run (stored as JSON in the `creates` table,
+/// keyed by the file's name). It is written, together with the record the create will make,
+/// in the batch committed while SS_CREATE runs, and removed once the create is settled, so a
+/// name server that dies in between settles it when that server registers again, by whether
+/// it holds the file (see `core/creates.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateIntent {
+    /// The server SS_CREATE was sent to (the pair's writer then).
+    pub ss: String,
+    /// The epoch its ticket carried.
+    pub epoch: u64,
+    /// The version the create makes.
+    pub version: Version,
 }

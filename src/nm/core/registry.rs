@@ -571,6 +571,7 @@ impl Core {
         }
         let released = self.resolve_moves(&name, &files, now_ms);
         self.resolve_deletes(&name, &files, now_ms);
+        self.resolve_creates(&name, &files);
         let (adopted, updated, removed) = match self.reg.membership(&name) {
             Some((p, m)) => {
                 if was_down {

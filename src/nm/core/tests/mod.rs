@@ -5,6 +5,7 @@ use super::*;
 use crate::protocol::ErrorCode;
 
 mod checkpoints;
+mod creates;
 mod deletes;
 mod failover;
 mod folders;
