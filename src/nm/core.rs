@@ -614,6 +614,7 @@ impl Core {
         }
         // The change may give a parked job of this file a source.
         self.unpark_file(&rec.ss, file);
+        self.forget_create_of(file);
         self.batch
             .push(StoreOp::PutFile(file.to_string(), rec.clone()));
         self.ns.files.insert(file.to_string(), rec);
@@ -633,6 +634,7 @@ impl Core {
     }
 
     fn del_file(&mut self, file: &str) {
+        self.forget_create_of(file);
         if let Some(rec) = self.ns.files.remove(file) {
             self.reg.count_file_move(Some(rec.ss.as_str()), None);
             // A parked content row of the file is moot now: back in the index, the pump drops

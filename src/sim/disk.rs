@@ -15,6 +15,12 @@
 //! content). Listings the disk takes are sorted, and nothing here reads a clock or the OS's
 //! randomness, so a run is reproducible.
 //!
+//! A failing sync ([`SimDisk::fail_next_syncs`]) answers EIO and makes nothing durable. As
+//! Linux may after a write-back error (the dirty pages dropped and marked clean), a later
+//! sync of a file whose sync failed answers Ok WITHOUT making it durable while the file still
+//! holds the bytes it had then: a program that retries the sync is told a lie, and the next
+//! power cut shows it. Bytes written to the file since are made durable again.
+//!
 //! The planted bug [`SimDisk::plant_skip_dir_fsync`] makes the disk ignore a directory fsync
 //! that follows a rename into that directory: what a store skipping that fsync would do.
 
@@ -54,6 +60,12 @@ struct State {
     /// Directories renamed into since their last fsync (for the planted bug).
     renamed_into: BTreeSet<PathBuf>,
     plant_skip_dir_fsync: bool,
+    /// Sync calls still to fail with EIO.
+    fail_syncs: u32,
+    /// Inodes whose sync failed, with the bytes they held then (see the module docs).
+    lost: HashMap<u64, Vec<u8>>,
+    /// A sync failed since the last `sync_fs` (which reports it, as `syncfs` does).
+    failed_since_fs: bool,
     /// Durable calls seen: file fsyncs, directory fsyncs.
     file_syncs: u64,
     dir_syncs: u64,
@@ -79,6 +91,31 @@ impl SimDisk {
     /// From now on, ignore a directory fsync that follows a rename into that directory.
     pub fn plant_skip_dir_fsync(&self) {
         self.lock().plant_skip_dir_fsync = true;
+    }
+
+    /// The next `n` sync calls (of a file, files, a directory or the file system) fail.
+    pub fn fail_next_syncs(&self, n: u32) {
+        self.lock().fail_syncs += n;
+    }
+
+    /// Sync calls still due to fail no longer fail (the fault has passed).
+    pub fn heal(&self) {
+        self.lock().fail_syncs = 0;
+    }
+
+    /// Whether a sync fails now (then counted off); the files given lose their dirty bytes.
+    fn sync_fails(st: &mut State, files: &[&File]) -> io::Result<bool> {
+        if st.fail_syncs == 0 {
+            return Ok(false);
+        }
+        st.fail_syncs -= 1;
+        st.failed_since_fs = true;
+        for f in files {
+            let id = Self::id_of(st, f.metadata()?.ino());
+            let bytes = fs::read(format!("/proc/self/fd/{}", f.as_raw_fd()))?;
+            st.lost.insert(id, bytes);
+        }
+        Ok(true)
     }
 
     /// File and directory fsyncs seen so far.
@@ -115,6 +152,11 @@ impl SimDisk {
         // Reopened through /proc: the handle may be write-only.
         let bytes = fs::read(format!("/proc/self/fd/{}", f.as_raw_fd()))?;
         let id = Self::id_of(st, md.ino());
+        if st.lost.get(&id) == Some(&bytes) {
+            // Its pages were dropped at the failed sync: Ok, and nothing made durable.
+            return Ok(());
+        }
+        st.lost.remove(&id);
         let mtime_ns = md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128;
         st.content.insert(id, Durable { bytes, mtime_ns });
         st.file_syncs += 1;
@@ -134,6 +176,9 @@ impl SimDisk {
         }
         st.ids.clear();
         st.renamed_into.clear();
+        st.lost.clear();
+        st.fail_syncs = 0;
+        st.failed_since_fs = false;
         let mut placed: HashMap<u64, PathBuf> = HashMap::new();
         let mut reachable = BTreeSet::new();
         let mut todo = vec![PathBuf::new()];
@@ -176,6 +221,10 @@ impl SimDisk {
     }
 }
 
+fn eio() -> io::Error {
+    io::Error::from_raw_os_error(nix::libc::EIO)
+}
+
 /// The names in `dir`, sorted.
 fn sorted_entries(dir: &Path) -> io::Result<Vec<String>> {
     let mut v = Vec::new();
@@ -201,16 +250,33 @@ impl Fs for SimDisk {
     }
     fn sync_file(&self, f: &File) -> io::Result<()> {
         f.sync_all()?;
-        Self::record_file(&mut self.lock(), f)
+        let mut st = self.lock();
+        if Self::sync_fails(&mut st, &[f])? {
+            return Err(eio());
+        }
+        Self::record_file(&mut st, f)
     }
     fn sync_files(&self, files: &[&File]) -> Vec<io::Result<()>> {
         let mut st = self.lock();
         files
             .iter()
-            .map(|f| Self::record_file(&mut st, f))
+            .map(|f| {
+                if Self::sync_fails(&mut st, &[f])? {
+                    return Err(eio());
+                }
+                Self::record_file(&mut st, f)
+            })
             .collect()
     }
     fn sync_fs(&self, _dir: &Path) -> io::Result<()> {
+        {
+            let mut st = self.lock();
+            // A write-back error since the last call is reported once, as `syncfs` reports
+            // errors seen since the descriptor it is given was opened.
+            if Self::sync_fails(&mut st, &[])? || std::mem::take(&mut st.failed_since_fs) {
+                return Err(eio());
+            }
+        }
         // Everything under the root: every directory's entries, every file's content.
         let mut todo = vec![self.root.clone()];
         while let Some(d) = todo.pop() {
@@ -239,6 +305,9 @@ impl Fs for SimDisk {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let rel = self.rel(dir);
         let mut st = self.lock();
+        if Self::sync_fails(&mut st, &[])? {
+            return Err(eio());
+        }
         st.dir_syncs += 1;
         let renamed = st.renamed_into.remove(&rel);
         if renamed && st.plant_skip_dir_fsync {
@@ -299,6 +368,40 @@ mod tests {
         let mut f = disk.create_new(p).unwrap();
         f.write_all(bytes).unwrap();
         disk.sync_file(&f).unwrap();
+    }
+
+    #[test]
+    fn a_sync_retried_after_it_failed_lies_until_the_file_is_written_again() {
+        let (d, disk) = disk();
+        let r = d.path();
+        write_synced(&disk, &r.join("a"), b"one");
+        disk.sync_dir(r).unwrap();
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(r.join("a"))
+            .unwrap();
+        f.write_all(b" two").unwrap();
+        disk.fail_next_syncs(1);
+        assert_eq!(
+            disk.sync_file(&f).unwrap_err().raw_os_error(),
+            Some(nix::libc::EIO)
+        );
+        disk.sync_file(&f).expect("the retry is told Ok");
+        assert!(disk.sync_fs(r).is_err(), "syncfs reports the error once");
+        disk.sync_fs(r).unwrap();
+        disk.power_cut().unwrap();
+        assert_eq!(fs::read(r.join("a")).unwrap(), b"one", "the retry lied");
+        // Written again: the next sync makes it durable.
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(r.join("a"))
+            .unwrap();
+        disk.fail_next_syncs(1);
+        assert!(disk.sync_file(&f).is_err());
+        f.write_all(b" three").unwrap();
+        disk.sync_file(&f).unwrap();
+        disk.power_cut().unwrap();
+        assert_eq!(fs::read(r.join("a")).unwrap(), b"one three");
     }
 
     #[test]

@@ -37,8 +37,13 @@
 //! (the same, and the disk drops every write and directory entry not fsynced, see
 //! [`disk`]; the name server loses the batches not committed), **partition** (a storage
 //! server is cut off from everyone until healed; at the heal its connection is found broken),
-//! **message** (a message lost: on TCP the connection breaks, both ends see it closed), and
-//! **clock jump** (a process's wall clock jumps up to an hour either way). Messages are
+//! **message** (a message lost: on TCP the connection breaks, both ends see it closed),
+//! **clock jump** (a process's wall clock jumps up to an hour either way), and **sync
+//! error** (a storage server's next one or two syncs fail with EIO; a retried sync of a file
+//! whose sync failed then answers Ok without making it durable, as Linux may, see [`disk`]; a
+//! server whose journal checkpoint fails exits, as `bin_ss` does, and restarts later). A plain
+//! worker job (SS_CREATE, a copy) may run before the batch it was produced with commits, as
+//! `bin_nm` dispatches it at once; replies and intent-first jobs wait for it. Messages are
 //! delayed 1-20 ms, in order on one connection and reordered between connections; each
 //! process's monotonic clock runs at a rate within 2% of true time.
 //!

@@ -36,7 +36,14 @@ const USERS: [&str; 1] = ["alice"];
 const FILES: usize = 5;
 
 /// The kinds of fault injected, in the order the summary lists them.
-pub const FAULT_KINDS: [&str; 5] = ["crash", "power loss", "partition", "message", "clock jump"];
+pub const FAULT_KINDS: [&str; 6] = [
+    "crash",
+    "power loss",
+    "partition",
+    "message",
+    "clock jump",
+    "sync error",
+];
 
 /// What a run is asked to do.
 #[derive(Debug, Clone)]
@@ -602,6 +609,8 @@ impl World {
         ));
         self.link_broken(i, "process gone");
         let s = &mut self.ss[i];
+        // A write-back fault passes while the server is down.
+        s.disk.heal();
         s.up = false;
         s.store = None;
         s.lease.end();
@@ -1187,8 +1196,12 @@ impl World {
             if let (true, Some(store)) = (self.now >= s.next_checkpoint, &s.store) {
                 s.next_checkpoint = self.now + CHECKPOINT_MS;
                 if let Err(e) = store.checkpoint_journal() {
-                    let msg = format!("{}: journal checkpoint failed: {e}", s.name);
+                    // bin_ss's checkpoint thread ends the process (fail-stop): its page cache
+                    // survives, and the restart redoes the journal.
+                    let msg = format!("{}: journal checkpoint failed: {e}; it exits", s.name);
                     self.log(msg);
+                    self.ss_down(i, false);
+                    continue;
                 }
             }
             // The link's read timeout: nothing heard for a while breaks it.
@@ -1255,6 +1268,17 @@ impl World {
                     fault(&mut self.report, "message");
                     let who = live[self.rng.below(live.len() as u64) as usize];
                     self.link_broken(who, "message lost");
+                }
+            }
+            41..=42 => {
+                // A disk write-back error: the next sync calls fail (see `SimDisk`).
+                let who = self.rng.below(n) as usize;
+                if self.ss[who].up {
+                    fault(&mut self.report, "sync error");
+                    let k = 1 + self.rng.below(2) as u32;
+                    self.ss[who].disk.fail_next_syncs(k);
+                    let name = self.ss[who].name;
+                    self.log(format!("{name}: the next {k} sync(s) fail"));
                 }
             }
             37..=40 => {

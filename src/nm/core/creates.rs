@@ -39,8 +39,15 @@
 //!   happened (the server answers only once the file is durable, so no client was told it
 //!   did), and the record goes with the intent, instead of being marked missing forever.
 //!
-//! An intent whose call is still running in this run (its name is reserved) is left to its
-//! answer.
+//! An intent whose call is still running in this run is left to its answer. An intent left
+//! over is dropped as soon as anything else removes or replaces the name's record (a DELETE,
+//! a MOVE onto the name after it), so it never takes a later record of the name for its own;
+//! it also names the owner and creation time of the record it wrote, which must still match.
+//!
+//! Until its server registers again, a create the last run left unsettled shows its record
+//! (VIEW, INFO; a CREATE of the name is refused as existing), whether or not it happened: the
+//! client that asked was not answered, and either outcome is what it may expect. Should that
+//! server never return, the owner's DELETE removes the record.
 
 use super::*;
 
@@ -70,9 +77,13 @@ impl Core {
     }
 
     /// Whether the server's answer `st` is the state the create of `file` of pair `pair`
-    /// wrote ahead, with no replication row of the name owed to either member (a removal
-    /// still owed is rewritten eagerly, as before).
+    /// wrote ahead, the durable record of the name is still that one (nothing recorded the
+    /// name meanwhile, e.g. adopted from another server), and no replication row of the name
+    /// is owed to either member (a removal still owed is rewritten eagerly, as before).
     pub(super) fn created_as_written(&self, file: &str, pair: &str, st: &FileState) -> bool {
+        if self.ns.files.contains_key(file) {
+            return false;
+        }
         let rows = [Member::Primary, Member::Backup].into_iter().any(|m| {
             self.reg
                 .member_name(pair, m)
@@ -86,6 +97,15 @@ impl Core {
                     && st.words == 0
                     && st.chars == 0
             })
+    }
+
+    /// The record of `file` is removed or replaced by something other than the answer of a
+    /// create of it in flight: an intent a previous run left for the name is moot (it must
+    /// never take a later record of the name for the one its create wrote ahead).
+    pub(super) fn forget_create_of(&mut self, file: &str) {
+        if self.ns.creates.contains_key(file) && !self.ops.creating(file) {
+            self.drop_create_intent(file);
+        }
     }
 
     /// The create of `file` succeeded: its intent goes.
@@ -111,7 +131,7 @@ impl Core {
             .ns
             .creates
             .iter()
-            .filter(|(f, c)| c.ss == ss && !self.ops.is_busy(f))
+            .filter(|(f, c)| c.ss == ss && !self.ops.creating(f))
             .map(|(f, c)| (f.clone(), c.clone()))
             .collect();
         if open.is_empty() {
@@ -126,9 +146,12 @@ impl Core {
             if held.contains(&file) {
                 continue;
             }
-            // A later change of the record would have shipped the intent's removal with it.
+            // A later change of the record would have shipped the intent's removal with it
+            // (`forget_create_of`); the record is still the one written ahead.
             let unchanged = self.ns.files.get(&file).is_some_and(|rec| {
                 rec.version == c.version
+                    && rec.owner == c.owner
+                    && rec.created_ms == c.created_ms
                     && self
                         .reg
                         .membership(ss)

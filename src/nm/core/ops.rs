@@ -146,6 +146,13 @@ impl InFlightOps {
             .any(|f| f.file == file && matches!(f.purpose, Purpose::Delete))
     }
 
+    /// Whether a CREATE of `file` handed out in this run is still awaited.
+    pub(super) fn creating(&self, file: &str) -> bool {
+        self.jobs
+            .values()
+            .any(|f| f.file == file && matches!(f.purpose, Purpose::Create { .. }))
+    }
+
     /// Worker jobs handed out and not yet answered.
     pub(super) fn len(&self) -> usize {
         self.jobs.len()
@@ -298,6 +305,8 @@ impl Core {
                 ss: writer,
                 epoch,
                 version,
+                owner: p.user.clone(),
+                created_ms: wall_ms,
             },
         );
         Ok((
@@ -535,13 +544,18 @@ impl Core {
                     output,
                 )))
             }
+            (Purpose::Move { .. }, Err(e)) if e.code == crate::protocol::ErrorCode::Internal => {
+                // Its storage failed midway: renamed or not, only the server knows.
+                self.move_unsettled(file, &e.msg, now_ms)
+            }
             (Purpose::Move { .. }, Err(e)) => {
                 // The storage server refused (or could not be reached): the file stays.
                 self.drop_move_intent(file);
                 Finished::answer(Err(e))
             }
-            (Purpose::Delete, Err(e)) if e.code == crate::protocol::ErrorCode::Unavailable => {
-                // Not reached, or its answer lost: the server may have removed the file. The
+            (Purpose::Delete, Err(e)) if outcome_unknown(&e) => {
+                // Not reached, its answer lost, or its storage failed midway (the name may be
+                // gone though a sync failed): the server may have removed the file. The
                 // intent stays, so the server's next registration settles it by what it lists
                 // (see `deletes`); a new DELETE of the name replaces it.
                 log::info!(target: ev::NM_FILE_CHANGE, file = file;
@@ -768,6 +782,16 @@ impl Core {
             }
         }
     }
+}
+
+/// Whether a failed call may still have made its change: the server was not reached or its
+/// answer was lost (UNAVAILABLE), or its storage failed midway (INTERNAL: a rename or removal
+/// may be made though a sync after it failed).
+fn outcome_unknown(e: &WireError) -> bool {
+    matches!(
+        e.code,
+        crate::protocol::ErrorCode::Unavailable | crate::protocol::ErrorCode::Internal
+    )
 }
 
 /// What a finished operation did: its answer, the change then owed to the other member of

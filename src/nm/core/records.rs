@@ -461,4 +461,9 @@ pub struct CreateIntent {
     pub epoch: u64,
     /// The version the create makes.
     pub version: Version,
+    /// The owner of the record written ahead.
+    pub owner: String,
+    /// The creation time of the record written ahead (with the owner and version, what
+    /// tells it from a later record of the name).
+    pub created_ms: u64,
 }

@@ -61,6 +61,8 @@ fn a_create_commits_its_record_while_the_server_creates_and_answers_without_anot
             ss: "ss1".into(),
             epoch: EPOCH,
             version: empty_state().version,
+            owner: "alice".into(),
+            created_ms: written.created_ms,
         }
     )));
     assert!(
@@ -186,4 +188,49 @@ fn a_create_meeting_a_removal_still_owed_records_its_answer_before_the_reply() {
     assert!(batch.iter().any(
         |op| matches!(op, StoreOp::PutJob(j) if j.file == "a.txt" && j.target == "ss1_backup")
     ));
+}
+
+#[test]
+fn an_intent_left_over_never_takes_a_later_record_of_the_name_for_its_own() {
+    // The record written ahead is deleted by its owner, and the name taken again by another
+    // record of the same version (a MOVE onto it): the leftover intent went with the first.
+    let mut c = restarted();
+    let mut later = c.ns.files["a.txt"].clone();
+    c.del_file("a.txt");
+    assert!(c.take_batch().contains(&StoreOp::DelCreate("a.txt".into())));
+    later.owner = "bob".into();
+    c.put_file("a.txt", later);
+    register_as(&mut c, 1, "ss1", None, vec![]);
+    assert_eq!(c.ns.files["a.txt"].owner, "bob", "the later record stays");
+
+    // A record of the name that is not the one written ahead (another owner) is never taken
+    // for it, even with the intent still there.
+    let mut c = restarted();
+    let mut rec = c.ns.files["a.txt"].clone();
+    rec.owner = "bob".into();
+    c.ns.files.insert("a.txt".into(), rec);
+    register_as(&mut c, 1, "ss1", None, vec![]);
+    assert!(c.ns.files.contains_key("a.txt"));
+    assert!(c.ns.creates.is_empty());
+}
+
+#[test]
+fn a_name_recorded_meanwhile_makes_the_answer_recorded_before_the_reply() {
+    // While the create runs, the name gets a record from elsewhere (adopted from another
+    // server): the durable record is no longer the one written ahead.
+    let (mut c, job, _) = create_sent();
+    let other = FileRecord::first(
+        "bob".into(),
+        "ss9",
+        Member::Primary,
+        &st("a.txt", 3, Some("bob")),
+        1,
+        1,
+    );
+    c.ns.files.insert("a.txt".into(), other);
+    c.on_job_result(job.id, Ok(JobOutput::State(empty_state())), 11);
+    let batch = c.take_batch();
+    assert!(batch
+        .iter()
+        .any(|op| matches!(op, StoreOp::PutFile(f, r) if f == "a.txt" && r.owner == "alice")));
 }
