@@ -26,8 +26,9 @@
 //!   is, see the fence in `ops.rs`); a copy the server lacks is owed to it again.
 //!
 //! The same holds within one run when the call ends `UNAVAILABLE` (not reached, or its answer
-//! lost): the server may have removed the file, so the intent stays and is settled at that
-//! server's next registration; a refusal with any other code removes it.
+//! lost) or `INTERNAL` (its storage failed midway: the name may be gone though a sync after
+//! the removal failed): the server may have removed the file, so the intent stays and is
+//! settled at that server's next registration; a refusal with any other code removes it.
 //!
 //! An intent whose call is still running in this run is left to its answer. The name is not
 //! reserved meanwhile: every other operation on it changes or removes the record, which
