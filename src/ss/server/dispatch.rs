@@ -4,9 +4,12 @@
 use super::*;
 
 /// Accepts connections until `shared.stop` is set (the caller then connects once to wake it).
+/// Each connection is served by a thread of its own: a parked one when there is one (see
+/// [`Parked`]), else a new one.
 pub fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     // Connections refused for want of descriptors in the current burst (0: none).
     let mut fd_refused = 0u64;
+    let parked = Arc::new(Parked::new(Duration::from_millis(PARK_MS)));
     for stream in listener.incoming() {
         if shared.stop.load(Ordering::SeqCst) {
             break;
@@ -39,11 +42,91 @@ pub fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             continue;
         }
         let slot = ConnSlot(shared.clone());
+        if parked.claim() {
+            // A parked thread is waiting (or about to): it takes this one at once.
+            let _ = parked.tx.send((stream, slot));
+            continue;
+        }
+        let parked = parked.clone();
         let spawned = thread::Builder::new()
             .name("ss-conn".into())
-            .spawn(move || serve(stream, slot));
+            .spawn(move || {
+                serve(stream, slot);
+                parked.serve_next(|(stream, slot)| serve(stream, slot));
+            });
         if let Err(e) = spawned {
             log::warn!(target: ev::SS_REFUSED, "cannot start a connection thread: {e}");
+        }
+    }
+}
+
+/// Connection threads kept between connections. A client or the name server opens a
+/// connection per operation, so starting a thread for each (its stack mapped, then unmapped)
+/// would add that cost to every request's latency and CPU; a thread that finished a
+/// connection parks instead and is handed the next one.
+///
+/// `idle` counts the parked threads no connection was handed to yet. The accept loop claims
+/// one (`idle - 1`, never below 0) before it sends a connection, so a sent connection always
+/// has a thread bound to take it: it never waits behind a long session. A parked thread that
+/// waited `park` leaves only if it can take itself off the count; if it cannot, a connection
+/// is on its way to it, and it takes it.
+struct Parked<T> {
+    tx: crossbeam_channel::Sender<T>,
+    rx: crossbeam_channel::Receiver<T>,
+    idle: AtomicUsize,
+    park: Duration,
+}
+
+/// How long a parked connection thread waits for a connection before it ends.
+const PARK_MS: u64 = 10_000;
+/// At most this many threads park; more end after their connection.
+const MAX_PARKED: usize = 32;
+
+impl<T> Parked<T> {
+    fn new(park: Duration) -> Parked<T> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        Parked {
+            tx,
+            rx,
+            idle: AtomicUsize::new(0),
+            park,
+        }
+    }
+
+    /// Takes one parked thread off the count, if there is one.
+    fn claim(&self) -> bool {
+        self.idle
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    /// Parks the calling thread and hands each connection sent to it to `serve`, until it has
+    /// waited `park` for one, or too many threads are parked.
+    fn serve_next(&self, serve: impl Fn(T)) {
+        loop {
+            if self.idle.fetch_add(1, Ordering::SeqCst) >= MAX_PARKED {
+                if self.claim() {
+                    return;
+                }
+                // Claimed meanwhile: a connection is on its way.
+            } else {
+                match self.rx.recv_timeout(self.park) {
+                    Ok(next) => {
+                        serve(next);
+                        continue;
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) if self.claim() => {
+                        return;
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            // The count says a connection was handed to a parked thread: take it.
+            match self.rx.recv() {
+                Ok(next) => serve(next),
+                Err(_) => return,
+            }
         }
     }
 }
@@ -234,4 +317,56 @@ pub(super) fn unexpected(m: &Message) -> Fail {
         "unexpected {} on a storage server's client port",
         m.op_name()
     )))
+}
+
+#[cfg(test)]
+mod parked_tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[test]
+    fn a_parked_thread_serves_every_later_connection_and_leaves_when_idle() {
+        let parked: Arc<Parked<u32>> = Arc::new(Parked::new(Duration::from_millis(300)));
+        assert!(!parked.claim(), "nobody is parked yet");
+        let served = Arc::new(Mutex::new(Vec::new()));
+        let (p, s) = (parked.clone(), served.clone());
+        let serve = move |n: u32| s.lock().unwrap().push((n, thread::current().id()));
+        let t = thread::spawn(move || {
+            serve(0);
+            p.serve_next(serve);
+        });
+        for n in 1..=50u32 {
+            // The one thread parks again after each: it is claimed, never a new one.
+            let t0 = std::time::Instant::now();
+            while !parked.claim() {
+                assert!(t0.elapsed() < Duration::from_secs(5), "the thread parks");
+                thread::yield_now();
+            }
+            parked.tx.send(n).unwrap();
+        }
+        t.join().unwrap();
+        let served = served.lock().unwrap();
+        assert_eq!(served.len(), 51);
+        assert!(served.iter().all(|(_, id)| *id == served[0].1));
+        assert_eq!(parked.idle.load(Ordering::SeqCst), 0, "it left the count");
+    }
+
+    #[test]
+    fn a_claimed_thread_takes_its_connection_even_after_its_wait_ran_out() {
+        let parked: Arc<Parked<u32>> = Arc::new(Parked::new(Duration::from_millis(1)));
+        // Claimed just as its wait ends: the count is 0, so it must not leave.
+        parked.idle.store(0, Ordering::SeqCst);
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let (p, g) = (parked.clone(), got.clone());
+        let t = thread::spawn(move || p.serve_next(move |n| g.lock().unwrap().push(n)));
+        let t0 = std::time::Instant::now();
+        while !parked.claim() {
+            assert!(t0.elapsed() < Duration::from_secs(5), "the thread parks");
+            thread::yield_now();
+        }
+        thread::sleep(Duration::from_millis(20));
+        parked.tx.send(7).unwrap();
+        t.join().unwrap();
+        assert_eq!(*got.lock().unwrap(), vec![7]);
+    }
 }
