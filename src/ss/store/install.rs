@@ -8,8 +8,8 @@
 //! journal's gate, its record staged beside it, ONE entry written to the log (the new record,
 //! the new content, and for a file held, the content held with the id of the history entry
 //! it becomes), the log made durable by one `fdatasync` shared with every change appending
-//! meanwhile (and with every copy of the same PUT_BATCH: their entries are written first,
-//! then waited for once), and only then is the content held hard-linked into `undo/` and the
+//! meanwhile (and with every copy of the same PUT_BATCH without a `syncfs` window: their
+//! entries are written first, then waited for once), and only then is the content held hard-linked into `undo/` and the
 //! staged content and record renamed into place, none of it synced: the checkpoint makes
 //! them durable in place, the redo at open rewrites them from the entry. Its
 //! FILE_STATE_REPLY is sent after that `fdatasync` returned and the renames were made. Such a
@@ -22,6 +22,14 @@
 //!   the content held (so the entry's old content is at once the history entry it writes and
 //!   what the redo tells a hand edit from, as for a `write_content`). This is every copy of a
 //!   backup that kept up: a small write replicated brings the previous version's entry.
+//!
+//! A PUT_BATCH with a `syncfs` window (Linux 5.17 and later, below) installs every copy by
+//! the direct path: its one `syncfs` already serves all 64 copies, and through the journal
+//! each copy's bytes would be written twice (the log, then in place at the checkpoint); the
+//! catch-up row (10,000 copies of 4 KiB) measured no faster that way (median 3.45 s against
+//! 2.94 s, alternating sittings on a busy machine). A batch without a window (an older
+//! kernel, whose direct path fsyncs every file) journals what it can, one `fdatasync` for
+//! all.
 //!
 //! Every other copy (history entries the target lacks besides that one, checkpoints, a basis,
 //! large content, a copy of a version the target fell behind) takes the direct path below,
@@ -42,7 +50,8 @@
 //! # The direct path of a batch: each kind of sync done once
 //!
 //! The target verifies each copy of a PUT_BATCH as a single transfer, installs those the
-//! journal can carry as above, then the rest with each kind of sync done once:
+//! journal can carry as above (only without a `syncfs` window), then the rest with each kind
+//! of sync done once:
 //!
 //! 1. the records are staged in `tmp/` and made durable together with the copies' temp files
 //!    (contents, history entries, records);
@@ -398,8 +407,12 @@ impl Store {
                 Err(e) => results[i] = Some(Err(e)),
             }
         }
-        // 2. Small copies through the journal (see `journal`); the rest below.
-        let todo = self.install_journaled(copies, todo, &mut results);
+        // 2. Small copies through the journal (see `journal`); the rest below. A batch with a
+        // `syncfs` window takes the direct path: see the module docs.
+        let todo = match window {
+            Some(_) => todo,
+            None => self.install_journaled(copies, todo, &mut results),
+        };
         // A journaled change of any of the rest is made durable first, or a redo could undo
         // the install.
         let rest: Vec<&str> = todo

@@ -14,7 +14,8 @@
 //! (whose bytes are those of the content held; an install needing more takes the direct
 //! path). The entry is made durable by one `fdatasync` of the log,
 //! shared by every change appending meanwhile (leader/follower, as in `batch`; the copies of
-//! one PUT_BATCH write their entries, then wait once, [`Journal::write`]), and only then
+//! one PUT_BATCH installed through the journal write their entries, then wait once,
+//! [`Journal::write`]), and only then
 //! does the change touch the file system: the old content is hard-linked into `undo/`, the
 //! staged content and record (temp files in `tmp/`, written before the append) are renamed
 //! into place, all WITHOUT any fsync. The change returns once its entry is durable and its
