@@ -767,7 +767,9 @@ pub(super) fn put_content(
     h: &PutHead<'_>,
     t: &Ticket,
 ) -> Result<(), Fail> {
-    let state = match receive_copy(shared, conn, h, t, SyncBy::Now)? {
+    // Left unsynced: a small copy goes through the store's journal, which syncs none of
+    // them; any other is synced by the install together with its record.
+    let state = match receive_copy(shared, conn, h, t, SyncBy::Caller)? {
         Arrived::Held(state) => state,
         Arrived::Staged(st) => install_staged(shared, &mut [*st], None)
             .pop()

@@ -345,7 +345,7 @@ impl Store {
 
     /// Removes the temp files a failed change staged (those renamed away are gone already)
     /// and the history entry it linked, if any.
-    fn unstage(&self, staged: &[PathBuf], blob: Option<&str>) {
+    pub(super) fn unstage(&self, staged: &[PathBuf], blob: Option<&str>) {
         for p in staged {
             let _ = self.fs.remove_file(p);
         }

@@ -37,7 +37,7 @@ struct Index {
 }
 
 impl Store {
-    fn ckpt_dir(&self, file: &str) -> PathBuf {
+    pub(super) fn ckpt_dir(&self, file: &str) -> PathBuf {
         self.ckpt.join(file_hash(file))
     }
 

@@ -1,13 +1,21 @@
-//! The write-ahead journal: a CREATE or a small content change costs one flush.
+//! The write-ahead journal: a CREATE, a small content change or the install of a small
+//! replicated copy costs one flush.
 //!
-//! A journaled change (CREATE, and a commit's `write_content` whose new and old content are
-//! each at most [`JOURNAL_MAX_CONTENT`]) appends ONE entry to `DIR/journal/<n>.log` holding
+//! A journaled change (CREATE, a commit's `write_content` whose new and old content are each
+//! at most [`JOURNAL_MAX_CONTENT`], and the install of a small copy on the backup, see
+//! `install`) appends ONE entry to `DIR/journal/<n>.log` holding
 //! everything needed to redo it: the file name, the new [`Meta`] (version, checksum, mtime,
 //! undo list...), the new content, and for a content change the old content and the id of
 //! the history entry it becomes. The entry is framed as `length (u32 LE)`, `crc32c (u32 LE)`
 //! of the payload, payload; a frame that is short or fails its checksum ends the log (a torn
-//! tail: it was never acknowledged). The entry is made durable by one `fdatasync` of the log,
-//! shared by every change appending meanwhile (leader/follower, as in `batch`), and only then
+//! tail: it was never acknowledged). An install writes its entry the same way: the installed
+//! record (the source's version, owner and history ids), the received content, and for a
+//! file held the content held with the id of the history entry the copy brings for it
+//! (whose bytes are those of the content held; an install needing more takes the direct
+//! path). The entry is made durable by one `fdatasync` of the log,
+//! shared by every change appending meanwhile (leader/follower, as in `batch`; the copies of
+//! one PUT_BATCH installed through the journal write their entries, then wait once,
+//! [`Journal::write`]), and only then
 //! does the change touch the file system: the old content is hard-linked into `undo/`, the
 //! staged content and record (temp files in `tmp/`, written before the append) are renamed
 //! into place, all WITHOUT any fsync. The change returns once its entry is durable and its
@@ -39,6 +47,11 @@
 //!   have made a rename durable whose bytes were not), the redo rewrites the history entry,
 //!   the content and the record from the entry, durably, so the acknowledged state is
 //!   reached. Redone entries are applied in log order, so the last entry of a file wins.
+//!   An install is no different: its FILE_STATE_REPLY (the name server's proof the backup
+//!   holds the copy) is sent only after its entry's `fdatasync` returned; a power cut before
+//!   leaves the old copy (its record, content and history untouched), and the job is
+//!   retried. The history entries its record names besides the one in its entry are already
+//!   in `undo/` (the install checks), durable or themselves redone from an earlier entry.
 //! * Redo is idempotent: it only writes whole files from the entry (each an atomic, durable
 //!   replace) and the log is emptied only after every entry was redone, so a power cut
 //!   during the redo redoes it again.
@@ -49,8 +62,9 @@
 //!   change whose paths the checkpoint has just made durable, and the `syncfs` window opened
 //!   while the gate is held covers every byte a later change writes.
 //! * No redo overwrites a newer durable state: every other change of a file (DELETE, MOVE,
-//!   quarantine, installs, checkpoints, REVERT, UNDO, UPLOAD, a large write, adoption, the
-//!   removal of a vanished file) first calls [`Store::settle`] under the file's lock, which
+//!   quarantine, installs the journal cannot carry, checkpoints, REVERT, UNDO, UPLOAD, a
+//!   large write, adoption, the removal of a vanished file) first calls [`Store::settle`]
+//!   under the file's lock, which
 //!   checkpoints when the file has an entry in the log; the file's lock keeps a new entry from
 //!   appearing before that change is made. The store's file-system calls go through a guard
 //!   ([`Guard`]) that refuses a rename, removal or link of a file's content or record while
@@ -347,6 +361,12 @@ impl Journal {
         self.lock().pending.contains(file)
     }
 
+    /// Bytes in the current log.
+    #[cfg(test)]
+    pub(super) fn log_len(&self) -> u64 {
+        self.lock().len
+    }
+
     /// How many files have an entry in the current log.
     #[cfg(test)]
     pub(super) fn pending_count(&self) -> usize {
@@ -363,17 +383,34 @@ impl Journal {
     pub(super) fn append(
         &self,
         fs: &dyn Fs,
-        _gate: &RwLockReadGuard<'_, ()>,
+        gate: &RwLockReadGuard<'_, ()>,
         file: &str,
         frame: &[u8],
         paths: &[PathBuf],
     ) -> io::Result<Appended> {
+        match self.write(gate, file, frame, paths)? {
+            None => Ok(Appended::Closed),
+            Some(upto) => self.wait(fs, upto).map(|()| Appended::Durable),
+        }
+    }
+
+    /// Writes `frame` for `file` (see [`Journal::append`]) without waiting for it to be
+    /// durable: returns the log length [`Journal::wait`] must see synced, or None when the
+    /// journal is closed (nothing was written). Several changes made under one hold of the
+    /// gate (a batch of installs) write their frames and then wait once.
+    pub(super) fn write(
+        &self,
+        _gate: &RwLockReadGuard<'_, ()>,
+        file: &str,
+        frame: &[u8],
+        paths: &[PathBuf],
+    ) -> io::Result<Option<u64>> {
         let mut st = self.lock();
         if st.failed {
             return Err(Self::failed_error());
         }
         if st.broken {
-            return Ok(Appended::Closed);
+            return Ok(None);
         }
         let at = st.len;
         if let Err(e) = st.log.write_all_at(frame, at) {
@@ -393,10 +430,16 @@ impl Journal {
                 st.dirs.insert(d.to_path_buf());
             }
         }
-        let target = st.len;
+        Ok(Some(st.len))
+    }
+
+    /// Returns once the log is durable up to `target` (from [`Journal::write`], under the
+    /// same hold of the gate): one `fdatasync` shared by every change waiting meanwhile.
+    pub(super) fn wait(&self, fs: &dyn Fs, target: u64) -> io::Result<()> {
+        let mut st = self.lock();
         loop {
             if st.synced >= target {
-                return Ok(Appended::Durable);
+                return Ok(());
             }
             if st.broken {
                 return Err(io::Error::other(

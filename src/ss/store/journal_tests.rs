@@ -747,3 +747,258 @@ fn after_a_failed_checkpoint_the_restart_puts_each_file_at_its_last_entry_with_i
     drop(_g);
     assert_eq!(s.load_text(FILE).unwrap().0, "first one.");
 }
+
+/// Sends `file` from `src` to `dst` as a replication job does: `dst`'s history is asked for
+/// (PEEK_FILE), the content, the entries it lacks and the checkpoints are written unsynced
+/// into its `tmp/` (as PUT_FILE_CONTENT receives them) and installed.
+fn replicate(src: &Store, dst: &Store, file: &str) -> Result<(Meta, bool), StoreError> {
+    let have: Vec<Version> = dst
+        .open_transfer(file, &[], &[])
+        .map(|t| t.undo.iter().map(|d| d.version).collect())
+        .unwrap_or_default();
+    let mut tr = src.open_transfer(file, &have, &[])?;
+    let to_temp = |f: &mut File| -> Result<(TempFile, File), StoreError> {
+        let (t, mut out) = dst.temp_file(file)?;
+        io::copy(f, &mut out).map_err(|e| dst.io(file, e))?;
+        Ok((t, out))
+    };
+    let content = to_temp(&mut tr.content)?;
+    let mut entries = Vec::new();
+    for (v, f) in tr.entries.iter_mut() {
+        entries.push((*v, to_temp(f)?));
+    }
+    let mut ckpts = Vec::new();
+    for (tag, f) in tr.checkpoint_files.iter_mut() {
+        ckpts.push((tag.clone(), to_temp(f)?));
+    }
+    let entry_paths: Vec<(Version, PathBuf)> = entries
+        .iter()
+        .map(|(v, (t, _))| (*v, t.path().to_path_buf()))
+        .collect();
+    let ckpt_paths: Vec<(String, PathBuf)> = ckpts
+        .iter()
+        .map(|(tag, (t, _))| (tag.clone(), t.path().to_path_buf()))
+        .collect();
+    let unsynced: Vec<&File> = std::iter::once(&content.1)
+        .chain(entries.iter().map(|(_, (_, f))| f))
+        .chain(ckpts.iter().map(|(_, (_, f))| f))
+        .collect();
+    let state = tr.meta.state(file);
+    let copy = CopyIn {
+        state: &state,
+        undo: &tr.undo,
+        content: content.0.path(),
+        entries: &entry_paths,
+        checkpoints: &tr.checkpoints,
+        checkpoint_files: &ckpt_paths,
+        unsynced: &unsynced,
+        basis: None,
+    };
+    dst.install_copies(&[copy], None).pop().unwrap()
+}
+
+/// The text of `file` in `s`, with its record matching its content.
+fn text_of(s: &Store, file: &str) -> String {
+    let (text, _, adopted) = s.load_text(file).unwrap();
+    assert!(!adopted, "{file}: the record does not match its content");
+    text
+}
+
+#[test]
+fn a_small_copy_is_installed_by_one_journal_entry_and_redone_with_its_history() {
+    let (_a, src) = {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path(), "ss1").unwrap();
+        (d, s)
+    };
+    let (_d, disk, root) = fresh();
+    let dst = Store::open_on(disk.clone(), &root, "ss2").unwrap();
+    let j = dst.journal.as_ref().unwrap().clone();
+    src.create(FILE, "alice", 1).unwrap();
+    let before = disk.syncs();
+    let (first, installed) = replicate(&src, &dst, FILE).unwrap();
+    assert!(installed);
+    // (Its new folder is made durably, as for any change: only file syncs are counted.)
+    assert_eq!(disk.syncs().0 - before.0, 1, "a new file: one flush");
+    assert!(j.is_pending(FILE));
+    let mut versions = vec![first.version];
+    for text in ["one.", "one. two.", "one. two. three."] {
+        let (_, meta, _) = src.load_text(FILE).unwrap();
+        src.write_content(FILE, meta, text.as_bytes()).unwrap();
+        let before = disk.syncs();
+        let (meta, installed) = replicate(&src, &dst, FILE).unwrap();
+        assert!(installed);
+        assert_eq!(
+            (disk.syncs().0 - before.0, disk.syncs().1 - before.1),
+            (1, 0),
+            "a small write: one flush, no directory sync"
+        );
+        versions.push(meta.version);
+        assert_eq!(text_of(&dst, FILE), text);
+    }
+    // The same copy again (a retried job) is ignored: no entry, no flush.
+    let (before, log_len) = (disk.syncs(), j.log_len());
+    let (held, installed) = replicate(&src, &dst, FILE).unwrap();
+    assert!(!installed);
+    assert_eq!(held.version, versions[3]);
+    assert_eq!((disk.syncs(), j.log_len()), (before, log_len));
+    // A power cut before any checkpoint: the redo at open gives the installed state, and
+    // its history is the source's.
+    let dst = after_cut(&disk, &root, dst);
+    assert_eq!(text_of(&dst, FILE), "one. two. three.");
+    let (_, meta, _) = dst.load_text(FILE).unwrap();
+    assert_eq!(meta.version, versions[3]);
+    assert_eq!(meta.owner.as_deref(), Some("alice"));
+    assert_eq!(meta.undo, src.load_text(FILE).unwrap().1.undo);
+    let lock = dst.file_lock(FILE);
+    let _g = lock.lock().unwrap();
+    for old in ["one. two.", "one.", ""] {
+        dst.undo(FILE, 1).unwrap();
+        assert_eq!(text_of(&dst, FILE), old);
+    }
+}
+
+#[test]
+fn a_batch_of_small_copies_shares_one_flush() {
+    let d = tempfile::tempdir().unwrap();
+    let src = Store::open(d.path(), "ss1").unwrap();
+    let files = ["p/a.txt", "q/r/b.txt", "c.txt"];
+    for f in files {
+        src.create(f, "alice", 1).unwrap();
+    }
+    let (_d, disk, root) = fresh();
+    let dst = Store::open_on(disk.clone(), &root, "ss2").unwrap();
+    let mut trs: Vec<Transfer> = files
+        .iter()
+        .map(|f| src.open_transfer(f, &[], &[]).unwrap())
+        .collect();
+    let temps: Vec<TempFile> = files
+        .iter()
+        .zip(trs.iter_mut())
+        .map(|(f, tr)| {
+            let (t, mut out) = dst.temp_file(f).unwrap();
+            io::copy(&mut tr.content, &mut out).unwrap();
+            t
+        })
+        .collect();
+    let states: Vec<FileState> = files
+        .iter()
+        .zip(&trs)
+        .map(|(f, tr)| tr.meta.state(f))
+        .collect();
+    let copies: Vec<CopyIn<'_>> = (0..files.len())
+        .map(|i| CopyIn {
+            state: &states[i],
+            undo: &trs[i].undo,
+            content: temps[i].path(),
+            entries: &[],
+            checkpoints: &[],
+            checkpoint_files: &[],
+            unsynced: &[],
+            basis: None,
+        })
+        .collect();
+    // (New folders are made durably first, as for any change: only file syncs are counted.)
+    let before = disk.syncs();
+    let results = dst.install_copies(&copies, None);
+    assert!(results.iter().all(|r| r.as_ref().is_ok_and(|(_, i)| *i)));
+    assert_eq!(
+        disk.syncs().0 - before.0,
+        1,
+        "one flush for the whole batch"
+    );
+    let dst = after_cut(&disk, &root, dst);
+    for f in files {
+        assert_eq!(text_of(&dst, f), "");
+        assert_eq!(dst.load_text(f).unwrap().1.owner.as_deref(), Some("alice"));
+    }
+}
+
+#[test]
+fn a_power_cut_at_any_step_of_a_journaled_install_keeps_the_old_copy_or_the_new() {
+    // The source at "one." and at "one. two." (the same versions and history ids).
+    let d1 = tempfile::tempdir().unwrap();
+    let d2 = tempfile::tempdir().unwrap();
+    let (src1, src2) = (
+        Store::open(d1.path(), "ss1").unwrap(),
+        Store::open(d2.path(), "ss1").unwrap(),
+    );
+    for (s, texts) in [(&src1, &["one."][..]), (&src2, &["one.", "one. two."][..])] {
+        s.create(FILE, "alice", 1).unwrap();
+        for t in texts {
+            let (_, meta, _) = s.load_text(FILE).unwrap();
+            s.write_content(FILE, meta, t.as_bytes()).unwrap();
+        }
+    }
+    let base = |disk: &Arc<SimDisk>, root: &Path| {
+        let dst = Store::open_on(disk.clone(), root, "ss2").unwrap();
+        replicate(&src1, &dst, FILE).unwrap();
+        dst.checkpoint_journal().unwrap();
+    };
+    // How many calls the install makes, counted on a run without a cut.
+    let (_d, disk, root) = fresh();
+    base(&disk, &root);
+    let counter = Cutter::new(&disk, None);
+    let dst = Store::open_on(counter.clone(), &root, "ss2").unwrap();
+    let opened = counter.calls.load(Ordering::SeqCst);
+    let before = disk.syncs();
+    let (meta, installed) = replicate(&src2, &dst, FILE).unwrap();
+    assert!(installed);
+    assert_eq!(disk.syncs().0 - before.0, 1, "journaled: one flush");
+    let total = counter.calls.load(Ordering::SeqCst) - opened;
+    for cut in 0..=total {
+        let (_d, disk, root) = fresh();
+        base(&disk, &root);
+        let cutter = Cutter::new(&disk, None);
+        let dst = Store::open_on(cutter.clone(), &root, "ss2").unwrap();
+        *cutter.left.lock().unwrap() = Some(cut);
+        let got = replicate(&src2, &dst, FILE);
+        drop(dst);
+        if !cutter.off.load(Ordering::SeqCst) {
+            disk.power_cut().unwrap();
+        }
+        let what = format!("cut before call {cut} of {total}");
+        let dst = Store::open_on(disk.clone(), &root, "ss2").unwrap();
+        dst.scan().unwrap();
+        let (text, held, adopted) = dst.load_text(FILE).unwrap();
+        assert!(!adopted, "{what}: the record does not match its content");
+        if got.is_ok() || held.version == meta.version {
+            assert_eq!(
+                (text.as_str(), held.version),
+                ("one. two.", meta.version),
+                "{what}"
+            );
+            let lock = dst.file_lock(FILE);
+            let _g = lock.lock().unwrap();
+            dst.undo(FILE, 1).unwrap();
+            assert_eq!(dst.load_text(FILE).unwrap().0, "one.", "{what}: history");
+        } else {
+            assert_eq!(text, "one.", "{what}: the old copy");
+        }
+    }
+}
+
+#[test]
+fn an_install_the_journal_cannot_carry_settles_the_files_entry_first() {
+    let d = tempfile::tempdir().unwrap();
+    let src = Store::open(d.path(), "ss1").unwrap();
+    let (_d, disk, root) = fresh();
+    let dst = Store::open_on(disk.clone(), &root, "ss2").unwrap();
+    let j = dst.journal.as_ref().unwrap().clone();
+    src.create(FILE, "alice", 1).unwrap();
+    replicate(&src, &dst, FILE).unwrap();
+    let (_, meta, _) = src.load_text(FILE).unwrap();
+    src.write_content(FILE, meta, b"one.").unwrap();
+    // Journaled twice, then a copy carrying a checkpoint (the direct path).
+    replicate(&src, &dst, FILE).unwrap();
+    assert!(j.is_pending(FILE));
+    src.checkpoint(FILE, "v1", "alice", 1).unwrap();
+    let (_, meta, _) = src.load_text(FILE).unwrap();
+    src.write_content(FILE, meta, b"one. two.").unwrap();
+    let (meta, installed) = replicate(&src, &dst, FILE).unwrap();
+    assert!(installed);
+    assert!(!j.is_pending(FILE), "settled by a checkpoint first");
+    let dst = after_cut(&disk, &root, dst);
+    assert_eq!(text_of(&dst, FILE), "one. two.");
+    assert_eq!(dst.load_text(FILE).unwrap().1.version, meta.version);
+}
