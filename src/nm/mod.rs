@@ -333,13 +333,15 @@ pub fn start(cfg: &Config) -> Result<Started, NmError> {
 
 /// Runs a name server until SIGTERM or SIGINT (a second signal exits at once).
 pub fn run(cfg: &Config) -> Result<(), NmError> {
-    let started = start(cfg)?;
-    let shutdown = started.shutdown.clone();
+    // Handlers first: a signal sent as soon as `nm_listen` is logged is a clean stop, never
+    // the default action.
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
     ])
     .map_err(io_err("install signal handlers"))?;
+    let started = start(cfg)?;
+    let shutdown = started.shutdown.clone();
     std::thread::Builder::new()
         .name("nm-signals".into())
         .spawn(move || {
