@@ -718,15 +718,20 @@ impl Connection {
     /// most [`MAX_READ_BYTES`] at a time), else at most [`READ_BYTES`].
     ///
     /// `bounded` asks for one read only, so the caller can check its deadline between reads;
-    /// otherwise a large body is read to its end with the socket's own timeout per read, into
-    /// memory that is never zeroed first.
+    /// otherwise a large body is read to its end with the socket's own timeout per read (over
+    /// plain TCP into memory that is never zeroed first).
     fn fill(&mut self, bounded: bool) -> io::Result<usize> {
         if let Some(l) = self.large.as_mut() {
             let rest = l.len - l.body.len();
             if !bounded {
-                return (&mut self.stream)
-                    .take(rest as u64)
-                    .read_to_end(&mut l.body);
+                // Plain TCP reads straight into the body's spare capacity: the standard
+                // library's socket reads fill uninitialised memory, so the body is never
+                // zeroed first. Over TLS the bytes come out of rustls's own buffers, which
+                // reads through `Read::read` only, so the room each read gets is zeroed once.
+                return match &mut self.stream {
+                    Stream::Plain(s) => s.take(rest as u64).read_to_end(&mut l.body),
+                    tls => tls.take(rest as u64).read_to_end(&mut l.body),
+                };
             }
             return read_zeroed(&mut self.stream, &mut l.body, rest.min(MAX_READ_BYTES));
         }
