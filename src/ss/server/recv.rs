@@ -250,6 +250,11 @@ pub(super) fn recv_into(
 ) -> Result<(ContentCounter, Option<StoreError>), Fail> {
     let mut written = 0u64;
     let mut flushed = 0u64;
+    // The checksum and size are kept here and handed back in the counter at the end; the
+    // words and characters, when this thread counts them, go on in `text`.
+    let mut text = counter.take_text();
+    let (mut sum, mut size) = (counter.checksum(), counter.size());
+    let mut join = CrcJoin::default();
     loop {
         let frame = match conn.recv() {
             Ok(Some(f)) => f,
@@ -270,7 +275,7 @@ pub(super) fn recv_into(
                     log::warn!(target: ev::SS_REFUSED, file = file, reason = "fault";
                         "test hook PAIRFS_FAULT_FLIP_PUT: flipped one byte of {file}");
                 }
-                if counter.size() + body.len() as u64 > limit {
+                if size + body.len() as u64 > limit {
                     return Err(Fail::ReplyClose(err::invalid(format!(
                         "more than the {limit} bytes declared for {}",
                         names::display(file)
@@ -278,10 +283,14 @@ pub(super) fn recv_into(
                 }
                 // The frame's verified CRC32C extends the running checksum: the bytes are
                 // not read once more for it (unless the fault hook changed them).
-                if flipped {
-                    counter.update(&body);
+                sum = if flipped {
+                    crc32c::crc32c_append(sum, &body)
                 } else {
-                    counter.update_known(&body, crc);
+                    join.join(sum, crc, body.len())
+                };
+                size += body.len() as u64;
+                if let Some(t) = text.as_mut() {
+                    t.update(&body);
                 }
                 if let Some(mut f) = sink.file {
                     match f.write_all(&body) {
@@ -332,7 +341,45 @@ pub(super) fn recv_into(
             }
         }
     }
+    let mut counter = ContentCounter::known(size, sum);
+    if let Some(t) = text {
+        counter.put_text(t);
+    }
     Ok((counter, sink.error))
+}
+
+/// Extends a running CRC32C by the CRC32C of the bytes after it. `crc32c_combine` squares 32x32
+/// matrices for every call, which at one call per 1 MiB chunk showed in an upload's profile;
+/// the operator that shifts a CRC past `len` bytes is linear, so once a length repeats (a
+/// stream of full chunks) it is kept as its 32 columns and applied with at most 32 XORs.
+#[derive(Default)]
+pub(super) struct CrcJoin {
+    /// The length `columns` are for (0: none yet).
+    len: usize,
+    columns: [u32; 32],
+    /// The length of the bytes joined last.
+    last: usize,
+}
+
+impl CrcJoin {
+    /// The CRC32C of (bytes with CRC32C `crc`) followed by `len` bytes with CRC32C `next`.
+    pub(super) fn join(&mut self, crc: u32, next: u32, len: usize) -> u32 {
+        let repeated = std::mem::replace(&mut self.last, len) == len;
+        if len != self.len {
+            if !repeated || len == 0 {
+                return crc32c::crc32c_combine(crc, next, len);
+            }
+            self.len = len;
+            self.columns = std::array::from_fn(|i| crc32c::crc32c_combine(1 << i, 0, len));
+        }
+        let mut shifted = 0;
+        let mut bits = crc;
+        while bits != 0 {
+            shifted ^= self.columns[bits.trailing_zeros() as usize];
+            bits &= bits - 1;
+        }
+        shifted ^ next
+    }
 }
 
 impl Received {
@@ -877,4 +924,48 @@ pub(super) fn put_batch(shared: &Shared, conn: &mut Connection) -> Result<(), Fa
         conn.send(&msg, &[])?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod crc_tests {
+    use super::CrcJoin;
+
+    #[test]
+    fn joined_checksums_equal_the_checksum_of_the_whole() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut bytes = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x >> 24) as u8
+                })
+                .collect()
+        };
+        let lens = [
+            1 << 20,
+            1 << 20,
+            1 << 20,
+            7,
+            1 << 20,
+            0,
+            0,
+            5,
+            5,
+            5,
+            1,
+            4096,
+            4096,
+            3,
+        ];
+        let mut join = CrcJoin::default();
+        let (mut whole, mut sum) = (Vec::new(), 0u32);
+        for len in lens {
+            let piece = bytes(len);
+            sum = join.join(sum, crc32c::crc32c(&piece), len);
+            whole.extend_from_slice(&piece);
+            assert_eq!(sum, crc32c::crc32c(&whole), "after {} bytes", whole.len());
+        }
+    }
 }
