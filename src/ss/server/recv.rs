@@ -96,6 +96,8 @@ pub(super) const COUNT_THREAD_MIN_BYTES: u64 = 4 << 20;
 /// Chunks that may wait for the counting thread: bounds the memory an upload takes when the
 /// counter is slower than the network.
 pub(super) const COUNT_QUEUE_CHUNKS: usize = 4;
+/// Chunks handed to other threads that the receive loop follows to take their memory back.
+const MAX_SHARED_BODIES: usize = 32;
 /// After this many bytes written to a temp file, their writeback is started, so the final
 /// fsync finds little left to write and the disk works while the network does.
 pub(super) const WRITEBACK_BYTES: u64 = 8 << 20;
@@ -254,7 +256,9 @@ pub(super) fn recv_into(
     // words and characters, when this thread counts them, go on in `text`.
     let mut text = counter.take_text();
     let (mut sum, mut size) = (counter.checksum(), counter.size());
-    let mut join = CrcJoin::default();
+    let mut join = crate::protocol::frame::CrcJoin::default();
+    // Chunks handed to other threads, oldest first, to take back for later chunks.
+    let mut shared_bodies: std::collections::VecDeque<Arc<Vec<u8>>> = Default::default();
     loop {
         let frame = match conn.recv() {
             Ok(Some(f)) => f,
@@ -308,11 +312,25 @@ pub(super) fn recv_into(
                     }
                 }
                 if sink.count.is_none() && sink.write.is_none() && tee.is_none() {
+                    conn.recycle(body);
                     continue;
                 }
                 // Shared, not copied, with the writer and counting threads and the partner's
-                // relay.
+                // relay; once they are all done with it, its memory takes a later chunk.
                 let body = Arc::new(body);
+                while let Some(done) = shared_bodies.pop_front() {
+                    match Arc::try_unwrap(done) {
+                        Ok(b) => conn.recycle(b),
+                        Err(busy) => {
+                            shared_bodies.push_front(busy);
+                            break;
+                        }
+                    }
+                }
+                if shared_bodies.len() >= MAX_SHARED_BODIES {
+                    shared_bodies.pop_front();
+                }
+                shared_bodies.push_back(body.clone());
                 if let Some(tx) = &sink.write {
                     if tx.send(body.clone()).is_err() {
                         return Err(Fail::Reply(err::internal("the writing thread failed")));
@@ -331,6 +349,7 @@ pub(super) fn recv_into(
                 if let Some(t) = tee.as_deref_mut() {
                     t.end();
                 }
+                conn.drop_spares();
                 break;
             }
             other => {
@@ -346,40 +365,6 @@ pub(super) fn recv_into(
         counter.put_text(t);
     }
     Ok((counter, sink.error))
-}
-
-/// Extends a running CRC32C by the CRC32C of the bytes after it. `crc32c_combine` squares 32x32
-/// matrices for every call, which at one call per 1 MiB chunk showed in an upload's profile;
-/// the operator that shifts a CRC past `len` bytes is linear, so once a length repeats (a
-/// stream of full chunks) it is kept as its 32 columns and applied with at most 32 XORs.
-#[derive(Default)]
-pub(super) struct CrcJoin {
-    /// The length `columns` are for (0: none yet).
-    len: usize,
-    columns: [u32; 32],
-    /// The length of the bytes joined last.
-    last: usize,
-}
-
-impl CrcJoin {
-    /// The CRC32C of (bytes with CRC32C `crc`) followed by `len` bytes with CRC32C `next`.
-    pub(super) fn join(&mut self, crc: u32, next: u32, len: usize) -> u32 {
-        let repeated = std::mem::replace(&mut self.last, len) == len;
-        if len != self.len {
-            if !repeated || len == 0 {
-                return crc32c::crc32c_combine(crc, next, len);
-            }
-            self.len = len;
-            self.columns = std::array::from_fn(|i| crc32c::crc32c_combine(1 << i, 0, len));
-        }
-        let mut shifted = 0;
-        let mut bits = crc;
-        while bits != 0 {
-            shifted ^= self.columns[bits.trailing_zeros() as usize];
-            bits &= bits - 1;
-        }
-        shifted ^ next
-    }
 }
 
 impl Received {
@@ -924,48 +909,4 @@ pub(super) fn put_batch(shared: &Shared, conn: &mut Connection) -> Result<(), Fa
         conn.send(&msg, &[])?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod crc_tests {
-    use super::CrcJoin;
-
-    #[test]
-    fn joined_checksums_equal_the_checksum_of_the_whole() {
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let mut bytes = |n: usize| -> Vec<u8> {
-            (0..n)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    (x >> 24) as u8
-                })
-                .collect()
-        };
-        let lens = [
-            1 << 20,
-            1 << 20,
-            1 << 20,
-            7,
-            1 << 20,
-            0,
-            0,
-            5,
-            5,
-            5,
-            1,
-            4096,
-            4096,
-            3,
-        ];
-        let mut join = CrcJoin::default();
-        let (mut whole, mut sum) = (Vec::new(), 0u32);
-        for len in lens {
-            let piece = bytes(len);
-            sum = join.join(sum, crc32c::crc32c(&piece), len);
-            whole.extend_from_slice(&piece);
-            assert_eq!(sum, crc32c::crc32c(&whole), "after {} bytes", whole.len());
-        }
-    }
 }
