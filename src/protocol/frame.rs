@@ -522,8 +522,9 @@ where
 }
 
 /// A frame of at least [`LARGE_BODY_BYTES`] being received: its header, and its body so far
-/// (allocated once at its declared size, at most [`MAX_BODY_BYTES`]; its pages are touched
-/// only as the bytes arrive).
+/// (allocated once at its declared size, at most [`MAX_BODY_BYTES`], or an earlier body's
+/// buffer handed back with [`Connection::recycle`]; its pages are touched only as the bytes
+/// arrive).
 struct LargeFrame {
     msg: Message,
     crc: u32,

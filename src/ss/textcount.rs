@@ -41,7 +41,11 @@
 //! (`protocol::frame`), allocated once at its declared size and, over plain TCP, never zeroed
 //! (`read_to_end` on the socket itself, limited to the body; a read bounded by a deadline
 //! reads once at a time): the bytes are neither zeroed beforehand nor copied out of a shared
-//! buffer afterwards.
+//! buffer afterwards. Once the writer, the counter and the relay are done with a chunk, the
+//! receive loop hands its buffer back to the connection for a later chunk, so a long upload
+//! reads into pages already mapped rather than faulting in (and the kernel clearing) fresh
+//! ones. The part's running CRC32C is joined from the frames' with a shift operator computed
+//! once for the chunk length (`protocol::frame::CrcJoin`).
 
 /// Where the decoder is inside a UTF-8 sequence.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
