@@ -739,12 +739,9 @@ impl Session {
         }
     }
 
-    /// UPLOAD local f: one pass over the local file for its size and CRC32C (UPLOAD names
-    /// both before the first byte), then LOCATE, UPLOAD and the bytes again as CHUNK frames,
-    /// then END. Each chunk is checksummed once on the way out: that CRC32C both goes in its
-    /// frame and is compared with the same chunk's from the first pass, so a file that changed
-    /// meanwhile is caught and the upload abandoned before END (the storage server keeps the
-    /// old content).
+    /// UPLOAD local f: one pass for the size and CRC32C (of the file and of each chunk), then
+    /// LOCATE, UPLOAD and the chunks again, each checked against the first pass and sent with
+    /// that CRC32C, then END; a file that changed meanwhile is abandoned before END.
     fn upload(&mut self, local: &Path, file: &str, out: &mut dyn Write) -> Result<(), CmdError> {
         let mut tries = 0;
         loop {
@@ -768,11 +765,8 @@ impl Session {
         out: &mut dyn Write,
     ) -> Result<Uploaded, CmdError> {
         let mut f = transfer::open_local(local)?;
-        let transfer::Scanned {
-            size,
-            checksum,
-            chunks,
-        } = transfer::scan(&mut f).map_err(|e| transfer::read_failed(local, e))?;
+        let scan = transfer::scan(&mut f).map_err(|e| transfer::read_failed(local, e))?;
+        let (size, checksum) = (scan.size, scan.checksum);
         let mut wait = self.new_failover_wait();
         let (mut link, ticket) = self.locate_change(file, AccessMode::Upload, &mut wait)?;
         let start = ticket.min_version;
@@ -790,13 +784,12 @@ impl Session {
         let progress = Progress::new(size, "upload");
         let mut buf = vec![0u8; frame::CHUNK_BYTES];
         let mut sent = 0u64;
-        // The chunks are read at the same boundaries as the first pass read them.
-        for want_crc in &chunks {
+        // A file that shrank, grew or changed is not the file announced in UPLOAD.
+        for want_crc in &scan.chunks {
             let want = (size - sent).min(buf.len() as u64) as usize;
             let n = transfer::read_full(&mut f, &mut buf[..want])
                 .map_err(|e| transfer::read_failed(local, e))?;
             let crc = crc32c::crc32c(&buf[..n]);
-            // A file that shrank, or whose bytes changed, is not the file announced in UPLOAD.
             if n != want || crc != *want_crc {
                 return Err(changed_while_uploading(local).into());
             }
@@ -806,10 +799,9 @@ impl Session {
             sent += n as u64;
             progress.inc(n as u64);
         }
-        // Nor is one that grew.
         let grew = transfer::read_full(&mut f, &mut buf[..1])
             .map_err(|e| transfer::read_failed(local, e))?;
-        if grew > 0 || sent != size {
+        if grew > 0 {
             return Err(changed_while_uploading(local).into());
         }
         if let Err(e) = link.conn.send(&Message::End {}, b"") {
