@@ -739,9 +739,9 @@ impl Session {
         }
     }
 
-    /// UPLOAD local f: one pass over the local file for its size and CRC32C, then LOCATE,
-    /// UPLOAD and the bytes again as CHUNK frames, then END. If the file changed meanwhile the
-    /// upload is abandoned before END, so the storage server keeps the old content.
+    /// UPLOAD local f: one pass for the size and CRC32C (of the file and of each chunk), then
+    /// LOCATE, UPLOAD and the chunks again, each checked against the first pass and sent with
+    /// that CRC32C, then END; a file that changed meanwhile is abandoned before END.
     fn upload(&mut self, local: &Path, file: &str, out: &mut dyn Write) -> Result<(), CmdError> {
         let mut tries = 0;
         loop {
@@ -765,8 +765,8 @@ impl Session {
         out: &mut dyn Write,
     ) -> Result<Uploaded, CmdError> {
         let mut f = transfer::open_local(local)?;
-        let (size, checksum) =
-            transfer::scan(&mut f).map_err(|e| transfer::read_failed(local, e))?;
+        let scan = transfer::scan(&mut f).map_err(|e| transfer::read_failed(local, e))?;
+        let (size, checksum) = (scan.size, scan.checksum);
         let mut wait = self.new_failover_wait();
         let (mut link, ticket) = self.locate_change(file, AccessMode::Upload, &mut wait)?;
         let start = ticket.min_version;
@@ -783,25 +783,25 @@ impl Session {
             .map_err(|e| transfer::read_failed(local, e))?;
         let progress = Progress::new(size, "upload");
         let mut buf = vec![0u8; frame::CHUNK_BYTES];
-        let (mut sent, mut crc) = (0u64, 0u32);
-        while sent < size {
+        let mut sent = 0u64;
+        // A file that shrank, grew or changed is not the file announced in UPLOAD.
+        for want_crc in &scan.chunks {
             let want = (size - sent).min(buf.len() as u64) as usize;
             let n = transfer::read_full(&mut f, &mut buf[..want])
                 .map_err(|e| transfer::read_failed(local, e))?;
-            if n == 0 {
+            let crc = crc32c::crc32c(&buf[..n]);
+            if n != want || crc != *want_crc {
                 return Err(changed_while_uploading(local).into());
             }
-            crc = crc32c::crc32c_append(crc, &buf[..n]);
-            if let Err(e) = link.conn.send(&Message::Chunk {}, &buf[..n]) {
+            if let Err(e) = link.conn.send_with_crc(&Message::Chunk {}, &buf[..n], crc) {
                 return Err(link.refused_or_broken(e).into());
             }
             sent += n as u64;
             progress.inc(n as u64);
         }
-        // A file that grew, or whose bytes changed, is not the file announced in UPLOAD.
         let grew = transfer::read_full(&mut f, &mut buf[..1])
             .map_err(|e| transfer::read_failed(local, e))?;
-        if grew > 0 || crc != checksum {
+        if grew > 0 {
             return Err(changed_while_uploading(local).into());
         }
         if let Err(e) = link.conn.send(&Message::End {}, b"") {

@@ -515,6 +515,61 @@ fn upload_streams_a_binary_file_in_chunks() {
 }
 
 #[test]
+fn a_local_file_that_changes_after_its_checksum_is_not_uploaded() {
+    let uploads = std::sync::Arc::new(std::sync::Mutex::new(Uploads::default()));
+    let ss = fake_upload_ss(uploads.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("in.bin");
+    let bytes = binary(2 * frame::CHUNK_BYTES + 5);
+    // The name server changes the local file as it answers LOCATE: after the client read it
+    // for its checksum, before it sends it.
+    let path = local.clone();
+    let nm = serve(Box::new(move |m, _| match m {
+        Message::Hello { .. } => one(Message::Challenge { nonce: "00".into() }),
+        Message::Prove { .. } => one(Message::Welcome {
+            user: "alice".into(),
+            lease_ms: None,
+        }),
+        Message::Locate { file, .. } => {
+            let mut now = std::fs::read(&path).unwrap();
+            match file.as_str() {
+                // The last chunk, the first, the length either way.
+                "last" => *now.last_mut().unwrap() ^= 1,
+                "first" => now[0] ^= 1,
+                "grew" => now.push(0),
+                "shrank" => now.truncate(frame::CHUNK_BYTES),
+                _ => {}
+            }
+            std::fs::write(&path, &now).unwrap();
+            one(Message::Located {
+                ss: "ss1".into(),
+                addr: format!("127.0.0.1:{ss}"),
+                ticket: ticket(file),
+            })
+        }
+        _ => wire_err(ErrorCode::Invalid, "unexpected"),
+    }));
+    let mut out = String::new();
+    for name in ["last", "first", "grew", "shrank", "same"] {
+        std::fs::write(&local, &bytes).unwrap();
+        let (o, _) = run_script(nm, &format!("UPLOAD {} {name}\n", local.display()));
+        out.push_str(&o);
+    }
+    let changed = format!(
+        "ERROR [CONFLICT]: local file '{}' changed while it was being uploaded; nothing was stored\n",
+        local.display()
+    );
+    let n = bytes.len();
+    assert_eq!(
+        out,
+        format!("{}Upload Successful! ({n} bytes)\n", changed.repeat(4))
+    );
+    let u = uploads.lock().unwrap();
+    assert_eq!(u.done, vec![bytes]);
+    assert_eq!(u.abandoned, 4);
+}
+
+#[test]
 fn download_saves_a_checked_copy_and_keeps_the_old_file_on_failure() {
     let nm = fake_nm(fake_ss());
     let dir = tempfile::tempdir().unwrap();

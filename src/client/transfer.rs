@@ -59,18 +59,39 @@ pub fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
+/// What [`scan`] found: the size and CRC32C of the bytes, and the CRC32C of each
+/// `frame::CHUNK_BYTES` of them in turn (the last one shorter).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Scanned {
+    /// Bytes.
+    pub size: u64,
+    /// CRC32C of all of them.
+    pub checksum: u32,
+    /// CRC32C of each chunk.
+    pub chunks: Vec<u32>,
+}
+
 /// Size and CRC32C of everything from the file's current position to its end, in one pass
-/// through a chunk-sized buffer.
-pub fn scan(file: &mut File) -> io::Result<(u64, u32)> {
+/// through a chunk-sized buffer. Each byte is checksummed once: the whole file's CRC32C is
+/// joined from the chunks' (kept, so sending the chunks later needs no second checksum of its
+/// own to tell whether the file changed, see `Session::upload`).
+pub fn scan(file: &mut File) -> io::Result<Scanned> {
     let mut buf = vec![0u8; frame::CHUNK_BYTES];
-    let (mut size, mut crc) = (0u64, 0u32);
+    let mut join = frame::CrcJoin::default();
+    let mut scanned = Scanned {
+        size: 0,
+        checksum: 0,
+        chunks: Vec::new(),
+    };
     loop {
         let n = read_full(file, &mut buf)?;
         if n == 0 {
-            return Ok((size, crc));
+            return Ok(scanned);
         }
-        crc = crc32c::crc32c_append(crc, &buf[..n]);
-        size += n as u64;
+        let crc = crc32c::crc32c(&buf[..n]);
+        scanned.checksum = join.join(scanned.checksum, crc, n);
+        scanned.chunks.push(crc);
+        scanned.size += n as u64;
     }
 }
 
@@ -223,9 +244,17 @@ mod tests {
             .collect();
         fs::write(&p, &bytes).unwrap();
         let mut f = open_local(&p).unwrap();
+        let chunks = bytes
+            .chunks(frame::CHUNK_BYTES)
+            .map(crc32c::crc32c)
+            .collect();
         assert_eq!(
             scan(&mut f).unwrap(),
-            (bytes.len() as u64, crc32c::crc32c(&bytes))
+            Scanned {
+                size: bytes.len() as u64,
+                checksum: crc32c::crc32c(&bytes),
+                chunks,
+            }
         );
     }
 

@@ -90,12 +90,16 @@ pub(super) struct Received {
 }
 
 /// Parts at least this large have their words and characters counted on a thread of their
-/// own, beside the thread that receives and writes them (counting is the costliest step of
-/// an upload of binary content; smaller parts are not worth a thread).
+/// own, beside the thread that receives and writes them (counting binary content byte by byte
+/// was the costliest step of an upload; with AVX-512 it costs less than checking the frames'
+/// CRC32C, but on a processor without it the table still counts; smaller parts are not worth
+/// a thread).
 pub(super) const COUNT_THREAD_MIN_BYTES: u64 = 4 << 20;
 /// Chunks that may wait for the counting thread: bounds the memory an upload takes when the
 /// counter is slower than the network.
 pub(super) const COUNT_QUEUE_CHUNKS: usize = 4;
+/// Chunks handed to other threads that the receive loop follows to take their memory back.
+const MAX_SHARED_BODIES: usize = 32;
 /// After this many bytes written to a temp file, their writeback is started, so the final
 /// fsync finds little left to write and the disk works while the network does.
 pub(super) const WRITEBACK_BYTES: u64 = 8 << 20;
@@ -127,7 +131,9 @@ pub(super) enum SyncBy {
 ///
 /// A part of at least [`COUNT_THREAD_MIN_BYTES`] whose words are counted has them counted on
 /// a thread of its own; a stored part of at least [`direct::DIRECT_MIN_BYTES`] is written by
-/// a thread of its own (see `direct.rs`). This thread then only receives, checks and hands on.
+/// a thread of its own (see `direct.rs`). This thread then only receives, checks and hands on,
+/// and takes back the buffers of chunks the other threads are done with, for later chunks
+/// ([`Connection::recycle`]).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn recv_part(
     shared: &Shared,
@@ -250,6 +256,13 @@ pub(super) fn recv_into(
 ) -> Result<(ContentCounter, Option<StoreError>), Fail> {
     let mut written = 0u64;
     let mut flushed = 0u64;
+    // The checksum and size are kept here and handed back in the counter at the end; the
+    // words and characters, when this thread counts them, go on in `text`.
+    let mut text = counter.take_text();
+    let (mut sum, mut size) = (counter.checksum(), counter.size());
+    let mut join = crate::protocol::frame::CrcJoin::default();
+    // Chunks handed to other threads, oldest first, to take back for later chunks.
+    let mut shared_bodies: std::collections::VecDeque<Arc<Vec<u8>>> = Default::default();
     loop {
         let frame = match conn.recv() {
             Ok(Some(f)) => f,
@@ -270,7 +283,7 @@ pub(super) fn recv_into(
                     log::warn!(target: ev::SS_REFUSED, file = file, reason = "fault";
                         "test hook PAIRFS_FAULT_FLIP_PUT: flipped one byte of {file}");
                 }
-                if counter.size() + body.len() as u64 > limit {
+                if size + body.len() as u64 > limit {
                     return Err(Fail::ReplyClose(err::invalid(format!(
                         "more than the {limit} bytes declared for {}",
                         names::display(file)
@@ -278,10 +291,14 @@ pub(super) fn recv_into(
                 }
                 // The frame's verified CRC32C extends the running checksum: the bytes are
                 // not read once more for it (unless the fault hook changed them).
-                if flipped {
-                    counter.update(&body);
+                sum = if flipped {
+                    crc32c::crc32c_append(sum, &body)
                 } else {
-                    counter.update_known(&body, crc);
+                    join.join(sum, crc, body.len())
+                };
+                size += body.len() as u64;
+                if let Some(t) = text.as_mut() {
+                    t.update(&body);
                 }
                 if let Some(mut f) = sink.file {
                     match f.write_all(&body) {
@@ -299,11 +316,25 @@ pub(super) fn recv_into(
                     }
                 }
                 if sink.count.is_none() && sink.write.is_none() && tee.is_none() {
+                    conn.recycle(body);
                     continue;
                 }
                 // Shared, not copied, with the writer and counting threads and the partner's
-                // relay.
+                // relay; once they are all done with it, its memory takes a later chunk.
                 let body = Arc::new(body);
+                while let Some(done) = shared_bodies.pop_front() {
+                    match Arc::try_unwrap(done) {
+                        Ok(b) => conn.recycle(b),
+                        Err(busy) => {
+                            shared_bodies.push_front(busy);
+                            break;
+                        }
+                    }
+                }
+                if shared_bodies.len() >= MAX_SHARED_BODIES {
+                    shared_bodies.pop_front();
+                }
+                shared_bodies.push_back(body.clone());
                 if let Some(tx) = &sink.write {
                     if tx.send(body.clone()).is_err() {
                         return Err(Fail::Reply(err::internal("the writing thread failed")));
@@ -322,6 +353,7 @@ pub(super) fn recv_into(
                 if let Some(t) = tee.as_deref_mut() {
                     t.end();
                 }
+                conn.drop_spares();
                 break;
             }
             other => {
@@ -331,6 +363,10 @@ pub(super) fn recv_into(
                 ))))
             }
         }
+    }
+    let mut counter = ContentCounter::known(size, sum);
+    if let Some(t) = text {
+        counter.put_text(t);
     }
     Ok((counter, sink.error))
 }
