@@ -741,13 +741,20 @@ impl Store {
             return None;
         }
         let new = self.fs.read(c.content).ok()?;
-        if new.len() as u64 != c.state.size {
+        // Read back from an unsynced temp file: bytes a failed write-back dropped must not be
+        // journaled under the copy's checksum (the direct path's fsync would have failed).
+        if new.len() as u64 != c.state.size || crc32c::crc32c(&new) != c.state.checksum {
             return None;
         }
-        // A new file: nothing may stand at its name, or the rename would fail after the entry
-        // is durable (and fail the journal) where the direct path only fails the copy.
+        // A new file: nothing may stand at its name, and its folders are made durably now,
+        // or the rename (or a mkdir on a full disk) would fail after the entry is durable
+        // (and fail the journal) where the direct path only fails the copy.
         let Some(m) = &t.old else {
-            return (!self.fs.exists(&self.content_path(file))).then_some((new, None));
+            let (content, record) = (self.content_path(file), self.meta_path(file));
+            for dir in [&content, &record].iter().filter_map(|p| p.parent()) {
+                self.fs.create_dirs_durable(dir).ok()?;
+            }
+            return (!self.fs.exists(&content)).then_some((new, None));
         };
         let (_, sent) = c.entries.iter().find(|(v, _)| *v == m.version)?;
         let held = self.fs.read(&self.content_path(file)).ok()?;
