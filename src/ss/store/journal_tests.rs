@@ -1002,3 +1002,66 @@ fn an_install_the_journal_cannot_carry_settles_the_files_entry_first() {
     assert_eq!(text_of(&dst, FILE), "one. two.");
     assert_eq!(dst.load_text(FILE).unwrap().1.version, meta.version);
 }
+
+#[test]
+fn a_failed_flush_fails_every_copy_of_its_batch_and_later_copies_take_the_direct_path() {
+    let d = tempfile::tempdir().unwrap();
+    let src = Store::open(d.path(), "ss1").unwrap();
+    let files = ["a.txt", "b.txt", "c.txt"];
+    for f in files {
+        src.create(f, "alice", 1).unwrap();
+    }
+    let (_d, disk, root) = fresh();
+    let dst = Store::open_on(disk.clone(), &root, "ss2").unwrap();
+    let install = |dst: &Store, files: &[&str]| {
+        let mut trs: Vec<Transfer> = files
+            .iter()
+            .map(|f| src.open_transfer(f, &[], &[]).unwrap())
+            .collect();
+        let temps: Vec<TempFile> = files
+            .iter()
+            .zip(trs.iter_mut())
+            .map(|(f, tr)| {
+                let (t, mut out) = dst.temp_file(f).unwrap();
+                io::copy(&mut tr.content, &mut out).unwrap();
+                t
+            })
+            .collect();
+        let states: Vec<FileState> = files
+            .iter()
+            .zip(&trs)
+            .map(|(f, tr)| tr.meta.state(f))
+            .collect();
+        let copies: Vec<CopyIn<'_>> = (0..files.len())
+            .map(|i| CopyIn {
+                state: &states[i],
+                undo: &trs[i].undo,
+                content: temps[i].path(),
+                entries: &[],
+                checkpoints: &[],
+                checkpoint_files: &[],
+                unsynced: &[],
+                basis: None,
+            })
+            .collect();
+        dst.install_copies(&copies, None)
+    };
+    // The log's flush fails: no copy of the batch is acknowledged, none is put in place.
+    disk.fail_next_syncs(1);
+    let results = install(&dst, &files[..2]);
+    assert!(results.iter().all(|r| r.is_err()), "{results:?}");
+    for f in &files[..2] {
+        assert!(dst.load_text(f).is_err(), "{f} must not be in place");
+    }
+    // The journal is closed: the next copy is installed by the direct path, durably.
+
+    let results = install(&dst, &files[2..]);
+    assert!(results.iter().all(|r| r.as_ref().is_ok_and(|(_, i)| *i)));
+    let j = dst.journal.as_ref().unwrap();
+    assert!(!j.is_pending("c.txt"), "installed by the direct path");
+    let dst = after_cut(&disk, &root, dst);
+    assert_eq!(text_of(&dst, "c.txt"), "");
+    for f in &files[..2] {
+        assert!(dst.load_text(f).is_err(), "{f} was never acknowledged");
+    }
+}
