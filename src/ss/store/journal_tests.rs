@@ -1065,3 +1065,20 @@ fn a_failed_flush_fails_every_copy_of_its_batch_and_later_copies_take_the_direct
         assert!(dst.load_text(f).is_err(), "{f} was never acknowledged");
     }
 }
+
+#[test]
+fn a_file_deleted_by_hand_while_its_change_is_in_the_journal_comes_back_at_the_restart() {
+    let (_d, disk, root, s) = journaled();
+    let content = s.content_path(FILE);
+    // The process dies (its page cache survives) before the checkpoint; the file is deleted
+    // by hand while it is down.
+    drop(s);
+    std::fs::remove_file(&content).unwrap();
+    let s = Store::open_on(disk.clone(), &root, "ss1").unwrap();
+    s.scan().unwrap();
+    assert_eq!(
+        text_of(&s, FILE),
+        "two.",
+        "the acknowledged change is redone"
+    );
+}
