@@ -49,6 +49,7 @@
 //! client that asked was not answered, and either outcome is what it may expect. Should that
 //! server never return, the owner's DELETE removes the record.
 
+use super::deletes::listed_names;
 use super::*;
 
 impl Core {
@@ -103,7 +104,7 @@ impl Core {
     /// create of it in flight: an intent a previous run left for the name is moot (it must
     /// never take a later record of the name for the one its create wrote ahead).
     pub(super) fn forget_create_of(&mut self, file: &str) {
-        if self.ns.creates.contains_key(file) && !self.ops.creating(file) {
+        if self.ns.creates.contains_key(file) && !self.ops.awaited(file, is_create) {
             self.drop_create_intent(file);
         }
     }
@@ -131,16 +132,13 @@ impl Core {
             .ns
             .creates
             .iter()
-            .filter(|(f, c)| c.ss == ss && !self.ops.creating(f))
+            .filter(|(f, c)| c.ss == ss && !self.ops.awaited(f, is_create))
             .map(|(f, c)| (f.clone(), c.clone()))
             .collect();
         if open.is_empty() {
             return;
         }
-        let held: HashSet<String> = list
-            .iter()
-            .filter_map(|st| names::canonical_file(&st.file).ok())
-            .collect();
+        let held = listed_names(list);
         for (file, c) in open {
             self.drop_create_intent(&file);
             if held.contains(&file) {
@@ -152,10 +150,7 @@ impl Core {
                 rec.version == c.version
                     && rec.owner == c.owner
                     && rec.created_ms == c.created_ms
-                    && self
-                        .reg
-                        .membership(ss)
-                        .map_or(rec.ss == ss, |(p, _)| rec.ss == p)
+                    && rec.ss == self.reg.pair_name(ss)
             });
             if unchanged {
                 self.drop_requests_for(&file);
@@ -165,4 +160,8 @@ impl Core {
             }
         }
     }
+}
+
+fn is_create(p: &Purpose) -> bool {
+    matches!(p, Purpose::Create { .. })
 }

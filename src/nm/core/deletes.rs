@@ -57,6 +57,13 @@
 
 use super::*;
 
+/// The canonical names of the files a registering server lists.
+pub(super) fn listed_names(list: &[FileState]) -> HashSet<String> {
+    list.iter()
+        .filter_map(|st| names::canonical_file(&st.file).ok())
+        .collect()
+}
+
 impl Core {
     /// Records that SS_DELETE of `file` is about to be sent (written in the current batch).
     pub(super) fn put_delete_intent(&mut self, file: &str, intent: DeleteIntent) {
@@ -98,25 +105,19 @@ impl Core {
             .ns
             .deletes
             .iter()
-            .filter(|(f, d)| d.ss == ss && !self.ops.deleting(f))
+            .filter(|(f, d)| d.ss == ss && !self.ops.awaited(f, |p| matches!(p, Purpose::Delete)))
             .map(|(f, d)| (f.clone(), d.clone()))
             .collect();
         if open.is_empty() {
             return;
         }
-        let held: HashSet<String> = list
-            .iter()
-            .filter_map(|st| names::canonical_file(&st.file).ok())
-            .collect();
+        let held = listed_names(list);
         for (file, d) in open {
             self.drop_delete_intent(&file);
             let unchanged = self.ns.files.get(&file).is_some_and(|rec| {
                 rec.version == d.version
                     && rec.checksum == d.checksum
-                    && self
-                        .reg
-                        .membership(ss)
-                        .map_or(rec.ss == ss, |(p, _)| rec.ss == p)
+                    && rec.ss == self.reg.pair_name(ss)
             });
             let same_epoch = self.epoch_of(ss) == d.epoch;
             let credited = unchanged

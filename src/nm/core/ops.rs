@@ -139,18 +139,10 @@ impl InFlightOps {
             .any(|f| f.file == from && matches!(f.purpose, Purpose::Move { .. }))
     }
 
-    /// Whether a DELETE of `file` handed out in this run is still awaited.
-    pub(super) fn deleting(&self, file: &str) -> bool {
-        self.jobs
-            .values()
-            .any(|f| f.file == file && matches!(f.purpose, Purpose::Delete))
-    }
-
-    /// Whether a CREATE of `file` handed out in this run is still awaited.
-    pub(super) fn creating(&self, file: &str) -> bool {
-        self.jobs
-            .values()
-            .any(|f| f.file == file && matches!(f.purpose, Purpose::Create { .. }))
+    /// Whether an operation on `file` that `is` picks (a DELETE, a CREATE) handed out in this
+    /// run is still awaited.
+    pub(super) fn awaited(&self, file: &str, is: impl Fn(&Purpose) -> bool) -> bool {
+        self.jobs.values().any(|f| f.file == file && is(&f.purpose))
     }
 
     /// Worker jobs handed out and not yet answered.
@@ -748,10 +740,7 @@ impl Core {
             flight.file);
         self.set_aside_on(&ss, &touched, now_ms);
         self.set_busy(flight.conn, false);
-        let pair = self
-            .reg
-            .membership(&ss)
-            .map_or_else(|| ss.clone(), |(p, _)| p);
+        let pair = self.reg.pair_name(&ss);
         self.fail(
             flight.conn,
             err::unavailable(format!(

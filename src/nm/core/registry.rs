@@ -391,6 +391,13 @@ impl Registry {
             .map(|p| (p.to_string(), Member::Backup))
     }
 
+    /// The name of the pair `name` belongs to (its primary), or `name` itself when it is in
+    /// no pair.
+    pub(super) fn pair_name(&self, name: &str) -> String {
+        self.membership(name)
+            .map_or_else(|| name.to_string(), |(p, _)| p)
+    }
+
     /// Like [`Registry::membership`], but a server with no pair that is no backup is the
     /// primary of its own one-member pair.
     pub(super) fn home_of(&self, name: &str) -> Option<(String, Member)> {

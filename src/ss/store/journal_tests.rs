@@ -858,16 +858,13 @@ fn a_small_copy_is_installed_by_one_journal_entry_and_redone_with_its_history() 
     }
 }
 
-#[test]
-fn a_batch_of_small_copies_shares_one_flush() {
-    let d = tempfile::tempdir().unwrap();
-    let src = Store::open(d.path(), "ss1").unwrap();
-    let files = ["p/a.txt", "q/r/b.txt", "c.txt"];
-    for f in files {
-        src.create(f, "alice", 1).unwrap();
-    }
-    let (_d, disk, root) = fresh();
-    let dst = Store::open_on(disk.clone(), &root, "ss2").unwrap();
+/// Installs the current copies of `files` from `src` on `dst` in one batch (as a PUT_BATCH
+/// does, their temp files written and not synced); one result per file.
+fn install_batch(
+    src: &Store,
+    dst: &Store,
+    files: &[&str],
+) -> Vec<Result<(Meta, bool), StoreError>> {
     let mut trs: Vec<Transfer> = files
         .iter()
         .map(|f| src.open_transfer(f, &[], &[]).unwrap())
@@ -898,9 +895,22 @@ fn a_batch_of_small_copies_shares_one_flush() {
             basis: None,
         })
         .collect();
+    dst.install_copies(&copies, None)
+}
+
+#[test]
+fn a_batch_of_small_copies_shares_one_flush() {
+    let d = tempfile::tempdir().unwrap();
+    let src = Store::open(d.path(), "ss1").unwrap();
+    let files = ["p/a.txt", "q/r/b.txt", "c.txt"];
+    for f in files {
+        src.create(f, "alice", 1).unwrap();
+    }
+    let (_d, disk, root) = fresh();
+    let dst = Store::open_on(disk.clone(), &root, "ss2").unwrap();
     // (New folders are made durably first, as for any change: only file syncs are counted.)
     let before = disk.syncs();
-    let results = dst.install_copies(&copies, None);
+    let results = install_batch(&src, &dst, &files);
     assert!(results.iter().all(|r| r.as_ref().is_ok_and(|(_, i)| *i)));
     assert_eq!(
         disk.syncs().0 - before.0,
@@ -1013,49 +1023,16 @@ fn a_failed_flush_fails_every_copy_of_its_batch_and_later_copies_take_the_direct
     }
     let (_d, disk, root) = fresh();
     let dst = Store::open_on(disk.clone(), &root, "ss2").unwrap();
-    let install = |dst: &Store, files: &[&str]| {
-        let mut trs: Vec<Transfer> = files
-            .iter()
-            .map(|f| src.open_transfer(f, &[], &[]).unwrap())
-            .collect();
-        let temps: Vec<TempFile> = files
-            .iter()
-            .zip(trs.iter_mut())
-            .map(|(f, tr)| {
-                let (t, mut out) = dst.temp_file(f).unwrap();
-                io::copy(&mut tr.content, &mut out).unwrap();
-                t
-            })
-            .collect();
-        let states: Vec<FileState> = files
-            .iter()
-            .zip(&trs)
-            .map(|(f, tr)| tr.meta.state(f))
-            .collect();
-        let copies: Vec<CopyIn<'_>> = (0..files.len())
-            .map(|i| CopyIn {
-                state: &states[i],
-                undo: &trs[i].undo,
-                content: temps[i].path(),
-                entries: &[],
-                checkpoints: &[],
-                checkpoint_files: &[],
-                unsynced: &[],
-                basis: None,
-            })
-            .collect();
-        dst.install_copies(&copies, None)
-    };
     // The log's flush fails: no copy of the batch is acknowledged, none is put in place.
     disk.fail_next_syncs(1);
-    let results = install(&dst, &files[..2]);
+    let results = install_batch(&src, &dst, &files[..2]);
     assert!(results.iter().all(|r| r.is_err()), "{results:?}");
     for f in &files[..2] {
         assert!(dst.load_text(f).is_err(), "{f} must not be in place");
     }
     // The journal is closed: the next copy is installed by the direct path, durably.
 
-    let results = install(&dst, &files[2..]);
+    let results = install_batch(&src, &dst, &files[2..]);
     assert!(results.iter().all(|r| r.as_ref().is_ok_and(|(_, i)| *i)));
     let j = dst.journal.as_ref().unwrap();
     assert!(!j.is_pending("c.txt"), "installed by the direct path");

@@ -787,6 +787,15 @@ struct Recording {
 }
 
 impl Recording {
+    /// A recorder of the durable calls made under `root`.
+    fn on(root: &Path) -> Arc<Recording> {
+        Arc::new(Recording {
+            root: root.to_path_buf(),
+            log: Mutex::new(Vec::new()),
+            hold: Default::default(),
+        })
+    }
+
     fn rel(&self, p: &Path) -> String {
         let r = p.strip_prefix(&self.root).unwrap_or(p).to_string_lossy();
         if r.starts_with("tmp/") {
@@ -871,11 +880,7 @@ impl Fs for Recording {
 fn without_the_journal_create_and_a_content_change_make_the_durable_calls_in_order() {
     let d = tempfile::tempdir().unwrap();
     let root = d.path().canonicalize().unwrap();
-    let rec = Arc::new(Recording {
-        root: root.clone(),
-        log: Mutex::new(Vec::new()),
-        hold: Default::default(),
-    });
+    let rec = Recording::on(&root);
     let s = Store::open_unjournaled(rec.clone(), &root, "ss1").unwrap();
     rec.take();
 
@@ -930,11 +935,7 @@ fn without_the_journal_create_and_a_content_change_make_the_durable_calls_in_ord
 fn through_the_journal_a_change_syncs_only_its_entry_and_the_checkpoint_syncs_the_rest() {
     let d = tempfile::tempdir().unwrap();
     let root = d.path().canonicalize().unwrap();
-    let rec = Arc::new(Recording {
-        root: root.clone(),
-        log: Mutex::new(Vec::new()),
-        hold: Default::default(),
-    });
+    let rec = Recording::on(&root);
     let s = Store::open_on(rec.clone(), &root, "ss1").unwrap();
     rec.take();
     // CREATE: both files staged, the entry synced, then both renamed without a sync.
@@ -1189,11 +1190,7 @@ fn without_the_journal_creates_queued_behind_a_batch_share_the_next_one() {
     const N: usize = 8;
     let d = tempfile::tempdir().unwrap();
     let root = d.path().canonicalize().unwrap();
-    let rec = Arc::new(Recording {
-        root: root.clone(),
-        log: Mutex::new(Vec::new()),
-        hold: Default::default(),
-    });
+    let rec = Recording::on(&root);
     let s = Store::open_unjournaled(rec.clone(), &root, "ss1").unwrap();
     s.create("first.txt", "alice", 1).unwrap();
     rec.take();
