@@ -302,6 +302,16 @@ impl Fs for SimDisk {
         }
         Ok(())
     }
+    fn exchange(&self, a: &Path, b: &Path) -> io::Result<()> {
+        crate::ss::store::vfs::exchange(a, b)?;
+        let mut st = self.lock();
+        for p in [a, b] {
+            if let Some(parent) = p.parent() {
+                st.renamed_into.insert(self.rel(parent));
+            }
+        }
+        Ok(())
+    }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let rel = self.rel(dir);
         let mut st = self.lock();

@@ -9,9 +9,10 @@
 //! the new content, and for a file held, the content held with the id of the history entry
 //! it becomes), the log made durable by one `fdatasync` shared with every change appending
 //! meanwhile (and with every copy of the same PUT_BATCH without a `syncfs` window: their
-//! entries are written first, then waited for once), and only then is the content held hard-linked into `undo/` and the
-//! staged content and record renamed into place, none of it synced: the checkpoint makes
-//! them durable in place, the redo at open rewrites them from the entry. Its
+//! entries are written first, then waited for once), and only then is the content held
+//! hard-linked into `undo/` and the staged content and record renamed (or exchanged) into
+//! place, none of it synced: the checkpoint makes them durable in place, the redo at open
+//! rewrites them from the entry. Its
 //! FILE_STATE_REPLY is sent after that `fdatasync` returned and the renames were made. Such a
 //! copy is one ([`Store::journal_fit`]):
 //!
@@ -673,11 +674,11 @@ impl Store {
                 };
                 linked
                     .and_then(|()| {
-                        place(&*self.fs, &l.content_tmp, &self.content_path(file))
+                        place_unsynced(&*self.fs, &l.content_tmp, &self.content_path(file))
                             .map_err(|e| self.io(file, e))
                     })
                     .and_then(|_| {
-                        place(&*self.fs, &l.record_tmp, &self.meta_path(file))
+                        place_unsynced(&*self.fs, &l.record_tmp, &self.meta_path(file))
                             .map_err(|e| self.io(file, e))
                     })
             };

@@ -18,8 +18,8 @@
 //! [`Journal::write`]), and only then
 //! does the change touch the file system: the old content is hard-linked into `undo/`, the
 //! staged content and record (temp files in `tmp/`, written before the append) are renamed
-//! into place, all WITHOUT any fsync. The change returns once its entry is durable and its
-//! renames are made.
+//! into place (by exchange when they replace files: `change::place_unsynced`), all WITHOUT
+//! any fsync. The change returns once its entry is durable and its renames are made.
 //!
 //! A checkpoint makes the journaled changes durable in place and empties the journal: every
 //! path touched since the last checkpoint (contents, records, history entries; tracked in
@@ -609,6 +609,10 @@ impl Fs for Guard {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.check(&[from, to])?;
         self.inner.rename(from, to)
+    }
+    fn exchange(&self, a: &Path, b: &Path) -> io::Result<()> {
+        self.check(&[a, b])?;
+        self.inner.exchange(a, b)
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         self.inner.sync_dir(dir)

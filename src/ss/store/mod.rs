@@ -141,7 +141,7 @@ pub use layout::{
 pub use record::{copy_counting, ContentCounter, ContentFacts, Meta};
 pub use vfs::{Fs, OsFs};
 // What the submodules take from their siblings.
-use change::{content_saved, place, Change, Source};
+use change::{content_saved, place, place_unsynced, Change, Source};
 use layout::{is_cut_base, leaf_of, tighten_root, walk};
 use record::mtime_ns;
 

@@ -842,6 +842,10 @@ impl Fs for Recording {
         self.note(format!("rename {} -> {}", self.rel(from), self.rel(to)));
         OsFs.rename(from, to)
     }
+    fn exchange(&self, a: &Path, b: &Path) -> io::Result<()> {
+        self.note(format!("exchange {} <-> {}", self.rel(a), self.rel(b)));
+        OsFs.exchange(a, b)
+    }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         self.note(format!("sync dir {}", self.rel(dir)));
         OsFs.sync_dir(dir)
@@ -951,7 +955,8 @@ fn through_the_journal_a_change_syncs_only_its_entry_and_the_checkpoint_syncs_th
     .to_vec();
     assert_eq!(rec.take(), want);
     // A content change: staged, the entry synced, then the old content linked into undo/
-    // and both renamed, without a sync.
+    // and both put in place without a sync, by exchange rather than a rename over the old
+    // files (which on ext4 would start writing the new data at once).
     let lock = s.file_lock("a");
     let g = lock.lock().unwrap();
     let (m, _) = s.current("a").unwrap();
@@ -962,8 +967,10 @@ fn through_the_journal_a_change_syncs_only_its_entry_and_the_checkpoint_syncs_th
         "create tmp",
         "sync file",
         "link files/a -> undo/*",
-        "rename tmp -> files/a",
-        "rename tmp -> meta/a",
+        "exchange tmp <-> files/a",
+        "remove tmp",
+        "exchange tmp <-> meta/a",
+        "remove tmp",
     ]
     .map(String::from)
     .to_vec();
@@ -1033,6 +1040,9 @@ impl Fs for Gate {
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.on(|d| d.rename(from, to))
+    }
+    fn exchange(&self, a: &Path, b: &Path) -> io::Result<()> {
+        self.on(|d| d.exchange(a, b))
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         self.on(|d| d.sync_dir(dir))
@@ -1223,4 +1233,81 @@ fn without_the_journal_creates_queued_behind_a_batch_share_the_next_one() {
         let (text, meta, _) = s.load_text(&format!("f{i}.txt")).unwrap();
         assert_eq!((text.as_str(), meta.owner.as_deref()), ("", Some("alice")));
     }
+}
+
+/// The OS file system without `renameat2(RENAME_EXCHANGE)`.
+struct NoExchange;
+
+impl Fs for NoExchange {
+    fn create_new(&self, path: &Path) -> io::Result<File> {
+        OsFs.create_new(path)
+    }
+    fn open(&self, path: &Path) -> io::Result<File> {
+        OsFs.open(path)
+    }
+    fn sync_file(&self, f: &File) -> io::Result<()> {
+        OsFs.sync_file(f)
+    }
+    fn sync_files(&self, files: &[&File]) -> Vec<io::Result<()>> {
+        OsFs.sync_files(files)
+    }
+    fn sync_fs(&self, dir: &Path) -> io::Result<()> {
+        OsFs.sync_fs(dir)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        OsFs.rename(from, to)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        OsFs.sync_dir(dir)
+    }
+    fn create_dir(&self, dir: &Path) -> io::Result<()> {
+        OsFs.create_dir(dir)
+    }
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        OsFs.create_dir_all(dir)
+    }
+}
+
+#[test]
+fn an_unsynced_change_is_exchanged_into_place_or_renamed_where_it_cannot_be() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().canonicalize().unwrap();
+    let (tmp, target) = (root.join("tmp/t"), root.join("files/dir/f"));
+    fs::create_dir_all(root.join("tmp")).unwrap();
+    let rec = Recording::on(&root);
+    let ls = |p: &Path| fs::read_dir(p).unwrap().count();
+    // A new file: renamed, its folders made durably.
+    fs::write(&tmp, "one").unwrap();
+    let dir = change::place_unsynced(&*rec, &tmp, &target).unwrap();
+    assert_eq!(dir, root.join("files/dir"));
+    assert_eq!(fs::read_to_string(&target).unwrap(), "one");
+    let got = rec.take();
+    assert_eq!(
+        got.iter().filter(|c| c.starts_with("rename")).count(),
+        1,
+        "{got:?}"
+    );
+    // Replacing it: exchanged, and the old file's name left in tmp/ removed; a second name
+    // of the old file (a history link) keeps its bytes.
+    fs::hard_link(&target, root.join("kept")).unwrap();
+    fs::write(&tmp, "two").unwrap();
+    change::place_unsynced(&*rec, &tmp, &target).unwrap();
+    assert_eq!(
+        rec.take(),
+        vec![
+            "exchange tmp <-> files/dir/f".to_string(),
+            "remove tmp".to_string()
+        ]
+    );
+    assert_eq!(fs::read_to_string(&target).unwrap(), "two");
+    assert_eq!(fs::read_to_string(root.join("kept")).unwrap(), "one");
+    assert_eq!(ls(&root.join("tmp")), 0);
+    // A file system that cannot exchange: renamed over it.
+    fs::write(&tmp, "three").unwrap();
+    change::place_unsynced(&NoExchange, &tmp, &target).unwrap();
+    assert_eq!(fs::read_to_string(&target).unwrap(), "three");
+    assert_eq!(ls(&root.join("tmp")), 0);
+    // A staged file gone: the error, and the target untouched.
+    assert!(change::place_unsynced(&*rec, &tmp, &target).is_err());
+    assert_eq!(fs::read_to_string(&target).unwrap(), "three");
 }

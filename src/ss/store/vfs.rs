@@ -61,6 +61,13 @@ pub trait Fs: Send + Sync {
     }
     /// Renames `from` to `to` atomically, replacing `to`.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Swaps the names `a` and `b`, both existing, atomically (`renameat2` with
+    /// `RENAME_EXCHANGE`; see `change::place_unsynced` for why). By default unsupported, and
+    /// the caller renames instead.
+    fn exchange(&self, a: &Path, b: &Path) -> io::Result<()> {
+        let _ = (a, b);
+        Err(io::ErrorKind::Unsupported.into())
+    }
     /// Makes the entries of a directory (renames, links, removals) durable (fsync).
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Makes `to` a second name of `from`.
@@ -206,6 +213,9 @@ impl Fs for OsFs {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         fs::rename(from, to)
     }
+    fn exchange(&self, a: &Path, b: &Path) -> io::Result<()> {
+        exchange(a, b)
+    }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         crate::durable::fsync_dir(dir)
     }
@@ -214,5 +224,19 @@ impl Fs for OsFs {
     }
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         crate::durable::create_dir_all(dir)
+    }
+}
+
+/// `renameat2(a, b, RENAME_EXCHANGE)` where the C library has it; unsupported elsewhere.
+pub fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+        renameat2(AT_FDCWD, a, AT_FDCWD, b, RenameFlags::RENAME_EXCHANGE).map_err(io::Error::from)
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        let _ = (a, b);
+        Err(io::ErrorKind::Unsupported.into())
     }
 }
