@@ -13,7 +13,10 @@
 //! change, the raw read (`pread` of a file as small, as many readers) for a READ, so numbers
 //! from different machines compare. A last row gives the sync calls per CREATE, WRITE and
 //! READ, counted by the servers themselves (`pairfs_sync_calls_total` on both servers'
-//! `/metrics`, scraped before and after; servers without the counter show `n/a`).
+//! `/metrics`, scraped before and after; servers without the counter show `n/a`). Another
+//! gives the CPU each cluster row cost per operation on each server and in the clients, and
+//! how many of the machine's cores were busy meanwhile: a row with every core busy is bound
+//! by CPU, not by the disk, and only less CPU per operation makes it faster.
 //!
 //! A second table follows with the replication rows (see `replication.rs`): a large UPLOAD
 //! until the backup holds it against `cp` and `rsync`, replication lag, and a backup's catch-up.
@@ -165,6 +168,7 @@ fn run(args: &Args) -> Result<bool> {
     let mut syncs = None;
     let result = run_rows(args, tmp.path(), &mut rows, &mut syncs);
     print_table(args, &rows);
+    print_cpu(&rows);
     if let Some(s) = &syncs {
         print_syncs(s);
     }
@@ -235,7 +239,9 @@ fn run_rows(
         if let Some(c) = &cluster {
             for clients in [1, 4, 16] {
                 let before = c.sync_calls();
-                let row = create_row(&c.nm_addr, round, clients, args.ops, budget);
+                let row = with_cpu(c, || {
+                    create_row(&c.nm_addr, round, clients, args.ops, budget)
+                })?;
                 if clients == 16 {
                     crowd.add("CREATE", before, c.sync_calls(), row.lat_us.len());
                 }
@@ -243,14 +249,18 @@ fn run_rows(
             }
             for clients in [1, 4, 16] {
                 let before = c.sync_calls();
-                let row = write_row(&c.nm_addr, round, clients, args.ops, budget);
+                let row = with_cpu(c, || {
+                    write_row(&c.nm_addr, round, clients, args.ops, budget)
+                })?;
                 if clients == 16 {
                     crowd.add("WRITE", before, c.sync_calls(), row.lat_us.len());
                 }
                 this.push(row);
             }
             for clients in [1, 16] {
-                this.push(read_row(&c.nm_addr, round, clients, args.ops, budget));
+                this.push(with_cpu(c, || {
+                    read_row(&c.nm_addr, round, clients, args.ops, budget)
+                })?);
             }
         }
         if rows.is_empty() {
@@ -301,6 +311,48 @@ struct Row {
     first_error: Option<String>,
     /// Whether some worker stopped because the row's budget ran out.
     out_of_budget: bool,
+    /// CPU seconds the servers and the clients used during the row (cluster rows only).
+    cpu: Option<Cpu>,
+}
+
+/// CPU seconds (user + system, every thread) used during one row.
+#[derive(Clone, Copy)]
+struct Cpu {
+    nm: f64,
+    ss: f64,
+    /// This process: the clients' threads, and the two threads copying the servers' log
+    /// lines to their files (which a server writing its log to a file would not cost).
+    clients: f64,
+}
+
+impl Cpu {
+    /// The CPU used so far by both servers and this process.
+    fn now(c: &Cluster) -> Result<Cpu> {
+        let u = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+            .context("getrusage")?;
+        let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+        Ok(Cpu {
+            nm: c._nm.cpu_s()?,
+            ss: c._ss.cpu_s()?,
+            clients: secs(u.user_time()) + secs(u.system_time()),
+        })
+    }
+
+    fn since(self, before: Cpu) -> Cpu {
+        Cpu {
+            nm: self.nm - before.nm,
+            ss: self.ss - before.ss,
+            clients: self.clients - before.clients,
+        }
+    }
+}
+
+/// Runs `row` and records the CPU the servers and the clients used meanwhile.
+fn with_cpu(c: &Cluster, row: impl FnOnce() -> Row) -> Result<Row> {
+    let before = Cpu::now(c)?;
+    let mut row = row();
+    row.cpu = Some(Cpu::now(c)?.since(before));
+    Ok(row)
 }
 
 impl Row {
@@ -405,6 +457,7 @@ where
         errors: 0,
         first_error: None,
         out_of_budget: false,
+        cpu: None,
     };
     for r in reports {
         row.lat_us.extend(r.lat_us);
@@ -1187,6 +1240,64 @@ fn print_table(args: &Args, rows: &[Vec<Row>]) {
             );
         }
     }
+}
+
+/// Prints the CPU each cluster row cost per operation, and how many of the machine's cores
+/// were busy: a row whose cores are all busy is bound by CPU, not by the disk.
+fn print_cpu(rows: &[Vec<Row>]) {
+    let rows: Vec<&Vec<Row>> = rows.iter().filter(|r| r[0].cpu.is_some()).collect();
+    if rows.is_empty() {
+        return;
+    }
+    let cores = thread::available_parallelism().map_or(1, |n| n.get());
+    // The servers' CPU comes from /proc in clock ticks: one tick spread over a row's ops.
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|&hz| hz > 0)
+        .unwrap_or(100) as f64;
+    let tick_per_op = |r: &Row| 1e6 / hz / r.lat_us.len().max(1) as f64;
+    println!();
+    println!("CPU per op in µs (user + system, every thread; median of the rounds) and cores busy during the row, of {cores}:");
+    println!("| what | clients | name server | storage server (with its checkpoints) | clients (with the log readers) | total | cores busy |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for all in &rows {
+        let per_op = |f: &dyn Fn(&Cpu) -> f64| {
+            median(
+                all.iter()
+                    .filter(|r| !r.lat_us.is_empty())
+                    .filter_map(|r| r.cpu.map(|c| f(&c) / r.lat_us.len() as f64 * 1e6))
+                    .collect(),
+            )
+        };
+        let busy = median(
+            all.iter()
+                .filter(|r| r.wall.as_secs_f64() > 0.0)
+                .filter_map(|r| {
+                    r.cpu
+                        .map(|c| (c.nm + c.ss + c.clients) / r.wall.as_secs_f64())
+                })
+                .collect(),
+        );
+        println!(
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} |",
+            all[0].what,
+            all[0].workers,
+            per_op(&|c| c.nm),
+            per_op(&|c| c.ss),
+            per_op(&|c| c.clients),
+            per_op(&|c| c.nm + c.ss + c.clients),
+            busy
+        );
+    }
+    let coarsest = rows
+        .iter()
+        .map(|all| tick_per_op(&all[0]))
+        .fold(0.0, f64::max);
+    println!(
+        "(a server's CPU is counted in ticks of {:.0} ms: up to ±{coarsest:.0} µs per op in the rows with fewest ops)",
+        1e3 / hz
+    );
 }
 
 /// Prints the sync calls per operation the servers counted.
