@@ -59,26 +59,39 @@ pub struct Document {
 }
 
 impl Document {
-    /// Splits `text` into sentences in one pass.
+    /// Splits `text` into sentences in one pass. Bytes below 0x80 are ASCII characters and
+    /// are classified as bytes; only a multi-byte character is decoded (every delimiter is
+    /// ASCII, and so is every whitespace character but a few, which `char::is_whitespace`
+    /// knows). A commit parses the whole file, so this runs over every byte of it.
     pub fn parse(text: &str) -> Document {
         let mut sentences = Vec::new();
         // Start of the sentence being read, and the end of its last non-whitespace char.
         let mut open: Option<(usize, usize)> = None;
-        for (idx, c) in text.char_indices() {
-            let end = idx + c.len_utf8();
-            if c.is_whitespace() {
-                continue;
-            }
-            let start = match open {
-                Some((start, _)) => start,
-                None => idx,
-            };
-            if is_delimiter(c) {
-                sentences.push(start..end);
-                open = None;
+        let bytes = text.as_bytes();
+        let mut idx = 0;
+        while idx < bytes.len() {
+            let b = bytes[idx];
+            let (space, delimiter, len) = if b < 0x80 {
+                // The ASCII whitespace of `char::is_whitespace`: U+0009..=U+000D and U+0020.
+                (matches!(b, b'\t'..=b'\r' | b' '), matches!(b, b'.' | b'!' | b'?'), 1)
             } else {
-                open = Some((start, end));
+                let c = text[idx..].chars().next().unwrap_or_default();
+                (c.is_whitespace(), false, c.len_utf8())
+            };
+            let end = idx + len;
+            if !space {
+                let start = match open {
+                    Some((start, _)) => start,
+                    None => idx,
+                };
+                if delimiter {
+                    sentences.push(start..end);
+                    open = None;
+                } else {
+                    open = Some((start, end));
+                }
             }
+            idx = end;
         }
         let last_finished = match open {
             Some((start, end)) => {
@@ -526,6 +539,35 @@ mod tests {
                 if starts_with_word(after) { " " } else { "" },
             );
             prop_assert_eq!(d.replace(i, &words), (expected, 1));
+        }
+
+        #[test]
+        fn parsing_bytewise_finds_the_sentences_of_the_char_definition(
+            text in proptest::string::string_regex(
+                "[ab\u{e9}\u{85}\u{a0}\u{2028}\u{3000}\u{1f600}.!?\n\r\t\u{b}\u{c} ]{0,60}"
+            ).expect("valid regex")
+        ) {
+            // The definition: a sentence runs from its first non-whitespace character to its
+            // delimiter, or to the last non-whitespace character of the text.
+            let mut want = Vec::new();
+            let mut open: Option<(usize, usize)> = None;
+            for (i, c) in text.char_indices() {
+                if c.is_whitespace() {
+                    continue;
+                }
+                let start = open.map_or(i, |(s, _)| s);
+                if is_delimiter(c) {
+                    want.push(start..i + c.len_utf8());
+                    open = None;
+                } else {
+                    open = Some((start, i + c.len_utf8()));
+                }
+            }
+            let finished = open.is_none();
+            want.extend(open.map(|(s, e)| s..e));
+            let d = Document::parse(&text);
+            prop_assert_eq!(&d.sentences, &want);
+            prop_assert_eq!(d.last_finished, finished);
         }
 
         #[test]
