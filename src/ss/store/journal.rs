@@ -576,6 +576,7 @@ impl Journal {
         }
         let began = Instant::now();
         let excl = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        let entered = began.elapsed();
         let mut st = self.lock();
         if st.failed {
             return Err(Self::failed_error());
@@ -602,7 +603,7 @@ impl Journal {
         st.window = durable::FsSync::begin(&self.dir).ok().flatten();
         drop(st);
         drop(excl);
-        let held = began.elapsed();
+        let held = began.elapsed() - entered;
         // Without the gate: the sealed set made durable in place, then its log removed,
         // durably.
         let done = Self::sync_set(fs, &self.dir, &sealed.paths, &sealed.dirs, &sealed.window)
@@ -630,8 +631,8 @@ impl Journal {
                 "the journal's next log could not be made ({e}); the next checkpoint tries again");
         }
         log::debug!(target: ev::SS_SCAN,
-            "journal checkpoint: gate held exclusively {} us of {} us",
-            held.as_micros(), began.elapsed().as_micros());
+            "journal checkpoint: gate held exclusively {} us (after {} us waiting for it), {} us in all",
+            held.as_micros(), entered.as_micros(), began.elapsed().as_micros());
         Ok(())
     }
 
