@@ -1061,7 +1061,8 @@ fn a_file_deleted_by_hand_while_its_change_is_in_the_journal_comes_back_at_the_r
 }
 
 /// The simulated disk, where the next fsync of a set of files (a checkpoint's fsync of the
-/// paths its sealed log's entries touched) can be held, and whose power can be cut so that every call after
+/// paths its sealed log's entries touched), or with `at_dir` the journal directory's fsync
+/// that follows a log's removal, can be held, and whose power can be cut so that every call after
 /// fails: at once ([`Stall::cut`]), or at the journal directory's fsync that follows a log's
 /// removal (`cut_after_unlink`). Logs cannot be created while `no_log` is set.
 struct Stall {
@@ -1073,6 +1074,7 @@ struct Stall {
     cut_after_unlink: AtomicBool,
     unlinked: AtomicBool,
     no_log: AtomicBool,
+    at_dir: AtomicBool,
 }
 
 impl Stall {
@@ -1085,6 +1087,7 @@ impl Stall {
             cut_after_unlink: AtomicBool::new(false),
             unlinked: AtomicBool::new(false),
             no_log: AtomicBool::new(false),
+            at_dir: AtomicBool::new(false),
         })
     }
 
@@ -1110,6 +1113,18 @@ impl Stall {
         let mut h = self.hold.lock().unwrap();
         while *h != 2 {
             h = self.wake.wait(h).unwrap();
+        }
+    }
+
+    /// Holds the calling thread here if a hold is armed.
+    fn stop_here(&self) {
+        let mut h = self.hold.lock().unwrap();
+        if *h == 1 {
+            *h = 2;
+            self.wake.notify_all();
+            while *h == 2 {
+                h = self.wake.wait(h).unwrap();
+            }
         }
     }
 
@@ -1140,15 +1155,9 @@ impl Fs for Stall {
         self.on(|d| d.sync_data(f))
     }
     fn sync_files(&self, files: &[&File]) -> Vec<io::Result<()>> {
-        let mut h = self.hold.lock().unwrap();
-        if *h == 1 {
-            *h = 2;
-            self.wake.notify_all();
-            while *h == 2 {
-                h = self.wake.wait(h).unwrap();
-            }
+        if !self.at_dir.load(Ordering::SeqCst) {
+            self.stop_here();
         }
-        drop(h);
         match self.on(|_| Ok(())) {
             Ok(()) => self.disk.sync_files(files),
             Err(_) => files
@@ -1164,11 +1173,13 @@ impl Fs for Stall {
         self.on(|d| d.rename(from, to))
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        if dir.ends_with("journal")
-            && self.cut_after_unlink.load(Ordering::SeqCst)
-            && self.unlinked.load(Ordering::SeqCst)
-        {
-            self.cut();
+        if dir.ends_with("journal") && self.unlinked.load(Ordering::SeqCst) {
+            if self.at_dir.load(Ordering::SeqCst) {
+                self.stop_here();
+            }
+            if self.cut_after_unlink.load(Ordering::SeqCst) {
+                self.cut();
+            }
         }
         self.on(|d| d.sync_dir(dir))
     }
@@ -1395,4 +1406,37 @@ fn without_a_next_log_the_checkpoint_empties_the_log_in_place_and_the_next_one_r
     assert_eq!(j.log_path(), root.join("journal").join("2.log"));
     let s = after_cut(&disk, &root, s);
     check_history(&s, "two.", acked.version, &["one.", ""], "after the cut");
+}
+
+#[test]
+fn a_file_counts_as_pending_until_its_sealed_logs_removal_is_durable() {
+    let (_d, disk, root) = fresh();
+    let stall = Stall::new(&disk);
+    let s = Store::open_on(stall.clone(), &root, "ss1").unwrap();
+    let j = s.journal.as_ref().unwrap().clone();
+    s.create(FILE, "alice", 1).unwrap();
+    write(&s, "one.").unwrap();
+    s.create("b.txt", "bob", 1).unwrap();
+    std::thread::scope(|scope| {
+        let s = &s;
+        stall.at_dir.store(true, Ordering::SeqCst);
+        stall.arm();
+        let ckpt = scope.spawn(move || s.checkpoint_journal());
+        stall.held();
+        // The sealed log is removed, the removal not yet durable: its files are guarded.
+        assert!(!root.join("journal").join("0.log").exists());
+        assert!(j.is_pending("b.txt"));
+        assert!(s.fs.remove_file(&s.content_path("b.txt")).is_err());
+        // FILE has entries in both logs: a DELETE of it waits for the checkpoint under way,
+        // then rotates again.
+        write(s, "two.").unwrap();
+        let delete = scope.spawn(move || s.delete(FILE));
+        stall.release();
+        ckpt.join().unwrap().unwrap();
+        delete.join().unwrap().unwrap();
+    });
+    assert!(!j.is_pending(FILE) && !j.is_pending("b.txt"));
+    let s = after_cut(&disk, &root, s);
+    assert!(s.load_text(FILE).is_err(), "FILE was deleted");
+    assert_eq!(text_of(&s, "b.txt"), "");
 }
