@@ -609,12 +609,14 @@ impl Journal {
         let done = Self::sync_set(fs, &self.dir, &sealed.paths, &sealed.dirs, &sealed.window)
             .and_then(|()| {
                 drop(sealed.log);
-                match fs.remove_file(&sealed.path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
-                }
-                fs.sync_dir(&self.dir)
+                // Gone already, or the whole directory with it (the store removed from under
+                // the server, as sealed paths and directories may be): nothing to redo is left.
+                let gone = |r: io::Result<()>| match r {
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                    r => r,
+                };
+                gone(fs.remove_file(&sealed.path))?;
+                gone(fs.sync_dir(&self.dir))
             });
         let mut st = self.lock();
         if let Err(e) = done {

@@ -1440,3 +1440,14 @@ fn a_file_counts_as_pending_until_its_sealed_logs_removal_is_durable() {
     assert!(s.load_text(FILE).is_err(), "FILE was deleted");
     assert_eq!(text_of(&s, "b.txt"), "");
 }
+
+#[test]
+fn a_store_removed_from_under_the_server_does_not_fail_the_journal() {
+    let (_d, _disk, root, s) = journaled();
+    // The next log is made, so the checkpoint rotates.
+    s.checkpoint_journal().unwrap();
+    write(&s, "three.").unwrap();
+    fs::remove_dir_all(&root).unwrap();
+    s.checkpoint_journal().unwrap();
+    assert!(!s.journal_failed());
+}
