@@ -21,21 +21,45 @@
 //! into place (by exchange when they replace files: `change::place_unsynced`), all WITHOUT
 //! any fsync. The change returns once its entry is durable and its renames are made.
 //!
-//! A checkpoint makes the journaled changes durable in place and empties the journal: every
-//! path touched since the last checkpoint (contents, records, history entries; tracked in
-//! memory) is fsynced, then each directory touched, once; then the log is truncated and the
-//! truncation made durable. When many paths were touched and the kernel's `syncfs` reports
-//! every write-back error (Linux 5.17 and later), one `syncfs` through a window opened at the
-//! previous checkpoint replaces the per-file fsyncs (the directories are still fsynced): the
-//! store may share its file system with other programs, whose dirty data `syncfs` also waits
-//! for, so small checkpoints fsync their paths. A checkpoint runs every
-//! `--journal-checkpoint-ms` (a thread of the storage server), when the log passes
-//! [`JOURNAL_CHECKPOINT_BYTES`], at clean shutdown, and whenever a file with an entry in the
-//! current log is about to be changed by anything but a journaled change ([`Store::settle`]).
+//! A checkpoint makes the journaled changes durable in place and retires their log, without
+//! stopping appends while it syncs. A spare next log, `<n+1>.log`, is kept made durably
+//! ahead of time (created, fsynced, the journal directory fsynced), outside the gate: at the
+//! end of each checkpoint, and at the start of one if none is ready. The checkpoint then:
 //!
-//! At open, before the scan, every complete entry of every log is redone in order, each
-//! durably through the ordinary slow path (history entry from the old bytes, content with the
-//! journaled mtime, record), then a new empty log is made durably and the old ones removed.
+//! 1. takes the gate EXCLUSIVELY only to rotate: the current log, its path, the files with an
+//!    entry in it, the paths and directories its changes touched (tracked in memory) and its
+//!    `syncfs` window are sealed (moved aside); the spare becomes the current log, empty; a
+//!    new window is opened. No I/O but opening the window's directory is done under it; it
+//!    waits for the changes inside the gate to leave (at most one `fdatasync` of the log,
+//!    see below), and changes arriving meanwhile wait for it;
+//! 2. releases the gate and, while changes append to the new log, fsyncs every sealed path,
+//!    then each sealed directory once. When many paths were touched and the kernel's `syncfs`
+//!    reports every write-back error (Linux 5.17 and later), one `syncfs` through the SEALED
+//!    window (opened at the rotation before, so it saw every one of their writes) replaces
+//!    the per-file fsyncs (the directories are still fsynced): the store may share its file
+//!    system with other programs, whose dirty data `syncfs` also waits for, so small
+//!    checkpoints fsync their paths;
+//! 3. removes the sealed log and fsyncs the journal directory, before it returns;
+//! 4. makes the next spare.
+//!
+//! Log numbers only grow: a spare takes the next number even when an earlier attempt failed.
+//! A file with an entry in the sealed log still counts as having one ([`Journal::is_pending`],
+//! the [`Guard`]) until the sealed log's removal is durable. When the spare cannot be made (a
+//! full disk, a failed sync; a warning is logged, the store does not fail), the next
+//! checkpoint tries again at its start, and if that fails too it falls back to emptying the
+//! current log in place: everything above under the gate, then the log truncated and the
+//! truncation fsynced. A checkpoint runs every `--journal-checkpoint-ms` (a thread of the
+//! storage server), when the log passes [`JOURNAL_CHECKPOINT_BYTES`] (the change that
+//! appended runs it once it has left the gate), at clean shutdown, and whenever a file with
+//! an entry in either log is about to be changed by anything but a journaled change
+//! ([`Store::settle`]). One checkpoint runs at a time: a settle finding its file only in the
+//! sealed log waits for the checkpoint under way, then finds it settled and does nothing;
+//! one finding it in the current log rotates again.
+//!
+//! At open, before the scan, every complete entry of every log is redone in numeric order of
+//! the logs (so a sealed log before the one after it), each durably through the ordinary slow
+//! path (history entry from the old bytes, content with the journaled mtime, record), then a
+//! new empty log numbered past them is made durably and the old ones removed.
 //!
 //! # Why no acknowledged change is lost, and no newer state is overwritten
 //!
@@ -53,38 +77,60 @@
 //!   retried. The history entries its record names besides the one in its entry are already
 //!   in `undo/` (the install checks), durable or themselves redone from an earlier entry.
 //! * Redo is idempotent: it only writes whole files from the entry (each an atomic, durable
-//!   replace) and the log is emptied only after every entry was redone, so a power cut
+//!   replace) and the logs are removed only after every entry was redone, so a power cut
 //!   during the redo redoes it again.
-//! * Appends and the checkpoint never race: a journaled change holds the journal's gate
-//!   (shared) from before it stages its temp files until its renames are made and its paths
-//!   are tracked; a checkpoint holds it exclusively from before it syncs until the log's
-//!   truncation is durable. So every entry in the log when it is truncated belongs to a
-//!   change whose paths the checkpoint has just made durable, and the `syncfs` window opened
-//!   while the gate is held covers every byte a later change writes.
+//! * Appends and the rotation never race: a journaled change holds the journal's gate
+//!   (shared) from before it stages its temp files, through writing its frame and waiting
+//!   for its `fdatasync`, until its renames are made and its paths are tracked; the rotation
+//!   holds it exclusively. So a change's `write` and its `wait` go to the same log, no change
+//!   is half in one log and half in the other, and every entry in the sealed log belongs to a
+//!   change whose renames are made and whose paths are in the sealed set; every entry in the
+//!   new log to a change that entered the gate after the rotation, so it comes later in its
+//!   file's order (the file's lock orders its changes) and the new window covers its writes.
+//! * A power cut at any point of a checkpoint redoes the right entries in the right order:
+//!   - before the rotation: as without a checkpoint; a spare made meanwhile is an empty log,
+//!     which redoes nothing (so is a spare whose creation was cut short);
+//!   - after the rotation, during the sealed syncs: both logs are on disk (the spare was made
+//!     durable before any entry went into it, so an entry acknowledged there survives) and
+//!     are redone old then new, so the last entry of a file wins. Renames of later changes
+//!     that a sealed directory fsync made durable without their bytes are covered by their
+//!     entries in the new log, redone after (a sealed entry redone first over such a later
+//!     content keeps it as a hand edit, below, and the later entry then rewrites both);
+//!   - after the sealed log's removal but before the directory fsync: the removal may be
+//!     lost and the sealed log redone again, then the new one. Its entries only rewrite
+//!     states already durable in place, and nothing but a journaled change (whose entry is in
+//!     the new log, redone after) can have changed their files since, since the files count
+//!     as pending until that fsync returned;
+//!   - after it: only the new log is redone.
 //! * No redo overwrites a newer durable state: every other change of a file (DELETE, MOVE,
 //!   quarantine, installs the journal cannot carry, checkpoints, REVERT, UNDO, UPLOAD, a
 //!   large write, adoption, the removal of a vanished file) first calls [`Store::settle`]
-//!   under the file's lock, which
-//!   checkpoints when the file has an entry in the log; the file's lock keeps a new entry from
-//!   appearing before that change is made. The store's file-system calls go through a guard
-//!   ([`Guard`]) that refuses a rename, removal or link of a file's content or record while
-//!   the file has an entry in the log, unless the calling thread is applying a journaled
-//!   change: a forgotten settle fails loudly instead of leaving a redo that would undo it.
+//!   under the file's lock, which checkpoints (or waits for the checkpoint under way) while
+//!   the file has an entry in either log, and returns only once that entry's log is durably
+//!   gone; the file's lock keeps a new entry from appearing before that change is made. The
+//!   store's file-system calls go through a guard ([`Guard`]) that refuses a rename, removal
+//!   or link of a file's content or record while the file has an entry in either log, unless
+//!   the calling thread is applying a journaled change: a forgotten settle fails loudly
+//!   instead of leaving a redo that would undo it.
 //! * A failed `fdatasync` of the log fails the changes waiting for it (their outcome is then
 //!   unknown: the entry may or may not be durable, and a restart may redo it; the name server
 //!   then meets a version it never acknowledged and sets it aside, as any change a dying
 //!   writer saved) and closes the journal: changes take the direct path (`batch`) until a
-//!   checkpoint has made everything durable and truncated the log again. A failed append
-//!   (a full disk) cuts the log back to where the frame began, so no part of it is left for
-//!   a redo to read on into.
-//! * A checkpoint whose sync failed is not retried, and neither is a change whose entry is
+//!   checkpoint has made everything durable and retired the log: a rotation of a closed
+//!   journal keeps it closed (nothing goes into the new log) until the sealed set is durable
+//!   and the sealed log's removal too. A sync of the new log failing during the sealed syncs
+//!   closes it again, and only a later checkpoint, sealing that log, opens it. A failed
+//!   append (a full disk) cuts the log back to where the frame began, so no part of it is
+//!   left for a redo to read on into.
+//! * A checkpoint whose sync failed (a sealed path or directory, or the sealed log's removal)
+//!   is not retried, and neither is a change whose entry is
 //!   durable but whose renames failed (its caller is told the change is saved but not in
 //!   place): after a write-back error Linux may drop the pages and mark them clean, so a
-//!   second fsync would answer Ok over lost bytes and the truncation would throw away the
+//!   second fsync would answer Ok over lost bytes and the removal would throw away the
 //!   log, the only copy known good. The journal fails instead (fail-stop, as a database does
 //!   on a failed fsync): every change and checkpoint is refused, the storage server's
 //!   checkpoint thread ends the process (its page cache survives, as after a crash; the
-//!   partner takes over), and the next start redoes the log durably before it serves. So no
+//!   partner takes over), and the next start redoes the logs durably before it serves. So no
 //!   state is ever rewritten while readers are about, and no entry is applied twice.
 //! * A redo keeps content it finds edited by hand (while the server was down) only when its
 //!   bytes are neither the change's nor those it replaced AND its mtime is later than the
@@ -217,23 +263,43 @@ impl Drop for Applying {
 struct State {
     /// The current log, its path, and the bytes written to it / known durable.
     log: Arc<File>,
+    path: PathBuf,
     len: u64,
     synced: u64,
     syncing: bool,
-    /// A sync of the log failed: nothing more is appended until a checkpoint succeeds.
+    /// A sync of the log failed: nothing more is appended until a checkpoint has made
+    /// everything durable.
     broken: bool,
     /// A checkpoint's sync failed, or a change's entry is durable but not in place: nothing
     /// more is appended or checkpointed; the storage server stops, and its restart redoes the
-    /// log (see the module docs).
+    /// logs (see the module docs).
     failed: bool,
     /// Files with an entry in the current log.
     pending: HashSet<String>,
-    /// Paths and directories touched by journaled changes since the last checkpoint.
+    /// Files with an entry in the sealed log of the checkpoint under way, until that log's
+    /// removal is durable.
+    sealed: HashSet<String>,
+    /// Paths and directories touched by journaled changes since the last rotation.
     paths: BTreeSet<PathBuf>,
     dirs: BTreeSet<PathBuf>,
-    /// The `syncfs` window opened at the last checkpoint, if this kernel's `syncfs` reports
+    /// The `syncfs` window opened at the last rotation, if this kernel's `syncfs` reports
     /// every error.
     window: Option<durable::FsSync>,
+    /// The next log, made durably ahead of the rotation that makes it current.
+    spare: Option<(Arc<File>, PathBuf)>,
+    /// The number the next log made takes (log numbers only grow).
+    next: u64,
+}
+
+/// What a rotation moved aside: the log and what its entries' changes touched.
+struct Sealed {
+    log: Arc<File>,
+    path: PathBuf,
+    paths: BTreeSet<PathBuf>,
+    dirs: BTreeSet<PathBuf>,
+    window: Option<durable::FsSync>,
+    /// The log's sync had failed: the journal stays closed until these are durable.
+    broken: bool,
 }
 
 /// The journal of a store (see the module docs).
@@ -241,7 +307,7 @@ pub(super) struct Journal {
     dir: PathBuf,
     st: Mutex<State>,
     wake: Condvar,
-    /// Shared by changes from staging to tracking, exclusive to a checkpoint.
+    /// Shared by changes from staging to tracking, exclusive to a checkpoint's rotation.
     gate: RwLock<()>,
     /// One checkpoint at a time.
     ckpt: Mutex<()>,
@@ -295,15 +361,19 @@ impl Journal {
             dir: dir.to_path_buf(),
             st: Mutex::new(State {
                 log: Arc::new(f),
+                path,
                 len: 0,
                 synced: 0,
                 syncing: false,
                 broken: false,
                 failed: false,
                 pending: HashSet::new(),
+                sealed: HashSet::new(),
                 paths: BTreeSet::new(),
                 dirs: BTreeSet::new(),
                 window,
+                spare: None,
+                next: next + 1,
             }),
             wake: Condvar::new(),
             gate: RwLock::new(()),
@@ -356,9 +426,17 @@ impl Journal {
         )
     }
 
-    /// Whether `file` has an entry in the current log.
+    /// Whether `file` has an entry in the current log, or in the sealed log of a checkpoint
+    /// under way whose removal is not yet durable.
     pub(super) fn is_pending(&self, file: &str) -> bool {
-        self.lock().pending.contains(file)
+        let st = self.lock();
+        st.pending.contains(file) || st.sealed.contains(file)
+    }
+
+    /// The path of the current log.
+    #[cfg(test)]
+    pub(super) fn log_path(&self) -> PathBuf {
+        self.lock().path.clone()
     }
 
     /// Bytes in the current log.
@@ -416,7 +494,7 @@ impl Journal {
         if let Err(e) = st.log.write_all_at(frame, at) {
             // Part of the frame may be written: cut it off, or a later, shorter frame would
             // leave its tail behind for the redo to read on. If even that fails, nothing more
-            // is appended until a checkpoint has emptied the log.
+            // is appended until a checkpoint has retired the log.
             if st.log.set_len(at).is_err() {
                 st.broken = true;
             }
@@ -468,74 +546,196 @@ impl Journal {
 
     /// The checkpoint (see the module docs). Takes no file lock, so a caller may hold some.
     pub(super) fn checkpoint(&self, fs: &dyn Fs) -> io::Result<()> {
+        self.checkpoint_for(fs, None)
+    }
+
+    /// [`Journal::checkpoint`]; with `files`, nothing more once none of them has an entry in
+    /// either log (a checkpoint under way when called, waited for, made them durable).
+    pub(super) fn checkpoint_for(&self, fs: &dyn Fs, files: Option<&[&str]>) -> io::Result<()> {
         let _one = self.ckpt.lock().unwrap_or_else(|p| p.into_inner());
-        let _excl = self.gate.write().unwrap_or_else(|p| p.into_inner());
-        let (paths, dirs, log, window) = {
-            let mut st = self.lock();
+        let spare = {
+            let st = self.lock();
             if st.failed {
                 return Err(Self::failed_error());
             }
-            if st.len == 0 && !st.broken && st.paths.is_empty() && st.dirs.is_empty() {
+            if files.is_some_and(|f| {
+                !f.iter()
+                    .any(|f| st.pending.contains(*f) || st.sealed.contains(*f))
+            }) {
                 return Ok(());
             }
-            (
-                std::mem::take(&mut st.paths),
-                std::mem::take(&mut st.dirs),
-                st.log.clone(),
-                st.window.take(),
-            )
+            st.spare.is_some()
         };
-        let synced = (|| {
-            match (&window, paths.len() > SYNCFS_ABOVE) {
-                (Some(w), true) => fs.sync_fs_window(w, &self.dir)?,
-                _ => {
-                    let mut open = Vec::with_capacity(paths.len());
-                    for p in &paths {
-                        match fs.open(p) {
-                            Ok(f) => open.push(f),
-                            // Removed since (a removal settles first, so it is durable).
-                            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                            Err(e) => return Err(e),
-                        }
-                    }
-                    let refs: Vec<&File> = open.iter().collect();
-                    for r in fs.sync_files(&refs) {
-                        r?;
-                    }
-                }
+        // Made lazily when the last checkpoint could not, outside the gate; if it fails
+        // again, this checkpoint empties the current log in place.
+        if !spare {
+            if let Err(e) = self.make_spare(fs) {
+                log::warn!(target: ev::SS_SCAN,
+                    "the journal's next log could not be made ({e}); this checkpoint empties the current log in place");
             }
-            for d in &dirs {
-                match fs.sync_dir(d) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
-                }
-            }
+        }
+        let began = Instant::now();
+        let excl = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        let entered = began.elapsed();
+        let mut st = self.lock();
+        if st.failed {
+            return Err(Self::failed_error());
+        }
+        if st.len == 0 && !st.broken && st.paths.is_empty() && st.dirs.is_empty() {
+            return Ok(());
+        }
+        let Some((log, path)) = st.spare.take() else {
+            return self.checkpoint_in_place(fs, st);
+        };
+        // The rotation: the current log and what its entries touched are sealed, the spare
+        // becomes the current log, and a new window covers every byte a later change writes.
+        let sealed = Sealed {
+            log: std::mem::replace(&mut st.log, log),
+            path: std::mem::replace(&mut st.path, path),
+            paths: std::mem::take(&mut st.paths),
+            dirs: std::mem::take(&mut st.dirs),
+            window: st.window.take(),
+            broken: st.broken,
+        };
+        st.sealed = std::mem::take(&mut st.pending);
+        st.len = 0;
+        st.synced = 0;
+        st.window = durable::FsSync::begin(&self.dir).ok().flatten();
+        drop(st);
+        drop(excl);
+        let held = began.elapsed() - entered;
+        // Without the gate: the sealed set made durable in place, then its log removed,
+        // durably.
+        let done = Self::sync_set(fs, &self.dir, &sealed.paths, &sealed.dirs, &sealed.window)
+            .and_then(|()| {
+                drop(sealed.log);
+                // Gone already, or the whole directory with it (the store removed from under
+                // the server, as sealed paths and directories may be): nothing to redo is left.
+                let gone = |r: io::Result<()>| match r {
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                    r => r,
+                };
+                gone(fs.remove_file(&sealed.path))?;
+                gone(fs.sync_dir(&self.dir))
+            });
+        let mut st = self.lock();
+        if let Err(e) = done {
+            return Err(Self::fail(&mut st, e));
+        }
+        st.sealed.clear();
+        // Closed since before the rotation, so nothing was appended since: all is durable.
+        if sealed.broken {
+            st.broken = false;
+        }
+        drop(st);
+        if let Err(e) = self.make_spare(fs) {
+            log::warn!(target: ev::SS_SCAN,
+                "the journal's next log could not be made ({e}); the next checkpoint tries again");
+        }
+        log::debug!(target: ev::SS_SCAN,
+            "journal checkpoint: gate held exclusively {} us (after {} us waiting for it), {} us in all",
+            held.as_micros(), entered.as_micros(), began.elapsed().as_micros());
+        Ok(())
+    }
+
+    /// The checkpoint without a spare log: everything under the gate, and the log emptied in
+    /// place.
+    fn checkpoint_in_place(
+        &self,
+        fs: &dyn Fs,
+        mut st: std::sync::MutexGuard<'_, State>,
+    ) -> io::Result<()> {
+        let paths = std::mem::take(&mut st.paths);
+        let dirs = std::mem::take(&mut st.dirs);
+        let window = st.window.take();
+        let log = st.log.clone();
+        drop(st);
+        let done = Self::sync_set(fs, &self.dir, &paths, &dirs, &window).and_then(|()| {
             // Every entry's change is durable in place: the log is emptied, durably.
             log.set_len(0)?;
             fs.sync_file(&log)
-        })();
+        });
         let mut st = self.lock();
-        match synced {
-            Ok(()) => {
-                st.len = 0;
-                st.synced = 0;
-                st.broken = false;
-                st.pending.clear();
-                // Opened while the gate is held: it covers every byte a later change writes.
-                st.window = durable::FsSync::begin(&self.dir).ok().flatten();
-                Ok(())
-            }
-            Err(e) => {
-                // Not retried: after a write-back error Linux may drop the pages and mark them
-                // clean, so a second fsync would answer Ok over lost bytes, and the log, the
-                // only copy known good, would be truncated. The server stops instead and its
-                // restart redoes the log (see the module docs).
-                st.failed = true;
-                log::error!(target: ev::SS_SCAN, "journal checkpoint failed ({e}); the journal has failed");
-                Err(e)
+        if let Err(e) = done {
+            return Err(Self::fail(&mut st, e));
+        }
+        st.len = 0;
+        st.synced = 0;
+        st.broken = false;
+        st.pending.clear();
+        // Opened while the gate is held: it covers every byte a later change writes.
+        st.window = durable::FsSync::begin(&self.dir).ok().flatten();
+        Ok(())
+    }
+
+    /// Makes `paths` durable (an fsync each, or one `syncfs` through `window` when many),
+    /// then `dirs`.
+    fn sync_set(
+        fs: &dyn Fs,
+        dir: &Path,
+        paths: &BTreeSet<PathBuf>,
+        dirs: &BTreeSet<PathBuf>,
+        window: &Option<durable::FsSync>,
+    ) -> io::Result<()> {
+        match (window, paths.len() > SYNCFS_ABOVE) {
+            (Some(w), true) => fs.sync_fs_window(w, dir)?,
+            _ => {
+                let mut open = Vec::with_capacity(paths.len());
+                for p in paths {
+                    match fs.open(p) {
+                        Ok(f) => open.push(f),
+                        // Removed since (a removal settles first, so it is durable).
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                let refs: Vec<&File> = open.iter().collect();
+                for r in fs.sync_files(&refs) {
+                    r?;
+                }
             }
         }
+        for d in dirs {
+            match fs.sync_dir(d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// A checkpoint's sync failed: the journal fails. Not retried: after a write-back error
+    /// Linux may drop the pages and mark them clean, so a second fsync would answer Ok over
+    /// lost bytes, and the log, the only copy known good, would be emptied. The server stops
+    /// instead and its restart redoes the logs (see the module docs).
+    fn fail(st: &mut State, e: io::Error) -> io::Error {
+        st.failed = true;
+        log::error!(target: ev::SS_SCAN, "journal checkpoint failed ({e}); the journal has failed");
+        e
+    }
+
+    /// Makes the next log durably (the file, then its directory entry) unless one is
+    /// ready. Called under `ckpt`, outside the gate.
+    fn make_spare(&self, fs: &dyn Fs) -> io::Result<()> {
+        let n = {
+            let mut st = self.lock();
+            if st.spare.is_some() {
+                return Ok(());
+            }
+            st.next += 1;
+            st.next - 1
+        };
+        let path = self.dir.join(format!("{n}.log"));
+        let f = fs.create_new(&path)?;
+        if let Err(e) = fs.sync_file(&f).and_then(|()| fs.sync_dir(&self.dir)) {
+            // An empty log left behind is harmless: it redoes nothing.
+            drop(f);
+            let _ = fs.remove_file(&path);
+            return Err(e);
+        }
+        self.lock().spare = Some((Arc::new(f), path));
+        Ok(())
     }
 }
 
@@ -659,13 +859,13 @@ impl Store {
             return Ok(());
         };
         if files.iter().any(|f| j.is_pending(f)) {
-            self.run_checkpoint(j)
+            j.checkpoint_for(&*self.fs, Some(files))
                 .map_err(|e| self.io(files.first().copied().unwrap_or("journal/"), e))?;
         }
         Ok(())
     }
 
-    /// One checkpoint of `j`, redoing entries through [`Store::redo`] when it must.
+    /// One checkpoint of `j`.
     fn run_checkpoint(&self, j: &Journal) -> io::Result<()> {
         j.checkpoint(&*self.fs)
     }

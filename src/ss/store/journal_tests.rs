@@ -1059,3 +1059,395 @@ fn a_file_deleted_by_hand_while_its_change_is_in_the_journal_comes_back_at_the_r
         "the acknowledged change is redone"
     );
 }
+
+/// The simulated disk, where the next fsync of a set of files (a checkpoint's fsync of the
+/// paths its sealed log's entries touched), or with `at_dir` the journal directory's fsync
+/// that follows a log's removal, can be held, and whose power can be cut so that every call after
+/// fails: at once ([`Stall::cut`]), or at the journal directory's fsync that follows a log's
+/// removal (`cut_after_unlink`). Logs cannot be created while `no_log` is set.
+struct Stall {
+    disk: Arc<SimDisk>,
+    /// The next fsync of a set of files is to be held (1), or is held (2).
+    hold: Mutex<u8>,
+    wake: std::sync::Condvar,
+    off: AtomicBool,
+    cut_after_unlink: AtomicBool,
+    unlinked: AtomicBool,
+    no_log: AtomicBool,
+    at_dir: AtomicBool,
+}
+
+impl Stall {
+    fn new(disk: &Arc<SimDisk>) -> Arc<Stall> {
+        Arc::new(Stall {
+            disk: disk.clone(),
+            hold: Mutex::new(0),
+            wake: std::sync::Condvar::new(),
+            off: AtomicBool::new(false),
+            cut_after_unlink: AtomicBool::new(false),
+            unlinked: AtomicBool::new(false),
+            no_log: AtomicBool::new(false),
+            at_dir: AtomicBool::new(false),
+        })
+    }
+
+    fn on<T>(&self, f: impl FnOnce(&SimDisk) -> io::Result<T>) -> io::Result<T> {
+        if self.off.load(Ordering::SeqCst) {
+            return Err(io::Error::other("the power is off"));
+        }
+        f(&self.disk)
+    }
+
+    fn cut(&self) {
+        self.off.store(true, Ordering::SeqCst);
+        self.disk.power_cut().unwrap();
+    }
+
+    /// Holds the next fsync of a set of files.
+    fn arm(&self) {
+        *self.hold.lock().unwrap() = 1;
+    }
+
+    /// Returns once the fsync armed for is held.
+    fn held(&self) {
+        let mut h = self.hold.lock().unwrap();
+        while *h != 2 {
+            h = self.wake.wait(h).unwrap();
+        }
+    }
+
+    /// Holds the calling thread here if a hold is armed.
+    fn stop_here(&self) {
+        let mut h = self.hold.lock().unwrap();
+        if *h == 1 {
+            *h = 2;
+            self.wake.notify_all();
+            while *h == 2 {
+                h = self.wake.wait(h).unwrap();
+            }
+        }
+    }
+
+    fn release(&self) {
+        *self.hold.lock().unwrap() = 0;
+        self.wake.notify_all();
+    }
+
+    fn is_log(path: &Path) -> bool {
+        path.extension().is_some_and(|e| e == "log")
+    }
+}
+
+impl Fs for Stall {
+    fn create_new(&self, path: &Path) -> io::Result<File> {
+        if Self::is_log(path) && self.no_log.load(Ordering::SeqCst) {
+            return Err(io::Error::other("no space left for a log"));
+        }
+        self.on(|d| d.create_new(path))
+    }
+    fn open(&self, path: &Path) -> io::Result<File> {
+        self.on(|d| d.open(path))
+    }
+    fn sync_file(&self, f: &File) -> io::Result<()> {
+        self.on(|d| d.sync_file(f))
+    }
+    fn sync_data(&self, f: &File) -> io::Result<()> {
+        self.on(|d| d.sync_data(f))
+    }
+    fn sync_files(&self, files: &[&File]) -> Vec<io::Result<()>> {
+        if !self.at_dir.load(Ordering::SeqCst) {
+            self.stop_here();
+        }
+        match self.on(|_| Ok(())) {
+            Ok(()) => self.disk.sync_files(files),
+            Err(_) => files
+                .iter()
+                .map(|_| Err(io::Error::other("the power is off")))
+                .collect(),
+        }
+    }
+    fn sync_fs(&self, dir: &Path) -> io::Result<()> {
+        self.on(|d| d.sync_fs(dir))
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.on(|d| d.rename(from, to))
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        if dir.ends_with("journal") && self.unlinked.load(Ordering::SeqCst) {
+            if self.at_dir.load(Ordering::SeqCst) {
+                self.stop_here();
+            }
+            if self.cut_after_unlink.load(Ordering::SeqCst) {
+                self.cut();
+            }
+        }
+        self.on(|d| d.sync_dir(dir))
+    }
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.on(|d| d.hard_link(from, to))
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        let r = self.on(|d| d.remove_file(path));
+        if r.is_ok() && Self::is_log(path) {
+            self.unlinked.store(true, Ordering::SeqCst);
+        }
+        r
+    }
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.on(|d| d.remove_dir_all(dir))
+    }
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        self.on(|d| d.read(path))
+    }
+    fn metadata(&self, path: &Path) -> io::Result<fs::Metadata> {
+        self.on(|d| d.metadata(path))
+    }
+    fn read_dir(&self, dir: &Path) -> io::Result<fs::ReadDir> {
+        self.on(|d| d.read_dir(dir))
+    }
+    fn create_dir(&self, dir: &Path) -> io::Result<()> {
+        self.on(|d| d.create_dir(dir))
+    }
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.on(|d| d.create_dir_all(dir))
+    }
+}
+
+/// The numbers of the logs in `root`'s journal, in order.
+fn logs(root: &Path) -> Vec<u64> {
+    let mut n: Vec<u64> = fs::read_dir(root.join("journal"))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().to_string();
+            name.strip_suffix(".log")?.parse().ok()
+        })
+        .collect();
+    n.sort();
+    n
+}
+
+/// Writes `text` as the next content of FILE.
+fn write(s: &Store, text: &str) -> Result<Meta, StoreError> {
+    let lock = s.file_lock(FILE);
+    let _g = lock.lock().unwrap();
+    let (_, meta, _) = s.load_text(FILE)?;
+    s.write_content(FILE, meta, text.as_bytes())
+}
+
+/// Checks FILE is at `text` and `version`, with `history` (newest first) behind it.
+fn check_history(s: &Store, text: &str, version: Version, history: &[&str], what: &str) {
+    let (got, meta, adopted) = s.load_text(FILE).unwrap();
+    assert!(!adopted, "{what}: the record does not match its content");
+    assert_eq!((got.as_str(), meta.version), (text, version), "{what}");
+    let lock = s.file_lock(FILE);
+    let _g = lock.lock().unwrap();
+    for old in history {
+        s.undo(FILE, 1).unwrap();
+        assert_eq!(s.load_text(FILE).unwrap().0, *old, "{what}: history");
+    }
+}
+
+#[test]
+fn journaled_changes_proceed_while_a_checkpoint_syncs_what_its_sealed_log_touched() {
+    let (_d, disk, root) = fresh();
+    let stall = Stall::new(&disk);
+    let s = Store::open_on(stall.clone(), &root, "ss1").unwrap();
+    let j = s.journal.as_ref().unwrap().clone();
+    s.create(FILE, "alice", 1).unwrap();
+    write(&s, "one.").unwrap();
+    s.create("b.txt", "bob", 1).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let acked = std::thread::scope(|scope| {
+        let s = &s;
+        stall.arm();
+        let ckpt = scope.spawn(move || s.checkpoint_journal());
+        stall.held();
+        // The checkpoint is inside its fsync of the sealed paths. A file with an entry only
+        // in the sealed log is still guarded.
+        assert!(j.is_pending("b.txt"));
+        assert!(s.fs.remove_file(&s.content_path("b.txt")).is_err());
+        // Journaled changes, one of a file whose earlier entries are sealed, complete
+        // meanwhile.
+        scope.spawn(move || {
+            let r = s.create("c.txt", "carol", 1).and_then(|_| write(s, "two."));
+            tx.send(r).unwrap();
+        });
+        let done = rx.recv_timeout(std::time::Duration::from_secs(20));
+        // A DELETE of a file whose entry is sealed settles it: done once the checkpoint
+        // under way has made it durable.
+        let delete = scope.spawn(move || s.delete("b.txt"));
+        stall.release();
+        ckpt.join().unwrap().unwrap();
+        delete.join().unwrap().unwrap();
+        let done = done.expect("a journaled change waited for the checkpoint's syncs");
+        done.unwrap()
+    });
+    assert!(j.is_pending(FILE), "its last entry is in the current log");
+    assert!(!j.is_pending("b.txt") && j.is_pending("c.txt"));
+    let s = after_cut(&disk, &root, s);
+    check_history(&s, "two.", acked.version, &["one.", ""], "after the cut");
+    assert_eq!(text_of(&s, "c.txt"), "");
+    assert!(s.load_text("b.txt").is_err(), "b.txt was deleted");
+}
+
+#[test]
+fn a_power_cut_after_the_rotation_redoes_both_logs_in_order() {
+    let (_d, disk, root) = fresh();
+    let stall = Stall::new(&disk);
+    let s = Store::open_on(stall.clone(), &root, "ss1").unwrap();
+    s.create(FILE, "alice", 1).unwrap();
+    write(&s, "one.").unwrap();
+    let acked = std::thread::scope(|scope| {
+        let s = &s;
+        stall.arm();
+        let ckpt = scope.spawn(move || s.checkpoint_journal());
+        stall.held();
+        // The last entry of FILE goes to the new log; the power goes before the sealed
+        // paths are durable.
+        let acked = write(s, "two.").unwrap();
+        stall.cut();
+        stall.release();
+        assert!(ckpt.join().unwrap().is_err());
+        acked
+    });
+    drop(s);
+    assert_eq!(logs(&root), [0, 1], "the sealed log and the current one");
+    let s = Store::open_on(disk.clone(), &root, "ss1").unwrap();
+    s.scan().unwrap();
+    check_history(&s, "two.", acked.version, &["one.", ""], "both logs redone");
+}
+
+#[test]
+fn a_power_cut_after_the_sealed_logs_removal_before_its_directory_sync_redoes_both() {
+    let (_d, disk, root) = fresh();
+    let stall = Stall::new(&disk);
+    let s = Store::open_on(stall.clone(), &root, "ss1").unwrap();
+    s.create(FILE, "alice", 1).unwrap();
+    write(&s, "one.").unwrap();
+    s.create("b.txt", "bob", 1).unwrap();
+    let acked = std::thread::scope(|scope| {
+        let s = &s;
+        stall.arm();
+        let ckpt = scope.spawn(move || s.checkpoint_journal());
+        stall.held();
+        let acked = write(s, "two.").unwrap();
+        stall.cut_after_unlink.store(true, Ordering::SeqCst);
+        stall.release();
+        assert!(ckpt.join().unwrap().is_err());
+        acked
+    });
+    assert!(stall.unlinked.load(Ordering::SeqCst));
+    drop(s);
+    assert_eq!(
+        logs(&root),
+        [0, 1],
+        "the sealed log's removal was not durable"
+    );
+    let s = Store::open_on(disk.clone(), &root, "ss1").unwrap();
+    s.scan().unwrap();
+    check_history(&s, "two.", acked.version, &["one.", ""], "both logs redone");
+    assert_eq!(text_of(&s, "b.txt"), "");
+}
+
+#[test]
+fn a_failed_sync_of_the_sealed_paths_fails_the_journal_and_the_restart_redoes_both_logs() {
+    let (_d, disk, root) = fresh();
+    let stall = Stall::new(&disk);
+    let s = Store::open_on(stall.clone(), &root, "ss1").unwrap();
+    s.create(FILE, "alice", 1).unwrap();
+    write(&s, "one.").unwrap();
+    s.create("b.txt", "bob", 1).unwrap();
+    let acked = std::thread::scope(|scope| {
+        let s = &s;
+        stall.arm();
+        let ckpt = scope.spawn(move || s.checkpoint_journal());
+        stall.held();
+        let acked = write(s, "two.").unwrap();
+        disk.fail_next_syncs(1);
+        stall.release();
+        assert!(ckpt.join().unwrap().is_err());
+        acked
+    });
+    // Fail-stop: no retry, every change and checkpoint refused.
+    assert!(s.journal_failed());
+    assert!(s.checkpoint_journal().is_err());
+    assert!(s.create("c.txt", "carol", 1).is_err());
+    assert!(write(&s, "refused.").is_err());
+    drop(s);
+    disk.power_cut().unwrap();
+    assert_eq!(logs(&root), [0, 1]);
+    let s = Store::open_on(disk.clone(), &root, "ss1").unwrap();
+    s.scan().unwrap();
+    check_history(&s, "two.", acked.version, &["one.", ""], "both logs redone");
+    assert_eq!(text_of(&s, "b.txt"), "");
+    assert!(s.load_text("c.txt").is_err());
+}
+
+#[test]
+fn without_a_next_log_the_checkpoint_empties_the_log_in_place_and_the_next_one_rotates() {
+    let (_d, disk, root) = fresh();
+    let stall = Stall::new(&disk);
+    let s = Store::open_on(stall.clone(), &root, "ss1").unwrap();
+    let j = s.journal.as_ref().unwrap().clone();
+    s.create(FILE, "alice", 1).unwrap();
+    write(&s, "one.").unwrap();
+    stall.no_log.store(true, Ordering::SeqCst);
+    s.checkpoint_journal().unwrap();
+    assert!(!s.journal_failed());
+    assert_eq!((logs(&root), j.log_len()), (vec![0], 0), "emptied in place");
+    assert!(!j.is_pending(FILE));
+    // Changes are still journaled, and the next checkpoint makes its next log.
+    let acked = write(&s, "two.").unwrap();
+    assert!(j.is_pending(FILE));
+    stall.no_log.store(false, Ordering::SeqCst);
+    s.checkpoint_journal().unwrap();
+    assert!(!j.is_pending(FILE));
+    assert_eq!(logs(&root), [2, 3], "rotated, and the next log made");
+    assert_eq!(j.log_path(), root.join("journal").join("2.log"));
+    let s = after_cut(&disk, &root, s);
+    check_history(&s, "two.", acked.version, &["one.", ""], "after the cut");
+}
+
+#[test]
+fn a_file_counts_as_pending_until_its_sealed_logs_removal_is_durable() {
+    let (_d, disk, root) = fresh();
+    let stall = Stall::new(&disk);
+    let s = Store::open_on(stall.clone(), &root, "ss1").unwrap();
+    let j = s.journal.as_ref().unwrap().clone();
+    s.create(FILE, "alice", 1).unwrap();
+    write(&s, "one.").unwrap();
+    s.create("b.txt", "bob", 1).unwrap();
+    std::thread::scope(|scope| {
+        let s = &s;
+        stall.at_dir.store(true, Ordering::SeqCst);
+        stall.arm();
+        let ckpt = scope.spawn(move || s.checkpoint_journal());
+        stall.held();
+        // The sealed log is removed, the removal not yet durable: its files are guarded.
+        assert!(!root.join("journal").join("0.log").exists());
+        assert!(j.is_pending("b.txt"));
+        assert!(s.fs.remove_file(&s.content_path("b.txt")).is_err());
+        // FILE has entries in both logs: a DELETE of it waits for the checkpoint under way,
+        // then rotates again.
+        write(s, "two.").unwrap();
+        let delete = scope.spawn(move || s.delete(FILE));
+        stall.release();
+        ckpt.join().unwrap().unwrap();
+        delete.join().unwrap().unwrap();
+    });
+    assert!(!j.is_pending(FILE) && !j.is_pending("b.txt"));
+    let s = after_cut(&disk, &root, s);
+    assert!(s.load_text(FILE).is_err(), "FILE was deleted");
+    assert_eq!(text_of(&s, "b.txt"), "");
+}
+
+#[test]
+fn a_store_removed_from_under_the_server_does_not_fail_the_journal() {
+    let (_d, _disk, root, s) = journaled();
+    // The next log is made, so the checkpoint rotates.
+    s.checkpoint_journal().unwrap();
+    write(&s, "three.").unwrap();
+    fs::remove_dir_all(&root).unwrap();
+    s.checkpoint_journal().unwrap();
+    assert!(!s.journal_failed());
+}

@@ -12,7 +12,8 @@
 //!                                  file per tag holding that checkpoint's bytes
 //! DIR/tmp/                          temp files for atomic replacement; emptied at startup
 //! DIR/journal/<n>.log               the write-ahead journal of small changes (see `journal`):
-//!                                   redone at startup, emptied by each checkpoint
+//!                                   redone at startup in numeric order; each checkpoint
+//!                                   rotates to the next (made ahead) and removes the old
 //! DIR/quarantine/<canonical name>.<epoch>-<counter>
 //!                                   a copy set aside because it holds changes the cluster
 //!                                   never acknowledged; `<epoch>-<counter>` is its version
@@ -65,9 +66,11 @@
 //! by one `fdatasync` of the log shared with every change appending meanwhile, and only then
 //! are the old content linked into `undo/` and the staged files renamed into place, without
 //! any fsync. A checkpoint (every `--journal-checkpoint-ms`, when the log is large, at clean
-//! shutdown, and before any other change of a file with an entry in the log) fsyncs every
-//! path those changes touched and each directory once, then empties the log durably; startup
-//! redoes every complete entry durably before the scan. Every other change first settles its
+//! shutdown, and before any other change of a file with an entry in the log) rotates to a
+//! spare log made durably ahead of time, holding the journal's gate only for the swap; then,
+//! while changes append to the new log, it fsyncs every path the sealed log's changes
+//! touched and each directory once, and removes the sealed log durably; startup redoes every
+//! complete entry of every log, in order, durably before the scan. Every other change first settles its
 //! file ([`Store::settle`], under the file's lock), so no redo overwrites a newer state.
 //!
 //! Without the journal (a large commit, an upload, undo, revert; and CREATE while the

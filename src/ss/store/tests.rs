@@ -975,16 +975,43 @@ fn through_the_journal_a_change_syncs_only_its_entry_and_the_checkpoint_syncs_th
     .map(String::from)
     .to_vec();
     assert_eq!(rec.take(), want);
-    // The checkpoint: the three paths touched, each directory once, then the log emptied.
+    // The checkpoint: the next log made durably (the first time, lazily), the rotation to
+    // it, then the three paths touched, each directory once, the sealed log removed, and the
+    // log after the next made.
     s.checkpoint_journal().unwrap();
     let want: Vec<String> = [
+        "create journal/1.log",
+        "sync file",
+        "sync dir journal",
         "sync file",
         "sync file",
         "sync file",
         "sync dir files",
         "sync dir meta",
         "sync dir undo",
+        "remove journal/0.log",
+        "sync dir journal",
+        "create journal/2.log",
         "sync file",
+        "sync dir journal",
+    ]
+    .map(String::from)
+    .to_vec();
+    assert_eq!(rec.take(), want);
+    // The next one finds its next log made.
+    s.create("b", "alice", 1).unwrap();
+    rec.take();
+    s.checkpoint_journal().unwrap();
+    let want: Vec<String> = [
+        "sync file",
+        "sync file",
+        "sync dir files",
+        "sync dir meta",
+        "remove journal/1.log",
+        "sync dir journal",
+        "create journal/3.log",
+        "sync file",
+        "sync dir journal",
     ]
     .map(String::from)
     .to_vec();
