@@ -555,6 +555,8 @@ const BUDGET_WAIT_MS: u64 = 30_000;
 
 /// Most bytes one read asks for while the size of the next frame is not known yet.
 const READ_BYTES: usize = 64 * 1024;
+/// Most bytes one read asks for while [`Connection::recv_filling`] waits for a header.
+const HEADER_READ_BYTES: usize = 4 * 1024;
 /// Most bytes one read asks for while a body of known size arrives.
 const MAX_READ_BYTES: usize = 256 * 1024;
 /// Bodies at least this large are written without copying them behind their header.
@@ -855,7 +857,9 @@ impl Connection {
                 Front::NeedBody(_) => return Ok(self.recv()?.map(Filled::Frame)),
                 Front::NeedHeader => {}
             }
-            let n = match self.fill(false) {
+            // Little more than a header: the body's bytes read with it are copied into the
+            // room afterwards.
+            let n = match read_zeroed(&mut self.stream, &mut self.buf, HEADER_READ_BYTES) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e.into()),
