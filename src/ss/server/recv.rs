@@ -354,12 +354,22 @@ pub(super) fn recv_into(
                 // Shared, not copied, with the writer and counting threads and the partner's
                 // relay; once they are all done with it, its memory takes a later chunk.
                 let body = Arc::new(body);
-                while let Some(done) = shared_bodies.pop_front() {
+                // Any chunk the other threads are all done with, not only the oldest: the
+                // writer keeps a batch of chunks for one disk write.
+                let mut i = 0;
+                while i < shared_bodies.len() {
+                    if Arc::strong_count(&shared_bodies[i]) > 1 {
+                        i += 1;
+                        continue;
+                    }
+                    let Some(done) = shared_bodies.remove(i) else {
+                        break;
+                    };
                     match Arc::try_unwrap(done) {
                         Ok(b) => give_back(conn, b),
                         Err(busy) => {
-                            shared_bodies.push_front(busy);
-                            break;
+                            shared_bodies.insert(i, busy);
+                            i += 1;
                         }
                     }
                 }
