@@ -73,7 +73,11 @@ impl Document {
             let b = bytes[idx];
             let (space, delimiter, len) = if b < 0x80 {
                 // The ASCII whitespace of `char::is_whitespace`: U+0009..=U+000D and U+0020.
-                (matches!(b, b'\t'..=b'\r' | b' '), matches!(b, b'.' | b'!' | b'?'), 1)
+                (
+                    matches!(b, b'\t'..=b'\r' | b' '),
+                    matches!(b, b'.' | b'!' | b'?'),
+                    1,
+                )
             } else {
                 let c = text[idx..].chars().next().unwrap_or_default();
                 (c.is_whitespace(), false, c.len_utf8())

@@ -125,7 +125,7 @@ impl Running {
         while self.shared.inflight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(5));
         }
-        // A clean stop leaves the journal empty.
+        // A clean stop leaves the journal empty (every change has ended by now).
         if let Err(e) = self.shared.store.checkpoint_journal() {
             log::warn!(target: ev::SHUTDOWN, "journal checkpoint at shutdown failed: {e}");
         }

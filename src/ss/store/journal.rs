@@ -30,8 +30,9 @@
 //!    entry in it, the paths and directories its changes touched (tracked in memory) and its
 //!    `syncfs` window are sealed (moved aside); the spare becomes the current log, empty; a
 //!    new window is opened. No I/O but opening the window's directory is done under it; it
-//!    waits for the changes inside the gate to leave (at most one `fdatasync` of the log,
-//!    see below), and changes arriving meanwhile wait for it;
+//!    waits for the changes inside the gate to leave (each holds it from staging its temp
+//!    files, through its entry's `fdatasync`, to its renames; see below), and changes
+//!    arriving meanwhile wait for it;
 //! 2. releases the gate and, while changes append to the new log, fsyncs every sealed path,
 //!    then each sealed directory once. When many paths were touched and the kernel's `syncfs`
 //!    reports every write-back error (Linux 5.17 and later), one `syncfs` through the SEALED
@@ -387,10 +388,13 @@ impl Journal {
         if old.is_empty() {
             return Ok(());
         }
+        // Oldest first, each removal durable before the next: a power cut between two
+        // removals must not leave an older log to be redone without the newer ones.
         for p in old {
             fs.remove_file(p)?;
+            fs.sync_dir(&self.dir)?;
         }
-        fs.sync_dir(&self.dir)
+        Ok(())
     }
 
     /// Enters the gate for one journaled change (see the module docs).
@@ -552,7 +556,30 @@ impl Journal {
     /// [`Journal::checkpoint`]; with `files`, nothing more once none of them has an entry in
     /// either log (a checkpoint under way when called, waited for, made them durable).
     pub(super) fn checkpoint_for(&self, fs: &dyn Fs, files: Option<&[&str]>) -> io::Result<()> {
-        let _one = self.ckpt.lock().unwrap_or_else(|p| p.into_inner());
+        let one = self.ckpt.lock().unwrap_or_else(|p| p.into_inner());
+        self.checkpoint_holding(fs, files, one)
+    }
+
+    /// [`Journal::checkpoint`] if the log is full, checked again once any checkpoint under
+    /// way is done: the changes that all found the log full run one checkpoint, not one each.
+    pub(super) fn checkpoint_if_full(&self, fs: &dyn Fs) -> io::Result<()> {
+        if !self.is_full() {
+            return Ok(());
+        }
+        let one = self.ckpt.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.is_full() {
+            return Ok(());
+        }
+        self.checkpoint_holding(fs, None, one)
+    }
+
+    /// The checkpoint, `ckpt` held (`_one`).
+    fn checkpoint_holding(
+        &self,
+        fs: &dyn Fs,
+        files: Option<&[&str]>,
+        _one: std::sync::MutexGuard<'_, ()>,
+    ) -> io::Result<()> {
         let spare = {
             let st = self.lock();
             if st.failed {
@@ -571,7 +598,8 @@ impl Journal {
         if !spare {
             if let Err(e) = self.make_spare(fs) {
                 log::warn!(target: ev::SS_SCAN,
-                    "the journal's next log could not be made ({e}); this checkpoint empties the current log in place");
+                    "the journal's next log could not be made ({e}); \
+                     this checkpoint empties the current log in place");
             }
         }
         let began = Instant::now();
@@ -633,7 +661,8 @@ impl Journal {
                 "the journal's next log could not be made ({e}); the next checkpoint tries again");
         }
         log::debug!(target: ev::SS_SCAN,
-            "journal checkpoint: gate held exclusively {} us (after {} us waiting for it), {} us in all",
+            "journal checkpoint: gate held exclusively {} us (after {} us waiting for it), \
+             {} us in all",
             held.as_micros(), entered.as_micros(), began.elapsed().as_micros());
         Ok(())
     }
@@ -728,11 +757,20 @@ impl Journal {
         };
         let path = self.dir.join(format!("{n}.log"));
         let f = fs.create_new(&path)?;
-        if let Err(e) = fs.sync_file(&f).and_then(|()| fs.sync_dir(&self.dir)) {
-            // An empty log left behind is harmless: it redoes nothing.
+        if let Err(e) = fs.sync_file(&f) {
+            // A fresh, empty inode: nothing is lost, and an empty log left behind redoes
+            // nothing.
             drop(f);
             let _ = fs.remove_file(&path);
             return Err(e);
+        }
+        if let Err(e) = fs.sync_dir(&self.dir) {
+            // Not retried, as every failed sync of the journal's directory: a later fsync of
+            // it might answer Ok over an entry the disk never got, and a log whose name is not
+            // durable would lose what is appended to it.
+            drop(f);
+            let _ = fs.remove_file(&path);
+            return Err(Self::fail(&mut self.lock(), e));
         }
         self.lock().spare = Some((Arc::new(f), path));
         Ok(())
@@ -877,8 +915,9 @@ impl Store {
         self.journal.as_ref().is_some_and(|j| j.has_failed())
     }
 
-    /// Makes every journaled change durable in place and empties the journal (the storage
-    /// server's checkpoint thread, and clean shutdown).
+    /// Makes every journaled change durable in place and retires its log (the storage
+    /// server's checkpoint thread, and clean shutdown); changes appended meanwhile stay in the
+    /// new log, redone at the next start.
     pub fn checkpoint_journal(&self) -> Result<(), StoreError> {
         match &self.journal {
             Some(j) => self.run_checkpoint(j).map_err(|e| self.io("journal/", e)),
@@ -890,10 +929,8 @@ impl Store {
     /// the gate.
     pub(super) fn checkpoint_if_full(&self) {
         if let Some(j) = &self.journal {
-            if j.is_full() {
-                if let Err(e) = self.run_checkpoint(j) {
-                    log::warn!(target: ev::SS_SCAN, "journal checkpoint failed: {e}");
-                }
+            if let Err(e) = j.checkpoint_if_full(&*self.fs) {
+                log::warn!(target: ev::SS_SCAN, "journal checkpoint failed: {e}");
             }
         }
     }

@@ -70,8 +70,9 @@
 //! spare log made durably ahead of time, holding the journal's gate only for the swap; then,
 //! while changes append to the new log, it fsyncs every path the sealed log's changes
 //! touched and each directory once, and removes the sealed log durably; startup redoes every
-//! complete entry of every log, in order, durably before the scan. Every other change first settles its
-//! file ([`Store::settle`], under the file's lock), so no redo overwrites a newer state.
+//! complete entry of every log, in order, durably before the scan. Every other change first
+//! settles its file ([`Store::settle`], under the file's lock), so no redo overwrites a newer
+//! state.
 //!
 //! Without the journal (a large commit, an upload, undo, revert; and CREATE while the
 //! journal is closed after a failed sync) a change makes its durable calls as one job of
