@@ -417,22 +417,6 @@ pub struct Connection {
     budget: Option<Arc<FrameBudget>>,
     /// Buffers of large bodies handed back ([`Connection::recycle`]) for the next ones.
     spare: Vec<Vec<u8>>,
-    /// A body read into a caller's room was cut: the stream is out of step for good.
-    broken: bool,
-}
-
-/// What [`Connection::recv_filling`] read.
-#[derive(Debug)]
-pub enum Filled {
-    /// A frame whose body, verified, is now at the start of the room given.
-    Body {
-        /// The message.
-        msg: Message,
-        /// The body's length.
-        len: usize,
-    },
-    /// A frame whose body went elsewhere (small, none, or larger than the room).
-    Frame(Frame),
 }
 
 /// Buffers a connection keeps for the next large bodies.
@@ -555,8 +539,6 @@ const BUDGET_WAIT_MS: u64 = 30_000;
 
 /// Most bytes one read asks for while the size of the next frame is not known yet.
 const READ_BYTES: usize = 64 * 1024;
-/// Most bytes one read asks for while [`Connection::recv_filling`] waits for a header.
-const HEADER_READ_BYTES: usize = 4 * 1024;
 /// Most bytes one read asks for while a body of known size arrives.
 const MAX_READ_BYTES: usize = 256 * 1024;
 /// Bodies at least this large are written without copying them behind their header.
@@ -578,7 +560,6 @@ impl Connection {
             body_crc: 0,
             budget: None,
             spare: Vec::new(),
-            broken: false,
         }
     }
 
@@ -718,7 +699,8 @@ impl Connection {
     pub fn send_with_crc(&mut self, msg: &Message, body: &[u8], crc: u32) -> io::Result<()> {
         let mut head = Vec::with_capacity(128);
         encode_header_with(&mut head, msg, body.len(), crc);
-        write_both(&mut self.stream, &head, body)?;
+        self.stream.write_all(&head)?;
+        self.stream.write_all(body)?;
         self.stream.flush()
     }
 
@@ -732,7 +714,8 @@ impl Connection {
         // A large body is written from where it lies rather than copied behind its header.
         let mut head = Vec::with_capacity(128);
         encode_header(&mut head, msg, body);
-        write_both(&mut self.stream, &head, body)?;
+        self.stream.write_all(&head)?;
+        self.stream.write_all(body)?;
         self.stream.flush()
     }
 
@@ -798,7 +781,27 @@ impl Connection {
             }
             Front::NeedHeader => Ok(None),
             Front::NeedBody(h) if h.len >= LARGE_BODY_BYTES => {
-                let grant = self.grant(h.len, deadline)?;
+                let grant = match self.budget.clone() {
+                    None => None,
+                    Some(b) => {
+                        // Not reading while waiting is the backpressure: the peer's sends
+                        // stall in its socket buffers, not in this process's memory.
+                        let until = deadline.unwrap_or_else(|| {
+                            Instant::now() + Duration::from_millis(BUDGET_WAIT_MS)
+                        });
+                        if !b.take_by(h.len, until) {
+                            return Err(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                "no memory budget for the frame's body in time",
+                            )
+                            .into());
+                        }
+                        Some(Grant {
+                            budget: b,
+                            n: h.len,
+                        })
+                    }
+                };
                 self.start_large(h, grant);
                 Ok(None)
             }
@@ -807,107 +810,6 @@ impl Connection {
                 Ok(None)
             }
         }
-    }
-
-    /// The budget for a body of `len` bytes, waited for until `deadline` (else
-    /// [`BUDGET_WAIT_MS`]); None for a connection without a budget.
-    fn grant(&self, len: usize, deadline: Option<Instant>) -> Result<Option<Grant>, ConnError> {
-        let Some(b) = self.budget.clone() else {
-            return Ok(None);
-        };
-        // Not reading while waiting is the backpressure: the peer's sends stall in its
-        // socket buffers, not in this process's memory.
-        let until =
-            deadline.unwrap_or_else(|| Instant::now() + Duration::from_millis(BUDGET_WAIT_MS));
-        if !b.take_by(len, until) {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "no memory budget for the frame's body in time",
-            )
-            .into());
-        }
-        Ok(Some(Grant { budget: b, n: len }))
-    }
-
-    /// Reads one frame like [`Connection::recv`], but a body of at least [`LARGE_BODY_BYTES`]
-    /// that fits `room` is read into `room` (verified against its CRC32C as any body):
-    /// straight from the socket, with no copy of its own, except for the few bytes that
-    /// arrived with the header. So a receiver that writes the bytes somewhere particular
-    /// (memory aligned for `O_DIRECT`) need not copy them there. Any other frame comes back
-    /// whole, as `recv` returns it. A stream cut (or a read failing) in the middle of a body
-    /// read into `room` leaves the connection unusable: every later read fails.
-    pub fn recv_filling(&mut self, room: &mut [u8]) -> Result<Option<Filled>, ConnError> {
-        loop {
-            if self.broken {
-                return Err(ConnError::Closed);
-            }
-            if self.large.is_some() || self.need.is_some() {
-                // A frame begun by `recv` ends the ordinary way.
-                return Ok(self.recv()?.map(Filled::Frame));
-            }
-            match decode_front(&mut self.buf)? {
-                Front::Frame(f, crc) => {
-                    self.body_crc = crc;
-                    return Ok(Some(Filled::Frame(f)));
-                }
-                Front::NeedBody(h) if h.len >= LARGE_BODY_BYTES && h.len <= room.len() => {
-                    let len = h.len;
-                    return self.body_into(h, &mut room[..len]).map(Some);
-                }
-                Front::NeedBody(_) => return Ok(self.recv()?.map(Filled::Frame)),
-                Front::NeedHeader => {}
-            }
-            // Little more than a header: the body's bytes read with it are copied into the
-            // room afterwards.
-            let n = match read_zeroed(&mut self.stream, &mut self.buf, HEADER_READ_BYTES) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
-            };
-            if n == 0 {
-                return if self.buf.is_empty() {
-                    Ok(None)
-                } else {
-                    Err(ConnError::Closed)
-                };
-            }
-        }
-    }
-
-    /// Reads the body of the frame headed by `h` into `room` (exactly its size).
-    fn body_into(&mut self, h: Header, room: &mut [u8]) -> Result<Filled, ConnError> {
-        let _grant = self.grant(h.len, None)?;
-        let end = self.buf.len().min(h.total());
-        let mut got = end - (h.nl + 1);
-        room[..got].copy_from_slice(&self.buf[h.nl + 1..end]);
-        self.buf.drain(..end);
-        // Each read's bytes are checksummed at once, while they are still in the cache.
-        let mut crc = crc32c::crc32c(&room[..got]);
-        while got < room.len() {
-            match self.stream.read(&mut room[got..]) {
-                Ok(0) => {
-                    self.broken = true;
-                    return Err(ConnError::Closed);
-                }
-                Ok(n) => {
-                    crc = crc32c::crc32c_append(crc, &room[got..got + n]);
-                    got += n;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    self.broken = true;
-                    return Err(e.into());
-                }
-            }
-        }
-        if crc != h.crc {
-            return Err(FrameError::BadChecksum.into());
-        }
-        self.body_crc = h.crc;
-        Ok(Filled::Body {
-            msg: h.msg,
-            len: h.len,
-        })
     }
 
     /// Moves the header of a frame with a large body out of the buffer as a [`LargeFrame`],
@@ -973,9 +875,6 @@ impl Connection {
     }
 
     fn recv_loop(&mut self, deadline: Option<Instant>) -> Result<Option<Frame>, ConnError> {
-        if self.broken {
-            return Err(ConnError::Closed);
-        }
         loop {
             if let Some(f) = self.take_frame(deadline)? {
                 return Ok(Some(f));
@@ -1078,21 +977,6 @@ fn refuse_plain(sock: &mut TcpStream, server: &str) {
     }
 }
 
-/// Writes `head` then `body`, the header going out in the same call as the body's first bytes
-/// (one segment on a socket without delay, not a tiny one of its own).
-fn write_both(w: &mut impl Write, head: &[u8], body: &[u8]) -> io::Result<()> {
-    let mut done = 0;
-    while done < head.len() {
-        match w.write_vectored(&[io::IoSlice::new(&head[done..]), io::IoSlice::new(body)]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    w.write_all(&body[done - head.len()..])
-}
-
 /// One read from `stream` appended to `buf`, into at most `want` bytes of room that are zeroed
 /// first; the room the read leaves unfilled is cut off again.
 fn read_zeroed(stream: &mut impl Read, buf: &mut Vec<u8>, want: usize) -> io::Result<usize> {
@@ -1105,4 +989,512 @@ fn read_zeroed(stream: &mut impl Read, buf: &mut Vec<u8>, want: usize) -> io::Re
 }
 
 #[cfg(test)]
-mod tests;
+mod tests {
+    use super::*;
+    use crate::protocol::message::Version;
+    use proptest::prelude::*;
+
+    fn sample(i: u8) -> Message {
+        match i % 4 {
+            0 => Message::Create {
+                file: "a.txt".into(),
+            },
+            1 => Message::Chunk {},
+            2 => Message::ReadOk {
+                size: 7,
+                version: Version {
+                    epoch: 1,
+                    counter: 3,
+                },
+                checksum: 42,
+            },
+            _ => Message::Err {
+                code: ErrorCode::NotFound,
+                msg: "no \"such\"\nfile".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn joined_checksums_equal_the_checksum_of_the_whole() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut bytes = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x >> 24) as u8
+                })
+                .collect()
+        };
+        let lens = [
+            1 << 20,
+            1 << 20,
+            1 << 20,
+            7,
+            1 << 20,
+            0,
+            0,
+            5,
+            5,
+            5,
+            1,
+            4096,
+            4096,
+            3,
+        ];
+        let mut join = CrcJoin::default();
+        let (mut whole, mut sum) = (Vec::new(), 0u32);
+        for len in lens {
+            let piece = bytes(len);
+            sum = join.join(sum, crc32c::crc32c(&piece), len);
+            whole.extend_from_slice(&piece);
+            assert_eq!(sum, crc32c::crc32c(&whole), "after {} bytes", whole.len());
+        }
+    }
+
+    #[test]
+    fn budget_grants_within_its_size_and_always_one_frame() {
+        let b = FrameBudget::new(10);
+        assert!(b.try_take(6));
+        assert!(!b.try_take(6), "over the budget while another holds some");
+        assert!(b.try_take(4));
+        b.give(10);
+        assert_eq!(b.used(), 0);
+        assert!(
+            b.try_take(50),
+            "a frame larger than the budget passes alone"
+        );
+        assert!(!b.try_take(1));
+        let b2 = b.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            b2.give(50);
+        });
+        assert!(b.take_by(5, Instant::now() + Duration::from_secs(10)));
+        t.join().unwrap_or_else(|_| panic!("giver panicked"));
+        assert!(!b.take_by(6, Instant::now() + Duration::from_millis(20)));
+    }
+
+    #[test]
+    fn front_frame_size_reads_only_the_header() {
+        let bytes = encode(&Message::Chunk {}, &[7u8; 100]);
+        let nl = bytes.iter().position(|&b| b == b'\n').unwrap_or(0);
+        assert_eq!(front_frame_size(&bytes[..nl]), Ok(None));
+        assert_eq!(front_frame_size(&bytes[..nl + 3]), Ok(Some(bytes.len())));
+        assert!(front_frame_size(b"junk\n").is_err());
+    }
+
+    #[test]
+    fn incomplete_is_none_not_error() {
+        let bytes = encode(&Message::Chunk {}, b"hello");
+        for cut in 0..bytes.len() {
+            let mut buf = bytes[..cut].to_vec();
+            assert_eq!(decode(&mut buf), Ok(None));
+            assert_eq!(buf.len(), cut, "nothing consumed");
+        }
+    }
+
+    #[test]
+    fn endless_line_is_refused() {
+        let mut buf = vec![b'x'; MAX_HEADER_BYTES];
+        assert_eq!(decode(&mut buf), Err(FrameError::HeaderTooLong));
+    }
+
+    #[test]
+    fn huge_body_is_refused_before_reading_it() {
+        let mut buf = br#"{"v":1,"op":"CHUNK","len":99999999999,"crc":1}"#.to_vec();
+        buf.push(b'\n');
+        assert!(matches!(decode(&mut buf), Err(FrameError::BodyTooLarge(_))));
+    }
+
+    #[test]
+    fn flipped_body_byte_is_refused() {
+        let mut bytes = encode(&Message::Chunk {}, b"hello");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        assert_eq!(decode(&mut bytes), Err(FrameError::BadChecksum));
+    }
+
+    #[test]
+    fn wrong_version_is_refused() {
+        let mut buf = b"{\"v\":9,\"op\":\"DONE\"}\n".to_vec();
+        assert_eq!(decode(&mut buf), Err(FrameError::BadVersion(9)));
+    }
+
+    #[test]
+    fn a_relayed_body_keeps_the_checksum_it_arrived_with() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer = std::thread::spawn(move || {
+            let mut c = Connection::new(TcpStream::connect(addr).unwrap());
+            let body = b"relayed bytes".to_vec();
+            c.send(&Message::Chunk {}, &body).unwrap();
+            c.send_with_crc(&Message::Chunk {}, &body, crc32c::crc32c(&body))
+                .unwrap();
+            c.send(&Message::End {}, &[]).unwrap();
+            // A wrong checksum is the peer's to refuse.
+            c.send_with_crc(&Message::Chunk {}, &body, 7).unwrap();
+        });
+        let (stream, _) = listener.accept().unwrap();
+        let mut conn = Connection::new(stream);
+        for _ in 0..2 {
+            let f = conn.recv_some().unwrap();
+            assert_eq!(f.body, b"relayed bytes");
+            assert_eq!(conn.body_crc(), crc32c::crc32c(b"relayed bytes"));
+        }
+        assert_eq!(conn.recv_some().unwrap().msg, Message::End {});
+        assert_eq!(conn.body_crc(), 0);
+        assert!(matches!(
+            conn.recv_some(),
+            Err(ConnError::Frame(FrameError::BadChecksum))
+        ));
+        peer.join().unwrap();
+    }
+
+    /// A connected pair: the accepted end as a [`Connection`], and the raw peer socket.
+    fn socket_pair() -> (Connection, TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (stream, _) = listener.accept().unwrap();
+        let conn = Connection::new(stream);
+        // A frame the connection misreads fails the test rather than hanging it.
+        conn.set_timeout(Some(Duration::from_secs(30))).unwrap();
+        (conn, peer)
+    }
+
+    #[test]
+    fn large_and_small_frames_arrive_whole_however_the_bytes_are_cut() {
+        let (mut conn, mut peer) = socket_pair();
+        let bodies: Vec<Vec<u8>> = [
+            5,
+            LARGE_BODY_BYTES,
+            3,
+            3 * MAX_READ_BYTES + 7,
+            0,
+            CHUNK_BYTES,
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (0..n).map(|j| (j * 31 + i) as u8).collect())
+        .collect();
+        let mut wire = Vec::new();
+        for b in &bodies {
+            encode_into(&mut wire, &Message::Chunk {}, b);
+        }
+        let writer = std::thread::spawn(move || {
+            // Pieces of many sizes, so headers and bodies are split at every kind of place.
+            let mut pos = 0;
+            for cut in [1usize, 40, 65_537, 3, 300_000, 17].iter().cycle() {
+                if pos >= wire.len() {
+                    break;
+                }
+                let end = (pos + cut).min(wire.len());
+                peer.write_all(&wire[pos..end]).unwrap();
+                pos = end;
+            }
+            peer
+        });
+        for (i, b) in bodies.iter().enumerate() {
+            // Both ways of reading: to the body's end, and one read at a time by a deadline.
+            let f = if i % 2 == 0 {
+                conn.recv_some().unwrap()
+            } else {
+                conn.recv_by(Instant::now() + Duration::from_secs(30))
+                    .unwrap()
+                    .unwrap()
+            };
+            assert_eq!(f.msg, Message::Chunk {});
+            assert!(f.body == *b, "body {i} of {} bytes differs", b.len());
+            let crc = if b.is_empty() { 0 } else { crc32c::crc32c(b) };
+            assert_eq!(conn.body_crc(), crc);
+        }
+        drop(writer.join().unwrap());
+        assert!(conn.recv().unwrap().is_none(), "a clean end between frames");
+    }
+
+    #[test]
+    fn a_large_body_is_checked_and_a_cut_one_is_an_error() {
+        let body = vec![7u8; 2 * LARGE_BODY_BYTES];
+        let mut bad = encode(&Message::Chunk {}, &body);
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        let (mut conn, mut peer) = socket_pair();
+        peer.write_all(&bad).unwrap();
+        assert!(matches!(
+            conn.recv_some(),
+            Err(ConnError::Frame(FrameError::BadChecksum))
+        ));
+
+        let whole = encode(&Message::Chunk {}, &body);
+        for deadline in [None, Some(Instant::now() + Duration::from_secs(30))] {
+            let (mut conn, mut peer) = socket_pair();
+            peer.write_all(&whole[..whole.len() / 2]).unwrap();
+            drop(peer);
+            let got = match deadline {
+                None => conn.recv(),
+                Some(d) => conn.recv_by(d),
+            };
+            assert!(matches!(got, Err(ConnError::Closed)), "{got:?}");
+        }
+    }
+
+    #[test]
+    fn a_frame_deadline_leaves_the_read_timeout_as_it_was() {
+        let (mut conn, mut peer) = socket_pair();
+        let (before, deadline) = (Duration::from_secs(7), Duration::from_millis(300));
+        conn.set_timeout(Some(before)).unwrap();
+        peer.write_all(&encode(&Message::End {}, &[])).unwrap();
+        let f = conn.recv_by(Instant::now() + deadline).unwrap().unwrap();
+        assert_eq!(f.msg, Message::End {});
+        assert_eq!(conn.stream().read_timeout().unwrap(), Some(before));
+        // Also after a missed deadline.
+        assert!(conn.recv_by(Instant::now() + deadline).is_err());
+        assert_eq!(conn.stream().read_timeout().unwrap(), Some(before));
+    }
+
+    #[test]
+    fn a_trickled_large_body_cannot_hold_a_connection_past_the_frame_deadline() {
+        let (mut conn, mut peer) = socket_pair();
+        let whole = encode(&Message::Chunk {}, &vec![1u8; 2 * LARGE_BODY_BYTES]);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let trickle = std::thread::spawn(move || {
+            // The header and part of the body at once, then a byte every 50 ms.
+            let _ = peer.write_all(&whole[..LARGE_BODY_BYTES]);
+            for b in &whole[LARGE_BODY_BYTES..] {
+                if stop2.load(std::sync::atomic::Ordering::SeqCst)
+                    || peer.write_all(std::slice::from_ref(b)).is_err()
+                {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let start = Instant::now();
+        let got = conn.recv_by(start + Duration::from_millis(300));
+        let took = start.elapsed();
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        trickle.join().unwrap();
+        assert!(
+            matches!(got, Err(ConnError::Io(ref e)) if e.kind() == io::ErrorKind::TimedOut),
+            "{got:?}"
+        );
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+    }
+
+    #[test]
+    fn a_trickling_peer_cannot_hold_a_connection_past_the_frame_deadline() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let peer = std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            // One byte every 50 ms: a per-read timeout of 300 ms would never fire.
+            while !stop2.load(std::sync::atomic::Ordering::SeqCst) {
+                if s.write_all(b" ").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let (stream, _) = listener.accept().unwrap();
+        let mut conn = Connection::new(stream);
+        let start = Instant::now();
+        let got = conn.recv_by(start + Duration::from_millis(300));
+        let took = start.elapsed();
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        peer.join().unwrap();
+        assert!(
+            matches!(got, Err(ConnError::Io(ref e)) if e.kind() == io::ErrorKind::TimedOut),
+            "{got:?}"
+        );
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+    }
+
+    #[test]
+    fn pages_stay_under_the_budget_and_keep_order() {
+        let rows: Vec<String> = (0..10_000).map(|i| format!("file-{i:05}.txt")).collect();
+        let pages = paginate(rows.clone(), |r| r.len() + 100);
+        assert!(pages.len() > 1);
+        for p in &pages {
+            assert!(p.iter().map(|r| r.len() + 100).sum::<usize>() <= PAGE_BUDGET_BYTES);
+        }
+        assert_eq!(pages.concat(), rows);
+        assert_eq!(
+            paginate(Vec::<String>::new(), |_| 1),
+            vec![Vec::<String>::new()]
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip_under_any_split(
+            kinds in proptest::collection::vec(0u8..4, 1..6),
+            bodies in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 6),
+            splits in proptest::collection::vec(1usize..50, 1..40),
+        ) {
+            let mut wire = Vec::new();
+            let mut expected = Vec::new();
+            for (i, k) in kinds.iter().enumerate() {
+                let m = sample(*k);
+                encode_into(&mut wire, &m, &bodies[i]);
+                expected.push(Frame { msg: m, body: bodies[i].clone() });
+            }
+            let mut buf = Vec::new();
+            let mut got = Vec::new();
+            let mut pos = 0;
+            let mut s = splits.iter().cycle();
+            while pos < wire.len() {
+                let n = (*s.next().unwrap_or(&1)).min(wire.len() - pos);
+                buf.extend_from_slice(&wire[pos..pos + n]);
+                pos += n;
+                while let Some(f) = decode(&mut buf).unwrap() {
+                    got.push(f);
+                }
+            }
+            prop_assert!(buf.is_empty());
+            prop_assert_eq!(got, expected);
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
+            let mut buf = bytes;
+            // Either a clean error, a need for more bytes, or (rarely) a real frame.
+            let _ = decode(&mut buf);
+        }
+    }
+
+    /// A cluster TLS directory and its loaded settings.
+    fn tls_dir() -> (tempfile::TempDir, crate::tls::Tls) {
+        let d = tempfile::tempdir().unwrap();
+        crate::tls::init_dir(d.path(), &[]).unwrap();
+        let t = crate::tls::Tls::load_server(d.path()).unwrap();
+        (d, t)
+    }
+
+    /// A TLS server on loopback echoing every frame back; its port.
+    fn tls_echo(server: Arc<rustls::ServerConfig>) -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let Ok(s) = s else { return };
+                let cfg = server.clone();
+                std::thread::spawn(move || {
+                    let Ok(mut c) = Connection::accept_tls(s, Duration::from_secs(5), cfg, "test")
+                    else {
+                        return;
+                    };
+                    while let Ok(Some(f)) = c.recv() {
+                        if c.send(&f.msg, &f.body).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn tls_carries_small_and_large_frames_both_ways() {
+        let (d, t) = tls_dir();
+        let addr = tls_echo(t.server_config().unwrap());
+        let mut c = Connection::connect_tls(
+            &addr.to_string(),
+            Duration::from_secs(5),
+            t.client_config(),
+            &t.ca_path(),
+        )
+        .unwrap();
+        assert!(c.is_tls());
+        c.set_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.send(&sample(0), b"hi").unwrap();
+        let f = c.recv_some().unwrap();
+        assert_eq!((f.msg, f.body.as_slice()), (sample(0), &b"hi"[..]));
+        let big: Vec<u8> = (0..MAX_BODY_BYTES)
+            .map(|i| (i * 7 + i / 251) as u8)
+            .collect();
+        for _ in 0..2 {
+            c.send(&Message::Chunk {}, &big).unwrap();
+            let f = c.recv_some().unwrap();
+            assert_eq!(f.msg, Message::Chunk {});
+            assert!(f.body == big, "large body changed on the way");
+            assert_eq!(c.body_crc(), crc32c::crc32c(&big));
+        }
+        drop(d);
+    }
+
+    #[test]
+    fn a_server_certificate_from_another_ca_is_refused_naming_the_ca_file() {
+        let (_d, theirs) = tls_dir();
+        let (_e, ours) = tls_dir();
+        let addr = tls_echo(theirs.server_config().unwrap());
+        let e = Connection::connect_tls(
+            &addr.to_string(),
+            Duration::from_secs(5),
+            ours.client_config(),
+            &ours.ca_path(),
+        )
+        .err()
+        .expect("a certificate of another CA must be refused");
+        let text = e.to_string();
+        assert!(text.starts_with("TLS:"), "{text}");
+        assert!(
+            text.contains(&ours.ca_path().display().to_string()),
+            "{text}"
+        );
+        assert!(text.contains("not accepted"), "{text}");
+    }
+
+    #[test]
+    fn a_plain_client_of_a_tls_server_is_told_quickly() {
+        let (_d, t) = tls_dir();
+        let addr = tls_echo(t.server_config().unwrap());
+        let t0 = Instant::now();
+        let mut c = Connection::new(TcpStream::connect(addr).unwrap());
+        c.set_timeout(Some(Duration::from_secs(10))).unwrap();
+        let e = c.call(&sample(0), &[]).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Unavailable, "{e}");
+        assert!(
+            e.msg.starts_with("TLS:") && e.msg.contains("--tls-dir"),
+            "{e}"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    }
+
+    #[test]
+    fn a_tls_client_of_a_plain_server_is_told_quickly() {
+        let (_d, t) = tls_dir();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (s, _) = listener.accept().unwrap();
+            let mut c = Connection::new(s);
+            c.set_timeout(Some(Duration::from_secs(10))).unwrap();
+            // What a plain server does with bytes that are no frame: answer ERR, close.
+            match c.recv() {
+                Err(ConnError::Frame(fe)) => {
+                    assert_eq!(fe, FrameError::TlsHello);
+                    let _ = c.send(&Message::err(fe.into()), &[]);
+                }
+                other => panic!("a TLS hello must be refused at once, got {other:?}"),
+            }
+        });
+        let t0 = Instant::now();
+        let e = Connection::connect_tls(
+            &addr.to_string(),
+            Duration::from_secs(10),
+            t.client_config(),
+            &t.ca_path(),
+        )
+        .err()
+        .expect("a plain server cannot finish a TLS handshake");
+        let text = e.to_string();
+        assert!(text.contains("without --tls-dir"), "{text}");
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    }
+}

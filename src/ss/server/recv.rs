@@ -3,7 +3,7 @@
 //! store.
 
 use super::*;
-use crate::protocol::frame::{Filled, Frame};
+use crate::protocol::frame::Frame;
 
 /// Routes a transfer into this server (or its source's SIGNATURE request) to its handler. Called by `dispatch::serve` with the frames it routes here.
 pub(super) fn handle(shared: &Shared, conn: &mut Connection, frame: Frame) -> Result<(), Fail> {
@@ -131,10 +131,9 @@ pub(super) enum SyncBy {
 ///
 /// A part of at least [`COUNT_THREAD_MIN_BYTES`] whose words are counted has them counted on
 /// a thread of its own; a stored part of at least [`direct::DIRECT_MIN_BYTES`] is written by
-/// a thread of its own (see `direct.rs`), its chunks received straight into aligned room
-/// ([`Connection::recv_filling`]) that the disk is written from. This thread then only
-/// receives, checks and hands on, and takes back the memory of chunks the other threads are
-/// done with, for later chunks (its own aligned room, or [`Connection::recycle`]).
+/// a thread of its own (see `direct.rs`). This thread then only receives, checks and hands on,
+/// and takes back the buffers of chunks the other threads are done with, for later chunks
+/// ([`Connection::recycle`]).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn recv_part(
     shared: &Shared,
@@ -169,7 +168,7 @@ pub(super) fn recv_part(
         };
         let mut counting = None;
         if let Some(mut text) = text {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Arc<direct::Body>>(COUNT_QUEUE_CHUNKS);
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Arc<Vec<u8>>>(COUNT_QUEUE_CHUNKS);
             let spawned =
                 thread::Builder::new()
                     .name("ss-count".into())
@@ -191,7 +190,7 @@ pub(super) fn recv_part(
         let mut writing = None;
         if let (true, Some(t), Some(f)) = (write_thread, temp.as_ref(), out.as_ref()) {
             let (tx, rx) =
-                std::sync::mpsc::sync_channel::<Arc<direct::Body>>(direct::WRITE_QUEUE_CHUNKS);
+                std::sync::mpsc::sync_channel::<Arc<Vec<u8>>>(direct::WRITE_QUEUE_CHUNKS);
             let path = t.path();
             let spawned = thread::Builder::new()
                 .name("ss-write".into())
@@ -237,9 +236,9 @@ pub(super) struct Sink<'a> {
     /// A local failure (disk full, ...) met while storing; the part is still read to END.
     pub(super) error: Option<StoreError>,
     /// The counting thread.
-    pub(super) count: Option<std::sync::mpsc::SyncSender<Arc<direct::Body>>>,
+    pub(super) count: Option<std::sync::mpsc::SyncSender<Arc<Vec<u8>>>>,
     /// The writer thread.
-    pub(super) write: Option<std::sync::mpsc::SyncSender<Arc<direct::Body>>>,
+    pub(super) write: Option<std::sync::mpsc::SyncSender<Arc<Vec<u8>>>>,
 }
 
 /// The receive loop of [`recv_part`]: each chunk goes to `sink` and `tee`; returns the
@@ -263,47 +262,16 @@ pub(super) fn recv_into(
     let (mut sum, mut size) = (counter.checksum(), counter.size());
     let mut join = crate::protocol::frame::CrcJoin::default();
     // Chunks handed to other threads, oldest first, to take back for later chunks.
-    let mut shared_bodies: std::collections::VecDeque<Arc<direct::Body>> = Default::default();
-    // Aligned room taken back, for the next chunks a writer thread writes.
-    let mut rooms: Vec<direct::Body> = Vec::new();
+    let mut shared_bodies: std::collections::VecDeque<Arc<Vec<u8>>> = Default::default();
     loop {
-        // A chunk a writer thread writes is read straight into aligned room, so the bytes
-        // reach the disk from where the socket put them (see `direct.rs`).
-        let got = if sink.write.is_some() {
-            let mut room = rooms
-                .pop()
-                .unwrap_or_else(|| direct::Body::aligned(CHUNK_BYTES));
-            conn.recv_filling(room.room()).map(|f| {
-                f.map(|f| match f {
-                    Filled::Body { msg, len } => {
-                        room.set_len(len);
-                        (msg, room)
-                    }
-                    Filled::Frame(f) => {
-                        rooms.push(room);
-                        (f.msg, direct::Body::from_vec(f.body))
-                    }
-                })
-            })
-        } else {
-            conn.recv()
-                .map(|f| f.map(|f| (f.msg, direct::Body::from_vec(f.body))))
-        };
-        let (msg, mut body) = match got {
+        let frame = match conn.recv() {
             Ok(Some(f)) => f,
             Err(ConnError::Frame(fe)) => return Err(Fail::ReplyClose(fe.into())),
             Ok(None) | Err(_) => return Err(Fail::Close),
         };
-        // A chunk's memory, once nothing reads it any more, takes a later chunk.
-        let mut give_back = |conn: &mut Connection, body: direct::Body| {
-            if body.is_room() {
-                rooms.push(body);
-            } else {
-                conn.recycle(body.into_vec());
-            }
-        };
-        match msg {
+        match frame.msg {
             Message::Chunk {} => {
+                let mut body = frame.body;
                 // The frame was verified against this CRC32C: the partner's relay sends it on
                 // rather than reading the bytes again (the fault hook, which changes the
                 // bytes, is for PUT_FILE_CONTENT only, which has no relay).
@@ -348,28 +316,18 @@ pub(super) fn recv_into(
                     }
                 }
                 if sink.count.is_none() && sink.write.is_none() && tee.is_none() {
-                    give_back(conn, body);
+                    conn.recycle(body);
                     continue;
                 }
                 // Shared, not copied, with the writer and counting threads and the partner's
                 // relay; once they are all done with it, its memory takes a later chunk.
                 let body = Arc::new(body);
-                // Any chunk the other threads are all done with, not only the oldest: the
-                // writer keeps a batch of chunks for one disk write.
-                let mut i = 0;
-                while i < shared_bodies.len() {
-                    if Arc::strong_count(&shared_bodies[i]) > 1 {
-                        i += 1;
-                        continue;
-                    }
-                    let Some(done) = shared_bodies.remove(i) else {
-                        break;
-                    };
+                while let Some(done) = shared_bodies.pop_front() {
                     match Arc::try_unwrap(done) {
-                        Ok(b) => give_back(conn, b),
+                        Ok(b) => conn.recycle(b),
                         Err(busy) => {
-                            shared_bodies.insert(i, busy);
-                            i += 1;
+                            shared_bodies.push_front(busy);
+                            break;
                         }
                     }
                 }

@@ -299,7 +299,7 @@ pub(super) fn stage_upload(
 
 enum TeeMsg {
     /// A chunk and its CRC32C.
-    Chunk(Arc<super::direct::Body>, u32),
+    Chunk(Arc<Vec<u8>>, u32),
     End,
 }
 
@@ -371,7 +371,7 @@ impl Tee {
 
     /// Hands on one chunk (with its CRC32C), already written here. A partner that failed,
     /// or has not taken a chunk for [`TEE_STALL_MS`], is dropped.
-    pub(super) fn push(&mut self, body: &Arc<super::direct::Body>, crc: u32) {
+    pub(super) fn push(&mut self, body: &Arc<Vec<u8>>, crc: u32) {
         let Some(tx) = &self.tx else { return };
         let before = Instant::now();
         let sent = tx.send_timeout(
