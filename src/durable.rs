@@ -190,6 +190,21 @@ pub fn temp_path(tmp_dir: &Path) -> PathBuf {
     ))
 }
 
+/// Swaps the names `a` and `b`, both existing, atomically: `renameat2(RENAME_EXCHANGE)` where
+/// the C library has it; unsupported elsewhere.
+pub fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+        renameat2(AT_FDCWD, a, AT_FDCWD, b, RenameFlags::RENAME_EXCHANGE).map_err(io::Error::from)
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        let _ = (a, b);
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
 /// Fsyncs a directory, making renames and unlinks inside it durable.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     let d = File::open(dir)?;

@@ -303,7 +303,7 @@ impl Fs for SimDisk {
         Ok(())
     }
     fn exchange(&self, a: &Path, b: &Path) -> io::Result<()> {
-        crate::ss::store::vfs::exchange(a, b)?;
+        crate::durable::exchange(a, b)?;
         let mut st = self.lock();
         for p in [a, b] {
             if let Some(parent) = p.parent() {

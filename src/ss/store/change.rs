@@ -40,13 +40,16 @@ pub(super) fn place(fs: &dyn Fs, tmp: &Path, target: &Path) -> io::Result<PathBu
 /// file's data at once (the replace-by-rename heuristic, `auto_da_alloc`): a block write and
 /// about 100 µs of CPU per change that the checkpoint would make anyway, and often for
 /// content replaced again before it runs. A new `target`, or a file system that cannot
-/// exchange, takes the rename; a name left in `tmp/` is removed at the next open.
+/// exchange, takes [`place`]; a name left in `tmp/` is removed at the next open.
 pub(super) fn place_unsynced(fs: &dyn Fs, tmp: &Path, target: &Path) -> io::Result<PathBuf> {
-    let parent = target.parent().unwrap_or_else(|| Path::new("."));
-    fs.create_dirs_durable(parent)?;
     match fs.exchange(tmp, target) {
+        // `target` existed, so its folders do.
         Ok(()) => {
             let _ = fs.remove_file(tmp);
+            Ok(target
+                .parent()
+                .unwrap_or_else(|| Path::new("."))
+                .to_path_buf())
         }
         // No file to exchange with (ENOENT), or no exchange here (EINVAL, ENOSYS).
         Err(e)
@@ -55,11 +58,10 @@ pub(super) fn place_unsynced(fs: &dyn Fs, tmp: &Path, target: &Path) -> io::Resu
                 io::ErrorKind::NotFound | io::ErrorKind::InvalidInput | io::ErrorKind::Unsupported
             ) =>
         {
-            fs.rename(tmp, target)?
+            place(fs, tmp, target)
         }
-        Err(e) => return Err(e),
+        Err(e) => Err(e),
     }
-    Ok(parent.to_path_buf())
 }
 
 /// What a content change puts in place of the current content.

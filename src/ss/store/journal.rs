@@ -292,6 +292,22 @@ struct State {
     next: u64,
 }
 
+impl State {
+    /// Whether `file` has an entry in the current log or in the sealed one.
+    fn has_entry(&self, file: &str) -> bool {
+        self.pending.contains(file) || self.sealed.contains(file)
+    }
+}
+
+/// A removal or sync of a path that is gone already (removed since, or with the whole
+/// store): nothing is left to make durable.
+fn gone_is_done(r: io::Result<()>) -> io::Result<()> {
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
+
 /// What a rotation moved aside: the log and what its entries' changes touched.
 struct Sealed {
     log: Arc<File>,
@@ -385,9 +401,6 @@ impl Journal {
 
     /// Removes the logs redone at open, durably.
     pub(super) fn forget_old(&self, fs: &dyn Fs, old: &[PathBuf]) -> io::Result<()> {
-        if old.is_empty() {
-            return Ok(());
-        }
         // Oldest first, each removal durable before the next: a power cut between two
         // removals must not leave an older log to be redone without the newer ones.
         for p in old {
@@ -433,8 +446,7 @@ impl Journal {
     /// Whether `file` has an entry in the current log, or in the sealed log of a checkpoint
     /// under way whose removal is not yet durable.
     pub(super) fn is_pending(&self, file: &str) -> bool {
-        let st = self.lock();
-        st.pending.contains(file) || st.sealed.contains(file)
+        self.lock().has_entry(file)
     }
 
     /// The path of the current log.
@@ -585,10 +597,7 @@ impl Journal {
             if st.failed {
                 return Err(Self::failed_error());
             }
-            if files.is_some_and(|f| {
-                !f.iter()
-                    .any(|f| st.pending.contains(*f) || st.sealed.contains(*f))
-            }) {
+            if files.is_some_and(|f| !f.iter().any(|f| st.has_entry(f))) {
                 return Ok(());
             }
             st.spare.is_some()
@@ -639,12 +648,8 @@ impl Journal {
                 drop(sealed.log);
                 // Gone already, or the whole directory with it (the store removed from under
                 // the server, as sealed paths and directories may be): nothing to redo is left.
-                let gone = |r: io::Result<()>| match r {
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                    r => r,
-                };
-                gone(fs.remove_file(&sealed.path))?;
-                gone(fs.sync_dir(&self.dir))
+                gone_is_done(fs.remove_file(&sealed.path))?;
+                gone_is_done(fs.sync_dir(&self.dir))
             });
         let mut st = self.lock();
         if let Err(e) = done {
@@ -725,11 +730,7 @@ impl Journal {
             }
         }
         for d in dirs {
-            match fs.sync_dir(d) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
+            gone_is_done(fs.sync_dir(d))?;
         }
         Ok(())
     }

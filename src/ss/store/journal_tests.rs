@@ -65,6 +65,9 @@ impl Fs for Cutter {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.step(|d| d.rename(from, to))
     }
+    fn exchange(&self, a: &Path, b: &Path) -> io::Result<()> {
+        self.step(|d| d.exchange(a, b))
+    }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         self.step(|d| d.sync_dir(dir))
     }
@@ -529,6 +532,9 @@ impl Fs for Holding {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.disk.rename(from, to)
     }
+    fn exchange(&self, a: &Path, b: &Path) -> io::Result<()> {
+        self.disk.exchange(a, b)
+    }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         self.disk.sync_dir(dir)
     }
@@ -654,6 +660,9 @@ impl Fs for Eio {
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.disk.rename(from, to)
+    }
+    fn exchange(&self, a: &Path, b: &Path) -> io::Result<()> {
+        self.disk.exchange(a, b)
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         self.disk.sync_dir(dir)
@@ -1187,6 +1196,9 @@ impl Fs for Stall {
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.on(|d| d.rename(from, to))
+    }
+    fn exchange(&self, a: &Path, b: &Path) -> io::Result<()> {
+        self.on(|d| d.exchange(a, b))
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         if dir.ends_with("journal") && self.unlinked.load(Ordering::SeqCst) {

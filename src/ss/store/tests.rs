@@ -1284,6 +1284,9 @@ impl Fs for NoExchange {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         OsFs.rename(from, to)
     }
+    fn exchange(&self, _: &Path, _: &Path) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         OsFs.sync_dir(dir)
     }

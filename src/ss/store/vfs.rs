@@ -3,9 +3,8 @@
 //! loses what was not synced at a power cut) can stand in for it.
 //!
 //! A backend implements the primitives only: create a temp file, open, fsync a file, rename,
-//! fsync a directory, hard link, remove a file or a directory tree, read, metadata, list and
-//! create a directory. The
-//! crash-safe sequences built from them are provided methods of the trait
+//! exchange two names, fsync a directory, hard link, remove a file or a directory tree, read,
+//! metadata, list and create a directory. The crash-safe sequences built from them are provided methods of the trait
 //! ([`Fs::replace_with`], [`Fs::replace`], [`Fs::remove`], [`Fs::create_dirs_durable`]) and
 //! are written once, here: `crate::durable`'s functions of the same names run them on
 //! [`OsFs`]. A backend must not override them, or it no longer sees what the store does.
@@ -62,12 +61,9 @@ pub trait Fs: Send + Sync {
     /// Renames `from` to `to` atomically, replacing `to`.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Swaps the names `a` and `b`, both existing, atomically (`renameat2` with
-    /// `RENAME_EXCHANGE`; see `change::place_unsynced` for why). By default unsupported, and
-    /// the caller renames instead.
-    fn exchange(&self, a: &Path, b: &Path) -> io::Result<()> {
-        let _ = (a, b);
-        Err(io::ErrorKind::Unsupported.into())
-    }
+    /// `RENAME_EXCHANGE`; see `change::place_unsynced` for why). A backend that cannot
+    /// answers `Unsupported`, and the caller renames instead.
+    fn exchange(&self, a: &Path, b: &Path) -> io::Result<()>;
     /// Makes the entries of a directory (renames, links, removals) durable (fsync).
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Makes `to` a second name of `from`.
@@ -214,7 +210,7 @@ impl Fs for OsFs {
         fs::rename(from, to)
     }
     fn exchange(&self, a: &Path, b: &Path) -> io::Result<()> {
-        exchange(a, b)
+        crate::durable::exchange(a, b)
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         crate::durable::fsync_dir(dir)
@@ -224,19 +220,5 @@ impl Fs for OsFs {
     }
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         crate::durable::create_dir_all(dir)
-    }
-}
-
-/// `renameat2(a, b, RENAME_EXCHANGE)` where the C library has it; unsupported elsewhere.
-pub fn exchange(a: &Path, b: &Path) -> io::Result<()> {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
-        renameat2(AT_FDCWD, a, AT_FDCWD, b, RenameFlags::RENAME_EXCHANGE).map_err(io::Error::from)
-    }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    {
-        let _ = (a, b);
-        Err(io::ErrorKind::Unsupported.into())
     }
 }
