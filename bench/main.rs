@@ -3,9 +3,10 @@
 //! It measures a baseline first (the raw durable write every pairfs change is built on: temp
 //! file, 64 bytes, fsync, rename, fsync of the directory), then starts its own cluster (one name
 //! server, one storage server, release binaries, temp dirs under `$TMPDIR`) and drives CREATE and
-//! WRITE through the wire protocol exactly as the client does. Every row runs a fixed number of
-//! operations per writer (`--ops`) inside a wall-clock budget (`--row-budget-s`), so the whole
-//! run stays bounded. The small-op rows (the raw baselines, CREATE, WRITE, READ) run in
+//! WRITE through the wire protocol exactly as the client does (each client keeps its connection
+//! to the storage server from one READ or WRITE to the next, as `bin_client` does). Every row
+//! runs a fixed number of operations per writer (`--ops`) inside a wall-clock budget
+//! (`--row-budget-s`), so the whole run stays bounded. The small-op rows (the raw baselines, CREATE, WRITE, READ) run in
 //! `--rounds` rounds, each measuring every baseline and every pairfs row once, so the baselines
 //! share the machine's state with the figures compared with them; each figure printed is the
 //! median of the rounds, with the spread (lowest and highest). The ratio column divides a
@@ -537,9 +538,9 @@ fn write_row(nm_addr: &str, round: u64, clients: usize, ops: u64, budget: Durati
             let mut nm = nm_session(nm_addr, &format!("bench{w}"))?;
             let file = format!("w{round}_{clients}_{w}.txt");
             create(&mut nm, &file)?;
-            Ok((nm, file))
+            Ok((nm, None, file))
         },
-        |(nm, file), _, j| append_sentence(nm, file, j).map(|_| ()),
+        |(nm, kept, file), _, j| append_sentence(nm, kept, file, j).map(|_| ()),
     )
 }
 
@@ -555,10 +556,11 @@ fn read_row(nm_addr: &str, round: u64, clients: usize, ops: u64, budget: Duratio
             let mut nm = nm_session(nm_addr, &format!("bench{w}"))?;
             let file = format!("r{round}_{clients}_{w}.txt");
             create(&mut nm, &file)?;
-            append_sentence(&mut nm, &file, 0)?;
-            Ok((nm, file))
+            let mut kept = None;
+            append_sentence(&mut nm, &mut kept, &file, 0)?;
+            Ok((nm, kept, file))
         },
-        |(nm, file), _, _| read(nm, file).map(|_| ()),
+        |(nm, kept, file), _, _| read(nm, kept, file).map(|_| ()),
     )
 }
 
@@ -580,7 +582,7 @@ struct SyncRow {
 const STEPS: [&str; 6] = [
     "CREATE (name server commit, then the storage server's create)",
     "WRITE: LOCATE at the name server",
-    "WRITE: connect to the storage server",
+    "WRITE: connect to the storage server (kept from the last WRITE after the first)",
     "WRITE: WRITE_BEGIN",
     "WRITE: EDIT",
     "WRITE: COMMIT (the storage server's change, CHANGED to the name server, its commit, the ack)",
@@ -599,6 +601,7 @@ fn steps_row(c: &Cluster, raw_dir: &Path, ops: u64) -> Result<Vec<(&'static str,
         *t = Instant::now();
     };
     let (raw_tmp, raw_target) = (raw_dir.join("tmp"), raw_dir.join("steps_raw"));
+    let mut kept: Kept = None;
     for j in 0..ops {
         let mut t = Instant::now();
         create(&mut nm, &format!("steps_c{j}.txt"))?;
@@ -613,8 +616,14 @@ fn steps_row(c: &Cluster, raw_dir: &Path, ops: u64) -> Result<Vec<(&'static str,
             other => bail!("LOCATE {file} answered with {}", other.op_name()),
         };
         lap(1, &mut t);
-        let mut ss = Connection::connect(&addr, io_timeout())?;
-        ss.set_timeout(Some(io_timeout()))?;
+        let mut ss = match kept.take().filter(|(a, _)| *a == addr) {
+            Some((_, ss)) => ss,
+            None => {
+                let ss = Connection::connect(&addr, io_timeout())?;
+                ss.set_timeout(Some(io_timeout()))?;
+                ss
+            }
+        };
         lap(2, &mut t);
         let begin = Message::WriteBegin {
             file: file.into(),
@@ -640,6 +649,7 @@ fn steps_row(c: &Cluster, raw_dir: &Path, ops: u64) -> Result<Vec<(&'static str,
         ) {
             bail!("COMMIT refused");
         }
+        kept = Some((addr, ss));
         lap(5, &mut t);
         pairfs::durable::replace(&raw_tmp, &raw_target, &[b'x'; RAW_WRITE_BYTES])?;
         lap(STEPS.len(), &mut t);
@@ -717,10 +727,13 @@ fn sync_row(c: &Cluster) -> Result<SyncRow> {
     phase("CREATE", &mut |j| {
         create(&mut nm2, &format!("sync_c{j}.txt"))
     })?;
+    let (mut kept, mut kept2) = (None, None);
     phase("WRITE", &mut |j| {
-        append_sentence(&mut nm, file, j).map(|_| ())
+        append_sentence(&mut nm, &mut kept, file, j).map(|_| ())
     })?;
-    phase("READ", &mut |_| read(&mut nm2, file).map(|_| ()))?;
+    phase("READ", &mut |_| {
+        read(&mut nm2, &mut kept2, file).map(|_| ())
+    })?;
     Ok(SyncRow {
         per_op,
         later_per_op,
@@ -786,13 +799,18 @@ fn create(nm: &mut Connection, file: &str) -> Result<()> {
     }
 }
 
-/// LOCATEs `file` for `mode` and connects to the storage server it names; returns the
-/// connection and the ticket.
+/// The storage-server connection a client kept from its last READ or WRITE, with the
+/// server's address: `bin_client` sends its next command to that server on it.
+type Kept = Option<(String, Connection)>;
+
+/// LOCATEs `file` for `mode` and connects to the storage server it names (or takes the
+/// connection `kept` for it); returns the server's address, the connection and the ticket.
 fn locate_and_connect(
     nm: &mut Connection,
+    kept: &mut Kept,
     file: &str,
     mode: AccessMode,
-) -> Result<(Connection, Ticket)> {
+) -> Result<(String, Connection, Ticket)> {
     let locate = Message::Locate {
         avoid: None,
         file: file.into(),
@@ -802,16 +820,19 @@ fn locate_and_connect(
         Message::Located { addr, ticket, .. } => (addr, ticket),
         other => bail!("LOCATE {file} answered with {}", other.op_name()),
     };
+    if let Some((_, ss)) = kept.take().filter(|(a, _)| *a == addr) {
+        return Ok((addr, ss, ticket));
+    }
     let ss = Connection::connect(&addr, io_timeout())
         .with_context(|| format!("connecting to the storage server at {addr}"))?;
     ss.set_timeout(Some(io_timeout()))?;
-    Ok((ss, ticket))
+    Ok((addr, ss, ticket))
 }
 
 /// READs `file` (LOCATE for reading, then the storage server's READ_OK, chunks and END) and
 /// returns its bytes.
-fn read(nm: &mut Connection, file: &str) -> Result<Vec<u8>> {
-    let (mut ss, ticket) = locate_and_connect(nm, file, AccessMode::Read)?;
+fn read(nm: &mut Connection, kept: &mut Kept, file: &str) -> Result<Vec<u8>> {
+    let (addr, mut ss, ticket) = locate_and_connect(nm, kept, file, AccessMode::Read)?;
     let size = match ss
         .call(
             &Message::Read {
@@ -837,13 +858,14 @@ fn read(nm: &mut Connection, file: &str) -> Result<Vec<u8>> {
     if bytes.len() as u64 != size {
         bail!("READ {file} gave {} bytes of {size}", bytes.len());
     }
+    *kept = Some((addr, ss));
     Ok(bytes)
 }
 
 /// Appends sentence `j` (the file holds exactly `j` finished sentences before the call) and
 /// returns the committed state.
-fn append_sentence(nm: &mut Connection, file: &str, j: u64) -> Result<FileState> {
-    let (mut ss, ticket) = locate_and_connect(nm, file, AccessMode::Write)?;
+fn append_sentence(nm: &mut Connection, kept: &mut Kept, file: &str, j: u64) -> Result<FileState> {
+    let (addr, mut ss, ticket) = locate_and_connect(nm, kept, file, AccessMode::Write)?;
     let begin = Message::WriteBegin {
         file: file.into(),
         sentence: j,
@@ -862,7 +884,10 @@ fn append_sentence(nm: &mut Connection, file: &str, j: u64) -> Result<FileState>
         other => bail!("EDIT answered with {}", other.op_name()),
     }
     match ss.call(&Message::Commit {}, &[])?.msg {
-        Message::Committed { state, .. } => Ok(state),
+        Message::Committed { state, .. } => {
+            *kept = Some((addr, ss));
+            Ok(state)
+        }
         other => bail!("COMMIT answered with {}", other.op_name()),
     }
 }

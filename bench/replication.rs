@@ -455,6 +455,7 @@ fn lag_measure(
                 scope.spawn(move || -> Result<Vec<u64>> {
                     let file = format!("lag{writers}_{w}.txt");
                     let mut nm = nm_session_tls(nm_addr, &format!("lag{w}"), None)?;
+                    let mut kept = None;
                     super::create(&mut nm, &file)?;
                     let on_backup = backup.join(&file);
                     let mut lat = Vec::with_capacity(per_writer as usize);
@@ -464,7 +465,7 @@ fn lag_measure(
                         if let Some(d) = due.checked_duration_since(Instant::now()) {
                             thread::sleep(d);
                         }
-                        let state = super::append_sentence(&mut nm, &file, k)?;
+                        let state = super::append_sentence(&mut nm, &mut kept, &file, k)?;
                         let t = Instant::now();
                         let deadline = t + Duration::from_millis(LAG_DEADLINE_MS);
                         while !fs::metadata(&on_backup).is_ok_and(|m| m.len() == state.size) {

@@ -9,6 +9,7 @@
 pub mod parse;
 pub mod render;
 pub mod session;
+mod sslink;
 pub mod transfer;
 
 use parse::{parse_edit, parse_line, Command, EditLine};

@@ -1,5 +1,6 @@
-//! The client's I/O: one connection to the name server (reconnected on demand) and a fresh
-//! connection to a storage server for each READ, STREAM or WRITE session.
+//! The client's I/O: one connection to the name server (reconnected on demand) and
+//! connections to storage servers, the last one kept for the next command to the same server
+//! (see [`super::sslink`]).
 //!
 //! Every wait has a limit: connects, replies and streamed words all carry timeouts (the
 //! constants below), so a stalled server turns into an error line, never a hung client.
@@ -34,6 +35,7 @@
 
 use super::parse::Command;
 use super::render;
+use super::sslink::{peer_closed, Kept, SsLink};
 use super::transfer::{self, Progress};
 use crate::identity::{self, UserKey};
 use crate::protocol::frame::{self, ConnError};
@@ -60,7 +62,7 @@ pub const SS_REPLY_TIMEOUT_MS: u64 = 30_000;
 /// the whole file's replication.
 pub const COMMIT_REPLY_TIMEOUT_MS: u64 = 600_000;
 /// How long to wait for a storage server's refusal after a send to it failed.
-const REFUSAL_WAIT_MS: u64 = 1_000;
+pub(super) const REFUSAL_WAIT_MS: u64 = 1_000;
 /// How long the next command keeps trying to reconnect after the name server went away.
 pub const RECONNECT_WINDOW_MS: u64 = 5_000;
 /// First pause between reconnect attempts; it doubles up to [`RECONNECT_MAX_PAUSE_MS`].
@@ -161,6 +163,8 @@ pub struct Session {
     lease_ms: Option<u64>,
     /// How long a change waits out a failover, when set by the user (`--wait-s`).
     wait: Option<Duration>,
+    /// The storage-server connection kept from the last command that ended cleanly.
+    kept: Kept,
 }
 
 impl Session {
@@ -186,6 +190,7 @@ impl Session {
             nm: None,
             lease_ms: None,
             wait: None,
+            kept: Kept::default(),
         };
         let (conn, lease_ms) = s.hello().map_err(HelloError::into_inner)?;
         s.nm = Some(conn);
@@ -657,14 +662,37 @@ impl Session {
         wait: &mut FailoverWait,
     ) -> Result<(SsLink, Ticket), CmdError> {
         loop {
-            let (ss, addr, ticket) = match self.locate_avoiding(file, mode, None) {
-                Err(e) if moving_writer(&e.text) && wait.pause(&pair_in(&e.text)) => continue,
-                r => r?,
-            };
+            let (ss, addr, ticket) = self.locate_writer(file, mode, wait)?;
             match SsLink::connect(&ss, &addr) {
                 Ok(link) => return Ok((link, ticket)),
                 Err(e) if wait.pause(&format!("storage server {ss}")) => log::debug!("{e}"),
                 Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Keeps `link`, whose command ended cleanly, for the next command to its server.
+    fn keep(&mut self, link: SsLink) {
+        if link
+            .conn
+            .set_timeout(Some(Duration::from_millis(SS_REPLY_TIMEOUT_MS)))
+            .is_ok()
+        {
+            self.kept.keep(link);
+        }
+    }
+
+    /// LOCATE for a change, asked again while the pair moves its writer (within `wait`).
+    fn locate_writer(
+        &mut self,
+        file: &str,
+        mode: AccessMode,
+        wait: &mut FailoverWait,
+    ) -> Result<(String, String, Ticket), CmdError> {
+        loop {
+            match self.locate_avoiding(file, mode, None) {
+                Err(e) if moving_writer(&e.text) && wait.pause(&pair_in(&e.text)) => {}
+                r => return r,
             }
         }
     }
@@ -714,17 +742,13 @@ impl Session {
                 // No other copy to try: "that server is full" says more than "no other copy".
                 Err(e) => return Err(full.map_or(e, CmdError::from)),
             };
-            let opened = SsLink::connect(&ss, &addr).and_then(|mut link| {
-                let req = make(ticket);
-                if let Err(e) = link.conn.send(&req, b"") {
-                    return Err(link.refused_or_broken(e));
-                }
-                let first = link.recv()?;
-                if let Message::Err { code, msg } = first.msg {
-                    return Err(WireError { code, msg });
-                }
-                Ok((link, first))
-            });
+            let opened =
+                self.kept
+                    .first_reply(&ss, &addr, &make(ticket))
+                    .and_then(|(link, first)| match first.msg {
+                        Message::Err { code, msg } => Err(WireError { code, msg }),
+                        _ => Ok((link, first)),
+                    });
             match opened {
                 Ok(x) => return Ok(x),
                 // LIMIT: that copy's server has no free connection slot; the other may.
@@ -880,6 +904,7 @@ impl Session {
         if got != size || crc != checksum {
             return Err(failed_check(&link.ss, got, size).into());
         }
+        self.keep(link);
         tmp.persist(local)?;
         drop(progress);
         writeln!(out, "{}", render::downloaded(size))?;
@@ -934,6 +959,7 @@ impl Session {
         if got != size || crc != checksum {
             return Err(failed_check(&link.ss, got, size).into());
         }
+        self.keep(link);
         Ok(())
     }
 
@@ -971,6 +997,9 @@ impl Session {
         if words > 0 || outcome.is_ok() {
             out.write_all(b"\n")?;
         }
+        if outcome.is_ok() {
+            self.keep(link);
+        }
         outcome
     }
 
@@ -993,25 +1022,29 @@ impl Session {
     fn open_sentence(&mut self, file: &str, sentence: u64) -> Result<Opened, CmdError> {
         let mut wait = self.new_failover_wait();
         loop {
-            let (mut link, ticket) = self.locate_change(file, AccessMode::Write, &mut wait)?;
+            let (ss, addr, ticket) = self.locate_writer(file, AccessMode::Write, &mut wait)?;
             let version = ticket.min_version;
             let req = Message::WriteBegin {
                 file: ticket.file.clone(),
                 sentence,
                 ticket,
             };
-            match link.call_body(&req) {
-                Ok((Message::WriteOpened {}, body)) => {
+            let opened = self
+                .kept
+                .first_reply(&ss, &addr, &req)
+                .and_then(|(link, f)| Ok((f.msg.into_result()?, f.body, link)));
+            match opened {
+                Ok((Message::WriteOpened {}, body, link)) => {
                     return Ok(Opened {
                         link,
                         text: body_text(body),
                         version,
                     })
                 }
-                Ok((m, _)) => return Err(unexpected(&m, &link.describe()).into()),
+                Ok((m, _, link)) => return Err(unexpected(&m, &link.describe()).into()),
                 Err(e)
                     if e.code == ErrorCode::Unavailable
-                        && wait.pause(&format!("storage server {}", link.ss)) => {}
+                        && wait.pause(&format!("storage server {ss}")) => {}
                 Err(e) => return Err(e.into()),
             }
         }
@@ -1121,23 +1154,6 @@ impl FailoverWait {
     }
 }
 
-/// Whether the peer has closed `c` (checked without blocking and without consuming bytes), so
-/// an idle client notices a restarted name server before sending into a dead connection.
-fn peer_closed(c: &Connection) -> bool {
-    let s = c.stream();
-    if s.set_nonblocking(true).is_err() {
-        return true;
-    }
-    let mut probe = [0u8; 1];
-    // Bytes nobody asked for (the name server never sends unsolicited frames) would be taken
-    // for the next reply, so a connection holding any is as good as closed.
-    let closed = match s.peek(&mut probe) {
-        Ok(_) => true,
-        Err(e) => e.kind() != io::ErrorKind::WouldBlock,
-    };
-    closed || s.set_nonblocking(false).is_err()
-}
-
 /// Sentence text from a frame body (storage servers send UTF-8; anything else is shown lossily).
 fn body_text(body: Vec<u8>) -> String {
     String::from_utf8(body).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
@@ -1168,87 +1184,6 @@ fn now_ms() -> u64 {
 
 fn unexpected(m: &Message, from: &str) -> WireError {
     err::internal(format!("unexpected reply {} from {from}", m.op_name()))
-}
-
-/// A connection to one storage server.
-struct SsLink {
-    ss: String,
-    addr: String,
-    conn: Connection,
-}
-
-impl SsLink {
-    fn connect(ss: &str, addr: &str) -> Result<SsLink, WireError> {
-        let conn =
-            Connection::connect(addr, Duration::from_millis(CONNECT_TIMEOUT_MS)).map_err(|e| {
-                err::unavailable(format!(
-                    "cannot connect to storage server {ss} at {addr} ({e})"
-                ))
-            })?;
-        conn.set_timeout(Some(Duration::from_millis(SS_REPLY_TIMEOUT_MS)))
-            .map_err(|e| err::unavailable(format!("storage server {ss}: {e}")))?;
-        Ok(SsLink {
-            ss: ss.to_string(),
-            addr: addr.to_string(),
-            conn,
-        })
-    }
-
-    fn describe(&self) -> String {
-        format!("storage server {} at {}", self.ss, self.addr)
-    }
-
-    fn broken(&self, e: ConnError) -> WireError {
-        match e {
-            ConnError::Frame(f) => f.into(),
-            ConnError::Io(ref io)
-                if matches!(
-                    io.kind(),
-                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
-                ) =>
-            {
-                err::timeout(format!("{} did not answer in time", self.describe()))
-            }
-            _ => err::unavailable(format!("lost connection to {}", self.describe())),
-        }
-    }
-
-    /// After a failed send: the storage server may have refused the request and closed; its
-    /// ERR (if one arrived) says why better than the broken pipe does.
-    fn refused_or_broken(&mut self, e: io::Error) -> WireError {
-        let _ = self
-            .conn
-            .set_timeout(Some(Duration::from_millis(REFUSAL_WAIT_MS)));
-        match self.conn.recv() {
-            Ok(Some(Frame {
-                msg: Message::Err { code, msg },
-                ..
-            })) => WireError { code, msg },
-            _ => self.broken(ConnError::Io(e)),
-        }
-    }
-
-    /// Reads one frame; end of stream is an error here.
-    fn recv(&mut self) -> Result<Frame, WireError> {
-        match self.conn.recv_some() {
-            Ok(f) => Ok(f),
-            Err(e) => Err(self.broken(e)),
-        }
-    }
-
-    /// Sends a request and reads one reply; ERR becomes `Err`.
-    fn call(&mut self, msg: &Message) -> Result<Message, WireError> {
-        self.call_body(msg).map(|(m, _)| m)
-    }
-
-    /// [`SsLink::call`], keeping the reply's body (a sentence's text travels there).
-    fn call_body(&mut self, msg: &Message) -> Result<(Message, Vec<u8>), WireError> {
-        if let Err(e) = self.conn.send(msg, b"") {
-            return Err(self.broken(ConnError::Io(e)));
-        }
-        let f = self.recv()?;
-        Ok((f.msg.into_result()?, f.body))
-    }
 }
 
 /// Why an EDIT failed.
@@ -1363,6 +1298,9 @@ impl WriteSession {
                 Ok(f) => {
                     return match f.msg.into_result()? {
                         Message::Committed { copies, .. } => {
+                            if let Some(link) = self.link.take() {
+                                session.keep(link);
+                            }
                             Ok(copies.map(|c| (c, render::PAIR_COPIES)))
                         }
                         m => Err(unexpected(&m, &link.describe()).into()),

@@ -6,6 +6,8 @@
 use super::*;
 use crate::protocol::*;
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread;
 
 /// Frames to send in answer to one request.
@@ -16,11 +18,19 @@ type Handler = dyn Fn(&Message, &[u8]) -> (Replies, bool) + Send + Sync;
 
 /// Serves connections one after another with `handler` until the test process ends.
 fn serve(handler: Box<Handler>) -> u16 {
+    serve_counted(handler).0
+}
+
+/// [`serve`], also counting the connections accepted.
+fn serve_counted(handler: Box<Handler>) -> (u16, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
     thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { return };
+            counter.fetch_add(1, Ordering::SeqCst);
             let mut c = Connection::new(stream);
             while let Ok(Some(f)) = c.recv() {
                 let (replies, close) = handler(&f.msg, &f.body);
@@ -33,7 +43,7 @@ fn serve(handler: Box<Handler>) -> u16 {
             }
         }
     });
-    port
+    (port, accepted)
 }
 
 fn ticket(file: &str) -> Ticket {
@@ -67,7 +77,12 @@ fn wire_err(code: ErrorCode, msg: &str) -> (Replies, bool) {
 
 /// A name server that knows one storage server at `ss_port` (0: none).
 fn fake_nm(ss_port: u16) -> u16 {
-    serve(Box::new(move |m, _| match m {
+    serve(Box::new(nm_reply(ss_port)))
+}
+
+/// How [`fake_nm`] answers one request.
+fn nm_reply(ss_port: u16) -> impl Fn(&Message, &[u8]) -> (Replies, bool) + Send + Sync {
+    move |m, _| match m {
         Message::Hello { .. } => one(Message::Challenge { nonce: "00".into() }),
         Message::Prove { .. } => one(Message::Welcome {
             user: "alice".into(),
@@ -113,7 +128,7 @@ fn fake_nm(ss_port: u16) -> u16 {
             ticket: ticket(file),
         }),
         _ => wire_err(ErrorCode::Invalid, "unexpected"),
-    }))
+    }
 }
 
 /// A STATUS_REPLY with one pair and one unpaired primary.
@@ -183,7 +198,12 @@ fn read_replies(content: &[u8], crc: Option<u32>) -> Replies {
 /// A storage server holding `hello world.` in every file; file `cut` breaks streams, `big`
 /// is binary and several chunks long, `bad` fails its checksum.
 fn fake_ss() -> u16 {
-    serve(Box::new(|m, body| match m {
+    serve(Box::new(ss_reply))
+}
+
+/// How [`fake_ss`] answers one request.
+fn ss_reply(m: &Message, body: &[u8]) -> (Replies, bool) {
+    match m {
         Message::Read { file, .. } if file == "big" => {
             (read_replies(&binary(BIG_BYTES), None), false)
         }
@@ -238,7 +258,7 @@ fn fake_ss() -> u16 {
             copies: None,
         }),
         _ => close(),
-    }))
+    }
 }
 
 /// What an upload storage server received: the bytes of each completed upload, and how many
@@ -362,6 +382,86 @@ fn read_and_stream_go_to_the_storage_server() {
     let (out, status) = run_script(nm, "READ a\nSTREAM a\n");
     assert_eq!(out, "hello world.\nhello world.\n");
     assert_eq!(status, 0);
+}
+
+#[test]
+fn commands_to_one_storage_server_share_a_kept_connection() {
+    let (ss, accepted) = serve_counted(Box::new(ss_reply));
+    let nm = fake_nm(ss);
+    let (out, status) = run_script(
+        nm,
+        "READ a\nWRITE a 0\n0 Hello.\nETIRW\nREAD a\nSTREAM a\nWRITE a 0\n0 Bye.\nETIRW\n",
+    );
+    assert_eq!(
+        out,
+        "hello world.\nSentence: Hello.\nWrite Successful!\nhello world.\nhello world.\n\
+         Sentence: Bye.\nWrite Successful!\n"
+    );
+    assert_eq!(status, 0);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_kept_connection_its_server_closed_is_replaced() {
+    // The server closes every connection once it has answered one request.
+    let (ss, accepted) = serve_counted(Box::new(|m, body| (ss_reply(m, body).0, true)));
+    let nm = fake_nm(ss);
+    let (out, status) = run_script(nm, "READ a\nREAD a\nSTREAM a\n");
+    assert_eq!(out, "hello world.\nhello world.\nhello world.\n");
+    assert_eq!(status, 0);
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn a_request_lost_with_a_kept_connection_goes_once_more_on_a_new_one() {
+    // Each connection serves one command; the request opening a second one is read and the
+    // connection closed without an answer, as by a server whose idle timeout ran out then.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let ss = listener.local_addr().unwrap().port();
+    let served = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = served.clone();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let mut c = Connection::new(stream.unwrap());
+            let mut opened = 0;
+            while let Ok(Some(f)) = c.recv() {
+                if matches!(f.msg, Message::Read { .. } | Message::WriteBegin { .. }) {
+                    opened += 1;
+                    if opened > 1 {
+                        break;
+                    }
+                }
+                for (m, body) in ss_reply(&f.msg, &f.body).0 {
+                    c.send(&m, &body).unwrap();
+                }
+            }
+            log.lock().unwrap().push(opened);
+        }
+    });
+    // Counts LOCATEs: a lost request retried as a failure would LOCATE again.
+    let locates = Arc::new(AtomicUsize::new(0));
+    let counter = locates.clone();
+    let answer = nm_reply(ss);
+    let nm = serve(Box::new(move |m, body| {
+        if matches!(m, Message::Locate { .. }) {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+        answer(m, body)
+    }));
+    let (out, status) = run_script(nm, "READ a\nWRITE a 0\n0 Hi.\nETIRW\nREAD a\n");
+    assert_eq!(
+        out,
+        "hello world.\nSentence: Hi.\nWrite Successful!\nhello world.\n"
+    );
+    assert_eq!(status, 0);
+    // The first two connections each lost the request opening their second command.
+    let done = served.lock().unwrap().clone();
+    assert_eq!(
+        done[..2],
+        [2, 2],
+        "commands opened per closed connection: {done:?}"
+    );
+    assert_eq!(locates.load(Ordering::SeqCst), 3, "one LOCATE per command");
 }
 
 #[test]

@@ -1,0 +1,176 @@
+//! Connections to storage servers, and the one a client keeps between commands.
+//!
+//! A READ, STREAM, DOWNLOAD or write session opens a connection to a storage server. When the
+//! command ends cleanly (END read, COMMITTED received) the connection is kept ([`Kept`]) and
+//! the next command to the same server sends its request there: a pipe of WRITEs or READs
+//! then costs one TCP connection, not one per command, on the client and on the server, which
+//! serves any number of requests on a connection.
+//!
+//! A kept connection may be closed by its server meanwhile: a storage server closes
+//! connections idle past its `--idle-timeout-s`, and a restarted one has lost them. It is
+//! looked at first, without blocking ([`peer_closed`]); a close that races with the request
+//! shows as the connection ending (or reset) before any reply, and the request then goes once
+//! more on a new connection. That is safe because only requests that change nothing until
+//! they are answered go on a kept connection: READ, STREAM, DOWNLOAD's read and WRITE_BEGIN
+//! (whose sentence lock ends with its connection). A timeout or a malformed reply is never
+//! retried. UPLOAD, whose request is followed by the file's bytes, always opens its own.
+
+use crate::protocol::frame::ConnError;
+use crate::protocol::{err, Connection, Frame, Message, WireError};
+use std::io;
+use std::time::Duration;
+
+use super::session::{CONNECT_TIMEOUT_MS, REFUSAL_WAIT_MS, SS_REPLY_TIMEOUT_MS};
+
+/// A connection to one storage server.
+pub(super) struct SsLink {
+    pub(super) ss: String,
+    pub(super) addr: String,
+    pub(super) conn: Connection,
+}
+
+impl SsLink {
+    pub(super) fn connect(ss: &str, addr: &str) -> Result<SsLink, WireError> {
+        let conn =
+            Connection::connect(addr, Duration::from_millis(CONNECT_TIMEOUT_MS)).map_err(|e| {
+                err::unavailable(format!(
+                    "cannot connect to storage server {ss} at {addr} ({e})"
+                ))
+            })?;
+        conn.set_timeout(Some(Duration::from_millis(SS_REPLY_TIMEOUT_MS)))
+            .map_err(|e| err::unavailable(format!("storage server {ss}: {e}")))?;
+        Ok(SsLink {
+            ss: ss.to_string(),
+            addr: addr.to_string(),
+            conn,
+        })
+    }
+
+    pub(super) fn describe(&self) -> String {
+        format!("storage server {} at {}", self.ss, self.addr)
+    }
+
+    pub(super) fn broken(&self, e: ConnError) -> WireError {
+        match e {
+            ConnError::Frame(f) => f.into(),
+            ConnError::Io(ref io)
+                if matches!(
+                    io.kind(),
+                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+                ) =>
+            {
+                err::timeout(format!("{} did not answer in time", self.describe()))
+            }
+            _ => err::unavailable(format!("lost connection to {}", self.describe())),
+        }
+    }
+
+    /// After a failed send: the storage server may have refused the request and closed; its
+    /// ERR (if one arrived) says why better than the broken pipe does.
+    pub(super) fn refused_or_broken(&mut self, e: io::Error) -> WireError {
+        let _ = self
+            .conn
+            .set_timeout(Some(Duration::from_millis(REFUSAL_WAIT_MS)));
+        match self.conn.recv() {
+            Ok(Some(Frame {
+                msg: Message::Err { code, msg },
+                ..
+            })) => WireError { code, msg },
+            _ => self.broken(ConnError::Io(e)),
+        }
+    }
+
+    /// Reads one frame; end of stream is an error here.
+    pub(super) fn recv(&mut self) -> Result<Frame, WireError> {
+        match self.conn.recv_some() {
+            Ok(f) => Ok(f),
+            Err(e) => Err(self.broken(e)),
+        }
+    }
+
+    /// Sends a request and reads one reply; ERR becomes `Err`.
+    pub(super) fn call(&mut self, msg: &Message) -> Result<Message, WireError> {
+        let f = self.first_reply(msg)?;
+        f.msg.into_result()
+    }
+
+    /// Sends `req` and reads the first frame of the answer as it came (an ERR included).
+    pub(super) fn first_reply(&mut self, req: &Message) -> Result<Frame, WireError> {
+        if let Err(e) = self.conn.send(req, b"") {
+            return Err(self.refused_or_broken(e));
+        }
+        self.recv()
+    }
+}
+
+/// The storage-server connection kept from the last command that ended cleanly.
+#[derive(Default)]
+pub(super) struct Kept(Option<SsLink>);
+
+impl Kept {
+    /// Keeps `link` for the next command (replacing, and so closing, any kept before).
+    pub(super) fn keep(&mut self, link: SsLink) {
+        self.0 = Some(link);
+    }
+
+    /// Sends `req` (one that changes nothing until answered, see the module docs) to storage
+    /// server `ss` at `addr` and reads the first frame of its answer, on the kept connection
+    /// when it goes to the same server and is still open, else on a new one.
+    pub(super) fn first_reply(
+        &mut self,
+        ss: &str,
+        addr: &str,
+        req: &Message,
+    ) -> Result<(SsLink, Frame), WireError> {
+        let kept = self
+            .0
+            .take()
+            .filter(|l| l.ss == ss && l.addr == addr && !peer_closed(&l.conn));
+        if let Some(mut link) = kept {
+            let sent = link.conn.send(req, b"").map_err(ConnError::Io);
+            match sent.and_then(|()| link.conn.recv_some()) {
+                Ok(f) => return Ok((link, f)),
+                Err(e) if closed_before_reply(&e) => {
+                    log::debug!("{} closed the kept connection: {e}", link.describe());
+                }
+                Err(e) => return Err(link.broken(e)),
+            }
+        }
+        let mut link = SsLink::connect(ss, addr)?;
+        let f = link.first_reply(req)?;
+        Ok((link, f))
+    }
+}
+
+/// Whether a request's failure on a kept connection means the server had closed it before
+/// reading the request: the connection ended or was reset, with no frame of an answer read.
+fn closed_before_reply(e: &ConnError) -> bool {
+    match e {
+        ConnError::Closed => true,
+        ConnError::Io(io) => matches!(
+            io.kind(),
+            io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::UnexpectedEof
+        ),
+        ConnError::Frame(_) => false,
+    }
+}
+
+/// Whether the peer has closed `c` (checked without blocking and without consuming bytes), so
+/// an idle client notices a restarted server before sending into a dead connection.
+pub(super) fn peer_closed(c: &Connection) -> bool {
+    let s = c.stream();
+    if s.set_nonblocking(true).is_err() {
+        return true;
+    }
+    let mut probe = [0u8; 1];
+    // Bytes nobody asked for (neither server sends unsolicited frames) would be taken for the
+    // next reply, so a connection holding any is as good as closed.
+    let closed = match s.peek(&mut probe) {
+        Ok(_) => true,
+        Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+    };
+    closed || s.set_nonblocking(false).is_err()
+}
