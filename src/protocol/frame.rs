@@ -21,11 +21,14 @@
 //! the frame is taken off (or the connection goes). A peer that cannot get budget is simply
 //! not read (backpressure) until budget frees or its deadline drops it.
 
+use super::budget::Grant;
+pub use super::budget::{FrameBudget, FRAME_BUDGET_BYTES};
 use super::error::{ErrorCode, WireError};
 use super::message::{Message, PROTOCOL_VERSION};
+use std::cell::Cell;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Largest header line accepted, including the newline.
@@ -57,97 +60,6 @@ pub fn paginate<T>(rows: Vec<T>, size_of: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
         }
     }
     pages
-}
-
-/// Bytes of unfinished frames a server may hold for all its connections together, beyond
-/// what each connection buffers freely (headers and small bodies).
-pub const FRAME_BUDGET_BYTES: usize = 64 * 1024 * 1024;
-
-/// A shared allowance of bytes for frame bodies being received. Cheap to share (`Arc`);
-/// usable from many threads (blocking [`FrameBudget::take_by`]) or one event loop
-/// ([`FrameBudget::try_take`]).
-#[derive(Debug)]
-pub struct FrameBudget {
-    total: usize,
-    used: Mutex<usize>,
-    freed: Condvar,
-}
-
-impl FrameBudget {
-    /// A budget of `total` bytes.
-    pub fn new(total: usize) -> Arc<FrameBudget> {
-        Arc::new(FrameBudget {
-            total,
-            used: Mutex::new(0),
-            freed: Condvar::new(),
-        })
-    }
-
-    /// The budget's size.
-    pub fn total(&self) -> usize {
-        self.total
-    }
-
-    /// Bytes granted and not yet returned.
-    pub fn used(&self) -> usize {
-        *self.used.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Grants `n` bytes if they are free now. A request larger than the whole budget is
-    /// granted only when nothing else holds any, so one largest frame always gets through.
-    pub fn try_take(&self, n: usize) -> bool {
-        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        Self::grant(self.total, &mut used, n)
-    }
-
-    fn grant(total: usize, used: &mut usize, n: usize) -> bool {
-        if *used + n <= total || *used == 0 {
-            *used += n;
-            return true;
-        }
-        false
-    }
-
-    /// Grants `n` bytes, waiting for them until `deadline`; false if they did not free up.
-    pub fn take_by(&self, n: usize, deadline: Instant) -> bool {
-        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            if Self::grant(self.total, &mut used, n) {
-                return true;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            used = match self.freed.wait_timeout(used, left) {
-                Ok((g, _)) => g,
-                Err(p) => p.into_inner().0,
-            };
-        }
-    }
-
-    /// Returns `n` granted bytes.
-    pub fn give(&self, n: usize) {
-        if n == 0 {
-            return;
-        }
-        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        *used = used.saturating_sub(n);
-        self.freed.notify_all();
-    }
-}
-
-/// Bytes granted from a [`FrameBudget`], returned when dropped.
-#[derive(Debug)]
-struct Grant {
-    budget: Arc<FrameBudget>,
-    n: usize,
-}
-
-impl Drop for Grant {
-    fn drop(&mut self) {
-        self.budget.give(self.n);
-    }
 }
 
 /// The encoded size of the frame at the front of `buf` once its header line has arrived
@@ -417,6 +329,19 @@ pub struct Connection {
     budget: Option<Arc<FrameBudget>>,
     /// Buffers of large bodies handed back ([`Connection::recycle`]) for the next ones.
     spare: Vec<Vec<u8>>,
+    /// The socket's timeouts as this connection last set them (`None`: not known), so that
+    /// setting one it already has, and a receive deadline it already keeps, cost no system
+    /// call; see [`Connection::set_timeout`].
+    timeouts: Cell<Timeouts>,
+}
+
+/// The read timeout [`Connection::set_timeout`] was given and the timeouts the socket has now:
+/// a receive by a deadline may leave the read timeout shorter until the next plain receive.
+#[derive(Clone, Copy, Default)]
+struct Timeouts {
+    wanted_read: Option<Option<Duration>>,
+    read: Option<Option<Duration>>,
+    write: Option<Option<Duration>>,
 }
 
 /// Buffers a connection keeps for the next large bodies.
@@ -541,6 +466,8 @@ const BUDGET_WAIT_MS: u64 = 30_000;
 const READ_BYTES: usize = 64 * 1024;
 /// Most bytes one read asks for while a body of known size arrives.
 const MAX_READ_BYTES: usize = 256 * 1024;
+/// Most a receive may end after its deadline, to spare resetting the read timeout.
+const DEADLINE_SLACK_MS: u64 = 20;
 /// Bodies at least this large are written without copying them behind their header.
 const LARGE_BODY_BYTES: usize = 64 * 1024;
 
@@ -560,6 +487,7 @@ impl Connection {
             body_crc: 0,
             budget: None,
             spare: Vec::new(),
+            timeouts: Cell::new(Timeouts::default()),
         }
     }
 
@@ -662,10 +590,39 @@ impl Connection {
         self.stream.tcp()
     }
 
-    /// Sets both read and write timeouts (`None` blocks forever).
+    /// Sets both read and write timeouts (`None` blocks forever). A timeout the socket has
+    /// already is not set again, so the socket's timeouts must be set only through here (a
+    /// clone of [`Connection::stream`] changing them leaves this connection's view stale).
     pub fn set_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        self.stream.tcp().set_read_timeout(t)?;
-        self.stream.tcp().set_write_timeout(t)
+        let mut now = self.timeouts.get();
+        now.wanted_read = Some(t);
+        if now.read != Some(t) {
+            now.read = None;
+            self.timeouts.set(now);
+            self.stream.tcp().set_read_timeout(t)?;
+            now.read = Some(t);
+        }
+        if now.write != Some(t) {
+            now.write = None;
+            self.timeouts.set(now);
+            self.stream.tcp().set_write_timeout(t)?;
+            now.write = Some(t);
+        }
+        self.timeouts.set(now);
+        Ok(())
+    }
+
+    /// Gives the socket read timeout `t` unless it has it already.
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        let mut now = self.timeouts.get();
+        if now.read != Some(t) {
+            now.read = None;
+            self.timeouts.set(now);
+            self.stream.tcp().set_read_timeout(t)?;
+            now.read = Some(t);
+            self.timeouts.set(now);
+        }
+        Ok(())
     }
 
     /// Whether bytes already received wait here (in the frame buffer or decrypted by TLS),
@@ -796,10 +753,7 @@ impl Connection {
                             )
                             .into());
                         }
-                        Some(Grant {
-                            budget: b,
-                            n: h.len,
-                        })
+                        Some(Grant::new(b, h.len))
                     }
                 };
                 self.start_large(h, grant);
@@ -862,16 +816,21 @@ impl Connection {
 
     fn recv_until(&mut self, deadline: Option<Instant>) -> Result<Option<Frame>, ConnError> {
         if deadline.is_none() {
-            return self.recv_loop(None);
+            // A receive by a deadline may have shortened the socket's read timeout: the one
+            // the caller set is put back first, so this waits as long as it asked.
+            if let Some(wanted) = self.timeouts.get().wanted_read {
+                self.set_read_timeout(wanted)?;
+            }
+        } else if self.timeouts.get().wanted_read.is_none() {
+            // Learnt once, so that a later plain receive can put it back.
+            let t = self.stream.tcp().read_timeout()?;
+            self.timeouts.set(Timeouts {
+                wanted_read: Some(t),
+                read: Some(t),
+                ..self.timeouts.get()
+            });
         }
-        // The deadline shortens the socket's read timeout read by read; the caller's own
-        // timeout is put back afterwards, so the next recv() waits as long as it asked.
-        let saved = self.stream.tcp().read_timeout()?;
-        let got = self.recv_loop(deadline);
-        // A frame already read is returned even if this fails; the caller's next read
-        // timeout is then what the deadline left, as before.
-        let _ = self.stream.tcp().set_read_timeout(saved);
-        got
+        self.recv_loop(deadline)
     }
 
     fn recv_loop(&mut self, deadline: Option<Instant>) -> Result<Option<Frame>, ConnError> {
@@ -886,7 +845,15 @@ impl Connection {
                         io::Error::new(io::ErrorKind::TimedOut, "frame deadline passed").into(),
                     );
                 }
-                self.stream.tcp().set_read_timeout(Some(left))?;
+                // Each read must end by the deadline. A read timeout the socket has already
+                // does that if it is no longer than what is left, give or take a 64th (at
+                // most DEADLINE_SLACK_MS): an idle limit set as the timeout and as the
+                // deadline then costs no system call per frame.
+                let slack = (left / 64).min(Duration::from_millis(DEADLINE_SLACK_MS));
+                let keeps = matches!(self.timeouts.get().read, Some(Some(t)) if t <= left + slack);
+                if !keeps {
+                    self.set_read_timeout(Some(left))?;
+                }
             }
             let n = match self.fill(deadline.is_some()) {
                 Ok(n) => n,
@@ -1055,29 +1022,6 @@ mod tests {
     }
 
     #[test]
-    fn budget_grants_within_its_size_and_always_one_frame() {
-        let b = FrameBudget::new(10);
-        assert!(b.try_take(6));
-        assert!(!b.try_take(6), "over the budget while another holds some");
-        assert!(b.try_take(4));
-        b.give(10);
-        assert_eq!(b.used(), 0);
-        assert!(
-            b.try_take(50),
-            "a frame larger than the budget passes alone"
-        );
-        assert!(!b.try_take(1));
-        let b2 = b.clone();
-        let t = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(50));
-            b2.give(50);
-        });
-        assert!(b.take_by(5, Instant::now() + Duration::from_secs(10)));
-        t.join().unwrap_or_else(|_| panic!("giver panicked"));
-        assert!(!b.take_by(6, Instant::now() + Duration::from_millis(20)));
-    }
-
-    #[test]
     fn front_frame_size_reads_only_the_header() {
         let bytes = encode(&Message::Chunk {}, &[7u8; 100]);
         let nl = bytes.iter().position(|&b| b == b'\n').unwrap_or(0);
@@ -1241,17 +1185,60 @@ mod tests {
     }
 
     #[test]
-    fn a_frame_deadline_leaves_the_read_timeout_as_it_was() {
+    fn a_plain_receive_after_a_frame_deadline_waits_as_long_as_asked() {
         let (mut conn, mut peer) = socket_pair();
         let (before, deadline) = (Duration::from_secs(7), Duration::from_millis(300));
         conn.set_timeout(Some(before)).unwrap();
         peer.write_all(&encode(&Message::End {}, &[])).unwrap();
         let f = conn.recv_by(Instant::now() + deadline).unwrap().unwrap();
         assert_eq!(f.msg, Message::End {});
-        assert_eq!(conn.stream().read_timeout().unwrap(), Some(before));
-        // Also after a missed deadline.
         assert!(conn.recv_by(Instant::now() + deadline).is_err());
+        // The deadline shortened the read timeout; the next plain receive has the 7 s again.
+        let late = std::thread::spawn(move || {
+            std::thread::sleep(deadline * 2);
+            peer.write_all(&encode(&Message::End {}, &[])).unwrap();
+            peer
+        });
+        let f = conn.recv_some().unwrap();
+        assert_eq!(f.msg, Message::End {});
         assert_eq!(conn.stream().read_timeout().unwrap(), Some(before));
+        drop(late.join().unwrap());
+
+        // Without a timeout ever set, the socket's own is learnt and put back.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(before)).unwrap();
+        let mut conn = Connection::new(stream);
+        assert!(conn.recv_by(Instant::now() + deadline).is_err());
+        peer.write_all(&encode(&Message::End {}, &[])).unwrap();
+        assert_eq!(conn.recv_some().unwrap().msg, Message::End {});
+        assert_eq!(conn.stream().read_timeout().unwrap(), Some(before));
+    }
+
+    #[test]
+    fn a_timeout_the_socket_has_is_not_set_again() {
+        let (conn, _peer) = socket_pair();
+        let t = Some(Duration::from_secs(5));
+        conn.set_timeout(t).unwrap();
+        // Changed behind the connection's back (which its docs forbid), to see no call is made.
+        conn.stream()
+            .set_read_timeout(Some(Duration::from_secs(9)))
+            .unwrap();
+        conn.set_timeout(t).unwrap();
+        assert_eq!(
+            conn.stream().read_timeout().unwrap(),
+            Some(Duration::from_secs(9))
+        );
+        conn.set_timeout(Some(Duration::from_secs(6))).unwrap();
+        assert_eq!(
+            conn.stream().read_timeout().unwrap(),
+            Some(Duration::from_secs(6))
+        );
+        assert_eq!(
+            conn.stream().write_timeout().unwrap(),
+            Some(Duration::from_secs(6))
+        );
     }
 
     #[test]

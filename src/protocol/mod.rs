@@ -1,6 +1,7 @@
 //! The wire protocol: messages, framing and error codes. Pure code with no I/O policy, shared
 //! by every component.
 
+pub mod budget;
 pub mod error;
 pub mod frame;
 pub mod message;

@@ -436,9 +436,16 @@ fn read_from_a_full_server_without_a_partner_says_limit() {
     let c = Cluster::builder()
         .ss_args(&["--max-connections", "1"])
         .start();
-    c.client("alice")
-        .run("CREATE solo.txt\nWRITE solo.txt 0\n0 Alone.\nETIRW\n")
-        .assert_code(0);
+    c.client("alice").run("CREATE solo.txt\n").assert_code(0);
+    // The one slot is free again once the name server's SS_CREATE connection has closed; a
+    // WRITE refused with LIMIT before that changed nothing.
+    let written = poll_until(Duration::from_secs(20), || {
+        c.client("alice")
+            .run("WRITE solo.txt 0\n0 Alone.\nETIRW\n")
+            .code
+            == Some(0)
+    });
+    assert!(written, "the WRITE never found the slot free");
     let _held = fill(&c, "ss1", 1);
     c.client("alice")
         .run("READ solo.txt\n")
