@@ -3,12 +3,33 @@
 //!
 //! After registration one I/O thread owns the connection: a TLS stream cannot be split into
 //! a reading and a writing half, so the same thread writes and reads. It waits in `poll(2)` on
-//! the socket and on a wake-up socket pair; the link thread hands it heartbeats and reports
-//! through a channel and wakes it, so a frame leaves at once and is never queued behind a
-//! wait for an ack. Committers talk to the link thread through a bounded channel; each report
-//! carries its own reply channel, matched to the `CHANGED_ACK` by id. On any failure the link logs `ss_nm_link`, drops the waiting reports
-//! (their committers are told at once; the re-registration carries every file's state anyway),
-//! and reconnects with backoff from 100 ms to 2 s, forever.
+//! the socket and on a wake-up socket pair. Frames reach it through the session's outbox: a
+//! channel of frames plus a wake-up byte, so a frame leaves at once and is never queued behind
+//! a wait for an ack. A wake-up byte is written only when none is on its way already (the
+//! `armed` flag, cleared by the I/O thread before it drains the channel).
+//!
+//! A committer hands its report to the I/O thread itself, one thread hand-off on the critical
+//! path of every commit: while a session is registered, the [`NmLink`] handle reaches its
+//! outbox, and under the outbox lock the committer takes the next report id, puts its reply
+//! channel in the outbox's `pending` map and queues the frame and the wake-up. The I/O thread
+//! matches each `CHANGED_ACK` to `pending` by id, under the same lock. Ids are never reused,
+//! not even by a later session, so a late ack from an old link cannot answer a new report.
+//! The `nm-link` thread only registers, sends heartbeats through the same outbox (heartbeats
+//! and reports may interleave in any order: acks are matched by id and seq) and reconnects.
+//!
+//! No report waits forever. When a session ends, the `nm-link` thread takes the outbox away
+//! and drops its `pending` map, both under the outbox lock. A committer that queued before
+//! that is in `pending` and is answered, or its reply channel is dropped then and it hears at
+//! once that its change is not yet confirmed; a committer that comes after finds no outbox and
+//! hears the same at once. Either way it never waits for the rest of its deadline on a dead
+//! link. A committer whose deadline passes takes its own entry out of `pending`.
+//!
+//! The bound: at most [`REPORT_QUEUE_CAP`] reports await their ack in `pending` at once (each
+//! has a committer waiting); beyond it a committer is told at once that its change is not yet
+//! confirmed (UNAVAILABLE). A removal has no committer waiting and is dropped when that many
+//! frames already wait for the I/O thread; the re-registration carries every file's state, so
+//! a dropped or unconfirmed report is reconciled then. On any failure the link logs
+//! `ss_nm_link` and reconnects with backoff from 100 ms to 2 s, forever.
 //!
 //! The link also holds this server's write lease. Each HEARTBEAT_ACK says whether the server
 //! is its pair's writer, the pair's epoch, and the lease length; a writer may take changes
@@ -25,7 +46,7 @@ use crate::protocol::{
     err, Connection, DiskUsage, FileState, Message, Partner, StagedRef, WireError,
 };
 use crate::ss::store::Store;
-use crossbeam_channel::{bounded, select, Receiver, Sender};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::net::Shutdown;
@@ -36,7 +57,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// Reports that may wait for the link at once; beyond it committers get UNAVAILABLE.
+/// Reports that may await their ack at once; beyond it committers get UNAVAILABLE at once.
+/// Also the most frames that may wait for the I/O thread before a removal is dropped.
 pub const REPORT_QUEUE_CAP: usize = 1024;
 /// How long connecting, registering and single writes may take.
 const IO_TIMEOUT_MS: u64 = 30_000;
@@ -175,22 +197,60 @@ pub struct LinkConfig {
     pub heartbeat_interval_ms: u64,
 }
 
-enum Report {
-    Changed(FileState, Option<StagedRef>),
-    Removed(String),
+/// Committers waiting for their report's ack, by report id; the ack carries the sync-mode copy
+/// count.
+type Pending = HashMap<u64, Sender<Option<u32>>>;
+
+/// How frames reach a session's I/O thread: a channel it drains and a wake-up it polls.
+#[derive(Clone)]
+struct Door {
+    out: Sender<Message>,
+    /// The write end of the wake-up socket pair (non-blocking).
+    wake: Arc<UnixStream>,
+    /// Set when a wake-up byte is written; the I/O thread clears it before it drains `out`.
+    armed: Arc<AtomicBool>,
 }
 
-struct Queued {
-    report: Report,
-    reply: Option<Sender<Option<u32>>>,
+impl Door {
+    /// Queues `msg` for the I/O thread and wakes it; fails once the I/O thread has stopped.
+    fn send(&self, msg: Message) -> Result<(), WireError> {
+        self.out
+            .send(msg)
+            .map_err(|_| err::unavailable("name server link: the I/O thread stopped"))?;
+        // While `armed` is set a byte is on its way and the I/O thread has yet to clear the
+        // flag and drain `out`, which now holds `msg`: another byte is not needed. A full
+        // wake-up socket also has a byte waiting, so a failed write changes nothing.
+        if !self.armed.swap(true, Ordering::SeqCst) {
+            let _ = (&*self.wake).write(&[1]);
+        }
+        Ok(())
+    }
 }
 
-/// Reports waiting for their ack, by id; the ack carries the sync-mode copy count.
-type Pending = Arc<Mutex<HashMap<u64, Sender<Option<u32>>>>>;
+/// What a registered session lends committers.
+struct Outbox {
+    door: Door,
+    pending: Pending,
+}
+
+/// The current session's outbox, if a session is registered, and the report ids.
+struct Slot {
+    outbox: Option<Outbox>,
+    /// The last report id given. Never reset: an ack read late off an old session's link
+    /// cannot match a report of a later session.
+    last_id: u64,
+}
+
+/// Shared by the handle (committers), the `nm-link` thread and the I/O thread.
+type OutboxSlot = Arc<Mutex<Slot>>;
 
 /// The handle committers use; cheap to share.
 pub struct NmLink {
-    tx: Sender<Queued>,
+    slot: OutboxSlot,
+    /// Most reports awaiting their ack at once ([`REPORT_QUEUE_CAP`]).
+    cap: usize,
+    /// Set when the handle is dropped: the link thread then stops.
+    closed: Arc<AtomicBool>,
     name: String,
     registered: Arc<AtomicBool>,
     /// Whether the name server said this server is not its pair's writer.
@@ -203,10 +263,30 @@ pub struct NmLink {
 /// Where the partner is, as the latest heartbeat ack said.
 type Partnered = Arc<Mutex<Option<Partner>>>;
 
+impl Drop for NmLink {
+    fn drop(&mut self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+}
+
 impl NmLink {
-    /// Starts the link thread. It stops when `stop` is set.
+    /// Starts the link thread. It stops when `stop` is set (or the handle is dropped).
     pub fn start(cfg: LinkConfig, store: Arc<Store>, stop: Arc<AtomicBool>) -> NmLink {
-        let (tx, rx) = bounded(REPORT_QUEUE_CAP);
+        NmLink::start_capped(cfg, store, stop, REPORT_QUEUE_CAP)
+    }
+
+    /// [`NmLink::start`] with at most `cap` reports awaiting their ack at once.
+    fn start_capped(
+        cfg: LinkConfig,
+        store: Arc<Store>,
+        stop: Arc<AtomicBool>,
+        cap: usize,
+    ) -> NmLink {
+        let slot: OutboxSlot = Arc::new(Mutex::new(Slot {
+            outbox: None,
+            last_id: 0,
+        }));
+        let closed = Arc::new(AtomicBool::new(false));
         let registered = Arc::new(AtomicBool::new(false));
         let backup = Arc::new(AtomicBool::new(false));
         let lease = Arc::new(Lease::new());
@@ -218,14 +298,21 @@ impl NmLink {
             lease: lease.clone(),
             partner: partner.clone(),
         };
+        let halt = Halt {
+            stop,
+            closed: closed.clone(),
+        };
+        let s2 = slot.clone();
         let spawned = thread::Builder::new()
             .name("nm-link".into())
-            .spawn(move || link_loop(cfg, store, rx, stop, flags));
+            .spawn(move || link_loop(cfg, store, s2, halt, flags));
         if let Err(e) = spawned {
             log::error!(target: ev::SS_NM_LINK, "cannot start the name server link: {e}");
         }
         NmLink {
-            tx,
+            slot,
+            cap: cap.max(1),
+            closed,
             name,
             registered,
             backup,
@@ -306,14 +393,15 @@ impl NmLink {
         let deadline = Instant::now() + wait;
         let file = crate::names::display(&state.file);
         let (reply, ack) = bounded(1);
-        let q = Queued {
-            report: Report::Changed(state, staged),
-            reply: Some(reply),
-        };
-        let copies = match self.tx.send_deadline(q, deadline) {
-            Ok(()) => ack.recv_deadline(deadline).ok(),
-            Err(_) => None,
-        };
+        let posted = self.post(|id| Message::Changed { id, state, staged }, Some(reply));
+        let copies = posted.and_then(|id| match ack.recv_deadline(deadline) {
+            Ok(copies) => Some(copies),
+            Err(_) => {
+                // Out of time (or the session ended and dropped the entry already).
+                self.forget(id);
+                None
+            }
+        });
         if copies == Some(Some(0)) {
             let ss = &self.name;
             return Err(err::unavailable(format!(
@@ -332,10 +420,59 @@ impl NmLink {
 
     /// Reports that a file vanished from disk, without waiting.
     pub fn removed_nowait(&self, file: &str) {
-        let _ = self.tx.try_send(Queued {
-            report: Report::Removed(file.to_string()),
-            reply: None,
-        });
+        let file = file.to_string();
+        let _ = self.post(|id| Message::Removed { id, file }, None);
+    }
+
+    /// Queues the report `frame(id)` on the registered session, under the outbox lock: gives
+    /// it the next id and, when a committer waits for the ack on `reply`, an entry in
+    /// `pending`. Returns the id, or `None` when no session is registered or the bound is
+    /// reached (see the module docs).
+    fn post(
+        &self,
+        frame: impl FnOnce(u64) -> Message,
+        reply: Option<Sender<Option<u32>>>,
+    ) -> Option<u64> {
+        let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = &mut *slot;
+        let outbox = slot.outbox.as_mut()?;
+        let full = match reply {
+            Some(_) => outbox.pending.len() >= self.cap,
+            None => outbox.door.out.len() >= self.cap,
+        };
+        if full {
+            return None;
+        }
+        slot.last_id += 1;
+        let id = slot.last_id;
+        if let Some(reply) = reply {
+            outbox.pending.insert(id, reply);
+        }
+        if outbox.door.send(frame(id)).is_err() {
+            outbox.pending.remove(&id);
+            return None;
+        }
+        Some(id)
+    }
+
+    /// Takes report `id` out of `pending`: its committer no longer waits.
+    fn forget(&self, id: u64) {
+        let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(outbox) = slot.outbox.as_mut() {
+            outbox.pending.remove(&id);
+        }
+    }
+}
+
+/// What stops the link thread: the server stopping, or the handle dropped.
+struct Halt {
+    stop: Arc<AtomicBool>,
+    closed: Arc<AtomicBool>,
+}
+
+impl Halt {
+    fn now(&self) -> bool {
+        self.stop.load(Ordering::SeqCst) || self.closed.load(Ordering::SeqCst)
     }
 }
 
@@ -347,20 +484,14 @@ struct Flags {
     partner: Partnered,
 }
 
-fn link_loop(
-    cfg: LinkConfig,
-    store: Arc<Store>,
-    rx: Receiver<Queued>,
-    stop: Arc<AtomicBool>,
-    flags: Flags,
-) {
+fn link_loop(cfg: LinkConfig, store: Arc<Store>, slot: OutboxSlot, halt: Halt, flags: Flags) {
     let mut backoff_ms = BACKOFF_MIN_MS;
     // Failures in a row; only the first of a streak is logged at WARN, so a name server that
     // stays down does not flood the log.
     let mut failures = 0u64;
-    while !stop.load(Ordering::SeqCst) {
+    while !halt.now() {
         let mut was_registered = false;
-        let res = session(&cfg, &store, &rx, &stop, &flags, &mut was_registered);
+        let res = session(&cfg, &store, &slot, &halt, &flags, &mut was_registered);
         flags.registered.store(false, Ordering::SeqCst);
         // Cut off from the name server: no more changes until it grants a lease again.
         flags.lease.end();
@@ -382,10 +513,14 @@ fn link_loop(
                     "name server link down: {e}; retrying in {backoff_ms} ms");
             }
         }
-        // Wait out the backoff, answering reports at once: they cannot be delivered now.
+        // Wait out the backoff. Reports meanwhile find no outbox and are answered at once.
         let until = Instant::now() + Duration::from_millis(backoff_ms);
-        while let Ok(q) = rx.recv_deadline(until) {
-            drop(q);
+        while !halt.now() {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            thread::sleep(left.min(Duration::from_millis(STOP_POLL_MS)));
         }
         backoff_ms = (backoff_ms * 2).min(BACKOFF_MAX_MS);
     }
@@ -395,8 +530,8 @@ fn link_loop(
 fn session(
     cfg: &LinkConfig,
     store: &Store,
-    rx: &Receiver<Queued>,
-    stop: &AtomicBool,
+    slot: &OutboxSlot,
+    halt: &Halt,
     flags: &Flags,
     was_registered: &mut bool,
 ) -> Result<(), WireError> {
@@ -451,14 +586,6 @@ fn session(
             )))
         }
     };
-    store.epoch().store(epoch, Ordering::SeqCst);
-    flags.backup.store(backup, Ordering::SeqCst);
-    flags.lease.grant(!backup, register_sent, lease_ms);
-    flags.registered.store(true, Ordering::SeqCst);
-    *was_registered = true;
-    log::info!(target: ev::SS_NM_LINK, nm = cfg.nm_addr.as_str(), epoch = epoch, files = files.len() as u64, backup = backup;
-        "registered with the name server at {} (epoch {epoch}, {} files)", cfg.nm_addr, files.len());
-
     // Heartbeat at the shorter of our own interval and the one the name server expects, so a
     // name server with a short timeout never declares a healthy server down.
     let interval_ms = match nm_interval_ms {
@@ -476,19 +603,16 @@ fn session(
     wake_rx.set_nonblocking(true).map_err(io_err)?;
     wake_tx.set_nonblocking(true).map_err(io_err)?;
     let (out_tx, out_rx) = crossbeam_channel::unbounded::<Message>();
-    let send = |msg: Message| -> Result<(), WireError> {
-        out_tx
-            .send(msg)
-            .map_err(|_| err::unavailable("name server link: the I/O thread stopped"))?;
-        // A full wake-up pipe already has a wake-up waiting.
-        let _ = (&wake_tx).write(&[1]);
-        Ok(())
+    let armed = Arc::new(AtomicBool::new(false));
+    let door = Door {
+        out: out_tx,
+        wake: Arc::new(wake_tx),
+        armed: armed.clone(),
     };
-    let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
     let sent: Sent = Arc::new(Mutex::new(VecDeque::new()));
     let (dead_tx, dead_rx) = bounded::<String>(1);
     let grants = Grants {
-        pending: pending.clone(),
+        slot: slot.clone(),
         sent: sent.clone(),
         lease: flags.lease.clone(),
         backup: flags.backup.clone(),
@@ -498,19 +622,33 @@ fn session(
     let io = LinkIo {
         out: out_rx,
         wake: wake_rx,
+        armed,
         read_timeout,
     };
     thread::Builder::new()
         .name("nm-link-io".into())
         .spawn(move || io.run(conn, grants, dead_tx))
         .map_err(io_err)?;
+    // Committers reach the link from here on. The outbox is in place before the lease is
+    // granted, so a change admitted under this registration's lease finds it.
+    slot.lock().unwrap_or_else(|p| p.into_inner()).outbox = Some(Outbox {
+        door: door.clone(),
+        pending: HashMap::new(),
+    });
+
+    store.epoch().store(epoch, Ordering::SeqCst);
+    flags.backup.store(backup, Ordering::SeqCst);
+    flags.lease.grant(!backup, register_sent, lease_ms);
+    flags.registered.store(true, Ordering::SeqCst);
+    *was_registered = true;
+    log::info!(target: ev::SS_NM_LINK, nm = cfg.nm_addr.as_str(), epoch = epoch, files = files.len() as u64, backup = backup;
+        "registered with the name server at {} (epoch {epoch}, {} files)", cfg.nm_addr, files.len());
 
     let result = (|| {
         let mut seq = 0u64;
-        let mut next_id = 0u64;
         let mut next_hb = Instant::now();
         loop {
-            if stop.load(Ordering::SeqCst) {
+            if halt.now() {
                 return Ok(());
             }
             let now = Instant::now();
@@ -527,34 +665,29 @@ fn session(
                 let writer = !flags.lease.stepped_down();
                 let disk = crate::metrics::disk_free_used(store.content_dir())
                     .map(|(free, used)| DiskUsage { free, used });
-                send(Message::Heartbeat { seq, writer, disk })?;
+                door.send(Message::Heartbeat { seq, writer, disk })?;
                 next_hb = now + interval;
             }
             let wait = next_hb
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(STOP_POLL_MS));
-            select! {
-                recv(rx) -> q => {
-                    let Ok(q) = q else { return Ok(()) };
-                    next_id += 1;
-                    if let Some(reply) = q.reply {
-                        pending.lock().unwrap_or_else(|p| p.into_inner()).insert(next_id, reply);
-                    }
-                    let msg = match q.report {
-                        Report::Changed(state, staged) => Message::Changed { id: next_id, state, staged },
-                        Report::Removed(file) => Message::Removed { id: next_id, file },
-                    };
-                    send(msg)?;
+            match dead_rx.recv_timeout(wait) {
+                Ok(why) => return Err(err::unavailable(why)),
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(err::unavailable("name server link: the I/O thread stopped"))
                 }
-                recv(dead_rx) -> why => {
-                    return Err(err::unavailable(why.unwrap_or_else(|_| "reader stopped".into())));
-                }
-                default(wait) => {}
+                Err(RecvTimeoutError::Timeout) => {}
             }
         }
     })();
+    {
+        // The outbox goes first, so no report joins `pending` after this; then `pending` is
+        // dropped, under the same lock, and every committer still waiting hears at once.
+        let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+        let outbox = slot.outbox.take();
+        drop(outbox);
+    }
     let _ = stream.shutdown(Shutdown::Both);
-    pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
     result
 }
 
@@ -563,7 +696,7 @@ type Sent = Arc<Mutex<VecDeque<(u64, u64)>>>;
 
 /// What the reader updates from acknowledgements.
 struct Grants {
-    pending: Pending,
+    slot: OutboxSlot,
     sent: Sent,
     lease: Arc<Lease>,
     backup: Arc<AtomicBool>,
@@ -577,6 +710,8 @@ struct LinkIo {
     out: Receiver<Message>,
     /// Readable when `out` got frames.
     wake: UnixStream,
+    /// Cleared before `out` is drained (see [`Door::send`]).
+    armed: Arc<AtomicBool>,
     /// Silence from the name server after which the link is dead.
     read_timeout: Duration,
 }
@@ -593,6 +728,10 @@ impl LinkIo {
         use nix::poll::{PollFd, PollFlags, PollTimeout};
         let mut heard = Instant::now();
         loop {
+            // Cleared before draining, so a frame queued after this writes a byte and wakes
+            // the poll below. A swap, not a store: reading the flag makes every frame whose
+            // sender skipped the byte (it found the flag set) visible to the drain.
+            self.armed.swap(false, Ordering::SeqCst);
             while let Ok(msg) = self.out.try_recv() {
                 conn.send(&msg, &[])
                     .map_err(|e| format!("link write failed: {e}"))?;
@@ -644,10 +783,12 @@ fn on_frame(
             Ok(Some(f)) => match f.msg {
                 Message::ChangedAck { id, copies } => {
                     let reply = g
-                        .pending
+                        .slot
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .remove(&id);
+                        .outbox
+                        .as_mut()
+                        .and_then(|o| o.pending.remove(&id));
                     if let Some(r) = reply {
                         let _ = r.send(copies);
                     }
@@ -707,4 +848,268 @@ fn on_frame(
 
 fn io_err(e: std::io::Error) -> WireError {
     err::unavailable(format!("name server link: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{ErrorCode, Version};
+    use std::net::TcpListener;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// A name server that registers the link, acks heartbeats and removals, and answers a
+    /// CHANGED by the file's name: `ack-N` gets an ack with N copies, `hold` no answer, and
+    /// `kill` closes the link. While `down` is set it closes new connections at once.
+    struct FakeNm {
+        addr: String,
+        down: Arc<AtomicBool>,
+        /// The number of each connection that registered (from 1).
+        registered: Receiver<usize>,
+        /// Every CHANGED and REMOVED received: connection number, report id, file.
+        reports: Receiver<(usize, u64, String)>,
+    }
+
+    fn fake_nm() -> FakeNm {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let (reg_tx, registered) = crossbeam_channel::unbounded();
+        let (rep_tx, reports) = crossbeam_channel::unbounded();
+        let down = Arc::new(AtomicBool::new(false));
+        let down2 = down.clone();
+        thread::spawn(move || {
+            for (n, s) in l.incoming().enumerate() {
+                let Ok(s) = s else { break };
+                if down2.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let (reg_tx, rep_tx) = (reg_tx.clone(), rep_tx.clone());
+                thread::spawn(move || {
+                    let n = n + 1;
+                    let mut c = Connection::new(s);
+                    while let Ok(Some(f)) = c.recv() {
+                        let reply = match f.msg {
+                            Message::RegisterEnd {} => {
+                                let _ = reg_tx.send(n);
+                                Some(Message::Registered {
+                                    epoch: 7,
+                                    heartbeat_interval_ms: 50,
+                                    backup: false,
+                                    lease_ms: 60_000,
+                                })
+                            }
+                            Message::Heartbeat { seq, .. } => Some(Message::HeartbeatAck {
+                                partner: None,
+                                seq,
+                                epoch: 0,
+                                writer: true,
+                                lease_ms: 60_000,
+                            }),
+                            Message::Changed { id, state, .. } => {
+                                let _ = rep_tx.send((n, id, state.file.clone()));
+                                match state.file.as_str() {
+                                    "kill" => return,
+                                    "hold" => None,
+                                    f => {
+                                        let copies =
+                                            f.strip_prefix("ack-").and_then(|c| c.parse().ok());
+                                        Some(Message::ChangedAck { id, copies })
+                                    }
+                                }
+                            }
+                            Message::Removed { id, file } => {
+                                let _ = rep_tx.send((n, id, file));
+                                Some(Message::ChangedAck { id, copies: None })
+                            }
+                            _ => None,
+                        };
+                        if let Some(m) = reply {
+                            if c.send(&m, &[]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        FakeNm {
+            addr,
+            down,
+            registered,
+            reports,
+        }
+    }
+
+    /// A link of server `ss1` to `nm_addr` with at most `cap` reports awaiting their ack.
+    struct Link {
+        link: NmLink,
+        stop: Arc<AtomicBool>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Drop for Link {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn link(nm_addr: &str, cap: usize) -> Link {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), "ss1").unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
+        let cfg = LinkConfig {
+            nm_addr: nm_addr.to_string(),
+            name: "ss1".into(),
+            host: "127.0.0.1".into(),
+            client_port: 1,
+            backup_of: None,
+            key: ClusterKey::from_bytes(b"test cluster key 0123456789"),
+            heartbeat_interval_ms: 50,
+        };
+        let link = NmLink::start_capped(cfg, store, stop.clone(), cap);
+        Link {
+            link,
+            stop,
+            _dir: dir,
+        }
+    }
+
+    /// Waits until `l` has registered (its outbox is in place).
+    fn wait_registered(l: &NmLink) {
+        let deadline = Instant::now() + WAIT;
+        while !l.is_registered() {
+            assert!(Instant::now() < deadline, "never registered");
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn state(file: &str) -> FileState {
+        FileState {
+            file: file.into(),
+            version: Version {
+                epoch: 7,
+                counter: 1,
+            },
+            checksum: 0,
+            size: 0,
+            words: 0,
+            chars: 0,
+            modified_ms: 1,
+            owner: None,
+        }
+    }
+
+    /// Reports `file` with `wait`; the result and how long it took.
+    fn report(
+        l: &NmLink,
+        file: &str,
+        wait: Duration,
+    ) -> (Result<Option<u32>, WireError>, Duration) {
+        let t = Instant::now();
+        let r = l.changed(state(file), wait);
+        (r, t.elapsed())
+    }
+
+    fn assert_unconfirmed(r: Result<Option<u32>, WireError>) {
+        let e = r.unwrap_err();
+        assert_eq!(e.code, ErrorCode::Unavailable);
+        assert!(e.msg.contains("not yet confirmed"), "{}", e.msg);
+    }
+
+    #[test]
+    fn a_report_without_a_session_fails_at_once() {
+        // A port with nobody listening: no session ever registers.
+        let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let l = link(&addr, REPORT_QUEUE_CAP);
+        let (r, took) = report(&l.link, "ack-1", WAIT);
+        assert_unconfirmed(r);
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+        l.link.removed_nowait("gone");
+    }
+
+    #[test]
+    fn each_ack_reaches_its_own_committer() {
+        let nm = fake_nm();
+        let l = Arc::new(link(&nm.addr, REPORT_QUEUE_CAP));
+        wait_registered(&l.link);
+        let committers: Vec<_> = (1..=16u32)
+            .map(|n| {
+                let l = l.clone();
+                thread::spawn(move || report(&l.link, &format!("ack-{n}"), WAIT).0)
+            })
+            .collect();
+        for (n, c) in (1..=16u32).zip(committers) {
+            assert_eq!(c.join().unwrap().unwrap(), Some(n));
+        }
+        // An ack with no copies: the name server no longer takes this server's changes.
+        let e = report(&l.link, "ack-0", WAIT).0.unwrap_err();
+        assert!(e.msg.contains("no longer its pair's writer"), "{}", e.msg);
+        l.link.removed_nowait("gone");
+        let ids: Vec<u64> = nm.reports.iter().take(18).map(|(_, id, _)| id).collect();
+        let mut unique = ids.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ids.len(), "ids given twice: {ids:?}");
+    }
+
+    #[test]
+    fn a_report_in_flight_when_the_link_dies_fails_promptly() {
+        let nm = fake_nm();
+        let l = Arc::new(link(&nm.addr, REPORT_QUEUE_CAP));
+        wait_registered(&l.link);
+        let l2 = l.clone();
+        let held = thread::spawn(move || report(&l2.link, "hold", WAIT));
+        let (conn, held_id, file) = nm.reports.recv_timeout(WAIT).unwrap();
+        assert_eq!((conn, file.as_str()), (1, "hold"));
+        // The name server closes the link on this one, and stays down: both reports are in
+        // flight then, and no later session can answer them.
+        nm.down.store(true, Ordering::SeqCst);
+        let (r, took) = report(&l.link, "kill", WAIT);
+        assert_unconfirmed(r);
+        assert!(took < WAIT / 2, "took {took:?}");
+        let (r, took) = held.join().unwrap();
+        assert_unconfirmed(r);
+        assert!(took < WAIT / 2, "the held report waited {took:?}");
+        // Back up: the link registers again and reports flow on the new session, with new ids.
+        nm.down.store(false, Ordering::SeqCst);
+        assert_eq!(nm.registered.recv_timeout(WAIT).unwrap(), 1);
+        assert_eq!(nm.registered.recv_timeout(WAIT).unwrap(), 2);
+        wait_registered(&l.link);
+        assert_eq!(report(&l.link, "ack-3", WAIT).0.unwrap(), Some(3));
+        let (_, kill_id, _) = nm.reports.recv_timeout(WAIT).unwrap();
+        let (conn, id, file) = nm.reports.recv_timeout(WAIT).unwrap();
+        assert_eq!((conn, file.as_str()), (2, "ack-3"));
+        assert!(id > held_id.max(kill_id), "id {id} given again");
+    }
+
+    #[test]
+    fn reports_beyond_the_cap_are_refused_at_once() {
+        let nm = fake_nm();
+        let l = Arc::new(link(&nm.addr, 2));
+        wait_registered(&l.link);
+        let hold = Duration::from_secs(3);
+        let held: Vec<_> = (0..2)
+            .map(|_| {
+                let l = l.clone();
+                thread::spawn(move || report(&l.link, "hold", hold))
+            })
+            .collect();
+        for _ in 0..2 {
+            assert_eq!(nm.reports.recv_timeout(WAIT).unwrap().2, "hold");
+        }
+        // Two reports await their ack: a third is refused without waiting or being sent.
+        let (r, took) = report(&l.link, "ack-1", WAIT);
+        assert_unconfirmed(r);
+        assert!(took < hold / 2, "took {took:?}");
+        for h in held {
+            let (r, took) = h.join().unwrap();
+            assert_unconfirmed(r);
+            assert!(took >= hold, "a held report gave up after {took:?}");
+        }
+        // The held reports' committers gave up and took them out: there is room again.
+        assert_eq!(report(&l.link, "ack-2", WAIT).0.unwrap(), Some(2));
+        assert_eq!(nm.reports.recv_timeout(WAIT).unwrap().2, "ack-2");
+    }
 }
