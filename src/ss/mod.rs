@@ -96,6 +96,9 @@ pub struct Running {
     addr: SocketAddr,
     shared: Arc<server::Shared>,
     accept: Option<JoinHandle<()>>,
+    /// The journal's checkpoint thread, joined at stop: once stopped, nothing of this server
+    /// touches its storage directory any more.
+    journal: Option<JoinHandle<()>>,
 }
 
 impl Running {
@@ -119,6 +122,9 @@ impl Running {
         // Wake the blocking accept so it sees the flag.
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(500));
         if let Some(h) = self.accept.take() {
+            let _ = h.join();
+        }
+        if let Some(h) = self.journal.take() {
             let _ = h.join();
         }
         let deadline = Instant::now() + Duration::from_millis(SHUTDOWN_WAIT_MS);
@@ -210,7 +216,7 @@ pub fn start(cfg: Config) -> Result<Running, SsError> {
         .map_err(SsError::Thread)?;
     let s4 = shared.clone();
     let period = Duration::from_millis(cfg.journal_checkpoint_ms.max(1));
-    thread::Builder::new()
+    let journal = thread::Builder::new()
         .name("ss-journal".into())
         .spawn(move || {
             let mut last = Instant::now();
@@ -246,6 +252,7 @@ pub fn start(cfg: Config) -> Result<Running, SsError> {
         addr,
         shared,
         accept: Some(accept),
+        journal: Some(journal),
     })
 }
 

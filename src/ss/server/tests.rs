@@ -92,11 +92,12 @@ fn fake_nm() -> FakeNm {
     }
 }
 
+/// Fields drop in order: the server stops before its directory is removed.
 struct Cluster {
-    _dir: tempfile::TempDir,
+    ss: Running,
     nm: FakeNm,
     key: ClusterKey,
-    ss: Running,
+    _dir: tempfile::TempDir,
 }
 
 fn config(dir: &std::path::Path, nm_addr: &str, key: &ClusterKey) -> Config {
@@ -627,10 +628,10 @@ fn a_file_removed_by_hand_is_reported_on_access() {
 
 /// A second storage server on the same fake name server and key.
 struct Peer {
-    dir: tempfile::TempDir,
+    ss: Running,
     name: String,
     key: ClusterKey,
-    ss: Running,
+    dir: tempfile::TempDir,
 }
 
 fn peer(cl: &Cluster, name: &str, fault_flip_put: bool) -> Peer {
