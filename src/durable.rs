@@ -179,15 +179,14 @@ pub fn create_dir_all(dir: &Path) -> io::Result<()> {
     DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir)
 }
 
-/// A fresh, unique temp path inside `tmp_dir`.
+/// A fresh, unique temp path inside `tmp_dir`: this process's id and a random salt drawn
+/// once (a later process given the same id draws another), then a sequence number.
 pub fn temp_path(tmp_dir: &Path) -> PathBuf {
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let prefix =
+        PREFIX.get_or_init(|| format!("t{}-{}", std::process::id(), crate::auth::random_hex(4)));
     let n = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
-    tmp_dir.join(format!(
-        "t{}-{}-{}",
-        std::process::id(),
-        n,
-        crate::auth::random_hex(4)
-    ))
+    tmp_dir.join(format!("{prefix}-{n}"))
 }
 
 /// Swaps the names `a` and `b`, both existing, atomically: `renameat2(RENAME_EXCHANGE)` where
