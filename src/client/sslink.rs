@@ -158,19 +158,21 @@ fn closed_before_reply(e: &ConnError) -> bool {
     }
 }
 
-/// Whether the peer has closed `c` (checked without blocking and without consuming bytes), so
-/// an idle client notices a restarted server before sending into a dead connection.
+/// Whether the peer has closed `c` (checked without blocking and without consuming bytes, in
+/// one system call), so an idle client notices a restarted server before sending into a dead
+/// connection.
 pub(super) fn peer_closed(c: &Connection) -> bool {
-    let s = c.stream();
-    if s.set_nonblocking(true).is_err() {
-        return true;
-    }
+    use nix::sys::socket::{recv, MsgFlags};
+    use std::os::fd::AsRawFd;
     let mut probe = [0u8; 1];
     // Bytes nobody asked for (neither server sends unsolicited frames) would be taken for the
-    // next reply, so a connection holding any is as good as closed.
-    let closed = match s.peek(&mut probe) {
+    // next reply, so a connection holding any is as good as closed; so is an end of stream.
+    match recv(
+        c.stream().as_raw_fd(),
+        &mut probe,
+        MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+    ) {
         Ok(_) => true,
-        Err(e) => e.kind() != io::ErrorKind::WouldBlock,
-    };
-    closed || s.set_nonblocking(false).is_err()
+        Err(e) => e != nix::errno::Errno::EAGAIN,
+    }
 }
