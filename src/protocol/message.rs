@@ -1,4 +1,4 @@
-//! Every message pairfs sends, in one enum. This file is the wire contract; `frame.rs` says how
+//! Every message pairfs sends, in one enum. This file is the wire contract; `frame/` says how
 //! a message and its optional raw body are laid out on a byte stream.
 //!
 //! Conversations (each arrow is one frame; `*` means repeated):
