@@ -9,8 +9,9 @@
 //! `armed` flag, cleared by the I/O thread before it drains the channel).
 //!
 //! A committer hands its report to the I/O thread itself, one thread hand-off on the critical
-//! path of every commit: while a session is registered, the [`NmLink`] handle reaches its
-//! outbox, and under the outbox lock the committer takes the next report id, puts its reply
+//! path of every commit: from the moment a session's connection is up (so a report made while
+//! the server registers waits there and goes out after the registration), the [`NmLink`]
+//! handle reaches its outbox, and under the outbox lock the committer takes the next report id, puts its reply
 //! channel in the outbox's `pending` map and queues the frame and the wake-up. The I/O thread
 //! matches each `CHANGED_ACK` to `pending` by id, under the same lock. Ids are never reused,
 //! not even by a later session, so a late ack from an old link cannot answer a new report.
@@ -539,6 +540,20 @@ fn session(
     let mut conn = Connection::connect(&cfg.nm_addr, Duration::from_millis(2_000))
         .map_err(|e| err::unavailable(format!("connect to {}: {e}", cfg.nm_addr)))?;
     conn.set_timeout(Some(io_timeout)).map_err(io_err)?;
+    // Committers reach the link from here on: a report made while this server registers
+    // (after its file list was taken) waits in the outbox and goes out once the I/O thread
+    // runs. The guard takes the outbox away on every way out of this function.
+    let (wake_rx, wake_tx) = UnixStream::pair().map_err(io_err)?;
+    wake_rx.set_nonblocking(true).map_err(io_err)?;
+    wake_tx.set_nonblocking(true).map_err(io_err)?;
+    let (out_tx, out_rx) = crossbeam_channel::unbounded::<Message>();
+    let armed = Arc::new(AtomicBool::new(false));
+    let door = Door {
+        out: out_tx,
+        wake: Arc::new(wake_tx),
+        armed: armed.clone(),
+    };
+    let _outbox = OutboxGuard::install(slot, door.clone());
     let files = store.list()?;
     conn.send(
         &Message::Register {
@@ -599,16 +614,6 @@ fn session(
     stream
         .set_read_timeout(Some(read_timeout))
         .map_err(io_err)?;
-    let (wake_rx, wake_tx) = UnixStream::pair().map_err(io_err)?;
-    wake_rx.set_nonblocking(true).map_err(io_err)?;
-    wake_tx.set_nonblocking(true).map_err(io_err)?;
-    let (out_tx, out_rx) = crossbeam_channel::unbounded::<Message>();
-    let armed = Arc::new(AtomicBool::new(false));
-    let door = Door {
-        out: out_tx,
-        wake: Arc::new(wake_tx),
-        armed: armed.clone(),
-    };
     let sent: Sent = Arc::new(Mutex::new(VecDeque::new()));
     let (dead_tx, dead_rx) = bounded::<String>(1);
     let grants = Grants {
@@ -629,12 +634,6 @@ fn session(
         .name("nm-link-io".into())
         .spawn(move || io.run(conn, grants, dead_tx))
         .map_err(io_err)?;
-    // Committers reach the link from here on. The outbox is in place before the lease is
-    // granted, so a change admitted under this registration's lease finds it.
-    slot.lock().unwrap_or_else(|p| p.into_inner()).outbox = Some(Outbox {
-        door: door.clone(),
-        pending: HashMap::new(),
-    });
 
     store.epoch().store(epoch, Ordering::SeqCst);
     flags.backup.store(backup, Ordering::SeqCst);
@@ -680,15 +679,35 @@ fn session(
             }
         }
     })();
-    {
+    drop(_outbox);
+    let _ = stream.shutdown(Shutdown::Both);
+    result
+}
+
+/// A session's outbox, installed in the slot while the session lives.
+struct OutboxGuard<'a> {
+    slot: &'a OutboxSlot,
+}
+
+impl<'a> OutboxGuard<'a> {
+    /// Puts a new outbox sending through `door` in `slot`.
+    fn install(slot: &'a OutboxSlot, door: Door) -> OutboxGuard<'a> {
+        slot.lock().unwrap_or_else(|p| p.into_inner()).outbox = Some(Outbox {
+            door,
+            pending: HashMap::new(),
+        });
+        OutboxGuard { slot }
+    }
+}
+
+impl Drop for OutboxGuard<'_> {
+    fn drop(&mut self) {
         // The outbox goes first, so no report joins `pending` after this; then `pending` is
         // dropped, under the same lock, and every committer still waiting hears at once.
-        let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
         let outbox = slot.outbox.take();
         drop(outbox);
     }
-    let _ = stream.shutdown(Shutdown::Both);
-    result
 }
 
 /// Heartbeat sequence numbers with their send times.
@@ -864,6 +883,8 @@ mod tests {
     struct FakeNm {
         addr: String,
         down: Arc<AtomicBool>,
+        /// While set, REGISTERED waits (the registration is seen on `registered` first).
+        hold_registered: Arc<AtomicBool>,
         /// The number of each connection that registered (from 1).
         registered: Receiver<usize>,
         /// Every CHANGED and REMOVED received: connection number, report id, file.
@@ -877,6 +898,8 @@ mod tests {
         let (rep_tx, reports) = crossbeam_channel::unbounded();
         let down = Arc::new(AtomicBool::new(false));
         let down2 = down.clone();
+        let hold_registered = Arc::new(AtomicBool::new(false));
+        let hold = hold_registered.clone();
         thread::spawn(move || {
             for (n, s) in l.incoming().enumerate() {
                 let Ok(s) = s else { break };
@@ -884,6 +907,7 @@ mod tests {
                     continue;
                 }
                 let (reg_tx, rep_tx) = (reg_tx.clone(), rep_tx.clone());
+                let hold = hold.clone();
                 thread::spawn(move || {
                     let n = n + 1;
                     let mut c = Connection::new(s);
@@ -891,6 +915,9 @@ mod tests {
                         let reply = match f.msg {
                             Message::RegisterEnd {} => {
                                 let _ = reg_tx.send(n);
+                                while hold.load(Ordering::SeqCst) {
+                                    thread::sleep(Duration::from_millis(5));
+                                }
                                 Some(Message::Registered {
                                     epoch: 7,
                                     heartbeat_interval_ms: 50,
@@ -935,6 +962,7 @@ mod tests {
         FakeNm {
             addr,
             down,
+            hold_registered,
             registered,
             reports,
         }
@@ -1027,6 +1055,36 @@ mod tests {
         assert_unconfirmed(r);
         assert!(took < Duration::from_secs(2), "took {took:?}");
         l.link.removed_nowait("gone");
+    }
+
+    #[test]
+    fn a_report_made_while_the_server_registers_goes_out_after_it() {
+        let nm = fake_nm();
+        nm.hold_registered.store(true, Ordering::SeqCst);
+        let l = Arc::new(link(&nm.addr, REPORT_QUEUE_CAP));
+        // The file list has gone out; REGISTERED has not come back yet.
+        assert_eq!(nm.registered.recv_timeout(WAIT).unwrap(), 1);
+        assert!(!l.link.is_registered());
+        l.link.removed_nowait("gone");
+        let l2 = l.clone();
+        let committer = thread::spawn(move || report(&l2.link, "ack-1", WAIT).0);
+        let waiting = || {
+            let slot = l.link.slot.lock().unwrap();
+            slot.outbox.as_ref().map_or(0, |o| o.pending.len())
+        };
+        let deadline = Instant::now() + WAIT;
+        while waiting() == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the report never reached the outbox"
+            );
+            thread::sleep(Duration::from_millis(2));
+        }
+        assert!(!l.link.is_registered());
+        nm.hold_registered.store(false, Ordering::SeqCst);
+        assert_eq!(committer.join().unwrap().unwrap(), Some(1));
+        let files: Vec<String> = nm.reports.iter().take(2).map(|(_, _, f)| f).collect();
+        assert_eq!(files, ["gone", "ack-1"]);
     }
 
     #[test]
