@@ -193,7 +193,15 @@ pub fn run_with(opts: &Options, input: &mut dyn LineSource, out: &mut dyn Write)
             }
         };
     let mut status = Status::default();
-    while let Some(line) = input.next_line(PROMPT) {
+    loop {
+        // A person may take minutes over the next line: the storage server's connection slot
+        // is given back meanwhile (see `sslink`).
+        if input.interactive() {
+            session.drop_kept();
+        }
+        let Some(line) = input.next_line(PROMPT) else {
+            break;
+        };
         let ok = run_line(&mut session, line, input, out, &mut status);
         if out.flush().is_err() || !ok {
             break;

@@ -671,6 +671,31 @@ impl Session {
         }
     }
 
+    /// Sends `req` (one that changes nothing until answered, on a ticket from a fresh LOCATE)
+    /// to storage server `ss` at `addr` and reads the first frame of its answer: on the kept
+    /// connection to that server when there is one, else on a new one. `None` when the kept
+    /// connection was lost before an answer: the caller LOCATEs again, for a fresh ticket,
+    /// and that try goes on a new connection (see [`super::sslink`]).
+    fn first_reply(
+        &mut self,
+        ss: &str,
+        addr: &str,
+        req: &Message,
+    ) -> Option<Result<(SsLink, Frame), WireError>> {
+        if let Some(link) = self.kept.take(ss, addr) {
+            return link.first_reply_kept(req).map(Ok);
+        }
+        Some(SsLink::connect(ss, addr).and_then(|mut link| {
+            let f = link.first_reply(req)?;
+            Ok((link, f))
+        }))
+    }
+
+    /// Closes the storage-server connection kept from the last command, if any.
+    pub fn drop_kept(&mut self) {
+        self.kept.clear();
+    }
+
     /// Keeps `link`, whose command ended cleanly, for the next command to its server.
     fn keep(&mut self, link: SsLink) {
         if link
@@ -742,13 +767,13 @@ impl Session {
                 // No other copy to try: "that server is full" says more than "no other copy".
                 Err(e) => return Err(full.map_or(e, CmdError::from)),
             };
-            let opened =
-                self.kept
-                    .first_reply(&ss, &addr, &make(ticket))
-                    .and_then(|(link, first)| match first.msg {
-                        Message::Err { code, msg } => Err(WireError { code, msg }),
-                        _ => Ok((link, first)),
-                    });
+            let Some(opened) = self.first_reply(&ss, &addr, &make(ticket)) else {
+                continue;
+            };
+            let opened = opened.and_then(|(link, first)| match first.msg {
+                Message::Err { code, msg } => Err(WireError { code, msg }),
+                _ => Ok((link, first)),
+            });
             match opened {
                 Ok(x) => return Ok(x),
                 // LIMIT: that copy's server has no free connection slot; the other may.
@@ -1029,10 +1054,10 @@ impl Session {
                 sentence,
                 ticket,
             };
-            let opened = self
-                .kept
-                .first_reply(&ss, &addr, &req)
-                .and_then(|(link, f)| Ok((f.msg.into_result()?, f.body, link)));
+            let Some(opened) = self.first_reply(&ss, &addr, &req) else {
+                continue;
+            };
+            let opened = opened.and_then(|(link, f)| Ok((f.msg.into_result()?, f.body, link)));
             match opened {
                 Ok((Message::WriteOpened {}, body, link)) => {
                     return Ok(Opened {

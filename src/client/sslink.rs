@@ -8,17 +8,21 @@
 //!
 //! A kept connection may be closed by its server meanwhile: a storage server closes
 //! connections idle past its `--idle-timeout-s`, and a restarted one has lost them. It is
-//! looked at first, without blocking ([`peer_closed`]); a close that races with the request
-//! shows as the connection ending (or reset) before any reply, and the request then goes once
-//! more on a new connection. That is safe because only requests that change nothing until
-//! they are answered go on a kept connection: READ, STREAM, DOWNLOAD's read and WRITE_BEGIN
-//! (whose sentence lock ends with its connection). A timeout or a malformed reply is never
-//! retried. UPLOAD, whose request is followed by the file's bytes, always opens its own.
+//! looked at first, without blocking ([`peer_closed`]). A close that races with the request,
+//! or a server gone silent (its host powered off: no close ever arrives), shows as the
+//! connection ending, failing, or giving no answer within a new connection's connect timeout;
+//! the command then asks the name server again (for a fresh single-use ticket) and goes on a
+//! new connection. That is safe because only requests that change nothing until they are
+//! answered go on a kept connection: READ, STREAM, DOWNLOAD's read and WRITE_BEGIN (whose
+//! sentence lock ends with its connection). UPLOAD, whose request is followed by the file's
+//! bytes, always opens its own. An interactive client closes its kept connection before it
+//! waits for the person's next line: a connection slot and a thread on the server are worth
+//! more than the client's next connect.
 
 use crate::protocol::frame::ConnError;
 use crate::protocol::{err, Connection, Frame, Message, WireError};
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::session::{CONNECT_TIMEOUT_MS, REFUSAL_WAIT_MS, SS_REPLY_TIMEOUT_MS};
 
@@ -113,48 +117,40 @@ impl Kept {
         self.0 = Some(link);
     }
 
-    /// Sends `req` (one that changes nothing until answered, see the module docs) to storage
-    /// server `ss` at `addr` and reads the first frame of its answer, on the kept connection
-    /// when it goes to the same server and is still open, else on a new one.
-    pub(super) fn first_reply(
-        &mut self,
-        ss: &str,
-        addr: &str,
-        req: &Message,
-    ) -> Result<(SsLink, Frame), WireError> {
-        let kept = self
-            .0
-            .take()
-            .filter(|l| l.ss == ss && l.addr == addr && !peer_closed(&l.conn));
-        if let Some(mut link) = kept {
-            let sent = link.conn.send(req, b"").map_err(ConnError::Io);
-            match sent.and_then(|()| link.conn.recv_some()) {
-                Ok(f) => return Ok((link, f)),
-                Err(e) if closed_before_reply(&e) => {
-                    log::debug!("{} closed the kept connection: {e}", link.describe());
-                }
-                Err(e) => return Err(link.broken(e)),
-            }
-        }
-        let mut link = SsLink::connect(ss, addr)?;
-        let f = link.first_reply(req)?;
-        Ok((link, f))
+    /// Closes the kept connection, if any.
+    pub(super) fn clear(&mut self) {
+        self.0 = None;
+    }
+
+    /// The kept connection to storage server `ss` at `addr`, if there is one that is still
+    /// open and holds nothing unread.
+    pub(super) fn take(&mut self, ss: &str, addr: &str) -> Option<SsLink> {
+        let mut link = self.0.take().filter(|l| l.ss == ss && l.addr == addr)?;
+        (!link.conn.has_buffered_input() && !peer_closed(&link.conn)).then_some(link)
     }
 }
 
-/// Whether a request's failure on a kept connection means the server had closed it before
-/// reading the request: the connection ended or was reset, with no frame of an answer read.
-fn closed_before_reply(e: &ConnError) -> bool {
-    match e {
-        ConnError::Closed => true,
-        ConnError::Io(io) => matches!(
-            io.kind(),
-            io::ErrorKind::ConnectionReset
-                | io::ErrorKind::ConnectionAborted
-                | io::ErrorKind::BrokenPipe
-                | io::ErrorKind::UnexpectedEof
-        ),
-        ConnError::Frame(_) => false,
+impl SsLink {
+    /// Sends `req` on this kept connection and reads the first frame of the answer, waiting
+    /// no longer than a new connection's connect may take. `None` when the connection ended,
+    /// failed or stayed silent that long: the caller asks again on a new one.
+    pub(super) fn first_reply_kept(mut self, req: &Message) -> Option<(SsLink, Frame)> {
+        let by = Instant::now() + Duration::from_millis(CONNECT_TIMEOUT_MS);
+        let answer = match self.conn.send(req, b"") {
+            Ok(()) => self.conn.recv_by(by),
+            Err(e) => Err(e.into()),
+        };
+        match answer {
+            Ok(Some(f)) => Some((self, f)),
+            Ok(None) => {
+                log::debug!("{} closed the kept connection", self.describe());
+                None
+            }
+            Err(e) => {
+                log::debug!("{} lost the kept connection: {e}", self.describe());
+                None
+            }
+        }
     }
 }
 

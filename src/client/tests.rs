@@ -413,7 +413,7 @@ fn a_kept_connection_its_server_closed_is_replaced() {
 }
 
 #[test]
-fn a_request_lost_with_a_kept_connection_goes_once_more_on_a_new_one() {
+fn a_request_lost_with_a_kept_connection_is_located_again_and_sent_on_a_new_one() {
     // Each connection serves one command; the request opening a second one is read and the
     // connection closed without an answer, as by a server whose idle timeout ran out then.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -438,13 +438,13 @@ fn a_request_lost_with_a_kept_connection_goes_once_more_on_a_new_one() {
             log.lock().unwrap().push(opened);
         }
     });
-    // Counts LOCATEs: a lost request retried as a failure would LOCATE again.
-    let locates = Arc::new(AtomicUsize::new(0));
-    let counter = locates.clone();
+    // Records each LOCATE's `avoid`: a lost kept connection is no reason to avoid a copy.
+    let locates = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = locates.clone();
     let answer = nm_reply(ss);
     let nm = serve(Box::new(move |m, body| {
-        if matches!(m, Message::Locate { .. }) {
-            counter.fetch_add(1, Ordering::SeqCst);
+        if let Message::Locate { avoid, .. } = m {
+            seen.lock().unwrap().push(avoid.clone());
         }
         answer(m, body)
     }));
@@ -461,7 +461,8 @@ fn a_request_lost_with_a_kept_connection_goes_once_more_on_a_new_one() {
         [2, 2],
         "commands opened per closed connection: {done:?}"
     );
-    assert_eq!(locates.load(Ordering::SeqCst), 3, "one LOCATE per command");
+    // One LOCATE per command, and one more (a fresh ticket) for each lost request.
+    assert_eq!(*locates.lock().unwrap(), vec![None; 5]);
 }
 
 #[test]

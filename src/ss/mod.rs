@@ -96,8 +96,8 @@ pub struct Running {
     addr: SocketAddr,
     shared: Arc<server::Shared>,
     accept: Option<JoinHandle<()>>,
-    /// The journal's checkpoint thread, joined at stop: once stopped, nothing of this server
-    /// touches its storage directory any more.
+    /// The journal's checkpoint thread, joined at stop, so that no checkpoint runs on the
+    /// storage directory once the server has stopped.
     journal: Option<JoinHandle<()>>,
 }
 
