@@ -180,7 +180,8 @@ pub fn create_dir_all(dir: &Path) -> io::Result<()> {
 }
 
 /// A fresh, unique temp path inside `tmp_dir`: this process's id and a random salt drawn
-/// once (a later process given the same id draws another), then a sequence number.
+/// once (a later process given the same id draws another), then a sequence number. A child
+/// forked later would repeat its parent's names; no process that forks makes temp files.
 pub fn temp_path(tmp_dir: &Path) -> PathBuf {
     static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let prefix =
