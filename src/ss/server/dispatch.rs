@@ -60,10 +60,11 @@ pub fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-/// Connection threads kept between connections. A client or the name server opens a
-/// connection per operation, so starting a thread for each (its stack mapped, then unmapped)
-/// would add that cost to every request's latency and CPU; a thread that finished a
-/// connection parks instead and is handed the next one.
+/// Connection threads kept between connections. The name server opens a connection per
+/// operation (a client keeps its own between commands, but a new client opens a new one), so
+/// starting a thread for each (its stack mapped, then unmapped) would add that cost to every
+/// such request's latency and CPU; a thread that finished a connection parks instead and is
+/// handed the next one.
 ///
 /// `idle` counts the parked threads no connection was handed to yet. The accept loop claims
 /// one (`idle - 1`, never below 0) before it sends a connection, so a sent connection always
