@@ -6,8 +6,8 @@
 //! WRITE through the wire protocol exactly as the client does (each client keeps its connection
 //! to the storage server from one READ or WRITE to the next, as `bin_client` does). Every row
 //! runs a fixed number of operations per writer (`--ops`) inside a wall-clock budget
-//! (`--row-budget-s`), so the whole run stays bounded. The small-op rows (the raw baselines, CREATE, WRITE, READ) run in
-//! `--rounds` rounds, each measuring every baseline and every pairfs row once, so the baselines
+//! (`--row-budget-s`), so the whole run stays bounded. The small-op rows (the raw baselines,
+//! CREATE, WRITE, READ) run in `--rounds` rounds, each measuring every baseline and every pairfs row once, so the baselines
 //! share the machine's state with the figures compared with them; each figure printed is the
 //! median of the rounds, with the spread (lowest and highest). The ratio column divides a
 //! row's throughput by its baseline from the same rounds: the 1-writer raw durable write for a
@@ -616,14 +616,7 @@ fn steps_row(c: &Cluster, raw_dir: &Path, ops: u64) -> Result<Vec<(&'static str,
             other => bail!("LOCATE {file} answered with {}", other.op_name()),
         };
         lap(1, &mut t);
-        let mut ss = match kept.take().filter(|(a, _)| *a == addr) {
-            Some((_, ss)) => ss,
-            None => {
-                let ss = Connection::connect(&addr, io_timeout())?;
-                ss.set_timeout(Some(io_timeout()))?;
-                ss
-            }
-        };
+        let mut ss = ss_connection(&mut kept, &addr)?;
         lap(2, &mut t);
         let begin = Message::WriteBegin {
             file: file.into(),
@@ -820,13 +813,19 @@ fn locate_and_connect(
         Message::Located { addr, ticket, .. } => (addr, ticket),
         other => bail!("LOCATE {file} answered with {}", other.op_name()),
     };
-    if let Some((_, ss)) = kept.take().filter(|(a, _)| *a == addr) {
-        return Ok((addr, ss, ticket));
+    let ss = ss_connection(kept, &addr)?;
+    Ok((addr, ss, ticket))
+}
+
+/// The connection `kept` for the storage server at `addr`, else a new one to it.
+fn ss_connection(kept: &mut Kept, addr: &str) -> Result<Connection> {
+    if let Some((_, ss)) = kept.take().filter(|(a, _)| a == addr) {
+        return Ok(ss);
     }
-    let ss = Connection::connect(&addr, io_timeout())
+    let ss = Connection::connect(addr, io_timeout())
         .with_context(|| format!("connecting to the storage server at {addr}"))?;
     ss.set_timeout(Some(io_timeout()))?;
-    Ok((addr, ss, ticket))
+    Ok(ss)
 }
 
 /// READs `file` (LOCATE for reading, then the storage server's READ_OK, chunks and END) and

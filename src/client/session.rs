@@ -319,12 +319,7 @@ impl Session {
         let result: Result<Frame, CmdError> = match conn.recv_some() {
             Ok(f) => Ok(f),
             Err(ConnError::Frame(e)) => Err(WireError::from(e).into()),
-            Err(ConnError::Io(e))
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
-                ) =>
-            {
+            Err(e) if e.timed_out() => {
                 Err(err::timeout("the name server did not answer in time").into())
             }
             Err(_) => Err(CmdError::lost_nm()),

@@ -57,12 +57,7 @@ impl SsLink {
     pub(super) fn broken(&self, e: ConnError) -> WireError {
         match e {
             ConnError::Frame(f) => f.into(),
-            ConnError::Io(ref io)
-                if matches!(
-                    io.kind(),
-                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
-                ) =>
-            {
+            e if e.timed_out() => {
                 err::timeout(format!("{} did not answer in time", self.describe()))
             }
             _ => err::unavailable(format!("lost connection to {}", self.describe())),
@@ -105,6 +100,28 @@ impl SsLink {
         }
         self.recv()
     }
+
+    /// Sends `req` on this kept connection and reads the first frame of the answer, waiting
+    /// no longer than a new connection's connect may take. `None` when the connection ended,
+    /// failed or stayed silent that long: the caller asks again on a new one.
+    pub(super) fn first_reply_kept(mut self, req: &Message) -> Option<(SsLink, Frame)> {
+        let by = Instant::now() + Duration::from_millis(CONNECT_TIMEOUT_MS);
+        let answer = match self.conn.send(req, b"") {
+            Ok(()) => self.conn.recv_by(by),
+            Err(e) => Err(e.into()),
+        };
+        match answer {
+            Ok(Some(f)) => Some((self, f)),
+            Ok(None) => {
+                log::debug!("{} closed the kept connection", self.describe());
+                None
+            }
+            Err(e) => {
+                log::debug!("{} lost the kept connection: {e}", self.describe());
+                None
+            }
+        }
+    }
 }
 
 /// The storage-server connection kept from the last command that ended cleanly.
@@ -127,30 +144,6 @@ impl Kept {
     pub(super) fn take(&mut self, ss: &str, addr: &str) -> Option<SsLink> {
         let mut link = self.0.take().filter(|l| l.ss == ss && l.addr == addr)?;
         (!link.conn.has_buffered_input() && !peer_closed(&link.conn)).then_some(link)
-    }
-}
-
-impl SsLink {
-    /// Sends `req` on this kept connection and reads the first frame of the answer, waiting
-    /// no longer than a new connection's connect may take. `None` when the connection ended,
-    /// failed or stayed silent that long: the caller asks again on a new one.
-    pub(super) fn first_reply_kept(mut self, req: &Message) -> Option<(SsLink, Frame)> {
-        let by = Instant::now() + Duration::from_millis(CONNECT_TIMEOUT_MS);
-        let answer = match self.conn.send(req, b"") {
-            Ok(()) => self.conn.recv_by(by),
-            Err(e) => Err(e.into()),
-        };
-        match answer {
-            Ok(Some(f)) => Some((self, f)),
-            Ok(None) => {
-                log::debug!("{} closed the kept connection", self.describe());
-                None
-            }
-            Err(e) => {
-                log::debug!("{} lost the kept connection: {e}", self.describe());
-                None
-            }
-        }
     }
 }
 

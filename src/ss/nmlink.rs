@@ -228,13 +228,13 @@ impl Door {
     }
 }
 
-/// What a registered session lends committers.
+/// What a session lends committers, from the moment its connection is up.
 struct Outbox {
     door: Door,
     pending: Pending,
 }
 
-/// The current session's outbox, if a session is registered, and the report ids.
+/// The current session's outbox, if a session's connection is up, and the report ids.
 struct Slot {
     outbox: Option<Outbox>,
     /// The last report id given. Never reset: an ack read late off an old session's link
@@ -427,7 +427,7 @@ impl NmLink {
 
     /// Queues the report `frame(id)` on the registered session, under the outbox lock: gives
     /// it the next id and, when a committer waits for the ack on `reply`, an entry in
-    /// `pending`. Returns the id, or `None` when no session is registered or the bound is
+    /// `pending`. Returns the id, or `None` when no session is connected or the bound is
     /// reached (see the module docs).
     fn post(
         &self,
@@ -704,9 +704,7 @@ impl Drop for OutboxGuard<'_> {
     fn drop(&mut self) {
         // The outbox goes first, so no report joins `pending` after this; then `pending` is
         // dropped, under the same lock, and every committer still waiting hears at once.
-        let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
-        let outbox = slot.outbox.take();
-        drop(outbox);
+        self.slot.lock().unwrap_or_else(|p| p.into_inner()).outbox = None;
     }
 }
 

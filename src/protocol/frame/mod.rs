@@ -283,21 +283,23 @@ pub enum ConnError {
     Closed,
 }
 
+impl ConnError {
+    /// Whether the peer did not answer in time: a read timeout ran out (`WouldBlock` on Unix)
+    /// or a frame deadline passed.
+    pub fn timed_out(&self) -> bool {
+        matches!(self, ConnError::Io(io)
+            if matches!(io.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock))
+    }
+}
+
 impl From<ConnError> for WireError {
     fn from(e: ConnError) -> WireError {
         match e {
             ConnError::Frame(f) => f.into(),
-            ConnError::Io(ref io)
-                if matches!(
-                    io.kind(),
-                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
-                ) =>
-            {
-                WireError::new(
-                    ErrorCode::Timeout,
-                    format!("peer did not answer in time ({e})"),
-                )
-            }
+            ref timeout if timeout.timed_out() => WireError::new(
+                ErrorCode::Timeout,
+                format!("peer did not answer in time ({e})"),
+            ),
             other => WireError::new(ErrorCode::Unavailable, other.to_string()),
         }
     }
@@ -594,34 +596,37 @@ impl Connection {
     /// already is not set again, so the socket's timeouts must be set only through here (a
     /// clone of [`Connection::stream`] changing them leaves this connection's view stale).
     pub fn set_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        let mut now = self.timeouts.get();
-        now.wanted_read = Some(t);
-        if now.read != Some(t) {
-            now.read = None;
-            self.timeouts.set(now);
-            self.stream.tcp().set_read_timeout(t)?;
-            now.read = Some(t);
-        }
-        if now.write != Some(t) {
-            now.write = None;
-            self.timeouts.set(now);
-            self.stream.tcp().set_write_timeout(t)?;
-            now.write = Some(t);
-        }
-        self.timeouts.set(now);
-        Ok(())
+        self.timeouts.set(Timeouts {
+            wanted_read: Some(t),
+            ..self.timeouts.get()
+        });
+        self.set_read_timeout(t)?;
+        self.set_socket_timeout(t, |k| &mut k.write, TcpStream::set_write_timeout)
     }
 
     /// Gives the socket read timeout `t` unless it has it already.
     fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        self.set_socket_timeout(t, |k| &mut k.read, TcpStream::set_read_timeout)
+    }
+
+    /// Sets the socket timeout that `known` picks out of [`Timeouts`] to `t` with `apply`,
+    /// unless the socket has it already; while the call is made (and if it fails) the value
+    /// counts as not known.
+    fn set_socket_timeout(
+        &self,
+        t: Option<Duration>,
+        known: fn(&mut Timeouts) -> &mut Option<Option<Duration>>,
+        apply: fn(&TcpStream, Option<Duration>) -> io::Result<()>,
+    ) -> io::Result<()> {
         let mut now = self.timeouts.get();
-        if now.read != Some(t) {
-            now.read = None;
-            self.timeouts.set(now);
-            self.stream.tcp().set_read_timeout(t)?;
-            now.read = Some(t);
-            self.timeouts.set(now);
+        if *known(&mut now) == Some(t) {
+            return Ok(());
         }
+        *known(&mut now) = None;
+        self.timeouts.set(now);
+        apply(self.stream.tcp(), t)?;
+        *known(&mut now) = Some(t);
+        self.timeouts.set(now);
         Ok(())
     }
 

@@ -1087,6 +1087,17 @@ struct Stall {
     at_dir: AtomicBool,
 }
 
+/// A store on a [`Stall`] over a fresh simulated disk, holding [`FILE`] with one sentence
+/// ("one.") written through the journal.
+fn stalled() -> (tempfile::TempDir, Arc<SimDisk>, PathBuf, Arc<Stall>, Store) {
+    let (d, disk, root) = fresh();
+    let stall = Stall::new(&disk);
+    let s = Store::open_on(stall.clone(), &root, "ss1").unwrap();
+    s.create(FILE, "alice", 1).unwrap();
+    write(&s, "one.").unwrap();
+    (d, disk, root, stall, s)
+}
+
 impl Stall {
     fn new(disk: &Arc<SimDisk>) -> Arc<Stall> {
         Arc::new(Stall {
@@ -1277,12 +1288,8 @@ fn check_history(s: &Store, text: &str, version: Version, history: &[&str], what
 
 #[test]
 fn journaled_changes_proceed_while_a_checkpoint_syncs_what_its_sealed_log_touched() {
-    let (_d, disk, root) = fresh();
-    let stall = Stall::new(&disk);
-    let s = Store::open_on(stall.clone(), &root, "ss1").unwrap();
+    let (_d, disk, root, stall, s) = stalled();
     let j = s.journal.as_ref().unwrap().clone();
-    s.create(FILE, "alice", 1).unwrap();
-    write(&s, "one.").unwrap();
     s.create("b.txt", "bob", 1).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let acked = std::thread::scope(|scope| {
@@ -1323,11 +1330,7 @@ fn journaled_changes_proceed_while_a_checkpoint_syncs_what_its_sealed_log_touche
 
 #[test]
 fn a_power_cut_after_the_rotation_redoes_both_logs_in_order() {
-    let (_d, disk, root) = fresh();
-    let stall = Stall::new(&disk);
-    let s = Store::open_on(stall.clone(), &root, "ss1").unwrap();
-    s.create(FILE, "alice", 1).unwrap();
-    write(&s, "one.").unwrap();
+    let (_d, disk, root, stall, s) = stalled();
     let acked = std::thread::scope(|scope| {
         let s = &s;
         stall.arm();
@@ -1350,11 +1353,7 @@ fn a_power_cut_after_the_rotation_redoes_both_logs_in_order() {
 
 #[test]
 fn a_power_cut_after_the_sealed_logs_removal_before_its_directory_sync_redoes_both() {
-    let (_d, disk, root) = fresh();
-    let stall = Stall::new(&disk);
-    let s = Store::open_on(stall.clone(), &root, "ss1").unwrap();
-    s.create(FILE, "alice", 1).unwrap();
-    write(&s, "one.").unwrap();
+    let (_d, disk, root, stall, s) = stalled();
     s.create("b.txt", "bob", 1).unwrap();
     let acked = std::thread::scope(|scope| {
         let s = &s;
@@ -1382,11 +1381,7 @@ fn a_power_cut_after_the_sealed_logs_removal_before_its_directory_sync_redoes_bo
 
 #[test]
 fn a_failed_sync_of_the_sealed_paths_fails_the_journal_and_the_restart_redoes_both_logs() {
-    let (_d, disk, root) = fresh();
-    let stall = Stall::new(&disk);
-    let s = Store::open_on(stall.clone(), &root, "ss1").unwrap();
-    s.create(FILE, "alice", 1).unwrap();
-    write(&s, "one.").unwrap();
+    let (_d, disk, root, stall, s) = stalled();
     s.create("b.txt", "bob", 1).unwrap();
     let acked = std::thread::scope(|scope| {
         let s = &s;
@@ -1416,12 +1411,8 @@ fn a_failed_sync_of_the_sealed_paths_fails_the_journal_and_the_restart_redoes_bo
 
 #[test]
 fn without_a_next_log_the_checkpoint_empties_the_log_in_place_and_the_next_one_rotates() {
-    let (_d, disk, root) = fresh();
-    let stall = Stall::new(&disk);
-    let s = Store::open_on(stall.clone(), &root, "ss1").unwrap();
+    let (_d, disk, root, stall, s) = stalled();
     let j = s.journal.as_ref().unwrap().clone();
-    s.create(FILE, "alice", 1).unwrap();
-    write(&s, "one.").unwrap();
     stall.no_log.store(true, Ordering::SeqCst);
     s.checkpoint_journal().unwrap();
     assert!(!s.journal_failed());
@@ -1441,12 +1432,8 @@ fn without_a_next_log_the_checkpoint_empties_the_log_in_place_and_the_next_one_r
 
 #[test]
 fn a_file_counts_as_pending_until_its_sealed_logs_removal_is_durable() {
-    let (_d, disk, root) = fresh();
-    let stall = Stall::new(&disk);
-    let s = Store::open_on(stall.clone(), &root, "ss1").unwrap();
+    let (_d, disk, root, stall, s) = stalled();
     let j = s.journal.as_ref().unwrap().clone();
-    s.create(FILE, "alice", 1).unwrap();
-    write(&s, "one.").unwrap();
     s.create("b.txt", "bob", 1).unwrap();
     std::thread::scope(|scope| {
         let s = &s;

@@ -4,8 +4,9 @@
 //!
 //! A backend implements the primitives only: create a temp file, open, fsync a file, rename,
 //! exchange two names, fsync a directory, hard link, remove a file or a directory tree, read,
-//! metadata, list and create a directory. The crash-safe sequences built from them are provided methods of the trait
-//! ([`Fs::replace_with`], [`Fs::replace`], [`Fs::remove`], [`Fs::create_dirs_durable`]) and
+//! metadata, list and create a directory. The crash-safe sequences built from them are
+//! provided methods of the trait ([`Fs::replace_with`], [`Fs::replace`], [`Fs::remove`],
+//! [`Fs::create_dirs_durable`]) and
 //! are written once, here: `crate::durable`'s functions of the same names run them on
 //! [`OsFs`]. A backend must not override them, or it no longer sees what the store does.
 //!
