@@ -248,6 +248,9 @@ impl Fs for SimDisk {
     fn open(&self, path: &Path) -> io::Result<File> {
         File::open(path)
     }
+    fn open_write(&self, path: &Path) -> io::Result<File> {
+        File::options().write(true).open(path)
+    }
     fn sync_file(&self, f: &File) -> io::Result<()> {
         f.sync_all()?;
         let mut st = self.lock();

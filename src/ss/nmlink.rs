@@ -391,31 +391,23 @@ impl NmLink {
         staged: Option<StagedRef>,
         wait: Duration,
     ) -> Result<Option<u32>, WireError> {
+        self.report(state, staged, wait).wait(self)
+    }
+
+    /// Queues the report of a file's new state without waiting for its ack: a committer
+    /// reports as soon as its change is durable and puts the change in place while the name
+    /// server commits, then [`Report::wait`]s (see `server/client.rs`). The `wait` for the
+    /// ack runs from now.
+    pub fn report(&self, state: FileState, staged: Option<StagedRef>, wait: Duration) -> Report {
         let deadline = Instant::now() + wait;
         let file = crate::names::display(&state.file);
         let (reply, ack) = bounded(1);
-        let posted = self.post(|id| Message::Changed { id, state, staged }, Some(reply));
-        let copies = posted.and_then(|id| match ack.recv_deadline(deadline) {
-            Ok(copies) => Some(copies),
-            Err(_) => {
-                // Out of time (or the session ended and dropped the entry already).
-                self.forget(id);
-                None
-            }
-        });
-        if copies == Some(Some(0)) {
-            let ss = &self.name;
-            return Err(err::unavailable(format!(
-                "the name server refused the change of {file}: {ss} is no longer its pair's writer; the copy is set aside and replaced by the current one"
-            )));
-        }
-        if let Some(copies) = copies {
-            Ok(copies)
-        } else {
-            let ss = &self.name;
-            Err(err::unavailable(format!(
-                "change saved on {ss} but not yet confirmed by the name server; it is reconciled when {ss} re-registers ({file})"
-            )))
+        let id = self.post(|id| Message::Changed { id, state, staged }, Some(reply));
+        Report {
+            id,
+            ack,
+            deadline,
+            file,
         }
     }
 
@@ -461,6 +453,49 @@ impl NmLink {
         let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(outbox) = slot.outbox.as_mut() {
             outbox.pending.remove(&id);
+        }
+    }
+}
+
+/// A report queued by [`NmLink::report`], whose ack is still to be awaited.
+#[must_use = "a report's ack says whether the name server recorded the change"]
+pub struct Report {
+    /// The report's id, or `None` when it could not be queued (no session, or the bound).
+    id: Option<u64>,
+    ack: Receiver<Option<u32>>,
+    deadline: Instant,
+    /// The file's name as messages show it.
+    file: String,
+}
+
+impl Report {
+    /// Waits until the report's deadline for the name server to make it durable. On failure
+    /// the change stays on disk and is reconciled at re-registration. Returns the copy count
+    /// the ack carried (sync mode with the backup down).
+    pub fn wait(self, link: &NmLink) -> Result<Option<u32>, WireError> {
+        let Report {
+            id,
+            ack,
+            deadline,
+            file,
+        } = self;
+        let copies = id.and_then(|id| match ack.recv_deadline(deadline) {
+            Ok(copies) => Some(copies),
+            Err(_) => {
+                // Out of time (or the session ended and dropped the entry already).
+                link.forget(id);
+                None
+            }
+        });
+        let ss = &link.name;
+        match copies {
+            Some(Some(0)) => Err(err::unavailable(format!(
+                "the name server refused the change of {file}: {ss} is no longer its pair's writer; the copy is set aside and replaced by the current one"
+            ))),
+            Some(copies) => Ok(copies),
+            None => Err(err::unavailable(format!(
+                "change saved on {ss} but not yet confirmed by the name server; it is reconciled when {ss} re-registers ({file})"
+            ))),
         }
     }
 }

@@ -285,12 +285,17 @@ pub(super) fn fault_hook() -> Option<&'static str> {
         .as_deref()
 }
 
-/// Applies a session's sentence to the file's current content, durably, then reports it.
+/// Applies a session's sentence to the file's current content, durably, and reports it.
 ///
 /// `base` is the sentence's words when the session opened. While the session held its lock,
 /// another session's commit may have left its own sentence without a final delimiter, and its
 /// tail then joined the front of this sentence (see document.rs). Those joined words are kept:
 /// the sentence becomes `joined ++ edited`, never just `edited`, so no committed word is lost.
+///
+/// The report (CHANGED) leaves as soon as the change is durable, before it is put in place
+/// (see [`Store::write_content_over`]): the name server's commit runs while the renames, the
+/// history trim and any checkpoint run here. The file's lock is held until the change is in
+/// place, so a reader or a copy the name server directs to the new version waits for it.
 /// Returns the new state and the copy count the name server's ack carried.
 pub(super) fn commit(
     shared: &Shared,
@@ -301,6 +306,8 @@ pub(super) fn commit(
     t: &Ticket,
 ) -> Result<(FileState, Option<u32>), WireError> {
     let _inflight = Inflight::new(&shared.inflight);
+    let wait = Duration::from_millis(CHANGED_ACK_TIMEOUT_MS);
+    let mut report = None;
     let state = {
         let lock = shared.store.file_lock(file);
         let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -322,10 +329,13 @@ pub(super) fn commit(
             // Nothing changed: no new version, no undo step.
             return Ok((meta.state(file), None));
         }
-        let meta =
-            shared
-                .store
-                .write_content_over(file, meta, Some(text.as_bytes()), new.as_bytes())?;
+        let meta = shared.store.write_content_over(
+            file,
+            meta,
+            Some(text.as_bytes()),
+            new.as_bytes(),
+            &mut |m| report = Some(shared.link.report(m.state(file), None, wait)),
+        )?;
         if i < count {
             shared.sessions.shift_after(file, id, i, n);
         }
@@ -334,9 +344,8 @@ pub(super) fn commit(
             "committed {file} version {}", meta.version);
         meta.state(file)
     };
-    let copies = shared
-        .link
-        .changed(state.clone(), Duration::from_millis(CHANGED_ACK_TIMEOUT_MS))?;
+    let report = report.unwrap_or_else(|| shared.link.report(state.clone(), None, wait));
+    let copies = report.wait(&shared.link)?;
     Ok((state, copies))
 }
 

@@ -100,24 +100,37 @@ impl Store {
     /// Replaces the content of `file` (whose bookkeeping is `old`) with `bytes` as a new
     /// version, saving the old content as an undo step. Caller holds the lock.
     pub fn write_content(&self, file: &str, old: Meta, bytes: &[u8]) -> Result<Meta, StoreError> {
-        self.write_content_over(file, old, None, bytes)
+        self.write_content_over(file, old, None, bytes, &mut |_| {})
     }
 
     /// [`Store::write_content`] for a caller that has read the current content (`current`,
     /// under the same hold of the lock), which a journaled change then need not read again.
+    ///
+    /// `durable` is called with the new record once, as soon as the change is durable: a
+    /// journaled change calls it when its entry is, before the renames put it in place (a
+    /// crash from then on is redone at startup, so the change is made whatever happens), so
+    /// the caller can report it while the renames run. Readers and copies take the file's
+    /// lock, which the caller holds until this returns, so none sees the file between the
+    /// report and the renames. A change whose renames then fail has reported a change the
+    /// journal holds: the journal fails, the server stops, and its restart puts the change in
+    /// place (`Journal::unplaced`). It is never called for a
+    /// change that fails before it is durable.
     pub fn write_content_over(
         &self,
         file: &str,
         old: Meta,
         current: Option<&[u8]>,
         bytes: &[u8],
+        durable: &mut dyn FnMut(&Meta),
     ) -> Result<Meta, StoreError> {
         if old.size <= JOURNAL_MAX_CONTENT && bytes.len() as u64 <= JOURNAL_MAX_CONTENT {
-            if let Some(done) = self.write_journaled(file, &old, current, bytes) {
+            if let Some(done) = self.write_journaled(file, &old, current, bytes, durable) {
                 return done;
             }
         }
-        self.write_with(file, old, Change::New(Source::Bytes(bytes)))
+        let meta = self.write_with(file, old, Change::New(Source::Bytes(bytes)))?;
+        durable(&meta);
+        Ok(meta)
     }
 
     /// A small content change through the journal (see `journal`): the new content and record
@@ -131,6 +144,7 @@ impl Store {
         old: &Meta,
         current: Option<&[u8]>,
         bytes: &[u8],
+        durable: &mut dyn FnMut(&Meta),
     ) -> Option<Result<Meta, StoreError>> {
         let j = self.journal.as_ref()?;
         let gate = j.enter();
@@ -159,11 +173,12 @@ impl Store {
             let mut counter = ContentCounter::new();
             counter.update(bytes);
             let meta = self.changed_meta(old, &counter.finish(mtime_ns(&md)), undo);
-            let (rp, _) = self.stage_meta(file, &meta)?;
-            Ok::<_, StoreError>((meta, rp))
+            let record =
+                serde_json::to_vec(&meta).map_err(|e| self.io(file, io::Error::other(e)))?;
+            Ok::<_, StoreError>((meta, record))
         })();
         drop(cf);
-        let (meta, record_tmp) = match staged {
+        let (meta, record) = match staged {
             Ok(x) => x,
             Err(e) => {
                 self.unstage(&[content_tmp], None);
@@ -181,13 +196,13 @@ impl Store {
         let appended = journal::encode(&head, bytes, old_bytes)
             .and_then(|frame| j.append(&*self.fs, &gate, file, &frame, &paths));
         match appended {
-            Ok(journal::Appended::Durable) => {}
+            Ok(journal::Appended::Durable) => durable(&meta),
             Ok(journal::Appended::Closed) => {
-                self.unstage(&[content_tmp, record_tmp], None);
+                self.unstage(&[content_tmp], None);
                 return None;
             }
             Err(e) => {
-                self.unstage(&[content_tmp, record_tmp], None);
+                self.unstage(&[content_tmp], None);
                 return Some(Err(self.io(file, e)));
             }
         }
@@ -198,10 +213,7 @@ impl Store {
                 .and_then(|_| {
                     place_unsynced(&*self.fs, &content_tmp, &target).map_err(|e| self.io(file, e))
                 })
-                .and_then(|_| {
-                    place_unsynced(&*self.fs, &record_tmp, &self.meta_path(file))
-                        .map_err(|e| self.io(file, e))
-                });
+                .and_then(|_| self.rewrite_meta(file, &record));
             if r.is_ok() {
                 for b in &dropped {
                     let _ = self.fs.remove_file(&self.undo.join(b));
@@ -211,7 +223,7 @@ impl Store {
         };
         drop(gate);
         if let Err(e) = applied {
-            self.unstage(&[content_tmp, record_tmp], None);
+            self.unstage(&[content_tmp], None);
             return Some(Err(j.unplaced(file, e)));
         }
         self.checkpoint_if_full();
@@ -273,6 +285,28 @@ impl Store {
     ) -> Result<(PathBuf, File), StoreError> {
         let bytes = serde_json::to_vec(meta).map_err(|e| self.io(file, io::Error::other(e)))?;
         self.stage(file, &mut |f| f.write_all(&bytes))
+    }
+
+    /// Puts the record `bytes` of `file` in place for a change its journal entry made durable
+    /// (the entry redoes it after a crash): the record is overwritten in place, so a commit or
+    /// an install allocates and frees no inode for it (on ext4 without a journal, allocating an inode
+    /// scans past every inode freed in the last 30 s of its group, which was most of a busy
+    /// server's CPU). Readers read a record under the file's lock, which the caller holds. A
+    /// missing record (removed by hand) is staged and placed instead. Caller holds the lock.
+    pub(super) fn rewrite_meta(&self, file: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let path = self.meta_path(file);
+        match self.fs.rewrite(&path, bytes) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let (tmp, _) = self.stage(file, &mut |f| f.write_all(bytes))?;
+                place_unsynced(&*self.fs, &tmp, &path)
+                    .map(drop)
+                    .map_err(|e| {
+                        self.unstage(&[tmp], None);
+                        self.io(file, e)
+                    })
+            }
+            r => r.map_err(|e| self.io(file, e)),
+        }
     }
 
     /// The common path of commits, uploads, reverts and undo: new content saves the old

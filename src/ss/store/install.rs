@@ -228,7 +228,9 @@ struct Logged {
     /// The record it installs.
     meta: Meta,
     content_tmp: PathBuf,
-    record_tmp: PathBuf,
+    /// The record's bytes, written in place once the entry is durable
+    /// ([`Store::rewrite_meta`]).
+    record: Vec<u8>,
     /// Whether the content held becomes a history entry (linked in).
     blob: bool,
 }
@@ -606,7 +608,7 @@ impl Store {
                 continue;
             };
             let staged = self.stage_journaled(c, &t, &new);
-            let (meta, content_tmp, record_tmp) = match staged {
+            let (meta, content_tmp, record) = match staged {
                 Ok(x) => x,
                 Err(e) => {
                     results[t.i] = Some(Err(e));
@@ -636,18 +638,18 @@ impl Store {
                         t,
                         meta,
                         content_tmp,
-                        record_tmp,
+                        record,
                         blob: blob.is_some(),
                     });
                 }
                 // Closed after a failed sync: this copy and the next take the direct path.
                 Ok(None) => {
-                    self.unstage(&[content_tmp, record_tmp], None);
+                    self.unstage(&[content_tmp], None);
                     closed = true;
                     rest.push(t);
                 }
                 Err(e) => {
-                    self.unstage(&[content_tmp, record_tmp], None);
+                    self.unstage(&[content_tmp], None);
                     results[t.i] = Some(Err(self.io(file, e)));
                 }
             }
@@ -657,7 +659,7 @@ impl Store {
         if let Some(Err(e)) = upto.map(|at| j.wait(&*self.fs, at)) {
             for l in logged {
                 let file = copies[l.t.i].state.file.as_str();
-                self.unstage(&[l.content_tmp, l.record_tmp], None);
+                self.unstage(&[l.content_tmp], None);
                 let e = io::Error::new(e.kind(), e.to_string());
                 results[l.t.i] = Some(Err(self.io(file, e)));
             }
@@ -677,10 +679,7 @@ impl Store {
                         place_unsynced(&*self.fs, &l.content_tmp, &self.content_path(file))
                             .map_err(|e| self.io(file, e))
                     })
-                    .and_then(|_| {
-                        place_unsynced(&*self.fs, &l.record_tmp, &self.meta_path(file))
-                            .map_err(|e| self.io(file, e))
-                    })
+                    .and_then(|_| self.rewrite_meta(file, &l.record))
             };
             results[l.t.i] = Some(match applied {
                 Ok(_) => {
@@ -693,7 +692,7 @@ impl Store {
                     Ok((l.meta, true))
                 }
                 Err(e) => {
-                    self.unstage(&[l.content_tmp, l.record_tmp], None);
+                    self.unstage(&[l.content_tmp], None);
                     Err(j.unplaced(file, e))
                 }
             });
@@ -764,25 +763,26 @@ impl Store {
     }
 
     /// Stages a journaled install's content (`new`, in a fresh temp file written under the
-    /// gate, as a journaled change stages its bytes) and its record (with that file's
-    /// mtime); returns the record and both temp files.
+    /// gate, as a journaled change stages its bytes) and makes its record (with that file's
+    /// mtime); returns the record, the temp file and the record's bytes.
     fn stage_journaled(
         &self,
         c: &CopyIn<'_>,
         t: &Todo,
         new: &[u8],
-    ) -> Result<(Meta, PathBuf, PathBuf), StoreError> {
+    ) -> Result<(Meta, PathBuf, Vec<u8>), StoreError> {
         let file = c.state.file.as_str();
         let (content_tmp, cf) = self.stage(file, &mut |f| f.write_all(new))?;
         let staged = (|| {
             let md = cf.metadata().map_err(|e| self.io(file, e))?;
             let meta = record_of(c, t.old.as_ref(), t.ids.clone(), mtime_ns(&md));
-            let (rp, _) = self.stage_meta(file, &meta)?;
-            Ok::<_, StoreError>((meta, rp))
+            let record =
+                serde_json::to_vec(&meta).map_err(|e| self.io(file, io::Error::other(e)))?;
+            Ok::<_, StoreError>((meta, record))
         })();
         drop(cf);
         match staged {
-            Ok((meta, rp)) => Ok((meta, content_tmp, rp)),
+            Ok((meta, record)) => Ok((meta, content_tmp, record)),
             Err(e) => {
                 self.unstage(&[content_tmp], None);
                 Err(e)

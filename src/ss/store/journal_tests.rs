@@ -50,6 +50,9 @@ impl Fs for Cutter {
     fn open(&self, path: &Path) -> io::Result<File> {
         self.step(|d| d.open(path))
     }
+    fn open_write(&self, path: &Path) -> io::Result<File> {
+        self.step(|d| d.open_write(path))
+    }
     fn sync_file(&self, f: &File) -> io::Result<()> {
         self.step(|d| d.sync_file(f))
     }
@@ -511,6 +514,9 @@ impl Fs for Holding {
     fn open(&self, path: &Path) -> io::Result<File> {
         self.disk.open(path)
     }
+    fn open_write(&self, path: &Path) -> io::Result<File> {
+        self.disk.open_write(path)
+    }
     fn sync_file(&self, f: &File) -> io::Result<()> {
         self.disk.sync_file(f)
     }
@@ -634,6 +640,9 @@ impl Fs for Eio {
     }
     fn open(&self, path: &Path) -> io::Result<File> {
         self.disk.open(path)
+    }
+    fn open_write(&self, path: &Path) -> io::Result<File> {
+        self.disk.open_write(path)
     }
     fn sync_file(&self, f: &File) -> io::Result<()> {
         self.disk.sync_file(f)
@@ -1184,6 +1193,9 @@ impl Fs for Stall {
     fn open(&self, path: &Path) -> io::Result<File> {
         self.on(|d| d.open(path))
     }
+    fn open_write(&self, path: &Path) -> io::Result<File> {
+        self.on(|d| d.open_write(path))
+    }
     fn sync_file(&self, f: &File) -> io::Result<()> {
         self.on(|d| d.sync_file(f))
     }
@@ -1471,4 +1483,104 @@ fn a_store_removed_from_under_the_server_does_not_fail_the_journal() {
     fs::remove_dir_all(&root).unwrap();
     s.checkpoint_journal().unwrap();
     assert!(!s.journal_failed());
+}
+
+/// One change of FILE (created empty first) to `text` through `s`, the power cut when it is
+/// reported if `cut_when_reported`: returns the record reported, if any, whether the content
+/// was in place then, and whether the change returned Ok.
+fn reported_change(
+    s: &Store,
+    cutter: &Cutter,
+    root: &Path,
+    text: &[u8],
+    cut_when_reported: bool,
+) -> (Option<(Meta, bool)>, bool) {
+    let lock = s.file_lock(FILE);
+    let _g = lock.lock().unwrap();
+    let Ok((old, meta, _)) = s.load_text(FILE) else {
+        return (None, false);
+    };
+    let mut reported = None;
+    let res = s.write_content_over(FILE, meta, Some(old.as_bytes()), text, &mut |m| {
+        assert!(reported.is_none(), "reported twice");
+        let on_disk = fs::read(root.join("files").join(FILE)).unwrap();
+        reported = Some((m.clone(), on_disk == text));
+        if cut_when_reported {
+            cutter.off.store(true, Ordering::SeqCst);
+            cutter.disk.power_cut().unwrap();
+        }
+    });
+    (reported, res.is_ok())
+}
+
+#[test]
+fn a_change_is_reported_once_durable_and_a_power_cut_then_or_anywhere_keeps_what_was_reported() {
+    // A small change is reported once its entry is durable, before its renames; a large one
+    // (the direct path) once it is in place.
+    let large = vec![b'x'; JOURNAL_MAX_CONTENT as usize + 1];
+    for (what, text, journaled) in [("journaled", &b"two."[..], true), ("direct", &large, false)] {
+        // The power cut the moment the change is reported.
+        let (_d, disk, root) = fresh();
+        let cutter = Cutter::new(&disk, None);
+        let s = Store::open_on(cutter.clone(), &root, "ss1").unwrap();
+        s.create(FILE, "alice", 1).unwrap();
+        let (reported, ok) = reported_change(&s, &cutter, &root, text, true);
+        let (m, in_place) = reported.unwrap_or_else(|| panic!("{what}: not reported"));
+        assert_eq!(in_place, !journaled, "{what}: reported before its renames");
+        // The journaled change's renames fail after the cut: the journal fails.
+        assert_eq!(ok, !journaled, "{what}");
+        drop(s);
+        let s = after_cut(
+            &disk,
+            &root,
+            Store::open_on(disk.clone(), &root, "ss1").unwrap(),
+        );
+        let (_, back, _) = s.load_text(FILE).unwrap();
+        assert_eq!(back.version, m.version, "{what}");
+        assert!(
+            text_of(&s, FILE).as_bytes() == text,
+            "{what}: the reported content"
+        );
+
+        // The power cut before each call of the change instead.
+        let (_d, disk, root) = fresh();
+        let counter = Cutter::new(&disk, None);
+        let s = Store::open_on(counter.clone(), &root, "ss1").unwrap();
+        s.create(FILE, "alice", 1).unwrap();
+        let before = counter.calls.load(Ordering::SeqCst);
+        let _ = reported_change(&s, &counter, &root, text, false);
+        let total = counter.calls.load(Ordering::SeqCst) - before;
+        for cut in 0..=total {
+            let (_d, disk, root) = fresh();
+            let cutter = Cutter::new(&disk, None);
+            let s = Store::open_on(cutter.clone(), &root, "ss1").unwrap();
+            s.create(FILE, "alice", 1).unwrap();
+            *cutter.left.lock().unwrap() = Some(cut);
+            let (reported, ok) = reported_change(&s, &cutter, &root, text, false);
+            assert!(
+                !ok || reported.is_some(),
+                "{what}, cut {cut}: Ok but not reported"
+            );
+            drop(s);
+            if !cutter.off.load(Ordering::SeqCst) {
+                disk.power_cut().unwrap();
+            }
+            let s = Store::open_on(disk.clone(), &root, "ss1").unwrap();
+            s.scan().unwrap();
+            let now = text_of(&s, FILE);
+            if let Some((m, _)) = reported {
+                let (_, back, _) = s.load_text(FILE).unwrap();
+                assert_eq!(back.version, m.version, "{what}, cut {cut} of {total}");
+                assert!(
+                    now.as_bytes() == text,
+                    "{what}, cut {cut}: reported, then lost"
+                );
+            } else {
+                assert!(
+                    now.is_empty() || now.as_bytes() == text,
+                    "{what}, cut {cut}"
+                );
+            }
+        }
+    }
 }

@@ -60,19 +60,21 @@
 //!
 //! A CREATE and a small commit (`write_content`, new and old content each at most
 //! [`JOURNAL_MAX_CONTENT`]) go through the write-ahead journal (see `journal`, which gives
-//! the crash-safety argument): the new content and record are staged in `tmp/` unsynced, ONE
-//! journal entry holding everything needed to redo the change (the record, the new content,
-//! and for a commit the old content and its history entry's id) is appended and made durable
-//! by one `fdatasync` of the log shared with every change appending meanwhile, and only then
-//! are the old content linked into `undo/` and the staged files renamed into place, without
-//! any fsync. A checkpoint (every `--journal-checkpoint-ms`, when the log is large, at clean
-//! shutdown, and before any other change of a file with an entry in the log) rotates to a
-//! spare log made durably ahead of time, holding the journal's gate only for the swap; then,
-//! while changes append to the new log, it fsyncs every path the sealed log's changes
-//! touched and each directory once, and removes the sealed log durably; startup redoes every
-//! complete entry of every log, in order, durably before the scan. Every other change first
-//! settles its file ([`Store::settle`], under the file's lock), so no redo overwrites a newer
-//! state.
+//! the crash-safety argument): the new content and record are staged in `tmp/` unsynced (a
+//! commit's record excepted, below), ONE journal entry holding everything needed to redo
+//! the change (the record, the new content, and for a commit the old content and its
+//! history entry's id) is appended and made durable by one `fdatasync` of the log shared
+//! with every change appending meanwhile, and only then are the old content linked into
+//! `undo/` and the staged files renamed into place, without any fsync (a commit's record is
+//! overwritten in place instead of staged, so a commit allocates one inode, not two;
+//! readers of a record hold its file's lock). A checkpoint (every
+//! `--journal-checkpoint-ms`, when the log is large, at clean shutdown, and before any
+//! other change of a file with an entry in the log) rotates to a spare log made durably
+//! ahead of time, holding the journal's gate only for the swap; then, while changes append
+//! to the new log, it fsyncs every path the sealed log's changes touched and each directory
+//! once, and removes the sealed log durably; startup redoes every complete entry of every
+//! log, in order, durably before the scan. Every other change first settles its file
+//! ([`Store::settle`], under the file's lock), so no redo overwrites a newer state.
 //!
 //! Without the journal (a large commit, an upload, undo, revert; and CREATE while the
 //! journal is closed after a failed sync) a change makes its durable calls as one job of

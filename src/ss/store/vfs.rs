@@ -2,13 +2,14 @@
 //! backend other than the real disk (one that counts durable calls, or simulates a disk that
 //! loses what was not synced at a power cut) can stand in for it.
 //!
-//! A backend implements the primitives only: create a temp file, open, fsync a file, rename,
-//! exchange two names, fsync a directory, hard link, remove a file or a directory tree, read,
-//! metadata, list and create a directory. The crash-safe sequences built from them are
-//! provided methods of the trait ([`Fs::replace_with`], [`Fs::replace`], [`Fs::remove`],
-//! [`Fs::create_dirs_durable`]) and
-//! are written once, here: `crate::durable`'s functions of the same names run them on
-//! [`OsFs`]. A backend must not override them, or it no longer sees what the store does.
+//! A backend implements the primitives only: create a temp file, open (to read, or to write
+//! in place), fsync a file, rename, exchange two names, fsync a directory, hard link,
+//! remove a file or a directory tree, read, metadata, list and create a directory. The
+//! sequences built from them are provided methods of the trait ([`Fs::replace_with`],
+//! [`Fs::replace`], [`Fs::remove`], [`Fs::create_dirs_durable`], crash-safe;
+//! [`Fs::rewrite`], safe only under a journal) and are written once, here:
+//! `crate::durable`'s functions of the same names run them on [`OsFs`]. A backend must not
+//! override them, or it no longer sees what the store does.
 //!
 //! The store holds an `Arc<dyn Fs>` rather than being generic over its backend: `Store` is
 //! shared by every connection thread, the name server link and the staging code, and a type
@@ -41,6 +42,8 @@ pub trait Fs: Send + Sync {
     fn create_new(&self, path: &Path) -> io::Result<File>;
     /// Opens a file for reading.
     fn open(&self, path: &Path) -> io::Result<File>;
+    /// Opens an existing file for writing in place: neither created nor truncated.
+    fn open_write(&self, path: &Path) -> io::Result<File>;
     /// Makes a file's content durable (fsync).
     fn sync_file(&self, f: &File) -> io::Result<()>;
     /// Makes a file's content (and the size needed to read it) durable: `fdatasync`, the
@@ -144,6 +147,17 @@ pub trait Fs: Send + Sync {
         self.replace_with(tmp_dir, target, &mut |f| f.write_all(bytes))
     }
 
+    /// Overwrites the existing file `path` in place with `bytes`, without syncing: same inode,
+    /// so nothing is allocated or freed. Only for a file every reader reads under a lock the
+    /// caller holds, and whose bytes something else (the journal) can redo after a crash:
+    /// until synced, a crash may leave the old bytes, the new ones, or a mix.
+    fn rewrite(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let mut f = self.open_write(path)?;
+        f.write_all(bytes)?;
+        // Never cut to zero: ext4 would then flush the file at close (`auto_da_alloc`).
+        f.set_len(bytes.len() as u64)
+    }
+
     /// Removes `path` (if present) and fsyncs its directory. Returns whether it existed.
     fn remove(&self, path: &Path) -> io::Result<bool> {
         match self.remove_file(path) {
@@ -191,6 +205,9 @@ impl Fs for OsFs {
     }
     fn open(&self, path: &Path) -> io::Result<File> {
         File::open(path)
+    }
+    fn open_write(&self, path: &Path) -> io::Result<File> {
+        File::options().write(true).open(path)
     }
     fn sync_file(&self, f: &File) -> io::Result<()> {
         crate::durable::fsync_file(f)
