@@ -8,19 +8,22 @@
 //! a wait for an ack. A wake-up byte is written only when none is on its way already (the
 //! `armed` flag, cleared by the I/O thread before it drains the channel).
 //!
-//! A committer hands its report to the I/O thread itself, one thread hand-off on the critical
-//! path of every commit: from the moment a session's connection is up (so a report made while
-//! the server registers waits there and goes out after the registration), the [`NmLink`]
-//! handle reaches its outbox, and under the outbox lock the committer takes the next report id, puts its reply
-//! channel in the outbox's `pending` map and queues the frame and the wake-up. The I/O thread
-//! matches each `CHANGED_ACK` to `pending` by id, under the same lock. Ids are never reused,
-//! not even by a later session, so a late ack from an old link cannot answer a new report.
-//! The `nm-link` thread only registers, sends heartbeats through the same outbox (heartbeats
-//! and reports may interleave in any order: acks are matched by id and seq) and reconnects.
+//! A committer hands its report to the I/O thread itself, one thread hand-off on the
+//! critical path of every commit: from the moment a session's connection is up (so a report
+//! made while the server registers waits there and goes out after the registration), the
+//! [`NmLink`] handle reaches its outbox, and under the outbox lock the committer takes the
+//! next report id, puts the answering end of its ack ([`AckTx`]) in the outbox's `pending`
+//! map and queues the frame and the wake-up. A committer reports as soon as its change is
+//! durable and waits for the ack once the change is in place ([`NmLink::report`],
+//! [`Report::wait`]). The I/O thread matches each `CHANGED_ACK` to `pending` by id, under
+//! the same lock. Ids are never reused, not even by a later session, so a late ack from an
+//! old link cannot answer a new report. The `nm-link` thread only registers, sends
+//! heartbeats through the same outbox (heartbeats and reports may interleave in any order:
+//! acks are matched by id and seq) and reconnects.
 //!
 //! No report waits forever. When a session ends, the `nm-link` thread takes the outbox away
 //! and drops its `pending` map, both under the outbox lock. A committer that queued before
-//! that is in `pending` and is answered, or its reply channel is dropped then and it hears at
+//! that is in `pending` and is answered, or its ack is dropped then and it hears at
 //! once that its change is not yet confirmed; a committer that comes after finds no outbox and
 //! hears the same at once. Either way it never waits for the rest of its deadline on a dead
 //! link. A committer whose deadline passes takes its own entry out of `pending`.
@@ -54,7 +57,7 @@ use std::net::Shutdown;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -200,7 +203,80 @@ pub struct LinkConfig {
 
 /// Committers waiting for their report's ack, by report id; the ack carries the sync-mode copy
 /// count.
-type Pending = HashMap<u64, Sender<Option<u32>>>;
+type Pending = HashMap<u64, AckTx>;
+
+/// Where a committer's ack lands: answered once by the I/O thread, or closed when its entry
+/// in `pending` is dropped unanswered (the session ended). A mutex and a condition variable
+/// rather than a channel: a channel's receive spins and yields the CPU a few times before it
+/// sleeps (about three `sched_yield` calls per commit on a busy server), for a wait that lasts
+/// the name server's flush.
+struct AckCell {
+    state: Mutex<AckState>,
+    changed: Condvar,
+}
+
+enum AckState {
+    Waiting,
+    Answered(Option<u32>),
+    Closed,
+}
+
+/// The I/O thread's end of an ack; dropping it unanswered closes the ack.
+struct AckTx(Arc<AckCell>);
+
+/// The committer's end of an ack.
+struct AckRx(Arc<AckCell>);
+
+/// A new ack, both ends.
+fn ack_pair() -> (AckTx, AckRx) {
+    let cell = Arc::new(AckCell {
+        state: Mutex::new(AckState::Waiting),
+        changed: Condvar::new(),
+    });
+    (AckTx(cell.clone()), AckRx(cell))
+}
+
+impl AckTx {
+    /// Answers the ack with the copy count it carried.
+    fn send(self, copies: Option<u32>) {
+        self.settle(AckState::Answered(copies));
+    }
+
+    fn settle(&self, to: AckState) {
+        let mut st = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
+        if matches!(*st, AckState::Waiting) {
+            *st = to;
+            self.0.changed.notify_all();
+        }
+    }
+}
+
+impl Drop for AckTx {
+    fn drop(&mut self) {
+        self.settle(AckState::Closed);
+    }
+}
+
+impl AckRx {
+    /// The copy count, once answered; `None` if closed unanswered or `deadline` passes first.
+    fn wait_until(&self, deadline: Instant) -> Option<Option<u32>> {
+        let mut st = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            match *st {
+                AckState::Answered(copies) => return Some(copies),
+                AckState::Closed => return None,
+                AckState::Waiting => {}
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            st = self
+                .0
+                .changed
+                .wait_timeout(st, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
 
 /// How frames reach a session's I/O thread: a channel it drains and a wake-up it polls.
 #[derive(Clone)]
@@ -401,7 +477,7 @@ impl NmLink {
     pub fn report(&self, state: FileState, staged: Option<StagedRef>, wait: Duration) -> Report {
         let deadline = Instant::now() + wait;
         let file = crate::names::display(&state.file);
-        let (reply, ack) = bounded(1);
+        let (reply, ack) = ack_pair();
         let id = self.post(|id| Message::Changed { id, state, staged }, Some(reply));
         Report {
             id,
@@ -421,11 +497,7 @@ impl NmLink {
     /// it the next id and, when a committer waits for the ack on `reply`, an entry in
     /// `pending`. Returns the id, or `None` when no session is connected or the bound is
     /// reached (see the module docs).
-    fn post(
-        &self,
-        frame: impl FnOnce(u64) -> Message,
-        reply: Option<Sender<Option<u32>>>,
-    ) -> Option<u64> {
+    fn post(&self, frame: impl FnOnce(u64) -> Message, reply: Option<AckTx>) -> Option<u64> {
         let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
         let slot = &mut *slot;
         let outbox = slot.outbox.as_mut()?;
@@ -462,7 +534,7 @@ impl NmLink {
 pub struct Report {
     /// The report's id, or `None` when it could not be queued (no session, or the bound).
     id: Option<u64>,
-    ack: Receiver<Option<u32>>,
+    ack: AckRx,
     deadline: Instant,
     /// The file's name as messages show it.
     file: String,
@@ -479,9 +551,9 @@ impl Report {
             deadline,
             file,
         } = self;
-        let copies = id.and_then(|id| match ack.recv_deadline(deadline) {
-            Ok(copies) => Some(copies),
-            Err(_) => {
+        let copies = id.and_then(|id| match ack.wait_until(deadline) {
+            Some(copies) => Some(copies),
+            None => {
                 // Out of time (or the session ended and dropped the entry already).
                 link.forget(id);
                 None
@@ -842,7 +914,7 @@ fn on_frame(
                         .as_mut()
                         .and_then(|o| o.pending.remove(&id));
                     if let Some(r) = reply {
-                        let _ = r.send(copies);
+                        r.send(copies);
                     }
                 }
                 Message::HeartbeatAck {
@@ -1202,5 +1274,36 @@ mod tests {
         // The held reports' committers gave up and took them out: there is room again.
         assert_eq!(report(&l.link, "ack-2", WAIT).0.unwrap(), Some(2));
         assert_eq!(nm.reports.recv_timeout(WAIT).unwrap().2, "ack-2");
+    }
+
+    #[test]
+    fn an_ack_is_answered_once_closed_when_dropped_unanswered_and_waited_for_until_a_deadline() {
+        let soon = || Instant::now() + Duration::from_millis(50);
+        // Answered before or while the committer waits; a drop after the answer changes nothing.
+        let (tx, rx) = ack_pair();
+        tx.send(Some(1));
+        assert_eq!(rx.wait_until(soon()), Some(Some(1)));
+        let (tx, rx) = ack_pair();
+        let t = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(20));
+            tx.send(None);
+        });
+        assert_eq!(rx.wait_until(Instant::now() + WAIT), Some(None));
+        t.join().unwrap();
+        // Dropped unanswered (the session ended): the committer hears at once.
+        let (tx, rx) = ack_pair();
+        let t = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(20));
+            drop(tx);
+        });
+        let start = Instant::now();
+        assert_eq!(rx.wait_until(start + WAIT), None);
+        assert!(start.elapsed() < WAIT / 2);
+        t.join().unwrap();
+        // Nobody answers: the wait ends at its deadline, not before.
+        let (_tx, rx) = ack_pair();
+        let start = Instant::now();
+        assert_eq!(rx.wait_until(start + Duration::from_millis(30)), None);
+        assert!(start.elapsed() >= Duration::from_millis(30));
     }
 }
