@@ -228,11 +228,28 @@ struct Logged {
     /// The record it installs.
     meta: Meta,
     content_tmp: PathBuf,
-    /// The record's bytes, written in place once the entry is durable
-    /// ([`Store::rewrite_meta`]).
-    record: Vec<u8>,
+    /// Its record, staged or to be written in place.
+    record: Record,
     /// Whether the content held becomes a history entry (linked in).
     blob: bool,
+}
+
+/// How a journaled install puts its record in place once its entry is durable.
+enum Record {
+    /// A new file's record, staged in this temp file before the entry.
+    Staged(PathBuf),
+    /// A held file's record bytes, written over its record ([`Store::rewrite_meta`]).
+    InPlace(Vec<u8>),
+}
+
+impl Record {
+    /// The temp files to remove should the install fail: `content_tmp` and a staged record.
+    fn staged(&self, content_tmp: PathBuf) -> Vec<PathBuf> {
+        match self {
+            Record::Staged(tmp) => vec![content_tmp, tmp.clone()],
+            Record::InPlace(_) => vec![content_tmp],
+        }
+    }
 }
 
 /// What installing one copy takes.
@@ -644,12 +661,12 @@ impl Store {
                 }
                 // Closed after a failed sync: this copy and the next take the direct path.
                 Ok(None) => {
-                    self.unstage(&[content_tmp], None);
+                    self.unstage(&record.staged(content_tmp), None);
                     closed = true;
                     rest.push(t);
                 }
                 Err(e) => {
-                    self.unstage(&[content_tmp], None);
+                    self.unstage(&record.staged(content_tmp), None);
                     results[t.i] = Some(Err(self.io(file, e)));
                 }
             }
@@ -659,7 +676,7 @@ impl Store {
         if let Some(Err(e)) = upto.map(|at| j.wait(&*self.fs, at)) {
             for l in logged {
                 let file = copies[l.t.i].state.file.as_str();
-                self.unstage(&[l.content_tmp], None);
+                self.unstage(&l.record.staged(l.content_tmp), None);
                 let e = io::Error::new(e.kind(), e.to_string());
                 results[l.t.i] = Some(Err(self.io(file, e)));
             }
@@ -679,7 +696,14 @@ impl Store {
                         place_unsynced(&*self.fs, &l.content_tmp, &self.content_path(file))
                             .map_err(|e| self.io(file, e))
                     })
-                    .and_then(|_| self.rewrite_meta(file, &l.record))
+                    .and_then(|_| match &l.record {
+                        Record::Staged(tmp) => {
+                            place_unsynced(&*self.fs, tmp, &self.meta_path(file))
+                                .map(drop)
+                                .map_err(|e| self.io(file, e))
+                        }
+                        Record::InPlace(bytes) => self.rewrite_meta(file, bytes),
+                    })
             };
             results[l.t.i] = Some(match applied {
                 Ok(_) => {
@@ -692,7 +716,7 @@ impl Store {
                     Ok((l.meta, true))
                 }
                 Err(e) => {
-                    self.unstage(&[l.content_tmp], None);
+                    self.unstage(&l.record.staged(l.content_tmp), None);
                     Err(j.unplaced(file, e))
                 }
             });
@@ -764,20 +788,28 @@ impl Store {
 
     /// Stages a journaled install's content (`new`, in a fresh temp file written under the
     /// gate, as a journaled change stages its bytes) and makes its record (with that file's
-    /// mtime); returns the record, the temp file and the record's bytes.
+    /// mtime): a file held has its record overwritten in place once the entry is durable; a
+    /// new file's record is staged now, as everything that takes space must be before the
+    /// entry (a full disk then fails the copy, not the journal). Returns the record, the temp
+    /// file and how the record is put in place.
     fn stage_journaled(
         &self,
         c: &CopyIn<'_>,
         t: &Todo,
         new: &[u8],
-    ) -> Result<(Meta, PathBuf, Vec<u8>), StoreError> {
+    ) -> Result<(Meta, PathBuf, Record), StoreError> {
         let file = c.state.file.as_str();
         let (content_tmp, cf) = self.stage(file, &mut |f| f.write_all(new))?;
         let staged = (|| {
             let md = cf.metadata().map_err(|e| self.io(file, e))?;
             let meta = record_of(c, t.old.as_ref(), t.ids.clone(), mtime_ns(&md));
-            let record =
-                serde_json::to_vec(&meta).map_err(|e| self.io(file, io::Error::other(e)))?;
+            let record = if t.old.is_some() {
+                let bytes =
+                    serde_json::to_vec(&meta).map_err(|e| self.io(file, io::Error::other(e)))?;
+                Record::InPlace(bytes)
+            } else {
+                Record::Staged(self.stage_meta(file, &meta)?.0)
+            };
             Ok::<_, StoreError>((meta, record))
         })();
         drop(cf);

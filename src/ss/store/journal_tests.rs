@@ -1584,3 +1584,120 @@ fn a_change_is_reported_once_durable_and_a_power_cut_then_or_anywhere_keeps_what
         }
     }
 }
+
+/// A simulated disk that fills up: once armed with `n`, the first `n` files it creates are
+/// made and every later one fails with ENOSPC (as a full disk, or one out of inodes).
+struct Filling {
+    disk: Arc<SimDisk>,
+    left: Mutex<Option<u64>>,
+    creates: AtomicU64,
+}
+
+impl Fs for Filling {
+    fn create_new(&self, path: &Path) -> io::Result<File> {
+        self.creates.fetch_add(1, Ordering::SeqCst);
+        if let Some(n) = self.left.lock().unwrap().as_mut() {
+            if *n == 0 {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            *n -= 1;
+        }
+        self.disk.create_new(path)
+    }
+    fn open(&self, path: &Path) -> io::Result<File> {
+        self.disk.open(path)
+    }
+    fn open_write(&self, path: &Path) -> io::Result<File> {
+        self.disk.open_write(path)
+    }
+    fn sync_file(&self, f: &File) -> io::Result<()> {
+        self.disk.sync_file(f)
+    }
+    fn sync_data(&self, f: &File) -> io::Result<()> {
+        self.disk.sync_data(f)
+    }
+    fn sync_files(&self, files: &[&File]) -> Vec<io::Result<()>> {
+        self.disk.sync_files(files)
+    }
+    fn sync_fs(&self, dir: &Path) -> io::Result<()> {
+        self.disk.sync_fs(dir)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.disk.rename(from, to)
+    }
+    fn exchange(&self, a: &Path, b: &Path) -> io::Result<()> {
+        self.disk.exchange(a, b)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.disk.sync_dir(dir)
+    }
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.disk.hard_link(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.disk.remove_file(path)
+    }
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.disk.remove_dir_all(dir)
+    }
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        self.disk.read(path)
+    }
+    fn metadata(&self, path: &Path) -> io::Result<fs::Metadata> {
+        self.disk.metadata(path)
+    }
+    fn read_dir(&self, dir: &Path) -> io::Result<fs::ReadDir> {
+        self.disk.read_dir(dir)
+    }
+    fn create_dir(&self, dir: &Path) -> io::Result<()> {
+        self.disk.create_dir(dir)
+    }
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.disk.create_dir_all(dir)
+    }
+}
+
+#[test]
+fn a_disk_filling_up_during_a_journaled_install_of_a_new_file_fails_the_copy_not_the_journal() {
+    // The direct path only fails the copy when the disk is full; the journaled one must
+    // make everything it needs space for before its entry is durable, or a full disk stops
+    // the server (and its restart must write the same files again).
+    let d = tempfile::tempdir().unwrap();
+    let src = Store::open(d.path(), "ss1").unwrap();
+    src.create(FILE, "alice", 1).unwrap();
+    let tr = src.open_transfer(FILE, &[], &[]).unwrap();
+    let state = tr.meta.state(FILE);
+    let mut n = 0;
+    loop {
+        let (_d, disk, root) = fresh();
+        let full = Arc::new(Filling {
+            disk: disk.clone(),
+            left: Mutex::new(None),
+            creates: AtomicU64::new(0),
+        });
+        let dst = Store::open_on(full.clone(), &root, "ss2").unwrap();
+        let (content, _f) = dst.temp_file(FILE).unwrap();
+        let before = full.creates.load(Ordering::SeqCst);
+        *full.left.lock().unwrap() = Some(n);
+        let copy = CopyIn {
+            state: &state,
+            undo: &tr.undo,
+            content: content.path(),
+            entries: &[],
+            checkpoints: &[],
+            checkpoint_files: &[],
+            unsynced: &[],
+            basis: None,
+        };
+        let res = dst.install_copies(&[copy], None).pop().unwrap();
+        assert!(
+            !dst.journal_failed(),
+            "the disk full after {n} new files: the journal failed ({res:?})"
+        );
+        if res.is_ok() && full.creates.load(Ordering::SeqCst) - before <= n {
+            break;
+        }
+        n += 1;
+        assert!(n < 20, "the install never succeeds");
+    }
+}
