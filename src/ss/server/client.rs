@@ -155,7 +155,10 @@ pub(super) fn write_session(
 ) -> Result<(), Fail> {
     authorise_change(shared, file, t, TicketOp::Write)?;
     let i = usize::try_from(sentence).map_err(|_| err::invalid("Sentence index out of range"))?;
-    let (id, words) = {
+    // A hand edit adopted here is reported under the file's lock but its ack awaited after:
+    // the name server may fetch a copy from this server (which takes the lock) before it acks.
+    let mut adoption = None;
+    let opened = {
         let lock = shared.store.file_lock(file);
         let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
         let (text, meta, adopted) = match shared.store.load_text(file) {
@@ -166,7 +169,10 @@ pub(super) fn write_session(
                 return Err(vanished(shared, file)(e));
             }
         };
-        report_adopted(shared, adopted, || meta.state(file));
+        if adopted {
+            let wait = Duration::from_millis(CHANGED_ACK_TIMEOUT_MS);
+            adoption = Some(shared.link.report(meta.state(file), None, wait));
+        }
         // A stale copy must not take writes either (the name server may set min_version).
         check_fresh(shared, t, meta.version)?;
         let doc = Document::parse(&text);
@@ -177,8 +183,12 @@ pub(super) fn write_session(
             return Err(sentence_too_long(n).into());
         }
         let id = shared.sessions.open(file, i)?;
-        (id, words)
+        Ok::<_, Fail>((id, words))
     };
+    if let Some(r) = adoption {
+        let _ = r.wait(&shared.link);
+    }
+    let (id, words) = opened?;
     let guard = SessionGuard {
         sessions: &shared.sessions,
         file,
