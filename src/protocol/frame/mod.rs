@@ -331,6 +331,9 @@ pub struct Connection {
     budget: Option<Arc<FrameBudget>>,
     /// Buffers of large bodies handed back ([`Connection::recycle`]) for the next ones.
     spare: Vec<Vec<u8>>,
+    /// The frame taken last had a large body: the next is likely another (a CHUNK of a
+    /// stream), so its header is read with little of its body ([`HEADER_READ_BYTES`]).
+    after_large: bool,
     /// The socket's timeouts as this connection last set them (`None`: not known), so that
     /// setting one it already has, and a receive deadline it already keeps, cost no system
     /// call; see [`Connection::set_timeout`].
@@ -466,6 +469,10 @@ const BUDGET_WAIT_MS: u64 = 30_000;
 
 /// Most bytes one read asks for while the size of the next frame is not known yet.
 const READ_BYTES: usize = 64 * 1024;
+/// Most bytes one read asks for while the next frame's header is awaited after a large body:
+/// the body's bytes read with the header are zeroed first and copied out of the buffer
+/// afterwards, so a stream of chunks reads little more than each header before its body.
+const HEADER_READ_BYTES: usize = 4 * 1024;
 /// Most bytes one read asks for while a body of known size arrives.
 const MAX_READ_BYTES: usize = 256 * 1024;
 /// Most a receive may end after its deadline, to spare resetting the read timeout.
@@ -489,6 +496,7 @@ impl Connection {
             body_crc: 0,
             budget: None,
             spare: Vec::new(),
+            after_large: false,
             timeouts: Cell::new(Timeouts::default()),
         }
     }
@@ -661,9 +669,7 @@ impl Connection {
     pub fn send_with_crc(&mut self, msg: &Message, body: &[u8], crc: u32) -> io::Result<()> {
         let mut head = Vec::with_capacity(128);
         encode_header_with(&mut head, msg, body.len(), crc);
-        self.stream.write_all(&head)?;
-        self.stream.write_all(body)?;
-        self.stream.flush()
+        self.write_frame(&head, body)
     }
 
     /// Writes one frame.
@@ -676,15 +682,36 @@ impl Connection {
         // A large body is written from where it lies rather than copied behind its header.
         let mut head = Vec::with_capacity(128);
         encode_header(&mut head, msg, body);
-        self.stream.write_all(&head)?;
-        self.stream.write_all(body)?;
-        self.stream.flush()
+        self.write_frame(&head, body)
+    }
+
+    /// Writes a frame's header line and its body. Over plain TCP both leave in the same
+    /// `writev`: written one after the other, the header would go out as a packet of its own
+    /// (the socket has no Nagle delay) and wake the peer for it alone.
+    fn write_frame(&mut self, head: &[u8], body: &[u8]) -> io::Result<()> {
+        let Stream::Plain(s) = &mut self.stream else {
+            self.stream.write_all(head)?;
+            self.stream.write_all(body)?;
+            return self.stream.flush();
+        };
+        let mut bufs = [io::IoSlice::new(head), io::IoSlice::new(body)];
+        let mut bufs = &mut bufs[..];
+        while !bufs.is_empty() {
+            match s.write_vectored(bufs) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => io::IoSlice::advance_slices(&mut bufs, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Reads what the socket has: into the body of the large frame being received, else into
     /// the buffer, at most the rest of the frame being received when its size is known (so a
     /// body arrives in few reads and is never followed by bytes that must be moved later; at
-    /// most [`MAX_READ_BYTES`] at a time), else at most [`READ_BYTES`].
+    /// most [`MAX_READ_BYTES`] at a time), else at most [`READ_BYTES`] ([`HEADER_READ_BYTES`]
+    /// right after a large body).
     ///
     /// `bounded` asks for one read only, so the caller can check its deadline between reads;
     /// otherwise a large body is read to its end with the socket's own timeout per read (over
@@ -708,6 +735,7 @@ impl Connection {
         // zeroed again by the next one: capping it keeps that linear in the body's size.
         let want = match self.need {
             Some(total) if total > self.buf.len() => (total - self.buf.len()).min(MAX_READ_BYTES),
+            _ if self.after_large => HEADER_READ_BYTES,
             _ => READ_BYTES,
         };
         read_zeroed(&mut self.stream, &mut self.buf, want)
@@ -722,6 +750,7 @@ impl Connection {
                 return Err(FrameError::BadChecksum.into());
             }
             self.body_crc = l.crc;
+            self.after_large = true;
             return Ok(Some(Frame {
                 msg: l.msg,
                 body: l.body,
@@ -739,6 +768,7 @@ impl Connection {
         match decode_front(&mut self.buf)? {
             Front::Frame(f, crc) => {
                 self.body_crc = crc;
+                self.after_large = false;
                 Ok(Some(f))
             }
             Front::NeedHeader => Ok(None),

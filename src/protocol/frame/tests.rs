@@ -140,6 +140,48 @@ fn a_relayed_body_keeps_the_checksum_it_arrived_with() {
     peer.join().unwrap();
 }
 
+#[test]
+fn frames_sent_after_large_bodies_arrive_whole_whatever_the_size_of_their_header() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let big: Vec<u8> = (0..CHUNK_BYTES).map(|i| (i * 7) as u8).collect();
+    let odd: Vec<u8> = (0..LARGE_BODY_BYTES + 5).map(|i| (i * 3) as u8).collect();
+    // A header longer than the read that follows a large body.
+    let long = Message::Err {
+        code: ErrorCode::Invalid,
+        msg: "x".repeat(3 * HEADER_READ_BYTES),
+    };
+    let frames = vec![
+        (Message::Chunk {}, big.clone()),
+        (long.clone(), Vec::new()),
+        (Message::Chunk {}, odd.clone()),
+        (Message::Chunk {}, big.clone()),
+        (Message::Chunk {}, b"tiny".to_vec()),
+        (Message::End {}, Vec::new()),
+    ];
+    let sent = frames.clone();
+    let peer = std::thread::spawn(move || {
+        let mut c = Connection::new(TcpStream::connect(addr).unwrap());
+        for (i, (msg, body)) in sent.iter().enumerate() {
+            if i == 3 {
+                c.send_with_crc(msg, body, crc32c::crc32c(body)).unwrap();
+            } else {
+                c.send(msg, body).unwrap();
+            }
+        }
+    });
+    let (stream, _) = listener.accept().unwrap();
+    let mut conn = Connection::new(stream);
+    conn.set_timeout(Some(Duration::from_secs(30))).unwrap();
+    for (msg, body) in &frames {
+        let f = conn.recv_some().unwrap();
+        assert_eq!(f.msg, *msg);
+        assert!(f.body == *body, "a body of {} bytes differs", body.len());
+    }
+    peer.join().unwrap();
+    assert!(conn.recv().unwrap().is_none(), "a clean end between frames");
+}
+
 /// A connected pair: the accepted end as a [`Connection`], and the raw peer socket.
 fn socket_pair() -> (Connection, TcpStream) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
