@@ -140,7 +140,15 @@ pub fn spawn(
         std::thread::Builder::new()
             .name(format!("nm-{name}-{i}"))
             .spawn(move || {
-                while let Ok(job) = jobs.recv() {
+                loop {
+                    let job = match jobs.recv_timeout(Duration::from_millis(sscall::KEPT_IDLE_MS)) {
+                        Ok(job) => job,
+                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                            conns.sweep();
+                            continue;
+                        }
+                        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                    };
                     let ctx = Ctx {
                         setup: &setup,
                         key: &key,

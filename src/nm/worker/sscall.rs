@@ -7,12 +7,17 @@
 //! (the storage server accepts it, hands it to a thread, sets its options and tears it down
 //! after one answer). So the workers of a pool share [`KeptConns`]: per storage-server
 //! address, at most [`MAX_KEPT_PER_SERVER`] connections that answered their last call, each
-//! taken by one worker for one call and handed back after a whole answer. The one handed
+//! taken by one worker for one call and handed back after a whole answer.
+//!
+//! A kept connection holds one of the storage server's connection slots and a thread there,
+//! so connections are kept only while calls to that server are frequent: a call's connection
+//! is kept when another call to the server runs as it ends, or began within
+//! [`BUSY_WINDOW_MS`] before; a lone call closes its connection as before. The one handed
 //! back last is taken first, so those a burst opened and a calmer load does not need stay
-//! idle; one idle for [`KEPT_IDLE_MS`] (well under a storage server's default idle timeout)
-//! is closed here rather than reused. A storage server may still close a kept connection
-//! first (its `--idle-timeout-s`, a restart): before use each is looked at without
-//! blocking (`protocol::kept`), and one found closed is dropped.
+//! idle, and one idle for [`KEPT_IDLE_MS`] is closed: by the next call's end, or by a worker
+//! that waited that long for a job ([`KeptConns::sweep`]). A storage server may still close
+//! a kept connection first (its `--idle-timeout-s`, a restart): before use each is looked at
+//! without blocking (`protocol::kept`), and one found closed is dropped.
 //!
 //! # Which calls go on them, and the one repeat
 //!
@@ -56,76 +61,164 @@ use std::time::{Duration, Instant};
 /// Most connections kept to one storage server (per worker pool): enough for the calls that
 /// many concurrent clients' creates make at once, few beside a server's connection cap.
 pub const MAX_KEPT_PER_SERVER: usize = 16;
-/// A kept connection idle this long is closed rather than reused.
-pub const KEPT_IDLE_MS: u64 = 20_000;
+/// A kept connection idle this long is closed (by the next call's end, or by an idle worker,
+/// [`KeptConns::sweep`]) rather than reused.
+pub const KEPT_IDLE_MS: u64 = 1_000;
+/// A call's connection is kept only when calls to its server are frequent: another one runs
+/// as it ends, or another one began at most this long before.
+pub const BUSY_WINDOW_MS: u64 = 100;
 
 /// Connections to storage servers kept between calls, shared by a pool's workers (module
 /// docs).
-#[derive(Default)]
 pub struct KeptConns {
-    by_addr: Mutex<HashMap<String, Vec<(Connection, Instant)>>>,
+    by_addr: Mutex<HashMap<String, Server>>,
+    /// [`KEPT_IDLE_MS`].
+    idle: Duration,
+    /// [`BUSY_WINDOW_MS`].
+    busy_window: Duration,
+}
+
+/// The calls to one storage server, and the connections kept to it.
+#[derive(Default)]
+struct Server {
+    /// Connections that answered their last call whole, and since when each is idle; the
+    /// last one is taken first.
+    idle: Vec<(Connection, Instant)>,
+    /// Calls that may keep their connection running now.
+    running: usize,
+    /// When the last two such calls began, the latest first.
+    began: [Option<Instant>; 2],
+}
+
+impl Server {
+    /// Closes (by handing them to `closed`) the connections idle since before `now - idle`.
+    fn sweep(&mut self, now: Instant, idle: Duration, closed: &mut Vec<(Connection, Instant)>) {
+        // Oldest first: those past the limit are at the front.
+        let old = self
+            .idle
+            .iter()
+            .take_while(|(_, at)| now.duration_since(*at) >= idle)
+            .count();
+        closed.extend(self.idle.drain(..old));
+    }
+
+    /// Whether this entry says nothing any more: no connection, no call, none recent.
+    fn unused(&self, now: Instant, busy_window: Duration) -> bool {
+        self.idle.is_empty()
+            && self.running == 0
+            && self.began[0].is_none_or(|t| now.duration_since(t) >= busy_window)
+    }
+}
+
+impl Default for KeptConns {
+    fn default() -> KeptConns {
+        KeptConns::new()
+    }
 }
 
 impl KeptConns {
     /// An empty set.
     pub fn new() -> KeptConns {
-        KeptConns::default()
+        KeptConns::with_limits(
+            Duration::from_millis(KEPT_IDLE_MS),
+            Duration::from_millis(BUSY_WINDOW_MS),
+        )
+    }
+
+    /// An empty set closing connections idle for `idle`, and keeping one only when another
+    /// call began within `busy_window` (or runs).
+    fn with_limits(idle: Duration, busy_window: Duration) -> KeptConns {
+        KeptConns {
+            by_addr: Mutex::default(),
+            idle,
+            busy_window,
+        }
+    }
+
+    fn servers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Server>> {
+        self.by_addr.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a call to `addr` beginning now; returns when it began, for [`KeptConns::end`].
+    fn begin(&self, addr: &str) -> Instant {
+        let now = Instant::now();
+        let mut map = self.servers();
+        let s = map.entry(addr.to_string()).or_default();
+        s.running += 1;
+        s.began = [Some(now), s.began[0]];
+        now
     }
 
     /// A kept connection to `addr` that is still open and holds nothing unread, if any; those
     /// found closed, or idle too long, are closed on the way.
     fn take(&self, addr: &str) -> Option<Connection> {
         loop {
-            let (mut c, at) = {
-                let mut map = self.by_addr.lock().unwrap_or_else(|p| p.into_inner());
-                let list = map.get_mut(addr)?;
-                let last = list.pop();
-                if list.is_empty() {
-                    map.remove(addr);
-                }
-                last?
-            };
+            let (mut c, at) = self.servers().get_mut(addr)?.idle.pop()?;
             // Looked at outside the lock: a system call per connection.
-            if at.elapsed() < Duration::from_millis(KEPT_IDLE_MS) && kept::reusable(&mut c) {
+            if at.elapsed() < self.idle && kept::reusable(&mut c) {
                 return Some(c);
             }
         }
     }
 
-    /// Keeps `c`, which answered its last call whole, for the next call to `addr` (closes it
-    /// when `addr` has enough kept already). Connections to any server idle too long are
-    /// closed here, so a server no longer called holds none for long.
-    fn put(&self, addr: &str, c: Connection) {
+    /// The call to `addr` that began at `began` ended, leaving `c` when it answered whole:
+    /// `c` is kept for the next call when calls to `addr` are frequent ([`BUSY_WINDOW_MS`])
+    /// and fewer than [`MAX_KEPT_PER_SERVER`] are kept, else closed. A lone call keeps none,
+    /// so a server near its connection cap does not lose a slot to a connection the name
+    /// server may not use again soon. Connections idle too long are closed too.
+    fn end(&self, addr: &str, began: Instant, c: Option<Connection>) {
         let now = Instant::now();
-        let idle = Duration::from_millis(KEPT_IDLE_MS);
         let mut closed = Vec::new();
         {
-            let mut map = self.by_addr.lock().unwrap_or_else(|p| p.into_inner());
-            for list in map.values_mut() {
-                // Oldest first: those past the limit are at the front.
-                let old = list
-                    .iter()
-                    .take_while(|(_, at)| now.duration_since(*at) >= idle)
-                    .count();
-                closed.extend(list.drain(..old));
+            let mut map = self.servers();
+            if let Some(s) = map.get_mut(addr) {
+                s.running = s.running.saturating_sub(1);
+                let other = if s.began[0] == Some(began) {
+                    s.began[1]
+                } else {
+                    s.began[0]
+                };
+                let busy = s.running > 0
+                    || other.is_some_and(|t| now.saturating_duration_since(t) < self.busy_window);
+                if let Some(c) = c {
+                    if busy && s.idle.len() < MAX_KEPT_PER_SERVER {
+                        s.idle.push((c, now));
+                    } else {
+                        closed.push((c, now));
+                    }
+                }
             }
-            map.retain(|_, list| !list.is_empty());
-            let list = map.entry(addr.to_string()).or_default();
-            if list.len() < MAX_KEPT_PER_SERVER {
-                list.push((c, now));
-            } else {
-                closed.push((c, now));
+            for s in map.values_mut() {
+                s.sweep(now, self.idle, &mut closed);
             }
+            map.retain(|_, s| !s.unused(now, self.busy_window));
         }
         // Closed outside the lock.
+        drop(closed);
+    }
+
+    /// Closes the connections idle for [`KEPT_IDLE_MS`] or more: a worker with no job calls
+    /// it, so a server no longer called holds none for long.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let mut closed = Vec::new();
+        {
+            let mut map = self.servers();
+            if map.is_empty() {
+                return;
+            }
+            for s in map.values_mut() {
+                s.sweep(now, self.idle, &mut closed);
+            }
+            map.retain(|_, s| !s.unused(now, self.busy_window));
+        }
         drop(closed);
     }
 
     /// How many connections are kept to `addr`.
     #[cfg(test)]
     fn count(&self, addr: &str) -> usize {
-        let map = self.by_addr.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(addr).map_or(0, Vec::len)
+        self.servers().get(addr).map_or(0, |s| s.idle.len())
     }
 }
 
@@ -162,44 +255,65 @@ pub fn call(
     env: &Env,
 ) -> Result<Frame, WireError> {
     if !repeatable(msg) {
-        return call_new(addr, msg, None);
+        let mut c = connect(addr)?;
+        return match exchange(&mut c, msg) {
+            Ok(f) => answer(f),
+            Err(NoAnswer::Unanswered(e) | NoAnswer::Failed(e)) => Err(e.into()),
+        };
     }
-    let Some(mut c) = conns.take(addr) else {
-        return call_new(addr, msg, Some(conns));
+    let began = conns.begin(addr);
+    let (r, c) = call_kept(addr, msg, conns, key, env);
+    conns.end(addr, began, c);
+    r
+}
+
+/// [`call`] of a [`repeatable`] `msg`; also returns the connection when it may be kept.
+fn call_kept(
+    addr: &str,
+    msg: &Message,
+    conns: &KeptConns,
+    key: &ClusterKey,
+    env: &Env,
+) -> (Result<Frame, WireError>, Option<Connection>) {
+    let fresh;
+    let mut msg = msg;
+    if let Some(mut c) = conns.take(addr) {
+        match exchange(&mut c, msg) {
+            Ok(f) => return kept_after(f, c),
+            Err(NoAnswer::Unanswered(e)) => {
+                log::debug!(
+                    "the kept connection to {addr} closed before answering {} ({e}); sending it again on a new one",
+                    msg.op_name()
+                );
+            }
+            Err(NoAnswer::Failed(e)) => return (Err(e.into()), None),
+        }
+        fresh = with_fresh_ticket(msg, key, env);
+        msg = &fresh;
+    }
+    let mut c = match connect(addr) {
+        Ok(c) => c,
+        Err(e) => return (Err(e), None),
     };
     match exchange(&mut c, msg) {
-        Ok(f) => return answer(addr, c, f, conns),
-        Err(NoAnswer::Unanswered(e)) => {
-            log::debug!(
-                "the kept connection to {addr} closed before answering {} ({e}); sending it again on a new one",
-                msg.op_name()
-            );
-        }
-        Err(NoAnswer::Failed(e)) => return Err(e.into()),
-    }
-    call_new(addr, &with_fresh_ticket(msg, key, env), Some(conns))
-}
-
-/// Makes call `msg` on a new connection, which is kept afterwards when `conns` is given.
-fn call_new(addr: &str, msg: &Message, conns: Option<&KeptConns>) -> Result<Frame, WireError> {
-    let mut c = connect(addr)?;
-    match exchange(&mut c, msg) {
-        Ok(f) => match conns {
-            Some(conns) => answer(addr, c, f, conns),
-            None => Ok(Frame {
-                msg: f.msg.into_result()?,
-                body: f.body,
-            }),
-        },
-        Err(NoAnswer::Unanswered(e) | NoAnswer::Failed(e)) => Err(e.into()),
+        Ok(f) => kept_after(f, c),
+        Err(NoAnswer::Unanswered(e) | NoAnswer::Failed(e)) => (Err(e.into()), None),
     }
 }
 
-/// The answer `f` that came on `c`; `c` is kept unless the answer is an ERR (the server may
-/// close the connection after some refusals).
-fn answer(addr: &str, c: Connection, f: Frame, conns: &KeptConns) -> Result<Frame, WireError> {
+/// A call's outcome from answer `f` on `c`, with `c` when it may be kept: an ERR answer
+/// becomes `Err`, and its connection is not kept (the server may close it after some
+/// refusals).
+fn kept_after(f: Frame, c: Connection) -> (Result<Frame, WireError>, Option<Connection>) {
+    match answer(f) {
+        Ok(f) => (Ok(f), Some(c)),
+        Err(e) => (Err(e), None),
+    }
+}
+
+/// The answer `f`; an ERR becomes `Err`.
+fn answer(f: Frame) -> Result<Frame, WireError> {
     let msg = f.msg.into_result()?;
-    conns.put(addr, c);
     Ok(Frame { msg, body: f.body })
 }
 

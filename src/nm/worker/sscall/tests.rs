@@ -106,36 +106,71 @@ fn nonce(m: &Message) -> String {
     }
 }
 
+/// Kept connections as in a name server, but calls count as frequent for a minute: a test
+/// paused by a loaded machine sees the same connections kept.
+fn conns() -> KeptConns {
+    KeptConns::with_limits(Duration::from_millis(KEPT_IDLE_MS), Duration::from_secs(60))
+}
+
 #[test]
-fn calls_share_one_kept_connection() {
+fn frequent_calls_share_one_kept_connection_and_a_lone_call_keeps_none() {
     let (l, addr) = listen();
-    let server = played(l, vec![vec![Then::Answer, Then::Answer, Then::Answer]]);
-    let (env, conns) = (Env::seeded(1, 1), KeptConns::new());
-    for f in ["a.txt", "b.txt", "c.txt"] {
+    let server = played(
+        l,
+        vec![
+            vec![Then::Answer],
+            vec![Then::Answer, Then::Answer, Then::Answer],
+        ],
+    );
+    let (env, conns) = (Env::seeded(1, 1), conns());
+    for (i, f) in ["a.txt", "b.txt", "c.txt", "d.txt"].into_iter().enumerate() {
         let got = call(&addr, &create(&env, f), &conns, &key(), &env).expect("answered");
         assert!(matches!(got.msg, Message::FileStateReply { .. }));
-        assert_eq!(conns.count(&addr), 1);
+        // The first call is alone: nothing began before it.
+        assert_eq!(conns.count(&addr), usize::from(i > 0));
     }
     drop(conns);
     let seen = server.join().expect("server");
-    assert_eq!(seen.len(), 1, "one connection for three calls");
-    assert_eq!(seen[0].len(), 3);
+    assert_eq!(
+        seen.len(),
+        2,
+        "a connection for the lone call, one for the three after"
+    );
+    assert_eq!(seen[1].len(), 3);
+
+    // With no window at all, a call after the last ended keeps nothing.
+    let (l, addr) = listen();
+    let server = played(l, vec![vec![Then::Answer], vec![Then::Answer]]);
+    let conns = KeptConns::with_limits(Duration::from_secs(60), Duration::ZERO);
+    call(&addr, &create(&env, "e.txt"), &conns, &key(), &env).expect("answered");
+    call(&addr, &create(&env, "f.txt"), &conns, &key(), &env).expect("answered");
+    assert_eq!(conns.count(&addr), 0);
+    assert_eq!(server.join().expect("server").len(), 2);
 }
 
 #[test]
 fn a_kept_connection_closed_as_the_request_arrives_is_called_again_on_a_new_one() {
     let (l, addr) = listen();
-    let server = played(l, vec![vec![Then::Answer, Then::Close], vec![Then::Answer]]);
-    let (env, conns) = (Env::seeded(1, 2), KeptConns::new());
+    let server = played(
+        l,
+        vec![
+            vec![Then::Answer],
+            vec![Then::Answer, Then::Close],
+            vec![Then::Answer],
+        ],
+    );
+    let (env, conns) = (Env::seeded(1, 2), conns());
     call(&addr, &create(&env, "a.txt"), &conns, &key(), &env).expect("first");
-    let got = call(&addr, &create(&env, "b.txt"), &conns, &key(), &env)
+    call(&addr, &create(&env, "b.txt"), &conns, &key(), &env).expect("second");
+    assert_eq!(conns.count(&addr), 1);
+    let got = call(&addr, &create(&env, "c.txt"), &conns, &key(), &env)
         .expect("the repeat is answered, the caller sees no error");
     assert!(matches!(got.msg, Message::FileStateReply { .. }));
     assert_eq!(conns.count(&addr), 1, "the new connection is kept");
     drop(conns);
     let seen = server.join().expect("server");
-    assert_eq!(seen.len(), 2);
-    let (cut, again) = (&seen[0][1], &seen[1][0]);
+    assert_eq!(seen.len(), 3);
+    let (cut, again) = (&seen[1][1], &seen[2][0]);
     assert_eq!(
         crate::protocol::encode(&with_nonce(cut, ""), &[]),
         crate::protocol::encode(&with_nonce(again, ""), &[]),
@@ -158,22 +193,23 @@ fn with_nonce(m: &Message, n: &str) -> Message {
 #[test]
 fn a_partial_answer_on_a_kept_connection_is_not_repeated() {
     let (l, addr) = listen();
-    let server = played(l, vec![vec![Then::Answer, Then::Half]]);
-    let (env, conns) = (Env::seeded(1, 3), KeptConns::new());
+    let server = played(l, vec![vec![Then::Answer], vec![Then::Answer, Then::Half]]);
+    let (env, conns) = (Env::seeded(1, 3), conns());
     call(&addr, &create(&env, "a.txt"), &conns, &key(), &env).expect("first");
-    let e = call(&addr, &create(&env, "b.txt"), &conns, &key(), &env)
+    call(&addr, &create(&env, "b.txt"), &conns, &key(), &env).expect("second");
+    let e = call(&addr, &create(&env, "c.txt"), &conns, &key(), &env)
         .expect_err("an answer broken off fails the call");
     assert_eq!(e.code, crate::protocol::ErrorCode::Unavailable, "{e:?}");
     assert_eq!(conns.count(&addr), 0);
     let seen = server.join().expect("server");
-    assert_eq!(seen.len(), 1, "no second connection");
+    assert_eq!(seen.len(), 2, "no third connection");
 }
 
 #[test]
 fn a_call_on_a_new_connection_is_not_repeated() {
     let (l, addr) = listen();
     let server = played(l, vec![vec![Then::Close]]);
-    let (env, conns) = (Env::seeded(1, 4), KeptConns::new());
+    let (env, conns) = (Env::seeded(1, 4), conns());
     let e = call(&addr, &create(&env, "a.txt"), &conns, &key(), &env)
         .expect_err("a new connection closed unanswered fails the call");
     assert_eq!(e.code, crate::protocol::ErrorCode::Unavailable, "{e:?}");
@@ -209,7 +245,7 @@ fn only_calls_safe_to_repeat_are_kept() {
         assert!(matches!(f.msg, Message::SsUndo { .. }));
         c.send(&state("a.txt"), &[]).expect("answer");
     });
-    let conns = KeptConns::new();
+    let conns = conns();
     let undo = Message::SsUndo {
         file: "a.txt".into(),
         epoch: 1,
@@ -228,9 +264,17 @@ fn pair() -> (Connection, TcpStream) {
     (c, s)
 }
 
+/// Keeps `c` as a call to `addr` ending while another runs would.
+fn keep(conns: &KeptConns, addr: &str, c: Connection) {
+    let other = conns.begin(addr);
+    let began = conns.begin(addr);
+    conns.end(addr, began, Some(c));
+    conns.end(addr, other, None);
+}
+
 #[test]
 fn a_connection_its_server_closed_is_not_taken() {
-    let conns = KeptConns::new();
+    let conns = conns();
     let (c, s) = pair();
     let addr = c.stream().peer_addr().expect("peer").to_string();
     drop(s);
@@ -239,7 +283,7 @@ fn a_connection_its_server_closed_is_not_taken() {
     while !kept::peer_closed(&c) && Instant::now() < by {
         thread::yield_now();
     }
-    conns.put(&addr, c);
+    keep(&conns, &addr, c);
     assert_eq!(conns.count(&addr), 1);
     assert!(conns.take(&addr).is_none(), "found closed, dropped");
     assert_eq!(conns.count(&addr), 0);
@@ -247,17 +291,37 @@ fn a_connection_its_server_closed_is_not_taken() {
 
 #[test]
 fn at_most_the_cap_is_kept_per_server() {
-    let conns = KeptConns::new();
+    let conns = conns();
     let (l, addr) = listen();
     let mut ends = Vec::new();
     for _ in 0..MAX_KEPT_PER_SERVER + 2 {
         let c = connect(&addr).expect("connect");
         ends.push(l.accept().expect("accept").0);
-        conns.put(&addr, c);
+        keep(&conns, &addr, c);
     }
     assert_eq!(conns.count(&addr), MAX_KEPT_PER_SERVER);
     for _ in 0..MAX_KEPT_PER_SERVER {
         assert!(conns.take(&addr).is_some());
     }
     assert!(conns.take(&addr).is_none());
+}
+
+#[test]
+fn an_idle_connection_is_closed_by_a_sweep() {
+    let conns = KeptConns::with_limits(Duration::from_millis(50), Duration::from_secs(60));
+    let (c, s) = pair();
+    let addr = c.stream().peer_addr().expect("peer").to_string();
+    keep(&conns, &addr, c);
+    assert_eq!(conns.count(&addr), 1);
+    let by = Instant::now() + Duration::from_secs(5);
+    while conns.count(&addr) > 0 && Instant::now() < by {
+        thread::sleep(Duration::from_millis(10));
+        conns.sweep();
+    }
+    assert_eq!(conns.count(&addr), 0, "swept");
+    // Closed, not only forgotten: the server's end reads the end of stream.
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    use std::io::Read;
+    assert_eq!((&s).read(&mut [0u8; 1]).expect("end of stream"), 0);
 }
