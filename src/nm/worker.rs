@@ -141,13 +141,22 @@ pub fn spawn(
             .name(format!("nm-{name}-{i}"))
             .spawn(move || {
                 loop {
-                    let job = match jobs.recv_timeout(Duration::from_millis(sscall::KEPT_IDLE_MS)) {
-                        Ok(job) => job,
-                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                            conns.sweep();
-                            continue;
+                    // While connections are kept, a worker waits no longer than one may
+                    // stay idle, and closes those that did; else it waits for a job alone.
+                    let job = if conns.holds_any() {
+                        match jobs.recv_timeout(Duration::from_millis(sscall::KEPT_IDLE_MS)) {
+                            Ok(job) => job,
+                            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                                conns.sweep();
+                                continue;
+                            }
+                            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
                         }
-                        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                    } else {
+                        match jobs.recv() {
+                            Ok(job) => job,
+                            Err(_) => return,
+                        }
                     };
                     let ctx = Ctx {
                         setup: &setup,

@@ -15,7 +15,8 @@
 //! [`BUSY_WINDOW_MS`] before; a lone call closes its connection as before. The one handed
 //! back last is taken first, so those a burst opened and a calmer load does not need stay
 //! idle, and one idle for [`KEPT_IDLE_MS`] is closed: by the next call's end, or by a worker
-//! that waited that long for a job ([`KeptConns::sweep`]). A storage server may still close
+//! that waited that long for a job ([`KeptConns::sweep`]; workers wait so only while any
+//! connection is kept, so an idle name server's workers sleep until a job comes). A storage server may still close
 //! a kept connection first (its `--idle-timeout-s`, a restart): before use each is looked at
 //! without blocking (`protocol::kept`), and one found closed is dropped.
 //!
@@ -213,6 +214,11 @@ impl KeptConns {
             map.retain(|_, s| !s.unused(now, self.busy_window));
         }
         drop(closed);
+    }
+
+    /// Whether any connection is kept (to any server).
+    pub fn holds_any(&self) -> bool {
+        self.servers().values().any(|s| !s.idle.is_empty())
     }
 
     /// How many connections are kept to `addr`.

@@ -311,14 +311,17 @@ fn an_idle_connection_is_closed_by_a_sweep() {
     let conns = KeptConns::with_limits(Duration::from_millis(50), Duration::from_secs(60));
     let (c, s) = pair();
     let addr = c.stream().peer_addr().expect("peer").to_string();
+    assert!(!conns.holds_any());
     keep(&conns, &addr, c);
     assert_eq!(conns.count(&addr), 1);
+    assert!(conns.holds_any(), "the workers sweep while one is kept");
     let by = Instant::now() + Duration::from_secs(5);
     while conns.count(&addr) > 0 && Instant::now() < by {
         thread::sleep(Duration::from_millis(10));
         conns.sweep();
     }
     assert_eq!(conns.count(&addr), 0, "swept");
+    assert!(!conns.holds_any());
     // Closed, not only forgotten: the server's end reads the end of stream.
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
