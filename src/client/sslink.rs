@@ -8,7 +8,7 @@
 //!
 //! A kept connection may be closed by its server meanwhile: a storage server closes
 //! connections idle past its `--idle-timeout-s`, and a restarted one has lost them. It is
-//! looked at first, without blocking ([`peer_closed`]). A close that races with the request,
+//! looked at first, without blocking ([`kept::reusable`]). A close that races with the request,
 //! or a server gone silent (its host powered off: no close ever arrives), shows as the
 //! connection ending, failing, or giving no answer within a new connection's connect timeout;
 //! the command then asks the name server again (for a fresh single-use ticket) and goes on a
@@ -20,6 +20,8 @@
 //! more than the client's next connect.
 
 use crate::protocol::frame::ConnError;
+use crate::protocol::kept;
+pub(super) use crate::protocol::kept::peer_closed;
 use crate::protocol::{err, Connection, Frame, Message, WireError};
 use std::io;
 use std::time::{Duration, Instant};
@@ -143,25 +145,6 @@ impl Kept {
     /// open and holds nothing unread.
     pub(super) fn take(&mut self, ss: &str, addr: &str) -> Option<SsLink> {
         let mut link = self.0.take().filter(|l| l.ss == ss && l.addr == addr)?;
-        (!link.conn.has_buffered_input() && !peer_closed(&link.conn)).then_some(link)
-    }
-}
-
-/// Whether the peer has closed `c` (checked without blocking and without consuming bytes, in
-/// one system call), so an idle client notices a restarted server before sending into a dead
-/// connection.
-pub(super) fn peer_closed(c: &Connection) -> bool {
-    use nix::sys::socket::{recv, MsgFlags};
-    use std::os::fd::AsRawFd;
-    let mut probe = [0u8; 1];
-    // Bytes nobody asked for (neither server sends unsolicited frames) would be taken for the
-    // next reply, so a connection holding any is as good as closed; so is an end of stream.
-    match recv(
-        c.stream().as_raw_fd(),
-        &mut probe,
-        MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
-    ) {
-        Ok(_) => true,
-        Err(e) => e != nix::errno::Errno::EAGAIN,
+        kept::reusable(&mut link.conn).then_some(link)
     }
 }

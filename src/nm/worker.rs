@@ -4,6 +4,10 @@
 //! Jobs arrive over a bounded channel (`--queue-cap`); each result goes back over a channel and
 //! the loop's `Waker`. The result channel never fills: it holds at most one result per queued
 //! or running job.
+//!
+//! A pool's workers share the connections they keep to storage servers for the small calls
+//! whose repeat is safe (SS_CREATE, SS_DELETE, SS_MKDIR, CHECK_FILES): see `sscall` for which
+//! calls go on them and when one is sent again.
 
 use super::core::{mono_ms, Env, Job, JobId, JobKind, JobOutput};
 use super::exec::{self, ExecLimits};
@@ -14,6 +18,10 @@ use crate::protocol::{err, Connection, Message, WireError};
 use crossbeam_channel::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::Duration;
+
+mod sscall;
+
+pub use sscall::KeptConns;
 
 /// Time allowed to connect to a storage server.
 pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
@@ -110,6 +118,7 @@ pub fn spawn(
         sandbox,
         fault,
     } = pool;
+    let conns = Arc::new(KeptConns::new());
     let setup = ExecSetup {
         limits: ExecLimits {
             timeout: Duration::from_secs(exec_timeout_s),
@@ -127,11 +136,36 @@ pub fn spawn(
         let setup = setup.clone();
         let key = key.clone();
         let env = env.clone();
+        let conns = conns.clone();
         std::thread::Builder::new()
             .name(format!("nm-{name}-{i}"))
             .spawn(move || {
-                while let Ok(job) = jobs.recv() {
-                    let (done, alone) = run_some(job, &jobs, &setup, &key, &env, fault);
+                loop {
+                    // While connections are kept, a worker waits no longer than one may
+                    // stay idle, and closes those that did; else it waits for a job alone.
+                    let job = if conns.holds_any() {
+                        match jobs.recv_timeout(Duration::from_millis(sscall::KEPT_IDLE_MS)) {
+                            Ok(job) => job,
+                            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                                conns.sweep();
+                                continue;
+                            }
+                            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                        }
+                    } else {
+                        match jobs.recv() {
+                            Ok(job) => job,
+                            Err(_) => return,
+                        }
+                    };
+                    let ctx = Ctx {
+                        setup: &setup,
+                        key: &key,
+                        env: &env,
+                        conns: &conns,
+                        fault,
+                    };
+                    let (done, alone) = run_some(job, &jobs, &ctx);
                     for (id, out) in done {
                         if results.send((id, out)).is_err() {
                             return;
@@ -163,16 +197,11 @@ pub fn spawn(
 fn run_some(
     first: Job,
     jobs: &Receiver<Job>,
-    setup: &ExecSetup,
-    key: &ClusterKey,
-    env: &Env,
-    fault: Option<NmFault>,
+    ctx: &Ctx<'_>,
 ) -> (Vec<JobResult>, Vec<(JobId, replication::Transfer)>) {
+    let key = ctx.key;
     let JobKind::Replicate(lead) = &first.kind else {
-        return (
-            vec![(first.id, run(&first.kind, setup, key, env, fault))],
-            vec![],
-        );
+        return (vec![(first.id, run(&first.kind, ctx))], vec![]);
     };
     let mut batch: Vec<(JobId, replication::Transfer)> = Vec::new();
     let mut others = Vec::new();
@@ -209,45 +238,57 @@ fn run_some(
         }
     }
     for job in others {
-        out.push((job.id, run(&job.kind, setup, key, env, fault)));
+        out.push((job.id, run(&job.kind, ctx)));
     }
     (out, alone)
 }
 
+/// What a worker runs its jobs with.
+pub struct Ctx<'a> {
+    /// EXEC's limits and sandbox.
+    pub setup: &'a ExecSetup,
+    /// Mints the fresh ticket of a repeated call.
+    pub key: &'a ClusterKey,
+    /// The clock and randomness tickets are minted with.
+    pub env: &'a Env,
+    /// The connections the pool keeps to storage servers.
+    pub conns: &'a KeptConns,
+    /// The test hook its calls obey, if any.
+    pub fault: Option<NmFault>,
+}
+
 /// Runs one job, blocking.
-pub fn run(
-    kind: &JobKind,
-    setup: &ExecSetup,
-    key: &ClusterKey,
-    env: &Env,
-    fault: Option<NmFault>,
-) -> Result<JobOutput, WireError> {
+pub fn run(kind: &JobKind, ctx: &Ctx<'_>) -> Result<JobOutput, WireError> {
+    let Ctx {
+        setup,
+        key,
+        env,
+        conns,
+        fault,
+    } = *ctx;
     match kind {
         JobKind::Replicate(t) => replication::run(t, key).map(JobOutput::Replicated),
         JobKind::SsCall {
             addr,
             msg: msg @ Message::SsMove { .. },
         } => run_move(addr, msg, key, env, fault),
-        JobKind::SsCall { addr, msg } => {
-            let mut conn = connect(addr)?;
-            match conn.call(msg, &[])?.msg {
-                Message::FileStateReply { state } => Ok(JobOutput::State(state)),
-                Message::Done {} => Ok(JobOutput::Done),
-                Message::Checked {
-                    copies,
-                    orphans,
-                    more_orphans,
-                } => Ok(JobOutput::Checked {
-                    copies,
-                    orphans,
-                    more_orphans,
-                }),
-                other => Err(err::internal(format!(
-                    "storage server answered {} unexpectedly",
-                    other.op_name()
-                ))),
-            }
-        }
+        JobKind::SsCall { addr, msg } => match sscall::call(addr, msg, conns, key, env)?.msg {
+            Message::FileStateReply { state } => Ok(JobOutput::State(state)),
+            Message::Done {} => Ok(JobOutput::Done),
+            Message::Checked {
+                copies,
+                orphans,
+                more_orphans,
+            } => Ok(JobOutput::Checked {
+                copies,
+                orphans,
+                more_orphans,
+            }),
+            other => Err(err::internal(format!(
+                "storage server answered {} unexpectedly",
+                other.op_name()
+            ))),
+        },
         JobKind::Exec { addr, msg } => {
             let script = fetch(addr, msg)?;
             let r = exec::run_script(&script, &setup.limits, &setup.sandbox)?;

@@ -4,6 +4,7 @@
 pub mod budget;
 pub mod error;
 pub mod frame;
+pub mod kept;
 pub mod message;
 
 pub use error::{err, ErrorCode, WireError, MOVING_WRITER, NOT_APPLIED_TRY_AGAIN};

@@ -452,3 +452,35 @@ fn read_from_a_full_server_without_a_partner_says_limit() {
         .assert_contains("ERROR [LIMIT]: too many connections")
         .assert_code(1);
 }
+
+#[test]
+fn creates_and_deletes_go_on_when_a_storage_server_closes_the_name_server_s_idle_connections() {
+    // The name server keeps its connections to a storage server between calls; the storage
+    // server closes them once idle for 0.2 s, between the calls that follow.
+    let c = Cluster::builder()
+        .ss_args(&["--idle-timeout-s", "0.2"])
+        .start();
+    let alice = c.client("alice");
+    let idle = Duration::from_millis(500);
+    for i in 0..3 {
+        let out = alice.run(&format!("CREATE kept{i}a.txt\nCREATE kept{i}b.txt\n"));
+        out.assert_code(0);
+        assert_eq!(
+            out.stdout.matches("File Created Successfully!").count(),
+            2,
+            "{}",
+            out.stdout
+        );
+        assert!(!out.stdout.contains("ERROR"), "{}", out.stdout);
+        // Longer than the storage server's idle timeout: the kept connections are closed.
+        std::thread::sleep(idle);
+    }
+    let out = alice.run("DELETE kept0a.txt\n");
+    out.assert_code(0);
+    assert!(!out.stdout.contains("ERROR"), "{}", out.stdout);
+    std::thread::sleep(idle);
+    let out = alice.run("DELETE kept0b.txt\nVIEW\n");
+    assert!(!out.stdout.contains("ERROR"), "{}", out.stdout);
+    out.assert_contains("kept2b.txt");
+    assert!(!out.stdout.contains("kept0"), "{}", out.stdout);
+}

@@ -27,6 +27,13 @@
 //! (a lost answer may still have created the file: it is then an unknown file the server
 //! lists at its next registration and the name server adopts, as before).
 //!
+//! A worker may send one SS_CREATE twice: when the connection it kept to the server closed
+//! before any byte of an answer arrived, the same create goes again on a new connection with
+//! a fresh ticket (`worker::sscall`). The server answers a repeat that finds the file exactly
+//! as this create made it (the version and owner it names, empty, untouched) with the file's
+//! state, and anything else there as EXISTS, as it would the first. So the one answer the
+//! core hears is this create's, whichever send it came from, and everything above holds.
+//!
 //! # Settled at registration
 //!
 //! An intent the last run left (the name server stopped before the intent's removal was

@@ -30,6 +30,11 @@
 //! the removal failed): the server may have removed the file, so the intent stays and is
 //! settled at that server's next registration; a refusal with any other code removes it.
 //!
+//! A worker may send one SS_DELETE twice, the second time on a new connection when the one
+//! it kept closed before any answer (`worker::sscall`): a repeat that finds the file gone
+//! answers NOT_FOUND, which counts as the delete done, as for any DELETE whose copy is gone
+//! already (`nm` module docs).
+//!
 //! An intent whose call is still running in this run is left to its answer. The name is not
 //! reserved meanwhile: every other operation on it changes or removes the record, which
 //! makes the intent moot, and a new DELETE replaces it.

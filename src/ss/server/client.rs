@@ -382,6 +382,11 @@ pub(super) fn rebase(
     }
 }
 
+/// SS_CREATE: the empty file at the first version named, owned by `owner`, durable before the
+/// answer. The same SS_CREATE made again (the name server repeats one whose connection closed
+/// before any answer, with a fresh ticket) is answered with the file's state as a success
+/// when the file is exactly what that create made and untouched since (see
+/// `Store::create_at`); any other file at the name is refused as existing.
 pub(super) fn create(
     shared: &Shared,
     conn: &mut Connection,

@@ -361,6 +361,33 @@ fn read_write_undo_delete_through_the_client_port() {
 }
 
 #[test]
+fn a_repeated_ss_create_is_answered_as_the_first_only_while_the_file_is_as_it_made_it() {
+    let cl = cluster(60_000);
+    let first = cl.create("a.txt");
+    let again = |owner: &str, counter: Option<u64>| {
+        let m = Message::SsCreate {
+            file: "a.txt".into(),
+            owner: owner.into(),
+            epoch: 7,
+            counter,
+            ticket: cl.ticket("a.txt", TicketOp::Create),
+        };
+        cl.ask(&mut cl.conn(), m)
+    };
+    match again("alice", None).unwrap() {
+        Message::FileStateReply { state } => assert_eq!(state, first),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(again("bob", None).unwrap_err().code, ErrorCode::Conflict);
+    assert_eq!(
+        again("alice", Some(3)).unwrap_err().code,
+        ErrorCode::Conflict
+    );
+    cl.write("a.txt", 0, 0, "Hello.");
+    assert_eq!(again("alice", None).unwrap_err().code, ErrorCode::Conflict);
+}
+
+#[test]
 fn tickets_are_checked() {
     let cl = cluster(60_000);
     cl.create("a.txt");

@@ -431,6 +431,11 @@ impl Store {
     /// content are staged and made durable by one batch (see `batch`), the record renamed
     /// into place first: a record without content is an unfinished create, which the scan
     /// removes.
+    ///
+    /// The same create made again is answered as the first was: a file that exists already
+    /// and is exactly what a create of it by `owner` at `first` made, untouched since
+    /// (`created_already`), is returned as created, so a caller whose answer was
+    /// lost may repeat the request. Anything else at the name is [`StoreError::Exists`].
     pub fn create_at(&self, file: &str, owner: &str, first: Version) -> Result<Meta, StoreError> {
         let lock = self.file_lock(file);
         let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -438,7 +443,9 @@ impl Store {
         let gate = self.journal.as_ref().map(|j| (j, j.enter()));
         let target = self.content_path(file);
         if self.fs.exists(&target) {
-            return Err(StoreError::Exists(names::display(file)));
+            return self
+                .created_already(file, owner, first)
+                .ok_or_else(|| StoreError::Exists(names::display(file)));
         }
         let (content_tmp, cf) = self.stage(file, &mut |_| Ok(()))?;
         let staged = (|| {
@@ -526,6 +533,28 @@ impl Store {
             return Err(self.io(file, e));
         }
         Ok(meta)
+    }
+
+    /// The record of `file` when the file is exactly what a create by `owner` at version
+    /// `first` made: that version and owner, empty, no history, its content untouched since
+    /// (the size and mtime the record holds; a hand edit is not adopted here). A completed
+    /// create was durable before its lock was released, so such a file needs nothing more.
+    /// Caller holds the lock.
+    fn created_already(&self, file: &str, owner: &str, first: Version) -> Option<Meta> {
+        let md = self
+            .fs
+            .metadata(&self.content_path(file))
+            .ok()
+            .filter(|md| md.is_file())?;
+        let m = self.read_meta(file)?;
+        let untouched = md.len() == 0 && m.size == 0 && m.mtime_ns == mtime_ns(&md);
+        let as_created = m.version == first
+            && m.owner.as_deref() == Some(owner)
+            && m.checksum == crc32c::crc32c(b"")
+            && m.words == 0
+            && m.chars == 0
+            && m.undo.is_empty();
+        (untouched && as_created).then_some(m)
     }
 
     /// DELETE: content, bookkeeping and undo blobs. Caller holds the lock.

@@ -62,6 +62,59 @@ fn create_write_undo_delete() {
     assert!(s.scan().unwrap().is_empty());
 }
 
+/// A create made again is answered as the first was only while the file is exactly what it
+/// made: that version, that owner, empty, untouched.
+fn a_repeated_create_is_answered_as_the_first_only_while_the_file_is_as_it_made_it(s: &Store) {
+    let v = Version {
+        epoch: 2,
+        counter: 5,
+    };
+    let first = s.create_at("a.txt", "alice", v).unwrap();
+    let again = s.create_at("a.txt", "alice", v).unwrap();
+    assert_eq!(again.version, first.version);
+    assert_eq!(again.mtime_ns, first.mtime_ns);
+    assert_eq!(again.owner.as_deref(), Some("alice"));
+    let exists = |r: Result<Meta, StoreError>| matches!(r, Err(StoreError::Exists(_)));
+    assert!(exists(s.create_at("a.txt", "bob", v)), "another owner");
+    let other = Version {
+        epoch: 2,
+        counter: 1,
+    };
+    assert!(
+        exists(s.create_at("a.txt", "alice", other)),
+        "another version"
+    );
+    commit(s, "a.txt", "one.");
+    assert!(exists(s.create_at("a.txt", "alice", v)), "written since");
+    // Emptied again by an undo: a later version with history, not the file the create made.
+    s.undo("a.txt", 2).unwrap();
+    assert!(exists(s.create_at("a.txt", "alice", v)), "undone since");
+    // Rewritten by hand, still empty: the mtime is not the one recorded.
+    s.create_at("b.txt", "alice", v).unwrap();
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(10);
+    fs::File::options()
+        .write(true)
+        .open(s.content_path("b.txt"))
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    assert!(exists(s.create_at("b.txt", "alice", v)), "edited by hand");
+}
+
+#[test]
+fn a_repeated_create_through_the_journal() {
+    let (_d, s) = store();
+    a_repeated_create_is_answered_as_the_first_only_while_the_file_is_as_it_made_it(&s);
+}
+
+#[test]
+fn a_repeated_create_without_the_journal() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().canonicalize().unwrap();
+    let s = Store::open_unjournaled(Recording::on(&root), &root, "ss1").unwrap();
+    a_repeated_create_is_answered_as_the_first_only_while_the_file_is_as_it_made_it(&s);
+}
+
 #[test]
 fn undo_depth_is_bounded() {
     let (d, s) = store();
