@@ -14,7 +14,7 @@ use super::exec::{self, ExecLimits};
 use super::replication;
 use crate::auth::{ClusterKey, Grant};
 use crate::protocol::frame::ConnError;
-use crate::protocol::{err, Connection, Message, WireError};
+use crate::protocol::{err, Connection, Message, Ticket, WireError};
 use crossbeam_channel::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::Duration;
@@ -362,16 +362,7 @@ fn run_move(
         std::thread::sleep(Duration::from_millis(
             MOVE_REPEAT_PAUSE_MS * u64::from(attempt),
         ));
-        // A fresh ticket (each is single use) for the same server and epoch.
-        let grant = Grant {
-            user: &t.user,
-            file: &t.file,
-            op: t.op,
-            ss: &t.ss,
-            min_version: t.min_version,
-            epoch: t.epoch,
-        };
-        let ticket = env.mint(key, &grant, mono_ms());
+        let ticket = fresh_ticket(t, key, env);
         let again = ss_move(*version, ticket);
         let answer = connect(addr).and_then(|mut c| {
             c.send(&again, &[])
@@ -412,6 +403,20 @@ fn move_answer(
             other.op_name()
         ))),
     }
+}
+
+/// A new ticket with the grant of `t` (each ticket is single use), for a call sent again: same
+/// user, file, operation, server, minimum version and epoch.
+fn fresh_ticket(t: &Ticket, key: &ClusterKey, env: &Env) -> Ticket {
+    let grant = Grant {
+        user: &t.user,
+        file: &t.file,
+        op: t.op,
+        ss: &t.ss,
+        min_version: t.min_version,
+        epoch: t.epoch,
+    };
+    env.mint(key, &grant, mono_ms())
 }
 
 fn connect(addr: &str) -> Result<Connection, WireError> {

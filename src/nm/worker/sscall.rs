@@ -50,11 +50,10 @@
 //! own handling (`worker::run_move`). EXEC's fetch and replication open their own
 //! connections too.
 
-use super::{connect, Env};
-use crate::auth::{ClusterKey, Grant};
-use crate::nm::core::mono_ms;
+use super::{connect, fresh_ticket, Env};
+use crate::auth::ClusterKey;
 use crate::protocol::frame::{ConnError, Frame};
-use crate::protocol::{kept, Connection, Message, Ticket, WireError};
+use crate::protocol::{kept, Connection, Message, WireError};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -347,23 +346,12 @@ fn exchange(c: &mut Connection, msg: &Message) -> Result<Frame, NoAnswer> {
 /// `msg` (a [`repeatable`] call) with a fresh ticket for the same grant: the first may have
 /// been spent by a server that read the request before it closed.
 fn with_fresh_ticket(msg: &Message, key: &ClusterKey, env: &Env) -> Message {
-    let fresh = |t: &Ticket| {
-        let grant = Grant {
-            user: &t.user,
-            file: &t.file,
-            op: t.op,
-            ss: &t.ss,
-            min_version: t.min_version,
-            epoch: t.epoch,
-        };
-        env.mint(key, &grant, mono_ms())
-    };
     let mut again = msg.clone();
     match &mut again {
         Message::SsCreate { ticket, .. }
         | Message::SsDelete { ticket, .. }
         | Message::SsMkdir { ticket, .. }
-        | Message::CheckFiles { ticket, .. } => *ticket = fresh(ticket),
+        | Message::CheckFiles { ticket, .. } => *ticket = fresh_ticket(ticket, key, env),
         _ => {}
     }
     again

@@ -2,7 +2,9 @@
 //! answers, closes a kept connection just as a request arrives, or breaks off an answer.
 
 use super::*;
-use crate::protocol::{FileState, TicketOp, Version};
+use crate::auth::Grant;
+use crate::nm::core::mono_ms;
+use crate::protocol::{FileState, Ticket, TicketOp, Version};
 use std::net::{TcpListener, TcpStream};
 use std::thread;
 
