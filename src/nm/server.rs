@@ -1032,29 +1032,33 @@ mod tests {
     fn fake_ss(script: &'static [u8]) -> u16 {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
+        // Each connection is served on its own thread, as a storage server does: the name
+        // server may keep one open between calls while it opens another.
         std::thread::spawn(move || {
             for s in l.incoming() {
                 let mut c = Connection::new(s.unwrap());
-                while let Ok(Some(f)) = c.recv() {
-                    match f.msg {
-                        Message::SsCreate { file, owner, .. } => {
-                            let st = state(&file, 1, Some(owner));
-                            c.send(&Message::FileStateReply { state: st }, &[]).unwrap();
+                std::thread::spawn(move || {
+                    while let Ok(Some(f)) = c.recv() {
+                        match f.msg {
+                            Message::SsCreate { file, owner, .. } => {
+                                let st = state(&file, 1, Some(owner));
+                                c.send(&Message::FileStateReply { state: st }, &[]).unwrap();
+                            }
+                            Message::SsDelete { .. } => c.send(&Message::Done {}, &[]).unwrap(),
+                            Message::Read { .. } => {
+                                let ok = Message::ReadOk {
+                                    size: script.len() as u64,
+                                    version: Version::default(),
+                                    checksum: 0,
+                                };
+                                c.send(&ok, &[]).unwrap();
+                                c.send(&Message::Chunk {}, script).unwrap();
+                                c.send(&Message::End {}, &[]).unwrap();
+                            }
+                            _ => c.send(&Message::Done {}, &[]).unwrap(),
                         }
-                        Message::SsDelete { .. } => c.send(&Message::Done {}, &[]).unwrap(),
-                        Message::Read { .. } => {
-                            let ok = Message::ReadOk {
-                                size: script.len() as u64,
-                                version: Version::default(),
-                                checksum: 0,
-                            };
-                            c.send(&ok, &[]).unwrap();
-                            c.send(&Message::Chunk {}, script).unwrap();
-                            c.send(&Message::End {}, &[]).unwrap();
-                        }
-                        _ => c.send(&Message::Done {}, &[]).unwrap(),
                     }
-                }
+                });
             }
         });
         port

@@ -10,15 +10,18 @@
 //! taken by one worker for one call and handed back after a whole answer.
 //!
 //! A kept connection holds one of the storage server's connection slots and a thread there,
-//! so connections are kept only while calls to that server are frequent: a call's connection
-//! is kept when another call to the server runs as it ends, or began within
+//! so connections are kept only while calls to that server are frequent: a call's
+//! connection is kept when another call to the server runs as it ends, or began within
 //! [`BUSY_WINDOW_MS`] before; a lone call closes its connection as before. The one handed
 //! back last is taken first, so those a burst opened and a calmer load does not need stay
-//! idle, and one idle for [`KEPT_IDLE_MS`] is closed: by the next call's end, or by a worker
-//! that waited that long for a job ([`KeptConns::sweep`]; workers wait so only while any
-//! connection is kept, so an idle name server's workers sleep until a job comes). A storage server may still close
-//! a kept connection first (its `--idle-timeout-s`, a restart): before use each is looked at
-//! without blocking (`protocol::kept`), and one found closed is dropped.
+//! idle, and one idle for [`KEPT_IDLE_MS`] is closed: by the next call's end, or by a
+//! worker that waited that long for a job ([`KeptConns::sweep`]; workers wait so only while
+//! any connection is kept, so an idle name server's workers sleep until a job comes).
+//! Should every other worker have begun its wait before the connection was kept, and the
+//! worker that kept it take a long job (EXEC), the connection stays until the next call's
+//! end or the storage server's `--idle-timeout-s` closes it. A storage server may still
+//! close a kept connection first (its `--idle-timeout-s`, a restart): before use each is
+//! looked at without blocking (`protocol::kept`), and one found closed is dropped.
 //!
 //! # Which calls go on them, and the one repeat
 //!
