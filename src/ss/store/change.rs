@@ -80,6 +80,25 @@ fn trim_history(undo: &mut Vec<String>) -> Vec<String> {
     undo.drain(..over).collect()
 }
 
+/// How a journaled change puts its record in place once its entry is durable (see
+/// [`Store::prepare_record`]).
+pub(super) enum RecordPut {
+    /// Staged in this temp file, put in place by exchange or rename.
+    Staged(PathBuf),
+    /// These bytes written over the record's file, opened before the entry, which has room.
+    InPlace(File, Vec<u8>),
+}
+
+impl RecordPut {
+    /// The temp files to remove should the change fail: `content_tmp` and a staged record.
+    pub(super) fn staged(&self, content_tmp: PathBuf) -> Vec<PathBuf> {
+        match self {
+            RecordPut::Staged(tmp) => vec![content_tmp, tmp.clone()],
+            RecordPut::InPlace(..) => vec![content_tmp],
+        }
+    }
+}
+
 impl Store {
     /// The record of a content change of a file whose record was `old`: the next version, the
     /// new content's `facts`, the owner kept, and `undo` as its history.
@@ -173,8 +192,7 @@ impl Store {
             let mut counter = ContentCounter::new();
             counter.update(bytes);
             let meta = self.changed_meta(old, &counter.finish(mtime_ns(&md)), undo);
-            let record =
-                serde_json::to_vec(&meta).map_err(|e| self.io(file, io::Error::other(e)))?;
+            let record = self.prepare_record(file, &meta, true)?;
             Ok::<_, StoreError>((meta, record))
         })();
         drop(cf);
@@ -198,11 +216,11 @@ impl Store {
         match appended {
             Ok(journal::Appended::Durable) => durable(&meta),
             Ok(journal::Appended::Closed) => {
-                self.unstage(&[content_tmp], None);
+                self.unstage(&record.staged(content_tmp), None);
                 return None;
             }
             Err(e) => {
-                self.unstage(&[content_tmp], None);
+                self.unstage(&record.staged(content_tmp), None);
                 return Some(Err(self.io(file, e)));
             }
         }
@@ -213,7 +231,7 @@ impl Store {
                 .and_then(|_| {
                     place_unsynced(&*self.fs, &content_tmp, &target).map_err(|e| self.io(file, e))
                 })
-                .and_then(|_| self.rewrite_meta(file, &record));
+                .and_then(|_| self.put_record(file, &record));
             if r.is_ok() {
                 for b in &dropped {
                     let _ = self.fs.remove_file(&self.undo.join(b));
@@ -223,7 +241,7 @@ impl Store {
         };
         drop(gate);
         if let Err(e) = applied {
-            self.unstage(&[content_tmp], None);
+            self.unstage(&record.staged(content_tmp), None);
             return Some(Err(j.unplaced(file, e)));
         }
         self.checkpoint_if_full();
@@ -287,26 +305,50 @@ impl Store {
         self.stage(file, &mut |f| f.write_all(&bytes))
     }
 
-    /// Puts the record `bytes` of `file` in place for a change its journal entry made durable
-    /// (the entry redoes it after a crash): the record is overwritten in place, so a commit or
-    /// an install allocates and frees no inode for it (on ext4 without a journal, allocating an inode
-    /// scans past every inode freed in the last 30 s of its group, which was most of a busy
-    /// server's CPU). Readers read a record under the file's lock, which the caller holds. A
-    /// missing record (removed by hand) is staged and placed instead. Caller holds the lock.
-    pub(super) fn rewrite_meta(&self, file: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        let path = self.meta_path(file);
-        match self.fs.rewrite(&path, bytes) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let (tmp, _) = self.stage(file, &mut |f| f.write_all(bytes))?;
-                place_unsynced(&*self.fs, &tmp, &path)
-                    .map(drop)
-                    .map_err(|e| {
-                        self.unstage(&[tmp], None);
-                        self.io(file, e)
-                    })
-            }
-            r => r.map_err(|e| self.io(file, e)),
+    /// Prepares, before a journaled change's entry is appended, how its record `meta` will be
+    /// put in place once the entry is durable (the entry redoes it after a crash). When the
+    /// file has a record (`held`) that opens for writing and already holds room for the new
+    /// bytes, they will be written over it in place: a commit or an install then makes and
+    /// frees no inode for its record (on ext4 without a journal, making an inode scans past
+    /// every inode of its group freed in the last 30 s, which was most of a busy server's
+    /// CPU), and what runs after the entry needs no new handle and no new space, so a full
+    /// disk or a full file table fails the change before its entry, never after. Otherwise
+    /// the record is staged in a temp file now, as before. Readers read a record under the
+    /// file's lock, which the caller holds throughout. Caller holds the lock.
+    pub(super) fn prepare_record(
+        &self,
+        file: &str,
+        meta: &Meta,
+        held: bool,
+    ) -> Result<RecordPut, StoreError> {
+        let bytes = serde_json::to_vec(meta).map_err(|e| self.io(file, io::Error::other(e)))?;
+        let over = held
+            .then(|| self.fs.open_write(&self.meta_path(file)).ok())
+            .flatten()
+            .filter(|f| {
+                f.metadata()
+                    .is_ok_and(|md| md.is_file() && md.blocks() * 512 >= bytes.len() as u64)
+            });
+        match over {
+            Some(f) => Ok(RecordPut::InPlace(f, bytes)),
+            None => Ok(RecordPut::Staged(
+                self.stage(file, &mut |f| f.write_all(&bytes))?.0,
+            )),
         }
+    }
+
+    /// Puts a record prepared by [`Store::prepare_record`] in place, once the change's entry
+    /// is durable, without syncing. Caller holds the lock and applies a journaled change.
+    pub(super) fn put_record(&self, file: &str, put: &RecordPut) -> Result<(), StoreError> {
+        let res = match put {
+            RecordPut::Staged(tmp) => {
+                place_unsynced(&*self.fs, tmp, &self.meta_path(file)).map(drop)
+            }
+            // Never cut to zero: ext4 would then flush the file at close (`auto_da_alloc`).
+            RecordPut::InPlace(f, bytes) => std::os::unix::fs::FileExt::write_all_at(f, bytes, 0)
+                .and_then(|()| f.set_len(bytes.len() as u64)),
+        };
+        res.map_err(|e| self.io(file, e))
     }
 
     /// The common path of commits, uploads, reverts and undo: new content saves the old

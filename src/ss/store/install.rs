@@ -229,27 +229,9 @@ struct Logged {
     meta: Meta,
     content_tmp: PathBuf,
     /// Its record, staged or to be written in place.
-    record: Record,
+    record: RecordPut,
     /// Whether the content held becomes a history entry (linked in).
     blob: bool,
-}
-
-/// How a journaled install puts its record in place once its entry is durable.
-enum Record {
-    /// A new file's record, staged in this temp file before the entry.
-    Staged(PathBuf),
-    /// A held file's record bytes, written over its record ([`Store::rewrite_meta`]).
-    InPlace(Vec<u8>),
-}
-
-impl Record {
-    /// The temp files to remove should the install fail: `content_tmp` and a staged record.
-    fn staged(&self, content_tmp: PathBuf) -> Vec<PathBuf> {
-        match self {
-            Record::Staged(tmp) => vec![content_tmp, tmp.clone()],
-            Record::InPlace(_) => vec![content_tmp],
-        }
-    }
 }
 
 /// What installing one copy takes.
@@ -696,14 +678,7 @@ impl Store {
                         place_unsynced(&*self.fs, &l.content_tmp, &self.content_path(file))
                             .map_err(|e| self.io(file, e))
                     })
-                    .and_then(|_| match &l.record {
-                        Record::Staged(tmp) => {
-                            place_unsynced(&*self.fs, tmp, &self.meta_path(file))
-                                .map(drop)
-                                .map_err(|e| self.io(file, e))
-                        }
-                        Record::InPlace(bytes) => self.rewrite_meta(file, bytes),
-                    })
+                    .and_then(|_| self.put_record(file, &l.record))
             };
             results[l.t.i] = Some(match applied {
                 Ok(_) => {
@@ -788,28 +763,22 @@ impl Store {
 
     /// Stages a journaled install's content (`new`, in a fresh temp file written under the
     /// gate, as a journaled change stages its bytes) and makes its record (with that file's
-    /// mtime): a file held has its record overwritten in place once the entry is durable; a
-    /// new file's record is staged now, as everything that takes space must be before the
-    /// entry (a full disk then fails the copy, not the journal). Returns the record, the temp
-    /// file and how the record is put in place.
+    /// mtime), ready to be put in place once the entry is durable ([`Store::prepare_record`]:
+    /// everything that takes space or a handle is done before the entry, so a full disk fails
+    /// the copy, not the journal). Returns the record, the temp file and how the record is
+    /// put in place.
     fn stage_journaled(
         &self,
         c: &CopyIn<'_>,
         t: &Todo,
         new: &[u8],
-    ) -> Result<(Meta, PathBuf, Record), StoreError> {
+    ) -> Result<(Meta, PathBuf, RecordPut), StoreError> {
         let file = c.state.file.as_str();
         let (content_tmp, cf) = self.stage(file, &mut |f| f.write_all(new))?;
         let staged = (|| {
             let md = cf.metadata().map_err(|e| self.io(file, e))?;
             let meta = record_of(c, t.old.as_ref(), t.ids.clone(), mtime_ns(&md));
-            let record = if t.old.is_some() {
-                let bytes =
-                    serde_json::to_vec(&meta).map_err(|e| self.io(file, io::Error::other(e)))?;
-                Record::InPlace(bytes)
-            } else {
-                Record::Staged(self.stage_meta(file, &meta)?.0)
-            };
+            let record = self.prepare_record(file, &meta, t.old.is_some())?;
             Ok::<_, StoreError>((meta, record))
         })();
         drop(cf);

@@ -19,9 +19,11 @@
 //! does the change touch the file system: the old content is hard-linked into `undo/`, the
 //! staged content and record (temp files in `tmp/`, written before the append) are renamed
 //! into place (by exchange when they replace files: `change::place_unsynced`), all WITHOUT
-//! any fsync; a commit's record is not staged but overwritten in place ([`Fs::rewrite`]:
-//! no inode made or freed), its readers holding the file's lock as the commit does. The
-//! change returns once its entry is durable and its renames are made.
+//! any fsync; a held file's record is not staged but, when it has room, overwritten in
+//! place through a handle opened before the append (`Store::prepare_record`: no inode made
+//! or freed, nothing after the entry needing space or a handle), its readers holding the
+//! file's lock as the change does. The change returns once its entry is durable and its
+//! renames are made.
 //!
 //! A checkpoint makes the journaled changes durable in place and retires their log, without
 //! stopping appends while it syncs. A spare next log, `<n+1>.log`, is kept made durably
@@ -112,8 +114,8 @@
 //!   under the file's lock, which checkpoints (or waits for the checkpoint under way) while
 //!   the file has an entry in either log, and returns only once that entry's log is durably
 //!   gone; the file's lock keeps a new entry from appearing before that change is made. The
-//!   store's file-system calls go through a guard ([`Guard`]) that refuses a rename, removal,
-//!   link or in-place write of a file's content or record while the file has an entry in either log, unless
+//!   store's file-system calls go through a guard ([`Guard`]) that refuses a rename, removal
+//!   or link of a file's content or record while the file has an entry in either log, unless
 //!   the calling thread is applying a journaled change: a forgotten settle fails loudly
 //!   instead of leaving a redo that would undo it.
 //! * A failed `fdatasync` of the log fails the changes waiting for it (their outcome is then
@@ -781,8 +783,8 @@ impl Journal {
     }
 }
 
-/// The store's file-system calls, refusing to rename, remove, link or write in place a file's
-/// content or record while the file has an entry in the journal, unless the calling thread is applying a
+/// The store's file-system calls, refusing to rename, remove or link a file's content or
+/// record while the file has an entry in the journal, unless the calling thread is applying a
 /// journaled change (see the module docs): every other change must [`Store::settle`] first.
 pub(super) struct Guard {
     pub inner: Arc<dyn Fs>,
@@ -833,8 +835,9 @@ impl Fs for Guard {
     fn open(&self, path: &Path) -> io::Result<File> {
         self.inner.open(path)
     }
+    // Opening changes nothing: a journaled change opens its record before its entry, while
+    // an earlier entry of the file may be pending, and writes it only while applying.
     fn open_write(&self, path: &Path) -> io::Result<File> {
-        self.check(&[path])?;
         self.inner.open_write(path)
     }
     fn sync_file(&self, f: &File) -> io::Result<()> {

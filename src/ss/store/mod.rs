@@ -65,9 +65,9 @@
 //! the change (the record, the new content, and for a commit the old content and its
 //! history entry's id) is appended and made durable by one `fdatasync` of the log shared
 //! with every change appending meanwhile, and only then are the old content linked into
-//! `undo/` and the staged files renamed into place, without any fsync (a commit's record is
-//! overwritten in place instead of staged, so a commit allocates one inode, not two;
-//! readers of a record hold its file's lock). A checkpoint (every
+//! `undo/` and the staged files renamed into place, without any fsync (a commit's record, when
+//! it has room, is overwritten in place instead of staged, so a commit allocates one inode,
+//! not two; readers of a record hold its file's lock). A checkpoint (every
 //! `--journal-checkpoint-ms`, when the log is large, at clean shutdown, and before any
 //! other change of a file with an entry in the log) rotates to a spare log made durably
 //! ahead of time, holding the journal's gate only for the swap; then, while changes append
@@ -147,7 +147,7 @@ pub use layout::{
 pub use record::{copy_counting, ContentCounter, ContentFacts, Meta};
 pub use vfs::{Fs, OsFs};
 // What the submodules take from their siblings.
-use change::{content_saved, place, place_unsynced, Change, Source};
+use change::{content_saved, place, place_unsynced, Change, RecordPut, Source};
 use layout::{is_cut_base, leaf_of, tighten_root, walk};
 use record::mtime_ns;
 

@@ -876,7 +876,7 @@ impl Fs for Recording {
         OsFs.open(path)
     }
     fn open_write(&self, path: &Path) -> io::Result<File> {
-        self.note(format!("rewrite {}", self.rel(path)));
+        self.note(format!("open {} to write", self.rel(path)));
         OsFs.open_write(path)
     }
     fn sync_file(&self, f: &File) -> io::Result<()> {
@@ -1014,7 +1014,8 @@ fn through_the_journal_a_change_syncs_only_its_entry_and_the_checkpoint_syncs_th
     // A content change: the new content staged, the entry synced, then the old content
     // linked into undo/ and the new one put in place without a sync, by exchange rather than
     // a rename over the old file (which on ext4 would start writing the new data at once);
-    // the record is overwritten in place, so no inode is made or freed for it.
+    // the record is overwritten in place through a handle opened before the entry, so no
+    // inode is made or freed for it and nothing after the entry needs a handle or space.
     let lock = s.file_lock("a");
     let g = lock.lock().unwrap();
     let (m, _) = s.current("a").unwrap();
@@ -1022,11 +1023,11 @@ fn through_the_journal_a_change_syncs_only_its_entry_and_the_checkpoint_syncs_th
     drop(g);
     let want: Vec<String> = [
         "create tmp",
+        "open meta/a to write",
         "sync file",
         "link files/a -> undo/*",
         "exchange tmp <-> files/a",
         "remove tmp",
-        "rewrite meta/a",
     ]
     .map(String::from)
     .to_vec();

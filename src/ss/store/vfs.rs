@@ -5,9 +5,8 @@
 //! A backend implements the primitives only: create a temp file, open (to read, or to write
 //! in place), fsync a file, rename, exchange two names, fsync a directory, hard link,
 //! remove a file or a directory tree, read, metadata, list and create a directory. The
-//! sequences built from them are provided methods of the trait ([`Fs::replace_with`],
-//! [`Fs::replace`], [`Fs::remove`], [`Fs::create_dirs_durable`], crash-safe;
-//! [`Fs::rewrite`], safe only under a journal) and are written once, here:
+//! crash-safe sequences built from them are provided methods of the trait ([`Fs::replace_with`],
+//! [`Fs::replace`], [`Fs::remove`], [`Fs::create_dirs_durable`]) and are written once, here:
 //! `crate::durable`'s functions of the same names run them on [`OsFs`]. A backend must not
 //! override them, or it no longer sees what the store does.
 //!
@@ -145,17 +144,6 @@ pub trait Fs: Send + Sync {
     /// [`Fs::replace_with`] for a byte slice.
     fn replace(&self, tmp_dir: &Path, target: &Path, bytes: &[u8]) -> io::Result<()> {
         self.replace_with(tmp_dir, target, &mut |f| f.write_all(bytes))
-    }
-
-    /// Overwrites the existing file `path` in place with `bytes`, without syncing: same inode,
-    /// so nothing is allocated or freed. Only for a file every reader reads under a lock the
-    /// caller holds, and whose bytes something else (the journal) can redo after a crash:
-    /// until synced, a crash may leave the old bytes, the new ones, or a mix.
-    fn rewrite(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
-        let mut f = self.open_write(path)?;
-        f.write_all(bytes)?;
-        // Never cut to zero: ext4 would then flush the file at close (`auto_da_alloc`).
-        f.set_len(bytes.len() as u64)
     }
 
     /// Removes `path` (if present) and fsyncs its directory. Returns whether it existed.
