@@ -1587,12 +1587,13 @@ fn a_change_is_reported_once_durable_and_a_power_cut_then_or_anywhere_keeps_what
 
 /// A simulated disk that fills up: once armed with `n`, the first `n` files it creates are
 /// made and every later one fails with ENOSPC (as a full disk, or one out of inodes); with
-/// `no_open` set, opening a file to write fails too (EMFILE, a full file table).
+/// `opens` set, each file opened to write counts as one too, and fails with EMFILE (a full
+/// file table) once they are used up.
 struct Filling {
     disk: Arc<SimDisk>,
     left: Mutex<Option<u64>>,
     creates: AtomicU64,
-    no_open: AtomicBool,
+    opens: AtomicBool,
 }
 
 impl Fs for Filling {
@@ -1610,8 +1611,13 @@ impl Fs for Filling {
         self.disk.open(path)
     }
     fn open_write(&self, path: &Path) -> io::Result<File> {
-        if self.no_open.load(Ordering::SeqCst) {
-            return Err(io::Error::from_raw_os_error(libc::EMFILE));
+        if self.opens.load(Ordering::SeqCst) {
+            if let Some(n) = self.left.lock().unwrap().as_mut() {
+                if *n == 0 {
+                    return Err(io::Error::from_raw_os_error(libc::EMFILE));
+                }
+                *n -= 1;
+            }
         }
         self.disk.open_write(path)
     }
@@ -1679,7 +1685,7 @@ fn a_disk_filling_up_during_a_journaled_install_of_a_new_file_fails_the_copy_not
             disk: disk.clone(),
             left: Mutex::new(None),
             creates: AtomicU64::new(0),
-            no_open: AtomicBool::new(false),
+            opens: AtomicBool::new(false),
         });
         let dst = Store::open_on(full.clone(), &root, "ss2").unwrap();
         let (content, _f) = dst.temp_file(FILE).unwrap();
@@ -1710,36 +1716,33 @@ fn a_disk_filling_up_during_a_journaled_install_of_a_new_file_fails_the_copy_not
 
 #[test]
 fn a_full_disk_or_file_table_during_a_journaled_commit_fails_the_commit_not_the_journal() {
-    // Whatever a commit needs space or a handle for is done before its entry: a failure
-    // there fails the commit and leaves the file as it was; after the entry nothing can.
-    for no_open in [false, true] {
-        let mut n = 0;
-        loop {
-            let (_d, disk, root) = fresh();
-            let full = Arc::new(Filling {
-                disk: disk.clone(),
-                left: Mutex::new(None),
-                creates: AtomicU64::new(0),
-                no_open: AtomicBool::new(false),
-            });
-            let s = Store::open_on(full.clone(), &root, "ss1").unwrap();
-            s.create(FILE, "alice", 1).unwrap();
-            write(&s, "one.").unwrap();
-            *full.left.lock().unwrap() = Some(n);
-            full.no_open.store(no_open, Ordering::SeqCst);
-            let res = write(&s, "two.");
-            *full.left.lock().unwrap() = None;
-            full.no_open.store(false, Ordering::SeqCst);
-            let what = format!("no_open {no_open}, disk full after {n} new files");
-            assert!(!s.journal_failed(), "{what}: the journal failed ({res:?})");
-            let s = after_cut(&disk, &root, s);
-            let want = if res.is_ok() { "two." } else { "one." };
-            assert_eq!(text_of(&s, FILE), want, "{what}");
-            if res.is_ok() {
-                break;
-            }
-            n += 1;
-            assert!(n < 10, "{what}: the commit never succeeds");
+    // Whatever a commit needs a new file or handle for is made before its entry: running
+    // out of either there fails the commit and leaves the file as it was; after the entry
+    // nothing can run out. `n` counts the files made and opened before they run out.
+    let mut n = 0;
+    loop {
+        let (_d, disk, root) = fresh();
+        let full = Arc::new(Filling {
+            disk: disk.clone(),
+            left: Mutex::new(None),
+            creates: AtomicU64::new(0),
+            opens: AtomicBool::new(true),
+        });
+        let s = Store::open_on(full.clone(), &root, "ss1").unwrap();
+        s.create(FILE, "alice", 1).unwrap();
+        write(&s, "one.").unwrap();
+        *full.left.lock().unwrap() = Some(n);
+        let res = write(&s, "two.");
+        *full.left.lock().unwrap() = None;
+        let what = format!("out of files and handles after {n}");
+        assert!(!s.journal_failed(), "{what}: the journal failed ({res:?})");
+        let s = after_cut(&disk, &root, s);
+        let want = if res.is_ok() { "two." } else { "one." };
+        assert_eq!(text_of(&s, FILE), want, "{what}");
+        if res.is_ok() {
+            break;
         }
+        n += 1;
+        assert!(n < 10, "{what}: the commit never succeeds");
     }
 }
