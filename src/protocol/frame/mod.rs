@@ -65,16 +65,8 @@ pub fn paginate<T>(rows: Vec<T>, size_of: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
 /// The encoded size of the frame at the front of `buf` once its header line has arrived
 /// (`Ok(None)` before), without consuming anything: what a receiver must be ready to hold.
 pub fn front_frame_size(buf: &[u8]) -> Result<Option<usize>, FrameError> {
-    if buf.first() == Some(&crate::tls::HANDSHAKE_BYTE) {
-        return Err(FrameError::TlsHello);
-    }
-    let scan = buf.len().min(MAX_HEADER_BYTES);
-    let Some(nl) = buf[..scan].iter().position(|&b| b == b'\n') else {
-        return if buf.len() >= MAX_HEADER_BYTES {
-            Err(FrameError::HeaderTooLong)
-        } else {
-            Ok(None)
-        };
+    let Some(nl) = header_end(buf)? else {
+        return Ok(None);
     };
     let (_, len, _) = parse_header(&buf[..nl])?;
     Ok(Some(nl + 1 + len))
@@ -202,19 +194,25 @@ impl Header {
     }
 }
 
-/// [`decode`], saying what is missing when no frame is whole, with the header parsed once.
-fn decode_front(buf: &mut Vec<u8>) -> Result<Front, FrameError> {
+/// Where the header line at the front of `buf` ends (its newline), `None` before it has
+/// arrived; a TLS hello or a header past [`MAX_HEADER_BYTES`] is an error.
+fn header_end(buf: &[u8]) -> Result<Option<usize>, FrameError> {
     if buf.first() == Some(&crate::tls::HANDSHAKE_BYTE) {
         // No header starts with it: a TLS client dialled a plain server.
         return Err(FrameError::TlsHello);
     }
     let scan = buf.len().min(MAX_HEADER_BYTES);
-    let Some(nl) = buf[..scan].iter().position(|&b| b == b'\n') else {
-        return if buf.len() >= MAX_HEADER_BYTES {
-            Err(FrameError::HeaderTooLong)
-        } else {
-            Ok(Front::NeedHeader)
-        };
+    match buf[..scan].iter().position(|&b| b == b'\n') {
+        Some(nl) => Ok(Some(nl)),
+        None if buf.len() >= MAX_HEADER_BYTES => Err(FrameError::HeaderTooLong),
+        None => Ok(None),
+    }
+}
+
+/// [`decode`], saying what is missing when no frame is whole, with the header parsed once.
+fn decode_front(buf: &mut Vec<u8>) -> Result<Front, FrameError> {
+    let Some(nl) = header_end(buf)? else {
+        return Ok(Front::NeedHeader);
     };
     let (msg, len, crc) = parse_header(&buf[..nl])?;
     let h = Header {
