@@ -1460,6 +1460,7 @@ mod tests {
             &mut p,
             Message::Changed {
                 staged: None,
+                pending: false,
                 id: 1,
                 state: a2.clone(),
             },

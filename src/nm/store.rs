@@ -437,6 +437,7 @@ mod tests {
 
     fn rec(owner: &str) -> FileRecord {
         FileRecord {
+            unconfirmed: None,
             owner: owner.into(),
             ss: "ss1".into(),
             version: Version {

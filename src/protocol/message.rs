@@ -1396,6 +1396,12 @@ pub enum Message {
         /// The new content (an upload's) is staged on the pair's other member too.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         staged: Option<StagedRef>,
+        /// The change is in the server's journal but its flush has not returned yet: a power
+        /// cut may still lose it. The name server keeps it unconfirmed (and rolls it back
+        /// if the server registers without it); the server answers its client only once the
+        /// change is durable and this report acknowledged.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        pending: bool,
     },
     /// A file vanished from the storage server's disk (removed by hand).
     Removed {

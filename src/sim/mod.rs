@@ -21,10 +21,13 @@
 //! Adapters (simulated, written here): the storage server's connection handlers and its
 //! name-server link are replaced by `world.rs` calling the same store, lease and ticket
 //! functions in the same order (REGISTERED and HEARTBEAT_ACK applied as `nmlink` applies
-//! them; a commit checks ticket, lease and freshness, then `write_content`, then CHANGED:
-//! the real commit sends CHANGED once its journal entry is durable, before its renames, but
-//! holds the file's lock until they are made, so no other step can see the difference; a
-//! crash between is a crash after `write_content`, whose entry the restart redoes);
+//! them; a commit checks ticket, lease and freshness, then `write_content_over`, then
+//! CHANGED, marked `pending` when the change went through the journal: the real commit sends
+//! it once its journal entry is written, before the flush and the renames, but holds the
+//! file's lock until they are made and answers its client only after both, so no other step
+//! can see the difference, except a flush that fails: the report has reached the name
+//! server, and the server exits with its journal failed, after a power loss half the time,
+//! so its registration finds the change made or not and the record must follow);
 //! the name server's event loop and worker pool by the world applying the core's effects
 //! (a store batch is applied to an in-memory [`crate::nm::core::Loaded`], the copy of what
 //! `nm::store` persists, and replies are released only after their batch commits);

@@ -16,7 +16,7 @@ use crate::protocol::{
     err, AccessMode, CopyState, FileState, Frame, Message, Ticket, TicketOp, Version, WireError,
 };
 use crate::ss::nmlink::{write_allowed, Lease};
-use crate::ss::store::{parse_blob_id, CopyIn, Fs, Store, StoreError};
+use crate::ss::store::{parse_blob_id, CopyIn, Fs, Made, Store, StoreError};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{Read, Write};
@@ -1057,7 +1057,11 @@ impl World {
         }
     }
 
-    /// A client's commit on the writer (the store's change protocol, then CHANGED).
+    /// A client's commit on the writer (the store's change protocol, then CHANGED). A
+    /// journaled change is reported `pending` once its entry is written, as `bin_ss` does;
+    /// should its flush then fail, that report has reached the name server and the server
+    /// exits (its journal failed), after a power loss half the time, so a report of a change
+    /// that was never made must be rolled back at its registration.
     fn commit(&mut self, c: usize, addr: &str, file: &str, ticket: &Ticket) {
         let Some(i) = self.ss_by_addr(addr) else {
             return self.log(format!("client {c} commit {file}: nobody at {addr}"));
@@ -1065,6 +1069,7 @@ impl World {
         if self.cut[i] {
             return self.log(format!("client {c} commit {file}: unreachable"));
         }
+        let mut written = None;
         let r = (|| -> Result<FileState, WireError> {
             let st = self.checked(i, ticket, file, TicketOp::Write)?;
             self.may_write(i, ticket, &st)?;
@@ -1075,23 +1080,51 @@ impl World {
                 return Err(err::unavailable("stale copy"));
             }
             let text = format!("{} by {c} at {}", old.version, self.now);
-            let m = st.write_content(file, old, text.as_bytes())?;
+            let m = st.write_content_over(file, old, None, text.as_bytes(), &mut |m, made| {
+                if made == Made::Written {
+                    written = Some(m.state(file));
+                }
+            })?;
             Ok(m.state(file))
         })();
         let name = self.ss[i].name;
         match r {
-            Err(e) => self.log(format!(
-                "client {c} commit {file} on {name}: {}: {}",
-                e.code, e.msg
-            )),
+            Err(e) => {
+                self.log(format!(
+                    "client {c} commit {file} on {name}: {}: {}",
+                    e.code, e.msg
+                ));
+                let failed = self.ss[i]
+                    .store
+                    .as_ref()
+                    .is_some_and(|st| st.journal_failed());
+                if let (Some(state), true, Some(conn)) = (written, failed, self.ss[i].conn) {
+                    self.ss[i].next_id += 1;
+                    let id = self.ss[i].next_id;
+                    self.nm_frame(
+                        conn,
+                        Message::Changed {
+                            staged: None,
+                            pending: true,
+                            id,
+                            state,
+                        },
+                    );
+                    let power = self.rng.below(2) == 0;
+                    self.log(format!(
+                        "{name}: the journal failed after a reported change; it exits"
+                    ));
+                    self.ss_down(i, power);
+                }
+            }
             Ok(state) => {
                 let v = state.version;
                 self.log(format!("{name} commits {file} {v} {:08x}", state.checksum));
                 let Some(conn) = self.ss[i].conn else {
                     return;
                 };
+                self.ss[i].next_id += 1;
                 let s = &mut self.ss[i];
-                s.next_id += 1;
                 let id = s.next_id;
                 let gen = self.generation.get(file).copied().unwrap_or(0);
                 s.waiting.insert(id, (c, file.to_string(), v, gen));
@@ -1101,6 +1134,7 @@ impl World {
                     true,
                     Message::Changed {
                         staged: None,
+                        pending: written.is_some(),
                         id,
                         state,
                     },

@@ -475,10 +475,36 @@ impl NmLink {
     /// server commits, then [`Report::wait`]s (see `server/client.rs`). The `wait` for the
     /// ack runs from now.
     pub fn report(&self, state: FileState, staged: Option<StagedRef>, wait: Duration) -> Report {
+        self.post_report(state, staged, false, wait)
+    }
+
+    /// [`NmLink::report`] for a change whose journal entry is written but not yet flushed
+    /// (`store::Made::Written`): the CHANGED says `pending`, and the name server records the
+    /// version as unconfirmed until this server shows it holds it. The committer answers its
+    /// client only once the entry is durable AND the ack came.
+    pub fn report_written(&self, state: FileState, wait: Duration) -> Report {
+        self.post_report(state, None, true, wait)
+    }
+
+    fn post_report(
+        &self,
+        state: FileState,
+        staged: Option<StagedRef>,
+        pending: bool,
+        wait: Duration,
+    ) -> Report {
         let deadline = Instant::now() + wait;
         let file = crate::names::display(&state.file);
         let (reply, ack) = ack_pair();
-        let id = self.post(|id| Message::Changed { id, state, staged }, Some(reply));
+        let id = self.post(
+            |id| Message::Changed {
+                id,
+                state,
+                staged,
+                pending,
+            },
+            Some(reply),
+        );
         Report {
             id,
             ack,

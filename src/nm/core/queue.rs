@@ -921,7 +921,11 @@ impl Core {
     /// Member `m` of the pair named `primary` (re)registered with `list`. Each file of the
     /// pair is classified against the record:
     ///
-    /// * current (version and checksum match): nothing to do;
+    /// * the version before an [`Unconfirmed`](super::records::Unconfirmed) one this member
+    ///   reported before its flush, none other holding that version: the change was never
+    ///   made, and the record is rolled back to it (then current);
+    /// * current (version and checksum match): nothing to do (an unconfirmed version is
+    ///   confirmed);
     /// * newer, on the writer, in the pair's epoch: a commit whose CHANGED never arrived,
     ///   adopted as the current version and owed to the other member;
     /// * diverged (changes the cluster never acknowledged: newer than the record on a
@@ -979,9 +983,36 @@ impl Core {
                 }
                 continue;
             };
+            // A change this member reported before its flush, which it came back without:
+            // never durable, never acknowledged; the record goes back to what it holds.
+            let rec = if rec.never_made(m, st) {
+                let mut r = rec.clone();
+                r.roll_back();
+                log::warn!(target: ev::NM_SS_RECOVERY, file = f.as_str(), ss = name.as_str(),
+                    version = rec.version.to_string(), current = r.version.to_string();
+                    "{name} came back without {f} {}, which it reported before flushing it: the change was never made, {f} is at {} again",
+                    rec.version, r.version);
+                self.put_file(f, r.clone());
+                // The other member's row owed the version that was never made: dropped if it
+                // holds the record's version again, else (or if a copy is running, whose
+                // return then finds the row changed and runs it again) it owes that version.
+                if let Some(other) = self.reg.member_name(primary, m.other()) {
+                    let key = job_key(&other, f);
+                    if r.holds(m.other()) {
+                        self.q.drop_idle(&key, &mut self.batch);
+                    }
+                    if !r.holds(m.other()) || self.q.get(&key).is_some() {
+                        self.owe_to(f, &other, None, now_ms);
+                    }
+                }
+                r
+            } else {
+                rec
+            };
             let current = st.version == rec.version && st.checksum == rec.checksum;
             if current {
-                if rec.held(m) != Some(rec.version) {
+                // (Holding it confirms a version its writer reported before the flush.)
+                if rec.held(m) != Some(rec.version) || rec.unconfirmed.is_some() {
                     let mut r = rec.clone();
                     r.set_held(m, Some(rec.version));
                     self.put_file(f, r);

@@ -55,6 +55,59 @@ pub struct FileRecord {
     /// changes the cluster never acknowledged, and the copy is quarantined.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch_base: Option<Version>,
+    /// Set while the current version was reported by its writer before it was durable there
+    /// (a CHANGED marked `pending`, see [`Unconfirmed`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unconfirmed: Option<Unconfirmed>,
+}
+
+/// A version the writer reported once its journal entry was WRITTEN, so that this server's
+/// commit of the record overlaps the writer's flush (`ss::store::Made::Written`). The writer
+/// answers its client only once the entry is durable and the record committed, so the version
+/// is acknowledged to nobody while the flush may still fail; a power cut then brings the
+/// writer back holding `prior`. Kept until something shows the version exists durably:
+///
+/// * any later state of the file (a later change of the writer implies this one's entry was
+///   flushed first: the file's lock orders them, and each waits for its own flush);
+/// * a member known to hold the version ([`FileRecord::set_held`]): the writer listing it
+///   at registration, or the other member once a copy of it is installed (the writer serves a
+///   copy only once the change is durable and in place);
+///
+/// and rolled back ([`FileRecord::roll_back`]) when the writer registers holding exactly
+/// `prior` while no other member is known to hold the version: the change was never durable,
+/// hence never acknowledged. Until one of these, the version counts as current like any
+/// other (reads and writes go to a member holding it, a promoted backup lacking it does not
+/// take its changes), so nothing the writer may yet confirm is lost.
+///
+/// A writer whose disk loses a flushed entry (a failing disk, not a power cut) and registers
+/// with exactly the prior state before either happened is rolled back too: the version was
+/// acknowledged and is gone from every disk, and the record says what the cluster holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unconfirmed {
+    /// The member that reported it (the writer then).
+    pub member: Member,
+    /// The content the record described before it.
+    pub prior: Prior,
+}
+
+/// The content fields of a record, as they were before an [`Unconfirmed`] change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prior {
+    /// [`FileRecord::version`] before.
+    pub version: Version,
+    /// [`FileRecord::checksum`] before.
+    pub checksum: u32,
+    /// [`FileRecord::size`] before.
+    pub size: u64,
+    /// [`FileRecord::words`] before.
+    pub words: u64,
+    /// [`FileRecord::chars`] before.
+    pub chars: u64,
+    /// [`FileRecord::modified_ms`] before.
+    pub modified_ms: u64,
+    /// [`FileRecord::epoch_base`] before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch_base: Option<Version>,
 }
 
 impl FileRecord {
@@ -86,12 +139,14 @@ impl FileRecord {
             primary_missing: false,
             primary_held: None,
             epoch_base: None,
+            unconfirmed: None,
         };
         rec.held_only_by(member, st.version);
         rec
     }
 
     pub(super) fn apply_state(&mut self, s: &FileState) {
+        self.unconfirmed = None;
         self.primary_missing = false;
         self.version = s.version;
         self.checksum = s.checksum;
@@ -115,8 +170,12 @@ impl FileRecord {
         self.held(member) == Some(self.version)
     }
 
-    /// Records that `member` holds `v` (or nothing).
+    /// Records that `member` holds `v` (or nothing). A member holding the current version
+    /// confirms an [`Unconfirmed`] one.
     pub(super) fn set_held(&mut self, member: Member, v: Option<Version>) {
+        if v == Some(self.version) {
+            self.unconfirmed = None;
+        }
         match member {
             Member::Primary => {
                 self.primary_missing = v.is_none();
@@ -142,6 +201,57 @@ impl FileRecord {
         self.apply_state(s);
         self.set_held(writer, Some(s.version));
         self.set_held(other, other_held);
+    }
+
+    /// [`FileRecord::apply_change`] for a change its writer reported before its flush
+    /// returned: kept [`Unconfirmed`] until confirmed or rolled back.
+    pub(super) fn apply_unconfirmed(&mut self, writer: Member, s: &FileState) {
+        let prior = Prior {
+            version: self.version,
+            checksum: self.checksum,
+            size: self.size,
+            words: self.words,
+            chars: self.chars,
+            modified_ms: self.modified_ms,
+            epoch_base: self.epoch_base,
+        };
+        self.apply_change(writer, s);
+        self.unconfirmed = Some(Unconfirmed {
+            member: writer,
+            prior,
+        });
+    }
+
+    /// Whether registering `member`, holding `st`, shows that the [`Unconfirmed`] version
+    /// was never made: it reported it, now holds exactly the prior state, and no other member
+    /// is known to hold the version.
+    pub(super) fn never_made(&self, member: Member, st: &FileState) -> bool {
+        self.unconfirmed.as_ref().is_some_and(|u| {
+            u.member == member
+                && st.version == u.prior.version
+                && st.checksum == u.prior.checksum
+                && self.held(member.other()) != Some(self.version)
+        })
+    }
+
+    /// Puts the record back to the state before its [`Unconfirmed`] change; the other
+    /// member keeps what it was known to hold. Whether there was one.
+    pub(super) fn roll_back(&mut self) -> bool {
+        let Some(u) = self.unconfirmed.take() else {
+            return false;
+        };
+        let other_held = self.held(u.member.other());
+        let p = u.prior;
+        self.version = p.version;
+        self.checksum = p.checksum;
+        self.size = p.size;
+        self.words = p.words;
+        self.chars = p.chars;
+        self.modified_ms = p.modified_ms;
+        self.epoch_base = p.epoch_base;
+        self.set_held(u.member, Some(p.version));
+        self.set_held(u.member.other(), other_held);
+        true
     }
 
     pub(super) fn can_read(&self, user: &str) -> bool {

@@ -722,7 +722,12 @@ impl Core {
                 }
                 self.ack_heartbeat(conn, name, seq, now_ms);
             }
-            Message::Changed { id, state, staged } => {
+            Message::Changed {
+                id,
+                state,
+                staged,
+                pending,
+            } => {
                 let waiter = Waiter::Changed(conn, id);
                 let Ok(file) = names::canonical_file(&state.file) else {
                     return self.release(waiter, true);
@@ -759,12 +764,20 @@ impl Core {
                 match self.ns.files.get(&file) {
                     Some(rec) if rec.ss == primary && state.version >= rec.version => {
                         let mut rec = rec.clone();
-                        rec.apply_change(member, &state);
+                        if pending {
+                            rec.apply_unconfirmed(member, &state);
+                        } else {
+                            rec.apply_change(member, &state);
+                        }
                         self.put_file(&file, rec);
                         log::info!(target: ev::NM_FILE_CHANGE, file = file.as_str(),
-                            version = state.version.to_string(); "{file} changed on {name}");
+                            version = state.version.to_string(), pending = pending;
+                            "{file} changed on {name}");
                     }
                     Some(_) => return self.release(waiter, true),
+                    // Only a commit reports before its flush, and only of a file it was given
+                    // a ticket for: one unknown here was removed meanwhile.
+                    None if pending => return self.release(waiter, true),
                     None if self.reg.removed_on(conn, &file) => {
                         log::info!(target: ev::NM_FILE_CHANGE, file = file.as_str(), ss = name;
                             "a change of {file} on {name} was reported after {file} was removed; nothing is adopted");

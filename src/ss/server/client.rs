@@ -302,10 +302,12 @@ pub(super) fn fault_hook() -> Option<&'static str> {
 /// tail then joined the front of this sentence (see document.rs). Those joined words are kept:
 /// the sentence becomes `joined ++ edited`, never just `edited`, so no committed word is lost.
 ///
-/// The report (CHANGED) leaves as soon as the change is durable, before it is put in place
-/// (see [`Store::write_content_over`]): the name server's commit runs while the renames, the
-/// history trim and any checkpoint run here. The file's lock is held until the change is in
-/// place, so a reader or a copy the name server directs to the new version waits for it.
+/// The report (CHANGED) leaves as soon as the change's journal entry is written, marked
+/// pending, so the name server's commit runs while the entry is flushed here (see
+/// [`Store::write_content_over`]); the renames, the history trim and any checkpoint run
+/// after the flush, still overlapping it. The file's lock is held until the change is durable
+/// and in place, so a reader or a copy the name server directs to the new version waits for
+/// it; the client is answered only once the change is durable and the ack came.
 /// Returns the new state and the copy count the name server's ack carried.
 pub(super) fn commit(
     shared: &Shared,
@@ -344,7 +346,13 @@ pub(super) fn commit(
             meta,
             Some(text.as_bytes()),
             new.as_bytes(),
-            &mut |m| report = Some(shared.link.report(m.state(file), None, wait)),
+            &mut |m, made| {
+                let state = m.state(file);
+                report = Some(match made {
+                    Made::Written => shared.link.report_written(state, wait),
+                    Made::Durable => shared.link.report(state, None, wait),
+                })
+            },
         )?;
         if i < count {
             shared.sessions.shift_after(file, id, i, n);

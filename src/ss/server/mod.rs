@@ -47,7 +47,7 @@ use crate::ss::document::{Document, EditBuffer};
 use crate::ss::nmlink::NmLink;
 use crate::ss::sessions::Sessions;
 use crate::ss::store::{
-    Basis, ContentCounter, CopyIn, Store, StoreError, TempFile, MAX_CHECKPOINTS, UNDO_DEPTH,
+    Basis, ContentCounter, CopyIn, Made, Store, StoreError, TempFile, MAX_CHECKPOINTS, UNDO_DEPTH,
 };
 use crate::ss::textcount::TextCount;
 use std::fs::File;

@@ -65,6 +65,7 @@ fn fake_nm() -> FakeNm {
                         }),
                         Message::Changed {
                             staged: _,
+                            pending: _,
                             id,
                             state,
                         } => {

@@ -99,6 +99,16 @@ impl RecordPut {
     }
 }
 
+/// When [`Store::write_content_over`] reports a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Made {
+    /// Its journal entry is written, not yet durable: the change is made unless the server
+    /// loses power (or its flush fails) before the entry's `fdatasync` returns.
+    Written,
+    /// Durable, and in place.
+    Durable,
+}
+
 impl Store {
     /// The record of a content change of a file whose record was `old`: the next version, the
     /// new content's `facts`, the owner kept, and `undo` as its history.
@@ -119,51 +129,62 @@ impl Store {
     /// Replaces the content of `file` (whose bookkeeping is `old`) with `bytes` as a new
     /// version, saving the old content as an undo step. Caller holds the lock.
     pub fn write_content(&self, file: &str, old: Meta, bytes: &[u8]) -> Result<Meta, StoreError> {
-        self.write_content_over(file, old, None, bytes, &mut |_| {})
+        self.write_content_over(file, old, None, bytes, &mut |_, _| {})
     }
 
     /// [`Store::write_content`] for a caller that has read the current content (`current`,
-    /// under the same hold of the lock), which a journaled change then need not read again.
+    /// under the same hold of the lock), which a journaled change then need not read again,
+    /// and that reports the change as early as it may.
     ///
-    /// `durable` is called with the new record once, as soon as the change is durable: a
-    /// journaled change calls it when its entry is, before the renames put it in place (a
-    /// crash from then on is redone at startup, so the change is made whatever happens), so
-    /// the caller can report it while the renames run. Readers and copies take the file's
-    /// lock, which the caller holds until this returns, so none sees the file between the
-    /// report and the renames. A change whose renames then fail has reported a change the
-    /// journal holds: the journal fails, the server stops, and its restart puts the change in
-    /// place (`Journal::unplaced`). It is never called for a
-    /// change that fails before it is durable.
+    /// `report` is called with the new record exactly once when the change will be made:
+    ///
+    /// * [`Made::Written`]: a journaled change calls it once its entry is WRITTEN to the log
+    ///   and before the entry's `fdatasync`, so the caller's report (and the name server's
+    ///   commit of it) overlaps the flush. The change is not durable yet: a power cut before
+    ///   the flush returns loses it, so the report must say so (the name server keeps such a
+    ///   change unconfirmed and rolls it back if the server comes back without it, see
+    ///   `nm::core::records::Unconfirmed`). A flush that fails after this call fails the
+    ///   journal ([`Journal::unsynced`]): the server stops, and its restart finds the change
+    ///   made or not, which its registration settles. The change returns Ok only once the
+    ///   entry is durable and the renames are made.
+    /// * [`Made::Durable`]: the direct path (a change too large for the journal, or the
+    ///   journal closed) calls it once the change is durable and in place.
+    ///
+    /// Readers and copies take the file's lock, which the caller holds until this returns, so
+    /// none sees the file before the change is durable and in place. A change whose renames
+    /// fail after its entry is durable fails the journal too: the server stops and its
+    /// restart puts the change in place (`Journal::unplaced`). `report` is never called for a
+    /// change that fails before its entry is written.
     pub fn write_content_over(
         &self,
         file: &str,
         old: Meta,
         current: Option<&[u8]>,
         bytes: &[u8],
-        durable: &mut dyn FnMut(&Meta),
+        report: &mut dyn FnMut(&Meta, Made),
     ) -> Result<Meta, StoreError> {
         if old.size <= JOURNAL_MAX_CONTENT && bytes.len() as u64 <= JOURNAL_MAX_CONTENT {
-            if let Some(done) = self.write_journaled(file, &old, current, bytes, durable) {
+            if let Some(done) = self.write_journaled(file, &old, current, bytes, report) {
                 return done;
             }
         }
         let meta = self.write_with(file, old, Change::New(Source::Bytes(bytes)))?;
-        durable(&meta);
+        report(&meta, Made::Durable);
         Ok(meta)
     }
 
     /// A small content change through the journal (see `journal`): the new content and record
-    /// staged, one entry appended and made durable, then the old content linked into `undo/`
-    /// and the staged files renamed into place, none of it synced. None when the journal is
-    /// closed or the content on disk is not the one `old` describes: the caller takes the
-    /// direct path. Caller holds the lock.
+    /// staged, one entry written, reported ([`Made::Written`]) and made durable, then the old
+    /// content linked into `undo/` and the staged files renamed into place, none of it
+    /// synced. None when the journal is closed or the content on disk is not the one `old`
+    /// describes: the caller takes the direct path. Caller holds the lock.
     fn write_journaled(
         &self,
         file: &str,
         old: &Meta,
         current: Option<&[u8]>,
         bytes: &[u8],
-        durable: &mut dyn FnMut(&Meta),
+        report: &mut dyn FnMut(&Meta, Made),
     ) -> Option<Result<Meta, StoreError>> {
         let j = self.journal.as_ref()?;
         let gate = j.enter();
@@ -211,11 +232,11 @@ impl Store {
             old_len: old_bytes.len() as u64,
         };
         let paths = [target.clone(), self.meta_path(file), self.undo.join(&blob)];
-        let appended = journal::encode(&head, bytes, old_bytes)
-            .and_then(|frame| j.append(&*self.fs, &gate, file, &frame, &paths));
-        match appended {
-            Ok(journal::Appended::Durable) => durable(&meta),
-            Ok(journal::Appended::Closed) => {
+        let written = journal::encode(&head, bytes, old_bytes)
+            .and_then(|frame| j.write(&gate, file, &frame, &paths));
+        let upto = match written {
+            Ok(Some(upto)) => upto,
+            Ok(None) => {
                 self.unstage(&record.staged(content_tmp), None);
                 return None;
             }
@@ -223,6 +244,11 @@ impl Store {
                 self.unstage(&record.staged(content_tmp), None);
                 return Some(Err(self.io(file, e)));
             }
+        };
+        report(&meta, Made::Written);
+        if let Err(e) = j.wait(&*self.fs, upto) {
+            self.unstage(&record.staged(content_tmp), None);
+            return Some(Err(j.unsynced(file, self.io(file, e))));
         }
         let applied = {
             let _a = journal::Applying::begin();

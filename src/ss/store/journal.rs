@@ -15,7 +15,9 @@
 //! path). The entry is made durable by one `fdatasync` of the log,
 //! shared by every change appending meanwhile (leader/follower, as in `batch`; the copies of
 //! one PUT_BATCH installed through the journal write their entries, then wait once,
-//! [`Journal::write`]), and only then
+//! [`Journal::write`]); a commit reports its change to the name server between the write
+//! and that flush (`change::Made::Written`, so the two flushes overlap; a flush failing after
+//! such a report fails the journal, [`Journal::unsynced`]), and only once the flush returned
 //! does the change touch the file system: the old content is hard-linked into `undo/`, the
 //! staged content and record (temp files in `tmp/`, written before the append) are renamed
 //! into place (by exchange when they replace files: `change::place_unsynced`), all WITHOUT
@@ -431,6 +433,23 @@ impl Journal {
             source: io::Error::other(format!(
                 "the change is saved in the journal but could not be put in place ({e}); the \
                  storage server stops, and its restart puts it in place"
+            )),
+        }
+    }
+
+    /// The error of a change whose entry's flush failed (`e`) after the change was reported
+    /// as written (`change::Made::Written`): whether the entry survives is unknown, so
+    /// the journal fails, the storage server stops, and its restart (which redoes the entry
+    /// if it survived) lets the name server settle the report at registration.
+    pub(super) fn unsynced(&self, file: &str, e: StoreError) -> StoreError {
+        self.lock().failed = true;
+        log::error!(target: ev::SS_SCAN, file = file;
+            "{file}: a reported change's journal entry could not be flushed ({e}); the journal has failed");
+        StoreError::Io {
+            file: file.to_string(),
+            source: io::Error::other(format!(
+                "the change was written to the journal but could not be flushed ({e}); the \
+                 storage server stops, and its restart settles whether it was made"
             )),
         }
     }

@@ -1486,25 +1486,25 @@ fn a_store_removed_from_under_the_server_does_not_fail_the_journal() {
 }
 
 /// One change of FILE (created empty first) to `text` through `s`, the power cut when it is
-/// reported if `cut_when_reported`: returns the record reported, if any, whether the content
-/// was in place then, and whether the change returned Ok.
+/// reported if `cut_when_reported`: returns the record reported with when it was reported
+/// and whether the content was in place then, if it was, and whether the change returned Ok.
 fn reported_change(
     s: &Store,
     cutter: &Cutter,
     root: &Path,
     text: &[u8],
     cut_when_reported: bool,
-) -> (Option<(Meta, bool)>, bool) {
+) -> (Option<(Meta, Made, bool)>, bool) {
     let lock = s.file_lock(FILE);
     let _g = lock.lock().unwrap();
     let Ok((old, meta, _)) = s.load_text(FILE) else {
         return (None, false);
     };
     let mut reported = None;
-    let res = s.write_content_over(FILE, meta, Some(old.as_bytes()), text, &mut |m| {
+    let res = s.write_content_over(FILE, meta, Some(old.as_bytes()), text, &mut |m, made| {
         assert!(reported.is_none(), "reported twice");
         let on_disk = fs::read(root.join("files").join(FILE)).unwrap();
-        reported = Some((m.clone(), on_disk == text));
+        reported = Some((m.clone(), made, on_disk == text));
         if cut_when_reported {
             cutter.off.store(true, Ordering::SeqCst);
             cutter.disk.power_cut().unwrap();
@@ -1514,9 +1514,10 @@ fn reported_change(
 }
 
 #[test]
-fn a_change_is_reported_once_durable_and_a_power_cut_then_or_anywhere_keeps_what_was_reported() {
-    // A small change is reported once its entry is durable, before its renames; a large one
-    // (the direct path) once it is in place.
+fn a_change_is_reported_once_written_and_what_returned_ok_or_was_reported_durable_survives_a_power_cut(
+) {
+    // A small change is reported once its entry is written, before its flush and renames
+    // (Written); a large one (the direct path) once it is durable and in place (Durable).
     let large = vec![b'x'; JOURNAL_MAX_CONTENT as usize + 1];
     for (what, text, journaled) in [("journaled", &b"two."[..], true), ("direct", &large, false)] {
         // The power cut the moment the change is reported.
@@ -1524,11 +1525,23 @@ fn a_change_is_reported_once_durable_and_a_power_cut_then_or_anywhere_keeps_what
         let cutter = Cutter::new(&disk, None);
         let s = Store::open_on(cutter.clone(), &root, "ss1").unwrap();
         s.create(FILE, "alice", 1).unwrap();
+        let created = s.load_text(FILE).unwrap().1.version;
         let (reported, ok) = reported_change(&s, &cutter, &root, text, true);
-        let (m, in_place) = reported.unwrap_or_else(|| panic!("{what}: not reported"));
+        let (m, made, in_place) = reported.unwrap_or_else(|| panic!("{what}: not reported"));
+        assert_eq!(
+            made,
+            if journaled {
+                Made::Written
+            } else {
+                Made::Durable
+            },
+            "{what}"
+        );
         assert_eq!(in_place, !journaled, "{what}: reported before its renames");
-        // The journaled change's renames fail after the cut: the journal fails.
+        // The journaled change's flush fails after the cut: the journal fails, and the change
+        // does not return Ok.
         assert_eq!(ok, !journaled, "{what}");
+        assert_eq!(s.journal_failed(), journaled, "{what}");
         drop(s);
         let s = after_cut(
             &disk,
@@ -1536,11 +1549,18 @@ fn a_change_is_reported_once_durable_and_a_power_cut_then_or_anywhere_keeps_what
             Store::open_on(disk.clone(), &root, "ss1").unwrap(),
         );
         let (_, back, _) = s.load_text(FILE).unwrap();
-        assert_eq!(back.version, m.version, "{what}");
-        assert!(
-            text_of(&s, FILE).as_bytes() == text,
-            "{what}: the reported content"
-        );
+        if journaled {
+            // Written, never flushed: the server comes back at the version before it, which
+            // is what lets the name server roll the report back.
+            assert_eq!(back.version, created, "{what}");
+            assert_eq!(text_of(&s, FILE), "", "{what}");
+        } else {
+            assert_eq!(back.version, m.version, "{what}");
+            assert!(
+                text_of(&s, FILE).as_bytes() == text,
+                "{what}: the reported content"
+            );
+        }
 
         // The power cut before each call of the change instead.
         let (_d, disk, root) = fresh();
@@ -1555,6 +1575,7 @@ fn a_change_is_reported_once_durable_and_a_power_cut_then_or_anywhere_keeps_what
             let cutter = Cutter::new(&disk, None);
             let s = Store::open_on(cutter.clone(), &root, "ss1").unwrap();
             s.create(FILE, "alice", 1).unwrap();
+            let created = s.load_text(FILE).unwrap().1.version;
             *cutter.left.lock().unwrap() = Some(cut);
             let (reported, ok) = reported_change(&s, &cutter, &root, text, false);
             assert!(
@@ -1568,18 +1589,30 @@ fn a_change_is_reported_once_durable_and_a_power_cut_then_or_anywhere_keeps_what
             let s = Store::open_on(disk.clone(), &root, "ss1").unwrap();
             s.scan().unwrap();
             let now = text_of(&s, FILE);
-            if let Some((m, _)) = reported {
-                let (_, back, _) = s.load_text(FILE).unwrap();
-                assert_eq!(back.version, m.version, "{what}, cut {cut} of {total}");
-                assert!(
-                    now.as_bytes() == text,
-                    "{what}, cut {cut}: reported, then lost"
-                );
-            } else {
-                assert!(
-                    now.is_empty() || now.as_bytes() == text,
-                    "{what}, cut {cut}"
-                );
+            let (_, back, _) = s.load_text(FILE).unwrap();
+            match reported {
+                // Returned Ok, or reported durable: it survives.
+                Some((m, made, _)) if ok || made == Made::Durable => {
+                    assert_eq!(back.version, m.version, "{what}, cut {cut} of {total}");
+                    assert!(
+                        now.as_bytes() == text,
+                        "{what}, cut {cut}: reported, then lost"
+                    );
+                }
+                // Reported written, then the power went: made or not, nothing else.
+                Some((m, _, _)) => assert!(
+                    (back.version == m.version && now.as_bytes() == text)
+                        || (back.version == created && now.is_empty()),
+                    "{what}, cut {cut}: neither the change nor the state before it"
+                ),
+                // Not reported: a journaled change is not made; the direct path's rename may
+                // be durable before a later step of it failed (the content is then adopted
+                // at the next access, as before the journal).
+                None => assert!(
+                    (back.version == created && now.is_empty())
+                        || (!journaled && now.as_bytes() == text),
+                    "{what}, cut {cut}: changed without a report"
+                ),
             }
         }
     }

@@ -138,6 +138,7 @@ mod scan;
 mod tests;
 pub mod vfs;
 
+pub use change::Made;
 pub use checkpoints::MAX_CHECKPOINTS;
 pub use install::{Basis, CopyIn, TempFile, Transfer};
 pub use journal::{JOURNAL_CHECKPOINT_BYTES, JOURNAL_CHECKPOINT_MS, JOURNAL_MAX_CONTENT};

@@ -5,6 +5,7 @@ use super::*;
 
 fn record(counter: u64) -> FileRecord {
     let mut rec = FileRecord {
+        unconfirmed: None,
         owner: "alice".into(),
         ss: "ss1".into(),
         version: Version {
@@ -216,6 +217,7 @@ fn a_name_deleted_and_created_again_never_reuses_a_version_even_across_a_restart
         id: 1,
         state: st("a.txt", 5, None),
         staged: None,
+        pending: false,
     };
     let _ = send(&mut c, 1, changed, 3);
     assert_eq!(c.ns.files["a.txt"].version.counter, 5);

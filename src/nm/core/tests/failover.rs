@@ -518,6 +518,7 @@ impl Sim {
             conn,
             Message::Changed {
                 staged: None,
+                pending: false,
                 id,
                 state: st,
             },
@@ -981,6 +982,7 @@ fn a_change_from_a_deposed_writer_is_refused_and_its_copy_quarantined() {
         Frame {
             msg: Message::Changed {
                 staged: None,
+                pending: false,
                 id: 99,
                 state: stale.state("a.txt"),
             },

@@ -318,6 +318,7 @@ fn move_checks_rights_folder_and_name_then_follows_the_rename() {
 #[test]
 fn a_move_left_unsettled_is_settled_by_what_its_server_registers_with() {
     let mut rec = FileRecord {
+        unconfirmed: None,
         owner: "alice".into(),
         ss: "ss1".into(),
         version: Version {

@@ -17,6 +17,7 @@ fn jobs_coalesce_per_file_and_carry_the_latest_version() {
             1,
             Message::Changed {
                 staged: None,
+                pending: false,
                 id: n,
                 state: st("a.txt", n, None),
             },
@@ -57,6 +58,7 @@ fn jobs_coalesce_per_file_and_carry_the_latest_version() {
         1,
         Message::Changed {
             staged: None,
+            pending: false,
             id: 99,
             state: st("a.txt", 12, None),
         },
@@ -214,6 +216,7 @@ fn sync_mode_answers_after_the_backup_or_degraded() {
         1,
         Message::Changed {
             staged: None,
+            pending: false,
             id: 5,
             state: st("a.txt", 2, None),
         },
@@ -236,6 +239,7 @@ fn sync_mode_answers_after_the_backup_or_degraded() {
         1,
         Message::Changed {
             staged: None,
+            pending: false,
             id: 6,
             state: st("a.txt", 3, None),
         },
@@ -311,6 +315,7 @@ fn a_slow_backup_gets_a_degraded_sync_answer_in_bounded_time() {
         1,
         Message::Changed {
             staged: None,
+            pending: false,
             id: 9,
             state: st("a.txt", 2, None),
         },

@@ -117,6 +117,7 @@ fn changed_and_removed_update_the_record() {
         1,
         Message::Changed {
             staged: None,
+            pending: false,
             id: 7,
             state: st("a.txt", 2, None),
         },
@@ -239,6 +240,7 @@ fn a_change_reported_after_its_file_was_deleted_brings_nothing_back() {
     assert!(!c.ns.files.contains_key("a.txt"));
     let late = Message::Changed {
         staged: None,
+        pending: false,
         id: 7,
         state: st("a.txt", 2, Some("alice")),
     };
@@ -256,6 +258,7 @@ fn a_change_reported_after_its_file_was_deleted_brings_nothing_back() {
     );
     let other = Message::Changed {
         staged: None,
+        pending: false,
         id: 8,
         state: st("b.txt", 1, Some("alice")),
     };
@@ -269,4 +272,115 @@ fn a_change_reported_after_its_file_was_deleted_brings_nothing_back() {
     register(&mut c, 2, "ss1", vec![st("b.txt", 1, Some("alice"))]);
     send(&mut c, 2, late, 60);
     assert!(c.ns.files.contains_key("a.txt"));
+}
+
+/// A CHANGED of `a.txt` at `counter`, reported before (`pending`) or after its flush.
+fn changed(id: u64, counter: u64, pending: bool) -> Message {
+    Message::Changed {
+        staged: None,
+        pending,
+        id,
+        state: st("a.txt", counter, None),
+    }
+}
+
+#[test]
+fn a_change_reported_before_its_flush_is_rolled_back_when_its_writer_returns_without_it() {
+    let mut c = core();
+    register(&mut c, 1, "ss1", vec![st("a.txt", 1, Some("alice"))]);
+    register(&mut c, 2, "ss1_backup", vec![st("a.txt", 1, Some("alice"))]);
+    c.take_batch();
+    let e = send(&mut c, 1, changed(7, 2, true), 5);
+    assert!(e.iter().any(|x| matches!(
+        x,
+        Effect::Reply {
+            msg: Message::ChangedAck { id: 7, .. },
+            ..
+        }
+    )));
+    // It counts as the current version, and the record says it is unconfirmed, durably.
+    let rec = &c.ns.files["a.txt"];
+    assert_eq!(rec.version.counter, 2);
+    let u = rec.unconfirmed.as_ref().expect("unconfirmed");
+    assert_eq!((u.member, u.prior.version.counter), (Member::Primary, 1));
+    assert!(c
+        .take_batch()
+        .iter()
+        .any(|o| matches!(o, StoreOp::PutFile(f, r) if f == "a.txt" && r.unconfirmed.is_some())));
+    assert!(c.q.get(&job_key("ss1_backup", "a.txt")).is_some());
+    // The writer loses power before the flush and comes back holding version 1: the change
+    // was never made; nothing is quarantined and the backup, at version 1, is owed nothing.
+    c.on_close(1, 10);
+    register(&mut c, 3, "ss1", vec![st("a.txt", 1, None)]);
+    let rec = &c.ns.files["a.txt"];
+    assert_eq!((rec.version.counter, rec.checksum, rec.size), (1, 1, 1));
+    assert!(rec.unconfirmed.is_none());
+    assert!(rec.holds(Member::Primary) && rec.holds(Member::Backup));
+    assert!(c.q.table().is_empty(), "{:?}", c.q.table());
+    assert_eq!(rec.owner, "alice");
+}
+
+#[test]
+fn a_change_reported_before_its_flush_is_confirmed_by_its_writer_listing_it_a_copy_or_a_later_change(
+) {
+    let mut c = core();
+    register(&mut c, 1, "ss1", vec![st("a.txt", 1, Some("alice"))]);
+    register(&mut c, 2, "ss1_backup", vec![st("a.txt", 1, Some("alice"))]);
+    // The writer comes back holding it (a crash after the flush, or the journal redone).
+    send(&mut c, 1, changed(7, 2, true), 5);
+    c.on_close(1, 10);
+    register(&mut c, 3, "ss1", vec![st("a.txt", 2, None)]);
+    let rec = &c.ns.files["a.txt"];
+    assert_eq!(rec.version.counter, 2);
+    assert!(rec.unconfirmed.is_none());
+    // The backup installs a copy of it: the writer served it, so it was durable.
+    send(&mut c, 3, changed(8, 3, true), 20);
+    assert!(c.ns.files["a.txt"].unconfirmed.is_some());
+    c.tick(50);
+    let jobs = repl_jobs(&c.take_effects());
+    let (id, _) = jobs
+        .iter()
+        .find(|(_, t)| t.target.0 == "ss1_backup")
+        .expect("a copy to the backup");
+    c.on_job_result(*id, copied("a.txt", 3), 60);
+    assert!(c.ns.files["a.txt"].unconfirmed.is_none());
+    // A later report of the writer implies the one before was flushed: only the last can be
+    // rolled back, to the version before it, not further.
+    send(&mut c, 3, changed(9, 4, true), 70);
+    send(&mut c, 3, changed(10, 5, true), 80);
+    let u = c.ns.files["a.txt"]
+        .unconfirmed
+        .clone()
+        .expect("unconfirmed");
+    assert_eq!(u.prior.version.counter, 4);
+    c.on_close(3, 90);
+    register(&mut c, 4, "ss1", vec![st("a.txt", 4, None)]);
+    let rec = &c.ns.files["a.txt"];
+    assert_eq!(rec.version.counter, 4);
+    assert!(rec.unconfirmed.is_none());
+    // The backup holds 3: it is owed 4.
+    let job = c.q.get(&job_key("ss1_backup", "a.txt")).expect("owed");
+    assert_eq!(
+        job.want,
+        Want::Content {
+            version: st("a.txt", 4, None).version
+        }
+    );
+    // A report after the flush is confirmed at once; a listing that is neither the version
+    // nor the one before it rolls nothing back.
+    send(&mut c, 4, changed(11, 6, false), 100);
+    assert!(c.ns.files["a.txt"].unconfirmed.is_none());
+    send(&mut c, 4, changed(12, 7, true), 110);
+    c.on_close(4, 120);
+    register(&mut c, 5, "ss1", vec![st("a.txt", 5, None)]);
+    assert_eq!(c.ns.files["a.txt"].version.counter, 7);
+}
+
+#[test]
+fn a_pending_report_of_a_file_the_index_does_not_hold_adopts_nothing() {
+    let mut c = core();
+    register(&mut c, 1, "ss1", vec![]);
+    let e = send(&mut c, 1, changed(7, 2, true), 5);
+    assert!(matches!(only_reply(e), Message::ChangedAck { id: 7, .. }));
+    assert!(c.ns.files.is_empty());
 }
