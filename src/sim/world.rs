@@ -1226,6 +1226,18 @@ impl World {
                     },
                 );
             }
+            // bin_ss's journal thread ends the process once its journal failed (a removal's
+            // or a reported change's sync failed, or a durable change could not be placed).
+            if self.ss[i]
+                .store
+                .as_ref()
+                .is_some_and(|st| st.journal_failed())
+            {
+                let msg = format!("{}: the journal failed; it exits", self.ss[i].name);
+                self.log(msg);
+                self.ss_down(i, false);
+                continue;
+            }
             let s = &mut self.ss[i];
             if let (true, Some(store)) = (self.now >= s.next_checkpoint, &s.store) {
                 s.next_checkpoint = self.now + CHECKPOINT_MS;

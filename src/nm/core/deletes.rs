@@ -28,7 +28,9 @@
 //! The same holds within one run when the call ends `UNAVAILABLE` (not reached, or its answer
 //! lost) or `INTERNAL` (its storage failed midway: the name may be gone though a sync after
 //! the removal failed): the server may have removed the file, so the intent stays and is
-//! settled at that server's next registration; a refusal with any other code removes it.
+//! settled at that server's next registration, which follows soon: a storage server whose
+//! removal's sync failed stops (`ss::store::Store::delete`) and registers once restarted; a
+//! refusal with any other code removes it.
 //!
 //! A worker may send one SS_DELETE twice, the second time on a new connection when the one
 //! it kept closed before any answer (`worker::sscall`): a repeat that finds the file gone

@@ -642,12 +642,25 @@ impl Core {
             present.insert(file.clone());
             match self.ns.files.get(&file) {
                 Some(rec) if rec.ss == ss => {
-                    if st.version > rec.version {
+                    if rec.never_made(Member::Primary, &st) {
+                        // Reported before its flush, which power cut short: never made.
+                        let mut rec = rec.clone();
+                        rec.roll_back();
+                        log::warn!(target: ev::NM_SS_RECOVERY, file = file.as_str(), ss = ss,
+                            current = rec.version.to_string();
+                            "{ss} came back without a change of {file} it reported before flushing it: the change was never made, {file} is at {} again", rec.version);
+                        self.put_file(&file, rec);
+                        updated += 1;
+                    } else if st.version > rec.version {
                         let mut rec = rec.clone();
                         rec.apply_state(&st);
                         self.put_file(&file, rec);
                         self.owe(&file, true, now_ms);
                         updated += 1;
+                    } else if st.version == rec.version && rec.unconfirmed.is_some() {
+                        let mut rec = rec.clone();
+                        rec.set_held(Member::Primary, Some(rec.version));
+                        self.put_file(&file, rec);
                     } else if rec.primary_missing {
                         let mut rec = rec.clone();
                         rec.primary_missing = false;

@@ -626,16 +626,16 @@ impl Store {
     }
 
     /// DELETE: content, bookkeeping and undo blobs. Caller holds the lock.
+    ///
+    /// A removal made whose directory sync then fails leaves the file gone now and perhaps
+    /// back after a power cut, and the same sync retried cannot be trusted: the store fails
+    /// (as the journal does, [`Store::journal_failed`]), so the server stops and its next
+    /// registration settles the name server's delete intent by what its disk then holds.
     pub fn delete(&self, file: &str) -> Result<(), StoreError> {
         self.settle(file)?;
         let meta = self.read_meta(file);
-        let existed = self
-            .fs
-            .remove(&self.content_path(file))
-            .map_err(|e| self.io(file, e))?;
-        self.fs
-            .remove(&self.meta_path(file))
-            .map_err(|e| self.io(file, e))?;
+        let existed = self.remove_durably(file, &self.content_path(file))?;
+        self.remove_durably(file, &self.meta_path(file))?;
         for b in meta.map(|m| m.undo).unwrap_or_default() {
             let _ = self.fs.remove_file(&self.undo.join(b));
         }
@@ -651,6 +651,27 @@ impl Store {
             locks.remove(file);
         }
         Ok(())
+    }
+
+    /// Removes `path` (of `file`) and syncs its directory; whether it existed. See
+    /// [`Store::delete`] for a sync that fails after the removal.
+    fn remove_durably(&self, file: &str, path: &Path) -> Result<bool, StoreError> {
+        match self.fs.remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(self.io(file, e)),
+        }
+        let dir = path.parent().unwrap_or_else(|| Path::new("."));
+        match self.fs.sync_dir(dir) {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let e = self.io(file, e);
+                Err(match &self.journal {
+                    Some(j) => j.removal_unsynced(file, e),
+                    None => e,
+                })
+            }
+        }
     }
 
     /// UNDO: the newest undo blob becomes the content as a new version. Caller holds the lock.

@@ -278,9 +278,10 @@ struct State {
     /// A sync of the log failed: nothing more is appended until a checkpoint has made
     /// everything durable.
     broken: bool,
-    /// A checkpoint's sync failed, or a change's entry is durable but not in place: nothing
-    /// more is appended or checkpointed; the storage server stops, and its restart redoes the
-    /// logs (see the module docs).
+    /// A checkpoint's sync failed, a change's entry is durable but not in place, a reported
+    /// change's flush failed, or a removal's sync failed: nothing more is appended or
+    /// checkpointed; the storage server stops, and its restart redoes the logs (see the
+    /// module docs).
     failed: bool,
     /// Files with an entry in the current log.
     pending: HashSet<String>,
@@ -450,6 +451,21 @@ impl Journal {
             source: io::Error::other(format!(
                 "the change was written to the journal but could not be flushed ({e}); the \
                  storage server stops, and its restart settles whether it was made"
+            )),
+        }
+    }
+
+    /// The error of a removal made whose directory sync failed (`e`): the journal fails, so
+    /// the storage server stops (see `Store::delete`).
+    pub(super) fn removal_unsynced(&self, file: &str, e: StoreError) -> StoreError {
+        self.lock().failed = true;
+        log::error!(target: ev::SS_SCAN, file = file;
+            "{file}: removed, but the removal could not be made durable ({e}); the storage server stops");
+        StoreError::Io {
+            file: file.to_string(),
+            source: io::Error::other(format!(
+                "removed, but the removal could not be made durable ({e}); the storage server \
+                 stops, and its restart settles whether the file is gone"
             )),
         }
     }
@@ -938,8 +954,8 @@ impl Store {
         j.checkpoint(&*self.fs)
     }
 
-    /// Whether the journal has failed: a checkpoint's sync, or putting a durable change in
-    /// place, failed. Every change is then refused; the storage server must stop, and its
+    /// Whether the journal has failed: a checkpoint's sync, putting a durable change in
+    /// place, a reported change's flush or a removal's sync failed. Every change is then refused; the storage server must stop, and its
     /// restart redoes the journal (see the module docs).
     pub fn journal_failed(&self) -> bool {
         self.journal.as_ref().is_some_and(|j| j.has_failed())

@@ -346,6 +346,27 @@ fn after_cut(disk: &Arc<SimDisk>, root: &Path, s: Store) -> Store {
 }
 
 #[test]
+fn a_delete_whose_removal_is_made_but_not_synced_fails_the_journal() {
+    let (_d, disk, root, s) = journaled();
+    s.checkpoint_journal().unwrap();
+    // The removal of the content is made; the sync of its directory fails.
+    disk.fail_next_syncs(1);
+    let e = s.delete(FILE).unwrap_err();
+    assert!(e.to_string().contains("could not be made durable"), "{e}");
+    assert!(s.journal_failed(), "the server must stop");
+    assert!(!root.join("files").join(FILE).exists(), "removed now");
+    // Whatever the disk then holds is what the restart lists (here the removal was lost).
+    let s = after_cut(&disk, &root, s);
+    assert_eq!(text_of(&s, FILE), "two.");
+    // A delete that finds no content to remove fails (NOT_FOUND) and the server runs on.
+    let (_d, _disk, root, s) = journaled();
+    s.checkpoint_journal().unwrap();
+    fs::remove_file(root.join("files").join(FILE)).unwrap();
+    assert!(matches!(s.delete(FILE), Err(StoreError::NotFound(_))));
+    assert!(!s.journal_failed());
+}
+
+#[test]
 fn a_delete_after_a_journaled_write_is_not_undone_by_the_redo() {
     let (_d, disk, root, s) = journaled();
     s.delete(FILE).unwrap();

@@ -384,3 +384,25 @@ fn a_pending_report_of_a_file_the_index_does_not_hold_adopts_nothing() {
     assert!(matches!(only_reply(e), Message::ChangedAck { id: 7, .. }));
     assert!(c.ns.files.is_empty());
 }
+
+#[test]
+fn an_unpaired_writer_back_without_its_pending_change_is_rolled_back_and_one_back_with_it_confirms_it(
+) {
+    let mut c = core();
+    register(&mut c, 1, "ss1", vec![st("a.txt", 1, Some("alice"))]);
+    send(&mut c, 1, changed(7, 2, true), 5);
+    assert!(c.ns.files["a.txt"].unconfirmed.is_some());
+    // Power lost before the flush.
+    c.on_close(1, 10);
+    register(&mut c, 2, "ss1", vec![st("a.txt", 1, None)]);
+    let rec = &c.ns.files["a.txt"];
+    assert_eq!((rec.version.counter, rec.checksum), (1, 1));
+    assert!(rec.unconfirmed.is_none() && !rec.primary_missing);
+    // Flushed before the crash: confirmed.
+    send(&mut c, 2, changed(8, 2, true), 20);
+    c.on_close(2, 30);
+    register(&mut c, 3, "ss1", vec![st("a.txt", 2, None)]);
+    let rec = &c.ns.files["a.txt"];
+    assert_eq!(rec.version.counter, 2);
+    assert!(rec.unconfirmed.is_none());
+}
