@@ -122,7 +122,7 @@ mod tests {
 
     #[test]
     fn skipping_the_directory_fsync_after_a_rename_is_caught_under_power_loss() {
-        let seeds = 4..13;
+        let seeds = 4..25;
         for seed in seeds.clone() {
             let r = run(cfg(seed, 1500, false)).unwrap();
             assert!(r.failure.is_none(), "seed {seed}: {:?}", r.failure);
