@@ -1,19 +1,23 @@
 //! The storage server's link to the name server: registration with the full file list,
 //! heartbeats, and CHANGED/REMOVED reports from committers.
 //!
-//! After registration one I/O thread owns the connection: a TLS stream cannot be split into
-//! a reading and a writing half, so the same thread writes and reads. It waits in `poll(2)` on
-//! the socket and on a wake-up socket pair. Frames reach it through the session's outbox: a
-//! channel of frames plus a wake-up byte, so a frame leaves at once and is never queued behind
-//! a wait for an ack. A wake-up byte is written only when none is on its way already (the
-//! `armed` flag, cleared by the I/O thread before it drains the channel).
+//! After registration one I/O thread reads the connection. It waits in `poll(2)` on the
+//! socket and on a wake-up socket pair. Over plain TCP every frame is then written by its
+//! sender (a committer, or the `nm-link` thread's heartbeats) straight to the socket, whole,
+//! under one writer lock (`Door::direct`), so a commit's report leaves with no thread
+//! hand-off. A TLS stream cannot be split into a reading and a writing half, so over TLS
+//! (and for frames queued while the server registers) frames reach the I/O thread through the
+//! session's outbox: a channel of frames plus a wake-up byte, so a frame leaves at once and
+//! is never queued behind a wait for an ack. A wake-up byte is written only when none is on
+//! its way already (the `armed` flag, cleared by the I/O thread before it drains the
+//! channel); the I/O thread writes what it drains through the writer lock when there is one.
 //!
-//! A committer hands its report to the I/O thread itself, one thread hand-off on the
-//! critical path of every commit: from the moment a session's connection is up (so a report
-//! made while the server registers waits there and goes out after the registration), the
-//! [`NmLink`] handle reaches its outbox, and under the outbox lock the committer takes the
-//! next report id, puts the answering end of its ack ([`AckTx`]) in the outbox's `pending`
-//! map and queues the frame and the wake-up. A committer reports as soon as its change is
+//! From the moment a session's connection is up (so a report made while the server
+//! registers waits in the channel and goes out after the registration), the [`NmLink`]
+//! handle reaches its outbox: under the outbox lock the committer takes the next report id
+//! and puts the answering end of its ack ([`AckTx`]) in the outbox's `pending` map, then it
+//! sends the frame outside that lock. A failed direct write shuts the socket, which ends the
+//! session like any link failure. A committer reports as soon as its change is
 //! durable and waits for the ack once the change is in place ([`NmLink::report`],
 //! [`Report::wait`]). The I/O thread matches each `CHANGED_ACK` to `pending` by id, under
 //! the same lock. Ids are never reused, not even by a later session, so a late ack from an
@@ -53,7 +57,7 @@ use crate::ss::store::Store;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
-use std::net::Shutdown;
+use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -278,7 +282,9 @@ impl AckRx {
     }
 }
 
-/// How frames reach a session's I/O thread: a channel it drains and a wake-up it polls.
+/// How frames leave a session: over plain TCP once registered, written at once by the
+/// sender through [`Door::direct`]; otherwise through a channel the I/O thread drains and a
+/// wake-up it polls.
 #[derive(Clone)]
 struct Door {
     out: Sender<Message>,
@@ -286,11 +292,22 @@ struct Door {
     wake: Arc<UnixStream>,
     /// Set when a wake-up byte is written; the I/O thread clears it before it drains `out`.
     armed: Arc<AtomicBool>,
+    /// Plain TCP, once the registration is answered: the connection's socket, through which
+    /// every frame is written whole under this lock (by senders and by the I/O thread alike,
+    /// so no two frames interleave). `None` before, and always over TLS.
+    direct: Arc<Mutex<Option<TcpStream>>>,
 }
 
 impl Door {
-    /// Queues `msg` for the I/O thread and wakes it; fails once the I/O thread has stopped.
+    /// Sends `msg`: written at once when the link writes directly, else queued for the I/O
+    /// thread, which is woken; fails once the link is over.
     fn send(&self, msg: Message) -> Result<(), WireError> {
+        {
+            let mut direct = self.direct.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(s) = direct.as_mut() {
+                return write_whole(s, &msg);
+            }
+        }
         self.out
             .send(msg)
             .map_err(|_| err::unavailable("name server link: the I/O thread stopped"))?;
@@ -302,6 +319,16 @@ impl Door {
         }
         Ok(())
     }
+}
+
+/// Writes `msg` as one frame on the link's socket (the caller holds [`Door::direct`]); a
+/// failed write shuts the socket, so the I/O thread's read fails and the session ends.
+fn write_whole(s: &mut TcpStream, msg: &Message) -> Result<(), WireError> {
+    let bytes = crate::protocol::frame::encode(msg, &[]);
+    s.write_all(&bytes).map_err(|e| {
+        let _ = s.shutdown(Shutdown::Both);
+        err::unavailable(format!("name server link: write failed: {e}"))
+    })
 }
 
 /// What a session lends committers, from the moment its connection is up.
@@ -519,28 +546,32 @@ impl NmLink {
         let _ = self.post(|id| Message::Removed { id, file }, None);
     }
 
-    /// Queues the report `frame(id)` on the registered session, under the outbox lock: gives
-    /// it the next id and, when a committer waits for the ack on `reply`, an entry in
-    /// `pending`. Returns the id, or `None` when no session is connected or the bound is
-    /// reached (see the module docs).
+    /// Sends the report `frame(id)` on the registered session: under the outbox lock gives it
+    /// the next id and, when a committer waits for the ack on `reply`, an entry in `pending`;
+    /// then sends it outside that lock (a direct write may wait for the socket, and the I/O
+    /// thread takes the lock to match acks). Returns the id, or `None` when no session is
+    /// connected, the bound is reached (see the module docs) or the send failed.
     fn post(&self, frame: impl FnOnce(u64) -> Message, reply: Option<AckTx>) -> Option<u64> {
-        let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
-        let slot = &mut *slot;
-        let outbox = slot.outbox.as_mut()?;
-        let full = match reply {
-            Some(_) => outbox.pending.len() >= self.cap,
-            None => outbox.door.out.len() >= self.cap,
+        let (id, door) = {
+            let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+            let slot = &mut *slot;
+            let outbox = slot.outbox.as_mut()?;
+            let full = match reply {
+                Some(_) => outbox.pending.len() >= self.cap,
+                None => outbox.door.out.len() >= self.cap,
+            };
+            if full {
+                return None;
+            }
+            slot.last_id += 1;
+            let id = slot.last_id;
+            if let Some(reply) = reply {
+                outbox.pending.insert(id, reply);
+            }
+            (id, outbox.door.clone())
         };
-        if full {
-            return None;
-        }
-        slot.last_id += 1;
-        let id = slot.last_id;
-        if let Some(reply) = reply {
-            outbox.pending.insert(id, reply);
-        }
-        if outbox.door.send(frame(id)).is_err() {
-            outbox.pending.remove(&id);
+        if door.send(frame(id)).is_err() {
+            self.forget(id);
             return None;
         }
         Some(id)
@@ -681,10 +712,12 @@ fn session(
     wake_tx.set_nonblocking(true).map_err(io_err)?;
     let (out_tx, out_rx) = crossbeam_channel::unbounded::<Message>();
     let armed = Arc::new(AtomicBool::new(false));
+    let direct = Arc::new(Mutex::new(None));
     let door = Door {
         out: out_tx,
         wake: Arc::new(wake_tx),
         armed: armed.clone(),
+        direct: direct.clone(),
     };
     let _outbox = OutboxGuard::install(slot, door.clone());
     let files = store.list()?;
@@ -757,10 +790,17 @@ fn session(
         epoch: store.epoch().clone(),
         partner: flags.partner.clone(),
     };
+    // From here frames over plain TCP are written by their senders: a commit's report then
+    // leaves without waking the I/O thread first (one thread hand-off fewer on its path).
+    if !conn.is_tls() {
+        *direct.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(conn.stream().try_clone().map_err(io_err)?);
+    }
     let io = LinkIo {
         out: out_rx,
         wake: wake_rx,
         armed,
+        direct,
         read_timeout,
     };
     thread::Builder::new()
@@ -862,6 +902,9 @@ struct LinkIo {
     wake: UnixStream,
     /// Cleared before `out` is drained (see [`Door::send`]).
     armed: Arc<AtomicBool>,
+    /// The senders' writer ([`Door::direct`]): frames queued before it was set are written
+    /// through it too.
+    direct: Arc<Mutex<Option<TcpStream>>>,
     /// Silence from the name server after which the link is dead.
     read_timeout: Duration,
 }
@@ -883,8 +926,13 @@ impl LinkIo {
             // sender skipped the byte (it found the flag set) visible to the drain.
             self.armed.swap(false, Ordering::SeqCst);
             while let Ok(msg) = self.out.try_recv() {
-                conn.send(&msg, &[])
-                    .map_err(|e| format!("link write failed: {e}"))?;
+                let mut direct = self.direct.lock().unwrap_or_else(|p| p.into_inner());
+                match direct.as_mut() {
+                    Some(s) => write_whole(s, &msg).map_err(|e| e.msg)?,
+                    None => conn
+                        .send(&msg, &[])
+                        .map_err(|e| format!("link write failed: {e}"))?,
+                }
             }
             // Frames already received (buffered here or decrypted by TLS) are taken first:
             // the socket's readiness does not show them.
@@ -1241,6 +1289,29 @@ mod tests {
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), ids.len(), "ids given twice: {ids:?}");
+    }
+
+    #[test]
+    fn committers_writing_their_reports_at_once_never_interleave_their_frames() {
+        // Over plain TCP each committer writes its own frame (heartbeats go out meanwhile):
+        // a frame cut by another's bytes would break the link and fail reports.
+        let nm = fake_nm();
+        let l = Arc::new(link(&nm.addr, REPORT_QUEUE_CAP));
+        wait_registered(&l.link);
+        let committers: Vec<_> = (0..8)
+            .map(|_| {
+                let l = l.clone();
+                thread::spawn(move || {
+                    (0..200)
+                        .map(|_| report(&l.link, "ack-2", WAIT).0)
+                        .filter(|r| matches!(r, Ok(Some(2))))
+                        .count()
+                })
+            })
+            .collect();
+        let acked: usize = committers.into_iter().map(|c| c.join().unwrap()).sum();
+        assert_eq!(acked, 1600);
+        assert_eq!(nm.registered.try_iter().count(), 1, "the link never broke");
     }
 
     #[test]
