@@ -46,7 +46,7 @@ pub use effects::{Effect, Job, JobKind, JobOutput};
 pub use fsck::{judge_copy, Lineage, Seen};
 pub use records::{
     CreateIntent, DeleteIntent, FileRecord, FolderRecord, Loaded, Member, MoveIntent, PairRecord,
-    Phase, Prior, ServerRecord, StoreOp, Unconfirmed,
+    Phase, ServerRecord, StoreOp, Unconfirmed,
 };
 use removals::{Meets, Removal};
 use status::SetAside;

@@ -86,28 +86,11 @@ pub struct FileRecord {
 pub struct Unconfirmed {
     /// The member that reported it (the writer then).
     pub member: Member,
-    /// The content the record described before it.
-    pub prior: Prior,
-}
-
-/// The content fields of a record, as they were before an [`Unconfirmed`] change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Prior {
-    /// [`FileRecord::version`] before.
-    pub version: Version,
-    /// [`FileRecord::checksum`] before.
-    pub checksum: u32,
-    /// [`FileRecord::size`] before.
-    pub size: u64,
-    /// [`FileRecord::words`] before.
-    pub words: u64,
-    /// [`FileRecord::chars`] before.
-    pub chars: u64,
-    /// [`FileRecord::modified_ms`] before.
-    pub modified_ms: u64,
-    /// [`FileRecord::epoch_base`] before.
+    /// The content the record described before it (`owner` unset).
+    pub prior: FileState,
+    /// [`FileRecord::epoch_base`] before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub epoch_base: Option<Version>,
+    pub prior_epoch_base: Option<Version>,
 }
 
 impl FileRecord {
@@ -206,19 +189,22 @@ impl FileRecord {
     /// [`FileRecord::apply_change`] for a change its writer reported before its flush
     /// returned: kept [`Unconfirmed`] until confirmed or rolled back.
     pub(super) fn apply_unconfirmed(&mut self, writer: Member, s: &FileState) {
-        let prior = Prior {
+        let prior = FileState {
+            file: s.file.clone(),
             version: self.version,
             checksum: self.checksum,
             size: self.size,
             words: self.words,
             chars: self.chars,
             modified_ms: self.modified_ms,
-            epoch_base: self.epoch_base,
+            owner: None,
         };
+        let prior_epoch_base = self.epoch_base;
         self.apply_change(writer, s);
         self.unconfirmed = Some(Unconfirmed {
             member: writer,
             prior,
+            prior_epoch_base,
         });
     }
 
@@ -241,15 +227,9 @@ impl FileRecord {
             return false;
         };
         let other_held = self.held(u.member.other());
-        let p = u.prior;
-        self.version = p.version;
-        self.checksum = p.checksum;
-        self.size = p.size;
-        self.words = p.words;
-        self.chars = p.chars;
-        self.modified_ms = p.modified_ms;
-        self.epoch_base = p.epoch_base;
-        self.set_held(u.member, Some(p.version));
+        self.apply_state(&u.prior);
+        self.epoch_base = u.prior_epoch_base;
+        self.set_held(u.member, Some(u.prior.version));
         self.set_held(u.member.other(), other_held);
         true
     }

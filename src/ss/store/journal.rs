@@ -426,16 +426,12 @@ impl Journal {
     /// The error of a change whose entry is durable but whose renames failed (`e`): the
     /// journal fails, so the storage server stops and its restart puts the change in place.
     pub(super) fn unplaced(&self, file: &str, e: StoreError) -> StoreError {
-        self.lock().failed = true;
-        log::error!(target: ev::SS_SCAN, file = file;
-            "{file}: a journaled change could not be put in place ({e}); the journal has failed");
-        StoreError::Io {
-            file: file.to_string(),
-            source: io::Error::other(format!(
-                "the change is saved in the journal but could not be put in place ({e}); the \
-                 storage server stops, and its restart puts it in place"
-            )),
-        }
+        self.fail_for(
+            file,
+            "the change is saved in the journal but could not be put in place",
+            &e,
+            "its restart puts it in place",
+        )
     }
 
     /// The error of a change whose entry's flush failed (`e`) after the change was reported
@@ -443,29 +439,35 @@ impl Journal {
     /// the journal fails, the storage server stops, and its restart (which redoes the entry
     /// if it survived) lets the name server settle the report at registration.
     pub(super) fn unsynced(&self, file: &str, e: StoreError) -> StoreError {
-        self.lock().failed = true;
-        log::error!(target: ev::SS_SCAN, file = file;
-            "{file}: a reported change's journal entry could not be flushed ({e}); the journal has failed");
-        StoreError::Io {
-            file: file.to_string(),
-            source: io::Error::other(format!(
-                "the change was written to the journal but could not be flushed ({e}); the \
-                 storage server stops, and its restart settles whether it was made"
-            )),
-        }
+        self.fail_for(
+            file,
+            "the change was reported once written to the journal but could not be flushed",
+            &e,
+            "its restart settles whether it was made",
+        )
     }
 
     /// The error of a removal made whose directory sync failed (`e`): the journal fails, so
     /// the storage server stops (see `Store::delete`).
     pub(super) fn removal_unsynced(&self, file: &str, e: StoreError) -> StoreError {
+        self.fail_for(
+            file,
+            "removed, but the removal could not be made durable",
+            &e,
+            "its restart settles whether the file is gone",
+        )
+    }
+
+    /// Fails the journal because of `file`, whose change met `e` (the storage server stops):
+    /// logs it, and answers "`what` (`e`); the storage server stops, and `then`".
+    fn fail_for(&self, file: &str, what: &str, e: &StoreError, then: &str) -> StoreError {
         self.lock().failed = true;
         log::error!(target: ev::SS_SCAN, file = file;
-            "{file}: removed, but the removal could not be made durable ({e}); the storage server stops");
+            "{file}: {what} ({e}); the journal has failed");
         StoreError::Io {
             file: file.to_string(),
             source: io::Error::other(format!(
-                "removed, but the removal could not be made durable ({e}); the storage server \
-                 stops, and its restart settles whether the file is gone"
+                "{what} ({e}); the storage server stops, and {then}"
             )),
         }
     }
