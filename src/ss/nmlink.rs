@@ -55,10 +55,11 @@ use crate::protocol::{
 };
 use crate::ss::store::Store;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use nix::sys::socket::MsgFlags;
 use std::collections::{HashMap, VecDeque};
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -283,8 +284,8 @@ impl AckRx {
 }
 
 /// How frames leave a session: over plain TCP once registered, written at once by the
-/// sender through [`Door::direct`]; otherwise through a channel the I/O thread drains and a
-/// wake-up it polls.
+/// sender when the socket takes them without waiting ([`Door::direct`]); otherwise through a
+/// channel the I/O thread drains and a wake-up it polls.
 #[derive(Clone)]
 struct Door {
     out: Sender<Message>,
@@ -292,43 +293,69 @@ struct Door {
     wake: Arc<UnixStream>,
     /// Set when a wake-up byte is written; the I/O thread clears it before it drains `out`.
     armed: Arc<AtomicBool>,
-    /// Plain TCP, once the registration is answered: the connection's socket, through which
-    /// every frame is written whole under this lock (by senders and by the I/O thread alike,
-    /// so no two frames interleave). `None` before, and always over TLS.
-    direct: Arc<Mutex<Option<TcpStream>>>,
+    /// Plain TCP, once the registration is answered: the connection's socket, written under
+    /// this lock by senders and by the I/O thread alike, so no two frames interleave. `None`
+    /// before, and always over TLS.
+    direct: Arc<Mutex<Option<Direct>>>,
+}
+
+/// The socket senders write to directly, and what of a frame is still to be written.
+struct Direct {
+    stream: TcpStream,
+    /// The rest of a frame a sender could not write without waiting: the I/O thread writes
+    /// it before anything else, and until then every frame goes through the channel.
+    tail: Vec<u8>,
 }
 
 impl Door {
-    /// Sends `msg`: written at once when the link writes directly, else queued for the I/O
-    /// thread, which is woken; fails once the link is over.
+    /// Sends `msg`. When the link writes directly and nothing waits before it (no frame in
+    /// the channel, no tail, the lock free), the sender writes it without waiting
+    /// (`MSG_DONTWAIT`): what the socket does not take becomes the tail, which the I/O thread
+    /// writes. Otherwise `msg` is queued for the I/O thread, which is woken. So a sender never
+    /// waits for the socket (a committer holds its file's lock and the journal's gate), and
+    /// frames leave in the order they were sent. Fails once the link is over.
     fn send(&self, msg: Message) -> Result<(), WireError> {
-        {
-            let mut direct = self.direct.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(s) = direct.as_mut() {
-                return write_whole(s, &msg);
+        if let Ok(mut direct) = self.direct.try_lock() {
+            if let Some(d) = direct.as_mut().filter(|d| d.tail.is_empty()) {
+                if self.out.is_empty() {
+                    let bytes = crate::protocol::frame::encode(&msg, &[]);
+                    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+                    let n = match nix::sys::socket::send(d.stream.as_raw_fd(), &bytes, flags) {
+                        Ok(n) => n,
+                        Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => 0,
+                        Err(e) => {
+                            let _ = d.stream.shutdown(Shutdown::Both);
+                            return Err(err::unavailable(format!(
+                                "name server link: write failed: {e}"
+                            )));
+                        }
+                    };
+                    if n == bytes.len() {
+                        return Ok(());
+                    }
+                    d.tail = bytes[n..].to_vec();
+                    drop(direct);
+                    self.wake_io();
+                    return Ok(());
+                }
             }
         }
         self.out
             .send(msg)
             .map_err(|_| err::unavailable("name server link: the I/O thread stopped"))?;
+        self.wake_io();
+        Ok(())
+    }
+
+    /// Wakes the I/O thread to write a tail and drain the channel.
+    fn wake_io(&self) {
         // While `armed` is set a byte is on its way and the I/O thread has yet to clear the
-        // flag and drain `out`, which now holds `msg`: another byte is not needed. A full
-        // wake-up socket also has a byte waiting, so a failed write changes nothing.
+        // flag and drain `out`: another byte is not needed. A full wake-up socket also has a
+        // byte waiting, so a failed write changes nothing.
         if !self.armed.swap(true, Ordering::SeqCst) {
             let _ = (&*self.wake).write(&[1]);
         }
-        Ok(())
     }
-}
-
-/// Writes `msg` as one frame on the link's socket (the caller holds [`Door::direct`]); a
-/// failed write shuts the socket, so the I/O thread's read fails and the session ends.
-fn write_whole(s: &mut TcpStream, msg: &Message) -> Result<(), WireError> {
-    let bytes = crate::protocol::frame::encode(msg, &[]);
-    s.write_all(&bytes).map_err(|e| {
-        let _ = s.shutdown(Shutdown::Both);
-        err::unavailable(format!("name server link: write failed: {e}"))
-    })
 }
 
 /// What a session lends committers, from the moment its connection is up.
@@ -792,9 +819,12 @@ fn session(
     };
     // From here frames over plain TCP are written by their senders: a commit's report then
     // leaves without waking the I/O thread first (one thread hand-off fewer on its path).
+    // Frames queued meanwhile go first: a sender finding the channel non-empty queues too.
     if !conn.is_tls() {
-        *direct.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(conn.stream().try_clone().map_err(io_err)?);
+        *direct.lock().unwrap_or_else(|p| p.into_inner()) = Some(Direct {
+            stream: conn.stream().try_clone().map_err(io_err)?,
+            tail: Vec::new(),
+        });
     }
     let io = LinkIo {
         out: out_rx,
@@ -902,9 +932,9 @@ struct LinkIo {
     wake: UnixStream,
     /// Cleared before `out` is drained (see [`Door::send`]).
     armed: Arc<AtomicBool>,
-    /// The senders' writer ([`Door::direct`]): frames queued before it was set are written
-    /// through it too.
-    direct: Arc<Mutex<Option<TcpStream>>>,
+    /// The senders' writer ([`Door::direct`]): the I/O thread writes a tail and the frames
+    /// queued through it, waiting for the socket as it must, under its lock.
+    direct: Arc<Mutex<Option<Direct>>>,
     /// Silence from the name server after which the link is dead.
     read_timeout: Duration,
 }
@@ -914,6 +944,9 @@ impl LinkIo {
     /// fails (or the link thread shuts the socket), then says why on `dead`.
     fn run(self, mut conn: Connection, g: Grants, dead: Sender<String>) {
         let why = self.serve(&mut conn, &g).err().unwrap_or_default();
+        // The socket outlives this thread in the writer's clone: shut it, so the link is
+        // over for every sender at once.
+        let _ = conn.stream().shutdown(Shutdown::Both);
         let _ = dead.try_send(why);
     }
 
@@ -925,13 +958,23 @@ impl LinkIo {
             // the poll below. A swap, not a store: reading the flag makes every frame whose
             // sender skipped the byte (it found the flag set) visible to the drain.
             self.armed.swap(false, Ordering::SeqCst);
-            while let Ok(msg) = self.out.try_recv() {
+            {
+                // Under the writer lock, so no sender writes between the tail and the frames
+                // queued after it.
                 let mut direct = self.direct.lock().unwrap_or_else(|p| p.into_inner());
-                match direct.as_mut() {
-                    Some(s) => write_whole(s, &msg).map_err(|e| e.msg)?,
-                    None => conn
-                        .send(&msg, &[])
-                        .map_err(|e| format!("link write failed: {e}"))?,
+                let failed = |e: io::Error| format!("link write failed: {e}");
+                if let Some(d) = direct.as_mut() {
+                    let tail = std::mem::take(&mut d.tail);
+                    d.stream.write_all(&tail).map_err(failed)?;
+                }
+                while let Ok(msg) = self.out.try_recv() {
+                    match direct.as_mut() {
+                        Some(d) => d
+                            .stream
+                            .write_all(&crate::protocol::frame::encode(&msg, &[]))
+                            .map_err(failed)?,
+                        None => conn.send(&msg, &[]).map_err(failed)?,
+                    }
                 }
             }
             // Frames already received (buffered here or decrypted by TLS) are taken first:
@@ -1057,8 +1100,8 @@ mod tests {
     const WAIT: Duration = Duration::from_secs(10);
 
     /// A name server that registers the link, acks heartbeats and removals, and answers a
-    /// CHANGED by the file's name: `ack-N` gets an ack with N copies, `hold` no answer, and
-    /// `kill` closes the link. While `down` is set it closes new connections at once.
+    /// CHANGED by the file's name: `ack-N` gets an ack with N copies, `hold` no answer,
+    /// `stall` no answer and nothing read for 5 s, and `kill` closes the link. While `down` is set it closes new connections at once.
     struct FakeNm {
         addr: String,
         down: Arc<AtomicBool>,
@@ -1071,7 +1114,16 @@ mod tests {
     }
 
     fn fake_nm() -> FakeNm {
+        fake_nm_with(None)
+    }
+
+    /// [`fake_nm`] whose connections have a receive buffer of `rcvbuf` bytes (so a stalled
+    /// name server's buffers fill quickly).
+    fn fake_nm_with(rcvbuf: Option<usize>) -> FakeNm {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        if let Some(n) = rcvbuf {
+            nix::sys::socket::setsockopt(&l, nix::sys::socket::sockopt::RcvBuf, &n).unwrap();
+        }
         let addr = l.local_addr().unwrap().to_string();
         let (reg_tx, registered) = crossbeam_channel::unbounded();
         let (rep_tx, reports) = crossbeam_channel::unbounded();
@@ -1116,6 +1168,11 @@ mod tests {
                                 match state.file.as_str() {
                                     "kill" => return,
                                     "hold" => None,
+                                    // Stops reading the link for a while: its buffers fill.
+                                    "stall" => {
+                                        thread::sleep(Duration::from_secs(5));
+                                        None
+                                    }
                                     f => {
                                         let copies =
                                             f.strip_prefix("ack-").and_then(|c| c.parse().ok());
@@ -1312,6 +1369,33 @@ mod tests {
         let acked: usize = committers.into_iter().map(|c| c.join().unwrap()).sum();
         assert_eq!(acked, 1600);
         assert_eq!(nm.registered.try_iter().count(), 1, "the link never broke");
+    }
+
+    #[test]
+    fn a_name_server_that_stops_reading_never_makes_a_sender_wait_for_the_socket() {
+        let nm = fake_nm_with(Some(4096));
+        let l = Arc::new(link(&nm.addr, usize::MAX));
+        wait_registered(&l.link);
+        let short = Duration::from_millis(200);
+        assert_unconfirmed(report(&l.link, "stall", short).0);
+        // Far more than the socket buffers hold (about 12 MB; the send buffer may grow to
+        // 4 MB): the writes the socket does not take wait in the channel for the I/O thread,
+        // and no sender waits.
+        let l2 = l.clone();
+        let filler = thread::spawn(move || {
+            let t = Instant::now();
+            let long = "x".repeat(200);
+            for n in 0..50_000 {
+                l2.link.removed_nowait(&format!("{long}-{n:08}.txt"));
+            }
+            t.elapsed()
+        });
+        let took = filler.join().unwrap();
+        assert!(took < Duration::from_secs(3), "removals waited {took:?}");
+        // A committer hears at its own deadline that its report is not confirmed.
+        let (r, took) = report(&l.link, "ack-1", short);
+        assert_unconfirmed(r);
+        assert!(took < Duration::from_secs(2), "took {took:?}");
     }
 
     #[test]

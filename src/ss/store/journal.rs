@@ -940,13 +940,21 @@ impl Store {
     }
 
     /// [`Store::settle`] for several files (one checkpoint at most).
+    ///
+    /// Once the journal has failed it refuses: the server is about to stop, and no change
+    /// outside the journal is made meanwhile on a disk whose state is in doubt (a DELETE
+    /// repeated after one whose removal's sync failed would otherwise find the file gone).
     pub(super) fn settle_all(&self, files: &[&str]) -> Result<(), StoreError> {
         let Some(j) = &self.journal else {
             return Ok(());
         };
+        let first = files.first().copied().unwrap_or("journal/");
+        if j.has_failed() {
+            return Err(self.io(first, Journal::failed_error()));
+        }
         if files.iter().any(|f| j.is_pending(f)) {
             j.checkpoint_for(&*self.fs, Some(files))
-                .map_err(|e| self.io(files.first().copied().unwrap_or("journal/"), e))?;
+                .map_err(|e| self.io(first, e))?;
         }
         Ok(())
     }

@@ -355,6 +355,12 @@ fn a_delete_whose_removal_is_made_but_not_synced_fails_the_journal() {
     assert!(e.to_string().contains("could not be made durable"), "{e}");
     assert!(s.journal_failed(), "the server must stop");
     assert!(!root.join("files").join(FILE).exists(), "removed now");
+    // Until it stops, the server makes no other change outside the journal: a repeated
+    // DELETE does not find the file gone.
+    assert!(!matches!(
+        s.delete(FILE),
+        Err(StoreError::NotFound(_)) | Ok(())
+    ));
     // Whatever the disk then holds is what the restart lists (here the removal was lost).
     let s = after_cut(&disk, &root, s);
     assert_eq!(text_of(&s, FILE), "two.");
