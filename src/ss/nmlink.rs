@@ -2,28 +2,33 @@
 //! heartbeats, and CHANGED/REMOVED reports from committers.
 //!
 //! After registration one I/O thread reads the connection. It waits in `poll(2)` on the
-//! socket and on a wake-up socket pair. Over plain TCP every frame is then written by its
-//! sender (a committer, or the `nm-link` thread's heartbeats) straight to the socket, whole,
-//! under one writer lock (`Door::direct`), so a commit's report leaves with no thread
-//! hand-off. A TLS stream cannot be split into a reading and a writing half, so over TLS
-//! (and for frames queued while the server registers) frames reach the I/O thread through the
-//! session's outbox: a channel of frames plus a wake-up byte, so a frame leaves at once and
-//! is never queued behind a wait for an ack. A wake-up byte is written only when none is on
-//! its way already (the `armed` flag, cleared by the I/O thread before it drains the
-//! channel); the I/O thread writes what it drains through the writer lock when there is one.
+//! socket and on a wake-up socket pair. Over plain TCP a frame is then written by its sender
+//! (a committer, or the `nm-link` thread's heartbeats) straight to the socket when nothing
+//! waits before it: under one writer lock taken without waiting (`Door::direct`), with a
+//! send that does not wait, so a commit's report usually leaves with no thread hand-off;
+//! what the socket does not take (the tail) the I/O thread writes. Otherwise (the lock
+//! busy, frames queued, a tail left), over TLS (a TLS stream cannot be split into a reading
+//! and a writing half) and while the server registers, frames reach the I/O thread through
+//! the session's outbox: a channel of frames plus a wake-up byte, so a frame leaves at once
+//! and is never queued behind a wait for an ack. A wake-up byte is written only when none is
+//! on its way already (the `armed` flag, cleared by the I/O thread before it drains the
+//! channel); the I/O thread writes the tail and what it drains under the writer lock when
+//! there is one, so frames never interleave and leave in the order they were sent. No
+//! sender ever waits for the socket.
 //!
 //! From the moment a session's connection is up (so a report made while the server
 //! registers waits in the channel and goes out after the registration), the [`NmLink`]
 //! handle reaches its outbox: under the outbox lock the committer takes the next report id
 //! and puts the answering end of its ack ([`AckTx`]) in the outbox's `pending` map, then it
-//! sends the frame outside that lock. A failed direct write shuts the socket, which ends the
-//! session like any link failure. A committer reports as soon as its change is
-//! durable and waits for the ack once the change is in place ([`NmLink::report`],
-//! [`Report::wait`]). The I/O thread matches each `CHANGED_ACK` to `pending` by id, under
-//! the same lock. Ids are never reused, not even by a later session, so a late ack from an
-//! old link cannot answer a new report. The `nm-link` thread only registers, sends
-//! heartbeats through the same outbox (heartbeats and reports may interleave in any order:
-//! acks are matched by id and seq) and reconnects.
+//! sends the frame outside that lock. A failed write shuts the socket (under the writer
+//! lock), which ends the session like any link failure. A committer reports as soon as its
+//! change's journal entry is written (marked pending, [`NmLink::report_written`]; a direct
+//! change once it is durable, [`NmLink::report`]) and waits for the ack once the change is
+//! durable and in place ([`Report::wait`]). The I/O thread matches each `CHANGED_ACK` to
+//! `pending` by id, under the outbox lock. Ids are never reused, not even by a later session,
+//! so a late ack from an old link cannot answer a new report. The `nm-link` thread only
+//! registers, sends heartbeats through the same outbox (heartbeats and reports may
+//! interleave in any order: acks are matched by id and seq) and reconnects.
 //!
 //! No report waits forever. When a session ends, the `nm-link` thread takes the outbox away
 //! and drops its `pending` map, both under the outbox lock. A committer that queued before
@@ -575,9 +580,9 @@ impl NmLink {
 
     /// Sends the report `frame(id)` on the registered session: under the outbox lock gives it
     /// the next id and, when a committer waits for the ack on `reply`, an entry in `pending`;
-    /// then sends it outside that lock (a direct write may wait for the socket, and the I/O
-    /// thread takes the lock to match acks). Returns the id, or `None` when no session is
-    /// connected, the bound is reached (see the module docs) or the send failed.
+    /// then sends it outside that lock (the I/O thread takes that lock to match acks, and
+    /// the ack may come back before the send returns). Returns the id, or `None` when no
+    /// session is connected, the bound is reached (see the module docs) or the send failed.
     fn post(&self, frame: impl FnOnce(u64) -> Message, reply: Option<AckTx>) -> Option<u64> {
         let (id, door) = {
             let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
@@ -963,16 +968,21 @@ impl LinkIo {
                 // queued after it.
                 let mut direct = self.direct.lock().unwrap_or_else(|p| p.into_inner());
                 let failed = |e: io::Error| format!("link write failed: {e}");
+                // A write that fails may have left part of a frame: the socket is shut before
+                // the lock is let go, so no sender appends a frame to it.
+                let write = |d: &mut Direct, bytes: &[u8]| {
+                    d.stream.write_all(bytes).map_err(|e| {
+                        let _ = d.stream.shutdown(Shutdown::Both);
+                        failed(e)
+                    })
+                };
                 if let Some(d) = direct.as_mut() {
                     let tail = std::mem::take(&mut d.tail);
-                    d.stream.write_all(&tail).map_err(failed)?;
+                    write(d, &tail)?;
                 }
                 while let Ok(msg) = self.out.try_recv() {
                     match direct.as_mut() {
-                        Some(d) => d
-                            .stream
-                            .write_all(&crate::protocol::frame::encode(&msg, &[]))
-                            .map_err(failed)?,
+                        Some(d) => write(d, &crate::protocol::frame::encode(&msg, &[]))?,
                         None => conn.send(&msg, &[]).map_err(failed)?,
                     }
                 }
