@@ -320,36 +320,40 @@ impl Door {
     /// waits for the socket (a committer holds its file's lock and the journal's gate), and
     /// frames leave in the order they were sent. Fails once the link is over.
     fn send(&self, msg: Message) -> Result<(), WireError> {
-        if let Ok(mut direct) = self.direct.try_lock() {
-            if let Some(d) = direct.as_mut().filter(|d| d.tail.is_empty()) {
-                if self.out.is_empty() {
-                    let bytes = crate::protocol::frame::encode(&msg, &[]);
-                    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
-                    let n = match nix::sys::socket::send(d.stream.as_raw_fd(), &bytes, flags) {
-                        Ok(n) => n,
-                        Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => 0,
-                        Err(e) => {
-                            let _ = d.stream.shutdown(Shutdown::Both);
-                            return Err(err::unavailable(format!(
-                                "name server link: write failed: {e}"
-                            )));
-                        }
-                    };
-                    if n == bytes.len() {
-                        return Ok(());
-                    }
-                    d.tail = bytes[n..].to_vec();
-                    drop(direct);
-                    self.wake_io();
-                    return Ok(());
-                }
-            }
+        if let Some(sent) = self.send_direct(&msg) {
+            return sent;
         }
         self.out
             .send(msg)
             .map_err(|_| err::unavailable("name server link: the I/O thread stopped"))?;
         self.wake_io();
         Ok(())
+    }
+
+    /// The direct write of [`Door::send`]; `None` when `msg` must be queued instead.
+    fn send_direct(&self, msg: &Message) -> Option<Result<(), WireError>> {
+        let mut direct = self.direct.try_lock().ok()?;
+        let d = direct
+            .as_mut()
+            .filter(|d| d.tail.is_empty() && self.out.is_empty())?;
+        let bytes = crate::protocol::frame::encode(msg, &[]);
+        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+        let n = match nix::sys::socket::send(d.stream.as_raw_fd(), &bytes, flags) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => 0,
+            Err(e) => {
+                let _ = d.stream.shutdown(Shutdown::Both);
+                return Some(Err(err::unavailable(format!(
+                    "name server link: write failed: {e}"
+                ))));
+            }
+        };
+        if n < bytes.len() {
+            d.tail = bytes[n..].to_vec();
+            drop(direct);
+            self.wake_io();
+        }
+        Some(Ok(()))
     }
 
     /// Wakes the I/O thread to write a tail and drain the channel.

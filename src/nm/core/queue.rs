@@ -986,13 +986,7 @@ impl Core {
             // A change this member reported before its flush, which it came back without:
             // never durable, never acknowledged; the record goes back to what it holds.
             let rec = if rec.never_made(m, st) {
-                let mut r = rec.clone();
-                r.roll_back();
-                log::warn!(target: ev::NM_SS_RECOVERY, file = f.as_str(), ss = name.as_str(),
-                    version = rec.version.to_string(), current = r.version.to_string();
-                    "{name} came back without {f} {}, which it reported before flushing it: the change was never made, {f} is at {} again",
-                    rec.version, r.version);
-                self.put_file(f, r.clone());
+                let r = self.roll_back_unmade(f, &name, &rec);
                 // The other member's row owed the version that was never made: dropped if it
                 // holds the record's version again, else (or if a copy is running, whose
                 // return then finds the row changed and runs it again) it owes that version.

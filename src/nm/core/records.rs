@@ -220,18 +220,17 @@ impl FileRecord {
         })
     }
 
-    /// Puts the record back to the state before its [`Unconfirmed`] change; the other
-    /// member keeps what it was known to hold. Whether there was one.
-    pub(super) fn roll_back(&mut self) -> bool {
+    /// Puts the record back to the state before its [`Unconfirmed`] change, if any; the other
+    /// member keeps what it was known to hold.
+    pub(super) fn roll_back(&mut self) {
         let Some(u) = self.unconfirmed.take() else {
-            return false;
+            return;
         };
         let other_held = self.held(u.member.other());
         self.apply_state(&u.prior);
         self.epoch_base = u.prior_epoch_base;
         self.set_held(u.member, Some(u.prior.version));
         self.set_held(u.member.other(), other_held);
-        true
     }
 
     pub(super) fn can_read(&self, user: &str) -> bool {

@@ -643,13 +643,8 @@ impl Core {
             match self.ns.files.get(&file) {
                 Some(rec) if rec.ss == ss => {
                     if rec.never_made(Member::Primary, &st) {
-                        // Reported before its flush, which power cut short: never made.
-                        let mut rec = rec.clone();
-                        rec.roll_back();
-                        log::warn!(target: ev::NM_SS_RECOVERY, file = file.as_str(), ss = ss,
-                            current = rec.version.to_string();
-                            "{ss} came back without a change of {file} it reported before flushing it: the change was never made, {file} is at {} again", rec.version);
-                        self.put_file(&file, rec);
+                        let rec = rec.clone();
+                        self.roll_back_unmade(&file, ss, &rec);
                         updated += 1;
                     } else if st.version > rec.version {
                         let mut rec = rec.clone();
@@ -723,6 +718,25 @@ impl Core {
         let owner = rec.owner.clone();
         self.ensure_folders(names::parent(file), &owner);
         self.put_file(file, rec);
+    }
+
+    /// Puts `file`'s record `rec` back to the state before its unconfirmed version, which
+    /// `ss` reported before its flush and came back without ([`FileRecord::never_made`]):
+    /// never durable, never acknowledged. Returns the record now.
+    pub(super) fn roll_back_unmade(
+        &mut self,
+        file: &str,
+        ss: &str,
+        rec: &FileRecord,
+    ) -> FileRecord {
+        let mut r = rec.clone();
+        r.roll_back();
+        log::warn!(target: ev::NM_SS_RECOVERY, file = file, ss = ss,
+            version = rec.version.to_string(), current = r.version.to_string();
+            "{ss} came back without {file} {}, which it reported before flushing it: the change was never made, {file} is at {} again",
+            rec.version, r.version);
+        self.put_file(file, r.clone());
+        r
     }
 
     pub(super) fn server_message(&mut self, conn: ConnId, name: &str, msg: Message, now_ms: u64) {

@@ -156,17 +156,8 @@ impl World {
                     .as_ref()
                     .is_some_and(|st| st.journal_failed());
                 if let (Some(state), true, Some(conn)) = (written, failed, self.ss[i].conn) {
-                    self.ss[i].next_id += 1;
-                    let id = self.ss[i].next_id;
-                    self.nm_frame(
-                        conn,
-                        Message::Changed {
-                            staged: None,
-                            pending: true,
-                            id,
-                            state,
-                        },
-                    );
+                    let (_, changed) = self.next_changed(i, state, true);
+                    self.nm_frame(conn, changed);
                     let power = self.rng.below(2) == 0;
                     self.log(format!(
                         "{name}: the journal failed after a reported change; it exits"
@@ -180,24 +171,26 @@ impl World {
                 let Some(conn) = self.ss[i].conn else {
                     return;
                 };
-                self.ss[i].next_id += 1;
-                let s = &mut self.ss[i];
-                let id = s.next_id;
+                let (id, changed) = self.next_changed(i, state, written.is_some());
                 let gen = self.generation.get(file).copied().unwrap_or(0);
-                s.waiting.insert(id, (c, file.to_string(), v, gen));
+                self.ss[i].waiting.insert(id, (c, file.to_string(), v, gen));
                 self.clients[c].op = Some((Op::Write(file.to_string()), self.now));
-                self.send(
-                    conn,
-                    true,
-                    Message::Changed {
-                        staged: None,
-                        pending: written.is_some(),
-                        id,
-                        state,
-                    },
-                );
+                self.send(conn, true, changed);
             }
         }
+    }
+
+    /// Server `i`'s next CHANGED, reporting `state` (`pending`: before its flush), and its id.
+    fn next_changed(&mut self, i: usize, state: FileState, pending: bool) -> (u64, Message) {
+        self.ss[i].next_id += 1;
+        let id = self.ss[i].next_id;
+        let changed = Message::Changed {
+            staged: None,
+            pending,
+            id,
+            state,
+        };
+        (id, changed)
     }
 
     pub(super) fn read(
