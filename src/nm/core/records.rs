@@ -128,6 +128,21 @@ impl FileRecord {
         rec
     }
 
+    /// The content this record describes, as [`FileRecord::apply_state`] takes it back
+    /// (`owner` unset: a state applied never changes the owner).
+    fn content_state(&self, file: &str) -> FileState {
+        FileState {
+            file: file.to_string(),
+            version: self.version,
+            checksum: self.checksum,
+            size: self.size,
+            words: self.words,
+            chars: self.chars,
+            modified_ms: self.modified_ms,
+            owner: None,
+        }
+    }
+
     pub(super) fn apply_state(&mut self, s: &FileState) {
         self.unconfirmed = None;
         self.primary_missing = false;
@@ -189,16 +204,7 @@ impl FileRecord {
     /// [`FileRecord::apply_change`] for a change its writer reported before its flush
     /// returned: kept [`Unconfirmed`] until confirmed or rolled back.
     pub(super) fn apply_unconfirmed(&mut self, writer: Member, s: &FileState) {
-        let prior = FileState {
-            file: s.file.clone(),
-            version: self.version,
-            checksum: self.checksum,
-            size: self.size,
-            words: self.words,
-            chars: self.chars,
-            modified_ms: self.modified_ms,
-            owner: None,
-        };
+        let prior = self.content_state(&s.file);
         let prior_epoch_base = self.epoch_base;
         self.apply_change(writer, s);
         self.unconfirmed = Some(Unconfirmed {

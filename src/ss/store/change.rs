@@ -653,25 +653,16 @@ impl Store {
         Ok(())
     }
 
-    /// Removes `path` (of `file`) and syncs its directory; whether it existed. See
-    /// [`Store::delete`] for a sync that fails after the removal.
+    /// [`Fs::remove`] of `path` (of `file`): whether it existed. A failure that leaves the
+    /// path gone came from the directory's sync, after the removal: see [`Store::delete`].
     fn remove_durably(&self, file: &str, path: &Path) -> Result<bool, StoreError> {
-        match self.fs.remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(self.io(file, e)),
-        }
-        let dir = path.parent().unwrap_or_else(|| Path::new("."));
-        match self.fs.sync_dir(dir) {
-            Ok(()) => Ok(true),
-            Err(e) => {
-                let e = self.io(file, e);
-                Err(match &self.journal {
-                    Some(j) => j.removal_unsynced(file, e),
-                    None => e,
-                })
+        self.fs.remove(path).map_err(|e| {
+            let e = self.io(file, e);
+            match &self.journal {
+                Some(j) if !self.fs.exists(path) => j.removal_unsynced(file, e),
+                _ => e,
             }
-        }
+        })
     }
 
     /// UNDO: the newest undo blob becomes the content as a new version. Caller holds the lock.
