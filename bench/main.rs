@@ -1030,6 +1030,21 @@ impl Server {
         Ok((u + s) as f64 / hz as f64)
     }
 
+    /// The last line of this server's log with `event` whose message starts with `msg`, as
+    /// JSON (None if there is none yet).
+    fn last_logged(&self, event: &str, msg: &str) -> Option<serde_json::Value> {
+        let text = fs::read_to_string(&self.log_path).ok()?;
+        text.lines()
+            .rev()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| {
+                v.get("event").and_then(|e| e.as_str()) == Some(event)
+                    && v.get("msg")
+                        .and_then(|m| m.as_str())
+                        .is_some_and(|m| m.starts_with(msg))
+            })
+    }
+
     /// Peak resident set size so far (`VmHWM` in /proc/PID/status), in KiB.
     fn peak_rss_kib(&self) -> Result<u64> {
         let pid = self.child.id();

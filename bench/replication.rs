@@ -6,8 +6,10 @@
 //!   and the floor for the two durable copies pairfs makes (two `cp` + fsync of the file, one
 //!   after the other and both at once, whichever is faster; primary and backup share a disk),
 //!   in rounds (default 3) that take turns on the disk, each figure the median of its rounds
-//!   and each ratio one of medians, with the CPU time each storage server spent and the highest
-//!   peak RSS of any round; each round then uploads the file once more to a pair whose every
+//!   and each ratio one of medians, with the CPU time each storage server spent, the highest
+//!   peak RSS of any round, and where ss1 says its part went (its `ss_commit` line's
+//!   `recv_ms`: receiving and writing the bytes; `sync_ms`: the fsync of its copy); each round
+//!   then uploads the file once more to a pair whose every
 //!   link runs over TLS (`--tls-dir`), printed beside the plain figure with the ratio;
 //! * (b) replication lag, from the writer's COMMITTED (the moment the client prints
 //!   `Write Successful!`) to the backup holding the bytes, p50/p99 at 100 writes/s overall with
@@ -195,6 +197,7 @@ fn upload_row(
     let floor_s = two_seq_s.min(two_par_s);
     let total_s = med(|r| r.total_s);
     let upload_s = med(|r| r.upload_s);
+    let (recv_s, sync_s) = (med(|r| r.ss1_recv_s), med(|r| r.ss1_sync_s));
     let (cpu_ss1, cpu_backup) = (med(|r| r.cpu_ss1_s), med(|r| r.cpu_backup_s));
     let (tls_s, tls_cpu) = (med(|r| r.tls_total_s), med(|r| r.tls_cpu_s));
     // The highest peak of any round.
@@ -224,7 +227,7 @@ fn upload_row(
     Ok(ReplRow {
         what: format!("(a) UPLOAD {mib} MiB until the backup holds it"),
         pairfs: format!(
-            "{total_s:.2} s{spread} ({:.0} MiB/s; upload answered at {upload_s:.2} s; CPU ss1 {cpu_ss1:.2} s, ss1_backup {cpu_backup:.2} s; peak RSS: nm {:.1} MiB, ss1 {:.1} MiB, ss1_backup {:.1} MiB); with TLS on every link {tls_s:.2} s ({:.0} MiB/s, {:.2}× the plain time; CPU of both servers {tls_cpu:.2} s vs {:.2} s plain)",
+            "{total_s:.2} s{spread} ({:.0} MiB/s; upload answered at {upload_s:.2} s, ss1 receiving {recv_s:.2} s then syncing its copy {sync_s:.2} s; CPU ss1 {cpu_ss1:.2} s, ss1_backup {cpu_backup:.2} s; peak RSS: nm {:.1} MiB, ss1 {:.1} MiB, ss1_backup {:.1} MiB); with TLS on every link {tls_s:.2} s ({:.0} MiB/s, {:.2}× the plain time; CPU of both servers {tls_cpu:.2} s vs {:.2} s plain)",
             mb_s(total_s),
             rss_mib[0],
             rss_mib[1],
@@ -249,6 +252,10 @@ struct UploadRound {
     total_s: f64,
     /// From the start of the UPLOAD to its answer.
     upload_s: f64,
+    /// Where ss1 says its part of the upload went (its `ss_commit` line): receiving and
+    /// writing the bytes, then the fsync of its copy; NaN where it did not say.
+    ss1_recv_s: f64,
+    ss1_sync_s: f64,
     /// CPU time (user + system) the two storage servers spent meanwhile.
     cpu_ss1_s: f64,
     cpu_backup_s: f64,
@@ -312,6 +319,17 @@ fn upload_round(
     })?;
     let total_s = t.elapsed().as_secs_f64();
     let (cpu_ss1_s, cpu_backup_s) = (cpu(&pair.ss1)? - cpu_ss1, cpu(&pair.backup)? - cpu_backup);
+    let said = pair
+        .ss1
+        .as_ref()
+        .and_then(|s| s.last_logged("ss_commit", "uploaded big.bin"));
+    let said_s = |field: &str| {
+        said.as_ref()
+            .and_then(|v| v.get(field))
+            .and_then(|v| v.as_f64())
+            .map_or(f64::NAN, |ms| ms / 1000.0)
+    };
+    let (ss1_recv_s, ss1_sync_s) = (said_s("recv_ms"), said_s("sync_ms"));
     let rss = |s: &Option<Server>| s.as_ref().map_or(Ok(0), Server::peak_rss_kib);
     let kib_mib = |kib: u64| kib as f64 / 1024.0;
     let rss_mib = [
@@ -348,6 +366,8 @@ fn upload_round(
         rsync_s,
         total_s,
         upload_s,
+        ss1_recv_s,
+        ss1_sync_s,
         cpu_ss1_s,
         cpu_backup_s,
         rss_mib,

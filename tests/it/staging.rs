@@ -63,8 +63,25 @@ fn a_large_upload_is_staged_on_the_backup_and_not_sent_again() {
     let c = Cluster::builder().pair().start();
     partnered(&c);
     let m = c.mark("nm");
+    let m_ss = c.mark(PRIMARY);
     let first = blob(SIZE, 1);
     upload(&c, &first, "big.bin");
+    // The writer's log line says where the upload's time went, and that it was staged.
+    let said = c.wait_event_since(
+        PRIMARY,
+        m_ss,
+        "ss_commit",
+        |v| {
+            v["msg"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("uploaded big.bin"))
+        },
+        WAIT,
+    );
+    for field in ["recv_ms", "sync_ms", "stage_wait_ms", "install_ms"] {
+        assert!(said[field].is_u64(), "no {field} in {said}");
+    }
+    assert_eq!(said["staged"].as_bool(), Some(true), "{said}");
     let staged = c.wait_event_since(
         "nm",
         m,

@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::protocol::frame::Frame;
+use std::time::Instant;
 
 /// Routes a client operation to its handler. Called by `dispatch::serve` with the frames it routes here.
 pub(super) fn handle(shared: &Shared, conn: &mut Connection, frame: Frame) -> Result<(), Fail> {
@@ -479,6 +480,7 @@ pub(super) fn upload(
     checksum: u32,
     t: &Ticket,
 ) -> Result<(), Fail> {
+    let began = Instant::now();
     let head = authorise_change(shared, file, t, TicketOp::Upload)
         .and_then(|()| upload_fresh(shared, file, t));
     // The partner writes its copy while this one arrives (see `staging.rs`).
@@ -500,19 +502,29 @@ pub(super) fn upload(
         tee.as_mut(),
     )?;
     head?;
+    // Where the upload's time went, in its log line: receiving (and writing) the bytes, the
+    // fsync of this copy, the wait for the partner's stage, the install.
+    let received = began.elapsed();
     let mut r = r;
     verify(&mut r, &names::display(file), size, checksum)?;
     let temp = r.temp.ok_or_else(|| err::internal("no temp file"))?;
     let facts = r.counter.finish(0);
     // The partner synced its stage while this copy was synced: its answer comes now, before
     // the install, so the change is reported the moment it is installed.
+    let staged_at = Instant::now();
     let staged = tee.and_then(staging::Tee::finish);
+    let stage_wait = staged_at.elapsed();
     let state = {
         let _inflight = Inflight::new(&shared.inflight);
         // The body may have taken long to arrive: the lease must still hold now.
         may_change(shared, t)?;
+        let installed_at = Instant::now();
         let meta = shared.store.upload(file, &t.user, temp.path(), &facts)?;
-        log::info!(target: ev::SS_COMMIT, file = file, version = meta.version.to_string(), bytes = meta.size;
+        let ms = |d: Duration| d.as_millis() as u64;
+        log::info!(target: ev::SS_COMMIT, file = file, version = meta.version.to_string(), bytes = meta.size,
+            recv_ms = ms(received.saturating_sub(r.synced_in)), sync_ms = ms(r.synced_in),
+            stage_wait_ms = ms(stage_wait), install_ms = ms(installed_at.elapsed()),
+            staged = staged.is_some();
             "uploaded {file} version {}", meta.version);
         meta.state(file)
     };

@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::protocol::frame::Frame;
+use std::time::Instant;
 
 /// Routes a transfer into this server (or its source's SIGNATURE request) to its handler. Called by `dispatch::serve` with the frames it routes here.
 pub(super) fn handle(shared: &Shared, conn: &mut Connection, frame: Frame) -> Result<(), Fail> {
@@ -87,6 +88,8 @@ pub(super) struct Received {
     pub(super) counter: ContentCounter,
     /// A local failure (disk full, ...) met while storing; the part was still read to END.
     pub(super) error: Option<StoreError>,
+    /// How long making the temp file durable took here ([`SyncBy::Now`]; zero otherwise).
+    pub(super) synced_in: Duration,
 }
 
 /// Parts at least this large have their words and characters counted on a thread of their
@@ -379,6 +382,7 @@ impl Received {
             unsynced: None,
             counter: ContentCounter::bytes_only(),
             error: None,
+            synced_in: Duration::ZERO,
         }
     }
 
@@ -394,14 +398,17 @@ impl Received {
         mut error: Option<StoreError>,
     ) -> Received {
         let mut unsynced = None;
+        let mut synced_in = Duration::ZERO;
         if let Some(f) = out.filter(|_| error.is_none()) {
             match sync {
                 SyncBy::Caller => unsynced = Some(f),
                 SyncBy::FileSystem => {}
                 SyncBy::Now => {
+                    let began = Instant::now();
                     if let Err(e) = f.sync_all() {
                         error = Some(shared.store.io_error(file, e));
                     }
+                    synced_in = began.elapsed();
                 }
             }
         }
@@ -410,6 +417,7 @@ impl Received {
             unsynced,
             counter,
             error,
+            synced_in,
         }
     }
 }

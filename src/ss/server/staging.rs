@@ -248,6 +248,7 @@ impl Stages {
             unsynced: None,
             counter: ContentCounter::known(size, checksum),
             error: None,
+            synced_in: Duration::ZERO,
         })
     }
 }
