@@ -10,6 +10,15 @@
 //! and filling a fresh page per 4 KiB, then writing it back) cost more CPU than receiving the
 //! bytes, and the two servers of a pair write the same bytes at once.
 //!
+//! Each buffer starts on a 2 MiB boundary and asks the kernel for transparent huge pages
+//! (`MADV_HUGEPAGE`; ignored where they are off), so the memory an `O_DIRECT` write pins and
+//! hands to the disk is two physically contiguous runs rather than 1,024 scattered 4 KiB
+//! pages. The requests the disk sees are no fewer (about 2–3 MiB each either way, counted in
+//! `/proc/diskstats`), but each carries a few memory segments instead of hundreds, and on a
+//! virtio disk a 1 GiB upload to a pair took a median of about a fifth less time (17
+//! alternating pairs; 15 faster, 2 slower; same CPU and memory). A disk that does not care
+//! loses nothing.
+//!
 //! The last, partial buffer is written through the ordinary descriptor. A file system that
 //! refuses `O_DIRECT` (at open or at a write) gets the same buffers through the ordinary
 //! descriptor instead, with their write-back started as they are written
@@ -34,6 +43,12 @@ pub(super) const DIRECT_MIN_BYTES: u64 = 4 << 20;
 pub(super) const DIRECT_BUF_BYTES: usize = 4 << 20;
 /// Alignment of an `O_DIRECT` write's memory, offset and length.
 const DIRECT_ALIGN: usize = 4096;
+/// Alignment of a buffer's memory: a transparent huge page, so the buffer can be backed by
+/// whole ones.
+const HUGE_PAGE_BYTES: usize = 2 << 20;
+// A buffer aligned to a huge page is aligned for `O_DIRECT`, and fills whole huge pages.
+const _: () = assert!(HUGE_PAGE_BYTES.is_multiple_of(DIRECT_ALIGN));
+const _: () = assert!(DIRECT_BUF_BYTES.is_multiple_of(HUGE_PAGE_BYTES));
 /// Chunks that may wait for the writer thread: bounds the memory a part takes while the disk
 /// is slower than the network (the receiving thread then waits, and so does its peer).
 pub(super) const WRITE_QUEUE_CHUNKS: usize = 8;
@@ -122,8 +137,9 @@ fn write_inline(path: &Path, out: &File, rx: Receiver<Arc<Vec<u8>>>) -> io::Resu
 /// Room for [`DIRECT_BUF_BYTES`] at an aligned address.
 struct Aligned {
     raw: Vec<u8>,
-    /// Where the aligned room starts in `raw` (past the end of the alignment where the
-    /// allocation cannot be aligned: then the buffer is written through the cache).
+    /// Where the room aligned to [`HUGE_PAGE_BYTES`] starts in `raw` (past the end of the
+    /// alignment where the allocation cannot be aligned: then the buffer is written through
+    /// the cache).
     start: usize,
     /// Bytes gathered.
     fill: usize,
@@ -131,8 +147,26 @@ struct Aligned {
 
 impl Aligned {
     fn new() -> Aligned {
-        let raw = vec![0u8; DIRECT_BUF_BYTES + DIRECT_ALIGN];
-        let start = raw.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
+        // Zeroed memory this large is mapped fresh and not touched yet, so the advice comes
+        // before any page of the room is faulted in; the slack before the room is never
+        // touched either.
+        let raw = vec![0u8; DIRECT_BUF_BYTES + HUGE_PAGE_BYTES];
+        let start = raw
+            .as_ptr()
+            .align_offset(HUGE_PAGE_BYTES)
+            .min(HUGE_PAGE_BYTES);
+        if start < HUGE_PAGE_BYTES {
+            // SAFETY: the range lies inside `raw`'s allocation, which outlives the call;
+            // madvise only reads its arguments, and this advice changes how pages are backed,
+            // never their contents. A refusal (huge pages off) leaves ordinary pages.
+            unsafe {
+                libc::madvise(
+                    raw.as_ptr().add(start) as *mut libc::c_void,
+                    DIRECT_BUF_BYTES,
+                    libc::MADV_HUGEPAGE,
+                );
+            }
+        }
         Aligned {
             raw,
             start,
@@ -155,7 +189,7 @@ impl Aligned {
 
     /// Whole and aligned, so it can be written with `O_DIRECT`.
     fn direct(&self) -> bool {
-        self.fill == DIRECT_BUF_BYTES && self.start < DIRECT_ALIGN
+        self.fill == DIRECT_BUF_BYTES && self.start < HUGE_PAGE_BYTES
     }
 }
 
@@ -284,6 +318,20 @@ mod tests {
         write_inline(&path, &out, rx).unwrap();
         out.sync_all().unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), chunks.concat());
+    }
+
+    #[test]
+    fn a_buffer_starts_on_a_huge_page_and_a_full_one_goes_direct() {
+        let mut b = Aligned::new();
+        let room = b.bytes().as_ptr() as usize;
+        assert_eq!(room % HUGE_PAGE_BYTES, 0, "the room is not on a huge page");
+        assert!(!b.direct(), "an empty buffer is not written with O_DIRECT");
+        assert_eq!(b.put(&bytes(DIRECT_BUF_BYTES + 5, 14)), DIRECT_BUF_BYTES);
+        assert!(
+            b.direct(),
+            "a full, aligned buffer is written with O_DIRECT"
+        );
+        assert_eq!(b.bytes(), &bytes(DIRECT_BUF_BYTES, 14)[..]);
     }
 
     #[test]
