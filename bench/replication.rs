@@ -9,8 +9,8 @@
 //!   and each ratio one of medians, with the CPU time each storage server spent, the highest
 //!   peak RSS of any round, and where ss1 says its part went (its `ss_commit` line's
 //!   `recv_ms`: receiving and writing the bytes; `sync_ms`: the fsync of its copy); each round
-//!   then uploads the file once more to a pair whose every
-//!   link runs over TLS (`--tls-dir`), printed beside the plain figure with the ratio;
+//!   then uploads the file once more to a pair whose every link runs over TLS (`--tls-dir`),
+//!   printed beside the plain figure with the ratio;
 //! * (b) replication lag, from the writer's COMMITTED (the moment the client prints
 //!   `Write Successful!`) to the backup holding the bytes, p50/p99 at 100 writes/s overall with
 //!   1 and 16 writers, beside a raw durable write made 100 times a second on the same disk
@@ -49,6 +49,8 @@ const PROBE_WRITES_PER_S: u64 = 100;
 const LAG_POLL_US: u64 = 100;
 /// Pause between two looks at the backup's disk for the bulk rows, in ms.
 const BULK_POLL_MS: u64 = 5;
+/// How long the upload row waits for ss1's `ss_commit` line to reach its log file.
+const LOG_LINE_WAIT_MS: u64 = 2_000;
 /// Size of each catch-up file.
 const CATCHUP_FILE_BYTES: usize = 4096;
 /// Slowest throughput the bulk rows wait for before giving up, in bytes per second.
@@ -319,10 +321,17 @@ fn upload_round(
     })?;
     let total_s = t.elapsed().as_secs_f64();
     let (cpu_ss1_s, cpu_backup_s) = (cpu(&pair.ss1)? - cpu_ss1, cpu(&pair.backup)? - cpu_backup);
-    let said = pair
-        .ss1
-        .as_ref()
-        .and_then(|s| s.last_logged("ss_commit", "uploaded big.bin"));
+    // ss1 logged the line before it answered, but the bench's reader of its output may not
+    // have copied it to the log file yet.
+    let mut said = None;
+    let deadline = Instant::now() + Duration::from_millis(LOG_LINE_WAIT_MS);
+    while let Some(s) = pair.ss1.as_ref().filter(|_| said.is_none()) {
+        said = s.last_logged("ss_commit", "uploaded big.bin");
+        if said.is_some() || Instant::now() >= deadline {
+            break;
+        }
+        thread::sleep(Duration::from_millis(BULK_POLL_MS));
+    }
     let said_s = |field: &str| {
         said.as_ref()
             .and_then(|v| v.get(field))

@@ -104,7 +104,8 @@ pub mod ev {
     pub const SS_STORAGE_MODE: &str = "ss_storage_mode";
     /// A storage server's startup scan finished (fields `files`, `ms`).
     pub const SS_SCAN: &str = "ss_scan";
-    /// A storage server committed a change to a file.
+    /// A storage server committed a change to a file (an UPLOAD's line also says where its
+    /// time went: `recv_ms`, `sync_ms`, `stage_wait_ms`, `install_ms`, `staged`).
     pub const SS_COMMIT: &str = "ss_commit";
     /// A source sent a file as delta ops (fields `file`, `bytes`, `copied`, `literal`).
     pub const SS_DELTA_SENT: &str = "ss_delta_sent";
