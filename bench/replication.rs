@@ -323,14 +323,17 @@ fn upload_round(
     let (cpu_ss1_s, cpu_backup_s) = (cpu(&pair.ss1)? - cpu_ss1, cpu(&pair.backup)? - cpu_backup);
     // ss1 logged the line before it answered, but the bench's reader of its output may not
     // have copied it to the log file yet.
+    // A line still missing then leaves this round's figures NaN, not the row failed.
     let mut said = None;
-    let deadline = Instant::now() + Duration::from_millis(LOG_LINE_WAIT_MS);
-    while let Some(s) = pair.ss1.as_ref().filter(|_| said.is_none()) {
-        said = s.last_logged("ss_commit", "uploaded big.bin");
-        if said.is_some() || Instant::now() >= deadline {
-            break;
-        }
-        thread::sleep(Duration::from_millis(BULK_POLL_MS));
+    if let Some(s) = &pair.ss1 {
+        let _ = wait_for(
+            Duration::from_millis(LOG_LINE_WAIT_MS),
+            "ss1's upload line",
+            || {
+                said = s.last_logged("ss_commit", "uploaded big.bin");
+                said.is_some()
+            },
+        );
     }
     let said_s = |field: &str| {
         said.as_ref()

@@ -12,13 +12,13 @@
 //!
 //! Each buffer is an anonymous mapping of its own, starts on a 2 MiB boundary and asks the
 //! kernel for transparent huge pages (`MADV_HUGEPAGE`, before any of it is touched; ignored
-//! where they are off), so the memory an `O_DIRECT` write pins and
-//! hands to the disk is two physically contiguous runs rather than 1,024 scattered 4 KiB
-//! pages. The requests the disk sees are no fewer (about 2–3 MiB each either way, counted in
-//! `/proc/diskstats`), but each carries a few memory segments instead of hundreds, and on a
-//! virtio disk a 1 GiB upload to a pair took a median of about a fifth less time (17
-//! alternating pairs; 15 faster, 2 slower; same CPU and memory). Where huge pages are off,
-//! or none can be had, the buffer has ordinary pages, as before.
+//! where they are off), so the memory an `O_DIRECT` write pins and hands to the disk is two
+//! physically contiguous runs rather than 1,024 scattered 4 KiB pages. The requests the disk
+//! sees are no fewer (about 2–3 MiB each either way, counted in `/proc/diskstats`), but each
+//! carries a few memory segments instead of hundreds, and on a virtio disk a 1 GiB upload to
+//! a pair took a median of about a fifth less time (17 alternating pairs; 15 faster, 2
+//! slower; same CPU and memory). Where huge pages are off, or none can be had, the buffer
+//! has ordinary pages, as before.
 //!
 //! The last, partial buffer is written through the ordinary descriptor. A file system that
 //! refuses `O_DIRECT` (at open or at a write) gets the same buffers through the ordinary
